@@ -1,0 +1,260 @@
+//! Positioned reads from files, block devices and memory, with hole detection.
+
+use std::cell::Cell;
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
+use std::ops::Range;
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::Path;
+
+use crate::{Error, Result};
+
+/// A byte-addressed, read-only source.
+pub trait ReadAt {
+    /// Read into `buf` from `offset`; returns the bytes read, fewer only at the end.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize>;
+
+    /// Size in bytes.
+    fn size(&self) -> u64;
+
+    /// The next region at or after `offset` that may hold non-zero bytes, or `None` when
+    /// only zeros (holes) follow. Sources that cannot tell return `offset..u64::MAX`.
+    fn data_region(&self, offset: u64) -> Result<Option<Range<u64>>> {
+        Ok(Some(offset..u64::MAX))
+    }
+
+    /// Read exactly `buf.len()` bytes; a short read is an error naming `what`.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64, what: &dyn Fn() -> String) -> Result<()> {
+        let n = self.read_at(buf, offset)?;
+        if n < buf.len() {
+            return Err(Error::corrupt(
+                what(),
+                format!(
+                    "short read at byte {offset}: the source ends at byte {}",
+                    self.size()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Read `buf.len()` bytes, zero-filling holes and anything past the end without reading
+    /// it. Returns the number of bytes that lie past the end.
+    fn read_sparse_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        let end = offset.saturating_add(buf.len() as u64);
+        let mut pos = offset;
+        while pos < end {
+            let at = (pos - offset) as usize;
+            match self.data_region(pos)? {
+                Some(r) if r.start < end => {
+                    let ds = r.start.max(pos);
+                    let de = r.end.min(end);
+                    buf[at..(ds - offset) as usize].fill(0);
+                    let slice = &mut buf[(ds - offset) as usize..(de - offset) as usize];
+                    let n = self.read_at(slice, ds)?;
+                    if n < slice.len() {
+                        slice[n..].fill(0);
+                        return Ok((end - ds - n as u64) as usize);
+                    }
+                    pos = de;
+                }
+                _ => {
+                    buf[at..].fill(0);
+                    return Ok(end.saturating_sub(self.size().max(pos)) as usize);
+                }
+            }
+        }
+        Ok(0)
+    }
+}
+
+impl<T: ReadAt + ?Sized> ReadAt for &T {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        (**self).read_at(buf, offset)
+    }
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+    fn data_region(&self, offset: u64) -> Result<Option<Range<u64>>> {
+        (**self).data_region(offset)
+    }
+}
+
+impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        (**self).read_at(buf, offset)
+    }
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+    fn data_region(&self, offset: u64) -> Result<Option<Range<u64>>> {
+        (**self).data_region(offset)
+    }
+}
+
+/// Fill `buf` by positioned reads until it is full or the file ends.
+pub fn pread_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Write all of `buf` at `offset`.
+pub fn pwrite_full(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    file.write_all_at(buf, offset)
+}
+
+/// A regular file or block device, read from byte `base` on (the `-o` offset).
+#[derive(Debug)]
+pub struct FileSource {
+    file: File,
+    base: u64,
+    size: u64,
+    block_device: bool,
+    /// Last data region found by SEEK_DATA/SEEK_HOLE, in file offsets; saves syscalls.
+    cached: Cell<(u64, u64)>,
+    seekable_holes: Cell<bool>,
+}
+
+impl FileSource {
+    pub fn open(path: &Path, base: u64) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io("open", 0, e))?;
+        Self::from_file(file, base)
+    }
+
+    pub fn from_file(mut file: File, base: u64) -> Result<Self> {
+        let meta = file.metadata().map_err(|e| Error::io("stat", 0, e))?;
+        let block_device = meta.file_type().is_block_device();
+        let total = if block_device {
+            file.seek(SeekFrom::End(0))
+                .map_err(|e| Error::io("seek", 0, e))?
+        } else {
+            meta.len()
+        };
+        Ok(FileSource {
+            file,
+            base,
+            size: total.saturating_sub(base),
+            block_device,
+            cached: Cell::new((0, 0)),
+            seekable_holes: Cell::new(meta.file_type().is_file()),
+        })
+    }
+
+    pub fn is_block_device(&self) -> bool {
+        self.block_device
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+}
+
+impl ReadAt for FileSource {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        let host = offset.checked_add(self.base).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "read at byte {offset} overflows with offset {}",
+                self.base
+            ))
+        })?;
+        pread_full(&self.file, buf, host).map_err(|e| Error::io("read", host, e))
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn data_region(&self, offset: u64) -> Result<Option<Range<u64>>> {
+        if offset >= self.size {
+            return Ok(None);
+        }
+        if !self.seekable_holes.get() {
+            return Ok(Some(offset..self.size));
+        }
+        let host = offset.saturating_add(self.base);
+        let (cs, ce) = self.cached.get();
+        if cs <= host && host < ce {
+            return Ok(Some(offset..ce - self.base));
+        }
+        use rustix::fs::{SeekFrom as RSeek, seek};
+        let start = match seek(&self.file, RSeek::Data(host)) {
+            Ok(s) => s,
+            Err(rustix::io::Errno::NXIO) => return Ok(None),
+            Err(_) => {
+                // The filesystem cannot report holes: everything may be data.
+                self.seekable_holes.set(false);
+                return Ok(Some(offset..self.size));
+            }
+        };
+        let end = match seek(&self.file, RSeek::Hole(start)) {
+            Ok(e) => e,
+            Err(_) => self.size.saturating_add(self.base),
+        };
+        if end <= start {
+            return Ok(Some(offset..self.size));
+        }
+        self.cached.set((start, end));
+        let s = start.saturating_sub(self.base).max(offset);
+        let e = end.saturating_sub(self.base).min(self.size);
+        if s >= e {
+            return Ok(None);
+        }
+        Ok(Some(s..e))
+    }
+}
+
+/// An in-memory source, for tests and small images.
+#[derive(Debug, Clone, Default)]
+pub struct MemSource(pub Vec<u8>);
+
+impl ReadAt for MemSource {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        let len = self.0.len() as u64;
+        if offset >= len {
+            return Ok(0);
+        }
+        let start = offset as usize;
+        let n = buf.len().min(self.0.len() - start);
+        buf[..n].copy_from_slice(&self.0[start..start + n]);
+        Ok(n)
+    }
+
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn sparse_reads_fill_holes_and_eof() {
+        let mut f = tempfile::tempfile().unwrap();
+        f.set_len(3 << 20).unwrap();
+        f.write_all_at(b"hello", (1 << 20) + 7).unwrap();
+        f.flush().unwrap();
+        let src = FileSource::from_file(f, 1 << 20).unwrap();
+        let mut buf = vec![0xAAu8; 4096];
+        assert_eq!(src.read_sparse_at(&mut buf, 0).unwrap(), 0);
+        assert_eq!(&buf[7..12], b"hello");
+        assert!(buf[..7].iter().all(|&b| b == 0) && buf[12..].iter().all(|&b| b == 0));
+        let mut tail = vec![0xAAu8; 8192];
+        let past = src.read_sparse_at(&mut tail, (2 << 20) - 4096).unwrap();
+        assert_eq!(past, 4096);
+        assert!(tail.iter().all(|&b| b == 0));
+    }
+}

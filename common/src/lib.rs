@@ -1,0 +1,24 @@
+//! `e2i`: image the metadata of ext2/3/4 filesystems.
+//!
+//! Data flows one way: **source → block map → writer**.
+//! 1. A [`io::ReadAt`] source (file, block device, qcow2 image, memory) holds the filesystem.
+//! 2. [`ext4::scan`] reads its superblock, descriptors and inodes and builds a [`blockmap::BlockMap`]:
+//!    the sorted extents of blocks e2image would copy.
+//! 3. A writer (sparse raw, qcow2, normal e2image, stream) consumes the map and the source.
+//!
+//! Glossary of units: a *block* is `block_size` bytes of the filesystem (1 KiB–64 KiB);
+//! a *cluster* is `2^cluster_bits` blocks with bigalloc, else one block; *byte offsets* are
+//! relative to the start of the filesystem unless a name says `host` or `dest`.
+
+#![deny(unsafe_code)]
+
+pub mod blockmap;
+pub mod error;
+pub mod ext4;
+pub mod io;
+pub mod mount;
+pub mod ops;
+pub mod progress;
+pub mod sparse;
+
+pub use error::{Error, Result};

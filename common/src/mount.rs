@@ -1,0 +1,91 @@
+//! Is a device or image file mounted? Read from /proc/self/mountinfo (and loop devices'
+//! backing files), as libext2fs's `ext2fs_check_if_mounted` does from /proc/mounts.
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+/// How a filesystem is mounted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountState {
+    NotMounted,
+    ReadOnly { mount_point: String },
+    ReadWrite { mount_point: String },
+}
+
+fn dev_of(major: u64, minor: u64) -> u64 {
+    rustix::fs::makedev(major as u32, minor as u32)
+}
+
+/// The block devices (as `st_rdev`) that stand for `path`: itself if it is a block device,
+/// else every loop device whose backing file is `path`.
+fn devices_for(path: &Path) -> Vec<u64> {
+    let Ok(meta) = fs::metadata(path) else {
+        return Vec::new();
+    };
+    if meta.file_type().is_block_device() {
+        return vec![meta.rdev()];
+    }
+    let mut out = Vec::new();
+    let Ok(dir) = fs::read_dir("/sys/block") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if !name.starts_with("loop") {
+            continue;
+        }
+        let Ok(backing) = fs::read_to_string(e.path().join("loop/backing_file")) else {
+            continue;
+        };
+        let backing = backing.trim_end();
+        let same =
+            fs::metadata(backing).is_ok_and(|b| b.dev() == meta.dev() && b.ino() == meta.ino());
+        if !same {
+            continue;
+        }
+        if let Ok(d) = fs::read_to_string(e.path().join("dev"))
+            && let Some((ma, mi)) = d.trim().split_once(':')
+            && let (Ok(ma), Ok(mi)) = (ma.parse(), mi.parse())
+        {
+            out.push(dev_of(ma, mi));
+        }
+    }
+    out
+}
+
+/// Check whether `path` (a block device or an image file behind a loop device) is mounted.
+pub fn mount_state(path: &Path) -> MountState {
+    let devs = devices_for(path);
+    if devs.is_empty() {
+        return MountState::NotMounted;
+    }
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return MountState::NotMounted;
+    };
+    let mut state = MountState::NotMounted;
+    for line in info.lines() {
+        // id parent major:minor root mount-point options [optional...] - type source super-options
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() < 6 {
+            continue;
+        }
+        let Some((ma, mi)) = f[2].split_once(':') else {
+            continue;
+        };
+        let (Ok(ma), Ok(mi)) = (ma.parse::<u64>(), mi.parse::<u64>()) else {
+            continue;
+        };
+        if !devs.contains(&dev_of(ma, mi)) {
+            continue;
+        }
+        let rw = f[5].split(',').any(|o| o == "rw");
+        let mp = f[4].to_string();
+        if rw {
+            return MountState::ReadWrite { mount_point: mp };
+        }
+        state = MountState::ReadOnly { mount_point: mp };
+    }
+    state
+}

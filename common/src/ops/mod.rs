@@ -1,0 +1,3 @@
+//! One function per tool; the binaries parse arguments and call these.
+
+pub mod capture;

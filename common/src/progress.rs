@@ -1,0 +1,25 @@
+//! Progress reporting: the library calls [`Progress::update`]; only the binaries draw.
+
+/// Receives progress of long operations.
+pub trait Progress {
+    /// A new phase starts ("scanning inodes", "copying"); `total` is in `unit`s.
+    fn phase(&mut self, _name: &str, _total: u64, _unit: Unit) {}
+    /// `done` of the phase's total.
+    fn update(&mut self, _done: u64) {}
+    /// The phase ended.
+    fn finish(&mut self) {}
+}
+
+/// Units a phase counts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Inodes,
+    Blocks,
+    Bytes,
+}
+
+/// Reports nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {}
