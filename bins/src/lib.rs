@@ -176,7 +176,7 @@ impl Output {
         } = self
         {
             file.sync_data().ok();
-            std::fs::rename(&tmp, &dest)
+            std::fs::rename(tmp, &dest)
                 .with_context(|| format!("renaming into {}", dest.display()))?;
             *committed = true;
         }
@@ -286,11 +286,7 @@ impl Progress for Reporter {
             b.set_position(done);
         } else if self.last_line.elapsed() >= Duration::from_secs(3) {
             self.last_line = Instant::now();
-            let pct = if self.total > 0 {
-                done * 100 / self.total
-            } else {
-                0
-            };
+            let pct = (done * 100).checked_div(self.total).unwrap_or(0);
             let _ = writeln!(
                 io::stderr(),
                 "{}: {} / {} {} ({pct}%)",

@@ -110,9 +110,6 @@ fn capture(args: Args) -> anyhow::Result<u8> {
     if args.scramble {
         anyhow::bail!("--scramble is not available in this build");
     }
-    if format != Format::Raw {
-        return Err(capture::CaptureReport::unsupported(format).into());
-    }
     let opts = CaptureOptions {
         all_data: args.all_data,
         open: e2i::ext4::OpenOptions {
@@ -129,24 +126,27 @@ fn capture(args: Args) -> anyhow::Result<u8> {
         Output::Stdout => {
             let stdout = io::stdout();
             let mut w = io::BufWriter::with_capacity(1 << 20, stdout.lock());
-            let r = capture::capture_raw(
+            let r = capture::capture(
                 &args.source,
                 &opts,
+                format,
                 capture::Output::Stream(&mut w),
                 &mut reporter,
             );
             w.flush().ok();
             r
         }
-        Output::Device { file } => capture::capture_raw(
+        Output::Device { file } => capture::capture(
             &args.source,
             &opts,
+            format,
             capture::Output::Device(file),
             &mut reporter,
         ),
-        Output::File { file, .. } => capture::capture_raw(
+        Output::File { file, .. } => capture::capture(
             &args.source,
             &opts,
+            format,
             capture::Output::NewFile(file),
             &mut reporter,
         ),

@@ -81,6 +81,7 @@ impl Walker<'_> {
 
 /// Walk a block-mapped inode's `i_block` like libext2fs's block iterator: data blocks
 /// (with `want_data`) and every indirect block, with its error semantics.
+#[allow(clippy::too_many_arguments)]
 pub fn walk(
     block: &[u32; 15],
     block_size: usize,

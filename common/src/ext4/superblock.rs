@@ -414,7 +414,7 @@ impl Superblock {
 }
 
 fn is_power_of(mut n: u32, base: u32) -> bool {
-    while n % base == 0 && n > 1 {
+    while n.is_multiple_of(base) && n > 1 {
         n /= base;
     }
     n == 1

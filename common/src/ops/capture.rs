@@ -92,10 +92,12 @@ pub fn scan_source<S: ReadAt>(
     Ok((fs, res))
 }
 
-/// Capture a raw image.
-pub fn capture_raw(
+/// Capture SOURCE in `format` to `out`. Each format's writer consumes the same
+/// filesystem and block map.
+pub fn capture(
     source: &Path,
     opts: &CaptureOptions,
+    format: Format,
     out: Output<'_>,
     progress: &mut dyn Progress,
 ) -> Result<CaptureReport> {
@@ -103,25 +105,32 @@ pub fn capture_raw(
     let is_dev = matches!(out, Output::Device(_));
     let (fs, res) = scan_source(src, opts, is_dev, progress)?;
     let map: &BlockMap = &res.map;
-    let target = match out {
-        Output::NewFile(f) => RawTarget::NewFile(f),
-        Output::Device(f) => RawTarget::InPlace {
-            file: f,
-            dest_offset: 0,
-            check: false,
-            grow_to_end: false,
-        },
-        Output::Stream(w) => RawTarget::Stream(w),
-    };
-    let copy = sparse::write_raw(&fs.src, map, fs.sb.block_size, target, progress)?;
-    Ok(CaptureReport {
+    let mut report = CaptureReport {
         block_size: fs.sb.block_size,
         blocks_count: fs.sb.blocks_count,
         selected_blocks: map.selected_blocks(),
         runs: map.runs().len(),
-        copy,
-        problems: res.problems,
-    })
+        copy: CopyStats::default(),
+        problems: Vec::new(),
+    };
+    report.copy = match format {
+        Format::Raw => {
+            let target = match out {
+                Output::NewFile(f) => RawTarget::NewFile(f),
+                Output::Device(f) => RawTarget::InPlace {
+                    file: f,
+                    dest_offset: 0,
+                    check: false,
+                    grow_to_end: false,
+                },
+                Output::Stream(w) => RawTarget::Stream(w),
+            };
+            sparse::write_raw(&fs.src, map, fs.sb.block_size, target, progress)?
+        }
+        other => return Err(CaptureReport::unsupported(other)),
+    };
+    report.problems = res.problems;
+    Ok(report)
 }
 
 impl CaptureReport {

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit and integration tests (which include the
+# differential corpus against e2image), and the e2fsprogs conformance subsets that pass.
+# Usage: ci/test.sh          (from anywhere; needs e2fsprogs 1.47 and qemu-img)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ci/setup.sh
+cargo fmt --all -- --check
+cargo clippy --release --all-targets -- -D warnings
+cargo build --release
+cargo test --release
+conf=../shared/conformance/run.sh
+if [ -x "$conf" ] || [ -f "$conf" ]; then
+  bash "$conf" target/release "${E2I_CONFORMANCE_TAGS:-raw,damaged}"
+else
+  echo "conformance suite not found at $conf; skipped" >&2
+fi
