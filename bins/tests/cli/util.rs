@@ -1,0 +1,44 @@
+//! Helpers shared by the integration tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Path of a built tool (cargo builds every binary of the package before its tests).
+pub fn tool(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    dir.join(name)
+}
+
+/// Run a command and return its output.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("spawn")
+}
+
+/// A fresh temporary directory.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+/// Make a small ext4 image with `mkfs.ext4 -d` of a little tree; `extra` are mkfs options.
+pub fn mkfs(dir: &Path, name: &str, size: &str, extra: &[&str]) -> PathBuf {
+    let tree = dir.join(format!("{name}.tree"));
+    std::fs::create_dir_all(tree.join("sub")).expect("mkdir");
+    for i in 0..30 {
+        std::fs::write(tree.join(format!("f{i}")), format!("file {i}\n").repeat(i * 40)).expect("write");
+    }
+    std::os::unix::fs::symlink("sub/target", tree.join("link")).expect("symlink");
+    let img = dir.join(name);
+    let st = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-E", "root_owner=0:0"])
+        .args(extra)
+        .arg("-d")
+        .arg(&tree)
+        .arg(&img)
+        .arg(size)
+        .env("E2FSPROGS_FAKE_TIME", "1700000000")
+        .status()
+        .expect("mkfs.ext4");
+    assert!(st.success(), "mkfs.ext4 failed");
+    img
+}
