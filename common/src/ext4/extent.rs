@@ -69,16 +69,13 @@ pub fn walk(
     what: &dyn Fn() -> String,
 ) -> Result<()> {
     let corrupt = |d: String| Error::corrupt(what(), d);
-    let root_buf: Vec<u8> = if root.iter().all(|&b| b == 0) {
-        // libext2fs treats an all-zero i_block as an empty tree.
-        Vec::new()
-    } else {
-        header_ok(root, 60).map_err(|e| corrupt(format!("extent root: {e}")))?;
-        root.to_vec()
-    };
-    if root_buf.is_empty() {
+    // libext2fs treats an all-zero i_block as an empty tree, and its block iterator returns
+    // success without visiting anything when the root header is invalid (the open fails
+    // before any error is recorded), so e2image copies nothing of such an inode and goes on.
+    if root.iter().all(|&b| b == 0) || header_ok(root, 60).is_err() {
         return Ok(());
     }
+    let root_buf = root.to_vec();
     let max_depth = usize::from(le::u16(&root_buf, 6));
     let mut path: Vec<Level> = vec![Level {
         entries: usize::from(le::u16(&root_buf, 2)),
@@ -253,9 +250,9 @@ mod tests {
     }
 
     #[test]
-    fn bad_root_header() {
+    fn bad_root_header_is_an_empty_tree() {
         let mut root = leaf(&[(0, 1, 1)], 60);
         root[0] = 0;
-        assert!(run(&root, &[]).is_err());
+        assert_eq!(run(&root, &[]).unwrap(), vec![]);
     }
 }
