@@ -105,9 +105,239 @@ pub enum RawTarget<'a> {
     },
     /// A stream (pipe, stdout): every byte, holes as zeros.
     Stream(&'a mut dyn Write),
+    /// Write nothing; describe each write on the given stream instead (`-n`).
+    DryRun(&'a mut dyn Write),
 }
 
-/// Write the selected blocks of `src` as a raw image of `blocks_count` blocks.
+/// Accepts the blocks of a raw image in ascending order and writes them to a [`RawTarget`].
+pub struct RawSink<'a> {
+    target: RawTarget<'a>,
+    bs: u64,
+    total: u64,
+    /// Next byte a stream target expects.
+    pos: u64,
+    cmp: Vec<u8>,
+    zeros: Vec<u8>,
+    stats: CopyStats,
+}
+
+impl<'a> RawSink<'a> {
+    /// A sink for an image of `blocks_count` blocks of `block_size` bytes.
+    pub fn new(target: RawTarget<'a>, block_size: u32, blocks_count: u64) -> Result<Self> {
+        let bs = u64::from(block_size);
+        let total = blocks_count
+            .checked_mul(bs)
+            .ok_or_else(|| Error::InvalidInput("filesystem size overflows".into()))?;
+        if let RawTarget::InPlace { dest_offset, .. } = &target {
+            dest_offset
+                .checked_add(total)
+                .ok_or_else(|| Error::InvalidInput("destination offset overflows".into()))?;
+        }
+        Ok(RawSink {
+            target,
+            bs,
+            total,
+            pos: 0,
+            cmp: Vec::new(),
+            zeros: Vec::new(),
+            stats: CopyStats::default(),
+        })
+    }
+
+    pub fn stats(&self) -> &CopyStats {
+        &self.stats
+    }
+
+    fn check_range(&self, block: u64, count: u64) -> Result<u64> {
+        let end = block
+            .checked_add(count)
+            .and_then(|e| e.checked_mul(self.bs))
+            .filter(|&e| e <= self.total)
+            .ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "blocks {block}+{count} lie past the end of the image"
+                ))
+            })?;
+        let start = block * self.bs;
+        if start < self.pos {
+            return Err(Error::InvalidInput(format!(
+                "block {block} arrives out of order"
+            )));
+        }
+        Ok(end)
+    }
+
+    fn fill_stream(&mut self, to: u64) -> Result<()> {
+        if let RawTarget::Stream(w) = &mut self.target {
+            if self.zeros.is_empty() {
+                self.zeros = vec![0u8; IO_CHUNK];
+            }
+            while self.pos < to {
+                let n = (to - self.pos).min(IO_CHUNK as u64) as usize;
+                w.write_all(&self.zeros[..n])
+                    .map_err(|e| Error::io("write", self.pos, e))?;
+                self.pos += n as u64;
+                self.stats.bytes_written += n as u64;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write consecutive blocks starting at `block`.
+    pub fn put(&mut self, block: u64, data: &[u8]) -> Result<()> {
+        let bsz = self.bs as usize;
+        let count = (data.len() / bsz) as u64;
+        let end = self.check_range(block, count)?;
+        let start = block * self.bs;
+        self.stats.blocks += count;
+        match &mut self.target {
+            RawTarget::NewFile(file) => {
+                let file: &File = file;
+                let mut zero = 0;
+                zero_runs(data, bsz, &mut |i, n, z| {
+                    if z {
+                        zero += n as u64;
+                    } else {
+                        let off = start + (i * bsz) as u64;
+                        pwrite_full(file, &data[i * bsz..(i + n) * bsz], off)
+                            .map_err(|e| Error::io("write", off, e))?;
+                    }
+                    Ok(())
+                })?;
+                self.stats.zero_blocks += zero;
+                self.stats.bytes_written += (count - zero) * self.bs;
+            }
+            RawTarget::InPlace {
+                file,
+                dest_offset,
+                check,
+                ..
+            } => {
+                let file: &File = file;
+                let off = *dest_offset + start;
+                self.stats.zero_blocks +=
+                    data.chunks(bsz).filter(|b| block_is_zero(b)).count() as u64;
+                if *check {
+                    self.cmp.resize(data.len(), 0);
+                    let got = pread_full(file, &mut self.cmp, off)
+                        .map_err(|e| Error::io("read", off, e))?;
+                    let cmp = &self.cmp;
+                    // Past the end of the target counts as different.
+                    let same = |k: usize| {
+                        (k + 1) * bsz <= got
+                            && cmp[k * bsz..(k + 1) * bsz] == data[k * bsz..(k + 1) * bsz]
+                    };
+                    let n = count as usize;
+                    let mut i = 0;
+                    while i < n {
+                        let s = same(i);
+                        let mut j = i + 1;
+                        while j < n && same(j) == s {
+                            j += 1;
+                        }
+                        if s {
+                            self.stats.identical_blocks += (j - i) as u64;
+                        } else {
+                            let o = off + (i * bsz) as u64;
+                            pwrite_full(file, &data[i * bsz..j * bsz], o)
+                                .map_err(|e| Error::io("write", o, e))?;
+                            self.stats.bytes_written += ((j - i) * bsz) as u64;
+                        }
+                        i = j;
+                    }
+                } else {
+                    pwrite_full(file, data, off).map_err(|e| Error::io("write", off, e))?;
+                    self.stats.bytes_written += data.len() as u64;
+                }
+            }
+            RawTarget::Stream(_) => {
+                self.fill_stream(start)?;
+                if let RawTarget::Stream(w) = &mut self.target {
+                    w.write_all(data)
+                        .map_err(|e| Error::io("write", start, e))?;
+                }
+                self.stats.bytes_written += data.len() as u64;
+            }
+            RawTarget::DryRun(w) => {
+                writeln!(
+                    w,
+                    "would write blocks {block}..{} ({count} blocks)",
+                    block + count
+                )
+                .map_err(|e| Error::io("write", 0, e))?;
+            }
+        }
+        self.pos = end;
+        Ok(())
+    }
+
+    /// `count` selected blocks from `block` that are all zeros.
+    pub fn put_zeros(&mut self, block: u64, count: u64) -> Result<()> {
+        let end = self.check_range(block, count)?;
+        match &self.target {
+            RawTarget::NewFile(_) => {
+                self.stats.blocks += count;
+                self.stats.zero_blocks += count;
+                self.pos = end;
+            }
+            RawTarget::Stream(_) => {
+                self.stats.blocks += count;
+                self.stats.zero_blocks += count;
+                self.fill_stream(end)?;
+            }
+            RawTarget::InPlace { .. } | RawTarget::DryRun(_) => {
+                if self.zeros.is_empty() {
+                    self.zeros = vec![0u8; IO_CHUNK];
+                }
+                let per = (IO_CHUNK as u64 / self.bs).max(1);
+                let mut b = block;
+                let zeros = std::mem::take(&mut self.zeros);
+                while b < block + count {
+                    let n = per.min(block + count - b);
+                    self.put(b, &zeros[..(n * self.bs) as usize])?;
+                    b += n;
+                }
+                self.zeros = zeros;
+            }
+        }
+        Ok(())
+    }
+
+    /// Complete the image: a new file gets its full size, a stream its trailing zeros, an
+    /// in-place target grows (never shrinks) to the image end when asked.
+    pub fn finish(mut self) -> Result<CopyStats> {
+        let total = self.total;
+        match &mut self.target {
+            RawTarget::NewFile(file) => {
+                file.set_len(total)
+                    .map_err(|e| Error::io("truncate", total, e))?;
+            }
+            RawTarget::InPlace {
+                file,
+                dest_offset,
+                grow_to_end: true,
+                ..
+            } => {
+                let end = dest_offset.saturating_add(total);
+                let meta = file.metadata().map_err(|e| Error::io("stat", 0, e))?;
+                if meta.is_file() && meta.len() < end {
+                    file.set_len(end)
+                        .map_err(|e| Error::io("truncate", end, e))?;
+                }
+            }
+            RawTarget::Stream(_) => {
+                self.fill_stream(total)?;
+                if let RawTarget::Stream(w) = &mut self.target {
+                    w.flush().map_err(|e| Error::io("write", total, e))?;
+                }
+            }
+            _ => {}
+        }
+        Ok(self.stats)
+    }
+}
+
+/// Write the selected blocks of `src` as a raw image of `map.blocks_count()` blocks.
 pub fn write_raw<S: ReadAt + ?Sized>(
     src: &S,
     map: &BlockMap,
@@ -115,121 +345,19 @@ pub fn write_raw<S: ReadAt + ?Sized>(
     target: RawTarget<'_>,
     progress: &mut dyn Progress,
 ) -> Result<CopyStats> {
-    let bs = u64::from(block_size);
-    let total = map
-        .blocks_count()
-        .checked_mul(bs)
-        .ok_or_else(|| Error::InvalidInput("filesystem size overflows".into()))?;
-    let mut stats = CopyStats::default();
-    let bsz = block_size as usize;
+    let mut sink = RawSink::new(target, block_size, map.blocks_count())?;
     progress.phase(
         "copying",
         map.selected_blocks(),
         crate::progress::Unit::Blocks,
     );
-    match target {
-        RawTarget::NewFile(file) => {
-            stats.past_end_blocks = for_each_chunk(src, map, block_size, &mut |blk, data| {
-                zero_runs(data, bsz, &mut |i, n, z| {
-                    if z {
-                        stats.zero_blocks += n as u64;
-                    } else {
-                        let off = (blk + i as u64) * bs;
-                        pwrite_full(file, &data[i * bsz..(i + n) * bsz], off)
-                            .map_err(|e| Error::io("write", off, e))?;
-                        stats.bytes_written += (n * bsz) as u64;
-                    }
-                    Ok(())
-                })?;
-                stats.blocks += (data.len() / bsz) as u64;
-                progress.update(stats.blocks);
-                Ok(())
-            })?;
-            file.set_len(total)
-                .map_err(|e| Error::io("truncate", total, e))?;
-        }
-        RawTarget::InPlace {
-            file,
-            dest_offset,
-            check,
-            grow_to_end,
-        } => {
-            let mut cmp = Vec::new();
-            stats.past_end_blocks = for_each_chunk(src, map, block_size, &mut |blk, data| {
-                let off = dest_offset
-                    .checked_add(blk * bs)
-                    .ok_or_else(|| Error::InvalidInput("destination offset overflows".into()))?;
-                if check {
-                    cmp.resize(data.len(), 0);
-                    let got =
-                        pread_full(file, &mut cmp, off).map_err(|e| Error::io("read", off, e))?;
-                    // Past the end of the target counts as different.
-                    let mut i = 0;
-                    while i < data.len() / bsz {
-                        let same = |k: usize| {
-                            (k + 1) * bsz <= got
-                                && cmp[k * bsz..(k + 1) * bsz] == data[k * bsz..(k + 1) * bsz]
-                        };
-                        let s = same(i);
-                        let mut j = i + 1;
-                        while j < data.len() / bsz && same(j) == s {
-                            j += 1;
-                        }
-                        if s {
-                            stats.identical_blocks += (j - i) as u64;
-                        } else {
-                            let o = off + (i * bsz) as u64;
-                            pwrite_full(file, &data[i * bsz..j * bsz], o)
-                                .map_err(|e| Error::io("write", o, e))?;
-                            stats.bytes_written += ((j - i) * bsz) as u64;
-                        }
-                        i = j;
-                    }
-                } else {
-                    pwrite_full(file, data, off).map_err(|e| Error::io("write", off, e))?;
-                    stats.bytes_written += data.len() as u64;
-                }
-                stats.zero_blocks += data.chunks(bsz).filter(|b| block_is_zero(b)).count() as u64;
-                stats.blocks += (data.len() / bsz) as u64;
-                progress.update(stats.blocks);
-                Ok(())
-            })?;
-            if grow_to_end {
-                let end = dest_offset.saturating_add(total);
-                let len = file.metadata().map_err(|e| Error::io("stat", 0, e))?.len();
-                if file.metadata().map(|m| m.is_file()).unwrap_or(false) && len < end {
-                    file.set_len(end)
-                        .map_err(|e| Error::io("truncate", end, e))?;
-                }
-            }
-        }
-        RawTarget::Stream(w) => {
-            let zeros = vec![0u8; IO_CHUNK];
-            let mut pos: u64 = 0;
-            let fill = |w: &mut dyn Write, from: u64, to: u64| -> Result<()> {
-                let mut p = from;
-                while p < to {
-                    let n = (to - p).min(IO_CHUNK as u64) as usize;
-                    w.write_all(&zeros[..n])
-                        .map_err(|e| Error::io("write", p, e))?;
-                    p += n as u64;
-                }
-                Ok(())
-            };
-            stats.past_end_blocks = for_each_chunk(src, map, block_size, &mut |blk, data| {
-                let off = blk * bs;
-                fill(&mut *w, pos, off)?;
-                w.write_all(data).map_err(|e| Error::io("write", off, e))?;
-                pos = off + data.len() as u64;
-                stats.blocks += (data.len() / bsz) as u64;
-                progress.update(stats.blocks);
-                Ok(())
-            })?;
-            fill(&mut *w, pos, total)?;
-            w.flush().map_err(|e| Error::io("write", total, e))?;
-            stats.bytes_written = total;
-        }
-    }
+    let past = for_each_chunk(src, map, block_size, &mut |blk, data| {
+        sink.put(blk, data)?;
+        progress.update(sink.stats().blocks);
+        Ok(())
+    })?;
+    let mut stats = sink.finish()?;
+    stats.past_end_blocks = past;
     progress.finish();
     Ok(stats)
 }
