@@ -5,8 +5,8 @@ use std::io;
 /// Everything that can go wrong in `e2i`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A system call failed.
-    #[error("{op} at byte {offset}: {source}")]
+    /// A system call failed. (The source error is printed by the error chain.)
+    #[error("{op}{}", if *offset > 0 { format!(" at byte {offset}") } else { String::new() })]
     Io {
         op: &'static str,
         offset: u64,

@@ -20,5 +20,6 @@ pub mod mount;
 pub mod ops;
 pub mod progress;
 pub mod sparse;
+pub mod stream;
 
 pub use error::{Error, Result};

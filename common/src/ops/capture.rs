@@ -10,6 +10,7 @@ use crate::ext4::{Filesystem, OpenOptions};
 use crate::io::{FileSource, ReadAt};
 use crate::progress::{Progress, Unit};
 use crate::sparse::{self, CopyStats, RawTarget};
+use crate::stream;
 use crate::{Error, Result};
 
 /// Image formats.
@@ -127,6 +128,27 @@ pub fn capture(
             };
             sparse::write_raw(&fs.src, map, fs.sb.block_size, target, progress)?
         }
+        Format::Stream => {
+            let w: &mut dyn Write = match out {
+                Output::Stream(w) => w,
+                Output::NewFile(f) | Output::Device(f) => {
+                    &mut std::io::BufWriter::with_capacity(1 << 20, f)
+                }
+            };
+            let header = stream::Header {
+                flags: if opts.all_data {
+                    stream::flags::ALL_DATA
+                } else {
+                    0
+                },
+                incompat: 0,
+                block_size: fs.sb.block_size,
+                blocks_count: fs.sb.blocks_count,
+                uuid: fs.sb.uuid(),
+                extents: 0,
+            };
+            write_stream(&fs.src, map, header, w, progress)?
+        }
         other => return Err(CaptureReport::unsupported(other)),
     };
     report.problems = res.problems;
@@ -140,4 +162,81 @@ impl CaptureReport {
             "the {format:?} format is not available in this build"
         ))
     }
+}
+
+/// Classify the selected blocks into data and all-zero extents (first pass of a stream).
+pub fn classify<S: ReadAt + ?Sized>(
+    src: &S,
+    map: &BlockMap,
+    block_size: u32,
+) -> Result<(Vec<stream::Extent>, u64)> {
+    let mut out: Vec<stream::Extent> = Vec::new();
+    let bsz = block_size as usize;
+    let past = sparse::for_each_chunk(src, map, block_size, &mut |blk, data| {
+        sparse::zero_runs(data, bsz, &mut |i, n, z| {
+            let kind = if z {
+                stream::Kind::Zero
+            } else {
+                stream::Kind::Data
+            };
+            let start = blk + i as u64;
+            match out.last_mut() {
+                Some(l) if l.kind == kind && l.start + l.len == start => l.len += n as u64,
+                _ => out.push(stream::Extent {
+                    start,
+                    len: n as u64,
+                    kind,
+                }),
+            }
+            Ok(())
+        })
+    })?;
+    Ok((out, past))
+}
+
+/// Write the selected blocks of `src` as an e2i stream: the map (data and zero extents)
+/// first, then the data. Reads the selection twice (classification, then data) so that
+/// memory stays bounded by the map.
+pub fn write_stream<S: ReadAt + ?Sized>(
+    src: &S,
+    map: &BlockMap,
+    header: stream::Header,
+    out: &mut dyn Write,
+    progress: &mut dyn Progress,
+) -> Result<CopyStats> {
+    let bs = u64::from(header.block_size);
+    let (extents, past) = classify(src, map, header.block_size)?;
+    let data_map = BlockMap::from_runs(
+        extents
+            .iter()
+            .filter(|e| e.kind == stream::Kind::Data)
+            .map(|e| crate::blockmap::Run {
+                start: e.start,
+                len: e.len,
+            }),
+        map.blocks_count(),
+    );
+    let zero_blocks: u64 = extents
+        .iter()
+        .filter(|e| e.kind == stream::Kind::Zero)
+        .map(|e| e.len)
+        .sum();
+    let mut w = stream::StreamWriter::new(out, header, extents)?;
+    progress.phase("copying", data_map.selected_blocks(), Unit::Blocks);
+    let mut done = 0u64;
+    sparse::for_each_chunk(src, &data_map, header.block_size, &mut |_, data| {
+        w.write_data(data)?;
+        done += data.len() as u64 / bs;
+        progress.update(done);
+        Ok(())
+    })?;
+    let (_, _digest) = w.finish()?;
+    progress.finish();
+    Ok(CopyStats {
+        blocks: done + zero_blocks,
+        zero_blocks,
+        past_end_blocks: past,
+        identical_blocks: 0,
+        bytes_written: done * bs,
+    })
 }

@@ -1,0 +1,146 @@
+//! The e2i stream between capture and the converters.
+
+use super::util::*;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn e2image(args: &[&str], img: &std::path::Path, out: &std::path::Path) -> Vec<u8> {
+    let st = Command::new("e2image")
+        .args(args)
+        .arg(img)
+        .arg(out)
+        .output()
+        .expect("e2image");
+    assert!(st.status.success());
+    std::fs::read(out).unwrap()
+}
+
+fn capture_stream(args: &[&str], img: &std::path::Path) -> Vec<u8> {
+    let o = run(Command::new(tool("e2i-capture")).args(args).arg(img));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    o.stdout
+}
+
+fn to_raw(stream: &[u8], out: &std::path::Path) -> std::process::Output {
+    let mut child = Command::new(tool("e2i-to-raw"))
+        .arg("-")
+        .arg(out)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().unwrap();
+    let data = stream.to_vec();
+    let t = std::thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let o = child.wait_with_output().unwrap();
+    t.join().unwrap();
+    o
+}
+
+#[test]
+fn stream_round_trips_to_e2image_bytes() {
+    let d = tempdir();
+    for (name, extra) in [
+        ("a.img", &["-b", "1024"][..]),
+        ("b.img", &["-b", "4096", "-O", "^metadata_csum"][..]),
+    ] {
+        let img = mkfs(d.path(), name, "8M", extra);
+        let want = e2image(&["-r"], &img, &d.path().join("ref.raw"));
+        let s = capture_stream(&[], &img);
+        let out = d.path().join("out.raw");
+        let o = to_raw(&s, &out);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(std::fs::read(&out).unwrap(), want, "{name}");
+        // Compressed wrappings.
+        for (c, flag) in [("gzip", "-c"), ("bzip2", "-c")] {
+            let mut ch = Command::new(c)
+                .arg(flag)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut sin = ch.stdin.take().unwrap();
+            let s2 = s.clone();
+            let t = std::thread::spawn(move || sin.write_all(&s2).unwrap());
+            let z = ch.wait_with_output().unwrap().stdout;
+            t.join().unwrap();
+            let out2 = d.path().join("z.raw");
+            std::fs::remove_file(&out2).ok();
+            let o = to_raw(&z, &out2);
+            assert!(
+                o.status.success(),
+                "{c}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert_eq!(std::fs::read(&out2).unwrap(), want, "{name} via {c}");
+        }
+        // All data.
+        let want_a = e2image(&["-ra"], &img, &d.path().join("refa.raw"));
+        let sa = capture_stream(&["-a"], &img);
+        let outa = d.path().join("outa.raw");
+        assert!(to_raw(&sa, &outa).status.success());
+        assert_eq!(std::fs::read(&outa).unwrap(), want_a, "{name} -a");
+        // A stream kept in a file, converted to stdout.
+        let sf = d.path().join("s.e2is");
+        let o = run(Command::new(tool("e2i-capture"))
+            .args(["--format", "stream"])
+            .arg(&img)
+            .arg(&sf));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let o = run(Command::new(tool("e2i-to-raw")).arg(&sf).arg("-"));
+        assert!(o.status.success());
+        assert_eq!(o.stdout, want, "{name} file stream to stdout");
+        for f in ["ref.raw", "refa.raw", "out.raw", "outa.raw"] {
+            std::fs::remove_file(d.path().join(f)).ok();
+        }
+    }
+}
+
+#[test]
+fn damaged_streams_are_refused_and_leave_nothing() {
+    let d = tempdir();
+    let img = mkfs(d.path(), "fs.img", "4M", &[]);
+    let s = capture_stream(&[], &img);
+    let out = d.path().join("out.raw");
+    // Cut at many points, including inside header, map, data and trailer.
+    let mut cuts: Vec<usize> = vec![
+        0,
+        1,
+        63,
+        64,
+        70,
+        100,
+        s.len() / 2,
+        s.len() - 65,
+        s.len() - 64,
+        s.len() - 1,
+    ];
+    let step = (s.len() / 40).max(1);
+    cuts.extend((0..s.len()).step_by(step));
+    for cut in cuts {
+        let o = to_raw(&s[..cut], &out);
+        assert_eq!(o.status.code(), Some(1), "cut at {cut}");
+        assert!(!out.exists(), "cut at {cut} left an output");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !err.contains("panicked") && err.lines().count() == 1,
+            "cut at {cut}: {err}"
+        );
+    }
+    let step = (s.len() / 60).max(1);
+    for i in (0..s.len())
+        .step_by(step)
+        .chain([8, 20, 70, s.len() - 40, s.len() - 10])
+    {
+        let mut b = s.clone();
+        b[i] ^= 0x01;
+        let o = to_raw(&b, &out);
+        assert_eq!(o.status.code(), Some(1), "flip at {i}");
+        assert!(!out.exists(), "flip at {i} left an output");
+    }
+    // The intact stream still works.
+    assert!(to_raw(&s, &out).status.success());
+}
