@@ -234,6 +234,11 @@ impl ReadAt for MemSource {
     fn size(&self) -> u64 {
         self.0.len() as u64
     }
+
+    fn data_region(&self, offset: u64) -> Result<Option<Range<u64>>> {
+        let len = self.0.len() as u64;
+        Ok((offset < len).then_some(offset..len))
+    }
 }
 
 #[cfg(test)]

@@ -54,6 +54,64 @@ pub fn for_each_chunk<S: ReadAt + ?Sized>(
     Ok(past_end)
 }
 
+/// A piece of the selected blocks, in block order.
+#[derive(Debug)]
+pub enum Piece<'a> {
+    /// Consecutive blocks from `.0` with their bytes.
+    Data(u64, &'a [u8]),
+    /// `.1` consecutive blocks from `.0` known to read as zeros (holes in the source, or
+    /// past its end) without having been read.
+    Zero(u64, u64),
+}
+
+/// Walk the selected blocks in order, reading data in pieces of at most [`IO_CHUNK`] bytes
+/// and reporting holes of the source as [`Piece::Zero`] without reading or materialising
+/// them. Returns the number of blocks that lay past the end of the source.
+pub fn for_each_piece<S: ReadAt + ?Sized>(
+    src: &S,
+    map: &BlockMap,
+    block_size: u32,
+    f: &mut dyn FnMut(Piece<'_>) -> Result<()>,
+) -> Result<u64> {
+    let bs = u64::from(block_size);
+    let per = (IO_CHUNK as u64 / bs).max(1);
+    let size = src.size();
+    let mut buf = Vec::new();
+    let mut past_end = 0u64;
+    for run in map.runs() {
+        let end = run.end();
+        let mut b = run.start;
+        while b < end {
+            let off = b * bs;
+            match src.data_region(off)? {
+                None => {
+                    past_end += end - b.max(size.div_ceil(bs)).min(end);
+                    f(Piece::Zero(b, end - b))?;
+                    b = end;
+                }
+                Some(r) if r.start >= off.saturating_add(bs) => {
+                    // Whole blocks before the next data are zeros.
+                    let z_end = (r.start / bs).min(end);
+                    past_end += z_end - b.max(size.div_ceil(bs)).min(z_end);
+                    f(Piece::Zero(b, z_end - b))?;
+                    b = z_end;
+                }
+                Some(r) => {
+                    let data_end = r.end.div_ceil(bs).max(b + 1);
+                    let n = per.min(end - b).min(data_end - b);
+                    let len = (n * bs) as usize;
+                    buf.resize(len, 0);
+                    let past = src.read_sparse_at(&mut buf[..len], off)? as u64;
+                    past_end += past.div_ceil(bs);
+                    f(Piece::Data(b, &buf[..len]))?;
+                    b += n;
+                }
+            }
+        }
+    }
+    Ok(past_end)
+}
+
 /// Split a piece of consecutive blocks into runs of zero and non-zero blocks:
 /// calls `f(block_index_in_piece, count, all_zero)`.
 pub fn zero_runs(
@@ -351,8 +409,11 @@ pub fn write_raw<S: ReadAt + ?Sized>(
         map.selected_blocks(),
         crate::progress::Unit::Blocks,
     );
-    let past = for_each_chunk(src, map, block_size, &mut |blk, data| {
-        sink.put(blk, data)?;
+    let past = for_each_piece(src, map, block_size, &mut |p| {
+        match p {
+            Piece::Data(blk, data) => sink.put(blk, data)?,
+            Piece::Zero(blk, n) => sink.put_zeros(blk, n)?,
+        }
         progress.update(sink.stats().blocks);
         Ok(())
     })?;

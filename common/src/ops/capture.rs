@@ -172,24 +172,28 @@ pub fn classify<S: ReadAt + ?Sized>(
 ) -> Result<(Vec<stream::Extent>, u64)> {
     let mut out: Vec<stream::Extent> = Vec::new();
     let bsz = block_size as usize;
-    let past = sparse::for_each_chunk(src, map, block_size, &mut |blk, data| {
-        sparse::zero_runs(data, bsz, &mut |i, n, z| {
-            let kind = if z {
-                stream::Kind::Zero
-            } else {
-                stream::Kind::Data
-            };
-            let start = blk + i as u64;
-            match out.last_mut() {
-                Some(l) if l.kind == kind && l.start + l.len == start => l.len += n as u64,
-                _ => out.push(stream::Extent {
-                    start,
-                    len: n as u64,
-                    kind,
-                }),
-            }
-            Ok(())
-        })
+    let mut push = |start: u64, n: u64, kind: stream::Kind| match out.last_mut() {
+        Some(l) if l.kind == kind && l.start + l.len == start => l.len += n,
+        _ => out.push(stream::Extent {
+            start,
+            len: n,
+            kind,
+        }),
+    };
+    let past = sparse::for_each_piece(src, map, block_size, &mut |p| {
+        match p {
+            sparse::Piece::Zero(blk, n) => push(blk, n, stream::Kind::Zero),
+            sparse::Piece::Data(blk, data) => sparse::zero_runs(data, bsz, &mut |i, n, z| {
+                let kind = if z {
+                    stream::Kind::Zero
+                } else {
+                    stream::Kind::Data
+                };
+                push(blk + i as u64, n as u64, kind);
+                Ok(())
+            })?,
+        }
+        Ok(())
     })?;
     Ok((out, past))
 }
