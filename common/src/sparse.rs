@@ -12,7 +12,7 @@ use crate::{Error, Result};
 pub const IO_CHUNK: usize = 4 << 20;
 
 /// Counts from a pass over the selected blocks.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CopyStats {
     /// Selected blocks visited.
     pub blocks: u64,
@@ -20,6 +20,10 @@ pub struct CopyStats {
     pub zero_blocks: u64,
     /// Blocks that lay (partly) past the end of the source and read as zeros.
     pub past_end_blocks: u64,
+    /// Blocks that could not be read (I/O errors) and were written as zeros.
+    pub unreadable_blocks: u64,
+    /// The first of them.
+    pub unreadable: Vec<u64>,
     /// Blocks skipped because the target already held the same bytes (`-c`).
     pub identical_blocks: u64,
     /// Bytes written to the output.
@@ -64,20 +68,69 @@ pub enum Piece<'a> {
     Zero(u64, u64),
 }
 
+/// What a pass over the selected blocks could not read.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReadReport {
+    /// Blocks past the end of the source (read as zeros).
+    pub past_end_blocks: u64,
+    /// Blocks whose read failed (I/O error); passed on as zeros.
+    pub unreadable_blocks: u64,
+    /// The first unreadable block numbers (at most [`UNREADABLE_SAMPLE`]).
+    pub unreadable: Vec<u64>,
+}
+
+/// How many unreadable block numbers a [`ReadReport`] lists.
+pub const UNREADABLE_SAMPLE: usize = 1000;
+
+/// Read `buf` at block `first`; if the read fails, retry block by block, zero-filling and
+/// recording the blocks that cannot be read.
+fn read_salvaging<S: ReadAt + ?Sized>(
+    src: &S,
+    buf: &mut [u8],
+    first: u64,
+    bs: u64,
+    rep: &mut ReadReport,
+) -> Result<()> {
+    match src.read_sparse_at(buf, first * bs) {
+        Ok(past) => {
+            rep.past_end_blocks += (past as u64).div_ceil(bs);
+            Ok(())
+        }
+        Err(Error::Io { .. }) => {
+            for (i, blk) in buf.chunks_mut(bs as usize).enumerate() {
+                let b = first + i as u64;
+                match src.read_sparse_at(blk, b * bs) {
+                    Ok(past) => rep.past_end_blocks += (past as u64).div_ceil(bs),
+                    Err(Error::Io { .. }) => {
+                        blk.fill(0);
+                        rep.unreadable_blocks += 1;
+                        if rep.unreadable.len() < UNREADABLE_SAMPLE {
+                            rep.unreadable.push(b);
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Walk the selected blocks in order, reading data in pieces of at most [`IO_CHUNK`] bytes
 /// and reporting holes of the source as [`Piece::Zero`] without reading or materialising
-/// them. Returns the number of blocks that lay past the end of the source.
+/// them. Blocks that cannot be read are passed on as zeros and listed in the report.
 pub fn for_each_piece<S: ReadAt + ?Sized>(
     src: &S,
     map: &BlockMap,
     block_size: u32,
     f: &mut dyn FnMut(Piece<'_>) -> Result<()>,
-) -> Result<u64> {
+) -> Result<ReadReport> {
     let bs = u64::from(block_size);
     let per = (IO_CHUNK as u64 / bs).max(1);
     let size = src.size();
     let mut buf = Vec::new();
-    let mut past_end = 0u64;
+    let mut rep = ReadReport::default();
     for run in map.runs() {
         let end = run.end();
         let mut b = run.start;
@@ -85,14 +138,14 @@ pub fn for_each_piece<S: ReadAt + ?Sized>(
             let off = b * bs;
             match src.data_region(off)? {
                 None => {
-                    past_end += end - b.max(size.div_ceil(bs)).min(end);
+                    rep.past_end_blocks += end - b.max(size.div_ceil(bs)).min(end);
                     f(Piece::Zero(b, end - b))?;
                     b = end;
                 }
                 Some(r) if r.start >= off.saturating_add(bs) => {
                     // Whole blocks before the next data are zeros.
                     let z_end = (r.start / bs).min(end);
-                    past_end += z_end - b.max(size.div_ceil(bs)).min(z_end);
+                    rep.past_end_blocks += z_end - b.max(size.div_ceil(bs)).min(z_end);
                     f(Piece::Zero(b, z_end - b))?;
                     b = z_end;
                 }
@@ -101,15 +154,14 @@ pub fn for_each_piece<S: ReadAt + ?Sized>(
                     let n = per.min(end - b).min(data_end - b);
                     let len = (n * bs) as usize;
                     buf.resize(len, 0);
-                    let past = src.read_sparse_at(&mut buf[..len], off)? as u64;
-                    past_end += past.div_ceil(bs);
+                    read_salvaging(src, &mut buf[..len], b, bs, &mut rep)?;
                     f(Piece::Data(b, &buf[..len]))?;
                     b += n;
                 }
             }
         }
     }
-    Ok(past_end)
+    Ok(rep)
 }
 
 /// Split a piece of consecutive blocks into runs of zero and non-zero blocks:
@@ -418,7 +470,9 @@ pub fn write_raw<S: ReadAt + ?Sized>(
         Ok(())
     })?;
     let mut stats = sink.finish()?;
-    stats.past_end_blocks = past;
+    stats.past_end_blocks = past.past_end_blocks;
+    stats.unreadable_blocks = past.unreadable_blocks;
+    stats.unreadable = past.unreadable;
     progress.finish();
     Ok(stats)
 }

@@ -83,6 +83,7 @@ pub fn walk(
         blk: 0,
         next: 0,
     }];
+    let mut seen: std::collections::HashSet<u64> = std::collections::HashSet::new();
     // Logical block reached so far (libext2fs's running `blockcnt`).
     let mut blockcnt: u64 = 0;
     // Set after a skipped extent: the following sibling was consumed by the look-ahead.
@@ -103,6 +104,12 @@ pub fn walk(
             visit(Visit::Meta(child));
             if path.iter().skip(1).any(|l| l.blk == child) {
                 return Err(corrupt(format!("extent tree loops back to block {child}")));
+            }
+            // A node reached a second time (a damaged tree sharing subtrees) was read and
+            // checked already and its blocks marked; walking it again could take
+            // exponential time, so it is not descended into twice.
+            if !seen.insert(child) {
+                continue;
             }
             if path.len() > MAX_DEPTH {
                 return Err(corrupt(format!(

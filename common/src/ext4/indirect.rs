@@ -17,6 +17,9 @@ struct Walker<'a> {
     last: Option<Error>,
     bufs: [Vec<u8>; 3],
     run: Option<(u64, u64)>,
+    /// Indirect blocks already walked, by (block, level): the error a walk produced, if any.
+    /// A damaged map that points many times at one subtree is walked once.
+    done: std::collections::HashMap<(u32, usize), Option<String>>,
 }
 
 impl Walker<'_> {
@@ -52,6 +55,31 @@ impl Walker<'_> {
             ));
             return true;
         }
+        if let Some(prev) = self.done.get(&(blk, level)) {
+            // Same outcome as walking it again: marks already made, same error (if any).
+            self.last = prev.as_ref().map(|m| match m.split_once(": ") {
+                Some((w, d)) => Error::corrupt(w, d),
+                None => Error::corrupt(what(), m.clone()),
+            });
+            return prev.is_some();
+        }
+        let r = self.walk_uncached(blk, level, what);
+        let outcome = if r {
+            Some(
+                self.last
+                    .as_ref()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default(),
+            )
+        } else {
+            None
+        };
+        self.done.insert((blk, level), outcome);
+        r
+    }
+
+    fn walk_uncached(&mut self, blk: u32, level: usize, what: &dyn Fn() -> String) -> bool {
+        let b = u64::from(blk);
         let mut buf = std::mem::take(&mut self.bufs[level - 1]);
         buf.resize(self.block_size, 0);
         let r = (self.read)(b, &mut buf);
@@ -102,6 +130,7 @@ pub fn walk(
         last: None,
         bufs: [Vec::new(), Vec::new(), Vec::new()],
         run: None,
+        done: std::collections::HashMap::new(),
     };
     for &b in &block[..EXT2_NDIR_BLOCKS] {
         if b != 0 {
@@ -209,5 +238,42 @@ mod tests {
         let (r, v) = run(b, &[(60, ind(&[0, 9999, 61])), (61, ind(&[70]))]);
         assert!(r.is_err());
         assert_eq!(v, vec![Visit::Meta(60), Visit::Meta(9999)]);
+    }
+
+    #[test]
+    fn shared_subtrees_are_walked_once() {
+        // A TIND whose 256 entries all point to one DIND whose entries all point to one IND.
+        let mut reads = 0;
+        let all = |v: u32| ind(&[v; 256]);
+        let blocks = [(60u64, all(61)), (61, all(62)), (62, ind(&[70]))];
+        let mut read = |b: u64, buf: &mut [u8]| {
+            reads += 1;
+            let (_, d) = blocks
+                .iter()
+                .find(|(n, _)| *n == b)
+                .ok_or_else(|| Error::corrupt("read", "short"))?;
+            buf.copy_from_slice(d);
+            Ok(())
+        };
+        let mut b = [0u32; 15];
+        b[14] = 60;
+        let mut data = 0;
+        walk(
+            &b,
+            1024,
+            1,
+            1000,
+            true,
+            &mut read,
+            &mut |v| {
+                if matches!(v, Visit::Data { .. }) {
+                    data += 1;
+                }
+            },
+            &|| "inode 9".into(),
+        )
+        .unwrap();
+        assert_eq!(reads, 3);
+        assert_eq!(data, 1);
     }
 }

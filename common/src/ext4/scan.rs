@@ -299,7 +299,7 @@ fn scan_inodes<S: ReadAt>(
         }
         let mut cur = itable;
         let mut ino = g * ipg; // last inode returned
-        'group: while inodes_left > 0 && blocks_left > 0 {
+        while inodes_left > 0 && blocks_left > 0 {
             // One chunk of the inode table, stopping before the next bad block.
             let mut n = chunk_blocks.min(blocks_left);
             let mut is_bad = false;
@@ -316,21 +316,27 @@ fn scan_inodes<S: ReadAt>(
                 }
             }
             let len = (n * bs) as usize;
+            // Blocks of this chunk that could not be read (their inodes are skipped).
+            let mut unreadable: Vec<bool> = Vec::new();
             if !is_bad {
                 buf.resize(len, 0);
                 if let Err(e) = fs.src.read_exact_at(&mut buf[..len], cur * bs, &|| {
                     format!("group {g} inode table: blocks {cur}..{}", cur + n)
                 }) {
-                    ctx.problem(None, e)?;
-                    break 'group;
+                    if ctx.opts.strict {
+                        return Err(e);
+                    }
+                    unreadable = salvage_blocks(fs, &mut buf[..len], cur, n);
+                    report_unreadable(ctx, g, cur, &unreadable, ino, sb.inodes_per_block());
                 }
             }
             let per_chunk = (len / isz) as u32;
+            let ipb = sb.inodes_per_block();
             for k in 0..per_chunk.min(inodes_left) {
                 ino += 1;
                 inodes_left -= 1;
                 done += 1;
-                if is_bad {
+                if is_bad || unreadable.get((k / ipb) as usize).copied().unwrap_or(false) {
                     continue;
                 }
                 let off = k as usize * isz;
@@ -350,6 +356,56 @@ fn scan_inodes<S: ReadAt>(
         }
     }
     Ok(seen)
+}
+
+/// Re-read a chunk block by block; returns which blocks failed (zero-filled).
+fn salvage_blocks<S: ReadAt>(fs: &Filesystem<S>, buf: &mut [u8], first: u64, n: u64) -> Vec<bool> {
+    let bs = fs.sb.block_size as usize;
+    (0..n as usize)
+        .map(|i| {
+            let blk = &mut buf[i * bs..(i + 1) * bs];
+            let ok = fs
+                .read_block(first + i as u64, blk, &|| String::new())
+                .is_ok();
+            if !ok {
+                blk.fill(0);
+            }
+            !ok
+        })
+        .collect()
+}
+
+/// One problem per run of unreadable inode-table blocks, naming the inodes lost.
+fn report_unreadable<S: ReadAt>(
+    ctx: &mut Ctx<'_, S>,
+    g: u32,
+    first: u64,
+    bad: &[bool],
+    ino_before: u32,
+    ipb: u32,
+) {
+    let mut i = 0;
+    while i < bad.len() {
+        if !bad[i] {
+            i += 1;
+            continue;
+        }
+        let mut j = i;
+        while j < bad.len() && bad[j] {
+            j += 1;
+        }
+        let a = u64::from(ino_before) + i as u64 * u64::from(ipb) + 1;
+        let b = u64::from(ino_before) + j as u64 * u64::from(ipb);
+        ctx.problems.push(Problem {
+            ino: None,
+            message: format!(
+                "group {g} inode table: blocks {}..{} cannot be read; inodes {a}..={b} skipped",
+                first + i as u64,
+                first + j as u64
+            ),
+        });
+        i = j;
+    }
 }
 
 /// e2image's per-inode rules (§3.2 steps 2–5).

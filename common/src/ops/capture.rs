@@ -152,6 +152,22 @@ pub fn capture(
         other => return Err(CaptureReport::unsupported(other)),
     };
     report.problems = res.problems;
+    for b in &report.copy.unreadable {
+        report.problems.push(Problem {
+            ino: None,
+            message: format!("block {b}: read error; written as zeros"),
+        });
+    }
+    let unlisted = report
+        .copy
+        .unreadable_blocks
+        .saturating_sub(report.copy.unreadable.len() as u64);
+    if unlisted > 0 {
+        report.problems.push(Problem {
+            ino: None,
+            message: format!("{unlisted} more blocks could not be read; written as zeros"),
+        });
+    }
     Ok(report)
 }
 
@@ -169,7 +185,7 @@ pub fn classify<S: ReadAt + ?Sized>(
     src: &S,
     map: &BlockMap,
     block_size: u32,
-) -> Result<(Vec<stream::Extent>, u64)> {
+) -> Result<(Vec<stream::Extent>, sparse::ReadReport)> {
     let mut out: Vec<stream::Extent> = Vec::new();
     let bsz = block_size as usize;
     let mut push = |start: u64, n: u64, kind: stream::Kind| match out.last_mut() {
@@ -239,7 +255,9 @@ pub fn write_stream<S: ReadAt + ?Sized>(
     Ok(CopyStats {
         blocks: done + zero_blocks,
         zero_blocks,
-        past_end_blocks: past,
+        past_end_blocks: past.past_end_blocks,
+        unreadable_blocks: past.unreadable_blocks,
+        unreadable: past.unreadable,
         identical_blocks: 0,
         bytes_written: done * bs,
     })
