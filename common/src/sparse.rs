@@ -384,7 +384,7 @@ impl<'a> RawSink<'a> {
     /// `count` selected blocks from `block` that are all zeros.
     pub fn put_zeros(&mut self, block: u64, count: u64) -> Result<()> {
         let end = self.check_range(block, count)?;
-        match &self.target {
+        match &mut self.target {
             RawTarget::NewFile(_) => {
                 self.stats.blocks += count;
                 self.stats.zero_blocks += count;
@@ -395,7 +395,18 @@ impl<'a> RawSink<'a> {
                 self.stats.zero_blocks += count;
                 self.fill_stream(end)?;
             }
-            RawTarget::InPlace { .. } | RawTarget::DryRun(_) => {
+            RawTarget::DryRun(w) => {
+                writeln!(
+                    w,
+                    "would write blocks {block}..{} ({count} zero blocks)",
+                    block + count
+                )
+                .map_err(|e| Error::io("write", 0, e))?;
+                self.stats.blocks += count;
+                self.stats.zero_blocks += count;
+                self.pos = end;
+            }
+            RawTarget::InPlace { .. } => {
                 if self.zeros.is_empty() {
                     self.zeros = vec![0u8; IO_CHUNK];
                 }

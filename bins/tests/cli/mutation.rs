@@ -1,0 +1,273 @@
+//! Mutation tests: deterministic corruptions of real filesystems, aimed at their metadata
+//! blocks (superblock, descriptors, bitmaps, inode tables, extent, indirect and directory
+//! blocks), run through the scanner and writers in-process. Every case must end in success,
+//! a clean error or a partial capture — never a panic — within bounded time and memory.
+
+use super::util::*;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
+
+use e2i::blockmap::BlockMap;
+use e2i::ext4::scan::{ScanOptions, scan};
+use e2i::ext4::{Filesystem, OpenOptions};
+use e2i::io::MemSource;
+use e2i::progress::NoProgress;
+use e2i::sparse::{RawTarget, write_raw};
+
+/// Peak-tracking allocator (installed by the test binary root): bytes live at most.
+pub use super::super::ALLOC;
+
+/// splitmix64: small, deterministic.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Clean,
+    Damaged,
+    Refused,
+}
+
+/// Run open → scan → raw writer (dry run, and the stream classifier) on `img`.
+fn capture(img: Vec<u8>, strict: bool) -> Outcome {
+    let src = MemSource(img);
+    let fs = match Filesystem::open(&src, OpenOptions::default()) {
+        Ok(fs) => fs,
+        Err(_) => return Outcome::Refused,
+    };
+    let opts = ScanOptions {
+        all_data: true,
+        output_is_block_device: false,
+        strict,
+        want_dir_blocks: true,
+    };
+    let res = match scan(&fs, opts, None) {
+        Ok(r) => r,
+        Err(_) => return Outcome::Refused,
+    };
+    let map: &BlockMap = &res.map;
+    let mut sink = std::io::sink();
+    if write_raw(
+        &src,
+        map,
+        fs.sb.block_size,
+        RawTarget::DryRun(&mut sink),
+        &mut NoProgress,
+    )
+    .is_err()
+    {
+        return Outcome::Refused;
+    }
+    if e2i::ops::capture::classify(&src, map, fs.sb.block_size).is_err() {
+        return Outcome::Refused;
+    }
+    if res.problems.is_empty() {
+        Outcome::Clean
+    } else {
+        Outcome::Damaged
+    }
+}
+
+/// Byte ranges worth corrupting in `img`: superblock, descriptors, and every selected block
+/// (bitmaps, inode tables, extent/indirect/directory blocks, xattr blocks, journal).
+fn targets(img: &[u8]) -> Vec<(u64, u64)> {
+    let src = MemSource(img.to_vec());
+    let fs = Filesystem::open(&src, OpenOptions::default()).expect("base image opens");
+    let bs = u64::from(fs.sb.block_size);
+    let mut t = vec![(1024u64, 1024u64)];
+    let desc_start = (u64::from(fs.sb.first_data_block) + 1) * bs;
+    t.push((desc_start, u64::from(fs.sb.desc_blocks) * bs));
+    let opts = ScanOptions {
+        all_data: false,
+        output_is_block_device: false,
+        strict: true,
+        want_dir_blocks: false,
+    };
+    let res = scan(&fs, opts, None).expect("base image scans");
+    for r in res.map.runs() {
+        for b in r.start..r.end() {
+            t.push((b * bs, bs));
+        }
+    }
+    t
+}
+
+fn run_case(
+    name: &str,
+    img: Vec<u8>,
+    budget: Duration,
+    worst: &mut Duration,
+    peak: &mut usize,
+) -> Outcome {
+    ALLOC.reset_peak();
+    let start = Instant::now();
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let lenient = capture(img.clone(), false);
+        let strict = capture(img, true);
+        // Strict mode never reports a partial capture; it refuses instead.
+        assert_ne!(
+            strict,
+            Outcome::Damaged,
+            "{name}: strict mode returned a partial capture"
+        );
+        lenient
+    }));
+    let took = start.elapsed();
+    *worst = (*worst).max(took);
+    *peak = (*peak).max(ALLOC.peak());
+    let outcome = r.unwrap_or_else(|_| panic!("{name}: panicked"));
+    assert!(took < budget, "{name}: took {took:?}");
+    assert!(
+        ALLOC.peak() < 512 << 20,
+        "{name}: peak heap {} bytes",
+        ALLOC.peak()
+    );
+    outcome
+}
+
+fn base_images(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let specs: [(&str, &str, &[&str]); 4] = [
+        (
+            "ext4-4k-csum",
+            "8M",
+            &["-b", "4096", "-O", "metadata_csum,64bit"],
+        ),
+        (
+            "ext4-1k-flex",
+            "8M",
+            &["-b", "1024", "-O", "^metadata_csum,uninit_bg"],
+        ),
+        ("ext2-1k", "6M", &["-t", "ext2", "-b", "1024"]),
+        (
+            "ext4-bigalloc",
+            "16M",
+            &["-b", "1024", "-O", "bigalloc", "-C", "16384"],
+        ),
+    ];
+    specs
+        .iter()
+        .map(|(n, size, args)| {
+            let img = mkfs(dir, n, size, args);
+            (n.to_string(), std::fs::read(img).expect("read image"))
+        })
+        .collect()
+}
+
+#[test]
+fn mutated_filesystems_never_crash() {
+    let d = tempdir();
+    let bases = base_images(d.path());
+    let per_image: u64 = std::env::var("E2I_MUTATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600);
+    let budget = Duration::from_secs(20);
+    let (mut worst, mut peak) = (Duration::ZERO, 0usize);
+    let mut counts = [0u64; 3];
+    let mut cases = 0u64;
+    for (bi, (name, base)) in bases.iter().enumerate() {
+        assert_eq!(
+            capture(base.clone(), true),
+            Outcome::Clean,
+            "{name} base image"
+        );
+        let t = targets(base);
+        let mut rng = Rng(0xE21 + bi as u64);
+        for case in 0..per_image {
+            let mut img = base.clone();
+            let (off, len) = t[rng.below(t.len() as u64) as usize];
+            let kind = rng.below(5);
+            match kind {
+                0 => {
+                    // A few bit flips.
+                    for _ in 0..=rng.below(8) {
+                        let p = (off + rng.below(len)) as usize;
+                        img[p] ^= 1 << rng.below(8);
+                    }
+                }
+                1 => {
+                    // A run of random bytes.
+                    let p = off + rng.below(len);
+                    let n = 1 + rng.below(64);
+                    for i in p..(p + n).min(off + len) {
+                        img[i as usize] = rng.next() as u8;
+                    }
+                }
+                2 => {
+                    // A 32-bit field set to 0 or all ones.
+                    let p = (off + rng.below(len / 4) * 4) as usize;
+                    let v = if rng.below(2) == 0 { 0u8 } else { 0xFF };
+                    img[p..p + 4].fill(v);
+                }
+                3 => {
+                    // Truncation inside or after the target.
+                    let cut = (off + rng.below(len)).min(img.len() as u64) as usize;
+                    img.truncate(cut);
+                }
+                _ => {
+                    // Zero a whole metadata block.
+                    img[off as usize..(off + len) as usize].fill(0);
+                }
+            }
+            let o = run_case(
+                &format!("{name} case {case} kind {kind} at {off}"),
+                img,
+                budget,
+                &mut worst,
+                &mut peak,
+            );
+            counts[o as usize] += 1;
+            cases += 1;
+        }
+        // Every superblock field (32-bit word) set to 0, then to all ones.
+        for w in 0..256usize {
+            for v in [0u8, 0xFF] {
+                let mut img = base.clone();
+                img[1024 + 4 * w..1024 + 4 * w + 4].fill(v);
+                let o = run_case(
+                    &format!("{name} superblock word {w} = {v:#x}"),
+                    img,
+                    budget,
+                    &mut worst,
+                    &mut peak,
+                );
+                counts[o as usize] += 1;
+                cases += 1;
+            }
+        }
+    }
+    // Degenerate inputs.
+    let mut rng = Rng(7);
+    let degenerate: Vec<(String, Vec<u8>)> = vec![
+        ("empty".into(), Vec::new()),
+        ("zeros".into(), vec![0u8; 1 << 20]),
+        (
+            "random".into(),
+            (0..1 << 20).map(|_| rng.next() as u8).collect(),
+        ),
+        ("one superblock".into(), bases[0].1[..2048].to_vec()),
+    ];
+    for (n, img) in degenerate {
+        let o = run_case(&n, img, budget, &mut worst, &mut peak);
+        assert_eq!(o, Outcome::Refused, "{n}");
+        cases += 1;
+    }
+    eprintln!(
+        "mutation: {cases} cases: {} clean, {} partial (exit 3), {} refused (exit 1); slowest {worst:?}; peak heap {} KiB",
+        counts[0],
+        counts[1],
+        counts[2],
+        peak / 1024
+    );
+}
