@@ -43,6 +43,7 @@ pub static ALLOC: PeakAlloc = PeakAlloc {
 };
 
 mod cli {
+    pub mod basic;
     pub mod mutation;
     pub mod pipeline;
     pub mod util;
