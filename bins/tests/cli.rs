@@ -44,6 +44,7 @@ pub static ALLOC: PeakAlloc = PeakAlloc {
 
 mod cli {
     pub mod basic;
+    pub mod damaged;
     pub mod mutation;
     pub mod pipeline;
     pub mod util;
