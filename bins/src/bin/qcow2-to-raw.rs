@@ -99,7 +99,7 @@ fn convert(args: Args) -> anyhow::Result<u8> {
             grow_to_end: regular,
         };
         qcow2_to_raw::convert(&image, &plan, target, &mut reporter)
-            .with_context(|| outname.clone())?;
+            .with_context(|| format!("{name} -> {outname}"))?;
         return Ok(EXIT_OK);
     }
     let mut out = Output::create(&args.output)?;
@@ -107,12 +107,13 @@ fn convert(args: Args) -> anyhow::Result<u8> {
         Output::Stdout => {
             let stdout = io::stdout();
             let mut w = io::BufWriter::with_capacity(1 << 20, stdout.lock());
-            qcow2_to_raw::convert(&image, &plan, RawTarget::Stream(&mut w), &mut reporter)?;
+            qcow2_to_raw::convert(&image, &plan, RawTarget::Stream(&mut w), &mut reporter)
+                .with_context(|| name.clone())?;
             w.flush()?;
         }
         Output::File { file, .. } => {
             qcow2_to_raw::convert(&image, &plan, RawTarget::NewFile(file), &mut reporter)
-                .with_context(|| outname.clone())?;
+                .with_context(|| format!("{name} -> {outname}"))?;
         }
         Output::Device { .. } => anyhow::bail!("{outname}: became a block device while opening"),
     }

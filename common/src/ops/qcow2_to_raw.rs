@@ -12,7 +12,7 @@ use std::path::Path;
 use crate::blockmap::{BlockMap, Run};
 use crate::io::{FileSource, ReadAt, pread_full};
 use crate::progress::Progress;
-use crate::qcow2::{Mapping, Qcow2Reader, is_qcow2};
+use crate::qcow2::{Qcow2Reader, is_qcow2};
 use crate::sparse::{self, CopyStats, RawTarget};
 use crate::{Error, Result};
 
@@ -127,20 +127,7 @@ pub fn plan<S: ReadAt>(image: &Qcow2Reader<S>, with_zero_clusters: bool) -> Resu
     };
     let per = cs / unit;
     let units = size / unit;
-    let mut runs = image.allocated_runs()?;
-    if with_zero_clusters {
-        let total = size.div_ceil(cs);
-        let mut zeros = Vec::new();
-        let mut g = 0;
-        while g < total {
-            if image.mapping(g)? == Mapping::Zero {
-                zeros.push(Run { start: g, len: 1 });
-            }
-            g += 1;
-        }
-        runs.extend(zeros);
-        runs.sort_unstable();
-    }
+    let runs = image.allocated_runs(with_zero_clusters)?;
     let scaled = runs.into_iter().filter_map(|r| {
         let s = r.start.checked_mul(per)?;
         let e = r.end().checked_mul(per)?.min(units);

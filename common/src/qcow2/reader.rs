@@ -47,6 +47,8 @@ pub struct Qcow2Reader<S: ReadAt> {
     l1: Vec<L1Entry>,
     /// Host byte ranges tables must not overlap: header cluster, L1, refcount table.
     reserved: Vec<Range<u64>>,
+    /// Host offsets of the active L2 tables, sorted (data must not land on them).
+    l2_offsets: Vec<u64>,
     cache: RefCell<L2Cache>,
     inflated: RefCell<Inflated>,
 }
@@ -121,12 +123,31 @@ impl<S: ReadAt> Qcow2Reader<S> {
         {
             reserved.push(header.refcount_table_offset..e);
         }
+        let mut l2_offsets: Vec<(u64, usize)> = l1
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.l2_offset().map(|o| (o, i)))
+            .collect();
+        l2_offsets.sort_unstable();
+        if let Some(w) = l2_offsets.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(Error::corrupt(
+                what,
+                format!(
+                    "entries {} and {} share the L2 table at byte {}",
+                    w[0].1.min(w[1].1),
+                    w[0].1.max(w[1].1),
+                    w[0].0
+                ),
+            ));
+        }
+        let l2_offsets: Vec<u64> = l2_offsets.into_iter().map(|(o, _)| o).collect();
         let capacity = ((L2_CACHE_BYTES / cs) as usize).clamp(8, L2_CACHE_MAX_TABLES);
         Ok(Qcow2Reader {
             host,
             host_size,
             l1,
             reserved,
+            l2_offsets,
             cache: RefCell::new(L2Cache {
                 tables: HashMap::new(),
                 clock: 0,
@@ -246,6 +267,17 @@ impl<S: ReadAt> Qcow2Reader<S> {
                         format!("data offset {h} is not cluster-aligned"),
                     ));
                 }
+                if self.l2_offsets.binary_search(&h).is_ok()
+                    || self
+                        .reserved
+                        .iter()
+                        .any(|r| r.start < h + self.header.cluster_size() && h < r.end)
+                {
+                    return Err(Error::corrupt(
+                        what(),
+                        format!("data cluster at byte {h} overlaps the image's metadata"),
+                    ));
+                }
                 if h >= self.host_size {
                     return Err(Error::corrupt(
                         what(),
@@ -256,11 +288,13 @@ impl<S: ReadAt> Qcow2Reader<S> {
                     ));
                 }
             }
-            Mapping::Compressed { offset, .. } if offset >= self.host_size => {
+            Mapping::Compressed { offset, .. }
+                if offset < self.header.cluster_size() || offset >= self.host_size =>
+            {
                 return Err(Error::corrupt(
                     what(),
                     format!(
-                        "compressed data at byte {offset} lies past the end of the file ({} bytes)",
+                        "compressed data at byte {offset} lies in the header or past the end of the file ({} bytes)",
                         self.host_size
                     ),
                 ));
@@ -280,8 +314,8 @@ impl<S: ReadAt> Qcow2Reader<S> {
     }
 
     /// The first guest cluster at or after `g` (below `end`) that holds stored data
-    /// (uncompressed or compressed), or `None`.
-    fn next_allocated(&self, mut g: u64, end: u64) -> Result<Option<u64>> {
+    /// (uncompressed or compressed; with `zero`, zero-flagged clusters too), or `None`.
+    fn next_allocated(&self, mut g: u64, end: u64, zero: bool) -> Result<Option<u64>> {
         let per = self.per_l2();
         while g < end {
             let li = g / per;
@@ -306,6 +340,7 @@ impl<S: ReadAt> Qcow2Reader<S> {
                                 Mapping::Data(_) | Mapping::Compressed { .. } => {
                                     return Ok(Some(g));
                                 }
+                                Mapping::Zero if zero => return Ok(Some(g)),
                                 _ => {}
                             }
                         }
@@ -321,19 +356,21 @@ impl<S: ReadAt> Qcow2Reader<S> {
         self.header.size.div_ceil(self.header.cluster_size())
     }
 
-    /// All guest clusters that hold stored data, as sorted runs (zero and unallocated
-    /// clusters excluded). Memory follows the number of runs.
-    pub fn allocated_runs(&self) -> Result<Vec<Run>> {
+    /// All guest clusters that hold stored data, as sorted runs (unallocated clusters
+    /// excluded; zero-flagged clusters included only with `zero`). Memory follows the
+    /// number of runs.
+    pub fn allocated_runs(&self, zero: bool) -> Result<Vec<Run>> {
         let total = self.guest_clusters();
         let mut runs: Vec<Run> = Vec::new();
         let mut g = 0;
-        while let Some(s) = self.next_allocated(g, total)? {
+        while let Some(s) = self.next_allocated(g, total, zero)? {
             let mut e = s + 1;
             while e < total
-                && matches!(
-                    self.mapping(e)?,
-                    Mapping::Data(_) | Mapping::Compressed { .. }
-                )
+                && match self.mapping(e)? {
+                    Mapping::Data(_) | Mapping::Compressed { .. } => true,
+                    Mapping::Zero => zero,
+                    Mapping::Unallocated => false,
+                }
             {
                 e += 1;
             }
@@ -438,7 +475,7 @@ impl<S: ReadAt> ReadAt for Qcow2Reader<S> {
         }
         let cb = self.header.cluster_bits;
         let total = self.guest_clusters();
-        let Some(s) = self.next_allocated(offset >> cb, total)? else {
+        let Some(s) = self.next_allocated(offset >> cb, total, false)? else {
             return Ok(None);
         };
         let limit = total.min(s + (MAX_REGION >> cb).max(1));
