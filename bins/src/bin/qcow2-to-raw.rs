@@ -83,11 +83,26 @@ fn convert(args: Args) -> anyhow::Result<u8> {
     }
     let mut reporter = Reporter::new(args.progress);
     reporter.set_block_size(plan.unit);
+    if in_place && meta.is_none() {
+        // A new file with -O or -c: built under a temporary name like any new output.
+        let mut out = Output::create(&args.output)?;
+        if let Output::File { file, .. } = &mut out {
+            let target = RawTarget::InPlace {
+                file,
+                dest_offset: args.dest_offset.unwrap_or(0),
+                check: false,
+                grow_to_end: true,
+            };
+            qcow2_to_raw::convert(&image, &plan, target, &mut reporter)
+                .with_context(|| format!("{name} -> {outname}"))?;
+        }
+        out.commit()?;
+        return Ok(EXIT_OK);
+    }
     if in_place {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
             .truncate(false)
             .open(&args.output)
             .with_context(|| format!("opening {outname}"))?;

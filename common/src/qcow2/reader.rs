@@ -532,14 +532,19 @@ mod tests {
 
     /// A disk of `n` clusters where cluster i (if in `runs`) is filled with a pattern.
     fn pattern(g: u64, cs: usize) -> Vec<u8> {
-        (0..cs).map(|i| ((g as usize * 7 + i / 13) % 251) as u8).collect()
+        (0..cs)
+            .map(|i| ((g as usize * 7 + i / 13) % 251) as u8)
+            .collect()
     }
 
     fn runs() -> Vec<Run> {
         vec![
             Run { start: 0, len: 3 },
             Run { start: 100, len: 1 },
-            Run { start: 130, len: 200 },
+            Run {
+                start: 130,
+                len: 200,
+            },
             Run { start: 999, len: 1 },
         ]
     }
@@ -565,7 +570,8 @@ mod tests {
         let mut buf = vec![0u8; cs];
         let mut want = runs().into_iter().flat_map(|r| r.start..r.end()).peekable();
         for g in 0..1000u64 {
-            r.read_exact_at(&mut buf, g << cb, &|| "test".into()).unwrap();
+            r.read_exact_at(&mut buf, g << cb, &|| "test".into())
+                .unwrap();
             if want.peek() == Some(&g) {
                 want.next();
                 assert!(buf == pattern(g, cs), "cluster {g}");
@@ -578,7 +584,10 @@ mod tests {
         let mut big = vec![0u8; 400 << cb];
         r.read_exact_at(&mut big, 0, &|| "test".into()).unwrap();
         assert!(big[130 << cb..(130 << cb) + cs] == pattern(130, cs)[..]);
-        assert_eq!(r.data_region(3 << cb).unwrap(), Some((100 << cb)..(101 << cb)));
+        assert_eq!(
+            r.data_region(3 << cb).unwrap(),
+            Some((100 << cb)..(101 << cb))
+        );
         assert_eq!(r.data_region(1000 << cb).unwrap(), None);
     }
 
@@ -618,7 +627,8 @@ mod tests {
             assert!(matches!(r.mapping(0).unwrap(), Mapping::Compressed { .. }));
             assert!(matches!(r.mapping(999).unwrap(), Mapping::Data(_)));
             let mut buf = vec![0u8; cs];
-            r.read_exact_at(&mut buf, 130 << cb, &|| "t".into()).unwrap();
+            r.read_exact_at(&mut buf, 130 << cb, &|| "t".into())
+                .unwrap();
             assert!(buf == pattern(130, cs));
             assert!(n < (runs().iter().map(|r| r.len).sum::<u64>() << cb));
         }
