@@ -473,3 +473,61 @@ fn hostile_qcow2_fails_cleanly() {
         }
     }
 }
+
+#[test]
+fn refuses_backing_files_encryption_external_data_subclusters_zstd() {
+    let d = tempdir();
+    let base = d.path().join("base.raw");
+    std::fs::write(&base, vec![0u8; 1 << 20]).unwrap();
+    let p = |n: &str| d.path().join(n);
+    let create = |name: &str, args: &[&str]| {
+        let q = p(name);
+        sh(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .args(args)
+            .arg(&q)
+            .arg("1M"));
+        q
+    };
+    let cases = [
+        (
+            create("b.qcow2", &["-b", base.to_str().unwrap(), "-F", "raw"]),
+            "backing file",
+        ),
+        (
+            create(
+                "e.qcow2",
+                &[
+                    "--object",
+                    "secret,id=s0,data=abc",
+                    "-o",
+                    "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
+                ],
+            ),
+            "encrypted",
+        ),
+        (
+            create(
+                "d.qcow2",
+                &["-o", &format!("data_file={}", p("d.data").display())],
+            ),
+            "external data file",
+        ),
+        (create("x.qcow2", &["-o", "extended_l2=on"]), "extended L2"),
+        (
+            create("z.qcow2", &["-o", "compression_type=zstd"]),
+            "compression type",
+        ),
+    ];
+    for (q, what) in cases {
+        for (t, args) in [("qcow2-to-raw", &[][..]), ("e2i-capture", &["-r"][..])] {
+            let out = p("o.raw");
+            let o = run(Command::new(tool(t)).args(args).arg(&q).arg(&out));
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(1), "{t} {what}: {err}");
+            assert_eq!(err.lines().count(), 1, "{t} {what}: {err}");
+            assert!(err.contains(what), "{t} {what}: {err}");
+            assert!(!out.exists());
+        }
+    }
+}

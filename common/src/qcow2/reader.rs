@@ -66,12 +66,17 @@ impl<S: ReadAt> Qcow2Reader<S> {
         let mut first = vec![0u8; first_len];
         let n = host.read_at(&mut first, 0)?;
         first.truncate(n);
-        // Parse once on the short prefix to learn the cluster size, then on the cluster.
-        let cb_guess = Header::parse(&first[..first.len().min(512)]).map(|h| h.cluster_bits);
-        let header = match cb_guess {
-            Ok(cb) => Header::parse(&first[..first.len().min(1usize << cb)])?,
-            Err(e) => return Err(e),
+        // Extensions are parsed within the first cluster; cluster_bits itself is checked
+        // by the parser (an out-of-range value parses the whole prefix and fails there).
+        let cb = first
+            .get(20..24)
+            .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        let limit = if (super::header::MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cb) {
+            first.len().min(1usize << cb)
+        } else {
+            first.len()
         };
+        let header = Header::parse(&first[..limit])?;
         header.check_supported()?;
         let cs = header.cluster_size();
         let what = "qcow2 L1 table";
