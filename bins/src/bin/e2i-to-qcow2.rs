@@ -26,6 +26,9 @@ struct Args {
     /// Deflate-compressed clusters (needs a seekable OUTPUT).
     #[arg(long)]
     compress: bool,
+    /// Print the image layout that would be written; create nothing.
+    #[arg(short = 'n', long = "dry-run")]
+    dry_run: bool,
     /// Show progress on stderr.
     #[arg(short = 'p', long)]
     progress: bool,
@@ -57,8 +60,27 @@ fn convert(args: Args) -> anyhow::Result<u8> {
         ..CaptureOptions::default()
     };
     let mut reporter = Reporter::new(args.progress);
-    let mut out = Output::create(&args.output)?;
     let src = args.input.display().to_string();
+    if args.dry_run {
+        let l = e2i::ops::to_qcow2::plan(&args.input, &opts, &mut reporter)
+            .with_context(|| src.clone())?;
+        println!(
+            "would write {}: qcow2 v2, virtual size {}, cluster size {}, {} data clusters after {} bytes of metadata, {} bytes{}",
+            args.output.display(),
+            l.virtual_size(),
+            l.cluster_size(),
+            l.data_clusters(),
+            l.data_offset(),
+            l.file_size(),
+            if args.compress {
+                " before compression"
+            } else {
+                ""
+            }
+        );
+        return Ok(EXIT_OK);
+    }
+    let mut out = Output::create(&args.output)?;
     let report = match &mut out {
         Output::Stdout => {
             let stdout = io::stdout();

@@ -2,3 +2,4 @@
 
 pub mod capture;
 pub mod qcow2_to_raw;
+pub mod to_qcow2;
