@@ -671,6 +671,49 @@ mod tests {
         assert!(Qcow2Layout::plan(u64::MAX, 16, &[]).is_err());
     }
 
+    /// Refcounts as stored: every cluster of the file exactly once, nothing past its end,
+    /// whatever the number of refcount blocks the plan needed.
+    #[test]
+    fn refcounts_cover_exactly_the_file() {
+        let be = |b: &[u8], o: usize| u64::from_be_bytes(b[o..o + 8].try_into().unwrap());
+        for n in [
+            0u64, 1, 200, 240, 250, 251, 252, 253, 254, 255, 256, 300, 509, 510, 511, 600, 70000,
+        ] {
+            let runs: Vec<Run> = if n == 0 {
+                vec![]
+            } else {
+                vec![Run { start: 0, len: n }]
+            };
+            let l = Qcow2Layout::plan(n.max(1) << 9, 9, &runs).unwrap();
+            let mut out = Vec::new();
+            let mut w = SequentialWriter::new(&mut out, &l).unwrap();
+            for g in 0..n {
+                w.write_clusters(g, &[0x5a; 512]).unwrap();
+            }
+            w.finish().unwrap();
+            let clusters = (out.len() / 512) as u64;
+            let rt = be(&out, 48) as usize;
+            let rtc = u32::from_be_bytes(out[56..60].try_into().unwrap()) as usize;
+            let mut counted = 0u64;
+            for i in 0..rtc * 64 {
+                let rb = be(&out, rt + 8 * i) as usize;
+                if rb == 0 {
+                    continue;
+                }
+                for j in 0..256u64 {
+                    let c = i as u64 * 256 + j;
+                    let r = u16::from_be_bytes([
+                        out[rb + 2 * j as usize],
+                        out[rb + 2 * j as usize + 1],
+                    ]);
+                    assert_eq!(r, u16::from(c < clusters), "n={n} cluster {c}");
+                    counted += u64::from(r);
+                }
+            }
+            assert_eq!(counted, clusters, "n={n}");
+        }
+    }
+
     #[test]
     fn sequential_rejects_out_of_order() {
         let runs = [Run { start: 1, len: 2 }];
