@@ -47,6 +47,7 @@ mod cli {
     pub mod damaged;
     pub mod mutation;
     pub mod pipeline;
+    pub mod qcow2;
     pub mod util;
 }
 

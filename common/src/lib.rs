@@ -19,6 +19,7 @@ pub mod io;
 pub mod mount;
 pub mod ops;
 pub mod progress;
+pub mod qcow2;
 pub mod sparse;
 pub mod stream;
 

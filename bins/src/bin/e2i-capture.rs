@@ -118,6 +118,7 @@ fn capture(args: Args) -> anyhow::Result<u8> {
         },
         offset: args.offset,
         strict: args.strict,
+        compress: args.compress,
     };
     let mut reporter = Reporter::new(args.progress);
     let mut out = Output::create(&args.output)?;

@@ -9,6 +9,7 @@ use crate::ext4::scan::{self, Problem, ScanOptions};
 use crate::ext4::{Filesystem, OpenOptions};
 use crate::io::{FileSource, ReadAt};
 use crate::progress::{Progress, Unit};
+use crate::qcow2::{self, Qcow2Target};
 use crate::sparse::{self, CopyStats, RawTarget};
 use crate::stream;
 use crate::{Error, Result};
@@ -33,6 +34,8 @@ pub struct CaptureOptions {
     pub offset: u64,
     /// Stop at the first damaged structure.
     pub strict: bool,
+    /// qcow2 only: deflate-compressed clusters (needs a seekable new file).
+    pub compress: bool,
 }
 
 /// Where the image goes.
@@ -59,8 +62,19 @@ pub struct CaptureReport {
     pub problems: Vec<Problem>,
 }
 
-/// Open the source at `path` for reading the filesystem at byte `offset`.
+/// Open the source at `path` for reading the filesystem at byte `offset`. A qcow2 image
+/// (detected by its magic) is read through its virtual disk, `offset` applying inside it.
 pub fn open_source(path: &Path, offset: u64) -> Result<Box<dyn ReadAt>> {
+    let whole = FileSource::open(path, 0)?;
+    let mut magic = [0u8; 4];
+    let n = whole.read_at(&mut magic, 0)?;
+    if qcow2::is_qcow2(&magic[..n]) {
+        let image = qcow2::Qcow2Reader::open(whole)?;
+        return Ok(Box::new(qcow2::Shifted {
+            inner: image,
+            base: offset,
+        }));
+    }
     let src = FileSource::open(path, offset)?;
     Ok(Box::new(src))
 }
@@ -148,6 +162,36 @@ pub fn capture(
                 extents: 0,
             };
             write_stream(&fs.src, map, header, w, progress)?
+        }
+        Format::Qcow2 => {
+            let pipe_refusal = || {
+                Error::InvalidInput(
+                    "--compress needs a seekable output file; a compressed qcow2 cannot be written to a pipe or device".into(),
+                )
+            };
+            let bs = fs.sb.block_size;
+            match out {
+                Output::NewFile(f) => qcow2::write_qcow2(
+                    &fs.src,
+                    map,
+                    bs,
+                    Qcow2Target::File {
+                        file: f,
+                        compress: opts.compress,
+                    },
+                    progress,
+                )?,
+                Output::Device(_) | Output::Stream(_) if opts.compress => {
+                    return Err(pipe_refusal());
+                }
+                Output::Device(f) => {
+                    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+                    qcow2::write_qcow2(&fs.src, map, bs, Qcow2Target::Sequential(&mut w), progress)?
+                }
+                Output::Stream(w) => {
+                    qcow2::write_qcow2(&fs.src, map, bs, Qcow2Target::Sequential(w), progress)?
+                }
+            }
         }
         other => return Err(CaptureReport::unsupported(other)),
     };

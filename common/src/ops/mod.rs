@@ -2,4 +2,6 @@
 
 pub mod capture;
 pub mod input;
+pub mod qcow2_to_raw;
+pub mod to_qcow2;
 pub mod to_raw;

@@ -77,6 +77,7 @@ pub fn to_raw(
                 open: OpenOptions::default(),
                 offset: 0,
                 strict: false,
+                ..CaptureOptions::default()
             };
             let src = capture::open_source(&path, 0)?;
             // Select as a capture to a file does, whatever the target.

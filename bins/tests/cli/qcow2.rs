@@ -1,0 +1,533 @@
+//! qcow2: e2i-capture -Q, e2i-to-qcow2, qcow2-to-raw and qcow2 capture sources, judged
+//! against e2image, qemu-img convert and qemu-img check.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::util::*;
+
+fn sh(cmd: &mut Command) -> std::process::Output {
+    let o = run(cmd);
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// `qemu-img check` exit status (0 = clean, 3 = leaks, 2 = corruption).
+fn qemu_check(q: &Path) -> i32 {
+    let o = run(Command::new("qemu-img").arg("check").arg(q));
+    o.status.code().unwrap_or(-1)
+}
+
+fn qemu_to_raw(q: &Path, out: &Path) -> Vec<u8> {
+    sh(Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(q)
+        .arg(out));
+    read(out)
+}
+
+fn e2image(args: &[&str], src: &Path, out: &Path) -> Vec<u8> {
+    sh(Command::new("e2image").args(args).arg(src).arg(out));
+    read(out)
+}
+
+/// A filesystem with some data in files of several sizes.
+fn fs(dir: &Path, name: &str, size: &str, opts: &[&str]) -> PathBuf {
+    mkfs(dir, name, size, opts)
+}
+
+/// Our qcow2 of `img` (with `extra` capture options) must be clean and expand, with qemu-img
+/// and with stock e2image, to e2image's raw image; returns (plain size, compressed size).
+fn check_capture(d: &Path, img: &Path, all: bool) -> (u64, u64) {
+    let tag = img.file_name().unwrap().to_string_lossy().into_owned() + if all { "-a" } else { "" };
+    let flags: &[&str] = if all { &["-ra"] } else { &["-r"] };
+    let reference = e2image(flags, img, &d.join(format!("{tag}.ref")));
+    let q = d.join(format!("{tag}.qcow2"));
+    let mut cmd = Command::new(tool("e2i-capture"));
+    cmd.arg("-Q");
+    if all {
+        cmd.arg("-a");
+    }
+    sh(cmd.arg(img).arg(&q));
+    assert_eq!(qemu_check(&q), 0, "{tag}: qemu-img check");
+    assert!(
+        qemu_to_raw(&q, &d.join(format!("{tag}.conv"))) == reference,
+        "{tag}: qemu-img convert"
+    );
+    assert!(
+        e2image(&["-r"], &q, &d.join(format!("{tag}.back"))) == reference,
+        "{tag}: stock e2image -r of our qcow2"
+    );
+    let z = d.join(format!("{tag}.z.qcow2"));
+    let mut cmd = Command::new(tool("e2i-capture"));
+    cmd.args(["-Q", "--compress"]);
+    if all {
+        cmd.arg("-a");
+    }
+    sh(cmd.arg(img).arg(&z));
+    assert_eq!(qemu_check(&z), 0, "{tag}: qemu-img check (compressed)");
+    assert!(
+        qemu_to_raw(&z, &d.join(format!("{tag}.zconv"))) == reference,
+        "{tag}: compressed content"
+    );
+    let (a, b) = (
+        std::fs::metadata(&q).unwrap().len(),
+        std::fs::metadata(&z).unwrap().len(),
+    );
+    assert!(b < a, "{tag}: compressed {b} not smaller than {a}");
+    eprintln!(
+        "{tag}: qcow2 {a} bytes, compressed {b} bytes ({:.2})",
+        b as f64 / a as f64
+    );
+    (a, b)
+}
+
+#[test]
+fn capture_qcow2_is_clean_and_matches_e2image() {
+    let d = tempdir();
+    for (name, size, opts) in [
+        ("b1k", "8M", &["-b", "1024"][..]),
+        ("b2k", "8M", &["-b", "2048"][..]),
+        ("b4k", "16M", &["-b", "4096"][..]),
+        ("b64k", "64M", &["-b", "65536"][..]),
+        ("no64", "16M", &["-O", "^64bit"][..]),
+        ("b64bit", "16M", &["-O", "64bit"][..]),
+        ("bigalloc", "32M", &["-O", "bigalloc", "-C", "16384"][..]),
+    ] {
+        let img = fs(d.path(), name, size, opts);
+        check_capture(d.path(), &img, false);
+        check_capture(d.path(), &img, true);
+    }
+}
+
+#[test]
+fn nearly_full_fs_with_all_data() {
+    // No journal, few inodes: almost every block holds data, so the qcow2 is larger than the
+    // virtual disk and only tables placed before the data stay readable by stock e2image.
+    let d = tempdir();
+    let tree = d.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let data: Vec<u8> = (0..32720 << 10)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(tree.join("big"), data).unwrap();
+    let img = d.path().join("full.img");
+    sh(Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-b",
+            "4096",
+            "-m",
+            "0",
+            "-N",
+            "16",
+            "-O",
+            "^has_journal,^resize_inode",
+        ])
+        .args(["-E", "root_owner=0:0", "-d"])
+        .arg(&tree)
+        .arg(&img)
+        .arg("32M")
+        .env("E2FSPROGS_FAKE_TIME", "1700000000"));
+    let q = d.path().join("full.qcow2");
+    sh(Command::new(tool("e2i-capture"))
+        .arg("-Qa")
+        .arg(&img)
+        .arg(&q));
+    assert!(
+        std::fs::metadata(&q).unwrap().len() > 32 << 20,
+        "image not larger than the disk"
+    );
+    check_capture(d.path(), &img, true);
+}
+
+#[test]
+fn to_qcow2_tool_file_and_stdout() {
+    let d = tempdir();
+    let img = fs(d.path(), "fs.img", "8M", &[]);
+    let reference = e2image(&["-r"], &img, &d.path().join("ref.raw"));
+    let q = d.path().join("o.qcow2");
+    sh(Command::new(tool("e2i-to-qcow2")).arg(&img).arg(&q));
+    assert_eq!(qemu_check(&q), 0);
+    assert!(qemu_to_raw(&q, &d.path().join("c.raw")) == reference);
+    // The sequential writer gives the same bytes to a pipe.
+    let o = sh(Command::new(tool("e2i-to-qcow2")).arg(&img).arg("-"));
+    assert!(o.stdout == read(&q), "stdout qcow2 differs from the file");
+    let o = run(Command::new(tool("e2i-to-qcow2"))
+        .arg("--compress")
+        .arg(&img)
+        .arg("-"));
+    assert_eq!(o.status.code(), Some(2));
+    let o = run(Command::new(tool("e2i-capture"))
+        .args(["-Q", "--compress"])
+        .arg(&img)
+        .arg("-"));
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&o.stderr).lines().count(), 1);
+}
+
+/// qcow2 files made by qemu-img with every option the reader must handle, and by e2image.
+fn qcow2_variants(d: &Path, raw: &Path, img: &Path) -> Vec<(String, PathBuf)> {
+    let mut v = Vec::new();
+    let e = d.join("e2image.qcow2");
+    sh(Command::new("e2image").arg("-Q").arg(img).arg(&e));
+    v.push(("e2image -Q".to_string(), e));
+    for o in [
+        "compat=0.10",
+        "compat=1.1",
+        "cluster_size=512",
+        "cluster_size=2M",
+        "refcount_bits=1",
+        "refcount_bits=64",
+        "-c",
+    ] {
+        let q = d.join(format!("v{}.qcow2", v.len()));
+        let mut cmd = Command::new("qemu-img");
+        cmd.args(["convert", "-O", "qcow2"]);
+        if o == "-c" {
+            cmd.arg("-c");
+        } else {
+            cmd.args(["-o", o]);
+        }
+        sh(cmd.arg(raw).arg(&q));
+        v.push((o.to_string(), q));
+    }
+    let s = d.join("snap.qcow2");
+    sh(Command::new("qemu-img")
+        .args(["convert", "-O", "qcow2", "-o", "compat=1.1"])
+        .arg(raw)
+        .arg(&s));
+    sh(Command::new("qemu-img")
+        .args(["snapshot", "-c", "one"])
+        .arg(&s));
+    // Change the active layer after the snapshot: data, and a zero cluster.
+    sh(Command::new("qemu-io")
+        .args([
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x5a 4096 64k",
+            "-c",
+            "write -z 1M 64k",
+        ])
+        .arg(&s));
+    v.push(("snapshot".to_string(), s));
+    v
+}
+
+#[test]
+fn qcow2_to_raw_matches_qemu_img() {
+    let d = tempdir();
+    let img = fs(d.path(), "fs.img", "16M", &[]);
+    let raw = d.path().join("all.raw");
+    e2image(&["-ra"], &img, &raw);
+    for (what, q) in qcow2_variants(d.path(), &raw, &img) {
+        let expect = qemu_to_raw(&q, &d.path().join("expect.raw"));
+        let out = d.path().join("out.raw");
+        let _ = std::fs::remove_file(&out);
+        sh(Command::new(tool("qcow2-to-raw")).arg(&q).arg(&out));
+        assert!(
+            read(&out) == expect,
+            "{what}: qcow2-to-raw differs from qemu-img convert"
+        );
+        let o = sh(Command::new(tool("qcow2-to-raw")).arg(&q).arg("-"));
+        assert!(o.stdout == expect, "{what}: stdout differs");
+    }
+}
+
+#[test]
+fn capture_from_qcow2_sources() {
+    let d = tempdir();
+    let img = fs(d.path(), "fs.img", "16M", &[]);
+    let reference = e2image(&["-r"], &img, &d.path().join("ref.raw"));
+    let raw = d.path().join("all.raw");
+    e2image(&["-ra"], &img, &raw);
+    let mut sources = vec![d.path().join("e.qcow2"), d.path().join("v3.qcow2")];
+    sh(Command::new("e2image").arg("-Q").arg(&img).arg(&sources[0]));
+    sh(Command::new("qemu-img")
+        .args(["convert", "-O", "qcow2", "-o", "compat=1.1"])
+        .arg(&raw)
+        .arg(&sources[1]));
+    let c = d.path().join("c.qcow2");
+    sh(Command::new("qemu-img")
+        .args(["convert", "-c", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&c));
+    sources.push(c);
+    for s in &sources {
+        let out = d.path().join("cap.raw");
+        let _ = std::fs::remove_file(&out);
+        sh(Command::new(tool("e2i-capture")).arg("-r").arg(s).arg(&out));
+        assert!(read(&out) == reference, "capture from {}", s.display());
+    }
+    // -o applies inside the virtual disk: a filesystem at 1 MiB of a qcow2 disk.
+    let mut disk = vec![0u8; 1 << 20];
+    disk.extend(read(&raw));
+    let dr = d.path().join("disk.raw");
+    std::fs::write(&dr, disk).unwrap();
+    let dq = d.path().join("disk.qcow2");
+    sh(Command::new("qemu-img")
+        .args(["convert", "-O", "qcow2"])
+        .arg(&dr)
+        .arg(&dq));
+    let out = d.path().join("off.raw");
+    sh(Command::new(tool("e2i-capture"))
+        .args(["-r", "-o", "1M"])
+        .arg(&dq)
+        .arg(&out));
+    assert!(read(&out) == reference, "capture with -o inside a qcow2");
+}
+
+#[test]
+fn qcow2_input_on_stdin_plain_gzip_bzip2() {
+    let d = tempdir();
+    let img = fs(d.path(), "fs.img", "8M", &[]);
+    let reference = e2image(&["-r"], &img, &d.path().join("ref.raw"));
+    let q = d.path().join("e.qcow2");
+    sh(Command::new("e2image").arg("-Q").arg(&img).arg(&q));
+    for wrap in ["cat", "gzip -c", "bzip2 -c"] {
+        let out = d.path().join("o.raw");
+        let _ = std::fs::remove_file(&out);
+        let script = format!("{wrap} < \"$1\" | \"$2\" - \"$3\"");
+        sh(Command::new("sh")
+            .args(["-c", &script, "_"])
+            .arg(&q)
+            .arg(tool("qcow2-to-raw"))
+            .arg(&out));
+        assert!(read(&out) == reference, "{wrap}");
+        if wrap != "cat" {
+            // A wrapped file is accepted too.
+            let w = d.path().join("w.qcow2.x");
+            sh(Command::new("sh")
+                .args(["-c", &format!("{wrap} < \"$1\" > \"$2\""), "_"])
+                .arg(&q)
+                .arg(&w));
+            let _ = std::fs::remove_file(&out);
+            sh(Command::new(tool("qcow2-to-raw")).arg(&w).arg(&out));
+            assert!(read(&out) == reference, "{wrap} file");
+        }
+    }
+}
+
+#[test]
+fn qcow2_to_raw_in_place_check_and_dry_run() {
+    let d = tempdir();
+    let img = fs(d.path(), "fs.img", "8M", &[]);
+    let q = d.path().join("v3.qcow2");
+    let raw = d.path().join("all.raw");
+    e2image(&["-ra"], &img, &raw);
+    sh(Command::new("qemu-img")
+        .args(["convert", "-O", "qcow2", "-o", "compat=1.1"])
+        .arg(&raw)
+        .arg(&q));
+    let image = read(&raw);
+    let m = 1usize << 20;
+    // The target: a full copy of the raw image at 1 MiB, surrounded by 0xAA.
+    let mut t = vec![0xAAu8; m];
+    t.extend(&image);
+    t.extend(vec![0xAAu8; m]);
+    let target = d.path().join("target.bin");
+    std::fs::write(&target, &t).unwrap();
+    let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    // -c on an identical target writes nothing at all.
+    let before = mtime(&target);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    sh(Command::new(tool("qcow2-to-raw"))
+        .args(["-c", "-O", "1M"])
+        .arg(&q)
+        .arg(&target));
+    assert_eq!(mtime(&target), before, "-c wrote to an identical target");
+    assert!(read(&target) == t);
+    // Damage some bytes inside and outside the range; -O restores the inside only.
+    let mut damaged = t.clone();
+    damaged[m + 1024..m + 3072].fill(0x11);
+    damaged[10] = 0x22;
+    std::fs::write(&target, &damaged).unwrap();
+    let o = sh(Command::new(tool("qcow2-to-raw"))
+        .args(["-n", "-c", "-O", "1M"])
+        .arg(&q)
+        .arg(&target));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("write bytes"),
+        "dry run lists writes"
+    );
+    assert!(read(&target) == damaged, "dry run changed the target");
+    sh(Command::new(tool("qcow2-to-raw"))
+        .args(["-c", "-O", "1M"])
+        .arg(&q)
+        .arg(&target));
+    let got = read(&target);
+    assert_eq!(got.len(), t.len(), "target length changed");
+    assert!(got[m..m + image.len()] == image[..], "range not restored");
+    assert_eq!(got[10], 0x22, "byte outside the range touched");
+    // -n creates nothing.
+    let none = d.path().join("none.raw");
+    sh(Command::new(tool("qcow2-to-raw"))
+        .arg("-n")
+        .arg(&q)
+        .arg(&none));
+    assert!(!none.exists());
+    // A new output is sparse where the disk is unallocated.
+    let out = d.path().join("new.raw");
+    sh(Command::new(tool("qcow2-to-raw")).arg(&q).arg(&out));
+    assert!(read(&out) == image);
+    use std::os::unix::fs::MetadataExt;
+    assert!(std::fs::metadata(&out).unwrap().blocks() * 512 < image.len() as u64);
+}
+
+/// Mutate the header or tables of a valid image.
+fn hostile(good: &[u8], kind: &str) -> Vec<u8> {
+    let mut b = good.to_vec();
+    let be64 = |b: &[u8], o: usize| u64::from_be_bytes(b[o..o + 8].try_into().unwrap());
+    let put32 = |b: &mut Vec<u8>, o: usize, v: u32| b[o..o + 4].copy_from_slice(&v.to_be_bytes());
+    let put64 = |b: &mut Vec<u8>, o: usize, v: u64| b[o..o + 8].copy_from_slice(&v.to_be_bytes());
+    let cs = 1usize << u32::from_be_bytes(b[20..24].try_into().unwrap());
+    let l1 = be64(&b, 40) as usize;
+    let e0 = be64(&b, l1);
+    let l2 = (e0 & 0x00ff_ffff_ffff_fe00) as usize;
+    let first_data = (0..cs / 8)
+        .map(|i| l2 + 8 * i)
+        .find(|&o| be64(&b, o) != 0)
+        .unwrap();
+    let len = b.len() as u64;
+    match kind {
+        "l1_size 2^32-1" => put32(&mut b, 36, u32::MAX),
+        "cluster_bits 40" => put32(&mut b, 20, 40),
+        "size 2^64-1" => put64(&mut b, 24, u64::MAX),
+        "L1 past EOF" => put64(&mut b, 40, len + cs as u64),
+        "L2 past EOF" => put64(&mut b, l1, (len + 8 * cs as u64) | 1 << 63),
+        "L2 on the L1 table" => put64(&mut b, l1, l1 as u64 | 1 << 63),
+        "L2 shared by two L1 entries" => put64(&mut b, l1 + 8, e0),
+        "data on an L2 table" => put64(&mut b, first_data, l2 as u64 | 1 << 63),
+        "data past EOF" => put64(&mut b, first_data, (len + 4 * cs as u64) | 1 << 63),
+        "compressed garbage" => put64(&mut b, first_data, 1 << 62 | (cs as u64 + 16)),
+        "reserved L1 bits" => put64(&mut b, l1, e0 | 1 << 60),
+        "truncated in L2" => b.truncate(l2 + 100),
+        "truncated in data" => b.truncate(b.len() / 2 + 17),
+        "truncated header" => b.truncate(50),
+        "backing file" => {
+            put64(&mut b, 8, 200);
+            put32(&mut b, 16, 5);
+        }
+        "encrypted" => put32(&mut b, 32, 1),
+        "version 9" => put32(&mut b, 4, 9),
+        other => panic!("{other}"),
+    }
+    b
+}
+
+#[test]
+fn hostile_qcow2_fails_cleanly() {
+    let d = tempdir();
+    let img = fs(d.path(), "fs.img", "8M", &[]);
+    let q = d.path().join("good.qcow2");
+    sh(Command::new(tool("e2i-capture"))
+        .arg("-Q")
+        .arg(&img)
+        .arg(&q));
+    let good = read(&q);
+    for kind in [
+        "l1_size 2^32-1",
+        "cluster_bits 40",
+        "size 2^64-1",
+        "L1 past EOF",
+        "L2 past EOF",
+        "L2 on the L1 table",
+        "L2 shared by two L1 entries",
+        "data on an L2 table",
+        "data past EOF",
+        "compressed garbage",
+        "reserved L1 bits",
+        "truncated in L2",
+        "truncated in data",
+        "truncated header",
+        "backing file",
+        "encrypted",
+        "version 9",
+    ] {
+        let h = d.path().join("h.qcow2");
+        std::fs::write(&h, hostile(&good, kind)).unwrap();
+        for (t, args) in [("qcow2-to-raw", &[][..]), ("e2i-capture", &["-r"][..])] {
+            let out = d.path().join("h.out");
+            let o = run(Command::new(tool(t)).args(args).arg(&h).arg(&out));
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(1), "{t} {kind}: {err}");
+            assert_eq!(err.lines().count(), 1, "{t} {kind}: {err}");
+            assert!(!err.contains("panicked"), "{t} {kind}: {err}");
+            assert!(!out.exists(), "{t} {kind}: left an output");
+        }
+    }
+}
+
+#[test]
+fn refuses_backing_files_encryption_external_data_subclusters_zstd() {
+    let d = tempdir();
+    let base = d.path().join("base.raw");
+    std::fs::write(&base, vec![0u8; 1 << 20]).unwrap();
+    let p = |n: &str| d.path().join(n);
+    let create = |name: &str, args: &[&str]| {
+        let q = p(name);
+        sh(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .args(args)
+            .arg(&q)
+            .arg("1M"));
+        q
+    };
+    let cases = [
+        (
+            create("b.qcow2", &["-b", base.to_str().unwrap(), "-F", "raw"]),
+            "backing file",
+        ),
+        (
+            create(
+                "e.qcow2",
+                &[
+                    "--object",
+                    "secret,id=s0,data=abc",
+                    "-o",
+                    "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
+                ],
+            ),
+            "encrypted",
+        ),
+        (
+            create(
+                "d.qcow2",
+                &["-o", &format!("data_file={}", p("d.data").display())],
+            ),
+            "external data file",
+        ),
+        (create("x.qcow2", &["-o", "extended_l2=on"]), "extended L2"),
+        (
+            create("z.qcow2", &["-o", "compression_type=zstd"]),
+            "compression type",
+        ),
+    ];
+    for (q, what) in cases {
+        for (t, args) in [("qcow2-to-raw", &[][..]), ("e2i-capture", &["-r"][..])] {
+            let out = p("o.raw");
+            let o = run(Command::new(tool(t)).args(args).arg(&q).arg(&out));
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(1), "{t} {what}: {err}");
+            assert_eq!(err.lines().count(), 1, "{t} {what}: {err}");
+            assert!(err.contains(what), "{t} {what}: {err}");
+            assert!(!out.exists());
+        }
+    }
+}
