@@ -1,6 +1,8 @@
 //! Integration tests of the e2i tools (one test binary; each topic is a module in cli/).
 
 mod cli {
+    #[path = "move.rs"]
+    pub mod move_fs;
     pub mod util;
 }
 

@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 use e2i::mount::{MountState, mount_state};
 use e2i::ops::move_fs::{self, CloneTarget, MoveOptions, MoveReport};
+use e2i::ops::move_journal::{Journal, State};
 use e2i_cli::{EXIT_OK, Output, Reporter, number, run, usage_error};
 
 const TOOL: &str = "e2i-move";
@@ -141,6 +142,16 @@ fn body(args: Args) -> anyhow::Result<u8> {
         {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
+        if let Ok(Some(j)) = Journal::open(&journal)
+            && matches!(j.state, State::Running { .. })
+            && j.params.src_offset == args.src_offset
+            && j.params.dest_offset == args.dest_offset
+        {
+            eprintln!(
+                "{TOOL}: {src}: resuming the interrupted move recorded in {}",
+                journal.display()
+            );
+        }
         let rep = move_fs::move_in_place(&args.source, &journal, &opts, &mut list, &mut reporter)
             .with_context(|| src.clone())?;
         report_move(&args, &rep, &journal);
@@ -236,12 +247,6 @@ fn report_move(args: &Args, rep: &MoveReport, journal: &Path) {
     }
     if args.dry_run {
         return;
-    }
-    if rep.resumed {
-        eprintln!(
-            "{TOOL}: {src}: resumed an interrupted move at piece {} of {}",
-            rep.started_at_piece, rep.pieces
-        );
     }
     if args.check {
         println!(

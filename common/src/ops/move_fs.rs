@@ -290,6 +290,24 @@ fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
     a.0 < b.1 && b.0 < a.1
 }
 
+/// Write `data` at `off`. With the test throttle, write it in 1 MiB slices with a pause
+/// after each, so that a test's kill can land in the middle of a piece (a torn piece).
+fn write_throttled(file: &File, data: &[u8], off: u64, throttle_us_per_mib: u64) -> Result<()> {
+    if throttle_us_per_mib == 0 {
+        return pwrite_full(file, data, off).map_err(|e| Error::io("write", off, e));
+    }
+    let mut at = 0usize;
+    for slice in data.chunks(1 << 20) {
+        let o = off + at as u64;
+        pwrite_full(file, slice, o).map_err(|e| Error::io("write", o, e))?;
+        at += slice.len();
+        std::thread::sleep(Duration::from_micros(
+            throttle_us_per_mib.saturating_mul(slice.len() as u64) >> 20,
+        ));
+    }
+    Ok(())
+}
+
 /// Does a filesystem with this UUID start at byte `offset` of `file`?
 fn fs_uuid_at(file: &File, offset: u64) -> Option<[u8; 16]> {
     let src = FileSource::from_file(file.try_clone().ok()?, offset).ok()?;
@@ -504,7 +522,7 @@ pub fn move_in_place(
             }
         }
         if write_all {
-            pwrite_full(&file, &buf, dst_r.0).map_err(|e| Error::io("write", dst_r.0, e))?;
+            write_throttled(&file, &buf, dst_r.0, opts.throttle_us_per_mib)?;
             rep.bytes_written += n;
         }
         uncommitted = Some(match uncommitted {
@@ -520,11 +538,6 @@ pub fn move_in_place(
         }
         rep.blocks += pc.len;
         progress.update(rep.blocks);
-        if opts.throttle_us_per_mib > 0 {
-            std::thread::sleep(Duration::from_micros(
-                opts.throttle_us_per_mib.saturating_mul(n) >> 20,
-            ));
-        }
     }
     if !is_dev && file_size(&file)?.0 < end {
         file.set_len(end)
