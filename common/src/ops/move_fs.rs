@@ -329,9 +329,9 @@ fn write_maybe_direct(out: &File, direct: &mut Option<File>, data: &[u8], off: u
     use std::os::unix::fs::FileExt;
     const SECTOR: u64 = 512;
     if let Some(d) = direct.as_ref()
-        && off % SECTOR == 0
-        && data.len() as u64 % SECTOR == 0
-        && data.as_ptr() as usize % SECTOR as usize == 0
+        && off.is_multiple_of(SECTOR)
+        && (data.len() as u64).is_multiple_of(SECTOR)
+        && (data.as_ptr() as usize).is_multiple_of(SECTOR as usize)
     {
         match d.write_all_at(data, off) {
             Ok(()) => return Ok(()),
