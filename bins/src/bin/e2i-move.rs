@@ -124,6 +124,11 @@ fn body(args: Args) -> anyhow::Result<u8> {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
+        // Hidden, for tests only: smaller pieces, so a small filesystem has many of them.
+        piece_bytes: std::env::var("E2I_MOVE_PIECE_KIB")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(0, |k| k.saturating_mul(1024)),
     };
     let src = args.source.display().to_string();
     let mut reporter = Reporter::new(args.progress);

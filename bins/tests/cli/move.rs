@@ -415,13 +415,13 @@ fn unfinished_move_blocks_a_different_one() {
 /// Move a filesystem holding `data` bytes back and forth by awkward distances, killing
 /// each move `kills` times at random moments (also during resumed runs), then finishing
 /// it with a plain rerun; every trial must end with the same filesystem.
-fn killed_moves(data: u64, fs_size: &str, throttle_us: u64, kills: usize, seed: u64) {
+fn killed_moves(data: u64, fs_size: &str, piece: u64, throttle_us: u64, kills: usize, seed: u64) {
     let d = tempdir();
     let img = mkfs_data(d.path(), "fs.img", fs_size, data, 60, &["-b", "4096"]);
     let want = e2image_ra(&img, 0, &d.path().join("want.raw"));
     let disk = d.path().join("disk.img");
     let head = MIB;
-    embed(&img, &disk, head, 24 * MIB, seed);
+    embed(&img, &disk, head, piece * 2, seed);
     fs::remove_file(&img).unwrap();
     let mut rng = Rng(seed);
     let mut at = head;
@@ -430,7 +430,7 @@ fn killed_moves(data: u64, fs_size: &str, throttle_us: u64, kills: usize, seed: 
     // Shifts below the piece size (every piece overlaps its own source: saved first),
     // sub-block ones, and one larger than a piece (no piece overlaps itself, but later
     // pieces overwrite the sources of earlier ones: checkpoints first).
-    let far = (20 * MIB + 512) as i64;
+    let far = (piece + piece / 4 + 512) as i64;
     let steps: [i64; 6] = [
         (MIB + 512) as i64,
         2048,
@@ -454,6 +454,7 @@ fn killed_moves(data: u64, fs_size: &str, throttle_us: u64, kills: usize, seed: 
             let mut child = Command::new(tool("e2i-move"))
                 .args(&args)
                 .env("E2I_MOVE_THROTTLE_US", throttle_us.to_string())
+                .env("E2I_MOVE_PIECE_KIB", (piece >> 10).to_string())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -478,7 +479,9 @@ fn killed_moves(data: u64, fs_size: &str, throttle_us: u64, kills: usize, seed: 
                 resumed += 1;
             }
         }
-        let o = e2i_move(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let o = run(Command::new(tool("e2i-move"))
+            .args(&args)
+            .env("E2I_MOVE_PIECE_KIB", (piece >> 10).to_string()));
         let msg = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "final run: {msg}");
         if msg.contains("resuming") {
@@ -501,7 +504,8 @@ fn killed_moves(data: u64, fs_size: &str, throttle_us: u64, kills: usize, seed: 
 
 #[test]
 fn killed_moves_finish_on_rerun() {
-    killed_moves(40 * MIB, "64M", 30_000, 6, 0x1234_5678);
+    // 2 MiB pieces: many pieces, so kills land in every phase of the protocol.
+    killed_moves(40 * MIB, "64M", 2 * MIB, 30_000, 6, 0x1234_5678);
 }
 
 /// The ~300 MB variant: `E2I_SLOW_TESTS=1 cargo test --release killed_moves_big`.
@@ -511,5 +515,6 @@ fn killed_moves_big() {
         eprintln!("killed_moves_big: set E2I_SLOW_TESTS=1 to run the 300 MB variant");
         return;
     }
-    killed_moves(300 * MIB, "400M", 4_000, 8, 0xdead_beef);
+    // The real piece size (e2i::ops::move_fs::PIECE_BYTES).
+    killed_moves(300 * MIB, "400M", 32 * MIB, 4_000, 8, 0xdead_beef);
 }

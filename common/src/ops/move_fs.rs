@@ -22,7 +22,7 @@ use crate::{Error, Result};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 /// Bytes per piece of an in-place move (the unit of copying, saving and progress).
-pub const PIECE_BYTES: u64 = 8 << 20;
+pub const PIECE_BYTES: u64 = 32 << 20;
 /// Selected runs closer than this are moved as one span (free blocks between them are
 /// copied too, which is harmless and saves pieces and checkpoints).
 pub const MERGE_GAP_BYTES: u64 = 256 << 10;
@@ -43,6 +43,9 @@ pub struct MoveOptions {
     /// Test hook: sleep this many microseconds per MiB moved (so a test can kill a move
     /// in the middle). Zero in normal use.
     pub throttle_us_per_mib: u64,
+    /// Test hook: piece size in bytes for a new move (0: [`PIECE_BYTES`]), so that a small
+    /// test filesystem still has many pieces. Rounded down to whole blocks.
+    pub piece_bytes: u64,
 }
 
 /// Where a clone goes.
@@ -544,7 +547,11 @@ pub fn move_in_place(
                 dest_offset: d_off,
                 blocks_count: fs.sb.blocks_count,
                 uuid: fs.sb.uuid(),
-                piece_blocks: (PIECE_BYTES / u64::from(bs)).max(1),
+                piece_blocks: (match opts.piece_bytes {
+                    0 => PIECE_BYTES,
+                    n => n.min(PIECE_BYTES),
+                } / u64::from(bs))
+                .max(1),
                 spans: merge_runs(res.map.runs(), MERGE_GAP_BYTES / u64::from(bs)),
             };
             let total = fs_bytes(bs, params.blocks_count)?;
