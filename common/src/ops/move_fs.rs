@@ -149,7 +149,12 @@ pub fn clone_fs(
         selected_blocks: map.selected_blocks(),
         ..MoveReport::default()
     };
-    progress.phase("copying", rep.selected_blocks, Unit::Blocks);
+    // Progress counts bytes (the binaries do not know the block size up front).
+    progress.phase(
+        "copying",
+        rep.selected_blocks.saturating_mul(bsu),
+        Unit::Bytes,
+    );
     let dest = opts.dest_offset;
     // Writes bypass the page cache (O_DIRECT) where the target and alignment allow: the
     // copy then costs one memory copy per byte instead of two, and leaves no dirty pages.
@@ -220,7 +225,7 @@ pub fn clone_fs(
                 write(&mut rep, blk, data)?;
             }
             rep.blocks += n as u64;
-            progress.update(rep.blocks);
+            progress.update(rep.blocks * bsu);
             // The reader may have stopped on an error already: then this send just fails.
             let _ = free_tx.send(chunk.buf);
         }
@@ -630,9 +635,13 @@ pub fn move_in_place(
     let src = FileSource::from_file(file.try_clone().map_err(|e| Error::io("dup", 0, e))?, s_off)?;
     let saved = j.saved()?;
     let done_before: u64 = ps[..start as usize].iter().map(|r| r.len).sum();
-    progress.phase("moving", rep.selected_blocks, Unit::Blocks);
+    progress.phase(
+        "moving",
+        rep.selected_blocks.saturating_mul(bs),
+        Unit::Bytes,
+    );
     rep.blocks = done_before;
-    progress.update(rep.blocks);
+    progress.update(rep.blocks * bs);
 
     let sync = |what: u64| file.sync_data().map_err(|e| Error::io("sync", what, e));
     // Source byte span of pieces copied since the last checkpoint.
@@ -707,7 +716,7 @@ pub fn move_in_place(
             uncommitted = None;
         }
         rep.blocks += pc.len;
-        progress.update(rep.blocks);
+        progress.update(rep.blocks * bs);
     }
     if !is_dev && file_size(&file)?.0 < end {
         file.set_len(end)
