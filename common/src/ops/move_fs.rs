@@ -317,7 +317,7 @@ fn read_ahead(
 }
 
 /// A second handle on `out` that writes around the page cache, if the system allows it.
-fn reopen_direct(out: &File) -> Option<File> {
+pub(crate) fn reopen_direct(out: &File) -> Option<File> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     let meta = out.metadata().ok()?;
@@ -333,7 +333,12 @@ fn reopen_direct(out: &File) -> Option<File> {
 
 /// Write through the O_DIRECT handle when the offset, length and memory are aligned for it;
 /// otherwise, or if the system refuses, through the ordinary one (and stop trying direct).
-fn write_maybe_direct(out: &File, direct: &mut Option<File>, data: &[u8], off: u64) -> Result<()> {
+pub(crate) fn write_maybe_direct(
+    out: &File,
+    direct: &mut Option<File>,
+    data: &[u8],
+    off: u64,
+) -> Result<()> {
     use std::os::unix::fs::FileExt;
     const SECTOR: u64 = 512;
     if let Some(d) = direct.as_ref()
@@ -357,15 +362,33 @@ fn write_maybe_direct(out: &File, direct: &mut Option<File>, data: &[u8], off: u
 /// `~/.local/state/e2i`), named after the device's path.
 pub fn default_journal_path(source: &Path) -> Result<PathBuf> {
     let meta = std::fs::metadata(source).map_err(|e| Error::io("stat", 0, e))?;
-    if meta.file_type().is_file() {
+    let canon = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
+    journal_path_for(
+        source,
+        &canon,
+        meta.file_type().is_file(),
+        std::env::var_os("XDG_STATE_HOME"),
+        std::env::var_os("HOME"),
+    )
+}
+
+/// [`default_journal_path`] with the environment given.
+fn journal_path_for(
+    source: &Path,
+    canonical: &Path,
+    regular_file: bool,
+    xdg_state_home: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> Result<PathBuf> {
+    if regular_file {
         let mut p = source.as_os_str().to_owned();
         p.push(".e2i-move");
         return Ok(PathBuf::from(p));
     }
-    let state = match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+    let state = match xdg_state_home.filter(|v| !v.is_empty()) {
         Some(d) => PathBuf::from(d),
         None => {
-            let home = std::env::var_os("HOME").ok_or_else(|| {
+            let home = home.filter(|v| !v.is_empty()).ok_or_else(|| {
                 Error::InvalidInput(
                     "neither XDG_STATE_HOME nor HOME is set; give the journal with --journal"
                         .into(),
@@ -374,8 +397,7 @@ pub fn default_journal_path(source: &Path) -> Result<PathBuf> {
             PathBuf::from(home).join(".local/state")
         }
     };
-    let canon = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
-    let name: String = canon
+    let name: String = canonical
         .to_string_lossy()
         .trim_start_matches('/')
         .chars()
@@ -735,6 +757,25 @@ mod tests {
 
     fn r(start: u64, len: u64) -> Run {
         Run { start, len }
+    }
+
+    #[test]
+    fn journal_locations() {
+        let p = |s: &str| PathBuf::from(s);
+        let j = journal_path_for(&p("img/disk.raw"), &p("/x/img/disk.raw"), true, None, None);
+        assert_eq!(j.unwrap(), p("img/disk.raw.e2i-move"));
+        let dev = p("/dev/sdb1");
+        let j = journal_path_for(
+            &dev,
+            &dev,
+            false,
+            Some("/st".into()),
+            Some("/home/u".into()),
+        );
+        assert_eq!(j.unwrap(), p("/st/e2i/dev-sdb1.e2i-move"));
+        let j = journal_path_for(&dev, &dev, false, Some("".into()), Some("/home/u".into()));
+        assert_eq!(j.unwrap(), p("/home/u/.local/state/e2i/dev-sdb1.e2i-move"));
+        assert!(journal_path_for(&dev, &dev, false, None, None).is_err());
     }
 
     #[test]

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::blockmap::Run;
 use crate::io::{pread_full, pwrite_full};
+use crate::ops::move_fs::{reopen_direct, write_maybe_direct};
 use crate::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"E2IMOVE\0";
@@ -80,6 +81,9 @@ pub struct Journal {
     ckpt_at: u64,
     seq: u64,
     pub state: State,
+    /// An O_DIRECT handle for saved data, opened on first use.
+    direct: Option<File>,
+    direct_tried: bool,
 }
 
 fn jerr(path: &Path, what: &str) -> Error {
@@ -202,6 +206,8 @@ impl Journal {
             ckpt_at,
             seq: 1,
             state: State::Running { next: 0 },
+            direct: None,
+            direct_tried: false,
         })
     }
 
@@ -285,6 +291,8 @@ impl Journal {
             ckpt_at,
             seq,
             state,
+            direct: None,
+            direct_tried: false,
         }))
     }
 
@@ -322,7 +330,13 @@ impl Journal {
         h[28..32].copy_from_slice(&self.params.spans_hash()[..4]);
         let crc = crc32c::crc32c(&h[..32]);
         h[32..36].copy_from_slice(&crc.to_le_bytes());
-        pwrite_full(&self.file, data, at + PAGE).map_err(|e| Error::io("write journal", at, e))?;
+        // The data goes around the page cache when it can (it is read back only after a
+        // crash); the fsync below covers both handles.
+        if !self.direct_tried {
+            self.direct = reopen_direct(&self.file);
+            self.direct_tried = true;
+        }
+        write_maybe_direct(&self.file, &mut self.direct, data, at + PAGE)?;
         pwrite_full(&self.file, &h, at).map_err(|e| Error::io("write journal", at, e))?;
         self.file
             .sync_data()
