@@ -94,6 +94,7 @@ fn lister(dry: bool) -> impl FnMut(u64, u64) {
 }
 
 fn body(args: Args) -> anyhow::Result<u8> {
+    std::fs::metadata(&args.source).with_context(|| args.source.display().to_string())?;
     let in_place = match &args.dest {
         None => true,
         Some(d) => same_file(&args.source, d),

@@ -389,6 +389,10 @@ fn unfinished_move_blocks_a_different_one() {
         std::thread::sleep(Duration::from_millis(5));
     }
     std::thread::sleep(Duration::from_millis(50));
+    // While it runs, a second mover is turned away.
+    let o = e2i_move(&["--journal", p(&journal), "-o", "1M", "-O", "2M", p(&disk)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("another e2i-move"));
     child.kill().unwrap();
     child.wait().unwrap();
     let o = e2i_move(&["--journal", p(&journal), "-o", "1M", "-O", "3M", p(&disk)]);

@@ -511,6 +511,13 @@ pub fn move_in_place(
         .open(source)
         .map_err(|e| Error::io("open", 0, e))?;
     let (len, is_dev) = file_size(&file)?;
+    if !opts.dry_run {
+        // One mover at a time (advisory; released by the kernel if we are killed).
+        use rustix::fs::{FlockOperation, flock};
+        flock(&file, FlockOperation::NonBlockingLockExclusive).map_err(|_| {
+            Error::InvalidInput("another e2i-move is working on this file or device".into())
+        })?;
+    }
 
     let journal = if opts.dry_run {
         Journal::open(journal_path).ok().flatten()
