@@ -217,6 +217,9 @@ fn body(args: Args) -> anyhow::Result<u8> {
             rep.past_end_blocks
         );
     }
+    for p in &rep.problems {
+        eprintln!("{TOOL}: warning: {src}: skipped damaged metadata: {p}");
+    }
     if args.check {
         println!(
             "{} blocks already contained the data to be copied",

@@ -522,3 +522,61 @@ fn killed_moves_big() {
     // The real piece size (e2i::ops::move_fs::PIECE_BYTES).
     killed_moves(300 * MIB, "400M", 32 * MIB, 4_000, 8, 0xdead_beef);
 }
+
+/// e2fsprogs' own test images (mostly damaged), where the shared conformance corpus is
+/// present (../shared/conformance, as ci/test.sh finds it): wherever `e2image -ra`
+/// succeeds, the clone must be byte-identical.
+#[test]
+fn clone_matches_e2image_on_e2fsprogs_images() {
+    let corpus =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/e2fsprogs-tests");
+    let Ok(dir) = fs::read_dir(&corpus) else {
+        eprintln!(
+            "{}: not present; e2fsprogs corpus not checked",
+            corpus.display()
+        );
+        return;
+    };
+    let d = tempdir();
+    let (mut compared, mut refused) = (0, 0);
+    let mut names: Vec<PathBuf> = dir.flatten().map(|e| e.path()).collect();
+    names.sort();
+    for gz in names
+        .iter()
+        .filter(|p| p.to_string_lossy().ends_with(".img.gz"))
+    {
+        let img = d.path().join("s.img");
+        let o = run(Command::new("gzip")
+            .arg("-dc")
+            .arg(gz)
+            .stdout(fs::File::create(&img).unwrap()));
+        assert!(o.status.success());
+        let (a, b) = (d.path().join("a.raw"), d.path().join("b.raw"));
+        let _ = fs::remove_file(&a);
+        let _ = fs::remove_file(&b);
+        if !run(Command::new("e2image").arg("-ra").arg(&img).arg(&a))
+            .status
+            .success()
+        {
+            refused += 1;
+            continue;
+        }
+        let o = e2i_move(&[p(&img), p(&b)]);
+        assert!(
+            o.status.success(),
+            "{}: {}",
+            gz.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            fs::read(&a).unwrap() == fs::read(&b).unwrap(),
+            "{}: clone differs",
+            gz.display()
+        );
+        compared += 1;
+    }
+    eprintln!(
+        "e2fsprogs images: {compared} clones identical to e2image -ra; {refused} refused by e2image"
+    );
+    assert!(compared > 100);
+}

@@ -84,6 +84,8 @@ pub struct MoveReport {
     /// Durable checkpoints and saved pieces written by a move.
     pub checkpoints: u64,
     pub saved_pieces: u64,
+    /// A clone of a damaged filesystem: the structures skipped (as e2image skips them).
+    pub problems: Vec<String>,
 }
 
 fn overflow(what: &str) -> Error {
@@ -126,7 +128,9 @@ pub fn clone_fs(
         all_data: !opts.metadata_only,
         open: FsOpen::default(),
         offset: opts.src_offset,
-        strict: true,
+        // Like e2image -ra, a clone copies what it can of a damaged filesystem (the
+        // problems are reported); a move refuses one.
+        strict: false,
     };
     let (fs, res) = scan_source(src, &copts, out_dev, progress)?;
     let bs = fs.sb.block_size;
@@ -147,6 +151,7 @@ pub fn clone_fs(
         block_size: bs,
         blocks_count: fs.sb.blocks_count,
         selected_blocks: map.selected_blocks(),
+        problems: res.problems.iter().map(|p| p.to_string()).collect(),
         ..MoveReport::default()
     };
     // Progress counts bytes (the binaries do not know the block size up front).
