@@ -46,6 +46,8 @@ mod cli {
     pub mod basic;
     pub mod damaged;
     pub mod mutation;
+    #[path = "move.rs"]
+    pub mod move_fs;
     pub mod pipeline;
     pub mod qcow2;
     pub mod util;

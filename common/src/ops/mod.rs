@@ -2,6 +2,8 @@
 
 pub mod capture;
 pub mod input;
+pub mod move_fs;
+pub mod move_journal;
 pub mod qcow2_to_raw;
 pub mod to_qcow2;
 pub mod to_raw;

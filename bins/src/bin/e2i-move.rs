@@ -1,0 +1,266 @@
+//! e2i-move: clone an ext2/3/4 filesystem between offsets (e2image -ra -o/-O SRC DST), or
+//! move it inside SOURCE, crash-safely (e2image -ra -o/-O SRC).
+
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Parser;
+use e2i::mount::{MountState, mount_state};
+use e2i::ops::move_fs::{self, CloneTarget, MoveOptions, MoveReport};
+use e2i::ops::move_journal::{Journal, State};
+use e2i_cli::{EXIT_OK, Output, Reporter, number, run, usage_error};
+
+const TOOL: &str = "e2i-move";
+
+/// Copy the filesystem in SOURCE with all its data to DEST, or, without DEST, move it
+/// inside SOURCE from offset -o to offset -O. An interrupted move is finished by running
+/// the same command again.
+#[derive(Parser, Debug)]
+#[command(name = TOOL, version, about, after_help = "Exit status: 0 success, 1 failure, 2 usage error.")]
+struct Args {
+    /// Block device or image file holding the filesystem.
+    source: PathBuf,
+    /// Where to copy it (a new file, an existing image or a block device). Without it,
+    /// the filesystem is moved inside SOURCE.
+    dest: Option<PathBuf>,
+    /// Byte offset of the filesystem inside SOURCE.
+    #[arg(short = 'o', long = "src-offset", value_name = "N", value_parser = number, default_value = "0")]
+    src_offset: u64,
+    /// Byte offset of the copy inside DEST (or SOURCE, for a move).
+    #[arg(short = 'O', long = "dest-offset", value_name = "N", value_parser = number, default_value = "0")]
+    dest_offset: u64,
+    /// Compare before writing; skip blocks the target already holds.
+    #[arg(short = 'c', long)]
+    check: bool,
+    /// Print the blocks that would be written; create and change nothing.
+    #[arg(short = 'n', long = "dry-run")]
+    dry_run: bool,
+    /// Show progress on stderr.
+    #[arg(short = 'p', long)]
+    progress: bool,
+    /// Clone a SOURCE that is mounted read-write (never allowed for a move).
+    #[arg(short = 'f', long)]
+    force: bool,
+    /// Copy the metadata only (e2image -r with offsets); clones only.
+    #[arg(long)]
+    metadata_only: bool,
+    /// Journal of an in-place move [default: SOURCE.e2i-move for a file, else in
+    /// $XDG_STATE_HOME/e2i].
+    #[arg(long, value_name = "FILE")]
+    journal: Option<PathBuf>,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    run(TOOL, || body(args))
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+fn refuse_mounted(path: &Path, any: bool) -> anyhow::Result<()> {
+    match mount_state(path) {
+        MountState::ReadWrite { mount_point } => {
+            anyhow::bail!("{}: mounted read-write on {mount_point}", path.display())
+        }
+        MountState::ReadOnly { mount_point } if any => {
+            anyhow::bail!("{}: mounted on {mount_point}", path.display())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Print one dry-run line per run of blocks (e2image -n prints `Writing block N`).
+fn lister(dry: bool) -> impl FnMut(u64, u64) {
+    let mut out = io::BufWriter::new(io::stdout());
+    move |first, n| {
+        if !dry {
+            return;
+        }
+        let _ = if n == 1 {
+            writeln!(out, "Writing block {first}")
+        } else {
+            writeln!(out, "Writing blocks {first}-{} ({n} blocks)", first + n - 1)
+        };
+        let _ = out.flush();
+    }
+}
+
+fn body(args: Args) -> anyhow::Result<u8> {
+    std::fs::metadata(&args.source).with_context(|| args.source.display().to_string())?;
+    let in_place = match &args.dest {
+        None => true,
+        Some(d) => same_file(&args.source, d),
+    };
+    if in_place && args.metadata_only {
+        return Ok(usage_error(
+            TOOL,
+            "--metadata-only is for clones (give DEST)",
+        ));
+    }
+    if in_place && args.src_offset == args.dest_offset {
+        return Ok(usage_error(
+            TOOL,
+            "a move needs different source and destination offsets (-o, -O)",
+        ));
+    }
+    if !in_place && args.journal.is_some() {
+        return Ok(usage_error(TOOL, "--journal is for in-place moves"));
+    }
+    let opts = MoveOptions {
+        src_offset: args.src_offset,
+        dest_offset: args.dest_offset,
+        metadata_only: args.metadata_only,
+        check: args.check,
+        dry_run: args.dry_run,
+        // Hidden, for tests only: slow the move down so a kill lands in the middle.
+        throttle_us_per_mib: std::env::var("E2I_MOVE_THROTTLE_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        // Hidden, for tests only: smaller pieces, so a small filesystem has many of them.
+        piece_bytes: std::env::var("E2I_MOVE_PIECE_KIB")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(0, |k| k.saturating_mul(1024)),
+    };
+    let src = args.source.display().to_string();
+    let mut reporter = Reporter::new(args.progress);
+    let mut list = lister(args.dry_run);
+    if in_place {
+        refuse_mounted(&args.source, true)?;
+        let journal = match &args.journal {
+            Some(j) => j.clone(),
+            None => move_fs::default_journal_path(&args.source).with_context(|| src.clone())?,
+        };
+        if same_file(&journal, &args.source) {
+            anyhow::bail!("{}: the journal cannot be SOURCE itself", journal.display());
+        }
+        if !args.dry_run
+            && let Some(dir) = journal.parent().filter(|p| !p.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        if let Ok(Some(j)) = Journal::open(&journal)
+            && matches!(j.state, State::Running { .. })
+            && j.params.src_offset == args.src_offset
+            && j.params.dest_offset == args.dest_offset
+        {
+            eprintln!(
+                "{TOOL}: {src}: resuming the interrupted move recorded in {}",
+                journal.display()
+            );
+        }
+        let rep = move_fs::move_in_place(&args.source, &journal, &opts, &mut list, &mut reporter)
+            .with_context(|| src.clone())?;
+        report_move(&args, &rep, &journal);
+        return Ok(EXIT_OK);
+    }
+    let dest = args.dest.clone().unwrap_or_default();
+    refuse_mounted(&dest, true)?;
+    if !args.force {
+        refuse_mounted(&args.source, false)
+            .context("a copy of it would be inconsistent (use -f to copy anyway)")?;
+    }
+    let dst = dest.display().to_string();
+    let rep = if dest.exists() {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!args.dry_run)
+            .open(&dest)
+            .with_context(|| format!("opening {dst}"))?;
+        move_fs::clone_fs(
+            &args.source,
+            CloneTarget::Existing(&file),
+            &opts,
+            &mut list,
+            &mut reporter,
+        )
+        .with_context(|| src.clone())?
+    } else if args.dry_run {
+        // Nothing is created: list what a new file would receive.
+        let tmp = e2i_cli_tempfile()?;
+        move_fs::clone_fs(
+            &args.source,
+            CloneTarget::NewFile(&tmp),
+            &opts,
+            &mut list,
+            &mut reporter,
+        )
+        .with_context(|| src.clone())?
+    } else {
+        let mut out = Output::create(&dest)?;
+        let Output::File { file, .. } = &out else {
+            anyhow::bail!("{dst}: not a regular file or block device");
+        };
+        let rep = move_fs::clone_fs(
+            &args.source,
+            CloneTarget::NewFile(file),
+            &opts,
+            &mut list,
+            &mut reporter,
+        )
+        .with_context(|| src.clone())?;
+        out.commit()?;
+        rep
+    };
+    if rep.past_end_blocks > 0 {
+        eprintln!(
+            "{TOOL}: warning: {src}: {} selected blocks lie past the end of the source and were copied as zeros",
+            rep.past_end_blocks
+        );
+    }
+    for p in &rep.problems {
+        eprintln!("{TOOL}: warning: {src}: skipped damaged metadata: {p}");
+    }
+    if args.check {
+        println!(
+            "{} blocks already contained the data to be copied",
+            rep.identical_blocks
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+/// An anonymous scratch file for a dry run into a DEST that does not exist (never written).
+fn e2i_cli_tempfile() -> anyhow::Result<std::fs::File> {
+    let dir = std::env::temp_dir();
+    let path = dir.join(format!(".e2i-move-dry-{}", std::process::id()));
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    let _ = std::fs::remove_file(&path);
+    Ok(f)
+}
+
+fn report_move(args: &Args, rep: &MoveReport, journal: &Path) {
+    let src = args.source.display();
+    if rep.already_done {
+        println!(
+            "{src}: the move from byte {} to byte {} is already finished (journal {}); nothing to do",
+            args.src_offset,
+            args.dest_offset,
+            journal.display()
+        );
+        return;
+    }
+    if args.dry_run {
+        return;
+    }
+    if args.check {
+        println!(
+            "{} blocks already contained the data to be copied",
+            rep.identical_blocks
+        );
+    }
+}
