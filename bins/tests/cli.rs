@@ -45,9 +45,9 @@ pub static ALLOC: PeakAlloc = PeakAlloc {
 mod cli {
     pub mod basic;
     pub mod damaged;
-    pub mod mutation;
     #[path = "move.rs"]
     pub mod move_fs;
+    pub mod mutation;
     pub mod pipeline;
     pub mod qcow2;
     pub mod util;

@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use e2i::ops::capture::{self, CaptureOptions, Format};
+use e2i::ops::input::{self, Input, Kind};
+use e2i::ops::to_qcow2::{Qcow2Out, stream_to_qcow2};
+use e2i::stream::StreamReader;
 use e2i_cli::{EXIT_DAMAGED, EXIT_OK, Output, Reporter, run, usage_error};
 
 const TOOL: &str = "e2i-to-qcow2";
@@ -43,9 +46,6 @@ fn main() -> std::process::ExitCode {
 }
 
 fn convert(args: Args) -> anyhow::Result<u8> {
-    if args.input.as_os_str() == "-" {
-        anyhow::bail!("-: reading the input from stdin is not supported yet; give a file");
-    }
     let to_stdout = args.output.as_os_str() == "-";
     if args.compress && to_stdout {
         return Ok(usage_error(
@@ -80,13 +80,27 @@ fn convert(args: Args) -> anyhow::Result<u8> {
         );
         return Ok(EXIT_OK);
     }
+    let inp = input::open(&args.input).with_context(|| src.clone())?;
+    let path = match inp {
+        Input::Stream(r) => return from_stream(r, &args, &src, &mut reporter),
+        Input::File {
+            kind: Kind::Normal, ..
+        } => {
+            anyhow::bail!(
+                "{src}: converting a normal e2image image to qcow2 is not available in this build"
+            )
+        }
+        // Raw and qcow2 images (or their spooled copies) are captured like e2i-capture -Q.
+        Input::File { path, spooled, .. } => (path, spooled),
+    };
+    let input_path = path.0.clone();
     let mut out = Output::create(&args.output)?;
     let report = match &mut out {
         Output::Stdout => {
             let stdout = io::stdout();
             let mut w = io::BufWriter::with_capacity(1 << 20, stdout.lock());
             let r = capture::capture(
-                &args.input,
+                &input_path,
                 &opts,
                 Format::Qcow2,
                 capture::Output::Stream(&mut w),
@@ -96,14 +110,14 @@ fn convert(args: Args) -> anyhow::Result<u8> {
             r
         }
         Output::Device { file } => capture::capture(
-            &args.input,
+            &input_path,
             &opts,
             Format::Qcow2,
             capture::Output::Device(file),
             &mut reporter,
         ),
         Output::File { file, .. } => capture::capture(
-            &args.input,
+            &input_path,
             &opts,
             Format::Qcow2,
             capture::Output::NewFile(file),
@@ -119,4 +133,47 @@ fn convert(args: Args) -> anyhow::Result<u8> {
         eprintln!("{TOOL}: skipped: {src}: {p}");
     }
     Ok(EXIT_DAMAGED)
+}
+
+/// An e2i stream: the qcow2 layout comes from the stream's map, the data follows.
+fn from_stream(
+    r: StreamReader<Box<dyn io::Read>>,
+    args: &Args,
+    src: &str,
+    reporter: &mut Reporter,
+) -> anyhow::Result<u8> {
+    if args.all_data {
+        eprintln!(
+            "{TOOL}: note: -a has no effect on a stream input (the capture chose its blocks)"
+        );
+    }
+    reporter.set_block_size(r.header.block_size);
+    let mut out = Output::create(&args.output)?;
+    match &mut out {
+        Output::Stdout => {
+            let stdout = io::stdout();
+            let mut w = io::BufWriter::with_capacity(1 << 20, stdout.lock());
+            stream_to_qcow2(r, Qcow2Out::Sequential(&mut w), reporter)
+                .with_context(|| src.to_string())?;
+            w.flush()?;
+        }
+        Output::Device { file } => {
+            let mut w = io::BufWriter::with_capacity(1 << 20, &*file);
+            stream_to_qcow2(r, Qcow2Out::Sequential(&mut w), reporter)
+                .with_context(|| src.to_string())?;
+            w.flush()?;
+        }
+        Output::File { file, .. } if args.compress => {
+            stream_to_qcow2(r, Qcow2Out::Compressed(file), reporter)
+                .with_context(|| src.to_string())?;
+        }
+        Output::File { file, .. } => {
+            let mut w = io::BufWriter::with_capacity(1 << 20, &*file);
+            stream_to_qcow2(r, Qcow2Out::Sequential(&mut w), reporter)
+                .with_context(|| src.to_string())?;
+            w.flush()?;
+        }
+    }
+    out.commit()?;
+    Ok(EXIT_OK)
 }
