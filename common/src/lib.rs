@@ -23,5 +23,6 @@ pub mod normal;
 pub mod ops;
 pub mod progress;
 pub mod sparse;
+pub mod undo;
 
 pub use error::{Error, Result};
