@@ -1,6 +1,8 @@
 //! Integration tests of the e2i tools (one test binary; each topic is a module in cli/).
 
 mod cli {
+    pub mod install;
+    pub mod normal;
     pub mod util;
 }
 
