@@ -70,21 +70,16 @@ fn body(args: Args) -> anyhow::Result<u8> {
                 WriteData::Image(off) => format!("from image byte {off}"),
                 WriteData::Bytes(_) => "computed".to_string(),
             };
-            if w.len % bs == 0 && w.offset % bs == 0 {
-                println!(
-                    "would write {}: blocks {}-{} ({} bytes at byte {}, {src})",
-                    w.what,
-                    w.offset / bs,
-                    (w.offset + w.len) / bs - 1,
-                    w.len,
-                    w.offset
-                );
+            let (first, last) = (w.offset / bs, (w.offset + w.len).div_ceil(bs) - 1);
+            let blocks = if first == last {
+                format!("block {first}")
             } else {
-                println!(
-                    "would write {}: {} bytes at byte {} ({src})",
-                    w.what, w.len, w.offset
-                );
-            }
+                format!("blocks {first}-{last}")
+            };
+            println!(
+                "would write {}: {blocks} ({} bytes at byte {}, {src})",
+                w.what, w.len, w.offset
+            );
         }
         println!(
             "{} writes, {} bytes; nothing written (dry run)",

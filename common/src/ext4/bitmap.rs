@@ -207,7 +207,9 @@ pub fn read_bitmaps<S: ReadAt + ?Sized>(
             {
                 continue;
             }
-            let off = loc * u64::from(sb.block_size);
+            let off = loc.checked_mul(u64::from(sb.block_size)).ok_or_else(|| {
+                Error::corrupt(format!("group {g} {kind} bitmap"), "block number overflows")
+            })?;
             src.read_exact_at(&mut buf, off, &|| {
                 format!("group {g} {kind} bitmap at block {loc}")
             })?;

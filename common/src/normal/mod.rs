@@ -185,6 +185,8 @@ impl Layout {
         let ovf = || Error::corrupt("superblock", "the image size overflows");
         let bs = u64::from(sb.block_size);
         let groups = u64::from(sb.group_count);
+        // Every block number below blocks_count must have a byte offset.
+        sb.blocks_count.checked_mul(bs).ok_or_else(ovf)?;
         let desc_len = u64::from(sb.desc_blocks).checked_mul(bs).ok_or_else(ovf)?;
         let offset_inode = desc_len.checked_add(2 * bs).ok_or_else(ovf)?;
         let itable_len = u64::from(sb.inode_blocks_per_group) * bs;
