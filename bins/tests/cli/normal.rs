@@ -339,3 +339,18 @@ fn reader_places_blocks_at_their_filesystem_positions() {
         assert_eq!(strip(&a), strip(&b), "{opts:?}");
     }
 }
+
+/// Through a backup superblock libext2fs clears the UNINIT flags in memory, which would give
+/// a normal image inconsistent bitmaps: refused as a usage error (e2image refuses -b too).
+#[test]
+fn normal_refuses_a_backup_superblock() {
+    let d = tempdir();
+    let img = make(d.path(), "64M", &["-b", "1024"]);
+    let out = d.path().join("o.e2i");
+    let o = run(Command::new(tool("e2i-capture"))
+        .args(["-b", "8193", "-B", "1024"])
+        .arg(&img)
+        .arg(&out));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!out.exists());
+}

@@ -12,7 +12,6 @@ use std::path::Path;
 
 use super::{HEADER_SIZE, Header, Layout};
 use crate::ext4::bitmap;
-use crate::ext4::csum::Checksummer;
 use crate::ext4::desc::DescTable;
 use crate::ext4::{Filesystem, Superblock};
 use crate::io::{ReadAt, pwrite_full};
@@ -164,20 +163,6 @@ fn check_inode_tables(sb: &Superblock, desc: &DescTable) -> Result<()> {
     Ok(())
 }
 
-/// The descriptors as libext2fs holds them after opening: when the filesystem was opened
-/// through a backup superblock, the UNINIT flags were cleared ([`Filesystem::open`]) and the
-/// library recomputes the checksums of the changed descriptors.
-fn in_memory_descriptors<S>(fs: &Filesystem<S>) -> DescTable {
-    let mut desc = fs.desc.clone();
-    if fs.backup_superblock.is_some_and(|s| s > 1) && fs.sb.has_group_desc_csum() {
-        let cs = Checksummer::new(&fs.sb);
-        for g in 0..fs.sb.group_count {
-            cs.group_desc_csum_set(&mut desc, g);
-        }
-    }
-    desc
-}
-
 /// Runs of inode tables that lie back to back on disk (flex_bg): `(first block, blocks)`.
 fn itable_runs(sb: &Superblock, desc: &DescTable) -> Vec<(u64, u64)> {
     let ipb = u64::from(sb.inode_blocks_per_group);
@@ -203,7 +188,15 @@ pub fn write_normal<S: ReadAt>(
     let layout = Layout::new(sb)?;
     layout.check_offsets_fit()?;
     bitmap::check_geometry(sb)?;
-    let desc = in_memory_descriptors(fs);
+    if let Some(b) = fs.backup_superblock {
+        // libext2fs clears every group's UNINIT flags when it opens through a backup, so the
+        // bitmaps of never-initialised groups would be read as garbage (e2image refuses -b
+        // here too).
+        return Err(Error::InvalidInput(format!(
+            "a normal image cannot be made through the backup superblock at block {b}: use the raw or qcow2 format"
+        )));
+    }
+    let desc = fs.desc.clone();
     check_inode_tables(sb, &desc)?;
     let bitmaps = bitmap::read_bitmaps(&fs.src, sb, &desc)?;
 
