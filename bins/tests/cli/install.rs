@@ -130,6 +130,8 @@ restores! {
     install_ext4_uninit_bg: "200M", ["-O", "^metadata_csum,uninit_bg"], false;
     install_ext4_64bit_meta_bg: "300M", ["-b", "1024", "-O", "64bit,meta_bg,^resize_inode"], false;
     install_ext4_bigalloc: "512M", ["-O", "bigalloc", "-C", "65536"], false;
+    install_ext4_64k_blocks: "512M", ["-b", "65536"], false;
+    install_ext4_no_flex_bg_no_superblock: "300M", ["-O", "^flex_bg"], true;
     install_ext2_1k_no_superblock: "16M", ["-t", "ext2", "-b", "1024"], true;
     install_ext4_1k_no_superblock: "64M", ["-b", "1024"], true;
     install_ext4_4k_no_superblock: "600M", ["-b", "4096"], true;
@@ -275,4 +277,52 @@ fn install_refuses_an_existing_undo_file() {
     assert_eq!(o.status.code(), Some(1));
     assert!(std::fs::read(&a).unwrap() == before);
     assert_eq!(std::fs::read(&undo).unwrap(), b"previous undo record");
+}
+
+/// Unmounts on drop, so a failing assertion does not leave the mount behind.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A mounted device is refused, with or without --force and in a dry run; the image file
+/// behind a loop mount counts as mounted. Needs root (loop mounts).
+#[test]
+fn install_refuses_a_mounted_device() {
+    if !is_root() {
+        eprintln!("install_refuses_a_mounted_device: needs root for a loop mount; not run");
+        return;
+    }
+    let d = tempdir();
+    let img = make(d.path(), "m.img", "16M", &[]);
+    let image = d.path().join("m.e2i");
+    capture(&img, &image);
+    let mnt = d.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let st = Command::new("mount")
+        .args(["-o", "loop,ro"])
+        .arg(&img)
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(st.success(), "loop mount failed");
+    let _guard = Mounted(mnt.clone());
+    let before = std::fs::read(&img).unwrap();
+    for args in [&[][..], &["-f"][..], &["-n"][..]] {
+        let o = install(args, &img, &image);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("mounted"), "{args:?}: {err}");
+    }
+    assert!(std::fs::read(&img).unwrap() == before);
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
