@@ -163,9 +163,8 @@ fn capture_normal(
         copy: CopyStats {
             blocks: st.size / bs,
             zero_blocks: st.zero_blocks,
-            past_end_blocks: 0,
-            identical_blocks: 0,
             bytes_written: st.bytes_written,
+            ..CopyStats::default()
         },
         problems: Vec::new(),
     })
