@@ -331,3 +331,42 @@ fn is_root() -> bool {
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
+
+/// Detaches a loop device on drop.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+/// On a real block device (a loop device): restore, e2fsck clean, e2undo back to the same
+/// bytes. Needs root.
+#[test]
+fn install_onto_a_block_device_and_undo() {
+    if !is_root() {
+        eprintln!("install_onto_a_block_device_and_undo: needs root for a loop device; not run");
+        return;
+    }
+    let d = tempdir();
+    let orig = make(d.path(), "o.img", "64M", &["-b", "1024"]);
+    let image = d.path().join("o.e2i");
+    capture(&orig, &image);
+    let img = d.path().join("dev.img");
+    std::fs::copy(&orig, &img).unwrap();
+    damage(&img, true);
+    let o = run(Command::new("losetup").args(["-f", "--show"]).arg(&img));
+    assert!(o.status.success(), "losetup failed");
+    let dev = Loop(String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let devp = PathBuf::from(&dev.0);
+    let before = sha256(&devp);
+    let undo = d.path().join("u.undo");
+    let o = install(&["-p", "-z", undo.to_str().unwrap()], &devp, &image);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    fsck_clean(&devp);
+    assert_eq!(dumpe2fs(&orig), dumpe2fs(&devp));
+    let o = run(Command::new("e2undo").arg(&undo).arg(&devp));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(sha256(&devp), before);
+}

@@ -479,10 +479,21 @@ pub fn install(
     let bs = u64::from(sb.block_size);
     let writes = plan(&img, now())?;
 
+    let is_blockdev = std::fs::metadata(device).is_ok_and(|m| {
+        use std::os::unix::fs::FileTypeExt;
+        m.file_type().is_block_device()
+    });
     let file = if opts.dry_run {
         File::open(device)
     } else {
-        OpenOptions::new().read(true).write(true).open(device)
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut o = OpenOptions::new();
+        o.read(true).write(true);
+        if is_blockdev {
+            // Exclusive open: the kernel refuses it while the device is mounted or claimed.
+            o.custom_flags(rustix::fs::OFlags::EXCL.bits() as i32);
+        }
+        o.open(device)
     }
     .map_err(|e| Error::io("open device", 0, e))?;
     let dev = FileSource::from_file(file, 0)?;
