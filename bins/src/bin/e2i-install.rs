@@ -13,7 +13,7 @@ const TOOL: &str = "e2i-install";
 /// Write the superblock, group descriptors, bitmaps and inode tables held in IMAGE (a normal
 /// e2image image) back onto DEVICE (a block device or an image file).
 #[derive(Parser, Debug)]
-#[command(name = TOOL, version, about, after_help = "Exit status: 0 success, 1 failure (nothing written unless the failure came while writing), 2 usage error.")]
+#[command(name = TOOL, version, after_help = "Exit status: 0 success, 1 failure (nothing written unless the failure came while writing), 2 usage error.")]
 struct Args {
     /// Block device or image file to restore.
     device: PathBuf,
