@@ -17,7 +17,18 @@
 //! filesystem positions. The header's offsets are 32-bit: images whose bitmaps would start
 //! past 4 GiB are refused ([`Layout::check_offsets_fit`]), where e2image writes a corrupt file.
 //!
-//! Module name: `e2i::normal` (the format is also called "e2i" by e2image's sources).
+//! Where e2i deliberately differs from e2image (decisions.md):
+//! * the header is computed first and the image written sequentially, so it can go to a pipe
+//!   (e2image fails with `seek_set: Illegal seek`);
+//! * images whose offsets do not fit the 32-bit header fields are refused before anything is
+//!   written (about a 256 GiB filesystem at default settings);
+//! * on a block device every byte is written (zeros too), so no stale bytes remain;
+//! * `image_time` honours `SOURCE_DATE_EPOCH` (reproducible images); the other host fields are
+//!   filled as e2image fills them ([`HOST_SPECIFIC_FIELDS`]);
+//! * a capture through a backup superblock (`-b`) is refused, as e2image refuses it.
+//!
+//! Module name: `e2i::normal`, in `src/normal/` (the format is the one e2fsprogs' sources call
+//! the "e2image" or "e2i" format).
 
 pub mod reader;
 pub mod writer;

@@ -596,3 +596,33 @@ pub fn install(
     progress.finish();
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unix_io_cache_accounting() {
+        // Large writes count at once; small ones only when evicted from the 8-block cache.
+        assert_eq!(unix_io_bytes_written(&[(100, 32)], 1024), 32 * 1024);
+        assert_eq!(unix_io_bytes_written(&[(100, 4)], 1024), 0);
+        let ten: Vec<(u64, u64)> = (0..10).map(|b| (b, 1)).collect();
+        assert_eq!(unix_io_bytes_written(&ten, 1024), 2 * 1024);
+        // Rewriting a cached block does not evict anything.
+        let mut same = ten.clone();
+        same.extend([(9, 1), (8, 1)]);
+        assert_eq!(unix_io_bytes_written(&same, 1024), 2 * 1024);
+        // A large write flushes the dirty cache first.
+        let mut flush = vec![(0u64, 1u64), (1, 1), (2, 1)];
+        flush.push((50, 5));
+        assert_eq!(unix_io_bytes_written(&flush, 4096), 8 * 4096);
+    }
+
+    #[test]
+    fn standard_backups_are_group_one_of_each_block_size() {
+        let l = standard_backup_locations();
+        assert_eq!(l[0], (8193, 1024));
+        assert_eq!(l[2], (32768, 4096));
+        assert_eq!(l.len(), 7);
+    }
+}
