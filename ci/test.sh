@@ -11,7 +11,7 @@ cargo build --release
 cargo test --release
 conf=../shared/conformance/run.sh
 if [ -x "$conf" ] || [ -f "$conf" ]; then
-  bash "$conf" target/release "${E2I_CONFORMANCE_TAGS:-raw,qcow2,damaged}"
+  bash "$conf" target/release "${E2I_CONFORMANCE_TAGS:-raw,normal,qcow2,pipeline,damaged}"
 else
   echo "conformance suite not found at $conf; skipped" >&2
 fi

@@ -45,6 +45,8 @@ pub static ALLOC: PeakAlloc = PeakAlloc {
 mod cli {
     pub mod basic;
     pub mod damaged;
+    pub mod install;
+    pub mod normal;
     #[path = "move.rs"]
     pub mod move_fs;
     pub mod mutation;

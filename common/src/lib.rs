@@ -5,6 +5,8 @@
 //! 2. [`ext4::scan`] reads its superblock, descriptors and inodes and builds a [`blockmap::BlockMap`]:
 //!    the sorted extents of blocks e2image would copy.
 //! 3. A writer (sparse raw, qcow2, normal e2image, stream) consumes the map and the source.
+//!    The normal e2image format ([`normal`]) needs no map: it copies the superblock,
+//!    descriptors, inode tables and bitmaps by their locations.
 //!
 //! Glossary of units: a *block* is `block_size` bytes of the filesystem (1 KiB–64 KiB);
 //! a *cluster* is `2^cluster_bits` blocks with bigalloc, else one block; *byte offsets* are
@@ -17,10 +19,12 @@ pub mod error;
 pub mod ext4;
 pub mod io;
 pub mod mount;
+pub mod normal;
 pub mod ops;
 pub mod progress;
 pub mod qcow2;
 pub mod sparse;
 pub mod stream;
+pub mod undo;
 
 pub use error::{Error, Result};

@@ -88,6 +88,12 @@ fn capture(args: Args) -> anyhow::Result<u8> {
     if args.superblock.is_some_and(|s| s != 0) && args.blocksize.is_none() {
         return Ok(usage_error(TOOL, "-b needs the block size (-B)"));
     }
+    if args.superblock.is_some_and(|s| s != 0) && format == Format::Normal {
+        return Ok(usage_error(
+            TOOL,
+            "-b needs a raw, qcow2 or stream image (a normal image made through a backup superblock would have inconsistent bitmaps)",
+        ));
+    }
     if args.all_data && format == Format::Normal {
         return Ok(usage_error(TOOL, "-a needs a raw, qcow2 or stream image"));
     }

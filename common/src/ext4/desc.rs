@@ -44,6 +44,18 @@ impl DescTable {
         &self.raw[off..off + self.stride.max(32)]
     }
 
+    /// Group `g`'s descriptor record (`desc_size` bytes, or 32 without 64bit).
+    pub fn record(&self, g: u32) -> &[u8] {
+        self.rec(g)
+    }
+
+    /// Group `g`'s descriptor record, for updating checksums and flags.
+    pub fn record_mut(&mut self, g: u32) -> &mut [u8] {
+        let off = g as usize * self.stride;
+        let len = self.stride.max(32);
+        &mut self.raw[off..off + len]
+    }
+
     fn lo_hi32(&self, g: u32, lo: usize, hi: usize) -> u64 {
         let r = self.rec(g);
         let mut v = u64::from(le::u32(r, lo));

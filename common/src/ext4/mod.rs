@@ -1,5 +1,7 @@
 //! The ext2/3/4 on-disk model: only what navigation needs is decoded; raw bytes are kept.
 
+pub mod bitmap;
+pub mod csum;
 pub mod desc;
 pub mod extent;
 pub mod fs;

@@ -117,6 +117,10 @@ pub fn capture(
     progress: &mut dyn Progress,
 ) -> Result<CaptureReport> {
     let src = open_source(source, opts.offset)?;
+    if format == Format::Normal {
+        // The normal format copies metadata by location: no block-map scan.
+        return capture_normal(source, src, opts, out, progress);
+    }
     let is_dev = matches!(out, Output::Device(_));
     let (fs, res) = scan_source(src, opts, is_dev, progress)?;
     let map: &BlockMap = &res.map;
@@ -213,6 +217,39 @@ pub fn capture(
         });
     }
     Ok(report)
+}
+
+/// The normal e2image format ([`crate::normal`]).
+fn capture_normal(
+    source: &Path,
+    src: Box<dyn ReadAt>,
+    opts: &CaptureOptions,
+    out: Output<'_>,
+    progress: &mut dyn Progress,
+) -> Result<CaptureReport> {
+    use crate::normal::{HeaderInfo, NormalTarget, write_normal};
+    let fs = Filesystem::open(src, opts.open)?;
+    let (target, file) = match out {
+        Output::NewFile(f) => (NormalTarget::NewFile(f), Some(f)),
+        Output::Device(f) => (NormalTarget::Device(f), Some(f)),
+        Output::Stream(w) => (NormalTarget::Stream(w), None),
+    };
+    let info = HeaderInfo::collect(source, file);
+    let st = write_normal(&fs, &info, target, progress)?;
+    let bs = u64::from(fs.sb.block_size);
+    Ok(CaptureReport {
+        block_size: fs.sb.block_size,
+        blocks_count: fs.sb.blocks_count,
+        selected_blocks: st.size / bs,
+        runs: 0,
+        copy: CopyStats {
+            blocks: st.size / bs,
+            zero_blocks: st.zero_blocks,
+            bytes_written: st.bytes_written,
+            ..CopyStats::default()
+        },
+        problems: Vec::new(),
+    })
 }
 
 impl CaptureReport {

@@ -2,6 +2,7 @@
 
 pub mod capture;
 pub mod input;
+pub mod install;
 pub mod move_fs;
 pub mod move_journal;
 pub mod qcow2_to_raw;

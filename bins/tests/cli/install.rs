@@ -1,0 +1,372 @@
+//! e2i-install: restoring metadata from a normal image, its refusals, and its undo files.
+
+use super::util::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const UUID: &str = "0b9d8f4e-2a61-4c3b-8e5d-7f1a2b3c4d5e";
+
+fn make(dir: &Path, name: &str, size: &str, opts: &[&str]) -> PathBuf {
+    let mut all = vec!["-U", UUID];
+    all.extend_from_slice(opts);
+    mkfs(dir, name, size, &all)
+}
+
+fn capture(img: &Path, out: &Path) {
+    let o = run(Command::new(tool("e2i-capture")).arg(img).arg(out));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn install(args: &[&str], dev: &Path, image: &Path) -> Output {
+    run(Command::new(tool("e2i-install"))
+        .args(args)
+        .arg(dev)
+        .arg(image)
+        .env("E2FSPROGS_FAKE_TIME", "1800000000"))
+}
+
+/// SHA-256 of a file (through sha256sum, so large images are not held in memory).
+fn sha256(p: &Path) -> String {
+    let o = run(Command::new("sha256sum").arg(p));
+    assert!(o.status.success());
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn patch(img: &Path, off: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(img).unwrap();
+    f.write_all_at(bytes, off).unwrap();
+}
+
+/// Zero group 0's inode table, both its bitmaps and the primary descriptor blocks (and the
+/// primary superblock when `superblock`).
+fn damage(img: &Path, superblock: bool) {
+    let src = e2i::io::FileSource::open(img, 0).unwrap();
+    let fs = e2i::ext4::Filesystem::open(src, Default::default()).unwrap();
+    let bs = u64::from(fs.sb.block_size);
+    let it = fs.desc.inode_table(0);
+    patch(
+        img,
+        it * bs,
+        &vec![0; (u64::from(fs.sb.inode_blocks_per_group) * bs) as usize],
+    );
+    for b in [fs.desc.block_bitmap(0), fs.desc.inode_bitmap(0)] {
+        patch(img, b * bs, &vec![0; bs as usize]);
+    }
+    for b in e2i::normal::reader::primary_descriptor_blocks(&fs.sb) {
+        patch(img, b * bs, &vec![0; bs as usize]);
+    }
+    if superblock {
+        patch(img, 1024, &[0; 1024]);
+    }
+}
+
+fn dumpe2fs(img: &Path) -> String {
+    let o = run(Command::new("dumpe2fs").arg(img));
+    assert!(
+        o.status.success(),
+        "dumpe2fs {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| {
+            !["Last write time:", "Lifetime writes:", "Checksum:"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn fsck_clean(img: &Path) {
+    let o = run(Command::new("e2fsck").arg("-fn").arg(img));
+    assert!(
+        o.status.success(),
+        "e2fsck -fn: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
+/// Damage a copy, install the image with an undo file, check the result, then undo.
+fn restore_and_undo(size: &str, opts: &[&str], zero_superblock: bool) {
+    let d = tempdir();
+    let orig = make(d.path(), "orig.img", size, opts);
+    let image = d.path().join("orig.e2i");
+    capture(&orig, &image);
+    let dev = d.path().join("dev.img");
+    std::fs::copy(&orig, &dev).unwrap();
+    damage(&dev, zero_superblock);
+    let before = sha256(&dev);
+    let undo = d.path().join("dev.undo");
+    let o = install(&["-z", undo.to_str().unwrap()], &dev, &image);
+    assert!(
+        o.status.success(),
+        "install: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    fsck_clean(&dev);
+    assert_eq!(dumpe2fs(&orig), dumpe2fs(&dev));
+    let o = run(Command::new("e2undo").arg(&undo).arg(&dev));
+    assert!(
+        o.status.success(),
+        "e2undo: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        sha256(&dev) == before,
+        "e2undo did not restore the device exactly"
+    );
+}
+
+macro_rules! restores {
+    ($($name:ident: $size:expr, [$($opt:expr),*], $zsb:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            restore_and_undo($size, &[$($opt),*], $zsb);
+        }
+    )*};
+}
+
+restores! {
+    install_ext2_1k: "16M", ["-t", "ext2", "-b", "1024"], false;
+    install_ext3_2k: "96M", ["-t", "ext3", "-b", "2048"], false;
+    install_ext4_1k: "64M", ["-b", "1024"], false;
+    install_ext4_4k: "600M", ["-b", "4096"], false;
+    install_ext4_uninit_bg: "200M", ["-O", "^metadata_csum,uninit_bg"], false;
+    install_ext4_64bit_meta_bg: "300M", ["-b", "1024", "-O", "64bit,meta_bg,^resize_inode"], false;
+    install_ext4_bigalloc: "512M", ["-O", "bigalloc", "-C", "65536"], false;
+    install_ext4_64k_blocks: "512M", ["-b", "65536"], false;
+    install_ext4_no_flex_bg_no_superblock: "300M", ["-O", "^flex_bg"], true;
+    install_ext2_1k_no_superblock: "16M", ["-t", "ext2", "-b", "1024"], true;
+    install_ext4_1k_no_superblock: "64M", ["-b", "1024"], true;
+    install_ext4_4k_no_superblock: "600M", ["-b", "4096"], true;
+    install_ext4_meta_bg_no_superblock: "600M", ["-b", "4096", "-O", "meta_bg,^resize_inode"], true;
+}
+
+/// The bytes written are exactly e2image -I's (same time): after changes to the filesystem,
+/// both put back the same superblock (lifetime-writes count included), descriptors, bitmaps and
+/// inode tables.
+#[test]
+fn install_writes_the_same_bytes_as_e2image_dash_i() {
+    for opts in [
+        vec!["-b", "1024"],
+        vec!["-b", "4096"],
+        vec!["-O", "^metadata_csum,uninit_bg"],
+        vec!["-O", "^flex_bg"],
+        vec!["-b", "1024", "-O", "64bit,meta_bg,^resize_inode"],
+        vec!["-O", "bigalloc", "-C", "65536"],
+    ] {
+        let d = tempdir();
+        let orig = make(d.path(), "orig.img", "300M", &opts);
+        let image = d.path().join("orig.e2i");
+        let o = run(Command::new("e2image").arg(&orig).arg(&image));
+        assert!(o.status.success());
+        for req in ["mkdir newdir", "rm f3", "rm f7"] {
+            let o = run(Command::new("debugfs").args(["-w", "-R", req]).arg(&orig));
+            assert!(o.status.success());
+        }
+        let a = d.path().join("a.img");
+        let b = d.path().join("b.img");
+        std::fs::copy(&orig, &a).unwrap();
+        std::fs::copy(&orig, &b).unwrap();
+        let o = run(Command::new("e2image")
+            .arg("-I")
+            .arg(&a)
+            .arg(&image)
+            .env("E2FSPROGS_FAKE_TIME", "1800000000"));
+        assert!(o.status.success());
+        let o = install(&[], &b, &image);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            sha256(&a) == sha256(&b),
+            "{opts:?}: e2i-install and e2image -I wrote different bytes"
+        );
+    }
+}
+
+#[test]
+fn install_refuses_another_filesystem_and_dry_run_changes_nothing() {
+    let d = tempdir();
+    let a = make(d.path(), "a.img", "64M", &[]);
+    let b = mkfs(d.path(), "b.img", "64M", &[]);
+    let image = d.path().join("a.e2i");
+    capture(&a, &image);
+    let before = sha256(&b);
+    let o = install(&[], &b, &image);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("UUID") && err.contains("--force"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(sha256(&b) == before, "refused install changed the device");
+
+    // Same filesystem, damaged, dry run: lists the writes, touches nothing.
+    let dev = d.path().join("dev.img");
+    std::fs::copy(&a, &dev).unwrap();
+    damage(&dev, false);
+    let before = sha256(&dev);
+    let mtime = std::fs::metadata(&dev).unwrap().modified().unwrap();
+    let undo = d.path().join("u.undo");
+    let o = install(&["-n", "-z", undo.to_str().unwrap()], &dev, &image);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("inode table") && out.contains("primary superblock"),
+        "{out}"
+    );
+    assert!(sha256(&dev) == before);
+    assert_eq!(std::fs::metadata(&dev).unwrap().modified().unwrap(), mtime);
+    assert!(!undo.exists(), "dry run created the undo file");
+
+    // --force installs onto the other filesystem anyway (with a warning).
+    let o = install(&["-f"], &b, &image);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("warning"));
+}
+
+#[test]
+fn install_refuses_truncated_or_corrupt_images() {
+    let d = tempdir();
+    let a = make(d.path(), "a.img", "64M", &[]);
+    let image = d.path().join("a.e2i");
+    capture(&a, &image);
+    let full = std::fs::read(&image).unwrap();
+    let before = sha256(&a);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", full[..full.len() - 4096].to_vec()),
+        ("bad magic", {
+            let mut v = full.clone();
+            v[0] ^= 1;
+            v
+        }),
+        ("bad offset", {
+            let mut v = full.clone();
+            v[288] ^= 4;
+            v
+        }),
+        ("bad superblock", {
+            let mut v = full.clone();
+            let bs = u32::from_le_bytes(v[204..208].try_into().unwrap()) as usize;
+            v[bs + 0x38] = 0;
+            v
+        }),
+        ("empty", Vec::new()),
+    ];
+    for (what, bytes) in cases {
+        let bad = d.path().join("bad.e2i");
+        std::fs::write(&bad, &bytes).unwrap();
+        let o = install(&[], &a, &bad);
+        assert_eq!(o.status.code(), Some(1), "{what}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(err.lines().count(), 1, "{what}: {err}");
+        assert!(!err.contains("panicked"), "{what}: {err}");
+        assert!(sha256(&a) == before, "{what}: device changed");
+    }
+}
+
+#[test]
+fn install_refuses_an_existing_undo_file() {
+    let d = tempdir();
+    let a = make(d.path(), "a.img", "16M", &[]);
+    let image = d.path().join("a.e2i");
+    capture(&a, &image);
+    let undo = d.path().join("u.undo");
+    std::fs::write(&undo, b"previous undo record").unwrap();
+    let before = sha256(&a);
+    let o = install(&["-z", undo.to_str().unwrap()], &a, &image);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(sha256(&a) == before);
+    assert_eq!(std::fs::read(&undo).unwrap(), b"previous undo record");
+}
+
+/// Unmounts on drop, so a failing assertion does not leave the mount behind.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A mounted device is refused, with or without --force and in a dry run; the image file
+/// behind a loop mount counts as mounted. Needs root (loop mounts).
+#[test]
+fn install_refuses_a_mounted_device() {
+    if !is_root() {
+        eprintln!("install_refuses_a_mounted_device: needs root for a loop mount; not run");
+        return;
+    }
+    let d = tempdir();
+    let img = make(d.path(), "m.img", "16M", &[]);
+    let image = d.path().join("m.e2i");
+    capture(&img, &image);
+    let mnt = d.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let st = Command::new("mount")
+        .args(["-o", "loop,ro"])
+        .arg(&img)
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(st.success(), "loop mount failed");
+    let _guard = Mounted(mnt.clone());
+    let before = sha256(&img);
+    for args in [&[][..], &["-f"][..], &["-n"][..]] {
+        let o = install(args, &img, &image);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("mounted"), "{args:?}: {err}");
+    }
+    assert!(sha256(&img) == before);
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Detaches a loop device on drop.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+/// On a real block device (a loop device): restore, e2fsck clean, e2undo back to the same
+/// bytes. Needs root.
+#[test]
+fn install_onto_a_block_device_and_undo() {
+    if !is_root() {
+        eprintln!("install_onto_a_block_device_and_undo: needs root for a loop device; not run");
+        return;
+    }
+    let d = tempdir();
+    let orig = make(d.path(), "o.img", "64M", &["-b", "1024"]);
+    let image = d.path().join("o.e2i");
+    capture(&orig, &image);
+    let img = d.path().join("dev.img");
+    std::fs::copy(&orig, &img).unwrap();
+    damage(&img, true);
+    let o = run(Command::new("losetup").args(["-f", "--show"]).arg(&img));
+    assert!(o.status.success(), "losetup failed");
+    let dev = Loop(String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let devp = PathBuf::from(&dev.0);
+    let before = sha256(&devp);
+    let undo = d.path().join("u.undo");
+    let o = install(&["-p", "-z", undo.to_str().unwrap()], &devp, &image);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    fsck_clean(&devp);
+    assert_eq!(dumpe2fs(&orig), dumpe2fs(&devp));
+    let o = run(Command::new("e2undo").arg(&undo).arg(&devp));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(sha256(&devp), before);
+}

@@ -1,0 +1,390 @@
+//! The normal e2image format: e2i-capture against e2image on generated filesystems.
+
+use super::util::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Header fields naming the host, source device, image file and time (zeroed before
+/// comparing): `e2i::normal::HOST_SPECIFIC_FIELDS`.
+fn zero_host_fields(b: &mut [u8]) {
+    for (off, len) in e2i::normal::HOST_SPECIFIC_FIELDS {
+        b[off..off + len].fill(0);
+    }
+}
+
+fn e2image(img: &Path, out: &Path) {
+    let o = run(Command::new("e2image").arg(img).arg(out));
+    assert!(
+        o.status.success(),
+        "e2image: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn capture(args: &[&str], img: &Path, out: &Path) {
+    let o = run(Command::new(tool("e2i-capture"))
+        .args(args)
+        .arg(img)
+        .arg(out));
+    assert!(
+        o.status.success(),
+        "e2i-capture: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn stdout_of(cmd: &mut Command) -> String {
+    let o = run(cmd);
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Ours vs e2image's: the same bytes apart from the host-specific header fields, the same
+/// `dumpe2fs -i` and `debugfs -i` output; and the stdout image identical to the file image.
+fn assert_like_e2image(dir: &Path, img: &Path) {
+    let theirs = dir.join("theirs.e2i");
+    let ours = dir.join("ours.e2i");
+    e2image(img, &theirs);
+    capture(&[], img, &ours);
+    assert_same_image(&theirs, &ours);
+    for args in [vec!["-i"], vec!["-i", "-h"]] {
+        let d1 = stdout_of(Command::new("dumpe2fs").args(&args).arg(&theirs));
+        let d2 = stdout_of(Command::new("dumpe2fs").args(&args).arg(&ours));
+        assert!(
+            d1.contains("Block size"),
+            "dumpe2fs -i failed on e2image's image"
+        );
+        assert_eq!(d1, d2, "dumpe2fs {args:?}");
+    }
+    for req in [
+        "stat <2>",
+        "stat <7>",
+        "stat <11>",
+        "testb 1 200",
+        "testi <12>",
+    ] {
+        let d1 = stdout_of(Command::new("debugfs").args(["-i", "-R", req]).arg(&theirs));
+        let d2 = stdout_of(Command::new("debugfs").args(["-i", "-R", req]).arg(&ours));
+        assert_eq!(d1, d2, "debugfs -i -R '{req}'");
+    }
+    // To stdout (sequential; e2image cannot do this).
+    let piped = dir.join("stdout.e2i");
+    let o = run(Command::new(tool("e2i-capture"))
+        .args(["--format", "normal"])
+        .arg(img)
+        .arg("-")
+        .stdout(std::fs::File::create(&piped).unwrap()));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same_image(&ours, &piped);
+    // A new file keeps e2image's holes (zero inode-table blocks are not allocated).
+    let (ta, tb) = (alloc_blocks(&theirs), alloc_blocks(&ours));
+    assert!(tb <= ta + 8, "ours allocates {tb} blocks, e2image's {ta}");
+}
+
+/// The first `n` bytes of a file.
+fn head(p: &Path, n: usize) -> Vec<u8> {
+    use std::io::Read;
+    let mut v = Vec::new();
+    std::fs::File::open(p)
+        .unwrap()
+        .take(n as u64)
+        .read_to_end(&mut v)
+        .unwrap();
+    v
+}
+
+/// Two normal images are the same apart from the host-specific header fields (all before
+/// byte 256): compare the header in memory and the rest with cmp (large images stay on disk).
+fn assert_same_image(a: &Path, b: &Path) {
+    let (mut ha, mut hb) = (head(a, 256), head(b, 256));
+    assert_eq!(ha.len(), 256);
+    // The fields we fill like e2image: the same source name.
+    assert_eq!(ha[124..188], hb[124..188], "fs_device_name");
+    zero_host_fields(&mut ha);
+    zero_host_fields(&mut hb);
+    assert_eq!(ha, hb, "headers differ");
+    let (la, lb) = (
+        std::fs::metadata(a).unwrap().len(),
+        std::fs::metadata(b).unwrap().len(),
+    );
+    assert_eq!(la, lb, "image sizes differ");
+    let o = run(Command::new("cmp").args(["-i", "256"]).arg(a).arg(b));
+    assert!(
+        o.status.success(),
+        "images differ: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
+fn alloc_blocks(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().blocks()
+}
+
+const UUID: &str = "6d1a1c1e-4f6b-4b58-9c4e-2f0a3b5c7d11";
+
+fn make(dir: &Path, size: &str, opts: &[&str]) -> PathBuf {
+    let mut all = vec!["-U", UUID];
+    all.extend_from_slice(opts);
+    mkfs(dir, "fs.img", size, &all)
+}
+
+macro_rules! like_e2image {
+    ($($name:ident: $size:expr, [$($opt:expr),*];)*) => {$(
+        #[test]
+        fn $name() {
+            let d = tempdir();
+            let img = make(d.path(), $size, &[$($opt),*]);
+            assert_like_e2image(d.path(), &img);
+        }
+    )*};
+}
+
+like_e2image! {
+    normal_ext2_1k: "16M", ["-t", "ext2", "-b", "1024"];
+    normal_ext2_4k: "64M", ["-t", "ext2", "-b", "4096"];
+    normal_ext3_2k: "96M", ["-t", "ext3", "-b", "2048"];
+    normal_ext4_1k: "64M", ["-b", "1024"];
+    normal_ext4_4k_multigroup: "600M", ["-b", "4096"];
+    normal_ext4_64k: "512M", ["-b", "65536"];
+    normal_ext4_no_metadata_csum_uninit_bg: "200M", ["-O", "^metadata_csum,uninit_bg"];
+    normal_ext4_no_group_checksums: "200M", ["-O", "^metadata_csum,^uninit_bg"];
+    normal_ext4_64bit_meta_bg: "300M", ["-b", "1024", "-O", "64bit,meta_bg,^resize_inode"];
+    normal_ext4_meta_bg_4k: "600M", ["-b", "4096", "-O", "meta_bg,^resize_inode"];
+    normal_ext4_no_flex_bg: "300M", ["-O", "^flex_bg"];
+    normal_ext4_32bit: "300M", ["-O", "^64bit"];
+    normal_ext4_desc_size_128: "300M", ["-O", "64bit", "-E", "desc_size=128"];
+    normal_ext4_bigalloc: "512M", ["-O", "bigalloc", "-C", "65536"];
+    normal_ext4_bigalloc_1k: "64M", ["-b", "1024", "-O", "bigalloc", "-C", "16384"];
+    normal_ext4_sparse_super2: "300M", ["-O", "sparse_super2"];
+    normal_ext4_inode128: "64M", ["-I", "128"];
+}
+
+/// Locations of group `g`'s descriptor fields, read with the library.
+fn group_locs(img: &Path, g: u32) -> (u64, u64, u64, u64, u32) {
+    let src = e2i::io::FileSource::open(img, 0).unwrap();
+    let fs = e2i::ext4::Filesystem::open(src, Default::default()).unwrap();
+    let stride = fs.sb.desc_size as u64;
+    let gdt = if fs.sb.block_size == 1024 {
+        2048
+    } else {
+        u64::from(fs.sb.block_size)
+    };
+    (
+        fs.desc.block_bitmap(g),
+        fs.desc.inode_bitmap(g),
+        gdt + u64::from(g) * stride,
+        u64::from(fs.sb.block_size),
+        fs.desc.flags(g).into(),
+    )
+}
+
+fn patch(img: &Path, off: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(img).unwrap();
+    f.write_all_at(bytes, off).unwrap();
+}
+
+/// BLOCK_UNINIT/INODE_UNINIT groups whose bitmap blocks hold garbage: with a valid descriptor
+/// checksum the library ignores the blocks, with a bad one it reads them. Both checksum kinds.
+#[test]
+fn normal_uninit_groups_and_descriptor_checksums() {
+    for opts in [vec![], vec!["-O", "^metadata_csum,uninit_bg"]] {
+        let d = tempdir();
+        let img = make(d.path(), "300M", &opts);
+        for g in [1u32, 2] {
+            let (bb, ib, desc_off, bs, flags) = group_locs(&img, g);
+            assert_ne!(flags & 1, 0, "group {g} should be INODE_UNINIT");
+            patch(&img, bb * bs, &vec![0x55; bs as usize]);
+            patch(&img, ib * bs, &vec![0xAA; bs as usize]);
+            if g == 1 {
+                // break group 1's descriptor checksum
+                patch(&img, desc_off + 0x1E, &[0x12, 0x34]);
+            }
+        }
+        assert_like_e2image(d.path(), &img);
+    }
+}
+
+#[test]
+fn normal_conformance_images() {
+    let conf = Path::new("/work/shared/conformance/e2fsprogs");
+    for name in [
+        "image1024.orig.bz2",
+        "image4096.orig.bz2",
+        "i_bitmaps.img.bz2",
+    ] {
+        let d = tempdir();
+        let img = d.path().join("fs.img");
+        let out = std::fs::File::create(&img).unwrap();
+        let st = Command::new("bunzip2")
+            .arg("-c")
+            .arg(conf.join(name))
+            .stdout(out)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert_like_e2image(d.path(), &img);
+    }
+}
+
+/// Past 4 GiB the header's 32-bit offsets wrap; e2image writes a corrupt image, e2i refuses
+/// at once, naming the formats that work, and leaves no output behind.
+#[test]
+fn normal_refuses_filesystems_whose_offsets_overflow() {
+    let d = tempdir();
+    let img = d.path().join("big.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(2 << 40)
+        .unwrap();
+    let st = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&img)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = d.path().join("big.e2i");
+    let t = std::time::Instant::now();
+    let o = run(Command::new(tool("e2i-capture")).arg(&img).arg(&out));
+    assert!(t.elapsed().as_secs_f64() < 1.0, "took {:?}", t.elapsed());
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("raw") && err.contains("qcow2") && err.contains("stream"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!out.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(d.path()).unwrap().flatten().collect();
+    assert_eq!(leftovers.len(), 1, "temporary files left: {leftovers:?}");
+}
+
+/// A descriptor pointing the inode table outside the filesystem: a clean one-line failure.
+#[test]
+fn normal_refuses_an_inode_table_outside_the_filesystem() {
+    let d = tempdir();
+    let img = make(
+        d.path(),
+        "16M",
+        &["-t", "ext2", "-b", "1024", "-O", "^metadata_csum"],
+    );
+    let (_, _, desc_off, _, _) = group_locs(&img, 1);
+    patch(&img, desc_off + 8, &0x00FF_FFFFu32.to_le_bytes());
+    let out = d.path().join("o.e2i");
+    let o = run(Command::new(tool("e2i-capture")).arg(&img).arg(&out));
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("group 1") && err.contains("inode table"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
+/// The reader puts every block the image holds at its filesystem position: each byte of the
+/// view's blocks equals the original filesystem's (mkfs writes bitmap padding as 0xFF, as the
+/// library does), and a raw image made from the view alone passes `dumpe2fs -h`.
+#[test]
+fn reader_places_blocks_at_their_filesystem_positions() {
+    use e2i::io::ReadAt;
+    for opts in [
+        vec!["-b", "1024"],
+        vec!["-b", "4096"],
+        vec!["-b", "1024", "-O", "64bit,meta_bg,^resize_inode"],
+        vec!["-O", "bigalloc", "-C", "65536"],
+        vec!["-t", "ext2", "-b", "2048"],
+    ] {
+        let d = tempdir();
+        let img = make(d.path(), "300M", &opts);
+        let image = d.path().join("fs.e2i");
+        capture(&[], &img, &image);
+        let ni =
+            e2i::normal::NormalImage::open(e2i::io::FileSource::open(&image, 0).unwrap()).unwrap();
+        let view = ni.fs_view();
+        let map = view.block_map();
+        let bs = u64::from(ni.superblock().block_size);
+        let orig_file = std::fs::File::open(&img).unwrap();
+        let read_orig = |s: usize, e: usize| {
+            use std::os::unix::fs::FileExt;
+            let mut v = vec![0u8; e - s];
+            orig_file.read_exact_at(&mut v, s as u64).unwrap();
+            v
+        };
+        assert_eq!(view.size(), std::fs::metadata(&img).unwrap().len());
+        let mut checked = 0;
+        // Runs in pieces of at most 256 blocks, so memory stays small.
+        let pieces = map.runs().iter().flat_map(|r| {
+            (r.start..r.end())
+                .step_by(256)
+                .map(move |b| (b, (b + 256).min(r.end())))
+        });
+        for (b0, b1) in pieces {
+            let (s, e) = ((b0 * bs) as usize, (b1 * bs) as usize);
+            let mut got = vec![0u8; e - s];
+            assert_eq!(view.read_at(&mut got, s as u64).unwrap(), e - s);
+            let orig = read_orig(s, e);
+            if s == 0 {
+                // block 0: only the superblock bytes are known
+                assert_eq!(got[1024..2048], orig[1024..2048], "{opts:?}: superblock");
+                got[..1024].copy_from_slice(&orig[..1024]);
+                let n = got.len().min(bs as usize);
+                got[2048.min(n)..n].copy_from_slice(&orig[2048.min(n)..n]);
+            }
+            if got != orig {
+                let i = got.iter().zip(&orig).position(|(a, b)| a != b).unwrap();
+                panic!("{opts:?}: block {} differs", (s + i) as u64 / bs);
+            }
+            checked += b1 - b0;
+        }
+        let sb = ni.superblock();
+        let itables = u64::from(sb.group_count) * u64::from(sb.inode_blocks_per_group);
+        assert!(
+            checked > itables + u64::from(sb.desc_blocks),
+            "{opts:?}: {checked} blocks"
+        );
+        // Data regions cover exactly the map.
+        let mut pos = 0;
+        let mut regions = 0u64;
+        while let Some(r) = view.data_region(pos).unwrap() {
+            regions += r.end - r.start;
+            pos = r.end;
+        }
+        assert!(regions >= itables * bs, "{opts:?}: data regions {regions}");
+        // A raw image of just those blocks is a readable filesystem.
+        let raw = d.path().join("view.raw");
+        let f = std::fs::File::create(&raw).unwrap();
+        e2i::sparse::write_raw(
+            &view,
+            &map,
+            sb.block_size,
+            e2i::sparse::RawTarget::NewFile(&f),
+            &mut e2i::progress::NoProgress,
+        )
+        .unwrap();
+        drop(f);
+        let a = stdout_of(Command::new("dumpe2fs").arg("-h").arg(&img));
+        let b = stdout_of(Command::new("dumpe2fs").arg("-h").arg(&raw));
+        let strip = |s: &str| -> String {
+            s.lines()
+                .take_while(|l| !l.starts_with("Journal"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(strip(&a), strip(&b), "{opts:?}");
+    }
+}
+
+/// Through a backup superblock libext2fs clears the UNINIT flags in memory, which would give
+/// a normal image inconsistent bitmaps: refused as a usage error (e2image refuses -b too).
+#[test]
+fn normal_refuses_a_backup_superblock() {
+    let d = tempdir();
+    let img = make(d.path(), "64M", &["-b", "1024"]);
+    let out = d.path().join("o.e2i");
+    let o = run(Command::new(tool("e2i-capture"))
+        .args(["-b", "8193", "-B", "1024"])
+        .arg(&img)
+        .arg(&out));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!out.exists());
+}
