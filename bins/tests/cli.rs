@@ -46,10 +46,10 @@ mod cli {
     pub mod basic;
     pub mod damaged;
     pub mod install;
-    pub mod normal;
     #[path = "move.rs"]
     pub mod move_fs;
     pub mod mutation;
+    pub mod normal;
     pub mod pipeline;
     pub mod qcow2;
     pub mod util;

@@ -84,12 +84,10 @@ fn convert(args: Args) -> anyhow::Result<u8> {
     let path = match inp {
         Input::Stream(r) => return from_stream(r, &args, &src, &mut reporter),
         Input::File {
-            kind: Kind::Normal, ..
-        } => {
-            anyhow::bail!(
-                "{src}: converting a normal e2image image to qcow2 is not available in this build"
-            )
-        }
+            kind: Kind::Normal,
+            path,
+            ..
+        } => return from_normal(&path, &args, &src, &mut reporter),
         // Raw and qcow2 images (or their spooled copies) are captured like e2i-capture -Q.
         Input::File { path, spooled, .. } => (path, spooled),
     };
@@ -172,6 +170,45 @@ fn from_stream(
             stream_to_qcow2(r, Qcow2Out::Sequential(&mut w), reporter)
                 .with_context(|| src.to_string())?;
             w.flush()?;
+        }
+    }
+    out.commit()?;
+    Ok(EXIT_OK)
+}
+
+/// A normal e2image image: its blocks at their filesystem positions.
+fn from_normal(
+    path: &std::path::Path,
+    args: &Args,
+    src: &str,
+    reporter: &mut Reporter,
+) -> anyhow::Result<u8> {
+    use e2i::qcow2::writer::Qcow2Target;
+    let mut out = Output::create(&args.output)?;
+    match &mut out {
+        Output::Stdout => {
+            let stdout = io::stdout();
+            let mut w = io::BufWriter::with_capacity(1 << 20, stdout.lock());
+            e2i::ops::to_qcow2::normal_to_qcow2(path, Qcow2Target::Sequential(&mut w), reporter)
+                .with_context(|| src.to_string())?;
+            w.flush()?;
+        }
+        Output::Device { file } => {
+            let mut w = io::BufWriter::with_capacity(1 << 20, &*file);
+            e2i::ops::to_qcow2::normal_to_qcow2(path, Qcow2Target::Sequential(&mut w), reporter)
+                .with_context(|| src.to_string())?;
+            w.flush()?;
+        }
+        Output::File { file, .. } => {
+            e2i::ops::to_qcow2::normal_to_qcow2(
+                path,
+                Qcow2Target::File {
+                    file,
+                    compress: args.compress,
+                },
+                reporter,
+            )
+            .with_context(|| src.to_string())?;
         }
     }
     out.commit()?;

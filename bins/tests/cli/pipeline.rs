@@ -144,3 +144,66 @@ fn damaged_streams_are_refused_and_leave_nothing() {
     // The intact stream still works.
     assert!(to_raw(&s, &out).status.success());
 }
+
+#[test]
+fn converters_take_normal_and_qcow2_inputs() {
+    let d = tempdir();
+    let img = mkfs(d.path(), "fs.img", "8M", &["-b", "1024"]);
+    let want = e2image(&["-r"], &img, &d.path().join("ref.raw"));
+    // qcow2 → raw through e2i-to-raw.
+    let q = d.path().join("x.qcow2");
+    assert!(
+        run(Command::new(tool("e2i-capture"))
+            .arg("-Q")
+            .arg(&img)
+            .arg(&q))
+        .status
+        .success()
+    );
+    let o = run(Command::new(tool("e2i-to-raw")).arg(&q).arg("-"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.stdout, want);
+    // normal → raw: its blocks at their places; the superblock and descriptors read back.
+    let n = d.path().join("x.e2i");
+    assert!(
+        run(Command::new(tool("e2i-capture")).arg(&img).arg(&n))
+            .status
+            .success()
+    );
+    let nr = d.path().join("n.raw");
+    let o = run(Command::new(tool("e2i-to-raw")).arg(&n).arg(&nr));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = |cmd: &str, args: &[&str], p: &std::path::Path| {
+        let o = Command::new(cmd).args(args).arg(p).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // Group geometry and inodes read from the placed blocks are those of the filesystem
+    // (the journal's blocks are not in a normal image, so full dumpe2fs stops there).
+    assert_eq!(
+        out("dumpe2fs", &["-g"], &nr),
+        out("dumpe2fs", &["-g"], &img)
+    );
+    for ino in ["<2>", "<11>", "<12>"] {
+        let stat = format!("stat {ino}");
+        assert_eq!(
+            out("debugfs", &["-R", &stat], &nr),
+            out("debugfs", &["-R", &stat], &img),
+            "{ino}"
+        );
+    }
+    // normal → qcow2 holds the same blocks.
+    let nq = d.path().join("n.qcow2");
+    let o = run(Command::new(tool("e2i-to-qcow2")).arg(&n).arg(&nq));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        Command::new("qemu-img")
+            .args(["check", "-q"])
+            .arg(&nq)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let o = run(Command::new(tool("qcow2-to-raw")).arg(&nq).arg("-"));
+    assert!(o.status.success());
+    assert_eq!(o.stdout, std::fs::read(&nr).unwrap());
+}

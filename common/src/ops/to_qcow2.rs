@@ -112,3 +112,16 @@ pub fn stream_to_qcow2<R: std::io::Read>(
     progress.finish();
     Ok(report)
 }
+
+/// Convert a normal e2image image to a qcow2 holding the blocks it carries (superblock,
+/// descriptors, bitmaps, inode tables) at their filesystem positions.
+pub fn normal_to_qcow2(
+    path: &Path,
+    target: crate::qcow2::writer::Qcow2Target<'_>,
+    progress: &mut dyn Progress,
+) -> Result<crate::sparse::CopyStats> {
+    let img = crate::normal::NormalImage::open(crate::io::FileSource::open(path, 0)?)?;
+    let view = img.fs_view();
+    let map = view.block_map();
+    crate::qcow2::writer::write_qcow2(&view, &map, img.superblock().block_size, target, progress)
+}

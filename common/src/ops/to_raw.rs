@@ -92,6 +92,45 @@ pub fn to_raw(
                 problems: res.problems,
             })
         }
+        Input::File {
+            kind: Kind::Normal,
+            path,
+            ..
+        } => {
+            let img = crate::normal::NormalImage::open(crate::io::FileSource::open(&path, 0)?)?;
+            let view = img.fs_view();
+            let map = view.block_map();
+            let bs = img.superblock().block_size;
+            let copy = sparse::write_raw(&view, &map, bs, target, progress)?;
+            Ok(ConvertReport {
+                input: Some(Kind::Normal),
+                block_size: bs,
+                blocks_count: img.superblock().blocks_count,
+                copy,
+                stream_sha256: None,
+                problems: Vec::new(),
+            })
+        }
+        Input::File {
+            kind: Kind::Qcow2,
+            path,
+            ..
+        } => {
+            // The qcow2's virtual disk, as qcow2-to-raw writes it (in-place targets get
+            // zeros for zero clusters).
+            let img = crate::qcow2::Qcow2Reader::open(crate::io::FileSource::open(&path, 0)?)?;
+            let in_place = matches!(target, RawTarget::InPlace { .. });
+            let plan = crate::ops::qcow2_to_raw::plan(&img, in_place)?;
+            let copy = crate::ops::qcow2_to_raw::convert(&img, &plan, target, progress)?;
+            Ok(ConvertReport {
+                input: Some(Kind::Qcow2),
+                block_size: plan.unit,
+                blocks_count: plan.map.blocks_count(),
+                copy,
+                stream_sha256: None,
+                problems: Vec::new(),
+            })
+        }
         Input::File { kind, .. } => Err(Error::Unsupported(format!(
             "converting a {kind} is not available in this build"
         ))),
