@@ -2,7 +2,7 @@
 # Generates the differential-test corpus: small ext2/ext3/ext4 images covering block sizes,
 # feature combinations and on-disk structures that e2image's block selection depends on.
 #
-# Usage: testdata/gen-corpus.sh OUTDIR [--quick]
+# Usage: testdata/gen-corpus.sh OUTDIR [--quick] [--only NAME,NAME...]
 #
 # Deterministic: fixed UUIDs and hash seeds (derived from each image's name), fixed time
 # (E2FSPROGS_FAKE_TIME, E2FSCK_TIME), files written by debugfs (whose inode times come from
@@ -13,12 +13,21 @@
 set -euo pipefail
 
 if [ $# -lt 1 ]; then
-  echo "usage: $0 OUTDIR [--quick]" >&2
+  echo "usage: $0 OUTDIR [--quick] [--only NAME,NAME...]" >&2
   exit 2
 fi
 OUT=$1
+shift
 QUICK=0
-[ "${2:-}" = --quick ] && QUICK=1
+ONLY=
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) QUICK=1 ;;
+    --only) ONLY=,$2, && shift ;;
+    *) echo "$0: unknown argument $1" >&2 && exit 2 ;;
+  esac
+  shift
+done
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 SRC=$OUT/.src
@@ -75,7 +84,11 @@ uuid_of() { # uuid_of TEXT: a fixed version-4-shaped UUID derived from TEXT
 
 IMAGES=()
 want() { # want NAME quick|full: is this image part of this run?
-  [ "$2" = quick ] || [ "$QUICK" = 0 ]
+  if [ -n "$ONLY" ]; then
+    [[ $ONLY == *",$1,"* ]]
+  else
+    [ "$2" = quick ] || [ "$QUICK" = 0 ]
+  fi
 }
 
 mk() { # mk NAME SIZE MKFS EXTOPTS [mkfs args...]: make OUT/NAME.img
