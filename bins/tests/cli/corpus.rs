@@ -3,8 +3,8 @@
 //! `e2image -r` / `-ra` writes; `-b`/`-B` likewise. Also the contract on bad inputs.
 //!
 //! The corpus is generated once per test process into `target/<profile>/e2i-corpus/{quick,full}`
-//! (the full set when `E2I_FULL_CORPUS=1`), under a file lock so concurrent test processes
-//! share one generation.
+//! (the full set when `E2I_FULL_CORPUS=1`): tests share it through a `OnceLock`; a file lock
+//! (exclusive while generating, shared while in use) keeps concurrent test processes apart.
 
 use super::util::{run, tempdir, tool};
 use std::fs::File;
@@ -16,6 +16,7 @@ use std::sync::OnceLock;
 struct Corpus {
     dir: PathBuf,
     images: Vec<String>,
+    _lock: File,
 }
 
 impl Corpus {
@@ -57,8 +58,15 @@ fn corpus() -> &'static Corpus {
             "corpus has only {} images",
             images.len()
         );
-        lock.unlock().ok();
-        Corpus { dir, images }
+        // Hold a shared lock until this process exits, so that another test process does
+        // not regenerate the images while this one reads them.
+        lock.unlock().expect("unlock corpus");
+        lock.lock_shared().expect("lock corpus (shared)");
+        Corpus {
+            dir,
+            images,
+            _lock: lock,
+        }
     })
 }
 
@@ -291,6 +299,21 @@ fn corpus_generation_is_deterministic() {
     for line in again.lines() {
         assert!(first.contains(line), "not reproduced: {line}");
     }
+}
+
+#[test]
+fn compare_reports_the_first_difference() {
+    let a = vec![7u8; 3 << 20];
+    let mut b = a.clone();
+    assert_eq!(compare(&a[..], &b[..], 4096), Ok(3 << 20));
+    b[(2 << 20) + 4097] = 0;
+    let e = compare(&a[..], &b[..], 4096).unwrap_err();
+    assert!(e.contains("byte 2101249 (block 513 "), "{e}");
+    assert!(
+        compare(&a[..], &a[..1000], 4096)
+            .unwrap_err()
+            .contains("lengths differ")
+    );
 }
 
 // ---- bad inputs -------------------------------------------------------------------------------
