@@ -35,7 +35,6 @@ LOG=$OUT/.log
 rm -rf "$SRC" "$LOG"
 mkdir -p "$SRC" "$LOG"
 rm -f "$OUT"/*.img "$OUT/SHA256SUMS"
-HERE=$(cd "$(dirname "$0")" && pwd)
 
 export E2FSPROGS_FAKE_TIME=1700000000 E2FSCK_TIME=1700000000 E2FSCK_CONFIG=/dev/null TZ=UTC LC_ALL=C
 unset MKE2FS_CONFIG MKE2FS_DEVICE_SECTSIZE MKE2FS_DEVICE_PHYS_SECTSIZE
@@ -401,4 +400,3 @@ fi
 (cd "$OUT" && sha256sum -- *.img >SHA256SUMS)
 printf '%s\n' "${IMAGES[@]}" >"$OUT/LIST"
 echo "gen-corpus: ${#IMAGES[@]} images in $OUT$([ "$QUICK" = 1 ] && echo ' (quick)')"
-: "$HERE"
