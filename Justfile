@@ -1,4 +1,4 @@
-# Recipes for `just` (install with `cargo install just`); each is a plain script too.
+# Recipes for `just` (`cargo install just`, or `pip install rust-just`); each runs one script.
 
 # The whole test suite: fmt, clippy, build, tests (differential corpus included), conformance
 test:
