@@ -7,6 +7,8 @@ command -v e2image >/dev/null || need+=(e2fsprogs)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v bzip2 >/dev/null || need+=(bzip2)
 command -v xz >/dev/null || need+=(xz-utils)
+[ -x /usr/bin/time ] || need+=(time) # ci/bench.sh: peak RSS
+[ -x /usr/bin/time ] || need+=(time)   # ci/bench.sh: peak RSS
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

@@ -85,11 +85,28 @@ pub fn run(tool: &str, body: impl FnOnce() -> anyhow::Result<u8>) -> ExitCode {
             if is_broken_pipe(&e) {
                 return ExitCode::from(EXIT_OK);
             }
-            let msg = format!("{e:#}").replace('\n', " ");
+            let msg = one_line(&e);
             let _ = writeln!(io::stderr(), "{tool}: {msg}");
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// The error and its causes joined with ": ", skipping a cause whose text the message already
+/// ends with (e2i's I/O errors show their OS error, which is also their source).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if msg.ends_with(&s) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&s);
+    }
+    msg.replace('\n', " ")
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -175,7 +192,9 @@ impl Output {
             committed,
         } = self
         {
-            file.sync_data().ok();
+            // No fsync: like e2image, an image is left to the page cache; the temporary
+            // name guards against failures of this run, not against power loss.
+            let _ = file;
             std::fs::rename(tmp, &dest)
                 .with_context(|| format!("renaming into {}", dest.display()))?;
             *committed = true;

@@ -166,6 +166,9 @@ fn capture(args: Args) -> anyhow::Result<u8> {
             report.copy.past_end_blocks
         );
     }
+    for w in &report.warnings {
+        eprintln!("{TOOL}: warning: {src}: {w}");
+    }
     if report.problems.is_empty() {
         return Ok(EXIT_OK);
     }

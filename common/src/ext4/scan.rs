@@ -49,6 +49,8 @@ pub struct ScanResult {
     pub dir_blocks: Option<BlockMap>,
     /// Damaged structures skipped (never non-empty in strict mode).
     pub problems: Vec<Problem>,
+    /// Damage noticed that does not change the selection compared to e2image's.
+    pub warnings: Vec<Problem>,
     /// Inodes visited (in use, not in bad blocks).
     pub inodes_seen: u64,
 }
@@ -62,6 +64,7 @@ struct Ctx<'a, S> {
     map: BlockMapBuilder,
     dirs: Option<BlockMapBuilder>,
     problems: Vec<Problem>,
+    warnings: Vec<Problem>,
 }
 
 impl<S: ReadAt> Ctx<'_, S> {
@@ -93,6 +96,7 @@ pub fn scan<S: ReadAt>(
             .want_dir_blocks
             .then(|| BlockMapBuilder::new(u64::from(sb.first_data_block), last, sb.cluster_bits)),
         problems: Vec::new(),
+        warnings: Vec::new(),
     };
     mark_fixed(&mut ctx);
     let seen = scan_inodes(&mut ctx, progress)?;
@@ -101,6 +105,7 @@ pub fn scan<S: ReadAt>(
         map: ctx.map.build(fdb, sb.blocks_count),
         dir_blocks: ctx.dirs.map(|d| d.build(fdb, sb.blocks_count)),
         problems: ctx.problems,
+        warnings: ctx.warnings,
         inodes_seen: seen,
     })
 }
@@ -434,6 +439,19 @@ fn inode_blocks<S: ReadAt>(
         return Ok(());
     }
     let want_data = take_all || ctx.opts.all_data;
+    if inode.has_extents() {
+        let root = inode.block_bytes();
+        if root.iter().any(|&b| b != 0)
+            && let Err(e) = extent::header_ok(&root, 60)
+        {
+            // e2image silently takes nothing of such an inode; so do we, but say so.
+            ctx.warnings.push(Problem {
+                ino: Some(ino),
+                message: format!("inode {ino}: extent root: {e}; none of its blocks are in the image (as with e2image)"),
+            });
+            return Ok(());
+        }
+    }
     let is_dir = inode.is_dir();
     let map = &mut ctx.map;
     let dirs = &mut ctx.dirs;

@@ -60,6 +60,8 @@ pub struct CaptureReport {
     pub copy: CopyStats,
     /// Damaged structures skipped (the capture is usable but incomplete: exit 3).
     pub problems: Vec<Problem>,
+    /// Damage noticed that leaves the selection as e2image's (reported, exit 0).
+    pub warnings: Vec<Problem>,
 }
 
 /// Open the source at `path` for reading the filesystem at byte `offset`. A qcow2 image
@@ -131,6 +133,7 @@ pub fn capture(
         runs: map.runs().len(),
         copy: CopyStats::default(),
         problems: Vec::new(),
+        warnings: Vec::new(),
     };
     report.copy = match format {
         Format::Raw => {
@@ -200,6 +203,7 @@ pub fn capture(
         other => return Err(CaptureReport::unsupported(other)),
     };
     report.problems = res.problems;
+    report.warnings = res.warnings;
     for b in &report.copy.unreadable {
         report.problems.push(Problem {
             ino: None,
@@ -249,6 +253,7 @@ fn capture_normal(
             ..CopyStats::default()
         },
         problems: Vec::new(),
+        warnings: Vec::new(),
     })
 }
 
