@@ -1,16 +1,14 @@
-# qcow2 benchmarks; sourced by ci/bench.sh, which provides $E2I (our binaries), $WORK (scratch),
-# $FS16 (16 GiB ext4 with many files), $FS2T (2 TiB empty sparse ext4) and
-# `bench NAME -- CMD...` (times CMD and records its peak RSS).
+# qcow2 benchmarks (issue 4): capture -Q against e2image -Q, and qcow2 → raw against
+# e2image -r of a qcow2. Sourced by ci/bench.sh (see README.md here).
 for fs in "$FS16" "$FS2T"; do
-  n=$(basename "$fs")
-  rm -f "$WORK/$n.e2image.qcow2" "$WORK/$n.e2i.qcow2" "$WORK/$n.e2i-z.qcow2"
-  bench "qcow2: e2image -Q $n" -- e2image -Q "$fs" "$WORK/$n.e2image.qcow2"
-  bench "qcow2: e2i-capture -Q $n" -- "$E2I/e2i-capture" -Q "$fs" "$WORK/$n.e2i.qcow2"
-  bench "qcow2: e2i-capture -Q --compress $n" -- "$E2I/e2i-capture" -Q --compress "$fs" "$WORK/$n.e2i-z.qcow2"
+  n=$(basename "$fs" .img)
+  bench "$n -Q/e2image -Q" -- e2image -Q "$fs" "$WORK/a.qcow2"
+  bench "$n -Q/e2i-capture -Q" -- "$E2I/e2i-capture" -Q "$fs" "$WORK/b.qcow2"
+  bench "$n -Q/e2i-capture -Q --compress" -- "$E2I/e2i-capture" -Q --compress "$fs" "$WORK/c.qcow2"
 done
-n=$(basename "$FS16")
-rm -f "$WORK/$n.e2image.raw" "$WORK/$n.q2r.raw"
-bench "qcow2: e2image -r x.qcow2 $n" -- e2image -r "$WORK/$n.e2i.qcow2" "$WORK/$n.e2image.raw"
-bench "qcow2: qcow2-to-raw $n" -- "$E2I/qcow2-to-raw" "$WORK/$n.e2i.qcow2" "$WORK/$n.q2r.raw"
-bench "qcow2: e2i-capture -r from qcow2 $n" -- "$E2I/e2i-capture" -r "$WORK/$n.e2i.qcow2" "$WORK/$n.cap.raw"
-rm -f "$WORK"/*.qcow2 "$WORK/$n.e2image.raw" "$WORK/$n.q2r.raw" "$WORK/$n.cap.raw"
+n=$(basename "$FS16" .img)
+"$E2I/e2i-capture" -Q "$FS16" "$BENCH_DIR/fs16.qcow2" 2>/dev/null || true
+bench "$n qcow2 to raw/e2image -r" -- e2image -r "$BENCH_DIR/fs16.qcow2" "$WORK/a.raw"
+bench "$n qcow2 to raw/qcow2-to-raw" -- "$E2I/qcow2-to-raw" "$BENCH_DIR/fs16.qcow2" "$WORK/b.raw"
+bench "$n qcow2 to raw/e2i-capture -r (qcow2 source)" -- "$E2I/e2i-capture" -r "$BENCH_DIR/fs16.qcow2" "$WORK/c.raw"
+rm -f "$BENCH_DIR/fs16.qcow2"

@@ -487,3 +487,69 @@ pub fn write_raw<S: ReadAt + ?Sized>(
     progress.finish();
     Ok(stats)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blockmap::Run;
+    use crate::io::MemSource;
+    use crate::progress::NoProgress;
+    use std::ops::Range;
+
+    /// A source whose reads touching `bad` fail with EIO, like a disk with bad sectors.
+    struct Faulty {
+        inner: MemSource,
+        bad: Range<u64>,
+    }
+
+    impl ReadAt for Faulty {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+            let end = offset + buf.len() as u64;
+            if offset < self.bad.end && self.bad.start < end {
+                return Err(Error::io(
+                    "read",
+                    offset,
+                    std::io::Error::from_raw_os_error(5),
+                ));
+            }
+            self.inner.read_at(buf, offset)
+        }
+        fn size(&self) -> u64 {
+            self.inner.size()
+        }
+    }
+
+    #[test]
+    fn read_errors_are_reported_per_block_and_the_rest_copied() {
+        let bs = 1024u64;
+        let data: Vec<u8> = (0..64 * bs).map(|i| (i / bs) as u8 + 1).collect();
+        // Blocks 10 and 11 are unreadable.
+        let src = Faulty {
+            inner: MemSource(data.clone()),
+            bad: 10 * bs + 100..11 * bs + 5,
+        };
+        let map = BlockMap::from_runs([Run { start: 2, len: 20 }, Run { start: 40, len: 3 }], 64);
+        let mut out = Vec::new();
+        let st = write_raw(
+            &src,
+            &map,
+            1024,
+            RawTarget::Stream(&mut out),
+            &mut NoProgress,
+        )
+        .unwrap();
+        assert_eq!(st.unreadable_blocks, 2);
+        assert_eq!(st.unreadable, vec![10, 11]);
+        assert_eq!(out.len(), 64 * 1024);
+        for b in 0..64u64 {
+            let got = &out[(b * bs) as usize..((b + 1) * bs) as usize];
+            let selected = (2..22).contains(&b) || (40..43).contains(&b);
+            let want: Vec<u8> = if selected && b != 10 && b != 11 {
+                data[(b * bs) as usize..((b + 1) * bs) as usize].to_vec()
+            } else {
+                vec![0; bs as usize]
+            };
+            assert!(got == &want[..], "block {b}");
+        }
+    }
+}
