@@ -340,7 +340,7 @@ impl Reporter {
         };
         let bs = self.block_size;
         let unit = self.unit;
-        let template = format!("{{msg}} [{{bar:30}}] {counts} ({{percent}}%) {{rate}} ETA {{eta}}");
+        let template = format!("{{msg}} [{{bar:25}}] {counts} ({{percent}}%) {{rate}} ETA {{eta}}");
         let style = indicatif::ProgressStyle::with_template(&template)
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .with_key(
