@@ -73,11 +73,14 @@ fn copied_line(line: &str) -> Option<(u64, u64, u64)> {
     Some((w[0].parse().ok()?, w[2].parse().ok()?, pct))
 }
 
+/// Builds a run's arguments from a tag that keeps the runs' outputs apart.
+type ArgsFn<'a> = Box<dyn Fn(&str) -> Vec<OsString> + 'a>;
+
 /// A tool run: its arguments (built fresh for each run, as runs change their outputs) and
 /// what stdout must hold (`None`: nothing).
 struct Case<'a> {
     tool: &'a str,
-    args: Box<dyn Fn(&str) -> Vec<OsString> + 'a>,
+    args: ArgsFn<'a>,
     stdout: Option<Vec<u8>>,
     /// The phase name of the plain lines of the copy phase.
     copy_phase: &'a str,
@@ -99,7 +102,12 @@ fn check_plain(c: &Case) {
     let err = text(&o.stderr);
     match &c.stdout {
         Some(want) => assert!(o.stdout == *want, "{}: stdout is not the image", c.tool),
-        None => assert!(o.stdout.is_empty(), "{}: stdout: {}", c.tool, text(&o.stdout)),
+        None => assert!(
+            o.stdout.is_empty(),
+            "{}: stdout: {}",
+            c.tool,
+            text(&o.stdout)
+        ),
     }
     let lines: Vec<&str> = err.lines().collect();
     let copied: Vec<usize> = (0..lines.len())
@@ -108,12 +116,21 @@ fn check_plain(c: &Case) {
     assert_eq!(copied.len(), 1, "{}: one Copied line:\n{err}", c.tool);
     let (n, m, pct) = copied_line(lines[copied[0]])
         .unwrap_or_else(|| panic!("{}: bad Copied line: {}", c.tool, lines[copied[0]]));
-    assert!(m > 0 && n == m && pct == 100, "{}: {}", c.tool, lines[copied[0]]);
+    assert!(
+        m > 0 && n == m && pct == 100,
+        "{}: {}",
+        c.tool,
+        lines[copied[0]]
+    );
     let prefix = format!("{}: ", c.copy_phase);
     let plain: Vec<usize> = (0..lines.len())
         .filter(|&i| lines[i].starts_with(&prefix))
         .collect();
-    assert!(!plain.is_empty(), "{}: no plain progress lines:\n{err}", c.tool);
+    assert!(
+        !plain.is_empty(),
+        "{}: no plain progress lines:\n{err}",
+        c.tool
+    );
     assert!(
         plain.iter().all(|&i| i < copied[0]),
         "{}: the Copied line closes the copy phase:\n{err}",
@@ -167,7 +184,12 @@ fn check_tty(c: &Case, dir: &Path) {
         .filter_map(|l| l.find("Copied ").map(|i| &l[i..]))
         .collect::<Vec<_>>();
     assert_eq!(closing.len(), 1, "{}: {term:?}", c.tool);
-    assert!(copied_line(closing[0]).is_some(), "{}: {:?}", c.tool, closing[0]);
+    assert!(
+        copied_line(closing[0]).is_some(),
+        "{}: {:?}",
+        c.tool,
+        closing[0]
+    );
     // Not a byte of it on stdout.
     let got = std::fs::read(&out).unwrap();
     match &c.stdout {
@@ -365,7 +387,10 @@ fn json_summaries() {
     assert_eq!(field(&j, "tool"), Some("e2i-capture"));
     assert_eq!(field(&j, "format"), Some("raw"));
     assert_eq!(field(&j, "sha256"), Some(sha256_hex(&raw).as_str()));
-    assert_eq!(field(&j, "output_bytes"), Some(raw.len().to_string().as_str()));
+    assert_eq!(
+        field(&j, "output_bytes"),
+        Some(raw.len().to_string().as_str())
+    );
     assert_eq!(field(&j, "exit"), Some("0"));
     // Block size and count agree with dumpe2fs.
     let dump = text(&run(Command::new("dumpe2fs").arg("-h").arg(&img)).stdout);
@@ -402,7 +427,10 @@ fn json_summaries() {
     let j = text(&o.stdout);
     assert_eq!(field(&j, "input_kind"), Some("stream"));
     let ss = field(&j, "stream_sha256").unwrap();
-    assert!(ss.len() == 64 && ss.bytes().all(|b| b.is_ascii_hexdigit()), "{j}");
+    assert!(
+        ss.len() == 64 && ss.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{j}"
+    );
     assert_eq!(field(&j, "sha256"), Some("null"));
     assert!(std::fs::read(&out).unwrap() == raw);
     // The same stream into e2i-to-qcow2 reports the same stream checksum.
@@ -544,7 +572,12 @@ fn committed_docs_are_current() {
         "stale or missing under docs/ (run ci/gen-docs.sh and commit): {stale:?}"
     );
     // Nothing left over from a tool or shell that no longer exists.
-    for sub in ["man", "completions/bash", "completions/zsh", "completions/fish"] {
+    for sub in [
+        "man",
+        "completions/bash",
+        "completions/zsh",
+        "completions/fish",
+    ] {
         for e in std::fs::read_dir(docs.join(sub)).unwrap() {
             let rel = Path::new(sub).join(e.unwrap().file_name());
             assert!(tmp.path().join(&rel).exists(), "not generated: {rel:?}");
@@ -566,7 +599,14 @@ fn man_pages_render_and_completions_load() {
             .env("MANWIDTH", "80"));
         ok(&o);
         let t = text(&o.stdout);
-        for want in ["NAME", "SYNOPSIS", "OPTIONS", "EXAMPLES", "EXIT STATUS", "e2image"] {
+        for want in [
+            "NAME",
+            "SYNOPSIS",
+            "OPTIONS",
+            "EXAMPLES",
+            "EXIT STATUS",
+            "e2image",
+        ] {
             assert!(t.contains(want), "{name}.1 lacks {want}:\n{t}");
         }
         assert!(t.contains(&name), "{name}.1");
@@ -677,13 +717,19 @@ fn readme_quick_start_works() {
         assert!(m.permissions().mode() & 0o111 != 0, "{s} is not executable");
     }
     let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
-    assert!(ci.lines().any(|l| l.contains("ci/test.sh") && !l.trim_start().starts_with('#')));
+    assert!(
+        ci.lines()
+            .any(|l| l.contains("ci/test.sh") && !l.trim_start().starts_with('#'))
+    );
     // Every file the README links to exists.
     for link in readme.split("](").skip(1) {
         let target = link.split(')').next().unwrap();
         if target.starts_with("http") || target.starts_with('#') {
             continue;
         }
-        assert!(root.join(target).exists(), "README links to missing {target}");
+        assert!(
+            root.join(target).exists(),
+            "README links to missing {target}"
+        );
     }
 }
