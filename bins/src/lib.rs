@@ -418,6 +418,10 @@ pub fn hms(d: Duration) -> String {
 }
 
 impl Progress for Reporter {
+    fn block_size(&mut self, bytes: u32) {
+        self.set_block_size(bytes);
+    }
+
     fn phase(&mut self, name: &str, total: u64, unit: Unit) {
         if !self.enabled {
             return;

@@ -236,6 +236,11 @@ fn from_normal(
     sum: &mut Summary,
 ) -> anyhow::Result<u8> {
     use e2i::qcow2::writer::Qcow2Target;
+    // The normal image's block size, for the MB/s figures.
+    let bs = e2i::io::FileSource::open(path, 0)
+        .and_then(e2i::normal::NormalImage::open)
+        .map_or(0, |img| img.superblock().block_size);
+    reporter.set_block_size(bs);
     let mut out = Output::create(&args.output)?;
     let stats = match &mut out {
         Output::Stdout => {
@@ -272,10 +277,6 @@ fn from_normal(
         .with_context(|| src.to_string())?,
     };
     out.commit()?;
-    // The normal image's block size, for the MB/s figure.
-    let bs = e2i::io::FileSource::open(path, 0)
-        .and_then(e2i::normal::NormalImage::open)
-        .map_or(0, |img| img.superblock().block_size);
     reporter.summary(bs);
     sum.input_kind = "normal";
     sum.block_size = bs;
