@@ -114,6 +114,17 @@ pub fn usage_error(tool: &str, msg: &str) -> u8 {
     EXIT_USAGE
 }
 
+/// `-` (stdin/stdout) where the tool needs a file or device it can seek in: a usage error
+/// (exit 2) saying so. `what` names the argument (`SOURCE`), `hint` says what to do instead.
+pub fn refuse_dash(tool: &str, what: &str, path: &Path, hint: &str) -> Option<u8> {
+    (path == Path::new("-")).then(|| {
+        usage_error(
+            tool,
+            &format!("{what} cannot be '-' (it needs a seekable file or device); {hint}"),
+        )
+    })
+}
+
 /// An output path: stdout, a block device, or a regular file written under a temporary
 /// name and renamed into place only on [`Output::commit`].
 pub enum Output {

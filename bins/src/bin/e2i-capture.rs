@@ -19,6 +19,14 @@ fn main() -> std::process::ExitCode {
 
 fn capture(args: Args) -> anyhow::Result<u8> {
     let started = Instant::now();
+    if let Some(code) = e2i_cli::refuse_dash(
+        TOOL,
+        "SOURCE",
+        &args.source,
+        "to image a stream or a compressed image, use e2i-to-raw or e2i-to-qcow2",
+    ) {
+        return Ok(code);
+    }
     let to_stdout = args.output.as_os_str() == "-";
     let format = match (args.format, args.raw, args.qcow2) {
         (Some(FormatArg::Normal), ..) => Format::Normal,

@@ -14,6 +14,11 @@ fn main() -> std::process::ExitCode {
 }
 
 fn body(args: Args) -> anyhow::Result<u8> {
+    for (what, path) in [("DEVICE", &args.device), ("IMAGE", &args.image)] {
+        if let Some(code) = e2i_cli::refuse_dash(TOOL, what, path, "give a file or device") {
+            return Ok(code);
+        }
+    }
     let opts = InstallOptions {
         force: args.force,
         dry_run: args.dry_run,

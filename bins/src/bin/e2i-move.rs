@@ -56,6 +56,20 @@ fn lister(dry: bool) -> impl FnMut(u64, u64) {
 }
 
 fn body(args: Args) -> anyhow::Result<u8> {
+    if let Some(code) = e2i_cli::refuse_dash(TOOL, "SOURCE", &args.source, "give a file or device")
+    {
+        return Ok(code);
+    }
+    if let Some(d) = &args.dest
+        && let Some(code) = e2i_cli::refuse_dash(
+            TOOL,
+            "DEST",
+            d,
+            "to send a copy down a pipe, use e2i-capture -ra SOURCE -",
+        )
+    {
+        return Ok(code);
+    }
     std::fs::metadata(&args.source).with_context(|| args.source.display().to_string())?;
     let in_place = match &args.dest {
         None => true,

@@ -546,6 +546,20 @@ fn errors_are_one_line() {
         ok(&o);
         assert!(text(&o.stdout).starts_with(t), "{t}");
     }
+    // `-` where a seekable file is needed: a usage error that says so.
+    for (t, args) in [
+        ("e2i-capture", vec!["-", &out]),
+        ("e2i-install", vec![&out, "-"]),
+        ("e2i-install", vec!["-", &m]),
+        ("e2i-move", vec!["-", &out]),
+        ("e2i-move", vec![&m, "-"]),
+    ] {
+        let o = run(Command::new(tool(t)).args(&args).stdin(Stdio::null()));
+        assert_eq!(o.status.code(), Some(2), "{t} {args:?}");
+        let err = text(&o.stderr);
+        assert!(err.starts_with(&format!("{t}: ")), "{err}");
+        assert!(err.contains("cannot be '-'"), "{err}");
+    }
     // A bad number is a usage error naming the value.
     let o = run(Command::new(tool("e2i-capture")).args(["-o", "12abc", &m]));
     assert_eq!(o.status.code(), Some(2));
