@@ -54,6 +54,7 @@ pub fn man_page(cmd: &clap::Command) -> io::Result<Vec<u8>> {
     if let Some(h) = cmd.get_after_long_help() {
         out.extend_from_slice(help_sections(&h.to_string()).as_bytes());
     }
+    out.extend_from_slice(see_also(cmd.get_name()).as_bytes());
     man.render_version_section(&mut out)?;
     Ok(out)
 }
@@ -153,4 +154,23 @@ fn split_columns(t: &str) -> (&str, &str) {
         Some(i) => (t[..i].trim_end(), t[i..].trim()),
         None => (t, ""),
     }
+}
+
+/// SEE ALSO: the other e2i tools and the e2fsprogs/qemu tools they stand in for.
+fn see_also(name: &str) -> String {
+    let mut refs: Vec<String> = crate::cli::commands()
+        .iter()
+        .map(|c| c.get_name().to_string())
+        .filter(|n| n != name)
+        .map(|n| format!("\\fB{}\\fR(1)", roff_escape(&n)))
+        .collect();
+    for (page, sec) in [
+        ("e2image", 8),
+        ("e2undo", 8),
+        ("e2fsck", 8),
+        ("qemu\\-img", 1),
+    ] {
+        refs.push(format!("\\fB{page}\\fR({sec})"));
+    }
+    format!(".SH \"SEE ALSO\"\n{}\n", refs.join(", "))
 }
