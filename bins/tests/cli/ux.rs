@@ -656,13 +656,37 @@ fn man_pages_render_and_completions_load() {
             "{name}: {}",
             text(&o.stdout)
         );
-        for f in [
-            format!("completions/zsh/_{name}"),
-            format!("completions/fish/{name}.fish"),
-        ] {
-            let t = std::fs::read_to_string(docs.join(&f)).unwrap();
-            assert!(t.contains(&name), "{f}");
-        }
+        // zsh's compinit finds the completion function in the directory.
+        let o = run(Command::new("zsh")
+            .arg("-fc")
+            .arg(format!(
+                "fpath=({} $fpath); autoload -U compinit; compinit -u -D; print -r -- $_comps[{name}]",
+                sh_quote(docs.join("completions/zsh").as_os_str())
+            ))
+            .env("HOME", docs.parent().unwrap()));
+        ok(&o);
+        assert_eq!(
+            text(&o.stdout).trim(),
+            format!("_{name}"),
+            "zsh: {}",
+            text(&o.stderr)
+        );
+        // fish completes the long options.
+        let fish = docs.join(format!("completions/fish/{name}.fish"));
+        let o = run(Command::new("fish")
+            .arg("--no-config")
+            .arg("-c")
+            .arg(format!(
+                "source {}; complete -C '{name} --'",
+                sh_quote(fish.as_os_str())
+            )));
+        ok(&o);
+        assert!(
+            text(&o.stdout).lines().any(|l| l.starts_with("--help")),
+            "fish: {}{}",
+            text(&o.stdout),
+            text(&o.stderr)
+        );
     }
 }
 
