@@ -551,6 +551,38 @@ pub fn print_json(line: &str, output_is_stdout: bool) {
 #[cfg(test)]
 mod tests {
     use super::parse_number;
+    use super::{clap_error_line, copied_line, hms, is_copy_phase, percent};
+    use std::time::Duration;
+
+    #[test]
+    fn closing_line_matches_e2image_wording() {
+        // e2image: "Copied %llu / %llu blocks (%d%%) in %s at %.2f MB/s" (MB = MiB).
+        assert_eq!(
+            copied_line(512, 1024, "blocks", 3 << 20, Duration::from_secs(3723)),
+            "Copied 512 / 1024 blocks (50%) in 01:02:03 at 0.00 MB/s"
+        );
+        assert_eq!(
+            copied_line(10, 10, "blocks", 4 << 20, Duration::from_secs(2)),
+            "Copied 10 / 10 blocks (100%) in 00:00:02 at 2.00 MB/s"
+        );
+        assert_eq!(percent(0, 0), 100);
+        assert_eq!(percent(u64::MAX, u64::MAX), 100);
+        assert_eq!(hms(Duration::from_secs(100 * 3600 + 61)), "100:01:01");
+        assert!(is_copy_phase("copying") && is_copy_phase("copying inode tables"));
+        assert!(is_copy_phase("moving") && is_copy_phase("installing"));
+        assert!(!is_copy_phase("scanning inodes") && !is_copy_phase("finding data"));
+    }
+
+    #[test]
+    fn clap_errors_become_one_line() {
+        let text = "error: the following required arguments were not provided:\n  <SOURCE>\n  <OUTPUT>\n\nUsage: t <SOURCE> <OUTPUT>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            clap_error_line(text),
+            "the following required arguments were not provided: <SOURCE> <OUTPUT>"
+        );
+        let text = "error: unexpected argument '--x' found\n\n  tip: to pass '--x' as a value, use '-- --x'\n\nUsage: t\n";
+        assert_eq!(clap_error_line(text), "unexpected argument '--x' found");
+    }
 
     #[test]
     fn numbers() {
