@@ -15,3 +15,16 @@ bench:
 # Generate the full test corpus into DIR
 corpus dir="target/e2i-corpus/manual":
     testdata/gen-corpus.sh {{dir}}
+
+# Regenerate the man pages and shell completions in docs/ from the clap definitions
+man:
+    ci/gen-docs.sh
+
+# Install tools, man pages, completions under PREFIX (default /usr/local; DESTDIR stages)
+install prefix=env_var_or_default("PREFIX", "/usr/local"):
+    PREFIX={{prefix}} ci/install.sh
+
+# The bundle maintainers ask for: scrambled qcow2 (xz), dumpe2fs -h, geometry, SHA256SUMS
+bug-report device output="":
+    cargo build --release -q
+    scripts/e2i-bug-report {{device}} {{output}}

@@ -3,6 +3,11 @@
 # debugfs, e2fsck, e2undo), qemu-img, and the Rust components for fmt and clippy.
 set -euo pipefail
 need=()
+command -v man >/dev/null || need+=(man-db) # tests render docs/man pages
+command -v groff >/dev/null || need+=(groff-base)
+command -v script >/dev/null || need+=(bsdutils) # tests run the tools under a pty
+command -v zsh >/dev/null || need+=(zsh) # tests load the generated completions
+command -v fish >/dev/null || need+=(fish)
 command -v e2image >/dev/null || need+=(e2fsprogs)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v bzip2 >/dev/null || need+=(bzip2)

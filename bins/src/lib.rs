@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 
 use e2i::progress::{Progress, Unit};
 
+pub mod cli;
+pub mod docs;
+pub mod json;
+
 /// Exit status: success.
 pub const EXIT_OK: u8 = 0;
 /// Exit status: failure.
@@ -127,6 +131,17 @@ pub fn usage_error(tool: &str, msg: &str) -> u8 {
     EXIT_USAGE
 }
 
+/// `-` (stdin/stdout) where the tool needs a file or device it can seek in: a usage error
+/// (exit 2) saying so. `what` names the argument (`SOURCE`), `hint` says what to do instead.
+pub fn refuse_dash(tool: &str, what: &str, path: &Path, hint: &str) -> Option<u8> {
+    (path == Path::new("-")).then(|| {
+        usage_error(
+            tool,
+            &format!("{what} cannot be '-' (it needs a seekable file or device); {hint}"),
+        )
+    })
+}
+
 /// An output path: stdout, a block device, or a regular file written under a temporary
 /// name and renamed into place only on [`Output::commit`].
 pub enum Output {
@@ -216,10 +231,15 @@ impl Drop for Output {
     }
 }
 
-/// Draws progress on stderr: a bar on a terminal, plain lines every few seconds otherwise.
+/// Draws progress on stderr, never on stdout (stdout carries data in pipelines): an
+/// indicatif bar on a terminal; otherwise a plain line every few seconds. The copy phase's
+/// figures are kept for [`Reporter::summary`], which prints e2image's closing line
+/// `Copied N / M blocks (P%) in HH:MM:SS at R MB/s`; other phases ("scanning inodes",
+/// "finding data") never print a `Copied` line.
 pub struct Reporter {
     enabled: bool,
     tty: bool,
+    interval: Duration,
     bar: Option<indicatif::ProgressBar>,
     phase: String,
     unit: Unit,
@@ -228,13 +248,34 @@ pub struct Reporter {
     block_size: u64,
     start: Instant,
     last_line: Instant,
+    lines: u32,
+    copied: Option<Copied>,
 }
 
+/// Figures of the last finished copy phase.
+#[derive(Debug, Clone, Copy)]
+struct Copied {
+    unit: Unit,
+    done: u64,
+    total: u64,
+    elapsed: Duration,
+}
+
+/// Default pause between two plain progress lines.
+const LINE_INTERVAL: Duration = Duration::from_secs(3);
+
 impl Reporter {
+    /// A reporter that draws only when `enabled` (`-p`).
     pub fn new(enabled: bool) -> Self {
+        // Hidden, for tests: `E2I_PROGRESS_INTERVAL_MS` sets the pause between plain lines.
+        let interval = std::env::var("E2I_PROGRESS_INTERVAL_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(LINE_INTERVAL, Duration::from_millis);
         Reporter {
             enabled,
             tty: io::stderr().is_terminal(),
+            interval,
             bar: None,
             phase: String::new(),
             unit: Unit::Blocks,
@@ -243,21 +284,161 @@ impl Reporter {
             block_size: 0,
             start: Instant::now(),
             last_line: Instant::now(),
+            lines: 0,
+            copied: None,
         }
     }
 
-    /// Block size for the MB/s figure of block phases.
+    /// Block size, for the MB/s figures of block phases.
     pub fn set_block_size(&mut self, bs: u32) {
         self.block_size = u64::from(bs);
     }
 
+    /// Print the closing line of the copy phase (if one ran): `Copied N / M blocks (P%) in
+    /// HH:MM:SS at R MB/s`. `block_size` converts byte-counted phases to blocks and blocks
+    /// to MB/s; 0 keeps what [`Reporter::set_block_size`] gave.
+    pub fn summary(&mut self, block_size: u32) {
+        if block_size != 0 {
+            self.block_size = u64::from(block_size);
+        }
+        let Some(c) = self.copied.take() else { return };
+        if !self.enabled {
+            return;
+        }
+        let bs = self.block_size;
+        let (done, total, bytes) = match c.unit {
+            Unit::Bytes if bs > 0 => (c.done.div_ceil(bs), c.total.div_ceil(bs), c.done),
+            Unit::Bytes => (c.done, c.total, c.done),
+            _ => (c.done, c.total, c.done.saturating_mul(bs)),
+        };
+        let unit = match (c.unit, bs) {
+            (Unit::Bytes, 0) => "bytes",
+            (Unit::Inodes, _) => "inodes",
+            _ => "blocks",
+        };
+        let line = copied_line(done, total, unit, bytes, c.elapsed);
+        let _ = writeln!(io::stderr(), "{line}");
+    }
+
     fn unit_name(&self) -> &'static str {
+        unit_name(self.unit)
+    }
+
+    fn rate_text(&self, per_sec: f64) -> String {
         match self.unit {
-            Unit::Inodes => "inodes",
-            Unit::Blocks => "blocks",
-            Unit::Bytes => "bytes",
+            Unit::Bytes => format!("{:.2} MB/s", per_sec / 1048576.0),
+            Unit::Blocks if self.block_size > 0 => {
+                format!("{:.2} MB/s", per_sec * self.block_size as f64 / 1048576.0)
+            }
+            _ => format!("{per_sec:.0} {}/s", self.unit_name()),
         }
     }
+
+    fn plain_line(&self) -> String {
+        let el = self.start.elapsed().as_secs_f64();
+        let per_sec = if el > 0.0 { self.done as f64 / el } else { 0.0 };
+        let eta = if per_sec > 0.0 && self.total > self.done {
+            format!(
+                ", {} remaining",
+                hms(Duration::from_secs_f64(
+                    ((self.total - self.done) as f64 / per_sec).min(1e9)
+                ))
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "{}: {} / {} {} ({}%) at {}{eta}",
+            self.phase,
+            self.done,
+            self.total,
+            self.unit_name(),
+            percent(self.done, self.total),
+            self.rate_text(per_sec)
+        )
+    }
+
+    fn new_bar(&self) -> indicatif::ProgressBar {
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(self.total),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        let counts = match self.unit {
+            Unit::Bytes => "{bytes}/{total_bytes}",
+            Unit::Blocks => "{pos}/{len} blocks",
+            Unit::Inodes => "{pos}/{len} inodes",
+        };
+        let bs = self.block_size;
+        let unit = self.unit;
+        let template = format!("{{msg}} [{{bar:25}}] {counts} ({{percent}}%) {{rate}} ETA {{eta}}");
+        let style = indicatif::ProgressStyle::with_template(&template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .with_key(
+                "rate",
+                move |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let per_sec = s.per_sec();
+                    let _ = match unit {
+                        Unit::Bytes => write!(w, "{:.2} MB/s", per_sec / 1048576.0),
+                        Unit::Blocks if bs > 0 => {
+                            write!(w, "{:.2} MB/s", per_sec * bs as f64 / 1048576.0)
+                        }
+                        Unit::Blocks => write!(w, "{per_sec:.0} blocks/s"),
+                        Unit::Inodes => write!(w, "{per_sec:.0} inodes/s"),
+                    };
+                },
+            )
+            .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_message(self.phase.clone());
+        // Draw at once: short phases show too.
+        bar.tick();
+        bar
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        // An error line must not land on a half-drawn bar.
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn unit_name(u: Unit) -> &'static str {
+    match u {
+        Unit::Inodes => "inodes",
+        Unit::Blocks => "blocks",
+        Unit::Bytes => "bytes",
+    }
+}
+
+fn percent(done: u64, total: u64) -> u64 {
+    if total == 0 {
+        100
+    } else {
+        ((u128::from(done) * 100) / u128::from(total)) as u64
+    }
+}
+
+/// e2image's closing line: `Copied N / M blocks (P%) in HH:MM:SS at R MB/s`.
+pub fn copied_line(done: u64, total: u64, unit: &str, bytes: u64, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64();
+    let rate = if secs > 0.0 {
+        bytes as f64 / 1048576.0 / secs
+    } else {
+        0.0
+    };
+    format!(
+        "Copied {done} / {total} {unit} ({}%) in {} at {rate:.2} MB/s",
+        percent(done, total),
+        hms(elapsed)
+    )
+}
+
+/// Phases whose end is a copy's end (they get the `Copied` line).
+fn is_copy_phase(name: &str) -> bool {
+    name.starts_with("copying") || name == "moving" || name == "installing"
 }
 
 /// `HH:MM:SS`.
@@ -267,6 +448,10 @@ pub fn hms(d: Duration) -> String {
 }
 
 impl Progress for Reporter {
+    fn block_size(&mut self, bytes: u32) {
+        self.set_block_size(bytes);
+    }
+
     fn phase(&mut self, name: &str, total: u64, unit: Unit) {
         if !self.enabled {
             return;
@@ -274,25 +459,18 @@ impl Progress for Reporter {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }
+        // The same phase announced again with its total (capture's scan) keeps its clock.
+        if name != self.phase || self.total != 0 {
+            self.start = Instant::now();
+            self.last_line = Instant::now();
+            self.lines = 0;
+        }
         self.phase = name.to_string();
         self.unit = unit;
         self.total = total;
         self.done = 0;
-        self.start = Instant::now();
-        self.last_line = Instant::now();
         if self.tty && total > 0 {
-            let bar = indicatif::ProgressBar::with_draw_target(
-                Some(total),
-                indicatif::ProgressDrawTarget::stderr(),
-            );
-            let style = indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:30}] {pos}/{len} ({percent}%) {per_sec} ETA {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> ");
-            bar.set_style(style);
-            bar.set_message(format!("{name} ({})", self.unit_name()));
-            self.bar = Some(bar);
+            self.bar = Some(self.new_bar());
         }
     }
 
@@ -303,17 +481,10 @@ impl Progress for Reporter {
         self.done = done;
         if let Some(b) = &self.bar {
             b.set_position(done);
-        } else if self.last_line.elapsed() >= Duration::from_secs(3) {
+        } else if !self.tty && self.last_line.elapsed() >= self.interval {
             self.last_line = Instant::now();
-            let pct = (done * 100).checked_div(self.total).unwrap_or(0);
-            let _ = writeln!(
-                io::stderr(),
-                "{}: {} / {} {} ({pct}%)",
-                self.phase,
-                done,
-                self.total,
-                self.unit_name()
-            );
+            self.lines += 1;
+            let _ = writeln!(io::stderr(), "{}", self.plain_line());
         }
     }
 
@@ -324,40 +495,113 @@ impl Progress for Reporter {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }
-        if self.unit == Unit::Blocks || self.unit == Unit::Bytes {
-            let el = self.start.elapsed();
-            let bytes = if self.unit == Unit::Blocks {
-                self.done * self.block_size.max(1)
-            } else {
-                self.done
-            };
-            let rate = if el.as_secs_f64() > 0.0 {
-                bytes as f64 / 1048576.0 / el.as_secs_f64()
-            } else {
-                0.0
-            };
-            let pct = if self.total > 0 {
-                self.done as f64 * 100.0 / self.total as f64
-            } else {
-                100.0
-            };
+        if is_copy_phase(&self.phase) {
+            self.copied = Some(Copied {
+                unit: self.unit,
+                done: self.done,
+                total: self.total,
+                elapsed: self.start.elapsed(),
+            });
+        } else if !self.tty && self.lines > 0 {
+            // A long non-copy phase that printed lines says it is over.
             let _ = writeln!(
                 io::stderr(),
-                "Copied {} / {} {} ({:.0}%) in {} at {:.2} MB/s",
+                "{}: done, {} {} in {}",
+                self.phase,
                 self.done,
-                self.total,
                 self.unit_name(),
-                pct,
-                hms(el),
-                rate
+                hms(self.start.elapsed())
             );
         }
+        self.phase.clear();
+        self.total = 0;
+    }
+}
+
+/// Parse the command line like clap, but report usage errors in the tools' own form: one
+/// line `tool: message` and a pointer to `--help`, exit 2. `--help` and `--version` print
+/// as usual.
+pub fn parse_args<T: clap::Parser>(tool: &str) -> T {
+    match T::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            let msg = clap_error_line(&e.render().to_string());
+            std::process::exit(i32::from(usage_error(tool, &msg)));
+        }
+    }
+}
+
+/// clap's error text as one line: the message and its details, without usage and tips.
+fn clap_error_line(text: &str) -> String {
+    let mut parts = Vec::new();
+    for l in text.lines() {
+        let l = l.trim();
+        if l.starts_with("Usage:") || l.starts_with("For more information") {
+            break;
+        }
+        if l.is_empty() || l.starts_with("tip:") {
+            continue;
+        }
+        parts.push(l.strip_prefix("error: ").unwrap_or(l).to_string());
+    }
+    parts.join(" ")
+}
+
+/// Where a `--json` summary goes: stdout, unless stdout carries the data (OUTPUT `-`).
+pub fn print_json(line: &str, output_is_stdout: bool) {
+    if output_is_stdout {
+        let _ = writeln!(io::stderr(), "{line}");
+    } else {
+        let mut out = io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::parse_number;
+    use super::{clap_error_line, copied_line, hms, is_copy_phase, percent};
+    use std::time::Duration;
+
+    #[test]
+    fn closing_line_matches_e2image_wording() {
+        // e2image: "Copied %llu / %llu blocks (%d%%) in %s at %.2f MB/s" (MB = MiB).
+        assert_eq!(
+            copied_line(512, 1024, "blocks", 3 << 20, Duration::from_secs(3723)),
+            "Copied 512 / 1024 blocks (50%) in 01:02:03 at 0.00 MB/s"
+        );
+        assert_eq!(
+            copied_line(10, 10, "blocks", 4 << 20, Duration::from_secs(2)),
+            "Copied 10 / 10 blocks (100%) in 00:00:02 at 2.00 MB/s"
+        );
+        assert_eq!(percent(0, 0), 100);
+        assert_eq!(percent(u64::MAX, u64::MAX), 100);
+        assert_eq!(hms(Duration::from_secs(100 * 3600 + 61)), "100:01:01");
+        assert!(is_copy_phase("copying") && is_copy_phase("copying inode tables"));
+        assert!(is_copy_phase("moving") && is_copy_phase("installing"));
+        assert!(!is_copy_phase("scanning inodes") && !is_copy_phase("finding data"));
+    }
+
+    #[test]
+    fn clap_errors_become_one_line() {
+        let text = "error: the following required arguments were not provided:\n  <SOURCE>\n  <OUTPUT>\n\nUsage: t <SOURCE> <OUTPUT>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            clap_error_line(text),
+            "the following required arguments were not provided: <SOURCE> <OUTPUT>"
+        );
+        let text = "error: unexpected argument '--x' found\n\n  tip: to pass '--x' as a value, use '-- --x'\n\nUsage: t\n";
+        assert_eq!(clap_error_line(text), "unexpected argument '--x' found");
+    }
 
     #[test]
     fn numbers() {

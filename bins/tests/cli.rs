@@ -54,6 +54,7 @@ mod cli {
     pub mod pipeline;
     pub mod qcow2;
     pub mod util;
+    pub mod ux;
 }
 
 mod raw_basic {

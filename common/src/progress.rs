@@ -6,6 +6,8 @@ pub trait Progress {
     fn phase(&mut self, _name: &str, _total: u64, _unit: Unit) {}
     /// `done` of the phase's total.
     fn update(&mut self, _done: u64) {}
+    /// The filesystem's block size, once known (so block counts can be shown as MB/s).
+    fn block_size(&mut self, _bytes: u32) {}
     /// The phase ended.
     fn finish(&mut self) {}
 }

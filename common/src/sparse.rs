@@ -467,6 +467,7 @@ pub fn write_raw<S: ReadAt + ?Sized>(
     progress: &mut dyn Progress,
 ) -> Result<CopyStats> {
     let mut sink = RawSink::new(target, block_size, map.blocks_count())?;
+    progress.block_size(block_size);
     progress.phase(
         "copying",
         map.selected_blocks(),

@@ -1,81 +1,32 @@
 //! e2i-capture: image the metadata of an ext2/3/4 filesystem (e2image, e2image -r, -Q).
 
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
 use e2i::mount::{MountState, mount_state};
 use e2i::ops::capture::{self, CaptureOptions, Format};
-use e2i_cli::{EXIT_DAMAGED, EXIT_OK, Output, Reporter, number, run, usage_error};
+use e2i_cli::cli::capture::{Args, FormatArg};
+use e2i_cli::json::{HashWriter, Obj};
+use e2i_cli::{EXIT_DAMAGED, EXIT_OK, Output, Reporter, parse_args, run, usage_error};
 
 const TOOL: &str = "e2i-capture";
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum FormatArg {
-    Normal,
-    Raw,
-    Qcow2,
-    Stream,
-}
-
-/// Read the ext2/3/4 filesystem in SOURCE (block device, raw image or qcow2 image) and
-/// write an image of its metadata to OUTPUT.
-#[derive(Parser, Debug)]
-#[command(name = TOOL, version, about, after_help = "Exit status: 0 success, 1 failure, 2 usage error, 3 finished but damaged metadata was skipped.")]
-struct Args {
-    /// Block device or image file holding the filesystem.
-    source: PathBuf,
-    /// Image to write; `-` for stdout.
-    #[arg(default_value = "-")]
-    output: PathBuf,
-    /// Image format [default: normal for a file, stream for stdout].
-    #[arg(long, value_enum)]
-    format: Option<FormatArg>,
-    /// Raw image (same as --format raw; e2image -r).
-    #[arg(short = 'r', conflicts_with_all = ["qcow2", "format"])]
-    raw: bool,
-    /// qcow2 image (same as --format qcow2; e2image -Q).
-    #[arg(short = 'Q', conflicts_with = "format")]
-    qcow2: bool,
-    /// Include regular-file data (raw, qcow2, stream).
-    #[arg(short = 'a', long = "all-data")]
-    all_data: bool,
-    /// Scramble names and other private strings.
-    #[arg(short = 's', long)]
-    scramble: bool,
-    /// Seed for --scramble.
-    #[arg(long, value_parser = number, requires = "scramble")]
-    seed: Option<u64>,
-    /// Allow a source mounted read-write.
-    #[arg(short = 'f', long)]
-    force: bool,
-    /// Read the filesystem through the backup superblock at block N (needs -B).
-    #[arg(short = 'b', long = "superblock", value_name = "N", value_parser = number)]
-    superblock: Option<u64>,
-    /// Block size to use with -b.
-    #[arg(short = 'B', long = "blocksize", value_name = "N", value_parser = number)]
-    blocksize: Option<u64>,
-    /// Byte offset of the filesystem inside SOURCE.
-    #[arg(short = 'o', long = "offset", value_name = "N", value_parser = number, default_value = "0")]
-    offset: u64,
-    /// Show progress on stderr.
-    #[arg(short = 'p', long)]
-    progress: bool,
-    /// qcow2 only: deflate-compressed clusters.
-    #[arg(long)]
-    compress: bool,
-    /// Stop at the first damaged structure (exit 1) instead of skipping it (exit 3).
-    #[arg(long)]
-    strict: bool,
-}
-
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
+    let args: Args = parse_args(TOOL);
     run(TOOL, || capture(args))
 }
 
 fn capture(args: Args) -> anyhow::Result<u8> {
+    let started = Instant::now();
+    if let Some(code) = e2i_cli::refuse_dash(
+        TOOL,
+        "SOURCE",
+        &args.source,
+        "to image a stream or a compressed image, use e2i-to-raw or e2i-to-qcow2",
+    ) {
+        return Ok(code);
+    }
     let to_stdout = args.output.as_os_str() == "-";
     let format = match (args.format, args.raw, args.qcow2) {
         (Some(FormatArg::Normal), ..) => Format::Normal,
@@ -129,10 +80,12 @@ fn capture(args: Args) -> anyhow::Result<u8> {
     let mut reporter = Reporter::new(args.progress);
     let mut out = Output::create(&args.output)?;
     let src = args.source.display().to_string();
+    let mut stdout_sum = None;
     let report = match &mut out {
         Output::Stdout => {
             let stdout = io::stdout();
-            let mut w = io::BufWriter::with_capacity(1 << 20, stdout.lock());
+            let mut w =
+                io::BufWriter::with_capacity(1 << 20, HashWriter::new(stdout.lock(), args.json));
             let r = capture::capture(
                 &args.source,
                 &opts,
@@ -141,6 +94,7 @@ fn capture(args: Args) -> anyhow::Result<u8> {
                 &mut reporter,
             );
             w.flush().ok();
+            stdout_sum = w.get_ref().sha256().map(|h| (h, w.get_ref().bytes()));
             r
         }
         Output::Device { file } => capture::capture(
@@ -160,6 +114,37 @@ fn capture(args: Args) -> anyhow::Result<u8> {
     }
     .with_context(|| src.clone())?;
     out.commit()?;
+    reporter.summary(report.block_size);
+    let status = if report.problems.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_DAMAGED
+    };
+    if args.json {
+        let output_bytes = match &stdout_sum {
+            Some((_, n)) => *n,
+            None => std::fs::metadata(&args.output).map_or(0, |m| m.len()),
+        };
+        let line = Obj::new()
+            .str("tool", TOOL)
+            .str("input", &src)
+            .str("output", &args.output.display().to_string())
+            .str("format", &format!("{format:?}").to_lowercase())
+            .num("block_size", u64::from(report.block_size))
+            .num("blocks_count", report.blocks_count)
+            .num("blocks", report.selected_blocks)
+            .num("bytes_written", report.copy.bytes_written)
+            .num("output_bytes", output_bytes)
+            .opt_str("sha256", stdout_sum.as_ref().map(|(h, _)| h.as_str()))
+            .float("elapsed_seconds", started.elapsed().as_secs_f64())
+            .num("problems", report.problems.len() as u64)
+            .num("exit", u64::from(status))
+            .finish();
+        e2i_cli::print_json(&line, to_stdout);
+    }
+    if args.quiet {
+        return Ok(status);
+    }
     if report.copy.past_end_blocks > 0 {
         eprintln!(
             "{TOOL}: warning: {src}: {} selected blocks lie past the end of the source and were written as zeros",

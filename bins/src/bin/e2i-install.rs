@@ -1,45 +1,24 @@
 //! e2i-install: write a normal e2image image's metadata back onto a device (e2image -I),
 //! refusing a mounted device or one that holds another filesystem.
 
-use std::path::PathBuf;
-
 use anyhow::Context;
-use clap::Parser;
 use e2i::ops::install::{self, DeviceSuper, InstallOptions, WriteData};
-use e2i_cli::{EXIT_OK, Reporter, run};
+use e2i_cli::cli::install::Args;
+use e2i_cli::{EXIT_OK, Reporter, parse_args, run};
 
 const TOOL: &str = "e2i-install";
 
-/// Write the superblock, group descriptors, bitmaps and inode tables held in IMAGE (a normal
-/// e2image image) back onto DEVICE (a block device or an image file).
-#[derive(Parser, Debug)]
-#[command(name = TOOL, version, after_help = "Exit status: 0 success, 1 failure (nothing written unless the failure came while writing), 2 usage error.")]
-struct Args {
-    /// Block device or image file to restore.
-    device: PathBuf,
-    /// Normal e2image image (as written by e2image or e2i-capture).
-    image: PathBuf,
-    /// Print what would be written; change nothing.
-    #[arg(short = 'n', long = "dry-run")]
-    dry_run: bool,
-    /// First save every block that will be overwritten to FILE, for `e2undo FILE DEVICE`.
-    #[arg(short = 'z', long = "undo", value_name = "FILE")]
-    undo: Option<PathBuf>,
-    /// Install even if DEVICE's filesystem UUID or geometry differs from the image's
-    /// (never onto a mounted device).
-    #[arg(short = 'f', long)]
-    force: bool,
-    /// Show progress on stderr.
-    #[arg(short = 'p', long)]
-    progress: bool,
-}
-
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
+    let args: Args = parse_args(TOOL);
     run(TOOL, || body(args))
 }
 
 fn body(args: Args) -> anyhow::Result<u8> {
+    for (what, path) in [("DEVICE", &args.device), ("IMAGE", &args.image)] {
+        if let Some(code) = e2i_cli::refuse_dash(TOOL, what, path, "give a file or device") {
+            return Ok(code);
+        }
+    }
     let opts = InstallOptions {
         force: args.force,
         dry_run: args.dry_run,
@@ -54,11 +33,14 @@ fn body(args: Args) -> anyhow::Result<u8> {
                 args.device.display()
             )
         })?;
+    reporter.summary(report.block_size);
     let dev = args.device.display();
-    for m in &report.mismatches {
+    for m in report.mismatches.iter().filter(|_| !args.quiet) {
         eprintln!("{TOOL}: warning: {dev}: {m} (installing anyway: --force)");
     }
-    if let DeviceSuper::Backup { block, block_size } = report.device_super {
+    if let DeviceSuper::Backup { block, block_size } = report.device_super
+        && !args.quiet
+    {
         eprintln!(
             "{TOOL}: {dev}: primary superblock invalid; identified the filesystem by the backup at block {block} ({block_size}-byte blocks)"
         );
@@ -88,7 +70,7 @@ fn body(args: Args) -> anyhow::Result<u8> {
         );
         return Ok(EXIT_OK);
     }
-    if let (Some(u), Some(path)) = (report.undo, &args.undo) {
+    if let (Some(u), Some(path), false) = (report.undo, &args.undo, args.quiet) {
         eprintln!(
             "{TOOL}: saved {} blocks ({} keys) to {}; undo with: e2undo {} {}",
             u.blocks,

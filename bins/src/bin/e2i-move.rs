@@ -4,57 +4,19 @@
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
-use clap::Parser;
 use e2i::mount::{MountState, mount_state};
 use e2i::ops::move_fs::{self, CloneTarget, MoveOptions, MoveReport};
 use e2i::ops::move_journal::{Journal, State};
-use e2i_cli::{EXIT_OK, Output, Reporter, number, run, usage_error};
+use e2i_cli::cli::move_fs::Args;
+use e2i_cli::{EXIT_OK, Output, Reporter, parse_args, run, usage_error};
 
 const TOOL: &str = "e2i-move";
 
-/// Copy the filesystem in SOURCE with all its data to DEST, or, without DEST, move it
-/// inside SOURCE from offset -o to offset -O. An interrupted move is finished by running
-/// the same command again.
-#[derive(Parser, Debug)]
-#[command(name = TOOL, version, about, after_help = "Exit status: 0 success, 1 failure, 2 usage error.")]
-struct Args {
-    /// Block device or image file holding the filesystem.
-    source: PathBuf,
-    /// Where to copy it (a new file, an existing image or a block device). Without it,
-    /// the filesystem is moved inside SOURCE.
-    dest: Option<PathBuf>,
-    /// Byte offset of the filesystem inside SOURCE.
-    #[arg(short = 'o', long = "src-offset", value_name = "N", value_parser = number, default_value = "0")]
-    src_offset: u64,
-    /// Byte offset of the copy inside DEST (or SOURCE, for a move).
-    #[arg(short = 'O', long = "dest-offset", value_name = "N", value_parser = number, default_value = "0")]
-    dest_offset: u64,
-    /// Compare before writing; skip blocks the target already holds.
-    #[arg(short = 'c', long)]
-    check: bool,
-    /// Print the blocks that would be written; create and change nothing.
-    #[arg(short = 'n', long = "dry-run")]
-    dry_run: bool,
-    /// Show progress on stderr.
-    #[arg(short = 'p', long)]
-    progress: bool,
-    /// Clone a SOURCE that is mounted read-write (never allowed for a move).
-    #[arg(short = 'f', long)]
-    force: bool,
-    /// Copy the metadata only (e2image -r with offsets); clones only.
-    #[arg(long)]
-    metadata_only: bool,
-    /// Journal of an in-place move [default: SOURCE.e2i-move for a file, else in
-    /// $XDG_STATE_HOME/e2i].
-    #[arg(long, value_name = "FILE")]
-    journal: Option<PathBuf>,
-}
-
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
+    let args: Args = parse_args(TOOL);
     run(TOOL, || body(args))
 }
 
@@ -94,6 +56,20 @@ fn lister(dry: bool) -> impl FnMut(u64, u64) {
 }
 
 fn body(args: Args) -> anyhow::Result<u8> {
+    if let Some(code) = e2i_cli::refuse_dash(TOOL, "SOURCE", &args.source, "give a file or device")
+    {
+        return Ok(code);
+    }
+    if let Some(d) = &args.dest
+        && let Some(code) = e2i_cli::refuse_dash(
+            TOOL,
+            "DEST",
+            d,
+            "to send a copy down a pipe, use e2i-capture -ra SOURCE -",
+        )
+    {
+        return Ok(code);
+    }
     std::fs::metadata(&args.source).with_context(|| args.source.display().to_string())?;
     let in_place = match &args.dest {
         None => true,
@@ -150,6 +126,7 @@ fn body(args: Args) -> anyhow::Result<u8> {
         }
         if let Ok(Some(j)) = Journal::open(&journal)
             && matches!(j.state, State::Running { .. })
+            && !args.quiet
             && j.params.src_offset == args.src_offset
             && j.params.dest_offset == args.dest_offset
         {
@@ -160,6 +137,7 @@ fn body(args: Args) -> anyhow::Result<u8> {
         }
         let rep = move_fs::move_in_place(&args.source, &journal, &opts, &mut list, &mut reporter)
             .with_context(|| src.clone())?;
+        reporter.summary(rep.block_size);
         report_move(&args, &rep, &journal);
         return Ok(EXIT_OK);
     }
@@ -211,6 +189,10 @@ fn body(args: Args) -> anyhow::Result<u8> {
         out.commit()?;
         rep
     };
+    reporter.summary(rep.block_size);
+    if args.quiet {
+        return Ok(EXIT_OK);
+    }
     if rep.past_end_blocks > 0 {
         eprintln!(
             "{TOOL}: warning: {src}: {} selected blocks lie past the end of the source and were copied as zeros",
@@ -244,6 +226,9 @@ fn e2i_cli_tempfile() -> anyhow::Result<std::fs::File> {
 }
 
 fn report_move(args: &Args, rep: &MoveReport, journal: &Path) {
+    if args.quiet {
+        return;
+    }
     let src = args.source.display();
     if rep.already_done {
         println!(

@@ -2,50 +2,82 @@
 //! INPUT is a raw filesystem image, captured as `e2i-capture -Q` would (`-a` for all data).
 
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::Context;
-use clap::Parser;
 use e2i::ops::capture::{self, CaptureOptions, Format};
 use e2i::ops::input::{self, Input, Kind};
 use e2i::ops::to_qcow2::{Qcow2Out, stream_to_qcow2};
 use e2i::stream::StreamReader;
-use e2i_cli::{EXIT_DAMAGED, EXIT_OK, Output, Reporter, run, usage_error};
+use e2i_cli::cli::to_qcow2::Args;
+use e2i_cli::json::{HashWriter, Obj};
+use e2i_cli::{EXIT_DAMAGED, EXIT_OK, Output, Reporter, parse_args, run, usage_error};
 
 const TOOL: &str = "e2i-to-qcow2";
 
-/// Convert INPUT (a raw filesystem image) to a qcow2 image that qemu-img and stock
-/// e2image read.
-#[derive(Parser, Debug)]
-#[command(name = TOOL, version, about, after_help = "Exit status: 0 success, 1 failure, 2 usage error, 3 finished but damaged metadata was skipped.")]
-struct Args {
-    /// Input image (a raw filesystem image).
-    input: PathBuf,
-    /// qcow2 to write; `-` for stdout (written front to back).
-    output: PathBuf,
-    /// Raw input: include regular-file data too.
-    #[arg(short = 'a', long = "all-data")]
-    all_data: bool,
-    /// Deflate-compressed clusters (needs a seekable OUTPUT).
-    #[arg(long)]
-    compress: bool,
-    /// Print the image layout that would be written; create nothing.
-    #[arg(short = 'n', long = "dry-run")]
-    dry_run: bool,
-    /// Show progress on stderr.
-    #[arg(short = 'p', long)]
-    progress: bool,
-    /// Stop at the first damaged structure (exit 1) instead of skipping it (exit 3).
-    #[arg(long)]
-    strict: bool,
-}
-
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    run(TOOL, || convert(args))
+    let args: Args = parse_args(TOOL);
+    run(TOOL, || {
+        let started = Instant::now();
+        let mut sum = Summary::default();
+        let status = convert(&args, &mut sum)?;
+        if args.json && !args.dry_run {
+            sum.print(&args, status, started);
+        }
+        Ok(status)
+    })
 }
 
-fn convert(args: Args) -> anyhow::Result<u8> {
+/// What `--json` reports.
+#[derive(Default)]
+struct Summary {
+    input_kind: &'static str,
+    block_size: u32,
+    blocks_count: u64,
+    blocks: u64,
+    problems: usize,
+    stream_sha256: Option<[u8; 32]>,
+    /// SHA-256 and length of what went to stdout.
+    stdout: Option<(String, u64)>,
+}
+
+impl Summary {
+    fn print(&self, args: &Args, status: u8, started: Instant) {
+        let to_stdout = args.output.as_os_str() == "-";
+        let output_bytes = match &self.stdout {
+            Some((_, n)) => *n,
+            None => std::fs::metadata(&args.output).map_or(0, |m| m.len()),
+        };
+        let line = Obj::new()
+            .str("tool", TOOL)
+            .str("input", &args.input.display().to_string())
+            .str("input_kind", self.input_kind)
+            .str("output", &args.output.display().to_string())
+            .num("block_size", u64::from(self.block_size))
+            .num("blocks_count", self.blocks_count)
+            .num("blocks", self.blocks)
+            .num("output_bytes", output_bytes)
+            .opt_str("sha256", self.stdout.as_ref().map(|(h, _)| h.as_str()))
+            .opt_str(
+                "stream_sha256",
+                self.stream_sha256
+                    .map(|d| e2i_cli::json::hex(&d))
+                    .as_deref(),
+            )
+            .float("elapsed_seconds", started.elapsed().as_secs_f64())
+            .num("problems", self.problems as u64)
+            .num("exit", u64::from(status))
+            .finish();
+        e2i_cli::print_json(&line, to_stdout);
+    }
+}
+
+/// Stdout for a qcow2 written front to back: buffered, counted, hashed for `--json`.
+fn stdout_writer(json: bool) -> io::BufWriter<HashWriter<io::StdoutLock<'static>>> {
+    io::BufWriter::with_capacity(1 << 20, HashWriter::new(io::stdout().lock(), json))
+}
+
+fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     let to_stdout = args.output.as_os_str() == "-";
     if args.compress && to_stdout {
         return Ok(usage_error(
@@ -82,12 +114,12 @@ fn convert(args: Args) -> anyhow::Result<u8> {
     }
     let inp = input::open(&args.input).with_context(|| src.clone())?;
     let path = match inp {
-        Input::Stream(r) => return from_stream(r, &args, &src, &mut reporter),
+        Input::Stream(r) => return from_stream(r, args, &src, &mut reporter, sum),
         Input::File {
             kind: Kind::Normal,
             path,
             ..
-        } => return from_normal(&path, &args, &src, &mut reporter),
+        } => return from_normal(&path, args, &src, &mut reporter, sum),
         // Raw and qcow2 images (or their spooled copies) are captured like e2i-capture -Q.
         Input::File { path, spooled, .. } => (path, spooled),
     };
@@ -95,8 +127,7 @@ fn convert(args: Args) -> anyhow::Result<u8> {
     let mut out = Output::create(&args.output)?;
     let report = match &mut out {
         Output::Stdout => {
-            let stdout = io::stdout();
-            let mut w = io::BufWriter::with_capacity(1 << 20, stdout.lock());
+            let mut w = stdout_writer(args.json);
             let r = capture::capture(
                 &input_path,
                 &opts,
@@ -105,6 +136,7 @@ fn convert(args: Args) -> anyhow::Result<u8> {
                 &mut reporter,
             );
             w.flush().ok();
+            sum.stdout = w.get_ref().sha256().map(|h| (h, w.get_ref().bytes()));
             r
         }
         Output::Device { file } => capture::capture(
@@ -124,8 +156,17 @@ fn convert(args: Args) -> anyhow::Result<u8> {
     }
     .with_context(|| src.clone())?;
     out.commit()?;
+    reporter.summary(report.block_size);
+    sum.input_kind = "raw";
+    sum.block_size = report.block_size;
+    sum.blocks_count = report.blocks_count;
+    sum.blocks = report.selected_blocks;
+    sum.problems = report.problems.len();
     if report.problems.is_empty() {
         return Ok(EXIT_OK);
+    }
+    if args.quiet {
+        return Ok(EXIT_DAMAGED);
     }
     for p in &report.problems {
         eprintln!("{TOOL}: skipped: {src}: {p}");
@@ -139,40 +180,50 @@ fn from_stream(
     args: &Args,
     src: &str,
     reporter: &mut Reporter,
+    sum: &mut Summary,
 ) -> anyhow::Result<u8> {
-    if args.all_data {
+    if args.all_data && !args.quiet {
         eprintln!(
             "{TOOL}: note: -a has no effect on a stream input (the capture chose its blocks)"
         );
     }
     reporter.set_block_size(r.header.block_size);
     let mut out = Output::create(&args.output)?;
-    match &mut out {
+    let rep = match &mut out {
         Output::Stdout => {
-            let stdout = io::stdout();
-            let mut w = io::BufWriter::with_capacity(1 << 20, stdout.lock());
-            stream_to_qcow2(r, Qcow2Out::Sequential(&mut w), reporter)
+            let mut w = stdout_writer(args.json);
+            let rep = stream_to_qcow2(r, Qcow2Out::Sequential(&mut w), reporter)
                 .with_context(|| src.to_string())?;
             w.flush()?;
+            sum.stdout = w.get_ref().sha256().map(|h| (h, w.get_ref().bytes()));
+            rep
         }
         Output::Device { file } => {
             let mut w = io::BufWriter::with_capacity(1 << 20, &*file);
-            stream_to_qcow2(r, Qcow2Out::Sequential(&mut w), reporter)
+            let rep = stream_to_qcow2(r, Qcow2Out::Sequential(&mut w), reporter)
                 .with_context(|| src.to_string())?;
             w.flush()?;
+            rep
         }
         Output::File { file, .. } if args.compress => {
             stream_to_qcow2(r, Qcow2Out::Compressed(file), reporter)
-                .with_context(|| src.to_string())?;
+                .with_context(|| src.to_string())?
         }
         Output::File { file, .. } => {
             let mut w = io::BufWriter::with_capacity(1 << 20, &*file);
-            stream_to_qcow2(r, Qcow2Out::Sequential(&mut w), reporter)
+            let rep = stream_to_qcow2(r, Qcow2Out::Sequential(&mut w), reporter)
                 .with_context(|| src.to_string())?;
             w.flush()?;
+            rep
         }
-    }
+    };
     out.commit()?;
+    reporter.summary(rep.block_size);
+    sum.input_kind = "stream";
+    sum.block_size = rep.block_size;
+    sum.blocks_count = rep.blocks_count;
+    sum.blocks = rep.data_blocks + rep.zero_blocks;
+    sum.stream_sha256 = Some(rep.stream_sha256);
     Ok(EXIT_OK)
 }
 
@@ -182,35 +233,53 @@ fn from_normal(
     args: &Args,
     src: &str,
     reporter: &mut Reporter,
+    sum: &mut Summary,
 ) -> anyhow::Result<u8> {
     use e2i::qcow2::writer::Qcow2Target;
+    // The normal image's block size, for the MB/s figures.
+    let bs = e2i::io::FileSource::open(path, 0)
+        .and_then(e2i::normal::NormalImage::open)
+        .map_or(0, |img| img.superblock().block_size);
+    reporter.set_block_size(bs);
     let mut out = Output::create(&args.output)?;
-    match &mut out {
+    let stats = match &mut out {
         Output::Stdout => {
-            let stdout = io::stdout();
-            let mut w = io::BufWriter::with_capacity(1 << 20, stdout.lock());
-            e2i::ops::to_qcow2::normal_to_qcow2(path, Qcow2Target::Sequential(&mut w), reporter)
-                .with_context(|| src.to_string())?;
-            w.flush()?;
-        }
-        Output::Device { file } => {
-            let mut w = io::BufWriter::with_capacity(1 << 20, &*file);
-            e2i::ops::to_qcow2::normal_to_qcow2(path, Qcow2Target::Sequential(&mut w), reporter)
-                .with_context(|| src.to_string())?;
-            w.flush()?;
-        }
-        Output::File { file, .. } => {
-            e2i::ops::to_qcow2::normal_to_qcow2(
+            let mut w = stdout_writer(args.json);
+            let st = e2i::ops::to_qcow2::normal_to_qcow2(
                 path,
-                Qcow2Target::File {
-                    file,
-                    compress: args.compress,
-                },
+                Qcow2Target::Sequential(&mut w),
                 reporter,
             )
             .with_context(|| src.to_string())?;
+            w.flush()?;
+            sum.stdout = w.get_ref().sha256().map(|h| (h, w.get_ref().bytes()));
+            st
         }
-    }
+        Output::Device { file } => {
+            let mut w = io::BufWriter::with_capacity(1 << 20, &*file);
+            let st = e2i::ops::to_qcow2::normal_to_qcow2(
+                path,
+                Qcow2Target::Sequential(&mut w),
+                reporter,
+            )
+            .with_context(|| src.to_string())?;
+            w.flush()?;
+            st
+        }
+        Output::File { file, .. } => e2i::ops::to_qcow2::normal_to_qcow2(
+            path,
+            Qcow2Target::File {
+                file,
+                compress: args.compress,
+            },
+            reporter,
+        )
+        .with_context(|| src.to_string())?,
+    };
     out.commit()?;
+    reporter.summary(bs);
+    sum.input_kind = "normal";
+    sum.block_size = bs;
+    sum.blocks = stats.blocks;
     Ok(EXIT_OK)
 }

@@ -4,49 +4,25 @@
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::os::unix::fs::FileTypeExt;
-use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::Context;
-use clap::Parser;
 use e2i::ops::input;
 use e2i::ops::to_raw::{self, ConvertOptions};
 use e2i::sparse::RawTarget;
-use e2i_cli::{EXIT_DAMAGED, EXIT_OK, Output, Reporter, number, run, usage_error};
+use e2i_cli::cli::to_raw::Args;
+use e2i_cli::json::{HashWriter, Obj};
+use e2i_cli::{EXIT_DAMAGED, EXIT_OK, Output, Reporter, parse_args, run, usage_error};
 
 const TOOL: &str = "e2i-to-raw";
 
-/// Convert INPUT (e2i stream, qcow2, normal e2image image or raw filesystem image; gzip or
-/// bzip2 wrapping detected) to a raw image at OUTPUT (a file, a block device, or `-`).
-#[derive(Parser, Debug)]
-#[command(name = TOOL, version, about, after_help = "Exit status: 0 success, 1 failure, 2 usage error, 3 damaged metadata skipped (raw input).")]
-struct Args {
-    /// Input file, or `-` for stdin.
-    input: PathBuf,
-    /// Output file, block device, or `-` for stdout.
-    output: PathBuf,
-    /// Write the image at this byte offset of OUTPUT, updating it in place.
-    #[arg(short = 'O', long = "dest-offset", value_name = "N", value_parser = number)]
-    dest_offset: Option<u64>,
-    /// Compare before writing; skip blocks OUTPUT already holds.
-    #[arg(short = 'c', long = "check")]
-    check: bool,
-    /// Print the blocks that would be written; create and change nothing.
-    #[arg(short = 'n', long = "dry-run")]
-    dry_run: bool,
-    /// Show progress on stderr.
-    #[arg(short = 'p', long)]
-    progress: bool,
-    /// Raw filesystem input: include regular-file data.
-    #[arg(short = 'a', long = "all-data")]
-    all_data: bool,
-}
-
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
+    let args: Args = parse_args(TOOL);
     run(TOOL, || convert(args))
 }
 
 fn convert(args: Args) -> anyhow::Result<u8> {
+    let started = Instant::now();
     let to_stdout = args.output.as_os_str() == "-";
     if to_stdout && (args.dest_offset.is_some() || args.check) {
         return Ok(usage_error(
@@ -64,15 +40,18 @@ fn convert(args: Args) -> anyhow::Result<u8> {
         reporter.set_block_size(bs);
     }
     let out_name = args.output.display().to_string();
+    let mut stdout_sum = None;
     let report = if args.dry_run {
         let stdout = io::stdout();
         let mut w = stdout.lock();
         to_raw::to_raw(inp, RawTarget::DryRun(&mut w), opts, &mut reporter)
     } else if to_stdout {
         let stdout = io::stdout();
-        let mut w = io::BufWriter::with_capacity(1 << 20, stdout.lock());
+        let mut w =
+            io::BufWriter::with_capacity(1 << 20, HashWriter::new(stdout.lock(), args.json));
         let r = to_raw::to_raw(inp, RawTarget::Stream(&mut w), opts, &mut reporter);
         w.flush().ok();
+        stdout_sum = w.get_ref().sha256().map(|h| (h, w.get_ref().bytes()));
         r
     } else {
         let is_dev = std::fs::metadata(&args.output).is_ok_and(|m| m.file_type().is_block_device());
@@ -120,6 +99,51 @@ fn convert(args: Args) -> anyhow::Result<u8> {
         }
     }
     .with_context(|| name.clone())?;
+    reporter.summary(report.block_size);
+    let status = if report.problems.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_DAMAGED
+    };
+    if args.json && !args.dry_run {
+        let output_bytes = match &stdout_sum {
+            Some((_, n)) => *n,
+            None => std::fs::metadata(&args.output).map_or(0, |m| m.len()),
+        };
+        let line = Obj::new()
+            .str("tool", TOOL)
+            .str("input", &name)
+            .opt_str(
+                "input_kind",
+                report
+                    .input
+                    .map(|k| format!("{k:?}").to_lowercase())
+                    .as_deref(),
+            )
+            .str("output", &out_name)
+            .num("block_size", u64::from(report.block_size))
+            .num("blocks_count", report.blocks_count)
+            .num("blocks", report.copy.blocks)
+            .num("identical_blocks", report.copy.identical_blocks)
+            .num("bytes_written", report.copy.bytes_written)
+            .num("output_bytes", output_bytes)
+            .opt_str("sha256", stdout_sum.as_ref().map(|(h, _)| h.as_str()))
+            .opt_str(
+                "stream_sha256",
+                report
+                    .stream_sha256
+                    .map(|d| e2i_cli::json::hex(&d))
+                    .as_deref(),
+            )
+            .float("elapsed_seconds", started.elapsed().as_secs_f64())
+            .num("problems", report.problems.len() as u64)
+            .num("exit", u64::from(status))
+            .finish();
+        e2i_cli::print_json(&line, to_stdout);
+    }
+    if args.quiet {
+        return Ok(status);
+    }
     if args.check {
         eprintln!(
             "{TOOL}: {} blocks already contained the data to be copied",

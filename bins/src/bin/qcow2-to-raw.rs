@@ -3,44 +3,56 @@
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::os::unix::fs::FileTypeExt;
-use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::Context;
-use clap::Parser;
 use e2i::ops::qcow2_to_raw;
+use e2i::sparse::CopyStats;
 use e2i::sparse::RawTarget;
-use e2i_cli::{EXIT_OK, Output, Reporter, number, run, usage_error};
+use e2i_cli::cli::qcow2_to_raw::Args;
+use e2i_cli::json::{HashWriter, Obj};
+use e2i_cli::{EXIT_OK, Output, Reporter, parse_args, run, usage_error};
 
 const TOOL: &str = "qcow2-to-raw";
 
-/// Write the virtual disk of the qcow2 image INPUT as a raw image to OUTPUT.
-#[derive(Parser, Debug)]
-#[command(name = TOOL, version, about, after_help = "INPUT may be `-` (stdin; also gzip- or bzip2-compressed), spooled to a temporary file.\nExit status: 0 success, 1 failure, 2 usage error.")]
-struct Args {
-    /// qcow2 image; `-` for stdin.
-    input: PathBuf,
-    /// Raw image to write: a file, a block device, or `-` for stdout.
-    output: PathBuf,
-    /// Write at byte N of an existing OUTPUT, updating it in place.
-    #[arg(short = 'O', long = "dest-offset", value_name = "N", value_parser = number)]
-    dest_offset: Option<u64>,
-    /// Compare before writing; write only what differs (updates OUTPUT in place).
-    #[arg(short = 'c', long)]
-    check: bool,
-    /// Print the byte ranges that would be written; create and change nothing.
-    #[arg(short = 'n', long = "dry-run")]
-    dry_run: bool,
-    /// Show progress on stderr.
-    #[arg(short = 'p', long)]
-    progress: bool,
-}
-
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
+    let args: Args = parse_args(TOOL);
     run(TOOL, || convert(args))
 }
 
+/// The `--json` summary of a finished conversion.
+fn print_summary(
+    args: &Args,
+    unit: u32,
+    virtual_size: u64,
+    copy: &CopyStats,
+    stdout: Option<(String, u64)>,
+    started: Instant,
+) {
+    let to_stdout = args.output.as_os_str() == "-";
+    let output_bytes = match &stdout {
+        Some((_, n)) => *n,
+        None => std::fs::metadata(&args.output).map_or(0, |m| m.len()),
+    };
+    let line = Obj::new()
+        .str("tool", TOOL)
+        .str("input", &args.input.display().to_string())
+        .str("output", &args.output.display().to_string())
+        .num("block_size", u64::from(unit))
+        .num("virtual_size", virtual_size)
+        .num("blocks", copy.blocks)
+        .num("identical_blocks", copy.identical_blocks)
+        .num("bytes_written", copy.bytes_written)
+        .num("output_bytes", output_bytes)
+        .opt_str("sha256", stdout.as_ref().map(|(h, _)| h.as_str()))
+        .float("elapsed_seconds", started.elapsed().as_secs_f64())
+        .num("exit", u64::from(EXIT_OK))
+        .finish();
+    e2i_cli::print_json(&line, to_stdout);
+}
+
 fn convert(args: Args) -> anyhow::Result<u8> {
+    let started = Instant::now();
     let to_stdout = args.output.as_os_str() == "-";
     if to_stdout && (args.dest_offset.is_some() || args.check) {
         return Ok(usage_error(TOOL, "-O and -c need an OUTPUT file or device"));
@@ -93,10 +105,14 @@ fn convert(args: Args) -> anyhow::Result<u8> {
                 check: false,
                 grow_to_end: true,
             };
-            qcow2_to_raw::convert(&image, &plan, target, &mut reporter)
+            let copy = qcow2_to_raw::convert(&image, &plan, target, &mut reporter)
                 .with_context(|| format!("{name} -> {outname}"))?;
+            out.commit()?;
+            reporter.summary(plan.unit);
+            if args.json {
+                print_summary(&args, plan.unit, image.virtual_size(), &copy, None, started);
+            }
         }
-        out.commit()?;
         return Ok(EXIT_OK);
     }
     if in_place {
@@ -113,25 +129,51 @@ fn convert(args: Args) -> anyhow::Result<u8> {
             check: args.check,
             grow_to_end: regular,
         };
-        qcow2_to_raw::convert(&image, &plan, target, &mut reporter)
+        let copy = qcow2_to_raw::convert(&image, &plan, target, &mut reporter)
             .with_context(|| format!("{name} -> {outname}"))?;
+        reporter.summary(plan.unit);
+        if args.json {
+            print_summary(&args, plan.unit, image.virtual_size(), &copy, None, started);
+        }
+        if args.check && !args.quiet {
+            eprintln!(
+                "{TOOL}: {} blocks already contained the data to be copied",
+                copy.identical_blocks
+            );
+        }
         return Ok(EXIT_OK);
     }
     let mut out = Output::create(&args.output)?;
-    match &mut out {
+    let mut stdout_sum = None;
+    let copy = match &mut out {
         Output::Stdout => {
             let stdout = io::stdout();
-            let mut w = io::BufWriter::with_capacity(1 << 20, stdout.lock());
-            qcow2_to_raw::convert(&image, &plan, RawTarget::Stream(&mut w), &mut reporter)
-                .with_context(|| name.clone())?;
+            let mut w =
+                io::BufWriter::with_capacity(1 << 20, HashWriter::new(stdout.lock(), args.json));
+            let copy =
+                qcow2_to_raw::convert(&image, &plan, RawTarget::Stream(&mut w), &mut reporter)
+                    .with_context(|| name.clone())?;
             w.flush()?;
+            stdout_sum = w.get_ref().sha256().map(|h| (h, w.get_ref().bytes()));
+            copy
         }
         Output::File { file, .. } => {
             qcow2_to_raw::convert(&image, &plan, RawTarget::NewFile(file), &mut reporter)
-                .with_context(|| format!("{name} -> {outname}"))?;
+                .with_context(|| format!("{name} -> {outname}"))?
         }
         Output::Device { .. } => anyhow::bail!("{outname}: became a block device while opening"),
-    }
+    };
     out.commit()?;
+    reporter.summary(plan.unit);
+    if args.json {
+        print_summary(
+            &args,
+            plan.unit,
+            image.virtual_size(),
+            &copy,
+            stdout_sum,
+            started,
+        );
+    }
     Ok(EXIT_OK)
 }

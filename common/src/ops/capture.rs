@@ -95,6 +95,7 @@ pub fn scan_source<S: ReadAt>(
         strict: opts.strict,
         want_dir_blocks: false,
     };
+    progress.block_size(fs.sb.block_size);
     progress.phase("scanning inodes", 0, Unit::Inodes);
     let mut started = false;
     let mut cb = |done: u64, total: u64| {

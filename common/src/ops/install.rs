@@ -561,6 +561,7 @@ pub fn install(
 
     let f = dev.file();
     let total = report.bytes / bs;
+    progress.block_size(sb.block_size);
     progress.phase("installing", total, Unit::Blocks);
     let mut done = 0u64;
     let mut buf = Vec::new();

@@ -1,0 +1,110 @@
+//! `e2i-capture` command line.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+use crate::number;
+
+/// Image formats of `--format`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum FormatArg {
+    Normal,
+    Raw,
+    Qcow2,
+    Stream,
+}
+
+const LONG_ABOUT: &str = "\
+Read the ext2/3/4 filesystem in SOURCE (a block device, a raw image or a qcow2 image, \
+detected by content) and write an image of its metadata to OUTPUT.
+
+e2image equivalents: `e2i-capture SRC OUT` is `e2image SRC OUT` (normal format), \
+`-r` is `e2image -r`, `-Q` is `e2image -Q`, `-a` is `e2image -a`, `-s` is `e2image -s`, \
+`-b`/`-B` are `e2image -b`/`-B`, `-o` is `e2image -o`, `-p` is `e2image -p`. \
+The stream format (the default when OUTPUT is `-`) is e2i's own: a checksummed, \
+front-to-back format that the converters read from a pipe.";
+
+const AFTER_LONG_HELP: &str = "\
+Examples:
+  e2i-capture -r /dev/sdb1 sdb1.raw          sparse raw image (e2image -r)
+  e2i-capture -Q /dev/sdb1 sdb1.qcow2        qcow2 image (e2image -Q)
+  e2i-capture /dev/sdb1 sdb1.e2i             normal e2image image (e2image)
+  e2i-capture -p /dev/sdb1 - | e2i-to-qcow2 - sdb1.qcow2
+                                             stream through a pipe, progress on stderr
+  e2i-capture -ra -o 1M disk.img fs.raw      with file data, filesystem at byte 1 MiB
+
+Exit status:
+  0  success
+  1  failure (one line on stderr: `e2i-capture: what: where`)
+  2  usage error
+  3  finished, but damaged metadata was skipped (the image holds everything else)
+
+With --json, a one-line JSON summary goes to stdout, or to stderr when OUTPUT is `-` \
+(stdout then carries the image). Its sha256 is the SHA-256 of the bytes written to stdout; \
+it is null for file and device outputs (hashing a large sparse file would cost more than \
+the capture).";
+
+/// Read the ext2/3/4 filesystem in SOURCE (block device, raw image or qcow2 image) and
+/// write an image of its metadata to OUTPUT.
+#[derive(Parser, Debug)]
+#[command(
+    name = "e2i-capture",
+    version,
+    long_about = LONG_ABOUT,
+    after_help = "Exit status: 0 success, 1 failure, 2 usage error, 3 finished but damaged metadata was skipped.",
+    after_long_help = AFTER_LONG_HELP
+)]
+pub struct Args {
+    /// Block device or image file holding the filesystem.
+    #[arg(value_hint = clap::ValueHint::FilePath)]
+    pub source: PathBuf,
+    /// Image to write; `-` for stdout.
+    #[arg(default_value = "-", value_hint = clap::ValueHint::FilePath)]
+    pub output: PathBuf,
+    /// Image format [default: normal for a file, stream for stdout].
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+    /// Raw image (same as --format raw; e2image -r).
+    #[arg(short = 'r', conflicts_with_all = ["qcow2", "format"])]
+    pub raw: bool,
+    /// qcow2 image (same as --format qcow2; e2image -Q).
+    #[arg(short = 'Q', conflicts_with = "format")]
+    pub qcow2: bool,
+    /// Include regular-file data (raw, qcow2, stream).
+    #[arg(short = 'a', long = "all-data")]
+    pub all_data: bool,
+    /// Scramble names and other private strings.
+    #[arg(short = 's', long)]
+    pub scramble: bool,
+    /// Seed for --scramble.
+    #[arg(long, value_parser = number, requires = "scramble")]
+    pub seed: Option<u64>,
+    /// Allow a source mounted read-write.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// Read the filesystem through the backup superblock at block N (needs -B).
+    #[arg(short = 'b', long = "superblock", value_name = "N", value_parser = number)]
+    pub superblock: Option<u64>,
+    /// Block size to use with -b.
+    #[arg(short = 'B', long = "blocksize", value_name = "N", value_parser = number)]
+    pub blocksize: Option<u64>,
+    /// Byte offset of the filesystem inside SOURCE (suffixes K, M, G, ...: powers of 1024).
+    #[arg(short = 'o', long = "offset", value_name = "N", value_parser = number, default_value = "0")]
+    pub offset: u64,
+    /// Show progress on stderr (a bar on a terminal, a line every few seconds otherwise).
+    #[arg(short = 'p', long)]
+    pub progress: bool,
+    /// qcow2 only: deflate-compressed clusters.
+    #[arg(long)]
+    pub compress: bool,
+    /// Stop at the first damaged structure (exit 1) instead of skipping it (exit 3).
+    #[arg(long)]
+    pub strict: bool,
+    /// No warnings or summaries on stderr (errors are still reported).
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Print a one-line JSON summary (stdout, or stderr when OUTPUT is `-`).
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,23 @@
+//! The command-line definitions of every tool, in the library so that the man pages and
+//! shell completions are generated from the same clap `Command`s the binaries parse with.
+
+use clap::CommandFactory;
+
+pub mod capture;
+pub mod install;
+pub mod move_fs;
+pub mod qcow2_to_raw;
+pub mod to_qcow2;
+pub mod to_raw;
+
+/// Every tool's clap `Command`, in the order the README lists them.
+pub fn commands() -> Vec<clap::Command> {
+    vec![
+        capture::Args::command(),
+        to_raw::Args::command(),
+        to_qcow2::Args::command(),
+        qcow2_to_raw::Args::command(),
+        install::Args::command(),
+        move_fs::Args::command(),
+    ]
+}

@@ -1,0 +1,80 @@
+//! `e2i-move` command line.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::number;
+
+const LONG_ABOUT: &str = "\
+Copy the filesystem in SOURCE with all its data to DEST, or, without DEST, move it inside \
+SOURCE from offset -o to offset -O. An in-place move is journalled: if it is interrupted \
+(crash, power loss, kill), running the same command again finishes it. See \
+docs/move-journal.md.
+
+e2image equivalents: `e2i-move -o S -O D SRC DST` is `e2image -ra -o S -O D SRC DST`; \
+`e2i-move -o S -O D SRC` is `e2image -ra -o S -O D SRC` (which is not crash-safe); \
+`--metadata-only` is `e2image -r` with offsets; `-c` is `e2image -c`, `-n` is `e2image -n`, \
+`-p` is `e2image -p`, `-f` is `e2image -f`.";
+
+const AFTER_LONG_HELP: &str = "\
+Examples:
+  e2i-move /dev/sdb1 /dev/sdc1               clone a filesystem with its data
+  e2i-move -O 1M fs.img disk.img             clone into an image at byte 1 MiB
+  e2i-move -o 1M -O 2M disk.img              move the filesystem 1 MiB right, in place
+  e2i-move -o 1M -O 2M disk.img              (again, after a crash: finishes the move)
+  e2i-move -n -o 1M -O 2M disk.img           list the blocks that would be written
+
+Exit status:
+  0  success
+  1  failure (one line on stderr: `e2i-move: what: where`)
+  2  usage error";
+
+/// Copy the filesystem in SOURCE with all its data to DEST, or, without DEST, move it
+/// inside SOURCE from offset -o to offset -O. An interrupted move is finished by running
+/// the same command again.
+#[derive(Parser, Debug)]
+#[command(
+    name = "e2i-move",
+    version,
+    long_about = LONG_ABOUT,
+    after_help = "Exit status: 0 success, 1 failure, 2 usage error.",
+    after_long_help = AFTER_LONG_HELP
+)]
+pub struct Args {
+    /// Block device or image file holding the filesystem.
+    #[arg(value_hint = clap::ValueHint::FilePath)]
+    pub source: PathBuf,
+    /// Where to copy it (a new file, an existing image or a block device). Without it,
+    /// the filesystem is moved inside SOURCE.
+    #[arg(value_hint = clap::ValueHint::FilePath)]
+    pub dest: Option<PathBuf>,
+    /// Byte offset of the filesystem inside SOURCE.
+    #[arg(short = 'o', long = "src-offset", value_name = "N", value_parser = number, default_value = "0")]
+    pub src_offset: u64,
+    /// Byte offset of the copy inside DEST (or SOURCE, for a move).
+    #[arg(short = 'O', long = "dest-offset", value_name = "N", value_parser = number, default_value = "0")]
+    pub dest_offset: u64,
+    /// Compare before writing; skip blocks the target already holds.
+    #[arg(short = 'c', long)]
+    pub check: bool,
+    /// Print the blocks that would be written; create and change nothing.
+    #[arg(short = 'n', long = "dry-run")]
+    pub dry_run: bool,
+    /// Show progress on stderr (a bar on a terminal, a line every few seconds otherwise).
+    #[arg(short = 'p', long)]
+    pub progress: bool,
+    /// Clone a SOURCE that is mounted read-write (never allowed for a move).
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// Copy the metadata only (e2image -r with offsets); clones only.
+    #[arg(long)]
+    pub metadata_only: bool,
+    /// Journal of an in-place move [default: SOURCE.e2i-move for a file, else in
+    /// $XDG_STATE_HOME/e2i].
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    pub journal: Option<PathBuf>,
+    /// No warnings or summaries (errors are still reported).
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}

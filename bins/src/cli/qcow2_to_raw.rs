@@ -1,0 +1,66 @@
+//! `qcow2-to-raw` command line.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::number;
+
+const LONG_ABOUT: &str = "\
+Write the virtual disk of the qcow2 image INPUT (version 2 or 3; compressed clusters, zero \
+clusters, snapshots and backing-less images of any origin) as a raw image to OUTPUT. INPUT \
+may be `-` (stdin, also gzip- or bzip2-compressed; spooled to a temporary file).
+
+e2image equivalent: `qcow2-to-raw x.qcow2 x.raw` is `e2image -r x.qcow2 x.raw`; `-O` is \
+`e2image -O`, `-c` is `e2image -c`, `-n` is `e2image -n`, `-p` is `e2image -p`.";
+
+const AFTER_LONG_HELP: &str = "\
+Examples:
+  qcow2-to-raw sdb1.qcow2 sdb1.raw           expand to a sparse raw image
+  qcow2-to-raw - sdb1.raw < sdb1.qcow2.gz    from a compressed pipe
+  qcow2-to-raw -O 1M sdb1.qcow2 disk.img     into an existing image at byte 1 MiB
+  qcow2-to-raw -c sdb1.qcow2 /dev/sdc1       write only what differs
+
+Exit status:
+  0  success
+  1  failure (one line on stderr: `qcow2-to-raw: what: where`)
+  2  usage error
+
+With --json, a one-line JSON summary goes to stdout, or to stderr when OUTPUT is `-`. Its \
+sha256 is the SHA-256 of the bytes written to stdout (null for files and devices).";
+
+/// Write the virtual disk of the qcow2 image INPUT as a raw image to OUTPUT.
+#[derive(Parser, Debug)]
+#[command(
+    name = "qcow2-to-raw",
+    version,
+    long_about = LONG_ABOUT,
+    after_help = "INPUT may be `-` (stdin; also gzip- or bzip2-compressed), spooled to a temporary file.\nExit status: 0 success, 1 failure, 2 usage error.",
+    after_long_help = AFTER_LONG_HELP
+)]
+pub struct Args {
+    /// qcow2 image; `-` for stdin.
+    #[arg(value_hint = clap::ValueHint::FilePath)]
+    pub input: PathBuf,
+    /// Raw image to write: a file, a block device, or `-` for stdout.
+    #[arg(value_hint = clap::ValueHint::FilePath)]
+    pub output: PathBuf,
+    /// Write at byte N of an existing OUTPUT, updating it in place.
+    #[arg(short = 'O', long = "dest-offset", value_name = "N", value_parser = number)]
+    pub dest_offset: Option<u64>,
+    /// Compare before writing; write only what differs (updates OUTPUT in place).
+    #[arg(short = 'c', long)]
+    pub check: bool,
+    /// Print the byte ranges that would be written; create and change nothing.
+    #[arg(short = 'n', long = "dry-run")]
+    pub dry_run: bool,
+    /// Show progress on stderr (a bar on a terminal, a line every few seconds otherwise).
+    #[arg(short = 'p', long)]
+    pub progress: bool,
+    /// No warnings or summaries on stderr (errors are still reported).
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Print a one-line JSON summary (stdout, or stderr when OUTPUT is `-`).
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,73 @@
+//! `e2i-to-qcow2` command line.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+const LONG_ABOUT: &str = "\
+Convert INPUT to a clean qcow2 image (version 2, cluster size = block size) that qemu-img \
+and stock e2image read. INPUT may be a raw filesystem image (captured as `e2i-capture -Q` \
+would, `-a` for file data too), a qcow2 image, a normal e2image image, or an e2i stream \
+(from a pipe: `-`); gzip and bzip2 wrapping is detected.
+
+e2image equivalent: `e2i-to-qcow2 fs.raw fs.qcow2` is `e2image -Q fs.raw fs.qcow2`; \
+`-a` is `e2image -a`, `-p` is `e2image -p`. Writing qcow2 to a pipe and reading a stream \
+have no e2image equivalent.";
+
+const AFTER_LONG_HELP: &str = "\
+Examples:
+  e2i-to-qcow2 fs.raw fs.qcow2               raw filesystem image to qcow2
+  e2i-capture /dev/sdb1 - | e2i-to-qcow2 - sdb1.qcow2
+                                             capture through a pipe
+  e2i-to-qcow2 --compress fs.raw fs.qcow2    deflate-compressed clusters
+  e2i-to-qcow2 -n fs.raw fs.qcow2            print the layout; write nothing
+
+Exit status:
+  0  success
+  1  failure (one line on stderr: `e2i-to-qcow2: what: where`)
+  2  usage error
+  3  finished, but damaged metadata was skipped
+
+With --json, a one-line JSON summary goes to stdout, or to stderr when OUTPUT is `-`. Its \
+sha256 is the SHA-256 of the bytes written to stdout (null for files and devices); \
+stream_sha256 is the SHA-256 recorded in (and verified against) an e2i stream INPUT.";
+
+/// Convert INPUT (a raw filesystem image) to a qcow2 image that qemu-img and stock
+/// e2image read.
+#[derive(Parser, Debug)]
+#[command(
+    name = "e2i-to-qcow2",
+    version,
+    long_about = LONG_ABOUT,
+    after_help = "Exit status: 0 success, 1 failure, 2 usage error, 3 finished but damaged metadata was skipped.",
+    after_long_help = AFTER_LONG_HELP
+)]
+pub struct Args {
+    /// Input image (a raw filesystem image, qcow2, normal image or stream); `-` for stdin.
+    #[arg(value_hint = clap::ValueHint::FilePath)]
+    pub input: PathBuf,
+    /// qcow2 to write; `-` for stdout (written front to back).
+    #[arg(value_hint = clap::ValueHint::FilePath)]
+    pub output: PathBuf,
+    /// Raw input: include regular-file data too.
+    #[arg(short = 'a', long = "all-data")]
+    pub all_data: bool,
+    /// Deflate-compressed clusters (needs a seekable OUTPUT).
+    #[arg(long)]
+    pub compress: bool,
+    /// Print the image layout that would be written; create nothing.
+    #[arg(short = 'n', long = "dry-run")]
+    pub dry_run: bool,
+    /// Show progress on stderr (a bar on a terminal, a line every few seconds otherwise).
+    #[arg(short = 'p', long)]
+    pub progress: bool,
+    /// Stop at the first damaged structure (exit 1) instead of skipping it (exit 3).
+    #[arg(long)]
+    pub strict: bool,
+    /// No warnings or summaries on stderr (errors are still reported).
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Print a one-line JSON summary (stdout, or stderr when OUTPUT is `-`).
+    #[arg(long)]
+    pub json: bool,
+}

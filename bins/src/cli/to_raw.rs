@@ -1,0 +1,75 @@
+//! `e2i-to-raw` command line.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::number;
+
+const LONG_ABOUT: &str = "\
+Convert INPUT (an e2i stream, a qcow2 image, a normal e2image image or a raw filesystem \
+image; gzip or bzip2 wrapping is detected) to a raw image at OUTPUT (a file, a block \
+device, or `-`). A new OUTPUT file is sparse and appears under its name only when complete.
+
+e2image equivalents: `e2i-to-raw x.qcow2 x.raw` is `e2image -r x.qcow2 x.raw`; `-O` is \
+`e2image -O`, `-c` is `e2image -c`, `-n` is `e2image -n`, `-p` is `e2image -p`, `-a` is \
+`e2image -a`. Streams, normal images and compressed inputs have no e2image equivalent.";
+
+const AFTER_LONG_HELP: &str = "\
+Examples:
+  e2i-to-raw sdb1.qcow2 sdb1.raw             qcow2 to sparse raw
+  e2i-capture /dev/sdb1 - | e2i-to-raw - sdb1.raw
+                                             from a stream on stdin
+  e2i-to-raw -O 1M sdb1.qcow2 disk.img       into an existing image at byte 1 MiB
+  e2i-to-raw -c sdb1.raw /dev/sdc1           write only the blocks that differ
+  e2i-to-raw -n sdb1.qcow2 /dev/sdc1         list what would be written
+
+Exit status:
+  0  success
+  1  failure (one line on stderr: `e2i-to-raw: what: where`)
+  2  usage error
+  3  damaged metadata skipped (raw filesystem input)
+
+With --json, a one-line JSON summary goes to stdout, or to stderr when OUTPUT is `-`. Its \
+sha256 is the SHA-256 of the bytes written to stdout (null for files and devices); \
+stream_sha256 is the SHA-256 recorded in (and verified against) an e2i stream INPUT.";
+
+/// Convert INPUT (e2i stream, qcow2, normal e2image image or raw filesystem image; gzip or
+/// bzip2 wrapping detected) to a raw image at OUTPUT (a file, a block device, or `-`).
+#[derive(Parser, Debug)]
+#[command(
+    name = "e2i-to-raw",
+    version,
+    long_about = LONG_ABOUT,
+    after_help = "Exit status: 0 success, 1 failure, 2 usage error, 3 damaged metadata skipped (raw input).",
+    after_long_help = AFTER_LONG_HELP
+)]
+pub struct Args {
+    /// Input file, or `-` for stdin.
+    #[arg(value_hint = clap::ValueHint::FilePath)]
+    pub input: PathBuf,
+    /// Output file, block device, or `-` for stdout.
+    #[arg(value_hint = clap::ValueHint::FilePath)]
+    pub output: PathBuf,
+    /// Write the image at this byte offset of OUTPUT, updating it in place.
+    #[arg(short = 'O', long = "dest-offset", value_name = "N", value_parser = number)]
+    pub dest_offset: Option<u64>,
+    /// Compare before writing; skip blocks OUTPUT already holds.
+    #[arg(short = 'c', long = "check")]
+    pub check: bool,
+    /// Print the blocks that would be written; create and change nothing.
+    #[arg(short = 'n', long = "dry-run")]
+    pub dry_run: bool,
+    /// Show progress on stderr (a bar on a terminal, a line every few seconds otherwise).
+    #[arg(short = 'p', long)]
+    pub progress: bool,
+    /// Raw filesystem input: include regular-file data.
+    #[arg(short = 'a', long = "all-data")]
+    pub all_data: bool,
+    /// No warnings or summaries on stderr (errors are still reported).
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Print a one-line JSON summary (stdout, or stderr when OUTPUT is `-`).
+    #[arg(long)]
+    pub json: bool,
+}

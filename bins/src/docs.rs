@@ -1,0 +1,176 @@
+//! Man pages and shell completions, generated from the tools' clap definitions
+//! (`ci/gen-docs.sh`, `just man`; a test keeps the committed copies in `docs/` current).
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use clap_complete::Shell;
+
+/// Every generated file: its path under the docs directory and its content.
+pub fn render() -> io::Result<Vec<(PathBuf, Vec<u8>)>> {
+    let mut files = Vec::new();
+    for cmd in crate::cli::commands() {
+        let name = cmd.get_name().to_string();
+        let page = man_page(&cmd)?;
+        files.push((PathBuf::from(format!("man/{name}.1")), page));
+        for (shell, path) in [
+            (Shell::Bash, format!("completions/bash/{name}.bash")),
+            (Shell::Zsh, format!("completions/zsh/_{name}")),
+            (Shell::Fish, format!("completions/fish/{name}.fish")),
+        ] {
+            let mut c = cmd.clone();
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut c, &name, &mut out);
+            files.push((PathBuf::from(path), out));
+        }
+    }
+    Ok(files)
+}
+
+/// Write every generated file under `dir` (e.g. `docs/`).
+pub fn generate(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    for (rel, data) in render()? {
+        let path = dir.join(&rel);
+        if let Some(p) = path.parent() {
+            std::fs::create_dir_all(p)?;
+        }
+        std::fs::write(&path, data)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// A tool's man page: clap_mangen's title, name, synopsis, description and options, then
+/// EXAMPLES, EXIT STATUS and NOTES from the command's `after_long_help`, then the version.
+pub fn man_page(cmd: &clap::Command) -> io::Result<Vec<u8>> {
+    let man = clap_mangen::Man::new(cmd.clone());
+    let mut out = Vec::new();
+    man.render_title(&mut out)?;
+    man.render_name_section(&mut out)?;
+    man.render_synopsis_section(&mut out)?;
+    man.render_description_section(&mut out)?;
+    man.render_options_section(&mut out)?;
+    if let Some(h) = cmd.get_after_long_help() {
+        out.extend_from_slice(help_sections(&h.to_string()).as_bytes());
+    }
+    out.extend_from_slice(see_also(cmd.get_name()).as_bytes());
+    man.render_version_section(&mut out)?;
+    Ok(out)
+}
+
+/// Escape text for roff: backslashes, hyphens (so they stay ASCII in copies and searches),
+/// and a leading `.` or `'` that would read as a request.
+fn roff_escape(s: &str) -> String {
+    let e = s.replace('\\', "\\e").replace('-', "\\-");
+    if e.starts_with('.') || e.starts_with('\'') {
+        format!("\\&{e}")
+    } else {
+        e
+    }
+}
+
+/// Turn the `after_long_help` text (sections "Examples:" and "Exit status:" of indented
+/// lines, then free paragraphs) into roff sections.
+fn help_sections(text: &str) -> String {
+    #[derive(PartialEq)]
+    enum Sec {
+        None,
+        Examples,
+        Exit,
+        Notes,
+    }
+    let mut sec = Sec::None;
+    let mut out = String::new();
+    let mut notes = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        match t {
+            "Examples:" => {
+                sec = Sec::Examples;
+                out.push_str(".SH EXAMPLES\n");
+                continue;
+            }
+            "Exit status:" => {
+                sec = Sec::Exit;
+                out.push_str(".SH \"EXIT STATUS\"\n");
+                continue;
+            }
+            _ => {}
+        }
+        if t.is_empty() {
+            if sec == Sec::Notes {
+                notes.push_str(".PP\n");
+            }
+            sec = if sec == Sec::Notes {
+                Sec::Notes
+            } else {
+                Sec::None
+            };
+            continue;
+        }
+        let indent = line.len() - line.trim_start().len();
+        match sec {
+            Sec::Examples if indent >= 8 => {
+                // The description of the command above.
+                out.push_str(&roff_escape(t));
+                out.push('\n');
+            }
+            Sec::Examples => {
+                let (cmd, desc) = split_columns(t);
+                out.push_str(".TP\n\\fB");
+                out.push_str(&roff_escape(cmd));
+                out.push_str("\\fR\n");
+                if !desc.is_empty() {
+                    out.push_str(&roff_escape(desc));
+                    out.push('\n');
+                }
+            }
+            Sec::Exit => {
+                let (code, desc) = t.split_once(char::is_whitespace).unwrap_or((t, ""));
+                out.push_str(".TP\n\\fB");
+                out.push_str(&roff_escape(code));
+                out.push_str("\\fR\n");
+                out.push_str(&roff_escape(desc.trim()));
+                out.push('\n');
+            }
+            Sec::None | Sec::Notes => {
+                sec = Sec::Notes;
+                notes.push_str(&roff_escape(t));
+                notes.push('\n');
+            }
+        }
+    }
+    if !notes.is_empty() {
+        out.push_str(".SH NOTES\n");
+        out.push_str(notes.trim_end_matches(".PP\n"));
+    }
+    out
+}
+
+/// `cmd   description` (columns separated by three or more spaces).
+fn split_columns(t: &str) -> (&str, &str) {
+    match t.find("   ") {
+        Some(i) => (t[..i].trim_end(), t[i..].trim()),
+        None => (t, ""),
+    }
+}
+
+/// SEE ALSO: the other e2i tools and the e2fsprogs/qemu tools they stand in for.
+fn see_also(name: &str) -> String {
+    let mut refs: Vec<String> = crate::cli::commands()
+        .iter()
+        .map(|c| c.get_name().to_string())
+        .filter(|n| n != name)
+        .map(|n| format!("\\fB{}\\fR(1)", roff_escape(&n)))
+        .collect();
+    for (page, sec) in [
+        ("e2image", 8),
+        ("e2undo", 8),
+        ("e2fsck", 8),
+        ("qemu\\-img", 1),
+    ] {
+        refs.push(format!("\\fB{page}\\fR({sec})"));
+    }
+    format!(".SH \"SEE ALSO\"\n{}\n", refs.join(", "))
+}

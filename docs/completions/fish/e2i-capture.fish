@@ -1,0 +1,20 @@
+complete -c e2i-capture -l format -d 'Image format [default: normal for a file, stream for stdout]' -r -f -a "normal\t''
+raw\t''
+qcow2\t''
+stream\t''"
+complete -c e2i-capture -l seed -d 'Seed for --scramble' -r
+complete -c e2i-capture -s b -l superblock -d 'Read the filesystem through the backup superblock at block N (needs -B)' -r
+complete -c e2i-capture -s B -l blocksize -d 'Block size to use with -b' -r
+complete -c e2i-capture -s o -l offset -d 'Byte offset of the filesystem inside SOURCE (suffixes K, M, G, ...: powers of 1024)' -r
+complete -c e2i-capture -s r -d 'Raw image (same as --format raw; e2image -r)'
+complete -c e2i-capture -s Q -d 'qcow2 image (same as --format qcow2; e2image -Q)'
+complete -c e2i-capture -s a -l all-data -d 'Include regular-file data (raw, qcow2, stream)'
+complete -c e2i-capture -s s -l scramble -d 'Scramble names and other private strings'
+complete -c e2i-capture -s f -l force -d 'Allow a source mounted read-write'
+complete -c e2i-capture -s p -l progress -d 'Show progress on stderr (a bar on a terminal, a line every few seconds otherwise)'
+complete -c e2i-capture -l compress -d 'qcow2 only: deflate-compressed clusters'
+complete -c e2i-capture -l strict -d 'Stop at the first damaged structure (exit 1) instead of skipping it (exit 3)'
+complete -c e2i-capture -s q -l quiet -d 'No warnings or summaries on stderr (errors are still reported)'
+complete -c e2i-capture -l json -d 'Print a one-line JSON summary (stdout, or stderr when OUTPUT is `-`)'
+complete -c e2i-capture -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c e2i-capture -s V -l version -d 'Print version'
