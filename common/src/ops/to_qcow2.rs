@@ -113,15 +113,90 @@ pub fn stream_to_qcow2<R: std::io::Read>(
     Ok(report)
 }
 
-/// Convert a normal e2image image to a qcow2 holding the blocks it carries (superblock,
-/// descriptors, bitmaps, inode tables) at their filesystem positions.
-pub fn normal_to_qcow2(
-    path: &Path,
+/// What [`to_qcow2`] converted.
+#[derive(Debug)]
+pub struct ToQcow2Report {
+    pub input: crate::ops::input::Kind,
+    pub block_size: u32,
+    pub blocks_count: u64,
+    /// Blocks the input selected (data and zero).
+    pub blocks: u64,
+    /// The verified checksum of a stream input.
+    pub stream_sha256: Option<[u8; 32]>,
+    /// Damaged structures skipped while scanning a filesystem input.
+    pub problems: Vec<crate::ext4::scan::Problem>,
+}
+
+/// Convert any input to a qcow2: a stream by its map (front to back), a normal image by the
+/// blocks it holds, a raw or qcow2 filesystem image by scanning it as `e2i-capture -Q` does.
+pub fn to_qcow2(
+    input: crate::ops::input::Input,
     target: crate::qcow2::writer::Qcow2Target<'_>,
+    opts: &CaptureOptions,
     progress: &mut dyn Progress,
-) -> Result<crate::sparse::CopyStats> {
-    let img = crate::normal::NormalImage::open(crate::io::FileSource::open(path, 0)?)?;
-    let view = img.fs_view();
-    let map = view.block_map();
-    crate::qcow2::writer::write_qcow2(&view, &map, img.superblock().block_size, target, progress)
+) -> Result<ToQcow2Report> {
+    use crate::ops::input::{Input, Kind};
+    use crate::qcow2::writer::{Qcow2Target, write_qcow2};
+    match input {
+        Input::Stream(r) => {
+            let mut buffered;
+            let out = match target {
+                Qcow2Target::Sequential(w) => Qcow2Out::Sequential(w),
+                Qcow2Target::File {
+                    file,
+                    compress: true,
+                } => Qcow2Out::Compressed(file),
+                Qcow2Target::File {
+                    file,
+                    compress: false,
+                } => {
+                    buffered = std::io::BufWriter::with_capacity(1 << 20, file);
+                    Qcow2Out::Sequential(&mut buffered)
+                }
+            };
+            let rep = stream_to_qcow2(r, out, progress)?;
+            Ok(ToQcow2Report {
+                input: Kind::Stream,
+                block_size: rep.block_size,
+                blocks_count: rep.blocks_count,
+                blocks: rep.data_blocks + rep.zero_blocks,
+                stream_sha256: Some(rep.stream_sha256),
+                problems: Vec::new(),
+            })
+        }
+        Input::File {
+            kind: Kind::Normal,
+            path,
+            ..
+        } => {
+            let img = crate::normal::NormalImage::open(crate::io::FileSource::open(&path, 0)?)?;
+            let view = img.fs_view();
+            let map = view.block_map();
+            let sb = img.superblock();
+            progress.block_size(sb.block_size);
+            let st = write_qcow2(&view, &map, sb.block_size, target, progress)?;
+            Ok(ToQcow2Report {
+                input: Kind::Normal,
+                block_size: sb.block_size,
+                blocks_count: sb.blocks_count,
+                blocks: st.blocks,
+                stream_sha256: None,
+                problems: Vec::new(),
+            })
+        }
+        Input::File { kind, path, .. } => {
+            let src = open_source(&path, opts.offset)?;
+            let (fs, res) = scan_source(src, opts, false, progress)?;
+            let bs = fs.sb.block_size;
+            write_qcow2(&fs.src, &res.map, bs, target, progress)?;
+            Ok(ToQcow2Report {
+                input: kind,
+                block_size: bs,
+                blocks_count: fs.sb.blocks_count,
+                blocks: res.map.selected_blocks(),
+                stream_sha256: None,
+                problems: res.problems,
+            })
+        }
+    }
 }
