@@ -176,6 +176,9 @@ impl ReadAt for FileSource {
         self.size
     }
 
+    // SEEK_DATA/SEEK_HOLE also cover unwritten (fallocated) extents: ext4, XFS and btrfs
+    // report them as holes unless the page cache holds data for them, so FIEMAP (an unsafe
+    // ioctl) would add nothing here.
     fn data_region(&self, offset: u64) -> Result<Option<Range<u64>>> {
         if offset >= self.size {
             return Ok(None);
