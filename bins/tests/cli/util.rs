@@ -25,7 +25,11 @@ pub fn mkfs(dir: &Path, name: &str, size: &str, extra: &[&str]) -> PathBuf {
     let tree = dir.join(format!("{name}.tree"));
     std::fs::create_dir_all(tree.join("sub")).expect("mkdir");
     for i in 0..30 {
-        std::fs::write(tree.join(format!("f{i}")), format!("file {i}\n").repeat(i * 40)).expect("write");
+        std::fs::write(
+            tree.join(format!("f{i}")),
+            format!("file {i}\n").repeat(i * 40),
+        )
+        .expect("write");
     }
     std::os::unix::fs::symlink("sub/target", tree.join("link")).expect("symlink");
     let img = dir.join(name);

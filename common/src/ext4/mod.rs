@@ -1,6 +1,7 @@
 //! The ext2/3/4 on-disk model: only what navigation needs is decoded; raw bytes are kept.
 
 pub mod desc;
+pub mod dirhash;
 pub mod extent;
 pub mod fs;
 pub mod indirect;
