@@ -19,6 +19,7 @@ pub mod io;
 pub mod mount;
 pub mod ops;
 pub mod progress;
+pub mod scramble;
 pub mod sparse;
 
 pub use error::{Error, Result};

@@ -9,6 +9,7 @@ use crate::ext4::scan::{self, Problem, ScanOptions};
 use crate::ext4::{Filesystem, OpenOptions};
 use crate::io::{FileSource, ReadAt};
 use crate::progress::{Progress, Unit};
+use crate::scramble::{self, ScrambleReport, ScrambledSource};
 use crate::sparse::{self, CopyStats, RawTarget};
 use crate::{Error, Result};
 
@@ -32,6 +33,10 @@ pub struct CaptureOptions {
     pub offset: u64,
     /// Stop at the first damaged structure.
     pub strict: bool,
+    /// `-s`: scramble with this seed ([`crate::scramble::DEFAULT_SEED`] by default). Every
+    /// writer reads through [`crate::scramble::ScrambledSource`]; the normal format's writer
+    /// also blanks the header's hostname and device name when this is set.
+    pub scramble: Option<u64>,
 }
 
 /// Where the image goes.
@@ -56,6 +61,8 @@ pub struct CaptureReport {
     pub copy: CopyStats,
     /// Damaged structures skipped (the capture is usable but incomplete: exit 3).
     pub problems: Vec<Problem>,
+    /// What `-s` scrambled, and what it could not.
+    pub scramble: Option<ScrambleReport>,
 }
 
 /// Open the source at `path` for reading the filesystem at byte `offset`.
@@ -104,6 +111,13 @@ pub fn capture(
     let src = open_source(source, opts.offset)?;
     let is_dev = matches!(out, Output::Device(_));
     let (fs, res) = scan_source(src, opts, is_dev, progress)?;
+    let (fs, scramble_report) = match opts.scramble {
+        Some(seed) => {
+            let (fs, rep) = scramble_fs(fs, seed, opts)?;
+            (fs, Some(rep))
+        }
+        None => (fs, None),
+    };
     let map: &BlockMap = &res.map;
     let mut report = CaptureReport {
         block_size: fs.sb.block_size,
@@ -112,6 +126,7 @@ pub fn capture(
         runs: map.runs().len(),
         copy: CopyStats::default(),
         problems: Vec::new(),
+        scramble: scramble_report,
     };
     report.copy = match format {
         Format::Raw => {
@@ -131,6 +146,20 @@ pub fn capture(
     };
     report.problems = res.problems;
     Ok(report)
+}
+
+/// The scrambling transform layer: plan the changed blocks, wrap the source so that every
+/// read sees them, and reopen the filesystem through the wrapper (so that the superblock and
+/// descriptors writers take from `fs.sb`/`fs.desc` are the scrambled ones too).
+pub fn scramble_fs(
+    fs: Filesystem<Box<dyn ReadAt>>,
+    seed: u64,
+    opts: &CaptureOptions,
+) -> Result<(Filesystem<Box<dyn ReadAt>>, ScrambleReport)> {
+    let (overlay, rep) = scramble::plan(&fs, seed)?;
+    let wrapped: Box<dyn ReadAt> = Box::new(ScrambledSource::new(fs.src, overlay));
+    let fs = Filesystem::open(wrapped, opts.open)?;
+    Ok((fs, rep))
 }
 
 impl CaptureReport {

@@ -1,0 +1,275 @@
+//! Directory entries: new names that keep length, uniqueness and the htree leaf's hash range.
+
+use std::collections::{HashMap, HashSet};
+
+use super::names::{Candidates, NAME_CHARS, Slot, nth_name};
+use crate::ext4::dirhash;
+use crate::ext4::le;
+
+/// Attempts to hit a leaf's hash range before giving the range up.
+const RANGE_ATTEMPTS: u64 = 1 << 20;
+/// Further attempts for a unique name without the range.
+const FREE_ATTEMPTS: u64 = 10_000;
+
+/// `ext2fs_get_rec_len`.
+pub fn rec_len(raw: u16, block_size: usize) -> usize {
+    let len = usize::from(raw);
+    if block_size < 65536 {
+        len
+    } else if len == 65535 || len == 0 {
+        block_size
+    } else {
+        (len & 65532) | ((len & 3) << 16)
+    }
+}
+
+/// How names of one directory are hashed.
+#[derive(Debug, Clone, Copy)]
+pub struct HashSpec {
+    /// Effective hash version (signedness applied).
+    pub version: u8,
+    pub seed: [u32; 4],
+    pub casefold: bool,
+}
+
+impl HashSpec {
+    pub fn hash(&self, name: &[u8]) -> Option<u32> {
+        if self.casefold {
+            dirhash::dirhash_casefold(self.version, name, &self.seed)
+        } else {
+            dirhash::dirhash(self.version, name, &self.seed)
+        }
+    }
+}
+
+/// Name generation for one directory.
+pub struct DirNames {
+    pub seed: u64,
+    pub ino: u32,
+    pub hash: Option<HashSpec>,
+    pub casefold: bool,
+    /// Keep `lost+found` (the root directory): e2fsck looks it up by name.
+    pub keep_lost_found: bool,
+    /// `name_len` is one byte (filetype feature) rather than two.
+    pub filetype: bool,
+    used: HashSet<Vec<u8>>,
+    pub names: u64,
+    pub out_of_range: u64,
+    pub failures: Vec<String>,
+}
+
+impl DirNames {
+    pub fn new(
+        seed: u64,
+        ino: u32,
+        hash: Option<HashSpec>,
+        casefold: bool,
+        filetype: bool,
+    ) -> Self {
+        DirNames {
+            filetype,
+            seed,
+            ino,
+            hash,
+            casefold,
+            keep_lost_found: ino == crate::ext4::inode::ROOT_INO,
+            used: HashSet::new(),
+            names: 0,
+            out_of_range: 0,
+            failures: Vec::new(),
+        }
+    }
+
+    fn acceptable(&self, cand: &[u8], orig: &[u8]) -> bool {
+        cand != orig && cand != b"." && cand != b".." && !self.used.contains(cand)
+    }
+
+    /// A new name for the entry at (`lblk`, `off`) whose hash must fall in `range`
+    /// (`lo..hi`, or exactly `lo` when the range is empty through hash collisions).
+    fn pick(
+        &mut self,
+        orig: &[u8],
+        lblk: u64,
+        off: usize,
+        range: Option<(u64, u64)>,
+    ) -> Option<Vec<u8>> {
+        let len = orig.len();
+        let slot = Slot {
+            kind: b"name",
+            owner: u64::from(self.ino),
+            block: lblk,
+            offset: off as u64,
+        };
+        let mut cands = Candidates::new(self.seed, slot);
+        let mut cand = vec![0u8; len];
+        let space = (NAME_CHARS.len() as u64)
+            .checked_pow(len as u32)
+            .unwrap_or(u64::MAX);
+        if let (Some(spec), Some((lo, hi))) = (self.hash, range) {
+            let hi = hi.max(lo + 1);
+            for _ in 0..RANGE_ATTEMPTS.min(space.saturating_mul(8)) {
+                cands.fill(NAME_CHARS, &mut cand);
+                let Some(h) = spec.hash(&cand) else { break };
+                if (lo..hi).contains(&u64::from(h)) && self.acceptable(&cand, orig) {
+                    return Some(cand);
+                }
+            }
+            self.out_of_range += 1;
+        }
+        for _ in 0..FREE_ATTEMPTS.min(space.saturating_mul(8)) {
+            cands.fill(NAME_CHARS, &mut cand);
+            if self.acceptable(&cand, orig) {
+                return Some(cand);
+            }
+        }
+        // Very short names in a crowded directory: try every printable name in order.
+        let wide: Vec<u8> = (0x21u8..=0x7E)
+            .filter(|&c| c != b'/' && !(self.casefold && c.is_ascii_uppercase()))
+            .collect();
+        let space = (wide.len() as u64)
+            .checked_pow(len as u32)
+            .unwrap_or(u64::MAX);
+        for i in 0..space.min(1 << 20) {
+            nth_name(i, &wide, &mut cand);
+            if self.acceptable(&cand, orig) {
+                return Some(cand);
+            }
+        }
+        None
+    }
+
+    /// Scramble the entries in `region`. `lblk` identifies the block for name
+    /// generation; `block_size` decodes 64 KiB rec_lens (0 for inline regions).
+    /// Returns whether bytes changed; stops with an error at the first bad entry.
+    pub fn scramble_region(
+        &mut self,
+        region: &mut [u8],
+        block_size: usize,
+        lblk: u64,
+        name_base: usize,
+        range: Option<(u64, u64)>,
+    ) -> Result<bool, String> {
+        let limit = region.len();
+        let filetype = self.filetype;
+        let mut changed = false;
+        let mut off = 0usize;
+        while off < limit {
+            if off + 8 > limit {
+                return Err(format!("entry at byte {off} runs past byte {limit}"));
+            }
+            let inode = le::u32(region, off);
+            let rl = rec_len(le::u16(region, off + 4), block_size.max(1));
+            let name_len = if filetype {
+                usize::from(region[off + 6])
+            } else {
+                usize::from(le::u16(region, off + 6))
+            };
+            if rl < 8 || !rl.is_multiple_of(4) || off + rl > limit || 8 + name_len > rl {
+                return Err(format!(
+                    "entry at byte {off}: rec_len {rl}, name_len {name_len} do not fit"
+                ));
+            }
+            let name_at = off + 8;
+            let name_end = name_at + name_len;
+            let orig = region[name_at..name_end].to_vec();
+            let keep =
+                orig == b"." || orig == b".." || (self.keep_lost_found && orig == b"lost+found");
+            if inode == 0 {
+                if region[name_at..off + rl].iter().any(|&b| b != 0) {
+                    region[name_at..off + rl].fill(0);
+                    changed = true;
+                }
+            } else if keep {
+                self.used.insert(orig);
+            } else if name_len > 0 {
+                match self.pick(&orig, lblk, name_base + off, range) {
+                    Some(new) => {
+                        region[name_at..name_end].copy_from_slice(&new);
+                        self.used.insert(new);
+                        self.names += 1;
+                        changed = true;
+                    }
+                    None => self.failures.push(format!(
+                        "directory inode {}: a {name_len}-byte name at block {lblk} byte {off} has no unused replacement",
+                        self.ino
+                    )),
+                }
+                if region[name_end..off + rl].iter().any(|&b| b != 0) {
+                    region[name_end..off + rl].fill(0);
+                    changed = true;
+                }
+            }
+            off += rl;
+        }
+        Ok(changed)
+    }
+}
+
+/// The leaves of an htree and the hash range each must hold.
+#[derive(Debug, Default)]
+pub struct Htree {
+    /// Effective hash version from the dx_root (before the s_flags adjustment).
+    pub root_version: u8,
+    /// Logical block → hash range `lo..hi` (hi may be 2^32).
+    pub leaves: HashMap<u64, (u64, u64)>,
+    /// Index blocks below the root.
+    pub nodes: HashSet<u64>,
+}
+
+/// Walk the index from the dx_root in `root`; `read` returns a logical block.
+pub fn parse_htree(
+    root: &[u8],
+    max_levels: u8,
+    read: &mut dyn FnMut(u64) -> Result<Vec<u8>, String>,
+) -> Result<Htree, String> {
+    let bs = root.len();
+    if bs < 0x28 {
+        return Err("dx_root block too small".into());
+    }
+    let info_len = usize::from(root[0x1D]);
+    let levels = root[0x1E];
+    if levels >= max_levels {
+        return Err(format!("dx_root claims {} index levels", levels + 1));
+    }
+    let mut t = Htree {
+        root_version: root[0x1C],
+        ..Default::default()
+    };
+    // (block bytes, offset of count/limit, level left, lo, hi)
+    let mut stack: Vec<(Vec<u8>, usize, u8, u64, u64)> =
+        vec![(root.to_vec(), 0x18 + info_len, levels, 0, 1 << 32)];
+    while let Some((buf, at, level, lo, hi)) = stack.pop() {
+        if at + 8 > buf.len() {
+            return Err("index entries start past the block".into());
+        }
+        let limit = usize::from(le::u16(&buf, at));
+        let count = usize::from(le::u16(&buf, at + 2));
+        if count == 0 || count > limit || at + 8 * count > buf.len() {
+            return Err(format!("index count {count} / limit {limit} do not fit"));
+        }
+        for i in 0..count {
+            let e = at + 8 * i;
+            let start = if i == 0 {
+                lo
+            } else {
+                u64::from(le::u32(&buf, e) & !1).max(lo)
+            };
+            let end = if i + 1 < count {
+                u64::from(le::u32(&buf, e + 8) & !1).min(hi)
+            } else {
+                hi
+            };
+            let blk = u64::from(le::u32(&buf, e + 4) & 0x0FFF_FFFF);
+            if level > 0 {
+                if blk == 0 || !t.nodes.insert(blk) {
+                    return Err(format!("index block {blk} referenced twice"));
+                }
+                let child = read(blk)?;
+                stack.push((child, 8, level - 1, start, end.max(start)));
+            } else {
+                t.leaves.entry(blk).or_insert((start, end.max(start)));
+            }
+        }
+    }
+    Ok(t)
+}
