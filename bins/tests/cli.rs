@@ -1,6 +1,7 @@
 //! Integration tests of the e2i tools (one test binary; each topic is a module in cli/).
 
 mod cli {
+    pub mod scramble;
     pub mod util;
 }
 
