@@ -6,6 +6,10 @@ use super::names::{Candidates, NAME_CHARS, Slot, nth_name};
 use crate::ext4::dirhash;
 use crate::ext4::le;
 
+/// The fallback alphabet for very short names (still printable and free of `/`).
+const WIDE: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.+=,@%~";
+/// The same, already casefolded (for casefolded directories).
+const WIDE_FOLDED: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789_-.+=,@%~";
 /// Attempts to hit a leaf's hash range before giving the range up.
 const RANGE_ATTEMPTS: u64 = 1 << 20;
 /// Further attempts for a unique name without the range.
@@ -105,13 +109,30 @@ impl DirNames {
         let space = (NAME_CHARS.len() as u64)
             .checked_pow(len as u32)
             .unwrap_or(u64::MAX);
+        // Short names may need more characters than NAME_CHARS to be unique and in range.
+        let wide: &[u8] = if self.casefold { WIDE_FOLDED } else { WIDE };
+        let wide_space = (wide.len() as u64)
+            .checked_pow(len as u32)
+            .filter(|&n| n <= 1 << 20);
+        let mut offset = [0u8; 8];
+        cands.fill(&(0..=255).collect::<Vec<u8>>(), &mut offset);
+        let start = u64::from_le_bytes(offset);
+        let in_range = |h: Option<u32>, lo: u64, hi: u64| {
+            h.is_some_and(|h| (lo..hi.max(lo + 1)).contains(&u64::from(h)))
+        };
         if let (Some(spec), Some((lo, hi))) = (self.hash, range) {
-            let hi = hi.max(lo + 1);
             for _ in 0..RANGE_ATTEMPTS.min(space.saturating_mul(8)) {
                 cands.fill(NAME_CHARS, &mut cand);
-                let Some(h) = spec.hash(&cand) else { break };
-                if (lo..hi).contains(&u64::from(h)) && self.acceptable(&cand, orig) {
+                if in_range(spec.hash(&cand), lo, hi) && self.acceptable(&cand, orig) {
                     return Some(cand);
+                }
+            }
+            if let Some(n) = wide_space {
+                for k in 0..n {
+                    nth_name((start.wrapping_add(k)) % n, wide, &mut cand);
+                    if in_range(spec.hash(&cand), lo, hi) && self.acceptable(&cand, orig) {
+                        return Some(cand);
+                    }
                 }
             }
             self.out_of_range += 1;
@@ -122,17 +143,12 @@ impl DirNames {
                 return Some(cand);
             }
         }
-        // Very short names in a crowded directory: try every printable name in order.
-        let wide: Vec<u8> = (0x21u8..=0x7E)
-            .filter(|&c| c != b'/' && !(self.casefold && c.is_ascii_uppercase()))
-            .collect();
-        let space = (wide.len() as u64)
-            .checked_pow(len as u32)
-            .unwrap_or(u64::MAX);
-        for i in 0..space.min(1 << 20) {
-            nth_name(i, &wide, &mut cand);
-            if self.acceptable(&cand, orig) {
-                return Some(cand);
+        if let Some(n) = wide_space {
+            for k in 0..n {
+                nth_name((start.wrapping_add(k)) % n, wide, &mut cand);
+                if self.acceptable(&cand, orig) {
+                    return Some(cand);
+                }
             }
         }
         None

@@ -156,7 +156,7 @@ impl<S: ReadAt> Planner<'_, S> {
         let sb = &self.fs.sb;
         let inode = Inode::parse(raw);
         if inode.links_count == 0 {
-            return Ok(false);
+            return self.unlinked_inode(ino, raw);
         }
         let journal = sb.has_compat(feature::COMPAT_HAS_JOURNAL) && ino == sb.journal_inum();
         if journal {
@@ -205,6 +205,37 @@ impl<S: ReadAt> Planner<'_, S> {
         let acl = inode.file_acl(is64);
         if acl != 0 {
             self.xattr_block(acl)?;
+        }
+        if raw != &orig[..] {
+            if self.csum {
+                self.inode_csum(ino, raw);
+            }
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// An inode with no links (deleted, or an orphan): e2image copies its bytes with the
+    /// inode table, so a leftover fast symlink target, inline data or in-inode xattrs are
+    /// scrubbed as in a live inode. Its blocks are not imaged and stay as they are.
+    fn unlinked_inode(&mut self, ino: u32, raw: &mut [u8]) -> Result<bool> {
+        if raw.iter().all(|&b| b == 0) || ino < self.fs.sb.first_ino() {
+            return Ok(false);
+        }
+        let inode = Inode::parse(raw);
+        let orig = raw.to_vec();
+        let ibody = self.ibody_xattrs(ino, raw);
+        let encrypted = inode.flags & EXT4_ENCRYPT_FL != 0;
+        if inode.has_inline_data() {
+            self.inline(ino, raw, &inode, ibody.as_ref(), encrypted);
+        } else if inode.is_symlink() && !encrypted && !inode.has_valid_blocks(self.fs.sb.is_64bit())
+        {
+            let n = (inode.size as usize).min(60);
+            let slot = self.slot(b"link", ino);
+            generate(self.seed, slot, 0, NAME_CHARS, &mut raw[0x28..0x28 + n]);
+        }
+        if let Some((entries, _)) = &ibody {
+            xattr::scramble_entries(raw, entries, self.seed, u64::from(ino));
         }
         if raw != &orig[..] {
             if self.csum {
