@@ -454,3 +454,46 @@ fn scrambled_stream_matches_file() {
     assert!(o.stdout == f, "stream and file differ");
     assert_eq!(contains_marker(&o.stdout), 0);
 }
+
+/// Damaged metadata never makes the scrambler panic: it skips and reports.
+#[test]
+fn damaged_sources_do_not_panic() {
+    let d = tempdir();
+    let t = tree(d.path(), 300);
+    let img = make_image(d.path(), "8M", &["-b", "1024"], "", &t);
+    let pristine = std::fs::read(&img).unwrap();
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for round in 0..24 {
+        let mut bytes = pristine.clone();
+        // Garble bytes in the first 1 MiB (superblock copies aside): inode tables, directories,
+        // extent and xattr blocks live there.
+        for _ in 0..(200 + round * 50) {
+            let at = 4096 + (next() % (1 << 20)) as usize;
+            bytes[at] = next() as u8;
+        }
+        let bad = d.path().join("bad.img");
+        std::fs::write(&bad, &bytes).unwrap();
+        let out = d.path().join("bad.raw");
+        let o = run(Command::new(tool("e2i-capture"))
+            .args(["-r", "-s"])
+            .arg(&bad)
+            .arg(&out));
+        let code = o.status.code();
+        assert!(
+            matches!(code, Some(0 | 1 | 3)),
+            "round {round}: exit {code:?}: {}",
+            text(&o)
+        );
+        assert!(
+            !text(&o).contains("panicked"),
+            "round {round}: {}",
+            text(&o)
+        );
+    }
+}

@@ -131,7 +131,7 @@ impl Overlay {
             if r.start > last {
                 break;
             }
-            let s = (r.start.max(first) * bs).max(offset);
+            let s = r.start.max(first).saturating_mul(bs).max(offset);
             let e = r.end.saturating_mul(bs).min(end);
             if s < e {
                 buf[(s - offset) as usize..(e - offset) as usize].fill(0);
@@ -139,9 +139,9 @@ impl Overlay {
             i += 1;
         }
         for (&blk, data) in self.blocks.range(first..=last) {
-            let bstart = blk * bs;
+            let bstart = blk.saturating_mul(bs);
             let s = bstart.max(offset);
-            let e = (bstart + bs).min(end);
+            let e = bstart.saturating_add(bs).min(end);
             buf[(s - offset) as usize..(e - offset) as usize]
                 .copy_from_slice(&data[(s - bstart) as usize..(e - bstart) as usize]);
         }
@@ -189,7 +189,9 @@ impl<S: ReadAt> ReadAt for ScrambledSource<S> {
             .blocks
             .range(offset / bs..)
             .next()
-            .map(|(&b, _)| (b * bs).max(offset)..(b + 1) * bs);
+            .map(|(&b, _)| {
+                b.saturating_mul(bs).max(offset)..b.saturating_add(1).saturating_mul(bs)
+            });
         Ok(match (inner, next_patch) {
             (Some(r), Some(p)) if p.start < r.start => Some(p.start..p.end.min(r.start)),
             (None, Some(p)) if p.start < self.size() => Some(p.start..p.end.min(self.size())),

@@ -111,7 +111,11 @@ impl<S: ReadAt> Planner<'_, S> {
             if used == 0 {
                 continue;
             }
-            if !self.valid_block(itable) || !self.valid_block(itable + nblocks - 1) {
+            if !self.valid_block(itable)
+                || !itable
+                    .checked_add(nblocks - 1)
+                    .is_some_and(|b| self.valid_block(b))
+            {
                 self.skip(format!(
                     "group {g}: inode table at block {itable} is outside the filesystem"
                 ));
@@ -456,6 +460,10 @@ impl<S: ReadAt> Planner<'_, S> {
                     ));
                 }
                 let buf = self.block(child).map_err(|e| e.to_string())?;
+                header_ok(&buf, self.bs()).map_err(|e| format!("extent node {child}: {e}"))?;
+                if le::u16(&buf, 6).checked_add(1) != Some(depth) {
+                    return Err(format!("extent node {child} has the wrong depth"));
+                }
                 self.extent_node(&buf, self.bs(), depth_seen + 1, max_lblk, out)?;
             } else {
                 let lblk = u64::from(le::u32(e, 0));
