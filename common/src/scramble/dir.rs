@@ -1,6 +1,6 @@
 //! Directory entries: new names that keep length, uniqueness and the htree leaf's hash range.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use super::names::{Candidates, NAME_CHARS, Slot, nth_name};
 use crate::ext4::dirhash;
@@ -11,7 +11,7 @@ const WIDE: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345
 /// The same, already casefolded (for casefolded directories).
 const WIDE_FOLDED: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789_-.+=,@%~";
 /// Attempts to hit a leaf's hash range before giving the range up.
-const RANGE_ATTEMPTS: u64 = 1 << 20;
+const RANGE_ATTEMPTS: u64 = 1 << 17;
 /// Further attempts for a unique name without the range.
 const FREE_ATTEMPTS: u64 = 10_000;
 
@@ -57,6 +57,8 @@ pub struct DirNames {
     /// `name_len` is one byte (filetype feature) rather than two.
     pub filetype: bool,
     used: HashSet<Vec<u8>>,
+    /// Names chosen ahead by [`Self::preassign`], by (logical block, byte offset).
+    preassigned: HashMap<(u64, usize), Vec<u8>>,
     pub names: u64,
     pub out_of_range: u64,
     pub failures: Vec<String>,
@@ -78,6 +80,7 @@ impl DirNames {
             casefold,
             keep_lost_found: ino == crate::ext4::inode::ROOT_INO,
             used: HashSet::new(),
+            preassigned: HashMap::new(),
             names: 0,
             out_of_range: 0,
             failures: Vec::new(),
@@ -154,9 +157,9 @@ impl DirNames {
         None
     }
 
-    /// Scramble the entries in `region`. `lblk` identifies the block for name
-    /// generation; `block_size` decodes 64 KiB rec_lens (0 for inline regions).
-    /// Returns whether bytes changed; stops with an error at the first bad entry.
+    /// Scramble the entries in `region`. `lblk` identifies the block for name generation;
+    /// `block_size` decodes 64 KiB rec_lens (0 for inline regions). Returns whether bytes
+    /// changed; entries after the first bad one are left as they are (the error says where).
     pub fn scramble_region(
         &mut self,
         region: &mut [u8],
@@ -165,40 +168,31 @@ impl DirNames {
         name_base: usize,
         range: Option<(u64, u64)>,
     ) -> Result<bool, String> {
-        let limit = region.len();
-        let filetype = self.filetype;
+        let (entries, err) = parse_entries(region, block_size, self.filetype);
         let mut changed = false;
-        let mut off = 0usize;
-        while off < limit {
-            if off + 8 > limit {
-                return Err(format!("entry at byte {off} runs past byte {limit}"));
-            }
-            let inode = le::u32(region, off);
-            let rl = rec_len(le::u16(region, off + 4), block_size.max(1));
-            let name_len = if filetype {
-                usize::from(region[off + 6])
-            } else {
-                usize::from(le::u16(region, off + 6))
-            };
-            if rl < 8 || !rl.is_multiple_of(4) || off + rl > limit || 8 + name_len > rl {
-                return Err(format!(
-                    "entry at byte {off}: rec_len {rl}, name_len {name_len} do not fit"
-                ));
-            }
+        for Ent {
+            off,
+            inode,
+            rec_len: rl,
+            name_len,
+        } in entries
+        {
             let name_at = off + 8;
             let name_end = name_at + name_len;
             let orig = region[name_at..name_end].to_vec();
-            let keep =
-                orig == b"." || orig == b".." || (self.keep_lost_found && orig == b"lost+found");
             if inode == 0 {
                 if region[name_at..off + rl].iter().any(|&b| b != 0) {
                     region[name_at..off + rl].fill(0);
                     changed = true;
                 }
-            } else if keep {
+            } else if self.keeps(&orig) {
                 self.used.insert(orig);
             } else if name_len > 0 {
-                match self.pick(&orig, lblk, name_base + off, range) {
+                let new = match self.preassigned.remove(&(lblk, name_base + off)) {
+                    Some(n) => Some(n),
+                    None => self.pick(&orig, lblk, name_base + off, range),
+                };
+                match new {
                     Some(new) => {
                         region[name_at..name_end].copy_from_slice(&new);
                         self.used.insert(new);
@@ -215,10 +209,155 @@ impl DirNames {
                     changed = true;
                 }
             }
-            off += rl;
         }
-        Ok(changed)
+        match err {
+            Some(e) => Err(e),
+            None => Ok(changed),
+        }
     }
+
+    fn keeps(&self, name: &[u8]) -> bool {
+        name == b"." || name == b".." || (self.keep_lost_found && name == b"lost+found")
+    }
+
+    /// The entries of an htree leaf that will need new names.
+    pub fn collect_needs(&self, region: &[u8], block_size: usize, lblk: u64, out: &mut Vec<Need>) {
+        let (entries, _) = parse_entries(region, block_size, self.filetype);
+        for e in entries {
+            let name = &region[e.off + 8..e.off + 8 + e.name_len];
+            if e.inode != 0 && e.name_len > 0 && !self.keeps(name) {
+                out.push(Need {
+                    lblk,
+                    off: e.off,
+                    orig: name.to_vec(),
+                });
+            }
+        }
+    }
+
+    /// Choose names for a whole htree directory at once: candidates of each length come
+    /// from one stream and go to whichever leaf their hash falls in, so the work grows with
+    /// the number of entries rather than entries × leaves. Entries left over get
+    /// [`Self::pick`] when their block is scrambled.
+    pub fn preassign(&mut self, needs: Vec<Need>, leaves: &HashMap<u64, (u64, u64)>) {
+        let Some(spec) = self.hash else { return };
+        let mut ranges: Vec<(u64, u64, u64)> = leaves
+            .iter()
+            .filter(|(_, r)| r.0 < r.1)
+            .map(|(&l, &(lo, hi))| (lo, hi, l))
+            .collect();
+        ranges.sort_unstable();
+        let mut by_len: BTreeMap<usize, HashMap<u64, VecDeque<Need>>> = BTreeMap::new();
+        for n in needs {
+            by_len
+                .entry(n.orig.len())
+                .or_default()
+                .entry(n.lblk)
+                .or_default()
+                .push_back(n);
+        }
+        for (len, mut queues) in by_len {
+            let mut remaining: u64 = queues.values().map(|q| q.len() as u64).sum();
+            let space = (NAME_CHARS.len() as u64)
+                .checked_pow(len as u32)
+                .unwrap_or(u64::MAX);
+            let budget = remaining
+                .saturating_mul(64)
+                .saturating_add(100_000)
+                .min(space.saturating_mul(8));
+            let slot = Slot {
+                kind: b"pool",
+                owner: u64::from(self.ino),
+                block: len as u64,
+                offset: 0,
+            };
+            let mut cands = Candidates::new(self.seed, slot);
+            let mut cand = vec![0u8; len];
+            let mut tries = 0u64;
+            while remaining > 0 && tries < budget {
+                tries += 1;
+                cands.fill(NAME_CHARS, &mut cand);
+                let Some(h) = spec.hash(&cand) else { return };
+                let h = u64::from(h);
+                let i = ranges.partition_point(|r| r.0 <= h);
+                let Some(&(lo, hi, leaf)) = i.checked_sub(1).and_then(|i| ranges.get(i)) else {
+                    continue;
+                };
+                if !(lo..hi).contains(&h) || self.used.contains(&cand) {
+                    continue;
+                }
+                let Some(q) = queues.get_mut(&leaf) else {
+                    continue;
+                };
+                let Some(pos) = q.iter().position(|n| n.orig != cand) else {
+                    continue;
+                };
+                let Some(n) = q.remove(pos) else { continue };
+                self.used.insert(cand.clone());
+                self.preassigned.insert((n.lblk, n.off), cand.clone());
+                remaining -= 1;
+                if q.is_empty() {
+                    queues.remove(&leaf);
+                }
+            }
+        }
+    }
+}
+
+/// A live or deleted directory entry's header.
+#[derive(Debug, Clone, Copy)]
+struct Ent {
+    off: usize,
+    inode: u32,
+    rec_len: usize,
+    name_len: usize,
+}
+
+/// An entry that needs a new name: where it is and its original name (only compared with,
+/// never used to generate).
+#[derive(Debug)]
+pub struct Need {
+    pub lblk: u64,
+    pub off: usize,
+    pub orig: Vec<u8>,
+}
+
+/// The entries of a directory region, up to the first one that does not fit.
+fn parse_entries(region: &[u8], block_size: usize, filetype: bool) -> (Vec<Ent>, Option<String>) {
+    let limit = region.len();
+    let mut out = Vec::new();
+    let mut off = 0usize;
+    while off < limit {
+        if off + 8 > limit {
+            return (
+                out,
+                Some(format!("entry at byte {off} runs past byte {limit}")),
+            );
+        }
+        let inode = le::u32(region, off);
+        let rl = rec_len(le::u16(region, off + 4), block_size.max(1));
+        let name_len = if filetype {
+            usize::from(region[off + 6])
+        } else {
+            usize::from(le::u16(region, off + 6))
+        };
+        if rl < 8 || !rl.is_multiple_of(4) || off + rl > limit || 8 + name_len > rl {
+            return (
+                out,
+                Some(format!(
+                    "entry at byte {off}: rec_len {rl}, name_len {name_len} do not fit"
+                )),
+            );
+        }
+        out.push(Ent {
+            off,
+            inode,
+            rec_len: rl,
+            name_len,
+        });
+        off += rl;
+    }
+    (out, None)
 }
 
 /// The leaves of an htree and the hash range each must hold.

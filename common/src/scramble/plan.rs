@@ -589,6 +589,20 @@ impl<S: ReadAt> Planner<'_, S> {
             .collect();
         blocks.sort_unstable();
         blocks.dedup_by_key(|b| b.0);
+        if let (Some(t), Some(_)) = (&tree, spec) {
+            // First pass over the leaves: which names each must receive.
+            let mut needs = Vec::new();
+            for &(lblk, pblk) in &blocks {
+                if lblk == 0 || t.nodes.contains(&lblk) || !self.valid_block(pblk) {
+                    continue;
+                }
+                if t.leaves.contains_key(&lblk) {
+                    let b = self.block(pblk)?;
+                    names.collect_needs(&b[..self.leaf_limit(&b)], bs, lblk, &mut needs);
+                }
+            }
+            names.preassign(needs, &t.leaves);
+        }
         for (lblk, pblk) in blocks {
             if let Some(t) = &tree
                 && (lblk == 0 || t.nodes.contains(&lblk))
@@ -607,12 +621,8 @@ impl<S: ReadAt> Planner<'_, S> {
                 continue;
             }
             let mut buf = orig.clone();
-            let tail = self.csum
-                && le::u32(&buf, bs - 12) == 0
-                && le::u16(&buf, bs - 8) == 12
-                && buf[bs - 6] == 0
-                && buf[bs - 5] == 0xDE;
-            let limit = if tail { bs - 12 } else { bs };
+            let limit = self.leaf_limit(&buf);
+            let tail = limit < bs;
             let range = tree.as_ref().and_then(|t| t.leaves.get(&lblk).copied());
             if let Err(e) = names.scramble_region(&mut buf[..limit], bs, lblk, 0, range) {
                 self.skip(format!(
@@ -632,6 +642,17 @@ impl<S: ReadAt> Planner<'_, S> {
         self.rep.directories += 1;
         self.finish_names(names);
         Ok(())
+    }
+
+    /// Where the entries of a leaf block end: before the checksum tail, if it has one.
+    fn leaf_limit(&self, buf: &[u8]) -> usize {
+        let bs = buf.len();
+        let tail = self.csum
+            && le::u32(buf, bs - 12) == 0
+            && le::u16(buf, bs - 8) == 12
+            && buf[bs - 6] == 0
+            && buf[bs - 5] == 0xDE;
+        if tail { bs - 12 } else { bs }
     }
 
     fn xattr_block(&mut self, blk: u64) -> Result<()> {
