@@ -65,6 +65,9 @@ fn tree(dir: &Path, big: usize) -> PathBuf {
         .unwrap();
     }
     std::fs::write(t.join("SeCrEt_mid"), "SeCrEt ".repeat(12)).unwrap();
+    // Removed after mkfs: their names stay behind in directory slack.
+    std::fs::write(t.join("SeCrEt_gone"), b"").unwrap();
+    std::fs::write(t.join("SeCrEt_dir").join("SeCrEt_gone_too"), b"").unwrap();
     std::os::unix::fs::symlink("SeCrEt/fast", t.join("SeCrEt_fast")).unwrap();
     let long = format!("/SeCrEt/{}", "slow_SeCrEt_target/".repeat(8));
     std::os::unix::fs::symlink(long, t.join("SeCrEt_slow")).unwrap();
@@ -102,7 +105,9 @@ fn make_image(dir: &Path, size: &str, mkfs_args: &[&str], ext: &str, tree: &Path
              ea_set /SeCrEt_dir trusted.SeCrEt_t SeCrEt_tv\n\
              ea_set -f {} /SeCrEt_dir user.SeCrEt_big\n\
              ea_set /SeCrEt_mid security.SeCrEt_s SeCrEt_sv\n\
-             set_super_value last_mounted /mnt/SeCrEt_mount\n",
+             set_super_value last_mounted /mnt/SeCrEt_mount\n\
+             rm /SeCrEt_gone\n\
+             rm /SeCrEt_dir/SeCrEt_gone_too\n",
             big.display()
         ),
     );

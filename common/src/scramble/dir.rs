@@ -56,6 +56,9 @@ pub struct DirNames {
     pub keep_lost_found: bool,
     /// `name_len` is one byte (filetype feature) rather than two.
     pub filetype: bool,
+    /// The directory has the htree flag: block 0 is (or was) a dx_root and is never
+    /// treated as a plain leaf's slack.
+    pub indexed: bool,
     used: HashSet<Vec<u8>>,
     /// Names chosen ahead by [`Self::preassign`], by (logical block, byte offset).
     preassigned: HashMap<(u64, usize), Vec<u8>>,
@@ -74,6 +77,7 @@ impl DirNames {
     ) -> Self {
         DirNames {
             filetype,
+            indexed: false,
             seed,
             ino,
             hash,
@@ -187,6 +191,14 @@ impl DirNames {
                 }
             } else if self.keeps(&orig) {
                 self.used.insert(orig);
+                // Slack after a kept entry may hold names deleted after it; block 0 of an
+                // indexed directory is the dx_root, whose `..` slack is the index.
+                if !(self.indexed && lblk == 0)
+                    && region[name_end..off + rl].iter().any(|&b| b != 0)
+                {
+                    region[name_end..off + rl].fill(0);
+                    changed = true;
+                }
             } else if name_len > 0 {
                 let new = match self.preassigned.remove(&(lblk, name_base + off)) {
                     Some(n) => Some(n),

@@ -583,6 +583,7 @@ impl<S: ReadAt> Planner<'_, S> {
             }
         }
         let mut names = DirNames::new(self.seed, ino, spec, casefold, self.filetype);
+        names.indexed = inode.flags & EXT4_INDEX_FL != 0;
         let mut blocks: Vec<(u64, u64)> = pieces
             .iter()
             .flat_map(|p| (0..p.len).map(move |k| (p.lblk + k, p.pblk + k)))
