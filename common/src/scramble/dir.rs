@@ -440,3 +440,109 @@ pub fn parse_htree(
     }
     Ok(t)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(b: &mut [u8], at: usize, v: u32) {
+        b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+
+    /// An index block with entries (hash, block); `at` is where count/limit sit.
+    fn index(bs: usize, at: usize, entries: &[(u32, u32)]) -> Vec<u8> {
+        let mut b = vec![0u8; bs];
+        b[at..at + 2].copy_from_slice(&100u16.to_le_bytes());
+        b[at + 2..at + 4].copy_from_slice(&(entries.len() as u16).to_le_bytes());
+        for (i, &(h, blk)) in entries.iter().enumerate() {
+            if i > 0 {
+                put(&mut b, at + 8 * i, h);
+            }
+            put(&mut b, at + 8 * i + 4, blk);
+        }
+        b
+    }
+
+    #[test]
+    fn three_level_ranges_nest() {
+        let bs = 1024;
+        let mut root = index(bs, 0x20, &[(0, 1), (0x8000_0000, 2)]);
+        root[0x1C] = 1; // half-MD4
+        root[0x1D] = 8;
+        root[0x1E] = 2; // two levels below the root
+        let nodes: HashMap<u64, Vec<u8>> = [
+            (1, index(bs, 8, &[(0, 3), (0x4000_0000, 4)])),
+            (2, index(bs, 8, &[(0, 5), (0xC000_0001, 6)])),
+            (3, index(bs, 8, &[(0, 10), (0x1000_0000, 11)])),
+            (4, index(bs, 8, &[(0, 12)])),
+            (5, index(bs, 8, &[(0, 13)])),
+            (6, index(bs, 8, &[(0, 14), (0xF000_0000, 15)])),
+        ]
+        .into_iter()
+        .collect();
+        let mut read = |l: u64| nodes.get(&l).cloned().ok_or_else(|| format!("no {l}"));
+        let t = parse_htree(&root, 3, &mut read).unwrap();
+        assert_eq!(t.nodes.len(), 6);
+        let want = [
+            (10, (0, 0x1000_0000)),
+            (11, (0x1000_0000, 0x4000_0000)),
+            (12, (0x4000_0000, 0x8000_0000)),
+            (13, (0x8000_0000, 0xC000_0000)),
+            // The collision bit is not part of the range.
+            (14, (0xC000_0000, 0xF000_0000)),
+            (15, (0xF000_0000, 1 << 32)),
+        ];
+        for (leaf, range) in want {
+            assert_eq!(t.leaves.get(&leaf), Some(&range), "leaf {leaf}");
+        }
+        // Without large_dir only one level below the root is allowed.
+        assert!(parse_htree(&root, 2, &mut read).is_err());
+    }
+
+    #[test]
+    fn names_land_in_their_leaf_range() {
+        let spec = HashSpec {
+            version: dirhash::HASH_HALF_MD4,
+            seed: [1, 2, 3, 4],
+            casefold: false,
+        };
+        // A 1 KiB leaf of twenty 10-byte names.
+        let mut leaf = vec![0u8; 1024];
+        let mut off = 0;
+        for i in 0..20u32 {
+            let rl: u16 = if i == 19 { (1024 - off) as u16 } else { 20 };
+            put(&mut leaf, off, 100 + i);
+            leaf[off + 4..off + 6].copy_from_slice(&rl.to_le_bytes());
+            leaf[off + 6] = 10;
+            leaf[off + 7] = 1;
+            leaf[off + 8..off + 18].copy_from_slice(format!("secret{i:04}").as_bytes());
+            off += 20;
+        }
+        let range = (0x3000_0000u64, 0x3400_0000u64);
+        let leaves: HashMap<u64, (u64, u64)> = [(7, range)].into_iter().collect();
+        let mut names = DirNames::new(42, 12, Some(spec), false, true);
+        let mut needs = Vec::new();
+        names.collect_needs(&leaf, 1024, 7, &mut needs);
+        assert_eq!(needs.len(), 20);
+        names.preassign(needs, &leaves);
+        let before = leaf.clone();
+        assert!(
+            names
+                .scramble_region(&mut leaf, 1024, 7, 0, Some(range))
+                .unwrap()
+        );
+        assert_eq!(names.names, 20);
+        assert_eq!(names.out_of_range, 0);
+        let (ents, err) = parse_entries(&leaf, 1024, true);
+        assert!(err.is_none());
+        let mut seen = HashSet::new();
+        for e in ents {
+            let n = &leaf[e.off + 8..e.off + 8 + e.name_len];
+            assert_ne!(n, &before[e.off + 8..e.off + 8 + e.name_len]);
+            assert!(n.iter().all(|c| NAME_CHARS.contains(c)));
+            let h = u64::from(spec.hash(n).unwrap());
+            assert!((range.0..range.1).contains(&h), "{h:#x}");
+            assert!(seen.insert(n.to_vec()));
+        }
+    }
+}
