@@ -62,6 +62,12 @@ pub struct DirNames {
     used: HashSet<Vec<u8>>,
     /// Names chosen ahead by [`Self::preassign`], by (logical block, byte offset).
     preassigned: HashMap<(u64, usize), Vec<u8>>,
+    /// Entries whose original name was outside their leaf's hash range.
+    outside: HashSet<(u64, usize)>,
+    /// Original names seen while collecting (to find duplicates).
+    collected: HashSet<Vec<u8>>,
+    /// Original name → new name, so duplicates stay duplicates.
+    same: HashMap<Vec<u8>, Vec<u8>>,
     pub names: u64,
     pub out_of_range: u64,
     pub failures: Vec<String>,
@@ -85,6 +91,9 @@ impl DirNames {
             keep_lost_found: ino == crate::ext4::inode::ROOT_INO,
             used: HashSet::new(),
             preassigned: HashMap::new(),
+            outside: HashSet::new(),
+            collected: HashSet::new(),
+            same: HashMap::new(),
             names: 0,
             out_of_range: 0,
             failures: Vec::new(),
@@ -200,13 +209,32 @@ impl DirNames {
                     changed = true;
                 }
             } else if name_len > 0 {
-                let new = match self.preassigned.remove(&(lblk, name_base + off)) {
-                    Some(n) => Some(n),
-                    None => self.pick(&orig, lblk, name_base + off, range),
+                let at = (lblk, name_base + off);
+                // Entries that were already out of their leaf's range stay out of it.
+                let range = if self.outside.remove(&at) {
+                    None
+                } else {
+                    range
+                };
+                let new = if let Some(n) = self.same.get(&orig) {
+                    // A duplicated name stays duplicated (e2fsck reports it either way).
+                    Some(n.clone())
+                } else {
+                    match self.preassigned.remove(&at) {
+                        Some(n) => Some(n),
+                        None => self.pick(&orig, lblk, name_base + off, range),
+                    }
                 };
                 match new {
-                    Some(new) => {
+                    Some(mut new) => {
+                        // Bytes no name may hold stay where they were, so a bad name stays bad.
+                        for (n, &o) in new.iter_mut().zip(&orig) {
+                            if o == 0 || o == b'/' {
+                                *n = o;
+                            }
+                        }
                         region[name_at..name_end].copy_from_slice(&new);
+                        self.same.insert(orig, new.clone());
                         self.used.insert(new);
                         self.names += 1;
                         changed = true;
@@ -232,18 +260,34 @@ impl DirNames {
         name == b"." || name == b".." || (self.keep_lost_found && name == b"lost+found")
     }
 
-    /// The entries of an htree leaf that will need new names.
-    pub fn collect_needs(&self, region: &[u8], block_size: usize, lblk: u64, out: &mut Vec<Need>) {
+    /// The entries of an htree leaf that will need new names (`range`: the leaf's).
+    pub fn collect_needs(
+        &mut self,
+        region: &[u8],
+        block_size: usize,
+        lblk: u64,
+        range: (u64, u64),
+        out: &mut Vec<Need>,
+    ) {
         let (entries, _) = parse_entries(region, block_size, self.filetype);
         for e in entries {
             let name = &region[e.off + 8..e.off + 8 + e.name_len];
-            if e.inode != 0 && e.name_len > 0 && !self.keeps(name) {
-                out.push(Need {
-                    lblk,
-                    off: e.off,
-                    orig: name.to_vec(),
-                });
+            if e.inode == 0 || e.name_len == 0 || self.keeps(name) {
+                continue;
             }
+            if !self.collected.insert(name.to_vec()) {
+                continue; // a duplicate: it gets the first one's new name
+            }
+            let h = self.hash.and_then(|spec| spec.hash(name));
+            if h.is_some_and(|h| !(range.0..range.1.max(range.0 + 1)).contains(&u64::from(h))) {
+                self.outside.insert((lblk, e.off));
+                continue;
+            }
+            out.push(Need {
+                lblk,
+                off: e.off,
+                orig: name.to_vec(),
+            });
         }
     }
 
@@ -522,7 +566,7 @@ mod tests {
         let leaves: HashMap<u64, (u64, u64)> = [(7, range)].into_iter().collect();
         let mut names = DirNames::new(42, 12, Some(spec), false, true);
         let mut needs = Vec::new();
-        names.collect_needs(&leaf, 1024, 7, &mut needs);
+        names.collect_needs(&leaf, 1024, 7, (0, 1 << 32), &mut needs);
         assert_eq!(needs.len(), 20);
         names.preassign(needs, &leaves);
         let before = leaf.clone();

@@ -139,8 +139,16 @@ impl<S: ReadAt> Planner<'_, S> {
                     }
                     let ino = g * ipg + idx as u32 + 1;
                     let at = k as usize * isz;
-                    if self.inode(ino, &mut buf[at..at + isz])? {
-                        dirty[at / bs] = true;
+                    let before = buf[at..at + isz].to_vec();
+                    match self.inode(ino, &mut buf[at..at + isz]) {
+                        Ok(true) => dirty[at / bs] = true,
+                        Ok(false) => {}
+                        // A block this inode points at cannot be read (a truncated or
+                        // damaged source): what was not read is not in the image either.
+                        Err(e) => {
+                            buf[at..at + isz].copy_from_slice(&before);
+                            self.skip(format!("inode {ino}: {e}"));
+                        }
                     }
                 }
                 for (j, d) in dirty.iter().enumerate() {
@@ -181,7 +189,7 @@ impl<S: ReadAt> Planner<'_, S> {
                 let n = inode.size as usize;
                 if n <= 60 {
                     let slot = self.slot(b"link", ino);
-                    generate(self.seed, slot, 0, NAME_CHARS, &mut raw[0x28..0x28 + n]);
+                    scrub_target(self.seed, slot, &mut raw[0x28..0x28 + n]);
                     self.rep.symlinks += 1;
                 } else {
                     self.skip(format!("inode {ino}: fast symlink of {n} bytes"));
@@ -203,7 +211,8 @@ impl<S: ReadAt> Planner<'_, S> {
             }
         }
         if let Some((entries, _)) = &ibody {
-            let c = xattr::scramble_entries(raw, entries, self.seed, u64::from(ino));
+            let mut ea = |i: u32| self.ea_inode_hash(i);
+            let c = xattr::scramble_entries(raw, entries, self.seed, u64::from(ino), &mut ea);
             self.count_xattrs(ino, &c);
         }
         let acl = inode.file_acl(is64);
@@ -212,7 +221,7 @@ impl<S: ReadAt> Planner<'_, S> {
         }
         if raw != &orig[..] {
             if self.csum {
-                self.inode_csum(ino, raw);
+                self.inode_csum(ino, raw, &orig);
             }
             return Ok(true);
         }
@@ -236,14 +245,15 @@ impl<S: ReadAt> Planner<'_, S> {
         {
             let n = (inode.size as usize).min(60);
             let slot = self.slot(b"link", ino);
-            generate(self.seed, slot, 0, NAME_CHARS, &mut raw[0x28..0x28 + n]);
+            scrub_target(self.seed, slot, &mut raw[0x28..0x28 + n]);
         }
         if let Some((entries, _)) = &ibody {
-            xattr::scramble_entries(raw, entries, self.seed, u64::from(ino));
+            let mut ea = |i: u32| self.ea_inode_hash(i);
+            xattr::scramble_entries(raw, entries, self.seed, u64::from(ino), &mut ea);
         }
         if raw != &orig[..] {
             if self.csum {
-                self.inode_csum(ino, raw);
+                self.inode_csum(ino, raw, &orig);
             }
             return Ok(true);
         }
@@ -309,6 +319,7 @@ impl<S: ReadAt> Planner<'_, S> {
             ));
             return;
         }
+        let data_ok = data.as_ref().is_some_and(|e| xattr::hash_ok(raw, e, None));
         if inode.is_dir() {
             let casefold = inode.flags & EXT4_CASEFOLD_FL != 0;
             let mut names = DirNames::new(self.seed, ino, None, casefold, self.filetype);
@@ -327,10 +338,10 @@ impl<S: ReadAt> Planner<'_, S> {
         } else if inode.is_symlink() {
             let n = (inode.size as usize).min(60);
             let slot = self.slot(b"link", ino);
-            generate(self.seed, slot, 0, NAME_CHARS, &mut raw[0x28..0x28 + n]);
+            scrub_target(self.seed, slot, &mut raw[0x28..0x28 + n]);
             let rest = (inode.size as usize).saturating_sub(60).min(vlen);
             let slot = Slot { offset: 60, ..slot };
-            generate(self.seed, slot, 0, NAME_CHARS, &mut raw[voff..voff + rest]);
+            scrub_target(self.seed, slot, &mut raw[voff..voff + rest]);
             self.rep.symlinks += 1;
         } else {
             let nonzero = raw[0x28..0x64]
@@ -344,7 +355,7 @@ impl<S: ReadAt> Planner<'_, S> {
             }
         }
         if let Some(e) = &data {
-            xattr::fix_hash(raw, e, b"data");
+            xattr::fix_hash(raw, e, data_ok, None);
         }
     }
 
@@ -380,24 +391,54 @@ impl<S: ReadAt> Planner<'_, S> {
             self.skip(format!("symlink inode {ino}: no block 0"));
             return Ok(());
         };
+        if !self.valid_block(p.pblk) {
+            self.skip(format!(
+                "symlink inode {ino}: block {} is outside the filesystem",
+                p.pblk
+            ));
+            return Ok(());
+        }
         let mut buf = self.block(p.pblk)?;
         let slot = self.slot(b"link", ino);
-        generate(self.seed, slot, 0, NAME_CHARS, &mut buf[..n]);
+        scrub_target(self.seed, slot, &mut buf[..n]);
         self.ov.put(p.pblk, buf);
         self.rep.symlinks += 1;
         Ok(())
     }
 
-    /// libext2fs `ext2fs_inode_csum`.
-    fn inode_csum(&self, ino: u32, raw: &mut [u8]) {
+    /// libext2fs `ext2fs_inode_csum`: (value, whether the high half is stored).
+    fn inode_csum_value(&self, ino: u32, raw: &[u8]) -> (u32, bool) {
         let has_hi = raw.len() > 128 && le::u16(raw, 0x80) >= 4;
-        raw[0x7C..0x7E].fill(0);
+        let mut tmp = raw.to_vec();
+        tmp[0x7C..0x7E].fill(0);
         if has_hi {
-            raw[0x82..0x84].fill(0);
+            tmp[0x82..0x84].fill(0);
         }
         let mut crc = crc32c_raw(self.csum_seed, &ino.to_le_bytes());
-        crc = crc32c_raw(crc, &raw[0x64..0x68]);
-        crc = crc32c_raw(crc, raw);
+        crc = crc32c_raw(crc, &tmp[0x64..0x68]);
+        crc = crc32c_raw(crc, &tmp);
+        if !has_hi {
+            crc &= 0xFFFF;
+        }
+        (crc, has_hi)
+    }
+
+    fn inode_csum_ok(&self, ino: u32, raw: &[u8]) -> bool {
+        let (crc, has_hi) = self.inode_csum_value(ino, raw);
+        let mut stored = u32::from(le::u16(raw, 0x7C));
+        if has_hi {
+            stored |= u32::from(le::u16(raw, 0x82)) << 16;
+        }
+        stored == crc
+    }
+
+    /// Store a new inode checksum, but only where the source's verified: a wrong checksum
+    /// stays wrong, so that e2fsck's verdict does not change.
+    fn inode_csum(&self, ino: u32, raw: &mut [u8], orig: &[u8]) {
+        if !self.inode_csum_ok(ino, orig) {
+            return;
+        }
+        let (crc, has_hi) = self.inode_csum_value(ino, raw);
         raw[0x7C..0x7E].copy_from_slice(&(crc as u16).to_le_bytes());
         if has_hi {
             raw[0x82..0x84].copy_from_slice(&((crc >> 16) as u16).to_le_bytes());
@@ -597,9 +638,10 @@ impl<S: ReadAt> Planner<'_, S> {
                 if lblk == 0 || t.nodes.contains(&lblk) || !self.valid_block(pblk) {
                     continue;
                 }
-                if t.leaves.contains_key(&lblk) {
+                if let Some(&range) = t.leaves.get(&lblk) {
                     let b = self.block(pblk)?;
-                    names.collect_needs(&b[..self.leaf_limit(&b)], bs, lblk, &mut needs);
+                    let limit = self.leaf_limit(&b);
+                    names.collect_needs(&b[..limit], bs, lblk, range, &mut needs);
                 }
             }
             names.preassign(needs, &t.leaves);
@@ -631,10 +673,14 @@ impl<S: ReadAt> Planner<'_, S> {
                 ));
             }
             if buf != orig {
-                if tail {
+                let leaf_csum = |b: &[u8]| {
                     let mut crc = crc32c_raw(self.csum_seed, &ino.to_le_bytes());
                     crc = crc32c_raw(crc, &generation.to_le_bytes());
-                    crc = crc32c_raw(crc, &buf[..bs - 12]);
+                    crc32c_raw(crc, &b[..bs - 12])
+                };
+                // Only a checksum that verified is recomputed (a bad one stays bad).
+                if tail && le::u32(&orig, bs - 4) == leaf_csum(&orig) {
+                    let crc = leaf_csum(&buf);
                     buf[bs - 4..].copy_from_slice(&crc.to_le_bytes());
                 }
                 self.ov.put(pblk, buf);
@@ -643,6 +689,26 @@ impl<S: ReadAt> Planner<'_, S> {
         self.rep.directories += 1;
         self.finish_names(names);
         Ok(())
+    }
+
+    /// The value hash an EA inode keeps in `i_atime`.
+    fn ea_inode_hash(&self, ino: u32) -> Option<u32> {
+        let sb = &self.fs.sb;
+        let idx = ino.checked_sub(1)?;
+        let g = idx / sb.inodes_per_group;
+        if g >= sb.group_count {
+            return None;
+        }
+        let isz = u64::from(sb.inode_size);
+        let off = u64::from(idx % sb.inodes_per_group) * isz;
+        let bs = self.bs() as u64;
+        let blk = self.fs.desc.inode_table(g).checked_add(off / bs)?;
+        if !self.valid_block(blk) {
+            return None;
+        }
+        let b = self.block(blk).ok()?;
+        let at = (off % bs) as usize;
+        Some(le::u32(&b, at + 0x08))
     }
 
     /// Where the entries of a leaf block end: before the checksum tail, if it has one.
@@ -677,14 +743,20 @@ impl<S: ReadAt> Planner<'_, S> {
                 return Ok(());
             }
         };
-        let c = xattr::scramble_entries(&mut buf, &entries, self.seed, blk | 1 << 63);
+        let seed = self.csum_seed;
+        let block_csum = move |b: &[u8]| {
+            let mut t = b.to_vec();
+            t[16..20].fill(0);
+            crc32c_raw(crc32c_raw(seed, &blk.to_le_bytes()), &t)
+        };
+        let csum_ok = self.csum && le::u32(&buf, 16) == block_csum(&buf);
+        let mut ea = |i: u32| self.ea_inode_hash(i);
+        let c = xattr::scramble_entries(&mut buf, &entries, self.seed, blk | 1 << 63, &mut ea);
         self.count_xattrs(blk as u32, &c);
         if c.changed {
             xattr::block_rehash(&mut buf, &entries);
-            if self.csum {
-                buf[16..20].fill(0);
-                let mut crc = crc32c_raw(self.csum_seed, &blk.to_le_bytes());
-                crc = crc32c_raw(crc, &buf);
+            if csum_ok {
+                let crc = block_csum(&buf);
                 buf[16..20].copy_from_slice(&crc.to_le_bytes());
             }
             self.ov.put(blk, buf);
@@ -741,8 +813,9 @@ impl<S: ReadAt> Planner<'_, S> {
             if sbb[0x78..0xC8].iter().all(|&b| b == 0) {
                 continue;
             }
+            let ok = le::u32(sbb, 0x3FC) == crc32c_raw(!0, &sbb[..0x3FC]);
             sbb[0x78..0xC8].fill(0);
-            if self.csum {
+            if self.csum && ok {
                 let crc = crc32c_raw(!0, &sbb[..0x3FC]);
                 sbb[0x3FC..].copy_from_slice(&crc.to_le_bytes());
             }
@@ -770,12 +843,23 @@ impl<S: ReadAt> Planner<'_, S> {
         if buf[16..112].iter().all(|&b| b == 0) {
             return Ok(());
         }
+        let ok = le::u32(&buf, 1020) == crc32c_raw(self.csum_seed, &buf[..1020]);
         buf[16..112].fill(0);
-        if self.csum {
+        if self.csum && ok {
             let crc = crc32c_raw(self.csum_seed, &buf[..1020]);
             buf[1020..1024].copy_from_slice(&crc.to_le_bytes());
         }
         self.ov.put(blk, buf);
         Ok(())
+    }
+}
+
+/// Replace a symlink target with generated characters of the same length; NUL bytes stay
+/// where they were (e2fsck judges a target by its length up to the first NUL).
+fn scrub_target(seed: u64, slot: Slot, dst: &mut [u8]) {
+    let zeros: Vec<usize> = (0..dst.len()).filter(|&i| dst[i] == 0).collect();
+    generate(seed, slot, 0, NAME_CHARS, dst);
+    for i in zeros {
+        dst[i] = 0;
     }
 }

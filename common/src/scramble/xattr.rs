@@ -90,44 +90,55 @@ pub fn parse(
     }
 }
 
-fn name_hash(name: &[u8]) -> u32 {
-    name.iter()
-        .fold(0u32, |h, &c| (h << 5) ^ (h >> 27) ^ u32::from(c))
+fn name_hash(name: &[u8], signed: bool) -> u32 {
+    name.iter().fold(0u32, |h, &c| {
+        let c = if signed {
+            i32::from(c as i8) as u32
+        } else {
+            u32::from(c)
+        };
+        (h << 5) ^ (h >> 27) ^ c
+    })
 }
 
-/// `ext2fs_ext_attr_hash_entry` for an entry whose value is in `buf`.
-pub fn entry_hash(buf: &[u8], e: &XEntry) -> u32 {
-    let mut h = name_hash(e.name(buf));
-    if e.inum == 0 && e.value_size != 0 {
-        let words = e.value_size.div_ceil(4);
-        for w in 0..words {
+/// `ext2fs_ext_attr_hash_entry` (or its `_signed` variant) for an entry whose value is in
+/// `buf`, or whose value lives in an EA inode with value hash `ea_hash`.
+pub fn entry_hash(buf: &[u8], e: &XEntry, signed: bool, ea_hash: Option<u32>) -> Option<u32> {
+    let mut h = name_hash(e.name(buf), signed);
+    if e.inum != 0 {
+        return ea_hash.map(|a| (h << 16) ^ (h >> 16) ^ a);
+    }
+    if e.value_size != 0 {
+        for w in 0..e.value_size.div_ceil(4) {
             let mut b = [0u8; 4];
             for (k, v) in b.iter_mut().enumerate() {
-                let at = e.value_off + 4 * w + k;
-                if 4 * w + k < e.value_size.next_multiple_of(4) {
-                    *v = buf.get(at).copied().unwrap_or(0);
+                if 4 * w + k < e.value_size {
+                    *v = buf.get(e.value_off + 4 * w + k).copied().unwrap_or(0);
                 }
             }
             h = (h << 16) ^ (h >> 16) ^ u32::from_le_bytes(b);
         }
     }
-    h
+    Some(h)
 }
 
-/// Recompute a non-zero entry hash after the name or value changed. `old_name` is the
-/// name the hash was computed with (for values in EA inodes, whose hash is folded in).
-pub fn fix_hash(buf: &mut [u8], e: &XEntry, old_name: &[u8]) {
-    if e.hash == 0 {
+/// Does the stored hash verify (either variant e2fsck accepts)? A zero hash is not checked.
+pub fn hash_ok(buf: &[u8], e: &XEntry, ea_hash: Option<u32>) -> bool {
+    e.hash == 0
+        || [false, true]
+            .iter()
+            .any(|&s| entry_hash(buf, e, s, ea_hash) == Some(e.hash))
+}
+
+/// Recompute a non-zero entry hash after the name or value changed, if the old one
+/// verified (`was_ok`); a bad hash stays as it was.
+pub fn fix_hash(buf: &mut [u8], e: &XEntry, was_ok: bool, ea_hash: Option<u32>) {
+    if e.hash == 0 || !was_ok {
         return;
     }
-    let new = if e.inum == 0 {
-        entry_hash(buf, e)
-    } else {
-        let old = name_hash(old_name);
-        let ea_hash = e.hash ^ old.rotate_left(16);
-        name_hash(e.name(buf)).rotate_left(16) ^ ea_hash
-    };
-    buf[e.off + 12..e.off + 16].copy_from_slice(&new.to_le_bytes());
+    if let Some(new) = entry_hash(buf, e, false, ea_hash) {
+        buf[e.off + 12..e.off + 16].copy_from_slice(&new.to_le_bytes());
+    }
 }
 
 /// Counts from one entry table.
@@ -141,7 +152,14 @@ pub struct XCounts {
 }
 
 /// Scramble the names and values of the entries outside the kept namespaces.
-pub fn scramble_entries(buf: &mut [u8], entries: &[XEntry], seed: u64, owner: u64) -> XCounts {
+/// `ea_hash(inode)` reads an EA inode's value hash (for entries whose value lives there).
+pub fn scramble_entries(
+    buf: &mut [u8],
+    entries: &[XEntry],
+    seed: u64,
+    owner: u64,
+    ea_hash: &mut dyn FnMut(u32) -> Option<u32>,
+) -> XCounts {
     let mut c = XCounts::default();
     let mut used: HashSet<(u8, Vec<u8>)> = entries
         .iter()
@@ -202,7 +220,8 @@ pub fn scramble_entries(buf: &mut [u8], entries: &[XEntry], seed: u64, owner: u6
     }
     for (e, new) in entries.iter().zip(new_names) {
         let Some(new) = new else { continue };
-        let old_name = e.name(buf).to_vec();
+        let ea = if e.inum != 0 { ea_hash(e.inum) } else { None };
+        let was_ok = hash_ok(buf, e, ea);
         buf[e.off + 16..e.off + 16 + e.name_len].copy_from_slice(&new);
         c.names += 1;
         c.changed = true;
@@ -224,7 +243,7 @@ pub fn scramble_entries(buf: &mut [u8], entries: &[XEntry], seed: u64, owner: u6
             }
             c.values += 1;
         }
-        fix_hash(buf, e, &old_name);
+        fix_hash(buf, e, was_ok, ea);
     }
     c
 }
@@ -261,6 +280,7 @@ mod tests {
         assert_eq!(es.len(), 1);
         let n = (u32::from(b'a') << 5) ^ u32::from(b'b');
         let want = (n << 16) ^ (n >> 16) ^ u32::from_le_bytes([b'x', b'y', b'z', 0]);
-        assert_eq!(entry_hash(&buf, &es[0]), want);
+        assert_eq!(entry_hash(&buf, &es[0], false, None), Some(want));
+        assert!(hash_ok(&buf, &es[0], None) || es[0].hash == 0);
     }
 }
