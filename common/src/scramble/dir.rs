@@ -233,6 +233,10 @@ impl DirNames {
                                 *n = o;
                             }
                         }
+                        // In a casefolded directory a name that is not UTF-8 stays invalid.
+                        if self.casefold && std::str::from_utf8(&orig).is_err() {
+                            new[0] = 0xFF;
+                        }
                         region[name_at..name_end].copy_from_slice(&new);
                         self.same.insert(orig, new.clone());
                         self.used.insert(new);
@@ -279,7 +283,9 @@ impl DirNames {
                 continue; // a duplicate: it gets the first one's new name
             }
             let h = self.hash.and_then(|spec| spec.hash(name));
-            if h.is_some_and(|h| !(range.0..range.1.max(range.0 + 1)).contains(&u64::from(h))) {
+            // e2fsck's test is inclusive at the top: a name may equal the next leaf's hash
+            // (hash collisions continue in the next leaf).
+            if h.is_some_and(|h| !(range.0..=range.1).contains(&u64::from(h))) {
                 self.outside.insert((lblk, e.off));
                 continue;
             }
