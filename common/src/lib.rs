@@ -5,6 +5,8 @@
 //! 2. [`ext4::scan`] reads its superblock, descriptors and inodes and builds a [`blockmap::BlockMap`]:
 //!    the sorted extents of blocks e2image would copy.
 //! 3. A writer (sparse raw, qcow2, normal e2image, stream) consumes the map and the source.
+//!    With `-s`, [`scramble::ScrambledSource`] wraps the source between 2 and 3: every writer
+//!    reads the scrambled blocks through it (see [`ops::capture::scramble_fs`]).
 //!
 //! Glossary of units: a *block* is `block_size` bytes of the filesystem (1 KiB–64 KiB);
 //! a *cluster* is `2^cluster_bits` blocks with bigalloc, else one block; *byte offsets* are
