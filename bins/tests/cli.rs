@@ -53,6 +53,7 @@ mod cli {
     pub mod normal;
     pub mod pipeline;
     pub mod qcow2;
+    pub mod scramble;
     pub mod util;
     pub mod ux;
 }

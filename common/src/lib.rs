@@ -7,6 +7,8 @@
 //! 3. A writer (sparse raw, qcow2, normal e2image, stream) consumes the map and the source.
 //!    The normal e2image format ([`normal`]) needs no map: it copies the superblock,
 //!    descriptors, inode tables and bitmaps by their locations.
+//!    With `-s`, [`scramble::ScrambledSource`] wraps the source between 2 and 3: every writer
+//!    reads the scrambled blocks through it (see [`ops::capture::scramble_fs`]).
 //!
 //! Glossary of units: a *block* is `block_size` bytes of the filesystem (1 KiB–64 KiB);
 //! a *cluster* is `2^cluster_bits` blocks with bigalloc, else one block; *byte offsets* are
@@ -23,6 +25,7 @@ pub mod normal;
 pub mod ops;
 pub mod progress;
 pub mod qcow2;
+pub mod scramble;
 pub mod sparse;
 pub mod stream;
 pub mod undo;

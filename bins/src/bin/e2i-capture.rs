@@ -64,9 +64,6 @@ fn capture(args: Args) -> anyhow::Result<u8> {
             args.source.display()
         );
     }
-    if args.scramble {
-        anyhow::bail!("--scramble is not available in this build");
-    }
     let opts = CaptureOptions {
         all_data: args.all_data,
         open: e2i::ext4::OpenOptions {
@@ -76,6 +73,9 @@ fn capture(args: Args) -> anyhow::Result<u8> {
         offset: args.offset,
         strict: args.strict,
         compress: args.compress,
+        scramble: args
+            .scramble
+            .then(|| args.seed.unwrap_or(e2i::scramble::DEFAULT_SEED)),
     };
     let mut reporter = Reporter::new(args.progress);
     let mut out = Output::create(&args.output)?;
@@ -154,6 +154,9 @@ fn capture(args: Args) -> anyhow::Result<u8> {
     for w in &report.warnings {
         eprintln!("{TOOL}: warning: {src}: {w}");
     }
+    if let Some(s) = &report.scramble {
+        print_scramble_summary(&src, s);
+    }
     if report.problems.is_empty() {
         return Ok(EXIT_OK);
     }
@@ -165,4 +168,39 @@ fn capture(args: Args) -> anyhow::Result<u8> {
         report.problems.len()
     );
     Ok(EXIT_DAMAGED)
+}
+
+/// The `-s` summary on stderr: what was scrambled, then what could not be, with reasons.
+fn print_scramble_summary(src: &str, s: &e2i::scramble::ScrambleReport) {
+    eprintln!(
+        "{TOOL}: {src}: scrambled {} names in {} directories, {} symlink targets, {} xattr names and {} values, {} inline files, {} journal blocks{}",
+        s.names,
+        s.directories,
+        s.symlinks,
+        s.xattr_names,
+        s.xattr_values,
+        s.inline_files,
+        s.journal_blocks,
+        if s.superblock_strings {
+            ", the label and last-mounted path"
+        } else {
+            ""
+        }
+    );
+    if s.names_out_of_range > 0 {
+        eprintln!(
+            "{TOOL}: warning: {src}: {} names could not keep their htree hash range; e2fsck will report those directories",
+            s.names_out_of_range
+        );
+    }
+    const SHOWN: usize = 20;
+    for w in s.not_scrambled.iter().take(SHOWN) {
+        eprintln!("{TOOL}: not scrambled: {src}: {w}");
+    }
+    if s.not_scrambled.len() > SHOWN {
+        eprintln!(
+            "{TOOL}: not scrambled: {src}: … and {} more",
+            s.not_scrambled.len() - SHOWN
+        );
+    }
 }

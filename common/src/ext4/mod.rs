@@ -3,6 +3,7 @@
 pub mod bitmap;
 pub mod csum;
 pub mod desc;
+pub mod dirhash;
 pub mod extent;
 pub mod fs;
 pub mod indirect;

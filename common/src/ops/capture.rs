@@ -10,6 +10,7 @@ use crate::ext4::{Filesystem, OpenOptions};
 use crate::io::{FileSource, ReadAt};
 use crate::progress::{Progress, Unit};
 use crate::qcow2::{self, Qcow2Target};
+use crate::scramble::{self, ScrambleReport, ScrambledSource};
 use crate::sparse::{self, CopyStats, RawTarget};
 use crate::stream;
 use crate::{Error, Result};
@@ -36,6 +37,10 @@ pub struct CaptureOptions {
     pub strict: bool,
     /// qcow2 only: deflate-compressed clusters (needs a seekable new file).
     pub compress: bool,
+    /// `-s`: scramble with this seed ([`crate::scramble::DEFAULT_SEED`] by default). Every
+    /// writer reads through [`crate::scramble::ScrambledSource`]; the normal format's writer
+    /// also blanks the header's hostname and device name when this is set.
+    pub scramble: Option<u64>,
 }
 
 /// Where the image goes.
@@ -62,6 +67,8 @@ pub struct CaptureReport {
     pub problems: Vec<Problem>,
     /// Damage noticed that leaves the selection as e2image's (reported, exit 0).
     pub warnings: Vec<Problem>,
+    /// What `-s` scrambled, and what it could not.
+    pub scramble: Option<ScrambleReport>,
 }
 
 /// Open the source at `path` for reading the filesystem at byte `offset`. A qcow2 image
@@ -126,6 +133,13 @@ pub fn capture(
     }
     let is_dev = matches!(out, Output::Device(_));
     let (fs, res) = scan_source(src, opts, is_dev, progress)?;
+    let (fs, scramble_report) = match opts.scramble {
+        Some(seed) => {
+            let (fs, rep) = scramble_fs(fs, seed, opts)?;
+            (fs, Some(rep))
+        }
+        None => (fs, None),
+    };
     let map: &BlockMap = &res.map;
     let mut report = CaptureReport {
         block_size: fs.sb.block_size,
@@ -135,6 +149,7 @@ pub fn capture(
         copy: CopyStats::default(),
         problems: Vec::new(),
         warnings: Vec::new(),
+        scramble: scramble_report,
     };
     report.copy = match format {
         Format::Raw => {
@@ -160,6 +175,10 @@ pub fn capture(
             let header = stream::Header {
                 flags: if opts.all_data {
                     stream::flags::ALL_DATA
+                } else {
+                    0
+                } | if opts.scramble.is_some() {
+                    stream::flags::SCRAMBLED
                 } else {
                     0
                 },
@@ -234,12 +253,24 @@ fn capture_normal(
 ) -> Result<CaptureReport> {
     use crate::normal::{HeaderInfo, NormalTarget, write_normal};
     let fs = Filesystem::open(src, opts.open)?;
+    let (fs, scramble_report) = match opts.scramble {
+        Some(seed) => {
+            let (fs, rep) = scramble_fs(fs, seed, opts)?;
+            (fs, Some(rep))
+        }
+        None => (fs, None),
+    };
     let (target, file) = match out {
         Output::NewFile(f) => (NormalTarget::NewFile(f), Some(f)),
         Output::Device(f) => (NormalTarget::Device(f), Some(f)),
         Output::Stream(w) => (NormalTarget::Stream(w), None),
     };
-    let info = HeaderInfo::collect(source, file);
+    let mut info = HeaderInfo::collect(source, file);
+    if opts.scramble.is_some() {
+        // Where the image was made says who made it.
+        info.hostname.clear();
+        info.device_name.clear();
+    }
     let st = write_normal(&fs, &info, target, progress)?;
     let bs = u64::from(fs.sb.block_size);
     Ok(CaptureReport {
@@ -255,7 +286,22 @@ fn capture_normal(
         },
         problems: Vec::new(),
         warnings: Vec::new(),
+        scramble: scramble_report,
     })
+}
+
+/// The scrambling transform layer: plan the changed blocks, wrap the source so that every
+/// read sees them, and reopen the filesystem through the wrapper (so that the superblock and
+/// descriptors writers take from `fs.sb`/`fs.desc` are the scrambled ones too).
+pub fn scramble_fs(
+    fs: Filesystem<Box<dyn ReadAt>>,
+    seed: u64,
+    opts: &CaptureOptions,
+) -> Result<(Filesystem<Box<dyn ReadAt>>, ScrambleReport)> {
+    let (overlay, rep) = scramble::plan(&fs, seed)?;
+    let wrapped: Box<dyn ReadAt> = Box::new(ScrambledSource::new(fs.src, overlay));
+    let fs = Filesystem::open(wrapped, opts.open)?;
+    Ok((fs, rep))
 }
 
 impl CaptureReport {
