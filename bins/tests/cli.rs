@@ -44,6 +44,7 @@ pub static ALLOC: PeakAlloc = PeakAlloc {
 
 mod cli {
     pub mod basic;
+    pub mod bug_report;
     pub mod corpus;
     pub mod damaged;
     pub mod install;
