@@ -96,8 +96,8 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     let mut reporter = Reporter::new(args.progress);
     let src = args.input.display().to_string();
     if args.dry_run {
-        let l = e2i::ops::to_qcow2::plan(&args.input, &opts, &mut reporter)
-            .with_context(|| src.clone())?;
+        let inp = input::open(&args.input).with_context(|| src.clone())?;
+        let l = e2i::ops::to_qcow2::plan(inp, &opts, &mut reporter).with_context(|| src.clone())?;
         println!(
             "would write {}: qcow2 v2, virtual size {}, cluster size {}, {} data clusters after {} bytes of metadata, {} bytes{}",
             args.output.display(),

@@ -207,3 +207,38 @@ fn converters_take_normal_and_qcow2_inputs() {
     assert!(o.status.success());
     assert_eq!(o.stdout, std::fs::read(&nr).unwrap());
 }
+
+#[test]
+fn to_qcow2_dry_run_predicts_the_image_and_creates_nothing() {
+    let d = tempdir();
+    let img = mkfs(d.path(), "fs.img", "8M", &[]);
+    let s = capture_stream(&[], &img);
+    let sf = d.path().join("s.e2is");
+    std::fs::write(&sf, &s).unwrap();
+    let q = d.path().join("out.qcow2");
+    for input in [sf.as_path(), img.as_path()] {
+        let o = run(Command::new(tool("e2i-to-qcow2"))
+            .arg("-n")
+            .arg(input)
+            .arg(&q));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(!q.exists(), "a dry run created the output");
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let predicted: u64 = text
+            .trim_end()
+            .trim_end_matches(" bytes")
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no size in: {text}"));
+        let o = run(Command::new(tool("e2i-to-qcow2")).arg(input).arg(&q));
+        assert!(o.status.success());
+        assert_eq!(
+            std::fs::metadata(&q).unwrap().len(),
+            predicted,
+            "{}",
+            input.display()
+        );
+        std::fs::remove_file(&q).unwrap();
+    }
+}

@@ -1,29 +1,61 @@
 //! `e2i-to-qcow2` helpers beyond the capture itself (which is `capture(.., Format::Qcow2, ..)`).
 
-use std::path::Path;
-
 use crate::ops::capture::{CaptureOptions, open_source, scan_source};
 use crate::progress::Progress;
 use crate::qcow2::Qcow2Layout;
 use crate::qcow2::writer::nonzero_blocks;
 use crate::{Error, Result};
 
-/// Scan `source` and plan its qcow2 image without writing anything (`--dry-run`).
+/// Plan the qcow2 image of any input without writing anything (`--dry-run`). A stream is
+/// read to its end and verified; other inputs are scanned and their data blocks found.
 pub fn plan(
-    source: &Path,
+    input: crate::ops::input::Input,
     opts: &CaptureOptions,
     progress: &mut dyn Progress,
 ) -> Result<Qcow2Layout> {
-    let src = open_source(source, opts.offset)?;
-    let (fs, res) = scan_source(src, opts, false, progress)?;
-    let bs = fs.sb.block_size;
-    let (runs, _) = nonzero_blocks(&fs.src, &res.map, bs, progress)?;
-    let vsize = res
-        .map
-        .blocks_count()
-        .checked_mul(u64::from(bs))
-        .ok_or_else(|| Error::InvalidInput("filesystem size overflows".into()))?;
-    Qcow2Layout::plan(vsize, bs.trailing_zeros(), &runs)
+    use crate::blockmap::Run;
+    use crate::ops::input::{Input, Kind};
+    let layout = |blocks_count: u64, bs: u32, runs: &[Run]| {
+        let vsize = blocks_count
+            .checked_mul(u64::from(bs))
+            .ok_or_else(|| Error::InvalidInput("filesystem size overflows".into()))?;
+        Qcow2Layout::plan(vsize, bs.trailing_zeros(), runs)
+    };
+    match input {
+        Input::Stream(mut r) => {
+            let runs: Vec<Run> = r
+                .extents
+                .iter()
+                .filter(|e| e.kind == crate::stream::Kind::Data)
+                .map(|e| Run {
+                    start: e.start,
+                    len: e.len,
+                })
+                .collect();
+            let l = layout(r.header.blocks_count, r.header.block_size, &runs)?;
+            r.for_each(crate::sparse::IO_CHUNK, &mut |_, _| Ok(()))?;
+            Ok(l)
+        }
+        Input::File {
+            kind: Kind::Normal,
+            path,
+            ..
+        } => {
+            let img = crate::normal::NormalImage::open(crate::io::FileSource::open(&path, 0)?)?;
+            let view = img.fs_view();
+            let map = view.block_map();
+            let sb = img.superblock();
+            let (runs, _) = nonzero_blocks(&view, &map, sb.block_size, progress)?;
+            layout(sb.blocks_count, sb.block_size, &runs)
+        }
+        Input::File { path, .. } => {
+            let src = open_source(&path, opts.offset)?;
+            let (fs, res) = scan_source(src, opts, false, progress)?;
+            let bs = fs.sb.block_size;
+            let (runs, _) = nonzero_blocks(&fs.src, &res.map, bs, progress)?;
+            layout(res.map.blocks_count(), bs, &runs)
+        }
+    }
 }
 
 /// Where a stream conversion writes its qcow2.
