@@ -185,6 +185,34 @@ pub fn zero_runs(
     Ok(())
 }
 
+/// Split `data` (whole blocks) into runs equal to what the target already holds (`old`, of
+/// which the first `old_len` bytes were read; blocks past that count as different) and runs
+/// that differ: calls `f(first_block_index, count, same)`.
+pub fn same_runs(
+    data: &[u8],
+    old: &[u8],
+    old_len: usize,
+    block_size: usize,
+    f: &mut dyn FnMut(usize, usize, bool) -> Result<()>,
+) -> Result<()> {
+    let n = data.len() / block_size;
+    let same = |k: usize| {
+        let r = k * block_size..(k + 1) * block_size;
+        r.end <= old_len && old[r.clone()] == data[r]
+    };
+    let mut i = 0;
+    while i < n {
+        let s = same(i);
+        let mut j = i + 1;
+        while j < n && same(j) == s {
+            j += 1;
+        }
+        f(i, j - i, s)?;
+        i = j;
+    }
+    Ok(())
+}
+
 /// Fast all-zero test of one block.
 pub fn block_is_zero(b: &[u8]) -> bool {
     let mut it = b.chunks_exact(32);
@@ -331,30 +359,18 @@ impl<'a> RawSink<'a> {
                     self.cmp.resize(data.len(), 0);
                     let got = pread_full(file, &mut self.cmp, off)
                         .map_err(|e| Error::io("read", off, e))?;
-                    let cmp = &self.cmp;
-                    // Past the end of the target counts as different.
-                    let same = |k: usize| {
-                        (k + 1) * bsz <= got
-                            && cmp[k * bsz..(k + 1) * bsz] == data[k * bsz..(k + 1) * bsz]
-                    };
-                    let n = count as usize;
-                    let mut i = 0;
-                    while i < n {
-                        let s = same(i);
-                        let mut j = i + 1;
-                        while j < n && same(j) == s {
-                            j += 1;
-                        }
-                        if s {
-                            self.stats.identical_blocks += (j - i) as u64;
+                    let stats = &mut self.stats;
+                    same_runs(data, &self.cmp, got, bsz, &mut |i, n, same| {
+                        if same {
+                            stats.identical_blocks += n as u64;
                         } else {
                             let o = off + (i * bsz) as u64;
-                            pwrite_full(file, &data[i * bsz..j * bsz], o)
+                            pwrite_full(file, &data[i * bsz..(i + n) * bsz], o)
                                 .map_err(|e| Error::io("write", o, e))?;
-                            self.stats.bytes_written += ((j - i) * bsz) as u64;
+                            stats.bytes_written += (n * bsz) as u64;
                         }
-                        i = j;
-                    }
+                        Ok(())
+                    })?;
                 } else {
                     pwrite_full(file, data, off).map_err(|e| Error::io("write", off, e))?;
                     self.stats.bytes_written += data.len() as u64;

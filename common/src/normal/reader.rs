@@ -27,6 +27,13 @@ fn corrupt(detail: impl Into<String>) -> Error {
     Error::corrupt("normal e2image image", detail)
 }
 
+impl NormalImage<crate::io::FileSource> {
+    /// Open the normal image in the file at `path`.
+    pub fn open_file(path: &std::path::Path) -> Result<Self> {
+        Self::open(crate::io::FileSource::open(path, 0)?)
+    }
+}
+
 impl<R: ReadAt> NormalImage<R> {
     /// Open and validate: the header's magic and block size, the superblock (libext2fs's
     /// checks, block size equal to the header's), the section offsets (exactly where e2image

@@ -474,7 +474,7 @@ pub fn install(
             )));
         }
     }
-    let img = NormalImage::open(FileSource::open(image, 0)?)?;
+    let img = NormalImage::open_file(image)?;
     let sb = img.superblock();
     let bs = u64::from(sb.block_size);
     let writes = plan(&img, now())?;

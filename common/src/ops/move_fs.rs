@@ -17,7 +17,7 @@ use crate::io::{FileSource, ReadAt, pread_full, pwrite_full};
 use crate::ops::capture::{CaptureOptions, scan_source};
 use crate::ops::move_journal::{Journal, MoveParams, State};
 use crate::progress::{Progress, Unit};
-use crate::sparse::zero_runs;
+use crate::sparse::{same_runs, zero_runs};
 use crate::{Error, Result};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
@@ -208,25 +208,14 @@ pub fn clone_fs(
                 let off = dest + blk * bsu;
                 cmp.resize(data.len(), 0);
                 let got = pread_full(out, &mut cmp, off).map_err(|e| Error::io("read", off, e))?;
-                // Past the end of the target counts as different.
-                let same = |k: usize| {
-                    (k + 1) * bsz <= got
-                        && cmp[k * bsz..(k + 1) * bsz] == data[k * bsz..(k + 1) * bsz]
-                };
-                let mut i = 0;
-                while i < n {
-                    let s = same(i);
-                    let mut j = i + 1;
-                    while j < n && same(j) == s {
-                        j += 1;
-                    }
-                    if s {
-                        rep.identical_blocks += (j - i) as u64;
+                same_runs(data, &cmp, got, bsz, &mut |i, k, same| {
+                    if same {
+                        rep.identical_blocks += k as u64;
+                        Ok(())
                     } else {
-                        write(&mut rep, blk + i as u64, &data[i * bsz..j * bsz])?;
+                        write(&mut rep, blk + i as u64, &data[i * bsz..(i + k) * bsz])
                     }
-                    i = j;
-                }
+                })?;
             } else {
                 write(&mut rep, blk, data)?;
             }

@@ -23,15 +23,7 @@ pub fn plan(
     };
     match input {
         Input::Stream(mut r) => {
-            let runs: Vec<Run> = r
-                .extents
-                .iter()
-                .filter(|e| e.kind == crate::stream::Kind::Data)
-                .map(|e| Run {
-                    start: e.start,
-                    len: e.len,
-                })
-                .collect();
+            let runs = r.data_runs();
             let l = layout(r.header.blocks_count, r.header.block_size, &runs)?;
             r.for_each(crate::sparse::IO_CHUNK, &mut |_, _| Ok(()))?;
             Ok(l)
@@ -41,7 +33,7 @@ pub fn plan(
             path,
             ..
         } => {
-            let img = crate::normal::NormalImage::open(crate::io::FileSource::open(&path, 0)?)?;
+            let img = crate::normal::NormalImage::open_file(&path)?;
             let view = img.fs_view();
             let map = view.block_map();
             let sb = img.superblock();
@@ -86,24 +78,14 @@ pub fn stream_to_qcow2<R: std::io::Read>(
     out: Qcow2Out<'_>,
     progress: &mut dyn Progress,
 ) -> Result<StreamToQcow2> {
-    use crate::blockmap::Run;
     use crate::qcow2::writer::{CompressedWriter, SequentialWriter};
-    use crate::stream::Kind;
     let h = r.header;
     let vsize = h
         .blocks_count
         .checked_mul(u64::from(h.block_size))
         .ok_or_else(|| Error::InvalidInput("image size overflows".into()))?;
     let cb = h.block_size.trailing_zeros();
-    let runs: Vec<Run> = r
-        .extents
-        .iter()
-        .filter(|e| e.kind == Kind::Data)
-        .map(|e| Run {
-            start: e.start,
-            len: e.len,
-        })
-        .collect();
+    let runs = r.data_runs();
     let mut report = StreamToQcow2 {
         block_size: h.block_size,
         blocks_count: h.blocks_count,
@@ -201,7 +183,7 @@ pub fn to_qcow2(
             path,
             ..
         } => {
-            let img = crate::normal::NormalImage::open(crate::io::FileSource::open(&path, 0)?)?;
+            let img = crate::normal::NormalImage::open_file(&path)?;
             let view = img.fs_view();
             let map = view.block_map();
             let sb = img.superblock();

@@ -97,7 +97,7 @@ pub fn to_raw(
             path,
             ..
         } => {
-            let img = crate::normal::NormalImage::open(crate::io::FileSource::open(&path, 0)?)?;
+            let img = crate::normal::NormalImage::open_file(&path)?;
             let view = img.fs_view();
             let map = view.block_map();
             let bs = img.superblock().block_size;

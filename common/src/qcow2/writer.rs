@@ -246,6 +246,43 @@ impl Qcow2Layout {
     }
 }
 
+/// The order in which planned data clusters must arrive: guest order, run by run.
+#[derive(Debug, Clone, Copy)]
+struct PlanOrder {
+    run: usize,
+    next: u64,
+}
+
+impl PlanOrder {
+    fn new(data: &[Run]) -> Self {
+        PlanOrder {
+            run: 0,
+            next: data.first().map_or(0, |r| r.start),
+        }
+    }
+
+    /// Accept guest cluster `g` if it is the next planned one, and step past it.
+    fn take(&mut self, data: &[Run], g: u64) -> Result<()> {
+        let Some(r) = data.get(self.run).copied().filter(|_| g == self.next) else {
+            return Err(Error::InvalidInput(format!(
+                "qcow2 writer: cluster {g} is not the next planned data cluster"
+            )));
+        };
+        self.next = g + 1;
+        if self.next >= r.end() {
+            self.run += 1;
+            if let Some(n) = data.get(self.run) {
+                self.next = n.start;
+            }
+        }
+        Ok(())
+    }
+
+    fn done(&self, data: &[Run]) -> bool {
+        self.run >= data.len()
+    }
+}
+
 /// Writes an image planned by [`Qcow2Layout::plan`] front to back to any [`Write`] (a
 /// pipe, stdout, a new file). Create it (this writes all metadata), feed the data clusters
 /// in guest order with [`SequentialWriter::write_clusters`], then call
@@ -253,8 +290,7 @@ impl Qcow2Layout {
 pub struct SequentialWriter<'a> {
     out: &'a mut dyn Write,
     layout: &'a Qcow2Layout,
-    run: usize,
-    next: u64,
+    order: PlanOrder,
     pos: u64,
 }
 
@@ -301,8 +337,7 @@ impl<'a> SequentialWriter<'a> {
         Ok(SequentialWriter {
             out,
             layout,
-            run: 0,
-            next: layout.data.first().map_or(0, |r| r.start),
+            order: PlanOrder::new(&layout.data),
             pos,
         })
     }
@@ -317,38 +352,22 @@ impl<'a> SequentialWriter<'a> {
                 data.len()
             )));
         }
-        let mut g = first;
-        for c in data.chunks(cs as usize) {
-            let run = self.layout.data.get(self.run).copied();
-            if run.is_none() || g != self.next {
-                return Err(Error::InvalidInput(format!(
-                    "qcow2 writer: cluster {g} is not the next planned data cluster"
-                )));
-            }
+        for (g, c) in (first..).zip(data.chunks(cs as usize)) {
+            self.order.take(&self.layout.data, g)?;
             self.out
                 .write_all(c)
                 .map_err(|e| Error::io("write", self.pos, e))?;
             self.pos += cs;
-            g += 1;
-            self.next = g;
-            if let Some(r) = run
-                && g >= r.end()
-            {
-                self.run += 1;
-                if let Some(n) = self.layout.data.get(self.run) {
-                    self.next = n.start;
-                }
-            }
         }
         Ok(())
     }
 
     /// Check that every planned cluster was written and flush; returns the file size.
     pub fn finish(self) -> Result<u64> {
-        if self.run < self.layout.data.len() {
+        if !self.order.done(&self.layout.data) {
             return Err(Error::InvalidInput(format!(
                 "qcow2 writer: finished before data cluster {}",
-                self.next
+                self.order.next
             )));
         }
         self.out
@@ -373,8 +392,7 @@ pub struct CompressedWriter<'a> {
     pos: u64,
     /// Refcounts of host clusters from `data_offset` on.
     refcounts: Vec<u16>,
-    run: usize,
-    next: u64,
+    order: PlanOrder,
     comp: flate2::Compress,
     cbuf: Vec<u8>,
     /// Bytes of compressed data written.
@@ -393,8 +411,7 @@ impl<'a> CompressedWriter<'a> {
             l2_index: 0,
             pos: layout.data_offset,
             refcounts: Vec::new(),
-            run: 0,
-            next: layout.data.first().map_or(0, |r| r.start),
+            order: PlanOrder::new(&layout.data),
             comp: flate2::Compress::new_with_window_bits(flate2::Compression::default(), false, 12),
             cbuf: vec![0; cs + cs / 8 + 64],
             compressed_bytes: 0,
@@ -434,14 +451,8 @@ impl<'a> CompressedWriter<'a> {
                 "qcow2 writer: not a whole number of clusters".into(),
             ));
         }
-        let mut g = first;
-        for c in data.chunks(cs as usize) {
-            let run = self.layout.data.get(self.run).copied();
-            if run.is_none() || g != self.next {
-                return Err(Error::InvalidInput(format!(
-                    "qcow2 writer: cluster {g} is not the next planned data cluster"
-                )));
-            }
+        for (g, c) in (first..).zip(data.chunks(cs as usize)) {
+            self.order.take(&self.layout.data, g)?;
             self.comp.reset();
             let st = self
                 .comp
@@ -474,16 +485,6 @@ impl<'a> CompressedWriter<'a> {
             }
             let at = ((g % per) * 8) as usize;
             self.l2_table[at..at + 8].copy_from_slice(&entry.0.to_be_bytes());
-            g += 1;
-            self.next = g;
-            if let Some(r) = run
-                && g >= r.end()
-            {
-                self.run += 1;
-                if let Some(n) = self.layout.data.get(self.run) {
-                    self.next = n.start;
-                }
-            }
         }
         Ok(())
     }
@@ -491,10 +492,10 @@ impl<'a> CompressedWriter<'a> {
     /// Write the last L2 table, the header, L1 and refcounts; pad the file to a whole
     /// cluster. Returns the file size.
     pub fn finish(mut self) -> Result<u64> {
-        if self.run < self.layout.data.len() {
+        if !self.order.done(&self.layout.data) {
             return Err(Error::InvalidInput(format!(
                 "qcow2 writer: finished before data cluster {}",
-                self.next
+                self.order.next
             )));
         }
         if self.l2_current.is_some() {

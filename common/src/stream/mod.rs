@@ -395,6 +395,18 @@ impl<R: Read> StreamReader<R> {
         })
     }
 
+    /// The data extents, as block-map runs (what a qcow2 layout needs).
+    pub fn data_runs(&self) -> Vec<crate::blockmap::Run> {
+        self.extents
+            .iter()
+            .filter(|e| e.kind == Kind::Data)
+            .map(|e| crate::blockmap::Run {
+                start: e.start,
+                len: e.len,
+            })
+            .collect()
+    }
+
     /// Blocks of data the stream carries.
     pub fn data_blocks(&self) -> u64 {
         self.data_blocks
