@@ -531,3 +531,48 @@ fn parse_imap(s: &str) -> Option<(u64, u64, u64)> {
     let off = u64::from_str_radix(off.trim(), 16).ok()?;
     Some((ino, blk.trim().parse().ok()?, off))
 }
+
+/// `-s` on every corpus image: e2fsck gives the scrambled image the verdict it gives the
+/// unscrambled one, and debugfs lists the root without checksum errors.
+#[test]
+fn corpus_scrambled_keeps_the_fsck_verdict() {
+    let c = corpus();
+    let fsck = |p: &Path| {
+        Command::new("e2fsck")
+            .arg("-fn")
+            .arg(p)
+            .output()
+            .expect("e2fsck")
+            .status
+            .code()
+    };
+    let mut failures = Vec::new();
+    for name in &c.images {
+        let img = c.img(name);
+        let d = tempdir();
+        let plain = d.path().join("plain.raw");
+        let scrambled = d.path().join("scrambled.raw");
+        if let Err(e) = capture(&["-r"], &img, &plain)
+            .and_then(|_| capture(&["-r", "-s", "-q"], &img, &scrambled))
+        {
+            failures.push(format!("{name}: {e}"));
+            continue;
+        }
+        let (a, b) = (fsck(&plain), fsck(&scrambled));
+        if a != b {
+            failures.push(format!(
+                "{name}: e2fsck -fn exits {a:?} unscrambled but {b:?} scrambled"
+            ));
+        }
+        let ls = Command::new("debugfs")
+            .args(["-R", "ls -l /"])
+            .arg(&scrambled)
+            .output()
+            .expect("debugfs");
+        let err = String::from_utf8_lossy(&ls.stderr).to_lowercase();
+        if err.contains("checksum") || err.contains("corrupt") {
+            failures.push(format!("{name}: debugfs ls: {err}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

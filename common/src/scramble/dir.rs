@@ -10,8 +10,14 @@ use crate::ext4::le;
 const WIDE: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.+=,@%~";
 /// The same, already casefolded (for casefolded directories).
 const WIDE_FOLDED: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789_-.+=,@%~";
-/// Attempts to hit a leaf's hash range before giving the range up.
+/// Attempts to hit a leaf's hash range before giving the range up: at least this many...
 const RANGE_ATTEMPTS: u64 = 1 << 17;
+/// ...and for narrow leaves (deep or large htrees) up to 24 times the expected number of
+/// tries (2^32 / range width), at most this many per name...
+const RANGE_ATTEMPTS_MAX: u64 = 1 << 25;
+/// ...and at most this many beyond `RANGE_ATTEMPTS` per directory, so that a directory of
+/// many narrow leaves cannot take unbounded time.
+const RANGE_EXTRA_BUDGET: u64 = 1 << 27;
 /// Further attempts for a unique name without the range.
 const FREE_ATTEMPTS: u64 = 10_000;
 
@@ -71,6 +77,8 @@ pub struct DirNames {
     pub names: u64,
     pub out_of_range: u64,
     pub failures: Vec<String>,
+    /// What is left of [`RANGE_EXTRA_BUDGET`].
+    extra_budget: u64,
 }
 
 impl DirNames {
@@ -97,6 +105,7 @@ impl DirNames {
             names: 0,
             out_of_range: 0,
             failures: Vec::new(),
+            extra_budget: RANGE_EXTRA_BUDGET,
         }
     }
 
@@ -137,12 +146,20 @@ impl DirNames {
             h.is_some_and(|h| (lo..hi.max(lo + 1)).contains(&u64::from(h)))
         };
         if let (Some(spec), Some((lo, hi))) = (self.hash, range) {
-            for _ in 0..RANGE_ATTEMPTS.min(space.saturating_mul(8)) {
+            let expected = (1u64 << 32) / hi.saturating_sub(lo).max(1);
+            let wanted = expected
+                .saturating_mul(24)
+                .clamp(RANGE_ATTEMPTS, RANGE_ATTEMPTS_MAX);
+            let extra = (wanted - RANGE_ATTEMPTS).min(self.extra_budget);
+            let attempts = (RANGE_ATTEMPTS + extra).min(space.saturating_mul(8));
+            for k in 0..attempts {
                 cands.fill(NAME_CHARS, &mut cand);
                 if in_range(spec.hash(&cand), lo, hi) && self.acceptable(&cand, orig) {
+                    self.extra_budget -= k.saturating_sub(RANGE_ATTEMPTS).min(self.extra_budget);
                     return Some(cand);
                 }
             }
+            self.extra_budget -= extra;
             if let Some(n) = wide_space {
                 for k in 0..n {
                     nth_name((start.wrapping_add(k)) % n, wide, &mut cand);

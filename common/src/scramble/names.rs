@@ -83,7 +83,8 @@ impl Candidates {
         for chunk in out.chunks_mut(8) {
             let r = self.next_u64().to_le_bytes();
             for (c, b) in chunk.iter_mut().zip(r) {
-                *c = alphabet[usize::from(b) % alphabet.len()];
+                // Multiply-shift maps a byte onto the alphabet without a division.
+                *c = alphabet[(usize::from(b) * alphabet.len()) >> 8];
             }
         }
     }
