@@ -162,6 +162,7 @@ impl Output {
     pub fn create(path: &Path) -> anyhow::Result<Output> {
         use anyhow::Context;
         if path == Path::new("-") {
+            e2i::io::grow_pipe(io::stdout());
             return Ok(Output::Stdout);
         }
         if let Ok(meta) = std::fs::metadata(path)

@@ -111,6 +111,16 @@ pub fn pwrite_full(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
     file.write_all_at(buf, offset)
 }
 
+/// Grow the pipe behind `fd` (if it is one) to 1 MiB, best effort: images cross pipes in
+/// megabytes, and the default 64 KiB costs a context switch every 64 KiB.
+pub fn grow_pipe<Fd: std::os::fd::AsFd>(fd: Fd) {
+    if rustix::fs::fstat(&fd).is_ok_and(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Fifo
+    }) {
+        let _ = rustix::pipe::fcntl_setpipe_size(&fd, 1 << 20);
+    }
+}
+
 /// A regular file or block device, read from byte `base` on (the `-o` offset).
 #[derive(Debug)]
 pub struct FileSource {

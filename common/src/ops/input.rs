@@ -150,6 +150,7 @@ fn spool(mut r: Box<dyn Read>) -> Result<tempfile::TempPath> {
 pub fn open(path: &Path) -> Result<Input> {
     let stdin = path == Path::new("-");
     let raw: Box<dyn Read> = if stdin {
+        crate::io::grow_pipe(io::stdin());
         Box::new(io::stdin())
     } else {
         Box::new(BufReader::with_capacity(
