@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::io::Write;
 
-use crate::blockmap::BlockMap;
+use crate::blockmap::{BlockMap, Run};
 use crate::io::{ReadAt, pread_full, pwrite_full};
 use crate::progress::Progress;
 use crate::{Error, Result};
@@ -162,6 +162,43 @@ pub fn for_each_piece<S: ReadAt + ?Sized>(
         }
     }
     Ok(rep)
+}
+
+/// The first pass of every format that must know its data before writing it (the stream's
+/// map, the qcow2 layout): the selected blocks as runs of data (`false`) and of all-zero
+/// blocks (`true`), in order. Holes are not read; unreadable blocks count as zeros and are
+/// listed in the report.
+pub fn classify_runs<S: ReadAt + ?Sized>(
+    src: &S,
+    map: &BlockMap,
+    block_size: u32,
+    progress: &mut dyn Progress,
+) -> Result<(Vec<(Run, bool)>, ReadReport)> {
+    let bsz = block_size as usize;
+    let mut out: Vec<(Run, bool)> = Vec::new();
+    let mut done = 0u64;
+    let mut push = |start: u64, len: u64, zero: bool| match out.last_mut() {
+        Some((r, z)) if *z == zero && r.end() == start => r.len += len,
+        _ => out.push((Run { start, len }, zero)),
+    };
+    let rep = for_each_piece(src, map, block_size, &mut |p| {
+        match p {
+            Piece::Zero(blk, n) => {
+                push(blk, n, true);
+                done += n;
+            }
+            Piece::Data(blk, data) => {
+                zero_runs(data, bsz, &mut |i, n, z| {
+                    push(blk + i as u64, n as u64, z);
+                    Ok(())
+                })?;
+                done += (data.len() / bsz) as u64;
+            }
+        }
+        progress.update(done);
+        Ok(())
+    })?;
+    Ok((out, rep))
 }
 
 /// Split a piece of consecutive blocks into runs of zero and non-zero blocks:

@@ -319,32 +319,21 @@ pub fn classify<S: ReadAt + ?Sized>(
     map: &BlockMap,
     block_size: u32,
 ) -> Result<(Vec<stream::Extent>, sparse::ReadReport)> {
-    let mut out: Vec<stream::Extent> = Vec::new();
-    let bsz = block_size as usize;
-    let mut push = |start: u64, n: u64, kind: stream::Kind| match out.last_mut() {
-        Some(l) if l.kind == kind && l.start + l.len == start => l.len += n,
-        _ => out.push(stream::Extent {
-            start,
-            len: n,
-            kind,
-        }),
-    };
-    let past = sparse::for_each_piece(src, map, block_size, &mut |p| {
-        match p {
-            sparse::Piece::Zero(blk, n) => push(blk, n, stream::Kind::Zero),
-            sparse::Piece::Data(blk, data) => sparse::zero_runs(data, bsz, &mut |i, n, z| {
-                let kind = if z {
-                    stream::Kind::Zero
-                } else {
-                    stream::Kind::Data
-                };
-                push(blk + i as u64, n as u64, kind);
-                Ok(())
-            })?,
-        }
-        Ok(())
-    })?;
-    Ok((out, past))
+    let (runs, rep) =
+        sparse::classify_runs(src, map, block_size, &mut crate::progress::NoProgress)?;
+    let extents = runs
+        .into_iter()
+        .map(|(r, zero)| stream::Extent {
+            start: r.start,
+            len: r.len,
+            kind: if zero {
+                stream::Kind::Zero
+            } else {
+                stream::Kind::Data
+            },
+        })
+        .collect();
+    Ok((extents, rep))
 }
 
 /// Write the selected blocks of `src` as an e2i stream: the map (data and zero extents)

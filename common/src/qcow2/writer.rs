@@ -538,32 +538,25 @@ pub fn nonzero_blocks<S: ReadAt + ?Sized>(
     block_size: u32,
     progress: &mut dyn Progress,
 ) -> Result<(Vec<Run>, CopyStats)> {
-    let bsz = block_size as usize;
-    let mut runs: Vec<Run> = Vec::new();
-    let mut stats = CopyStats::default();
     progress.phase("finding data", map.selected_blocks(), Unit::Blocks);
-    stats.past_end_blocks = sparse::for_each_chunk(src, map, block_size, &mut |blk, data| {
-        sparse::zero_runs(data, bsz, &mut |i, n, z| {
-            if z {
-                stats.zero_blocks += n as u64;
-                return Ok(());
-            }
-            let start = blk + i as u64;
-            match runs.last_mut() {
-                Some(l) if l.end() == start => l.len += n as u64,
-                _ => runs.push(Run {
-                    start,
-                    len: n as u64,
-                }),
-            }
-            Ok(())
-        })?;
-        stats.blocks += (data.len() / bsz) as u64;
-        progress.update(stats.blocks);
-        Ok(())
-    })?;
+    let (runs, rep) = sparse::classify_runs(src, map, block_size, progress)?;
     progress.finish();
-    Ok((runs, stats))
+    let zero_blocks = runs.iter().filter(|(_, z)| *z).map(|(r, _)| r.len).sum();
+    let stats = CopyStats {
+        blocks: map.selected_blocks(),
+        zero_blocks,
+        past_end_blocks: rep.past_end_blocks,
+        unreadable_blocks: rep.unreadable_blocks,
+        unreadable: rep.unreadable,
+        ..CopyStats::default()
+    };
+    Ok((
+        runs.into_iter()
+            .filter(|(_, z)| !z)
+            .map(|(r, _)| r)
+            .collect(),
+        stats,
+    ))
 }
 
 /// Write the non-zero selected blocks of `src` (a filesystem of `blocks_count` blocks) as a
@@ -587,46 +580,39 @@ pub fn write_qcow2<S: ReadAt + ?Sized>(
     let data_map = BlockMap::from_runs(runs.iter().copied(), map.blocks_count());
     progress.phase("copying", data_map.selected_blocks(), Unit::Blocks);
     let mut done = 0u64;
-    match target {
-        Qcow2Target::Sequential(out) => {
-            let layout = Qcow2Layout::plan(vsize, cb, &runs)?;
-            let mut w = SequentialWriter::new(out, &layout)?;
-            sparse::for_each_chunk(src, &data_map, block_size, &mut |blk, data| {
-                w.write_clusters(blk, data)?;
-                done += (data.len() / block_size as usize) as u64;
-                progress.update(done);
-                Ok(())
-            })?;
-            stats.bytes_written = w.finish()?;
-        }
+    let mut feed = |write: &mut dyn FnMut(u64, &[u8]) -> Result<()>| {
+        sparse::for_each_chunk(src, &data_map, block_size, &mut |blk, data| {
+            write(blk, data)?;
+            done += (data.len() / block_size as usize) as u64;
+            progress.update(done);
+            Ok(())
+        })
+    };
+    let mut buffered;
+    let sequential: Option<&mut dyn Write> = match target {
+        Qcow2Target::Sequential(out) => Some(out),
         Qcow2Target::File {
             file,
             compress: false,
         } => {
-            let layout = Qcow2Layout::plan(vsize, cb, &runs)?;
-            let mut bw = std::io::BufWriter::with_capacity(1 << 20, file);
-            let mut w = SequentialWriter::new(&mut bw, &layout)?;
-            sparse::for_each_chunk(src, &data_map, block_size, &mut |blk, data| {
-                w.write_clusters(blk, data)?;
-                done += (data.len() / block_size as usize) as u64;
-                progress.update(done);
-                Ok(())
-            })?;
-            stats.bytes_written = w.finish()?;
+            buffered = std::io::BufWriter::with_capacity(1 << 20, file);
+            Some(&mut buffered)
         }
         Qcow2Target::File {
             file,
             compress: true,
         } => {
             let mut w = CompressedWriter::new(file, vsize, cb, &runs)?;
-            sparse::for_each_chunk(src, &data_map, block_size, &mut |blk, data| {
-                w.write_clusters(blk, data)?;
-                done += (data.len() / block_size as usize) as u64;
-                progress.update(done);
-                Ok(())
-            })?;
+            feed(&mut |blk, data| w.write_clusters(blk, data))?;
             stats.bytes_written = w.finish()?;
+            None
         }
+    };
+    if let Some(out) = sequential {
+        let layout = Qcow2Layout::plan(vsize, cb, &runs)?;
+        let mut w = SequentialWriter::new(out, &layout)?;
+        feed(&mut |blk, data| w.write_clusters(blk, data))?;
+        stats.bytes_written = w.finish()?;
     }
     progress.finish();
     Ok(stats)
