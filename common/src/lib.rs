@@ -17,6 +17,7 @@
 #![deny(unsafe_code)]
 
 pub mod blockmap;
+pub mod bytes;
 pub mod error;
 pub mod ext4;
 pub mod io;
