@@ -121,6 +121,41 @@ pub fn grow_pipe<Fd: std::os::fd::AsFd>(fd: Fd) {
     }
 }
 
+/// What a file is, by identity rather than by name: every name of one object (a symlink, a
+/// hard link, `./x` and `x`, a second device node) gives the same value. Used to refuse an
+/// OUTPUT that is the SOURCE and to find a move's journal under any name of SOURCE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ObjectId {
+    /// A block device, by its device number (`st_rdev`).
+    BlockDevice { rdev: u64 },
+    /// Anything else (regular file, character device, FIFO), by `st_dev` and `st_ino`.
+    Inode { dev: u64, ino: u64 },
+}
+
+impl ObjectId {
+    pub fn of_metadata(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        if meta.file_type().is_block_device() {
+            ObjectId::BlockDevice { rdev: meta.rdev() }
+        } else {
+            ObjectId::Inode {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            }
+        }
+    }
+
+    /// The object `path` names, symlinks followed.
+    pub fn of_path(path: &Path) -> io::Result<Self> {
+        std::fs::metadata(path).map(|m| Self::of_metadata(&m))
+    }
+
+    /// The object an open file is.
+    pub fn of_file(file: &File) -> io::Result<Self> {
+        file.metadata().map(|m| Self::of_metadata(&m))
+    }
+}
+
 /// A regular file or block device, read from byte `base` on (the `-o` offset).
 #[derive(Debug)]
 pub struct FileSource {
