@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::blockmap::BlockMap;
-use crate::ext4::scan::{self, Problem, ScanOptions};
+use crate::ext4::scan::{self, Problem, ProblemKind, ScanOptions, Warning};
 use crate::ext4::{Filesystem, OpenOptions};
 use crate::io::{FileSource, ReadAt};
 use crate::progress::{Progress, Unit};
@@ -66,7 +66,7 @@ pub struct CaptureReport {
     /// Damaged structures skipped (the capture is usable but incomplete: exit 3).
     pub problems: Vec<Problem>,
     /// Damage noticed that leaves the selection as e2image's (reported, exit 0).
-    pub warnings: Vec<Problem>,
+    pub warnings: Vec<Warning>,
     /// What `-s` scrambled, and what it could not.
     pub scramble: Option<ScrambleReport>,
 }
@@ -224,10 +224,10 @@ pub fn capture(
     };
     report.problems = res.problems;
     report.warnings = res.warnings;
-    for b in &report.copy.unreadable {
+    for &block in &report.copy.unreadable {
         report.problems.push(Problem {
             ino: None,
-            message: format!("block {b}: read error; written as zeros"),
+            kind: ProblemKind::CopyUnreadable { block },
         });
     }
     let unlisted = report
@@ -237,7 +237,7 @@ pub fn capture(
     if unlisted > 0 {
         report.problems.push(Problem {
             ino: None,
-            message: format!("{unlisted} more blocks could not be read; written as zeros"),
+            kind: ProblemKind::CopyUnreadableMore { count: unlisted },
         });
     }
     Ok(report)
