@@ -48,40 +48,44 @@ impl Chunk<'_> {
         self.skipped.len()
     }
 
-    /// Which block of the chunk holds inode `k` (0-based in the chunk).
-    pub fn block_of(&self, k: u32) -> usize {
-        (k as usize)
-            .saturating_mul(self.inode_size)
-            .checked_div(self.block_size)
-            .unwrap_or(0)
-    }
-
     /// Block `j` of the chunk: its number and bytes.
     pub fn block(&self, j: usize) -> Option<(u64, &[u8])> {
         let bytes = self.buf.chunks_exact(self.block_size).nth(j)?;
         Some((self.first_block.checked_add(j as u64)?, bytes))
     }
 
-    fn range(&self, k: u32) -> Option<std::ops::Range<usize>> {
-        if k >= self.count || self.skipped.get(self.block_of(k)).copied().unwrap_or(true) {
-            return None;
-        }
-        let at = (k as usize).checked_mul(self.inode_size)?;
-        Some(at..at.checked_add(self.inode_size)?)
+    /// The inodes of the used part whose blocks were read: (number, bytes).
+    pub fn inodes(&self) -> impl Iterator<Item = (u32, &[u8])> + '_ {
+        self.buf
+            .chunks_exact(self.inode_size.max(1))
+            .take(self.count as usize)
+            .zip(self.first_ino..)
+            .zip(self.block_index())
+            .filter(|&(_, j)| !self.skipped.get(j).copied().unwrap_or(true))
+            .map(|((raw, ino), _)| (ino, raw))
     }
 
-    /// Inode `k` (0-based in the chunk): its number and bytes; `None` past the used part
-    /// or when its block was skipped.
-    pub fn inode(&self, k: u32) -> Option<(u32, &[u8])> {
-        let r = self.range(k)?;
-        Some((self.first_ino.checked_add(k)?, self.buf.get(r)?))
+    /// The same, to change in place: (number, block of the chunk that holds it, bytes).
+    pub fn inodes_mut(&mut self) -> impl Iterator<Item = (u32, usize, &mut [u8])> + '_ {
+        let blocks = self.block_index();
+        let skipped = self.skipped;
+        self.buf
+            .chunks_exact_mut(self.inode_size.max(1))
+            .take(self.count as usize)
+            .zip(self.first_ino..)
+            .zip(blocks)
+            .filter(move |&(_, j)| !skipped.get(j).copied().unwrap_or(true))
+            .map(|((raw, ino), j)| (ino, j, raw))
     }
 
-    /// Inode `k`, to change in place.
-    pub fn inode_mut(&mut self, k: u32) -> Option<(u32, &mut [u8])> {
-        let r = self.range(k)?;
-        let ino = self.first_ino.checked_add(k)?;
-        Some((ino, self.buf.get_mut(r)?))
+    /// For each inode slot in turn, the block of the chunk that holds it.
+    fn block_index(&self) -> impl Iterator<Item = usize> + use<> {
+        let per_block = self
+            .block_size
+            .checked_div(self.inode_size)
+            .unwrap_or(1)
+            .max(1);
+        (0usize..).flat_map(move |j| std::iter::repeat_n(j, per_block))
     }
 }
 
@@ -198,11 +202,15 @@ pub fn for_each_chunk<S: ReadAt>(
             else {
                 break;
             };
-            buf.clear();
+            // Every byte is overwritten by the read below (or zeroed), so the buffer is
+            // reused as it is: zero-filling a megabyte per chunk would cost more than the
+            // rest of the scan.
             buf.resize(len, 0);
             skipped.clear();
             skipped.resize(usize::try_from(n).unwrap_or(0), listed_bad);
-            if !listed_bad {
+            if listed_bad {
+                buf.fill(0);
+            } else {
                 let role = Role::InodeTable { group: g };
                 if let Err(e) = read_blocks(&fs.src, sb.block_size, cur, &mut buf, role) {
                     if opts.strict {

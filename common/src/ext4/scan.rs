@@ -202,10 +202,7 @@ fn scan_inodes<S: ReadAt>(
             Item::Problem(p) => return ctx.problem(p),
             Item::Chunk(c) => c,
         };
-        for k in 0..chunk.count {
-            let Some((ino, raw)) = chunk.inode(k) else {
-                continue;
-            };
+        for (ino, raw) in chunk.inodes() {
             let inode = Inode::parse(raw);
             if inode.links_count == 0 {
                 continue;

@@ -207,11 +207,7 @@ impl<S: ReadAt> Planner<'_, S> {
                 Item::Chunk(c) => c,
             };
             let mut dirty = vec![false; chunk.blocks()];
-            for k in 0..chunk.count {
-                let j = chunk.block_of(k);
-                let Some((ino, raw)) = chunk.inode_mut(k) else {
-                    continue;
-                };
+            for (ino, j, raw) in chunk.inodes_mut() {
                 let before = raw.to_vec();
                 match self.inode(ino, raw) {
                     Ok(true) => {
