@@ -83,6 +83,7 @@ mod cli {
     pub mod pipeline;
     pub mod qcow2;
     pub mod scramble;
+    pub mod sweep;
     pub mod util;
     pub mod ux;
 }

@@ -136,6 +136,15 @@ pub enum CorruptKind {
         block: u64,
         source_bytes: u64,
     },
+    /// A block a map claims (as what `role` says) that holds the filesystem's own metadata:
+    /// its superblock, descriptors, a bitmap or an inode table.
+    #[error(
+        "{role} at block {block} is the filesystem's own metadata (superblock, descriptors, bitmap or inode table)"
+    )]
+    BlockIsMetadata {
+        role: crate::ext4::damage::Role,
+        block: u64,
+    },
     /// A bad extent header: in the inode's root (`node: None`) or in node block `node`.
     #[error("inode {ino}: extent {}: {problem}", match node { Some(b) => format!("node at block {b}"), None => "root".to_string() })]
     ExtentHeader {

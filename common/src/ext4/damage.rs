@@ -48,6 +48,10 @@ pub enum Role {
     },
     /// An extended-attribute block (shared by any number of inodes).
     XattrBlock,
+    /// A block of the journal (inode `ino`).
+    JournalBlock {
+        ino: u32,
+    },
     /// The multi-mount protection block.
     MmpBlock,
 }
@@ -72,6 +76,7 @@ impl fmt::Display for Role {
             Role::DirBlock { ino, lblk } => write!(f, "inode {ino}: directory block {lblk}"),
             Role::SymlinkBlock { ino } => write!(f, "inode {ino}: symlink block"),
             Role::XattrBlock => f.write_str("xattr block"),
+            Role::JournalBlock { ino } => write!(f, "inode {ino}: journal block"),
             Role::MmpBlock => f.write_str("mmp block"),
         }
     }

@@ -40,6 +40,7 @@ pub fn plan<S: ReadAt>(fs: &Filesystem<S>, seed: u64) -> Result<(Overlay, Scramb
         csum_seed: csum_seed(sb),
         xattr_done: HashSet::new(),
         filetype: sb.has_incompat(feature::INCOMPAT_FILETYPE),
+        fixed: fixed_metadata(fs),
     };
     p.inodes()?;
     p.superblocks()?;
@@ -57,6 +58,50 @@ struct Planner<'a, S> {
     csum_seed: u32,
     xattr_done: HashSet<u64>,
     filetype: bool,
+    /// The filesystem's fixed metadata (see [`fixed_metadata`]): no directory, symlink,
+    /// xattr or journal block of a damaged map may change it.
+    fixed: Vec<std::ops::Range<u64>>,
+}
+
+/// The blocks of the filesystem's fixed metadata, sorted and merged: the superblock's
+/// block and the descriptor blocks (of the superblock used, and of the primary), the
+/// bitmaps and the inode tables. Their bytes change only through their own passes (the
+/// inode-table pass, the superblock pass); a damaged map that claims one of them as a
+/// directory, symlink, xattr or journal block does not get it, so the image stays
+/// readable.
+fn fixed_metadata<S: ReadAt>(fs: &Filesystem<S>) -> Vec<std::ops::Range<u64>> {
+    let sb = &fs.sb;
+    let one = |b: u64| b..b.saturating_add(1);
+    // The primary superblock's block: byte 1024 is in block 1 with 1 KiB blocks (also on
+    // bigalloc filesystems, whose first data block is 0), else in block 0.
+    let mut v: Vec<std::ops::Range<u64>> = vec![one(u64::from(sb.block_size == 1024))];
+    let first = u64::from(sb.first_data_block);
+    for group_block in [Some(first), fs.backup_superblock].into_iter().flatten() {
+        v.push(one(group_block));
+        for j in 0..sb.desc_blocks {
+            v.push(one(sb.descriptor_block_loc(group_block, j)));
+        }
+    }
+    let ipbg = u64::from(sb.inode_blocks_per_group);
+    for g in 0..sb.group_count {
+        let it = fs.desc.inode_table(g);
+        let locs = [
+            one(fs.desc.block_bitmap(g)),
+            one(fs.desc.inode_bitmap(g)),
+            it..it.saturating_add(ipbg),
+        ];
+        // A location of 0 means "none".
+        v.extend(locs.into_iter().filter(|r| r.start != 0));
+    }
+    v.sort_unstable_by_key(|r| r.start);
+    let mut merged: Vec<std::ops::Range<u64>> = Vec::with_capacity(v.len());
+    for r in v {
+        match merged.last_mut() {
+            Some(l) if r.start <= l.end => l.end = l.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    merged
 }
 
 /// A mapped piece of a file: `len` blocks from logical `lblk` at physical `pblk`.
@@ -183,6 +228,25 @@ impl<S: ReadAt> Planner<'_, S> {
 
     fn valid_block(&self, blk: u64) -> bool {
         blk >= u64::from(self.fs.sb.first_data_block) && blk < self.fs.sb.blocks_count
+    }
+
+    /// The part of `r` that is fixed metadata, if any (its first range).
+    fn fixed_in(&self, r: &std::ops::Range<u64>) -> Option<std::ops::Range<u64>> {
+        let i = self.fixed.partition_point(|f| f.end <= r.start);
+        let f = self.fixed.get(i)?;
+        (f.start < r.end).then(|| f.start.max(r.start)..f.end.min(r.end))
+    }
+
+    /// Whether block `blk` is fixed metadata; if so, skipped as damage held in `role`.
+    fn is_fixed(&mut self, ino: Option<u32>, role: Role, blk: u64) -> bool {
+        if self.fixed_in(&(blk..blk.saturating_add(1))).is_none() {
+            return false;
+        }
+        self.skip(corrupt(
+            ino,
+            CorruptKind::BlockIsMetadata { role, block: blk },
+        ));
+        true
     }
 
     fn outside(&self, role: Role, block: u64) -> CorruptKind {
@@ -478,6 +542,9 @@ impl<S: ReadAt> Planner<'_, S> {
             self.skip(corrupt(Some(ino), self.outside(role, pblk)));
             return Ok(());
         }
+        if self.is_fixed(Some(ino), role, pblk) {
+            return Ok(());
+        }
         let mut buf = self.block(pblk, role)?;
         let slot = self.slot(b"link", ino);
         scrub_target(self.seed, slot, &mut buf[..n]);
@@ -644,6 +711,9 @@ impl<S: ReadAt> Planner<'_, S> {
                 self.skip(corrupt(Some(ino), self.outside(role, pblk)));
                 continue;
             }
+            if self.is_fixed(Some(ino), role, pblk) {
+                continue;
+            }
             let orig = self.block(pblk, role)?;
             // An index node or an empty block: nothing to rename.
             if le::u32(&orig, 0) == 0 && rec_len(le::u16(&orig, 4), bs) == bs && orig[6] == 0 {
@@ -721,6 +791,9 @@ impl<S: ReadAt> Planner<'_, S> {
             self.skip(corrupt(None, self.outside(Role::XattrBlock, blk)));
             return Ok(());
         }
+        if self.is_fixed(None, Role::XattrBlock, blk) {
+            return Ok(());
+        }
         let bs = self.bs();
         let mut buf = self.block(blk, Role::XattrBlock)?;
         let (magic, blocks) = (le::u32(&buf, 0), le::u32(&buf, 8));
@@ -778,10 +851,31 @@ impl<S: ReadAt> Planner<'_, S> {
                 (p.pblk, p.len)
             };
             let e = s.saturating_add(n).min(self.fs.sb.blocks_count);
-            if s < e {
-                self.ov.zero(s..e);
-                self.rep.journal_blocks =
-                    self.rep.journal_blocks.saturating_add(e.saturating_sub(s));
+            // Zero s..e but the fixed metadata a damaged map may claim (named once).
+            let mut at = s;
+            while at < e {
+                let (upto, next) = match self.fixed_in(&(at..e)) {
+                    Some(f) => {
+                        let role = Role::JournalBlock { ino };
+                        self.skip(corrupt(
+                            Some(ino),
+                            CorruptKind::BlockIsMetadata {
+                                role,
+                                block: f.start,
+                            },
+                        ));
+                        (f.start, f.end)
+                    }
+                    None => (e, e),
+                };
+                if at < upto {
+                    self.ov.zero(at..upto);
+                    self.rep.journal_blocks = self
+                        .rep
+                        .journal_blocks
+                        .saturating_add(upto.saturating_sub(at));
+                }
+                at = next;
             }
         }
         if self.fs.sb.has_incompat(feature::INCOMPAT_RECOVER) {
