@@ -76,6 +76,7 @@ mod cli {
     pub mod corpus;
     pub mod damaged;
     pub mod install;
+    pub mod kinds;
     #[path = "move.rs"]
     pub mod move_fs;
     pub mod mutation;

@@ -462,8 +462,176 @@ fn is_power_of(mut n: u32, base: u32) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
+
+    /// A valid superblock: 1 KiB blocks, 8192 blocks in one group, 2048 inodes of 256 bytes.
+    fn good() -> [u8; SUPERBLOCK_SIZE] {
+        let mut r = [0u8; SUPERBLOCK_SIZE];
+        le::set_u32(&mut r, 0x00, 2048); // inodes
+        le::set_u32(&mut r, 0x04, 8192); // blocks
+        le::set_u32(&mut r, 0x14, 1); // first data block
+        le::set_u32(&mut r, 0x20, 8192); // blocks per group
+        le::set_u32(&mut r, 0x24, 8192); // clusters per group
+        le::set_u32(&mut r, 0x28, 2048); // inodes per group
+        le::set_u16(&mut r, 0x38, EXT2_SUPER_MAGIC);
+        le::set_u32(&mut r, 0x4C, 1); // dynamic revision
+        le::set_u16(&mut r, 0x58, 256); // inode size
+        r
+    }
+
+    fn kind(r: &[u8; SUPERBLOCK_SIZE], bs: Option<u32>) -> CorruptKind {
+        match Superblock::parse(r, bs) {
+            Err(Error::Corrupt(k)) => k,
+            other => panic!("not a corruption: {other:?}"),
+        }
+    }
+
+    fn with(f: impl FnOnce(&mut [u8; SUPERBLOCK_SIZE])) -> [u8; SUPERBLOCK_SIZE] {
+        let mut r = good();
+        f(&mut r);
+        r
+    }
+
+    #[test]
+    fn a_good_superblock_parses() {
+        let sb = Superblock::parse(&good(), Some(1024)).unwrap();
+        assert_eq!(
+            (sb.group_count, sb.desc_blocks, sb.inode_blocks_per_group),
+            (1, 1, 512)
+        );
+    }
+
+    #[test]
+    fn each_damage_has_its_kind() {
+        let r = with(|r| le::set_u16(r, 0x38, 0));
+        assert_eq!(kind(&r, None), CorruptKind::SuperblockMagic { magic: 0 });
+        let r = with(|r| le::set_u32(r, 0x4C, u32::MAX));
+        assert_eq!(
+            kind(&r, None),
+            CorruptKind::SuperblockRevision {
+                rev_level: u32::MAX
+            }
+        );
+        let r = with(|r| le::set_u32(r, 0x18, u32::MAX));
+        assert_eq!(
+            kind(&r, None),
+            CorruptKind::SuperblockSizeLogs {
+                log_block_size: u32::MAX,
+                log_cluster_size: 0,
+                log_groups_per_flex: 0
+            }
+        );
+        let r = with(|r| le::set_u32(r, 0x1C, 2));
+        assert_eq!(
+            kind(&r, None),
+            CorruptKind::SuperblockClusterSize {
+                log_block_size: 0,
+                log_cluster_size: 2
+            }
+        );
+        let r = with(|r| le::set_u16(r, 0x58, u16::MAX));
+        assert_eq!(
+            kind(&r, None),
+            CorruptKind::SuperblockInodeSize { inode_size: 65535 }
+        );
+        let r = with(|r| {
+            le::set_u32(r, 0x60, feature::INCOMPAT_64BIT);
+            le::set_u16(r, 0xFE, u16::MAX);
+        });
+        assert_eq!(
+            kind(&r, None),
+            CorruptKind::SuperblockDescSize { desc_size: 65535 }
+        );
+        let r = with(|r| le::set_u32(r, 0x24, u32::MAX));
+        assert_eq!(
+            kind(&r, None),
+            CorruptKind::SuperblockClustersPerGroup {
+                blocks_per_group: 8192,
+                clusters_per_group: u32::MAX
+            }
+        );
+        assert_eq!(
+            kind(&good(), Some(4096)),
+            CorruptKind::SuperblockBlockSize {
+                block_size: 1024,
+                expected: 4096
+            }
+        );
+        let r = with(|r| le::set_u32(r, 0x28, 0));
+        assert_eq!(kind(&r, None), CorruptKind::SuperblockNoInodes);
+        let r = with(|r| le::set_u32(r, 0x14, u32::MAX));
+        assert_eq!(
+            kind(&r, None),
+            CorruptKind::SuperblockGeometry {
+                blocks_per_group: 8192,
+                inode_blocks_per_group: 512,
+                first_data_block: u32::MAX,
+                blocks_count: 8192
+            }
+        );
+        let r = with(|r| le::set_u32(r, 0x00, u32::MAX));
+        assert_eq!(
+            kind(&r, None),
+            CorruptKind::SuperblockInodeCount {
+                inodes_count: u32::MAX,
+                groups: 1,
+                inodes_per_group: 2048
+            }
+        );
+        let r = with(|r| {
+            le::set_u32(r, 0x60, feature::INCOMPAT_META_BG);
+            le::set_u32(r, 0x104, u32::MAX);
+        });
+        assert_eq!(
+            kind(&r, None),
+            CorruptKind::SuperblockFirstMetaBg {
+                first_meta_bg: u32::MAX,
+                desc_blocks: 1
+            }
+        );
+    }
+
+    #[test]
+    fn both_halves_of_the_block_count() {
+        // 64bit, blocks_count lo and hi all ones: its byte size overflows 64 bits.
+        let r = with(|r| {
+            le::set_u32(r, 0x60, feature::INCOMPAT_64BIT);
+            le::set_u16(r, 0xFE, 64);
+            le::set_u32(r, 0x04, u32::MAX);
+            le::set_u32(r, 0x150, u32::MAX);
+        });
+        assert_eq!(
+            kind(&r, None),
+            CorruptKind::SuperblockTooLarge {
+                blocks_count: u64::MAX,
+                block_size: 1024
+            }
+        );
+        // The high half alone, with groups of the largest size: too many groups.
+        let r = with(|r| {
+            le::set_u32(r, 0x60, feature::INCOMPAT_64BIT);
+            le::set_u16(r, 0xFE, 64);
+            le::set_u32(r, 0x150, 0x0000_FFFF);
+        });
+        assert_eq!(
+            kind(&r, None),
+            CorruptKind::SuperblockGroupCount {
+                groups: ((0xFFFFu64 << 32) + 8192 - 1).div_ceil(8192)
+            }
+        );
+    }
+
+    #[test]
+    fn locations_saturate_instead_of_wrapping() {
+        let sb = Superblock::parse(&good(), None).unwrap();
+        assert_eq!(
+            sb.group_first_block(u32::MAX),
+            1 + u64::from(u32::MAX) * 8192
+        );
+        assert_eq!(sb.descriptor_block_loc(u64::MAX, 5), u64::MAX);
+    }
 
     #[test]
     fn sparse_super_groups() {

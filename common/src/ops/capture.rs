@@ -89,6 +89,7 @@ pub fn open_source(path: &Path, offset: u64) -> Result<Box<dyn ReadAt>> {
 }
 
 /// Open the filesystem and compute its block map.
+#[deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 pub fn scan_source<S: ReadAt>(
     src: S,
     opts: &CaptureOptions,
@@ -119,6 +120,7 @@ pub fn scan_source<S: ReadAt>(
 
 /// Capture SOURCE in `format` to `out`. Each format's writer consumes the same
 /// filesystem and block map.
+#[deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 pub fn capture(
     source: &Path,
     opts: &CaptureOptions,
@@ -244,6 +246,7 @@ pub fn capture(
 }
 
 /// The normal e2image format ([`crate::normal`]).
+#[deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 fn capture_normal(
     source: &Path,
     src: Box<dyn ReadAt>,
@@ -272,14 +275,18 @@ fn capture_normal(
         info.device_name.clear();
     }
     let st = write_normal(&fs, &info, target, progress)?;
-    let bs = u64::from(fs.sb.block_size);
+    // The block size is at least 1 KiB (the superblock was validated).
+    let blocks = st
+        .size
+        .checked_div(u64::from(fs.sb.block_size))
+        .unwrap_or(0);
     Ok(CaptureReport {
         block_size: fs.sb.block_size,
         blocks_count: fs.sb.blocks_count,
-        selected_blocks: st.size / bs,
+        selected_blocks: blocks,
         runs: 0,
         copy: CopyStats {
-            blocks: st.size / bs,
+            blocks,
             zero_blocks: st.zero_blocks,
             bytes_written: st.bytes_written,
             ..CopyStats::default()
@@ -339,6 +346,7 @@ pub fn classify<S: ReadAt + ?Sized>(
 /// Write the selected blocks of `src` as an e2i stream: the map (data and zero extents)
 /// first, then the data. Reads the selection twice (classification, then data) so that
 /// memory stays bounded by the map.
+#[deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 pub fn write_stream<S: ReadAt + ?Sized>(
     src: &S,
     map: &BlockMap,
@@ -368,19 +376,19 @@ pub fn write_stream<S: ReadAt + ?Sized>(
     let mut done = 0u64;
     sparse::for_each_chunk(src, &data_map, header.block_size, &mut |_, data| {
         w.write_data(data)?;
-        done += data.len() as u64 / bs;
+        done = done.saturating_add((data.len() as u64).checked_div(bs).unwrap_or(0));
         progress.update(done);
         Ok(())
     })?;
     let (_, _digest) = w.finish()?;
     progress.finish();
     Ok(CopyStats {
-        blocks: done + zero_blocks,
+        blocks: done.saturating_add(zero_blocks),
         zero_blocks,
         past_end_blocks: past.past_end_blocks,
         unreadable_blocks: past.unreadable_blocks,
         unreadable: past.unreadable,
         identical_blocks: 0,
-        bytes_written: done * bs,
+        bytes_written: done.saturating_mul(bs),
     })
 }
