@@ -102,6 +102,23 @@ fn used<S: ReadAt>(fs: &Filesystem<S>, g: u32) -> (u32, u64) {
     (inodes, blocks)
 }
 
+/// Where inode `ino` is: its group, the inode-table block holding it and its byte offset
+/// in that block; `None` for a number the filesystem does not have or a table location
+/// that overflows.
+pub fn locate<S: ReadAt>(fs: &Filesystem<S>, ino: u32) -> Option<(u32, u64, usize)> {
+    let sb = &fs.sb;
+    let idx = ino.checked_sub(1)?;
+    let g = idx.checked_div(sb.inodes_per_group)?;
+    if g >= sb.group_count {
+        return None;
+    }
+    let off = super::mul32(idx.checked_rem(sb.inodes_per_group)?, sb.inode_size);
+    let bs = u64::from(sb.block_size);
+    let blk = fs.desc.inode_table(g).checked_add(off.checked_div(bs)?)?;
+    let at = usize::try_from(off.checked_rem(bs)?).ok()?;
+    Some((g, blk, at))
+}
+
 /// Inodes the iteration will go through (for progress): every group's used part.
 pub fn used_inodes<S: ReadAt>(fs: &Filesystem<S>) -> u64 {
     let lazy = fs.sb.has_group_desc_csum();

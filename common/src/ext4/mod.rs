@@ -1,5 +1,11 @@
 //! The ext2/3/4 on-disk model: only what navigation needs is decoded; raw bytes are kept.
 //!
+//! One reader per structure: [`superblock`], [`desc`] (group descriptors), [`inode`];
+//! [`itable`] walks the used part of the inode tables and [`walk`] an inode's block map
+//! (extent tree or indirect blocks), both with libext2fs's rules, for the scanner
+//! ([`scan`]: filesystem → block map) and the scrambler alike. Damage is a located
+//! [`crate::error::CorruptKind`]; what it is about is named in [`damage`].
+//!
 //! Every number read from the disk goes through checked (or explicitly saturating)
 //! arithmetic here: a value out of range is a located [`crate::error::CorruptKind`], never
 //! a panic or a silent wrap. The lints below hold this module to it.

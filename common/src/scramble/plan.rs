@@ -750,24 +750,11 @@ impl<S: ReadAt> Planner<'_, S> {
 
     /// The value hash an EA inode keeps in `i_atime`.
     fn ea_inode_hash(&self, ino: u32) -> Option<u32> {
-        let sb = &self.fs.sb;
-        let idx = ino.checked_sub(1)?;
-        let g = idx.checked_div(sb.inodes_per_group)?;
-        if g >= sb.group_count {
-            return None;
-        }
-        let off = crate::ext4::mul32(idx.checked_rem(sb.inodes_per_group)?, sb.inode_size);
-        let bs = self.bs() as u64;
-        let blk = self
-            .fs
-            .desc
-            .inode_table(g)
-            .checked_add(off.checked_div(bs)?)?;
+        let (group, blk, at) = itable::locate(self.fs, ino)?;
         if !self.valid_block(blk) {
             return None;
         }
-        let b = self.block(blk, Role::InodeTable { group: g }).ok()?;
-        let at = usize::try_from(off.checked_rem(bs)?).ok()?;
+        let b = self.block(blk, Role::InodeTable { group }).ok()?;
         le::get_u32(&b, at.checked_add(0x08)?)
     }
 
