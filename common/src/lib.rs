@@ -27,6 +27,7 @@ pub mod ops;
 pub mod progress;
 pub mod qcow2;
 pub mod scramble;
+pub mod pieces;
 pub mod sparse;
 pub mod stream;
 pub mod undo;

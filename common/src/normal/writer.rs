@@ -16,7 +16,7 @@ use crate::ext4::desc::DescTable;
 use crate::ext4::{Filesystem, Superblock};
 use crate::io::{ReadAt, pwrite_full};
 use crate::progress::{Progress, Unit};
-use crate::sparse::{IO_CHUNK, zero_runs};
+use crate::pieces::{IO_CHUNK, zero_runs};
 use crate::{Error, Result};
 
 /// The host-specific header fields.

@@ -318,9 +318,9 @@ pub fn classify<S: ReadAt + ?Sized>(
     src: &S,
     map: &BlockMap,
     block_size: u32,
-) -> Result<(Vec<stream::Extent>, sparse::ReadReport)> {
+) -> Result<(Vec<stream::Extent>, crate::pieces::ReadReport)> {
     let (runs, rep) =
-        sparse::classify_runs(src, map, block_size, &mut crate::progress::NoProgress)?;
+        crate::pieces::classify_runs(src, map, block_size, &mut crate::progress::NoProgress)?;
     let extents = runs
         .into_iter()
         .map(|(r, zero)| stream::Extent {
@@ -366,7 +366,7 @@ pub fn write_stream<S: ReadAt + ?Sized>(
     let mut w = stream::StreamWriter::new(out, header, extents)?;
     progress.phase("copying", data_map.selected_blocks(), Unit::Blocks);
     let mut done = 0u64;
-    sparse::for_each_chunk(src, &data_map, header.block_size, &mut |_, data| {
+    crate::pieces::for_each_chunk(src, &data_map, header.block_size, &mut |_, data| {
         w.write_data(data)?;
         done += data.len() as u64 / bs;
         progress.update(done);

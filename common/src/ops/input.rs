@@ -128,7 +128,7 @@ fn spool(mut r: Box<dyn Read>) -> Result<tempfile::TempPath> {
         let mut i = 0;
         while i < n {
             let j = (i + 4096).min(n);
-            if !crate::sparse::block_is_zero(&buf[i..j]) {
+            if !crate::pieces::block_is_zero(&buf[i..j]) {
                 crate::io::pwrite_full(&file, &buf[i..j], pos + i as u64)
                     .map_err(|e| Error::io("write", pos, e))?;
             }

@@ -17,7 +17,7 @@ use crate::io::{FileSource, ReadAt, pread_full, pwrite_full};
 use crate::ops::capture::{CaptureOptions, scan_source};
 use crate::ops::move_journal::{Journal, MoveParams, State};
 use crate::progress::{Progress, Unit};
-use crate::sparse::{same_runs, zero_runs};
+use crate::pieces::{same_runs, zero_runs};
 use crate::{Error, Result};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 

@@ -182,7 +182,7 @@ pub fn dry_run<S: ReadAt>(
         writeln!(out, "write bytes {}..{} ({} bytes)", r.0, r.1, r.1 - r.0)
             .map_err(|e| Error::io("write", 0, e))
     };
-    sparse::for_each_chunk(image, &plan.map, plan.unit, &mut |blk, data| {
+    crate::pieces::for_each_chunk(image, &plan.map, plan.unit, &mut |blk, data| {
         let base = dest_offset.saturating_add(blk * unit);
         let mut same = vec![false; data.len() / bsz];
         if check && let Some(t) = target {
@@ -195,7 +195,7 @@ pub fn dry_run<S: ReadAt>(
         }
         for (k, s) in same.iter().enumerate() {
             let block = &data[k * bsz..(k + 1) * bsz];
-            if *s || (new_file && sparse::block_is_zero(block)) {
+            if *s || (new_file && crate::pieces::block_is_zero(block)) {
                 if *s {
                     res.identical += unit;
                 }

@@ -25,7 +25,7 @@ pub fn plan(
         Input::Stream(mut r) => {
             let runs = r.data_runs();
             let l = layout(r.header.blocks_count, r.header.block_size, &runs)?;
-            r.for_each(crate::sparse::IO_CHUNK, &mut |_, _| Ok(()))?;
+            r.for_each(crate::pieces::IO_CHUNK, &mut |_, _| Ok(()))?;
             Ok(l)
         }
         Input::File {
@@ -100,7 +100,7 @@ pub fn stream_to_qcow2<R: std::io::Read>(
         Qcow2Out::Sequential(w) => {
             let layout = Qcow2Layout::plan(vsize, cb, &runs)?;
             let mut qw = SequentialWriter::new(w, &layout)?;
-            report.stream_sha256 = r.for_each(crate::sparse::IO_CHUNK, &mut |e, data| {
+            report.stream_sha256 = r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
                 if let Some(d) = data {
                     qw.write_clusters(e.start, d)?;
                     done += d.len() as u64 / bs;
@@ -112,7 +112,7 @@ pub fn stream_to_qcow2<R: std::io::Read>(
         }
         Qcow2Out::Compressed(file) => {
             let mut qw = CompressedWriter::new(file, vsize, cb, &runs)?;
-            report.stream_sha256 = r.for_each(crate::sparse::IO_CHUNK, &mut |e, data| {
+            report.stream_sha256 = r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
                 if let Some(d) = data {
                     qw.write_clusters(e.start, d)?;
                     done += d.len() as u64 / bs;

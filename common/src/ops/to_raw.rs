@@ -48,7 +48,7 @@ pub fn to_raw(
             let h = r.header;
             let mut sink = RawSink::new(target, h.block_size, h.blocks_count)?;
             progress.phase("copying", r.data_blocks() + r.zero_blocks(), Unit::Blocks);
-            let digest = r.for_each(sparse::IO_CHUNK, &mut |e, data| {
+            let digest = r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
                 match data {
                     Some(d) => sink.put(e.start, d)?,
                     None => sink.put_zeros(e.start, e.len)?,

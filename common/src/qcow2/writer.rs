@@ -24,7 +24,8 @@ use super::header::{Header, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS};
 use crate::blockmap::{BlockMap, Run};
 use crate::io::{ReadAt, pwrite_full};
 use crate::progress::{Progress, Unit};
-use crate::sparse::{self, CopyStats};
+use crate::pieces;
+use crate::sparse::CopyStats;
 use crate::{Error, Result};
 
 /// qemu refuses L1 tables larger than 32 MiB.
@@ -539,7 +540,7 @@ pub fn nonzero_blocks<S: ReadAt + ?Sized>(
     progress: &mut dyn Progress,
 ) -> Result<(Vec<Run>, CopyStats)> {
     progress.phase("finding data", map.selected_blocks(), Unit::Blocks);
-    let (runs, rep) = sparse::classify_runs(src, map, block_size, progress)?;
+    let (runs, rep) = pieces::classify_runs(src, map, block_size, progress)?;
     progress.finish();
     let zero_blocks = runs.iter().filter(|(_, z)| *z).map(|(r, _)| r.len).sum();
     let stats = CopyStats {
@@ -581,7 +582,7 @@ pub fn write_qcow2<S: ReadAt + ?Sized>(
     progress.phase("copying", data_map.selected_blocks(), Unit::Blocks);
     let mut done = 0u64;
     let mut feed = |write: &mut dyn FnMut(u64, &[u8]) -> Result<()>| {
-        sparse::for_each_chunk(src, &data_map, block_size, &mut |blk, data| {
+        pieces::for_each_chunk(src, &data_map, block_size, &mut |blk, data| {
             write(blk, data)?;
             done += (data.len() / block_size as usize) as u64;
             progress.update(done);
