@@ -32,21 +32,67 @@ pub struct CopyStats {
 
 /// Where a raw image goes.
 pub enum RawTarget<'a> {
-    /// A file created empty for this run: zero blocks become holes, the size is set at the end.
-    NewFile(&'a File),
+    /// A file created empty for this run: zero blocks become holes, the size is set at the
+    /// end (to `dest_offset` + the image size).
+    NewFile { file: &'a File, dest_offset: u64 },
     /// An existing file or block device updated in place at `dest_offset`: every selected
-    /// block is written (zeros too), nothing outside `[dest_offset, dest_offset + fs size)`
-    /// is touched, the file is never shortened. With `check`, blocks already equal are skipped.
+    /// block is written (zeros too), nothing outside `[dest_offset, dest_offset + image size)`
+    /// is touched, the file is never shortened. With `check`, blocks already equal are
+    /// skipped. `room` is a block device's size (checked before the first write); a file
+    /// (`None`) grows to the image's end.
     InPlace {
         file: &'a File,
         dest_offset: u64,
         check: bool,
-        grow_to_end: bool,
+        room: Option<u64>,
     },
-    /// A stream (pipe, stdout): every byte, holes as zeros.
+    /// A stream (pipe, stdout, character device): every byte, holes as zeros.
     Stream(&'a mut dyn Write),
-    /// Write nothing; describe each write on the given stream instead (`-n`).
-    DryRun(&'a mut dyn Write),
+    /// `-n`: write nothing; list on `list` the blocks the same run would write (`Writing
+    /// blocks A-B (N blocks)`). `target` is the existing target (for `check`, which then
+    /// lists only the blocks that differ from it), `new_file` that zero blocks would be
+    /// holes, `room` as for [`RawTarget::InPlace`]: the same checks as the real run.
+    DryRun {
+        list: &'a mut dyn Write,
+        target: Option<&'a File>,
+        dest_offset: u64,
+        check: bool,
+        new_file: bool,
+        room: Option<u64>,
+    },
+}
+
+impl RawTarget<'_> {
+    /// Every selected block is written, zeros included (a target updated in place, or its
+    /// dry run): such targets also want the blocks e2image writes only to devices.
+    pub fn updates_in_place(&self) -> bool {
+        match self {
+            RawTarget::InPlace { .. } => true,
+            RawTarget::DryRun { new_file, .. } => !new_file,
+            _ => false,
+        }
+    }
+
+    /// The target is a block device (its size is fixed).
+    pub fn is_block_device(&self) -> bool {
+        matches!(
+            self,
+            RawTarget::InPlace { room: Some(_), .. } | RawTarget::DryRun { room: Some(_), .. }
+        )
+    }
+}
+
+/// `blocks A-B (N blocks)`, or `block A (1 block)`: the one notation of block ranges in
+/// every listing (inclusive bounds).
+pub fn range_text(first: u64, count: u64) -> String {
+    if count == 1 {
+        format!("block {first} (1 block)")
+    } else {
+        format!(
+            "blocks {first}-{} ({count} blocks)",
+            first.saturating_add(count).saturating_sub(1)
+        )
+    }
 }
 
 /// Accepts the blocks of a raw image in ascending order and writes them to a [`RawTarget`].
@@ -54,25 +100,37 @@ pub struct RawSink<'a> {
     target: RawTarget<'a>,
     bs: u64,
     total: u64,
-    /// Next byte a stream target expects.
+    /// Next byte a stream target expects; the end of the last block put.
     pos: u64,
     cmp: Vec<u8>,
     zeros: Vec<u8>,
+    /// A dry run's range not yet listed (first block, count).
+    listed: Option<(u64, u64)>,
     stats: CopyStats,
 }
 
 impl<'a> RawSink<'a> {
-    /// A sink for an image of `blocks_count` blocks of `block_size` bytes.
+    /// A sink for an image of `blocks_count` blocks of `block_size` bytes. A target with a
+    /// fixed size that cannot hold the image is refused here, before anything is written.
     pub fn new(target: RawTarget<'a>, block_size: u32, blocks_count: u64) -> Result<Self> {
         let bs = u64::from(block_size);
         let total = blocks_count
             .checked_mul(bs)
             .ok_or_else(|| Error::InvalidInput("filesystem size overflows".into()))?;
-        if let RawTarget::InPlace { dest_offset, .. } = &target {
-            dest_offset
-                .checked_add(total)
-                .ok_or_else(|| Error::InvalidInput("destination offset overflows".into()))?;
-        }
+        let (offset, room) = match &target {
+            RawTarget::NewFile { dest_offset, .. } => (*dest_offset, None),
+            RawTarget::InPlace {
+                dest_offset, room, ..
+            }
+            | RawTarget::DryRun {
+                dest_offset, room, ..
+            } => (*dest_offset, *room),
+            RawTarget::Stream(_) => (0, None),
+        };
+        let end = offset
+            .checked_add(total)
+            .ok_or_else(|| Error::InvalidInput("destination offset overflows".into()))?;
+        crate::output::check_room(room, end)?;
         Ok(RawSink {
             target,
             bs,
@@ -80,6 +138,7 @@ impl<'a> RawSink<'a> {
             pos: 0,
             cmp: Vec::new(),
             zeros: Vec::new(),
+            listed: None,
             stats: CopyStats::default(),
         })
     }
@@ -123,6 +182,74 @@ impl<'a> RawSink<'a> {
         Ok(())
     }
 
+    /// A dry run: note that `count` blocks from `first` would be written.
+    fn list(&mut self, first: u64, count: u64) -> Result<()> {
+        match &mut self.listed {
+            Some((f, n)) if *f + *n == first => *n += count,
+            _ => {
+                self.flush_list()?;
+                self.listed = Some((first, count));
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_list(&mut self) -> Result<()> {
+        if let (Some((f, n)), RawTarget::DryRun { list, .. }) = (self.listed.take(), &mut self.target)
+        {
+            writeln!(list, "Writing {}", range_text(f, n)).map_err(|e| Error::io("list", 0, e))?;
+        }
+        Ok(())
+    }
+
+    /// Write (or list) the consecutive blocks `data` at `block`, in place: with `-c`, only
+    /// the runs that differ from what the target holds (end of file counts as different).
+    fn put_in_place(&mut self, block: u64, data: &[u8]) -> Result<()> {
+        let bsz = self.bs as usize;
+        let (file, dest_offset, check, dry) = match &self.target {
+            RawTarget::InPlace {
+                file,
+                dest_offset,
+                check,
+                ..
+            } => (Some(*file), *dest_offset, *check, false),
+            RawTarget::DryRun {
+                target,
+                dest_offset,
+                check,
+                ..
+            } => (*target, *dest_offset, *check, true),
+            _ => return Ok(()),
+        };
+        let off = dest_offset + block * self.bs;
+        let mut runs: Vec<(usize, usize, bool)> = Vec::new();
+        match file.filter(|_| check) {
+            Some(f) => {
+                self.cmp.resize(data.len(), 0);
+                let got = pread_full(f, &mut self.cmp, off)
+                    .map_err(|e| Error::io("read back", off, e))?;
+                same_runs(data, &self.cmp, got, bsz, &mut |i, n, same| {
+                    runs.push((i, n, same));
+                    Ok(())
+                })?;
+            }
+            None => runs.push((0, data.len() / bsz, false)),
+        }
+        for (i, n, same) in runs {
+            if same {
+                self.stats.identical_blocks += n as u64;
+            } else if dry {
+                self.list(block + i as u64, n as u64)?;
+            } else if let Some(f) = file {
+                let o = off + (i * bsz) as u64;
+                pwrite_full(f, &data[i * bsz..(i + n) * bsz], o)
+                    .map_err(|e| Error::io("write", o, e))?;
+                self.stats.bytes_written += (n * bsz) as u64;
+            }
+        }
+        Ok(())
+    }
+
     /// Write consecutive blocks starting at `block`.
     pub fn put(&mut self, block: u64, data: &[u8]) -> Result<()> {
         let bsz = self.bs as usize;
@@ -130,70 +257,43 @@ impl<'a> RawSink<'a> {
         let end = self.check_range(block, count)?;
         let start = block * self.bs;
         self.stats.blocks += count;
-        match &mut self.target {
-            RawTarget::NewFile(file) => {
-                let file: &File = file;
-                let mut zero = 0;
-                zero_runs(data, bsz, &mut |i, n, z| {
-                    if z {
-                        zero += n as u64;
-                    } else {
-                        let off = start + (i * bsz) as u64;
+        let new_file = match &self.target {
+            RawTarget::NewFile { .. } => true,
+            RawTarget::DryRun { new_file, .. } => *new_file,
+            _ => false,
+        };
+        if new_file {
+            // Zero blocks become holes; the rest is written (or listed).
+            let mut runs: Vec<(usize, usize, bool)> = Vec::new();
+            zero_runs(data, bsz, &mut |i, n, z| {
+                runs.push((i, n, z));
+                Ok(())
+            })?;
+            for (i, n, z) in runs {
+                if z {
+                    self.stats.zero_blocks += n as u64;
+                    continue;
+                }
+                match &self.target {
+                    RawTarget::NewFile { file, dest_offset } => {
+                        let off = dest_offset + start + (i * bsz) as u64;
                         pwrite_full(file, &data[i * bsz..(i + n) * bsz], off)
                             .map_err(|e| Error::io("write", off, e))?;
+                        self.stats.bytes_written += (n * bsz) as u64;
                     }
-                    Ok(())
-                })?;
-                self.stats.zero_blocks += zero;
-                self.stats.bytes_written += (count - zero) * self.bs;
-            }
-            RawTarget::InPlace {
-                file,
-                dest_offset,
-                check,
-                ..
-            } => {
-                let file: &File = file;
-                let off = *dest_offset + start;
-                self.stats.zero_blocks +=
-                    data.chunks(bsz).filter(|b| block_is_zero(b)).count() as u64;
-                if *check {
-                    self.cmp.resize(data.len(), 0);
-                    let got = pread_full(file, &mut self.cmp, off)
-                        .map_err(|e| Error::io("read", off, e))?;
-                    let stats = &mut self.stats;
-                    same_runs(data, &self.cmp, got, bsz, &mut |i, n, same| {
-                        if same {
-                            stats.identical_blocks += n as u64;
-                        } else {
-                            let o = off + (i * bsz) as u64;
-                            pwrite_full(file, &data[i * bsz..(i + n) * bsz], o)
-                                .map_err(|e| Error::io("write", o, e))?;
-                            stats.bytes_written += (n * bsz) as u64;
-                        }
-                        Ok(())
-                    })?;
-                } else {
-                    pwrite_full(file, data, off).map_err(|e| Error::io("write", off, e))?;
-                    self.stats.bytes_written += data.len() as u64;
+                    _ => self.list(block + i as u64, n as u64)?,
                 }
             }
-            RawTarget::Stream(_) => {
-                self.fill_stream(start)?;
-                if let RawTarget::Stream(w) = &mut self.target {
-                    w.write_all(data)
-                        .map_err(|e| Error::io("write", start, e))?;
-                }
-                self.stats.bytes_written += data.len() as u64;
+        } else if let RawTarget::Stream(_) = self.target {
+            self.fill_stream(start)?;
+            if let RawTarget::Stream(w) = &mut self.target {
+                w.write_all(data)
+                    .map_err(|e| Error::io("write", start, e))?;
             }
-            RawTarget::DryRun(w) => {
-                writeln!(
-                    w,
-                    "would write blocks {block}..{} ({count} blocks)",
-                    block + count
-                )
-                .map_err(|e| Error::io("write", 0, e))?;
-            }
+            self.stats.bytes_written += data.len() as u64;
+        } else {
+            self.stats.zero_blocks += data.chunks(bsz).filter(|b| block_is_zero(b)).count() as u64;
+            self.put_in_place(block, data)?;
         }
         self.pos = end;
         Ok(())
@@ -202,8 +302,8 @@ impl<'a> RawSink<'a> {
     /// `count` selected blocks from `block` that are all zeros.
     pub fn put_zeros(&mut self, block: u64, count: u64) -> Result<()> {
         let end = self.check_range(block, count)?;
-        match &mut self.target {
-            RawTarget::NewFile(_) => {
+        match &self.target {
+            RawTarget::NewFile { .. } | RawTarget::DryRun { new_file: true, .. } => {
                 self.stats.blocks += count;
                 self.stats.zero_blocks += count;
                 self.pos = end;
@@ -213,48 +313,80 @@ impl<'a> RawSink<'a> {
                 self.stats.zero_blocks += count;
                 self.fill_stream(end)?;
             }
-            RawTarget::DryRun(w) => {
-                writeln!(
-                    w,
-                    "would write blocks {block}..{} ({count} zero blocks)",
-                    block + count
-                )
-                .map_err(|e| Error::io("write", 0, e))?;
-                self.stats.blocks += count;
-                self.stats.zero_blocks += count;
-                self.pos = end;
-            }
-            RawTarget::InPlace { .. } => {
-                if self.zeros.is_empty() {
-                    self.zeros = vec![0u8; IO_CHUNK];
-                }
-                let per = (IO_CHUNK as u64 / self.bs).max(1);
-                let mut b = block;
-                let zeros = std::mem::take(&mut self.zeros);
-                while b < block + count {
-                    let n = per.min(block + count - b);
-                    self.put(b, &zeros[..(n * self.bs) as usize])?;
-                    b += n;
-                }
-                self.zeros = zeros;
+            RawTarget::InPlace { .. } | RawTarget::DryRun { .. } => {
+                self.zero_blocks_at(block, count, &mut |s, b, d| s.put(b, d))?;
             }
         }
         Ok(())
     }
 
+    fn zero_blocks_at(
+        &mut self,
+        block: u64,
+        count: u64,
+        f: &mut dyn FnMut(&mut Self, u64, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        if self.zeros.is_empty() {
+            self.zeros = vec![0u8; IO_CHUNK];
+        }
+        let per = (IO_CHUNK as u64 / self.bs).max(1);
+        let zeros = std::mem::take(&mut self.zeros);
+        let mut b = block;
+        let mut res = Ok(());
+        while b < block + count && res.is_ok() {
+            let n = per.min(block + count - b);
+            res = f(self, b, &zeros[..(n * self.bs) as usize]);
+            b += n;
+        }
+        self.zeros = zeros;
+        res
+    }
+
+    /// After the ordered pass: write zeros to `runs` (blocks a block device must receive that
+    /// the input did not carry: e2image's whole inode tables), in any order. Only targets
+    /// updated in place (and their dry runs) take them; blocks already put are the caller's
+    /// to leave out.
+    pub fn put_zero_runs(&mut self, runs: &[crate::blockmap::Run]) -> Result<()> {
+        if !self.target.updates_in_place() {
+            return Ok(());
+        }
+        for r in runs {
+            let end = r
+                .start
+                .checked_add(r.len)
+                .and_then(|e| e.checked_mul(self.bs))
+                .filter(|&e| e <= self.total)
+                .ok_or_else(|| {
+                    Error::InvalidInput(format!(
+                        "{} lie past the end of the image",
+                        range_text(r.start, r.len)
+                    ))
+                })?;
+            let _ = end;
+            self.zero_blocks_at(r.start, r.len, &mut |s, b, d| {
+                let n = d.len() as u64 / s.bs;
+                s.stats.blocks += n;
+                s.stats.zero_blocks += n;
+                s.put_in_place(b, d)
+            })?;
+        }
+        Ok(())
+    }
+
     /// Complete the image: a new file gets its full size, a stream its trailing zeros, an
-    /// in-place target grows (never shrinks) to the image end when asked.
+    /// in-place file grows (never shrinks) to the image end; a dry run lists its last range.
     pub fn finish(mut self) -> Result<CopyStats> {
         let total = self.total;
         match &mut self.target {
-            RawTarget::NewFile(file) => {
-                file.set_len(total)
-                    .map_err(|e| Error::io("truncate", total, e))?;
+            RawTarget::NewFile { file, dest_offset } => {
+                let end = *dest_offset + total;
+                file.set_len(end)
+                    .map_err(|e| Error::io("truncate", end, e))?;
             }
             RawTarget::InPlace {
                 file,
                 dest_offset,
-                grow_to_end: true,
+                room: None,
                 ..
             } => {
                 let end = dest_offset.saturating_add(total);
@@ -270,7 +402,13 @@ impl<'a> RawSink<'a> {
                     w.flush().map_err(|e| Error::io("write", total, e))?;
                 }
             }
-            _ => {}
+            RawTarget::DryRun { .. } => {
+                self.flush_list()?;
+                if let RawTarget::DryRun { list, .. } = &mut self.target {
+                    list.flush().map_err(|e| Error::io("list", 0, e))?;
+                }
+            }
+            RawTarget::InPlace { .. } => {}
         }
         Ok(self.stats)
     }

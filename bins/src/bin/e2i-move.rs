@@ -10,14 +10,16 @@ use anyhow::Context;
 use e2i::mount::{MountState, mount_state};
 use e2i::ops::move_fs::{self, CloneTarget, MoveOptions, MoveReport};
 use e2i::ops::move_journal::{Journal, State};
+use e2i::output::{Kind, Request};
+use e2i::sparse::range_text;
 use e2i_cli::cli::move_fs::Args;
-use e2i_cli::{EXIT_OK, Output, Reporter, parse_args, run, usage_error};
+use e2i_cli::{EXIT_OK, Reporter, Summary, attribute, open_output, parse_args, run, usage_error};
 
 const TOOL: &str = "e2i-move";
 
 fn main() -> std::process::ExitCode {
     let args: Args = parse_args(TOOL);
-    run(TOOL, || body(args))
+    run(TOOL, Summary::new(false, TOOL), |_| body(args))
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -46,11 +48,7 @@ fn lister(dry: bool) -> impl FnMut(u64, u64) {
         if !dry {
             return;
         }
-        let _ = if n == 1 {
-            writeln!(out, "Writing block {first}")
-        } else {
-            writeln!(out, "Writing blocks {first}-{} ({n} blocks)", first + n - 1)
-        };
+        let _ = writeln!(out, "Writing {}", range_text(first, n));
         let _ = out.flush();
     }
 }
@@ -71,10 +69,9 @@ fn body(args: Args) -> anyhow::Result<u8> {
         return Ok(code);
     }
     std::fs::metadata(&args.source).with_context(|| args.source.display().to_string())?;
-    let in_place = match &args.dest {
-        None => true,
-        Some(d) => same_file(&args.source, d),
-    };
+    // DEST naming SOURCE (under any name) is refused by the output layer: the in-place
+    // form is the one without DEST.
+    let in_place = args.dest.is_none();
     if in_place && args.metadata_only {
         return Ok(usage_error(
             TOOL,
@@ -148,47 +145,42 @@ fn body(args: Args) -> anyhow::Result<u8> {
             .context("a copy of it would be inconsistent (use -f to copy anyway)")?;
     }
     let dst = dest.display().to_string();
-    let rep = if dest.exists() {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!args.dry_run)
-            .open(&dest)
-            .with_context(|| format!("opening {dst}"))?;
-        move_fs::clone_fs(
-            &args.source,
-            CloneTarget::Existing(&file),
-            &opts,
-            &mut list,
-            &mut reporter,
-        )
-        .with_context(|| src.clone())?
-    } else if args.dry_run {
-        // Nothing is created: list what a new file would receive.
-        let tmp = e2i_cli_tempfile()?;
-        move_fs::clone_fs(
-            &args.source,
-            CloneTarget::NewFile(&tmp),
-            &opts,
-            &mut list,
-            &mut reporter,
-        )
-        .with_context(|| src.clone())?
-    } else {
-        let mut out = Output::create(&dest)?;
-        let Output::File { file, .. } = &out else {
-            anyhow::bail!("{dst}: not a regular file or block device");
-        };
-        let rep = move_fs::clone_fs(
-            &args.source,
-            CloneTarget::NewFile(file),
-            &opts,
-            &mut list,
-            &mut reporter,
-        )
-        .with_context(|| src.clone())?;
-        out.commit()?;
-        rep
+    reporter.set_dry_run(args.dry_run);
+    let mut out = open_output(
+        &Request {
+            path: &dest,
+            role: "DEST",
+            in_place: true,
+            dry_run: args.dry_run,
+            exclusive: true,
+        },
+        &[("SOURCE", &args.source)],
+    )?;
+    let scratch;
+    let target = match (out.kind(), out.file()) {
+        (Kind::Stdout | Kind::Stream, _) => anyhow::bail!(
+            "{dst}: DEST must be a file or block device (a copy is written by position); to send a copy down a pipe, use e2i-capture -ra SOURCE -"
+        ),
+        (Kind::New, Some(f)) => CloneTarget::NewFile(f),
+        (Kind::New, None) => {
+            // A dry run into a DEST that does not exist: list what a new file would get.
+            scratch = e2i_cli_tempfile()?;
+            CloneTarget::NewFile(&scratch)
+        }
+        (_, Some(f)) => CloneTarget::Existing(f),
+        (_, None) => anyhow::bail!("{dst}: not opened"),
     };
+    let rep = move_fs::clone_fs(&args.source, target, &opts, &mut list, &mut reporter)
+        .map_err(|e| attribute(e, &src, &dst))?;
+    if out.kind() == Kind::BlockDevice
+        && !args.dry_run
+        && let Some(f) = out.file()
+    {
+        f.sync_data()
+            .map_err(|e| attribute(e2i::Error::io("sync", 0, e), &src, &dst))?;
+    }
+    out.commit()
+        .map_err(|e| anyhow::Error::new(e).context(dst.clone()))?;
     reporter.summary(rep.block_size);
     if args.quiet {
         return Ok(EXIT_OK);

@@ -187,6 +187,9 @@ pub fn write_normal<S: ReadAt>(
     let sb = &fs.sb;
     let layout = Layout::new(sb)?;
     layout.check_offsets_fit()?;
+    if let NormalTarget::Device(f) = &target {
+        crate::output::check_room(crate::io::block_device_size(f)?, layout.size)?;
+    }
     bitmap::check_geometry(sb)?;
     if let Some(b) = fs.backup_superblock {
         // libext2fs clears every group's UNINIT flags when it opens through a backup, so the

@@ -143,9 +143,10 @@ pub fn clone_fs(
         .checked_add(total)
         .ok_or_else(|| overflow("destination offset plus filesystem size"))?;
     if out_dev && end > out_len {
-        return Err(Error::InvalidInput(format!(
-            "the destination device holds {out_len} bytes; the copy needs {end}"
-        )));
+        return Err(Error::NoRoom {
+            have: out_len,
+            need: end,
+        });
     }
     let map: &BlockMap = &res.map;
     let mut rep = MoveReport {

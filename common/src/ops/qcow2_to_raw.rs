@@ -112,7 +112,15 @@ pub struct RawPlan {
 
 /// Plan the conversion. `with_zero_clusters` also selects clusters flagged as zero (v3), so
 /// that an in-place update writes zeros there; new files leave them as holes either way.
-pub fn plan<S: ReadAt>(image: &Qcow2Reader<S>, with_zero_clusters: bool) -> Result<RawPlan> {
+/// `device`: the target is a block device; when the virtual disk holds an ext2/3/4
+/// filesystem, the blocks `e2image -r` would write to a device (all metadata, whole inode
+/// tables) are selected too, so that the device gets zeros where the image has none stored
+/// rather than keeping what an earlier filesystem left there.
+pub fn plan<S: ReadAt>(
+    image: &Qcow2Reader<S>,
+    with_zero_clusters: bool,
+    device: bool,
+) -> Result<RawPlan> {
     let size = image.virtual_size();
     let cb = image.cluster_bits();
     let cs = 1u64 << cb;
@@ -136,10 +144,44 @@ pub fn plan<S: ReadAt>(image: &Qcow2Reader<S>, with_zero_clusters: bool) -> Resu
             len: e - s,
         })
     });
+    let mut all: Vec<Run> = scaled.collect();
+    if device && let Some(extra) = device_selection(image, unit) {
+        all.extend(extra);
+    }
     Ok(RawPlan {
         unit: unit as u32,
-        map: BlockMap::from_runs(scaled, units),
+        map: BlockMap::from_runs(all, units),
     })
+}
+
+/// The blocks e2image selects for a block-device target in the filesystem of the virtual
+/// disk, in units of `unit` bytes; `None` when the disk holds no readable filesystem (any
+/// qcow2 is accepted: then the stored clusters are all there is to write).
+fn device_selection<S: ReadAt>(image: &Qcow2Reader<S>, unit: u64) -> Option<Vec<Run>> {
+    use crate::ext4::scan::{ScanOptions, scan};
+    let fs = crate::ext4::Filesystem::open(image, crate::ext4::OpenOptions::default()).ok()?;
+    let opts = ScanOptions {
+        all_data: false,
+        output_is_block_device: true,
+        strict: false,
+        want_dir_blocks: false,
+    };
+    let res = scan(&fs, opts, None).ok()?;
+    let bs = u64::from(fs.sb.block_size);
+    let runs = res
+        .map
+        .runs()
+        .iter()
+        .filter_map(|r| {
+            let s = r.start.checked_mul(bs)? / unit;
+            let e = r.end().checked_mul(bs)?.div_ceil(unit);
+            Some(Run {
+                start: s,
+                len: e - s,
+            })
+        })
+        .collect();
+    Some(runs)
 }
 
 /// Write the raw image of `image` to `target`.
@@ -150,73 +192,4 @@ pub fn convert<S: ReadAt>(
     progress: &mut dyn Progress,
 ) -> Result<CopyStats> {
     sparse::write_raw(image, &plan.map, plan.unit, target, progress)
-}
-
-/// What a dry run found.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct DryRun {
-    /// Bytes that would be written.
-    pub bytes: u64,
-    /// Bytes already equal in the target (with `check`).
-    pub identical: u64,
-}
-
-/// Print (to `out`) the byte ranges that would be written to the target at `dest_offset`,
-/// without writing anything. With `check` and an existing `target`, ranges already equal
-/// there are left out.
-pub fn dry_run<S: ReadAt>(
-    image: &Qcow2Reader<S>,
-    plan: &RawPlan,
-    target: Option<&File>,
-    dest_offset: u64,
-    check: bool,
-    new_file: bool,
-    out: &mut dyn Write,
-) -> Result<DryRun> {
-    let unit = u64::from(plan.unit);
-    let bsz = plan.unit as usize;
-    let mut res = DryRun::default();
-    let mut pending: Option<(u64, u64)> = None;
-    let mut cmp = Vec::new();
-    let emit = |out: &mut dyn Write, r: (u64, u64)| -> Result<()> {
-        writeln!(out, "write bytes {}..{} ({} bytes)", r.0, r.1, r.1 - r.0)
-            .map_err(|e| Error::io("write", 0, e))
-    };
-    crate::pieces::for_each_chunk(image, &plan.map, plan.unit, &mut |blk, data| {
-        let base = dest_offset.saturating_add(blk * unit);
-        let mut same = vec![false; data.len() / bsz];
-        if check && let Some(t) = target {
-            cmp.resize(data.len(), 0);
-            let got = pread_full(t, &mut cmp, base).map_err(|e| Error::io("read", base, e))?;
-            for (k, s) in same.iter_mut().enumerate() {
-                *s = (k + 1) * bsz <= got
-                    && cmp[k * bsz..(k + 1) * bsz] == data[k * bsz..(k + 1) * bsz];
-            }
-        }
-        for (k, s) in same.iter().enumerate() {
-            let block = &data[k * bsz..(k + 1) * bsz];
-            if *s || (new_file && crate::pieces::block_is_zero(block)) {
-                if *s {
-                    res.identical += unit;
-                }
-                continue;
-            }
-            let o = base + k as u64 * unit;
-            res.bytes += unit;
-            match &mut pending {
-                Some(p) if p.1 == o => p.1 += unit,
-                _ => {
-                    if let Some(p) = pending.take() {
-                        emit(out, p)?;
-                    }
-                    pending = Some((o, o + unit));
-                }
-            }
-        }
-        Ok(())
-    })?;
-    if let Some(p) = pending {
-        emit(out, p)?;
-    }
-    Ok(res)
 }

@@ -527,6 +527,9 @@ impl<'a> CompressedWriter<'a> {
 pub enum Qcow2Target<'a> {
     /// Any writer, front to back (uncompressed).
     Sequential(&'a mut dyn Write),
+    /// A block device, written front to back (uncompressed); an image larger than the
+    /// device is refused before the first write.
+    Device(&'a File),
     /// A new, empty, seekable file; `compress` selects deflate clusters.
     File { file: &'a File, compress: bool },
 }
@@ -590,8 +593,14 @@ pub fn write_qcow2<S: ReadAt + ?Sized>(
         })
     };
     let mut buffered;
+    let mut room = None;
     let sequential: Option<&mut dyn Write> = match target {
         Qcow2Target::Sequential(out) => Some(out),
+        Qcow2Target::Device(file) => {
+            room = crate::io::block_device_size(file)?;
+            buffered = std::io::BufWriter::with_capacity(1 << 20, file);
+            Some(&mut buffered)
+        }
         Qcow2Target::File {
             file,
             compress: false,
@@ -611,9 +620,11 @@ pub fn write_qcow2<S: ReadAt + ?Sized>(
     };
     if let Some(out) = sequential {
         let layout = Qcow2Layout::plan(vsize, cb, &runs)?;
+        crate::output::check_room(room, layout.file_size())?;
         let mut w = SequentialWriter::new(out, &layout)?;
         feed(&mut |blk, data| w.write_clusters(blk, data))?;
         stats.bytes_written = w.finish()?;
+        out.flush().map_err(|e| Error::io("write", 0, e))?;
     }
     progress.finish();
     Ok(stats)
