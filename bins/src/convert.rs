@@ -35,7 +35,11 @@ pub fn to_raw(tool: &str, a: &RawArgs<'_>, sum: &mut Summary) -> anyhow::Result<
     // A dry run's listing, and a stream image, go to stdout.
     sum.to_stderr(a.output == Path::new("-") || a.dry_run);
     if a.output == Path::new("-") && (a.dest_offset.is_some() || a.check) {
-        return Ok(usage(tool, sum, "-O and -c need a seekable OUTPUT, not stdout"));
+        return Ok(usage(
+            tool,
+            sum,
+            "-O and -c need a seekable OUTPUT, not stdout",
+        ));
     }
     let inp = input::open(a.input).map_err(|e| anyhow::Error::new(e).context(name.clone()))?;
     if a.qcow2_only && inp.kind() != Kind::Qcow2 {
@@ -52,6 +56,7 @@ pub fn to_raw(tool: &str, a: &RawArgs<'_>, sum: &mut Summary) -> anyhow::Result<
             in_place: a.dest_offset.is_some() || a.check,
             dry_run: a.dry_run,
             exclusive: true,
+            streams: true,
         },
         &[("INPUT", a.input)],
     )?;
@@ -71,7 +76,8 @@ pub fn to_raw(tool: &str, a: &RawArgs<'_>, sum: &mut Summary) -> anyhow::Result<
     let dest_offset = a.dest_offset.unwrap_or(0);
     let stdout = io::stdout();
     let mut list = stdout.lock();
-    let mut stream = (!a.dry_run && out.kind().is_stream()).then(|| StreamOut::new(out.file(), a.json));
+    let mut stream =
+        (!a.dry_run && out.kind().is_stream()).then(|| StreamOut::new(out.file(), a.json));
     let target = match (&mut stream, out.kind(), out.file()) {
         _ if a.dry_run => RawTarget::DryRun {
             list: &mut list,
@@ -134,7 +140,7 @@ pub fn to_raw(tool: &str, a: &RawArgs<'_>, sum: &mut Summary) -> anyhow::Result<
             )
             .float("elapsed_seconds", started.elapsed().as_secs_f64())
             .num("problems", report.problems.len() as u64)
-            .str("dry_run", if a.dry_run { "yes" } else { "no" })
+            .bool("dry_run", a.dry_run)
     });
     if a.check && !a.quiet {
         // e2image's closing line of -c, on stdout as e2image prints it.

@@ -206,10 +206,19 @@ pub fn open_output(
     req: &e2i::output::Request<'_>,
     reads: &[(&str, &Path)],
 ) -> anyhow::Result<e2i::output::Output> {
-    e2i::output::Output::open(req, reads).map_err(|e| match e {
+    let out = e2i::output::Output::open(req, reads).map_err(|e| match e {
         e2i::Error::InvalidInput(_) => anyhow::Error::new(e),
         e => anyhow::Error::new(e).context(req.path.display().to_string()),
-    })
+    })?;
+    // Hidden, for tests only: hold the run here, OUTPUT open (its temporary file created),
+    // so that a test can signal it at a known moment.
+    if let Some(ms) = std::env::var("E2I_TEST_PAUSE_AFTER_OPEN_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    Ok(out)
 }
 
 /// Where a stream-like OUTPUT (stdout, a FIFO, a character device) is written: buffered,
@@ -239,9 +248,7 @@ impl StreamOut {
     /// Flush everything (a failure here is a write error of OUTPUT), and give the SHA-256
     /// (when hashing) and the byte count.
     pub fn finish(mut self) -> Result<(Option<String>, u64), e2i::Error> {
-        self.w
-            .flush()
-            .map_err(|e| e2i::Error::io("write", 0, e))?;
+        self.w.flush().map_err(|e| e2i::Error::io("write", 0, e))?;
         let h = self.w.get_ref();
         Ok((h.sha256(), h.bytes()))
     }
@@ -252,7 +259,10 @@ struct FailingWriter(Option<io::Error>);
 
 impl Write for FailingWriter {
     fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-        Err(self.0.take().unwrap_or_else(|| io::Error::other("output unavailable")))
+        Err(self
+            .0
+            .take()
+            .unwrap_or_else(|| io::Error::other("output unavailable")))
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())

@@ -162,7 +162,14 @@ pub fn block_device_size(file: &File) -> Result<Option<u64>> {
     if !meta.file_type().is_block_device() {
         return Ok(None);
     }
-    let mut f = file;
+    // Through a second open of the same device: seeking the caller's handle would move the
+    // offset its sequential writes use (and that of every handle sharing it).
+    let dev = File::open(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(file)
+    ))
+    .map_err(|e| Error::io("open", 0, e))?;
+    let mut f = &dev;
     f.seek(SeekFrom::End(0))
         .map(Some)
         .map_err(|e| Error::io("seek", 0, e))
@@ -211,7 +218,9 @@ impl FileSource {
 
     /// A regular file or block device (read by position); not a pipe, socket or tty.
     pub fn is_seekable(&self) -> bool {
-        self.block_device || self.seekable_holes.get() || self.file.metadata().is_ok_and(|m| m.is_file())
+        self.block_device
+            || self.seekable_holes.get()
+            || self.file.metadata().is_ok_and(|m| m.is_file())
     }
 
     pub fn file(&self) -> &File {

@@ -21,7 +21,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::io::{ObjectId, ReadAt};
+use crate::io::ObjectId;
 use crate::{Error, Result};
 
 /// How an OUTPUT is written.
@@ -62,6 +62,9 @@ pub struct Request<'a> {
     /// Open block devices exclusively (O_EXCL): the kernel then refuses a mounted or
     /// otherwise claimed device.
     pub exclusive: bool,
+    /// A FIFO or character device may be written front to back; when not, it is refused
+    /// before it is opened (opening a FIFO waits for its reader).
+    pub streams: bool,
 }
 
 /// An opened OUTPUT.
@@ -122,6 +125,13 @@ impl Output {
             path: path.clone(),
         };
         match ft {
+            Some(t) if (t.is_char_device() || t.is_fifo()) && !req.streams => {
+                return Err(Error::InvalidInput(format!(
+                    "{} {}: a FIFO or character device cannot be written by position; give a file or block device",
+                    req.role,
+                    req.path.display()
+                )));
+            }
             Some(t) if t.is_char_device() || t.is_fifo() => {
                 out.kind = Kind::Stream;
                 if req.dry_run {
@@ -139,11 +149,7 @@ impl Output {
                 } else {
                     open_rw(&path, true, req.exclusive)?
                 };
-                out.device_size = Some(crate::io::FileSource::from_file(
-                    file.try_clone().map_err(|e| Error::io("dup", 0, e))?,
-                    0,
-                )?
-                .size());
+                out.device_size = crate::io::block_device_size(&file)?;
                 out.file = Some(file);
             }
             Some(t) if t.is_file() && req.in_place => {

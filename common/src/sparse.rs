@@ -195,7 +195,8 @@ impl<'a> RawSink<'a> {
     }
 
     fn flush_list(&mut self) -> Result<()> {
-        if let (Some((f, n)), RawTarget::DryRun { list, .. }) = (self.listed.take(), &mut self.target)
+        if let (Some((f, n)), RawTarget::DryRun { list, .. }) =
+            (self.listed.take(), &mut self.target)
         {
             writeln!(list, "Writing {}", range_text(f, n)).map_err(|e| Error::io("list", 0, e))?;
         }

@@ -54,7 +54,9 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             ));
         }
     }
-    if args.all_data && (explicit == Some(Format::Normal) || explicit.is_none() && !is_stream_path(out_path)) {
+    if args.all_data
+        && (explicit == Some(Format::Normal) || explicit.is_none() && !is_stream_path(out_path))
+    {
         return Ok(usage(TOOL, sum, "-a needs a raw, qcow2 or stream image"));
     }
     if args.compress && explicit != Some(Format::Qcow2) {
@@ -74,6 +76,7 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             in_place: false,
             dry_run: false,
             exclusive: true,
+            streams: true,
         },
         &[("SOURCE", &args.source)],
     )?;
@@ -171,7 +174,8 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
 fn is_stream_path(p: &Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
     p == Path::new("-")
-        || std::fs::metadata(p).is_ok_and(|m| m.file_type().is_fifo() || m.file_type().is_char_device())
+        || std::fs::metadata(p)
+            .is_ok_and(|m| m.file_type().is_fifo() || m.file_type().is_char_device())
 }
 /// The `-s` summary on stderr: what was scrambled, then what could not be, with reasons.
 fn print_scramble_summary(src: &str, s: &e2i::scramble::ScrambleReport) {

@@ -30,6 +30,7 @@ fn body(args: Args) -> anyhow::Result<u8> {
             in_place: true,
             dry_run: true,
             exclusive: false,
+            streams: false,
         },
         &[("IMAGE", &args.image)],
     )?;
@@ -47,6 +48,7 @@ fn body(args: Args) -> anyhow::Result<u8> {
                 in_place: true,
                 dry_run: true,
                 exclusive: false,
+                streams: false,
             },
             &[("DEVICE", &args.device), ("IMAGE", &args.image)],
         )?;

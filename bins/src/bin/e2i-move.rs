@@ -153,6 +153,7 @@ fn body(args: Args) -> anyhow::Result<u8> {
             in_place: true,
             dry_run: args.dry_run,
             exclusive: true,
+            streams: false,
         },
         &[("SOURCE", &args.source)],
     )?;

@@ -22,7 +22,9 @@ const TOOL: &str = "e2i-to-qcow2";
 
 fn main() -> std::process::ExitCode {
     let args: Args = parse_args(TOOL);
-    run(TOOL, Summary::new(args.json, TOOL), |sum| convert(&args, sum))
+    run(TOOL, Summary::new(args.json, TOOL), |sum| {
+        convert(&args, sum)
+    })
 }
 
 fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
@@ -61,6 +63,7 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             in_place: false,
             dry_run: args.dry_run,
             exclusive: true,
+            streams: true,
         },
         &[("INPUT", &args.input)],
     )?;
@@ -91,7 +94,7 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         sum.add(|o| {
             o.num("block_size", l.cluster_size())
                 .num("output_bytes", l.file_size())
-                .str("dry_run", "yes")
+                .bool("dry_run", true)
         });
         return Ok(EXIT_OK);
     }

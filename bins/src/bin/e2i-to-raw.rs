@@ -21,5 +21,7 @@ fn main() -> std::process::ExitCode {
         json: args.json,
         qcow2_only: false,
     };
-    run(TOOL, Summary::new(args.json, TOOL), |sum| to_raw(TOOL, &a, sum))
+    run(TOOL, Summary::new(args.json, TOOL), |sum| {
+        to_raw(TOOL, &a, sum)
+    })
 }

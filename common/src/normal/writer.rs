@@ -15,8 +15,8 @@ use crate::ext4::bitmap;
 use crate::ext4::desc::DescTable;
 use crate::ext4::{Filesystem, Superblock};
 use crate::io::{ReadAt, pwrite_full};
-use crate::progress::{Progress, Unit};
 use crate::pieces::{IO_CHUNK, zero_runs};
+use crate::progress::{Progress, Unit};
 use crate::{Error, Result};
 
 /// The host-specific header fields.

@@ -77,17 +77,31 @@ pub struct CaptureReport {
 ///
 /// A pipe, a compressed file or an offset past the end is refused with what to do instead.
 pub fn open_source(path: &Path, offset: u64) -> Result<Box<dyn ReadAt>> {
-    let whole = FileSource::open(path, 0)?;
-    if !whole.is_seekable() {
+    // Refused before opening: opening a FIFO would wait for a writer.
+    let seekable = |m: &std::fs::Metadata| {
+        use std::os::unix::fs::FileTypeExt;
+        m.is_file() || m.file_type().is_block_device()
+    };
+    let meta = std::fs::metadata(path).map_err(|e| Error::io("open", 0, e))?;
+    let whole = if seekable(&meta) {
+        Some(FileSource::open(path, 0)?)
+    } else {
+        None
+    };
+    let Some(whole) = whole.filter(|w| w.is_seekable()) else {
         return Err(Error::InvalidInput(
             "not a seekable file or block device (a pipe or process substitution?): a filesystem is read by position; save it to a file first, or pipe an e2i stream or image into e2i-to-raw or e2i-to-qcow2 (INPUT -)".into(),
         ));
-    }
+    };
     let mut magic = [0u8; 6];
     let n = whole.read_at(&mut magic, 0)?;
     if qcow2::is_qcow2(&magic[..n]) {
         let image = qcow2::Qcow2Reader::open(whole)?;
-        past_end(offset, image.virtual_size(), "the qcow2 image's virtual disk")?;
+        past_end(
+            offset,
+            image.virtual_size(),
+            "the qcow2 image's virtual disk",
+        )?;
         return Ok(Box::new(qcow2::Shifted {
             inner: image,
             base: offset,

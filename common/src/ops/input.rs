@@ -299,7 +299,12 @@ mod tests {
             let d2 = data.clone();
             let t = std::thread::spawn(move || stdin.write_all(&d2).unwrap());
             let mut packed = Vec::new();
-            child.stdout.take().unwrap().read_to_end(&mut packed).unwrap();
+            child
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_end(&mut packed)
+                .unwrap();
             t.join().unwrap();
             assert!(child.wait().unwrap().success());
             // Two concatenated members or frames read as one stream.

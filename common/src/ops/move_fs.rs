@@ -16,8 +16,8 @@ use crate::ext4::{Filesystem, OpenOptions as FsOpen};
 use crate::io::{FileSource, ReadAt, pread_full, pwrite_full};
 use crate::ops::capture::{CaptureOptions, scan_source};
 use crate::ops::move_journal::{Journal, MoveParams, State};
-use crate::progress::{Progress, Unit};
 use crate::pieces::{same_runs, zero_runs};
+use crate::progress::{Progress, Unit};
 use crate::{Error, Result};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 

@@ -112,10 +112,11 @@ pub struct RawPlan {
 
 /// Plan the conversion. `with_zero_clusters` also selects clusters flagged as zero (v3), so
 /// that an in-place update writes zeros there; new files leave them as holes either way.
-/// `device`: the target is a block device; when the virtual disk holds an ext2/3/4
-/// filesystem, the blocks `e2image -r` would write to a device (all metadata, whole inode
-/// tables) are selected too, so that the device gets zeros where the image has none stored
-/// rather than keeping what an earlier filesystem left there.
+/// A target updated in place (`with_zero_clusters`) also gets, when the virtual disk holds an
+/// ext2/3/4 filesystem, every block `e2image -r` of that filesystem selects (`device`: as
+/// for a block device, whole inode tables): it then receives zeros where the image stores
+/// none, rather than keeping what an earlier filesystem left there, and `-c` compares what
+/// e2image compares.
 pub fn plan<S: ReadAt>(
     image: &Qcow2Reader<S>,
     with_zero_clusters: bool,
@@ -145,7 +146,7 @@ pub fn plan<S: ReadAt>(
         })
     });
     let mut all: Vec<Run> = scaled.collect();
-    if device && let Some(extra) = device_selection(image, unit) {
+    if with_zero_clusters && let Some(extra) = fs_selection(image, unit, device) {
         all.extend(extra);
     }
     Ok(RawPlan {
@@ -154,15 +155,15 @@ pub fn plan<S: ReadAt>(
     })
 }
 
-/// The blocks e2image selects for a block-device target in the filesystem of the virtual
-/// disk, in units of `unit` bytes; `None` when the disk holds no readable filesystem (any
-/// qcow2 is accepted: then the stored clusters are all there is to write).
-fn device_selection<S: ReadAt>(image: &Qcow2Reader<S>, unit: u64) -> Option<Vec<Run>> {
+/// The blocks e2image -r selects in the filesystem of the virtual disk (for a block-device
+/// target when `device`), in units of `unit` bytes; `None` when the disk holds no readable
+/// filesystem (any qcow2 is accepted: then the stored clusters are all there is to write).
+fn fs_selection<S: ReadAt>(image: &Qcow2Reader<S>, unit: u64, device: bool) -> Option<Vec<Run>> {
     use crate::ext4::scan::{ScanOptions, scan};
     let fs = crate::ext4::Filesystem::open(image, crate::ext4::OpenOptions::default()).ok()?;
     let opts = ScanOptions {
         all_data: false,
-        output_is_block_device: true,
+        output_is_block_device: device,
         strict: false,
         want_dir_blocks: false,
     };

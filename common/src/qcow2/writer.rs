@@ -23,8 +23,8 @@ use super::entry::{L1Entry, L2Entry, RefcountTableEntry};
 use super::header::{Header, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS};
 use crate::blockmap::{BlockMap, Run};
 use crate::io::{ReadAt, pwrite_full};
-use crate::progress::{Progress, Unit};
 use crate::pieces;
+use crate::progress::{Progress, Unit};
 use crate::sparse::CopyStats;
 use crate::{Error, Result};
 
