@@ -315,18 +315,17 @@ impl<'a> RawSink<'a> {
                 self.fill_stream(end)?;
             }
             RawTarget::InPlace { .. } | RawTarget::DryRun { .. } => {
-                self.zero_blocks_at(block, count, &mut |s, b, d| s.put(b, d))?;
+                self.zero_blocks_at(block, count, |s, b, d| s.put(b, d))?;
             }
         }
         Ok(())
     }
 
-    fn zero_blocks_at(
-        &mut self,
-        block: u64,
-        count: u64,
-        f: &mut dyn FnMut(&mut Self, u64, &[u8]) -> Result<()>,
-    ) -> Result<()> {
+    /// Call `f(self, first_block, zeros)` over `count` zero blocks from `block`, in pieces.
+    fn zero_blocks_at<F>(&mut self, block: u64, count: u64, mut f: F) -> Result<()>
+    where
+        F: FnMut(&mut Self, u64, &[u8]) -> Result<()>,
+    {
         if self.zeros.is_empty() {
             self.zeros = vec![0u8; IO_CHUNK];
         }
@@ -352,19 +351,18 @@ impl<'a> RawSink<'a> {
             return Ok(());
         }
         for r in runs {
-            let end = r
+            let inside = r
                 .start
                 .checked_add(r.len)
                 .and_then(|e| e.checked_mul(self.bs))
-                .filter(|&e| e <= self.total)
-                .ok_or_else(|| {
-                    Error::InvalidInput(format!(
-                        "{} lie past the end of the image",
-                        range_text(r.start, r.len)
-                    ))
-                })?;
-            let _ = end;
-            self.zero_blocks_at(r.start, r.len, &mut |s, b, d| {
+                .is_some_and(|e| e <= self.total);
+            if !inside {
+                return Err(Error::InvalidInput(format!(
+                    "{} lie past the end of the image",
+                    range_text(r.start, r.len)
+                )));
+            }
+            self.zero_blocks_at(r.start, r.len, |s, b, d| {
                 let n = d.len() as u64 / s.bs;
                 s.stats.blocks += n;
                 s.stats.zero_blocks += n;
@@ -475,6 +473,68 @@ mod tests {
         fn size(&self) -> u64 {
             self.inner.size()
         }
+    }
+
+    #[test]
+    fn ranges_are_inclusive_and_singular_for_one_block() {
+        assert_eq!(range_text(5, 1), "block 5 (1 block)");
+        assert_eq!(range_text(1, 258), "blocks 1-258 (258 blocks)");
+    }
+
+    #[test]
+    fn check_dry_run_lists_only_blocks_that_differ() {
+        let bs = 1024usize;
+        let data: Vec<u8> = (0..16 * bs).map(|i| (i / bs) as u8 + 1).collect();
+        let src = MemSource(data.clone());
+        let map = BlockMap::from_runs([Run { start: 2, len: 10 }], 16);
+        let mut target = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut target, &data).unwrap();
+        // Block 4 differs; blocks 10-11 lie past the target's end (EOF counts as different).
+        pwrite_full(&target, &[0u8; 7], 4 * bs as u64 + 3).unwrap();
+        target.set_len(10 * bs as u64).unwrap();
+        let mut list = Vec::new();
+        let st = write_raw(
+            &src,
+            &map,
+            bs as u32,
+            RawTarget::DryRun {
+                list: &mut list,
+                target: Some(&target),
+                dest_offset: 0,
+                check: true,
+                new_file: false,
+                room: None,
+            },
+            &mut NoProgress,
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(list).unwrap(),
+            "Writing block 4 (1 block)\nWriting blocks 10-11 (2 blocks)\n"
+        );
+        assert_eq!(st.identical_blocks, 7);
+        assert_eq!(st.bytes_written, 0);
+        // A device too small for the image is refused before anything happens.
+        let mut list = Vec::new();
+        let r = RawSink::new(
+            RawTarget::DryRun {
+                list: &mut list,
+                target: None,
+                dest_offset: 4096,
+                check: false,
+                new_file: false,
+                room: Some(16 * 1024),
+            },
+            1024,
+            16,
+        );
+        assert!(matches!(
+            r.err(),
+            Some(Error::NoRoom {
+                have: 16384,
+                need: 20480
+            })
+        ));
     }
 
     #[test]
