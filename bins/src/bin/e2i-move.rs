@@ -72,20 +72,11 @@ fn body(args: Args) -> anyhow::Result<u8> {
     // DEST naming SOURCE (under any name) is refused by the output layer: the in-place
     // form is the one without DEST.
     let in_place = args.dest.is_none();
-    if in_place && args.metadata_only {
-        return Ok(usage_error(
-            TOOL,
-            "--metadata-only is for clones (give DEST)",
-        ));
-    }
     if in_place && args.src_offset == args.dest_offset {
         return Ok(usage_error(
             TOOL,
             "a move needs different source and destination offsets (-o, -O)",
         ));
-    }
-    if !in_place && args.journal.is_some() {
-        return Ok(usage_error(TOOL, "--journal is for in-place moves"));
     }
     let opts = MoveOptions {
         src_offset: args.src_offset,
