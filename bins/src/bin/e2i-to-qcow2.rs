@@ -79,7 +79,7 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         out.check_room(l.file_size())
             .map_err(|e| attribute(e, &src, &out_name))?;
         println!(
-            "would write {out_name}: qcow2 v2, virtual size {}, cluster size {}, {} data clusters after {} bytes of metadata, {} bytes{}; nothing written (dry run)",
+            "would write {out_name}: qcow2 v2, virtual size {}, cluster size {}, {} data clusters after {} bytes of metadata, {} bytes{}",
             l.virtual_size(),
             l.cluster_size(),
             l.data_clusters(),

@@ -210,6 +210,20 @@ impl Fx {
     }
 }
 
+/// A character device node like /dev/null (`1 3`) or /dev/full (`1 7`), made in the test's
+/// own folder: a tool that wrongly replaced its OUTPUT must not take the system's with it.
+fn char_dev(dir: &Path, name: &str, minor: u32) -> PathBuf {
+    let p = dir.join(name);
+    let st = Command::new("mknod")
+        .arg(&p)
+        .args(["c", "1", &minor.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "mknod");
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o666)).unwrap();
+    p
+}
+
 fn digest(p: &Path) -> Vec<u8> {
     fs::read(p).unwrap()
 }
@@ -307,13 +321,14 @@ fn loop_devices_over_parts_of_a_file_overlap_only_where_they_share_bytes() {
 #[test]
 fn char_devices_and_fifos_are_written_as_streams_never_replaced() {
     let fx = Fx::new("8M");
+    let null = char_dev(fx.dir.path(), "null", 3);
     for w in WRITERS {
         let input = fx.input(w.input);
-        let o = run(&mut w.cmd(input, Path::new("/dev/null")));
-        let null = fs::metadata("/dev/null").unwrap();
+        let o = run(&mut w.cmd(input, &null));
+        let m = fs::metadata(&null).unwrap();
         assert!(
-            null.file_type().is_char_device(),
-            "{}: /dev/null replaced",
+            m.file_type().is_char_device(),
+            "{}: the null device was replaced",
             w.name()
         );
         let fifo = fx.path("fifo");
@@ -882,15 +897,17 @@ fn json_summary_on_every_outcome() {
 #[test]
 fn messages_name_the_file_they_are_about() {
     let fx = Fx::new("8M");
-    // Write errors name OUTPUT (/dev/full: every write fails with ENOSPC).
+    // Write errors name OUTPUT (a /dev/full node: every write fails with ENOSPC).
+    let full = char_dev(fx.dir.path(), "full", 7);
     for w in WRITERS.iter().filter(|w| w.streams) {
-        let o = run(&mut w.cmd(fx.input(w.input), Path::new("/dev/full")));
-        let err = failed(&o, &format!("{} to /dev/full", w.name()));
+        let o = run(&mut w.cmd(fx.input(w.input), &full));
+        let err = failed(&o, &format!("{} to a full device", w.name()));
         assert!(
-            err.starts_with(&format!("{}: /dev/full: ", w.tool)),
+            err.starts_with(&format!("{}: {}: ", w.tool, full.display())),
             "{}: {err}",
             w.name()
         );
+        assert!(fs::metadata(&full).unwrap().file_type().is_char_device());
     }
     // Read errors name INPUT: a stream cut short.
     let cut = fx.path("cut.stream");

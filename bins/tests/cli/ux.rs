@@ -642,7 +642,10 @@ fn man_pages_render_and_completions_load() {
             .split_whitespace()
             .collect::<Vec<_>>()
             .join(" ");
-        for a in cmd.get_arguments().filter(|a| !a.is_positional()) {
+        for a in cmd
+            .get_arguments()
+            .filter(|a| !a.is_positional() && a.get_action().takes_values())
+        {
             if let (Some(l), Some(v)) = (a.get_long(), a.get_value_names()) {
                 let want = format!("--{l} {}]", v[0]);
                 assert!(syn.contains(&want), "{name}.1 SYNOPSIS lacks {want}: {syn}");
