@@ -99,7 +99,8 @@ fn synopsis(cmd: &clap::Command) -> String {
         parts.push(format!("[{}{arg}]", names.join("|")));
     }
     parts.extend(operands);
-    format!(".SH SYNOPSIS\n{}\n", parts.join(" "))
+    // No hyphenation inside option names.
+    format!(".SH SYNOPSIS\n.nh\n{}\n.hy\n", parts.join(" "))
 }
 
 /// The man page of `scripts/e2i-bug-report` (a shell script: no clap definition).
