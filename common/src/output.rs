@@ -331,7 +331,16 @@ fn open_rw(path: &Path, read: bool, exclusive: bool) -> Result<File> {
     if exclusive {
         o.custom_flags(rustix::fs::OFlags::EXCL.bits() as i32);
     }
-    o.open(path).map_err(|e| Error::io("open", 0, e))
+    o.open(path).map_err(|e| {
+        if exclusive && e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) {
+            Error::InvalidInput(format!(
+                "{}: in use (mounted, or held by another program); nothing written",
+                path.display()
+            ))
+        } else {
+            Error::io("open", 0, e)
+        }
+    })
 }
 
 /// Would opening `path` for writing succeed? Checked with the effective ids, as open(2)

@@ -69,6 +69,19 @@ fn body(args: Args) -> anyhow::Result<u8> {
         return Ok(code);
     }
     std::fs::metadata(&args.source).with_context(|| args.source.display().to_string())?;
+    // -o at or past the end: say where SOURCE ends (a qcow2 SOURCE's virtual disk is
+    // checked where it is opened).
+    if args.src_offset > 0
+        && let Ok(src) = e2i::io::FileSource::open(&args.source, 0)
+        && args.src_offset >= e2i::io::ReadAt::size(&src)
+    {
+        anyhow::bail!(
+            "{}: offset {} lies past the end of the source, which ends at byte {}",
+            args.source.display(),
+            args.src_offset,
+            e2i::io::ReadAt::size(&src)
+        );
+    }
     // DEST naming SOURCE (under any name) is refused by the output layer: the in-place
     // form is the one without DEST.
     let in_place = args.dest.is_none();

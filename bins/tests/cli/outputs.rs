@@ -1017,6 +1017,12 @@ fn capture_says_where_the_source_ends_and_keeps_binary_off_terminals() {
         .arg(fx.path("o.raw")));
     let err = failed(&o, "capture -o past the end");
     assert!(err.contains("ends at byte 8388608"), "{err}");
+    let o = run(Command::new(tool("e2i-move"))
+        .args(["-o", "64M"])
+        .arg(&fx.img)
+        .arg(fx.path("m.img")));
+    let err = failed(&o, "move -o past the end");
+    assert!(err.contains("ends at byte 8388608"), "{err}");
     // No OUTPUT and stdout a terminal: refused, nothing binary on the screen.
     let cmd = format!("{} {}", tool("e2i-capture").display(), p(&fx.img));
     let o = run(Command::new("script")
@@ -1035,4 +1041,33 @@ fn capture_says_where_the_source_ends_and_keeps_binary_off_terminals() {
         .arg(&fx.img)
         .arg(fx.path("b.raw")));
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+}
+
+/// A mounted filesystem, unmounted on drop.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_mounted_device_is_refused() {
+    let fx = Fx::new("8M");
+    let victim = fx.path("victim.img");
+    fs::copy(&fx.img, &victim).unwrap();
+    let lo = Loop::new(&victim, &[]);
+    let mnt = fx.path("mnt");
+    fs::create_dir(&mnt).unwrap();
+    ok(
+        &run(Command::new("mount").arg(lo.path()).arg(&mnt)),
+        "mount",
+    );
+    let _m = Mount(mnt.clone());
+    for w in WRITERS {
+        let o = run(&mut w.cmd(fx.input(w.input), lo.path()));
+        let err = failed(&o, &format!("{} onto a mounted device", w.name()));
+        assert!(err.contains("mounted"), "{}: {err}", w.name());
+    }
 }
