@@ -97,6 +97,13 @@ impl Output {
     /// and devices the run reads, with the role naming each in messages: `("SOURCE", path)`).
     pub fn open(req: &Request<'_>, reads: &[(&str, &Path)]) -> Result<Output> {
         if req.path == Path::new("-") {
+            // Stdout redirected to a file (`>> SOURCE`) is that file.
+            let fd1 = Path::new("/proc/self/fd/1");
+            if let Ok(m) = std::fs::metadata(fd1)
+                && (m.is_file() || m.file_type().is_block_device())
+            {
+                refuse_overlap(req, fd1, &m, reads)?;
+            }
             return Ok(Output {
                 kind: Kind::Stdout,
                 file: None,
@@ -387,20 +394,26 @@ fn refuse_overlap(
     reads: &[(&str, &Path)],
 ) -> Result<()> {
     let out = Footprint::of(path, meta);
-    for (role, r) in reads {
-        if *r == Path::new("-") {
-            continue;
-        }
+    for (role, given) in reads {
+        // Stdin redirected from a file (`< OUTPUT`) is that file.
+        let (r, name) = if *given == Path::new("-") {
+            (Path::new("/proc/self/fd/0"), "- (stdin)".to_string())
+        } else {
+            (*given, given.display().to_string())
+        };
         let Ok(rm) = std::fs::metadata(r) else {
             continue;
         };
         let inp = Footprint::of(r, &rm);
         if let Some(why) = out.overlap(&inp) {
+            let out_name = if path == Path::new("/proc/self/fd/1") {
+                "- (stdout)".to_string()
+            } else {
+                req.path.display().to_string()
+            };
             return Err(Error::InvalidInput(format!(
-                "{} {} is {role} {}{why}; refusing to write over what is being read, nothing written",
+                "{} {out_name} is {role} {name}{why}; refusing to write over what is being read, nothing written",
                 req.role,
-                req.path.display(),
-                r.display(),
             )));
         }
     }
@@ -433,13 +446,7 @@ impl Footprint {
         let mut fp = Footprint::default();
         let id = ObjectId::of_metadata(meta);
         if meta.file_type().is_block_device() {
-            let name = path.display().to_string();
-            let sys = sysfs_dir(meta.rdev());
-            let size = sys
-                .as_ref()
-                .and_then(|d| read_u64(&d.join("size")))
-                .map_or(u64::MAX, |s| s.saturating_mul(512));
-            fp.add_block(sys, id, 0, size, String::new(), &name, 0);
+            return Footprint::of_block(path, id, sysfs_dir(meta.rdev()));
         } else {
             fp.direct.push(Extent {
                 obj: id,
@@ -448,6 +455,18 @@ impl Footprint {
                 via: String::new(),
             });
         }
+        fp
+    }
+
+    /// A block device `id` named `path`, described by its sysfs folder `sys`.
+    fn of_block(path: &Path, id: ObjectId, sys: Option<PathBuf>) -> Footprint {
+        let mut fp = Footprint::default();
+        let name = path.display().to_string();
+        let size = sys
+            .as_ref()
+            .and_then(|d| read_u64(&d.join("size")))
+            .map_or(u64::MAX, |s| s.saturating_mul(512));
+        fp.add_block(sys, id, 0, size, String::new(), &name, 0);
         fp
     }
 
@@ -644,6 +663,58 @@ mod tests {
         std::fs::write(&c, b"x").unwrap();
         let fc = Footprint::of(&c, &std::fs::metadata(&c).unwrap());
         assert!(fa.overlap(&fc).is_none());
+    }
+
+    /// Partitions, through a sysfs tree laid out as the kernel lays it out (this kernel may
+    /// have no partition support to test it with real devices): a loop disk over a file,
+    /// with two partitions.
+    #[test]
+    fn partitions_overlap_their_disk_and_its_file_not_each_other() {
+        let d = tempfile::tempdir().unwrap();
+        let backing = d.path().join("disk.img");
+        std::fs::write(&backing, b"disk").unwrap();
+        let disk = d.path().join("devices/virtual/block/loop9");
+        let w = |p: PathBuf, v: &str| {
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, v).unwrap();
+        };
+        w(disk.join("dev"), "7:9\n");
+        w(disk.join("size"), "131072\n");
+        w(
+            disk.join("loop/backing_file"),
+            &format!("{}\n", backing.display()),
+        );
+        w(disk.join("loop/offset"), "0\n");
+        for (n, start) in [(1, 2048), (2, 43008)] {
+            let p = disk.join(format!("loop9p{n}"));
+            w(p.join("partition"), &format!("{n}\n"));
+            w(p.join("start"), &format!("{start}\n"));
+            w(p.join("size"), "40960\n");
+            w(p.join("dev"), &format!("259:{n}\n"));
+        }
+        let dev = |maj, min| ObjectId::BlockDevice {
+            rdev: rustix::fs::makedev(maj, min),
+        };
+        let fdisk = Footprint::of_block(Path::new("/dev/loop9"), dev(7, 9), Some(disk.clone()));
+        let part = |n: u32| {
+            Footprint::of_block(
+                Path::new(&format!("/dev/loop9p{n}")),
+                dev(259, n),
+                Some(disk.join(format!("loop9p{n}"))),
+            )
+        };
+        let file = Footprint::of(&backing, &std::fs::metadata(&backing).unwrap());
+        let why = part(1)
+            .overlap(&fdisk)
+            .expect("a partition overlaps its disk");
+        assert!(
+            why.contains("/dev/loop9p1 is a partition of /dev/loop9"),
+            "{why}"
+        );
+        assert!(fdisk.overlap(&part(2)).is_some());
+        let why = part(2).overlap(&file).expect("and the disk's backing file");
+        assert!(why.contains("a loop device backed by"), "{why}");
+        assert!(part(1).overlap(&part(2)).is_none(), "disjoint partitions");
     }
 
     #[test]

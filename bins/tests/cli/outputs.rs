@@ -271,6 +271,22 @@ fn output_that_is_the_input_is_refused_under_any_name() {
         }
         drop(lo);
     }
+    // Redirections: stdin read from OUTPUT, stdout appended to INPUT.
+    let before = digest(&fx.img);
+    let o = run(Command::new(tool("e2i-to-raw"))
+        .arg("-")
+        .arg(&fx.img)
+        .stdin(fs::File::open(&fx.img).unwrap()));
+    let err = failed(&o, "e2i-to-raw - X < X");
+    assert!(err.contains("is INPUT - (stdin)"), "{err}");
+    let o = run(Command::new(tool("e2i-capture"))
+        .arg("-r")
+        .arg(&fx.img)
+        .arg("-")
+        .stdout(fs::OpenOptions::new().append(true).open(&fx.img).unwrap()));
+    let err = failed(&o, "e2i-capture -r X - >> X");
+    assert!(err.contains("- (stdout) is SOURCE"), "{err}");
+    assert!(digest(&fx.img) == before, "redirections: the input changed");
     // e2i-install: DEVICE that is IMAGE, and an undo file that is DEVICE.
     let img_copy = fx.path("copy.img");
     fs::copy(&fx.img, &img_copy).unwrap();

@@ -80,9 +80,10 @@ pub fn to_raw(
                 progress.update(sink.stats().blocks);
                 Ok(())
             })?;
-            if let Some(m) = meta {
-                // The inode-table blocks the capture left out (unused ones), as zeros.
-                let tables = m.inode_tables()?;
+            // The inode-table blocks the capture left out (unused ones), as zeros. A stream
+            // whose superblock or descriptors cannot be read back (a capture through a
+            // backup superblock, damage) has nothing more to say: its own blocks are written.
+            if let Some(Ok(tables)) = meta.map(MetaBlocks::inode_tables) {
                 sink.put_zero_runs(&tables.minus(&carried))?;
             }
             let copy = sink.finish()?;
