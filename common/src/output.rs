@@ -174,7 +174,25 @@ impl Output {
                 check_writable(&path)?;
                 let m = meta.as_ref().map(|m| (m.mode() & 0o7777, m.uid(), m.gid()));
                 if !req.dry_run {
-                    out.start_new(&path, m)?;
+                    match out.start_new(&path, m) {
+                        Ok(()) => {}
+                        // A file we may write in a folder we may not: no temporary name is
+                        // possible there, so write the file itself, truncated, as e2image
+                        // does (a failed run then leaves it partial, as e2image's would).
+                        Err(Error::Io { source, .. })
+                            if source.kind() == io::ErrorKind::PermissionDenied =>
+                        {
+                            out.file = Some(
+                                OpenOptions::new()
+                                    .read(true)
+                                    .write(true)
+                                    .truncate(true)
+                                    .open(&path)
+                                    .map_err(|e| Error::io("open", 0, e))?,
+                            );
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
             }
             Some(t) if t.is_dir() => {

@@ -478,6 +478,26 @@ fn an_output_the_user_cannot_write_is_refused_with_the_systems_reason() {
     let mut c = Command::new(tool("e2i-install"));
     c.arg(&dev).arg(&image);
     cases.push(("e2i-install onto a 644 root file".into(), c, dev));
+    // A file the user may write in a folder they may not: written in place, as e2image does.
+    let locked = fx.path("locked");
+    fs::create_dir(&locked).unwrap();
+    let mine = locked.join("mine.raw");
+    fs::write(&mine, b"old").unwrap();
+    std::os::unix::fs::chown(&mine, Some(65534), Some(65534)).unwrap();
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o755)).unwrap();
+    let input = dir.join("in-locked");
+    fs::copy(&fx.img, &input).unwrap();
+    fs::set_permissions(&input, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut c = Command::new(tool("e2i-to-raw"));
+    c.arg(&input).arg(&mine);
+    let o = as_nobody(&c);
+    ok(&o, "e2i-to-raw over a writable file in a locked folder");
+    let want = fx.path("want.raw");
+    ok(
+        &run(Command::new("e2image").arg("-r").arg(&fx.img).arg(&want)),
+        "e2image -r",
+    );
+    assert!(fs::read(&mine).unwrap() == fs::read(&want).unwrap());
     for (what, cmd, out) in cases {
         let before = fs::read(&out).unwrap();
         let mode = fs::metadata(&out).unwrap().mode();
