@@ -813,7 +813,20 @@ fn check_dry_run_compares_and_lists_only_what_differs() {
         &run(Command::new("e2image").arg("-ra").arg(&fx.img).arg(&clone)),
         "e2image -ra",
     );
+    // A device that held something else, then received e2image -r: -c -n must compare
+    // what e2image compares on a device (whole inode tables).
+    let backing = fx.path("dev.img");
+    pattern_file(&backing, 32 << 20);
+    let lo = Loop::new(&backing, &[]);
+    ok(
+        &run(Command::new("e2image").arg("-r").arg(&fx.img).arg(lo.path())),
+        "e2image -r to a device",
+    );
+    let dev = lo.path().to_path_buf();
     let cases: &[(&str, &[&str], &Path, &Path, &str)] = &[
+        ("e2i-to-raw", &[], &fx.img, &dev, "-rcn"),
+        ("e2i-to-raw", &[], &fx.stream, &dev, "-rcn"),
+        ("qcow2-to-raw", &[], &fx.qcow2, &dev, "-rcn"),
         ("e2i-to-raw", &[], &fx.img, &raw, "-rcn"),
         ("e2i-to-raw", &[], &fx.stream, &raw, "-rcn"),
         ("e2i-to-raw", &[], &fx.qcow2, &raw, "-rcn"),
