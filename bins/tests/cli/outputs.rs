@@ -819,7 +819,10 @@ fn check_dry_run_compares_and_lists_only_what_differs() {
     pattern_file(&backing, 32 << 20);
     let lo = Loop::new(&backing, &[]);
     ok(
-        &run(Command::new("e2image").arg("-r").arg(&fx.img).arg(lo.path())),
+        &run(Command::new("e2image")
+            .arg("-r")
+            .arg(&fx.img)
+            .arg(lo.path())),
         "e2image -r to a device",
     );
     let dev = lo.path().to_path_buf();

@@ -1,105 +1,16 @@
 //! `qcow2-to-raw`: the virtual disk of a qcow2 image as a raw image.
 //!
-//! The input is any image [`Qcow2Reader`] accepts. A qcow2 on stdin, or wrapped in gzip or
-//! bzip2, is first spooled (decompressed) to an unlinked temporary file, since qcow2 needs
-//! random access. The output goes through [`sparse::write_raw`]: a new file gets holes for
-//! unallocated, zero and all-zero clusters; an existing target is updated in place.
-
-use std::fs::File;
-use std::io::{self, Read, Write};
-use std::path::Path;
+//! The input is any image [`Qcow2Reader`] accepts; [`crate::ops::input`] opens it (a qcow2
+//! on stdin, in a FIFO or compressed is spooled first, since qcow2 needs random access). The
+//! output goes through [`sparse::write_raw`]: a new file gets holes for unallocated, zero and
+//! all-zero clusters; an existing target is updated in place.
 
 use crate::blockmap::{BlockMap, Run};
-use crate::io::{FileSource, ReadAt, pread_full};
+use crate::io::ReadAt;
 use crate::progress::Progress;
-use crate::qcow2::{Qcow2Reader, is_qcow2};
+use crate::qcow2::Qcow2Reader;
 use crate::sparse::{self, CopyStats, RawTarget};
 use crate::{Error, Result};
-
-/// Open `path` (`-` for stdin) as a qcow2 image, spooling stdin and gzip/bzip2-wrapped
-/// input to a temporary file.
-pub fn open_input(path: &Path) -> Result<Qcow2Reader<FileSource>> {
-    let file = if path == Path::new("-") {
-        spool(&mut io::stdin().lock())?
-    } else {
-        let f = File::open(path).map_err(|e| Error::io("open", 0, e))?;
-        let mut magic = [0u8; 4];
-        let n = pread_full(&f, &mut magic, 0).map_err(|e| Error::io("read", 0, e))?;
-        if is_qcow2(&magic[..n]) {
-            f
-        } else if is_wrapped(&magic[..n]) {
-            spool(&mut io::BufReader::new(f))?
-        } else {
-            return Err(not_qcow2());
-        }
-    };
-    Qcow2Reader::open(FileSource::from_file(file, 0)?)
-}
-
-fn not_qcow2() -> Error {
-    Error::InvalidInput("not a qcow2 image (no QFI\\xfb magic)".into())
-}
-
-fn is_wrapped(m: &[u8]) -> bool {
-    m.starts_with(&[0x1f, 0x8b]) || m.starts_with(b"BZh")
-}
-
-/// Copy `input` (a qcow2, possibly gzip- or bzip2-compressed) to an unlinked temporary file
-/// in `$TMPDIR`.
-pub fn spool(input: &mut dyn Read) -> Result<File> {
-    let mut magic = [0u8; 4];
-    let mut n = 0;
-    while n < 4 {
-        match input.read(&mut magic[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("read", n as u64, e)),
-        }
-    }
-    let head = &magic[..n];
-    let mut chained = io::Read::chain(head, input);
-    let mut reader: Box<dyn Read + '_> = if head.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::read::MultiGzDecoder::new(chained))
-    } else if head.starts_with(b"BZh") {
-        Box::new(bzip2::read::MultiBzDecoder::new(chained))
-    } else if is_qcow2(head) {
-        Box::new(&mut chained)
-    } else {
-        return Err(not_qcow2());
-    };
-    let dir = std::env::temp_dir();
-    let mut file = None;
-    for i in 0..100u32 {
-        let p = dir.join(format!(".e2i-spool-{}-{i}", std::process::id()));
-        match File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&p)
-        {
-            Ok(f) => {
-                let _ = std::fs::remove_file(&p);
-                file = Some(f);
-                break;
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(Error::io("create temporary file", 0, e)),
-        }
-    }
-    let mut file =
-        file.ok_or_else(|| Error::InvalidInput("cannot create a temporary file".into()))?;
-    let mut w = io::BufWriter::with_capacity(1 << 20, &mut file);
-    let copied = io::copy(&mut reader, &mut w).map_err(|e| Error::io("spool input", 0, e))?;
-    w.flush().map_err(|e| Error::io("write", copied, e))?;
-    drop(w);
-    let mut m2 = [0u8; 4];
-    let k = pread_full(&file, &mut m2, 0).map_err(|e| Error::io("read", 0, e))?;
-    if !is_qcow2(&m2[..k]) {
-        return Err(not_qcow2());
-    }
-    Ok(file)
-}
 
 /// The raw image to produce: which units of `unit` bytes hold stored data.
 #[derive(Debug, Clone)]
