@@ -254,6 +254,16 @@ impl StreamOut {
     }
 }
 
+/// Print a line on stdout. A closed stdout is an error that ends the run (a broken pipe
+/// exits 141), not a panic as with `println!`.
+pub fn say(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    let mut o = io::stdout().lock();
+    o.write_fmt(args)
+        .and_then(|()| o.write_all(b"\n"))
+        .and_then(|()| o.flush())?;
+    Ok(())
+}
+
 /// A writer whose every write fails with the error it was made with.
 struct FailingWriter(Option<io::Error>);
 

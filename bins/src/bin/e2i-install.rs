@@ -59,6 +59,7 @@ fn body(args: Args) -> anyhow::Result<u8> {
         undo: args.undo.clone(),
     };
     let mut reporter = Reporter::new(args.progress);
+    reporter.set_dry_run(args.dry_run);
     let report =
         install::install(&args.device, &args.image, &opts, &mut reporter).with_context(|| {
             format!(
@@ -87,19 +88,19 @@ fn body(args: Args) -> anyhow::Result<u8> {
                 WriteData::Bytes(_) => "computed".to_string(),
             };
             let (first, end) = (w.offset / bs, (w.offset + w.len).div_ceil(bs));
-            println!(
+            e2i_cli::say(format_args!(
                 "Writing {}: {} ({} bytes at byte {}, {src})",
                 range_text(first, end - first),
                 w.what,
                 w.len,
                 w.offset
-            );
+            ))?;
         }
-        println!(
+        e2i_cli::say(format_args!(
             "{} writes, {} bytes; nothing written (dry run)",
             report.writes.len(),
             report.bytes
-        );
+        ))?;
         return Ok(EXIT_OK);
     }
     if let (Some(u), Some(path), false) = (report.undo, &args.undo, args.quiet) {

@@ -42,14 +42,31 @@ fn refuse_mounted(path: &Path, any: bool) -> anyhow::Result<()> {
 }
 
 /// Print one dry-run line per run of blocks (e2image -n prints `Writing block N`).
-fn lister(dry: bool) -> impl FnMut(u64, u64) {
+/// The first failed write (a closed pipe: `e2i-move -n … | head`) is kept in `failed`, for
+/// the run to end with it once the library call returns.
+fn lister(
+    dry: bool,
+    failed: std::rc::Rc<std::cell::RefCell<Option<io::Error>>>,
+) -> impl FnMut(u64, u64) {
     let mut out = io::BufWriter::new(io::stdout());
     move |first, n| {
-        if !dry {
+        if !dry || failed.borrow().is_some() {
             return;
         }
-        let _ = writeln!(out, "Writing {}", range_text(first, n));
-        let _ = out.flush();
+        if let Err(e) = writeln!(out, "Writing {}", range_text(first, n)).and_then(|()| out.flush())
+        {
+            *failed.borrow_mut() = Some(e);
+        }
+    }
+}
+
+/// A listing write that failed ends the run (a broken pipe exits 141).
+fn listing_result(
+    failed: &std::rc::Rc<std::cell::RefCell<Option<io::Error>>>,
+) -> anyhow::Result<()> {
+    match failed.borrow_mut().take() {
+        Some(e) => Err(anyhow::Error::new(e).context("listing on stdout")),
+        None => Ok(()),
     }
 }
 
@@ -110,7 +127,9 @@ fn body(args: Args) -> anyhow::Result<u8> {
     };
     let src = args.source.display().to_string();
     let mut reporter = Reporter::new(args.progress);
-    let mut list = lister(args.dry_run);
+    reporter.set_dry_run(args.dry_run);
+    let list_failed = std::rc::Rc::new(std::cell::RefCell::new(None));
+    let mut list = lister(args.dry_run, list_failed.clone());
     if in_place {
         refuse_mounted(&args.source, true)?;
         let journal = match &args.journal {
@@ -138,8 +157,9 @@ fn body(args: Args) -> anyhow::Result<u8> {
         }
         let rep = move_fs::move_in_place(&args.source, &journal, &opts, &mut list, &mut reporter)
             .with_context(|| src.clone())?;
+        listing_result(&list_failed)?;
         reporter.summary(rep.block_size);
-        report_move(&args, &rep, &journal);
+        report_move(&args, &rep, &journal)?;
         return Ok(EXIT_OK);
     }
     let dest = args.dest.clone().unwrap_or_default();
@@ -149,7 +169,6 @@ fn body(args: Args) -> anyhow::Result<u8> {
             .context("a copy of it would be inconsistent (use -f to copy anyway)")?;
     }
     let dst = dest.display().to_string();
-    reporter.set_dry_run(args.dry_run);
     let mut out = open_output(
         &Request {
             path: &dest,
@@ -177,6 +196,7 @@ fn body(args: Args) -> anyhow::Result<u8> {
     };
     let rep = move_fs::clone_fs(&args.source, target, &opts, &mut list, &mut reporter)
         .map_err(|e| attribute(e, &src, &dst))?;
+    listing_result(&list_failed)?;
     if out.kind() == Kind::BlockDevice
         && !args.dry_run
         && let Some(f) = out.file()
@@ -200,10 +220,10 @@ fn body(args: Args) -> anyhow::Result<u8> {
         eprintln!("{TOOL}: warning: {src}: skipped damaged metadata: {p}");
     }
     if args.check {
-        println!(
+        e2i_cli::say(format_args!(
             "{} blocks already contained the data to be copied",
             rep.identical_blocks
-        );
+        ))?;
     }
     Ok(EXIT_OK)
 }
@@ -222,27 +242,28 @@ fn e2i_cli_tempfile() -> anyhow::Result<std::fs::File> {
     Ok(f)
 }
 
-fn report_move(args: &Args, rep: &MoveReport, journal: &Path) {
+fn report_move(args: &Args, rep: &MoveReport, journal: &Path) -> anyhow::Result<()> {
     if args.quiet {
-        return;
+        return Ok(());
     }
     let src = args.source.display();
     if rep.already_done {
-        println!(
+        e2i_cli::say(format_args!(
             "{src}: the move from byte {} to byte {} is already finished (journal {}); nothing to do",
             args.src_offset,
             args.dest_offset,
             journal.display()
-        );
-        return;
+        ))?;
+        return Ok(());
     }
     if args.dry_run {
-        return;
+        return Ok(());
     }
     if args.check {
-        println!(
+        e2i_cli::say(format_args!(
             "{} blocks already contained the data to be copied",
             rep.identical_blocks
-        );
+        ))?;
     }
+    Ok(())
 }

@@ -78,7 +78,7 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         // The same limit as the real run: the image must fit a device.
         out.check_room(l.file_size())
             .map_err(|e| attribute(e, &src, &out_name))?;
-        println!(
+        e2i_cli::say(format_args!(
             "would write {out_name}: qcow2 v2, virtual size {}, cluster size {}, {} data clusters after {} bytes of metadata, {} bytes{}",
             l.virtual_size(),
             l.cluster_size(),
@@ -90,7 +90,7 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             } else {
                 ""
             }
-        );
+        ))?;
         sum.add(|o| {
             o.num("block_size", l.cluster_size())
                 .num("output_bytes", l.file_size())

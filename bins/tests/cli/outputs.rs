@@ -1123,3 +1123,42 @@ fn a_mounted_device_is_refused() {
         assert!(err.contains("mounted"), "{}: {err}", w.name());
     }
 }
+
+/// A pipe whose reader is already gone: the write end, for a child's stdout.
+fn closed_pipe() -> Stdio {
+    let mut reader = Command::new("true").stdin(Stdio::piped()).spawn().unwrap();
+    let w = reader.stdin.take().unwrap();
+    reader.wait().unwrap();
+    Stdio::from(w)
+}
+
+#[test]
+fn a_closed_pipe_under_a_listing_is_a_failure_too() {
+    let fx = Fx::new("8M");
+    let target = fx.path("t.raw");
+    fs::copy(&fx.img, &target).unwrap();
+    let cases: &[(&str, &[&str], &Path, &Path)] = &[
+        ("e2i-to-raw", &["-n"], &fx.img, &target),
+        ("e2i-to-raw", &["-c", "-n"], &fx.stream, &target),
+        ("qcow2-to-raw", &["-n"], &fx.qcow2, &target),
+        ("e2i-to-qcow2", &["-n"], &fx.img, &fx.path("q.qcow2")),
+        ("e2i-move", &["-n"], &fx.img, &target),
+        ("e2i-install", &["-n"], &target, &fx.normal),
+    ];
+    for (t, args, a, b) in cases {
+        let o = Command::new(tool(t))
+            .args(*args)
+            .arg(a)
+            .arg(b)
+            .stdout(closed_pipe())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(141),
+            "{t} {args:?} into a closed pipe: {}",
+            text(&o.stderr)
+        );
+    }
+}
