@@ -154,7 +154,8 @@ impl<'a> RawSink<'a> {
             .filter(|&e| e <= self.total)
             .ok_or_else(|| {
                 Error::InvalidInput(format!(
-                    "blocks {block}+{count} lie past the end of the image"
+                    "{} lie past the end of the image",
+                    range_text(block, count)
                 ))
             })?;
         let start = block * self.bs;
