@@ -170,8 +170,13 @@ struct Fx {
 
 impl Fx {
     fn new(size: &str) -> Fx {
+        Fx::with(size, &[])
+    }
+
+    /// With these mkfs options.
+    fn with(size: &str, mkfs_opts: &[&str]) -> Fx {
         let dir = tempdir();
-        let img = mkfs(dir.path(), "fs.img", size, &[]);
+        let img = mkfs(dir.path(), "fs.img", size, mkfs_opts);
         let qcow2 = dir.path().join("fs.qcow2");
         ok(
             &run(Command::new("e2image").arg("-Q").arg(&img).arg(&qcow2)),
@@ -563,7 +568,21 @@ fn a_device_too_small_is_refused_before_the_first_write() {
 fn a_device_gets_exactly_e2images_bytes_whatever_the_input() {
     // mkfs leaves unused inode-table blocks unwritten; a device that held something else
     // before must not keep it there (e2image -r writes whole inode tables to devices).
-    let fx = Fx::new("32M");
+    // Several layouts: block sizes, bigalloc clusters, no descriptor checksums, ext2, meta_bg.
+    for opts in [
+        &[][..],
+        &["-b", "4096"],
+        &["-b", "4096", "-O", "bigalloc", "-C", "16384"],
+        &["-O", "^metadata_csum,uninit_bg"],
+        &["-t", "ext2"],
+        &["-b", "4096", "-O", "meta_bg,^resize_inode"],
+    ] {
+        device_bytes_match_e2image(opts);
+    }
+}
+
+fn device_bytes_match_e2image(mkfs_opts: &[&str]) {
+    let fx = Fx::with("32M", mkfs_opts);
     let garbage = fx.path("garbage");
     let mut g: Vec<u8> = (0..32usize << 20)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
@@ -599,7 +618,7 @@ fn a_device_gets_exactly_e2images_bytes_whatever_the_input() {
     for (t, args, i) in cases {
         fs::copy(&garbage, &ours).unwrap();
         let lo = Loop::new(&ours, &[]);
-        let what = format!("{t} {args:?} from {i:?}");
+        let what = format!("{t} {args:?} from {i:?} (mkfs {mkfs_opts:?})");
         ok(
             &run(Command::new(tool(t))
                 .args(*args)
@@ -615,7 +634,7 @@ fn a_device_gets_exactly_e2images_bytes_whatever_the_input() {
         }
         // A normal image holds the superblock, descriptors, bitmaps and inode tables:
         // those positions get e2image's bytes, every other block is left as it was.
-        let bs = 1024;
+        let bs = block_size(&fx.img);
         for b in 0..got.len() / bs {
             let r = b * bs..(b + 1) * bs;
             let same = got[r.clone()] == want[r.clone()];
@@ -628,6 +647,16 @@ fn a_device_gets_exactly_e2images_bytes_whatever_the_input() {
             }
         }
     }
+}
+
+/// The block size of `img`, from dumpe2fs -h.
+fn block_size(img: &Path) -> usize {
+    let o = run(Command::new("dumpe2fs").arg("-h").arg(img));
+    text(&o.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Block size:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("block size")
 }
 
 /// Every inode-table block of `img`, from dumpe2fs ("Inode table at A-B").

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::blockmap::{BlockMap, Run};
+use crate::blockmap::{BlockMap, BlockMapBuilder, Run};
 use crate::ext4::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, Superblock};
 use crate::ext4::{Filesystem, OpenOptions};
 use crate::io::ReadAt;
@@ -209,18 +209,19 @@ impl MetaBlocks {
         }
     }
 
-    /// Every group's whole inode table.
+    /// Every group's whole inode table, in whole clusters (bigalloc), as e2image marks them.
     fn inode_tables(self) -> Result<BlockMap> {
         let blocks_count = self.blocks_count;
         let fs = Filesystem::open(self, OpenOptions::default())?;
         let ipb = u64::from(fs.sb.inode_blocks_per_group);
-        let mut runs: Vec<Run> = (0..fs.sb.group_count)
-            .map(|g| fs.desc.inode_table(g))
-            .filter(|&it| it != 0 && it.checked_add(ipb).is_some_and(|e| e <= blocks_count))
-            .map(|start| Run { start, len: ipb })
-            .collect();
-        runs.sort();
-        Ok(BlockMap::from_runs(runs, blocks_count))
+        let mut b = BlockMapBuilder::new(0, blocks_count.saturating_sub(1), fs.sb.cluster_bits);
+        for g in 0..fs.sb.group_count {
+            let it = fs.desc.inode_table(g);
+            if it != 0 && it.checked_add(ipb).is_some_and(|e| e <= blocks_count) {
+                b.mark_range(it, ipb);
+            }
+        }
+        Ok(b.build(u64::from(fs.sb.first_data_block), blocks_count))
     }
 }
 
