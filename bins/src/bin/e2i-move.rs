@@ -60,6 +60,12 @@ fn lister(
     }
 }
 
+/// Does `src` start with qcow2's magic (its size is then not the disk's)?
+fn is_qcow2(src: &e2i::io::FileSource) -> bool {
+    let mut m = [0u8; 4];
+    e2i::io::ReadAt::read_at(src, &mut m, 0).is_ok_and(|n| e2i::qcow2::is_qcow2(&m[..n]))
+}
+
 /// A listing write that failed ends the run (a broken pipe exits 141).
 fn listing_result(
     failed: &std::rc::Rc<std::cell::RefCell<Option<io::Error>>>,
@@ -91,6 +97,7 @@ fn body(args: Args) -> anyhow::Result<u8> {
     if args.src_offset > 0
         && let Ok(src) = e2i::io::FileSource::open(&args.source, 0)
         && args.src_offset >= e2i::io::ReadAt::size(&src)
+        && !is_qcow2(&src)
     {
         anyhow::bail!(
             "{}: offset {} lies past the end of the source, which ends at byte {}",
