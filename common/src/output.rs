@@ -104,6 +104,9 @@ impl Output {
             {
                 refuse_overlap(req, fd1, &m, reads)?;
             }
+            if !req.dry_run {
+                crate::io::grow_pipe(io::stdout());
+            }
             return Ok(Output {
                 kind: Kind::Stdout,
                 file: None,
@@ -145,7 +148,9 @@ impl Output {
                     check_writable(&path)?;
                 } else {
                     // O_WRONLY on a FIFO waits for its reader, as e2image's open does.
-                    out.file = Some(open_rw(&path, false, false)?);
+                    let f = open_rw(&path, false, false)?;
+                    crate::io::grow_pipe(&f);
+                    out.file = Some(f);
                 }
             }
             Some(t) if t.is_block_device() => {
