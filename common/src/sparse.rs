@@ -127,9 +127,11 @@ impl<'a> RawSink<'a> {
             } => (*dest_offset, *room),
             RawTarget::Stream(_) => (0, None),
         };
-        let end = offset
-            .checked_add(total)
-            .ok_or_else(|| Error::InvalidInput("destination offset overflows".into()))?;
+        let end = offset.checked_add(total).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "destination offset {offset} plus the image's {total} bytes lies past the largest possible file"
+            ))
+        })?;
         crate::output::check_room(room, end)?;
         Ok(RawSink {
             target,
