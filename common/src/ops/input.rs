@@ -50,7 +50,7 @@ pub enum Input {
     File {
         kind: Kind,
         path: PathBuf,
-        spooled: Option<tempfile::TempPath>,
+        spooled: Option<Spooled>,
     },
 }
 
@@ -178,15 +178,28 @@ pub fn detect(head: &[u8]) -> Option<Kind> {
     None
 }
 
+/// A spooled copy of an input: removed when dropped, and by the signal handler before then
+/// ([`crate::output::pending`]).
+#[derive(Debug)]
+pub struct Spooled(tempfile::TempPath);
+
+impl Drop for Spooled {
+    fn drop(&mut self) {
+        crate::output::pending::remove(&self.0);
+    }
+}
+
 /// Copy `r` into a new temporary file, leaving all-zero blocks as holes. The file is
 /// registered with [`crate::output::pending`], so a signal does not leave it behind.
-fn spool(mut r: Box<dyn Read>) -> Result<tempfile::TempPath> {
+fn spool(mut r: Box<dyn Read>) -> Result<Spooled> {
     let tmp = tempfile::Builder::new()
         .prefix(".e2i-spool-")
         .tempfile()
         .map_err(|e| Error::io("create temporary file", 0, e))?;
     crate::output::pending::add(tmp.path());
     let (file, path) = tmp.into_parts();
+    // Unregistered and removed however this function ends.
+    let spooled = Spooled(path);
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0u64;
     loop {
@@ -220,7 +233,7 @@ fn spool(mut r: Box<dyn Read>) -> Result<tempfile::TempPath> {
         .map_err(|e| Error::io("truncate", pos, e))?;
     let mut f = &file;
     f.flush().ok();
-    Ok(path)
+    Ok(spooled)
 }
 
 /// Open `path` (`-` for stdin) and detect its format.
@@ -263,7 +276,7 @@ pub fn open(path: &Path) -> Result<Input> {
         let tmp = spool(r)?;
         return Ok(Input::File {
             kind,
-            path: tmp.to_path_buf(),
+            path: tmp.0.to_path_buf(),
             spooled: Some(tmp),
         });
     }
