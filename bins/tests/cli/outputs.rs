@@ -818,6 +818,30 @@ fn signals_remove_the_temporary_file() {
     assert!(!child.wait().unwrap().success());
     drop(stdin);
     assert!(leftovers(&out_dir).is_empty(), "{:?}", leftovers(&out_dir));
+    // A qcow2 on stdin is spooled to a temporary file first: that goes too.
+    let spool_dir = fx.path("tmp");
+    fs::create_dir(&spool_dir).unwrap();
+    let mut child = Command::new(tool("qcow2-to-raw"))
+        .arg("-")
+        .arg(out_dir.join("new.out"))
+        .env("TMPDIR", &spool_dir)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let q = fs::read(&fx.qcow2).unwrap();
+    stdin.write_all(&q[..q.len() / 2]).unwrap();
+    assert!(wait_for(&spool_dir, "e2i-spool"), "no spool file");
+    let st = Command::new("kill")
+        .args(["-s", "TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(!child.wait().unwrap().success());
+    drop(stdin);
+    let left: Vec<_> = fs::read_dir(&spool_dir).unwrap().flatten().collect();
+    assert!(left.is_empty(), "spool files left: {left:?}");
 }
 
 /// e2image's verdict of `-c -n` (the count on its last line).
