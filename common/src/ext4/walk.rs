@@ -97,5 +97,9 @@ pub(crate) fn copy_error(e: &Error) -> Error {
         Error::Corrupt(k) => Error::Corrupt(k.clone()),
         Error::Unsupported(s) => Error::Unsupported(s.clone()),
         Error::InvalidInput(s) => Error::InvalidInput(s.clone()),
+        Error::NoRoom { have, need } => Error::NoRoom {
+            have: *have,
+            need: *need,
+        },
     }
 }
