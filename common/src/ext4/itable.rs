@@ -225,6 +225,10 @@ pub fn for_each_chunk<S: ReadAt>(
             buf.resize(len, 0);
             skipped.clear();
             skipped.resize(usize::try_from(n).unwrap_or(0), listed_bad);
+            let per_chunk = u32::try_from(len.checked_div(isz).unwrap_or(0)).unwrap_or(u32::MAX);
+            let count = per_chunk.min(inodes_left);
+            // The chunk's inodes: next_ino ..= last_ino.
+            let last_ino = next_ino.saturating_add(count.saturating_sub(1));
             if listed_bad {
                 buf.fill(0);
             } else {
@@ -234,11 +238,10 @@ pub fn for_each_chunk<S: ReadAt>(
                         return Err(e);
                     }
                     salvage(fs, &mut buf, cur, role, &mut skipped);
-                    report_unreadable(g, cur, &skipped, next_ino, sb.inodes_per_block(), visit)?;
+                    let inodes = (next_ino, last_ino, sb.inodes_per_block());
+                    report_unreadable(g, cur, &skipped, inodes, visit)?;
                 }
             }
-            let per_chunk = u32::try_from(len.checked_div(isz).unwrap_or(0)).unwrap_or(u32::MAX);
-            let count = per_chunk.min(inodes_left);
             let mut chunk = Chunk {
                 group: g,
                 first_block: cur,
@@ -278,15 +281,16 @@ fn salvage<S: ReadAt>(
     }
 }
 
-/// One problem per run of unreadable blocks, naming the inodes lost.
+/// One problem per run of unreadable blocks, naming the inodes lost: `inodes` is the
+/// chunk's first and last inode of the used part, and the inodes per block.
 fn report_unreadable(
     g: u32,
     first: u64,
     skipped: &[bool],
-    first_ino: u32,
-    ipb: u32,
+    inodes: (u32, u32, u32),
     visit: &mut dyn FnMut(Item<'_, '_>) -> Result<()>,
 ) -> Result<()> {
+    let (first_ino, last_used, ipb) = inodes;
     let mut i = 0usize;
     while i < skipped.len() {
         if !skipped[i] {
@@ -310,7 +314,7 @@ fn report_unreadable(
                 first: first.saturating_add(i as u64),
                 last: first.saturating_add(j as u64).saturating_sub(1),
                 first_ino: ino_at(i),
-                last_ino: ino_at(j).saturating_sub(1),
+                last_ino: ino_at(j).saturating_sub(1).min(last_used),
             },
         }))?;
         i = j;
