@@ -285,8 +285,8 @@ pub enum ProblemKind {
 }
 
 impl Problem {
-    /// A problem from an error met while reading or walking; `None` when the error is not
-    /// damage (unsupported input, invalid request): those end the run.
+    /// A problem from an error met while reading or walking; the error itself back when it
+    /// is not damage (unsupported input, an invalid request): those end the run.
     pub fn from_error(ino: Option<u32>, e: Error) -> std::result::Result<Problem, Error> {
         let kind = match e {
             Error::Corrupt(k) => ProblemKind::Corrupt(k),
