@@ -48,8 +48,11 @@ pub enum CorruptKind {
     Qcow2RefcountOrder { refcount_order: u32 },
     #[error("qcow2 header: virtual size {size} is too large")]
     Qcow2VirtualSize { size: u64 },
-    /// The type and length of a header extension do not fit in the first cluster.
-    #[error("qcow2 header extension at byte {offset}: it runs past the first cluster")]
+    /// The type and length of a header extension do not fit in the first cluster (or the
+    /// file ends inside them).
+    #[error(
+        "qcow2 header extension at byte {offset}: its type and length run past the first cluster or the file"
+    )]
     Qcow2ExtensionHeader { offset: u64 },
     #[error(
         "qcow2 header extension {kind:#x} at byte {offset}: its {len} bytes run past the first cluster"
@@ -63,7 +66,7 @@ pub enum CorruptKind {
         size: u64,
         needed: u64,
     },
-    #[error("qcow2 L1 table: {entries} entries is larger than 32 MiB")]
+    #[error("qcow2 L1 table: {entries} entries exceed qemu's 32 MiB limit")]
     Qcow2L1TooLarge { entries: u32 },
     #[error("qcow2 L1 table: offset {host_offset} is not a cluster boundary after the header")]
     Qcow2L1Misaligned { host_offset: u64 },

@@ -8,7 +8,6 @@
 //! Reader: [`reader::Qcow2Reader`] presents the virtual disk of any version 2 or 3 image
 //! (any cluster size, refcount width, compressed and zero clusters, snapshots ignored) as a
 //! [`crate::io::ReadAt`], with unallocated and zero clusters reported as holes.
-
 //!
 //! Units ([`types`]): host offsets, guest offsets and guest clusters are distinct types, and
 //! the cluster size is a [`types::ClusterBits`] qemu can open.
