@@ -10,14 +10,16 @@ use anyhow::Context;
 use e2i::mount::{MountState, mount_state};
 use e2i::ops::move_fs::{self, CloneTarget, MoveOptions, MoveReport};
 use e2i::ops::move_journal::{Journal, State};
+use e2i::output::{Kind, Request};
+use e2i::sparse::range_text;
 use e2i_cli::cli::move_fs::Args;
-use e2i_cli::{EXIT_OK, Output, Reporter, parse_args, run, usage_error};
+use e2i_cli::{EXIT_OK, Reporter, Summary, attribute, open_output, parse_args, run, usage_error};
 
 const TOOL: &str = "e2i-move";
 
 fn main() -> std::process::ExitCode {
     let args: Args = parse_args(TOOL);
-    run(TOOL, || body(args))
+    run(TOOL, Summary::new(false, TOOL), |_| body(args))
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -40,18 +42,37 @@ fn refuse_mounted(path: &Path, any: bool) -> anyhow::Result<()> {
 }
 
 /// Print one dry-run line per run of blocks (e2image -n prints `Writing block N`).
-fn lister(dry: bool) -> impl FnMut(u64, u64) {
+/// The first failed write (a closed pipe: `e2i-move -n … | head`) is kept in `failed`, for
+/// the run to end with it once the library call returns.
+fn lister(
+    dry: bool,
+    failed: std::rc::Rc<std::cell::RefCell<Option<io::Error>>>,
+) -> impl FnMut(u64, u64) {
     let mut out = io::BufWriter::new(io::stdout());
     move |first, n| {
-        if !dry {
+        if !dry || failed.borrow().is_some() {
             return;
         }
-        let _ = if n == 1 {
-            writeln!(out, "Writing block {first}")
-        } else {
-            writeln!(out, "Writing blocks {first}-{} ({n} blocks)", first + n - 1)
-        };
-        let _ = out.flush();
+        if let Err(e) = writeln!(out, "Writing {}", range_text(first, n)).and_then(|()| out.flush())
+        {
+            *failed.borrow_mut() = Some(e);
+        }
+    }
+}
+
+/// Does `src` start with qcow2's magic (its size is then not the disk's)?
+fn is_qcow2(src: &e2i::io::FileSource) -> bool {
+    let mut m = [0u8; 4];
+    e2i::io::ReadAt::read_at(src, &mut m, 0).is_ok_and(|n| e2i::qcow2::is_qcow2(&m[..n]))
+}
+
+/// A listing write that failed ends the run (a broken pipe exits 141).
+fn listing_result(
+    failed: &std::rc::Rc<std::cell::RefCell<Option<io::Error>>>,
+) -> anyhow::Result<()> {
+    match failed.borrow_mut().take() {
+        Some(e) => Err(anyhow::Error::new(e).context("listing on stdout")),
+        None => Ok(()),
     }
 }
 
@@ -71,24 +92,28 @@ fn body(args: Args) -> anyhow::Result<u8> {
         return Ok(code);
     }
     std::fs::metadata(&args.source).with_context(|| args.source.display().to_string())?;
-    let in_place = match &args.dest {
-        None => true,
-        Some(d) => same_file(&args.source, d),
-    };
-    if in_place && args.metadata_only {
-        return Ok(usage_error(
-            TOOL,
-            "--metadata-only is for clones (give DEST)",
-        ));
+    // -o at or past the end: say where SOURCE ends (a qcow2 SOURCE's virtual disk is
+    // checked where it is opened).
+    if args.src_offset > 0
+        && let Ok(src) = e2i::io::FileSource::open(&args.source, 0)
+        && args.src_offset >= e2i::io::ReadAt::size(&src)
+        && !is_qcow2(&src)
+    {
+        anyhow::bail!(
+            "{}: offset {} lies past the end of the source, which ends at byte {}",
+            args.source.display(),
+            args.src_offset,
+            e2i::io::ReadAt::size(&src)
+        );
     }
+    // DEST naming SOURCE (under any name) is refused by the output layer: the in-place
+    // form is the one without DEST.
+    let in_place = args.dest.is_none();
     if in_place && args.src_offset == args.dest_offset {
         return Ok(usage_error(
             TOOL,
             "a move needs different source and destination offsets (-o, -O)",
         ));
-    }
-    if !in_place && args.journal.is_some() {
-        return Ok(usage_error(TOOL, "--journal is for in-place moves"));
     }
     let opts = MoveOptions {
         src_offset: args.src_offset,
@@ -109,7 +134,9 @@ fn body(args: Args) -> anyhow::Result<u8> {
     };
     let src = args.source.display().to_string();
     let mut reporter = Reporter::new(args.progress);
-    let mut list = lister(args.dry_run);
+    reporter.set_dry_run(args.dry_run);
+    let list_failed = std::rc::Rc::new(std::cell::RefCell::new(None));
+    let mut list = lister(args.dry_run, list_failed.clone());
     if in_place {
         refuse_mounted(&args.source, true)?;
         let journal = match &args.journal {
@@ -137,8 +164,9 @@ fn body(args: Args) -> anyhow::Result<u8> {
         }
         let rep = move_fs::move_in_place(&args.source, &journal, &opts, &mut list, &mut reporter)
             .with_context(|| src.clone())?;
+        listing_result(&list_failed)?;
         reporter.summary(rep.block_size);
-        report_move(&args, &rep, &journal);
+        report_move(&args, &rep, &journal)?;
         return Ok(EXIT_OK);
     }
     let dest = args.dest.clone().unwrap_or_default();
@@ -148,47 +176,43 @@ fn body(args: Args) -> anyhow::Result<u8> {
             .context("a copy of it would be inconsistent (use -f to copy anyway)")?;
     }
     let dst = dest.display().to_string();
-    let rep = if dest.exists() {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!args.dry_run)
-            .open(&dest)
-            .with_context(|| format!("opening {dst}"))?;
-        move_fs::clone_fs(
-            &args.source,
-            CloneTarget::Existing(&file),
-            &opts,
-            &mut list,
-            &mut reporter,
-        )
-        .with_context(|| src.clone())?
-    } else if args.dry_run {
-        // Nothing is created: list what a new file would receive.
-        let tmp = e2i_cli_tempfile()?;
-        move_fs::clone_fs(
-            &args.source,
-            CloneTarget::NewFile(&tmp),
-            &opts,
-            &mut list,
-            &mut reporter,
-        )
-        .with_context(|| src.clone())?
-    } else {
-        let mut out = Output::create(&dest)?;
-        let Output::File { file, .. } = &out else {
-            anyhow::bail!("{dst}: not a regular file or block device");
-        };
-        let rep = move_fs::clone_fs(
-            &args.source,
-            CloneTarget::NewFile(file),
-            &opts,
-            &mut list,
-            &mut reporter,
-        )
-        .with_context(|| src.clone())?;
-        out.commit()?;
-        rep
+    let mut out = open_output(
+        &Request {
+            path: &dest,
+            role: "DEST",
+            in_place: true,
+            dry_run: args.dry_run,
+            exclusive: true,
+            streams: false,
+        },
+        &[("SOURCE", &args.source)],
+    )?;
+    let scratch;
+    let target = match (out.kind(), out.file()) {
+        (Kind::Stdout | Kind::Stream, _) => anyhow::bail!(
+            "{dst}: DEST must be a file or block device (a copy is written by position); to send a copy down a pipe, use e2i-capture -ra SOURCE -"
+        ),
+        (Kind::New, Some(f)) => CloneTarget::NewFile(f),
+        (Kind::New, None) => {
+            // A dry run into a DEST that does not exist: list what a new file would get.
+            scratch = e2i_cli_tempfile()?;
+            CloneTarget::NewFile(&scratch)
+        }
+        (_, Some(f)) => CloneTarget::Existing(f),
+        (_, None) => anyhow::bail!("{dst}: not opened"),
     };
+    let rep = move_fs::clone_fs(&args.source, target, &opts, &mut list, &mut reporter)
+        .map_err(|e| attribute(e, &src, &dst))?;
+    listing_result(&list_failed)?;
+    if out.kind() == Kind::BlockDevice
+        && !args.dry_run
+        && let Some(f) = out.file()
+    {
+        f.sync_data()
+            .map_err(|e| attribute(e2i::Error::io("sync", 0, e), &src, &dst))?;
+    }
+    out.commit()
+        .map_err(|e| anyhow::Error::new(e).context(dst.clone()))?;
     reporter.summary(rep.block_size);
     if args.quiet {
         return Ok(EXIT_OK);
@@ -203,10 +227,10 @@ fn body(args: Args) -> anyhow::Result<u8> {
         eprintln!("{TOOL}: warning: {src}: skipped damaged metadata: {p}");
     }
     if args.check {
-        println!(
+        e2i_cli::say(format_args!(
             "{} blocks already contained the data to be copied",
             rep.identical_blocks
-        );
+        ))?;
     }
     Ok(EXIT_OK)
 }
@@ -225,27 +249,28 @@ fn e2i_cli_tempfile() -> anyhow::Result<std::fs::File> {
     Ok(f)
 }
 
-fn report_move(args: &Args, rep: &MoveReport, journal: &Path) {
+fn report_move(args: &Args, rep: &MoveReport, journal: &Path) -> anyhow::Result<()> {
     if args.quiet {
-        return;
+        return Ok(());
     }
     let src = args.source.display();
     if rep.already_done {
-        println!(
+        e2i_cli::say(format_args!(
             "{src}: the move from byte {} to byte {} is already finished (journal {}); nothing to do",
             args.src_offset,
             args.dest_offset,
             journal.display()
-        );
-        return;
+        ))?;
+        return Ok(());
     }
     if args.dry_run {
-        return;
+        return Ok(());
     }
     if args.check {
-        println!(
+        e2i_cli::say(format_args!(
             "{} blocks already contained the data to be copied",
             rep.identical_blocks
-        );
+        ))?;
     }
+    Ok(())
 }

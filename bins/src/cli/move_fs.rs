@@ -10,7 +10,8 @@ const LONG_ABOUT: &str = "\
 Copy the filesystem in SOURCE with all its data to DEST, or, without DEST, move it inside \
 SOURCE from offset -o to offset -O. An in-place move is journalled: if it is interrupted \
 (crash, power loss, kill), running the same command again finishes it. See \
-docs/move-journal.md.
+move-journal.md (installed in share/doc/e2i). DEST is a new or existing file or a block \
+device, never SOURCE under another name.
 
 e2image equivalents: `e2i-move -o S -O D SRC DST` is `e2image -ra -o S -O D SRC DST`; \
 `e2i-move -o S -O D SRC` is `e2image -ra -o S -O D SRC` (which is not crash-safe); \
@@ -68,11 +69,11 @@ pub struct Args {
     #[arg(short = 'f', long)]
     pub force: bool,
     /// Copy the metadata only (e2image -r with offsets); clones only.
-    #[arg(long)]
+    #[arg(long, requires = "dest")]
     pub metadata_only: bool,
     /// Journal of an in-place move [default: SOURCE.e2i-move for a file, else in
     /// $XDG_STATE_HOME/e2i].
-    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath, conflicts_with = "dest")]
     pub journal: Option<PathBuf>,
     /// No warnings or summaries (errors are still reported).
     #[arg(short = 'q', long)]

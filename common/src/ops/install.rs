@@ -651,7 +651,7 @@ pub fn install(
                     let n = w
                         .len
                         .saturating_sub(pos)
-                        .min(crate::sparse::IO_CHUNK as u64) as usize;
+                        .min(crate::pieces::IO_CHUNK as u64) as usize;
                     buf.resize(n, 0);
                     read_image(img.source(), &mut buf, off.saturating_add(pos))?;
                     let at = w.offset.saturating_add(pos);

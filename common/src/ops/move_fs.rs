@@ -16,8 +16,8 @@ use crate::ext4::{Filesystem, OpenOptions as FsOpen};
 use crate::io::{FileSource, ReadAt, pread_full, pwrite_full};
 use crate::ops::capture::{CaptureOptions, scan_source};
 use crate::ops::move_journal::{Journal, MoveParams, State};
+use crate::pieces::{same_runs, zero_runs};
 use crate::progress::{Progress, Unit};
-use crate::sparse::{same_runs, zero_runs};
 use crate::{Error, Result};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
@@ -143,9 +143,10 @@ pub fn clone_fs(
         .checked_add(total)
         .ok_or_else(|| overflow("destination offset plus filesystem size"))?;
     if out_dev && end > out_len {
-        return Err(Error::InvalidInput(format!(
-            "the destination device holds {out_len} bytes; the copy needs {end}"
-        )));
+        return Err(Error::NoRoom {
+            have: out_len,
+            need: end,
+        });
     }
     let map: &BlockMap = &res.map;
     let mut rep = MoveReport {

@@ -25,8 +25,9 @@ use super::types::{ClusterBits, ClusterRun, GuestCluster, HostOffset};
 use crate::blockmap::{BlockMap, Run};
 use crate::bytes::be;
 use crate::io::{ReadAt, pwrite_full};
+use crate::pieces;
 use crate::progress::{Progress, Unit};
-use crate::sparse::{self, CopyStats};
+use crate::sparse::CopyStats;
 use crate::{Error, Result};
 
 /// qemu refuses L1 tables larger than 32 MiB.
@@ -606,6 +607,9 @@ impl<'a> CompressedWriter<'a> {
 pub enum Qcow2Target<'a> {
     /// Any writer, front to back (uncompressed).
     Sequential(&'a mut dyn Write),
+    /// A block device, written front to back (uncompressed); an image larger than the
+    /// device is refused before the first write.
+    Device(&'a File),
     /// A new, empty, seekable file; `compress` selects deflate clusters.
     File { file: &'a File, compress: bool },
 }
@@ -619,7 +623,7 @@ pub fn nonzero_blocks<S: ReadAt + ?Sized>(
     progress: &mut dyn Progress,
 ) -> Result<(Vec<Run>, CopyStats)> {
     progress.phase("finding data", map.selected_blocks(), Unit::Blocks);
-    let (runs, rep) = sparse::classify_runs(src, map, block_size, progress)?;
+    let (runs, rep) = pieces::classify_runs(src, map, block_size, progress)?;
     progress.finish();
     let zero_blocks = runs.iter().filter(|(_, z)| *z).map(|(r, _)| r.len).sum();
     let stats = CopyStats {
@@ -663,7 +667,7 @@ pub fn write_qcow2<S: ReadAt + ?Sized>(
     progress.phase("copying", data_map.selected_blocks(), Unit::Blocks);
     let mut done = 0u64;
     let mut feed = |write: &mut dyn FnMut(GuestCluster, &[u8]) -> Result<()>| {
-        sparse::for_each_chunk(src, &data_map, block_size, &mut |blk, data| {
+        pieces::for_each_chunk(src, &data_map, block_size, &mut |blk, data| {
             write(GuestCluster(blk), data)?;
             done = done.saturating_add((data.len() >> cb) as u64);
             progress.update(done);
@@ -671,8 +675,14 @@ pub fn write_qcow2<S: ReadAt + ?Sized>(
         })
     };
     let mut buffered;
+    let mut room = None;
     let sequential: Option<&mut dyn Write> = match target {
         Qcow2Target::Sequential(out) => Some(out),
+        Qcow2Target::Device(file) => {
+            room = crate::io::block_device_size(file)?;
+            buffered = std::io::BufWriter::with_capacity(1 << 20, file);
+            Some(&mut buffered)
+        }
         Qcow2Target::File {
             file,
             compress: false,
@@ -692,9 +702,11 @@ pub fn write_qcow2<S: ReadAt + ?Sized>(
     };
     if let Some(out) = sequential {
         let layout = Qcow2Layout::plan(vsize, cb, &clusters)?;
+        crate::output::check_room(room, layout.file_size())?;
         let mut w = SequentialWriter::new(out, &layout)?;
         feed(&mut |blk, data| w.write_clusters(blk, data))?;
         stats.bytes_written = w.finish()?;
+        out.flush().map_err(|e| Error::io("write", 0, e))?;
     }
     progress.finish();
     Ok(stats)
