@@ -9,7 +9,11 @@ use crate::number;
 const LONG_ABOUT: &str = "\
 Copy the filesystem in SOURCE with all its data to DEST, or, without DEST, move it inside \
 SOURCE from offset -o to offset -O. An in-place move is journalled: if it is interrupted \
-(crash, power loss, kill), running the same command again finishes it. See \
+(crash, power loss, kill), running the same command again finishes it, under any name of \
+SOURCE. The journal records which file or device SOURCE is and checksums of the bytes it \
+moves; a rerun over a SOURCE that no longer matches it (restored from a backup, replaced, \
+already moved) is refused and nothing is written. SOURCE may be a qcow2 image when cloning \
+(its virtual disk is read, -o inside it); a qcow2 image cannot be moved in place. See \
 docs/move-journal.md.
 
 e2image equivalents: `e2i-move -o S -O D SRC DST` is `e2image -ra -o S -O D SRC DST`; \
@@ -42,7 +46,7 @@ Exit status:
     after_long_help = AFTER_LONG_HELP
 )]
 pub struct Args {
-    /// Block device or image file holding the filesystem.
+    /// Block device or image file holding the filesystem (for a clone, also a qcow2 image).
     #[arg(value_hint = clap::ValueHint::FilePath)]
     pub source: PathBuf,
     /// Where to copy it (a new file, an existing image or a block device). Without it,
@@ -70,8 +74,9 @@ pub struct Args {
     /// Copy the metadata only (e2image -r with offsets); clones only.
     #[arg(long)]
     pub metadata_only: bool,
-    /// Journal of an in-place move [default: SOURCE.e2i-move for a file, else in
-    /// $XDG_STATE_HOME/e2i].
+    /// Journal of an in-place move [default: next to SOURCE (symlinks resolved) as
+    /// SOURCE.e2i-move for a file; $XDG_STATE_HOME/e2i/blockdev-MAJOR:MINOR.e2i-move for a
+    /// device]. Its folder must exist.
     #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     pub journal: Option<PathBuf>,
     /// No warnings or summaries (errors are still reported).
