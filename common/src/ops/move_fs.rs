@@ -435,7 +435,7 @@ fn choose_journal(
 ) -> Result<(PathBuf, bool, Locations)> {
     let resolved = std::fs::canonicalize(source).map_err(|e| Error::io("resolve", 0, e))?;
     let loc = mj::locations(&resolved, src.id.object, jopts.state_dir.clone())
-        .map_err(|e| Error::InvalidInput(e))?;
+        .map_err(Error::InvalidInput)?;
     if let Some(p) = &jopts.path {
         return Ok((resolve_journal_path(p)?, true, loc));
     }
