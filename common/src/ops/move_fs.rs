@@ -369,11 +369,24 @@ impl MoveSource {
     /// Open SOURCE for reading and (unless `dry_run`) writing, and take the one-mover lock.
     /// A qcow2 image is refused: moving inside one is not a byte move.
     fn open(path: &Path, dry_run: bool) -> Result<MoveSource> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!dry_run)
-            .open(path)
-            .map_err(|e| Error::io("open", 0, e))?;
+        let is_dev = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
+        let mut o = OpenOptions::new();
+        o.read(true).write(!dry_run);
+        if is_dev && !dry_run {
+            // Exclusive open: the kernel refuses it while the device, or a partition of it,
+            // is mounted or held (device-mapper, md, swap, another mover).
+            use std::os::unix::fs::OpenOptionsExt;
+            o.custom_flags(rustix::fs::OFlags::EXCL.bits() as i32);
+        }
+        let file = o.open(path).map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) {
+                Error::InvalidInput(
+                    "the device is in use: it or a partition of it is mounted, or device-mapper, md, swap or another e2i-move holds it".into(),
+                )
+            } else {
+                Error::io("open", 0, e)
+            }
+        })?;
         let meta = file.metadata().map_err(|e| Error::io("stat", 0, e))?;
         let ft = meta.file_type();
         if !(ft.is_file() || ft.is_block_device()) {
@@ -507,7 +520,7 @@ fn read_journal(
     notes: &mut dyn FnMut(MoveNote),
     progress: &mut dyn Progress,
 ) -> Result<Start> {
-    let Some(j) = Journal::open(path, !opts.dry_run)? else {
+    let Some(j) = Journal::open(path, !opts.dry_run).map_err(|e| in_journal(path, e))? else {
         return Ok(Start::Fresh);
     };
     let p = j.params();
@@ -576,6 +589,16 @@ fn read_journal(
                 Err(m) => Err(refusal(&j, &m)),
             }
         }
+    }
+}
+
+/// An I/O error on the journal, with the journal's name (damage names it already).
+fn in_journal(path: &Path, e: Error) -> Error {
+    match e {
+        Error::Io { op, source, .. } => {
+            Error::InvalidInput(format!("journal {}: {op}: {source}", path.display()))
+        }
+        e => e,
     }
 }
 
@@ -836,7 +859,18 @@ pub fn move_in_place(
             }
             let pieces = params.pieces()?;
             let digests = checksum_pieces(&src, &pieces, progress)?;
-            let mut j = Journal::create(&jpath, params, src.id, digests)?;
+            let mut j = Journal::create(&jpath, params, src.id, digests).map_err(|e| {
+                let hint = matches!(&e, Error::Io { source, .. } if matches!(source.kind(),
+                    std::io::ErrorKind::PermissionDenied
+                        | std::io::ErrorKind::ReadOnlyFilesystem
+                        | std::io::ErrorKind::StorageFull));
+                match in_journal(&jpath, e) {
+                    Error::InvalidInput(m) if hint => Error::InvalidInput(format!(
+                        "{m} (give the journal another place with --journal)"
+                    )),
+                    e => e,
+                }
+            })?;
             j.set_test_hooks(opts.crash_point, opts.slice_bytes);
             crash_point(opts);
             // Indexed before the first byte of SOURCE is written: a run under another name

@@ -1067,16 +1067,22 @@ impl Journal {
     }
 }
 
-/// The state folder of e2i: `$XDG_STATE_HOME/e2i`, else `~/.local/state/e2i`.
+/// The state folder of e2i: `$XDG_STATE_HOME/e2i`, else `~/.local/state/e2i` (absolute
+/// paths only).
 pub fn state_dir(
     xdg_state_home: Option<std::ffi::OsString>,
     home: Option<std::ffi::OsString>,
 ) -> Option<PathBuf> {
-    if let Some(d) = xdg_state_home.filter(|v| !v.is_empty()) {
-        return Some(PathBuf::from(d).join("e2i"));
+    // The XDG spec: a relative path in the variable is invalid and ignored.
+    if let Some(d) = xdg_state_home
+        .map(PathBuf::from)
+        .filter(|d| d.is_absolute())
+    {
+        return Some(d.join("e2i"));
     }
-    home.filter(|v| !v.is_empty())
-        .map(|h| PathBuf::from(h).join(".local/state/e2i"))
+    home.map(PathBuf::from)
+        .filter(|h| h.is_absolute())
+        .map(|h| h.join(".local/state/e2i"))
 }
 
 /// A name for an object that every name of it shares: `blockdev-8:16`, `file-8:1-1234`.
@@ -1629,6 +1635,10 @@ mod tests {
             PathBuf::from("/home/u/.local/state/e2i")
         );
         assert_eq!(state_dir(None, None), None);
+        assert_eq!(
+            state_dir(Some("rel".into()), Some("/h".into())).unwrap(),
+            PathBuf::from("/h/.local/state/e2i")
+        );
         let file = ObjectId::Inode {
             dev: rustix::fs::makedev(8, 1),
             ino: 12,
