@@ -447,19 +447,23 @@ fn choose_journal(
     jopts: &JournalOptions,
 ) -> Result<(PathBuf, bool, Locations)> {
     let resolved = std::fs::canonicalize(source).map_err(|e| Error::io("resolve", 0, e))?;
-    let loc = mj::locations(&resolved, src.id.object, jopts.state_dir.clone())
-        .map_err(Error::InvalidInput)?;
+    let loc = mj::locations(&resolved, src.id.object, jopts.state_dir.clone());
     if let Some(p) = &jopts.path {
         return Ok((resolve_journal_path(p)?, true, loc));
     }
-    if !loc.default.exists()
+    let default = loc.default.clone().ok_or_else(|| {
+        Error::InvalidInput(
+            "neither XDG_STATE_HOME nor HOME is set, so a device's journal has no default place: give it with --journal".into(),
+        )
+    })?;
+    if !default.exists()
         && let Some(target) = loc.index.as_ref().and_then(|i| std::fs::read_link(i).ok())
         && let Ok(Some(j)) = Journal::open(&target, false)
         && j.source().object == src.id.object
     {
         return Ok((target, false, loc));
     }
-    Ok((loc.default.clone(), false, loc))
+    Ok((default, false, loc))
 }
 
 /// `--journal` as a path to write: symlinks followed (the link stays, its target is the
@@ -716,7 +720,7 @@ fn refuse_other_unfinished(
     let mut candidates = Vec::new();
     match uuid {
         None => {
-            candidates.push(loc.default.clone());
+            candidates.extend(loc.default.clone());
             candidates.extend(loc.index.as_ref().and_then(|i| std::fs::read_link(i).ok()));
         }
         Some(_) => {

@@ -1109,8 +1109,9 @@ pub fn describe(object: ObjectId) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Locations {
     /// The default journal: next to the resolved SOURCE when it is a regular file
-    /// (`/real/path/disk.img.e2i-move`), else `STATE/blockdev-M:m.e2i-move`.
-    pub default: PathBuf,
+    /// (`/real/path/disk.img.e2i-move`), else `STATE/blockdev-M:m.e2i-move`; `None` for a
+    /// block device when there is no state folder.
+    pub default: Option<PathBuf>,
     /// The index entry for SOURCE's identity (`STATE/index/KEY`, a symlink to the journal of
     /// its latest move), so that a name of SOURCE that leads elsewhere (a hard link, a
     /// renamed file) still finds the journal. `None` without a state folder.
@@ -1120,28 +1121,21 @@ pub struct Locations {
 }
 
 /// The journal locations of SOURCE (`resolved`: its path with every symlink resolved).
-pub fn locations(
-    resolved: &Path,
-    object: ObjectId,
-    state: Option<PathBuf>,
-) -> std::result::Result<Locations, String> {
+pub fn locations(resolved: &Path, object: ObjectId, state: Option<PathBuf>) -> Locations {
     let key = id_key(object);
     let default = match object {
         ObjectId::Inode { .. } => {
             let mut p = resolved.as_os_str().to_owned();
             p.push(".e2i-move");
-            PathBuf::from(p)
+            Some(PathBuf::from(p))
         }
-        ObjectId::BlockDevice { .. } => state
-            .as_ref()
-            .ok_or("neither XDG_STATE_HOME nor HOME is set; give the journal with --journal")?
-            .join(format!("{key}.e2i-move")),
+        ObjectId::BlockDevice { .. } => state.as_ref().map(|s| s.join(format!("{key}.e2i-move"))),
     };
-    Ok(Locations {
+    Locations {
         default,
         index: state.as_ref().map(|s| s.join("index").join(&key)),
         state,
-    })
+    }
 }
 
 /// Point the index entry `index` at `journal` (atomically: a new symlink renamed over it),
@@ -1643,20 +1637,18 @@ mod tests {
             dev: rustix::fs::makedev(8, 1),
             ino: 12,
         };
-        let l = locations(Path::new("/x/disk.raw"), file, Some(st.clone())).unwrap();
-        assert_eq!(l.default, PathBuf::from("/x/disk.raw.e2i-move"));
+        let l = locations(Path::new("/x/disk.raw"), file, Some(st.clone()));
+        assert_eq!(l.default, Some(PathBuf::from("/x/disk.raw.e2i-move")));
         assert_eq!(l.index, Some(PathBuf::from("/st/e2i/index/file-8:1-12")));
         let dev = ObjectId::BlockDevice {
             rdev: rustix::fs::makedev(8, 16),
         };
-        let l = locations(Path::new("/dev/sdb"), dev, Some(st)).unwrap();
-        assert_eq!(l.default, PathBuf::from("/st/e2i/blockdev-8:16.e2i-move"));
-        assert!(locations(Path::new("/dev/sdb"), dev, None).is_err());
-        assert!(
-            locations(Path::new("/x/d"), file, None)
-                .unwrap()
-                .index
-                .is_none()
+        let l = locations(Path::new("/dev/sdb"), dev, Some(st));
+        assert_eq!(
+            l.default,
+            Some(PathBuf::from("/st/e2i/blockdev-8:16.e2i-move"))
         );
+        assert_eq!(locations(Path::new("/dev/sdb"), dev, None).default, None);
+        assert!(locations(Path::new("/x/d"), file, None).index.is_none());
     }
 }
