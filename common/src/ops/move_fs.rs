@@ -438,32 +438,75 @@ fn crash_point(opts: &MoveOptions) {
     }
 }
 
+/// The journal a run uses.
+struct Chosen {
+    path: PathBuf,
+    /// Named with `--journal`.
+    explicit: bool,
+    loc: Locations,
+}
+
 /// The journal this run uses, resolved: `--journal` (symlinks followed, folder checked), or
 /// the default for SOURCE, or — when nothing is there — the journal SOURCE's identity is
-/// indexed under (so a hard link or a renamed file finds it).
+/// indexed under (so a hard link or a renamed file finds it). Never SOURCE itself.
 fn choose_journal(
     source: &Path,
     src: &MoveSource,
     jopts: &JournalOptions,
-) -> Result<(PathBuf, bool, Locations)> {
+    dry_run: bool,
+) -> Result<Chosen> {
     let resolved = std::fs::canonicalize(source).map_err(|e| Error::io("resolve", 0, e))?;
     let loc = mj::locations(&resolved, src.id.object, jopts.state_dir.clone());
-    if let Some(p) = &jopts.path {
-        return Ok((resolve_journal_path(p)?, true, loc));
+    let chosen = match &jopts.path {
+        Some(p) => Chosen {
+            path: resolve_journal_path(p)?,
+            explicit: true,
+            loc,
+        },
+        None => {
+            let default = loc.default.clone().ok_or_else(|| {
+                Error::InvalidInput(
+                    "neither XDG_STATE_HOME nor HOME is set, so a device's journal has no default place: give it with --journal".into(),
+                )
+            })?;
+            let indexed = loc
+                .index
+                .as_ref()
+                .and_then(|i| std::fs::read_link(i).ok())
+                .filter(|t| {
+                    Journal::open(t, false)
+                        .is_ok_and(|j| j.is_some_and(|j| j.source().object == src.id.object))
+                });
+            let path = match indexed {
+                Some(t) if !default.exists() => t,
+                _ => default,
+            };
+            Chosen {
+                path,
+                explicit: false,
+                loc,
+            }
+        }
+    };
+    if ObjectId::of_path(&chosen.path).is_ok_and(|id| id == src.id.object) {
+        return Err(Error::InvalidInput(format!(
+            "the journal {} is SOURCE itself",
+            chosen.path.display()
+        )));
     }
-    let default = loc.default.clone().ok_or_else(|| {
-        Error::InvalidInput(
-            "neither XDG_STATE_HOME nor HOME is set, so a device's journal has no default place: give it with --journal".into(),
-        )
-    })?;
-    if !default.exists()
-        && let Some(target) = loc.index.as_ref().and_then(|i| std::fs::read_link(i).ok())
-        && let Ok(Some(j)) = Journal::open(&target, false)
-        && j.source().object == src.id.object
+    if !chosen.explicit
+        && !dry_run
+        && let Some(st) = chosen
+            .loc
+            .state
+            .as_ref()
+            .filter(|st| chosen.path.starts_with(st))
     {
-        return Ok((target, false, loc));
+        // The state folder is e2i's own: made when a journal goes there (--journal never
+        // makes a folder).
+        std::fs::create_dir_all(st).map_err(|e| Error::io("create state folder", 0, e))?;
     }
-    Ok((default, false, loc))
+    Ok(chosen)
 }
 
 /// `--journal` as a path to write: symlinks followed (the link stays, its target is the
@@ -517,13 +560,13 @@ enum Start {
 /// every piece where the journal says it is; otherwise the run is refused (nothing written)
 /// with what differs and what to do.
 fn read_journal(
-    path: &Path,
-    explicit: bool,
+    chosen: &Chosen,
     src: &MoveSource,
     opts: &MoveOptions,
     notes: &mut dyn FnMut(MoveNote),
     progress: &mut dyn Progress,
 ) -> Result<Start> {
+    let (path, explicit) = (chosen.path.as_path(), chosen.explicit);
     let Some(j) = Journal::open(path, !opts.dry_run).map_err(|e| in_journal(path, e))? else {
         return Ok(Start::Fresh);
     };
@@ -836,96 +879,102 @@ pub fn move_in_place(
         ));
     }
     let src = MoveSource::open(source, opts.dry_run)?;
-    let (jpath, explicit, loc) = choose_journal(source, &src, jopts)?;
-    if ObjectId::of_path(&jpath).is_ok_and(|id| id == src.id.object) {
-        return Err(Error::InvalidInput(format!(
-            "the journal {} is SOURCE itself",
-            jpath.display()
-        )));
-    }
-    if !explicit
-        && !opts.dry_run
-        && let Some(st) = loc.state.as_ref().filter(|st| jpath.starts_with(st))
-    {
-        // The state folder is e2i's own: made when a journal goes there (--journal never
-        // makes a folder).
-        std::fs::create_dir_all(st).map_err(|e| Error::io("create state folder", 0, e))?;
-    }
-    let (mut j, saved) = match read_journal(&jpath, explicit, &src, opts, notes, progress)? {
+    let chosen = choose_journal(source, &src, jopts, opts.dry_run)?;
+    let (mut j, saved) = match read_journal(&chosen, &src, opts, notes, progress)? {
         Start::Done(rep) => return Ok(rep),
         Start::Resume(j, saved) => (j, saved),
-        Start::Fresh => {
-            refuse_other_unfinished(&src, &jpath, &loc, None, notes, progress)?;
-            let (params, map) = plan_new(&src, opts, progress)?;
-            refuse_other_unfinished(&src, &jpath, &loc, Some(params.uuid), notes, progress)?;
-            if opts.dry_run {
-                return Ok(list_new(&params, &map, on_write));
-            }
-            let pieces = params.pieces()?;
-            let digests = checksum_pieces(&src, &pieces, progress)?;
-            let mut j = Journal::create(&jpath, params, src.id, digests).map_err(|e| {
-                let hint = matches!(&e, Error::Io { source, .. } if matches!(source.kind(),
-                    std::io::ErrorKind::PermissionDenied
-                        | std::io::ErrorKind::ReadOnlyFilesystem
-                        | std::io::ErrorKind::StorageFull));
-                match in_journal(&jpath, e) {
-                    Error::InvalidInput(m) if hint => Error::InvalidInput(format!(
-                        "{m} (give the journal another place with --journal)"
-                    )),
-                    e => e,
-                }
-            })?;
-            j.set_test_hooks(opts.crash_point, opts.slice_bytes);
-            crash_point(opts);
-            // Indexed before the first byte of SOURCE is written: a run under another name
-            // that finds no journal finds SOURCE untouched.
-            if let Some(index) = &loc.index
-                && let Err(e) = mj::register(index, &jpath)
-            {
-                notes(MoveNote::NotIndexed {
-                    index: index.clone(),
-                    reason: e.to_string(),
-                });
-            }
-            (j, Vec::new())
-        }
+        Start::Fresh => match start_new_move(&src, &chosen, opts, on_write, notes, progress)? {
+            New::Started(j) => (j, Vec::new()),
+            New::Listed(rep) => return Ok(rep),
+        },
     };
     j.set_test_hooks(opts.crash_point, opts.slice_bytes);
-    let start = j.next_piece();
-    let p = j.params().clone();
-    let bs = u64::from(p.block_size);
+    let start = j.next_piece() as usize;
+    let done: u64 = j.pieces()[..start].iter().map(|pc| pc.blocks.len).sum();
+    let p = j.params();
     let mut rep = MoveReport {
         block_size: p.block_size,
         blocks_count: p.blocks_count,
         selected_blocks: p.spans.iter().map(|r| r.len).sum(),
         pieces: j.pieces().len() as u64,
-        started_at_piece: start,
+        started_at_piece: start as u64,
         resumed: start > 0 || !saved.is_empty(),
-        journal: Some(jpath.clone()),
+        journal: Some(chosen.path.clone()),
+        blocks: done,
         ..MoveReport::default()
     };
-    let todo = &j.pieces()[start as usize..];
     if opts.dry_run {
-        for pc in todo {
+        for pc in &j.pieces()[start..] {
             on_write(pc.blocks.start, pc.blocks.len);
         }
-        rep.blocks = todo.iter().map(|pc| pc.blocks.len).sum();
+        rep.blocks = rep.selected_blocks.saturating_sub(done);
         return Ok(rep);
     }
-    rep.blocks = j.pieces()[..start as usize]
-        .iter()
-        .map(|pc| pc.blocks.len)
-        .sum();
+    let bs = u64::from(p.block_size);
     progress.phase(
         "moving",
         rep.selected_blocks.saturating_mul(bs),
         Unit::Bytes,
     );
-    progress.update(rep.blocks * bs);
+    progress.update(done.saturating_mul(bs));
     copy_pieces(&src, &mut j, saved, opts, &mut rep, progress)?;
     finish_move(&src, &mut j, opts, &mut rep)?;
     progress.finish();
     Ok(rep)
+}
+
+/// What [`start_new_move`] did.
+enum New {
+    /// The journal is created: the move can start.
+    Started(Journal),
+    /// `-n`: the blocks were listed.
+    Listed(MoveReport),
+}
+
+/// A new move: make sure no unfinished move of SOURCE is recorded elsewhere, scan and plan
+/// it, checksum every piece, create the journal and enter it in the index.
+fn start_new_move(
+    src: &MoveSource,
+    chosen: &Chosen,
+    opts: &MoveOptions,
+    on_write: &mut dyn FnMut(u64, u64),
+    notes: &mut dyn FnMut(MoveNote),
+    progress: &mut dyn Progress,
+) -> Result<New> {
+    let (jpath, loc) = (&chosen.path, &chosen.loc);
+    refuse_other_unfinished(src, jpath, loc, None, notes, progress)?;
+    let (params, map) = plan_new(src, opts, progress)?;
+    refuse_other_unfinished(src, jpath, loc, Some(params.uuid), notes, progress)?;
+    if opts.dry_run {
+        return Ok(New::Listed(list_new(&params, &map, on_write)));
+    }
+    let pieces = params.pieces()?;
+    let digests = checksum_pieces(src, &pieces, progress)?;
+    let mut j = Journal::create(jpath, params, src.id, digests).map_err(|e| {
+        let hint = matches!(&e, Error::Io { source, .. } if matches!(source.kind(),
+            std::io::ErrorKind::PermissionDenied
+                | std::io::ErrorKind::ReadOnlyFilesystem
+                | std::io::ErrorKind::StorageFull));
+        match in_journal(jpath, e) {
+            Error::InvalidInput(m) if hint => Error::InvalidInput(format!(
+                "{m} (give the journal another place with --journal)"
+            )),
+            e => e,
+        }
+    })?;
+    j.set_test_hooks(opts.crash_point, opts.slice_bytes);
+    crash_point(opts);
+    // Indexed before the first byte of SOURCE is written: a run under another name that
+    // finds no journal finds SOURCE untouched.
+    if let Some(index) = &loc.index
+        && let Err(e) = mj::register(index, jpath)
+    {
+        notes(MoveNote::NotIndexed {
+            index: index.clone(),
+            reason: e.to_string(),
+        });
+    }
+    Ok(New::Started(j))
 }
 
 /// `-n` of a new move: the blocks it would write, in the order it would write them.
