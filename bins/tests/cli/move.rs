@@ -1293,3 +1293,74 @@ fn dry_run_of_an_interrupted_move() {
     ok(&move_cmd(&args, &state, 0, None));
     assert!(e2image_ra(&disk, 1051648, &d.path().join("got.raw")) == want);
 }
+
+/// A half-moved image copied to another file: without `--journal` its move is not started
+/// afresh over the half-moved data; with `--journal` naming the original's journal, whose
+/// state the copy holds exactly, it resumes (with a note). A SOURCE whose size the move
+/// cannot have given it is refused.
+#[test]
+fn copied_half_moved_image() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let (disk, want) = small_disk(d.path(), "disk.img", MIB);
+    let to = MIB + 3072;
+    let args = ["-o", "1048576", "-O", &to.to_string(), p(&disk)];
+    let total = crash_points_of(&disk, &args, &state);
+    assert!(killed(&move_cmd(&args, &state, total / 2, None)));
+    let copy = d.path().join("copy.img");
+    fs::copy(&disk, &copy).unwrap();
+    let half = fs::read(&copy).unwrap();
+    let on_copy = ["-o", "1048576", "-O", &to.to_string(), p(&copy)];
+    let o = move_cmd(&on_copy, &state, 0, None);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        fs::read(&copy).unwrap() == half,
+        "a fresh move ran over the half-moved copy"
+    );
+    let j = journal_of(&disk);
+    let explicit = [
+        "--journal",
+        p(&j),
+        "-o",
+        "1048576",
+        "-O",
+        &to.to_string(),
+        p(&copy),
+    ];
+    let o = move_cmd(&explicit, &state, 0, None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("was written for") && err.contains("resuming"),
+        "{err}"
+    );
+    assert!(e2image_ra(&copy, to, &d.path().join("got.raw")) == want);
+    fsck_at(&copy, to);
+    // The original, still half-moved, while its journal now records the move as finished
+    // (on the copy): no fresh move runs over it.
+    assert!(fs::read(&disk).unwrap() == half);
+    refused(&move_cmd(&args, &state, 0, None), "may be half-moved");
+    assert!(fs::read(&disk).unwrap() == half);
+}
+
+/// A SOURCE whose size the interrupted move cannot have given it (shortened) is refused.
+#[test]
+fn shortened_source_is_refused() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let (disk, _) = small_disk(d.path(), "disk.img", MIB);
+    let args = ["-o", "1048576", "-O", "1051648", p(&disk)];
+    let total = crash_points_of(&disk, &args, &state);
+    assert!(killed(&move_cmd(&args, &state, total / 2, None)));
+    let len = fs::metadata(&disk).unwrap().len();
+    let f = fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    f.set_len(len - 4096).unwrap();
+    let before = fs::read(&disk).unwrap();
+    refused(&move_cmd(&args, &state, 0, None), "cannot have made that");
+    assert!(fs::read(&disk).unwrap() == before);
+}

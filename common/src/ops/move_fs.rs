@@ -574,8 +574,13 @@ fn read_journal(
     let same = p.src_offset == opts.src_offset && p.dest_offset == opts.dest_offset;
     let same_object = j.source().object == src.id.object;
     match j.state() {
+        State::Done if !same => {
+            // A finished move with other offsets: this is a new move (the journal is
+            // replaced; it holds nothing a new move needs).
+            Ok(Start::Fresh)
+        }
         State::Done => {
-            if same && same_object && fs_uuid_at(&src.file, p.dest_offset) == Some(p.uuid) {
+            if fs_uuid_at(&src.file, p.dest_offset) == Some(p.uuid) {
                 return Ok(Start::Done(MoveReport {
                     block_size: p.block_size,
                     blocks_count: p.blocks_count,
@@ -584,9 +589,21 @@ fn read_journal(
                     ..MoveReport::default()
                 }));
             }
-            // A finished move of something else: this is a new move (the journal is
-            // replaced; it holds nothing a new move needs).
-            Ok(Start::Fresh)
+            // The same move, recorded as finished, but its filesystem is not at D. Moving
+            // afresh is right only over the filesystem as it was before the move (a backup
+            // restored); over anything else — a half-moved image whose move was finished on
+            // a copy, say — a fresh scan could succeed and copy half-moved data.
+            if j.unmoved(&src.reader()?, progress)? {
+                return Ok(Start::Fresh);
+            }
+            Err(Error::InvalidInput(format!(
+                "{} records this move as finished, but SOURCE holds neither the moved filesystem at byte {} nor the filesystem it moved from at byte {}: it may be half-moved (a copy of an image whose move was finished elsewhere?). Do not move it; restore it from a backup. If SOURCE holds a new filesystem at byte {}, delete {} and run the move again",
+                path.display(),
+                p.dest_offset,
+                p.src_offset,
+                p.src_offset,
+                path.display()
+            )))
         }
         State::Running { .. } if !same => Err(Error::InvalidInput(format!(
             "an unfinished move of {} from byte {} to byte {} is recorded in {}: finish it first by running that move again{}",
@@ -605,9 +622,6 @@ fn read_journal(
             }
         ))),
         State::Running { next } => {
-            if let Some(m) = j.check_size(src.id) {
-                return Err(refusal(&j, &m));
-            }
             if !same_object && !explicit {
                 return Err(refusal(
                     &j,
@@ -616,6 +630,9 @@ fn read_journal(
                         actual: src.id.object,
                     },
                 ));
+            }
+            if let Some(m) = j.check_size(src.id) {
+                return Err(refusal(&j, &m));
             }
             match j.verify(&src.reader()?, progress)? {
                 Ok(saved) => {

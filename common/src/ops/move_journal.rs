@@ -1019,6 +1019,26 @@ impl Journal {
         self.diagnose(src, next, &skip, &mut buf).map(Err)
     }
 
+    /// Does SOURCE (`src`, read from byte 0) hold every piece at its source: the filesystem
+    /// exactly as it was before this journal's move (a backup restored after it finished,
+    /// say)? Reads each piece once.
+    pub fn unmoved(&self, src: &dyn ReadAt, progress: &mut dyn Progress) -> Result<bool> {
+        let total: u64 = self.pieces.iter().map(Piece::bytes).sum();
+        progress.phase("checking the journal", total, Unit::Bytes);
+        let mut buf = vec![0u8; CHECK_CHUNK];
+        let mut done = 0u64;
+        for (i, pc) in self.pieces.iter().enumerate() {
+            if !self.holds(src, &mut buf, i as u64, &pc.src)? {
+                progress.finish();
+                return Ok(false);
+            }
+            done = done.saturating_add(pc.bytes());
+            progress.update(done);
+        }
+        progress.finish();
+        Ok(true)
+    }
+
     /// Does SOURCE hold piece `i`'s bytes at `at`?
     fn holds(&self, src: &dyn ReadAt, buf: &mut [u8], i: u64, at: &Range<u64>) -> Result<bool> {
         Ok(checksum_range(src, at, buf)? == self.digests[i as usize])
@@ -1558,6 +1578,12 @@ mod tests {
             assert_eq!(verdict(&j, &img), Ok(vec![three]));
             // Restored from a backup: the moved pieces are gone from their destination.
             assert_eq!(verdict(&j, &orig), Err(Mismatch::Unmoved { moved: 3 }));
+            let unmoved = |img: &[u8]| {
+                j.unmoved(&MemSource(img.to_vec()), &mut NoProgress)
+                    .unwrap()
+            };
+            assert!(unmoved(&orig));
+            assert_eq!(unmoved(&img), !pr.moves_right() && !pc.overlaps_itself());
             // Finished by another run: everything at the destination.
             let mut done = orig.clone();
             copy(&mut done, &j, 0, n);
