@@ -1040,6 +1040,7 @@ fn copy_pieces(
     progress: &mut dyn Progress,
 ) -> Result<()> {
     let start = j.next_piece() as usize;
+    let jp = j.path().to_path_buf();
     let pieces = j.pieces().to_vec();
     let digests = j.digests().to_vec();
     let bs = u64::from(j.params().block_size);
@@ -1073,7 +1074,8 @@ fn copy_pieces(
                 .is_some_and(|u| mj::overlaps(u, &pc.dst))
             {
                 src.sync(pc.dst.start)?;
-                j.checkpoint(State::Running { next: k as u64 })?;
+                j.checkpoint(State::Running { next: k as u64 })
+                    .map_err(|e| in_journal(&jp, e))?;
                 rep.checkpoints += 1;
                 uncommitted = None;
             }
@@ -1081,8 +1083,9 @@ fn copy_pieces(
             if self_overlap && !cur.from_save && !cur.saved {
                 // The destination overlaps this piece's own source: keep a durable copy of
                 // the source bytes before the first byte is overwritten.
-                j.save(k as u64, data)?;
-                j.sync()?;
+                j.save(k as u64, data)
+                    .and_then(|()| j.sync())
+                    .map_err(|e| in_journal(&jp, e))?;
                 rep.saved_pieces += 1;
             }
             rep.past_end_blocks += cur.past_bytes.div_ceil(bs);
@@ -1132,11 +1135,12 @@ fn copy_pieces(
                 // The source is gone now: commit before the save slot can be reused. The
                 // checkpoint's sync also makes the next piece's save durable.
                 src.sync(pc.dst.start)?;
-                j.checkpoint(State::Running { next: k as u64 + 1 })?;
+                j.checkpoint(State::Running { next: k as u64 + 1 })
+                    .map_err(|e| in_journal(&jp, e))?;
                 rep.checkpoints += 1;
                 uncommitted = None;
             } else if saved_next {
-                j.sync()?;
+                j.sync().map_err(|e| in_journal(&jp, e))?;
             }
             rep.blocks += pc.blocks.len;
             progress.update(rep.blocks * bs);
@@ -1162,17 +1166,18 @@ fn write_and_save(
     let Some((piece, data)) = save else {
         return dest();
     };
+    let save = || j.save(piece, data).map_err(|e| in_journal(j.path(), e));
     if opts.crash_point.is_some() || opts.slice_bytes > 0 {
         if k.is_multiple_of(2) {
             dest()?;
-            j.save(piece, data)
+            save()
         } else {
-            j.save(piece, data)?;
+            save()?;
             dest()
         }
     } else {
         std::thread::scope(|scope| {
-            let saver = scope.spawn(|| j.save(piece, data));
+            let saver = scope.spawn(save);
             let res = dest();
             let saved = saver
                 .join()
@@ -1278,7 +1283,8 @@ fn finish_move(
             .map_err(|e| Error::io("truncate", end, e))?;
     }
     src.sync(end)?;
-    j.finish()?;
+    let jp = j.path().to_path_buf();
+    j.finish().map_err(|e| in_journal(&jp, e))?;
     rep.checkpoints += 1;
     Ok(())
 }
