@@ -24,6 +24,10 @@ pub fn render() -> io::Result<Vec<(PathBuf, Vec<u8>)>> {
             files.push((PathBuf::from(path), out));
         }
     }
+    files.push((
+        PathBuf::from("man/e2i-bug-report.1"),
+        bug_report_page().into_bytes(),
+    ));
     Ok(files)
 }
 
@@ -48,7 +52,7 @@ pub fn man_page(cmd: &clap::Command) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
     man.render_title(&mut out)?;
     man.render_name_section(&mut out)?;
-    man.render_synopsis_section(&mut out)?;
+    out.extend_from_slice(synopsis(cmd).as_bytes());
     man.render_description_section(&mut out)?;
     man.render_options_section(&mut out)?;
     if let Some(h) = cmd.get_after_long_help() {
@@ -57,6 +61,102 @@ pub fn man_page(cmd: &clap::Command) -> io::Result<Vec<u8>> {
     out.extend_from_slice(see_also(cmd.get_name()).as_bytes());
     man.render_version_section(&mut out)?;
     Ok(out)
+}
+
+/// SYNOPSIS: every option with its argument (`[-O|--dest-offset N]`), then the operands
+/// (`[OUTPUT]` when optional). clap_mangen's own synopsis leaves option arguments out.
+fn synopsis(cmd: &clap::Command) -> String {
+    let mut parts = vec![format!("\\fB{}\\fR", roff_escape(cmd.get_name()))];
+    let mut operands = Vec::new();
+    for a in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+        let value = a
+            .get_value_names()
+            .and_then(|v| v.first())
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| a.get_id().to_string().to_uppercase());
+        if a.is_positional() {
+            let v = format!("\\fI{}\\fR", roff_escape(&value));
+            operands.push(if a.is_required_set() {
+                v
+            } else {
+                format!("[{v}]")
+            });
+            continue;
+        }
+        let mut names = Vec::new();
+        if let Some(c) = a.get_short() {
+            names.push(format!("\\fB\\-{}\\fR", roff_escape(&c.to_string())));
+        }
+        if let Some(l) = a.get_long() {
+            names.push(format!("\\fB\\-\\-{}\\fR", roff_escape(l)));
+        }
+        let takes_value = a.get_action().takes_values();
+        let arg = if takes_value {
+            format!(" \\fI{}\\fR", roff_escape(&value))
+        } else {
+            String::new()
+        };
+        parts.push(format!("[{}{arg}]", names.join("|")));
+    }
+    parts.extend(operands);
+    // No hyphenation inside option names.
+    format!(".SH SYNOPSIS\n.nh\n{}\n.hy\n", parts.join(" "))
+}
+
+/// The man page of `scripts/e2i-bug-report` (a shell script: no clap definition).
+fn bug_report_page() -> String {
+    let v = env!("CARGO_PKG_VERSION");
+    format!(
+        r#".TH e2i\-bug\-report 1  "e2i\-bug\-report {v}"
+.SH NAME
+e2i\-bug\-report \- Bundle what filesystem maintainers ask for about an ext2/3/4 filesystem, with every private string scrambled
+.SH SYNOPSIS
+\fBe2i\-bug\-report\fR [\fB\-h\fR|\fB\-\-help\fR] [\fB\-V\fR|\fB\-\-version\fR] \fIDEVICE\fR [\fIOUTPUT.tar\fR]
+.SH DESCRIPTION
+Captures the filesystem on DEVICE (a block device or an image file) with \fBe2i\-capture \-s \-Q\fR and writes one tarball holding:
+.TP
+\fBfs.qcow2.xz\fR
+the scrambled qcow2 image (uncompressed clusters, so stock e2image reads it), compressed with xz;
+.TP
+\fBdumpe2fs.txt\fR
+\fBdumpe2fs \-h\fR of the scrambled image;
+.TP
+\fBgeometry.txt\fR
+the size and partition geometry of DEVICE (start, size, type; no serial numbers, labels or UUIDs of the disk);
+.TP
+\fBSHA256SUMS\fR
+the checksums of the members.
+.PP
+Nothing in it reveals a file name, label, symlink target or extended attribute of the source. OUTPUT.tar defaults to \fIe2i\-bug\-report\-DATE.tar\fR in the current folder. Its folder is checked (it must exist and be writable) before any work is done, an existing OUTPUT.tar is never overwritten, and the last line on stderr names the file actually written.
+.SH OPTIONS
+.TP
+\fB\-h\fR, \fB\-\-help\fR
+Print the usage and exit.
+.TP
+\fB\-V\fR, \fB\-\-version\fR
+Print the version and exit.
+.SH ENVIRONMENT
+.TP
+\fBE2I_BIN\fR
+the folder of the e2i tools to use (default: the repository's target/release next to the script, then PATH).
+.SH EXAMPLES
+.TP
+\fBe2i\-bug\-report /dev/sdb1 sdb1\-report.tar\fR
+bundle the filesystem on /dev/sdb1
+.SH "EXIT STATUS"
+.TP
+\fB0\fR
+the bundle was written
+.TP
+\fB1\fR
+failure (one line on stderr); nothing is left behind
+.TP
+\fB2\fR
+usage error
+.SH "SEE ALSO"
+\fBe2i\-capture\fR(1), \fBqcow2\-to\-raw\fR(1), \fBdumpe2fs\fR(8), \fBe2image\fR(8)
+"#
+    )
 }
 
 /// Escape text for roff: backslashes, hyphens (so they stay ASCII in copies and searches),
@@ -164,6 +264,7 @@ fn see_also(name: &str) -> String {
         .filter(|n| n != name)
         .map(|n| format!("\\fB{}\\fR(1)", roff_escape(&n)))
         .collect();
+    refs.push("\\fBe2i\\-bug\\-report\\fR(1)".to_string());
     for (page, sec) in [
         ("e2image", 8),
         ("e2undo", 8),
@@ -172,5 +273,8 @@ fn see_also(name: &str) -> String {
     ] {
         refs.push(format!("\\fB{page}\\fR({sec})"));
     }
-    format!(".SH \"SEE ALSO\"\n{}\n", refs.join(", "))
+    format!(
+        ".SH \"SEE ALSO\"\n{}\n.PP\nThe command\\-line contract (cli.md), the stream format (stream\\-format.md) and the move journal (move\\-journal.md) are installed in share/doc/e2i under the installation prefix (docs/ in the source tree).\n",
+        refs.join(", ")
+    )
 }

@@ -50,6 +50,13 @@ impl Obj {
         self
     }
 
+    /// A boolean field.
+    pub fn bool(mut self, k: &str, v: bool) -> Self {
+        self.key(k);
+        self.body.push_str(if v { "true" } else { "false" });
+        self
+    }
+
     /// A string field, or `null`.
     pub fn opt_str(self, k: &str, v: Option<&str>) -> Self {
         match v {

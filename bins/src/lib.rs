@@ -1,16 +1,16 @@
 //! Shared command-line glue for the e2i tools: number parsing, error reporting and exit
 //! codes, outputs that appear only when complete, and progress drawing.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, IsTerminal, Write};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use e2i::progress::{Progress, Unit};
 
 pub mod cli;
+pub mod convert;
 pub mod docs;
 pub mod json;
 
@@ -80,20 +80,214 @@ pub fn number(s: &str) -> Result<u64, String> {
     parse_number(s)
 }
 
-/// Run a tool's body: print errors as `tool: message` (one line) and map them to exit 1.
-/// A closed stdout (broken pipe) ends quietly with success.
-pub fn run(tool: &str, body: impl FnOnce() -> anyhow::Result<u8>) -> ExitCode {
-    match body() {
-        Ok(code) => ExitCode::from(code),
+/// clap value parser for a block size (`-B`): 1024 to 65536, a power of two.
+pub fn block_size(s: &str) -> Result<u32, String> {
+    let v = parse_number(s)?;
+    match u32::try_from(v) {
+        Ok(b) if (1024..=65536).contains(&b) && b.is_power_of_two() => Ok(b),
+        _ => Err(format!(
+            "invalid block size {v}: a power of two from 1024 to 65536"
+        )),
+    }
+}
+
+/// Exit status of a run whose output pipe was closed by its reader: what a shell reports
+/// for a process killed by SIGPIPE, as e2image is.
+pub const EXIT_BROKEN_PIPE: u8 = 141;
+
+/// The `--json` summary of a run, filled in as the run learns its figures and printed on
+/// every outcome (success, dry run, failure) with `"exit"` and, on failure, `"error"`.
+#[derive(Debug, Default)]
+pub struct Summary {
+    enabled: bool,
+    /// OUTPUT is stdout: the summary goes to stderr.
+    to_stderr: bool,
+    obj: json::Obj,
+}
+
+impl Summary {
+    /// A summary printed only when `enabled` (`--json`).
+    pub fn new(enabled: bool, tool: &str) -> Self {
+        Summary {
+            enabled,
+            to_stderr: false,
+            obj: json::Obj::new().str("tool", tool),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Stdout carries data (OUTPUT `-`, or a dry run's listing): print on stderr.
+    pub fn to_stderr(&mut self, yes: bool) {
+        self.to_stderr |= yes;
+    }
+
+    /// Add fields: `sum.add(|o| o.num("blocks", n))`.
+    pub fn add(&mut self, f: impl FnOnce(json::Obj) -> json::Obj) {
+        let o = std::mem::take(&mut self.obj);
+        self.obj = f(o);
+    }
+
+    fn print(&mut self, status: u8, error: Option<&str>) {
+        if !self.enabled {
+            return;
+        }
+        let mut o = std::mem::take(&mut self.obj).num("exit", u64::from(status));
+        if let Some(e) = error {
+            o = o.str("error", e);
+        }
+        // A closed stdout cannot take it: stderr still can.
+        print_json(&o.finish(), self.to_stderr || status == EXIT_BROKEN_PIPE);
+    }
+}
+
+/// Run a tool's body: print errors as `tool: message` (one line) and map them to exit 1; a
+/// closed output pipe ends quietly with 141 (the receiver did not get everything, so never
+/// 0). The `--json` summary is printed whatever the outcome. SIGINT, SIGTERM and SIGHUP
+/// first remove the run's temporary files, then end the process as the signal would.
+pub fn run(
+    tool: &str,
+    mut summary: Summary,
+    body: impl FnOnce(&mut Summary) -> anyhow::Result<u8>,
+) -> ExitCode {
+    clean_up_on_signals();
+    match body(&mut summary) {
+        Ok(code) => {
+            summary.print(code, None);
+            ExitCode::from(code)
+        }
         Err(e) => {
             if is_broken_pipe(&e) {
-                return ExitCode::from(EXIT_OK);
+                summary.print(EXIT_BROKEN_PIPE, None);
+                return ExitCode::from(EXIT_BROKEN_PIPE);
             }
             let msg = one_line(&e);
             let _ = writeln!(io::stderr(), "{tool}: {msg}");
+            summary.print(EXIT_FAILURE, Some(&msg));
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// Remove registered temporary files ([`e2i::output::pending`]) when a terminating signal
+/// arrives, then die of that signal (its default action), as the shell expects.
+fn clean_up_on_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            e2i::output::pending::remove_all();
+            let _ = signal_hook::low_level::emulate_default_handler(sig);
+            // Not reached for these signals; exit the way a shell reports them if it is.
+            std::process::exit(128 + sig);
+        }
+    });
+}
+
+/// A usage error found after parsing (exit 2), with the `--json` summary when asked.
+pub fn usage(tool: &str, sum: &mut Summary, msg: &str) -> u8 {
+    sum.add(|o| o.str("error", msg));
+    usage_error(tool, msg)
+}
+
+/// Name the file an error is about: OUTPUT for writes, truncations, `-c` reads and lack of
+/// room; INPUT (SOURCE, IMAGE) for everything else.
+pub fn attribute(e: e2i::Error, input: &str, output: &str) -> anyhow::Error {
+    let name = if e.is_output_side() { output } else { input };
+    anyhow::Error::new(e).context(name.to_string())
+}
+
+/// Open OUTPUT through [`e2i::output::Output::open`], naming it in errors about it.
+pub fn open_output(
+    req: &e2i::output::Request<'_>,
+    reads: &[(&str, &Path)],
+) -> anyhow::Result<e2i::output::Output> {
+    let out = e2i::output::Output::open(req, reads).map_err(|e| match e {
+        e2i::Error::InvalidInput(_) => anyhow::Error::new(e),
+        e => anyhow::Error::new(e).context(req.path.display().to_string()),
+    })?;
+    // Hidden, for tests only: hold the run here, OUTPUT open (its temporary file created),
+    // so that a test can signal it at a known moment.
+    if let Some(ms) = std::env::var("E2I_TEST_PAUSE_AFTER_OPEN_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    Ok(out)
+}
+
+/// Where a stream-like OUTPUT (stdout, a FIFO, a character device) is written: buffered,
+/// counted and (for `--json`) hashed.
+pub struct StreamOut {
+    w: io::BufWriter<json::HashWriter<Box<dyn Write>>>,
+}
+
+impl StreamOut {
+    /// Stdout, or `file` (a FIFO or character device; a second handle is taken).
+    pub fn new(file: Option<&File>, hash: bool) -> Self {
+        let inner: Box<dyn Write> = match file.map(File::try_clone) {
+            Some(Ok(f)) => Box::new(f),
+            // Could not duplicate the handle: every write will fail, naming OUTPUT.
+            Some(Err(e)) => Box::new(FailingWriter(Some(e))),
+            None => Box::new(io::stdout().lock()),
+        };
+        StreamOut {
+            w: io::BufWriter::with_capacity(1 << 20, json::HashWriter::new(inner, hash)),
+        }
+    }
+
+    pub fn writer(&mut self) -> &mut dyn Write {
+        &mut self.w
+    }
+
+    /// Flush everything (a failure here is a write error of OUTPUT), and give the SHA-256
+    /// (when hashing) and the byte count.
+    pub fn finish(mut self) -> Result<(Option<String>, u64), e2i::Error> {
+        self.w.flush().map_err(|e| e2i::Error::io("write", 0, e))?;
+        let h = self.w.get_ref();
+        Ok((h.sha256(), h.bytes()))
+    }
+}
+
+/// Print a line on stdout. A closed stdout is an error that ends the run (a broken pipe
+/// exits 141), not a panic as with `println!`.
+pub fn say(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    let mut o = io::stdout().lock();
+    o.write_fmt(args)
+        .and_then(|()| o.write_all(b"\n"))
+        .and_then(|()| o.flush())?;
+    Ok(())
+}
+
+/// A writer whose every write fails with the error it was made with.
+struct FailingWriter(Option<io::Error>);
+
+impl Write for FailingWriter {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(self
+            .0
+            .take()
+            .unwrap_or_else(|| io::Error::other("output unavailable")))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// True when OUTPUT was left out and stdout is a terminal: binary data must not go there.
+pub fn refuse_terminal(tool: &str, sum: &mut Summary, given: bool) -> Option<u8> {
+    (!given && io::stdout().is_terminal()).then(|| {
+        usage(
+            tool,
+            sum,
+            "refusing to write a binary image to the terminal: give OUTPUT (a file or device), or '-' to write to stdout anyway",
+        )
+    })
 }
 
 /// The error and its causes joined with ": ", skipping a cause whose text the message already
@@ -142,98 +336,6 @@ pub fn refuse_dash(tool: &str, what: &str, path: &Path, hint: &str) -> Option<u8
     })
 }
 
-/// An output path: stdout, a block device, or a regular file written under a temporary
-/// name and renamed into place only on [`Output::commit`].
-pub enum Output {
-    Stdout,
-    Device {
-        file: File,
-    },
-    File {
-        file: File,
-        tmp: PathBuf,
-        dest: PathBuf,
-        committed: bool,
-    },
-}
-
-impl Output {
-    /// Open `path` (`-` is stdout) for a fresh image.
-    pub fn create(path: &Path) -> anyhow::Result<Output> {
-        use anyhow::Context;
-        if path == Path::new("-") {
-            e2i::io::grow_pipe(io::stdout());
-            return Ok(Output::Stdout);
-        }
-        if let Ok(meta) = std::fs::metadata(path)
-            && meta.file_type().is_block_device()
-        {
-            let file = OpenOptions::new()
-                .write(true)
-                .read(true)
-                .open(path)
-                .with_context(|| format!("opening {}", path.display()))?;
-            return Ok(Output::Device { file });
-        }
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = dir.join(format!(".{name}.e2i-partial-{}", std::process::id()));
-        // 0600 like e2image: images hold private metadata (names, layout).
-        let file = OpenOptions::new()
-            .write(true)
-            .read(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", path.display()))?;
-        Ok(Output::File {
-            file,
-            tmp,
-            dest: path.to_path_buf(),
-            committed: false,
-        })
-    }
-
-    /// Make a regular-file output visible under its name.
-    pub fn commit(&mut self) -> anyhow::Result<()> {
-        use anyhow::Context;
-        if let Output::File {
-            file,
-            tmp,
-            dest,
-            committed,
-        } = self
-        {
-            // No fsync: like e2image, an image is left to the page cache; the temporary
-            // name guards against failures of this run, not against power loss.
-            let _ = file;
-            std::fs::rename(tmp, &dest)
-                .with_context(|| format!("renaming into {}", dest.display()))?;
-            *committed = true;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Output {
-    fn drop(&mut self) {
-        if let Output::File {
-            tmp,
-            committed: false,
-            ..
-        } = self
-        {
-            let _ = std::fs::remove_file(tmp);
-        }
-    }
-}
-
 /// Draws progress on stderr, never on stdout (stdout carries data in pipelines): an
 /// indicatif bar on a terminal; otherwise a plain line every few seconds. The copy phase's
 /// figures are kept for [`Reporter::summary`], which prints e2image's closing line
@@ -253,6 +355,8 @@ pub struct Reporter {
     last_line: Instant,
     lines: u32,
     copied: Option<Copied>,
+    /// `-n`: the closing line says nothing was written.
+    dry_run: bool,
 }
 
 /// Figures of the last finished copy phase.
@@ -289,7 +393,13 @@ impl Reporter {
             last_line: Instant::now(),
             lines: 0,
             copied: None,
+            dry_run: false,
         }
+    }
+
+    /// A dry run (`-n`): its closing line must not claim a copy.
+    pub fn set_dry_run(&mut self, yes: bool) {
+        self.dry_run = yes;
     }
 
     /// Block size, for the MB/s figures of block phases.
@@ -319,7 +429,15 @@ impl Reporter {
             (Unit::Inodes, _) => "inodes",
             _ => "blocks",
         };
-        let line = copied_line(done, total, unit, bytes, c.elapsed);
+        let line = if self.dry_run {
+            format!(
+                "Checked {done} / {total} {unit} ({}%) in {}; nothing written (dry run)",
+                percent(done, total),
+                hms(c.elapsed)
+            )
+        } else {
+            copied_line(done, total, unit, bytes, c.elapsed)
+        };
         let _ = writeln!(io::stderr(), "{line}");
     }
 
@@ -538,7 +656,21 @@ pub fn parse_args<T: clap::Parser>(tool: &str) -> T {
                 e.exit();
             }
             let msg = clap_error_line(&e.render().to_string());
-            std::process::exit(i32::from(usage_error(tool, &msg)));
+            let code = usage_error(tool, &msg);
+            // `--json` is promised on every outcome: a command line clap refused too.
+            if std::env::args_os()
+                .skip(1)
+                .take_while(|a| a != "--")
+                .any(|a| a == "--json")
+            {
+                let line = json::Obj::new()
+                    .str("tool", tool)
+                    .num("exit", u64::from(code))
+                    .str("error", &msg)
+                    .finish();
+                print_json(&line, false);
+            }
+            std::process::exit(i32::from(code));
         }
     }
 }

@@ -52,6 +52,7 @@ mod cli {
     pub mod move_fs;
     pub mod mutation;
     pub mod normal;
+    pub mod outputs;
     pub mod pipeline;
     pub mod qcow2;
     pub mod scramble;

@@ -63,6 +63,30 @@ impl BlockMap {
         self.runs.get(i).is_some_and(|r| r.start <= block)
     }
 
+    /// The runs of `self` outside `other`, in order.
+    pub fn minus(&self, other: &BlockMap) -> Vec<Run> {
+        let mut out = Vec::new();
+        for r in &self.runs {
+            let mut pos = r.start;
+            for o in other.runs_in(r.start..r.end()) {
+                if o.start > pos {
+                    out.push(Run {
+                        start: pos,
+                        len: o.start - pos,
+                    });
+                }
+                pos = o.end();
+            }
+            if pos < r.end() {
+                out.push(Run {
+                    start: pos,
+                    len: r.end() - pos,
+                });
+            }
+        }
+        out
+    }
+
     /// The selected runs that intersect `range`, clipped to it.
     pub fn runs_in(&self, range: Range<u64>) -> impl Iterator<Item = Run> + '_ {
         let i = self.runs.partition_point(|r| r.end() <= range.start);
@@ -194,6 +218,15 @@ impl BlockMapBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn minus_leaves_what_the_other_map_lacks() {
+        let r = |start, len| Run { start, len };
+        let a = BlockMap::from_runs([r(0, 10), r(20, 5)], 100);
+        let b = BlockMap::from_runs([r(2, 3), r(8, 14), r(24, 1)], 100);
+        assert_eq!(a.minus(&b), vec![r(0, 2), r(5, 3), r(22, 2)]);
+        assert_eq!(b.minus(&a), vec![r(10, 10)]);
+    }
 
     #[test]
     fn merges_and_clips() {

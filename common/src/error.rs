@@ -23,6 +23,10 @@ pub enum Error {
     /// The caller asked for something impossible (bad option combination, wrong target).
     #[error("{0}")]
     InvalidInput(String),
+    /// The target (a block device) is smaller than what must be written; checked before the
+    /// first write.
+    #[error("it holds {have} bytes, but {need} bytes must be written; nothing written")]
+    NoRoom { have: u64, need: u64 },
 }
 
 /// What is damaged, and where: every variant carries its location (group, inode, block,
@@ -147,10 +151,23 @@ impl Error {
         }
     }
 
+    /// True for an error about the target being written (a write, a truncation, a
+    /// comparison read of `-c`, a lack of room), so that messages name OUTPUT, not SOURCE.
+    pub fn is_output_side(&self) -> bool {
+        match self {
+            Error::NoRoom { .. } => true,
+            Error::Io { op, .. } => OUTPUT_OPS.contains(op),
+            _ => false,
+        }
+    }
+
     /// True for a write to a closed pipe.
     pub fn is_broken_pipe(&self) -> bool {
         matches!(self, Error::Io { source, .. } if source.kind() == io::ErrorKind::BrokenPipe)
     }
 }
+
+/// `Error::Io` operations on the target being written.
+pub const OUTPUT_OPS: &[&str] = &["write", "truncate", "flush", "sync", "read back"];
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -234,6 +234,25 @@ impl ObjectId {
     }
 }
 
+/// The size of `file` if it is a block device (a target whose size is fixed), else `None`.
+pub fn block_device_size(file: &File) -> Result<Option<u64>> {
+    let meta = file.metadata().map_err(|e| Error::io("stat", 0, e))?;
+    if !meta.file_type().is_block_device() {
+        return Ok(None);
+    }
+    // Through a second open of the same device: seeking the caller's handle would move the
+    // offset its sequential writes use (and that of every handle sharing it).
+    let dev = File::open(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(file)
+    ))
+    .map_err(|e| Error::io("open", 0, e))?;
+    let mut f = &dev;
+    f.seek(SeekFrom::End(0))
+        .map(Some)
+        .map_err(|e| Error::io("seek", 0, e))
+}
+
 /// A regular file or block device, read from byte `base` on (the `-o` offset).
 #[derive(Debug)]
 pub struct FileSource {
@@ -273,6 +292,13 @@ impl FileSource {
 
     pub fn is_block_device(&self) -> bool {
         self.block_device
+    }
+
+    /// A regular file or block device (read by position); not a pipe, socket or tty.
+    pub fn is_seekable(&self) -> bool {
+        self.block_device
+            || self.seekable_holes.get()
+            || self.file.metadata().is_ok_and(|m| m.is_file())
     }
 
     pub fn file(&self) -> &File {

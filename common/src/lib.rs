@@ -24,6 +24,8 @@ pub mod io;
 pub mod mount;
 pub mod normal;
 pub mod ops;
+pub mod output;
+pub mod pieces;
 pub mod progress;
 pub mod qcow2;
 pub mod scramble;

@@ -1,15 +1,15 @@
-//! Reading the selected blocks in large pieces, and the raw (sparse) writer.
+//! The raw (sparse) writer: a sink that takes the selected blocks in order and writes them
+//! to a new file (zero blocks as holes), an existing file or block device (in place), a
+//! stream (holes as zeros), or lists them (`-n`).
 
 use std::fs::File;
 use std::io::Write;
 
-use crate::blockmap::{BlockMap, Run};
+use crate::blockmap::BlockMap;
 use crate::io::{ReadAt, pread_full, pwrite_full};
+use crate::pieces::{IO_CHUNK, Piece, block_is_zero, for_each_piece, same_runs, zero_runs};
 use crate::progress::Progress;
 use crate::{Error, Result};
-
-/// Largest single read or write.
-pub const IO_CHUNK: usize = 4 << 20;
 
 /// Counts from a pass over the selected blocks.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -30,258 +30,69 @@ pub struct CopyStats {
     pub bytes_written: u64,
 }
 
-/// Call `f(first_block, data)` for the selected blocks in order, in pieces of at most
-/// [`IO_CHUNK`] bytes of consecutive blocks. Holes in the source are not read.
-/// Returns the number of blocks that lay past the end of the source (read as zeros).
-pub fn for_each_chunk<S: ReadAt + ?Sized>(
-    src: &S,
-    map: &BlockMap,
-    block_size: u32,
-    f: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
-) -> Result<u64> {
-    let bs = u64::from(block_size);
-    let per = (IO_CHUNK as u64 / bs).max(1);
-    let mut buf = Vec::new();
-    let mut past_end = 0;
-    for run in map.runs() {
-        let mut b = run.start;
-        while b < run.end() {
-            let n = per.min(run.end() - b);
-            let len = (n * bs) as usize;
-            buf.resize(len, 0);
-            let past = src.read_sparse_at(&mut buf[..len], b * bs)? as u64;
-            past_end += past.div_ceil(bs);
-            f(b, &buf[..len])?;
-            b += n;
-        }
-    }
-    Ok(past_end)
-}
-
-/// A piece of the selected blocks, in block order.
-#[derive(Debug)]
-pub enum Piece<'a> {
-    /// Consecutive blocks from `.0` with their bytes.
-    Data(u64, &'a [u8]),
-    /// `.1` consecutive blocks from `.0` known to read as zeros (holes in the source, or
-    /// past its end) without having been read.
-    Zero(u64, u64),
-}
-
-/// What a pass over the selected blocks could not read.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ReadReport {
-    /// Blocks past the end of the source (read as zeros).
-    pub past_end_blocks: u64,
-    /// Blocks whose read failed (I/O error); passed on as zeros.
-    pub unreadable_blocks: u64,
-    /// The first unreadable block numbers (at most [`UNREADABLE_SAMPLE`]).
-    pub unreadable: Vec<u64>,
-}
-
-/// How many unreadable block numbers a [`ReadReport`] lists.
-pub const UNREADABLE_SAMPLE: usize = 1000;
-
-/// Read `buf` at block `first`; if the read fails, retry block by block, zero-filling and
-/// recording the blocks that cannot be read.
-fn read_salvaging<S: ReadAt + ?Sized>(
-    src: &S,
-    buf: &mut [u8],
-    first: u64,
-    bs: u64,
-    rep: &mut ReadReport,
-) -> Result<()> {
-    match src.read_sparse_at(buf, first * bs) {
-        Ok(past) => {
-            rep.past_end_blocks += (past as u64).div_ceil(bs);
-            Ok(())
-        }
-        Err(Error::Io { .. }) => {
-            for (i, blk) in buf.chunks_mut(bs as usize).enumerate() {
-                let b = first + i as u64;
-                match src.read_sparse_at(blk, b * bs) {
-                    Ok(past) => rep.past_end_blocks += (past as u64).div_ceil(bs),
-                    Err(Error::Io { .. }) => {
-                        blk.fill(0);
-                        rep.unreadable_blocks += 1;
-                        if rep.unreadable.len() < UNREADABLE_SAMPLE {
-                            rep.unreadable.push(b);
-                        }
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(())
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Walk the selected blocks in order, reading data in pieces of at most [`IO_CHUNK`] bytes
-/// and reporting holes of the source as [`Piece::Zero`] without reading or materialising
-/// them. Blocks that cannot be read are passed on as zeros and listed in the report.
-pub fn for_each_piece<S: ReadAt + ?Sized>(
-    src: &S,
-    map: &BlockMap,
-    block_size: u32,
-    f: &mut dyn FnMut(Piece<'_>) -> Result<()>,
-) -> Result<ReadReport> {
-    let bs = u64::from(block_size);
-    let per = (IO_CHUNK as u64 / bs).max(1);
-    let size = src.size();
-    let mut buf = Vec::new();
-    let mut rep = ReadReport::default();
-    for run in map.runs() {
-        let end = run.end();
-        let mut b = run.start;
-        while b < end {
-            let off = b * bs;
-            match src.data_region(off)? {
-                None => {
-                    rep.past_end_blocks += end - b.max(size.div_ceil(bs)).min(end);
-                    f(Piece::Zero(b, end - b))?;
-                    b = end;
-                }
-                Some(r) if r.start >= off.saturating_add(bs) => {
-                    // Whole blocks before the next data are zeros.
-                    let z_end = (r.start / bs).min(end);
-                    rep.past_end_blocks += z_end - b.max(size.div_ceil(bs)).min(z_end);
-                    f(Piece::Zero(b, z_end - b))?;
-                    b = z_end;
-                }
-                Some(r) => {
-                    let data_end = r.end.div_ceil(bs).max(b + 1);
-                    let n = per.min(end - b).min(data_end - b);
-                    let len = (n * bs) as usize;
-                    buf.resize(len, 0);
-                    read_salvaging(src, &mut buf[..len], b, bs, &mut rep)?;
-                    f(Piece::Data(b, &buf[..len]))?;
-                    b += n;
-                }
-            }
-        }
-    }
-    Ok(rep)
-}
-
-/// The first pass of every format that must know its data before writing it (the stream's
-/// map, the qcow2 layout): the selected blocks as runs of data (`false`) and of all-zero
-/// blocks (`true`), in order. Holes are not read; unreadable blocks count as zeros and are
-/// listed in the report.
-pub fn classify_runs<S: ReadAt + ?Sized>(
-    src: &S,
-    map: &BlockMap,
-    block_size: u32,
-    progress: &mut dyn Progress,
-) -> Result<(Vec<(Run, bool)>, ReadReport)> {
-    let bsz = block_size as usize;
-    let mut out: Vec<(Run, bool)> = Vec::new();
-    let mut done = 0u64;
-    let mut push = |start: u64, len: u64, zero: bool| match out.last_mut() {
-        Some((r, z)) if *z == zero && r.end() == start => r.len += len,
-        _ => out.push((Run { start, len }, zero)),
-    };
-    let rep = for_each_piece(src, map, block_size, &mut |p| {
-        match p {
-            Piece::Zero(blk, n) => {
-                push(blk, n, true);
-                done += n;
-            }
-            Piece::Data(blk, data) => {
-                zero_runs(data, bsz, &mut |i, n, z| {
-                    push(blk + i as u64, n as u64, z);
-                    Ok(())
-                })?;
-                done += (data.len() / bsz) as u64;
-            }
-        }
-        progress.update(done);
-        Ok(())
-    })?;
-    Ok((out, rep))
-}
-
-/// Split a piece of consecutive blocks into runs of zero and non-zero blocks:
-/// calls `f(block_index_in_piece, count, all_zero)`.
-pub fn zero_runs(
-    data: &[u8],
-    block_size: usize,
-    f: &mut dyn FnMut(usize, usize, bool) -> Result<()>,
-) -> Result<()> {
-    let n = data.len() / block_size;
-    let mut i = 0;
-    while i < n {
-        let z = block_is_zero(&data[i * block_size..(i + 1) * block_size]);
-        let mut j = i + 1;
-        while j < n && block_is_zero(&data[j * block_size..(j + 1) * block_size]) == z {
-            j += 1;
-        }
-        f(i, j - i, z)?;
-        i = j;
-    }
-    Ok(())
-}
-
-/// Split `data` (whole blocks) into runs equal to what the target already holds (`old`, of
-/// which the first `old_len` bytes were read; blocks past that count as different) and runs
-/// that differ: calls `f(first_block_index, count, same)`.
-pub fn same_runs(
-    data: &[u8],
-    old: &[u8],
-    old_len: usize,
-    block_size: usize,
-    f: &mut dyn FnMut(usize, usize, bool) -> Result<()>,
-) -> Result<()> {
-    let n = data.len() / block_size;
-    let same = |k: usize| {
-        let r = k * block_size..(k + 1) * block_size;
-        r.end <= old_len && old[r.clone()] == data[r]
-    };
-    let mut i = 0;
-    while i < n {
-        let s = same(i);
-        let mut j = i + 1;
-        while j < n && same(j) == s {
-            j += 1;
-        }
-        f(i, j - i, s)?;
-        i = j;
-    }
-    Ok(())
-}
-
-/// Fast all-zero test of one block.
-pub fn block_is_zero(b: &[u8]) -> bool {
-    let mut it = b.chunks_exact(32);
-    for c in &mut it {
-        let mut acc = 0u8;
-        for &x in c {
-            acc |= x;
-        }
-        if acc != 0 {
-            return false;
-        }
-    }
-    it.remainder().iter().all(|&x| x == 0)
-}
-
 /// Where a raw image goes.
 pub enum RawTarget<'a> {
-    /// A file created empty for this run: zero blocks become holes, the size is set at the end.
-    NewFile(&'a File),
+    /// A file created empty for this run: zero blocks become holes, the size is set at the
+    /// end (to `dest_offset` + the image size).
+    NewFile { file: &'a File, dest_offset: u64 },
     /// An existing file or block device updated in place at `dest_offset`: every selected
-    /// block is written (zeros too), nothing outside `[dest_offset, dest_offset + fs size)`
-    /// is touched, the file is never shortened. With `check`, blocks already equal are skipped.
+    /// block is written (zeros too), nothing outside `[dest_offset, dest_offset + image size)`
+    /// is touched, the file is never shortened. With `check`, blocks already equal are
+    /// skipped. `room` is a block device's size (checked before the first write); a file
+    /// (`None`) grows to the image's end.
     InPlace {
         file: &'a File,
         dest_offset: u64,
         check: bool,
-        grow_to_end: bool,
+        room: Option<u64>,
     },
-    /// A stream (pipe, stdout): every byte, holes as zeros.
+    /// A stream (pipe, stdout, character device): every byte, holes as zeros.
     Stream(&'a mut dyn Write),
-    /// Write nothing; describe each write on the given stream instead (`-n`).
-    DryRun(&'a mut dyn Write),
+    /// `-n`: write nothing; list on `list` the blocks the same run would write (`Writing
+    /// blocks A-B (N blocks)`). `target` is the existing target (for `check`, which then
+    /// lists only the blocks that differ from it), `new_file` that zero blocks would be
+    /// holes, `room` as for [`RawTarget::InPlace`]: the same checks as the real run.
+    DryRun {
+        list: &'a mut dyn Write,
+        target: Option<&'a File>,
+        dest_offset: u64,
+        check: bool,
+        new_file: bool,
+        room: Option<u64>,
+    },
+}
+
+impl RawTarget<'_> {
+    /// Every selected block is written, zeros included (a target updated in place, or its
+    /// dry run): such targets also want the blocks e2image writes only to devices.
+    pub fn updates_in_place(&self) -> bool {
+        match self {
+            RawTarget::InPlace { .. } => true,
+            RawTarget::DryRun { new_file, .. } => !new_file,
+            _ => false,
+        }
+    }
+
+    /// The target is a block device (its size is fixed).
+    pub fn is_block_device(&self) -> bool {
+        matches!(
+            self,
+            RawTarget::InPlace { room: Some(_), .. } | RawTarget::DryRun { room: Some(_), .. }
+        )
+    }
+}
+
+/// `blocks A-B (N blocks)`, or `block A (1 block)`: the one notation of block ranges in
+/// every listing (inclusive bounds).
+pub fn range_text(first: u64, count: u64) -> String {
+    if count == 1 {
+        format!("block {first} (1 block)")
+    } else {
+        format!(
+            "blocks {first}-{} ({count} blocks)",
+            first.saturating_add(count).saturating_sub(1)
+        )
+    }
 }
 
 /// Accepts the blocks of a raw image in ascending order and writes them to a [`RawTarget`].
@@ -289,25 +100,39 @@ pub struct RawSink<'a> {
     target: RawTarget<'a>,
     bs: u64,
     total: u64,
-    /// Next byte a stream target expects.
+    /// Next byte a stream target expects; the end of the last block put.
     pos: u64,
     cmp: Vec<u8>,
     zeros: Vec<u8>,
+    /// A dry run's range not yet listed (first block, count).
+    listed: Option<(u64, u64)>,
     stats: CopyStats,
 }
 
 impl<'a> RawSink<'a> {
-    /// A sink for an image of `blocks_count` blocks of `block_size` bytes.
+    /// A sink for an image of `blocks_count` blocks of `block_size` bytes. A target with a
+    /// fixed size that cannot hold the image is refused here, before anything is written.
     pub fn new(target: RawTarget<'a>, block_size: u32, blocks_count: u64) -> Result<Self> {
         let bs = u64::from(block_size);
         let total = blocks_count
             .checked_mul(bs)
             .ok_or_else(|| Error::InvalidInput("filesystem size overflows".into()))?;
-        if let RawTarget::InPlace { dest_offset, .. } = &target {
-            dest_offset
-                .checked_add(total)
-                .ok_or_else(|| Error::InvalidInput("destination offset overflows".into()))?;
-        }
+        let (offset, room) = match &target {
+            RawTarget::NewFile { dest_offset, .. } => (*dest_offset, None),
+            RawTarget::InPlace {
+                dest_offset, room, ..
+            }
+            | RawTarget::DryRun {
+                dest_offset, room, ..
+            } => (*dest_offset, *room),
+            RawTarget::Stream(_) => (0, None),
+        };
+        let end = offset.checked_add(total).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "destination offset {offset} plus the image's {total} bytes lies past the largest possible file"
+            ))
+        })?;
+        crate::output::check_room(room, end)?;
         Ok(RawSink {
             target,
             bs,
@@ -315,6 +140,7 @@ impl<'a> RawSink<'a> {
             pos: 0,
             cmp: Vec::new(),
             zeros: Vec::new(),
+            listed: None,
             stats: CopyStats::default(),
         })
     }
@@ -330,7 +156,8 @@ impl<'a> RawSink<'a> {
             .filter(|&e| e <= self.total)
             .ok_or_else(|| {
                 Error::InvalidInput(format!(
-                    "blocks {block}+{count} lie past the end of the image"
+                    "{} lie past the end of the image",
+                    range_text(block, count)
                 ))
             })?;
         let start = block * self.bs;
@@ -358,6 +185,75 @@ impl<'a> RawSink<'a> {
         Ok(())
     }
 
+    /// A dry run: note that `count` blocks from `first` would be written.
+    fn list(&mut self, first: u64, count: u64) -> Result<()> {
+        match &mut self.listed {
+            Some((f, n)) if *f + *n == first => *n += count,
+            _ => {
+                self.flush_list()?;
+                self.listed = Some((first, count));
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_list(&mut self) -> Result<()> {
+        if let (Some((f, n)), RawTarget::DryRun { list, .. }) =
+            (self.listed.take(), &mut self.target)
+        {
+            writeln!(list, "Writing {}", range_text(f, n)).map_err(|e| Error::io("list", 0, e))?;
+        }
+        Ok(())
+    }
+
+    /// Write (or list) the consecutive blocks `data` at `block`, in place: with `-c`, only
+    /// the runs that differ from what the target holds (end of file counts as different).
+    fn put_in_place(&mut self, block: u64, data: &[u8]) -> Result<()> {
+        let bsz = self.bs as usize;
+        let (file, dest_offset, check, dry) = match &self.target {
+            RawTarget::InPlace {
+                file,
+                dest_offset,
+                check,
+                ..
+            } => (Some(*file), *dest_offset, *check, false),
+            RawTarget::DryRun {
+                target,
+                dest_offset,
+                check,
+                ..
+            } => (*target, *dest_offset, *check, true),
+            _ => return Ok(()),
+        };
+        let off = dest_offset + block * self.bs;
+        let mut runs: Vec<(usize, usize, bool)> = Vec::new();
+        match file.filter(|_| check) {
+            Some(f) => {
+                self.cmp.resize(data.len(), 0);
+                let got = pread_full(f, &mut self.cmp, off)
+                    .map_err(|e| Error::io("read back", off, e))?;
+                same_runs(data, &self.cmp, got, bsz, &mut |i, n, same| {
+                    runs.push((i, n, same));
+                    Ok(())
+                })?;
+            }
+            None => runs.push((0, data.len() / bsz, false)),
+        }
+        for (i, n, same) in runs {
+            if same {
+                self.stats.identical_blocks += n as u64;
+            } else if dry {
+                self.list(block + i as u64, n as u64)?;
+            } else if let Some(f) = file {
+                let o = off + (i * bsz) as u64;
+                pwrite_full(f, &data[i * bsz..(i + n) * bsz], o)
+                    .map_err(|e| Error::io("write", o, e))?;
+                self.stats.bytes_written += (n * bsz) as u64;
+            }
+        }
+        Ok(())
+    }
+
     /// Write consecutive blocks starting at `block`.
     pub fn put(&mut self, block: u64, data: &[u8]) -> Result<()> {
         let bsz = self.bs as usize;
@@ -365,70 +261,43 @@ impl<'a> RawSink<'a> {
         let end = self.check_range(block, count)?;
         let start = block * self.bs;
         self.stats.blocks += count;
-        match &mut self.target {
-            RawTarget::NewFile(file) => {
-                let file: &File = file;
-                let mut zero = 0;
-                zero_runs(data, bsz, &mut |i, n, z| {
-                    if z {
-                        zero += n as u64;
-                    } else {
-                        let off = start + (i * bsz) as u64;
+        let new_file = match &self.target {
+            RawTarget::NewFile { .. } => true,
+            RawTarget::DryRun { new_file, .. } => *new_file,
+            _ => false,
+        };
+        if new_file {
+            // Zero blocks become holes; the rest is written (or listed).
+            let mut runs: Vec<(usize, usize, bool)> = Vec::new();
+            zero_runs(data, bsz, &mut |i, n, z| {
+                runs.push((i, n, z));
+                Ok(())
+            })?;
+            for (i, n, z) in runs {
+                if z {
+                    self.stats.zero_blocks += n as u64;
+                    continue;
+                }
+                match &self.target {
+                    RawTarget::NewFile { file, dest_offset } => {
+                        let off = dest_offset + start + (i * bsz) as u64;
                         pwrite_full(file, &data[i * bsz..(i + n) * bsz], off)
                             .map_err(|e| Error::io("write", off, e))?;
+                        self.stats.bytes_written += (n * bsz) as u64;
                     }
-                    Ok(())
-                })?;
-                self.stats.zero_blocks += zero;
-                self.stats.bytes_written += (count - zero) * self.bs;
-            }
-            RawTarget::InPlace {
-                file,
-                dest_offset,
-                check,
-                ..
-            } => {
-                let file: &File = file;
-                let off = *dest_offset + start;
-                self.stats.zero_blocks +=
-                    data.chunks(bsz).filter(|b| block_is_zero(b)).count() as u64;
-                if *check {
-                    self.cmp.resize(data.len(), 0);
-                    let got = pread_full(file, &mut self.cmp, off)
-                        .map_err(|e| Error::io("read", off, e))?;
-                    let stats = &mut self.stats;
-                    same_runs(data, &self.cmp, got, bsz, &mut |i, n, same| {
-                        if same {
-                            stats.identical_blocks += n as u64;
-                        } else {
-                            let o = off + (i * bsz) as u64;
-                            pwrite_full(file, &data[i * bsz..(i + n) * bsz], o)
-                                .map_err(|e| Error::io("write", o, e))?;
-                            stats.bytes_written += (n * bsz) as u64;
-                        }
-                        Ok(())
-                    })?;
-                } else {
-                    pwrite_full(file, data, off).map_err(|e| Error::io("write", off, e))?;
-                    self.stats.bytes_written += data.len() as u64;
+                    _ => self.list(block + i as u64, n as u64)?,
                 }
             }
-            RawTarget::Stream(_) => {
-                self.fill_stream(start)?;
-                if let RawTarget::Stream(w) = &mut self.target {
-                    w.write_all(data)
-                        .map_err(|e| Error::io("write", start, e))?;
-                }
-                self.stats.bytes_written += data.len() as u64;
+        } else if let RawTarget::Stream(_) = self.target {
+            self.fill_stream(start)?;
+            if let RawTarget::Stream(w) = &mut self.target {
+                w.write_all(data)
+                    .map_err(|e| Error::io("write", start, e))?;
             }
-            RawTarget::DryRun(w) => {
-                writeln!(
-                    w,
-                    "would write blocks {block}..{} ({count} blocks)",
-                    block + count
-                )
-                .map_err(|e| Error::io("write", 0, e))?;
-            }
+            self.stats.bytes_written += data.len() as u64;
+        } else {
+            self.stats.zero_blocks += data.chunks(bsz).filter(|b| block_is_zero(b)).count() as u64;
+            self.put_in_place(block, data)?;
         }
         self.pos = end;
         Ok(())
@@ -437,8 +306,8 @@ impl<'a> RawSink<'a> {
     /// `count` selected blocks from `block` that are all zeros.
     pub fn put_zeros(&mut self, block: u64, count: u64) -> Result<()> {
         let end = self.check_range(block, count)?;
-        match &mut self.target {
-            RawTarget::NewFile(_) => {
+        match &self.target {
+            RawTarget::NewFile { .. } | RawTarget::DryRun { new_file: true, .. } => {
                 self.stats.blocks += count;
                 self.stats.zero_blocks += count;
                 self.pos = end;
@@ -448,48 +317,78 @@ impl<'a> RawSink<'a> {
                 self.stats.zero_blocks += count;
                 self.fill_stream(end)?;
             }
-            RawTarget::DryRun(w) => {
-                writeln!(
-                    w,
-                    "would write blocks {block}..{} ({count} zero blocks)",
-                    block + count
-                )
-                .map_err(|e| Error::io("write", 0, e))?;
-                self.stats.blocks += count;
-                self.stats.zero_blocks += count;
-                self.pos = end;
-            }
-            RawTarget::InPlace { .. } => {
-                if self.zeros.is_empty() {
-                    self.zeros = vec![0u8; IO_CHUNK];
-                }
-                let per = (IO_CHUNK as u64 / self.bs).max(1);
-                let mut b = block;
-                let zeros = std::mem::take(&mut self.zeros);
-                while b < block + count {
-                    let n = per.min(block + count - b);
-                    self.put(b, &zeros[..(n * self.bs) as usize])?;
-                    b += n;
-                }
-                self.zeros = zeros;
+            RawTarget::InPlace { .. } | RawTarget::DryRun { .. } => {
+                self.zero_blocks_at(block, count, |s, b, d| s.put(b, d))?;
             }
         }
         Ok(())
     }
 
+    /// Call `f(self, first_block, zeros)` over `count` zero blocks from `block`, in pieces.
+    fn zero_blocks_at<F>(&mut self, block: u64, count: u64, mut f: F) -> Result<()>
+    where
+        F: FnMut(&mut Self, u64, &[u8]) -> Result<()>,
+    {
+        if self.zeros.is_empty() {
+            self.zeros = vec![0u8; IO_CHUNK];
+        }
+        let per = (IO_CHUNK as u64 / self.bs).max(1);
+        let zeros = std::mem::take(&mut self.zeros);
+        let mut b = block;
+        let mut res = Ok(());
+        while b < block + count && res.is_ok() {
+            let n = per.min(block + count - b);
+            res = f(self, b, &zeros[..(n * self.bs) as usize]);
+            b += n;
+        }
+        self.zeros = zeros;
+        res
+    }
+
+    /// After the ordered pass: write zeros to `runs` (blocks a block device must receive that
+    /// the input did not carry: e2image's whole inode tables), in any order. Only targets
+    /// updated in place (and their dry runs) take them; blocks already put are the caller's
+    /// to leave out.
+    pub fn put_zero_runs(&mut self, runs: &[crate::blockmap::Run]) -> Result<()> {
+        if !self.target.updates_in_place() {
+            return Ok(());
+        }
+        for r in runs {
+            let inside = r
+                .start
+                .checked_add(r.len)
+                .and_then(|e| e.checked_mul(self.bs))
+                .is_some_and(|e| e <= self.total);
+            if !inside {
+                return Err(Error::InvalidInput(format!(
+                    "{} lie past the end of the image",
+                    range_text(r.start, r.len)
+                )));
+            }
+            self.zero_blocks_at(r.start, r.len, |s, b, d| {
+                let n = d.len() as u64 / s.bs;
+                s.stats.blocks += n;
+                s.stats.zero_blocks += n;
+                s.put_in_place(b, d)
+            })?;
+        }
+        Ok(())
+    }
+
     /// Complete the image: a new file gets its full size, a stream its trailing zeros, an
-    /// in-place target grows (never shrinks) to the image end when asked.
+    /// in-place file grows (never shrinks) to the image end; a dry run lists its last range.
     pub fn finish(mut self) -> Result<CopyStats> {
         let total = self.total;
         match &mut self.target {
-            RawTarget::NewFile(file) => {
-                file.set_len(total)
-                    .map_err(|e| Error::io("truncate", total, e))?;
+            RawTarget::NewFile { file, dest_offset } => {
+                let end = *dest_offset + total;
+                file.set_len(end)
+                    .map_err(|e| Error::io("truncate", end, e))?;
             }
             RawTarget::InPlace {
                 file,
                 dest_offset,
-                grow_to_end: true,
+                room: None,
                 ..
             } => {
                 let end = dest_offset.saturating_add(total);
@@ -505,7 +404,13 @@ impl<'a> RawSink<'a> {
                     w.flush().map_err(|e| Error::io("write", total, e))?;
                 }
             }
-            _ => {}
+            RawTarget::DryRun { .. } => {
+                self.flush_list()?;
+                if let RawTarget::DryRun { list, .. } = &mut self.target {
+                    list.flush().map_err(|e| Error::io("list", 0, e))?;
+                }
+            }
+            RawTarget::InPlace { .. } => {}
         }
         Ok(self.stats)
     }
@@ -571,6 +476,68 @@ mod tests {
         fn size(&self) -> u64 {
             self.inner.size()
         }
+    }
+
+    #[test]
+    fn ranges_are_inclusive_and_singular_for_one_block() {
+        assert_eq!(range_text(5, 1), "block 5 (1 block)");
+        assert_eq!(range_text(1, 258), "blocks 1-258 (258 blocks)");
+    }
+
+    #[test]
+    fn check_dry_run_lists_only_blocks_that_differ() {
+        let bs = 1024usize;
+        let data: Vec<u8> = (0..16 * bs).map(|i| (i / bs) as u8 + 1).collect();
+        let src = MemSource(data.clone());
+        let map = BlockMap::from_runs([Run { start: 2, len: 10 }], 16);
+        let mut target = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut target, &data).unwrap();
+        // Block 4 differs; blocks 10-11 lie past the target's end (EOF counts as different).
+        pwrite_full(&target, &[0u8; 7], 4 * bs as u64 + 3).unwrap();
+        target.set_len(10 * bs as u64).unwrap();
+        let mut list = Vec::new();
+        let st = write_raw(
+            &src,
+            &map,
+            bs as u32,
+            RawTarget::DryRun {
+                list: &mut list,
+                target: Some(&target),
+                dest_offset: 0,
+                check: true,
+                new_file: false,
+                room: None,
+            },
+            &mut NoProgress,
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(list).unwrap(),
+            "Writing block 4 (1 block)\nWriting blocks 10-11 (2 blocks)\n"
+        );
+        assert_eq!(st.identical_blocks, 7);
+        assert_eq!(st.bytes_written, 0);
+        // A device too small for the image is refused before anything happens.
+        let mut list = Vec::new();
+        let r = RawSink::new(
+            RawTarget::DryRun {
+                list: &mut list,
+                target: None,
+                dest_offset: 4096,
+                check: false,
+                new_file: false,
+                room: Some(16 * 1024),
+            },
+            1024,
+            16,
+        );
+        assert!(matches!(
+            r.err(),
+            Some(Error::NoRoom {
+                have: 16384,
+                need: 20480
+            })
+        ));
     }
 
     #[test]

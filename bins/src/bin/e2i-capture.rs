@@ -1,74 +1,97 @@
 //! e2i-capture: image the metadata of an ext2/3/4 filesystem (e2image, e2image -r, -Q).
 
-use std::io::{self, Write};
+use std::path::Path;
 use std::time::Instant;
 
-use anyhow::Context;
 use e2i::mount::{MountState, mount_state};
 use e2i::ops::capture::{self, CaptureOptions, Format};
+use e2i::output::{Kind, Request};
 use e2i_cli::cli::capture::{Args, FormatArg};
-use e2i_cli::json::{HashWriter, Obj};
-use e2i_cli::{EXIT_DAMAGED, EXIT_OK, Output, Reporter, parse_args, run, usage_error};
+use e2i_cli::{
+    EXIT_DAMAGED, EXIT_OK, Reporter, StreamOut, Summary, attribute, open_output, parse_args, run,
+    usage,
+};
 
 const TOOL: &str = "e2i-capture";
 
 fn main() -> std::process::ExitCode {
     let args: Args = parse_args(TOOL);
-    run(TOOL, || capture(args))
+    let sum = Summary::new(args.json, TOOL);
+    run(TOOL, sum, |sum| capture(&args, sum))
 }
 
-fn capture(args: Args) -> anyhow::Result<u8> {
+fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     let started = Instant::now();
-    if let Some(code) = e2i_cli::refuse_dash(
-        TOOL,
-        "SOURCE",
-        &args.source,
-        "to image a stream or a compressed image, use e2i-to-raw or e2i-to-qcow2",
-    ) {
-        return Ok(code);
-    }
-    let to_stdout = args.output.as_os_str() == "-";
-    let format = match (args.format, args.raw, args.qcow2) {
-        (Some(FormatArg::Normal), ..) => Format::Normal,
-        (Some(FormatArg::Raw), ..) | (None, true, _) => Format::Raw,
-        (Some(FormatArg::Qcow2), ..) | (None, _, true) => Format::Qcow2,
-        (Some(FormatArg::Stream), ..) => Format::Stream,
-        (None, false, false) if to_stdout => Format::Stream,
-        (None, false, false) => Format::Normal,
-    };
-    if args.superblock.is_some_and(|s| s != 0) && args.blocksize.is_none() {
-        return Ok(usage_error(TOOL, "-b needs the block size (-B)"));
-    }
-    if args.superblock.is_some_and(|s| s != 0) && format == Format::Normal {
-        return Ok(usage_error(
+    let out_path = args.output.as_deref().unwrap_or(Path::new("-"));
+    let src = args.source.display().to_string();
+    let out_name = out_path.display().to_string();
+    sum.add(|o| o.str("input", &src).str("output", &out_name));
+    sum.to_stderr(out_path == Path::new("-"));
+    if args.source == Path::new("-") {
+        return Ok(usage(
             TOOL,
-            "-b needs a raw, qcow2 or stream image (a normal image made through a backup superblock would have inconsistent bitmaps)",
+            sum,
+            "SOURCE cannot be '-' (it needs a seekable file or device); to image a stream or a compressed image, use e2i-to-raw or e2i-to-qcow2",
         ));
     }
-    if args.all_data && format == Format::Normal {
-        return Ok(usage_error(TOOL, "-a needs a raw, qcow2 or stream image"));
+    if let Some(code) = e2i_cli::refuse_terminal(TOOL, sum, args.output.is_some()) {
+        return Ok(code);
     }
-    if args.compress && format != Format::Qcow2 {
-        return Ok(usage_error(TOOL, "--compress is for qcow2 images"));
-    }
-    let blocksize = match args.blocksize {
-        Some(b) if [1024, 2048, 4096, 8192, 16384, 32768, 65536].contains(&b) => Some(b as u32),
-        Some(b) => return Ok(usage_error(TOOL, &format!("invalid block size {b}"))),
-        None => None,
+    let explicit = match (args.format, args.raw, args.qcow2) {
+        (Some(FormatArg::Normal), ..) => Some(Format::Normal),
+        (Some(FormatArg::Raw), ..) | (None, true, _) => Some(Format::Raw),
+        (Some(FormatArg::Qcow2), ..) | (None, _, true) => Some(Format::Qcow2),
+        (Some(FormatArg::Stream), ..) => Some(Format::Stream),
+        (None, false, false) => None,
     };
+    if args.superblock.is_some_and(|s| s != 0) && explicit.is_none_or(|f| f == Format::Normal) {
+        // The default format of a file or device is normal.
+        if explicit == Some(Format::Normal) || !is_stream_path(out_path) {
+            return Ok(usage(
+                TOOL,
+                sum,
+                "-b needs a raw, qcow2 or stream image (a normal image made through a backup superblock would have inconsistent bitmaps)",
+            ));
+        }
+    }
+    if args.all_data
+        && (explicit == Some(Format::Normal) || explicit.is_none() && !is_stream_path(out_path))
+    {
+        return Ok(usage(TOOL, sum, "-a needs a raw, qcow2 or stream image"));
+    }
+    if args.compress && explicit != Some(Format::Qcow2) {
+        return Ok(usage(TOOL, sum, "--compress is for qcow2 images (-Q)"));
+    }
     if !args.force
         && let MountState::ReadWrite { mount_point } = mount_state(&args.source)
     {
         anyhow::bail!(
-            "{}: mounted read-write on {mount_point}; an image of it would be inconsistent (use -f to capture anyway)",
-            args.source.display()
+            "{src}: mounted read-write on {mount_point}; an image of it would be inconsistent (use -f to capture anyway)"
         );
     }
+    let mut out = open_output(
+        &Request {
+            path: out_path,
+            role: "OUTPUT",
+            in_place: false,
+            dry_run: false,
+            exclusive: true,
+            streams: true,
+        },
+        &[("SOURCE", &args.source)],
+    )?;
+    // A pipe-like OUTPUT (stdout, a FIFO, a character device) gets a stream by default.
+    let format = explicit.unwrap_or(if out.kind().is_stream() {
+        Format::Stream
+    } else {
+        Format::Normal
+    });
+    sum.add(|o| o.str("format", &format!("{format:?}").to_lowercase()));
     let opts = CaptureOptions {
         all_data: args.all_data,
         open: e2i::ext4::OpenOptions {
             superblock: args.superblock.filter(|&s| s != 0),
-            block_size: blocksize,
+            block_size: args.blocksize,
         },
         offset: args.offset,
         strict: args.strict,
@@ -78,70 +101,47 @@ fn capture(args: Args) -> anyhow::Result<u8> {
             .then(|| args.seed.unwrap_or(e2i::scramble::DEFAULT_SEED)),
     };
     let mut reporter = Reporter::new(args.progress);
-    let mut out = Output::create(&args.output)?;
-    let src = args.source.display().to_string();
-    let mut stdout_sum = None;
-    let report = match &mut out {
-        Output::Stdout => {
-            let stdout = io::stdout();
-            let mut w =
-                io::BufWriter::with_capacity(1 << 20, HashWriter::new(stdout.lock(), args.json));
-            let r = capture::capture(
-                &args.source,
-                &opts,
-                format,
-                capture::Output::Stream(&mut w),
-                &mut reporter,
-            );
-            w.flush().ok();
-            stdout_sum = w.get_ref().sha256().map(|h| (h, w.get_ref().bytes()));
-            r
-        }
-        Output::Device { file } => capture::capture(
-            &args.source,
-            &opts,
-            format,
-            capture::Output::Device(file),
-            &mut reporter,
-        ),
-        Output::File { file, .. } => capture::capture(
-            &args.source,
-            &opts,
-            format,
-            capture::Output::NewFile(file),
-            &mut reporter,
-        ),
-    }
-    .with_context(|| src.clone())?;
-    out.commit()?;
+    let mut stream = out
+        .kind()
+        .is_stream()
+        .then(|| StreamOut::new(out.file(), args.json));
+    let target = match (&mut stream, out.kind(), out.file()) {
+        (Some(s), ..) => capture::Output::Stream(s.writer()),
+        (None, Kind::BlockDevice, Some(file)) => capture::Output::Device {
+            file,
+            size: out.device_size().unwrap_or(0),
+        },
+        (None, _, Some(file)) => capture::Output::NewFile(file),
+        (None, _, None) => anyhow::bail!("{out_name}: not opened"),
+    };
+    let report = capture::capture(&args.source, &opts, format, target, &mut reporter)
+        .map_err(|e| attribute(e, &src, &out_name))?;
+    let streamed = match stream {
+        Some(s) => Some(s.finish().map_err(|e| attribute(e, &src, &out_name))?),
+        None => None,
+    };
+    out.commit()
+        .map_err(|e| anyhow::Error::new(e).context(out_name.clone()))?;
     reporter.summary(report.block_size);
     let status = if report.problems.is_empty() {
         EXIT_OK
     } else {
         EXIT_DAMAGED
     };
-    if args.json {
-        let output_bytes = match &stdout_sum {
-            Some((_, n)) => *n,
-            None => std::fs::metadata(&args.output).map_or(0, |m| m.len()),
-        };
-        let line = Obj::new()
-            .str("tool", TOOL)
-            .str("input", &src)
-            .str("output", &args.output.display().to_string())
-            .str("format", &format!("{format:?}").to_lowercase())
-            .num("block_size", u64::from(report.block_size))
+    let output_bytes = match &streamed {
+        Some((_, n)) => *n,
+        None => std::fs::metadata(out.path()).map_or(0, |m| m.len()),
+    };
+    sum.add(|o| {
+        o.num("block_size", u64::from(report.block_size))
             .num("blocks_count", report.blocks_count)
             .num("blocks", report.selected_blocks)
             .num("bytes_written", report.copy.bytes_written)
             .num("output_bytes", output_bytes)
-            .opt_str("sha256", stdout_sum.as_ref().map(|(h, _)| h.as_str()))
+            .opt_str("sha256", streamed.as_ref().and_then(|(h, _)| h.as_deref()))
             .float("elapsed_seconds", started.elapsed().as_secs_f64())
             .num("problems", report.problems.len() as u64)
-            .num("exit", u64::from(status))
-            .finish();
-        e2i_cli::print_json(&line, to_stdout);
-    }
+    });
     if args.quiet {
         return Ok(status);
     }
@@ -170,6 +170,13 @@ fn capture(args: Args) -> anyhow::Result<u8> {
     Ok(EXIT_DAMAGED)
 }
 
+/// Is `p` stdout, a FIFO or a character device (where the default format is the stream)?
+fn is_stream_path(p: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    p == Path::new("-")
+        || std::fs::metadata(p)
+            .is_ok_and(|m| m.file_type().is_fifo() || m.file_type().is_char_device())
+}
 /// The `-s` summary on stderr: what was scrambled, then what could not be, with reasons.
 fn print_scramble_summary(src: &str, s: &e2i::scramble::ScrambleReport) {
     eprintln!(

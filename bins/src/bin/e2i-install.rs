@@ -3,14 +3,16 @@
 
 use anyhow::Context;
 use e2i::ops::install::{self, DeviceSuper, InstallOptions, WriteData};
+use e2i::output::{Kind, Request};
+use e2i::sparse::range_text;
 use e2i_cli::cli::install::Args;
-use e2i_cli::{EXIT_OK, Reporter, parse_args, run};
+use e2i_cli::{EXIT_OK, Reporter, Summary, open_output, parse_args, run};
 
 const TOOL: &str = "e2i-install";
 
 fn main() -> std::process::ExitCode {
     let args: Args = parse_args(TOOL);
-    run(TOOL, || body(args))
+    run(TOOL, Summary::new(false, TOOL), |_| body(args))
 }
 
 fn body(args: Args) -> anyhow::Result<u8> {
@@ -19,12 +21,45 @@ fn body(args: Args) -> anyhow::Result<u8> {
             return Ok(code);
         }
     }
+    // DEVICE and the undo file go through the output layer's checks (resolved, not what
+    // is read, writable); install then opens DEVICE itself, exclusively.
+    let dev_out = open_output(
+        &Request {
+            path: &args.device,
+            role: "DEVICE",
+            in_place: true,
+            dry_run: true,
+            exclusive: false,
+            streams: false,
+        },
+        &[("IMAGE", &args.image)],
+    )?;
+    if !matches!(dev_out.kind(), Kind::BlockDevice | Kind::Existing) {
+        anyhow::bail!(
+            "{}: DEVICE must be a block device or an existing image file",
+            args.device.display()
+        );
+    }
+    if let Some(u) = &args.undo {
+        open_output(
+            &Request {
+                path: u,
+                role: "the undo file",
+                in_place: true,
+                dry_run: true,
+                exclusive: false,
+                streams: false,
+            },
+            &[("DEVICE", &args.device), ("IMAGE", &args.image)],
+        )?;
+    }
     let opts = InstallOptions {
         force: args.force,
         dry_run: args.dry_run,
         undo: args.undo.clone(),
     };
     let mut reporter = Reporter::new(args.progress);
+    reporter.set_dry_run(args.dry_run);
     let report =
         install::install(&args.device, &args.image, &opts, &mut reporter).with_context(|| {
             format!(
@@ -52,22 +87,20 @@ fn body(args: Args) -> anyhow::Result<u8> {
                 WriteData::Image(off) => format!("from image byte {off}"),
                 WriteData::Bytes(_) => "computed".to_string(),
             };
-            let (first, last) = (w.offset / bs, (w.offset + w.len).div_ceil(bs) - 1);
-            let blocks = if first == last {
-                format!("block {first}")
-            } else {
-                format!("blocks {first}-{last}")
-            };
-            println!(
-                "would write {}: {blocks} ({} bytes at byte {}, {src})",
-                w.what, w.len, w.offset
-            );
+            let (first, end) = (w.offset / bs, (w.offset + w.len).div_ceil(bs));
+            e2i_cli::say(format_args!(
+                "Writing {}: {} ({} bytes at byte {}, {src})",
+                range_text(first, end - first),
+                w.what,
+                w.len,
+                w.offset
+            ))?;
         }
-        println!(
+        e2i_cli::say(format_args!(
             "{} writes, {} bytes; nothing written (dry run)",
             report.writes.len(),
             report.bytes
-        );
+        ))?;
         return Ok(EXIT_OK);
     }
     if let (Some(u), Some(path), false) = (report.undo, &args.undo, args.quiet) {

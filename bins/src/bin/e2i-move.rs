@@ -3,22 +3,23 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
-use e2i::io::ObjectId;
 use e2i::mount::{MountState, mount_state};
 use e2i::ops::move_fs::{self, CloneTarget, JournalOptions, MoveNote, MoveOptions, MoveReport};
 use e2i::ops::move_journal as mj;
+use e2i::output::{Kind, Request};
+use e2i::sparse::range_text;
 use e2i_cli::cli::move_fs::Args;
-use e2i_cli::{EXIT_OK, Output, Reporter, parse_args, run, usage_error};
+use e2i_cli::{EXIT_OK, Reporter, Summary, attribute, open_output, parse_args, run, usage_error};
 
 const TOOL: &str = "e2i-move";
 
 fn main() -> std::process::ExitCode {
     let args: Args = parse_args(TOOL);
-    run(TOOL, || body(args))
+    run(TOOL, Summary::new(false, TOOL), |_| body(args))
 }
 
 fn refuse_mounted(path: &Path, any: bool) -> anyhow::Result<()> {
@@ -34,18 +35,21 @@ fn refuse_mounted(path: &Path, any: bool) -> anyhow::Result<()> {
 }
 
 /// Print one dry-run line per run of blocks (e2image -n prints `Writing block N`).
-fn lister(dry: bool) -> impl FnMut(u64, u64) {
+/// The first failed write (a closed pipe: `e2i-move -n … | head`) is kept in `failed`, for
+/// the run to end with it once the library call returns.
+fn lister(
+    dry: bool,
+    failed: std::rc::Rc<std::cell::RefCell<Option<io::Error>>>,
+) -> impl FnMut(u64, u64) {
     let mut out = io::BufWriter::new(io::stdout());
     move |first, n| {
-        if !dry {
+        if !dry || failed.borrow().is_some() {
             return;
         }
-        let _ = if n == 1 {
-            writeln!(out, "Writing block {first}")
-        } else {
-            writeln!(out, "Writing blocks {first}-{} ({n} blocks)", first + n - 1)
-        };
-        let _ = out.flush();
+        if let Err(e) = writeln!(out, "Writing {}", range_text(first, n)).and_then(|()| out.flush())
+        {
+            *failed.borrow_mut() = Some(e);
+        }
     }
 }
 
@@ -71,6 +75,22 @@ fn crash_point() {
     }
 }
 
+/// Does `src` start with qcow2's magic (its size is then not the disk's)?
+fn is_qcow2(src: &e2i::io::FileSource) -> bool {
+    let mut m = [0u8; 4];
+    e2i::io::ReadAt::read_at(src, &mut m, 0).is_ok_and(|n| e2i::qcow2::is_qcow2(&m[..n]))
+}
+
+/// A listing write that failed ends the run (a broken pipe exits 141).
+fn listing_result(
+    failed: &std::rc::Rc<std::cell::RefCell<Option<io::Error>>>,
+) -> anyhow::Result<()> {
+    match failed.borrow_mut().take() {
+        Some(e) => Err(anyhow::Error::new(e).context("listing on stdout")),
+        None => Ok(()),
+    }
+}
+
 fn body(args: Args) -> anyhow::Result<u8> {
     if let Some(code) = e2i_cli::refuse_dash(TOOL, "SOURCE", &args.source, "give a file or device")
     {
@@ -86,23 +106,29 @@ fn body(args: Args) -> anyhow::Result<u8> {
     {
         return Ok(code);
     }
-    let src_id =
-        ObjectId::of_path(&args.source).with_context(|| args.source.display().to_string())?;
-    let in_place = args.dest.is_none();
-    if in_place && args.metadata_only {
-        return Ok(usage_error(
-            TOOL,
-            "--metadata-only is for clones (give DEST)",
-        ));
+    std::fs::metadata(&args.source).with_context(|| args.source.display().to_string())?;
+    // -o at or past the end: say where SOURCE ends (a qcow2 SOURCE's virtual disk is
+    // checked where it is opened).
+    if args.src_offset > 0
+        && let Ok(src) = e2i::io::FileSource::open(&args.source, 0)
+        && args.src_offset >= e2i::io::ReadAt::size(&src)
+        && !is_qcow2(&src)
+    {
+        anyhow::bail!(
+            "{}: offset {} lies past the end of the source, which ends at byte {}",
+            args.source.display(),
+            args.src_offset,
+            e2i::io::ReadAt::size(&src)
+        );
     }
+    // DEST naming SOURCE (under any name) is refused by the output layer: the in-place
+    // form is the one without DEST.
+    let in_place = args.dest.is_none();
     if in_place && args.src_offset == args.dest_offset {
         return Ok(usage_error(
             TOOL,
             "a move needs different source and destination offsets (-o, -O)",
         ));
-    }
-    if !in_place && args.journal.is_some() {
-        return Ok(usage_error(TOOL, "--journal is for in-place moves"));
     }
     let kill_hook = std::env::var_os("E2I_MOVE_KILL_AT").is_some();
     let opts = MoveOptions {
@@ -121,7 +147,9 @@ fn body(args: Args) -> anyhow::Result<u8> {
     };
     let src = args.source.display().to_string();
     let mut reporter = Reporter::new(args.progress);
-    let mut list = lister(args.dry_run);
+    reporter.set_dry_run(args.dry_run);
+    let list_failed = std::rc::Rc::new(std::cell::RefCell::new(None));
+    let mut list = lister(args.dry_run, list_failed.clone());
     if in_place {
         refuse_mounted(&args.source, true)?;
         let jopts = JournalOptions {
@@ -146,24 +174,55 @@ fn body(args: Args) -> anyhow::Result<u8> {
             );
         }
         let rep = rep?;
+        listing_result(&list_failed)?;
         reporter.summary(rep.block_size);
-        report_move(&args, &rep);
+        report_move(&args, &rep)?;
         return Ok(EXIT_OK);
     }
     let dest = args.dest.clone().unwrap_or_default();
-    // DEST that is SOURCE (another name, a link): a clone would overwrite what it reads.
-    if ObjectId::of_path(&dest).is_ok_and(|d| d == src_id) {
-        anyhow::bail!(
-            "{}: DEST is SOURCE ({src}); to move the filesystem inside it, leave DEST out",
-            dest.display()
-        );
-    }
     refuse_mounted(&dest, true)?;
     if !args.force {
         refuse_mounted(&args.source, false)
             .context("a copy of it would be inconsistent (use -f to copy anyway)")?;
     }
-    let rep = clone(&args, &dest, &opts, &mut list, &mut reporter).with_context(|| src.clone())?;
+    let dst = dest.display().to_string();
+    let mut out = open_output(
+        &Request {
+            path: &dest,
+            role: "DEST",
+            in_place: true,
+            dry_run: args.dry_run,
+            exclusive: true,
+            streams: false,
+        },
+        &[("SOURCE", &args.source)],
+    )?;
+    let scratch;
+    let target = match (out.kind(), out.file()) {
+        (Kind::Stdout | Kind::Stream, _) => anyhow::bail!(
+            "{dst}: DEST must be a file or block device (a copy is written by position); to send a copy down a pipe, use e2i-capture -ra SOURCE -"
+        ),
+        (Kind::New, Some(f)) => CloneTarget::NewFile(f),
+        (Kind::New, None) => {
+            // A dry run into a DEST that does not exist: list what a new file would get.
+            scratch = e2i_cli_tempfile()?;
+            CloneTarget::NewFile(&scratch)
+        }
+        (_, Some(f)) => CloneTarget::Existing(f),
+        (_, None) => anyhow::bail!("{dst}: not opened"),
+    };
+    let rep = move_fs::clone_fs(&args.source, target, &opts, &mut list, &mut reporter)
+        .map_err(|e| attribute(e, &src, &dst))?;
+    listing_result(&list_failed)?;
+    if out.kind() == Kind::BlockDevice
+        && !args.dry_run
+        && let Some(f) = out.file()
+    {
+        f.sync_data()
+            .map_err(|e| attribute(e2i::Error::io("sync", 0, e), &src, &dst))?;
+    }
+    out.commit()
+        .map_err(|e| anyhow::Error::new(e).context(dst.clone()))?;
     reporter.summary(rep.block_size);
     if args.quiet {
         return Ok(EXIT_OK);
@@ -178,66 +237,16 @@ fn body(args: Args) -> anyhow::Result<u8> {
         eprintln!("{TOOL}: warning: {src}: skipped damaged metadata: {p}");
     }
     if args.check {
-        println!(
+        e2i_cli::say(format_args!(
             "{} blocks already contained the data to be copied",
             rep.identical_blocks
-        );
+        ))?;
     }
     Ok(EXIT_OK)
 }
 
-/// Open DEST and clone into it: an existing file or device is updated in place, a new file
-/// appears only when complete, a dry run creates nothing.
-fn clone(
-    args: &Args,
-    dest: &Path,
-    opts: &MoveOptions,
-    list: &mut dyn FnMut(u64, u64),
-    reporter: &mut Reporter,
-) -> anyhow::Result<MoveReport> {
-    let dst = dest.display().to_string();
-    if dest.exists() {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!args.dry_run)
-            .open(dest)
-            .with_context(|| format!("opening {dst}"))?;
-        Ok(move_fs::clone_fs(
-            &args.source,
-            CloneTarget::Existing(&file),
-            opts,
-            list,
-            reporter,
-        )?)
-    } else if args.dry_run {
-        // Nothing is created: list what a new file would receive.
-        let tmp = scratch_file()?;
-        Ok(move_fs::clone_fs(
-            &args.source,
-            CloneTarget::NewFile(&tmp),
-            opts,
-            list,
-            reporter,
-        )?)
-    } else {
-        let mut out = Output::create(dest)?;
-        let Output::File { file, .. } = &out else {
-            anyhow::bail!("{dst}: not a regular file or block device");
-        };
-        let rep = move_fs::clone_fs(
-            &args.source,
-            CloneTarget::NewFile(file),
-            opts,
-            list,
-            reporter,
-        )?;
-        out.commit()?;
-        Ok(rep)
-    }
-}
-
 /// An anonymous scratch file for a dry run into a DEST that does not exist (never written).
-fn scratch_file() -> anyhow::Result<std::fs::File> {
+fn e2i_cli_tempfile() -> anyhow::Result<std::fs::File> {
     let dir = std::env::temp_dir();
     let path = dir.join(format!(".e2i-move-dry-{}", std::process::id()));
     let f = OpenOptions::new()
@@ -292,28 +301,29 @@ fn print_note(src: &str, note: MoveNote, quiet: bool) {
     eprintln!("{TOOL}: {line}");
 }
 
-fn report_move(args: &Args, rep: &MoveReport) {
+fn report_move(args: &Args, rep: &MoveReport) -> anyhow::Result<()> {
     if args.quiet {
-        return;
+        return Ok(());
     }
     let src = args.source.display();
     if rep.already_done {
-        let j: PathBuf = rep.journal.clone().unwrap_or_default();
-        println!(
+        let journal = rep.journal.clone().unwrap_or_default();
+        e2i_cli::say(format_args!(
             "{src}: the move from byte {} to byte {} is already finished (journal {}); nothing to do",
             args.src_offset,
             args.dest_offset,
-            j.display()
-        );
-        return;
+            journal.display()
+        ))?;
+        return Ok(());
     }
     if args.dry_run {
-        return;
+        return Ok(());
     }
     if args.check {
-        println!(
+        e2i_cli::say(format_args!(
             "{} blocks already contained the data to be copied",
             rep.identical_blocks
-        );
+        ))?;
     }
+    Ok(())
 }

@@ -59,9 +59,10 @@ pub struct Args {
     /// Block device or image file holding the filesystem.
     #[arg(value_hint = clap::ValueHint::FilePath)]
     pub source: PathBuf,
-    /// Image to write; `-` for stdout.
-    #[arg(default_value = "-", value_hint = clap::ValueHint::FilePath)]
-    pub output: PathBuf,
+    /// Image to write: a file, a block device, a FIFO or character device, or `-` for stdout
+    /// [default: stdout, unless it is a terminal].
+    #[arg(value_hint = clap::ValueHint::FilePath)]
+    pub output: Option<PathBuf>,
     /// Image format [default: normal for a file, stream for stdout].
     #[arg(long, value_enum)]
     pub format: Option<FormatArg>,
@@ -84,19 +85,19 @@ pub struct Args {
     #[arg(short = 'f', long)]
     pub force: bool,
     /// Read the filesystem through the backup superblock at block N (needs -B).
-    #[arg(short = 'b', long = "superblock", value_name = "N", value_parser = number)]
+    #[arg(short = 'b', long = "superblock", value_name = "N", value_parser = number, requires = "blocksize")]
     pub superblock: Option<u64>,
     /// Block size to use with -b.
-    #[arg(short = 'B', long = "blocksize", value_name = "N", value_parser = number)]
-    pub blocksize: Option<u64>,
+    #[arg(short = 'B', long = "blocksize", value_name = "N", value_parser = crate::block_size)]
+    pub blocksize: Option<u32>,
     /// Byte offset of the filesystem inside SOURCE (suffixes K, M, G, ...: powers of 1024).
     #[arg(short = 'o', long = "offset", value_name = "N", value_parser = number, default_value = "0")]
     pub offset: u64,
     /// Show progress on stderr (a bar on a terminal, a line every few seconds otherwise).
     #[arg(short = 'p', long)]
     pub progress: bool,
-    /// qcow2 only: deflate-compressed clusters.
-    #[arg(long)]
+    /// qcow2 only: deflate-compressed clusters (needs a seekable new file).
+    #[arg(long, conflicts_with = "raw")]
     pub compress: bool,
     /// Stop at the first damaged structure (exit 1) instead of skipping it (exit 3).
     #[arg(long)]

@@ -12,9 +12,10 @@ SOURCE from offset -o to offset -O. An in-place move is journalled: if it is int
 (crash, power loss, kill), running the same command again finishes it, under any name of \
 SOURCE. The journal records which file or device SOURCE is and checksums of the bytes it \
 moves; a rerun over a SOURCE that no longer matches it (restored from a backup, replaced, \
-already moved) is refused and nothing is written. SOURCE may be a qcow2 image when cloning \
-(its virtual disk is read, -o inside it); a qcow2 image cannot be moved in place. See \
-docs/move-journal.md.
+already moved) is refused and nothing is written. See move-journal.md (installed in \
+share/doc/e2i). DEST is a new or existing file or a block device, never SOURCE under \
+another name. SOURCE may be a qcow2 image when cloning (its virtual disk is read, -o \
+inside it); a qcow2 image cannot be moved in place.
 
 e2image equivalents: `e2i-move -o S -O D SRC DST` is `e2image -ra -o S -O D SRC DST`; \
 `e2i-move -o S -O D SRC` is `e2image -ra -o S -O D SRC` (which is not crash-safe); \
@@ -72,12 +73,12 @@ pub struct Args {
     #[arg(short = 'f', long)]
     pub force: bool,
     /// Copy the metadata only (e2image -r with offsets); clones only.
-    #[arg(long)]
+    #[arg(long, requires = "dest")]
     pub metadata_only: bool,
     /// Journal of an in-place move [default: next to SOURCE (symlinks resolved) as
     /// SOURCE.e2i-move for a file; $XDG_STATE_HOME/e2i/blockdev-MAJOR:MINOR.e2i-move for a
     /// device]. Its folder must exist.
-    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath, conflicts_with = "dest")]
     pub journal: Option<PathBuf>,
     /// No warnings or summaries (errors are still reported).
     #[arg(short = 'q', long)]

@@ -8,8 +8,9 @@ use crate::number;
 
 const LONG_ABOUT: &str = "\
 Write the virtual disk of the qcow2 image INPUT (version 2 or 3; compressed clusters, zero \
-clusters, snapshots and backing-less images of any origin) as a raw image to OUTPUT. INPUT \
-may be `-` (stdin, also gzip- or bzip2-compressed; spooled to a temporary file).
+clusters, snapshots and backing-less images of any origin) as a raw image to OUTPUT (a file, \
+a block device, a FIFO or character device, or `-`). INPUT may be a FIFO or `-` (stdin), \
+also gzip-, bzip2-, xz- or zstd-compressed; it is then spooled to a temporary file.
 
 e2image equivalent: `qcow2-to-raw x.qcow2 x.raw` is `e2image -r x.qcow2 x.raw`; `-O` is \
 `e2image -O`, `-c` is `e2image -c`, `-n` is `e2image -n`, `-p` is `e2image -p`.";
@@ -29,13 +30,14 @@ Exit status:
 With --json, a one-line JSON summary goes to stdout, or to stderr when OUTPUT is `-`. Its \
 sha256 is the SHA-256 of the bytes written to stdout (null for files and devices).";
 
-/// Write the virtual disk of the qcow2 image INPUT as a raw image to OUTPUT.
+/// Write the virtual disk of the qcow2 image INPUT (v2 or v3; also compressed, or from a
+/// pipe) as a raw image to OUTPUT (a file, a block device, a FIFO, or `-`).
 #[derive(Parser, Debug)]
 #[command(
     name = "qcow2-to-raw",
     version,
     long_about = LONG_ABOUT,
-    after_help = "INPUT may be `-` (stdin; also gzip- or bzip2-compressed), spooled to a temporary file.\nExit status: 0 success, 1 failure, 2 usage error.",
+    after_help = "INPUT may be `-` (stdin; also gzip-, bzip2-, xz- or zstd-compressed), spooled to a temporary file.\nExit status: 0 success, 1 failure, 2 usage error.",
     after_long_help = AFTER_LONG_HELP
 )]
 pub struct Args {

@@ -8,7 +8,8 @@ const LONG_ABOUT: &str = "\
 Convert INPUT to a clean qcow2 image (version 2, cluster size = block size) that qemu-img \
 and stock e2image read. INPUT may be a raw filesystem image (captured as `e2i-capture -Q` \
 would, `-a` for file data too), a qcow2 image, a normal e2image image, or an e2i stream \
-(from a pipe: `-`); gzip and bzip2 wrapping is detected.
+(from a pipe: `-`); gzip, bzip2, xz and zstd wrapping is detected. OUTPUT is a new file, a \
+block device, a FIFO or character device, or `-` (written front to back).
 
 e2image equivalent: `e2i-to-qcow2 fs.raw fs.qcow2` is `e2image -Q fs.raw fs.qcow2`; \
 `-a` is `e2image -a`, `-p` is `e2image -p`. Writing qcow2 to a pipe and reading a stream \
@@ -32,7 +33,8 @@ With --json, a one-line JSON summary goes to stdout, or to stderr when OUTPUT is
 sha256 is the SHA-256 of the bytes written to stdout (null for files and devices); \
 stream_sha256 is the SHA-256 recorded in (and verified against) an e2i stream INPUT.";
 
-/// Convert INPUT (a raw filesystem image) to a qcow2 image that qemu-img and stock
+/// Convert INPUT (a raw filesystem image, qcow2, normal e2image image or e2i stream; gzip,
+/// bzip2, xz or zstd wrapping detected) to a clean qcow2 image that qemu-img and stock
 /// e2image read.
 #[derive(Parser, Debug)]
 #[command(

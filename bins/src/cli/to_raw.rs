@@ -8,8 +8,11 @@ use crate::number;
 
 const LONG_ABOUT: &str = "\
 Convert INPUT (an e2i stream, a qcow2 image, a normal e2image image or a raw filesystem \
-image; gzip or bzip2 wrapping is detected) to a raw image at OUTPUT (a file, a block \
-device, or `-`). A new OUTPUT file is sparse and appears under its name only when complete.
+image; gzip, bzip2, xz or zstd wrapping is detected; a file, a FIFO or `-` for stdin) to a \
+raw image at OUTPUT (a file, a block device, a FIFO or character device, or `-`). A new \
+OUTPUT file is sparse and appears under its name only when complete; a block device gets \
+exactly the bytes `e2image -r` writes to one (whole inode tables, zero blocks written). \
+OUTPUT may not be INPUT under any name (a link, a loop device backed by it).
 
 e2image equivalents: `e2i-to-raw x.qcow2 x.raw` is `e2image -r x.qcow2 x.raw`; `-O` is \
 `e2image -O`, `-c` is `e2image -c`, `-n` is `e2image -n`, `-p` is `e2image -p`, `-a` is \
@@ -23,6 +26,7 @@ Examples:
   e2i-to-raw -O 1M sdb1.qcow2 disk.img       into an existing image at byte 1 MiB
   e2i-to-raw -c sdb1.raw /dev/sdc1           write only the blocks that differ
   e2i-to-raw -n sdb1.qcow2 /dev/sdc1         list what would be written
+  e2i-to-raw -c -n sdb1.raw /dev/sdc1        verify: list only the blocks that differ
 
 Exit status:
   0  success
@@ -34,8 +38,9 @@ With --json, a one-line JSON summary goes to stdout, or to stderr when OUTPUT is
 sha256 is the SHA-256 of the bytes written to stdout (null for files and devices); \
 stream_sha256 is the SHA-256 recorded in (and verified against) an e2i stream INPUT.";
 
-/// Convert INPUT (e2i stream, qcow2, normal e2image image or raw filesystem image; gzip or
-/// bzip2 wrapping detected) to a raw image at OUTPUT (a file, a block device, or `-`).
+/// Convert INPUT (e2i stream, qcow2, normal e2image image or raw filesystem image; gzip,
+/// bzip2, xz or zstd wrapping detected) to a raw image at OUTPUT (a file, a block device, a
+/// FIFO, or `-`).
 #[derive(Parser, Debug)]
 #[command(
     name = "e2i-to-raw",

@@ -106,3 +106,66 @@ fn bundle_is_complete_and_leaks_nothing() {
         );
     }
 }
+
+/// The script answers --help and --version, checks where the bundle goes before the long
+/// capture, never overwrites, and names the file it actually wrote.
+#[test]
+fn bug_report_help_version_and_output_checks() {
+    let d = tempdir();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/e2i-bug-report");
+    let bin_dir = tool("e2i-capture").parent().unwrap().to_path_buf();
+    let o = run(Command::new(&script).arg("--help"));
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("Usage: e2i-bug-report"));
+    let o = run(Command::new(&script).arg("--version"));
+    assert!(o.status.success());
+    let v = run(Command::new(tool("e2i-capture")).arg("--version"));
+    let tools_version = String::from_utf8_lossy(&v.stdout)
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        format!("e2i-bug-report {tools_version}")
+    );
+    let img = d.path().join("fs.img");
+    assert!(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&img)
+            .arg("8M")
+            .status()
+            .unwrap()
+            .success()
+    );
+    // A folder that does not exist: refused at once, naming it.
+    let o = run(Command::new(&script)
+        .arg(&img)
+        .arg(d.path().join("nowhere/b.tar"))
+        .env("E2I_BIN", &bin_dir));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nowhere: no such folder"));
+    // A folder: the bundle goes inside, and the message names the file.
+    let o = run(Command::new(&script)
+        .arg(&img)
+        .arg(d.path())
+        .env("E2I_BIN", &bin_dir));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let written = err
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("e2i-bug-report: wrote "))
+        .expect("names the file written");
+    assert!(Path::new(written).is_file(), "{written}");
+    assert!(Path::new(written).starts_with(d.path().canonicalize().unwrap()));
+    // An existing file is never overwritten.
+    let before = std::fs::read(written).unwrap();
+    let o = run(Command::new(&script)
+        .arg(&img)
+        .arg(written)
+        .env("E2I_BIN", &bin_dir));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(std::fs::read(written).unwrap() == before);
+}

@@ -62,7 +62,14 @@ fn capture(img: Vec<u8>, strict: bool) -> Outcome {
         &src,
         map,
         fs.sb.block_size,
-        RawTarget::DryRun(&mut sink),
+        RawTarget::DryRun {
+            list: &mut sink,
+            target: None,
+            dest_offset: 0,
+            check: false,
+            new_file: false,
+            room: None,
+        },
         &mut NoProgress,
     )
     .is_err()

@@ -357,7 +357,10 @@ fn reader_places_blocks_at_their_filesystem_positions() {
             &view,
             &map,
             sb.block_size,
-            e2i::sparse::RawTarget::NewFile(&f),
+            e2i::sparse::RawTarget::NewFile {
+                file: &f,
+                dest_offset: 0,
+            },
             &mut e2i::progress::NoProgress,
         )
         .unwrap();

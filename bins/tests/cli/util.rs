@@ -4,7 +4,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// Path of a built tool (cargo builds every binary of the package before its tests).
+/// `E2I_TEST_BIN_DIR` points the tests at other binaries (say, an older build, to see a test
+/// fail on the behaviour it guards against).
 pub fn tool(name: &str) -> PathBuf {
+    if let Some(d) = std::env::var_os("E2I_TEST_BIN_DIR") {
+        return PathBuf::from(d).join(name);
+    }
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     dir.join(name)

@@ -473,10 +473,11 @@ fn quiet_suppresses_summaries_not_errors() {
         .arg(&img)
         .arg(&target));
     ok(&loud);
+    // e2image's closing line of -c, on stdout as e2image prints it.
     assert!(
-        text(&loud.stderr).contains("already contained"),
+        text(&loud.stdout).contains("already contained"),
         "{}",
-        text(&loud.stderr)
+        text(&loud.stdout)
     );
     let quiet = run(Command::new(tool("e2i-to-raw"))
         .args(["-c", "-q"])
@@ -484,6 +485,7 @@ fn quiet_suppresses_summaries_not_errors() {
         .arg(&target));
     ok(&quiet);
     assert!(quiet.stderr.is_empty(), "{}", text(&quiet.stderr));
+    assert!(quiet.stdout.is_empty(), "{}", text(&quiet.stdout));
     let clone = dir.join("clone.img");
     std::fs::copy(&img, &clone).unwrap();
     let loud = run(Command::new(tool("e2i-move"))
@@ -572,7 +574,8 @@ fn committed_docs_are_current() {
     let docs = repo().join("docs");
     let tmp = tempdir();
     let written = e2i_cli::docs::generate(tmp.path()).expect("generate");
-    assert_eq!(written.len(), 6 * 4);
+    // Six tools × (man page + three completions), and e2i-bug-report's man page.
+    assert_eq!(written.len(), 6 * 4 + 1);
     let mut stale = Vec::new();
     for (rel, data) in e2i_cli::docs::render().unwrap() {
         let fresh = std::fs::read(tmp.path().join(&rel)).unwrap();
@@ -628,6 +631,24 @@ fn man_pages_render_and_completions_load() {
         for a in cmd.get_arguments() {
             if let Some(l) = a.get_long() {
                 assert!(t.contains(&format!("--{l}")), "{name}.1 lacks --{l}");
+            }
+        }
+        // SYNOPSIS shows each option with its argument (`[-O|--dest-offset N]`).
+        let syn: String = t
+            .split("SYNOPSIS")
+            .nth(1)
+            .and_then(|s| s.split("DESCRIPTION").next())
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        for a in cmd
+            .get_arguments()
+            .filter(|a| !a.is_positional() && a.get_action().takes_values())
+        {
+            if let (Some(l), Some(v)) = (a.get_long(), a.get_value_names()) {
+                let want = format!("--{l} {}]", v[0]);
+                assert!(syn.contains(&want), "{name}.1 SYNOPSIS lacks {want}: {syn}");
             }
         }
         // groff finds nothing to warn about.
@@ -724,6 +745,11 @@ fn install_script_stages_everything() {
         assert!(text(&o.stdout).contains("EXIT STATUS"), "{n}");
     }
     assert!(root.join("bin/e2i-bug-report").is_file());
+    assert!(root.join("share/man/man1/e2i-bug-report.1").is_file());
+    // The documents the man pages cite are installed with them.
+    for doc in ["README.md", "cli.md", "stream-format.md", "move-journal.md"] {
+        assert!(root.join("share/doc/e2i").join(doc).is_file(), "{doc}");
+    }
 }
 
 /// The README's quick start, as written: its two commands are in it verbatim; the first

@@ -15,8 +15,8 @@ use crate::ext4::bitmap;
 use crate::ext4::desc::DescTable;
 use crate::ext4::{Filesystem, Superblock};
 use crate::io::{ReadAt, pwrite_full};
+use crate::pieces::{IO_CHUNK, zero_runs};
 use crate::progress::{Progress, Unit};
-use crate::sparse::{IO_CHUNK, zero_runs};
 use crate::{Error, Result};
 
 /// The host-specific header fields.
@@ -187,6 +187,9 @@ pub fn write_normal<S: ReadAt>(
     let sb = &fs.sb;
     let layout = Layout::new(sb)?;
     layout.check_offsets_fit()?;
+    if let NormalTarget::Device(f) = &target {
+        crate::output::check_room(crate::io::block_device_size(f)?, layout.size)?;
+    }
     bitmap::check_geometry(sb)?;
     if let Some(b) = fs.backup_superblock {
         // libext2fs clears every group's UNINIT flags when it opens through a backup, so the

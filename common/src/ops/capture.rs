@@ -47,9 +47,10 @@ pub struct CaptureOptions {
 pub enum Output<'a> {
     /// A new regular file (zero blocks become holes).
     NewFile(&'a File),
-    /// A block device: every selected block written, inode tables whole (as e2image does).
-    Device(&'a File),
-    /// A pipe or stdout.
+    /// A block device of `size` bytes: every selected block written, inode tables whole (as
+    /// e2image does); an image larger than the device is refused before the first write.
+    Device { file: &'a File, size: u64 },
+    /// A pipe, stdout, a character device.
     Stream(&'a mut dyn Write),
 }
 
@@ -73,19 +74,57 @@ pub struct CaptureReport {
 
 /// Open the source at `path` for reading the filesystem at byte `offset`. A qcow2 image
 /// (detected by its magic) is read through its virtual disk, `offset` applying inside it.
+///
+/// A pipe, a compressed file or an offset past the end is refused with what to do instead.
 pub fn open_source(path: &Path, offset: u64) -> Result<Box<dyn ReadAt>> {
-    let whole = FileSource::open(path, 0)?;
-    let mut magic = [0u8; 4];
+    // Refused before opening: opening a FIFO would wait for a writer.
+    let seekable = |m: &std::fs::Metadata| {
+        use std::os::unix::fs::FileTypeExt;
+        m.is_file() || m.file_type().is_block_device()
+    };
+    let meta = std::fs::metadata(path).map_err(|e| Error::io("open", 0, e))?;
+    let whole = if seekable(&meta) {
+        Some(FileSource::open(path, 0)?)
+    } else {
+        None
+    };
+    let Some(whole) = whole.filter(|w| w.is_seekable()) else {
+        return Err(Error::InvalidInput(
+            "not a seekable file or block device (a pipe or process substitution?): a filesystem is read by position; save it to a file first, or pipe an e2i stream or image into e2i-to-raw or e2i-to-qcow2 (INPUT -)".into(),
+        ));
+    };
+    let mut magic = [0u8; 6];
     let n = whole.read_at(&mut magic, 0)?;
     if qcow2::is_qcow2(&magic[..n]) {
         let image = qcow2::Qcow2Reader::open(whole)?;
+        past_end(
+            offset,
+            image.virtual_size(),
+            "the qcow2 image's virtual disk",
+        )?;
         return Ok(Box::new(qcow2::Shifted {
             inner: image,
             base: offset,
         }));
     }
+    if let Some(c) = crate::ops::input::compression_name(&magic[..n]) {
+        return Err(Error::InvalidInput(format!(
+            "{c}-compressed: a filesystem is read in place, so decompress it first, or convert it with e2i-to-raw or e2i-to-qcow2, which decompress {c}"
+        )));
+    }
+    past_end(offset, whole.size(), "the source")?;
     let src = FileSource::open(path, offset)?;
     Ok(Box::new(src))
+}
+
+/// `-o` at or past the end of what holds the filesystem: say where that ends.
+fn past_end(offset: u64, size: u64, what: &str) -> Result<()> {
+    if offset > 0 && offset >= size {
+        return Err(Error::InvalidInput(format!(
+            "offset {offset} lies past the end of {what}, which ends at byte {size}"
+        )));
+    }
+    Ok(())
 }
 
 /// Open the filesystem and compute its block map.
@@ -131,7 +170,7 @@ pub fn capture(
         // The normal format copies metadata by location: no block-map scan.
         return capture_normal(source, src, opts, out, progress);
     }
-    let is_dev = matches!(out, Output::Device(_));
+    let is_dev = matches!(out, Output::Device { .. });
     let (fs, res) = scan_source(src, opts, is_dev, progress)?;
     let (fs, scramble_report) = match opts.scramble {
         Some(seed) => {
@@ -154,22 +193,33 @@ pub fn capture(
     report.copy = match format {
         Format::Raw => {
             let target = match out {
-                Output::NewFile(f) => RawTarget::NewFile(f),
-                Output::Device(f) => RawTarget::InPlace {
-                    file: f,
+                Output::NewFile(file) => RawTarget::NewFile {
+                    file,
+                    dest_offset: 0,
+                },
+                Output::Device { file, size } => RawTarget::InPlace {
+                    file,
                     dest_offset: 0,
                     check: false,
-                    grow_to_end: false,
+                    room: Some(size),
                 },
                 Output::Stream(w) => RawTarget::Stream(w),
             };
             sparse::write_raw(&fs.src, map, fs.sb.block_size, target, progress)?
         }
         Format::Stream => {
+            let mut room = None;
+            let mut buffered;
             let w: &mut dyn Write = match out {
                 Output::Stream(w) => w,
-                Output::NewFile(f) | Output::Device(f) => {
-                    &mut std::io::BufWriter::with_capacity(1 << 20, f)
+                Output::NewFile(f) => {
+                    buffered = std::io::BufWriter::with_capacity(1 << 20, f);
+                    &mut buffered
+                }
+                Output::Device { file, size } => {
+                    room = Some(size);
+                    buffered = std::io::BufWriter::with_capacity(1 << 20, file);
+                    &mut buffered
                 }
             };
             let header = stream::Header {
@@ -188,7 +238,9 @@ pub fn capture(
                 uuid: fs.sb.uuid(),
                 extents: 0,
             };
-            write_stream(&fs.src, map, header, w, progress)?
+            let st = write_stream(&fs.src, map, header, w, room, progress)?;
+            w.flush().map_err(|e| Error::io("write", 0, e))?;
+            st
         }
         Format::Qcow2 => {
             let pipe_refusal = || {
@@ -208,12 +260,11 @@ pub fn capture(
                     },
                     progress,
                 )?,
-                Output::Device(_) | Output::Stream(_) if opts.compress => {
+                Output::Device { .. } | Output::Stream(_) if opts.compress => {
                     return Err(pipe_refusal());
                 }
-                Output::Device(f) => {
-                    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-                    qcow2::write_qcow2(&fs.src, map, bs, Qcow2Target::Sequential(&mut w), progress)?
+                Output::Device { file, .. } => {
+                    qcow2::write_qcow2(&fs.src, map, bs, Qcow2Target::Device(file), progress)?
                 }
                 Output::Stream(w) => {
                     qcow2::write_qcow2(&fs.src, map, bs, Qcow2Target::Sequential(w), progress)?
@@ -262,7 +313,7 @@ fn capture_normal(
     };
     let (target, file) = match out {
         Output::NewFile(f) => (NormalTarget::NewFile(f), Some(f)),
-        Output::Device(f) => (NormalTarget::Device(f), Some(f)),
+        Output::Device { file, .. } => (NormalTarget::Device(file), Some(file)),
         Output::Stream(w) => (NormalTarget::Stream(w), None),
     };
     let mut info = HeaderInfo::collect(source, file);
@@ -318,9 +369,9 @@ pub fn classify<S: ReadAt + ?Sized>(
     src: &S,
     map: &BlockMap,
     block_size: u32,
-) -> Result<(Vec<stream::Extent>, sparse::ReadReport)> {
+) -> Result<(Vec<stream::Extent>, crate::pieces::ReadReport)> {
     let (runs, rep) =
-        sparse::classify_runs(src, map, block_size, &mut crate::progress::NoProgress)?;
+        crate::pieces::classify_runs(src, map, block_size, &mut crate::progress::NoProgress)?;
     let extents = runs
         .into_iter()
         .map(|(r, zero)| stream::Extent {
@@ -339,11 +390,14 @@ pub fn classify<S: ReadAt + ?Sized>(
 /// Write the selected blocks of `src` as an e2i stream: the map (data and zero extents)
 /// first, then the data. Reads the selection twice (classification, then data) so that
 /// memory stays bounded by the map.
+/// `room`: the size of a block device target, checked against the stream's size before the
+/// first byte is written.
 pub fn write_stream<S: ReadAt + ?Sized>(
     src: &S,
     map: &BlockMap,
     header: stream::Header,
     out: &mut dyn Write,
+    room: Option<u64>,
     progress: &mut dyn Progress,
 ) -> Result<CopyStats> {
     let bs = u64::from(header.block_size);
@@ -363,10 +417,16 @@ pub fn write_stream<S: ReadAt + ?Sized>(
         .filter(|e| e.kind == stream::Kind::Zero)
         .map(|e| e.len)
         .sum();
+    let size = (extents.len() as u64)
+        .checked_mul(stream::EXTENT_LEN as u64)
+        .and_then(|m| data_map.selected_blocks().checked_mul(bs)?.checked_add(m))
+        .and_then(|n| n.checked_add((stream::HEADER_LEN + stream::TRAILER_LEN) as u64))
+        .ok_or_else(|| Error::InvalidInput("stream size overflows".into()))?;
+    crate::output::check_room(room, size)?;
     let mut w = stream::StreamWriter::new(out, header, extents)?;
     progress.phase("copying", data_map.selected_blocks(), Unit::Blocks);
     let mut done = 0u64;
-    sparse::for_each_chunk(src, &data_map, header.block_size, &mut |_, data| {
+    crate::pieces::for_each_chunk(src, &data_map, header.block_size, &mut |_, data| {
         w.write_data(data)?;
         done += data.len() as u64 / bs;
         progress.update(done);

@@ -1,8 +1,10 @@
 //! Converter inputs: detect the format by content (e2i stream, qcow2, normal e2image image,
-//! raw filesystem), through gzip or bzip2 wrapping, from a file or stdin.
+//! raw filesystem), through gzip, bzip2, xz or zstd wrapping, from a file, stdin, a FIFO or a
+//! process substitution. Anything not read front to back that is not a seekable plain file
+//! (stdin, pipes, compressed files) is first spooled to an unlinked-on-exit temporary file.
 
 use std::fs::File;
-use std::io::{self, BufReader, Cursor, Read, Write};
+use std::io::{self, BufRead, BufReader, Cursor, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::stream::{self, StreamReader};
@@ -36,6 +38,8 @@ pub enum Wrapping {
     None,
     Gzip,
     Bzip2,
+    Xz,
+    Zstd,
 }
 
 /// An opened input.
@@ -46,7 +50,7 @@ pub enum Input {
     File {
         kind: Kind,
         path: PathBuf,
-        spooled: Option<tempfile::TempPath>,
+        spooled: Option<Spooled>,
     },
 }
 
@@ -83,8 +87,77 @@ fn wrapping(head: &[u8]) -> Wrapping {
         Wrapping::Gzip
     } else if head.len() >= 4 && head.starts_with(b"BZh") && (b'1'..=b'9').contains(&head[3]) {
         Wrapping::Bzip2
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Wrapping::Xz
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Wrapping::Zstd
     } else {
         Wrapping::None
+    }
+}
+
+/// The compression `head` (a file's first bytes) starts with, by name: "gzip", "bzip2",
+/// "xz", "zstd".
+pub fn compression_name(head: &[u8]) -> Option<&'static str> {
+    match wrapping(head) {
+        Wrapping::None => None,
+        Wrapping::Gzip => Some("gzip"),
+        Wrapping::Bzip2 => Some("bzip2"),
+        Wrapping::Xz => Some("xz"),
+        Wrapping::Zstd => Some("zstd"),
+    }
+}
+
+/// Decompress `r` as `w` (anything but [`Wrapping::None`]); concatenated members or frames
+/// are read as one stream, as `zcat`, `bzcat`, `xzcat` and `zstdcat` read them.
+pub fn decompress(r: Box<dyn Read>, w: Wrapping) -> Result<Box<dyn Read>> {
+    Ok(match w {
+        Wrapping::None => r,
+        Wrapping::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
+        Wrapping::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(r)),
+        Wrapping::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(r)),
+        Wrapping::Zstd => Box::new(ZstdFrames::new(BufReader::new(r))?),
+    })
+}
+
+/// A zstd stream of one or more frames (ruzstd decodes one frame at a time).
+struct ZstdFrames<R: BufRead> {
+    cur: Option<ruzstd::decoding::StreamingDecoder<R, ruzstd::decoding::FrameDecoder>>,
+}
+
+impl<R: BufRead> ZstdFrames<R> {
+    fn new(r: R) -> Result<Self> {
+        let d = ruzstd::decoding::StreamingDecoder::new(r).map_err(zstd_error)?;
+        Ok(ZstdFrames { cur: Some(d) })
+    }
+}
+
+fn zstd_error(e: impl std::fmt::Display) -> Error {
+    Error::InvalidInput(format!("zstd: {e}"))
+}
+
+impl<R: BufRead> Read for ZstdFrames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let Some(d) = self.cur.as_mut() else {
+                return Ok(0);
+            };
+            let n = d.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            // This frame is over: another may follow.
+            let Some(d) = self.cur.take() else {
+                return Ok(0);
+            };
+            let (mut r, dec) = d.into_parts();
+            if r.fill_buf()?.is_empty() {
+                return Ok(0);
+            }
+            let next = ruzstd::decoding::StreamingDecoder::new_with_decoder(r, dec)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            self.cur = Some(next);
+        }
     }
 }
 
@@ -105,11 +178,28 @@ pub fn detect(head: &[u8]) -> Option<Kind> {
     None
 }
 
-/// Copy `r` into a new temporary file, leaving all-zero blocks as holes.
-fn spool(mut r: Box<dyn Read>) -> Result<tempfile::TempPath> {
-    let tmp =
-        tempfile::NamedTempFile::new().map_err(|e| Error::io("create temporary file", 0, e))?;
+/// A spooled copy of an input: removed when dropped, and by the signal handler before then
+/// ([`crate::output::pending`]).
+#[derive(Debug)]
+pub struct Spooled(tempfile::TempPath);
+
+impl Drop for Spooled {
+    fn drop(&mut self) {
+        crate::output::pending::remove(&self.0);
+    }
+}
+
+/// Copy `r` into a new temporary file, leaving all-zero blocks as holes. The file is
+/// registered with [`crate::output::pending`], so a signal does not leave it behind.
+fn spool(mut r: Box<dyn Read>) -> Result<Spooled> {
+    let tmp = tempfile::Builder::new()
+        .prefix(".e2i-spool-")
+        .tempfile()
+        .map_err(|e| Error::io("create temporary file", 0, e))?;
+    crate::output::pending::add(tmp.path());
     let (file, path) = tmp.into_parts();
+    // Unregistered and removed however this function ends.
+    let spooled = Spooled(path);
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0u64;
     loop {
@@ -128,9 +218,9 @@ fn spool(mut r: Box<dyn Read>) -> Result<tempfile::TempPath> {
         let mut i = 0;
         while i < n {
             let j = (i + 4096).min(n);
-            if !crate::sparse::block_is_zero(&buf[i..j]) {
+            if !crate::pieces::block_is_zero(&buf[i..j]) {
                 crate::io::pwrite_full(&file, &buf[i..j], pos + i as u64)
-                    .map_err(|e| Error::io("write", pos, e))?;
+                    .map_err(|e| Error::io("spool", pos, e))?;
             }
             i = j;
         }
@@ -143,41 +233,50 @@ fn spool(mut r: Box<dyn Read>) -> Result<tempfile::TempPath> {
         .map_err(|e| Error::io("truncate", pos, e))?;
     let mut f = &file;
     f.flush().ok();
-    Ok(path)
+    Ok(spooled)
 }
 
 /// Open `path` (`-` for stdin) and detect its format.
 pub fn open(path: &Path) -> Result<Input> {
     let stdin = path == Path::new("-");
-    let raw: Box<dyn Read> = if stdin {
+    // Only a plain file or block device can be read by position in place; stdin, FIFOs
+    // (process substitution: /dev/fd/N) and character devices are read front to back.
+    let (raw, seekable): (Box<dyn Read>, bool) = if stdin {
         crate::io::grow_pipe(io::stdin());
-        Box::new(io::stdin())
+        (Box::new(io::stdin()), false)
     } else {
-        Box::new(BufReader::with_capacity(
-            1 << 20,
-            File::open(path).map_err(|e| Error::io("open", 0, e))?,
-        ))
+        let f = File::open(path).map_err(|e| Error::io("open", 0, e))?;
+        let meta = f.metadata().map_err(|e| Error::io("stat", 0, e))?;
+        let seekable = {
+            use std::os::unix::fs::FileTypeExt;
+            meta.is_file() || meta.file_type().is_block_device()
+        };
+        if !seekable {
+            crate::io::grow_pipe(&f);
+        }
+        (Box::new(BufReader::with_capacity(1 << 20, f)), seekable)
     };
     let (head, r) = peek(raw)?;
     let wrap = wrapping(&head);
     let (head, r) = match wrap {
         Wrapping::None => (head, r),
-        Wrapping::Gzip => peek(Box::new(flate2::read::MultiGzDecoder::new(r)))?,
-        Wrapping::Bzip2 => peek(Box::new(bzip2::read::MultiBzDecoder::new(r)))?,
+        w => peek(decompress(r, w)?)?,
     };
     let Some(kind) = detect(&head) else {
-        return Err(Error::InvalidInput(
-            "unrecognised input: not an e2i stream, qcow2, e2image or ext2/3/4 image".into(),
-        ));
+        return Err(Error::InvalidInput(if head.is_empty() {
+            "empty input: nothing to convert".into()
+        } else {
+            "unrecognised input: not an e2i stream, qcow2, e2image or ext2/3/4 image (gzip, bzip2, xz and zstd wrapping are detected)".into()
+        }));
     };
     if kind == Kind::Stream {
         return Ok(Input::Stream(StreamReader::open(r)?));
     }
-    if stdin || wrap != Wrapping::None {
+    if !seekable || wrap != Wrapping::None {
         let tmp = spool(r)?;
         return Ok(Input::File {
             kind,
-            path: tmp.to_path_buf(),
+            path: tmp.0.to_path_buf(),
             spooled: Some(tmp),
         });
     }
@@ -191,6 +290,48 @@ pub fn open(path: &Path) -> Result<Input> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decompresses_every_wrapping() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        for (cmd, args) in [
+            ("gzip", &["-c"][..]),
+            ("bzip2", &["-c"]),
+            ("xz", &["-c"]),
+            ("zstd", &["-c", "-q"]),
+        ] {
+            let Ok(mut child) = std::process::Command::new(cmd)
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+            else {
+                panic!("{cmd} is needed by this test (ci/setup.sh installs it)");
+            };
+            let mut stdin = child.stdin.take().unwrap();
+            let d2 = data.clone();
+            let t = std::thread::spawn(move || stdin.write_all(&d2).unwrap());
+            let mut packed = Vec::new();
+            child
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_end(&mut packed)
+                .unwrap();
+            t.join().unwrap();
+            assert!(child.wait().unwrap().success());
+            // Two concatenated members or frames read as one stream.
+            let twice = [packed.clone(), packed].concat();
+            let w = wrapping(&twice);
+            assert_ne!(w, Wrapping::None, "{cmd}");
+            let mut out = Vec::new();
+            decompress(Box::new(Cursor::new(twice)), w)
+                .unwrap()
+                .read_to_end(&mut out)
+                .unwrap();
+            assert!(out == [data.clone(), data.clone()].concat(), "{cmd}");
+        }
+    }
 
     #[test]
     fn detects_magics() {

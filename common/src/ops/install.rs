@@ -578,7 +578,7 @@ pub fn install(
             WriteData::Image(off) => {
                 let mut pos = 0u64;
                 while pos < w.len {
-                    let n = (w.len - pos).min(crate::sparse::IO_CHUNK as u64) as usize;
+                    let n = (w.len - pos).min(crate::pieces::IO_CHUNK as u64) as usize;
                     buf.resize(n, 0);
                     img.source().read_exact_at(&mut buf, off + pos, &|| {
                         format!("image inode tables at byte {}", off + pos)

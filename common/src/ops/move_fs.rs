@@ -23,8 +23,8 @@ use crate::ops::capture::{CaptureOptions, open_source, scan_source};
 use crate::ops::move_journal::{
     self as mj, Journal, Locations, Mismatch, MoveParams, Piece, Saved, SourceId, State,
 };
+use crate::pieces::{same_runs, zero_runs};
 use crate::progress::{Progress, Unit};
-use crate::sparse::{same_runs, zero_runs};
 use crate::{Error, Result};
 
 pub use crate::ops::move_journal::PIECE_BYTES;
@@ -190,9 +190,10 @@ pub fn clone_fs(
         .checked_add(total)
         .ok_or_else(|| overflow("destination offset plus filesystem size"))?;
     if out_dev && end > out_len {
-        return Err(Error::InvalidInput(format!(
-            "the destination device holds {out_len} bytes; the copy needs {end}"
-        )));
+        return Err(Error::NoRoom {
+            have: out_len,
+            need: end,
+        });
     }
     let map: &BlockMap = &res.map;
     let mut rep = MoveReport {
@@ -754,10 +755,10 @@ fn plan_new(
         .checked_add(fs_bytes(bs, params.blocks_count)?)
         .ok_or_else(|| overflow("source offset plus filesystem size"))?;
     if src.is_dev && end > src.id.size {
-        return Err(Error::InvalidInput(format!(
-            "the device holds {} bytes; the filesystem would end at byte {end}",
-            src.id.size
-        )));
+        return Err(Error::NoRoom {
+            have: src.id.size,
+            need: end,
+        });
     }
     Ok((params, res.map))
 }

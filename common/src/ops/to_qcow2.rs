@@ -25,7 +25,7 @@ pub fn plan(
         Input::Stream(mut r) => {
             let runs = r.data_runs();
             let l = layout(r.header.blocks_count, r.header.block_size, &runs)?;
-            r.for_each(crate::sparse::IO_CHUNK, &mut |_, _| Ok(()))?;
+            r.for_each(crate::pieces::IO_CHUNK, &mut |_, _| Ok(()))?;
             Ok(l)
         }
         Input::File {
@@ -73,9 +73,12 @@ pub struct StreamToQcow2 {
 /// before the first data byte arrives, so an uncompressed image is written strictly front
 /// to back — to a pipe if need be. The stream is verified at the end; on failure the caller
 /// must discard the output.
+///
+/// `room`: a block device target's size, checked against the image's before the first write.
 pub fn stream_to_qcow2<R: std::io::Read>(
     mut r: crate::stream::StreamReader<R>,
     out: Qcow2Out<'_>,
+    room: Option<u64>,
     progress: &mut dyn Progress,
 ) -> Result<StreamToQcow2> {
     use crate::qcow2::writer::{CompressedWriter, SequentialWriter};
@@ -99,8 +102,9 @@ pub fn stream_to_qcow2<R: std::io::Read>(
     match out {
         Qcow2Out::Sequential(w) => {
             let layout = Qcow2Layout::plan(vsize, cb, &runs)?;
+            crate::output::check_room(room, layout.file_size())?;
             let mut qw = SequentialWriter::new(w, &layout)?;
-            report.stream_sha256 = r.for_each(crate::sparse::IO_CHUNK, &mut |e, data| {
+            report.stream_sha256 = r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
                 if let Some(d) = data {
                     qw.write_clusters(e.start, d)?;
                     done += d.len() as u64 / bs;
@@ -109,10 +113,11 @@ pub fn stream_to_qcow2<R: std::io::Read>(
                 Ok(())
             })?;
             report.file_size = qw.finish()?;
+            w.flush().map_err(|e| Error::io("write", 0, e))?;
         }
         Qcow2Out::Compressed(file) => {
             let mut qw = CompressedWriter::new(file, vsize, cb, &runs)?;
-            report.stream_sha256 = r.for_each(crate::sparse::IO_CHUNK, &mut |e, data| {
+            report.stream_sha256 = r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
                 if let Some(d) = data {
                     qw.write_clusters(e.start, d)?;
                     done += d.len() as u64 / bs;
@@ -154,8 +159,14 @@ pub fn to_qcow2(
     match input {
         Input::Stream(r) => {
             let mut buffered;
+            let mut room = None;
             let out = match target {
                 Qcow2Target::Sequential(w) => Qcow2Out::Sequential(w),
+                Qcow2Target::Device(file) => {
+                    room = crate::io::block_device_size(file)?;
+                    buffered = std::io::BufWriter::with_capacity(1 << 20, file);
+                    Qcow2Out::Sequential(&mut buffered)
+                }
                 Qcow2Target::File {
                     file,
                     compress: true,
@@ -168,7 +179,7 @@ pub fn to_qcow2(
                     Qcow2Out::Sequential(&mut buffered)
                 }
             };
-            let rep = stream_to_qcow2(r, out, progress)?;
+            let rep = stream_to_qcow2(r, out, room, progress)?;
             Ok(ToQcow2Report {
                 input: Kind::Stream,
                 block_size: rep.block_size,

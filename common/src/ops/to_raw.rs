@@ -1,6 +1,11 @@
 //! `e2i-to-raw`: any input (stream, raw filesystem, qcow2, normal image) → raw image.
 
-use crate::ext4::OpenOptions;
+use std::collections::BTreeMap;
+
+use crate::blockmap::{BlockMap, BlockMapBuilder, Run};
+use crate::ext4::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, Superblock};
+use crate::ext4::{Filesystem, OpenOptions};
+use crate::io::ReadAt;
 use crate::ops::capture::{self, CaptureOptions};
 use crate::ops::input::{Input, Kind};
 use crate::progress::{Progress, Unit};
@@ -37,25 +42,50 @@ pub fn geometry(input: &Input) -> Option<(u32, u64)> {
 }
 
 /// Convert `input` to a raw image on `target`.
+///
+/// A block device (or its dry run) receives exactly what `e2image -r` writes to one, whatever
+/// the input: every selected block, all-zero ones included, and every group's whole inode
+/// table (e2image selects them whole for devices), so no stale bytes of an earlier
+/// filesystem survive at metadata positions.
 pub fn to_raw(
     input: Input,
     target: RawTarget<'_>,
     opts: ConvertOptions,
     progress: &mut dyn Progress,
 ) -> Result<ConvertReport> {
+    let device = target.is_block_device();
     match input {
         Input::Stream(mut r) => {
             let h = r.header;
             let mut sink = RawSink::new(target, h.block_size, h.blocks_count)?;
             progress.phase("copying", r.data_blocks() + r.zero_blocks(), Unit::Blocks);
-            let digest = r.for_each(sparse::IO_CHUNK, &mut |e, data| {
+            let carried = BlockMap::from_runs(
+                r.extents().iter().map(|e| Run {
+                    start: e.start,
+                    len: e.len,
+                }),
+                h.blocks_count,
+            );
+            let mut meta = device.then(|| MetaBlocks::new(h.block_size, h.blocks_count));
+            let digest = r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
                 match data {
-                    Some(d) => sink.put(e.start, d)?,
+                    Some(d) => {
+                        if let Some(m) = &mut meta {
+                            m.offer(e.start, d);
+                        }
+                        sink.put(e.start, d)?
+                    }
                     None => sink.put_zeros(e.start, e.len)?,
                 }
                 progress.update(sink.stats().blocks);
                 Ok(())
             })?;
+            // The inode-table blocks the capture left out (unused ones), as zeros. A stream
+            // whose superblock or descriptors cannot be read back (a capture through a
+            // backup superblock, damage) has nothing more to say: its own blocks are written.
+            if let Some(Ok(tables)) = meta.map(MetaBlocks::inode_tables) {
+                sink.put_zero_runs(&tables.minus(&carried))?;
+            }
             let copy = sink.finish()?;
             progress.finish();
             Ok(ConvertReport {
@@ -80,8 +110,8 @@ pub fn to_raw(
                 ..CaptureOptions::default()
             };
             let src = capture::open_source(&path, 0)?;
-            // Select as a capture to a file does, whatever the target.
-            let (fs, res) = capture::scan_source(src, &opts, false, progress)?;
+            // Select as e2image -r selects for this target.
+            let (fs, res) = capture::scan_source(src, &opts, device, progress)?;
             let copy = sparse::write_raw(&fs.src, &res.map, fs.sb.block_size, target, progress)?;
             Ok(ConvertReport {
                 input: Some(Kind::Raw),
@@ -97,6 +127,7 @@ pub fn to_raw(
             path,
             ..
         } => {
+            // The view holds whole inode tables already (a normal image carries them).
             let img = crate::normal::NormalImage::open_file(&path)?;
             let view = img.fs_view();
             let map = view.block_map();
@@ -116,11 +147,9 @@ pub fn to_raw(
             path,
             ..
         } => {
-            // The qcow2's virtual disk, as qcow2-to-raw writes it (in-place targets get
-            // zeros for zero clusters).
+            // The qcow2's virtual disk, as qcow2-to-raw writes it.
             let img = crate::qcow2::Qcow2Reader::open(crate::io::FileSource::open(&path, 0)?)?;
-            let in_place = matches!(target, RawTarget::InPlace { .. });
-            let plan = crate::ops::qcow2_to_raw::plan(&img, in_place)?;
+            let plan = crate::ops::qcow2_to_raw::plan(&img, target.updates_in_place(), device)?;
             let copy = crate::ops::qcow2_to_raw::convert(&img, &plan, target, progress)?;
             Ok(ConvertReport {
                 input: Some(Kind::Qcow2),
@@ -134,6 +163,90 @@ pub fn to_raw(
         Input::File { kind, .. } => Err(Error::Unsupported(format!(
             "converting a {kind} is not available in this build"
         ))),
+    }
+}
+
+/// The superblock and descriptor blocks of a filesystem arriving in block order (a stream),
+/// kept as they pass so that the inode tables can be located afterwards.
+struct MetaBlocks {
+    bs: u64,
+    blocks_count: u64,
+    /// Descriptor blocks to keep, known once the superblock has passed.
+    wanted: Option<Vec<u64>>,
+    kept: BTreeMap<u64, Vec<u8>>,
+}
+
+impl MetaBlocks {
+    fn new(block_size: u32, blocks_count: u64) -> Self {
+        MetaBlocks {
+            bs: u64::from(block_size),
+            blocks_count,
+            wanted: None,
+            kept: BTreeMap::new(),
+        }
+    }
+
+    /// Consecutive blocks from `first` pass by.
+    fn offer(&mut self, first: u64, data: &[u8]) {
+        let bs = self.bs as usize;
+        for (i, b) in data.chunks(bs).enumerate() {
+            let blk = first + i as u64;
+            let sb_block = SUPERBLOCK_OFFSET / self.bs;
+            if blk == sb_block && self.wanted.is_none() {
+                self.kept.insert(blk, b.to_vec());
+                let at = (SUPERBLOCK_OFFSET % self.bs) as usize;
+                let mut raw = [0u8; SUPERBLOCK_SIZE];
+                if let Some(s) = b.get(at..at + SUPERBLOCK_SIZE) {
+                    raw.copy_from_slice(s);
+                }
+                self.wanted = Some(match Superblock::parse(&raw, None) {
+                    Ok(sb) => crate::normal::reader::primary_descriptor_blocks(&sb),
+                    Err(_) => Vec::new(),
+                });
+            } else if self.wanted.as_ref().is_some_and(|w| w.contains(&blk)) {
+                self.kept.insert(blk, b.to_vec());
+            }
+        }
+    }
+
+    /// Every group's whole inode table, in whole clusters (bigalloc), as e2image marks them.
+    fn inode_tables(self) -> Result<BlockMap> {
+        let blocks_count = self.blocks_count;
+        let fs = Filesystem::open(self, OpenOptions::default())?;
+        let ipb = u64::from(fs.sb.inode_blocks_per_group);
+        let mut b = BlockMapBuilder::new(0, blocks_count.saturating_sub(1), fs.sb.cluster_bits);
+        for g in 0..fs.sb.group_count {
+            let it = fs.desc.inode_table(g);
+            if it != 0 && it.checked_add(ipb).is_some_and(|e| e <= blocks_count) {
+                b.mark_range(it, ipb);
+            }
+        }
+        Ok(b.build(u64::from(fs.sb.first_data_block), blocks_count))
+    }
+}
+
+impl ReadAt for MetaBlocks {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        let size = self.size();
+        if offset >= size {
+            return Ok(0);
+        }
+        let n = (buf.len() as u64).min(size - offset) as usize;
+        let buf = &mut buf[..n];
+        buf.fill(0);
+        let (first, last) = (offset / self.bs, (offset + n as u64).div_ceil(self.bs));
+        for (&blk, data) in self.kept.range(first..last) {
+            let bstart = blk * self.bs;
+            let lo = bstart.max(offset);
+            let hi = (bstart + self.bs).min(offset + n as u64);
+            buf[(lo - offset) as usize..(hi - offset) as usize]
+                .copy_from_slice(&data[(lo - bstart) as usize..(hi - bstart) as usize]);
+        }
+        Ok(n)
+    }
+
+    fn size(&self) -> u64 {
+        self.blocks_count.saturating_mul(self.bs)
     }
 }
 

@@ -24,7 +24,7 @@ const L2_CACHE_BYTES: u64 = 32 << 20;
 const L2_CACHE_MAX_TABLES: usize = 4096;
 /// Largest region reported by one `data_region` call (callers read at most this much at a
 /// time, so looking further ahead would only repeat work).
-const MAX_REGION: u64 = crate::sparse::IO_CHUNK as u64;
+const MAX_REGION: u64 = crate::pieces::IO_CHUNK as u64;
 
 struct L2Cache {
     tables: HashMap<u64, (u64, Rc<[u64]>)>,

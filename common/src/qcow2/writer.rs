@@ -23,8 +23,9 @@ use super::entry::{L1Entry, L2Entry, RefcountTableEntry};
 use super::header::{Header, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS};
 use crate::blockmap::{BlockMap, Run};
 use crate::io::{ReadAt, pwrite_full};
+use crate::pieces;
 use crate::progress::{Progress, Unit};
-use crate::sparse::{self, CopyStats};
+use crate::sparse::CopyStats;
 use crate::{Error, Result};
 
 /// qemu refuses L1 tables larger than 32 MiB.
@@ -526,6 +527,9 @@ impl<'a> CompressedWriter<'a> {
 pub enum Qcow2Target<'a> {
     /// Any writer, front to back (uncompressed).
     Sequential(&'a mut dyn Write),
+    /// A block device, written front to back (uncompressed); an image larger than the
+    /// device is refused before the first write.
+    Device(&'a File),
     /// A new, empty, seekable file; `compress` selects deflate clusters.
     File { file: &'a File, compress: bool },
 }
@@ -539,7 +543,7 @@ pub fn nonzero_blocks<S: ReadAt + ?Sized>(
     progress: &mut dyn Progress,
 ) -> Result<(Vec<Run>, CopyStats)> {
     progress.phase("finding data", map.selected_blocks(), Unit::Blocks);
-    let (runs, rep) = sparse::classify_runs(src, map, block_size, progress)?;
+    let (runs, rep) = pieces::classify_runs(src, map, block_size, progress)?;
     progress.finish();
     let zero_blocks = runs.iter().filter(|(_, z)| *z).map(|(r, _)| r.len).sum();
     let stats = CopyStats {
@@ -581,7 +585,7 @@ pub fn write_qcow2<S: ReadAt + ?Sized>(
     progress.phase("copying", data_map.selected_blocks(), Unit::Blocks);
     let mut done = 0u64;
     let mut feed = |write: &mut dyn FnMut(u64, &[u8]) -> Result<()>| {
-        sparse::for_each_chunk(src, &data_map, block_size, &mut |blk, data| {
+        pieces::for_each_chunk(src, &data_map, block_size, &mut |blk, data| {
             write(blk, data)?;
             done += (data.len() / block_size as usize) as u64;
             progress.update(done);
@@ -589,8 +593,14 @@ pub fn write_qcow2<S: ReadAt + ?Sized>(
         })
     };
     let mut buffered;
+    let mut room = None;
     let sequential: Option<&mut dyn Write> = match target {
         Qcow2Target::Sequential(out) => Some(out),
+        Qcow2Target::Device(file) => {
+            room = crate::io::block_device_size(file)?;
+            buffered = std::io::BufWriter::with_capacity(1 << 20, file);
+            Some(&mut buffered)
+        }
         Qcow2Target::File {
             file,
             compress: false,
@@ -610,9 +620,11 @@ pub fn write_qcow2<S: ReadAt + ?Sized>(
     };
     if let Some(out) = sequential {
         let layout = Qcow2Layout::plan(vsize, cb, &runs)?;
+        crate::output::check_room(room, layout.file_size())?;
         let mut w = SequentialWriter::new(out, &layout)?;
         feed(&mut |blk, data| w.write_clusters(blk, data))?;
         stats.bytes_written = w.finish()?;
+        out.flush().map_err(|e| Error::io("write", 0, e))?;
     }
     progress.finish();
     Ok(stats)

@@ -395,6 +395,11 @@ impl<R: Read> StreamReader<R> {
         })
     }
 
+    /// Every extent of the map (data and zero), in block order.
+    pub fn extents(&self) -> &[Extent] {
+        &self.extents
+    }
+
     /// The data extents, as block-map runs (what a qcow2 layout needs).
     pub fn data_runs(&self) -> Vec<crate::blockmap::Run> {
         self.extents

@@ -12,7 +12,7 @@ complete -c e2i-capture -s a -l all-data -d 'Include regular-file data (raw, qco
 complete -c e2i-capture -s s -l scramble -d 'Scramble names and other private strings'
 complete -c e2i-capture -s f -l force -d 'Allow a source mounted read-write'
 complete -c e2i-capture -s p -l progress -d 'Show progress on stderr (a bar on a terminal, a line every few seconds otherwise)'
-complete -c e2i-capture -l compress -d 'qcow2 only: deflate-compressed clusters'
+complete -c e2i-capture -l compress -d 'qcow2 only: deflate-compressed clusters (needs a seekable new file)'
 complete -c e2i-capture -l strict -d 'Stop at the first damaged structure (exit 1) instead of skipping it (exit 3)'
 complete -c e2i-capture -s q -l quiet -d 'No warnings or summaries on stderr (errors are still reported)'
 complete -c e2i-capture -l json -d 'Print a one-line JSON summary (stdout, or stderr when OUTPUT is `-`)'

@@ -1,0 +1,1217 @@
+//! Outputs that never destroy: one test per rule of the output layer, each run for every
+//! tool the rule applies to (decisions.md, "An OUTPUT is written where it points").
+//!
+//! Block-device cases use loop devices (root only here; [`Loop`] always detaches), the
+//! permission cases a non-root user through `setpriv`. Every test failed on the tools as
+//! they were before this layer (run them with `E2I_TEST_BIN_DIR` pointing at an older build).
+
+use super::util::*;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn p(x: &Path) -> &str {
+    x.to_str().expect("utf-8 path")
+}
+
+fn ok(o: &Output, what: &str) {
+    assert!(
+        o.status.success(),
+        "{what}: exit {:?}: {}{}",
+        o.status.code(),
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+}
+
+fn failed(o: &Output, what: &str) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{what}: expected exit 1: {}{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    text(&o.stderr)
+}
+
+/// A loop device over `file` (extra `losetup` options such as `-o`), detached on drop,
+/// also when the test fails.
+struct Loop(String);
+
+impl Loop {
+    fn new(file: &Path, extra: &[&str]) -> Loop {
+        let o = run(Command::new("losetup")
+            .args(["-f", "--show"])
+            .args(extra)
+            .arg(file));
+        ok(&o, "losetup");
+        Loop(text(&o.stdout).trim().to_string())
+    }
+    fn path(&self) -> &Path {
+        Path::new(&self.0)
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+/// What a tool reads.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum In {
+    /// A raw filesystem image.
+    Img,
+    Qcow2,
+    Stream,
+    Normal,
+}
+
+/// One way of writing OUTPUT: a tool, its options, what it reads.
+#[derive(Clone, Copy, Debug)]
+struct W {
+    tool: &'static str,
+    args: &'static [&'static str],
+    input: In,
+    /// Writes a stream to stdout, a FIFO or a character device.
+    streams: bool,
+}
+
+const WRITERS: &[W] = &[
+    W {
+        tool: "e2i-capture",
+        args: &[],
+        input: In::Img,
+        streams: true,
+    },
+    W {
+        tool: "e2i-capture",
+        args: &["-r"],
+        input: In::Img,
+        streams: true,
+    },
+    W {
+        tool: "e2i-capture",
+        args: &["-Q"],
+        input: In::Img,
+        streams: true,
+    },
+    W {
+        tool: "e2i-capture",
+        args: &["--format", "stream"],
+        input: In::Img,
+        streams: true,
+    },
+    W {
+        tool: "e2i-to-raw",
+        args: &[],
+        input: In::Img,
+        streams: true,
+    },
+    W {
+        tool: "e2i-to-raw",
+        args: &[],
+        input: In::Stream,
+        streams: true,
+    },
+    W {
+        tool: "e2i-to-qcow2",
+        args: &[],
+        input: In::Img,
+        streams: true,
+    },
+    W {
+        tool: "qcow2-to-raw",
+        args: &[],
+        input: In::Qcow2,
+        streams: true,
+    },
+    W {
+        tool: "e2i-move",
+        args: &[],
+        input: In::Img,
+        streams: false,
+    },
+];
+
+impl W {
+    fn cmd(&self, input: &Path, output: &Path) -> Command {
+        let mut c = Command::new(tool(self.tool));
+        c.args(self.args).arg(input).arg(output);
+        c
+    }
+    fn name(&self) -> String {
+        format!("{} {} ({:?})", self.tool, self.args.join(" "), self.input)
+    }
+    /// Its output does not depend on where it goes (not the normal format, whose header
+    /// records the output's inode and the time).
+    fn deterministic(&self) -> bool {
+        !(self.tool == "e2i-capture" && self.args.is_empty())
+    }
+}
+
+/// A small filesystem and its images in every input format.
+struct Fx {
+    dir: tempfile::TempDir,
+    img: PathBuf,
+    qcow2: PathBuf,
+    stream: PathBuf,
+    normal: PathBuf,
+}
+
+impl Fx {
+    fn new(size: &str) -> Fx {
+        Fx::with(size, &[])
+    }
+
+    /// With these mkfs options.
+    fn with(size: &str, mkfs_opts: &[&str]) -> Fx {
+        let dir = tempdir();
+        let img = mkfs(dir.path(), "fs.img", size, mkfs_opts);
+        let qcow2 = dir.path().join("fs.qcow2");
+        ok(
+            &run(Command::new("e2image").arg("-Q").arg(&img).arg(&qcow2)),
+            "e2image -Q",
+        );
+        let normal = dir.path().join("fs.e2i");
+        ok(
+            &run(Command::new("e2image").arg(&img).arg(&normal)),
+            "e2image",
+        );
+        let stream = dir.path().join("fs.stream");
+        let o = run(Command::new(tool("e2i-capture"))
+            .args(["--format", "stream"])
+            .arg(&img)
+            .arg("-"));
+        ok(&o, "capture stream");
+        fs::write(&stream, &o.stdout).unwrap();
+        Fx {
+            dir,
+            img,
+            qcow2,
+            stream,
+            normal,
+        }
+    }
+    fn input(&self, i: In) -> &Path {
+        match i {
+            In::Img => &self.img,
+            In::Qcow2 => &self.qcow2,
+            In::Stream => &self.stream,
+            In::Normal => &self.normal,
+        }
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// A character device node like /dev/null (`1 3`) or /dev/full (`1 7`), made in the test's
+/// own folder: a tool that wrongly replaced its OUTPUT must not take the system's with it.
+fn char_dev(dir: &Path, name: &str, minor: u32) -> PathBuf {
+    let p = dir.join(name);
+    let st = Command::new("mknod")
+        .arg(&p)
+        .args(["c", "1", &minor.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "mknod");
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o666)).unwrap();
+    p
+}
+
+fn digest(p: &Path) -> Vec<u8> {
+    fs::read(p).unwrap()
+}
+
+#[test]
+fn output_that_is_the_input_is_refused_under_any_name() {
+    let fx = Fx::new("8M");
+    for w in WRITERS {
+        let input = fx.input(w.input).to_path_buf();
+        let before = digest(&input);
+        let dir = fx.dir.path();
+        let link = dir.join("link");
+        let hard = dir.join("hard");
+        let _ = fs::remove_file(&link);
+        let _ = fs::remove_file(&hard);
+        std::os::unix::fs::symlink(&input, &link).unwrap();
+        fs::hard_link(&input, &hard).unwrap();
+        let name = input.file_name().unwrap().to_str().unwrap().to_string();
+        let lo = Loop::new(&input, &[]);
+        let cases: Vec<(String, Command)> = vec![
+            ("same path".into(), w.cmd(&input, &input)),
+            ("symlink".into(), w.cmd(&input, &link)),
+            ("hard link".into(), w.cmd(&input, &hard)),
+            ("./x and x".into(), {
+                let mut c = w.cmd(Path::new(&name), &Path::new(".").join(&name));
+                c.current_dir(dir);
+                c
+            }),
+            ("loop device backed by it".into(), w.cmd(&input, lo.path())),
+            (
+                "its file, read through a loop device".into(),
+                w.cmd(lo.path(), &input),
+            ),
+        ];
+        for (how, mut c) in cases {
+            let o = run(&mut c);
+            let what = format!("{} OUTPUT = INPUT ({how})", w.name());
+            let err = failed(&o, &what);
+            assert!(
+                err.contains("is SOURCE") || err.contains("is INPUT"),
+                "{what}: {err}"
+            );
+            assert!(err.contains("nothing written"), "{what}: {err}");
+            assert!(digest(&input) == before, "{what}: the input changed");
+        }
+        drop(lo);
+    }
+    // Redirections: stdin read from OUTPUT, stdout appended to INPUT.
+    let before = digest(&fx.img);
+    let o = run(Command::new(tool("e2i-to-raw"))
+        .arg("-")
+        .arg(&fx.img)
+        .stdin(fs::File::open(&fx.img).unwrap()));
+    let err = failed(&o, "e2i-to-raw - X < X");
+    assert!(err.contains("is INPUT - (stdin)"), "{err}");
+    let o = run(Command::new(tool("e2i-capture"))
+        .arg("-r")
+        .arg(&fx.img)
+        .arg("-")
+        .stdout(fs::OpenOptions::new().append(true).open(&fx.img).unwrap()));
+    let err = failed(&o, "e2i-capture -r X - >> X");
+    assert!(err.contains("- (stdout) is SOURCE"), "{err}");
+    assert!(digest(&fx.img) == before, "redirections: the input changed");
+    // e2i-install: DEVICE that is IMAGE, and an undo file that is DEVICE.
+    let img_copy = fx.path("copy.img");
+    fs::copy(&fx.img, &img_copy).unwrap();
+    let before = digest(&fx.normal);
+    let o = run(Command::new(tool("e2i-install"))
+        .arg(&fx.normal)
+        .arg(&fx.normal));
+    let err = failed(&o, "install DEVICE = IMAGE");
+    assert!(err.contains("is IMAGE"), "{err}");
+    assert!(digest(&fx.normal) == before);
+    let dev_before = digest(&img_copy);
+    let o = run(Command::new(tool("e2i-install"))
+        .arg("-z")
+        .arg(&img_copy)
+        .arg(&img_copy)
+        .arg(&fx.normal));
+    let err = failed(&o, "install undo file = DEVICE");
+    assert!(err.contains("is DEVICE"), "{err}");
+    assert!(digest(&img_copy) == dev_before);
+}
+
+#[test]
+fn loop_devices_over_parts_of_a_file_overlap_only_where_they_share_bytes() {
+    // A disk image with a filesystem at 1 MiB and a second "partition" at 20 MiB, each seen
+    // through a loop device with an offset (as a partition would be).
+    let fx = Fx::new("8M");
+    let disk = fx.path("disk.img");
+    let mut d = vec![0u8; 40 << 20];
+    let fsb = fs::read(&fx.img).unwrap();
+    d[1 << 20..(1 << 20) + fsb.len()].copy_from_slice(&fsb);
+    fs::write(&disk, &d).unwrap();
+    let p1 = Loop::new(&disk, &["-o", "1048576", "--sizelimit", "16777216"]);
+    let p2 = Loop::new(&disk, &["-o", "20971520", "--sizelimit", "16777216"]);
+    let o = run(Command::new(tool("e2i-capture"))
+        .arg("-r")
+        .arg(p1.path())
+        .arg(p2.path()));
+    ok(&o, "capture from one part of a disk to another");
+    for (t, args) in [("e2i-capture", &["-r"][..]), ("e2i-move", &[][..])] {
+        let before = digest(&disk);
+        let o = run(Command::new(tool(t)).args(args).arg(p1.path()).arg(&disk));
+        let err = failed(&o, &format!("{t}: OUTPUT is the disk under SOURCE"));
+        assert!(err.contains("loop device backed by"), "{err}");
+        assert!(digest(&disk) == before, "{t}: the disk changed");
+    }
+}
+
+#[test]
+fn char_devices_and_fifos_are_written_as_streams_never_replaced() {
+    let fx = Fx::new("8M");
+    let null = char_dev(fx.dir.path(), "null", 3);
+    for w in WRITERS {
+        let input = fx.input(w.input);
+        let o = run(&mut w.cmd(input, &null));
+        let m = fs::metadata(&null).unwrap();
+        assert!(
+            m.file_type().is_char_device(),
+            "{}: the null device was replaced",
+            w.name()
+        );
+        let fifo = fx.path("fifo");
+        let _ = fs::remove_file(&fifo);
+        assert!(
+            Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        if !w.streams {
+            let err = failed(&o, &format!("{} to /dev/null", w.name()));
+            assert!(err.contains("character device"), "{err}");
+            let o = run(&mut w.cmd(input, &fifo));
+            failed(&o, &format!("{} to a FIFO", w.name()));
+            assert!(fs::metadata(&fifo).unwrap().file_type().is_fifo());
+            continue;
+        }
+        ok(&o, &format!("{} to /dev/null", w.name()));
+        // What the tool writes to stdout is what a FIFO's reader gets.
+        let expect = run(&mut w.cmd(input, Path::new("-")));
+        ok(&expect, &format!("{} to stdout", w.name()));
+        let f2 = fifo.clone();
+        let reader = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            fs::File::open(&f2).unwrap().read_to_end(&mut v).unwrap();
+            v
+        });
+        let o = run(&mut w.cmd(input, &fifo));
+        ok(&o, &format!("{} to a FIFO", w.name()));
+        let got = reader.join().unwrap();
+        assert!(
+            got == expect.stdout,
+            "{}: the FIFO's reader got {} bytes, stdout {}",
+            w.name(),
+            got.len(),
+            expect.stdout.len()
+        );
+        assert!(fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    }
+}
+
+#[test]
+fn a_symlink_output_writes_its_target_and_stays() {
+    let fx = Fx::new("8M");
+    for w in WRITERS {
+        let input = fx.input(w.input);
+        let direct = fx.path("direct.out");
+        let _ = fs::remove_file(&direct);
+        ok(&run(&mut w.cmd(input, &direct)), &w.name());
+        let target = fx.path("target.out");
+        let link = fx.path("link.out");
+        let _ = fs::remove_file(&target);
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink("target.out", &link).unwrap();
+        // A dangling link names the file to create; then an existing target is replaced,
+        // keeping its mode.
+        for round in ["dangling", "existing"] {
+            if round == "existing" {
+                fs::set_permissions(&target, fs::Permissions::from_mode(0o644)).unwrap();
+            }
+            ok(
+                &run(&mut w.cmd(input, &link)),
+                &format!("{} {round}", w.name()),
+            );
+            let lm = fs::symlink_metadata(&link).unwrap();
+            assert!(
+                lm.file_type().is_symlink(),
+                "{}: the link was replaced",
+                w.name()
+            );
+            let t = fs::read(&target).unwrap();
+            let d = fs::read(&direct).unwrap();
+            if w.deterministic() {
+                assert!(t == d, "{} {round}: the target differs", w.name());
+            } else {
+                assert_eq!(t.len(), d.len(), "{} {round}", w.name());
+            }
+            let mode = fs::metadata(&target).unwrap().mode() & 0o777;
+            let want = if round == "existing" { 0o644 } else { 0o600 };
+            assert_eq!(mode, want, "{} {round}: mode {mode:o}", w.name());
+        }
+    }
+}
+
+/// Run `cmd` as user and group 65534 with no supplementary groups.
+fn as_nobody(cmd: &Command) -> Output {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    if let Some(d) = cmd.get_current_dir() {
+        c.current_dir(d);
+    }
+    run(&mut c)
+}
+
+#[test]
+fn an_output_the_user_cannot_write_is_refused_with_the_systems_reason() {
+    let fx = Fx::new("8M");
+    let dir = fx.path("shared");
+    fs::create_dir(&dir).unwrap();
+    // The folder is writable by everyone: only the file's own permissions protect it.
+    fs::set_permissions(fx.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+    let mut cases: Vec<(String, Command, PathBuf)> = Vec::new();
+    for w in WRITERS {
+        let input = dir.join(format!("in-{}", cases.len()));
+        fs::copy(fx.input(w.input), &input).unwrap();
+        fs::set_permissions(&input, fs::Permissions::from_mode(0o644)).unwrap();
+        for (owner, mode) in [(65534, 0o444), (0, 0o644)] {
+            let out = dir.join(format!("out-{}-{owner}", cases.len()));
+            fs::write(&out, b"precious").unwrap();
+            std::os::unix::fs::chown(&out, Some(owner), Some(owner)).unwrap();
+            fs::set_permissions(&out, fs::Permissions::from_mode(mode)).unwrap();
+            cases.push((
+                format!("{} over a {mode:o} file of uid {owner}", w.name()),
+                w.cmd(&input, &out),
+                out,
+            ));
+        }
+    }
+    // e2i-install onto an image file the user may not write.
+    let dev = dir.join("device.img");
+    fs::copy(&fx.img, &dev).unwrap();
+    fs::set_permissions(&dev, fs::Permissions::from_mode(0o644)).unwrap();
+    let image = dir.join("image.e2i");
+    fs::copy(&fx.normal, &image).unwrap();
+    fs::set_permissions(&image, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut c = Command::new(tool("e2i-install"));
+    c.arg(&dev).arg(&image);
+    cases.push(("e2i-install onto a 644 root file".into(), c, dev));
+    // A file the user may write in a folder they may not: written in place, as e2image does.
+    let locked = fx.path("locked");
+    fs::create_dir(&locked).unwrap();
+    let mine = locked.join("mine.raw");
+    fs::write(&mine, b"old").unwrap();
+    std::os::unix::fs::chown(&mine, Some(65534), Some(65534)).unwrap();
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o755)).unwrap();
+    let input = dir.join("in-locked");
+    fs::copy(&fx.img, &input).unwrap();
+    fs::set_permissions(&input, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut c = Command::new(tool("e2i-to-raw"));
+    c.arg(&input).arg(&mine);
+    let o = as_nobody(&c);
+    ok(&o, "e2i-to-raw over a writable file in a locked folder");
+    let want = fx.path("want.raw");
+    ok(
+        &run(Command::new("e2image").arg("-r").arg(&fx.img).arg(&want)),
+        "e2image -r",
+    );
+    assert!(fs::read(&mine).unwrap() == fs::read(&want).unwrap());
+    for (what, cmd, out) in cases {
+        let before = fs::read(&out).unwrap();
+        let mode = fs::metadata(&out).unwrap().mode();
+        let o = as_nobody(&cmd);
+        let err = failed(&o, &what);
+        assert!(err.contains("Permission denied"), "{what}: {err}");
+        assert!(fs::read(&out).unwrap() == before, "{what}: changed");
+        assert_eq!(fs::metadata(&out).unwrap().mode(), mode, "{what}: mode");
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+            .collect();
+        assert!(left.is_empty(), "{what}: temporary files left");
+    }
+}
+
+/// A file of `len` bytes of a repeating pattern (a device's previous contents).
+fn pattern_file(path: &Path, len: usize) {
+    let v: Vec<u8> = (0..len).map(|i| (i % 251) as u8 ^ 0xA5).collect();
+    fs::write(path, v).unwrap();
+}
+
+#[test]
+fn a_device_too_small_is_refused_before_the_first_write() {
+    let fx = Fx::new("8M");
+    let backing = fx.path("small.dev");
+    pattern_file(&backing, 16 << 10);
+    let lo = Loop::new(&backing, &[]);
+    let before = digest(lo.path());
+    let mut cases: Vec<(String, Command)> = WRITERS
+        .iter()
+        .map(|w| (w.name(), w.cmd(fx.input(w.input), lo.path())))
+        .collect();
+    // -n checks the same limits as the real run.
+    for (t, i) in [
+        ("e2i-to-raw", &fx.img),
+        ("qcow2-to-raw", &fx.qcow2),
+        ("e2i-move", &fx.img),
+        ("e2i-to-qcow2", &fx.img),
+    ] {
+        let mut c = Command::new(tool(t));
+        c.arg("-n").arg(i).arg(lo.path());
+        cases.push((format!("{t} -n"), c));
+    }
+    for (what, mut c) in cases {
+        let o = run(&mut c);
+        let err = failed(&o, &what);
+        assert!(
+            err.contains("16384") && err.contains("must be written"),
+            "{what}: {err}"
+        );
+        if !what.contains("-Q") && !what.contains("to-qcow2") && what.contains("raw")
+            || what.contains("move")
+        {
+            assert!(err.contains("8388608"), "{what}: {err}");
+        }
+        assert!(digest(lo.path()) == before, "{what}: the device changed");
+    }
+}
+
+#[test]
+fn a_device_gets_exactly_e2images_bytes_whatever_the_input() {
+    // mkfs leaves unused inode-table blocks unwritten; a device that held something else
+    // before must not keep it there (e2image -r writes whole inode tables to devices).
+    // Several layouts: block sizes, bigalloc clusters, no descriptor checksums, ext2, meta_bg.
+    for opts in [
+        &[][..],
+        &["-b", "4096"],
+        &["-b", "4096", "-O", "bigalloc", "-C", "16384"],
+        &["-O", "^metadata_csum,uninit_bg"],
+        &["-t", "ext2"],
+        &["-b", "4096", "-O", "meta_bg,^resize_inode"],
+    ] {
+        device_bytes_match_e2image(opts);
+    }
+}
+
+fn device_bytes_match_e2image(mkfs_opts: &[&str]) {
+    let fx = Fx::with("32M", mkfs_opts);
+    let garbage = fx.path("garbage");
+    let mut g: Vec<u8> = (0..32usize << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    // e2image ends with a zero byte at the last byte of the filesystem (its truncation
+    // fallback on devices); ours leaves that unselected byte alone: keep it zero here.
+    let n = g.len();
+    g[n - 4096..].fill(0);
+    fs::write(&garbage, &g).unwrap();
+    let reference = fx.path("ref.dev");
+    fs::copy(&garbage, &reference).unwrap();
+    let rl = Loop::new(&reference, &[]);
+    ok(
+        &run(Command::new("e2image")
+            .arg("-r")
+            .arg(&fx.img)
+            .arg(rl.path())),
+        "e2image -r to a device",
+    );
+    let want = digest(rl.path());
+    drop(rl);
+    let cases: &[(&str, &[&str], In)] = &[
+        ("e2i-to-raw", &[], In::Img),
+        ("e2i-to-raw", &[], In::Stream),
+        ("e2i-to-raw", &[], In::Qcow2),
+        ("qcow2-to-raw", &[], In::Qcow2),
+        ("e2i-capture", &["-r"], In::Img),
+        ("e2i-move", &["--metadata-only"], In::Img),
+        ("e2i-to-raw", &[], In::Normal),
+    ];
+    let ours = fx.path("ours.dev");
+    let itables = inode_table_blocks(&fx.img);
+    for (t, args, i) in cases {
+        fs::copy(&garbage, &ours).unwrap();
+        let lo = Loop::new(&ours, &[]);
+        let what = format!("{t} {args:?} from {i:?} (mkfs {mkfs_opts:?})");
+        ok(
+            &run(Command::new(tool(t))
+                .args(*args)
+                .arg(fx.input(*i))
+                .arg(lo.path())),
+            &what,
+        );
+        let got = digest(lo.path());
+        drop(lo);
+        if *i != In::Normal {
+            assert!(got == want, "{what}: the device differs from e2image -r's");
+            continue;
+        }
+        // A normal image holds the superblock, descriptors, bitmaps and inode tables:
+        // those positions get e2image's bytes, every other block is left as it was.
+        let bs = block_size(&fx.img);
+        for b in 0..got.len() / bs {
+            let r = b * bs..(b + 1) * bs;
+            let same = got[r.clone()] == want[r.clone()];
+            assert!(
+                same || got[r.clone()] == g[r.clone()],
+                "{what}: block {b} is neither e2image's nor untouched"
+            );
+            if itables.contains(&(b as u64)) {
+                assert!(same, "{what}: inode-table block {b} differs from e2image's");
+            }
+        }
+    }
+}
+
+/// The block size of `img`, from dumpe2fs -h.
+fn block_size(img: &Path) -> usize {
+    let o = run(Command::new("dumpe2fs").arg("-h").arg(img));
+    text(&o.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Block size:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("block size")
+}
+
+/// Every inode-table block of `img`, from dumpe2fs ("Inode table at A-B").
+fn inode_table_blocks(img: &Path) -> std::collections::BTreeSet<u64> {
+    let o = run(Command::new("dumpe2fs").arg(img));
+    ok(&o, "dumpe2fs");
+    let mut set = std::collections::BTreeSet::new();
+    for l in text(&o.stdout).lines() {
+        if let Some(r) = l.trim().strip_prefix("Inode table at ") {
+            let r = r.split_whitespace().next().unwrap();
+            let (a, b) = r.split_once('-').unwrap();
+            let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
+            set.extend(a..=b);
+        }
+    }
+    assert!(!set.is_empty());
+    set
+}
+
+/// A filesystem with a large incompressible file, so that every format of it is larger than
+/// a pipe's buffer.
+fn big_fs(dir: &Path) -> PathBuf {
+    let tree = dir.join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    let data: Vec<u8> = (0..12u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    fs::write(tree.join("big"), data).unwrap();
+    let img = dir.join("big.img");
+    ok(
+        &run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&tree)
+            .arg(&img)
+            .arg("64M")),
+        "mkfs",
+    );
+    img
+}
+
+#[test]
+fn a_closed_pipe_on_stdout_is_a_failure() {
+    let d = tempdir();
+    let img = big_fs(d.path());
+    let qcow2 = d.path().join("big.qcow2");
+    ok(
+        &run(Command::new("e2image").arg("-Qa").arg(&img).arg(&qcow2)),
+        "e2image -Qa",
+    );
+    let cases: &[(&str, &[&str], &Path)] = &[
+        ("e2i-capture", &["-a"], &img),
+        ("e2i-capture", &["-r"], &img),
+        ("e2i-to-raw", &[], &img),
+        ("e2i-to-qcow2", &["-a"], &img),
+        ("qcow2-to-raw", &[], &qcow2),
+    ];
+    for (t, args, input) in cases {
+        let mut child = Command::new(tool(t))
+            .args(*args)
+            .arg("--json")
+            .arg(input)
+            .arg("-")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut head = [0u8; 10];
+        child.stdout.take().unwrap().read_exact(&mut head).unwrap();
+        // The reader goes away (`| head -c 10`).
+        let o = child.wait_with_output().unwrap();
+        let what = format!("{t} {args:?} | head -c 10");
+        assert_eq!(o.status.code(), Some(141), "{what}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains("\"exit\":141"),
+            "{what}: {}",
+            text(&o.stderr)
+        );
+    }
+}
+
+/// Wait until a file whose name contains `part` appears in `dir`.
+fn wait_for(dir: &Path, part: &str) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        if fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().contains(part))
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn leftovers(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial") || n.starts_with("new.out"))
+        .collect()
+}
+
+#[test]
+fn signals_remove_the_temporary_file() {
+    let fx = Fx::new("8M");
+    let out_dir = fx.path("outs");
+    fs::create_dir(&out_dir).unwrap();
+    let signals = ["INT", "TERM", "HUP"];
+    for (k, w) in WRITERS.iter().enumerate() {
+        let sig = signals[k % signals.len()];
+        let mut child = w
+            .cmd(fx.input(w.input), &out_dir.join("new.out"))
+            .env("E2I_TEST_PAUSE_AFTER_OPEN_MS", "30000")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(
+            wait_for(&out_dir, "partial"),
+            "{}: no temporary file",
+            w.name()
+        );
+        let st = Command::new("kill")
+            .args(["-s", sig, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "{} SIG{sig}", w.name());
+        assert!(
+            leftovers(&out_dir).is_empty(),
+            "{} SIG{sig}: left {:?}",
+            w.name(),
+            leftovers(&out_dir)
+        );
+    }
+    // Without any test hook: a converter waiting on a pipe that stalls (ssh hangs), ^C.
+    let stream = fs::read(&fx.stream).unwrap();
+    let mut child = Command::new(tool("e2i-to-raw"))
+        .arg("-")
+        .arg(out_dir.join("new.out"))
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&stream[..stream.len() / 2]).unwrap();
+    assert!(
+        wait_for(&out_dir, "partial"),
+        "to-raw from a pipe: no temporary file"
+    );
+    let st = Command::new("kill")
+        .args(["-s", "INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(!child.wait().unwrap().success());
+    drop(stdin);
+    assert!(leftovers(&out_dir).is_empty(), "{:?}", leftovers(&out_dir));
+    // A qcow2 on stdin is spooled to a temporary file first: that goes too.
+    let spool_dir = fx.path("tmp");
+    fs::create_dir(&spool_dir).unwrap();
+    let mut child = Command::new(tool("qcow2-to-raw"))
+        .arg("-")
+        .arg(out_dir.join("new.out"))
+        .env("TMPDIR", &spool_dir)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let q = fs::read(&fx.qcow2).unwrap();
+    stdin.write_all(&q[..q.len() / 2]).unwrap();
+    assert!(wait_for(&spool_dir, "e2i-spool"), "no spool file");
+    let st = Command::new("kill")
+        .args(["-s", "TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(!child.wait().unwrap().success());
+    drop(stdin);
+    let left: Vec<_> = fs::read_dir(&spool_dir).unwrap().flatten().collect();
+    assert!(left.is_empty(), "spool files left: {left:?}");
+}
+
+/// e2image's verdict of `-c -n` (the count on its last line).
+fn e2image_check_count(args: &str, img: &Path, target: &Path) -> u64 {
+    let o = run(Command::new("e2image").arg(args).arg(img).arg(target));
+    ok(&o, "e2image -c -n");
+    let out = text(&o.stdout);
+    let last = out.lines().last().unwrap_or_default();
+    last.split(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn check_dry_run_compares_and_lists_only_what_differs() {
+    let fx = Fx::new("32M");
+    let raw = fx.path("t.raw");
+    ok(
+        &run(Command::new("e2image").arg("-r").arg(&fx.img).arg(&raw)),
+        "e2image -r",
+    );
+    let clone = fx.path("t.clone");
+    ok(
+        &run(Command::new("e2image").arg("-ra").arg(&fx.img).arg(&clone)),
+        "e2image -ra",
+    );
+    // A device that held something else, then received e2image -r: -c -n must compare
+    // what e2image compares on a device (whole inode tables).
+    let backing = fx.path("dev.img");
+    pattern_file(&backing, 32 << 20);
+    let lo = Loop::new(&backing, &[]);
+    ok(
+        &run(Command::new("e2image")
+            .arg("-r")
+            .arg(&fx.img)
+            .arg(lo.path())),
+        "e2image -r to a device",
+    );
+    let dev = lo.path().to_path_buf();
+    let cases: &[(&str, &[&str], &Path, &Path, &str)] = &[
+        ("e2i-to-raw", &[], &fx.img, &dev, "-rcn"),
+        ("e2i-to-raw", &[], &fx.stream, &dev, "-rcn"),
+        ("qcow2-to-raw", &[], &fx.qcow2, &dev, "-rcn"),
+        ("e2i-to-raw", &[], &fx.img, &raw, "-rcn"),
+        ("e2i-to-raw", &[], &fx.stream, &raw, "-rcn"),
+        ("e2i-to-raw", &[], &fx.qcow2, &raw, "-rcn"),
+        ("qcow2-to-raw", &[], &fx.qcow2, &raw, "-rcn"),
+        ("e2i-move", &[], &fx.img, &clone, "-racn"),
+    ];
+    for (t, args, input, target, e2args) in cases {
+        let what = format!("{t} -c -n from {}", input.display());
+        let theirs = e2image_check_count(e2args, &fx.img, target);
+        let before = digest(target);
+        let o = run(Command::new(tool(t))
+            .args(*args)
+            .args(["-c", "-n"])
+            .arg(input)
+            .arg(target));
+        ok(&o, &what);
+        assert_eq!(
+            text(&o.stdout),
+            format!("{theirs} blocks already contained the data to be copied\n"),
+            "{what}"
+        );
+        // One changed metadata block (a byte of the superblock, block 1): exactly it.
+        let mut changed = before.clone();
+        changed[1024 + 0x100] ^= 0xFF;
+        fs::write(target, &changed).unwrap();
+        let o = run(Command::new(tool(t))
+            .args(*args)
+            .args(["-c", "-n"])
+            .arg(input)
+            .arg(target));
+        ok(&o, &what);
+        assert_eq!(
+            text(&o.stdout),
+            format!(
+                "Writing block 1 (1 block)\n{} blocks already contained the data to be copied\n",
+                theirs - 1
+            ),
+            "{what}"
+        );
+        assert!(digest(target) == changed, "{what}: the dry run wrote");
+        fs::write(target, &before).unwrap();
+        // -p -n does not claim a copy.
+        let o = run(Command::new(tool(t))
+            .args(*args)
+            .args(["-p", "-n"])
+            .arg(input)
+            .arg(target));
+        ok(&o, &what);
+        assert!(
+            !text(&o.stderr).contains("Copied"),
+            "{what} -p: {}",
+            text(&o.stderr)
+        );
+    }
+}
+
+/// The JSON lines among `o`'s stdout and stderr.
+fn json_lines(o: &Output) -> Vec<String> {
+    text(&o.stdout)
+        .lines()
+        .chain(text(&o.stderr).lines())
+        .filter(|l| l.starts_with('{'))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn json_summary_on_every_outcome() {
+    let fx = Fx::new("8M");
+    let missing = fx.path("missing");
+    let tools: &[(&str, &Path)] = &[
+        ("e2i-capture", &fx.img),
+        ("e2i-to-raw", &fx.img),
+        ("e2i-to-qcow2", &fx.img),
+        ("qcow2-to-raw", &fx.qcow2),
+    ];
+    for (k, (t, input)) in tools.iter().enumerate() {
+        let out = fx.path(&format!("j{k}.out"));
+        let mut outcomes: Vec<(&str, Command, i32)> = Vec::new();
+        let mut c = Command::new(tool(t));
+        c.arg("--json").arg(input).arg(&out);
+        outcomes.push(("success", c, 0));
+        let mut c = Command::new(tool(t));
+        c.arg("--json").arg(&missing).arg(&out);
+        outcomes.push(("failure", c, 1));
+        let mut c = Command::new(tool(t));
+        c.args(["--json", "--no-such-option"]).arg(input).arg(&out);
+        outcomes.push(("usage error", c, 2));
+        if *t != "e2i-capture" {
+            let mut c = Command::new(tool(t));
+            c.args(["--json", "-n"]).arg(input).arg(fx.path("dry.out"));
+            outcomes.push(("dry run", c, 0));
+        }
+        for (what, mut c, code) in outcomes {
+            let o = run(&mut c);
+            assert_eq!(
+                o.status.code(),
+                Some(code),
+                "{t} {what}: {}",
+                text(&o.stderr)
+            );
+            let lines = json_lines(&o);
+            assert_eq!(lines.len(), 1, "{t} {what}: {lines:?}");
+            assert!(
+                lines[0].contains(&format!("\"exit\":{code}")),
+                "{t} {what}: {}",
+                lines[0]
+            );
+        }
+        assert!(
+            !fx.path("dry.out").exists(),
+            "{t}: the dry run created OUTPUT"
+        );
+    }
+}
+
+#[test]
+fn messages_name_the_file_they_are_about() {
+    let fx = Fx::new("8M");
+    // Write errors name OUTPUT (a /dev/full node: every write fails with ENOSPC).
+    let full = char_dev(fx.dir.path(), "full", 7);
+    for w in WRITERS.iter().filter(|w| w.streams) {
+        let o = run(&mut w.cmd(fx.input(w.input), &full));
+        let err = failed(&o, &format!("{} to a full device", w.name()));
+        assert!(
+            err.starts_with(&format!("{}: {}: ", w.tool, full.display())),
+            "{}: {err}",
+            w.name()
+        );
+        assert!(fs::metadata(&full).unwrap().file_type().is_char_device());
+    }
+    // Read errors name INPUT: a stream cut short.
+    let cut = fx.path("cut.stream");
+    let s = fs::read(&fx.stream).unwrap();
+    fs::write(&cut, &s[..s.len() / 2]).unwrap();
+    for t in ["e2i-to-raw", "e2i-to-qcow2"] {
+        let o = run(Command::new(tool(t)).arg(&cut).arg(fx.path("x.out")));
+        let err = failed(&o, &format!("{t} of a cut stream"));
+        assert!(
+            err.starts_with(&format!("{t}: {}: ", cut.display())),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn compressed_and_fifo_inputs_are_read_or_explained() {
+    let fx = Fx::new("8M");
+    let want = fx.path("want.raw");
+    ok(
+        &run(Command::new("e2image").arg("-r").arg(&fx.img).arg(&want)),
+        "e2image -r",
+    );
+    let want = fs::read(&want).unwrap();
+    for (c, ext) in [("xz", "xz"), ("zstd", "zst")] {
+        for (input, t) in [(&fx.img, "e2i-to-raw"), (&fx.qcow2, "qcow2-to-raw")] {
+            let packed = fx.path(&format!("in.{ext}"));
+            let o = run(Command::new(c).arg("-c").arg("-q").arg(input));
+            ok(&o, c);
+            fs::write(&packed, &o.stdout).unwrap();
+            let out = fx.path("unpacked.raw");
+            let _ = fs::remove_file(&out);
+            ok(&run(Command::new(tool(t)).arg(&packed).arg(&out)), t);
+            assert!(fs::read(&out).unwrap() == want, "{t} of a {c} file");
+        }
+        // A filesystem is read in place: capture says what to do.
+        let packed = fx.path(&format!("in.{ext}"));
+        let o = run(Command::new(c).arg("-c").arg("-q").arg(&fx.img));
+        fs::write(&packed, &o.stdout).unwrap();
+        let o = run(Command::new(tool("e2i-capture"))
+            .arg("-r")
+            .arg(&packed)
+            .arg(fx.path("x.raw")));
+        let err = failed(&o, &format!("capture of a {c} file"));
+        assert!(
+            err.contains(&format!("{c}-compressed")) && err.contains("decompress"),
+            "{err}"
+        );
+    }
+    // A FIFO (what process substitution gives): the converters spool it.
+    for (input, t) in [
+        (&fx.img, "e2i-to-raw"),
+        (&fx.qcow2, "qcow2-to-raw"),
+        (&fx.img, "e2i-to-qcow2"),
+    ] {
+        let fifo = fx.path("in.fifo");
+        let _ = fs::remove_file(&fifo);
+        assert!(
+            Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let (f2, data) = (fifo.clone(), fs::read(input).unwrap());
+        let writer = std::thread::spawn(move || {
+            let _ = fs::OpenOptions::new()
+                .write(true)
+                .open(&f2)
+                .and_then(|mut f| f.write_all(&data));
+        });
+        let out = fx.path("fifo.out");
+        let _ = fs::remove_file(&out);
+        ok(
+            &run(Command::new(tool(t)).arg(&fifo).arg(&out)),
+            &format!("{t} from a FIFO"),
+        );
+        writer.join().unwrap();
+        if t != "e2i-to-qcow2" {
+            assert!(fs::read(&out).unwrap() == want, "{t} from a FIFO");
+        }
+    }
+    // capture and e2i-move need to seek in SOURCE: a FIFO is refused (without waiting
+    // for a writer).
+    let fifo = fx.path("src.fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let o = run(Command::new(tool("e2i-capture"))
+        .arg("-r")
+        .arg(&fifo)
+        .arg(fx.path("y.raw")));
+    let err = failed(&o, "capture of a FIFO");
+    assert!(err.contains("seekable"), "{err}");
+}
+
+#[test]
+fn capture_says_where_the_source_ends_and_keeps_binary_off_terminals() {
+    let fx = Fx::new("8M");
+    let o = run(Command::new(tool("e2i-capture"))
+        .args(["-r", "-o", "64M"])
+        .arg(&fx.img)
+        .arg(fx.path("o.raw")));
+    let err = failed(&o, "capture -o past the end");
+    assert!(err.contains("ends at byte 8388608"), "{err}");
+    let o = run(Command::new(tool("e2i-move"))
+        .args(["-o", "64M"])
+        .arg(&fx.img)
+        .arg(fx.path("m.img")));
+    let err = failed(&o, "move -o past the end");
+    assert!(err.contains("ends at byte 8388608"), "{err}");
+    // No OUTPUT and stdout a terminal: refused, nothing binary on the screen.
+    let cmd = format!("{} {}", tool("e2i-capture").display(), p(&fx.img));
+    let o = run(Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null()));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stdout));
+    let screen = text(&o.stdout);
+    assert!(
+        screen.contains("refusing to write a binary image to the terminal"),
+        "{screen}"
+    );
+    assert!(!screen.contains("E2ISTRM"), "{screen}");
+    // -b needs -B: clap says so (usage error).
+    let o = run(Command::new(tool("e2i-capture"))
+        .args(["-r", "-b", "8193"])
+        .arg(&fx.img)
+        .arg(fx.path("b.raw")));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+}
+
+/// A mounted filesystem, unmounted on drop.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_mounted_device_is_refused() {
+    let fx = Fx::new("8M");
+    let victim = fx.path("victim.img");
+    fs::copy(&fx.img, &victim).unwrap();
+    let lo = Loop::new(&victim, &[]);
+    let mnt = fx.path("mnt");
+    fs::create_dir(&mnt).unwrap();
+    ok(
+        &run(Command::new("mount").arg(lo.path()).arg(&mnt)),
+        "mount",
+    );
+    let _m = Mount(mnt.clone());
+    for w in WRITERS {
+        let o = run(&mut w.cmd(fx.input(w.input), lo.path()));
+        let err = failed(&o, &format!("{} onto a mounted device", w.name()));
+        assert!(err.contains("mounted"), "{}: {err}", w.name());
+    }
+}
+
+/// A pipe whose reader is already gone: the write end, for a child's stdout.
+fn closed_pipe() -> Stdio {
+    let mut reader = Command::new("true").stdin(Stdio::piped()).spawn().unwrap();
+    let w = reader.stdin.take().unwrap();
+    reader.wait().unwrap();
+    Stdio::from(w)
+}
+
+#[test]
+fn a_closed_pipe_under_a_listing_is_a_failure_too() {
+    let fx = Fx::new("8M");
+    let target = fx.path("t.raw");
+    fs::copy(&fx.img, &target).unwrap();
+    let cases: &[(&str, &[&str], &Path, &Path)] = &[
+        ("e2i-to-raw", &["-n"], &fx.img, &target),
+        ("e2i-to-raw", &["-c", "-n"], &fx.stream, &target),
+        ("qcow2-to-raw", &["-n"], &fx.qcow2, &target),
+        ("e2i-to-qcow2", &["-n"], &fx.img, &fx.path("q.qcow2")),
+        ("e2i-move", &["-n"], &fx.img, &target),
+        ("e2i-install", &["-n"], &target, &fx.normal),
+    ];
+    for (t, args, a, b) in cases {
+        let o = Command::new(tool(t))
+            .args(*args)
+            .arg(a)
+            .arg(b)
+            .stdout(closed_pipe())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(141),
+            "{t} {args:?} into a closed pipe: {}",
+            text(&o.stderr)
+        );
+    }
+}

@@ -1,0 +1,765 @@
+//! Opening an OUTPUT: one layer for every tool, so that an output is written where it points
+//! and never over what was not asked for.
+//!
+//! * OUTPUT is resolved once: symlinks are followed (a dangling link names the file to
+//!   create), the target is stat'ed, and its kind decides how it is written:
+//!   stdout and character devices and FIFOs are streams; block devices are updated in place;
+//!   an existing regular file is updated in place when the tool was asked to (`-O`, `-c`,
+//!   e2i-move's DEST), else replaced; a new regular file is written under a temporary name in
+//!   its folder and renamed into place on [`Output::commit`].
+//! * OUTPUT may not share a byte with what the run reads ([`Footprint`]): the same file under
+//!   any name, a loop device backed by it, a partition of the same disk or the disk of a
+//!   partition, a device built on it (device mapper, md).
+//! * An existing regular file is opened for writing before anything else happens, so the
+//!   system's verdict (permissions, read-only filesystem) stands as e2image's would; a
+//!   replaced file keeps its mode and, where the system allows, its owner.
+//! * Temporary files are registered ([`pending`]) so that a signal handler can remove them.
+
+use std::fs::{File, Metadata, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::io::ObjectId;
+use crate::{Error, Result};
+
+/// How an OUTPUT is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Standard output (`-`).
+    Stdout,
+    /// A character device or FIFO: written front to back like stdout, never replaced.
+    Stream,
+    /// A block device: updated in place, inside its size.
+    BlockDevice,
+    /// An existing regular file updated in place (`-O`, `-c`, a move's DEST).
+    Existing,
+    /// A regular file created (or replaced) under a temporary name and renamed on success.
+    New,
+}
+
+impl Kind {
+    /// Written front to back (no seeking): stdout, character devices, FIFOs.
+    pub fn is_stream(self) -> bool {
+        matches!(self, Kind::Stdout | Kind::Stream)
+    }
+}
+
+/// What a tool wants of its OUTPUT.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// As the user typed it; `-` is stdout.
+    pub path: &'a Path,
+    /// How the tool names it in messages: "OUTPUT", "DEST", "DEVICE".
+    pub role: &'a str,
+    /// Update an existing regular file in place instead of replacing it (`-O`, `-c`, a
+    /// move's DEST). A file that does not exist is created either way.
+    pub in_place: bool,
+    /// Change nothing (`-n`): every check runs, nothing is created, truncated or written.
+    /// The target, when it exists, is opened read-only (for `-c`).
+    pub dry_run: bool,
+    /// Open block devices exclusively (O_EXCL): the kernel then refuses a mounted or
+    /// otherwise claimed device.
+    pub exclusive: bool,
+    /// A FIFO or character device may be written front to back; when not, it is refused
+    /// before it is opened (opening a FIFO waits for its reader).
+    pub streams: bool,
+}
+
+/// An opened OUTPUT.
+#[derive(Debug)]
+pub struct Output {
+    kind: Kind,
+    /// Open for writing (read-only in a dry run); `None` for stdout and for dry runs of
+    /// targets that do not exist or are streams.
+    file: Option<File>,
+    /// A block device's size in bytes.
+    device_size: Option<u64>,
+    /// The temporary file of a new or replaced regular file.
+    pending: Option<Pending>,
+    dry_run: bool,
+    /// The path written, symlinks followed.
+    path: PathBuf,
+}
+
+#[derive(Debug)]
+struct Pending {
+    tmp: PathBuf,
+    dest: PathBuf,
+    /// The replaced file's mode and owner, applied to the temporary file before the rename.
+    keep: Option<(u32, u32, u32)>,
+    committed: bool,
+}
+
+impl Output {
+    /// Resolve and open `req.path`, refusing it when it overlaps any of `reads` (the files
+    /// and devices the run reads, with the role naming each in messages: `("SOURCE", path)`).
+    pub fn open(req: &Request<'_>, reads: &[(&str, &Path)]) -> Result<Output> {
+        if req.path == Path::new("-") {
+            // Stdout redirected to a file (`>> SOURCE`) is that file.
+            let fd1 = Path::new("/proc/self/fd/1");
+            if let Ok(m) = std::fs::metadata(fd1)
+                && (m.is_file() || m.file_type().is_block_device())
+            {
+                refuse_overlap(req, fd1, &m, reads)?;
+            }
+            if !req.dry_run {
+                crate::io::grow_pipe(io::stdout());
+            }
+            return Ok(Output {
+                kind: Kind::Stdout,
+                file: None,
+                device_size: None,
+                pending: None,
+                dry_run: req.dry_run,
+                path: PathBuf::from("-"),
+            });
+        }
+        let path = follow_links(req.path)?;
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io("stat", 0, e)),
+        };
+        if let Some(m) = &meta {
+            refuse_overlap(req, &path, m, reads)?;
+        }
+        let ft = meta.as_ref().map(|m| m.file_type());
+        let mut out = Output {
+            kind: Kind::New,
+            file: None,
+            device_size: None,
+            pending: None,
+            dry_run: req.dry_run,
+            path: path.clone(),
+        };
+        match ft {
+            Some(t) if (t.is_char_device() || t.is_fifo()) && !req.streams => {
+                return Err(Error::InvalidInput(format!(
+                    "{} {}: a FIFO or character device cannot be written by position; give a file or block device",
+                    req.role,
+                    req.path.display()
+                )));
+            }
+            Some(t) if t.is_char_device() || t.is_fifo() => {
+                out.kind = Kind::Stream;
+                if req.dry_run {
+                    check_writable(&path)?;
+                } else {
+                    // O_WRONLY on a FIFO waits for its reader, as e2image's open does.
+                    let f = open_rw(&path, false, false)?;
+                    crate::io::grow_pipe(&f);
+                    out.file = Some(f);
+                }
+            }
+            Some(t) if t.is_block_device() => {
+                out.kind = Kind::BlockDevice;
+                let file = if req.dry_run {
+                    check_writable(&path)?;
+                    File::open(&path).map_err(|e| Error::io("open", 0, e))?
+                } else {
+                    open_rw(&path, true, req.exclusive)?
+                };
+                out.device_size = crate::io::block_device_size(&file)?;
+                out.file = Some(file);
+            }
+            Some(t) if t.is_file() && req.in_place => {
+                out.kind = Kind::Existing;
+                out.file = Some(if req.dry_run {
+                    check_writable(&path)?;
+                    File::open(&path).map_err(|e| Error::io("open", 0, e))?
+                } else {
+                    open_rw(&path, true, false)?
+                });
+            }
+            Some(t) if t.is_file() => {
+                // Replaced: the user must be able to write the file itself, not only its
+                // folder (a rename would otherwise bypass the file's permissions).
+                check_writable(&path)?;
+                let m = meta.as_ref().map(|m| (m.mode() & 0o7777, m.uid(), m.gid()));
+                if !req.dry_run {
+                    match out.start_new(&path, m) {
+                        Ok(()) => {}
+                        // A file we may write in a folder we may not: no temporary name is
+                        // possible there, so write the file itself, truncated, as e2image
+                        // does (a failed run then leaves it partial, as e2image's would).
+                        Err(Error::Io { source, .. })
+                            if source.kind() == io::ErrorKind::PermissionDenied =>
+                        {
+                            out.file = Some(
+                                OpenOptions::new()
+                                    .read(true)
+                                    .write(true)
+                                    .truncate(true)
+                                    .open(&path)
+                                    .map_err(|e| Error::io("open", 0, e))?,
+                            );
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Some(t) if t.is_dir() => {
+                return Err(Error::io(
+                    "open",
+                    0,
+                    io::Error::from_raw_os_error(rustix::io::Errno::ISDIR.raw_os_error()),
+                ));
+            }
+            Some(_) => {
+                return Err(Error::InvalidInput(format!(
+                    "{} {} is neither a file, a device nor a FIFO",
+                    req.role,
+                    req.path.display()
+                )));
+            }
+            None if req.dry_run => {
+                // Would the file be created? Its folder must exist and be writable.
+                let dir = parent_dir(&path);
+                rustix::fs::access(dir, rustix::fs::Access::WRITE_OK)
+                    .map_err(|e| Error::io("create", 0, io::Error::from(e)))?;
+            }
+            None => out.start_new(&path, None)?,
+        }
+        Ok(out)
+    }
+
+    fn start_new(&mut self, dest: &Path, keep: Option<(u32, u32, u32)>) -> Result<()> {
+        let dir = parent_dir(dest);
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut last = None;
+        for i in 0..100u32 {
+            let tmp = dir.join(format!(".{name}.e2i-partial-{}-{i}", std::process::id()));
+            // Registered before it exists: a signal between the two removes nothing wrongly.
+            pending::add(&tmp);
+            // 0600 like e2image: images hold private metadata (names, layout).
+            match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+            {
+                Ok(f) => {
+                    self.file = Some(f);
+                    self.pending = Some(Pending {
+                        tmp,
+                        dest: dest.to_path_buf(),
+                        keep,
+                        committed: false,
+                    });
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    pending::remove(&tmp);
+                    last = Some(e);
+                }
+                Err(e) => {
+                    pending::remove(&tmp);
+                    return Err(Error::io("create", 0, e));
+                }
+            }
+        }
+        Err(Error::io(
+            "create",
+            0,
+            last.unwrap_or_else(|| io::Error::other("no free temporary name")),
+        ))
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The file to write (or, in a dry run, to compare with); `None` for stdout and for
+    /// dry runs of new files and streams.
+    pub fn file(&self) -> Option<&File> {
+        self.file.as_ref()
+    }
+
+    /// A block device's size in bytes.
+    pub fn device_size(&self) -> Option<u64> {
+        self.device_size
+    }
+
+    pub fn is_dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    /// The path written, symlinks followed (`-` for stdout).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Refuse, before the first write, an image of `need` bytes that does not fit a block
+    /// device.
+    pub fn check_room(&self, need: u64) -> Result<()> {
+        check_room(self.device_size, need)
+    }
+
+    /// Make a new or replaced regular file visible under its name (a no-op otherwise).
+    pub fn commit(&mut self) -> Result<()> {
+        if let Some(p) = &mut self.pending {
+            let file = self.file.as_ref();
+            if let (Some((mode, uid, gid)), Some(f)) = (p.keep, file) {
+                // The replaced file's owner where the system allows it (root, or our own
+                // group), then its mode (after chown, which clears set-id bits).
+                if rustix::fs::fchown(
+                    f,
+                    Some(rustix::fs::Uid::from_raw(uid)),
+                    Some(rustix::fs::Gid::from_raw(gid)),
+                )
+                .is_err()
+                {
+                    let _ = rustix::fs::fchown(f, None, Some(rustix::fs::Gid::from_raw(gid)));
+                }
+                f.set_permissions(std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| Error::io("chmod", 0, e))?;
+            }
+            // No fsync: like e2image, an image is left to the page cache; the temporary
+            // name guards against failures of this run, not against power loss.
+            std::fs::rename(&p.tmp, &p.dest).map_err(|e| Error::io("rename", 0, e))?;
+            p.committed = true;
+            pending::remove(&p.tmp);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        if let Some(p) = &self.pending
+            && !p.committed
+        {
+            let _ = std::fs::remove_file(&p.tmp);
+            pending::remove(&p.tmp);
+        }
+    }
+}
+
+/// [`Output::check_room`] for a target of `size` bytes (`None`: it grows as needed).
+pub fn check_room(size: Option<u64>, need: u64) -> Result<()> {
+    match size {
+        Some(have) if need > have => Err(Error::NoRoom { have, need }),
+        _ => Ok(()),
+    }
+}
+
+fn parent_dir(p: &Path) -> &Path {
+    p.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+fn open_rw(path: &Path, read: bool, exclusive: bool) -> Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(read).write(true);
+    if exclusive {
+        o.custom_flags(rustix::fs::OFlags::EXCL.bits() as i32);
+    }
+    o.open(path).map_err(|e| {
+        if exclusive && e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) {
+            Error::InvalidInput(format!(
+                "{}: in use (mounted, or held by another program); nothing written",
+                path.display()
+            ))
+        } else {
+            Error::io("open", 0, e)
+        }
+    })
+}
+
+/// Would opening `path` for writing succeed? Checked with the effective ids, as open(2)
+/// checks them; no open, so a dry run leaves no trace (not even a udev event).
+fn check_writable(path: &Path) -> Result<()> {
+    rustix::fs::accessat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::Access::WRITE_OK,
+        rustix::fs::AtFlags::EACCESS,
+    )
+    .map_err(|e| Error::io("open", 0, io::Error::from(e)))
+}
+
+/// Follow the symlinks of `p` to the path they end at, which need not exist (a dangling
+/// link names the file to create). Only the last component is followed: folders on the way
+/// are the system's business.
+pub fn follow_links(p: &Path) -> Result<PathBuf> {
+    let mut cur = p.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let to = std::fs::read_link(&cur).map_err(|e| Error::io("readlink", 0, e))?;
+                cur = if to.is_absolute() {
+                    to
+                } else {
+                    parent_dir(&cur).join(to)
+                };
+            }
+            _ => return Ok(cur),
+        }
+    }
+    Err(Error::io(
+        "open",
+        0,
+        io::Error::from_raw_os_error(rustix::io::Errno::LOOP.raw_os_error()),
+    ))
+}
+
+fn refuse_overlap(
+    req: &Request<'_>,
+    path: &Path,
+    meta: &Metadata,
+    reads: &[(&str, &Path)],
+) -> Result<()> {
+    let out = Footprint::of(path, meta);
+    for (role, given) in reads {
+        // Stdin redirected from a file (`< OUTPUT`) is that file.
+        let (r, name) = if *given == Path::new("-") {
+            (Path::new("/proc/self/fd/0"), "- (stdin)".to_string())
+        } else {
+            (*given, given.display().to_string())
+        };
+        let Ok(rm) = std::fs::metadata(r) else {
+            continue;
+        };
+        let inp = Footprint::of(r, &rm);
+        if let Some(why) = out.overlap(&inp) {
+            let out_name = if path == Path::new("/proc/self/fd/1") {
+                "- (stdout)".to_string()
+            } else {
+                req.path.display().to_string()
+            };
+            return Err(Error::InvalidInput(format!(
+                "{} {out_name} is {role} {name}{why}; refusing to write over what is being read, nothing written",
+                req.role,
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A stretch of bytes of one object, and how a path reaches it.
+#[derive(Debug, Clone)]
+struct Extent {
+    obj: ObjectId,
+    start: u64,
+    end: u64,
+    /// "" when the path names the object itself; else how, e.g. "/dev/loop3p1 is a
+    /// partition of /dev/loop3, a loop device backed by /tmp/fs.img".
+    via: String,
+}
+
+/// The bytes a path stands for: the object itself, and the objects that hold its bytes
+/// (the disk of a partition, the backing file of a loop device), with the byte ranges; and
+/// the devices it is built on where the ranges are not known (device mapper, md).
+#[derive(Debug, Default)]
+pub struct Footprint {
+    direct: Vec<Extent>,
+    under: Vec<Extent>,
+}
+
+impl Footprint {
+    /// The footprint of `path` (stat'ed as `meta`, symlinks followed).
+    pub fn of(path: &Path, meta: &Metadata) -> Footprint {
+        let mut fp = Footprint::default();
+        let id = ObjectId::of_metadata(meta);
+        if meta.file_type().is_block_device() {
+            return Footprint::of_block(path, id, sysfs_dir(meta.rdev()));
+        } else {
+            fp.direct.push(Extent {
+                obj: id,
+                start: 0,
+                end: u64::MAX,
+                via: String::new(),
+            });
+        }
+        fp
+    }
+
+    /// A block device `id` named `path`, described by its sysfs folder `sys`.
+    fn of_block(path: &Path, id: ObjectId, sys: Option<PathBuf>) -> Footprint {
+        let mut fp = Footprint::default();
+        let name = path.display().to_string();
+        let size = sys
+            .as_ref()
+            .and_then(|d| read_u64(&d.join("size")))
+            .map_or(u64::MAX, |s| s.saturating_mul(512));
+        fp.add_block(sys, id, 0, size, String::new(), &name, 0);
+        fp
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_block(
+        &mut self,
+        sys: Option<PathBuf>,
+        id: ObjectId,
+        start: u64,
+        len: u64,
+        via: String,
+        name: &str,
+        depth: u32,
+    ) {
+        let end = start.saturating_add(len);
+        self.direct.push(Extent {
+            obj: id,
+            start,
+            end,
+            via: via.clone(),
+        });
+        let Some(sys) = sys else { return };
+        if depth > 8 {
+            return;
+        }
+        // "X is a partition of D", then ", a loop device backed by F", ...
+        let link = |v: &str, what: String| {
+            if v.is_empty() {
+                format!("{name} is {what}")
+            } else {
+                format!("{v}, {what}")
+            }
+        };
+        // A partition: its bytes are the disk's, from its start sector.
+        if sys.join("partition").exists()
+            && let (Some(pstart), Some(disk)) = (read_u64(&sys.join("start")), sys.parent())
+            && let Some(rdev) = read_dev(&disk.join("dev"))
+        {
+            let dname = disk_name(disk);
+            let off = pstart.saturating_mul(512).saturating_add(start);
+            let v = link(&via, format!("a partition of {dname}"));
+            self.add_block(
+                Some(disk.to_path_buf()),
+                ObjectId::BlockDevice { rdev },
+                off,
+                len,
+                v,
+                name,
+                depth + 1,
+            );
+        }
+        // A loop device: its bytes are its backing file's, from the loop's offset.
+        if let Ok(b) = std::fs::read_to_string(sys.join("loop/backing_file")) {
+            let b = b.trim_end();
+            if let Ok(m) = std::fs::metadata(b) {
+                let off = read_u64(&sys.join("loop/offset")).unwrap_or(0);
+                let v = link(&via, format!("a loop device backed by {b}"));
+                self.direct.push(Extent {
+                    obj: ObjectId::of_metadata(&m),
+                    start: off.saturating_add(start),
+                    end: off.saturating_add(start).saturating_add(len),
+                    via: v,
+                });
+            }
+        }
+        // Built on other devices (device mapper, md): where on them is not known here.
+        if let Ok(dir) = std::fs::read_dir(sys.join("slaves")) {
+            for e in dir.flatten() {
+                let Ok(real) = std::fs::canonicalize(e.path()) else {
+                    continue;
+                };
+                let Some(rdev) = read_dev(&real.join("dev")) else {
+                    continue;
+                };
+                let sname = format!("/dev/{}", e.file_name().to_string_lossy());
+                let v = link(&via, format!("built on {sname}"));
+                let mut sub = Footprint::default();
+                sub.add_block(
+                    Some(real),
+                    ObjectId::BlockDevice { rdev },
+                    0,
+                    u64::MAX,
+                    v,
+                    name,
+                    depth + 1,
+                );
+                self.under.extend(sub.direct);
+                self.under.extend(sub.under);
+            }
+        }
+    }
+
+    /// If the two footprints share bytes, how (the text that completes "A is B").
+    pub fn overlap(&self, other: &Footprint) -> Option<String> {
+        let hit = |a: &Extent, b: &Extent| a.obj == b.obj && a.start < b.end && b.start < a.end;
+        for a in &self.direct {
+            for b in other.direct.iter().chain(&other.under) {
+                if hit(a, b) {
+                    return Some(describe(a, b));
+                }
+            }
+        }
+        for a in &self.under {
+            for b in &other.direct {
+                if hit(a, b) {
+                    return Some(describe(a, b));
+                }
+            }
+        }
+        None
+    }
+}
+
+fn describe(a: &Extent, b: &Extent) -> String {
+    match (a.via.is_empty(), b.via.is_empty()) {
+        (true, true) => " (the same file or device)".to_string(),
+        (false, true) => format!(" ({})", a.via),
+        (true, false) => format!(" ({})", b.via),
+        (false, false) => format!(" ({}; {})", a.via, b.via),
+    }
+}
+
+fn disk_name(sys: &Path) -> String {
+    sys.file_name().map_or_else(
+        || sys.display().to_string(),
+        |n| format!("/dev/{}", n.to_string_lossy()),
+    )
+}
+
+fn sysfs_dir(rdev: u64) -> Option<PathBuf> {
+    let (ma, mi) = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
+    std::fs::canonicalize(format!("/sys/dev/block/{ma}:{mi}")).ok()
+}
+
+fn read_u64(p: &Path) -> Option<u64> {
+    std::fs::read_to_string(p).ok()?.trim().parse().ok()
+}
+
+fn read_dev(p: &Path) -> Option<u64> {
+    let s = std::fs::read_to_string(p).ok()?;
+    let (ma, mi) = s.trim().split_once(':')?;
+    Some(rustix::fs::makedev(ma.parse().ok()?, mi.parse().ok()?))
+}
+
+/// Temporary files of this process that must not outlive it: a signal handler removes them
+/// ([`remove_all`](pending::remove_all)) before the process dies.
+pub mod pending {
+    use super::*;
+
+    static PATHS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    pub fn add(p: &Path) {
+        if let Ok(mut v) = PATHS.lock() {
+            v.push(p.to_path_buf());
+        }
+    }
+
+    pub fn remove(p: &Path) {
+        if let Ok(mut v) = PATHS.lock() {
+            v.retain(|x| x != p);
+        }
+    }
+
+    /// Remove every registered file (called on SIGINT, SIGTERM, SIGHUP).
+    pub fn remove_all() {
+        let v = match PATHS.lock() {
+            Ok(mut v) => std::mem::take(&mut *v),
+            Err(_) => return,
+        };
+        for p in v {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_file_under_other_names_overlaps() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("a");
+        std::fs::write(&a, b"x").unwrap();
+        std::fs::hard_link(&a, d.path().join("b")).unwrap();
+        std::os::unix::fs::symlink("a", d.path().join("l")).unwrap();
+        let fa = Footprint::of(&a, &std::fs::metadata(&a).unwrap());
+        for other in ["b", "l", "./a"] {
+            let p = d.path().join(other);
+            let fo = Footprint::of(&p, &std::fs::metadata(&p).unwrap());
+            assert!(fa.overlap(&fo).is_some(), "{other}");
+        }
+        let c = d.path().join("c");
+        std::fs::write(&c, b"x").unwrap();
+        let fc = Footprint::of(&c, &std::fs::metadata(&c).unwrap());
+        assert!(fa.overlap(&fc).is_none());
+    }
+
+    /// Partitions, through a sysfs tree laid out as the kernel lays it out (this kernel may
+    /// have no partition support to test it with real devices): a loop disk over a file,
+    /// with two partitions.
+    #[test]
+    fn partitions_overlap_their_disk_and_its_file_not_each_other() {
+        let d = tempfile::tempdir().unwrap();
+        let backing = d.path().join("disk.img");
+        std::fs::write(&backing, b"disk").unwrap();
+        let disk = d.path().join("devices/virtual/block/loop9");
+        let w = |p: PathBuf, v: &str| {
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, v).unwrap();
+        };
+        w(disk.join("dev"), "7:9\n");
+        w(disk.join("size"), "131072\n");
+        w(
+            disk.join("loop/backing_file"),
+            &format!("{}\n", backing.display()),
+        );
+        w(disk.join("loop/offset"), "0\n");
+        for (n, start) in [(1, 2048), (2, 43008)] {
+            let p = disk.join(format!("loop9p{n}"));
+            w(p.join("partition"), &format!("{n}\n"));
+            w(p.join("start"), &format!("{start}\n"));
+            w(p.join("size"), "40960\n");
+            w(p.join("dev"), &format!("259:{n}\n"));
+        }
+        let dev = |maj, min| ObjectId::BlockDevice {
+            rdev: rustix::fs::makedev(maj, min),
+        };
+        let fdisk = Footprint::of_block(Path::new("/dev/loop9"), dev(7, 9), Some(disk.clone()));
+        let part = |n: u32| {
+            Footprint::of_block(
+                Path::new(&format!("/dev/loop9p{n}")),
+                dev(259, n),
+                Some(disk.join(format!("loop9p{n}"))),
+            )
+        };
+        let file = Footprint::of(&backing, &std::fs::metadata(&backing).unwrap());
+        let why = part(1)
+            .overlap(&fdisk)
+            .expect("a partition overlaps its disk");
+        assert!(
+            why.contains("/dev/loop9p1 is a partition of /dev/loop9"),
+            "{why}"
+        );
+        assert!(fdisk.overlap(&part(2)).is_some());
+        let why = part(2).overlap(&file).expect("and the disk's backing file");
+        assert!(why.contains("a loop device backed by"), "{why}");
+        assert!(part(1).overlap(&part(2)).is_none(), "disjoint partitions");
+    }
+
+    #[test]
+    fn links_are_followed_to_their_end() {
+        let d = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("sub/../t", d.path().join("l1")).unwrap();
+        std::os::unix::fs::symlink("l1", d.path().join("l2")).unwrap();
+        assert_eq!(
+            follow_links(&d.path().join("l2")).unwrap(),
+            d.path().join("sub/../t")
+        );
+        std::os::unix::fs::symlink("loop", d.path().join("loop")).unwrap();
+        assert!(follow_links(&d.path().join("loop")).is_err());
+    }
+
+    #[test]
+    fn room() {
+        assert!(check_room(None, u64::MAX).is_ok());
+        assert!(check_room(Some(10), 10).is_ok());
+        assert!(matches!(
+            check_room(Some(10), 11),
+            Err(Error::NoRoom { have: 10, need: 11 })
+        ));
+    }
+}
