@@ -84,8 +84,14 @@ fn e2image_ra(src: &Path, off: u64, out: &Path) -> Vec<u8> {
     fs::read(out).unwrap()
 }
 
+/// e2i-move with a state folder of its own: the index an in-place move writes must reach
+/// neither the user's state folder nor another test's (a new move reads every unfinished
+/// journal the index knows).
 fn e2i_move(args: &[&str]) -> std::process::Output {
-    run(Command::new(tool("e2i-move")).args(args))
+    let state = tempdir();
+    run(Command::new(tool("e2i-move"))
+        .args(args)
+        .env("XDG_STATE_HOME", state.path()))
 }
 
 fn ok(o: &std::process::Output) -> String {
@@ -380,6 +386,7 @@ fn unfinished_move_blocks_a_different_one() {
     // Stop a slowed move right after it started (its journal exists), then try another.
     let mut child = Command::new(tool("e2i-move"))
         .args(["--journal", p(&journal), "-o", "1M", "-O", "2M", p(&disk)])
+        .env("XDG_STATE_HOME", d.path().join("state"))
         .env("E2I_MOVE_THROTTLE_US", "2000000")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -457,6 +464,7 @@ fn killed_moves(data: u64, fs_size: &str, piece: u64, throttle_us: u64, kills: u
         for i in 0..kills {
             let mut child = Command::new(tool("e2i-move"))
                 .args(&args)
+                .env("XDG_STATE_HOME", d.path().join("state"))
                 .env("E2I_MOVE_THROTTLE_US", throttle_us.to_string())
                 .env("E2I_MOVE_PIECE_KIB", (piece >> 10).to_string())
                 .stdout(Stdio::null())
@@ -485,6 +493,7 @@ fn killed_moves(data: u64, fs_size: &str, piece: u64, throttle_us: u64, kills: u
         }
         let o = run(Command::new(tool("e2i-move"))
             .args(&args)
+            .env("XDG_STATE_HOME", d.path().join("state"))
             .env("E2I_MOVE_PIECE_KIB", (piece >> 10).to_string()));
         let msg = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "final run: {msg}");
