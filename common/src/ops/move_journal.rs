@@ -1159,7 +1159,8 @@ pub fn locations(resolved: &Path, object: ObjectId, state: Option<PathBuf>) -> L
 }
 
 /// Point the index entry `index` at `journal` (atomically: a new symlink renamed over it),
-/// creating the index folder inside the state folder if needed.
+/// creating the index folder inside the state folder if needed, and drop the entries whose
+/// journal no longer exists.
 pub fn register(index: &Path, journal: &Path) -> std::io::Result<()> {
     let dir = index
         .parent()
@@ -1174,6 +1175,15 @@ pub fn register(index: &Path, journal: &Path) -> std::io::Result<()> {
     std::os::unix::fs::symlink(journal, &tmp)?;
     std::fs::rename(&tmp, index)?;
     sync_dir(index);
+    // Entries whose journal is gone (deleted with its image) only clutter the folder.
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let p = e.path();
+        if std::fs::read_link(&p).is_ok()
+            && std::fs::metadata(&p).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
     Ok(())
 }
 
@@ -1643,6 +1653,26 @@ mod tests {
                 recorded: id().size,
                 actual: 10
             })
+        );
+    }
+
+    #[test]
+    fn index_entries_point_at_journals_and_dangling_ones_go() {
+        let d = tempfile::tempdir().unwrap();
+        let (j1, j2) = (d.path().join("a.e2i-move"), d.path().join("b.e2i-move"));
+        std::fs::write(&j1, b"1").unwrap();
+        std::fs::write(&j2, b"2").unwrap();
+        let idx = d.path().join("state/index");
+        register(&idx.join("file-1:1-5"), &j1).unwrap();
+        register(&idx.join("file-1:1-5"), &j2).unwrap();
+        assert_eq!(std::fs::read_link(idx.join("file-1:1-5")).unwrap(), j2);
+        register(&idx.join("file-1:1-6"), &j1).unwrap();
+        std::fs::remove_file(&j2).unwrap();
+        register(&idx.join("file-1:1-7"), &j1).unwrap();
+        assert!(std::fs::symlink_metadata(idx.join("file-1:1-5")).is_err());
+        assert_eq!(
+            known_journals(&d.path().join("state")),
+            vec![j1.clone(), j1]
         );
     }
 
