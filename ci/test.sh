@@ -9,6 +9,9 @@ cargo fmt --all -- --check
 cargo clippy --release --all-targets -- -D warnings
 cargo build --release
 cargo test --release
+# The library's unit tests again in a debug build: overflow checks on, so the parsers' mutation
+# tests catch any unchecked arithmetic a release build would wrap silently.
+cargo test -p e2i --lib
 conf=../shared/conformance/run.sh
 if [ -x "$conf" ] || [ -f "$conf" ]; then
   bash "$conf" target/release "${E2I_CONFORMANCE_TAGS:-raw,normal,qcow2,pipeline,damaged}"

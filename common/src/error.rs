@@ -38,10 +38,261 @@ pub enum CorruptKind {
     // ---- ext2/3/4: superblock, descriptors, bitmaps, inodes, extent and indirect trees ----
 
     // ---- qcow2 ----
+    /// The file is shorter than a version 2 header.
+    #[error("qcow2 header: the file is {len} bytes, shorter than a header")]
+    Qcow2HeaderShort { len: u64 },
+    #[error("qcow2 header: bad magic (not a qcow2 image)")]
+    Qcow2Magic,
+    #[error("qcow2 header: cluster_bits {cluster_bits} is outside 9..=21")]
+    Qcow2ClusterBits { cluster_bits: u32 },
+    #[error("qcow2 header: the file ends at byte {len}, inside the {needed}-byte version 3 header")]
+    Qcow2HeaderTruncated { len: u64, needed: u64 },
+    #[error("qcow2 header: header_length {header_length} is invalid")]
+    Qcow2HeaderLength { header_length: u32 },
+    #[error("qcow2 header: refcount_order {refcount_order} is above 6")]
+    Qcow2RefcountOrder { refcount_order: u32 },
+    #[error("qcow2 header: virtual size {size} is too large")]
+    Qcow2VirtualSize { size: u64 },
+    /// The type and length of a header extension do not fit in the first cluster (or the
+    /// file ends inside them).
+    #[error(
+        "qcow2 header extension at byte {offset}: its type and length run past the first cluster or the file"
+    )]
+    Qcow2ExtensionHeader { offset: u64 },
+    #[error(
+        "qcow2 header extension {kind:#x} at byte {offset}: its {len} bytes run past the first cluster"
+    )]
+    Qcow2ExtensionData { offset: u64, kind: u32, len: u32 },
+    #[error(
+        "qcow2 L1 table: {entries} entries cannot map a virtual size of {size} bytes (needs {needed})"
+    )]
+    Qcow2L1TooSmall {
+        entries: u32,
+        size: u64,
+        needed: u64,
+    },
+    #[error("qcow2 L1 table: {entries} entries exceed qemu's 32 MiB limit")]
+    Qcow2L1TooLarge { entries: u32 },
+    #[error("qcow2 L1 table: offset {host_offset} is not a cluster boundary after the header")]
+    Qcow2L1Misaligned { host_offset: u64 },
+    #[error(
+        "qcow2 L1 table: {entries} entries at byte {host_offset} extend past the end of the file ({file_size} bytes)"
+    )]
+    Qcow2L1Outside {
+        entries: u32,
+        host_offset: u64,
+        file_size: u64,
+    },
+    /// qemu's checks of the refcount table location: aligned, at most 8 MiB, addressable.
+    #[error(
+        "qcow2 refcount table: {clusters} clusters at byte {host_offset} are misaligned or too large"
+    )]
+    Qcow2RefcountTable { host_offset: u64, clusters: u32 },
+    #[error("qcow2 L1 entries {first} and {second}: both use the L2 table at byte {host_offset}")]
+    Qcow2L2Shared {
+        first: u64,
+        second: u64,
+        host_offset: u64,
+    },
+    #[error("qcow2 L1 entry {l1_index}: reserved bits set ({entry:#x})")]
+    Qcow2L1Reserved { l1_index: u64, entry: u64 },
+    #[error("qcow2 L1 entry {l1_index}: L2 table offset {host_offset} is not cluster-aligned")]
+    Qcow2L2Misaligned { l1_index: u64, host_offset: u64 },
+    #[error(
+        "qcow2 L1 entry {l1_index}: L2 table at byte {host_offset} lies past the end of the file ({file_size} bytes)"
+    )]
+    Qcow2L2Outside {
+        l1_index: u64,
+        host_offset: u64,
+        file_size: u64,
+    },
+    #[error(
+        "qcow2 L1 entry {l1_index}: L2 table at byte {host_offset} overlaps the image's own metadata at bytes {meta_start}..{meta_end}"
+    )]
+    Qcow2L2OnMetadata {
+        l1_index: u64,
+        host_offset: u64,
+        meta_start: u64,
+        meta_end: u64,
+    },
+    #[error(
+        "qcow2 L2 entry of guest cluster {guest_cluster} (L2 table at byte {l2_offset}): reserved bits set ({entry:#x})"
+    )]
+    Qcow2L2Reserved {
+        guest_cluster: u64,
+        l2_offset: u64,
+        entry: u64,
+    },
+    #[error(
+        "qcow2 L2 entry of guest cluster {guest_cluster} (L2 table at byte {l2_offset}): data offset {host_offset} is not cluster-aligned"
+    )]
+    Qcow2DataMisaligned {
+        guest_cluster: u64,
+        l2_offset: u64,
+        host_offset: u64,
+    },
+    #[error(
+        "qcow2 L2 entry of guest cluster {guest_cluster} (L2 table at byte {l2_offset}): data cluster at byte {host_offset} overlaps the image's metadata"
+    )]
+    Qcow2DataOnMetadata {
+        guest_cluster: u64,
+        l2_offset: u64,
+        host_offset: u64,
+    },
+    #[error(
+        "qcow2 L2 entry of guest cluster {guest_cluster} (L2 table at byte {l2_offset}): data cluster at byte {host_offset} lies past the end of the file ({file_size} bytes)"
+    )]
+    Qcow2DataOutside {
+        guest_cluster: u64,
+        l2_offset: u64,
+        host_offset: u64,
+        file_size: u64,
+    },
+    #[error(
+        "qcow2 L2 entry of guest cluster {guest_cluster} (L2 table at byte {l2_offset}): compressed data at byte {host_offset} lies in the header or past the end of the file ({file_size} bytes)"
+    )]
+    Qcow2CompressedOutside {
+        guest_cluster: u64,
+        l2_offset: u64,
+        host_offset: u64,
+        file_size: u64,
+    },
+    #[error(
+        "qcow2 compressed cluster {guest_cluster} at byte {host_offset}: bad deflate data: {detail}"
+    )]
+    Qcow2Inflate {
+        guest_cluster: u64,
+        host_offset: u64,
+        detail: String,
+    },
+    #[error(
+        "qcow2 compressed cluster {guest_cluster} at byte {host_offset}: inflates to {got} bytes instead of {want}"
+    )]
+    Qcow2InflatedSize {
+        guest_cluster: u64,
+        host_offset: u64,
+        got: u64,
+        want: u64,
+    },
+    /// A table checked to lie inside the file could not be read whole (the file shrank).
+    #[error(
+        "qcow2 image: {len} bytes at byte {host_offset} cannot be read: the file ends at byte {file_size}"
+    )]
+    Qcow2ShortRead {
+        host_offset: u64,
+        len: u64,
+        file_size: u64,
+    },
 
     // ---- normal e2image images ----
+    #[error("normal e2image image: the file is {len} bytes, shorter than its 332-byte header")]
+    NormalHeaderShort { len: u64 },
+    #[error("normal e2image header: wrong magic number {magic:#010x} (not a normal e2image image)")]
+    NormalMagic { magic: u32 },
+    #[error("normal e2image header: block size {block_size} is invalid")]
+    NormalBlockSize { block_size: u32 },
+    #[error("normal e2image image: the header's filesystem UUID differs from the superblock's")]
+    NormalUuid,
+    /// A section offset in the header is not where e2image puts that section.
+    #[error(
+        "normal e2image header: field {field} is {value}, but this filesystem's image has it at {expected}"
+    )]
+    NormalHeaderOffset {
+        field: &'static str,
+        value: u32,
+        expected: u64,
+    },
+    /// The image is shorter than its header and superblock say.
+    #[error(
+        "normal e2image image: truncated: {len} bytes, but the filesystem's image is {expected} bytes"
+    )]
+    NormalTruncated { len: u64, expected: u64 },
+    /// A section of the layout the superblock describes lies beyond 64-bit offsets.
+    #[error("normal e2image layout: {field} overflows 64-bit byte offsets")]
+    NormalLayoutOverflow { field: &'static str },
+    #[error("group {group} descriptor: the group is missing an inode table")]
+    NormalInodeTableMissing { group: u32 },
+    #[error(
+        "group {group} descriptor: inode table at block {block} ({blocks} blocks) lies outside the filesystem's {fs_blocks} blocks"
+    )]
+    NormalInodeTableOutside {
+        group: u32,
+        block: u64,
+        blocks: u64,
+        fs_blocks: u64,
+    },
+    /// Inode-table blocks the descriptors place inside the filesystem lie past the end of the
+    /// source (a truncated filesystem image).
+    #[error(
+        "inode table: blocks {start}..{end} lie past the end of the source ({source_size} bytes)"
+    )]
+    NormalInodeTablePastSource {
+        start: u64,
+        end: u64,
+        source_size: u64,
+    },
+    /// A meta_bg descriptor block lies outside the image's descriptor section.
+    #[error("normal e2image image: meta_bg {meta_group} descriptor block is past the descriptors")]
+    NormalDescriptorBlock { meta_group: u64 },
 
     // ---- e2i streams ----
+    #[error("e2i stream: truncated: ends at byte {offset} inside the {part}")]
+    StreamTruncated {
+        part: crate::stream::Part,
+        offset: u64,
+    },
+    #[error("e2i stream header: bad magic (not an e2i stream)")]
+    StreamMagic,
+    #[error("e2i stream header: header length {len} (expected 64)")]
+    StreamHeaderLength { len: u16 },
+    #[error("e2i stream header: block size {block_size} is invalid")]
+    StreamBlockSize { block_size: u32 },
+    #[error(
+        "e2i stream header: {blocks_count} blocks of {block_size} bytes overflow the image size"
+    )]
+    StreamTooLarge { blocks_count: u64, block_size: u32 },
+    #[error("e2i stream header: {extents} extents in a {blocks_count}-block image")]
+    StreamExtentCount { extents: u64, blocks_count: u64 },
+    #[error("e2i stream extent {index} (byte {offset}): kind {kind} is unknown")]
+    StreamExtentKind { index: u64, offset: u64, kind: u8 },
+    #[error(
+        "e2i stream extent {index} (byte {offset}): blocks {start}+{len} lie past the image end ({blocks_count} blocks)"
+    )]
+    StreamExtentOutside {
+        index: u64,
+        offset: u64,
+        start: u64,
+        len: u64,
+        blocks_count: u64,
+    },
+    #[error(
+        "e2i stream extent {index} (byte {offset}): blocks {start}+{len} are empty, overlapping or out of order"
+    )]
+    StreamExtentOrder {
+        index: u64,
+        offset: u64,
+        start: u64,
+        len: u64,
+    },
+    #[error(
+        "e2i stream map checksum at byte {offset}: the header or extent map is corrupt (checksum mismatch)"
+    )]
+    StreamMapChecksum { offset: u64 },
+    #[error("e2i stream: no trailer at byte {offset} (data corrupt or stream cut)")]
+    StreamNoTrailer { offset: u64 },
+    #[error(
+        "e2i stream trailer at byte {offset}: counts ({extents} extents, {data_blocks} data and {zero_blocks} zero blocks) do not match the map"
+    )]
+    StreamTrailerCounts {
+        offset: u64,
+        extents: u64,
+        data_blocks: u64,
+        zero_blocks: u64,
+    },
+    #[error("e2i stream trailer at byte {offset}: checksum mismatch: the stream was altered")]
+    StreamChecksum { offset: u64 },
+    #[error("e2i stream: unexpected bytes after the trailer at byte {offset}")]
+    StreamTrailingBytes { offset: u64 },
 
     // ---- move journal, undo files ----
     /// The file is not an e2i-move journal.

@@ -99,8 +99,16 @@ fn stream_round_trips_to_e2image_bytes() {
     }
 }
 
+/// Read and verify a whole stream in-process.
+fn read_stream(b: &[u8]) -> Result<(), e2i::Error> {
+    let mut r = e2i::stream::StreamReader::open(b)?;
+    r.for_each(1 << 20, &mut |_, _| Ok(()))?;
+    Ok(())
+}
+
 #[test]
 fn damaged_streams_are_refused_and_leave_nothing() {
+    use e2i::error::CorruptKind;
     let d = tempdir();
     let img = mkfs(d.path(), "fs.img", "4M", &[]);
     let s = capture_stream(&[], &img);
@@ -129,6 +137,18 @@ fn damaged_streams_are_refused_and_leave_nothing() {
             !err.contains("panicked") && err.lines().count() == 1,
             "cut at {cut}: {err}"
         );
+        // Past the magic, the cut is reported where it is.
+        if cut >= 8 {
+            let e = read_stream(&s[..cut]).unwrap_err();
+            assert!(
+                matches!(
+                    e.corrupt_kind(),
+                    Some(CorruptKind::StreamTruncated { offset, .. }) if *offset == cut as u64
+                ),
+                "cut at {cut}: {e:?}"
+            );
+            assert!(err.contains(&e.to_string()), "cut at {cut}: {err}");
+        }
     }
     let step = (s.len() / 60).max(1);
     for i in (0..s.len())
@@ -140,6 +160,31 @@ fn damaged_streams_are_refused_and_leave_nothing() {
         let o = to_raw(&b, &out);
         assert_eq!(o.status.code(), Some(1), "flip at {i}");
         assert!(!out.exists(), "flip at {i} left an output");
+        // Every flip is a stream corruption (or, in the version field, an unsupported one).
+        let e = read_stream(&b).unwrap_err();
+        use CorruptKind as K;
+        let stream_kind = matches!(
+            e.corrupt_kind(),
+            Some(
+                K::StreamMagic
+                    | K::StreamHeaderLength { .. }
+                    | K::StreamBlockSize { .. }
+                    | K::StreamTooLarge { .. }
+                    | K::StreamExtentCount { .. }
+                    | K::StreamExtentKind { .. }
+                    | K::StreamExtentOutside { .. }
+                    | K::StreamExtentOrder { .. }
+                    | K::StreamMapChecksum { .. }
+                    | K::StreamNoTrailer { .. }
+                    | K::StreamTrailerCounts { .. }
+                    | K::StreamChecksum { .. }
+                    | K::StreamTruncated { .. }
+            )
+        );
+        assert!(
+            stream_kind || matches!(e, e2i::Error::Unsupported(_)),
+            "flip at {i}: {e:?}"
+        );
     }
     // The intact stream still works.
     assert!(to_raw(&s, &out).status.success());

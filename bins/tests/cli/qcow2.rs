@@ -397,10 +397,11 @@ fn qcow2_to_raw_in_place_check_and_dry_run() {
 /// Mutate the header or tables of a valid image.
 fn hostile(good: &[u8], kind: &str) -> Vec<u8> {
     let mut b = good.to_vec();
-    let be64 = |b: &[u8], o: usize| u64::from_be_bytes(b[o..o + 8].try_into().unwrap());
-    let put32 = |b: &mut Vec<u8>, o: usize, v: u32| b[o..o + 4].copy_from_slice(&v.to_be_bytes());
-    let put64 = |b: &mut Vec<u8>, o: usize, v: u64| b[o..o + 8].copy_from_slice(&v.to_be_bytes());
-    let cs = 1usize << u32::from_be_bytes(b[20..24].try_into().unwrap());
+    use e2i::bytes::be;
+    let be64 = |b: &[u8], o: usize| be::u64(b, o);
+    let put32 = |b: &mut Vec<u8>, o: usize, v: u32| be::set_u32(b, o, v);
+    let put64 = |b: &mut Vec<u8>, o: usize, v: u64| be::set_u64(b, o, v);
+    let cs = 1usize << be::u32(&b, 20);
     let l1 = be64(&b, 40) as usize;
     let e0 = be64(&b, l1);
     let l2 = (e0 & 0x00ff_ffff_ffff_fe00) as usize;
@@ -435,6 +436,68 @@ fn hostile(good: &[u8], kind: &str) -> Vec<u8> {
     b
 }
 
+/// Open `b` in-process and read all of it: the first error.
+fn read_all_in_process(b: Vec<u8>) -> Result<(), e2i::Error> {
+    use e2i::io::ReadAt;
+    let r = e2i::qcow2::Qcow2Reader::open(e2i::io::MemSource(b))?;
+    r.allocated_runs(true)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < r.size() {
+        r.read_at(&mut buf, at)?;
+        at += buf.len() as u64;
+    }
+    Ok(())
+}
+
+/// What each hostile image must be reported as (the kind, with its location).
+fn hostile_kind_ok(kind: &str, e: &e2i::Error, good: &[u8]) -> bool {
+    use e2i::error::CorruptKind as K;
+    let be64 = |o: usize| e2i::bytes::be::u64(good, o);
+    let len = good.len() as u64;
+    let l1 = be64(40);
+    let l2 = be64(l1 as usize) & 0x00ff_ffff_ffff_fe00;
+    let Some(k) = e.corrupt_kind() else {
+        return matches!(e, e2i::Error::Unsupported(_))
+            && ["backing file", "encrypted", "version 9"].contains(&kind);
+    };
+    match kind {
+        "l1_size 2^32-1" => matches!(k, K::Qcow2L1TooLarge { entries: u32::MAX }),
+        "cluster_bits 40" => matches!(k, K::Qcow2ClusterBits { cluster_bits: 40 }),
+        "size 2^64-1" => matches!(k, K::Qcow2VirtualSize { size: u64::MAX }),
+        "L1 past EOF" => {
+            matches!(k, K::Qcow2L1Outside { host_offset, file_size, .. } if *file_size == len && *host_offset > len)
+        }
+        "L2 past EOF" => {
+            matches!(k, K::Qcow2L2Outside { l1_index: 0, host_offset, file_size } if *file_size == len && *host_offset > len)
+        }
+        "L2 on the L1 table" => {
+            matches!(k, K::Qcow2L2OnMetadata { l1_index: 0, host_offset, meta_start, .. } if *host_offset == l1 && *meta_start == l1)
+        }
+        "L2 shared by two L1 entries" => {
+            matches!(k, K::Qcow2L2Shared { first: 0, second: 1, host_offset } if *host_offset == l2)
+        }
+        "data on an L2 table" => {
+            matches!(k, K::Qcow2DataOnMetadata { l2_offset, host_offset, .. } if *l2_offset == l2 && *host_offset == l2)
+        }
+        "data past EOF" => {
+            matches!(k, K::Qcow2DataOutside { l2_offset, host_offset, file_size, .. } if *l2_offset == l2 && *file_size == len && *host_offset > len)
+        }
+        "compressed garbage" => {
+            matches!(k, K::Qcow2Inflate { .. } | K::Qcow2InflatedSize { .. })
+        }
+        "reserved L1 bits" => matches!(k, K::Qcow2L1Reserved { l1_index: 0, .. }),
+        "truncated in L2" => {
+            matches!(k, K::Qcow2L2Outside { l1_index: 0, host_offset, file_size } if *host_offset == l2 && *file_size == l2 + 100)
+        }
+        "truncated in data" => {
+            matches!(k, K::Qcow2DataOutside { file_size, .. } if *file_size == len / 2 + 17)
+        }
+        "truncated header" => matches!(k, K::Qcow2HeaderShort { len: 50 }),
+        _ => false,
+    }
+}
+
 #[test]
 fn hostile_qcow2_fails_cleanly() {
     let d = tempdir();
@@ -445,6 +508,7 @@ fn hostile_qcow2_fails_cleanly() {
         .arg(&img)
         .arg(&q));
     let good = read(&q);
+    read_all_in_process(good.clone()).unwrap();
     for kind in [
         "l1_size 2^32-1",
         "cluster_bits 40",
@@ -464,8 +528,11 @@ fn hostile_qcow2_fails_cleanly() {
         "encrypted",
         "version 9",
     ] {
+        let bytes = hostile(&good, kind);
+        let e = read_all_in_process(bytes.clone()).expect_err(kind);
+        assert!(hostile_kind_ok(kind, &e, &good), "{kind}: {e:?}");
         let h = d.path().join("h.qcow2");
-        std::fs::write(&h, hostile(&good, kind)).unwrap();
+        std::fs::write(&h, bytes).unwrap();
         for (t, args) in [("qcow2-to-raw", &[][..]), ("e2i-capture", &["-r"][..])] {
             let out = d.path().join("h.out");
             let o = run(Command::new(tool(t)).args(args).arg(&h).arg(&out));
@@ -473,6 +540,8 @@ fn hostile_qcow2_fails_cleanly() {
             assert_eq!(o.status.code(), Some(1), "{t} {kind}: {err}");
             assert_eq!(err.lines().count(), 1, "{t} {kind}: {err}");
             assert!(!err.contains("panicked"), "{t} {kind}: {err}");
+            // The message is the kind's, whatever context the tool adds.
+            assert!(err.contains(&e.to_string()), "{t} {kind}: {err}");
             assert!(!out.exists(), "{t} {kind}: left an output");
         }
     }

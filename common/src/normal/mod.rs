@@ -30,9 +30,16 @@
 //! Module name: `e2i::normal`, in `src/normal/` (the format is the one e2fsprogs' sources call
 //! the "e2image" or "e2i" format).
 
+// Every number here comes from an image or a superblock: no unchecked arithmetic.
+#![deny(clippy::arithmetic_side_effects)]
+
 pub mod reader;
 pub mod writer;
 
+use std::num::NonZeroU64;
+
+use crate::bytes::le;
+use crate::error::CorruptKind;
 use crate::ext4::Superblock;
 use crate::{Error, Result};
 
@@ -76,10 +83,6 @@ pub const HOST_SPECIFIC_FIELDS: [(usize, usize); 5] = [
     (field::IMAGE_TIME, 8),
 ];
 
-fn le32(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
-}
-
 /// The parsed header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
@@ -102,71 +105,65 @@ impl Header {
     /// The 332 header bytes.
     pub fn encode(&self) -> [u8; HEADER_SIZE] {
         let mut h = [0u8; HEADER_SIZE];
-        let put = |h: &mut [u8; HEADER_SIZE], off: usize, v: u32| {
-            h[off..off + 4].copy_from_slice(&v.to_le_bytes());
-        };
-        put(&mut h, field::MAGIC, E2IMAGE_MAGIC);
-        h[field::DESCRIPTOR..field::DESCRIPTOR + MAGIC_DESCRIPTOR.len()]
-            .copy_from_slice(MAGIC_DESCRIPTOR);
+        le::set_u32(&mut h, field::MAGIC, E2IMAGE_MAGIC);
+        h[field::DESCRIPTOR..][..MAGIC_DESCRIPTOR.len()].copy_from_slice(MAGIC_DESCRIPTOR);
         h[field::HOSTNAME..field::HOSTNAME + 64].copy_from_slice(&self.hostname);
-        put(&mut h, field::FS_DEVICE, self.fs_device);
+        le::set_u32(&mut h, field::FS_DEVICE, self.fs_device);
         h[field::FS_DEVICE_NAME..field::FS_DEVICE_NAME + 64].copy_from_slice(&self.fs_device_name);
         h[field::FS_UUID..field::FS_UUID + 16].copy_from_slice(&self.fs_uuid);
-        put(&mut h, field::FS_BLOCKSIZE, self.fs_blocksize);
-        put(&mut h, field::IMAGE_DEVICE, self.image_device);
-        put(&mut h, field::IMAGE_INODE, self.image_inode);
-        put(&mut h, field::IMAGE_TIME, self.image_time as u32);
-        put(&mut h, field::IMAGE_TIME_HI, (self.image_time >> 32) as u32);
-        put(&mut h, field::OFFSET_SUPER, self.offset_super);
-        put(&mut h, field::OFFSET_INODE, self.offset_inode);
-        put(&mut h, field::OFFSET_INODEMAP, self.offset_inodemap);
-        put(&mut h, field::OFFSET_BLOCKMAP, self.offset_blockmap);
+        le::set_u32(&mut h, field::FS_BLOCKSIZE, self.fs_blocksize);
+        le::set_u32(&mut h, field::IMAGE_DEVICE, self.image_device);
+        le::set_u32(&mut h, field::IMAGE_INODE, self.image_inode);
+        // The low and high halves of the time.
+        le::set_u32(&mut h, field::IMAGE_TIME, self.image_time as u32);
+        le::set_u32(&mut h, field::IMAGE_TIME_HI, (self.image_time >> 32) as u32);
+        le::set_u32(&mut h, field::OFFSET_SUPER, self.offset_super);
+        le::set_u32(&mut h, field::OFFSET_INODE, self.offset_inode);
+        le::set_u32(&mut h, field::OFFSET_INODEMAP, self.offset_inodemap);
+        le::set_u32(&mut h, field::OFFSET_BLOCKMAP, self.offset_blockmap);
         h
     }
 
     /// Parse and check the magic number and block size.
     pub fn parse(b: &[u8]) -> Result<Header> {
         if b.len() < HEADER_SIZE {
-            return Err(Error::corrupt(
-                "e2image header",
-                format!("the image is only {} bytes long", b.len()),
-            ));
+            return Err(CorruptKind::NormalHeaderShort {
+                len: b.len() as u64,
+            }
+            .into());
         }
-        let magic = le32(b, field::MAGIC);
+        let magic = le::u32(b, field::MAGIC);
         if magic != E2IMAGE_MAGIC {
-            return Err(Error::corrupt(
-                "e2image header",
-                format!("wrong magic number {magic:#010x} (not a normal e2image image)"),
-            ));
+            return Err(CorruptKind::NormalMagic { magic }.into());
         }
-        let fs_blocksize = le32(b, field::FS_BLOCKSIZE);
+        let fs_blocksize = le::u32(b, field::FS_BLOCKSIZE);
         if !(1024..=65536).contains(&fs_blocksize) || !fs_blocksize.is_power_of_two() {
-            return Err(Error::corrupt(
-                "e2image header",
-                format!("block size {fs_blocksize} is invalid"),
-            ));
+            return Err(CorruptKind::NormalBlockSize {
+                block_size: fs_blocksize,
+            }
+            .into());
         }
         let arr64 = |off: usize| {
             let mut a = [0u8; 64];
-            a.copy_from_slice(&b[off..off + 64]);
+            a.copy_from_slice(&b[off..][..64]);
             a
         };
         let mut fs_uuid = [0u8; 16];
         fs_uuid.copy_from_slice(&b[field::FS_UUID..field::FS_UUID + 16]);
         Ok(Header {
             hostname: arr64(field::HOSTNAME),
-            fs_device: le32(b, field::FS_DEVICE),
+            fs_device: le::u32(b, field::FS_DEVICE),
             fs_device_name: arr64(field::FS_DEVICE_NAME),
             fs_uuid,
             fs_blocksize,
-            image_device: le32(b, field::IMAGE_DEVICE),
-            image_inode: le32(b, field::IMAGE_INODE),
-            image_time: u64::from(le32(b, field::IMAGE_TIME))
-                | u64::from(le32(b, field::IMAGE_TIME_HI)) << 32,
-            offset_super: le32(b, field::OFFSET_SUPER),
-            offset_inode: le32(b, field::OFFSET_INODE),
-            offset_inodemap: le32(b, field::OFFSET_INODEMAP),
-            offset_blockmap: le32(b, field::OFFSET_BLOCKMAP),
+            image_device: le::u32(b, field::IMAGE_DEVICE),
+            image_inode: le::u32(b, field::IMAGE_INODE),
+            image_time: u64::from(le::u32(b, field::IMAGE_TIME))
+                | u64::from(le::u32(b, field::IMAGE_TIME_HI)) << 32,
+            offset_super: le::u32(b, field::OFFSET_SUPER),
+            offset_inode: le::u32(b, field::OFFSET_INODE),
+            offset_inodemap: le::u32(b, field::OFFSET_INODEMAP),
+            offset_blockmap: le::u32(b, field::OFFSET_BLOCKMAP),
         })
     }
 }
@@ -174,7 +171,7 @@ impl Header {
 /// Where each section of a normal image lies (64-bit byte offsets).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
-    pub block_size: u64,
+    pub block_size: NonZeroU64,
     pub offset_super: u64,
     pub offset_desc: u64,
     pub desc_len: u64,
@@ -191,32 +188,51 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// The layout e2image writes for this superblock.
+    /// The layout e2image writes for this superblock. Also checks that every block of the
+    /// filesystem has a 64-bit byte offset (`blocks_count * bs` fits), which the readers of
+    /// the image rely on.
     pub fn new(sb: &Superblock) -> Result<Layout> {
-        let ovf = || Error::corrupt("superblock", "the image size overflows");
-        let bs = u64::from(sb.block_size);
+        let ovf = |field: &'static str| Error::from(CorruptKind::NormalLayoutOverflow { field });
+        let bs = NonZeroU64::new(u64::from(sb.block_size)).ok_or(CorruptKind::NormalBlockSize {
+            block_size: sb.block_size,
+        })?;
+        let b = bs.get();
         let groups = u64::from(sb.group_count);
-        // Every block number below blocks_count must have a byte offset.
-        sb.blocks_count.checked_mul(bs).ok_or_else(ovf)?;
-        let desc_len = u64::from(sb.desc_blocks).checked_mul(bs).ok_or_else(ovf)?;
-        let offset_inode = desc_len.checked_add(2 * bs).ok_or_else(ovf)?;
-        let itable_len = u64::from(sb.inode_blocks_per_group) * bs;
+        sb.blocks_count
+            .checked_mul(b)
+            .ok_or_else(|| ovf("the filesystem size"))?;
+        let blocks = |n: u64, field| n.checked_mul(b).ok_or_else(|| ovf(field));
+        let round_up = |n: u64, field| n.checked_next_multiple_of(b).ok_or_else(|| ovf(field));
+        let add = |a: u64, c: u64, field| a.checked_add(c).ok_or_else(|| ovf(field));
+        // Header block, superblock block, then the descriptors.
+        let offset_desc = blocks(2, "offset_desc")?;
+        let desc_len = blocks(u64::from(sb.desc_blocks), "the descriptors")?;
+        let offset_inode = add(desc_len, offset_desc, "offset_inode")?;
+        let itable_len = blocks(u64::from(sb.inode_blocks_per_group), "an inode table")?;
         let offset_blockmap = groups
             .checked_mul(itable_len)
             .and_then(|t| t.checked_add(offset_inode))
-            .ok_or_else(ovf)?;
-        let blockmap_bytes = groups * u64::from(sb.clusters_per_group / 8);
-        let inodemap_bytes = groups * u64::from(sb.inodes_per_group / 8);
-        let offset_inodemap = offset_blockmap
-            .checked_add(blockmap_bytes.div_ceil(bs) * bs)
-            .ok_or_else(ovf)?;
-        let size = offset_inodemap
-            .checked_add(inodemap_bytes.div_ceil(bs) * bs)
-            .ok_or_else(ovf)?;
+            .ok_or_else(|| ovf("offset_blockmap"))?;
+        let blockmap_bytes = groups
+            .checked_mul(u64::from(sb.clusters_per_group / 8))
+            .ok_or_else(|| ovf("the block bitmap"))?;
+        let inodemap_bytes = groups
+            .checked_mul(u64::from(sb.inodes_per_group / 8))
+            .ok_or_else(|| ovf("the inode bitmap"))?;
+        let offset_inodemap = add(
+            offset_blockmap,
+            round_up(blockmap_bytes, "the block bitmap")?,
+            "offset_inodemap",
+        )?;
+        let size = add(
+            offset_inodemap,
+            round_up(inodemap_bytes, "the inode bitmap")?,
+            "the image size",
+        )?;
         Ok(Layout {
             block_size: bs,
-            offset_super: bs,
-            offset_desc: 2 * bs,
+            offset_super: b,
+            offset_desc,
             desc_len,
             offset_inode,
             itable_len,
@@ -230,7 +246,7 @@ impl Layout {
 
     /// The header's offset fields are 32-bit: refuse layouts they cannot describe.
     pub fn check_offsets_fit(&self) -> Result<()> {
-        if self.offset_inodemap > u64::from(u32::MAX) {
+        if u32::try_from(self.offset_inodemap).is_err() {
             return Err(Error::Unsupported(format!(
                 "a normal e2image image of this filesystem would need its bitmaps at byte {}, past \
                  the 4 GiB its 32-bit offsets can address (e2image writes a corrupt image here); \
@@ -241,8 +257,91 @@ impl Layout {
         Ok(())
     }
 
-    /// Image offset of group `g`'s inode table.
-    pub fn inode_table_offset(&self, g: u32) -> u64 {
-        self.offset_inode + u64::from(g) * self.itable_len
+    /// Image offset of group `g`'s inode table (`None` past the 64-bit range, which
+    /// [`Layout::new`] rules out for the filesystem's groups).
+    pub fn inode_table_offset(&self, g: u32) -> Option<u64> {
+        u64::from(g)
+            .checked_mul(self.itable_len)
+            .and_then(|o| o.checked_add(self.offset_inode))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)] // tests compute expected values freely
+mod tests {
+    use super::*;
+
+    fn header() -> Header {
+        Header {
+            hostname: [b'h'; 64],
+            fs_device: 0x0801,
+            fs_device_name: [b'd'; 64],
+            fs_uuid: [9; 16],
+            fs_blocksize: 4096,
+            image_device: 7,
+            image_inode: 12,
+            image_time: 0x1_2345_6789,
+            offset_super: 4096,
+            offset_inode: 12288,
+            offset_inodemap: 40960,
+            offset_blockmap: 36864,
+        }
+    }
+
+    /// Property: any header with a valid block size round-trips, full-width fields included.
+    #[test]
+    fn header_round_trips() {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..2000u64 {
+            let pick = |v: u64| match i % 3 {
+                0 => u64::MAX,
+                1 => 0,
+                _ => v,
+            };
+            let h = Header {
+                fs_blocksize: 1024 << (next() % 7),
+                fs_device: pick(next()) as u32,
+                image_device: pick(next()) as u32,
+                image_inode: pick(next()) as u32,
+                image_time: pick(next()),
+                offset_super: pick(next()) as u32,
+                offset_inode: pick(next()) as u32,
+                offset_inodemap: pick(next()) as u32,
+                offset_blockmap: pick(next()) as u32,
+                fs_uuid: [next() as u8; 16],
+                ..header()
+            };
+            assert_eq!(Header::parse(&h.encode()).unwrap(), h);
+        }
+    }
+
+    #[test]
+    fn header_damage_is_typed() {
+        let good = header().encode();
+        let kind = |b: &[u8]| Header::parse(b).unwrap_err().corrupt_kind().cloned();
+        assert_eq!(
+            kind(&good[..331]),
+            Some(CorruptKind::NormalHeaderShort { len: 331 })
+        );
+        let mut b = good;
+        b[0] = 0;
+        assert_eq!(
+            kind(&b),
+            Some(CorruptKind::NormalMagic { magic: 0x7F2B_B700 })
+        );
+        for bad in [0u32, 512, 3000, 131072, u32::MAX] {
+            let mut b = good;
+            le::set_u32(&mut b, field::FS_BLOCKSIZE, bad);
+            assert_eq!(
+                kind(&b),
+                Some(CorruptKind::NormalBlockSize { block_size: bad })
+            );
+        }
     }
 }

@@ -1,11 +1,16 @@
 //! Reading a normal e2image image: the header, superblock, descriptors, inode tables and
 //! bitmaps, and [`FsView`], the blocks the image holds placed at their filesystem positions.
+//!
+//! Positions inside a buffer or below an end that was itself checked use `saturating_*`,
+//! which cannot saturate there; everything derived from the image is checked.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU64;
 use std::ops::Range;
 
 use super::{HEADER_SIZE, Header, Layout};
 use crate::blockmap::{BlockMap, Run};
+use crate::error::CorruptKind;
 use crate::ext4::Superblock;
 use crate::ext4::bitmap::{self, Bitmaps};
 use crate::ext4::desc::{BG_BLOCK_UNINIT, BG_INODE_UNINIT, DescTable};
@@ -23,8 +28,26 @@ pub struct NormalImage<R> {
     bitmaps: Bitmaps,
 }
 
-fn corrupt(detail: impl Into<String>) -> Error {
-    Error::corrupt("normal e2image image", detail)
+/// Read `buf.len()` bytes of the image at `offset`; a short read means the image is shorter
+/// than its superblock says.
+pub(crate) fn read_image<R: ReadAt + ?Sized>(src: &R, buf: &mut [u8], offset: u64) -> Result<()> {
+    let n = src.read_at(buf, offset)?;
+    if n < buf.len() {
+        return Err(CorruptKind::NormalTruncated {
+            len: src.size(),
+            expected: offset.saturating_add(buf.len() as u64),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// A buffer of `len` bytes for a section whose size was checked against the image size.
+fn section(len: u64) -> Result<Vec<u8>> {
+    let len = usize::try_from(len).map_err(|_| CorruptKind::NormalLayoutOverflow {
+        field: "a section size",
+    })?;
+    Ok(vec![0u8; len])
 }
 
 impl NormalImage<crate::io::FileSource> {
@@ -42,15 +65,13 @@ impl<R: ReadAt> NormalImage<R> {
     pub fn open(src: R) -> Result<Self> {
         let mut hb = [0u8; HEADER_SIZE];
         let n = src.read_at(&mut hb, 0)?;
-        let header = Header::parse(&hb[..n])?;
+        let header = Header::parse(&hb[..n.min(HEADER_SIZE)])?;
         let bs = u64::from(header.fs_blocksize);
         let mut raw = [0u8; SUPERBLOCK_SIZE];
-        src.read_exact_at(&mut raw, bs, &|| "normal e2image image: superblock".into())?;
+        read_image(&src, &mut raw, bs)?;
         let sb = Superblock::parse(&raw, Some(header.fs_blocksize))?;
         if sb.uuid() != header.fs_uuid {
-            return Err(corrupt(
-                "the header's filesystem UUID differs from the superblock's",
-            ));
+            return Err(CorruptKind::NormalUuid.into());
         }
         bitmap::check_geometry(&sb)?;
         let layout = Layout::new(&sb)?;
@@ -67,35 +88,33 @@ impl<R: ReadAt> NormalImage<R> {
                 layout.offset_inodemap,
             ),
         ];
-        for (name, got, want) in expect {
-            if u64::from(got) != want {
-                return Err(corrupt(format!(
-                    "header field {name} is {got}, but this filesystem's image has it at {want}"
-                )));
+        for (field, value, expected) in expect {
+            if u64::from(value) != expected {
+                return Err(CorruptKind::NormalHeaderOffset {
+                    field,
+                    value,
+                    expected,
+                }
+                .into());
             }
         }
         if src.size() < layout.size {
-            return Err(corrupt(format!(
-                "truncated: {} bytes, but the filesystem's image is {} bytes",
-                src.size(),
-                layout.size
-            )));
+            return Err(CorruptKind::NormalTruncated {
+                len: src.size(),
+                expected: layout.size,
+            }
+            .into());
         }
-        let mut raw_desc = vec![0u8; layout.desc_len as usize];
-        src.read_exact_at(&mut raw_desc, layout.offset_desc, &|| {
-            "normal e2image image: group descriptors".into()
-        })?;
+        // Every section lies inside the image, whose size was just checked.
+        let mut raw_desc = section(layout.desc_len)?;
+        read_image(&src, &mut raw_desc, layout.offset_desc)?;
         let desc = DescTable::new(raw_desc, &sb);
         let mut bitmaps = Bitmaps {
-            block: vec![0u8; layout.blockmap_bytes as usize],
-            inode: vec![0u8; layout.inodemap_bytes as usize],
+            block: section(layout.blockmap_bytes)?,
+            inode: section(layout.inodemap_bytes)?,
         };
-        src.read_exact_at(&mut bitmaps.block, layout.offset_blockmap, &|| {
-            "normal e2image image: block bitmap".into()
-        })?;
-        src.read_exact_at(&mut bitmaps.inode, layout.offset_inodemap, &|| {
-            "normal e2image image: inode bitmap".into()
-        })?;
+        read_image(&src, &mut bitmaps.block, layout.offset_blockmap)?;
+        read_image(&src, &mut bitmaps.inode, layout.offset_inodemap)?;
         bitmap::mark_uninit_group_metadata(&sb, &desc, &mut bitmaps.block);
         Ok(NormalImage {
             src,
@@ -127,19 +146,20 @@ impl<R: ReadAt> NormalImage<R> {
         &self.src
     }
 
-    /// Read from group `g`'s inode table, starting `offset` bytes into it (holes read as zeros).
+    /// Read from group `g`'s inode table, starting `offset` bytes into it.
     pub fn read_inode_table(&self, g: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
-        if g >= self.sb.group_count
-            || offset.saturating_add(buf.len() as u64) > self.layout.itable_len
-        {
-            return Err(Error::InvalidInput(format!(
-                "inode table read past group {g}'s table"
-            )));
-        }
-        let at = self.layout.inode_table_offset(g) + offset;
-        self.src.read_exact_at(buf, at, &|| {
-            format!("normal e2image image: group {g} inode table")
-        })
+        let at = self
+            .layout
+            .inode_table_offset(g)
+            .and_then(|t| t.checked_add(offset))
+            .filter(|_| {
+                g < self.sb.group_count
+                    && offset.saturating_add(buf.len() as u64) <= self.layout.itable_len
+            })
+            .ok_or_else(|| {
+                Error::InvalidInput(format!("inode table read past group {g}'s table"))
+            })?;
+        read_image(&self.src, buf, at)
     }
 
     /// Group `g`'s block bitmap block as libext2fs writes it, or `None` when the library would
@@ -210,55 +230,68 @@ pub struct FsView<'a, R> {
     /// start byte → piece; disjoint.
     pieces: BTreeMap<u64, Piece>,
     size: u64,
+    bs: NonZeroU64,
 }
 
 impl<'a, R: ReadAt> FsView<'a, R> {
     fn new(img: &'a NormalImage<R>) -> Self {
         let sb = &img.sb;
-        let bs = u64::from(sb.block_size);
+        let bs = img.layout.block_size;
         let mut v = FsView {
             img,
             pieces: BTreeMap::new(),
-            size: sb.blocks_count.saturating_mul(bs),
+            // Layout::new checked that this product fits.
+            size: sb.blocks_count.saturating_mul(bs.get()),
+            bs,
         };
-        // Lowest precedence first.
+        // Lowest precedence first. Blocks below blocks_count have byte offsets (the
+        // product above fits), so `v.blocks` finds every range that passes these checks.
         let ipb = u64::from(sb.inode_blocks_per_group);
         for g in 0..sb.group_count {
             let it = img.desc.inode_table(g);
-            if it != 0 && it.checked_add(ipb).is_some_and(|e| e <= sb.blocks_count) {
-                v.paint(
-                    it * bs,
-                    ipb * bs,
-                    Src::Image,
-                    img.layout.inode_table_offset(g),
-                );
+            if it != 0
+                && it.checked_add(ipb).is_some_and(|e| e <= sb.blocks_count)
+                && let (Some(r), Some(base)) = (v.blocks(it, ipb), img.layout.inode_table_offset(g))
+            {
+                v.paint(r, Src::Image, base);
             }
         }
         for g in 0..sb.group_count {
-            if img.block_bitmap_block(g).is_some() {
-                v.paint(img.desc.block_bitmap(g) * bs, bs, Src::BlockBitmap(g), 0);
+            if img.block_bitmap_block(g).is_some()
+                && let Some(r) = v.blocks(img.desc.block_bitmap(g), 1)
+            {
+                v.paint(r, Src::BlockBitmap(g), 0);
             }
-            if img.inode_bitmap_block(g).is_some() {
-                v.paint(img.desc.inode_bitmap(g) * bs, bs, Src::InodeBitmap(g), 0);
-            }
-        }
-        for (i, blk) in primary_descriptor_blocks(sb).into_iter().enumerate() {
-            if blk < sb.blocks_count {
-                v.paint(
-                    blk * bs,
-                    bs,
-                    Src::Image,
-                    img.layout.offset_desc + i as u64 * bs,
-                );
+            if img.inode_bitmap_block(g).is_some()
+                && let Some(r) = v.blocks(img.desc.inode_bitmap(g), 1)
+            {
+                v.paint(r, Src::InodeBitmap(g), 0);
             }
         }
-        v.paint(1024, 1024, Src::Image, img.layout.offset_super);
+        for (i, blk) in (0u64..).zip(primary_descriptor_blocks(sb)) {
+            let base = i
+                .checked_mul(bs.get())
+                .and_then(|o| o.checked_add(img.layout.offset_desc));
+            if blk < sb.blocks_count
+                && let (Some(r), Some(base)) = (v.blocks(blk, 1), base)
+            {
+                v.paint(r, Src::Image, base);
+            }
+        }
+        v.paint(1024..2048, Src::Image, img.layout.offset_super);
         v
     }
 
-    /// Insert `[start, start+len)`, cutting away whatever it overlaps.
-    fn paint(&mut self, start: u64, len: u64, src: Src, base: u64) {
-        let end = start + len;
+    /// Filesystem bytes of `n` blocks from `block`.
+    fn blocks(&self, block: u64, n: u64) -> Option<Range<u64>> {
+        let bs = self.bs.get();
+        let start = block.checked_mul(bs)?;
+        Some(start..start.checked_add(n.checked_mul(bs)?)?)
+    }
+
+    /// Insert `r`, cutting away whatever it overlaps.
+    fn paint(&mut self, r: Range<u64>, src: Src, base: u64) {
+        let Range { start, end } = r;
         let over: Vec<(u64, Piece)> = self
             .pieces
             .range(..end)
@@ -272,10 +305,12 @@ impl<'a, R: ReadAt> FsView<'a, R> {
                 self.pieces.insert(s, Piece { end: start, ..p });
             }
             if p.end > end {
+                // s < end (the range above): the tail starts end - s bytes into the piece,
+                // whose source offsets were checked when it was painted.
                 self.pieces.insert(
                     end,
                     Piece {
-                        base: p.base + (end - s),
+                        base: p.base.saturating_add(end.saturating_sub(s)),
                         ..p
                     },
                 );
@@ -286,15 +321,16 @@ impl<'a, R: ReadAt> FsView<'a, R> {
 
     /// The filesystem blocks that hold image data.
     pub fn block_map(&self) -> BlockMap {
-        let bs = u64::from(self.img.sb.block_size);
+        let bs = self.bs;
         let mut runs: Vec<Run> = Vec::new();
         for (&s, p) in &self.pieces {
-            let (b0, b1) = (s / bs, p.end.div_ceil(bs));
+            // Pieces are sorted and disjoint: b1 > b0 >= the last run's start.
+            let (b0, b1) = (s / bs, p.end.div_ceil(bs.get()));
             match runs.last_mut() {
-                Some(r) if r.end() >= b0 => r.len = r.len.max(b1 - r.start),
+                Some(r) if r.end() >= b0 => r.len = r.len.max(b1.saturating_sub(r.start)),
                 _ => runs.push(Run {
                     start: b0,
-                    len: b1 - b0,
+                    len: b1.saturating_sub(b0),
                 }),
             }
         }
@@ -307,10 +343,12 @@ impl<R: ReadAt> ReadAt for FsView<'_, R> {
         if offset >= self.size {
             return Ok(0);
         }
-        let n = (buf.len() as u64).min(self.size - offset) as usize;
+        // At most buf.len().
+        let n = (buf.len() as u64).min(self.size.saturating_sub(offset)) as usize;
         let buf = &mut buf[..n];
         buf.fill(0);
-        let end = offset + n as u64;
+        // offset + n <= size: below, every position lies in offset..end.
+        let end = offset.saturating_add(n as u64);
         let first = self
             .pieces
             .range(..=offset)
@@ -322,22 +360,22 @@ impl<R: ReadAt> ReadAt for FsView<'_, R> {
             }
             let lo = s.max(offset);
             let hi = p.end.min(end);
-            let dst = &mut buf[(lo - offset) as usize..(hi - offset) as usize];
-            let from = p.base + (lo - s);
+            let dst = &mut buf
+                [(lo.saturating_sub(offset)) as usize..(hi.saturating_sub(offset)) as usize];
+            let from = p.base.saturating_add(lo.saturating_sub(s));
             let block = match p.src {
                 Src::Image => {
-                    self.img.src.read_exact_at(dst, from, &|| {
-                        format!("normal e2image image at byte {from}")
-                    })?;
+                    read_image(&self.img.src, dst, from)?;
                     continue;
                 }
                 Src::BlockBitmap(g) => self.img.block_bitmap_block(g),
                 Src::InodeBitmap(g) => self.img.inode_bitmap_block(g),
             };
-            if let Some(b) = block
-                .as_deref()
-                .and_then(|b| b.get(from as usize..from as usize + dst.len()))
-            {
+            let at = usize::try_from(from).ok();
+            if let Some(b) = block.as_deref().and_then(|b| {
+                let at = at?;
+                b.get(at..at.checked_add(dst.len())?)
+            }) {
                 dst.copy_from_slice(b);
             }
         }
@@ -369,7 +407,8 @@ impl<R: ReadAt> ReadAt for FsView<'_, R> {
     }
 }
 
-/// The primary location of every descriptor block, in order (what e2image gathers).
+/// The primary location of every descriptor block, in order (what e2image gathers). A
+/// location past the 64-bit range saturates, and lies past the filesystem for the callers.
 pub fn primary_descriptor_blocks(sb: &Superblock) -> Vec<u64> {
     let (_, old0, _) = bitmap::super_and_bgd_loc(sb, 0);
     let first_meta = if sb.has_meta_bg() {
@@ -380,7 +419,7 @@ pub fn primary_descriptor_blocks(sb: &Superblock) -> Vec<u64> {
     (0..sb.desc_blocks)
         .map(|i| {
             if i < first_meta {
-                old0 + u64::from(i)
+                old0.saturating_add(u64::from(i))
             } else {
                 sb.descriptor_block_loc(u64::from(sb.first_data_block), i)
             }
@@ -389,6 +428,7 @@ pub fn primary_descriptor_blocks(sb: &Superblock) -> Vec<u64> {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)] // tests compute expected values freely
 mod tests {
     use super::*;
     use crate::ext4::{Filesystem, OpenOptions};
@@ -441,10 +481,117 @@ mod tests {
         assert_eq!(plan.last().map(|w| w.offset), Some(1024));
     }
 
-    /// Flipped bytes anywhere in the metadata part of an image: open, view, read and plan
-    /// either work or fail with an error, never a panic (run in debug for overflow checks).
+    fn kind<T>(r: Result<T>) -> CorruptKind {
+        match r {
+            Err(Error::Corrupt(k)) => k,
+            Err(e) => panic!("not a corruption: {e}"),
+            Ok(_) => panic!("accepted"),
+        }
+    }
+
+    /// Each damage of the image is reported as the kind naming it, with its location. The
+    /// sample has one group of 1 KiB blocks: header, superblock and one descriptor block,
+    /// then 16 inode-table blocks at 3072, bitmaps at 19456 and 20480, 21504 bytes in all.
+    #[test]
+    fn damage_is_located() {
+        use super::super::field;
+        use crate::bytes::le;
+        let (_, img) = sample_image();
+        assert_eq!(img.len(), 21504);
+        let open = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut b = img.clone();
+            f(&mut b);
+            NormalImage::open(MemSource(b)).map(|_| ())
+        };
+        use CorruptKind as K;
+        assert_eq!(
+            kind(open(&|b| b.truncate(100))),
+            K::NormalHeaderShort { len: 100 }
+        );
+        assert_eq!(
+            kind(open(&|b| b.truncate(1500))),
+            K::NormalTruncated {
+                len: 1500,
+                expected: 2048
+            }
+        );
+        assert_eq!(
+            kind(open(&|b| b.truncate(21503))),
+            K::NormalTruncated {
+                len: 21503,
+                expected: 21504
+            }
+        );
+        assert_eq!(
+            kind(open(&|b| le::set_u32(b, field::MAGIC, 1))),
+            K::NormalMagic { magic: 1 }
+        );
+        assert_eq!(
+            kind(open(&|b| le::set_u32(b, field::FS_BLOCKSIZE, 0))),
+            K::NormalBlockSize { block_size: 0 }
+        );
+        assert_eq!(kind(open(&|b| b[field::FS_UUID] ^= 1)), K::NormalUuid);
+        for (name, at, expected) in [
+            ("offset_inode", field::OFFSET_INODE, 3072),
+            ("offset_blockmap", field::OFFSET_BLOCKMAP, 19456),
+            ("offset_inodemap", field::OFFSET_INODEMAP, 20480),
+        ] {
+            assert_eq!(
+                kind(open(&|b| le::set_u32(b, at, u32::MAX))),
+                K::NormalHeaderOffset {
+                    field: name,
+                    value: u32::MAX,
+                    expected
+                }
+            );
+        }
+        // The install plan checks the image's descriptors (group 0's inode table, lo and
+        // hi halves at bytes 8 and 0x28 of the 64-byte descriptor at 2048).
+        let plan = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut b = img.clone();
+            f(&mut b);
+            let ni = NormalImage::open(MemSource(b)).unwrap();
+            crate::ops::install::plan(&ni, 1).map(|_| ())
+        };
+        assert_eq!(
+            kind(plan(&|b| {
+                le::set_u32(b, 2048 + 8, 0);
+                le::set_u32(b, 2048 + 0x28, 0);
+            })),
+            K::NormalInodeTableMissing { group: 0 }
+        );
+        assert_eq!(
+            kind(plan(&|b| {
+                le::set_u32(b, 2048 + 8, u32::MAX);
+                le::set_u32(b, 2048 + 0x28, u32::MAX);
+            })),
+            K::NormalInodeTableOutside {
+                group: 0,
+                block: u64::MAX,
+                blocks: 16,
+                fs_blocks: 768
+            }
+        );
+        assert_eq!(
+            kind(plan(&|b| le::set_u32(b, 2048 + 8, 760))),
+            K::NormalInodeTableOutside {
+                group: 0,
+                block: 760,
+                blocks: 16,
+                fs_blocks: 768
+            }
+        );
+        plan(&|_| {}).unwrap();
+    }
+
+    /// Damage in the metadata part of an image — flipped bytes, and full-width values (both
+    /// halves of 64-bit fields at once) in header, superblock (checksum then fixed, so the
+    /// values get used) and descriptor fields, cuts: open, view, read and plan either work or
+    /// fail with an error, never a panic (the debug test build checks overflow).
     #[test]
     fn mutated_images_never_panic() {
+        use super::super::field;
+        use crate::bytes::le;
         let (_, img) = sample_image();
         let meta_end = 4 * 1024 + 3 * 1024;
         let mut seed = 0x2545_F491_4F6C_DD1Du64;
@@ -454,11 +601,53 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
+        // (image offset of the low half, of the high half or none)
+        let sb = |o: usize| 1024 + o;
+        let dsc = |o: usize| 2048 + o;
+        let wide: [(usize, Option<usize>); 20] = [
+            (field::OFFSET_SUPER, None),
+            (field::OFFSET_INODE, None),
+            (field::OFFSET_BLOCKMAP, None),
+            (field::OFFSET_INODEMAP, None),
+            (field::IMAGE_TIME, Some(field::IMAGE_TIME_HI)),
+            (sb(0x00), None),             // s_inodes_count
+            (sb(0x04), Some(sb(0x150))),  // s_blocks_count
+            (sb(0x14), None),             // s_first_data_block
+            (sb(0x18), None),             // s_log_block_size
+            (sb(0x1C), None),             // s_log_cluster_size
+            (sb(0x20), None),             // s_blocks_per_group
+            (sb(0x24), None),             // s_clusters_per_group
+            (sb(0x28), None),             // s_inodes_per_group
+            (sb(0x58), None),             // s_inode_size (and block group nr)
+            (sb(0xFC), None),             // s_desc_size and default mount options
+            (sb(0x104), None),            // s_first_meta_bg
+            (dsc(0x00), Some(dsc(0x20))), // block bitmap
+            (dsc(0x04), Some(dsc(0x24))), // inode bitmap
+            (dsc(0x08), Some(dsc(0x28))), // inode table
+            (dsc(0x0C), Some(dsc(0x2C))), // free counts
+        ];
+        let values = [u32::MAX, 0, 1 << 31, 1, 0x8000, 767];
+        let mut opened = 0;
         for _ in 0..3000 {
             let mut m = img.clone();
             for _ in 0..(1 + next() % 4) {
-                let at = (next() % meta_end as u64) as usize;
-                m[at] = next() as u8;
+                if next() % 2 == 0 {
+                    let (lo, hi) = wide[(next() % wide.len() as u64) as usize];
+                    let v = values[(next() % values.len() as u64) as usize];
+                    le::set_u32(&mut m, lo, v);
+                    if let Some(hi) = hi {
+                        le::set_u32(&mut m, hi, values[(next() % values.len() as u64) as usize]);
+                    }
+                } else {
+                    let at = (next() % meta_end as u64) as usize;
+                    m[at] = next() as u8;
+                }
+            }
+            if next() % 2 == 0 {
+                let mut raw = [0u8; 1024];
+                raw.copy_from_slice(&m[1024..2048]);
+                crate::ext4::csum::superblock_csum_set(&mut raw);
+                m[1024..2048].copy_from_slice(&raw);
             }
             if next() % 8 == 0 {
                 m.truncate((next() % m.len() as u64) as usize);
@@ -466,14 +655,21 @@ mod tests {
             let Ok(ni) = NormalImage::open(MemSource(m)) else {
                 continue;
             };
+            opened += 1;
             let view = ni.fs_view();
             let map = view.block_map();
             let mut buf = vec![0u8; 8192];
             for r in map.runs().iter().take(8) {
                 let _ = view.read_at(&mut buf, r.start * 1024);
             }
+            let _ = view.read_at(&mut buf, next());
             let _ = view.data_region(0);
+            let _ = view.data_region(next());
+            let mut it = vec![0u8; 1024];
+            let _ = ni.read_inode_table(0, next() % 20_000, &mut it);
             let _ = crate::ops::install::plan(&ni, 1);
         }
+        // Most damage must get past open, or this would test only the header checks.
+        assert!(opened > 300, "only {opened} of 3000 damaged images opened");
     }
 }

@@ -11,6 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::{HEADER_SIZE, Header, Layout};
+use crate::error::CorruptKind;
 use crate::ext4::bitmap;
 use crate::ext4::desc::DescTable;
 use crate::ext4::{Filesystem, Superblock};
@@ -114,24 +115,27 @@ impl Out<'_, '_> {
                     .map_err(|e| Error::io("write", self.pos, e))?;
             }
         }
-        self.pos += buf.len() as u64;
-        self.written += buf.len() as u64;
+        // Byte counts of what went through memory: far below 2^64.
+        self.pos = self.pos.saturating_add(buf.len() as u64);
+        self.written = self.written.saturating_add(buf.len() as u64);
         Ok(())
     }
 
     /// `n` zero bytes: a hole in a new file, written elsewhere.
     fn zeros(&mut self, mut n: u64) -> Result<()> {
         if let NormalTarget::NewFile(_) = self.target {
-            self.pos += n;
+            // At most the planned image size.
+            self.pos = self.pos.saturating_add(n);
             return Ok(());
         }
         while n > 0 {
+            // At most the buffer's length.
             let k = n.min(self.zero_buf.len() as u64) as usize;
             let z = std::mem::take(&mut self.zero_buf);
             let r = self.data(&z[..k]);
             self.zero_buf = z;
             r?;
-            n -= k as u64;
+            n = n.saturating_sub(k as u64);
         }
         Ok(())
     }
@@ -140,37 +144,36 @@ impl Out<'_, '_> {
 /// Check every group's inode table location as e2image does before copying it.
 fn check_inode_tables(sb: &Superblock, desc: &DescTable) -> Result<()> {
     let ipb = u64::from(sb.inode_blocks_per_group);
-    for g in 0..sb.group_count {
-        let it = desc.inode_table(g);
-        if it == 0 {
-            return Err(Error::corrupt(
-                format!("group {g} descriptor"),
-                "the group is missing an inode table",
-            ));
+    for group in 0..sb.group_count {
+        let block = desc.inode_table(group);
+        if block == 0 {
+            return Err(CorruptKind::NormalInodeTableMissing { group }.into());
         }
-        if it < u64::from(sb.first_data_block)
-            || it.checked_add(ipb).is_none_or(|e| e > sb.blocks_count)
+        if block < u64::from(sb.first_data_block)
+            || block.checked_add(ipb).is_none_or(|e| e > sb.blocks_count)
         {
-            return Err(Error::corrupt(
-                format!("group {g} descriptor"),
-                format!(
-                    "inode table at block {it} ({ipb} blocks) lies outside the filesystem's {} blocks",
-                    sb.blocks_count
-                ),
-            ));
+            return Err(CorruptKind::NormalInodeTableOutside {
+                group,
+                block,
+                blocks: ipb,
+                fs_blocks: sb.blocks_count,
+            }
+            .into());
         }
     }
     Ok(())
 }
 
 /// Runs of inode tables that lie back to back on disk (flex_bg): `(first block, blocks)`.
+/// The tables passed [`check_inode_tables`]: every end lies inside the filesystem, so no
+/// sum here can overflow.
 fn itable_runs(sb: &Superblock, desc: &DescTable) -> Vec<(u64, u64)> {
     let ipb = u64::from(sb.inode_blocks_per_group);
     let mut runs: Vec<(u64, u64)> = Vec::new();
     for g in 0..sb.group_count {
         let it = desc.inode_table(g);
         match runs.last_mut() {
-            Some((s, n)) if *s + *n == it => *n += ipb,
+            Some((s, n)) if s.checked_add(*n) == Some(it) => *n = n.saturating_add(ipb),
             _ => runs.push((it, ipb)),
         }
     }
@@ -203,13 +206,15 @@ pub fn write_normal<S: ReadAt>(
     check_inode_tables(sb, &desc)?;
     let bitmaps = bitmap::read_bitmaps(&fs.src, sb, &desc)?;
 
-    let bs = sb.block_size as usize;
+    let bs = layout.block_size.get() as usize;
     let mut hostname = [0u8; 64];
     let hl = info.hostname.len().min(64);
     hostname[..hl].copy_from_slice(&info.hostname[..hl]);
     let mut fs_device_name = [0u8; 64];
     let dl = info.device_name.len().min(63);
     fs_device_name[..dl].copy_from_slice(&info.device_name[..dl]);
+    // check_offsets_fit: every offset is at most offset_inodemap, which fits 32 bits.
+    let offset32 = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
     let header = Header {
         hostname,
         fs_device: info.fs_device,
@@ -219,10 +224,10 @@ pub fn write_normal<S: ReadAt>(
         image_device: info.image_device,
         image_inode: info.image_inode,
         image_time: info.time,
-        offset_super: layout.offset_super as u32,
-        offset_inode: layout.offset_inode as u32,
-        offset_inodemap: layout.offset_inodemap as u32,
-        offset_blockmap: layout.offset_blockmap as u32,
+        offset_super: offset32(layout.offset_super),
+        offset_inode: offset32(layout.offset_inode),
+        offset_inodemap: offset32(layout.offset_inodemap),
+        offset_blockmap: offset32(layout.offset_blockmap),
     };
 
     let mut out = Out {
@@ -246,39 +251,45 @@ pub fn write_normal<S: ReadAt>(
     out.data(desc.raw())?;
     debug_assert_eq!(out.pos, layout.offset_inode);
 
-    // Inode tables, read in large pieces; all-zero blocks are holes in a new file.
-    let total = u64::from(sb.group_count) * u64::from(sb.inode_blocks_per_group);
+    // Inode tables, read in large pieces; all-zero blocks are holes in a new file. Every
+    // table lies inside the filesystem (check_inode_tables), whose byte size fits
+    // (Layout::new): the block arithmetic below cannot overflow.
+    let total = u64::from(sb.group_count).saturating_mul(u64::from(sb.inode_blocks_per_group));
     progress.phase("copying inode tables", total, Unit::Blocks);
-    let bs64 = u64::from(sb.block_size);
+    let bs64 = layout.block_size;
     let per = (IO_CHUNK as u64 / bs64).max(1);
     let mut buf = Vec::new();
     for (start, count) in itable_runs(sb, &desc) {
+        let end = start.saturating_add(count);
         let mut b = start;
-        while b < start + count {
-            let n = per.min(start + count - b);
-            let len = (n * bs64) as usize;
+        while b < end {
+            let n = per.min(end.saturating_sub(b));
+            // At most IO_CHUNK (or one block).
+            let len = n.saturating_mul(bs64.get()) as usize;
             buf.resize(len, 0);
-            let past = fs.src.read_sparse_at(&mut buf[..len], b * bs64)?;
+            let past = fs
+                .src
+                .read_sparse_at(&mut buf[..len], b.saturating_mul(bs64.get()))?;
             if past > 0 {
-                return Err(Error::corrupt(
-                    "inode table",
-                    format!(
-                        "blocks {b}..{} lie past the end of the source ({} bytes)",
-                        b + n,
-                        fs.src.size()
-                    ),
-                ));
+                return Err(CorruptKind::NormalInodeTablePastSource {
+                    start: b,
+                    end: b.saturating_add(n),
+                    source_size: fs.src.size(),
+                }
+                .into());
             }
             zero_runs(&buf[..len], bs, &mut |i, k, zero| {
+                // i and k count blocks of this buffer.
+                let piece = i.saturating_mul(bs)..i.saturating_add(k).saturating_mul(bs);
                 if zero {
-                    stats.zero_blocks += k as u64;
-                    out.zeros((k * bs) as u64)
+                    stats.zero_blocks = stats.zero_blocks.saturating_add(k as u64);
+                    out.zeros(piece.len() as u64)
                 } else {
-                    out.data(&buf[i * bs..(i + k) * bs])
+                    out.data(&buf[piece])
                 }
             })?;
-            b += n;
-            stats.itable_blocks += n;
+            b = b.saturating_add(n);
+            stats.itable_blocks = stats.itable_blocks.saturating_add(n);
             progress.update(stats.itable_blocks);
         }
     }
@@ -288,7 +299,8 @@ pub fn write_normal<S: ReadAt>(
     // Bitmaps, each padded with zeros to a whole block.
     for map in [&bitmaps.block, &bitmaps.inode] {
         out.data(map)?;
-        let pad = (map.len() as u64).div_ceil(bs64) * bs64 - map.len() as u64;
+        // To the next block boundary (rem < bs: the subtraction cannot saturate).
+        let pad = bs64.get().saturating_sub(map.len() as u64 % bs64) % bs64;
         if pad > 0 {
             let z = vec![0u8; pad as usize];
             out.data(&z)?;
@@ -307,6 +319,7 @@ pub fn write_normal<S: ReadAt>(
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)] // tests compute expected values freely
 mod tests {
     use super::*;
     use crate::ext4::OpenOptions;

@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Cursor, Read, Write};
 use std::path::{Path, PathBuf};
 
+use crate::bytes::le;
 use crate::stream::{self, StreamReader};
 use crate::{Error, Result};
 
@@ -166,13 +167,14 @@ pub fn detect(head: &[u8]) -> Option<Kind> {
     if head.starts_with(&stream::MAGIC) {
         return Some(Kind::Stream);
     }
-    if head.starts_with(b"QFI\xfb") {
+    if crate::qcow2::is_qcow2(head) {
         return Some(Kind::Qcow2);
     }
-    if head.len() >= 4 && u32::from_le_bytes([head[0], head[1], head[2], head[3]]) == 0x7F2B_B710 {
+    if le::get_u32(head, 0) == Some(crate::normal::E2IMAGE_MAGIC) {
         return Some(Kind::Normal);
     }
-    if head.len() >= 1024 + 0x3A && head[1024 + 0x38..1024 + 0x3A] == [0x53, 0xEF] {
+    // s_magic of a superblock at byte 1024.
+    if le::get_u16(head, 1024 + 0x38) == Some(0xEF53) {
         return Some(Kind::Raw);
     }
     None

@@ -24,10 +24,16 @@
 //! lie inside DEVICE. With an undo file, the old contents of every block written (and the
 //! superblock the device will hold afterwards) are saved and synced first.
 
+// Every number here comes from the image or the device: no unchecked arithmetic.
+#![deny(clippy::arithmetic_side_effects)]
+
 use std::fs::{File, OpenOptions};
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 
 use crate::blockmap::{BlockMap, Run};
+use crate::bytes::le;
+use crate::error::CorruptKind;
 use crate::ext4::Superblock;
 use crate::ext4::bitmap::{self, super_and_bgd_loc};
 use crate::ext4::csum::{self, Checksummer};
@@ -36,6 +42,7 @@ use crate::ext4::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 use crate::io::{FileSource, ReadAt, pwrite_full};
 use crate::mount::{MountState, mount_state};
 use crate::normal::NormalImage;
+use crate::normal::reader::read_image;
 use crate::progress::{Progress, Unit};
 use crate::undo::{self, UndoStats};
 use crate::{Error, Result};
@@ -115,61 +122,92 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Byte offset of `blocks` blocks of `bs` bytes. The plan only computes offsets of blocks
+/// inside the filesystem, whose byte size [`crate::normal::Layout::new`] checked, so this
+/// fails only on a bug; it fails as a located error all the same.
+fn bytes(blocks: u64, bs: u64, what: &'static str) -> Result<u64> {
+    blocks
+        .checked_mul(bs)
+        .ok_or_else(|| CorruptKind::NormalLayoutOverflow { field: what }.into())
+}
+
 /// Plan every write of an install (see the module documentation), in order.
 pub fn plan<R: ReadAt>(img: &NormalImage<R>, now: u64) -> Result<Vec<PlannedWrite>> {
     let sb = img.superblock();
     let layout = img.layout();
-    let bs = u64::from(sb.block_size);
+    let bs = layout.block_size.get();
     let ipb = u64::from(sb.inode_blocks_per_group);
     let mut desc = img.desc().clone();
     let mut writes = Vec::new();
 
     // 1. Inode tables, coalesced where consecutive groups' tables are back to back.
-    let mut run: Option<(u32, u32, u64, u64)> = None; // first group, last group, block, image offset
-    let flush = |run: Option<(u32, u32, u64, u64)>, writes: &mut Vec<PlannedWrite>| {
-        if let Some((g0, g1, blk, off)) = run {
-            let n = u64::from(g1 - g0 + 1) * ipb;
+    struct Tables {
+        first: u32,
+        last: u32,
+        block: u64,
+        /// One past the last block.
+        end: u64,
+        image_offset: u64,
+    }
+    let flush = |run: Option<Tables>, writes: &mut Vec<PlannedWrite>| -> Result<()> {
+        if let Some(t) = run {
+            // end > block: each table lies inside the filesystem.
+            let n = t.end.saturating_sub(t.block);
             writes.push(PlannedWrite {
-                what: if g0 == g1 {
-                    format!("inode table of group {g0}")
+                what: if t.first == t.last {
+                    format!("inode table of group {}", t.first)
                 } else {
-                    format!("inode tables of groups {g0}-{g1}")
+                    format!("inode tables of groups {}-{}", t.first, t.last)
                 },
-                offset: blk * bs,
-                len: n * bs,
-                data: WriteData::Image(off),
+                offset: bytes(t.block, bs, "an inode table offset")?,
+                len: bytes(n, bs, "an inode table size")?,
+                data: WriteData::Image(t.image_offset),
             });
         }
+        Ok(())
     };
-    for g in 0..sb.group_count {
-        let it = desc.inode_table(g);
-        if it == 0 {
-            return Err(Error::corrupt(
-                format!("image group {g} descriptor"),
-                "the group is missing an inode table",
-            ));
+    let mut run: Option<Tables> = None;
+    for group in 0..sb.group_count {
+        let block = desc.inode_table(group);
+        if block == 0 {
+            return Err(CorruptKind::NormalInodeTableMissing { group }.into());
         }
-        if it < u64::from(sb.first_data_block)
-            || it.checked_add(ipb).is_none_or(|e| e > sb.blocks_count)
-        {
-            return Err(Error::corrupt(
-                format!("image group {g} descriptor"),
-                format!("inode table at block {it} lies outside the filesystem"),
-            ));
-        }
-        let off = layout.inode_table_offset(g);
+        let end = block
+            .checked_add(ipb)
+            .filter(|&e| block >= u64::from(sb.first_data_block) && e <= sb.blocks_count)
+            .ok_or(CorruptKind::NormalInodeTableOutside {
+                group,
+                block,
+                blocks: ipb,
+                fs_blocks: sb.blocks_count,
+            })?;
+        let image_offset =
+            layout
+                .inode_table_offset(group)
+                .ok_or(CorruptKind::NormalLayoutOverflow {
+                    field: "an inode table offset",
+                })?;
         run = match run {
-            Some((g0, g1, blk, o)) if blk + u64::from(g1 - g0 + 1) * ipb == it => {
-                Some((g0, g, blk, o))
-            }
+            Some(t) if t.end == block => Some(Tables {
+                last: group,
+                end,
+                ..t
+            }),
             prev => {
-                flush(prev, &mut writes);
-                Some((g, g, it, off))
+                flush(prev, &mut writes)?;
+                Some(Tables {
+                    first: group,
+                    last: group,
+                    block,
+                    end,
+                    image_offset,
+                })
             }
         };
     }
-    flush(run, &mut writes);
+    flush(run, &mut writes)?;
     // The write calls libext2fs makes for the inode tables: up to 32 blocks at a time.
+    // (Every table was checked above to end inside the filesystem.)
     let mut io_ops: Vec<(u64, u64)> = Vec::new();
     for g in 0..sb.group_count {
         let mut blk = desc.inode_table(g);
@@ -177,8 +215,8 @@ pub fn plan<R: ReadAt>(img: &NormalImage<R>, now: u64) -> Result<Vec<PlannedWrit
         while left > 0 {
             let c = left.min(32);
             io_ops.push((blk, c));
-            blk += c;
-            left -= c;
+            blk = blk.saturating_add(c);
+            left = left.saturating_sub(c);
         }
     }
 
@@ -186,6 +224,7 @@ pub fn plan<R: ReadAt>(img: &NormalImage<R>, now: u64) -> Result<Vec<PlannedWrit
     let cs = Checksummer::new(sb);
     let csum = sb.has_group_desc_csum();
     let bmaps = img.bitmaps();
+    // inodes_per_group / 8, rounded up: fits a usize.
     let inode_csum_len = sb.inodes_per_group.div_ceil(8) as usize;
     for g in 0..sb.group_count {
         if !(csum && desc.has_flag(g, BG_BLOCK_UNINIT)) {
@@ -197,7 +236,7 @@ pub fn plan<R: ReadAt>(img: &NormalImage<R>, now: u64) -> Result<Vec<PlannedWrit
                 io_ops.push((loc, 1));
                 writes.push(PlannedWrite {
                     what: format!("block bitmap of group {g}"),
-                    offset: loc * bs,
+                    offset: bytes(loc, bs, "a block bitmap offset")?,
                     len: bs,
                     data: WriteData::Bytes(blk),
                 });
@@ -212,7 +251,7 @@ pub fn plan<R: ReadAt>(img: &NormalImage<R>, now: u64) -> Result<Vec<PlannedWrit
                 io_ops.push((loc, 1));
                 writes.push(PlannedWrite {
                     what: format!("inode bitmap of group {g}"),
-                    offset: loc * bs,
+                    offset: bytes(loc, bs, "an inode bitmap offset")?,
                     len: bs,
                     data: WriteData::Bytes(blk),
                 });
@@ -227,40 +266,55 @@ pub fn plan<R: ReadAt>(img: &NormalImage<R>, now: u64) -> Result<Vec<PlannedWrit
     } else {
         sb.desc_blocks
     };
-    let mbs = sb.desc_per_block.max(1);
+    let mbs = std::num::NonZeroU32::new(sb.desc_per_block).unwrap_or(std::num::NonZeroU32::MIN);
     for g in 0..sb.group_count {
         let (_, old, new) = super_and_bgd_loc(sb, g);
         if g == 0 && old != 0 && old_desc_blocks > 0 {
-            let len = u64::from(old_desc_blocks) * bs;
+            let len = bytes(u64::from(old_desc_blocks), bs, "the descriptors")?;
+            let data = usize::try_from(len)
+                .ok()
+                .and_then(|l| raw.get(..l))
+                .ok_or(CorruptKind::NormalDescriptorBlock { meta_group: 0 })?;
             writes.push(PlannedWrite {
                 what: format!("group descriptors ({old_desc_blocks} blocks)"),
-                offset: old * bs,
+                offset: bytes(old, bs, "the descriptors' offset")?,
                 len,
-                data: WriteData::Bytes(raw[..len as usize].to_vec()),
+                data: WriteData::Bytes(data.to_vec()),
             });
         }
         if new != 0 {
-            let mb = (g / mbs) as usize;
-            let at = mb * bs as usize;
+            let mb = u64::from(g / mbs);
+            let at = bytes(mb, bs, "a meta_bg descriptor block")?;
+            let block = usize::try_from(at)
+                .ok()
+                .zip(usize::try_from(bs).ok())
+                .and_then(|(at, n)| raw.get(at..at.checked_add(n)?))
+                .ok_or(CorruptKind::NormalDescriptorBlock { meta_group: mb })?;
             writes.push(PlannedWrite {
                 what: format!("meta_bg {mb} group descriptors (in group {g})"),
-                offset: new * bs,
+                offset: bytes(new, bs, "a meta_bg descriptor block")?,
                 len: bs,
-                data: WriteData::Bytes(raw[at..at + bs as usize].to_vec()),
+                data: WriteData::Bytes(block.to_vec()),
             });
         }
     }
 
     // 4. Primary superblock.
     let mut sup = *sb.raw();
-    sup[0x30..0x34].copy_from_slice(&(now as u32).to_le_bytes());
+    // s_wtime and s_wtime_hi.
+    le::set_u32(&mut sup, 0x30, now as u32);
     sup[0x274] = (now >> 32) as u8;
-    sup[0x5A..0x5C].copy_from_slice(&0u16.to_le_bytes());
-    let kb = u64::from_le_bytes(sup[0x178..0x180].try_into().unwrap_or([0; 8]));
+    // s_block_group_nr.
+    le::set_u16(&mut sup, 0x5A, 0);
+    let kb = le::u64(&sup, 0x178);
     let counted = unix_io_bytes_written(&io_ops, bs);
     if kb != 0 && counted != 0 {
-        let add = (counted >> 10) + u64::from(sb.desc_blocks + 1) / (bs / 1024);
-        sup[0x178..0x180].copy_from_slice(&kb.wrapping_add(add).to_le_bytes());
+        // libext2fs adds (desc_blocks + 1) / (bs / 1024) for the descriptors and superblock.
+        let kib_per_block = NonZeroU64::new(bs >> 10).unwrap_or(NonZeroU64::MIN);
+        let meta = u64::from(sb.desc_blocks).saturating_add(1) / kib_per_block;
+        let add = (counted >> 10).saturating_add(meta);
+        // s_kbytes_written is a counter that wraps, as libext2fs's does.
+        le::set_u64(&mut sup, 0x178, kb.wrapping_add(add));
     }
     csum::superblock_csum_set(&mut sup);
     writes.push(PlannedWrite {
@@ -277,7 +331,8 @@ pub fn plan<R: ReadAt>(img: &NormalImage<R>, now: u64) -> Result<Vec<PlannedWrit
 /// the cache), smaller ones into its 8-block write-back cache, which writes a dirty block only
 /// when evicting it (least recently used first). `ext2fs_close2` adds this count, in KiB, to
 /// `s_kbytes_written` before the cache is flushed; reproducing it keeps the superblock
-/// byte-identical to the one `e2image -I` writes.
+/// byte-identical to the one `e2image -I` writes. The byte count saturates (it is a
+/// statistic; the planned writes fit 64 bits).
 fn unix_io_bytes_written(ops: &[(u64, u64)], bs: u64) -> u64 {
     #[derive(Clone, Copy, Default)]
     struct Slot {
@@ -292,15 +347,16 @@ fn unix_io_bytes_written(ops: &[(u64, u64)], bs: u64) -> u64 {
     for &(blk, count) in ops {
         if count > 4 {
             for s in slots.iter_mut().filter(|s| s.in_use && s.dirty) {
-                bytes += bs;
+                bytes = bytes.saturating_add(bs);
                 s.dirty = false;
                 s.in_use = false;
             }
-            bytes += count * bs;
+            bytes = bytes.saturating_add(count.saturating_mul(bs));
             continue;
         }
-        for b in blk..blk + count {
-            clock += 1;
+        for b in blk..blk.saturating_add(count) {
+            // One tick per block written: far below 2^64.
+            clock = clock.saturating_add(1);
             if let Some(s) = slots.iter_mut().find(|s| s.in_use && s.block == b) {
                 s.time = clock;
                 s.dirty = true;
@@ -320,7 +376,7 @@ fn unix_io_bytes_written(ops: &[(u64, u64)], bs: u64) -> u64 {
             };
             let s = &mut slots[victim];
             if s.in_use && s.dirty {
-                bytes += bs;
+                bytes = bytes.saturating_add(bs);
             }
             *s = Slot {
                 in_use: true,
@@ -339,7 +395,8 @@ pub fn standard_backup_locations() -> Vec<(u64, u32)> {
     (10..=16)
         .map(|l| {
             let bs = 1u32 << l;
-            (u64::from(bs) * 8 + u64::from(bs == 1024), bs)
+            // At most 2^19 + 1.
+            ((u64::from(bs) << 3) | u64::from(bs == 1024), bs)
         })
         .collect()
 }
@@ -362,14 +419,14 @@ fn device_superblock<D: ReadAt>(
         return (DeviceSuper::Primary, Some(sb));
     }
     let mut cands = standard_backup_locations();
-    let mut found = 0;
+    let mut found = 0u32;
     for g in 1..image_sb.group_count {
         if found == 8 {
             break;
         }
         if image_sb.group_has_super(g) {
             cands.push((image_sb.group_first_block(g), image_sb.block_size));
-            found += 1;
+            found = found.saturating_add(1);
         }
     }
     for (blk, bs) in cands {
@@ -434,16 +491,17 @@ fn mismatches(dev: &Superblock, img: &Superblock) -> Vec<String> {
     m
 }
 
-/// The device blocks the writes touch (whole blocks of `bs`).
-fn touched_blocks(writes: &[PlannedWrite], bs: u64, blocks: u64) -> BlockMap {
+/// The device blocks the writes touch (whole blocks of `bs`). Planned writes lie inside
+/// the filesystem or at the superblock: their ends fit.
+fn touched_blocks(writes: &[PlannedWrite], bs: NonZeroU64, blocks: u64) -> BlockMap {
     let mut runs: Vec<Run> = writes
         .iter()
         .map(|w| {
             let b0 = w.offset / bs;
-            let b1 = (w.offset + w.len).div_ceil(bs);
+            let b1 = w.offset.saturating_add(w.len).div_ceil(bs.get());
             Run {
                 start: b0,
-                len: b1 - b0,
+                len: b1.saturating_sub(b0),
             }
         })
         .collect();
@@ -451,7 +509,7 @@ fn touched_blocks(writes: &[PlannedWrite], bs: u64, blocks: u64) -> BlockMap {
     let mut merged: Vec<Run> = Vec::new();
     for r in runs {
         match merged.last_mut() {
-            Some(m) if m.end() >= r.start => m.len = m.len.max(r.end() - m.start),
+            Some(m) if m.end() >= r.start => m.len = m.len.max(r.end().saturating_sub(m.start)),
             _ => merged.push(r),
         }
     }
@@ -476,7 +534,7 @@ pub fn install(
     }
     let img = NormalImage::open_file(image)?;
     let sb = img.superblock();
-    let bs = u64::from(sb.block_size);
+    let bs = img.layout().block_size;
     let writes = plan(&img, now())?;
 
     let is_blockdev = std::fs::metadata(device).is_ok_and(|m| {
@@ -508,14 +566,20 @@ pub fn install(
             mism.join(", ")
         )));
     }
-    let end = writes.iter().map(|w| w.offset + w.len).max().unwrap_or(0);
+    // Planned writes lie inside the image's filesystem, whose byte size fits: saturation
+    // cannot happen (and would only make the device check below stricter).
+    let end = writes
+        .iter()
+        .map(|w| w.offset.saturating_add(w.len))
+        .max()
+        .unwrap_or(0);
     if end > dev.size() {
         return Err(Error::InvalidInput(format!(
             "{dev_name} is {} bytes, but the image's metadata reaches byte {end}; nothing written",
             dev.size()
         )));
     }
-    let bytes = writes.iter().map(|w| w.len).sum();
+    let bytes = writes.iter().fold(0u64, |a, w| a.saturating_add(w.len));
     let mut report = InstallReport {
         writes,
         bytes,
@@ -549,7 +613,11 @@ pub fn install(
             .truncate(true)
             .open(path)
             .map_err(|e| Error::io("create undo file", 0, e))?;
-        let touched = touched_blocks(&report.writes, bs, sb.blocks_count.max(end.div_ceil(bs)));
+        let touched = touched_blocks(
+            &report.writes,
+            bs,
+            sb.blocks_count.max(end.div_ceil(bs.get())),
+        );
         report.undo = Some(undo::write_undo(
             &uf,
             &dev,
@@ -563,11 +631,12 @@ pub fn install(
     let total = report.bytes / bs;
     progress.block_size(sb.block_size);
     progress.phase("installing", total, Unit::Blocks);
+    // Progress and positions below stay inside writes whose ends were checked above.
     let mut done = 0u64;
     let mut buf = Vec::new();
-    let n_writes = report.writes.len();
+    let last = report.writes.len().saturating_sub(1);
     for (i, w) in report.writes.iter().enumerate() {
-        if i + 1 == n_writes {
+        if i == last {
             // Everything else reaches the device before the superblock.
             f.sync_data().map_err(|e| Error::io("sync", 0, e))?;
         }
@@ -578,19 +647,21 @@ pub fn install(
             WriteData::Image(off) => {
                 let mut pos = 0u64;
                 while pos < w.len {
-                    let n = (w.len - pos).min(crate::pieces::IO_CHUNK as u64) as usize;
+                    // At most IO_CHUNK.
+                    let n = w
+                        .len
+                        .saturating_sub(pos)
+                        .min(crate::pieces::IO_CHUNK as u64) as usize;
                     buf.resize(n, 0);
-                    img.source().read_exact_at(&mut buf, off + pos, &|| {
-                        format!("image inode tables at byte {}", off + pos)
-                    })?;
-                    pwrite_full(f, &buf, w.offset + pos)
-                        .map_err(|e| Error::io("write", w.offset + pos, e))?;
-                    pos += n as u64;
-                    progress.update(done + pos / bs);
+                    read_image(img.source(), &mut buf, off.saturating_add(pos))?;
+                    let at = w.offset.saturating_add(pos);
+                    pwrite_full(f, &buf, at).map_err(|e| Error::io("write", at, e))?;
+                    pos = pos.saturating_add(n as u64);
+                    progress.update(done.saturating_add(pos / bs));
                 }
             }
         }
-        done += w.len / bs;
+        done = done.saturating_add(w.len / bs);
         progress.update(done);
     }
     f.sync_all().map_err(|e| Error::io("sync", 0, e))?;
@@ -599,6 +670,7 @@ pub fn install(
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)] // tests compute expected values freely
 mod tests {
     use super::*;
 

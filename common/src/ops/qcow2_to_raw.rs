@@ -49,8 +49,8 @@ pub fn plan<S: ReadAt>(
     let units = size / unit;
     let runs = image.allocated_runs(with_zero_clusters)?;
     let scaled = runs.into_iter().filter_map(|r| {
-        let s = r.start.checked_mul(per)?;
-        let e = r.end().checked_mul(per)?.min(units);
+        let s = r.start.get().checked_mul(per)?;
+        let e = r.end().get().checked_mul(per)?.min(units);
         (s < e).then(|| Run {
             start: s,
             len: e - s,

@@ -2,8 +2,8 @@
 
 use crate::ops::capture::{CaptureOptions, open_source, scan_source};
 use crate::progress::Progress;
-use crate::qcow2::Qcow2Layout;
 use crate::qcow2::writer::nonzero_blocks;
+use crate::qcow2::{ClusterRun, GuestCluster, Qcow2Layout};
 use crate::{Error, Result};
 
 /// Plan the qcow2 image of any input without writing anything (`--dry-run`). A stream is
@@ -19,7 +19,13 @@ pub fn plan(
         let vsize = blocks_count
             .checked_mul(u64::from(bs))
             .ok_or_else(|| Error::InvalidInput("filesystem size overflows".into()))?;
-        Qcow2Layout::plan(vsize, bs.trailing_zeros(), runs)
+        // One cluster per filesystem block.
+        let clusters: Vec<ClusterRun> = runs
+            .iter()
+            .copied()
+            .map(ClusterRun::one_per_block)
+            .collect();
+        Qcow2Layout::plan(vsize, bs.trailing_zeros(), &clusters)
     };
     match input {
         Input::Stream(mut r) => {
@@ -88,7 +94,12 @@ pub fn stream_to_qcow2<R: std::io::Read>(
         .checked_mul(u64::from(h.block_size))
         .ok_or_else(|| Error::InvalidInput("image size overflows".into()))?;
     let cb = h.block_size.trailing_zeros();
-    let runs = r.data_runs();
+    // One cluster per filesystem block.
+    let runs: Vec<ClusterRun> = r
+        .data_runs()
+        .into_iter()
+        .map(ClusterRun::one_per_block)
+        .collect();
     let mut report = StreamToQcow2 {
         block_size: h.block_size,
         blocks_count: h.blocks_count,
@@ -106,7 +117,7 @@ pub fn stream_to_qcow2<R: std::io::Read>(
             let mut qw = SequentialWriter::new(w, &layout)?;
             report.stream_sha256 = r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
                 if let Some(d) = data {
-                    qw.write_clusters(e.start, d)?;
+                    qw.write_clusters(GuestCluster(e.start), d)?;
                     done += d.len() as u64 / bs;
                     progress.update(done);
                 }
@@ -119,7 +130,7 @@ pub fn stream_to_qcow2<R: std::io::Read>(
             let mut qw = CompressedWriter::new(file, vsize, cb, &runs)?;
             report.stream_sha256 = r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
                 if let Some(d) = data {
-                    qw.write_clusters(e.start, d)?;
+                    qw.write_clusters(GuestCluster(e.start), d)?;
                     done += d.len() as u64 / bs;
                     progress.update(done);
                 }

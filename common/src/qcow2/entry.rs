@@ -1,6 +1,9 @@
-//! L1, L2 and refcount-table entries as bit-field newtypes (qcow2 spec, "Cluster mapping").
+//! L1, L2 and refcount-table entries as bit-field newtypes (qcow2 spec, "Cluster mapping"),
+//! and [`Mapping`], what an L2 entry decodes to.
 //!
-//! All entries are stored big-endian as 64-bit words. Offsets are host file offsets.
+//! All entries are stored big-endian as 64-bit words ([`crate::bytes::be`]).
+
+use super::types::{ClusterBits, HostOffset};
 
 /// Bits 9–55 of L1, L2 (standard) and refcount-table entries: a cluster-aligned host offset.
 pub const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
@@ -20,13 +23,15 @@ impl L1Entry {
     pub const RESERVED_MASK: u64 = !(OFFSET_MASK | Self::COPIED);
 
     /// An entry pointing to an L2 table at `offset` whose refcount is one.
-    pub fn table(offset: u64) -> Self {
-        L1Entry((offset & OFFSET_MASK) | Self::COPIED)
+    pub fn table(offset: HostOffset) -> Self {
+        L1Entry((offset.0 & OFFSET_MASK) | Self::COPIED)
     }
 
     /// Host offset of the L2 table, `None` when unallocated.
-    pub fn l2_offset(self) -> Option<u64> {
-        Some(self.0 & OFFSET_MASK).filter(|&o| o != 0)
+    pub fn l2_offset(self) -> Option<HostOffset> {
+        Some(self.0 & OFFSET_MASK)
+            .filter(|&o| o != 0)
+            .map(HostOffset)
     }
 
     pub fn reserved_bits(self) -> u64 {
@@ -48,10 +53,10 @@ pub enum Mapping {
     /// Reads as zeros (the v3 zero flag), whether or not a host cluster is preallocated.
     Zero,
     /// Stored uncompressed in the host cluster at this offset.
-    Data(u64),
+    Data(HostOffset),
     /// Stored deflate-compressed: `len` bytes from host byte `offset` hold at least the
     /// compressed stream (the length is rounded to 512-byte sectors and may run past EOF).
-    Compressed { offset: u64, len: u64 },
+    Compressed { offset: HostOffset, len: u64 },
 }
 
 impl L2Entry {
@@ -61,20 +66,27 @@ impl L2Entry {
     pub const ZERO: u64 = 1;
     /// Standard descriptor bits 1–8 and 56–61: reserved, must be zero.
     pub const STD_RESERVED_MASK: u64 = 0x3f00_0000_0000_01fe;
+    /// The cluster descriptor (bits 0–61).
+    pub const DESCRIPTOR_MASK: u64 = !(Self::COPIED | Self::COMPRESSED);
+    /// Compressed sectors are 512 bytes.
+    const SECTOR_BITS: u32 = 9;
 
     /// A standard (uncompressed) data cluster with refcount one.
-    pub fn data(offset: u64) -> Self {
-        L2Entry((offset & OFFSET_MASK) | Self::COPIED)
+    pub fn data(offset: HostOffset) -> Self {
+        L2Entry((offset.0 & OFFSET_MASK) | Self::COPIED)
     }
 
-    /// A compressed cluster of `len` (> 0) bytes at host byte `offset`, for `cluster_bits`.
-    /// Spec: "x = 62 - (cluster_bits - 8); bits 0..x-1: host offset; x..61: number of
-    /// additional 512-byte sectors used for the compressed data, beyond the sector
-    /// containing the offset."
-    pub fn compressed(offset: u64, len: u64, cluster_bits: u32) -> Self {
-        let x = 62 - (cluster_bits - 8);
-        let extra = ((offset + len - 1) >> 9) - (offset >> 9);
-        L2Entry(Self::COMPRESSED | (extra << x) | offset)
+    /// A compressed cluster of `len` (> 0) bytes at host byte `offset`. Spec: "bits 0..x-1:
+    /// host offset; x..61: number of additional 512-byte sectors used for the compressed
+    /// data, beyond the sector containing the offset." `None` when `len` is 0 or either
+    /// field does not fit its bits.
+    pub fn compressed(offset: HostOffset, len: u64, cb: ClusterBits) -> Option<Self> {
+        let x = cb.compressed_offset_bits();
+        let last = offset.0.checked_add(len.checked_sub(1)?)?;
+        let extra = (last >> Self::SECTOR_BITS).checked_sub(offset.0 >> Self::SECTOR_BITS)?;
+        let fits = |v: u64, bits: u32| v >> bits == 0;
+        (fits(offset.0, x) && fits(extra, 62u32.saturating_sub(x)))
+            .then(|| L2Entry(Self::COMPRESSED | (extra << x) | offset.0))
     }
 
     pub fn is_compressed(self) -> bool {
@@ -90,23 +102,27 @@ impl L2Entry {
         }
     }
 
-    /// Decode for an image with `cluster_bits`.
-    pub fn mapping(self, cluster_bits: u32) -> Mapping {
+    /// Decode for an image with clusters of `cb` bits.
+    pub fn mapping(self, cb: ClusterBits) -> Mapping {
         if self.is_compressed() {
-            let x = 62 - (cluster_bits - 8);
-            let desc = self.0 & !(Self::COPIED | Self::COMPRESSED);
-            let offset = desc & ((1u64 << x) - 1);
+            let x = cb.compressed_offset_bits();
+            let desc = self.0 & Self::DESCRIPTOR_MASK;
+            let offset = desc & !(u64::MAX << x);
             let extra = desc >> x;
-            // "Compressed size = (sectors + 1) * 512 - (offset & 511)".
-            let len = (extra + 1) * 512 - (offset & 511);
-            return Mapping::Compressed { offset, len };
+            // "Compressed size = (sectors + 1) * 512 - (offset & 511)". extra has at most
+            // 62 - x <= 13 bits, so none of this can saturate.
+            let len = (extra.saturating_add(1) << Self::SECTOR_BITS).saturating_sub(offset & 511);
+            return Mapping::Compressed {
+                offset: HostOffset(offset),
+                len,
+            };
         }
         if self.0 & Self::ZERO != 0 {
             return Mapping::Zero;
         }
         match self.0 & OFFSET_MASK {
             0 => Mapping::Unallocated,
-            o => Mapping::Data(o),
+            o => Mapping::Data(HostOffset(o)),
         }
     }
 }
@@ -118,53 +134,152 @@ pub struct RefcountTableEntry(pub u64);
 
 impl RefcountTableEntry {
     pub const OFFSET_MASK: u64 = !0x1ff;
+    pub const RESERVED_MASK: u64 = 0x1ff;
 
-    pub fn block(offset: u64) -> Self {
-        RefcountTableEntry(offset & Self::OFFSET_MASK)
+    pub fn block(offset: HostOffset) -> Self {
+        RefcountTableEntry(offset.0 & Self::OFFSET_MASK)
     }
 
-    pub fn block_offset(self) -> Option<u64> {
-        Some(self.0 & Self::OFFSET_MASK).filter(|&o| o != 0)
+    pub fn block_offset(self) -> Option<HostOffset> {
+        Some(self.0 & Self::OFFSET_MASK)
+            .filter(|&o| o != 0)
+            .map(HostOffset)
+    }
+
+    pub fn reserved_bits(self) -> u64 {
+        self.0 & Self::RESERVED_MASK
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)] // tests compute expected values freely
 mod tests {
     use super::*;
 
+    fn cbs() -> impl Iterator<Item = ClusterBits> {
+        (ClusterBits::MIN..=ClusterBits::MAX).filter_map(ClusterBits::new)
+    }
+
+    /// xorshift64: deterministic "random" words for the property tests.
+    fn rng(mut x: u64) -> impl FnMut() -> u64 {
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        }
+    }
+
     #[test]
     fn l2_round_trips() {
-        for cb in 9..=21u32 {
-            let d = L2Entry::data(7 << cb);
-            assert_eq!(d.mapping(cb), Mapping::Data(7 << cb));
+        for cb in cbs() {
+            let c = cb.get();
+            let d = L2Entry::data(HostOffset(7 << c));
+            assert_eq!(d.mapping(cb), Mapping::Data(HostOffset(7 << c)));
             assert!(d.0 & L2Entry::COPIED != 0 && d.reserved_bits() == 0);
             for (off, len) in [(0x12345u64, 1u64), (0x1_0000_01ff, 513), (4096, 512)] {
-                let c = L2Entry::compressed(off, len, cb);
-                match c.mapping(cb) {
+                let e = L2Entry::compressed(HostOffset(off), len, cb).unwrap();
+                match e.mapping(cb) {
                     Mapping::Compressed { offset, len: l } => {
-                        assert_eq!(offset, off);
-                        assert!(l >= len && offset + l <= ((off + len + 511) & !511));
+                        assert_eq!(offset.0, off);
+                        assert!(l >= len && off + l <= ((off + len + 511) & !511));
                     }
                     m => panic!("{m:?}"),
                 }
             }
         }
-        assert_eq!(L2Entry(0).mapping(16), Mapping::Unallocated);
-        assert_eq!(L2Entry(1).mapping(16), Mapping::Zero);
-        assert_eq!(L2Entry(0x10000 | 1).mapping(16), Mapping::Zero);
+        assert_eq!(
+            L2Entry(0).mapping(ClusterBits::new(16).unwrap()),
+            Mapping::Unallocated
+        );
+        let cb16 = ClusterBits::new(16).unwrap();
+        assert_eq!(L2Entry(1).mapping(cb16), Mapping::Zero);
+        assert_eq!(L2Entry(0x10000 | 1).mapping(cb16), Mapping::Zero);
         assert_ne!(L2Entry(0x10000 | 2).reserved_bits(), 0);
+    }
+
+    /// Property: every compressed (offset, len) that fits encodes to an entry that decodes
+    /// to the same offset and a length covering exactly the sectors it touches; what does
+    /// not fit is refused.
+    #[test]
+    fn compressed_entries_round_trip_or_are_refused() {
+        let mut next = rng(0x9E37_79B9_7F4A_7C15);
+        for cb in cbs() {
+            let x = cb.compressed_offset_bits();
+            for _ in 0..20_000 {
+                let off = next() >> (next() % 64);
+                let len = next() >> (40 + next() % 24);
+                let e = L2Entry::compressed(HostOffset(off), len, cb);
+                let sectors_fit = len > 0
+                    && off
+                        .checked_add(len - 1)
+                        .is_some_and(|last| (last >> 9) - (off >> 9) < 1 << (62 - x));
+                if len == 0 || off >> x != 0 || !sectors_fit {
+                    assert_eq!(e, None, "cb {cb} off {off:#x} len {len}");
+                    continue;
+                }
+                let e = e.unwrap();
+                assert!(e.is_compressed() && e.reserved_bits() == 0);
+                let Mapping::Compressed { offset, len: l } = e.mapping(cb) else {
+                    panic!("{e:?}");
+                };
+                assert_eq!(offset.0, off);
+                let end_sector = (off + len - 1) >> 9;
+                assert_eq!(
+                    off + l,
+                    (end_sector + 1) << 9,
+                    "cb {cb} off {off:#x} len {len}"
+                );
+            }
+        }
+    }
+
+    /// Property: any 64-bit word decodes without panicking, and a standard entry's decoded
+    /// offset re-encodes to the same offset bits.
+    #[test]
+    fn any_word_decodes() {
+        let mut next = rng(0x2545_F491_4F6C_DD1D);
+        for cb in cbs() {
+            for _ in 0..20_000 {
+                let w = next();
+                let e = L2Entry(w);
+                match e.mapping(cb) {
+                    Mapping::Data(h) => {
+                        assert_eq!(L2Entry::data(h).0 & OFFSET_MASK, w & OFFSET_MASK);
+                        assert_eq!(h.0 & !OFFSET_MASK, 0);
+                    }
+                    Mapping::Compressed { offset, len } => {
+                        assert!(e.is_compressed());
+                        assert!((1..=1 << 22).contains(&len));
+                        assert_eq!(offset.0 >> cb.compressed_offset_bits(), 0);
+                    }
+                    Mapping::Zero => assert!(w & L2Entry::ZERO != 0),
+                    Mapping::Unallocated => assert_eq!(w & (OFFSET_MASK | 1), 0),
+                }
+                let l1 = L1Entry(w);
+                if let Some(o) = l1.l2_offset() {
+                    assert_eq!(L1Entry::table(o).0 & OFFSET_MASK, o.0);
+                }
+                assert_eq!(
+                    l1.reserved_bits() | (w & (OFFSET_MASK | L1Entry::COPIED)),
+                    w
+                );
+                let rt = RefcountTableEntry(w);
+                assert_eq!(rt.reserved_bits() | rt.block_offset().map_or(0, |o| o.0), w);
+            }
+        }
     }
 
     #[test]
     fn l1_entries() {
-        let e = L1Entry::table(0x30000);
-        assert_eq!(e.l2_offset(), Some(0x30000));
+        let e = L1Entry::table(HostOffset(0x30000));
+        assert_eq!(e.l2_offset(), Some(HostOffset(0x30000)));
         assert_eq!(e.reserved_bits(), 0);
         assert_eq!(L1Entry(0).l2_offset(), None);
         assert_ne!(L1Entry(1 << 62).reserved_bits(), 0);
         assert_eq!(
-            RefcountTableEntry::block(0x2000).block_offset(),
-            Some(0x2000)
+            RefcountTableEntry::block(HostOffset(0x2000)).block_offset(),
+            Some(HostOffset(0x2000))
         );
     }
 }

@@ -1,5 +1,8 @@
 //! The qcow2 header (cluster 0): versions 2 and 3, feature bits and header extensions.
 
+use super::types::{ClusterBits, HostOffset};
+use crate::bytes::be;
+use crate::error::CorruptKind;
 use crate::{Error, Result};
 
 /// "QFI\xfb".
@@ -8,8 +11,34 @@ pub const MAGIC: [u8; 4] = *b"QFI\xfb";
 pub const V2_HEADER_LEN: usize = 72;
 pub const V3_HEADER_LEN: usize = 104;
 /// Cluster sizes qemu accepts: 512 B (9) to 2 MiB (21).
-pub const MIN_CLUSTER_BITS: u32 = 9;
-pub const MAX_CLUSTER_BITS: u32 = 21;
+pub const MIN_CLUSTER_BITS: u32 = ClusterBits::MIN;
+pub const MAX_CLUSTER_BITS: u32 = ClusterBits::MAX;
+
+/// A v3 header longer than 104 bytes holds the compression type in its next byte.
+const COMPRESSION_TYPE_END: u64 = field::COMPRESSION_TYPE as u64 + 1;
+
+/// Byte offsets of the header fields.
+pub mod field {
+    pub const MAGIC: usize = 0;
+    pub const VERSION: usize = 4;
+    pub const BACKING_FILE_OFFSET: usize = 8;
+    pub const BACKING_FILE_SIZE: usize = 16;
+    pub const CLUSTER_BITS: usize = 20;
+    pub const SIZE: usize = 24;
+    pub const CRYPT_METHOD: usize = 32;
+    pub const L1_SIZE: usize = 36;
+    pub const L1_TABLE_OFFSET: usize = 40;
+    pub const REFCOUNT_TABLE_OFFSET: usize = 48;
+    pub const REFCOUNT_TABLE_CLUSTERS: usize = 56;
+    pub const NB_SNAPSHOTS: usize = 60;
+    pub const SNAPSHOTS_OFFSET: usize = 64;
+    pub const INCOMPATIBLE_FEATURES: usize = 72;
+    pub const COMPATIBLE_FEATURES: usize = 80;
+    pub const AUTOCLEAR_FEATURES: usize = 88;
+    pub const REFCOUNT_ORDER: usize = 96;
+    pub const HEADER_LENGTH: usize = 100;
+    pub const COMPRESSION_TYPE: usize = 104;
+}
 
 /// Incompatible feature bits (v3).
 pub const INCOMPAT_DIRTY: u64 = 1 << 0;
@@ -34,20 +63,20 @@ pub struct Extension {
 }
 
 /// The decoded header. Field comments quote the qcow2 spec.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
     /// "Version number (valid values are 2 and 3)".
     pub version: u32,
     /// "Offset into the image file at which the backing file name is stored. 0 if the image
     /// doesn't have a backing file."
-    pub backing_file_offset: u64,
+    pub backing_file_offset: HostOffset,
     /// "Length of the backing file name in bytes. Must not be longer than 1023 bytes."
     pub backing_file_size: u32,
     /// "Number of bits that are used for addressing an offset within a cluster
     /// (1 << cluster_bits is the cluster size). Must not be less than 9 (i.e. 512 byte
     /// clusters). Note: qemu as of today has an implementation limit of 2 MB as the maximum
     /// cluster size and won't be able to open images with larger cluster sizes."
-    pub cluster_bits: u32,
+    pub cluster_bits: ClusterBits,
     /// "Virtual disk size in bytes."
     pub size: u64,
     /// "0 for no encryption, 1 for AES encryption, 2 for LUKS encryption."
@@ -56,17 +85,17 @@ pub struct Header {
     pub l1_size: u32,
     /// "Offset into the image file at which the active L1 table starts. Must be aligned to a
     /// cluster boundary."
-    pub l1_table_offset: u64,
+    pub l1_table_offset: HostOffset,
     /// "Offset into the image file at which the refcount table starts. Must be aligned to a
     /// cluster boundary."
-    pub refcount_table_offset: u64,
+    pub refcount_table_offset: HostOffset,
     /// "Number of clusters that the refcount table occupies".
     pub refcount_table_clusters: u32,
     /// "Number of snapshots contained in the image".
     pub nb_snapshots: u32,
     /// "Offset into the image file at which the snapshot table starts. Must be aligned to a
     /// cluster boundary."
-    pub snapshots_offset: u64,
+    pub snapshots_offset: HostOffset,
     /// v3: "Bitmask of incompatible features. An implementation must fail to open an image
     /// if an unknown bit is set."
     pub incompatible_features: u64,
@@ -86,28 +115,33 @@ pub struct Header {
     pub extensions: Vec<Extension>,
 }
 
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn be64(b: &[u8], at: usize) -> u64 {
-    (u64::from(be32(b, at)) << 32) | u64::from(be32(b, at + 4))
-}
-
 impl Header {
     pub fn cluster_size(&self) -> u64 {
-        1u64 << self.cluster_bits
+        self.cluster_bits.size()
     }
 
     /// A version 2 header (no extensions, 16-bit refcounts) for the writer.
-    pub fn v2(cluster_bits: u32, size: u64) -> Self {
+    pub fn v2(cluster_bits: ClusterBits, size: u64) -> Self {
         Header {
             version: 2,
+            backing_file_offset: HostOffset(0),
+            backing_file_size: 0,
             cluster_bits,
             size,
+            crypt_method: 0,
+            l1_size: 0,
+            l1_table_offset: HostOffset(0),
+            refcount_table_offset: HostOffset(0),
+            refcount_table_clusters: 0,
+            nb_snapshots: 0,
+            snapshots_offset: HostOffset(0),
+            incompatible_features: 0,
+            compatible_features: 0,
+            autoclear_features: 0,
             refcount_order: 4,
             header_length: V2_HEADER_LEN as u32,
-            ..Header::default()
+            compression_type: 0,
+            extensions: Vec::new(),
         }
     }
 
@@ -116,85 +150,82 @@ impl Header {
     /// fields needed to interpret the rest; [`Header::check_supported`] says whether e2i can
     /// read the image.
     pub fn parse(buf: &[u8]) -> Result<Header> {
-        let what = "qcow2 header";
+        use field as f;
+        let len = buf.len() as u64;
         if buf.len() < V2_HEADER_LEN {
-            return Err(Error::corrupt(
-                what,
-                format!("the file is {} bytes, shorter than a header", buf.len()),
-            ));
+            return Err(CorruptKind::Qcow2HeaderShort { len }.into());
         }
         if buf[..4] != MAGIC {
-            return Err(Error::corrupt(what, "bad magic (not a qcow2 image)"));
+            return Err(CorruptKind::Qcow2Magic.into());
         }
-        let mut h = Header {
-            version: be32(buf, 4),
-            backing_file_offset: be64(buf, 8),
-            backing_file_size: be32(buf, 16),
-            cluster_bits: be32(buf, 20),
-            size: be64(buf, 24),
-            crypt_method: be32(buf, 32),
-            l1_size: be32(buf, 36),
-            l1_table_offset: be64(buf, 40),
-            refcount_table_offset: be64(buf, 48),
-            refcount_table_clusters: be32(buf, 56),
-            nb_snapshots: be32(buf, 60),
-            snapshots_offset: be64(buf, 64),
-            refcount_order: 4,
-            header_length: V2_HEADER_LEN as u32,
-            ..Header::default()
-        };
-        if h.version != 2 && h.version != 3 {
+        let version = be::u32(buf, f::VERSION);
+        if version != 2 && version != 3 {
             return Err(Error::Unsupported(format!(
-                "qcow2 version {} (only versions 2 and 3 exist)",
-                h.version
+                "qcow2 version {version} (only versions 2 and 3 exist)"
             )));
         }
-        if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&h.cluster_bits) {
-            return Err(Error::corrupt(
-                what,
-                format!(
-                    "cluster_bits {} is outside {MIN_CLUSTER_BITS}..={MAX_CLUSTER_BITS}",
-                    h.cluster_bits
-                ),
-            ));
-        }
+        let raw_bits = be::u32(buf, f::CLUSTER_BITS);
+        let cluster_bits = ClusterBits::new(raw_bits).ok_or(CorruptKind::Qcow2ClusterBits {
+            cluster_bits: raw_bits,
+        })?;
+        let mut h = Header {
+            version,
+            backing_file_offset: HostOffset(be::u64(buf, f::BACKING_FILE_OFFSET)),
+            backing_file_size: be::u32(buf, f::BACKING_FILE_SIZE),
+            size: be::u64(buf, f::SIZE),
+            crypt_method: be::u32(buf, f::CRYPT_METHOD),
+            l1_size: be::u32(buf, f::L1_SIZE),
+            l1_table_offset: HostOffset(be::u64(buf, f::L1_TABLE_OFFSET)),
+            refcount_table_offset: HostOffset(be::u64(buf, f::REFCOUNT_TABLE_OFFSET)),
+            refcount_table_clusters: be::u32(buf, f::REFCOUNT_TABLE_CLUSTERS),
+            nb_snapshots: be::u32(buf, f::NB_SNAPSHOTS),
+            snapshots_offset: HostOffset(be::u64(buf, f::SNAPSHOTS_OFFSET)),
+            ..Header::v2(cluster_bits, 0)
+        };
         if h.version == 3 {
+            let v3_short = CorruptKind::Qcow2HeaderTruncated {
+                len,
+                needed: V3_HEADER_LEN as u64,
+            };
             if buf.len() < V3_HEADER_LEN {
-                return Err(Error::corrupt(what, "the file ends inside the v3 header"));
+                return Err(v3_short.into());
             }
-            h.incompatible_features = be64(buf, 72);
-            h.compatible_features = be64(buf, 80);
-            h.autoclear_features = be64(buf, 88);
-            h.refcount_order = be32(buf, 96);
-            h.header_length = be32(buf, 100);
-            let hl = h.header_length as usize;
-            if hl < V3_HEADER_LEN || !hl.is_multiple_of(8) || hl as u64 > h.cluster_size() {
-                return Err(Error::corrupt(
-                    what,
-                    format!("header_length {} is invalid", h.header_length),
-                ));
-            }
-            if hl > V3_HEADER_LEN {
-                if buf.len() <= V3_HEADER_LEN {
-                    return Err(Error::corrupt(what, "the file ends inside the v3 header"));
+            h.incompatible_features = be::u64(buf, f::INCOMPATIBLE_FEATURES);
+            h.compatible_features = be::u64(buf, f::COMPATIBLE_FEATURES);
+            h.autoclear_features = be::u64(buf, f::AUTOCLEAR_FEATURES);
+            h.refcount_order = be::u32(buf, f::REFCOUNT_ORDER);
+            h.header_length = be::u32(buf, f::HEADER_LENGTH);
+            let hl = u64::from(h.header_length);
+            if hl < V3_HEADER_LEN as u64 || !hl.is_multiple_of(8) || hl > h.cluster_size() {
+                return Err(CorruptKind::Qcow2HeaderLength {
+                    header_length: h.header_length,
                 }
-                h.compression_type = buf[V3_HEADER_LEN];
+                .into());
+            }
+            if hl > V3_HEADER_LEN as u64 {
+                h.compression_type =
+                    *buf.get(f::COMPRESSION_TYPE)
+                        .ok_or(CorruptKind::Qcow2HeaderTruncated {
+                            len,
+                            needed: COMPRESSION_TYPE_END,
+                        })?;
             }
             if h.refcount_order > 6 {
-                return Err(Error::corrupt(
-                    what,
-                    format!("refcount_order {} is above 6", h.refcount_order),
-                ));
+                return Err(CorruptKind::Qcow2RefcountOrder {
+                    refcount_order: h.refcount_order,
+                }
+                .into());
             }
         }
-        h.extensions = parse_extensions(buf, h.header_length as usize, h.cluster_size())?;
+        // header_length is at most the cluster size (2 MiB): a usize.
+        h.extensions = parse_extensions(buf, h.header_length as usize, h.cluster_bits)?;
         Ok(h)
     }
 
     /// Refuse what e2i does not read: backing files, encryption, external data files,
     /// extended L2 entries, compression other than deflate, unknown incompatible features.
     pub fn check_supported(&self) -> Result<()> {
-        if self.backing_file_offset != 0 {
+        if self.backing_file_offset.0 != 0 {
             return Err(Error::Unsupported(
                 "the qcow2 image has a backing file (convert it with qemu-img first)".into(),
             ));
@@ -234,31 +265,37 @@ impl Header {
                 inc & !known
             )));
         }
-        if self.size > i64::MAX as u64 {
-            return Err(Error::corrupt(
-                "qcow2 header",
-                format!("virtual size {} is too large", self.size),
-            ));
+        if i64::try_from(self.size).is_err() {
+            return Err(CorruptKind::Qcow2VirtualSize { size: self.size }.into());
         }
         Ok(())
     }
 
     /// The 72-byte version 2 header, big-endian.
     pub fn encode_v2(&self) -> [u8; V2_HEADER_LEN] {
+        use field as f;
         let mut b = [0u8; V2_HEADER_LEN];
-        b[0..4].copy_from_slice(&MAGIC);
-        b[4..8].copy_from_slice(&2u32.to_be_bytes());
-        b[8..16].copy_from_slice(&self.backing_file_offset.to_be_bytes());
-        b[16..20].copy_from_slice(&self.backing_file_size.to_be_bytes());
-        b[20..24].copy_from_slice(&self.cluster_bits.to_be_bytes());
-        b[24..32].copy_from_slice(&self.size.to_be_bytes());
-        b[32..36].copy_from_slice(&self.crypt_method.to_be_bytes());
-        b[36..40].copy_from_slice(&self.l1_size.to_be_bytes());
-        b[40..48].copy_from_slice(&self.l1_table_offset.to_be_bytes());
-        b[48..56].copy_from_slice(&self.refcount_table_offset.to_be_bytes());
-        b[56..60].copy_from_slice(&self.refcount_table_clusters.to_be_bytes());
-        b[60..64].copy_from_slice(&self.nb_snapshots.to_be_bytes());
-        b[64..72].copy_from_slice(&self.snapshots_offset.to_be_bytes());
+        b[f::MAGIC..f::MAGIC + 4].copy_from_slice(&MAGIC);
+        be::set_u32(&mut b, f::VERSION, 2);
+        be::set_u64(&mut b, f::BACKING_FILE_OFFSET, self.backing_file_offset.0);
+        be::set_u32(&mut b, f::BACKING_FILE_SIZE, self.backing_file_size);
+        be::set_u32(&mut b, f::CLUSTER_BITS, self.cluster_bits.get());
+        be::set_u64(&mut b, f::SIZE, self.size);
+        be::set_u32(&mut b, f::CRYPT_METHOD, self.crypt_method);
+        be::set_u32(&mut b, f::L1_SIZE, self.l1_size);
+        be::set_u64(&mut b, f::L1_TABLE_OFFSET, self.l1_table_offset.0);
+        be::set_u64(
+            &mut b,
+            f::REFCOUNT_TABLE_OFFSET,
+            self.refcount_table_offset.0,
+        );
+        be::set_u32(
+            &mut b,
+            f::REFCOUNT_TABLE_CLUSTERS,
+            self.refcount_table_clusters,
+        );
+        be::set_u32(&mut b, f::NB_SNAPSHOTS, self.nb_snapshots);
+        be::set_u64(&mut b, f::SNAPSHOTS_OFFSET, self.snapshots_offset.0);
         b
     }
 }
@@ -267,90 +304,253 @@ impl Header {
 /// stored. Each extension has a structure like: 0-3 type; 4-7 length of the header
 /// extension data; 8-n data; n-m padding to round up to a multiple of 8 bytes."
 /// They must fit in the first cluster; a type of 0 ends the list.
-fn parse_extensions(buf: &[u8], start: usize, cluster_size: u64) -> Result<Vec<Extension>> {
-    let what = "qcow2 header extensions";
-    let limit = buf.len().min(cluster_size as usize);
+fn parse_extensions(buf: &[u8], start: usize, cb: ClusterBits) -> Result<Vec<Extension>> {
+    let limit = buf.len().min(cb.size_usize());
     let mut out = Vec::new();
     let mut at = start;
     loop {
-        if at + 8 > limit {
-            // A short file may end right after the header of an image without extensions.
-            if at >= buf.len() {
-                return Ok(out);
-            }
-            return Err(Error::corrupt(
-                what,
-                format!("extension at byte {at} runs past the first cluster"),
-            ));
+        // The list ends with the first cluster (as in qemu), or with a short file right
+        // after the header of an image without extensions.
+        if at >= limit {
+            return Ok(out);
         }
-        let kind = be32(buf, at);
-        let len = be32(buf, at + 4) as usize;
+        let offset = at as u64;
+        let (Some(kind), Some(len)) = (
+            be::get_u32(&buf[..limit], at),
+            at.checked_add(4)
+                .and_then(|l| be::get_u32(&buf[..limit], l)),
+        ) else {
+            return Err(CorruptKind::Qcow2ExtensionHeader { offset }.into());
+        };
         if kind == EXT_END {
             return Ok(out);
         }
-        let data_end = (at + 8).checked_add(len).filter(|&e| e <= limit);
-        let Some(data_end) = data_end else {
-            return Err(Error::corrupt(
-                what,
-                format!(
-                    "extension {kind:#x} at byte {at} ({len} bytes) runs past the first cluster"
-                ),
-            ));
+        let data = at
+            .checked_add(8)
+            .and_then(|s| Some(s..s.checked_add(usize::try_from(len).ok()?)?))
+            .and_then(|r| buf[..limit].get(r.clone()).map(|d| (r.end, d)));
+        let Some((data_end, data)) = data else {
+            return Err(CorruptKind::Qcow2ExtensionData { offset, kind, len }.into());
         };
         out.push(Extension {
             kind,
-            data: buf[at + 8..data_end].to_vec(),
+            data: data.to_vec(),
         });
-        at = data_end.div_ceil(8) * 8;
+        // data_end <= limit <= 2 MiB: rounding up to 8 cannot overflow.
+        at = data_end.next_multiple_of(8);
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)] // tests compute expected values freely
 mod tests {
     use super::*;
 
+    fn cb(bits: u32) -> ClusterBits {
+        ClusterBits::new(bits).unwrap()
+    }
+
+    fn kind(r: Result<Header>) -> CorruptKind {
+        match r {
+            Err(Error::Corrupt(k)) => k,
+            Err(e) => panic!("not a corruption: {e}"),
+            Ok(h) => panic!("accepted: {h:?}"),
+        }
+    }
+
     #[test]
     fn v2_round_trip() {
-        let mut h = Header::v2(12, 1 << 30);
+        let mut h = Header::v2(cb(12), 1 << 30);
         h.l1_size = 512;
-        h.l1_table_offset = 4096;
-        h.refcount_table_offset = 8192;
+        h.l1_table_offset = HostOffset(4096);
+        h.refcount_table_offset = HostOffset(8192);
         h.refcount_table_clusters = 1;
         let mut buf = h.encode_v2().to_vec();
         buf.resize(4096, 0);
         assert_eq!(Header::parse(&buf).unwrap(), h);
     }
 
+    /// Property: every v2 header with valid cluster bits round-trips, whatever its other
+    /// fields hold (full-width values included).
+    #[test]
+    fn v2_round_trips_any_fields() {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..5000u64 {
+            let pick = |v: u64| match i % 4 {
+                0 => u64::MAX,
+                1 => 0,
+                _ => v,
+            };
+            let mut h = Header::v2(cb(9 + (next() % 13) as u32), pick(next()));
+            h.backing_file_offset = HostOffset(pick(next()));
+            h.backing_file_size = pick(next()) as u32;
+            h.crypt_method = pick(next()) as u32;
+            h.l1_size = pick(next()) as u32;
+            h.l1_table_offset = HostOffset(pick(next()));
+            h.refcount_table_offset = HostOffset(pick(next()));
+            h.refcount_table_clusters = pick(next()) as u32;
+            h.nb_snapshots = pick(next()) as u32;
+            h.snapshots_offset = HostOffset(pick(next()));
+            assert_eq!(Header::parse(&h.encode_v2()).unwrap(), h);
+        }
+    }
+
     #[test]
     fn rejects_bad_fields() {
-        let mut buf = Header::v2(12, 1 << 30).encode_v2().to_vec();
-        buf[20..24].copy_from_slice(&40u32.to_be_bytes());
+        let mut buf = Header::v2(cb(12), 1 << 30).encode_v2().to_vec();
+        be::set_u32(&mut buf, field::CLUSTER_BITS, 40);
+        assert_eq!(
+            kind(Header::parse(&buf)),
+            CorruptKind::Qcow2ClusterBits { cluster_bits: 40 }
+        );
         assert!(
             Header::parse(&buf)
                 .unwrap_err()
                 .to_string()
                 .contains("cluster_bits 40")
         );
-        buf[4..8].copy_from_slice(&7u32.to_be_bytes());
-        assert!(Header::parse(&buf).is_err());
-        assert!(Header::parse(&buf[..10]).is_err());
+        be::set_u32(&mut buf, field::VERSION, 7);
+        assert!(matches!(Header::parse(&buf), Err(Error::Unsupported(_))));
+        assert_eq!(
+            kind(Header::parse(&buf[..10])),
+            CorruptKind::Qcow2HeaderShort { len: 10 }
+        );
+        buf[0] = b'X';
+        assert_eq!(kind(Header::parse(&buf)), CorruptKind::Qcow2Magic);
+        let mut big = Header::v2(cb(12), u64::MAX).encode_v2().to_vec();
+        big.resize(4096, 0);
+        let h = Header::parse(&big).unwrap();
+        assert_eq!(
+            h.check_supported().unwrap_err().corrupt_kind(),
+            Some(&CorruptKind::Qcow2VirtualSize { size: u64::MAX })
+        );
+    }
+
+    fn v3(bits: u32, header_length: u32) -> Vec<u8> {
+        let mut buf = vec![0u8; 1 << bits];
+        buf[..4].copy_from_slice(&MAGIC);
+        be::set_u32(&mut buf, field::VERSION, 3);
+        be::set_u32(&mut buf, field::CLUSTER_BITS, bits);
+        be::set_u32(&mut buf, field::REFCOUNT_ORDER, 4);
+        be::set_u32(&mut buf, field::HEADER_LENGTH, header_length);
+        buf
     }
 
     #[test]
     fn v3_extensions() {
-        let mut buf = vec![0u8; 512];
-        buf[..4].copy_from_slice(&MAGIC);
-        buf[4..8].copy_from_slice(&3u32.to_be_bytes());
-        buf[20..24].copy_from_slice(&9u32.to_be_bytes());
-        buf[96..100].copy_from_slice(&4u32.to_be_bytes());
-        buf[100..104].copy_from_slice(&112u32.to_be_bytes());
-        buf[112..116].copy_from_slice(&EXT_FEATURE_NAMES.to_be_bytes());
-        buf[116..120].copy_from_slice(&5u32.to_be_bytes());
+        let mut buf = v3(9, 112);
+        be::set_u32(&mut buf, 112, EXT_FEATURE_NAMES);
+        be::set_u32(&mut buf, 116, 5);
         buf[120..125].copy_from_slice(b"hello");
         let h = Header::parse(&buf).unwrap();
         assert_eq!(h.extensions.len(), 1);
         assert_eq!(h.extensions[0].data, b"hello");
-        buf[116..120].copy_from_slice(&5000u32.to_be_bytes());
-        assert!(Header::parse(&buf).is_err());
+        be::set_u32(&mut buf, 116, 5000);
+        assert_eq!(
+            kind(Header::parse(&buf)),
+            CorruptKind::Qcow2ExtensionData {
+                offset: 112,
+                kind: EXT_FEATURE_NAMES,
+                len: 5000
+            }
+        );
+        be::set_u32(&mut buf, 116, u32::MAX);
+        assert!(matches!(
+            kind(Header::parse(&buf)),
+            CorruptKind::Qcow2ExtensionData { .. }
+        ));
+        // An extension header cut by the end of the file; one that fills the first cluster.
+        let mut buf = v3(9, 504);
+        be::set_u32(&mut buf, 504, EXT_FEATURE_NAMES);
+        assert_eq!(Header::parse(&buf).unwrap().extensions[0].data, b"");
+        buf.truncate(508);
+        assert_eq!(
+            kind(Header::parse(&buf)),
+            CorruptKind::Qcow2ExtensionHeader { offset: 504 }
+        );
+        for (hl, bad) in [(100u32, true), (108, true), (1024, true), (104, false)] {
+            let r = Header::parse(&v3(9, hl));
+            if bad {
+                assert_eq!(
+                    kind(r),
+                    CorruptKind::Qcow2HeaderLength { header_length: hl }
+                );
+            } else {
+                r.unwrap();
+            }
+        }
+        let mut buf = v3(9, 104);
+        be::set_u32(&mut buf, field::REFCOUNT_ORDER, 7);
+        assert_eq!(
+            kind(Header::parse(&buf)),
+            CorruptKind::Qcow2RefcountOrder { refcount_order: 7 }
+        );
+        assert_eq!(
+            kind(Header::parse(&v3(9, 112)[..100])),
+            CorruptKind::Qcow2HeaderTruncated {
+                len: 100,
+                needed: 104
+            }
+        );
+        assert_eq!(
+            kind(Header::parse(&v3(9, 112)[..104])),
+            CorruptKind::Qcow2HeaderTruncated {
+                len: 104,
+                needed: 105
+            }
+        );
+    }
+
+    /// Mutated and truncated headers (v2 and v3 with extensions): parse and the support
+    /// check return, never panic (the debug test build checks overflow).
+    #[test]
+    fn mutated_headers_never_panic() {
+        let mut v3b = v3(12, 112);
+        be::set_u32(&mut v3b, 112, EXT_FEATURE_NAMES);
+        be::set_u32(&mut v3b, 116, 48);
+        let mut v2b = Header::v2(cb(16), 1 << 40).encode_v2().to_vec();
+        v2b.resize(4096, 0);
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut parsed = 0;
+        for good in [v2b, v3b] {
+            for _ in 0..20_000 {
+                let mut b = good.clone();
+                for _ in 0..(1 + next() % 4) {
+                    let at = (next() % 160) as usize;
+                    b[at] = match next() % 3 {
+                        0 => 0xff,
+                        1 => 0,
+                        _ => next() as u8,
+                    };
+                }
+                // Keep the magic most of the time so that the fields get parsed.
+                if next() % 4 != 0 {
+                    b[..4].copy_from_slice(&MAGIC);
+                }
+                if next() % 8 == 0 {
+                    b.truncate((next() % b.len() as u64) as usize);
+                }
+                if let Ok(h) = Header::parse(&b) {
+                    parsed += 1;
+                    let _ = h.check_supported();
+                }
+            }
+        }
+        assert!(
+            parsed > 4000,
+            "only {parsed} of 40000 damaged headers parsed"
+        );
     }
 }

@@ -8,13 +8,21 @@
 //! Reader: [`reader::Qcow2Reader`] presents the virtual disk of any version 2 or 3 image
 //! (any cluster size, refcount width, compressed and zero clusters, snapshots ignored) as a
 //! [`crate::io::ReadAt`], with unallocated and zero clusters reported as holes.
+//!
+//! Units ([`types`]): host offsets, guest offsets and guest clusters are distinct types, and
+//! the cluster size is a [`types::ClusterBits`] qemu can open.
+
+// Every number here comes from an image or feeds one: no unchecked arithmetic.
+#![deny(clippy::arithmetic_side_effects)]
 
 pub mod entry;
 pub mod header;
 pub mod reader;
+pub mod types;
 pub mod writer;
 
 pub use entry::{L1Entry, L2Entry, Mapping, RefcountTableEntry};
 pub use header::Header;
 pub use reader::{Qcow2Reader, Shifted, is_qcow2};
+pub use types::{ClusterBits, ClusterRun, GuestCluster, GuestOffset, HostOffset};
 pub use writer::{CompressedWriter, Qcow2Layout, Qcow2Target, SequentialWriter, write_qcow2};

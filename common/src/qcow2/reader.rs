@@ -5,6 +5,9 @@
 //! and outside the header, L1 and refcount tables; nothing is allocated from a size that has
 //! not been bounded by the file size or a fixed limit. L2 tables are kept in a bounded LRU
 //! cache; the last decompressed cluster is cached too.
+//!
+//! Arithmetic on positions inside a buffer or below an end that is itself a `u64` uses
+//! `saturating_*`, which cannot saturate there; everything else is checked.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -12,13 +15,17 @@ use std::ops::Range;
 use std::rc::Rc;
 
 use super::entry::{L1Entry, L2Entry, Mapping, OFFSET_MASK};
-use super::header::{Header, MAX_CLUSTER_BITS};
-use crate::blockmap::Run;
+use super::header::{Header, field};
+use super::types::{ClusterBits, ClusterRun, GuestCluster, GuestOffset, HostOffset};
+use crate::Result;
+use crate::bytes::be;
+use crate::error::CorruptKind;
 use crate::io::ReadAt;
-use crate::{Error, Result};
 
 /// qemu's limit on the L1 table (32 MiB).
 const MAX_L1_BYTES: u64 = 32 << 20;
+/// qemu's limit on the refcount table (8 MiB).
+const MAX_REFTABLE_BYTES: u64 = 8 << 20;
 /// Memory for cached L2 tables.
 const L2_CACHE_BYTES: u64 = 32 << 20;
 const L2_CACHE_MAX_TABLES: usize = 4096;
@@ -26,8 +33,11 @@ const L2_CACHE_MAX_TABLES: usize = 4096;
 /// time, so looking further ahead would only repeat work).
 const MAX_REGION: u64 = crate::pieces::IO_CHUNK as u64;
 
+/// An L2 table: its host offset and entries.
+type L2Table = (HostOffset, Rc<[u64]>);
+
 struct L2Cache {
-    tables: HashMap<u64, (u64, Rc<[u64]>)>,
+    tables: HashMap<HostOffset, (u64, Rc<[u64]>)>,
     clock: u64,
     capacity: usize,
 }
@@ -36,7 +46,7 @@ struct Inflated {
     inflate: flate2::Decompress,
     input: Vec<u8>,
     /// Guest cluster whose data `out` holds.
-    cluster: Option<u64>,
+    cluster: Option<GuestCluster>,
     out: Vec<u8>,
 }
 
@@ -44,113 +54,139 @@ struct Inflated {
 pub struct Qcow2Reader<S: ReadAt> {
     host: S,
     header: Header,
+    cb: ClusterBits,
     host_size: u64,
+    /// Guest clusters of the virtual disk (all mapped by the L1 table).
+    guest_clusters: u64,
     l1: Vec<L1Entry>,
     /// Host byte ranges tables must not overlap: header cluster, L1, refcount table.
-    reserved: Vec<Range<u64>>,
+    reserved: Vec<Range<HostOffset>>,
     /// Host offsets of the active L2 tables, sorted (data must not land on them).
-    l2_offsets: Vec<u64>,
+    l2_offsets: Vec<HostOffset>,
     cache: RefCell<L2Cache>,
     inflated: RefCell<Inflated>,
 }
 
 /// True if the first bytes of a file are the qcow2 magic.
 pub fn is_qcow2(first: &[u8]) -> bool {
-    first.len() >= 4 && first[..4] == super::header::MAGIC
+    first.starts_with(&super::header::MAGIC)
+}
+
+/// Read `buf.len()` bytes at `offset`, which was checked to lie inside the file.
+fn read_table<S: ReadAt>(host: &S, buf: &mut [u8], offset: HostOffset) -> Result<()> {
+    let n = host.read_at(buf, offset.0)?;
+    if n < buf.len() {
+        return Err(CorruptKind::Qcow2ShortRead {
+            host_offset: offset.0,
+            len: buf.len() as u64,
+            file_size: host.size(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Big-endian 64-bit table entries.
+fn entries(raw: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    raw.chunks_exact(8).map(|c| be::u64(c, 0))
 }
 
 impl<S: ReadAt> Qcow2Reader<S> {
     /// Open the image in `host`: parse and check the header, load the L1 table.
     pub fn open(host: S) -> Result<Self> {
         let host_size = host.size();
-        let first_len = host_size.min(1 << MAX_CLUSTER_BITS) as usize;
-        let mut first = vec![0u8; first_len];
+        // At most 2 MiB: a usize.
+        let mut first = vec![0u8; host_size.min(1 << ClusterBits::MAX) as usize];
         let n = host.read_at(&mut first, 0)?;
         first.truncate(n);
         // Extensions are parsed within the first cluster; cluster_bits itself is checked
         // by the parser (an out-of-range value parses the whole prefix and fails there).
-        let cb = first
-            .get(20..24)
-            .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-        let limit = if (super::header::MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cb) {
-            first.len().min(1usize << cb)
-        } else {
-            first.len()
-        };
+        let limit = be::get_u32(&first, field::CLUSTER_BITS)
+            .and_then(ClusterBits::new)
+            .map_or(first.len(), |cb| first.len().min(cb.size_usize()));
         let header = Header::parse(&first[..limit])?;
         header.check_supported()?;
-        let cs = header.cluster_size();
-        let what = "qcow2 L1 table";
-        let needed = header.size.div_ceil(cs).div_ceil(cs / 8);
-        let l1_bytes = u64::from(header.l1_size) * 8;
-        if u64::from(header.l1_size) < needed {
-            return Err(Error::corrupt(
-                what,
-                format!(
-                    "{} entries cannot map a virtual size of {} bytes (needs {needed})",
-                    header.l1_size, header.size
-                ),
-            ));
+        let cb = header.cluster_bits;
+        let cs = cb.size();
+        let guest_clusters = header.size.div_ceil(cs);
+        let needed = guest_clusters.div_ceil(cb.l2_entries());
+        let entries_n = u64::from(header.l1_size);
+        if entries_n < needed {
+            return Err(CorruptKind::Qcow2L1TooSmall {
+                entries: header.l1_size,
+                size: header.size,
+                needed,
+            }
+            .into());
         }
+        // A u32 times 8 fits a u64.
+        let l1_bytes = entries_n << 3;
         if l1_bytes > MAX_L1_BYTES {
-            return Err(Error::corrupt(
-                what,
-                format!("{} entries is larger than 32 MiB", header.l1_size),
-            ));
+            return Err(CorruptKind::Qcow2L1TooLarge {
+                entries: header.l1_size,
+            }
+            .into());
         }
         let l1_off = header.l1_table_offset;
+        let mut l1_end = l1_off;
         if l1_bytes > 0 {
-            if l1_off % cs != 0 || l1_off == 0 {
-                return Err(Error::corrupt(
-                    what,
-                    format!("offset {l1_off} is not a cluster boundary after the header"),
-                ));
+            if !l1_off.is_aligned(cb) || l1_off.0 == 0 {
+                return Err(CorruptKind::Qcow2L1Misaligned {
+                    host_offset: l1_off.0,
+                }
+                .into());
             }
-            if l1_off.checked_add(l1_bytes).is_none_or(|e| e > host_size) {
-                return Err(Error::corrupt(
-                    what,
-                    format!(
-                        "{} entries at byte {l1_off} extend past the end of the file ({host_size} bytes)",
-                        header.l1_size
-                    ),
-                ));
-            }
+            l1_end = l1_off
+                .checked_add(l1_bytes)
+                .filter(|e| e.0 <= host_size)
+                .ok_or(CorruptKind::Qcow2L1Outside {
+                    entries: header.l1_size,
+                    host_offset: l1_off.0,
+                    file_size: host_size,
+                })?;
         }
+        // At most 32 MiB: a usize.
         let mut raw = vec![0u8; l1_bytes as usize];
-        host.read_exact_at(&mut raw, l1_off, &|| what.to_string())?;
-        let l1: Vec<L1Entry> = raw
-            .chunks_exact(8)
-            .map(|c| L1Entry(u64::from_be_bytes(c.try_into().unwrap_or([0; 8]))))
-            .collect();
-        let mut reserved = vec![0..cs, l1_off..l1_off + l1_bytes];
-        let rt_bytes = u64::from(header.refcount_table_clusters) * cs;
-        if let Some(e) = header.refcount_table_offset.checked_add(rt_bytes)
-            && header.refcount_table_offset != 0
-        {
-            reserved.push(header.refcount_table_offset..e);
+        read_table(&host, &mut raw, l1_off)?;
+        let l1: Vec<L1Entry> = entries(&raw).map(L1Entry).collect();
+        let mut reserved = vec![HostOffset(0)..HostOffset(cs), l1_off..l1_end];
+        let rt_off = header.refcount_table_offset;
+        if rt_off.0 != 0 {
+            // qemu's validation of the table: aligned, bounded, addressable.
+            let bad = CorruptKind::Qcow2RefcountTable {
+                host_offset: rt_off.0,
+                clusters: header.refcount_table_clusters,
+            };
+            let rt_end = u64::from(header.refcount_table_clusters)
+                .checked_mul(cs)
+                .filter(|&b| b <= MAX_REFTABLE_BYTES && rt_off.is_aligned(cb))
+                .and_then(|b| rt_off.checked_add(b))
+                .filter(|e| i64::try_from(e.0).is_ok())
+                .ok_or(bad)?;
+            reserved.push(rt_off..rt_end);
         }
-        let mut l2_offsets: Vec<(u64, usize)> = l1
+        let mut l2_offsets: Vec<(HostOffset, usize)> = l1
             .iter()
             .enumerate()
             .filter_map(|(i, e)| e.l2_offset().map(|o| (o, i)))
             .collect();
         l2_offsets.sort_unstable();
         if let Some(w) = l2_offsets.windows(2).find(|w| w[0].0 == w[1].0) {
-            return Err(Error::corrupt(
-                what,
-                format!(
-                    "entries {} and {} share the L2 table at byte {}",
-                    w[0].1.min(w[1].1),
-                    w[0].1.max(w[1].1),
-                    w[0].0
-                ),
-            ));
+            return Err(CorruptKind::Qcow2L2Shared {
+                first: w[0].1.min(w[1].1) as u64,
+                second: w[0].1.max(w[1].1) as u64,
+                host_offset: w[0].0.0,
+            }
+            .into());
         }
-        let l2_offsets: Vec<u64> = l2_offsets.into_iter().map(|(o, _)| o).collect();
-        let capacity = ((L2_CACHE_BYTES / cs) as usize).clamp(8, L2_CACHE_MAX_TABLES);
+        let l2_offsets: Vec<HostOffset> = l2_offsets.into_iter().map(|(o, _)| o).collect();
+        let capacity = usize::try_from(L2_CACHE_BYTES >> cb.get())
+            .unwrap_or(L2_CACHE_MAX_TABLES)
+            .clamp(8, L2_CACHE_MAX_TABLES);
         Ok(Qcow2Reader {
             host,
             host_size,
+            guest_clusters,
             l1,
             reserved,
             l2_offsets,
@@ -163,8 +199,9 @@ impl<S: ReadAt> Qcow2Reader<S> {
                 inflate: flate2::Decompress::new(false),
                 input: Vec::new(),
                 cluster: None,
-                out: vec![0; cs as usize],
+                out: vec![0; cb.size_usize()],
             }),
+            cb,
             header,
         })
     }
@@ -179,131 +216,128 @@ impl<S: ReadAt> Qcow2Reader<S> {
     }
 
     pub fn cluster_bits(&self) -> u32 {
-        self.header.cluster_bits
-    }
-
-    fn per_l2(&self) -> u64 {
-        self.header.cluster_size() / 8
+        self.cb.get()
     }
 
     /// The L2 table of L1 entry `li`, or `None` when unallocated.
-    fn l2_table(&self, li: u64) -> Result<Option<Rc<[u64]>>> {
-        let Some(&e) = self.l1.get(li as usize) else {
+    fn l2_table(&self, li: u64) -> Result<Option<L2Table>> {
+        let Some(&e) = usize::try_from(li).ok().and_then(|i| self.l1.get(i)) else {
             return Ok(None);
         };
         if e.0 == 0 {
             return Ok(None);
         }
-        let what = || format!("qcow2 L1 entry {li}");
         if e.reserved_bits() != 0 {
-            return Err(Error::corrupt(
-                what(),
-                format!("reserved bits set ({:#x})", e.0),
-            ));
+            return Err(CorruptKind::Qcow2L1Reserved {
+                l1_index: li,
+                entry: e.0,
+            }
+            .into());
         }
         let Some(off) = e.l2_offset() else {
             return Ok(None);
         };
-        let cs = self.header.cluster_size();
-        if off % cs != 0 {
-            return Err(Error::corrupt(
-                what(),
-                format!("L2 table offset {off} is not cluster-aligned"),
-            ));
+        let cb = self.cb;
+        if !off.is_aligned(cb) {
+            return Err(CorruptKind::Qcow2L2Misaligned {
+                l1_index: li,
+                host_offset: off.0,
+            }
+            .into());
         }
-        if off.checked_add(cs).is_none_or(|end| end > self.host_size) {
-            return Err(Error::corrupt(
-                what(),
-                format!(
-                    "L2 table at byte {off} lies past the end of the file ({} bytes)",
-                    self.host_size
-                ),
-            ));
-        }
-        if let Some(r) = self
-            .reserved
-            .iter()
-            .find(|r| r.start < off + cs && off < r.end)
-        {
-            return Err(Error::corrupt(
-                what(),
-                format!(
-                    "L2 table at byte {off} overlaps the image's own metadata at bytes {}..{}",
-                    r.start, r.end
-                ),
-            ));
+        let end = off
+            .checked_add(cb.size())
+            .filter(|e| e.0 <= self.host_size)
+            .ok_or(CorruptKind::Qcow2L2Outside {
+                l1_index: li,
+                host_offset: off.0,
+                file_size: self.host_size,
+            })?;
+        if let Some(r) = self.reserved.iter().find(|r| r.start < end && off < r.end) {
+            return Err(CorruptKind::Qcow2L2OnMetadata {
+                l1_index: li,
+                host_offset: off.0,
+                meta_start: r.start.0,
+                meta_end: r.end.0,
+            }
+            .into());
         }
         let mut cache = self.cache.borrow_mut();
-        cache.clock += 1;
+        // An LRU clock: 2^64 lookups do not happen.
+        cache.clock = cache.clock.wrapping_add(1);
         let now = cache.clock;
         if let Some(t) = cache.tables.get_mut(&off) {
             t.0 = now;
-            return Ok(Some(t.1.clone()));
+            return Ok(Some((off, t.1.clone())));
         }
-        let mut raw = vec![0u8; cs as usize];
-        self.host.read_exact_at(&mut raw, off, &|| what())?;
-        let table: Rc<[u64]> = raw
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8])))
-            .collect();
+        let mut raw = vec![0u8; cb.size_usize()];
+        read_table(&self.host, &mut raw, off)?;
+        let table: Rc<[u64]> = entries(&raw).collect();
         if cache.tables.len() >= cache.capacity
             && let Some(&old) = cache.tables.iter().min_by_key(|(_, v)| v.0).map(|(k, _)| k)
         {
             cache.tables.remove(&old);
         }
         cache.tables.insert(off, (now, table.clone()));
-        Ok(Some(table))
+        Ok(Some((off, table)))
     }
 
-    fn check_entry(&self, g: u64, e: L2Entry) -> Result<Mapping> {
-        let cb = self.header.cluster_bits;
-        let what = || format!("qcow2 L2 entry of guest cluster {g}");
+    /// Decode and check the entry for guest cluster `g` of the L2 table at `l2`.
+    fn check_entry(&self, g: GuestCluster, l2: HostOffset, e: L2Entry) -> Result<Mapping> {
+        let cb = self.cb;
+        let (guest_cluster, l2_offset) = (g.0, l2.0);
         if e.reserved_bits() != 0 {
-            return Err(Error::corrupt(
-                what(),
-                format!("reserved bits set ({:#x})", e.0),
-            ));
+            return Err(CorruptKind::Qcow2L2Reserved {
+                guest_cluster,
+                l2_offset,
+                entry: e.0,
+            }
+            .into());
         }
         let m = e.mapping(cb);
         match m {
             Mapping::Data(h) => {
-                if h % self.header.cluster_size() != 0 {
-                    return Err(Error::corrupt(
-                        what(),
-                        format!("data offset {h} is not cluster-aligned"),
-                    ));
+                let host_offset = h.0;
+                if !h.is_aligned(cb) {
+                    return Err(CorruptKind::Qcow2DataMisaligned {
+                        guest_cluster,
+                        l2_offset,
+                        host_offset,
+                    }
+                    .into());
                 }
+                // h has at most 56 bits: adding a cluster cannot overflow.
+                let end = h.checked_add(cb.size()).unwrap_or(HostOffset(u64::MAX));
                 if self.l2_offsets.binary_search(&h).is_ok()
-                    || self
-                        .reserved
-                        .iter()
-                        .any(|r| r.start < h + self.header.cluster_size() && h < r.end)
+                    || self.reserved.iter().any(|r| r.start < end && h < r.end)
                 {
-                    return Err(Error::corrupt(
-                        what(),
-                        format!("data cluster at byte {h} overlaps the image's metadata"),
-                    ));
+                    return Err(CorruptKind::Qcow2DataOnMetadata {
+                        guest_cluster,
+                        l2_offset,
+                        host_offset,
+                    }
+                    .into());
                 }
-                if h >= self.host_size {
-                    return Err(Error::corrupt(
-                        what(),
-                        format!(
-                            "data cluster at byte {h} lies past the end of the file ({} bytes)",
-                            self.host_size
-                        ),
-                    ));
+                if host_offset >= self.host_size {
+                    return Err(CorruptKind::Qcow2DataOutside {
+                        guest_cluster,
+                        l2_offset,
+                        host_offset,
+                        file_size: self.host_size,
+                    }
+                    .into());
                 }
             }
             Mapping::Compressed { offset, .. }
-                if offset < self.header.cluster_size() || offset >= self.host_size =>
+                if offset.0 < cb.size() || offset.0 >= self.host_size =>
             {
-                return Err(Error::corrupt(
-                    what(),
-                    format!(
-                        "compressed data at byte {offset} lies in the header or past the end of the file ({} bytes)",
-                        self.host_size
-                    ),
-                ));
+                return Err(CorruptKind::Qcow2CompressedOutside {
+                    guest_cluster,
+                    l2_offset,
+                    host_offset: offset.0,
+                    file_size: self.host_size,
+                }
+                .into());
             }
             _ => {}
         }
@@ -311,78 +345,95 @@ impl<S: ReadAt> Qcow2Reader<S> {
     }
 
     /// Where guest cluster `g` is stored.
-    pub fn mapping(&self, g: u64) -> Result<Mapping> {
-        let per = self.per_l2();
-        match self.l2_table(g / per)? {
+    pub fn mapping(&self, g: GuestCluster) -> Result<Mapping> {
+        match self.l2_table(g.l1_index(self.cb))? {
             None => Ok(Mapping::Unallocated),
-            Some(t) => self.check_entry(g, L2Entry(t[(g % per) as usize])),
+            Some((off, t)) => self.check_entry(g, off, L2Entry(t[g.l2_slot(self.cb)])),
         }
     }
 
     /// The first guest cluster at or after `g` (below `end`) that holds stored data
     /// (uncompressed or compressed; with `zero`, zero-flagged clusters too), or `None`.
-    fn next_allocated(&self, mut g: u64, end: u64, zero: bool) -> Result<Option<u64>> {
-        let per = self.per_l2();
+    fn next_allocated(
+        &self,
+        mut g: GuestCluster,
+        end: GuestCluster,
+        zero: bool,
+    ) -> Result<Option<GuestCluster>> {
+        let cb = self.cb;
         while g < end {
-            let li = g / per;
+            let li = g.l1_index(cb);
+            // The first cluster of the next L2 table (none past the addressable range).
+            let next_table = li
+                .checked_add(1)
+                .and_then(|n| GuestCluster::first_of_l1(n, cb));
             match self.l2_table(li)? {
                 None => {
-                    // Skip to the next allocated L1 entry.
-                    let next = self.l1[(li as usize + 1).min(self.l1.len())..]
-                        .iter()
-                        .position(|e| e.0 & OFFSET_MASK != 0 || e.reserved_bits() != 0)
-                        .map(|p| (li + 1 + p as u64) * per);
+                    // Skip to the next allocated L1 entry (or one with reserved bits, which
+                    // is reported when reached).
+                    let from = usize::try_from(li).unwrap_or(usize::MAX).saturating_add(1);
+                    let next = self
+                        .l1
+                        .get(from..)
+                        .and_then(|rest| {
+                            rest.iter()
+                                .position(|e| e.0 & OFFSET_MASK != 0 || e.reserved_bits() != 0)
+                        })
+                        .and_then(|p| GuestCluster::first_of_l1(from.saturating_add(p) as u64, cb));
                     match next {
                         Some(n) => g = n,
                         None => return Ok(None),
                     }
                 }
-                Some(t) => {
-                    let tend = ((li + 1) * per).min(end);
-                    while g < tend {
-                        let e = L2Entry(t[(g % per) as usize]);
+                Some((off, t)) => {
+                    let tend = next_table.map_or(end, |n| n.min(end));
+                    for c in (g.0..tend.0).map(GuestCluster) {
+                        let e = L2Entry(t[c.l2_slot(cb)]);
                         if e.0 != 0 {
-                            match self.check_entry(g, e)? {
+                            match self.check_entry(c, off, e)? {
                                 Mapping::Data(_) | Mapping::Compressed { .. } => {
-                                    return Ok(Some(g));
+                                    return Ok(Some(c));
                                 }
-                                Mapping::Zero if zero => return Ok(Some(g)),
+                                Mapping::Zero if zero => return Ok(Some(c)),
                                 _ => {}
                             }
                         }
-                        g += 1;
                     }
+                    g = tend;
                 }
             }
         }
         Ok(None)
     }
 
-    fn guest_clusters(&self) -> u64 {
-        self.header.size.div_ceil(self.header.cluster_size())
+    /// The first cluster in `from..end` that does not hold stored data (`end` if none).
+    fn run_end(&self, from: GuestCluster, end: GuestCluster, zero: bool) -> Result<GuestCluster> {
+        for c in (from.0..end.0).map(GuestCluster) {
+            let stored = match self.mapping(c)? {
+                Mapping::Data(_) | Mapping::Compressed { .. } => true,
+                Mapping::Zero => zero,
+                Mapping::Unallocated => false,
+            };
+            if !stored {
+                return Ok(c);
+            }
+        }
+        Ok(end)
     }
 
     /// All guest clusters that hold stored data, as sorted runs (unallocated clusters
     /// excluded; zero-flagged clusters included only with `zero`). Memory follows the
     /// number of runs.
-    pub fn allocated_runs(&self, zero: bool) -> Result<Vec<Run>> {
-        let total = self.guest_clusters();
-        let mut runs: Vec<Run> = Vec::new();
-        let mut g = 0;
+    pub fn allocated_runs(&self, zero: bool) -> Result<Vec<ClusterRun>> {
+        let total = GuestCluster(self.guest_clusters);
+        let mut runs: Vec<ClusterRun> = Vec::new();
+        let mut g = GuestCluster(0);
         while let Some(s) = self.next_allocated(g, total, zero)? {
-            let mut e = s + 1;
-            while e < total
-                && match self.mapping(e)? {
-                    Mapping::Data(_) | Mapping::Compressed { .. } => true,
-                    Mapping::Zero => zero,
-                    Mapping::Unallocated => false,
-                }
-            {
-                e += 1;
-            }
-            runs.push(Run {
+            // s < total: the successor cannot saturate.
+            let e = self.run_end(GuestCluster(s.0.saturating_add(1)), total, zero)?;
+            runs.push(ClusterRun {
                 start: s,
-                len: e - s,
+                len: e.0.saturating_sub(s.0),
             });
             g = e;
         }
@@ -390,34 +441,47 @@ impl<S: ReadAt> Qcow2Reader<S> {
     }
 
     /// Decompress guest cluster `g` stored at `offset` (`len` bytes) into the cache.
-    fn inflate(&self, g: u64, offset: u64, len: u64) -> Result<std::cell::RefMut<'_, Inflated>> {
+    fn inflate(
+        &self,
+        g: GuestCluster,
+        offset: HostOffset,
+        len: u64,
+    ) -> Result<std::cell::RefMut<'_, Inflated>> {
         let mut st = self.inflated.borrow_mut();
         if st.cluster == Some(g) {
             return Ok(st);
         }
-        let avail = len.min(self.host_size - offset) as usize;
+        // check_entry put offset inside the file; len is at most 4 MiB.
+        let avail = len.min(self.host_size.saturating_sub(offset.0)) as usize;
         let s = &mut *st;
         s.input.resize(avail, 0);
-        let n = self.host.read_at(&mut s.input, offset)?;
+        let n = self.host.read_at(&mut s.input, offset.0)?;
         s.inflate.reset(false);
         s.cluster = None;
-        let what = || format!("qcow2 compressed cluster {g} at byte {offset}");
+        let input = s.input.get(..n).unwrap_or(&s.input);
         let r = s
             .inflate
-            .decompress(&s.input[..n], &mut s.out, flate2::FlushDecompress::Finish);
+            .decompress(input, &mut s.out, flate2::FlushDecompress::Finish);
+        let (guest_cluster, host_offset) = (g.0, offset.0);
         match r {
             Ok(_) if s.inflate.total_out() == s.out.len() as u64 => {}
             Ok(_) => {
-                return Err(Error::corrupt(
-                    what(),
-                    format!(
-                        "inflates to {} bytes instead of {}",
-                        s.inflate.total_out(),
-                        s.out.len()
-                    ),
-                ));
+                return Err(CorruptKind::Qcow2InflatedSize {
+                    guest_cluster,
+                    host_offset,
+                    got: s.inflate.total_out(),
+                    want: s.out.len() as u64,
+                }
+                .into());
             }
-            Err(e) => return Err(Error::corrupt(what(), format!("bad deflate data: {e}"))),
+            Err(e) => {
+                return Err(CorruptKind::Qcow2Inflate {
+                    guest_cluster,
+                    host_offset,
+                    detail: e.to_string(),
+                }
+                .into());
+            }
         }
         s.cluster = Some(g);
         Ok(st)
@@ -430,42 +494,53 @@ impl<S: ReadAt> ReadAt for Qcow2Reader<S> {
         if offset >= size {
             return Ok(0);
         }
-        let n = (buf.len() as u64).min(size - offset) as usize;
-        let cb = self.header.cluster_bits;
-        let cs = self.header.cluster_size();
-        let mut done = 0usize;
-        while done < n {
-            let pos = offset + done as u64;
-            let g = pos >> cb;
-            let within = pos & (cs - 1);
-            let take = ((cs - within) as usize).min(n - done);
-            match self.mapping(g)? {
-                Mapping::Unallocated | Mapping::Zero => buf[done..done + take].fill(0),
+        let cb = self.cb;
+        let cs = cb.size_usize();
+        // Bounded by buf.len().
+        let n = (buf.len() as u64).min(size.saturating_sub(offset)) as usize;
+        let mut rest = &mut buf[..n];
+        // offset + n <= size <= i64::MAX: positions below cannot saturate.
+        let mut pos = GuestOffset(offset);
+        while !rest.is_empty() {
+            let g = pos.cluster(cb);
+            let within = pos.within(cb);
+            let take = cs.saturating_sub(within).min(rest.len());
+            let done = match self.mapping(g)? {
+                Mapping::Unallocated | Mapping::Zero => {
+                    rest[..take].fill(0);
+                    take
+                }
                 Mapping::Data(h) => {
                     // Coalesce host-contiguous clusters into one read.
                     let mut len = take;
-                    while done + len < n {
-                        let ng = g + ((within as usize + len) as u64 >> cb);
-                        let expect = h + (ng - g) * cs;
-                        if self.mapping(ng)? != Mapping::Data(expect) {
+                    let (mut ng, mut expect) = (g, h);
+                    while len < rest.len() {
+                        let next = ng.checked_add(1).zip(expect.checked_add(cb.size()));
+                        let Some((n2, e2)) = next else { break };
+                        if self.mapping(n2)? != Mapping::Data(e2) {
                             break;
                         }
-                        len += (cs as usize).min(n - done - len);
+                        (ng, expect) = (n2, e2);
+                        len = len.saturating_add(cs.min(rest.len().saturating_sub(len)));
                     }
-                    let dst = &mut buf[done..done + len];
-                    let got = self.host.read_at(dst, h + within)?;
+                    let dst = &mut rest[..len];
+                    // h is a checked data cluster (< 2^56): the sum cannot overflow.
+                    let from = h.checked_add(within as u64).unwrap_or(h);
+                    let got = self.host.read_at(dst, from.0)?;
                     // A last cluster cut short by the end of the file reads as zeros.
-                    dst[got..].fill(0);
-                    done += len;
-                    continue;
+                    if let Some(tail) = dst.get_mut(got..) {
+                        tail.fill(0);
+                    }
+                    len
                 }
                 Mapping::Compressed { offset: co, len } => {
                     let st = self.inflate(g, co, len)?;
-                    buf[done..done + take]
-                        .copy_from_slice(&st.out[within as usize..within as usize + take]);
+                    rest[..take].copy_from_slice(&st.out[within..][..take]);
+                    take
                 }
-            }
-            done += take;
+            };
+            rest = &mut rest[done..];
+            pos = GuestOffset(pos.0.saturating_add(done as u64));
         }
         Ok(n)
     }
@@ -479,23 +554,19 @@ impl<S: ReadAt> ReadAt for Qcow2Reader<S> {
         if offset >= size {
             return Ok(None);
         }
-        let cb = self.header.cluster_bits;
-        let total = self.guest_clusters();
-        let Some(s) = self.next_allocated(offset >> cb, total, false)? else {
+        let cb = self.cb;
+        let total = GuestCluster(self.guest_clusters);
+        let Some(s) = self.next_allocated(GuestOffset(offset).cluster(cb), total, false)? else {
             return Ok(None);
         };
-        let limit = total.min(s + (MAX_REGION >> cb).max(1));
-        let mut e = s + 1;
-        while e < limit
-            && matches!(
-                self.mapping(e)?,
-                Mapping::Data(_) | Mapping::Compressed { .. }
-            )
-        {
-            e += 1;
-        }
-        let start = (s << cb).max(offset);
-        let end = (e << cb).min(size);
+        let limit = s
+            .checked_add((MAX_REGION >> cb.get()).max(1))
+            .map_or(total, |l| l.min(total));
+        // s < total: the successor cannot saturate.
+        let e = self.run_end(GuestCluster(s.0.saturating_add(1)), limit, false)?;
+        // Both are at most the guest cluster count, whose offsets fit (size <= i64::MAX).
+        let start = s.offset(cb).map_or(offset, |o| o.0.max(offset));
+        let end = e.offset(cb).map_or(size, |o| o.0.min(size));
         Ok(Some(start..end))
     }
 }
@@ -531,28 +602,40 @@ impl<S: ReadAt> ReadAt for Shifted<S> {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)] // tests compute expected values freely
 mod tests {
     use super::*;
+    use crate::Error;
     use crate::io::MemSource;
+    use crate::qcow2::entry::L2Entry;
     use crate::qcow2::writer::{CompressedWriter, Qcow2Layout, SequentialWriter};
 
-    /// A disk of `n` clusters where cluster i (if in `runs`) is filled with a pattern.
-    fn pattern(g: u64, cs: usize) -> Vec<u8> {
+    /// The contents of guest cluster `g` (if in `runs`): a compressible pattern, except
+    /// for cluster 999, which the compressed writer must store uncompressed.
+    fn pattern(g: GuestCluster, cs: usize) -> Vec<u8> {
+        if g.0 == 999 {
+            let mut x = 12345u32;
+            return (0..cs)
+                .map(|_| {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    (x >> 16) as u8
+                })
+                .collect();
+        }
         (0..cs)
-            .map(|i| ((g as usize * 7 + i / 13) % 251) as u8)
+            .map(|i| ((g.0 as usize * 7 + i / 13) % 251) as u8)
             .collect()
     }
 
-    fn runs() -> Vec<Run> {
-        vec![
-            Run { start: 0, len: 3 },
-            Run { start: 100, len: 1 },
-            Run {
-                start: 130,
-                len: 200,
-            },
-            Run { start: 999, len: 1 },
-        ]
+    fn run(start: u64, len: u64) -> ClusterRun {
+        ClusterRun {
+            start: GuestCluster(start),
+            len,
+        }
+    }
+
+    fn runs() -> Vec<ClusterRun> {
+        vec![run(0, 3), run(100, 1), run(130, 200), run(999, 1)]
     }
 
     fn sequential_image(cb: u32, size: u64) -> Vec<u8> {
@@ -561,7 +644,7 @@ mod tests {
         let mut out = Vec::new();
         let mut w = SequentialWriter::new(&mut out, &layout).unwrap();
         for r in runs() {
-            for g in r.start..r.end() {
+            for g in r.clusters() {
                 w.write_clusters(g, &pattern(g, cs)).unwrap();
             }
         }
@@ -571,12 +654,26 @@ mod tests {
         out
     }
 
+    fn compressed_image(cb: u32) -> std::fs::File {
+        let cs = 1usize << cb;
+        let f = tempfile::tempfile().unwrap();
+        let mut w = CompressedWriter::new(&f, 1000 << cb, cb, &runs()).unwrap();
+        for r in runs() {
+            for g in r.clusters() {
+                w.write_clusters(g, &pattern(g, cs)).unwrap();
+            }
+        }
+        let n = w.finish().unwrap();
+        assert!(n < (runs().iter().map(|r| r.len).sum::<u64>() << cb));
+        f
+    }
+
     fn check_contents<S: ReadAt>(r: &Qcow2Reader<S>, cb: u32) {
         let cs = 1usize << cb;
         let mut buf = vec![0u8; cs];
-        let mut want = runs().into_iter().flat_map(|r| r.start..r.end()).peekable();
-        for g in 0..1000u64 {
-            r.read_exact_at(&mut buf, g << cb, &|| "test".into())
+        let mut want = runs().into_iter().flat_map(|r| r.clusters()).peekable();
+        for g in (0..1000u64).map(GuestCluster) {
+            r.read_exact_at(&mut buf, g.0 << cb, &|| "test".into())
                 .unwrap();
             if want.peek() == Some(&g) {
                 want.next();
@@ -589,7 +686,13 @@ mod tests {
         // One large read across runs and holes.
         let mut big = vec![0u8; 400 << cb];
         r.read_exact_at(&mut big, 0, &|| "test".into()).unwrap();
-        assert!(big[130 << cb..(130 << cb) + cs] == pattern(130, cs)[..]);
+        assert!(big[130 << cb..(130 << cb) + cs] == pattern(GuestCluster(130), cs)[..]);
+        // Reads starting inside a cluster and ending inside another.
+        let mut odd = vec![0u8; 3 * cs + 77];
+        r.read_exact_at(&mut odd, (130 << cb) + 5, &|| "test".into())
+            .unwrap();
+        assert_eq!(odd[..cs - 5], pattern(GuestCluster(130), cs)[5..]);
+        assert_eq!(odd[3 * cs - 5..], pattern(GuestCluster(133), cs)[..82]);
         assert_eq!(
             r.data_region(3 << cb).unwrap(),
             Some((100 << cb)..(101 << cb))
@@ -610,39 +713,244 @@ mod tests {
     #[test]
     fn compressed_writer_round_trips() {
         for cb in [9u32, 12, 16] {
-            let cs = 1usize << cb;
-            let f = tempfile::tempfile().unwrap();
-            let mut w = CompressedWriter::new(&f, 1000 << cb, cb, &runs()).unwrap();
-            for r in runs() {
-                for g in r.start..r.end() {
-                    let mut data = pattern(g, cs);
-                    if g == 999 {
-                        // Incompressible: stored uncompressed.
-                        let mut x = 12345u32;
-                        for b in &mut data {
-                            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                            *b = (x >> 16) as u8;
-                        }
-                    }
-                    w.write_clusters(g, &data).unwrap();
-                }
-            }
-            let n = w.finish().unwrap();
+            let f = compressed_image(cb);
             let r = Qcow2Reader::open(crate::io::FileSource::from_file(f, 0).unwrap()).unwrap();
             assert_eq!(r.size(), 1000 << cb);
-            assert!(matches!(r.mapping(0).unwrap(), Mapping::Compressed { .. }));
-            assert!(matches!(r.mapping(999).unwrap(), Mapping::Data(_)));
-            let mut buf = vec![0u8; cs];
-            r.read_exact_at(&mut buf, 130 << cb, &|| "t".into())
-                .unwrap();
-            assert!(buf == pattern(130, cs));
-            assert!(n < (runs().iter().map(|r| r.len).sum::<u64>() << cb));
+            assert!(matches!(
+                r.mapping(GuestCluster(0)).unwrap(),
+                Mapping::Compressed { .. }
+            ));
+            assert!(matches!(
+                r.mapping(GuestCluster(999)).unwrap(),
+                Mapping::Data(_)
+            ));
+            check_contents(&r, cb);
         }
     }
 
+    fn kind<T>(r: Result<T>) -> CorruptKind {
+        match r {
+            Err(Error::Corrupt(k)) => k,
+            Err(e) => panic!("not a corruption: {e}"),
+            Ok(_) => panic!("accepted"),
+        }
+    }
+
+    /// Open `b` and read all of it: the first error.
+    fn open_and_read(b: Vec<u8>) -> Result<()> {
+        let r = Qcow2Reader::open(MemSource(b))?;
+        r.allocated_runs(true)?;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut at = 0;
+        while at < r.size() {
+            r.read_at(&mut buf, at)?;
+            at += buf.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Each damage of the header or tables is reported as the kind naming it, with its
+    /// location (the same damages as the CLI's hostile images, and a few more).
+    #[test]
+    fn hostile_images_give_located_kinds() {
+        let good = sequential_image(9, 1000 << 9);
+        let cs = 512u64;
+        let len = good.len() as u64;
+        let l1 = be::u64(&good, field::L1_TABLE_OFFSET);
+        let e0 = be::u64(&good, l1 as usize);
+        let l2 = e0 & OFFSET_MASK;
+        // Guest cluster 0's entry is the first of the first L2 table; cluster 1 the second.
+        let (d0, d1) = (l2 as usize, l2 as usize + 8);
+        let data0 = be::u64(&good, d0) & OFFSET_MASK;
+        let mutate = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut b = good.clone();
+            f(&mut b);
+            kind(open_and_read(b))
+        };
+        let set64 = |o: u64, v: u64| move |b: &mut Vec<u8>| be::set_u64(b, o as usize, v);
+        let set32 = |o: usize, v: u32| move |b: &mut Vec<u8>| be::set_u32(b, o, v);
+        use CorruptKind as K;
+        assert_eq!(
+            mutate(&set32(field::L1_SIZE, 0)),
+            K::Qcow2L1TooSmall {
+                entries: 0,
+                size: 1000 * 512,
+                needed: 16
+            }
+        );
+        assert_eq!(
+            mutate(&set32(field::L1_SIZE, u32::MAX)),
+            K::Qcow2L1TooLarge { entries: u32::MAX }
+        );
+        assert_eq!(
+            mutate(&set32(field::CLUSTER_BITS, 40)),
+            K::Qcow2ClusterBits { cluster_bits: 40 }
+        );
+        assert_eq!(
+            mutate(&set64(field::SIZE as u64, u64::MAX)),
+            K::Qcow2VirtualSize { size: u64::MAX }
+        );
+        assert_eq!(
+            mutate(&set64(field::L1_TABLE_OFFSET as u64, len + cs)),
+            K::Qcow2L1Outside {
+                entries: 16,
+                host_offset: len + cs,
+                file_size: len
+            }
+        );
+        assert_eq!(
+            mutate(&set64(field::L1_TABLE_OFFSET as u64, 1000)),
+            K::Qcow2L1Misaligned { host_offset: 1000 }
+        );
+        assert_eq!(
+            mutate(&set64(field::REFCOUNT_TABLE_OFFSET as u64, 1000)),
+            K::Qcow2RefcountTable {
+                host_offset: 1000,
+                clusters: 1
+            }
+        );
+        assert_eq!(
+            mutate(&set32(field::REFCOUNT_TABLE_CLUSTERS, u32::MAX)),
+            K::Qcow2RefcountTable {
+                host_offset: be::u64(&good, field::REFCOUNT_TABLE_OFFSET),
+                clusters: u32::MAX
+            }
+        );
+        assert_eq!(
+            mutate(&set64(l1, (len + 8 * cs) | L1Entry::COPIED)),
+            K::Qcow2L2Outside {
+                l1_index: 0,
+                host_offset: len + 8 * cs,
+                file_size: len
+            }
+        );
+        assert_eq!(
+            mutate(&set64(l1, l1 | L1Entry::COPIED)),
+            K::Qcow2L2OnMetadata {
+                l1_index: 0,
+                host_offset: l1,
+                meta_start: l1,
+                meta_end: l1 + 16 * 8
+            }
+        );
+        assert_eq!(
+            mutate(&set64(l1 + 8, e0)),
+            K::Qcow2L2Shared {
+                first: 0,
+                second: 1,
+                host_offset: l2
+            }
+        );
+        assert_eq!(
+            mutate(&set64(l1, e0 | 1 << 60)),
+            K::Qcow2L1Reserved {
+                l1_index: 0,
+                entry: e0 | 1 << 60
+            }
+        );
+        let on_l2 = L2Entry::data(HostOffset(l2)).0;
+        assert_eq!(
+            mutate(&set64(d1 as u64, on_l2)),
+            K::Qcow2DataOnMetadata {
+                guest_cluster: 1,
+                l2_offset: l2,
+                host_offset: l2
+            }
+        );
+        assert_eq!(
+            mutate(&set64(d0 as u64, (len + 4 * cs) | L2Entry::COPIED)),
+            K::Qcow2DataOutside {
+                guest_cluster: 0,
+                l2_offset: l2,
+                host_offset: len + 4 * cs,
+                file_size: len
+            }
+        );
+        // Offsets 512 bytes off a cluster boundary, in an image of 4 KiB clusters.
+        let big = sequential_image(12, 1000 << 12);
+        let bl1 = be::u64(&big, field::L1_TABLE_OFFSET);
+        let be0 = be::u64(&big, bl1 as usize);
+        let bl2 = be0 & OFFSET_MASK;
+        let bdata0 = be::u64(&big, bl2 as usize) & OFFSET_MASK;
+        let mut b = big.clone();
+        be::set_u64(&mut b, bl1 as usize, be0 + 512);
+        assert_eq!(
+            kind(open_and_read(b)),
+            K::Qcow2L2Misaligned {
+                l1_index: 0,
+                host_offset: bl2 + 512
+            }
+        );
+        let mut b = big.clone();
+        be::set_u64(&mut b, bl2 as usize, (bdata0 + 512) | L2Entry::COPIED);
+        assert_eq!(
+            kind(open_and_read(b)),
+            K::Qcow2DataMisaligned {
+                guest_cluster: 0,
+                l2_offset: bl2,
+                host_offset: bdata0 + 512
+            }
+        );
+        assert_eq!(
+            mutate(&set64(d0 as u64, data0 | L2Entry::COPIED | 2)),
+            K::Qcow2L2Reserved {
+                guest_cluster: 0,
+                l2_offset: l2,
+                entry: data0 | L2Entry::COPIED | 2
+            }
+        );
+        assert_eq!(
+            mutate(&set64(d0 as u64, L2Entry::COMPRESSED | 16)),
+            K::Qcow2CompressedOutside {
+                guest_cluster: 0,
+                l2_offset: l2,
+                host_offset: 16,
+                file_size: len
+            }
+        );
+        // Garbage where deflate data should be.
+        let k = mutate(&set64(d0 as u64, L2Entry::COMPRESSED | (cs + 16)));
+        assert!(
+            matches!(k, K::Qcow2Inflate { guest_cluster: 0, host_offset, .. } | K::Qcow2InflatedSize { guest_cluster: 0, host_offset, .. } if host_offset == cs + 16),
+            "{k:?}"
+        );
+        assert_eq!(mutate(&|b| b.truncate(50)), K::Qcow2HeaderShort { len: 50 });
+        assert_eq!(
+            mutate(&|b| b.truncate(l2 as usize + 100)),
+            K::Qcow2L2Outside {
+                l1_index: 0,
+                host_offset: l2,
+                file_size: l2 + 100
+            }
+        );
+        assert_eq!(mutate(&|b| b[0] = b'X'), K::Qcow2Magic);
+        open_and_read(good.clone()).unwrap();
+    }
+
+    /// The header fields whose full-width values the mutation test writes.
+    const WIDE_FIELDS: [(usize, usize); 10] = [
+        (field::BACKING_FILE_OFFSET, 8),
+        (field::CLUSTER_BITS, 4),
+        (field::SIZE, 8),
+        (field::L1_SIZE, 4),
+        (field::L1_TABLE_OFFSET, 8),
+        (field::REFCOUNT_TABLE_OFFSET, 8),
+        (field::REFCOUNT_TABLE_CLUSTERS, 4),
+        (field::NB_SNAPSHOTS, 4),
+        (field::SNAPSHOTS_OFFSET, 8),
+        (field::CRYPT_METHOD, 4),
+    ];
+
+    /// Random damage to uncompressed and compressed images: flipped bytes (mostly in the
+    /// header and tables), full-width values in header fields and table entries (both
+    /// halves of 64-bit words), cuts. Open, map, read and data_region return, never panic;
+    /// the debug test build checks every operation for overflow.
     #[test]
     fn mutated_images_never_panic() {
-        let good = sequential_image(9, 1000 << 9);
+        let mut compressed = Vec::new();
+        let f = compressed_image(9);
+        std::io::Read::read_to_end(&mut &f, &mut compressed).unwrap();
+        let bases = [sequential_image(9, 1000 << 9), compressed];
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
         let mut next = || {
             x ^= x << 13;
@@ -650,24 +958,61 @@ mod tests {
             x ^= x << 17;
             x
         };
+        let wide = [
+            u64::MAX,
+            0,
+            1 << 63,
+            u64::from(u32::MAX),
+            u64::MAX << 32,
+            OFFSET_MASK,
+        ];
         let mut buf = vec![0u8; 4096];
-        for _ in 0..3000 {
+        let mut opened = 0;
+        for i in 0..3000 {
+            let good = &bases[i % 2];
             let mut b = good.clone();
+            let tables = be::u64(good, field::L1_TABLE_OFFSET) as usize;
             for _ in 0..(next() % 4 + 1) {
-                let at = (next() % b.len() as u64) as usize;
-                // Bias towards the header and tables at the front.
-                let at = if next() % 2 == 0 { at % 2048 } else { at };
-                b[at] = next() as u8;
+                match next() % 4 {
+                    0 => {
+                        let (at, w) = WIDE_FIELDS[(next() % 10) as usize];
+                        let v = wide[(next() % 6) as usize];
+                        if w == 4 {
+                            be::set_u32(&mut b, at, v as u32);
+                        } else {
+                            be::set_u64(&mut b, at, v);
+                        }
+                    }
+                    1 => {
+                        // A table entry (L1, refcount table or L2) with an extreme value.
+                        let at = tables + 8 * (next() % 64) as usize;
+                        if at + 8 <= b.len() {
+                            be::set_u64(&mut b, at, wide[(next() % 6) as usize] | (next() % 2));
+                        }
+                    }
+                    _ => {
+                        let at = (next() % b.len() as u64) as usize;
+                        // Bias towards the header and tables at the front.
+                        let at = if next() % 2 == 0 { at % 2048 } else { at };
+                        b[at] = next() as u8;
+                    }
+                }
             }
             if next() % 8 == 0 {
                 let l = (next() % b.len() as u64) as usize;
                 b.truncate(l);
             }
             if let Ok(r) = Qcow2Reader::open(MemSource(b)) {
+                opened += 1;
                 let _ = r.allocated_runs(true);
                 let _ = r.read_at(&mut buf, next() % (1000 << 9));
+                let _ = r.read_at(&mut buf, next());
                 let _ = r.data_region(next() % (1000 << 9));
+                let _ = r.data_region(next());
+                let _ = r.mapping(GuestCluster(next()));
             }
         }
+        // Most damage must get past open, or this would test only the header checks.
+        assert!(opened > 1000, "only {opened} of 3000 damaged images opened");
     }
 }

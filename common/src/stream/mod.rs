@@ -5,10 +5,16 @@
 //! data of every data extent in map order · trailer (64 bytes) with counts and the SHA-256
 //! of header, map and data. Holes are never hashed or sent, so the cost follows the metadata.
 
+// Every number here comes from a stream or feeds one: no unchecked arithmetic.
+#![deny(clippy::arithmetic_side_effects)]
+
+use std::fmt;
 use std::io::{self, Read, Write};
 
 use sha2::{Digest, Sha256};
 
+use crate::bytes::le;
+use crate::error::CorruptKind;
 use crate::{Error, Result};
 
 pub const MAGIC: [u8; 8] = *b"E2ISTRM\0";
@@ -17,6 +23,30 @@ pub const VERSION: u16 = 1;
 pub const HEADER_LEN: usize = 64;
 pub const EXTENT_LEN: usize = 16;
 pub const TRAILER_LEN: usize = 64;
+/// Extent lengths are stored in 7 bytes.
+pub const MAX_EXTENT_LEN: u64 = (1 << 56) - 1;
+
+/// Byte offsets of the header fields.
+mod hdr {
+    pub const MAGIC: usize = 0;
+    pub const VERSION: usize = 8;
+    pub const HEADER_LEN: usize = 10;
+    pub const FLAGS: usize = 12;
+    pub const INCOMPAT: usize = 16;
+    pub const BLOCK_SIZE: usize = 20;
+    pub const BLOCKS_COUNT: usize = 24;
+    pub const UUID: usize = 32;
+    pub const EXTENTS: usize = 48;
+}
+
+/// Byte offsets of the trailer fields.
+mod trl {
+    pub const MAGIC: usize = 0;
+    pub const EXTENTS: usize = 8;
+    pub const DATA_BLOCKS: usize = 16;
+    pub const ZERO_BLOCKS: usize = 24;
+    pub const SHA256: usize = 32;
+}
 
 /// Header flags a reader may ignore (informational).
 pub mod flags {
@@ -26,6 +56,28 @@ pub mod flags {
     pub const SCRAMBLED: u32 = 1 << 1;
     /// Every flag this version knows.
     pub const KNOWN: u32 = ALL_DATA | SCRAMBLED;
+}
+
+/// The parts of a stream, in order (where a truncation happened).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Header,
+    ExtentMap,
+    MapChecksum,
+    Data,
+    Trailer,
+}
+
+impl fmt::Display for Part {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Part::Header => "header",
+            Part::ExtentMap => "extent map",
+            Part::MapChecksum => "map checksum",
+            Part::Data => "data",
+            Part::Trailer => "trailer",
+        })
+    }
 }
 
 /// Filesystem geometry and capture flags.
@@ -57,55 +109,79 @@ pub struct Extent {
     pub kind: Kind,
 }
 
-fn bad(detail: impl Into<String>) -> Error {
-    Error::corrupt("e2i stream", detail)
+impl Extent {
+    /// One past the last block (saturating: the reader checked that it lies in the image).
+    pub fn end(&self) -> u64 {
+        self.start.saturating_add(self.len)
+    }
 }
 
 impl Header {
     fn encode(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
-        b[0..8].copy_from_slice(&MAGIC);
-        b[8..10].copy_from_slice(&VERSION.to_le_bytes());
-        b[10..12].copy_from_slice(&(HEADER_LEN as u16).to_le_bytes());
-        b[12..16].copy_from_slice(&self.flags.to_le_bytes());
-        b[16..20].copy_from_slice(&self.incompat.to_le_bytes());
-        b[20..24].copy_from_slice(&self.block_size.to_le_bytes());
-        b[24..32].copy_from_slice(&self.blocks_count.to_le_bytes());
-        b[32..48].copy_from_slice(&self.uuid);
-        b[48..56].copy_from_slice(&self.extents.to_le_bytes());
+        b[hdr::MAGIC..hdr::MAGIC + 8].copy_from_slice(&MAGIC);
+        le::set_u16(&mut b, hdr::VERSION, VERSION);
+        le::set_u16(&mut b, hdr::HEADER_LEN, HEADER_LEN as u16);
+        le::set_u32(&mut b, hdr::FLAGS, self.flags);
+        le::set_u32(&mut b, hdr::INCOMPAT, self.incompat);
+        le::set_u32(&mut b, hdr::BLOCK_SIZE, self.block_size);
+        le::set_u64(&mut b, hdr::BLOCKS_COUNT, self.blocks_count);
+        b[hdr::UUID..hdr::UUID + 16].copy_from_slice(&self.uuid);
+        le::set_u64(&mut b, hdr::EXTENTS, self.extents);
         b
     }
 
-    fn decode(b: &[u8; HEADER_LEN]) -> Result<Self> {
-        if b[0..8] != MAGIC {
-            return Err(bad("bad magic (not an e2i stream)"));
+    /// Check what a reader relies on: block size, image size, extent count.
+    fn check(&self) -> Result<()> {
+        let Header {
+            block_size,
+            blocks_count,
+            extents,
+            ..
+        } = *self;
+        if !block_size.is_power_of_two() || !(1024..=65536).contains(&block_size) {
+            return Err(CorruptKind::StreamBlockSize { block_size }.into());
         }
-        let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
-        let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-        let u64_at = |o: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[o..o + 8]);
-            u64::from_le_bytes(a)
-        };
-        let version = u16_at(8);
+        if blocks_count.checked_mul(u64::from(block_size)).is_none() {
+            return Err(CorruptKind::StreamTooLarge {
+                blocks_count,
+                block_size,
+            }
+            .into());
+        }
+        if extents > blocks_count {
+            return Err(CorruptKind::StreamExtentCount {
+                extents,
+                blocks_count,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    fn decode(b: &[u8; HEADER_LEN]) -> Result<Self> {
+        if b[hdr::MAGIC..hdr::MAGIC + 8] != MAGIC {
+            return Err(CorruptKind::StreamMagic.into());
+        }
+        let version = le::u16(b, hdr::VERSION);
         if version != VERSION {
             return Err(Error::Unsupported(format!(
                 "e2i stream: version {version} (this reader understands version {VERSION})"
             )));
         }
-        if usize::from(u16_at(10)) != HEADER_LEN {
-            return Err(bad(format!(
-                "header length {} (expected {HEADER_LEN})",
-                u16_at(10)
-            )));
+        let len = le::u16(b, hdr::HEADER_LEN);
+        if usize::from(len) != HEADER_LEN {
+            return Err(CorruptKind::StreamHeaderLength { len }.into());
         }
+        let mut uuid = [0u8; 16];
+        uuid.copy_from_slice(&b[hdr::UUID..hdr::UUID + 16]);
         let h = Header {
-            flags: u32_at(12),
-            incompat: u32_at(16),
-            block_size: u32_at(20),
-            blocks_count: u64_at(24),
-            uuid: b[32..48].try_into().unwrap_or([0; 16]),
-            extents: u64_at(48),
+            flags: le::u32(b, hdr::FLAGS),
+            incompat: le::u32(b, hdr::INCOMPAT),
+            block_size: le::u32(b, hdr::BLOCK_SIZE),
+            blocks_count: le::u64(b, hdr::BLOCKS_COUNT),
+            uuid,
+            extents: le::u64(b, hdr::EXTENTS),
         };
         if h.incompat != 0 {
             return Err(Error::Unsupported(format!(
@@ -113,34 +189,18 @@ impl Header {
                 h.incompat
             )));
         }
-        if !h.block_size.is_power_of_two() || !(1024..=65536).contains(&h.block_size) {
-            return Err(bad(format!("block size {} is invalid", h.block_size)));
-        }
-        if h.blocks_count
-            .checked_mul(u64::from(h.block_size))
-            .is_none()
-        {
-            return Err(bad(format!(
-                "{} blocks overflow the image size",
-                h.blocks_count
-            )));
-        }
-        if h.extents > h.blocks_count {
-            return Err(bad(format!(
-                "{} extents in a {}-block image",
-                h.extents, h.blocks_count
-            )));
-        }
+        h.check()?;
         Ok(h)
     }
 }
 
 impl Extent {
+    /// The 16-byte record; the length must be at most [`MAX_EXTENT_LEN`].
     fn encode(&self) -> [u8; EXTENT_LEN] {
         let mut b = [0u8; EXTENT_LEN];
-        b[0..8].copy_from_slice(&self.start.to_le_bytes());
-        // Length in 7 bytes: far beyond any filesystem.
-        b[8..15].copy_from_slice(&self.len.to_le_bytes()[..7]);
+        le::set_u64(&mut b, 0, self.start);
+        // Length in 7 bytes (far beyond any filesystem); byte 15 is the kind.
+        le::set_u64(&mut b, 8, self.len & MAX_EXTENT_LEN);
         b[15] = match self.kind {
             Kind::Data => 1,
             Kind::Zero => 2,
@@ -148,19 +208,23 @@ impl Extent {
         b
     }
 
-    fn decode(b: &[u8; EXTENT_LEN]) -> Result<Self> {
-        let mut s = [0u8; 8];
-        s.copy_from_slice(&b[0..8]);
-        let mut l = [0u8; 8];
-        l[..7].copy_from_slice(&b[8..15]);
+    /// Decode record `index`, which starts at stream byte `offset`.
+    fn decode(b: &[u8; EXTENT_LEN], index: u64, offset: u64) -> Result<Self> {
         let kind = match b[15] {
             1 => Kind::Data,
             2 => Kind::Zero,
-            k => return Err(bad(format!("extent kind {k} is unknown"))),
+            kind => {
+                return Err(CorruptKind::StreamExtentKind {
+                    index,
+                    offset,
+                    kind,
+                }
+                .into());
+            }
         };
         Ok(Extent {
-            start: u64::from_le_bytes(s),
-            len: u64::from_le_bytes(l),
+            start: le::u64(b, 0),
+            len: le::u64(b, 8) & MAX_EXTENT_LEN,
             kind,
         })
     }
@@ -177,6 +241,12 @@ fn io_err(op: &'static str, offset: u64) -> impl FnOnce(io::Error) -> Error {
     move |e| Error::io(op, offset, e)
 }
 
+/// Bytes written or read so far: counts of bytes that went through memory, so they stay
+/// far below 2^64 and the additions below cannot saturate.
+fn advance(pos: &mut u64, n: usize) {
+    *pos = pos.saturating_add(n as u64);
+}
+
 /// Writes a stream: header and map first, then the data in map order, then the trailer.
 pub struct StreamWriter<W: Write> {
     out: W,
@@ -191,37 +261,51 @@ pub struct StreamWriter<W: Write> {
 }
 
 impl<W: Write> StreamWriter<W> {
-    /// Write the header and the map. `extents` must be sorted, disjoint, non-empty runs.
+    /// Write the header and the map. `extents` must be sorted, disjoint, non-empty runs
+    /// inside the image.
     pub fn new(mut out: W, mut header: Header, extents: Vec<Extent>) -> Result<Self> {
         header.extents = extents.len() as u64;
+        let invalid = |what: String| Error::InvalidInput(format!("e2i stream writer: {what}"));
+        header
+            .check()
+            .map_err(|e| invalid(format!("bad header: {e}")))?;
+        let mut prev_end = 0u64;
+        for (i, e) in extents.iter().enumerate() {
+            let end = e.start.checked_add(e.len);
+            if e.len == 0
+                || e.len > MAX_EXTENT_LEN
+                || e.start < prev_end
+                || end.is_none_or(|end| end > header.blocks_count)
+            {
+                return Err(invalid(format!(
+                    "extent {i} ({}+{}) is empty, unsorted or outside the image",
+                    e.start, e.len
+                )));
+            }
+            prev_end = e.end();
+        }
         let mut hash = Sha256::new();
         let h = header.encode();
         hash.update(h);
         out.write_all(&h).map_err(io_err("write", 0))?;
-        let mut counts = Counts::default();
-        let mut buf = Vec::with_capacity(extents.len().min(1 << 16) * EXTENT_LEN);
+        let mut buf = Vec::with_capacity(extents.len().min(1 << 16).saturating_mul(EXTENT_LEN));
         let mut written = HEADER_LEN as u64;
         for e in &extents {
-            match e.kind {
-                Kind::Data => counts.data_blocks += e.len,
-                Kind::Zero => counts.zero_blocks += e.len,
-            }
             buf.extend_from_slice(&e.encode());
             if buf.len() >= 1 << 20 {
                 hash.update(&buf);
                 out.write_all(&buf).map_err(io_err("write", written))?;
-                written += buf.len() as u64;
+                advance(&mut written, buf.len());
                 buf.clear();
             }
         }
         hash.update(&buf);
         out.write_all(&buf).map_err(io_err("write", written))?;
-        written += buf.len() as u64;
+        advance(&mut written, buf.len());
         // The map's own hash lets a reader trust the layout before any data arrives.
         let map_hash = hash.clone().finalize();
         out.write_all(&map_hash).map_err(io_err("write", written))?;
-        written += 32;
-        let _ = counts;
+        advance(&mut written, map_hash.len());
         Ok(StreamWriter {
             out,
             hash,
@@ -236,36 +320,42 @@ impl<W: Write> StreamWriter<W> {
 
     /// Append data blocks (whole blocks, continuing the data extents in order).
     pub fn write_data(&mut self, data: &[u8]) -> Result<()> {
-        let bs = self.block_size as usize;
+        // The header check made the block size a power of two of at least 1024.
+        let bits = self.block_size.trailing_zeros();
+        let bs = 1usize << bits;
         if !data.len().is_multiple_of(bs) {
             return Err(Error::InvalidInput(
                 "stream data must be whole blocks".into(),
             ));
         }
-        let mut blocks = (data.len() / bs) as u64;
+        let total = (data.len() >> bits) as u64;
+        let mut blocks = total;
         while blocks > 0 {
             if self.pending == 0 {
-                while self.next < self.extents.len() && self.extents[self.next].kind != Kind::Data {
-                    self.next += 1;
-                }
-                let Some(e) = self.extents.get(self.next) else {
+                let next = self.extents[self.next..]
+                    .iter()
+                    .position(|e| e.kind == Kind::Data)
+                    .map(|p| self.next.saturating_add(p));
+                let Some(e) = next.and_then(|i| self.extents.get(i)) else {
                     return Err(Error::InvalidInput(
                         "more stream data than the map holds".into(),
                     ));
                 };
                 self.pending = e.len;
-                self.next += 1;
+                self.next = next.map_or(self.next, |i| i.saturating_add(1));
             }
             let n = blocks.min(self.pending);
-            self.pending -= n;
-            blocks -= n;
+            // n is at most both.
+            self.pending = self.pending.saturating_sub(n);
+            blocks = blocks.saturating_sub(n);
         }
         self.hash.update(data);
         self.out
             .write_all(data)
             .map_err(io_err("write", self.written))?;
-        self.written += data.len() as u64;
-        self.counts.data_blocks += (data.len() / bs) as u64;
+        advance(&mut self.written, data.len());
+        // Below the sum of the extents' lengths, which fits (they lie inside the image).
+        self.counts.data_blocks = self.counts.data_blocks.saturating_add(total);
         Ok(())
     }
 
@@ -280,19 +370,19 @@ impl<W: Write> StreamWriter<W> {
                 "stream finished before all mapped data was written".into(),
             ));
         }
+        // Disjoint extents inside the image: the sum is at most its block count.
         self.counts.zero_blocks = self
             .extents
             .iter()
             .filter(|e| e.kind == Kind::Zero)
-            .map(|e| e.len)
-            .sum();
+            .fold(0u64, |a, e| a.saturating_add(e.len));
         let digest: [u8; 32] = self.hash.finalize().into();
         let mut t = [0u8; TRAILER_LEN];
-        t[0..8].copy_from_slice(&TRAILER_MAGIC);
-        t[8..16].copy_from_slice(&(self.extents.len() as u64).to_le_bytes());
-        t[16..24].copy_from_slice(&self.counts.data_blocks.to_le_bytes());
-        t[24..32].copy_from_slice(&self.counts.zero_blocks.to_le_bytes());
-        t[32..64].copy_from_slice(&digest);
+        t[trl::MAGIC..trl::MAGIC + 8].copy_from_slice(&TRAILER_MAGIC);
+        le::set_u64(&mut t, trl::EXTENTS, self.extents.len() as u64);
+        le::set_u64(&mut t, trl::DATA_BLOCKS, self.counts.data_blocks);
+        le::set_u64(&mut t, trl::ZERO_BLOCKS, self.counts.zero_blocks);
+        t[trl::SHA256..].copy_from_slice(&digest);
         self.out
             .write_all(&t)
             .map_err(io_err("write", self.written))?;
@@ -315,19 +405,19 @@ pub struct StreamReader<R: Read> {
     zero_blocks: u64,
 }
 
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8], pos: u64, what: &str) -> Result<()> {
+/// Fill `buf` from `r`, which is at stream byte `pos` inside `part`.
+fn read_full<R: Read>(r: &mut R, buf: &mut [u8], pos: u64, part: Part) -> Result<()> {
     let mut done = 0;
     while done < buf.len() {
+        let mut at = pos;
+        advance(&mut at, done);
         match r.read(&mut buf[done..]) {
             Ok(0) => {
-                return Err(bad(format!(
-                    "truncated: ends at byte {} inside the {what}",
-                    pos + done as u64
-                )));
+                return Err(CorruptKind::StreamTruncated { part, offset: at }.into());
             }
-            Ok(n) => done += n,
+            Ok(n) => done = done.saturating_add(n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("read", pos + done as u64, e)),
+            Err(e) => return Err(Error::io("read", at, e)),
         }
     }
     Ok(())
@@ -337,7 +427,7 @@ impl<R: Read> StreamReader<R> {
     /// Read the header and map. `prefix` holds bytes already consumed for format detection.
     pub fn open(mut input: R) -> Result<Self> {
         let mut h = [0u8; HEADER_LEN];
-        read_full(&mut input, &mut h, 0, "header")?;
+        read_full(&mut input, &mut h, 0, Part::Header)?;
         let header = Header::decode(&h)?;
         let mut hash = Sha256::new();
         hash.update(h);
@@ -345,45 +435,50 @@ impl<R: Read> StreamReader<R> {
         // Grow as entries arrive: a lying count cannot make us allocate up front.
         let mut extents: Vec<Extent> = Vec::new();
         let mut prev_end = 0u64;
+        // Disjoint extents inside the image: neither sum can exceed its block count.
         let mut data_blocks = 0u64;
         let mut zero_blocks = 0u64;
         let mut rec = [0u8; EXTENT_LEN];
-        for i in 0..header.extents {
-            read_full(&mut input, &mut rec, pos, "extent map")?;
+        for index in 0..header.extents {
+            let offset = pos;
+            read_full(&mut input, &mut rec, pos, Part::ExtentMap)?;
             hash.update(rec);
-            pos += EXTENT_LEN as u64;
-            let e = Extent::decode(&rec)?;
+            advance(&mut pos, EXTENT_LEN);
+            let e = Extent::decode(&rec, index, offset)?;
+            let (start, len) = (e.start, e.len);
             let end = e
                 .start
                 .checked_add(e.len)
-                .filter(|&end| end <= header.blocks_count);
-            let Some(end) = end else {
-                return Err(bad(format!(
-                    "extent {i} ({}+{}) lies past the image end",
-                    e.start, e.len
-                )));
-            };
-            if e.len == 0 || (i > 0 && e.start < prev_end) {
-                return Err(bad(format!(
-                    "extent {i} at block {} is empty, overlapping or out of order",
-                    e.start
-                )));
+                .filter(|&end| end <= header.blocks_count)
+                .ok_or(CorruptKind::StreamExtentOutside {
+                    index,
+                    offset,
+                    start,
+                    len,
+                    blocks_count: header.blocks_count,
+                })?;
+            if e.len == 0 || e.start < prev_end {
+                return Err(CorruptKind::StreamExtentOrder {
+                    index,
+                    offset,
+                    start,
+                    len,
+                }
+                .into());
             }
             prev_end = end;
             match e.kind {
-                Kind::Data => data_blocks += e.len,
-                Kind::Zero => zero_blocks += e.len,
+                Kind::Data => data_blocks = data_blocks.saturating_add(e.len),
+                Kind::Zero => zero_blocks = zero_blocks.saturating_add(e.len),
             }
             extents.push(e);
         }
         let mut mh = [0u8; 32];
-        read_full(&mut input, &mut mh, pos, "map checksum")?;
-        pos += 32;
+        read_full(&mut input, &mut mh, pos, Part::MapChecksum)?;
         if hash.clone().finalize()[..] != mh[..] {
-            return Err(bad(
-                "the header or extent map is corrupt (checksum mismatch)",
-            ));
+            return Err(CorruptKind::StreamMapChecksum { offset: pos }.into());
         }
+        advance(&mut pos, mh.len());
         Ok(StreamReader {
             input,
             header,
@@ -400,7 +495,7 @@ impl<R: Read> StreamReader<R> {
         &self.extents
     }
 
-    /// The data extents, as block-map runs (what a qcow2 layout needs).
+    /// The data extents, as block-map runs (filesystem blocks).
     pub fn data_runs(&self) -> Vec<crate::blockmap::Run> {
         self.extents
             .iter()
@@ -423,9 +518,9 @@ impl<R: Read> StreamReader<R> {
 
     /// Read the next `buf.len()` bytes of the data section (whole blocks).
     pub fn read_data(&mut self, buf: &mut [u8]) -> Result<()> {
-        read_full(&mut self.input, buf, self.pos, "data")?;
+        read_full(&mut self.input, buf, self.pos, Part::Data)?;
         self.hash.update(&*buf);
-        self.pos += buf.len() as u64;
+        advance(&mut self.pos, buf.len());
         Ok(())
     }
 
@@ -433,8 +528,9 @@ impl<R: Read> StreamReader<R> {
     /// most `chunk` bytes, the extent's start advanced), `f(extent, None)` for zeros. Then
     /// verify the trailer. Nothing is trusted until this returns `Ok`.
     pub fn for_each(&mut self, chunk: usize, f: &mut ExtentVisitor<'_>) -> Result<[u8; 32]> {
-        let bs = u64::from(self.header.block_size);
-        let per = (chunk as u64 / bs).max(1);
+        // The header check made the block size a power of two from 1024 to 65536.
+        let bits = self.header.block_size.trailing_zeros();
+        let per = ((chunk >> bits) as u64).max(1);
         let mut buf = Vec::new();
         let extents = std::mem::take(&mut self.extents);
         let res = (|| {
@@ -443,9 +539,11 @@ impl<R: Read> StreamReader<R> {
                     Kind::Zero => f(*e, None)?,
                     Kind::Data => {
                         let mut b = e.start;
-                        while b < e.start + e.len {
-                            let n = per.min(e.start + e.len - b);
-                            buf.resize((n * bs) as usize, 0);
+                        // The reader checked that every extent lies in the image.
+                        while b < e.end() {
+                            let n = per.min(e.end().saturating_sub(b));
+                            // At most max(chunk, one block).
+                            buf.resize((n << bits) as usize, 0);
                             self.read_data(&mut buf)?;
                             f(
                                 Extent {
@@ -455,7 +553,7 @@ impl<R: Read> StreamReader<R> {
                                 },
                                 Some(&buf),
                             )?;
-                            b += n;
+                            b = b.saturating_add(n);
                         }
                     }
                 }
@@ -469,44 +567,49 @@ impl<R: Read> StreamReader<R> {
     /// Read and check the trailer after the data.
     pub fn finish(&mut self) -> Result<[u8; 32]> {
         let mut t = [0u8; TRAILER_LEN];
-        read_full(&mut self.input, &mut t, self.pos, "trailer")?;
-        if t[0..8] != TRAILER_MAGIC {
-            return Err(bad(format!(
-                "no trailer at byte {} (data corrupt or stream cut)",
-                self.pos
-            )));
+        let offset = self.pos;
+        read_full(&mut self.input, &mut t, offset, Part::Trailer)?;
+        if t[trl::MAGIC..trl::MAGIC + 8] != TRAILER_MAGIC {
+            return Err(CorruptKind::StreamNoTrailer { offset }.into());
         }
-        let u64_at = |o: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&t[o..o + 8]);
-            u64::from_le_bytes(a)
-        };
-        if u64_at(8) != self.header.extents
-            || u64_at(16) != self.data_blocks
-            || u64_at(24) != self.zero_blocks
+        let (extents, data_blocks, zero_blocks) = (
+            le::u64(&t, trl::EXTENTS),
+            le::u64(&t, trl::DATA_BLOCKS),
+            le::u64(&t, trl::ZERO_BLOCKS),
+        );
+        if extents != self.header.extents
+            || data_blocks != self.data_blocks
+            || zero_blocks != self.zero_blocks
         {
-            return Err(bad("trailer counts do not match the map"));
+            return Err(CorruptKind::StreamTrailerCounts {
+                offset,
+                extents,
+                data_blocks,
+                zero_blocks,
+            }
+            .into());
         }
         let digest: [u8; 32] = self.hash.clone().finalize().into();
-        if t[32..64] != digest {
-            return Err(bad("checksum mismatch: the stream was altered"));
+        if t[trl::SHA256..] != digest {
+            return Err(CorruptKind::StreamChecksum { offset }.into());
         }
+        let mut end = offset;
+        advance(&mut end, TRAILER_LEN);
         let mut extra = [0u8; 1];
-        match self.input.read(&mut extra) {
-            Ok(0) => {}
-            Ok(_) => {
-                return Err(bad(format!(
-                    "unexpected bytes after the trailer at byte {}",
-                    self.pos + TRAILER_LEN as u64
-                )));
+        loop {
+            match self.input.read(&mut extra) {
+                Ok(0) => break,
+                Ok(_) => return Err(CorruptKind::StreamTrailingBytes { offset: end }.into()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("read", end, e)),
             }
-            Err(e) => return Err(Error::io("read", self.pos, e)),
         }
         Ok(digest)
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)] // tests compute expected values freely
 mod tests {
     use super::*;
 
@@ -558,6 +661,23 @@ mod tests {
         Ok(out)
     }
 
+    fn kind<T: std::fmt::Debug>(r: Result<T>) -> CorruptKind {
+        match r {
+            Err(Error::Corrupt(k)) => k,
+            other => panic!("expected a corruption, got {other:?}"),
+        }
+    }
+
+    /// xorshift64: deterministic "random" numbers for the property tests.
+    fn rng(mut x: u64) -> impl FnMut() -> u64 {
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        }
+    }
+
     #[test]
     fn round_trip() {
         let bytes = encode();
@@ -573,7 +693,11 @@ mod tests {
     fn every_truncation_and_flip_is_caught() {
         let bytes = encode();
         for cut in 0..bytes.len() {
-            assert!(decode(&bytes[..cut]).is_err(), "cut at {cut} accepted");
+            let k = kind(decode(&bytes[..cut]));
+            assert!(
+                matches!(k, CorruptKind::StreamTruncated { offset, .. } if offset == cut as u64),
+                "cut at {cut}: {k:?}"
+            );
         }
         for i in 0..bytes.len() {
             let mut b = bytes.clone();
@@ -582,6 +706,257 @@ mod tests {
         }
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(decode(&longer).is_err());
+        assert_eq!(
+            kind(decode(&longer)),
+            CorruptKind::StreamTrailingBytes {
+                offset: bytes.len() as u64
+            }
+        );
+    }
+
+    /// Damage at a known place gives the kind naming that place.
+    #[test]
+    fn damage_is_located() {
+        let bytes = encode();
+        let map_end = HEADER_LEN + 3 * EXTENT_LEN;
+        let trailer = bytes.len() - TRAILER_LEN;
+        let with = |at: usize, v: u8| {
+            let mut b = bytes.clone();
+            b[at] = v;
+            decode(&b)
+        };
+        let cut_part = |cut: usize| match kind(decode(&bytes[..cut])) {
+            CorruptKind::StreamTruncated { part, .. } => part,
+            k => panic!("{k:?}"),
+        };
+        assert_eq!(cut_part(10), Part::Header);
+        assert_eq!(cut_part(HEADER_LEN + 17), Part::ExtentMap);
+        assert_eq!(cut_part(map_end + 5), Part::MapChecksum);
+        assert_eq!(cut_part(map_end + 32 + 100), Part::Data);
+        assert_eq!(cut_part(trailer + 1), Part::Trailer);
+        assert_eq!(kind(with(0, b'X')), CorruptKind::StreamMagic);
+        assert_eq!(
+            kind(with(hdr::HEADER_LEN, 65)),
+            CorruptKind::StreamHeaderLength { len: 65 }
+        );
+        assert_eq!(
+            kind(with(hdr::BLOCK_SIZE, 1)),
+            CorruptKind::StreamBlockSize { block_size: 1025 }
+        );
+        assert_eq!(
+            kind(with(hdr::EXTENTS, 200)),
+            CorruptKind::StreamExtentCount {
+                extents: 200,
+                blocks_count: 100
+            }
+        );
+        // Second extent (index 1, at byte 80): its kind, then its start.
+        assert_eq!(
+            kind(with(HEADER_LEN + EXTENT_LEN + 15, 9)),
+            CorruptKind::StreamExtentKind {
+                index: 1,
+                offset: 80,
+                kind: 9
+            }
+        );
+        assert_eq!(
+            kind(with(HEADER_LEN + EXTENT_LEN, 99)),
+            CorruptKind::StreamExtentOutside {
+                index: 1,
+                offset: 80,
+                start: 99,
+                len: 3,
+                blocks_count: 100
+            }
+        );
+        assert_eq!(
+            kind(with(HEADER_LEN + EXTENT_LEN, 2)),
+            CorruptKind::StreamExtentOrder {
+                index: 1,
+                offset: 80,
+                start: 2,
+                len: 3
+            }
+        );
+        assert_eq!(
+            kind(with(HEADER_LEN + 2 * EXTENT_LEN, 60)),
+            CorruptKind::StreamMapChecksum {
+                offset: map_end as u64
+            }
+        );
+        assert_eq!(
+            kind(with(map_end + 32 + 7, 0)),
+            CorruptKind::StreamChecksum {
+                offset: trailer as u64
+            }
+        );
+        assert_eq!(
+            kind(with(trailer, b'X')),
+            CorruptKind::StreamNoTrailer {
+                offset: trailer as u64
+            }
+        );
+        assert_eq!(
+            kind(with(trailer + trl::ZERO_BLOCKS, 4)),
+            CorruptKind::StreamTrailerCounts {
+                offset: trailer as u64,
+                extents: 3,
+                data_blocks: 3,
+                zero_blocks: 4
+            }
+        );
+    }
+
+    /// Property: any valid header and sorted map (full-width values included) written by
+    /// the writer reads back the same, with the same data in the same pieces.
+    #[test]
+    fn random_maps_round_trip() {
+        let mut next = rng(0x2545_F491_4F6C_DD1D);
+        for case in 0..300 {
+            let block_size = 1024u32 << (next() % 7);
+            let max_blocks = u64::MAX / u64::from(block_size);
+            let blocks_count = match case % 3 {
+                0 => max_blocks,
+                1 => 1 + next() % 64,
+                _ => 1 + next() % max_blocks,
+            };
+            let mut extents = Vec::new();
+            let mut at = if case % 5 == 0 {
+                0
+            } else {
+                next() % blocks_count
+            };
+            while extents.len() < 6 && at < blocks_count {
+                let room = (blocks_count - at).min(MAX_EXTENT_LEN);
+                // Mostly short data extents, sometimes one as long as what is left.
+                let (len, kind) = if next().is_multiple_of(4) {
+                    (1 + next() % room, Kind::Zero)
+                } else {
+                    (1 + next() % room.min(3), Kind::Data)
+                };
+                extents.push(Extent {
+                    start: at,
+                    len,
+                    kind,
+                });
+                at = at
+                    .saturating_add(len)
+                    .saturating_add(next() % (1 << (next() % 64)));
+            }
+            let header = Header {
+                flags: next() as u32,
+                incompat: 0,
+                block_size,
+                blocks_count,
+                uuid: [case as u8; 16],
+                extents: extents.len() as u64,
+            };
+            let mut w = StreamWriter::new(Vec::new(), header, extents.clone()).unwrap();
+            let mut want = Vec::new();
+            for e in extents.iter().filter(|e| e.kind == Kind::Data) {
+                for b in e.start..e.end() {
+                    let block = vec![(b % 251) as u8; block_size as usize];
+                    w.write_data(&block).unwrap();
+                    want.push((b, block));
+                }
+            }
+            let (bytes, digest) = w.finish().unwrap();
+            let mut r = StreamReader::open(&bytes[..]).unwrap();
+            assert_eq!(r.header, header);
+            assert_eq!(r.extents, extents);
+            let mut got = Vec::new();
+            let d = r
+                .for_each(block_size as usize, &mut |e, data| {
+                    if let Some(data) = data {
+                        got.push((e.start, data.to_vec()));
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(d, digest);
+            assert_eq!(got, want, "case {case}");
+        }
+    }
+
+    #[test]
+    fn writer_refuses_maps_it_cannot_encode() {
+        let (h, _, _) = sample();
+        let bad = |ex: Vec<Extent>, h: Header| StreamWriter::new(Vec::new(), h, ex).is_err();
+        let e = |start, len| Extent {
+            start,
+            len,
+            kind: Kind::Data,
+        };
+        assert!(bad(vec![e(0, 0)], h));
+        assert!(bad(vec![e(5, 2), e(6, 1)], h));
+        assert!(bad(vec![e(99, 2)], h));
+        assert!(bad(vec![e(u64::MAX, 2)], h));
+        let huge = Header {
+            blocks_count: u64::MAX >> 10,
+            ..h
+        };
+        // No image has more blocks than 7 bytes can count (2^54 at most, of 1 KiB).
+        assert!(huge.blocks_count < MAX_EXTENT_LEN);
+        assert!(!bad(vec![e(0, huge.blocks_count)], huge));
+        assert!(bad(vec![], Header { block_size: 0, ..h }));
+    }
+
+    /// Random damage (extreme values in header and map fields, bit flips, cuts) never
+    /// panics; run by the debug test build, it checks every addition for overflow.
+    #[test]
+    fn mutated_streams_never_panic() {
+        let good = encode();
+        let mut next = rng(0x9E37_79B9_7F4A_7C15);
+        let mut past_map = 0;
+        for _ in 0..5000 {
+            let mut b = good.clone();
+            match next() % 3 {
+                0 => {
+                    // A full-width field of the header or an extent.
+                    let at = [
+                        hdr::BLOCK_SIZE,
+                        hdr::BLOCKS_COUNT,
+                        hdr::EXTENTS,
+                        64,
+                        72,
+                        80,
+                        88,
+                    ][(next() % 7) as usize];
+                    let v =
+                        [u64::MAX, 0, 1 << 63, u64::from(u32::MAX), next()][(next() % 5) as usize];
+                    if at == hdr::BLOCK_SIZE {
+                        le::set_u32(&mut b, at, v as u32);
+                    } else {
+                        le::set_u64(&mut b, at, v);
+                    }
+                }
+                1 => {
+                    for _ in 0..(1 + next() % 4) {
+                        let at = (next() % b.len() as u64) as usize;
+                        b[at] = next() as u8;
+                    }
+                }
+                _ => b.truncate((next() % b.len() as u64) as usize),
+            }
+            // Usually make the map checksum match again, so that the damage reaches the
+            // data and trailer checks instead of stopping at the checksum.
+            if let Some(end) = le::get_u64(&b, hdr::EXTENTS)
+                .filter(|&n| n <= 8)
+                .map(|n| HEADER_LEN + n as usize * EXTENT_LEN)
+                .filter(|&end| end + 32 <= b.len() && !next().is_multiple_of(4))
+            {
+                let sum = Sha256::digest(&b[..end]);
+                b[end..end + 32].copy_from_slice(&sum);
+            }
+            if StreamReader::open(&b[..]).is_ok() {
+                past_map += 1;
+            }
+            let _ = decode(&b);
+        }
+        // Much of the damage must get past the map, into data and trailer checks.
+        assert!(
+            past_map > 1000,
+            "only {past_map} of 5000 streams got past the map"
+        );
     }
 }
