@@ -1,0 +1,84 @@
+//! The scrambled-image guard of the tools that write over what is already there: before a
+//! scrambled image ([`crate::mark`]) is written onto an existing file or block device, look at
+//! the filesystem there, and refuse when it is the one the image was taken from (unless the
+//! user insists). A new file, stdout, or a target holding something else is never refused.
+
+use std::path::Path;
+
+use crate::ext4::Superblock;
+use crate::ext4::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
+use crate::io::{FileSource, ReadAt};
+use crate::mark::{self, Action, Evidence, ImageFacts};
+use crate::ops::input;
+use crate::ops::install::find_superblock;
+use crate::{Error, Result};
+
+/// The superblock of the filesystem in the existing file or block device `target` at byte
+/// `offset` (its primary, else a backup), if there is one. A target that does not exist, is
+/// not a regular file or block device, cannot be read, or holds an image container (a
+/// normal image, a qcow2 or a stream, which are not filesystems) has none.
+pub fn target_superblock(
+    target: &Path,
+    offset: u64,
+    geometry: Option<&Superblock>,
+) -> Option<Superblock> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(target).ok()?;
+    if !(meta.is_file() || meta.file_type().is_block_device()) {
+        return None;
+    }
+    let src = FileSource::open(target, offset).ok()?;
+    let mut head = vec![0u8; 2048];
+    let n = src.read_at(&mut head, 0).ok()?;
+    head.truncate(n);
+    if input::detect(&head).is_some_and(|k| k != input::Kind::Raw) {
+        return None;
+    }
+    find_superblock(&src, geometry).1
+}
+
+/// Refuse (exit 1, one line) to write the image `image` over `target` at byte `offset` when
+/// it is judged scrambled and `target` holds the filesystem it was taken from, unless
+/// `allow`. Returns the evidence when the write goes ahead all the same (`allow`), for a
+/// warning.
+pub fn refuse_scrambled(
+    image: &ImageFacts,
+    target: &Path,
+    offset: u64,
+    allow: bool,
+) -> Result<Option<Evidence>> {
+    if !image.is_scrambled() && image.superblock.is_none() {
+        // Nothing says it is scrambled, and nothing to compare with the target.
+        return Ok(None);
+    }
+    let geometry = image
+        .superblock
+        .as_deref()
+        .and_then(|raw| Superblock::parse(raw, None).ok());
+    let Some(t) = target_superblock(target, offset, geometry.as_ref()) else {
+        return Ok(None);
+    };
+    let Some(ev) = mark::refusal(image, Some(t.raw()), true) else {
+        return Ok(None);
+    };
+    if allow {
+        return Ok(Some(ev));
+    }
+    Err(Error::InvalidInput(mark::refusal_message(
+        &ev,
+        &target.display().to_string(),
+        Action::Write,
+    )))
+}
+
+/// What a filesystem SOURCE about to be captured with `-s` is: its UUID and superblock
+/// (read at `offset`), and the scramble option as the evidence.
+pub fn capture_facts(src: &dyn ReadAt) -> ImageFacts {
+    let mut raw = [0u8; SUPERBLOCK_SIZE];
+    let mut f = match src.read_at(&mut raw, SUPERBLOCK_OFFSET) {
+        Ok(SUPERBLOCK_SIZE) => ImageFacts::from_superblock(&raw),
+        _ => ImageFacts::default(),
+    };
+    f.add(Evidence::ScrambleOption);
+    f
+}
