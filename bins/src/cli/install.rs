@@ -19,8 +19,9 @@ Before writing (and with -n), one line says what is replaced: the inode tables a
 of every group, with the image's from the time it was taken, and whether DEVICE's \
 filesystem was written after that (files created or changed since become unreachable).
 
-e2image equivalent: `e2i-install DEVICE IMAGE` is `e2image -I DEVICE IMAGE`; `-n` and \
-`-z` have no e2image -I equivalent (e2image -I writes without checks or undo file).";
+e2image equivalent: `e2i-install DEVICE IMAGE` is `e2image -I DEVICE IMAGE`; `-n`, \
+`-z` and --allow-scrambled have no e2image -I equivalent (e2image -I writes without checks \
+or undo file).";
 
 const AFTER_LONG_HELP: &str = "\
 Examples:
