@@ -111,6 +111,84 @@ pub fn pwrite_full(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
     file.write_all_at(buf, offset)
 }
 
+/// Memory alignment of [`AlignedBuf`]: O_DIRECT needs buffers aligned to the device's
+/// logical block size, which is at most the page size.
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// A heap buffer whose usable part starts on a [`DIRECT_ALIGN`] boundary, so it can be
+/// written with O_DIRECT.
+#[derive(Debug)]
+pub struct AlignedBuf {
+    v: Vec<u8>,
+    off: usize,
+    cap: usize,
+}
+
+impl AlignedBuf {
+    /// A zeroed buffer of `cap` usable bytes.
+    pub fn new(cap: usize) -> Self {
+        let v = vec![0u8; cap.saturating_add(DIRECT_ALIGN)];
+        let off = (DIRECT_ALIGN - v.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN;
+        AlignedBuf { v, off, cap }
+    }
+
+    /// Usable bytes.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// The first `n` usable bytes (`n` at most [`AlignedBuf::capacity`]).
+    pub fn get(&self, n: usize) -> &[u8] {
+        &self.v[self.off..self.off + n.min(self.cap)]
+    }
+
+    pub fn get_mut(&mut self, n: usize) -> &mut [u8] {
+        &mut self.v[self.off..self.off + n.min(self.cap)]
+    }
+}
+
+/// A second handle on `file` that writes around the page cache (O_DIRECT), if `file` is a
+/// regular file or block device and the system allows it.
+pub fn reopen_direct(file: &File) -> Option<File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let meta = file.metadata().ok()?;
+    if !(meta.file_type().is_file() || meta.file_type().is_block_device()) {
+        return None;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .ok()
+}
+
+/// Write `data` at `off` through the O_DIRECT handle `direct` when offset, length and memory
+/// are aligned for it; otherwise, or when the system refuses (EINVAL: then `direct` is
+/// dropped for good), through `file`. Writes through `file` are buffered: the caller syncs.
+pub fn write_maybe_direct(
+    file: &File,
+    direct: &mut Option<File>,
+    data: &[u8],
+    off: u64,
+) -> Result<()> {
+    const SECTOR: u64 = 512;
+    if let Some(d) = direct.as_ref()
+        && off.is_multiple_of(SECTOR)
+        && (data.len() as u64).is_multiple_of(SECTOR)
+        && (data.as_ptr() as usize).is_multiple_of(SECTOR as usize)
+    {
+        match d.write_all_at(data, off) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                *direct = None;
+            }
+            Err(e) => return Err(Error::io("write", off, e)),
+        }
+    }
+    pwrite_full(file, data, off).map_err(|e| Error::io("write", off, e))
+}
+
 /// Grow the pipe behind `fd` (if it is one) to 1 MiB, best effort: images cross pipes in
 /// megabytes, and the default 64 KiB costs a context switch every 64 KiB.
 pub fn grow_pipe<Fd: std::os::fd::AsFd>(fd: Fd) {

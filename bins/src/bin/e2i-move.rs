@@ -3,13 +3,13 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use e2i::mount::{MountState, mount_state};
-use e2i::ops::move_fs::{self, CloneTarget, MoveOptions, MoveReport};
-use e2i::ops::move_journal::{Journal, State};
+use e2i::ops::move_fs::{self, CloneTarget, JournalOptions, MoveNote, MoveOptions, MoveReport};
+use e2i::ops::move_journal as mj;
 use e2i::output::{Kind, Request};
 use e2i::sparse::range_text;
 use e2i_cli::cli::move_fs::Args;
@@ -20,13 +20,6 @@ const TOOL: &str = "e2i-move";
 fn main() -> std::process::ExitCode {
     let args: Args = parse_args(TOOL);
     run(TOOL, Summary::new(false, TOOL), |_| body(args))
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
-        _ => false,
-    }
 }
 
 fn refuse_mounted(path: &Path, any: bool) -> anyhow::Result<()> {
@@ -57,6 +50,28 @@ fn lister(
         {
             *failed.borrow_mut() = Some(e);
         }
+    }
+}
+
+/// A test-only environment knob (hidden; see docs/move-journal.md).
+fn knob(name: &str) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Crash points passed so far (test hook).
+static CRASH_POINTS: AtomicU64 = AtomicU64::new(0);
+
+/// Test hook (`E2I_MOVE_KILL_AT=N`): SIGKILL this process before its N-th write to SOURCE or
+/// the journal, so tests can stop a move at exact points. `E2I_MOVE_KILL_AT=0` kills
+/// nothing; either way the run ends by printing how many such points it passed.
+fn crash_point() {
+    let n = CRASH_POINTS.fetch_add(1, Ordering::SeqCst) + 1;
+    if n == knob("E2I_MOVE_KILL_AT") {
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
     }
 }
 
@@ -115,6 +130,7 @@ fn body(args: Args) -> anyhow::Result<u8> {
             "a move needs different source and destination offsets (-o, -O)",
         ));
     }
+    let kill_hook = std::env::var_os("E2I_MOVE_KILL_AT").is_some();
     let opts = MoveOptions {
         src_offset: args.src_offset,
         dest_offset: args.dest_offset,
@@ -122,15 +138,12 @@ fn body(args: Args) -> anyhow::Result<u8> {
         check: args.check,
         dry_run: args.dry_run,
         // Hidden, for tests only: slow the move down so a kill lands in the middle.
-        throttle_us_per_mib: std::env::var("E2I_MOVE_THROTTLE_US")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
+        throttle_us_per_mib: knob("E2I_MOVE_THROTTLE_US"),
         // Hidden, for tests only: smaller pieces, so a small filesystem has many of them.
-        piece_bytes: std::env::var("E2I_MOVE_PIECE_KIB")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .map_or(0, |k| k.saturating_mul(1024)),
+        piece_bytes: knob("E2I_MOVE_PIECE_KIB").saturating_mul(1024),
+        // Hidden, for tests only: write in slices with a crash point before each.
+        slice_bytes: usize::try_from(knob("E2I_MOVE_SLICE_KIB").saturating_mul(1024)).unwrap_or(0),
+        crash_point: kill_hook.then_some(crash_point as fn()),
     };
     let src = args.source.display().to_string();
     let mut reporter = Reporter::new(args.progress);
@@ -139,34 +152,31 @@ fn body(args: Args) -> anyhow::Result<u8> {
     let mut list = lister(args.dry_run, list_failed.clone());
     if in_place {
         refuse_mounted(&args.source, true)?;
-        let journal = match &args.journal {
-            Some(j) => j.clone(),
-            None => move_fs::default_journal_path(&args.source).with_context(|| src.clone())?,
+        let jopts = JournalOptions {
+            path: args.journal.clone(),
+            state_dir: mj::state_dir(std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME")),
         };
-        if same_file(&journal, &args.source) {
-            anyhow::bail!("{}: the journal cannot be SOURCE itself", journal.display());
-        }
-        if !args.dry_run
-            && let Some(dir) = journal.parent().filter(|p| !p.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        if let Ok(Some(j)) = Journal::open(&journal)
-            && matches!(j.state, State::Running { .. })
-            && !args.quiet
-            && j.params.src_offset == args.src_offset
-            && j.params.dest_offset == args.dest_offset
-        {
+        let quiet = args.quiet;
+        let mut notes = |n: MoveNote| print_note(&src, n, quiet);
+        let rep = move_fs::move_in_place(
+            &args.source,
+            &jopts,
+            &opts,
+            &mut list,
+            &mut notes,
+            &mut reporter,
+        )
+        .with_context(|| src.clone());
+        if kill_hook {
             eprintln!(
-                "{TOOL}: {src}: resuming the interrupted move recorded in {}",
-                journal.display()
+                "{TOOL}: test hook: {} crash points",
+                CRASH_POINTS.load(Ordering::SeqCst)
             );
         }
-        let rep = move_fs::move_in_place(&args.source, &journal, &opts, &mut list, &mut reporter)
-            .with_context(|| src.clone())?;
+        let rep = rep?;
         listing_result(&list_failed)?;
         reporter.summary(rep.block_size);
-        report_move(&args, &rep, &journal)?;
+        report_move(&args, &rep)?;
         return Ok(EXIT_OK);
     }
     let dest = args.dest.clone().unwrap_or_default();
@@ -249,12 +259,55 @@ fn e2i_cli_tempfile() -> anyhow::Result<std::fs::File> {
     Ok(f)
 }
 
-fn report_move(args: &Args, rep: &MoveReport, journal: &Path) -> anyhow::Result<()> {
+fn print_note(src: &str, note: MoveNote, quiet: bool) {
+    let line = match note {
+        MoveNote::Resuming {
+            journal,
+            next,
+            pieces,
+        } => {
+            if quiet {
+                return;
+            }
+            format!(
+                "{src}: resuming the interrupted move recorded in {} ({next} of {pieces} pieces already moved)",
+                journal.display()
+            )
+        }
+        MoveNote::Adopted {
+            journal,
+            recorded,
+            actual,
+        } => format!(
+            "{src}: note: {} was written for {}, SOURCE is {}; SOURCE holds exactly the half-moved state it records, so it is used",
+            journal.display(),
+            mj::describe(recorded),
+            mj::describe(actual)
+        ),
+        MoveNote::Stale { journal } => {
+            if quiet {
+                return;
+            }
+            format!(
+                "{src}: note: {} records an unfinished move that SOURCE no longer matches; it is left alone (delete it)",
+                journal.display()
+            )
+        }
+        MoveNote::NotIndexed { index, reason } => format!(
+            "{src}: warning: could not record the journal in {} ({reason}): after an interruption, rerun the move under this name of SOURCE or with --journal",
+            index.display()
+        ),
+    };
+    eprintln!("{TOOL}: {line}");
+}
+
+fn report_move(args: &Args, rep: &MoveReport) -> anyhow::Result<()> {
     if args.quiet {
         return Ok(());
     }
     let src = args.source.display();
     if rep.already_done {
+        let journal = rep.journal.clone().unwrap_or_default();
         e2i_cli::say(format_args!(
             "{src}: the move from byte {} to byte {} is already finished (journal {}); nothing to do",
             args.src_offset,

@@ -9,9 +9,13 @@ use crate::number;
 const LONG_ABOUT: &str = "\
 Copy the filesystem in SOURCE with all its data to DEST, or, without DEST, move it inside \
 SOURCE from offset -o to offset -O. An in-place move is journalled: if it is interrupted \
-(crash, power loss, kill), running the same command again finishes it. See \
-move-journal.md (installed in share/doc/e2i). DEST is a new or existing file or a block \
-device, never SOURCE under another name.
+(crash, power loss, kill), running the same command again finishes it, under any name of \
+SOURCE. The journal records which file or device SOURCE is and checksums of the bytes it \
+moves; a rerun over a SOURCE that no longer matches it (restored from a backup, replaced, \
+already moved) is refused and nothing is written. See move-journal.md (installed in \
+share/doc/e2i). DEST is a new or existing file or a block device, never SOURCE under \
+another name. SOURCE may be a qcow2 image when cloning (its virtual disk is read, -o \
+inside it); a qcow2 image cannot be moved in place.
 
 e2image equivalents: `e2i-move -o S -O D SRC DST` is `e2image -ra -o S -O D SRC DST`; \
 `e2i-move -o S -O D SRC` is `e2image -ra -o S -O D SRC` (which is not crash-safe); \
@@ -43,7 +47,7 @@ Exit status:
     after_long_help = AFTER_LONG_HELP
 )]
 pub struct Args {
-    /// Block device or image file holding the filesystem.
+    /// Block device or image file holding the filesystem (for a clone, also a qcow2 image).
     #[arg(value_hint = clap::ValueHint::FilePath)]
     pub source: PathBuf,
     /// Where to copy it (a new file, an existing image or a block device). Without it,
@@ -71,8 +75,9 @@ pub struct Args {
     /// Copy the metadata only (e2image -r with offsets); clones only.
     #[arg(long, requires = "dest")]
     pub metadata_only: bool,
-    /// Journal of an in-place move [default: SOURCE.e2i-move for a file, else in
-    /// $XDG_STATE_HOME/e2i].
+    /// Journal of an in-place move [default: next to SOURCE (symlinks resolved) as
+    /// SOURCE.e2i-move for a file; $XDG_STATE_HOME/e2i/blockdev-MAJOR:MINOR.e2i-move for a
+    /// device]. Its folder must exist.
     #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath, conflicts_with = "dest")]
     pub journal: Option<PathBuf>,
     /// No warnings or summaries (errors are still reported).

@@ -84,8 +84,14 @@ fn e2image_ra(src: &Path, off: u64, out: &Path) -> Vec<u8> {
     fs::read(out).unwrap()
 }
 
+/// e2i-move with a state folder of its own: the index an in-place move writes must reach
+/// neither the user's state folder nor another test's (a new move reads every unfinished
+/// journal the index knows).
 fn e2i_move(args: &[&str]) -> std::process::Output {
-    run(Command::new(tool("e2i-move")).args(args))
+    let state = tempdir();
+    run(Command::new(tool("e2i-move"))
+        .args(args)
+        .env("XDG_STATE_HOME", state.path()))
 }
 
 fn ok(o: &std::process::Output) -> String {
@@ -380,6 +386,7 @@ fn unfinished_move_blocks_a_different_one() {
     // Stop a slowed move right after it started (its journal exists), then try another.
     let mut child = Command::new(tool("e2i-move"))
         .args(["--journal", p(&journal), "-o", "1M", "-O", "2M", p(&disk)])
+        .env("XDG_STATE_HOME", d.path().join("state"))
         .env("E2I_MOVE_THROTTLE_US", "2000000")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -457,6 +464,7 @@ fn killed_moves(data: u64, fs_size: &str, piece: u64, throttle_us: u64, kills: u
         for i in 0..kills {
             let mut child = Command::new(tool("e2i-move"))
                 .args(&args)
+                .env("XDG_STATE_HOME", d.path().join("state"))
                 .env("E2I_MOVE_THROTTLE_US", throttle_us.to_string())
                 .env("E2I_MOVE_PIECE_KIB", (piece >> 10).to_string())
                 .stdout(Stdio::null())
@@ -485,6 +493,7 @@ fn killed_moves(data: u64, fs_size: &str, piece: u64, throttle_us: u64, kills: u
         }
         let o = run(Command::new(tool("e2i-move"))
             .args(&args)
+            .env("XDG_STATE_HOME", d.path().join("state"))
             .env("E2I_MOVE_PIECE_KIB", (piece >> 10).to_string()));
         let msg = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "final run: {msg}");
@@ -579,4 +588,785 @@ fn clone_matches_e2image_on_e2fsprogs_images() {
         "e2fsprogs images: {compared} clones identical to e2image -ra; {refused} refused by e2image"
     );
     assert!(compared > 100);
+}
+
+// ---- The journal knows its SOURCE: crash points, restored and replaced images, names ----
+
+use e2i::ops::move_fs::{JournalOptions, MoveOptions, MoveReport};
+use std::cell::Cell;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+
+/// Piece and slice sizes of the crash tests: small, so a few MiB make many pieces and every
+/// piece is written in several slices (kills land inside pieces).
+const PIECE_KIB: u64 = 64;
+const SLICE_KIB: u64 = 16;
+
+/// A scratch folder on tmpfs when there is one (the crash tests sync a lot; a kill leaves
+/// the page cache as it is, so tmpfs shows the same states as a disk).
+fn scratch() -> tempfile::TempDir {
+    if Path::new("/dev/shm").is_dir() {
+        tempfile::tempdir_in("/dev/shm").expect("tempdir")
+    } else {
+        tempdir()
+    }
+}
+
+/// Raised by the in-process crash hook: the move stops there, as if killed.
+struct Crashed;
+
+thread_local! {
+    /// (crash points passed, the one to stop at; 0: none).
+    static CRASH: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+}
+
+fn crash_hook() {
+    CRASH.with(|c| {
+        let (n, at) = c.get();
+        c.set((n + 1, at));
+        if n + 1 == at {
+            // Unwinding without the panic hook: no message, the test catches it.
+            resume_unwind(Box::new(Crashed));
+        }
+    });
+}
+
+/// One in-process run of the move, stopped at crash point `crash_at` (0: never). Returns
+/// the run's result (`None`: stopped) and the crash points it passed.
+fn move_once(
+    disk: &Path,
+    jopts: &JournalOptions,
+    opts: &MoveOptions,
+    crash_at: u64,
+) -> (Option<e2i::Result<MoveReport>>, u64) {
+    for _ in 0..200 {
+        CRASH.with(|c| c.set((0, crash_at)));
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            e2i::ops::move_fs::move_in_place(
+                disk,
+                jopts,
+                opts,
+                &mut |_, _| {},
+                &mut |_| {},
+                &mut e2i::progress::NoProgress,
+            )
+        }));
+        let n = CRASH.with(|c| c.get().0);
+        match r {
+            // Another test's child process, forked but not yet exec'd, can briefly hold a
+            // copy of the descriptor that held SOURCE's lock: wait for it to let go.
+            Ok(Err(e)) if e.to_string().contains("another e2i-move") => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(res) => return (Some(res), n),
+            Err(p) if p.is::<Crashed>() => return (None, n),
+            Err(p) => resume_unwind(p),
+        }
+    }
+    panic!("{}: locked for a second", disk.display());
+}
+
+/// Move a filesystem back and forth by awkward distances; for each move, stop it at crash
+/// points (every one with E2I_SLOW_TESTS=1, else `trials` seeded ones plus the first and
+/// last), stop the reruns at seeded points too, finish with a plain rerun, and compare the
+/// whole SOURCE with an uninterrupted move: byte for byte the same.
+fn crash_sweep(bs: &str, trials: usize, seed: u64) {
+    let d = scratch();
+    let img = mkfs_data(d.path(), "fs.img", "6M", 2 * MIB, 24, &["-b", bs]);
+    let want = e2image_ra(&img, 0, &d.path().join("want.raw"));
+    let disk = d.path().join("disk.img");
+    let head = 512 << 10;
+    embed(&img, &disk, head, 256 << 10, seed);
+    let refd = d.path().join("ref.img");
+    let jopts = JournalOptions {
+        path: Some(d.path().join("j")),
+        state_dir: Some(d.path().join("state")),
+    };
+    let slow = std::env::var("E2I_SLOW_TESTS").as_deref() == Ok("1");
+    let piece = PIECE_KIB << 10;
+    let bsz: i64 = bs.parse().unwrap();
+    // Shorter than a piece (every piece saved), shorter than a block, longer than a piece
+    // (no piece overlaps itself, later pieces overwrite earlier ones' sources), both ways.
+    let far = (piece + piece / 4 + 512) as i64;
+    let steps = [3 * bsz + 512, 1536, far, -far, -3 * bsz - 1536, -512];
+    let mut rng = Rng(seed);
+    let (mut at, mut runs, mut resumed) = (head, 0u64, 0u64);
+    for step in steps {
+        let to = (at as i64 + step) as u64;
+        let opts = MoveOptions {
+            src_offset: at,
+            dest_offset: to,
+            piece_bytes: piece,
+            slice_bytes: (SLICE_KIB << 10) as usize,
+            crash_point: Some(crash_hook),
+            ..MoveOptions::default()
+        };
+        let orig = fs::read(&disk).unwrap();
+        fs::write(&refd, &orig).unwrap();
+        let _ = fs::remove_file(jopts.path.as_ref().unwrap());
+        let (res, total) = move_once(&refd, &jopts, &opts, 0);
+        res.expect("uninterrupted run").unwrap();
+        let reference = fs::read(&refd).unwrap();
+        assert!(
+            e2image_ra(&refd, to, &d.path().join("got.raw")) == want,
+            "uninterrupted move {at} -> {to} differs"
+        );
+        let points: Vec<u64> = if slow {
+            (1..=total).collect()
+        } else {
+            let mut v = vec![1, total];
+            v.extend((0..trials).map(|_| 1 + rng.below(total)));
+            v
+        };
+        for &c in &points {
+            fs::write(&disk, &orig).unwrap();
+            let _ = fs::remove_file(jopts.path.as_ref().unwrap());
+            let (res, _) = move_once(&disk, &jopts, &opts, c);
+            assert!(
+                res.is_none(),
+                "move {at} -> {to}: crash point {c} of {total} not reached"
+            );
+            runs += 1;
+            // Reruns, themselves stopped at seeded points, then one that finishes.
+            let mut done = false;
+            for again in 0..4 {
+                let stop = if again < 3 { 1 + rng.below(total) } else { 0 };
+                let (res, _) = move_once(&disk, &jopts, &opts, stop);
+                runs += 1;
+                if let Some(res) = res {
+                    let rep = res.unwrap_or_else(|e| {
+                        panic!("move {at} -> {to}, crashed at {c}: rerun refused: {e}")
+                    });
+                    resumed += u64::from(rep.resumed);
+                    done = true;
+                    break;
+                }
+            }
+            assert!(done, "move {at} -> {to}: never finished");
+            assert!(
+                fs::read(&disk).unwrap() == reference,
+                "move {at} -> {to} crashed at point {c} of {total}: SOURCE differs from an uninterrupted move"
+            );
+        }
+        at = to;
+        fs::write(&disk, &reference).unwrap();
+    }
+    eprintln!("crash_sweep(bs {bs}): {runs} runs, {resumed} finished a resumed move");
+    assert!(resumed > 0);
+}
+
+#[test]
+fn crash_points_4k() {
+    crash_sweep("4096", 12, 0x4b1d);
+}
+
+#[test]
+fn crash_points_1k() {
+    crash_sweep("1024", 12, 0x1c0ffee);
+}
+
+/// A small disk (`head` bytes, the filesystem, 1 MiB) and the e2image -ra image of the
+/// filesystem alone.
+fn small_disk(dir: &Path, name: &str, head: u64) -> (PathBuf, Vec<u8>) {
+    let img = mkfs_data(
+        dir,
+        &format!("{name}.fs"),
+        "8M",
+        3 * MIB,
+        30,
+        &["-b", "4096"],
+    );
+    let want = e2image_ra(&img, 0, &dir.join(format!("{name}.want")));
+    let disk = dir.join(name);
+    embed(&img, &disk, head, MIB, 77);
+    fs::remove_file(&img).unwrap();
+    (disk, want)
+}
+
+/// e2i-move with the crash-test sizes and the state folder in `state`, killed (SIGKILL, by
+/// the test hook) before its `kill_at`-th write (0: not killed). `cwd` for relative names.
+fn move_cmd(args: &[&str], state: &Path, kill_at: u64, cwd: Option<&Path>) -> std::process::Output {
+    let mut c = Command::new(tool("e2i-move"));
+    c.args(args)
+        .env("XDG_STATE_HOME", state)
+        .env("E2I_MOVE_PIECE_KIB", PIECE_KIB.to_string())
+        .env("E2I_MOVE_SLICE_KIB", SLICE_KIB.to_string())
+        .env("E2I_MOVE_KILL_AT", kill_at.to_string());
+    if let Some(d) = cwd {
+        c.current_dir(d);
+    }
+    run(&mut c)
+}
+
+/// Crash points of an uninterrupted run of `args` on a copy of `disk`.
+fn crash_points_of(disk: &Path, args: &[&str], state: &Path) -> u64 {
+    let copy = disk.with_extension("count");
+    fs::copy(disk, &copy).unwrap();
+    let mut a: Vec<&str> = args.to_vec();
+    let cp = p(&copy).to_string();
+    *a.last_mut().unwrap() = &cp;
+    let o = move_cmd(&a, state, 0, None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let _ = fs::remove_file(&copy);
+    let mut j = copy.as_os_str().to_owned();
+    j.push(".e2i-move");
+    let _ = fs::remove_file(j);
+    err.lines()
+        .find_map(|l| {
+            l.strip_suffix(" crash points")?
+                .rsplit(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("crash point count")
+}
+
+fn killed(o: &std::process::Output) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    o.status.signal() == Some(9)
+}
+
+fn refused(o: &std::process::Output, what: &str) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "expected a refusal: {err}");
+    assert!(err.contains(what), "expected '{what}': {err}");
+    assert_eq!(
+        err.lines().filter(|l| !l.contains("test hook")).count(),
+        1,
+        "{err}"
+    );
+    err
+}
+
+fn journal_of(path: &Path) -> PathBuf {
+    let mut j = fs::canonicalize(path).unwrap().into_os_string();
+    j.push(".e2i-move");
+    PathBuf::from(j)
+}
+
+/// Kill a move, restore SOURCE from a backup, run the same move again: it is refused
+/// (nothing written) or, when the kill came before any byte moved, it moves correctly.
+/// After deleting the journal the move works. A backup put back under the name (a new
+/// inode) is refused as another file.
+#[test]
+fn restored_source_is_never_resumed_over() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let (disk, want) = small_disk(d.path(), "disk.img", MIB);
+    let backup = d.path().join("backup.img");
+    fs::copy(&disk, &backup).unwrap();
+    let orig = fs::read(&disk).unwrap();
+    for (to, shift) in [
+        (MIB + 3072, "sub-block"),
+        (2 * MIB + 512, "longer than a piece"),
+    ] {
+        let args = ["-o", "1048576", "-O", &to.to_string(), p(&disk)];
+        fs::copy(&backup, &disk).unwrap();
+        let total = crash_points_of(&disk, &args, &state);
+        let (mut refusals, mut moved) = (0, 0);
+        for c in [1, 2, total / 4, total / 2, total * 3 / 4, total - 1] {
+            fs::copy(&backup, &disk).unwrap();
+            let _ = fs::remove_file(journal_of(&disk));
+            assert!(
+                killed(&move_cmd(&args, &state, c, None)),
+                "{shift}: not killed at {c}"
+            );
+            // Restored in place, as `cp backup disk` does (same inode).
+            fs::copy(&backup, &disk).unwrap();
+            let o = move_cmd(&args, &state, 0, None);
+            if o.status.success() {
+                moved += 1;
+                assert!(
+                    e2image_ra(&disk, to, &d.path().join("got.raw")) == want,
+                    "{shift}, killed at {c}: the rerun over the backup corrupted the filesystem"
+                );
+                fsck_at(&disk, to);
+            } else {
+                refused(&o, "as it was before the move (restored from a backup?)");
+                assert!(
+                    fs::read(&disk).unwrap() == orig,
+                    "{shift}, killed at {c}: refusal wrote"
+                );
+                refusals += 1;
+            }
+        }
+        assert!(
+            refusals >= 3 && moved >= 1,
+            "{shift}: {refusals} refused, {moved} moved"
+        );
+        // Starting over, as the message says: delete the journal.
+        fs::remove_file(journal_of(&disk)).unwrap();
+        ok(&move_cmd(&args, &state, 0, None));
+        assert!(e2image_ra(&disk, to, &d.path().join("got.raw")) == want);
+        fsck_at(&disk, to);
+    }
+    // The backup renamed over SOURCE: another inode, refused as another file.
+    let args = ["-o", "1048576", "-O", "1051648", p(&disk)];
+    fs::copy(&backup, &disk).unwrap();
+    let _ = fs::remove_file(journal_of(&disk));
+    let total = crash_points_of(&disk, &args, &state);
+    assert!(killed(&move_cmd(&args, &state, total / 2, None)));
+    let fresh = d.path().join("fresh.img");
+    fs::copy(&backup, &fresh).unwrap();
+    fs::rename(&fresh, &disk).unwrap();
+    let err = refused(&move_cmd(&args, &state, 0, None), "another file or device");
+    assert!(err.contains("--journal"), "{err}");
+    assert!(fs::read(&disk).unwrap() == orig);
+}
+
+/// A move killed under one name of SOURCE resumes under every other: the real path after a
+/// symlink and back, a hard link in another folder, a relative name.
+#[test]
+fn killed_move_resumes_under_every_name() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let real_dir = d.path().join("real");
+    let other_dir = d.path().join("other");
+    fs::create_dir_all(&real_dir).unwrap();
+    fs::create_dir_all(&other_dir).unwrap();
+    let (disk, want) = small_disk(&real_dir, "disk.img", MIB);
+    let orig = fs::read(&disk).unwrap();
+    let link = d.path().join("link.img");
+    std::os::unix::fs::symlink(&disk, &link).unwrap();
+    let hard = other_dir.join("hard.img");
+    fs::hard_link(&disk, &hard).unwrap();
+    let to = (MIB + 3072).to_string();
+    let with = |name: &str| -> Vec<String> {
+        ["-o", "1048576", "-O", &to, name]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let (l, r, h) = (p(&link), p(&disk), p(&hard));
+    let cases: [(&str, &str, Option<&Path>); 5] = [
+        (l, r, None),
+        (r, l, None),
+        (r, h, None),
+        (h, "./disk.img", Some(&real_dir)),
+        ("disk.img", l, Some(&real_dir)),
+    ];
+    let total = {
+        let a = with(r);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        crash_points_of(&disk, &a, &state)
+    };
+    for (i, (first, then, cwd)) in cases.into_iter().enumerate() {
+        fs::write(&disk, &orig).unwrap();
+        for j in [journal_of(&disk), journal_of(&hard)] {
+            let _ = fs::remove_file(j);
+        }
+        let a = with(first);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let kill = total / 3 + i as u64 * total / 9;
+        let o = move_cmd(
+            &a,
+            &state,
+            kill,
+            if first.contains('/') { None } else { cwd },
+        );
+        assert!(
+            killed(&o),
+            "{first}: not killed at {kill}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let b = with(then);
+        let b: Vec<&str> = b.iter().map(String::as_str).collect();
+        let o = move_cmd(&b, &state, 0, cwd);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            o.status.success(),
+            "killed as {first}, rerun as {then}: {err}"
+        );
+        assert!(
+            err.contains("resuming"),
+            "killed as {first}, rerun as {then}: no resume: {err}"
+        );
+        assert!(
+            e2image_ra(&disk, MIB + 3072, &d.path().join("got.raw")) == want,
+            "killed as {first}, rerun as {then}: filesystem differs"
+        );
+        fsck_at(&disk, MIB + 3072);
+        // Every name now knows the move is finished.
+        for name in [l, r, h] {
+            let a = with(name);
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            let out = ok(&move_cmd(&a, &state, 0, None));
+            assert!(out.contains("already finished"), "{name}: {out}");
+        }
+    }
+    // The journal of a file lives next to its resolved path, never next to a symlink.
+    assert!(!journal_of(&link).starts_with(d.path().join("link")));
+    assert!(!d.path().join("link.img.e2i-move").exists());
+}
+
+/// A move killed under the default journal, then finished under `--journal other.j` (after
+/// restoring SOURCE), then run again with the default journal: the stale default journal is
+/// never replayed. And while it is not stale, `--journal other.j` may not start afresh.
+#[test]
+fn stale_default_journal_is_never_replayed() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let (disk, want) = small_disk(d.path(), "disk.img", MIB);
+    let backup = d.path().join("backup.img");
+    fs::copy(&disk, &backup).unwrap();
+    let to = MIB + 3072;
+    let args = ["-o", "1048576", "-O", &to.to_string(), p(&disk)];
+    let other = d.path().join("other.j");
+    let with_other = [
+        "--journal",
+        p(&other),
+        "-o",
+        "1048576",
+        "-O",
+        &to.to_string(),
+        p(&disk),
+    ];
+    let total = crash_points_of(&disk, &args, &state);
+    assert!(killed(&move_cmd(&args, &state, total / 2, None)));
+    let half = fs::read(&disk).unwrap();
+    // The default journal holds a resumable move: a fresh one under another journal would
+    // scan a half-moved filesystem.
+    let err = refused(&move_cmd(&with_other, &state, 0, None), "half-moved state");
+    assert!(
+        err.contains(&journal_of(&disk).display().to_string()),
+        "{err}"
+    );
+    assert!(fs::read(&disk).unwrap() == half && !other.exists());
+    // Restored: the default journal is stale now; the move under other.j runs.
+    fs::copy(&backup, &disk).unwrap();
+    let o = move_cmd(&with_other, &state, 0, None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("left alone"), "{err}");
+    assert!(e2image_ra(&disk, to, &d.path().join("got.raw")) == want);
+    let done = fs::read(&disk).unwrap();
+    // The default command again: the stale journal is refused, nothing written.
+    refused(&move_cmd(&args, &state, 0, None), "already complete");
+    assert!(fs::read(&disk).unwrap() == done);
+    fsck_at(&disk, to);
+    // other.j knows its move is finished.
+    let out = ok(&move_cmd(&with_other, &state, 0, None));
+    assert!(out.contains("already finished"), "{out}");
+}
+
+/// A qcow2 SOURCE: the clone reads its virtual disk (`-o` inside it) and equals e2image -ra
+/// of the raw equivalent (qemu-img convert -O raw), also compressed and with -O, -c and
+/// --metadata-only; the in-place form refuses it and touches nothing.
+#[test]
+fn qcow2_source() {
+    let d = tempdir();
+    let img = mkfs_data(d.path(), "fs.img", "24M", 6 * MIB, 40, &["-b", "1024"]);
+    let disk = d.path().join("disk.raw");
+    let off = MIB + 512 * 3;
+    embed(&img, &disk, off, MIB, 9);
+    for compress in [false, true] {
+        let q = d.path().join("disk.qcow2");
+        let _ = fs::remove_file(&q);
+        let mut c = Command::new("qemu-img");
+        c.args(["convert", "-f", "raw", "-O", "qcow2"]);
+        if compress {
+            c.arg("-c");
+        }
+        assert!(run(c.arg(&disk).arg(&q)).status.success());
+        let raw = d.path().join("equivalent.raw");
+        let _ = fs::remove_file(&raw);
+        assert!(
+            run(Command::new("qemu-img")
+                .args(["convert", "-O", "raw"])
+                .arg(&q)
+                .arg(&raw))
+            .status
+            .success()
+        );
+        for dst_off in [0, 2 * MIB + 1024] {
+            let want = d.path().join("want.raw");
+            let _ = fs::remove_file(&want);
+            let st = run(Command::new("e2image")
+                .args(["-ra", "-o", &off.to_string(), "-O", &dst_off.to_string()])
+                .arg(&raw)
+                .arg(&want));
+            assert!(st.status.success());
+            let got = d.path().join("got.raw");
+            let _ = fs::remove_file(&got);
+            ok(&e2i_move(&[
+                "-o",
+                &off.to_string(),
+                "-O",
+                &dst_off.to_string(),
+                p(&q),
+                p(&got),
+            ]));
+            assert!(
+                fs::read(&got).unwrap() == fs::read(&want).unwrap(),
+                "qcow2 (compressed: {compress}) -O {dst_off}: clone differs from e2image -ra"
+            );
+            // -c into the identical target: nothing to write.
+            let out = ok(&e2i_move(&[
+                "-c",
+                "-o",
+                &off.to_string(),
+                "-O",
+                &dst_off.to_string(),
+                p(&q),
+                p(&got),
+            ]));
+            assert!(out.contains("already contained"), "{out}");
+        }
+        let meta_want = d.path().join("meta_want.raw");
+        let _ = fs::remove_file(&meta_want);
+        assert!(
+            run(Command::new("e2image").arg("-r").arg(&img).arg(&meta_want))
+                .status
+                .success()
+        );
+        let meta = d.path().join("meta.raw");
+        let _ = fs::remove_file(&meta);
+        ok(&e2i_move(&[
+            "--metadata-only",
+            "-o",
+            &off.to_string(),
+            p(&q),
+            p(&meta),
+        ]));
+        assert!(fs::read(&meta).unwrap() == fs::read(&meta_want).unwrap());
+        // In place: refused, nothing touched, no journal.
+        let before = fs::read(&q).unwrap();
+        let o = e2i_move(&["-o", &off.to_string(), "-O", "0", p(&q)]);
+        refused(&o, "qcow2");
+        assert!(fs::read(&q).unwrap() == before);
+        assert!(!journal_of(&q).exists());
+    }
+}
+
+/// `--journal` in a folder that does not exist: an error; no folder is made, SOURCE is not
+/// touched. DEST naming SOURCE is refused; a damaged journal is refused with what is wrong.
+#[test]
+fn journal_and_dest_mistakes() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let (disk, _) = small_disk(d.path(), "disk.img", MIB);
+    let orig = fs::read(&disk).unwrap();
+    let missing = d.path().join("missing/sub/j");
+    let o = e2i_move(&["--journal", p(&missing), "-o", "1M", "-O", "2M", p(&disk)]);
+    refused(&o, "does not exist");
+    assert!(!d.path().join("missing").exists());
+    assert!(fs::read(&disk).unwrap() == orig);
+    // DEST is SOURCE under another name.
+    let link = d.path().join("same.img");
+    std::os::unix::fs::symlink(&disk, &link).unwrap();
+    refused(&e2i_move(&["-O", "2M", p(&disk), p(&link)]), "is SOURCE");
+    assert!(fs::read(&disk).unwrap() == orig);
+    // A damaged journal (header changed): refused with its kind, nothing written.
+    let args = ["-o", "1048576", "-O", "1051648", p(&disk)];
+    let total = crash_points_of(&disk, &args, &state);
+    assert!(killed(&move_cmd(&args, &state, total / 2, None)));
+    let half = fs::read(&disk).unwrap();
+    let j = journal_of(&disk);
+    let mut jb = fs::read(&j).unwrap();
+    jb[40] ^= 0x55;
+    fs::write(&j, &jb).unwrap();
+    let err = refused(
+        &move_cmd(&args, &state, 0, None),
+        "header checksum mismatch",
+    );
+    assert!(err.contains("move journal"), "{err}");
+    assert!(fs::read(&disk).unwrap() == half);
+    // A journal of the old format.
+    jb[40] ^= 0x55;
+    jb[8] = 1;
+    fs::write(&j, &jb).unwrap();
+    refused(&move_cmd(&args, &state, 0, None), "format version 1");
+    assert!(fs::read(&disk).unwrap() == half);
+}
+
+/// Kill a move of a block device (a loop device; needs root), run it again through another
+/// device node name: the journal, kept in the state folder by device number, is found.
+#[test]
+fn block_device_move_resumes_under_another_name() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root {
+        eprintln!("block_device_move_resumes_under_another_name: needs root; not run");
+        return;
+    }
+    struct Loop(String);
+    impl Drop for Loop {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let d = tempdir();
+    let state = d.path().join("state");
+    let (disk, want) = small_disk(d.path(), "disk.img", MIB);
+    let o = run(Command::new("losetup").args(["-f", "--show"]).arg(&disk));
+    assert!(o.status.success(), "losetup failed");
+    let dev = Loop(String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let alias = d.path().join("dev-alias");
+    std::os::unix::fs::symlink(&dev.0, &alias).unwrap();
+    let to = (MIB + 3072).to_string();
+    let args = ["-o", "1048576", "-O", to.as_str(), dev.0.as_str()];
+    // The count from a copy would be of a file; count on the device itself, then restore.
+    let orig = fs::read(&disk).unwrap();
+    let o = move_cmd(&args, &state, 0, None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let total: u64 = String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .find_map(|l| {
+            l.strip_suffix(" crash points")?
+                .rsplit(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap();
+    let journals: Vec<_> = fs::read_dir(state.join("e2i"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        journals
+            .iter()
+            .any(|n| n.to_string_lossy().starts_with("blockdev-")),
+        "{journals:?}"
+    );
+    for e in fs::read_dir(state.join("e2i")).unwrap().flatten() {
+        if e.path().is_file() {
+            fs::remove_file(e.path()).unwrap();
+        }
+    }
+    {
+        let f = fs::OpenOptions::new().write(true).open(&dev.0).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&orig, 0).unwrap();
+        f.sync_all().unwrap();
+    }
+    assert!(killed(&move_cmd(&args, &state, total / 2, None)));
+    let b = ["-o", "1048576", "-O", to.as_str(), p(&alias)];
+    let o = move_cmd(&b, &state, 0, None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.contains("resuming"), "{err}");
+    assert!(e2image_ra(Path::new(&dev.0), MIB + 3072, &d.path().join("got.raw")) == want);
+}
+
+/// `-n` on an interrupted move: lists what is still to move, checks SOURCE against the
+/// journal as a real run would, and changes neither.
+#[test]
+fn dry_run_of_an_interrupted_move() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let (disk, want) = small_disk(d.path(), "disk.img", MIB);
+    let backup = d.path().join("backup.img");
+    fs::copy(&disk, &backup).unwrap();
+    let args = ["-o", "1048576", "-O", "1051648", p(&disk)];
+    let total = crash_points_of(&disk, &args, &state);
+    assert!(killed(&move_cmd(&args, &state, total / 2, None)));
+    let (half, journal) = (
+        fs::read(&disk).unwrap(),
+        fs::read(journal_of(&disk)).unwrap(),
+    );
+    let dry = ["-n", "-o", "1048576", "-O", "1051648", p(&disk)];
+    let o = move_cmd(&dry, &state, 0, None);
+    let listed: u64 = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(blocks_in_line)
+        .sum();
+    assert!(
+        o.status.success() && listed > 0,
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let full: u64 = {
+        let o = e2i_move(&["-n", "-o", "1048576", "-O", "1051648", p(&backup)]);
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(blocks_in_line)
+            .sum()
+    };
+    assert!(
+        listed < full,
+        "{listed} of {full} blocks listed after half the move"
+    );
+    assert!(fs::read(&disk).unwrap() == half);
+    assert!(fs::read(journal_of(&disk)).unwrap() == journal);
+    // Restored: -n refuses as the real run would.
+    fs::copy(&backup, &disk).unwrap();
+    refused(&move_cmd(&dry, &state, 0, None), "before the move");
+    fs::write(&disk, &half).unwrap();
+    ok(&move_cmd(&args, &state, 0, None));
+    assert!(e2image_ra(&disk, 1051648, &d.path().join("got.raw")) == want);
+}
+
+/// A half-moved image copied to another file: without `--journal` its move is not started
+/// afresh over the half-moved data; with `--journal` naming the original's journal, whose
+/// state the copy holds exactly, it resumes (with a note). A SOURCE whose size the move
+/// cannot have given it is refused.
+#[test]
+fn copied_half_moved_image() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let (disk, want) = small_disk(d.path(), "disk.img", MIB);
+    let to = MIB + 3072;
+    let args = ["-o", "1048576", "-O", &to.to_string(), p(&disk)];
+    let total = crash_points_of(&disk, &args, &state);
+    assert!(killed(&move_cmd(&args, &state, total / 2, None)));
+    let copy = d.path().join("copy.img");
+    fs::copy(&disk, &copy).unwrap();
+    let half = fs::read(&copy).unwrap();
+    let on_copy = ["-o", "1048576", "-O", &to.to_string(), p(&copy)];
+    let o = move_cmd(&on_copy, &state, 0, None);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        fs::read(&copy).unwrap() == half,
+        "a fresh move ran over the half-moved copy"
+    );
+    let j = journal_of(&disk);
+    let explicit = [
+        "--journal",
+        p(&j),
+        "-o",
+        "1048576",
+        "-O",
+        &to.to_string(),
+        p(&copy),
+    ];
+    let o = move_cmd(&explicit, &state, 0, None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("was written for") && err.contains("resuming"),
+        "{err}"
+    );
+    assert!(e2image_ra(&copy, to, &d.path().join("got.raw")) == want);
+    fsck_at(&copy, to);
+    // The original, still half-moved, while its journal now records the move as finished
+    // (on the copy): no fresh move runs over it.
+    assert!(fs::read(&disk).unwrap() == half);
+    refused(&move_cmd(&args, &state, 0, None), "may be half-moved");
+    assert!(fs::read(&disk).unwrap() == half);
+}
+
+/// A SOURCE whose size the interrupted move cannot have given it (shortened) is refused.
+#[test]
+fn shortened_source_is_refused() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let (disk, _) = small_disk(d.path(), "disk.img", MIB);
+    let args = ["-o", "1048576", "-O", "1051648", p(&disk)];
+    let total = crash_points_of(&disk, &args, &state);
+    assert!(killed(&move_cmd(&args, &state, total / 2, None)));
+    let len = fs::metadata(&disk).unwrap().len();
+    let f = fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    f.set_len(len - 4096).unwrap();
+    let before = fs::read(&disk).unwrap();
+    refused(&move_cmd(&args, &state, 0, None), "cannot have made that");
+    assert!(fs::read(&disk).unwrap() == before);
 }

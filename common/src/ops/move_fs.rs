@@ -1,28 +1,34 @@
-//! `e2i-move`: clone a filesystem between offsets (e2image -ra -o S -O D SRC DST), or move
-//! it inside one file or device, crash-safely (e2image -ra -o S -O D SRC).
+//! `e2i-move`: clone a filesystem between offsets (e2image -ra -o S -O D SRC DST), or
+//! move it inside one file or device, crash-safely (e2image -ra -o S -O D SRC).
 //!
 //! Both read the block map of `e2image -ra` (`--metadata-only`: of `e2image -r`) and copy
 //! the selected blocks in large coalesced pieces. The in-place move is driven by a durable
-//! journal ([`super::move_journal`]); docs/move-journal.md explains why it survives a kill
-//! at any instant.
+//! journal ([`super::move_journal`], which this module uses and which knows nothing of it);
+//! docs/move-journal.md explains why it survives a kill at any instant and why a journal is
+//! only ever replayed over the SOURCE it belongs to.
 
 use std::fs::{File, OpenOptions};
+use std::ops::Range;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::Duration;
 
 use crate::blockmap::{BlockMap, Run};
 use crate::ext4::{Filesystem, OpenOptions as FsOpen};
-use crate::io::{FileSource, ReadAt, pread_full, pwrite_full};
-use crate::ops::capture::{CaptureOptions, scan_source};
-use crate::ops::move_journal::{Journal, MoveParams, State};
+use crate::io::{
+    AlignedBuf, FileSource, ObjectId, ReadAt, pread_full, reopen_direct, write_maybe_direct,
+};
+use crate::ops::capture::{CaptureOptions, open_source, scan_source};
+use crate::ops::move_journal::{
+    self as mj, Journal, Locations, Mismatch, MoveParams, Piece, Saved, SourceId, State,
+};
 use crate::pieces::{same_runs, zero_runs};
 use crate::progress::{Progress, Unit};
 use crate::{Error, Result};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
-/// Bytes per piece of an in-place move (the unit of copying, saving and progress).
-pub const PIECE_BYTES: u64 = 32 << 20;
+pub use crate::ops::move_journal::PIECE_BYTES;
+
 /// Selected runs closer than this are moved as one span (free blocks between them are
 /// copied too, which is harmless and saves pieces and checkpoints).
 pub const MERGE_GAP_BYTES: u64 = 256 << 10;
@@ -46,6 +52,22 @@ pub struct MoveOptions {
     /// Test hook: piece size in bytes for a new move (0: [`PIECE_BYTES`]), so that a small
     /// test filesystem still has many pieces. Rounded down to whole blocks.
     pub piece_bytes: u64,
+    /// Test hook: write data in slices of this many bytes (0: whole pieces; 1 MiB when
+    /// throttled), so that a kill can land inside a piece.
+    pub slice_bytes: usize,
+    /// Test hook: called before every write to SOURCE or the journal, so a test can stop
+    /// the move at an exact point (by killing the process or unwinding).
+    pub crash_point: Option<fn()>,
+}
+
+/// Where an in-place move keeps its journal.
+#[derive(Debug, Clone, Default)]
+pub struct JournalOptions {
+    /// `--journal FILE`: used as given (symlinks followed); its folder must exist.
+    pub path: Option<PathBuf>,
+    /// e2i's state folder ([`mj::state_dir`]): journals of block devices, and the index that
+    /// lets every name of SOURCE find its journal. `None` when no folder can be named.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Where a clone goes.
@@ -70,8 +92,6 @@ pub struct MoveReport {
     pub identical_blocks: u64,
     /// Bytes written to the target.
     pub bytes_written: u64,
-    /// Blocks written with copy_file_range (no trip through user space).
-    pub offloaded_blocks: u64,
     /// Selected blocks past the end of the source, copied as zeros.
     pub past_end_blocks: u64,
     /// A move: pieces in all, and the piece this run started at (non-zero: resumed).
@@ -84,8 +104,34 @@ pub struct MoveReport {
     /// Durable checkpoints and saved pieces written by a move.
     pub checkpoints: u64,
     pub saved_pieces: u64,
+    /// The journal of a move.
+    pub journal: Option<PathBuf>,
     /// A clone of a damaged filesystem: the structures skipped (as e2image skips them).
     pub problems: Vec<String>,
+}
+
+/// Things an in-place move tells its caller as they happen (the binary prints them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MoveNote {
+    /// An interrupted move is resumed: pieces `[0, next)` of `pieces` are already moved.
+    Resuming {
+        journal: PathBuf,
+        next: u64,
+        pieces: u64,
+    },
+    /// The journal (named with `--journal`) was written for another object (a copy of the
+    /// image, a device number changed by a reboot), but SOURCE holds exactly the half-moved
+    /// state it records: it is used.
+    Adopted {
+        journal: PathBuf,
+        recorded: ObjectId,
+        actual: ObjectId,
+    },
+    /// An unfinished journal that does not match SOURCE (a stale one) was left alone.
+    Stale { journal: PathBuf },
+    /// The move could not be entered in the state folder's index: a rerun under another
+    /// hard link of SOURCE would not find its journal (the same name, or --journal, will).
+    NotIndexed { index: PathBuf, reason: String },
 }
 
 fn overflow(what: &str) -> Error {
@@ -109,6 +155,7 @@ fn fs_bytes(bs: u32, blocks: u64) -> Result<u64> {
 }
 
 /// Clone the filesystem at `opts.src_offset` in `source` to `target` at `opts.dest_offset`.
+/// SOURCE may be a qcow2 image: its virtual disk is read, `-o` applying inside it.
 /// `on_write(first_block, count)` is told each run of blocks that is (or with `dry_run`
 /// would be) written.
 pub fn clone_fs(
@@ -123,7 +170,7 @@ pub fn clone_fs(
         CloneTarget::Existing(f) => (f, false),
     };
     let (out_len, out_dev) = file_size(out)?;
-    let src = FileSource::open(source, opts.src_offset)?;
+    let src = open_source(source, opts.src_offset)?;
     let copts = CaptureOptions {
         all_data: !opts.metadata_only,
         open: FsOpen::default(),
@@ -239,28 +286,6 @@ pub fn clone_fs(
 /// Bytes per read of a clone, and how many buffers the reader may fill ahead.
 const CLONE_CHUNK: usize = 8 << 20;
 const POOL: usize = 3;
-/// Memory alignment of the buffers (O_DIRECT needs the device's logical block size).
-const DIRECT_ALIGN: usize = 4096;
-
-/// A heap buffer whose usable part starts on a [`DIRECT_ALIGN`] boundary.
-struct AlignedBuf {
-    v: Vec<u8>,
-    off: usize,
-}
-
-impl AlignedBuf {
-    fn new(cap: usize) -> Self {
-        let v = vec![0u8; cap + DIRECT_ALIGN];
-        let off = (DIRECT_ALIGN - v.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN;
-        AlignedBuf { v, off }
-    }
-    fn get(&self, n: usize) -> &[u8] {
-        &self.v[self.off..self.off + n]
-    }
-    fn get_mut(&mut self, n: usize) -> &mut [u8] {
-        &mut self.v[self.off..self.off + n]
-    }
-}
 
 /// Consecutive selected blocks read by the reader thread.
 struct Chunk {
@@ -271,7 +296,8 @@ struct Chunk {
 }
 
 /// The reader thread of a clone: reads the selected runs in chunks (holes not read) into
-/// buffers from `free` and hands them on in order.
+/// buffers from `free` and hands them on in order. It opens SOURCE itself (a qcow2 reader
+/// keeps caches that are not shared between threads).
 fn read_ahead(
     source: &Path,
     base: u64,
@@ -280,7 +306,7 @@ fn read_ahead(
     full: SyncSender<Result<Chunk>>,
     free: Receiver<AlignedBuf>,
 ) {
-    let src = match FileSource::open(source, base) {
+    let src = match open_source(source, base) {
         Ok(s) => s,
         Err(e) => {
             let _ = full.send(Err(e));
@@ -312,170 +338,18 @@ fn read_ahead(
     }
 }
 
-/// A second handle on `out` that writes around the page cache, if the system allows it.
-pub(crate) fn reopen_direct(out: &File) -> Option<File> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    let meta = out.metadata().ok()?;
-    if !(meta.file_type().is_file() || meta.file_type().is_block_device()) {
-        return None;
-    }
-    OpenOptions::new()
-        .write(true)
-        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-        .open(format!("/proc/self/fd/{}", out.as_raw_fd()))
-        .ok()
-}
-
-/// Write through the O_DIRECT handle when the offset, length and memory are aligned for it;
-/// otherwise, or if the system refuses, through the ordinary one (and stop trying direct).
-pub(crate) fn write_maybe_direct(
-    out: &File,
-    direct: &mut Option<File>,
-    data: &[u8],
-    off: u64,
-) -> Result<()> {
-    use std::os::unix::fs::FileExt;
-    const SECTOR: u64 = 512;
-    if let Some(d) = direct.as_ref()
-        && off.is_multiple_of(SECTOR)
-        && (data.len() as u64).is_multiple_of(SECTOR)
-        && (data.as_ptr() as usize).is_multiple_of(SECTOR as usize)
-    {
-        match d.write_all_at(data, off) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
-                *direct = None;
-            }
-            Err(e) => return Err(Error::io("write", off, e)),
-        }
-    }
-    pwrite_full(out, data, off).map_err(|e| Error::io("write", off, e))
-}
-
-/// Where the journal of an in-place move of `source` lives by default: next to SOURCE when
-/// it is a regular file (`SOURCE.e2i-move`), else in `$XDG_STATE_HOME/e2i` (default
-/// `~/.local/state/e2i`), named after the device's path.
-pub fn default_journal_path(source: &Path) -> Result<PathBuf> {
-    let meta = std::fs::metadata(source).map_err(|e| Error::io("stat", 0, e))?;
-    let canon = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
-    journal_path_for(
-        source,
-        &canon,
-        meta.file_type().is_file(),
-        std::env::var_os("XDG_STATE_HOME"),
-        std::env::var_os("HOME"),
-    )
-}
-
-/// [`default_journal_path`] with the environment given.
-fn journal_path_for(
-    source: &Path,
-    canonical: &Path,
-    regular_file: bool,
-    xdg_state_home: Option<std::ffi::OsString>,
-    home: Option<std::ffi::OsString>,
-) -> Result<PathBuf> {
-    if regular_file {
-        let mut p = source.as_os_str().to_owned();
-        p.push(".e2i-move");
-        return Ok(PathBuf::from(p));
-    }
-    let state = match xdg_state_home.filter(|v| !v.is_empty()) {
-        Some(d) => PathBuf::from(d),
-        None => {
-            let home = home.filter(|v| !v.is_empty()).ok_or_else(|| {
-                Error::InvalidInput(
-                    "neither XDG_STATE_HOME nor HOME is set; give the journal with --journal"
-                        .into(),
-                )
-            })?;
-            PathBuf::from(home).join(".local/state")
-        }
-    };
-    let name: String = canonical
-        .to_string_lossy()
-        .trim_start_matches('/')
-        .chars()
-        .map(|c| if c == '/' { '-' } else { c })
-        .collect();
-    Ok(state.join("e2i").join(format!("{name}.e2i-move")))
-}
-
 /// Merge runs whose gap is at most `gap` blocks.
 fn merge_runs(runs: &[Run], gap: u64) -> Vec<Run> {
     let mut out: Vec<Run> = Vec::new();
     for r in runs {
         match out.last_mut() {
             Some(last) if r.start.saturating_sub(last.end()) <= gap => {
-                last.len = r.end() - last.start;
+                last.len = r.end().max(last.end()) - last.start;
             }
             _ => out.push(*r),
         }
     }
     out
-}
-
-/// The pieces of a move, in the order they are copied: from the end backwards when the
-/// filesystem moves right, from the start forwards when it moves left. In that order no
-/// piece's destination overlaps the source of a piece copied after it.
-fn pieces(spans: &[Run], piece_blocks: u64, right: bool) -> Vec<Run> {
-    let pb = piece_blocks.max(1);
-    let mut out = Vec::new();
-    if right {
-        for s in spans.iter().rev() {
-            let mut e = s.end();
-            while e > s.start {
-                let b = e.saturating_sub(pb).max(s.start);
-                out.push(Run {
-                    start: b,
-                    len: e - b,
-                });
-                e = b;
-            }
-        }
-    } else {
-        for s in spans {
-            let mut b = s.start;
-            while b < s.end() {
-                let e = b.saturating_add(pb).min(s.end());
-                out.push(Run {
-                    start: b,
-                    len: e - b,
-                });
-                b = e;
-            }
-        }
-    }
-    out
-}
-
-fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
-    a.0 < b.1 && b.0 < a.1
-}
-
-/// Write `data` at `off`. With the test throttle, write it in 1 MiB slices with a pause
-/// after each, so that a test's kill can land in the middle of a piece (a torn piece).
-fn write_throttled(
-    file: &File,
-    direct: &mut Option<File>,
-    data: &[u8],
-    off: u64,
-    throttle_us_per_mib: u64,
-) -> Result<()> {
-    if throttle_us_per_mib == 0 {
-        return write_maybe_direct(file, direct, data, off);
-    }
-    let mut at = 0usize;
-    for slice in data.chunks(1 << 20) {
-        let o = off + at as u64;
-        write_maybe_direct(file, direct, slice, o)?;
-        at += slice.len();
-        std::thread::sleep(Duration::from_micros(
-            throttle_us_per_mib.saturating_mul(slice.len() as u64) >> 20,
-        ));
-    }
-    Ok(())
 }
 
 /// Does a filesystem with this UUID start at byte `offset` of `file`?
@@ -485,274 +359,935 @@ fn fs_uuid_at(file: &File, offset: u64) -> Option<[u8; 16]> {
     Some(fs.sb.uuid())
 }
 
+/// SOURCE of an in-place move, open and locked.
+struct MoveSource {
+    file: File,
+    id: SourceId,
+    is_dev: bool,
+}
+
+impl MoveSource {
+    /// Open SOURCE for reading and (unless `dry_run`) writing, and take the one-mover lock.
+    /// A qcow2 image is refused: moving inside one is not a byte move.
+    fn open(path: &Path, dry_run: bool) -> Result<MoveSource> {
+        let is_dev = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
+        let mut o = OpenOptions::new();
+        o.read(true).write(!dry_run);
+        if is_dev && !dry_run {
+            // Exclusive open: the kernel refuses it while the device, or a partition of it,
+            // is mounted or held (device-mapper, md, swap, another mover).
+            use std::os::unix::fs::OpenOptionsExt;
+            o.custom_flags(rustix::fs::OFlags::EXCL.bits() as i32);
+        }
+        let file = o.open(path).map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) {
+                Error::InvalidInput(
+                    "the device is in use: it or a partition of it is mounted, or device-mapper, md, swap or another e2i-move holds it".into(),
+                )
+            } else {
+                Error::io("open", 0, e)
+            }
+        })?;
+        let meta = file.metadata().map_err(|e| Error::io("stat", 0, e))?;
+        let ft = meta.file_type();
+        if !(ft.is_file() || ft.is_block_device()) {
+            return Err(Error::InvalidInput(
+                "not a regular file or block device".into(),
+            ));
+        }
+        let mut magic = [0u8; 4];
+        let n = pread_full(&file, &mut magic, 0).map_err(|e| Error::io("read", 0, e))?;
+        if crate::qcow2::is_qcow2(&magic[..n]) {
+            return Err(Error::InvalidInput(
+                "a qcow2 image cannot be moved in place (its bytes are not the disk's): convert it with qcow2-to-raw, or clone it with e2i-move SOURCE DEST".into(),
+            ));
+        }
+        let (size, is_dev) = file_size(&file)?;
+        if !dry_run {
+            // One mover at a time (advisory; released by the kernel if we are killed).
+            use rustix::fs::{FlockOperation, flock};
+            flock(&file, FlockOperation::NonBlockingLockExclusive).map_err(|_| {
+                Error::InvalidInput("another e2i-move is working on this file or device".into())
+            })?;
+        }
+        Ok(MoveSource {
+            id: SourceId {
+                object: ObjectId::of_metadata(&meta),
+                size,
+            },
+            file,
+            is_dev,
+        })
+    }
+
+    /// A reader of the whole of SOURCE (byte 0 on).
+    fn reader(&self) -> Result<FileSource> {
+        FileSource::from_file(
+            self.file.try_clone().map_err(|e| Error::io("dup", 0, e))?,
+            0,
+        )
+    }
+
+    fn sync(&self, at: u64) -> Result<()> {
+        self.file.sync_data().map_err(|e| Error::io("sync", at, e))
+    }
+}
+
+fn crash_point(opts: &MoveOptions) {
+    if let Some(f) = opts.crash_point {
+        f();
+    }
+}
+
+/// The journal a run uses.
+struct Chosen {
+    path: PathBuf,
+    /// Named with `--journal`.
+    explicit: bool,
+    loc: Locations,
+}
+
+/// The journal this run uses, resolved: `--journal` (symlinks followed, folder checked), or
+/// the default for SOURCE, or — when nothing is there — the journal SOURCE's identity is
+/// indexed under (so a hard link or a renamed file finds it). Never SOURCE itself.
+fn choose_journal(
+    source: &Path,
+    src: &MoveSource,
+    jopts: &JournalOptions,
+    dry_run: bool,
+) -> Result<Chosen> {
+    let resolved = std::fs::canonicalize(source).map_err(|e| Error::io("resolve", 0, e))?;
+    let loc = mj::locations(&resolved, src.id.object, jopts.state_dir.clone());
+    let chosen = match &jopts.path {
+        Some(p) => Chosen {
+            path: resolve_journal_path(p)?,
+            explicit: true,
+            loc,
+        },
+        None => {
+            let default = loc.default.clone().ok_or_else(|| {
+                Error::InvalidInput(
+                    "neither XDG_STATE_HOME nor HOME is set, so a device's journal has no default place: give it with --journal".into(),
+                )
+            })?;
+            let indexed = loc
+                .index
+                .as_ref()
+                .and_then(|i| std::fs::read_link(i).ok())
+                .filter(|t| {
+                    Journal::open(t, false)
+                        .is_ok_and(|j| j.is_some_and(|j| j.source().object == src.id.object))
+                });
+            let path = match indexed {
+                Some(t) if !default.exists() => t,
+                _ => default,
+            };
+            Chosen {
+                path,
+                explicit: false,
+                loc,
+            }
+        }
+    };
+    if ObjectId::of_path(&chosen.path).is_ok_and(|id| id == src.id.object) {
+        return Err(Error::InvalidInput(format!(
+            "the journal {} is SOURCE itself",
+            chosen.path.display()
+        )));
+    }
+    if !chosen.explicit
+        && !dry_run
+        && let Some(st) = chosen
+            .loc
+            .state
+            .as_ref()
+            .filter(|st| chosen.path.starts_with(st))
+    {
+        // The state folder is e2i's own: made when a journal goes there (--journal never
+        // makes a folder).
+        std::fs::create_dir_all(st).map_err(|e| Error::io("create state folder", 0, e))?;
+    }
+    Ok(chosen)
+}
+
+/// `--journal` as a path to write: symlinks followed (the link stays, its target is the
+/// journal), never a folder created, never anything but a regular file.
+fn resolve_journal_path(p: &Path) -> Result<PathBuf> {
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_file() => std::fs::canonicalize(p).map_err(|e| Error::io("resolve", 0, e)),
+        Ok(_) => Err(Error::InvalidInput(format!(
+            "journal {}: not a regular file",
+            p.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if std::fs::symlink_metadata(p).is_ok() {
+                return Err(Error::InvalidInput(format!(
+                    "journal {}: a symlink to a missing file",
+                    p.display()
+                )));
+            }
+            let parent = p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let name = p.file_name().ok_or_else(|| {
+                Error::InvalidInput(format!("journal {}: not a file name", p.display()))
+            })?;
+            match std::fs::canonicalize(parent) {
+                Ok(d) if d.is_dir() => Ok(d.join(name)),
+                _ => Err(Error::InvalidInput(format!(
+                    "journal {}: folder {} does not exist (e2i-move creates no folders)",
+                    p.display(),
+                    parent.display()
+                ))),
+            }
+        }
+        Err(e) => Err(Error::io("stat journal", 0, e)),
+    }
+}
+
+/// What a move finds in its journal.
+enum Start {
+    /// The recorded move is finished: nothing to do.
+    Done(MoveReport),
+    /// An interrupted move whose state SOURCE matches: finish it (with its saved pieces).
+    Resume(Journal, Vec<Saved>),
+    /// No journal, or a finished one of another move: plan a new move.
+    Fresh,
+}
+
+/// Read the journal and decide. A journal recording an unfinished move is resumed only when
+/// SOURCE is the object it was written for, has a size the move can have given it, and holds
+/// every piece where the journal says it is; otherwise the run is refused (nothing written)
+/// with what differs and what to do.
+fn read_journal(
+    chosen: &Chosen,
+    src: &MoveSource,
+    opts: &MoveOptions,
+    notes: &mut dyn FnMut(MoveNote),
+    progress: &mut dyn Progress,
+) -> Result<Start> {
+    let (path, explicit) = (chosen.path.as_path(), chosen.explicit);
+    let Some(j) = Journal::open(path, !opts.dry_run).map_err(|e| in_journal(path, e))? else {
+        return Ok(Start::Fresh);
+    };
+    let p = j.params();
+    let same = p.src_offset == opts.src_offset && p.dest_offset == opts.dest_offset;
+    let same_object = j.source().object == src.id.object;
+    match j.state() {
+        State::Done if !same => {
+            // A finished move with other offsets: this is a new move (the journal is
+            // replaced; it holds nothing a new move needs).
+            Ok(Start::Fresh)
+        }
+        State::Done => {
+            if fs_uuid_at(&src.file, p.dest_offset) == Some(p.uuid) {
+                return Ok(Start::Done(MoveReport {
+                    block_size: p.block_size,
+                    blocks_count: p.blocks_count,
+                    already_done: true,
+                    journal: Some(path.to_path_buf()),
+                    ..MoveReport::default()
+                }));
+            }
+            // The same move, recorded as finished, but its filesystem is not at D. Moving
+            // afresh is right only over the filesystem as it was before the move (a backup
+            // restored); over anything else — a half-moved image whose move was finished on
+            // a copy, say — a fresh scan could succeed and copy half-moved data.
+            if j.unmoved(&src.reader()?, progress)? {
+                return Ok(Start::Fresh);
+            }
+            Err(Error::InvalidInput(format!(
+                "{} records this move as finished, but SOURCE holds neither the moved filesystem at byte {} nor the filesystem it moved from at byte {}: it may be half-moved (a copy of an image whose move was finished elsewhere?). Do not move it; restore it from a backup. If SOURCE holds a new filesystem at byte {}, delete {} and run the move again",
+                path.display(),
+                p.dest_offset,
+                p.src_offset,
+                p.src_offset,
+                path.display()
+            )))
+        }
+        State::Running { .. } if !same => Err(Error::InvalidInput(format!(
+            "an unfinished move of {} from byte {} to byte {} is recorded in {}: finish it first by running that move again{}",
+            if same_object {
+                "this filesystem".to_string()
+            } else {
+                mj::describe(j.source().object)
+            },
+            p.src_offset,
+            p.dest_offset,
+            path.display(),
+            if same_object {
+                ""
+            } else {
+                ", or delete the journal if it belongs to a file that is gone"
+            }
+        ))),
+        State::Running { next } => {
+            if !same_object && !explicit {
+                return Err(refusal(
+                    &j,
+                    &Mismatch::Identity {
+                        recorded: j.source().object,
+                        actual: src.id.object,
+                    },
+                ));
+            }
+            if let Some(m) = j.check_size(src.id) {
+                return Err(refusal(&j, &m));
+            }
+            match j.verify(&src.reader()?, progress)? {
+                Ok(saved) => {
+                    if !same_object {
+                        notes(MoveNote::Adopted {
+                            journal: path.to_path_buf(),
+                            recorded: j.source().object,
+                            actual: src.id.object,
+                        });
+                    }
+                    notes(MoveNote::Resuming {
+                        journal: path.to_path_buf(),
+                        next,
+                        pieces: j.pieces().len() as u64,
+                    });
+                    Ok(Start::Resume(j, saved))
+                }
+                Err(m) => Err(refusal(&j, &m)),
+            }
+        }
+    }
+}
+
+/// An I/O error on the journal, with the journal's name (damage names it already).
+fn in_journal(path: &Path, e: Error) -> Error {
+    match e {
+        Error::Io { op, source, .. } => {
+            Error::InvalidInput(format!("journal {}: {op}: {source}", path.display()))
+        }
+        e => e,
+    }
+}
+
+/// The message of a refused journal: what differs, and what to do.
+fn refusal(j: &Journal, m: &Mismatch) -> Error {
+    let jp = j.path().display();
+    let d = j.params().dest_offset;
+    Error::InvalidInput(match m {
+        Mismatch::Identity { recorded, actual } => format!(
+            "the unfinished move in {jp} was recorded for another file or device ({}; SOURCE is {}): SOURCE was replaced, e.g. restored from a backup. Delete {jp} to start the move over; if SOURCE is that half-moved image under a new name or device number, give --journal {jp} to check it and resume",
+            mj::describe(*recorded),
+            mj::describe(*actual)
+        ),
+        Mismatch::Size { recorded, actual } => format!(
+            "SOURCE is {actual} bytes, but the move recorded in {jp} began at {recorded} bytes and cannot have made that: SOURCE was replaced or changed. Put back the half-moved image, or delete {jp} to start over"
+        ),
+        Mismatch::AlreadyMoved => format!(
+            "the move recorded in {jp} is already complete at byte {d} (finished by another run or journal?), and bytes it would read again have been overwritten since: nothing to do. Delete {jp}; do not run the move again"
+        ),
+        Mismatch::Unmoved { moved } => format!(
+            "SOURCE holds the filesystem as it was before the move (restored from a backup?): the {moved} pieces {jp} records as moved are not at byte {d}. Delete {jp} to start the move over"
+        ),
+        Mismatch::Changed {
+            piece,
+            at,
+            destination,
+            pieces,
+        } => format!(
+            "SOURCE does not hold what {jp} records: {pieces} pieces differ, the first (piece {piece}) at bytes {}-{} ({}). SOURCE was changed since the move was interrupted: put back the half-moved image this journal belongs to, or delete {jp} to give the move up (what it moved so far is lost)",
+            at.start,
+            at.end.saturating_sub(1),
+            if *destination {
+                "where it was moved to"
+            } else {
+                "where it is still to be read"
+            }
+        ),
+    })
+}
+
+/// A new move: scan the filesystem at S (a damaged one is refused) and plan its pieces.
+fn plan_new(
+    src: &MoveSource,
+    opts: &MoveOptions,
+    progress: &mut dyn Progress,
+) -> Result<(MoveParams, BlockMap)> {
+    let (s_off, d_off) = (opts.src_offset, opts.dest_offset);
+    let reader = FileSource::from_file(
+        src.file.try_clone().map_err(|e| Error::io("dup", 0, e))?,
+        s_off,
+    )?;
+    let copts = CaptureOptions {
+        all_data: true,
+        open: FsOpen::default(),
+        offset: s_off,
+        strict: true,
+        ..CaptureOptions::default()
+    };
+    let (fs, res) = match scan_source(reader, &copts, false, progress) {
+        Ok(x) => x,
+        Err(e) => {
+            if fs_uuid_at(&src.file, d_off).is_some() {
+                return Err(Error::InvalidInput(format!(
+                    "no valid filesystem at byte {s_off} ({e}), but there is one at byte {d_off}: was it moved already?"
+                )));
+            }
+            return Err(e);
+        }
+    };
+    let bs = fs.sb.block_size;
+    let params = MoveParams {
+        block_size: bs,
+        src_offset: s_off,
+        dest_offset: d_off,
+        blocks_count: fs.sb.blocks_count,
+        uuid: fs.sb.uuid(),
+        piece_blocks: (match opts.piece_bytes {
+            0 => PIECE_BYTES,
+            n => n.min(PIECE_BYTES),
+        } / u64::from(bs))
+        .max(1),
+        spans: merge_runs(res.map.runs(), MERGE_GAP_BYTES / u64::from(bs)),
+    };
+    let end = params
+        .dest_end()
+        .ok_or_else(|| overflow("destination offset plus filesystem size"))?;
+    params
+        .src_offset
+        .checked_add(fs_bytes(bs, params.blocks_count)?)
+        .ok_or_else(|| overflow("source offset plus filesystem size"))?;
+    if src.is_dev && end > src.id.size {
+        return Err(Error::NoRoom {
+            have: src.id.size,
+            need: end,
+        });
+    }
+    Ok((params, res.map))
+}
+
+/// Before a new move: is an unfinished move of SOURCE recorded in another journal, and does
+/// SOURCE hold its half-moved state? Then moving afresh would scan a half-moved filesystem:
+/// refuse, naming that journal. Looked at: with `uuid` unknown (before the scan), the default
+/// journal while `--journal` names another, and the journal SOURCE's identity is indexed
+/// under; with the scanned filesystem's `uuid`, every journal the state folder knows that
+/// was recorded for another object (a device renumbered by a reboot, a copied image).
+/// Unfinished journals of SOURCE that it does not match are stale: left alone, said so.
+fn refuse_other_unfinished(
+    src: &MoveSource,
+    using: &Path,
+    loc: &Locations,
+    uuid: Option<[u8; 16]>,
+    notes: &mut dyn FnMut(MoveNote),
+    progress: &mut dyn Progress,
+) -> Result<()> {
+    let mut candidates = Vec::new();
+    match uuid {
+        None => {
+            candidates.extend(loc.default.clone());
+            candidates.extend(loc.index.as_ref().and_then(|i| std::fs::read_link(i).ok()));
+        }
+        Some(_) => {
+            if let Some(st) = &loc.state {
+                candidates.extend(mj::known_journals(st));
+            }
+        }
+    }
+    let mut seen: Vec<ObjectId> = ObjectId::of_path(using).into_iter().collect();
+    for c in candidates {
+        let Ok(id) = ObjectId::of_path(&c) else {
+            continue;
+        };
+        if seen.contains(&id) {
+            continue;
+        }
+        seen.push(id);
+        // A journal that cannot be read is not ours to judge here.
+        let Ok(Some(j)) = Journal::open(&c, false) else {
+            continue;
+        };
+        let same_object = j.source().object == src.id.object;
+        let relevant = match uuid {
+            None => same_object,
+            Some(u) => !same_object && j.params().uuid == u,
+        };
+        if j.state() == State::Done || !relevant || j.check_size(src.id).is_some() {
+            continue;
+        }
+        match j.verify(&src.reader()?, progress)? {
+            Ok(_) => {
+                let p = j.params();
+                return Err(Error::InvalidInput(format!(
+                    "SOURCE holds the half-moved state of the unfinished move from byte {} to byte {} recorded in {}{}: finish it with --journal {}",
+                    p.src_offset,
+                    p.dest_offset,
+                    c.display(),
+                    if same_object {
+                        String::new()
+                    } else {
+                        format!(" (recorded for {})", mj::describe(j.source().object))
+                    },
+                    c.display()
+                )));
+            }
+            Err(_) if same_object => notes(MoveNote::Stale { journal: c }),
+            Err(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// The checksum of every piece's bytes at its source, read before anything is written, so
+/// the journal knows what the move has still to read (docs/move-journal.md). Two threads
+/// share the pieces: this read is the price of that knowledge, so it should be quick.
+fn checksum_pieces(
+    src: &MoveSource,
+    pieces: &[Piece],
+    progress: &mut dyn Progress,
+) -> Result<Vec<u32>> {
+    const THREADS: usize = 2;
+    let total: u64 = pieces.iter().map(Piece::bytes).sum();
+    progress.phase("reading", total, Unit::Bytes);
+    let readers = (0..THREADS)
+        .map(|_| src.reader())
+        .collect::<Result<Vec<FileSource>>>()?;
+    let (tx, rx) = sync_channel::<Result<(usize, u32, u64)>>(2 * THREADS);
+    let mut out = vec![0u32; pieces.len()];
+    std::thread::scope(|scope| -> Result<()> {
+        for (t, reader) in readers.into_iter().enumerate() {
+            let tx = tx.clone();
+            scope.spawn(move || {
+                let mut buf = vec![0u8; mj::CHECK_CHUNK];
+                for (i, pc) in pieces.iter().enumerate().skip(t).step_by(THREADS) {
+                    let res =
+                        mj::checksum_range(&reader, &pc.src, &mut buf).map(|c| (i, c, pc.bytes()));
+                    let failed = res.is_err();
+                    if tx.send(res).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut done = 0u64;
+        for res in rx {
+            let (i, crc, n) = res?;
+            out[i] = crc;
+            done = done.saturating_add(n);
+            progress.update(done);
+        }
+        Ok(())
+    })?;
+    progress.finish();
+    Ok(out)
+}
+
 /// Move the filesystem inside `source` from `opts.src_offset` to `opts.dest_offset`,
-/// journalled in `journal_path`. Rerunning after a crash finishes the move; rerunning after
-/// it finished does nothing (`already_done`).
+/// journalled. Rerunning after a crash finishes the move (under any name of SOURCE);
+/// rerunning after it finished does nothing (`already_done`); a journal SOURCE does not
+/// match is refused.
 pub fn move_in_place(
     source: &Path,
-    journal_path: &Path,
+    jopts: &JournalOptions,
     opts: &MoveOptions,
     on_write: &mut dyn FnMut(u64, u64),
+    notes: &mut dyn FnMut(MoveNote),
     progress: &mut dyn Progress,
 ) -> Result<MoveReport> {
-    let (s_off, d_off) = (opts.src_offset, opts.dest_offset);
-    if s_off == d_off {
+    if opts.src_offset == opts.dest_offset {
         return Err(Error::InvalidInput(
             "the source and destination offsets are equal: nothing to move".into(),
         ));
     }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(!opts.dry_run)
-        .open(source)
-        .map_err(|e| Error::io("open", 0, e))?;
-    let (len, is_dev) = file_size(&file)?;
-    if !opts.dry_run {
-        // One mover at a time (advisory; released by the kernel if we are killed).
-        use rustix::fs::{FlockOperation, flock};
-        flock(&file, FlockOperation::NonBlockingLockExclusive).map_err(|_| {
-            Error::InvalidInput("another e2i-move is working on this file or device".into())
-        })?;
-    }
-
-    let journal = if opts.dry_run {
-        Journal::open(journal_path).ok().flatten()
-    } else {
-        Journal::open(journal_path)?
+    let src = MoveSource::open(source, opts.dry_run)?;
+    let chosen = choose_journal(source, &src, jopts, opts.dry_run)?;
+    let (mut j, saved) = match read_journal(&chosen, &src, opts, notes, progress)? {
+        Start::Done(rep) => return Ok(rep),
+        Start::Resume(j, saved) => (j, saved),
+        Start::Fresh => match start_new_move(&src, &chosen, opts, on_write, notes, progress)? {
+            New::Started(j) => (j, Vec::new()),
+            New::Listed(rep) => return Ok(rep),
+        },
     };
-    let mut resume = None;
-    if let Some(j) = journal {
-        let same = j.params.src_offset == s_off && j.params.dest_offset == d_off;
-        match j.state {
-            State::Running { .. } if !same => {
-                return Err(Error::InvalidInput(format!(
-                    "an unfinished move of this filesystem from byte {} to byte {} is recorded in {}; run that move again to finish it first",
-                    j.params.src_offset,
-                    j.params.dest_offset,
-                    journal_path.display()
-                )));
-            }
-            State::Running { .. } => resume = Some(j),
-            State::Done if same && fs_uuid_at(&file, d_off) == Some(j.params.uuid) => {
-                return Ok(MoveReport {
-                    block_size: j.params.block_size,
-                    blocks_count: j.params.blocks_count,
-                    already_done: true,
-                    ..MoveReport::default()
-                });
-            }
-            // A finished move of something else: this is a new move.
-            State::Done => {}
-        }
-    }
-
-    let mut j = match resume {
-        Some(j) => j,
-        None => {
-            let src = FileSource::from_file(
-                file.try_clone().map_err(|e| Error::io("dup", 0, e))?,
-                s_off,
-            )?;
-            let copts = CaptureOptions {
-                all_data: true,
-                open: FsOpen::default(),
-                offset: s_off,
-                strict: true,
-                ..CaptureOptions::default()
-            };
-            let (fs, res) = match scan_source(src, &copts, false, progress) {
-                Ok(x) => x,
-                Err(e) => {
-                    if fs_uuid_at(&file, d_off).is_some() {
-                        return Err(Error::InvalidInput(format!(
-                            "no valid filesystem at byte {s_off} ({e}), but there is one at byte {d_off}: was it moved already?"
-                        )));
-                    }
-                    return Err(e);
-                }
-            };
-            let bs = fs.sb.block_size;
-            let params = MoveParams {
-                block_size: bs,
-                src_offset: s_off,
-                dest_offset: d_off,
-                blocks_count: fs.sb.blocks_count,
-                uuid: fs.sb.uuid(),
-                piece_blocks: (match opts.piece_bytes {
-                    0 => PIECE_BYTES,
-                    n => n.min(PIECE_BYTES),
-                } / u64::from(bs))
-                .max(1),
-                spans: merge_runs(res.map.runs(), MERGE_GAP_BYTES / u64::from(bs)),
-            };
-            let total = fs_bytes(bs, params.blocks_count)?;
-            let end = d_off
-                .checked_add(total)
-                .ok_or_else(|| overflow("destination offset plus filesystem size"))?;
-            if is_dev && end > len {
-                return Err(Error::InvalidInput(format!(
-                    "the device holds {len} bytes; the filesystem would end at byte {end}"
-                )));
-            }
-            if opts.dry_run {
-                let mut rep = MoveReport {
-                    block_size: bs,
-                    blocks_count: params.blocks_count,
-                    selected_blocks: res.map.selected_blocks(),
-                    ..MoveReport::default()
-                };
-                let ps = pieces(res.map.runs(), params.piece_blocks, d_off > s_off);
-                for p in &ps {
-                    on_write(p.start, p.len);
-                }
-                rep.pieces = ps.len() as u64;
-                rep.blocks = rep.selected_blocks;
-                return Ok(rep);
-            }
-            Journal::create(journal_path, params)?
-        }
-    };
-    let p = j.params.clone();
-    let bs = u64::from(p.block_size);
-    if !(1024..=65536).contains(&p.block_size)
-        || !p.block_size.is_power_of_two()
-        || p.piece_blocks == 0
-        || p.piece_blocks.saturating_mul(bs) > 8 * PIECE_BYTES
-    {
-        return Err(Error::corrupt(
-            format!("move journal {}", journal_path.display()),
-            "implausible block or piece size",
-        ));
-    }
-    let total = fs_bytes(p.block_size, p.blocks_count)?;
-    let end = d_off
-        .checked_add(total)
-        .ok_or_else(|| overflow("destination offset plus filesystem size"))?;
-    s_off
-        .checked_add(total)
-        .ok_or_else(|| overflow("source offset plus filesystem size"))?;
-    if p.spans.iter().any(|r| r.end() > p.blocks_count) {
-        return Err(Error::corrupt(
-            format!("move journal {}", journal_path.display()),
-            "a span lies past the end of the filesystem",
-        ));
-    }
-    let ps = pieces(&p.spans, p.piece_blocks, d_off > s_off);
-    let start = match j.state {
-        State::Running { next } => next.min(ps.len() as u64),
-        State::Done => ps.len() as u64,
-    };
+    j.set_test_hooks(opts.crash_point, opts.slice_bytes);
+    let start = j.next_piece() as usize;
+    let done: u64 = j.pieces()[..start].iter().map(|pc| pc.blocks.len).sum();
+    let p = j.params();
     let mut rep = MoveReport {
         block_size: p.block_size,
         blocks_count: p.blocks_count,
         selected_blocks: p.spans.iter().map(|r| r.len).sum(),
-        pieces: ps.len() as u64,
-        started_at_piece: start,
-        resumed: start > 0 || j.saved()?.is_some(),
+        pieces: j.pieces().len() as u64,
+        started_at_piece: start as u64,
+        resumed: start > 0 || !saved.is_empty(),
+        journal: Some(chosen.path.clone()),
+        blocks: done,
         ..MoveReport::default()
     };
     if opts.dry_run {
-        for pc in &ps[start as usize..] {
-            on_write(pc.start, pc.len);
+        for pc in &j.pieces()[start..] {
+            on_write(pc.blocks.start, pc.blocks.len);
         }
-        rep.blocks = ps[start as usize..].iter().map(|r| r.len).sum();
+        rep.blocks = rep.selected_blocks.saturating_sub(done);
         return Ok(rep);
     }
-    let src = FileSource::from_file(file.try_clone().map_err(|e| Error::io("dup", 0, e))?, s_off)?;
-    let saved = j.saved()?;
-    let done_before: u64 = ps[..start as usize].iter().map(|r| r.len).sum();
+    let bs = u64::from(p.block_size);
     progress.phase(
         "moving",
         rep.selected_blocks.saturating_mul(bs),
         Unit::Bytes,
     );
-    rep.blocks = done_before;
-    progress.update(rep.blocks * bs);
-
-    let sync = |what: u64| file.sync_data().map_err(|e| Error::io("sync", what, e));
-    // Source byte span of pieces copied since the last checkpoint.
-    let mut uncommitted: Option<(u64, u64)> = None;
-    let piece_max =
-        usize::try_from(p.piece_blocks.saturating_mul(bs)).map_err(|_| overflow("piece size"))?;
-    let mut abuf = AlignedBuf::new(piece_max);
-    let mut direct = reopen_direct(&file);
-    let mut cmp = Vec::new();
-    for (k, pc) in ps.iter().enumerate().skip(start as usize) {
-        let k = k as u64;
-        let n = pc.len * bs;
-        let rel = pc.start * bs;
-        let src_r = (s_off + rel, s_off + rel + n);
-        let dst_r = (d_off + rel, d_off + rel + n);
-        // Write-ahead: before this piece may overwrite the source of a copied piece, make
-        // that copy durable and record it, so a rerun never re-reads a clobbered source.
-        if uncommitted.is_some_and(|u| overlaps(u, dst_r)) {
-            sync(dst_r.0)?;
-            j.checkpoint(State::Running { next: k })?;
-            rep.checkpoints += 1;
-            uncommitted = None;
-        }
-        let self_overlap = overlaps(src_r, dst_r);
-        match saved
-            .as_ref()
-            .filter(|s| s.piece == k && s.data.len() as u64 == n)
-        {
-            // This piece was saved by an interrupted run: its source may be half overwritten.
-            Some(s) => abuf.get_mut(n as usize).copy_from_slice(&s.data),
-            None => {
-                let past = src.read_sparse_at(abuf.get_mut(n as usize), rel)? as u64;
-                rep.past_end_blocks += past.div_ceil(bs);
-                if self_overlap {
-                    // The destination overlaps this piece's own source: keep a durable copy
-                    // of the source bytes before the first byte is overwritten.
-                    j.save(k, abuf.get(n as usize))?;
-                    rep.saved_pieces += 1;
-                }
-            }
-        }
-        let mut write_all = true;
-        if opts.check {
-            let buf = abuf.get(n as usize);
-            cmp.resize(buf.len(), 0);
-            let got =
-                pread_full(&file, &mut cmp, dst_r.0).map_err(|e| Error::io("read", dst_r.0, e))?;
-            if got == cmp.len() && cmp == buf {
-                rep.identical_blocks += pc.len;
-                write_all = false;
-            }
-        }
-        if write_all {
-            write_throttled(
-                &file,
-                &mut direct,
-                abuf.get(n as usize),
-                dst_r.0,
-                opts.throttle_us_per_mib,
-            )?;
-            rep.bytes_written += n;
-        }
-        uncommitted = Some(match uncommitted {
-            Some(u) => (u.0.min(src_r.0), u.1.max(src_r.1)),
-            None => src_r,
-        });
-        if self_overlap {
-            // The source is gone now: commit before the save area can be reused.
-            sync(dst_r.0)?;
-            j.checkpoint(State::Running { next: k + 1 })?;
-            rep.checkpoints += 1;
-            uncommitted = None;
-        }
-        rep.blocks += pc.len;
-        progress.update(rep.blocks * bs);
-    }
-    if !is_dev && file_size(&file)?.0 < end {
-        file.set_len(end)
-            .map_err(|e| Error::io("truncate", end, e))?;
-    }
-    sync(end)?;
-    j.finish()?;
-    rep.checkpoints += 1;
+    progress.update(done.saturating_mul(bs));
+    copy_pieces(&src, &mut j, saved, opts, &mut rep, progress)?;
+    finish_move(&src, &mut j, opts, &mut rep)?;
     progress.finish();
     Ok(rep)
+}
+
+/// What [`start_new_move`] did.
+enum New {
+    /// The journal is created: the move can start.
+    Started(Journal),
+    /// `-n`: the blocks were listed.
+    Listed(MoveReport),
+}
+
+/// A new move: make sure no unfinished move of SOURCE is recorded elsewhere, scan and plan
+/// it, checksum every piece, create the journal and enter it in the index.
+fn start_new_move(
+    src: &MoveSource,
+    chosen: &Chosen,
+    opts: &MoveOptions,
+    on_write: &mut dyn FnMut(u64, u64),
+    notes: &mut dyn FnMut(MoveNote),
+    progress: &mut dyn Progress,
+) -> Result<New> {
+    let (jpath, loc) = (&chosen.path, &chosen.loc);
+    refuse_other_unfinished(src, jpath, loc, None, notes, progress)?;
+    let (params, map) = plan_new(src, opts, progress)?;
+    refuse_other_unfinished(src, jpath, loc, Some(params.uuid), notes, progress)?;
+    if opts.dry_run {
+        return Ok(New::Listed(list_new(&params, &map, on_write)));
+    }
+    let pieces = params.pieces()?;
+    let digests = checksum_pieces(src, &pieces, progress)?;
+    let mut j = Journal::create(jpath, params, src.id, digests).map_err(|e| {
+        let hint = matches!(&e, Error::Io { source, .. } if matches!(source.kind(),
+            std::io::ErrorKind::PermissionDenied
+                | std::io::ErrorKind::ReadOnlyFilesystem
+                | std::io::ErrorKind::StorageFull));
+        match in_journal(jpath, e) {
+            Error::InvalidInput(m) if hint => Error::InvalidInput(format!(
+                "{m} (give the journal another place with --journal)"
+            )),
+            e => e,
+        }
+    })?;
+    j.set_test_hooks(opts.crash_point, opts.slice_bytes);
+    crash_point(opts);
+    // Indexed before the first byte of SOURCE is written: a run under another name that
+    // finds no journal finds SOURCE untouched.
+    if let Some(index) = &loc.index
+        && let Err(e) = mj::register(index, jpath)
+    {
+        notes(MoveNote::NotIndexed {
+            index: index.clone(),
+            reason: e.to_string(),
+        });
+    }
+    Ok(New::Started(j))
+}
+
+/// `-n` of a new move: the blocks it would write, in the order it would write them.
+fn list_new(params: &MoveParams, map: &BlockMap, on_write: &mut dyn FnMut(u64, u64)) -> MoveReport {
+    let plan = MoveParams {
+        spans: map.runs().to_vec(),
+        ..params.clone()
+    };
+    let mut n = 0;
+    for pc in plan.pieces().unwrap_or_default() {
+        on_write(pc.blocks.start, pc.blocks.len);
+        n += 1;
+    }
+    MoveReport {
+        block_size: params.block_size,
+        blocks_count: params.blocks_count,
+        selected_blocks: map.selected_blocks(),
+        blocks: map.selected_blocks(),
+        pieces: n,
+        ..MoveReport::default()
+    }
+}
+
+/// A piece's bytes, read by the reader thread.
+struct Loaded {
+    index: usize,
+    buf: AlignedBuf,
+    /// The bytes came from a save record (an interrupted run saved the piece).
+    from_save: bool,
+    /// This run saved the piece already (while the piece before it was written).
+    saved: bool,
+    past_bytes: u64,
+}
+
+/// Copy the pieces from the journal's next one on (docs/move-journal.md, "The protocol").
+/// A reader thread reads ahead — safe, since no piece's destination overlaps the source of a
+/// later piece — and checks each piece against its recorded checksum. A piece that must be
+/// saved is saved while the piece before it is written (save slots alternate), so its
+/// journal write costs no time of its own.
+fn copy_pieces(
+    src: &MoveSource,
+    j: &mut Journal,
+    saved: Vec<Saved>,
+    opts: &MoveOptions,
+    rep: &mut MoveReport,
+    progress: &mut dyn Progress,
+) -> Result<()> {
+    let start = j.next_piece() as usize;
+    let jp = j.path().to_path_buf();
+    let pieces = j.pieces().to_vec();
+    let digests = j.digests().to_vec();
+    let bs = u64::from(j.params().block_size);
+    let piece_max = pieces.iter().map(Piece::bytes).max().unwrap_or(0) as usize;
+    let reader = src.reader()?;
+    let mut direct = reopen_direct(&src.file);
+    let mut cmp = Vec::new();
+    // Source bytes of the pieces copied since the last checkpoint.
+    let mut uncommitted: Option<Range<u64>> = None;
+    std::thread::scope(|scope| -> Result<()> {
+        // Three buffers: the piece being written, the next one being saved, and one the
+        // reader fills meanwhile.
+        let (full_tx, full_rx) = sync_channel::<Result<Loaded>>(1);
+        let (free_tx, free_rx) = sync_channel::<AlignedBuf>(3);
+        for _ in 0..3 {
+            let _ = free_tx.send(AlignedBuf::new(piece_max));
+        }
+        let (ps, ds) = (&pieces, &digests);
+        scope.spawn(move || read_pieces(reader, ps, ds, start, saved, full_tx, free_rx));
+        let mut incoming = full_rx.into_iter();
+        let mut pending = incoming.next().transpose()?;
+        while let Some(cur) = pending.take() {
+            let k = cur.index;
+            let pc = &pieces[k];
+            let n = pc.bytes() as usize;
+            let data = cur.buf.get(n);
+            // Write-ahead: before this piece may overwrite the source of a copied piece, make
+            // that copy durable and record it, so a rerun never re-reads a clobbered source.
+            if uncommitted
+                .as_ref()
+                .is_some_and(|u| mj::overlaps(u, &pc.dst))
+            {
+                src.sync(pc.dst.start)?;
+                j.checkpoint(State::Running { next: k as u64 })
+                    .map_err(|e| in_journal(&jp, e))?;
+                rep.checkpoints += 1;
+                uncommitted = None;
+            }
+            let self_overlap = pc.overlaps_itself();
+            if self_overlap && !cur.from_save && !cur.saved {
+                // The destination overlaps this piece's own source: keep a durable copy of
+                // the source bytes before the first byte is overwritten.
+                j.save(k as u64, data)
+                    .and_then(|()| j.sync())
+                    .map_err(|e| in_journal(&jp, e))?;
+                rep.saved_pieces += 1;
+            }
+            rep.past_end_blocks += cur.past_bytes.div_ceil(bs);
+            let mut write = true;
+            if opts.check {
+                cmp.resize(n, 0);
+                let got = pread_full(&src.file, &mut cmp, pc.dst.start)
+                    .map_err(|e| Error::io("read", pc.dst.start, e))?;
+                if got == n && cmp == data {
+                    rep.identical_blocks += pc.blocks.len;
+                    write = false;
+                }
+            }
+            let mut next = incoming.next().transpose()?;
+            // The next piece's source is intact until its own destination is written, and its
+            // save slot held a piece that is committed by now: save it meanwhile.
+            let save_next = next
+                .as_ref()
+                .filter(|nx| pieces[nx.index].overlaps_itself() && !nx.from_save)
+                .map(|nx| {
+                    (
+                        nx.index as u64,
+                        nx.buf.get(pieces[nx.index].bytes() as usize),
+                    )
+                });
+            let direct = &mut direct;
+            let dest = || -> Result<()> {
+                if write {
+                    write_sliced(&src.file, direct, data, pc.dst.start, opts)?;
+                }
+                Ok(())
+            };
+            write_and_save(dest, save_next, j, opts, k)?;
+            if write {
+                rep.bytes_written += n as u64;
+            }
+            let saved_next = save_next.is_some();
+            if let Some(nx) = next.as_mut().filter(|_| saved_next) {
+                nx.saved = true;
+                rep.saved_pieces += 1;
+            }
+            uncommitted = Some(match uncommitted.take() {
+                Some(u) => u.start.min(pc.src.start)..u.end.max(pc.src.end),
+                None => pc.src.clone(),
+            });
+            if self_overlap {
+                // The source is gone now: commit before the save slot can be reused. The
+                // checkpoint's sync also makes the next piece's save durable.
+                src.sync(pc.dst.start)?;
+                j.checkpoint(State::Running { next: k as u64 + 1 })
+                    .map_err(|e| in_journal(&jp, e))?;
+                rep.checkpoints += 1;
+                uncommitted = None;
+            } else if saved_next {
+                j.sync().map_err(|e| in_journal(&jp, e))?;
+            }
+            rep.blocks += pc.blocks.len;
+            progress.update(rep.blocks * bs);
+            // The reader may have stopped on an error already: then this send just fails.
+            let _ = free_tx.send(cur.buf);
+            pending = next;
+        }
+        Ok(())
+    })
+}
+
+/// Write piece `k`'s destination (`dest`) and save the next piece (`save`), at the same
+/// time: they touch different files and neither depends on the other. With the test hooks
+/// they run one after the other instead (alternating which goes first), so that crash
+/// points come in a reproducible order.
+fn write_and_save(
+    dest: impl FnOnce() -> Result<()> + Send,
+    save: Option<(u64, &[u8])>,
+    j: &Journal,
+    opts: &MoveOptions,
+    k: usize,
+) -> Result<()> {
+    let Some((piece, data)) = save else {
+        return dest();
+    };
+    let save = || j.save(piece, data).map_err(|e| in_journal(j.path(), e));
+    if opts.crash_point.is_some() || opts.slice_bytes > 0 {
+        if k.is_multiple_of(2) {
+            dest()?;
+            save()
+        } else {
+            save()?;
+            dest()
+        }
+    } else {
+        std::thread::scope(|scope| {
+            let saver = scope.spawn(save);
+            let res = dest();
+            let saved = saver
+                .join()
+                .unwrap_or_else(|_| Err(Error::InvalidInput("the save thread failed".into())));
+            res.and(saved)
+        })
+    }
+}
+
+/// The reader thread of a move: each piece from `start` on, from SOURCE — or, for a piece an
+/// interrupted run saved, from its save record — checked against its checksum.
+fn read_pieces(
+    src: FileSource,
+    pieces: &[Piece],
+    digests: &[u32],
+    start: usize,
+    saved: Vec<Saved>,
+    full: SyncSender<Result<Loaded>>,
+    free: Receiver<AlignedBuf>,
+) {
+    for (k, pc) in pieces.iter().enumerate().skip(start) {
+        let Ok(mut buf) = free.recv() else { return };
+        let n = pc.bytes() as usize;
+        let res = match saved.iter().find(|s| s.piece == k as u64) {
+            Some(s) => {
+                buf.get_mut(n).copy_from_slice(&s.data);
+                Ok(Loaded {
+                    index: k,
+                    buf,
+                    from_save: true,
+                    saved: false,
+                    past_bytes: 0,
+                })
+            }
+            None => src.read_sparse_at(buf.get_mut(n), pc.src.start).and_then(|past| {
+                if mj::digest(buf.get(n)) != digests[k] {
+                    return Err(Error::InvalidInput(format!(
+                        "SOURCE changed during the move: bytes {}-{} (piece {k}) are no longer what they were when the move started",
+                        pc.src.start,
+                        pc.src.end.saturating_sub(1)
+                    )));
+                }
+                Ok(Loaded {
+                    index: k,
+                    buf,
+                    from_save: false,
+                    saved: false,
+                    past_bytes: past as u64,
+                })
+            }),
+        };
+        let failed = res.is_err();
+        if full.send(res).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Write `data` at `off` of SOURCE. With the test hooks, in slices with a crash point (and
+/// the throttle's pause) before each, so a test's kill can land in the middle of a piece.
+fn write_sliced(
+    file: &File,
+    direct: &mut Option<File>,
+    data: &[u8],
+    off: u64,
+    opts: &MoveOptions,
+) -> Result<()> {
+    let slice = match (opts.slice_bytes, opts.throttle_us_per_mib) {
+        (0, 0) => data.len().max(1),
+        (0, _) => 1 << 20,
+        (s, _) => s,
+    };
+    let mut at = off;
+    for chunk in data.chunks(slice) {
+        crash_point(opts);
+        write_maybe_direct(file, direct, chunk, at)?;
+        at += chunk.len() as u64;
+        if opts.throttle_us_per_mib > 0 {
+            std::thread::sleep(Duration::from_micros(
+                opts.throttle_us_per_mib.saturating_mul(chunk.len() as u64) >> 20,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The last steps: grow a regular SOURCE to the moved filesystem's end (never shrink it),
+/// sync, record the move as done and drop the journal's save area.
+fn finish_move(
+    src: &MoveSource,
+    j: &mut Journal,
+    opts: &MoveOptions,
+    rep: &mut MoveReport,
+) -> Result<()> {
+    let end = j
+        .params()
+        .dest_end()
+        .ok_or_else(|| overflow("destination offset plus filesystem size"))?;
+    if !src.is_dev && file_size(&src.file)?.0 < end {
+        crash_point(opts);
+        src.file
+            .set_len(end)
+            .map_err(|e| Error::io("truncate", end, e))?;
+    }
+    src.sync(end)?;
+    let jp = j.path().to_path_buf();
+    j.finish().map_err(|e| in_journal(&jp, e))?;
+    rep.checkpoints += 1;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -764,55 +1299,33 @@ mod tests {
     }
 
     #[test]
-    fn journal_locations() {
-        let p = |s: &str| PathBuf::from(s);
-        let j = journal_path_for(&p("img/disk.raw"), &p("/x/img/disk.raw"), true, None, None);
-        assert_eq!(j.unwrap(), p("img/disk.raw.e2i-move"));
-        let dev = p("/dev/sdb1");
-        let j = journal_path_for(
-            &dev,
-            &dev,
-            false,
-            Some("/st".into()),
-            Some("/home/u".into()),
-        );
-        assert_eq!(j.unwrap(), p("/st/e2i/dev-sdb1.e2i-move"));
-        let j = journal_path_for(&dev, &dev, false, Some("".into()), Some("/home/u".into()));
-        assert_eq!(j.unwrap(), p("/home/u/.local/state/e2i/dev-sdb1.e2i-move"));
-        assert!(journal_path_for(&dev, &dev, false, None, None).is_err());
+    fn runs_merge_across_small_gaps() {
+        let spans = merge_runs(&[r(0, 3), r(4, 2), r(100, 10)], 1);
+        assert_eq!(spans, vec![r(0, 6), r(100, 10)]);
+        assert_eq!(merge_runs(&[r(0, 3), r(5, 2)], 1), vec![r(0, 3), r(5, 2)]);
+        assert_eq!(merge_runs(&[], 1), vec![]);
     }
 
     #[test]
-    fn pieces_cover_spans_in_safe_order() {
-        let spans = merge_runs(&[r(0, 3), r(4, 2), r(100, 10)], 1);
-        assert_eq!(spans, vec![r(0, 6), r(100, 10)]);
-        let right = pieces(&spans, 4, true);
+    fn journal_paths_follow_links_and_never_make_folders() {
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().join("j");
+        std::fs::write(&real, b"x").unwrap();
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let canon = std::fs::canonicalize(&real).unwrap();
+        assert_eq!(resolve_journal_path(&link).unwrap(), canon);
+        let new = d.path().join("new.j");
         assert_eq!(
-            right,
-            vec![r(106, 4), r(102, 4), r(100, 2), r(2, 4), r(0, 2)]
+            resolve_journal_path(&new).unwrap(),
+            std::fs::canonicalize(d.path()).unwrap().join("new.j")
         );
-        let left = pieces(&spans, 4, false);
-        assert_eq!(
-            left,
-            vec![r(0, 4), r(4, 2), r(100, 4), r(104, 4), r(108, 2)]
-        );
-        // In either order, no destination overlaps the source of a later piece, for any
-        // shift (bytes, block size 8).
-        for shift in [-100i64, -9, -4, -1, 1, 3, 8, 12, 100] {
-            let ps = pieces(&spans, 4, shift > 0);
-            for (i, a) in ps.iter().enumerate() {
-                let dst = (
-                    (a.start * 8) as i64 + 1000 + shift,
-                    (a.end() * 8) as i64 + 1000 + shift,
-                );
-                for b in &ps[i + 1..] {
-                    let src = ((b.start * 8) as i64 + 1000, (b.end() * 8) as i64 + 1000);
-                    assert!(
-                        !(dst.0 < src.1 && src.0 < dst.1),
-                        "shift {shift}: {a:?} over {b:?}"
-                    );
-                }
-            }
-        }
+        let missing = d.path().join("no/such/folder/j");
+        let e = resolve_journal_path(&missing).unwrap_err().to_string();
+        assert!(e.contains("does not exist"), "{e}");
+        assert!(!d.path().join("no").exists());
+        std::os::unix::fs::symlink(d.path().join("gone"), d.path().join("dangling")).unwrap();
+        assert!(resolve_journal_path(&d.path().join("dangling")).is_err());
+        assert!(resolve_journal_path(d.path()).is_err());
     }
 }

@@ -1,6 +1,6 @@
 complete -c e2i-move -s o -l src-offset -d 'Byte offset of the filesystem inside SOURCE' -r
 complete -c e2i-move -s O -l dest-offset -d 'Byte offset of the copy inside DEST (or SOURCE, for a move)' -r
-complete -c e2i-move -l journal -d 'Journal of an in-place move [default: SOURCE.e2i-move for a file, else in $XDG_STATE_HOME/e2i]' -r -F
+complete -c e2i-move -l journal -d 'Journal of an in-place move [default: next to SOURCE (symlinks resolved) as SOURCE.e2i-move for a file; $XDG_STATE_HOME/e2i/blockdev-MAJOR:MINOR.e2i-move for a device]. Its folder must exist' -r -F
 complete -c e2i-move -s c -l check -d 'Compare before writing; skip blocks the target already holds'
 complete -c e2i-move -s n -l dry-run -d 'Print the blocks that would be written; create and change nothing'
 complete -c e2i-move -s p -l progress -d 'Show progress on stderr (a bar on a terminal, a line every few seconds otherwise)'
