@@ -463,9 +463,9 @@ fn the_mark_survives_conversions_and_recaptures() {
     );
 }
 
-/// Converters onto regular files: an existing file holding the image's filesystem is
-/// refused whether it would be replaced or updated in place (`-O`, `-c`, `-n`); a new file,
-/// stdout, and a file holding another filesystem are fine.
+/// Converters (and e2i-move's clones) onto regular files: an existing file holding the
+/// image's filesystem is refused whether it would be replaced or updated in place (`-O`,
+/// `-c`, `-n`); a new file, stdout, and a file holding another filesystem are fine.
 #[test]
 fn converters_refuse_files_holding_the_filesystem() {
     let d = tempdir();
@@ -474,6 +474,7 @@ fn converters_refuse_files_holding_the_filesystem() {
     let f = |n: &str| d.path().join(n);
     capture(&["-s", "--format", "stream"], &fs, &f("s.stream"));
     capture(&["-s", "-Q"], &fs, &f("s.qcow2"));
+    capture(&["-s", "-r"], &fs, &f("s.raw"));
     // The filesystem at byte 1 MiB of a disk image.
     let mut disk = vec![0u8; 1 << 20];
     disk.extend(std::fs::read(&fs).unwrap());

@@ -419,12 +419,14 @@ fn mark_superblocks<S: ReadAt>(fs: &Filesystem<S>, ov: &mut Overlay) -> Result<(
 /// image with e2i's scrambled extension. A capture of it carries the mark on.
 pub fn source_is_marked(source: &Path, src: &dyn ReadAt) -> bool {
     let mut raw = [0u8; SUPERBLOCK_SIZE];
-    if src.read_at(&mut raw, SUPERBLOCK_OFFSET).ok() == Some(SUPERBLOCK_SIZE)
-        && mark::superblock_is_marked(&raw)
-    {
-        return true;
-    }
-    let Ok(whole) = FileSource::open(source, 0) else {
+    (src.read_at(&mut raw, SUPERBLOCK_OFFSET).ok() == Some(SUPERBLOCK_SIZE)
+        && mark::superblock_is_marked(&raw))
+        || qcow2_is_marked(source)
+}
+
+/// `path` is a qcow2 image whose header carries e2i's scrambled extension.
+pub fn qcow2_is_marked(path: &Path) -> bool {
+    let Ok(whole) = FileSource::open(path, 0) else {
         return false;
     };
     let mut magic = [0u8; 8];

@@ -71,6 +71,24 @@ pub fn refuse_scrambled(
     )))
 }
 
+/// What a filesystem SOURCE (a raw image, a device or a qcow2 image; the filesystem at
+/// byte `offset`) says about being scrambled: its superblock's mark, a qcow2's extension.
+/// Its superblock also lets [`refuse_scrambled`] compare labels with the target's.
+pub fn source_facts(source: &Path, offset: u64) -> ImageFacts {
+    let Ok(src) = crate::ops::capture::open_source(source, offset) else {
+        return ImageFacts::default();
+    };
+    let mut raw = [0u8; SUPERBLOCK_SIZE];
+    let mut f = match src.read_at(&mut raw, SUPERBLOCK_OFFSET) {
+        Ok(SUPERBLOCK_SIZE) => ImageFacts::from_superblock(&raw),
+        _ => ImageFacts::default(),
+    };
+    if crate::ops::capture::qcow2_is_marked(source) {
+        f.add(Evidence::Qcow2Extension);
+    }
+    f
+}
+
 /// What a filesystem SOURCE about to be captured with `-s` is: its UUID and superblock
 /// (read at `offset`), and the scramble option as the evidence.
 pub fn capture_facts(src: &dyn ReadAt) -> ImageFacts {
