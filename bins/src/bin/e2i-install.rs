@@ -123,6 +123,11 @@ fn warn_before_writing(dev: &str, report: &InstallReport) {
             "{TOOL}: {dev}: primary superblock invalid; identified the filesystem by the backup at block {block} ({block_size}-byte blocks)"
         );
     }
+    if report.overview.journal_dropped {
+        eprintln!(
+            "{TOOL}: warning: {dev}: its journal needs recovery, and the image's superblock replaces the one that says so: the journal will not be replayed (run e2fsck on {dev} first to keep its transactions)"
+        );
+    }
     if let Some(ev) = &report.scrambled {
         eprintln!(
             "{TOOL}: warning: {dev}: installing a scrambled image ({ev}): its scrambled names, symlink targets, inline data, xattrs and label replace the real ones (--allow-scrambled)"

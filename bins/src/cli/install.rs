@@ -17,7 +17,9 @@ directories, symlink targets, inline file data, in-inode xattrs and the label. W
 
 Before writing (and with -n), one line says what is replaced: the inode tables and bitmaps \
 of every group, with the image's from the time it was taken, and whether DEVICE's \
-filesystem was written after that (files created or changed since become unreachable).
+filesystem was written after that (files created or changed since become unreachable). A \
+warning says when DEVICE's journal needs recovery: the image's superblock replaces the one \
+that says so, and the journal is then not replayed (run e2fsck first).
 
 e2image equivalent: `e2i-install DEVICE IMAGE` is `e2image -I DEVICE IMAGE`; `-n`, \
 `-z` and --allow-scrambled have no e2image -I equivalent (e2image -I writes without checks \

@@ -311,7 +311,8 @@ fn install_refuses_old_and_partly_marked_scrambled_images() {
 
 /// An unscrambled normal image is still e2image's, byte for byte (host fields masked; the
 /// reserved words where the mark goes stay zero), and installs; before writing (and with
-/// -n) one line says what it replaces, and that the filesystem changed since the capture.
+/// -n) one line says what it replaces, and that the filesystem changed since the capture,
+/// and a warning says when the journal that needs recovery would be dropped.
 #[test]
 fn unscrambled_image_installs_and_says_what_it_replaces() {
     let d = tempdir();
@@ -351,6 +352,14 @@ fn unscrambled_image_installs_and_says_what_it_replaces() {
         &run(Command::new("tune2fs").args(["-L", "NEWLABEL"]).arg(&fs)),
         "tune2fs -L",
     );
+    // An unclean shutdown: the journal needs recovery, which the image's superblock does
+    // not say.
+    ok(
+        &run(Command::new("debugfs")
+            .args(["-w", "-R", "feature needs_recovery"])
+            .arg(&fs)),
+        "debugfs feature needs_recovery",
+    );
     let sum = sha256(&fs);
     for args in [&["-n"][..], &[]] {
         let o = install(args, &fs, &ours);
@@ -369,6 +378,10 @@ fn unscrambled_image_installs_and_says_what_it_replaces() {
         ] {
             assert!(line.contains(words), "{args:?}: {words:?} not in {line}");
         }
+        assert!(
+            err.contains("journal needs recovery") && err.contains("will not be replayed"),
+            "{args:?}: {err}"
+        );
         if args == ["-n"] {
             assert_eq!(sha256(&fs), sum, "dry run wrote");
         }
@@ -380,7 +393,8 @@ fn unscrambled_image_installs_and_says_what_it_replaces() {
     assert!(
         err.contains("replacing the inode tables")
             && !err.contains("label")
-            && !err.contains("inodes in use"),
+            && !err.contains("inodes in use")
+            && !err.contains("journal"),
         "{err}"
     );
     let o = install(&["-q"], &fs, &ours);

@@ -44,6 +44,7 @@ use crate::ext4::Superblock;
 use crate::ext4::bitmap::{self, super_and_bgd_loc};
 use crate::ext4::csum::{self, Checksummer};
 use crate::ext4::desc::{BG_BLOCK_UNINIT, BG_INODE_UNINIT};
+use crate::ext4::superblock::feature;
 use crate::ext4::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 use crate::io::{FileSource, ReadAt, pwrite_full};
 use crate::mark::{self, Evidence, ImageFacts};
@@ -131,6 +132,9 @@ pub struct Overview {
     pub image_inodes_used: u64,
     /// DEVICE's label and the image's, when they differ.
     pub label_change: Option<(String, String)>,
+    /// DEVICE's journal needs recovery (an unclean shutdown) and the image's superblock,
+    /// which replaces DEVICE's, does not say so: the journal would never be replayed.
+    pub journal_dropped: bool,
 }
 
 impl Overview {
@@ -670,6 +674,10 @@ impl Install {
             label_change: dev_label
                 .filter(|d| *d != img_label)
                 .map(|d| (d, img_label)),
+            journal_dropped: dev_sb
+                .as_ref()
+                .is_some_and(|d| d.has_incompat(feature::INCOMPAT_RECOVER))
+                && !sb.has_incompat(feature::INCOMPAT_RECOVER),
         };
         let bytes = writes.iter().fold(0u64, |a, w| a.saturating_add(w.len));
         let report = InstallReport {
