@@ -498,4 +498,37 @@ mod tests {
         );
         assert!(!msg.contains('\n'));
     }
+
+    /// Arbitrary bytes as superblocks: marking, reading and judging never panic, and a
+    /// marked superblock always reads as marked.
+    #[test]
+    fn random_superblocks_never_panic() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..3000 {
+            let mut r = [0u8; SUPERBLOCK_SIZE];
+            for b in r.iter_mut() {
+                *b = next() as u8;
+            }
+            if i % 2 == 0 {
+                le::set_u16(&mut r, S_MAGIC, EXT2_SUPER_MAGIC);
+            }
+            let t = r;
+            let _ = (
+                label(&r),
+                last_mounted(&r),
+                superblock_is_marked(&r[..(i % 300)]),
+            );
+            let marked = mark_superblock(&mut r);
+            assert_eq!(superblock_is_marked(&r), marked || superblock_is_marked(&t));
+            let f = ImageFacts::from_superblock(&t);
+            let _ = refusal(&f, Some(&r), i % 3 == 0);
+            let _ = refusal(&f, None, false);
+        }
+    }
 }

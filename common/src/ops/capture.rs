@@ -392,8 +392,11 @@ fn mark_superblocks<S: ReadAt>(fs: &Filesystem<S>, ov: &mut Overlay) -> Result<(
                 let Some(at) = blk.checked_mul(bs) else {
                     continue;
                 };
-                let mut b = vec![0u8; fs.sb.block_size as usize];
-                if fs.src.read_at(&mut b, at)? < b.len() {
+                let Ok(len) = usize::try_from(fs.sb.block_size) else {
+                    continue;
+                };
+                let mut b = vec![0u8; len];
+                if fs.src.read_at(&mut b, at)? < len {
                     continue;
                 }
                 b

@@ -100,3 +100,77 @@ pub fn capture_facts(src: &dyn ReadAt) -> ImageFacts {
     f.add(Evidence::ScrambleOption);
     f
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/sample.ext4");
+        std::fs::read(path).expect("testdata/sample.ext4")
+    }
+
+    fn file(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    /// What counts as a filesystem target: a raw filesystem at the offset (primary
+    /// superblock, or a backup), not an image container, not a missing file or a FIFO.
+    #[test]
+    fn target_superblocks() {
+        let d = tempfile::tempdir().unwrap();
+        let fs = sample();
+        let uuid = ImageFacts::from_superblock(fs[1024..2048].try_into().unwrap()).uuid;
+        let found = |p: &Path, off: u64| target_superblock(p, off, None).map(|s| Some(s.uuid()));
+        let plain = file(d.path(), "fs.img", &fs);
+        assert_eq!(found(&plain, 0), Some(uuid));
+        assert_eq!(found(&plain, 4096), None, "nothing at that offset");
+        assert_eq!(found(&plain, u64::MAX), None, "offset past the end");
+        let mut at = vec![0u8; 1 << 20];
+        at.extend_from_slice(&fs);
+        let disk = file(d.path(), "disk.img", &at);
+        assert_eq!(found(&disk, 1 << 20), Some(uuid));
+        // Image containers are not filesystems, even with a superblock at byte 1024.
+        for magic in [
+            &b"QFI\xfb\0\0\0\x02"[..],
+            b"E2ISTRM\0",
+            &[0x10, 0xb7, 0x2b, 0x7f],
+        ] {
+            let mut c = fs.clone();
+            c[..magic.len()].copy_from_slice(magic);
+            let p = file(d.path(), "container", &c);
+            assert_eq!(found(&p, 0), None, "{magic:?}");
+        }
+        assert_eq!(found(&d.path().join("missing"), 0), None);
+        assert_eq!(found(d.path(), 0), None, "a folder");
+    }
+
+    /// A scrambled image is refused over its own filesystem, allowed elsewhere, and with
+    /// `allow` comes back as a warning.
+    #[test]
+    fn refuse_scrambled_over_its_filesystem_only() {
+        let d = tempfile::tempdir().unwrap();
+        let fs = sample();
+        let target = file(d.path(), "fs.img", &fs);
+        let mut raw: [u8; SUPERBLOCK_SIZE] = fs[1024..2048].try_into().unwrap();
+        assert!(mark::mark_superblock(&mut raw));
+        let image = ImageFacts::from_superblock(&raw);
+        let err = refuse_scrambled(&image, &target, 0, false).unwrap_err();
+        assert!(err.to_string().contains("--allow-scrambled"), "{err}");
+        assert_eq!(
+            refuse_scrambled(&image, &target, 0, true).unwrap(),
+            Some(Evidence::Superblock)
+        );
+        assert_eq!(
+            refuse_scrambled(&image, &target, 1024, false).unwrap(),
+            None
+        );
+        let new = d.path().join("new.raw");
+        assert_eq!(refuse_scrambled(&image, &new, 0, false).unwrap(), None);
+        // Not scrambled: nothing to refuse.
+        let plain = ImageFacts::from_superblock(fs[1024..2048].try_into().unwrap());
+        assert_eq!(refuse_scrambled(&plain, &target, 0, false).unwrap(), None);
+    }
+}
