@@ -20,6 +20,9 @@
 //! whose label and last-mounted path are blank where the target's are not
 //! ([`Evidence::BlankStrings`]).
 //!
+//! Conversions of such an older image add the superblock mark to what they write
+//! ([`MarkedSource`], [`chunk_with_mark`]), so that it survives where no container does.
+//!
 //! [`refusal`] decides: an image judged scrambled is not written over a filesystem with its
 //! UUID (or, for `e2i-install`, anywhere) unless the user says so (`--allow-scrambled`).
 //! A target whose own superblock carries the mark is already scrambled: nothing real is lost
@@ -29,7 +32,8 @@ use std::fmt;
 
 use crate::bytes::le;
 use crate::ext4::csum;
-use crate::ext4::superblock::SUPERBLOCK_SIZE;
+use crate::ext4::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
+use crate::io::ReadAt;
 
 /// What `s_last_mounted` of a scrambled image's superblock reads (NUL-padded to 64 bytes).
 pub const SUPERBLOCK_TEXT: &[u8] = b"<scrambled by e2i-capture -s>";
@@ -82,6 +86,91 @@ pub fn mark_superblock(raw: &mut [u8; SUPERBLOCK_SIZE]) -> bool {
         csum::superblock_csum_set(raw);
     }
     true
+}
+
+/// Mark the superblock in `data`, consecutive filesystem bytes starting at byte `first`,
+/// when they hold all of it (a superblock never straddles a block, and callers pass whole
+/// blocks). Returns whether the bytes changed. How a conversion of a scrambled stream made
+/// before the superblock mark existed adds it to what it writes.
+pub fn mark_in_chunk(first: u64, data: &mut [u8]) -> bool {
+    let Some(at) = SUPERBLOCK_OFFSET
+        .checked_sub(first)
+        .and_then(|a| usize::try_from(a).ok())
+    else {
+        return false;
+    };
+    at.checked_add(SUPERBLOCK_SIZE)
+        .and_then(|end| data.get_mut(at..end))
+        .and_then(|r| <&mut [u8; SUPERBLOCK_SIZE]>::try_from(r).ok())
+        .is_some_and(mark_superblock)
+}
+
+/// `data` (consecutive filesystem bytes from byte `first`) with the superblock marked
+/// ([`mark_in_chunk`]); borrowed unchanged when it holds no superblock lacking the mark.
+pub fn chunk_with_mark(first: u64, data: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let end = first.saturating_add(data.len() as u64);
+    let holds = first <= SUPERBLOCK_OFFSET
+        && end >= SUPERBLOCK_OFFSET.saturating_add(SUPERBLOCK_SIZE as u64);
+    if holds {
+        let mut v = data.to_vec();
+        if mark_in_chunk(first, &mut v) {
+            return std::borrow::Cow::Owned(v);
+        }
+    }
+    std::borrow::Cow::Borrowed(data)
+}
+
+/// A filesystem source whose superblock (bytes 1024..2048) reads as marked: how a
+/// conversion of a scrambled image made before the superblock mark existed (a marked
+/// container, or a normal image with blank host fields) adds it to what it writes.
+pub struct MarkedSource<S> {
+    inner: S,
+    /// The marked superblock, when the source's lacked the mark.
+    superblock: Option<Box<[u8; SUPERBLOCK_SIZE]>>,
+}
+
+impl<S: ReadAt> MarkedSource<S> {
+    /// Wrap `inner`; when `mark` is false, or its superblock cannot be read or already
+    /// carries the mark, reads pass through unchanged.
+    pub fn new(inner: S, mark: bool) -> Self {
+        let mut raw = [0u8; SUPERBLOCK_SIZE];
+        let superblock = (mark
+            && inner.read_at(&mut raw, SUPERBLOCK_OFFSET).ok() == Some(SUPERBLOCK_SIZE)
+            && mark_superblock(&mut raw))
+        .then(|| Box::new(raw));
+        MarkedSource { inner, superblock }
+    }
+}
+
+impl<S: ReadAt> ReadAt for MarkedSource<S> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> crate::Result<usize> {
+        let n = self.inner.read_at(buf, offset)?;
+        if let Some(sb) = &self.superblock {
+            // The overlap of [offset, offset + n) with the superblock's bytes.
+            let end = offset.saturating_add(n as u64);
+            let lo = offset.max(SUPERBLOCK_OFFSET);
+            let hi = end.min(SUPERBLOCK_OFFSET.saturating_add(SUPERBLOCK_SIZE as u64));
+            if lo < hi {
+                // All three differences are below n or SUPERBLOCK_SIZE: they fit a usize.
+                let (b, s, len) = (
+                    lo.saturating_sub(offset) as usize,
+                    lo.saturating_sub(SUPERBLOCK_OFFSET) as usize,
+                    hi.saturating_sub(lo) as usize,
+                );
+                buf[b..b.saturating_add(len)].copy_from_slice(&sb[s..s.saturating_add(len)]);
+            }
+        }
+        Ok(n)
+    }
+
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    fn data_region(&self, offset: u64) -> crate::Result<Option<std::ops::Range<u64>>> {
+        // The superblock is never a hole of a filesystem source: regions pass through.
+        self.inner.data_region(offset)
+    }
 }
 
 /// A NUL-terminated text field, lossily decoded; empty when blank.
@@ -529,6 +618,37 @@ mod tests {
             let f = ImageFacts::from_superblock(&t);
             let _ = refusal(&f, Some(&r), i % 3 == 0);
             let _ = refusal(&f, None, false);
+        }
+    }
+
+    /// The wrapper and the chunk marker put the same bytes where the superblock is, for
+    /// every block size and read window; unmarked sources pass through.
+    #[test]
+    fn marked_source_and_chunks() {
+        use crate::io::MemSource;
+        for bs in [1024usize, 4096] {
+            let mut fs = vec![0u8; 8 * bs];
+            fs[1024..2048].copy_from_slice(&sb("L", "", 3, true));
+            let mut want = fs.clone();
+            let sbb: &mut [u8; SUPERBLOCK_SIZE] = (&mut want[1024..2048]).try_into().unwrap();
+            assert!(mark_superblock(sbb));
+            let m = MarkedSource::new(MemSource(fs.clone()), true);
+            for (off, len) in [(0, 8 * bs), (1000, 100), (2000, 100), (1500, 1), (0, 1024)] {
+                let mut buf = vec![0u8; len];
+                let n = m.read_at(&mut buf, off as u64).unwrap();
+                assert_eq!(&buf[..n], &want[off..off + n], "{bs} {off}+{len}");
+            }
+            let plain = MarkedSource::new(MemSource(fs.clone()), false);
+            let mut buf = vec![0u8; 8 * bs];
+            plain.read_at(&mut buf, 0).unwrap();
+            assert_eq!(buf, fs);
+            // Chunks of whole blocks: the one holding the superblock gets the mark.
+            let mut got = fs.clone();
+            for (i, chunk) in got.chunks_mut(bs).enumerate() {
+                mark_in_chunk((i * bs) as u64, chunk);
+            }
+            assert_eq!(got, want, "{bs}");
+            assert!(!mark_in_chunk(4096, &mut fs[..bs]), "no superblock there");
         }
     }
 }

@@ -477,6 +477,85 @@ fn the_mark_survives_conversions_and_recaptures() {
     );
 }
 
+/// Re-encode the stream `from` as `to` with the scrambled flag set (what `-s` wrote before
+/// the superblock mark existed, given a stream of an image without the mark).
+fn flag_stream(from: &Path, to: &Path) {
+    use e2i::stream::{StreamReader, StreamWriter, flags};
+    let mut r = StreamReader::open(std::fs::File::open(from).unwrap()).unwrap();
+    let mut h = r.header;
+    h.flags |= flags::SCRAMBLED;
+    let out = std::io::BufWriter::new(std::fs::File::create(to).unwrap());
+    let mut w = StreamWriter::new(out, h, r.extents.clone()).unwrap();
+    r.for_each(1 << 20, &mut |_, data| {
+        if let Some(d) = data {
+            w.write_data(d)?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let (mut out, _) = w.finish().unwrap();
+    std::io::Write::flush(&mut out).unwrap();
+}
+
+/// Images scrambled before the superblock mark existed (a flagged stream, a normal image
+/// with blank host fields) gain it when converted, so that it survives where the container
+/// does not: stream → raw → capture → install is refused at the end of the chain.
+#[test]
+fn old_style_images_gain_the_superblock_mark() {
+    let d = tempdir();
+    let fs = report_fs(d.path(), "fs.img", UUID);
+    let f = |n: &str| d.path().join(n);
+    capture(&["-s", "-r"], &fs, &f("s.raw"));
+    capture(&["-s"], &fs, &f("s.e2i"));
+    std::fs::copy(f("s.raw"), f("old.raw")).unwrap();
+    strip_superblock_mark(&f("old.raw"), 1024);
+    capture(&["--format", "stream"], &f("old.raw"), &f("plain.stream"));
+    assert_eq!(stream_flags(&f("plain.stream")) & 2, 0);
+    flag_stream(&f("plain.stream"), &f("old.stream"));
+    old_style_normal(&f("s.e2i"), &f("old.e2i"));
+    let marked = |raw: &Path| {
+        let o = run(Command::new("dumpe2fs").arg("-h").arg(raw));
+        text(&o.stdout).contains("<scrambled by e2i-capture -s>")
+    };
+    assert!(!marked(&f("old.raw")));
+    let convert = |t: &str, input: &str, out: &str| {
+        let o = run(Command::new(tool(t)).arg("-q").arg(f(input)).arg(f(out)));
+        ok(&o, &format!("{t} {input} {out}"));
+    };
+    convert("e2i-to-raw", "old.stream", "a.raw");
+    convert("e2i-to-raw", "old.e2i", "b.raw");
+    convert("e2i-to-qcow2", "old.stream", "c.qcow2");
+    convert("e2i-to-qcow2", "old.e2i", "d.qcow2");
+    convert("qcow2-to-raw", "c.qcow2", "c.raw");
+    convert("qcow2-to-raw", "d.qcow2", "d.raw");
+    for raw in ["a.raw", "b.raw", "c.raw", "d.raw"] {
+        assert!(marked(&f(raw)), "{raw}: no superblock mark");
+    }
+    // (A normal image holds no directory or journal blocks: only the stream's are whole.)
+    for raw in ["a.raw", "c.raw"] {
+        let o = run(Command::new("e2fsck").arg("-fn").arg(f(raw)));
+        ok(&o, &format!("e2fsck -fn {raw}"));
+    }
+    for q in ["c.qcow2", "d.qcow2"] {
+        assert_eq!(qcow2_flags(&f(q)), 1, "{q}");
+        qemu_check(&f(q));
+    }
+    // Apart from the superblock, the conversion is the image's.
+    let (a, old) = (
+        std::fs::read(f("a.raw")).unwrap(),
+        std::fs::read(f("old.raw")).unwrap(),
+    );
+    assert_eq!(a.len(), old.len());
+    assert!(a[..1024] == old[..1024] && a[2048..] == old[2048..]);
+    // The end of the chain: a normal image captured from the converted raw is refused.
+    capture(&[], &f("a.raw"), &f("re.e2i"));
+    assert_eq!(normal_flags(&f("re.e2i")), 1);
+    refused(
+        &install(&[], &fs, &f("re.e2i")),
+        "install of the re-capture",
+    );
+}
+
 /// Converters (and e2i-move's clones) onto regular files: an existing file holding the
 /// image's filesystem is refused whether it would be replaced or updated in place (`-O`,
 /// `-c`, `-n`); a new file, stdout, and a file holding another filesystem are fine.

@@ -168,8 +168,16 @@ pub fn capture(
     progress: &mut dyn Progress,
 ) -> Result<CaptureReport> {
     let src = open_source(source, opts.offset)?;
+    let marked_source = source_is_marked(source, &*src);
     let marks = Marks {
-        scrambled: opts.scramble.is_some() || source_is_marked(source, &*src),
+        scrambled: opts.scramble.is_some() || marked_source,
+    };
+    // A scrambled SOURCE whose superblock lacks the mark (a marked qcow2 made from an image
+    // scrambled before the superblock mark existed) gets it; `-s` marks it while scrambling.
+    let src: Box<dyn ReadAt> = if marked_source && opts.scramble.is_none() {
+        Box::new(mark::MarkedSource::new(src, true))
+    } else {
+        src
     };
     if format == Format::Normal {
         // The normal format copies metadata by location: no block-map scan.

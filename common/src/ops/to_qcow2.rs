@@ -1,5 +1,6 @@
 //! `e2i-to-qcow2` helpers beyond the capture itself (which is `capture(.., Format::Qcow2, ..)`).
 
+use crate::mark::MarkedSource;
 use crate::ops::capture::{CaptureOptions, open_source, scan_source, source_is_marked};
 use crate::progress::Progress;
 use crate::qcow2::writer::nonzero_blocks;
@@ -122,7 +123,8 @@ pub fn stream_to_qcow2<R: std::io::Read>(
             let mut qw = SequentialWriter::new(w, &layout)?;
             report.stream_sha256 = r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
                 if let Some(d) = data {
-                    qw.write_clusters(GuestCluster(e.start), d)?;
+                    let d = with_mark(marks, e.start, bs, d);
+                    qw.write_clusters(GuestCluster(e.start), &d)?;
                     done += d.len() as u64 / bs;
                     progress.update(done);
                 }
@@ -136,7 +138,8 @@ pub fn stream_to_qcow2<R: std::io::Read>(
             qw.set_marks(marks);
             report.stream_sha256 = r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
                 if let Some(d) = data {
-                    qw.write_clusters(GuestCluster(e.start), d)?;
+                    let d = with_mark(marks, e.start, bs, d);
+                    qw.write_clusters(GuestCluster(e.start), &d)?;
                     done += d.len() as u64 / bs;
                     progress.update(done);
                 }
@@ -147,6 +150,20 @@ pub fn stream_to_qcow2<R: std::io::Read>(
     }
     progress.finish();
     Ok(report)
+}
+
+/// Data blocks from block `start` of a scrambled stream, its superblock marked when it is
+/// among them and lacks the mark (a stream made before the superblock mark existed).
+fn with_mark(
+    marks: crate::mark::Marks,
+    start: u64,
+    bs: u64,
+    data: &[u8],
+) -> std::borrow::Cow<'_, [u8]> {
+    match start.checked_mul(bs) {
+        Some(first) if marks.scrambled => crate::mark::chunk_with_mark(first, data),
+        _ => std::borrow::Cow::Borrowed(data),
+    }
 }
 
 /// What [`to_qcow2`] converted.
@@ -217,7 +234,8 @@ pub fn to_qcow2(
             let sb = img.superblock();
             progress.block_size(sb.block_size);
             let marks = crate::mark::ImageFacts::of_normal(img.header(), sb.raw()).marks();
-            let st = write_qcow2(&view, &map, sb.block_size, target, marks, progress)?;
+            let src = MarkedSource::new(&view, marks.scrambled);
+            let st = write_qcow2(&src, &map, sb.block_size, target, marks, progress)?;
             Ok(ToQcow2Report {
                 input: Kind::Normal,
                 block_size: sb.block_size,
@@ -232,6 +250,7 @@ pub fn to_qcow2(
             let marks = crate::mark::Marks {
                 scrambled: source_is_marked(&path, &*src),
             };
+            let src = MarkedSource::new(src, marks.scrambled);
             let (fs, res) = scan_source(src, opts, false, progress)?;
             let bs = fs.sb.block_size;
             write_qcow2(&fs.src, &res.map, bs, target, marks, progress)?;
