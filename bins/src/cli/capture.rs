@@ -29,9 +29,9 @@ Every image made with -s says so: the stream's header flag, a mark in the normal
 header and in a qcow2 header extension, and in every format the superblock's last-mounted \
 path, which reads `<scrambled by e2i-capture -s>`. A capture of a scrambled SOURCE (a raw \
 image made from one) keeps the mark. e2i-install and the converters refuse to write a \
-scrambled image over the filesystem it was taken from; so does -s itself when OUTPUT is an \
-existing file or block device holding SOURCE's filesystem (a clone), unless \
---allow-scrambled.";
+scrambled image over the filesystem it was taken from; so does e2i-capture itself (with -s, \
+or of a scrambled SOURCE) when OUTPUT is an existing file or block device holding SOURCE's \
+filesystem (a clone), unless --allow-scrambled.";
 
 const AFTER_LONG_HELP: &str = "\
 Examples:
@@ -89,9 +89,10 @@ pub struct Args {
     /// Seed for --scramble.
     #[arg(long, value_parser = number, requires = "scramble")]
     pub seed: Option<u64>,
-    /// With -s: write the scrambled image even over the filesystem it is taken from (an
-    /// existing OUTPUT file or block device holding its UUID, such as a clone).
-    #[arg(long = "allow-scrambled", requires = "scramble")]
+    /// Write a scrambled image (-s, or a SOURCE that is itself scrambled) even over the
+    /// filesystem it is taken from (an existing OUTPUT file or block device holding its
+    /// UUID, such as a clone).
+    #[arg(long = "allow-scrambled")]
     pub allow_scrambled: bool,
     /// Allow a source mounted read-write.
     #[arg(short = 'f', long)]

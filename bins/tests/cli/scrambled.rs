@@ -572,7 +572,8 @@ fn converters_refuse_files_holding_the_filesystem() {
     let mut disk = vec![0u8; 1 << 20];
     disk.extend(std::fs::read(&fs).unwrap());
     std::fs::write(f("disk.img"), &disk).unwrap();
-    let sums = [sha256(&fs), sha256(&f("disk.img"))];
+    std::fs::copy(&fs, f("copy.img")).unwrap();
+    let sums = [sha256(&fs), sha256(&f("disk.img")), sha256(&f("copy.img"))];
     // (tool, args, input, target)
     let refusals: &[(&str, &[&str], &str, &Path)] = &[
         ("e2i-to-raw", &[], "s.stream", &fs),
@@ -599,7 +600,7 @@ fn converters_refuse_files_holding_the_filesystem() {
         refused(&o, &format!("{t} {args:?} {input} {}", target.display()));
     }
     assert_eq!(
-        [sha256(&fs), sha256(&f("disk.img"))],
+        [sha256(&fs), sha256(&f("disk.img")), sha256(&f("copy.img"))],
         sums,
         "a refusal wrote"
     );

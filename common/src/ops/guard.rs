@@ -72,8 +72,10 @@ pub fn refuse_scrambled(
 }
 
 /// What a filesystem SOURCE (a raw image, a device or a qcow2 image; the filesystem at
-/// byte `offset`) says about being scrambled: its superblock's mark, a qcow2's extension.
-/// Its superblock also lets [`refuse_scrambled`] compare labels with the target's.
+/// byte `offset`) of `e2i-capture` or `e2i-move` says about being scrambled: its
+/// superblock's mark, a qcow2's extension. Only the marks count here: a SOURCE is usually a
+/// real filesystem, whose blank label and last-mounted path say nothing (the comparison
+/// with the target is for converter INPUTs, which are images).
 pub fn source_facts(source: &Path, offset: u64) -> ImageFacts {
     let Ok(src) = crate::ops::capture::open_source(source, offset) else {
         return ImageFacts::default();
@@ -86,6 +88,7 @@ pub fn source_facts(source: &Path, offset: u64) -> ImageFacts {
     if crate::ops::capture::qcow2_is_marked(source) {
         f.add(Evidence::Qcow2Extension);
     }
+    f.vouched = !f.is_scrambled();
     f
 }
 
