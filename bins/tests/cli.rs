@@ -85,6 +85,7 @@ mod cli {
     pub mod pipeline;
     pub mod qcow2;
     pub mod scramble;
+    pub mod scrambled;
     pub mod sweep;
     pub mod util;
     pub mod ux;

@@ -6,11 +6,13 @@ use std::path::Path;
 
 use crate::blockmap::BlockMap;
 use crate::ext4::scan::{self, Problem, ProblemKind, ScanOptions, Warning};
+use crate::ext4::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 use crate::ext4::{Filesystem, OpenOptions};
 use crate::io::{FileSource, ReadAt};
+use crate::mark::{self, Marks};
 use crate::progress::{Progress, Unit};
 use crate::qcow2::{self, Qcow2Target};
-use crate::scramble::{self, ScrambleReport, ScrambledSource};
+use crate::scramble::{self, Overlay, ScrambleReport, ScrambledSource};
 use crate::sparse::{self, CopyStats, RawTarget};
 use crate::stream;
 use crate::{Error, Result};
@@ -168,9 +170,20 @@ pub fn capture(
     progress: &mut dyn Progress,
 ) -> Result<CaptureReport> {
     let src = open_source(source, opts.offset)?;
+    let marked_source = source_is_marked(source, &*src);
+    let marks = Marks {
+        scrambled: opts.scramble.is_some() || marked_source,
+    };
+    // A scrambled SOURCE whose superblock lacks the mark (a marked qcow2 made from an image
+    // scrambled before the superblock mark existed) gets it; `-s` marks it while scrambling.
+    let src: Box<dyn ReadAt> = if marked_source && opts.scramble.is_none() {
+        Box::new(mark::MarkedSource::new(src, true))
+    } else {
+        src
+    };
     if format == Format::Normal {
         // The normal format copies metadata by location: no block-map scan.
-        return capture_normal(source, src, opts, out, progress);
+        return capture_normal(source, src, opts, marks, out, progress);
     }
     let is_dev = matches!(out, Output::Device { .. });
     let (fs, res) = scan_source(src, opts, is_dev, progress)?;
@@ -229,7 +242,7 @@ pub fn capture(
                     stream::flags::ALL_DATA
                 } else {
                     0
-                } | if opts.scramble.is_some() {
+                } | if marks.scrambled {
                     stream::flags::SCRAMBLED
                 } else {
                     0
@@ -260,17 +273,28 @@ pub fn capture(
                         file: f,
                         compress: opts.compress,
                     },
+                    marks,
                     progress,
                 )?,
                 Output::Device { .. } | Output::Stream(_) if opts.compress => {
                     return Err(pipe_refusal());
                 }
-                Output::Device { file, .. } => {
-                    qcow2::write_qcow2(&fs.src, map, bs, Qcow2Target::Device(file), progress)?
-                }
-                Output::Stream(w) => {
-                    qcow2::write_qcow2(&fs.src, map, bs, Qcow2Target::Sequential(w), progress)?
-                }
+                Output::Device { file, .. } => qcow2::write_qcow2(
+                    &fs.src,
+                    map,
+                    bs,
+                    Qcow2Target::Device(file),
+                    marks,
+                    progress,
+                )?,
+                Output::Stream(w) => qcow2::write_qcow2(
+                    &fs.src,
+                    map,
+                    bs,
+                    Qcow2Target::Sequential(w),
+                    marks,
+                    progress,
+                )?,
             }
         }
         other => return Err(CaptureReport::unsupported(other)),
@@ -302,6 +326,7 @@ fn capture_normal(
     source: &Path,
     src: Box<dyn ReadAt>,
     opts: &CaptureOptions,
+    marks: Marks,
     out: Output<'_>,
     progress: &mut dyn Progress,
 ) -> Result<CaptureReport> {
@@ -320,6 +345,7 @@ fn capture_normal(
         Output::Stream(w) => (NormalTarget::Stream(w), None),
     };
     let mut info = HeaderInfo::collect(source, file);
+    info.marks = marks;
     if opts.scramble.is_some() {
         // Where the image was made says who made it.
         info.hostname.clear();
@@ -356,10 +382,77 @@ pub fn scramble_fs(
     seed: u64,
     opts: &CaptureOptions,
 ) -> Result<(Filesystem<Box<dyn ReadAt>>, ScrambleReport)> {
-    let (overlay, rep) = scramble::plan(&fs, seed)?;
+    let (mut overlay, rep) = scramble::plan(&fs, seed)?;
+    mark_superblocks(&fs, &mut overlay)?;
     let wrapped: Box<dyn ReadAt> = Box::new(ScrambledSource::new(fs.src, overlay));
     let fs = Filesystem::open(wrapped, opts.open)?;
     Ok((fs, rep))
+}
+
+/// Put the scrambled mark ([`crate::mark`]) into the superblocks the image holds — the
+/// primary, and the backup the filesystem was opened through — on top of what scrambling
+/// changed there. The mark then travels with the filesystem through every format, and
+/// through re-captures of a raw image made from it.
+fn mark_superblocks<S: ReadAt>(fs: &Filesystem<S>, ov: &mut Overlay) -> Result<()> {
+    let bs = u64::from(fs.sb.block_size);
+    let primary = SUPERBLOCK_OFFSET
+        .checked_div(bs)
+        .zip(SUPERBLOCK_OFFSET.checked_rem(bs));
+    let backup = fs.backup_superblock.map(|b| (b, 0));
+    for (blk, off) in primary.into_iter().chain(backup) {
+        let mut buf = match ov.get(blk) {
+            Some(b) => b.to_vec(),
+            None => {
+                // The filesystem was opened through this block: its offset fits.
+                let Some(at) = blk.checked_mul(bs) else {
+                    continue;
+                };
+                let Ok(len) = usize::try_from(fs.sb.block_size) else {
+                    continue;
+                };
+                let mut b = vec![0u8; len];
+                if fs.src.read_at(&mut b, at)? < len {
+                    continue;
+                }
+                b
+            }
+        };
+        // off < bs, and a block holds the 1024 superblock bytes from `off` (bs >= 2048
+        // when off = 1024).
+        let Some(raw) = usize::try_from(off)
+            .ok()
+            .and_then(|o| buf.get_mut(o..o.checked_add(SUPERBLOCK_SIZE)?))
+            .and_then(|r| <&mut [u8; SUPERBLOCK_SIZE]>::try_from(r).ok())
+        else {
+            continue;
+        };
+        if mark::mark_superblock(raw) {
+            ov.put(blk, buf);
+        }
+    }
+    Ok(())
+}
+
+/// SOURCE is itself a scrambled image: its superblock carries the mark, or it is a qcow2
+/// image with e2i's scrambled extension. A capture of it carries the mark on.
+pub fn source_is_marked(source: &Path, src: &dyn ReadAt) -> bool {
+    let mut raw = [0u8; SUPERBLOCK_SIZE];
+    (src.read_at(&mut raw, SUPERBLOCK_OFFSET).ok() == Some(SUPERBLOCK_SIZE)
+        && mark::superblock_is_marked(&raw))
+        || qcow2_is_marked(source)
+}
+
+/// `path` is a qcow2 image whose header carries e2i's scrambled extension.
+pub fn qcow2_is_marked(path: &Path) -> bool {
+    let Ok(whole) = FileSource::open(path, 0) else {
+        return false;
+    };
+    let mut magic = [0u8; 8];
+    if whole.read_at(&mut magic, 0).ok() != Some(magic.len()) || !qcow2::is_qcow2(&magic) {
+        return false;
+    }
+    qcow2::Qcow2Reader::open(whole)
+        .is_ok_and(|q| q.header().e2i_flags() & mark::QCOW2_FLAG_SCRAMBLED != 0)
 }
 
 impl CaptureReport {
