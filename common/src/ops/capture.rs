@@ -79,6 +79,12 @@ pub struct CaptureReport {
 ///
 /// A pipe, a compressed file or an offset past the end is refused with what to do instead.
 pub fn open_source(path: &Path, offset: u64) -> Result<Box<dyn ReadAt>> {
+    open_source_in(path, offset, qcow2::chain::folder_of(path))
+}
+
+/// As [`open_source`], with the relative backing names of a qcow2 image resolved against
+/// `dir` (a spooled converter input's original folder).
+pub fn open_source_in(path: &Path, offset: u64, dir: &Path) -> Result<Box<dyn ReadAt>> {
     // Refused before opening: opening a FIFO would wait for a writer.
     let seekable = |m: &std::fs::Metadata| {
         use std::os::unix::fs::FileTypeExt;
@@ -98,7 +104,8 @@ pub fn open_source(path: &Path, offset: u64) -> Result<Box<dyn ReadAt>> {
     let mut magic = [0u8; 6];
     let n = whole.read_at(&mut magic, 0)?;
     if qcow2::is_qcow2(&magic[..n]) {
-        let image = qcow2::Qcow2Reader::open(whole)?;
+        let id = crate::io::ObjectId::of_path(path).ok();
+        let image = qcow2::Qcow2Image::open_host(whole, dir, id)?;
         past_end(
             offset,
             image.virtual_size(),
@@ -451,7 +458,7 @@ pub fn qcow2_is_marked(path: &Path) -> bool {
     if whole.read_at(&mut magic, 0).ok() != Some(magic.len()) || !qcow2::is_qcow2(&magic) {
         return false;
     }
-    qcow2::Qcow2Reader::open(whole)
+    qcow2::Qcow2Reader::open_layer(whole)
         .is_ok_and(|q| q.header().e2i_flags() & mark::QCOW2_FLAG_SCRAMBLED != 0)
 }
 

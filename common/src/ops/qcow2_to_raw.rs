@@ -1,6 +1,6 @@
 //! `qcow2-to-raw`: the virtual disk of a qcow2 image as a raw image.
 //!
-//! The input is any image [`Qcow2Reader`] accepts; [`crate::ops::input`] opens it (a qcow2
+//! The input is any image [`Qcow2Image`] accepts (backing chains followed); [`crate::ops::input`] opens it (a qcow2
 //! on stdin, in a FIFO or compressed is spooled first, since qcow2 needs random access). The
 //! output goes through [`sparse::write_raw`]: a new file gets holes for unallocated, zero and
 //! all-zero clusters; an existing target is updated in place.
@@ -8,7 +8,7 @@
 use crate::blockmap::{BlockMap, Run};
 use crate::io::ReadAt;
 use crate::progress::Progress;
-use crate::qcow2::Qcow2Reader;
+use crate::qcow2::Qcow2Image;
 use crate::sparse::{self, CopyStats, RawTarget};
 use crate::{Error, Result};
 
@@ -29,7 +29,7 @@ pub struct RawPlan {
 /// none, rather than keeping what an earlier filesystem left there, and `-c` compares what
 /// e2image compares.
 pub fn plan<S: ReadAt>(
-    image: &Qcow2Reader<S>,
+    image: &Qcow2Image<S>,
     with_zero_clusters: bool,
     device: bool,
 ) -> Result<RawPlan> {
@@ -45,12 +45,12 @@ pub fn plan<S: ReadAt>(
             "virtual size {size} is not a multiple of 512 bytes"
         )));
     };
-    let per = cs / unit;
     let units = size / unit;
-    let runs = image.allocated_runs(with_zero_clusters)?;
-    let scaled = runs.into_iter().filter_map(|r| {
-        let s = r.start.get().checked_mul(per)?;
-        let e = r.end().get().checked_mul(per)?.min(units);
+    // What the chain stores, in whole units (a backing file's ranges need not be aligned).
+    let ranges = image.stored_ranges(with_zero_clusters)?;
+    let scaled = ranges.into_iter().filter_map(|r| {
+        let s = r.start / unit;
+        let e = r.end.div_ceil(unit).min(units);
         (s < e).then(|| Run {
             start: s,
             len: e - s,
@@ -69,7 +69,7 @@ pub fn plan<S: ReadAt>(
 /// The blocks e2image -r selects in the filesystem of the virtual disk (for a block-device
 /// target when `device`), in units of `unit` bytes; `None` when the disk holds no readable
 /// filesystem (any qcow2 is accepted: then the stored clusters are all there is to write).
-fn fs_selection<S: ReadAt>(image: &Qcow2Reader<S>, unit: u64, device: bool) -> Option<Vec<Run>> {
+fn fs_selection<S: ReadAt>(image: &Qcow2Image<S>, unit: u64, device: bool) -> Option<Vec<Run>> {
     use crate::ext4::scan::{ScanOptions, scan};
     let fs = crate::ext4::Filesystem::open(image, crate::ext4::OpenOptions::default()).ok()?;
     let opts = ScanOptions {

@@ -1,7 +1,7 @@
 //! `e2i-to-qcow2` helpers beyond the capture itself (which is `capture(.., Format::Qcow2, ..)`).
 
 use crate::mark::MarkedSource;
-use crate::ops::capture::{CaptureOptions, open_source, scan_source, source_is_marked};
+use crate::ops::capture::{CaptureOptions, open_source_in, scan_source, source_is_marked};
 use crate::progress::Progress;
 use crate::qcow2::writer::nonzero_blocks;
 use crate::qcow2::{ClusterRun, GuestCluster, Qcow2Layout};
@@ -47,8 +47,8 @@ pub fn plan(
             let (runs, _) = nonzero_blocks(&view, &map, sb.block_size, progress)?;
             layout(sb.blocks_count, sb.block_size, &runs)
         }
-        Input::File { path, .. } => {
-            let src = open_source(&path, opts.offset)?;
+        Input::File { path, dir, .. } => {
+            let src = open_source_in(&path, opts.offset, &dir)?;
             let (fs, res) = scan_source(src, opts, false, progress)?;
             let bs = fs.sb.block_size;
             let (runs, _) = nonzero_blocks(&fs.src, &res.map, bs, progress)?;
@@ -245,8 +245,10 @@ pub fn to_qcow2(
                 problems: Vec::new(),
             })
         }
-        Input::File { kind, path, .. } => {
-            let src = open_source(&path, opts.offset)?;
+        Input::File {
+            kind, path, dir, ..
+        } => {
+            let src = open_source_in(&path, opts.offset, &dir)?;
             let marks = crate::mark::Marks {
                 scrambled: source_is_marked(&path, &*src),
             };
