@@ -201,6 +201,30 @@ pub fn attribute(e: e2i::Error, input: &str, output: &str) -> anyhow::Error {
     anyhow::Error::new(e).context(name.to_string())
 }
 
+/// Open `--backing FILE` for an overlay written to `output`: a relative FILE is found from
+/// OUTPUT's folder (the current one for `-`), as qemu-img finds it, and a miss that exists
+/// from the current folder says so.
+pub fn open_base(file: &Path, output: &Path) -> Result<e2i::qcow2::overlay::Base, e2i::Error> {
+    let dir = if output == Path::new("-") {
+        Path::new("")
+    } else {
+        e2i::qcow2::chain::folder_of(output)
+    };
+    e2i::qcow2::overlay::Base::open(file, dir).map_err(|e| {
+        let missing = matches!(&e, e2i::Error::Backing { source, .. }
+            if matches!(&**source, e2i::Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound));
+        if missing && file.is_relative() && !dir.as_os_str().is_empty() && file.exists() {
+            e2i::Error::InvalidInput(format!(
+                "--backing {}: a relative backing name is recorded as given and found from OUTPUT's folder ({}), where it does not exist; give it relative to that folder, or absolute",
+                file.display(),
+                dir.display()
+            ))
+        } else {
+            e
+        }
+    })
+}
+
 /// Open OUTPUT through [`e2i::output::Output::open`], naming it in errors about it.
 pub fn open_output(
     req: &e2i::output::Request<'_>,

@@ -59,8 +59,11 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     {
         return Ok(usage(TOOL, sum, "-a needs a raw, qcow2 or stream image"));
     }
-    if args.compress && explicit != Some(Format::Qcow2) {
+    if args.compress.is_some() && explicit != Some(Format::Qcow2) {
         return Ok(usage(TOOL, sum, "--compress is for qcow2 images (-Q)"));
+    }
+    if args.backing.is_some() && explicit != Some(Format::Qcow2) {
+        return Ok(usage(TOOL, sum, "--backing is for qcow2 images (-Q)"));
     }
     if !args.force
         && let MountState::ReadWrite { mount_point } = mount_state(&args.source)
@@ -69,6 +72,16 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             "{src}: mounted read-write on {mount_point}; an image of it would be inconsistent (use -f to capture anyway)"
         );
     }
+    // The base is opened first: OUTPUT must not be any file of its chain.
+    let base = match &args.backing {
+        Some(b) => Some(std::rc::Rc::new(
+            e2i_cli::open_base(b, out_path).map_err(|e| attribute(e, &src, &out_name))?,
+        )),
+        None => None,
+    };
+    let chain = base.as_ref().map(|b| b.files()).unwrap_or_default();
+    let mut reads: Vec<(&str, &Path)> = vec![("SOURCE", &args.source)];
+    reads.extend(chain.iter().map(|p| ("the backing file", p.as_path())));
     let mut out = open_output(
         &Request {
             path: out_path,
@@ -78,7 +91,7 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             exclusive: true,
             streams: true,
         },
-        &[("SOURCE", &args.source)],
+        &reads,
     )?;
     // A pipe-like OUTPUT (stdout, a FIFO, a character device) gets a stream by default.
     let format = explicit.unwrap_or(if out.kind().is_stream() {
@@ -95,7 +108,8 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         },
         offset: args.offset,
         strict: args.strict,
-        compress: args.compress,
+        compress: args.compress.map(|c| c.cluster_compression()),
+        backing: base,
         scramble: args
             .scramble
             .then(|| args.seed.unwrap_or(e2i::scramble::DEFAULT_SEED)),

@@ -34,17 +34,26 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     let to_stdout = args.output == Path::new("-");
     sum.add(|o| o.str("input", &src).str("output", &out_name));
     sum.to_stderr(to_stdout || args.dry_run);
-    if args.compress && to_stdout {
+    if args.compress.is_some() && to_stdout {
         return Ok(usage(
             TOOL,
             sum,
             "--compress needs a seekable OUTPUT file, not stdout",
         ));
     }
+    // The base is opened first: OUTPUT must not be any file of its chain.
+    let base = match &args.backing {
+        Some(b) => Some(std::rc::Rc::new(
+            e2i_cli::open_base(b, &args.output).map_err(|e| attribute(e, &src, &out_name))?,
+        )),
+        None => None,
+    };
+    let chain = base.as_ref().map(|b| b.files()).unwrap_or_default();
     let opts = CaptureOptions {
         all_data: args.all_data,
         strict: args.strict,
-        compress: args.compress,
+        compress: args.compress.map(|c| c.cluster_compression()),
+        backing: base.clone(),
         ..CaptureOptions::default()
     };
     let mut reporter = Reporter::new(args.progress);
@@ -68,9 +77,12 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             exclusive: true,
             streams: true,
         },
-        &[("INPUT", &args.input)],
+        &[("INPUT", args.input.as_path())]
+            .into_iter()
+            .chain(chain.iter().map(|p| ("the backing file", p.as_path())))
+            .collect::<Vec<_>>(),
     )?;
-    if args.compress && out.kind() != OutKind::New {
+    if args.compress.is_some() && out.kind() != OutKind::New {
         anyhow::bail!(
             "{out_name}: --compress needs a seekable new file; a compressed qcow2 cannot be written front to back to a pipe, character device or block device"
         );
@@ -81,14 +93,24 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         // The same limit as the real run: the image must fit a device.
         out.check_room(l.file_size())
             .map_err(|e| attribute(e, &src, &out_name))?;
+        let overlay = match &base {
+            Some(b) => format!(
+                ", an overlay on {} ({}) with {} clusters flagged zero",
+                b.name().display(),
+                b.format(),
+                l.zero_clusters()
+            ),
+            None => String::new(),
+        };
         e2i_cli::say(format_args!(
-            "would write {out_name}: qcow2 v2, virtual size {}, cluster size {}, {} data clusters after {} bytes of metadata, {} bytes{}",
+            "would write {out_name}: qcow2 v{}, virtual size {}, cluster size {}, {} data clusters after {} bytes of metadata, {} bytes{}{overlay}",
+            l.version(),
             l.virtual_size(),
             l.cluster_size(),
             l.data_clusters(),
             l.data_offset(),
             l.file_size(),
-            if args.compress {
+            if args.compress.is_some() {
                 " before compression"
             } else {
                 ""
@@ -110,7 +132,7 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         (None, OutKind::BlockDevice, Some(file)) => Qcow2Target::Device(file),
         (None, _, Some(file)) => Qcow2Target::File {
             file,
-            compress: args.compress,
+            compress: opts.compress,
         },
         (None, _, None) => anyhow::bail!("{out_name}: not opened"),
     };

@@ -37,8 +37,10 @@ pub struct CaptureOptions {
     pub offset: u64,
     /// Stop at the first damaged structure.
     pub strict: bool,
-    /// qcow2 only: deflate-compressed clusters (needs a seekable new file).
-    pub compress: bool,
+    /// qcow2 only: compressed clusters (needs a seekable new file).
+    pub compress: Option<qcow2::header::ClusterCompression>,
+    /// qcow2 only: write an overlay on this previous capture.
+    pub backing: Option<std::rc::Rc<qcow2::overlay::Base>>,
     /// `-s`: scramble with this seed ([`crate::scramble::DEFAULT_SEED`] by default). Every
     /// writer reads through [`crate::scramble::ScrambledSource`]; the normal format's writer
     /// also blanks the header's hostname and device name when this is set.
@@ -281,9 +283,10 @@ pub fn capture(
                         compress: opts.compress,
                     },
                     marks,
+                    opts.backing.as_deref(),
                     progress,
                 )?,
-                Output::Device { .. } | Output::Stream(_) if opts.compress => {
+                Output::Device { .. } | Output::Stream(_) if opts.compress.is_some() => {
                     return Err(pipe_refusal());
                 }
                 Output::Device { file, .. } => qcow2::write_qcow2(
@@ -292,6 +295,7 @@ pub fn capture(
                     bs,
                     Qcow2Target::Device(file),
                     marks,
+                    opts.backing.as_deref(),
                     progress,
                 )?,
                 Output::Stream(w) => qcow2::write_qcow2(
@@ -300,6 +304,7 @@ pub fn capture(
                     bs,
                     Qcow2Target::Sequential(w),
                     marks,
+                    opts.backing.as_deref(),
                     progress,
                 )?,
             }

@@ -18,6 +18,7 @@
 pub mod chain;
 pub mod entry;
 pub mod header;
+pub mod overlay;
 pub mod reader;
 pub mod types;
 pub mod writer;
