@@ -215,8 +215,7 @@ pub fn open_base(file: &Path, output: &Path) -> Result<e2i::qcow2::overlay::Base
             if matches!(&**source, e2i::Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound));
         if missing && file.is_relative() && !dir.as_os_str().is_empty() && file.exists() {
             e2i::Error::InvalidInput(format!(
-                "--backing {}: a relative backing name is recorded as given and found from OUTPUT's folder ({}), where it does not exist; give it relative to that folder, or absolute",
-                file.display(),
+                "a relative backing name is recorded as given and found from OUTPUT's folder ({}), where it does not exist; give it relative to that folder, or absolute",
                 dir.display()
             ))
         } else {

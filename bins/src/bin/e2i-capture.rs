@@ -74,9 +74,9 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     }
     // The base is opened first: OUTPUT must not be any file of its chain.
     let base = match &args.backing {
-        Some(b) => Some(std::rc::Rc::new(
-            e2i_cli::open_base(b, out_path).map_err(|e| attribute(e, &src, &out_name))?,
-        )),
+        Some(b) => Some(std::rc::Rc::new(e2i_cli::open_base(b, out_path).map_err(
+            |e| anyhow::Error::new(e).context(format!("--backing {}", b.display())),
+        )?)),
         None => None,
     };
     let chain = base.as_ref().map(|b| b.files()).unwrap_or_default();

@@ -44,7 +44,8 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     // The base is opened first: OUTPUT must not be any file of its chain.
     let base = match &args.backing {
         Some(b) => Some(std::rc::Rc::new(
-            e2i_cli::open_base(b, &args.output).map_err(|e| attribute(e, &src, &out_name))?,
+            e2i_cli::open_base(b, &args.output)
+                .map_err(|e| anyhow::Error::new(e).context(format!("--backing {}", b.display())))?,
         )),
         None => None,
     };

@@ -66,7 +66,7 @@ impl Base {
             other => {
                 let what = match (other, crate::ops::input::compression_name(&head[..n])) {
                     (_, Some(c)) => format!("{c}-compressed"),
-                    (Some(k), None) => format!("a {k}"),
+                    (Some(k), None) => format!("{k}"),
                     (None, None) => "not a qcow2 or raw filesystem image".into(),
                 };
                 return Err(wrap(Error::InvalidInput(format!(
