@@ -224,6 +224,28 @@ pub fn open_base(file: &Path, output: &Path) -> Result<e2i::qcow2::overlay::Base
     })
 }
 
+/// Refuse a base whose chain holds `input` (SOURCE or INPUT, by identity): the overlay
+/// would read through to whatever that file holds later, not to a previous capture.
+pub fn refuse_base_is_input(
+    base: &e2i::qcow2::overlay::Base,
+    input: &Path,
+) -> Result<(), e2i::Error> {
+    let Ok(id) = e2i::io::ObjectId::of_path(input) else {
+        return Ok(());
+    };
+    match base
+        .files()
+        .into_iter()
+        .find(|f| e2i::io::ObjectId::of_path(f).is_ok_and(|x| x == id))
+    {
+        Some(f) => Err(e2i::Error::InvalidInput(format!(
+            "{} is the filesystem being captured: an overlay on it would read whatever it holds later; the backing file must be a previous capture",
+            f.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Open OUTPUT through [`e2i::output::Output::open`], naming it in errors about it.
 pub fn open_output(
     req: &e2i::output::Request<'_>,

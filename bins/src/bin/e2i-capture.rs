@@ -79,6 +79,10 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         )?)),
         None => None,
     };
+    if let (Some(b), Some(name)) = (&base, &args.backing) {
+        e2i_cli::refuse_base_is_input(b, &args.source)
+            .map_err(|e| anyhow::Error::new(e).context(format!("--backing {}", name.display())))?;
+    }
     let chain = base.as_ref().map(|b| b.files()).unwrap_or_default();
     let mut reads: Vec<(&str, &Path)> = vec![("SOURCE", &args.source)];
     reads.extend(chain.iter().map(|p| ("the backing file", p.as_path())));
@@ -100,6 +104,8 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         Format::Normal
     });
     sum.add(|o| o.str("format", &format!("{format:?}").to_lowercase()));
+    let backing_name = args.backing.as_ref().map(|b| b.display().to_string());
+    sum.add(|o| o.opt_str("backing", backing_name.as_deref()));
     let opts = CaptureOptions {
         all_data: args.all_data,
         open: e2i::ext4::OpenOptions {

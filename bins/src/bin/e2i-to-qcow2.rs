@@ -49,6 +49,10 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         )),
         None => None,
     };
+    if let (Some(b), Some(name)) = (&base, &args.backing) {
+        e2i_cli::refuse_base_is_input(b, &args.input)
+            .map_err(|e| anyhow::Error::new(e).context(format!("--backing {}", name.display())))?;
+    }
     let chain = base.as_ref().map(|b| b.files()).unwrap_or_default();
     let opts = CaptureOptions {
         all_data: args.all_data,
@@ -61,6 +65,8 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     reporter.set_dry_run(args.dry_run);
     let inp = input::open(&args.input).map_err(|e| anyhow::Error::new(e).context(src.clone()))?;
     sum.add(|o| o.str("input_kind", kind_name(inp.kind())));
+    let backing_name = args.backing.as_ref().map(|b| b.display().to_string());
+    sum.add(|o| o.opt_str("backing", backing_name.as_deref()));
     // The qcow2 of a scrambled image is marked as scrambled too (see e2i::mark).
     let scrambled = input::facts(&inp).is_scrambled();
     sum.add(|o| o.bool("input_scrambled", scrambled));

@@ -476,6 +476,12 @@ fn backing_errors_are_clean() {
         .arg(&img)
         .arg("sub/ov.qcow2"));
     assert_eq!(qemu_check(&p("sub/ov.qcow2")), 0);
+    // SOURCE itself (a raw filesystem image) is no previous capture.
+    fails(
+        &[Path::new("-Q"), Path::new("--backing"), &img, &img],
+        "e2i-capture",
+        "being captured",
+    );
     // Not a previous capture: a stream is refused as a base.
     sh(Command::new("sh").arg("-c").arg(format!(
         "'{}' '{}' - > '{}'",

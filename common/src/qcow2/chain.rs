@@ -363,6 +363,56 @@ impl<S: ReadAt> ReadAt for Qcow2Image<S> {
 mod tests {
     use super::*;
 
+    /// An overlay on a shorter raw file: unallocated clusters read the raw bytes, past its
+    /// end zeros; zero flags hide the raw bytes; stored ranges cover both layers.
+    #[test]
+    fn overlay_on_a_short_raw_file() {
+        use crate::qcow2::{ClusterRun, GuestCluster, Qcow2Layout, SequentialWriter};
+        let d = tempfile::tempdir().unwrap();
+        let cb = 9u32;
+        // Raw: 8 clusters of 0x11, then the file ends; the overlay's disk is 16 clusters.
+        std::fs::write(d.path().join("base.raw"), vec![0x11u8; 8 << cb]).unwrap();
+        let run = |start, len| ClusterRun {
+            start: GuestCluster(start),
+            len,
+        };
+        let mut l =
+            Qcow2Layout::plan_full(16 << cb, cb, &[run(2, 1)], &[run(3, 1)], false).unwrap();
+        l.set_backing(b"base.raw", "raw").unwrap();
+        let mut img = Vec::new();
+        let mut w = SequentialWriter::new(&mut img, &l).unwrap();
+        w.write_clusters(GuestCluster(2), &[0x22u8; 512]).unwrap();
+        w.finish().unwrap();
+        let ov = d.path().join("ov.qcow2");
+        std::fs::write(&ov, img).unwrap();
+        let q = Qcow2Image::open(&ov).unwrap();
+        assert_eq!(q.backing_files(), [d.path().join("base.raw")]);
+        let mut all = vec![0u8; 16 << cb];
+        assert_eq!(q.read_at(&mut all, 0).unwrap(), all.len());
+        let cluster = |c: usize| &all[c << cb..(c + 1) << cb];
+        assert!(cluster(0).iter().all(|&b| b == 0x11));
+        assert!(cluster(2).iter().all(|&b| b == 0x22));
+        assert!(cluster(3).iter().all(|&b| b == 0));
+        assert!(cluster(7).iter().all(|&b| b == 0x11));
+        assert!(cluster(8).iter().all(|&b| b == 0));
+        // A read across layers, starting inside a cluster.
+        let mut part = vec![0u8; 1024];
+        q.read_at(&mut part, (2 << cb) - 100).unwrap();
+        assert!(part[..100].iter().all(|&b| b == 0x11));
+        assert!(part[100..612].iter().all(|&b| b == 0x22));
+        assert!(part[612..].iter().all(|&b| b == 0));
+        let ranges = q.stored_ranges(false).unwrap();
+        assert_eq!(ranges.first().map(|r| r.start), Some(0));
+        assert!(ranges.iter().all(|r| r.end <= 8 << cb));
+        // Missing: named.
+        std::fs::remove_file(d.path().join("base.raw")).unwrap();
+        match Qcow2Image::open(&ov) {
+            Err(Error::Backing { path, .. }) => assert_eq!(path, d.path().join("base.raw")),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("opened without its backing file"),
+        }
+    }
+
     #[test]
     fn relative_names_resolve_from_the_overlay_folder() {
         assert_eq!(
