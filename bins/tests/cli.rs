@@ -47,6 +47,7 @@ mod cli {
     pub mod bug_report;
     pub mod corpus;
     pub mod damaged;
+    pub mod hostile;
     pub mod install;
     #[path = "move.rs"]
     pub mod move_fs;

@@ -27,6 +27,12 @@ pub enum Error {
     /// first write.
     #[error("it holds {have} bytes, but {need} bytes must be written; nothing written")]
     NoRoom { have: u64, need: u64 },
+    /// The target is a regular file that cannot reach `need` bytes (past the largest file
+    /// offset, or its filesystem's largest file); checked before the first write.
+    #[error(
+        "a file there cannot reach {need} bytes (past the largest file its filesystem allows); nothing written"
+    )]
+    TooLarge { need: u64 },
 }
 
 /// What is damaged, and where: every variant carries its location (group, inode, block,
@@ -406,7 +412,7 @@ impl Error {
     /// comparison read of `-c`, a lack of room), so that messages name OUTPUT, not SOURCE.
     pub fn is_output_side(&self) -> bool {
         match self {
-            Error::NoRoom { .. } => true,
+            Error::NoRoom { .. } | Error::TooLarge { .. } => true,
             Error::Io { op, .. } => OUTPUT_OPS.contains(op),
             _ => false,
         }

@@ -116,12 +116,11 @@ impl Output {
                 path: PathBuf::from("-"),
             });
         }
-        let path = follow_links(req.path)?;
-        let meta = match std::fs::metadata(&path) {
-            Ok(m) => Some(m),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(Error::io("stat", 0, e)),
-        };
+        let Resolved {
+            path,
+            meta,
+            renamable,
+        } = resolve(req.path)?;
         if let Some(m) = &meta {
             refuse_overlap(req, &path, m, reads)?;
         }
@@ -155,6 +154,16 @@ impl Output {
             }
             Some(t) if t.is_block_device() => {
                 out.kind = Kind::BlockDevice;
+                if let Some(m) = &meta
+                    && sysfs_dir(m.rdev()).is_some_and(|d| read_u64(&d.join("ro")) == Some(1))
+                {
+                    // Opening it for writing would succeed and every write fail: say so first.
+                    return Err(Error::InvalidInput(format!(
+                        "{} {}: the device is read-only; nothing written",
+                        req.role,
+                        req.path.display()
+                    )));
+                }
                 let file = if req.dry_run {
                     check_writable(&path)?;
                     File::open(&path).map_err(|e| Error::io("open", 0, e))?
@@ -166,12 +175,14 @@ impl Output {
             }
             Some(t) if t.is_file() && req.in_place => {
                 out.kind = Kind::Existing;
-                out.file = Some(if req.dry_run {
+                let file = if req.dry_run {
                     check_writable(&path)?;
                     File::open(&path).map_err(|e| Error::io("open", 0, e))?
                 } else {
                     open_rw(&path, true, false)?
-                });
+                };
+                refuse_qcow2(req, &file)?;
+                out.file = Some(file);
             }
             Some(t) if t.is_file() => {
                 // Replaced: the user must be able to write the file itself, not only its
@@ -179,24 +190,30 @@ impl Output {
                 check_writable(&path)?;
                 let m = meta.as_ref().map(|m| (m.mode() & 0o7777, m.uid(), m.gid()));
                 if !req.dry_run {
-                    match out.start_new(&path, m) {
-                        Ok(()) => {}
-                        // A file we may write in a folder we may not: no temporary name is
-                        // possible there, so write the file itself, truncated, as e2image
-                        // does (a failed run then leaves it partial, as e2image's would).
-                        Err(Error::Io { source, .. })
-                            if source.kind() == io::ErrorKind::PermissionDenied =>
-                        {
-                            out.file = Some(
-                                OpenOptions::new()
-                                    .read(true)
-                                    .write(true)
-                                    .truncate(true)
-                                    .open(&path)
-                                    .map_err(|e| Error::io("open", 0, e))?,
-                            );
+                    // A file we may write whose name we may not replace: write the file
+                    // itself, truncated, as e2image does (a failed run then leaves it
+                    // partial, as e2image's would).
+                    let truncate = || {
+                        OpenOptions::new()
+                            .read(true)
+                            .write(true)
+                            .truncate(true)
+                            .open(&path)
+                            .map_err(|e| Error::io("open", 0, e))
+                    };
+                    if !renamable || !rename_allowed(&path, meta.as_ref()) {
+                        out.file = Some(truncate()?);
+                    } else {
+                        match out.start_new(&path, m) {
+                            Ok(()) => {}
+                            // No temporary name is possible in the folder.
+                            Err(Error::Io { source, .. })
+                                if source.kind() == io::ErrorKind::PermissionDenied =>
+                            {
+                                out.file = Some(truncate()?);
+                            }
+                            Err(e) => return Err(e),
                         }
-                        Err(e) => return Err(e),
                     }
                 }
             }
@@ -213,6 +230,15 @@ impl Output {
                     req.role,
                     req.path.display()
                 )));
+            }
+            // `x/` names a folder: open(2) says so when it would create it (after the
+            // whole run, with a temporary name and a rename).
+            None if path.as_os_str().as_encoded_bytes().ends_with(b"/") => {
+                return Err(Error::io(
+                    "create",
+                    0,
+                    io::Error::from_raw_os_error(rustix::io::Errno::ISDIR.raw_os_error()),
+                ));
             }
             None if req.dry_run => {
                 // Would the file be created? Its folder must exist and be writable.
@@ -374,7 +400,9 @@ fn open_rw(path: &Path, read: bool, exclusive: bool) -> Result<File> {
 }
 
 /// Would opening `path` for writing succeed? Checked with the effective ids, as open(2)
-/// checks them; no open, so a dry run leaves no trace (not even a udev event).
+/// checks them; no open for writing, so a dry run leaves no trace (not even a udev event).
+/// access(2) does not look at an append-only flag, which makes open(2) fail (and a rename
+/// over the file too): that is read from the file's flags.
 fn check_writable(path: &Path) -> Result<()> {
     rustix::fs::accessat(
         rustix::fs::CWD,
@@ -382,7 +410,120 @@ fn check_writable(path: &Path) -> Result<()> {
         rustix::fs::Access::WRITE_OK,
         rustix::fs::AtFlags::EACCESS,
     )
-    .map_err(|e| Error::io("open", 0, io::Error::from(e)))
+    .map_err(|e| Error::io("open", 0, io::Error::from(e)))?;
+    let flags = rustix::fs::open(
+        path,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY,
+        rustix::fs::Mode::empty(),
+    )
+    .and_then(|fd| {
+        if rustix::fs::fstat(&fd)
+            .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file())
+        {
+            rustix::fs::ioctl_getflags(&fd)
+        } else {
+            Ok(rustix::fs::IFlags::empty())
+        }
+    });
+    if flags.is_ok_and(|f| f.intersects(rustix::fs::IFlags::APPEND | rustix::fs::IFlags::IMMUTABLE))
+    {
+        return Err(Error::io(
+            "open",
+            0,
+            io::Error::from_raw_os_error(rustix::io::Errno::PERM.raw_os_error()),
+        ));
+    }
+    Ok(())
+}
+
+/// May the file at `path` be replaced by renaming another over it? Not when it is a mount
+/// point (a file bind-mounted there: EBUSY), nor in a sticky folder (such as /tmp) when the
+/// caller owns neither the file nor the folder and is not root (EPERM). Known before the
+/// work starts, so that the run writes the file itself instead of failing at its end.
+fn rename_allowed(path: &Path, meta: Option<&Metadata>) -> bool {
+    use rustix::fs::{AtFlags, StatxAttributes, StatxFlags};
+    if rustix::fs::statx(
+        rustix::fs::CWD,
+        path,
+        AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT,
+        StatxFlags::empty(),
+    )
+    .is_ok_and(|x| x.stx_attributes.contains(StatxAttributes::MOUNT_ROOT))
+    {
+        return false;
+    }
+    let euid = rustix::process::geteuid();
+    if euid.is_root() {
+        return true;
+    }
+    let Ok(dir) = std::fs::metadata(parent_dir(path)) else {
+        return true;
+    };
+    let sticky = dir.mode() & 0o1000 != 0;
+    let owner = |uid: u32| uid == euid.as_raw();
+    !sticky || owner(dir.uid()) || meta.is_some_and(|m| owner(m.uid()))
+}
+
+/// An existing qcow2 image is never written by position: its bytes are not the disk's, so
+/// a raw image written into it would break the container (and the data it holds).
+fn refuse_qcow2(req: &Request<'_>, file: &File) -> Result<()> {
+    let mut magic = [0u8; 4];
+    let n = crate::io::pread_full(file, &mut magic, 0).unwrap_or(0);
+    if crate::qcow2::is_qcow2(&magic[..n]) {
+        return Err(Error::InvalidInput(format!(
+            "{} {} is a qcow2 image: writing a raw image into it by position would break it; nothing written (convert it with qcow2-to-raw first, or write a new file)",
+            req.role,
+            req.path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// A regular file written at bytes up to `end`: refused before the first write when no file
+/// of that size is possible there (past 2^63 - 1, or past the largest file its filesystem
+/// holds, which lseek(2) checks), rather than failing at a write in the middle of the run.
+pub fn check_file_end(file: &File, end: u64) -> Result<()> {
+    let fits = i64::try_from(end).is_ok()
+        && rustix::fs::seek(file, rustix::fs::SeekFrom::Start(end)).is_ok();
+    if fits {
+        Ok(())
+    } else {
+        Err(Error::TooLarge { need: end })
+    }
+}
+
+/// OUTPUT resolved.
+struct Resolved {
+    /// The path to open: the end of its symlinks; or the name as given when a link on the
+    /// way is one of the kernel's (`/proc/self/fd/N`, `/dev/stdout`) whose text names no
+    /// file (a pipe, a socket, a deleted file).
+    path: PathBuf,
+    /// What it is, when it exists.
+    meta: Option<Metadata>,
+    /// `path` is a name in a folder, which a new file may be renamed over.
+    renamable: bool,
+}
+
+fn resolve(given: &Path) -> Result<Resolved> {
+    let followed = follow_links(given)?;
+    match std::fs::metadata(given) {
+        Ok(m) => {
+            let same = std::fs::metadata(&followed)
+                .is_ok_and(|f| f.dev() == m.dev() && f.ino() == m.ino());
+            Ok(Resolved {
+                path: if same { followed } else { given.to_path_buf() },
+                meta: Some(m),
+                renamable: same,
+            })
+        }
+        // A dangling link names the file to create.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Resolved {
+            path: followed,
+            meta: None,
+            renamable: true,
+        }),
+        Err(e) => Err(Error::io("stat", 0, e)),
+    }
 }
 
 /// Follow the symlinks of `p` to the path they end at, which need not exist (a dangling
@@ -545,14 +686,30 @@ impl Footprint {
         if let Ok(b) = std::fs::read_to_string(sys.join("loop/backing_file")) {
             let b = b.trim_end();
             if let Ok(m) = std::fs::metadata(b) {
-                let off = read_u64(&sys.join("loop/offset")).unwrap_or(0);
+                let off = read_u64(&sys.join("loop/offset"))
+                    .unwrap_or(0)
+                    .saturating_add(start);
                 let v = link(&via, format!("a loop device backed by {b}"));
-                self.direct.push(Extent {
-                    obj: ObjectId::of_metadata(&m),
-                    start: off.saturating_add(start),
-                    end: off.saturating_add(start).saturating_add(len),
-                    via: v,
-                });
+                if m.file_type().is_block_device() {
+                    // A loop device over another device (a loop over a loop, a partition):
+                    // that device's bytes, and what it stands on in turn.
+                    self.add_block(
+                        sysfs_dir(m.rdev()),
+                        ObjectId::of_metadata(&m),
+                        off,
+                        len,
+                        v,
+                        name,
+                        depth + 1,
+                    );
+                } else {
+                    self.direct.push(Extent {
+                        obj: ObjectId::of_metadata(&m),
+                        start: off,
+                        end: off.saturating_add(len),
+                        via: v,
+                    });
+                }
             }
         }
         // Built on other devices (device mapper, md): where on them is not known here.

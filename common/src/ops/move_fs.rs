@@ -195,6 +195,9 @@ pub fn clone_fs(
             need: end,
         });
     }
+    if !out_dev {
+        crate::output::check_file_end(out, end)?;
+    }
     let map: &BlockMap = &res.map;
     let mut rep = MoveReport {
         block_size: bs,
@@ -759,6 +762,11 @@ fn plan_new(
             have: src.id.size,
             need: end,
         });
+    }
+    if !src.is_dev {
+        // Before the journal exists: a move that cannot write its last byte must not start
+        // (it would fail at its first write and leave an unfinished journal).
+        crate::output::check_file_end(&src.file, end)?;
     }
     Ok((params, res.map))
 }
