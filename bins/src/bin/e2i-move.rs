@@ -293,6 +293,14 @@ fn print_note(src: &str, note: MoveNote, quiet: bool) {
                 journal.display()
             )
         }
+        MoveNote::Abandoned {
+            journal,
+            src_offset,
+            dest_offset,
+        } => format!(
+            "{src}: note: the unfinished move from byte {src_offset} to byte {dest_offset} recorded in {} had changed nothing (every piece is still where it was): it is given up for this one",
+            journal.display()
+        ),
         MoveNote::NotIndexed { index, reason } => format!(
             "{src}: warning: could not record the journal in {} ({reason}): after an interruption, rerun the move under this name of SOURCE or with --journal",
             index.display()

@@ -410,13 +410,13 @@ fn offsets_no_file_can_reach_are_refused_first() {
     let fx = Fx::new();
     // A filesystem whose largest file is known: ext4 with 1 KiB blocks, 4 TiB.
     let small = fx.path("small.ext4");
-    let st = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-b", "1024"])
-        .arg(&small)
-        .arg("16M")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    ok(
+        &run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-b", "1024"])
+            .arg(&small)
+            .arg("16M")),
+        "mkfs.ext4",
+    );
     let mnt = fx.path("mnt");
     fs::create_dir(&mnt).unwrap();
     let lo = Loop::new(&small, &[]);
@@ -475,4 +475,355 @@ fn offsets_no_file_can_reach_are_refused_first() {
         fs::remove_file(&img).unwrap();
         let _ = fs::remove_file(mnt.join("fs.img.e2i-move"));
     }
+}
+
+// ---- e2i-move ----
+
+/// Test sizes: pieces of 64 KiB written in 16 KiB slices, so a small filesystem has many
+/// pieces and crash points.
+const PIECE_KIB: &str = "64";
+const SLICE_KIB: &str = "16";
+
+/// A disk: `head` bytes of a pattern, a filesystem with some data, 1 MiB of pattern; and
+/// `e2image -ra` of the filesystem alone (what the moved filesystem must hold).
+fn move_disk(dir: &Path, head: u64) -> (PathBuf, Vec<u8>) {
+    let tree = dir.join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..24 {
+        let v: Vec<u8> = (0..20_000 + i * 7_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        fs::write(tree.join(format!("f{i}")), v).unwrap();
+    }
+    let img = dir.join("fs.img");
+    ok(
+        &run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-b", "4096", "-E", "root_owner=0:0", "-d"])
+            .arg(&tree)
+            .arg(&img)
+            .arg("6M")),
+        "mkfs.ext4",
+    );
+    let want = dir.join("want.raw");
+    ok(
+        &run(Command::new("e2image").arg("-ra").arg(&img).arg(&want)),
+        "e2image -ra",
+    );
+    let mut d: Vec<u8> = (0..head).map(|i| (i % 253) as u8).collect();
+    d.extend_from_slice(&fs::read(&img).unwrap());
+    d.extend((0..MIB).map(|i| (i % 241) as u8));
+    let disk = dir.join("disk.img");
+    fs::write(&disk, d).unwrap();
+    (disk, fs::read(want).unwrap())
+}
+
+/// e2i-move with the test sizes, its own state folder, killed at crash point `kill_at`
+/// (0: not killed).
+fn mv(args: &[&str], disk: &Path, state: &Path, kill_at: u64) -> Output {
+    run(Command::new(tool("e2i-move"))
+        .args(args)
+        .arg(disk)
+        .env("XDG_STATE_HOME", state)
+        .env("E2I_MOVE_PIECE_KIB", PIECE_KIB)
+        .env("E2I_MOVE_SLICE_KIB", SLICE_KIB)
+        .env("E2I_MOVE_KILL_AT", kill_at.to_string()))
+}
+
+fn crash_points(o: &Output) -> u64 {
+    text(&o.stderr)
+        .lines()
+        .find_map(|l| {
+            l.strip_suffix(" crash points")?
+                .rsplit(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("crash point count")
+}
+
+fn was_killed(o: &Output) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    o.status.signal() == Some(9)
+}
+
+/// Does `disk` hold, at byte `off`, the filesystem `want` (e2image -ra) that passes e2fsck?
+fn holds_fs(disk: &Path, off: u64, want: &[u8], scratch: &Path) -> bool {
+    let got = scratch.join("got.raw");
+    let _ = fs::remove_file(&got);
+    let o = run(Command::new("e2image")
+        .args(["-ra", "-o", &off.to_string()])
+        .arg(disk)
+        .arg(&got));
+    let fsck = run(Command::new("e2fsck")
+        .arg("-fn")
+        .arg(format!("{}?offset={off}", disk.display())));
+    o.status.success() && fsck.status.success() && fs::read(&got).unwrap() == want
+}
+
+fn journal_of(path: &Path) -> PathBuf {
+    let mut j = fs::canonicalize(path).unwrap().into_os_string();
+    j.push(".e2i-move");
+    PathBuf::from(j)
+}
+
+/// A finished journal is "finished" only when the moved filesystem is there. A copy of the
+/// image taken while the move ran and put back afterwards (in place, or as a new file) can
+/// already hold the moved superblock at D — a move to the left writes it first — and was
+/// called finished (exit 0, e2fsck failing at D). Every such rerun must now refuse (nothing
+/// written) or end with the right filesystem; the moved filesystem used since is refused
+/// with what to do, an untouched one is still "already finished".
+#[test]
+fn a_finished_journal_never_calls_a_half_moved_copy_finished() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let (disk, want) = move_disk(d.path(), 2 * MIB);
+    let orig = fs::read(&disk).unwrap();
+    let args = ["-o", "2097152", "-O", "1048576"];
+    let total = crash_points(&mv(&args, &disk, &state, u64::MAX));
+    let (mut refused, mut moved) = (0, 0);
+    for c in [2, 3, 4, 6, total / 4, total / 2, total - 2] {
+        for new_inode in [false, true] {
+            let what = format!("killed at {c} of {total}, put back as a new inode: {new_inode}");
+            fs::write(&disk, &orig).unwrap();
+            let _ = fs::remove_file(journal_of(&disk));
+            assert!(
+                was_killed(&mv(&args, &disk, &state, c)),
+                "{what}: not killed"
+            );
+            let half = fs::read(&disk).unwrap();
+            ok(&mv(&args, &disk, &state, 0), &format!("{what}: finishing"));
+            assert!(
+                holds_fs(&disk, MIB, &want, d.path()),
+                "{what}: finished move"
+            );
+            if new_inode {
+                let tmp = d.path().join("half.img");
+                fs::write(&tmp, &half).unwrap();
+                fs::rename(&tmp, &disk).unwrap();
+            } else {
+                fs::write(&disk, &half).unwrap();
+            }
+            let o = mv(&args, &disk, &state, 0);
+            if o.status.success() {
+                moved += 1;
+                assert!(
+                    !text(&o.stdout).contains("already finished")
+                        || holds_fs(&disk, MIB, &want, d.path()),
+                    "{what}: called finished: {}",
+                    text(&o.stdout)
+                );
+                assert!(holds_fs(&disk, MIB, &want, d.path()), "{what}: corrupted");
+            } else {
+                let err = failed(&o, &what);
+                assert!(err.contains("half-moved"), "{what}: {err}");
+                assert!(
+                    fs::read(&disk).unwrap() == half,
+                    "{what}: the refusal wrote"
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused >= 2, "{refused} refused, {moved} moved");
+    // The moved filesystem, untouched since: finished, without a word about anything else.
+    fs::write(&disk, &orig).unwrap();
+    let _ = fs::remove_file(journal_of(&disk));
+    ok(&mv(&args, &disk, &state, 0), "move");
+    let o = mv(&args, &disk, &state, 0);
+    ok(&o, "rerun");
+    assert!(
+        text(&o.stdout).contains("already finished"),
+        "{}",
+        text(&o.stdout)
+    );
+    // Used since (its label changed, as tune2fs -L would): not finished, not moved, said
+    // why. (A change in a free block is no change to what the move wrote.)
+    let mut used = fs::read(&disk).unwrap();
+    let at = (MIB + 1024 + 0x78) as usize;
+    used[at] ^= 0xff;
+    fs::write(&disk, &used).unwrap();
+    let err = failed(&mv(&args, &disk, &state, 0), "rerun over a used filesystem");
+    assert!(err.contains("used since"), "{err}");
+    assert!(fs::read(&disk).unwrap() == used);
+}
+
+/// The identity index finds unfinished journals only. A finished one found through it (a
+/// move finished under --journal, SOURCE restored from its backup; or a deleted file whose
+/// inode number SOURCE reuses) was used as the new move's journal: the new move's journal
+/// went into that other folder and overwrote the file there.
+#[test]
+fn the_index_never_hands_a_new_move_an_old_finished_journal() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let (disk, want) = move_disk(d.path(), MIB);
+    let orig = fs::read(&disk).unwrap();
+    let other = d.path().join("elsewhere");
+    fs::create_dir(&other).unwrap();
+    let named = other.join("j");
+    let args = ["-o", "1048576", "-O", "1052672"];
+    let mut a = args.to_vec();
+    a.extend(["--journal", named.to_str().unwrap()]);
+    ok(&mv(&a, &disk, &state, 0), "move with --journal");
+    let kept = fs::read(&named).unwrap();
+    fs::write(&disk, &orig).unwrap();
+    ok(
+        &mv(&args, &disk, &state, 0),
+        "the same move, restored, default journal",
+    );
+    assert!(holds_fs(&disk, MIB + 4096, &want, d.path()));
+    assert!(
+        journal_of(&disk).exists(),
+        "the new journal is next to SOURCE"
+    );
+    assert!(
+        fs::read(&named).unwrap() == kept,
+        "the other journal was overwritten"
+    );
+}
+
+/// One mover per SOURCE and per journal, under every name: a move through a loop device
+/// over the file being moved (with the file's journal named, or not) is refused while the
+/// first runs — it used to adopt the journal and move the same bytes at the same time.
+#[test]
+fn two_movers_never_share_a_file_or_a_journal() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let (disk, want) = move_disk(d.path(), MIB);
+    // Within the loop device's size (the disk's size when it is set up).
+    let args = ["-o", "1048576", "-O", "2097152"];
+    let first = Command::new(tool("e2i-move"))
+        .args(args)
+        .arg(&disk)
+        .env("XDG_STATE_HOME", &state)
+        .env("E2I_MOVE_PIECE_KIB", PIECE_KIB)
+        .env("E2I_MOVE_THROTTLE_US", "1500000")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let journal = journal_of(&disk);
+    let t0 = std::time::Instant::now();
+    while !journal.exists() {
+        assert!(t0.elapsed().as_secs() < 60, "the first move never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let lo = Loop::new(&disk, &[]);
+    for extra in [vec!["--journal", journal.to_str().unwrap()], vec![]] {
+        let mut a = args.to_vec();
+        a.extend(extra.iter());
+        let o = run(Command::new(tool("e2i-move"))
+            .args(&a)
+            .arg(lo.path())
+            .env("XDG_STATE_HOME", &state));
+        let what = format!("a second mover through {} {extra:?}", lo.0);
+        let err = failed(&o, &what);
+        assert!(err.contains("another e2i-move"), "{what}: {err}");
+    }
+    let o = first.wait_with_output().unwrap();
+    ok(&o, "the first mover");
+    drop(lo);
+    assert!(holds_fs(&disk, 2 * MIB, &want, d.path()));
+}
+
+/// An unfinished move that changed nothing (every piece still at its source: killed before
+/// its first write, or failed there) does not block a move with other offsets: it is given
+/// up with a note. One that moved something still blocks.
+#[test]
+fn a_move_that_changed_nothing_does_not_block_another() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let (disk, want) = move_disk(d.path(), MIB);
+    let orig = fs::read(&disk).unwrap();
+    let first = ["-o", "1048576", "-O", "1050624"];
+    assert!(was_killed(&mv(&first, &disk, &state, 1)), "not killed");
+    assert!(journal_of(&disk).exists());
+    assert!(fs::read(&disk).unwrap() == orig);
+    let o = mv(&["-o", "1048576", "-O", "2097152"], &disk, &state, 0);
+    ok(&o, "a move with other offsets");
+    assert!(text(&o.stderr).contains("given up"), "{}", text(&o.stderr));
+    assert!(holds_fs(&disk, 2 * MIB, &want, d.path()));
+    // Half done: still blocks, and says how to finish it.
+    fs::write(&disk, &orig).unwrap();
+    let _ = fs::remove_file(journal_of(&disk));
+    let total = crash_points(&mv(&first, &disk, &state, u64::MAX));
+    fs::write(&disk, &orig).unwrap();
+    let _ = fs::remove_file(journal_of(&disk));
+    assert!(was_killed(&mv(&first, &disk, &state, total / 2)));
+    let half = fs::read(&disk).unwrap();
+    let err = failed(
+        &mv(&["-o", "1048576", "-O", "2097152"], &disk, &state, 0),
+        "a move over a half-done one",
+    );
+    assert!(err.contains("finish it first"), "{err}");
+    assert!(fs::read(&disk).unwrap() == half);
+    ok(&mv(&first, &disk, &state, 0), "finishing the first");
+    assert!(holds_fs(&disk, MIB + 2048, &want, d.path()));
+}
+
+/// A journal that cannot be created is reported before the filesystem is scanned and read,
+/// naming the journal (and, for the default place, how to give another).
+#[test]
+fn a_journal_that_cannot_be_created_is_found_out_first() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let (disk, _) = move_disk(d.path(), MIB);
+    let orig = fs::read(&disk).unwrap();
+    let ro = d.path().join("ro");
+    fs::create_dir(&ro).unwrap();
+    let _m = Mount::new(&[&ro], &ro, &["--bind"]);
+    ok(
+        &run(Command::new("mount")
+            .args(["-o", "remount,bind,ro"])
+            .arg(&ro)),
+        "remount ro",
+    );
+    let j = ro.join("j");
+    let o = mv(
+        &[
+            "-o",
+            "1048576",
+            "-O",
+            "1052672",
+            "--journal",
+            j.to_str().unwrap(),
+        ],
+        &disk,
+        &state,
+        0,
+    );
+    let err = failed(&o, "--journal in a read-only folder");
+    assert!(
+        err.contains("cannot be created: Read-only file system"),
+        "{err}"
+    );
+    assert!(!err.contains("another place"), "{err}");
+    assert!(fs::read(&disk).unwrap() == orig);
+    // The default place next to SOURCE, in a folder nobody may write.
+    let locked = d.path().join("locked");
+    fs::create_dir(&locked).unwrap();
+    let img = locked.join("disk.img");
+    fs::write(&img, &orig).unwrap();
+    fs::set_permissions(&img, fs::Permissions::from_mode(0o666)).unwrap();
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o755)).unwrap();
+    let o = run(Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(tool("e2i-move"))
+        .args(["-o", "1048576", "-O", "1052672"])
+        .arg(&img)
+        .env("XDG_STATE_HOME", &state));
+    let err = failed(&o, "default journal in a locked folder");
+    assert!(
+        err.contains("cannot be created: Permission denied"),
+        "{err}"
+    );
+    assert!(err.contains("--journal"), "{err}");
+    assert!(fs::read(&img).unwrap() == orig);
 }
