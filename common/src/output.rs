@@ -257,6 +257,7 @@ impl Output {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        remove_stale_partials(dir, &name);
         let mut last = None;
         for i in 0..100u32 {
             let tmp = dir.join(format!(".{name}.e2i-partial-{}-{i}", std::process::id()));
@@ -271,6 +272,10 @@ impl Output {
                 .open(&tmp)
             {
                 Ok(f) => {
+                    // Held while the file lives: a later run knows a partial file nobody
+                    // holds is a killed run's (remove_stale_partials).
+                    let _ =
+                        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive);
                     self.file = Some(f);
                     self.pending = Some(Pending {
                         tmp,
@@ -363,6 +368,50 @@ impl Drop for Output {
         {
             let _ = std::fs::remove_file(&p.tmp);
             pending::remove(&p.tmp);
+        }
+    }
+}
+
+/// Remove what runs killed by SIGKILL (the OOM killer, a power-user's `kill -9`) left of
+/// new outputs named `name` in `dir`: `.NAME.e2i-partial-PID-N` files — possibly gigabytes
+/// on a disk that is already short of room. One is stale only when nobody holds its lock
+/// (a live run holds its own) and its process is gone from this machine; anything that
+/// cannot be checked is left alone.
+fn remove_stale_partials(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.e2i-partial-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let fname = e.file_name();
+        let Some(rest) = fname.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest
+            .split('-')
+            .next()
+            .and_then(|p| p.parse::<i32>().ok())
+            .and_then(rustix::process::Pid::from_raw)
+        else {
+            continue;
+        };
+        let alive = !matches!(
+            rustix::process::test_kill_process(pid),
+            Err(rustix::io::Errno::SRCH)
+        );
+        if alive || !e.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let path = e.path();
+        let Ok(f) = OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&path)
+        else {
+            continue;
+        };
+        if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok() {
+            let _ = std::fs::remove_file(&path);
         }
     }
 }

@@ -477,6 +477,104 @@ fn offsets_no_file_can_reach_are_refused_first() {
     }
 }
 
+/// Wait (up to a minute) until `dir` has a name containing `part`.
+fn wait_for_name(dir: &Path, part: &str) -> bool {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed().as_secs() < 60 {
+        if names(dir).iter().any(|n| n.contains(part)) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
+/// SIGKILL (the OOM killer) leaves a run's temporary file behind — possibly gigabytes on a
+/// disk already short of room. The next run writing the same OUTPUT removes it; it never
+/// touches the temporary file of a run that is still alive.
+#[test]
+fn a_killed_runs_temporary_file_is_removed_by_the_next_run() {
+    let fx = Fx::new();
+    let outs = fx.path("outs");
+    fs::create_dir(&outs).unwrap();
+    let out = outs.join("new.raw");
+    let paused = |name: &Path| {
+        Command::new(tool("e2i-to-raw"))
+            .arg(&fx.img)
+            .arg(name)
+            .env("E2I_TEST_PAUSE_AFTER_OPEN_MS", "600000")
+            .spawn()
+            .unwrap()
+    };
+    let mut killed = paused(&out);
+    assert!(wait_for_name(&outs, "partial"), "no temporary file");
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    assert!(names(&outs).iter().any(|n| n.contains("partial")));
+    // A live run on the same OUTPUT keeps its file while another run finishes.
+    let mut live = paused(&out);
+    let live_name = format!("e2i-partial-{}-", live.id());
+    assert!(wait_for_name(&outs, &live_name), "no live temporary file");
+    ok(
+        &run(Command::new(tool("e2i-to-raw")).arg(&fx.img).arg(&out)),
+        "the next run",
+    );
+    let left = names(&outs);
+    assert!(fs::read(&out).unwrap() == fx.raw());
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.iter().any(|n| n.contains(&live_name)), "{left:?}");
+    live.kill().unwrap();
+    live.wait().unwrap();
+}
+
+/// Opening a FIFO waits for its reader, as e2image's open does; on a terminal the tool says
+/// so instead of seeming to hang, then writes the stream once a reader comes.
+#[test]
+fn a_fifo_without_a_reader_is_announced_on_a_terminal() {
+    let fx = Fx::new();
+    let fifo = fx.path("fifo");
+    ok(&run(Command::new("mkfifo").arg(&fifo)), "mkfifo");
+    // `script` gives the tool a terminal; its output (the terminal's) is collected here.
+    let cmd = format!(
+        "{} {} {}",
+        tool("e2i-to-raw").display(),
+        fx.img.display(),
+        fifo.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut term = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = term.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if text(&seen).contains("waiting for one") {
+                let _ = tx.send(());
+            }
+        }
+        seen
+    });
+    let announced = rx.recv_timeout(std::time::Duration::from_secs(60)).is_ok();
+    let mut got = Vec::new();
+    fs::File::open(&fifo)
+        .unwrap()
+        .read_to_end(&mut got)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let seen = text(&reader.join().unwrap());
+    assert!(announced, "no note on the terminal: {seen}");
+    assert!(got == fx.raw(), "the reader got {} bytes", got.len());
+}
+
 // ---- e2i-move ----
 
 /// Test sizes: pieces of 64 KiB written in 16 KiB slices, so a small filesystem has many
