@@ -154,9 +154,7 @@ impl Output {
             }
             Some(t) if t.is_block_device() => {
                 out.kind = Kind::BlockDevice;
-                if let Some(m) = &meta
-                    && sysfs_dir(m.rdev()).is_some_and(|d| read_u64(&d.join("ro")) == Some(1))
-                {
+                if meta.as_ref().is_some_and(|m| is_read_only_device(m.rdev())) {
                     // Opening it for writing would succeed and every write fail: say so first.
                     return Err(Error::InvalidInput(format!(
                         "{} {}: the device is read-only; nothing written",
@@ -823,6 +821,12 @@ fn disk_name(sys: &Path) -> String {
         || sys.display().to_string(),
         |n| format!("/dev/{}", n.to_string_lossy()),
     )
+}
+
+/// Is the block device `rdev` read-only (`losetup -r`, `blockdev --setro`)? Opening it for
+/// writing succeeds and every write fails: callers refuse it first.
+pub fn is_read_only_device(rdev: u64) -> bool {
+    sysfs_dir(rdev).is_some_and(|d| read_u64(&d.join("ro")) == Some(1))
 }
 
 fn sysfs_dir(rdev: u64) -> Option<PathBuf> {

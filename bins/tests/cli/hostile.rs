@@ -360,6 +360,16 @@ fn loops_over_loops_and_read_only_devices() {
     }
     drop(ro);
     assert!(fs::read(&target).unwrap().iter().all(|&b| b == 0x5a));
+    // Moved in place: refused before a journal is begun (it failed at its first write).
+    let state = fx.path("state");
+    let ro = Loop::new(&src, &["-r"]);
+    let o = run(Command::new(tool("e2i-move"))
+        .args(["-o", "1048576", "-O", "2097152"])
+        .arg(ro.path())
+        .env("XDG_STATE_HOME", &state));
+    let err = failed(&o, "e2i-move in place on a read-only device");
+    assert!(err.contains("read-only"), "{err}");
+    assert!(!state.exists(), "a journal was begun: {:?}", names(&state));
 }
 
 /// An existing qcow2 image given as a target written by position (e2i-move's DEST, `-O`,

@@ -409,7 +409,17 @@ impl MoveSource {
     /// Open SOURCE for reading and (unless `dry_run`) writing, and take the one-mover lock.
     /// A qcow2 image is refused: moving inside one is not a byte move.
     fn open(path: &Path, dry_run: bool) -> Result<MoveSource> {
-        let is_dev = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
+        let meta = std::fs::metadata(path).map_err(|e| Error::io("stat", 0, e))?;
+        let is_dev = meta.file_type().is_block_device();
+        if is_dev && !dry_run && {
+            use std::os::unix::fs::MetadataExt;
+            crate::output::is_read_only_device(meta.rdev())
+        } {
+            // Opened for writing it would fail at the first write, with a journal begun.
+            return Err(Error::InvalidInput(
+                "the device is read-only; nothing written".into(),
+            ));
+        }
         let mut o = OpenOptions::new();
         o.read(true).write(!dry_run);
         if is_dev && !dry_run {
