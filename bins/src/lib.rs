@@ -224,34 +224,23 @@ pub fn open_output(
 
 /// Opening a FIFO for writing waits for its reader, silently (as e2image's open does). On a
 /// terminal, say so when no reader is there yet, rather than seem to hang.
-fn note_fifo_without_reader(req: &e2i::output::Request<'_>) {
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    if req.dry_run || !req.streams || !io::stderr().is_terminal() {
-        return;
-    }
-    if !std::fs::metadata(req.path).is_ok_and(|m| m.file_type().is_fifo()) {
-        return;
-    }
-    let probe = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-        .open(req.path);
-    if probe.is_err_and(|e| e.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error())) {
-        let tool = std::env::args_os()
-            .next()
-            .map(|a| {
-                Path::new(&a)
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .unwrap_or_default();
-        let _ = writeln!(
-            io::stderr(),
-            "{tool}: {}: a FIFO with no reader yet: waiting for one (Ctrl-C to give up)",
-            req.path.display()
-        );
+fn note_fifo_without_reader(_req: &e2i::output::Request<'_>) {
+    if io::stderr().is_terminal() {
+        e2i::output::on_fifo_wait(|path| {
+            let tool = std::env::args_os()
+                .next()
+                .and_then(|a| {
+                    Path::new(&a)
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                })
+                .unwrap_or_default();
+            let _ = writeln!(
+                io::stderr(),
+                "{tool}: {}: a FIFO with no reader yet: waiting for one (Ctrl-C to give up)",
+                path.display()
+            );
+        });
     }
 }
 

@@ -147,7 +147,11 @@ impl Output {
                     check_writable(&path)?;
                 } else {
                     // O_WRONLY on a FIFO waits for its reader, as e2image's open does.
-                    let f = open_rw(&path, false, false)?;
+                    let f = if t.is_fifo() {
+                        open_fifo(&path)?
+                    } else {
+                        open_rw(&path, false, false)?
+                    };
                     crate::io::grow_pipe(&f);
                     out.file = Some(f);
                 }
@@ -428,6 +432,40 @@ fn parent_dir(p: &Path) -> &Path {
         .unwrap_or(Path::new("."))
 }
 
+/// Told (once per FIFO) that opening a FIFO OUTPUT waits for a reader that is not there yet.
+static FIFO_WAIT: std::sync::OnceLock<fn(&Path)> = std::sync::OnceLock::new();
+
+/// Have `note` called when a FIFO OUTPUT has no reader yet and the open is about to wait
+/// (a tool on a terminal says so rather than seem to hang). Set once per process.
+pub fn on_fifo_wait(note: fn(&Path)) {
+    let _ = FIFO_WAIT.set(note);
+}
+
+/// Open a FIFO for writing. A non-blocking open tells whether a reader is there (ENXIO:
+/// none); then the blocking open waits for one. Probing by opening and closing would not
+/// do: a reader that sees its last writer close reads end of file and goes.
+fn open_fifo(path: &Path) -> Result<File> {
+    use rustix::fs::{OFlags, fcntl_getfl, fcntl_setfl};
+    match OpenOptions::new()
+        .write(true)
+        .custom_flags(OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+    {
+        Ok(f) => {
+            let fl = fcntl_getfl(&f).map_err(|e| Error::io("fcntl", 0, e.into()))?;
+            fcntl_setfl(&f, fl - OFlags::NONBLOCK).map_err(|e| Error::io("fcntl", 0, e.into()))?;
+            Ok(f)
+        }
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error()) => {
+            if let Some(note) = FIFO_WAIT.get() {
+                note(path);
+            }
+            open_rw(path, false, false)
+        }
+        Err(e) => Err(Error::io("open", 0, e)),
+    }
+}
+
 fn open_rw(path: &Path, read: bool, exclusive: bool) -> Result<File> {
     let mut o = OpenOptions::new();
     o.read(read).write(true);
@@ -458,6 +496,10 @@ fn check_writable(path: &Path) -> Result<()> {
         rustix::fs::AtFlags::EACCESS,
     )
     .map_err(|e| Error::io("open", 0, io::Error::from(e)))?;
+    // Regular files only: opening a device, even to read, can act (a tape rewinds).
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return Ok(());
+    }
     let flags = rustix::fs::open(
         path,
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY,

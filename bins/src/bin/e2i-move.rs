@@ -106,10 +106,15 @@ fn body(args: Args) -> anyhow::Result<u8> {
     {
         return Ok(code);
     }
-    std::fs::metadata(&args.source).with_context(|| args.source.display().to_string())?;
+    let meta =
+        std::fs::metadata(&args.source).with_context(|| args.source.display().to_string())?;
     // -o at or past the end: say where SOURCE ends (a qcow2 SOURCE's virtual disk is
-    // checked where it is opened).
+    // checked where it is opened). Only for what can be read by position: opening a FIFO
+    // to read waits for its writer (it is refused, unopened, further on).
+    let seekable =
+        meta.is_file() || std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type());
     if args.src_offset > 0
+        && seekable
         && let Ok(src) = e2i::io::FileSource::open(&args.source, 0)
         && args.src_offset >= e2i::io::ReadAt::size(&src)
         && !is_qcow2(&src)

@@ -583,6 +583,31 @@ fn a_fifo_without_a_reader_is_announced_on_a_terminal() {
     let seen = text(&reader.join().unwrap());
     assert!(announced, "no note on the terminal: {seen}");
     assert!(got == fx.raw(), "the reader got {} bytes", got.len());
+    // A reader already there gets everything, and no note is printed: finding out whether
+    // a reader is there must not open and close the FIFO (its reader would read end of file
+    // and go). `holder` is that reader; the data is read through a second descriptor.
+    let holder = {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(&fifo)
+            .unwrap()
+    };
+    let f2 = fifo.clone();
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        fs::File::open(&f2).unwrap().read_to_end(&mut v).unwrap();
+        v
+    });
+    let o = run(Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null()));
+    ok(&o, "with a reader");
+    assert!(!text(&o.stdout).contains("waiting"), "{}", text(&o.stdout));
+    let got = reader.join().unwrap();
+    drop(holder);
+    assert!(got == fx.raw(), "a waiting reader got {} bytes", got.len());
 }
 
 // ---- e2i-move ----
@@ -873,6 +898,55 @@ fn a_move_that_changed_nothing_does_not_block_another() {
     assert!(fs::read(&disk).unwrap() == half);
     ok(&mv(&first, &disk, &state, 0), "finishing the first");
     assert!(holds_fs(&disk, MIB + 2048, &want, d.path()));
+}
+
+/// A FIFO SOURCE of e2i-move is refused before it is opened: a dry run, and any run with
+/// `-o` (to say where SOURCE ends), opened it to read, which waits forever for a writer.
+#[test]
+fn a_fifo_source_of_a_move_is_refused_without_waiting() {
+    let d = tempdir();
+    let fifo = d.path().join("fifo");
+    ok(&run(Command::new("mkfifo").arg(&fifo)), "mkfifo");
+    let out = d.path().join("out.img");
+    let (f, o) = (fifo.to_str().unwrap(), out.to_str().unwrap());
+    let cases: [&[&str]; 4] = [
+        &["-n", "-O", "1M", f],
+        &["-o", "1M", "-O", "2M", f],
+        &["-n", "-o", "1M", "-O", "2M", f],
+        &["-o", "1M", f, o],
+    ];
+    for args in cases {
+        let mut child = Command::new(tool("e2i-move"))
+            .args(args)
+            .env("XDG_STATE_HOME", d.path().join("state"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break Some(st);
+            }
+            if t0.elapsed().as_secs() > 60 {
+                // Give it its writer, so that it ends, then fail.
+                let _ = fs::OpenOptions::new().write(true).open(&fifo);
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let status = status.unwrap_or_else(|| panic!("{args:?}: waited for a writer"));
+        assert_eq!(status.code(), Some(1), "{args:?}");
+        let mut err = String::new();
+        let mut pipe = child.stderr.take().unwrap();
+        pipe.read_to_string(&mut err).unwrap();
+        assert!(
+            err.contains("not a regular file or block device") || err.contains("not a seekable"),
+            "{args:?}: {err}"
+        );
+        assert!(!out.exists(), "{args:?}");
+    }
 }
 
 /// A journal that cannot be created is reported before the filesystem is scanned and read,

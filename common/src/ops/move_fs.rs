@@ -411,6 +411,12 @@ impl MoveSource {
     fn open(path: &Path, dry_run: bool) -> Result<MoveSource> {
         let meta = std::fs::metadata(path).map_err(|e| Error::io("stat", 0, e))?;
         let is_dev = meta.file_type().is_block_device();
+        let not_movable = || Error::InvalidInput("not a regular file or block device".into());
+        if !(meta.is_file() || is_dev) {
+            // Before it is opened: opening a FIFO to read waits for a writer (a dry run hung
+            // on one), and opening some character devices acts (a tape rewinds).
+            return Err(not_movable());
+        }
         if is_dev && !dry_run && {
             use std::os::unix::fs::MetadataExt;
             crate::output::is_read_only_device(meta.rdev())
@@ -440,9 +446,7 @@ impl MoveSource {
         let meta = file.metadata().map_err(|e| Error::io("stat", 0, e))?;
         let ft = meta.file_type();
         if !(ft.is_file() || ft.is_block_device()) {
-            return Err(Error::InvalidInput(
-                "not a regular file or block device".into(),
-            ));
+            return Err(not_movable());
         }
         let mut magic = [0u8; 4];
         let n = pread_full(&file, &mut magic, 0).map_err(|e| Error::io("read", 0, e))?;
