@@ -62,8 +62,9 @@ pub struct Request<'a> {
     /// Open block devices exclusively (O_EXCL): the kernel then refuses a mounted or
     /// otherwise claimed device.
     pub exclusive: bool,
-    /// A FIFO or character device may be written front to back; when not, it is refused
-    /// before it is opened (opening a FIFO waits for its reader).
+    /// A FIFO or character device may be written front to back; when not (or when
+    /// `in_place` asks for positional writes), it is refused before it is opened (opening
+    /// a FIFO waits for its reader).
     pub streams: bool,
 }
 
@@ -134,7 +135,9 @@ impl Output {
             path: path.clone(),
         };
         match ft {
-            Some(t) if (t.is_char_device() || t.is_fifo()) && !req.streams => {
+            // Refused before it is opened: opening a FIFO waits for its reader, only for
+            // the run to be refused then.
+            Some(t) if (t.is_char_device() || t.is_fifo()) && (!req.streams || req.in_place) => {
                 return Err(Error::InvalidInput(format!(
                     "{} {}: a FIFO or character device cannot be written by position; give a file or block device",
                     req.role,

@@ -76,7 +76,8 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             in_place: false,
             dry_run: false,
             exclusive: true,
-            streams: true,
+            // A compressed qcow2 needs a new regular file: a FIFO is refused unopened.
+            streams: !args.compress,
         },
         &[("SOURCE", &args.source)],
     )?;

@@ -63,7 +63,8 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             in_place: false,
             dry_run: args.dry_run,
             exclusive: true,
-            streams: true,
+            // A compressed qcow2 needs a new regular file: a FIFO is refused unopened.
+            streams: !args.compress,
         },
         &[("INPUT", &args.input)],
     )?;

@@ -610,6 +610,59 @@ fn a_fifo_without_a_reader_is_announced_on_a_terminal() {
     assert!(got == fx.raw(), "a waiting reader got {} bytes", got.len());
 }
 
+/// Run `cmd`; when it is still running after a minute (stuck in the open of `fifo`), unblock
+/// it by opening the FIFO's other end, kill it and return `None`.
+fn run_unless_stuck(cmd: &mut Command, fifo: &Path) -> Option<Output> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed().as_secs() > 60 {
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+                .open(fifo);
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Some(child.wait_with_output().unwrap())
+}
+
+/// A FIFO OUTPUT of a run that writes by position (`-O`, `-c`) or needs a new regular file
+/// (`--compress`) is refused before it is opened: the open waited for a reader, forever
+/// when none came, only for the run to be refused then.
+#[test]
+fn a_fifo_the_run_cannot_use_is_refused_unopened() {
+    let fx = Fx::new();
+    let fifo = fx.path("fifo");
+    ok(&run(Command::new("mkfifo").arg(&fifo)), "mkfifo");
+    let cases: Vec<(&str, Vec<&str>, &Path)> = vec![
+        ("e2i-to-raw", vec!["-O", "0"], &fx.img),
+        ("e2i-to-raw", vec!["-c"], &fx.img),
+        ("e2i-to-raw", vec!["-c", "-n"], &fx.img),
+        ("qcow2-to-raw", vec!["-O", "4096"], &fx.qcow2),
+        ("e2i-to-qcow2", vec!["--compress"], &fx.img),
+        ("e2i-capture", vec!["-Q", "--compress"], &fx.img),
+    ];
+    for (t, args, input) in cases {
+        let what = format!("{t} {args:?} to a FIFO without a reader");
+        let o = run_unless_stuck(
+            Command::new(tool(t)).args(&args).arg(input).arg(&fifo),
+            &fifo,
+        )
+        .unwrap_or_else(|| panic!("{what}: waited for a reader"));
+        let err = failed(&o, &what);
+        assert!(err.contains("FIFO"), "{what}: {err}");
+    }
+}
+
 // ---- e2i-move ----
 
 /// Test sizes: pieces of 64 KiB written in 16 KiB slices, so a small filesystem has many
