@@ -9,8 +9,8 @@ cargo fmt --all -- --check
 cargo clippy --release --all-targets -- -D warnings
 cargo build --release
 cargo test --release
-# The library's unit tests again in a debug build: overflow checks on, so the parsers' mutation
-# tests catch any unchecked arithmetic a release build would wrap silently.
+# The library's unit tests again in a debug build: debug assertions on as well (the release
+# profile has overflow checks too, see Cargo.toml).
 cargo test -p e2i --lib
 conf=../shared/conformance/run.sh
 if [ -x "$conf" ] || [ -f "$conf" ]; then

@@ -5,6 +5,7 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::time::Instant;
 
+use e2i::ops::guard;
 use e2i::ops::input::{self, Kind};
 use e2i::ops::to_raw::{self, ConvertOptions};
 use e2i::output::{Kind as OutKind, Request};
@@ -25,6 +26,8 @@ pub struct RawArgs<'a> {
     pub json: bool,
     /// `qcow2-to-raw`: refuse any other input.
     pub qcow2_only: bool,
+    /// Write a scrambled INPUT over the filesystem it was taken from all the same.
+    pub allow_scrambled: bool,
 }
 
 pub fn to_raw(tool: &str, a: &RawArgs<'_>, sum: &mut Summary) -> anyhow::Result<u8> {
@@ -65,6 +68,21 @@ pub fn to_raw(tool: &str, a: &RawArgs<'_>, sum: &mut Summary) -> anyhow::Result<
             "{out_name}: -O and -c need a seekable OUTPUT; this one is a FIFO or character device (written front to back)"
         );
     }
+    let dest_offset = a.dest_offset.unwrap_or(0);
+    // A scrambled image is not written over the filesystem it came from (unless asked): an
+    // existing file (replaced or updated in place) or a block device holding its UUID.
+    let facts = input::facts(&inp);
+    sum.add(|o| o.bool("input_scrambled", facts.is_scrambled()));
+    if !out.kind().is_stream()
+        && let Some(ev) =
+            guard::refuse_scrambled(&facts, out.path(), dest_offset, a.allow_scrambled)
+                .map_err(|e| anyhow::Error::new(e).context(name.clone()))?
+        && !a.quiet
+    {
+        eprintln!(
+            "{tool}: warning: {out_name}: writing a scrambled image ({ev}) over the filesystem it was taken from (--allow-scrambled)"
+        );
+    }
     let opts = ConvertOptions {
         all_data: a.all_data,
     };
@@ -73,7 +91,6 @@ pub fn to_raw(tool: &str, a: &RawArgs<'_>, sum: &mut Summary) -> anyhow::Result<
     if let Some((bs, _)) = to_raw::geometry(&inp) {
         reporter.set_block_size(bs);
     }
-    let dest_offset = a.dest_offset.unwrap_or(0);
     let stdout = io::stdout();
     let mut list = stdout.lock();
     let mut stream =

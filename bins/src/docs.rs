@@ -127,7 +127,7 @@ the size and partition geometry of DEVICE (start, size, type; no serial numbers,
 \fBSHA256SUMS\fR
 the checksums of the members.
 .PP
-Nothing in it reveals a file name, label, symlink target or extended attribute of the source. OUTPUT.tar defaults to \fIe2i\-bug\-report\-DATE.tar\fR in the current folder. Its folder is checked (it must exist and be writable) before any work is done, an existing OUTPUT.tar is never overwritten, and the last line on stderr names the file actually written.
+Nothing in it reveals a file name, label, symlink target or extended attribute of the source. The image is marked as scrambled (its qcow2 header, and its superblock's last-mounted path, which reads <scrambled by e2i\-capture \-s>): the e2i tools refuse to write it back over the filesystem it was taken from. OUTPUT.tar defaults to \fIe2i\-bug\-report\-DATE.tar\fR in the current folder. Its folder is checked (it must exist and be writable) before any work is done, an existing OUTPUT.tar is never overwritten, and the last line on stderr names the file actually written.
 .SH OPTIONS
 .TP
 \fB\-h\fR, \fB\-\-help\fR

@@ -585,6 +585,29 @@ fn is_copy_phase(name: &str) -> bool {
     name.starts_with("copying") || name == "moving" || name == "installing"
 }
 
+/// A time in seconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC` (proleptic Gregorian
+/// calendar, from the days since 1970-01-01).
+pub fn utc(secs: u64) -> String {
+    let (days, rest) = (secs / 86400, secs % 86400);
+    // Howard Hinnant's civil_from_days, over eras of 400 years (146097 days); u64 seconds
+    // give at most ~2^48 days, far inside i64.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
 /// `HH:MM:SS`.
 pub fn hms(d: Duration) -> String {
     let s = d.as_secs();
@@ -728,8 +751,24 @@ pub fn print_json(line: &str, output_is_stdout: bool) {
 #[cfg(test)]
 mod tests {
     use super::parse_number;
-    use super::{clap_error_line, copied_line, hms, is_copy_phase, percent};
+    use super::{clap_error_line, copied_line, hms, is_copy_phase, percent, utc};
     use std::time::Duration;
+
+    #[test]
+    fn utc_dates() {
+        // Checked with `date -u -d @N`.
+        for (secs, text) in [
+            (0, "1970-01-01 00:00:00 UTC"),
+            (951_782_400, "2000-02-29 00:00:00 UTC"),
+            (1_700_000_000, "2023-11-14 22:13:20 UTC"),
+            (4_107_542_399, "2100-02-28 23:59:59 UTC"),
+            (4_107_542_400, "2100-03-01 00:00:00 UTC"),
+        ] {
+            assert_eq!(utc(secs), text, "{secs}");
+        }
+        // The largest time never panics.
+        assert!(utc(u64::MAX).ends_with(" UTC"));
+    }
 
     #[test]
     fn closing_line_matches_e2image_wording() {

@@ -1,46 +1,74 @@
 //! Integration tests of the e2i tools (one test binary; each topic is a module in cli/).
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 
-/// Counts live heap bytes and their peak, so tests can bound memory.
-pub struct PeakAlloc {
-    live: AtomicUsize,
-    peak: AtomicUsize,
+/// Counts the heap bytes each thread has live and their peak, so that a test can bound the
+/// memory of the work it runs on its own thread. Per thread, not per process: the test
+/// harness runs tests in parallel, and a process-wide peak would include whatever the
+/// other tests hold at that moment (it once failed the mutation test on a fresh clone).
+/// Memory a thread frees that another allocated is subtracted from the freeing thread;
+/// the counts are signed so that this cannot underflow. Code measured this way must do its
+/// allocating on the test's thread (the scanner and writers do).
+pub struct PeakAlloc;
+
+thread_local! {
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
 }
 
 impl PeakAlloc {
+    /// Start a new measurement on this thread: the peak is what is live now.
     pub fn reset_peak(&self) {
-        self.peak
-            .store(self.live.load(Ordering::Relaxed), Ordering::Relaxed);
+        let live = LIVE.with(Cell::get);
+        PEAK.with(|p| p.set(live));
     }
+    /// The most this thread had live since [`Self::reset_peak`], in bytes.
     pub fn peak(&self) -> usize {
-        self.peak.load(Ordering::Relaxed)
+        usize::try_from(PEAK.with(Cell::get)).unwrap_or(0)
     }
 }
 
-// SAFETY: delegates to the system allocator; only adds counters.
+fn count(delta: isize) {
+    // try_with: a thread being torn down has no counters left; its frees are not counted.
+    let _ = LIVE.try_with(|l| {
+        let now = l.get().saturating_add(delta);
+        l.set(now);
+        let _ = PEAK.try_with(|p| p.set(p.get().max(now)));
+    });
+}
+
+fn size(l: Layout) -> isize {
+    isize::try_from(l.size()).unwrap_or(isize::MAX)
+}
+
+// SAFETY: delegates to the system allocator; only adds counters. The thread-local cells
+// have const initializers and no destructors, so touching them never allocates.
 #[allow(unsafe_code)]
 unsafe impl GlobalAlloc for PeakAlloc {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         let p = unsafe { System.alloc(l) };
         if !p.is_null() {
-            let now = self.live.fetch_add(l.size(), Ordering::Relaxed) + l.size();
-            self.peak.fetch_max(now, Ordering::Relaxed);
+            count(size(l));
         }
         p
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         unsafe { System.dealloc(p, l) };
-        self.live.fetch_sub(l.size(), Ordering::Relaxed);
+        count(size(l).saturating_neg());
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new_size: usize) -> *mut u8 {
+        let q = unsafe { System.realloc(p, l, new_size) };
+        if !q.is_null() {
+            count(size(l).saturating_neg());
+            count(isize::try_from(new_size).unwrap_or(isize::MAX));
+        }
+        q
     }
 }
 
 #[global_allocator]
-pub static ALLOC: PeakAlloc = PeakAlloc {
-    live: AtomicUsize::new(0),
-    peak: AtomicUsize::new(0),
-};
+pub static ALLOC: PeakAlloc = PeakAlloc;
 
 mod cli {
     pub mod basic;
@@ -49,6 +77,7 @@ mod cli {
     pub mod damaged;
     pub mod hostile;
     pub mod install;
+    pub mod kinds;
     #[path = "move.rs"]
     pub mod move_fs;
     pub mod mutation;
@@ -57,6 +86,8 @@ mod cli {
     pub mod pipeline;
     pub mod qcow2;
     pub mod scramble;
+    pub mod scrambled;
+    pub mod sweep;
     pub mod util;
     pub mod ux;
 }

@@ -4,6 +4,8 @@
 //! merges them once. Memory follows the number of distinct runs (the metadata), never the
 //! filesystem size.
 
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
+
 use std::ops::Range;
 
 /// A run of consecutive selected blocks: `[start, start + len)`.
@@ -72,7 +74,7 @@ impl BlockMap {
                 if o.start > pos {
                     out.push(Run {
                         start: pos,
-                        len: o.start - pos,
+                        len: o.start.saturating_sub(pos),
                     });
                 }
                 pos = o.end();
@@ -80,7 +82,7 @@ impl BlockMap {
             if pos < r.end() {
                 out.push(Run {
                     start: pos,
-                    len: r.end() - pos,
+                    len: r.end().saturating_sub(pos),
                 });
             }
         }
@@ -98,7 +100,7 @@ impl BlockMap {
                 let e = r.end().min(range.end);
                 Run {
                     start: s,
-                    len: e - s,
+                    len: e.saturating_sub(s),
                 }
             })
     }
@@ -145,13 +147,15 @@ impl BlockMapBuilder {
         if len == 0 {
             return;
         }
-        let last = start.saturating_add(len - 1);
+        let last = start.saturating_add(len.saturating_sub(1));
         let c0 = (start >> self.cluster_bits).max(self.first_cluster);
         let c1 = (last >> self.cluster_bits).min(self.last_cluster);
         if c0 > c1 || self.last_cluster < self.first_cluster {
             return;
         }
-        let end = c1 + 1;
+        // c1 ≤ last_cluster < 2^64 >> cluster_bits: the end cannot overflow unless
+        // cluster_bits is 0 and the range reaches u64::MAX, where it saturates.
+        let end = c1.saturating_add(1);
         if let Some(l) = self.pending.last_mut() {
             // Cheap merge for the common case of ascending, touching marks.
             if l.0 <= c0 && c0 <= l.1 {
@@ -160,7 +164,7 @@ impl BlockMapBuilder {
             }
         }
         self.pending.push((c0, end));
-        if self.pending.len() - self.sorted_prefix >= COMPACT_AT {
+        if self.pending.len().saturating_sub(self.sorted_prefix) >= COMPACT_AT {
             self.compact();
         }
     }
@@ -200,10 +204,10 @@ impl BlockMapBuilder {
                 continue;
             }
             match runs.last_mut() {
-                Some(l) if l.end() >= s => l.len = e.max(l.end()) - l.start,
+                Some(l) if l.end() >= s => l.len = e.max(l.end()).saturating_sub(l.start),
                 _ => runs.push(Run {
                     start: s,
-                    len: e - s,
+                    len: e.saturating_sub(s),
                 }),
             }
         }
@@ -216,6 +220,7 @@ impl BlockMapBuilder {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 

@@ -21,6 +21,7 @@ pub mod bytes;
 pub mod error;
 pub mod ext4;
 pub mod io;
+pub mod mark;
 pub mod mount;
 pub mod normal;
 pub mod ops;

@@ -580,7 +580,7 @@ pub fn check_file_end(file: &File, end: u64) -> Result<()> {
     if fits {
         Ok(())
     } else {
-        Err(Error::TooLarge { need: end })
+        Err(Error::too_large(end))
     }
 }
 

@@ -147,7 +147,7 @@ impl<'a> RawSink<'a> {
         match file {
             Some(f) => crate::output::check_file_end(f, end)?,
             None if i64::try_from(end).is_err() && !matches!(target, RawTarget::Stream(_)) => {
-                return Err(Error::TooLarge { need: end });
+                return Err(Error::too_large(end));
             }
             None => {}
         }

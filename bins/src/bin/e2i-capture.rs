@@ -101,6 +101,27 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             .scramble
             .then(|| args.seed.unwrap_or(e2i::scramble::DEFAULT_SEED)),
     };
+    if !out.kind().is_stream() {
+        // A scrambled image (-s, or SOURCE itself a scrambled image) over a filesystem with
+        // SOURCE's UUID (a clone, a copy, the original) would replace its names, symlink
+        // targets, inline data, xattrs and label.
+        let facts = if args.scramble {
+            let fs = capture::open_source(&args.source, args.offset)
+                .map_err(|e| attribute(e, &src, &out_name))?;
+            e2i::ops::guard::capture_facts(&*fs)
+        } else {
+            e2i::ops::guard::source_facts(&args.source, args.offset)
+        };
+        if let Some(ev) =
+            e2i::ops::guard::refuse_scrambled(&facts, out.path(), 0, args.allow_scrambled)
+                .map_err(|e| anyhow::Error::new(e).context(out_name.clone()))?
+            && !args.quiet
+        {
+            eprintln!(
+                "{TOOL}: warning: {out_name}: writing a scrambled image ({ev}) over the filesystem it is taken from (--allow-scrambled)"
+            );
+        }
+    }
     let mut reporter = Reporter::new(args.progress);
     let mut stream = out
         .kind()

@@ -1,12 +1,12 @@
 //! e2i-install: write a normal e2image image's metadata back onto a device (e2image -I),
-//! refusing a mounted device or one that holds another filesystem.
+//! refusing a mounted device, one that holds another filesystem, and a scrambled image.
 
 use anyhow::Context;
-use e2i::ops::install::{self, DeviceSuper, InstallOptions, WriteData};
+use e2i::ops::install::{DeviceSuper, Install, InstallOptions, InstallReport, WriteData};
 use e2i::output::{Kind, Request};
 use e2i::sparse::range_text;
 use e2i_cli::cli::install::Args;
-use e2i_cli::{EXIT_OK, Reporter, Summary, open_output, parse_args, run};
+use e2i_cli::{EXIT_OK, Reporter, Summary, open_output, parse_args, run, utc};
 
 const TOOL: &str = "e2i-install";
 
@@ -57,29 +57,25 @@ fn body(args: Args) -> anyhow::Result<u8> {
         force: args.force,
         dry_run: args.dry_run,
         undo: args.undo.clone(),
+        allow_scrambled: args.allow_scrambled,
     };
+    let context = || {
+        format!(
+            "installing {} onto {}",
+            args.image.display(),
+            args.device.display()
+        )
+    };
+    let install = Install::prepare(&args.device, &args.image, &opts).with_context(context)?;
+    if !args.quiet {
+        // Said before anything is written, so that an interrupted or regretted run was
+        // announced (and -n shows the same).
+        warn_before_writing(&args.device.display().to_string(), install.report());
+    }
     let mut reporter = Reporter::new(args.progress);
     reporter.set_dry_run(args.dry_run);
-    let report =
-        install::install(&args.device, &args.image, &opts, &mut reporter).with_context(|| {
-            format!(
-                "installing {} onto {}",
-                args.image.display(),
-                args.device.display()
-            )
-        })?;
+    let report = install.run(&mut reporter).with_context(context)?;
     reporter.summary(report.block_size);
-    let dev = args.device.display();
-    for m in report.mismatches.iter().filter(|_| !args.quiet) {
-        eprintln!("{TOOL}: warning: {dev}: {m} (installing anyway: --force)");
-    }
-    if let DeviceSuper::Backup { block, block_size } = report.device_super
-        && !args.quiet
-    {
-        eprintln!(
-            "{TOOL}: {dev}: primary superblock invalid; identified the filesystem by the backup at block {block} ({block_size}-byte blocks)"
-        );
-    }
     if args.dry_run {
         let bs = u64::from(report.block_size);
         for w in &report.writes {
@@ -104,6 +100,7 @@ fn body(args: Args) -> anyhow::Result<u8> {
         return Ok(EXIT_OK);
     }
     if let (Some(u), Some(path), false) = (report.undo, &args.undo, args.quiet) {
+        let dev = args.device.display();
         eprintln!(
             "{TOOL}: saved {} blocks ({} keys) to {}; undo with: e2undo {} {}",
             u.blocks,
@@ -114,4 +111,67 @@ fn body(args: Args) -> anyhow::Result<u8> {
         );
     }
     Ok(EXIT_OK)
+}
+
+/// The warnings and the one-line overview of what the install replaces, on stderr.
+fn warn_before_writing(dev: &str, report: &InstallReport) {
+    for m in &report.mismatches {
+        eprintln!("{TOOL}: warning: {dev}: {m} (installing anyway: --force)");
+    }
+    if let DeviceSuper::Backup { block, block_size } = report.device_super {
+        eprintln!(
+            "{TOOL}: {dev}: primary superblock invalid; identified the filesystem by the backup at block {block} ({block_size}-byte blocks)"
+        );
+    }
+    if report.overview.journal_dropped {
+        eprintln!(
+            "{TOOL}: warning: {dev}: its journal needs recovery, and the image's superblock replaces the one that says so: the journal will not be replayed (run e2fsck on {dev} first to keep its transactions)"
+        );
+    }
+    if let Some(ev) = &report.scrambled {
+        eprintln!(
+            "{TOOL}: warning: {dev}: installing a scrambled image ({ev}): its scrambled names, symlink targets, inline data, xattrs and label replace the real ones (--allow-scrambled)"
+        );
+    }
+    eprintln!("{TOOL}: {dev}: {}", overview_line(report));
+}
+
+/// "replacing the inode tables and bitmaps of N groups with the image's from T; ...".
+fn overview_line(report: &InstallReport) -> String {
+    let o = &report.overview;
+    let groups = if o.groups == 1 {
+        "1 group".to_string()
+    } else {
+        format!("{} groups", o.groups)
+    };
+    let when = if o.image_time == 0 {
+        "of an unknown time".to_string()
+    } else {
+        format!("from {}", utc(o.image_time))
+    };
+    let mut line = format!(
+        "replacing the inode tables and bitmaps of {groups}, the group descriptors and the superblock with the image's {when}"
+    );
+    match o.device_write_time {
+        Some(t) if o.device_is_newer() => line.push_str(&format!(
+            "; the filesystem was written after that ({}): files created or changed since become unreachable, and blocks allocated since are marked free",
+            utc(t)
+        )),
+        Some(_) if o.image_time != 0 => {
+            line.push_str("; the filesystem has not been written since")
+        }
+        _ => {}
+    }
+    if let Some(d) = o.device_inodes_used
+        && d != o.image_inodes_used
+    {
+        line.push_str(&format!(
+            "; inodes in use: {d} now, {} in the image",
+            o.image_inodes_used
+        ));
+    }
+    if let Some((d, i)) = &o.label_change {
+        line.push_str(&format!("; the label {d:?} becomes {i:?}"));
+    }
+    line
 }

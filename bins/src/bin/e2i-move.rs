@@ -202,6 +202,23 @@ fn body(args: Args) -> anyhow::Result<u8> {
         },
         &[("SOURCE", &args.source)],
     )?;
+    // A scrambled SOURCE (e2i-capture -s) is not cloned over the filesystem it was taken
+    // from unless asked: its names, symlink targets, inline data and label would replace
+    // the real ones.
+    let facts = e2i::ops::guard::source_facts(&args.source, args.src_offset);
+    if let Some(ev) = e2i::ops::guard::refuse_scrambled(
+        &facts,
+        out.path(),
+        args.dest_offset,
+        args.allow_scrambled,
+    )
+    .map_err(|e| anyhow::Error::new(e).context(src.clone()))?
+        && !args.quiet
+    {
+        eprintln!(
+            "{TOOL}: warning: {dst}: copying a scrambled image ({ev}) over the filesystem it was taken from (--allow-scrambled)"
+        );
+    }
     let scratch;
     let target = match (out.kind(), out.file()) {
         (Kind::Stdout | Kind::Stream, _) => anyhow::bail!(

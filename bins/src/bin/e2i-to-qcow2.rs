@@ -51,6 +51,9 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     reporter.set_dry_run(args.dry_run);
     let inp = input::open(&args.input).map_err(|e| anyhow::Error::new(e).context(src.clone()))?;
     sum.add(|o| o.str("input_kind", kind_name(inp.kind())));
+    // The qcow2 of a scrambled image is marked as scrambled too (see e2i::mark).
+    let scrambled = input::facts(&inp).is_scrambled();
+    sum.add(|o| o.bool("input_scrambled", scrambled));
     if args.all_data && inp.kind() == Kind::Stream && !args.quiet {
         eprintln!(
             "{TOOL}: note: -a has no effect on a stream input (the capture chose its blocks)"

@@ -19,6 +19,7 @@ fn main() -> std::process::ExitCode {
         all_data: args.all_data,
         quiet: args.quiet,
         json: args.json,
+        allow_scrambled: args.allow_scrambled,
         qcow2_only: false,
     };
     run(TOOL, Summary::new(args.json, TOOL), |sum| {

@@ -19,6 +19,7 @@ fn main() -> std::process::ExitCode {
         all_data: false,
         quiet: args.quiet,
         json: args.json,
+        allow_scrambled: args.allow_scrambled,
         qcow2_only: true,
     };
     run(TOOL, Summary::new(args.json, TOOL), |sum| {

@@ -23,7 +23,15 @@ e2image equivalents: `e2i-capture SRC OUT` is `e2image SRC OUT` (normal format),
 `-r` is `e2image -r`, `-Q` is `e2image -Q`, `-a` is `e2image -a`, `-s` is `e2image -s`, \
 `-b`/`-B` are `e2image -b`/`-B`, `-o` is `e2image -o`, `-p` is `e2image -p`. \
 The stream format (the default when OUTPUT is `-`) is e2i's own: a checksummed, \
-front-to-back format that the converters read from a pipe.";
+front-to-back format that the converters read from a pipe.
+
+Every image made with -s says so: the stream's header flag, a mark in the normal image's \
+header and in a qcow2 header extension, and in every format the superblock's last-mounted \
+path, which reads `<scrambled by e2i-capture -s>`. A capture of a scrambled SOURCE (a raw \
+image made from one) keeps the mark. e2i-install and the converters refuse to write a \
+scrambled image over the filesystem it was taken from; so does e2i-capture itself (with -s, \
+or of a scrambled SOURCE) when OUTPUT is an existing file or block device holding SOURCE's \
+filesystem (a clone), unless --allow-scrambled.";
 
 const AFTER_LONG_HELP: &str = "\
 Examples:
@@ -81,6 +89,11 @@ pub struct Args {
     /// Seed for --scramble.
     #[arg(long, value_parser = number, requires = "scramble")]
     pub seed: Option<u64>,
+    /// Write a scrambled image (-s, or a SOURCE that is itself scrambled) even over the
+    /// filesystem it is taken from (an existing OUTPUT file or block device holding its
+    /// UUID, such as a clone).
+    #[arg(long = "allow-scrambled")]
+    pub allow_scrambled: bool,
     /// Allow a source mounted read-write.
     #[arg(short = 'f', long)]
     pub force: bool,

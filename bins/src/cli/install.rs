@@ -8,11 +8,22 @@ const LONG_ABOUT: &str = "\
 Write the superblock, group descriptors, bitmaps and inode tables held in IMAGE (a normal \
 e2image image) back onto DEVICE (a block device or an image file). A mounted DEVICE is \
 always refused; so is one whose filesystem UUID or geometry differs from the image's, \
-unless --force. With --undo FILE, every block about to be overwritten is first saved to \
-FILE, which e2fsprogs' `e2undo FILE DEVICE` replays.
+unless --force. A scrambled IMAGE (made with `e2i-capture -s`: its header's mark, or, for \
+images made before the mark, a header naming neither host nor device) is refused unless \
+--allow-scrambled: its inode tables and superblock would replace the real names in inline \
+directories, symlink targets, inline file data, in-inode xattrs and the label. With \
+--undo FILE, every block about to be overwritten is first saved to FILE, which e2fsprogs' \
+`e2undo FILE DEVICE` replays.
 
-e2image equivalent: `e2i-install DEVICE IMAGE` is `e2image -I DEVICE IMAGE`; `-n` and \
-`-z` have no e2image -I equivalent (e2image -I writes without checks or undo file).";
+Before writing (and with -n), one line says what is replaced: the inode tables and bitmaps \
+of every group, with the image's from the time it was taken, and whether DEVICE's \
+filesystem was written after that (files created or changed since become unreachable). A \
+warning says when DEVICE's journal needs recovery: the image's superblock replaces the one \
+that says so, and the journal is then not replayed (run e2fsck first).
+
+e2image equivalent: `e2i-install DEVICE IMAGE` is `e2image -I DEVICE IMAGE`; `-n`, \
+`-z` and --allow-scrambled have no e2image -I equivalent (e2image -I writes without checks \
+or undo file).";
 
 const AFTER_LONG_HELP: &str = "\
 Examples:
@@ -23,7 +34,7 @@ Examples:
 
 Exit status:
   0  success
-  1  failure (nothing written unless the failure came while writing)
+  1  failure or refusal, also with -n (nothing written unless the failure came while writing)
   2  usage error";
 
 /// Write the superblock, group descriptors, bitmaps and inode tables held in IMAGE (a normal
@@ -53,6 +64,11 @@ pub struct Args {
     /// (never onto a mounted device).
     #[arg(short = 'f', long)]
     pub force: bool,
+    /// Install IMAGE even if it is scrambled (e2i-capture -s): the names in inline
+    /// directories, symlink targets, inline file data, in-inode xattrs and label on DEVICE
+    /// become the scrambled ones. For scratch copies.
+    #[arg(long = "allow-scrambled")]
+    pub allow_scrambled: bool,
     /// Show progress on stderr (a bar on a terminal, a line every few seconds otherwise).
     #[arg(short = 'p', long)]
     pub progress: bool,

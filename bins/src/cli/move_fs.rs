@@ -15,7 +15,9 @@ moves; a rerun over a SOURCE that no longer matches it (restored from a backup, 
 already moved) is refused and nothing is written. See move-journal.md (installed in \
 share/doc/e2i). DEST is a new or existing file or a block device, never SOURCE under \
 another name. SOURCE may be a qcow2 image when cloning (its virtual disk is read, -o \
-inside it); a qcow2 image cannot be moved in place.
+inside it); a qcow2 image cannot be moved in place. A scrambled SOURCE (an e2i-capture -s \
+image) is not cloned over the filesystem it was taken from (an existing DEST holding its \
+UUID at -O) unless --allow-scrambled.
 
 e2image equivalents: `e2i-move -o S -O D SRC DST` is `e2image -ra -o S -O D SRC DST`; \
 `e2i-move -o S -O D SRC` is `e2image -ra -o S -O D SRC` (which is not crash-safe); \
@@ -83,4 +85,8 @@ pub struct Args {
     /// No warnings or summaries (errors are still reported).
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// Clone a scrambled SOURCE (an e2i-capture -s image) even over the filesystem it was
+    /// taken from (an existing DEST holding its UUID at -O).
+    #[arg(long = "allow-scrambled", requires = "dest")]
+    pub allow_scrambled: bool,
 }

@@ -10,7 +10,10 @@ const LONG_ABOUT: &str = "\
 Write the virtual disk of the qcow2 image INPUT (version 2 or 3; compressed clusters, zero \
 clusters, snapshots and backing-less images of any origin) as a raw image to OUTPUT (a file, \
 a block device, a FIFO or character device, or `-`). INPUT may be a FIFO or `-` (stdin), \
-also gzip-, bzip2-, xz- or zstd-compressed; it is then spooled to a temporary file.
+also gzip-, bzip2-, xz- or zstd-compressed; it is then spooled to a temporary file. A \
+scrambled INPUT (e2i-capture -s, as bug reports are) is not written over the filesystem it \
+was taken from (an existing OUTPUT or block device holding its UUID) unless \
+--allow-scrambled; a new file, stdout, or a device holding something else is always fine.
 
 e2image equivalent: `qcow2-to-raw x.qcow2 x.raw` is `e2image -r x.qcow2 x.raw`; `-O` is \
 `e2image -O`, `-c` is `e2image -c`, `-n` is `e2image -n`, `-p` is `e2image -p`.";
@@ -24,7 +27,7 @@ Examples:
 
 Exit status:
   0  success
-  1  failure (one line on stderr: `qcow2-to-raw: what: where`)
+  1  failure or refusal, also with -n (one line on stderr: `qcow2-to-raw: what: where`)
   2  usage error
 
 With --json, a one-line JSON summary goes to stdout, or to stderr when OUTPUT is `-`. Its \
@@ -65,4 +68,9 @@ pub struct Args {
     /// Print a one-line JSON summary (stdout, or stderr when OUTPUT is `-`).
     #[arg(long)]
     pub json: bool,
+    /// Write a scrambled INPUT (e2i-capture -s) even over the filesystem it was taken from
+    /// (an existing OUTPUT or block device with its UUID), whose names, symlink targets,
+    /// inline data, xattrs, journal and label then become the scrambled ones.
+    #[arg(long = "allow-scrambled")]
+    pub allow_scrambled: bool,
 }

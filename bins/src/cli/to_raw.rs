@@ -12,7 +12,10 @@ image; gzip, bzip2, xz or zstd wrapping is detected; a file, a FIFO or `-` for s
 raw image at OUTPUT (a file, a block device, a FIFO or character device, or `-`). A new \
 OUTPUT file is sparse and appears under its name only when complete; a block device gets \
 exactly the bytes `e2image -r` writes to one (whole inode tables, zero blocks written). \
-OUTPUT may not be INPUT under any name (a link, a loop device backed by it).
+OUTPUT may not be INPUT under any name (a link, a loop device backed by it). A scrambled \
+INPUT (e2i-capture -s; marked in every format) is not written over the filesystem it was \
+taken from (an existing OUTPUT or block device holding its UUID) unless --allow-scrambled; \
+a new file, stdout, or a device holding something else is always fine.
 
 e2image equivalents: `e2i-to-raw x.qcow2 x.raw` is `e2image -r x.qcow2 x.raw`; `-O` is \
 `e2image -O`, `-c` is `e2image -c`, `-n` is `e2image -n`, `-p` is `e2image -p`, `-a` is \
@@ -30,7 +33,7 @@ Examples:
 
 Exit status:
   0  success
-  1  failure (one line on stderr: `e2i-to-raw: what: where`)
+  1  failure or refusal, also with -n (one line on stderr: `e2i-to-raw: what: where`)
   2  usage error
   3  damaged metadata skipped (raw filesystem input)
 
@@ -77,4 +80,9 @@ pub struct Args {
     /// Print a one-line JSON summary (stdout, or stderr when OUTPUT is `-`).
     #[arg(long)]
     pub json: bool,
+    /// Write a scrambled INPUT (e2i-capture -s) even over the filesystem it was taken from
+    /// (an existing OUTPUT or block device with its UUID), whose names, symlink targets,
+    /// inline data, xattrs, journal and label then become the scrambled ones.
+    #[arg(long = "allow-scrambled")]
+    pub allow_scrambled: bool,
 }

@@ -7,10 +7,13 @@
 //! `inodes_per_group` bits per group. Both are packed LSB-first.
 
 use super::csum::Checksummer;
+use super::damage::Role;
 use super::desc::{BG_BLOCK_UNINIT, BG_INODE_UNINIT, DescTable};
+use super::fs::read_blocks;
 use super::superblock::Superblock;
+use crate::Result;
+use crate::error::CorruptKind;
 use crate::io::ReadAt;
-use crate::{Error, Result};
 
 /// The in-memory bitmaps.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,23 +37,17 @@ pub fn inode_nbytes(sb: &Superblock) -> usize {
 /// Refuse geometries whose per-group bitmaps do not fit a block or are not whole bytes
 /// (libext2fs refuses the first as a corrupt superblock and mangles the second).
 pub fn check_geometry(sb: &Superblock) -> Result<()> {
-    if !sb.clusters_per_group.is_multiple_of(8) || !sb.inodes_per_group.is_multiple_of(8) {
-        return Err(Error::corrupt(
-            "superblock",
-            format!(
-                "{} clusters or {} inodes per group is not a multiple of 8",
-                sb.clusters_per_group, sb.inodes_per_group
-            ),
-        ));
-    }
-    if block_nbytes(sb) > sb.block_size as usize || inode_nbytes(sb) > sb.block_size as usize {
-        return Err(Error::corrupt(
-            "superblock",
-            format!(
-                "a group's bitmap ({} clusters, {} inodes) does not fit in a {}-byte block",
-                sb.clusters_per_group, sb.inodes_per_group, sb.block_size
-            ),
-        ));
+    if !sb.clusters_per_group.is_multiple_of(8)
+        || !sb.inodes_per_group.is_multiple_of(8)
+        || block_nbytes(sb) > sb.block_size as usize
+        || inode_nbytes(sb) > sb.block_size as usize
+    {
+        return Err(CorruptKind::SuperblockBitmapGeometry {
+            clusters_per_group: sb.clusters_per_group,
+            inodes_per_group: sb.inodes_per_group,
+            block_size: sb.block_size,
+        }
+        .into());
     }
     Ok(())
 }
@@ -64,17 +61,18 @@ pub fn super_and_bgd_loc(sb: &Superblock, g: u32) -> (u64, u64, u64) {
     }
     let has_super = sb.group_has_super(g);
     let super_blk = if has_super { group_block } else { 0 };
-    let mbs = sb.desc_per_block.max(1);
+    let mbs = std::num::NonZeroU32::new(sb.desc_per_block).unwrap_or(std::num::NonZeroU32::MIN);
     let meta_bg = g / mbs;
     let (mut old_desc, mut new_desc) = (0, 0);
+    // group_block saturates at u64::MAX for groups past the end: never a valid block.
     if !sb.has_meta_bg() || meta_bg < sb.first_meta_bg {
         if has_super {
-            old_desc = group_block + 1;
+            old_desc = group_block.saturating_add(1);
         }
     } else {
         let r = g % mbs;
-        if r == 0 || r == 1 || r == mbs - 1 {
-            new_desc = group_block + u64::from(has_super);
+        if r == 0 || r == 1 || r == mbs.get().saturating_sub(1) {
+            new_desc = group_block.saturating_add(u64::from(has_super));
         }
     }
     (super_blk, old_desc, new_desc)
@@ -91,8 +89,13 @@ struct ClusterMarks<'a> {
 
 impl ClusterMarks<'_> {
     fn set(&mut self, c: u64) {
-        let i = c - self.start;
-        if let Some(b) = self.bits.get_mut((i / 8) as usize) {
+        let Some(i) = c.checked_sub(self.start) else {
+            return;
+        };
+        if let Some(b) = usize::try_from(i / 8)
+            .ok()
+            .and_then(|i| self.bits.get_mut(i))
+        {
             *b |= 1 << (i % 8);
         }
     }
@@ -109,19 +112,20 @@ impl ClusterMarks<'_> {
     /// `ext2fs_mark_block_bitmap_range2`: the whole range is dropped if any of it is out of
     /// range.
     fn mark_range(&mut self, blk: u64, num: u64) {
+        // libext2fs computes in wrapping 64-bit arithmetic; so does this, on purpose: a
+        // range that wraps fails the bounds check below and is dropped, as there.
+        let round = 1u64
+            .checked_shl(self.cluster_bits)
+            .unwrap_or(1)
+            .wrapping_sub(1);
         let first = blk >> self.cluster_bits;
-        let last_excl = blk
-            .wrapping_add(num)
-            .wrapping_add((1u64 << self.cluster_bits) - 1)
-            >> self.cluster_bits;
+        let last_excl = blk.wrapping_add(num).wrapping_add(round) >> self.cluster_bits;
         let n = last_excl.wrapping_sub(first);
-        if first < self.start
-            || first > self.end
-            || first.wrapping_add(n).wrapping_sub(1) > self.end
-        {
+        let last = first.wrapping_add(n).wrapping_sub(1);
+        if first < self.start || first > self.end || last > self.end {
             return;
         }
-        for c in first..first + n {
+        for c in first..=last {
             self.set(c);
         }
     }
@@ -134,12 +138,12 @@ pub fn mark_uninit_group_metadata(sb: &Superblock, desc: &DescTable, block_bitma
         bits: block_bitmap,
         cluster_bits: sb.cluster_bits,
         start: u64::from(sb.first_data_block) >> sb.cluster_bits,
-        end: (sb.blocks_count - 1) >> sb.cluster_bits,
+        end: sb.blocks_count.saturating_sub(1) >> sb.cluster_bits,
     };
     let old_desc_blocks = if sb.has_meta_bg() {
         u64::from(sb.first_meta_bg)
     } else {
-        u64::from(sb.desc_blocks) + u64::from(sb.reserved_gdt_blocks())
+        u64::from(sb.desc_blocks).saturating_add(u64::from(sb.reserved_gdt_blocks()))
     };
     for g in 0..sb.group_count {
         if !desc.has_flag(g, BG_BLOCK_UNINIT) {
@@ -154,7 +158,7 @@ pub fn mark_uninit_group_metadata(sb: &Superblock, desc: &DescTable, block_bitma
             m.mark(0);
         }
         if old_desc != 0 && old_desc < sb.blocks_count {
-            let num = old_desc_blocks.min(sb.blocks_count - old_desc);
+            let num = old_desc_blocks.min(sb.blocks_count.saturating_sub(old_desc));
             m.mark_range(old_desc, num);
         }
         if new_desc != 0 {
@@ -191,7 +195,10 @@ pub fn read_bitmaps<S: ReadAt + ?Sized>(
     let bnb = block_nbytes(sb);
     let inb = inode_nbytes(sb);
     let bs = sb.block_size as usize;
-    let too_big = || Error::corrupt("superblock", "bitmaps too large for memory");
+    // Bounded by 2^32 groups of at most a block each: only a 32-bit host can overflow.
+    let too_big = || CorruptKind::SuperblockGroupCount {
+        groups: u64::from(sb.group_count),
+    };
     let mut out = Bitmaps {
         block: vec![0u8; groups.checked_mul(bnb).ok_or_else(too_big)?],
         inode: vec![0u8; groups.checked_mul(inb).ok_or_else(too_big)?],
@@ -199,27 +206,25 @@ pub fn read_bitmaps<S: ReadAt + ?Sized>(
     let mut buf = vec![0u8; bs];
     for g in 0..sb.group_count {
         let verified = || cs.group_desc_csum_verify(desc, g);
-        for (kind, flag, loc, nb) in [
-            ("block", BG_BLOCK_UNINIT, desc.block_bitmap(g), bnb),
-            ("inode", BG_INODE_UNINIT, desc.inode_bitmap(g), inb),
+        for (is_block, flag, loc, nb) in [
+            (true, BG_BLOCK_UNINIT, desc.block_bitmap(g), bnb),
+            (false, BG_INODE_UNINIT, desc.inode_bitmap(g), inb),
         ] {
             if loc == 0 || loc >= sb.blocks_count || (csum && desc.has_flag(g, flag) && verified())
             {
                 continue;
             }
-            let off = loc.checked_mul(u64::from(sb.block_size)).ok_or_else(|| {
-                Error::corrupt(format!("group {g} {kind} bitmap"), "block number overflows")
-            })?;
-            src.read_exact_at(&mut buf, off, &|| {
-                format!("group {g} {kind} bitmap at block {loc}")
-            })?;
-            let dst = if kind == "block" {
-                &mut out.block
+            let (role, dst) = if is_block {
+                (Role::BlockBitmap { group: g }, &mut out.block)
             } else {
-                &mut out.inode
+                (Role::InodeBitmap { group: g }, &mut out.inode)
             };
-            let at = g as usize * nb;
-            dst[at..at + nb].copy_from_slice(&buf[..nb]);
+            read_blocks(src, sb.block_size, loc, &mut buf, role)?;
+            // g < group_count: the group's bytes lie inside the bitmap just allocated.
+            let at = (g as usize).saturating_mul(nb);
+            if let Some(d) = dst.get_mut(at..at.saturating_add(nb)) {
+                d.copy_from_slice(&buf[..nb]);
+            }
         }
     }
     mark_uninit_group_metadata(sb, desc, &mut out.block);
@@ -233,16 +238,20 @@ pub fn block_bitmap_block(sb: &Superblock, block_bitmap: &[u8], g: u32) -> Vec<u
     let bs = sb.block_size as usize;
     let nb = block_nbytes(sb);
     let mut out = vec![0xFFu8; bs];
-    let at = g as usize * nb;
-    if let Some(src) = block_bitmap.get(at..at + nb) {
+    let at = (g as usize).saturating_mul(nb);
+    if let Some(src) = block_bitmap.get(at..at.saturating_add(nb)) {
         out[..nb].copy_from_slice(src);
     }
-    if g + 1 == sb.group_count {
-        let rem =
-            (sb.blocks_count - u64::from(sb.first_data_block)) % u64::from(sb.blocks_per_group);
-        let nbits = rem.div_ceil(sb.cluster_ratio()) as usize;
+    if g.checked_add(1) == Some(sb.group_count) {
+        // The superblock holds first_data_block < blocks_count.
+        let rem = sb
+            .blocks_count
+            .saturating_sub(u64::from(sb.first_data_block))
+            .checked_rem(u64::from(sb.blocks_per_group))
+            .unwrap_or(0);
+        let nbits = usize::try_from(rem.div_ceil(sb.cluster_ratio())).unwrap_or(usize::MAX);
         if nbits != 0 {
-            for j in nbits..bs * 8 {
+            for j in nbits..bs.saturating_mul(8) {
                 out[j / 8] |= 1 << (j % 8);
             }
         }
@@ -255,8 +264,8 @@ pub fn inode_bitmap_block(sb: &Superblock, inode_bitmap: &[u8], g: u32) -> Vec<u
     let bs = sb.block_size as usize;
     let nb = inode_nbytes(sb);
     let mut out = vec![0xFFu8; bs];
-    let at = g as usize * nb;
-    if let Some(src) = inode_bitmap.get(at..at + nb) {
+    let at = (g as usize).saturating_mul(nb);
+    if let Some(src) = inode_bitmap.get(at..at.saturating_add(nb)) {
         out[..nb].copy_from_slice(src);
     }
     out

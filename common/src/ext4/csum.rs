@@ -5,6 +5,7 @@
 //! inversion on entry or exit. [`crc32c_raw`] is that function.
 
 use super::desc::DescTable;
+use super::le;
 use super::superblock::{Superblock, feature};
 
 /// Offset of `bg_checksum` in a group descriptor.
@@ -12,7 +13,6 @@ const BG_CHECKSUM: usize = 0x1E;
 /// Offset of `s_checksum` in the superblock.
 pub const SB_CHECKSUM: usize = 0x3FC;
 const SB_CHECKSUM_SEED: usize = 0x270;
-const SB_UUID: usize = 0x68;
 
 /// libext2fs `ext2fs_crc32c_le`: CRC-32C update of `crc` over `data`, without the
 /// customary inversions.
@@ -23,6 +23,8 @@ pub fn crc32c_raw(crc: u32, data: &[u8]) -> u32 {
 
 static CRC16_TABLE: [u16; 256] = crc16_table();
 
+// A constant table built at compile time over 0..256: no input reaches this arithmetic.
+#[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 const fn crc16_table() -> [u16; 256] {
     // CRC-16 with polynomial 0x8005, reflected (0xA001): the table of libext2fs's crc16.c.
     let mut t = [0u16; 256];
@@ -44,10 +46,20 @@ const fn crc16_table() -> [u16; 256] {
     t
 }
 
+/// The low and high 16 bits of a checksum (descriptors and inodes keep crc32c halves).
+pub fn halves(c: u32) -> [u16; 2] {
+    let b = le::bytes_u32(c);
+    [le::u16(&b, 0), le::u16(&b, 2)]
+}
+
+fn low16(c: u32) -> u16 {
+    halves(c)[0]
+}
+
 /// libext2fs `ext2fs_crc16`.
 pub fn crc16(mut crc: u16, data: &[u8]) -> u16 {
     for &b in data {
-        crc = (crc >> 8) ^ CRC16_TABLE[usize::from((crc ^ u16::from(b)) as u8)];
+        crc = (crc >> 8) ^ CRC16_TABLE[usize::from((crc ^ u16::from(b)) & 0xFF)];
     }
     crc
 }
@@ -57,14 +69,9 @@ pub fn crc16(mut crc: u16, data: &[u8]) -> u16 {
 pub fn csum_seed(sb: &Superblock) -> u32 {
     let r = sb.raw();
     if sb.has_incompat(feature::INCOMPAT_CSUM_SEED) {
-        return u32::from_le_bytes([
-            r[SB_CHECKSUM_SEED],
-            r[SB_CHECKSUM_SEED + 1],
-            r[SB_CHECKSUM_SEED + 2],
-            r[SB_CHECKSUM_SEED + 3],
-        ]);
+        return le::u32(&r[..], SB_CHECKSUM_SEED);
     }
-    crc32c_raw(!0, &r[SB_UUID..SB_UUID + 16])
+    crc32c_raw(!0, &sb.uuid())
 }
 
 /// Checksums of one filesystem: the feature bits and seed they need.
@@ -97,21 +104,21 @@ impl Checksummer {
     /// group `g`.
     pub fn group_desc_csum(&self, g: u32, rec: &[u8]) -> u16 {
         let size = self.desc_size.min(rec.len());
-        let gb = g.to_le_bytes();
+        let gb = le::bytes_u32(g);
+        let head = rec.get(..BG_CHECKSUM).unwrap_or_default();
+        // The bytes after bg_checksum (none in a 32-byte record).
+        let tail = rec.get(BG_CHECKSUM + 2..size).unwrap_or_default();
         if self.metadata_csum {
             let mut c = crc32c_raw(self.seed, &gb);
-            c = crc32c_raw(c, &rec[..BG_CHECKSUM]);
+            c = crc32c_raw(c, head);
             c = crc32c_raw(c, &[0, 0]);
-            c = crc32c_raw(c, &rec[BG_CHECKSUM + 2..size]);
-            return c as u16;
+            c = crc32c_raw(c, tail);
+            return low16(c);
         }
         let mut c = crc16(!0, &self.uuid);
         c = crc16(c, &gb);
-        c = crc16(c, &rec[..BG_CHECKSUM]);
-        if BG_CHECKSUM + 2 < size {
-            c = crc16(c, &rec[BG_CHECKSUM + 2..size]);
-        }
-        c
+        c = crc16(c, head);
+        crc16(c, tail)
     }
 
     /// `ext2fs_group_desc_csum_verify`: true when the filesystem has no descriptor checksums
@@ -121,8 +128,7 @@ impl Checksummer {
             return true;
         }
         let rec = desc.record(g);
-        let stored = u16::from_le_bytes([rec[BG_CHECKSUM], rec[BG_CHECKSUM + 1]]);
-        stored == self.group_desc_csum(g, rec)
+        le::get_u16(rec, BG_CHECKSUM) == Some(self.group_desc_csum(g, rec))
     }
 
     /// `ext2fs_group_desc_csum_set`.
@@ -131,7 +137,9 @@ impl Checksummer {
             return;
         }
         let c = self.group_desc_csum(g, desc.record(g));
-        desc.record_mut(g)[BG_CHECKSUM..BG_CHECKSUM + 2].copy_from_slice(&c.to_le_bytes());
+        if let Some(rec) = desc.record_mut(g) {
+            le::set_u16(rec, BG_CHECKSUM, c);
+        }
     }
 
     /// `ext2fs_block_bitmap_csum_set`: store the crc32c of the first `nbytes` bytes of the
@@ -142,10 +150,12 @@ impl Checksummer {
         }
         let c = crc32c_raw(self.seed, bitmap);
         let size = self.desc_size;
-        let rec = desc.record_mut(g);
-        rec[0x18..0x1A].copy_from_slice(&(c as u16).to_le_bytes());
+        let Some(rec) = desc.record_mut(g) else {
+            return;
+        };
+        le::set_u16(rec, 0x18, low16(c));
         if size >= 0x3A && rec.len() >= 0x3A {
-            rec[0x38..0x3A].copy_from_slice(&((c >> 16) as u16).to_le_bytes());
+            le::set_u16(rec, 0x38, halves(c)[1]);
         }
     }
 
@@ -156,18 +166,19 @@ impl Checksummer {
         }
         let c = crc32c_raw(self.seed, bitmap);
         let size = self.desc_size;
-        let rec = desc.record_mut(g);
-        rec[0x1A..0x1C].copy_from_slice(&(c as u16).to_le_bytes());
+        let Some(rec) = desc.record_mut(g) else {
+            return;
+        };
+        le::set_u16(rec, 0x1A, low16(c));
         if size >= 0x3C && rec.len() >= 0x3C {
-            rec[0x3A..0x3C].copy_from_slice(&((c >> 16) as u16).to_le_bytes());
+            le::set_u16(rec, 0x3A, halves(c)[1]);
         }
     }
 }
 
 /// Is the metadata_csum feature on in these raw superblock bytes?
 fn raw_has_metadata_csum(raw: &[u8; 1024]) -> bool {
-    let ro = u32::from_le_bytes([raw[0x64], raw[0x65], raw[0x66], raw[0x67]]);
-    ro & feature::RO_COMPAT_METADATA_CSUM != 0
+    le::u32(&raw[..], 0x64) & feature::RO_COMPAT_METADATA_CSUM != 0
 }
 
 /// The superblock checksum (`ext2fs_superblock_csum`).
@@ -179,7 +190,7 @@ pub fn superblock_csum(raw: &[u8; 1024]) -> u32 {
 pub fn superblock_csum_set(raw: &mut [u8; 1024]) {
     if raw_has_metadata_csum(raw) {
         let c = superblock_csum(raw);
-        raw[SB_CHECKSUM..].copy_from_slice(&c.to_le_bytes());
+        le::set_u32(&mut raw[..], SB_CHECKSUM, c);
     }
 }
 
@@ -188,13 +199,7 @@ pub fn superblock_csum_verify(raw: &[u8; 1024]) -> bool {
     if !raw_has_metadata_csum(raw) {
         return true;
     }
-    let stored = u32::from_le_bytes([
-        raw[SB_CHECKSUM],
-        raw[SB_CHECKSUM + 1],
-        raw[SB_CHECKSUM + 2],
-        raw[SB_CHECKSUM + 3],
-    ]);
-    stored == superblock_csum(raw)
+    le::u32(&raw[..], SB_CHECKSUM) == superblock_csum(raw)
 }
 
 #[cfg(test)]

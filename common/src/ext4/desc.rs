@@ -16,6 +16,9 @@ pub struct DescTable {
     count: u32,
 }
 
+/// What a descriptor record past the table reads as: zeros (no table, no bitmaps, no flags).
+static ZERO_RECORD: [u8; 1024] = [0; 1024];
+
 impl DescTable {
     pub fn new(raw: Vec<u8>, sb: &Superblock) -> Self {
         DescTable {
@@ -39,9 +42,18 @@ impl DescTable {
         self.count
     }
 
+    /// Byte range of group `g`'s record in the table.
+    fn range(&self, g: u32) -> Option<std::ops::Range<usize>> {
+        let off = usize::try_from(g).ok()?.checked_mul(self.stride)?;
+        Some(off..off.checked_add(self.stride.max(32))?)
+    }
+
     fn rec(&self, g: u32) -> &[u8] {
-        let off = g as usize * self.stride;
-        &self.raw[off..off + self.stride.max(32)]
+        // Callers loop over the groups the table holds; a group past it (which the
+        // superblock's geometry rules out) reads as an all-zero record.
+        self.range(g)
+            .and_then(|r| self.raw.get(r))
+            .unwrap_or(&ZERO_RECORD[..self.stride.clamp(32, 1024)])
     }
 
     /// Group `g`'s descriptor record (`desc_size` bytes, or 32 without 64bit).
@@ -49,18 +61,20 @@ impl DescTable {
         self.rec(g)
     }
 
-    /// Group `g`'s descriptor record, for updating checksums and flags.
-    pub fn record_mut(&mut self, g: u32) -> &mut [u8] {
-        let off = g as usize * self.stride;
-        let len = self.stride.max(32);
-        &mut self.raw[off..off + len]
+    /// Group `g`'s descriptor record, for updating checksums and flags; `None` for a group
+    /// the table does not hold.
+    pub fn record_mut(&mut self, g: u32) -> Option<&mut [u8]> {
+        let r = self.range(g)?;
+        self.raw.get_mut(r)
     }
 
     fn lo_hi32(&self, g: u32, lo: usize, hi: usize) -> u64 {
         let r = self.rec(g);
         let mut v = u64::from(le::u32(r, lo));
-        if self.is64 && r.len() >= hi + 4 {
-            v |= u64::from(le::u32(r, hi)) << 32;
+        if self.is64
+            && let Some(h) = le::get_u32(r, hi)
+        {
+            v |= u64::from(h) << 32;
         }
         v
     }
@@ -83,8 +97,10 @@ impl DescTable {
     pub fn itable_unused(&self, g: u32) -> u32 {
         let r = self.rec(g);
         let mut v = u32::from(le::u16(r, 0x1C));
-        if self.is64 && r.len() >= 0x34 {
-            v |= u32::from(le::u16(r, 0x32)) << 16;
+        if self.is64
+            && let Some(h) = le::get_u16(r, 0x32)
+        {
+            v |= u32::from(h) << 16;
         }
         v
     }
@@ -92,14 +108,41 @@ impl DescTable {
     /// Clear the UNINIT flags and itable_unused of every group, as libext2fs does in memory
     /// when a filesystem with descriptor checksums is opened through a backup superblock.
     pub fn clear_uninit(&mut self) {
+        let is64 = self.is64;
         for g in 0..self.count {
-            let off = g as usize * self.stride;
-            let f = le::u16(&self.raw, off + 0x12) & !(BG_INODE_UNINIT | BG_BLOCK_UNINIT);
-            self.raw[off + 0x12..off + 0x14].copy_from_slice(&f.to_le_bytes());
-            self.raw[off + 0x1C..off + 0x1E].fill(0);
-            if self.is64 && self.stride >= 0x34 {
-                self.raw[off + 0x32..off + 0x34].fill(0);
+            let Some(rec) = self.record_mut(g) else { break };
+            let f = le::u16(rec, 0x12) & !(BG_INODE_UNINIT | BG_BLOCK_UNINIT);
+            le::set_u16(rec, 0x12, f);
+            le::set_u16(rec, 0x1C, 0);
+            if is64 && rec.len() >= 0x34 {
+                le::set_u16(rec, 0x32, 0);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_halves_of_64bit_fields() {
+        let mut raw = vec![0u8; 1024];
+        le::set_u32(&mut raw, 64 + 0x08, 0xFFFF_FFFF);
+        le::set_u32(&mut raw, 64 + 0x28, 0xFFFF_FFFF);
+        le::set_u16(&mut raw, 64 + 0x1C, 0xFFFF);
+        le::set_u16(&mut raw, 64 + 0x32, 0xFFFF);
+        let t = DescTable {
+            raw,
+            stride: 64,
+            is64: true,
+            count: 2,
+        };
+        assert_eq!(t.inode_table(1), u64::MAX);
+        assert_eq!(t.itable_unused(1), u32::MAX);
+        assert_eq!(t.inode_table(0), 0);
+        // A group past the table reads as zeros.
+        assert_eq!(t.inode_table(99), 0);
+        assert_eq!(t.record(99).len(), 64);
     }
 }

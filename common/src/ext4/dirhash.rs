@@ -25,7 +25,8 @@ const DEFAULT_SEED: [u32; 4] = [0x6745_2301, 0xefcd_ab89, 0x98ba_dcfe, 0x1032_54
 /// (as e2fsck and the kernel do).
 pub fn effective_version(root_version: u8, s_flags: u32) -> u8 {
     if root_version <= HASH_TEA && s_flags & FLAGS_UNSIGNED_HASH != 0 {
-        root_version + 3
+        // ≤ HASH_TEA: the unsigned variants are 3 further.
+        root_version.saturating_add(3)
     } else {
         root_version
     }
@@ -116,25 +117,22 @@ fn legacy(name: &[u8], unsigned: bool) -> u32 {
 
 /// Pack up to `out.len()*4` bytes of `msg` into words, padded with the length.
 fn str2hashbuf(msg: &[u8], out: &mut [u32], unsigned: bool) {
-    let len = msg.len() as u32;
+    // Names are at most 255 bytes: the length always fits.
+    let len = u32::try_from(msg.len()).unwrap_or(u32::MAX);
     let mut pad = len | (len << 8);
     pad |= pad << 16;
-    let mut val = pad;
-    let take = msg.len().min(out.len() * 4);
-    let mut k = 0;
-    for (i, &b) in msg[..take].iter().enumerate() {
-        val = byte(b, unsigned).wrapping_add(val << 8);
-        if i % 4 == 3 {
-            out[k] = val;
-            k += 1;
-            val = pad;
+    let take = msg.len().min(out.len().saturating_mul(4));
+    let mut words = out.iter_mut();
+    // Each word packs 4 bytes (the last one fewer) on top of the padding.
+    for chunk in msg[..take].chunks(4) {
+        let val = chunk
+            .iter()
+            .fold(pad, |v, &b| byte(b, unsigned).wrapping_add(v << 8));
+        if let Some(w) = words.next() {
+            *w = val;
         }
     }
-    if k < out.len() {
-        out[k] = val;
-        k += 1;
-    }
-    for w in &mut out[k..] {
+    for w in words {
         *w = pad;
     }
 }
@@ -186,6 +184,7 @@ pub fn dirhash_casefold(version: u8, name: &[u8], seed: &[u32; 4]) -> Option<u32
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
     use std::os::unix::ffi::OsStrExt;
@@ -206,7 +205,7 @@ mod tests {
             .collect();
         let mut w = [0u32; 4];
         for (i, v) in w.iter_mut().enumerate() {
-            *v = u32::from_le_bytes([hex[4 * i], hex[4 * i + 1], hex[4 * i + 2], hex[4 * i + 3]]);
+            *v = crate::bytes::le::u32(&hex, 4 * i);
         }
         w
     }

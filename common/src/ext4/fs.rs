@@ -1,7 +1,9 @@
 //! An opened filesystem: source, superblock and descriptors.
 
+use super::damage::Role;
 use super::desc::DescTable;
 use super::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, Superblock};
+use crate::error::CorruptKind;
 use crate::io::ReadAt;
 use crate::{Error, Result};
 
@@ -39,53 +41,55 @@ impl<S: ReadAt> Filesystem<S> {
             _ => (SUPERBLOCK_OFFSET, None),
         };
         let mut raw = [0u8; SUPERBLOCK_SIZE];
-        src.read_exact_at(&mut raw, sb_offset, &|| {
-            format!("superblock at byte {sb_offset}")
-        })?;
-        let sb = Superblock::parse(&raw, opts.block_size)?;
-        let bs = u64::from(sb.block_size);
-        let group_block = group_block.unwrap_or(u64::from(sb.first_data_block));
-        let desc_len = (sb.desc_blocks as usize)
-            .checked_mul(sb.block_size as usize)
-            .ok_or_else(|| Error::corrupt("superblock", "descriptor table size overflows"))?;
-        // Bounded by the geometry checks: at most 2^32 groups of ≤1 KiB descriptors is too
-        // much for memory, so refuse tables far larger than the source could hold.
-        if desc_len as u64 > src.size().saturating_add(bs) {
-            return Err(Error::corrupt(
-                "superblock",
-                format!(
-                    "{} descriptor blocks do not fit in a {}-byte source",
-                    sb.desc_blocks,
-                    src.size()
-                ),
-            ));
+        if src.read_at(&mut raw, sb_offset)? < SUPERBLOCK_SIZE {
+            return Err(CorruptKind::SuperblockPastSource {
+                offset: sb_offset,
+                source_bytes: src.size(),
+            }
+            .into());
         }
+        let sb = Superblock::parse(&raw, opts.block_size)?;
+        let bs = sb.block_size as usize;
+        let group_block = group_block.unwrap_or(u64::from(sb.first_data_block));
+        let too_large = || CorruptKind::DescTableTooLarge {
+            desc_blocks: sb.desc_blocks,
+            source_bytes: src.size(),
+        };
+        // At most 2^32 groups of ≤1 KiB descriptors is too much for memory: refuse tables
+        // far larger than the source could hold.
+        let desc_len = (sb.desc_blocks as usize)
+            .checked_mul(bs)
+            .filter(|&n| n as u64 <= src.size().saturating_add(bs as u64))
+            .ok_or_else(too_large)?;
         let mut raw_desc = vec![0u8; desc_len];
         let first_meta_bg = if sb.has_meta_bg() {
             sb.first_meta_bg.min(sb.desc_blocks)
         } else {
             sb.desc_blocks
         };
-        let zero_adjust = u64::from(group_block == 0 && sb.block_size == 1024);
-        if first_meta_bg > 0 {
-            let start = (group_block + zero_adjust + 1) * bs;
-            let len = first_meta_bg as usize * sb.block_size as usize;
-            src.read_exact_at(&mut raw_desc[..len], start, &|| {
-                format!(
-                    "group descriptors at block {}",
-                    group_block + zero_adjust + 1
-                )
-            })?;
+        // Descriptor blocks before the first meta_bg follow the superblock's block.
+        let head_len = (first_meta_bg as usize).saturating_mul(bs).min(desc_len);
+        let (head, rest) = raw_desc.split_at_mut(head_len);
+        if !head.is_empty() {
+            let zero_adjust = u64::from(group_block == 0 && sb.block_size == 1024);
+            let first = group_block.saturating_add(zero_adjust).saturating_add(1);
+            read_blocks(
+                &src,
+                sb.block_size,
+                first,
+                head,
+                Role::DescriptorBlock { index: 0 },
+            )?;
         }
-        for i in first_meta_bg..sb.desc_blocks {
+        for (i, chunk) in (first_meta_bg..sb.desc_blocks).zip(rest.chunks_exact_mut(bs)) {
             let blk = sb.descriptor_block_loc(group_block, i);
-            let off = blk
-                .checked_mul(bs)
-                .ok_or_else(|| Error::corrupt("group descriptors", "block number overflows"))?;
-            let at = i as usize * sb.block_size as usize;
-            src.read_exact_at(&mut raw_desc[at..at + sb.block_size as usize], off, &|| {
-                format!("group descriptor block {i} at block {blk}")
-            })?;
+            read_blocks(
+                &src,
+                sb.block_size,
+                blk,
+                chunk,
+                Role::DescriptorBlock { index: i },
+            )?;
         }
         let mut desc = DescTable::new(raw_desc, &sb);
         let backup = opts.superblock.filter(|&s| s > 1);
@@ -104,12 +108,45 @@ impl<S: ReadAt> Filesystem<S> {
         self.sb.block_size
     }
 
-    /// Read one whole block; a short read is an error naming `what`.
-    pub fn read_block(&self, blk: u64, buf: &mut [u8], what: &dyn Fn() -> String) -> Result<()> {
-        let bs = u64::from(self.sb.block_size);
-        let off = blk
-            .checked_mul(bs)
-            .ok_or_else(|| Error::corrupt(what(), format!("block {blk} is past any device")))?;
-        self.src.read_exact_at(&mut buf[..bs as usize], off, what)
+    /// Read block `blk`, which holds what `role` says, into the first block-size bytes of
+    /// `buf`. A block the source does not hold is [`CorruptKind::BlockPastSource`].
+    pub fn read_block(&self, blk: u64, buf: &mut [u8], role: Role) -> Result<()> {
+        let bs = self.sb.block_size as usize;
+        let Some(buf) = buf.get_mut(..bs) else {
+            return Err(Error::InvalidInput(format!(
+                "a {}-byte buffer cannot hold a {bs}-byte block",
+                buf.len()
+            )));
+        };
+        read_blocks(&self.src, self.sb.block_size, blk, buf, role)
     }
+}
+
+/// Read whole blocks from `first` into `buf` (a multiple of `block_size` bytes). A block the
+/// source does not hold (fully) is [`CorruptKind::BlockPastSource`], naming the first such
+/// block and `role`; other failures are the source's I/O errors.
+pub fn read_blocks<S: ReadAt + ?Sized>(
+    src: &S,
+    block_size: u32,
+    first: u64,
+    buf: &mut [u8],
+    role: Role,
+) -> Result<()> {
+    let bs = u64::from(block_size);
+    let past = |block| {
+        Error::from(CorruptKind::BlockPastSource {
+            role,
+            block,
+            source_bytes: src.size(),
+        })
+    };
+    let off = first.checked_mul(bs).ok_or_else(|| past(first))?;
+    let n = src.read_at(buf, off)?;
+    if n < buf.len() {
+        // The first block not read whole.
+        return Err(past(
+            first.saturating_add((n as u64).checked_div(bs).unwrap_or(0)),
+        ));
+    }
+    Ok(())
 }

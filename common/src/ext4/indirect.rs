@@ -1,76 +1,115 @@
-//! Classic block maps: 12 direct pointers, then single, double and triple indirect blocks.
+//! Classic block maps: 12 direct pointers, then single, double and triple indirect blocks,
+//! walked the way libext2fs's block iterator does. Callers use
+//! [`super::walk::walk_inode`].
 
-use super::extent::Visit;
+use std::collections::HashMap;
+
+use super::damage::Role;
 use super::inode::{EXT2_DIND_BLOCK, EXT2_IND_BLOCK, EXT2_NDIR_BLOCKS, EXT2_TIND_BLOCK};
 use super::le;
+use super::walk::{ReadBlock, Visit, copy_error};
+use crate::error::CorruptKind;
 use crate::{Error, Result};
 
-struct Walker<'a> {
-    block_size: usize,
-    first_data_block: u64,
-    blocks_count: u64,
+/// What an indirect walk needs of the filesystem.
+#[derive(Debug, Clone, Copy)]
+pub struct Geometry {
+    pub block_size: usize,
+    pub first_data_block: u64,
+    pub blocks_count: u64,
+}
+
+/// A data run being coalesced: `len` blocks from logical `lblk` at physical `pblk`.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    lblk: u64,
+    pblk: u64,
+    len: u64,
+}
+
+struct Walker<'a, 'r> {
+    ino: u32,
+    geo: Geometry,
+    /// Block numbers per indirect block.
+    per_block: u64,
     want_data: bool,
-    read: &'a mut dyn FnMut(u64, &mut [u8]) -> Result<()>,
+    read: &'a mut ReadBlock<'r>,
     visit: &'a mut dyn FnMut(Visit),
     /// libext2fs keeps one error code that every later indirect-block read overwrites;
     /// the walk fails only if the last one assigned is an error.
     last: Option<Error>,
     bufs: [Vec<u8>; 3],
-    run: Option<(u64, u64)>,
-    /// Indirect blocks already walked, by (block, level): the error a walk produced, if any.
-    /// A damaged map that points many times at one subtree is walked once.
-    done: std::collections::HashMap<(u32, usize), Option<String>>,
+    run: Option<Run>,
+    /// Indirect blocks already walked, by (block, level): the error a walk produced, if
+    /// any. A damaged map that points many times at one subtree is walked once (its data
+    /// at a second logical position is not reported again: its blocks are the same).
+    done: HashMap<(u32, u8), Option<Error>>,
 }
 
-impl Walker<'_> {
-    fn data(&mut self, blk: u64) {
+impl Walker<'_, '_> {
+    fn data(&mut self, lblk: u64, pblk: u64) {
         if !self.want_data {
             return;
         }
         match &mut self.run {
-            Some((s, n)) if *s + *n == blk => *n += 1,
+            Some(r)
+                if r.pblk.checked_add(r.len) == Some(pblk)
+                    && r.lblk.checked_add(r.len) == Some(lblk) =>
+            {
+                r.len = r.len.saturating_add(1);
+            }
             _ => {
                 self.flush();
-                self.run = Some((blk, 1));
+                self.run = Some(Run { lblk, pblk, len: 1 });
             }
         }
     }
 
     fn flush(&mut self) {
-        if let Some((pblk, len)) = self.run.take() {
-            (self.visit)(Visit::Data { pblk, len });
+        if let Some(r) = self.run.take() {
+            (self.visit)(Visit::Data {
+                lblk: r.lblk,
+                pblk: r.pblk,
+                len: r.len,
+                uninit: false,
+            });
         }
     }
 
-    /// Walk an indirect block of `level` (1 = single). Returns true on error.
-    fn walk(&mut self, blk: u32, level: usize, what: &dyn Fn() -> String) -> bool {
+    /// Logical blocks one entry of a `level` block spans: per_block^(level-1).
+    fn span(&self, level: u8) -> u64 {
+        self.per_block
+            .saturating_pow(u32::from(level.saturating_sub(1)))
+    }
+
+    /// Walk indirect block `blk` of `level` (1 = single) whose first entry maps logical
+    /// block `base`. Returns true on error.
+    fn walk(&mut self, blk: u32, level: u8, base: u64) -> bool {
         self.flush();
         (self.visit)(Visit::Meta(u64::from(blk)));
         let b = u64::from(blk);
-        if b >= self.blocks_count || b < self.first_data_block {
-            let kind = ["", "indirect", "double indirect", "triple indirect"][level];
-            self.last = Some(Error::corrupt(
-                what(),
-                format!("{kind} block {blk} is outside the filesystem"),
-            ));
+        if b >= self.geo.blocks_count || b < self.geo.first_data_block {
+            self.last = Some(
+                CorruptKind::BlockOutside {
+                    role: Role::IndirectBlock {
+                        ino: self.ino,
+                        level,
+                    },
+                    block: b,
+                    fs_blocks: self.geo.blocks_count,
+                }
+                .into(),
+            );
             return true;
         }
         if let Some(prev) = self.done.get(&(blk, level)) {
             // Same outcome as walking it again: marks already made, same error (if any).
-            self.last = prev.as_ref().map(|m| match m.split_once(": ") {
-                Some((w, d)) => Error::corrupt(w, d),
-                None => Error::corrupt(what(), m.clone()),
-            });
+            self.last = prev.as_ref().map(copy_error);
             return prev.is_some();
         }
-        let r = self.walk_uncached(blk, level, what);
+        let r = self.walk_uncached(blk, level, base);
         let outcome = if r {
-            Some(
-                self.last
-                    .as_ref()
-                    .map(|e| e.to_string())
-                    .unwrap_or_default(),
-            )
+            self.last.as_ref().map(copy_error)
         } else {
             None
         };
@@ -78,74 +117,96 @@ impl Walker<'_> {
         r
     }
 
-    fn walk_uncached(&mut self, blk: u32, level: usize, what: &dyn Fn() -> String) -> bool {
-        let b = u64::from(blk);
-        let mut buf = std::mem::take(&mut self.bufs[level - 1]);
-        buf.resize(self.block_size, 0);
-        let r = (self.read)(b, &mut buf);
+    fn walk_uncached(&mut self, blk: u32, level: u8, base: u64) -> bool {
+        let slot = usize::from(level.saturating_sub(1)).min(2);
+        let mut buf = std::mem::take(&mut self.bufs[slot]);
+        buf.resize(self.geo.block_size, 0);
+        let r = (self.read)(
+            u64::from(blk),
+            &mut buf,
+            Role::IndirectBlock {
+                ino: self.ino,
+                level,
+            },
+        );
         let failed = r.is_err();
         self.last = r.err();
         if failed {
-            self.bufs[level - 1] = buf;
+            self.bufs[slot] = buf;
             return true;
         }
+        let span = self.span(level);
         let mut err = false;
-        for i in 0..self.block_size / 4 {
-            let e = le::u32(&buf, 4 * i);
-            if e == 0 {
+        // Indirect blocks are mostly zeros (holes, unused reserved-GDT slots): skip them
+        // 8 entries at a time.
+        'groups: for (gi, group) in buf.chunks_exact(32).enumerate() {
+            if group.iter().fold(0u8, |a, &b| a | b) == 0 {
                 continue;
             }
-            if level == 1 {
-                self.data(u64::from(e));
-            } else if self.walk(e, level - 1, what) {
-                err = true;
-                break;
+            for (j, c) in group.chunks_exact(4).enumerate() {
+                let e = le::u32(c, 0);
+                if e == 0 {
+                    continue;
+                }
+                // Below 12 + 16384 + 16384² + 16384³ < 2^43: never saturates.
+                let i = (gi as u64).saturating_mul(8).saturating_add(j as u64);
+                let lblk = base.saturating_add(i.saturating_mul(span));
+                if level <= 1 {
+                    self.data(lblk, u64::from(e));
+                } else if self.walk(e, level.saturating_sub(1), lblk) {
+                    err = true;
+                    break 'groups;
+                }
             }
         }
-        self.bufs[level - 1] = buf;
+        self.bufs[slot] = buf;
         err
     }
 }
 
-/// Walk a block-mapped inode's `i_block` like libext2fs's block iterator: data blocks
-/// (with `want_data`) and every indirect block, with its error semantics.
-#[allow(clippy::too_many_arguments)]
+/// Walk inode `ino`'s `i_block` like libext2fs's block iterator: data blocks (with
+/// `want_data`, with their logical numbers) and every indirect block, with its error
+/// semantics: an indirect block outside the filesystem or unreadable fails the walk unless
+/// a later indirect block reads well.
 pub fn walk(
+    ino: u32,
     block: &[u32; 15],
-    block_size: usize,
-    first_data_block: u64,
-    blocks_count: u64,
+    geo: Geometry,
     want_data: bool,
-    read: &mut dyn FnMut(u64, &mut [u8]) -> Result<()>,
+    read: &mut ReadBlock<'_>,
     visit: &mut dyn FnMut(Visit),
-    what: &dyn Fn() -> String,
 ) -> Result<()> {
+    let per_block = u64::try_from(geo.block_size / 4).unwrap_or(u64::MAX);
     let mut w = Walker {
-        block_size,
-        first_data_block,
-        blocks_count,
+        ino,
+        geo,
+        per_block,
         want_data,
         read,
         visit,
         last: None,
         bufs: [Vec::new(), Vec::new(), Vec::new()],
         run: None,
-        done: std::collections::HashMap::new(),
+        done: HashMap::new(),
     };
+    let mut lblk = 0u64;
     for &b in &block[..EXT2_NDIR_BLOCKS] {
         if b != 0 {
-            w.data(u64::from(b));
+            w.data(lblk, u64::from(b));
         }
+        lblk = lblk.saturating_add(1);
     }
     let mut err = false;
     for (slot, level) in [
-        (EXT2_IND_BLOCK, 1),
+        (EXT2_IND_BLOCK, 1u8),
         (EXT2_DIND_BLOCK, 2),
         (EXT2_TIND_BLOCK, 3),
     ] {
         if block[slot] != 0 {
-            err |= w.walk(block[slot], level, what);
+            err |= w.walk(block[slot], level, lblk);
         }
+        // The logical blocks this slot covers: per_block^level.
+        lblk = lblk.saturating_add(w.span(level).saturating_mul(per_block));
     }
     w.flush();
     match (err, w.last) {
@@ -155,37 +216,54 @@ pub fn walk(
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 
     fn ind(entries: &[u32]) -> Vec<u8> {
         let mut b = vec![0u8; 1024];
-        for (i, e) in entries.iter().enumerate() {
-            b[4 * i..4 * i + 4].copy_from_slice(&e.to_le_bytes());
+        for (i, &e) in entries.iter().enumerate() {
+            le::set_u32(&mut b, 4 * i, e);
         }
         b
     }
 
+    const GEO: Geometry = Geometry {
+        block_size: 1024,
+        first_data_block: 1,
+        blocks_count: 1000,
+    };
+
+    fn past(role: Role, block: u64) -> Error {
+        CorruptKind::BlockPastSource {
+            role,
+            block,
+            source_bytes: 0,
+        }
+        .into()
+    }
+
     fn run(block: [u32; 15], blocks: &[(u64, Vec<u8>)]) -> (Result<()>, Vec<Visit>) {
         let mut out = Vec::new();
-        let mut read = |b: u64, buf: &mut [u8]| match blocks.iter().find(|(n, _)| *n == b) {
-            Some((_, d)) => {
-                buf.copy_from_slice(d);
-                Ok(())
-            }
-            None => Err(Error::corrupt("read", "short")),
-        };
-        let r = walk(
-            &block,
-            1024,
-            1,
-            1000,
-            true,
-            &mut read,
-            &mut |v| out.push(v),
-            &|| "inode 5".into(),
-        );
+        let mut read =
+            |b: u64, buf: &mut [u8], role: Role| match blocks.iter().find(|(n, _)| *n == b) {
+                Some((_, d)) => {
+                    buf.copy_from_slice(d);
+                    Ok(())
+                }
+                None => Err(past(role, b)),
+            };
+        let r = walk(5, &block, GEO, true, &mut read, &mut |v| out.push(v));
         (r, out)
+    }
+
+    fn data(lblk: u64, pblk: u64, len: u64) -> Visit {
+        Visit::Data {
+            lblk,
+            pblk,
+            len,
+            uninit: false,
+        }
     }
 
     #[test]
@@ -194,16 +272,49 @@ mod tests {
         b[0] = 10;
         b[1] = 11;
         b[2] = 13;
+        b[11] = 14;
         b[12] = 50;
-        let (r, v) = run(b, &[(50, ind(&[14, 15, 0, 16]))]);
+        let (r, v) = run(b, &[(50, ind(&[15, 16, 0, 17]))]);
         assert!(r.is_ok());
         assert_eq!(
             v,
             vec![
-                Visit::Data { pblk: 10, len: 2 },
-                Visit::Data { pblk: 13, len: 1 },
+                data(0, 10, 2),
+                data(2, 13, 1),
+                // Physically contiguous with 13 but logically 9 blocks on: a new run.
+                data(11, 14, 1),
                 Visit::Meta(50),
-                Visit::Data { pblk: 14, len: 3 },
+                data(12, 15, 2),
+                data(15, 17, 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn logical_numbers_in_double_and_triple_blocks() {
+        let mut b = [0u32; 15];
+        b[13] = 60;
+        b[14] = 70;
+        // DIND entry 1 → IND whose entry 2 maps a block: 12 + 256 + 1·256 + 2.
+        // TIND entry 0 → DIND entry 0 → IND entry 0: 12 + 256 + 256².
+        let blocks = [
+            (60, ind(&[0, 61])),
+            (61, ind(&[0, 0, 99])),
+            (70, ind(&[71])),
+            (71, ind(&[72])),
+            (72, ind(&[98])),
+        ];
+        let (r, v) = run(b, &blocks);
+        assert!(r.is_ok(), "{r:?}");
+        let d: Vec<Visit> = v
+            .into_iter()
+            .filter(|v| matches!(v, Visit::Data { .. }))
+            .collect();
+        assert_eq!(
+            d,
+            vec![
+                data(12 + 256 + 256 + 2, 99, 1),
+                data(12 + 256 + 65536, 98, 1)
             ]
         );
     }
@@ -222,22 +333,37 @@ mod tests {
                 Visit::Meta(5000),
                 Visit::Meta(60),
                 Visit::Meta(61),
-                Visit::Data { pblk: 70, len: 1 }
+                data(12 + 256, 70, 1)
             ]
         );
-        // Without the DIND the error stands.
+        // Without the DIND the error stands, naming the block and its level.
         let mut b2 = [0u32; 15];
         b2[12] = 5000;
-        assert!(run(b2, &[]).0.is_err());
+        let e = run(b2, &[]).0.unwrap_err();
+        assert_eq!(
+            e.corrupt_kind(),
+            Some(&CorruptKind::BlockOutside {
+                role: Role::IndirectBlock { ino: 5, level: 1 },
+                block: 5000,
+                fs_blocks: 1000
+            })
+        );
     }
 
     #[test]
     fn error_inside_dind_stops_that_dind() {
         let mut b = [0u32; 15];
         b[13] = 60;
-        let (r, v) = run(b, &[(60, ind(&[0, 9999, 61])), (61, ind(&[70]))]);
-        assert!(r.is_err());
-        assert_eq!(v, vec![Visit::Meta(60), Visit::Meta(9999)]);
+        let (r, v) = run(b, &[(60, ind(&[0, 999, 61])), (61, ind(&[70]))]);
+        assert_eq!(
+            r.unwrap_err().corrupt_kind(),
+            Some(&CorruptKind::BlockPastSource {
+                role: Role::IndirectBlock { ino: 5, level: 1 },
+                block: 999,
+                source_bytes: 0
+            })
+        );
+        assert_eq!(v, vec![Visit::Meta(60), Visit::Meta(999)]);
     }
 
     #[test]
@@ -246,32 +372,23 @@ mod tests {
         let mut reads = 0;
         let all = |v: u32| ind(&[v; 256]);
         let blocks = [(60u64, all(61)), (61, all(62)), (62, ind(&[70]))];
-        let mut read = |b: u64, buf: &mut [u8]| {
+        let mut read = |b: u64, buf: &mut [u8], role: Role| {
             reads += 1;
             let (_, d) = blocks
                 .iter()
                 .find(|(n, _)| *n == b)
-                .ok_or_else(|| Error::corrupt("read", "short"))?;
+                .ok_or_else(|| past(role, b))?;
             buf.copy_from_slice(d);
             Ok(())
         };
         let mut b = [0u32; 15];
         b[14] = 60;
         let mut data = 0;
-        walk(
-            &b,
-            1024,
-            1,
-            1000,
-            true,
-            &mut read,
-            &mut |v| {
-                if matches!(v, Visit::Data { .. }) {
-                    data += 1;
-                }
-            },
-            &|| "inode 9".into(),
-        )
+        walk(9, &b, GEO, true, &mut read, &mut |v| {
+            if matches!(v, Visit::Data { .. }) {
+                data += 1;
+            }
+        })
         .unwrap();
         assert_eq!(reads, 3);
         assert_eq!(data, 1);

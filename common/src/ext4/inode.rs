@@ -19,6 +19,8 @@ pub const EXT2_IND_BLOCK: usize = 12;
 pub const EXT2_DIND_BLOCK: usize = 13;
 pub const EXT2_TIND_BLOCK: usize = 14;
 pub const EXT2_N_BLOCKS: usize = 15;
+/// Where `i_block` lies in the inode.
+pub const I_BLOCK: std::ops::Range<usize> = 0x28..0x64;
 
 pub const BAD_INO: u32 = 1;
 pub const ROOT_INO: u32 = 2;
@@ -48,8 +50,8 @@ impl Inode {
     /// Decode from at least 128 bytes.
     pub fn parse(b: &[u8]) -> Self {
         let mut block = [0u32; EXT2_N_BLOCKS];
-        for (i, v) in block.iter_mut().enumerate() {
-            *v = le::u32(b, 0x28 + 4 * i);
+        for (v, c) in block.iter_mut().zip(b[I_BLOCK].chunks_exact(4)) {
+            *v = le::u32(c, 0);
         }
         Inode {
             mode: le::u16(b, 0x00),
@@ -92,8 +94,8 @@ impl Inode {
     /// The raw `i_block` bytes (60 bytes), for extent roots and inline data.
     pub fn block_bytes(&self) -> [u8; 60] {
         let mut out = [0u8; 60];
-        for (i, v) in self.block.iter().enumerate() {
-            out[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
+        for (c, &v) in out.chunks_exact_mut(4).zip(&self.block) {
+            le::set_u32(c, 0, v);
         }
         out
     }
@@ -131,13 +133,13 @@ impl Inode {
 mod tests {
     use super::*;
 
-    fn symlink(size: u64, blocks: u32, acl: u32, b1: u32) -> Inode {
+    fn symlink(size: u32, blocks: u32, acl: u32, b1: u32) -> Inode {
         let mut raw = [0u8; 128];
-        raw[0..2].copy_from_slice(&(S_IFLNK | 0o777).to_le_bytes());
-        raw[4..8].copy_from_slice(&(size as u32).to_le_bytes());
-        raw[0x1C..0x20].copy_from_slice(&blocks.to_le_bytes());
-        raw[0x2C..0x30].copy_from_slice(&b1.to_le_bytes());
-        raw[0x68..0x6C].copy_from_slice(&acl.to_le_bytes());
+        le::set_u16(&mut raw, 0, S_IFLNK | 0o777);
+        le::set_u32(&mut raw, 4, size);
+        le::set_u32(&mut raw, 0x1C, blocks);
+        le::set_u32(&mut raw, 0x2C, b1);
+        le::set_u32(&mut raw, 0x68, acl);
         Inode::parse(&raw)
     }
 

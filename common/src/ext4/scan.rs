@@ -1,18 +1,40 @@
 //! Filesystem → block map: exactly the blocks e2image copies (e2image-behaviour.md §3).
 //!
 //! Fixed metadata comes from the superblock and descriptors; the rest from one pass over
-//! the used part of the inode tables, walking the block maps of the inodes e2image walks.
+//! the used part of the inode tables ([`super::itable`]), walking the block maps
+//! ([`super::walk`]) of the inodes e2image walks.
 //! Nothing here loops over the blocks of the filesystem: cost follows the metadata.
 
 use super::desc::{BG_BLOCK_UNINIT, BG_INODE_UNINIT};
-use super::extent::{self, Visit};
 use super::fs::Filesystem;
-use super::indirect;
 use super::inode::{self, Inode};
-use super::superblock::EXT2_OS_HURD;
+use super::itable::{self, Item, TableOptions};
+use super::walk::{Visit, Walked, walk_inode};
 use crate::blockmap::{BlockMap, BlockMapBuilder};
+use crate::error::CorruptKind;
 use crate::io::ReadAt;
 use crate::{Error, Result};
+
+pub use super::damage::{Problem, ProblemKind};
+
+/// Damage noticed that leaves the selection as e2image's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Warning {
+    /// Inode `ino`'s extent root is invalid: libext2fs's iterator visits nothing of it, so
+    /// neither e2image nor e2i takes any of its blocks.
+    ExtentRootIgnored { ino: u32, kind: CorruptKind },
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Warning::ExtentRootIgnored { kind, .. } => write!(
+                f,
+                "{kind}; none of its blocks are in the image (as with e2image)"
+            ),
+        }
+    }
+}
 
 /// What to select.
 #[derive(Debug, Clone, Copy, Default)]
@@ -27,20 +49,6 @@ pub struct ScanOptions {
     pub want_dir_blocks: bool,
 }
 
-/// A damaged structure that was skipped.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// The inode it belongs to, if any.
-    pub ino: Option<u32>,
-    pub message: String,
-}
-
-impl std::fmt::Display for Problem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
 /// The scan's result.
 #[derive(Debug, Default)]
 pub struct ScanResult {
@@ -50,7 +58,7 @@ pub struct ScanResult {
     /// Damaged structures skipped (never non-empty in strict mode).
     pub problems: Vec<Problem>,
     /// Damage noticed that does not change the selection compared to e2image's.
-    pub warnings: Vec<Problem>,
+    pub warnings: Vec<Warning>,
     /// Inodes visited (in use, not in bad blocks).
     pub inodes_seen: u64,
 }
@@ -64,18 +72,27 @@ struct Ctx<'a, S> {
     map: BlockMapBuilder,
     dirs: Option<BlockMapBuilder>,
     problems: Vec<Problem>,
-    warnings: Vec<Problem>,
+    warnings: Vec<Warning>,
 }
 
 impl<S: ReadAt> Ctx<'_, S> {
-    fn problem(&mut self, ino: Option<u32>, e: Error) -> Result<()> {
+    /// Damage found: skipped, or the end of a strict scan.
+    fn problem(&mut self, p: Problem) -> Result<()> {
+        if self.opts.strict {
+            return Err(p.into_error());
+        }
+        self.problems.push(p);
+        Ok(())
+    }
+
+    /// An error met while walking inode `ino`: damage is skipped like any other; errors
+    /// that are not damage (an unsupported source) end the scan.
+    fn walk_error(&mut self, ino: u32, e: Error) -> Result<()> {
         if self.opts.strict {
             return Err(e);
         }
-        self.problems.push(Problem {
-            ino,
-            message: e.to_string(),
-        });
+        let p = Problem::from_error(Some(ino), e)?;
+        self.problems.push(p);
         Ok(())
     }
 }
@@ -88,19 +105,19 @@ pub fn scan<S: ReadAt>(
 ) -> Result<ScanResult> {
     let sb = &fs.sb;
     let last = sb.blocks_count.saturating_sub(1);
+    let fdb = u64::from(sb.first_data_block);
     let mut ctx = Ctx {
         fs,
         opts,
-        map: BlockMapBuilder::new(u64::from(sb.first_data_block), last, sb.cluster_bits),
+        map: BlockMapBuilder::new(fdb, last, sb.cluster_bits),
         dirs: opts
             .want_dir_blocks
-            .then(|| BlockMapBuilder::new(u64::from(sb.first_data_block), last, sb.cluster_bits)),
+            .then(|| BlockMapBuilder::new(fdb, last, sb.cluster_bits)),
         problems: Vec::new(),
         warnings: Vec::new(),
     };
     mark_fixed(&mut ctx);
     let seen = scan_inodes(&mut ctx, progress)?;
-    let fdb = u64::from(sb.first_data_block);
     Ok(ScanResult {
         map: ctx.map.build(fdb, sb.blocks_count),
         dir_blocks: ctx.dirs.map(|d| d.build(fdb, sb.blocks_count)),
@@ -136,8 +153,13 @@ fn mark_fixed<S: ReadAt>(ctx: &mut Ctx<'_, S>) {
         if (blockdev || !desc.has_flag(g, BG_INODE_UNINIT)) && itable != 0 {
             let mut n = sb.inode_blocks_per_group;
             if !blockdev && csum {
-                // e2image subtracts in unsigned int: a bogus itable_unused wraps around.
-                n = n.wrapping_sub(desc.itable_unused(g) / sb.inodes_per_block());
+                // e2image subtracts in unsigned int: a bogus itable_unused wraps around
+                // (and e2image then marks ~2^32 blocks, all but the in-range ones dropped).
+                let unused_blocks = desc
+                    .itable_unused(g)
+                    .checked_div(sb.inodes_per_block())
+                    .unwrap_or(0);
+                n = n.wrapping_sub(unused_blocks);
             }
             map.mark_range(itable, u64::from(n));
         }
@@ -152,117 +174,15 @@ fn mark_fixed<S: ReadAt>(ctx: &mut Ctx<'_, S>) {
     }
 }
 
-/// Inode-table blocks listed in the bad-blocks inode (libext2fs skips the inodes in them).
-fn bad_blocks<S: ReadAt>(fs: &Filesystem<S>) -> Vec<u64> {
-    let sb = &fs.sb;
-    let itable = fs.desc.inode_table(0);
-    let fdb = u64::from(sb.first_data_block);
-    if itable == 0
-        || itable < fdb
-        || itable + u64::from(sb.inode_blocks_per_group) > sb.blocks_count
-    {
-        return Vec::new();
-    }
-    let bs = sb.block_size as usize;
-    let mut buf = vec![0u8; bs];
-    if fs
-        .read_block(itable, &mut buf, &|| "bad-blocks inode".into())
-        .is_err()
-    {
-        return Vec::new();
-    }
-    let ino = Inode::parse(&buf[..128]);
-    if ino.has_inline_data() {
-        return Vec::new();
-    }
-    let mut list = Vec::new();
-    let r = walk_inode(fs, 1, &ino, true, &mut |v| {
-        if let Visit::Data { pblk, len } = v {
-            for b in pblk..pblk.saturating_add(len) {
-                if b >= fdb && b < sb.blocks_count {
-                    list.push(b);
-                }
-            }
-        }
-    });
-    if r.is_err() {
-        return Vec::new();
-    }
-    list.sort_unstable();
-    list.dedup();
-    list
-}
-
-/// Walk one inode's block map (libext2fs `ext2fs_block_iterate3`, read-only).
-fn walk_inode<S: ReadAt>(
-    fs: &Filesystem<S>,
-    ino: u32,
-    inode: &Inode,
-    want_data: bool,
-    visit: &mut dyn FnMut(Visit),
-) -> Result<()> {
-    let sb = &fs.sb;
-    if sb.creator_os == EXT2_OS_HURD && inode.osd1 != 0 {
-        visit(Visit::Meta(u64::from(inode.osd1)));
-    }
-    let what = || format!("inode {ino}");
-    let mut read =
-        |blk: u64, buf: &mut [u8]| fs.read_block(blk, buf, &|| format!("inode {ino}: block {blk}"));
-    if inode.has_extents() {
-        extent::walk(
-            &inode.block_bytes(),
-            sb.block_size as usize,
-            want_data,
-            &mut read,
-            visit,
-            &what,
-        )
-    } else {
-        indirect::walk(
-            &inode.block,
-            sb.block_size as usize,
-            u64::from(sb.first_data_block),
-            sb.blocks_count,
-            want_data,
-            &mut read,
-            visit,
-            &what,
-        )
-    }
-}
-
-/// The inode pass: libext2fs's inode scan (lazy groups, itable_unused, bad blocks) and
-/// e2image's per-inode rules.
+/// The inode pass: libext2fs's inode scan over the used inode tables (lazy groups,
+/// itable_unused, bad blocks) and e2image's per-inode rules.
 fn scan_inodes<S: ReadAt>(
     ctx: &mut Ctx<'_, S>,
     mut progress: Option<ScanProgress<'_>>,
 ) -> Result<u64> {
     let fs = ctx.fs;
     let sb = &fs.sb;
-    let desc = &fs.desc;
-    let bs = u64::from(sb.block_size);
-    let isz = sb.inode_size as usize;
-    let ipg = sb.inodes_per_group;
-    let lazy = sb.has_group_desc_csum();
-    let fdb = u64::from(sb.first_data_block);
-    let itable_ok = |blk: u64| {
-        blk == 0 || (blk >= fdb && blk + u64::from(sb.inode_blocks_per_group) - 1 < sb.blocks_count)
-    };
-    let bad = bad_blocks(fs);
-    let mut bad_ptr = 0usize;
-    let chunk_blocks = (1u64 << 20).div_ceil(bs).max(8);
-    let mut buf: Vec<u8> = Vec::new();
-    let total: u64 = (0..sb.group_count)
-        .map(|g| {
-            if lazy && desc.has_flag(g, BG_INODE_UNINIT) {
-                0
-            } else if lazy {
-                u64::from(ipg.saturating_sub(desc.itable_unused(g)))
-            } else {
-                u64::from(ipg)
-            }
-        })
-        .sum();
+    let total = itable::used_inodes(fs);
     let mut done: u64 = 0;
     let mut seen: u64 = 0;
     let is64 = sb.is_64bit();
@@ -273,144 +193,30 @@ fn scan_inodes<S: ReadAt>(
         sb.prj_quota_inum(),
         sb.orphan_file_inum(),
     ];
-    for g in 0..sb.group_count {
-        let itable = desc.inode_table(g);
-        let mut inodes_left = ipg;
-        let mut blocks_left = u64::from(sb.inode_blocks_per_group);
-        if lazy {
-            inodes_left = ipg.saturating_sub(desc.itable_unused(g));
-            blocks_left = (u64::from(inodes_left) * isz as u64).div_ceil(bs);
-        }
-        if !itable_ok(itable) {
-            let e = Error::corrupt(
-                format!("group {g} descriptor"),
-                format!("inode table at block {itable} is outside the filesystem"),
-            );
-            ctx.problem(None, e)?;
-            continue;
-        }
-        if (lazy && desc.has_flag(g, BG_INODE_UNINIT)) || inodes_left == 0 {
-            continue;
-        }
-        if itable == 0 {
-            ctx.problem(
-                None,
-                Error::corrupt(
-                    format!("group {g} descriptor"),
-                    "the group has no inode table",
-                ),
-            )?;
-            continue;
-        }
-        let mut cur = itable;
-        let mut ino = g * ipg; // last inode returned
-        while inodes_left > 0 && blocks_left > 0 {
-            // One chunk of the inode table, stopping before the next bad block.
-            let mut n = chunk_blocks.min(blocks_left);
-            let mut is_bad = false;
-            while bad_ptr < bad.len() && cur > bad[bad_ptr] {
-                bad_ptr += 1;
+    let opts = TableOptions {
+        skip_bad_blocks: true,
+        strict: ctx.opts.strict,
+    };
+    itable::for_each_chunk(fs, opts, &mut |item| {
+        let chunk = match item {
+            Item::Problem(p) => return ctx.problem(p),
+            Item::Chunk(c) => c,
+        };
+        for (ino, raw) in chunk.inodes() {
+            let inode = Inode::parse(raw);
+            if inode.links_count == 0 {
+                continue;
             }
-            if let Some(&b) = bad.get(bad_ptr) {
-                if b == cur {
-                    is_bad = true;
-                    n = 1;
-                    bad_ptr += 1;
-                } else if cur + n > b {
-                    n = b - cur;
-                }
-            }
-            let len = (n * bs) as usize;
-            // Blocks of this chunk that could not be read (their inodes are skipped).
-            let mut unreadable: Vec<bool> = Vec::new();
-            if !is_bad {
-                buf.resize(len, 0);
-                if let Err(e) = fs.src.read_exact_at(&mut buf[..len], cur * bs, &|| {
-                    format!("group {g} inode table: blocks {cur}..{}", cur + n)
-                }) {
-                    if ctx.opts.strict {
-                        return Err(e);
-                    }
-                    unreadable = salvage_blocks(fs, &mut buf[..len], cur, n);
-                    report_unreadable(ctx, g, cur, &unreadable, ino, sb.inodes_per_block());
-                }
-            }
-            let per_chunk = (len / isz) as u32;
-            let ipb = sb.inodes_per_block();
-            for k in 0..per_chunk.min(inodes_left) {
-                ino += 1;
-                inodes_left -= 1;
-                done += 1;
-                if is_bad || unreadable.get((k / ipb) as usize).copied().unwrap_or(false) {
-                    continue;
-                }
-                let off = k as usize * isz;
-                let raw = &buf[off..off + isz];
-                let inode = Inode::parse(raw);
-                if inode.links_count == 0 {
-                    continue;
-                }
-                seen += 1;
-                inode_blocks(ctx, ino, &inode, &special, is64)?;
-            }
-            if let Some(p) = progress.as_mut() {
-                p(done, total);
-            }
-            blocks_left -= n;
-            cur += n;
+            seen = seen.saturating_add(1);
+            inode_blocks(ctx, ino, &inode, &special, is64)?;
         }
-    }
+        done = done.saturating_add(u64::from(chunk.count));
+        if let Some(p) = progress.as_mut() {
+            p(done, total);
+        }
+        Ok(())
+    })?;
     Ok(seen)
-}
-
-/// Re-read a chunk block by block; returns which blocks failed (zero-filled).
-fn salvage_blocks<S: ReadAt>(fs: &Filesystem<S>, buf: &mut [u8], first: u64, n: u64) -> Vec<bool> {
-    let bs = fs.sb.block_size as usize;
-    (0..n as usize)
-        .map(|i| {
-            let blk = &mut buf[i * bs..(i + 1) * bs];
-            let ok = fs
-                .read_block(first + i as u64, blk, &|| String::new())
-                .is_ok();
-            if !ok {
-                blk.fill(0);
-            }
-            !ok
-        })
-        .collect()
-}
-
-/// One problem per run of unreadable inode-table blocks, naming the inodes lost.
-fn report_unreadable<S: ReadAt>(
-    ctx: &mut Ctx<'_, S>,
-    g: u32,
-    first: u64,
-    bad: &[bool],
-    ino_before: u32,
-    ipb: u32,
-) {
-    let mut i = 0;
-    while i < bad.len() {
-        if !bad[i] {
-            i += 1;
-            continue;
-        }
-        let mut j = i;
-        while j < bad.len() && bad[j] {
-            j += 1;
-        }
-        let a = u64::from(ino_before) + i as u64 * u64::from(ipb) + 1;
-        let b = u64::from(ino_before) + j as u64 * u64::from(ipb);
-        ctx.problems.push(Problem {
-            ino: None,
-            message: format!(
-                "group {g} inode table: blocks {}..{} cannot be read; inodes {a}..={b} skipped",
-                first + i as u64,
-                first + j as u64
-            ),
-        });
-        i = j;
-    }
 }
 
 /// e2image's per-inode rules (§3.2 steps 2–5).
@@ -439,33 +245,32 @@ fn inode_blocks<S: ReadAt>(
         return Ok(());
     }
     let want_data = take_all || ctx.opts.all_data;
-    if inode.has_extents() {
-        let root = inode.block_bytes();
-        if root.iter().any(|&b| b != 0)
-            && let Err(e) = extent::header_ok(&root, 60)
-        {
-            // e2image silently takes nothing of such an inode; so do we, but say so.
-            ctx.warnings.push(Problem {
-                ino: Some(ino),
-                message: format!("inode {ino}: extent root: {e}; none of its blocks are in the image (as with e2image)"),
-            });
-            return Ok(());
-        }
-    }
     let is_dir = inode.is_dir();
     let map = &mut ctx.map;
     let dirs = &mut ctx.dirs;
     let r = walk_inode(ctx.fs, ino, inode, want_data, &mut |v| match v {
         Visit::Meta(b) => map.mark(b),
-        Visit::Data { pblk, len } => {
+        Visit::Data { pblk, len, .. } => {
             map.mark_range(pblk, len);
             if is_dir && let Some(d) = dirs.as_mut() {
                 d.mark_range(pblk, len);
             }
         }
     });
-    if let Err(e) = r {
-        ctx.problem(Some(ino), e)?;
+    match r {
+        Ok(Walked::Complete) => Ok(()),
+        Ok(Walked::RootIgnored(problem)) => {
+            // e2image silently takes nothing of such an inode; so do we, but say so.
+            ctx.warnings.push(Warning::ExtentRootIgnored {
+                ino,
+                kind: CorruptKind::ExtentHeader {
+                    ino,
+                    node: None,
+                    problem,
+                },
+            });
+            Ok(())
+        }
+        Err(e) => ctx.walk_error(ino, e),
     }
-    Ok(())
 }

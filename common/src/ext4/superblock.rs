@@ -3,7 +3,8 @@
 //! [`Superblock::parse`] applies, in the same order, the checks libext2fs makes when it opens
 //! a filesystem, so that e2i refuses exactly what e2image refuses.
 
-use super::le;
+use super::{le, mul32};
+use crate::error::CorruptKind;
 use crate::{Error, Result};
 
 pub const SUPERBLOCK_OFFSET: u64 = 1024;
@@ -117,24 +118,21 @@ impl std::fmt::Debug for Superblock {
     }
 }
 
-fn bad(detail: impl Into<String>) -> Error {
-    Error::corrupt("superblock", detail)
-}
-
 impl Superblock {
     /// Validate `raw` as libext2fs's `ext2fs_open2` does (checksums ignored, as e2image does).
     /// `expect_block_size` is the `-B` value: the filesystem's must match it.
+    ///
+    /// Beyond libext2fs, a filesystem whose size in bytes does not fit in 64 bits is
+    /// refused, so that every block below `blocks_count` has a byte offset.
     pub fn parse(raw: &[u8; SUPERBLOCK_SIZE], expect_block_size: Option<u32>) -> Result<Self> {
         let r = &raw[..];
         let magic = le::u16(r, 0x38);
         if magic != EXT2_SUPER_MAGIC {
-            return Err(bad(format!(
-                "bad magic number {magic:#06x} (not an ext2/3/4 filesystem)"
-            )));
+            return Err(CorruptKind::SuperblockMagic { magic }.into());
         }
         let rev_level = le::u32(r, 0x4C);
         if rev_level > EXT2_LIB_CURRENT_REV {
-            return Err(bad(format!("revision level {rev_level} is too new")));
+            return Err(CorruptKind::SuperblockRevision { rev_level }.into());
         }
         let feature_compat = le::u32(r, 0x5C);
         let feature_incompat = le::u32(r, 0x60);
@@ -153,20 +151,33 @@ impl Superblock {
         let log_block_size = le::u32(r, 0x18);
         let log_cluster_size = le::u32(r, 0x1C);
         let log_groups_per_flex = r[0x174];
+        let sizes_bad = CorruptKind::SuperblockSizeLogs {
+            log_block_size,
+            log_cluster_size,
+            log_groups_per_flex,
+        };
         if log_block_size > EXT2_MAX_BLOCK_LOG_SIZE - EXT2_MIN_BLOCK_LOG_SIZE
             || log_cluster_size > EXT2_MAX_CLUSTER_LOG_SIZE - EXT2_MIN_BLOCK_LOG_SIZE
             || log_block_size > log_cluster_size
             || log_groups_per_flex > 31
         {
-            return Err(bad(format!(
-                "block size log {log_block_size}, cluster size log {log_cluster_size} or flex group log {log_groups_per_flex} out of range"
-            )));
+            return Err(sizes_bad.into());
         }
         let bigalloc = feature_ro_compat & feature::RO_COMPAT_BIGALLOC != 0;
         if !bigalloc && log_block_size != log_cluster_size {
-            return Err(bad("cluster size differs from block size without bigalloc"));
+            return Err(CorruptKind::SuperblockClusterSize {
+                log_block_size,
+                log_cluster_size,
+            }
+            .into());
         }
-        let block_size = 1024u32 << log_block_size;
+        // Both logs were bounded above: no shift or subtraction below can fail.
+        let block_size = 1024u32
+            .checked_shl(log_block_size)
+            .ok_or(sizes_bad.clone())?;
+        let cluster_bits = log_cluster_size
+            .checked_sub(log_block_size)
+            .ok_or(sizes_bad)?;
         let inode_size = if rev_level == EXT2_GOOD_OLD_REV {
             EXT2_GOOD_OLD_INODE_SIZE
         } else {
@@ -176,7 +187,7 @@ impl Superblock {
             || inode_size > block_size
             || !inode_size.is_power_of_two()
         {
-            return Err(bad(format!("inode size {inode_size} is invalid")));
+            return Err(CorruptKind::SuperblockInodeSize { inode_size }.into());
         }
         let is64 = feature_incompat & feature::INCOMPAT_64BIT != 0;
         let desc_size = if is64 {
@@ -185,30 +196,35 @@ impl Superblock {
             32
         };
         if is64 && (!(64..=1024).contains(&desc_size) || !desc_size.is_power_of_two()) {
-            return Err(bad(format!("group descriptor size {desc_size} is invalid")));
+            return Err(CorruptKind::SuperblockDescSize { desc_size }.into());
         }
-        let cluster_bits = log_cluster_size - log_block_size;
         let blocks_per_group = le::u32(r, 0x20);
         let clusters_per_group = le::u32(r, 0x24);
-        if u64::from(blocks_per_group) != u64::from(clusters_per_group) << cluster_bits {
-            return Err(bad(format!(
-                "blocks per group {blocks_per_group} does not match clusters per group {clusters_per_group}"
-            )));
+        if Some(u64::from(blocks_per_group))
+            != u64::from(clusters_per_group).checked_shl(cluster_bits)
+        {
+            return Err(CorruptKind::SuperblockClustersPerGroup {
+                blocks_per_group,
+                clusters_per_group,
+            }
+            .into());
         }
         let inodes_per_group = le::u32(r, 0x28);
         let inode_blocks_per_group_u64 =
-            (u64::from(inodes_per_group) * u64::from(inode_size)).div_ceil(u64::from(block_size));
+            mul32(inodes_per_group, inode_size).div_ceil(u64::from(block_size));
         // libext2fs keeps this in an unsigned int; larger values fail the range check below.
-        let inode_blocks_per_group = inode_blocks_per_group_u64 as u32;
-        if let Some(bs) = expect_block_size
-            && bs != block_size
+        let inode_blocks_per_group = u32::try_from(inode_blocks_per_group_u64).unwrap_or(u32::MAX);
+        if let Some(expected) = expect_block_size
+            && expected != block_size
         {
-            return Err(bad(format!(
-                "block size is {block_size}, not the expected {bs}"
-            )));
+            return Err(CorruptKind::SuperblockBlockSize {
+                block_size,
+                expected,
+            }
+            .into());
         }
         if inodes_per_group == 0 {
-            return Err(bad("zero inodes per group"));
+            return Err(CorruptKind::SuperblockNoInodes.into());
         }
         let blocks_count = u64::from(le::u32(r, 0x04))
             | if is64 {
@@ -217,38 +233,57 @@ impl Superblock {
                 0
             };
         let first_data_block = le::u32(r, 0x14);
-        let desc_per_block = block_size / (desc_size & !7).max(1);
-        let inodes_per_block = block_size / inode_size;
-        let max_blocks_per_group = ((1u64 << 16) - 8) << cluster_bits;
-        let max_inodes_per_group = (1u64 << 16) - u64::from(inodes_per_block);
+        // 0 for a zero descriptor size: refused with the geometry below.
+        let desc_per_block = block_size.checked_div(desc_size & !7).unwrap_or(0);
+        let inodes_per_block = block_size.checked_div(inode_size).unwrap_or(0);
+        let geometry = CorruptKind::SuperblockGeometry {
+            blocks_per_group,
+            inode_blocks_per_group: inode_blocks_per_group_u64,
+            first_data_block,
+            blocks_count,
+        };
+        let max_blocks_per_group = ((1u64 << 16) - 8)
+            .checked_shl(cluster_bits)
+            .ok_or(geometry.clone())?;
+        let max_inodes_per_group = (1u64 << 16).saturating_sub(u64::from(inodes_per_block));
         if blocks_per_group < 8
             || u64::from(blocks_per_group) > max_blocks_per_group
             || inode_blocks_per_group_u64 > max_inodes_per_group
             || desc_per_block == 0
             || u64::from(first_data_block) >= blocks_count
         {
-            return Err(bad(format!(
-                "geometry out of range: {blocks_per_group} blocks per group, {inode_blocks_per_group} inode table blocks per group, first data block {first_data_block} of {blocks_count}"
-            )));
+            return Err(geometry.into());
         }
-        let groups =
-            (blocks_count - u64::from(first_data_block)).div_ceil(u64::from(blocks_per_group));
-        if groups >> 32 != 0 {
-            return Err(bad(format!("{groups} block groups is too many")));
+        if blocks_count.checked_mul(u64::from(block_size)).is_none() {
+            return Err(CorruptKind::SuperblockTooLarge {
+                blocks_count,
+                block_size,
+            }
+            .into());
         }
-        let group_count = groups as u32;
+        let groups = blocks_count
+            .checked_sub(u64::from(first_data_block))
+            .ok_or(geometry)?
+            .div_ceil(u64::from(blocks_per_group));
+        let group_count =
+            u32::try_from(groups).map_err(|_| CorruptKind::SuperblockGroupCount { groups })?;
         let inodes_count = le::u32(r, 0x00);
-        if groups * u64::from(inodes_per_group) != u64::from(inodes_count) {
-            return Err(bad(format!(
-                "inode count {inodes_count} is not {groups} groups × {inodes_per_group} inodes per group"
-            )));
+        if groups.checked_mul(u64::from(inodes_per_group)) != Some(u64::from(inodes_count)) {
+            return Err(CorruptKind::SuperblockInodeCount {
+                inodes_count,
+                groups,
+                inodes_per_group,
+            }
+            .into());
         }
         let desc_blocks = group_count.div_ceil(desc_per_block);
         let first_meta_bg = le::u32(r, 0x104);
         if feature_incompat & feature::INCOMPAT_META_BG != 0 && first_meta_bg > desc_blocks {
-            return Err(bad(format!(
-                "first meta_bg {first_meta_bg} is past the {desc_blocks} descriptor blocks"
-            )));
+            return Err(CorruptKind::SuperblockFirstMetaBg {
+                first_meta_bg,
+                desc_blocks,
+            }
+            .into());
         }
         Ok(Superblock {
             raw: Box::new(*raw),
@@ -316,10 +351,12 @@ impl Superblock {
     }
 
     pub fn inodes_per_block(&self) -> u32 {
-        self.block_size / self.inode_size
+        // The inode size was checked to be at least 128.
+        self.block_size.checked_div(self.inode_size).unwrap_or(0)
     }
     pub fn cluster_ratio(&self) -> u64 {
-        1u64 << self.cluster_bits
+        // cluster_bits ≤ 19 (validated): the shift cannot fail.
+        1u64.checked_shl(self.cluster_bits).unwrap_or(1)
     }
 
     pub fn journal_inum(&self) -> u32 {
@@ -385,44 +422,216 @@ impl Superblock {
         is_power_of(g, 3) || is_power_of(g, 5) || is_power_of(g, 7)
     }
 
-    /// First block of group `g`.
+    /// First block of group `g`; saturates at `u64::MAX` (never a valid block) for groups
+    /// far past the last.
     pub fn group_first_block(&self, g: u32) -> u64 {
-        u64::from(self.first_data_block) + u64::from(g) * u64::from(self.blocks_per_group)
+        u64::from(self.first_data_block).saturating_add(mul32(g, self.blocks_per_group))
     }
 
     /// Block holding descriptor block `i`, for descriptors belonging to the superblock at
-    /// `group_block` (libext2fs `ext2fs_descriptor_block_loc2`).
+    /// `group_block` (libext2fs `ext2fs_descriptor_block_loc2`). Saturates at `u64::MAX`
+    /// (never a valid block) where the computation would overflow.
     pub fn descriptor_block_loc(&self, group_block: u64, i: u32) -> u64 {
         let zero_adjust = u64::from(i == 0 && self.block_size == 1024 && self.cluster_bits > 0);
         if !self.has_meta_bg() || i < self.first_meta_bg {
             return group_block
-                .wrapping_add(u64::from(i))
-                .wrapping_add(1)
-                .wrapping_add(zero_adjust);
+                .saturating_add(u64::from(i))
+                .saturating_add(1)
+                .saturating_add(zero_adjust);
         }
+        // libext2fs computes the group in a C int.
         let bg = self.desc_per_block.wrapping_mul(i);
         let mut has_super = u64::from(self.group_has_super(bg));
         let mut ret = self.group_first_block(bg);
+        let bpg = u64::from(self.blocks_per_group);
         if group_block != u64::from(self.first_data_block)
-            && ret + has_super + u64::from(self.blocks_per_group) < self.blocks_count
+            && ret.saturating_add(has_super).saturating_add(bpg) < self.blocks_count
         {
-            ret += u64::from(self.blocks_per_group);
+            ret = ret.saturating_add(bpg);
             has_super = u64::from(self.group_has_super(bg.wrapping_add(1)));
         }
-        ret + has_super + zero_adjust
+        ret.saturating_add(has_super).saturating_add(zero_adjust)
     }
 }
 
 fn is_power_of(mut n: u32, base: u32) -> bool {
     while n.is_multiple_of(base) && n > 1 {
-        n /= base;
+        n = n.checked_div(base).unwrap_or(0);
     }
     n == 1
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
+
+    /// A valid superblock: 1 KiB blocks, 8192 blocks in one group, 2048 inodes of 256 bytes.
+    fn good() -> [u8; SUPERBLOCK_SIZE] {
+        let mut r = [0u8; SUPERBLOCK_SIZE];
+        le::set_u32(&mut r, 0x00, 2048); // inodes
+        le::set_u32(&mut r, 0x04, 8192); // blocks
+        le::set_u32(&mut r, 0x14, 1); // first data block
+        le::set_u32(&mut r, 0x20, 8192); // blocks per group
+        le::set_u32(&mut r, 0x24, 8192); // clusters per group
+        le::set_u32(&mut r, 0x28, 2048); // inodes per group
+        le::set_u16(&mut r, 0x38, EXT2_SUPER_MAGIC);
+        le::set_u32(&mut r, 0x4C, 1); // dynamic revision
+        le::set_u16(&mut r, 0x58, 256); // inode size
+        r
+    }
+
+    fn kind(r: &[u8; SUPERBLOCK_SIZE], bs: Option<u32>) -> CorruptKind {
+        match Superblock::parse(r, bs) {
+            Err(Error::Corrupt(k)) => k,
+            other => panic!("not a corruption: {other:?}"),
+        }
+    }
+
+    fn with(f: impl FnOnce(&mut [u8; SUPERBLOCK_SIZE])) -> [u8; SUPERBLOCK_SIZE] {
+        let mut r = good();
+        f(&mut r);
+        r
+    }
+
+    #[test]
+    fn a_good_superblock_parses() {
+        let sb = Superblock::parse(&good(), Some(1024)).unwrap();
+        assert_eq!(
+            (sb.group_count, sb.desc_blocks, sb.inode_blocks_per_group),
+            (1, 1, 512)
+        );
+    }
+
+    #[test]
+    fn each_damage_has_its_kind() {
+        let r = with(|r| le::set_u16(r, 0x38, 0));
+        assert_eq!(kind(&r, None), CorruptKind::SuperblockMagic { magic: 0 });
+        let r = with(|r| le::set_u32(r, 0x4C, u32::MAX));
+        assert_eq!(
+            kind(&r, None),
+            CorruptKind::SuperblockRevision {
+                rev_level: u32::MAX
+            }
+        );
+        let r = with(|r| le::set_u32(r, 0x18, u32::MAX));
+        assert_eq!(
+            kind(&r, None),
+            CorruptKind::SuperblockSizeLogs {
+                log_block_size: u32::MAX,
+                log_cluster_size: 0,
+                log_groups_per_flex: 0
+            }
+        );
+        let r = with(|r| le::set_u32(r, 0x1C, 2));
+        assert_eq!(
+            kind(&r, None),
+            CorruptKind::SuperblockClusterSize {
+                log_block_size: 0,
+                log_cluster_size: 2
+            }
+        );
+        let r = with(|r| le::set_u16(r, 0x58, u16::MAX));
+        assert_eq!(
+            kind(&r, None),
+            CorruptKind::SuperblockInodeSize { inode_size: 65535 }
+        );
+        let r = with(|r| {
+            le::set_u32(r, 0x60, feature::INCOMPAT_64BIT);
+            le::set_u16(r, 0xFE, u16::MAX);
+        });
+        assert_eq!(
+            kind(&r, None),
+            CorruptKind::SuperblockDescSize { desc_size: 65535 }
+        );
+        let r = with(|r| le::set_u32(r, 0x24, u32::MAX));
+        assert_eq!(
+            kind(&r, None),
+            CorruptKind::SuperblockClustersPerGroup {
+                blocks_per_group: 8192,
+                clusters_per_group: u32::MAX
+            }
+        );
+        assert_eq!(
+            kind(&good(), Some(4096)),
+            CorruptKind::SuperblockBlockSize {
+                block_size: 1024,
+                expected: 4096
+            }
+        );
+        let r = with(|r| le::set_u32(r, 0x28, 0));
+        assert_eq!(kind(&r, None), CorruptKind::SuperblockNoInodes);
+        let r = with(|r| le::set_u32(r, 0x14, u32::MAX));
+        assert_eq!(
+            kind(&r, None),
+            CorruptKind::SuperblockGeometry {
+                blocks_per_group: 8192,
+                inode_blocks_per_group: 512,
+                first_data_block: u32::MAX,
+                blocks_count: 8192
+            }
+        );
+        let r = with(|r| le::set_u32(r, 0x00, u32::MAX));
+        assert_eq!(
+            kind(&r, None),
+            CorruptKind::SuperblockInodeCount {
+                inodes_count: u32::MAX,
+                groups: 1,
+                inodes_per_group: 2048
+            }
+        );
+        let r = with(|r| {
+            le::set_u32(r, 0x60, feature::INCOMPAT_META_BG);
+            le::set_u32(r, 0x104, u32::MAX);
+        });
+        assert_eq!(
+            kind(&r, None),
+            CorruptKind::SuperblockFirstMetaBg {
+                first_meta_bg: u32::MAX,
+                desc_blocks: 1
+            }
+        );
+    }
+
+    #[test]
+    fn both_halves_of_the_block_count() {
+        // 64bit, blocks_count lo and hi all ones: its byte size overflows 64 bits.
+        let r = with(|r| {
+            le::set_u32(r, 0x60, feature::INCOMPAT_64BIT);
+            le::set_u16(r, 0xFE, 64);
+            le::set_u32(r, 0x04, u32::MAX);
+            le::set_u32(r, 0x150, u32::MAX);
+        });
+        assert_eq!(
+            kind(&r, None),
+            CorruptKind::SuperblockTooLarge {
+                blocks_count: u64::MAX,
+                block_size: 1024
+            }
+        );
+        // The high half alone, with groups of the largest size: too many groups.
+        let r = with(|r| {
+            le::set_u32(r, 0x60, feature::INCOMPAT_64BIT);
+            le::set_u16(r, 0xFE, 64);
+            le::set_u32(r, 0x150, 0x0000_FFFF);
+        });
+        assert_eq!(
+            kind(&r, None),
+            CorruptKind::SuperblockGroupCount {
+                groups: ((0xFFFFu64 << 32) + 8192 - 1).div_ceil(8192)
+            }
+        );
+    }
+
+    #[test]
+    fn locations_saturate_instead_of_wrapping() {
+        let sb = Superblock::parse(&good(), None).unwrap();
+        assert_eq!(
+            sb.group_first_block(u32::MAX),
+            1 + u64::from(u32::MAX) * 8192
+        );
+        assert_eq!(sb.descriptor_block_loc(u64::MAX, 5), u64::MAX);
+    }
 
     #[test]
     fn sparse_super_groups() {

@@ -52,6 +52,12 @@ pub const E2IMAGE_MAGIC: u32 = 0x7F2B_B710;
 pub const MAGIC_DESCRIPTOR: &[u8] = b"Ext2 Image 1.0";
 /// Size of `struct ext2_image_hdr`.
 pub const HEADER_SIZE: usize = 332;
+/// e2i's mark in `fs_reserved[0]` (the bytes `E2IS`): `fs_reserved[1]` then holds
+/// [`Header::e2i_flags`]. Nothing in e2fsprogs reads `fs_reserved`, and an image without
+/// flags leaves both words zero, as e2image does (see [`crate::mark`]).
+pub const E2I_MARK_MAGIC: u32 = 0x5349_3245;
+/// In [`Header::e2i_flags`]: the image is scrambled (`-s`).
+pub const E2I_FLAG_SCRAMBLED: u32 = 1 << 0;
 
 /// Byte offsets of the header fields (`struct ext2_image_hdr`).
 pub mod field {
@@ -62,6 +68,9 @@ pub mod field {
     pub const FS_DEVICE_NAME: usize = 124;
     pub const FS_UUID: usize = 188;
     pub const FS_BLOCKSIZE: usize = 204;
+    /// `fs_reserved[0]` and `[1]`: e2i's mark and flags.
+    pub const E2I_MARK: usize = 208;
+    pub const E2I_FLAGS: usize = 212;
     pub const IMAGE_DEVICE: usize = 240;
     pub const IMAGE_INODE: usize = 244;
     pub const IMAGE_TIME: usize = 248;
@@ -99,6 +108,9 @@ pub struct Header {
     pub offset_inode: u32,
     pub offset_inodemap: u32,
     pub offset_blockmap: u32,
+    /// e2i's flags ([`E2I_FLAG_SCRAMBLED`]), stored with [`E2I_MARK_MAGIC`] in
+    /// `fs_reserved` when non-zero; 0 for an image without the mark.
+    pub e2i_flags: u32,
 }
 
 impl Header {
@@ -112,6 +124,10 @@ impl Header {
         h[field::FS_DEVICE_NAME..field::FS_DEVICE_NAME + 64].copy_from_slice(&self.fs_device_name);
         h[field::FS_UUID..field::FS_UUID + 16].copy_from_slice(&self.fs_uuid);
         le::set_u32(&mut h, field::FS_BLOCKSIZE, self.fs_blocksize);
+        if self.e2i_flags != 0 {
+            le::set_u32(&mut h, field::E2I_MARK, E2I_MARK_MAGIC);
+            le::set_u32(&mut h, field::E2I_FLAGS, self.e2i_flags);
+        }
         le::set_u32(&mut h, field::IMAGE_DEVICE, self.image_device);
         le::set_u32(&mut h, field::IMAGE_INODE, self.image_inode);
         // The low and high halves of the time.
@@ -164,7 +180,23 @@ impl Header {
             offset_inode: le::u32(b, field::OFFSET_INODE),
             offset_inodemap: le::u32(b, field::OFFSET_INODEMAP),
             offset_blockmap: le::u32(b, field::OFFSET_BLOCKMAP),
+            e2i_flags: if le::u32(b, field::E2I_MARK) == E2I_MARK_MAGIC {
+                le::u32(b, field::E2I_FLAGS)
+            } else {
+                0
+            },
         })
+    }
+
+    /// The image carries e2i's scrambled mark.
+    pub fn is_marked_scrambled(&self) -> bool {
+        self.e2i_flags & E2I_FLAG_SCRAMBLED != 0
+    }
+
+    /// Neither the host nor the source device is named: what `-s` leaves (e2image and an
+    /// unscrambled capture always name the device, as typed).
+    pub fn host_fields_blank(&self) -> bool {
+        self.hostname.iter().all(|&c| c == 0) && self.fs_device_name.iter().all(|&c| c == 0)
     }
 }
 
@@ -285,6 +317,7 @@ mod tests {
             offset_inode: 12288,
             offset_inodemap: 40960,
             offset_blockmap: 36864,
+            e2i_flags: 0,
         }
     }
 
@@ -315,9 +348,19 @@ mod tests {
                 offset_inodemap: pick(next()) as u32,
                 offset_blockmap: pick(next()) as u32,
                 fs_uuid: [next() as u8; 16],
+                e2i_flags: pick(next()) as u32,
                 ..header()
             };
-            assert_eq!(Header::parse(&h.encode()).unwrap(), h);
+            let b = h.encode();
+            assert_eq!(Header::parse(&b).unwrap(), h);
+            // Without flags, fs_reserved stays zero (as e2image writes it).
+            if h.e2i_flags == 0 {
+                assert!(
+                    b[field::E2I_MARK..field::E2I_FLAGS + 4]
+                        .iter()
+                        .all(|&c| c == 0)
+                );
+            }
         }
     }
 

@@ -34,6 +34,8 @@ pub struct HeaderInfo {
     pub image_inode: u32,
     /// Seconds since the epoch.
     pub time: u64,
+    /// e2i's marks, stored in the header's reserved words (nothing when none is set).
+    pub marks: crate::mark::Marks,
 }
 
 impl HeaderInfo {
@@ -69,6 +71,7 @@ impl HeaderInfo {
             image_device,
             image_inode,
             time,
+            marks: crate::mark::Marks::default(),
         }
     }
 }
@@ -228,6 +231,11 @@ pub fn write_normal<S: ReadAt>(
         offset_inode: offset32(layout.offset_inode),
         offset_inodemap: offset32(layout.offset_inodemap),
         offset_blockmap: offset32(layout.offset_blockmap),
+        e2i_flags: if info.marks.scrambled {
+            super::E2I_FLAG_SCRAMBLED
+        } else {
+            0
+        },
     };
 
     let mut out = Out {

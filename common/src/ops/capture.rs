@@ -5,12 +5,14 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::blockmap::BlockMap;
-use crate::ext4::scan::{self, Problem, ScanOptions};
+use crate::ext4::scan::{self, Problem, ProblemKind, ScanOptions, Warning};
+use crate::ext4::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 use crate::ext4::{Filesystem, OpenOptions};
 use crate::io::{FileSource, ReadAt};
+use crate::mark::{self, Marks};
 use crate::progress::{Progress, Unit};
 use crate::qcow2::{self, Qcow2Target};
-use crate::scramble::{self, ScrambleReport, ScrambledSource};
+use crate::scramble::{self, Overlay, ScrambleReport, ScrambledSource};
 use crate::sparse::{self, CopyStats, RawTarget};
 use crate::stream;
 use crate::{Error, Result};
@@ -67,7 +69,7 @@ pub struct CaptureReport {
     /// Damaged structures skipped (the capture is usable but incomplete: exit 3).
     pub problems: Vec<Problem>,
     /// Damage noticed that leaves the selection as e2image's (reported, exit 0).
-    pub warnings: Vec<Problem>,
+    pub warnings: Vec<Warning>,
     /// What `-s` scrambled, and what it could not.
     pub scramble: Option<ScrambleReport>,
 }
@@ -128,6 +130,7 @@ fn past_end(offset: u64, size: u64, what: &str) -> Result<()> {
 }
 
 /// Open the filesystem and compute its block map.
+#[deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 pub fn scan_source<S: ReadAt>(
     src: S,
     opts: &CaptureOptions,
@@ -158,6 +161,7 @@ pub fn scan_source<S: ReadAt>(
 
 /// Capture SOURCE in `format` to `out`. Each format's writer consumes the same
 /// filesystem and block map.
+#[deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 pub fn capture(
     source: &Path,
     opts: &CaptureOptions,
@@ -166,9 +170,20 @@ pub fn capture(
     progress: &mut dyn Progress,
 ) -> Result<CaptureReport> {
     let src = open_source(source, opts.offset)?;
+    let marked_source = source_is_marked(source, &*src);
+    let marks = Marks {
+        scrambled: opts.scramble.is_some() || marked_source,
+    };
+    // A scrambled SOURCE whose superblock lacks the mark (a marked qcow2 made from an image
+    // scrambled before the superblock mark existed) gets it; `-s` marks it while scrambling.
+    let src: Box<dyn ReadAt> = if marked_source && opts.scramble.is_none() {
+        Box::new(mark::MarkedSource::new(src, true))
+    } else {
+        src
+    };
     if format == Format::Normal {
         // The normal format copies metadata by location: no block-map scan.
-        return capture_normal(source, src, opts, out, progress);
+        return capture_normal(source, src, opts, marks, out, progress);
     }
     let is_dev = matches!(out, Output::Device { .. });
     let (fs, res) = scan_source(src, opts, is_dev, progress)?;
@@ -227,7 +242,7 @@ pub fn capture(
                     stream::flags::ALL_DATA
                 } else {
                     0
-                } | if opts.scramble.is_some() {
+                } | if marks.scrambled {
                     stream::flags::SCRAMBLED
                 } else {
                     0
@@ -258,27 +273,38 @@ pub fn capture(
                         file: f,
                         compress: opts.compress,
                     },
+                    marks,
                     progress,
                 )?,
                 Output::Device { .. } | Output::Stream(_) if opts.compress => {
                     return Err(pipe_refusal());
                 }
-                Output::Device { file, .. } => {
-                    qcow2::write_qcow2(&fs.src, map, bs, Qcow2Target::Device(file), progress)?
-                }
-                Output::Stream(w) => {
-                    qcow2::write_qcow2(&fs.src, map, bs, Qcow2Target::Sequential(w), progress)?
-                }
+                Output::Device { file, .. } => qcow2::write_qcow2(
+                    &fs.src,
+                    map,
+                    bs,
+                    Qcow2Target::Device(file),
+                    marks,
+                    progress,
+                )?,
+                Output::Stream(w) => qcow2::write_qcow2(
+                    &fs.src,
+                    map,
+                    bs,
+                    Qcow2Target::Sequential(w),
+                    marks,
+                    progress,
+                )?,
             }
         }
         other => return Err(CaptureReport::unsupported(other)),
     };
     report.problems = res.problems;
     report.warnings = res.warnings;
-    for b in &report.copy.unreadable {
+    for &block in &report.copy.unreadable {
         report.problems.push(Problem {
             ino: None,
-            message: format!("block {b}: read error; written as zeros"),
+            kind: ProblemKind::CopyUnreadable { block },
         });
     }
     let unlisted = report
@@ -288,17 +314,19 @@ pub fn capture(
     if unlisted > 0 {
         report.problems.push(Problem {
             ino: None,
-            message: format!("{unlisted} more blocks could not be read; written as zeros"),
+            kind: ProblemKind::CopyUnreadableMore { count: unlisted },
         });
     }
     Ok(report)
 }
 
 /// The normal e2image format ([`crate::normal`]).
+#[deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 fn capture_normal(
     source: &Path,
     src: Box<dyn ReadAt>,
     opts: &CaptureOptions,
+    marks: Marks,
     out: Output<'_>,
     progress: &mut dyn Progress,
 ) -> Result<CaptureReport> {
@@ -317,20 +345,25 @@ fn capture_normal(
         Output::Stream(w) => (NormalTarget::Stream(w), None),
     };
     let mut info = HeaderInfo::collect(source, file);
+    info.marks = marks;
     if opts.scramble.is_some() {
         // Where the image was made says who made it.
         info.hostname.clear();
         info.device_name.clear();
     }
     let st = write_normal(&fs, &info, target, progress)?;
-    let bs = u64::from(fs.sb.block_size);
+    // The block size is at least 1 KiB (the superblock was validated).
+    let blocks = st
+        .size
+        .checked_div(u64::from(fs.sb.block_size))
+        .unwrap_or(0);
     Ok(CaptureReport {
         block_size: fs.sb.block_size,
         blocks_count: fs.sb.blocks_count,
-        selected_blocks: st.size / bs,
+        selected_blocks: blocks,
         runs: 0,
         copy: CopyStats {
-            blocks: st.size / bs,
+            blocks,
             zero_blocks: st.zero_blocks,
             bytes_written: st.bytes_written,
             ..CopyStats::default()
@@ -349,10 +382,77 @@ pub fn scramble_fs(
     seed: u64,
     opts: &CaptureOptions,
 ) -> Result<(Filesystem<Box<dyn ReadAt>>, ScrambleReport)> {
-    let (overlay, rep) = scramble::plan(&fs, seed)?;
+    let (mut overlay, rep) = scramble::plan(&fs, seed)?;
+    mark_superblocks(&fs, &mut overlay)?;
     let wrapped: Box<dyn ReadAt> = Box::new(ScrambledSource::new(fs.src, overlay));
     let fs = Filesystem::open(wrapped, opts.open)?;
     Ok((fs, rep))
+}
+
+/// Put the scrambled mark ([`crate::mark`]) into the superblocks the image holds — the
+/// primary, and the backup the filesystem was opened through — on top of what scrambling
+/// changed there. The mark then travels with the filesystem through every format, and
+/// through re-captures of a raw image made from it.
+fn mark_superblocks<S: ReadAt>(fs: &Filesystem<S>, ov: &mut Overlay) -> Result<()> {
+    let bs = u64::from(fs.sb.block_size);
+    let primary = SUPERBLOCK_OFFSET
+        .checked_div(bs)
+        .zip(SUPERBLOCK_OFFSET.checked_rem(bs));
+    let backup = fs.backup_superblock.map(|b| (b, 0));
+    for (blk, off) in primary.into_iter().chain(backup) {
+        let mut buf = match ov.get(blk) {
+            Some(b) => b.to_vec(),
+            None => {
+                // The filesystem was opened through this block: its offset fits.
+                let Some(at) = blk.checked_mul(bs) else {
+                    continue;
+                };
+                let Ok(len) = usize::try_from(fs.sb.block_size) else {
+                    continue;
+                };
+                let mut b = vec![0u8; len];
+                if fs.src.read_at(&mut b, at)? < len {
+                    continue;
+                }
+                b
+            }
+        };
+        // off < bs, and a block holds the 1024 superblock bytes from `off` (bs >= 2048
+        // when off = 1024).
+        let Some(raw) = usize::try_from(off)
+            .ok()
+            .and_then(|o| buf.get_mut(o..o.checked_add(SUPERBLOCK_SIZE)?))
+            .and_then(|r| <&mut [u8; SUPERBLOCK_SIZE]>::try_from(r).ok())
+        else {
+            continue;
+        };
+        if mark::mark_superblock(raw) {
+            ov.put(blk, buf);
+        }
+    }
+    Ok(())
+}
+
+/// SOURCE is itself a scrambled image: its superblock carries the mark, or it is a qcow2
+/// image with e2i's scrambled extension. A capture of it carries the mark on.
+pub fn source_is_marked(source: &Path, src: &dyn ReadAt) -> bool {
+    let mut raw = [0u8; SUPERBLOCK_SIZE];
+    (src.read_at(&mut raw, SUPERBLOCK_OFFSET).ok() == Some(SUPERBLOCK_SIZE)
+        && mark::superblock_is_marked(&raw))
+        || qcow2_is_marked(source)
+}
+
+/// `path` is a qcow2 image whose header carries e2i's scrambled extension.
+pub fn qcow2_is_marked(path: &Path) -> bool {
+    let Ok(whole) = FileSource::open(path, 0) else {
+        return false;
+    };
+    let mut magic = [0u8; 8];
+    if whole.read_at(&mut magic, 0).ok() != Some(magic.len()) || !qcow2::is_qcow2(&magic) {
+        return false;
+    }
+    qcow2::Qcow2Reader::open(whole)
+        .is_ok_and(|q| q.header().e2i_flags() & mark::QCOW2_FLAG_SCRAMBLED != 0)
 }
 
 impl CaptureReport {
@@ -392,6 +492,7 @@ pub fn classify<S: ReadAt + ?Sized>(
 /// memory stays bounded by the map.
 /// `room`: the size of a block device target, checked against the stream's size before the
 /// first byte is written.
+#[deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 pub fn write_stream<S: ReadAt + ?Sized>(
     src: &S,
     map: &BlockMap,
@@ -428,19 +529,19 @@ pub fn write_stream<S: ReadAt + ?Sized>(
     let mut done = 0u64;
     crate::pieces::for_each_chunk(src, &data_map, header.block_size, &mut |_, data| {
         w.write_data(data)?;
-        done += data.len() as u64 / bs;
+        done = done.saturating_add((data.len() as u64).checked_div(bs).unwrap_or(0));
         progress.update(done);
         Ok(())
     })?;
     let (_, _digest) = w.finish()?;
     progress.finish();
     Ok(CopyStats {
-        blocks: done + zero_blocks,
+        blocks: done.saturating_add(zero_blocks),
         zero_blocks,
         past_end_blocks: past.past_end_blocks,
         unreadable_blocks: past.unreadable_blocks,
         unreadable: past.unreadable,
         identical_blocks: 0,
-        bytes_written: done * bs,
+        bytes_written: done.saturating_mul(bs),
     })
 }

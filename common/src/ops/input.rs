@@ -8,6 +8,10 @@ use std::io::{self, BufRead, BufReader, Cursor, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::bytes::le;
+use crate::ext4::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
+use crate::io::{FileSource, ReadAt};
+use crate::mark::{Evidence, ImageFacts};
+use crate::normal;
 use crate::stream::{self, StreamReader};
 use crate::{Error, Result};
 
@@ -158,6 +162,66 @@ impl<R: BufRead> Read for ZstdFrames<R> {
             let next = ruzstd::decoding::StreamingDecoder::new_with_decoder(r, dec)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
             self.cur = Some(next);
+        }
+    }
+}
+
+/// What the input says about itself ([`crate::mark`]): its filesystem's UUID and
+/// superblock, and whether it is scrambled. Reads headers and the superblock only; what
+/// cannot be read here yields no facts (the conversion then says what is wrong).
+pub fn facts(input: &Input) -> ImageFacts {
+    let mut raw = [0u8; SUPERBLOCK_SIZE];
+    let mut superblock_at = |src: &dyn ReadAt, at: u64| {
+        (src.read_at(&mut raw, at).ok() == Some(SUPERBLOCK_SIZE)).then_some(raw)
+    };
+    match input {
+        Input::Stream(r) => {
+            // The superblock comes later, in the data: the flag is the stream's word.
+            let mut f = ImageFacts {
+                uuid: Some(r.header.uuid),
+                ..ImageFacts::default()
+            };
+            if r.header.is_scrambled() {
+                f.add(Evidence::StreamFlag);
+            }
+            f
+        }
+        Input::File { kind, path, .. } => {
+            let Ok(file) = FileSource::open(path, 0) else {
+                return ImageFacts::default();
+            };
+            match kind {
+                Kind::Normal => {
+                    let mut hb = [0u8; normal::HEADER_SIZE];
+                    let header = file
+                        .read_at(&mut hb, 0)
+                        .ok()
+                        .and_then(|n| normal::Header::parse(&hb[..n]).ok());
+                    let Some(h) = header else {
+                        return ImageFacts::default();
+                    };
+                    match superblock_at(&file, u64::from(h.fs_blocksize)) {
+                        Some(sb) => ImageFacts::of_normal(&h, &sb),
+                        None => ImageFacts::default(),
+                    }
+                }
+                Kind::Raw => superblock_at(&file, SUPERBLOCK_OFFSET)
+                    .map(|sb| ImageFacts::from_superblock(&sb))
+                    .unwrap_or_default(),
+                Kind::Qcow2 => {
+                    let Ok(q) = crate::qcow2::Qcow2Reader::open(file) else {
+                        return ImageFacts::default();
+                    };
+                    let mut f = superblock_at(&q, SUPERBLOCK_OFFSET)
+                        .map(|sb| ImageFacts::from_superblock(&sb))
+                        .unwrap_or_default();
+                    if q.header().e2i_flags() & crate::mark::QCOW2_FLAG_SCRAMBLED != 0 {
+                        f.add(Evidence::Qcow2Extension);
+                    }
+                    f
+                }
+                Kind::Stream => ImageFacts::default(),
+            }
         }
     }
 }

@@ -20,9 +20,15 @@
 //!
 //! Before any of it: DEVICE must not be mounted; the image must be a complete, valid normal
 //! image; DEVICE's filesystem (its primary superblock, or the first valid backup) must have
-//! the image's UUID, block size, block count and inode count unless `force`; every write must
-//! lie inside DEVICE. With an undo file, the old contents of every block written (and the
-//! superblock the device will hold afterwards) are saved and synced first.
+//! the image's UUID, block size, block count and inode count unless `force`; the image must
+//! not be scrambled ([`crate::mark`]: its inode tables and superblock would replace the real
+//! inline names, symlink targets, inline data, in-inode xattrs and label) unless
+//! `allow_scrambled`; every write must lie inside DEVICE. With an undo file, the old contents
+//! of every block written (and the superblock the device will hold afterwards) are saved and
+//! synced first.
+//!
+//! [`Install::prepare`] runs every check and plans the writes without writing (what a dry run
+//! shows, with an [`Overview`] of what will be replaced); [`Install::run`] then writes.
 
 // Every number here comes from the image or the device: no unchecked arithmetic.
 #![deny(clippy::arithmetic_side_effects)]
@@ -38,8 +44,10 @@ use crate::ext4::Superblock;
 use crate::ext4::bitmap::{self, super_and_bgd_loc};
 use crate::ext4::csum::{self, Checksummer};
 use crate::ext4::desc::{BG_BLOCK_UNINIT, BG_INODE_UNINIT};
+use crate::ext4::superblock::feature;
 use crate::ext4::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 use crate::io::{FileSource, ReadAt, pwrite_full};
+use crate::mark::{self, Evidence, ImageFacts};
 use crate::mount::{MountState, mount_state};
 use crate::normal::NormalImage;
 use crate::normal::reader::read_image;
@@ -56,6 +64,8 @@ pub struct InstallOptions {
     pub dry_run: bool,
     /// Save the overwritten blocks here first, in e2undo's format.
     pub undo: Option<PathBuf>,
+    /// Install an image judged scrambled ([`crate::mark`]) all the same.
+    pub allow_scrambled: bool,
 }
 
 /// Where the data of a planned write comes from.
@@ -101,6 +111,38 @@ pub struct InstallReport {
     /// Differences between the device's filesystem and the image, ignored under `force`.
     pub mismatches: Vec<String>,
     pub undo: Option<UndoStats>,
+    /// Why the image is judged scrambled, when it is (installed only with
+    /// `allow_scrambled`).
+    pub scrambled: Option<Evidence>,
+    /// What the install replaces.
+    pub overview: Overview,
+}
+
+/// What an install replaces, for the line printed before anything is written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overview {
+    /// Groups whose inode tables (and bitmaps) are replaced.
+    pub groups: u32,
+    /// When the image was taken (seconds; 0 when the header does not say).
+    pub image_time: u64,
+    /// When DEVICE's filesystem was last written (`s_wtime`), if it has a valid superblock.
+    pub device_write_time: Option<u64>,
+    /// Inodes in use according to DEVICE's superblock, and to the image's.
+    pub device_inodes_used: Option<u64>,
+    pub image_inodes_used: u64,
+    /// DEVICE's label and the image's, when they differ.
+    pub label_change: Option<(String, String)>,
+    /// DEVICE's journal needs recovery (an unclean shutdown) and the image's superblock,
+    /// which replaces DEVICE's, does not say so: the journal would never be replayed.
+    pub journal_dropped: bool,
+}
+
+impl Overview {
+    /// DEVICE's filesystem was written after the image was taken: what was created or
+    /// changed since is lost (its inodes are replaced, its blocks marked free).
+    pub fn device_is_newer(&self) -> bool {
+        self.image_time != 0 && self.device_write_time.is_some_and(|t| t > self.image_time)
+    }
 }
 
 /// The time libext2fs stamps into `s_wtime`.
@@ -406,11 +448,12 @@ fn valid_super(raw: &[u8; SUPERBLOCK_SIZE], bs: Option<u32>) -> Option<Superbloc
     csum::superblock_csum_verify(raw).then_some(sb)
 }
 
-/// Find the device's filesystem: its primary superblock if valid, else the first valid
-/// backup at the standard locations, then at the image geometry's backup groups.
-fn device_superblock<D: ReadAt>(
+/// Find the filesystem on `dev`: its primary superblock if valid, else the first valid
+/// backup at the standard locations, then at the backup groups of `geometry` (the image's
+/// filesystem, when known).
+pub fn find_superblock<D: ReadAt + ?Sized>(
     dev: &D,
-    image_sb: &Superblock,
+    geometry: Option<&Superblock>,
 ) -> (DeviceSuper, Option<Superblock>) {
     let mut raw = [0u8; SUPERBLOCK_SIZE];
     if dev.read_at(&mut raw, SUPERBLOCK_OFFSET).ok() == Some(SUPERBLOCK_SIZE)
@@ -419,14 +462,16 @@ fn device_superblock<D: ReadAt>(
         return (DeviceSuper::Primary, Some(sb));
     }
     let mut cands = standard_backup_locations();
-    let mut found = 0u32;
-    for g in 1..image_sb.group_count {
-        if found == 8 {
-            break;
-        }
-        if image_sb.group_has_super(g) {
-            cands.push((image_sb.group_first_block(g), image_sb.block_size));
-            found = found.saturating_add(1);
+    if let Some(image_sb) = geometry {
+        let mut found = 0u32;
+        for g in 1..image_sb.group_count {
+            if found == 8 {
+                break;
+            }
+            if image_sb.group_has_super(g) {
+                cands.push((image_sb.group_first_block(g), image_sb.block_size));
+                found = found.saturating_add(1);
+            }
         }
     }
     for (blk, bs) in cands {
@@ -516,157 +561,252 @@ fn touched_blocks(writes: &[PlannedWrite], bs: NonZeroU64, blocks: u64) -> Block
     BlockMap::from_runs(merged, blocks)
 }
 
-/// Install `image` onto `device`.
+/// Seconds of a superblock's `s_wtime` (with `s_wtime_hi`).
+fn write_time(raw: &[u8; SUPERBLOCK_SIZE]) -> u64 {
+    u64::from(le::u32(raw, 0x30)) | u64::from(raw[0x274]) << 32
+}
+
+/// Inodes in use by a superblock's counts (which the kernel may keep slightly stale).
+fn inodes_used(sb: &Superblock) -> u64 {
+    u64::from(sb.inodes_count).saturating_sub(u64::from(le::u32(sb.raw(), 0x10)))
+}
+
+/// A checked, planned install, not yet written.
+pub struct Install {
+    img: NormalImage<FileSource>,
+    dev: FileSource,
+    report: InstallReport,
+    undo: Option<PathBuf>,
+    dry_run: bool,
+}
+
+impl Install {
+    /// Run every check and plan every write (see the module documentation); nothing is
+    /// written. With `dry_run`, DEVICE is opened read-only.
+    pub fn prepare(device: &Path, image: &Path, opts: &InstallOptions) -> Result<Install> {
+        let dev_name = device.display();
+        match mount_state(device) {
+            MountState::NotMounted => {}
+            MountState::ReadOnly { mount_point } | MountState::ReadWrite { mount_point } => {
+                return Err(Error::InvalidInput(format!(
+                    "{dev_name} is mounted on {mount_point}; refusing to write to a mounted filesystem"
+                )));
+            }
+        }
+        let img = NormalImage::open_file(image)?;
+        let sb = img.superblock();
+        let writes = plan(&img, now())?;
+
+        let is_blockdev = std::fs::metadata(device).is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            m.file_type().is_block_device()
+        });
+        let file = if opts.dry_run {
+            File::open(device)
+        } else {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut o = OpenOptions::new();
+            o.read(true).write(true);
+            if is_blockdev {
+                // Exclusive open: the kernel refuses it while the device is mounted or claimed.
+                o.custom_flags(rustix::fs::OFlags::EXCL.bits() as i32);
+            }
+            o.open(device)
+        }
+        .map_err(|e| Error::io("open device", 0, e))?;
+        let dev = FileSource::from_file(file, 0)?;
+        let (device_super, dev_sb) = find_superblock(&dev, Some(sb));
+        let mism = match &dev_sb {
+            Some(d) => mismatches(d, sb),
+            None => vec!["no valid ext2/3/4 superblock (primary or backup)".to_string()],
+        };
+        if !mism.is_empty() && !opts.force {
+            return Err(Error::InvalidInput(format!(
+                "{dev_name} does not hold the image's filesystem: {}; nothing written (use --force to install anyway)",
+                mism.join(", ")
+            )));
+        }
+        let scrambled = mark::refusal(
+            &ImageFacts::of_normal(img.header(), sb.raw()),
+            dev_sb.as_ref().map(Superblock::raw),
+            false,
+        );
+        if let Some(ev) = &scrambled
+            && !opts.allow_scrambled
+        {
+            return Err(Error::InvalidInput(mark::refusal_message(
+                ev,
+                &dev_name.to_string(),
+                mark::Action::Install,
+            )));
+        }
+        // Planned writes lie inside the image's filesystem, whose byte size fits: saturation
+        // cannot happen (and would only make the device check below stricter).
+        let end = writes
+            .iter()
+            .map(|w| w.offset.saturating_add(w.len))
+            .max()
+            .unwrap_or(0);
+        if end > dev.size() {
+            return Err(Error::InvalidInput(format!(
+                "{dev_name} is {} bytes, but the image's metadata reaches byte {end}; nothing written",
+                dev.size()
+            )));
+        }
+        if let Some(path) = opts.undo.as_ref().filter(|_| !opts.dry_run)
+            && std::fs::metadata(path).is_ok_and(|m| m.len() > 0)
+        {
+            return Err(Error::InvalidInput(format!(
+                "undo file {} already exists; remove it or choose another name",
+                path.display()
+            )));
+        }
+        let (dev_label, img_label) = (
+            dev_sb.as_ref().map(|d| mark::label(d.raw())),
+            mark::label(sb.raw()),
+        );
+        let overview = Overview {
+            groups: sb.group_count,
+            image_time: img.header().image_time,
+            device_write_time: dev_sb.as_ref().map(|d| write_time(d.raw())),
+            device_inodes_used: dev_sb.as_ref().map(inodes_used),
+            image_inodes_used: inodes_used(sb),
+            label_change: dev_label
+                .filter(|d| *d != img_label)
+                .map(|d| (d, img_label)),
+            journal_dropped: dev_sb
+                .as_ref()
+                .is_some_and(|d| d.has_incompat(feature::INCOMPAT_RECOVER))
+                && !sb.has_incompat(feature::INCOMPAT_RECOVER),
+        };
+        let bytes = writes.iter().fold(0u64, |a, w| a.saturating_add(w.len));
+        let report = InstallReport {
+            writes,
+            bytes,
+            block_size: sb.block_size,
+            device_super,
+            mismatches: mism,
+            undo: None,
+            scrambled,
+            overview,
+        };
+        Ok(Install {
+            img,
+            dev,
+            report,
+            undo: opts.undo.clone(),
+            dry_run: opts.dry_run,
+        })
+    }
+
+    /// What will be written (or, in a dry run, would be).
+    pub fn report(&self) -> &InstallReport {
+        &self.report
+    }
+
+    /// Write everything planned (nothing in a dry run): the undo file first, then the
+    /// inode tables, bitmaps and descriptors, a sync, and the superblock last.
+    pub fn run(self, progress: &mut dyn Progress) -> Result<InstallReport> {
+        let Install {
+            img,
+            dev,
+            mut report,
+            undo,
+            dry_run,
+        } = self;
+        if dry_run {
+            return Ok(report);
+        }
+        let sb = img.superblock();
+        let bs = img.layout().block_size;
+        if let Some(path) = &undo {
+            let final_super: [u8; SUPERBLOCK_SIZE] = match report.writes.last().map(|w| &w.data) {
+                Some(WriteData::Bytes(b)) if b.len() == SUPERBLOCK_SIZE => {
+                    let mut a = [0u8; SUPERBLOCK_SIZE];
+                    a.copy_from_slice(b);
+                    a
+                }
+                _ => return Err(Error::InvalidInput("no superblock write planned".into())),
+            };
+            // prepare() refused an existing, non-empty undo file.
+            let uf = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(path)
+                .map_err(|e| Error::io("create undo file", 0, e))?;
+            let end = report
+                .writes
+                .iter()
+                .map(|w| w.offset.saturating_add(w.len))
+                .max()
+                .unwrap_or(0);
+            let touched = touched_blocks(
+                &report.writes,
+                bs,
+                sb.blocks_count.max(end.div_ceil(bs.get())),
+            );
+            report.undo = Some(undo::write_undo(
+                &uf,
+                &dev,
+                sb.block_size,
+                touched.runs(),
+                &final_super,
+            )?);
+        }
+
+        let f = dev.file();
+        let total = report.bytes / bs;
+        progress.block_size(sb.block_size);
+        progress.phase("installing", total, Unit::Blocks);
+        // Progress and positions below stay inside writes whose ends were checked.
+        let mut done = 0u64;
+        let mut buf = Vec::new();
+        let last = report.writes.len().saturating_sub(1);
+        for (i, w) in report.writes.iter().enumerate() {
+            if i == last {
+                // Everything else reaches the device before the superblock.
+                f.sync_data().map_err(|e| Error::io("sync", 0, e))?;
+            }
+            match &w.data {
+                WriteData::Bytes(b) => {
+                    pwrite_full(f, b, w.offset).map_err(|e| Error::io("write", w.offset, e))?;
+                }
+                WriteData::Image(off) => {
+                    let mut pos = 0u64;
+                    while pos < w.len {
+                        // At most IO_CHUNK.
+                        let n = w
+                            .len
+                            .saturating_sub(pos)
+                            .min(crate::pieces::IO_CHUNK as u64)
+                            as usize;
+                        buf.resize(n, 0);
+                        read_image(img.source(), &mut buf, off.saturating_add(pos))?;
+                        let at = w.offset.saturating_add(pos);
+                        pwrite_full(f, &buf, at).map_err(|e| Error::io("write", at, e))?;
+                        pos = pos.saturating_add(n as u64);
+                        progress.update(done.saturating_add(pos / bs));
+                    }
+                }
+            }
+            done = done.saturating_add(w.len / bs);
+            progress.update(done);
+        }
+        f.sync_all().map_err(|e| Error::io("sync", 0, e))?;
+        progress.finish();
+        Ok(report)
+    }
+}
+
+/// Install `image` onto `device`: [`Install::prepare`], then [`Install::run`].
 pub fn install(
     device: &Path,
     image: &Path,
     opts: &InstallOptions,
     progress: &mut dyn Progress,
 ) -> Result<InstallReport> {
-    let dev_name = device.display();
-    match mount_state(device) {
-        MountState::NotMounted => {}
-        MountState::ReadOnly { mount_point } | MountState::ReadWrite { mount_point } => {
-            return Err(Error::InvalidInput(format!(
-                "{dev_name} is mounted on {mount_point}; refusing to write to a mounted filesystem"
-            )));
-        }
-    }
-    let img = NormalImage::open_file(image)?;
-    let sb = img.superblock();
-    let bs = img.layout().block_size;
-    let writes = plan(&img, now())?;
-
-    let is_blockdev = std::fs::metadata(device).is_ok_and(|m| {
-        use std::os::unix::fs::FileTypeExt;
-        m.file_type().is_block_device()
-    });
-    let file = if opts.dry_run {
-        File::open(device)
-    } else {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut o = OpenOptions::new();
-        o.read(true).write(true);
-        if is_blockdev {
-            // Exclusive open: the kernel refuses it while the device is mounted or claimed.
-            o.custom_flags(rustix::fs::OFlags::EXCL.bits() as i32);
-        }
-        o.open(device)
-    }
-    .map_err(|e| Error::io("open device", 0, e))?;
-    let dev = FileSource::from_file(file, 0)?;
-    let (device_super, dev_sb) = device_superblock(&dev, sb);
-    let mism = match &dev_sb {
-        Some(d) => mismatches(d, sb),
-        None => vec!["no valid ext2/3/4 superblock (primary or backup)".to_string()],
-    };
-    if !mism.is_empty() && !opts.force {
-        return Err(Error::InvalidInput(format!(
-            "{dev_name} does not hold the image's filesystem: {}; nothing written (use --force to install anyway)",
-            mism.join(", ")
-        )));
-    }
-    // Planned writes lie inside the image's filesystem, whose byte size fits: saturation
-    // cannot happen (and would only make the device check below stricter).
-    let end = writes
-        .iter()
-        .map(|w| w.offset.saturating_add(w.len))
-        .max()
-        .unwrap_or(0);
-    if end > dev.size() {
-        return Err(Error::InvalidInput(format!(
-            "{dev_name} is {} bytes, but the image's metadata reaches byte {end}; nothing written",
-            dev.size()
-        )));
-    }
-    let bytes = writes.iter().fold(0u64, |a, w| a.saturating_add(w.len));
-    let mut report = InstallReport {
-        writes,
-        bytes,
-        block_size: sb.block_size,
-        device_super,
-        mismatches: mism,
-        undo: None,
-    };
-    if opts.dry_run {
-        return Ok(report);
-    }
-
-    if let Some(path) = &opts.undo {
-        let final_super: [u8; SUPERBLOCK_SIZE] = match report.writes.last().map(|w| &w.data) {
-            Some(WriteData::Bytes(b)) if b.len() == SUPERBLOCK_SIZE => {
-                let mut a = [0u8; SUPERBLOCK_SIZE];
-                a.copy_from_slice(b);
-                a
-            }
-            _ => return Err(Error::InvalidInput("no superblock write planned".into())),
-        };
-        if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
-            return Err(Error::InvalidInput(format!(
-                "undo file {} already exists; remove it or choose another name",
-                path.display()
-            )));
-        }
-        let uf = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .map_err(|e| Error::io("create undo file", 0, e))?;
-        let touched = touched_blocks(
-            &report.writes,
-            bs,
-            sb.blocks_count.max(end.div_ceil(bs.get())),
-        );
-        report.undo = Some(undo::write_undo(
-            &uf,
-            &dev,
-            sb.block_size,
-            touched.runs(),
-            &final_super,
-        )?);
-    }
-
-    let f = dev.file();
-    let total = report.bytes / bs;
-    progress.block_size(sb.block_size);
-    progress.phase("installing", total, Unit::Blocks);
-    // Progress and positions below stay inside writes whose ends were checked above.
-    let mut done = 0u64;
-    let mut buf = Vec::new();
-    let last = report.writes.len().saturating_sub(1);
-    for (i, w) in report.writes.iter().enumerate() {
-        if i == last {
-            // Everything else reaches the device before the superblock.
-            f.sync_data().map_err(|e| Error::io("sync", 0, e))?;
-        }
-        match &w.data {
-            WriteData::Bytes(b) => {
-                pwrite_full(f, b, w.offset).map_err(|e| Error::io("write", w.offset, e))?;
-            }
-            WriteData::Image(off) => {
-                let mut pos = 0u64;
-                while pos < w.len {
-                    // At most IO_CHUNK.
-                    let n = w
-                        .len
-                        .saturating_sub(pos)
-                        .min(crate::pieces::IO_CHUNK as u64) as usize;
-                    buf.resize(n, 0);
-                    read_image(img.source(), &mut buf, off.saturating_add(pos))?;
-                    let at = w.offset.saturating_add(pos);
-                    pwrite_full(f, &buf, at).map_err(|e| Error::io("write", at, e))?;
-                    pos = pos.saturating_add(n as u64);
-                    progress.update(done.saturating_add(pos / bs));
-                }
-            }
-        }
-        done = done.saturating_add(w.len / bs);
-        progress.update(done);
-    }
-    f.sync_all().map_err(|e| Error::io("sync", 0, e))?;
-    progress.finish();
-    Ok(report)
+    Install::prepare(device, image, opts)?.run(progress)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! One function per tool; the binaries parse arguments and call these.
 
 pub mod capture;
+pub mod guard;
 pub mod input;
 pub mod install;
 pub mod move_fs;

@@ -96,9 +96,9 @@ fn fs_selection<S: ReadAt>(image: &Qcow2Reader<S>, unit: u64, device: bool) -> O
     Some(runs)
 }
 
-/// Write the raw image of `image` to `target`.
+/// Write the raw image of `image` (a qcow2 image's virtual disk) to `target`.
 pub fn convert<S: ReadAt>(
-    image: &Qcow2Reader<S>,
+    image: &S,
     plan: &RawPlan,
     target: RawTarget<'_>,
     progress: &mut dyn Progress,

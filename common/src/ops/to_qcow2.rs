@@ -1,6 +1,7 @@
 //! `e2i-to-qcow2` helpers beyond the capture itself (which is `capture(.., Format::Qcow2, ..)`).
 
-use crate::ops::capture::{CaptureOptions, open_source, scan_source};
+use crate::mark::MarkedSource;
+use crate::ops::capture::{CaptureOptions, open_source, scan_source, source_is_marked};
 use crate::progress::Progress;
 use crate::qcow2::writer::nonzero_blocks;
 use crate::qcow2::{ClusterRun, GuestCluster, Qcow2Layout};
@@ -89,6 +90,10 @@ pub fn stream_to_qcow2<R: std::io::Read>(
 ) -> Result<StreamToQcow2> {
     use crate::qcow2::writer::{CompressedWriter, SequentialWriter};
     let h = r.header;
+    // A scrambled stream makes a scrambled qcow2 (the flag becomes the header extension).
+    let marks = crate::mark::Marks {
+        scrambled: h.is_scrambled(),
+    };
     let vsize = h
         .blocks_count
         .checked_mul(u64::from(h.block_size))
@@ -112,12 +117,14 @@ pub fn stream_to_qcow2<R: std::io::Read>(
     let bs = u64::from(h.block_size);
     match out {
         Qcow2Out::Sequential(w) => {
-            let layout = Qcow2Layout::plan(vsize, cb, &runs)?;
+            let mut layout = Qcow2Layout::plan(vsize, cb, &runs)?;
+            layout.set_marks(marks);
             crate::output::check_room(room, layout.file_size())?;
             let mut qw = SequentialWriter::new(w, &layout)?;
             report.stream_sha256 = r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
                 if let Some(d) = data {
-                    qw.write_clusters(GuestCluster(e.start), d)?;
+                    let d = with_mark(marks, e.start, bs, d);
+                    qw.write_clusters(GuestCluster(e.start), &d)?;
                     done += d.len() as u64 / bs;
                     progress.update(done);
                 }
@@ -128,9 +135,11 @@ pub fn stream_to_qcow2<R: std::io::Read>(
         }
         Qcow2Out::Compressed(file) => {
             let mut qw = CompressedWriter::new(file, vsize, cb, &runs)?;
+            qw.set_marks(marks);
             report.stream_sha256 = r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
                 if let Some(d) = data {
-                    qw.write_clusters(GuestCluster(e.start), d)?;
+                    let d = with_mark(marks, e.start, bs, d);
+                    qw.write_clusters(GuestCluster(e.start), &d)?;
                     done += d.len() as u64 / bs;
                     progress.update(done);
                 }
@@ -141,6 +150,20 @@ pub fn stream_to_qcow2<R: std::io::Read>(
     }
     progress.finish();
     Ok(report)
+}
+
+/// Data blocks from block `start` of a scrambled stream, its superblock marked when it is
+/// among them and lacks the mark (a stream made before the superblock mark existed).
+fn with_mark(
+    marks: crate::mark::Marks,
+    start: u64,
+    bs: u64,
+    data: &[u8],
+) -> std::borrow::Cow<'_, [u8]> {
+    match start.checked_mul(bs) {
+        Some(first) if marks.scrambled => crate::mark::chunk_with_mark(first, data),
+        _ => std::borrow::Cow::Borrowed(data),
+    }
 }
 
 /// What [`to_qcow2`] converted.
@@ -210,7 +233,9 @@ pub fn to_qcow2(
             let map = view.block_map();
             let sb = img.superblock();
             progress.block_size(sb.block_size);
-            let st = write_qcow2(&view, &map, sb.block_size, target, progress)?;
+            let marks = crate::mark::ImageFacts::of_normal(img.header(), sb.raw()).marks();
+            let src = MarkedSource::new(&view, marks.scrambled);
+            let st = write_qcow2(&src, &map, sb.block_size, target, marks, progress)?;
             Ok(ToQcow2Report {
                 input: Kind::Normal,
                 block_size: sb.block_size,
@@ -222,9 +247,13 @@ pub fn to_qcow2(
         }
         Input::File { kind, path, .. } => {
             let src = open_source(&path, opts.offset)?;
+            let marks = crate::mark::Marks {
+                scrambled: source_is_marked(&path, &*src),
+            };
+            let src = MarkedSource::new(src, marks.scrambled);
             let (fs, res) = scan_source(src, opts, false, progress)?;
             let bs = fs.sb.block_size;
-            write_qcow2(&fs.src, &res.map, bs, target, progress)?;
+            write_qcow2(&fs.src, &res.map, bs, target, marks, progress)?;
             Ok(ToQcow2Report {
                 input: kind,
                 block_size: bs,

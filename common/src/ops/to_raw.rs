@@ -6,6 +6,7 @@ use crate::blockmap::{BlockMap, BlockMapBuilder, Run};
 use crate::ext4::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, Superblock};
 use crate::ext4::{Filesystem, OpenOptions};
 use crate::io::ReadAt;
+use crate::mark::{self, MarkedSource};
 use crate::ops::capture::{self, CaptureOptions};
 use crate::ops::input::{Input, Kind};
 use crate::progress::{Progress, Unit};
@@ -54,9 +55,13 @@ pub fn to_raw(
     progress: &mut dyn Progress,
 ) -> Result<ConvertReport> {
     let device = target.is_block_device();
+    // A scrambled image made before the superblock mark existed gets it in the raw image,
+    // which has no other place for it (see crate::mark).
+    let add_mark = crate::ops::input::facts(&input).is_scrambled();
     match input {
         Input::Stream(mut r) => {
             let h = r.header;
+            let bs = u64::from(h.block_size);
             let mut sink = RawSink::new(target, h.block_size, h.blocks_count)?;
             progress.phase("copying", r.data_blocks() + r.zero_blocks(), Unit::Blocks);
             let carried = BlockMap::from_runs(
@@ -70,6 +75,11 @@ pub fn to_raw(
             let digest = r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
                 match data {
                     Some(d) => {
+                        let d = match e.start.checked_mul(bs) {
+                            Some(first) if add_mark => mark::chunk_with_mark(first, d),
+                            _ => std::borrow::Cow::Borrowed(d),
+                        };
+                        let d = &d[..];
                         if let Some(m) = &mut meta {
                             m.offer(e.start, d);
                         }
@@ -109,7 +119,7 @@ pub fn to_raw(
                 strict: false,
                 ..CaptureOptions::default()
             };
-            let src = capture::open_source(&path, 0)?;
+            let src = MarkedSource::new(capture::open_source(&path, 0)?, add_mark);
             // Select as e2image -r selects for this target.
             let (fs, res) = capture::scan_source(src, &opts, device, progress)?;
             let copy = sparse::write_raw(&fs.src, &res.map, fs.sb.block_size, target, progress)?;
@@ -132,7 +142,13 @@ pub fn to_raw(
             let view = img.fs_view();
             let map = view.block_map();
             let bs = img.superblock().block_size;
-            let copy = sparse::write_raw(&view, &map, bs, target, progress)?;
+            let copy = sparse::write_raw(
+                &MarkedSource::new(&view, add_mark),
+                &map,
+                bs,
+                target,
+                progress,
+            )?;
             Ok(ConvertReport {
                 input: Some(Kind::Normal),
                 block_size: bs,
@@ -150,7 +166,12 @@ pub fn to_raw(
             // The qcow2's virtual disk, as qcow2-to-raw writes it.
             let img = crate::qcow2::Qcow2Reader::open(crate::io::FileSource::open(&path, 0)?)?;
             let plan = crate::ops::qcow2_to_raw::plan(&img, target.updates_in_place(), device)?;
-            let copy = crate::ops::qcow2_to_raw::convert(&img, &plan, target, progress)?;
+            let copy = crate::ops::qcow2_to_raw::convert(
+                &MarkedSource::new(&img, add_mark),
+                &plan,
+                target,
+                progress,
+            )?;
             Ok(ConvertReport {
                 input: Some(Kind::Qcow2),
                 block_size: plan.unit,

@@ -300,6 +300,42 @@ impl Header {
     }
 }
 
+impl Header {
+    /// The flags of e2i's extension ([`crate::mark::QCOW2_EXTENSION`]); 0 without one.
+    pub fn e2i_flags(&self) -> u32 {
+        self.extensions
+            .iter()
+            .find(|e| e.kind == crate::mark::QCOW2_EXTENSION)
+            .and_then(|e| be::get_u32(&e.data, 0))
+            .unwrap_or(0)
+    }
+}
+
+/// The header extension area for `exts`: each extension's type, length and data padded to
+/// 8 bytes, then the end marker (type 0).
+pub fn encode_extensions(exts: &[Extension]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in exts {
+        out.extend_from_slice(&be::bytes_u32(e.kind));
+        // Extensions are e2i's own few bytes: their length fits.
+        out.extend_from_slice(&be::bytes_u32(
+            u32::try_from(e.data.len()).unwrap_or(u32::MAX),
+        ));
+        out.extend_from_slice(&e.data);
+        out.resize(out.len().next_multiple_of(8), 0);
+    }
+    out.extend_from_slice(&[0u8; 8]);
+    out
+}
+
+/// e2i's extension carrying `flags` (see [`crate::mark`]).
+pub fn e2i_extension(flags: u32) -> Extension {
+    Extension {
+        kind: crate::mark::QCOW2_EXTENSION,
+        data: be::bytes_u32(flags).to_vec(),
+    }
+}
+
 /// "Directly after the image header, optional sections called header extensions can be
 /// stored. Each extension has a structure like: 0-3 type; 4-7 length of the header
 /// extension data; 8-n data; n-m padding to round up to a multiple of 8 bytes."
@@ -440,6 +476,30 @@ mod tests {
         be::set_u32(&mut buf, field::REFCOUNT_ORDER, 4);
         be::set_u32(&mut buf, field::HEADER_LENGTH, header_length);
         buf
+    }
+
+    #[test]
+    fn e2i_extension_round_trips_after_a_v2_header() {
+        let h = Header::v2(cb(12), 1 << 30);
+        let mut buf = h.encode_v2().to_vec();
+        buf.extend(encode_extensions(&[e2i_extension(
+            crate::mark::QCOW2_FLAG_SCRAMBLED,
+        )]));
+        assert_eq!(buf.len(), 72 + 16 + 8);
+        buf.resize(4096, 0);
+        let p = Header::parse(&buf).unwrap();
+        assert_eq!(p.extensions, vec![e2i_extension(1)]);
+        assert_eq!(p.e2i_flags(), crate::mark::QCOW2_FLAG_SCRAMBLED);
+        assert_eq!(h.e2i_flags(), 0);
+        // A truncated extension of our type reads as no flags, never a panic.
+        let short = Header {
+            extensions: vec![Extension {
+                kind: crate::mark::QCOW2_EXTENSION,
+                data: vec![1],
+            }],
+            ..h
+        };
+        assert_eq!(short.e2i_flags(), 0);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::fs::File;
 use std::io::Write;
 
 use super::entry::{L1Entry, L2Entry, RefcountTableEntry};
-use super::header::Header;
+use super::header::{Extension, Header, e2i_extension, encode_extensions};
 use super::types::{ClusterBits, ClusterRun, GuestCluster, HostOffset};
 use crate::blockmap::{BlockMap, Run};
 use crate::bytes::be;
@@ -64,6 +64,8 @@ pub struct Qcow2Layout {
     data_clusters: u64,
     /// Size of the uncompressed image file.
     file_size: u64,
+    /// Header extensions written after the header (e2i's marks).
+    extensions: Vec<Extension>,
 }
 
 impl Qcow2Layout {
@@ -177,7 +179,19 @@ impl Qcow2Layout {
             data: data.to_vec(),
             data_clusters,
             file_size: after(data_offset, data_clusters)?.0,
+            extensions: Vec::new(),
         })
+    }
+
+    /// Record `marks` in the header (an e2i header extension, which qemu ignores and keeps,
+    /// and stock e2image never reads); no extension when there is nothing to record.
+    pub fn set_marks(&mut self, marks: crate::mark::Marks) {
+        self.extensions
+            .retain(|e| e.kind != crate::mark::QCOW2_EXTENSION);
+        if marks.scrambled {
+            self.extensions
+                .push(e2i_extension(crate::mark::QCOW2_FLAG_SCRAMBLED));
+        }
     }
 
     pub fn cluster_bits(&self) -> u32 {
@@ -239,8 +253,15 @@ impl Qcow2Layout {
             pos = pos.saturating_add(buf.len() as u64);
             Ok(())
         };
-        let header = self.header().encode_v2();
-        buf[..header.len()].copy_from_slice(&header);
+        let mut header = self.header().encode_v2().to_vec();
+        if !self.extensions.is_empty() {
+            header.extend(encode_extensions(&self.extensions));
+        }
+        buf.get_mut(..header.len())
+            .ok_or_else(|| {
+                Error::InvalidInput("qcow2 writer: the header extensions exceed a cluster".into())
+            })?
+            .copy_from_slice(&header);
         emit(out, &buf)?;
         // 8-byte entries, cluster by cluster: slot i of a cluster is at byte i * 8 (< 2 MiB).
         let per = cb.l2_entries();
@@ -480,6 +501,11 @@ impl<'a> CompressedWriter<'a> {
         })
     }
 
+    /// Record `marks` in the header ([`Qcow2Layout::set_marks`]).
+    pub fn set_marks(&mut self, marks: crate::mark::Marks) {
+        self.layout.set_marks(marks);
+    }
+
     /// Count one more reference to each host cluster holding bytes `from..=to_incl`.
     fn count(&mut self, from: HostOffset, to_incl: HostOffset) -> Result<()> {
         let cb = self.layout.cb;
@@ -650,6 +676,7 @@ pub fn write_qcow2<S: ReadAt + ?Sized>(
     map: &BlockMap,
     block_size: u32,
     target: Qcow2Target<'_>,
+    marks: crate::mark::Marks,
     progress: &mut dyn Progress,
 ) -> Result<CopyStats> {
     let cb = block_size.trailing_zeros();
@@ -695,13 +722,15 @@ pub fn write_qcow2<S: ReadAt + ?Sized>(
             compress: true,
         } => {
             let mut w = CompressedWriter::new(file, vsize, cb, &clusters)?;
+            w.set_marks(marks);
             feed(&mut |blk, data| w.write_clusters(blk, data))?;
             stats.bytes_written = w.finish()?;
             None
         }
     };
     if let Some(out) = sequential {
-        let layout = Qcow2Layout::plan(vsize, cb, &clusters)?;
+        let mut layout = Qcow2Layout::plan(vsize, cb, &clusters)?;
+        layout.set_marks(marks);
         crate::output::check_room(room, layout.file_size())?;
         let mut w = SequentialWriter::new(out, &layout)?;
         feed(&mut |blk, data| w.write_clusters(blk, data))?;

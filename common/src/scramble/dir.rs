@@ -2,7 +2,11 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
+use super::Unscrambled;
 use super::names::{Candidates, NAME_CHARS, Slot, nth_name};
+use crate::Error;
+use crate::error::CorruptKind;
+use crate::ext4::damage::{DirEntryProblem, DirRegion, HtreeProblem};
 use crate::ext4::dirhash;
 use crate::ext4::le;
 
@@ -76,7 +80,7 @@ pub struct DirNames {
     same: HashMap<Vec<u8>, Vec<u8>>,
     pub names: u64,
     pub out_of_range: u64,
-    pub failures: Vec<String>,
+    pub failures: Vec<Unscrambled>,
     /// What is left of [`RANGE_EXTRA_BUDGET`].
     extra_budget: u64,
 }
@@ -131,44 +135,54 @@ impl DirNames {
         };
         let mut cands = Candidates::new(self.seed, slot);
         let mut cand = vec![0u8; len];
+        let len_u32 = u32::try_from(len).unwrap_or(u32::MAX);
         let space = (NAME_CHARS.len() as u64)
-            .checked_pow(len as u32)
+            .checked_pow(len_u32)
             .unwrap_or(u64::MAX);
         // Short names may need more characters than NAME_CHARS to be unique and in range.
         let wide: &[u8] = if self.casefold { WIDE_FOLDED } else { WIDE };
         let wide_space = (wide.len() as u64)
-            .checked_pow(len as u32)
+            .checked_pow(len_u32)
             .filter(|&n| n <= 1 << 20);
         let mut offset = [0u8; 8];
         cands.fill(&(0..=255).collect::<Vec<u8>>(), &mut offset);
-        let start = u64::from_le_bytes(offset);
+        let start = le::u64(&offset, 0);
         let in_range = |h: Option<u32>, lo: u64, hi: u64| {
-            h.is_some_and(|h| (lo..hi.max(lo + 1)).contains(&u64::from(h)))
+            h.is_some_and(|h| (lo..hi.max(lo.saturating_add(1))).contains(&u64::from(h)))
         };
         if let (Some(spec), Some((lo, hi))) = (self.hash, range) {
-            let expected = (1u64 << 32) / hi.saturating_sub(lo).max(1);
+            let expected = (1u64 << 32)
+                .checked_div(hi.saturating_sub(lo))
+                .unwrap_or(1 << 32);
             let wanted = expected
                 .saturating_mul(24)
                 .clamp(RANGE_ATTEMPTS, RANGE_ATTEMPTS_MAX);
-            let extra = (wanted - RANGE_ATTEMPTS).min(self.extra_budget);
-            let attempts = (RANGE_ATTEMPTS + extra).min(space.saturating_mul(8));
+            let extra = wanted.saturating_sub(RANGE_ATTEMPTS).min(self.extra_budget);
+            let attempts = RANGE_ATTEMPTS
+                .saturating_add(extra)
+                .min(space.saturating_mul(8));
             for k in 0..attempts {
                 cands.fill(NAME_CHARS, &mut cand);
                 if in_range(spec.hash(&cand), lo, hi) && self.acceptable(&cand, orig) {
-                    self.extra_budget -= k.saturating_sub(RANGE_ATTEMPTS).min(self.extra_budget);
+                    let used = k.saturating_sub(RANGE_ATTEMPTS);
+                    self.extra_budget = self.extra_budget.saturating_sub(used);
                     return Some(cand);
                 }
             }
-            self.extra_budget -= extra;
+            self.extra_budget = self.extra_budget.saturating_sub(extra);
             if let Some(n) = wide_space {
                 for k in 0..n {
-                    nth_name((start.wrapping_add(k)) % n, wide, &mut cand);
+                    nth_name(
+                        start.wrapping_add(k).checked_rem(n).unwrap_or(0),
+                        wide,
+                        &mut cand,
+                    );
                     if in_range(spec.hash(&cand), lo, hi) && self.acceptable(&cand, orig) {
                         return Some(cand);
                     }
                 }
             }
-            self.out_of_range += 1;
+            self.out_of_range = self.out_of_range.saturating_add(1);
         }
         for _ in 0..FREE_ATTEMPTS.min(space.saturating_mul(8)) {
             cands.fill(NAME_CHARS, &mut cand);
@@ -178,7 +192,11 @@ impl DirNames {
         }
         if let Some(n) = wide_space {
             for k in 0..n {
-                nth_name((start.wrapping_add(k)) % n, wide, &mut cand);
+                nth_name(
+                    start.wrapping_add(k).checked_rem(n).unwrap_or(0),
+                    wide,
+                    &mut cand,
+                );
                 if self.acceptable(&cand, orig) {
                     return Some(cand);
                 }
@@ -187,46 +205,40 @@ impl DirNames {
         None
     }
 
-    /// Scramble the entries in `region`. `lblk` identifies the block for name generation;
-    /// `block_size` decodes 64 KiB rec_lens (0 for inline regions). Returns whether bytes
-    /// changed; entries after the first bad one are left as they are (the error says where).
+    /// Scramble the entries in `region` (`place` says where it is, for messages). `lblk`
+    /// identifies the block for name generation; `block_size` decodes 64 KiB rec_lens (0 for
+    /// inline regions). Returns whether bytes changed; entries after the first bad one are
+    /// left as they are (the error says where).
     pub fn scramble_region(
         &mut self,
         region: &mut [u8],
+        place: DirRegion,
         block_size: usize,
         lblk: u64,
         name_base: usize,
         range: Option<(u64, u64)>,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, CorruptKind> {
         let (entries, err) = parse_entries(region, block_size, self.filetype);
         let mut changed = false;
-        for Ent {
-            off,
-            inode,
-            rec_len: rl,
-            name_len,
-        } in entries
-        {
-            let name_at = off + 8;
-            let name_end = name_at + name_len;
-            let orig = region[name_at..name_end].to_vec();
-            if inode == 0 {
-                if region[name_at..off + rl].iter().any(|&b| b != 0) {
-                    region[name_at..off + rl].fill(0);
+        for e in entries {
+            let orig = region[e.name.clone()].to_vec();
+            if e.inode == 0 {
+                // A deleted entry: its name and everything after it.
+                let dead = e.name.start..e.slack.end;
+                if region[dead.clone()].iter().any(|&b| b != 0) {
+                    region[dead].fill(0);
                     changed = true;
                 }
             } else if self.keeps(&orig) {
                 self.used.insert(orig);
                 // Slack after a kept entry may hold names deleted after it; block 0 of an
                 // indexed directory is the dx_root, whose `..` slack is the index.
-                if !(self.indexed && lblk == 0)
-                    && region[name_end..off + rl].iter().any(|&b| b != 0)
-                {
-                    region[name_end..off + rl].fill(0);
+                if !(self.indexed && lblk == 0) && region[e.slack.clone()].iter().any(|&b| b != 0) {
+                    region[e.slack.clone()].fill(0);
                     changed = true;
                 }
-            } else if name_len > 0 {
-                let at = (lblk, name_base + off);
+            } else if !e.name.is_empty() {
+                let at = (lblk, name_base.saturating_add(e.off));
                 // Entries that were already out of their leaf's range stay out of it.
                 let range = if self.outside.remove(&at) {
                     None
@@ -239,7 +251,7 @@ impl DirNames {
                 } else {
                     match self.preassigned.remove(&at) {
                         Some(n) => Some(n),
-                        None => self.pick(&orig, lblk, name_base + off, range),
+                        None => self.pick(&orig, lblk, at.1, range),
                     }
                 };
                 match new {
@@ -251,28 +263,38 @@ impl DirNames {
                             }
                         }
                         // In a casefolded directory a name that is not UTF-8 stays invalid.
-                        if self.casefold && std::str::from_utf8(&orig).is_err() {
-                            new[0] = 0xFF;
+                        if self.casefold
+                            && std::str::from_utf8(&orig).is_err()
+                            && let Some(c) = new.first_mut()
+                        {
+                            *c = 0xFF;
                         }
-                        region[name_at..name_end].copy_from_slice(&new);
+                        region[e.name.clone()].copy_from_slice(&new);
                         self.same.insert(orig, new.clone());
                         self.used.insert(new);
-                        self.names += 1;
+                        self.names = self.names.saturating_add(1);
                         changed = true;
                     }
-                    None => self.failures.push(format!(
-                        "directory inode {}: a {name_len}-byte name at block {lblk} byte {off} has no unused replacement",
-                        self.ino
-                    )),
+                    None => self.failures.push(Unscrambled::NoReplacement {
+                        ino: self.ino,
+                        region: place,
+                        offset: e.off,
+                        len: e.name.len(),
+                    }),
                 }
-                if region[name_end..off + rl].iter().any(|&b| b != 0) {
-                    region[name_end..off + rl].fill(0);
+                if region[e.slack.clone()].iter().any(|&b| b != 0) {
+                    region[e.slack.clone()].fill(0);
                     changed = true;
                 }
             }
         }
         match err {
-            Some(e) => Err(e),
+            Some((offset, problem)) => Err(CorruptKind::DirEntry {
+                ino: self.ino,
+                region: place,
+                offset,
+                problem,
+            }),
             None => Ok(changed),
         }
     }
@@ -292,8 +314,8 @@ impl DirNames {
     ) {
         let (entries, _) = parse_entries(region, block_size, self.filetype);
         for e in entries {
-            let name = &region[e.off + 8..e.off + 8 + e.name_len];
-            if e.inode == 0 || e.name_len == 0 || self.keeps(name) {
+            let name = &region[e.name.clone()];
+            if e.inode == 0 || name.is_empty() || self.keeps(name) {
                 continue;
             }
             if !self.collected.insert(name.to_vec()) {
@@ -336,9 +358,12 @@ impl DirNames {
                 .push_back(n);
         }
         for (len, mut queues) in by_len {
-            let mut remaining: u64 = queues.values().map(|q| q.len() as u64).sum();
+            let mut remaining: u64 = queues
+                .values()
+                .map(|q| q.len() as u64)
+                .fold(0, u64::saturating_add);
             let space = (NAME_CHARS.len() as u64)
-                .checked_pow(len as u32)
+                .checked_pow(u32::try_from(len).unwrap_or(u32::MAX))
                 .unwrap_or(u64::MAX);
             let budget = remaining
                 .saturating_mul(64)
@@ -354,7 +379,7 @@ impl DirNames {
             let mut cand = vec![0u8; len];
             let mut tries = 0u64;
             while remaining > 0 && tries < budget {
-                tries += 1;
+                tries = tries.saturating_add(1);
                 cands.fill(NAME_CHARS, &mut cand);
                 let Some(h) = spec.hash(&cand) else { return };
                 let h = u64::from(h);
@@ -374,7 +399,7 @@ impl DirNames {
                 let Some(n) = q.remove(pos) else { continue };
                 self.used.insert(cand.clone());
                 self.preassigned.insert((n.lblk, n.off), cand.clone());
-                remaining -= 1;
+                remaining = remaining.saturating_sub(1);
                 if q.is_empty() {
                     queues.remove(&leaf);
                 }
@@ -383,13 +408,16 @@ impl DirNames {
     }
 }
 
-/// A live or deleted directory entry's header.
-#[derive(Debug, Clone, Copy)]
+/// A live or deleted directory entry, with its parts as ranges of the region (checked to
+/// lie inside it).
+#[derive(Debug, Clone)]
 struct Ent {
     off: usize,
     inode: u32,
-    rec_len: usize,
-    name_len: usize,
+    /// The name's bytes.
+    name: std::ops::Range<usize>,
+    /// From the end of the name to the end of the record.
+    slack: std::ops::Range<usize>,
 }
 
 /// An entry that needs a new name: where it is and its original name (only compared with,
@@ -401,40 +429,51 @@ pub struct Need {
     pub orig: Vec<u8>,
 }
 
-/// The entries of a directory region, up to the first one that does not fit.
-fn parse_entries(region: &[u8], block_size: usize, filetype: bool) -> (Vec<Ent>, Option<String>) {
+/// The entries of a directory region, up to the first one that does not fit (whose
+/// offset and problem are returned too).
+fn parse_entries(
+    region: &[u8],
+    block_size: usize,
+    filetype: bool,
+) -> (Vec<Ent>, Option<(usize, DirEntryProblem)>) {
     let limit = region.len();
     let mut out = Vec::new();
     let mut off = 0usize;
     while off < limit {
-        if off + 8 > limit {
-            return (
-                out,
-                Some(format!("entry at byte {off} runs past byte {limit}")),
-            );
-        }
-        let inode = le::u32(region, off);
-        let rl = rec_len(le::u16(region, off + 4), block_size.max(1));
-        let name_len = if filetype {
-            usize::from(region[off + 6])
-        } else {
-            usize::from(le::u16(region, off + 6))
+        let (Some(inode), Some(raw_rl), Some(&nl_lo), Some(&nl_hi)) = (
+            le::get_u32(region, off),
+            le::get_u16(region, off.saturating_add(4)),
+            region.get(off.saturating_add(6)),
+            region.get(off.saturating_add(7)),
+        ) else {
+            return (out, Some((off, DirEntryProblem::Truncated { end: limit })));
         };
-        if rl < 8 || !rl.is_multiple_of(4) || off + rl > limit || 8 + name_len > rl {
-            return (
-                out,
-                Some(format!(
-                    "entry at byte {off}: rec_len {rl}, name_len {name_len} do not fit"
-                )),
-            );
-        }
+        let rl = rec_len(raw_rl, block_size.max(1));
+        let name_len = if filetype {
+            usize::from(nl_lo)
+        } else {
+            usize::from(nl_lo) | usize::from(nl_hi) << 8
+        };
+        let name_at = off.saturating_add(8);
+        let parts = off
+            .checked_add(rl)
+            .filter(|&end| rl >= 8 && rl.is_multiple_of(4) && end <= limit)
+            .and_then(|end| Some((name_at.checked_add(name_len)?, end)))
+            .filter(|&(name_end, end)| name_end <= end);
+        let Some((name_end, end)) = parts else {
+            let problem = DirEntryProblem::Lengths {
+                rec_len: rl,
+                name_len,
+            };
+            return (out, Some((off, problem)));
+        };
         out.push(Ent {
             off,
             inode,
-            rec_len: rl,
-            name_len,
+            name: name_at..name_end,
+            slack: name_end..end,
         });
-        off += rl;
+        off = end;
     }
     (out, None)
 }
@@ -450,56 +489,77 @@ pub struct Htree {
     pub nodes: HashSet<u64>,
 }
 
-/// Walk the index from the dx_root in `root`; `read` returns a logical block.
+/// Walk the index of directory `ino` from the dx_root in `root`; `read` returns a
+/// logical block.
 pub fn parse_htree(
+    ino: u32,
     root: &[u8],
     max_levels: u8,
-    read: &mut dyn FnMut(u64) -> Result<Vec<u8>, String>,
-) -> Result<Htree, String> {
+    read: &mut dyn FnMut(u64) -> Result<Vec<u8>, Error>,
+) -> Result<Htree, Error> {
+    let bad = |problem| Error::from(CorruptKind::Htree { ino, problem });
     let bs = root.len();
     if bs < 0x28 {
-        return Err("dx_root block too small".into());
+        return Err(bad(HtreeProblem::RootTooSmall { block_bytes: bs }));
     }
     let info_len = usize::from(root[0x1D]);
     let levels = root[0x1E];
     if levels >= max_levels {
-        return Err(format!("dx_root claims {} index levels", levels + 1));
+        return Err(bad(HtreeProblem::Levels { levels }));
     }
     let mut t = Htree {
         root_version: root[0x1C],
         ..Default::default()
     };
-    // (block bytes, offset of count/limit, level left, lo, hi)
-    let mut stack: Vec<(Vec<u8>, usize, u8, u64, u64)> =
-        vec![(root.to_vec(), 0x18 + info_len, levels, 0, 1 << 32)];
-    while let Some((buf, at, level, lo, hi)) = stack.pop() {
-        if at + 8 > buf.len() {
-            return Err("index entries start past the block".into());
-        }
-        let limit = usize::from(le::u16(&buf, at));
-        let count = usize::from(le::u16(&buf, at + 2));
-        if count == 0 || count > limit || at + 8 * count > buf.len() {
-            return Err(format!("index count {count} / limit {limit} do not fit"));
-        }
-        for i in 0..count {
-            let e = at + 8 * i;
+    // (logical block, its bytes, offset of count/limit, levels below, lo, hi)
+    let mut stack: Vec<(u64, Vec<u8>, usize, u8, u64, u64)> = vec![(
+        0,
+        root.to_vec(),
+        0x18usize.saturating_add(info_len),
+        levels,
+        0,
+        1 << 32,
+    )];
+    while let Some((lblk, buf, at, level, lo, hi)) = stack.pop() {
+        let (Some(limit), Some(count)) = (
+            le::get_u16(&buf, at),
+            le::get_u16(&buf, at.saturating_add(2)),
+        ) else {
+            return Err(bad(HtreeProblem::EntriesPastBlock { lblk }));
+        };
+        let entries = buf
+            .get(at..)
+            .map(|b| b.chunks_exact(8).take(usize::from(count)))
+            .filter(|e| e.len() == usize::from(count));
+        let Some(entries) = entries.filter(|_| count != 0 && count <= limit) else {
+            return Err(bad(HtreeProblem::Count { lblk, count, limit }));
+        };
+        let entries: Vec<&[u8]> = entries.collect();
+        for (i, e) in entries.iter().enumerate() {
+            // Entry 0's hash field is the count/limit header: its range starts at `lo`.
             let start = if i == 0 {
                 lo
             } else {
-                u64::from(le::u32(&buf, e) & !1).max(lo)
+                u64::from(le::u32(e, 0) & !1).max(lo)
             };
-            let end = if i + 1 < count {
-                u64::from(le::u32(&buf, e + 8) & !1).min(hi)
-            } else {
-                hi
+            let end = match entries.get(i.saturating_add(1)) {
+                Some(next) => u64::from(le::u32(next, 0) & !1).min(hi),
+                None => hi,
             };
-            let blk = u64::from(le::u32(&buf, e + 4) & 0x0FFF_FFFF);
+            let blk = u64::from(le::u32(e, 4) & 0x0FFF_FFFF);
             if level > 0 {
                 if blk == 0 || !t.nodes.insert(blk) {
-                    return Err(format!("index block {blk} referenced twice"));
+                    return Err(bad(HtreeProblem::NodeTwice { lblk: blk }));
                 }
                 let child = read(blk)?;
-                stack.push((child, 8, level - 1, start, end.max(start)));
+                stack.push((
+                    blk,
+                    child,
+                    8,
+                    level.saturating_sub(1),
+                    start,
+                    end.max(start),
+                ));
             } else {
                 t.leaves.entry(blk).or_insert((start, end.max(start)));
             }
@@ -509,18 +569,19 @@ pub fn parse_htree(
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 
     fn put(b: &mut [u8], at: usize, v: u32) {
-        b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        le::set_u32(b, at, v);
     }
 
     /// An index block with entries (hash, block); `at` is where count/limit sit.
     fn index(bs: usize, at: usize, entries: &[(u32, u32)]) -> Vec<u8> {
         let mut b = vec![0u8; bs];
-        b[at..at + 2].copy_from_slice(&100u16.to_le_bytes());
-        b[at + 2..at + 4].copy_from_slice(&(entries.len() as u16).to_le_bytes());
+        le::set_u16(&mut b, at, 100);
+        le::set_u16(&mut b, at + 2, entries.len() as u16);
         for (i, &(h, blk)) in entries.iter().enumerate() {
             if i > 0 {
                 put(&mut b, at + 8 * i, h);
@@ -547,8 +608,15 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let mut read = |l: u64| nodes.get(&l).cloned().ok_or_else(|| format!("no {l}"));
-        let t = parse_htree(&root, 3, &mut read).unwrap();
+        let mut read = |l: u64| {
+            nodes.get(&l).cloned().ok_or_else(|| {
+                Error::from(CorruptKind::Htree {
+                    ino: 12,
+                    problem: HtreeProblem::NodeUnmapped { lblk: l },
+                })
+            })
+        };
+        let t = parse_htree(12, &root, 3, &mut read).unwrap();
         assert_eq!(t.nodes.len(), 6);
         let want = [
             (10, (0, 0x1000_0000)),
@@ -563,7 +631,15 @@ mod tests {
             assert_eq!(t.leaves.get(&leaf), Some(&range), "leaf {leaf}");
         }
         // Without large_dir only one level below the root is allowed.
-        assert!(parse_htree(&root, 2, &mut read).is_err());
+        assert_eq!(
+            parse_htree(12, &root, 2, &mut read)
+                .unwrap_err()
+                .corrupt_kind(),
+            Some(&CorruptKind::Htree {
+                ino: 12,
+                problem: HtreeProblem::Levels { levels: 2 }
+            })
+        );
     }
 
     #[test]
@@ -579,7 +655,7 @@ mod tests {
         for i in 0..20u32 {
             let rl: u16 = if i == 19 { (1024 - off) as u16 } else { 20 };
             put(&mut leaf, off, 100 + i);
-            leaf[off + 4..off + 6].copy_from_slice(&rl.to_le_bytes());
+            le::set_u16(&mut leaf, off + 4, rl);
             leaf[off + 6] = 10;
             leaf[off + 7] = 1;
             leaf[off + 8..off + 18].copy_from_slice(format!("secret{i:04}").as_bytes());
@@ -595,7 +671,14 @@ mod tests {
         let before = leaf.clone();
         assert!(
             names
-                .scramble_region(&mut leaf, 1024, 7, 0, Some(range))
+                .scramble_region(
+                    &mut leaf,
+                    DirRegion::Block { lblk: 7 },
+                    1024,
+                    7,
+                    0,
+                    Some(range)
+                )
                 .unwrap()
         );
         assert_eq!(names.names, 20);
@@ -604,8 +687,8 @@ mod tests {
         assert!(err.is_none());
         let mut seen = HashSet::new();
         for e in ents {
-            let n = &leaf[e.off + 8..e.off + 8 + e.name_len];
-            assert_ne!(n, &before[e.off + 8..e.off + 8 + e.name_len]);
+            let n = &leaf[e.name.clone()];
+            assert_ne!(n, &before[e.name.clone()]);
             assert!(n.iter().all(|c| NAME_CHARS.contains(c)));
             let h = u64::from(spec.hash(n).unwrap());
             assert!((range.0..range.1).contains(&h), "{h:#x}");

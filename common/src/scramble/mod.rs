@@ -14,6 +14,11 @@
 //! Memory holds only the changed metadata blocks (directory blocks, xattr blocks, slow
 //! symlink blocks, changed inode-table blocks, the superblock's block), never data.
 //! Everything is deterministic for a given source and seed.
+//!
+//! The tree walks and the inode-table pass are ext4's ([`crate::ext4::walk`],
+//! [`crate::ext4::itable`]); this module keeps only what is specific to scrambling.
+
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 
 mod dir;
 mod names;
@@ -23,9 +28,13 @@ mod xattr;
 use std::collections::BTreeMap;
 use std::ops::Range;
 
+use std::fmt;
+
 use crate::Result;
+use crate::ext4::damage::{DirRegion, Problem, XattrAt};
 use crate::io::ReadAt;
 
+pub(crate) use crate::ext4::csum::crc32c_raw;
 pub use plan::plan;
 
 /// The seed used when none is given (a fixed value: two runs give identical images).
@@ -56,7 +65,107 @@ pub struct ScrambleReport {
     /// Blocks whose bytes the overlay replaces.
     pub patched_blocks: u64,
     /// Things left as they were, each with the reason.
-    pub not_scrambled: Vec<String>,
+    pub not_scrambled: Vec<Unscrambled>,
+}
+
+/// Something `-s` left as it was, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unscrambled {
+    /// Damaged or unreadable metadata: what could not be parsed stays as it was (for a
+    /// directory block: the entries from the damaged one on).
+    Damaged(Problem),
+    /// The directory's htree index could not be read: its names were renamed without
+    /// their hash ranges.
+    HtreeIgnored { ino: u32, problem: Problem },
+    /// The journal's map could not be read: the journal is kept as it is.
+    JournalKept { ino: u32, problem: Problem },
+    /// Names of an encrypted directory (ciphertext) are kept.
+    EncryptedNames { ino: u32 },
+    /// An encrypted symlink target (ciphertext) is kept.
+    EncryptedSymlink { ino: u32 },
+    /// Encrypted inline data (ciphertext) is kept.
+    EncryptedInlineData { ino: u32 },
+    /// A fast symlink whose size claims more than `i_block` holds.
+    FastSymlinkTooLong { ino: u32, len: u64 },
+    /// A slow symlink whose size claims a block or more.
+    SymlinkTooLong { ino: u32, len: u64 },
+    /// Xattr values stored in EA inodes (file data) are kept.
+    EaInodeValues { at: XattrAt, count: u64 },
+    /// A directory hashed with a version e2i does not compute: renamed without hash ranges.
+    HashVersion { ino: u32, version: u8 },
+    /// Names that could not be made to hash into their htree leaf's range (renamed anyway).
+    OutOfRange { ino: u32, count: u64 },
+    /// No unused replacement exists for a `len`-byte name (kept).
+    NoReplacement {
+        ino: u32,
+        region: DirRegion,
+        offset: usize,
+        len: usize,
+    },
+    /// The journal needed recovery: its log was zeroed, so the image cannot replay it.
+    JournalNeededRecovery,
+}
+
+impl fmt::Display for Unscrambled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Damaged(p) => write!(f, "{p}"),
+            Self::HtreeIgnored { problem, .. } => write!(
+                f,
+                "{problem}; names renamed without their htree hash ranges"
+            ),
+            Self::JournalKept { ino, problem } => {
+                write!(f, "journal inode {ino}: {problem}; journal kept")
+            }
+            Self::EncryptedNames { ino } => {
+                write!(
+                    f,
+                    "directory inode {ino}: encrypted names kept (ciphertext)"
+                )
+            }
+            Self::EncryptedSymlink { ino } => {
+                write!(f, "inode {ino}: encrypted symlink kept (ciphertext)")
+            }
+            Self::EncryptedInlineData { ino } => {
+                write!(f, "inode {ino}: encrypted inline data kept (ciphertext)")
+            }
+            Self::FastSymlinkTooLong { ino, len } => {
+                write!(f, "inode {ino}: fast symlink of {len} bytes")
+            }
+            Self::SymlinkTooLong { ino, len } => {
+                write!(
+                    f,
+                    "inode {ino}: symlink of {len} bytes is longer than a block"
+                )
+            }
+            Self::EaInodeValues { at, count } => {
+                write!(
+                    f,
+                    "{at}: {count} values stored in EA inodes kept (file data)"
+                )
+            }
+            Self::HashVersion { ino, version } => write!(
+                f,
+                "directory inode {ino}: hash version {version} not computed; names renamed without their hash range"
+            ),
+            Self::OutOfRange { ino, count } => write!(
+                f,
+                "directory inode {ino}: {count} names could not be made to hash into their htree leaf's range (renamed anyway)"
+            ),
+            Self::NoReplacement {
+                ino,
+                region,
+                offset,
+                len,
+            } => write!(
+                f,
+                "inode {ino}: {region}: the {len}-byte name at byte {offset} has no unused replacement"
+            ),
+            Self::JournalNeededRecovery => f.write_str(
+                "the journal needed recovery: its log was zeroed, so the image cannot replay it",
+            ),
+        }
+    }
 }
 
 /// Changed blocks: new bytes, or zeros for whole ranges.
@@ -85,10 +194,12 @@ impl Overlay {
         self.blocks.get(&blk).map(|b| &b[..])
     }
 
-    /// Replace block `blk` (must be exactly one block).
+    /// Replace block `blk` (must be exactly one block; anything else is ignored).
     pub fn put(&mut self, blk: u64, data: Vec<u8>) {
         debug_assert_eq!(data.len() as u64, self.block_size);
-        self.blocks.insert(blk, data.into_boxed_slice());
+        if data.len() as u64 == self.block_size {
+            self.blocks.insert(blk, data.into_boxed_slice());
+        }
     }
 
     /// Make blocks `r` read as zeros (ranges must be added in increasing order or merged).
@@ -123,27 +234,40 @@ impl Overlay {
             return;
         }
         let end = offset.saturating_add(buf.len() as u64);
-        let first = offset / bs;
-        let last = (end - 1) / bs;
+        // bs ≠ 0 (checked above).
+        let first = offset.checked_div(bs).unwrap_or(0);
+        let last = end.saturating_sub(1).checked_div(bs).unwrap_or(0);
+        // `s..e` (bytes of the source, inside `offset..end`) as a range of `buf`.
+        let in_buf = |s: u64, e: u64| -> Option<std::ops::Range<usize>> {
+            let a = usize::try_from(s.checked_sub(offset)?).ok()?;
+            let b = usize::try_from(e.checked_sub(offset)?).ok()?;
+            Some(a..b)
+        };
         // Zero ranges.
-        let mut i = self.zeros.partition_point(|r| r.end <= first);
-        while let Some(r) = self.zeros.get(i) {
-            if r.start > last {
-                break;
-            }
+        let i = self.zeros.partition_point(|r| r.end <= first);
+        for r in self.zeros.iter().skip(i).take_while(|r| r.start <= last) {
             let s = r.start.max(first).saturating_mul(bs).max(offset);
             let e = r.end.saturating_mul(bs).min(end);
-            if s < e {
-                buf[(s - offset) as usize..(e - offset) as usize].fill(0);
+            if s < e
+                && let Some(dst) = in_buf(s, e).and_then(|x| buf.get_mut(x))
+            {
+                dst.fill(0);
             }
-            i += 1;
         }
         for (&blk, data) in self.blocks.range(first..=last) {
             let bstart = blk.saturating_mul(bs);
             let s = bstart.max(offset);
             let e = bstart.saturating_add(bs).min(end);
-            buf[(s - offset) as usize..(e - offset) as usize]
-                .copy_from_slice(&data[(s - bstart) as usize..(e - bstart) as usize]);
+            let src = (|| {
+                let a = usize::try_from(s.checked_sub(bstart)?).ok()?;
+                let b = usize::try_from(e.checked_sub(bstart)?).ok()?;
+                data.get(a..b)
+            })();
+            if let (Some(dst), Some(src)) = (in_buf(s, e).and_then(|x| buf.get_mut(x)), src)
+                && dst.len() == src.len()
+            {
+                dst.copy_from_slice(src);
+            }
         }
     }
 }
@@ -187,7 +311,7 @@ impl<S: ReadAt> ReadAt for ScrambledSource<S> {
         let next_patch = self
             .overlay
             .blocks
-            .range(offset / bs..)
+            .range(offset.checked_div(bs).unwrap_or(0)..)
             .next()
             .map(|(&b, _)| {
                 b.saturating_mul(bs).max(offset)..b.saturating_add(1).saturating_mul(bs)
@@ -209,12 +333,8 @@ impl<S> std::fmt::Debug for ScrambledSource<S> {
     }
 }
 
-/// libext2fs's `ext2fs_crc32c_le`: CRC32C without the initial and final inversion.
-pub(crate) fn crc32c_raw(crc: u32, data: &[u8]) -> u32 {
-    !crc32c::crc32c_append(!crc, data)
-}
-
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use crate::io::MemSource;

@@ -3,6 +3,8 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::ext4::le;
+
 /// Characters of generated names: already casefolded, safe in any shell and encoding.
 pub const NAME_CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789_";
 
@@ -21,28 +23,22 @@ pub struct Slot {
 
 /// Fill `out` with characters from `alphabet`, drawn from SHA-256(seed, slot, attempt, k).
 pub fn generate(seed: u64, slot: Slot, attempt: u64, alphabet: &[u8], out: &mut [u8]) {
-    let mut k: u64 = 0;
-    let mut filled = 0;
-    while filled < out.len() {
+    if alphabet.is_empty() {
+        return;
+    }
+    // One SHA-256 block of 32 characters per counter value k.
+    for (k, chunk) in (0u64..).zip(out.chunks_mut(32)) {
         let mut h = Sha256::new();
         h.update(b"e2i-scramble\0");
         h.update(slot.kind);
-        h.update(seed.to_le_bytes());
-        h.update(slot.owner.to_le_bytes());
-        h.update(slot.block.to_le_bytes());
-        h.update(slot.offset.to_le_bytes());
-        h.update(attempt.to_le_bytes());
-        h.update(k.to_le_bytes());
-        let d = h.finalize();
-        for &b in d.iter() {
-            if filled == out.len() {
-                break;
-            }
-            // 37 characters: taking b % 37 biases a few characters slightly; harmless here.
-            out[filled] = alphabet[usize::from(b) % alphabet.len()];
-            filled += 1;
+        for word in [seed, slot.owner, slot.block, slot.offset, attempt, k] {
+            h.update(le::bytes_u64(word));
         }
-        k += 1;
+        let d = h.finalize();
+        for (c, &b) in chunk.iter_mut().zip(d.iter()) {
+            // 37 characters: taking b % 37 biases a few characters slightly; harmless here.
+            *c = alphabet[usize::from(b).checked_rem(alphabet.len()).unwrap_or(0)];
+        }
     }
 }
 
@@ -64,8 +60,8 @@ impl Candidates {
             &mut k,
         );
         Candidates {
-            state: u64::from_le_bytes(k[..8].try_into().unwrap_or_default()),
-            key: u64::from_le_bytes(k[8..].try_into().unwrap_or_default()) | 1,
+            state: le::u64(&k, 0),
+            key: le::u64(&k, 8) | 1,
         }
     }
 
@@ -81,10 +77,12 @@ impl Candidates {
     /// The next candidate, written to `out`.
     pub fn fill(&mut self, alphabet: &[u8], out: &mut [u8]) {
         for chunk in out.chunks_mut(8) {
-            let r = self.next_u64().to_le_bytes();
+            let r = le::bytes_u64(self.next_u64());
             for (c, b) in chunk.iter_mut().zip(r) {
                 // Multiply-shift maps a byte onto the alphabet without a division.
-                *c = alphabet[(usize::from(b) * alphabet.len()) >> 8];
+                if let Some(&a) = alphabet.get(usize::from(b).saturating_mul(alphabet.len()) >> 8) {
+                    *c = a;
+                }
             }
         }
     }
@@ -94,10 +92,13 @@ impl Candidates {
 /// very short names). `index` runs over 0..alphabet.len()^len.
 pub fn nth_name(index: u64, alphabet: &[u8], out: &mut [u8]) {
     let n = alphabet.len() as u64;
+    if n == 0 {
+        return;
+    }
     let mut i = index;
     for c in out.iter_mut().rev() {
-        *c = alphabet[(i % n) as usize];
-        i /= n;
+        *c = alphabet[usize::try_from(i.checked_rem(n).unwrap_or(0)).unwrap_or(0)];
+        i = i.checked_div(n).unwrap_or(0);
     }
 }
 

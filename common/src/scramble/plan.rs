@@ -1,41 +1,46 @@
-//! The scrambler's pass over the metadata: one read of the used inode tables, and for each
-//! inode its directory blocks, symlink target, inline data and xattrs.
+//! The scrambler's pass over the metadata: one read of the used inode tables (ext4's
+//! [`itable`] iterator), and for each inode its directory blocks, symlink target, inline
+//! data and xattrs, found through ext4's block-map walker ([`walk_inode`]).
 
 use std::collections::HashSet;
 
 use super::dir::{DirNames, HashSpec, parse_htree, rec_len};
 use super::names::{NAME_CHARS, Slot, generate};
 use super::xattr::{self, XATTR_MAGIC, XEntry};
-use super::{Overlay, ScrambleReport, crc32c_raw};
-use crate::Result;
-use crate::ext4::desc::BG_INODE_UNINIT;
+use super::{Overlay, ScrambleReport, Unscrambled, crc32c_raw};
+use crate::error::CorruptKind;
+use crate::ext4::csum::csum_seed;
+use crate::ext4::damage::{DirRegion, HtreeProblem, Problem, ProblemKind, Role, XattrAt};
 use crate::ext4::dirhash::{HASH_TEA_UNSIGNED, effective_version};
-use crate::ext4::extent::{EXT_INIT_MAX_LEN, header_ok};
-use crate::ext4::inode::{self, EXT4_CASEFOLD_FL, EXT4_INDEX_FL, Inode};
+use crate::ext4::inode::{self, EXT4_CASEFOLD_FL, EXT4_INDEX_FL, I_BLOCK, Inode};
+use crate::ext4::itable::{self, Item, TableOptions};
 use crate::ext4::superblock::feature;
+use crate::ext4::walk::{Visit, Walked, walk_inode};
 use crate::ext4::{Filesystem, le};
 use crate::io::ReadAt;
+use crate::{Error, Result};
 
 const EXT4_ENCRYPT_FL: u32 = 0x0000_0800;
 const MMP_MAGIC: u32 = 0x004D_4D50;
+/// `i_extra_isize` and the checksum halves in the inode.
+const I_EXTRA_ISIZE: usize = 0x80;
+const I_CHECKSUM_LO: usize = 0x7C;
+const I_CHECKSUM_HI: usize = 0x82;
+const I_GENERATION: usize = 0x64;
 
 /// Compute the scrambled blocks of `fs` for `seed`.
 pub fn plan<S: ReadAt>(fs: &Filesystem<S>, seed: u64) -> Result<(Overlay, ScrambleReport)> {
     let sb = &fs.sb;
-    let csum_seed = if sb.has_incompat(feature::INCOMPAT_CSUM_SEED) {
-        le::u32(&sb.raw()[..], 0x270)
-    } else {
-        crc32c_raw(!0, &sb.uuid())
-    };
     let mut p = Planner {
         fs,
         seed,
         ov: Overlay::new(sb.block_size),
         rep: ScrambleReport::default(),
         csum: sb.has_metadata_csum(),
-        csum_seed,
+        csum_seed: csum_seed(sb),
         xattr_done: HashSet::new(),
         filetype: sb.has_incompat(feature::INCOMPAT_FILETYPE),
+        fixed: fixed_metadata(fs),
     };
     p.inodes()?;
     p.superblocks()?;
@@ -53,6 +58,50 @@ struct Planner<'a, S> {
     csum_seed: u32,
     xattr_done: HashSet<u64>,
     filetype: bool,
+    /// The filesystem's fixed metadata (see [`fixed_metadata`]): no directory, symlink,
+    /// xattr or journal block of a damaged map may change it.
+    fixed: Vec<std::ops::Range<u64>>,
+}
+
+/// The blocks of the filesystem's fixed metadata, sorted and merged: the superblock's
+/// block and the descriptor blocks (of the superblock used, and of the primary), the
+/// bitmaps and the inode tables. Their bytes change only through their own passes (the
+/// inode-table pass, the superblock pass); a damaged map that claims one of them as a
+/// directory, symlink, xattr or journal block does not get it, so the image stays
+/// readable.
+fn fixed_metadata<S: ReadAt>(fs: &Filesystem<S>) -> Vec<std::ops::Range<u64>> {
+    let sb = &fs.sb;
+    let one = |b: u64| b..b.saturating_add(1);
+    // The primary superblock's block: byte 1024 is in block 1 with 1 KiB blocks (also on
+    // bigalloc filesystems, whose first data block is 0), else in block 0.
+    let mut v: Vec<std::ops::Range<u64>> = vec![one(u64::from(sb.block_size == 1024))];
+    let first = u64::from(sb.first_data_block);
+    for group_block in [Some(first), fs.backup_superblock].into_iter().flatten() {
+        v.push(one(group_block));
+        for j in 0..sb.desc_blocks {
+            v.push(one(sb.descriptor_block_loc(group_block, j)));
+        }
+    }
+    let ipbg = u64::from(sb.inode_blocks_per_group);
+    for g in 0..sb.group_count {
+        let it = fs.desc.inode_table(g);
+        let locs = [
+            one(fs.desc.block_bitmap(g)),
+            one(fs.desc.inode_bitmap(g)),
+            it..it.saturating_add(ipbg),
+        ];
+        // A location of 0 means "none".
+        v.extend(locs.into_iter().filter(|r| r.start != 0));
+    }
+    v.sort_unstable_by_key(|r| r.start);
+    let mut merged: Vec<std::ops::Range<u64>> = Vec::with_capacity(v.len());
+    for r in v {
+        match merged.last_mut() {
+            Some(l) if r.start <= l.end => l.end = l.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    merged
 }
 
 /// A mapped piece of a file: `len` blocks from logical `lblk` at physical `pblk`.
@@ -63,23 +112,117 @@ struct Piece {
     len: u64,
 }
 
+impl Piece {
+    /// The physical block of logical block `l`, if this piece maps it.
+    fn lookup(&self, l: u64) -> Option<u64> {
+        let k = l.checked_sub(self.lblk).filter(|&k| k < self.len)?;
+        self.pblk.checked_add(k)
+    }
+
+    /// Its blocks: (logical, physical).
+    fn blocks(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        (0..self.len).map_while(|k| Some((self.lblk.checked_add(k)?, self.pblk.checked_add(k)?)))
+    }
+}
+
+/// The pieces of a directory as runs in logical order, each logical block once (where a
+/// damaged map gives one twice, the piece that starts first has it) and each physical
+/// block once (a damaged map that maps one block at many places has it scrambled once).
+/// Work and memory follow the pieces and the distinct blocks, never what a damaged map
+/// claims over and over.
+fn unique_runs(pieces: &mut [Piece]) -> Vec<Piece> {
+    pieces.sort_unstable_by_key(|p| (p.lblk, p.pblk));
+    let mut out = Vec::new();
+    // Physical ranges already taken: start → end, disjoint and not touching.
+    let mut taken: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
+    let mut next_lblk = 0u64;
+    for p in pieces.iter() {
+        let end_l = p.lblk.saturating_add(p.len);
+        let from = p.lblk.max(next_lblk);
+        if from >= end_l {
+            continue;
+        }
+        next_lblk = end_l;
+        let skip = from.saturating_sub(p.lblk);
+        let start = p.pblk.saturating_add(skip);
+        let end = p.pblk.saturating_add(p.len);
+        // Emit the parts of start..end no earlier run took.
+        let (mut pb, mut lb) = (start, from);
+        while pb < end {
+            let covering = taken
+                .range(..=pb)
+                .next_back()
+                .map(|(_, &e)| e)
+                .filter(|&e| e > pb);
+            let step = match covering {
+                Some(e) => e.min(end).saturating_sub(pb),
+                None => {
+                    let gap_end = taken.range(pb..).next().map_or(end, |(&s, _)| s.min(end));
+                    let len = gap_end.saturating_sub(pb);
+                    out.push(Piece {
+                        lblk: lb,
+                        pblk: pb,
+                        len,
+                    });
+                    len
+                }
+            };
+            if step == 0 {
+                break;
+            }
+            pb = pb.saturating_add(step);
+            lb = lb.saturating_add(step);
+        }
+        // Take start..end, merging with the ranges it overlaps or touches.
+        let (mut s, mut e) = (start, end);
+        let touching: Vec<u64> = taken
+            .range(..=end)
+            .rev()
+            .take_while(|&(_, &re)| re >= start)
+            .map(|(&rs, _)| rs)
+            .collect();
+        for rs in touching {
+            if let Some(re) = taken.remove(&rs) {
+                s = s.min(rs);
+                e = e.max(re);
+            }
+        }
+        if s < e {
+            taken.insert(s, e);
+        }
+    }
+    out
+}
+
+/// Damage met while handling inode `ino`, as a skipped item; errors that are not damage
+/// (an unsupported source) end the plan.
+fn damaged(ino: Option<u32>, e: Error) -> Result<Unscrambled> {
+    Ok(Unscrambled::Damaged(Problem::from_error(ino, e)?))
+}
+
+fn corrupt(ino: Option<u32>, kind: CorruptKind) -> Unscrambled {
+    Unscrambled::Damaged(Problem {
+        ino,
+        kind: ProblemKind::Corrupt(kind),
+    })
+}
+
 impl<S: ReadAt> Planner<'_, S> {
     fn bs(&self) -> usize {
         self.fs.sb.block_size as usize
     }
 
-    fn skip(&mut self, what: String) {
+    fn skip(&mut self, what: Unscrambled) {
         self.rep.not_scrambled.push(what);
     }
 
     /// A block as the overlay has it so far.
-    fn block(&self, blk: u64) -> Result<Vec<u8>> {
+    fn block(&self, blk: u64, role: Role) -> Result<Vec<u8>> {
         if let Some(b) = self.ov.get(blk) {
             return Ok(b.to_vec());
         }
         let mut buf = vec![0u8; self.bs()];
-        self.fs
-            .read_block(blk, &mut buf, &|| format!("block {blk}"))?;
+        self.fs.read_block(blk, &mut buf, role)?;
         Ok(buf)
     }
 
@@ -87,80 +230,72 @@ impl<S: ReadAt> Planner<'_, S> {
         blk >= u64::from(self.fs.sb.first_data_block) && blk < self.fs.sb.blocks_count
     }
 
+    /// The part of `r` that is fixed metadata, if any (its first range).
+    fn fixed_in(&self, r: &std::ops::Range<u64>) -> Option<std::ops::Range<u64>> {
+        let i = self.fixed.partition_point(|f| f.end <= r.start);
+        let f = self.fixed.get(i)?;
+        (f.start < r.end).then(|| f.start.max(r.start)..f.end.min(r.end))
+    }
+
+    /// Whether block `blk` is fixed metadata; if so, skipped as damage held in `role`.
+    fn is_fixed(&mut self, ino: Option<u32>, role: Role, blk: u64) -> bool {
+        if self.fixed_in(&(blk..blk.saturating_add(1))).is_none() {
+            return false;
+        }
+        self.skip(corrupt(
+            ino,
+            CorruptKind::BlockIsMetadata { role, block: blk },
+        ));
+        true
+    }
+
+    fn outside(&self, role: Role, block: u64) -> CorruptKind {
+        CorruptKind::BlockOutside {
+            role,
+            block,
+            fs_blocks: self.fs.sb.blocks_count,
+        }
+    }
+
     /// The used part of every inode table, chunk by chunk; changed blocks go to the overlay.
+    /// Every inode of the used part is handled, linked or not, and also those in blocks the
+    /// bad-blocks inode lists: their bytes are in the image all the same.
     fn inodes(&mut self) -> Result<()> {
         let fs = self.fs;
-        let sb = &fs.sb;
-        let bs = self.bs();
-        let isz = sb.inode_size as usize;
-        let ipg = sb.inodes_per_group;
-        let lazy = sb.has_group_desc_csum();
-        let per_chunk = ((1usize << 20) / bs).max(1);
-        let mut buf = Vec::new();
-        for g in 0..sb.group_count {
-            if lazy && fs.desc.has_flag(g, BG_INODE_UNINIT) {
-                continue;
-            }
-            let used = if lazy {
-                ipg.saturating_sub(fs.desc.itable_unused(g))
-            } else {
-                ipg
+        itable::for_each_chunk(fs, TableOptions::default(), &mut |item| {
+            let chunk = match item {
+                Item::Problem(p) => {
+                    self.skip(Unscrambled::Damaged(p));
+                    return Ok(());
+                }
+                Item::Chunk(c) => c,
             };
-            let itable = fs.desc.inode_table(g);
-            let nblocks = (u64::from(used) * isz as u64).div_ceil(bs as u64);
-            if used == 0 {
-                continue;
-            }
-            if !self.valid_block(itable)
-                || !itable
-                    .checked_add(nblocks - 1)
-                    .is_some_and(|b| self.valid_block(b))
-            {
-                self.skip(format!(
-                    "group {g}: inode table at block {itable} is outside the filesystem"
-                ));
-                continue;
-            }
-            let mut done_blocks = 0u64;
-            while done_blocks < nblocks {
-                let n = (per_chunk as u64).min(nblocks - done_blocks);
-                let first = itable + done_blocks;
-                buf.resize(n as usize * bs, 0);
-                fs.src.read_exact_at(&mut buf, first * bs as u64, &|| {
-                    format!("group {g} inode table block {first}")
-                })?;
-                let mut dirty: Vec<bool> = vec![false; n as usize];
-                let first_idx = done_blocks * bs as u64 / isz as u64;
-                let count = (buf.len() / isz) as u64;
-                for k in 0..count {
-                    let idx = first_idx + k;
-                    if idx >= u64::from(used) {
-                        break;
-                    }
-                    let ino = g * ipg + idx as u32 + 1;
-                    let at = k as usize * isz;
-                    let before = buf[at..at + isz].to_vec();
-                    match self.inode(ino, &mut buf[at..at + isz]) {
-                        Ok(true) => dirty[at / bs] = true,
-                        Ok(false) => {}
-                        // A block this inode points at cannot be read (a truncated or
-                        // damaged source): what was not read is not in the image either.
-                        Err(e) => {
-                            buf[at..at + isz].copy_from_slice(&before);
-                            self.skip(format!("inode {ino}: {e}"));
+            let mut dirty = vec![false; chunk.blocks()];
+            for (ino, j, raw) in chunk.inodes_mut() {
+                let before = raw.to_vec();
+                match self.inode(ino, raw) {
+                    Ok(true) => {
+                        if let Some(d) = dirty.get_mut(j) {
+                            *d = true;
                         }
                     }
-                }
-                for (j, d) in dirty.iter().enumerate() {
-                    if *d {
-                        self.ov
-                            .put(first + j as u64, buf[j * bs..(j + 1) * bs].to_vec());
+                    Ok(false) => {}
+                    // A block this inode points at cannot be read (a truncated or
+                    // damaged source): what was not read is not in the image either.
+                    Err(e) => {
+                        raw.copy_from_slice(&before);
+                        let what = damaged(Some(ino), e)?;
+                        self.skip(what);
                     }
                 }
-                done_blocks += n;
             }
-        }
-        Ok(())
+            for (j, _) in dirty.iter().enumerate().filter(|(_, d)| **d) {
+                if let Some((blk, bytes)) = chunk.block(j) {
+                    self.ov.put(blk, bytes.to_vec());
+                }
+            }
+            Ok(())
+        })
     }
 
     /// One inode; returns whether its bytes changed.
@@ -186,34 +321,35 @@ impl<S: ReadAt> Planner<'_, S> {
             self.inline(ino, raw, &inode, ibody.as_ref(), encrypted);
         } else if inode.is_symlink() && !encrypted {
             if !inode.has_valid_blocks(is64) {
-                let n = inode.size as usize;
-                if n <= 60 {
-                    let slot = self.slot(b"link", ino);
-                    scrub_target(self.seed, slot, &mut raw[0x28..0x28 + n]);
-                    self.rep.symlinks += 1;
-                } else {
-                    self.skip(format!("inode {ino}: fast symlink of {n} bytes"));
+                match usize::try_from(inode.size).ok().filter(|&n| n <= 60) {
+                    Some(n) => {
+                        let slot = self.slot(b"link", ino);
+                        scrub_target(self.seed, slot, &mut raw[I_BLOCK][..n]);
+                        self.rep.symlinks = self.rep.symlinks.saturating_add(1);
+                    }
+                    None => self.skip(Unscrambled::FastSymlinkTooLong {
+                        ino,
+                        len: inode.size,
+                    }),
                 }
             } else {
                 self.slow_symlink(ino, &inode)?;
             }
         } else if inode.is_symlink() {
-            self.skip(format!("inode {ino}: encrypted symlink kept (ciphertext)"));
+            self.skip(Unscrambled::EncryptedSymlink { ino });
         }
         if inode.is_dir() && !inode.has_inline_data() {
             if encrypted {
-                self.skip(format!(
-                    "directory inode {ino}: encrypted names kept (ciphertext)"
-                ));
+                self.skip(Unscrambled::EncryptedNames { ino });
             } else {
-                let generation = le::u32(raw, 0x64);
+                let generation = le::u32(raw, I_GENERATION);
                 self.directory(ino, &inode, generation)?;
             }
         }
         if let Some((entries, _)) = &ibody {
             let mut ea = |i: u32| self.ea_inode_hash(i);
             let c = xattr::scramble_entries(raw, entries, self.seed, u64::from(ino), &mut ea);
-            self.count_xattrs(ino, &c);
+            self.count_xattrs(XattrAt::Inode { ino }, &c);
         }
         let acl = inode.file_acl(is64);
         if acl != 0 {
@@ -243,9 +379,9 @@ impl<S: ReadAt> Planner<'_, S> {
             self.inline(ino, raw, &inode, ibody.as_ref(), encrypted);
         } else if inode.is_symlink() && !encrypted && !inode.has_valid_blocks(self.fs.sb.is_64bit())
         {
-            let n = (inode.size as usize).min(60);
+            let n = usize::try_from(inode.size).unwrap_or(usize::MAX).min(60);
             let slot = self.slot(b"link", ino);
-            scrub_target(self.seed, slot, &mut raw[0x28..0x28 + n]);
+            scrub_target(self.seed, slot, &mut raw[I_BLOCK][..n]);
         }
         if let Some((entries, _)) = &ibody {
             let mut ea = |i: u32| self.ea_inode_hash(i);
@@ -269,14 +405,14 @@ impl<S: ReadAt> Planner<'_, S> {
         }
     }
 
-    fn count_xattrs(&mut self, owner: u32, c: &xattr::XCounts) {
-        self.rep.xattr_names += c.names;
-        self.rep.xattr_values += c.values;
+    fn count_xattrs(&mut self, at: XattrAt, c: &xattr::XCounts) {
+        self.rep.xattr_names = self.rep.xattr_names.saturating_add(c.names);
+        self.rep.xattr_values = self.rep.xattr_values.saturating_add(c.values);
         if c.ea_inode_values > 0 {
-            self.skip(format!(
-                "inode {owner}: {} xattr values stored in EA inodes kept (file data)",
-                c.ea_inode_values
-            ));
+            self.skip(Unscrambled::EaInodeValues {
+                at,
+                count: c.ea_inode_values,
+            });
         }
     }
 
@@ -286,14 +422,16 @@ impl<S: ReadAt> Planner<'_, S> {
         if isz <= 128 {
             return None;
         }
-        let start = 128 + usize::from(le::u16(raw, 0x80));
-        if start + 4 > isz || le::u32(raw, start) != XATTR_MAGIC {
+        let start = usize::from(le::u16(raw, I_EXTRA_ISIZE)).checked_add(128)?;
+        let table = start.checked_add(4)?;
+        if table > isz || le::u32(raw, start) != XATTR_MAGIC {
             return None;
         }
-        match xattr::parse(raw, start + 4, start + 4, isz) {
-            Ok(e) => Some((e, start + 4)),
-            Err(e) => {
-                self.skip(format!("inode {ino}: in-inode xattrs: {e}"));
+        match xattr::parse(raw, table, table, isz) {
+            Ok(e) => Some((e, table)),
+            Err(problem) => {
+                let at = XattrAt::Inode { ino };
+                self.skip(corrupt(Some(ino), CorruptKind::Xattr { at, problem }));
                 None
             }
         }
@@ -309,49 +447,50 @@ impl<S: ReadAt> Planner<'_, S> {
         encrypted: bool,
     ) {
         let data = ibody.and_then(|(es, _)| es.iter().find(|e| e.is_system_data(raw)).cloned());
-        let (voff, vlen) = match &data {
-            Some(e) if e.inum == 0 => (e.value_off, e.value_size),
-            _ => (0, 0),
-        };
+        // The system.data value (checked by the xattr parser to lie inside the inode).
+        let value = data.as_ref().map_or(0..0, XEntry::value_range);
         if encrypted {
-            self.skip(format!(
-                "inode {ino}: encrypted inline data kept (ciphertext)"
-            ));
+            self.skip(Unscrambled::EncryptedInlineData { ino });
             return;
         }
         let data_ok = data.as_ref().is_some_and(|e| xattr::hash_ok(raw, e, None));
         if inode.is_dir() {
             let casefold = inode.flags & EXT4_CASEFOLD_FL != 0;
             let mut names = DirNames::new(self.seed, ino, None, casefold, self.filetype);
-            if let Err(e) = names.scramble_region(&mut raw[0x2C..0x64], 0, 0, 4, None) {
-                self.skip(format!("inline directory inode {ino}: {e}"));
+            // The first 4 bytes of i_block are the parent's inode number.
+            let body = &mut raw[I_BLOCK.start.saturating_add(4)..I_BLOCK.end];
+            if let Err(kind) = names.scramble_region(body, DirRegion::InlineBody, 0, 0, 4, None) {
+                self.skip(corrupt(Some(ino), kind));
             }
-            if vlen > 0 {
-                let mut v = raw[voff..voff + vlen].to_vec();
-                if let Err(e) = names.scramble_region(&mut v, 0, 1, 0, None) {
-                    self.skip(format!("inline directory inode {ino} (system.data): {e}"));
+            if !value.is_empty() {
+                let mut v = raw[value.clone()].to_vec();
+                if let Err(kind) =
+                    names.scramble_region(&mut v, DirRegion::InlineXattr, 0, 1, 0, None)
+                {
+                    self.skip(corrupt(Some(ino), kind));
                 }
-                raw[voff..voff + vlen].copy_from_slice(&v);
+                raw[value.clone()].copy_from_slice(&v);
             }
-            self.rep.directories += 1;
+            self.rep.directories = self.rep.directories.saturating_add(1);
             self.finish_names(names);
         } else if inode.is_symlink() {
-            let n = (inode.size as usize).min(60);
+            let size = usize::try_from(inode.size).unwrap_or(usize::MAX);
             let slot = self.slot(b"link", ino);
-            scrub_target(self.seed, slot, &mut raw[0x28..0x28 + n]);
-            let rest = (inode.size as usize).saturating_sub(60).min(vlen);
+            scrub_target(self.seed, slot, &mut raw[I_BLOCK][..size.min(60)]);
+            let rest = size.saturating_sub(60).min(value.len());
             let slot = Slot { offset: 60, ..slot };
-            scrub_target(self.seed, slot, &mut raw[voff..voff + rest]);
-            self.rep.symlinks += 1;
+            let start = value.start;
+            scrub_target(self.seed, slot, &mut raw[start..start.saturating_add(rest)]);
+            self.rep.symlinks = self.rep.symlinks.saturating_add(1);
         } else {
-            let nonzero = raw[0x28..0x64]
+            let nonzero = raw[I_BLOCK]
                 .iter()
-                .chain(&raw[voff..voff + vlen])
+                .chain(&raw[value.clone()])
                 .any(|&b| b != 0);
-            raw[0x28..0x64].fill(0);
-            raw[voff..voff + vlen].fill(0);
+            raw[I_BLOCK].fill(0);
+            raw[value].fill(0);
             if nonzero {
-                self.rep.inline_files += 1;
+                self.rep.inline_files = self.rep.inline_files.saturating_add(1);
             }
         }
         if let Some(e) = &data {
@@ -360,62 +499,70 @@ impl<S: ReadAt> Planner<'_, S> {
     }
 
     fn finish_names(&mut self, names: DirNames) {
-        self.rep.names += names.names;
-        self.rep.names_out_of_range += names.out_of_range;
+        self.rep.names = self.rep.names.saturating_add(names.names);
+        self.rep.names_out_of_range = self
+            .rep
+            .names_out_of_range
+            .saturating_add(names.out_of_range);
         if names.out_of_range > 0 {
-            self.skip(format!(
-                "directory inode {}: {} names could not be made to hash into their htree leaf's range (renamed anyway)",
-                names.ino, names.out_of_range
-            ));
+            self.skip(Unscrambled::OutOfRange {
+                ino: names.ino,
+                count: names.out_of_range,
+            });
         }
         self.rep.not_scrambled.extend(names.failures);
     }
 
     fn slow_symlink(&mut self, ino: u32, inode: &Inode) -> Result<()> {
         let bs = self.bs();
-        let n = inode.size as usize;
-        if n >= bs {
-            self.skip(format!(
-                "inode {ino}: symlink of {n} bytes is longer than a block"
-            ));
-            return Ok(());
-        }
-        let pieces = match self.map(inode, 1) {
-            Ok(p) => p,
-            Err(e) => {
-                self.skip(format!("symlink inode {ino}: {e}"));
+        let n = match usize::try_from(inode.size) {
+            Ok(n) if n < bs => n,
+            _ => {
+                self.skip(Unscrambled::SymlinkTooLong {
+                    ino,
+                    len: inode.size,
+                });
                 return Ok(());
             }
         };
-        let Some(p) = pieces.iter().find(|p| p.lblk == 0) else {
-            self.skip(format!("symlink inode {ino}: no block 0"));
+        let pieces = match self.map(ino, inode, 1) {
+            Ok(p) => p,
+            Err(e) => {
+                let what = damaged(Some(ino), e)?;
+                self.skip(what);
+                return Ok(());
+            }
+        };
+        let Some(pblk) = pieces.iter().find_map(|p| p.lookup(0)) else {
+            self.skip(corrupt(Some(ino), CorruptKind::SymlinkUnmapped { ino }));
             return Ok(());
         };
-        if !self.valid_block(p.pblk) {
-            self.skip(format!(
-                "symlink inode {ino}: block {} is outside the filesystem",
-                p.pblk
-            ));
+        let role = Role::SymlinkBlock { ino };
+        if !self.valid_block(pblk) {
+            self.skip(corrupt(Some(ino), self.outside(role, pblk)));
             return Ok(());
         }
-        let mut buf = self.block(p.pblk)?;
+        if self.is_fixed(Some(ino), role, pblk) {
+            return Ok(());
+        }
+        let mut buf = self.block(pblk, role)?;
         let slot = self.slot(b"link", ino);
         scrub_target(self.seed, slot, &mut buf[..n]);
-        self.ov.put(p.pblk, buf);
-        self.rep.symlinks += 1;
+        self.ov.put(pblk, buf);
+        self.rep.symlinks = self.rep.symlinks.saturating_add(1);
         Ok(())
     }
 
     /// libext2fs `ext2fs_inode_csum`: (value, whether the high half is stored).
     fn inode_csum_value(&self, ino: u32, raw: &[u8]) -> (u32, bool) {
-        let has_hi = raw.len() > 128 && le::u16(raw, 0x80) >= 4;
+        let has_hi = raw.len() > 128 && le::u16(raw, I_EXTRA_ISIZE) >= 4;
         let mut tmp = raw.to_vec();
-        tmp[0x7C..0x7E].fill(0);
+        le::set_u16(&mut tmp, I_CHECKSUM_LO, 0);
         if has_hi {
-            tmp[0x82..0x84].fill(0);
+            le::set_u16(&mut tmp, I_CHECKSUM_HI, 0);
         }
-        let mut crc = crc32c_raw(self.csum_seed, &ino.to_le_bytes());
-        crc = crc32c_raw(crc, &tmp[0x64..0x68]);
+        let mut crc = crc32c_raw(self.csum_seed, &le::bytes_u32(ino));
+        crc = crc32c_raw(crc, &tmp[I_GENERATION..I_GENERATION + 4]);
         crc = crc32c_raw(crc, &tmp);
         if !has_hi {
             crc &= 0xFFFF;
@@ -425,9 +572,9 @@ impl<S: ReadAt> Planner<'_, S> {
 
     fn inode_csum_ok(&self, ino: u32, raw: &[u8]) -> bool {
         let (crc, has_hi) = self.inode_csum_value(ino, raw);
-        let mut stored = u32::from(le::u16(raw, 0x7C));
+        let mut stored = u32::from(le::u16(raw, I_CHECKSUM_LO));
         if has_hi {
-            stored |= u32::from(le::u16(raw, 0x82)) << 16;
+            stored |= u32::from(le::u16(raw, I_CHECKSUM_HI)) << 16;
         }
         stored == crc
     }
@@ -439,123 +586,40 @@ impl<S: ReadAt> Planner<'_, S> {
             return;
         }
         let (crc, has_hi) = self.inode_csum_value(ino, raw);
-        raw[0x7C..0x7E].copy_from_slice(&(crc as u16).to_le_bytes());
+        let [lo, hi] = crate::ext4::csum::halves(crc);
+        le::set_u16(raw, I_CHECKSUM_LO, lo);
         if has_hi {
-            raw[0x82..0x84].copy_from_slice(&((crc >> 16) as u16).to_le_bytes());
+            le::set_u16(raw, I_CHECKSUM_HI, hi);
         }
     }
 
-    /// The logical-to-physical map of `inode` below logical block `max_lblk`.
-    fn map(&self, inode: &Inode, max_lblk: u64) -> std::result::Result<Vec<Piece>, String> {
+    /// The logical-to-physical map of inode `ino` below logical block `max_lblk`, from the
+    /// block-map walker: written mappings only (an unwritten extent reads as zeros).
+    fn map(&self, ino: u32, inode: &Inode, max_lblk: u64) -> Result<Vec<Piece>> {
         let mut out = Vec::new();
-        if inode.has_extents() {
-            let root = inode.block_bytes();
-            self.extent_node(&root, 60, 0, max_lblk, &mut out)?;
-        } else {
-            for (i, &b) in inode.block[..12].iter().enumerate() {
-                if b != 0 && (i as u64) < max_lblk {
-                    out.push(Piece {
-                        lblk: i as u64,
-                        pblk: u64::from(b),
-                        len: 1,
-                    });
-                }
-            }
-            let per = (self.bs() / 4) as u64;
-            let mut base = 12u64;
-            for (level, &b) in inode.block[12..15].iter().enumerate() {
-                let span = per.saturating_pow(level as u32 + 1);
-                if b != 0 && base < max_lblk {
-                    self.indirect(u64::from(b), level, base, max_lblk, &mut out)?;
-                }
-                base = base.saturating_add(span);
-            }
-        }
-        Ok(out)
-    }
-
-    fn extent_node(
-        &self,
-        node: &[u8],
-        size: usize,
-        depth_seen: usize,
-        max_lblk: u64,
-        out: &mut Vec<Piece>,
-    ) -> std::result::Result<(), String> {
-        if node.iter().take(size).all(|&b| b == 0) {
-            return Ok(());
-        }
-        header_ok(node, size)?;
-        let entries = usize::from(le::u16(node, 2));
-        let depth = le::u16(node, 6);
-        if depth_seen > 6 {
-            return Err("extent tree too deep".into());
-        }
-        for i in 0..entries {
-            let e = &node[12 + 12 * i..24 + 12 * i];
-            if depth > 0 {
-                let child = u64::from(le::u32(e, 4)) | u64::from(le::u16(e, 8)) << 32;
-                if !self.valid_block(child) {
-                    return Err(format!(
-                        "extent node block {child} is outside the filesystem"
-                    ));
-                }
-                let buf = self.block(child).map_err(|e| e.to_string())?;
-                header_ok(&buf, self.bs()).map_err(|e| format!("extent node {child}: {e}"))?;
-                if le::u16(&buf, 6).checked_add(1) != Some(depth) {
-                    return Err(format!("extent node {child} has the wrong depth"));
-                }
-                self.extent_node(&buf, self.bs(), depth_seen + 1, max_lblk, out)?;
-            } else {
-                let lblk = u64::from(le::u32(e, 0));
-                let raw_len = le::u16(e, 4);
-                if raw_len > EXT_INIT_MAX_LEN {
-                    continue; // unwritten: reads as zeros
-                }
-                let pblk = u64::from(le::u32(e, 8)) | u64::from(le::u16(e, 6)) << 32;
-                let len = u64::from(raw_len).min(max_lblk.saturating_sub(lblk));
+        let walked = walk_inode(self.fs, ino, inode, true, &mut |v| {
+            if let Visit::Data {
+                lblk,
+                pblk,
+                len,
+                uninit: false,
+            } = v
+            {
+                let len = len.min(max_lblk.saturating_sub(lblk));
                 if len > 0 {
                     out.push(Piece { lblk, pblk, len });
                 }
             }
-        }
-        Ok(())
-    }
-
-    fn indirect(
-        &self,
-        blk: u64,
-        level: usize,
-        base: u64,
-        max_lblk: u64,
-        out: &mut Vec<Piece>,
-    ) -> std::result::Result<(), String> {
-        if !self.valid_block(blk) {
-            return Err(format!("indirect block {blk} is outside the filesystem"));
-        }
-        let buf = self.block(blk).map_err(|e| e.to_string())?;
-        let per = (self.bs() / 4) as u64;
-        let span = per.saturating_pow(level as u32);
-        for i in 0..per {
-            let l = base.saturating_add(i.saturating_mul(span));
-            if l >= max_lblk {
-                break;
+        })?;
+        match walked {
+            Walked::Complete => Ok(out),
+            Walked::RootIgnored(problem) => Err(CorruptKind::ExtentHeader {
+                ino,
+                node: None,
+                problem,
             }
-            let b = u64::from(le::u32(&buf, i as usize * 4));
-            if b == 0 {
-                continue;
-            }
-            if level == 0 {
-                out.push(Piece {
-                    lblk: l,
-                    pblk: b,
-                    len: 1,
-                });
-            } else {
-                self.indirect(b, level - 1, l, max_lblk, out)?;
-            }
+            .into()),
         }
-        Ok(())
     }
 
     /// A block-based directory: every leaf block gets new names (in its hash range for htree
@@ -564,19 +628,15 @@ impl<S: ReadAt> Planner<'_, S> {
         let sb = &self.fs.sb;
         let bs = self.bs();
         let nblk = inode.size.div_ceil(bs as u64);
-        let pieces = match self.map(inode, nblk) {
+        let mut pieces = match self.map(ino, inode, nblk) {
             Ok(p) => p,
             Err(e) => {
-                self.skip(format!("directory inode {ino}: {e}"));
+                let what = damaged(Some(ino), e)?;
+                self.skip(what);
                 return Ok(());
             }
         };
-        let lookup = |l: u64| {
-            pieces
-                .iter()
-                .find(|p| p.lblk <= l && l < p.lblk + p.len)
-                .map(|p| p.pblk + (l - p.lblk))
-        };
+        let lookup = |pieces: &[Piece], l: u64| pieces.iter().find_map(|p| p.lookup(l));
         let casefold =
             inode.flags & EXT4_CASEFOLD_FL != 0 && sb.has_incompat(feature::INCOMPAT_CASEFOLD);
         let mut tree = None;
@@ -587,20 +647,19 @@ impl<S: ReadAt> Planner<'_, S> {
             } else {
                 2
             };
-            let parsed = match lookup(0) {
+            let unmapped = |problem| Error::from(CorruptKind::Htree { ino, problem });
+            let parsed = match lookup(&pieces, 0) {
                 Some(b0) if self.valid_block(b0) => {
-                    let root = self.block(b0)?;
-                    let mut read = |l: u64| -> std::result::Result<Vec<u8>, String> {
-                        let p =
-                            lookup(l).ok_or_else(|| format!("index block {l} is not mapped"))?;
-                        if !self.valid_block(p) {
-                            return Err(format!("index block {l} is outside the filesystem"));
-                        }
-                        self.block(p).map_err(|e| e.to_string())
+                    let root = self.block(b0, Role::DirBlock { ino, lblk: 0 })?;
+                    let mut read = |l: u64| -> Result<Vec<u8>> {
+                        let p = lookup(&pieces, l)
+                            .filter(|&p| self.valid_block(p))
+                            .ok_or_else(|| unmapped(HtreeProblem::NodeUnmapped { lblk: l }))?;
+                        self.block(p, Role::DirBlock { ino, lblk: l })
                     };
-                    parse_htree(&root, max_levels, &mut read)
+                    parse_htree(ino, &root, max_levels, &mut read)
                 }
-                _ => Err("block 0 is not mapped".into()),
+                _ => Err(unmapped(HtreeProblem::RootUnmapped)),
             };
             match parsed {
                 Ok(t) => {
@@ -612,53 +671,50 @@ impl<S: ReadAt> Planner<'_, S> {
                             casefold,
                         });
                     } else {
-                        self.skip(format!(
-                            "directory inode {ino}: hash version {version} not computed; names renamed without their hash range"
-                        ));
+                        self.skip(Unscrambled::HashVersion { ino, version });
                     }
                     tree = Some(t);
                 }
-                Err(e) => self.skip(format!(
-                    "directory inode {ino}: htree index unreadable ({e}); names renamed without hash ranges"
-                )),
+                Err(e) => {
+                    let problem = Problem::from_error(Some(ino), e)?;
+                    self.skip(Unscrambled::HtreeIgnored { ino, problem });
+                }
             }
         }
         let mut names = DirNames::new(self.seed, ino, spec, casefold, self.filetype);
         names.indexed = inode.flags & EXT4_INDEX_FL != 0;
-        let mut blocks: Vec<(u64, u64)> = pieces
-            .iter()
-            .flat_map(|p| (0..p.len).map(move |k| (p.lblk + k, p.pblk + k)))
-            .collect();
-        blocks.sort_unstable();
-        blocks.dedup_by_key(|b| b.0);
+        let runs = unique_runs(&mut pieces);
+        let blocks = || runs.iter().flat_map(Piece::blocks);
         if let (Some(t), Some(_)) = (&tree, spec) {
             // First pass over the leaves: which names each must receive.
             let mut needs = Vec::new();
-            for &(lblk, pblk) in &blocks {
+            for (lblk, pblk) in blocks() {
                 if lblk == 0 || t.nodes.contains(&lblk) || !self.valid_block(pblk) {
                     continue;
                 }
                 if let Some(&range) = t.leaves.get(&lblk) {
-                    let b = self.block(pblk)?;
+                    let b = self.block(pblk, Role::DirBlock { ino, lblk })?;
                     let limit = self.leaf_limit(&b);
                     names.collect_needs(&b[..limit], bs, lblk, range, &mut needs);
                 }
             }
             names.preassign(needs, &t.leaves);
         }
-        for (lblk, pblk) in blocks {
+        for (lblk, pblk) in blocks() {
             if let Some(t) = &tree
                 && (lblk == 0 || t.nodes.contains(&lblk))
             {
                 continue;
             }
+            let role = Role::DirBlock { ino, lblk };
             if !self.valid_block(pblk) {
-                self.skip(format!(
-                    "directory inode {ino}: block {lblk} at {pblk} is outside the filesystem"
-                ));
+                self.skip(corrupt(Some(ino), self.outside(role, pblk)));
                 continue;
             }
-            let orig = self.block(pblk)?;
+            if self.is_fixed(Some(ino), role, pblk) {
+                continue;
+            }
+            let orig = self.block(pblk, role)?;
             // An index node or an empty block: nothing to rename.
             if le::u32(&orig, 0) == 0 && rec_len(le::u16(&orig, 4), bs) == bs && orig[6] == 0 {
                 continue;
@@ -667,97 +723,94 @@ impl<S: ReadAt> Planner<'_, S> {
             let limit = self.leaf_limit(&buf);
             let tail = limit < bs;
             let range = tree.as_ref().and_then(|t| t.leaves.get(&lblk).copied());
-            if let Err(e) = names.scramble_region(&mut buf[..limit], bs, lblk, 0, range) {
-                self.skip(format!(
-                    "directory inode {ino} block {lblk}: {e}; the rest of the block is kept"
-                ));
+            let place = DirRegion::Block { lblk };
+            if let Err(kind) = names.scramble_region(&mut buf[..limit], place, bs, lblk, 0, range) {
+                self.skip(corrupt(Some(ino), kind));
             }
             if buf != orig {
+                let body = bs.saturating_sub(12);
                 let leaf_csum = |b: &[u8]| {
-                    let mut crc = crc32c_raw(self.csum_seed, &ino.to_le_bytes());
-                    crc = crc32c_raw(crc, &generation.to_le_bytes());
-                    crc32c_raw(crc, &b[..bs - 12])
+                    let mut crc = crc32c_raw(self.csum_seed, &le::bytes_u32(ino));
+                    crc = crc32c_raw(crc, &le::bytes_u32(generation));
+                    crc32c_raw(crc, &b[..body])
                 };
                 // Only a checksum that verified is recomputed (a bad one stays bad).
-                if tail && le::u32(&orig, bs - 4) == leaf_csum(&orig) {
+                let at = bs.saturating_sub(4);
+                if tail && le::u32(&orig, at) == leaf_csum(&orig) {
                     let crc = leaf_csum(&buf);
-                    buf[bs - 4..].copy_from_slice(&crc.to_le_bytes());
+                    le::set_u32(&mut buf, at, crc);
                 }
                 self.ov.put(pblk, buf);
             }
         }
-        self.rep.directories += 1;
+        self.rep.directories = self.rep.directories.saturating_add(1);
         self.finish_names(names);
         Ok(())
     }
 
     /// The value hash an EA inode keeps in `i_atime`.
     fn ea_inode_hash(&self, ino: u32) -> Option<u32> {
-        let sb = &self.fs.sb;
-        let idx = ino.checked_sub(1)?;
-        let g = idx / sb.inodes_per_group;
-        if g >= sb.group_count {
-            return None;
-        }
-        let isz = u64::from(sb.inode_size);
-        let off = u64::from(idx % sb.inodes_per_group) * isz;
-        let bs = self.bs() as u64;
-        let blk = self.fs.desc.inode_table(g).checked_add(off / bs)?;
+        let (group, blk, at) = itable::locate(self.fs, ino)?;
         if !self.valid_block(blk) {
             return None;
         }
-        let b = self.block(blk).ok()?;
-        let at = (off % bs) as usize;
-        Some(le::u32(&b, at + 0x08))
+        let b = self.block(blk, Role::InodeTable { group }).ok()?;
+        le::get_u32(&b, at.checked_add(0x08)?)
     }
 
     /// Where the entries of a leaf block end: before the checksum tail, if it has one.
     fn leaf_limit(&self, buf: &[u8]) -> usize {
         let bs = buf.len();
-        let tail = self.csum
-            && le::u32(buf, bs - 12) == 0
-            && le::u16(buf, bs - 8) == 12
-            && buf[bs - 6] == 0
-            && buf[bs - 5] == 0xDE;
-        if tail { bs - 12 } else { bs }
+        let Some(t) = bs.checked_sub(12).and_then(|at| buf.get(at..)) else {
+            return bs;
+        };
+        let tail =
+            self.csum && le::u32(t, 0) == 0 && le::u16(t, 4) == 12 && t[6] == 0 && t[7] == 0xDE;
+        if tail { bs.saturating_sub(12) } else { bs }
     }
 
     fn xattr_block(&mut self, blk: u64) -> Result<()> {
         if !self.xattr_done.insert(blk) {
             return Ok(());
         }
+        let at = XattrAt::Block { block: blk };
         if !self.valid_block(blk) {
-            self.skip(format!("xattr block {blk} is outside the filesystem"));
+            self.skip(corrupt(None, self.outside(Role::XattrBlock, blk)));
+            return Ok(());
+        }
+        if self.is_fixed(None, Role::XattrBlock, blk) {
             return Ok(());
         }
         let bs = self.bs();
-        let mut buf = self.block(blk)?;
-        if le::u32(&buf, 0) != XATTR_MAGIC || le::u32(&buf, 8) != 1 {
-            self.skip(format!("xattr block {blk}: bad header"));
+        let mut buf = self.block(blk, Role::XattrBlock)?;
+        let (magic, blocks) = (le::u32(&buf, 0), le::u32(&buf, 8));
+        if magic != XATTR_MAGIC || blocks != 1 {
+            let problem = crate::ext4::damage::XattrProblem::Header { magic, blocks };
+            self.skip(corrupt(None, CorruptKind::Xattr { at, problem }));
             return Ok(());
         }
         let entries = match xattr::parse(&buf, 32, 0, bs) {
             Ok(e) => e,
-            Err(e) => {
-                self.skip(format!("xattr block {blk}: {e}"));
+            Err(problem) => {
+                self.skip(corrupt(None, CorruptKind::Xattr { at, problem }));
                 return Ok(());
             }
         };
         let seed = self.csum_seed;
         let block_csum = move |b: &[u8]| {
             let mut t = b.to_vec();
-            t[16..20].fill(0);
-            crc32c_raw(crc32c_raw(seed, &blk.to_le_bytes()), &t)
+            le::set_u32(&mut t, 16, 0);
+            crc32c_raw(crc32c_raw(seed, &le::bytes_u64(blk)), &t)
         };
         let csum_ok = self.csum && le::u32(&buf, 16) == block_csum(&buf);
         let mut ea = |i: u32| self.ea_inode_hash(i);
         let c = xattr::scramble_entries(&mut buf, &entries, self.seed, blk | 1 << 63, &mut ea);
-        self.count_xattrs(blk as u32, &c);
+        self.count_xattrs(at, &c);
         if c.changed {
             xattr::block_rehash(&mut buf, &entries);
             if csum_ok {
                 let crc = block_csum(&buf);
-                buf[16..20].copy_from_slice(&crc.to_le_bytes());
+                le::set_u32(&mut buf, 16, crc);
             }
             self.ov.put(blk, buf);
         }
@@ -769,30 +822,51 @@ impl<S: ReadAt> Planner<'_, S> {
     fn journal(&mut self, ino: u32, inode: &Inode) -> Result<()> {
         let bs = self.bs() as u64;
         let nblk = inode.size.div_ceil(bs);
-        let pieces = match self.map(inode, nblk) {
+        let pieces = match self.map(ino, inode, nblk) {
             Ok(p) => p,
             Err(e) => {
-                self.skip(format!("journal inode {ino}: {e}; journal kept"));
+                let problem = Problem::from_error(Some(ino), e)?;
+                self.skip(Unscrambled::JournalKept { ino, problem });
                 return Ok(());
             }
         };
         for p in pieces {
+            // Logical block 0 is the journal superblock: kept.
             let (s, n) = if p.lblk == 0 {
-                (p.pblk + 1, p.len - 1)
+                (p.pblk.saturating_add(1), p.len.saturating_sub(1))
             } else {
                 (p.pblk, p.len)
             };
             let e = s.saturating_add(n).min(self.fs.sb.blocks_count);
-            if s < e {
-                self.ov.zero(s..e);
-                self.rep.journal_blocks += e - s;
+            // Zero s..e but the fixed metadata a damaged map may claim (named once).
+            let mut at = s;
+            while at < e {
+                let (upto, next) = match self.fixed_in(&(at..e)) {
+                    Some(f) => {
+                        let role = Role::JournalBlock { ino };
+                        self.skip(corrupt(
+                            Some(ino),
+                            CorruptKind::BlockIsMetadata {
+                                role,
+                                block: f.start,
+                            },
+                        ));
+                        (f.start, f.end)
+                    }
+                    None => (e, e),
+                };
+                if at < upto {
+                    self.ov.zero(at..upto);
+                    self.rep.journal_blocks = self
+                        .rep
+                        .journal_blocks
+                        .saturating_add(upto.saturating_sub(at));
+                }
+                at = next;
             }
         }
         if self.fs.sb.has_incompat(feature::INCOMPAT_RECOVER) {
-            self.skip(
-                "the journal needed recovery: its log was zeroed, so the image cannot replay it"
-                    .into(),
-            );
+            self.skip(Unscrambled::JournalNeededRecovery);
         }
         Ok(())
     }
@@ -800,13 +874,17 @@ impl<S: ReadAt> Planner<'_, S> {
     /// Clear the label and last-mounted path of the superblock(s) the image holds.
     fn superblocks(&mut self) -> Result<()> {
         let bs = self.bs() as u64;
-        let mut locs = vec![(1024 / bs, (1024 % bs) as usize)];
+        // The primary superblock is at byte 1024: block 1, or inside block 0.
+        let (blk, off) = if bs == 1024 { (1, 0) } else { (0, 1024) };
+        let mut locs = vec![(blk, off)];
         if let Some(s) = self.fs.backup_superblock {
             locs.push((s, 0));
         }
         for (blk, off) in locs {
-            let mut buf = self.block(blk)?;
-            let sbb = &mut buf[off..off + 1024];
+            let mut buf = self.block(blk, Role::Superblock)?;
+            let Some(sbb) = buf.get_mut(off..).and_then(|b| b.get_mut(..1024)) else {
+                continue;
+            };
             if le::u16(sbb, 0x38) != 0xEF53 {
                 continue;
             }
@@ -817,7 +895,7 @@ impl<S: ReadAt> Planner<'_, S> {
             sbb[0x78..0xC8].fill(0);
             if self.csum && ok {
                 let crc = crc32c_raw(!0, &sbb[..0x3FC]);
-                sbb[0x3FC..].copy_from_slice(&crc.to_le_bytes());
+                le::set_u32(sbb, 0x3FC, crc);
             }
             self.ov.put(blk, buf);
             self.rep.superblock_strings = true;
@@ -835,7 +913,7 @@ impl<S: ReadAt> Planner<'_, S> {
         if !self.valid_block(blk) {
             return Ok(());
         }
-        let mut buf = self.block(blk)?;
+        let mut buf = self.block(blk, Role::MmpBlock)?;
         if le::u32(&buf, 0) != MMP_MAGIC {
             return Ok(());
         }
@@ -847,7 +925,7 @@ impl<S: ReadAt> Planner<'_, S> {
         buf[16..112].fill(0);
         if self.csum && ok {
             let crc = crc32c_raw(self.csum_seed, &buf[..1020]);
-            buf[1020..1024].copy_from_slice(&crc.to_le_bytes());
+            le::set_u32(&mut buf, 1020, crc);
         }
         self.ov.put(blk, buf);
         Ok(())

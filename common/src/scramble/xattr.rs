@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 
 use super::names::{NAME_CHARS, Slot, generate};
+use crate::ext4::damage::XattrProblem;
 use crate::ext4::le;
 
 pub const XATTR_MAGIC: u32 = 0xEA02_0000;
@@ -17,10 +18,13 @@ const KEPT_INDEXES: [u8; 5] = [2, 3, 7, 8, 9];
 /// `system.data` (inline data) is index 7, name "data".
 pub const INDEX_SYSTEM: u8 = 7;
 
-/// One entry, with absolute offsets into the buffer that holds it.
+/// One entry, with absolute offsets into the buffer that holds it (checked by [`parse`] to
+/// lie inside it).
 #[derive(Debug, Clone)]
 pub struct XEntry {
     pub off: usize,
+    /// Where the name starts (`off + 16`).
+    name_at: usize,
     pub name_len: usize,
     pub index: u8,
     /// Absolute offset of the value in the buffer (meaningless when `inum != 0`).
@@ -31,8 +35,19 @@ pub struct XEntry {
 }
 
 impl XEntry {
+    fn name_range(&self) -> std::ops::Range<usize> {
+        self.name_at..self.name_at.saturating_add(self.name_len)
+    }
     pub fn name<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
-        &buf[self.off + 16..self.off + 16 + self.name_len]
+        buf.get(self.name_range()).unwrap_or_default()
+    }
+    /// The value's bytes in `buf` (empty when it lives in an EA inode, or is empty: its
+    /// offset is then not checked).
+    pub fn value_range(&self) -> std::ops::Range<usize> {
+        if self.inum != 0 || self.value_size == 0 {
+            return 0..0;
+        }
+        self.value_off..self.value_off.saturating_add(self.value_size)
     }
     pub fn is_system_data(&self, buf: &[u8]) -> bool {
         self.index == INDEX_SYSTEM && self.name(buf) == b"data"
@@ -46,39 +61,55 @@ pub fn parse(
     first: usize,
     value_base: usize,
     end: usize,
-) -> Result<Vec<XEntry>, String> {
+) -> Result<Vec<XEntry>, XattrProblem> {
     let end = end.min(buf.len());
     let mut out = Vec::new();
     let mut off = first;
     loop {
-        if off.checked_add(4).is_none_or(|e| e > end) {
-            return Err(format!("entries run past byte {end}"));
+        let word = off
+            .checked_add(4)
+            .filter(|&e| e <= end)
+            .and_then(|_| le::get_u32(buf, off));
+        match word {
+            None => return Err(XattrProblem::Unterminated { end }),
+            Some(0) => return Ok(out),
+            Some(_) => {}
         }
-        if le::u32(buf, off) == 0 {
-            return Ok(out);
+        let entry_past = XattrProblem::Entry { offset: off, end };
+        let Some(h) = off
+            .checked_add(16)
+            .filter(|&e| e <= end)
+            .and_then(|e| buf.get(off..e))
+        else {
+            return Err(entry_past);
+        };
+        let name_len = usize::from(h[0]);
+        let index = h[1];
+        let value_offs = usize::from(le::u16(h, 2));
+        let inum = le::u32(h, 4);
+        let value_size = le::u32(h, 8) as usize;
+        let hash = le::u32(h, 12);
+        let name_at = off.saturating_add(16);
+        if name_at.checked_add(name_len).is_none_or(|e| e > end) {
+            return Err(entry_past);
         }
-        if off + 16 > end {
-            return Err(format!("entry at byte {off} runs past byte {end}"));
-        }
-        let name_len = usize::from(buf[off]);
-        let index = buf[off + 1];
-        let value_offs = usize::from(le::u16(buf, off + 2));
-        let inum = le::u32(buf, off + 4);
-        let value_size = le::u32(buf, off + 8) as usize;
-        let hash = le::u32(buf, off + 12);
-        let next = off + ((16 + name_len + 3) & !3);
-        if off + 16 + name_len > end {
-            return Err(format!("name of entry at byte {off} runs past byte {end}"));
-        }
-        let value_off = value_base + value_offs;
+        // Entries are padded to 4 bytes: 16 + name_len rounded up (at most 272).
+        let Some(next) = off.checked_add(name_len.saturating_add(19) & !3) else {
+            return Err(entry_past);
+        };
+        let value_off = value_base.saturating_add(value_offs);
         if inum == 0 && value_size > 0 && value_off.checked_add(value_size).is_none_or(|e| e > end)
         {
-            return Err(format!(
-                "value of entry at byte {off} ({value_size} bytes at {value_off}) runs past byte {end}"
-            ));
+            return Err(XattrProblem::Value {
+                offset: off,
+                value_offset: value_off,
+                value_size,
+                end,
+            });
         }
         out.push(XEntry {
             off,
+            name_at,
             name_len,
             index,
             value_off,
@@ -109,14 +140,14 @@ pub fn entry_hash(buf: &[u8], e: &XEntry, signed: bool, ea_hash: Option<u32>) ->
         return ea_hash.map(|a| (h << 16) ^ (h >> 16) ^ a);
     }
     if e.value_size != 0 {
-        for w in 0..e.value_size.div_ceil(4) {
+        // The value in 32-bit words, zero-padded (and zero where `buf` ends early).
+        let avail = buf.get(e.value_off..).unwrap_or_default();
+        let mut words = avail[..avail.len().min(e.value_size)].chunks(4);
+        for _ in 0..e.value_size.div_ceil(4) {
             let mut b = [0u8; 4];
-            for (k, v) in b.iter_mut().enumerate() {
-                if 4 * w + k < e.value_size {
-                    *v = buf.get(e.value_off + 4 * w + k).copied().unwrap_or(0);
-                }
-            }
-            h = (h << 16) ^ (h >> 16) ^ u32::from_le_bytes(b);
+            let w = words.next().unwrap_or_default();
+            b[..w.len()].copy_from_slice(w);
+            h = (h << 16) ^ (h >> 16) ^ le::u32(&b, 0);
         }
     }
     Some(h)
@@ -137,7 +168,7 @@ pub fn fix_hash(buf: &mut [u8], e: &XEntry, was_ok: bool, ea_hash: Option<u32>) 
         return;
     }
     if let Some(new) = entry_hash(buf, e, false, ea_hash) {
-        buf[e.off + 12..e.off + 16].copy_from_slice(&new.to_le_bytes());
+        le::set_u32(buf, e.off.saturating_add(12), new);
     }
 }
 
@@ -186,11 +217,13 @@ pub fn scramble_entries(
             if cand != orig && !used.contains(&(e.index, cand.clone())) {
                 break;
             }
-            attempt += 1;
+            attempt = attempt.saturating_add(1);
             if attempt > 4096 {
                 // Short names exhausted: any distinct bytes other than the original.
                 let mut alt = orig.clone();
-                alt[0] = alt[0].wrapping_add(1).max(1);
+                if let Some(c) = alt.first_mut() {
+                    *c = c.wrapping_add(1).max(1);
+                }
                 cand = alt;
                 break;
             }
@@ -201,34 +234,35 @@ pub fn scramble_entries(
     // Keep runs of the same (index, length) sorted, as the kernel's block lookups expect.
     let mut i = 0;
     while i < entries.len() {
-        let mut j = i;
-        while j < entries.len()
-            && new_names[j].is_some()
-            && entries[j].index == entries[i].index
-            && entries[j].name_len == entries[i].name_len
-        {
-            j += 1;
-        }
-        if j > i + 1 {
+        let key = (entries[i].index, entries[i].name_len);
+        let run_len = entries[i..]
+            .iter()
+            .zip(&new_names[i..])
+            .take_while(|(e, n)| n.is_some() && (e.index, e.name_len) == key)
+            .count();
+        let j = i.saturating_add(run_len);
+        if run_len > 1 {
             let mut run: Vec<Vec<u8>> = new_names[i..j].iter().flatten().cloned().collect();
             run.sort();
-            for (k, n) in run.into_iter().enumerate() {
-                new_names[i + k] = Some(n);
+            for (slot, n) in new_names[i..j].iter_mut().zip(run) {
+                *slot = Some(n);
             }
         }
-        i = j.max(i + 1);
+        i = j.max(i.saturating_add(1));
     }
     for (e, new) in entries.iter().zip(new_names) {
         let Some(new) = new else { continue };
         let ea = if e.inum != 0 { ea_hash(e.inum) } else { None };
         let was_ok = hash_ok(buf, e, ea);
-        buf[e.off + 16..e.off + 16 + e.name_len].copy_from_slice(&new);
-        c.names += 1;
+        let Some(name) = buf.get_mut(e.name_range()) else {
+            continue;
+        };
+        name.copy_from_slice(&new);
+        c.names = c.names.saturating_add(1);
         c.changed = true;
         if e.inum != 0 {
-            c.ea_inode_values += 1;
-        } else if e.value_size > 0 {
-            let v = &mut buf[e.value_off..e.value_off + e.value_size];
+            c.ea_inode_values = c.ea_inode_values.saturating_add(1);
+        } else if let Some(v) = buf.get_mut(e.value_range()).filter(|v| !v.is_empty()) {
             let keep_nul = v.last() == Some(&0);
             let slot = Slot {
                 kind: b"xval",
@@ -237,11 +271,10 @@ pub fn scramble_entries(
                 offset: e.off as u64,
             };
             generate(seed, slot, 0, NAME_CHARS, v);
-            if keep_nul {
-                let n = v.len();
-                v[n - 1] = 0;
+            if keep_nul && let Some(last) = v.last_mut() {
+                *last = 0;
             }
-            c.values += 1;
+            c.values = c.values.saturating_add(1);
         }
         fix_hash(buf, e, was_ok, ea);
     }
@@ -252,17 +285,18 @@ pub fn scramble_entries(
 pub fn block_rehash(block: &mut [u8], entries: &[XEntry]) {
     let mut h: u32 = 0;
     for e in entries {
-        let eh = le::u32(block, e.off + 12);
+        let eh = le::get_u32(block, e.off.saturating_add(12)).unwrap_or(0);
         if eh == 0 {
             h = 0;
             break;
         }
         h = (h << 16) ^ (h >> 16) ^ eh;
     }
-    block[12..16].copy_from_slice(&h.to_le_bytes());
+    le::set_u32(block, 12, h);
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 
@@ -272,14 +306,14 @@ mod tests {
         let mut buf = vec![0u8; 64];
         buf[0] = 2;
         buf[1] = 1;
-        buf[2..4].copy_from_slice(&40u16.to_le_bytes());
-        buf[8..12].copy_from_slice(&3u32.to_le_bytes());
+        le::set_u16(&mut buf, 2, 40);
+        le::set_u32(&mut buf, 8, 3);
         buf[16..18].copy_from_slice(b"ab");
         buf[40..43].copy_from_slice(b"xyz");
         let es = parse(&buf, 0, 0, 64).unwrap();
         assert_eq!(es.len(), 1);
         let n = (u32::from(b'a') << 5) ^ u32::from(b'b');
-        let want = (n << 16) ^ (n >> 16) ^ u32::from_le_bytes([b'x', b'y', b'z', 0]);
+        let want = (n << 16) ^ (n >> 16) ^ le::u32(b"xyz\0", 0);
         assert_eq!(entry_hash(&buf, &es[0], false, None), Some(want));
         assert!(hash_ok(&buf, &es[0], None) || es[0].hash == 0);
     }

@@ -117,6 +117,11 @@ impl Extent {
 }
 
 impl Header {
+    /// The capture was scrambled (`-s`, or made from a scrambled image).
+    pub fn is_scrambled(&self) -> bool {
+        self.flags & flags::SCRAMBLED != 0
+    }
+
     fn encode(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[hdr::MAGIC..hdr::MAGIC + 8].copy_from_slice(&MAGIC);

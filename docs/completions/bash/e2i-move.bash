@@ -23,7 +23,7 @@ _e2i__move() {
 
     case "${cmd}" in
         e2i__move)
-            opts="-o -O -c -n -p -f -q -h -V --src-offset --dest-offset --check --dry-run --progress --force --metadata-only --journal --quiet --help --version"
+            opts="-o -O -c -n -p -f -q -h -V --src-offset --dest-offset --check --dry-run --progress --force --metadata-only --journal --quiet --allow-scrambled --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -23,7 +23,7 @@ _e2i__to__raw() {
 
     case "${cmd}" in
         e2i__to__raw)
-            opts="-O -c -n -p -a -q -h -V --dest-offset --check --dry-run --progress --all-data --quiet --json --help --version"
+            opts="-O -c -n -p -a -q -h -V --dest-offset --check --dry-run --progress --all-data --quiet --json --allow-scrambled --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

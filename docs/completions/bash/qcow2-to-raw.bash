@@ -23,7 +23,7 @@ _qcow2__to__raw() {
 
     case "${cmd}" in
         qcow2__to__raw)
-            opts="-O -c -n -p -q -h -V --dest-offset --check --dry-run --progress --quiet --json --help --version"
+            opts="-O -c -n -p -q -h -V --dest-offset --check --dry-run --progress --quiet --json --allow-scrambled --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -7,5 +7,6 @@ complete -c e2i-move -s p -l progress -d 'Show progress on stderr (a bar on a te
 complete -c e2i-move -s f -l force -d 'Clone a SOURCE that is mounted read-write (never allowed for a move)'
 complete -c e2i-move -l metadata-only -d 'Copy the metadata only (e2image -r with offsets); clones only'
 complete -c e2i-move -s q -l quiet -d 'No warnings or summaries (errors are still reported)'
+complete -c e2i-move -l allow-scrambled -d 'Clone a scrambled SOURCE (an e2i-capture -s image) even over the filesystem it was taken from (an existing DEST holding its UUID at -O)'
 complete -c e2i-move -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c e2i-move -s V -l version -d 'Print version'

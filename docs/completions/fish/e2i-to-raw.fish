@@ -5,5 +5,6 @@ complete -c e2i-to-raw -s p -l progress -d 'Show progress on stderr (a bar on a 
 complete -c e2i-to-raw -s a -l all-data -d 'Raw filesystem input: include regular-file data'
 complete -c e2i-to-raw -s q -l quiet -d 'No warnings or summaries on stderr (errors are still reported)'
 complete -c e2i-to-raw -l json -d 'Print a one-line JSON summary (stdout, or stderr when OUTPUT is `-`)'
+complete -c e2i-to-raw -l allow-scrambled -d 'Write a scrambled INPUT (e2i-capture -s) even over the filesystem it was taken from (an existing OUTPUT or block device with its UUID), whose names, symlink targets, inline data, xattrs, journal and label then become the scrambled ones'
 complete -c e2i-to-raw -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c e2i-to-raw -s V -l version -d 'Print version'
