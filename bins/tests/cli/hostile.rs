@@ -1062,3 +1062,52 @@ fn a_journal_that_cannot_be_created_is_found_out_first() {
     assert!(err.contains("--journal"), "{err}");
     assert!(fs::read(&img).unwrap() == orig);
 }
+
+/// A move killed after its superblock reached D (a move to the left writes it first), rerun
+/// under another identity — a loop device over the file, a copy of it in another folder —
+/// found no filesystem at S and said "was it moved already?" without naming the journal
+/// that can finish it. It is found by the UUID at D, as it is by the one at S earlier in
+/// the move: refused, nothing written, naming the journal; with that journal, finished.
+#[test]
+fn a_half_moved_source_under_another_identity_names_its_journal() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let (disk, want) = move_disk(d.path(), 2 * MIB);
+    let orig = fs::read(&disk).unwrap();
+    let args = ["-o", "2097152", "-O", "1048576"];
+    let total = crash_points(&mv(&args, &disk, &state, u64::MAX));
+    let other = d.path().join("other");
+    fs::create_dir(&other).unwrap();
+    let copy = other.join("copy.img");
+    for c in [3, total / 2, total - 2] {
+        let what = format!("killed at {c} of {total}");
+        fs::write(&disk, &orig).unwrap();
+        let _ = fs::remove_file(journal_of(&disk));
+        let _ = fs::remove_dir_all(&state);
+        assert!(
+            was_killed(&mv(&args, &disk, &state, c)),
+            "{what}: not killed"
+        );
+        let half = fs::read(&disk).unwrap();
+        fs::write(&copy, &half).unwrap();
+        let j = journal_of(&disk);
+        let lo = Loop::new(&disk, &[]);
+        for (name, path) in [("a loop device", lo.path()), ("a copy", copy.as_path())] {
+            let err = failed(&mv(&args, path, &state, 0), &format!("{what}: via {name}"));
+            assert!(
+                err.contains(&format!("finish it with --journal {}", j.display())),
+                "{what}: via {name}: {err}"
+            );
+        }
+        assert!(fs::read(&disk).unwrap() == half, "{what}: SOURCE changed");
+        assert!(fs::read(&copy).unwrap() == half, "{what}: the copy changed");
+        let mut a = args.to_vec();
+        a.extend(["--journal", j.to_str().unwrap()]);
+        ok(
+            &mv(&a, lo.path(), &state, 0),
+            &format!("{what}: finished via the loop"),
+        );
+        drop(lo);
+        assert!(holds_fs(&disk, MIB, &want, d.path()), "{what}: moved");
+    }
+}

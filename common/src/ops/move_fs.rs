@@ -1111,7 +1111,18 @@ fn start_new_move(
 ) -> Result<New> {
     let (jpath, loc) = (chosen.for_new_move(), &chosen.loc);
     refuse_other_unfinished(src, jpath, loc, None, notes, progress)?;
-    let (params, map) = plan_new(src, opts, progress)?;
+    let (params, map) = match plan_new(src, opts, progress) {
+        Ok(x) => x,
+        Err(e) => {
+            // No filesystem at S: a half-moved SOURCE whose moved superblock is at D already,
+            // reached under another identity (a loop device over the file, a copy). Its
+            // journal is found by the UUID at D, as it is by the one at S earlier in a move.
+            if let Some(u) = fs_uuid_at(&src.file, opts.dest_offset) {
+                refuse_other_unfinished(src, jpath, loc, Some(u), notes, progress)?;
+            }
+            return Err(e);
+        }
+    };
     refuse_other_unfinished(src, jpath, loc, Some(params.uuid), notes, progress)?;
     if opts.dry_run {
         return Ok(New::Listed(list_new(&params, &map, on_write)));
