@@ -222,6 +222,18 @@ pub fn open_output(
     Ok(out)
 }
 
+/// Hold SOURCE while it is read (e2i-capture, a clone): refused while an in-place e2i-move
+/// runs on it or has left it half moved ([`e2i::ops::move_fs::hold_for_reading`]); the
+/// journals are looked for where e2i-move puts them.
+pub fn hold_source(source: &Path) -> anyhow::Result<e2i::ops::move_fs::ReadHold> {
+    let state = e2i::ops::move_journal::state_dir(
+        std::env::var_os("XDG_STATE_HOME"),
+        std::env::var_os("HOME"),
+    );
+    e2i::ops::move_fs::hold_for_reading(source, state, &mut e2i::progress::NoProgress)
+        .map_err(|e| anyhow::Error::new(e).context(source.display().to_string()))
+}
+
 /// Opening a FIFO for writing waits for its reader, silently (as e2image's open does). On a
 /// terminal, say so when no reader is there yet, rather than seem to hang.
 fn note_fifo_without_reader(_req: &e2i::output::Request<'_>) {

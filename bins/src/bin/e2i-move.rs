@@ -191,6 +191,8 @@ fn body(args: Args) -> anyhow::Result<u8> {
             .context("a copy of it would be inconsistent (use -f to copy anyway)")?;
     }
     let dst = dest.display().to_string();
+    // Held until the copy is done: an in-place move of SOURCE cannot start meanwhile.
+    let _hold = e2i_cli::hold_source(&args.source)?;
     let mut out = open_output(
         &Request {
             path: &dest,

@@ -1111,3 +1111,98 @@ fn a_half_moved_source_under_another_identity_names_its_journal() {
         assert!(holds_fs(&disk, MIB, &want, d.path()), "{what}: moved");
     }
 }
+
+/// A SOURCE being moved in place holds no consistent filesystem anywhere until the move
+/// ends: a clone or a capture of it taken meanwhile (a move to the right keeps a valid
+/// superblock at S until its last piece) was silently corrupt, exit 0. Readers of SOURCE
+/// (e2i-move's clone form, e2i-capture, the converters) are refused while a mover runs on
+/// it — under any name, a loop device too — and while an unfinished move has left it half
+/// moved; a journal SOURCE no longer matches (a backup restored) does not stand in the way.
+#[test]
+fn a_source_being_moved_is_not_read_as_a_filesystem() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let (disk, want) = move_disk(d.path(), MIB);
+    let orig = fs::read(&disk).unwrap();
+    let args = ["-o", "1048576", "-O", "1052672"];
+    let out = d.path().join("out.img");
+    let readers = |src: &Path| -> Vec<(String, Command)> {
+        let mut v = Vec::new();
+        for (t, a) in [
+            ("e2i-move", vec!["-o", "1048576"]),
+            ("e2i-capture", vec!["-r", "-a", "-o", "1048576"]),
+            ("e2i-to-raw", vec![]),
+            ("e2i-to-qcow2", vec![]),
+        ] {
+            let mut c = Command::new(tool(t));
+            c.args(&a).arg(src).arg(&out).env("XDG_STATE_HOME", &state);
+            v.push((format!("{t} {a:?} {}", src.display()), c));
+        }
+        v
+    };
+    // While a mover runs.
+    let first = Command::new(tool("e2i-move"))
+        .args(args)
+        .arg(&disk)
+        .env("XDG_STATE_HOME", &state)
+        .env("E2I_MOVE_PIECE_KIB", PIECE_KIB)
+        .env("E2I_MOVE_THROTTLE_US", "1500000")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let journal = journal_of(&disk);
+    let t0 = std::time::Instant::now();
+    while !journal.exists() {
+        assert!(t0.elapsed().as_secs() < 60, "the move never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let lo = Loop::new(&disk, &[]);
+    for src in [disk.as_path(), lo.path()] {
+        for (what, mut c) in readers(src) {
+            let err = failed(&run(&mut c), &format!("{what} during a move"));
+            assert!(
+                err.contains("an in-place e2i-move is moving"),
+                "{what}: {err}"
+            );
+            assert!(!out.exists(), "{what}: wrote OUTPUT");
+        }
+    }
+    drop(lo);
+    ok(&first.wait_with_output().unwrap(), "the move");
+    assert!(holds_fs(&disk, MIB + 4096, &want, d.path()));
+    // Half moved by a killed move: refused, naming the journal; finished, read as usual.
+    fs::write(&disk, &orig).unwrap();
+    fs::remove_file(&journal).unwrap();
+    let total = crash_points(&mv(&args, &disk, &state, u64::MAX));
+    for c in [4, total / 2, total - 2] {
+        fs::write(&disk, &orig).unwrap();
+        let _ = fs::remove_file(&journal);
+        assert!(
+            was_killed(&mv(&args, &disk, &state, c)),
+            "not killed at {c}"
+        );
+        for (what, mut c) in readers(&disk) {
+            let err = failed(&run(&mut c), &format!("{what} of a half-moved SOURCE"));
+            assert!(err.contains("half-moved"), "{what}: {err}");
+            assert!(
+                err.contains(&journal.display().to_string()),
+                "{what}: {err}"
+            );
+            assert!(!out.exists(), "{what}: wrote OUTPUT");
+        }
+    }
+    // A backup put back over the half-moved file: the journal is stale, SOURCE is read.
+    fs::write(&disk, &orig).unwrap();
+    let mut clone = readers(&disk).remove(0).1;
+    ok(&run(&mut clone), "a clone of the restored backup");
+    assert!(fs::read(&out).unwrap() == want, "the clone");
+    fs::remove_file(&out).unwrap();
+    // Finished: read as usual.
+    fs::write(&disk, &orig).unwrap();
+    let _ = fs::remove_file(&journal);
+    ok(&mv(&args, &disk, &state, 0), "the move");
+    let mut clone = Command::new(tool("e2i-move"));
+    clone.args(["-o", "1052672"]).arg(&disk).arg(&out);
+    ok(&run(&mut clone), "a clone of the moved filesystem");
+    assert!(fs::read(&out).unwrap() == want, "the clone after the move");
+}
