@@ -162,7 +162,13 @@ fn body(args: Args) -> anyhow::Result<u8> {
             state_dir: mj::state_dir(std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME")),
         };
         let quiet = args.quiet;
-        let mut notes = |n: MoveNote| print_note(&src, n, quiet);
+        // A move that fails after its journal is begun says, on its error line, that it is
+        // unfinished and how to finish it.
+        let mut unfinished = None;
+        let mut notes = |n: MoveNote| match n {
+            MoveNote::Unfinished { journal } => unfinished = Some(journal),
+            n => print_note(&src, n, quiet),
+        };
         let rep = move_fs::move_in_place(
             &args.source,
             &jopts,
@@ -171,7 +177,14 @@ fn body(args: Args) -> anyhow::Result<u8> {
             &mut notes,
             &mut reporter,
         )
-        .with_context(|| src.clone());
+        .with_context(|| src.clone())
+        .map_err(|e| match &unfinished {
+            Some(j) => anyhow::anyhow!(
+                "{e:#}; the move is unfinished (its journal {} is kept): fix that, then run the same command again to finish it",
+                j.display()
+            ),
+            None => e,
+        });
         if kill_hook {
             eprintln!(
                 "{TOOL}: test hook: {} crash points",
@@ -323,6 +336,10 @@ fn print_note(src: &str, note: MoveNote, quiet: bool) {
             dest_offset,
         } => format!(
             "{src}: note: the unfinished move from byte {src_offset} to byte {dest_offset} recorded in {} had changed nothing (every piece is still where it was): it is given up for this one",
+            journal.display()
+        ),
+        MoveNote::Unfinished { journal } => format!(
+            "{src}: the move is unfinished; its journal {} is kept",
             journal.display()
         ),
         MoveNote::NotIndexed { index, reason } => format!(

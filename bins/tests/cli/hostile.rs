@@ -1206,3 +1206,48 @@ fn a_source_being_moved_is_not_read_as_a_filesystem() {
     ok(&run(&mut clone), "a clone of the moved filesystem");
     assert!(fs::read(&out).unwrap() == want, "the clone after the move");
 }
+
+/// A move that fails after its journal is begun (here: the disk fills while it saves a
+/// piece) is unfinished; its error line said only "No space left on device". It now says
+/// that the move is unfinished, names the kept journal and what to do; doing that (space
+/// freed, the same command) finishes the move.
+#[test]
+fn a_move_stopped_by_a_full_disk_says_how_to_finish_it() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let (disk, want) = move_disk(d.path(), MIB);
+    let mnt = d.path().join("small");
+    fs::create_dir(&mnt).unwrap();
+    let _m = Mount::new(
+        &[Path::new("tmpfs")],
+        &mnt,
+        &["-t", "tmpfs", "-o", "size=12m"],
+    );
+    let img = mnt.join("disk.img");
+    ok(
+        &run(Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&disk)
+            .arg(&img)),
+        "cp",
+    );
+    // Leave less room than one saved piece (a shift of 4 KiB saves every piece first).
+    let st = rustix::fs::statvfs(&mnt).unwrap();
+    let free = st.f_bavail * st.f_frsize;
+    let filler = mnt.join("filler");
+    fs::write(&filler, vec![0x55u8; (free - 32 * 1024) as usize]).unwrap();
+    let args = ["-o", "1048576", "-O", "1044480"];
+    let o = mv(&args, &img, &state, 0);
+    let err = failed(&o, "a move on a full disk");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("the move is unfinished"), "{err}");
+    assert!(
+        err.contains("run the same command again to finish it"),
+        "{err}"
+    );
+    let lines = err.lines().filter(|l| !l.contains("test hook")).count();
+    assert_eq!(lines, 1, "one line: {err}");
+    fs::remove_file(&filler).unwrap();
+    ok(&mv(&args, &img, &state, 0), "the same command, space freed");
+    assert!(holds_fs(&img, MIB - 4096, &want, d.path()));
+}

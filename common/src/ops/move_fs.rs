@@ -139,6 +139,9 @@ pub enum MoveNote {
     /// The move could not be entered in the state folder's index: a rerun under another
     /// hard link of SOURCE would not find its journal (the same name, or --journal, will).
     NotIndexed { index: PathBuf, reason: String },
+    /// The move failed after its journal was begun (a full disk, a read error): it is
+    /// unfinished, and the same command finishes it once the cause is fixed.
+    Unfinished { journal: PathBuf },
 }
 
 fn overflow(what: &str) -> Error {
@@ -1179,8 +1182,14 @@ pub fn move_in_place(
         Unit::Bytes,
     );
     progress.update(done.saturating_mul(bs));
-    copy_pieces(&src, &mut j, saved, opts, &mut rep, progress)?;
-    finish_move(&src, &mut j, opts, &mut rep)?;
+    let moved = copy_pieces(&src, &mut j, saved, opts, &mut rep, progress)
+        .and_then(|()| finish_move(&src, &mut j, opts, &mut rep));
+    if moved.is_err() {
+        notes(MoveNote::Unfinished {
+            journal: j.path().to_path_buf(),
+        });
+    }
+    moved?;
     progress.finish();
     Ok(rep)
 }
