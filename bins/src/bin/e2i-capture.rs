@@ -86,6 +86,8 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     let chain = base.as_ref().map(|b| b.files()).unwrap_or_default();
     let mut reads: Vec<(&str, &Path)> = vec![("SOURCE", &args.source)];
     reads.extend(chain.iter().map(|p| ("the backing file", p.as_path())));
+    // Held until the image is written: an in-place move of SOURCE cannot start meanwhile.
+    let _hold = e2i_cli::hold_source(&args.source)?;
     let mut out = open_output(
         &Request {
             path: out_path,
@@ -93,7 +95,8 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             in_place: false,
             dry_run: false,
             exclusive: true,
-            streams: true,
+            // A compressed qcow2 needs a new regular file: a FIFO is refused unopened.
+            streams: args.compress.is_none(),
         },
         &reads,
     )?;
