@@ -178,6 +178,21 @@ fn overlay_reads_back_as_the_changed_filesystem() {
             read(&ov2) == read(&ov),
             "{name}: e2i-to-qcow2 of the raw image differs"
         );
+        // The dry run plans the same overlay, and --json names the backing file.
+        let o = sh(Command::new(tool("e2i-to-qcow2"))
+            .args(["-n", "--json", "--backing"])
+            .arg(&base)
+            .arg(p("want.raw"))
+            .arg(p("never.qcow2")));
+        let said = String::from_utf8_lossy(&o.stdout);
+        let json = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            said.contains("qcow2 v3")
+                && said.contains(&format!("{} bytes, an overlay on", size(&ov)))
+                && json.contains(&format!("\"backing\":\"{}\"", base.display())),
+            "{name}: {said} {json}"
+        );
+        assert!(!p("never.qcow2").exists());
         let ov3 = p(&format!("{name}.ov3.qcow2"));
         let o = sh(Command::new("sh").arg("-c").arg(format!(
             "'{}' '{}' - | '{}' --backing '{}' - '{}'",
