@@ -24,7 +24,8 @@
 //! ([`MarkedSource`], [`chunk_with_mark`]), so that it survives where no container does.
 //!
 //! [`refusal`] decides: an image judged scrambled is not written over a filesystem with its
-//! UUID (or, for `e2i-install`, anywhere) unless the user says so (`--allow-scrambled`).
+//! UUID unless the user says so (`--allow-scrambled`); `e2i-install` refuses it anywhere,
+//! always.
 //! A target whose own superblock carries the mark is already scrambled: nothing real is lost
 //! there, so it is never refused.
 
@@ -403,8 +404,8 @@ pub fn refusal_message(ev: &Evidence, target: &str, action: Action) -> String {
         Action::Install => format!(
             "{what} ({ev}): it would replace the names in inline directories, symlink targets, \
              inline file data, in-inode xattrs, label and last-mounted path on {target} with \
-             scrambled ones; nothing written (add --allow-scrambled to install it anyway, e.g. \
-             onto a scratch copy)"
+             scrambled ones; nothing written (a scrambled image is never installed, --force \
+             or not, except onto a scrambled copy)"
         ),
         Action::Write => format!(
             "{what} ({ev}) and {target} holds the filesystem it was taken from: writing it \

@@ -41,6 +41,8 @@ fn body(args: Args) -> anyhow::Result<u8> {
         );
     }
     if let Some(u) = &args.undo {
+        // Before anything else looks at it (a FIFO is not opened, a device not probed).
+        e2i::ops::install::refuse_existing_undo(u)?;
         open_output(
             &Request {
                 path: u,
@@ -57,7 +59,6 @@ fn body(args: Args) -> anyhow::Result<u8> {
         force: args.force,
         dry_run: args.dry_run,
         undo: args.undo.clone(),
-        allow_scrambled: args.allow_scrambled,
     };
     let context = || {
         format!(
@@ -128,9 +129,10 @@ fn warn_before_writing(dev: &str, report: &InstallReport) {
             "{TOOL}: warning: {dev}: its journal needs recovery, and the image's superblock replaces the one that says so: the journal will not be replayed (run e2fsck on {dev} first to keep its transactions)"
         );
     }
-    if let Some(ev) = &report.scrambled {
+    if !report.newer.is_empty() {
         eprintln!(
-            "{TOOL}: warning: {dev}: installing a scrambled image ({ev}): its scrambled names, symlink targets, inline data, xattrs and label replace the real ones (--allow-scrambled)"
+            "{TOOL}: warning: {dev}: holds a newer state of the filesystem than the image: {} (installing anyway: --force)",
+            report.newer.join(", ")
         );
     }
     eprintln!("{TOOL}: {dev}: {}", overview_line(report));

@@ -20,12 +20,16 @@
 //!
 //! Before any of it: DEVICE must not be mounted; the image must be a complete, valid normal
 //! image; DEVICE's filesystem (its primary superblock, or the first valid backup) must have
-//! the image's UUID, block size, block count and inode count unless `force`; the image must
-//! not be scrambled ([`crate::mark`]: its inode tables and superblock would replace the real
-//! inline names, symlink targets, inline data, in-inode xattrs and label) unless
-//! `allow_scrambled`; every write must lie inside DEVICE. With an undo file, the old contents
-//! of every block written (and the superblock the device will hold afterwards) are saved and
-//! synced first.
+//! the image's UUID, block size, block count and inode count, and must not be newer than the
+//! image (its last write time, mount count or lifetime writes past the image's superblock's:
+//! what was written since would be lost), unless `force`; the image must not be scrambled
+//! ([`crate::mark`]: its inode tables and superblock would replace the real inline names,
+//! symlink targets, inline data, in-inode xattrs and label), whatever the options; every
+//! write must lie inside DEVICE; the undo file must not exist (under any kind). With an undo
+//! file, the old contents of every block written, the device's superblock bytes as they are
+//! and as they will be are saved and synced first, and the file is committed
+//! ([`crate::undo::commit_undo`]) after the superblock write, so that `e2undo` restores the
+//! device after an install interrupted at any point.
 //!
 //! [`Install::prepare`] runs every check and plans the writes without writing (what a dry run
 //! shows, with an [`Overview`] of what will be replaced); [`Install::run`] then writes.
@@ -47,7 +51,7 @@ use crate::ext4::desc::{BG_BLOCK_UNINIT, BG_INODE_UNINIT};
 use crate::ext4::superblock::feature;
 use crate::ext4::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 use crate::io::{FileSource, ReadAt, pwrite_full};
-use crate::mark::{self, Evidence, ImageFacts};
+use crate::mark::{self, ImageFacts};
 use crate::mount::{MountState, mount_state};
 use crate::normal::NormalImage;
 use crate::normal::reader::read_image;
@@ -64,8 +68,6 @@ pub struct InstallOptions {
     pub dry_run: bool,
     /// Save the overwritten blocks here first, in e2undo's format.
     pub undo: Option<PathBuf>,
-    /// Install an image judged scrambled ([`crate::mark`]) all the same.
-    pub allow_scrambled: bool,
 }
 
 /// Where the data of a planned write comes from.
@@ -110,10 +112,10 @@ pub struct InstallReport {
     pub device_super: DeviceSuper,
     /// Differences between the device's filesystem and the image, ignored under `force`.
     pub mismatches: Vec<String>,
+    /// How the device's filesystem is newer than the image (written, mounted since),
+    /// ignored under `force`.
+    pub newer: Vec<String>,
     pub undo: Option<UndoStats>,
-    /// Why the image is judged scrambled, when it is (installed only with
-    /// `allow_scrambled`).
-    pub scrambled: Option<Evidence>,
     /// What the install replaces.
     pub overview: Overview,
 }
@@ -596,6 +598,23 @@ impl Install {
         let img = NormalImage::open_file(image)?;
         let sb = img.superblock();
         let writes = plan(&img, now())?;
+        // Only the last write may change the superblock bytes: the undo file's commit after
+        // it depends on that (a table or bitmap there is a damaged image's).
+        final_superblock(&writes)?;
+        let (sb_lo, sb_hi) = (SUPERBLOCK_OFFSET, SUPERBLOCK_OFFSET.saturating_add(1024));
+        if let Some(w) = writes
+            .iter()
+            .rev()
+            .skip(1)
+            .find(|w| w.offset < sb_hi && w.offset.saturating_add(w.len) > sb_lo)
+        {
+            return Err(Error::InvalidInput(format!(
+                "{}: the image's {} overlaps the primary superblock (byte {}); nothing written",
+                image.display(),
+                w.what,
+                w.offset
+            )));
+        }
 
         let is_blockdev = std::fs::metadata(device).is_ok_and(|m| {
             use std::os::unix::fs::FileTypeExt;
@@ -626,18 +645,26 @@ impl Install {
                 mism.join(", ")
             )));
         }
-        let scrambled = mark::refusal(
+        // Never overridden (--force included): the loss is silent, e2fsck finds nothing.
+        if let Some(ev) = mark::refusal(
             &ImageFacts::of_normal(img.header(), sb.raw()),
             dev_sb.as_ref().map(Superblock::raw),
             false,
-        );
-        if let Some(ev) = &scrambled
-            && !opts.allow_scrambled
-        {
+        ) {
             return Err(Error::InvalidInput(mark::refusal_message(
-                ev,
+                &ev,
                 &dev_name.to_string(),
                 mark::Action::Install,
+            )));
+        }
+        let newer = dev_sb
+            .as_ref()
+            .map(|d| newer_than_image(d, sb, &device_super))
+            .unwrap_or_default();
+        if !newer.is_empty() && !opts.force {
+            return Err(Error::InvalidInput(format!(
+                "{dev_name} holds a newer state of the filesystem than the image: {}; installing would lose what was written since; nothing written (use --force to install anyway)",
+                newer.join(", ")
             )));
         }
         // Planned writes lie inside the image's filesystem, whose byte size fits: saturation
@@ -653,13 +680,8 @@ impl Install {
                 dev.size()
             )));
         }
-        if let Some(path) = opts.undo.as_ref().filter(|_| !opts.dry_run)
-            && std::fs::metadata(path).is_ok_and(|m| m.len() > 0)
-        {
-            return Err(Error::InvalidInput(format!(
-                "undo file {} already exists; remove it or choose another name",
-                path.display()
-            )));
+        if let Some(path) = &opts.undo {
+            refuse_existing_undo(path)?;
         }
         let (dev_label, img_label) = (
             dev_sb.as_ref().map(|d| mark::label(d.raw())),
@@ -686,8 +708,8 @@ impl Install {
             block_size: sb.block_size,
             device_super,
             mismatches: mism,
+            newer,
             undo: None,
-            scrambled,
             overview,
         };
         Ok(Install {
@@ -719,20 +741,15 @@ impl Install {
         }
         let sb = img.superblock();
         let bs = img.layout().block_size;
+        let mut undo_file = None;
         if let Some(path) = &undo {
-            let final_super: [u8; SUPERBLOCK_SIZE] = match report.writes.last().map(|w| &w.data) {
-                Some(WriteData::Bytes(b)) if b.len() == SUPERBLOCK_SIZE => {
-                    let mut a = [0u8; SUPERBLOCK_SIZE];
-                    a.copy_from_slice(b);
-                    a
-                }
-                _ => return Err(Error::InvalidInput("no superblock write planned".into())),
-            };
-            // prepare() refused an existing, non-empty undo file.
+            let final_super = final_superblock(&report.writes)?;
+            // prepare() refused an existing path; O_EXCL refuses one created since (and
+            // does not follow a symlink put there).
             let uf = OpenOptions::new()
+                .read(true)
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .open(path)
                 .map_err(|e| Error::io("create undo file", 0, e))?;
             let end = report
@@ -746,13 +763,9 @@ impl Install {
                 bs,
                 sb.blocks_count.max(end.div_ceil(bs.get())),
             );
-            report.undo = Some(undo::write_undo(
-                &uf,
-                &dev,
-                sb.block_size,
-                touched.runs(),
-                &final_super,
-            )?);
+            let stats = undo::write_undo(&uf, &dev, sb.block_size, touched.runs(), &final_super)?;
+            report.undo = Some(stats);
+            undo_file = Some((uf, stats, final_super));
         }
 
         let f = dev.file();
@@ -794,9 +807,100 @@ impl Install {
             progress.update(done);
         }
         f.sync_all().map_err(|e| Error::io("sync", 0, e))?;
+        if let Some((uf, stats, final_super)) = &undo_file {
+            undo::commit_undo(uf, stats, sb.block_size, final_super)?;
+        }
         progress.finish();
         Ok(report)
     }
+}
+
+/// The superblock an install leaves: its last planned write (see [`plan`]).
+fn final_superblock(writes: &[PlannedWrite]) -> Result<[u8; SUPERBLOCK_SIZE]> {
+    match writes.last() {
+        Some(PlannedWrite {
+            offset: SUPERBLOCK_OFFSET,
+            data: WriteData::Bytes(b),
+            ..
+        }) if b.len() == SUPERBLOCK_SIZE => {
+            let mut a = [0u8; SUPERBLOCK_SIZE];
+            a.copy_from_slice(b);
+            Ok(a)
+        }
+        _ => Err(Error::InvalidInput("no superblock write planned".into())),
+    }
+}
+
+/// Refuse an undo file name that exists, whatever it is (a file, empty or not, a device, a
+/// FIFO, a symlink, dangling or not): it is never written through, truncated or replaced.
+pub fn refuse_existing_undo(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("stat undo file", 0, e)),
+        Ok(m) => {
+            use std::os::unix::fs::FileTypeExt;
+            let t = m.file_type();
+            let kind = if t.is_symlink() {
+                "a symbolic link"
+            } else if t.is_block_device() {
+                "a block device"
+            } else if t.is_char_device() {
+                "a character device"
+            } else if t.is_fifo() {
+                "a FIFO"
+            } else if t.is_dir() {
+                "a folder"
+            } else if t.is_socket() {
+                "a socket"
+            } else {
+                "a file"
+            };
+            Err(Error::InvalidInput(format!(
+                "undo file {} already exists ({kind}); nothing written (remove it or choose a new name)",
+                path.display()
+            )))
+        }
+    }
+}
+
+/// How `dev` (the device's superblock, found as `which`) is newer than `img`: written,
+/// mounted or written to since the image was taken. Fields the image leaves at zero
+/// (never set) compare as unknown.
+fn newer_than_image(dev: &Superblock, img: &Superblock, which: &DeviceSuper) -> Vec<String> {
+    let (d, i) = (dev.raw(), img.raw());
+    let mut out = Vec::new();
+    let (dw, iw) = (write_time(d), write_time(i));
+    if dw > iw {
+        out.push(format!(
+            "last written {} (image: {})",
+            time_text(dw),
+            time_text(iw)
+        ));
+    }
+    let (dm, im) = (le::u16(d, S_MNT_COUNT), le::u16(i, S_MNT_COUNT));
+    if dm > im {
+        out.push(format!("mount count {dm} (image: {im})"));
+    }
+    let (dk, ik) = (le::u64(d, S_KBYTES_WRITTEN), le::u64(i, S_KBYTES_WRITTEN));
+    if ik != 0 && dk > ik {
+        out.push(format!("lifetime writes {dk} KiB (image: {ik} KiB)"));
+    }
+    if !out.is_empty()
+        && let DeviceSuper::Backup { block, .. } = which
+    {
+        out.push(format!("by the backup superblock at block {block}"));
+    }
+    out
+}
+
+/// `s_mnt_count`.
+const S_MNT_COUNT: usize = 0x34;
+/// `s_kbytes_written`.
+const S_KBYTES_WRITTEN: usize = 0x178;
+
+/// A superblock time as UTC text with its seconds (`2023-11-14 22:13:20 UTC (1700000000)`).
+fn time_text(t: u64) -> String {
+    format!("{} ({t})", crate::progress::utc(t))
 }
 
 /// Install `image` onto `device`: [`Install::prepare`], then [`Install::run`].
