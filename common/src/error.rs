@@ -223,8 +223,6 @@ pub enum CorruptKind {
         size: u64,
         needed: u64,
     },
-    #[error("qcow2 L1 table: {entries} entries exceed qemu's 32 MiB limit")]
-    Qcow2L1TooLarge { entries: u32 },
     #[error("qcow2 L1 table: offset {host_offset} is not a cluster boundary after the header")]
     Qcow2L1Misaligned { host_offset: u64 },
     #[error(
