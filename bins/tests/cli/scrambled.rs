@@ -251,6 +251,29 @@ fn install_refuses_a_scrambled_image() {
     }
     assert_eq!(contents(&fs), before);
 
+    // Scrambled images in the other formats are not normal images: refused as such (with
+    // -f too), the device untouched.
+    for (fmt, args) in [
+        ("qcow2", &["-Q"][..]),
+        ("stream", &["--format", "stream"]),
+        ("raw", &["-r"]),
+    ] {
+        let other = d.path().join(format!("s.{fmt}"));
+        let mut a = vec!["-s"];
+        a.extend_from_slice(args);
+        capture(&a, &fs, &other);
+        for extra in [&[][..], &["-f"]] {
+            let o = install(extra, &fs, &other);
+            assert_eq!(o.status.code(), Some(1), "{fmt} {extra:?}");
+            assert!(
+                text(&o.stderr).contains("not a normal e2image image"),
+                "{fmt}: {}",
+                text(&o.stderr)
+            );
+            assert_eq!(sha256(&fs), sum, "{fmt} {extra:?}: device changed");
+        }
+    }
+
     // No way around it: --allow-scrambled is not an install option.
     let o = install(&["--allow-scrambled"], &fs, &image);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
