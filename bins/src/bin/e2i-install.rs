@@ -41,8 +41,17 @@ fn body(args: Args) -> anyhow::Result<u8> {
         );
     }
     if let Some(u) = &args.undo {
-        // Before anything else looks at it (a FIFO is not opened, a device not probed).
-        e2i::ops::install::refuse_existing_undo(u)?;
+        // The name must be new. The output layer checks a new name's folder, and says so
+        // when an existing file or block device is DEVICE or IMAGE under another name;
+        // anything else that exists (a FIFO, a character device, a folder) is refused
+        // without being opened.
+        let file_or_device = std::fs::metadata(u).is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            m.is_file() || m.file_type().is_block_device()
+        });
+        if std::fs::symlink_metadata(u).is_ok() && !file_or_device {
+            e2i::ops::install::refuse_existing_undo(u)?;
+        }
         open_output(
             &Request {
                 path: u,
@@ -54,6 +63,7 @@ fn body(args: Args) -> anyhow::Result<u8> {
             },
             &[("DEVICE", &args.device), ("IMAGE", &args.image)],
         )?;
+        e2i::ops::install::refuse_existing_undo(u)?;
     }
     let opts = InstallOptions {
         force: args.force,

@@ -16,8 +16,10 @@ neither host nor device) is always refused, --force or not: its inode tables and
 would replace the real names in inline directories, symlink targets, inline file data, \
 in-inode xattrs and the label, and e2fsck would find nothing wrong (a DEVICE that is itself \
 scrambled takes it). With --undo FILE, every block about to be overwritten is first saved to \
-FILE, a name that must not exist yet; `e2undo FILE DEVICE` then restores DEVICE, also after \
-an install interrupted at any point.
+FILE, a name that must not exist yet; `e2undo FILE DEVICE` then restores DEVICE's exact \
+bytes, also after an install killed at any point but one: between its last write to DEVICE \
+(the superblock) and the undo file's last update, the install is complete and e2undo refuses \
+without changing anything.
 
 Before writing (and with -n), one line says what is replaced: the inode tables and bitmaps \
 of every group, with the image's from the time it was taken, and whether DEVICE's \
