@@ -35,6 +35,19 @@ pub enum Error {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CorruptKind {
+    // ---- any source ----
+    /// A read that must be whole ([`crate::io::ReadAt::read_exact_at`]) reached the end of
+    /// the source: `what` was read, `len` bytes at byte `offset`.
+    #[error(
+        "{what}: {len} bytes at byte {offset} cannot be read: the source ends at byte {source_bytes}"
+    )]
+    ShortRead {
+        what: &'static str,
+        offset: u64,
+        len: u64,
+        source_bytes: u64,
+    },
+
     // ---- ext2/3/4: superblock, descriptors, bitmaps, inodes, extent and indirect trees ----
     /// The source ends before the superblock does.
     #[error("superblock at byte {offset}: the source ends at byte {source_bytes}")]
@@ -527,21 +540,9 @@ pub enum CorruptKind {
         next: u64,
         pieces: u64,
     },
-    /// Transitional: damage described by two strings, from before the typed kinds. Every
-    /// use is being replaced by a typed variant above; this variant goes when the last does.
-    #[error("{what}: {detail}")]
-    Other { what: String, detail: String },
 }
 
 impl Error {
-    /// Transitional constructor for [`CorruptKind::Other`]; new code builds a typed kind.
-    pub fn corrupt(what: impl Into<String>, detail: impl Into<String>) -> Self {
-        Error::Corrupt(CorruptKind::Other {
-            what: what.into(),
-            detail: detail.into(),
-        })
-    }
-
     pub fn io(op: &'static str, offset: u64, source: io::Error) -> Self {
         Error::Io { op, offset, source }
     }

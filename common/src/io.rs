@@ -7,6 +7,7 @@ use std::ops::Range;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
 
+use crate::error::CorruptKind;
 use crate::{Error, Result};
 
 /// A byte-addressed, read-only source.
@@ -23,17 +24,18 @@ pub trait ReadAt {
         Ok(Some(offset..u64::MAX))
     }
 
-    /// Read exactly `buf.len()` bytes; a short read is an error naming `what`.
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64, what: &dyn Fn() -> String) -> Result<()> {
+    /// Read exactly `buf.len()` bytes of what `what` names; a short read (the source ends
+    /// inside them) is [`CorruptKind::ShortRead`].
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64, what: &'static str) -> Result<()> {
         let n = self.read_at(buf, offset)?;
         if n < buf.len() {
-            return Err(Error::corrupt(
-                what(),
-                format!(
-                    "short read at byte {offset}: the source ends at byte {}",
-                    self.size()
-                ),
-            ));
+            return Err(CorruptKind::ShortRead {
+                what,
+                offset,
+                len: buf.len() as u64,
+                source_bytes: self.size(),
+            }
+            .into());
         }
         Ok(())
     }

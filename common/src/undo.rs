@@ -123,12 +123,7 @@ pub fn write_undo<D: ReadAt + ?Sized>(
             let len = n.checked_mul(bs).ok_or_else(too_large)?;
             data.resize(len as usize, 0);
             let from = at(fsblk)?;
-            device.read_exact_at(&mut data, from, &|| {
-                format!(
-                    "saving blocks {fsblk}..{} for the undo file",
-                    fsblk.saturating_add(n)
-                )
-            })?;
+            device.read_exact_at(&mut data, from, "blocks saved for the undo file")?;
             wr(&data, next)?;
             next = next.checked_add(n).ok_or_else(too_large)?;
             le::set_u64(rec, key::FSBLK, fsblk);
@@ -201,5 +196,26 @@ mod tests {
         assert_eq!(le::u32(kb, 28), 2048);
         assert_eq!(all[3 * 1024], 3);
         assert_eq!(all[5 * 1024], 10);
+    }
+
+    #[test]
+    fn blocks_past_the_device_end_are_a_located_short_read() {
+        let dev = MemSource(vec![7u8; 64 * 1024]);
+        let f = tempfile::tempfile().unwrap();
+        let runs = [Run { start: 63, len: 2 }];
+        let e = write_undo(&f, &dev, 1024, &runs, &[0u8; 1024]).unwrap_err();
+        assert_eq!(
+            e.corrupt_kind(),
+            Some(&crate::error::CorruptKind::ShortRead {
+                what: "blocks saved for the undo file",
+                offset: 63 * 1024,
+                len: 2048,
+                source_bytes: 64 * 1024,
+            })
+        );
+        assert_eq!(
+            e.to_string(),
+            "blocks saved for the undo file: 2048 bytes at byte 64512 cannot be read: the source ends at byte 65536"
+        );
     }
 }
