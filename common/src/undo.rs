@@ -20,10 +20,11 @@
 
 use std::fs::File;
 
-use crate::blockmap::Run;
+use crate::blockmap::BlockRun;
 use crate::bytes::le;
 use crate::ext4::csum::crc32c_raw;
 use crate::io::{ReadAt, pwrite_full};
+use crate::units::BlockSize;
 use crate::{Error, Result};
 
 pub const E2UNDO_MAGIC: &[u8; 8] = b"E2UNDO02";
@@ -74,59 +75,59 @@ fn too_large() -> Error {
     Error::InvalidInput("the undo file would be larger than 2^64 bytes".into())
 }
 
-/// Save the current contents of the filesystem blocks in `runs` (sorted, disjoint, in units
-/// of `block_size`) of `device` into the empty file `out`, as an undo file for the device
-/// whose superblock (bytes 1024..2048) will be `final_super` once the tool is done.
+/// Save the current contents of the filesystem blocks in `runs` (sorted, disjoint) of
+/// `device` into the empty file `out`, as an undo file for the device whose superblock
+/// (bytes 1024..2048) will be `final_super` once the tool is done.
+///
+/// Two kinds of block numbers meet here: the filesystem's ([`crate::units::FsBlock`], what is saved) and
+/// the undo file's own (`u64`, where it is saved); both count blocks of `block_size`.
 pub fn write_undo<D: ReadAt + ?Sized>(
     out: &File,
     device: &D,
-    block_size: u32,
-    runs: &[Run],
+    block_size: BlockSize,
+    runs: &[BlockRun],
     final_super: &[u8; 1024],
 ) -> Result<UndoStats> {
-    if !block_size.is_power_of_two() || block_size < 1024 {
-        return Err(Error::InvalidInput(format!(
-            "undo block size {block_size} is invalid"
-        )));
-    }
-    let bs = u64::from(block_size);
-    let bsz = block_size as usize;
+    let bsz = block_size.as_usize();
     // At least 63 keys per block.
-    let keys_per_block = (bsz / key::LEN).saturating_sub(1);
+    let keys_per_block = bsz.checked_div(key::LEN).unwrap_or(0).saturating_sub(1);
     let mut stats = UndoStats::default();
-    let at = |blk: u64| blk.checked_mul(bs).ok_or_else(too_large);
+    // Byte offset of block `blk` of the undo file.
+    let at = |blk: u64| block_size.bytes_of(blk).ok_or_else(too_large);
     let wr = |buf: &[u8], blk: u64| -> Result<()> {
         let off = at(blk)?;
         pwrite_full(out, buf, off).map_err(|e| Error::io("write undo file", off, e))
     };
 
     // Split the runs into keys of at most MAX_KEY_BLOCKS blocks.
-    let mut keys: Vec<(u64, u64)> = Vec::new();
+    let mut keys: Vec<BlockRun> = Vec::new();
     for r in runs {
-        let end = r.start.checked_add(r.len).ok_or_else(too_large)?;
+        let end = r.checked_end().ok_or_else(too_large)?;
         let mut b = r.start;
         while b < end {
-            let n = MAX_KEY_BLOCKS.min(end.saturating_sub(b));
-            keys.push((b, n));
+            let n = MAX_KEY_BLOCKS.min(end.saturating_since(b));
+            keys.push(BlockRun::new(b, n));
             b = b.saturating_add(n);
         }
     }
-    let mut next = 2u64; // block 0 header, block 1 superblock copy
+    // Undo-file blocks: 0 header, 1 superblock copy.
+    let mut next = 2u64;
     let mut data = Vec::new();
     for chunk in keys.chunks(keys_per_block) {
         let key_blk = next;
         next = next.checked_add(1).ok_or_else(too_large)?;
         let mut kb = vec![0u8; bsz];
         le::set_u32(&mut kb, key::MAGIC, KEYBLOCK_MAGIC);
-        for (rec, &(fsblk, n)) in kb[key::FIRST..].chunks_exact_mut(key::LEN).zip(chunk) {
+        for (rec, key) in kb[key::FIRST..].chunks_exact_mut(key::LEN).zip(chunk) {
+            let (fsblk, n) = (key.start, key.len);
             // n <= 511 blocks of at most 64 KiB: the length fits 32 bits.
-            let len = n.checked_mul(bs).ok_or_else(too_large)?;
+            let len = block_size.bytes_of(n).ok_or_else(too_large)?;
             data.resize(len as usize, 0);
-            let from = at(fsblk)?;
+            let from = block_size.offset_of(fsblk).ok_or_else(too_large)?;
             device.read_exact_at(&mut data, from, "blocks saved for the undo file")?;
             wr(&data, next)?;
             next = next.checked_add(n).ok_or_else(too_large)?;
-            le::set_u64(rec, key::FSBLK, fsblk);
+            le::set_u64(rec, key::FSBLK, fsblk.get());
             le::set_u32(rec, key::DATA_CRC, crc32c_raw(!0, &data));
             le::set_u32(rec, key::SIZE, len as u32);
             stats.keys = stats.keys.saturating_add(1);
@@ -148,8 +149,8 @@ pub fn write_undo<D: ReadAt + ?Sized>(
     le::set_u64(&mut h, hdr::NUM_KEYS, stats.keys);
     le::set_u64(&mut h, hdr::SUPER_OFFSET, 1);
     le::set_u64(&mut h, hdr::KEY_OFFSET, 2);
-    le::set_u32(&mut h, hdr::BLOCK_SIZE, block_size);
-    le::set_u32(&mut h, hdr::FS_BLOCK_SIZE, block_size);
+    le::set_u32(&mut h, hdr::BLOCK_SIZE, block_size.get());
+    le::set_u32(&mut h, hdr::FS_BLOCK_SIZE, block_size.get());
     le::set_u32(&mut h, hdr::SB_CRC, crc32c_raw(!0, final_super));
     le::set_u32(&mut h, hdr::STATE, E2UNDO_STATE_FINISHED);
     // f_compat, f_incompat, f_rocompat, pad32, fs_offset: zero (no filesystem offset).
@@ -167,15 +168,16 @@ pub fn write_undo<D: ReadAt + ?Sized>(
 mod tests {
     use super::*;
     use crate::io::{FileSource, MemSource, pread_full};
+    use crate::units::FsBlock;
 
     #[test]
     fn layout_keys_and_checksums() {
-        let bs = 1024u32;
+        let bs = BlockSize::new(1024).unwrap();
         let dev = MemSource((0..64 * 1024).map(|i| (i / 1024) as u8).collect());
         let f = tempfile::tempfile().unwrap();
         let mut sb = [0u8; 1024];
         le::set_u16(&mut sb, S_MAGIC, 0xEF53);
-        let runs = [Run { start: 3, len: 2 }, Run { start: 10, len: 1 }];
+        let runs = [BlockRun::new(FsBlock(3), 2), BlockRun::new(FsBlock(10), 1)];
         let st = write_undo(&f, &dev, bs, &runs, &sb).unwrap();
         assert_eq!((st.keys, st.blocks), (2, 3));
         let src = FileSource::from_file(f.try_clone().unwrap(), 0).unwrap();
@@ -202,8 +204,9 @@ mod tests {
     fn blocks_past_the_device_end_are_a_located_short_read() {
         let dev = MemSource(vec![7u8; 64 * 1024]);
         let f = tempfile::tempfile().unwrap();
-        let runs = [Run { start: 63, len: 2 }];
-        let e = write_undo(&f, &dev, 1024, &runs, &[0u8; 1024]).unwrap_err();
+        let runs = [BlockRun::new(FsBlock(63), 2)];
+        let bs = BlockSize::new(1024).unwrap();
+        let e = write_undo(&f, &dev, bs, &runs, &[0u8; 1024]).unwrap_err();
         assert_eq!(
             e.corrupt_kind(),
             Some(&crate::error::CorruptKind::ShortRead {

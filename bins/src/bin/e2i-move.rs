@@ -12,6 +12,7 @@ use e2i::ops::move_fs::{self, CloneTarget, JournalOptions, MoveNote, MoveOptions
 use e2i::ops::move_journal as mj;
 use e2i::output::{Kind, Request};
 use e2i::sparse::range_text;
+use e2i::units::FsBlock;
 use e2i_cli::cli::move_fs::Args;
 use e2i_cli::{EXIT_OK, Reporter, Summary, attribute, open_output, parse_args, run, usage_error};
 
@@ -46,7 +47,8 @@ fn lister(
         if !dry || failed.borrow().is_some() {
             return;
         }
-        if let Err(e) = writeln!(out, "Writing {}", range_text(first, n)).and_then(|()| out.flush())
+        if let Err(e) =
+            writeln!(out, "Writing {}", range_text(FsBlock(first), n)).and_then(|()| out.flush())
         {
             *failed.borrow_mut() = Some(e);
         }

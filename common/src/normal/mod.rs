@@ -36,11 +36,10 @@
 pub mod reader;
 pub mod writer;
 
-use std::num::NonZeroU64;
-
 use crate::bytes::le;
 use crate::error::CorruptKind;
 use crate::ext4::Superblock;
+use crate::units::BlockSize;
 use crate::{Error, Result};
 
 pub use reader::{FsView, NormalImage};
@@ -99,7 +98,7 @@ pub struct Header {
     pub fs_device: u32,
     pub fs_device_name: [u8; 64],
     pub fs_uuid: [u8; 16],
-    pub fs_blocksize: u32,
+    pub fs_blocksize: BlockSize,
     pub image_device: u32,
     pub image_inode: u32,
     /// Seconds; the high 32 bits are stored in e2fsprogs ≥ 1.47.1's `image_time_hi`.
@@ -123,7 +122,7 @@ impl Header {
         le::set_u32(&mut h, field::FS_DEVICE, self.fs_device);
         h[field::FS_DEVICE_NAME..field::FS_DEVICE_NAME + 64].copy_from_slice(&self.fs_device_name);
         h[field::FS_UUID..field::FS_UUID + 16].copy_from_slice(&self.fs_uuid);
-        le::set_u32(&mut h, field::FS_BLOCKSIZE, self.fs_blocksize);
+        le::set_u32(&mut h, field::FS_BLOCKSIZE, self.fs_blocksize.get());
         if self.e2i_flags != 0 {
             le::set_u32(&mut h, field::E2I_MARK, E2I_MARK_MAGIC);
             le::set_u32(&mut h, field::E2I_FLAGS, self.e2i_flags);
@@ -152,13 +151,10 @@ impl Header {
         if magic != E2IMAGE_MAGIC {
             return Err(CorruptKind::NormalMagic { magic }.into());
         }
-        let fs_blocksize = le::u32(b, field::FS_BLOCKSIZE);
-        if !(1024..=65536).contains(&fs_blocksize) || !fs_blocksize.is_power_of_two() {
-            return Err(CorruptKind::NormalBlockSize {
-                block_size: fs_blocksize,
-            }
-            .into());
-        }
+        let raw_blocksize = le::u32(b, field::FS_BLOCKSIZE);
+        let fs_blocksize = BlockSize::new(raw_blocksize).ok_or(CorruptKind::NormalBlockSize {
+            block_size: raw_blocksize,
+        })?;
         let arr64 = |off: usize| {
             let mut a = [0u8; 64];
             a.copy_from_slice(&b[off..][..64]);
@@ -203,7 +199,7 @@ impl Header {
 /// Where each section of a normal image lies (64-bit byte offsets).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
-    pub block_size: NonZeroU64,
+    pub block_size: BlockSize,
     pub offset_super: u64,
     pub offset_desc: u64,
     pub desc_len: u64,
@@ -225,10 +221,8 @@ impl Layout {
     /// the image rely on.
     pub fn new(sb: &Superblock) -> Result<Layout> {
         let ovf = |field: &'static str| Error::from(CorruptKind::NormalLayoutOverflow { field });
-        let bs = NonZeroU64::new(u64::from(sb.block_size)).ok_or(CorruptKind::NormalBlockSize {
-            block_size: sb.block_size,
-        })?;
-        let b = bs.get();
+        let bs = sb.block_size;
+        let b = bs.bytes();
         let groups = u64::from(sb.group_count);
         sb.blocks_count
             .checked_mul(b)
@@ -309,7 +303,7 @@ mod tests {
             fs_device: 0x0801,
             fs_device_name: [b'd'; 64],
             fs_uuid: [9; 16],
-            fs_blocksize: 4096,
+            fs_blocksize: BlockSize::new(4096).unwrap(),
             image_device: 7,
             image_inode: 12,
             image_time: 0x1_2345_6789,
@@ -338,7 +332,7 @@ mod tests {
                 _ => v,
             };
             let h = Header {
-                fs_blocksize: 1024 << (next() % 7),
+                fs_blocksize: BlockSize::new(1024 << (next() % 7)).unwrap(),
                 fs_device: pick(next()) as u32,
                 image_device: pick(next()) as u32,
                 image_inode: pick(next()) as u32,

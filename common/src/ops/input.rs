@@ -200,7 +200,7 @@ pub fn facts(input: &Input) -> ImageFacts {
                     let Some(h) = header else {
                         return ImageFacts::default();
                     };
-                    match superblock_at(&file, u64::from(h.fs_blocksize)) {
+                    match superblock_at(&file, h.fs_blocksize.bytes()) {
                         Some(sb) => ImageFacts::of_normal(&h, &sb),
                         None => ImageFacts::default(),
                     }

@@ -14,14 +14,14 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::Duration;
 
-use crate::blockmap::{BlockMap, Run};
+use crate::blockmap::BlockMap;
 use crate::ext4::{Filesystem, OpenOptions as FsOpen};
 use crate::io::{
     AlignedBuf, FileSource, ObjectId, ReadAt, pread_full, reopen_direct, write_maybe_direct,
 };
 use crate::ops::capture::{CaptureOptions, open_source, scan_source};
 use crate::ops::move_journal::{
-    self as mj, Journal, Locations, Mismatch, MoveParams, Piece, Saved, SourceId, State,
+    self as mj, Journal, Locations, Mismatch, MoveParams, Piece, Run, Saved, SourceId, State,
 };
 use crate::pieces::{same_runs, zero_runs};
 use crate::progress::{Progress, Unit};
@@ -181,7 +181,7 @@ pub fn clone_fs(
         ..CaptureOptions::default()
     };
     let (fs, res) = scan_source(src, &copts, out_dev, progress)?;
-    let bs = fs.sb.block_size;
+    let bs = fs.sb.block_size.get();
     let bsu = u64::from(bs);
     let bsz = bs as usize;
     let total = fs_bytes(bs, fs.sb.blocks_count)?;
@@ -228,7 +228,8 @@ pub fn clone_fs(
         }
         Ok(())
     };
-    let runs = map.runs();
+    let runs: Vec<Run> = map.runs().iter().copied().map(Run::from).collect();
+    let runs = &runs[..];
     let (src_path, src_off) = (source.to_path_buf(), opts.src_offset);
     rep.past_end_blocks = std::thread::scope(|scope| -> Result<u64> {
         let (full_tx, full_rx) = sync_channel::<Result<Chunk>>(POOL);
@@ -733,7 +734,7 @@ fn plan_new(
             return Err(e);
         }
     };
-    let bs = fs.sb.block_size;
+    let bs = fs.sb.block_size.get();
     let params = MoveParams {
         block_size: bs,
         src_offset: s_off,
@@ -745,7 +746,15 @@ fn plan_new(
             n => n.min(PIECE_BYTES),
         } / u64::from(bs))
         .max(1),
-        spans: merge_runs(res.map.runs(), MERGE_GAP_BYTES / u64::from(bs)),
+        spans: merge_runs(
+            &res.map
+                .runs()
+                .iter()
+                .copied()
+                .map(Run::from)
+                .collect::<Vec<_>>(),
+            MERGE_GAP_BYTES / u64::from(bs),
+        ),
     };
     let end = params
         .dest_end()
@@ -998,7 +1007,7 @@ fn start_new_move(
 /// `-n` of a new move: the blocks it would write, in the order it would write them.
 fn list_new(params: &MoveParams, map: &BlockMap, on_write: &mut dyn FnMut(u64, u64)) -> MoveReport {
     let plan = MoveParams {
-        spans: map.runs().to_vec(),
+        spans: map.runs().iter().copied().map(Run::from).collect(),
         ..params.clone()
     };
     let mut n = 0;

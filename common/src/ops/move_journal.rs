@@ -31,7 +31,7 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
-use crate::blockmap::Run;
+use crate::blockmap::BlockRun;
 use crate::bytes::le;
 use crate::error::CorruptKind;
 use crate::io::{ObjectId, ReadAt, pread_full, pwrite_full, reopen_direct, write_maybe_direct};
@@ -100,6 +100,29 @@ pub fn checksum_range(src: &dyn ReadAt, at: &Range<u64>, buf: &mut [u8]) -> Resu
         pos = pos.saturating_add(n as u64);
     }
     Ok(crc)
+}
+
+/// A span of filesystem blocks `[start, start + len)` (transitional: the move plan's units
+/// are typed once the move code settles).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Run {
+    pub start: u64,
+    pub len: u64,
+}
+
+impl Run {
+    pub fn end(&self) -> u64 {
+        self.start.saturating_add(self.len)
+    }
+}
+
+impl From<BlockRun> for Run {
+    fn from(r: BlockRun) -> Run {
+        Run {
+            start: r.start.get(),
+            len: r.len,
+        }
+    }
 }
 
 /// What the move is: everything needed to finish it without reading the old filesystem.
