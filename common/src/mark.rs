@@ -292,21 +292,6 @@ impl ImageFacts {
         f
     }
 
-    /// Facts from a normal image's header and superblock: the header's mark, or the blank
-    /// host fields `-s` leaves (a header naming its host and device vouches for the image).
-    pub fn of_normal(h: &crate::normal::Header, superblock: &[u8; SUPERBLOCK_SIZE]) -> ImageFacts {
-        let mut f = ImageFacts::from_superblock(superblock);
-        f.uuid = Some(h.fs_uuid);
-        if h.is_marked_scrambled() {
-            f.add(Evidence::NormalHeader);
-        } else if h.host_fields_blank() {
-            f.add(Evidence::BlankHostFields);
-        } else {
-            f.vouched = true;
-        }
-        f
-    }
-
     /// Take the UUID and the mark from the image's superblock (ignored without the magic).
     pub fn set_superblock(&mut self, raw: &[u8; SUPERBLOCK_SIZE]) {
         if le::u16(raw, S_MAGIC) != EXT2_SUPER_MAGIC {

@@ -4,17 +4,19 @@
 //! The scanner marks what it is told ([`Visit::Meta`] and, when it wants data, every
 //! [`Visit::Data`]); the scrambler takes the logical-to-physical mappings of directories,
 //! symlinks and the journal from the same walk. libext2fs's quirks on damaged trees are
-//! kept (see [`super::extent`] and [`super::indirect`]), so both see exactly the blocks
-//! e2image selects.
+//! kept (see [`extent`] and [`indirect`], the two kinds of block map, which use the types
+//! here), so both see exactly the blocks e2image selects.
 
 use super::damage::{ExtentHeaderProblem, Role};
 use super::fs::Filesystem;
 use super::inode::Inode;
 use super::superblock::EXT2_OS_HURD;
-use super::{extent, indirect};
 use crate::io::ReadAt;
 use crate::units::FsBlock;
 use crate::{Error, Result};
+
+pub mod extent;
+pub mod indirect;
 
 /// What a walk reports, in libext2fs's order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

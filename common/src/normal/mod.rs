@@ -39,6 +39,8 @@ pub mod writer;
 use crate::bytes::le;
 use crate::error::CorruptKind;
 use crate::ext4::Superblock;
+use crate::ext4::superblock::SUPERBLOCK_SIZE;
+use crate::mark::{Evidence, ImageFacts};
 use crate::units::BlockSize;
 use crate::{Error, Result};
 
@@ -182,6 +184,22 @@ impl Header {
                 0
             },
         })
+    }
+
+    /// What the image says about being scrambled, from this header and the image's
+    /// superblock: the header's mark, or the blank host fields `-s` leaves (a header naming
+    /// its host and device vouches for the image).
+    pub fn image_facts(&self, superblock: &[u8; SUPERBLOCK_SIZE]) -> ImageFacts {
+        let mut f = ImageFacts::from_superblock(superblock);
+        f.uuid = Some(self.fs_uuid);
+        if self.is_marked_scrambled() {
+            f.add(Evidence::NormalHeader);
+        } else if self.host_fields_blank() {
+            f.add(Evidence::BlankHostFields);
+        } else {
+            f.vouched = true;
+        }
+        f
     }
 
     /// The image carries e2i's scrambled mark.

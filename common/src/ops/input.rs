@@ -201,7 +201,7 @@ pub fn facts(input: &Input) -> ImageFacts {
                         return ImageFacts::default();
                     };
                     match superblock_at(&file, h.fs_blocksize.bytes()) {
-                        Some(sb) => ImageFacts::of_normal(&h, &sb),
+                        Some(sb) => h.image_facts(&sb),
                         None => ImageFacts::default(),
                     }
                 }

@@ -46,7 +46,7 @@ use crate::ext4::desc::{BG_BLOCK_UNINIT, BG_INODE_UNINIT};
 use crate::ext4::superblock::feature;
 use crate::ext4::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 use crate::io::{FileSource, ReadAt, pwrite_full};
-use crate::mark::{self, Evidence, ImageFacts};
+use crate::mark::{self, Evidence};
 use crate::mount::{MountState, mount_state};
 use crate::normal::NormalImage;
 use crate::normal::reader::read_image;
@@ -630,7 +630,7 @@ impl Install {
             )));
         }
         let scrambled = mark::refusal(
-            &ImageFacts::of_normal(img.header(), sb.raw()),
+            &img.header().image_facts(sb.raw()),
             dev_sb.as_ref().map(Superblock::raw),
             false,
         );

@@ -233,7 +233,7 @@ pub fn to_qcow2(
             let map = view.block_map();
             let sb = img.superblock();
             progress.block_size(sb.block_size.get());
-            let marks = crate::mark::ImageFacts::of_normal(img.header(), sb.raw()).marks();
+            let marks = img.header().image_facts(sb.raw()).marks();
             let src = MarkedSource::new(&view, marks.scrambled);
             let st = write_qcow2(&src, &map, sb.block_size, target, marks, progress)?;
             Ok(ToQcow2Report {

@@ -8,7 +8,6 @@
 // Every number here comes from a stream or feeds one: no unchecked arithmetic.
 #![deny(clippy::arithmetic_side_effects)]
 
-use std::fmt;
 use std::io::{self, Read, Write};
 
 use sha2::{Digest, Sha256};
@@ -61,26 +60,7 @@ pub mod flags {
 }
 
 /// The parts of a stream, in order (where a truncation happened).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Part {
-    Header,
-    ExtentMap,
-    MapChecksum,
-    Data,
-    Trailer,
-}
-
-impl fmt::Display for Part {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Part::Header => "header",
-            Part::ExtentMap => "extent map",
-            Part::MapChecksum => "map checksum",
-            Part::Data => "data",
-            Part::Trailer => "trailer",
-        })
-    }
-}
+pub use crate::error::StreamPart as Part;
 
 /// Filesystem geometry and capture flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,13 +1,13 @@
 //! Classic block maps: 12 direct pointers, then single, double and triple indirect blocks,
 //! walked the way libext2fs's block iterator does. Callers use
-//! [`super::walk::walk_inode`].
+//! [`super::walk_inode`].
 
 use std::collections::HashMap;
 
-use super::damage::Role;
-use super::inode::{EXT2_DIND_BLOCK, EXT2_IND_BLOCK, EXT2_NDIR_BLOCKS, EXT2_TIND_BLOCK};
-use super::le;
-use super::walk::{ReadBlock, Visit, copy_error};
+use crate::ext4::damage::Role;
+use crate::ext4::inode::{EXT2_DIND_BLOCK, EXT2_IND_BLOCK, EXT2_NDIR_BLOCKS, EXT2_TIND_BLOCK};
+use crate::ext4::le;
+use super::{ReadBlock, Visit, copy_error};
 use crate::error::CorruptKind;
 use crate::units::{BlockSize, FsBlock};
 use crate::{Error, Result};

@@ -1,11 +1,11 @@
 //! Extent trees: the header check and the walk of every node and leaf extent, the way
-//! libext2fs's block iterator does it. Callers use [`super::walk::walk_inode`].
+//! libext2fs's block iterator does it. Callers use [`super::walk_inode`].
 
 use std::collections::HashSet;
 
-use super::damage::{ExtentHeaderProblem, Role};
-use super::le;
-use super::walk::{ReadBlock, Visit, Walked};
+use crate::ext4::damage::{ExtentHeaderProblem, Role};
+use crate::ext4::le;
+use super::{ReadBlock, Visit, Walked};
 use crate::Result;
 use crate::error::CorruptKind;
 use crate::units::{BlockSize, FsBlock};
