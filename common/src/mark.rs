@@ -28,6 +28,8 @@
 //! A target whose own superblock carries the mark is already scrambled: nothing real is lost
 //! there, so it is never refused.
 
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
+
 use std::fmt;
 
 use crate::bytes::le;
@@ -152,12 +154,18 @@ impl<S: ReadAt> ReadAt for MarkedSource<S> {
             let hi = end.min(SUPERBLOCK_OFFSET.saturating_add(SUPERBLOCK_SIZE as u64));
             if lo < hi {
                 // All three differences are below n or SUPERBLOCK_SIZE: they fit a usize.
+                let small = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
                 let (b, s, len) = (
-                    lo.saturating_sub(offset) as usize,
-                    lo.saturating_sub(SUPERBLOCK_OFFSET) as usize,
-                    hi.saturating_sub(lo) as usize,
+                    small(lo.saturating_sub(offset)),
+                    small(lo.saturating_sub(SUPERBLOCK_OFFSET)),
+                    small(hi.saturating_sub(lo)),
                 );
-                buf[b..b.saturating_add(len)].copy_from_slice(&sb[s..s.saturating_add(len)]);
+                if let (Some(d), Some(src)) = (
+                    buf.get_mut(b..b.saturating_add(len)),
+                    sb.get(s..s.saturating_add(len)),
+                ) {
+                    d.copy_from_slice(src);
+                }
             }
         }
         Ok(n)
@@ -401,6 +409,7 @@ pub fn refusal_message(ev: &Evidence, target: &str, action: Action) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)] // tests compute expected values freely
 mod tests {
     use super::*;
 

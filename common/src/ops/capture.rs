@@ -1,5 +1,7 @@
 //! `e2i-capture`: filesystem → block map → image writer.
 
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
+
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
@@ -131,7 +133,6 @@ fn past_end(offset: u64, size: u64, what: &str) -> Result<()> {
 }
 
 /// Open the filesystem and compute its block map.
-#[deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 pub fn scan_source<S: ReadAt>(
     src: S,
     opts: &CaptureOptions,
@@ -162,7 +163,6 @@ pub fn scan_source<S: ReadAt>(
 
 /// Capture SOURCE in `format` to `out`. Each format's writer consumes the same
 /// filesystem and block map.
-#[deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 pub fn capture(
     source: &Path,
     opts: &CaptureOptions,
@@ -322,7 +322,6 @@ pub fn capture(
 }
 
 /// The normal e2image format ([`crate::normal`]).
-#[deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 fn capture_normal(
     source: &Path,
     src: Box<dyn ReadAt>,
@@ -488,7 +487,6 @@ pub fn classify<S: ReadAt + ?Sized>(
 /// memory stays bounded by the map.
 /// `room`: the size of a block device target, checked against the stream's size before the
 /// first byte is written.
-#[deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 pub fn write_stream<S: ReadAt + ?Sized>(
     src: &S,
     map: &BlockMap,

@@ -5,6 +5,8 @@
 //! output goes through [`sparse::write_raw`]: a new file gets holes for unallocated, zero and
 //! all-zero clusters; an existing target is updated in place.
 
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
+
 use crate::blockmap::{BlockMap, BlockRun};
 use crate::io::ReadAt;
 use crate::progress::Progress;

@@ -1,5 +1,7 @@
 //! `e2i-to-qcow2` helpers beyond the capture itself (which is `capture(.., Format::Qcow2, ..)`).
 
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
+
 use crate::mark::MarkedSource;
 use crate::ops::capture::{CaptureOptions, open_source, scan_source, source_is_marked};
 use crate::progress::Progress;
@@ -218,7 +220,7 @@ pub fn to_qcow2(
                 input: Kind::Stream,
                 block_size: rep.block_size,
                 blocks_count: rep.blocks_count,
-                blocks: rep.data_blocks + rep.zero_blocks,
+                blocks: rep.data_blocks.saturating_add(rep.zero_blocks),
                 stream_sha256: Some(rep.stream_sha256),
                 problems: Vec::new(),
             })

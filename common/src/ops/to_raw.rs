@@ -1,5 +1,7 @@
 //! `e2i-to-raw`: any input (stream, raw filesystem, qcow2, normal image) → raw image.
 
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
+
 use std::collections::BTreeMap;
 
 use crate::blockmap::{BlockMap, BlockMapBuilder};
@@ -211,10 +213,10 @@ impl MetaBlocks {
         for (blk, b) in blocks.zip(data.chunks(self.bs.as_usize())) {
             if blk == sb_block && self.wanted.is_none() {
                 self.kept.insert(blk, b.to_vec());
-                // Below the block size (a power of two of at least 1024).
-                let at = (SUPERBLOCK_OFFSET & (self.bs.bytes() - 1)) as usize;
+                // 1024 in the superblock's block, or 0 in block 1 (1 KiB blocks).
+                let at: usize = if self.bs.get() == 1024 { 0 } else { 1024 };
                 let mut raw = [0u8; SUPERBLOCK_SIZE];
-                if let Some(s) = b.get(at..at + SUPERBLOCK_SIZE) {
+                if let Some(s) = b.get(at..at.saturating_add(SUPERBLOCK_SIZE)) {
                     raw.copy_from_slice(s);
                 }
                 self.wanted = Some(match Superblock::parse(&raw, None) {
@@ -247,25 +249,30 @@ impl MetaBlocks {
 impl ReadAt for MetaBlocks {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
         let size = self.size();
-        if offset >= size {
+        let Some(left) = size.checked_sub(offset).filter(|&l| l > 0) else {
             return Ok(0);
-        }
-        let n = (buf.len() as u64).min(size - offset) as usize;
+        };
+        let n = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
         let buf = &mut buf[..n];
         buf.fill(0);
-        let end = offset + n as u64;
+        let end = offset.saturating_add(n as u64);
         let (first, last) = (
             self.bs.block_of(offset),
             FsBlock(self.bs.blocks_covering(end)),
         );
+        // Differences of positions inside `buf` or one block: they fit a usize.
+        let at = |a: u64, b: u64| usize::try_from(a.saturating_sub(b)).unwrap_or(usize::MAX);
         for (&blk, data) in self.kept.range(first..last) {
             // Kept blocks lie below blocks_count, whose bytes fit (the superblock's check).
             let bstart = self.bs.offset_of(blk).unwrap_or(u64::MAX);
             let lo = bstart.max(offset);
             let hi = bstart.saturating_add(self.bs.bytes()).min(end);
-            if lo < hi {
-                buf[(lo - offset) as usize..(hi - offset) as usize]
-                    .copy_from_slice(&data[(lo - bstart) as usize..(hi - bstart) as usize]);
+            if let (Some(d), Some(s)) = (
+                buf.get_mut(at(lo, offset)..at(hi, offset)),
+                data.get(at(lo, bstart)..at(hi, bstart)),
+            ) && d.len() == s.len()
+            {
+                d.copy_from_slice(s);
             }
         }
         Ok(n)

@@ -3,11 +3,11 @@
 
 use std::collections::HashSet;
 
-use crate::ext4::damage::{ExtentHeaderProblem, Role};
-use crate::ext4::le;
 use super::{ReadBlock, Visit, Walked};
 use crate::Result;
 use crate::error::CorruptKind;
+use crate::ext4::damage::{ExtentHeaderProblem, Role};
+use crate::ext4::le;
 use crate::units::{BlockSize, FsBlock};
 
 pub const EXT3_EXT_MAGIC: u16 = 0xF30A;

@@ -4,11 +4,11 @@
 
 use std::collections::HashMap;
 
+use super::{ReadBlock, Visit, copy_error};
+use crate::error::CorruptKind;
 use crate::ext4::damage::Role;
 use crate::ext4::inode::{EXT2_DIND_BLOCK, EXT2_IND_BLOCK, EXT2_NDIR_BLOCKS, EXT2_TIND_BLOCK};
 use crate::ext4::le;
-use super::{ReadBlock, Visit, copy_error};
-use crate::error::CorruptKind;
 use crate::units::{BlockSize, FsBlock};
 use crate::{Error, Result};
 
