@@ -1,5 +1,7 @@
 //! The one error type of the library. Messages are lower-case and say what and where.
 
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
+
 use std::io;
 use std::path::PathBuf;
 

@@ -1,5 +1,7 @@
 //! Progress reporting: the library calls [`Progress::update`]; only the binaries draw.
 
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
+
 /// Receives progress of long operations.
 pub trait Progress {
     /// A new phase starts ("scanning inodes", "copying"); `total` is in `unit`s.

@@ -31,7 +31,7 @@
 //! the "e2image" or "e2i" format).
 
 // Every number here comes from an image or a superblock: no unchecked arithmetic.
-#![deny(clippy::arithmetic_side_effects)]
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 
 pub mod reader;
 pub mod writer;
@@ -132,8 +132,10 @@ impl Header {
         le::set_u32(&mut h, field::IMAGE_DEVICE, self.image_device);
         le::set_u32(&mut h, field::IMAGE_INODE, self.image_inode);
         // The low and high halves of the time.
-        le::set_u32(&mut h, field::IMAGE_TIME, self.image_time as u32);
-        le::set_u32(&mut h, field::IMAGE_TIME_HI, (self.image_time >> 32) as u32);
+        let [lo, hi] = [self.image_time, self.image_time >> 32]
+            .map(|v| u32::try_from(v & u64::from(u32::MAX)).unwrap_or(u32::MAX));
+        le::set_u32(&mut h, field::IMAGE_TIME, lo);
+        le::set_u32(&mut h, field::IMAGE_TIME_HI, hi);
         le::set_u32(&mut h, field::OFFSET_SUPER, self.offset_super);
         le::set_u32(&mut h, field::OFFSET_INODE, self.offset_inode);
         le::set_u32(&mut h, field::OFFSET_INODEMAP, self.offset_inodemap);
@@ -311,7 +313,7 @@ impl Layout {
 }
 
 #[cfg(test)]
-#[allow(clippy::arithmetic_side_effects)] // tests compute expected values freely
+#[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)] // tests compute expected values freely
 mod tests {
     use super::*;
 

@@ -340,8 +340,8 @@ impl<R: ReadAt> ReadAt for FsView<'_, R> {
         if offset >= self.size {
             return Ok(0);
         }
-        // At most buf.len().
-        let n = (buf.len() as u64).min(self.size.saturating_sub(offset)) as usize;
+        let left = self.size.saturating_sub(offset);
+        let n = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
         let buf = &mut buf[..n];
         buf.fill(0);
         // offset + n <= size: below, every position lies in offset..end.
@@ -357,8 +357,15 @@ impl<R: ReadAt> ReadAt for FsView<'_, R> {
             }
             let lo = s.max(offset);
             let hi = p.end.min(end);
-            let dst = &mut buf
-                [(lo.saturating_sub(offset)) as usize..(hi.saturating_sub(offset)) as usize];
+            // Both lie in offset..=end: indexes of `buf`.
+            let at = |p: u64| {
+                usize::try_from(p.saturating_sub(offset))
+                    .unwrap_or(n)
+                    .min(n)
+            };
+            let Some(dst) = buf.get_mut(at(lo)..at(hi)) else {
+                continue;
+            };
             let from = p.base.saturating_add(lo.saturating_sub(s));
             let block = match p.src {
                 Src::Image => {
@@ -425,7 +432,7 @@ pub fn primary_descriptor_blocks(sb: &Superblock) -> Vec<FsBlock> {
 }
 
 #[cfg(test)]
-#[allow(clippy::arithmetic_side_effects)] // tests compute expected values freely
+#[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)] // tests compute expected values freely
 mod tests {
     use super::*;
     use crate::ext4::{Filesystem, OpenOptions};

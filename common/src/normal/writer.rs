@@ -54,10 +54,12 @@ impl HeaderInfo {
                 h
             })
             .unwrap_or_default();
-        let fs_device = std::fs::metadata(source).map_or(0, |m| m.rdev() as u32);
+        // e2image stores the low 32 bits of these (its fields are __u32).
+        let low = |v: u64| u32::try_from(v & u64::from(u32::MAX)).unwrap_or(u32::MAX);
+        let fs_device = std::fs::metadata(source).map_or(0, |m| low(m.rdev()));
         let (image_device, image_inode) = output
             .and_then(|f| f.metadata().ok())
-            .map_or((0, 0), |m| (m.dev() as u32, m.ino() as u32));
+            .map_or((0, 0), |m| (low(m.dev()), low(m.ino())));
         let time = std::env::var("SOURCE_DATE_EPOCH")
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
@@ -135,7 +137,7 @@ impl Out<'_, '_> {
         }
         while n > 0 {
             // At most the buffer's length.
-            let k = n.min(self.zero_buf.len() as u64) as usize;
+            let k = usize::try_from(n).map_or(self.zero_buf.len(), |n| n.min(self.zero_buf.len()));
             let z = std::mem::take(&mut self.zero_buf);
             let r = self.data(&z[..k]);
             self.zero_buf = z;
@@ -317,7 +319,8 @@ pub fn write_normal<S: ReadAt>(
             .unwrap_or(len)
             .saturating_sub(len);
         if pad > 0 {
-            let z = vec![0u8; pad as usize];
+            // Below one block.
+            let z = vec![0u8; usize::try_from(pad).unwrap_or(0)];
             out.data(&z)?;
         }
     }
@@ -334,7 +337,7 @@ pub fn write_normal<S: ReadAt>(
 }
 
 #[cfg(test)]
-#[allow(clippy::arithmetic_side_effects)] // tests compute expected values freely
+#[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)] // tests compute expected values freely
 mod tests {
     use super::*;
     use crate::ext4::OpenOptions;

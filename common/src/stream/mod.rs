@@ -6,7 +6,7 @@
 //! of header, map and data. Holes are never hashed or sent, so the cost follows the metadata.
 
 // Every number here comes from a stream or feeds one: no unchecked arithmetic.
-#![deny(clippy::arithmetic_side_effects)]
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 
 use std::io::{self, Read, Write};
 
@@ -113,7 +113,11 @@ impl Header {
         let mut b = [0u8; HEADER_LEN];
         b[hdr::MAGIC..hdr::MAGIC + 8].copy_from_slice(&MAGIC);
         le::set_u16(&mut b, hdr::VERSION, VERSION);
-        le::set_u16(&mut b, hdr::HEADER_LEN, HEADER_LEN as u16);
+        le::set_u16(
+            &mut b,
+            hdr::HEADER_LEN,
+            u16::try_from(HEADER_LEN).unwrap_or(u16::MAX),
+        );
         le::set_u32(&mut b, hdr::FLAGS, self.flags);
         le::set_u32(&mut b, hdr::INCOMPAT, self.incompat);
         le::set_u32(&mut b, hdr::BLOCK_SIZE, self.block_size.get());
@@ -596,7 +600,7 @@ impl<R: Read> StreamReader<R> {
 }
 
 #[cfg(test)]
-#[allow(clippy::arithmetic_side_effects)] // tests compute expected values freely
+#[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)] // tests compute expected values freely
 mod tests {
     use super::*;
 
