@@ -38,3 +38,6 @@ pub mod undo;
 pub mod units;
 
 pub use error::{Error, Result};
+
+#[cfg(test)]
+mod structure;
