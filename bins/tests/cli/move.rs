@@ -435,17 +435,6 @@ fn unfinished_move_blocks_a_different_one() {
     assert!(e2image_ra(&disk, 2 * MIB, &d.path().join("got.raw")) == want);
 }
 
-/// Wait until `child` stops (SIGSTOP, from the E2I_MOVE_STOP_AT hook): waitpid with
-/// WUNTRACED reports it without reaping the child, so `child.wait()` still works after.
-fn wait_stopped(child: &std::process::Child) {
-    use rustix::process::{Pid, WaitOptions, waitpid};
-    let pid = Pid::from_raw(child.id() as i32).unwrap();
-    let (_, st) = waitpid(Some(pid), WaitOptions::UNTRACED)
-        .unwrap()
-        .expect("a status");
-    assert!(st.stopped(), "the move did not stop at its hook: {st:?}");
-}
-
 /// Move a filesystem holding `data` bytes back and forth by awkward distances, killing
 /// each move `kills` times (SIGKILL, by the binary's exact-write test hook: no timing
 /// involved), also during the runs that resume it, then finishing it with a plain rerun;
