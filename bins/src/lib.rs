@@ -81,14 +81,12 @@ pub fn number(s: &str) -> Result<u64, String> {
 }
 
 /// clap value parser for a block size (`-B`): 1024 to 65536, a power of two.
-pub fn block_size(s: &str) -> Result<u32, String> {
+pub fn block_size(s: &str) -> Result<e2i::units::BlockSize, String> {
     let v = parse_number(s)?;
-    match u32::try_from(v) {
-        Ok(b) if (1024..=65536).contains(&b) && b.is_power_of_two() => Ok(b),
-        _ => Err(format!(
-            "invalid block size {v}: a power of two from 1024 to 65536"
-        )),
-    }
+    u32::try_from(v)
+        .ok()
+        .and_then(e2i::units::BlockSize::new)
+        .ok_or_else(|| format!("invalid block size {v}: a power of two from 1024 to 65536"))
 }
 
 /// Exit status of a run whose output pipe was closed by its reader: what a shell reports

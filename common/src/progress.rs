@@ -1,5 +1,7 @@
 //! Progress reporting: the library calls [`Progress::update`]; only the binaries draw.
 
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
+
 /// Receives progress of long operations.
 pub trait Progress {
     /// A new phase starts ("scanning inodes", "copying"); `total` is in `unit`s.
@@ -28,6 +30,8 @@ impl Progress for NoProgress {}
 
 /// A time in seconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC` (proleptic Gregorian
 /// calendar, from the days since 1970-01-01).
+// Bounded by construction: days < 2^48, every intermediate is far inside i64.
+#[allow(clippy::arithmetic_side_effects, clippy::cast_possible_wrap)]
 pub fn utc(secs: u64) -> String {
     let (days, rest) = (secs / 86400, secs % 86400);
     // Howard Hinnant's civil_from_days, over eras of 400 years (146097 days); u64 seconds

@@ -29,10 +29,11 @@
 
 use std::fs::File;
 
-use crate::blockmap::Run;
+use crate::blockmap::BlockRun;
 use crate::bytes::le;
 use crate::ext4::csum::crc32c_raw;
 use crate::io::{ReadAt, pwrite_full};
+use crate::units::BlockSize;
 use crate::{Error, Result};
 
 pub const E2UNDO_MAGIC: &[u8; 8] = b"E2UNDO02";
@@ -94,40 +95,39 @@ const FIRST_KEY: u64 = 3;
 /// of `block_size`) of `device` into the empty file `out`, as an undo file for the device as
 /// it is now (its bytes 1024..2048 are read here), and sync it. `final_super` is what the
 /// tool will leave at 1024..2048: [`commit_undo`] switches to it once the tool wrote it.
+///
+/// Two kinds of block numbers meet here: the filesystem's ([`crate::units::FsBlock`], what is
+/// saved) and the undo file's own (`u64`, where it is saved); both count blocks of `block_size`.
 pub fn write_undo<D: ReadAt + ?Sized>(
     out: &File,
     device: &D,
-    block_size: u32,
-    runs: &[Run],
+    block_size: BlockSize,
+    runs: &[BlockRun],
     final_super: &[u8; 1024],
 ) -> Result<UndoStats> {
-    if !block_size.is_power_of_two() || block_size < 1024 {
-        return Err(Error::InvalidInput(format!(
-            "undo block size {block_size} is invalid"
-        )));
-    }
-    let bs = u64::from(block_size);
-    let bsz = block_size as usize;
+    let bsz = block_size.as_usize();
     // At least 63 keys per block.
-    let keys_per_block = (bsz / key::LEN).saturating_sub(1);
+    let keys_per_block = bsz.checked_div(key::LEN).unwrap_or(0).saturating_sub(1);
     let mut stats = UndoStats::default();
-    let at = |blk: u64| blk.checked_mul(bs).ok_or_else(too_large);
+    // Byte offset of block `blk` of the undo file.
+    let at = |blk: u64| block_size.bytes_of(blk).ok_or_else(too_large);
     let wr = |buf: &[u8], blk: u64| -> Result<()> {
         let off = at(blk)?;
         pwrite_full(out, buf, off).map_err(|e| Error::io("write undo file", off, e))
     };
 
     // Split the runs into keys of at most MAX_KEY_BLOCKS blocks.
-    let mut keys: Vec<(u64, u64)> = Vec::new();
+    let mut keys: Vec<BlockRun> = Vec::new();
     for r in runs {
-        let end = r.start.checked_add(r.len).ok_or_else(too_large)?;
+        let end = r.checked_end().ok_or_else(too_large)?;
         let mut b = r.start;
         while b < end {
-            let n = MAX_KEY_BLOCKS.min(end.saturating_sub(b));
-            keys.push((b, n));
+            let n = MAX_KEY_BLOCKS.min(end.saturating_since(b));
+            keys.push(BlockRun::new(b, n));
             b = b.saturating_add(n);
         }
     }
+    // Undo-file blocks: 0 header, 1 and 2 superblock copies, then keys and data.
     let mut next = FIRST_KEY;
     let mut data = Vec::new();
     for chunk in keys.chunks(keys_per_block) {
@@ -135,20 +135,16 @@ pub fn write_undo<D: ReadAt + ?Sized>(
         next = next.checked_add(1).ok_or_else(too_large)?;
         let mut kb = vec![0u8; bsz];
         le::set_u32(&mut kb, key::MAGIC, KEYBLOCK_MAGIC);
-        for (rec, &(fsblk, n)) in kb[key::FIRST..].chunks_exact_mut(key::LEN).zip(chunk) {
+        for (rec, key) in kb[key::FIRST..].chunks_exact_mut(key::LEN).zip(chunk) {
+            let (fsblk, n) = (key.start, key.len);
             // n <= 511 blocks of at most 64 KiB: the length fits 32 bits.
-            let len = n.checked_mul(bs).ok_or_else(too_large)?;
+            let len = block_size.bytes_of(n).ok_or_else(too_large)?;
             data.resize(len as usize, 0);
-            let from = at(fsblk)?;
-            device.read_exact_at(&mut data, from, &|| {
-                format!(
-                    "saving blocks {fsblk}..{} for the undo file",
-                    fsblk.saturating_add(n)
-                )
-            })?;
+            let from = block_size.offset_of(fsblk).ok_or_else(too_large)?;
+            device.read_exact_at(&mut data, from, "blocks saved for the undo file")?;
             wr(&data, next)?;
             next = next.checked_add(n).ok_or_else(too_large)?;
-            le::set_u64(rec, key::FSBLK, fsblk);
+            le::set_u64(rec, key::FSBLK, fsblk.get());
             le::set_u32(rec, key::DATA_CRC, crc32c_raw(!0, &data));
             le::set_u32(rec, key::SIZE, len as u32);
             stats.keys = stats.keys.saturating_add(1);
@@ -162,9 +158,7 @@ pub fn write_undo<D: ReadAt + ?Sized>(
     // The device's superblock bytes as they are (whatever they hold: a damaged primary is
     // compared byte for byte all the same), and as they will be.
     let mut before = [0u8; 1024];
-    device.read_exact_at(&mut before, 1024, &|| {
-        "reading the superblock for the undo file".to_string()
-    })?;
+    device.read_exact_at(&mut before, 1024, "the superblock saved for the undo file")?;
     for (blk, sb) in [(SUPER_BEFORE, &before), (SUPER_AFTER, final_super)] {
         let mut sbb = vec![0u8; bsz];
         sbb[..1024].copy_from_slice(sb);
@@ -187,7 +181,7 @@ pub fn write_undo<D: ReadAt + ?Sized>(
 pub fn commit_undo(
     out: &File,
     stats: &UndoStats,
-    block_size: u32,
+    block_size: BlockSize,
     final_super: &[u8; 1024],
 ) -> Result<()> {
     let h = header(stats.keys, SUPER_AFTER, block_size, final_super);
@@ -199,14 +193,19 @@ pub fn commit_undo(
 
 /// The 512-byte header: `keys` keys from block [`FIRST_KEY`], the superblock copy `sb` at
 /// block `super_block`.
-fn header(keys: u64, super_block: u64, block_size: u32, sb: &[u8; 1024]) -> [u8; HEADER_SIZE] {
+fn header(
+    keys: u64,
+    super_block: u64,
+    block_size: BlockSize,
+    sb: &[u8; 1024],
+) -> [u8; HEADER_SIZE] {
     let mut h = [0u8; HEADER_SIZE];
     h[hdr::MAGIC..hdr::MAGIC + 8].copy_from_slice(E2UNDO_MAGIC);
     le::set_u64(&mut h, hdr::NUM_KEYS, keys);
     le::set_u64(&mut h, hdr::SUPER_OFFSET, super_block);
     le::set_u64(&mut h, hdr::KEY_OFFSET, FIRST_KEY);
-    le::set_u32(&mut h, hdr::BLOCK_SIZE, block_size);
-    le::set_u32(&mut h, hdr::FS_BLOCK_SIZE, block_size);
+    le::set_u32(&mut h, hdr::BLOCK_SIZE, block_size.get());
+    le::set_u32(&mut h, hdr::FS_BLOCK_SIZE, block_size.get());
     // e2undo checksums the copy with its magic restored: the device's bytes.
     le::set_u32(&mut h, hdr::SB_CRC, crc32c_raw(!0, sb));
     le::set_u32(&mut h, hdr::STATE, E2UNDO_STATE_FINISHED);
@@ -221,15 +220,16 @@ fn header(keys: u64, super_block: u64, block_size: u32, sb: &[u8; 1024]) -> [u8;
 mod tests {
     use super::*;
     use crate::io::{FileSource, MemSource, pread_full};
+    use crate::units::FsBlock;
 
     #[test]
     fn layout_keys_and_checksums() {
-        let bs = 1024u32;
+        let bs = BlockSize::new(1024).unwrap();
         let dev = MemSource((0..64 * 1024).map(|i| (i / 1024) as u8).collect());
         let f = tempfile::tempfile().unwrap();
         let mut sb = [0u8; 1024];
         le::set_u16(&mut sb, S_MAGIC, 0xEF53);
-        let runs = [Run { start: 3, len: 2 }, Run { start: 10, len: 1 }];
+        let runs = [BlockRun::new(FsBlock(3), 2), BlockRun::new(FsBlock(10), 1)];
         let st = write_undo(&f, &dev, bs, &runs, &sb).unwrap();
         assert_eq!((st.keys, st.blocks), (2, 3));
         let src = FileSource::from_file(f.try_clone().unwrap(), 0).unwrap();
@@ -265,5 +265,27 @@ mod tests {
         assert_eq!(le::u32(&after, 40), crc32c_raw(!0, &sb));
         assert_eq!(le::u32(&after, 508), crc32c_raw(!0, &after[..508]));
         assert_eq!(after[512..], all[512..]);
+    }
+
+    #[test]
+    fn blocks_past_the_device_end_are_a_located_short_read() {
+        let dev = MemSource(vec![7u8; 64 * 1024]);
+        let f = tempfile::tempfile().unwrap();
+        let runs = [BlockRun::new(FsBlock(63), 2)];
+        let bs = BlockSize::new(1024).unwrap();
+        let e = write_undo(&f, &dev, bs, &runs, &[0u8; 1024]).unwrap_err();
+        assert_eq!(
+            e.corrupt_kind(),
+            Some(&crate::error::CorruptKind::ShortRead {
+                what: "blocks saved for the undo file",
+                offset: 63 * 1024,
+                len: 2048,
+                source_bytes: 64 * 1024,
+            })
+        );
+        assert_eq!(
+            e.to_string(),
+            "blocks saved for the undo file: 2048 bytes at byte 64512 cannot be read: the source ends at byte 65536"
+        );
     }
 }

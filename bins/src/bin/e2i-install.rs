@@ -86,18 +86,19 @@ fn body(args: Args) -> anyhow::Result<u8> {
     let mut reporter = Reporter::new(args.progress);
     reporter.set_dry_run(args.dry_run);
     let report = install.run(&mut reporter).with_context(context)?;
-    reporter.summary(report.block_size);
+    reporter.summary(report.block_size.get());
     if args.dry_run {
-        let bs = u64::from(report.block_size);
+        let bs = report.block_size;
         for w in &report.writes {
             let src = match &w.data {
                 WriteData::Image(off) => format!("from image byte {off}"),
                 WriteData::Bytes(_) => "computed".to_string(),
             };
-            let (first, end) = (w.offset / bs, (w.offset + w.len).div_ceil(bs));
+            let first = bs.block_of(w.offset);
+            let end = bs.blocks_covering(w.offset.saturating_add(w.len));
             e2i_cli::say(format_args!(
                 "Writing {}: {} ({} bytes at byte {}, {src})",
-                range_text(first, end - first),
+                range_text(first, end.saturating_sub(first.get())),
                 w.what,
                 w.len,
                 w.offset

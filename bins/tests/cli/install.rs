@@ -47,18 +47,19 @@ fn patch(img: &Path, off: u64, bytes: &[u8]) {
 fn damage(img: &Path, superblock: bool) {
     let src = e2i::io::FileSource::open(img, 0).unwrap();
     let fs = e2i::ext4::Filesystem::open(src, Default::default()).unwrap();
-    let bs = u64::from(fs.sb.block_size);
+    let bs = fs.sb.block_size;
+    let at = |b| bs.offset_of(b).unwrap();
     let it = fs.desc.inode_table(0);
     patch(
         img,
-        it * bs,
-        &vec![0; (u64::from(fs.sb.inode_blocks_per_group) * bs) as usize],
+        at(it),
+        &vec![0; (u64::from(fs.sb.inode_blocks_per_group) * bs.bytes()) as usize],
     );
     for b in [fs.desc.block_bitmap(0), fs.desc.inode_bitmap(0)] {
-        patch(img, b * bs, &vec![0; bs as usize]);
+        patch(img, at(b), &vec![0; bs.as_usize()]);
     }
     for b in e2i::normal::reader::primary_descriptor_blocks(&fs.sb) {
-        patch(img, b * bs, &vec![0; bs as usize]);
+        patch(img, at(b), &vec![0; bs.as_usize()]);
     }
     if superblock {
         patch(img, 1024, &[0; 1024]);

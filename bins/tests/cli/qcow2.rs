@@ -250,6 +250,82 @@ fn qcow2_to_raw_matches_qemu_img() {
     }
 }
 
+/// Virtual disks whose size is an odd number of 512-byte sectors, with 512-byte, 64 KiB and
+/// 2 MiB clusters: the raw image (copied in blocks of 1 KiB to 64 KiB) ends where the disk
+/// ends, data in the last sector included, and an in-place update touches nothing past it.
+#[test]
+fn qcow2_to_raw_of_odd_sizes_and_cluster_sizes() {
+    let d = tempdir();
+    for (cluster, size, writes) in [
+        (
+            "512",
+            1536u64,
+            &["write -P 0x11 0 512", "write -P 0x5a 1024 512"][..],
+        ),
+        (
+            "65536",
+            100 * 1024 + 512,
+            &["write -P 0x22 4096 8k", "write -P 0x5b 102400 512"][..],
+        ),
+        (
+            "2M",
+            5 * 1024 * 1024 + 512,
+            &["write -P 0x33 2101248 4k", "write -P 0x5c 5242880 512"][..],
+        ),
+    ] {
+        let q = d.path().join(format!("odd-{cluster}.qcow2"));
+        sh(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-o"])
+            .arg(format!("cluster_size={cluster}"))
+            .arg(&q)
+            .arg(size.to_string()));
+        let mut io = Command::new("qemu-io");
+        io.args(["-f", "qcow2"]);
+        for w in writes {
+            io.args(["-c", w]);
+        }
+        sh(io.arg(&q));
+        let expect = qemu_to_raw(&q, &d.path().join("expect.raw"));
+        assert_eq!(expect.len() as u64, size, "{cluster}: qemu-img's size");
+        assert!(
+            expect[size as usize - 1] != 0,
+            "{cluster}: last sector written"
+        );
+        let out = d.path().join("out.raw");
+        let _ = std::fs::remove_file(&out);
+        sh(Command::new(tool("qcow2-to-raw")).arg(&q).arg(&out));
+        assert!(read(&out) == expect, "{cluster}: new file differs");
+        let o = sh(Command::new(tool("qcow2-to-raw")).arg(&q).arg("-"));
+        assert!(o.stdout == expect, "{cluster}: stdout differs");
+        // In place over a longer file of 0xAA: the disk's bytes inside, nothing past it.
+        let target = d.path().join("target.bin");
+        std::fs::write(&target, vec![0xAAu8; size as usize + 4096]).unwrap();
+        sh(Command::new(tool("qcow2-to-raw"))
+            .args(["-O", "0"])
+            .arg(&q)
+            .arg(&target));
+        let got = read(&target);
+        assert_eq!(got.len() as u64, size + 4096, "{cluster}: target length");
+        assert!(
+            got[size as usize..].iter().all(|&b| b == 0xAA),
+            "{cluster}: bytes past the disk were written"
+        );
+        for w in writes {
+            // "write -P PATTERN OFFSET LEN": the written bytes arrive.
+            let f: Vec<&str> = w.split_whitespace().collect();
+            let at: usize = f[3].parse().unwrap();
+            let len = match f[4].strip_suffix('k') {
+                Some(k) => k.parse::<usize>().unwrap() * 1024,
+                None => f[4].parse().unwrap(),
+            };
+            assert!(
+                got[at..at + len] == expect[at..at + len],
+                "{cluster}: {w} not in place"
+            );
+        }
+    }
+}
+
 #[test]
 fn capture_from_qcow2_sources() {
     let d = tempdir();

@@ -38,10 +38,9 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 use std::fs::{File, OpenOptions};
-use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 
-use crate::blockmap::{BlockMap, Run};
+use crate::blockmap::{BlockMap, BlockRun};
 use crate::bytes::le;
 use crate::error::CorruptKind;
 use crate::ext4::Superblock;
@@ -51,12 +50,13 @@ use crate::ext4::desc::{BG_BLOCK_UNINIT, BG_INODE_UNINIT};
 use crate::ext4::superblock::feature;
 use crate::ext4::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 use crate::io::{FileSource, ReadAt, pwrite_full};
-use crate::mark::{self, ImageFacts};
+use crate::mark;
 use crate::mount::{MountState, mount_state};
 use crate::normal::NormalImage;
 use crate::normal::reader::read_image;
 use crate::progress::{Progress, Unit};
 use crate::undo::{self, UndoStats};
+use crate::units::{BlockSize, FsBlock};
 use crate::{Error, Result};
 
 /// How to install.
@@ -96,8 +96,8 @@ pub enum DeviceSuper {
     Primary,
     /// A backup at this block (of `block_size` bytes).
     Backup {
-        block: u64,
-        block_size: u32,
+        block: FsBlock,
+        block_size: BlockSize,
     },
     /// No valid superblock found (only accepted with `force`).
     None,
@@ -108,7 +108,7 @@ pub enum DeviceSuper {
 pub struct InstallReport {
     pub writes: Vec<PlannedWrite>,
     pub bytes: u64,
-    pub block_size: u32,
+    pub block_size: BlockSize,
     pub device_super: DeviceSuper,
     /// Differences between the device's filesystem and the image, ignored under `force`.
     pub mismatches: Vec<String>,
@@ -166,12 +166,17 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Byte offset of `blocks` blocks of `bs` bytes. The plan only computes offsets of blocks
-/// inside the filesystem, whose byte size [`crate::normal::Layout::new`] checked, so this
-/// fails only on a bug; it fails as a located error all the same.
-fn bytes(blocks: u64, bs: u64, what: &'static str) -> Result<u64> {
-    blocks
-        .checked_mul(bs)
+/// Byte offset of block `b`. The plan only computes offsets of blocks inside the
+/// filesystem, whose byte size [`crate::normal::Layout::new`] checked, so this fails only on
+/// a bug; it fails as a located error all the same.
+fn offset(b: FsBlock, bs: BlockSize, what: &'static str) -> Result<u64> {
+    bs.offset_of(b)
+        .ok_or_else(|| CorruptKind::NormalLayoutOverflow { field: what }.into())
+}
+
+/// Bytes of `n` blocks (as [`offset`]).
+fn length(n: u64, bs: BlockSize, what: &'static str) -> Result<u64> {
+    bs.bytes_of(n)
         .ok_or_else(|| CorruptKind::NormalLayoutOverflow { field: what }.into())
 }
 
@@ -179,7 +184,7 @@ fn bytes(blocks: u64, bs: u64, what: &'static str) -> Result<u64> {
 pub fn plan<R: ReadAt>(img: &NormalImage<R>, now: u64) -> Result<Vec<PlannedWrite>> {
     let sb = img.superblock();
     let layout = img.layout();
-    let bs = layout.block_size.get();
+    let bs = layout.block_size;
     let ipb = u64::from(sb.inode_blocks_per_group);
     let mut desc = img.desc().clone();
     let mut writes = Vec::new();
@@ -188,23 +193,23 @@ pub fn plan<R: ReadAt>(img: &NormalImage<R>, now: u64) -> Result<Vec<PlannedWrit
     struct Tables {
         first: u32,
         last: u32,
-        block: u64,
+        block: FsBlock,
         /// One past the last block.
-        end: u64,
+        end: FsBlock,
         image_offset: u64,
     }
     let flush = |run: Option<Tables>, writes: &mut Vec<PlannedWrite>| -> Result<()> {
         if let Some(t) = run {
             // end > block: each table lies inside the filesystem.
-            let n = t.end.saturating_sub(t.block);
+            let n = t.end.saturating_since(t.block);
             writes.push(PlannedWrite {
                 what: if t.first == t.last {
                     format!("inode table of group {}", t.first)
                 } else {
                     format!("inode tables of groups {}-{}", t.first, t.last)
                 },
-                offset: bytes(t.block, bs, "an inode table offset")?,
-                len: bytes(n, bs, "an inode table size")?,
+                offset: offset(t.block, bs, "an inode table offset")?,
+                len: length(n, bs, "an inode table size")?,
                 data: WriteData::Image(t.image_offset),
             });
         }
@@ -213,15 +218,15 @@ pub fn plan<R: ReadAt>(img: &NormalImage<R>, now: u64) -> Result<Vec<PlannedWrit
     let mut run: Option<Tables> = None;
     for group in 0..sb.group_count {
         let block = desc.inode_table(group);
-        if block == 0 {
+        if block == FsBlock(0) {
             return Err(CorruptKind::NormalInodeTableMissing { group }.into());
         }
         let end = block
             .checked_add(ipb)
-            .filter(|&e| block >= u64::from(sb.first_data_block) && e <= sb.blocks_count)
+            .filter(|&e| block >= sb.first_block() && e.get() <= sb.blocks_count)
             .ok_or(CorruptKind::NormalInodeTableOutside {
                 group,
-                block,
+                block: block.get(),
                 blocks: ipb,
                 fs_blocks: sb.blocks_count,
             })?;
@@ -252,7 +257,7 @@ pub fn plan<R: ReadAt>(img: &NormalImage<R>, now: u64) -> Result<Vec<PlannedWrit
     flush(run, &mut writes)?;
     // The write calls libext2fs makes for the inode tables: up to 32 blocks at a time.
     // (Every table was checked above to end inside the filesystem.)
-    let mut io_ops: Vec<(u64, u64)> = Vec::new();
+    let mut io_ops: Vec<(FsBlock, u64)> = Vec::new();
     for g in 0..sb.group_count {
         let mut blk = desc.inode_table(g);
         let mut left = ipb;
@@ -276,12 +281,12 @@ pub fn plan<R: ReadAt>(img: &NormalImage<R>, now: u64) -> Result<Vec<PlannedWrit
             cs.block_bitmap_csum_set(&mut desc, g, &blk[..bitmap::block_nbytes(sb)]);
             cs.group_desc_csum_set(&mut desc, g);
             let loc = desc.block_bitmap(g);
-            if loc != 0 && loc < sb.blocks_count {
+            if loc != FsBlock(0) && loc.get() < sb.blocks_count {
                 io_ops.push((loc, 1));
                 writes.push(PlannedWrite {
                     what: format!("block bitmap of group {g}"),
-                    offset: bytes(loc, bs, "a block bitmap offset")?,
-                    len: bs,
+                    offset: offset(loc, bs, "a block bitmap offset")?,
+                    len: bs.bytes(),
                     data: WriteData::Bytes(blk),
                 });
             }
@@ -291,12 +296,12 @@ pub fn plan<R: ReadAt>(img: &NormalImage<R>, now: u64) -> Result<Vec<PlannedWrit
             cs.inode_bitmap_csum_set(&mut desc, g, &blk[..inode_csum_len.min(blk.len())]);
             cs.group_desc_csum_set(&mut desc, g);
             let loc = desc.inode_bitmap(g);
-            if loc != 0 && loc < sb.blocks_count {
+            if loc != FsBlock(0) && loc.get() < sb.blocks_count {
                 io_ops.push((loc, 1));
                 writes.push(PlannedWrite {
                     what: format!("inode bitmap of group {g}"),
-                    offset: bytes(loc, bs, "an inode bitmap offset")?,
-                    len: bs,
+                    offset: offset(loc, bs, "an inode bitmap offset")?,
+                    len: bs.bytes(),
                     data: WriteData::Bytes(blk),
                 });
             }
@@ -313,31 +318,31 @@ pub fn plan<R: ReadAt>(img: &NormalImage<R>, now: u64) -> Result<Vec<PlannedWrit
     let mbs = std::num::NonZeroU32::new(sb.desc_per_block).unwrap_or(std::num::NonZeroU32::MIN);
     for g in 0..sb.group_count {
         let (_, old, new) = super_and_bgd_loc(sb, g);
-        if g == 0 && old != 0 && old_desc_blocks > 0 {
-            let len = bytes(u64::from(old_desc_blocks), bs, "the descriptors")?;
+        if g == 0 && old != FsBlock(0) && old_desc_blocks > 0 {
+            let len = length(u64::from(old_desc_blocks), bs, "the descriptors")?;
             let data = usize::try_from(len)
                 .ok()
                 .and_then(|l| raw.get(..l))
                 .ok_or(CorruptKind::NormalDescriptorBlock { meta_group: 0 })?;
             writes.push(PlannedWrite {
                 what: format!("group descriptors ({old_desc_blocks} blocks)"),
-                offset: bytes(old, bs, "the descriptors' offset")?,
+                offset: offset(old, bs, "the descriptors' offset")?,
                 len,
                 data: WriteData::Bytes(data.to_vec()),
             });
         }
-        if new != 0 {
+        if new != FsBlock(0) {
             let mb = u64::from(g / mbs);
-            let at = bytes(mb, bs, "a meta_bg descriptor block")?;
+            // Descriptor block `mb` of the table, `bs` bytes into it per block.
+            let at = length(mb, bs, "a meta_bg descriptor block")?;
             let block = usize::try_from(at)
                 .ok()
-                .zip(usize::try_from(bs).ok())
-                .and_then(|(at, n)| raw.get(at..at.checked_add(n)?))
+                .and_then(|at| raw.get(at..at.checked_add(bs.as_usize())?))
                 .ok_or(CorruptKind::NormalDescriptorBlock { meta_group: mb })?;
             writes.push(PlannedWrite {
                 what: format!("meta_bg {mb} group descriptors (in group {g})"),
-                offset: bytes(new, bs, "a meta_bg descriptor block")?,
-                len: bs,
+                offset: offset(new, bs, "a meta_bg descriptor block")?,
+                len: bs.bytes(),
                 data: WriteData::Bytes(block.to_vec()),
             });
         }
@@ -354,8 +359,7 @@ pub fn plan<R: ReadAt>(img: &NormalImage<R>, now: u64) -> Result<Vec<PlannedWrit
     let counted = unix_io_bytes_written(&io_ops, bs);
     if kb != 0 && counted != 0 {
         // libext2fs adds (desc_blocks + 1) / (bs / 1024) for the descriptors and superblock.
-        let kib_per_block = NonZeroU64::new(bs >> 10).unwrap_or(NonZeroU64::MIN);
-        let meta = u64::from(sb.desc_blocks).saturating_add(1) / kib_per_block;
+        let meta = u64::from(sb.desc_blocks).saturating_add(1) >> bs.bits().saturating_sub(10);
         let add = (counted >> 10).saturating_add(meta);
         // s_kbytes_written is a counter that wraps, as libext2fs's does.
         le::set_u64(&mut sup, 0x178, kb.wrapping_add(add));
@@ -377,14 +381,15 @@ pub fn plan<R: ReadAt>(img: &NormalImage<R>, now: u64) -> Result<Vec<PlannedWrit
 /// `s_kbytes_written` before the cache is flushed; reproducing it keeps the superblock
 /// byte-identical to the one `e2image -I` writes. The byte count saturates (it is a
 /// statistic; the planned writes fit 64 bits).
-fn unix_io_bytes_written(ops: &[(u64, u64)], bs: u64) -> u64 {
+fn unix_io_bytes_written(ops: &[(FsBlock, u64)], block_size: BlockSize) -> u64 {
     #[derive(Clone, Copy, Default)]
     struct Slot {
         in_use: bool,
         dirty: bool,
-        block: u64,
+        block: FsBlock,
         time: u64,
     }
+    let bs = block_size.bytes();
     let mut slots = [Slot::default(); 8];
     let mut clock = 0u64;
     let mut bytes = 0u64;
@@ -398,7 +403,7 @@ fn unix_io_bytes_written(ops: &[(u64, u64)], bs: u64) -> u64 {
             bytes = bytes.saturating_add(count.saturating_mul(bs));
             continue;
         }
-        for b in blk..blk.saturating_add(count) {
+        for b in (blk.get()..blk.get().saturating_add(count)).map(FsBlock) {
             // One tick per block written: far below 2^64.
             clock = clock.saturating_add(1);
             if let Some(s) = slots.iter_mut().find(|s| s.in_use && s.block == b) {
@@ -435,17 +440,18 @@ fn unix_io_bytes_written(ops: &[(u64, u64)], bs: u64) -> u64 {
 
 /// Standard backup superblock locations e2fsck tries: group 1 at the default geometry of
 /// every block size (`bs * 8` blocks per group), as `(block, block_size)`.
-pub fn standard_backup_locations() -> Vec<(u64, u32)> {
-    (10..=16)
-        .map(|l| {
-            let bs = 1u32 << l;
+pub fn standard_backup_locations() -> Vec<(FsBlock, BlockSize)> {
+    (0..=6)
+        .filter_map(BlockSize::from_log)
+        .map(|bs| {
             // At most 2^19 + 1.
-            ((u64::from(bs) << 3) | u64::from(bs == 1024), bs)
+            let blk = (bs.bytes() << 3) | u64::from(bs.get() == 1024);
+            (FsBlock(blk), bs)
         })
         .collect()
 }
 
-fn valid_super(raw: &[u8; SUPERBLOCK_SIZE], bs: Option<u32>) -> Option<Superblock> {
+fn valid_super(raw: &[u8; SUPERBLOCK_SIZE], bs: Option<BlockSize>) -> Option<Superblock> {
     let sb = Superblock::parse(raw, bs).ok()?;
     csum::superblock_csum_verify(raw).then_some(sb)
 }
@@ -477,7 +483,7 @@ pub fn find_superblock<D: ReadAt + ?Sized>(
         }
     }
     for (blk, bs) in cands {
-        let Some(off) = blk.checked_mul(u64::from(bs)) else {
+        let Some(off) = bs.offset_of(blk) else {
             continue;
         };
         if dev.read_at(&mut raw, off).ok() == Some(SUPERBLOCK_SIZE)
@@ -540,23 +546,20 @@ fn mismatches(dev: &Superblock, img: &Superblock) -> Vec<String> {
 
 /// The device blocks the writes touch (whole blocks of `bs`). Planned writes lie inside
 /// the filesystem or at the superblock: their ends fit.
-fn touched_blocks(writes: &[PlannedWrite], bs: NonZeroU64, blocks: u64) -> BlockMap {
-    let mut runs: Vec<Run> = writes
+fn touched_blocks(writes: &[PlannedWrite], bs: BlockSize, blocks: u64) -> BlockMap {
+    let mut runs: Vec<BlockRun> = writes
         .iter()
         .map(|w| {
-            let b0 = w.offset / bs;
-            let b1 = w.offset.saturating_add(w.len).div_ceil(bs.get());
-            Run {
-                start: b0,
-                len: b1.saturating_sub(b0),
-            }
+            let b0 = bs.block_of(w.offset);
+            let b1 = FsBlock(bs.blocks_covering(w.offset.saturating_add(w.len)));
+            BlockRun::new(b0, b1.saturating_since(b0))
         })
         .collect();
     runs.sort();
-    let mut merged: Vec<Run> = Vec::new();
+    let mut merged: Vec<BlockRun> = Vec::new();
     for r in runs {
         match merged.last_mut() {
-            Some(m) if m.end() >= r.start => m.len = m.len.max(r.end().saturating_sub(m.start)),
+            Some(m) if m.end() >= r.start => m.len = m.len.max(r.end().saturating_since(m.start)),
             _ => merged.push(r),
         }
     }
@@ -647,7 +650,7 @@ impl Install {
         }
         // Never overridden (--force included): the loss is silent, e2fsck finds nothing.
         if let Some(ev) = mark::refusal(
-            &ImageFacts::of_normal(img.header(), sb.raw()),
+            &img.header().image_facts(sb.raw()),
             dev_sb.as_ref().map(Superblock::raw),
             false,
         ) {
@@ -761,7 +764,7 @@ impl Install {
             let touched = touched_blocks(
                 &report.writes,
                 bs,
-                sb.blocks_count.max(end.div_ceil(bs.get())),
+                sb.blocks_count.max(bs.blocks_covering(end)),
             );
             let stats = undo::write_undo(&uf, &dev, sb.block_size, touched.runs(), &final_super)?;
             report.undo = Some(stats);
@@ -769,8 +772,8 @@ impl Install {
         }
 
         let f = dev.file();
-        let total = report.bytes / bs;
-        progress.block_size(sb.block_size);
+        let total = bs.blocks_in(report.bytes);
+        progress.block_size(bs.get());
         progress.phase("installing", total, Unit::Blocks);
         // Progress and positions below stay inside writes whose ends were checked.
         let mut done = 0u64;
@@ -799,11 +802,11 @@ impl Install {
                         let at = w.offset.saturating_add(pos);
                         pwrite_full(f, &buf, at).map_err(|e| Error::io("write", at, e))?;
                         pos = pos.saturating_add(n as u64);
-                        progress.update(done.saturating_add(pos / bs));
+                        progress.update(done.saturating_add(bs.blocks_in(pos)));
                     }
                 }
             }
-            done = done.saturating_add(w.len / bs);
+            done = done.saturating_add(bs.blocks_in(w.len));
             progress.update(done);
         }
         f.sync_all().map_err(|e| Error::io("sync", 0, e))?;
@@ -918,28 +921,37 @@ pub fn install(
 mod tests {
     use super::*;
 
+    fn bs(n: u32) -> BlockSize {
+        BlockSize::new(n).unwrap()
+    }
+
+    fn ops(v: &[(u64, u64)]) -> Vec<(FsBlock, u64)> {
+        v.iter().map(|&(b, n)| (FsBlock(b), n)).collect()
+    }
+
     #[test]
     fn unix_io_cache_accounting() {
         // Large writes count at once; small ones only when evicted from the 8-block cache.
-        assert_eq!(unix_io_bytes_written(&[(100, 32)], 1024), 32 * 1024);
-        assert_eq!(unix_io_bytes_written(&[(100, 4)], 1024), 0);
+        let k = bs(1024);
+        assert_eq!(unix_io_bytes_written(&ops(&[(100, 32)]), k), 32 * 1024);
+        assert_eq!(unix_io_bytes_written(&ops(&[(100, 4)]), k), 0);
         let ten: Vec<(u64, u64)> = (0..10).map(|b| (b, 1)).collect();
-        assert_eq!(unix_io_bytes_written(&ten, 1024), 2 * 1024);
+        assert_eq!(unix_io_bytes_written(&ops(&ten), k), 2 * 1024);
         // Rewriting a cached block does not evict anything.
         let mut same = ten.clone();
         same.extend([(9, 1), (8, 1)]);
-        assert_eq!(unix_io_bytes_written(&same, 1024), 2 * 1024);
+        assert_eq!(unix_io_bytes_written(&ops(&same), k), 2 * 1024);
         // A large write flushes the dirty cache first.
         let mut flush = vec![(0u64, 1u64), (1, 1), (2, 1)];
         flush.push((50, 5));
-        assert_eq!(unix_io_bytes_written(&flush, 4096), 8 * 4096);
+        assert_eq!(unix_io_bytes_written(&ops(&flush), bs(4096)), 8 * 4096);
     }
 
     #[test]
     fn standard_backups_are_group_one_of_each_block_size() {
         let l = standard_backup_locations();
-        assert_eq!(l[0], (8193, 1024));
-        assert_eq!(l[2], (32768, 4096));
+        assert_eq!(l[0], (FsBlock(8193), bs(1024)));
+        assert_eq!(l[2], (FsBlock(32768), bs(4096)));
         assert_eq!(l.len(), 7);
     }
 }
