@@ -1,5 +1,7 @@
 //! `e2i-to-qcow2` helpers beyond the capture itself (which is `capture(.., Format::Qcow2, ..)`).
 
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
+
 use crate::mark::MarkedSource;
 use crate::ops::capture::{CaptureOptions, open_source_in, scan_source, source_is_marked};
 use crate::progress::Progress;
@@ -7,6 +9,7 @@ use crate::qcow2::header::ClusterCompression;
 use crate::qcow2::overlay::{Base, Differ};
 use crate::qcow2::writer::nonzero_blocks;
 use crate::qcow2::{ClusterBits, ClusterRun, GuestCluster, Qcow2Layout};
+use crate::units::{BlockSize, FsBlock};
 use crate::{Error, Result};
 
 /// Plan the qcow2 image of any input without writing anything (`--dry-run`). A stream is
@@ -18,13 +21,11 @@ pub fn plan(
     progress: &mut dyn Progress,
 ) -> Result<Qcow2Layout> {
     use crate::ops::input::{Input, Kind};
-    let geometry = |blocks_count: u64, bs: u32| {
-        let vsize = blocks_count
-            .checked_mul(u64::from(bs))
+    let geometry = |blocks_count: u64, bs: BlockSize| {
+        let vsize = bs
+            .bytes_of(blocks_count)
             .ok_or_else(|| Error::InvalidInput("filesystem size overflows".into()))?;
-        let cb = ClusterBits::new(bs.trailing_zeros())
-            .filter(|_| bs.is_power_of_two())
-            .ok_or_else(|| Error::InvalidInput(format!("block size {bs}")))?;
+        let cb = cluster_bits(bs)?;
         Ok::<_, Error>((vsize, cb))
     };
     let finish = |vsize: u64, cb: ClusterBits, data: &[ClusterRun], zero: &[ClusterRun]| {
@@ -40,7 +41,7 @@ pub fn plan(
     // One cluster per filesystem block; compared with the base for an overlay.
     let from_image = |src: &dyn crate::io::ReadAt,
                       map: &crate::blockmap::BlockMap,
-                      bs: u32,
+                      bs: BlockSize,
                       progress: &mut dyn Progress| {
         let (vsize, cb) = geometry(map.blocks_count(), bs)?;
         let (runs, _) = nonzero_blocks(src, map, bs, progress)?;
@@ -69,7 +70,7 @@ pub fn plan(
                 Some(base) => {
                     let mut differ = Differ::new(base, cb)?;
                     r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| match data {
-                        Some(d) => differ.feed(GuestCluster(e.start), d),
+                        Some(d) => differ.feed(GuestCluster::one_per_block(e.start), d),
                         None => Ok(()),
                     })?;
                     let (o, _) = differ.finish(vsize)?;
@@ -137,14 +138,12 @@ pub fn stream_to_qcow2<R: std::io::Read>(
     let marks = crate::mark::Marks {
         scrambled: h.is_scrambled(),
     };
-    let vsize = h
-        .blocks_count
-        .checked_mul(u64::from(h.block_size))
+    let bs = h.block_size;
+    let vsize = bs
+        .bytes_of(h.blocks_count)
         .ok_or_else(|| Error::InvalidInput("image size overflows".into()))?;
-    let cb = h.block_size.trailing_zeros();
-    let cbits = ClusterBits::new(cb)
-        .filter(|_| h.block_size.is_power_of_two())
-        .ok_or_else(|| Error::InvalidInput(format!("block size {}", h.block_size)))?;
+    let cbits = cluster_bits(bs)?;
+    let cb = cbits.get();
     // One cluster per filesystem block.
     let runs: Vec<ClusterRun> = r
         .data_runs()
@@ -152,13 +151,12 @@ pub fn stream_to_qcow2<R: std::io::Read>(
         .map(ClusterRun::one_per_block)
         .collect();
     let mut report = StreamToQcow2 {
-        block_size: h.block_size,
+        block_size: bs.get(),
         blocks_count: h.blocks_count,
         data_blocks: r.data_blocks(),
         zero_blocks: r.zero_blocks(),
         ..Default::default()
     };
-    let bs = u64::from(h.block_size);
     let mut done = 0u64;
     // Overlay: compare first (the stream is read and verified here), then write from the
     // spool of differing clusters.
@@ -174,8 +172,8 @@ pub fn stream_to_qcow2<R: std::io::Read>(
             report.stream_sha256 = r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
                 if let Some(d) = data {
                     let d = with_mark(marks, e.start, bs, d);
-                    differ.feed(GuestCluster(e.start), &d)?;
-                    done += d.len() as u64 / bs;
+                    differ.feed(GuestCluster::one_per_block(e.start), &d)?;
+                    done = done.saturating_add(bs.blocks_in(d.len() as u64));
                     progress.update(done);
                 }
                 Ok(())
@@ -204,7 +202,7 @@ pub fn stream_to_qcow2<R: std::io::Read>(
                 for g in data.iter().flat_map(|r| r.clusters()) {
                     sp.next(&mut buf)?;
                     write(g, &buf)?;
-                    done += 1;
+                    done = done.saturating_add(1);
                     progress.update(done);
                 }
             }
@@ -212,8 +210,8 @@ pub fn stream_to_qcow2<R: std::io::Read>(
                 report.stream_sha256 = r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
                     if let Some(d) = data {
                         let d = with_mark(marks, e.start, bs, d);
-                        write(GuestCluster(e.start), &d)?;
-                        done += d.len() as u64 / bs;
+                        write(GuestCluster::one_per_block(e.start), &d)?;
+                        done = done.saturating_add(bs.blocks_in(d.len() as u64));
                         progress.update(done);
                     }
                     Ok(())
@@ -240,15 +238,20 @@ pub fn stream_to_qcow2<R: std::io::Read>(
     Ok(report)
 }
 
+/// One cluster per filesystem block: 1 KiB to 64 KiB, inside qcow2's 512 B to 2 MiB.
+fn cluster_bits(bs: BlockSize) -> Result<ClusterBits> {
+    ClusterBits::new(bs.bits()).ok_or_else(|| Error::InvalidInput(format!("block size {bs}")))
+}
+
 /// Data blocks from block `start` of a scrambled stream, its superblock marked when it is
 /// among them and lacks the mark (a stream made before the superblock mark existed).
 fn with_mark(
     marks: crate::mark::Marks,
-    start: u64,
-    bs: u64,
+    start: FsBlock,
+    bs: BlockSize,
     data: &[u8],
 ) -> std::borrow::Cow<'_, [u8]> {
-    match start.checked_mul(bs) {
+    match bs.offset_of(start) {
         Some(first) if marks.scrambled => crate::mark::chunk_with_mark(first, data),
         _ => std::borrow::Cow::Borrowed(data),
     }
@@ -306,7 +309,7 @@ pub fn to_qcow2(
                 input: Kind::Stream,
                 block_size: rep.block_size,
                 blocks_count: rep.blocks_count,
-                blocks: rep.data_blocks + rep.zero_blocks,
+                blocks: rep.data_blocks.saturating_add(rep.zero_blocks),
                 stream_sha256: Some(rep.stream_sha256),
                 problems: Vec::new(),
             })
@@ -320,8 +323,8 @@ pub fn to_qcow2(
             let view = img.fs_view();
             let map = view.block_map();
             let sb = img.superblock();
-            progress.block_size(sb.block_size);
-            let marks = crate::mark::ImageFacts::of_normal(img.header(), sb.raw()).marks();
+            progress.block_size(sb.block_size.get());
+            let marks = img.header().image_facts(sb.raw()).marks();
             let src = MarkedSource::new(&view, marks.scrambled);
             let st = write_qcow2(
                 &src,
@@ -334,7 +337,7 @@ pub fn to_qcow2(
             )?;
             Ok(ToQcow2Report {
                 input: Kind::Normal,
-                block_size: sb.block_size,
+                block_size: sb.block_size.get(),
                 blocks_count: sb.blocks_count,
                 blocks: st.blocks,
                 stream_sha256: None,
@@ -362,7 +365,7 @@ pub fn to_qcow2(
             )?;
             Ok(ToQcow2Report {
                 input: kind,
-                block_size: bs,
+                block_size: bs.get(),
                 blocks_count: fs.sb.blocks_count,
                 blocks: res.map.selected_blocks(),
                 stream_sha256: None,
