@@ -83,6 +83,9 @@ pub struct DirNames {
     pub failures: Vec<Unscrambled>,
     /// What is left of [`RANGE_EXTRA_BUDGET`].
     extra_budget: u64,
+    /// The highest inode number an entry may name (`s_inodes_count`): where an entry header
+    /// is searched for in damaged bytes, only one naming an inode up to this counts.
+    pub max_inode: u32,
 }
 
 impl DirNames {
@@ -110,6 +113,7 @@ impl DirNames {
             out_of_range: 0,
             failures: Vec::new(),
             extra_budget: RANGE_EXTRA_BUDGET,
+            max_inode: u32::MAX,
         }
     }
 
@@ -207,8 +211,10 @@ impl DirNames {
 
     /// Scramble the entries in `region` (`place` says where it is, for messages). `lblk`
     /// identifies the block for name generation; `block_size` decodes 64 KiB rec_lens (0 for
-    /// inline regions). Returns whether bytes changed; entries after the first bad one are
-    /// left as they are (the error says where).
+    /// inline regions). A region with a damaged entry is scrubbed: the damaged header stays
+    /// (so e2fsck judges the region as before), the entries after it that can be located get
+    /// new names, and every other byte after the damaged header becomes zero (no name
+    /// survives in bytes nothing can parse). Returns the damage, if any.
     pub fn scramble_region(
         &mut self,
         region: &mut [u8],
@@ -217,30 +223,37 @@ impl DirNames {
         lblk: u64,
         name_base: usize,
         range: Option<(u64, u64)>,
-    ) -> Result<bool, CorruptKind> {
-        let (entries, err) = parse_entries(region, block_size, self.filetype);
-        let mut changed = false;
+    ) -> Option<CorruptKind> {
+        let (mut entries, err) = parse_entries(region, block_size, self.filetype);
+        let mut fill = Vec::new();
+        if let Some((off, _)) = err {
+            let (more, unlocated) =
+                salvage(region, off, block_size, self.filetype, self.max_inode);
+            entries.extend(more);
+            fill = unlocated;
+        }
+        for r in fill {
+            if let Some(b) = region.get_mut(r) {
+                b.fill(0);
+            }
+        }
         for e in entries {
             let orig = region[e.name.clone()].to_vec();
             if e.inode == 0 {
                 // A deleted entry: its name and everything after it.
-                let dead = e.name.start..e.slack.end;
-                if region[dead.clone()].iter().any(|&b| b != 0) {
-                    region[dead].fill(0);
-                    changed = true;
-                }
+                region[e.name.start..e.slack.end].fill(0);
             } else if self.keeps(&orig) {
                 self.used.insert(orig);
                 // Slack after a kept entry may hold names deleted after it; block 0 of an
                 // indexed directory is the dx_root, whose `..` slack is the index.
                 if !(self.indexed && lblk == 0) && region[e.slack.clone()].iter().any(|&b| b != 0) {
                     region[e.slack.clone()].fill(0);
-                    changed = true;
                 }
             } else if !e.name.is_empty() {
                 let at = (lblk, name_base.saturating_add(e.off));
                 // Entries that were already out of their leaf's range stay out of it.
-                let range = if self.outside.remove(&at) {
+                // So do entries found in damaged bytes (their leaf is damaged anyway).
+                let range = if self.outside.remove(&at) || e.salvaged {
                     None
                 } else {
                     range
@@ -273,7 +286,6 @@ impl DirNames {
                         self.same.insert(orig, new.clone());
                         self.used.insert(new);
                         self.names = self.names.saturating_add(1);
-                        changed = true;
                     }
                     None => self.failures.push(Unscrambled::NoReplacement {
                         ino: self.ino,
@@ -284,19 +296,15 @@ impl DirNames {
                 }
                 if region[e.slack.clone()].iter().any(|&b| b != 0) {
                     region[e.slack.clone()].fill(0);
-                    changed = true;
                 }
             }
         }
-        match err {
-            Some((offset, problem)) => Err(CorruptKind::DirEntry {
-                ino: self.ino,
-                region: place,
-                offset,
-                problem,
-            }),
-            None => Ok(changed),
-        }
+        err.map(|(offset, problem)| CorruptKind::DirEntry {
+            ino: self.ino,
+            region: place,
+            offset,
+            problem,
+        })
     }
 
     fn keeps(&self, name: &[u8]) -> bool {
@@ -418,6 +426,8 @@ struct Ent {
     name: std::ops::Range<usize>,
     /// From the end of the name to the end of the record.
     slack: std::ops::Range<usize>,
+    /// Found after a damaged entry (its leaf's hash range no longer applies).
+    salvaged: bool,
 }
 
 /// An entry that needs a new name: where it is and its original name (only compared with,
@@ -472,10 +482,157 @@ fn parse_entries(
             inode,
             name: name_at..name_end,
             slack: name_end..end,
+            salvaged: false,
         });
         off = end;
     }
     (out, None)
+}
+
+/// An entry header: (inode, rec_len, name_len), if its 8 bytes are inside `region`.
+fn header(
+    region: &[u8],
+    off: usize,
+    block_size: usize,
+    filetype: bool,
+) -> Option<(u32, usize, usize)> {
+    let inode = le::get_u32(region, off)?;
+    let rl = rec_len(le::get_u16(region, off.checked_add(4)?)?, block_size.max(1));
+    let lo = *region.get(off.checked_add(6)?)?;
+    let hi = *region.get(off.checked_add(7)?)?;
+    let name_len = if filetype {
+        usize::from(lo)
+    } else {
+        usize::from(lo) | usize::from(hi) << 8
+    };
+    Some((inode, rl, name_len))
+}
+
+/// After the damaged entry at `bad`: the entries that can still be located, and the byte
+/// ranges no located entry accounts for (to be zeroed). The damaged entry's 8-byte header
+/// is in neither: it stays as it is, so e2fsck finds the same damage.
+///
+/// Entries are followed as e2fsck's `salvage_directory` would: a header of `rec_len` 8 is
+/// squeezed out (the next entry follows it), a `rec_len` that is a multiple of 4 and stays
+/// inside the region is absorbed by the previous entry (the next entry follows it), an
+/// entry that overruns the region but whose name fits keeps its name and ends the region.
+/// Otherwise e2fsck drops the rest of the region; there, entries are located by their
+/// plausible headers at 4-byte steps (a valid record naming an inode up to `max_inode`),
+/// which text never forms.
+fn salvage(
+    region: &[u8],
+    bad: usize,
+    block_size: usize,
+    filetype: bool,
+    max_inode: u32,
+) -> (Vec<Ent>, Vec<std::ops::Range<usize>>) {
+    let limit = region.len();
+    let mut ents = Vec::new();
+    let mut fill = Vec::new();
+    let valid = |off: usize, rl: usize, name_len: usize| -> Option<(usize, usize)> {
+        let end = off.checked_add(rl).filter(|&e| e <= limit)?;
+        let name_end = off.checked_add(8)?.checked_add(name_len)?;
+        (rl >= 8 && rl.is_multiple_of(4) && name_end <= end).then_some((name_end, end))
+    };
+    let mut cur = bad;
+    let mut first = true;
+    while cur < limit {
+        let Some((inode, rl, name_len)) = header(region, cur, block_size, filetype) else {
+            fill.push(cur..limit);
+            break;
+        };
+        if !first && let Some((name_end, end)) = valid(cur, rl, name_len) {
+            ents.push(Ent {
+                off: cur,
+                inode,
+                name: cur.saturating_add(8)..name_end,
+                slack: name_end..end,
+                salvaged: true,
+            });
+            cur = end;
+            continue;
+        }
+        first = false;
+        // A damaged header: its 8 bytes stay.
+        let body = cur.saturating_add(8);
+        let left = limit.saturating_sub(cur);
+        if rl == 8 && left >= 12 {
+            cur = body;
+            continue;
+        }
+        if rl >= 12 && rl.is_multiple_of(4) && rl <= left {
+            // Valid lengths but a name longer than the record: nothing of it is a name.
+            let end = cur.saturating_add(rl);
+            fill.push(body..end);
+            cur = end;
+            continue;
+        }
+        let name_end = body.saturating_add(name_len);
+        if rl > left && name_len > 0 && name_end <= limit && inode <= max_inode {
+            ents.push(Ent {
+                off: cur,
+                inode,
+                name: body..name_end,
+                slack: name_end..limit,
+                salvaged: true,
+            });
+            break;
+        }
+        scan_plausible(region, body, block_size, filetype, max_inode, &mut ents, &mut fill);
+        break;
+    }
+    (ents, fill)
+}
+
+/// Entries in `region[from..]` found by their plausible headers at 4-byte steps; what no
+/// entry accounts for goes to `fill`.
+fn scan_plausible(
+    region: &[u8],
+    from: usize,
+    block_size: usize,
+    filetype: bool,
+    max_inode: u32,
+    ents: &mut Vec<Ent>,
+    fill: &mut Vec<std::ops::Range<usize>>,
+) {
+    let limit = region.len();
+    let mut p = from;
+    let mut gap_start = from;
+    while p < limit {
+        let found = header(region, p, block_size, filetype).and_then(|(inode, rl, name_len)| {
+            let end = p.checked_add(rl).filter(|&e| e <= limit)?;
+            let name_end = p.checked_add(8)?.checked_add(name_len)?;
+            let file_type = region.get(p.checked_add(7)?).copied().unwrap_or(0);
+            let plausible = inode <= max_inode
+                && rl >= 12
+                && rl.is_multiple_of(4)
+                && name_len > 0
+                && name_end <= end
+                && (!filetype || file_type <= 7);
+            plausible.then_some((inode, name_end, end))
+        });
+        match found {
+            Some((inode, name_end, end)) => {
+                if gap_start < p {
+                    fill.push(gap_start..p);
+                }
+                ents.push(Ent {
+                    off: p,
+                    inode,
+                    name: p.saturating_add(8)..name_end,
+                    slack: name_end..end,
+                    salvaged: true,
+                });
+                p = end;
+                gap_start = end;
+            }
+            // Entries are 4-byte aligned within their region.
+            None => p = p.saturating_add(4),
+        }
+    }
+    if gap_start < limit {
+        fill.push(gap_start..limit);
+    }
 }
 
 /// The leaves of an htree and the hash range each must hold.
@@ -669,18 +826,10 @@ mod tests {
         assert_eq!(needs.len(), 20);
         names.preassign(needs, &leaves);
         let before = leaf.clone();
-        assert!(
-            names
-                .scramble_region(
-                    &mut leaf,
-                    DirRegion::Block { lblk: 7 },
-                    1024,
-                    7,
-                    0,
-                    Some(range)
-                )
-                .unwrap()
-        );
+        let damage =
+            names.scramble_region(&mut leaf, DirRegion::Block { lblk: 7 }, 1024, 7, 0, Some(range));
+        assert_eq!(damage, None);
+        assert_ne!(leaf, before);
         assert_eq!(names.names, 20);
         assert_eq!(names.out_of_range, 0);
         let (ents, err) = parse_entries(&leaf, 1024, true);

@@ -35,7 +35,7 @@ use crate::ext4::damage::{DirRegion, Problem, XattrAt};
 use crate::io::ReadAt;
 
 pub(crate) use crate::ext4::csum::crc32c_raw;
-pub use plan::plan;
+pub use plan::{SUPERBLOCK_TEXT_FIELDS, plan};
 
 /// The seed used when none is given (a fixed value: two runs give identical images).
 pub const DEFAULT_SEED: u64 = 0x6532_6953_6372_616d;
@@ -60,10 +60,14 @@ pub struct ScrambleReport {
     pub inline_files: u64,
     /// Journal blocks zeroed (everything after the journal superblock).
     pub journal_blocks: u64,
-    /// The superblock's label or last-mounted path was cleared.
+    /// The superblock's free-text fields (label, last-mounted path, error function names,
+    /// mount options) were cleared.
     pub superblock_strings: bool,
     /// Blocks whose bytes the overlay replaces.
     pub patched_blocks: u64,
+    /// Damaged directory blocks (and inline regions) scrubbed: the entries located after
+    /// the damage renamed, every other byte after it zeroed.
+    pub scrubbed_regions: u64,
     /// Things left as they were, each with the reason.
     pub not_scrambled: Vec<Unscrambled>,
 }
@@ -71,9 +75,11 @@ pub struct ScrambleReport {
 /// Something `-s` left as it was, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unscrambled {
-    /// Damaged or unreadable metadata: what could not be parsed stays as it was (for a
-    /// directory block: the entries from the damaged one on).
+    /// Damaged or unreadable metadata: what could not be parsed stays as it was.
     Damaged(Problem),
+    /// A damaged directory region, scrubbed: its damaged entry header stays as it was, the
+    /// entries located after it were renamed, every other byte after it zeroed.
+    Scrubbed(Problem),
     /// The directory's htree index could not be read: its names were renamed without
     /// their hash ranges.
     HtreeIgnored { ino: u32, problem: Problem },
@@ -110,6 +116,10 @@ impl fmt::Display for Unscrambled {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Damaged(p) => write!(f, "{p}"),
+            Self::Scrubbed(p) => write!(
+                f,
+                "{p}; the entries after it renamed where they could be located, their other bytes zeroed"
+            ),
             Self::HtreeIgnored { problem, .. } => write!(
                 f,
                 "{problem}; names renamed without their htree hash ranges"

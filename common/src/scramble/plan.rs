@@ -21,6 +21,15 @@ use crate::io::ReadAt;
 use crate::{Error, Result};
 
 const EXT4_ENCRYPT_FL: u32 = 0x0000_0800;
+/// The superblock's free-text fields, all cleared by `-s` (the scrambled mark then goes
+/// into `s_last_mounted`): nothing else in it is text a user or the kernel wrote.
+pub const SUPERBLOCK_TEXT_FIELDS: [(&str, std::ops::Range<usize>); 5] = [
+    ("s_volume_name", 0x78..0x88),
+    ("s_last_mounted", 0x88..0xC8),
+    ("s_first_error_func", 0x1A8..0x1C8),
+    ("s_last_error_func", 0x1E0..0x200),
+    ("s_mount_opts", 0x200..0x240),
+];
 const MMP_MAGIC: u32 = 0x004D_4D50;
 /// `i_extra_isize` and the checksum halves in the inode.
 const I_EXTRA_ISIZE: usize = 0x80;
@@ -315,7 +324,7 @@ impl<S: ReadAt> Planner<'_, S> {
         }
         let orig = raw.to_vec();
         let is64 = sb.is_64bit();
-        let encrypted = inode.flags & EXT4_ENCRYPT_FL != 0;
+        let encrypted = self.encrypted(&inode);
         let ibody = self.ibody_xattrs(ino, raw);
         if inode.has_inline_data() {
             self.inline(ino, raw, &inode, ibody.as_ref(), encrypted);
@@ -374,7 +383,7 @@ impl<S: ReadAt> Planner<'_, S> {
         let inode = Inode::parse(raw);
         let orig = raw.to_vec();
         let ibody = self.ibody_xattrs(ino, raw);
-        let encrypted = inode.flags & EXT4_ENCRYPT_FL != 0;
+        let encrypted = self.encrypted(&inode);
         if inode.has_inline_data() {
             self.inline(ino, raw, &inode, ibody.as_ref(), encrypted);
         } else if inode.is_symlink() && !encrypted && !inode.has_valid_blocks(self.fs.sb.is_64bit())
@@ -394,6 +403,13 @@ impl<S: ReadAt> Planner<'_, S> {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// Whether `inode`'s names, target or inline data are ciphertext (kept as they are):
+    /// the encrypt flag counts only on a filesystem with the encrypt feature, elsewhere
+    /// it is damage and the plaintext under it is scrambled like any other.
+    fn encrypted(&self, inode: &Inode) -> bool {
+        inode.flags & EXT4_ENCRYPT_FL != 0 && self.fs.sb.has_incompat(feature::INCOMPAT_ENCRYPT)
     }
 
     fn slot(&self, kind: &'static [u8], owner: u32) -> Slot {
@@ -457,18 +473,15 @@ impl<S: ReadAt> Planner<'_, S> {
         if inode.is_dir() {
             let casefold = inode.flags & EXT4_CASEFOLD_FL != 0;
             let mut names = DirNames::new(self.seed, ino, None, casefold, self.filetype);
+            names.max_inode = self.fs.sb.inodes_count;
             // The first 4 bytes of i_block are the parent's inode number.
             let body = &mut raw[I_BLOCK.start.saturating_add(4)..I_BLOCK.end];
-            if let Err(kind) = names.scramble_region(body, DirRegion::InlineBody, 0, 0, 4, None) {
-                self.skip(corrupt(Some(ino), kind));
-            }
+            let out = names.scramble_region(body, DirRegion::InlineBody, 0, 0, 4, None);
+            self.scrubbed(ino, out);
             if !value.is_empty() {
                 let mut v = raw[value.clone()].to_vec();
-                if let Err(kind) =
-                    names.scramble_region(&mut v, DirRegion::InlineXattr, 0, 1, 0, None)
-                {
-                    self.skip(corrupt(Some(ino), kind));
-                }
+                let out = names.scramble_region(&mut v, DirRegion::InlineXattr, 0, 1, 0, None);
+                self.scrubbed(ino, out);
                 raw[value.clone()].copy_from_slice(&v);
             }
             self.rep.directories = self.rep.directories.saturating_add(1);
@@ -495,6 +508,18 @@ impl<S: ReadAt> Planner<'_, S> {
         }
         if let Some(e) = &data {
             xattr::fix_hash(raw, e, data_ok, None);
+        }
+    }
+
+    /// A directory region with damage `damage` was scrubbed (see
+    /// [`DirNames::scramble_region`]): counted and reported.
+    fn scrubbed(&mut self, ino: u32, damage: Option<CorruptKind>) {
+        if let Some(kind) = damage {
+            self.rep.scrubbed_regions = self.rep.scrubbed_regions.saturating_add(1);
+            self.skip(Unscrambled::Scrubbed(Problem {
+                ino: Some(ino),
+                kind: ProblemKind::Corrupt(kind),
+            }));
         }
     }
 
@@ -594,17 +619,12 @@ impl<S: ReadAt> Planner<'_, S> {
     }
 
     /// The logical-to-physical map of inode `ino` below logical block `max_lblk`, from the
-    /// block-map walker: written mappings only (an unwritten extent reads as zeros).
+    /// block-map walker.
     fn map(&self, ino: u32, inode: &Inode, max_lblk: u64) -> Result<Vec<Piece>> {
         let mut out = Vec::new();
         let walked = walk_inode(self.fs, ino, inode, true, &mut |v| {
-            if let Visit::Data {
-                lblk,
-                pblk,
-                len,
-                uninit: false,
-            } = v
-            {
+            // Unwritten extents too: e2image copies their blocks, whatever they hold.
+            if let Visit::Data { lblk, pblk, len, .. } = v {
                 let len = len.min(max_lblk.saturating_sub(lblk));
                 if len > 0 {
                     out.push(Piece { lblk, pblk, len });
@@ -683,6 +703,7 @@ impl<S: ReadAt> Planner<'_, S> {
         }
         let mut names = DirNames::new(self.seed, ino, spec, casefold, self.filetype);
         names.indexed = inode.flags & EXT4_INDEX_FL != 0;
+        names.max_inode = sb.inodes_count;
         let runs = unique_runs(&mut pieces);
         let blocks = || runs.iter().flat_map(Piece::blocks);
         if let (Some(t), Some(_)) = (&tree, spec) {
@@ -715,8 +736,8 @@ impl<S: ReadAt> Planner<'_, S> {
                 continue;
             }
             let orig = self.block(pblk, role)?;
-            // An index node or an empty block: nothing to rename.
-            if le::u32(&orig, 0) == 0 && rec_len(le::u16(&orig, 4), bs) == bs && orig[6] == 0 {
+            // An index block (of an index that could not be read): no names, kept whole.
+            if names.indexed && is_index_block(&orig, lblk) {
                 continue;
             }
             let mut buf = orig.clone();
@@ -724,9 +745,8 @@ impl<S: ReadAt> Planner<'_, S> {
             let tail = limit < bs;
             let range = tree.as_ref().and_then(|t| t.leaves.get(&lblk).copied());
             let place = DirRegion::Block { lblk };
-            if let Err(kind) = names.scramble_region(&mut buf[..limit], place, bs, lblk, 0, range) {
-                self.skip(corrupt(Some(ino), kind));
-            }
+            let out = names.scramble_region(&mut buf[..limit], place, bs, lblk, 0, range);
+            self.scrubbed(ino, out);
             if buf != orig {
                 let body = bs.saturating_sub(12);
                 let leaf_csum = |b: &[u8]| {
@@ -758,14 +778,16 @@ impl<S: ReadAt> Planner<'_, S> {
         le::get_u32(&b, at.checked_add(0x08)?)
     }
 
-    /// Where the entries of a leaf block end: before the checksum tail, if it has one.
+    /// Where the entries of a leaf block end: before the checksum tail, if it has one. A
+    /// tail whose `name_len` or type bytes are damaged is still a tail (its inode and
+    /// `rec_len` say so): its bytes stay as they are, damage included, and its checksum is
+    /// no name.
     fn leaf_limit(&self, buf: &[u8]) -> usize {
         let bs = buf.len();
         let Some(t) = bs.checked_sub(12).and_then(|at| buf.get(at..)) else {
             return bs;
         };
-        let tail =
-            self.csum && le::u32(t, 0) == 0 && le::u16(t, 4) == 12 && t[6] == 0 && t[7] == 0xDE;
+        let tail = self.csum && le::u32(t, 0) == 0 && le::u16(t, 4) == 12;
         if tail { bs.saturating_sub(12) } else { bs }
     }
 
@@ -871,7 +893,8 @@ impl<S: ReadAt> Planner<'_, S> {
         Ok(())
     }
 
-    /// Clear the label and last-mounted path of the superblock(s) the image holds.
+    /// Clear the free-text fields of the superblock(s) the image holds
+    /// ([`SUPERBLOCK_TEXT_FIELDS`]).
     fn superblocks(&mut self) -> Result<()> {
         let bs = self.bs() as u64;
         // The primary superblock is at byte 1024: block 1, or inside block 0.
@@ -888,11 +911,14 @@ impl<S: ReadAt> Planner<'_, S> {
             if le::u16(sbb, 0x38) != 0xEF53 {
                 continue;
             }
-            if sbb[0x78..0xC8].iter().all(|&b| b == 0) {
+            let text = || SUPERBLOCK_TEXT_FIELDS.iter().map(|(_, r)| r.clone());
+            if text().all(|r| sbb[r].iter().all(|&b| b == 0)) {
                 continue;
             }
             let ok = le::u32(sbb, 0x3FC) == crc32c_raw(!0, &sbb[..0x3FC]);
-            sbb[0x78..0xC8].fill(0);
+            for r in text() {
+                sbb[r].fill(0);
+            }
             if self.csum && ok {
                 let crc = crc32c_raw(!0, &sbb[..0x3FC]);
                 le::set_u32(sbb, 0x3FC, crc);
@@ -930,6 +956,19 @@ impl<S: ReadAt> Planner<'_, S> {
         self.ov.put(blk, buf);
         Ok(())
     }
+}
+
+/// Whether directory block `lblk` of an indexed directory is an index block: the dx_root
+/// (`.` and `..` in place) or a node (one empty entry over the whole block). Their bytes
+/// are hashes and block numbers, never names; damage in them stays as it is.
+fn is_index_block(b: &[u8], lblk: u64) -> bool {
+    let bs = b.len();
+    if lblk == 0 {
+        return b.get(8..9) == Some(b".") && b.get(20..22) == Some(b"..");
+    }
+    le::get_u32(b, 0) == Some(0)
+        && le::get_u16(b, 4).is_some_and(|r| rec_len(r, bs) == bs)
+        && b.get(6..8) == Some(&[0, 0])
 }
 
 /// Replace a symlink target with generated characters of the same length; NUL bytes stay
