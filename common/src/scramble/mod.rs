@@ -110,6 +110,10 @@ pub enum Unscrambled {
     },
     /// The journal needed recovery: its log was zeroed, so the image cannot replay it.
     JournalNeededRecovery,
+    /// Blocks `first..=last` are claimed by more than one owner (a directory, symlink,
+    /// journal or xattr block cross-linked with other metadata or another inode): the
+    /// scrambler owns none of them and leaves them as they are.
+    Shared { first: u64, last: u64 },
 }
 
 impl fmt::Display for Unscrambled {
@@ -171,6 +175,10 @@ impl fmt::Display for Unscrambled {
                 f,
                 "inode {ino}: {region}: the {len}-byte name at byte {offset} has no unused replacement"
             ),
+            Self::Shared { first, last } => {
+                crate::ext4::damage::write_range(f, "block", *first, *last)?;
+                f.write_str(" cross-linked (claimed by more than one owner): kept as it is")
+            }
             Self::JournalNeededRecovery => f.write_str(
                 "the journal needed recovery: its log was zeroed, so the image cannot replay it",
             ),
@@ -231,6 +239,32 @@ impl Overlay {
         }
         self.zeros = out;
         // A block both patched and zeroed reads as its patch.
+    }
+
+    /// Leave blocks `r` as the source has them: no patch, no zeros. Returns whether the
+    /// overlay changed any of them.
+    pub fn release(&mut self, r: Range<u64>) -> bool {
+        let patched: Vec<u64> = self.blocks.range(r.clone()).map(|(&b, _)| b).collect();
+        let mut changed = !patched.is_empty();
+        for b in patched {
+            self.blocks.remove(&b);
+        }
+        let mut out = Vec::with_capacity(self.zeros.len());
+        for z in self.zeros.drain(..) {
+            if z.end <= r.start || r.end <= z.start {
+                out.push(z);
+                continue;
+            }
+            changed = true;
+            if z.start < r.start {
+                out.push(z.start..r.start);
+            }
+            if r.end < z.end {
+                out.push(r.end..z.end);
+            }
+        }
+        self.zeros = out;
+        changed
     }
 
     pub fn patched_blocks(&self) -> usize {

@@ -16,6 +16,7 @@ use crate::ext4::inode::{self, EXT4_CASEFOLD_FL, EXT4_INDEX_FL, I_BLOCK, Inode};
 use crate::ext4::itable::{self, Item, TableOptions};
 use crate::ext4::superblock::feature;
 use crate::ext4::walk::{Visit, Walked, walk_inode};
+use crate::blockmap::{BlockMapBuilder, Run};
 use crate::ext4::{Filesystem, le};
 use crate::io::ReadAt;
 use crate::{Error, Result};
@@ -50,8 +51,10 @@ pub fn plan<S: ReadAt>(fs: &Filesystem<S>, seed: u64) -> Result<(Overlay, Scramb
         xattr_done: HashSet::new(),
         filetype: sb.has_incompat(feature::INCOMPAT_FILETYPE),
         fixed: fixed_metadata(fs),
+        claims: Claims::new(sb),
     };
     p.inodes()?;
+    p.release_shared();
     p.superblocks()?;
     p.mmp()?;
     p.rep.patched_blocks = p.ov.patched_blocks() as u64;
@@ -70,6 +73,69 @@ struct Planner<'a, S> {
     /// The filesystem's fixed metadata (see [`fixed_metadata`]): no directory, symlink,
     /// xattr or journal block of a damaged map may change it.
     fixed: Vec<std::ops::Range<u64>>,
+    /// Who claims which blocks: what the scrambler may rewrite is only what one owner
+    /// claims alone.
+    claims: Claims,
+}
+
+/// Who may have a block rewritten: a slow symlink or journal inode for its data blocks,
+/// the directory pass for directory blocks (two directories that claim one block read it
+/// alike, as entries: it is renamed once), or the xattr pass for an xattr block (any
+/// number of inodes share one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Owner {
+    Inode(u32),
+    Directories,
+    Xattr,
+}
+
+/// The blocks every in-use inode claims, as the scan attributes them: the blocks the
+/// scrambler may rewrite (candidates, with their owner), and every other claim (mapping
+/// blocks, data of other files). A candidate also claimed otherwise, or by two owners, is
+/// cross-linked: it is left as it is. Memory follows the runs of the maps (metadata).
+struct Claims {
+    others: BlockMapBuilder,
+    candidates: Vec<(u64, u64, Owner)>,
+    blocks_count: u64,
+}
+
+impl Claims {
+    fn new(sb: &crate::ext4::superblock::Superblock) -> Self {
+        Claims {
+            others: BlockMapBuilder::new(0, sb.blocks_count.saturating_sub(1), 0),
+            candidates: Vec::new(),
+            blocks_count: sb.blocks_count,
+        }
+    }
+
+    fn candidate(&mut self, start: u64, len: u64, owner: Owner) {
+        let end = start.saturating_add(len).min(self.blocks_count);
+        if start < end {
+            self.candidates.push((start, end, owner));
+        }
+    }
+
+    /// The candidate blocks that are cross-linked, as runs.
+    fn shared(mut self) -> Vec<Run> {
+        let others = self.others.build(0, self.blocks_count);
+        self.candidates.sort_unstable();
+        let mut multi = BlockMapBuilder::new(0, self.blocks_count.saturating_sub(1), 0);
+        // Candidates still open at the current start, to compare owners.
+        let mut open: Vec<(u64, u64, Owner)> = Vec::new();
+        for &(s, e, o) in &self.candidates {
+            open.retain(|&(_, oe, _)| oe > s);
+            for &(_, oe, oo) in &open {
+                if oo != o {
+                    multi.mark_range(s, oe.min(e).saturating_sub(s));
+                }
+            }
+            open.push((s, e, o));
+            for r in others.runs_in(s..e) {
+                multi.mark_range(r.start, r.len);
+            }
+        }
+        multi.build(0, self.blocks_count).runs().to_vec()
+    }
 }
 
 /// The blocks of the filesystem's fixed metadata, sorted and merged: the superblock's
@@ -315,6 +381,7 @@ impl<S: ReadAt> Planner<'_, S> {
             return self.unlinked_inode(ino, raw);
         }
         let journal = sb.has_compat(feature::COMPAT_HAS_JOURNAL) && ino == sb.journal_inum();
+        self.claim(ino, &inode, journal);
         if journal {
             self.journal(ino, &inode)?;
             return Ok(false);
@@ -371,6 +438,55 @@ impl<S: ReadAt> Planner<'_, S> {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// Record what inode `ino` claims (see [`Claims`]): the data blocks of a directory,
+    /// of a slow symlink's first block and of the journal are candidates for rewriting;
+    /// every other block it maps is someone else's as far as they are concerned. A map
+    /// that cannot be walked claims what was visited before the damage.
+    fn claim(&mut self, ino: u32, inode: &Inode, journal: bool) {
+        let is64 = self.fs.sb.is_64bit();
+        let acl = inode.file_acl(is64);
+        if acl != 0 {
+            self.claims.candidate(acl, 1, Owner::Xattr);
+        }
+        if !inode.has_valid_blocks(is64) || inode.has_inline_data() {
+            return;
+        }
+        let (dir, link) = (inode.is_dir(), inode.is_symlink());
+        let owner = if dir {
+            Owner::Directories
+        } else {
+            Owner::Inode(ino)
+        };
+        let claims = &mut self.claims;
+        let _ = walk_inode(self.fs, ino, inode, true, &mut |v| match v {
+            Visit::Meta(b) => claims.others.mark(b),
+            Visit::Data { lblk, pblk, len, .. } => {
+                if dir || journal {
+                    claims.candidate(pblk, len, owner);
+                } else if link && lblk == 0 {
+                    claims.candidate(pblk, 1, owner);
+                    claims.others.mark_range(pblk.saturating_add(1), len.saturating_sub(1));
+                } else {
+                    claims.others.mark_range(pblk, len);
+                }
+            }
+        });
+    }
+
+    /// Give cross-linked blocks back to the source (see [`Claims`]): the overlay neither
+    /// patches nor zeros them, and each run is reported.
+    fn release_shared(&mut self) {
+        let claims = std::mem::replace(&mut self.claims, Claims::new(&self.fs.sb));
+        for r in claims.shared() {
+            if self.ov.release(r.start..r.end()) {
+                self.skip(Unscrambled::Shared {
+                    first: r.start,
+                    last: r.end().saturating_sub(1),
+                });
+            }
+        }
     }
 
     /// An inode with no links (deleted, or an orphan): e2image copies its bytes with the
