@@ -22,6 +22,9 @@ const RANGE_ATTEMPTS_MAX: u64 = 1 << 25;
 /// ...and at most this many beyond `RANGE_ATTEMPTS` per directory, so that a directory of
 /// many narrow leaves cannot take unbounded time.
 const RANGE_EXTRA_BUDGET: u64 = 1 << 27;
+/// At most this many candidates (one hash transform each) per name length of a directory
+/// in [`DirNames::preassign`].
+const PREASSIGN_MAX: u64 = 1 << 25;
 /// Further attempts for a unique name without the range.
 const FREE_ATTEMPTS: u64 = 10_000;
 
@@ -83,6 +86,9 @@ pub struct DirNames {
     pub failures: Vec<Unscrambled>,
     /// What is left of [`RANGE_EXTRA_BUDGET`].
     extra_budget: u64,
+    /// [`Self::preassign`] ran: it searched the ranges by construction, so an entry it
+    /// left over gets a name without the range at once.
+    preassigned_all: bool,
     /// The highest inode number an entry may name (`s_inodes_count`): where an entry header
     /// is searched for in damaged bytes, only one naming an inode up to this counts.
     pub max_inode: u32,
@@ -114,6 +120,7 @@ impl DirNames {
             failures: Vec::new(),
             extra_budget: RANGE_EXTRA_BUDGET,
             max_inode: u32::MAX,
+            preassigned_all: false,
         }
     }
 
@@ -264,7 +271,14 @@ impl DirNames {
                 } else {
                     match self.preassigned.remove(&at) {
                         Some(n) => Some(n),
-                        None => self.pick(&orig, lblk, at.1, range),
+                        None => {
+                            if self.preassigned_all && range.is_some() {
+                                self.out_of_range = self.out_of_range.saturating_add(1);
+                                self.pick(&orig, lblk, at.1, None)
+                            } else {
+                                self.pick(&orig, lblk, at.1, range)
+                            }
+                        }
                     }
                 };
                 match new {
@@ -344,12 +358,18 @@ impl DirNames {
         }
     }
 
-    /// Choose names for a whole htree directory at once: candidates of each length come
-    /// from one stream and go to whichever leaf their hash falls in, so the work grows with
-    /// the number of entries rather than entries × leaves. Entries left over get
-    /// [`Self::pick`] when their block is scrambled.
+    /// Choose names for a whole htree directory at once, by construction: names of one
+    /// length share a generated prefix whose whole hash chunks are hashed once, and only the
+    /// bytes of the last chunk are varied, counting through them in order (an odometer over
+    /// [`NAME_CHARS`]; a new prefix when they run out). Each candidate costs one transform
+    /// and goes to whichever leaf its hash falls in, so the work follows the number of
+    /// entries and the narrowest leaf, never entries × leaves. Leaves whose range is a
+    /// single hash value (collisions) cannot be hit by construction; their entries, and any
+    /// left when the work bound is reached, keep their length and uniqueness but not the
+    /// range (reported).
     pub fn preassign(&mut self, needs: Vec<Need>, leaves: &HashMap<u64, (u64, u64)>) {
         let Some(spec) = self.hash else { return };
+        self.preassigned_all = true;
         let mut ranges: Vec<(u64, u64, u64)> = leaves
             .iter()
             .filter(|(_, r)| r.0 < r.1)
@@ -365,53 +385,114 @@ impl DirNames {
                 .or_default()
                 .push_back(n);
         }
+        let chunk = dirhash::PrefixHasher::chunk(spec.version);
         for (len, mut queues) in by_len {
+            if len == 0 {
+                continue;
+            }
             let mut remaining: u64 = queues
                 .values()
                 .map(|q| q.len() as u64)
                 .fold(0, u64::saturating_add);
-            let space = (NAME_CHARS.len() as u64)
-                .checked_pow(u32::try_from(len).unwrap_or(u32::MAX))
-                .unwrap_or(u64::MAX);
+            // The narrowest range still to fill bounds the work: 64 times the expected
+            // number of candidates to hit it, and 64 per name besides.
+            let narrowest = queues
+                .keys()
+                .filter_map(|l| leaves.get(l))
+                .map(|&(lo, hi)| hi.saturating_sub(lo))
+                .filter(|&w| w > 0)
+                .min()
+                .unwrap_or(1 << 32);
             let budget = remaining
                 .saturating_mul(64)
                 .saturating_add(100_000)
-                .min(space.saturating_mul(8));
+                .max((1u64 << 32).checked_div(narrowest).unwrap_or(0).saturating_mul(64))
+                .min(PREASSIGN_MAX);
+            // The varied tail: the last hash chunk (the whole name for the legacy hash).
+            let tail_at = match chunk {
+                0 => 0,
+                c => len.saturating_sub(1).checked_div(c).unwrap_or(0).saturating_mul(c),
+            };
             let slot = Slot {
                 kind: b"pool",
                 owner: u64::from(self.ino),
                 block: len as u64,
                 offset: 0,
             };
-            let mut cands = Candidates::new(self.seed, slot);
+            let mut prefixes = Candidates::new(self.seed, slot);
             let mut cand = vec![0u8; len];
+            let mut digits = vec![0usize; len.saturating_sub(tail_at)];
             let mut tries = 0u64;
-            while remaining > 0 && tries < budget {
-                tries = tries.saturating_add(1);
-                cands.fill(NAME_CHARS, &mut cand);
-                let Some(h) = spec.hash(&cand) else { return };
-                let h = u64::from(h);
-                let i = ranges.partition_point(|r| r.0 <= h);
-                let Some(&(lo, hi, leaf)) = i.checked_sub(1).and_then(|i| ranges.get(i)) else {
-                    continue;
+            'prefixes: while remaining > 0 && tries < budget {
+                // A new prefix and a starting tail.
+                prefixes.fill(NAME_CHARS, &mut cand);
+                let Some(hasher) = dirhash::PrefixHasher::new(spec.version, &spec.seed, &cand[..tail_at])
+                else {
+                    return;
                 };
-                if !(lo..hi).contains(&h) || self.used.contains(&cand) {
-                    continue;
+                for (d, c) in digits.iter_mut().zip(&cand[tail_at..]) {
+                    *d = NAME_CHARS.iter().position(|x| x == c).unwrap_or(0);
                 }
-                let Some(q) = queues.get_mut(&leaf) else {
-                    continue;
-                };
-                let Some(pos) = q.iter().position(|n| n.orig != cand) else {
-                    continue;
-                };
-                let Some(n) = q.remove(pos) else { continue };
-                self.used.insert(cand.clone());
-                self.preassigned.insert((n.lblk, n.off), cand.clone());
-                remaining = remaining.saturating_sub(1);
-                if q.is_empty() {
-                    queues.remove(&leaf);
+                loop {
+                    if remaining == 0 || tries >= budget {
+                        break 'prefixes;
+                    }
+                    tries = tries.saturating_add(1);
+                    for (c, &d) in cand[tail_at..].iter_mut().zip(&digits) {
+                        *c = NAME_CHARS.get(d).copied().unwrap_or(b'a');
+                    }
+                    if let Some(h) = hasher.hash(&cand) {
+                        self.place(&cand, u64::from(h), &ranges, &mut queues, &mut remaining);
+                    }
+                    // Next tail; when every tail was tried, a new prefix.
+                    let mut carry = true;
+                    for d in digits.iter_mut().rev() {
+                        *d = d.saturating_add(1);
+                        if *d < NAME_CHARS.len() {
+                            carry = false;
+                            break;
+                        }
+                        *d = 0;
+                    }
+                    if carry {
+                        continue 'prefixes;
+                    }
                 }
             }
+        }
+    }
+
+    /// Give `cand` (hash `h`) to an entry of the leaf whose range holds `h`, if it needs one.
+    fn place(
+        &mut self,
+        cand: &[u8],
+        h: u64,
+        ranges: &[(u64, u64, u64)],
+        queues: &mut HashMap<u64, VecDeque<Need>>,
+        remaining: &mut u64,
+    ) {
+        let i = ranges.partition_point(|r| r.0 <= h);
+        let Some(&(lo, hi, leaf)) = i.checked_sub(1).and_then(|i| ranges.get(i)) else {
+            return;
+        };
+        if !(lo..hi).contains(&h) {
+            return;
+        }
+        let Some(q) = queues.get_mut(&leaf) else {
+            return;
+        };
+        if cand == b"." || cand == b".." || self.used.contains(cand) {
+            return;
+        }
+        let Some(pos) = q.iter().position(|n| n.orig != cand) else {
+            return;
+        };
+        let Some(n) = q.remove(pos) else { return };
+        self.used.insert(cand.to_vec());
+        self.preassigned.insert((n.lblk, n.off), cand.to_vec());
+        *remaining = remaining.saturating_sub(1);
+        if q.is_empty() {
+            queues.remove(&leaf);
         }
     }
 }
