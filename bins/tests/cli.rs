@@ -77,6 +77,7 @@ mod cli {
     pub mod damaged;
     pub mod install;
     pub mod kinds;
+    pub mod leaks;
     #[path = "move.rs"]
     pub mod move_fs;
     pub mod mutation;

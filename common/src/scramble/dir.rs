@@ -590,8 +590,9 @@ fn header(
 }
 
 /// After the damaged entry at `bad`: the entries that can still be located, and the byte
-/// ranges no located entry accounts for (to be zeroed). The damaged entry's 8-byte header
-/// is in neither: it stays as it is, so e2fsck finds the same damage.
+/// ranges no located entry accounts for (to be zeroed). A damaged entry's 8-byte header
+/// naming a possible inode is in neither: it stays as it is, so e2fsck finds the same
+/// damage.
 ///
 /// Entries are followed as e2fsck's `salvage_directory` would: a header of `rec_len` 8 is
 /// squeezed out (the next entry follows it), a `rec_len` that is a multiple of 4 and stays
@@ -634,8 +635,13 @@ fn salvage(
             continue;
         }
         first = false;
-        // A damaged header: its 8 bytes stay.
+        // A damaged header: its 8 bytes stay, unless it names no possible inode: then
+        // they are most likely the bytes of a name (a `rec_len` before it went wrong)
+        // and are zeroed like any other unlocated byte.
         let body = cur.saturating_add(8);
+        if inode > max_inode {
+            fill.push(cur..body);
+        }
         let left = limit.saturating_sub(cur);
         if rl == 8 && left >= 12 {
             cur = body;

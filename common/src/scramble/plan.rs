@@ -301,6 +301,31 @@ impl<S: ReadAt> Planner<'_, S> {
         Ok(buf)
     }
 
+    /// A block that holds private strings (directory entries, a symlink target) as the
+    /// image will have it: where the source ends inside the block, its first bytes and
+    /// zeros after them (the writers copy what is there); `None` where nothing of it can
+    /// be read (reported; nothing of it is in the image either).
+    fn private_block(&mut self, ino: u32, blk: u64, role: Role) -> Result<Option<Vec<u8>>> {
+        let e = match self.block(blk, role) {
+            Ok(b) => return Ok(Some(b)),
+            Err(e) => e,
+        };
+        let what = damaged(Some(ino), e)?;
+        let mut buf = vec![0u8; self.bs()];
+        let got = blk
+            .checked_mul(self.bs() as u64)
+            .and_then(|at| self.fs.src.read_at(&mut buf, at).ok())
+            .unwrap_or(0);
+        if got == 0 {
+            // Htree directories read their leaves twice: said once.
+            if !self.rep.not_scrambled.contains(&what) {
+                self.skip(what);
+            }
+            return Ok(None);
+        }
+        Ok(Some(buf))
+    }
+
     fn valid_block(&self, blk: u64) -> bool {
         blk >= u64::from(self.fs.sb.first_data_block) && blk < self.fs.sb.blocks_count
     }
@@ -686,7 +711,9 @@ impl<S: ReadAt> Planner<'_, S> {
         if self.is_fixed(Some(ino), role, pblk) {
             return Ok(());
         }
-        let mut buf = self.block(pblk, role)?;
+        let Some(mut buf) = self.private_block(ino, pblk, role)? else {
+            return Ok(());
+        };
         let slot = self.slot(b"link", ino);
         scrub_target(self.seed, slot, &mut buf[..n]);
         self.ov.put(pblk, buf);
@@ -830,7 +857,10 @@ impl<S: ReadAt> Planner<'_, S> {
                     continue;
                 }
                 if let Some(&range) = t.leaves.get(&lblk) {
-                    let b = self.block(pblk, Role::DirBlock { ino, lblk })?;
+                    let Some(b) = self.private_block(ino, pblk, Role::DirBlock { ino, lblk })?
+                    else {
+                        continue;
+                    };
                     let limit = self.leaf_limit(&b);
                     names.collect_needs(&b[..limit], bs, lblk, range, &mut needs);
                 }
@@ -851,7 +881,9 @@ impl<S: ReadAt> Planner<'_, S> {
             if self.is_fixed(Some(ino), role, pblk) {
                 continue;
             }
-            let orig = self.block(pblk, role)?;
+            let Some(orig) = self.private_block(ino, pblk, role)? else {
+                continue;
+            };
             // An index block (of an index that could not be read): no names, kept whole.
             if names.indexed && is_index_block(&orig, lblk) {
                 continue;
