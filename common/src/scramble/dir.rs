@@ -731,6 +731,67 @@ pub struct Htree {
     pub leaves: HashMap<u64, (u64, u64)>,
     /// Index blocks below the root.
     pub nodes: HashSet<u64>,
+    /// The index blocks whose entries point at leaves: (logical block, offset of their
+    /// count/limit header, the leaves of entries 0..count in order).
+    pub bottom: Vec<(u64, usize, Vec<u64>)>,
+}
+
+/// A hash boundary of an index block to rewrite: entry `entry` of the block at `lblk`
+/// (whose count/limit header is at `at`) gets hash `hash`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Boundary {
+    pub lblk: u64,
+    pub at: usize,
+    pub entry: usize,
+    pub hash: u32,
+}
+
+/// Narrowest leaf range (in hash values) that construction fills within its work bound;
+/// narrower leaves are widened by moving a boundary into a wide neighbour.
+const NARROW: u64 = 1 << 14;
+
+impl Htree {
+    /// Widen leaves too narrow to be hit by construction: the boundary a narrow leaf
+    /// shares with a neighbour under the same index block (at least twice as wide)
+    /// moves to the middle of the neighbour's range. The ranges in [`Self::leaves`]
+    /// change accordingly; the index entries to rewrite are returned. Entries stay
+    /// sorted and inside their index block's range, so the index stays valid.
+    pub fn widen(&mut self) -> Vec<Boundary> {
+        let mut out = Vec::new();
+        for (lblk, at, kids) in &self.bottom {
+            for i in 0..kids.len() {
+                let Some(&(lo, hi)) = self.leaves.get(&kids[i]) else {
+                    continue;
+                };
+                if hi.saturating_sub(lo) >= NARROW {
+                    continue;
+                }
+                let next = i.checked_add(1).and_then(|j| Some((j, *kids.get(j)?)));
+                let prev = i.checked_sub(1).and_then(|j| Some((j, *kids.get(j)?)));
+                let wide = |l: u64| {
+                    self.leaves
+                        .get(&l)
+                        .is_some_and(|&(a, b)| b.saturating_sub(a) >= NARROW.saturating_mul(2))
+                };
+                if let Some((j, n)) = next.filter(|&(_, n)| wide(n) && n != kids[i]) {
+                    let (nlo, nhi) = self.leaves[&n];
+                    let b = nlo.saturating_add(nhi.saturating_sub(nlo) >> 1) & !1;
+                    let Ok(hash) = u32::try_from(b) else { continue };
+                    self.leaves.insert(kids[i], (lo, b));
+                    self.leaves.insert(n, (b, nhi));
+                    out.push(Boundary { lblk: *lblk, at: *at, entry: j, hash });
+                } else if let Some((_, pv)) = prev.filter(|&(_, p)| wide(p) && p != kids[i]) {
+                    let (plo, phi) = self.leaves[&pv];
+                    let b = plo.saturating_add(phi.saturating_sub(plo) >> 1) & !1;
+                    let Ok(hash) = u32::try_from(b) else { continue };
+                    self.leaves.insert(pv, (plo, b));
+                    self.leaves.insert(kids[i], (b, hi));
+                    out.push(Boundary { lblk: *lblk, at: *at, entry: i, hash });
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Walk the index of directory `ino` from the dx_root in `root`; `read` returns a
@@ -779,6 +840,7 @@ pub fn parse_htree(
             return Err(bad(HtreeProblem::Count { lblk, count, limit }));
         };
         let entries: Vec<&[u8]> = entries.collect();
+        let mut kids = Vec::new();
         for (i, e) in entries.iter().enumerate() {
             // Entry 0's hash field is the count/limit header: its range starts at `lo`.
             let start = if i == 0 {
@@ -806,7 +868,11 @@ pub fn parse_htree(
                 ));
             } else {
                 t.leaves.entry(blk).or_insert((start, end.max(start)));
+                kids.push(blk);
             }
+        }
+        if level == 0 {
+            t.bottom.push((lblk, at, kids));
         }
     }
     Ok(t)

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use super::dir::{DirNames, HashSpec, parse_htree, rec_len};
+use super::dir::{Boundary, DirNames, HashSpec, parse_htree, rec_len};
 use super::names::{NAME_CHARS, Slot, generate};
 use super::xattr::{self, XATTR_MAGIC, XEntry};
 use super::{Overlay, ScrambleReport, Unscrambled, crc32c_raw};
@@ -849,7 +849,7 @@ impl<S: ReadAt> Planner<'_, S> {
         names.max_inode = sb.inodes_count;
         let runs = unique_runs(&mut pieces);
         let blocks = || runs.iter().flat_map(Piece::blocks);
-        if let (Some(t), Some(_)) = (&tree, spec) {
+        if let (Some(t), Some(_)) = (&mut tree, spec) {
             // First pass over the leaves: which names each must receive.
             let mut needs = Vec::new();
             for (lblk, pblk) in blocks() {
@@ -865,7 +865,11 @@ impl<S: ReadAt> Planner<'_, S> {
                     names.collect_needs(&b[..limit], bs, lblk, range, &mut needs);
                 }
             }
+            // Which names were in their range is judged above, by the original ranges;
+            // the new names go into the widened ones.
+            let bounds = t.widen();
             names.preassign(needs, &t.leaves);
+            self.rewrite_bounds(ino, generation, &pieces, &bounds)?;
         }
         for (lblk, pblk) in blocks() {
             if let Some(t) = &tree
@@ -914,6 +918,90 @@ impl<S: ReadAt> Planner<'_, S> {
         self.rep.directories = self.rep.directories.saturating_add(1);
         self.finish_names(names);
         Ok(())
+    }
+
+    /// Store the moved hash boundaries of [`Htree::widen`] in their index blocks; the
+    /// index checksum (dx tail) is recomputed where it verified.
+    fn rewrite_bounds(
+        &mut self,
+        ino: u32,
+        generation: u32,
+        pieces: &[Piece],
+        bounds: &[Boundary],
+    ) -> Result<()> {
+        let mut blocks: Vec<u64> = bounds.iter().map(|b| b.lblk).collect();
+        blocks.sort_unstable();
+        blocks.dedup();
+        for lblk in blocks {
+            let role = Role::DirBlock { ino, lblk };
+            let Some(pblk) = pieces.iter().find_map(|p| p.lookup(lblk)) else {
+                continue;
+            };
+            if !self.valid_block(pblk) || self.is_fixed(Some(ino), role, pblk) {
+                continue;
+            }
+            let mut buf = self.block(pblk, role)?;
+            let verified = self.dx_csum(ino, generation, &buf, bounds, lblk);
+            for b in bounds.iter().filter(|b| b.lblk == lblk) {
+                let Some(field) = b.entry.checked_mul(8).and_then(|o| o.checked_add(b.at)) else {
+                    continue;
+                };
+                if field.checked_add(4).is_some_and(|e| e <= buf.len()) {
+                    le::set_u32(&mut buf, field, b.hash);
+                }
+            }
+            // Only a checksum that verified is recomputed (a bad one stays bad).
+            if let Some((tail, true)) = verified
+                && let Some(crc) = self.dx_crc(ino, generation, &buf, bounds, lblk)
+            {
+                le::set_u32(&mut buf, tail, crc);
+            }
+            self.ov.put(pblk, buf);
+        }
+        Ok(())
+    }
+
+    /// The dx tail of index block `lblk` (count/limit at the offset `bounds` gives):
+    /// where its checksum is, and whether it verifies.
+    fn dx_csum(
+        &self,
+        ino: u32,
+        generation: u32,
+        buf: &[u8],
+        bounds: &[Boundary],
+        lblk: u64,
+    ) -> Option<(usize, bool)> {
+        if !self.csum {
+            return None;
+        }
+        let at = bounds.iter().find(|b| b.lblk == lblk)?.at;
+        let limit = usize::from(le::get_u16(buf, at)?);
+        let tail = limit.checked_mul(8)?.checked_add(at)?;
+        let stored = le::get_u32(buf, tail.checked_add(4)?)?;
+        let crc = self.dx_crc(ino, generation, buf, bounds, lblk)?;
+        Some((tail.checked_add(4)?, stored == crc))
+    }
+
+    /// libext2fs `ext2fs_dx_csum` of an index block.
+    fn dx_crc(
+        &self,
+        ino: u32,
+        generation: u32,
+        buf: &[u8],
+        bounds: &[Boundary],
+        lblk: u64,
+    ) -> Option<u32> {
+        let at = bounds.iter().find(|b| b.lblk == lblk)?.at;
+        let limit = usize::from(le::get_u16(buf, at)?);
+        let count = usize::from(le::get_u16(buf, at.checked_add(2)?)?);
+        let size = count.checked_mul(8)?.checked_add(at)?;
+        let tail = limit.checked_mul(8)?.checked_add(at)?;
+        let mut crc = crc32c_raw(self.csum_seed, &le::bytes_u32(ino));
+        crc = crc32c_raw(crc, &le::bytes_u32(generation));
+        crc = crc32c_raw(crc, buf.get(..size)?);
+        // The whole dx tail, its checksum field read as zero.
+        crc = crc32c_raw(crc, buf.get(tail..tail.checked_add(4)?)?);
+        Some(crc32c_raw(crc, &[0; 4]))
     }
 
     /// The value hash an EA inode keeps in `i_atime`.
