@@ -102,7 +102,11 @@ fn planted(dir: &Path, name: &str, mkfs_args: &[&str]) -> PathBuf {
     );
     // Index the big directories (htree), as a long-lived filesystem has them.
     let o = run(Command::new("e2fsck").arg("-fyD").arg(&img));
-    assert!(o.status.code().unwrap_or(8) <= 1, "e2fsck -fyD: {}", text(&o));
+    assert!(
+        o.status.code().unwrap_or(8) <= 1,
+        "e2fsck -fyD: {}",
+        text(&o)
+    );
     img
 }
 
@@ -150,7 +154,8 @@ fn damage(img: &Path, dir_blocks: &[u64], bs: u64, seed: u64) -> String {
     f.read_exact_at(&mut b, blk * bs).unwrap();
     let offs = entry_offsets(&b);
     // A live entry other than the first two (`.` and `..` of block 0 stay findable).
-    let off = offs[(2 + rng.below(offs.len().saturating_sub(2) as u64) as usize).min(offs.len() - 1)];
+    let off =
+        offs[(2 + rng.below(offs.len().saturating_sub(2) as u64) as usize).min(offs.len() - 1)];
     let what = match seed % 6 {
         0 => {
             let v = rng.next() as u16;
@@ -233,8 +238,14 @@ fn damaged_directories_leak_nothing_in_any_format() {
     let d = tempdir();
     let variants: [(&str, &[&str]); 3] = [
         ("csum1k.img", &["-b", "1024"]),
-        ("ext3.img", &["-b", "4096", "-O", "^extent,^64bit,^metadata_csum"]),
-        ("inline.img", &["-b", "1024", "-I", "256", "-O", "inline_data"]),
+        (
+            "ext3.img",
+            &["-b", "4096", "-O", "^extent,^64bit,^metadata_csum"],
+        ),
+        (
+            "inline.img",
+            &["-b", "1024", "-I", "256", "-O", "inline_data"],
+        ),
     ];
     let mut cases = 0;
     for (name, args) in variants {
@@ -291,7 +302,11 @@ fn one_bad_rec_len_leaves_no_name() {
         .arg("8M"));
     assert!(o.status.success(), "{}", text(&o));
     let blk = blocks(&img, "/dir")[0];
-    let f = std::fs::OpenOptions::new().write(true).read(true).open(&img).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(&img)
+        .unwrap();
     let mut b = vec![0u8; 4096];
     f.read_exact_at(&mut b, blk * 4096).unwrap();
     let off = entry_offsets(&b)[4];
@@ -353,7 +368,11 @@ fn superblock_text_fields_are_cleared() {
     assert!(sb[0x88..0xC8].starts_with(b"<scrambled by e2i-capture -s>"));
     assert_eq!(e2fsck(&out), e2fsck(&img));
     let dump = run(Command::new("dumpe2fs").arg("-h").arg(&out));
-    assert!(!text(&dump).to_lowercase().contains("checksum does not match"));
+    assert!(
+        !text(&dump)
+            .to_lowercase()
+            .contains("checksum does not match")
+    );
 }
 
 /// The encrypt flag on a directory of a filesystem without the encrypt feature protects
@@ -425,7 +444,10 @@ fn cross_linked_symlink_block_is_left_alone() {
             .arg(&out));
         assert!(o.status.success(), "{name}: {}", text(&o));
         let err = String::from_utf8_lossy(&o.stderr);
-        assert!(err.contains(&format!("block {fb} cross-linked")), "{name}: {err}");
+        assert!(
+            err.contains(&format!("block {fb} cross-linked")),
+            "{name}: {err}"
+        );
         let data = std::fs::read(&out).unwrap();
         let at = (fb * 1024) as usize;
         assert_eq!(
@@ -456,13 +478,25 @@ fn huge_three_level_htree_keeps_every_range() {
     let d = tempdir();
     let img = d.path().join("fs.img");
     let o = run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-b", "1024", "-O", "large_dir,^has_journal", "-N", "60000"])
+        .args([
+            "-q",
+            "-F",
+            "-b",
+            "1024",
+            "-O",
+            "large_dir,^has_journal",
+            "-N",
+            "60000",
+        ])
         .arg(&img)
         .arg("120M"));
     assert!(o.status.success(), "{}", text(&o));
     let mnt = d.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let o = run(Command::new("mount").args(["-o", "loop"]).arg(&img).arg(&mnt));
+    let o = run(Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&img)
+        .arg(&mnt));
     assert!(o.status.success(), "mount: {}", text(&o));
     {
         let _m = Mounted(mnt.clone());

@@ -234,8 +234,7 @@ impl DirNames {
         let (mut entries, err) = parse_entries(region, block_size, self.filetype);
         let mut fill = Vec::new();
         if let Some((off, _)) = err {
-            let (more, unlocated) =
-                salvage(region, off, block_size, self.filetype, self.max_inode);
+            let (more, unlocated) = salvage(region, off, block_size, self.filetype, self.max_inode);
             entries.extend(more);
             fill = unlocated;
         }
@@ -406,12 +405,21 @@ impl DirNames {
             let budget = remaining
                 .saturating_mul(64)
                 .saturating_add(100_000)
-                .max((1u64 << 32).checked_div(narrowest).unwrap_or(0).saturating_mul(64))
+                .max(
+                    (1u64 << 32)
+                        .checked_div(narrowest)
+                        .unwrap_or(0)
+                        .saturating_mul(64),
+                )
                 .min(PREASSIGN_MAX);
             // The varied tail: the last hash chunk (the whole name for the legacy hash).
             let tail_at = match chunk {
                 0 => 0,
-                c => len.saturating_sub(1).checked_div(c).unwrap_or(0).saturating_mul(c),
+                c => len
+                    .saturating_sub(1)
+                    .checked_div(c)
+                    .unwrap_or(0)
+                    .saturating_mul(c),
             };
             let slot = Slot {
                 kind: b"pool",
@@ -426,7 +434,8 @@ impl DirNames {
             'prefixes: while remaining > 0 && tries < budget {
                 // A new prefix and a starting tail.
                 prefixes.fill(NAME_CHARS, &mut cand);
-                let Some(hasher) = dirhash::PrefixHasher::new(spec.version, &spec.seed, &cand[..tail_at])
+                let Some(hasher) =
+                    dirhash::PrefixHasher::new(spec.version, &spec.seed, &cand[..tail_at])
                 else {
                     return;
                 };
@@ -665,7 +674,9 @@ fn salvage(
             });
             break;
         }
-        scan_plausible(region, body, block_size, filetype, max_inode, &mut ents, &mut fill);
+        scan_plausible(
+            region, body, block_size, filetype, max_inode, &mut ents, &mut fill,
+        );
         break;
     }
     (ents, fill)
@@ -779,14 +790,24 @@ impl Htree {
                     let Ok(hash) = u32::try_from(b) else { continue };
                     self.leaves.insert(kids[i], (lo, b));
                     self.leaves.insert(n, (b, nhi));
-                    out.push(Boundary { lblk: *lblk, at: *at, entry: j, hash });
+                    out.push(Boundary {
+                        lblk: *lblk,
+                        at: *at,
+                        entry: j,
+                        hash,
+                    });
                 } else if let Some((_, pv)) = prev.filter(|&(_, p)| wide(p) && p != kids[i]) {
                     let (plo, phi) = self.leaves[&pv];
                     let b = plo.saturating_add(phi.saturating_sub(plo) >> 1) & !1;
                     let Ok(hash) = u32::try_from(b) else { continue };
                     self.leaves.insert(pv, (plo, b));
                     self.leaves.insert(kids[i], (b, hi));
-                    out.push(Boundary { lblk: *lblk, at: *at, entry: i, hash });
+                    out.push(Boundary {
+                        lblk: *lblk,
+                        at: *at,
+                        entry: i,
+                        hash,
+                    });
                 }
             }
         }
@@ -979,8 +1000,14 @@ mod tests {
         assert_eq!(needs.len(), 20);
         names.preassign(needs, &leaves);
         let before = leaf.clone();
-        let damage =
-            names.scramble_region(&mut leaf, DirRegion::Block { lblk: 7 }, 1024, 7, 0, Some(range));
+        let damage = names.scramble_region(
+            &mut leaf,
+            DirRegion::Block { lblk: 7 },
+            1024,
+            7,
+            0,
+            Some(range),
+        );
         assert_eq!(damage, None);
         assert_ne!(leaf, before);
         assert_eq!(names.names, 20);

@@ -8,6 +8,7 @@ use super::dir::{Boundary, DirNames, HashSpec, parse_htree, rec_len};
 use super::names::{NAME_CHARS, Slot, generate};
 use super::xattr::{self, XATTR_MAGIC, XEntry};
 use super::{Overlay, ScrambleReport, Unscrambled, crc32c_raw};
+use crate::blockmap::{BlockMapBuilder, Run};
 use crate::error::CorruptKind;
 use crate::ext4::csum::csum_seed;
 use crate::ext4::damage::{DirRegion, HtreeProblem, Problem, ProblemKind, Role, XattrAt};
@@ -16,7 +17,6 @@ use crate::ext4::inode::{self, EXT4_CASEFOLD_FL, EXT4_INDEX_FL, I_BLOCK, Inode};
 use crate::ext4::itable::{self, Item, TableOptions};
 use crate::ext4::superblock::feature;
 use crate::ext4::walk::{Visit, Walked, walk_inode};
-use crate::blockmap::{BlockMapBuilder, Run};
 use crate::ext4::{Filesystem, le};
 use crate::io::ReadAt;
 use crate::{Error, Result};
@@ -487,12 +487,16 @@ impl<S: ReadAt> Planner<'_, S> {
         let claims = &mut self.claims;
         let _ = walk_inode(self.fs, ino, inode, true, &mut |v| match v {
             Visit::Meta(b) => claims.others.mark(b),
-            Visit::Data { lblk, pblk, len, .. } => {
+            Visit::Data {
+                lblk, pblk, len, ..
+            } => {
                 if dir || journal {
                     claims.candidate(pblk, len, owner);
                 } else if link && lblk == 0 {
                     claims.candidate(pblk, 1, owner);
-                    claims.others.mark_range(pblk.saturating_add(1), len.saturating_sub(1));
+                    claims
+                        .others
+                        .mark_range(pblk.saturating_add(1), len.saturating_sub(1));
                 } else {
                     claims.others.mark_range(pblk, len);
                 }
@@ -767,7 +771,10 @@ impl<S: ReadAt> Planner<'_, S> {
         let mut out = Vec::new();
         let walked = walk_inode(self.fs, ino, inode, true, &mut |v| {
             // Unwritten extents too: e2image copies their blocks, whatever they hold.
-            if let Visit::Data { lblk, pblk, len, .. } = v {
+            if let Visit::Data {
+                lblk, pblk, len, ..
+            } = v
+            {
                 let len = len.min(max_lblk.saturating_sub(lblk));
                 if len > 0 {
                     out.push(Piece { lblk, pblk, len });
