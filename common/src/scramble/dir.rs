@@ -280,32 +280,36 @@ impl DirNames {
                         }
                     }
                 };
-                match new {
-                    Some(mut new) => {
-                        // Bytes no name may hold stay where they were, so a bad name stays bad.
-                        for (n, &o) in new.iter_mut().zip(&orig) {
-                            if o == 0 || o == b'/' {
-                                *n = o;
-                            }
-                        }
-                        // In a casefolded directory a name that is not UTF-8 stays invalid.
-                        if self.casefold
-                            && std::str::from_utf8(&orig).is_err()
-                            && let Some(c) = new.first_mut()
-                        {
-                            *c = 0xFF;
-                        }
-                        region[e.name.clone()].copy_from_slice(&new);
-                        self.same.insert(orig, new.clone());
-                        self.used.insert(new);
-                        self.names = self.names.saturating_add(1);
-                    }
-                    None => self.failures.push(Unscrambled::NoReplacement {
+                // No unused name of this length is left: the original is never kept, a
+                // name another entry has is given instead (reported).
+                let new = new.or_else(|| {
+                    self.failures.push(Unscrambled::NoReplacement {
                         ino: self.ino,
                         region: place,
                         offset: e.off,
                         len: e.name.len(),
-                    }),
+                    });
+                    self.any_name(&orig)
+                });
+                // (`any_name` finds one for every non-empty name.)
+                if let Some(mut new) = new {
+                    // Bytes no name may hold stay where they were, so a bad name stays bad.
+                    for (n, &o) in new.iter_mut().zip(&orig) {
+                        if o == 0 || o == b'/' {
+                            *n = o;
+                        }
+                    }
+                    // In a casefolded directory a name that is not UTF-8 stays invalid.
+                    if self.casefold
+                        && std::str::from_utf8(&orig).is_err()
+                        && let Some(c) = new.first_mut()
+                    {
+                        *c = 0xFF;
+                    }
+                    region[e.name.clone()].copy_from_slice(&new);
+                    self.same.insert(orig, new.clone());
+                    self.used.insert(new);
+                    self.names = self.names.saturating_add(1);
                 }
                 if region[e.slack.clone()].iter().any(|&b| b != 0) {
                     region[e.slack.clone()].fill(0);
@@ -317,6 +321,16 @@ impl DirNames {
             region: place,
             offset,
             problem,
+        })
+    }
+
+    /// Any generated name of `orig`'s length but `orig`, `.` and `..` (used or not).
+    fn any_name(&self, orig: &[u8]) -> Option<Vec<u8>> {
+        let wide: &[u8] = if self.casefold { WIDE_FOLDED } else { WIDE };
+        let mut cand = vec![0u8; orig.len()];
+        (0..4u64).find_map(|k| {
+            nth_name(k, wide, &mut cand);
+            (cand != orig && cand != b"." && cand != b"..").then(|| cand.clone())
         })
     }
 
@@ -971,6 +985,70 @@ mod tests {
                 problem: HtreeProblem::Levels { levels: 2 }
             })
         );
+    }
+
+    /// More one-byte names than one-byte replacements exist: none keeps its name (some
+    /// share one, reported).
+    #[test]
+    fn no_name_is_kept_when_replacements_run_out() {
+        let names: Vec<u8> = (0x21u8..0x7F).filter(|&c| c != b'/' && c != b'.').collect();
+        let mut region = vec![0u8; 4096];
+        for (i, &c) in names.iter().enumerate() {
+            let off = i * 12;
+            let rl = if i + 1 == names.len() { 4096 - off } else { 12 };
+            put(&mut region, off, 100 + i as u32);
+            le::set_u16(&mut region, off + 4, rl as u16);
+            region[off + 6] = 1;
+            region[off + 7] = 1;
+            region[off + 8] = c;
+        }
+        let mut d = DirNames::new(7, 12, None, false, true);
+        let damage = d.scramble_region(&mut region, DirRegion::Block { lblk: 0 }, 4096, 0, 0, None);
+        assert_eq!(damage, None);
+        for (i, &c) in names.iter().enumerate() {
+            assert_ne!(region[i * 12 + 8], c, "entry {i} kept its name");
+        }
+        assert!(
+            d.failures
+                .iter()
+                .any(|f| matches!(f, Unscrambled::NoReplacement { .. }))
+        );
+    }
+
+    /// A damaged entry: the entries after it are located and renamed, the bytes nothing
+    /// accounts for are zeroed, the damaged header stays.
+    #[test]
+    fn damaged_region_is_scrubbed() {
+        let mut region = vec![0u8; 1024];
+        let mut off = 0;
+        for i in 0..20u32 {
+            let rl: u16 = if i == 19 { (1024 - off) as u16 } else { 24 };
+            put(&mut region, off, 100 + i);
+            le::set_u16(&mut region, off + 4, rl);
+            region[off + 6] = 14;
+            region[off + 7] = 1;
+            region[off + 8..off + 22].copy_from_slice(format!("private-{i:06}").as_bytes());
+            off += 24;
+        }
+        // The fifth entry's rec_len cannot be.
+        le::set_u16(&mut region, 4 * 24 + 4, 3);
+        let header = region[96..104].to_vec();
+        let mut d = DirNames::new(7, 12, None, false, true);
+        d.max_inode = 1000;
+        let damage = d.scramble_region(&mut region, DirRegion::Block { lblk: 0 }, 1024, 0, 0, None);
+        assert!(matches!(
+            damage,
+            Some(CorruptKind::DirEntry { offset: 96, .. })
+        ));
+        assert!(
+            !region.windows(8).any(|w| w == b"private-"),
+            "a name is left"
+        );
+        assert_eq!(&region[96..104], &header[..], "the damaged header is kept");
+        // The entries after the damage keep their headers (found by them).
+        for i in 5..19 {
+            assert_eq!(le::u32(&region, i * 24), 100 + i as u32);
+        }
     }
 
     #[test]

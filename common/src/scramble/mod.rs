@@ -101,7 +101,8 @@ pub enum Unscrambled {
     HashVersion { ino: u32, version: u8 },
     /// Names that could not be made to hash into their htree leaf's range (renamed anyway).
     OutOfRange { ino: u32, count: u64 },
-    /// No unused replacement exists for a `len`-byte name (kept).
+    /// No unused replacement exists for a `len`-byte name: renamed to one another entry
+    /// has (the original is never kept).
     NoReplacement {
         ino: u32,
         region: DirRegion,
@@ -173,7 +174,7 @@ impl fmt::Display for Unscrambled {
                 len,
             } => write!(
                 f,
-                "inode {ino}: {region}: the {len}-byte name at byte {offset} has no unused replacement"
+                "inode {ino}: {region}: the {len}-byte name at byte {offset} has no unused replacement; renamed to one another entry has"
             ),
             Self::Shared { first, last } => {
                 crate::ext4::damage::write_range(f, "block", *first, *last)?;
