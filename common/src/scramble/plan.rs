@@ -3,22 +3,24 @@
 //! data and xattrs, found through ext4's block-map walker ([`walk_inode`]).
 
 use std::collections::HashSet;
+use std::ops::Range;
 
 use super::dir::{Boundary, DirNames, HashSpec, parse_htree, rec_len};
 use super::names::{NAME_CHARS, Slot, generate};
 use super::xattr::{self, XATTR_MAGIC, XEntry};
 use super::{Overlay, ScrambleReport, Unscrambled, crc32c_raw};
-use crate::blockmap::{BlockMapBuilder, Run};
+use crate::blockmap::{BlockMapBuilder, BlockRun};
 use crate::error::CorruptKind;
 use crate::ext4::csum::csum_seed;
 use crate::ext4::damage::{DirRegion, HtreeProblem, Problem, ProblemKind, Role, XattrAt};
 use crate::ext4::dirhash::{HASH_TEA_UNSIGNED, effective_version};
 use crate::ext4::inode::{self, EXT4_CASEFOLD_FL, EXT4_INDEX_FL, I_BLOCK, Inode};
 use crate::ext4::itable::{self, Item, TableOptions};
-use crate::ext4::superblock::feature;
+use crate::ext4::superblock::{SUPERBLOCK_OFFSET, feature};
 use crate::ext4::walk::{Visit, Walked, walk_inode};
 use crate::ext4::{Filesystem, le};
 use crate::io::ReadAt;
+use crate::units::FsBlock;
 use crate::{Error, Result};
 
 const EXT4_ENCRYPT_FL: u32 = 0x0000_0800;
@@ -68,11 +70,11 @@ struct Planner<'a, S> {
     rep: ScrambleReport,
     csum: bool,
     csum_seed: u32,
-    xattr_done: HashSet<u64>,
+    xattr_done: HashSet<FsBlock>,
     filetype: bool,
     /// The filesystem's fixed metadata (see [`fixed_metadata`]): no directory, symlink,
     /// xattr or journal block of a damaged map may change it.
-    fixed: Vec<std::ops::Range<u64>>,
+    fixed: Vec<Range<FsBlock>>,
     /// Who claims which blocks: what the scrambler may rewrite is only what one owner
     /// claims alone.
     claims: Claims,
@@ -102,13 +104,14 @@ struct Claims {
 impl Claims {
     fn new(sb: &crate::ext4::superblock::Superblock) -> Self {
         Claims {
-            others: BlockMapBuilder::new(0, sb.blocks_count.saturating_sub(1), 0),
+            others: BlockMapBuilder::new(FsBlock(0), FsBlock(sb.blocks_count.saturating_sub(1)), 0),
             candidates: Vec::new(),
             blocks_count: sb.blocks_count,
         }
     }
 
-    fn candidate(&mut self, start: u64, len: u64, owner: Owner) {
+    fn candidate(&mut self, start: FsBlock, len: u64, owner: Owner) {
+        let start = start.get();
         let end = start.saturating_add(len).min(self.blocks_count);
         if start < end {
             self.candidates.push((start, end, owner));
@@ -116,25 +119,26 @@ impl Claims {
     }
 
     /// The candidate blocks that are cross-linked, as runs.
-    fn shared(mut self) -> Vec<Run> {
-        let others = self.others.build(0, self.blocks_count);
+    fn shared(mut self) -> Vec<BlockRun> {
+        let others = self.others.build(FsBlock(0), self.blocks_count);
         self.candidates.sort_unstable();
-        let mut multi = BlockMapBuilder::new(0, self.blocks_count.saturating_sub(1), 0);
+        let last = FsBlock(self.blocks_count.saturating_sub(1));
+        let mut multi = BlockMapBuilder::new(FsBlock(0), last, 0);
         // Candidates still open at the current start, to compare owners.
         let mut open: Vec<(u64, u64, Owner)> = Vec::new();
         for &(s, e, o) in &self.candidates {
             open.retain(|&(_, oe, _)| oe > s);
             for &(_, oe, oo) in &open {
                 if oo != o {
-                    multi.mark_range(s, oe.min(e).saturating_sub(s));
+                    multi.mark_range(FsBlock(s), oe.min(e).saturating_sub(s));
                 }
             }
             open.push((s, e, o));
-            for r in others.runs_in(s..e) {
+            for r in others.runs_in(FsBlock(s)..FsBlock(e)) {
                 multi.mark_range(r.start, r.len);
             }
         }
-        multi.build(0, self.blocks_count).runs().to_vec()
+        multi.build(FsBlock(0), self.blocks_count).runs().to_vec()
     }
 }
 
@@ -144,13 +148,13 @@ impl Claims {
 /// inode-table pass, the superblock pass); a damaged map that claims one of them as a
 /// directory, symlink, xattr or journal block does not get it, so the image stays
 /// readable.
-fn fixed_metadata<S: ReadAt>(fs: &Filesystem<S>) -> Vec<std::ops::Range<u64>> {
+fn fixed_metadata<S: ReadAt>(fs: &Filesystem<S>) -> Vec<Range<FsBlock>> {
     let sb = &fs.sb;
-    let one = |b: u64| b..b.saturating_add(1);
+    let one = |b: FsBlock| b..b.saturating_add(1);
     // The primary superblock's block: byte 1024 is in block 1 with 1 KiB blocks (also on
     // bigalloc filesystems, whose first data block is 0), else in block 0.
-    let mut v: Vec<std::ops::Range<u64>> = vec![one(u64::from(sb.block_size == 1024))];
-    let first = u64::from(sb.first_data_block);
+    let mut v: Vec<Range<FsBlock>> = vec![one(sb.block_size.block_of(SUPERBLOCK_OFFSET))];
+    let first = sb.first_block();
     for group_block in [Some(first), fs.backup_superblock].into_iter().flatten() {
         v.push(one(group_block));
         for j in 0..sb.desc_blocks {
@@ -166,10 +170,10 @@ fn fixed_metadata<S: ReadAt>(fs: &Filesystem<S>) -> Vec<std::ops::Range<u64>> {
             it..it.saturating_add(ipbg),
         ];
         // A location of 0 means "none".
-        v.extend(locs.into_iter().filter(|r| r.start != 0));
+        v.extend(locs.into_iter().filter(|r| r.start != FsBlock(0)));
     }
     v.sort_unstable_by_key(|r| r.start);
-    let mut merged: Vec<std::ops::Range<u64>> = Vec::with_capacity(v.len());
+    let mut merged: Vec<Range<FsBlock>> = Vec::with_capacity(v.len());
     for r in v {
         match merged.last_mut() {
             Some(l) if r.start <= l.end => l.end = l.end.max(r.end),
@@ -183,19 +187,19 @@ fn fixed_metadata<S: ReadAt>(fs: &Filesystem<S>) -> Vec<std::ops::Range<u64>> {
 #[derive(Debug, Clone, Copy)]
 struct Piece {
     lblk: u64,
-    pblk: u64,
+    pblk: FsBlock,
     len: u64,
 }
 
 impl Piece {
     /// The physical block of logical block `l`, if this piece maps it.
-    fn lookup(&self, l: u64) -> Option<u64> {
+    fn lookup(&self, l: u64) -> Option<FsBlock> {
         let k = l.checked_sub(self.lblk).filter(|&k| k < self.len)?;
         self.pblk.checked_add(k)
     }
 
     /// Its blocks: (logical, physical).
-    fn blocks(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+    fn blocks(&self) -> impl Iterator<Item = (u64, FsBlock)> + '_ {
         (0..self.len).map_while(|k| Some((self.lblk.checked_add(k)?, self.pblk.checked_add(k)?)))
     }
 }
@@ -209,7 +213,7 @@ fn unique_runs(pieces: &mut [Piece]) -> Vec<Piece> {
     pieces.sort_unstable_by_key(|p| (p.lblk, p.pblk));
     let mut out = Vec::new();
     // Physical ranges already taken: start → end, disjoint and not touching.
-    let mut taken: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
+    let mut taken: std::collections::BTreeMap<FsBlock, FsBlock> = std::collections::BTreeMap::new();
     let mut next_lblk = 0u64;
     for p in pieces.iter() {
         let end_l = p.lblk.saturating_add(p.len);
@@ -230,10 +234,10 @@ fn unique_runs(pieces: &mut [Piece]) -> Vec<Piece> {
                 .map(|(_, &e)| e)
                 .filter(|&e| e > pb);
             let step = match covering {
-                Some(e) => e.min(end).saturating_sub(pb),
+                Some(e) => e.min(end).saturating_since(pb),
                 None => {
                     let gap_end = taken.range(pb..).next().map_or(end, |(&s, _)| s.min(end));
-                    let len = gap_end.saturating_sub(pb);
+                    let len = gap_end.saturating_since(pb);
                     out.push(Piece {
                         lblk: lb,
                         pblk: pb,
@@ -250,7 +254,7 @@ fn unique_runs(pieces: &mut [Piece]) -> Vec<Piece> {
         }
         // Take start..end, merging with the ranges it overlaps or touches.
         let (mut s, mut e) = (start, end);
-        let touching: Vec<u64> = taken
+        let touching: Vec<FsBlock> = taken
             .range(..=end)
             .rev()
             .take_while(|&(_, &re)| re >= start)
@@ -284,7 +288,7 @@ fn corrupt(ino: Option<u32>, kind: CorruptKind) -> Unscrambled {
 
 impl<S: ReadAt> Planner<'_, S> {
     fn bs(&self) -> usize {
-        self.fs.sb.block_size as usize
+        self.fs.sb.block_size.as_usize()
     }
 
     fn skip(&mut self, what: Unscrambled) {
@@ -292,7 +296,7 @@ impl<S: ReadAt> Planner<'_, S> {
     }
 
     /// A block as the overlay has it so far.
-    fn block(&self, blk: u64, role: Role) -> Result<Vec<u8>> {
+    fn block(&self, blk: FsBlock, role: Role) -> Result<Vec<u8>> {
         if let Some(b) = self.ov.get(blk) {
             return Ok(b.to_vec());
         }
@@ -305,15 +309,18 @@ impl<S: ReadAt> Planner<'_, S> {
     /// image will have it: where the source ends inside the block, its first bytes and
     /// zeros after them (the writers copy what is there); `None` where nothing of it can
     /// be read (reported; nothing of it is in the image either).
-    fn private_block(&mut self, ino: u32, blk: u64, role: Role) -> Result<Option<Vec<u8>>> {
+    fn private_block(&mut self, ino: u32, blk: FsBlock, role: Role) -> Result<Option<Vec<u8>>> {
         let e = match self.block(blk, role) {
             Ok(b) => return Ok(Some(b)),
             Err(e) => e,
         };
         let what = damaged(Some(ino), e)?;
         let mut buf = vec![0u8; self.bs()];
-        let got = blk
-            .checked_mul(self.bs() as u64)
+        let got = self
+            .fs
+            .sb
+            .block_size
+            .offset_of(blk)
             .and_then(|at| self.fs.src.read_at(&mut buf, at).ok())
             .unwrap_or(0);
         if got == 0 {
@@ -326,33 +333,36 @@ impl<S: ReadAt> Planner<'_, S> {
         Ok(Some(buf))
     }
 
-    fn valid_block(&self, blk: u64) -> bool {
-        blk >= u64::from(self.fs.sb.first_data_block) && blk < self.fs.sb.blocks_count
+    fn valid_block(&self, blk: FsBlock) -> bool {
+        blk >= self.fs.sb.first_block() && blk.get() < self.fs.sb.blocks_count
     }
 
     /// The part of `r` that is fixed metadata, if any (its first range).
-    fn fixed_in(&self, r: &std::ops::Range<u64>) -> Option<std::ops::Range<u64>> {
+    fn fixed_in(&self, r: &Range<FsBlock>) -> Option<Range<FsBlock>> {
         let i = self.fixed.partition_point(|f| f.end <= r.start);
         let f = self.fixed.get(i)?;
         (f.start < r.end).then(|| f.start.max(r.start)..f.end.min(r.end))
     }
 
     /// Whether block `blk` is fixed metadata; if so, skipped as damage held in `role`.
-    fn is_fixed(&mut self, ino: Option<u32>, role: Role, blk: u64) -> bool {
+    fn is_fixed(&mut self, ino: Option<u32>, role: Role, blk: FsBlock) -> bool {
         if self.fixed_in(&(blk..blk.saturating_add(1))).is_none() {
             return false;
         }
         self.skip(corrupt(
             ino,
-            CorruptKind::BlockIsMetadata { role, block: blk },
+            CorruptKind::BlockIsMetadata {
+                role,
+                block: blk.get(),
+            },
         ));
         true
     }
 
-    fn outside(&self, role: Role, block: u64) -> CorruptKind {
+    fn outside(&self, role: Role, block: FsBlock) -> CorruptKind {
         CorruptKind::BlockOutside {
             role,
-            block,
+            block: block.get(),
             fs_blocks: self.fs.sb.blocks_count,
         }
     }
@@ -453,7 +463,7 @@ impl<S: ReadAt> Planner<'_, S> {
             self.count_xattrs(XattrAt::Inode { ino }, &c);
         }
         let acl = inode.file_acl(is64);
-        if acl != 0 {
+        if acl != FsBlock(0) {
             self.xattr_block(acl)?;
         }
         if raw != &orig[..] {
@@ -472,7 +482,7 @@ impl<S: ReadAt> Planner<'_, S> {
     fn claim(&mut self, ino: u32, inode: &Inode, journal: bool) {
         let is64 = self.fs.sb.is_64bit();
         let acl = inode.file_acl(is64);
-        if acl != 0 {
+        if acl != FsBlock(0) {
             self.claims.candidate(acl, 1, Owner::Xattr);
         }
         if !inode.has_valid_blocks(is64) || inode.has_inline_data() {
@@ -512,7 +522,7 @@ impl<S: ReadAt> Planner<'_, S> {
             if self.ov.release(r.start..r.end()) {
                 self.skip(Unscrambled::Shared {
                     first: r.start,
-                    last: r.end().saturating_sub(1),
+                    last: FsBlock(r.end().get().saturating_sub(1)),
                 });
             }
         }
@@ -1034,11 +1044,11 @@ impl<S: ReadAt> Planner<'_, S> {
         if tail { bs.saturating_sub(12) } else { bs }
     }
 
-    fn xattr_block(&mut self, blk: u64) -> Result<()> {
+    fn xattr_block(&mut self, blk: FsBlock) -> Result<()> {
         if !self.xattr_done.insert(blk) {
             return Ok(());
         }
-        let at = XattrAt::Block { block: blk };
+        let at = XattrAt::Block { block: blk.get() };
         if !self.valid_block(blk) {
             self.skip(corrupt(None, self.outside(Role::XattrBlock, blk)));
             return Ok(());
@@ -1065,11 +1075,12 @@ impl<S: ReadAt> Planner<'_, S> {
         let block_csum = move |b: &[u8]| {
             let mut t = b.to_vec();
             le::set_u32(&mut t, 16, 0);
-            crc32c_raw(crc32c_raw(seed, &le::bytes_u64(blk)), &t)
+            crc32c_raw(crc32c_raw(seed, &le::bytes_u64(blk.get())), &t)
         };
         let csum_ok = self.csum && le::u32(&buf, 16) == block_csum(&buf);
         let mut ea = |i: u32| self.ea_inode_hash(i);
-        let c = xattr::scramble_entries(&mut buf, &entries, self.seed, blk | 1 << 63, &mut ea);
+        let slot = blk.get() | 1 << 63;
+        let c = xattr::scramble_entries(&mut buf, &entries, self.seed, slot, &mut ea);
         self.count_xattrs(at, &c);
         if c.changed {
             xattr::block_rehash(&mut buf, &entries);
@@ -1102,7 +1113,7 @@ impl<S: ReadAt> Planner<'_, S> {
             } else {
                 (p.pblk, p.len)
             };
-            let e = s.saturating_add(n).min(self.fs.sb.blocks_count);
+            let e = s.saturating_add(n).min(FsBlock(self.fs.sb.blocks_count));
             // Zero s..e but the fixed metadata a damaged map may claim (named once).
             let mut at = s;
             while at < e {
@@ -1113,7 +1124,7 @@ impl<S: ReadAt> Planner<'_, S> {
                             Some(ino),
                             CorruptKind::BlockIsMetadata {
                                 role,
-                                block: f.start,
+                                block: f.start.get(),
                             },
                         ));
                         (f.start, f.end)
@@ -1125,7 +1136,7 @@ impl<S: ReadAt> Planner<'_, S> {
                     self.rep.journal_blocks = self
                         .rep
                         .journal_blocks
-                        .saturating_add(upto.saturating_sub(at));
+                        .saturating_add(upto.saturating_since(at));
                 }
                 at = next;
             }
@@ -1139,9 +1150,10 @@ impl<S: ReadAt> Planner<'_, S> {
     /// Clear the free-text fields of the superblock(s) the image holds
     /// ([`SUPERBLOCK_TEXT_FIELDS`]).
     fn superblocks(&mut self) -> Result<()> {
-        let bs = self.bs() as u64;
+        let bs = self.fs.sb.block_size;
         // The primary superblock is at byte 1024: block 1, or inside block 0.
-        let (blk, off) = if bs == 1024 { (1, 0) } else { (0, 1024) };
+        let blk = bs.block_of(SUPERBLOCK_OFFSET);
+        let off = if bs.get() == 1024 { 0 } else { 1024 };
         let mut locs = vec![(blk, off)];
         if let Some(s) = self.fs.backup_superblock {
             locs.push((s, 0));
