@@ -78,6 +78,7 @@ mod cli {
     pub mod hostile;
     pub mod install;
     pub mod kinds;
+    pub mod leaks;
     #[path = "move.rs"]
     pub mod move_fs;
     pub mod mutation;

@@ -233,11 +233,17 @@ fn print_scramble_summary(src: &str, s: &e2i::scramble::ScrambleReport) {
         s.inline_files,
         s.journal_blocks,
         if s.superblock_strings {
-            ", the label and last-mounted path"
+            ", the superblock's text (label, last-mounted path, mount options, error functions)"
         } else {
             ""
         }
     );
+    if s.scrubbed_regions > 0 {
+        eprintln!(
+            "{TOOL}: {src}: {} damaged directory blocks scrubbed: names located in them renamed, the bytes that could not be parsed zeroed",
+            s.scrubbed_regions
+        );
+    }
     if s.names_out_of_range > 0 {
         eprintln!(
             "{TOOL}: warning: {src}: {} names could not keep their htree hash range; e2fsck will report those directories",
@@ -246,7 +252,11 @@ fn print_scramble_summary(src: &str, s: &e2i::scramble::ScrambleReport) {
     }
     const SHOWN: usize = 20;
     for w in s.not_scrambled.iter().take(SHOWN) {
-        eprintln!("{TOOL}: not scrambled: {src}: {w}");
+        let what = match w {
+            e2i::scramble::Unscrambled::Scrubbed(_) => "scrubbed",
+            _ => "not scrambled",
+        };
+        eprintln!("{TOOL}: {what}: {src}: {w}");
     }
     if s.not_scrambled.len() > SHOWN {
         eprintln!(

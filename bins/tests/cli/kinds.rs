@@ -278,7 +278,7 @@ fn superblock_damage_refuses_with_its_kind() {
     );
 }
 
-/// What the scrambler leaves as it was, with the kind of damage that made it.
+/// What the scrambler leaves as it was (or scrubs), with the kind of damage that made it.
 #[test]
 fn scrambler_damage_kinds() {
     let d = tempdir();
@@ -317,7 +317,7 @@ fn scrambler_damage_kinds() {
                 },
             },
         )),
-        Unscrambled::Damaged(corrupt(
+        Unscrambled::Scrubbed(corrupt(
             Some(sub),
             CorruptKind::DirEntry {
                 ino: sub,

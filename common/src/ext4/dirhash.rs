@@ -137,6 +137,99 @@ fn str2hashbuf(msg: &[u8], out: &mut [u32], unsigned: bool) {
     }
 }
 
+/// Hashes of names that share their first bytes: half-MD4 and TEA take a name in whole
+/// chunks (32 and 16 bytes; a whole chunk's words do not depend on the length padding), so
+/// the state after the shared chunks is computed once and each name costs the transforms
+/// of its own tail only. The legacy hash shares nothing.
+#[derive(Debug, Clone)]
+pub struct PrefixHasher {
+    version: u8,
+    buf: [u32; 4],
+    /// Bytes of the prefix already hashed.
+    skip: usize,
+}
+
+impl PrefixHasher {
+    /// The chunk size of `version`'s hash (0: no chunks to share).
+    pub fn chunk(version: u8) -> usize {
+        match version {
+            HASH_HALF_MD4 | HASH_HALF_MD4_UNSIGNED => 32,
+            HASH_TEA | HASH_TEA_UNSIGNED => 16,
+            _ => 0,
+        }
+    }
+
+    /// Hash the whole chunks of `prefix`; `None` for versions [`dirhash`] does not compute.
+    pub fn new(version: u8, seed: &[u32; 4], prefix: &[u8]) -> Option<Self> {
+        let mut buf = if seed.iter().any(|&s| s != 0) {
+            *seed
+        } else {
+            DEFAULT_SEED
+        };
+        let unsigned = matches!(version, HASH_HALF_MD4_UNSIGNED | HASH_TEA_UNSIGNED);
+        let chunk = Self::chunk(version);
+        let skip = match chunk {
+            0 => 0,
+            c => prefix.len().checked_div(c).unwrap_or(0).saturating_mul(c),
+        };
+        match version {
+            HASH_LEGACY | HASH_LEGACY_UNSIGNED => {}
+            HASH_HALF_MD4 | HASH_HALF_MD4_UNSIGNED => {
+                let mut inp = [0u32; 8];
+                for at in (0..skip).step_by(32) {
+                    str2hashbuf(&prefix[at..skip], &mut inp, unsigned);
+                    half_md4_transform(&mut buf, &inp);
+                }
+            }
+            HASH_TEA | HASH_TEA_UNSIGNED => {
+                let mut inp = [0u32; 4];
+                for at in (0..skip).step_by(16) {
+                    str2hashbuf(&prefix[at..skip], &mut inp, unsigned);
+                    tea_transform(&mut buf, &inp);
+                }
+            }
+            _ => return None,
+        }
+        Some(PrefixHasher { version, buf, skip })
+    }
+
+    /// Bytes of every name this hasher takes as already hashed.
+    pub fn skip(&self) -> usize {
+        self.skip
+    }
+
+    /// [`dirhash`] of `name`, whose first [`Self::skip`] bytes must be the prefix's.
+    pub fn hash(&self, name: &[u8]) -> Option<u32> {
+        let unsigned = matches!(
+            self.version,
+            HASH_LEGACY_UNSIGNED | HASH_HALF_MD4_UNSIGNED | HASH_TEA_UNSIGNED
+        );
+        let mut buf = self.buf;
+        let tail = name.get(self.skip..)?;
+        let hash = match self.version {
+            HASH_LEGACY | HASH_LEGACY_UNSIGNED => legacy(name, unsigned),
+            HASH_HALF_MD4 | HASH_HALF_MD4_UNSIGNED => {
+                let mut inp = [0u32; 8];
+                for at in (0..tail.len()).step_by(32) {
+                    str2hashbuf(&tail[at..], &mut inp, unsigned);
+                    half_md4_transform(&mut buf, &inp);
+                }
+                buf[1]
+            }
+            HASH_TEA | HASH_TEA_UNSIGNED => {
+                let mut inp = [0u32; 4];
+                for at in (0..tail.len()).step_by(16) {
+                    str2hashbuf(&tail[at..], &mut inp, unsigned);
+                    tea_transform(&mut buf, &inp);
+                }
+                buf[0]
+            }
+            _ => return None,
+        };
+        Some(hash & !1)
+    }
+}
+
 /// The hash of `name` with `version` (0–5) and the superblock's `s_hash_seed`; `None` for
 /// versions libext2fs does not compute from the name (SipHash, unknown).
 pub fn dirhash(version: u8, name: &[u8], seed: &[u32; 4]) -> Option<u32> {
@@ -278,6 +371,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn prefix_hasher_matches_dirhash() {
+        let seed = [0x1234_5678, 9, 0xdead_beef, 3];
+        for version in 0..=5u8 {
+            for len in [1usize, 15, 16, 17, 31, 32, 33, 64, 100, 255] {
+                let name: Vec<u8> = (0..len)
+                    .map(|i| b"abcdefghijklmnopqrstuvwxyz"[i * 7 % 26])
+                    .collect();
+                for cut in [0, len / 2, len - 1] {
+                    let h = PrefixHasher::new(version, &seed, &name[..cut]).unwrap();
+                    assert!(h.skip() <= cut);
+                    assert_eq!(
+                        h.hash(&name),
+                        dirhash(version, &name, &seed),
+                        "version {version}, length {len}, prefix {cut}"
+                    );
+                }
+            }
+        }
+        assert!(PrefixHasher::new(HASH_SIPHASH, &seed, b"x").is_none());
     }
 
     #[test]

@@ -22,6 +22,9 @@ const RANGE_ATTEMPTS_MAX: u64 = 1 << 25;
 /// ...and at most this many beyond `RANGE_ATTEMPTS` per directory, so that a directory of
 /// many narrow leaves cannot take unbounded time.
 const RANGE_EXTRA_BUDGET: u64 = 1 << 27;
+/// At most this many candidates (one hash transform each) per name length of a directory
+/// in [`DirNames::preassign`].
+const PREASSIGN_MAX: u64 = 1 << 25;
 /// Further attempts for a unique name without the range.
 const FREE_ATTEMPTS: u64 = 10_000;
 
@@ -83,6 +86,12 @@ pub struct DirNames {
     pub failures: Vec<Unscrambled>,
     /// What is left of [`RANGE_EXTRA_BUDGET`].
     extra_budget: u64,
+    /// [`Self::preassign`] ran: it searched the ranges by construction, so an entry it
+    /// left over gets a name without the range at once.
+    preassigned_all: bool,
+    /// The highest inode number an entry may name (`s_inodes_count`): where an entry header
+    /// is searched for in damaged bytes, only one naming an inode up to this counts.
+    pub max_inode: u32,
 }
 
 impl DirNames {
@@ -110,6 +119,8 @@ impl DirNames {
             out_of_range: 0,
             failures: Vec::new(),
             extra_budget: RANGE_EXTRA_BUDGET,
+            max_inode: u32::MAX,
+            preassigned_all: false,
         }
     }
 
@@ -207,8 +218,10 @@ impl DirNames {
 
     /// Scramble the entries in `region` (`place` says where it is, for messages). `lblk`
     /// identifies the block for name generation; `block_size` decodes 64 KiB rec_lens (0 for
-    /// inline regions). Returns whether bytes changed; entries after the first bad one are
-    /// left as they are (the error says where).
+    /// inline regions). A region with a damaged entry is scrubbed: the damaged header stays
+    /// (so e2fsck judges the region as before), the entries after it that can be located get
+    /// new names, and every other byte after the damaged header becomes zero (no name
+    /// survives in bytes nothing can parse). Returns the damage, if any.
     pub fn scramble_region(
         &mut self,
         region: &mut [u8],
@@ -217,30 +230,36 @@ impl DirNames {
         lblk: u64,
         name_base: usize,
         range: Option<(u64, u64)>,
-    ) -> Result<bool, CorruptKind> {
-        let (entries, err) = parse_entries(region, block_size, self.filetype);
-        let mut changed = false;
+    ) -> Option<CorruptKind> {
+        let (mut entries, err) = parse_entries(region, block_size, self.filetype);
+        let mut fill = Vec::new();
+        if let Some((off, _)) = err {
+            let (more, unlocated) = salvage(region, off, block_size, self.filetype, self.max_inode);
+            entries.extend(more);
+            fill = unlocated;
+        }
+        for r in fill {
+            if let Some(b) = region.get_mut(r) {
+                b.fill(0);
+            }
+        }
         for e in entries {
             let orig = region[e.name.clone()].to_vec();
             if e.inode == 0 {
                 // A deleted entry: its name and everything after it.
-                let dead = e.name.start..e.slack.end;
-                if region[dead.clone()].iter().any(|&b| b != 0) {
-                    region[dead].fill(0);
-                    changed = true;
-                }
+                region[e.name.start..e.slack.end].fill(0);
             } else if self.keeps(&orig) {
                 self.used.insert(orig);
                 // Slack after a kept entry may hold names deleted after it; block 0 of an
                 // indexed directory is the dx_root, whose `..` slack is the index.
                 if !(self.indexed && lblk == 0) && region[e.slack.clone()].iter().any(|&b| b != 0) {
                     region[e.slack.clone()].fill(0);
-                    changed = true;
                 }
             } else if !e.name.is_empty() {
                 let at = (lblk, name_base.saturating_add(e.off));
                 // Entries that were already out of their leaf's range stay out of it.
-                let range = if self.outside.remove(&at) {
+                // So do entries found in damaged bytes (their leaf is damaged anyway).
+                let range = if self.outside.remove(&at) || e.salvaged {
                     None
                 } else {
                     range
@@ -251,52 +270,68 @@ impl DirNames {
                 } else {
                     match self.preassigned.remove(&at) {
                         Some(n) => Some(n),
-                        None => self.pick(&orig, lblk, at.1, range),
-                    }
-                };
-                match new {
-                    Some(mut new) => {
-                        // Bytes no name may hold stay where they were, so a bad name stays bad.
-                        for (n, &o) in new.iter_mut().zip(&orig) {
-                            if o == 0 || o == b'/' {
-                                *n = o;
+                        None => {
+                            if self.preassigned_all && range.is_some() {
+                                self.out_of_range = self.out_of_range.saturating_add(1);
+                                self.pick(&orig, lblk, at.1, None)
+                            } else {
+                                self.pick(&orig, lblk, at.1, range)
                             }
                         }
-                        // In a casefolded directory a name that is not UTF-8 stays invalid.
-                        if self.casefold
-                            && std::str::from_utf8(&orig).is_err()
-                            && let Some(c) = new.first_mut()
-                        {
-                            *c = 0xFF;
-                        }
-                        region[e.name.clone()].copy_from_slice(&new);
-                        self.same.insert(orig, new.clone());
-                        self.used.insert(new);
-                        self.names = self.names.saturating_add(1);
-                        changed = true;
                     }
-                    None => self.failures.push(Unscrambled::NoReplacement {
+                };
+                // No unused name of this length is left: the original is never kept, a
+                // name another entry has is given instead (reported).
+                let new = new.or_else(|| {
+                    self.failures.push(Unscrambled::NoReplacement {
                         ino: self.ino,
                         region: place,
                         offset: e.off,
                         len: e.name.len(),
-                    }),
+                    });
+                    self.any_name(&orig)
+                });
+                // (`any_name` finds one for every non-empty name.)
+                if let Some(mut new) = new {
+                    // Bytes no name may hold stay where they were, so a bad name stays bad.
+                    for (n, &o) in new.iter_mut().zip(&orig) {
+                        if o == 0 || o == b'/' {
+                            *n = o;
+                        }
+                    }
+                    // In a casefolded directory a name that is not UTF-8 stays invalid.
+                    if self.casefold
+                        && std::str::from_utf8(&orig).is_err()
+                        && let Some(c) = new.first_mut()
+                    {
+                        *c = 0xFF;
+                    }
+                    region[e.name.clone()].copy_from_slice(&new);
+                    self.same.insert(orig, new.clone());
+                    self.used.insert(new);
+                    self.names = self.names.saturating_add(1);
                 }
                 if region[e.slack.clone()].iter().any(|&b| b != 0) {
                     region[e.slack.clone()].fill(0);
-                    changed = true;
                 }
             }
         }
-        match err {
-            Some((offset, problem)) => Err(CorruptKind::DirEntry {
-                ino: self.ino,
-                region: place,
-                offset,
-                problem,
-            }),
-            None => Ok(changed),
-        }
+        err.map(|(offset, problem)| CorruptKind::DirEntry {
+            ino: self.ino,
+            region: place,
+            offset,
+            problem,
+        })
+    }
+
+    /// Any generated name of `orig`'s length but `orig`, `.` and `..` (used or not).
+    fn any_name(&self, orig: &[u8]) -> Option<Vec<u8>> {
+        let wide: &[u8] = if self.casefold { WIDE_FOLDED } else { WIDE };
+        let mut cand = vec![0u8; orig.len()];
+        (0..4u64).find_map(|k| {
+            nth_name(k, wide, &mut cand);
+            (cand != orig && cand != b"." && cand != b"..").then(|| cand.clone())
+        })
     }
 
     fn keeps(&self, name: &[u8]) -> bool {
@@ -336,12 +371,18 @@ impl DirNames {
         }
     }
 
-    /// Choose names for a whole htree directory at once: candidates of each length come
-    /// from one stream and go to whichever leaf their hash falls in, so the work grows with
-    /// the number of entries rather than entries × leaves. Entries left over get
-    /// [`Self::pick`] when their block is scrambled.
+    /// Choose names for a whole htree directory at once, by construction: names of one
+    /// length share a generated prefix whose whole hash chunks are hashed once, and only the
+    /// bytes of the last chunk are varied, counting through them in order (an odometer over
+    /// [`NAME_CHARS`]; a new prefix when they run out). Each candidate costs one transform
+    /// and goes to whichever leaf its hash falls in, so the work follows the number of
+    /// entries and the narrowest leaf, never entries × leaves. Leaves whose range is a
+    /// single hash value (collisions) cannot be hit by construction; their entries, and any
+    /// left when the work bound is reached, keep their length and uniqueness but not the
+    /// range (reported).
     pub fn preassign(&mut self, needs: Vec<Need>, leaves: &HashMap<u64, (u64, u64)>) {
         let Some(spec) = self.hash else { return };
+        self.preassigned_all = true;
         let mut ranges: Vec<(u64, u64, u64)> = leaves
             .iter()
             .filter(|(_, r)| r.0 < r.1)
@@ -357,53 +398,124 @@ impl DirNames {
                 .or_default()
                 .push_back(n);
         }
+        let chunk = dirhash::PrefixHasher::chunk(spec.version);
         for (len, mut queues) in by_len {
+            if len == 0 {
+                continue;
+            }
             let mut remaining: u64 = queues
                 .values()
                 .map(|q| q.len() as u64)
                 .fold(0, u64::saturating_add);
-            let space = (NAME_CHARS.len() as u64)
-                .checked_pow(u32::try_from(len).unwrap_or(u32::MAX))
-                .unwrap_or(u64::MAX);
+            // The narrowest range still to fill bounds the work: 64 times the expected
+            // number of candidates to hit it, and 64 per name besides.
+            let narrowest = queues
+                .keys()
+                .filter_map(|l| leaves.get(l))
+                .map(|&(lo, hi)| hi.saturating_sub(lo))
+                .filter(|&w| w > 0)
+                .min()
+                .unwrap_or(1 << 32);
             let budget = remaining
                 .saturating_mul(64)
                 .saturating_add(100_000)
-                .min(space.saturating_mul(8));
+                .max(
+                    (1u64 << 32)
+                        .checked_div(narrowest)
+                        .unwrap_or(0)
+                        .saturating_mul(64),
+                )
+                .min(PREASSIGN_MAX);
+            // The varied tail: the last hash chunk (the whole name for the legacy hash).
+            let tail_at = match chunk {
+                0 => 0,
+                c => len
+                    .saturating_sub(1)
+                    .checked_div(c)
+                    .unwrap_or(0)
+                    .saturating_mul(c),
+            };
             let slot = Slot {
                 kind: b"pool",
                 owner: u64::from(self.ino),
                 block: len as u64,
                 offset: 0,
             };
-            let mut cands = Candidates::new(self.seed, slot);
+            let mut prefixes = Candidates::new(self.seed, slot);
             let mut cand = vec![0u8; len];
+            let mut digits = vec![0usize; len.saturating_sub(tail_at)];
             let mut tries = 0u64;
-            while remaining > 0 && tries < budget {
-                tries = tries.saturating_add(1);
-                cands.fill(NAME_CHARS, &mut cand);
-                let Some(h) = spec.hash(&cand) else { return };
-                let h = u64::from(h);
-                let i = ranges.partition_point(|r| r.0 <= h);
-                let Some(&(lo, hi, leaf)) = i.checked_sub(1).and_then(|i| ranges.get(i)) else {
-                    continue;
+            'prefixes: while remaining > 0 && tries < budget {
+                // A new prefix and a starting tail.
+                prefixes.fill(NAME_CHARS, &mut cand);
+                let Some(hasher) =
+                    dirhash::PrefixHasher::new(spec.version, &spec.seed, &cand[..tail_at])
+                else {
+                    return;
                 };
-                if !(lo..hi).contains(&h) || self.used.contains(&cand) {
-                    continue;
+                for (d, c) in digits.iter_mut().zip(&cand[tail_at..]) {
+                    *d = NAME_CHARS.iter().position(|x| x == c).unwrap_or(0);
                 }
-                let Some(q) = queues.get_mut(&leaf) else {
-                    continue;
-                };
-                let Some(pos) = q.iter().position(|n| n.orig != cand) else {
-                    continue;
-                };
-                let Some(n) = q.remove(pos) else { continue };
-                self.used.insert(cand.clone());
-                self.preassigned.insert((n.lblk, n.off), cand.clone());
-                remaining = remaining.saturating_sub(1);
-                if q.is_empty() {
-                    queues.remove(&leaf);
+                loop {
+                    if remaining == 0 || tries >= budget {
+                        break 'prefixes;
+                    }
+                    tries = tries.saturating_add(1);
+                    for (c, &d) in cand[tail_at..].iter_mut().zip(&digits) {
+                        *c = NAME_CHARS.get(d).copied().unwrap_or(b'a');
+                    }
+                    if let Some(h) = hasher.hash(&cand) {
+                        self.place(&cand, u64::from(h), &ranges, &mut queues, &mut remaining);
+                    }
+                    // Next tail; when every tail was tried, a new prefix.
+                    let mut carry = true;
+                    for d in digits.iter_mut().rev() {
+                        *d = d.saturating_add(1);
+                        if *d < NAME_CHARS.len() {
+                            carry = false;
+                            break;
+                        }
+                        *d = 0;
+                    }
+                    if carry {
+                        continue 'prefixes;
+                    }
                 }
             }
+        }
+    }
+
+    /// Give `cand` (hash `h`) to an entry of the leaf whose range holds `h`, if it needs one.
+    fn place(
+        &mut self,
+        cand: &[u8],
+        h: u64,
+        ranges: &[(u64, u64, u64)],
+        queues: &mut HashMap<u64, VecDeque<Need>>,
+        remaining: &mut u64,
+    ) {
+        let i = ranges.partition_point(|r| r.0 <= h);
+        let Some(&(lo, hi, leaf)) = i.checked_sub(1).and_then(|i| ranges.get(i)) else {
+            return;
+        };
+        if !(lo..hi).contains(&h) {
+            return;
+        }
+        let Some(q) = queues.get_mut(&leaf) else {
+            return;
+        };
+        if cand == b"." || cand == b".." || self.used.contains(cand) {
+            return;
+        }
+        let Some(pos) = q.iter().position(|n| n.orig != cand) else {
+            return;
+        };
+        let Some(n) = q.remove(pos) else { return };
+        self.used.insert(cand.to_vec());
+        self.preassigned.insert((n.lblk, n.off), cand.to_vec());
+        *remaining = remaining.saturating_sub(1);
+        if q.is_empty() {
+            queues.remove(&leaf);
         }
     }
 }
@@ -418,6 +530,8 @@ struct Ent {
     name: std::ops::Range<usize>,
     /// From the end of the name to the end of the record.
     slack: std::ops::Range<usize>,
+    /// Found after a damaged entry (its leaf's hash range no longer applies).
+    salvaged: bool,
 }
 
 /// An entry that needs a new name: where it is and its original name (only compared with,
@@ -472,10 +586,165 @@ fn parse_entries(
             inode,
             name: name_at..name_end,
             slack: name_end..end,
+            salvaged: false,
         });
         off = end;
     }
     (out, None)
+}
+
+/// An entry header: (inode, rec_len, name_len), if its 8 bytes are inside `region`.
+fn header(
+    region: &[u8],
+    off: usize,
+    block_size: usize,
+    filetype: bool,
+) -> Option<(u32, usize, usize)> {
+    let inode = le::get_u32(region, off)?;
+    let rl = rec_len(le::get_u16(region, off.checked_add(4)?)?, block_size.max(1));
+    let lo = *region.get(off.checked_add(6)?)?;
+    let hi = *region.get(off.checked_add(7)?)?;
+    let name_len = if filetype {
+        usize::from(lo)
+    } else {
+        usize::from(lo) | usize::from(hi) << 8
+    };
+    Some((inode, rl, name_len))
+}
+
+/// After the damaged entry at `bad`: the entries that can still be located, and the byte
+/// ranges no located entry accounts for (to be zeroed). A damaged entry's 8-byte header
+/// naming a possible inode is in neither: it stays as it is, so e2fsck finds the same
+/// damage.
+///
+/// Entries are followed as e2fsck's `salvage_directory` would: a header of `rec_len` 8 is
+/// squeezed out (the next entry follows it), a `rec_len` that is a multiple of 4 and stays
+/// inside the region is absorbed by the previous entry (the next entry follows it), an
+/// entry that overruns the region but whose name fits keeps its name and ends the region.
+/// Otherwise e2fsck drops the rest of the region; there, entries are located by their
+/// plausible headers at 4-byte steps (a valid record naming an inode up to `max_inode`),
+/// which text never forms.
+fn salvage(
+    region: &[u8],
+    bad: usize,
+    block_size: usize,
+    filetype: bool,
+    max_inode: u32,
+) -> (Vec<Ent>, Vec<std::ops::Range<usize>>) {
+    let limit = region.len();
+    let mut ents = Vec::new();
+    let mut fill = Vec::new();
+    let valid = |off: usize, rl: usize, name_len: usize| -> Option<(usize, usize)> {
+        let end = off.checked_add(rl).filter(|&e| e <= limit)?;
+        let name_end = off.checked_add(8)?.checked_add(name_len)?;
+        (rl >= 8 && rl.is_multiple_of(4) && name_end <= end).then_some((name_end, end))
+    };
+    let mut cur = bad;
+    let mut first = true;
+    while cur < limit {
+        let Some((inode, rl, name_len)) = header(region, cur, block_size, filetype) else {
+            fill.push(cur..limit);
+            break;
+        };
+        if !first && let Some((name_end, end)) = valid(cur, rl, name_len) {
+            ents.push(Ent {
+                off: cur,
+                inode,
+                name: cur.saturating_add(8)..name_end,
+                slack: name_end..end,
+                salvaged: true,
+            });
+            cur = end;
+            continue;
+        }
+        first = false;
+        // A damaged header: its 8 bytes stay, unless it names no possible inode: then
+        // they are most likely the bytes of a name (a `rec_len` before it went wrong)
+        // and are zeroed like any other unlocated byte.
+        let body = cur.saturating_add(8);
+        if inode > max_inode {
+            fill.push(cur..body);
+        }
+        let left = limit.saturating_sub(cur);
+        if rl == 8 && left >= 12 {
+            cur = body;
+            continue;
+        }
+        if rl >= 12 && rl.is_multiple_of(4) && rl <= left {
+            // Valid lengths but a name longer than the record: nothing of it is a name.
+            let end = cur.saturating_add(rl);
+            fill.push(body..end);
+            cur = end;
+            continue;
+        }
+        let name_end = body.saturating_add(name_len);
+        if rl > left && name_len > 0 && name_end <= limit && inode <= max_inode {
+            ents.push(Ent {
+                off: cur,
+                inode,
+                name: body..name_end,
+                slack: name_end..limit,
+                salvaged: true,
+            });
+            break;
+        }
+        scan_plausible(
+            region, body, block_size, filetype, max_inode, &mut ents, &mut fill,
+        );
+        break;
+    }
+    (ents, fill)
+}
+
+/// Entries in `region[from..]` found by their plausible headers at 4-byte steps; what no
+/// entry accounts for goes to `fill`.
+fn scan_plausible(
+    region: &[u8],
+    from: usize,
+    block_size: usize,
+    filetype: bool,
+    max_inode: u32,
+    ents: &mut Vec<Ent>,
+    fill: &mut Vec<std::ops::Range<usize>>,
+) {
+    let limit = region.len();
+    let mut p = from;
+    let mut gap_start = from;
+    while p < limit {
+        let found = header(region, p, block_size, filetype).and_then(|(inode, rl, name_len)| {
+            let end = p.checked_add(rl).filter(|&e| e <= limit)?;
+            let name_end = p.checked_add(8)?.checked_add(name_len)?;
+            let file_type = region.get(p.checked_add(7)?).copied().unwrap_or(0);
+            let plausible = inode <= max_inode
+                && rl >= 12
+                && rl.is_multiple_of(4)
+                && name_len > 0
+                && name_end <= end
+                && (!filetype || file_type <= 7);
+            plausible.then_some((inode, name_end, end))
+        });
+        match found {
+            Some((inode, name_end, end)) => {
+                if gap_start < p {
+                    fill.push(gap_start..p);
+                }
+                ents.push(Ent {
+                    off: p,
+                    inode,
+                    name: p.saturating_add(8)..name_end,
+                    slack: name_end..end,
+                    salvaged: true,
+                });
+                p = end;
+                gap_start = end;
+            }
+            // Entries are 4-byte aligned within their region.
+            None => p = p.saturating_add(4),
+        }
+    }
+    if gap_start < limit {
+        fill.push(gap_start..limit);
+    }
 }
 
 /// The leaves of an htree and the hash range each must hold.
@@ -487,6 +756,77 @@ pub struct Htree {
     pub leaves: HashMap<u64, (u64, u64)>,
     /// Index blocks below the root.
     pub nodes: HashSet<u64>,
+    /// The index blocks whose entries point at leaves: (logical block, offset of their
+    /// count/limit header, the leaves of entries 0..count in order).
+    pub bottom: Vec<(u64, usize, Vec<u64>)>,
+}
+
+/// A hash boundary of an index block to rewrite: entry `entry` of the block at `lblk`
+/// (whose count/limit header is at `at`) gets hash `hash`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Boundary {
+    pub lblk: u64,
+    pub at: usize,
+    pub entry: usize,
+    pub hash: u32,
+}
+
+/// Narrowest leaf range (in hash values) that construction fills within its work bound;
+/// narrower leaves are widened by moving a boundary into a wide neighbour.
+const NARROW: u64 = 1 << 14;
+
+impl Htree {
+    /// Widen leaves too narrow to be hit by construction: the boundary a narrow leaf
+    /// shares with a neighbour under the same index block (at least twice as wide)
+    /// moves to the middle of the neighbour's range. The ranges in [`Self::leaves`]
+    /// change accordingly; the index entries to rewrite are returned. Entries stay
+    /// sorted and inside their index block's range, so the index stays valid.
+    pub fn widen(&mut self) -> Vec<Boundary> {
+        let mut out = Vec::new();
+        for (lblk, at, kids) in &self.bottom {
+            for i in 0..kids.len() {
+                let Some(&(lo, hi)) = self.leaves.get(&kids[i]) else {
+                    continue;
+                };
+                if hi.saturating_sub(lo) >= NARROW {
+                    continue;
+                }
+                let next = i.checked_add(1).and_then(|j| Some((j, *kids.get(j)?)));
+                let prev = i.checked_sub(1).and_then(|j| Some((j, *kids.get(j)?)));
+                let wide = |l: u64| {
+                    self.leaves
+                        .get(&l)
+                        .is_some_and(|&(a, b)| b.saturating_sub(a) >= NARROW.saturating_mul(2))
+                };
+                if let Some((j, n)) = next.filter(|&(_, n)| wide(n) && n != kids[i]) {
+                    let (nlo, nhi) = self.leaves[&n];
+                    let b = nlo.saturating_add(nhi.saturating_sub(nlo) >> 1) & !1;
+                    let Ok(hash) = u32::try_from(b) else { continue };
+                    self.leaves.insert(kids[i], (lo, b));
+                    self.leaves.insert(n, (b, nhi));
+                    out.push(Boundary {
+                        lblk: *lblk,
+                        at: *at,
+                        entry: j,
+                        hash,
+                    });
+                } else if let Some((_, pv)) = prev.filter(|&(_, p)| wide(p) && p != kids[i]) {
+                    let (plo, phi) = self.leaves[&pv];
+                    let b = plo.saturating_add(phi.saturating_sub(plo) >> 1) & !1;
+                    let Ok(hash) = u32::try_from(b) else { continue };
+                    self.leaves.insert(pv, (plo, b));
+                    self.leaves.insert(kids[i], (b, hi));
+                    out.push(Boundary {
+                        lblk: *lblk,
+                        at: *at,
+                        entry: i,
+                        hash,
+                    });
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Walk the index of directory `ino` from the dx_root in `root`; `read` returns a
@@ -535,6 +875,7 @@ pub fn parse_htree(
             return Err(bad(HtreeProblem::Count { lblk, count, limit }));
         };
         let entries: Vec<&[u8]> = entries.collect();
+        let mut kids = Vec::new();
         for (i, e) in entries.iter().enumerate() {
             // Entry 0's hash field is the count/limit header: its range starts at `lo`.
             let start = if i == 0 {
@@ -562,7 +903,11 @@ pub fn parse_htree(
                 ));
             } else {
                 t.leaves.entry(blk).or_insert((start, end.max(start)));
+                kids.push(blk);
             }
+        }
+        if level == 0 {
+            t.bottom.push((lblk, at, kids));
         }
     }
     Ok(t)
@@ -642,6 +987,70 @@ mod tests {
         );
     }
 
+    /// More one-byte names than one-byte replacements exist: none keeps its name (some
+    /// share one, reported).
+    #[test]
+    fn no_name_is_kept_when_replacements_run_out() {
+        let names: Vec<u8> = (0x21u8..0x7F).filter(|&c| c != b'/' && c != b'.').collect();
+        let mut region = vec![0u8; 4096];
+        for (i, &c) in names.iter().enumerate() {
+            let off = i * 12;
+            let rl = if i + 1 == names.len() { 4096 - off } else { 12 };
+            put(&mut region, off, 100 + i as u32);
+            le::set_u16(&mut region, off + 4, rl as u16);
+            region[off + 6] = 1;
+            region[off + 7] = 1;
+            region[off + 8] = c;
+        }
+        let mut d = DirNames::new(7, 12, None, false, true);
+        let damage = d.scramble_region(&mut region, DirRegion::Block { lblk: 0 }, 4096, 0, 0, None);
+        assert_eq!(damage, None);
+        for (i, &c) in names.iter().enumerate() {
+            assert_ne!(region[i * 12 + 8], c, "entry {i} kept its name");
+        }
+        assert!(
+            d.failures
+                .iter()
+                .any(|f| matches!(f, Unscrambled::NoReplacement { .. }))
+        );
+    }
+
+    /// A damaged entry: the entries after it are located and renamed, the bytes nothing
+    /// accounts for are zeroed, the damaged header stays.
+    #[test]
+    fn damaged_region_is_scrubbed() {
+        let mut region = vec![0u8; 1024];
+        let mut off = 0;
+        for i in 0..20u32 {
+            let rl: u16 = if i == 19 { (1024 - off) as u16 } else { 24 };
+            put(&mut region, off, 100 + i);
+            le::set_u16(&mut region, off + 4, rl);
+            region[off + 6] = 14;
+            region[off + 7] = 1;
+            region[off + 8..off + 22].copy_from_slice(format!("private-{i:06}").as_bytes());
+            off += 24;
+        }
+        // The fifth entry's rec_len cannot be.
+        le::set_u16(&mut region, 4 * 24 + 4, 3);
+        let header = region[96..104].to_vec();
+        let mut d = DirNames::new(7, 12, None, false, true);
+        d.max_inode = 1000;
+        let damage = d.scramble_region(&mut region, DirRegion::Block { lblk: 0 }, 1024, 0, 0, None);
+        assert!(matches!(
+            damage,
+            Some(CorruptKind::DirEntry { offset: 96, .. })
+        ));
+        assert!(
+            !region.windows(8).any(|w| w == b"private-"),
+            "a name is left"
+        );
+        assert_eq!(&region[96..104], &header[..], "the damaged header is kept");
+        // The entries after the damage keep their headers (found by them).
+        for i in 5..19 {
+            assert_eq!(le::u32(&region, i * 24), 100 + i as u32);
+        }
+    }
+
     #[test]
     fn names_land_in_their_leaf_range() {
         let spec = HashSpec {
@@ -669,18 +1078,16 @@ mod tests {
         assert_eq!(needs.len(), 20);
         names.preassign(needs, &leaves);
         let before = leaf.clone();
-        assert!(
-            names
-                .scramble_region(
-                    &mut leaf,
-                    DirRegion::Block { lblk: 7 },
-                    1024,
-                    7,
-                    0,
-                    Some(range)
-                )
-                .unwrap()
+        let damage = names.scramble_region(
+            &mut leaf,
+            DirRegion::Block { lblk: 7 },
+            1024,
+            7,
+            0,
+            Some(range),
         );
+        assert_eq!(damage, None);
+        assert_ne!(leaf, before);
         assert_eq!(names.names, 20);
         assert_eq!(names.out_of_range, 0);
         let (ents, err) = parse_entries(&leaf, 1024, true);

@@ -36,7 +36,7 @@ use crate::io::ReadAt;
 use crate::units::{BlockSize, FsBlock};
 
 pub(crate) use crate::ext4::csum::crc32c_raw;
-pub use plan::plan;
+pub use plan::{SUPERBLOCK_TEXT_FIELDS, plan};
 
 /// The seed used when none is given (a fixed value: two runs give identical images).
 pub const DEFAULT_SEED: u64 = 0x6532_6953_6372_616d;
@@ -61,10 +61,14 @@ pub struct ScrambleReport {
     pub inline_files: u64,
     /// Journal blocks zeroed (everything after the journal superblock).
     pub journal_blocks: u64,
-    /// The superblock's label or last-mounted path was cleared.
+    /// The superblock's free-text fields (label, last-mounted path, error function names,
+    /// mount options) were cleared.
     pub superblock_strings: bool,
     /// Blocks whose bytes the overlay replaces.
     pub patched_blocks: u64,
+    /// Damaged directory blocks (and inline regions) scrubbed: the entries located after
+    /// the damage renamed, every other byte after it zeroed.
+    pub scrubbed_regions: u64,
     /// Things left as they were, each with the reason.
     pub not_scrambled: Vec<Unscrambled>,
 }
@@ -72,9 +76,11 @@ pub struct ScrambleReport {
 /// Something `-s` left as it was, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unscrambled {
-    /// Damaged or unreadable metadata: what could not be parsed stays as it was (for a
-    /// directory block: the entries from the damaged one on).
+    /// Damaged or unreadable metadata: what could not be parsed stays as it was.
     Damaged(Problem),
+    /// A damaged directory region, scrubbed: its damaged entry header stays as it was, the
+    /// entries located after it were renamed, every other byte after it zeroed.
+    Scrubbed(Problem),
     /// The directory's htree index could not be read: its names were renamed without
     /// their hash ranges.
     HtreeIgnored { ino: u32, problem: Problem },
@@ -96,7 +102,8 @@ pub enum Unscrambled {
     HashVersion { ino: u32, version: u8 },
     /// Names that could not be made to hash into their htree leaf's range (renamed anyway).
     OutOfRange { ino: u32, count: u64 },
-    /// No unused replacement exists for a `len`-byte name (kept).
+    /// No unused replacement exists for a `len`-byte name: renamed to one another entry
+    /// has (the original is never kept).
     NoReplacement {
         ino: u32,
         region: DirRegion,
@@ -105,12 +112,20 @@ pub enum Unscrambled {
     },
     /// The journal needed recovery: its log was zeroed, so the image cannot replay it.
     JournalNeededRecovery,
+    /// Blocks `first..=last` are claimed by more than one owner (a directory, symlink,
+    /// journal or xattr block cross-linked with other metadata or another inode): the
+    /// scrambler owns none of them and leaves them as they are.
+    Shared { first: FsBlock, last: FsBlock },
 }
 
 impl fmt::Display for Unscrambled {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Damaged(p) => write!(f, "{p}"),
+            Self::Scrubbed(p) => write!(
+                f,
+                "{p}; the entries after it renamed where they could be located, their other bytes zeroed"
+            ),
             Self::HtreeIgnored { problem, .. } => write!(
                 f,
                 "{problem}; names renamed without their htree hash ranges"
@@ -160,8 +175,12 @@ impl fmt::Display for Unscrambled {
                 len,
             } => write!(
                 f,
-                "inode {ino}: {region}: the {len}-byte name at byte {offset} has no unused replacement"
+                "inode {ino}: {region}: the {len}-byte name at byte {offset} has no unused replacement; renamed to one another entry has"
             ),
+            Self::Shared { first, last } => {
+                crate::ext4::damage::write_range(f, "block", first.get(), last.get())?;
+                f.write_str(" cross-linked (claimed by more than one owner): kept as it is")
+            }
             Self::JournalNeededRecovery => f.write_str(
                 "the journal needed recovery: its log was zeroed, so the image cannot replay it",
             ),
@@ -223,6 +242,32 @@ impl Overlay {
         }
         self.zeros = out;
         // A block both patched and zeroed reads as its patch.
+    }
+
+    /// Leave blocks `r` as the source has them: no patch, no zeros. Returns whether the
+    /// overlay changed any of them.
+    pub fn release(&mut self, r: Range<FsBlock>) -> bool {
+        let patched: Vec<FsBlock> = self.blocks.range(r.clone()).map(|(&b, _)| b).collect();
+        let mut changed = !patched.is_empty();
+        for b in patched {
+            self.blocks.remove(&b);
+        }
+        let mut out = Vec::with_capacity(self.zeros.len());
+        for z in self.zeros.drain(..) {
+            if z.end <= r.start || r.end <= z.start {
+                out.push(z);
+                continue;
+            }
+            changed = true;
+            if z.start < r.start {
+                out.push(z.start..r.start);
+            }
+            if r.end < z.end {
+                out.push(r.end..z.end);
+            }
+        }
+        self.zeros = out;
+        changed
     }
 
     pub fn patched_blocks(&self) -> usize {

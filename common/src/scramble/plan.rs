@@ -5,10 +5,11 @@
 use std::collections::HashSet;
 use std::ops::Range;
 
-use super::dir::{DirNames, HashSpec, parse_htree, rec_len};
+use super::dir::{Boundary, DirNames, HashSpec, parse_htree, rec_len};
 use super::names::{NAME_CHARS, Slot, generate};
 use super::xattr::{self, XATTR_MAGIC, XEntry};
 use super::{Overlay, ScrambleReport, Unscrambled, crc32c_raw};
+use crate::blockmap::{BlockMapBuilder, BlockRun};
 use crate::error::CorruptKind;
 use crate::ext4::csum::csum_seed;
 use crate::ext4::damage::{DirRegion, HtreeProblem, Problem, ProblemKind, Role, XattrAt};
@@ -23,6 +24,15 @@ use crate::units::FsBlock;
 use crate::{Error, Result};
 
 const EXT4_ENCRYPT_FL: u32 = 0x0000_0800;
+/// The superblock's free-text fields, all cleared by `-s` (the scrambled mark then goes
+/// into `s_last_mounted`): nothing else in it is text a user or the kernel wrote.
+pub const SUPERBLOCK_TEXT_FIELDS: [(&str, std::ops::Range<usize>); 5] = [
+    ("s_volume_name", 0x78..0x88),
+    ("s_last_mounted", 0x88..0xC8),
+    ("s_first_error_func", 0x1A8..0x1C8),
+    ("s_last_error_func", 0x1E0..0x200),
+    ("s_mount_opts", 0x200..0x240),
+];
 const MMP_MAGIC: u32 = 0x004D_4D50;
 /// `i_extra_isize` and the checksum halves in the inode.
 const I_EXTRA_ISIZE: usize = 0x80;
@@ -43,8 +53,10 @@ pub fn plan<S: ReadAt>(fs: &Filesystem<S>, seed: u64) -> Result<(Overlay, Scramb
         xattr_done: HashSet::new(),
         filetype: sb.has_incompat(feature::INCOMPAT_FILETYPE),
         fixed: fixed_metadata(fs),
+        claims: Claims::new(sb),
     };
     p.inodes()?;
+    p.release_shared();
     p.superblocks()?;
     p.mmp()?;
     p.rep.patched_blocks = p.ov.patched_blocks() as u64;
@@ -63,6 +75,71 @@ struct Planner<'a, S> {
     /// The filesystem's fixed metadata (see [`fixed_metadata`]): no directory, symlink,
     /// xattr or journal block of a damaged map may change it.
     fixed: Vec<Range<FsBlock>>,
+    /// Who claims which blocks: what the scrambler may rewrite is only what one owner
+    /// claims alone.
+    claims: Claims,
+}
+
+/// Who may have a block rewritten: a slow symlink or journal inode for its data blocks,
+/// the directory pass for directory blocks (two directories that claim one block read it
+/// alike, as entries: it is renamed once), or the xattr pass for an xattr block (any
+/// number of inodes share one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Owner {
+    Inode(u32),
+    Directories,
+    Xattr,
+}
+
+/// The blocks every in-use inode claims, as the scan attributes them: the blocks the
+/// scrambler may rewrite (candidates, with their owner), and every other claim (mapping
+/// blocks, data of other files). A candidate also claimed otherwise, or by two owners, is
+/// cross-linked: it is left as it is. Memory follows the runs of the maps (metadata).
+struct Claims {
+    others: BlockMapBuilder,
+    candidates: Vec<(u64, u64, Owner)>,
+    blocks_count: u64,
+}
+
+impl Claims {
+    fn new(sb: &crate::ext4::superblock::Superblock) -> Self {
+        Claims {
+            others: BlockMapBuilder::new(FsBlock(0), FsBlock(sb.blocks_count.saturating_sub(1)), 0),
+            candidates: Vec::new(),
+            blocks_count: sb.blocks_count,
+        }
+    }
+
+    fn candidate(&mut self, start: FsBlock, len: u64, owner: Owner) {
+        let start = start.get();
+        let end = start.saturating_add(len).min(self.blocks_count);
+        if start < end {
+            self.candidates.push((start, end, owner));
+        }
+    }
+
+    /// The candidate blocks that are cross-linked, as runs.
+    fn shared(mut self) -> Vec<BlockRun> {
+        let others = self.others.build(FsBlock(0), self.blocks_count);
+        self.candidates.sort_unstable();
+        let last = FsBlock(self.blocks_count.saturating_sub(1));
+        let mut multi = BlockMapBuilder::new(FsBlock(0), last, 0);
+        // Candidates still open at the current start, to compare owners.
+        let mut open: Vec<(u64, u64, Owner)> = Vec::new();
+        for &(s, e, o) in &self.candidates {
+            open.retain(|&(_, oe, _)| oe > s);
+            for &(_, oe, oo) in &open {
+                if oo != o {
+                    multi.mark_range(FsBlock(s), oe.min(e).saturating_sub(s));
+                }
+            }
+            open.push((s, e, o));
+            for r in others.runs_in(FsBlock(s)..FsBlock(e)) {
+                multi.mark_range(r.start, r.len);
+            }
+        }
+        multi.build(FsBlock(0), self.blocks_count).runs().to_vec()
+    }
 }
 
 /// The blocks of the filesystem's fixed metadata, sorted and merged: the superblock's
@@ -228,6 +305,34 @@ impl<S: ReadAt> Planner<'_, S> {
         Ok(buf)
     }
 
+    /// A block that holds private strings (directory entries, a symlink target) as the
+    /// image will have it: where the source ends inside the block, its first bytes and
+    /// zeros after them (the writers copy what is there); `None` where nothing of it can
+    /// be read (reported; nothing of it is in the image either).
+    fn private_block(&mut self, ino: u32, blk: FsBlock, role: Role) -> Result<Option<Vec<u8>>> {
+        let e = match self.block(blk, role) {
+            Ok(b) => return Ok(Some(b)),
+            Err(e) => e,
+        };
+        let what = damaged(Some(ino), e)?;
+        let mut buf = vec![0u8; self.bs()];
+        let got = self
+            .fs
+            .sb
+            .block_size
+            .offset_of(blk)
+            .and_then(|at| self.fs.src.read_at(&mut buf, at).ok())
+            .unwrap_or(0);
+        if got == 0 {
+            // Htree directories read their leaves twice: said once.
+            if !self.rep.not_scrambled.contains(&what) {
+                self.skip(what);
+            }
+            return Ok(None);
+        }
+        Ok(Some(buf))
+    }
+
     fn valid_block(&self, blk: FsBlock) -> bool {
         blk >= self.fs.sb.first_block() && blk.get() < self.fs.sb.blocks_count
     }
@@ -311,6 +416,7 @@ impl<S: ReadAt> Planner<'_, S> {
             return self.unlinked_inode(ino, raw);
         }
         let journal = sb.has_compat(feature::COMPAT_HAS_JOURNAL) && ino == sb.journal_inum();
+        self.claim(ino, &inode, journal);
         if journal {
             self.journal(ino, &inode)?;
             return Ok(false);
@@ -320,7 +426,7 @@ impl<S: ReadAt> Planner<'_, S> {
         }
         let orig = raw.to_vec();
         let is64 = sb.is_64bit();
-        let encrypted = inode.flags & EXT4_ENCRYPT_FL != 0;
+        let encrypted = self.encrypted(&inode);
         let ibody = self.ibody_xattrs(ino, raw);
         if inode.has_inline_data() {
             self.inline(ino, raw, &inode, ibody.as_ref(), encrypted);
@@ -369,6 +475,59 @@ impl<S: ReadAt> Planner<'_, S> {
         Ok(false)
     }
 
+    /// Record what inode `ino` claims (see [`Claims`]): the data blocks of a directory,
+    /// of a slow symlink's first block and of the journal are candidates for rewriting;
+    /// every other block it maps is someone else's as far as they are concerned. A map
+    /// that cannot be walked claims what was visited before the damage.
+    fn claim(&mut self, ino: u32, inode: &Inode, journal: bool) {
+        let is64 = self.fs.sb.is_64bit();
+        let acl = inode.file_acl(is64);
+        if acl != FsBlock(0) {
+            self.claims.candidate(acl, 1, Owner::Xattr);
+        }
+        if !inode.has_valid_blocks(is64) || inode.has_inline_data() {
+            return;
+        }
+        let (dir, link) = (inode.is_dir(), inode.is_symlink());
+        let owner = if dir {
+            Owner::Directories
+        } else {
+            Owner::Inode(ino)
+        };
+        let claims = &mut self.claims;
+        let _ = walk_inode(self.fs, ino, inode, true, &mut |v| match v {
+            Visit::Meta(b) => claims.others.mark(b),
+            Visit::Data {
+                lblk, pblk, len, ..
+            } => {
+                if dir || journal {
+                    claims.candidate(pblk, len, owner);
+                } else if link && lblk == 0 {
+                    claims.candidate(pblk, 1, owner);
+                    claims
+                        .others
+                        .mark_range(pblk.saturating_add(1), len.saturating_sub(1));
+                } else {
+                    claims.others.mark_range(pblk, len);
+                }
+            }
+        });
+    }
+
+    /// Give cross-linked blocks back to the source (see [`Claims`]): the overlay neither
+    /// patches nor zeros them, and each run is reported.
+    fn release_shared(&mut self) {
+        let claims = std::mem::replace(&mut self.claims, Claims::new(&self.fs.sb));
+        for r in claims.shared() {
+            if self.ov.release(r.start..r.end()) {
+                self.skip(Unscrambled::Shared {
+                    first: r.start,
+                    last: FsBlock(r.end().get().saturating_sub(1)),
+                });
+            }
+        }
+    }
+
     /// An inode with no links (deleted, or an orphan): e2image copies its bytes with the
     /// inode table, so a leftover fast symlink target, inline data or in-inode xattrs are
     /// scrubbed as in a live inode. Its blocks are not imaged and stay as they are.
@@ -379,7 +538,7 @@ impl<S: ReadAt> Planner<'_, S> {
         let inode = Inode::parse(raw);
         let orig = raw.to_vec();
         let ibody = self.ibody_xattrs(ino, raw);
-        let encrypted = inode.flags & EXT4_ENCRYPT_FL != 0;
+        let encrypted = self.encrypted(&inode);
         if inode.has_inline_data() {
             self.inline(ino, raw, &inode, ibody.as_ref(), encrypted);
         } else if inode.is_symlink() && !encrypted && !inode.has_valid_blocks(self.fs.sb.is_64bit())
@@ -399,6 +558,13 @@ impl<S: ReadAt> Planner<'_, S> {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// Whether `inode`'s names, target or inline data are ciphertext (kept as they are):
+    /// the encrypt flag counts only on a filesystem with the encrypt feature, elsewhere
+    /// it is damage and the plaintext under it is scrambled like any other.
+    fn encrypted(&self, inode: &Inode) -> bool {
+        inode.flags & EXT4_ENCRYPT_FL != 0 && self.fs.sb.has_incompat(feature::INCOMPAT_ENCRYPT)
     }
 
     fn slot(&self, kind: &'static [u8], owner: u32) -> Slot {
@@ -462,18 +628,15 @@ impl<S: ReadAt> Planner<'_, S> {
         if inode.is_dir() {
             let casefold = inode.flags & EXT4_CASEFOLD_FL != 0;
             let mut names = DirNames::new(self.seed, ino, None, casefold, self.filetype);
+            names.max_inode = self.fs.sb.inodes_count;
             // The first 4 bytes of i_block are the parent's inode number.
             let body = &mut raw[I_BLOCK.start.saturating_add(4)..I_BLOCK.end];
-            if let Err(kind) = names.scramble_region(body, DirRegion::InlineBody, 0, 0, 4, None) {
-                self.skip(corrupt(Some(ino), kind));
-            }
+            let out = names.scramble_region(body, DirRegion::InlineBody, 0, 0, 4, None);
+            self.scrubbed(ino, out);
             if !value.is_empty() {
                 let mut v = raw[value.clone()].to_vec();
-                if let Err(kind) =
-                    names.scramble_region(&mut v, DirRegion::InlineXattr, 0, 1, 0, None)
-                {
-                    self.skip(corrupt(Some(ino), kind));
-                }
+                let out = names.scramble_region(&mut v, DirRegion::InlineXattr, 0, 1, 0, None);
+                self.scrubbed(ino, out);
                 raw[value.clone()].copy_from_slice(&v);
             }
             self.rep.directories = self.rep.directories.saturating_add(1);
@@ -500,6 +663,18 @@ impl<S: ReadAt> Planner<'_, S> {
         }
         if let Some(e) = &data {
             xattr::fix_hash(raw, e, data_ok, None);
+        }
+    }
+
+    /// A directory region with damage `damage` was scrubbed (see
+    /// [`DirNames::scramble_region`]): counted and reported.
+    fn scrubbed(&mut self, ino: u32, damage: Option<CorruptKind>) {
+        if let Some(kind) = damage {
+            self.rep.scrubbed_regions = self.rep.scrubbed_regions.saturating_add(1);
+            self.skip(Unscrambled::Scrubbed(Problem {
+                ino: Some(ino),
+                kind: ProblemKind::Corrupt(kind),
+            }));
         }
     }
 
@@ -550,7 +725,9 @@ impl<S: ReadAt> Planner<'_, S> {
         if self.is_fixed(Some(ino), role, pblk) {
             return Ok(());
         }
-        let mut buf = self.block(pblk, role)?;
+        let Some(mut buf) = self.private_block(ino, pblk, role)? else {
+            return Ok(());
+        };
         let slot = self.slot(b"link", ino);
         scrub_target(self.seed, slot, &mut buf[..n]);
         self.ov.put(pblk, buf);
@@ -599,15 +776,13 @@ impl<S: ReadAt> Planner<'_, S> {
     }
 
     /// The logical-to-physical map of inode `ino` below logical block `max_lblk`, from the
-    /// block-map walker: written mappings only (an unwritten extent reads as zeros).
+    /// block-map walker.
     fn map(&self, ino: u32, inode: &Inode, max_lblk: u64) -> Result<Vec<Piece>> {
         let mut out = Vec::new();
         let walked = walk_inode(self.fs, ino, inode, true, &mut |v| {
+            // Unwritten extents too: e2image copies their blocks, whatever they hold.
             if let Visit::Data {
-                lblk,
-                pblk,
-                len,
-                uninit: false,
+                lblk, pblk, len, ..
             } = v
             {
                 let len = len.min(max_lblk.saturating_sub(lblk));
@@ -688,9 +863,10 @@ impl<S: ReadAt> Planner<'_, S> {
         }
         let mut names = DirNames::new(self.seed, ino, spec, casefold, self.filetype);
         names.indexed = inode.flags & EXT4_INDEX_FL != 0;
+        names.max_inode = sb.inodes_count;
         let runs = unique_runs(&mut pieces);
         let blocks = || runs.iter().flat_map(Piece::blocks);
-        if let (Some(t), Some(_)) = (&tree, spec) {
+        if let (Some(t), Some(_)) = (&mut tree, spec) {
             // First pass over the leaves: which names each must receive.
             let mut needs = Vec::new();
             for (lblk, pblk) in blocks() {
@@ -698,12 +874,19 @@ impl<S: ReadAt> Planner<'_, S> {
                     continue;
                 }
                 if let Some(&range) = t.leaves.get(&lblk) {
-                    let b = self.block(pblk, Role::DirBlock { ino, lblk })?;
+                    let Some(b) = self.private_block(ino, pblk, Role::DirBlock { ino, lblk })?
+                    else {
+                        continue;
+                    };
                     let limit = self.leaf_limit(&b);
                     names.collect_needs(&b[..limit], bs, lblk, range, &mut needs);
                 }
             }
+            // Which names were in their range is judged above, by the original ranges;
+            // the new names go into the widened ones.
+            let bounds = t.widen();
             names.preassign(needs, &t.leaves);
+            self.rewrite_bounds(ino, generation, &pieces, &bounds)?;
         }
         for (lblk, pblk) in blocks() {
             if let Some(t) = &tree
@@ -719,9 +902,11 @@ impl<S: ReadAt> Planner<'_, S> {
             if self.is_fixed(Some(ino), role, pblk) {
                 continue;
             }
-            let orig = self.block(pblk, role)?;
-            // An index node or an empty block: nothing to rename.
-            if le::u32(&orig, 0) == 0 && rec_len(le::u16(&orig, 4), bs) == bs && orig[6] == 0 {
+            let Some(orig) = self.private_block(ino, pblk, role)? else {
+                continue;
+            };
+            // An index block (of an index that could not be read): no names, kept whole.
+            if names.indexed && is_index_block(&orig, lblk) {
                 continue;
             }
             let mut buf = orig.clone();
@@ -729,9 +914,8 @@ impl<S: ReadAt> Planner<'_, S> {
             let tail = limit < bs;
             let range = tree.as_ref().and_then(|t| t.leaves.get(&lblk).copied());
             let place = DirRegion::Block { lblk };
-            if let Err(kind) = names.scramble_region(&mut buf[..limit], place, bs, lblk, 0, range) {
-                self.skip(corrupt(Some(ino), kind));
-            }
+            let out = names.scramble_region(&mut buf[..limit], place, bs, lblk, 0, range);
+            self.scrubbed(ino, out);
             if buf != orig {
                 let body = bs.saturating_sub(12);
                 let leaf_csum = |b: &[u8]| {
@@ -753,6 +937,90 @@ impl<S: ReadAt> Planner<'_, S> {
         Ok(())
     }
 
+    /// Store the moved hash boundaries of [`Htree::widen`] in their index blocks; the
+    /// index checksum (dx tail) is recomputed where it verified.
+    fn rewrite_bounds(
+        &mut self,
+        ino: u32,
+        generation: u32,
+        pieces: &[Piece],
+        bounds: &[Boundary],
+    ) -> Result<()> {
+        let mut blocks: Vec<u64> = bounds.iter().map(|b| b.lblk).collect();
+        blocks.sort_unstable();
+        blocks.dedup();
+        for lblk in blocks {
+            let role = Role::DirBlock { ino, lblk };
+            let Some(pblk) = pieces.iter().find_map(|p| p.lookup(lblk)) else {
+                continue;
+            };
+            if !self.valid_block(pblk) || self.is_fixed(Some(ino), role, pblk) {
+                continue;
+            }
+            let mut buf = self.block(pblk, role)?;
+            let verified = self.dx_csum(ino, generation, &buf, bounds, lblk);
+            for b in bounds.iter().filter(|b| b.lblk == lblk) {
+                let Some(field) = b.entry.checked_mul(8).and_then(|o| o.checked_add(b.at)) else {
+                    continue;
+                };
+                if field.checked_add(4).is_some_and(|e| e <= buf.len()) {
+                    le::set_u32(&mut buf, field, b.hash);
+                }
+            }
+            // Only a checksum that verified is recomputed (a bad one stays bad).
+            if let Some((tail, true)) = verified
+                && let Some(crc) = self.dx_crc(ino, generation, &buf, bounds, lblk)
+            {
+                le::set_u32(&mut buf, tail, crc);
+            }
+            self.ov.put(pblk, buf);
+        }
+        Ok(())
+    }
+
+    /// The dx tail of index block `lblk` (count/limit at the offset `bounds` gives):
+    /// where its checksum is, and whether it verifies.
+    fn dx_csum(
+        &self,
+        ino: u32,
+        generation: u32,
+        buf: &[u8],
+        bounds: &[Boundary],
+        lblk: u64,
+    ) -> Option<(usize, bool)> {
+        if !self.csum {
+            return None;
+        }
+        let at = bounds.iter().find(|b| b.lblk == lblk)?.at;
+        let limit = usize::from(le::get_u16(buf, at)?);
+        let tail = limit.checked_mul(8)?.checked_add(at)?;
+        let stored = le::get_u32(buf, tail.checked_add(4)?)?;
+        let crc = self.dx_crc(ino, generation, buf, bounds, lblk)?;
+        Some((tail.checked_add(4)?, stored == crc))
+    }
+
+    /// libext2fs `ext2fs_dx_csum` of an index block.
+    fn dx_crc(
+        &self,
+        ino: u32,
+        generation: u32,
+        buf: &[u8],
+        bounds: &[Boundary],
+        lblk: u64,
+    ) -> Option<u32> {
+        let at = bounds.iter().find(|b| b.lblk == lblk)?.at;
+        let limit = usize::from(le::get_u16(buf, at)?);
+        let count = usize::from(le::get_u16(buf, at.checked_add(2)?)?);
+        let size = count.checked_mul(8)?.checked_add(at)?;
+        let tail = limit.checked_mul(8)?.checked_add(at)?;
+        let mut crc = crc32c_raw(self.csum_seed, &le::bytes_u32(ino));
+        crc = crc32c_raw(crc, &le::bytes_u32(generation));
+        crc = crc32c_raw(crc, buf.get(..size)?);
+        // The whole dx tail, its checksum field read as zero.
+        crc = crc32c_raw(crc, buf.get(tail..tail.checked_add(4)?)?);
+        Some(crc32c_raw(crc, &[0; 4]))
+    }
+
     /// The value hash an EA inode keeps in `i_atime`.
     fn ea_inode_hash(&self, ino: u32) -> Option<u32> {
         let (group, blk, at) = itable::locate(self.fs, ino)?;
@@ -763,14 +1031,16 @@ impl<S: ReadAt> Planner<'_, S> {
         le::get_u32(&b, at.checked_add(0x08)?)
     }
 
-    /// Where the entries of a leaf block end: before the checksum tail, if it has one.
+    /// Where the entries of a leaf block end: before the checksum tail, if it has one. A
+    /// tail whose `name_len` or type bytes are damaged is still a tail (its inode and
+    /// `rec_len` say so): its bytes stay as they are, damage included, and its checksum is
+    /// no name.
     fn leaf_limit(&self, buf: &[u8]) -> usize {
         let bs = buf.len();
         let Some(t) = bs.checked_sub(12).and_then(|at| buf.get(at..)) else {
             return bs;
         };
-        let tail =
-            self.csum && le::u32(t, 0) == 0 && le::u16(t, 4) == 12 && t[6] == 0 && t[7] == 0xDE;
+        let tail = self.csum && le::u32(t, 0) == 0 && le::u16(t, 4) == 12;
         if tail { bs.saturating_sub(12) } else { bs }
     }
 
@@ -877,7 +1147,8 @@ impl<S: ReadAt> Planner<'_, S> {
         Ok(())
     }
 
-    /// Clear the label and last-mounted path of the superblock(s) the image holds.
+    /// Clear the free-text fields of the superblock(s) the image holds
+    /// ([`SUPERBLOCK_TEXT_FIELDS`]).
     fn superblocks(&mut self) -> Result<()> {
         let bs = self.fs.sb.block_size;
         // The primary superblock is at byte 1024: block 1, or inside block 0.
@@ -895,11 +1166,14 @@ impl<S: ReadAt> Planner<'_, S> {
             if le::u16(sbb, 0x38) != 0xEF53 {
                 continue;
             }
-            if sbb[0x78..0xC8].iter().all(|&b| b == 0) {
+            let text = || SUPERBLOCK_TEXT_FIELDS.iter().map(|(_, r)| r.clone());
+            if text().all(|r| sbb[r].iter().all(|&b| b == 0)) {
                 continue;
             }
             let ok = le::u32(sbb, 0x3FC) == crc32c_raw(!0, &sbb[..0x3FC]);
-            sbb[0x78..0xC8].fill(0);
+            for r in text() {
+                sbb[r].fill(0);
+            }
             if self.csum && ok {
                 let crc = crc32c_raw(!0, &sbb[..0x3FC]);
                 le::set_u32(sbb, 0x3FC, crc);
@@ -937,6 +1211,19 @@ impl<S: ReadAt> Planner<'_, S> {
         self.ov.put(blk, buf);
         Ok(())
     }
+}
+
+/// Whether directory block `lblk` of an indexed directory is an index block: the dx_root
+/// (`.` and `..` in place) or a node (one empty entry over the whole block). Their bytes
+/// are hashes and block numbers, never names; damage in them stays as it is.
+fn is_index_block(b: &[u8], lblk: u64) -> bool {
+    let bs = b.len();
+    if lblk == 0 {
+        return b.get(8..9) == Some(b".") && b.get(20..22) == Some(b"..");
+    }
+    le::get_u32(b, 0) == Some(0)
+        && le::get_u16(b, 4).is_some_and(|r| rec_len(r, bs) == bs)
+        && b.get(6..8) == Some(&[0, 0])
 }
 
 /// Replace a symlink target with generated characters of the same length; NUL bytes stay
