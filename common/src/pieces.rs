@@ -5,6 +5,7 @@
 use crate::blockmap::{BlockMap, Run};
 use crate::io::ReadAt;
 use crate::progress::Progress;
+use crate::readplan;
 use crate::{Error, Result};
 
 /// Largest single read or write.
@@ -23,11 +24,13 @@ pub fn for_each_chunk<S: ReadAt + ?Sized>(
     let per = (IO_CHUNK as u64 / bs).max(1);
     let mut buf = Vec::new();
     let mut past_end = 0;
+    let mut ahead = readplan::for_map(src, map, block_size);
     for run in map.runs() {
         let mut b = run.start;
         while b < run.end() {
             let n = per.min(run.end() - b);
             let len = (n * bs) as usize;
+            ahead.at(b * bs);
             buf.resize(len, 0);
             let past = src.read_sparse_at(&mut buf[..len], b * bs)? as u64;
             past_end += past.div_ceil(bs);
@@ -111,11 +114,13 @@ pub fn for_each_piece<S: ReadAt + ?Sized>(
     let size = src.size();
     let mut buf = Vec::new();
     let mut rep = ReadReport::default();
+    let mut ahead = readplan::for_map(src, map, block_size);
     for run in map.runs() {
         let end = run.end();
         let mut b = run.start;
         while b < end {
             let off = b * bs;
+            ahead.at(off);
             match src.data_region(off)? {
                 None => {
                     rep.past_end_blocks += end - b.max(size.div_ceil(bs)).min(end);

@@ -73,6 +73,8 @@ struct Ctx<'a, S> {
     dirs: Option<BlockMapBuilder>,
     problems: Vec<Problem>,
     warnings: Vec<Warning>,
+    /// Bytes of selected data the scan may still hint ([`hint_data`]).
+    hint_budget: u64,
 }
 
 impl<S: ReadAt> Ctx<'_, S> {
@@ -115,6 +117,7 @@ pub fn scan<S: ReadAt>(
             .then(|| BlockMapBuilder::new(fdb, last, sb.cluster_bits)),
         problems: Vec::new(),
         warnings: Vec::new(),
+        hint_budget: crate::readplan::WINDOW,
     };
     mark_fixed(&mut ctx);
     let seen = scan_inodes(&mut ctx, progress)?;
@@ -202,6 +205,14 @@ fn scan_inodes<S: ReadAt>(
             Item::Problem(p) => return ctx.problem(p),
             Item::Chunk(c) => c,
         };
+        // The mapping blocks the walks below read first, hinted all at once: on a cold disk
+        // they then arrive together instead of one request per inode.
+        for (_, raw) in chunk.inodes() {
+            let inode = Inode::parse(raw);
+            if inode.links_count != 0 && inode.has_valid_blocks(is64) {
+                hint_mapping_blocks(fs, &inode);
+            }
+        }
         for (ino, raw) in chunk.inodes() {
             let inode = Inode::parse(raw);
             if inode.links_count == 0 {
@@ -217,6 +228,45 @@ fn scan_inodes<S: ReadAt>(
         Ok(())
     })?;
     Ok(seen)
+}
+
+/// Hint selected data found by the scan (directories, the journal), up to `budget` bytes
+/// in all: the copy that follows the scan finds the first of it in the page cache, so the
+/// disk works during the scan's parsing too.
+fn hint_data<S: ReadAt>(fs: &Filesystem<S>, budget: &mut u64, pblk: u64, len: u64) {
+    let bs = u64::from(fs.sb.block_size);
+    let (Some(off), Some(n)) = (pblk.checked_mul(bs), len.checked_mul(bs)) else {
+        return;
+    };
+    let n = n.min(*budget);
+    if n > 0 {
+        fs.src.will_need(off, n);
+        *budget = budget.saturating_sub(n);
+    }
+}
+
+/// Hint the first mapping blocks of `inode`'s walk: the children of an index extent root,
+/// or the indirect blocks (hints only: the walk reads and checks them).
+fn hint_mapping_blocks<S: ReadAt>(fs: &Filesystem<S>, inode: &Inode) {
+    let bs = u64::from(fs.sb.block_size);
+    let hint = |blk: u64| {
+        if blk != 0
+            && let Some(off) = blk.checked_mul(bs)
+        {
+            fs.src.will_need(off, bs);
+        }
+    };
+    if inode.has_extents() {
+        super::extent::root_children(&inode.block_bytes()).for_each(hint);
+    } else if !inode.is_symlink() {
+        for i in [
+            inode::EXT2_IND_BLOCK,
+            inode::EXT2_DIND_BLOCK,
+            inode::EXT2_TIND_BLOCK,
+        ] {
+            hint(u64::from(inode.block[i]));
+        }
+    }
 }
 
 /// e2image's per-inode rules (§3.2 steps 2–5).
@@ -248,10 +298,13 @@ fn inode_blocks<S: ReadAt>(
     let is_dir = inode.is_dir();
     let map = &mut ctx.map;
     let dirs = &mut ctx.dirs;
+    let fs = ctx.fs;
+    let budget = &mut ctx.hint_budget;
     let r = walk_inode(ctx.fs, ino, inode, want_data, &mut |v| match v {
         Visit::Meta(b) => map.mark(b),
         Visit::Data { pblk, len, .. } => {
             map.mark_range(pblk, len);
+            hint_data(fs, budget, pblk, len);
             if is_dir && let Some(d) = dirs.as_mut() {
                 d.mark_range(pblk, len);
             }
