@@ -18,6 +18,7 @@ use crate::ext4::{Filesystem, Superblock};
 use crate::io::{ReadAt, pwrite_full};
 use crate::pieces::{IO_CHUNK, zero_runs};
 use crate::progress::{Progress, Unit};
+use crate::readplan::{self, Readahead};
 use crate::{Error, Result};
 
 /// The host-specific header fields.
@@ -267,11 +268,17 @@ pub fn write_normal<S: ReadAt>(
     let bs64 = layout.block_size;
     let per = (IO_CHUNK as u64 / bs64).max(1);
     let mut buf = Vec::new();
-    for (start, count) in itable_runs(sb, &desc) {
+    let runs = itable_runs(sb, &desc);
+    let ranges = runs.iter().map(|&(s, n)| {
+        s.saturating_mul(bs64.get())..s.saturating_add(n).saturating_mul(bs64.get())
+    });
+    let mut ahead = Readahead::new(&fs.src, ranges, readplan::WINDOW);
+    for &(start, count) in &runs {
         let end = start.saturating_add(count);
         let mut b = start;
         while b < end {
             let n = per.min(end.saturating_sub(b));
+            ahead.at(b.saturating_mul(bs64.get()));
             // At most IO_CHUNK (or one block).
             let len = n.saturating_mul(bs64.get()) as usize;
             buf.resize(len, 0);
