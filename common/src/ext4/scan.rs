@@ -200,26 +200,31 @@ fn scan_inodes<S: ReadAt>(
         skip_bad_blocks: true,
         strict: ctx.opts.strict,
     };
+    // Reused per chunk: at most one chunk's inodes (1 MiB of table).
+    let mut live: Vec<(u32, Inode)> = Vec::new();
     itable::for_each_chunk(fs, opts, &mut |item| {
         let chunk = match item {
             Item::Problem(p) => return ctx.problem(p),
             Item::Chunk(c) => c,
         };
-        // The mapping blocks the walks below read first, hinted all at once: on a cold disk
-        // they then arrive together instead of one request per inode.
-        for (_, raw) in chunk.inodes() {
-            let inode = Inode::parse(raw);
-            if inode.links_count != 0 && inode.has_valid_blocks(is64) {
-                hint_mapping_blocks(fs, &inode);
+        // The chunk's live inodes, parsed once; the mapping blocks their walks read first
+        // are hinted all at once, so that on a cold disk they arrive together instead of
+        // one request per inode.
+        live.clear();
+        live.extend(
+            chunk
+                .inodes()
+                .map(|(ino, raw)| (ino, Inode::parse(raw)))
+                .filter(|(_, inode)| inode.links_count != 0),
+        );
+        for (_, inode) in &live {
+            if inode.has_valid_blocks(is64) {
+                hint_mapping_blocks(fs, inode);
             }
         }
-        for (ino, raw) in chunk.inodes() {
-            let inode = Inode::parse(raw);
-            if inode.links_count == 0 {
-                continue;
-            }
+        for (ino, inode) in &live {
             seen = seen.saturating_add(1);
-            inode_blocks(ctx, ino, &inode, &special, is64)?;
+            inode_blocks(ctx, *ino, inode, &special, is64)?;
         }
         done = done.saturating_add(u64::from(chunk.count));
         if let Some(p) = progress.as_mut() {
