@@ -19,6 +19,7 @@ use std::ops::Range;
 
 use crate::blockmap::BlockMap;
 use crate::io::ReadAt;
+use crate::units::BlockSize;
 
 /// Bytes hinted ahead of the reader: enough requests to keep a disk's queue full, small
 /// next to the page cache of a machine in trouble.
@@ -112,24 +113,21 @@ impl<'s, S: ReadAt + ?Sized, I: Iterator<Item = Range<u64>>> Readahead<'s, S, I>
     }
 }
 
-/// The selected blocks of `map` as byte ranges of a source with `block_size`-byte blocks
-/// (a run whose bytes overflow ends the list: nothing past it can be read either).
-pub fn map_ranges(map: &BlockMap, block_size: u32) -> impl Iterator<Item = Range<u64>> + '_ {
-    let bs = u64::from(block_size);
-    map.runs().iter().map_while(move |r| {
-        let s = r.start.checked_mul(bs)?;
-        let e = r.end().checked_mul(bs)?;
-        Some(s..e)
-    })
+/// The selected blocks of `map` as byte ranges of a source with `bs`-byte blocks (a run
+/// whose bytes overflow ends the list: nothing past it can be read either).
+pub fn map_ranges(map: &BlockMap, bs: BlockSize) -> impl Iterator<Item = Range<u64>> + '_ {
+    map.runs()
+        .iter()
+        .map_while(move |r| Some(bs.offset_of(r.start)?..bs.offset_of(r.end())?))
 }
 
 /// A [`Readahead`] over the selected blocks of `map`, for one pass of a writer.
 pub fn for_map<'s, S: ReadAt + ?Sized>(
     src: &'s S,
     map: &'s BlockMap,
-    block_size: u32,
+    bs: BlockSize,
 ) -> Readahead<'s, S, impl Iterator<Item = Range<u64>> + 's> {
-    Readahead::new(src, map_ranges(map, block_size), WINDOW)
+    Readahead::new(src, map_ranges(map, bs), WINDOW)
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use super::walk::{Visit, Walked, walk_inode};
 use crate::blockmap::{BlockMap, BlockMapBuilder};
 use crate::error::CorruptKind;
 use crate::io::ReadAt;
+use crate::units::FsBlock;
 use crate::{Error, Result};
 
 pub use super::damage::{Problem, ProblemKind};
@@ -106,8 +107,8 @@ pub fn scan<S: ReadAt>(
     progress: Option<ScanProgress<'_>>,
 ) -> Result<ScanResult> {
     let sb = &fs.sb;
-    let last = sb.blocks_count.saturating_sub(1);
-    let fdb = u64::from(sb.first_data_block);
+    let last = FsBlock(sb.blocks_count.saturating_sub(1));
+    let fdb = sb.first_block();
     let mut ctx = Ctx {
         fs,
         opts,
@@ -141,7 +142,7 @@ fn mark_fixed<S: ReadAt>(ctx: &mut Ctx<'_, S>) {
             map.mark(sb.descriptor_block_loc(s, j));
         }
     }
-    let first = u64::from(sb.first_data_block);
+    let first = sb.first_block();
     map.mark(first);
     for j in 0..sb.desc_blocks {
         map.mark(sb.descriptor_block_loc(first, j));
@@ -153,7 +154,7 @@ fn mark_fixed<S: ReadAt>(ctx: &mut Ctx<'_, S>) {
     let csum = sb.has_group_desc_csum();
     for g in 0..sb.group_count {
         let itable = desc.inode_table(g);
-        if (blockdev || !desc.has_flag(g, BG_INODE_UNINIT)) && itable != 0 {
+        if (blockdev || !desc.has_flag(g, BG_INODE_UNINIT)) && itable != FsBlock(0) {
             let mut n = sb.inode_blocks_per_group;
             if !blockdev && csum {
                 // e2image subtracts in unsigned int: a bogus itable_unused wraps around
@@ -167,11 +168,11 @@ fn mark_fixed<S: ReadAt>(ctx: &mut Ctx<'_, S>) {
             map.mark_range(itable, u64::from(n));
         }
         let bb = desc.block_bitmap(g);
-        if !desc.has_flag(g, BG_BLOCK_UNINIT) && bb != 0 {
+        if !desc.has_flag(g, BG_BLOCK_UNINIT) && bb != FsBlock(0) {
             map.mark(bb);
         }
         let ib = desc.inode_bitmap(g);
-        if !desc.has_flag(g, BG_INODE_UNINIT) && ib != 0 {
+        if !desc.has_flag(g, BG_INODE_UNINIT) && ib != FsBlock(0) {
             map.mark(ib);
         }
     }
@@ -238,9 +239,9 @@ fn scan_inodes<S: ReadAt>(
 /// Hint selected data found by the scan (directories, the journal), up to `budget` bytes
 /// in all: the copy that follows the scan finds the first of it in the page cache, so the
 /// disk works during the scan's parsing too.
-fn hint_data<S: ReadAt>(fs: &Filesystem<S>, budget: &mut u64, pblk: u64, len: u64) {
-    let bs = u64::from(fs.sb.block_size);
-    let (Some(off), Some(n)) = (pblk.checked_mul(bs), len.checked_mul(bs)) else {
+fn hint_data<S: ReadAt>(fs: &Filesystem<S>, budget: &mut u64, pblk: FsBlock, len: u64) {
+    let bs = fs.sb.block_size;
+    let (Some(off), Some(n)) = (bs.offset_of(pblk), bs.bytes_of(len)) else {
         return;
     };
     let n = n.min(*budget);
@@ -253,23 +254,23 @@ fn hint_data<S: ReadAt>(fs: &Filesystem<S>, budget: &mut u64, pblk: u64, len: u6
 /// Hint the first mapping blocks of `inode`'s walk: the children of an index extent root,
 /// or the indirect blocks (hints only: the walk reads and checks them).
 fn hint_mapping_blocks<S: ReadAt>(fs: &Filesystem<S>, inode: &Inode) {
-    let bs = u64::from(fs.sb.block_size);
-    let hint = |blk: u64| {
-        if blk != 0
-            && let Some(off) = blk.checked_mul(bs)
+    let bs = fs.sb.block_size;
+    let hint = |blk: FsBlock| {
+        if blk != FsBlock(0)
+            && let Some(off) = bs.offset_of(blk)
         {
-            fs.src.will_need(off, bs);
+            fs.src.will_need(off, bs.bytes());
         }
     };
     if inode.has_extents() {
-        super::extent::root_children(&inode.block_bytes()).for_each(hint);
+        super::walk::extent::root_children(&inode.block_bytes()).for_each(hint);
     } else if !inode.is_symlink() {
         for i in [
             inode::EXT2_IND_BLOCK,
             inode::EXT2_DIND_BLOCK,
             inode::EXT2_TIND_BLOCK,
         ] {
-            hint(u64::from(inode.block[i]));
+            hint(FsBlock(u64::from(inode.block[i])));
         }
     }
 }
@@ -283,7 +284,7 @@ fn inode_blocks<S: ReadAt>(
     is64: bool,
 ) -> Result<()> {
     let acl = inode.file_acl(is64);
-    if acl != 0 {
+    if acl != FsBlock(0) {
         ctx.map.mark(acl);
     }
     if !inode.has_valid_blocks(is64) {
