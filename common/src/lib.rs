@@ -31,6 +31,7 @@ pub mod output;
 pub mod pieces;
 pub mod progress;
 pub mod qcow2;
+pub mod readplan;
 pub mod scramble;
 pub mod sparse;
 pub mod stream;
