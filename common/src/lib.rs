@@ -25,6 +25,7 @@ pub mod mark;
 pub mod mount;
 pub mod normal;
 pub mod ops;
+pub mod partition;
 pub mod output;
 pub mod pieces;
 pub mod progress;
