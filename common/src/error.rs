@@ -529,7 +529,9 @@ pub enum CorruptKind {
     },
     // ---- partition tables (GPT, MBR) ----
     /// A GPT header whose CRC32 does not match (`lba` in sectors of `sector_size` bytes).
-    #[error("gpt header at lba {lba} ({sector_size}-byte sectors): crc32 {stored:#010x}, computed {computed:#010x}")]
+    #[error(
+        "gpt header at lba {lba} ({sector_size}-byte sectors): crc32 {stored:#010x}, computed {computed:#010x}"
+    )]
     GptHeaderChecksum {
         lba: u64,
         sector_size: u32,
@@ -549,7 +551,9 @@ pub enum CorruptKind {
     #[error("gpt header at lba {lba} ({sector_size}-byte sectors): no \"EFI PART\" signature")]
     GptSignature { lba: u64, sector_size: u32 },
     /// The partition entry array's CRC32 does not match its header's.
-    #[error("gpt entries at lba {lba} ({sector_size}-byte sectors): crc32 {stored:#010x}, computed {computed:#010x}")]
+    #[error(
+        "gpt entries at lba {lba} ({sector_size}-byte sectors): crc32 {stored:#010x}, computed {computed:#010x}"
+    )]
     GptEntriesChecksum {
         lba: u64,
         sector_size: u32,

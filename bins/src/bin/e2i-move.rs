@@ -91,7 +91,7 @@ fn listing_result(
     }
 }
 
-fn body(args: Args) -> anyhow::Result<u8> {
+fn body(mut args: Args) -> anyhow::Result<u8> {
     if let Some(code) = e2i_cli::refuse_dash(TOOL, "SOURCE", &args.source, "give a file or device")
     {
         return Ok(code);
@@ -107,6 +107,24 @@ fn body(args: Args) -> anyhow::Result<u8> {
         return Ok(code);
     }
     std::fs::metadata(&args.source).with_context(|| args.source.display().to_string())?;
+    // -P: -o becomes the partition's start; its end bounds a clone's reads (unless -f) and
+    // a move's writes.
+    let mut src_limit = None;
+    if let Some(n) = args.partition {
+        let in_place = args.dest.is_none();
+        let c = e2i_cli::partition::choose(
+            TOOL,
+            &args.source,
+            n,
+            args.force && !in_place,
+            args.quiet || in_place,
+        )?;
+        if in_place {
+            partition_move_bounds(&args, &c)?;
+        }
+        args.src_offset = c.start;
+        src_limit = c.limit;
+    }
     // -o at or past the end: say where SOURCE ends (a qcow2 SOURCE's virtual disk is
     // checked where it is opened).
     if args.src_offset > 0
@@ -134,6 +152,7 @@ fn body(args: Args) -> anyhow::Result<u8> {
     let opts = MoveOptions {
         src_offset: args.src_offset,
         dest_offset: args.dest_offset,
+        src_limit,
         metadata_only: args.metadata_only,
         check: args.check,
         dry_run: args.dry_run,
@@ -260,6 +279,41 @@ fn body(args: Args) -> anyhow::Result<u8> {
         ))?;
     }
     Ok(EXIT_OK)
+}
+
+/// An in-place move inside partition `c`: the filesystem must fit in the partition, and
+/// the moved one must lie inside it (`-O` is a byte offset of SOURCE, like `-o`).
+fn partition_move_bounds(args: &Args, c: &e2i_cli::partition::Chosen) -> anyhow::Result<()> {
+    let name = args.source.display();
+    let p = c.located.partition;
+    for n in &c.located.table.notes {
+        if !args.quiet {
+            eprintln!("{TOOL}: warning: {name}: {n}");
+        }
+    }
+    if let (Some(over), Some(fs)) = (c.located.overrun(), &c.located.fs) {
+        anyhow::bail!(
+            "{name}: partition {} is {} bytes, but its {} filesystem is {over} bytes larger; a move reads and writes the whole filesystem, so nothing is moved",
+            p.number,
+            p.size,
+            fs.kind
+        );
+    }
+    // Without a filesystem at the partition's start (a move already under way or done),
+    // the journal decides; -O must still lie inside the partition.
+    let size = c.located.fs.as_ref().and_then(|f| f.bytes()).unwrap_or(1);
+    let end = args.dest_offset.checked_add(size);
+    if args.dest_offset < p.start || end.is_none_or(|e| e > p.end()) {
+        anyhow::bail!(
+            "{name}: the moved filesystem (bytes {} to {}) would not lie inside partition {} (bytes {} to {}); nothing moved",
+            args.dest_offset,
+            end.map_or_else(|| "past 2^64".to_string(), |e| e.to_string()),
+            p.number,
+            p.start,
+            p.end()
+        );
+    }
+    Ok(())
 }
 
 /// An anonymous scratch file for a dry run into a DEST that does not exist (never written).

@@ -81,7 +81,13 @@ fn read_header(disk: &dyn ReadAt, lba: u64, ss: u32) -> Result<Header> {
     }
     let hsize = le::u32(&h, hdr::HEADER_SIZE);
     if !(MIN_HEADER_SIZE..=ss).contains(&hsize) {
-        return Err(field(lba, ss, "header size", hsize.into(), "is not 92 to a sector"));
+        return Err(field(
+            lba,
+            ss,
+            "header size",
+            hsize.into(),
+            "is not 92 to a sector",
+        ));
     }
     let stored = le::u32(&h, hdr::HEADER_CRC);
     let mut copy = h[..hsize as usize].to_vec();
@@ -97,18 +103,36 @@ fn read_header(disk: &dyn ReadAt, lba: u64, ss: u32) -> Result<Header> {
     }
     let my_lba = le::u64(&h, hdr::MY_LBA);
     if my_lba != lba {
-        return Err(field(lba, ss, "its own lba", my_lba, "is not where it lies"));
+        return Err(field(
+            lba,
+            ss,
+            "its own lba",
+            my_lba,
+            "is not where it lies",
+        ));
     }
     let (first, last) = (
         le::u64(&h, hdr::FIRST_USABLE),
         le::u64(&h, hdr::LAST_USABLE),
     );
     if first > last {
-        return Err(field(lba, ss, "first usable lba", first, "lies after the last usable lba"));
+        return Err(field(
+            lba,
+            ss,
+            "first usable lba",
+            first,
+            "lies after the last usable lba",
+        ));
     }
     let entry_size = le::u32(&h, hdr::ENTRY_SIZE);
     if entry_size < ENTRY_MIN || !entry_size.is_power_of_two() {
-        return Err(field(lba, ss, "entry size", entry_size.into(), "is not 128 × 2^n"));
+        return Err(field(
+            lba,
+            ss,
+            "entry size",
+            entry_size.into(),
+            "is not 128 × 2^n",
+        ));
     }
     let count = le::u32(&h, hdr::ENTRY_COUNT);
     let array = u64::from(count).saturating_mul(u64::from(entry_size));
@@ -138,7 +162,13 @@ fn read_header(disk: &dyn ReadAt, lba: u64, ss: u32) -> Result<Header> {
     // array ≤ 1 MiB.
     let mut entries = vec![0u8; array as usize];
     if disk.read_at(&mut entries, array_at)? < entries.len() {
-        return Err(field(lba, ss, "entry array lba", entry_lba, "cannot be read whole"));
+        return Err(field(
+            lba,
+            ss,
+            "entry array lba",
+            entry_lba,
+            "cannot be read whole",
+        ));
     }
     let stored = le::u32(&h, hdr::ENTRIES_CRC);
     let computed = crc32fast::hash(&entries);

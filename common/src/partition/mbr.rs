@@ -5,10 +5,10 @@
 use std::collections::HashSet;
 
 use super::{MBR_SECTOR, Note, PartType, Partition, Scheme, Table};
+use crate::Result;
 use crate::bytes::le;
 use crate::error::CorruptKind;
 use crate::io::ReadAt;
-use crate::Result;
 
 /// Most logical partitions read (Linux stops at 256 partitions a disk; the chain is cut
 /// there with a note).
@@ -134,7 +134,10 @@ fn logical(
     let mut found = 0usize;
     loop {
         if seen.len() == MAX_EBRS {
-            return Ok(Some(ebr_damage(this, "is past the 504th link of the chain")));
+            return Ok(Some(ebr_damage(
+                this,
+                "is past the 504th link of the chain",
+            )));
         }
         if !seen.insert(this) {
             return Ok(Some(ebr_damage(this, "the chain loops back to it")));
@@ -170,7 +173,10 @@ fn logical(
                 continue;
             }
             if found == MAX_LOGICAL {
-                return Ok(Some(ebr_damage(this, "is past the 252nd logical partition")));
+                return Ok(Some(ebr_damage(
+                    this,
+                    "is past the 252nd logical partition",
+                )));
             }
             found = found.saturating_add(1);
             out.push(Partition {

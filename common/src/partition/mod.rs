@@ -146,14 +146,22 @@ pub enum Note {
     GptBackupDamaged { backup: CorruptKind },
     /// A GPT entry whose sectors are no byte range (last before first, or past 64-bit
     /// byte offsets): not listed.
-    GptEntryInvalid { slot: u32, first_lba: u64, last_lba: u64 },
+    GptEntryInvalid {
+        slot: u32,
+        first_lba: u64,
+        last_lba: u64,
+    },
     /// An extended-partition chain that stops early: the logical partitions read before the
     /// damage are listed.
     EbrChainCut { damage: CorruptKind },
     /// Two partitions share bytes.
     Overlap { first: u32, second: u32 },
     /// A partition runs past the disk's end (a truncated image, a wrong table).
-    PastDisk { number: u32, end: u64, disk_bytes: u64 },
+    PastDisk {
+        number: u32,
+        end: u64,
+        disk_bytes: u64,
+    },
 }
 
 impl fmt::Display for Note {
@@ -214,15 +222,20 @@ impl Table {
             .iter()
             .map(|p| p.number.to_string())
             .collect();
-        Err(Error::InvalidInput(match (self.scheme, have.is_empty()) {
-            (Scheme::None, _) => format!(
-                "no partition {number}: no partition table found (GPT or MBR); the whole disk is partition 0"
-            ),
-            (_, true) => format!("no partition {number}: the {} table is empty", self.scheme),
-            (_, false) => format!(
-                "no partition {number}: the {} table has partition{} {}",
-                self.scheme,
-                if have.len() == 1 { "" } else { "s" },
+        let table = match self.scheme {
+            Scheme::Gpt { .. } => "the GPT",
+            Scheme::Mbr => "the MBR table",
+            Scheme::None => {
+                return Err(Error::InvalidInput(format!(
+                    "no partition {number}: no partition table found (GPT or MBR); the whole disk is partition 0"
+                )));
+            }
+        };
+        Err(Error::InvalidInput(match have.len() {
+            0 => format!("no partition {number}: {table} is empty"),
+            1 => format!("no partition {number}: {table} has partition {}", have[0]),
+            _ => format!(
+                "no partition {number}: {table} has partitions {}",
                 have.join(", ")
             ),
         }))
@@ -348,9 +361,8 @@ fn ext_kind(sb: &Superblock) -> &'static str {
         | feature::INCOMPAT_RECOVER
         | feature::INCOMPAT_META_BG
         | feature::INCOMPAT_JOURNAL_DEV;
-    const EXT3_RO_COMPAT: u32 = feature::RO_COMPAT_SPARSE_SUPER
-        | feature::RO_COMPAT_LARGE_FILE
-        | 0x0004; // btree_dir, never used but allowed
+    const EXT3_RO_COMPAT: u32 =
+        feature::RO_COMPAT_SPARSE_SUPER | feature::RO_COMPAT_LARGE_FILE | 0x0004; // btree_dir, never used but allowed
     if sb.feature_incompat & !EXT3_INCOMPAT != 0 || sb.feature_ro_compat & !EXT3_RO_COMPAT != 0 {
         "ext4"
     } else if sb.has_compat(feature::COMPAT_HAS_JOURNAL) {
@@ -358,6 +370,48 @@ fn ext_kind(sb: &Superblock) -> &'static str {
     } else {
         "ext2"
     }
+}
+
+/// Partition `number` of a disk, with its table and the filesystem found in it.
+#[derive(Debug, Clone)]
+pub struct Located {
+    pub table: Table,
+    pub partition: Partition,
+    /// The filesystem in the partition (read within it), if any.
+    pub fs: Option<FsInfo>,
+}
+
+impl Located {
+    /// How many bytes the filesystem runs past the partition's end (a partition shrunk
+    /// under its filesystem), or `None` when it fits (or none was found).
+    pub fn overrun(&self) -> Option<u64> {
+        let fs = self.fs.as_ref()?.bytes()?;
+        fs.checked_sub(self.partition.size).filter(|&n| n > 0)
+    }
+}
+
+/// Find partition `number` of `disk` and the filesystem in it. A missing partition, or one
+/// that starts past the disk's end, is an error saying what there is.
+pub fn locate(disk: &dyn ReadAt, number: u32) -> Result<Located> {
+    let table = read_table(disk)?;
+    let partition = *table.get(number)?;
+    if partition.ptype.is_extended() {
+        return Err(Error::InvalidInput(format!(
+            "partition {number} is an extended partition (a container of logical partitions, numbered from 5), not a filesystem"
+        )));
+    }
+    if partition.start >= table.disk_bytes && partition.size > 0 {
+        return Err(Error::InvalidInput(format!(
+            "partition {number} starts at byte {}, past the end of the disk ({} bytes)",
+            partition.start, table.disk_bytes
+        )));
+    }
+    let fs = probe_fs(&Window::new(disk, partition.start, partition.size));
+    Ok(Located {
+        table,
+        partition,
+        fs,
+    })
 }
 
 /// `inner` seen from byte `start`, `len` bytes long: reads stop at the window's end (short

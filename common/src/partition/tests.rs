@@ -3,8 +3,7 @@ use crate::bytes::le;
 use crate::io::MemSource;
 
 const LINUX: [u8; 16] = [
-    0xAF, 0x3D, 0xC6, 0x0F, 0x83, 0x84, 0x72, 0x47, 0x8E, 0x79, 0x3D, 0x69, 0xD8, 0x47, 0x7D,
-    0xE4,
+    0xAF, 0x3D, 0xC6, 0x0F, 0x83, 0x84, 0x72, 0x47, 0x8E, 0x79, 0x3D, 0x69, 0xD8, 0x47, 0x7D, 0xE4,
 ];
 
 /// A disk of `sectors` sectors of `ss` bytes with a GPT holding `parts` (slot, first lba,
@@ -82,7 +81,11 @@ fn gpt_512_and_4096_sectors() {
 fn gpt_damaged_primary_uses_backup() {
     let good = gpt_disk(512, 2048, &[(0, 40, 99)]);
     // Header CRC, entry CRC, signature: each falls back to the backup.
-    for (at, what) in [(512 + 40, "header"), (1024 + 33, "entries"), (512, "signature")] {
+    for (at, what) in [
+        (512 + 40, "header"),
+        (1024 + 33, "entries"),
+        (512, "signature"),
+    ] {
         let mut d = good.clone();
         d[at] ^= 0xFF;
         let t = table_of(d).unwrap();
@@ -169,10 +172,24 @@ fn gpt_hostile_headers_are_refused_without_allocating() {
 fn gpt_entries_past_disk_and_overlapping_are_noted() {
     let d = gpt_disk(512, 2048, &[(0, 40, 999), (1, 500, 5000), (2, 9, 3)]);
     let t = table_of(d).unwrap();
-    assert_eq!(starts(&t), vec![(1, 40 * 512, 960 * 512), (2, 500 * 512, 4501 * 512)]);
-    assert!(t.notes.contains(&Note::Overlap { first: 1, second: 2 }));
-    assert!(t.notes.iter().any(|n| matches!(n, Note::PastDisk { number: 2, .. })));
-    assert!(t.notes.iter().any(|n| matches!(n, Note::GptEntryInvalid { slot: 2, .. })));
+    assert_eq!(
+        starts(&t),
+        vec![(1, 40 * 512, 960 * 512), (2, 500 * 512, 4501 * 512)]
+    );
+    assert!(t.notes.contains(&Note::Overlap {
+        first: 1,
+        second: 2
+    }));
+    assert!(
+        t.notes
+            .iter()
+            .any(|n| matches!(n, Note::PastDisk { number: 2, .. }))
+    );
+    assert!(
+        t.notes
+            .iter()
+            .any(|n| matches!(n, Note::GptEntryInvalid { slot: 2, .. }))
+    );
 }
 
 /// An MBR disk: primaries 1 (Linux) and 2 (extended, from sector 2048) with a chain of
@@ -218,10 +235,8 @@ fn mbr_primaries_and_logical_chain() {
 fn mbr_hostile_chains_are_cut_with_a_note() {
     // A loop back to the first EBR.
     let mut d = mbr_disk(&[(63, 100, 200)]);
-    d[(2048 + 200) * 512..(2048 + 201) * 512].copy_from_slice(&mbr::sector(&[
-        (0, 0x83, 63, 10),
-        (0, 0x05, 0, 100),
-    ]));
+    d[(2048 + 200) * 512..(2048 + 201) * 512]
+        .copy_from_slice(&mbr::sector(&[(0, 0x83, 63, 10), (0, 0x05, 0, 100)]));
     let t = table_of(d).unwrap();
     assert_eq!(t.partitions.len(), 4, "{:?}", t.partitions);
     assert!(matches!(
@@ -234,7 +249,11 @@ fn mbr_hostile_chains_are_cut_with_a_note() {
     for next in [7000u32, u32::MAX - 2048] {
         let t = table_of(mbr_disk(&[(63, 100, next)])).unwrap();
         assert_eq!(t.partitions.len(), 3);
-        assert!(matches!(t.notes[..], [Note::EbrChainCut { .. }]), "{:?}", t.notes);
+        assert!(
+            matches!(t.notes[..], [Note::EbrChainCut { .. }]),
+            "{:?}",
+            t.notes
+        );
     }
     // A link to a sector without a signature.
     let mut d = mbr_disk(&[(63, 100, 300)]);
@@ -247,10 +266,8 @@ fn mbr_hostile_chains_are_cut_with_a_note() {
     let mut d = mbr_disk(&chain[..1]);
     for (i, &(rel, n, next)) in chain.iter().enumerate() {
         let at = 2048 + i * 2;
-        d[at * 512..at * 512 + 512].copy_from_slice(&mbr::sector(&[
-            (0, 0x83, rel, n),
-            (0, 0x05, next, 2),
-        ]));
+        d[at * 512..at * 512 + 512]
+            .copy_from_slice(&mbr::sector(&[(0, 0x83, rel, n), (0, 0x05, next, 2)]));
     }
     let t = table_of(d).unwrap();
     assert_eq!(t.partitions.len(), 2 + MAX_LOGICAL);
@@ -262,8 +279,15 @@ fn mbr_hostile_chains_are_cut_with_a_note() {
         (0, 0x83, 500, u32::MAX),
     ]));
     let t = table_of(d).unwrap();
-    assert!(t.notes.contains(&Note::Overlap { first: 1, second: 2 }));
-    assert!(t.notes.iter().any(|n| matches!(n, Note::PastDisk { number: 2, .. })));
+    assert!(t.notes.contains(&Note::Overlap {
+        first: 1,
+        second: 2
+    }));
+    assert!(
+        t.notes
+            .iter()
+            .any(|n| matches!(n, Note::PastDisk { number: 2, .. }))
+    );
 }
 
 #[test]
@@ -280,7 +304,7 @@ fn no_table_is_the_whole_disk_and_missing_partitions_are_named() {
     let t = table_of(mbr_disk(&[(63, 100, 0)])).unwrap();
     assert_eq!(
         t.get(3).unwrap_err().to_string(),
-        "no partition 3: the mbr table has partitions 1, 2, 5"
+        "no partition 3: the MBR table has partitions 1, 2, 5"
     );
     // A protective MBR with no GPT anywhere is damage, not "no table".
     let mut d = vec![0u8; 8192];
