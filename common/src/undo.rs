@@ -44,6 +44,8 @@ mod hdr {
     pub const FS_BLOCK_SIZE: usize = 36;
     pub const SB_CRC: usize = 40;
     pub const STATE: usize = 44;
+    pub const F_COMPAT: usize = 48;
+    pub const FS_OFFSET: usize = 64;
     pub const HEADER_CRC: usize = super::HEADER_SIZE - 4;
 }
 
@@ -165,6 +167,31 @@ pub fn write_undo<D: ReadAt + ?Sized>(
     out.sync_all()
         .map_err(|e| Error::io("sync undo file", 0, e))?;
     Ok(stats)
+}
+
+/// `E2UNDO_FEATURE_COMPAT_FS_OFFSET`: the header's `fs_offset` holds the filesystem's byte
+/// offset on the device, which e2undo then replays at unless given `-o`.
+pub const FEATURE_COMPAT_FS_OFFSET: u32 = 0x1;
+
+/// Record in the undo file `out` (written by [`write_undo`]) that the filesystem starts at
+/// byte `fs_offset` of the device (a partition of `e2i-install -P`), and re-checksum its
+/// header.
+pub fn set_fs_offset(out: &File, fs_offset: u64) -> Result<()> {
+    let mut h = [0u8; HEADER_SIZE];
+    let n = crate::io::pread_full(out, &mut h, 0).map_err(|e| Error::io("read undo file", 0, e))?;
+    if n < HEADER_SIZE || &h[hdr::MAGIC..hdr::MAGIC + 8] != E2UNDO_MAGIC {
+        return Err(Error::InvalidInput(
+            "the undo file has no header to update".into(),
+        ));
+    }
+    let compat = le::u32(&h, hdr::F_COMPAT) | FEATURE_COMPAT_FS_OFFSET;
+    le::set_u32(&mut h, hdr::F_COMPAT, compat);
+    le::set_u64(&mut h, hdr::FS_OFFSET, fs_offset);
+    let hcrc = crc32c_raw(!0, &h[..hdr::HEADER_CRC]);
+    le::set_u32(&mut h, hdr::HEADER_CRC, hcrc);
+    pwrite_full(out, &h, 0).map_err(|e| Error::io("write undo file", 0, e))?;
+    out.sync_all()
+        .map_err(|e| Error::io("sync undo file", 0, e))
 }
 
 #[cfg(test)]

@@ -66,6 +66,10 @@ pub struct InstallOptions {
     pub undo: Option<PathBuf>,
     /// Install an image judged scrambled ([`crate::mark`]) all the same.
     pub allow_scrambled: bool,
+    /// `-P`: the filesystem starts at this byte of DEVICE (its partition's start)...
+    pub offset: u64,
+    /// ...and nothing may be written past this many bytes from there (the partition's size).
+    pub limit: Option<u64>,
 }
 
 /// Where the data of a planned write comes from.
@@ -614,7 +618,7 @@ impl Install {
             o.open(device)
         }
         .map_err(|e| Error::io("open device", 0, e))?;
-        let dev = FileSource::from_file(file, 0)?;
+        let dev = FileSource::from_file(file, opts.offset)?;
         let (device_super, dev_sb) = find_superblock(&dev, Some(sb));
         let mism = match &dev_sb {
             Some(d) => mismatches(d, sb),
@@ -651,6 +655,13 @@ impl Install {
             return Err(Error::InvalidInput(format!(
                 "{dev_name} is {} bytes, but the image's metadata reaches byte {end}; nothing written",
                 dev.size()
+            )));
+        }
+        if let Some(limit) = opts.limit
+            && end > limit
+        {
+            return Err(Error::InvalidInput(format!(
+                "{dev_name}: the partition is {limit} bytes, but the image's metadata reaches byte {end} of it; nothing written"
             )));
         }
         if let Some(path) = opts.undo.as_ref().filter(|_| !opts.dry_run)
@@ -729,7 +740,9 @@ impl Install {
                 _ => return Err(Error::InvalidInput("no superblock write planned".into())),
             };
             // prepare() refused an existing, non-empty undo file.
+            // Readable too: the header is updated in place for a partition's offset.
             let uf = OpenOptions::new()
+                .read(true)
                 .write(true)
                 .create(true)
                 .truncate(true)
@@ -753,9 +766,20 @@ impl Install {
                 touched.runs(),
                 &final_super,
             )?);
+            if dev.base() > 0 {
+                // e2undo replays at this offset of DEVICE without being told (-o).
+                undo::set_fs_offset(&uf, dev.base())?;
+            }
         }
 
         let f = dev.file();
+        // Planned offsets are the filesystem's; DEVICE's are `-P`'s partition start further.
+        let base = dev.base();
+        let host = |off: u64| {
+            off.checked_add(base).ok_or_else(|| {
+                Error::InvalidInput(format!("byte {off} of the partition overflows"))
+            })
+        };
         let total = report.bytes / bs;
         progress.block_size(sb.block_size);
         progress.phase("installing", total, Unit::Blocks);
@@ -770,7 +794,8 @@ impl Install {
             }
             match &w.data {
                 WriteData::Bytes(b) => {
-                    pwrite_full(f, b, w.offset).map_err(|e| Error::io("write", w.offset, e))?;
+                    let at = host(w.offset)?;
+                    pwrite_full(f, b, at).map_err(|e| Error::io("write", at, e))?;
                 }
                 WriteData::Image(off) => {
                     let mut pos = 0u64;
@@ -783,7 +808,7 @@ impl Install {
                             as usize;
                         buf.resize(n, 0);
                         read_image(img.source(), &mut buf, off.saturating_add(pos))?;
-                        let at = w.offset.saturating_add(pos);
+                        let at = host(w.offset.saturating_add(pos))?;
                         pwrite_full(f, &buf, at).map_err(|e| Error::io("write", at, e))?;
                         pos = pos.saturating_add(n as u64);
                         progress.update(done.saturating_add(pos / bs));
