@@ -82,6 +82,7 @@ mod cli {
     pub mod mutation;
     pub mod normal;
     pub mod outputs;
+    pub mod partitions;
     pub mod pipeline;
     pub mod qcow2;
     pub mod scramble;
