@@ -12,16 +12,16 @@ const LINUX_FS: [u8; 16] = [
     0xAF, 0x3D, 0xC6, 0x0F, 0x83, 0x84, 0x72, 0x47, 0x8E, 0x79, 0x3D, 0x69, 0xD8, 0x47, 0x7D, 0xE4,
 ];
 
-fn put_u32(b: &mut [u8], at: usize, v: u32) {
+pub fn put_u32(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_le_bytes());
 }
 
-fn put_u64(b: &mut [u8], at: usize, v: u64) {
+pub fn put_u64(b: &mut [u8], at: usize, v: u64) {
     b[at..at + 8].copy_from_slice(&v.to_le_bytes());
 }
 
 /// A 512-byte MBR or EBR sector with `entries` (id, start sector, sectors).
-fn mbr_sector(entries: &[(u8, u32, u32)]) -> Vec<u8> {
+pub fn mbr_sector(entries: &[(u8, u32, u32)]) -> Vec<u8> {
     let mut s = vec![0u8; 512];
     for (i, &(id, start, n)) in entries.iter().enumerate() {
         let e = 446 + 16 * i;
@@ -35,7 +35,7 @@ fn mbr_sector(entries: &[(u8, u32, u32)]) -> Vec<u8> {
 }
 
 /// A sparse disk image of `bytes` bytes.
-fn blank(path: &Path, bytes: u64) -> std::fs::File {
+pub fn blank(path: &Path, bytes: u64) -> std::fs::File {
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -50,7 +50,7 @@ fn blank(path: &Path, bytes: u64) -> std::fs::File {
 /// Write a GPT onto `f` (`sectors` sectors of `ss` bytes): a protective MBR, the primary
 /// header at LBA 1 with 128 entries from LBA 2, and the backup header in the last sector
 /// with its entries before it. `parts` are (first LBA, last LBA), in slots from 0.
-fn write_gpt(f: &std::fs::File, ss: u64, sectors: u64, parts: &[(u64, u64)]) {
+pub fn write_gpt(f: &std::fs::File, ss: u64, sectors: u64, parts: &[(u64, u64)]) {
     let mut arr = vec![0u8; 128 * 128];
     for (slot, &(first, last)) in parts.iter().enumerate() {
         let e = &mut arr[slot * 128..(slot + 1) * 128];
@@ -92,7 +92,7 @@ fn write_gpt(f: &std::fs::File, ss: u64, sectors: u64, parts: &[(u64, u64)]) {
 }
 
 /// CRC-32 (IEEE, as GPT uses), bit by bit: the tests check the library's table-driven one.
-fn crc32(data: &[u8]) -> u32 {
+pub fn crc32(data: &[u8]) -> u32 {
     let mut c = !0u32;
     for &b in data {
         c ^= u32::from(b);
@@ -108,7 +108,7 @@ fn crc32(data: &[u8]) -> u32 {
 }
 
 /// Copy the filesystem image `fs` into `f` at byte `at` (holes stay holes).
-fn put_fs(f: &std::fs::File, fs: &Path, at: u64) {
+pub fn put_fs(f: &std::fs::File, fs: &Path, at: u64) {
     let data = std::fs::read(fs).unwrap();
     for (i, chunk) in data.chunks(4096).enumerate() {
         if chunk.iter().any(|&b| b != 0) {
