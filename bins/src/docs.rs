@@ -111,9 +111,9 @@ fn bug_report_page() -> String {
 .SH NAME
 e2i\-bug\-report \- Bundle what filesystem maintainers ask for about an ext2/3/4 filesystem, with every private string scrambled
 .SH SYNOPSIS
-\fBe2i\-bug\-report\fR [\fB\-h\fR|\fB\-\-help\fR] [\fB\-V\fR|\fB\-\-version\fR] \fIDEVICE\fR [\fIOUTPUT.tar\fR]
+\fBe2i\-bug\-report\fR [\fB\-h\fR|\fB\-\-help\fR] [\fB\-V\fR|\fB\-\-version\fR] [\fB\-P\fR \fIN\fR] \fIDEVICE\fR [\fIOUTPUT.tar\fR]
 .SH DESCRIPTION
-Captures the filesystem on DEVICE (a block device or an image file) with \fBe2i\-capture \-s \-Q\fR and writes one tarball holding:
+Captures the filesystem on DEVICE (a block device or an image file; with \fB\-P\fR \fIN\fR, the filesystem in partition N of DEVICE's partition table) with \fBe2i\-capture \-s \-Q\fR and writes one tarball holding:
 .TP
 \fBfs.qcow2.xz\fR
 the scrambled qcow2 image (uncompressed clusters, so stock e2image reads it), compressed with xz;
@@ -122,7 +122,7 @@ the scrambled qcow2 image (uncompressed clusters, so stock e2image reads it), co
 \fBdumpe2fs \-h\fR of the scrambled image;
 .TP
 \fBgeometry.txt\fR
-the size and partition geometry of DEVICE (start, size, type; no serial numbers, labels or UUIDs of the disk);
+the size and partition geometry of DEVICE: its partition table as \fBe2i\-capture \-\-list\fR reads it (number, start and size in bytes, type, filesystem kind, block size and count), the partition captured; no serial numbers, labels or UUIDs;
 .TP
 \fBSHA256SUMS\fR
 the checksums of the members.
@@ -135,6 +135,9 @@ Print the usage and exit.
 .TP
 \fB\-V\fR, \fB\-\-version\fR
 Print the version and exit.
+.TP
+\fB\-P\fR, \fB\-\-partition\fR \fIN\fR
+Capture the filesystem in partition N of a GPT or MBR partition table on DEVICE (1\-based; MBR logical partitions from 5, as Linux numbers them).
 .SH ENVIRONMENT
 .TP
 \fBE2I_BIN\fR
@@ -143,6 +146,9 @@ the folder of the e2i tools to use (default: the repository's target/release nex
 .TP
 \fBe2i\-bug\-report /dev/sdb1 sdb1\-report.tar\fR
 bundle the filesystem on /dev/sdb1
+.TP
+\fBe2i\-bug\-report \-P 2 disk.img\fR
+bundle the filesystem in partition 2 of a disk image
 .SH "EXIT STATUS"
 .TP
 \fB0\fR

@@ -642,3 +642,62 @@ fn moves_and_installs_stay_inside_their_partition() {
         "e2undo did not restore the disk"
     );
 }
+
+#[test]
+fn bug_report_takes_a_partition_and_lists_the_table_without_uuids() {
+    let d = tempdir();
+    let (disk, parts) = mbr_disk(d.path());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/e2i-bug-report");
+    let bin_dir = tool("e2i-capture").parent().unwrap().to_path_buf();
+    let tar = d.path().join("bundle.tar");
+    let o = run(Command::new(&script)
+        .args(["-P", "5"])
+        .arg(&disk)
+        .arg(&tar)
+        .env("E2I_BIN", &bin_dir));
+    ok(&o, "e2i-bug-report -P 5");
+    let x = d.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    ok(
+        &run(Command::new("tar").arg("xf").arg(&tar).arg("-C").arg(&x)),
+        "tar",
+    );
+    let geo = std::fs::read_to_string(x.join("geometry.txt")).unwrap();
+    assert!(geo.contains("captured-partition: 5"), "{geo}");
+    for p in &parts {
+        assert!(
+            geo.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 2 && f[0] == p.n.to_string() && f[1] == p.start.to_string()
+            }),
+            "partition {} missing:\n{geo}",
+            p.n
+        );
+        if let Some(fs) = &p.fs {
+            assert!(
+                !geo.contains(&uuid_of(fs)),
+                "a UUID in the geometry:\n{geo}"
+            );
+        }
+    }
+    // The image is partition 5's filesystem (4 KiB blocks), scrambled.
+    let dump = std::fs::read_to_string(x.join("dumpe2fs.txt")).unwrap();
+    assert!(dump.contains("Block size:               4096"), "{dump}");
+    // Usage errors: a bad number, a missing one.
+    for args in [&["-P", "x"][..], &["-P"]] {
+        let o = run(Command::new(&script).args(args).arg(&disk));
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+    }
+    let o = run(Command::new(&script)
+        .args(["-P", "4"])
+        .arg(&disk)
+        .arg(d.path().join("none.tar"))
+        .env("E2I_BIN", &bin_dir));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("has partitions 1, 2, 3, 5, 6"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!d.path().join("none.tar").exists());
+}
