@@ -161,3 +161,23 @@ pub fn probe_all(disk: &dyn ReadAt, t: &Table) -> Vec<Option<partition::FsInfo>>
         })
         .collect()
 }
+
+/// Refuse partition `number` of `source` when its kernel partition device (of the disk, or
+/// of a loop device over the image) is mounted read-write, or mounted at all with `any`.
+/// `why` ends the message ("an image of it would be inconsistent (use -f ...)").
+pub fn refuse_mounted(source: &Path, number: u32, any: bool, why: &str) -> anyhow::Result<()> {
+    use e2i::mount::{MountState, partition_mount_state};
+    let (rw, mp) = match partition_mount_state(source, number) {
+        MountState::NotMounted => return Ok(()),
+        MountState::ReadOnly { mount_point } => (false, mount_point),
+        MountState::ReadWrite { mount_point } => (true, mount_point),
+    };
+    if rw || any {
+        anyhow::bail!(
+            "{}: partition {number} is mounted{} on {mp}; {why}",
+            source.display(),
+            if rw { " read-write" } else { "" }
+        );
+    }
+    Ok(())
+}

@@ -70,6 +70,14 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     let (offset, limit) = match args.partition {
         Some(n) => {
             let c = e2i_cli::partition::choose(TOOL, &args.source, n, args.force, args.quiet)?;
+            if !args.force {
+                e2i_cli::partition::refuse_mounted(
+                    &args.source,
+                    n,
+                    false,
+                    "an image of it would be inconsistent (use -f to capture anyway)",
+                )?;
+            }
             sum.add(|o| o.num("partition", u64::from(n)).num("offset", c.start));
             (c.start, c.limit)
         }

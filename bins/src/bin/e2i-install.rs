@@ -132,6 +132,12 @@ fn partition(args: &Args, n: u32) -> anyhow::Result<(u64, Option<u64>)> {
             eprintln!("{TOOL}: warning: {dev}: {note}");
         }
     }
+    e2i_cli::partition::refuse_mounted(
+        &args.device,
+        n,
+        true,
+        "refusing to write to a mounted filesystem",
+    )?;
     let p = located.partition;
     // What can be written: the partition, as far as DEVICE holds it.
     let room = p.size.min(located.table.disk_bytes.saturating_sub(p.start));

@@ -120,7 +120,15 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
             args.quiet || in_place,
         )?;
         if in_place {
+            e2i_cli::partition::refuse_mounted(&args.source, n, true, "refusing to move it")?;
             partition_move_bounds(&args, &c)?;
+        } else if !args.force {
+            e2i_cli::partition::refuse_mounted(
+                &args.source,
+                n,
+                false,
+                "a copy of it would be inconsistent (use -f to copy anyway)",
+            )?;
         }
         args.src_offset = c.start;
         src_limit = c.limit;
