@@ -281,7 +281,7 @@ fn uuid_of(fs: &Path) -> String {
 #[test]
 fn partitions_capture_and_clone_like_e2image_at_their_offset() {
     let d = tempdir();
-    let mut disks = vec![
+    let disks = [
         gpt_disk(d.path(), 512),
         gpt_disk(d.path(), 4096),
         mbr_disk(d.path()),
@@ -294,7 +294,7 @@ fn partitions_capture_and_clone_like_e2image_at_their_offset() {
         .arg(&qcow));
     ok(&o, "qemu-img convert");
     let mut checked = 0;
-    for (di, (disk, parts)) in disks.iter_mut().enumerate() {
+    for (di, (disk, parts)) in disks.iter().enumerate() {
         let sources: Vec<&Path> = if di == 2 {
             vec![disk, &qcow]
         } else {

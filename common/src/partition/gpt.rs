@@ -159,8 +159,9 @@ fn read_header(disk: &dyn ReadAt, lba: u64, ss: u32) -> Result<Header> {
             "puts the entries past the end of the disk",
         ));
     }
-    // array ≤ 1 MiB.
-    let mut entries = vec![0u8; array as usize];
+    let array = usize::try_from(array)
+        .map_err(|_| field(lba, ss, "entry count", count.into(), "is too large"))?;
+    let mut entries = vec![0u8; array];
     if disk.read_at(&mut entries, array_at)? < entries.len() {
         return Err(field(
             lba,
@@ -189,7 +190,9 @@ fn read_header(disk: &dyn ReadAt, lba: u64, ss: u32) -> Result<Header> {
 
 /// The disk's last sector of `ss` bytes (where the backup header belongs).
 fn last_lba(disk: &dyn ReadAt, ss: u32) -> Option<u64> {
-    (disk.size() / u64::from(ss)).checked_sub(1)
+    disk.size()
+        .checked_div(u64::from(ss))
+        .and_then(|n| n.checked_sub(1))
 }
 
 /// A corruption error's kind (I/O errors are passed on by the caller).

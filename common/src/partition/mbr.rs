@@ -48,9 +48,11 @@ fn entries(sector: &[u8]) -> Option<[Entry; 4]> {
     if sector.len() < 512 || le::u16(sector, SIGNATURE) != 0xAA55 {
         return None;
     }
-    Some(std::array::from_fn(|i| {
-        // i < 4: inside the sector.
-        let e = &sector[TABLE + i * ENTRY..TABLE + (i + 1) * ENTRY];
+    let table = sector.get(TABLE..SIGNATURE)?;
+    let mut es = table.chunks_exact(ENTRY);
+    Some(std::array::from_fn(|_| {
+        // Four 16-byte entries fill the 64 bytes before the signature.
+        let e = es.next().unwrap_or(&[0u8; ENTRY]);
         Entry {
             boot: e[ent::BOOT],
             id: e[ent::TYPE],
@@ -198,6 +200,7 @@ fn logical(
 
 /// For tests: an MBR or EBR sector holding `entries` (boot flag, id, start, sectors).
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 pub(super) fn sector(entries: &[(u8, u8, u32, u32)]) -> [u8; 512] {
     let mut s = [0u8; 512];
     for (i, &(boot, id, start, n)) in entries.iter().enumerate() {
