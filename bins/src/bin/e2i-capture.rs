@@ -83,6 +83,11 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         }
         None => (args.offset, None),
     };
+    // Messages about the filesystem name the partition it is in.
+    let src = match args.partition {
+        Some(n) => format!("{src} partition {n}"),
+        None => src,
+    };
     if !args.force
         && let MountState::ReadWrite { mount_point } = mount_state(&args.source)
     {

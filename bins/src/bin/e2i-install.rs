@@ -95,7 +95,8 @@ fn body(args: Args) -> anyhow::Result<u8> {
                 range_text(first, end - first),
                 w.what,
                 w.len,
-                w.offset
+                // A byte of DEVICE (the partition's start further with -P).
+                w.offset.saturating_add(offset)
             ))?;
         }
         e2i_cli::say(format_args!(

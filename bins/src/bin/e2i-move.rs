@@ -172,7 +172,10 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
         slice_bytes: usize::try_from(knob("E2I_MOVE_SLICE_KIB").saturating_mul(1024)).unwrap_or(0),
         crash_point: kill_hook.then_some(crash_point as fn()),
     };
-    let src = args.source.display().to_string();
+    let src = match args.partition {
+        Some(n) => format!("{} partition {n}", args.source.display()),
+        None => args.source.display().to_string(),
+    };
     let mut reporter = Reporter::new(args.progress);
     reporter.set_dry_run(args.dry_run);
     let list_failed = std::rc::Rc::new(std::cell::RefCell::new(None));
