@@ -162,7 +162,12 @@ pub enum Note {
         end: u64,
         disk_bytes: u64,
     },
+    /// Notes past the first [`MAX_NOTES`], not listed one by one.
+    More { count: usize },
 }
+
+/// Notes kept one by one (a hostile table can have thousands of odd entries).
+pub const MAX_NOTES: usize = 32;
 
 impl fmt::Display for Note {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -196,6 +201,8 @@ impl fmt::Display for Note {
                 f,
                 "partition {number} ends at byte {end}, past the end of the disk ({disk_bytes} bytes)"
             ),
+            Note::More { count } => write!(f, "{count} more problems with the table"),
+            Note::More { count } => write!(f, "{count} more problems with the table"),
         }
     }
 }
@@ -268,6 +275,11 @@ pub fn read_table(disk: &dyn ReadAt) -> Result<Table> {
     };
     t.partitions.sort_by_key(|p| p.number);
     check_layout(&mut t);
+    if t.notes.len() > MAX_NOTES {
+        let count = t.notes.len().saturating_sub(MAX_NOTES);
+        t.notes.truncate(MAX_NOTES);
+        t.notes.push(Note::More { count });
+    }
     Ok(t)
 }
 

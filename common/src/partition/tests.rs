@@ -358,3 +358,13 @@ fn window_bounds_reads() {
     // A window past the source's end is empty.
     assert_eq!(Window::new(&src, 200, 20).size(), 0);
 }
+
+#[test]
+fn notes_are_bounded() {
+    // 100 entries past the end of the disk: 32 notes and a count of the rest.
+    let parts: Vec<(usize, u64, u64)> = (0..100).map(|i| (i, 5000 + i as u64, 9000)).collect();
+    let t = table_of(gpt_disk(512, 2048, &parts)).unwrap();
+    assert_eq!(t.partitions.len(), 100);
+    assert_eq!(t.notes.len(), MAX_NOTES + 1);
+    assert!(matches!(t.notes.last(), Some(Note::More { count }) if *count > 0));
+}
