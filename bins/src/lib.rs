@@ -207,6 +207,7 @@ pub fn open_output(
     req: &e2i::output::Request<'_>,
     reads: &[(&str, &Path)],
 ) -> anyhow::Result<e2i::output::Output> {
+    note_fifo_without_reader(req);
     let out = e2i::output::Output::open(req, reads).map_err(|e| match e {
         e2i::Error::InvalidInput(_) => anyhow::Error::new(e),
         e => anyhow::Error::new(e).context(req.path.display().to_string()),
@@ -220,6 +221,40 @@ pub fn open_output(
         std::thread::sleep(Duration::from_millis(ms));
     }
     Ok(out)
+}
+
+/// Hold SOURCE while it is read (e2i-capture, a clone): refused while an in-place e2i-move
+/// runs on it or has left it half moved ([`e2i::ops::move_fs::hold_for_reading`]); the
+/// journals are looked for where e2i-move puts them.
+pub fn hold_source(source: &Path) -> anyhow::Result<e2i::ops::move_fs::ReadHold> {
+    let state = e2i::ops::move_journal::state_dir(
+        std::env::var_os("XDG_STATE_HOME"),
+        std::env::var_os("HOME"),
+    );
+    e2i::ops::move_fs::hold_for_reading(source, state, &mut e2i::progress::NoProgress)
+        .map_err(|e| anyhow::Error::new(e).context(source.display().to_string()))
+}
+
+/// Opening a FIFO for writing waits for its reader, silently (as e2image's open does). On a
+/// terminal, say so when no reader is there yet, rather than seem to hang.
+fn note_fifo_without_reader(_req: &e2i::output::Request<'_>) {
+    if io::stderr().is_terminal() {
+        e2i::output::on_fifo_wait(|path| {
+            let tool = std::env::args_os()
+                .next()
+                .and_then(|a| {
+                    Path::new(&a)
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                })
+                .unwrap_or_default();
+            let _ = writeln!(
+                io::stderr(),
+                "{tool}: {}: a FIFO with no reader yet: waiting for one (Ctrl-C to give up)",
+                path.display()
+            );
+        });
+    }
 }
 
 /// Where a stream-like OUTPUT (stdout, a FIFO, a character device) is written: buffered,

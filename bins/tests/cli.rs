@@ -75,6 +75,7 @@ mod cli {
     pub mod bug_report;
     pub mod corpus;
     pub mod damaged;
+    pub mod hostile;
     pub mod install;
     pub mod kinds;
     #[path = "move.rs"]

@@ -614,6 +614,33 @@ impl Error {
 }
 
 /// `Error::Io` operations on the target being written.
-pub const OUTPUT_OPS: &[&str] = &["write", "truncate", "flush", "sync", "read back"];
+pub const OUTPUT_OPS: &[&str] = &[
+    "write",
+    "truncate",
+    "flush",
+    "sync",
+    "read back",
+    OP_TOO_LARGE,
+];
+
+/// The operation of [`Error::too_large`].
+const OP_TOO_LARGE: &str = "a file there cannot reach the end of what must be written";
+
+impl Error {
+    /// The target is a regular file that cannot reach byte `need` (past the largest file
+    /// offset, or past its filesystem's largest file); found before the first write.
+    pub fn too_large(need: u64) -> Error {
+        Error::Io {
+            op: OP_TOO_LARGE,
+            offset: 0,
+            source: io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                format!(
+                    "{need} bytes lie past the largest file its filesystem allows; nothing written"
+                ),
+            ),
+        }
+    }
+}
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -62,8 +62,9 @@ pub struct Request<'a> {
     /// Open block devices exclusively (O_EXCL): the kernel then refuses a mounted or
     /// otherwise claimed device.
     pub exclusive: bool,
-    /// A FIFO or character device may be written front to back; when not, it is refused
-    /// before it is opened (opening a FIFO waits for its reader).
+    /// A FIFO or character device may be written front to back; when not (or when
+    /// `in_place` asks for positional writes), it is refused before it is opened (opening
+    /// a FIFO waits for its reader).
     pub streams: bool,
 }
 
@@ -116,12 +117,11 @@ impl Output {
                 path: PathBuf::from("-"),
             });
         }
-        let path = follow_links(req.path)?;
-        let meta = match std::fs::metadata(&path) {
-            Ok(m) => Some(m),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(Error::io("stat", 0, e)),
-        };
+        let Resolved {
+            path,
+            meta,
+            renamable,
+        } = resolve(req.path)?;
         if let Some(m) = &meta {
             refuse_overlap(req, &path, m, reads)?;
         }
@@ -135,7 +135,9 @@ impl Output {
             path: path.clone(),
         };
         match ft {
-            Some(t) if (t.is_char_device() || t.is_fifo()) && !req.streams => {
+            // Refused before it is opened: opening a FIFO waits for its reader, only for
+            // the run to be refused then.
+            Some(t) if (t.is_char_device() || t.is_fifo()) && (!req.streams || req.in_place) => {
                 return Err(Error::InvalidInput(format!(
                     "{} {}: a FIFO or character device cannot be written by position; give a file or block device",
                     req.role,
@@ -148,13 +150,25 @@ impl Output {
                     check_writable(&path)?;
                 } else {
                     // O_WRONLY on a FIFO waits for its reader, as e2image's open does.
-                    let f = open_rw(&path, false, false)?;
+                    let f = if t.is_fifo() {
+                        open_fifo(&path)?
+                    } else {
+                        open_rw(&path, false, false)?
+                    };
                     crate::io::grow_pipe(&f);
                     out.file = Some(f);
                 }
             }
             Some(t) if t.is_block_device() => {
                 out.kind = Kind::BlockDevice;
+                if meta.as_ref().is_some_and(|m| is_read_only_device(m.rdev())) {
+                    // Opening it for writing would succeed and every write fail: say so first.
+                    return Err(Error::InvalidInput(format!(
+                        "{} {}: the device is read-only; nothing written",
+                        req.role,
+                        req.path.display()
+                    )));
+                }
                 let file = if req.dry_run {
                     check_writable(&path)?;
                     File::open(&path).map_err(|e| Error::io("open", 0, e))?
@@ -166,12 +180,14 @@ impl Output {
             }
             Some(t) if t.is_file() && req.in_place => {
                 out.kind = Kind::Existing;
-                out.file = Some(if req.dry_run {
+                let file = if req.dry_run {
                     check_writable(&path)?;
                     File::open(&path).map_err(|e| Error::io("open", 0, e))?
                 } else {
                     open_rw(&path, true, false)?
-                });
+                };
+                refuse_qcow2(req, &file)?;
+                out.file = Some(file);
             }
             Some(t) if t.is_file() => {
                 // Replaced: the user must be able to write the file itself, not only its
@@ -179,24 +195,30 @@ impl Output {
                 check_writable(&path)?;
                 let m = meta.as_ref().map(|m| (m.mode() & 0o7777, m.uid(), m.gid()));
                 if !req.dry_run {
-                    match out.start_new(&path, m) {
-                        Ok(()) => {}
-                        // A file we may write in a folder we may not: no temporary name is
-                        // possible there, so write the file itself, truncated, as e2image
-                        // does (a failed run then leaves it partial, as e2image's would).
-                        Err(Error::Io { source, .. })
-                            if source.kind() == io::ErrorKind::PermissionDenied =>
-                        {
-                            out.file = Some(
-                                OpenOptions::new()
-                                    .read(true)
-                                    .write(true)
-                                    .truncate(true)
-                                    .open(&path)
-                                    .map_err(|e| Error::io("open", 0, e))?,
-                            );
+                    // A file we may write whose name we may not replace: write the file
+                    // itself, truncated, as e2image does (a failed run then leaves it
+                    // partial, as e2image's would).
+                    let truncate = || {
+                        OpenOptions::new()
+                            .read(true)
+                            .write(true)
+                            .truncate(true)
+                            .open(&path)
+                            .map_err(|e| Error::io("open", 0, e))
+                    };
+                    if !renamable || !rename_allowed(&path, meta.as_ref()) {
+                        out.file = Some(truncate()?);
+                    } else {
+                        match out.start_new(&path, m) {
+                            Ok(()) => {}
+                            // No temporary name is possible in the folder.
+                            Err(Error::Io { source, .. })
+                                if source.kind() == io::ErrorKind::PermissionDenied =>
+                            {
+                                out.file = Some(truncate()?);
+                            }
+                            Err(e) => return Err(e),
                         }
-                        Err(e) => return Err(e),
                     }
                 }
             }
@@ -213,6 +235,15 @@ impl Output {
                     req.role,
                     req.path.display()
                 )));
+            }
+            // `x/` names a folder: open(2) says so when it would create it (after the
+            // whole run, with a temporary name and a rename).
+            None if path.as_os_str().as_encoded_bytes().ends_with(b"/") => {
+                return Err(Error::io(
+                    "create",
+                    0,
+                    io::Error::from_raw_os_error(rustix::io::Errno::ISDIR.raw_os_error()),
+                ));
             }
             None if req.dry_run => {
                 // Would the file be created? Its folder must exist and be writable.
@@ -231,6 +262,7 @@ impl Output {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        remove_stale_partials(dir, &name);
         let mut last = None;
         for i in 0..100u32 {
             let tmp = dir.join(format!(".{name}.e2i-partial-{}-{i}", std::process::id()));
@@ -245,6 +277,10 @@ impl Output {
                 .open(&tmp)
             {
                 Ok(f) => {
+                    // Held while the file lives: a later run knows a partial file nobody
+                    // holds is a killed run's (remove_stale_partials).
+                    let _ =
+                        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive);
                     self.file = Some(f);
                     self.pending = Some(Pending {
                         tmp,
@@ -341,6 +377,50 @@ impl Drop for Output {
     }
 }
 
+/// Remove what runs killed by SIGKILL (the OOM killer, a power-user's `kill -9`) left of
+/// new outputs named `name` in `dir`: `.NAME.e2i-partial-PID-N` files — possibly gigabytes
+/// on a disk that is already short of room. One is stale only when nobody holds its lock
+/// (a live run holds its own) and its process is gone from this machine; anything that
+/// cannot be checked is left alone.
+fn remove_stale_partials(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.e2i-partial-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let fname = e.file_name();
+        let Some(rest) = fname.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest
+            .split('-')
+            .next()
+            .and_then(|p| p.parse::<i32>().ok())
+            .and_then(rustix::process::Pid::from_raw)
+        else {
+            continue;
+        };
+        let alive = !matches!(
+            rustix::process::test_kill_process(pid),
+            Err(rustix::io::Errno::SRCH)
+        );
+        if alive || !e.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let path = e.path();
+        let Ok(f) = OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&path)
+        else {
+            continue;
+        };
+        if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok() {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
 /// [`Output::check_room`] for a target of `size` bytes (`None`: it grows as needed).
 pub fn check_room(size: Option<u64>, need: u64) -> Result<()> {
     match size {
@@ -353,6 +433,40 @@ fn parent_dir(p: &Path) -> &Path {
     p.parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
+}
+
+/// Told (once per FIFO) that opening a FIFO OUTPUT waits for a reader that is not there yet.
+static FIFO_WAIT: std::sync::OnceLock<fn(&Path)> = std::sync::OnceLock::new();
+
+/// Have `note` called when a FIFO OUTPUT has no reader yet and the open is about to wait
+/// (a tool on a terminal says so rather than seem to hang). Set once per process.
+pub fn on_fifo_wait(note: fn(&Path)) {
+    let _ = FIFO_WAIT.set(note);
+}
+
+/// Open a FIFO for writing. A non-blocking open tells whether a reader is there (ENXIO:
+/// none); then the blocking open waits for one. Probing by opening and closing would not
+/// do: a reader that sees its last writer close reads end of file and goes.
+fn open_fifo(path: &Path) -> Result<File> {
+    use rustix::fs::{OFlags, fcntl_getfl, fcntl_setfl};
+    match OpenOptions::new()
+        .write(true)
+        .custom_flags(OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+    {
+        Ok(f) => {
+            let fl = fcntl_getfl(&f).map_err(|e| Error::io("fcntl", 0, e.into()))?;
+            fcntl_setfl(&f, fl - OFlags::NONBLOCK).map_err(|e| Error::io("fcntl", 0, e.into()))?;
+            Ok(f)
+        }
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error()) => {
+            if let Some(note) = FIFO_WAIT.get() {
+                note(path);
+            }
+            open_rw(path, false, false)
+        }
+        Err(e) => Err(Error::io("open", 0, e)),
+    }
 }
 
 fn open_rw(path: &Path, read: bool, exclusive: bool) -> Result<File> {
@@ -374,7 +488,9 @@ fn open_rw(path: &Path, read: bool, exclusive: bool) -> Result<File> {
 }
 
 /// Would opening `path` for writing succeed? Checked with the effective ids, as open(2)
-/// checks them; no open, so a dry run leaves no trace (not even a udev event).
+/// checks them; no open for writing, so a dry run leaves no trace (not even a udev event).
+/// access(2) does not look at an append-only flag, which makes open(2) fail (and a rename
+/// over the file too): that is read from the file's flags.
 fn check_writable(path: &Path) -> Result<()> {
     rustix::fs::accessat(
         rustix::fs::CWD,
@@ -382,7 +498,124 @@ fn check_writable(path: &Path) -> Result<()> {
         rustix::fs::Access::WRITE_OK,
         rustix::fs::AtFlags::EACCESS,
     )
-    .map_err(|e| Error::io("open", 0, io::Error::from(e)))
+    .map_err(|e| Error::io("open", 0, io::Error::from(e)))?;
+    // Regular files only: opening a device, even to read, can act (a tape rewinds).
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return Ok(());
+    }
+    let flags = rustix::fs::open(
+        path,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY,
+        rustix::fs::Mode::empty(),
+    )
+    .and_then(|fd| {
+        if rustix::fs::fstat(&fd)
+            .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file())
+        {
+            rustix::fs::ioctl_getflags(&fd)
+        } else {
+            Ok(rustix::fs::IFlags::empty())
+        }
+    });
+    if flags.is_ok_and(|f| f.intersects(rustix::fs::IFlags::APPEND | rustix::fs::IFlags::IMMUTABLE))
+    {
+        return Err(Error::io(
+            "open",
+            0,
+            io::Error::from_raw_os_error(rustix::io::Errno::PERM.raw_os_error()),
+        ));
+    }
+    Ok(())
+}
+
+/// May the file at `path` be replaced by renaming another over it? Not when it is a mount
+/// point (a file bind-mounted there: EBUSY), nor in a sticky folder (such as /tmp) when the
+/// caller owns neither the file nor the folder and is not root (EPERM). Known before the
+/// work starts, so that the run writes the file itself instead of failing at its end.
+fn rename_allowed(path: &Path, meta: Option<&Metadata>) -> bool {
+    use rustix::fs::{AtFlags, StatxAttributes, StatxFlags};
+    if rustix::fs::statx(
+        rustix::fs::CWD,
+        path,
+        AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT,
+        StatxFlags::empty(),
+    )
+    .is_ok_and(|x| x.stx_attributes.contains(StatxAttributes::MOUNT_ROOT))
+    {
+        return false;
+    }
+    let euid = rustix::process::geteuid();
+    if euid.is_root() {
+        return true;
+    }
+    let Ok(dir) = std::fs::metadata(parent_dir(path)) else {
+        return true;
+    };
+    let sticky = dir.mode() & 0o1000 != 0;
+    let owner = |uid: u32| uid == euid.as_raw();
+    !sticky || owner(dir.uid()) || meta.is_some_and(|m| owner(m.uid()))
+}
+
+/// An existing qcow2 image is never written by position: its bytes are not the disk's, so
+/// a raw image written into it would break the container (and the data it holds).
+fn refuse_qcow2(req: &Request<'_>, file: &File) -> Result<()> {
+    let mut magic = [0u8; 4];
+    let n = crate::io::pread_full(file, &mut magic, 0).unwrap_or(0);
+    if crate::qcow2::is_qcow2(&magic[..n]) {
+        return Err(Error::InvalidInput(format!(
+            "{} {} is a qcow2 image: writing a raw image into it by position would break it; nothing written (convert it with qcow2-to-raw first, or write a new file)",
+            req.role,
+            req.path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// A regular file written at bytes up to `end`: refused before the first write when no file
+/// of that size is possible there (past 2^63 - 1, or past the largest file its filesystem
+/// holds, which lseek(2) checks), rather than failing at a write in the middle of the run.
+pub fn check_file_end(file: &File, end: u64) -> Result<()> {
+    let fits = i64::try_from(end).is_ok()
+        && rustix::fs::seek(file, rustix::fs::SeekFrom::Start(end)).is_ok();
+    if fits {
+        Ok(())
+    } else {
+        Err(Error::too_large(end))
+    }
+}
+
+/// OUTPUT resolved.
+struct Resolved {
+    /// The path to open: the end of its symlinks; or the name as given when a link on the
+    /// way is one of the kernel's (`/proc/self/fd/N`, `/dev/stdout`) whose text names no
+    /// file (a pipe, a socket, a deleted file).
+    path: PathBuf,
+    /// What it is, when it exists.
+    meta: Option<Metadata>,
+    /// `path` is a name in a folder, which a new file may be renamed over.
+    renamable: bool,
+}
+
+fn resolve(given: &Path) -> Result<Resolved> {
+    let followed = follow_links(given)?;
+    match std::fs::metadata(given) {
+        Ok(m) => {
+            let same = std::fs::metadata(&followed)
+                .is_ok_and(|f| f.dev() == m.dev() && f.ino() == m.ino());
+            Ok(Resolved {
+                path: if same { followed } else { given.to_path_buf() },
+                meta: Some(m),
+                renamable: same,
+            })
+        }
+        // A dangling link names the file to create.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Resolved {
+            path: followed,
+            meta: None,
+            renamable: true,
+        }),
+        Err(e) => Err(Error::io("stat", 0, e)),
+    }
 }
 
 /// Follow the symlinks of `p` to the path they end at, which need not exist (a dangling
@@ -545,14 +778,30 @@ impl Footprint {
         if let Ok(b) = std::fs::read_to_string(sys.join("loop/backing_file")) {
             let b = b.trim_end();
             if let Ok(m) = std::fs::metadata(b) {
-                let off = read_u64(&sys.join("loop/offset")).unwrap_or(0);
+                let off = read_u64(&sys.join("loop/offset"))
+                    .unwrap_or(0)
+                    .saturating_add(start);
                 let v = link(&via, format!("a loop device backed by {b}"));
-                self.direct.push(Extent {
-                    obj: ObjectId::of_metadata(&m),
-                    start: off.saturating_add(start),
-                    end: off.saturating_add(start).saturating_add(len),
-                    via: v,
-                });
+                if m.file_type().is_block_device() {
+                    // A loop device over another device (a loop over a loop, a partition):
+                    // that device's bytes, and what it stands on in turn.
+                    self.add_block(
+                        sysfs_dir(m.rdev()),
+                        ObjectId::of_metadata(&m),
+                        off,
+                        len,
+                        v,
+                        name,
+                        depth + 1,
+                    );
+                } else {
+                    self.direct.push(Extent {
+                        obj: ObjectId::of_metadata(&m),
+                        start: off,
+                        end: off.saturating_add(len),
+                        via: v,
+                    });
+                }
             }
         }
         // Built on other devices (device mapper, md): where on them is not known here.
@@ -617,6 +866,12 @@ fn disk_name(sys: &Path) -> String {
         || sys.display().to_string(),
         |n| format!("/dev/{}", n.to_string_lossy()),
     )
+}
+
+/// Is the block device `rdev` read-only (`losetup -r`, `blockdev --setro`)? Opening it for
+/// writing succeeds and every write fails: callers refuse it first.
+pub fn is_read_only_device(rdev: u64) -> bool {
+    sysfs_dir(rdev).is_some_and(|d| read_u64(&d.join("ro")) == Some(1))
 }
 
 fn sysfs_dir(rdev: u64) -> Option<PathBuf> {

@@ -133,6 +133,24 @@ impl<'a> RawSink<'a> {
             ))
         })?;
         crate::output::check_room(room, end)?;
+        // A file must be able to reach the image's end (a block device's room is above).
+        let file = match &target {
+            RawTarget::NewFile { file, .. } => Some(*file),
+            RawTarget::InPlace {
+                file, room: None, ..
+            } => Some(*file),
+            RawTarget::DryRun {
+                target, room: None, ..
+            } => *target,
+            _ => None,
+        };
+        match file {
+            Some(f) => crate::output::check_file_end(f, end)?,
+            None if i64::try_from(end).is_err() && !matches!(target, RawTarget::Stream(_)) => {
+                return Err(Error::too_large(end));
+            }
+            None => {}
+        }
         Ok(RawSink {
             target,
             bs,

@@ -95,6 +95,8 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             "{src}: mounted read-write on {mount_point}; an image of it would be inconsistent (use -f to capture anyway)"
         );
     }
+    // Held until the image is written: an in-place move of SOURCE cannot start meanwhile.
+    let _hold = e2i_cli::hold_source(&args.source)?;
     let mut out = open_output(
         &Request {
             path: out_path,
@@ -102,7 +104,8 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             in_place: false,
             dry_run: false,
             exclusive: true,
-            streams: true,
+            // A compressed qcow2 needs a new regular file: a FIFO is refused unopened.
+            streams: !args.compress,
         },
         &[("SOURCE", &args.source)],
     )?;

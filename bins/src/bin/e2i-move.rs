@@ -106,7 +106,8 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
     {
         return Ok(code);
     }
-    std::fs::metadata(&args.source).with_context(|| args.source.display().to_string())?;
+    let meta =
+        std::fs::metadata(&args.source).with_context(|| args.source.display().to_string())?;
     // -P: -o becomes the partition's start; its end bounds a clone's reads (unless -f) and
     // a move's writes.
     let mut src_limit = None;
@@ -134,8 +135,12 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
         src_limit = c.limit;
     }
     // -o at or past the end: say where SOURCE ends (a qcow2 SOURCE's virtual disk is
-    // checked where it is opened).
+    // checked where it is opened). Only for what can be read by position: opening a FIFO
+    // to read waits for its writer (it is refused, unopened, further on).
+    let seekable =
+        meta.is_file() || std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type());
     if args.src_offset > 0
+        && seekable
         && let Ok(src) = e2i::io::FileSource::open(&args.source, 0)
         && args.src_offset >= e2i::io::ReadAt::size(&src)
         && !is_qcow2(&src)
@@ -187,7 +192,13 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
             state_dir: mj::state_dir(std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME")),
         };
         let quiet = args.quiet;
-        let mut notes = |n: MoveNote| print_note(&src, n, quiet);
+        // A move that fails after its journal is begun says, on its error line, that it is
+        // unfinished and how to finish it.
+        let mut unfinished = None;
+        let mut notes = |n: MoveNote| match n {
+            MoveNote::Unfinished { journal } => unfinished = Some(journal),
+            n => print_note(&src, n, quiet),
+        };
         let rep = move_fs::move_in_place(
             &args.source,
             &jopts,
@@ -196,7 +207,14 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
             &mut notes,
             &mut reporter,
         )
-        .with_context(|| src.clone());
+        .with_context(|| src.clone())
+        .map_err(|e| match &unfinished {
+            Some(j) => anyhow::anyhow!(
+                "{e:#}; the move is unfinished (its journal {} is kept): fix that, then run the same command again to finish it",
+                j.display()
+            ),
+            None => e,
+        });
         if kill_hook {
             eprintln!(
                 "{TOOL}: test hook: {} crash points",
@@ -216,6 +234,8 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
             .context("a copy of it would be inconsistent (use -f to copy anyway)")?;
     }
     let dst = dest.display().to_string();
+    // Held until the copy is done: an in-place move of SOURCE cannot start meanwhile.
+    let _hold = e2i_cli::hold_source(&args.source)?;
     let mut out = open_output(
         &Request {
             path: &dest,
@@ -375,6 +395,18 @@ fn print_note(src: &str, note: MoveNote, quiet: bool) {
                 journal.display()
             )
         }
+        MoveNote::Abandoned {
+            journal,
+            src_offset,
+            dest_offset,
+        } => format!(
+            "{src}: note: the unfinished move from byte {src_offset} to byte {dest_offset} recorded in {} had changed nothing (every piece is still where it was): it is given up for this one",
+            journal.display()
+        ),
+        MoveNote::Unfinished { journal } => format!(
+            "{src}: the move is unfinished; its journal {} is kept",
+            journal.display()
+        ),
         MoveNote::NotIndexed { index, reason } => format!(
             "{src}: warning: could not record the journal in {} ({reason}): after an interruption, rerun the move under this name of SOURCE or with --journal",
             index.display()

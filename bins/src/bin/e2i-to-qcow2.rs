@@ -49,6 +49,8 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     };
     let mut reporter = Reporter::new(args.progress);
     reporter.set_dry_run(args.dry_run);
+    // Held until the conversion is done: an in-place move of INPUT cannot start meanwhile.
+    let _hold = e2i_cli::hold_source(&args.input)?;
     let inp = input::open(&args.input).map_err(|e| anyhow::Error::new(e).context(src.clone()))?;
     sum.add(|o| o.str("input_kind", kind_name(inp.kind())));
     // The qcow2 of a scrambled image is marked as scrambled too (see e2i::mark).
@@ -66,7 +68,8 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             in_place: false,
             dry_run: args.dry_run,
             exclusive: true,
-            streams: true,
+            // A compressed qcow2 needs a new regular file: a FIFO is refused unopened.
+            streams: !args.compress,
         },
         &[("INPUT", &args.input)],
     )?;

@@ -388,6 +388,7 @@ fn unfinished_move_blocks_a_different_one() {
         .args(["--journal", p(&journal), "-o", "1M", "-O", "2M", p(&disk)])
         .env("XDG_STATE_HOME", d.path().join("state"))
         .env("E2I_MOVE_THROTTLE_US", "2000000")
+        .env("E2I_MOVE_PIECE_KIB", "256")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -402,6 +403,18 @@ fn unfinished_move_blocks_a_different_one() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("another e2i-move"));
     child.kill().unwrap();
     child.wait().unwrap();
+    // Resumed, and killed again once it has moved some pieces (what it moved so far may
+    // have been nothing: an unfinished move that changed nothing does not block another).
+    let o = run(Command::new(tool("e2i-move"))
+        .args(["--journal", p(&journal), "-o", "1M", "-O", "2M", p(&disk)])
+        .env("XDG_STATE_HOME", d.path().join("state"))
+        .env("E2I_MOVE_SLICE_KIB", "64")
+        .env("E2I_MOVE_KILL_AT", "40"));
+    assert!(
+        std::os::unix::process::ExitStatusExt::signal(&o.status) == Some(9),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let o = e2i_move(&["--journal", p(&journal), "-o", "1M", "-O", "3M", p(&disk)]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);

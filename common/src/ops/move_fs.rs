@@ -131,9 +131,19 @@ pub enum MoveNote {
     },
     /// An unfinished journal that does not match SOURCE (a stale one) was left alone.
     Stale { journal: PathBuf },
+    /// An unfinished move with other offsets that had changed nothing (every piece still
+    /// at its source) was given up for this one.
+    Abandoned {
+        journal: PathBuf,
+        src_offset: u64,
+        dest_offset: u64,
+    },
     /// The move could not be entered in the state folder's index: a rerun under another
     /// hard link of SOURCE would not find its journal (the same name, or --journal, will).
     NotIndexed { index: PathBuf, reason: String },
+    /// The move failed after its journal was begun (a full disk, a read error): it is
+    /// unfinished, and the same command finishes it once the cause is fixed.
+    Unfinished { journal: PathBuf },
 }
 
 fn overflow(what: &str) -> Error {
@@ -196,6 +206,9 @@ pub fn clone_fs(
             have: out_len,
             need: end,
         });
+    }
+    if !out_dev {
+        crate::output::check_file_end(out, end)?;
     }
     let map: &BlockMap = &res.map;
     let mut rep = MoveReport {
@@ -355,6 +368,125 @@ fn merge_runs(runs: &[Run], gap: u64) -> Vec<Run> {
     out
 }
 
+/// The files (or devices) a loop device stands on, opened read-only: its backing file, and
+/// that one's when it is a loop device too. Empty for anything else.
+fn loop_backing_files(meta: &std::fs::Metadata) -> Vec<File> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut rdev = meta.file_type().is_block_device().then(|| meta.rdev());
+    while let Some(dev) = rdev.take() {
+        let (ma, mi) = (rustix::fs::major(dev), rustix::fs::minor(dev));
+        let Ok(b) = std::fs::read_to_string(format!("/sys/dev/block/{ma}:{mi}/loop/backing_file"))
+        else {
+            break;
+        };
+        let Ok(f) = File::open(b.trim_end()) else {
+            break;
+        };
+        if out.len() < 8
+            && let Ok(m) = f.metadata()
+            && m.file_type().is_block_device()
+        {
+            rdev = Some(m.rdev());
+        }
+        out.push(f);
+    }
+    out
+}
+
+/// A SOURCE that is only read (a clone's, a capture's), held while it is read: locked
+/// shared, so that an in-place move of it — which locks it, and the files under a loop
+/// device, exclusively — cannot run at the same time (the reader would copy a filesystem
+/// half moved under it).
+#[derive(Debug)]
+pub struct ReadHold {
+    _held: Vec<File>,
+}
+
+/// Hold `source` for reading ([`ReadHold`]) and refuse it while it is half-way through an
+/// in-place move: an unfinished journal recorded for it (or for the file under a loop
+/// device), found where a move would find it, whose half-moved state SOURCE holds. No
+/// offset of a half-moved SOURCE holds a consistent filesystem: a copy of it would be
+/// silently corrupt. A journal SOURCE does not match (a backup restored since) is stale and
+/// ignored. Anything but a regular file or block device is not held (nothing moves those).
+pub fn hold_for_reading(
+    source: &Path,
+    state: Option<PathBuf>,
+    progress: &mut dyn Progress,
+) -> Result<ReadHold> {
+    use rustix::fs::{FlockOperation, flock};
+    let none = ReadHold { _held: Vec::new() };
+    if source == Path::new("-") {
+        return Ok(none);
+    }
+    let Ok(meta) = std::fs::metadata(source) else {
+        return Ok(none);
+    };
+    if !(meta.is_file() || meta.file_type().is_block_device()) {
+        return Ok(none);
+    }
+    // Opening a device to read has no effect; one that cannot be opened is reported by the
+    // reader itself.
+    let Ok(file) = File::open(source) else {
+        return Ok(none);
+    };
+    let mut held = vec![file];
+    held.extend(loop_backing_files(&meta));
+    if held
+        .iter()
+        .any(|f| flock(f, FlockOperation::NonBlockingLockShared).is_err())
+    {
+        return Err(Error::InvalidInput(
+            "an in-place e2i-move is moving this file or device: read it when that move has finished".into(),
+        ));
+    }
+    let mut candidates = Vec::new();
+    for (i, f) in held.iter().enumerate() {
+        let Ok(m) = f.metadata() else { continue };
+        let path = if i == 0 {
+            std::fs::canonicalize(source).ok()
+        } else {
+            use std::os::fd::AsRawFd;
+            std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).ok()
+        };
+        let Some(path) = path else { continue };
+        let loc = mj::locations(&path, ObjectId::of_metadata(&m), state.clone());
+        candidates.extend(loc.default);
+        candidates.extend(loc.index.and_then(|i| std::fs::read_link(i).ok()));
+    }
+    let mut seen = Vec::new();
+    for c in candidates {
+        let Ok(id) = ObjectId::of_path(&c) else {
+            continue;
+        };
+        if seen.contains(&id) {
+            continue;
+        }
+        seen.push(id);
+        let Ok(Some(j)) = Journal::open(&c, false) else {
+            continue;
+        };
+        if j.state() == State::Done {
+            continue;
+        }
+        let reader =
+            FileSource::from_file(held[0].try_clone().map_err(|e| Error::io("dup", 0, e))?, 0)?;
+        if let Ok(Ok(_)) = j.verify(&reader, progress) {
+            let p = j.params();
+            return Err(Error::InvalidInput(format!(
+                "SOURCE is half-moved: the in-place move from byte {} to byte {} recorded in {} is unfinished, so no offset of SOURCE holds a consistent filesystem; finish it first (e2i-move -o {} -O {} --journal {} on it), then read it",
+                p.src_offset,
+                p.dest_offset,
+                c.display(),
+                p.src_offset,
+                p.dest_offset,
+                c.display()
+            )));
+        }
+    }
+    Ok(ReadHold { _held: held })
+}
+
 /// Does a filesystem with this UUID start at byte `offset` of `file`?
 fn fs_uuid_at(file: &File, offset: u64) -> Option<[u8; 16]> {
     let src = FileSource::from_file(file.try_clone().ok()?, offset).ok()?;
@@ -367,13 +499,32 @@ struct MoveSource {
     file: File,
     id: SourceId,
     is_dev: bool,
+    /// The files under a loop device SOURCE (its backing file, and theirs for a loop over a
+    /// loop), locked as SOURCE is: a move of the file itself must wait for this one.
+    _under: Vec<File>,
 }
 
 impl MoveSource {
     /// Open SOURCE for reading and (unless `dry_run`) writing, and take the one-mover lock.
     /// A qcow2 image is refused: moving inside one is not a byte move.
     fn open(path: &Path, dry_run: bool) -> Result<MoveSource> {
-        let is_dev = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
+        let meta = std::fs::metadata(path).map_err(|e| Error::io("stat", 0, e))?;
+        let is_dev = meta.file_type().is_block_device();
+        let not_movable = || Error::InvalidInput("not a regular file or block device".into());
+        if !(meta.is_file() || is_dev) {
+            // Before it is opened: opening a FIFO to read waits for a writer (a dry run hung
+            // on one), and opening some character devices acts (a tape rewinds).
+            return Err(not_movable());
+        }
+        if is_dev && !dry_run && {
+            use std::os::unix::fs::MetadataExt;
+            crate::output::is_read_only_device(meta.rdev())
+        } {
+            // Opened for writing it would fail at the first write, with a journal begun.
+            return Err(Error::InvalidInput(
+                "the device is read-only; nothing written".into(),
+            ));
+        }
         let mut o = OpenOptions::new();
         o.read(true).write(!dry_run);
         if is_dev && !dry_run {
@@ -394,9 +545,7 @@ impl MoveSource {
         let meta = file.metadata().map_err(|e| Error::io("stat", 0, e))?;
         let ft = meta.file_type();
         if !(ft.is_file() || ft.is_block_device()) {
-            return Err(Error::InvalidInput(
-                "not a regular file or block device".into(),
-            ));
+            return Err(not_movable());
         }
         let mut magic = [0u8; 4];
         let n = pread_full(&file, &mut magic, 0).map_err(|e| Error::io("read", 0, e))?;
@@ -406,12 +555,19 @@ impl MoveSource {
             ));
         }
         let (size, is_dev) = file_size(&file)?;
+        let mut under = Vec::new();
         if !dry_run {
-            // One mover at a time (advisory; released by the kernel if we are killed).
+            // One mover at a time (advisory; released by the kernel if we are killed), also
+            // through a loop device: its backing file is locked too.
             use rustix::fs::{FlockOperation, flock};
-            flock(&file, FlockOperation::NonBlockingLockExclusive).map_err(|_| {
-                Error::InvalidInput("another e2i-move is working on this file or device".into())
-            })?;
+            let busy = || {
+                Error::InvalidInput("another e2i-move is working on this file or device (or an e2i tool is reading it)".into())
+            };
+            flock(&file, FlockOperation::NonBlockingLockExclusive).map_err(|_| busy())?;
+            under = loop_backing_files(&meta);
+            for f in &under {
+                flock(f, FlockOperation::NonBlockingLockExclusive).map_err(|_| busy())?;
+            }
         }
         Ok(MoveSource {
             id: SourceId {
@@ -420,7 +576,23 @@ impl MoveSource {
             },
             file,
             is_dev,
+            _under: under,
         })
+    }
+
+    /// SOURCE's change stamp for a finished journal ([`Journal::finish`]): a regular file's
+    /// ctime in nanoseconds; 0 (none) for a device, whose node's times say nothing of its
+    /// contents.
+    fn change_stamp(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        match self.file.metadata() {
+            Ok(m) if m.is_file() => u64::try_from(m.ctime())
+                .ok()
+                .and_then(|s| s.checked_mul(1_000_000_000))
+                .and_then(|ns| ns.checked_add(u64::try_from(m.ctime_nsec()).ok()?))
+                .unwrap_or(0),
+            _ => 0,
+        }
     }
 
     /// A reader of the whole of SOURCE (byte 0 on).
@@ -447,7 +619,21 @@ struct Chosen {
     path: PathBuf,
     /// Named with `--journal`.
     explicit: bool,
+    /// Found through the identity index (another name of SOURCE, or a deleted file whose
+    /// inode number SOURCE now has): read there, but a new move's journal goes to the
+    /// default place, never over that file.
+    from_index: bool,
     loc: Locations,
+}
+
+impl Chosen {
+    /// Where a new move's journal is created.
+    fn for_new_move(&self) -> &Path {
+        match (&self.loc.default, self.from_index) {
+            (Some(d), true) => d,
+            _ => &self.path,
+        }
+    }
 }
 
 /// The journal this run uses, resolved: `--journal` (symlinks followed, folder checked), or
@@ -465,6 +651,7 @@ fn choose_journal(
         Some(p) => Chosen {
             path: resolve_journal_path(p)?,
             explicit: true,
+            from_index: false,
             loc,
         },
         None => {
@@ -481,13 +668,14 @@ fn choose_journal(
                     Journal::open(t, false)
                         .is_ok_and(|j| j.is_some_and(|j| j.source().object == src.id.object))
                 });
-            let path = match indexed {
-                Some(t) if !default.exists() => t,
-                _ => default,
+            let (path, from_index) = match indexed {
+                Some(t) if !default.exists() => (t, true),
+                _ => (default, false),
             };
             Chosen {
                 path,
                 explicit: false,
+                from_index,
                 loc,
             }
         }
@@ -509,6 +697,33 @@ fn choose_journal(
         // The state folder is e2i's own: made when a journal goes there (--journal never
         // makes a folder).
         std::fs::create_dir_all(st).map_err(|e| Error::io("create state folder", 0, e))?;
+    }
+    let new_at = chosen.for_new_move();
+    if !dry_run && !new_at.exists() {
+        // A journal that cannot be created is found out now, not after the filesystem has
+        // been scanned and every piece read.
+        let dir = new_at
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        rustix::fs::accessat(
+            rustix::fs::CWD,
+            dir,
+            rustix::fs::Access::WRITE_OK,
+            rustix::fs::AtFlags::EACCESS,
+        )
+        .map_err(|e| {
+            Error::InvalidInput(format!(
+                "journal {}: cannot be created: {}{}",
+                new_at.display(),
+                std::io::Error::from(e),
+                if chosen.explicit {
+                    ""
+                } else {
+                    " (give the journal another place with --journal)"
+                }
+            ))
+        })?;
     }
     Ok(chosen)
 }
@@ -584,30 +799,57 @@ fn read_journal(
             Ok(Start::Fresh)
         }
         State::Done => {
-            if fs_uuid_at(&src.file, p.dest_offset) == Some(p.uuid) {
-                return Ok(Start::Done(MoveReport {
+            let done = || {
+                Ok(Start::Done(MoveReport {
                     block_size: p.block_size,
                     blocks_count: p.blocks_count,
                     already_done: true,
                     journal: Some(path.to_path_buf()),
                     ..MoveReport::default()
-                }));
+                }))
+            };
+            // Nothing has touched SOURCE since the move finished (its change stamp is the
+            // one recorded then): the moved filesystem is there, as the move left it.
+            if same_object
+                && j.done_stamp()
+                    .is_some_and(|s| s == src.change_stamp() && src.change_stamp() != 0)
+                && fs_uuid_at(&src.file, p.dest_offset) == Some(p.uuid)
+            {
+                return done();
             }
-            // The same move, recorded as finished, but its filesystem is not at D. Moving
-            // afresh is right only over the filesystem as it was before the move (a backup
-            // restored); over anything else — a half-moved image whose move was finished on
-            // a copy, say — a fresh scan could succeed and copy half-moved data.
-            if j.unmoved(&src.reader()?, progress)? {
+            // Else look: a filesystem at D is not enough (a half-moved image, killed early
+            // in a move to the left, already has the moved superblock there). Every piece
+            // at its destination: finished. Every piece at its source: the filesystem as
+            // before the move (a backup restored), which a new move may move. Anything else
+            // — a half-moved image restored from a copy taken during the move, or the moved
+            // filesystem used since — must not be moved, nor called finished.
+            let reader = src.reader()?;
+            let (moved, differ) = j.check_moved(&reader, progress)?;
+            if moved {
+                return done();
+            }
+            if j.unmoved(&reader, progress)? {
                 return Ok(Start::Fresh);
             }
             Err(Error::InvalidInput(format!(
-                "{} records this move as finished, but SOURCE holds neither the moved filesystem at byte {} nor the filesystem it moved from at byte {}: it may be half-moved (a copy of an image whose move was finished elsewhere?). Do not move it; restore it from a backup. If SOURCE holds a new filesystem at byte {}, delete {} and run the move again",
+                "{} records this move as finished, but SOURCE holds neither the moved filesystem at byte {} ({differ} of {} pieces differ from what the move wrote) nor the filesystem it moved from at byte {}: it may be half-moved (put back from a copy taken during the move?): do not move it; restore it from a backup. If the moved filesystem has been used since the move, that is expected: the move is finished; delete {}",
                 path.display(),
                 p.dest_offset,
-                p.src_offset,
+                j.pieces().len(),
                 p.src_offset,
                 path.display()
             )))
+        }
+        State::Running { .. } if !same && same_object && j.unmoved(&src.reader()?, progress)? => {
+            // An unfinished move that has changed nothing the filesystem needs: every piece
+            // is still at its source (it failed at its first write, say, or was killed before
+            // overwriting anything). Giving it up loses nothing: this move replaces it.
+            notes(MoveNote::Abandoned {
+                journal: path.to_path_buf(),
+                src_offset: p.src_offset,
+                dest_offset: p.dest_offset,
+            });
+            Ok(Start::Fresh)
         }
         State::Running { .. } if !same => Err(Error::InvalidInput(format!(
             "an unfinished move of {} from byte {} to byte {} is recorded in {}: finish it first by running that move again{}",
@@ -762,6 +1004,11 @@ fn plan_new(
             have: src.id.size,
             need: end,
         });
+    }
+    if !src.is_dev {
+        // Before the journal exists: a move that cannot write its last byte must not start
+        // (it would fail at its first write and leave an unfinished journal).
+        crate::output::check_file_end(&src.file, end)?;
     }
     Ok((params, res.map))
 }
@@ -920,7 +1167,7 @@ pub fn move_in_place(
         pieces: j.pieces().len() as u64,
         started_at_piece: start as u64,
         resumed: start > 0 || !saved.is_empty(),
-        journal: Some(chosen.path.clone()),
+        journal: Some(j.path().to_path_buf()),
         blocks: done,
         ..MoveReport::default()
     };
@@ -938,8 +1185,14 @@ pub fn move_in_place(
         Unit::Bytes,
     );
     progress.update(done.saturating_mul(bs));
-    copy_pieces(&src, &mut j, saved, opts, &mut rep, progress)?;
-    finish_move(&src, &mut j, opts, &mut rep)?;
+    let moved = copy_pieces(&src, &mut j, saved, opts, &mut rep, progress)
+        .and_then(|()| finish_move(&src, &mut j, opts, &mut rep));
+    if moved.is_err() {
+        notes(MoveNote::Unfinished {
+            journal: j.path().to_path_buf(),
+        });
+    }
+    moved?;
     progress.finish();
     Ok(rep)
 }
@@ -962,9 +1215,20 @@ fn start_new_move(
     notes: &mut dyn FnMut(MoveNote),
     progress: &mut dyn Progress,
 ) -> Result<New> {
-    let (jpath, loc) = (&chosen.path, &chosen.loc);
+    let (jpath, loc) = (chosen.for_new_move(), &chosen.loc);
     refuse_other_unfinished(src, jpath, loc, None, notes, progress)?;
-    let (params, map) = plan_new(src, opts, progress)?;
+    let (params, map) = match plan_new(src, opts, progress) {
+        Ok(x) => x,
+        Err(e) => {
+            // No filesystem at S: a half-moved SOURCE whose moved superblock is at D already,
+            // reached under another identity (a loop device over the file, a copy). Its
+            // journal is found by the UUID at D, as it is by the one at S earlier in a move.
+            if let Some(u) = fs_uuid_at(&src.file, opts.dest_offset) {
+                refuse_other_unfinished(src, jpath, loc, Some(u), notes, progress)?;
+            }
+            return Err(e);
+        }
+    };
     refuse_other_unfinished(src, jpath, loc, Some(params.uuid), notes, progress)?;
     if opts.dry_run {
         return Ok(New::Listed(list_new(&params, &map, on_write)));
@@ -1288,7 +1552,8 @@ fn finish_move(
     }
     src.sync(end)?;
     let jp = j.path().to_path_buf();
-    j.finish().map_err(|e| in_journal(&jp, e))?;
+    j.finish(src.change_stamp())
+        .map_err(|e| in_journal(&jp, e))?;
     rep.checkpoints += 1;
     Ok(())
 }

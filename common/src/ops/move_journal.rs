@@ -70,7 +70,8 @@ const H_CRC: usize = 144;
 const ID_INODE: u32 = 1;
 const ID_BLOCK_DEVICE: u32 = 2;
 
-// Checkpoint record: magic, sequence, next piece, state, CRC.
+// Checkpoint record: magic, sequence, next piece (a done record: SOURCE's change stamp,
+// see [`Journal::finish`]), state, CRC.
 const CKPT_LEN: usize = 32;
 const STATE_RUNNING: u32 = 1;
 const STATE_DONE: u32 = 2;
@@ -366,6 +367,8 @@ pub struct Journal {
     ckpt_at: u64,
     seq: u64,
     state: State,
+    /// A done record's stamp of SOURCE ([`Journal::finish`]); 0 when none.
+    stamp: u64,
     writable: bool,
     /// An O_DIRECT handle for saved data, opened on first use (`.0`: tried). Behind a lock
     /// so that a piece can be saved on one thread while another writes SOURCE.
@@ -401,13 +404,13 @@ fn slot_offset(ckpt_at: u64, slot: u64) -> u64 {
     ckpt_at.saturating_add(slot.saturating_mul(PAGE))
 }
 
-fn encode_ckpt(seq: u64, state: State) -> [u8; CKPT_LEN] {
+fn encode_ckpt(seq: u64, state: State, stamp: u64) -> [u8; CKPT_LEN] {
     let mut b = [0u8; CKPT_LEN];
     b[0..8].copy_from_slice(CKPT_MAGIC);
     le::set_u64(&mut b, 8, seq);
     let (next, st) = match state {
         State::Running { next } => (next, STATE_RUNNING),
-        State::Done => (0, STATE_DONE),
+        State::Done => (stamp, STATE_DONE),
     };
     le::set_u64(&mut b, 16, next);
     le::set_u32(&mut b, 24, st);
@@ -416,18 +419,35 @@ fn encode_ckpt(seq: u64, state: State) -> [u8; CKPT_LEN] {
     b
 }
 
-fn decode_ckpt(b: &[u8; CKPT_LEN]) -> Option<(u64, State)> {
+/// A checkpoint record: its sequence, state and (a done record's) change stamp.
+fn decode_ckpt(b: &[u8; CKPT_LEN]) -> Option<(u64, State, u64)> {
     if &b[0..8] != CKPT_MAGIC || crc32c::crc32c(&b[..28]) != le::u32(b, 28) {
         return None;
     }
-    let state = match le::u32(b, 24) {
-        STATE_RUNNING => State::Running {
-            next: le::u64(b, 16),
-        },
-        STATE_DONE => State::Done,
+    let (state, stamp) = match le::u32(b, 24) {
+        STATE_RUNNING => (
+            State::Running {
+                next: le::u64(b, 16),
+            },
+            0,
+        ),
+        STATE_DONE => (State::Done, le::u64(b, 16)),
         _ => return None,
     };
-    Some((le::u64(b, 8), state))
+    Some((le::u64(b, 8), state, stamp))
+}
+
+/// Take the one-writer lock of an open journal: two movers must never write one journal
+/// (a rerun under another name of SOURCE, a copy adopted with --journal, while the first
+/// still runs). Released by the kernel when the process ends, also when it is killed.
+fn lock(file: &File, path: &Path) -> Result<()> {
+    use rustix::fs::{FlockOperation, flock};
+    flock(file, FlockOperation::NonBlockingLockExclusive).map_err(|_| {
+        Error::InvalidInput(format!(
+            "journal {}: another e2i-move is using it",
+            path.display()
+        ))
+    })
 }
 
 fn encode_id(head: &mut [u8], id: &SourceId) {
@@ -501,7 +521,8 @@ impl Journal {
             pwrite_full(&file, &body, PAGE).map_err(|e| io("write journal", e))?;
             // Sequence 1 lives in slot 1 (slots are seq % 2), so the next checkpoint
             // never overwrites the only valid one.
-            let ck = encode_ckpt(1, State::Running { next: 0 });
+            lock(&file, path)?;
+            let ck = encode_ckpt(1, State::Running { next: 0 }, 0);
             pwrite_full(&file, &ck, slot_offset(ckpt_at, 1)).map_err(|e| io("write journal", e))?;
             file.sync_all().map_err(|e| io("sync journal", e))?;
             std::fs::rename(&tmp, path).map_err(|e| io("rename journal", e))
@@ -522,6 +543,7 @@ impl Journal {
             ckpt_at,
             seq: 1,
             state: State::Running { next: 0 },
+            stamp: 0,
             writable: true,
             direct: Mutex::new((false, None)),
             crash_point: None,
@@ -546,6 +568,9 @@ impl Journal {
                 "{} is not a regular file",
                 path.display()
             )));
+        }
+        if writable {
+            lock(&file, path)?;
         }
         let flen = meta.len();
         let read = |buf: &mut [u8], off: u64, what: &'static str| -> Result<()> {
@@ -692,18 +717,18 @@ impl Journal {
             object,
             size: le::u64(&head, H_SOURCE_SIZE),
         };
-        let mut best: Option<(u64, State)> = None;
+        let mut best: Option<(u64, State, u64)> = None;
         for slot in 0..2u64 {
             let off = slot_offset(ckpt_at, slot);
             let mut b = [0u8; CKPT_LEN];
             read(&mut b, off, "checkpoint")?;
-            if let Some((seq, st)) = decode_ckpt(&b)
-                && best.is_none_or(|(s, _)| seq > s)
+            if let Some((seq, st, stamp)) = decode_ckpt(&b)
+                && best.is_none_or(|(s, ..)| seq > s)
             {
-                best = Some((seq, st));
+                best = Some((seq, st, stamp));
             }
         }
-        let (seq, state) = best.ok_or(CorruptKind::MoveJournalNoCheckpoint {
+        let (seq, state, stamp) = best.ok_or(CorruptKind::MoveJournalNoCheckpoint {
             path: p(),
             offset: ckpt_at,
         })?;
@@ -729,6 +754,7 @@ impl Journal {
             ckpt_at,
             seq,
             state,
+            stamp,
             writable,
             direct: Mutex::new((false, None)),
             crash_point: None,
@@ -776,6 +802,12 @@ impl Journal {
         self.state
     }
 
+    /// A finished move's stamp of SOURCE as the move left it ([`Journal::finish`]), if
+    /// recorded.
+    pub fn done_stamp(&self) -> Option<u64> {
+        (self.state == State::Done && self.stamp != 0).then_some(self.stamp)
+    }
+
     /// The first piece not yet durably at its destination.
     pub fn next_piece(&self) -> u64 {
         match self.state {
@@ -797,6 +829,10 @@ impl Journal {
 
     /// Durably record `state` (the caller has already synced the data it covers).
     pub fn checkpoint(&mut self, state: State) -> Result<()> {
+        self.record(state, 0)
+    }
+
+    fn record(&mut self, state: State, stamp: u64) -> Result<()> {
         self.need_writable()?;
         let seq = self.seq.checked_add(1).ok_or_else(|| {
             Error::from(CorruptKind::MoveJournalField {
@@ -807,13 +843,14 @@ impl Journal {
         })?;
         let off = slot_offset(self.ckpt_at, seq % 2);
         self.crash_point();
-        pwrite_full(&self.file, &encode_ckpt(seq, state), off)
+        pwrite_full(&self.file, &encode_ckpt(seq, state, stamp), off)
             .map_err(|e| Error::io("write journal", off, e))?;
         self.file
             .sync_data()
             .map_err(|e| Error::io("sync journal", off, e))?;
         self.seq = seq;
         self.state = state;
+        self.stamp = stamp;
         Ok(())
     }
 
@@ -937,9 +974,12 @@ impl Journal {
     }
 
     /// Mark the move finished and drop the save slots (the small done record stays, so a
-    /// rerun of the same command can say there is nothing left to do).
-    pub fn finish(&mut self) -> Result<()> {
-        self.checkpoint(State::Done)?;
+    /// rerun of the same command can say there is nothing left to do). `stamp` (non-zero)
+    /// identifies SOURCE's state as the move left it — a regular file's change time, which
+    /// every write, truncation or restore changes and no user can set — so that a rerun can
+    /// tell without reading the data that nothing has touched SOURCE since; 0 records none.
+    pub fn finish(&mut self, stamp: u64) -> Result<()> {
+        self.record(State::Done, stamp)?;
         let keep = self.save_at(0);
         self.crash_point();
         self.file
@@ -1037,6 +1077,29 @@ impl Journal {
         }
         progress.finish();
         Ok(true)
+    }
+
+    /// Does SOURCE (`src`, read from byte 0) hold every piece at its destination: the
+    /// filesystem as this journal's move left it? Returns that, and how many pieces differ.
+    /// Reads each piece once.
+    pub fn check_moved(
+        &self,
+        src: &dyn ReadAt,
+        progress: &mut dyn Progress,
+    ) -> Result<(bool, u64)> {
+        let total: u64 = self.pieces.iter().map(Piece::bytes).sum();
+        progress.phase("checking the journal", total, Unit::Bytes);
+        let mut buf = vec![0u8; CHECK_CHUNK];
+        let (mut done, mut differ) = (0u64, 0u64);
+        for (i, pc) in self.pieces.iter().enumerate() {
+            if !self.holds(src, &mut buf, i as u64, &pc.dst)? {
+                differ = differ.saturating_add(1);
+            }
+            done = done.saturating_add(pc.bytes());
+            progress.update(done);
+        }
+        progress.finish();
+        Ok((differ == 0, differ))
     }
 
     /// Does SOURCE hold piece `i`'s bytes at `at`?
@@ -1319,7 +1382,7 @@ mod tests {
         // Damage the saved data: the record no longer counts.
         pwrite_full(&f, b"J", j.save_at(0) + PAGE).unwrap();
         assert_eq!(j3.saved().unwrap().len(), 1);
-        j.finish().unwrap();
+        j.finish(0).unwrap();
         assert_eq!(
             Journal::open(&p, false).unwrap().unwrap().state(),
             State::Done
@@ -1453,8 +1516,11 @@ mod tests {
         b.extend_from_slice(&body);
         let at = ckpt_offset(3, ds_bad.len() as u64).unwrap();
         b.resize(at as usize + 3 * PAGE as usize, 0);
-        b[at as usize + PAGE as usize..][..CKPT_LEN]
-            .copy_from_slice(&encode_ckpt(1, State::Running { next: 0 }));
+        b[at as usize + PAGE as usize..][..CKPT_LEN].copy_from_slice(&encode_ckpt(
+            1,
+            State::Running { next: 0 },
+            0,
+        ));
         assert_eq!(
             kind(&b),
             CorruptKind::MoveJournalSpan {
@@ -1476,8 +1542,11 @@ mod tests {
             }
         );
         let mut b = good.clone();
-        b[at + PAGE as usize..][..CKPT_LEN]
-            .copy_from_slice(&encode_ckpt(1, State::Running { next: npieces + 1 }));
+        b[at + PAGE as usize..][..CKPT_LEN].copy_from_slice(&encode_ckpt(
+            1,
+            State::Running { next: npieces + 1 },
+            0,
+        ));
         assert_eq!(
             kind(&b),
             CorruptKind::MoveJournalCheckpoint {

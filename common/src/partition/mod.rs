@@ -202,7 +202,6 @@ impl fmt::Display for Note {
                 "partition {number} ends at byte {end}, past the end of the disk ({disk_bytes} bytes)"
             ),
             Note::More { count } => write!(f, "{count} more problems with the table"),
-            Note::More { count } => write!(f, "{count} more problems with the table"),
         }
     }
 }

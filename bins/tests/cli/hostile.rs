@@ -1,0 +1,1253 @@
+//! What a hostile administrator does to the tools on a broken system, and what each must do:
+//! outputs named through the kernel's own links (`/dev/stdout`, `/proc/self/fd/N`), files
+//! that cannot be renamed over (append-only, bind-mounted, in a sticky folder), loop devices
+//! over loop devices, read-only devices, qcow2 containers as raw targets, offsets no file can
+//! reach; and for e2i-move, finished journals over half-moved copies, two movers at once,
+//! and journals that cannot be written. Each test failed on the tools before the fix it
+//! guards (run with `E2I_TEST_BIN_DIR` pointing at an older build to see it).
+
+use super::util::*;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const MIB: u64 = 1 << 20;
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn ok(o: &Output, what: &str) {
+    assert!(
+        o.status.success(),
+        "{what}: exit {:?}: {}{}",
+        o.status.code(),
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+}
+
+fn failed(o: &Output, what: &str) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{what}: expected exit 1: {}{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    text(&o.stderr)
+}
+
+/// A loop device over `file` (extra `losetup` options), detached on drop.
+struct Loop(String);
+
+impl Loop {
+    fn new(file: &Path, extra: &[&str]) -> Loop {
+        let o = run(Command::new("losetup")
+            .args(["-f", "--show"])
+            .args(extra)
+            .arg(file));
+        ok(&o, "losetup");
+        Loop(text(&o.stdout).trim().to_string())
+    }
+    fn path(&self) -> &Path {
+        Path::new(&self.0)
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+/// A mount (`mount ARGS… TARGET`), undone on drop.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn new(args: &[&Path], target: &Path, opts: &[&str]) -> Mount {
+        ok(
+            &run(Command::new("mount").args(opts).args(args).arg(target)),
+            "mount",
+        );
+        Mount(target.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// `chattr FLAGS FILE`, undone on drop (a test that fails must not leave an undeletable file).
+struct Attr(PathBuf, &'static str);
+
+impl Attr {
+    fn set(file: &Path, flag: &'static str) -> Attr {
+        ok(
+            &run(Command::new("chattr").arg(format!("+{flag}")).arg(file)),
+            "chattr",
+        );
+        Attr(file.to_path_buf(), flag)
+    }
+}
+
+impl Drop for Attr {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr")
+            .arg(format!("-{}", self.1))
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A small filesystem and its images.
+struct Fx {
+    dir: tempfile::TempDir,
+    img: PathBuf,
+    qcow2: PathBuf,
+}
+
+impl Fx {
+    fn new() -> Fx {
+        let dir = tempdir();
+        let img = mkfs(dir.path(), "fs.img", "4M", &[]);
+        let qcow2 = dir.path().join("fs.qcow2");
+        ok(
+            &run(Command::new("e2image").arg("-Q").arg(&img).arg(&qcow2)),
+            "e2image -Q",
+        );
+        Fx { dir, img, qcow2 }
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    /// e2image -r of the filesystem: what every raw output must hold.
+    fn raw(&self) -> Vec<u8> {
+        let want = self.path("want.raw");
+        if !want.exists() {
+            ok(
+                &run(Command::new("e2image").arg("-r").arg(&self.img).arg(&want)),
+                "e2image -r",
+            );
+        }
+        fs::read(want).unwrap()
+    }
+}
+
+/// The names in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Tools that write a stream, with what they read.
+fn stream_writers(fx: &Fx) -> Vec<(&'static str, Vec<&'static str>, PathBuf)> {
+    vec![
+        ("e2i-capture", vec![], fx.img.clone()),
+        ("e2i-capture", vec!["-r"], fx.img.clone()),
+        ("e2i-capture", vec!["-Q"], fx.img.clone()),
+        ("e2i-to-raw", vec![], fx.img.clone()),
+        ("e2i-to-qcow2", vec![], fx.img.clone()),
+        ("qcow2-to-raw", vec![], fx.qcow2.clone()),
+    ]
+}
+
+/// `/dev/stdout`, `/dev/fd/1`, `/proc/self/fd/1` are the kernel's links to whatever fd 1
+/// is: a pipe is written as a pipe (the text of the link, `pipe:[N]`, names no file), a
+/// deleted file is written where it is (not as a new file named `x (deleted)`).
+#[test]
+fn the_kernels_links_to_stdout_are_written_through() {
+    let fx = Fx::new();
+    for (t, args, input) in stream_writers(&fx) {
+        let what = format!("{t} {args:?}");
+        let want = run(Command::new(tool(t)).args(&args).arg(&input).arg("-"));
+        ok(&want, &format!("{what} to -"));
+        for name in ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"] {
+            let o = run(Command::new(tool(t))
+                .args(&args)
+                .arg(&input)
+                .arg(name)
+                .stdout(Stdio::piped()));
+            ok(&o, &format!("{what} to {name} on a pipe"));
+            assert!(
+                o.stdout == want.stdout,
+                "{what} to {name} on a pipe: {} bytes, '-' gives {}",
+                o.stdout.len(),
+                want.stdout.len()
+            );
+        }
+    }
+    // A deleted file on fd 1: written there, as e2image writes it; nothing new in the folder.
+    let raw = fx.raw();
+    for (t, args, input) in [
+        ("e2i-capture", vec!["-r"], fx.img.clone()),
+        ("e2i-to-raw", vec![], fx.img.clone()),
+        ("qcow2-to-raw", vec![], fx.qcow2.clone()),
+        ("e2i-move", vec!["--metadata-only"], fx.img.clone()),
+    ] {
+        let sub = fx.path(&format!("deleted-{t}"));
+        fs::create_dir(&sub).unwrap();
+        let gone = sub.join("gone.raw");
+        let mut f = fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&gone)
+            .unwrap();
+        fs::remove_file(&gone).unwrap();
+        let o = run(Command::new(tool(t))
+            .args(&args)
+            .arg(&input)
+            .arg("/dev/stdout")
+            .stdout(Stdio::from(f.try_clone().unwrap())));
+        ok(&o, &format!("{t} to /dev/stdout on a deleted file"));
+        assert!(
+            names(&sub).is_empty(),
+            "{t}: wrote a new file instead: {:?}",
+            names(&sub)
+        );
+        let mut got = Vec::new();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.read_to_end(&mut got).unwrap();
+        assert!(got == raw, "{t}: the deleted file does not hold the image");
+    }
+}
+
+/// A file whose name cannot be replaced by a rename is found out before the work, not at
+/// its end: an append-only or immutable file is refused as open(2) refuses it (e2image's
+/// answer); a file bind-mounted over another name, and another user's writable file in a
+/// sticky folder (/tmp), are written in place, as e2image writes them.
+#[test]
+fn files_that_cannot_be_renamed_over_are_found_out_first() {
+    let fx = Fx::new();
+    let raw = fx.raw();
+    for (flag, _) in [("a", "append-only"), ("i", "immutable")] {
+        for (i, (t, args, input)) in stream_writers(&fx).into_iter().enumerate() {
+            let sub = fx.path(&format!("attr-{flag}-{i}"));
+            fs::create_dir(&sub).unwrap();
+            let out = sub.join("old.img");
+            fs::write(&out, b"precious").unwrap();
+            let _a = Attr::set(&out, flag);
+            let what = format!("{t} {args:?} over a +{flag} file");
+            let err = failed(
+                &run(Command::new(tool(t)).args(&args).arg(&input).arg(&out)),
+                &what,
+            );
+            assert!(err.contains("Operation not permitted"), "{what}: {err}");
+            assert!(err.contains("open"), "{what}: refused at open: {err}");
+            assert_eq!(fs::read(&out).unwrap(), b"precious", "{what}");
+            assert_eq!(names(&sub), ["old.img"], "{what}: temporary files left");
+        }
+    }
+    // A file bind-mounted over another name: the mounted file is written.
+    let shown = fx.path("shown.img");
+    let hidden = fx.path("under.img");
+    fs::write(&shown, b"old").unwrap();
+    fs::write(&hidden, b"hidden").unwrap();
+    {
+        let _m = Mount::new(&[&shown], &hidden, &["--bind"]);
+        for (t, args) in [
+            ("e2i-capture", vec!["-r"]),
+            ("e2i-to-raw", vec![]),
+            ("e2i-move", vec!["--metadata-only"]),
+        ] {
+            fs::write(&shown, b"").unwrap();
+            let o = run(Command::new(tool(t)).args(&args).arg(&fx.img).arg(&hidden));
+            ok(&o, &format!("{t} onto a bind-mounted file"));
+            assert!(fs::read(&shown).unwrap() == raw, "{t}: bind-mounted file");
+        }
+    }
+    assert_eq!(fs::read(&hidden).unwrap(), b"hidden");
+    // Another user's writable file in a sticky folder, written by nobody.
+    let sticky = fx.path("sticky");
+    fs::create_dir(&sticky).unwrap();
+    fs::set_permissions(fx.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&sticky, fs::Permissions::from_mode(0o1777)).unwrap();
+    let input = sticky.join("in.img");
+    fs::copy(&fx.img, &input).unwrap();
+    fs::set_permissions(&input, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = sticky.join("roots.raw");
+    fs::write(&out, b"old").unwrap();
+    fs::set_permissions(&out, fs::Permissions::from_mode(0o666)).unwrap();
+    let o = run(Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(tool("e2i-to-raw"))
+        .arg(&input)
+        .arg(&out));
+    ok(&o, "e2i-to-raw over root's 0666 file in a sticky folder");
+    assert!(fs::read(&out).unwrap() == raw);
+    assert_eq!(names(&sticky), ["in.img", "roots.raw"]);
+}
+
+/// `x/` names a folder: a missing one is reported at once, not after the whole image has
+/// been written under a temporary name that cannot be renamed to it.
+#[test]
+fn a_trailing_slash_is_a_folder() {
+    let fx = Fx::new();
+    for (t, args, input) in stream_writers(&fx) {
+        for dry in [false, true] {
+            let mut c = Command::new(tool(t));
+            c.args(&args);
+            if dry && t != "e2i-capture" {
+                c.arg("-n");
+            }
+            let o = run(c.arg(&input).arg(fx.path("new.raw/")));
+            let err = failed(&o, &format!("{t} {args:?} to new.raw/"));
+            assert!(err.contains("Is a directory"), "{t}: {err}");
+        }
+    }
+    assert!(!names(fx.dir.path()).iter().any(|n| n.contains("new.raw")));
+}
+
+/// A loop device over a loop device over SOURCE is SOURCE's bytes; a read-only device is
+/// refused before anything is opened for writing, also in a dry run.
+#[test]
+fn loops_over_loops_and_read_only_devices() {
+    let fx = Fx::new();
+    let src = fx.path("src.img");
+    let mut disk = vec![0u8; MIB as usize];
+    disk.extend_from_slice(&fs::read(&fx.img).unwrap());
+    disk.resize(disk.len() + MIB as usize, 0);
+    fs::write(&src, &disk).unwrap();
+    let l1 = Loop::new(&src, &[]);
+    let l2 = Loop::new(l1.path(), &[]);
+    for (t, args) in [
+        ("e2i-capture", vec!["-r", "-o", "1048576"]),
+        ("e2i-move", vec!["-o", "1048576"]),
+    ] {
+        let o = run(Command::new(tool(t)).args(&args).arg(&src).arg(l2.path()));
+        let err = failed(&o, &format!("{t}: OUTPUT a loop over a loop over SOURCE"));
+        assert!(err.contains("is SOURCE"), "{t}: {err}");
+        assert!(fs::read(&src).unwrap() == disk, "{t}: SOURCE changed");
+    }
+    // Loop devices over OUTPUT do not make it INPUT: writing SOURCE's file is not refused
+    // because something else reads it.
+    let o = run(Command::new(tool("e2i-to-raw"))
+        .args(["-O", "1048576"])
+        .arg(&fx.img)
+        .arg(&src));
+    ok(&o, "e2i-to-raw into a file that loop devices stand on");
+    drop(l2);
+    drop(l1);
+    let target = fx.path("ro.img");
+    fs::write(&target, vec![0x5au8; 6 * MIB as usize]).unwrap();
+    let ro = Loop::new(&target, &["-r"]);
+    for dry in [false, true] {
+        for (t, args) in [
+            ("e2i-to-raw", vec![]),
+            ("e2i-capture", vec!["-r"]),
+            ("e2i-move", vec![]),
+        ] {
+            let mut c = Command::new(tool(t));
+            c.args(&args);
+            if dry && t != "e2i-capture" {
+                c.arg("-n");
+            }
+            let o = run(c.arg(&fx.img).arg(ro.path()));
+            let err = failed(&o, &format!("{t} onto a read-only device (dry run {dry})"));
+            assert!(err.contains("read-only"), "{t}: {err}");
+        }
+    }
+    drop(ro);
+    assert!(fs::read(&target).unwrap().iter().all(|&b| b == 0x5a));
+    // Moved in place: refused before a journal is begun (it failed at its first write).
+    let state = fx.path("state");
+    let ro = Loop::new(&src, &["-r"]);
+    let o = run(Command::new(tool("e2i-move"))
+        .args(["-o", "1048576", "-O", "2097152"])
+        .arg(ro.path())
+        .env("XDG_STATE_HOME", &state));
+    let err = failed(&o, "e2i-move in place on a read-only device");
+    assert!(err.contains("read-only"), "{err}");
+    assert!(!state.exists(), "a journal was begun: {:?}", names(&state));
+}
+
+/// An existing qcow2 image given as a target written by position (e2i-move's DEST, `-O`,
+/// `-c`) would have raw bytes written into its container: refused, nothing written. Given
+/// as a plain OUTPUT it is replaced by the new image, as asked.
+#[test]
+fn an_existing_qcow2_is_never_written_by_position() {
+    let fx = Fx::new();
+    let before = fs::read(&fx.qcow2).unwrap();
+    let target = fx.path("target.qcow2");
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        ("e2i-move", vec![]),
+        ("e2i-move", vec!["-O", "4096"]),
+        ("e2i-move", vec!["-n"]),
+        ("e2i-to-raw", vec!["-O", "0"]),
+        ("e2i-to-raw", vec!["-c"]),
+        ("e2i-to-raw", vec!["-c", "-n"]),
+    ];
+    for (t, args) in cases {
+        fs::write(&target, &before).unwrap();
+        let o = run(Command::new(tool(t)).args(&args).arg(&fx.img).arg(&target));
+        let err = failed(&o, &format!("{t} {args:?} into a qcow2 image"));
+        assert!(err.contains("is a qcow2 image"), "{t} {args:?}: {err}");
+        assert!(
+            fs::read(&target).unwrap() == before,
+            "{t} {args:?}: changed"
+        );
+    }
+    fs::write(&target, &before).unwrap();
+    let o = run(Command::new(tool("qcow2-to-raw"))
+        .args(["-O", "0"])
+        .arg(&fx.qcow2)
+        .arg(&target));
+    failed(&o, "qcow2-to-raw -O into a qcow2 image");
+    ok(
+        &run(Command::new(tool("e2i-to-raw")).arg(&fx.img).arg(&target)),
+        "e2i-to-raw replacing a qcow2 file",
+    );
+    assert!(fs::read(&target).unwrap() == fx.raw());
+}
+
+/// An offset no file can reach (past 2^63 - 1, or past the largest file of the filesystem
+/// holding the target) is refused before anything is created or written — for an in-place
+/// move, before its journal exists (it would otherwise fail at its first write and leave
+/// an unfinished journal that blocks every other move).
+#[test]
+fn offsets_no_file_can_reach_are_refused_first() {
+    let fx = Fx::new();
+    // A filesystem whose largest file is known: ext4 with 1 KiB blocks, 4 TiB.
+    let small = fx.path("small.ext4");
+    ok(
+        &run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-b", "1024"])
+            .arg(&small)
+            .arg("16M")),
+        "mkfs.ext4",
+    );
+    let mnt = fx.path("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let lo = Loop::new(&small, &[]);
+    let _m = Mount::new(&[lo.path()], &mnt, &[]);
+    let state = fx.path("state");
+    for off in ["9223372036854775808", "5T"] {
+        for (t, args, input) in [
+            ("e2i-to-raw", vec!["-O", off], fx.img.clone()),
+            ("qcow2-to-raw", vec!["-O", off], fx.qcow2.clone()),
+            ("e2i-move", vec!["-O", off], fx.img.clone()),
+        ] {
+            for existing in [false, true] {
+                let out = mnt.join("out.raw");
+                let _ = fs::remove_file(&out);
+                if existing {
+                    fs::write(&out, b"old").unwrap();
+                }
+                let what = format!("{t} -O {off} (existing {existing})");
+                let o = run(Command::new(tool(t))
+                    .args(&args)
+                    .arg(&input)
+                    .arg(&out)
+                    .env("XDG_STATE_HOME", &state));
+                let err = failed(&o, &what);
+                assert!(err.contains("cannot reach"), "{what}: {err}");
+                assert!(err.contains("out.raw"), "{what}: names OUTPUT: {err}");
+                let left = names(&mnt);
+                let want: &[&str] = if existing {
+                    &["lost+found", "out.raw"]
+                } else {
+                    &["lost+found"]
+                };
+                assert_eq!(left, want, "{what}");
+                if existing {
+                    assert_eq!(fs::read(&out).unwrap(), b"old", "{what}");
+                }
+            }
+        }
+        // In place: no journal, nothing written, and the next (sane) move is not blocked.
+        fs::remove_file(mnt.join("out.raw")).unwrap();
+        let img = mnt.join("fs.img");
+        fs::copy(&fx.img, &img).unwrap();
+        let o = run(Command::new(tool("e2i-move"))
+            .args(["-O", off])
+            .arg(&img)
+            .env("XDG_STATE_HOME", &state));
+        let err = failed(&o, &format!("e2i-move in place -O {off}"));
+        assert!(err.contains("cannot reach"), "{err}");
+        assert_eq!(names(&mnt), ["fs.img", "lost+found"], "-O {off}: a journal");
+        assert!(fs::read(&img).unwrap() == fs::read(&fx.img).unwrap());
+        let o = run(Command::new(tool("e2i-move"))
+            .args(["-O", "1M"])
+            .arg(&img)
+            .env("XDG_STATE_HOME", &state));
+        ok(&o, "the move after it");
+        fs::remove_file(&img).unwrap();
+        let _ = fs::remove_file(mnt.join("fs.img.e2i-move"));
+    }
+}
+
+/// Wait (up to a minute) until `dir` has a name containing `part`.
+fn wait_for_name(dir: &Path, part: &str) -> bool {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed().as_secs() < 60 {
+        if names(dir).iter().any(|n| n.contains(part)) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
+/// SIGKILL (the OOM killer) leaves a run's temporary file behind — possibly gigabytes on a
+/// disk already short of room. The next run writing the same OUTPUT removes it; it never
+/// touches the temporary file of a run that is still alive.
+#[test]
+fn a_killed_runs_temporary_file_is_removed_by_the_next_run() {
+    let fx = Fx::new();
+    let outs = fx.path("outs");
+    fs::create_dir(&outs).unwrap();
+    let out = outs.join("new.raw");
+    let paused = |name: &Path| {
+        Command::new(tool("e2i-to-raw"))
+            .arg(&fx.img)
+            .arg(name)
+            .env("E2I_TEST_PAUSE_AFTER_OPEN_MS", "600000")
+            .spawn()
+            .unwrap()
+    };
+    let mut killed = paused(&out);
+    assert!(wait_for_name(&outs, "partial"), "no temporary file");
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    assert!(names(&outs).iter().any(|n| n.contains("partial")));
+    // A live run on the same OUTPUT keeps its file while another run finishes.
+    let mut live = paused(&out);
+    let live_name = format!("e2i-partial-{}-", live.id());
+    assert!(wait_for_name(&outs, &live_name), "no live temporary file");
+    ok(
+        &run(Command::new(tool("e2i-to-raw")).arg(&fx.img).arg(&out)),
+        "the next run",
+    );
+    let left = names(&outs);
+    assert!(fs::read(&out).unwrap() == fx.raw());
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.iter().any(|n| n.contains(&live_name)), "{left:?}");
+    live.kill().unwrap();
+    live.wait().unwrap();
+}
+
+/// Opening a FIFO waits for its reader, as e2image's open does; on a terminal the tool says
+/// so instead of seeming to hang, then writes the stream once a reader comes.
+#[test]
+fn a_fifo_without_a_reader_is_announced_on_a_terminal() {
+    let fx = Fx::new();
+    let fifo = fx.path("fifo");
+    ok(&run(Command::new("mkfifo").arg(&fifo)), "mkfifo");
+    // `script` gives the tool a terminal; its output (the terminal's) is collected here.
+    let cmd = format!(
+        "{} {} {}",
+        tool("e2i-to-raw").display(),
+        fx.img.display(),
+        fifo.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut term = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = term.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if text(&seen).contains("waiting for one") {
+                let _ = tx.send(());
+            }
+        }
+        seen
+    });
+    let announced = rx.recv_timeout(std::time::Duration::from_secs(60)).is_ok();
+    let mut got = Vec::new();
+    fs::File::open(&fifo)
+        .unwrap()
+        .read_to_end(&mut got)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let seen = text(&reader.join().unwrap());
+    assert!(announced, "no note on the terminal: {seen}");
+    assert!(got == fx.raw(), "the reader got {} bytes", got.len());
+    // A reader already there gets everything, and no note is printed: finding out whether
+    // a reader is there must not open and close the FIFO (its reader would read end of file
+    // and go). `holder` is that reader; the data is read through a second descriptor.
+    let holder = {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(&fifo)
+            .unwrap()
+    };
+    let f2 = fifo.clone();
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        fs::File::open(&f2).unwrap().read_to_end(&mut v).unwrap();
+        v
+    });
+    let o = run(Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null()));
+    ok(&o, "with a reader");
+    assert!(!text(&o.stdout).contains("waiting"), "{}", text(&o.stdout));
+    let got = reader.join().unwrap();
+    drop(holder);
+    assert!(got == fx.raw(), "a waiting reader got {} bytes", got.len());
+}
+
+/// Run `cmd`; when it is still running after a minute (stuck in the open of `fifo`), unblock
+/// it by opening the FIFO's other end, kill it and return `None`.
+fn run_unless_stuck(cmd: &mut Command, fifo: &Path) -> Option<Output> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed().as_secs() > 60 {
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+                .open(fifo);
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Some(child.wait_with_output().unwrap())
+}
+
+/// A FIFO OUTPUT of a run that writes by position (`-O`, `-c`) or needs a new regular file
+/// (`--compress`) is refused before it is opened: the open waited for a reader, forever
+/// when none came, only for the run to be refused then.
+#[test]
+fn a_fifo_the_run_cannot_use_is_refused_unopened() {
+    let fx = Fx::new();
+    let fifo = fx.path("fifo");
+    ok(&run(Command::new("mkfifo").arg(&fifo)), "mkfifo");
+    let cases: Vec<(&str, Vec<&str>, &Path)> = vec![
+        ("e2i-to-raw", vec!["-O", "0"], &fx.img),
+        ("e2i-to-raw", vec!["-c"], &fx.img),
+        ("e2i-to-raw", vec!["-c", "-n"], &fx.img),
+        ("qcow2-to-raw", vec!["-O", "4096"], &fx.qcow2),
+        ("e2i-to-qcow2", vec!["--compress"], &fx.img),
+        ("e2i-capture", vec!["-Q", "--compress"], &fx.img),
+    ];
+    for (t, args, input) in cases {
+        let what = format!("{t} {args:?} to a FIFO without a reader");
+        let o = run_unless_stuck(
+            Command::new(tool(t)).args(&args).arg(input).arg(&fifo),
+            &fifo,
+        )
+        .unwrap_or_else(|| panic!("{what}: waited for a reader"));
+        let err = failed(&o, &what);
+        assert!(err.contains("FIFO"), "{what}: {err}");
+    }
+}
+
+// ---- e2i-move ----
+
+/// Test sizes: pieces of 64 KiB written in 16 KiB slices, so a small filesystem has many
+/// pieces and crash points.
+const PIECE_KIB: &str = "64";
+const SLICE_KIB: &str = "16";
+
+/// A disk: `head` bytes of a pattern, a filesystem with some data, 1 MiB of pattern; and
+/// `e2image -ra` of the filesystem alone (what the moved filesystem must hold).
+fn move_disk(dir: &Path, head: u64) -> (PathBuf, Vec<u8>) {
+    let tree = dir.join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..24 {
+        let v: Vec<u8> = (0..20_000 + i * 7_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        fs::write(tree.join(format!("f{i}")), v).unwrap();
+    }
+    let img = dir.join("fs.img");
+    ok(
+        &run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-b", "4096", "-E", "root_owner=0:0", "-d"])
+            .arg(&tree)
+            .arg(&img)
+            .arg("6M")),
+        "mkfs.ext4",
+    );
+    let want = dir.join("want.raw");
+    ok(
+        &run(Command::new("e2image").arg("-ra").arg(&img).arg(&want)),
+        "e2image -ra",
+    );
+    let mut d: Vec<u8> = (0..head).map(|i| (i % 253) as u8).collect();
+    d.extend_from_slice(&fs::read(&img).unwrap());
+    d.extend((0..MIB).map(|i| (i % 241) as u8));
+    let disk = dir.join("disk.img");
+    fs::write(&disk, d).unwrap();
+    (disk, fs::read(want).unwrap())
+}
+
+/// e2i-move with the test sizes, its own state folder, killed at crash point `kill_at`
+/// (0: not killed).
+fn mv(args: &[&str], disk: &Path, state: &Path, kill_at: u64) -> Output {
+    run(Command::new(tool("e2i-move"))
+        .args(args)
+        .arg(disk)
+        .env("XDG_STATE_HOME", state)
+        .env("E2I_MOVE_PIECE_KIB", PIECE_KIB)
+        .env("E2I_MOVE_SLICE_KIB", SLICE_KIB)
+        .env("E2I_MOVE_KILL_AT", kill_at.to_string()))
+}
+
+fn crash_points(o: &Output) -> u64 {
+    text(&o.stderr)
+        .lines()
+        .find_map(|l| {
+            l.strip_suffix(" crash points")?
+                .rsplit(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("crash point count")
+}
+
+fn was_killed(o: &Output) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    o.status.signal() == Some(9)
+}
+
+/// Does `disk` hold, at byte `off`, the filesystem `want` (e2image -ra) that passes e2fsck?
+fn holds_fs(disk: &Path, off: u64, want: &[u8], scratch: &Path) -> bool {
+    let got = scratch.join("got.raw");
+    let _ = fs::remove_file(&got);
+    let o = run(Command::new("e2image")
+        .args(["-ra", "-o", &off.to_string()])
+        .arg(disk)
+        .arg(&got));
+    let fsck = run(Command::new("e2fsck")
+        .arg("-fn")
+        .arg(format!("{}?offset={off}", disk.display())));
+    o.status.success() && fsck.status.success() && fs::read(&got).unwrap() == want
+}
+
+fn journal_of(path: &Path) -> PathBuf {
+    let mut j = fs::canonicalize(path).unwrap().into_os_string();
+    j.push(".e2i-move");
+    PathBuf::from(j)
+}
+
+/// A finished journal is "finished" only when the moved filesystem is there. A copy of the
+/// image taken while the move ran and put back afterwards (in place, or as a new file) can
+/// already hold the moved superblock at D — a move to the left writes it first — and was
+/// called finished (exit 0, e2fsck failing at D). Every such rerun must now refuse (nothing
+/// written) or end with the right filesystem; the moved filesystem used since is refused
+/// with what to do, an untouched one is still "already finished".
+#[test]
+fn a_finished_journal_never_calls_a_half_moved_copy_finished() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let (disk, want) = move_disk(d.path(), 2 * MIB);
+    let orig = fs::read(&disk).unwrap();
+    let args = ["-o", "2097152", "-O", "1048576"];
+    let total = crash_points(&mv(&args, &disk, &state, u64::MAX));
+    let (mut refused, mut moved) = (0, 0);
+    for c in [2, 3, 4, 6, total / 4, total / 2, total - 2] {
+        for new_inode in [false, true] {
+            let what = format!("killed at {c} of {total}, put back as a new inode: {new_inode}");
+            fs::write(&disk, &orig).unwrap();
+            let _ = fs::remove_file(journal_of(&disk));
+            assert!(
+                was_killed(&mv(&args, &disk, &state, c)),
+                "{what}: not killed"
+            );
+            let half = fs::read(&disk).unwrap();
+            ok(&mv(&args, &disk, &state, 0), &format!("{what}: finishing"));
+            assert!(
+                holds_fs(&disk, MIB, &want, d.path()),
+                "{what}: finished move"
+            );
+            if new_inode {
+                let tmp = d.path().join("half.img");
+                fs::write(&tmp, &half).unwrap();
+                fs::rename(&tmp, &disk).unwrap();
+            } else {
+                fs::write(&disk, &half).unwrap();
+            }
+            let o = mv(&args, &disk, &state, 0);
+            if o.status.success() {
+                moved += 1;
+                assert!(
+                    !text(&o.stdout).contains("already finished")
+                        || holds_fs(&disk, MIB, &want, d.path()),
+                    "{what}: called finished: {}",
+                    text(&o.stdout)
+                );
+                assert!(holds_fs(&disk, MIB, &want, d.path()), "{what}: corrupted");
+            } else {
+                let err = failed(&o, &what);
+                assert!(err.contains("half-moved"), "{what}: {err}");
+                assert!(
+                    fs::read(&disk).unwrap() == half,
+                    "{what}: the refusal wrote"
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused >= 2, "{refused} refused, {moved} moved");
+    // The moved filesystem, untouched since: finished, without a word about anything else.
+    fs::write(&disk, &orig).unwrap();
+    let _ = fs::remove_file(journal_of(&disk));
+    ok(&mv(&args, &disk, &state, 0), "move");
+    let o = mv(&args, &disk, &state, 0);
+    ok(&o, "rerun");
+    assert!(
+        text(&o.stdout).contains("already finished"),
+        "{}",
+        text(&o.stdout)
+    );
+    // Used since (its label changed, as tune2fs -L would): not finished, not moved, said
+    // why. (A change in a free block is no change to what the move wrote.)
+    let mut used = fs::read(&disk).unwrap();
+    let at = (MIB + 1024 + 0x78) as usize;
+    used[at] ^= 0xff;
+    fs::write(&disk, &used).unwrap();
+    let err = failed(&mv(&args, &disk, &state, 0), "rerun over a used filesystem");
+    assert!(err.contains("used since"), "{err}");
+    assert!(fs::read(&disk).unwrap() == used);
+}
+
+/// The identity index finds unfinished journals only. A finished one found through it (a
+/// move finished under --journal, SOURCE restored from its backup; or a deleted file whose
+/// inode number SOURCE reuses) was used as the new move's journal: the new move's journal
+/// went into that other folder and overwrote the file there.
+#[test]
+fn the_index_never_hands_a_new_move_an_old_finished_journal() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let (disk, want) = move_disk(d.path(), MIB);
+    let orig = fs::read(&disk).unwrap();
+    let other = d.path().join("elsewhere");
+    fs::create_dir(&other).unwrap();
+    let named = other.join("j");
+    let args = ["-o", "1048576", "-O", "1052672"];
+    let mut a = args.to_vec();
+    a.extend(["--journal", named.to_str().unwrap()]);
+    ok(&mv(&a, &disk, &state, 0), "move with --journal");
+    let kept = fs::read(&named).unwrap();
+    fs::write(&disk, &orig).unwrap();
+    ok(
+        &mv(&args, &disk, &state, 0),
+        "the same move, restored, default journal",
+    );
+    assert!(holds_fs(&disk, MIB + 4096, &want, d.path()));
+    assert!(
+        journal_of(&disk).exists(),
+        "the new journal is next to SOURCE"
+    );
+    assert!(
+        fs::read(&named).unwrap() == kept,
+        "the other journal was overwritten"
+    );
+}
+
+/// One mover per SOURCE and per journal, under every name: a move through a loop device
+/// over the file being moved (with the file's journal named, or not) is refused while the
+/// first runs — it used to adopt the journal and move the same bytes at the same time.
+#[test]
+fn two_movers_never_share_a_file_or_a_journal() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let (disk, want) = move_disk(d.path(), MIB);
+    // Within the loop device's size (the disk's size when it is set up).
+    let args = ["-o", "1048576", "-O", "2097152"];
+    let first = Command::new(tool("e2i-move"))
+        .args(args)
+        .arg(&disk)
+        .env("XDG_STATE_HOME", &state)
+        .env("E2I_MOVE_PIECE_KIB", PIECE_KIB)
+        .env("E2I_MOVE_THROTTLE_US", "1500000")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let journal = journal_of(&disk);
+    let t0 = std::time::Instant::now();
+    while !journal.exists() {
+        assert!(t0.elapsed().as_secs() < 60, "the first move never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let lo = Loop::new(&disk, &[]);
+    for extra in [vec!["--journal", journal.to_str().unwrap()], vec![]] {
+        let mut a = args.to_vec();
+        a.extend(extra.iter());
+        let o = run(Command::new(tool("e2i-move"))
+            .args(&a)
+            .arg(lo.path())
+            .env("XDG_STATE_HOME", &state));
+        let what = format!("a second mover through {} {extra:?}", lo.0);
+        let err = failed(&o, &what);
+        assert!(err.contains("another e2i-move"), "{what}: {err}");
+    }
+    let o = first.wait_with_output().unwrap();
+    ok(&o, "the first mover");
+    drop(lo);
+    assert!(holds_fs(&disk, 2 * MIB, &want, d.path()));
+}
+
+/// An unfinished move that changed nothing (every piece still at its source: killed before
+/// its first write, or failed there) does not block a move with other offsets: it is given
+/// up with a note. One that moved something still blocks.
+#[test]
+fn a_move_that_changed_nothing_does_not_block_another() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let (disk, want) = move_disk(d.path(), MIB);
+    let orig = fs::read(&disk).unwrap();
+    let first = ["-o", "1048576", "-O", "1050624"];
+    assert!(was_killed(&mv(&first, &disk, &state, 1)), "not killed");
+    assert!(journal_of(&disk).exists());
+    assert!(fs::read(&disk).unwrap() == orig);
+    let o = mv(&["-o", "1048576", "-O", "2097152"], &disk, &state, 0);
+    ok(&o, "a move with other offsets");
+    assert!(text(&o.stderr).contains("given up"), "{}", text(&o.stderr));
+    assert!(holds_fs(&disk, 2 * MIB, &want, d.path()));
+    // Half done: still blocks, and says how to finish it.
+    fs::write(&disk, &orig).unwrap();
+    let _ = fs::remove_file(journal_of(&disk));
+    let total = crash_points(&mv(&first, &disk, &state, u64::MAX));
+    fs::write(&disk, &orig).unwrap();
+    let _ = fs::remove_file(journal_of(&disk));
+    assert!(was_killed(&mv(&first, &disk, &state, total / 2)));
+    let half = fs::read(&disk).unwrap();
+    let err = failed(
+        &mv(&["-o", "1048576", "-O", "2097152"], &disk, &state, 0),
+        "a move over a half-done one",
+    );
+    assert!(err.contains("finish it first"), "{err}");
+    assert!(fs::read(&disk).unwrap() == half);
+    ok(&mv(&first, &disk, &state, 0), "finishing the first");
+    assert!(holds_fs(&disk, MIB + 2048, &want, d.path()));
+}
+
+/// A FIFO SOURCE of e2i-move is refused before it is opened: a dry run, and any run with
+/// `-o` (to say where SOURCE ends), opened it to read, which waits forever for a writer.
+#[test]
+fn a_fifo_source_of_a_move_is_refused_without_waiting() {
+    let d = tempdir();
+    let fifo = d.path().join("fifo");
+    ok(&run(Command::new("mkfifo").arg(&fifo)), "mkfifo");
+    let out = d.path().join("out.img");
+    let (f, o) = (fifo.to_str().unwrap(), out.to_str().unwrap());
+    let cases: [&[&str]; 4] = [
+        &["-n", "-O", "1M", f],
+        &["-o", "1M", "-O", "2M", f],
+        &["-n", "-o", "1M", "-O", "2M", f],
+        &["-o", "1M", f, o],
+    ];
+    for args in cases {
+        let mut child = Command::new(tool("e2i-move"))
+            .args(args)
+            .env("XDG_STATE_HOME", d.path().join("state"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break Some(st);
+            }
+            if t0.elapsed().as_secs() > 60 {
+                // Give it its writer, so that it ends, then fail.
+                let _ = fs::OpenOptions::new().write(true).open(&fifo);
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let status = status.unwrap_or_else(|| panic!("{args:?}: waited for a writer"));
+        assert_eq!(status.code(), Some(1), "{args:?}");
+        let mut err = String::new();
+        let mut pipe = child.stderr.take().unwrap();
+        pipe.read_to_string(&mut err).unwrap();
+        assert!(
+            err.contains("not a regular file or block device") || err.contains("not a seekable"),
+            "{args:?}: {err}"
+        );
+        assert!(!out.exists(), "{args:?}");
+    }
+}
+
+/// A journal that cannot be created is reported before the filesystem is scanned and read,
+/// naming the journal (and, for the default place, how to give another).
+#[test]
+fn a_journal_that_cannot_be_created_is_found_out_first() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let (disk, _) = move_disk(d.path(), MIB);
+    let orig = fs::read(&disk).unwrap();
+    let ro = d.path().join("ro");
+    fs::create_dir(&ro).unwrap();
+    let _m = Mount::new(&[&ro], &ro, &["--bind"]);
+    ok(
+        &run(Command::new("mount")
+            .args(["-o", "remount,bind,ro"])
+            .arg(&ro)),
+        "remount ro",
+    );
+    let j = ro.join("j");
+    let o = mv(
+        &[
+            "-o",
+            "1048576",
+            "-O",
+            "1052672",
+            "--journal",
+            j.to_str().unwrap(),
+        ],
+        &disk,
+        &state,
+        0,
+    );
+    let err = failed(&o, "--journal in a read-only folder");
+    assert!(
+        err.contains("cannot be created: Read-only file system"),
+        "{err}"
+    );
+    assert!(!err.contains("another place"), "{err}");
+    assert!(fs::read(&disk).unwrap() == orig);
+    // The default place next to SOURCE, in a folder nobody may write.
+    let locked = d.path().join("locked");
+    fs::create_dir(&locked).unwrap();
+    let img = locked.join("disk.img");
+    fs::write(&img, &orig).unwrap();
+    fs::set_permissions(&img, fs::Permissions::from_mode(0o666)).unwrap();
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o755)).unwrap();
+    let o = run(Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(tool("e2i-move"))
+        .args(["-o", "1048576", "-O", "1052672"])
+        .arg(&img)
+        .env("XDG_STATE_HOME", &state));
+    let err = failed(&o, "default journal in a locked folder");
+    assert!(
+        err.contains("cannot be created: Permission denied"),
+        "{err}"
+    );
+    assert!(err.contains("--journal"), "{err}");
+    assert!(fs::read(&img).unwrap() == orig);
+}
+
+/// A move killed after its superblock reached D (a move to the left writes it first), rerun
+/// under another identity — a loop device over the file, a copy of it in another folder —
+/// found no filesystem at S and said "was it moved already?" without naming the journal
+/// that can finish it. It is found by the UUID at D, as it is by the one at S earlier in
+/// the move: refused, nothing written, naming the journal; with that journal, finished.
+#[test]
+fn a_half_moved_source_under_another_identity_names_its_journal() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let (disk, want) = move_disk(d.path(), 2 * MIB);
+    let orig = fs::read(&disk).unwrap();
+    let args = ["-o", "2097152", "-O", "1048576"];
+    let total = crash_points(&mv(&args, &disk, &state, u64::MAX));
+    let other = d.path().join("other");
+    fs::create_dir(&other).unwrap();
+    let copy = other.join("copy.img");
+    for c in [3, total / 2, total - 2] {
+        let what = format!("killed at {c} of {total}");
+        fs::write(&disk, &orig).unwrap();
+        let _ = fs::remove_file(journal_of(&disk));
+        let _ = fs::remove_dir_all(&state);
+        assert!(
+            was_killed(&mv(&args, &disk, &state, c)),
+            "{what}: not killed"
+        );
+        let half = fs::read(&disk).unwrap();
+        fs::write(&copy, &half).unwrap();
+        let j = journal_of(&disk);
+        let lo = Loop::new(&disk, &[]);
+        for (name, path) in [("a loop device", lo.path()), ("a copy", copy.as_path())] {
+            let err = failed(&mv(&args, path, &state, 0), &format!("{what}: via {name}"));
+            assert!(
+                err.contains(&format!("finish it with --journal {}", j.display())),
+                "{what}: via {name}: {err}"
+            );
+        }
+        assert!(fs::read(&disk).unwrap() == half, "{what}: SOURCE changed");
+        assert!(fs::read(&copy).unwrap() == half, "{what}: the copy changed");
+        let mut a = args.to_vec();
+        a.extend(["--journal", j.to_str().unwrap()]);
+        ok(
+            &mv(&a, lo.path(), &state, 0),
+            &format!("{what}: finished via the loop"),
+        );
+        drop(lo);
+        assert!(holds_fs(&disk, MIB, &want, d.path()), "{what}: moved");
+    }
+}
+
+/// A SOURCE being moved in place holds no consistent filesystem anywhere until the move
+/// ends: a clone or a capture of it taken meanwhile (a move to the right keeps a valid
+/// superblock at S until its last piece) was silently corrupt, exit 0. Readers of SOURCE
+/// (e2i-move's clone form, e2i-capture, the converters) are refused while a mover runs on
+/// it — under any name, a loop device too — and while an unfinished move has left it half
+/// moved; a journal SOURCE no longer matches (a backup restored) does not stand in the way.
+#[test]
+fn a_source_being_moved_is_not_read_as_a_filesystem() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let (disk, want) = move_disk(d.path(), MIB);
+    let orig = fs::read(&disk).unwrap();
+    let args = ["-o", "1048576", "-O", "1052672"];
+    let out = d.path().join("out.img");
+    let readers = |src: &Path| -> Vec<(String, Command)> {
+        let mut v = Vec::new();
+        for (t, a) in [
+            ("e2i-move", vec!["-o", "1048576"]),
+            ("e2i-capture", vec!["-r", "-a", "-o", "1048576"]),
+            ("e2i-to-raw", vec![]),
+            ("e2i-to-qcow2", vec![]),
+        ] {
+            let mut c = Command::new(tool(t));
+            c.args(&a).arg(src).arg(&out).env("XDG_STATE_HOME", &state);
+            v.push((format!("{t} {a:?} {}", src.display()), c));
+        }
+        v
+    };
+    // While a mover runs.
+    let first = Command::new(tool("e2i-move"))
+        .args(args)
+        .arg(&disk)
+        .env("XDG_STATE_HOME", &state)
+        .env("E2I_MOVE_PIECE_KIB", PIECE_KIB)
+        .env("E2I_MOVE_THROTTLE_US", "1500000")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let journal = journal_of(&disk);
+    let t0 = std::time::Instant::now();
+    while !journal.exists() {
+        assert!(t0.elapsed().as_secs() < 60, "the move never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let lo = Loop::new(&disk, &[]);
+    for src in [disk.as_path(), lo.path()] {
+        for (what, mut c) in readers(src) {
+            let err = failed(&run(&mut c), &format!("{what} during a move"));
+            assert!(
+                err.contains("an in-place e2i-move is moving"),
+                "{what}: {err}"
+            );
+            assert!(!out.exists(), "{what}: wrote OUTPUT");
+        }
+    }
+    drop(lo);
+    ok(&first.wait_with_output().unwrap(), "the move");
+    assert!(holds_fs(&disk, MIB + 4096, &want, d.path()));
+    // Half moved by a killed move: refused, naming the journal; finished, read as usual.
+    fs::write(&disk, &orig).unwrap();
+    fs::remove_file(&journal).unwrap();
+    let total = crash_points(&mv(&args, &disk, &state, u64::MAX));
+    for c in [4, total / 2, total - 2] {
+        fs::write(&disk, &orig).unwrap();
+        let _ = fs::remove_file(&journal);
+        assert!(
+            was_killed(&mv(&args, &disk, &state, c)),
+            "not killed at {c}"
+        );
+        for (what, mut c) in readers(&disk) {
+            let err = failed(&run(&mut c), &format!("{what} of a half-moved SOURCE"));
+            assert!(err.contains("half-moved"), "{what}: {err}");
+            assert!(
+                err.contains(&journal.display().to_string()),
+                "{what}: {err}"
+            );
+            assert!(!out.exists(), "{what}: wrote OUTPUT");
+        }
+    }
+    // A backup put back over the half-moved file: the journal is stale, SOURCE is read.
+    fs::write(&disk, &orig).unwrap();
+    let mut clone = readers(&disk).remove(0).1;
+    ok(&run(&mut clone), "a clone of the restored backup");
+    assert!(fs::read(&out).unwrap() == want, "the clone");
+    fs::remove_file(&out).unwrap();
+    // Finished: read as usual.
+    fs::write(&disk, &orig).unwrap();
+    let _ = fs::remove_file(&journal);
+    ok(&mv(&args, &disk, &state, 0), "the move");
+    let mut clone = Command::new(tool("e2i-move"));
+    clone.args(["-o", "1052672"]).arg(&disk).arg(&out);
+    ok(&run(&mut clone), "a clone of the moved filesystem");
+    assert!(fs::read(&out).unwrap() == want, "the clone after the move");
+}
+
+/// A move that fails after its journal is begun (here: the disk fills while it saves a
+/// piece) is unfinished; its error line said only "No space left on device". It now says
+/// that the move is unfinished, names the kept journal and what to do; doing that (space
+/// freed, the same command) finishes the move.
+#[test]
+fn a_move_stopped_by_a_full_disk_says_how_to_finish_it() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let (disk, want) = move_disk(d.path(), MIB);
+    let mnt = d.path().join("small");
+    fs::create_dir(&mnt).unwrap();
+    let _m = Mount::new(
+        &[Path::new("tmpfs")],
+        &mnt,
+        &["-t", "tmpfs", "-o", "size=12m"],
+    );
+    let img = mnt.join("disk.img");
+    ok(
+        &run(Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&disk)
+            .arg(&img)),
+        "cp",
+    );
+    // Leave less room than one saved piece (a shift of 4 KiB saves every piece first).
+    let st = rustix::fs::statvfs(&mnt).unwrap();
+    let free = st.f_bavail * st.f_frsize;
+    let filler = mnt.join("filler");
+    fs::write(&filler, vec![0x55u8; (free - 32 * 1024) as usize]).unwrap();
+    let args = ["-o", "1048576", "-O", "1044480"];
+    let o = mv(&args, &img, &state, 0);
+    let err = failed(&o, "a move on a full disk");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("the move is unfinished"), "{err}");
+    assert!(
+        err.contains("run the same command again to finish it"),
+        "{err}"
+    );
+    let lines = err.lines().filter(|l| !l.contains("test hook")).count();
+    assert_eq!(lines, 1, "one line: {err}");
+    fs::remove_file(&filler).unwrap();
+    ok(&mv(&args, &img, &state, 0), "the same command, space freed");
+    assert!(holds_fs(&img, MIB - 4096, &want, d.path()));
+}
