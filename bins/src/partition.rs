@@ -122,7 +122,7 @@ pub fn list_json(t: &Table, p: &Partition, fs: Option<&partition::FsInfo>) -> St
     o = match fs {
         Some(f) => o
             .str("fs", f.kind)
-            .num("block_size", u64::from(f.block_size))
+            .num("block_size", f.block_size.bytes())
             .num("blocks_count", f.blocks_count)
             .str("uuid", &f.uuid_text()),
         None => o.null("fs"),

@@ -30,6 +30,7 @@ use crate::error::CorruptKind;
 use crate::ext4::Superblock;
 use crate::ext4::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, feature};
 use crate::io::ReadAt;
+use crate::units::BlockSize;
 use crate::{Error, Result};
 
 pub use gpt::MAX_GPT_ARRAY_BYTES;
@@ -325,7 +326,7 @@ fn check_layout(t: &mut Table) {
 pub struct FsInfo {
     /// "ext2", "ext3" or "ext4", as blkid tells them apart.
     pub kind: &'static str,
-    pub block_size: u32,
+    pub block_size: BlockSize,
     pub blocks_count: u64,
     pub uuid: [u8; 16],
 }
@@ -334,7 +335,7 @@ impl FsInfo {
     /// Size in bytes (`None` if it does not fit in 64 bits: the superblock parser refuses
     /// those, so this does not happen for a parsed one).
     pub fn bytes(&self) -> Option<u64> {
-        self.blocks_count.checked_mul(u64::from(self.block_size))
+        self.block_size.bytes_of(self.blocks_count)
     }
 
     /// The UUID as `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
