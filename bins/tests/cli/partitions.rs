@@ -613,8 +613,9 @@ fn moves_and_installs_stay_inside_their_partition() {
     ok(&o, "debugfs");
     let changed = std::fs::read(&disk).unwrap();
     let undo = d.path().join("p2.undo");
+    // -f: the filesystem was written after the image was taken (install refuses that).
     let o = run(Command::new(tool("e2i-install"))
-        .args(["-P", "2", "-z"])
+        .args(["-f", "-P", "2", "-z"])
         .arg(&undo)
         .arg(&disk)
         .arg(&image));
