@@ -28,6 +28,7 @@ pub mod mount;
 pub mod normal;
 pub mod ops;
 pub mod output;
+pub mod partition;
 pub mod pieces;
 pub mod progress;
 pub mod qcow2;
