@@ -337,8 +337,16 @@ impl Output {
         check_room(self.device_size, need)
     }
 
-    /// Make a new or replaced regular file visible under its name (a no-op otherwise).
+    /// Make a new or replaced regular file visible under its name; a block device's writes
+    /// are synced (a write error of the device — its backing store full, a bad sector —
+    /// shows only then: without it the run would say it succeeded).
     pub fn commit(&mut self) -> Result<()> {
+        if self.kind == Kind::BlockDevice
+            && !self.dry_run
+            && let Some(f) = &self.file
+        {
+            f.sync_data().map_err(|e| Error::io("sync", 0, e))?;
+        }
         if let Some(p) = &mut self.pending {
             let file = self.file.as_ref();
             if let (Some((mode, uid, gid)), Some(f)) = (p.keep, file) {

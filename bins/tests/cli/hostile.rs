@@ -1251,3 +1251,74 @@ fn a_move_stopped_by_a_full_disk_says_how_to_finish_it() {
     ok(&mv(&args, &img, &state, 0), "the same command, space freed");
     assert!(holds_fs(&img, MIB - 4096, &want, d.path()));
 }
+
+/// A block device that cannot take the writes (a loop device over a sparse file on a full
+/// filesystem; a thin volume out of space; a failing disk) reports the error at the write
+/// or, for buffered writes, only when they are synced: e2i-capture and e2i-to-qcow2 did not
+/// sync and exited 0 with the image lost. Every tool writing a device fails, naming it.
+#[test]
+fn a_device_that_cannot_take_the_writes_fails_the_run() {
+    let fx = Fx::new();
+    // Enough data that the writes cannot fit into the folder under the device.
+    let tree = fx.path("tree");
+    fs::create_dir(&tree).unwrap();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for i in 0..6 {
+        let v: Vec<u8> = (0..400_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        fs::write(tree.join(format!("f{i}")), v).unwrap();
+    }
+    let img = fx.path("data.img");
+    ok(
+        &run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&tree)
+            .arg(&img)
+            .arg("16M")),
+        "mkfs.ext4",
+    );
+    let stream = fx.path("data.e2s");
+    ok(
+        &run(Command::new(tool("e2i-capture"))
+            .args(["--format", "stream", "-a"])
+            .arg(&img)
+            .arg(&stream)),
+        "capture a stream",
+    );
+    let mnt = fx.path("small");
+    fs::create_dir(&mnt).unwrap();
+    let _m = Mount::new(
+        &[Path::new("tmpfs")],
+        &mnt,
+        &["-t", "tmpfs", "-o", "size=1m"],
+    );
+    let backing = mnt.join("dev.img");
+    fs::File::create(&backing)
+        .unwrap()
+        .set_len(32 * MIB)
+        .unwrap();
+    let lo = Loop::new(&backing, &[]);
+    let cases: Vec<(&str, Vec<&str>, &Path)> = vec![
+        ("e2i-capture", vec!["-r", "-a"], &img),
+        ("e2i-capture", vec!["-Q", "-a"], &img),
+        ("e2i-to-raw", vec![], &stream),
+        ("e2i-to-qcow2", vec![], &stream),
+        ("e2i-move", vec![], &img),
+    ];
+    for (t, args, input) in cases {
+        let what = format!("{t} {args:?} onto a device that cannot take it");
+        let o = run(Command::new(tool(t)).args(&args).arg(input).arg(lo.path()));
+        let err = failed(&o, &what);
+        assert!(err.contains(&lo.0), "{what}: names the device: {err}");
+        assert!(
+            err.contains("Input/output error") || err.contains("No space left"),
+            "{what}: {err}"
+        );
+    }
+}
