@@ -350,6 +350,7 @@ pub fn open(path: &Path) -> Result<Input> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn decompresses_every_wrapping() {
