@@ -1322,3 +1322,27 @@ fn a_device_that_cannot_take_the_writes_fails_the_run() {
         );
     }
 }
+
+/// The journal is first written under a fixed temporary name next to it. That name was
+/// opened with O_CREAT|O_TRUNC, following whatever was there: a symlink planted there
+/// (SOURCE in a shared folder) had the move truncate and write the link's target. It is
+/// now removed and created anew; the target is untouched and the move goes on.
+#[test]
+fn a_link_planted_at_the_journals_temporary_name_is_not_followed() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let (disk, want) = move_disk(d.path(), MIB);
+    let victim = d.path().join("victim");
+    fs::write(&victim, b"precious").unwrap();
+    let tmp = d.path().join(".disk.img.e2i-move.tmp");
+    std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+    ok(
+        &mv(&["-o", "1048576", "-O", "2097152"], &disk, &state, 0),
+        "the move",
+    );
+    assert!(
+        fs::read(&victim).unwrap() == b"precious",
+        "the link's target was written"
+    );
+    assert!(holds_fs(&disk, 2 * MIB, &want, d.path()));
+}

@@ -505,15 +505,17 @@ impl Journal {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        // A fixed temporary name: one left by a killed run is simply overwritten (one mover
-        // per SOURCE holds the lock).
+        // A fixed temporary name: one left by a killed run is simply replaced (one mover
+        // per SOURCE holds the lock). Removed, then created exclusively: never opened
+        // through whatever is there (a symlink another user planted in /tmp would have
+        // root truncate and write its target).
         let tmp = path.with_file_name(format!(".{name}.tmp"));
         let io = |op, e| Error::io(op, 0, e);
+        let _ = std::fs::remove_file(&tmp);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(&tmp)
             .map_err(|e| io("create journal", e))?;
         let res = (|| {
