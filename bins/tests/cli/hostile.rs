@@ -1346,3 +1346,53 @@ fn a_link_planted_at_the_journals_temporary_name_is_not_followed() {
     );
     assert!(holds_fs(&disk, 2 * MIB, &want, d.path()));
 }
+
+/// An image file mounted through a loop device (`mount -o loop disk.img /mnt`) is a mounted
+/// filesystem: `-O`/`-c` into it wrote its bytes under the mounted filesystem, exit 0 (the
+/// exclusive open that refuses a mounted device does not see a file). Every in-place
+/// writer now refuses it, also with `-n`, nothing written; replacing the file (a new inode:
+/// the mounted one is left alone) is still allowed.
+#[test]
+fn a_file_mounted_through_a_loop_device_is_not_written_in_place() {
+    let fx = Fx::new();
+    let disk = fx.path("mounted.img");
+    fs::copy(&fx.img, &disk).unwrap();
+    let lo = Loop::new(&disk, &[]);
+    let mnt = fx.path("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let _m = Mount::new(&[lo.path()], &mnt, &[]);
+    let normal = fx.path("fs.e2i");
+    ok(
+        &run(Command::new(tool("e2i-capture")).arg(&fx.img).arg(&normal)),
+        "capture",
+    );
+    let before = fs::read(&disk).unwrap();
+    let cases: Vec<(&str, Vec<&str>, &Path)> = vec![
+        ("e2i-to-raw", vec!["-O", "0"], &fx.img),
+        ("e2i-to-raw", vec!["-c"], &fx.img),
+        ("e2i-to-raw", vec!["-c", "-n"], &fx.img),
+        ("qcow2-to-raw", vec!["-O", "0"], &fx.qcow2),
+        ("e2i-move", vec![], &fx.img),
+        ("e2i-move", vec!["-n"], &fx.img),
+    ];
+    for (t, args, input) in cases {
+        let what = format!("{t} {args:?} into a loop-mounted file");
+        let o = run(Command::new(tool(t)).args(&args).arg(input).arg(&disk));
+        let err = failed(&o, &what);
+        assert!(err.contains("mounted"), "{what}: {err}");
+        assert!(fs::read(&disk).unwrap() == before, "{what}: written");
+    }
+    for dry in [true, false] {
+        let mut c = Command::new(tool("e2i-install"));
+        if dry {
+            c.arg("-n");
+        }
+        let err = failed(&run(c.arg(&disk).arg(&normal)), "e2i-install");
+        assert!(err.contains("mounted"), "e2i-install: {err}");
+        assert!(fs::read(&disk).unwrap() == before, "e2i-install: written");
+    }
+    ok(
+        &run(Command::new(tool("e2i-to-raw")).arg(&fx.img).arg(&disk)),
+        "replacing the file",
+    );
+}
