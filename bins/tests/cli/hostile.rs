@@ -1396,3 +1396,64 @@ fn a_file_mounted_through_a_loop_device_is_not_written_in_place() {
         "replacing the file",
     );
 }
+
+/// A FIFO where SOURCE's journal would be (`disk.img.e2i-move`): the journal was opened to
+/// read before its type was looked at, which waits for a writer — `e2i-move -n` hung, and
+/// so would every reader of SOURCE that looks for an unfinished move. Now a dry run refuses
+/// it like the real run, and a capture is not held up by it.
+#[test]
+fn a_fifo_at_the_journals_place_hangs_nothing() {
+    let d = tempdir();
+    let (disk, _) = move_disk(d.path(), MIB);
+    let fifo = journal_of(&disk);
+    ok(&run(Command::new("mkfifo").arg(&fifo)), "mkfifo");
+    let out = d.path().join("out.raw");
+    let state = d.path().join("state");
+    let cases: Vec<(&str, Vec<&str>, bool)> = vec![
+        ("e2i-move", vec!["-n", "-o", "1M", "-O", "2M"], false),
+        ("e2i-move", vec!["-o", "1M", "-O", "2M"], false),
+        ("e2i-capture", vec!["-r", "-o", "1M"], true),
+    ];
+    for (t, args, succeeds) in cases {
+        let what = format!("{t} {args:?} with a FIFO as the journal");
+        let mut c = Command::new(tool(t));
+        c.args(&args).arg(&disk);
+        if t == "e2i-capture" {
+            c.arg(&out);
+        }
+        let mut child = c
+            .env("XDG_STATE_HOME", &state)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break Some(st);
+            }
+            if t0.elapsed().as_secs() > 60 {
+                // Its writer, so that it ends; then fail.
+                let _ = fs::OpenOptions::new().write(true).open(&fifo);
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let status = status.unwrap_or_else(|| panic!("{what}: hung"));
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        if succeeds {
+            assert!(status.success(), "{what}: {err}");
+        } else {
+            assert_eq!(status.code(), Some(1), "{what}: {err}");
+            assert!(err.contains("not a regular file"), "{what}: {err}");
+        }
+    }
+}

@@ -556,6 +556,19 @@ impl Journal {
     /// Open an existing journal (`writable`: to continue its move); `Ok(None)` when there
     /// is none. Damage is a [`CorruptKind`] naming the journal and what is wrong.
     pub fn open(path: &Path, writable: bool) -> Result<Option<Journal>> {
+        // Looked at before it is opened: opening a FIFO to read waits for a writer (a dry
+        // run, or a capture checking SOURCE's journal, hung on one), and opening a device
+        // can act.
+        match std::fs::metadata(path) {
+            Ok(m) if !m.is_file() => {
+                return Err(Error::InvalidInput(format!(
+                    "{} is not a regular file",
+                    path.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            _ => {}
+        }
         let file = match OpenOptions::new().read(true).write(writable).open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
