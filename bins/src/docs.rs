@@ -111,12 +111,12 @@ fn bug_report_page() -> String {
 .SH NAME
 e2i\-bug\-report \- Bundle what filesystem maintainers ask for about an ext2/3/4 filesystem, with every private string scrambled
 .SH SYNOPSIS
-\fBe2i\-bug\-report\fR [\fB\-h\fR|\fB\-\-help\fR] [\fB\-V\fR|\fB\-\-version\fR] \fIDEVICE\fR [\fIOUTPUT.tar\fR]
+\fBe2i\-bug\-report\fR [\fB\-h\fR|\fB\-\-help\fR] [\fB\-V\fR|\fB\-\-version\fR] [\fB\-\-\fR] \fIDEVICE\fR [\fIOUTPUT.tar\fR]
 .SH DESCRIPTION
 Captures the filesystem on DEVICE (a block device or an image file) with \fBe2i\-capture \-s \-Q\fR and writes one tarball holding:
 .TP
 \fBfs.qcow2.xz\fR
-the scrambled qcow2 image (uncompressed clusters, so stock e2image reads it), compressed with xz;
+the scrambled qcow2 image (uncompressed clusters, so stock e2image reads it), compressed with xz; where xz is missing, \fBfs.qcow2.bz2\fR, compressed with bzip2;
 .TP
 \fBdumpe2fs.txt\fR
 \fBdumpe2fs \-h\fR of the scrambled image;
@@ -124,10 +124,15 @@ the scrambled qcow2 image (uncompressed clusters, so stock e2image reads it), co
 \fBgeometry.txt\fR
 the size and partition geometry of DEVICE (start, size, type; no serial numbers, labels or UUIDs of the disk);
 .TP
+\fBcapture.txt\fR
+the capture's exit status and its summary on stderr (what it scrambled, what damage it skipped), with DEVICE's name replaced by the word DEVICE;
+.TP
 \fBSHA256SUMS\fR
 the checksums of the members.
 .PP
 Nothing in it reveals a file name, label, symlink target or extended attribute of the source. The image is marked as scrambled (its qcow2 header, and its superblock's last-mounted path, which reads <scrambled by e2i\-capture \-s>): the e2i tools refuse to write it back over the filesystem it was taken from. OUTPUT.tar defaults to \fIe2i\-bug\-report\-DATE.tar\fR in the current folder. Its folder is checked (it must exist and be writable) before any work is done, an existing OUTPUT.tar is never overwritten, and the last line on stderr names the file actually written.
+.PP
+A damaged filesystem is bundled too: when the capture skips damaged structures (its exit status 3, "the image holds everything else"), the script says so on stderr and writes the bundle all the same, with the capture's account of the damage in capture.txt. When dumpe2fs fails on a damaged image after printing what it could, its output is kept, followed by its exit status and complaint.
 .SH OPTIONS
 .TP
 \fB\-h\fR, \fB\-\-help\fR
@@ -135,6 +140,9 @@ Print the usage and exit.
 .TP
 \fB\-V\fR, \fB\-\-version\fR
 Print the version and exit.
+.TP
+\fB\-\-\fR
+End of options: a DEVICE or OUTPUT.tar whose name starts with \- follows it (\fBe2i\-bug\-report \-\- \-disk.img \-report.tar\fR). Without it such a name is a usage error, before any work.
 .SH ENVIRONMENT
 .TP
 \fBE2I_BIN\fR
@@ -146,7 +154,7 @@ bundle the filesystem on /dev/sdb1
 .SH "EXIT STATUS"
 .TP
 \fB0\fR
-the bundle was written
+the bundle was written (also for a damaged filesystem whose capture skipped damage)
 .TP
 \fB1\fR
 failure (one line on stderr); nothing is left behind

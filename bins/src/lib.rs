@@ -81,14 +81,12 @@ pub fn number(s: &str) -> Result<u64, String> {
 }
 
 /// clap value parser for a block size (`-B`): 1024 to 65536, a power of two.
-pub fn block_size(s: &str) -> Result<u32, String> {
+pub fn block_size(s: &str) -> Result<e2i::units::BlockSize, String> {
     let v = parse_number(s)?;
-    match u32::try_from(v) {
-        Ok(b) if (1024..=65536).contains(&b) && b.is_power_of_two() => Ok(b),
-        _ => Err(format!(
-            "invalid block size {v}: a power of two from 1024 to 65536"
-        )),
-    }
+    u32::try_from(v)
+        .ok()
+        .and_then(e2i::units::BlockSize::new)
+        .ok_or_else(|| format!("invalid block size {v}: a power of two from 1024 to 65536"))
 }
 
 /// Exit status of a run whose output pipe was closed by its reader: what a shell reports
@@ -597,28 +595,7 @@ fn is_copy_phase(name: &str) -> bool {
     name.starts_with("copying") || name == "moving" || name == "installing"
 }
 
-/// A time in seconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC` (proleptic Gregorian
-/// calendar, from the days since 1970-01-01).
-pub fn utc(secs: u64) -> String {
-    let (days, rest) = (secs / 86400, secs % 86400);
-    // Howard Hinnant's civil_from_days, over eras of 400 years (146097 days); u64 seconds
-    // give at most ~2^48 days, far inside i64.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60
-    )
-}
+pub use e2i::progress::utc;
 
 /// `HH:MM:SS`.
 pub fn hms(d: Duration) -> String {

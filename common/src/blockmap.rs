@@ -8,24 +8,42 @@
 
 use std::ops::Range;
 
-/// A run of consecutive selected blocks: `[start, start + len)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Run {
-    pub start: u64,
+use crate::units::{BlockSize, FsBlock};
+
+/// Consecutive filesystem blocks `[start, start + len)`: `len` counts blocks. (Not the
+/// guest clusters of [`crate::qcow2::types::ClusterRun`]; byte ranges are `Range<u64>`.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BlockRun {
+    pub start: FsBlock,
     pub len: u64,
 }
 
-impl Run {
-    pub fn end(&self) -> u64 {
-        // Runs are built from ranges clipped to the filesystem, so this cannot overflow.
+impl BlockRun {
+    pub const fn new(start: FsBlock, len: u64) -> Self {
+        BlockRun { start, len }
+    }
+
+    /// One past the last block (saturating: runs of a map are clipped to the filesystem;
+    /// use [`Self::checked_end`] on runs that are not).
+    pub const fn end(&self) -> FsBlock {
         self.start.saturating_add(self.len)
+    }
+
+    /// One past the last block, if it exists.
+    pub fn checked_end(&self) -> Option<FsBlock> {
+        self.start.checked_add(self.len)
+    }
+
+    /// The bytes of the run in the filesystem, if they are addressable.
+    pub fn bytes(&self, bs: BlockSize) -> Option<Range<u64>> {
+        Some(bs.offset_of(self.start)?..bs.offset_of(self.checked_end()?)?)
     }
 }
 
 /// The selected blocks of a filesystem, sorted and coalesced.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BlockMap {
-    runs: Vec<Run>,
+    runs: Vec<BlockRun>,
     /// Filesystem size in blocks; every run lies below it.
     blocks_count: u64,
     /// e2image's "meta_blocks_count": the number of mark operations (its progress total).
@@ -34,15 +52,15 @@ pub struct BlockMap {
 
 impl BlockMap {
     /// A map from already sorted, disjoint runs (merged here when adjacent).
-    pub fn from_runs(runs: impl IntoIterator<Item = Run>, blocks_count: u64) -> Self {
-        let mut b = BlockMapBuilder::new(0, blocks_count.saturating_sub(1), 0);
+    pub fn from_runs(runs: impl IntoIterator<Item = BlockRun>, blocks_count: u64) -> Self {
+        let mut b = BlockMapBuilder::new(FsBlock(0), FsBlock(blocks_count.saturating_sub(1)), 0);
         for r in runs {
             b.mark_range(r.start, r.len);
         }
-        b.build(0, blocks_count)
+        b.build(FsBlock(0), blocks_count)
     }
 
-    pub fn runs(&self) -> &[Run] {
+    pub fn runs(&self) -> &[BlockRun] {
         &self.runs
     }
 
@@ -60,37 +78,31 @@ impl BlockMap {
         self.marks
     }
 
-    pub fn contains(&self, block: u64) -> bool {
+    pub fn contains(&self, block: FsBlock) -> bool {
         let i = self.runs.partition_point(|r| r.end() <= block);
         self.runs.get(i).is_some_and(|r| r.start <= block)
     }
 
     /// The runs of `self` outside `other`, in order.
-    pub fn minus(&self, other: &BlockMap) -> Vec<Run> {
+    pub fn minus(&self, other: &BlockMap) -> Vec<BlockRun> {
         let mut out = Vec::new();
         for r in &self.runs {
             let mut pos = r.start;
             for o in other.runs_in(r.start..r.end()) {
                 if o.start > pos {
-                    out.push(Run {
-                        start: pos,
-                        len: o.start.saturating_sub(pos),
-                    });
+                    out.push(BlockRun::new(pos, o.start.saturating_since(pos)));
                 }
                 pos = o.end();
             }
             if pos < r.end() {
-                out.push(Run {
-                    start: pos,
-                    len: r.end().saturating_sub(pos),
-                });
+                out.push(BlockRun::new(pos, r.end().saturating_since(pos)));
             }
         }
         out
     }
 
     /// The selected runs that intersect `range`, clipped to it.
-    pub fn runs_in(&self, range: Range<u64>) -> impl Iterator<Item = Run> + '_ {
+    pub fn runs_in(&self, range: Range<FsBlock>) -> impl Iterator<Item = BlockRun> + '_ {
         let i = self.runs.partition_point(|r| r.end() <= range.start);
         self.runs[i..]
             .iter()
@@ -98,10 +110,7 @@ impl BlockMap {
             .map(move |r| {
                 let s = r.start.max(range.start);
                 let e = r.end().min(range.end);
-                Run {
-                    start: s,
-                    len: e.saturating_sub(s),
-                }
+                BlockRun::new(s, e.saturating_since(s))
             })
     }
 }
@@ -125,28 +134,29 @@ const COMPACT_AT: usize = 1 << 20;
 impl BlockMapBuilder {
     /// A builder accepting blocks `first_block ..= last_block`, rounded to clusters of
     /// `2^cluster_bits` blocks.
-    pub fn new(first_block: u64, last_block: u64, cluster_bits: u32) -> Self {
+    pub fn new(first_block: FsBlock, last_block: FsBlock, cluster_bits: u32) -> Self {
         BlockMapBuilder {
             pending: Vec::new(),
             sorted_prefix: 0,
             cluster_bits,
-            first_cluster: first_block >> cluster_bits,
-            last_cluster: last_block >> cluster_bits,
+            first_cluster: first_block.0 >> cluster_bits,
+            last_cluster: last_block.0 >> cluster_bits,
             marks: 0,
         }
     }
 
     /// Mark one block (its whole cluster). Out-of-range blocks are ignored; the mark counts.
-    pub fn mark(&mut self, block: u64) {
+    pub fn mark(&mut self, block: FsBlock) {
         self.mark_range(block, 1);
     }
 
     /// Mark `len` blocks from `start`; counts `len` marks, like a per-block loop would.
-    pub fn mark_range(&mut self, start: u64, len: u64) {
+    pub fn mark_range(&mut self, start: FsBlock, len: u64) {
         self.marks = self.marks.saturating_add(len);
         if len == 0 {
             return;
         }
+        let start = start.0;
         let last = start.saturating_add(len.saturating_sub(1));
         let c0 = (start >> self.cluster_bits).max(self.first_cluster);
         let c1 = (last >> self.cluster_bits).min(self.last_cluster);
@@ -193,22 +203,19 @@ impl BlockMapBuilder {
     }
 
     /// The final map in blocks, clipped to `[first_data_block, blocks_count)`.
-    pub fn build(mut self, first_data_block: u64, blocks_count: u64) -> BlockMap {
+    pub fn build(mut self, first_data_block: FsBlock, blocks_count: u64) -> BlockMap {
         self.compact();
         let cb = self.cluster_bits;
-        let mut runs: Vec<Run> = Vec::with_capacity(self.pending.len());
+        let mut runs: Vec<BlockRun> = Vec::with_capacity(self.pending.len());
         for &(c0, c1) in &self.pending {
-            let s = (c0 << cb).max(first_data_block);
-            let e = c1.checked_shl(cb).unwrap_or(u64::MAX).min(blocks_count);
+            let s = FsBlock(c0 << cb).max(first_data_block);
+            let e = FsBlock(c1.checked_shl(cb).unwrap_or(u64::MAX).min(blocks_count));
             if s >= e {
                 continue;
             }
             match runs.last_mut() {
-                Some(l) if l.end() >= s => l.len = e.max(l.end()).saturating_sub(l.start),
-                _ => runs.push(Run {
-                    start: s,
-                    len: e.saturating_sub(s),
-                }),
+                Some(l) if l.end() >= s => l.len = e.max(l.end()).saturating_since(l.start),
+                _ => runs.push(BlockRun::new(s, e.saturating_since(s))),
             }
         }
         BlockMap {
@@ -224,9 +231,12 @@ impl BlockMapBuilder {
 mod tests {
     use super::*;
 
+    fn r(start: u64, len: u64) -> BlockRun {
+        BlockRun::new(FsBlock(start), len)
+    }
+
     #[test]
     fn minus_leaves_what_the_other_map_lacks() {
-        let r = |start, len| Run { start, len };
         let a = BlockMap::from_runs([r(0, 10), r(20, 5)], 100);
         let b = BlockMap::from_runs([r(2, 3), r(8, 14), r(24, 1)], 100);
         assert_eq!(a.minus(&b), vec![r(0, 2), r(5, 3), r(22, 2)]);
@@ -235,40 +245,33 @@ mod tests {
 
     #[test]
     fn merges_and_clips() {
-        let mut b = BlockMapBuilder::new(1, 99, 0);
-        b.mark(5);
-        b.mark(0); // below first block: ignored, still counted
-        b.mark_range(6, 4);
-        b.mark(200);
-        b.mark_range(95, 10);
-        b.mark(3);
-        let m = b.build(1, 100);
-        assert_eq!(
-            m.runs(),
-            &[
-                Run { start: 3, len: 1 },
-                Run { start: 5, len: 5 },
-                Run { start: 95, len: 5 }
-            ]
-        );
+        let mut b = BlockMapBuilder::new(FsBlock(1), FsBlock(99), 0);
+        b.mark(FsBlock(5));
+        b.mark(FsBlock(0)); // below first block: ignored, still counted
+        b.mark_range(FsBlock(6), 4);
+        b.mark(FsBlock(200));
+        b.mark_range(FsBlock(95), 10);
+        b.mark(FsBlock(3));
+        let m = b.build(FsBlock(1), 100);
+        assert_eq!(m.runs(), &[r(3, 1), r(5, 5), r(95, 5)]);
         assert_eq!(m.marks(), 1 + 1 + 4 + 1 + 10 + 1);
-        assert!(m.contains(9) && !m.contains(10) && !m.contains(4));
+        assert!(m.contains(FsBlock(9)) && !m.contains(FsBlock(10)) && !m.contains(FsBlock(4)));
     }
 
     #[test]
     fn clusters_select_whole_clusters() {
         // 16 blocks per cluster, fs of 40 blocks: last cluster is partial.
-        let mut b = BlockMapBuilder::new(0, 39, 4);
-        b.mark(17);
-        b.mark(33);
-        let m = b.build(0, 40);
-        assert_eq!(m.runs(), &[Run { start: 16, len: 24 }]);
+        let mut b = BlockMapBuilder::new(FsBlock(0), FsBlock(39), 4);
+        b.mark(FsBlock(17));
+        b.mark(FsBlock(33));
+        let m = b.build(FsBlock(0), 40);
+        assert_eq!(m.runs(), &[r(16, 24)]);
     }
 
     #[test]
     fn runs_in_clips() {
-        let m = BlockMap::from_runs([Run { start: 0, len: 10 }, Run { start: 20, len: 5 }], 30);
-        let v: Vec<_> = m.runs_in(5..22).collect();
-        assert_eq!(v, vec![Run { start: 5, len: 5 }, Run { start: 20, len: 2 }]);
+        let m = BlockMap::from_runs([r(0, 10), r(20, 5)], 30);
+        let v: Vec<_> = m.runs_in(FsBlock(5)..FsBlock(22)).collect();
+        assert_eq!(v, vec![r(5, 5), r(20, 2)]);
     }
 }

@@ -7,6 +7,8 @@
 //! the offset itself comes from the disk, use the `get_*` forms, which return `None` when
 //! the field does not lie inside `b`.
 
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
+
 use byteorder::{BigEndian, ByteOrder, LittleEndian};
 
 macro_rules! endian {
@@ -16,22 +18,22 @@ macro_rules! endian {
             use super::*;
 
             pub fn u16(b: &[u8], off: usize) -> u16 {
-                <$order>::read_u16(&b[off..off + 2])
+                <$order>::read_u16(&b[off..][..2])
             }
             pub fn u32(b: &[u8], off: usize) -> u32 {
-                <$order>::read_u32(&b[off..off + 4])
+                <$order>::read_u32(&b[off..][..4])
             }
             pub fn u64(b: &[u8], off: usize) -> u64 {
-                <$order>::read_u64(&b[off..off + 8])
+                <$order>::read_u64(&b[off..][..8])
             }
             pub fn set_u16(b: &mut [u8], off: usize, v: u16) {
-                <$order>::write_u16(&mut b[off..off + 2], v)
+                <$order>::write_u16(&mut b[off..][..2], v)
             }
             pub fn set_u32(b: &mut [u8], off: usize, v: u32) {
-                <$order>::write_u32(&mut b[off..off + 4], v)
+                <$order>::write_u32(&mut b[off..][..4], v)
             }
             pub fn set_u64(b: &mut [u8], off: usize, v: u64) {
-                <$order>::write_u64(&mut b[off..off + 8], v)
+                <$order>::write_u64(&mut b[off..][..8], v)
             }
             /// The field at `off`, or `None` when it does not lie inside `b`.
             pub fn get_u16(b: &[u8], off: usize) -> Option<u16> {

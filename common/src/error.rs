@@ -1,7 +1,11 @@
 //! The one error type of the library. Messages are lower-case and say what and where.
 
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
+
 use std::io;
 use std::path::PathBuf;
+
+pub mod ext4;
 
 /// Everything that can go wrong in `e2i`.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +39,19 @@ pub enum Error {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CorruptKind {
+    // ---- any source ----
+    /// A read that must be whole ([`crate::io::ReadAt::read_exact_at`]) reached the end of
+    /// the source: `what` was read, `len` bytes at byte `offset`.
+    #[error(
+        "{what}: {len} bytes at byte {offset} cannot be read: the source ends at byte {source_bytes}"
+    )]
+    ShortRead {
+        what: &'static str,
+        offset: u64,
+        len: u64,
+        source_bytes: u64,
+    },
+
     // ---- ext2/3/4: superblock, descriptors, bitmaps, inodes, extent and indirect trees ----
     /// The source ends before the superblock does.
     #[error("superblock at byte {offset}: the source ends at byte {source_bytes}")]
@@ -130,14 +147,14 @@ pub enum CorruptKind {
     /// A block (of the kind `role` says) outside `[first_data_block, blocks_count)`.
     #[error("{role} at block {block} lies outside the filesystem ({fs_blocks} blocks)")]
     BlockOutside {
-        role: crate::ext4::damage::Role,
+        role: ext4::Role,
         block: u64,
         fs_blocks: u64,
     },
     /// A block the source does not hold (a truncated image or device).
     #[error("{role} at block {block} lies past the end of the source ({source_bytes} bytes)")]
     BlockPastSource {
-        role: crate::ext4::damage::Role,
+        role: ext4::Role,
         block: u64,
         source_bytes: u64,
     },
@@ -146,16 +163,13 @@ pub enum CorruptKind {
     #[error(
         "{role} at block {block} is the filesystem's own metadata (superblock, descriptors, bitmap or inode table)"
     )]
-    BlockIsMetadata {
-        role: crate::ext4::damage::Role,
-        block: u64,
-    },
+    BlockIsMetadata { role: ext4::Role, block: u64 },
     /// A bad extent header: in the inode's root (`node: None`) or in node block `node`.
     #[error("inode {ino}: extent {}: {problem}", match node { Some(b) => format!("node at block {b}"), None => "root".to_string() })]
     ExtentHeader {
         ino: u32,
         node: Option<u64>,
-        problem: crate::ext4::damage::ExtentHeaderProblem,
+        problem: ext4::ExtentHeaderProblem,
     },
     #[error("inode {ino}: extent tree loops back to block {block}")]
     ExtentLoop { ino: u32, block: u64 },
@@ -165,25 +179,25 @@ pub enum CorruptKind {
     ExtentNodeEmpty { ino: u32, block: u64 },
     /// A directory entry that does not fit where it is.
     #[error("inode {ino}: {region}: entry at byte {offset}: {}", match problem {
-        crate::ext4::damage::DirEntryProblem::Truncated { end } => format!("runs past byte {end}"),
-        crate::ext4::damage::DirEntryProblem::Lengths { rec_len, name_len } =>
+        ext4::DirEntryProblem::Truncated { end } => format!("runs past byte {end}"),
+        ext4::DirEntryProblem::Lengths { rec_len, name_len } =>
             format!("rec_len {rec_len} and name_len {name_len} do not fit"),
     })]
     DirEntry {
         ino: u32,
-        region: crate::ext4::damage::DirRegion,
+        region: ext4::DirRegion,
         offset: usize,
-        problem: crate::ext4::damage::DirEntryProblem,
+        problem: ext4::DirEntryProblem,
     },
     #[error("inode {ino}: htree index: {problem}")]
     Htree {
         ino: u32,
-        problem: crate::ext4::damage::HtreeProblem,
+        problem: ext4::HtreeProblem,
     },
     #[error("{at}: {problem}")]
     Xattr {
-        at: crate::ext4::damage::XattrAt,
-        problem: crate::ext4::damage::XattrProblem,
+        at: ext4::XattrAt,
+        problem: ext4::XattrProblem,
     },
     /// A slow symlink whose first block is not mapped.
     #[error("inode {ino}: symlink block 0 is not mapped")]
@@ -223,8 +237,6 @@ pub enum CorruptKind {
         size: u64,
         needed: u64,
     },
-    #[error("qcow2 L1 table: {entries} entries exceed qemu's 32 MiB limit")]
-    Qcow2L1TooLarge { entries: u32 },
     #[error("qcow2 L1 table: offset {host_offset} is not a cluster boundary after the header")]
     Qcow2L1Misaligned { host_offset: u64 },
     #[error(
@@ -389,10 +401,7 @@ pub enum CorruptKind {
 
     // ---- e2i streams ----
     #[error("e2i stream: truncated: ends at byte {offset} inside the {part}")]
-    StreamTruncated {
-        part: crate::stream::Part,
-        offset: u64,
-    },
+    StreamTruncated { part: StreamPart, offset: u64 },
     #[error("e2i stream header: bad magic (not an e2i stream)")]
     StreamMagic,
     #[error("e2i stream header: header length {len} (expected 64)")]
@@ -527,21 +536,9 @@ pub enum CorruptKind {
         next: u64,
         pieces: u64,
     },
-    /// Transitional: damage described by two strings, from before the typed kinds. Every
-    /// use is being replaced by a typed variant above; this variant goes when the last does.
-    #[error("{what}: {detail}")]
-    Other { what: String, detail: String },
 }
 
 impl Error {
-    /// Transitional constructor for [`CorruptKind::Other`]; new code builds a typed kind.
-    pub fn corrupt(what: impl Into<String>, detail: impl Into<String>) -> Self {
-        Error::Corrupt(CorruptKind::Other {
-            what: what.into(),
-            detail: detail.into(),
-        })
-    }
-
     pub fn io(op: &'static str, offset: u64, source: io::Error) -> Self {
         Error::Io { op, offset, source }
     }
@@ -567,6 +564,28 @@ impl Error {
     /// True for a write to a closed pipe.
     pub fn is_broken_pipe(&self) -> bool {
         matches!(self, Error::Io { source, .. } if source.kind() == io::ErrorKind::BrokenPipe)
+    }
+}
+
+/// The parts of an e2i stream, in order (where a truncation happened); `crate::stream::Part`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamPart {
+    Header,
+    ExtentMap,
+    MapChecksum,
+    Data,
+    Trailer,
+}
+
+impl std::fmt::Display for StreamPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StreamPart::Header => "header",
+            StreamPart::ExtentMap => "extent map",
+            StreamPart::MapChecksum => "map checksum",
+            StreamPart::Data => "data",
+            StreamPart::Trailer => "trailer",
+        })
     }
 }
 

@@ -1,5 +1,7 @@
 //! Positioned reads from files, block devices and memory, with hole detection.
 
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
+
 use std::cell::Cell;
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
@@ -7,6 +9,7 @@ use std::ops::Range;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
 
+use crate::error::CorruptKind;
 use crate::{Error, Result};
 
 /// A byte-addressed, read-only source.
@@ -23,17 +26,18 @@ pub trait ReadAt {
         Ok(Some(offset..u64::MAX))
     }
 
-    /// Read exactly `buf.len()` bytes; a short read is an error naming `what`.
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64, what: &dyn Fn() -> String) -> Result<()> {
+    /// Read exactly `buf.len()` bytes of what `what` names; a short read (the source ends
+    /// inside them) is [`CorruptKind::ShortRead`].
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64, what: &'static str) -> Result<()> {
         let n = self.read_at(buf, offset)?;
         if n < buf.len() {
-            return Err(Error::corrupt(
-                what(),
-                format!(
-                    "short read at byte {offset}: the source ends at byte {}",
-                    self.size()
-                ),
-            ));
+            return Err(CorruptKind::ShortRead {
+                what,
+                offset,
+                len: buf.len() as u64,
+                source_bytes: self.size(),
+            }
+            .into());
         }
         Ok(())
     }
@@ -41,26 +45,34 @@ pub trait ReadAt {
     /// Read `buf.len()` bytes, zero-filling holes and anything past the end without reading
     /// it. Returns the number of bytes that lie past the end.
     fn read_sparse_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
-        let end = offset.saturating_add(buf.len() as u64);
+        let len = buf.len();
+        let end = offset.saturating_add(len as u64);
+        // Source byte `p` (in `offset..=end`) as an index of `buf`; byte counts inside
+        // `buf` likewise.
+        let idx = |p: u64| usize::try_from(p.saturating_sub(offset)).map_or(len, |i| i.min(len));
+        let count = |n: u64| usize::try_from(n).map_or(len, |n| n.min(len));
         let mut pos = offset;
         while pos < end {
-            let at = (pos - offset) as usize;
             match self.data_region(pos)? {
                 Some(r) if r.start < end => {
                     let ds = r.start.max(pos);
-                    let de = r.end.min(end);
-                    buf[at..(ds - offset) as usize].fill(0);
-                    let slice = &mut buf[(ds - offset) as usize..(de - offset) as usize];
+                    // An empty region would not advance: read the rest as data instead.
+                    let de = match r.end.min(end) {
+                        de if de > ds => de,
+                        _ => end,
+                    };
+                    buf[idx(pos)..idx(ds)].fill(0);
+                    let slice = &mut buf[idx(ds)..idx(de)];
                     let n = self.read_at(slice, ds)?;
                     if n < slice.len() {
                         slice[n..].fill(0);
-                        return Ok((end - ds - n as u64) as usize);
+                        return Ok(count(end.saturating_sub(ds).saturating_sub(n as u64)));
                     }
                     pos = de;
                 }
                 _ => {
-                    buf[at..].fill(0);
-                    return Ok(end.saturating_sub(self.size().max(pos)) as usize);
+                    buf[idx(pos)..].fill(0);
+                    return Ok(count(end.saturating_sub(self.size().max(pos))));
                 }
             }
         }
@@ -94,11 +106,15 @@ impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
 
 /// Fill `buf` by positioned reads until it is full or the file ends.
 pub fn pread_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut done = 0;
+    let mut done = 0usize;
     while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
+        let at = offset
+            .checked_add(done as u64)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        match file.read_at(&mut buf[done..], at) {
             Ok(0) => break,
-            Ok(n) => done += n,
+            // n is at most what is left of `buf`.
+            Ok(n) => done = done.saturating_add(n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -128,7 +144,8 @@ impl AlignedBuf {
     /// A zeroed buffer of `cap` usable bytes.
     pub fn new(cap: usize) -> Self {
         let v = vec![0u8; cap.saturating_add(DIRECT_ALIGN)];
-        let off = (DIRECT_ALIGN - v.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN;
+        // Below DIRECT_ALIGN: u8 pointers can always be aligned.
+        let off = v.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
         AlignedBuf { v, off, cap }
     }
 
@@ -139,11 +156,11 @@ impl AlignedBuf {
 
     /// The first `n` usable bytes (`n` at most [`AlignedBuf::capacity`]).
     pub fn get(&self, n: usize) -> &[u8] {
-        &self.v[self.off..self.off + n.min(self.cap)]
+        &self.v[self.off..][..n.min(self.cap)]
     }
 
     pub fn get_mut(&mut self, n: usize) -> &mut [u8] {
-        &mut self.v[self.off..self.off + n.min(self.cap)]
+        &mut self.v[self.off..][..n.min(self.cap)]
     }
 }
 
@@ -172,11 +189,11 @@ pub fn write_maybe_direct(
     data: &[u8],
     off: u64,
 ) -> Result<()> {
-    const SECTOR: u64 = 512;
+    const SECTOR: usize = 512;
     if let Some(d) = direct.as_ref()
-        && off.is_multiple_of(SECTOR)
-        && (data.len() as u64).is_multiple_of(SECTOR)
-        && (data.as_ptr() as usize).is_multiple_of(SECTOR as usize)
+        && off.is_multiple_of(SECTOR as u64)
+        && data.len().is_multiple_of(SECTOR)
+        && data.as_ptr().align_offset(SECTOR) == 0
     {
         match d.write_all_at(data, off) {
             Ok(()) => return Ok(()),
@@ -338,7 +355,8 @@ impl ReadAt for FileSource {
         let host = offset.saturating_add(self.base);
         let (cs, ce) = self.cached.get();
         if cs <= host && host < ce {
-            return Ok(Some(offset..ce - self.base));
+            // cs <= host = offset + base: ce - base > offset.
+            return Ok(Some(offset..ce.saturating_sub(self.base)));
         }
         use rustix::fs::{SeekFrom as RSeek, seek};
         let start = match seek(&self.file, RSeek::Data(host)) {
@@ -373,13 +391,11 @@ pub struct MemSource(pub Vec<u8>);
 
 impl ReadAt for MemSource {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
-        let len = self.0.len() as u64;
-        if offset >= len {
+        let Some(src) = usize::try_from(offset).ok().and_then(|o| self.0.get(o..)) else {
             return Ok(0);
-        }
-        let start = offset as usize;
-        let n = buf.len().min(self.0.len() - start);
-        buf[..n].copy_from_slice(&self.0[start..start + n]);
+        };
+        let n = buf.len().min(src.len());
+        buf[..n].copy_from_slice(&src[..n]);
         Ok(n)
     }
 

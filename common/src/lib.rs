@@ -10,9 +10,11 @@
 //!    With `-s`, [`scramble::ScrambledSource`] wraps the source between 2 and 3: every writer
 //!    reads the scrambled blocks through it (see [`ops::capture::scramble_fs`]).
 //!
-//! Glossary of units: a *block* is `block_size` bytes of the filesystem (1 KiB–64 KiB);
-//! a *cluster* is `2^cluster_bits` blocks with bigalloc, else one block; *byte offsets* are
-//! relative to the start of the filesystem unless a name says `host` or `dest`.
+//! Glossary of units ([`units`]): a *block* is [`units::BlockSize`] bytes of the filesystem
+//! (1 KiB–64 KiB), numbered by [`units::FsBlock`]; a [`blockmap::BlockRun`] is consecutive
+//! blocks; a *cluster* is `2^cluster_bits` blocks with bigalloc, else one block (qcow2
+//! clusters have their own types in [`qcow2::types`]); *byte offsets* are `u64`, relative
+//! to the start of the filesystem unless a name says `host` or `dest`.
 
 #![deny(unsafe_code)]
 
@@ -33,5 +35,9 @@ pub mod scramble;
 pub mod sparse;
 pub mod stream;
 pub mod undo;
+pub mod units;
 
 pub use error::{Error, Result};
+
+#[cfg(test)]
+mod structure;

@@ -24,9 +24,12 @@
 //! ([`MarkedSource`], [`chunk_with_mark`]), so that it survives where no container does.
 //!
 //! [`refusal`] decides: an image judged scrambled is not written over a filesystem with its
-//! UUID (or, for `e2i-install`, anywhere) unless the user says so (`--allow-scrambled`).
+//! UUID unless the user says so (`--allow-scrambled`); `e2i-install` refuses it anywhere,
+//! always.
 //! A target whose own superblock carries the mark is already scrambled: nothing real is lost
 //! there, so it is never refused.
+
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 
 use std::fmt;
 
@@ -152,12 +155,18 @@ impl<S: ReadAt> ReadAt for MarkedSource<S> {
             let hi = end.min(SUPERBLOCK_OFFSET.saturating_add(SUPERBLOCK_SIZE as u64));
             if lo < hi {
                 // All three differences are below n or SUPERBLOCK_SIZE: they fit a usize.
+                let small = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
                 let (b, s, len) = (
-                    lo.saturating_sub(offset) as usize,
-                    lo.saturating_sub(SUPERBLOCK_OFFSET) as usize,
-                    hi.saturating_sub(lo) as usize,
+                    small(lo.saturating_sub(offset)),
+                    small(lo.saturating_sub(SUPERBLOCK_OFFSET)),
+                    small(hi.saturating_sub(lo)),
                 );
-                buf[b..b.saturating_add(len)].copy_from_slice(&sb[s..s.saturating_add(len)]);
+                if let (Some(d), Some(src)) = (
+                    buf.get_mut(b..b.saturating_add(len)),
+                    sb.get(s..s.saturating_add(len)),
+                ) {
+                    d.copy_from_slice(src);
+                }
             }
         }
         Ok(n)
@@ -292,21 +301,6 @@ impl ImageFacts {
         f
     }
 
-    /// Facts from a normal image's header and superblock: the header's mark, or the blank
-    /// host fields `-s` leaves (a header naming its host and device vouches for the image).
-    pub fn of_normal(h: &crate::normal::Header, superblock: &[u8; SUPERBLOCK_SIZE]) -> ImageFacts {
-        let mut f = ImageFacts::from_superblock(superblock);
-        f.uuid = Some(h.fs_uuid);
-        if h.is_marked_scrambled() {
-            f.add(Evidence::NormalHeader);
-        } else if h.host_fields_blank() {
-            f.add(Evidence::BlankHostFields);
-        } else {
-            f.vouched = true;
-        }
-        f
-    }
-
     /// Take the UUID and the mark from the image's superblock (ignored without the magic).
     pub fn set_superblock(&mut self, raw: &[u8; SUPERBLOCK_SIZE]) {
         if le::u16(raw, S_MAGIC) != EXT2_SUPER_MAGIC {
@@ -403,8 +397,8 @@ pub fn refusal_message(ev: &Evidence, target: &str, action: Action) -> String {
         Action::Install => format!(
             "{what} ({ev}): it would replace the names in inline directories, symlink targets, \
              inline file data, in-inode xattrs, label and last-mounted path on {target} with \
-             scrambled ones; nothing written (add --allow-scrambled to install it anyway, e.g. \
-             onto a scratch copy)"
+             scrambled ones; nothing written (a scrambled image is never installed, --force \
+             or not, except onto a scrambled copy)"
         ),
         Action::Write => format!(
             "{what} ({ev}) and {target} holds the filesystem it was taken from: writing it \
@@ -416,6 +410,7 @@ pub fn refusal_message(ev: &Evidence, target: &str, action: Action) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)] // tests compute expected values freely
 mod tests {
     use super::*;
 

@@ -1,6 +1,8 @@
 //! Is a device or image file mounted? Read from /proc/self/mountinfo (and loop devices'
 //! backing files), as libext2fs's `ext2fs_check_if_mounted` does from /proc/mounts.
 
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
+
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
@@ -14,7 +16,9 @@ pub enum MountState {
 }
 
 fn dev_of(major: u64, minor: u64) -> u64 {
-    rustix::fs::makedev(major as u32, minor as u32)
+    // Linux majors and minors are 12 and 20 bits; anything larger matches no device.
+    let part = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+    rustix::fs::makedev(part(major), part(minor))
 }
 
 /// The block devices (as `st_rdev`) that stand for `path`: itself if it is a block device,

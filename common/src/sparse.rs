@@ -2,13 +2,18 @@
 //! to a new file (zero blocks as holes), an existing file or block device (in place), a
 //! stream (holes as zeros), or lists them (`-n`).
 
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
+
 use std::fs::File;
 use std::io::Write;
 
-use crate::blockmap::BlockMap;
+use crate::blockmap::{BlockMap, BlockRun};
 use crate::io::{ReadAt, pread_full, pwrite_full};
-use crate::pieces::{IO_CHUNK, Piece, block_is_zero, for_each_piece, same_runs, zero_runs};
+use crate::pieces::{
+    IO_CHUNK, Piece, block_is_zero, chunk_blocks, for_each_piece, same_runs, zero_runs,
+};
 use crate::progress::Progress;
+use crate::units::{BlockSize, FsBlock};
 use crate::{Error, Result};
 
 /// Counts from a pass over the selected blocks.
@@ -23,7 +28,7 @@ pub struct CopyStats {
     /// Blocks that could not be read (I/O errors) and were written as zeros.
     pub unreadable_blocks: u64,
     /// The first of them.
-    pub unreadable: Vec<u64>,
+    pub unreadable: Vec<FsBlock>,
     /// Blocks skipped because the target already held the same bytes (`-c`).
     pub identical_blocks: u64,
     /// Bytes written to the output.
@@ -84,39 +89,57 @@ impl RawTarget<'_> {
 
 /// `blocks A-B (N blocks)`, or `block A (1 block)`: the one notation of block ranges in
 /// every listing (inclusive bounds).
-pub fn range_text(first: u64, count: u64) -> String {
+pub fn range_text(first: FsBlock, count: u64) -> String {
     if count == 1 {
         format!("block {first} (1 block)")
     } else {
         format!(
             "blocks {first}-{} ({count} blocks)",
-            first.saturating_add(count).saturating_sub(1)
+            first.get().saturating_add(count).saturating_sub(1)
         )
     }
+}
+
+/// Counts of blocks and bytes of one run's buffers: far below 2^64, so the additions
+/// that keep statistics cannot saturate.
+fn add(counter: &mut u64, n: u64) {
+    *counter = counter.saturating_add(n);
 }
 
 /// Accepts the blocks of a raw image in ascending order and writes them to a [`RawTarget`].
 pub struct RawSink<'a> {
     target: RawTarget<'a>,
-    bs: u64,
+    bs: BlockSize,
+    /// Bytes of the image.
     total: u64,
+    /// Bytes of its blocks: `total`, or up to a block more when the image ends inside its
+    /// last block (a virtual disk of an odd number of sectors).
+    limit: u64,
     /// Next byte a stream target expects; the end of the last block put.
     pos: u64,
     cmp: Vec<u8>,
     zeros: Vec<u8>,
     /// A dry run's range not yet listed (first block, count).
-    listed: Option<(u64, u64)>,
+    listed: Option<(FsBlock, u64)>,
     stats: CopyStats,
 }
 
 impl<'a> RawSink<'a> {
     /// A sink for an image of `blocks_count` blocks of `block_size` bytes. A target with a
     /// fixed size that cannot hold the image is refused here, before anything is written.
-    pub fn new(target: RawTarget<'a>, block_size: u32, blocks_count: u64) -> Result<Self> {
-        let bs = u64::from(block_size);
-        let total = blocks_count
-            .checked_mul(bs)
+    pub fn new(target: RawTarget<'a>, bs: BlockSize, blocks_count: u64) -> Result<Self> {
+        let total = bs
+            .bytes_of(blocks_count)
             .ok_or_else(|| Error::InvalidInput("filesystem size overflows".into()))?;
+        Self::sized(target, bs, total)
+    }
+
+    /// A sink for an image of `total` bytes in blocks of `bs` bytes, the last of which may
+    /// be partial: its bytes past `total` are never written.
+    pub fn sized(target: RawTarget<'a>, bs: BlockSize, total: u64) -> Result<Self> {
+        let limit = bs
+            .bytes_of(bs.blocks_covering(total))
+            .ok_or_else(|| Error::InvalidInput("image size overflows".into()))?;
         let (offset, room) = match &target {
             RawTarget::NewFile { dest_offset, .. } => (*dest_offset, None),
             RawTarget::InPlace {
@@ -155,6 +178,7 @@ impl<'a> RawSink<'a> {
             target,
             bs,
             total,
+            limit,
             pos: 0,
             cmp: Vec::new(),
             zeros: Vec::new(),
@@ -167,24 +191,43 @@ impl<'a> RawSink<'a> {
         &self.stats
     }
 
-    fn check_range(&self, block: u64, count: u64) -> Result<u64> {
-        let end = block
-            .checked_add(count)
-            .and_then(|e| e.checked_mul(self.bs))
-            .filter(|&e| e <= self.total)
+    /// The bytes of `count` blocks from `block` in the image, checked to lie inside it.
+    fn image_bytes(&self, block: FsBlock, count: u64) -> Result<std::ops::Range<u64>> {
+        BlockRun::new(block, count)
+            .bytes(self.bs)
+            .filter(|r| r.end <= self.limit)
             .ok_or_else(|| {
                 Error::InvalidInput(format!(
                     "{} lie past the end of the image",
                     range_text(block, count)
                 ))
-            })?;
-        let start = block * self.bs;
-        if start < self.pos {
+            })
+    }
+
+    /// [`Self::image_bytes`] of blocks that must come after those already put.
+    fn check_range(&self, block: FsBlock, count: u64) -> Result<std::ops::Range<u64>> {
+        let r = self.image_bytes(block, count)?;
+        if r.start < self.pos {
             return Err(Error::InvalidInput(format!(
                 "block {block} arrives out of order"
             )));
         }
-        Ok(end)
+        Ok(r)
+    }
+
+    /// The part of `data` (from image byte `at`) that lies inside the image.
+    fn clip<'d>(&self, at: u64, data: &'d [u8]) -> &'d [u8] {
+        let room = usize::try_from(self.total.saturating_sub(at)).unwrap_or(usize::MAX);
+        &data[..data.len().min(room)]
+    }
+
+    /// The target's byte of image byte `at` (the image starts at `dest_offset`).
+    fn dest(dest_offset: u64, at: u64) -> Result<u64> {
+        dest_offset.checked_add(at).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "destination offset {dest_offset} plus image byte {at} overflows"
+            ))
+        })
     }
 
     fn fill_stream(&mut self, to: u64) -> Result<()> {
@@ -192,21 +235,23 @@ impl<'a> RawSink<'a> {
             if self.zeros.is_empty() {
                 self.zeros = vec![0u8; IO_CHUNK];
             }
+            let to = to.min(self.total);
             while self.pos < to {
-                let n = (to - self.pos).min(IO_CHUNK as u64) as usize;
+                let n = usize::try_from(to.saturating_sub(self.pos))
+                    .map_or(IO_CHUNK, |n| n.min(IO_CHUNK));
                 w.write_all(&self.zeros[..n])
                     .map_err(|e| Error::io("write", self.pos, e))?;
-                self.pos += n as u64;
-                self.stats.bytes_written += n as u64;
+                add(&mut self.pos, n as u64);
+                add(&mut self.stats.bytes_written, n as u64);
             }
         }
         Ok(())
     }
 
     /// A dry run: note that `count` blocks from `first` would be written.
-    fn list(&mut self, first: u64, count: u64) -> Result<()> {
+    fn list(&mut self, first: FsBlock, count: u64) -> Result<()> {
         match &mut self.listed {
-            Some((f, n)) if *f + *n == first => *n += count,
+            Some((f, n)) if f.checked_add(*n) == Some(first) => add(n, count),
             _ => {
                 self.flush_list()?;
                 self.listed = Some((first, count));
@@ -226,8 +271,8 @@ impl<'a> RawSink<'a> {
 
     /// Write (or list) the consecutive blocks `data` at `block`, in place: with `-c`, only
     /// the runs that differ from what the target holds (end of file counts as different).
-    fn put_in_place(&mut self, block: u64, data: &[u8]) -> Result<()> {
-        let bsz = self.bs as usize;
+    fn put_in_place(&mut self, block: FsBlock, data: &[u8]) -> Result<()> {
+        let bsz = self.bs.as_usize();
         let (file, dest_offset, check, dry) = match &self.target {
             RawTarget::InPlace {
                 file,
@@ -243,7 +288,10 @@ impl<'a> RawSink<'a> {
             } => (*target, *dest_offset, *check, true),
             _ => return Ok(()),
         };
-        let off = dest_offset + block * self.bs;
+        let count = self.bs.blocks_covering(data.len() as u64);
+        let start = self.image_bytes(block, count)?.start;
+        let data = self.clip(start, data);
+        let off = Self::dest(dest_offset, start)?;
         let mut runs: Vec<(usize, usize, bool)> = Vec::new();
         match file.filter(|_| check) {
             Some(f) => {
@@ -255,30 +303,31 @@ impl<'a> RawSink<'a> {
                     Ok(())
                 })?;
             }
-            None => runs.push((0, data.len() / bsz, false)),
+            None => runs.push((0, data.len().div_ceil(bsz.max(1)), false)),
         }
         for (i, n, same) in runs {
             if same {
-                self.stats.identical_blocks += n as u64;
+                add(&mut self.stats.identical_blocks, n as u64);
             } else if dry {
-                self.list(block + i as u64, n as u64)?;
+                self.list(block.saturating_add(i as u64), n as u64)?;
             } else if let Some(f) = file {
-                let o = off + (i * bsz) as u64;
-                pwrite_full(f, &data[i * bsz..(i + n) * bsz], o)
-                    .map_err(|e| Error::io("write", o, e))?;
-                self.stats.bytes_written += (n * bsz) as u64;
+                let (at, part) = blocks_of(data, bsz, i, n);
+                let o = Self::dest(off, at)?;
+                pwrite_full(f, part, o).map_err(|e| Error::io("write", o, e))?;
+                add(&mut self.stats.bytes_written, part.len() as u64);
             }
         }
         Ok(())
     }
 
     /// Write consecutive blocks starting at `block`.
-    pub fn put(&mut self, block: u64, data: &[u8]) -> Result<()> {
-        let bsz = self.bs as usize;
-        let count = (data.len() / bsz) as u64;
-        let end = self.check_range(block, count)?;
-        let start = block * self.bs;
-        self.stats.blocks += count;
+    pub fn put(&mut self, block: FsBlock, data: &[u8]) -> Result<()> {
+        let bsz = self.bs.as_usize();
+        let count = self.bs.blocks_in(data.len() as u64);
+        let std::ops::Range { start, end } = self.check_range(block, count)?;
+        // The last block of an image that ends inside it: written up to the image's end.
+        let data = self.clip(start, data);
+        add(&mut self.stats.blocks, count);
         let new_file = match &self.target {
             RawTarget::NewFile { .. } => true,
             RawTarget::DryRun { new_file, .. } => *new_file,
@@ -293,17 +342,17 @@ impl<'a> RawSink<'a> {
             })?;
             for (i, n, z) in runs {
                 if z {
-                    self.stats.zero_blocks += n as u64;
+                    add(&mut self.stats.zero_blocks, n as u64);
                     continue;
                 }
                 match &self.target {
                     RawTarget::NewFile { file, dest_offset } => {
-                        let off = dest_offset + start + (i * bsz) as u64;
-                        pwrite_full(file, &data[i * bsz..(i + n) * bsz], off)
-                            .map_err(|e| Error::io("write", off, e))?;
-                        self.stats.bytes_written += (n * bsz) as u64;
+                        let (at, part) = blocks_of(data, bsz, i, n);
+                        let off = Self::dest(*dest_offset, start.saturating_add(at))?;
+                        pwrite_full(file, part, off).map_err(|e| Error::io("write", off, e))?;
+                        add(&mut self.stats.bytes_written, part.len() as u64);
                     }
-                    _ => self.list(block + i as u64, n as u64)?,
+                    _ => self.list(block.saturating_add(i as u64), n as u64)?,
                 }
             }
         } else if let RawTarget::Stream(_) = self.target {
@@ -312,9 +361,10 @@ impl<'a> RawSink<'a> {
                 w.write_all(data)
                     .map_err(|e| Error::io("write", start, e))?;
             }
-            self.stats.bytes_written += data.len() as u64;
+            add(&mut self.stats.bytes_written, data.len() as u64);
         } else {
-            self.stats.zero_blocks += data.chunks(bsz).filter(|b| block_is_zero(b)).count() as u64;
+            let zeros = data.chunks(bsz).filter(|b| block_is_zero(b)).count();
+            add(&mut self.stats.zero_blocks, zeros as u64);
             self.put_in_place(block, data)?;
         }
         self.pos = end;
@@ -322,17 +372,17 @@ impl<'a> RawSink<'a> {
     }
 
     /// `count` selected blocks from `block` that are all zeros.
-    pub fn put_zeros(&mut self, block: u64, count: u64) -> Result<()> {
-        let end = self.check_range(block, count)?;
+    pub fn put_zeros(&mut self, block: FsBlock, count: u64) -> Result<()> {
+        let end = self.check_range(block, count)?.end;
         match &self.target {
             RawTarget::NewFile { .. } | RawTarget::DryRun { new_file: true, .. } => {
-                self.stats.blocks += count;
-                self.stats.zero_blocks += count;
+                add(&mut self.stats.blocks, count);
+                add(&mut self.stats.zero_blocks, count);
                 self.pos = end;
             }
             RawTarget::Stream(_) => {
-                self.stats.blocks += count;
-                self.stats.zero_blocks += count;
+                add(&mut self.stats.blocks, count);
+                add(&mut self.stats.zero_blocks, count);
                 self.fill_stream(end)?;
             }
             RawTarget::InPlace { .. } | RawTarget::DryRun { .. } => {
@@ -343,21 +393,24 @@ impl<'a> RawSink<'a> {
     }
 
     /// Call `f(self, first_block, zeros)` over `count` zero blocks from `block`, in pieces.
-    fn zero_blocks_at<F>(&mut self, block: u64, count: u64, mut f: F) -> Result<()>
+    fn zero_blocks_at<F>(&mut self, block: FsBlock, count: u64, mut f: F) -> Result<()>
     where
-        F: FnMut(&mut Self, u64, &[u8]) -> Result<()>,
+        F: FnMut(&mut Self, FsBlock, &[u8]) -> Result<()>,
     {
         if self.zeros.is_empty() {
             self.zeros = vec![0u8; IO_CHUNK];
         }
-        let per = (IO_CHUNK as u64 / self.bs).max(1);
+        let per = chunk_blocks(self.bs);
         let zeros = std::mem::take(&mut self.zeros);
+        // Callers checked that the blocks lie inside the image.
+        let end = block.saturating_add(count);
         let mut b = block;
         let mut res = Ok(());
-        while b < block + count && res.is_ok() {
-            let n = per.min(block + count - b);
-            res = f(self, b, &zeros[..(n * self.bs) as usize]);
-            b += n;
+        while b < end && res.is_ok() {
+            let n = per.min(end.saturating_since(b));
+            let len = self.bs.len_of(n).unwrap_or(IO_CHUNK);
+            res = f(self, b, &zeros[..len]);
+            b = b.saturating_add(n);
         }
         self.zeros = zeros;
         res
@@ -367,26 +420,16 @@ impl<'a> RawSink<'a> {
     /// the input did not carry: e2image's whole inode tables), in any order. Only targets
     /// updated in place (and their dry runs) take them; blocks already put are the caller's
     /// to leave out.
-    pub fn put_zero_runs(&mut self, runs: &[crate::blockmap::Run]) -> Result<()> {
+    pub fn put_zero_runs(&mut self, runs: &[BlockRun]) -> Result<()> {
         if !self.target.updates_in_place() {
             return Ok(());
         }
         for r in runs {
-            let inside = r
-                .start
-                .checked_add(r.len)
-                .and_then(|e| e.checked_mul(self.bs))
-                .is_some_and(|e| e <= self.total);
-            if !inside {
-                return Err(Error::InvalidInput(format!(
-                    "{} lie past the end of the image",
-                    range_text(r.start, r.len)
-                )));
-            }
+            self.image_bytes(r.start, r.len)?;
             self.zero_blocks_at(r.start, r.len, |s, b, d| {
-                let n = d.len() as u64 / s.bs;
-                s.stats.blocks += n;
-                s.stats.zero_blocks += n;
+                let n = s.bs.blocks_in(d.len() as u64);
+                add(&mut s.stats.blocks, n);
+                add(&mut s.stats.zero_blocks, n);
                 s.put_in_place(b, d)
             })?;
         }
@@ -399,7 +442,8 @@ impl<'a> RawSink<'a> {
         let total = self.total;
         match &mut self.target {
             RawTarget::NewFile { file, dest_offset } => {
-                let end = *dest_offset + total;
+                // Checked when the sink was made.
+                let end = dest_offset.saturating_add(total);
                 file.set_len(end)
                     .map_err(|e| Error::io("truncate", end, e))?;
             }
@@ -434,22 +478,46 @@ impl<'a> RawSink<'a> {
     }
 }
 
+/// Blocks `i .. i + n` of `data` (whole blocks of `bsz` bytes): their byte offset in
+/// `data` and their bytes (clipped to `data`).
+fn blocks_of(data: &[u8], bsz: usize, i: usize, n: usize) -> (u64, &[u8]) {
+    let start = i.saturating_mul(bsz).min(data.len());
+    let end = i.saturating_add(n).saturating_mul(bsz).min(data.len());
+    (start as u64, &data[start..end])
+}
+
 /// Write the selected blocks of `src` as a raw image of `map.blocks_count()` blocks.
 pub fn write_raw<S: ReadAt + ?Sized>(
     src: &S,
     map: &BlockMap,
-    block_size: u32,
+    bs: BlockSize,
     target: RawTarget<'_>,
     progress: &mut dyn Progress,
 ) -> Result<CopyStats> {
-    let mut sink = RawSink::new(target, block_size, map.blocks_count())?;
-    progress.block_size(block_size);
+    let total = bs
+        .bytes_of(map.blocks_count())
+        .ok_or_else(|| Error::InvalidInput("filesystem size overflows".into()))?;
+    write_raw_sized(src, map, bs, total, target, progress)
+}
+
+/// [`write_raw`] of an image of `total` bytes whose last block may be partial (`map`
+/// covers `total` bytes in blocks of `bs`).
+pub fn write_raw_sized<S: ReadAt + ?Sized>(
+    src: &S,
+    map: &BlockMap,
+    bs: BlockSize,
+    total: u64,
+    target: RawTarget<'_>,
+    progress: &mut dyn Progress,
+) -> Result<CopyStats> {
+    let mut sink = RawSink::sized(target, bs, total)?;
+    progress.block_size(bs.get());
     progress.phase(
         "copying",
         map.selected_blocks(),
         crate::progress::Unit::Blocks,
     );
-    let past = for_each_piece(src, map, block_size, &mut |p| {
+    let past = for_each_piece(src, map, bs, &mut |p| {
         match p {
             Piece::Data(blk, data) => sink.put(blk, data)?,
             Piece::Zero(blk, n) => sink.put_zeros(blk, n)?,
@@ -466,9 +534,9 @@ pub fn write_raw<S: ReadAt + ?Sized>(
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)] // tests compute expected values freely
 mod tests {
     use super::*;
-    use crate::blockmap::Run;
     use crate::io::MemSource;
     use crate::progress::NoProgress;
     use std::ops::Range;
@@ -498,8 +566,8 @@ mod tests {
 
     #[test]
     fn ranges_are_inclusive_and_singular_for_one_block() {
-        assert_eq!(range_text(5, 1), "block 5 (1 block)");
-        assert_eq!(range_text(1, 258), "blocks 1-258 (258 blocks)");
+        assert_eq!(range_text(FsBlock(5), 1), "block 5 (1 block)");
+        assert_eq!(range_text(FsBlock(1), 258), "blocks 1-258 (258 blocks)");
     }
 
     #[test]
@@ -507,7 +575,7 @@ mod tests {
         let bs = 1024usize;
         let data: Vec<u8> = (0..16 * bs).map(|i| (i / bs) as u8 + 1).collect();
         let src = MemSource(data.clone());
-        let map = BlockMap::from_runs([Run { start: 2, len: 10 }], 16);
+        let map = BlockMap::from_runs([BlockRun::new(FsBlock(2), 10)], 16);
         let mut target = tempfile::tempfile().unwrap();
         std::io::Write::write_all(&mut target, &data).unwrap();
         // Block 4 differs; blocks 10-11 lie past the target's end (EOF counts as different).
@@ -517,7 +585,7 @@ mod tests {
         let st = write_raw(
             &src,
             &map,
-            bs as u32,
+            BlockSize::new(bs as u32).unwrap(),
             RawTarget::DryRun {
                 list: &mut list,
                 target: Some(&target),
@@ -546,7 +614,7 @@ mod tests {
                 new_file: false,
                 room: Some(16 * 1024),
             },
-            1024,
+            BlockSize::new(1024).unwrap(),
             16,
         );
         assert!(matches!(
@@ -567,18 +635,21 @@ mod tests {
             inner: MemSource(data.clone()),
             bad: 10 * bs + 100..11 * bs + 5,
         };
-        let map = BlockMap::from_runs([Run { start: 2, len: 20 }, Run { start: 40, len: 3 }], 64);
+        let map = BlockMap::from_runs(
+            [BlockRun::new(FsBlock(2), 20), BlockRun::new(FsBlock(40), 3)],
+            64,
+        );
         let mut out = Vec::new();
         let st = write_raw(
             &src,
             &map,
-            1024,
+            BlockSize::new(1024).unwrap(),
             RawTarget::Stream(&mut out),
             &mut NoProgress,
         )
         .unwrap();
         assert_eq!(st.unreadable_blocks, 2);
-        assert_eq!(st.unreadable, vec![10, 11]);
+        assert_eq!(st.unreadable, vec![FsBlock(10), FsBlock(11)]);
         assert_eq!(out.len(), 64 * 1024);
         for b in 0..64u64 {
             let got = &out[(b * bs) as usize..((b + 1) * bs) as usize];

@@ -93,7 +93,7 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     let opts = CaptureOptions {
         all_data: args.all_data,
         open: e2i::ext4::OpenOptions {
-            superblock: args.superblock.filter(|&s| s != 0),
+            superblock: args.superblock.filter(|&s| s != 0).map(e2i::units::FsBlock),
             block_size: args.blocksize,
         },
         offset: args.offset,

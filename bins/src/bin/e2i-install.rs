@@ -41,6 +41,17 @@ fn body(args: Args) -> anyhow::Result<u8> {
         );
     }
     if let Some(u) = &args.undo {
+        // The name must be new. The output layer checks a new name's folder, and says so
+        // when an existing file or block device is DEVICE or IMAGE under another name;
+        // anything else that exists (a FIFO, a character device, a folder) is refused
+        // without being opened.
+        let file_or_device = std::fs::metadata(u).is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            m.is_file() || m.file_type().is_block_device()
+        });
+        if std::fs::symlink_metadata(u).is_ok() && !file_or_device {
+            e2i::ops::install::refuse_existing_undo(u)?;
+        }
         open_output(
             &Request {
                 path: u,
@@ -52,12 +63,12 @@ fn body(args: Args) -> anyhow::Result<u8> {
             },
             &[("DEVICE", &args.device), ("IMAGE", &args.image)],
         )?;
+        e2i::ops::install::refuse_existing_undo(u)?;
     }
     let opts = InstallOptions {
         force: args.force,
         dry_run: args.dry_run,
         undo: args.undo.clone(),
-        allow_scrambled: args.allow_scrambled,
     };
     let context = || {
         format!(
@@ -75,18 +86,19 @@ fn body(args: Args) -> anyhow::Result<u8> {
     let mut reporter = Reporter::new(args.progress);
     reporter.set_dry_run(args.dry_run);
     let report = install.run(&mut reporter).with_context(context)?;
-    reporter.summary(report.block_size);
+    reporter.summary(report.block_size.get());
     if args.dry_run {
-        let bs = u64::from(report.block_size);
+        let bs = report.block_size;
         for w in &report.writes {
             let src = match &w.data {
                 WriteData::Image(off) => format!("from image byte {off}"),
                 WriteData::Bytes(_) => "computed".to_string(),
             };
-            let (first, end) = (w.offset / bs, (w.offset + w.len).div_ceil(bs));
+            let first = bs.block_of(w.offset);
+            let end = bs.blocks_covering(w.offset.saturating_add(w.len));
             e2i_cli::say(format_args!(
                 "Writing {}: {} ({} bytes at byte {}, {src})",
-                range_text(first, end - first),
+                range_text(first, end.saturating_sub(first.get())),
                 w.what,
                 w.len,
                 w.offset
@@ -128,9 +140,10 @@ fn warn_before_writing(dev: &str, report: &InstallReport) {
             "{TOOL}: warning: {dev}: its journal needs recovery, and the image's superblock replaces the one that says so: the journal will not be replayed (run e2fsck on {dev} first to keep its transactions)"
         );
     }
-    if let Some(ev) = &report.scrambled {
+    if !report.newer.is_empty() {
         eprintln!(
-            "{TOOL}: warning: {dev}: installing a scrambled image ({ev}): its scrambled names, symlink targets, inline data, xattrs and label replace the real ones (--allow-scrambled)"
+            "{TOOL}: warning: {dev}: holds a newer state of the filesystem than the image: {} (installing anyway: --force)",
+            report.newer.join(", ")
         );
     }
     eprintln!("{TOOL}: {dev}: {}", overview_line(report));

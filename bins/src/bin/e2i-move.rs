@@ -12,6 +12,7 @@ use e2i::ops::move_fs::{self, CloneTarget, JournalOptions, MoveNote, MoveOptions
 use e2i::ops::move_journal as mj;
 use e2i::output::{Kind, Request};
 use e2i::sparse::range_text;
+use e2i::units::FsBlock;
 use e2i_cli::cli::move_fs::Args;
 use e2i_cli::{EXIT_OK, Reporter, Summary, attribute, open_output, parse_args, run, usage_error};
 
@@ -40,7 +41,7 @@ fn refuse_mounted(path: &Path, any: bool) -> anyhow::Result<()> {
 fn lister(
     dry: bool,
     failed: std::rc::Rc<std::cell::RefCell<Option<io::Error>>>,
-) -> impl FnMut(u64, u64) {
+) -> impl FnMut(FsBlock, u64) {
     let mut out = io::BufWriter::new(io::stdout());
     move |first, n| {
         if !dry || failed.borrow().is_some() {
@@ -64,14 +65,20 @@ fn knob(name: &str) -> u64 {
 /// Crash points passed so far (test hook).
 static CRASH_POINTS: AtomicU64 = AtomicU64::new(0);
 
-/// Test hook (`E2I_MOVE_KILL_AT=N`): SIGKILL this process before its N-th write to SOURCE or
-/// the journal, so tests can stop a move at exact points. `E2I_MOVE_KILL_AT=0` kills
-/// nothing; either way the run ends by printing how many such points it passed.
+/// Test hooks (`E2I_MOVE_KILL_AT=N`, `E2I_MOVE_STOP_AT=N`): SIGKILL (or SIGSTOP) this
+/// process before its N-th write to SOURCE or the journal, so tests can stop a move at exact
+/// points, or hold it there (its lock taken) until they kill it. `=0` stops nothing; either
+/// way the run ends by printing how many such points it passed.
 fn crash_point() {
-    let n = CRASH_POINTS.fetch_add(1, Ordering::SeqCst) + 1;
+    let n = CRASH_POINTS
+        .fetch_add(1, Ordering::SeqCst)
+        .saturating_add(1);
+    use rustix::process::{Signal, getpid, kill_process};
     if n == knob("E2I_MOVE_KILL_AT") {
-        let _ =
-            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+        let _ = kill_process(getpid(), Signal::KILL);
+    }
+    if n == knob("E2I_MOVE_STOP_AT") {
+        let _ = kill_process(getpid(), Signal::STOP);
     }
 }
 
@@ -135,7 +142,9 @@ fn body(args: Args) -> anyhow::Result<u8> {
             "a move needs different source and destination offsets (-o, -O)",
         ));
     }
-    let kill_hook = std::env::var_os("E2I_MOVE_KILL_AT").is_some();
+    let kill_hook = ["E2I_MOVE_KILL_AT", "E2I_MOVE_STOP_AT"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
     let opts = MoveOptions {
         src_offset: args.src_offset,
         dest_offset: args.dest_offset,

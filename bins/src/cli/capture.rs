@@ -102,7 +102,7 @@ pub struct Args {
     pub superblock: Option<u64>,
     /// Block size to use with -b.
     #[arg(short = 'B', long = "blocksize", value_name = "N", value_parser = crate::block_size)]
-    pub blocksize: Option<u32>,
+    pub blocksize: Option<e2i::units::BlockSize>,
     /// Byte offset of the filesystem inside SOURCE (suffixes K, M, G, ...: powers of 1024).
     #[arg(short = 'o', long = "offset", value_name = "N", value_parser = number, default_value = "0")]
     pub offset: u64,

@@ -8,12 +8,18 @@ const LONG_ABOUT: &str = "\
 Write the superblock, group descriptors, bitmaps and inode tables held in IMAGE (a normal \
 e2image image) back onto DEVICE (a block device or an image file). A mounted DEVICE is \
 always refused; so is one whose filesystem UUID or geometry differs from the image's, \
-unless --force. A scrambled IMAGE (made with `e2i-capture -s`: its header's mark, or, for \
-images made before the mark, a header naming neither host nor device) is refused unless \
---allow-scrambled: its inode tables and superblock would replace the real names in inline \
-directories, symlink targets, inline file data, in-inode xattrs and the label. With \
---undo FILE, every block about to be overwritten is first saved to FILE, which e2fsprogs' \
-`e2undo FILE DEVICE` replays.
+unless --force, and so is one holding a newer state of the filesystem than the image (its \
+last write time, mount count or lifetime writes past the image's superblock's: what was \
+written since would be lost), unless --force. A scrambled IMAGE (made with `e2i-capture -s`: \
+its header's or superblock's mark, or, for images made before the mark, a header naming \
+neither host nor device) is always refused, --force or not: its inode tables and superblock \
+would replace the real names in inline directories, symlink targets, inline file data, \
+in-inode xattrs and the label, and e2fsck would find nothing wrong (a DEVICE that is itself \
+scrambled takes it). With --undo FILE, every block about to be overwritten is first saved to \
+FILE, a name that must not exist yet; `e2undo FILE DEVICE` then restores DEVICE's exact \
+bytes, also after an install killed at any point but one: between its last write to DEVICE \
+(the superblock) and the undo file's last update, the install is complete and e2undo refuses \
+without changing anything.
 
 Before writing (and with -n), one line says what is replaced: the inode tables and bitmaps \
 of every group, with the image's from the time it was taken, and whether DEVICE's \
@@ -21,9 +27,8 @@ filesystem was written after that (files created or changed since become unreach
 warning says when DEVICE's journal needs recovery: the image's superblock replaces the one \
 that says so, and the journal is then not replayed (run e2fsck first).
 
-e2image equivalent: `e2i-install DEVICE IMAGE` is `e2image -I DEVICE IMAGE`; `-n`, \
-`-z` and --allow-scrambled have no e2image -I equivalent (e2image -I writes without checks \
-or undo file).";
+e2image equivalent: `e2i-install DEVICE IMAGE` is `e2image -I DEVICE IMAGE`; `-n` and \
+`-z` have no e2image -I equivalent (e2image -I writes without checks or undo file).";
 
 const AFTER_LONG_HELP: &str = "\
 Examples:
@@ -57,18 +62,14 @@ pub struct Args {
     /// Print what would be written; change nothing.
     #[arg(short = 'n', long = "dry-run")]
     pub dry_run: bool,
-    /// First save every block that will be overwritten to FILE, for `e2undo FILE DEVICE`.
+    /// First save every block that will be overwritten to FILE (which must not exist), for
+    /// `e2undo FILE DEVICE`.
     #[arg(short = 'z', long = "undo", value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     pub undo: Option<PathBuf>,
-    /// Install even if DEVICE's filesystem UUID or geometry differs from the image's
-    /// (never onto a mounted device).
+    /// Install even if DEVICE's filesystem UUID or geometry differs from the image's, or it
+    /// is newer than the image (never onto a mounted device, never a scrambled image).
     #[arg(short = 'f', long)]
     pub force: bool,
-    /// Install IMAGE even if it is scrambled (e2i-capture -s): the names in inline
-    /// directories, symlink targets, inline file data, in-inode xattrs and label on DEVICE
-    /// become the scrambled ones. For scratch copies.
-    #[arg(long = "allow-scrambled")]
-    pub allow_scrambled: bool,
     /// Show progress on stderr (a bar on a terminal, a line every few seconds otherwise).
     #[arg(short = 'p', long)]
     pub progress: bool,

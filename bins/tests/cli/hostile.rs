@@ -889,17 +889,15 @@ fn two_movers_never_share_a_file_or_a_journal() {
         .arg(&disk)
         .env("XDG_STATE_HOME", &state)
         .env("E2I_MOVE_PIECE_KIB", PIECE_KIB)
-        .env("E2I_MOVE_THROTTLE_US", "1500000")
+        // Held (SIGSTOP) before its third write, its journal begun, until the checks are
+        // done: no timing involved.
+        .env("E2I_MOVE_STOP_AT", "3")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let journal = journal_of(&disk);
-    let t0 = std::time::Instant::now();
-    while !journal.exists() {
-        assert!(t0.elapsed().as_secs() < 60, "the first move never started");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    wait_stopped(&first);
+    assert!(journal.exists(), "the first move never started");
     let lo = Loop::new(&disk, &[]);
     for extra in [vec!["--journal", journal.to_str().unwrap()], vec![]] {
         let mut a = args.to_vec();
@@ -912,6 +910,7 @@ fn two_movers_never_share_a_file_or_a_journal() {
         let err = failed(&o, &what);
         assert!(err.contains("another e2i-move"), "{what}: {err}");
     }
+    resume_stopped(&first);
     let o = first.wait_with_output().unwrap();
     ok(&o, "the first mover");
     drop(lo);
@@ -1146,16 +1145,14 @@ fn a_source_being_moved_is_not_read_as_a_filesystem() {
         .arg(&disk)
         .env("XDG_STATE_HOME", &state)
         .env("E2I_MOVE_PIECE_KIB", PIECE_KIB)
-        .env("E2I_MOVE_THROTTLE_US", "1500000")
+        // Held (SIGSTOP) before its third write until every reader has been tried.
+        .env("E2I_MOVE_STOP_AT", "3")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let journal = journal_of(&disk);
-    let t0 = std::time::Instant::now();
-    while !journal.exists() {
-        assert!(t0.elapsed().as_secs() < 60, "the move never started");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_stopped(&first);
+    assert!(journal.exists(), "the move never started");
     let lo = Loop::new(&disk, &[]);
     for src in [disk.as_path(), lo.path()] {
         for (what, mut c) in readers(src) {
@@ -1168,6 +1165,7 @@ fn a_source_being_moved_is_not_read_as_a_filesystem() {
         }
     }
     drop(lo);
+    resume_stopped(&first);
     ok(&first.wait_with_output().unwrap(), "the move");
     assert!(holds_fs(&disk, MIB + 4096, &want, d.path()));
     // Half moved by a killed move: refused, naming the journal; finished, read as usual.

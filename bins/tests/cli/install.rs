@@ -47,18 +47,19 @@ fn patch(img: &Path, off: u64, bytes: &[u8]) {
 fn damage(img: &Path, superblock: bool) {
     let src = e2i::io::FileSource::open(img, 0).unwrap();
     let fs = e2i::ext4::Filesystem::open(src, Default::default()).unwrap();
-    let bs = u64::from(fs.sb.block_size);
+    let bs = fs.sb.block_size;
+    let at = |b| bs.offset_of(b).unwrap();
     let it = fs.desc.inode_table(0);
     patch(
         img,
-        it * bs,
-        &vec![0; (u64::from(fs.sb.inode_blocks_per_group) * bs) as usize],
+        at(it),
+        &vec![0; (u64::from(fs.sb.inode_blocks_per_group) * bs.bytes()) as usize],
     );
     for b in [fs.desc.block_bitmap(0), fs.desc.inode_bitmap(0)] {
-        patch(img, b * bs, &vec![0; bs as usize]);
+        patch(img, at(b), &vec![0; bs.as_usize()]);
     }
     for b in e2i::normal::reader::primary_descriptor_blocks(&fs.sb) {
-        patch(img, b * bs, &vec![0; bs as usize]);
+        patch(img, at(b), &vec![0; bs.as_usize()]);
     }
     if superblock {
         patch(img, 1024, &[0; 1024]);
@@ -181,7 +182,9 @@ fn install_writes_the_same_bytes_as_e2image_dash_i() {
             .arg(&image)
             .env("E2FSPROGS_FAKE_TIME", "1800000000"));
         assert!(o.status.success());
-        let o = install(&[], &b, &image);
+        // The filesystem changed after the image: refused without -f (see
+        // install_refuses_a_newer_state_of_the_filesystem).
+        let o = install(&["-f"], &b, &image);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         assert!(
             sha256(&a) == sha256(&b),
@@ -269,19 +272,312 @@ fn install_refuses_truncated_or_corrupt_images() {
     }
 }
 
+/// `-z` never writes over anything: an existing path of any kind (a file, empty or not, a
+/// FIFO, a character device, a symlink to a file, to a device or dangling, a folder) is
+/// refused with exit 1 in a real run and a dry run, with or without -f, before DEVICE is
+/// touched; the path is left as it was. (Block devices: install_undo_onto_a_loop_device_is_refused.)
 #[test]
 fn install_refuses_an_existing_undo_file() {
+    use std::os::unix::fs::FileTypeExt;
     let d = tempdir();
     let a = make(d.path(), "a.img", "16M", &[]);
     let image = d.path().join("a.e2i");
     capture(&a, &image);
-    let undo = d.path().join("u.undo");
-    std::fs::write(&undo, b"previous undo record").unwrap();
+    // The device is damaged, so that an install would change it.
+    damage(&a, false);
     let before = sha256(&a);
-    let o = install(&["-z", undo.to_str().unwrap()], &a, &image);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(sha256(&a) == before);
-    assert_eq!(std::fs::read(&undo).unwrap(), b"previous undo record");
+    let p = |n: &str| d.path().join(n);
+    std::fs::write(p("full.undo"), b"previous undo record").unwrap();
+    std::fs::write(p("empty.undo"), b"").unwrap();
+    std::fs::write(p("target"), b"keep me").unwrap();
+    std::os::unix::fs::symlink(p("target"), p("link.undo")).unwrap();
+    std::os::unix::fs::symlink(p("nowhere"), p("dangling.undo")).unwrap();
+    std::os::unix::fs::symlink("/dev/null", p("null.undo")).unwrap();
+    std::fs::create_dir(p("dir.undo")).unwrap();
+    let st = Command::new("mkfifo").arg(p("fifo.undo")).status().unwrap();
+    assert!(st.success());
+    let names = [
+        "full.undo",
+        "empty.undo",
+        "link.undo",
+        "dangling.undo",
+        "null.undo",
+        "dir.undo",
+        "fifo.undo",
+        "/dev/null",
+    ];
+    for name in names {
+        let undo = p(name);
+        for extra in [&[][..], &["-n"], &["-f"]] {
+            let mut args = extra.to_vec();
+            args.extend(["-z", undo.to_str().unwrap()]);
+            let o = install(&args, &a, &image);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(1), "{name} {extra:?}: {err}");
+            assert!(
+                err.contains("already exists") && err.lines().count() == 1,
+                "{name} {extra:?}: {err}"
+            );
+            assert!(sha256(&a) == before, "{name} {extra:?}: device changed");
+        }
+    }
+    assert_eq!(
+        std::fs::read(p("full.undo")).unwrap(),
+        b"previous undo record"
+    );
+    assert!(std::fs::read(p("empty.undo")).unwrap().is_empty());
+    assert_eq!(std::fs::read(p("target")).unwrap(), b"keep me");
+    assert!(!p("nowhere").exists(), "the dangling link was followed");
+    assert!(std::fs::read_dir(p("dir.undo")).unwrap().next().is_none());
+    let ft = std::fs::symlink_metadata(p("fifo.undo"))
+        .unwrap()
+        .file_type();
+    assert!(ft.is_fifo());
+    assert!(
+        std::fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    // A new name works.
+    let o = install(&["-z", p("new.undo").to_str().unwrap()], &a, &image);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// `-z` naming a block device (here a loop device over a file with a filesystem on it, and a
+/// symlink to it) is refused untouched, as is DEVICE. Needs root.
+#[test]
+fn install_undo_onto_a_loop_device_is_refused() {
+    if !is_root() {
+        eprintln!("install_undo_onto_a_loop_device_is_refused: needs root; not run");
+        return;
+    }
+    let d = tempdir();
+    let a = make(d.path(), "a.img", "16M", &[]);
+    let image = d.path().join("a.e2i");
+    capture(&a, &image);
+    damage(&a, false);
+    let victim = mkfs(d.path(), "victim.img", "16M", &[]);
+    let o = run(Command::new("losetup").args(["-f", "--show"]).arg(&victim));
+    assert!(o.status.success(), "losetup failed");
+    let lo = Loop(String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let lop = PathBuf::from(&lo.0);
+    let link = d.path().join("lo.undo");
+    std::os::unix::fs::symlink(&lop, &link).unwrap();
+    let (dev_before, lo_before) = (sha256(&a), sha256(&lop));
+    for undo in [&lop, &link] {
+        for extra in [&[][..], &["-n"], &["-f"]] {
+            let mut args = extra.to_vec();
+            args.extend(["-z", undo.to_str().unwrap()]);
+            let o = install(&args, &a, &image);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(1), "{undo:?} {extra:?}: {err}");
+            assert!(err.contains("already exists"), "{undo:?}: {err}");
+        }
+    }
+    assert!(sha256(&a) == dev_before, "DEVICE changed");
+    assert!(
+        sha256(&lop) == lo_before,
+        "the loop device named by -z changed"
+    );
+    let o = run(Command::new("e2fsck").arg("-fn").arg(&lop));
+    assert!(
+        o.status.success(),
+        "the loop device's filesystem was damaged"
+    );
+}
+
+/// Set superblock fields of `img` with debugfs at the image's time (so that only the fields
+/// named change, not the write time).
+fn set_super(img: &Path, field: &str, value: &str, time: &str) {
+    let o = run(Command::new("debugfs")
+        .args(["-w", "-R", &format!("ssv {field} {value}")])
+        .arg(img)
+        .env("E2FSPROGS_FAKE_TIME", time));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A device holding a newer state of the filesystem than the image (written since: a later
+/// write time; mounted since: a higher mount count; more lifetime writes) is refused, exit
+/// 1, with both values in the one-line message, by a real run and by -n alike, the device
+/// untouched; -f installs (with a warning naming both). The same state, or an older one, is
+/// accepted.
+#[test]
+fn install_refuses_a_newer_state_of_the_filesystem() {
+    let d = tempdir();
+    // mkfs at 1700000000 (util::mkfs); the image is taken at that state.
+    let orig = make(d.path(), "orig.img", "32M", &["-b", "1024"]);
+    let image = d.path().join("orig.e2i");
+    capture(&orig, &image);
+    // (what, change, words in the refusal)
+    type Change = fn(&Path);
+    let cases: [(&str, Change, &[&str]); 4] = [
+        (
+            "files added since (debugfs, a later write time)",
+            |p| {
+                let o = run(Command::new("debugfs")
+                    .args(["-w", "-R", "mkdir added-since"])
+                    .arg(p)
+                    .env("E2FSPROGS_FAKE_TIME", "1750000000"));
+                assert!(o.status.success());
+            },
+            &[
+                "last written 2025-06-15 15:06:40 UTC (1750000000)",
+                "image: 2023-11-14 22:13:20 UTC (1700000000)",
+            ],
+        ),
+        (
+            "mounted since",
+            |p| set_super(p, "mnt_count", "3", "1700000000"),
+            &["mount count 3 (image: 0)"],
+        ),
+        (
+            "more lifetime writes",
+            |p| set_super(p, "kbytes_written", "999999", "1700000000"),
+            &["lifetime writes 9999", "KiB (image: "],
+        ),
+        (
+            "only the write time",
+            // libext2fs stamps the write time when it writes the superblock.
+            |p| set_super(p, "mnt_count", "0", "1735689600"),
+            &["last written 2025-01-01 00:00:00 UTC (1735689600)"],
+        ),
+    ];
+    for (what, change, words) in cases {
+        let dev = d.path().join("dev.img");
+        std::fs::copy(&orig, &dev).unwrap();
+        change(&dev);
+        let before = sha256(&dev);
+        for args in [&[][..], &["-n"]] {
+            let o = install(args, &dev, &image);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(1), "{what} {args:?}: {err}");
+            assert_eq!(err.lines().count(), 1, "{what} {args:?}: {err}");
+            for w in words.iter().chain(&["newer state", "--force"]) {
+                assert!(err.contains(w), "{what} {args:?}: {w:?} not in {err}");
+            }
+            assert!(o.stdout.is_empty(), "{what} {args:?}");
+            assert!(sha256(&dev) == before, "{what} {args:?}: device changed");
+        }
+        let o = install(&["-f", "-n"], &dev, &image);
+        assert!(
+            o.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(sha256(&dev) == before, "{what}: -f -n changed the device");
+        let o = install(&["-f"], &dev, &image);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{what}: {err}");
+        assert!(
+            err.contains("warning") && words.iter().all(|w| err.contains(w)),
+            "{what}: {err}"
+        );
+        // (What was added since is now unreachable: e2fsck would say so; that is the loss
+        // the refusal is about.)
+    }
+    // The image's own state (damaged metadata, same superblock) and an older state install.
+    let dev = d.path().join("same.img");
+    std::fs::copy(&orig, &dev).unwrap();
+    damage(&dev, false);
+    let o = install(&[], &dev, &image);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let newer = d.path().join("newer.img");
+    std::fs::copy(&orig, &newer).unwrap();
+    set_super(&newer, "mnt_count", "5", "1760000000");
+    let later = d.path().join("later.e2i");
+    capture(&newer, &later);
+    let o = install(&[], &orig, &later);
+    assert!(
+        o.status.success(),
+        "an older device: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Kill an install with an undo file before each of its write calls in turn (strace's fault
+/// injection: SIGKILL on the Nth pwrite64), then run plain `e2undo UNDO DEVICE`: the device
+/// is back to its exact original bytes. The one exception is the last write, the undo
+/// file's commit after the superblock (one system call after the install finished): there
+/// the device holds the finished install and e2undo refuses, changing nothing.
+#[test]
+fn install_killed_at_any_write_is_undone_by_e2undo() {
+    if run(Command::new("strace").arg("-V")).status.code() != Some(0) {
+        eprintln!("install_killed_at_any_write_is_undone_by_e2undo: no strace; not run");
+        return;
+    }
+    for (size, opts, zero_sb) in [
+        ("16M", &["-b", "1024"][..], false),
+        (
+            "48M",
+            &["-b", "1024", "-O", "meta_bg,^resize_inode"][..],
+            true,
+        ),
+    ] {
+        let d = tempdir();
+        let orig = make(d.path(), "orig.img", size, opts);
+        let image = d.path().join("orig.e2i");
+        capture(&orig, &image);
+        let damaged = d.path().join("damaged.img");
+        std::fs::copy(&orig, &damaged).unwrap();
+        damage(&damaged, zero_sb);
+        let before = sha256(&damaged);
+        // A finished install, for the one window.
+        let done = d.path().join("done.img");
+        std::fs::copy(&damaged, &done).unwrap();
+        let o = install(
+            &["-z", d.path().join("done.undo").to_str().unwrap()],
+            &done,
+            &image,
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let finished = sha256(&done);
+
+        let dev = d.path().join("dev.img");
+        let undo = d.path().join("dev.undo");
+        // (device changed by the killed run, e2undo succeeded, device after e2undo)
+        let mut results = Vec::new();
+        for n in 1.. {
+            assert!(n < 500, "{opts:?}: the install never finished");
+            std::fs::copy(&damaged, &dev).unwrap();
+            let _ = std::fs::remove_file(&undo);
+            let o = run(Command::new("strace")
+                .args(["-f", "-o", "/dev/null", "-e"])
+                .arg(format!("inject=pwrite64:signal=KILL:when={n}"))
+                .arg(tool("e2i-install"))
+                .args(["-q", "-z"])
+                .arg(&undo)
+                .arg(&dev)
+                .arg(&image)
+                .env("E2FSPROGS_FAKE_TIME", "1800000000"));
+            if o.status.success() {
+                break;
+            }
+            let changed = sha256(&dev) != before;
+            let u = run(Command::new("e2undo").arg(&undo).arg(&dev));
+            results.push((changed, u.status.success(), sha256(&dev)));
+        }
+        let last = results.len() - 1;
+        assert!(last > 4, "{opts:?}: only {} writes", results.len());
+        for (i, (changed, undone, sum)) in results[..last].iter().enumerate() {
+            assert!(
+                *sum == before,
+                "{opts:?}: killed at write {} (device changed: {changed}, e2undo ok: {undone}): not restored",
+                i + 1
+            );
+        }
+        // Kills land in the middle: some runs had changed the device, and e2undo put it back.
+        assert!(
+            results[..last].iter().any(|(c, u, _)| *c && *u),
+            "{opts:?}: no kill landed after a device write"
+        );
+        let (changed, undone, sum) = &results[last];
+        assert!(*changed && !*undone, "{opts:?}: the commit window");
+        assert!(
+            *sum == finished,
+            "{opts:?}: the window holds a finished install"
+        );
+    }
 }
 
 /// Unmounts on drop, so a failing assertion does not leave the mount behind.

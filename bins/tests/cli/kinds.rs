@@ -61,7 +61,8 @@ fn inode_at(img: &Path, bytes: &[u8], path: &str) -> (u32, u64) {
     let sb = &fs.sb;
     let g = (ino - 1) / sb.inodes_per_group;
     let idx = u64::from((ino - 1) % sb.inodes_per_group);
-    let at = fs.desc.inode_table(g) * u64::from(sb.block_size) + idx * u64::from(sb.inode_size);
+    let table = sb.block_size.offset_of(fs.desc.inode_table(g)).unwrap();
+    let at = table + idx * u64::from(sb.inode_size);
     (ino, at)
 }
 
@@ -129,7 +130,7 @@ fn a_truncated_inode_table() {
     );
     let mut img = std::fs::read(&path).unwrap();
     let fs = open(&img).unwrap();
-    let it = fs.desc.inode_table(0);
+    let it = fs.desc.inode_table(0).get();
     let ipb = fs.sb.inodes_per_block();
     // Keep the first 3 blocks of the table.
     img.truncate(((it + 3) * 1024) as usize);
@@ -295,7 +296,7 @@ fn scrambler_damage_kinds() {
     let mut img = std::fs::read(&path).unwrap();
     // An xattr block with a bad header.
     let (_, at) = inode_at(&path, &img, "f1");
-    let xb = inode(&img, at).file_acl(true);
+    let xb = inode(&img, at).file_acl(true).get();
     assert_ne!(xb, 0, "f1 has an xattr block");
     put(&mut img, xb * 1024, &[0; 4]);
     // A directory entry whose rec_len cannot be: the first entry of sub's block 0.

@@ -383,21 +383,20 @@ fn unfinished_move_blocks_a_different_one() {
     let disk = d.path().join("disk.img");
     embed(&img, &disk, MIB, 2 * MIB, 3);
     let journal = d.path().join("j");
-    // Stop a slowed move right after it started (its journal exists), then try another.
+    // Hold a move (SIGSTOP, by the test hook) before its third write: its journal exists,
+    // a piece is under way, SOURCE is locked. Then try another.
     let mut child = Command::new(tool("e2i-move"))
         .args(["--journal", p(&journal), "-o", "1M", "-O", "2M", p(&disk)])
         .env("XDG_STATE_HOME", d.path().join("state"))
-        .env("E2I_MOVE_THROTTLE_US", "2000000")
+        .env("E2I_MOVE_STOP_AT", "3")
         .env("E2I_MOVE_PIECE_KIB", "256")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    while !journal.exists() {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    std::thread::sleep(Duration::from_millis(50));
-    // While it runs, a second mover is turned away.
+    wait_stopped(&child);
+    assert!(journal.exists());
+    // While it is held, a second mover is turned away.
     let o = e2i_move(&["--journal", p(&journal), "-o", "1M", "-O", "2M", p(&disk)]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("another e2i-move"));
@@ -437,9 +436,17 @@ fn unfinished_move_blocks_a_different_one() {
 }
 
 /// Move a filesystem holding `data` bytes back and forth by awkward distances, killing
-/// each move `kills` times at random moments (also during resumed runs), then finishing
-/// it with a plain rerun; every trial must end with the same filesystem.
-fn killed_moves(data: u64, fs_size: &str, piece: u64, throttle_us: u64, kills: usize, seed: u64) {
+/// each move `kills` times (SIGKILL, by the binary's exact-write test hook: no timing
+/// involved), also during the runs that resume it, then finishing it with a plain rerun;
+/// every trial must end with the same filesystem.
+///
+/// The kill points are seeded and chosen so that every one of them is reached: an
+/// uninterrupted run on a copy counts the move's crash points (writes to SOURCE or the
+/// journal), and each kill leaves the runs after it enough of them (a resumed run redoes
+/// the pieces since the last checkpoint and skips at most a few writes: the journal's
+/// creation, pieces already saved, one checkpoint). Half the kills come early in what is
+/// left, the others anywhere, the last one up to the final write.
+fn killed_moves(data: u64, fs_size: &str, piece: u64, slice: u64, kills: u64, seed: u64) {
     let d = tempdir();
     let img = mkfs_data(d.path(), "fs.img", fs_size, data, 60, &["-b", "4096"]);
     let want = e2image_ra(&img, 0, &d.path().join("want.raw"));
@@ -447,10 +454,12 @@ fn killed_moves(data: u64, fs_size: &str, piece: u64, throttle_us: u64, kills: u
     let head = MIB;
     embed(&img, &disk, head, piece * 2, seed);
     fs::remove_file(&img).unwrap();
+    let state = d.path().join("state");
     let mut rng = Rng(seed);
     let mut at = head;
-    let mut resumed = 0;
-    let mut interrupted = 0;
+    let (mut runs, mut points_seen) = (0u64, 0u64);
+    // Writes a resumed run may skip beyond those the killed run made.
+    const SKIPPED: u64 = 6;
     // Shifts below the piece size (every piece overlaps its own source: saved first),
     // sub-block ones, and one larger than a piece (no piece overlaps itself, but later
     // pieces overwrite the sources of earlier ones: checkpoints first).
@@ -465,54 +474,49 @@ fn killed_moves(data: u64, fs_size: &str, piece: u64, throttle_us: u64, kills: u
     ];
     for step in steps {
         let to = (at as i64 + step) as u64;
-        let args = [
-            "-o".to_string(),
-            at.to_string(),
-            "-O".to_string(),
-            to.to_string(),
-            p(&disk).to_string(),
-        ];
-        // Expected duration ~ throttle × MiB; kill somewhere inside it.
-        let span_ms = (throttle_us * (data >> 20) / 1000).max(200);
-        for i in 0..kills {
-            let mut child = Command::new(tool("e2i-move"))
-                .args(&args)
-                .env("XDG_STATE_HOME", d.path().join("state"))
-                .env("E2I_MOVE_THROTTLE_US", throttle_us.to_string())
+        let (at_s, to_s) = (at.to_string(), to.to_string());
+        let args = ["-o", &at_s, "-O", &to_s, p(&disk)];
+        // The move's command without its arguments.
+        let cmd = |kill_at: u64| {
+            let mut c = Command::new(tool("e2i-move"));
+            c.env("XDG_STATE_HOME", &state)
                 .env("E2I_MOVE_PIECE_KIB", (piece >> 10).to_string())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            // Spread the kills over the move: most runs get a fraction of it done; every
-            // other run may get anywhere (also late states of a run that started over).
-            let window = if i % 2 == 0 {
-                span_ms * 2 / kills as u64
-            } else {
-                span_ms
-            };
-            std::thread::sleep(Duration::from_millis(20 + rng.below(window)));
-            match child.try_wait().unwrap() {
-                Some(_) => {}
-                None => {
-                    child.kill().unwrap();
-                    interrupted += 1;
-                }
-            }
-            let out = child.wait_with_output().unwrap();
-            if String::from_utf8_lossy(&out.stderr).contains("resuming") {
-                resumed += 1;
-            }
+                .env("E2I_MOVE_SLICE_KIB", (slice >> 10).to_string())
+                .env("E2I_MOVE_KILL_AT", kill_at.to_string());
+            c
+        };
+        let total = crash_points_with(&disk, &args, cmd(0));
+        assert!(
+            total > kills * (SKIPPED + 1),
+            "move {at} -> {to}: only {total} crash points"
+        );
+        let mut left = total;
+        for i in 0..kills {
+            // Leave at least one reachable point for each kill still to come.
+            let room = left - (kills - 1 - i) * (SKIPPED + 1);
+            let window = if i % 2 == 0 { room / (kills - i) } else { room };
+            let c = 1 + rng.below(window.max(1));
+            let o = run(cmd(c).args(args));
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(
+                killed(&o),
+                "move {at} -> {to}, kill {i} at crash point {c} ({left} of {total} left): not killed: {err}"
+            );
+            assert_eq!(
+                err.contains("resuming"),
+                i > 0,
+                "move {at} -> {to}, kill {i} at {c}: {err}"
+            );
+            // What the next run is sure to have: this run made at most c - 1 writes of
+            // progress, and the next may skip SKIPPED more.
+            left = left.saturating_sub(c + SKIPPED);
+            runs += 1;
+            points_seen += c;
         }
-        let o = run(Command::new(tool("e2i-move"))
-            .args(&args)
-            .env("XDG_STATE_HOME", d.path().join("state"))
-            .env("E2I_MOVE_PIECE_KIB", (piece >> 10).to_string()));
+        let o = run(cmd(0).args(args));
         let msg = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "final run: {msg}");
-        if msg.contains("resuming") {
-            resumed += 1;
-        }
+        assert!(msg.contains("resuming"), "final run did not resume: {msg}");
         let got = e2image_ra(&disk, to, &d.path().join("got.raw"));
         assert!(
             got == want,
@@ -522,16 +526,14 @@ fn killed_moves(data: u64, fs_size: &str, piece: u64, throttle_us: u64, kills: u
         at = to;
     }
     eprintln!(
-        "killed_moves({data} bytes): {interrupted} runs killed, {resumed} runs resumed a move"
+        "killed_moves({data} bytes): {runs} runs killed ({points_seen} writes in all), every rerun resumed"
     );
-    assert!(interrupted >= kills, "too few kills landed: {interrupted}");
-    assert!(resumed > 0, "no run ever resumed an interrupted move");
 }
 
 #[test]
 fn killed_moves_finish_on_rerun() {
-    // 2 MiB pieces: many pieces, so kills land in every phase of the protocol.
-    killed_moves(40 * MIB, "64M", 2 * MIB, 30_000, 6, 0x1234_5678);
+    // 2 MiB pieces written in 256 KiB slices: many pieces, and kills inside them.
+    killed_moves(40 * MIB, "64M", 2 * MIB, 256 << 10, 6, 0x1234_5678);
 }
 
 /// The ~300 MB variant: `E2I_SLOW_TESTS=1 cargo test --release killed_moves_big`.
@@ -542,7 +544,7 @@ fn killed_moves_big() {
         return;
     }
     // The real piece size (e2i::ops::move_fs::PIECE_BYTES).
-    killed_moves(300 * MIB, "400M", 32 * MIB, 4_000, 8, 0xdead_beef);
+    killed_moves(300 * MIB, "400M", 32 * MIB, 4 * MIB, 8, 0xdead_beef);
 }
 
 /// e2fsprogs' own test images (mostly damaged), where the shared conformance corpus is
@@ -651,7 +653,8 @@ fn move_once(
     opts: &MoveOptions,
     crash_at: u64,
 ) -> (Option<e2i::Result<MoveReport>>, u64) {
-    for _ in 0..200 {
+    // Up to a minute: the fork-to-exec window is short, but a loaded machine can stretch it.
+    for _ in 0..12_000 {
         CRASH.with(|c| c.set((0, crash_at)));
         let r = catch_unwind(AssertUnwindSafe(|| {
             e2i::ops::move_fs::move_in_place(
@@ -675,7 +678,7 @@ fn move_once(
             Err(p) => resume_unwind(p),
         }
     }
-    panic!("{}: locked for a second", disk.display());
+    panic!("{}: locked for a minute", disk.display());
 }
 
 /// Move a filesystem back and forth by awkward distances; for each move, stop it at crash
@@ -812,12 +815,23 @@ fn move_cmd(args: &[&str], state: &Path, kill_at: u64, cwd: Option<&Path>) -> st
 
 /// Crash points of an uninterrupted run of `args` on a copy of `disk`.
 fn crash_points_of(disk: &Path, args: &[&str], state: &Path) -> u64 {
+    let mut c = Command::new(tool("e2i-move"));
+    c.env("XDG_STATE_HOME", state)
+        .env("E2I_MOVE_PIECE_KIB", PIECE_KIB.to_string())
+        .env("E2I_MOVE_SLICE_KIB", SLICE_KIB.to_string())
+        .env("E2I_MOVE_KILL_AT", "0");
+    crash_points_with(disk, args, c)
+}
+
+/// Crash points of an uninterrupted run of `cmd` (its environment set, E2I_MOVE_KILL_AT=0,
+/// no arguments yet) with `args` on a copy of `disk` (the last argument).
+fn crash_points_with(disk: &Path, args: &[&str], mut cmd: Command) -> u64 {
     let copy = disk.with_extension("count");
     fs::copy(disk, &copy).unwrap();
     let mut a: Vec<&str> = args.to_vec();
     let cp = p(&copy).to_string();
     *a.last_mut().unwrap() = &cp;
-    let o = move_cmd(&a, state, 0, None);
+    let o = run(cmd.args(&a).env("E2I_MOVE_KILL_AT", "0"));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     let _ = fs::remove_file(&copy);

@@ -126,7 +126,7 @@ fn capture(img: Vec<u8>, strict: bool, read: &Cell<u64>) -> Outcome {
 fn targets(img: &[u8]) -> Vec<(u64, u64)> {
     let src = MemSource(img.to_vec());
     let fs = Filesystem::open(&src, OpenOptions::default()).expect("base image opens");
-    let bs = u64::from(fs.sb.block_size);
+    let bs = fs.sb.block_size.bytes();
     let mut t = vec![(1024u64, 1024u64)];
     let desc_start = (u64::from(fs.sb.first_data_block) + 1) * bs;
     t.push((desc_start, u64::from(fs.sb.desc_blocks) * bs));
@@ -138,7 +138,7 @@ fn targets(img: &[u8]) -> Vec<(u64, u64)> {
     };
     let res = scan(&fs, opts, None).expect("base image scans");
     for r in res.map.runs() {
-        for b in r.start..r.end() {
+        for b in r.start.get()..r.end().get() {
             t.push((b * bs, bs));
         }
     }

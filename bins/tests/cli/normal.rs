@@ -164,16 +164,13 @@ fn group_locs(img: &Path, g: u32) -> (u64, u64, u64, u64, u32) {
     let src = e2i::io::FileSource::open(img, 0).unwrap();
     let fs = e2i::ext4::Filesystem::open(src, Default::default()).unwrap();
     let stride = fs.sb.desc_size as u64;
-    let gdt = if fs.sb.block_size == 1024 {
-        2048
-    } else {
-        u64::from(fs.sb.block_size)
-    };
+    let bs = fs.sb.block_size.bytes();
+    let gdt = if bs == 1024 { 2048 } else { bs };
     (
-        fs.desc.block_bitmap(g),
-        fs.desc.inode_bitmap(g),
+        fs.desc.block_bitmap(g).get(),
+        fs.desc.inode_bitmap(g).get(),
         gdt + u64::from(g) * stride,
-        u64::from(fs.sb.block_size),
+        bs,
         fs.desc.flags(g).into(),
     )
 }
@@ -255,7 +252,7 @@ fn normal_refuses_filesystems_whose_offsets_overflow() {
         .unwrap();
         let sb = &fs.sb;
         assert!(!sb.has_meta_bg());
-        (u64::from(sb.first_data_block) + 1 + u64::from(sb.desc_blocks)) * u64::from(sb.block_size)
+        (u64::from(sb.first_data_block) + 1 + u64::from(sb.desc_blocks)) * sb.block_size.bytes()
     };
     std::fs::File::options()
         .write(true)
@@ -320,7 +317,7 @@ fn reader_places_blocks_at_their_filesystem_positions() {
             e2i::normal::NormalImage::open(e2i::io::FileSource::open(&image, 0).unwrap()).unwrap();
         let view = ni.fs_view();
         let map = view.block_map();
-        let bs = u64::from(ni.superblock().block_size);
+        let bs = ni.superblock().block_size.bytes();
         let orig_file = std::fs::File::open(&img).unwrap();
         let read_orig = |s: usize, e: usize| {
             use std::os::unix::fs::FileExt;
@@ -332,9 +329,9 @@ fn reader_places_blocks_at_their_filesystem_positions() {
         let mut checked = 0;
         // Runs in pieces of at most 256 blocks, so memory stays small.
         let pieces = map.runs().iter().flat_map(|r| {
-            (r.start..r.end())
+            (r.start.get()..r.end().get())
                 .step_by(256)
-                .map(move |b| (b, (b + 256).min(r.end())))
+                .map(move |b| (b, (b + 256).min(r.end().get())))
         });
         for (b0, b1) in pieces {
             let (s, e) = ((b0 * bs) as usize, (b1 * bs) as usize);

@@ -43,8 +43,11 @@ fn refused(o: &Output, what: &str) -> String {
         text(&o.stdout)
     );
     assert_eq!(err.lines().count(), 1, "{what}: {err}");
+    // A converter says how to write anyway; e2i-install never does.
     assert!(
-        err.contains("scrambled") && err.contains("--allow-scrambled"),
+        err.contains("scrambled")
+            && (err.contains("--allow-scrambled")
+                || err.contains("never installed, --force or not")),
         "{what}: {err}"
     );
     err
@@ -198,9 +201,10 @@ impl Drop for Loop {
     }
 }
 
-/// `e2i-install` of a scrambled normal image: refused (also with -n, -f, -z), the device
-/// untouched, its label, symlink target and inline files intact; allowed with
-/// --allow-scrambled, which then does replace them (the refusal guards a real loss).
+/// `e2i-install` of a scrambled normal image: refused always (also with -n, -f, -z, -f -z),
+/// the device untouched, its label, symlink target and inline files intact; there is no
+/// option to install it anyway, except onto a scrambled copy (where nothing real is lost),
+/// which works and is what the refusal protected against elsewhere.
 #[test]
 fn install_refuses_a_scrambled_image() {
     let d = tempdir();
@@ -219,7 +223,15 @@ fn install_refuses_a_scrambled_image() {
     capture(&["-s"], &fs, &image);
     let sum = sha256(&fs);
     let undo = d.path().join("u.undo");
-    for args in [&[][..], &["-n"], &["-f"], &["-n", "-q"], &["-z", p(&undo)]] {
+    for args in [
+        &[][..],
+        &["-n"],
+        &["-f"],
+        &["-f", "-n"],
+        &["-n", "-q"],
+        &["-z", p(&undo)],
+        &["-f", "-z", p(&undo)],
+    ] {
         let o = install(args, &fs, &image);
         let err = refused(&o, &format!("install {args:?}"));
         assert!(
@@ -239,19 +251,46 @@ fn install_refuses_a_scrambled_image() {
     }
     assert_eq!(contents(&fs), before);
 
-    // Allowed when asked: a dry run lists, a real run replaces (and warns).
-    let o = install(&["-n", "--allow-scrambled"], &fs, &image);
-    ok(&o, "install -n --allow-scrambled");
-    assert_eq!(sha256(&fs), sum);
+    // Scrambled images in the other formats are not normal images: refused as such (with
+    // -f too), the device untouched.
+    for (fmt, args) in [
+        ("qcow2", &["-Q"][..]),
+        ("stream", &["--format", "stream"]),
+        ("raw", &["-r"]),
+    ] {
+        let other = d.path().join(format!("s.{fmt}"));
+        let mut a = vec!["-s"];
+        a.extend_from_slice(args);
+        capture(&a, &fs, &other);
+        for extra in [&[][..], &["-f"]] {
+            let o = install(extra, &fs, &other);
+            assert_eq!(o.status.code(), Some(1), "{fmt} {extra:?}");
+            assert!(
+                text(&o.stderr).contains("not a normal e2image image"),
+                "{fmt}: {}",
+                text(&o.stderr)
+            );
+            assert_eq!(sha256(&fs), sum, "{fmt} {extra:?}: device changed");
+        }
+    }
+
+    // No way around it: --allow-scrambled is not an install option.
     let o = install(&["--allow-scrambled"], &fs, &image);
-    ok(&o, "install --allow-scrambled");
-    assert!(text(&o.stderr).contains("warning"), "{}", text(&o.stderr));
-    let after = contents(&fs);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert_eq!(sha256(&fs), sum);
+
+    // Onto a scrambled copy of the filesystem (its superblock marked): nothing real to
+    // lose, so it installs, and the copy stays consistent.
+    let copy = d.path().join("copy.raw");
+    capture(&["-s", "-r"], &fs, &copy);
+    let o = install(&[], &copy, &image);
+    ok(&o, "install onto a scrambled copy");
+    let after = contents(&copy);
     assert!(
         !after.contains("MYLABEL") && !after.contains("/very/secret/target"),
         "{after}"
     );
-    let o = run(Command::new("e2fsck").arg("-fn").arg(&fs));
+    let o = run(Command::new("e2fsck").arg("-fn").arg(&copy));
     ok(&o, "e2fsck -fn after a scrambled install");
 }
 
@@ -303,10 +342,10 @@ fn install_refuses_old_and_partly_marked_scrambled_images() {
     }
     let old = d.path().join("old.e2i");
     old_style_normal(&image, &old);
-    ok(
-        &install(&["--allow-scrambled", "-n"], &fs, &old),
-        "old, allowed",
-    );
+    for args in [&["-f"][..], &["-f", "-n"]] {
+        refused(&install(args, &fs, &old), &format!("old style {args:?}"));
+    }
+    assert_eq!(sha256(&fs), sum);
 }
 
 /// An unscrambled normal image is still e2image's, byte for byte (host fields masked; the
@@ -361,7 +400,7 @@ fn unscrambled_image_installs_and_says_what_it_replaces() {
         "debugfs feature needs_recovery",
     );
     let sum = sha256(&fs);
-    for args in [&["-n"][..], &[]] {
+    for args in [&["-f", "-n"][..], &["-f"]] {
         let o = install(args, &fs, &ours);
         ok(&o, &format!("install {args:?}"));
         let err = text(&o.stderr);
@@ -382,12 +421,13 @@ fn unscrambled_image_installs_and_says_what_it_replaces() {
             err.contains("journal needs recovery") && err.contains("will not be replayed"),
             "{args:?}: {err}"
         );
-        if args == ["-n"] {
+        if args == ["-f", "-n"] {
             assert_eq!(sha256(&fs), sum, "dry run wrote");
         }
     }
-    // Back at the image's state: the labels agree, the inode counts too.
-    let o = install(&[], &fs, &ours);
+    // Back at the image's state: the labels agree, the inode counts too. (The install
+    // stamped its own write time, so installing again takes -f.)
+    let o = install(&["-f"], &fs, &ours);
     ok(&o, "install again");
     let err = text(&o.stderr);
     assert!(
@@ -397,7 +437,7 @@ fn unscrambled_image_installs_and_says_what_it_replaces() {
             && !err.contains("journal"),
         "{err}"
     );
-    let o = install(&["-q"], &fs, &ours);
+    let o = install(&["-q", "-f"], &fs, &ours);
     ok(&o, "install -q");
     assert!(o.stderr.is_empty(), "-q: {}", text(&o.stderr));
 }

@@ -285,14 +285,14 @@ fn pick_inodes(img: &Path) -> Vec<(String, u32, u64, Inode)> {
     let fs = Filesystem::open(FileSource::open(img, 0).unwrap(), OpenOptions::default())
         .expect("base image opens");
     let sb = &fs.sb;
-    let bs = u64::from(sb.block_size);
+    let bs = sb.block_size.bytes();
     let isz = u64::from(sb.inode_size);
     let mut kinds: BTreeMap<String, (u32, u64, Inode)> = BTreeMap::new();
     let last = sb.inodes_count.min(4096);
     for ino in 1..=last {
         let g = (ino - 1) / sb.inodes_per_group;
         let idx = u64::from((ino - 1) % sb.inodes_per_group);
-        let at = fs.desc.inode_table(g) * bs + idx * isz;
+        let at = fs.desc.inode_table(g).get() * bs + idx * isz;
         let mut raw = vec![0u8; sb.inode_size as usize];
         use e2i::io::ReadAt;
         if fs.src.read_at(&mut raw, at).unwrap() < raw.len() {
@@ -329,7 +329,7 @@ fn pick_inodes(img: &Path) -> Vec<(String, u32, u64, Inode)> {
             _ if inode.is_dir() => format!("dir {mapping}"),
             _ if inode.is_symlink() && inode.blocks_lo == 0 => "fast symlink".to_string(),
             _ if inode.is_symlink() => format!("slow symlink {mapping}"),
-            _ if inode.file_acl(sb.is_64bit()) != 0 => format!("xattr block file {mapping}"),
+            _ if inode.file_acl(sb.is_64bit()).get() != 0 => format!("xattr block file {mapping}"),
             _ if inode.is_reg() => format!("file {mapping}"),
             _ => continue,
         };
@@ -365,7 +365,7 @@ fn cases(img: &Path) -> Vec<Case> {
     let fs = Filesystem::open(FileSource::open(img, 0).unwrap(), OpenOptions::default())
         .expect("base image opens");
     let sb = &fs.sb;
-    let bs = u64::from(sb.block_size);
+    let bs = sb.block_size.bytes();
     let mut out = Vec::new();
     for field in SUPERBLOCK {
         cases_for(&mut out, "superblock", 1024, field, 1024, false);

@@ -51,3 +51,21 @@ pub fn mkfs(dir: &Path, name: &str, size: &str, extra: &[&str]) -> PathBuf {
     assert!(st.success(), "mkfs.ext4 failed");
     img
 }
+
+/// Wait until `child` stops (SIGSTOP, e.g. from e2i-move's E2I_MOVE_STOP_AT hook): waitpid
+/// with WUNTRACED reports it without reaping the child, so `child.wait()` still works.
+pub fn wait_stopped(child: &std::process::Child) {
+    use rustix::process::{Pid, WaitOptions, waitpid};
+    let pid = Pid::from_raw(child.id() as i32).expect("a child's pid");
+    let (_, st) = waitpid(Some(pid), WaitOptions::UNTRACED)
+        .expect("waitpid")
+        .expect("a status");
+    assert!(st.stopped(), "the child did not stop at its hook: {st:?}");
+}
+
+/// Let a child stopped by [`wait_stopped`] go on (SIGCONT).
+pub fn resume_stopped(child: &std::process::Child) {
+    use rustix::process::{Pid, Signal, kill_process};
+    let pid = Pid::from_raw(child.id() as i32).expect("a child's pid");
+    kill_process(pid, Signal::CONT).expect("SIGCONT");
+}

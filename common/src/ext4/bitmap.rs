@@ -14,6 +14,7 @@ use super::superblock::Superblock;
 use crate::Result;
 use crate::error::CorruptKind;
 use crate::io::ReadAt;
+use crate::units::FsBlock;
 
 /// The in-memory bitmaps.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,13 +40,13 @@ pub fn inode_nbytes(sb: &Superblock) -> usize {
 pub fn check_geometry(sb: &Superblock) -> Result<()> {
     if !sb.clusters_per_group.is_multiple_of(8)
         || !sb.inodes_per_group.is_multiple_of(8)
-        || block_nbytes(sb) > sb.block_size as usize
-        || inode_nbytes(sb) > sb.block_size as usize
+        || block_nbytes(sb) > sb.block_size.as_usize()
+        || inode_nbytes(sb) > sb.block_size.as_usize()
     {
         return Err(CorruptKind::SuperblockBitmapGeometry {
             clusters_per_group: sb.clusters_per_group,
             inodes_per_group: sb.inodes_per_group,
-            block_size: sb.block_size,
+            block_size: sb.block_size.get(),
         }
         .into());
     }
@@ -53,17 +54,17 @@ pub fn check_geometry(sb: &Superblock) -> Result<()> {
 }
 
 /// Locations of group `g`'s superblock backup, old-style descriptor block and meta_bg
-/// descriptor block (0 when absent): libext2fs `ext2fs_super_and_bgd_loc2`.
-pub fn super_and_bgd_loc(sb: &Superblock, g: u32) -> (u64, u64, u64) {
+/// descriptor block (block 0 when absent): libext2fs `ext2fs_super_and_bgd_loc2`.
+pub fn super_and_bgd_loc(sb: &Superblock, g: u32) -> (FsBlock, FsBlock, FsBlock) {
     let mut group_block = sb.group_first_block(g);
-    if group_block == 0 && sb.block_size == 1024 {
-        group_block = 1;
+    if group_block == FsBlock(0) && sb.block_size.get() == 1024 {
+        group_block = FsBlock(1);
     }
     let has_super = sb.group_has_super(g);
-    let super_blk = if has_super { group_block } else { 0 };
+    let super_blk = if has_super { group_block } else { FsBlock(0) };
     let mbs = std::num::NonZeroU32::new(sb.desc_per_block).unwrap_or(std::num::NonZeroU32::MIN);
     let meta_bg = g / mbs;
-    let (mut old_desc, mut new_desc) = (0, 0);
+    let (mut old_desc, mut new_desc) = (FsBlock(0), FsBlock(0));
     // group_block saturates at u64::MAX for groups past the end: never a valid block.
     if !sb.has_meta_bg() || meta_bg < sb.first_meta_bg {
         if has_super {
@@ -151,10 +152,11 @@ pub fn mark_uninit_group_metadata(sb: &Superblock, desc: &DescTable, block_bitma
         }
         // ext2fs_reserve_super_and_bgd
         let (super_blk, old_desc, new_desc) = super_and_bgd_loc(sb, g);
+        let (super_blk, old_desc, new_desc) = (super_blk.get(), old_desc.get(), new_desc.get());
         if super_blk != 0 || g == 0 {
             m.mark(super_blk);
         }
-        if g == 0 && sb.block_size == 1024 && sb.cluster_bits > 0 {
+        if g == 0 && sb.block_size.get() == 1024 && sb.cluster_bits > 0 {
             m.mark(0);
         }
         if old_desc != 0 && old_desc < sb.blocks_count {
@@ -164,11 +166,12 @@ pub fn mark_uninit_group_metadata(sb: &Superblock, desc: &DescTable, block_bitma
         if new_desc != 0 {
             m.mark(new_desc);
         }
-        let it = desc.inode_table(g);
+        let it = desc.inode_table(g).get();
         if it != 0 {
             m.mark_range(it, u64::from(sb.inode_blocks_per_group));
         }
         for b in [desc.block_bitmap(g), desc.inode_bitmap(g)] {
+            let b = b.get();
             if b != 0 && b < sb.blocks_count {
                 m.mark(b);
             }
@@ -194,7 +197,7 @@ pub fn read_bitmaps<S: ReadAt + ?Sized>(
     let groups = sb.group_count as usize;
     let bnb = block_nbytes(sb);
     let inb = inode_nbytes(sb);
-    let bs = sb.block_size as usize;
+    let bs = sb.block_size.as_usize();
     // Bounded by 2^32 groups of at most a block each: only a 32-bit host can overflow.
     let too_big = || CorruptKind::SuperblockGroupCount {
         groups: u64::from(sb.group_count),
@@ -210,7 +213,9 @@ pub fn read_bitmaps<S: ReadAt + ?Sized>(
             (true, BG_BLOCK_UNINIT, desc.block_bitmap(g), bnb),
             (false, BG_INODE_UNINIT, desc.inode_bitmap(g), inb),
         ] {
-            if loc == 0 || loc >= sb.blocks_count || (csum && desc.has_flag(g, flag) && verified())
+            if loc == FsBlock(0)
+                || loc.get() >= sb.blocks_count
+                || (csum && desc.has_flag(g, flag) && verified())
             {
                 continue;
             }
@@ -235,7 +240,7 @@ pub fn read_bitmaps<S: ReadAt + ?Sized>(
 /// bits, then 0xFF to the end of the block; in the last group the bits past the end of the
 /// filesystem are set too.
 pub fn block_bitmap_block(sb: &Superblock, block_bitmap: &[u8], g: u32) -> Vec<u8> {
-    let bs = sb.block_size as usize;
+    let bs = sb.block_size.as_usize();
     let nb = block_nbytes(sb);
     let mut out = vec![0xFFu8; bs];
     let at = (g as usize).saturating_mul(nb);
@@ -261,7 +266,7 @@ pub fn block_bitmap_block(sb: &Superblock, block_bitmap: &[u8], g: u32) -> Vec<u
 
 /// The block libext2fs writes for group `g`'s inode bitmap: its bits, then 0xFF.
 pub fn inode_bitmap_block(sb: &Superblock, inode_bitmap: &[u8], g: u32) -> Vec<u8> {
-    let bs = sb.block_size as usize;
+    let bs = sb.block_size.as_usize();
     let nb = inode_nbytes(sb);
     let mut out = vec![0xFFu8; bs];
     let at = (g as usize).saturating_mul(nb);

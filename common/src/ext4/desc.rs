@@ -2,6 +2,7 @@
 
 use super::le;
 use super::superblock::Superblock;
+use crate::units::FsBlock;
 
 pub const BG_INODE_UNINIT: u16 = 0x0001;
 pub const BG_BLOCK_UNINIT: u16 = 0x0002;
@@ -79,14 +80,16 @@ impl DescTable {
         v
     }
 
-    pub fn block_bitmap(&self, g: u32) -> u64 {
-        self.lo_hi32(g, 0x00, 0x20)
+    /// Where group `g`'s block bitmap is (0: none), as the descriptor says: not checked to
+    /// lie inside the filesystem.
+    pub fn block_bitmap(&self, g: u32) -> FsBlock {
+        FsBlock(self.lo_hi32(g, 0x00, 0x20))
     }
-    pub fn inode_bitmap(&self, g: u32) -> u64 {
-        self.lo_hi32(g, 0x04, 0x24)
+    pub fn inode_bitmap(&self, g: u32) -> FsBlock {
+        FsBlock(self.lo_hi32(g, 0x04, 0x24))
     }
-    pub fn inode_table(&self, g: u32) -> u64 {
-        self.lo_hi32(g, 0x08, 0x28)
+    pub fn inode_table(&self, g: u32) -> FsBlock {
+        FsBlock(self.lo_hi32(g, 0x08, 0x28))
     }
     pub fn flags(&self, g: u32) -> u16 {
         le::u16(self.rec(g), 0x12)
@@ -138,11 +141,11 @@ mod tests {
             is64: true,
             count: 2,
         };
-        assert_eq!(t.inode_table(1), u64::MAX);
+        assert_eq!(t.inode_table(1), FsBlock(u64::MAX));
         assert_eq!(t.itable_unused(1), u32::MAX);
-        assert_eq!(t.inode_table(0), 0);
+        assert_eq!(t.inode_table(0), FsBlock(0));
         // A group past the table reads as zeros.
-        assert_eq!(t.inode_table(99), 0);
+        assert_eq!(t.inode_table(99), FsBlock(0));
         assert_eq!(t.record(99).len(), 64);
     }
 }

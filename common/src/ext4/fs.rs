@@ -5,15 +5,16 @@ use super::desc::DescTable;
 use super::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, Superblock};
 use crate::error::CorruptKind;
 use crate::io::ReadAt;
+use crate::units::{BlockSize, FsBlock};
 use crate::{Error, Result};
 
 /// How to find the superblock.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OpenOptions {
     /// `-b`: read the superblock from this block (of `block_size` bytes) instead of byte 1024.
-    pub superblock: Option<u64>,
+    pub superblock: Option<FsBlock>,
     /// `-B`: the block size; required with `superblock`, otherwise a check.
-    pub block_size: Option<u32>,
+    pub block_size: Option<BlockSize>,
 }
 
 /// A filesystem opened read-only over a source.
@@ -22,18 +23,18 @@ pub struct Filesystem<S> {
     pub sb: Superblock,
     pub desc: DescTable,
     /// The block the superblock was read from, when `-b` was given.
-    pub backup_superblock: Option<u64>,
+    pub backup_superblock: Option<FsBlock>,
 }
 
 impl<S: ReadAt> Filesystem<S> {
     /// Open like libext2fs's `ext2fs_open2` with checksum errors ignored.
     pub fn open(src: S, opts: OpenOptions) -> Result<Self> {
         let (sb_offset, group_block) = match opts.superblock {
-            Some(s) if s != 0 => {
+            Some(s) if s != FsBlock(0) => {
                 let bs = opts.block_size.ok_or_else(|| {
                     Error::InvalidInput("a backup superblock (-b) needs the block size (-B)".into())
                 })?;
-                let off = s.checked_mul(u64::from(bs)).ok_or_else(|| {
+                let off = bs.offset_of(s).ok_or_else(|| {
                     Error::InvalidInput(format!("superblock {s} × block size {bs} overflows"))
                 })?;
                 (off, Some(s))
@@ -49,8 +50,8 @@ impl<S: ReadAt> Filesystem<S> {
             .into());
         }
         let sb = Superblock::parse(&raw, opts.block_size)?;
-        let bs = sb.block_size as usize;
-        let group_block = group_block.unwrap_or(u64::from(sb.first_data_block));
+        let bs = sb.block_size.as_usize();
+        let group_block = group_block.unwrap_or(sb.first_block());
         let too_large = || CorruptKind::DescTableTooLarge {
             desc_blocks: sb.desc_blocks,
             source_bytes: src.size(),
@@ -71,7 +72,7 @@ impl<S: ReadAt> Filesystem<S> {
         let head_len = (first_meta_bg as usize).saturating_mul(bs).min(desc_len);
         let (head, rest) = raw_desc.split_at_mut(head_len);
         if !head.is_empty() {
-            let zero_adjust = u64::from(group_block == 0 && sb.block_size == 1024);
+            let zero_adjust = u64::from(group_block == FsBlock(0) && sb.block_size.get() == 1024);
             let first = group_block.saturating_add(zero_adjust).saturating_add(1);
             read_blocks(
                 &src,
@@ -92,7 +93,7 @@ impl<S: ReadAt> Filesystem<S> {
             )?;
         }
         let mut desc = DescTable::new(raw_desc, &sb);
-        let backup = opts.superblock.filter(|&s| s > 1);
+        let backup = opts.superblock.filter(|&s| s > FsBlock(1));
         if backup.is_some() && sb.has_group_desc_csum() {
             desc.clear_uninit();
         }
@@ -100,18 +101,18 @@ impl<S: ReadAt> Filesystem<S> {
             src,
             sb,
             desc,
-            backup_superblock: opts.superblock.filter(|&s| s != 0),
+            backup_superblock: opts.superblock.filter(|&s| s != FsBlock(0)),
         })
     }
 
-    pub fn block_size(&self) -> u32 {
+    pub fn block_size(&self) -> BlockSize {
         self.sb.block_size
     }
 
     /// Read block `blk`, which holds what `role` says, into the first block-size bytes of
     /// `buf`. A block the source does not hold is [`CorruptKind::BlockPastSource`].
-    pub fn read_block(&self, blk: u64, buf: &mut [u8], role: Role) -> Result<()> {
-        let bs = self.sb.block_size as usize;
+    pub fn read_block(&self, blk: FsBlock, buf: &mut [u8], role: Role) -> Result<()> {
+        let bs = self.sb.block_size.as_usize();
         let Some(buf) = buf.get_mut(..bs) else {
             return Err(Error::InvalidInput(format!(
                 "a {}-byte buffer cannot hold a {bs}-byte block",
@@ -127,26 +128,23 @@ impl<S: ReadAt> Filesystem<S> {
 /// block and `role`; other failures are the source's I/O errors.
 pub fn read_blocks<S: ReadAt + ?Sized>(
     src: &S,
-    block_size: u32,
-    first: u64,
+    bs: BlockSize,
+    first: FsBlock,
     buf: &mut [u8],
     role: Role,
 ) -> Result<()> {
-    let bs = u64::from(block_size);
-    let past = |block| {
+    let past = |block: FsBlock| {
         Error::from(CorruptKind::BlockPastSource {
             role,
-            block,
+            block: block.get(),
             source_bytes: src.size(),
         })
     };
-    let off = first.checked_mul(bs).ok_or_else(|| past(first))?;
+    let off = bs.offset_of(first).ok_or_else(|| past(first))?;
     let n = src.read_at(buf, off)?;
     if n < buf.len() {
         // The first block not read whole.
-        return Err(past(
-            first.saturating_add((n as u64).checked_div(bs).unwrap_or(0)),
-        ));
+        return Err(past(first.saturating_add(bs.blocks_in(n as u64))));
     }
     Ok(())
 }

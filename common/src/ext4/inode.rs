@@ -1,6 +1,7 @@
 //! Inodes: the fields block-map navigation needs, decoded from the first 128 bytes.
 
 use super::le;
+use crate::units::FsBlock;
 
 pub const S_IFMT: u16 = 0o170000;
 pub const S_IFDIR: u16 = 0o040000;
@@ -83,12 +84,12 @@ impl Inode {
     }
 
     /// The xattr block (`i_file_acl`, plus the high 16 bits on 64bit filesystems).
-    pub fn file_acl(&self, is64: bool) -> u64 {
+    pub fn file_acl(&self, is64: bool) -> FsBlock {
         let mut b = u64::from(self.file_acl_lo);
         if is64 {
             b |= u64::from(self.file_acl_hi) << 32;
         }
-        b
+        FsBlock(b)
     }
 
     /// The raw `i_block` bytes (60 bytes), for extent roots and inline data.
@@ -108,7 +109,7 @@ impl Inode {
             return false;
         }
         if self.is_symlink() {
-            if self.file_acl(is64) == 0 {
+            if self.file_acl(is64) == FsBlock(0) {
                 if self.blocks_lo == 0 {
                     return false;
                 }

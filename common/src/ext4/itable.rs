@@ -15,6 +15,7 @@ use super::walk::{Visit, walk_inode};
 use crate::Result;
 use crate::error::CorruptKind;
 use crate::io::ReadAt;
+use crate::units::FsBlock;
 
 /// How to iterate.
 #[derive(Debug, Clone, Copy, Default)]
@@ -30,7 +31,7 @@ pub struct TableOptions {
 pub struct Chunk<'b> {
     pub group: u32,
     /// The chunk's first block.
-    pub first_block: u64,
+    pub first_block: FsBlock,
     /// Number of the chunk's first inode.
     pub first_ino: u32,
     /// Inodes of the used part in this chunk (the last block may hold more, unused).
@@ -49,7 +50,7 @@ impl Chunk<'_> {
     }
 
     /// Block `j` of the chunk: its number and bytes.
-    pub fn block(&self, j: usize) -> Option<(u64, &[u8])> {
+    pub fn block(&self, j: usize) -> Option<(FsBlock, &[u8])> {
         let bytes = self.buf.chunks_exact(self.block_size).nth(j)?;
         Some((self.first_block.checked_add(j as u64)?, bytes))
     }
@@ -98,14 +99,16 @@ fn used<S: ReadAt>(fs: &Filesystem<S>, g: u32) -> (u32, u64) {
         return (ipg, u64::from(sb.inode_blocks_per_group));
     }
     let inodes = ipg.saturating_sub(fs.desc.itable_unused(g));
-    let blocks = super::mul32(inodes, sb.inode_size).div_ceil(u64::from(sb.block_size));
+    let blocks = sb
+        .block_size
+        .blocks_covering(super::mul32(inodes, sb.inode_size));
     (inodes, blocks)
 }
 
 /// Where inode `ino` is: its group, the inode-table block holding it and its byte offset
 /// in that block; `None` for a number the filesystem does not have or a table location
 /// that overflows.
-pub fn locate<S: ReadAt>(fs: &Filesystem<S>, ino: u32) -> Option<(u32, u64, usize)> {
+pub fn locate<S: ReadAt>(fs: &Filesystem<S>, ino: u32) -> Option<(u32, FsBlock, usize)> {
     let sb = &fs.sb;
     let idx = ino.checked_sub(1)?;
     let g = idx.checked_div(sb.inodes_per_group)?;
@@ -113,7 +116,7 @@ pub fn locate<S: ReadAt>(fs: &Filesystem<S>, ino: u32) -> Option<(u32, u64, usiz
         return None;
     }
     let off = super::mul32(idx.checked_rem(sb.inodes_per_group)?, sb.inode_size);
-    let bs = u64::from(sb.block_size);
+    let bs = sb.block_size.bytes();
     let blk = fs.desc.inode_table(g).checked_add(off.checked_div(bs)?)?;
     let at = usize::try_from(off.checked_rem(bs)?).ok()?;
     Some((g, blk, at))
@@ -145,26 +148,26 @@ pub fn for_each_chunk<S: ReadAt>(
 ) -> Result<()> {
     let sb = &fs.sb;
     let desc = &fs.desc;
-    let bs = u64::from(sb.block_size);
+    let bs = sb.block_size;
     let isz = sb.inode_size as usize;
     let ipg = sb.inodes_per_group;
     let lazy = sb.has_group_desc_csum();
-    let fdb = u64::from(sb.first_data_block);
+    let fdb = sb.first_block();
     // libext2fs checks the whole table's location, used or not.
     let table_last = u64::from(sb.inode_blocks_per_group).saturating_sub(1);
-    let itable_ok = |blk: u64| {
-        blk == 0
+    let itable_ok = |blk: FsBlock| {
+        blk == FsBlock(0)
             || (blk >= fdb
                 && blk
                     .checked_add(table_last)
-                    .is_some_and(|l| l < sb.blocks_count))
+                    .is_some_and(|l| l.get() < sb.blocks_count))
     };
     let bad = if opts.skip_bad_blocks {
         bad_blocks(fs)
     } else {
         Vec::new()
     };
-    let chunk_blocks = (1u64 << 20).div_ceil(bs).max(8);
+    let chunk_blocks = bs.blocks_covering(1 << 20).max(8);
     let mut buf: Vec<u8> = Vec::new();
     let mut skipped: Vec<bool> = Vec::new();
     for g in 0..sb.group_count {
@@ -173,7 +176,7 @@ pub fn for_each_chunk<S: ReadAt>(
         if !itable_ok(itable) {
             let kind = CorruptKind::InodeTableOutside {
                 group: g,
-                block: itable,
+                block: itable.get(),
                 fs_blocks: sb.blocks_count,
             };
             visit(Item::Problem(Problem {
@@ -185,7 +188,7 @@ pub fn for_each_chunk<S: ReadAt>(
         if (lazy && desc.has_flag(g, BG_INODE_UNINIT)) || inodes_left == 0 {
             continue;
         }
-        if itable == 0 {
+        if itable == FsBlock(0) {
             visit(Item::Problem(Problem {
                 ino: None,
                 kind: ProblemKind::Corrupt(CorruptKind::InodeTableMissing { group: g }),
@@ -204,19 +207,16 @@ pub fn for_each_chunk<S: ReadAt>(
             let i = bad.partition_point(|r| r.end <= cur);
             let listed_bad = match bad.get(i) {
                 Some(r) if r.start <= cur => {
-                    n = n.min(r.end.saturating_sub(cur));
+                    n = n.min(r.end.saturating_since(cur));
                     true
                 }
                 Some(r) => {
-                    n = n.min(r.start.saturating_sub(cur));
+                    n = n.min(r.start.saturating_since(cur));
                     false
                 }
                 None => false,
             };
-            let Some(len) = usize::try_from(n)
-                .ok()
-                .and_then(|n| n.checked_mul(sb.block_size as usize))
-            else {
+            let Some(len) = bs.len_of(n) else {
                 break;
             };
             // Every byte is overwritten by the read below (or zeroed), so the buffer is
@@ -248,7 +248,7 @@ pub fn for_each_chunk<S: ReadAt>(
                 first_ino: next_ino,
                 count,
                 inode_size: isz,
-                block_size: sb.block_size as usize,
+                block_size: bs.as_usize(),
                 buf: &mut buf,
                 skipped: &skipped,
             };
@@ -268,13 +268,14 @@ pub fn for_each_chunk<S: ReadAt>(
 fn salvage<S: ReadAt>(
     fs: &Filesystem<S>,
     buf: &mut [u8],
-    first: u64,
+    first: FsBlock,
     role: Role,
     skipped: &mut [bool],
 ) {
-    let bs = fs.sb.block_size as usize;
-    for ((blk, b), s) in (first..).zip(buf.chunks_exact_mut(bs)).zip(skipped) {
-        if read_blocks(&fs.src, fs.sb.block_size, blk, b, role).is_err() {
+    let bs = fs.sb.block_size;
+    let blocks = (first.get()..).map(FsBlock);
+    for ((blk, b), s) in blocks.zip(buf.chunks_exact_mut(bs.as_usize())).zip(skipped) {
+        if read_blocks(&fs.src, bs, blk, b, role).is_err() {
             b.fill(0);
             *s = true;
         }
@@ -285,7 +286,7 @@ fn salvage<S: ReadAt>(
 /// chunk's first and last inode of the used part, and the inodes per block.
 fn report_unreadable(
     g: u32,
-    first: u64,
+    first: FsBlock,
     skipped: &[bool],
     inodes: (u32, u32, u32),
     visit: &mut dyn FnMut(Item<'_, '_>) -> Result<()>,
@@ -311,8 +312,8 @@ fn report_unreadable(
             ino: None,
             kind: ProblemKind::InodeTableUnreadable {
                 group: g,
-                first: first.saturating_add(i as u64),
-                last: first.saturating_add(j as u64).saturating_sub(1),
+                first: first.saturating_add(i as u64).get(),
+                last: first.saturating_add(j as u64).get().saturating_sub(1),
                 first_ino: ino_at(i),
                 last_ino: ino_at(j).saturating_sub(1).min(last_used),
             },
@@ -325,17 +326,17 @@ fn report_unreadable(
 /// Inode-table blocks listed in the bad-blocks inode, as sorted, merged ranges
 /// (libext2fs skips the inodes in them). Kept as ranges so that a damaged bad-blocks inode
 /// claiming huge extents costs memory by its size, not by the blocks it names.
-fn bad_blocks<S: ReadAt>(fs: &Filesystem<S>) -> Vec<std::ops::Range<u64>> {
+fn bad_blocks<S: ReadAt>(fs: &Filesystem<S>) -> Vec<std::ops::Range<FsBlock>> {
     let sb = &fs.sb;
     let itable = fs.desc.inode_table(0);
-    let fdb = u64::from(sb.first_data_block);
+    let fdb = sb.first_block();
     let fits = itable
         .checked_add(u64::from(sb.inode_blocks_per_group))
-        .is_some_and(|end| end <= sb.blocks_count);
-    if itable == 0 || itable < fdb || !fits {
+        .is_some_and(|end| end.get() <= sb.blocks_count);
+    if itable == FsBlock(0) || itable < fdb || !fits {
         return Vec::new();
     }
-    let mut buf = vec![0u8; sb.block_size as usize];
+    let mut buf = vec![0u8; sb.block_size.as_usize()];
     if fs
         .read_block(itable, &mut buf, Role::InodeTable { group: 0 })
         .is_err()
@@ -351,7 +352,7 @@ fn bad_blocks<S: ReadAt>(fs: &Filesystem<S>) -> Vec<std::ops::Range<u64>> {
     let r = walk_inode(fs, BAD_INO, &ino, true, &mut |v| {
         if let Visit::Data { pblk, len, .. } = v {
             let s = pblk.max(fdb);
-            let e = pblk.saturating_add(len).min(sb.blocks_count);
+            let e = pblk.saturating_add(len).min(FsBlock(sb.blocks_count));
             if s < e {
                 list.push(s..e);
             }
@@ -361,7 +362,7 @@ fn bad_blocks<S: ReadAt>(fs: &Filesystem<S>) -> Vec<std::ops::Range<u64>> {
         return Vec::new();
     }
     list.sort_unstable_by_key(|r| r.start);
-    let mut merged: Vec<std::ops::Range<u64>> = Vec::with_capacity(list.len());
+    let mut merged: Vec<std::ops::Range<FsBlock>> = Vec::with_capacity(list.len());
     for r in list {
         match merged.last_mut() {
             Some(l) if r.start <= l.end => l.end = l.end.max(r.end),

@@ -13,6 +13,7 @@ use super::walk::{Visit, Walked, walk_inode};
 use crate::blockmap::{BlockMap, BlockMapBuilder};
 use crate::error::CorruptKind;
 use crate::io::ReadAt;
+use crate::units::FsBlock;
 use crate::{Error, Result};
 
 pub use super::damage::{Problem, ProblemKind};
@@ -104,8 +105,8 @@ pub fn scan<S: ReadAt>(
     progress: Option<ScanProgress<'_>>,
 ) -> Result<ScanResult> {
     let sb = &fs.sb;
-    let last = sb.blocks_count.saturating_sub(1);
-    let fdb = u64::from(sb.first_data_block);
+    let last = FsBlock(sb.blocks_count.saturating_sub(1));
+    let fdb = sb.first_block();
     let mut ctx = Ctx {
         fs,
         opts,
@@ -138,7 +139,7 @@ fn mark_fixed<S: ReadAt>(ctx: &mut Ctx<'_, S>) {
             map.mark(sb.descriptor_block_loc(s, j));
         }
     }
-    let first = u64::from(sb.first_data_block);
+    let first = sb.first_block();
     map.mark(first);
     for j in 0..sb.desc_blocks {
         map.mark(sb.descriptor_block_loc(first, j));
@@ -150,7 +151,7 @@ fn mark_fixed<S: ReadAt>(ctx: &mut Ctx<'_, S>) {
     let csum = sb.has_group_desc_csum();
     for g in 0..sb.group_count {
         let itable = desc.inode_table(g);
-        if (blockdev || !desc.has_flag(g, BG_INODE_UNINIT)) && itable != 0 {
+        if (blockdev || !desc.has_flag(g, BG_INODE_UNINIT)) && itable != FsBlock(0) {
             let mut n = sb.inode_blocks_per_group;
             if !blockdev && csum {
                 // e2image subtracts in unsigned int: a bogus itable_unused wraps around
@@ -164,11 +165,11 @@ fn mark_fixed<S: ReadAt>(ctx: &mut Ctx<'_, S>) {
             map.mark_range(itable, u64::from(n));
         }
         let bb = desc.block_bitmap(g);
-        if !desc.has_flag(g, BG_BLOCK_UNINIT) && bb != 0 {
+        if !desc.has_flag(g, BG_BLOCK_UNINIT) && bb != FsBlock(0) {
             map.mark(bb);
         }
         let ib = desc.inode_bitmap(g);
-        if !desc.has_flag(g, BG_INODE_UNINIT) && ib != 0 {
+        if !desc.has_flag(g, BG_INODE_UNINIT) && ib != FsBlock(0) {
             map.mark(ib);
         }
     }
@@ -228,7 +229,7 @@ fn inode_blocks<S: ReadAt>(
     is64: bool,
 ) -> Result<()> {
     let acl = inode.file_acl(is64);
-    if acl != 0 {
+    if acl != FsBlock(0) {
         ctx.map.mark(acl);
     }
     if !inode.has_valid_blocks(is64) {

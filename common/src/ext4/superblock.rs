@@ -5,6 +5,7 @@
 
 use super::{le, mul32};
 use crate::error::CorruptKind;
+use crate::units::{BlockSize, FsBlock};
 use crate::{Error, Result};
 
 pub const SUPERBLOCK_OFFSET: u64 = 1024;
@@ -80,7 +81,7 @@ pub struct Superblock {
     pub inodes_count: u32,
     pub first_data_block: u32,
     pub log_block_size: u32,
-    pub block_size: u32,
+    pub block_size: BlockSize,
     /// log2(blocks per cluster); 0 without bigalloc.
     pub cluster_bits: u32,
     pub blocks_per_group: u32,
@@ -124,7 +125,10 @@ impl Superblock {
     ///
     /// Beyond libext2fs, a filesystem whose size in bytes does not fit in 64 bits is
     /// refused, so that every block below `blocks_count` has a byte offset.
-    pub fn parse(raw: &[u8; SUPERBLOCK_SIZE], expect_block_size: Option<u32>) -> Result<Self> {
+    pub fn parse(
+        raw: &[u8; SUPERBLOCK_SIZE],
+        expect_block_size: Option<BlockSize>,
+    ) -> Result<Self> {
         let r = &raw[..];
         let magic = le::u16(r, 0x38);
         if magic != EXT2_SUPER_MAGIC {
@@ -172,9 +176,7 @@ impl Superblock {
             .into());
         }
         // Both logs were bounded above: no shift or subtraction below can fail.
-        let block_size = 1024u32
-            .checked_shl(log_block_size)
-            .ok_or(sizes_bad.clone())?;
+        let block_size = BlockSize::from_log(log_block_size).ok_or(sizes_bad.clone())?;
         let cluster_bits = log_cluster_size
             .checked_sub(log_block_size)
             .ok_or(sizes_bad)?;
@@ -184,7 +186,7 @@ impl Superblock {
             u32::from(le::u16(r, 0x58))
         };
         if inode_size < EXT2_GOOD_OLD_INODE_SIZE
-            || inode_size > block_size
+            || inode_size > block_size.get()
             || !inode_size.is_power_of_two()
         {
             return Err(CorruptKind::SuperblockInodeSize { inode_size }.into());
@@ -211,15 +213,15 @@ impl Superblock {
         }
         let inodes_per_group = le::u32(r, 0x28);
         let inode_blocks_per_group_u64 =
-            mul32(inodes_per_group, inode_size).div_ceil(u64::from(block_size));
+            block_size.blocks_covering(mul32(inodes_per_group, inode_size));
         // libext2fs keeps this in an unsigned int; larger values fail the range check below.
         let inode_blocks_per_group = u32::try_from(inode_blocks_per_group_u64).unwrap_or(u32::MAX);
         if let Some(expected) = expect_block_size
             && expected != block_size
         {
             return Err(CorruptKind::SuperblockBlockSize {
-                block_size,
-                expected,
+                block_size: block_size.get(),
+                expected: expected.get(),
             }
             .into());
         }
@@ -234,8 +236,8 @@ impl Superblock {
             };
         let first_data_block = le::u32(r, 0x14);
         // 0 for a zero descriptor size: refused with the geometry below.
-        let desc_per_block = block_size.checked_div(desc_size & !7).unwrap_or(0);
-        let inodes_per_block = block_size.checked_div(inode_size).unwrap_or(0);
+        let desc_per_block = block_size.get().checked_div(desc_size & !7).unwrap_or(0);
+        let inodes_per_block = block_size.get().checked_div(inode_size).unwrap_or(0);
         let geometry = CorruptKind::SuperblockGeometry {
             blocks_per_group,
             inode_blocks_per_group: inode_blocks_per_group_u64,
@@ -254,10 +256,10 @@ impl Superblock {
         {
             return Err(geometry.into());
         }
-        if blocks_count.checked_mul(u64::from(block_size)).is_none() {
+        if block_size.bytes_of(blocks_count).is_none() {
             return Err(CorruptKind::SuperblockTooLarge {
                 blocks_count,
-                block_size,
+                block_size: block_size.get(),
             }
             .into());
         }
@@ -352,7 +354,10 @@ impl Superblock {
 
     pub fn inodes_per_block(&self) -> u32 {
         // The inode size was checked to be at least 128.
-        self.block_size.checked_div(self.inode_size).unwrap_or(0)
+        self.block_size
+            .get()
+            .checked_div(self.inode_size)
+            .unwrap_or(0)
     }
     pub fn cluster_ratio(&self) -> u64 {
         // cluster_bits ≤ 19 (validated): the shift cannot fail.
@@ -368,8 +373,8 @@ impl Superblock {
     pub fn orphan_file_inum(&self) -> u32 {
         le::u32(&self.raw[..], 0x280)
     }
-    pub fn mmp_block(&self) -> u64 {
-        le::u64(&self.raw[..], 0x168)
+    pub fn mmp_block(&self) -> FsBlock {
+        FsBlock(le::u64(&self.raw[..], 0x168))
     }
     pub fn backup_bgs(&self) -> [u32; 2] {
         [le::u32(&self.raw[..], 0x24C), le::u32(&self.raw[..], 0x250)]
@@ -422,17 +427,32 @@ impl Superblock {
         is_power_of(g, 3) || is_power_of(g, 5) || is_power_of(g, 7)
     }
 
+    /// `s_first_data_block`: the block of the superblock (1 with 1 KiB blocks, else 0),
+    /// where group 0 starts.
+    pub fn first_block(&self) -> FsBlock {
+        FsBlock(u64::from(self.first_data_block))
+    }
+
+    /// The size of the filesystem in bytes (checked to fit when the superblock was parsed).
+    pub fn fs_bytes(&self) -> u64 {
+        self.block_size
+            .bytes_of(self.blocks_count)
+            .unwrap_or(u64::MAX)
+    }
+
     /// First block of group `g`; saturates at `u64::MAX` (never a valid block) for groups
     /// far past the last.
-    pub fn group_first_block(&self, g: u32) -> u64 {
-        u64::from(self.first_data_block).saturating_add(mul32(g, self.blocks_per_group))
+    pub fn group_first_block(&self, g: u32) -> FsBlock {
+        self.first_block()
+            .saturating_add(mul32(g, self.blocks_per_group))
     }
 
     /// Block holding descriptor block `i`, for descriptors belonging to the superblock at
     /// `group_block` (libext2fs `ext2fs_descriptor_block_loc2`). Saturates at `u64::MAX`
     /// (never a valid block) where the computation would overflow.
-    pub fn descriptor_block_loc(&self, group_block: u64, i: u32) -> u64 {
-        let zero_adjust = u64::from(i == 0 && self.block_size == 1024 && self.cluster_bits > 0);
+    pub fn descriptor_block_loc(&self, group_block: FsBlock, i: u32) -> FsBlock {
+        let zero_adjust =
+            u64::from(i == 0 && self.block_size.get() == 1024 && self.cluster_bits > 0);
         if !self.has_meta_bg() || i < self.first_meta_bg {
             return group_block
                 .saturating_add(u64::from(i))
@@ -444,8 +464,8 @@ impl Superblock {
         let mut has_super = u64::from(self.group_has_super(bg));
         let mut ret = self.group_first_block(bg);
         let bpg = u64::from(self.blocks_per_group);
-        if group_block != u64::from(self.first_data_block)
-            && ret.saturating_add(has_super).saturating_add(bpg) < self.blocks_count
+        if group_block != self.first_block()
+            && ret.saturating_add(has_super).saturating_add(bpg).0 < self.blocks_count
         {
             ret = ret.saturating_add(bpg);
             has_super = u64::from(self.group_has_super(bg.wrapping_add(1)));
@@ -482,7 +502,7 @@ mod tests {
     }
 
     fn kind(r: &[u8; SUPERBLOCK_SIZE], bs: Option<u32>) -> CorruptKind {
-        match Superblock::parse(r, bs) {
+        match Superblock::parse(r, bs.and_then(BlockSize::new)) {
             Err(Error::Corrupt(k)) => k,
             other => panic!("not a corruption: {other:?}"),
         }
@@ -496,7 +516,7 @@ mod tests {
 
     #[test]
     fn a_good_superblock_parses() {
-        let sb = Superblock::parse(&good(), Some(1024)).unwrap();
+        let sb = Superblock::parse(&good(), BlockSize::new(1024)).unwrap();
         assert_eq!(
             (sb.group_count, sb.desc_blocks, sb.inode_blocks_per_group),
             (1, 1, 512)
@@ -628,9 +648,12 @@ mod tests {
         let sb = Superblock::parse(&good(), None).unwrap();
         assert_eq!(
             sb.group_first_block(u32::MAX),
-            1 + u64::from(u32::MAX) * 8192
+            FsBlock(1 + u64::from(u32::MAX) * 8192)
         );
-        assert_eq!(sb.descriptor_block_loc(u64::MAX, 5), u64::MAX);
+        assert_eq!(
+            sb.descriptor_block_loc(FsBlock(u64::MAX), 5),
+            FsBlock(u64::MAX)
+        );
     }
 
     #[test]

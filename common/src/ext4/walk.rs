@@ -4,28 +4,31 @@
 //! The scanner marks what it is told ([`Visit::Meta`] and, when it wants data, every
 //! [`Visit::Data`]); the scrambler takes the logical-to-physical mappings of directories,
 //! symlinks and the journal from the same walk. libext2fs's quirks on damaged trees are
-//! kept (see [`super::extent`] and [`super::indirect`]), so both see exactly the blocks
-//! e2image selects.
+//! kept (see [`extent`] and [`indirect`], the two kinds of block map, which use the types
+//! here), so both see exactly the blocks e2image selects.
 
 use super::damage::{ExtentHeaderProblem, Role};
 use super::fs::Filesystem;
 use super::inode::Inode;
 use super::superblock::EXT2_OS_HURD;
-use super::{extent, indirect};
 use crate::io::ReadAt;
+use crate::units::FsBlock;
 use crate::{Error, Result};
+
+pub mod extent;
+pub mod indirect;
 
 /// What a walk reports, in libext2fs's order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Visit {
     /// A mapping block (an extent index or leaf node below the root, an indirect block),
     /// or the Hurd translator block; reported before it is read, as libext2fs does.
-    Meta(u64),
+    Meta(FsBlock),
     /// `len` blocks mapped from logical block `lblk` at physical block `pblk`; `uninit`
     /// for an unwritten extent (its blocks read as zeros through the filesystem).
     Data {
         lblk: u64,
-        pblk: u64,
+        pblk: FsBlock,
         len: u64,
         uninit: bool,
     },
@@ -43,7 +46,7 @@ pub enum Walked {
 }
 
 /// Reads one whole block holding what `Role` says into the buffer.
-pub type ReadBlock<'a> = dyn FnMut(u64, &mut [u8], Role) -> Result<()> + 'a;
+pub type ReadBlock<'a> = dyn FnMut(FsBlock, &mut [u8], Role) -> Result<()> + 'a;
 
 /// Walk inode `ino`'s block map: extents or indirect blocks, with the Hurd translator
 /// block first on Hurd filesystems. With `want_data`, data mappings are reported too;
@@ -57,14 +60,14 @@ pub fn walk_inode<S: ReadAt>(
 ) -> Result<Walked> {
     let sb = &fs.sb;
     if sb.creator_os == EXT2_OS_HURD && inode.osd1 != 0 {
-        visit(Visit::Meta(u64::from(inode.osd1)));
+        visit(Visit::Meta(FsBlock(u64::from(inode.osd1))));
     }
-    let mut read = |blk: u64, buf: &mut [u8], role: Role| fs.read_block(blk, buf, role);
+    let mut read = |blk: FsBlock, buf: &mut [u8], role: Role| fs.read_block(blk, buf, role);
     if inode.has_extents() {
         extent::walk(
             ino,
             &inode.block_bytes(),
-            sb.block_size as usize,
+            sb.block_size,
             want_data,
             &mut read,
             visit,
@@ -74,8 +77,8 @@ pub fn walk_inode<S: ReadAt>(
             ino,
             &inode.block,
             indirect::Geometry {
-                block_size: sb.block_size as usize,
-                first_data_block: u64::from(sb.first_data_block),
+                block_size: sb.block_size,
+                first_data_block: sb.first_block(),
                 blocks_count: sb.blocks_count,
             },
             want_data,

@@ -31,16 +31,17 @@
 //! the "e2image" or "e2i" format).
 
 // Every number here comes from an image or a superblock: no unchecked arithmetic.
-#![deny(clippy::arithmetic_side_effects)]
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 
 pub mod reader;
 pub mod writer;
 
-use std::num::NonZeroU64;
-
 use crate::bytes::le;
 use crate::error::CorruptKind;
 use crate::ext4::Superblock;
+use crate::ext4::superblock::SUPERBLOCK_SIZE;
+use crate::mark::{Evidence, ImageFacts};
+use crate::units::BlockSize;
 use crate::{Error, Result};
 
 pub use reader::{FsView, NormalImage};
@@ -99,7 +100,7 @@ pub struct Header {
     pub fs_device: u32,
     pub fs_device_name: [u8; 64],
     pub fs_uuid: [u8; 16],
-    pub fs_blocksize: u32,
+    pub fs_blocksize: BlockSize,
     pub image_device: u32,
     pub image_inode: u32,
     /// Seconds; the high 32 bits are stored in e2fsprogs ≥ 1.47.1's `image_time_hi`.
@@ -123,7 +124,7 @@ impl Header {
         le::set_u32(&mut h, field::FS_DEVICE, self.fs_device);
         h[field::FS_DEVICE_NAME..field::FS_DEVICE_NAME + 64].copy_from_slice(&self.fs_device_name);
         h[field::FS_UUID..field::FS_UUID + 16].copy_from_slice(&self.fs_uuid);
-        le::set_u32(&mut h, field::FS_BLOCKSIZE, self.fs_blocksize);
+        le::set_u32(&mut h, field::FS_BLOCKSIZE, self.fs_blocksize.get());
         if self.e2i_flags != 0 {
             le::set_u32(&mut h, field::E2I_MARK, E2I_MARK_MAGIC);
             le::set_u32(&mut h, field::E2I_FLAGS, self.e2i_flags);
@@ -131,8 +132,10 @@ impl Header {
         le::set_u32(&mut h, field::IMAGE_DEVICE, self.image_device);
         le::set_u32(&mut h, field::IMAGE_INODE, self.image_inode);
         // The low and high halves of the time.
-        le::set_u32(&mut h, field::IMAGE_TIME, self.image_time as u32);
-        le::set_u32(&mut h, field::IMAGE_TIME_HI, (self.image_time >> 32) as u32);
+        let [lo, hi] = [self.image_time, self.image_time >> 32]
+            .map(|v| u32::try_from(v & u64::from(u32::MAX)).unwrap_or(u32::MAX));
+        le::set_u32(&mut h, field::IMAGE_TIME, lo);
+        le::set_u32(&mut h, field::IMAGE_TIME_HI, hi);
         le::set_u32(&mut h, field::OFFSET_SUPER, self.offset_super);
         le::set_u32(&mut h, field::OFFSET_INODE, self.offset_inode);
         le::set_u32(&mut h, field::OFFSET_INODEMAP, self.offset_inodemap);
@@ -152,13 +155,10 @@ impl Header {
         if magic != E2IMAGE_MAGIC {
             return Err(CorruptKind::NormalMagic { magic }.into());
         }
-        let fs_blocksize = le::u32(b, field::FS_BLOCKSIZE);
-        if !(1024..=65536).contains(&fs_blocksize) || !fs_blocksize.is_power_of_two() {
-            return Err(CorruptKind::NormalBlockSize {
-                block_size: fs_blocksize,
-            }
-            .into());
-        }
+        let raw_blocksize = le::u32(b, field::FS_BLOCKSIZE);
+        let fs_blocksize = BlockSize::new(raw_blocksize).ok_or(CorruptKind::NormalBlockSize {
+            block_size: raw_blocksize,
+        })?;
         let arr64 = |off: usize| {
             let mut a = [0u8; 64];
             a.copy_from_slice(&b[off..][..64]);
@@ -188,6 +188,22 @@ impl Header {
         })
     }
 
+    /// What the image says about being scrambled, from this header and the image's
+    /// superblock: the header's mark, or the blank host fields `-s` leaves (a header naming
+    /// its host and device vouches for the image).
+    pub fn image_facts(&self, superblock: &[u8; SUPERBLOCK_SIZE]) -> ImageFacts {
+        let mut f = ImageFacts::from_superblock(superblock);
+        f.uuid = Some(self.fs_uuid);
+        if self.is_marked_scrambled() {
+            f.add(Evidence::NormalHeader);
+        } else if self.host_fields_blank() {
+            f.add(Evidence::BlankHostFields);
+        } else {
+            f.vouched = true;
+        }
+        f
+    }
+
     /// The image carries e2i's scrambled mark.
     pub fn is_marked_scrambled(&self) -> bool {
         self.e2i_flags & E2I_FLAG_SCRAMBLED != 0
@@ -203,7 +219,7 @@ impl Header {
 /// Where each section of a normal image lies (64-bit byte offsets).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
-    pub block_size: NonZeroU64,
+    pub block_size: BlockSize,
     pub offset_super: u64,
     pub offset_desc: u64,
     pub desc_len: u64,
@@ -225,10 +241,8 @@ impl Layout {
     /// the image rely on.
     pub fn new(sb: &Superblock) -> Result<Layout> {
         let ovf = |field: &'static str| Error::from(CorruptKind::NormalLayoutOverflow { field });
-        let bs = NonZeroU64::new(u64::from(sb.block_size)).ok_or(CorruptKind::NormalBlockSize {
-            block_size: sb.block_size,
-        })?;
-        let b = bs.get();
+        let bs = sb.block_size;
+        let b = bs.bytes();
         let groups = u64::from(sb.group_count);
         sb.blocks_count
             .checked_mul(b)
@@ -299,7 +313,7 @@ impl Layout {
 }
 
 #[cfg(test)]
-#[allow(clippy::arithmetic_side_effects)] // tests compute expected values freely
+#[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)] // tests compute expected values freely
 mod tests {
     use super::*;
 
@@ -309,7 +323,7 @@ mod tests {
             fs_device: 0x0801,
             fs_device_name: [b'd'; 64],
             fs_uuid: [9; 16],
-            fs_blocksize: 4096,
+            fs_blocksize: BlockSize::new(4096).unwrap(),
             image_device: 7,
             image_inode: 12,
             image_time: 0x1_2345_6789,
@@ -338,7 +352,7 @@ mod tests {
                 _ => v,
             };
             let h = Header {
-                fs_blocksize: 1024 << (next() % 7),
+                fs_blocksize: BlockSize::new(1024 << (next() % 7)).unwrap(),
                 fs_device: pick(next()) as u32,
                 image_device: pick(next()) as u32,
                 image_inode: pick(next()) as u32,

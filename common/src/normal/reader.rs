@@ -5,17 +5,17 @@
 //! which cannot saturate there; everything derived from the image is checked.
 
 use std::collections::BTreeMap;
-use std::num::NonZeroU64;
 use std::ops::Range;
 
 use super::{HEADER_SIZE, Header, Layout};
-use crate::blockmap::{BlockMap, Run};
+use crate::blockmap::{BlockMap, BlockRun};
 use crate::error::CorruptKind;
 use crate::ext4::Superblock;
 use crate::ext4::bitmap::{self, Bitmaps};
 use crate::ext4::desc::{BG_BLOCK_UNINIT, BG_INODE_UNINIT, DescTable};
 use crate::ext4::superblock::SUPERBLOCK_SIZE;
 use crate::io::ReadAt;
+use crate::units::{BlockSize, FsBlock};
 use crate::{Error, Result};
 
 /// An opened, validated normal image.
@@ -66,9 +66,9 @@ impl<R: ReadAt> NormalImage<R> {
         let mut hb = [0u8; HEADER_SIZE];
         let n = src.read_at(&mut hb, 0)?;
         let header = Header::parse(&hb[..n.min(HEADER_SIZE)])?;
-        let bs = u64::from(header.fs_blocksize);
+        // The superblock is the image's second block.
         let mut raw = [0u8; SUPERBLOCK_SIZE];
-        read_image(&src, &mut raw, bs)?;
+        read_image(&src, &mut raw, header.fs_blocksize.bytes())?;
         let sb = Superblock::parse(&raw, Some(header.fs_blocksize))?;
         if sb.uuid() != header.fs_uuid {
             return Err(CorruptKind::NormalUuid.into());
@@ -166,8 +166,8 @@ impl<R: ReadAt> NormalImage<R> {
     /// not write it (BLOCK_UNINIT with descriptor checksums, or no valid location).
     pub fn block_bitmap_block(&self, g: u32) -> Option<Vec<u8>> {
         let loc = self.desc.block_bitmap(g);
-        if loc == 0
-            || loc >= self.sb.blocks_count
+        if loc == FsBlock(0)
+            || loc.get() >= self.sb.blocks_count
             || (self.sb.has_group_desc_csum() && self.desc.has_flag(g, BG_BLOCK_UNINIT))
         {
             return None;
@@ -178,8 +178,8 @@ impl<R: ReadAt> NormalImage<R> {
     /// Group `g`'s inode bitmap block as libext2fs writes it, or `None`.
     pub fn inode_bitmap_block(&self, g: u32) -> Option<Vec<u8>> {
         let loc = self.desc.inode_bitmap(g);
-        if loc == 0
-            || loc >= self.sb.blocks_count
+        if loc == FsBlock(0)
+            || loc.get() >= self.sb.blocks_count
             || (self.sb.has_group_desc_csum() && self.desc.has_flag(g, BG_INODE_UNINIT))
         {
             return None;
@@ -230,7 +230,7 @@ pub struct FsView<'a, R> {
     /// start byte → piece; disjoint.
     pieces: BTreeMap<u64, Piece>,
     size: u64,
-    bs: NonZeroU64,
+    bs: BlockSize,
 }
 
 impl<'a, R: ReadAt> FsView<'a, R> {
@@ -241,7 +241,7 @@ impl<'a, R: ReadAt> FsView<'a, R> {
             img,
             pieces: BTreeMap::new(),
             // Layout::new checked that this product fits.
-            size: sb.blocks_count.saturating_mul(bs.get()),
+            size: sb.fs_bytes(),
             bs,
         };
         // Lowest precedence first. Blocks below blocks_count have byte offsets (the
@@ -249,8 +249,10 @@ impl<'a, R: ReadAt> FsView<'a, R> {
         let ipb = u64::from(sb.inode_blocks_per_group);
         for g in 0..sb.group_count {
             let it = img.desc.inode_table(g);
-            if it != 0
-                && it.checked_add(ipb).is_some_and(|e| e <= sb.blocks_count)
+            if it != FsBlock(0)
+                && it
+                    .checked_add(ipb)
+                    .is_some_and(|e| e.get() <= sb.blocks_count)
                 && let (Some(r), Some(base)) = (v.blocks(it, ipb), img.layout.inode_table_offset(g))
             {
                 v.paint(r, Src::Image, base);
@@ -269,10 +271,10 @@ impl<'a, R: ReadAt> FsView<'a, R> {
             }
         }
         for (i, blk) in (0u64..).zip(primary_descriptor_blocks(sb)) {
-            let base = i
-                .checked_mul(bs.get())
+            let base = bs
+                .bytes_of(i)
                 .and_then(|o| o.checked_add(img.layout.offset_desc));
-            if blk < sb.blocks_count
+            if blk.get() < sb.blocks_count
                 && let (Some(r), Some(base)) = (v.blocks(blk, 1), base)
             {
                 v.paint(r, Src::Image, base);
@@ -283,10 +285,8 @@ impl<'a, R: ReadAt> FsView<'a, R> {
     }
 
     /// Filesystem bytes of `n` blocks from `block`.
-    fn blocks(&self, block: u64, n: u64) -> Option<Range<u64>> {
-        let bs = self.bs.get();
-        let start = block.checked_mul(bs)?;
-        Some(start..start.checked_add(n.checked_mul(bs)?)?)
+    fn blocks(&self, block: FsBlock, n: u64) -> Option<Range<u64>> {
+        BlockRun::new(block, n).bytes(self.bs)
     }
 
     /// Insert `r`, cutting away whatever it overlaps.
@@ -322,16 +322,13 @@ impl<'a, R: ReadAt> FsView<'a, R> {
     /// The filesystem blocks that hold image data.
     pub fn block_map(&self) -> BlockMap {
         let bs = self.bs;
-        let mut runs: Vec<Run> = Vec::new();
+        let mut runs: Vec<BlockRun> = Vec::new();
         for (&s, p) in &self.pieces {
             // Pieces are sorted and disjoint: b1 > b0 >= the last run's start.
-            let (b0, b1) = (s / bs, p.end.div_ceil(bs.get()));
+            let (b0, b1) = (bs.block_of(s), FsBlock(bs.blocks_covering(p.end)));
             match runs.last_mut() {
-                Some(r) if r.end() >= b0 => r.len = r.len.max(b1.saturating_sub(r.start)),
-                _ => runs.push(Run {
-                    start: b0,
-                    len: b1.saturating_sub(b0),
-                }),
+                Some(r) if r.end() >= b0 => r.len = r.len.max(b1.saturating_since(r.start)),
+                _ => runs.push(BlockRun::new(b0, b1.saturating_since(b0))),
             }
         }
         BlockMap::from_runs(runs, self.img.sb.blocks_count)
@@ -343,8 +340,8 @@ impl<R: ReadAt> ReadAt for FsView<'_, R> {
         if offset >= self.size {
             return Ok(0);
         }
-        // At most buf.len().
-        let n = (buf.len() as u64).min(self.size.saturating_sub(offset)) as usize;
+        let left = self.size.saturating_sub(offset);
+        let n = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
         let buf = &mut buf[..n];
         buf.fill(0);
         // offset + n <= size: below, every position lies in offset..end.
@@ -360,8 +357,15 @@ impl<R: ReadAt> ReadAt for FsView<'_, R> {
             }
             let lo = s.max(offset);
             let hi = p.end.min(end);
-            let dst = &mut buf
-                [(lo.saturating_sub(offset)) as usize..(hi.saturating_sub(offset)) as usize];
+            // Both lie in offset..=end: indexes of `buf`.
+            let at = |p: u64| {
+                usize::try_from(p.saturating_sub(offset))
+                    .unwrap_or(n)
+                    .min(n)
+            };
+            let Some(dst) = buf.get_mut(at(lo)..at(hi)) else {
+                continue;
+            };
             let from = p.base.saturating_add(lo.saturating_sub(s));
             let block = match p.src {
                 Src::Image => {
@@ -409,7 +413,7 @@ impl<R: ReadAt> ReadAt for FsView<'_, R> {
 
 /// The primary location of every descriptor block, in order (what e2image gathers). A
 /// location past the 64-bit range saturates, and lies past the filesystem for the callers.
-pub fn primary_descriptor_blocks(sb: &Superblock) -> Vec<u64> {
+pub fn primary_descriptor_blocks(sb: &Superblock) -> Vec<FsBlock> {
     let (_, old0, _) = bitmap::super_and_bgd_loc(sb, 0);
     let first_meta = if sb.has_meta_bg() {
         sb.first_meta_bg.min(sb.desc_blocks)
@@ -421,14 +425,14 @@ pub fn primary_descriptor_blocks(sb: &Superblock) -> Vec<u64> {
             if i < first_meta {
                 old0.saturating_add(u64::from(i))
             } else {
-                sb.descriptor_block_loc(u64::from(sb.first_data_block), i)
+                sb.descriptor_block_loc(sb.first_block(), i)
             }
         })
         .collect()
 }
 
 #[cfg(test)]
-#[allow(clippy::arithmetic_side_effects)] // tests compute expected values freely
+#[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)] // tests compute expected values freely
 mod tests {
     use super::*;
     use crate::ext4::{Filesystem, OpenOptions};
@@ -458,10 +462,10 @@ mod tests {
         assert_eq!(ni.superblock().raw()[..], fsb[1024..2048]);
         let view = ni.fs_view();
         let map = view.block_map();
-        assert!(map.contains(1) && map.contains(2));
+        assert!(map.contains(FsBlock(1)) && map.contains(FsBlock(2)));
         let bs = 1024usize;
         for r in map.runs() {
-            for b in r.start..r.end() {
+            for b in r.start.get()..r.end().get() {
                 let mut got = vec![0u8; bs];
                 view.read_at(&mut got, b * 1024).unwrap();
                 let at = b as usize * bs;
@@ -471,8 +475,11 @@ mod tests {
         // A read straddling pieces and holes.
         let mut big = vec![0xEEu8; 300 * 1024];
         assert_eq!(view.read_at(&mut big, 512).unwrap(), big.len());
-        for r in map.runs_in(0..301) {
-            let (s, e) = (r.start as usize * bs, r.end().min(300) as usize * bs);
+        for r in map.runs_in(FsBlock(0)..FsBlock(301)) {
+            let (s, e) = (
+                r.start.get() as usize * bs,
+                r.end().get().min(300) as usize * bs,
+            );
             if s >= 512 && e > s {
                 assert_eq!(big[s - 512..e - 512], fsb[s..e]);
             }
@@ -660,7 +667,7 @@ mod tests {
             let map = view.block_map();
             let mut buf = vec![0u8; 8192];
             for r in map.runs().iter().take(8) {
-                let _ = view.read_at(&mut buf, r.start * 1024);
+                let _ = view.read_at(&mut buf, r.start.get() * 1024);
             }
             let _ = view.read_at(&mut buf, next());
             let _ = view.data_region(0);

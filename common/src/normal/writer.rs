@@ -11,13 +11,15 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::{HEADER_SIZE, Header, Layout};
+use crate::blockmap::BlockRun;
 use crate::error::CorruptKind;
 use crate::ext4::bitmap;
 use crate::ext4::desc::DescTable;
 use crate::ext4::{Filesystem, Superblock};
 use crate::io::{ReadAt, pwrite_full};
-use crate::pieces::{IO_CHUNK, zero_runs};
+use crate::pieces::{IO_CHUNK, chunk_blocks, zero_runs};
 use crate::progress::{Progress, Unit};
+use crate::units::FsBlock;
 use crate::{Error, Result};
 
 /// The host-specific header fields.
@@ -52,10 +54,12 @@ impl HeaderInfo {
                 h
             })
             .unwrap_or_default();
-        let fs_device = std::fs::metadata(source).map_or(0, |m| m.rdev() as u32);
+        // e2image stores the low 32 bits of these (its fields are __u32).
+        let low = |v: u64| u32::try_from(v & u64::from(u32::MAX)).unwrap_or(u32::MAX);
+        let fs_device = std::fs::metadata(source).map_or(0, |m| low(m.rdev()));
         let (image_device, image_inode) = output
             .and_then(|f| f.metadata().ok())
-            .map_or((0, 0), |m| (m.dev() as u32, m.ino() as u32));
+            .map_or((0, 0), |m| (low(m.dev()), low(m.ino())));
         let time = std::env::var("SOURCE_DATE_EPOCH")
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
@@ -133,7 +137,7 @@ impl Out<'_, '_> {
         }
         while n > 0 {
             // At most the buffer's length.
-            let k = n.min(self.zero_buf.len() as u64) as usize;
+            let k = usize::try_from(n).map_or(self.zero_buf.len(), |n| n.min(self.zero_buf.len()));
             let z = std::mem::take(&mut self.zero_buf);
             let r = self.data(&z[..k]);
             self.zero_buf = z;
@@ -149,15 +153,17 @@ fn check_inode_tables(sb: &Superblock, desc: &DescTable) -> Result<()> {
     let ipb = u64::from(sb.inode_blocks_per_group);
     for group in 0..sb.group_count {
         let block = desc.inode_table(group);
-        if block == 0 {
+        if block == FsBlock(0) {
             return Err(CorruptKind::NormalInodeTableMissing { group }.into());
         }
-        if block < u64::from(sb.first_data_block)
-            || block.checked_add(ipb).is_none_or(|e| e > sb.blocks_count)
+        if block < sb.first_block()
+            || block
+                .checked_add(ipb)
+                .is_none_or(|e| e.get() > sb.blocks_count)
         {
             return Err(CorruptKind::NormalInodeTableOutside {
                 group,
-                block,
+                block: block.get(),
                 blocks: ipb,
                 fs_blocks: sb.blocks_count,
             }
@@ -170,14 +176,14 @@ fn check_inode_tables(sb: &Superblock, desc: &DescTable) -> Result<()> {
 /// Runs of inode tables that lie back to back on disk (flex_bg): `(first block, blocks)`.
 /// The tables passed [`check_inode_tables`]: every end lies inside the filesystem, so no
 /// sum here can overflow.
-fn itable_runs(sb: &Superblock, desc: &DescTable) -> Vec<(u64, u64)> {
+fn itable_runs(sb: &Superblock, desc: &DescTable) -> Vec<BlockRun> {
     let ipb = u64::from(sb.inode_blocks_per_group);
-    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut runs: Vec<BlockRun> = Vec::new();
     for g in 0..sb.group_count {
         let it = desc.inode_table(g);
         match runs.last_mut() {
-            Some((s, n)) if s.checked_add(*n) == Some(it) => *n = n.saturating_add(ipb),
-            _ => runs.push((it, ipb)),
+            Some(r) if r.checked_end() == Some(it) => r.len = r.len.saturating_add(ipb),
+            _ => runs.push(BlockRun::new(it, ipb)),
         }
     }
     runs
@@ -209,7 +215,7 @@ pub fn write_normal<S: ReadAt>(
     check_inode_tables(sb, &desc)?;
     let bitmaps = bitmap::read_bitmaps(&fs.src, sb, &desc)?;
 
-    let bs = layout.block_size.get() as usize;
+    let bs = layout.block_size.as_usize();
     let mut hostname = [0u8; 64];
     let hl = info.hostname.len().min(64);
     hostname[..hl].copy_from_slice(&info.hostname[..hl]);
@@ -264,24 +270,23 @@ pub fn write_normal<S: ReadAt>(
     // (Layout::new): the block arithmetic below cannot overflow.
     let total = u64::from(sb.group_count).saturating_mul(u64::from(sb.inode_blocks_per_group));
     progress.phase("copying inode tables", total, Unit::Blocks);
-    let bs64 = layout.block_size;
-    let per = (IO_CHUNK as u64 / bs64).max(1);
+    let block_size = layout.block_size;
+    let per = chunk_blocks(block_size);
     let mut buf = Vec::new();
-    for (start, count) in itable_runs(sb, &desc) {
-        let end = start.saturating_add(count);
-        let mut b = start;
+    for run in itable_runs(sb, &desc) {
+        let end = run.end();
+        let mut b = run.start;
         while b < end {
-            let n = per.min(end.saturating_sub(b));
-            // At most IO_CHUNK (or one block).
-            let len = n.saturating_mul(bs64.get()) as usize;
+            let n = per.min(end.saturating_since(b));
+            // At most IO_CHUNK.
+            let len = block_size.len_of(n).unwrap_or(IO_CHUNK);
             buf.resize(len, 0);
-            let past = fs
-                .src
-                .read_sparse_at(&mut buf[..len], b.saturating_mul(bs64.get()))?;
+            let at = block_size.offset_of(b).unwrap_or(u64::MAX);
+            let past = fs.src.read_sparse_at(&mut buf[..len], at)?;
             if past > 0 {
                 return Err(CorruptKind::NormalInodeTablePastSource {
-                    start: b,
-                    end: b.saturating_add(n),
+                    start: b.get(),
+                    end: b.saturating_add(n).get(),
                     source_size: fs.src.size(),
                 }
                 .into());
@@ -307,10 +312,15 @@ pub fn write_normal<S: ReadAt>(
     // Bitmaps, each padded with zeros to a whole block.
     for map in [&bitmaps.block, &bitmaps.inode] {
         out.data(map)?;
-        // To the next block boundary (rem < bs: the subtraction cannot saturate).
-        let pad = bs64.get().saturating_sub(map.len() as u64 % bs64) % bs64;
+        // To the next block boundary.
+        let len = map.len() as u64;
+        let pad = block_size
+            .bytes_of(block_size.blocks_covering(len))
+            .unwrap_or(len)
+            .saturating_sub(len);
         if pad > 0 {
-            let z = vec![0u8; pad as usize];
+            // Below one block.
+            let z = vec![0u8; usize::try_from(pad).unwrap_or(0)];
             out.data(&z)?;
         }
     }
@@ -327,7 +337,7 @@ pub fn write_normal<S: ReadAt>(
 }
 
 #[cfg(test)]
-#[allow(clippy::arithmetic_side_effects)] // tests compute expected values freely
+#[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)] // tests compute expected values freely
 mod tests {
     use super::*;
     use crate::ext4::OpenOptions;

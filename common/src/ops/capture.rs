@@ -1,5 +1,7 @@
 //! `e2i-capture`: filesystem → block map → image writer.
 
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
+
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
@@ -15,6 +17,7 @@ use crate::qcow2::{self, Qcow2Target};
 use crate::scramble::{self, Overlay, ScrambleReport, ScrambledSource};
 use crate::sparse::{self, CopyStats, RawTarget};
 use crate::stream;
+use crate::units::BlockSize;
 use crate::{Error, Result};
 
 /// Image formats.
@@ -130,7 +133,6 @@ fn past_end(offset: u64, size: u64, what: &str) -> Result<()> {
 }
 
 /// Open the filesystem and compute its block map.
-#[deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 pub fn scan_source<S: ReadAt>(
     src: S,
     opts: &CaptureOptions,
@@ -144,7 +146,7 @@ pub fn scan_source<S: ReadAt>(
         strict: opts.strict,
         want_dir_blocks: false,
     };
-    progress.block_size(fs.sb.block_size);
+    progress.block_size(fs.sb.block_size.get());
     progress.phase("scanning inodes", 0, Unit::Inodes);
     let mut started = false;
     let mut cb = |done: u64, total: u64| {
@@ -161,7 +163,6 @@ pub fn scan_source<S: ReadAt>(
 
 /// Capture SOURCE in `format` to `out`. Each format's writer consumes the same
 /// filesystem and block map.
-#[deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 pub fn capture(
     source: &Path,
     opts: &CaptureOptions,
@@ -196,7 +197,7 @@ pub fn capture(
     };
     let map: &BlockMap = &res.map;
     let mut report = CaptureReport {
-        block_size: fs.sb.block_size,
+        block_size: fs.sb.block_size.get(),
         blocks_count: fs.sb.blocks_count,
         selected_blocks: map.selected_blocks(),
         runs: map.runs().len(),
@@ -304,7 +305,7 @@ pub fn capture(
     for &block in &report.copy.unreadable {
         report.problems.push(Problem {
             ino: None,
-            kind: ProblemKind::CopyUnreadable { block },
+            kind: ProblemKind::CopyUnreadable { block: block.get() },
         });
     }
     let unlisted = report
@@ -321,7 +322,6 @@ pub fn capture(
 }
 
 /// The normal e2image format ([`crate::normal`]).
-#[deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 fn capture_normal(
     source: &Path,
     src: Box<dyn ReadAt>,
@@ -352,13 +352,9 @@ fn capture_normal(
         info.device_name.clear();
     }
     let st = write_normal(&fs, &info, target, progress)?;
-    // The block size is at least 1 KiB (the superblock was validated).
-    let blocks = st
-        .size
-        .checked_div(u64::from(fs.sb.block_size))
-        .unwrap_or(0);
+    let blocks = fs.sb.block_size.blocks_in(st.size);
     Ok(CaptureReport {
-        block_size: fs.sb.block_size,
+        block_size: fs.sb.block_size.get(),
         blocks_count: fs.sb.blocks_count,
         selected_blocks: blocks,
         runs: 0,
@@ -394,22 +390,21 @@ pub fn scramble_fs(
 /// changed there. The mark then travels with the filesystem through every format, and
 /// through re-captures of a raw image made from it.
 fn mark_superblocks<S: ReadAt>(fs: &Filesystem<S>, ov: &mut Overlay) -> Result<()> {
-    let bs = u64::from(fs.sb.block_size);
-    let primary = SUPERBLOCK_OFFSET
-        .checked_div(bs)
-        .zip(SUPERBLOCK_OFFSET.checked_rem(bs));
+    let bs = fs.sb.block_size;
+    let primary = (
+        bs.block_of(SUPERBLOCK_OFFSET),
+        SUPERBLOCK_OFFSET.checked_rem(bs.bytes()).unwrap_or(0),
+    );
     let backup = fs.backup_superblock.map(|b| (b, 0));
-    for (blk, off) in primary.into_iter().chain(backup) {
+    for (blk, off) in std::iter::once(primary).chain(backup) {
         let mut buf = match ov.get(blk) {
             Some(b) => b.to_vec(),
             None => {
                 // The filesystem was opened through this block: its offset fits.
-                let Some(at) = blk.checked_mul(bs) else {
+                let Some(at) = bs.offset_of(blk) else {
                     continue;
                 };
-                let Ok(len) = usize::try_from(fs.sb.block_size) else {
-                    continue;
-                };
+                let len = bs.as_usize();
                 let mut b = vec![0u8; len];
                 if fs.src.read_at(&mut b, at)? < len {
                     continue;
@@ -468,7 +463,7 @@ impl CaptureReport {
 pub fn classify<S: ReadAt + ?Sized>(
     src: &S,
     map: &BlockMap,
-    block_size: u32,
+    block_size: BlockSize,
 ) -> Result<(Vec<stream::Extent>, crate::pieces::ReadReport)> {
     let (runs, rep) =
         crate::pieces::classify_runs(src, map, block_size, &mut crate::progress::NoProgress)?;
@@ -492,7 +487,6 @@ pub fn classify<S: ReadAt + ?Sized>(
 /// memory stays bounded by the map.
 /// `room`: the size of a block device target, checked against the stream's size before the
 /// first byte is written.
-#[deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 pub fn write_stream<S: ReadAt + ?Sized>(
     src: &S,
     map: &BlockMap,
@@ -501,16 +495,13 @@ pub fn write_stream<S: ReadAt + ?Sized>(
     room: Option<u64>,
     progress: &mut dyn Progress,
 ) -> Result<CopyStats> {
-    let bs = u64::from(header.block_size);
-    let (extents, past) = classify(src, map, header.block_size)?;
+    let bs = header.block_size;
+    let (extents, past) = classify(src, map, bs)?;
     let data_map = BlockMap::from_runs(
         extents
             .iter()
             .filter(|e| e.kind == stream::Kind::Data)
-            .map(|e| crate::blockmap::Run {
-                start: e.start,
-                len: e.len,
-            }),
+            .map(stream::Extent::run),
         map.blocks_count(),
     );
     let zero_blocks: u64 = extents
@@ -520,16 +511,16 @@ pub fn write_stream<S: ReadAt + ?Sized>(
         .sum();
     let size = (extents.len() as u64)
         .checked_mul(stream::EXTENT_LEN as u64)
-        .and_then(|m| data_map.selected_blocks().checked_mul(bs)?.checked_add(m))
+        .and_then(|m| bs.bytes_of(data_map.selected_blocks())?.checked_add(m))
         .and_then(|n| n.checked_add((stream::HEADER_LEN + stream::TRAILER_LEN) as u64))
         .ok_or_else(|| Error::InvalidInput("stream size overflows".into()))?;
     crate::output::check_room(room, size)?;
     let mut w = stream::StreamWriter::new(out, header, extents)?;
     progress.phase("copying", data_map.selected_blocks(), Unit::Blocks);
     let mut done = 0u64;
-    crate::pieces::for_each_chunk(src, &data_map, header.block_size, &mut |_, data| {
+    crate::pieces::for_each_chunk(src, &data_map, bs, &mut |_, data| {
         w.write_data(data)?;
-        done = done.saturating_add((data.len() as u64).checked_div(bs).unwrap_or(0));
+        done = done.saturating_add(bs.blocks_in(data.len() as u64));
         progress.update(done);
         Ok(())
     })?;
@@ -542,6 +533,6 @@ pub fn write_stream<S: ReadAt + ?Sized>(
         unreadable_blocks: past.unreadable_blocks,
         unreadable: past.unreadable,
         identical_blocks: 0,
-        bytes_written: done.saturating_mul(bs),
+        bytes_written: bs.bytes_of(done).unwrap_or(u64::MAX),
     })
 }

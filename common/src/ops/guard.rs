@@ -3,6 +3,8 @@
 //! the filesystem there, and refuse when it is the one the image was taken from (unless the
 //! user insists). A new file, stdout, or a target holding something else is never refused.
 
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
+
 use std::path::Path;
 
 use crate::ext4::Superblock;

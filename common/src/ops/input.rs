@@ -3,6 +3,8 @@
 //! process substitution. Anything not read front to back that is not a seekable plain file
 //! (stdin, pipes, compressed files) is first spooled to a temporary file without a name.
 
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
+
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Cursor, Read};
 use std::path::{Path, PathBuf};
@@ -77,7 +79,8 @@ fn peek(mut r: Box<dyn Read>) -> Result<(Vec<u8>, Box<dyn Read>)> {
     while n < PEEK {
         match r.read(&mut head[n..]) {
             Ok(0) => break,
-            Ok(k) => n += k,
+            // k is at most what is left of `head`.
+            Ok(k) => n = n.saturating_add(k),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(Error::io("read", n as u64, e)),
         }
@@ -200,8 +203,8 @@ pub fn facts(input: &Input) -> ImageFacts {
                     let Some(h) = header else {
                         return ImageFacts::default();
                     };
-                    match superblock_at(&file, u64::from(h.fs_blocksize)) {
-                        Some(sb) => ImageFacts::of_normal(&h, &sb),
+                    match superblock_at(&file, h.fs_blocksize.bytes()) {
+                        Some(sb) => h.image_facts(&sb),
                         None => ImageFacts::default(),
                     }
                 }
@@ -269,9 +272,9 @@ fn spool(mut r: Box<dyn Read>) -> Result<Spooled> {
         while n < buf.len() {
             match r.read(&mut buf[n..]) {
                 Ok(0) => break,
-                Ok(k) => n += k,
+                Ok(k) => n = n.saturating_add(k),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io("read", pos + n as u64, e)),
+                Err(e) => return Err(Error::io("read", pos.saturating_add(n as u64), e)),
             }
         }
         if n == 0 {
@@ -279,14 +282,19 @@ fn spool(mut r: Box<dyn Read>) -> Result<Spooled> {
         }
         let mut i = 0;
         while i < n {
-            let j = (i + 4096).min(n);
+            let j = i.saturating_add(4096).min(n);
             if !crate::pieces::block_is_zero(&buf[i..j]) {
-                crate::io::pwrite_full(&file, &buf[i..j], pos + i as u64)
+                let at = pos
+                    .checked_add(i as u64)
+                    .ok_or_else(|| Error::InvalidInput("the input is too large to spool".into()))?;
+                crate::io::pwrite_full(&file, &buf[i..j], at)
                     .map_err(|e| Error::io("spool", pos, e))?;
             }
             i = j;
         }
-        pos += n as u64;
+        pos = pos
+            .checked_add(n as u64)
+            .ok_or_else(|| Error::InvalidInput("the input is too large to spool".into()))?;
         if n < buf.len() {
             break;
         }

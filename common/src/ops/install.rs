@@ -20,12 +20,16 @@
 //!
 //! Before any of it: DEVICE must not be mounted; the image must be a complete, valid normal
 //! image; DEVICE's filesystem (its primary superblock, or the first valid backup) must have
-//! the image's UUID, block size, block count and inode count unless `force`; the image must
-//! not be scrambled ([`crate::mark`]: its inode tables and superblock would replace the real
-//! inline names, symlink targets, inline data, in-inode xattrs and label) unless
-//! `allow_scrambled`; every write must lie inside DEVICE. With an undo file, the old contents
-//! of every block written (and the superblock the device will hold afterwards) are saved and
-//! synced first.
+//! the image's UUID, block size, block count and inode count, and must not be newer than the
+//! image (its last write time, mount count or lifetime writes past the image's superblock's:
+//! what was written since would be lost), unless `force`; the image must not be scrambled
+//! ([`crate::mark`]: its inode tables and superblock would replace the real inline names,
+//! symlink targets, inline data, in-inode xattrs and label), whatever the options; every
+//! write must lie inside DEVICE; the undo file must not exist (under any kind). With an undo
+//! file, the old contents of every block written, the device's superblock bytes as they are
+//! and as they will be are saved and synced first, and the file is committed
+//! ([`crate::undo::commit_undo`]) after the superblock write, so that `e2undo` restores the
+//! device after an install interrupted at any point.
 //!
 //! [`Install::prepare`] runs every check and plans the writes without writing (what a dry run
 //! shows, with an [`Overview`] of what will be replaced); [`Install::run`] then writes.
@@ -34,10 +38,9 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 use std::fs::{File, OpenOptions};
-use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 
-use crate::blockmap::{BlockMap, Run};
+use crate::blockmap::{BlockMap, BlockRun};
 use crate::bytes::le;
 use crate::error::CorruptKind;
 use crate::ext4::Superblock;
@@ -47,12 +50,13 @@ use crate::ext4::desc::{BG_BLOCK_UNINIT, BG_INODE_UNINIT};
 use crate::ext4::superblock::feature;
 use crate::ext4::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 use crate::io::{FileSource, ReadAt, pwrite_full};
-use crate::mark::{self, Evidence, ImageFacts};
+use crate::mark;
 use crate::mount::{MountState, mount_state};
 use crate::normal::NormalImage;
 use crate::normal::reader::read_image;
 use crate::progress::{Progress, Unit};
 use crate::undo::{self, UndoStats};
+use crate::units::{BlockSize, FsBlock};
 use crate::{Error, Result};
 
 /// How to install.
@@ -64,8 +68,6 @@ pub struct InstallOptions {
     pub dry_run: bool,
     /// Save the overwritten blocks here first, in e2undo's format.
     pub undo: Option<PathBuf>,
-    /// Install an image judged scrambled ([`crate::mark`]) all the same.
-    pub allow_scrambled: bool,
 }
 
 /// Where the data of a planned write comes from.
@@ -94,8 +96,8 @@ pub enum DeviceSuper {
     Primary,
     /// A backup at this block (of `block_size` bytes).
     Backup {
-        block: u64,
-        block_size: u32,
+        block: FsBlock,
+        block_size: BlockSize,
     },
     /// No valid superblock found (only accepted with `force`).
     None,
@@ -106,14 +108,14 @@ pub enum DeviceSuper {
 pub struct InstallReport {
     pub writes: Vec<PlannedWrite>,
     pub bytes: u64,
-    pub block_size: u32,
+    pub block_size: BlockSize,
     pub device_super: DeviceSuper,
     /// Differences between the device's filesystem and the image, ignored under `force`.
     pub mismatches: Vec<String>,
+    /// How the device's filesystem is newer than the image (written, mounted since),
+    /// ignored under `force`.
+    pub newer: Vec<String>,
     pub undo: Option<UndoStats>,
-    /// Why the image is judged scrambled, when it is (installed only with
-    /// `allow_scrambled`).
-    pub scrambled: Option<Evidence>,
     /// What the install replaces.
     pub overview: Overview,
 }
@@ -164,12 +166,17 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Byte offset of `blocks` blocks of `bs` bytes. The plan only computes offsets of blocks
-/// inside the filesystem, whose byte size [`crate::normal::Layout::new`] checked, so this
-/// fails only on a bug; it fails as a located error all the same.
-fn bytes(blocks: u64, bs: u64, what: &'static str) -> Result<u64> {
-    blocks
-        .checked_mul(bs)
+/// Byte offset of block `b`. The plan only computes offsets of blocks inside the
+/// filesystem, whose byte size [`crate::normal::Layout::new`] checked, so this fails only on
+/// a bug; it fails as a located error all the same.
+fn offset(b: FsBlock, bs: BlockSize, what: &'static str) -> Result<u64> {
+    bs.offset_of(b)
+        .ok_or_else(|| CorruptKind::NormalLayoutOverflow { field: what }.into())
+}
+
+/// Bytes of `n` blocks (as [`offset`]).
+fn length(n: u64, bs: BlockSize, what: &'static str) -> Result<u64> {
+    bs.bytes_of(n)
         .ok_or_else(|| CorruptKind::NormalLayoutOverflow { field: what }.into())
 }
 
@@ -177,7 +184,7 @@ fn bytes(blocks: u64, bs: u64, what: &'static str) -> Result<u64> {
 pub fn plan<R: ReadAt>(img: &NormalImage<R>, now: u64) -> Result<Vec<PlannedWrite>> {
     let sb = img.superblock();
     let layout = img.layout();
-    let bs = layout.block_size.get();
+    let bs = layout.block_size;
     let ipb = u64::from(sb.inode_blocks_per_group);
     let mut desc = img.desc().clone();
     let mut writes = Vec::new();
@@ -186,23 +193,23 @@ pub fn plan<R: ReadAt>(img: &NormalImage<R>, now: u64) -> Result<Vec<PlannedWrit
     struct Tables {
         first: u32,
         last: u32,
-        block: u64,
+        block: FsBlock,
         /// One past the last block.
-        end: u64,
+        end: FsBlock,
         image_offset: u64,
     }
     let flush = |run: Option<Tables>, writes: &mut Vec<PlannedWrite>| -> Result<()> {
         if let Some(t) = run {
             // end > block: each table lies inside the filesystem.
-            let n = t.end.saturating_sub(t.block);
+            let n = t.end.saturating_since(t.block);
             writes.push(PlannedWrite {
                 what: if t.first == t.last {
                     format!("inode table of group {}", t.first)
                 } else {
                     format!("inode tables of groups {}-{}", t.first, t.last)
                 },
-                offset: bytes(t.block, bs, "an inode table offset")?,
-                len: bytes(n, bs, "an inode table size")?,
+                offset: offset(t.block, bs, "an inode table offset")?,
+                len: length(n, bs, "an inode table size")?,
                 data: WriteData::Image(t.image_offset),
             });
         }
@@ -211,15 +218,15 @@ pub fn plan<R: ReadAt>(img: &NormalImage<R>, now: u64) -> Result<Vec<PlannedWrit
     let mut run: Option<Tables> = None;
     for group in 0..sb.group_count {
         let block = desc.inode_table(group);
-        if block == 0 {
+        if block == FsBlock(0) {
             return Err(CorruptKind::NormalInodeTableMissing { group }.into());
         }
         let end = block
             .checked_add(ipb)
-            .filter(|&e| block >= u64::from(sb.first_data_block) && e <= sb.blocks_count)
+            .filter(|&e| block >= sb.first_block() && e.get() <= sb.blocks_count)
             .ok_or(CorruptKind::NormalInodeTableOutside {
                 group,
-                block,
+                block: block.get(),
                 blocks: ipb,
                 fs_blocks: sb.blocks_count,
             })?;
@@ -250,7 +257,7 @@ pub fn plan<R: ReadAt>(img: &NormalImage<R>, now: u64) -> Result<Vec<PlannedWrit
     flush(run, &mut writes)?;
     // The write calls libext2fs makes for the inode tables: up to 32 blocks at a time.
     // (Every table was checked above to end inside the filesystem.)
-    let mut io_ops: Vec<(u64, u64)> = Vec::new();
+    let mut io_ops: Vec<(FsBlock, u64)> = Vec::new();
     for g in 0..sb.group_count {
         let mut blk = desc.inode_table(g);
         let mut left = ipb;
@@ -274,12 +281,12 @@ pub fn plan<R: ReadAt>(img: &NormalImage<R>, now: u64) -> Result<Vec<PlannedWrit
             cs.block_bitmap_csum_set(&mut desc, g, &blk[..bitmap::block_nbytes(sb)]);
             cs.group_desc_csum_set(&mut desc, g);
             let loc = desc.block_bitmap(g);
-            if loc != 0 && loc < sb.blocks_count {
+            if loc != FsBlock(0) && loc.get() < sb.blocks_count {
                 io_ops.push((loc, 1));
                 writes.push(PlannedWrite {
                     what: format!("block bitmap of group {g}"),
-                    offset: bytes(loc, bs, "a block bitmap offset")?,
-                    len: bs,
+                    offset: offset(loc, bs, "a block bitmap offset")?,
+                    len: bs.bytes(),
                     data: WriteData::Bytes(blk),
                 });
             }
@@ -289,12 +296,12 @@ pub fn plan<R: ReadAt>(img: &NormalImage<R>, now: u64) -> Result<Vec<PlannedWrit
             cs.inode_bitmap_csum_set(&mut desc, g, &blk[..inode_csum_len.min(blk.len())]);
             cs.group_desc_csum_set(&mut desc, g);
             let loc = desc.inode_bitmap(g);
-            if loc != 0 && loc < sb.blocks_count {
+            if loc != FsBlock(0) && loc.get() < sb.blocks_count {
                 io_ops.push((loc, 1));
                 writes.push(PlannedWrite {
                     what: format!("inode bitmap of group {g}"),
-                    offset: bytes(loc, bs, "an inode bitmap offset")?,
-                    len: bs,
+                    offset: offset(loc, bs, "an inode bitmap offset")?,
+                    len: bs.bytes(),
                     data: WriteData::Bytes(blk),
                 });
             }
@@ -311,31 +318,31 @@ pub fn plan<R: ReadAt>(img: &NormalImage<R>, now: u64) -> Result<Vec<PlannedWrit
     let mbs = std::num::NonZeroU32::new(sb.desc_per_block).unwrap_or(std::num::NonZeroU32::MIN);
     for g in 0..sb.group_count {
         let (_, old, new) = super_and_bgd_loc(sb, g);
-        if g == 0 && old != 0 && old_desc_blocks > 0 {
-            let len = bytes(u64::from(old_desc_blocks), bs, "the descriptors")?;
+        if g == 0 && old != FsBlock(0) && old_desc_blocks > 0 {
+            let len = length(u64::from(old_desc_blocks), bs, "the descriptors")?;
             let data = usize::try_from(len)
                 .ok()
                 .and_then(|l| raw.get(..l))
                 .ok_or(CorruptKind::NormalDescriptorBlock { meta_group: 0 })?;
             writes.push(PlannedWrite {
                 what: format!("group descriptors ({old_desc_blocks} blocks)"),
-                offset: bytes(old, bs, "the descriptors' offset")?,
+                offset: offset(old, bs, "the descriptors' offset")?,
                 len,
                 data: WriteData::Bytes(data.to_vec()),
             });
         }
-        if new != 0 {
+        if new != FsBlock(0) {
             let mb = u64::from(g / mbs);
-            let at = bytes(mb, bs, "a meta_bg descriptor block")?;
+            // Descriptor block `mb` of the table, `bs` bytes into it per block.
+            let at = length(mb, bs, "a meta_bg descriptor block")?;
             let block = usize::try_from(at)
                 .ok()
-                .zip(usize::try_from(bs).ok())
-                .and_then(|(at, n)| raw.get(at..at.checked_add(n)?))
+                .and_then(|at| raw.get(at..at.checked_add(bs.as_usize())?))
                 .ok_or(CorruptKind::NormalDescriptorBlock { meta_group: mb })?;
             writes.push(PlannedWrite {
                 what: format!("meta_bg {mb} group descriptors (in group {g})"),
-                offset: bytes(new, bs, "a meta_bg descriptor block")?,
-                len: bs,
+                offset: offset(new, bs, "a meta_bg descriptor block")?,
+                len: bs.bytes(),
                 data: WriteData::Bytes(block.to_vec()),
             });
         }
@@ -352,8 +359,7 @@ pub fn plan<R: ReadAt>(img: &NormalImage<R>, now: u64) -> Result<Vec<PlannedWrit
     let counted = unix_io_bytes_written(&io_ops, bs);
     if kb != 0 && counted != 0 {
         // libext2fs adds (desc_blocks + 1) / (bs / 1024) for the descriptors and superblock.
-        let kib_per_block = NonZeroU64::new(bs >> 10).unwrap_or(NonZeroU64::MIN);
-        let meta = u64::from(sb.desc_blocks).saturating_add(1) / kib_per_block;
+        let meta = u64::from(sb.desc_blocks).saturating_add(1) >> bs.bits().saturating_sub(10);
         let add = (counted >> 10).saturating_add(meta);
         // s_kbytes_written is a counter that wraps, as libext2fs's does.
         le::set_u64(&mut sup, 0x178, kb.wrapping_add(add));
@@ -375,14 +381,15 @@ pub fn plan<R: ReadAt>(img: &NormalImage<R>, now: u64) -> Result<Vec<PlannedWrit
 /// `s_kbytes_written` before the cache is flushed; reproducing it keeps the superblock
 /// byte-identical to the one `e2image -I` writes. The byte count saturates (it is a
 /// statistic; the planned writes fit 64 bits).
-fn unix_io_bytes_written(ops: &[(u64, u64)], bs: u64) -> u64 {
+fn unix_io_bytes_written(ops: &[(FsBlock, u64)], block_size: BlockSize) -> u64 {
     #[derive(Clone, Copy, Default)]
     struct Slot {
         in_use: bool,
         dirty: bool,
-        block: u64,
+        block: FsBlock,
         time: u64,
     }
+    let bs = block_size.bytes();
     let mut slots = [Slot::default(); 8];
     let mut clock = 0u64;
     let mut bytes = 0u64;
@@ -396,7 +403,7 @@ fn unix_io_bytes_written(ops: &[(u64, u64)], bs: u64) -> u64 {
             bytes = bytes.saturating_add(count.saturating_mul(bs));
             continue;
         }
-        for b in blk..blk.saturating_add(count) {
+        for b in (blk.get()..blk.get().saturating_add(count)).map(FsBlock) {
             // One tick per block written: far below 2^64.
             clock = clock.saturating_add(1);
             if let Some(s) = slots.iter_mut().find(|s| s.in_use && s.block == b) {
@@ -433,17 +440,18 @@ fn unix_io_bytes_written(ops: &[(u64, u64)], bs: u64) -> u64 {
 
 /// Standard backup superblock locations e2fsck tries: group 1 at the default geometry of
 /// every block size (`bs * 8` blocks per group), as `(block, block_size)`.
-pub fn standard_backup_locations() -> Vec<(u64, u32)> {
-    (10..=16)
-        .map(|l| {
-            let bs = 1u32 << l;
+pub fn standard_backup_locations() -> Vec<(FsBlock, BlockSize)> {
+    (0..=6)
+        .filter_map(BlockSize::from_log)
+        .map(|bs| {
             // At most 2^19 + 1.
-            ((u64::from(bs) << 3) | u64::from(bs == 1024), bs)
+            let blk = (bs.bytes() << 3) | u64::from(bs.get() == 1024);
+            (FsBlock(blk), bs)
         })
         .collect()
 }
 
-fn valid_super(raw: &[u8; SUPERBLOCK_SIZE], bs: Option<u32>) -> Option<Superblock> {
+fn valid_super(raw: &[u8; SUPERBLOCK_SIZE], bs: Option<BlockSize>) -> Option<Superblock> {
     let sb = Superblock::parse(raw, bs).ok()?;
     csum::superblock_csum_verify(raw).then_some(sb)
 }
@@ -475,7 +483,7 @@ pub fn find_superblock<D: ReadAt + ?Sized>(
         }
     }
     for (blk, bs) in cands {
-        let Some(off) = blk.checked_mul(u64::from(bs)) else {
+        let Some(off) = bs.offset_of(blk) else {
             continue;
         };
         if dev.read_at(&mut raw, off).ok() == Some(SUPERBLOCK_SIZE)
@@ -538,23 +546,20 @@ fn mismatches(dev: &Superblock, img: &Superblock) -> Vec<String> {
 
 /// The device blocks the writes touch (whole blocks of `bs`). Planned writes lie inside
 /// the filesystem or at the superblock: their ends fit.
-fn touched_blocks(writes: &[PlannedWrite], bs: NonZeroU64, blocks: u64) -> BlockMap {
-    let mut runs: Vec<Run> = writes
+fn touched_blocks(writes: &[PlannedWrite], bs: BlockSize, blocks: u64) -> BlockMap {
+    let mut runs: Vec<BlockRun> = writes
         .iter()
         .map(|w| {
-            let b0 = w.offset / bs;
-            let b1 = w.offset.saturating_add(w.len).div_ceil(bs.get());
-            Run {
-                start: b0,
-                len: b1.saturating_sub(b0),
-            }
+            let b0 = bs.block_of(w.offset);
+            let b1 = FsBlock(bs.blocks_covering(w.offset.saturating_add(w.len)));
+            BlockRun::new(b0, b1.saturating_since(b0))
         })
         .collect();
     runs.sort();
-    let mut merged: Vec<Run> = Vec::new();
+    let mut merged: Vec<BlockRun> = Vec::new();
     for r in runs {
         match merged.last_mut() {
-            Some(m) if m.end() >= r.start => m.len = m.len.max(r.end().saturating_sub(m.start)),
+            Some(m) if m.end() >= r.start => m.len = m.len.max(r.end().saturating_since(m.start)),
             _ => merged.push(r),
         }
     }
@@ -596,6 +601,23 @@ impl Install {
         let img = NormalImage::open_file(image)?;
         let sb = img.superblock();
         let writes = plan(&img, now())?;
+        // Only the last write may change the superblock bytes: the undo file's commit after
+        // it depends on that (a table or bitmap there is a damaged image's).
+        final_superblock(&writes)?;
+        let (sb_lo, sb_hi) = (SUPERBLOCK_OFFSET, SUPERBLOCK_OFFSET.saturating_add(1024));
+        if let Some(w) = writes
+            .iter()
+            .rev()
+            .skip(1)
+            .find(|w| w.offset < sb_hi && w.offset.saturating_add(w.len) > sb_lo)
+        {
+            return Err(Error::InvalidInput(format!(
+                "{}: the image's {} overlaps the primary superblock (byte {}); nothing written",
+                image.display(),
+                w.what,
+                w.offset
+            )));
+        }
 
         let is_blockdev = std::fs::metadata(device).is_ok_and(|m| {
             use std::os::unix::fs::FileTypeExt;
@@ -626,18 +648,26 @@ impl Install {
                 mism.join(", ")
             )));
         }
-        let scrambled = mark::refusal(
-            &ImageFacts::of_normal(img.header(), sb.raw()),
+        // Never overridden (--force included): the loss is silent, e2fsck finds nothing.
+        if let Some(ev) = mark::refusal(
+            &img.header().image_facts(sb.raw()),
             dev_sb.as_ref().map(Superblock::raw),
             false,
-        );
-        if let Some(ev) = &scrambled
-            && !opts.allow_scrambled
-        {
+        ) {
             return Err(Error::InvalidInput(mark::refusal_message(
-                ev,
+                &ev,
                 &dev_name.to_string(),
                 mark::Action::Install,
+            )));
+        }
+        let newer = dev_sb
+            .as_ref()
+            .map(|d| newer_than_image(d, sb, &device_super))
+            .unwrap_or_default();
+        if !newer.is_empty() && !opts.force {
+            return Err(Error::InvalidInput(format!(
+                "{dev_name} holds a newer state of the filesystem than the image: {}; installing would lose what was written since; nothing written (use --force to install anyway)",
+                newer.join(", ")
             )));
         }
         // Planned writes lie inside the image's filesystem, whose byte size fits: saturation
@@ -653,13 +683,8 @@ impl Install {
                 dev.size()
             )));
         }
-        if let Some(path) = opts.undo.as_ref().filter(|_| !opts.dry_run)
-            && std::fs::metadata(path).is_ok_and(|m| m.len() > 0)
-        {
-            return Err(Error::InvalidInput(format!(
-                "undo file {} already exists; remove it or choose another name",
-                path.display()
-            )));
+        if let Some(path) = &opts.undo {
+            refuse_existing_undo(path)?;
         }
         let (dev_label, img_label) = (
             dev_sb.as_ref().map(|d| mark::label(d.raw())),
@@ -686,8 +711,8 @@ impl Install {
             block_size: sb.block_size,
             device_super,
             mismatches: mism,
+            newer,
             undo: None,
-            scrambled,
             overview,
         };
         Ok(Install {
@@ -719,20 +744,15 @@ impl Install {
         }
         let sb = img.superblock();
         let bs = img.layout().block_size;
+        let mut undo_file = None;
         if let Some(path) = &undo {
-            let final_super: [u8; SUPERBLOCK_SIZE] = match report.writes.last().map(|w| &w.data) {
-                Some(WriteData::Bytes(b)) if b.len() == SUPERBLOCK_SIZE => {
-                    let mut a = [0u8; SUPERBLOCK_SIZE];
-                    a.copy_from_slice(b);
-                    a
-                }
-                _ => return Err(Error::InvalidInput("no superblock write planned".into())),
-            };
-            // prepare() refused an existing, non-empty undo file.
+            let final_super = final_superblock(&report.writes)?;
+            // prepare() refused an existing path; O_EXCL refuses one created since (and
+            // does not follow a symlink put there).
             let uf = OpenOptions::new()
+                .read(true)
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .open(path)
                 .map_err(|e| Error::io("create undo file", 0, e))?;
             let end = report
@@ -744,20 +764,16 @@ impl Install {
             let touched = touched_blocks(
                 &report.writes,
                 bs,
-                sb.blocks_count.max(end.div_ceil(bs.get())),
+                sb.blocks_count.max(bs.blocks_covering(end)),
             );
-            report.undo = Some(undo::write_undo(
-                &uf,
-                &dev,
-                sb.block_size,
-                touched.runs(),
-                &final_super,
-            )?);
+            let stats = undo::write_undo(&uf, &dev, sb.block_size, touched.runs(), &final_super)?;
+            report.undo = Some(stats);
+            undo_file = Some((uf, stats, final_super));
         }
 
         let f = dev.file();
-        let total = report.bytes / bs;
-        progress.block_size(sb.block_size);
+        let total = bs.blocks_in(report.bytes);
+        progress.block_size(bs.get());
         progress.phase("installing", total, Unit::Blocks);
         // Progress and positions below stay inside writes whose ends were checked.
         let mut done = 0u64;
@@ -786,17 +802,108 @@ impl Install {
                         let at = w.offset.saturating_add(pos);
                         pwrite_full(f, &buf, at).map_err(|e| Error::io("write", at, e))?;
                         pos = pos.saturating_add(n as u64);
-                        progress.update(done.saturating_add(pos / bs));
+                        progress.update(done.saturating_add(bs.blocks_in(pos)));
                     }
                 }
             }
-            done = done.saturating_add(w.len / bs);
+            done = done.saturating_add(bs.blocks_in(w.len));
             progress.update(done);
         }
         f.sync_all().map_err(|e| Error::io("sync", 0, e))?;
+        if let Some((uf, stats, final_super)) = &undo_file {
+            undo::commit_undo(uf, stats, sb.block_size, final_super)?;
+        }
         progress.finish();
         Ok(report)
     }
+}
+
+/// The superblock an install leaves: its last planned write (see [`plan`]).
+fn final_superblock(writes: &[PlannedWrite]) -> Result<[u8; SUPERBLOCK_SIZE]> {
+    match writes.last() {
+        Some(PlannedWrite {
+            offset: SUPERBLOCK_OFFSET,
+            data: WriteData::Bytes(b),
+            ..
+        }) if b.len() == SUPERBLOCK_SIZE => {
+            let mut a = [0u8; SUPERBLOCK_SIZE];
+            a.copy_from_slice(b);
+            Ok(a)
+        }
+        _ => Err(Error::InvalidInput("no superblock write planned".into())),
+    }
+}
+
+/// Refuse an undo file name that exists, whatever it is (a file, empty or not, a device, a
+/// FIFO, a symlink, dangling or not): it is never written through, truncated or replaced.
+pub fn refuse_existing_undo(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("stat undo file", 0, e)),
+        Ok(m) => {
+            use std::os::unix::fs::FileTypeExt;
+            let t = m.file_type();
+            let kind = if t.is_symlink() {
+                "a symbolic link"
+            } else if t.is_block_device() {
+                "a block device"
+            } else if t.is_char_device() {
+                "a character device"
+            } else if t.is_fifo() {
+                "a FIFO"
+            } else if t.is_dir() {
+                "a folder"
+            } else if t.is_socket() {
+                "a socket"
+            } else {
+                "a file"
+            };
+            Err(Error::InvalidInput(format!(
+                "undo file {} already exists ({kind}); nothing written (remove it or choose a new name)",
+                path.display()
+            )))
+        }
+    }
+}
+
+/// How `dev` (the device's superblock, found as `which`) is newer than `img`: written,
+/// mounted or written to since the image was taken. Fields the image leaves at zero
+/// (never set) compare as unknown.
+fn newer_than_image(dev: &Superblock, img: &Superblock, which: &DeviceSuper) -> Vec<String> {
+    let (d, i) = (dev.raw(), img.raw());
+    let mut out = Vec::new();
+    let (dw, iw) = (write_time(d), write_time(i));
+    if dw > iw {
+        out.push(format!(
+            "last written {} (image: {})",
+            time_text(dw),
+            time_text(iw)
+        ));
+    }
+    let (dm, im) = (le::u16(d, S_MNT_COUNT), le::u16(i, S_MNT_COUNT));
+    if dm > im {
+        out.push(format!("mount count {dm} (image: {im})"));
+    }
+    let (dk, ik) = (le::u64(d, S_KBYTES_WRITTEN), le::u64(i, S_KBYTES_WRITTEN));
+    if ik != 0 && dk > ik {
+        out.push(format!("lifetime writes {dk} KiB (image: {ik} KiB)"));
+    }
+    if !out.is_empty()
+        && let DeviceSuper::Backup { block, .. } = which
+    {
+        out.push(format!("by the backup superblock at block {block}"));
+    }
+    out
+}
+
+/// `s_mnt_count`.
+const S_MNT_COUNT: usize = 0x34;
+/// `s_kbytes_written`.
+const S_KBYTES_WRITTEN: usize = 0x178;
+
+/// A superblock time as UTC text with its seconds (`2023-11-14 22:13:20 UTC (1700000000)`).
+fn time_text(t: u64) -> String {
+    format!("{} ({t})", crate::progress::utc(t))
 }
 
 /// Install `image` onto `device`: [`Install::prepare`], then [`Install::run`].
@@ -814,28 +921,37 @@ pub fn install(
 mod tests {
     use super::*;
 
+    fn bs(n: u32) -> BlockSize {
+        BlockSize::new(n).unwrap()
+    }
+
+    fn ops(v: &[(u64, u64)]) -> Vec<(FsBlock, u64)> {
+        v.iter().map(|&(b, n)| (FsBlock(b), n)).collect()
+    }
+
     #[test]
     fn unix_io_cache_accounting() {
         // Large writes count at once; small ones only when evicted from the 8-block cache.
-        assert_eq!(unix_io_bytes_written(&[(100, 32)], 1024), 32 * 1024);
-        assert_eq!(unix_io_bytes_written(&[(100, 4)], 1024), 0);
+        let k = bs(1024);
+        assert_eq!(unix_io_bytes_written(&ops(&[(100, 32)]), k), 32 * 1024);
+        assert_eq!(unix_io_bytes_written(&ops(&[(100, 4)]), k), 0);
         let ten: Vec<(u64, u64)> = (0..10).map(|b| (b, 1)).collect();
-        assert_eq!(unix_io_bytes_written(&ten, 1024), 2 * 1024);
+        assert_eq!(unix_io_bytes_written(&ops(&ten), k), 2 * 1024);
         // Rewriting a cached block does not evict anything.
         let mut same = ten.clone();
         same.extend([(9, 1), (8, 1)]);
-        assert_eq!(unix_io_bytes_written(&same, 1024), 2 * 1024);
+        assert_eq!(unix_io_bytes_written(&ops(&same), k), 2 * 1024);
         // A large write flushes the dirty cache first.
         let mut flush = vec![(0u64, 1u64), (1, 1), (2, 1)];
         flush.push((50, 5));
-        assert_eq!(unix_io_bytes_written(&flush, 4096), 8 * 4096);
+        assert_eq!(unix_io_bytes_written(&ops(&flush), bs(4096)), 8 * 4096);
     }
 
     #[test]
     fn standard_backups_are_group_one_of_each_block_size() {
         let l = standard_backup_locations();
-        assert_eq!(l[0], (8193, 1024));
-        assert_eq!(l[2], (32768, 4096));
+        assert_eq!(l[0], (FsBlock(8193), bs(1024)));
+        assert_eq!(l[2], (FsBlock(32768), bs(4096)));
         assert_eq!(l.len(), 7);
     }
 }

@@ -7,6 +7,8 @@
 //! docs/move-journal.md explains why it survives a kill at any instant and why a journal is
 //! only ever replayed over the SOURCE it belongs to.
 
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
+
 use std::fs::{File, OpenOptions};
 use std::ops::Range;
 use std::os::unix::fs::FileTypeExt;
@@ -14,17 +16,18 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::Duration;
 
-use crate::blockmap::{BlockMap, Run};
+use crate::blockmap::{BlockMap, BlockRun};
 use crate::ext4::{Filesystem, OpenOptions as FsOpen};
 use crate::io::{
     AlignedBuf, FileSource, ObjectId, ReadAt, pread_full, reopen_direct, write_maybe_direct,
 };
 use crate::ops::capture::{CaptureOptions, open_source, scan_source};
 use crate::ops::move_journal::{
-    self as mj, Journal, Locations, Mismatch, MoveParams, Piece, Saved, SourceId, State,
+    self as mj, Journal, Locations, Mismatch, MoveParams, Piece, Saved, SourceId, Span, State,
 };
 use crate::pieces::{same_runs, zero_runs};
 use crate::progress::{Progress, Unit};
+use crate::units::{BlockSize, FsBlock};
 use crate::{Error, Result};
 
 pub use crate::ops::move_journal::PIECE_BYTES;
@@ -158,9 +161,8 @@ fn file_size(file: &File) -> Result<(u64, bool)> {
     }
 }
 
-fn fs_bytes(bs: u32, blocks: u64) -> Result<u64> {
-    blocks
-        .checked_mul(u64::from(bs))
+fn fs_bytes(bs: BlockSize, blocks: u64) -> Result<u64> {
+    bs.bytes_of(blocks)
         .ok_or_else(|| overflow("filesystem size"))
 }
 
@@ -172,7 +174,7 @@ pub fn clone_fs(
     source: &Path,
     target: CloneTarget<'_>,
     opts: &MoveOptions,
-    on_write: &mut dyn FnMut(u64, u64),
+    on_write: &mut dyn FnMut(FsBlock, u64),
     progress: &mut dyn Progress,
 ) -> Result<MoveReport> {
     let (out, new_file) = match target {
@@ -192,8 +194,7 @@ pub fn clone_fs(
     };
     let (fs, res) = scan_source(src, &copts, out_dev, progress)?;
     let bs = fs.sb.block_size;
-    let bsu = u64::from(bs);
-    let bsz = bs as usize;
+    let bsz = bs.as_usize();
     let total = fs_bytes(bs, fs.sb.blocks_count)?;
     let end = opts
         .dest_offset
@@ -210,7 +211,7 @@ pub fn clone_fs(
     }
     let map: &BlockMap = &res.map;
     let mut rep = MoveReport {
-        block_size: bs,
+        block_size: bs.get(),
         blocks_count: fs.sb.blocks_count,
         selected_blocks: map.selected_blocks(),
         problems: res.problems.iter().map(|p| p.to_string()).collect(),
@@ -219,10 +220,16 @@ pub fn clone_fs(
     // Progress counts bytes (the binaries do not know the block size up front).
     progress.phase(
         "copying",
-        rep.selected_blocks.saturating_mul(bsu),
+        rep.selected_blocks.saturating_mul(bs.bytes()),
         Unit::Bytes,
     );
     let dest = opts.dest_offset;
+    // Where block `b` goes in DEST: below `end`, checked above.
+    let dest_at = |b: FsBlock| {
+        bs.offset_of(b)
+            .and_then(|o| o.checked_add(dest))
+            .ok_or_else(|| overflow("destination offset"))
+    };
     // Writes bypass the page cache (O_DIRECT) where the target and alignment allow: the
     // copy then costs one memory copy per byte instead of two, and leaves no dirty pages.
     let mut direct = if opts.dry_run {
@@ -231,13 +238,11 @@ pub fn clone_fs(
         reopen_direct(out)
     };
     let mut cmp = Vec::new();
-    let mut write = |rep: &mut MoveReport, blk: u64, data: &[u8]| -> Result<()> {
-        let n = (data.len() / bsz) as u64;
-        on_write(blk, n);
+    let mut write = |rep: &mut MoveReport, blk: FsBlock, data: &[u8]| -> Result<()> {
+        on_write(blk, bs.blocks_in(data.len() as u64));
         if !opts.dry_run {
-            let off = dest + blk * bsu;
-            write_maybe_direct(out, &mut direct, data, off)?;
-            rep.bytes_written += data.len() as u64;
+            write_maybe_direct(out, &mut direct, data, dest_at(blk)?)?;
+            rep.bytes_written = rep.bytes_written.saturating_add(data.len() as u64);
         }
         Ok(())
     };
@@ -250,38 +255,46 @@ pub fn clone_fs(
             let _ = free_tx.send(AlignedBuf::new(CLONE_CHUNK));
         }
         scope.spawn(move || read_ahead(&src_path, src_off, runs, bs, full_tx, free_rx));
-        let mut past = 0;
+        let mut past = 0u64;
         for chunk in full_rx {
             let chunk = chunk?;
-            past += chunk.past_blocks;
+            past = past.saturating_add(chunk.past_blocks);
             let blk = chunk.blk;
             let data = chunk.buf.get(chunk.len);
-            let n = data.len() / bsz;
+            let n = bs.blocks_in(data.len() as u64);
+            // Blocks `i..i + k` of the chunk: where they start, and their bytes.
+            let part = |i: usize, k: usize| {
+                let at = blk.saturating_add(i as u64);
+                let b = i.saturating_mul(bsz);
+                (at, data.get(b..b.saturating_add(k.saturating_mul(bsz))))
+            };
             if new_file {
                 // A fresh file: all-zero blocks stay holes, as e2image leaves them.
                 zero_runs(data, bsz, &mut |i, k, zero| {
-                    if !zero {
-                        write(&mut rep, blk + i as u64, &data[i * bsz..(i + k) * bsz])?;
+                    if let (false, (at, Some(bytes))) = (zero, part(i, k)) {
+                        write(&mut rep, at, bytes)?;
                     }
                     Ok(())
                 })?;
             } else if opts.check {
-                let off = dest + blk * bsu;
+                let off = dest_at(blk)?;
                 cmp.resize(data.len(), 0);
                 let got = pread_full(out, &mut cmp, off).map_err(|e| Error::io("read", off, e))?;
                 same_runs(data, &cmp, got, bsz, &mut |i, k, same| {
-                    if same {
-                        rep.identical_blocks += k as u64;
-                        Ok(())
-                    } else {
-                        write(&mut rep, blk + i as u64, &data[i * bsz..(i + k) * bsz])
+                    match (same, part(i, k)) {
+                        (true, _) => {
+                            rep.identical_blocks = rep.identical_blocks.saturating_add(k as u64);
+                        }
+                        (false, (at, Some(bytes))) => write(&mut rep, at, bytes)?,
+                        (false, (_, None)) => {}
                     }
+                    Ok(())
                 })?;
             } else {
                 write(&mut rep, blk, data)?;
             }
-            rep.blocks += n as u64;
-            progress.update(rep.blocks * bsu);
+            rep.blocks = rep.blocks.saturating_add(n);
+            progress.update(rep.blocks.saturating_mul(bs.bytes()));
             // The reader may have stopped on an error already: then this send just fails.
             let _ = free_tx.send(chunk.buf);
         }
@@ -302,7 +315,7 @@ const POOL: usize = 3;
 
 /// Consecutive selected blocks read by the reader thread.
 struct Chunk {
-    blk: u64,
+    blk: FsBlock,
     len: usize,
     buf: AlignedBuf,
     past_blocks: u64,
@@ -314,8 +327,8 @@ struct Chunk {
 fn read_ahead(
     source: &Path,
     base: u64,
-    runs: &[Run],
-    bs: u32,
+    runs: &[BlockRun],
+    bs: BlockSize,
     full: SyncSender<Result<Chunk>>,
     free: Receiver<AlignedBuf>,
 ) {
@@ -326,40 +339,42 @@ fn read_ahead(
             return;
         }
     };
-    let bsu = u64::from(bs);
-    let per = (CLONE_CHUNK as u64 / bsu).max(1);
+    let per = bs.blocks_in(CLONE_CHUNK as u64).max(1);
     for run in runs {
         let mut b = run.start;
         while b < run.end() {
-            let n = per.min(run.end() - b);
-            let len = (n * bsu) as usize;
+            let n = per.min(run.end().saturating_since(b));
+            // At most CLONE_CHUNK bytes; a run of the map lies inside the filesystem.
+            let (Some(len), Some(at)) = (bs.len_of(n), bs.offset_of(b)) else {
+                let _ = full.send(Err(overflow("block offset")));
+                return;
+            };
             let Ok(mut buf) = free.recv() else { return };
-            let res = src
-                .read_sparse_at(buf.get_mut(len), b * bsu)
-                .map(|past| Chunk {
-                    blk: b,
-                    len,
-                    buf,
-                    past_blocks: (past as u64).div_ceil(bsu),
-                });
+            let res = src.read_sparse_at(buf.get_mut(len), at).map(|past| Chunk {
+                blk: b,
+                len,
+                buf,
+                past_blocks: bs.blocks_covering(past as u64),
+            });
             let failed = res.is_err();
             if full.send(res).is_err() || failed {
                 return;
             }
-            b += n;
+            b = b.saturating_add(n);
         }
     }
 }
 
-/// Merge runs whose gap is at most `gap` blocks.
-fn merge_runs(runs: &[Run], gap: u64) -> Vec<Run> {
-    let mut out: Vec<Run> = Vec::new();
+/// The spans of a move: the map's runs, merged where the gap between them is at most `gap`
+/// blocks.
+fn merge_runs(runs: &[BlockRun], gap: u64) -> Vec<Span> {
+    let mut out: Vec<Span> = Vec::new();
     for r in runs {
         match out.last_mut() {
-            Some(last) if r.start.saturating_sub(last.end()) <= gap => {
-                last.len = r.end().max(last.end()) - last.start;
+            Some(last) if r.start.saturating_since(last.end()) <= gap => {
+                last.len = r.end().max(last.end()).saturating_since(last.start);
             }
-            _ => out.push(*r),
+            _ => out.push(Span::covering(*r)),
         }
     }
     out
@@ -798,7 +813,7 @@ fn read_journal(
         State::Done => {
             let done = || {
                 Ok(Start::Done(MoveReport {
-                    block_size: p.block_size,
+                    block_size: p.block_size.get(),
                     blocks_count: p.blocks_count,
                     already_done: true,
                     journal: Some(path.to_path_buf()),
@@ -982,12 +997,13 @@ fn plan_new(
         dest_offset: d_off,
         blocks_count: fs.sb.blocks_count,
         uuid: fs.sb.uuid(),
-        piece_blocks: (match opts.piece_bytes {
-            0 => PIECE_BYTES,
-            n => n.min(PIECE_BYTES),
-        } / u64::from(bs))
-        .max(1),
-        spans: merge_runs(res.map.runs(), MERGE_GAP_BYTES / u64::from(bs)),
+        piece_blocks: bs
+            .blocks_in(match opts.piece_bytes {
+                0 => PIECE_BYTES,
+                n => n.min(PIECE_BYTES),
+            })
+            .max(1),
+        spans: merge_runs(res.map.runs(), bs.blocks_in(MERGE_GAP_BYTES)),
     };
     let end = params
         .dest_end()
@@ -1134,7 +1150,7 @@ pub fn move_in_place(
     source: &Path,
     jopts: &JournalOptions,
     opts: &MoveOptions,
-    on_write: &mut dyn FnMut(u64, u64),
+    on_write: &mut dyn FnMut(FsBlock, u64),
     notes: &mut dyn FnMut(MoveNote),
     progress: &mut dyn Progress,
 ) -> Result<MoveReport> {
@@ -1154,15 +1170,23 @@ pub fn move_in_place(
         },
     };
     j.set_test_hooks(opts.crash_point, opts.slice_bytes);
-    let start = j.next_piece() as usize;
-    let done: u64 = j.pieces()[..start].iter().map(|pc| pc.blocks.len).sum();
+    let next = j.next_piece();
+    // At most the number of pieces (the journal checks its checkpoint).
+    let start = usize::try_from(next)
+        .unwrap_or(usize::MAX)
+        .min(j.pieces().len());
+    let blocks = |pcs: &[Piece]| {
+        pcs.iter()
+            .fold(0u64, |n, pc| n.saturating_add(pc.blocks.len))
+    };
+    let done = blocks(&j.pieces()[..start]);
     let p = j.params();
     let mut rep = MoveReport {
-        block_size: p.block_size,
+        block_size: p.block_size.get(),
         blocks_count: p.blocks_count,
-        selected_blocks: p.spans.iter().map(|r| r.len).sum(),
+        selected_blocks: p.spans.iter().fold(0u64, |n, r| n.saturating_add(r.len)),
         pieces: j.pieces().len() as u64,
-        started_at_piece: start as u64,
+        started_at_piece: next,
         resumed: start > 0 || !saved.is_empty(),
         journal: Some(j.path().to_path_buf()),
         blocks: done,
@@ -1175,7 +1199,7 @@ pub fn move_in_place(
         rep.blocks = rep.selected_blocks.saturating_sub(done);
         return Ok(rep);
     }
-    let bs = u64::from(p.block_size);
+    let bs = p.block_size.bytes();
     progress.phase(
         "moving",
         rep.selected_blocks.saturating_mul(bs),
@@ -1208,7 +1232,7 @@ fn start_new_move(
     src: &MoveSource,
     chosen: &Chosen,
     opts: &MoveOptions,
-    on_write: &mut dyn FnMut(u64, u64),
+    on_write: &mut dyn FnMut(FsBlock, u64),
     notes: &mut dyn FnMut(MoveNote),
     progress: &mut dyn Progress,
 ) -> Result<New> {
@@ -1260,22 +1284,25 @@ fn start_new_move(
 }
 
 /// `-n` of a new move: the blocks it would write, in the order it would write them.
-fn list_new(params: &MoveParams, map: &BlockMap, on_write: &mut dyn FnMut(u64, u64)) -> MoveReport {
+fn list_new(
+    params: &MoveParams,
+    map: &BlockMap,
+    on_write: &mut dyn FnMut(FsBlock, u64),
+) -> MoveReport {
     let plan = MoveParams {
-        spans: map.runs().to_vec(),
+        spans: map.runs().iter().copied().map(Span::covering).collect(),
         ..params.clone()
     };
-    let mut n = 0;
-    for pc in plan.pieces().unwrap_or_default() {
+    let pieces = plan.pieces().unwrap_or_default();
+    for pc in &pieces {
         on_write(pc.blocks.start, pc.blocks.len);
-        n += 1;
     }
     MoveReport {
-        block_size: params.block_size,
+        block_size: params.block_size.get(),
         blocks_count: params.blocks_count,
         selected_blocks: map.selected_blocks(),
         blocks: map.selected_blocks(),
-        pieces: n,
+        pieces: pieces.len() as u64,
         ..MoveReport::default()
     }
 }
@@ -1304,12 +1331,13 @@ fn copy_pieces(
     rep: &mut MoveReport,
     progress: &mut dyn Progress,
 ) -> Result<()> {
-    let start = j.next_piece() as usize;
+    // At most the number of pieces (the journal checks its checkpoint).
+    let start = usize::try_from(j.next_piece()).unwrap_or(usize::MAX);
     let jp = j.path().to_path_buf();
     let pieces = j.pieces().to_vec();
     let digests = j.digests().to_vec();
-    let bs = u64::from(j.params().block_size);
-    let piece_max = pieces.iter().map(Piece::bytes).max().unwrap_or(0) as usize;
+    let bs = j.params().block_size;
+    let piece_max = pieces.iter().map(Piece::buf_len).max().unwrap_or(0);
     let reader = src.reader()?;
     let mut direct = reopen_direct(&src.file);
     let mut cmp = Vec::new();
@@ -1330,7 +1358,7 @@ fn copy_pieces(
         while let Some(cur) = pending.take() {
             let k = cur.index;
             let pc = &pieces[k];
-            let n = pc.bytes() as usize;
+            let n = pc.buf_len();
             let data = cur.buf.get(n);
             // Write-ahead: before this piece may overwrite the source of a copied piece, make
             // that copy durable and record it, so a rerun never re-reads a clobbered source.
@@ -1341,7 +1369,7 @@ fn copy_pieces(
                 src.sync(pc.dst.start)?;
                 j.checkpoint(State::Running { next: k as u64 })
                     .map_err(|e| in_journal(&jp, e))?;
-                rep.checkpoints += 1;
+                rep.checkpoints = rep.checkpoints.saturating_add(1);
                 uncommitted = None;
             }
             let self_overlap = pc.overlaps_itself();
@@ -1351,16 +1379,18 @@ fn copy_pieces(
                 j.save(k as u64, data)
                     .and_then(|()| j.sync())
                     .map_err(|e| in_journal(&jp, e))?;
-                rep.saved_pieces += 1;
+                rep.saved_pieces = rep.saved_pieces.saturating_add(1);
             }
-            rep.past_end_blocks += cur.past_bytes.div_ceil(bs);
+            rep.past_end_blocks = rep
+                .past_end_blocks
+                .saturating_add(bs.blocks_covering(cur.past_bytes));
             let mut write = true;
             if opts.check {
                 cmp.resize(n, 0);
                 let got = pread_full(&src.file, &mut cmp, pc.dst.start)
                     .map_err(|e| Error::io("read", pc.dst.start, e))?;
                 if got == n && cmp == data {
-                    rep.identical_blocks += pc.blocks.len;
+                    rep.identical_blocks = rep.identical_blocks.saturating_add(pc.blocks.len);
                     write = false;
                 }
             }
@@ -1370,12 +1400,7 @@ fn copy_pieces(
             let save_next = next
                 .as_ref()
                 .filter(|nx| pieces[nx.index].overlaps_itself() && !nx.from_save)
-                .map(|nx| {
-                    (
-                        nx.index as u64,
-                        nx.buf.get(pieces[nx.index].bytes() as usize),
-                    )
-                });
+                .map(|nx| (nx.index as u64, nx.buf.get(pieces[nx.index].buf_len())));
             let direct = &mut direct;
             let dest = || -> Result<()> {
                 if write {
@@ -1385,12 +1410,12 @@ fn copy_pieces(
             };
             write_and_save(dest, save_next, j, opts, k)?;
             if write {
-                rep.bytes_written += n as u64;
+                rep.bytes_written = rep.bytes_written.saturating_add(n as u64);
             }
             let saved_next = save_next.is_some();
             if let Some(nx) = next.as_mut().filter(|_| saved_next) {
                 nx.saved = true;
-                rep.saved_pieces += 1;
+                rep.saved_pieces = rep.saved_pieces.saturating_add(1);
             }
             uncommitted = Some(match uncommitted.take() {
                 Some(u) => u.start.min(pc.src.start)..u.end.max(pc.src.end),
@@ -1400,15 +1425,17 @@ fn copy_pieces(
                 // The source is gone now: commit before the save slot can be reused. The
                 // checkpoint's sync also makes the next piece's save durable.
                 src.sync(pc.dst.start)?;
-                j.checkpoint(State::Running { next: k as u64 + 1 })
-                    .map_err(|e| in_journal(&jp, e))?;
-                rep.checkpoints += 1;
+                j.checkpoint(State::Running {
+                    next: (k as u64).saturating_add(1),
+                })
+                .map_err(|e| in_journal(&jp, e))?;
+                rep.checkpoints = rep.checkpoints.saturating_add(1);
                 uncommitted = None;
             } else if saved_next {
                 j.sync().map_err(|e| in_journal(&jp, e))?;
             }
-            rep.blocks += pc.blocks.len;
-            progress.update(rep.blocks * bs);
+            rep.blocks = rep.blocks.saturating_add(pc.blocks.len);
+            progress.update(rep.blocks.saturating_mul(bs.bytes()));
             // The reader may have stopped on an error already: then this send just fails.
             let _ = free_tx.send(cur.buf);
             pending = next;
@@ -1465,7 +1492,7 @@ fn read_pieces(
 ) {
     for (k, pc) in pieces.iter().enumerate().skip(start) {
         let Ok(mut buf) = free.recv() else { return };
-        let n = pc.bytes() as usize;
+        let n = pc.buf_len();
         let res = match saved.iter().find(|s| s.piece == k as u64) {
             Some(s) => {
                 buf.get_mut(n).copy_from_slice(&s.data);
@@ -1519,7 +1546,7 @@ fn write_sliced(
     for chunk in data.chunks(slice) {
         crash_point(opts);
         write_maybe_direct(file, direct, chunk, at)?;
-        at += chunk.len() as u64;
+        at = at.saturating_add(chunk.len() as u64);
         if opts.throttle_us_per_mib > 0 {
             std::thread::sleep(Duration::from_micros(
                 opts.throttle_us_per_mib.saturating_mul(chunk.len() as u64) >> 20,
@@ -1551,23 +1578,28 @@ fn finish_move(
     let jp = j.path().to_path_buf();
     j.finish(src.change_stamp())
         .map_err(|e| in_journal(&jp, e))?;
-    rep.checkpoints += 1;
+    rep.checkpoints = rep.checkpoints.saturating_add(1);
     Ok(())
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)] // tests compute expected values freely
 mod tests {
     use super::*;
 
-    fn r(start: u64, len: u64) -> Run {
-        Run { start, len }
+    fn r(start: u64, len: u64) -> BlockRun {
+        BlockRun::new(FsBlock(start), len)
+    }
+
+    fn s(start: u64, len: u64) -> Span {
+        Span::new(FsBlock(start), len)
     }
 
     #[test]
     fn runs_merge_across_small_gaps() {
         let spans = merge_runs(&[r(0, 3), r(4, 2), r(100, 10)], 1);
-        assert_eq!(spans, vec![r(0, 6), r(100, 10)]);
-        assert_eq!(merge_runs(&[r(0, 3), r(5, 2)], 1), vec![r(0, 3), r(5, 2)]);
+        assert_eq!(spans, vec![s(0, 6), s(100, 10)]);
+        assert_eq!(merge_runs(&[r(0, 3), r(5, 2)], 1), vec![s(0, 3), s(5, 2)]);
         assert_eq!(merge_runs(&[], 1), vec![]);
     }
 

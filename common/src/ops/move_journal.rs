@@ -22,7 +22,7 @@
 //! (nothing is allocated for a count the file cannot hold), offsets with checked arithmetic,
 //! and damage is a [`CorruptKind`] naming the journal and the field.
 
-#![deny(clippy::arithmetic_side_effects)]
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 
 use std::fs::{File, OpenOptions};
 use std::ops::Range;
@@ -31,11 +31,12 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
-use crate::blockmap::Run;
+use crate::blockmap::BlockRun;
 use crate::bytes::le;
 use crate::error::CorruptKind;
 use crate::io::{ObjectId, ReadAt, pread_full, pwrite_full, reopen_direct, write_maybe_direct};
 use crate::progress::{Progress, Unit};
+use crate::units::{BlockSize, FsBlock};
 use crate::{Error, Result};
 
 /// Largest piece of a move (the unit of copying, saving and checking).
@@ -47,8 +48,11 @@ const SAVE_MAGIC: &[u8; 8] = b"E2ISAVE\0";
 /// Version 1 (no identity, no checksums of the bytes) is refused: it cannot be verified.
 const VERSION: u32 = 2;
 const PAGE: u64 = 4096;
+const PAGE_LEN: usize = 4096;
 const SPAN_BYTES: u64 = 16;
+const SPAN_LEN: usize = 16;
 const DIGEST_BYTES: u64 = 4;
+const DIGEST_LEN: usize = 4;
 
 // Header fields.
 const H_VERSION: usize = 8;
@@ -93,9 +97,10 @@ pub const CHECK_CHUNK: usize = 1 << 20;
 pub fn checksum_range(src: &dyn ReadAt, at: &Range<u64>, buf: &mut [u8]) -> Result<u32> {
     let mut crc = 0u32;
     let mut pos = at.start;
-    let step = buf.len().max(1) as u64;
+    let step = buf.len().max(1);
     while pos < at.end {
-        let n = at.end.saturating_sub(pos).min(step) as usize;
+        let left = at.end.saturating_sub(pos);
+        let n = usize::try_from(left).map_or(step, |l| l.min(step));
         src.read_sparse_at(&mut buf[..n], pos)?;
         crc = crc32c::crc32c_append(crc, &buf[..n]);
         pos = pos.saturating_add(n as u64);
@@ -103,10 +108,51 @@ pub fn checksum_range(src: &dyn ReadAt, at: &Range<u64>, buf: &mut [u8]) -> Resu
     Ok(crc)
 }
 
+/// A stretch of filesystem blocks `[start, start + len)` that a move copies, as its journal
+/// records it: selected runs of the block map merged across small gaps (so it may cover free
+/// blocks: not a [`BlockRun`] of the map), then cut into pieces. `len` counts blocks; where
+/// a span lies in SOURCE is a byte range, [`Span::bytes_at`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Span {
+    pub start: FsBlock,
+    pub len: u64,
+}
+
+impl Span {
+    pub const fn new(start: FsBlock, len: u64) -> Self {
+        Span { start, len }
+    }
+
+    /// The span covering a run of the block map.
+    pub const fn covering(r: BlockRun) -> Self {
+        Span {
+            start: r.start,
+            len: r.len,
+        }
+    }
+
+    /// One past the last block (saturating: the spans of a plan are checked to end inside
+    /// the filesystem; use [`Self::checked_end`] on spans that are not).
+    pub const fn end(&self) -> FsBlock {
+        self.start.saturating_add(self.len)
+    }
+
+    /// One past the last block, if it exists.
+    pub fn checked_end(&self) -> Option<FsBlock> {
+        self.start.checked_add(self.len)
+    }
+
+    /// The bytes of SOURCE the span occupies when the filesystem starts at byte `fs_at`.
+    pub fn bytes_at(&self, bs: BlockSize, fs_at: u64) -> Option<Range<u64>> {
+        let at = |b: FsBlock| bs.offset_of(b)?.checked_add(fs_at);
+        Some(at(self.start)?..at(self.checked_end()?)?)
+    }
+}
+
 /// What the move is: everything needed to finish it without reading the old filesystem.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MoveParams {
-    pub block_size: u32,
+    pub block_size: BlockSize,
     pub src_offset: u64,
     pub dest_offset: u64,
     pub blocks_count: u64,
@@ -114,14 +160,14 @@ pub struct MoveParams {
     /// Blocks per piece (the unit of copying and of progress).
     pub piece_blocks: u64,
     /// The blocks to move, sorted and disjoint (selected runs, small gaps merged).
-    pub spans: Vec<Run>,
+    pub spans: Vec<Span>,
 }
 
 /// One piece of a move: a run of filesystem blocks, and the bytes of SOURCE it is read from
 /// and written to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Piece {
-    pub blocks: Run,
+    pub blocks: Span,
     pub src: Range<u64>,
     pub dst: Range<u64>,
 }
@@ -130,6 +176,11 @@ impl Piece {
     /// Length in bytes.
     pub fn bytes(&self) -> u64 {
         self.src.end.saturating_sub(self.src.start)
+    }
+
+    /// Length in bytes, as a buffer length (a piece is at most [`PIECE_BYTES`]).
+    pub fn buf_len(&self) -> usize {
+        usize::try_from(self.bytes()).unwrap_or(usize::MAX)
     }
 
     /// Does the destination overlap the piece's own source (a shift shorter than the piece)?
@@ -148,13 +199,13 @@ pub fn overlaps(a: &Range<u64>, b: &Range<u64>) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Bad {
     Field(&'static str, u64),
-    Span(u64, Run),
+    Span(u64, Span),
 }
 
 impl MoveParams {
     /// Bytes of the filesystem.
     pub fn fs_bytes(&self) -> Option<u64> {
-        self.blocks_count.checked_mul(u64::from(self.block_size))
+        self.block_size.bytes_of(self.blocks_count)
     }
 
     /// The byte just past the filesystem at its destination.
@@ -167,14 +218,11 @@ impl MoveParams {
         self.dest_offset > self.src_offset
     }
 
-    /// Check everything the plan depends on: block size, piece size, offsets that must not
-    /// overflow, spans sorted, disjoint, non-empty and inside the filesystem.
+    /// Check everything the plan depends on (the block size is valid by its type): piece
+    /// size, offsets that must not overflow, spans sorted, disjoint, non-empty and inside
+    /// the filesystem.
     fn check(&self) -> std::result::Result<(), Bad> {
-        let bs = self.block_size;
-        if !(1024..=65536).contains(&bs) || !bs.is_power_of_two() {
-            return Err(Bad::Field("block size", u64::from(bs)));
-        }
-        let piece_bytes = self.piece_blocks.checked_mul(u64::from(bs));
+        let piece_bytes = self.block_size.bytes_of(self.piece_blocks);
         if self.piece_blocks == 0 || piece_bytes.is_none_or(|b| b > PIECE_BYTES) {
             return Err(Bad::Field("blocks per piece", self.piece_blocks));
         }
@@ -190,13 +238,13 @@ impl MoveParams {
         if self.dest_offset.checked_add(fs).is_none() {
             return Err(Bad::Field("destination offset", self.dest_offset));
         }
-        let mut prev_end = 0u64;
+        let mut prev_end = FsBlock(0);
         for (i, r) in self.spans.iter().enumerate() {
-            let end = r.start.checked_add(r.len);
-            if r.len == 0 || r.start < prev_end || end.is_none_or(|e| e > self.blocks_count) {
+            let end = r.checked_end();
+            if r.len == 0 || r.start < prev_end || end.is_none_or(|e| e.get() > self.blocks_count) {
                 return Err(Bad::Span(i as u64, *r));
             }
-            prev_end = end.unwrap_or(u64::MAX);
+            prev_end = end.unwrap_or(FsBlock(u64::MAX));
         }
         Ok(())
     }
@@ -214,16 +262,11 @@ impl MoveParams {
     /// destination overlaps the source of a piece copied after it (docs/move-journal.md).
     fn plan(&self) -> std::result::Result<Vec<Piece>, Bad> {
         self.check()?;
-        let bs = u64::from(self.block_size);
         // `check` bounded every byte offset below (offset + fs size), so these cannot
         // overflow; they stay checked so that a future change cannot make them wrap.
-        let bytes = |off: u64, r: &Run| -> std::result::Result<Range<u64>, Bad> {
-            let s = r.start.checked_mul(bs).and_then(|b| b.checked_add(off));
-            let e = r.end().checked_mul(bs).and_then(|b| b.checked_add(off));
-            match (s, e) {
-                (Some(s), Some(e)) => Ok(s..e),
-                _ => Err(Bad::Field("span", r.start)),
-            }
+        let bytes = |off: u64, r: &Span| -> std::result::Result<Range<u64>, Bad> {
+            r.bytes_at(self.block_size, off)
+                .ok_or(Bad::Field("span", r.start.get()))
         };
         let mut out = Vec::new();
         for blocks in split_pieces(&self.spans, self.piece_blocks, self.moves_right()) {
@@ -256,18 +299,15 @@ impl MoveParams {
 }
 
 /// Cut sorted spans into pieces of at most `piece_blocks` blocks, in copy order.
-fn split_pieces(spans: &[Run], piece_blocks: u64, right: bool) -> Vec<Run> {
+fn split_pieces(spans: &[Span], piece_blocks: u64, right: bool) -> Vec<Span> {
     let pb = piece_blocks.max(1);
     let mut out = Vec::new();
     if right {
         for s in spans.iter().rev() {
             let mut e = s.end();
             while e > s.start {
-                let b = e.saturating_sub(pb).max(s.start);
-                out.push(Run {
-                    start: b,
-                    len: e.saturating_sub(b),
-                });
+                let b = FsBlock(e.get().saturating_sub(pb)).max(s.start);
+                out.push(Span::new(b, e.saturating_since(b)));
                 e = b;
             }
         }
@@ -276,10 +316,7 @@ fn split_pieces(spans: &[Run], piece_blocks: u64, right: bool) -> Vec<Run> {
             let mut b = s.start;
             while b < s.end() {
                 let e = b.saturating_add(pb).min(s.end());
-                out.push(Run {
-                    start: b,
-                    len: e.saturating_sub(b),
-                });
+                out.push(Span::new(b, e.saturating_since(b)));
                 b = e;
             }
         }
@@ -287,7 +324,7 @@ fn split_pieces(spans: &[Run], piece_blocks: u64, right: bool) -> Vec<Run> {
     out
 }
 
-fn encode_body(spans: &[Run], digests: &[u32]) -> Vec<u8> {
+fn encode_body(spans: &[Span], digests: &[u32]) -> Vec<u8> {
     let mut b = Vec::with_capacity(
         spans
             .len()
@@ -295,7 +332,7 @@ fn encode_body(spans: &[Run], digests: &[u32]) -> Vec<u8> {
             .saturating_add(digests.len().saturating_mul(4)),
     );
     for r in spans {
-        b.extend_from_slice(&le::bytes_u64(r.start));
+        b.extend_from_slice(&le::bytes_u64(r.start.get()));
         b.extend_from_slice(&le::bytes_u64(r.len));
     }
     for d in digests {
@@ -484,10 +521,10 @@ impl Journal {
         let ckpt_at = ckpt_offset(nspans, npieces)
             .ok_or_else(|| Error::InvalidInput("too many spans for a move journal".into()))?;
         let hash = params.body_hash(&digests);
-        let mut head = vec![0u8; PAGE as usize];
+        let mut head = vec![0u8; PAGE_LEN];
         head[0..8].copy_from_slice(MAGIC);
         le::set_u32(&mut head, H_VERSION, VERSION);
-        le::set_u32(&mut head, H_BLOCK_SIZE, params.block_size);
+        le::set_u32(&mut head, H_BLOCK_SIZE, params.block_size.get());
         le::set_u64(&mut head, H_SRC_OFFSET, params.src_offset);
         le::set_u64(&mut head, H_DEST_OFFSET, params.dest_offset);
         le::set_u64(&mut head, H_BLOCKS_COUNT, params.blocks_count);
@@ -601,7 +638,7 @@ impl Journal {
             }
             Ok(())
         };
-        let mut head = vec![0u8; PAGE as usize];
+        let mut head = vec![0u8; PAGE_LEN];
         read(&mut head, 0, "header")?;
         if &head[0..8] != MAGIC {
             return Err(CorruptKind::MoveJournalMagic { path: p() }.into());
@@ -658,21 +695,24 @@ impl Journal {
         };
         let (span_bytes, rest) = body.split_at_checked(spans_len).ok_or_else(short)?;
         let digest_bytes = rest.get(..digests_len).ok_or_else(short)?;
-        let spans: Vec<Run> = span_bytes
-            .chunks_exact(SPAN_BYTES as usize)
-            .map(|c| Run {
-                start: le::u64(c, 0),
-                len: le::u64(c, 8),
-            })
+        let spans: Vec<Span> = span_bytes
+            .chunks_exact(SPAN_LEN)
+            .map(|c| Span::new(FsBlock(le::u64(c, 0)), le::u64(c, 8)))
             .collect();
         let digests: Vec<u32> = digest_bytes
-            .chunks_exact(DIGEST_BYTES as usize)
+            .chunks_exact(DIGEST_LEN)
             .map(|c| le::u32(c, 0))
             .collect();
         let mut uuid = [0u8; 16];
         uuid.copy_from_slice(&head[H_UUID..H_UUID + 16]);
+        let block_size = le::u32(&head, H_BLOCK_SIZE);
+        let block_size = BlockSize::new(block_size).ok_or(CorruptKind::MoveJournalField {
+            path: p(),
+            field: "block size",
+            value: u64::from(block_size),
+        })?;
         let params = MoveParams {
-            block_size: le::u32(&head, H_BLOCK_SIZE),
+            block_size,
             src_offset: le::u64(&head, H_SRC_OFFSET),
             dest_offset: le::u64(&head, H_DEST_OFFSET),
             blocks_count: le::u64(&head, H_BLOCKS_COUNT),
@@ -705,7 +745,7 @@ impl Journal {
                 Bad::Span(index, r) => CorruptKind::MoveJournalSpan {
                     path: p(),
                     index,
-                    start: r.start,
+                    start: r.start.get(),
                     len: r.len,
                     blocks_count: params.blocks_count,
                 },
@@ -873,9 +913,11 @@ impl Journal {
     fn save_stride(&self) -> u64 {
         let piece = self
             .params
-            .piece_blocks
-            .saturating_mul(u64::from(self.params.block_size));
-        PAGE.saturating_add(piece.next_multiple_of(PAGE))
+            .block_size
+            .bytes_of(self.params.piece_blocks)
+            .and_then(|b| b.checked_next_multiple_of(PAGE))
+            .unwrap_or(u64::MAX);
+        PAGE.saturating_add(piece)
     }
 
     /// Where save slot `slot` (0 or 1) starts.
@@ -978,7 +1020,7 @@ impl Journal {
             return Ok(None);
         }
         // `len` is a piece's length: at most PIECE_BYTES.
-        let mut data = vec![0u8; len as usize];
+        let mut data = vec![0u8; self.pieces[i].buf_len()];
         let data_at = at.saturating_add(PAGE);
         let n = pread_full(&self.file, &mut data, data_at)
             .map_err(|e| Error::io("read journal", data_at, e))?;
@@ -1119,7 +1161,8 @@ impl Journal {
 
     /// Does SOURCE hold piece `i`'s bytes at `at`?
     fn holds(&self, src: &dyn ReadAt, buf: &mut [u8], i: u64, at: &Range<u64>) -> Result<bool> {
-        Ok(checksum_range(src, at, buf)? == self.digests[i as usize])
+        let want = usize::try_from(i).ok().and_then(|i| self.digests.get(i));
+        Ok(want == Some(&checksum_range(src, at, buf)?))
     }
 
     /// Why SOURCE does not match: look at every piece at both places.
@@ -1297,7 +1340,7 @@ pub fn known_journals(state: &Path) -> Vec<PathBuf> {
 }
 
 #[cfg(test)]
-#[allow(clippy::arithmetic_side_effects)]
+#[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)] // tests compute expected values freely
 mod tests {
     use super::*;
     use crate::io::MemSource;
@@ -1305,13 +1348,13 @@ mod tests {
 
     const BS: u64 = 1024;
 
-    fn r(start: u64, len: u64) -> Run {
-        Run { start, len }
+    fn r(start: u64, len: u64) -> Span {
+        Span::new(FsBlock(start), len)
     }
 
     fn params(src: u64, dst: u64) -> MoveParams {
         MoveParams {
-            block_size: BS as u32,
+            block_size: BlockSize::new(BS as u32).unwrap(),
             src_offset: src,
             dest_offset: dst,
             blocks_count: 64,

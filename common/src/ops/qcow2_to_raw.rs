@@ -5,19 +5,26 @@
 //! output goes through [`sparse::write_raw`]: a new file gets holes for unallocated, zero and
 //! all-zero clusters; an existing target is updated in place.
 
-use crate::blockmap::{BlockMap, Run};
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
+
+use crate::blockmap::{BlockMap, BlockRun};
 use crate::io::ReadAt;
 use crate::progress::Progress;
 use crate::qcow2::Qcow2Reader;
 use crate::sparse::{self, CopyStats, RawTarget};
+use crate::units::{BlockSize, FsBlock};
 use crate::{Error, Result};
 
-/// The raw image to produce: which units of `unit` bytes hold stored data.
+/// The raw image to produce: which blocks of `unit` bytes hold stored data.
 #[derive(Debug, Clone)]
 pub struct RawPlan {
-    /// Bytes per map block: the cluster size when it divides the virtual size, else 512.
-    pub unit: u32,
-    /// Units to copy; `blocks_count * unit` is the virtual size.
+    /// Bytes per map block: the cluster size, within 1 KiB..64 KiB (a 512-byte cluster is
+    /// copied with its neighbour, a 2 MiB one in 32 blocks).
+    pub unit: BlockSize,
+    /// The virtual size: `map.blocks_count()` blocks, the last of which may be partial (a
+    /// disk of an odd number of 512-byte sectors).
+    pub size: u64,
+    /// Blocks to copy.
     pub map: BlockMap,
 }
 
@@ -34,42 +41,51 @@ pub fn plan<S: ReadAt>(
     device: bool,
 ) -> Result<RawPlan> {
     let size = image.virtual_size();
-    let cb = image.cluster_bits();
-    let cs = 1u64 << cb;
-    let unit: u64 = if size.is_multiple_of(cs) {
-        cs
-    } else if size.is_multiple_of(512) {
-        512
-    } else {
+    if !size.is_multiple_of(512) {
         return Err(Error::Unsupported(format!(
             "virtual size {size} is not a multiple of 512 bytes"
         )));
-    };
-    let per = cs / unit;
-    let units = size / unit;
+    }
+    // Cluster bits are 9..=21 (the header check): clamped to 10..=16 this is a block size.
+    let cb = image.cluster_bits().clamp(10, 16);
+    let unit = BlockSize::from_log(cb.saturating_sub(10))
+        .ok_or_else(|| Error::InvalidInput(format!("cluster bits {cb}")))?;
+    let units = unit.blocks_covering(size);
     let runs = image.allocated_runs(with_zero_clusters)?;
+    let cs = 1u64 << image.cluster_bits();
+    // Guest clusters are bytes `[c × cs, (c + 1) × cs)` of the disk: the blocks holding them.
     let scaled = runs.into_iter().filter_map(|r| {
-        let s = r.start.get().checked_mul(per)?;
-        let e = r.end().get().checked_mul(per)?.min(units);
-        (s < e).then(|| Run {
-            start: s,
-            len: e - s,
-        })
+        let s = r.start.get().checked_mul(cs)?;
+        let e = r.end().get().checked_mul(cs)?;
+        covering(unit, s..e, units)
     });
-    let mut all: Vec<Run> = scaled.collect();
-    if with_zero_clusters && let Some(extra) = fs_selection(image, unit, device) {
+    let mut all: Vec<BlockRun> = scaled.collect();
+    if with_zero_clusters && let Some(extra) = fs_selection(image, unit, units, device) {
         all.extend(extra);
     }
     Ok(RawPlan {
-        unit: unit as u32,
+        unit,
+        size,
         map: BlockMap::from_runs(all, units),
     })
 }
 
+/// The blocks of `unit` bytes that hold any of the bytes `r`, below `units` blocks.
+fn covering(unit: BlockSize, r: std::ops::Range<u64>, units: u64) -> Option<BlockRun> {
+    let s = unit.block_of(r.start);
+    let e = FsBlock(unit.blocks_covering(r.end).min(units));
+    (s < e).then(|| BlockRun::new(s, e.saturating_since(s)))
+}
+
 /// The blocks e2image -r selects in the filesystem of the virtual disk (for a block-device
-/// target when `device`), in units of `unit` bytes; `None` when the disk holds no readable
+/// target when `device`), in blocks of `unit` bytes; `None` when the disk holds no readable
 /// filesystem (any qcow2 is accepted: then the stored clusters are all there is to write).
-fn fs_selection<S: ReadAt>(image: &Qcow2Reader<S>, unit: u64, device: bool) -> Option<Vec<Run>> {
+fn fs_selection<S: ReadAt>(
+    image: &Qcow2Reader<S>,
+    unit: BlockSize,
+    units: u64,
+    device: bool,
+) -> Option<Vec<BlockRun>> {
     use crate::ext4::scan::{ScanOptions, scan};
     let fs = crate::ext4::Filesystem::open(image, crate::ext4::OpenOptions::default()).ok()?;
     let opts = ScanOptions {
@@ -79,19 +95,12 @@ fn fs_selection<S: ReadAt>(image: &Qcow2Reader<S>, unit: u64, device: bool) -> O
         want_dir_blocks: false,
     };
     let res = scan(&fs, opts, None).ok()?;
-    let bs = u64::from(fs.sb.block_size);
+    let bs = fs.sb.block_size;
     let runs = res
         .map
         .runs()
         .iter()
-        .filter_map(|r| {
-            let s = r.start.checked_mul(bs)? / unit;
-            let e = r.end().checked_mul(bs)?.div_ceil(unit);
-            Some(Run {
-                start: s,
-                len: e - s,
-            })
-        })
+        .filter_map(|r| covering(unit, r.bytes(bs)?, units))
         .collect();
     Some(runs)
 }
@@ -103,5 +112,9 @@ pub fn convert<S: ReadAt>(
     target: RawTarget<'_>,
     progress: &mut dyn Progress,
 ) -> Result<CopyStats> {
-    sparse::write_raw(image, &plan.map, plan.unit, target, progress)
+    let mut stats =
+        sparse::write_raw_sized(image, &plan.map, plan.unit, plan.size, target, progress)?;
+    // The map ends with the disk: only a partial last block reaches past it, by design.
+    stats.past_end_blocks = 0;
+    Ok(stats)
 }

@@ -1,10 +1,13 @@
 //! `e2i-to-qcow2` helpers beyond the capture itself (which is `capture(.., Format::Qcow2, ..)`).
 
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
+
 use crate::mark::MarkedSource;
 use crate::ops::capture::{CaptureOptions, open_source, scan_source, source_is_marked};
 use crate::progress::Progress;
 use crate::qcow2::writer::nonzero_blocks;
 use crate::qcow2::{ClusterRun, GuestCluster, Qcow2Layout};
+use crate::units::{BlockSize, FsBlock};
 use crate::{Error, Result};
 
 /// Plan the qcow2 image of any input without writing anything (`--dry-run`). A stream is
@@ -14,11 +17,11 @@ pub fn plan(
     opts: &CaptureOptions,
     progress: &mut dyn Progress,
 ) -> Result<Qcow2Layout> {
-    use crate::blockmap::Run;
+    use crate::blockmap::BlockRun;
     use crate::ops::input::{Input, Kind};
-    let layout = |blocks_count: u64, bs: u32, runs: &[Run]| {
-        let vsize = blocks_count
-            .checked_mul(u64::from(bs))
+    let layout = |blocks_count: u64, bs: BlockSize, runs: &[BlockRun]| {
+        let vsize = bs
+            .bytes_of(blocks_count)
             .ok_or_else(|| Error::InvalidInput("filesystem size overflows".into()))?;
         // One cluster per filesystem block.
         let clusters: Vec<ClusterRun> = runs
@@ -26,7 +29,7 @@ pub fn plan(
             .copied()
             .map(ClusterRun::one_per_block)
             .collect();
-        Qcow2Layout::plan(vsize, bs.trailing_zeros(), &clusters)
+        Qcow2Layout::plan(vsize, bs.bits(), &clusters)
     };
     match input {
         Input::Stream(mut r) => {
@@ -94,11 +97,11 @@ pub fn stream_to_qcow2<R: std::io::Read>(
     let marks = crate::mark::Marks {
         scrambled: h.is_scrambled(),
     };
-    let vsize = h
-        .blocks_count
-        .checked_mul(u64::from(h.block_size))
+    let bs = h.block_size;
+    let vsize = bs
+        .bytes_of(h.blocks_count)
         .ok_or_else(|| Error::InvalidInput("image size overflows".into()))?;
-    let cb = h.block_size.trailing_zeros();
+    let cb = bs.bits();
     // One cluster per filesystem block.
     let runs: Vec<ClusterRun> = r
         .data_runs()
@@ -106,7 +109,7 @@ pub fn stream_to_qcow2<R: std::io::Read>(
         .map(ClusterRun::one_per_block)
         .collect();
     let mut report = StreamToQcow2 {
-        block_size: h.block_size,
+        block_size: bs.get(),
         blocks_count: h.blocks_count,
         data_blocks: r.data_blocks(),
         zero_blocks: r.zero_blocks(),
@@ -114,7 +117,6 @@ pub fn stream_to_qcow2<R: std::io::Read>(
     };
     progress.phase("copying", r.data_blocks(), crate::progress::Unit::Blocks);
     let mut done = 0u64;
-    let bs = u64::from(h.block_size);
     match out {
         Qcow2Out::Sequential(w) => {
             let mut layout = Qcow2Layout::plan(vsize, cb, &runs)?;
@@ -124,8 +126,8 @@ pub fn stream_to_qcow2<R: std::io::Read>(
             report.stream_sha256 = r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
                 if let Some(d) = data {
                     let d = with_mark(marks, e.start, bs, d);
-                    qw.write_clusters(GuestCluster(e.start), &d)?;
-                    done += d.len() as u64 / bs;
+                    qw.write_clusters(GuestCluster::one_per_block(e.start), &d)?;
+                    done = done.saturating_add(bs.blocks_in(d.len() as u64));
                     progress.update(done);
                 }
                 Ok(())
@@ -139,8 +141,8 @@ pub fn stream_to_qcow2<R: std::io::Read>(
             report.stream_sha256 = r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
                 if let Some(d) = data {
                     let d = with_mark(marks, e.start, bs, d);
-                    qw.write_clusters(GuestCluster(e.start), &d)?;
-                    done += d.len() as u64 / bs;
+                    qw.write_clusters(GuestCluster::one_per_block(e.start), &d)?;
+                    done = done.saturating_add(bs.blocks_in(d.len() as u64));
                     progress.update(done);
                 }
                 Ok(())
@@ -156,11 +158,11 @@ pub fn stream_to_qcow2<R: std::io::Read>(
 /// among them and lacks the mark (a stream made before the superblock mark existed).
 fn with_mark(
     marks: crate::mark::Marks,
-    start: u64,
-    bs: u64,
+    start: FsBlock,
+    bs: BlockSize,
     data: &[u8],
 ) -> std::borrow::Cow<'_, [u8]> {
-    match start.checked_mul(bs) {
+    match bs.offset_of(start) {
         Some(first) if marks.scrambled => crate::mark::chunk_with_mark(first, data),
         _ => std::borrow::Cow::Borrowed(data),
     }
@@ -218,7 +220,7 @@ pub fn to_qcow2(
                 input: Kind::Stream,
                 block_size: rep.block_size,
                 blocks_count: rep.blocks_count,
-                blocks: rep.data_blocks + rep.zero_blocks,
+                blocks: rep.data_blocks.saturating_add(rep.zero_blocks),
                 stream_sha256: Some(rep.stream_sha256),
                 problems: Vec::new(),
             })
@@ -232,13 +234,13 @@ pub fn to_qcow2(
             let view = img.fs_view();
             let map = view.block_map();
             let sb = img.superblock();
-            progress.block_size(sb.block_size);
-            let marks = crate::mark::ImageFacts::of_normal(img.header(), sb.raw()).marks();
+            progress.block_size(sb.block_size.get());
+            let marks = img.header().image_facts(sb.raw()).marks();
             let src = MarkedSource::new(&view, marks.scrambled);
             let st = write_qcow2(&src, &map, sb.block_size, target, marks, progress)?;
             Ok(ToQcow2Report {
                 input: Kind::Normal,
-                block_size: sb.block_size,
+                block_size: sb.block_size.get(),
                 blocks_count: sb.blocks_count,
                 blocks: st.blocks,
                 stream_sha256: None,
@@ -256,7 +258,7 @@ pub fn to_qcow2(
             write_qcow2(&fs.src, &res.map, bs, target, marks, progress)?;
             Ok(ToQcow2Report {
                 input: kind,
-                block_size: bs,
+                block_size: bs.get(),
                 blocks_count: fs.sb.blocks_count,
                 blocks: res.map.selected_blocks(),
                 stream_sha256: None,

@@ -1,8 +1,10 @@
 //! `e2i-to-raw`: any input (stream, raw filesystem, qcow2, normal image) → raw image.
 
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
+
 use std::collections::BTreeMap;
 
-use crate::blockmap::{BlockMap, BlockMapBuilder, Run};
+use crate::blockmap::{BlockMap, BlockMapBuilder};
 use crate::ext4::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, Superblock};
 use crate::ext4::{Filesystem, OpenOptions};
 use crate::io::ReadAt;
@@ -12,6 +14,7 @@ use crate::ops::input::{Input, Kind};
 use crate::progress::{Progress, Unit};
 use crate::sparse::{self, CopyStats, RawSink, RawTarget};
 use crate::stream;
+use crate::units::{BlockSize, FsBlock};
 use crate::{Error, Result};
 
 /// Options of the converters.
@@ -37,7 +40,7 @@ pub struct ConvertReport {
 /// Geometry of an input without converting it (for choosing a target).
 pub fn geometry(input: &Input) -> Option<(u32, u64)> {
     match input {
-        Input::Stream(r) => Some((r.header.block_size, r.header.blocks_count)),
+        Input::Stream(r) => Some((r.header.block_size.get(), r.header.blocks_count)),
         _ => None,
     }
 }
@@ -61,21 +64,17 @@ pub fn to_raw(
     match input {
         Input::Stream(mut r) => {
             let h = r.header;
-            let bs = u64::from(h.block_size);
-            let mut sink = RawSink::new(target, h.block_size, h.blocks_count)?;
-            progress.phase("copying", r.data_blocks() + r.zero_blocks(), Unit::Blocks);
-            let carried = BlockMap::from_runs(
-                r.extents().iter().map(|e| Run {
-                    start: e.start,
-                    len: e.len,
-                }),
-                h.blocks_count,
-            );
+            let bs = h.block_size;
+            let mut sink = RawSink::new(target, bs, h.blocks_count)?;
+            let selected = r.data_blocks().saturating_add(r.zero_blocks());
+            progress.phase("copying", selected, Unit::Blocks);
+            let carried =
+                BlockMap::from_runs(r.extents().iter().map(stream::Extent::run), h.blocks_count);
             let mut meta = device.then(|| MetaBlocks::new(h.block_size, h.blocks_count));
             let digest = r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
                 match data {
                     Some(d) => {
-                        let d = match e.start.checked_mul(bs) {
+                        let d = match bs.offset_of(e.start) {
                             Some(first) if add_mark => mark::chunk_with_mark(first, d),
                             _ => std::borrow::Cow::Borrowed(d),
                         };
@@ -100,7 +99,7 @@ pub fn to_raw(
             progress.finish();
             Ok(ConvertReport {
                 input: Some(Kind::Stream),
-                block_size: h.block_size,
+                block_size: bs.get(),
                 blocks_count: h.blocks_count,
                 copy,
                 stream_sha256: Some(digest),
@@ -125,7 +124,7 @@ pub fn to_raw(
             let copy = sparse::write_raw(&fs.src, &res.map, fs.sb.block_size, target, progress)?;
             Ok(ConvertReport {
                 input: Some(Kind::Raw),
-                block_size: fs.sb.block_size,
+                block_size: fs.sb.block_size.get(),
                 blocks_count: fs.sb.blocks_count,
                 copy,
                 stream_sha256: None,
@@ -151,7 +150,7 @@ pub fn to_raw(
             )?;
             Ok(ConvertReport {
                 input: Some(Kind::Normal),
-                block_size: bs,
+                block_size: bs.get(),
                 blocks_count: img.superblock().blocks_count,
                 copy,
                 stream_sha256: None,
@@ -174,7 +173,7 @@ pub fn to_raw(
             )?;
             Ok(ConvertReport {
                 input: Some(Kind::Qcow2),
-                block_size: plan.unit,
+                block_size: plan.unit.get(),
                 blocks_count: plan.map.blocks_count(),
                 copy,
                 stream_sha256: None,
@@ -190,17 +189,17 @@ pub fn to_raw(
 /// The superblock and descriptor blocks of a filesystem arriving in block order (a stream),
 /// kept as they pass so that the inode tables can be located afterwards.
 struct MetaBlocks {
-    bs: u64,
+    bs: BlockSize,
     blocks_count: u64,
     /// Descriptor blocks to keep, known once the superblock has passed.
-    wanted: Option<Vec<u64>>,
-    kept: BTreeMap<u64, Vec<u8>>,
+    wanted: Option<Vec<FsBlock>>,
+    kept: BTreeMap<FsBlock, Vec<u8>>,
 }
 
 impl MetaBlocks {
-    fn new(block_size: u32, blocks_count: u64) -> Self {
+    fn new(bs: BlockSize, blocks_count: u64) -> Self {
         MetaBlocks {
-            bs: u64::from(block_size),
+            bs,
             blocks_count,
             wanted: None,
             kept: BTreeMap::new(),
@@ -208,16 +207,16 @@ impl MetaBlocks {
     }
 
     /// Consecutive blocks from `first` pass by.
-    fn offer(&mut self, first: u64, data: &[u8]) {
-        let bs = self.bs as usize;
-        for (i, b) in data.chunks(bs).enumerate() {
-            let blk = first + i as u64;
-            let sb_block = SUPERBLOCK_OFFSET / self.bs;
+    fn offer(&mut self, first: FsBlock, data: &[u8]) {
+        let sb_block = self.bs.block_of(SUPERBLOCK_OFFSET);
+        let blocks = (first.get()..).map(FsBlock);
+        for (blk, b) in blocks.zip(data.chunks(self.bs.as_usize())) {
             if blk == sb_block && self.wanted.is_none() {
                 self.kept.insert(blk, b.to_vec());
-                let at = (SUPERBLOCK_OFFSET % self.bs) as usize;
+                // 1024 in the superblock's block, or 0 in block 1 (1 KiB blocks).
+                let at: usize = if self.bs.get() == 1024 { 0 } else { 1024 };
                 let mut raw = [0u8; SUPERBLOCK_SIZE];
-                if let Some(s) = b.get(at..at + SUPERBLOCK_SIZE) {
+                if let Some(s) = b.get(at..at.saturating_add(SUPERBLOCK_SIZE)) {
                     raw.copy_from_slice(s);
                 }
                 self.wanted = Some(match Superblock::parse(&raw, None) {
@@ -235,45 +234,58 @@ impl MetaBlocks {
         let blocks_count = self.blocks_count;
         let fs = Filesystem::open(self, OpenOptions::default())?;
         let ipb = u64::from(fs.sb.inode_blocks_per_group);
-        let mut b = BlockMapBuilder::new(0, blocks_count.saturating_sub(1), fs.sb.cluster_bits);
+        let last = FsBlock(blocks_count.saturating_sub(1));
+        let mut b = BlockMapBuilder::new(FsBlock(0), last, fs.sb.cluster_bits);
         for g in 0..fs.sb.group_count {
             let it = fs.desc.inode_table(g);
-            if it != 0 && it.checked_add(ipb).is_some_and(|e| e <= blocks_count) {
+            if it != FsBlock(0) && it.checked_add(ipb).is_some_and(|e| e.get() <= blocks_count) {
                 b.mark_range(it, ipb);
             }
         }
-        Ok(b.build(u64::from(fs.sb.first_data_block), blocks_count))
+        Ok(b.build(fs.sb.first_block(), blocks_count))
     }
 }
 
 impl ReadAt for MetaBlocks {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
         let size = self.size();
-        if offset >= size {
+        let Some(left) = size.checked_sub(offset).filter(|&l| l > 0) else {
             return Ok(0);
-        }
-        let n = (buf.len() as u64).min(size - offset) as usize;
+        };
+        let n = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
         let buf = &mut buf[..n];
         buf.fill(0);
-        let (first, last) = (offset / self.bs, (offset + n as u64).div_ceil(self.bs));
+        let end = offset.saturating_add(n as u64);
+        let (first, last) = (
+            self.bs.block_of(offset),
+            FsBlock(self.bs.blocks_covering(end)),
+        );
+        // Differences of positions inside `buf` or one block: they fit a usize.
+        let at = |a: u64, b: u64| usize::try_from(a.saturating_sub(b)).unwrap_or(usize::MAX);
         for (&blk, data) in self.kept.range(first..last) {
-            let bstart = blk * self.bs;
+            // Kept blocks lie below blocks_count, whose bytes fit (the superblock's check).
+            let bstart = self.bs.offset_of(blk).unwrap_or(u64::MAX);
             let lo = bstart.max(offset);
-            let hi = (bstart + self.bs).min(offset + n as u64);
-            buf[(lo - offset) as usize..(hi - offset) as usize]
-                .copy_from_slice(&data[(lo - bstart) as usize..(hi - bstart) as usize]);
+            let hi = bstart.saturating_add(self.bs.bytes()).min(end);
+            if let (Some(d), Some(s)) = (
+                buf.get_mut(at(lo, offset)..at(hi, offset)),
+                data.get(at(lo, bstart)..at(hi, bstart)),
+            ) && d.len() == s.len()
+            {
+                d.copy_from_slice(s);
+            }
         }
         Ok(n)
     }
 
     fn size(&self) -> u64 {
-        self.blocks_count.saturating_mul(self.bs)
+        self.bs.bytes_of(self.blocks_count).unwrap_or(u64::MAX)
     }
 }
 
 /// Header for a stream made from a filesystem.
 pub fn stream_header(
-    block_size: u32,
+    block_size: BlockSize,
     blocks_count: u64,
     uuid: [u8; 16],
     all_data: bool,

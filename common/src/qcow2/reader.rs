@@ -3,8 +3,12 @@
 //!
 //! Every number taken from the file is checked before use: tables must lie inside the file
 //! and outside the header, L1 and refcount tables; nothing is allocated from a size that has
-//! not been bounded by the file size or a fixed limit. L2 tables are kept in a bounded LRU
-//! cache; the last decompressed cluster is cached too.
+//! not been bounded by the file size or a fixed limit. The L1 table may have any size the
+//! format allows (2^32 - 1 entries; e2image writes more than qemu's 32 MiB for filesystems
+//! over 8 TiB with 4 KiB clusters): it is read once, in pieces, skipping holes, and only its
+//! non-zero entries are kept, so memory follows the L2 tables the image has, not its
+//! virtual size. L2 tables are kept in a bounded LRU cache; the last decompressed cluster is
+//! cached too.
 //!
 //! Arithmetic on positions inside a buffer or below an end that is itself a `u64` uses
 //! `saturating_*`, which cannot saturate there; everything else is checked.
@@ -22,8 +26,8 @@ use crate::bytes::be;
 use crate::error::CorruptKind;
 use crate::io::ReadAt;
 
-/// qemu's limit on the L1 table (32 MiB).
-const MAX_L1_BYTES: u64 = 32 << 20;
+/// How much of the L1 table is read at a time.
+const L1_CHUNK: u64 = 1 << 20;
 /// qemu's limit on the refcount table (8 MiB).
 const MAX_REFTABLE_BYTES: u64 = 8 << 20;
 /// Memory for cached L2 tables.
@@ -58,7 +62,8 @@ pub struct Qcow2Reader<S: ReadAt> {
     host_size: u64,
     /// Guest clusters of the virtual disk (all mapped by the L1 table).
     guest_clusters: u64,
-    l1: Vec<L1Entry>,
+    /// The non-zero L1 entries, by index (sorted); every other entry is zero.
+    l1: Vec<(u64, L1Entry)>,
     /// Host byte ranges tables must not overlap: header cluster, L1, refcount table.
     reserved: Vec<Range<HostOffset>>,
     /// Host offsets of the active L2 tables, sorted (data must not land on them).
@@ -84,6 +89,39 @@ fn read_table<S: ReadAt>(host: &S, buf: &mut [u8], offset: HostOffset) -> Result
         .into());
     }
     Ok(())
+}
+
+/// The non-zero entries of the L1 table at `start..end` (checked to lie inside the file,
+/// `start` cluster-aligned), by index: read a piece at a time, holes skipped unread.
+fn read_l1<S: ReadAt>(host: &S, start: HostOffset, end: HostOffset) -> Result<Vec<(u64, L1Entry)>> {
+    let mut l1 = Vec::new();
+    let mut raw = Vec::new();
+    let mut pos = start.0;
+    while pos < end.0 {
+        let Some(r) = host.data_region(pos)? else {
+            break;
+        };
+        // From the entry holding the region's first byte (below `end`: a u64 position).
+        let from = r.start.max(pos);
+        if from >= end.0 {
+            break;
+        }
+        let from = from.saturating_sub(from.saturating_sub(start.0) % 8);
+        let to = from.saturating_add(L1_CHUNK).min(end.0);
+        // At most L1_CHUNK: a usize.
+        raw.resize(to.saturating_sub(from) as usize, 0);
+        read_table(host, &mut raw, HostOffset(from))?;
+        // Entry indexes are below 2^32.
+        let first = from.saturating_sub(start.0) / 8;
+        l1.extend(
+            entries(&raw)
+                .enumerate()
+                .filter(|&(_, e)| e != 0)
+                .map(|(k, e)| (first.saturating_add(k as u64), L1Entry(e))),
+        );
+        pos = to;
+    }
+    Ok(l1)
 }
 
 /// Big-endian 64-bit table entries.
@@ -121,12 +159,6 @@ impl<S: ReadAt> Qcow2Reader<S> {
         }
         // A u32 times 8 fits a u64.
         let l1_bytes = entries_n << 3;
-        if l1_bytes > MAX_L1_BYTES {
-            return Err(CorruptKind::Qcow2L1TooLarge {
-                entries: header.l1_size,
-            }
-            .into());
-        }
         let l1_off = header.l1_table_offset;
         let mut l1_end = l1_off;
         if l1_bytes > 0 {
@@ -145,10 +177,7 @@ impl<S: ReadAt> Qcow2Reader<S> {
                     file_size: host_size,
                 })?;
         }
-        // At most 32 MiB: a usize.
-        let mut raw = vec![0u8; l1_bytes as usize];
-        read_table(&host, &mut raw, l1_off)?;
-        let l1: Vec<L1Entry> = entries(&raw).map(L1Entry).collect();
+        let l1 = read_l1(&host, l1_off, l1_end)?;
         let mut reserved = vec![HostOffset(0)..HostOffset(cs), l1_off..l1_end];
         let rt_off = header.refcount_table_offset;
         if rt_off.0 != 0 {
@@ -165,16 +194,15 @@ impl<S: ReadAt> Qcow2Reader<S> {
                 .ok_or(bad)?;
             reserved.push(rt_off..rt_end);
         }
-        let mut l2_offsets: Vec<(HostOffset, usize)> = l1
+        let mut l2_offsets: Vec<(HostOffset, u64)> = l1
             .iter()
-            .enumerate()
-            .filter_map(|(i, e)| e.l2_offset().map(|o| (o, i)))
+            .filter_map(|&(i, e)| e.l2_offset().map(|o| (o, i)))
             .collect();
         l2_offsets.sort_unstable();
         if let Some(w) = l2_offsets.windows(2).find(|w| w[0].0 == w[1].0) {
             return Err(CorruptKind::Qcow2L2Shared {
-                first: w[0].1.min(w[1].1) as u64,
-                second: w[0].1.max(w[1].1) as u64,
+                first: w[0].1.min(w[1].1),
+                second: w[0].1.max(w[1].1),
                 host_offset: w[0].0.0,
             }
             .into());
@@ -221,12 +249,10 @@ impl<S: ReadAt> Qcow2Reader<S> {
 
     /// The L2 table of L1 entry `li`, or `None` when unallocated.
     fn l2_table(&self, li: u64) -> Result<Option<L2Table>> {
-        let Some(&e) = usize::try_from(li).ok().and_then(|i| self.l1.get(i)) else {
+        let Ok(at) = self.l1.binary_search_by_key(&li, |&(i, _)| i) else {
             return Ok(None);
         };
-        if e.0 == 0 {
-            return Ok(None);
-        }
+        let e = self.l1[at].1;
         if e.reserved_bits() != 0 {
             return Err(CorruptKind::Qcow2L1Reserved {
                 l1_index: li,
@@ -371,15 +397,15 @@ impl<S: ReadAt> Qcow2Reader<S> {
                 None => {
                     // Skip to the next allocated L1 entry (or one with reserved bits, which
                     // is reported when reached).
-                    let from = usize::try_from(li).unwrap_or(usize::MAX).saturating_add(1);
+                    let from = self.l1.partition_point(|&(i, _)| i <= li);
                     let next = self
                         .l1
                         .get(from..)
                         .and_then(|rest| {
                             rest.iter()
-                                .position(|e| e.0 & OFFSET_MASK != 0 || e.reserved_bits() != 0)
+                                .find(|(_, e)| e.0 & OFFSET_MASK != 0 || e.reserved_bits() != 0)
                         })
-                        .and_then(|p| GuestCluster::first_of_l1(from.saturating_add(p) as u64, cb));
+                        .and_then(|&(i, _)| GuestCluster::first_of_l1(i, cb));
                     match next {
                         Some(n) => g = n,
                         None => return Ok(None),
@@ -673,8 +699,7 @@ mod tests {
         let mut buf = vec![0u8; cs];
         let mut want = runs().into_iter().flat_map(|r| r.clusters()).peekable();
         for g in (0..1000u64).map(GuestCluster) {
-            r.read_exact_at(&mut buf, g.0 << cb, &|| "test".into())
-                .unwrap();
+            r.read_exact_at(&mut buf, g.0 << cb, "test").unwrap();
             if want.peek() == Some(&g) {
                 want.next();
                 assert!(buf == pattern(g, cs), "cluster {g}");
@@ -685,12 +710,11 @@ mod tests {
         assert_eq!(r.allocated_runs(false).unwrap(), runs());
         // One large read across runs and holes.
         let mut big = vec![0u8; 400 << cb];
-        r.read_exact_at(&mut big, 0, &|| "test".into()).unwrap();
+        r.read_exact_at(&mut big, 0, "test").unwrap();
         assert!(big[130 << cb..(130 << cb) + cs] == pattern(GuestCluster(130), cs)[..]);
         // Reads starting inside a cluster and ending inside another.
         let mut odd = vec![0u8; 3 * cs + 77];
-        r.read_exact_at(&mut odd, (130 << cb) + 5, &|| "test".into())
-            .unwrap();
+        r.read_exact_at(&mut odd, (130 << cb) + 5, "test").unwrap();
         assert_eq!(odd[..cs - 5], pattern(GuestCluster(130), cs)[5..]);
         assert_eq!(odd[3 * cs - 5..], pattern(GuestCluster(133), cs)[..82]);
         assert_eq!(
@@ -780,7 +804,11 @@ mod tests {
         );
         assert_eq!(
             mutate(&set32(field::L1_SIZE, u32::MAX)),
-            K::Qcow2L1TooLarge { entries: u32::MAX }
+            K::Qcow2L1Outside {
+                entries: u32::MAX,
+                host_offset: l1,
+                file_size: len
+            }
         );
         assert_eq!(
             mutate(&set32(field::CLUSTER_BITS, 40)),

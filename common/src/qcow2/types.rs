@@ -8,6 +8,9 @@
 
 use std::fmt;
 
+use crate::blockmap::BlockRun;
+use crate::units::FsBlock;
+
 /// log2 of the cluster size: "Must not be less than 9 (i.e. 512 byte clusters)"; qemu has
 /// "an implementation limit of 2 MB as the maximum cluster size" (21). Only values in
 /// `9..=21` exist, so shifts by it and by the derived widths below never overflow.
@@ -158,6 +161,12 @@ impl GuestCluster {
     pub fn offset(self, cb: ClusterBits) -> Option<GuestOffset> {
         shl(self.0, cb.get()).map(GuestOffset)
     }
+
+    /// The cluster holding filesystem block `b` in an image whose cluster size is the
+    /// filesystem block size (every image e2i makes).
+    pub fn one_per_block(b: FsBlock) -> GuestCluster {
+        GuestCluster(b.get())
+    }
 }
 
 impl fmt::Display for GuestCluster {
@@ -167,7 +176,7 @@ impl fmt::Display for GuestCluster {
 }
 
 /// Consecutive guest clusters `[start, start + len)` (not the filesystem blocks of
-/// [`crate::blockmap::Run`]: a qcow2 image made by e2i has one cluster per block, and
+/// [`crate::blockmap::BlockRun`]: a qcow2 image made by e2i has one cluster per block, and
 /// [`ClusterRun::one_per_block`] is where that is said).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ClusterRun {
@@ -178,9 +187,9 @@ pub struct ClusterRun {
 
 impl ClusterRun {
     /// The clusters of an image whose cluster size is the filesystem block size.
-    pub fn one_per_block(r: crate::blockmap::Run) -> ClusterRun {
+    pub fn one_per_block(r: BlockRun) -> ClusterRun {
         ClusterRun {
-            start: GuestCluster(r.start),
+            start: GuestCluster::one_per_block(r.start),
             len: r.len,
         }
     }

@@ -22,12 +22,13 @@ use std::io::Write;
 use super::entry::{L1Entry, L2Entry, RefcountTableEntry};
 use super::header::{Extension, Header, e2i_extension, encode_extensions};
 use super::types::{ClusterBits, ClusterRun, GuestCluster, HostOffset};
-use crate::blockmap::{BlockMap, Run};
+use crate::blockmap::{BlockMap, BlockRun};
 use crate::bytes::be;
 use crate::io::{ReadAt, pwrite_full};
 use crate::pieces;
 use crate::progress::{Progress, Unit};
 use crate::sparse::CopyStats;
+use crate::units::BlockSize;
 use crate::{Error, Result};
 
 /// qemu refuses L1 tables larger than 32 MiB.
@@ -645,9 +646,9 @@ pub enum Qcow2Target<'a> {
 pub fn nonzero_blocks<S: ReadAt + ?Sized>(
     src: &S,
     map: &BlockMap,
-    block_size: u32,
+    block_size: BlockSize,
     progress: &mut dyn Progress,
-) -> Result<(Vec<Run>, CopyStats)> {
+) -> Result<(Vec<BlockRun>, CopyStats)> {
     progress.phase("finding data", map.selected_blocks(), Unit::Blocks);
     let (runs, rep) = pieces::classify_runs(src, map, block_size, progress)?;
     progress.finish();
@@ -674,18 +675,15 @@ pub fn nonzero_blocks<S: ReadAt + ?Sized>(
 pub fn write_qcow2<S: ReadAt + ?Sized>(
     src: &S,
     map: &BlockMap,
-    block_size: u32,
+    block_size: BlockSize,
     target: Qcow2Target<'_>,
     marks: crate::mark::Marks,
     progress: &mut dyn Progress,
 ) -> Result<CopyStats> {
-    let cb = block_size.trailing_zeros();
-    if !block_size.is_power_of_two() {
-        return Err(Error::InvalidInput(format!("block size {block_size}")));
-    }
-    let vsize = map
-        .blocks_count()
-        .checked_mul(u64::from(block_size))
+    // One cluster per filesystem block: 1 KiB to 64 KiB, inside qcow2's 512 B to 2 MiB.
+    let cb = block_size.bits();
+    let vsize = block_size
+        .bytes_of(map.blocks_count())
         .ok_or_else(|| Error::InvalidInput("filesystem size overflows".into()))?;
     let (runs, mut stats) = nonzero_blocks(src, map, block_size, progress)?;
     let data_map = BlockMap::from_runs(runs.iter().copied(), map.blocks_count());
@@ -695,8 +693,8 @@ pub fn write_qcow2<S: ReadAt + ?Sized>(
     let mut done = 0u64;
     let mut feed = |write: &mut dyn FnMut(GuestCluster, &[u8]) -> Result<()>| {
         pieces::for_each_chunk(src, &data_map, block_size, &mut |blk, data| {
-            write(GuestCluster(blk), data)?;
-            done = done.saturating_add((data.len() >> cb) as u64);
+            write(GuestCluster::one_per_block(blk), data)?;
+            done = done.saturating_add(block_size.blocks_in(data.len() as u64));
             progress.update(done);
             Ok(())
         })

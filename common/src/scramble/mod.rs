@@ -33,6 +33,7 @@ use std::fmt;
 use crate::Result;
 use crate::ext4::damage::{DirRegion, Problem, XattrAt};
 use crate::io::ReadAt;
+use crate::units::{BlockSize, FsBlock};
 
 pub(crate) use crate::ext4::csum::crc32c_raw;
 pub use plan::plan;
@@ -169,41 +170,42 @@ impl fmt::Display for Unscrambled {
 }
 
 /// Changed blocks: new bytes, or zeros for whole ranges.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Overlay {
-    block_size: u64,
-    blocks: BTreeMap<u64, Box<[u8]>>,
+    block_size: BlockSize,
+    blocks: BTreeMap<FsBlock, Box<[u8]>>,
     /// Sorted, disjoint block ranges read as zeros.
-    zeros: Vec<Range<u64>>,
+    zeros: Vec<Range<FsBlock>>,
 }
 
 impl Overlay {
-    pub fn new(block_size: u32) -> Self {
+    pub fn new(block_size: BlockSize) -> Self {
         Overlay {
-            block_size: u64::from(block_size),
-            ..Default::default()
+            block_size,
+            blocks: BTreeMap::new(),
+            zeros: Vec::new(),
         }
     }
 
-    pub fn block_size(&self) -> u64 {
+    pub fn block_size(&self) -> BlockSize {
         self.block_size
     }
 
     /// The replacement of block `blk`, if any.
-    pub fn get(&self, blk: u64) -> Option<&[u8]> {
+    pub fn get(&self, blk: FsBlock) -> Option<&[u8]> {
         self.blocks.get(&blk).map(|b| &b[..])
     }
 
     /// Replace block `blk` (must be exactly one block; anything else is ignored).
-    pub fn put(&mut self, blk: u64, data: Vec<u8>) {
-        debug_assert_eq!(data.len() as u64, self.block_size);
-        if data.len() as u64 == self.block_size {
+    pub fn put(&mut self, blk: FsBlock, data: Vec<u8>) {
+        debug_assert_eq!(data.len(), self.block_size.as_usize());
+        if data.len() == self.block_size.as_usize() {
             self.blocks.insert(blk, data.into_boxed_slice());
         }
     }
 
     /// Make blocks `r` read as zeros (ranges must be added in increasing order or merged).
-    pub fn zero(&mut self, r: Range<u64>) {
+    pub fn zero(&mut self, r: Range<FsBlock>) {
         if r.is_empty() {
             return;
         }
@@ -212,7 +214,7 @@ impl Overlay {
 
     fn finish(&mut self) {
         self.zeros.sort_by_key(|r| r.start);
-        let mut out: Vec<Range<u64>> = Vec::with_capacity(self.zeros.len());
+        let mut out: Vec<Range<FsBlock>> = Vec::with_capacity(self.zeros.len());
         for r in self.zeros.drain(..) {
             match out.last_mut() {
                 Some(l) if r.start <= l.end => l.end = l.end.max(r.end),
@@ -230,13 +232,14 @@ impl Overlay {
     /// Apply the overlay to `buf`, which holds the source's bytes from `offset`.
     pub fn apply(&self, buf: &mut [u8], offset: u64) {
         let bs = self.block_size;
-        if buf.is_empty() || bs == 0 {
+        if buf.is_empty() {
             return;
         }
         let end = offset.saturating_add(buf.len() as u64);
-        // bs ≠ 0 (checked above).
-        let first = offset.checked_div(bs).unwrap_or(0);
-        let last = end.saturating_sub(1).checked_div(bs).unwrap_or(0);
+        let first = bs.block_of(offset);
+        let last = bs.block_of(end.saturating_sub(1));
+        // Where a block starts; blocks past 64-bit offsets lie past `end`.
+        let start_of = |b: FsBlock| bs.offset_of(b).unwrap_or(u64::MAX);
         // `s..e` (bytes of the source, inside `offset..end`) as a range of `buf`.
         let in_buf = |s: u64, e: u64| -> Option<std::ops::Range<usize>> {
             let a = usize::try_from(s.checked_sub(offset)?).ok()?;
@@ -246,8 +249,8 @@ impl Overlay {
         // Zero ranges.
         let i = self.zeros.partition_point(|r| r.end <= first);
         for r in self.zeros.iter().skip(i).take_while(|r| r.start <= last) {
-            let s = r.start.max(first).saturating_mul(bs).max(offset);
-            let e = r.end.saturating_mul(bs).min(end);
+            let s = start_of(r.start.max(first)).max(offset);
+            let e = start_of(r.end).min(end);
             if s < e
                 && let Some(dst) = in_buf(s, e).and_then(|x| buf.get_mut(x))
             {
@@ -255,9 +258,9 @@ impl Overlay {
             }
         }
         for (&blk, data) in self.blocks.range(first..=last) {
-            let bstart = blk.saturating_mul(bs);
+            let bstart = start_of(blk);
             let s = bstart.max(offset);
-            let e = bstart.saturating_add(bs).min(end);
+            let e = bstart.saturating_add(bs.bytes()).min(end);
             let src = (|| {
                 let a = usize::try_from(s.checked_sub(bstart)?).ok()?;
                 let b = usize::try_from(e.checked_sub(bstart)?).ok()?;
@@ -305,16 +308,17 @@ impl<S: ReadAt> ReadAt for ScrambledSource<S> {
     }
 
     fn data_region(&self, offset: u64) -> Result<Option<Range<u64>>> {
-        let bs = self.overlay.block_size.max(1);
+        let bs = self.overlay.block_size;
         let inner = self.inner.data_region(offset)?;
         // A patched block inside a hole of the source is data too.
         let next_patch = self
             .overlay
             .blocks
-            .range(offset.checked_div(bs).unwrap_or(0)..)
+            .range(bs.block_of(offset)..)
             .next()
             .map(|(&b, _)| {
-                b.saturating_mul(bs).max(offset)..b.saturating_add(1).saturating_mul(bs)
+                let start = bs.offset_of(b).unwrap_or(u64::MAX);
+                start.max(offset)..start.saturating_add(bs.bytes())
             });
         Ok(match (inner, next_patch) {
             (Some(r), Some(p)) if p.start < r.start => Some(p.start..p.end.min(r.start)),
@@ -342,9 +346,9 @@ mod tests {
     #[test]
     fn overlay_patches_and_zeros() {
         let src = MemSource((0..8192u32).map(|i| (i % 251) as u8 + 1).collect());
-        let mut ov = Overlay::new(1024);
-        ov.put(2, vec![0xAB; 1024]);
-        ov.zero(5..7);
+        let mut ov = Overlay::new(BlockSize::new(1024).unwrap());
+        ov.put(FsBlock(2), vec![0xAB; 1024]);
+        ov.zero(FsBlock(5)..FsBlock(7));
         let s = ScrambledSource::new(src.clone(), ov);
         let mut buf = vec![0u8; 8192];
         assert_eq!(s.read_at(&mut buf, 0).unwrap(), 8192);

@@ -3,6 +3,7 @@
 //! data and xattrs, found through ext4's block-map walker ([`walk_inode`]).
 
 use std::collections::HashSet;
+use std::ops::Range;
 
 use super::dir::{DirNames, HashSpec, parse_htree, rec_len};
 use super::names::{NAME_CHARS, Slot, generate};
@@ -14,10 +15,11 @@ use crate::ext4::damage::{DirRegion, HtreeProblem, Problem, ProblemKind, Role, X
 use crate::ext4::dirhash::{HASH_TEA_UNSIGNED, effective_version};
 use crate::ext4::inode::{self, EXT4_CASEFOLD_FL, EXT4_INDEX_FL, I_BLOCK, Inode};
 use crate::ext4::itable::{self, Item, TableOptions};
-use crate::ext4::superblock::feature;
+use crate::ext4::superblock::{SUPERBLOCK_OFFSET, feature};
 use crate::ext4::walk::{Visit, Walked, walk_inode};
 use crate::ext4::{Filesystem, le};
 use crate::io::ReadAt;
+use crate::units::FsBlock;
 use crate::{Error, Result};
 
 const EXT4_ENCRYPT_FL: u32 = 0x0000_0800;
@@ -56,11 +58,11 @@ struct Planner<'a, S> {
     rep: ScrambleReport,
     csum: bool,
     csum_seed: u32,
-    xattr_done: HashSet<u64>,
+    xattr_done: HashSet<FsBlock>,
     filetype: bool,
     /// The filesystem's fixed metadata (see [`fixed_metadata`]): no directory, symlink,
     /// xattr or journal block of a damaged map may change it.
-    fixed: Vec<std::ops::Range<u64>>,
+    fixed: Vec<Range<FsBlock>>,
 }
 
 /// The blocks of the filesystem's fixed metadata, sorted and merged: the superblock's
@@ -69,13 +71,13 @@ struct Planner<'a, S> {
 /// inode-table pass, the superblock pass); a damaged map that claims one of them as a
 /// directory, symlink, xattr or journal block does not get it, so the image stays
 /// readable.
-fn fixed_metadata<S: ReadAt>(fs: &Filesystem<S>) -> Vec<std::ops::Range<u64>> {
+fn fixed_metadata<S: ReadAt>(fs: &Filesystem<S>) -> Vec<Range<FsBlock>> {
     let sb = &fs.sb;
-    let one = |b: u64| b..b.saturating_add(1);
+    let one = |b: FsBlock| b..b.saturating_add(1);
     // The primary superblock's block: byte 1024 is in block 1 with 1 KiB blocks (also on
     // bigalloc filesystems, whose first data block is 0), else in block 0.
-    let mut v: Vec<std::ops::Range<u64>> = vec![one(u64::from(sb.block_size == 1024))];
-    let first = u64::from(sb.first_data_block);
+    let mut v: Vec<Range<FsBlock>> = vec![one(sb.block_size.block_of(SUPERBLOCK_OFFSET))];
+    let first = sb.first_block();
     for group_block in [Some(first), fs.backup_superblock].into_iter().flatten() {
         v.push(one(group_block));
         for j in 0..sb.desc_blocks {
@@ -91,10 +93,10 @@ fn fixed_metadata<S: ReadAt>(fs: &Filesystem<S>) -> Vec<std::ops::Range<u64>> {
             it..it.saturating_add(ipbg),
         ];
         // A location of 0 means "none".
-        v.extend(locs.into_iter().filter(|r| r.start != 0));
+        v.extend(locs.into_iter().filter(|r| r.start != FsBlock(0)));
     }
     v.sort_unstable_by_key(|r| r.start);
-    let mut merged: Vec<std::ops::Range<u64>> = Vec::with_capacity(v.len());
+    let mut merged: Vec<Range<FsBlock>> = Vec::with_capacity(v.len());
     for r in v {
         match merged.last_mut() {
             Some(l) if r.start <= l.end => l.end = l.end.max(r.end),
@@ -108,19 +110,19 @@ fn fixed_metadata<S: ReadAt>(fs: &Filesystem<S>) -> Vec<std::ops::Range<u64>> {
 #[derive(Debug, Clone, Copy)]
 struct Piece {
     lblk: u64,
-    pblk: u64,
+    pblk: FsBlock,
     len: u64,
 }
 
 impl Piece {
     /// The physical block of logical block `l`, if this piece maps it.
-    fn lookup(&self, l: u64) -> Option<u64> {
+    fn lookup(&self, l: u64) -> Option<FsBlock> {
         let k = l.checked_sub(self.lblk).filter(|&k| k < self.len)?;
         self.pblk.checked_add(k)
     }
 
     /// Its blocks: (logical, physical).
-    fn blocks(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+    fn blocks(&self) -> impl Iterator<Item = (u64, FsBlock)> + '_ {
         (0..self.len).map_while(|k| Some((self.lblk.checked_add(k)?, self.pblk.checked_add(k)?)))
     }
 }
@@ -134,7 +136,7 @@ fn unique_runs(pieces: &mut [Piece]) -> Vec<Piece> {
     pieces.sort_unstable_by_key(|p| (p.lblk, p.pblk));
     let mut out = Vec::new();
     // Physical ranges already taken: start → end, disjoint and not touching.
-    let mut taken: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
+    let mut taken: std::collections::BTreeMap<FsBlock, FsBlock> = std::collections::BTreeMap::new();
     let mut next_lblk = 0u64;
     for p in pieces.iter() {
         let end_l = p.lblk.saturating_add(p.len);
@@ -155,10 +157,10 @@ fn unique_runs(pieces: &mut [Piece]) -> Vec<Piece> {
                 .map(|(_, &e)| e)
                 .filter(|&e| e > pb);
             let step = match covering {
-                Some(e) => e.min(end).saturating_sub(pb),
+                Some(e) => e.min(end).saturating_since(pb),
                 None => {
                     let gap_end = taken.range(pb..).next().map_or(end, |(&s, _)| s.min(end));
-                    let len = gap_end.saturating_sub(pb);
+                    let len = gap_end.saturating_since(pb);
                     out.push(Piece {
                         lblk: lb,
                         pblk: pb,
@@ -175,7 +177,7 @@ fn unique_runs(pieces: &mut [Piece]) -> Vec<Piece> {
         }
         // Take start..end, merging with the ranges it overlaps or touches.
         let (mut s, mut e) = (start, end);
-        let touching: Vec<u64> = taken
+        let touching: Vec<FsBlock> = taken
             .range(..=end)
             .rev()
             .take_while(|&(_, &re)| re >= start)
@@ -209,7 +211,7 @@ fn corrupt(ino: Option<u32>, kind: CorruptKind) -> Unscrambled {
 
 impl<S: ReadAt> Planner<'_, S> {
     fn bs(&self) -> usize {
-        self.fs.sb.block_size as usize
+        self.fs.sb.block_size.as_usize()
     }
 
     fn skip(&mut self, what: Unscrambled) {
@@ -217,7 +219,7 @@ impl<S: ReadAt> Planner<'_, S> {
     }
 
     /// A block as the overlay has it so far.
-    fn block(&self, blk: u64, role: Role) -> Result<Vec<u8>> {
+    fn block(&self, blk: FsBlock, role: Role) -> Result<Vec<u8>> {
         if let Some(b) = self.ov.get(blk) {
             return Ok(b.to_vec());
         }
@@ -226,33 +228,36 @@ impl<S: ReadAt> Planner<'_, S> {
         Ok(buf)
     }
 
-    fn valid_block(&self, blk: u64) -> bool {
-        blk >= u64::from(self.fs.sb.first_data_block) && blk < self.fs.sb.blocks_count
+    fn valid_block(&self, blk: FsBlock) -> bool {
+        blk >= self.fs.sb.first_block() && blk.get() < self.fs.sb.blocks_count
     }
 
     /// The part of `r` that is fixed metadata, if any (its first range).
-    fn fixed_in(&self, r: &std::ops::Range<u64>) -> Option<std::ops::Range<u64>> {
+    fn fixed_in(&self, r: &Range<FsBlock>) -> Option<Range<FsBlock>> {
         let i = self.fixed.partition_point(|f| f.end <= r.start);
         let f = self.fixed.get(i)?;
         (f.start < r.end).then(|| f.start.max(r.start)..f.end.min(r.end))
     }
 
     /// Whether block `blk` is fixed metadata; if so, skipped as damage held in `role`.
-    fn is_fixed(&mut self, ino: Option<u32>, role: Role, blk: u64) -> bool {
+    fn is_fixed(&mut self, ino: Option<u32>, role: Role, blk: FsBlock) -> bool {
         if self.fixed_in(&(blk..blk.saturating_add(1))).is_none() {
             return false;
         }
         self.skip(corrupt(
             ino,
-            CorruptKind::BlockIsMetadata { role, block: blk },
+            CorruptKind::BlockIsMetadata {
+                role,
+                block: blk.get(),
+            },
         ));
         true
     }
 
-    fn outside(&self, role: Role, block: u64) -> CorruptKind {
+    fn outside(&self, role: Role, block: FsBlock) -> CorruptKind {
         CorruptKind::BlockOutside {
             role,
-            block,
+            block: block.get(),
             fs_blocks: self.fs.sb.blocks_count,
         }
     }
@@ -352,7 +357,7 @@ impl<S: ReadAt> Planner<'_, S> {
             self.count_xattrs(XattrAt::Inode { ino }, &c);
         }
         let acl = inode.file_acl(is64);
-        if acl != 0 {
+        if acl != FsBlock(0) {
             self.xattr_block(acl)?;
         }
         if raw != &orig[..] {
@@ -769,11 +774,11 @@ impl<S: ReadAt> Planner<'_, S> {
         if tail { bs.saturating_sub(12) } else { bs }
     }
 
-    fn xattr_block(&mut self, blk: u64) -> Result<()> {
+    fn xattr_block(&mut self, blk: FsBlock) -> Result<()> {
         if !self.xattr_done.insert(blk) {
             return Ok(());
         }
-        let at = XattrAt::Block { block: blk };
+        let at = XattrAt::Block { block: blk.get() };
         if !self.valid_block(blk) {
             self.skip(corrupt(None, self.outside(Role::XattrBlock, blk)));
             return Ok(());
@@ -800,11 +805,12 @@ impl<S: ReadAt> Planner<'_, S> {
         let block_csum = move |b: &[u8]| {
             let mut t = b.to_vec();
             le::set_u32(&mut t, 16, 0);
-            crc32c_raw(crc32c_raw(seed, &le::bytes_u64(blk)), &t)
+            crc32c_raw(crc32c_raw(seed, &le::bytes_u64(blk.get())), &t)
         };
         let csum_ok = self.csum && le::u32(&buf, 16) == block_csum(&buf);
         let mut ea = |i: u32| self.ea_inode_hash(i);
-        let c = xattr::scramble_entries(&mut buf, &entries, self.seed, blk | 1 << 63, &mut ea);
+        let slot = blk.get() | 1 << 63;
+        let c = xattr::scramble_entries(&mut buf, &entries, self.seed, slot, &mut ea);
         self.count_xattrs(at, &c);
         if c.changed {
             xattr::block_rehash(&mut buf, &entries);
@@ -837,7 +843,7 @@ impl<S: ReadAt> Planner<'_, S> {
             } else {
                 (p.pblk, p.len)
             };
-            let e = s.saturating_add(n).min(self.fs.sb.blocks_count);
+            let e = s.saturating_add(n).min(FsBlock(self.fs.sb.blocks_count));
             // Zero s..e but the fixed metadata a damaged map may claim (named once).
             let mut at = s;
             while at < e {
@@ -848,7 +854,7 @@ impl<S: ReadAt> Planner<'_, S> {
                             Some(ino),
                             CorruptKind::BlockIsMetadata {
                                 role,
-                                block: f.start,
+                                block: f.start.get(),
                             },
                         ));
                         (f.start, f.end)
@@ -860,7 +866,7 @@ impl<S: ReadAt> Planner<'_, S> {
                     self.rep.journal_blocks = self
                         .rep
                         .journal_blocks
-                        .saturating_add(upto.saturating_sub(at));
+                        .saturating_add(upto.saturating_since(at));
                 }
                 at = next;
             }
@@ -873,9 +879,10 @@ impl<S: ReadAt> Planner<'_, S> {
 
     /// Clear the label and last-mounted path of the superblock(s) the image holds.
     fn superblocks(&mut self) -> Result<()> {
-        let bs = self.bs() as u64;
+        let bs = self.fs.sb.block_size;
         // The primary superblock is at byte 1024: block 1, or inside block 0.
-        let (blk, off) = if bs == 1024 { (1, 0) } else { (0, 1024) };
+        let blk = bs.block_of(SUPERBLOCK_OFFSET);
+        let off = if bs.get() == 1024 { 0 } else { 1024 };
         let mut locs = vec![(blk, off)];
         if let Some(s) = self.fs.backup_superblock {
             locs.push((s, 0));

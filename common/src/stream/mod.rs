@@ -6,15 +6,16 @@
 //! of header, map and data. Holes are never hashed or sent, so the cost follows the metadata.
 
 // Every number here comes from a stream or feeds one: no unchecked arithmetic.
-#![deny(clippy::arithmetic_side_effects)]
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 
-use std::fmt;
 use std::io::{self, Read, Write};
 
 use sha2::{Digest, Sha256};
 
+use crate::blockmap::BlockRun;
 use crate::bytes::le;
 use crate::error::CorruptKind;
+use crate::units::{BlockSize, FsBlock};
 use crate::{Error, Result};
 
 pub const MAGIC: [u8; 8] = *b"E2ISTRM\0";
@@ -59,26 +60,7 @@ pub mod flags {
 }
 
 /// The parts of a stream, in order (where a truncation happened).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Part {
-    Header,
-    ExtentMap,
-    MapChecksum,
-    Data,
-    Trailer,
-}
-
-impl fmt::Display for Part {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Part::Header => "header",
-            Part::ExtentMap => "extent map",
-            Part::MapChecksum => "map checksum",
-            Part::Data => "data",
-            Part::Trailer => "trailer",
-        })
-    }
-}
+pub use crate::error::StreamPart as Part;
 
 /// Filesystem geometry and capture flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +68,7 @@ pub struct Header {
     pub flags: u32,
     /// Flags a reader must understand to proceed; none are defined in version 1.
     pub incompat: u32,
-    pub block_size: u32,
+    pub block_size: BlockSize,
     pub blocks_count: u64,
     pub uuid: [u8; 16],
     pub extents: u64,
@@ -101,18 +83,23 @@ pub enum Kind {
     Zero,
 }
 
-/// A run of selected blocks.
+/// A run of selected blocks: `len` blocks from block `start`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {
-    pub start: u64,
+    pub start: FsBlock,
     pub len: u64,
     pub kind: Kind,
 }
 
 impl Extent {
     /// One past the last block (saturating: the reader checked that it lies in the image).
-    pub fn end(&self) -> u64 {
+    pub fn end(&self) -> FsBlock {
         self.start.saturating_add(self.len)
+    }
+
+    /// Its blocks, as a run of the block map.
+    pub fn run(&self) -> BlockRun {
+        BlockRun::new(self.start, self.len)
     }
 }
 
@@ -126,17 +113,22 @@ impl Header {
         let mut b = [0u8; HEADER_LEN];
         b[hdr::MAGIC..hdr::MAGIC + 8].copy_from_slice(&MAGIC);
         le::set_u16(&mut b, hdr::VERSION, VERSION);
-        le::set_u16(&mut b, hdr::HEADER_LEN, HEADER_LEN as u16);
+        le::set_u16(
+            &mut b,
+            hdr::HEADER_LEN,
+            u16::try_from(HEADER_LEN).unwrap_or(u16::MAX),
+        );
         le::set_u32(&mut b, hdr::FLAGS, self.flags);
         le::set_u32(&mut b, hdr::INCOMPAT, self.incompat);
-        le::set_u32(&mut b, hdr::BLOCK_SIZE, self.block_size);
+        le::set_u32(&mut b, hdr::BLOCK_SIZE, self.block_size.get());
         le::set_u64(&mut b, hdr::BLOCKS_COUNT, self.blocks_count);
         b[hdr::UUID..hdr::UUID + 16].copy_from_slice(&self.uuid);
         le::set_u64(&mut b, hdr::EXTENTS, self.extents);
         b
     }
 
-    /// Check what a reader relies on: block size, image size, extent count.
+    /// Check what a reader relies on: image size, extent count (the block size is valid
+    /// by its type).
     fn check(&self) -> Result<()> {
         let Header {
             block_size,
@@ -144,13 +136,10 @@ impl Header {
             extents,
             ..
         } = *self;
-        if !block_size.is_power_of_two() || !(1024..=65536).contains(&block_size) {
-            return Err(CorruptKind::StreamBlockSize { block_size }.into());
-        }
-        if blocks_count.checked_mul(u64::from(block_size)).is_none() {
+        if block_size.bytes_of(blocks_count).is_none() {
             return Err(CorruptKind::StreamTooLarge {
                 blocks_count,
-                block_size,
+                block_size: block_size.get(),
             }
             .into());
         }
@@ -180,10 +169,14 @@ impl Header {
         }
         let mut uuid = [0u8; 16];
         uuid.copy_from_slice(&b[hdr::UUID..hdr::UUID + 16]);
+        let raw_block_size = le::u32(b, hdr::BLOCK_SIZE);
+        let block_size = BlockSize::new(raw_block_size).ok_or(CorruptKind::StreamBlockSize {
+            block_size: raw_block_size,
+        })?;
         let h = Header {
             flags: le::u32(b, hdr::FLAGS),
             incompat: le::u32(b, hdr::INCOMPAT),
-            block_size: le::u32(b, hdr::BLOCK_SIZE),
+            block_size,
             blocks_count: le::u64(b, hdr::BLOCKS_COUNT),
             uuid,
             extents: le::u64(b, hdr::EXTENTS),
@@ -203,7 +196,7 @@ impl Extent {
     /// The 16-byte record; the length must be at most [`MAX_EXTENT_LEN`].
     fn encode(&self) -> [u8; EXTENT_LEN] {
         let mut b = [0u8; EXTENT_LEN];
-        le::set_u64(&mut b, 0, self.start);
+        le::set_u64(&mut b, 0, self.start.get());
         // Length in 7 bytes (far beyond any filesystem); byte 15 is the kind.
         le::set_u64(&mut b, 8, self.len & MAX_EXTENT_LEN);
         b[15] = match self.kind {
@@ -228,7 +221,7 @@ impl Extent {
             }
         };
         Ok(Extent {
-            start: le::u64(b, 0),
+            start: FsBlock(le::u64(b, 0)),
             len: le::u64(b, 8) & MAX_EXTENT_LEN,
             kind,
         })
@@ -260,7 +253,7 @@ pub struct StreamWriter<W: Write> {
     next: usize,
     /// Blocks of data still expected for `extents[next - 1]`.
     pending: u64,
-    block_size: u32,
+    block_size: BlockSize,
     counts: Counts,
     written: u64,
 }
@@ -274,13 +267,13 @@ impl<W: Write> StreamWriter<W> {
         header
             .check()
             .map_err(|e| invalid(format!("bad header: {e}")))?;
-        let mut prev_end = 0u64;
+        let mut prev_end = FsBlock(0);
         for (i, e) in extents.iter().enumerate() {
             let end = e.start.checked_add(e.len);
             if e.len == 0
                 || e.len > MAX_EXTENT_LEN
                 || e.start < prev_end
-                || end.is_none_or(|end| end > header.blocks_count)
+                || end.is_none_or(|end| end.get() > header.blocks_count)
             {
                 return Err(invalid(format!(
                     "extent {i} ({}+{}) is empty, unsorted or outside the image",
@@ -325,15 +318,12 @@ impl<W: Write> StreamWriter<W> {
 
     /// Append data blocks (whole blocks, continuing the data extents in order).
     pub fn write_data(&mut self, data: &[u8]) -> Result<()> {
-        // The header check made the block size a power of two of at least 1024.
-        let bits = self.block_size.trailing_zeros();
-        let bs = 1usize << bits;
-        if !data.len().is_multiple_of(bs) {
+        if !self.block_size.divides(data.len() as u64) {
             return Err(Error::InvalidInput(
                 "stream data must be whole blocks".into(),
             ));
         }
-        let total = (data.len() >> bits) as u64;
+        let total = self.block_size.blocks_in(data.len() as u64);
         let mut blocks = total;
         while blocks > 0 {
             if self.pending == 0 {
@@ -439,7 +429,7 @@ impl<R: Read> StreamReader<R> {
         let mut pos = HEADER_LEN as u64;
         // Grow as entries arrive: a lying count cannot make us allocate up front.
         let mut extents: Vec<Extent> = Vec::new();
-        let mut prev_end = 0u64;
+        let mut prev_end = FsBlock(0);
         // Disjoint extents inside the image: neither sum can exceed its block count.
         let mut data_blocks = 0u64;
         let mut zero_blocks = 0u64;
@@ -450,11 +440,11 @@ impl<R: Read> StreamReader<R> {
             hash.update(rec);
             advance(&mut pos, EXTENT_LEN);
             let e = Extent::decode(&rec, index, offset)?;
-            let (start, len) = (e.start, e.len);
+            let (start, len) = (e.start.get(), e.len);
             let end = e
                 .start
                 .checked_add(e.len)
-                .filter(|&end| end <= header.blocks_count)
+                .filter(|&end| end.get() <= header.blocks_count)
                 .ok_or(CorruptKind::StreamExtentOutside {
                     index,
                     offset,
@@ -501,14 +491,11 @@ impl<R: Read> StreamReader<R> {
     }
 
     /// The data extents, as block-map runs (filesystem blocks).
-    pub fn data_runs(&self) -> Vec<crate::blockmap::Run> {
+    pub fn data_runs(&self) -> Vec<BlockRun> {
         self.extents
             .iter()
             .filter(|e| e.kind == Kind::Data)
-            .map(|e| crate::blockmap::Run {
-                start: e.start,
-                len: e.len,
-            })
+            .map(Extent::run)
             .collect()
     }
 
@@ -533,9 +520,8 @@ impl<R: Read> StreamReader<R> {
     /// most `chunk` bytes, the extent's start advanced), `f(extent, None)` for zeros. Then
     /// verify the trailer. Nothing is trusted until this returns `Ok`.
     pub fn for_each(&mut self, chunk: usize, f: &mut ExtentVisitor<'_>) -> Result<[u8; 32]> {
-        // The header check made the block size a power of two from 1024 to 65536.
-        let bits = self.header.block_size.trailing_zeros();
-        let per = ((chunk >> bits) as u64).max(1);
+        let bs = self.header.block_size;
+        let per = bs.blocks_in(chunk as u64).max(1);
         let mut buf = Vec::new();
         let extents = std::mem::take(&mut self.extents);
         let res = (|| {
@@ -546,9 +532,9 @@ impl<R: Read> StreamReader<R> {
                         let mut b = e.start;
                         // The reader checked that every extent lies in the image.
                         while b < e.end() {
-                            let n = per.min(e.end().saturating_sub(b));
+                            let n = per.min(e.end().saturating_since(b));
                             // At most max(chunk, one block).
-                            buf.resize((n << bits) as usize, 0);
+                            buf.resize(bs.len_of(n).unwrap_or(chunk), 0);
                             self.read_data(&mut buf)?;
                             f(
                                 Extent {
@@ -614,7 +600,7 @@ impl<R: Read> StreamReader<R> {
 }
 
 #[cfg(test)]
-#[allow(clippy::arithmetic_side_effects)] // tests compute expected values freely
+#[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)] // tests compute expected values freely
 mod tests {
     use super::*;
 
@@ -622,24 +608,24 @@ mod tests {
         let h = Header {
             flags: flags::ALL_DATA,
             incompat: 0,
-            block_size: 1024,
+            block_size: BlockSize::new(1024).unwrap(),
             blocks_count: 100,
             uuid: [7; 16],
             extents: 0,
         };
         let ex = vec![
             Extent {
-                start: 1,
+                start: FsBlock(1),
                 len: 2,
                 kind: Kind::Data,
             },
             Extent {
-                start: 5,
+                start: FsBlock(5),
                 len: 3,
                 kind: Kind::Zero,
             },
             Extent {
-                start: 50,
+                start: FsBlock(50),
                 len: 1,
                 kind: Kind::Data,
             },
@@ -818,8 +804,8 @@ mod tests {
     fn random_maps_round_trip() {
         let mut next = rng(0x2545_F491_4F6C_DD1D);
         for case in 0..300 {
-            let block_size = 1024u32 << (next() % 7);
-            let max_blocks = u64::MAX / u64::from(block_size);
+            let block_size = BlockSize::new(1024u32 << (next() % 7)).unwrap();
+            let max_blocks = u64::MAX / block_size.bytes();
             let blocks_count = match case % 3 {
                 0 => max_blocks,
                 1 => 1 + next() % 64,
@@ -840,7 +826,7 @@ mod tests {
                     (1 + next() % room.min(3), Kind::Data)
                 };
                 extents.push(Extent {
-                    start: at,
+                    start: FsBlock(at),
                     len,
                     kind,
                 });
@@ -859,10 +845,10 @@ mod tests {
             let mut w = StreamWriter::new(Vec::new(), header, extents.clone()).unwrap();
             let mut want = Vec::new();
             for e in extents.iter().filter(|e| e.kind == Kind::Data) {
-                for b in e.start..e.end() {
-                    let block = vec![(b % 251) as u8; block_size as usize];
+                for b in e.start.get()..e.end().get() {
+                    let block = vec![(b % 251) as u8; block_size.as_usize()];
                     w.write_data(&block).unwrap();
-                    want.push((b, block));
+                    want.push((FsBlock(b), block));
                 }
             }
             let (bytes, digest) = w.finish().unwrap();
@@ -871,7 +857,7 @@ mod tests {
             assert_eq!(r.extents, extents);
             let mut got = Vec::new();
             let d = r
-                .for_each(block_size as usize, &mut |e, data| {
+                .for_each(block_size.as_usize(), &mut |e, data| {
                     if let Some(data) = data {
                         got.push((e.start, data.to_vec()));
                     }
@@ -888,7 +874,7 @@ mod tests {
         let (h, _, _) = sample();
         let bad = |ex: Vec<Extent>, h: Header| StreamWriter::new(Vec::new(), h, ex).is_err();
         let e = |start, len| Extent {
-            start,
+            start: FsBlock(start),
             len,
             kind: Kind::Data,
         };
@@ -903,7 +889,12 @@ mod tests {
         // No image has more blocks than 7 bytes can count (2^54 at most, of 1 KiB).
         assert!(huge.blocks_count < MAX_EXTENT_LEN);
         assert!(!bad(vec![e(0, huge.blocks_count)], huge));
-        assert!(bad(vec![], Header { block_size: 0, ..h }));
+        // An image whose bytes overflow 64 bits.
+        let overflow = Header {
+            blocks_count: (u64::MAX >> 10) + 1,
+            ..h
+        };
+        assert!(bad(vec![], overflow));
     }
 
     /// Random damage (extreme values in header and map fields, bit flips, cuts) never

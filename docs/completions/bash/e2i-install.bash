@@ -23,7 +23,7 @@ _e2i__install() {
 
     case "${cmd}" in
         e2i__install)
-            opts="-n -z -f -p -q -h -V --dry-run --undo --force --allow-scrambled --progress --quiet --help --version"
+            opts="-n -z -f -p -q -h -V --dry-run --undo --force --progress --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

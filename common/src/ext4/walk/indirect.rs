@@ -1,29 +1,30 @@
 //! Classic block maps: 12 direct pointers, then single, double and triple indirect blocks,
 //! walked the way libext2fs's block iterator does. Callers use
-//! [`super::walk::walk_inode`].
+//! [`super::walk_inode`].
 
 use std::collections::HashMap;
 
-use super::damage::Role;
-use super::inode::{EXT2_DIND_BLOCK, EXT2_IND_BLOCK, EXT2_NDIR_BLOCKS, EXT2_TIND_BLOCK};
-use super::le;
-use super::walk::{ReadBlock, Visit, copy_error};
+use super::{ReadBlock, Visit, copy_error};
 use crate::error::CorruptKind;
+use crate::ext4::damage::Role;
+use crate::ext4::inode::{EXT2_DIND_BLOCK, EXT2_IND_BLOCK, EXT2_NDIR_BLOCKS, EXT2_TIND_BLOCK};
+use crate::ext4::le;
+use crate::units::{BlockSize, FsBlock};
 use crate::{Error, Result};
 
 /// What an indirect walk needs of the filesystem.
 #[derive(Debug, Clone, Copy)]
 pub struct Geometry {
-    pub block_size: usize,
-    pub first_data_block: u64,
+    pub block_size: BlockSize,
+    pub first_data_block: FsBlock,
     pub blocks_count: u64,
 }
 
-/// A data run being coalesced: `len` blocks from logical `lblk` at physical `pblk`.
+/// A data mapping being coalesced: `len` blocks from logical `lblk` at physical `pblk`.
 #[derive(Debug, Clone, Copy)]
-struct Run {
+struct Mapping {
     lblk: u64,
-    pblk: u64,
+    pblk: FsBlock,
     len: u64,
 }
 
@@ -39,7 +40,7 @@ struct Walker<'a, 'r> {
     /// the walk fails only if the last one assigned is an error.
     last: Option<Error>,
     bufs: [Vec<u8>; 3],
-    run: Option<Run>,
+    run: Option<Mapping>,
     /// Indirect blocks already walked, by (block, level): the error a walk produced, if
     /// any. A damaged map that points many times at one subtree is walked once (its data
     /// at a second logical position is not reported again: its blocks are the same).
@@ -47,7 +48,7 @@ struct Walker<'a, 'r> {
 }
 
 impl Walker<'_, '_> {
-    fn data(&mut self, lblk: u64, pblk: u64) {
+    fn data(&mut self, lblk: u64, pblk: FsBlock) {
         if !self.want_data {
             return;
         }
@@ -60,7 +61,7 @@ impl Walker<'_, '_> {
             }
             _ => {
                 self.flush();
-                self.run = Some(Run { lblk, pblk, len: 1 });
+                self.run = Some(Mapping { lblk, pblk, len: 1 });
             }
         }
     }
@@ -86,16 +87,16 @@ impl Walker<'_, '_> {
     /// block `base`. Returns true on error.
     fn walk(&mut self, blk: u32, level: u8, base: u64) -> bool {
         self.flush();
-        (self.visit)(Visit::Meta(u64::from(blk)));
-        let b = u64::from(blk);
-        if b >= self.geo.blocks_count || b < self.geo.first_data_block {
+        let b = FsBlock(u64::from(blk));
+        (self.visit)(Visit::Meta(b));
+        if b.get() >= self.geo.blocks_count || b < self.geo.first_data_block {
             self.last = Some(
                 CorruptKind::BlockOutside {
                     role: Role::IndirectBlock {
                         ino: self.ino,
                         level,
                     },
-                    block: b,
+                    block: b.get(),
                     fs_blocks: self.geo.blocks_count,
                 }
                 .into(),
@@ -120,9 +121,9 @@ impl Walker<'_, '_> {
     fn walk_uncached(&mut self, blk: u32, level: u8, base: u64) -> bool {
         let slot = usize::from(level.saturating_sub(1)).min(2);
         let mut buf = std::mem::take(&mut self.bufs[slot]);
-        buf.resize(self.geo.block_size, 0);
+        buf.resize(self.geo.block_size.as_usize(), 0);
         let r = (self.read)(
-            u64::from(blk),
+            FsBlock(u64::from(blk)),
             &mut buf,
             Role::IndirectBlock {
                 ino: self.ino,
@@ -152,7 +153,7 @@ impl Walker<'_, '_> {
                 let i = (gi as u64).saturating_mul(8).saturating_add(j as u64);
                 let lblk = base.saturating_add(i.saturating_mul(span));
                 if level <= 1 {
-                    self.data(lblk, u64::from(e));
+                    self.data(lblk, FsBlock(u64::from(e)));
                 } else if self.walk(e, level.saturating_sub(1), lblk) {
                     err = true;
                     break 'groups;
@@ -176,7 +177,7 @@ pub fn walk(
     read: &mut ReadBlock<'_>,
     visit: &mut dyn FnMut(Visit),
 ) -> Result<()> {
-    let per_block = u64::try_from(geo.block_size / 4).unwrap_or(u64::MAX);
+    let per_block = geo.block_size.bytes() >> 2;
     let mut w = Walker {
         ino,
         geo,
@@ -192,7 +193,7 @@ pub fn walk(
     let mut lblk = 0u64;
     for &b in &block[..EXT2_NDIR_BLOCKS] {
         if b != 0 {
-            w.data(lblk, u64::from(b));
+            w.data(lblk, FsBlock(u64::from(b)));
         }
         lblk = lblk.saturating_add(1);
     }
@@ -229,8 +230,8 @@ mod tests {
     }
 
     const GEO: Geometry = Geometry {
-        block_size: 1024,
-        first_data_block: 1,
+        block_size: BlockSize::new(1024).unwrap(),
+        first_data_block: FsBlock(1),
         blocks_count: 1000,
     };
 
@@ -246,12 +247,12 @@ mod tests {
     fn run(block: [u32; 15], blocks: &[(u64, Vec<u8>)]) -> (Result<()>, Vec<Visit>) {
         let mut out = Vec::new();
         let mut read =
-            |b: u64, buf: &mut [u8], role: Role| match blocks.iter().find(|(n, _)| *n == b) {
+            |b: FsBlock, buf: &mut [u8], role: Role| match blocks.iter().find(|(n, _)| *n == b.0) {
                 Some((_, d)) => {
                     buf.copy_from_slice(d);
                     Ok(())
                 }
-                None => Err(past(role, b)),
+                None => Err(past(role, b.0)),
             };
         let r = walk(5, &block, GEO, true, &mut read, &mut |v| out.push(v));
         (r, out)
@@ -260,7 +261,7 @@ mod tests {
     fn data(lblk: u64, pblk: u64, len: u64) -> Visit {
         Visit::Data {
             lblk,
-            pblk,
+            pblk: FsBlock(pblk),
             len,
             uninit: false,
         }
@@ -283,7 +284,7 @@ mod tests {
                 data(2, 13, 1),
                 // Physically contiguous with 13 but logically 9 blocks on: a new run.
                 data(11, 14, 1),
-                Visit::Meta(50),
+                Visit::Meta(FsBlock(50)),
                 data(12, 15, 2),
                 data(15, 17, 1),
             ]
@@ -330,9 +331,9 @@ mod tests {
         assert_eq!(
             v,
             vec![
-                Visit::Meta(5000),
-                Visit::Meta(60),
-                Visit::Meta(61),
+                Visit::Meta(FsBlock(5000)),
+                Visit::Meta(FsBlock(60)),
+                Visit::Meta(FsBlock(61)),
                 data(12 + 256, 70, 1)
             ]
         );
@@ -363,7 +364,7 @@ mod tests {
                 source_bytes: 0
             })
         );
-        assert_eq!(v, vec![Visit::Meta(60), Visit::Meta(999)]);
+        assert_eq!(v, vec![Visit::Meta(FsBlock(60)), Visit::Meta(FsBlock(999))]);
     }
 
     #[test]
@@ -372,12 +373,12 @@ mod tests {
         let mut reads = 0;
         let all = |v: u32| ind(&[v; 256]);
         let blocks = [(60u64, all(61)), (61, all(62)), (62, ind(&[70]))];
-        let mut read = |b: u64, buf: &mut [u8], role: Role| {
+        let mut read = |b: FsBlock, buf: &mut [u8], role: Role| {
             reads += 1;
             let (_, d) = blocks
                 .iter()
-                .find(|(n, _)| *n == b)
-                .ok_or_else(|| past(role, b))?;
+                .find(|(n, _)| *n == b.0)
+                .ok_or_else(|| past(role, b.0))?;
             buf.copy_from_slice(d);
             Ok(())
         };

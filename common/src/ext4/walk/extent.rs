@@ -1,13 +1,14 @@
 //! Extent trees: the header check and the walk of every node and leaf extent, the way
-//! libext2fs's block iterator does it. Callers use [`super::walk::walk_inode`].
+//! libext2fs's block iterator does it. Callers use [`super::walk_inode`].
 
 use std::collections::HashSet;
 
-use super::damage::{ExtentHeaderProblem, Role};
-use super::le;
-use super::walk::{ReadBlock, Visit, Walked};
+use super::{ReadBlock, Visit, Walked};
 use crate::Result;
 use crate::error::CorruptKind;
+use crate::ext4::damage::{ExtentHeaderProblem, Role};
+use crate::ext4::le;
+use crate::units::{BlockSize, FsBlock};
 
 pub const EXT3_EXT_MAGIC: u16 = 0xF30A;
 /// Longest initialized extent; larger `ee_len` values mark unwritten extents.
@@ -53,7 +54,7 @@ fn entry(node: &[u8], i: usize) -> Option<&[u8]> {
 /// One level of the path being walked.
 struct Level {
     buf: Vec<u8>,
-    blk: u64,
+    blk: FsBlock,
     next: usize,
     entries: usize,
 }
@@ -68,7 +69,7 @@ struct Level {
 pub fn walk(
     ino: u32,
     root: &[u8; 60],
-    block_size: usize,
+    block_size: BlockSize,
     want_data: bool,
     read: &mut ReadBlock<'_>,
     visit: &mut dyn FnMut(Visit),
@@ -84,10 +85,10 @@ pub fn walk(
     let mut path: Vec<Level> = vec![Level {
         entries: usize::from(le::u16(root, 2)),
         buf: root.to_vec(),
-        blk: 0,
+        blk: FsBlock(0),
         next: 0,
     }];
-    let mut seen: HashSet<u64> = HashSet::new();
+    let mut seen: HashSet<FsBlock> = HashSet::new();
     // Logical block reached so far (libext2fs's running `blockcnt`).
     let mut blockcnt: u64 = 0;
     // Set after a skipped extent: the following sibling was consumed by the look-ahead.
@@ -109,10 +110,14 @@ pub fn walk(
             continue;
         };
         if depth < max_depth {
-            let child = u64::from(le::u32(e, 4)) | u64::from(le::u16(e, 8)) << 32;
+            let child = FsBlock(u64::from(le::u32(e, 4)) | u64::from(le::u16(e, 8)) << 32);
             visit(Visit::Meta(child));
             if path.iter().skip(1).any(|l| l.blk == child) {
-                return Err(CorruptKind::ExtentLoop { ino, block: child }.into());
+                return Err(CorruptKind::ExtentLoop {
+                    ino,
+                    block: child.get(),
+                }
+                .into());
             }
             // A node reached a second time (a damaged tree sharing subtrees) was read and
             // checked already and its blocks marked; walking it again could take
@@ -127,16 +132,22 @@ pub fn walk(
                 }
                 .into());
             }
-            let mut buf = vec![0u8; block_size];
+            let mut buf = vec![0u8; block_size.as_usize()];
             read(child, &mut buf, Role::ExtentNode { ino })?;
-            header_ok(&buf, block_size).map_err(|problem| CorruptKind::ExtentHeader {
-                ino,
-                node: Some(child),
-                problem,
+            header_ok(&buf, block_size.as_usize()).map_err(|problem| {
+                CorruptKind::ExtentHeader {
+                    ino,
+                    node: Some(child.get()),
+                    problem,
+                }
             })?;
             let entries = usize::from(le::u16(&buf, 2));
             if entries == 0 {
-                return Err(CorruptKind::ExtentNodeEmpty { ino, block: child }.into());
+                return Err(CorruptKind::ExtentNodeEmpty {
+                    ino,
+                    block: child.get(),
+                }
+                .into());
             }
             path.push(Level {
                 buf,
@@ -160,7 +171,7 @@ pub fn walk(
             Some(l) if l > 0 => (u64::from(l), true),
             _ => (u64::from(raw_len), false),
         };
-        let pblk = u64::from(le::u32(e, 8)) | u64::from(le::u16(e, 6)) << 32;
+        let pblk = FsBlock(u64::from(le::u32(e, 8)) | u64::from(le::u16(e, 6)) << 32);
         // lblk < 2^32 and len ≤ 2^15: the sum cannot saturate.
         let end = lblk.saturating_add(len);
         if end <= blockcnt {
@@ -207,25 +218,26 @@ mod tests {
         let mut r = [0u8; 60];
         r.copy_from_slice(&root[..60]);
         let mut out = Vec::new();
-        let mut read = |b: u64, buf: &mut [u8], role: Role| {
-            let (_, d) = blocks.iter().find(|(n, _)| *n == b).ok_or_else(|| {
+        let mut read = |b: FsBlock, buf: &mut [u8], role: Role| {
+            let (_, d) = blocks.iter().find(|(n, _)| *n == b.0).ok_or_else(|| {
                 Error::from(CorruptKind::BlockPastSource {
                     role,
-                    block: b,
+                    block: b.0,
                     source_bytes: 0,
                 })
             })?;
             buf.copy_from_slice(d);
             Ok(())
         };
-        let w = walk(12, &r, 1024, true, &mut read, &mut |v| out.push(v))?;
+        let bs = BlockSize::new(1024).unwrap();
+        let w = walk(12, &r, bs, true, &mut read, &mut |v| out.push(v))?;
         Ok((w, out))
     }
 
     fn data(lblk: u64, pblk: u64, len: u64) -> Visit {
         Visit::Data {
             lblk,
-            pblk,
+            pblk: FsBlock(pblk),
             len,
             uninit: false,
         }
@@ -240,7 +252,7 @@ mod tests {
                 data(0, 100, 4),
                 Visit::Data {
                     lblk: 4,
-                    pblk: 200,
+                    pblk: FsBlock(200),
                     len: 2,
                     uninit: true
                 },
@@ -288,7 +300,7 @@ mod tests {
         let child = leaf(&[(0, 1, 7)], 1024);
         assert_eq!(
             run(&root, &[(50, child)]).unwrap().1,
-            vec![Visit::Meta(50), data(0, 7, 1)]
+            vec![Visit::Meta(FsBlock(50)), data(0, 7, 1)]
         );
         // A depth-2 root whose child points at itself.
         let mut root2 = root.clone();
