@@ -4,6 +4,10 @@
 # Usage: ci/test.sh          (from anywhere; needs e2fsprogs 1.47 and qemu-img)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Moves keep a journal index in the state folder: the suite's stay out of the user's.
+XDG_STATE_HOME="$(mktemp -d)"
+export XDG_STATE_HOME
+trap 'rm -rf "$XDG_STATE_HOME"' EXIT
 ci/setup.sh
 cargo fmt --all -- --check
 cargo clippy --release --all-targets -- -D warnings

@@ -199,6 +199,51 @@ pub fn attribute(e: e2i::Error, input: &str, output: &str) -> anyhow::Error {
     anyhow::Error::new(e).context(name.to_string())
 }
 
+/// Open `--backing FILE` for an overlay written to `output`: a relative FILE is found from
+/// OUTPUT's folder (the current one for `-`), as qemu-img finds it, and a miss that exists
+/// from the current folder says so.
+pub fn open_base(file: &Path, output: &Path) -> Result<e2i::qcow2::overlay::Base, e2i::Error> {
+    let dir = if output == Path::new("-") {
+        Path::new("")
+    } else {
+        e2i::qcow2::chain::folder_of(output)
+    };
+    e2i::qcow2::overlay::Base::open(file, dir).map_err(|e| {
+        let missing = matches!(&e, e2i::Error::Backing { source, .. }
+            if matches!(&**source, e2i::Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound));
+        if missing && file.is_relative() && !dir.as_os_str().is_empty() && file.exists() {
+            e2i::Error::InvalidInput(format!(
+                "a relative backing name is recorded as given and found from OUTPUT's folder ({}), where it does not exist; give it relative to that folder, or absolute",
+                dir.display()
+            ))
+        } else {
+            e
+        }
+    })
+}
+
+/// Refuse a base whose chain holds `input` (SOURCE or INPUT, by identity): the overlay
+/// would read through to whatever that file holds later, not to a previous capture.
+pub fn refuse_base_is_input(
+    base: &e2i::qcow2::overlay::Base,
+    input: &Path,
+) -> Result<(), e2i::Error> {
+    let Ok(id) = e2i::io::ObjectId::of_path(input) else {
+        return Ok(());
+    };
+    match base
+        .files()
+        .into_iter()
+        .find(|f| e2i::io::ObjectId::of_path(f).is_ok_and(|x| x == id))
+    {
+        Some(f) => Err(e2i::Error::InvalidInput(format!(
+            "{} is the filesystem being captured: an overlay on it would read whatever it holds later; the backing file must be a previous capture",
+            f.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Open OUTPUT through [`e2i::output::Output::open`], naming it in errors about it.
 pub fn open_output(
     req: &e2i::output::Request<'_>,

@@ -83,6 +83,7 @@ mod cli {
     pub mod mutation;
     pub mod normal;
     pub mod outputs;
+    pub mod overlay;
     pub mod pipeline;
     pub mod qcow2;
     pub mod scramble;

@@ -31,6 +31,19 @@ pub enum Error {
     /// first write.
     #[error("it holds {have} bytes, but {need} bytes must be written; nothing written")]
     NoRoom { have: u64, need: u64 },
+    /// A file of a qcow2 backing chain cannot be used; the source says why.
+    #[error("backing file {}", path.display())]
+    Backing {
+        path: PathBuf,
+        #[source]
+        source: Box<Error>,
+    },
+    /// A qcow2 backing chain names a file already in it.
+    #[error("backing file {}: it is already in the backing chain (a loop)", path.display())]
+    BackingLoop { path: PathBuf },
+    /// A qcow2 backing chain deeper than e2i follows.
+    #[error("backing file {}: the backing chain is deeper than {max} files", path.display())]
+    BackingTooDeep { path: PathBuf, max: usize },
 }
 
 /// What is damaged, and where: every variant carries its location (group, inode, block,
@@ -322,7 +335,7 @@ pub enum CorruptKind {
         file_size: u64,
     },
     #[error(
-        "qcow2 compressed cluster {guest_cluster} at byte {host_offset}: bad deflate data: {detail}"
+        "qcow2 compressed cluster {guest_cluster} at byte {host_offset}: bad compressed data: {detail}"
     )]
     Qcow2Inflate {
         guest_cluster: u64,
@@ -338,6 +351,10 @@ pub enum CorruptKind {
         got: u64,
         want: u64,
     },
+    /// The backing file name's location or length is invalid (qemu's limits: at most 1023
+    /// bytes, inside the first cluster), or it holds a NUL byte.
+    #[error("qcow2 header: backing file name of {len} bytes at byte {host_offset} is invalid")]
+    Qcow2BackingName { host_offset: u64, len: u32 },
     /// A table checked to lie inside the file could not be read whole (the file shrank).
     #[error(
         "qcow2 image: {len} bytes at byte {host_offset} cannot be read: the file ends at byte {file_size}"

@@ -59,8 +59,11 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     {
         return Ok(usage(TOOL, sum, "-a needs a raw, qcow2 or stream image"));
     }
-    if args.compress && explicit != Some(Format::Qcow2) {
+    if args.compress.is_some() && explicit != Some(Format::Qcow2) {
         return Ok(usage(TOOL, sum, "--compress is for qcow2 images (-Q)"));
+    }
+    if args.backing.is_some() && explicit != Some(Format::Qcow2) {
+        return Ok(usage(TOOL, sum, "--backing is for qcow2 images (-Q)"));
     }
     if !args.force
         && let MountState::ReadWrite { mount_point } = mount_state(&args.source)
@@ -69,6 +72,20 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             "{src}: mounted read-write on {mount_point}; an image of it would be inconsistent (use -f to capture anyway)"
         );
     }
+    // The base is opened first: OUTPUT must not be any file of its chain.
+    let base = match &args.backing {
+        Some(b) => Some(std::rc::Rc::new(e2i_cli::open_base(b, out_path).map_err(
+            |e| anyhow::Error::new(e).context(format!("--backing {}", b.display())),
+        )?)),
+        None => None,
+    };
+    if let (Some(b), Some(name)) = (&base, &args.backing) {
+        e2i_cli::refuse_base_is_input(b, &args.source)
+            .map_err(|e| anyhow::Error::new(e).context(format!("--backing {}", name.display())))?;
+    }
+    let chain = base.as_ref().map(|b| b.files()).unwrap_or_default();
+    let mut reads: Vec<(&str, &Path)> = vec![("SOURCE", &args.source)];
+    reads.extend(chain.iter().map(|p| ("the backing file", p.as_path())));
     // Held until the image is written: an in-place move of SOURCE cannot start meanwhile.
     let _hold = e2i_cli::hold_source(&args.source)?;
     let mut out = open_output(
@@ -79,9 +96,9 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             dry_run: false,
             exclusive: true,
             // A compressed qcow2 needs a new regular file: a FIFO is refused unopened.
-            streams: !args.compress,
+            streams: args.compress.is_none(),
         },
-        &[("SOURCE", &args.source)],
+        &reads,
     )?;
     // A pipe-like OUTPUT (stdout, a FIFO, a character device) gets a stream by default.
     let format = explicit.unwrap_or(if out.kind().is_stream() {
@@ -90,6 +107,8 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         Format::Normal
     });
     sum.add(|o| o.str("format", &format!("{format:?}").to_lowercase()));
+    let backing_name = args.backing.as_ref().map(|b| b.display().to_string());
+    sum.add(|o| o.opt_str("backing", backing_name.as_deref()));
     let opts = CaptureOptions {
         all_data: args.all_data,
         open: e2i::ext4::OpenOptions {
@@ -98,7 +117,8 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         },
         offset: args.offset,
         strict: args.strict,
-        compress: args.compress,
+        compress: args.compress.map(|c| c.cluster_compression()),
+        backing: base,
         scramble: args
             .scramble
             .then(|| args.seed.unwrap_or(e2i::scramble::DEFAULT_SEED)),

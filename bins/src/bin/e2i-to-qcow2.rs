@@ -34,17 +34,31 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     let to_stdout = args.output == Path::new("-");
     sum.add(|o| o.str("input", &src).str("output", &out_name));
     sum.to_stderr(to_stdout || args.dry_run);
-    if args.compress && to_stdout {
+    if args.compress.is_some() && to_stdout {
         return Ok(usage(
             TOOL,
             sum,
             "--compress needs a seekable OUTPUT file, not stdout",
         ));
     }
+    // The base is opened first: OUTPUT must not be any file of its chain.
+    let base = match &args.backing {
+        Some(b) => Some(std::rc::Rc::new(
+            e2i_cli::open_base(b, &args.output)
+                .map_err(|e| anyhow::Error::new(e).context(format!("--backing {}", b.display())))?,
+        )),
+        None => None,
+    };
+    if let (Some(b), Some(name)) = (&base, &args.backing) {
+        e2i_cli::refuse_base_is_input(b, &args.input)
+            .map_err(|e| anyhow::Error::new(e).context(format!("--backing {}", name.display())))?;
+    }
+    let chain = base.as_ref().map(|b| b.files()).unwrap_or_default();
     let opts = CaptureOptions {
         all_data: args.all_data,
         strict: args.strict,
-        compress: args.compress,
+        compress: args.compress.map(|c| c.cluster_compression()),
+        backing: base.clone(),
         ..CaptureOptions::default()
     };
     let mut reporter = Reporter::new(args.progress);
@@ -53,6 +67,8 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     let _hold = e2i_cli::hold_source(&args.input)?;
     let inp = input::open(&args.input).map_err(|e| anyhow::Error::new(e).context(src.clone()))?;
     sum.add(|o| o.str("input_kind", kind_name(inp.kind())));
+    let backing_name = args.backing.as_ref().map(|b| b.display().to_string());
+    sum.add(|o| o.opt_str("backing", backing_name.as_deref()));
     // The qcow2 of a scrambled image is marked as scrambled too (see e2i::mark).
     let scrambled = input::facts(&inp).is_scrambled();
     sum.add(|o| o.bool("input_scrambled", scrambled));
@@ -69,11 +85,14 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             dry_run: args.dry_run,
             exclusive: true,
             // A compressed qcow2 needs a new regular file: a FIFO is refused unopened.
-            streams: !args.compress,
+            streams: args.compress.is_none(),
         },
-        &[("INPUT", &args.input)],
+        &[("INPUT", args.input.as_path())]
+            .into_iter()
+            .chain(chain.iter().map(|p| ("the backing file", p.as_path())))
+            .collect::<Vec<_>>(),
     )?;
-    if args.compress && out.kind() != OutKind::New {
+    if args.compress.is_some() && out.kind() != OutKind::New {
         anyhow::bail!(
             "{out_name}: --compress needs a seekable new file; a compressed qcow2 cannot be written front to back to a pipe, character device or block device"
         );
@@ -84,14 +103,24 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         // The same limit as the real run: the image must fit a device.
         out.check_room(l.file_size())
             .map_err(|e| attribute(e, &src, &out_name))?;
+        let overlay = match &base {
+            Some(b) => format!(
+                ", an overlay on {} ({}) with {} clusters flagged zero",
+                b.name().display(),
+                b.format(),
+                l.zero_clusters()
+            ),
+            None => String::new(),
+        };
         e2i_cli::say(format_args!(
-            "would write {out_name}: qcow2 v2, virtual size {}, cluster size {}, {} data clusters after {} bytes of metadata, {} bytes{}",
+            "would write {out_name}: qcow2 v{}, virtual size {}, cluster size {}, {} data clusters after {} bytes of metadata, {} bytes{}{overlay}",
+            l.version(),
             l.virtual_size(),
             l.cluster_size(),
             l.data_clusters(),
             l.data_offset(),
             l.file_size(),
-            if args.compress {
+            if args.compress.is_some() {
                 " before compression"
             } else {
                 ""
@@ -113,7 +142,7 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         (None, OutKind::BlockDevice, Some(file)) => Qcow2Target::Device(file),
         (None, _, Some(file)) => Qcow2Target::File {
             file,
-            compress: args.compress,
+            compress: opts.compress,
         },
         (None, _, None) => anyhow::bail!("{out_name}: not opened"),
     };

@@ -41,6 +41,10 @@ Examples:
   e2i-capture -p /dev/sdb1 - | e2i-to-qcow2 - sdb1.qcow2
                                              stream through a pipe, progress on stderr
   e2i-capture -ra -o 1M disk.img fs.raw      with file data, filesystem at byte 1 MiB
+  e2i-capture -Q --backing mon.qcow2 /dev/sdb1 tue.qcow2
+                                             overlay on Monday's capture: only changes
+  e2i-capture -Q --compress=zstd /dev/sdb1 sdb1.qcow2
+                                             zstd-compressed clusters (qcow2 v3)
 
 Exit status:
   0  success
@@ -109,9 +113,15 @@ pub struct Args {
     /// Show progress on stderr (a bar on a terminal, a line every few seconds otherwise).
     #[arg(short = 'p', long)]
     pub progress: bool,
-    /// qcow2 only: deflate-compressed clusters (needs a seekable new file).
-    #[arg(long, conflicts_with = "raw")]
-    pub compress: bool,
+    /// qcow2 only: compressed clusters, deflate (the default) or zstd (qcow2 v3); needs a
+    /// seekable new file.
+    #[arg(long, value_name = "ALGO", num_args = 0..=1, require_equals = true, default_missing_value = "deflate", value_enum, conflicts_with = "raw")]
+    pub compress: Option<super::CompressArg>,
+    /// qcow2 only: write an overlay (qcow2 v3) on FILE, a previous capture (qcow2 or raw):
+    /// only clusters that differ from FILE's backing chain are stored. FILE is recorded as
+    /// given; a relative name is found from OUTPUT's folder, as qemu-img finds it.
+    #[arg(long, value_name = "FILE", conflicts_with = "raw", value_hint = clap::ValueHint::FilePath)]
+    pub backing: Option<PathBuf>,
     /// Stop at the first damaged structure (exit 1) instead of skipping it (exit 3).
     #[arg(long)]
     pub strict: bool,

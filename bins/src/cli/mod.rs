@@ -3,6 +3,25 @@
 
 use clap::CommandFactory;
 
+/// Cluster compression of `--compress[=deflate|zstd]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompressArg {
+    /// Deflate (zlib type): every qemu-img reads it (stock e2image reads no compressed
+    /// clusters).
+    Deflate,
+    /// zstd (qcow2 v3 compression type 1): faster and smaller; qemu-img 5.1 and later read it.
+    Zstd,
+}
+
+impl CompressArg {
+    pub fn cluster_compression(self) -> e2i::qcow2::header::ClusterCompression {
+        match self {
+            CompressArg::Deflate => e2i::qcow2::header::ClusterCompression::Deflate,
+            CompressArg::Zstd => e2i::qcow2::header::ClusterCompression::Zstd,
+        }
+    }
+}
+
 pub mod capture;
 pub mod install;
 pub mod move_fs;

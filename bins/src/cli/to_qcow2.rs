@@ -6,7 +6,9 @@ use clap::Parser;
 
 const LONG_ABOUT: &str = "\
 Convert INPUT to a clean qcow2 image (version 2, cluster size = block size) that qemu-img \
-and stock e2image read. INPUT may be a raw filesystem image (captured as `e2i-capture -Q` \
+and stock e2image read; with --backing, an overlay (version 3) on a previous image that \
+stores only what changed, and with --compress=zstd, version 3 with zstd clusters (qemu-img \
+reads both; stock e2image reads neither). INPUT may be a raw filesystem image (captured as `e2i-capture -Q` \
 would, `-a` for file data too), a qcow2 image, a normal e2image image, or an e2i stream \
 (from a pipe: `-`); gzip, bzip2, xz and zstd wrapping is detected. OUTPUT is a new file, a \
 block device, a FIFO or character device, or `-` (written front to back).
@@ -21,6 +23,10 @@ Examples:
   e2i-capture /dev/sdb1 - | e2i-to-qcow2 - sdb1.qcow2
                                              capture through a pipe
   e2i-to-qcow2 --compress fs.raw fs.qcow2    deflate-compressed clusters
+  e2i-to-qcow2 --compress=zstd fs.raw fs.qcow2
+                                             zstd-compressed clusters (qcow2 v3)
+  ssh host e2i-capture /dev/sdb1 - | e2i-to-qcow2 --backing mon.qcow2 - tue.qcow2
+                                             overlay on Monday's image: only changes
   e2i-to-qcow2 -n fs.raw fs.qcow2            print the layout; write nothing
 
 Exit status:
@@ -54,9 +60,15 @@ pub struct Args {
     /// Raw input: include regular-file data too.
     #[arg(short = 'a', long = "all-data")]
     pub all_data: bool,
-    /// Deflate-compressed clusters (needs a seekable OUTPUT).
-    #[arg(long)]
-    pub compress: bool,
+    /// Compressed clusters, deflate (the default) or zstd (qcow2 v3); needs a seekable
+    /// new OUTPUT file.
+    #[arg(long, value_name = "ALGO", num_args = 0..=1, require_equals = true, default_missing_value = "deflate", value_enum)]
+    pub compress: Option<super::CompressArg>,
+    /// Write an overlay (qcow2 v3) on FILE, a previous image (qcow2 or raw): only clusters
+    /// that differ from FILE's backing chain are stored. FILE is recorded as given; a
+    /// relative name is found from OUTPUT's folder, as qemu-img finds it.
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    pub backing: Option<PathBuf>,
     /// Print the image layout that would be written; create nothing.
     #[arg(short = 'n', long = "dry-run")]
     pub dry_run: bool,

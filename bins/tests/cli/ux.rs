@@ -92,11 +92,13 @@ fn os(v: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<OsString> {
 
 /// Without a terminal: plain lines on stderr (every update, with the interval at 0), one
 /// closing `Copied` line after them, and stdout exactly the data.
-fn check_plain(c: &Case) {
+fn check_plain(c: &Case, dir: &Path) {
     let o = run(Command::new(tool(c.tool))
         .arg("-p")
         .args((c.args)("plain"))
         .env("E2I_PROGRESS_INTERVAL_MS", "0")
+        // e2i-move's journal index stays with the test, not in the user's state folder.
+        .env("XDG_STATE_HOME", dir.join("state"))
         .stdin(Stdio::null()));
     ok(&o);
     let err = text(&o.stderr);
@@ -164,6 +166,7 @@ fn check_tty(c: &Case, dir: &Path) {
         .args(["-qefc", &cmd, "/dev/null"])
         .env("TERM", "xterm")
         .env("COLUMNS", "100")
+        .env("XDG_STATE_HOME", dir.join("state"))
         .stdin(Stdio::null()));
     ok(&o);
     let term = text(&o.stdout);
@@ -278,7 +281,7 @@ fn progress_on_stderr_only_with_and_without_a_terminal() {
         },
     ];
     for c in &cases {
-        check_plain(c);
+        check_plain(c, dir);
         check_tty(c, dir);
     }
     // The pipeline itself: capture | to-qcow2, both with -p, progress never mixed into data.

@@ -104,5 +104,14 @@ pub(crate) fn copy_error(e: &Error) -> Error {
             have: *have,
             need: *need,
         },
+        Error::Backing { path, source } => Error::Backing {
+            path: path.clone(),
+            source: Box::new(copy_error(source)),
+        },
+        Error::BackingLoop { path } => Error::BackingLoop { path: path.clone() },
+        Error::BackingTooDeep { path, max } => Error::BackingTooDeep {
+            path: path.clone(),
+            max: *max,
+        },
     }
 }

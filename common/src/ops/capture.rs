@@ -40,8 +40,10 @@ pub struct CaptureOptions {
     pub offset: u64,
     /// Stop at the first damaged structure.
     pub strict: bool,
-    /// qcow2 only: deflate-compressed clusters (needs a seekable new file).
-    pub compress: bool,
+    /// qcow2 only: compressed clusters (needs a seekable new file).
+    pub compress: Option<qcow2::header::ClusterCompression>,
+    /// qcow2 only: write an overlay on this previous capture.
+    pub backing: Option<std::rc::Rc<qcow2::overlay::Base>>,
     /// `-s`: scramble with this seed ([`crate::scramble::DEFAULT_SEED`] by default). Every
     /// writer reads through [`crate::scramble::ScrambledSource`]; the normal format's writer
     /// also blanks the header's hostname and device name when this is set.
@@ -82,6 +84,12 @@ pub struct CaptureReport {
 ///
 /// A pipe, a compressed file or an offset past the end is refused with what to do instead.
 pub fn open_source(path: &Path, offset: u64) -> Result<Box<dyn ReadAt>> {
+    open_source_in(path, offset, qcow2::chain::folder_of(path))
+}
+
+/// As [`open_source`], with the relative backing names of a qcow2 image resolved against
+/// `dir` (a spooled converter input's original folder).
+pub fn open_source_in(path: &Path, offset: u64, dir: &Path) -> Result<Box<dyn ReadAt>> {
     // Refused before opening: opening a FIFO would wait for a writer.
     let seekable = |m: &std::fs::Metadata| {
         use std::os::unix::fs::FileTypeExt;
@@ -101,7 +109,8 @@ pub fn open_source(path: &Path, offset: u64) -> Result<Box<dyn ReadAt>> {
     let mut magic = [0u8; 6];
     let n = whole.read_at(&mut magic, 0)?;
     if qcow2::is_qcow2(&magic[..n]) {
-        let image = qcow2::Qcow2Reader::open(whole)?;
+        let id = crate::io::ObjectId::of_path(path).ok();
+        let image = qcow2::Qcow2Image::open_host(whole, dir, id)?;
         past_end(
             offset,
             image.virtual_size(),
@@ -275,9 +284,10 @@ pub fn capture(
                         compress: opts.compress,
                     },
                     marks,
+                    opts.backing.as_deref(),
                     progress,
                 )?,
-                Output::Device { .. } | Output::Stream(_) if opts.compress => {
+                Output::Device { .. } | Output::Stream(_) if opts.compress.is_some() => {
                     return Err(pipe_refusal());
                 }
                 Output::Device { file, .. } => qcow2::write_qcow2(
@@ -286,6 +296,7 @@ pub fn capture(
                     bs,
                     Qcow2Target::Device(file),
                     marks,
+                    opts.backing.as_deref(),
                     progress,
                 )?,
                 Output::Stream(w) => qcow2::write_qcow2(
@@ -294,6 +305,7 @@ pub fn capture(
                     bs,
                     Qcow2Target::Sequential(w),
                     marks,
+                    opts.backing.as_deref(),
                     progress,
                 )?,
             }
@@ -446,7 +458,7 @@ pub fn qcow2_is_marked(path: &Path) -> bool {
     if whole.read_at(&mut magic, 0).ok() != Some(magic.len()) || !qcow2::is_qcow2(&magic) {
         return false;
     }
-    qcow2::Qcow2Reader::open(whole)
+    qcow2::Qcow2Reader::open_layer(whole)
         .is_ok_and(|q| q.header().e2i_flags() & mark::QCOW2_FLAG_SCRAMBLED != 0)
 }
 

@@ -58,6 +58,9 @@ pub enum Input {
         kind: Kind,
         path: PathBuf,
         spooled: Option<Spooled>,
+        /// The folder a qcow2's relative backing names resolve against: the input's own,
+        /// also when spooled from a compressed file; the current one for stdin and pipes.
+        dir: PathBuf,
     },
 }
 
@@ -189,7 +192,9 @@ pub fn facts(input: &Input) -> ImageFacts {
             }
             f
         }
-        Input::File { kind, path, .. } => {
+        Input::File {
+            kind, path, dir, ..
+        } => {
             let Ok(file) = FileSource::open(path, 0) else {
                 return ImageFacts::default();
             };
@@ -212,7 +217,8 @@ pub fn facts(input: &Input) -> ImageFacts {
                     .map(|sb| ImageFacts::from_superblock(&sb))
                     .unwrap_or_default(),
                 Kind::Qcow2 => {
-                    let Ok(q) = crate::qcow2::Qcow2Reader::open(file) else {
+                    let id = crate::io::ObjectId::of_path(path).ok();
+                    let Ok(q) = crate::qcow2::Qcow2Image::open_host(file, dir, id) else {
                         return ImageFacts::default();
                     };
                     let mut f = superblock_at(&q, SUPERBLOCK_OFFSET)
@@ -340,18 +346,25 @@ pub fn open(path: &Path) -> Result<Input> {
     if kind == Kind::Stream {
         return Ok(Input::Stream(StreamReader::open(r)?));
     }
+    let dir = if stdin || !seekable {
+        PathBuf::new()
+    } else {
+        crate::qcow2::chain::folder_of(path).to_path_buf()
+    };
     if !seekable || wrap != Wrapping::None {
         let tmp = spool(r)?;
         return Ok(Input::File {
             kind,
             path: tmp.path(),
             spooled: Some(tmp),
+            dir,
         });
     }
     Ok(Input::File {
         kind,
         path: path.to_path_buf(),
         spooled: None,
+        dir,
     })
 }
 

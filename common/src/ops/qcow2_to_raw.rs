@@ -1,6 +1,6 @@
 //! `qcow2-to-raw`: the virtual disk of a qcow2 image as a raw image.
 //!
-//! The input is any image [`Qcow2Reader`] accepts; [`crate::ops::input`] opens it (a qcow2
+//! The input is any image [`Qcow2Image`] accepts (backing chains followed); [`crate::ops::input`] opens it (a qcow2
 //! on stdin, in a FIFO or compressed is spooled first, since qcow2 needs random access). The
 //! output goes through [`sparse::write_raw`]: a new file gets holes for unallocated, zero and
 //! all-zero clusters; an existing target is updated in place.
@@ -10,7 +10,7 @@
 use crate::blockmap::{BlockMap, BlockRun};
 use crate::io::ReadAt;
 use crate::progress::Progress;
-use crate::qcow2::Qcow2Reader;
+use crate::qcow2::Qcow2Image;
 use crate::sparse::{self, CopyStats, RawTarget};
 use crate::units::{BlockSize, FsBlock};
 use crate::{Error, Result};
@@ -36,7 +36,7 @@ pub struct RawPlan {
 /// none, rather than keeping what an earlier filesystem left there, and `-c` compares what
 /// e2image compares.
 pub fn plan<S: ReadAt>(
-    image: &Qcow2Reader<S>,
+    image: &Qcow2Image<S>,
     with_zero_clusters: bool,
     device: bool,
 ) -> Result<RawPlan> {
@@ -51,14 +51,10 @@ pub fn plan<S: ReadAt>(
     let unit = BlockSize::from_log(cb.saturating_sub(10))
         .ok_or_else(|| Error::InvalidInput(format!("cluster bits {cb}")))?;
     let units = unit.blocks_covering(size);
-    let runs = image.allocated_runs(with_zero_clusters)?;
-    let cs = 1u64 << image.cluster_bits();
-    // Guest clusters are bytes `[c × cs, (c + 1) × cs)` of the disk: the blocks holding them.
-    let scaled = runs.into_iter().filter_map(|r| {
-        let s = r.start.get().checked_mul(cs)?;
-        let e = r.end().get().checked_mul(cs)?;
-        covering(unit, s..e, units)
-    });
+    // What the chain stores, as bytes of the disk (a backing file's ranges need not be
+    // aligned to this image's clusters): the blocks holding them.
+    let ranges = image.stored_ranges(with_zero_clusters)?;
+    let scaled = ranges.into_iter().filter_map(|r| covering(unit, r, units));
     let mut all: Vec<BlockRun> = scaled.collect();
     if with_zero_clusters && let Some(extra) = fs_selection(image, unit, units, device) {
         all.extend(extra);
@@ -81,7 +77,7 @@ fn covering(unit: BlockSize, r: std::ops::Range<u64>, units: u64) -> Option<Bloc
 /// target when `device`), in blocks of `unit` bytes; `None` when the disk holds no readable
 /// filesystem (any qcow2 is accepted: then the stored clusters are all there is to write).
 fn fs_selection<S: ReadAt>(
-    image: &Qcow2Reader<S>,
+    image: &Qcow2Image<S>,
     unit: BlockSize,
     units: u64,
     device: bool,

@@ -3,40 +3,80 @@
 #![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 
 use crate::mark::MarkedSource;
-use crate::ops::capture::{CaptureOptions, open_source, scan_source, source_is_marked};
+use crate::ops::capture::{CaptureOptions, open_source_in, scan_source, source_is_marked};
 use crate::progress::Progress;
+use crate::qcow2::header::ClusterCompression;
+use crate::qcow2::overlay::{Base, Differ};
 use crate::qcow2::writer::nonzero_blocks;
-use crate::qcow2::{ClusterRun, GuestCluster, Qcow2Layout};
+use crate::qcow2::{ClusterBits, ClusterRun, GuestCluster, Qcow2Layout};
 use crate::units::{BlockSize, FsBlock};
 use crate::{Error, Result};
 
 /// Plan the qcow2 image of any input without writing anything (`--dry-run`). A stream is
-/// read to its end and verified; other inputs are scanned and their data blocks found.
+/// read to its end and verified; other inputs are scanned and their data blocks found; an
+/// overlay's clusters are compared with its base as the real run compares them.
 pub fn plan(
     input: crate::ops::input::Input,
     opts: &CaptureOptions,
     progress: &mut dyn Progress,
 ) -> Result<Qcow2Layout> {
-    use crate::blockmap::BlockRun;
     use crate::ops::input::{Input, Kind};
-    let layout = |blocks_count: u64, bs: BlockSize, runs: &[BlockRun]| {
+    let geometry = |blocks_count: u64, bs: BlockSize| {
         let vsize = bs
             .bytes_of(blocks_count)
             .ok_or_else(|| Error::InvalidInput("filesystem size overflows".into()))?;
-        // One cluster per filesystem block.
-        let clusters: Vec<ClusterRun> = runs
-            .iter()
-            .copied()
-            .map(ClusterRun::one_per_block)
-            .collect();
-        Qcow2Layout::plan(vsize, bs.bits(), &clusters)
+        let cb = cluster_bits(bs)?;
+        Ok::<_, Error>((vsize, cb))
+    };
+    let finish = |vsize: u64, cb: ClusterBits, data: &[ClusterRun], zero: &[ClusterRun]| {
+        let mut l = Qcow2Layout::plan_full(vsize, cb.get(), data, zero, opts.compress.is_some())?;
+        if let Some(c) = opts.compress {
+            l.set_compression(c);
+        }
+        if let Some(base) = &opts.backing {
+            base.record(&mut l)?;
+        }
+        Ok(l)
+    };
+    // One cluster per filesystem block; compared with the base for an overlay.
+    let from_image = |src: &dyn crate::io::ReadAt,
+                      map: &crate::blockmap::BlockMap,
+                      bs: BlockSize,
+                      progress: &mut dyn Progress| {
+        let (vsize, cb) = geometry(map.blocks_count(), bs)?;
+        let (runs, _) = nonzero_blocks(src, map, bs, progress)?;
+        let clusters: Vec<ClusterRun> = runs.into_iter().map(ClusterRun::one_per_block).collect();
+        match &opts.backing {
+            None => finish(vsize, cb, &clusters, &[]),
+            Some(base) => {
+                let o = crate::qcow2::overlay::compare(src, &clusters, cb, vsize, base, progress)?;
+                finish(vsize, cb, &o.data, &o.zero)
+            }
+        }
     };
     match input {
         Input::Stream(mut r) => {
-            let runs = r.data_runs();
-            let l = layout(r.header.blocks_count, r.header.block_size, &runs)?;
-            r.for_each(crate::pieces::IO_CHUNK, &mut |_, _| Ok(()))?;
-            Ok(l)
+            let (vsize, cb) = geometry(r.header.blocks_count, r.header.block_size)?;
+            match &opts.backing {
+                None => {
+                    let runs: Vec<ClusterRun> = r
+                        .data_runs()
+                        .into_iter()
+                        .map(ClusterRun::one_per_block)
+                        .collect();
+                    r.for_each(crate::pieces::IO_CHUNK, &mut |_, _| Ok(()))?;
+                    finish(vsize, cb, &runs, &[])
+                }
+                Some(base) => {
+                    let mut differ = Differ::new(base, cb)?;
+                    r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| match data {
+                        Some(d) => differ.feed(GuestCluster::one_per_block(e.start), d),
+                        None => Ok(()),
+                    })?;
+                    let (o, _) = differ.finish(vsize)?;
+                    finish(vsize, cb, &o.data, &o.zero)
+                }
+            }
         }
         Input::File {
             kind: Kind::Normal,
@@ -46,16 +86,12 @@ pub fn plan(
             let img = crate::normal::NormalImage::open_file(&path)?;
             let view = img.fs_view();
             let map = view.block_map();
-            let sb = img.superblock();
-            let (runs, _) = nonzero_blocks(&view, &map, sb.block_size, progress)?;
-            layout(sb.blocks_count, sb.block_size, &runs)
+            from_image(&view, &map, img.superblock().block_size, progress)
         }
-        Input::File { path, .. } => {
-            let src = open_source(&path, opts.offset)?;
+        Input::File { path, dir, .. } => {
+            let src = open_source_in(&path, opts.offset, &dir)?;
             let (fs, res) = scan_source(src, opts, false, progress)?;
-            let bs = fs.sb.block_size;
-            let (runs, _) = nonzero_blocks(&fs.src, &res.map, bs, progress)?;
-            layout(res.map.blocks_count(), bs, &runs)
+            from_image(&fs.src, &res.map, fs.sb.block_size, progress)
         }
     }
 }
@@ -64,8 +100,8 @@ pub fn plan(
 pub enum Qcow2Out<'a> {
     /// Front to back (a pipe, stdout, a device or a new file), uncompressed.
     Sequential(&'a mut dyn std::io::Write),
-    /// A new seekable file with deflate-compressed clusters.
-    Compressed(&'a std::fs::File),
+    /// A new seekable file with compressed clusters.
+    Compressed(&'a std::fs::File, ClusterCompression),
 }
 
 /// What a stream conversion wrote.
@@ -84,11 +120,16 @@ pub struct StreamToQcow2 {
 /// to back — to a pipe if need be. The stream is verified at the end; on failure the caller
 /// must discard the output.
 ///
+/// With `overlay`, the stream is compared with the base as it arrives and the clusters that
+/// differ are kept in a temporary file; the overlay is written once the stream is verified,
+/// still front to back.
+///
 /// `room`: a block device target's size, checked against the image's before the first write.
 pub fn stream_to_qcow2<R: std::io::Read>(
     mut r: crate::stream::StreamReader<R>,
     out: Qcow2Out<'_>,
     room: Option<u64>,
+    overlay: Option<&Base>,
     progress: &mut dyn Progress,
 ) -> Result<StreamToQcow2> {
     use crate::qcow2::writer::{CompressedWriter, SequentialWriter};
@@ -101,7 +142,8 @@ pub fn stream_to_qcow2<R: std::io::Read>(
     let vsize = bs
         .bytes_of(h.blocks_count)
         .ok_or_else(|| Error::InvalidInput("image size overflows".into()))?;
-    let cb = bs.bits();
+    let cbits = cluster_bits(bs)?;
+    let cb = cbits.get();
     // One cluster per filesystem block.
     let runs: Vec<ClusterRun> = r
         .data_runs()
@@ -115,43 +157,90 @@ pub fn stream_to_qcow2<R: std::io::Read>(
         zero_blocks: r.zero_blocks(),
         ..Default::default()
     };
-    progress.phase("copying", r.data_blocks(), crate::progress::Unit::Blocks);
     let mut done = 0u64;
-    match out {
-        Qcow2Out::Sequential(w) => {
-            let mut layout = Qcow2Layout::plan(vsize, cb, &runs)?;
-            layout.set_marks(marks);
-            crate::output::check_room(room, layout.file_size())?;
-            let mut qw = SequentialWriter::new(w, &layout)?;
+    // Overlay: compare first (the stream is read and verified here), then write from the
+    // spool of differing clusters.
+    let (data, zero, mut spool) = match overlay {
+        None => (runs, Vec::new(), None),
+        Some(base) => {
+            progress.phase(
+                "comparing with the backing file",
+                r.data_blocks(),
+                crate::progress::Unit::Blocks,
+            );
+            let mut differ = Differ::new(base, cbits)?;
             report.stream_sha256 = r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
                 if let Some(d) = data {
                     let d = with_mark(marks, e.start, bs, d);
-                    qw.write_clusters(GuestCluster::one_per_block(e.start), &d)?;
+                    differ.feed(GuestCluster::one_per_block(e.start), &d)?;
                     done = done.saturating_add(bs.blocks_in(d.len() as u64));
                     progress.update(done);
                 }
                 Ok(())
             })?;
+            let (o, spool) = differ.finish(vsize)?;
+            (o.data, o.zero, Some(spool))
+        }
+    };
+    let compressed = matches!(out, Qcow2Out::Compressed(..));
+    let mut layout = Qcow2Layout::plan_full(vsize, cb, &data, &zero, compressed)?;
+    layout.set_marks(marks);
+    if let Some(base) = overlay {
+        base.record(&mut layout)?;
+    }
+    progress.phase(
+        "copying",
+        data.iter().map(|r| r.len).sum(),
+        crate::progress::Unit::Blocks,
+    );
+    done = 0;
+    // Feed the data clusters to `write`: from the spool (overlay) or the stream.
+    let mut feed = |write: &mut dyn FnMut(GuestCluster, &[u8]) -> Result<()>| -> Result<()> {
+        match spool.as_mut() {
+            Some(sp) => {
+                let mut buf = vec![0u8; cbits.size_usize()];
+                for g in data.iter().flat_map(|r| r.clusters()) {
+                    sp.next(&mut buf)?;
+                    write(g, &buf)?;
+                    done = done.saturating_add(1);
+                    progress.update(done);
+                }
+            }
+            None => {
+                report.stream_sha256 = r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
+                    if let Some(d) = data {
+                        let d = with_mark(marks, e.start, bs, d);
+                        write(GuestCluster::one_per_block(e.start), &d)?;
+                        done = done.saturating_add(bs.blocks_in(d.len() as u64));
+                        progress.update(done);
+                    }
+                    Ok(())
+                })?;
+            }
+        }
+        Ok(())
+    };
+    match out {
+        Qcow2Out::Sequential(w) => {
+            crate::output::check_room(room, layout.file_size())?;
+            let mut qw = SequentialWriter::new(w, &layout)?;
+            feed(&mut |g, d| qw.write_clusters(g, d))?;
             report.file_size = qw.finish()?;
             w.flush().map_err(|e| Error::io("write", 0, e))?;
         }
-        Qcow2Out::Compressed(file) => {
-            let mut qw = CompressedWriter::new(file, vsize, cb, &runs)?;
-            qw.set_marks(marks);
-            report.stream_sha256 = r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
-                if let Some(d) = data {
-                    let d = with_mark(marks, e.start, bs, d);
-                    qw.write_clusters(GuestCluster::one_per_block(e.start), &d)?;
-                    done = done.saturating_add(bs.blocks_in(d.len() as u64));
-                    progress.update(done);
-                }
-                Ok(())
-            })?;
+        Qcow2Out::Compressed(file, c) => {
+            let mut qw = CompressedWriter::for_layout(file, layout, c)?;
+            feed(&mut |g, d| qw.write_clusters(g, d))?;
             report.file_size = qw.finish()?;
         }
     }
     progress.finish();
     Ok(report)
+}
+
+/// One cluster per filesystem block: 1 KiB to 64 KiB, inside qcow2's 512 B to 2 MiB.
+fn cluster_bits(bs: BlockSize) -> Result<ClusterBits> {
+    ClusterBits::new(bs.bits()).ok_or_else(|| Error::InvalidInput(format!("block size {bs}")))
 }
 
 /// Data blocks from block `start` of a scrambled stream, its superblock marked when it is
@@ -205,17 +294,17 @@ pub fn to_qcow2(
                 }
                 Qcow2Target::File {
                     file,
-                    compress: true,
-                } => Qcow2Out::Compressed(file),
+                    compress: Some(c),
+                } => Qcow2Out::Compressed(file, c),
                 Qcow2Target::File {
                     file,
-                    compress: false,
+                    compress: None,
                 } => {
                     buffered = std::io::BufWriter::with_capacity(1 << 20, file);
                     Qcow2Out::Sequential(&mut buffered)
                 }
             };
-            let rep = stream_to_qcow2(r, out, room, progress)?;
+            let rep = stream_to_qcow2(r, out, room, opts.backing.as_deref(), progress)?;
             Ok(ToQcow2Report {
                 input: Kind::Stream,
                 block_size: rep.block_size,
@@ -237,7 +326,15 @@ pub fn to_qcow2(
             progress.block_size(sb.block_size.get());
             let marks = img.header().image_facts(sb.raw()).marks();
             let src = MarkedSource::new(&view, marks.scrambled);
-            let st = write_qcow2(&src, &map, sb.block_size, target, marks, progress)?;
+            let st = write_qcow2(
+                &src,
+                &map,
+                sb.block_size,
+                target,
+                marks,
+                opts.backing.as_deref(),
+                progress,
+            )?;
             Ok(ToQcow2Report {
                 input: Kind::Normal,
                 block_size: sb.block_size.get(),
@@ -247,15 +344,25 @@ pub fn to_qcow2(
                 problems: Vec::new(),
             })
         }
-        Input::File { kind, path, .. } => {
-            let src = open_source(&path, opts.offset)?;
+        Input::File {
+            kind, path, dir, ..
+        } => {
+            let src = open_source_in(&path, opts.offset, &dir)?;
             let marks = crate::mark::Marks {
                 scrambled: source_is_marked(&path, &*src),
             };
             let src = MarkedSource::new(src, marks.scrambled);
             let (fs, res) = scan_source(src, opts, false, progress)?;
             let bs = fs.sb.block_size;
-            write_qcow2(&fs.src, &res.map, bs, target, marks, progress)?;
+            write_qcow2(
+                &fs.src,
+                &res.map,
+                bs,
+                target,
+                marks,
+                opts.backing.as_deref(),
+                progress,
+            )?;
             Ok(ToQcow2Report {
                 input: kind,
                 block_size: bs.get(),

@@ -160,10 +160,13 @@ pub fn to_raw(
         Input::File {
             kind: Kind::Qcow2,
             path,
+            dir,
             ..
         } => {
-            // The qcow2's virtual disk, as qcow2-to-raw writes it.
-            let img = crate::qcow2::Qcow2Reader::open(crate::io::FileSource::open(&path, 0)?)?;
+            // The qcow2's virtual disk (through its backing chain), as qcow2-to-raw writes it.
+            let id = crate::io::ObjectId::of_path(&path).ok();
+            let host = crate::io::FileSource::open(&path, 0)?;
+            let img = crate::qcow2::Qcow2Image::open_host(host, &dir, id)?;
             let plan = crate::ops::qcow2_to_raw::plan(&img, target.updates_in_place(), device)?;
             let copy = crate::ops::qcow2_to_raw::convert(
                 &MarkedSource::new(&img, add_mark),

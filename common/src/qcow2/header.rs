@@ -47,6 +47,23 @@ pub const INCOMPAT_EXTERNAL_DATA: u64 = 1 << 2;
 pub const INCOMPAT_COMPRESSION_TYPE: u64 = 1 << 3;
 pub const INCOMPAT_EXTENDED_L2: u64 = 1 << 4;
 
+/// Compression types (v3 header byte 104): "0: zlib <https://www.zlib.net/>; 1: zstd
+/// <http://github.com/facebook/zstd>"; both need the compression-type bit when not 0.
+pub const COMPRESSION_ZLIB: u8 = 0;
+pub const COMPRESSION_ZSTD: u8 = 1;
+/// The v3 header length e2i writes: 104 bytes, the compression type byte and padding to
+/// a multiple of 8, as qemu writes it.
+pub const V3_WRITTEN_HEADER_LEN: usize = 112;
+
+/// How compressed clusters are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterCompression {
+    /// Raw deflate (zlib type 0), what version 2 images and stock tools know.
+    Deflate,
+    /// zstd frames (type 1, version 3 only).
+    Zstd,
+}
+
 /// Header extension types.
 pub const EXT_END: u32 = 0;
 pub const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
@@ -222,14 +239,48 @@ impl Header {
         Ok(h)
     }
 
-    /// Refuse what e2i does not read: backing files, encryption, external data files,
-    /// extended L2 entries, compression other than deflate, unknown incompatible features.
+    /// Refuse what e2i does not read as one file: a backing file (read through
+    /// [`super::chain`]), and everything [`Header::check_supported_layer`] refuses.
     pub fn check_supported(&self) -> Result<()> {
-        if self.backing_file_offset.0 != 0 {
+        if self.has_backing_file() {
             return Err(Error::Unsupported(
-                "the qcow2 image has a backing file (convert it with qemu-img first)".into(),
+                "the qcow2 image has a backing file (open it as a chain)".into(),
             ));
         }
+        self.check_supported_layer()
+    }
+
+    /// "If the image doesn't have a backing file", the offset is 0.
+    pub fn has_backing_file(&self) -> bool {
+        self.backing_file_offset.0 != 0
+    }
+
+    /// The backing file format recorded in the header extension ("qcow2", "raw", …).
+    pub fn backing_format(&self) -> Option<&[u8]> {
+        self.extensions
+            .iter()
+            .find(|e| e.kind == EXT_BACKING_FORMAT)
+            .map(|e| e.data.as_slice())
+    }
+
+    /// The compression of compressed clusters, from the header (v3 with the compression
+    /// type bit; deflate otherwise).
+    pub fn cluster_compression(&self) -> Result<ClusterCompression> {
+        if self.incompatible_features & INCOMPAT_COMPRESSION_TYPE == 0 {
+            return Ok(ClusterCompression::Deflate);
+        }
+        match self.compression_type {
+            COMPRESSION_ZLIB => Ok(ClusterCompression::Deflate),
+            COMPRESSION_ZSTD => Ok(ClusterCompression::Zstd),
+            t => Err(Error::Unsupported(format!(
+                "the qcow2 image uses compression type {t} (only 0, zlib, and 1, zstd, exist)"
+            ))),
+        }
+    }
+
+    /// Refuse what e2i does not read in one file of a chain: encryption, external data
+    /// files, extended L2 entries, unknown compression types and incompatible features.
+    pub fn check_supported_layer(&self) -> Result<()> {
         if self.crypt_method != 0 {
             return Err(Error::Unsupported(format!(
                 "the qcow2 image is encrypted (crypt_method {})",
@@ -252,12 +303,7 @@ impl Header {
                 "the qcow2 image uses extended L2 entries (subclusters)".into(),
             ));
         }
-        if inc & INCOMPAT_COMPRESSION_TYPE != 0 && self.compression_type != 0 {
-            return Err(Error::Unsupported(format!(
-                "the qcow2 image uses compression type {} (only deflate is supported)",
-                self.compression_type
-            )));
-        }
+        self.cluster_compression()?;
         let known = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_COMPRESSION_TYPE;
         if inc & !known != 0 {
             return Err(Error::Unsupported(format!(
@@ -301,6 +347,21 @@ impl Header {
 }
 
 impl Header {
+    /// The 112-byte version 3 header (with the compression type byte), big-endian.
+    pub fn encode_v3(&self) -> [u8; V3_WRITTEN_HEADER_LEN] {
+        use field as f;
+        let mut b = [0u8; V3_WRITTEN_HEADER_LEN];
+        b[..V2_HEADER_LEN].copy_from_slice(&self.encode_v2());
+        be::set_u32(&mut b, f::VERSION, 3);
+        be::set_u64(&mut b, f::INCOMPATIBLE_FEATURES, self.incompatible_features);
+        be::set_u64(&mut b, f::COMPATIBLE_FEATURES, self.compatible_features);
+        be::set_u64(&mut b, f::AUTOCLEAR_FEATURES, self.autoclear_features);
+        be::set_u32(&mut b, f::REFCOUNT_ORDER, self.refcount_order);
+        be::set_u32(&mut b, f::HEADER_LENGTH, V3_WRITTEN_HEADER_LEN as u32);
+        b[f::COMPRESSION_TYPE] = self.compression_type;
+        b
+    }
+
     /// The flags of e2i's extension ([`crate::mark::QCOW2_EXTENSION`]); 0 without one.
     pub fn e2i_flags(&self) -> u32 {
         self.extensions

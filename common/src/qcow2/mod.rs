@@ -15,12 +15,15 @@
 // Every number here comes from an image or feeds one: no unchecked arithmetic.
 #![deny(clippy::arithmetic_side_effects)]
 
+pub mod chain;
 pub mod entry;
 pub mod header;
+pub mod overlay;
 pub mod reader;
 pub mod types;
 pub mod writer;
 
+pub use chain::{Backing, Qcow2Image};
 pub use entry::{L1Entry, L2Entry, Mapping, RefcountTableEntry};
 pub use header::Header;
 pub use reader::{Qcow2Reader, Shifted, is_qcow2};

@@ -19,7 +19,7 @@ use std::ops::Range;
 use std::rc::Rc;
 
 use super::entry::{L1Entry, L2Entry, Mapping, OFFSET_MASK};
-use super::header::{Header, field};
+use super::header::{ClusterCompression, Header, field};
 use super::types::{ClusterBits, ClusterRun, GuestCluster, GuestOffset, HostOffset};
 use crate::Result;
 use crate::bytes::be;
@@ -47,7 +47,10 @@ struct L2Cache {
 }
 
 struct Inflated {
+    compression: ClusterCompression,
     inflate: flate2::Decompress,
+    /// Made on the first zstd cluster.
+    zstd: Option<zstd::stream::raw::Decoder<'static>>,
     input: Vec<u8>,
     /// Guest cluster whose data `out` holds.
     cluster: Option<GuestCluster>,
@@ -130,8 +133,17 @@ fn entries(raw: &[u8]) -> impl Iterator<Item = u64> + '_ {
 }
 
 impl<S: ReadAt> Qcow2Reader<S> {
-    /// Open the image in `host`: parse and check the header, load the L1 table.
+    /// Open the image in `host`: parse and check the header, load the L1 table. An image
+    /// with a backing file is refused: [`super::chain::Qcow2Image`] reads those.
     pub fn open(host: S) -> Result<Self> {
+        let r = Self::open_layer(host)?;
+        r.header.check_supported()?;
+        Ok(r)
+    }
+
+    /// Open one file of a backing chain: as [`Self::open`], but a backing file is allowed
+    /// (its unallocated clusters then read as zeros here; the chain reads them through).
+    pub fn open_layer(host: S) -> Result<Self> {
         let host_size = host.size();
         // At most 2 MiB: a usize.
         let mut first = vec![0u8; host_size.min(1 << ClusterBits::MAX) as usize];
@@ -143,7 +155,8 @@ impl<S: ReadAt> Qcow2Reader<S> {
             .and_then(ClusterBits::new)
             .map_or(first.len(), |cb| first.len().min(cb.size_usize()));
         let header = Header::parse(&first[..limit])?;
-        header.check_supported()?;
+        header.check_supported_layer()?;
+        let compression = header.cluster_compression()?;
         let cb = header.cluster_bits;
         let cs = cb.size();
         let guest_clusters = header.size.div_ceil(cs);
@@ -224,7 +237,9 @@ impl<S: ReadAt> Qcow2Reader<S> {
                 capacity,
             }),
             inflated: RefCell::new(Inflated {
+                compression,
                 inflate: flate2::Decompress::new(false),
+                zstd: None,
                 input: Vec::new(),
                 cluster: None,
                 out: vec![0; cb.size_usize()],
@@ -245,6 +260,16 @@ impl<S: ReadAt> Qcow2Reader<S> {
 
     pub fn cluster_bits(&self) -> u32 {
         self.cb.get()
+    }
+
+    /// The cluster size as its type.
+    pub fn cluster_size_bits(&self) -> ClusterBits {
+        self.cb
+    }
+
+    /// The image file.
+    pub fn host(&self) -> &S {
+        &self.host
     }
 
     /// The L2 table of L1 entry `li`, or `None` when unallocated.
@@ -482,29 +507,35 @@ impl<S: ReadAt> Qcow2Reader<S> {
         let s = &mut *st;
         s.input.resize(avail, 0);
         let n = self.host.read_at(&mut s.input, offset.0)?;
-        s.inflate.reset(false);
         s.cluster = None;
         let input = s.input.get(..n).unwrap_or(&s.input);
-        let r = s
-            .inflate
-            .decompress(input, &mut s.out, flate2::FlushDecompress::Finish);
         let (guest_cluster, host_offset) = (g.0, offset.0);
+        let r = match s.compression {
+            ClusterCompression::Deflate => {
+                s.inflate.reset(false);
+                s.inflate
+                    .decompress(input, &mut s.out, flate2::FlushDecompress::Finish)
+                    .map(|_| s.inflate.total_out())
+                    .map_err(|e| e.to_string())
+            }
+            ClusterCompression::Zstd => unzstd(&mut s.zstd, input, &mut s.out),
+        };
         match r {
-            Ok(_) if s.inflate.total_out() == s.out.len() as u64 => {}
-            Ok(_) => {
+            Ok(got) if got == s.out.len() as u64 => {}
+            Ok(got) => {
                 return Err(CorruptKind::Qcow2InflatedSize {
                     guest_cluster,
                     host_offset,
-                    got: s.inflate.total_out(),
+                    got,
                     want: s.out.len() as u64,
                 }
                 .into());
             }
-            Err(e) => {
+            Err(detail) => {
                 return Err(CorruptKind::Qcow2Inflate {
                     guest_cluster,
                     host_offset,
-                    detail: e.to_string(),
+                    detail,
                 }
                 .into());
             }
@@ -512,6 +543,34 @@ impl<S: ReadAt> Qcow2Reader<S> {
         s.cluster = Some(g);
         Ok(st)
     }
+}
+
+/// Decompress one zstd cluster: frames from `input` until `out` is full, as qemu reads
+/// them (the stored length is rounded up to sectors, so bytes may follow the last frame).
+/// Returns the bytes produced; stops early at the end of the input or without progress.
+fn unzstd(
+    dec: &mut Option<zstd::stream::raw::Decoder<'static>>,
+    input: &[u8],
+    out: &mut [u8],
+) -> std::result::Result<u64, String> {
+    use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+    let d = match dec {
+        Some(d) => {
+            d.reinit().map_err(|e| e.to_string())?;
+            d
+        }
+        None => dec.insert(zstd::stream::raw::Decoder::new().map_err(|e| e.to_string())?),
+    };
+    let mut inb = InBuffer::around(input);
+    let mut outb = OutBuffer::around(out);
+    while outb.pos() < outb.capacity() {
+        let (i, o) = (inb.pos(), outb.pos());
+        d.run(&mut inb, &mut outb).map_err(|e| e.to_string())?;
+        if inb.pos() == i && outb.pos() == o {
+            break;
+        }
+    }
+    Ok(outb.pos() as u64)
 }
 
 impl<S: ReadAt> ReadAt for Qcow2Reader<S> {

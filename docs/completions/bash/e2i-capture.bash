@@ -23,7 +23,7 @@ _e2i__capture() {
 
     case "${cmd}" in
         e2i__capture)
-            opts="-r -Q -a -s -f -b -B -o -p -q -h -V --format --all-data --scramble --seed --allow-scrambled --force --superblock --blocksize --offset --progress --compress --strict --quiet --json --help --version"
+            opts="-r -Q -a -s -f -b -B -o -p -q -h -V --format --all-data --scramble --seed --allow-scrambled --force --superblock --blocksize --offset --progress --compress --backing --strict --quiet --json --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -59,6 +59,25 @@ _e2i__capture() {
                     ;;
                 -o)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --compress)
+                    COMPREPLY=($(compgen -W "deflate zstd" -- "${cur}"))
+                    return 0
+                    ;;
+                --backing)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
                     return 0
                     ;;
                 *)

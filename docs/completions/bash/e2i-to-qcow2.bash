@@ -23,12 +23,31 @@ _e2i__to__qcow2() {
 
     case "${cmd}" in
         e2i__to__qcow2)
-            opts="-a -n -p -q -h -V --all-data --compress --dry-run --progress --strict --quiet --json --help --version"
+            opts="-a -n -p -q -h -V --all-data --compress --backing --dry-run --progress --strict --quiet --json --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --compress)
+                    COMPREPLY=($(compgen -W "deflate zstd" -- "${cur}"))
+                    return 0
+                    ;;
+                --backing)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

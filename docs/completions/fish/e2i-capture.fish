@@ -6,6 +6,9 @@ complete -c e2i-capture -l seed -d 'Seed for --scramble' -r
 complete -c e2i-capture -s b -l superblock -d 'Read the filesystem through the backup superblock at block N (needs -B)' -r
 complete -c e2i-capture -s B -l blocksize -d 'Block size to use with -b' -r
 complete -c e2i-capture -s o -l offset -d 'Byte offset of the filesystem inside SOURCE (suffixes K, M, G, ...: powers of 1024)' -r
+complete -c e2i-capture -l compress -d 'qcow2 only: compressed clusters, deflate (the default) or zstd (qcow2 v3); needs a seekable new file' -r -f -a "deflate\t'Deflate (zlib type): every qemu-img reads it (stock e2image reads no compressed clusters)'
+zstd\t'zstd (qcow2 v3 compression type 1): faster and smaller; qemu-img 5.1 and later read it'"
+complete -c e2i-capture -l backing -d 'qcow2 only: write an overlay (qcow2 v3) on FILE, a previous capture (qcow2 or raw): only clusters that differ from FILE\'s backing chain are stored. FILE is recorded as given; a relative name is found from OUTPUT\'s folder, as qemu-img finds it' -r -F
 complete -c e2i-capture -s r -d 'Raw image (same as --format raw; e2image -r)'
 complete -c e2i-capture -s Q -d 'qcow2 image (same as --format qcow2; e2image -Q)'
 complete -c e2i-capture -s a -l all-data -d 'Include regular-file data (raw, qcow2, stream)'
@@ -13,7 +16,6 @@ complete -c e2i-capture -s s -l scramble -d 'Scramble names and other private st
 complete -c e2i-capture -l allow-scrambled -d 'Write a scrambled image (-s, or a SOURCE that is itself scrambled) even over the filesystem it is taken from (an existing OUTPUT file or block device holding its UUID, such as a clone)'
 complete -c e2i-capture -s f -l force -d 'Allow a source mounted read-write'
 complete -c e2i-capture -s p -l progress -d 'Show progress on stderr (a bar on a terminal, a line every few seconds otherwise)'
-complete -c e2i-capture -l compress -d 'qcow2 only: deflate-compressed clusters (needs a seekable new file)'
 complete -c e2i-capture -l strict -d 'Stop at the first damaged structure (exit 1) instead of skipping it (exit 3)'
 complete -c e2i-capture -s q -l quiet -d 'No warnings or summaries on stderr (errors are still reported)'
 complete -c e2i-capture -l json -d 'Print a one-line JSON summary (stdout, or stderr when OUTPUT is `-`)'
