@@ -122,13 +122,7 @@ pub fn to_raw(tool: &str, a: &RawArgs<'_>, sum: &mut Summary) -> anyhow::Result<
         Some(s) => Some(s.finish().map_err(|e| attribute(e, &name, &out_name))?),
         None => None,
     };
-    if let (Some(f), false) = (out.file(), a.dry_run)
-        && out.kind() == OutKind::BlockDevice
-    {
-        // A device's writes reach it before we say they did.
-        f.sync_data()
-            .map_err(|e| attribute(e2i::Error::io("sync", 0, e), &name, &out_name))?;
-    }
+    // A device's writes reach it (synced by commit) before we say they did.
     out.commit()
         .map_err(|e| anyhow::Error::new(e).context(out_name.clone()))?;
     reporter.summary(report.block_size);

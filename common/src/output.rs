@@ -169,6 +169,10 @@ impl Output {
                         req.path.display()
                     )));
                 }
+                if req.dry_run {
+                    // The real run's exclusive open refuses a mounted device; so does -n.
+                    refuse_mounted(req, &path)?;
+                }
                 let file = if req.dry_run {
                     check_writable(&path)?;
                     File::open(&path).map_err(|e| Error::io("open", 0, e))?
@@ -180,6 +184,7 @@ impl Output {
             }
             Some(t) if t.is_file() && req.in_place => {
                 out.kind = Kind::Existing;
+                refuse_mounted(req, &path)?;
                 let file = if req.dry_run {
                     check_writable(&path)?;
                     File::open(&path).map_err(|e| Error::io("open", 0, e))?
@@ -337,8 +342,16 @@ impl Output {
         check_room(self.device_size, need)
     }
 
-    /// Make a new or replaced regular file visible under its name (a no-op otherwise).
+    /// Make a new or replaced regular file visible under its name; a block device's writes
+    /// are synced (a write error of the device — its backing store full, a bad sector —
+    /// shows only then: without it the run would say it succeeded).
     pub fn commit(&mut self) -> Result<()> {
+        if self.kind == Kind::BlockDevice
+            && !self.dry_run
+            && let Some(f) = &self.file
+        {
+            f.sync_data().map_err(|e| Error::io("sync", 0, e))?;
+        }
         if let Some(p) = &mut self.pending {
             let file = self.file.as_ref();
             if let (Some((mode, uid, gid)), Some(f)) = (p.keep, file) {
@@ -554,6 +567,24 @@ fn rename_allowed(path: &Path, meta: Option<&Metadata>) -> bool {
     let sticky = dir.mode() & 0o1000 != 0;
     let owner = |uid: u32| uid == euid.as_raw();
     !sticky || owner(dir.uid()) || meta.is_some_and(|m| owner(m.uid()))
+}
+
+/// A file or device holding a mounted filesystem is never written in place: a file through
+/// the loop device it backs (which no exclusive open of the file itself would notice).
+/// Replacing the file (a new inode) leaves the mounted one alone, so only in-place writes
+/// are checked.
+fn refuse_mounted(req: &Request<'_>, path: &Path) -> Result<()> {
+    use crate::mount::{MountState, mount_state};
+    match mount_state(path) {
+        MountState::NotMounted => Ok(()),
+        MountState::ReadOnly { mount_point } | MountState::ReadWrite { mount_point } => {
+            Err(Error::InvalidInput(format!(
+                "{} {} holds the filesystem mounted on {mount_point}; refusing to write into a mounted filesystem, nothing written",
+                req.role,
+                req.path.display()
+            )))
+        }
+    }
 }
 
 /// An existing qcow2 image is never written by position: its bytes are not the disk's, so

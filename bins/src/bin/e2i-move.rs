@@ -290,13 +290,7 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
     let rep = move_fs::clone_fs(&args.source, target, &opts, &mut list, &mut reporter)
         .map_err(|e| attribute(e, &src, &dst))?;
     listing_result(&list_failed)?;
-    if out.kind() == Kind::BlockDevice
-        && !args.dry_run
-        && let Some(f) = out.file()
-    {
-        f.sync_data()
-            .map_err(|e| attribute(e2i::Error::io("sync", 0, e), &src, &dst))?;
-    }
+    // A device's writes reach it (synced by commit) before we say they did.
     out.commit()
         .map_err(|e| anyhow::Error::new(e).context(dst.clone()))?;
     reporter.summary(rep.block_size);

@@ -1249,3 +1249,209 @@ fn a_move_stopped_by_a_full_disk_says_how_to_finish_it() {
     ok(&mv(&args, &img, &state, 0), "the same command, space freed");
     assert!(holds_fs(&img, MIB - 4096, &want, d.path()));
 }
+
+/// A block device that cannot take the writes (a loop device over a sparse file on a full
+/// filesystem; a thin volume out of space; a failing disk) reports the error at the write
+/// or, for buffered writes, only when they are synced: e2i-capture and e2i-to-qcow2 did not
+/// sync and exited 0 with the image lost. Every tool writing a device fails, naming it.
+#[test]
+fn a_device_that_cannot_take_the_writes_fails_the_run() {
+    let fx = Fx::new();
+    // Enough data that the writes cannot fit into the folder under the device.
+    let tree = fx.path("tree");
+    fs::create_dir(&tree).unwrap();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for i in 0..6 {
+        let v: Vec<u8> = (0..400_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        fs::write(tree.join(format!("f{i}")), v).unwrap();
+    }
+    let img = fx.path("data.img");
+    ok(
+        &run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&tree)
+            .arg(&img)
+            .arg("16M")),
+        "mkfs.ext4",
+    );
+    let stream = fx.path("data.e2s");
+    ok(
+        &run(Command::new(tool("e2i-capture"))
+            .args(["--format", "stream", "-a"])
+            .arg(&img)
+            .arg(&stream)),
+        "capture a stream",
+    );
+    let mnt = fx.path("small");
+    fs::create_dir(&mnt).unwrap();
+    let _m = Mount::new(
+        &[Path::new("tmpfs")],
+        &mnt,
+        &["-t", "tmpfs", "-o", "size=1m"],
+    );
+    let backing = mnt.join("dev.img");
+    fs::File::create(&backing)
+        .unwrap()
+        .set_len(32 * MIB)
+        .unwrap();
+    let lo = Loop::new(&backing, &[]);
+    let cases: Vec<(&str, Vec<&str>, &Path)> = vec![
+        ("e2i-capture", vec!["-r", "-a"], &img),
+        ("e2i-capture", vec!["-Q", "-a"], &img),
+        ("e2i-to-raw", vec![], &stream),
+        ("e2i-to-qcow2", vec![], &stream),
+        ("e2i-move", vec![], &img),
+    ];
+    for (t, args, input) in cases {
+        let what = format!("{t} {args:?} onto a device that cannot take it");
+        let o = run(Command::new(tool(t)).args(&args).arg(input).arg(lo.path()));
+        let err = failed(&o, &what);
+        assert!(err.contains(&lo.0), "{what}: names the device: {err}");
+        assert!(
+            err.contains("Input/output error") || err.contains("No space left"),
+            "{what}: {err}"
+        );
+    }
+}
+
+/// The journal is first written under a fixed temporary name next to it. That name was
+/// opened with O_CREAT|O_TRUNC, following whatever was there: a symlink planted there
+/// (SOURCE in a shared folder) had the move truncate and write the link's target. It is
+/// now removed and created anew; the target is untouched and the move goes on.
+#[test]
+fn a_link_planted_at_the_journals_temporary_name_is_not_followed() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let (disk, want) = move_disk(d.path(), MIB);
+    let victim = d.path().join("victim");
+    fs::write(&victim, b"precious").unwrap();
+    let tmp = d.path().join(".disk.img.e2i-move.tmp");
+    std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+    ok(
+        &mv(&["-o", "1048576", "-O", "2097152"], &disk, &state, 0),
+        "the move",
+    );
+    assert!(
+        fs::read(&victim).unwrap() == b"precious",
+        "the link's target was written"
+    );
+    assert!(holds_fs(&disk, 2 * MIB, &want, d.path()));
+}
+
+/// An image file mounted through a loop device (`mount -o loop disk.img /mnt`) is a mounted
+/// filesystem: `-O`/`-c` into it wrote its bytes under the mounted filesystem, exit 0 (the
+/// exclusive open that refuses a mounted device does not see a file). Every in-place
+/// writer now refuses it, also with `-n`, nothing written; replacing the file (a new inode:
+/// the mounted one is left alone) is still allowed.
+#[test]
+fn a_file_mounted_through_a_loop_device_is_not_written_in_place() {
+    let fx = Fx::new();
+    let disk = fx.path("mounted.img");
+    fs::copy(&fx.img, &disk).unwrap();
+    let lo = Loop::new(&disk, &[]);
+    let mnt = fx.path("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let _m = Mount::new(&[lo.path()], &mnt, &[]);
+    let normal = fx.path("fs.e2i");
+    ok(
+        &run(Command::new(tool("e2i-capture")).arg(&fx.img).arg(&normal)),
+        "capture",
+    );
+    let before = fs::read(&disk).unwrap();
+    let cases: Vec<(&str, Vec<&str>, &Path)> = vec![
+        ("e2i-to-raw", vec!["-O", "0"], &fx.img),
+        ("e2i-to-raw", vec!["-c"], &fx.img),
+        ("e2i-to-raw", vec!["-c", "-n"], &fx.img),
+        ("qcow2-to-raw", vec!["-O", "0"], &fx.qcow2),
+        ("e2i-move", vec![], &fx.img),
+        ("e2i-move", vec!["-n"], &fx.img),
+    ];
+    for (t, args, input) in cases {
+        let what = format!("{t} {args:?} into a loop-mounted file");
+        let o = run(Command::new(tool(t)).args(&args).arg(input).arg(&disk));
+        let err = failed(&o, &what);
+        assert!(err.contains("mounted"), "{what}: {err}");
+        assert!(fs::read(&disk).unwrap() == before, "{what}: written");
+    }
+    for dry in [true, false] {
+        let mut c = Command::new(tool("e2i-install"));
+        if dry {
+            c.arg("-n");
+        }
+        let err = failed(&run(c.arg(&disk).arg(&normal)), "e2i-install");
+        assert!(err.contains("mounted"), "e2i-install: {err}");
+        assert!(fs::read(&disk).unwrap() == before, "e2i-install: written");
+    }
+    ok(
+        &run(Command::new(tool("e2i-to-raw")).arg(&fx.img).arg(&disk)),
+        "replacing the file",
+    );
+}
+
+/// A FIFO where SOURCE's journal would be (`disk.img.e2i-move`): the journal was opened to
+/// read before its type was looked at, which waits for a writer — `e2i-move -n` hung, and
+/// so would every reader of SOURCE that looks for an unfinished move. Now a dry run refuses
+/// it like the real run, and a capture is not held up by it.
+#[test]
+fn a_fifo_at_the_journals_place_hangs_nothing() {
+    let d = tempdir();
+    let (disk, _) = move_disk(d.path(), MIB);
+    let fifo = journal_of(&disk);
+    ok(&run(Command::new("mkfifo").arg(&fifo)), "mkfifo");
+    let out = d.path().join("out.raw");
+    let state = d.path().join("state");
+    let cases: Vec<(&str, Vec<&str>, bool)> = vec![
+        ("e2i-move", vec!["-n", "-o", "1M", "-O", "2M"], false),
+        ("e2i-move", vec!["-o", "1M", "-O", "2M"], false),
+        ("e2i-capture", vec!["-r", "-o", "1M"], true),
+    ];
+    for (t, args, succeeds) in cases {
+        let what = format!("{t} {args:?} with a FIFO as the journal");
+        let mut c = Command::new(tool(t));
+        c.args(&args).arg(&disk);
+        if t == "e2i-capture" {
+            c.arg(&out);
+        }
+        let mut child = c
+            .env("XDG_STATE_HOME", &state)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break Some(st);
+            }
+            if t0.elapsed().as_secs() > 60 {
+                // Its writer, so that it ends; then fail.
+                let _ = fs::OpenOptions::new().write(true).open(&fifo);
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let status = status.unwrap_or_else(|| panic!("{what}: hung"));
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        if succeeds {
+            assert!(status.success(), "{what}: {err}");
+        } else {
+            assert_eq!(status.code(), Some(1), "{what}: {err}");
+            assert!(err.contains("not a regular file"), "{what}: {err}");
+        }
+    }
+}

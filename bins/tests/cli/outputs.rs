@@ -821,33 +821,51 @@ fn signals_remove_the_temporary_file() {
     assert!(!child.wait().unwrap().success());
     drop(stdin);
     assert!(leftovers(&out_dir).is_empty(), "{:?}", leftovers(&out_dir));
-    // A qcow2 on stdin is spooled to a temporary file first: that goes too.
-    let spool_dir = fx.path("tmp");
-    fs::create_dir(&spool_dir).unwrap();
-    let mut child = Command::new(tool("qcow2-to-raw"))
-        .arg("-")
-        .arg(out_dir.join("new.out"))
-        .env("TMPDIR", &spool_dir)
-        .stdin(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let q = fs::read(&fx.qcow2).unwrap();
-    stdin.write_all(&q[..q.len() / 2]).unwrap();
-    assert!(
-        wait_for(&spool_dir, "e2i-spool", &mut child),
-        "no spool file"
-    );
-    let st = Command::new("kill")
-        .args(["-s", "TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    assert!(!child.wait().unwrap().success());
-    drop(stdin);
-    let left: Vec<_> = fs::read_dir(&spool_dir).unwrap().flatten().collect();
-    assert!(left.is_empty(), "spool files left: {left:?}");
+    // A qcow2 on stdin is spooled to a temporary file first: that goes too, however the
+    // run ends (SIGKILL included: the spool file has no name).
+    for sig in ["TERM", "KILL"] {
+        let spool_dir = fx.path(&format!("tmp-{sig}"));
+        fs::create_dir(&spool_dir).unwrap();
+        let mut child = Command::new(tool("qcow2-to-raw"))
+            .arg("-")
+            .arg(out_dir.join("new.out"))
+            .env("TMPDIR", &spool_dir)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let q = fs::read(&fx.qcow2).unwrap();
+        stdin.write_all(&q[..q.len() / 2]).unwrap();
+        // The spool file is open in the temporary folder (its name already gone).
+        let fds = PathBuf::from(format!("/proc/{}/fd", child.id()));
+        let spooling = || {
+            fs::read_dir(&fds)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| fs::read_link(e.path()).is_ok_and(|l| l.starts_with(&spool_dir)))
+        };
+        let t0 = std::time::Instant::now();
+        while !spooling() {
+            assert!(t0.elapsed().as_secs() < 60, "SIG{sig}: no spool file");
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "SIG{sig}: ended before spooling"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let st = Command::new("kill")
+            .args(["-s", sig, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert!(!child.wait().unwrap().success());
+        drop(stdin);
+        let left: Vec<_> = fs::read_dir(&spool_dir).unwrap().flatten().collect();
+        assert!(left.is_empty(), "SIG{sig}: spool files left: {left:?}");
+    }
+    assert!(leftovers(&out_dir).is_empty(), "{:?}", leftovers(&out_dir));
 }
 
 /// e2image's verdict of `-c -n` (the count on its last line).

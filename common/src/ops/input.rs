@@ -1,12 +1,12 @@
 //! Converter inputs: detect the format by content (e2i stream, qcow2, normal e2image image,
 //! raw filesystem), through gzip, bzip2, xz or zstd wrapping, from a file, stdin, a FIFO or a
 //! process substitution. Anything not read front to back that is not a seekable plain file
-//! (stdin, pipes, compressed files) is first spooled to an unlinked-on-exit temporary file.
+//! (stdin, pipes, compressed files) is first spooled to a temporary file without a name.
 
 #![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Cursor, Read, Write};
+use std::io::{self, BufRead, BufReader, Cursor, Read};
 use std::path::{Path, PathBuf};
 
 use crate::bytes::le;
@@ -253,28 +253,24 @@ pub fn detect(head: &[u8]) -> Option<Kind> {
     None
 }
 
-/// A spooled copy of an input: removed when dropped, and by the signal handler before then
-/// ([`crate::output::pending`]).
+/// A spooled copy of an input: a file with no name (O_TMPFILE, or unlinked as soon as it is
+/// made), so that nothing is left behind however the process ends — SIGKILL and the OOM
+/// killer included (a named spool file outlived them: possibly a whole decompressed disk in
+/// the temporary folder). It is read through `/proc/self/fd/N` ([`Spooled::path`]).
 #[derive(Debug)]
-pub struct Spooled(tempfile::TempPath);
+pub struct Spooled(std::fs::File);
 
-impl Drop for Spooled {
-    fn drop(&mut self) {
-        crate::output::pending::remove(&self.0);
+impl Spooled {
+    /// A name that opens the spooled file while it is held.
+    pub fn path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/proc/self/fd/{}", self.0.as_raw_fd()))
     }
 }
 
-/// Copy `r` into a new temporary file, leaving all-zero blocks as holes. The file is
-/// registered with [`crate::output::pending`], so a signal does not leave it behind.
+/// Copy `r` into a new temporary file without a name, leaving all-zero blocks as holes.
 fn spool(mut r: Box<dyn Read>) -> Result<Spooled> {
-    let tmp = tempfile::Builder::new()
-        .prefix(".e2i-spool-")
-        .tempfile()
-        .map_err(|e| Error::io("create temporary file", 0, e))?;
-    crate::output::pending::add(tmp.path());
-    let (file, path) = tmp.into_parts();
-    // Unregistered and removed however this function ends.
-    let spooled = Spooled(path);
+    let file = tempfile::tempfile().map_err(|e| Error::io("create temporary file", 0, e))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0u64;
     loop {
@@ -311,9 +307,7 @@ fn spool(mut r: Box<dyn Read>) -> Result<Spooled> {
     }
     file.set_len(pos)
         .map_err(|e| Error::io("truncate", pos, e))?;
-    let mut f = &file;
-    f.flush().ok();
-    Ok(spooled)
+    Ok(Spooled(file))
 }
 
 /// Open `path` (`-` for stdin) and detect its format.
@@ -361,7 +355,7 @@ pub fn open(path: &Path) -> Result<Input> {
         let tmp = spool(r)?;
         return Ok(Input::File {
             kind,
-            path: tmp.0.to_path_buf(),
+            path: tmp.path(),
             spooled: Some(tmp),
             dir,
         });
@@ -377,6 +371,7 @@ pub fn open(path: &Path) -> Result<Input> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn decompresses_every_wrapping() {

@@ -542,15 +542,17 @@ impl Journal {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        // A fixed temporary name: one left by a killed run is simply overwritten (one mover
-        // per SOURCE holds the lock).
+        // A fixed temporary name: one left by a killed run is simply replaced (one mover
+        // per SOURCE holds the lock). Removed, then created exclusively: never opened
+        // through whatever is there (a symlink another user planted in /tmp would have
+        // root truncate and write its target).
         let tmp = path.with_file_name(format!(".{name}.tmp"));
         let io = |op, e| Error::io(op, 0, e);
+        let _ = std::fs::remove_file(&tmp);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(&tmp)
             .map_err(|e| io("create journal", e))?;
         let res = (|| {
@@ -591,6 +593,19 @@ impl Journal {
     /// Open an existing journal (`writable`: to continue its move); `Ok(None)` when there
     /// is none. Damage is a [`CorruptKind`] naming the journal and what is wrong.
     pub fn open(path: &Path, writable: bool) -> Result<Option<Journal>> {
+        // Looked at before it is opened: opening a FIFO to read waits for a writer (a dry
+        // run, or a capture checking SOURCE's journal, hung on one), and opening a device
+        // can act.
+        match std::fs::metadata(path) {
+            Ok(m) if !m.is_file() => {
+                return Err(Error::InvalidInput(format!(
+                    "{} is not a regular file",
+                    path.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            _ => {}
+        }
         let file = match OpenOptions::new().read(true).write(writable).open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
