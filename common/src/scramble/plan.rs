@@ -807,8 +807,9 @@ impl<S: ReadAt> Planner<'_, S> {
     fn directory(&mut self, ino: u32, inode: &Inode, generation: u32) -> Result<()> {
         let sb = &self.fs.sb;
         let bs = self.bs();
-        let nblk = inode.size.div_ceil(bs as u64);
-        let mut pieces = match self.map(ino, inode, nblk) {
+        // Every mapped block, also those beyond i_size: e2image copies them all, and
+        // e2fsck reads them as directory blocks.
+        let mut pieces = match self.map(ino, inode, u64::MAX) {
             Ok(p) => p,
             Err(e) => {
                 let what = damaged(Some(ino), e)?;
