@@ -1061,14 +1061,20 @@ impl<S: ReadAt> Planner<'_, S> {
         let mut buf = self.block(blk, Role::XattrBlock)?;
         let (magic, blocks) = (le::u32(&buf, 0), le::u32(&buf, 8));
         if magic != XATTR_MAGIC || blocks != 1 {
+            // e2fsck -n, told not to clear the block, goes on to judge its other header
+            // fields and its entries: their headers are kept (the reserved bytes, which it
+            // does not judge, zeroed), names and values zeroed.
+            buf[20..32].fill(0);
+            xattr::scrub(&mut buf, 32, 0, bs);
             let problem = crate::ext4::damage::XattrProblem::Header { magic, blocks };
-            self.skip(corrupt(None, CorruptKind::Xattr { at, problem }));
+            self.xattr_scrubbed(blk, buf, CorruptKind::Xattr { at, problem });
             return Ok(());
         }
         let entries = match xattr::parse(&buf, 32, 0, bs) {
             Ok(e) => e,
             Err(problem) => {
-                self.skip(corrupt(None, CorruptKind::Xattr { at, problem }));
+                xattr::scrub(&mut buf, 32, 0, bs);
+                self.xattr_scrubbed(blk, buf, CorruptKind::Xattr { at, problem });
                 return Ok(());
             }
         };
@@ -1083,8 +1089,11 @@ impl<S: ReadAt> Planner<'_, S> {
         let slot = blk.get() | 1 << 63;
         let c = xattr::scramble_entries(&mut buf, &entries, self.seed, slot, &mut ea);
         self.count_xattrs(at, &c);
-        if c.changed {
-            xattr::block_rehash(&mut buf, &entries);
+        let unused = xattr::zero_unused(&mut buf, 32, bs, &entries);
+        if c.changed || unused {
+            if c.changed {
+                xattr::block_rehash(&mut buf, &entries);
+            }
             if csum_ok {
                 let crc = block_csum(&buf);
                 le::set_u32(&mut buf, 16, crc);
@@ -1092,6 +1101,19 @@ impl<S: ReadAt> Planner<'_, S> {
             self.ov.put(blk, buf);
         }
         Ok(())
+    }
+
+    /// A damaged xattr block whose names and values were zeroed (`buf`, the block as it
+    /// now is): stored if it changed, reported as scrubbed either way.
+    fn xattr_scrubbed(&mut self, blk: FsBlock, buf: Vec<u8>, kind: CorruptKind) {
+        let orig = self.block(blk, Role::XattrBlock).ok();
+        if orig.as_deref() != Some(&buf[..]) {
+            self.ov.put(blk, buf);
+        }
+        self.skip(Unscrambled::Scrubbed(Problem {
+            ino: None,
+            kind: ProblemKind::Corrupt(kind),
+        }));
     }
 
     /// The journal: everything after its superblock becomes zeros (a clean journal holds
