@@ -642,3 +642,37 @@ fn damaged_xattr_blocks_leak_nothing() {
     }
     eprintln!("leaks: {cases} damaged xattr blocks, 4 formats each: no marker");
 }
+
+/// A damaged xattr table in the inode body (a value past the inode's end) keeps no name or
+/// value: it is scrubbed as a damaged xattr block is, e2fsck's verdict kept.
+#[test]
+fn damaged_in_inode_xattrs_leak_nothing() {
+    let d = tempdir();
+    let img = planted(d.path(), "ibody.img", &["-b", "1024", "-I", "256"]);
+    let imap = debugfs(&img, "imap /zqxmark_dir0");
+    let num = |key: &str| -> u64 {
+        let v = imap
+            .split(key)
+            .nth(1)
+            .and_then(|s| s.split([',', ' ', '\n']).find(|w| !w.is_empty()));
+        let v = v.expect("imap");
+        match v.strip_prefix("0x") {
+            Some(h) => u64::from_str_radix(h, 16).unwrap(),
+            None => v.parse().unwrap(),
+        }
+    };
+    let at = (num("located at block ") * 1024 + num("offset ")) as usize;
+    let mut raw = std::fs::read(&img).unwrap();
+    let extra = usize::from(u16::from_le_bytes([raw[at + 0x80], raw[at + 0x81]]));
+    let table = at + 128 + extra + 4;
+    assert_eq!(
+        &raw[table - 4..table],
+        &0xEA02_0000u32.to_le_bytes(),
+        "in-inode xattrs"
+    );
+    assert!(marks(&raw[at..at + 256]) > 0, "planted in the inode");
+    // The first entry's value size runs past the inode.
+    raw[table + 8..table + 12].copy_from_slice(&0xFFFFu32.to_le_bytes());
+    std::fs::write(&img, &raw).unwrap();
+    check_formats(d.path(), &img, "in-inode value size past the inode");
+}

@@ -588,7 +588,8 @@ impl<S: ReadAt> Planner<'_, S> {
     }
 
     /// The xattrs in the inode body: (entries, offset of the entry table).
-    fn ibody_xattrs(&mut self, ino: u32, raw: &[u8]) -> Option<(Vec<XEntry>, usize)> {
+    /// A table that cannot be parsed is scrubbed (see [`xattr::scrub`]) and reported.
+    fn ibody_xattrs(&mut self, ino: u32, raw: &mut [u8]) -> Option<(Vec<XEntry>, usize)> {
         let isz = raw.len();
         if isz <= 128 {
             return None;
@@ -601,8 +602,12 @@ impl<S: ReadAt> Planner<'_, S> {
         match xattr::parse(raw, table, table, isz) {
             Ok(e) => Some((e, table)),
             Err(problem) => {
+                xattr::scrub(raw, table, table, isz);
                 let at = XattrAt::Inode { ino };
-                self.skip(corrupt(Some(ino), CorruptKind::Xattr { at, problem }));
+                self.skip(Unscrambled::Scrubbed(Problem {
+                    ino: Some(ino),
+                    kind: ProblemKind::Corrupt(CorruptKind::Xattr { at, problem }),
+                }));
                 None
             }
         }
