@@ -417,4 +417,31 @@ mod tests {
         assert_eq!(entry_hash(&buf, &es[0], false, None), Some(want));
         assert!(hash_ok(&buf, &es[0], None) || es[0].hash == 0);
     }
+
+    #[test]
+    fn scrub_keeps_headers_up_to_the_refused_entry() {
+        // Entries at 0 ("ab", value at 96) and 20 ("cd", value size past the end), and
+        // bytes at 40 that a damaged walk might take for a third header.
+        let mut buf = vec![0u8; 128];
+        buf[0] = 2;
+        buf[1] = 1;
+        le::set_u16(&mut buf, 2, 96);
+        le::set_u32(&mut buf, 8, 4);
+        buf[16..18].copy_from_slice(b"ab");
+        buf[20] = 2;
+        buf[21] = 1;
+        le::set_u32(&mut buf, 28, 0x1_0000);
+        buf[36..38].copy_from_slice(b"cd");
+        buf[40..56].copy_from_slice(b"secret-name-here");
+        buf[96..100].copy_from_slice(b"vvvv");
+        assert!(parse(&buf, 0, 0, 128).is_err());
+        let orig = buf.clone();
+        assert!(scrub(&mut buf, 0, 0, 128));
+        assert_eq!(&buf[..16], &orig[..16]);
+        assert_eq!(&buf[20..36], &orig[20..36]);
+        assert_eq!(&buf[16..18], &[0, 0]);
+        assert_eq!(&buf[36..38], &[0, 0]);
+        assert!(buf[40..].iter().all(|&b| b == 0));
+        assert!(!scrub(&mut buf, 0, 0, 128), "a second pass changes nothing");
+    }
 }
