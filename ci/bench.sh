@@ -10,12 +10,22 @@
 #
 # Usage: ci/bench.sh          scratch space: $E2I_BENCH_DIR (default /var/tmp/e2i-bench),
 #                              needs ~6 GiB of disk and ~3 GiB of /dev/shm while making $FS16.
+#        ci/bench.sh --cold   the cold-cache cases only (ci/bench.d/cold/run.sh: page cache
+#                              dropped before every run; root; ~4 GiB more scratch space).
+# $E2I_BENCH_BIN: a directory of e2i binaries to time instead of this tree's release build
+# (e.g. another checkout's target/release, to compare two versions on the same machine).
 #
 # Fragments: every ci/bench.d/*.sh is sourced after the built-in cases. They may use
 #   $E2I (directory of the release binaries), $WORK (scratch directory, emptied per run),
 #   $FS16, $FS2T, and `bench CASE/TOOL -- CMD...` (one timed command; the first TOOL of a
 #   CASE is the baseline the others are compared with).
 set -euo pipefail
+COLD=0
+case "${1:-}" in
+  --cold) COLD=1 ;;
+  "") ;;
+  *) echo "usage: ci/bench.sh [--cold]" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 RUNS=${E2I_BENCH_RUNS:-5}
@@ -28,8 +38,12 @@ export E2FSPROGS_FAKE_TIME=1700000000
 
 ci/setup.sh
 [ -x /usr/bin/time ] || { echo "bench: /usr/bin/time is missing (apt-get install time; ci/setup.sh does)" >&2; exit 1; }
-cargo build --release -q
-E2I=$ROOT/target/release
+if [ -n "${E2I_BENCH_BIN:-}" ]; then
+  E2I=$(cd "$E2I_BENCH_BIN" && pwd)
+else
+  cargo build --release -q
+  E2I=$ROOT/target/release
+fi
 
 log() { echo "bench: $*" >&2; }
 
@@ -132,8 +146,14 @@ report() {
 }
 
 make_fs16
-make_fs2t
 mkdir -p "$WORK"
+if [ $COLD = 1 ]; then
+  # shellcheck source=ci/bench.d/cold/run.sh
+  . ci/bench.d/cold/run.sh
+  rm -rf "${WORK:?}"/*
+  exit 0
+fi
+make_fs2t
 log "16 GiB: $(dumpe2fs -h "$FS16" 2>/dev/null | sed -n 's/^Inode count: *//p') inodes, $(( $(dumpe2fs -h "$FS16" 2>/dev/null | sed -n 's/^Free inodes: *//p') )) free"
 
 bench "16G-200k-files -r/e2image" -- e2image -r "$FS16" "$WORK/out.raw"

@@ -111,9 +111,9 @@ fn bug_report_page() -> String {
 .SH NAME
 e2i\-bug\-report \- Bundle what filesystem maintainers ask for about an ext2/3/4 filesystem, with every private string scrambled
 .SH SYNOPSIS
-\fBe2i\-bug\-report\fR [\fB\-h\fR|\fB\-\-help\fR] [\fB\-V\fR|\fB\-\-version\fR] [\fB\-\-\fR] \fIDEVICE\fR [\fIOUTPUT.tar\fR]
+\fBe2i\-bug\-report\fR [\fB\-h\fR|\fB\-\-help\fR] [\fB\-V\fR|\fB\-\-version\fR] [\fB\-P\fR \fIN\fR] [\fB\-\-\fR] \fIDEVICE\fR [\fIOUTPUT.tar\fR]
 .SH DESCRIPTION
-Captures the filesystem on DEVICE (a block device or an image file) with \fBe2i\-capture \-s \-Q\fR and writes one tarball holding:
+Captures the filesystem on DEVICE (a block device or an image file; with \fB\-P\fR \fIN\fR, the filesystem in partition N of DEVICE's partition table) with \fBe2i\-capture \-s \-Q\fR and writes one tarball holding:
 .TP
 \fBfs.qcow2.xz\fR
 the scrambled qcow2 image (uncompressed clusters, so stock e2image reads it), compressed with xz; where xz is missing, \fBfs.qcow2.bz2\fR, compressed with bzip2;
@@ -122,7 +122,7 @@ the scrambled qcow2 image (uncompressed clusters, so stock e2image reads it), co
 \fBdumpe2fs \-h\fR of the scrambled image;
 .TP
 \fBgeometry.txt\fR
-the size and partition geometry of DEVICE (start, size, type; no serial numbers, labels or UUIDs of the disk);
+the size and partition geometry of DEVICE: its partition table as \fBe2i\-capture \-\-list\fR reads it (number, start and size in bytes, type, filesystem kind, block size and count), the partition captured; no serial numbers, labels or UUIDs;
 .TP
 \fBcapture.txt\fR
 the capture's exit status and its summary on stderr (what it scrambled, what damage it skipped), with DEVICE's name replaced by the word DEVICE;
@@ -141,6 +141,9 @@ Print the usage and exit.
 \fB\-V\fR, \fB\-\-version\fR
 Print the version and exit.
 .TP
+\fB\-P\fR, \fB\-\-partition\fR \fIN\fR
+Capture the filesystem in partition N of a GPT or MBR partition table on DEVICE (1\-based; MBR logical partitions from 5, as Linux numbers them).
+.TP
 \fB\-\-\fR
 End of options: a DEVICE or OUTPUT.tar whose name starts with \- follows it (\fBe2i\-bug\-report \-\- \-disk.img \-report.tar\fR). Without it such a name is a usage error, before any work.
 .SH ENVIRONMENT
@@ -151,6 +154,9 @@ the folder of the e2i tools to use (default: the repository's target/release nex
 .TP
 \fBe2i\-bug\-report /dev/sdb1 sdb1\-report.tar\fR
 bundle the filesystem on /dev/sdb1
+.TP
+\fBe2i\-bug\-report \-P 2 disk.img\fR
+bundle the filesystem in partition 2 of a disk image
 .SH "EXIT STATUS"
 .TP
 \fB0\fR

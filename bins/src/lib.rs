@@ -13,6 +13,7 @@ pub mod cli;
 pub mod convert;
 pub mod docs;
 pub mod json;
+pub mod partition;
 
 /// Exit status: success.
 pub const EXIT_OK: u8 = 0;

@@ -85,6 +85,7 @@ mod cli {
     pub mod normal;
     pub mod outputs;
     pub mod overlay;
+    pub mod partitions;
     pub mod pipeline;
     pub mod qcow2;
     pub mod scramble;

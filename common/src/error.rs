@@ -553,6 +553,48 @@ pub enum CorruptKind {
         next: u64,
         pieces: u64,
     },
+    // ---- partition tables (GPT, MBR) ----
+    /// A GPT header whose CRC32 does not match (`lba` in sectors of `sector_size` bytes).
+    #[error(
+        "gpt header at lba {lba} ({sector_size}-byte sectors): crc32 {stored:#010x}, computed {computed:#010x}"
+    )]
+    GptHeaderChecksum {
+        lba: u64,
+        sector_size: u32,
+        stored: u32,
+        computed: u32,
+    },
+    /// A GPT header field outside what the specification (or a sane disk) allows.
+    #[error("gpt header at lba {lba} ({sector_size}-byte sectors): {field} {value} {problem}")]
+    GptHeaderField {
+        lba: u64,
+        sector_size: u32,
+        field: &'static str,
+        value: u64,
+        problem: &'static str,
+    },
+    /// No "EFI PART" signature where a GPT header must be.
+    #[error("gpt header at lba {lba} ({sector_size}-byte sectors): no \"EFI PART\" signature")]
+    GptSignature { lba: u64, sector_size: u32 },
+    /// The partition entry array's CRC32 does not match its header's.
+    #[error(
+        "gpt entries at lba {lba} ({sector_size}-byte sectors): crc32 {stored:#010x}, computed {computed:#010x}"
+    )]
+    GptEntriesChecksum {
+        lba: u64,
+        sector_size: u32,
+        stored: u32,
+        computed: u32,
+    },
+    /// Neither GPT header can be used.
+    #[error("gpt: primary header damaged ({primary}); backup header damaged too ({backup})")]
+    GptHeadersDamaged {
+        primary: Box<CorruptKind>,
+        backup: Box<CorruptKind>,
+    },
+    /// A link of an MBR's extended-partition chain that cannot be followed.
+    #[error("mbr: extended boot record at byte {offset}: {problem}")]
+    MbrEbr { offset: u64, problem: &'static str },
 }
 
 impl Error {

@@ -26,6 +26,13 @@ pub trait ReadAt {
         Ok(Some(offset..u64::MAX))
     }
 
+    /// A hint that `len` bytes from `offset` will be read soon: sources that can start
+    /// reading them in the background do (see [`crate::readplan`]). Never changes what a
+    /// read returns; the default does nothing.
+    fn will_need(&self, offset: u64, len: u64) {
+        let _ = (offset, len);
+    }
+
     /// Read exactly `buf.len()` bytes of what `what` names; a short read (the source ends
     /// inside them) is [`CorruptKind::ShortRead`].
     fn read_exact_at(&self, buf: &mut [u8], offset: u64, what: &'static str) -> Result<()> {
@@ -90,6 +97,9 @@ impl<T: ReadAt + ?Sized> ReadAt for &T {
     fn data_region(&self, offset: u64) -> Result<Option<Range<u64>>> {
         (**self).data_region(offset)
     }
+    fn will_need(&self, offset: u64, len: u64) {
+        (**self).will_need(offset, len)
+    }
 }
 
 impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
@@ -101,6 +111,9 @@ impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
     }
     fn data_region(&self, offset: u64) -> Result<Option<Range<u64>>> {
         (**self).data_region(offset)
+    }
+    fn will_need(&self, offset: u64, len: u64) {
+        (**self).will_need(offset, len)
     }
 }
 
@@ -279,6 +292,8 @@ pub struct FileSource {
     block_device: bool,
     /// Last data region found by SEEK_DATA/SEEK_HOLE, in file offsets; saves syscalls.
     cached: Cell<(u64, u64)>,
+    /// The same for [`ReadAt::will_need`], which runs ahead of the reads.
+    hint_cached: Cell<(u64, u64)>,
     seekable_holes: Cell<bool>,
 }
 
@@ -303,6 +318,7 @@ impl FileSource {
             size: total.saturating_sub(base),
             block_device,
             cached: Cell::new((0, 0)),
+            hint_cached: Cell::new((0, 0)),
             seekable_holes: Cell::new(meta.file_type().is_file()),
         })
     }
@@ -342,10 +358,40 @@ impl ReadAt for FileSource {
         self.size
     }
 
+    // posix_fadvise(WILLNEED) queues the reads and returns: many hints in a row give the
+    // device a real queue depth without threads. Errors are ignored (a hint).
+    // Holes are left out: reading ahead through one would fill the page cache with zeros.
+    fn will_need(&self, offset: u64, len: u64) {
+        let end = offset.saturating_add(len).min(self.size);
+        let mut pos = offset;
+        while pos < end {
+            let r = match self.region_cached(pos, &self.hint_cached) {
+                Ok(Some(r)) if r.start < end => r,
+                _ => return,
+            };
+            let (s, e) = (r.start.max(pos), r.end.min(end));
+            if let (Some(host), Some(n)) = (
+                s.checked_add(self.base),
+                std::num::NonZeroU64::new(e.saturating_sub(s)),
+            ) {
+                let _ =
+                    rustix::fs::fadvise(&self.file, host, Some(n), rustix::fs::Advice::WillNeed);
+            }
+            pos = e;
+        }
+    }
+
     // SEEK_DATA/SEEK_HOLE also cover unwritten (fallocated) extents: ext4, XFS and btrfs
     // report them as holes unless the page cache holds data for them, so FIEMAP (an unsafe
     // ioctl) would add nothing here.
     fn data_region(&self, offset: u64) -> Result<Option<Range<u64>>> {
+        self.region_cached(offset, &self.cached)
+    }
+}
+
+impl FileSource {
+    /// [`ReadAt::data_region`] with the last region found kept in `cached`.
+    fn region_cached(&self, offset: u64, cached: &Cell<(u64, u64)>) -> Result<Option<Range<u64>>> {
         if offset >= self.size {
             return Ok(None);
         }
@@ -353,7 +399,7 @@ impl ReadAt for FileSource {
             return Ok(Some(offset..self.size));
         }
         let host = offset.saturating_add(self.base);
-        let (cs, ce) = self.cached.get();
+        let (cs, ce) = cached.get();
         if cs <= host && host < ce {
             // cs <= host = offset + base: ce - base > offset.
             return Ok(Some(offset..ce.saturating_sub(self.base)));
@@ -375,7 +421,7 @@ impl ReadAt for FileSource {
         if end <= start {
             return Ok(Some(offset..self.size));
         }
-        self.cached.set((start, end));
+        cached.set((start, end));
         let s = start.saturating_sub(self.base).max(offset);
         let e = end.saturating_sub(self.base).min(self.size);
         if s >= e {
@@ -429,5 +475,28 @@ mod tests {
         let past = src.read_sparse_at(&mut tail, (2 << 20) - 4096).unwrap();
         assert_eq!(past, 4096);
         assert!(tail.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn hints_over_holes_and_past_the_end_change_nothing() {
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(4 << 20).unwrap();
+        f.write_all_at(b"data", (2 << 20) + 1).unwrap();
+        let src = FileSource::from_file(f, 4096).unwrap();
+        for (off, len) in [
+            (0, u64::MAX),
+            (u64::MAX - 1, 10),
+            (1 << 20, 3 << 20),
+            (5 << 20, 1),
+        ] {
+            src.will_need(off, len);
+        }
+        let mut buf = vec![0xAAu8; 8];
+        assert_eq!(src.read_at(&mut buf, (2 << 20) + 1 - 4096).unwrap(), 8);
+        assert_eq!(&buf[..4], b"data");
+        assert_eq!(
+            src.data_region(0).unwrap().map(|r| r.start),
+            Some((2 << 20) - 4096)
+        );
     }
 }

@@ -180,6 +180,10 @@ impl<S: ReadAt> ReadAt for MarkedSource<S> {
         // The superblock is never a hole of a filesystem source: regions pass through.
         self.inner.data_region(offset)
     }
+
+    fn will_need(&self, offset: u64, len: u64) {
+        self.inner.will_need(offset, len)
+    }
 }
 
 /// A NUL-terminated text field, lossily decoded; empty when blank.

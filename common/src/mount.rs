@@ -61,7 +61,39 @@ fn devices_for(path: &Path) -> Vec<u64> {
 
 /// Check whether `path` (a block device or an image file behind a loop device) is mounted.
 pub fn mount_state(path: &Path) -> MountState {
-    let devs = devices_for(path);
+    state_of(&devices_for(path))
+}
+
+/// Check whether partition `number` of `path` is mounted: the kernel's partition device of
+/// the disk `path` is, or of a loop device (`losetup -P`) backed by the image `path`.
+pub fn partition_mount_state(path: &Path, number: u32) -> MountState {
+    let mut parts = Vec::new();
+    for disk in devices_for(path) {
+        let sys = format!(
+            "/sys/dev/block/{}:{}",
+            rustix::fs::major(disk),
+            rustix::fs::minor(disk)
+        );
+        let Ok(dir) = fs::read_dir(&sys) else {
+            continue;
+        };
+        for e in dir.flatten() {
+            let is_it = fs::read_to_string(e.path().join("partition"))
+                .is_ok_and(|n| n.trim().parse::<u32>() == Ok(number));
+            if is_it
+                && let Ok(d) = fs::read_to_string(e.path().join("dev"))
+                && let Some((ma, mi)) = d.trim().split_once(':')
+                && let (Ok(ma), Ok(mi)) = (ma.parse(), mi.parse())
+            {
+                parts.push(dev_of(ma, mi));
+            }
+        }
+    }
+    state_of(&parts)
+}
+
+/// The mount state of whichever of `devs` is mounted (read-write first).
+fn state_of(devs: &[u64]) -> MountState {
     if devs.is_empty() {
         return MountState::NotMounted;
     }

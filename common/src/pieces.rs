@@ -7,6 +7,7 @@
 use crate::blockmap::{BlockMap, BlockRun};
 use crate::io::ReadAt;
 use crate::progress::Progress;
+use crate::readplan;
 use crate::units::{BlockSize, FsBlock};
 use crate::{Error, Result};
 
@@ -45,13 +46,16 @@ pub fn for_each_chunk<S: ReadAt + ?Sized>(
     let per = chunk_blocks(bs);
     let mut buf = Vec::new();
     let mut past_end = 0u64;
+    let mut ahead = readplan::for_map(src, map, bs);
     for run in map.runs() {
         let mut b = run.start;
         while b < run.end() {
             let n = per.min(run.end().saturating_since(b));
             let len = buf_len(bs, n);
+            let off = offset(bs, b)?;
+            ahead.at(off);
             buf.resize(len, 0);
-            let past = src.read_sparse_at(&mut buf[..len], offset(bs, b)?)?;
+            let past = src.read_sparse_at(&mut buf[..len], off)?;
             past_end = past_end.saturating_add(bs.blocks_covering(past as u64));
             f(b, &buf[..len])?;
             b = b.saturating_add(n);
@@ -141,11 +145,13 @@ pub fn for_each_piece<S: ReadAt + ?Sized>(
     let src_end = FsBlock(bs.blocks_covering(src.size()));
     let mut buf = Vec::new();
     let mut rep = ReadReport::default();
+    let mut ahead = readplan::for_map(src, map, bs);
     for run in map.runs() {
         let end = run.end();
         let mut b = run.start;
         while b < end {
             let off = offset(bs, b)?;
+            ahead.at(off);
             match src.data_region(off)? {
                 None => {
                     rep.past_end_blocks = rep

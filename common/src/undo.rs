@@ -54,6 +54,8 @@ mod hdr {
     pub const FS_BLOCK_SIZE: usize = 36;
     pub const SB_CRC: usize = 40;
     pub const STATE: usize = 44;
+    pub const F_COMPAT: usize = 48;
+    pub const FS_OFFSET: usize = 64;
     pub const HEADER_CRC: usize = super::HEADER_SIZE - 4;
 }
 
@@ -95,6 +97,9 @@ const FIRST_KEY: u64 = 3;
 /// of `block_size`) of `device` into the empty file `out`, as an undo file for the device as
 /// it is now (its bytes 1024..2048 are read here), and sync it. `final_super` is what the
 /// tool will leave at 1024..2048: [`commit_undo`] switches to it once the tool wrote it.
+/// `fs_offset` is the filesystem's byte offset on the device (a partition's start; block
+/// numbers and the superblock are relative to it); every header carries it, so that e2undo
+/// replays there without `-o`.
 ///
 /// Two kinds of block numbers meet here: the filesystem's ([`crate::units::FsBlock`], what is
 /// saved) and the undo file's own (`u64`, where it is saved); both count blocks of `block_size`.
@@ -104,6 +109,7 @@ pub fn write_undo<D: ReadAt + ?Sized>(
     block_size: BlockSize,
     runs: &[BlockRun],
     final_super: &[u8; 1024],
+    fs_offset: u64,
 ) -> Result<UndoStats> {
     let bsz = block_size.as_usize();
     // At least 63 keys per block.
@@ -169,7 +175,7 @@ pub fn write_undo<D: ReadAt + ?Sized>(
     // Everything the header points at is on disk before the header names it.
     out.sync_data()
         .map_err(|e| Error::io("sync undo file", 0, e))?;
-    let h = header(stats.keys, SUPER_BEFORE, block_size, &before);
+    let h = header(stats.keys, SUPER_BEFORE, block_size, &before, fs_offset);
     pwrite_full(out, &h, 0).map_err(|e| Error::io("write undo file", 0, e))?;
     out.sync_all()
         .map_err(|e| Error::io("sync undo file", 0, e))?;
@@ -183,8 +189,9 @@ pub fn commit_undo(
     stats: &UndoStats,
     block_size: BlockSize,
     final_super: &[u8; 1024],
+    fs_offset: u64,
 ) -> Result<()> {
-    let h = header(stats.keys, SUPER_AFTER, block_size, final_super);
+    let h = header(stats.keys, SUPER_AFTER, block_size, final_super, fs_offset);
     // One write of one sector: the header is either the old or the new one.
     pwrite_full(out, &h, 0).map_err(|e| Error::io("write undo file", 0, e))?;
     out.sync_all()
@@ -192,12 +199,13 @@ pub fn commit_undo(
 }
 
 /// The 512-byte header: `keys` keys from block [`FIRST_KEY`], the superblock copy `sb` at
-/// block `super_block`.
+/// block `super_block`, the filesystem at byte `fs_offset` of the device.
 fn header(
     keys: u64,
     super_block: u64,
     block_size: BlockSize,
     sb: &[u8; 1024],
+    fs_offset: u64,
 ) -> [u8; HEADER_SIZE] {
     let mut h = [0u8; HEADER_SIZE];
     h[hdr::MAGIC..hdr::MAGIC + 8].copy_from_slice(E2UNDO_MAGIC);
@@ -209,11 +217,20 @@ fn header(
     // e2undo checksums the copy with its magic restored: the device's bytes.
     le::set_u32(&mut h, hdr::SB_CRC, crc32c_raw(!0, sb));
     le::set_u32(&mut h, hdr::STATE, E2UNDO_STATE_FINISHED);
-    // f_compat, f_incompat, f_rocompat, pad32, fs_offset: zero (no filesystem offset).
+    // f_incompat, f_rocompat, pad32: zero. The offset only when there is one, as libext2fs
+    // writes it (e2undo honours it unless given -o).
+    if fs_offset > 0 {
+        le::set_u32(&mut h, hdr::F_COMPAT, FEATURE_COMPAT_FS_OFFSET);
+        le::set_u64(&mut h, hdr::FS_OFFSET, fs_offset);
+    }
     let hcrc = crc32c_raw(!0, &h[..hdr::HEADER_CRC]);
     le::set_u32(&mut h, hdr::HEADER_CRC, hcrc);
     h
 }
+
+/// `E2UNDO_FEATURE_COMPAT_FS_OFFSET`: the header's `fs_offset` holds the filesystem's byte
+/// offset on the device, which e2undo then replays at unless given `-o`.
+pub const FEATURE_COMPAT_FS_OFFSET: u32 = 0x1;
 
 #[cfg(test)]
 #[allow(clippy::arithmetic_side_effects)] // tests compute expected values freely
@@ -230,7 +247,7 @@ mod tests {
         let mut sb = [0u8; 1024];
         le::set_u16(&mut sb, S_MAGIC, 0xEF53);
         let runs = [BlockRun::new(FsBlock(3), 2), BlockRun::new(FsBlock(10), 1)];
-        let st = write_undo(&f, &dev, bs, &runs, &sb).unwrap();
+        let st = write_undo(&f, &dev, bs, &runs, &sb, 0).unwrap();
         assert_eq!((st.keys, st.blocks), (2, 3));
         let src = FileSource::from_file(f.try_clone().unwrap(), 0).unwrap();
         let mut all = vec![0u8; src.size() as usize];
@@ -258,7 +275,7 @@ mod tests {
         assert_eq!(all[6 * 1024], 10);
 
         // The commit points the header at the final copy; nothing else changes.
-        commit_undo(&f, &st, bs, &sb).unwrap();
+        commit_undo(&f, &st, bs, &sb, 0).unwrap();
         let mut after = vec![0u8; all.len()];
         pread_full(&f, &mut after, 0).unwrap();
         assert_eq!(le::u64(&after, 16), 2);
@@ -273,7 +290,7 @@ mod tests {
         let f = tempfile::tempfile().unwrap();
         let runs = [BlockRun::new(FsBlock(63), 2)];
         let bs = BlockSize::new(1024).unwrap();
-        let e = write_undo(&f, &dev, bs, &runs, &[0u8; 1024]).unwrap_err();
+        let e = write_undo(&f, &dev, bs, &runs, &[0u8; 1024], 0).unwrap_err();
         assert_eq!(
             e.corrupt_kind(),
             Some(&crate::error::CorruptKind::ShortRead {

@@ -16,7 +16,8 @@ const TOOL: &str = "e2i-capture";
 
 fn main() -> std::process::ExitCode {
     let args: Args = parse_args(TOOL);
-    let sum = Summary::new(args.json, TOOL);
+    // --list --json prints its array instead of the run's summary.
+    let sum = Summary::new(args.json && !args.list, TOOL);
     run(TOOL, sum, |sum| capture(&args, sum))
 }
 
@@ -33,6 +34,9 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             sum,
             "SOURCE cannot be '-' (it needs a seekable file or device); to image a stream or a compressed image, use e2i-to-raw or e2i-to-qcow2",
         ));
+    }
+    if args.list {
+        return list(args);
     }
     if let Some(code) = e2i_cli::refuse_terminal(TOOL, sum, args.output.is_some()) {
         return Ok(code);
@@ -65,6 +69,28 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     if args.backing.is_some() && explicit != Some(Format::Qcow2) {
         return Ok(usage(TOOL, sum, "--backing is for qcow2 images (-Q)"));
     }
+    // -P: the partition's start is the offset, its end bounds what is read (unless -f).
+    let (offset, limit) = match args.partition {
+        Some(n) => {
+            let c = e2i_cli::partition::choose(TOOL, &args.source, n, args.force, args.quiet)?;
+            if !args.force {
+                e2i_cli::partition::refuse_mounted(
+                    &args.source,
+                    n,
+                    false,
+                    "an image of it would be inconsistent (use -f to capture anyway)",
+                )?;
+            }
+            sum.add(|o| o.num("partition", u64::from(n)).num("offset", c.start));
+            (c.start, c.limit)
+        }
+        None => (args.offset, None),
+    };
+    // Messages about the filesystem name the partition it is in.
+    let src = match args.partition {
+        Some(n) => format!("{src} partition {n}"),
+        None => src,
+    };
     if !args.force
         && let MountState::ReadWrite { mount_point } = mount_state(&args.source)
     {
@@ -115,7 +141,8 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             superblock: args.superblock.filter(|&s| s != 0).map(e2i::units::FsBlock),
             block_size: args.blocksize,
         },
-        offset: args.offset,
+        offset,
+        limit,
         strict: args.strict,
         compress: args.compress.map(|c| c.cluster_compression()),
         backing: base,
@@ -128,11 +155,11 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         // SOURCE's UUID (a clone, a copy, the original) would replace its names, symlink
         // targets, inline data, xattrs and label.
         let facts = if args.scramble {
-            let fs = capture::open_source(&args.source, args.offset)
+            let fs = capture::open_source_within(&args.source, offset, limit)
                 .map_err(|e| attribute(e, &src, &out_name))?;
             e2i::ops::guard::capture_facts(&*fs)
         } else {
-            e2i::ops::guard::source_facts(&args.source, args.offset)
+            e2i::ops::guard::source_facts(&args.source, offset)
         };
         if let Some(ev) =
             e2i::ops::guard::refuse_scrambled(&facts, out.path(), 0, args.allow_scrambled)
@@ -212,6 +239,34 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         report.problems.len()
     );
     Ok(EXIT_DAMAGED)
+}
+
+/// `--list`: SOURCE's partitions, one line each (with --json, one JSON array); the
+/// table's notes on stderr.
+fn list(args: &Args) -> anyhow::Result<u8> {
+    use e2i_cli::partition as part;
+    let src = args.source.display().to_string();
+    let disk = part::open_disk(&args.source)?;
+    let table = e2i::partition::read_table(&*disk)
+        .map_err(|e| anyhow::Error::new(e).context(src.clone()))?;
+    let fss = part::probe_all(&*disk, &table);
+    if !args.quiet {
+        for n in &table.notes {
+            eprintln!("{TOOL}: warning: {src}: {n}");
+        }
+    }
+    let rows = table.partitions.iter().zip(&fss);
+    if args.json {
+        let items: Vec<String> = rows
+            .map(|(p, f)| part::list_json(&table, p, f.as_ref()))
+            .collect();
+        e2i_cli::say(format_args!("[{}]", items.join(",")))?;
+    } else {
+        for (p, f) in rows {
+            e2i_cli::say(format_args!("{}", part::list_line(p, f.as_ref())))?;
+        }
+    }
+    Ok(EXIT_OK)
 }
 
 /// Is `p` stdout, a FIFO or a character device (where the default format is the stream)?

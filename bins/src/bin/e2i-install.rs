@@ -65,10 +65,16 @@ fn body(args: Args) -> anyhow::Result<u8> {
         )?;
         e2i::ops::install::refuse_existing_undo(u)?;
     }
+    let (offset, limit) = match args.partition {
+        Some(n) => partition(&args, n)?,
+        None => (0, None),
+    };
     let opts = InstallOptions {
         force: args.force,
         dry_run: args.dry_run,
         undo: args.undo.clone(),
+        offset,
+        limit,
     };
     let context = || {
         format!(
@@ -101,7 +107,8 @@ fn body(args: Args) -> anyhow::Result<u8> {
                 range_text(first, end.saturating_sub(first.get())),
                 w.what,
                 w.len,
-                w.offset
+                // A byte of DEVICE (the partition's start further with -P).
+                w.offset.saturating_add(offset)
             ))?;
         }
         e2i_cli::say(format_args!(
@@ -123,6 +130,31 @@ fn body(args: Args) -> anyhow::Result<u8> {
         );
     }
     Ok(EXIT_OK)
+}
+
+/// `-P N`: partition N of DEVICE's own table (DEVICE is written as it is, so a qcow2 file is
+/// not looked into): its start, and its size, past which nothing is written.
+fn partition(args: &Args, n: u32) -> anyhow::Result<(u64, Option<u64>)> {
+    let dev = args.device.display().to_string();
+    let disk = e2i::io::FileSource::open(&args.device, 0)
+        .map_err(|e| anyhow::Error::new(e).context(dev.clone()))?;
+    let located =
+        e2i::partition::locate(&disk, n).map_err(|e| anyhow::Error::new(e).context(dev.clone()))?;
+    if !args.quiet {
+        for note in &located.table.notes {
+            eprintln!("{TOOL}: warning: {dev}: {note}");
+        }
+    }
+    e2i_cli::partition::refuse_mounted(
+        &args.device,
+        n,
+        true,
+        "refusing to write to a mounted filesystem",
+    )?;
+    let p = located.partition;
+    // What can be written: the partition, as far as DEVICE holds it.
+    let room = p.size.min(located.table.disk_bytes.saturating_sub(p.start));
+    Ok((p.start, Some(room)))
 }
 
 /// The warnings and the one-line overview of what the install replaces, on stderr.

@@ -98,7 +98,7 @@ fn listing_result(
     }
 }
 
-fn body(args: Args) -> anyhow::Result<u8> {
+fn body(mut args: Args) -> anyhow::Result<u8> {
     if let Some(code) = e2i_cli::refuse_dash(TOOL, "SOURCE", &args.source, "give a file or device")
     {
         return Ok(code);
@@ -115,6 +115,32 @@ fn body(args: Args) -> anyhow::Result<u8> {
     }
     let meta =
         std::fs::metadata(&args.source).with_context(|| args.source.display().to_string())?;
+    // -P: -o becomes the partition's start; its end bounds a clone's reads (unless -f) and
+    // a move's writes.
+    let mut src_limit = None;
+    if let Some(n) = args.partition {
+        let in_place = args.dest.is_none();
+        let c = e2i_cli::partition::choose(
+            TOOL,
+            &args.source,
+            n,
+            args.force && !in_place,
+            args.quiet || in_place,
+        )?;
+        if in_place {
+            e2i_cli::partition::refuse_mounted(&args.source, n, true, "refusing to move it")?;
+            partition_move_bounds(&args, &c)?;
+        } else if !args.force {
+            e2i_cli::partition::refuse_mounted(
+                &args.source,
+                n,
+                false,
+                "a copy of it would be inconsistent (use -f to copy anyway)",
+            )?;
+        }
+        args.src_offset = c.start;
+        src_limit = c.limit;
+    }
     // -o at or past the end: say where SOURCE ends (a qcow2 SOURCE's virtual disk is
     // checked where it is opened). Only for what can be read by position: opening a FIFO
     // to read waits for its writer (it is refused, unopened, further on).
@@ -148,6 +174,7 @@ fn body(args: Args) -> anyhow::Result<u8> {
     let opts = MoveOptions {
         src_offset: args.src_offset,
         dest_offset: args.dest_offset,
+        src_limit,
         metadata_only: args.metadata_only,
         check: args.check,
         dry_run: args.dry_run,
@@ -159,7 +186,10 @@ fn body(args: Args) -> anyhow::Result<u8> {
         slice_bytes: usize::try_from(knob("E2I_MOVE_SLICE_KIB").saturating_mul(1024)).unwrap_or(0),
         crash_point: kill_hook.then_some(crash_point as fn()),
     };
-    let src = args.source.display().to_string();
+    let src = match args.partition {
+        Some(n) => format!("{} partition {n}", args.source.display()),
+        None => args.source.display().to_string(),
+    };
     let mut reporter = Reporter::new(args.progress);
     reporter.set_dry_run(args.dry_run);
     let list_failed = std::rc::Rc::new(std::cell::RefCell::new(None));
@@ -289,6 +319,41 @@ fn body(args: Args) -> anyhow::Result<u8> {
         ))?;
     }
     Ok(EXIT_OK)
+}
+
+/// An in-place move inside partition `c`: the filesystem must fit in the partition, and
+/// the moved one must lie inside it (`-O` is a byte offset of SOURCE, like `-o`).
+fn partition_move_bounds(args: &Args, c: &e2i_cli::partition::Chosen) -> anyhow::Result<()> {
+    let name = args.source.display();
+    let p = c.located.partition;
+    for n in &c.located.table.notes {
+        if !args.quiet {
+            eprintln!("{TOOL}: warning: {name}: {n}");
+        }
+    }
+    if let (Some(over), Some(fs)) = (c.located.overrun(), &c.located.fs) {
+        anyhow::bail!(
+            "{name}: partition {} is {} bytes, but its {} filesystem is {over} bytes larger; a move reads and writes the whole filesystem, so nothing is moved",
+            p.number,
+            p.size,
+            fs.kind
+        );
+    }
+    // Without a filesystem at the partition's start (a move already under way or done),
+    // the journal decides; -O must still lie inside the partition.
+    let size = c.located.fs.as_ref().and_then(|f| f.bytes()).unwrap_or(1);
+    let end = args.dest_offset.checked_add(size);
+    if args.dest_offset < p.start || end.is_none_or(|e| e > p.end()) {
+        anyhow::bail!(
+            "{name}: the moved filesystem (bytes {} to {}) would not lie inside partition {} (bytes {} to {}); nothing moved",
+            args.dest_offset,
+            end.map_or_else(|| "past 2^64".to_string(), |e| e.to_string()),
+            p.number,
+            p.start,
+            p.end()
+        );
+    }
+    Ok(())
 }
 
 /// An anonymous scratch file for a dry run into a DEST that does not exist (never written).

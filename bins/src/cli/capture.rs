@@ -22,6 +22,7 @@ detected by content) and write an image of its metadata to OUTPUT.
 e2image equivalents: `e2i-capture SRC OUT` is `e2image SRC OUT` (normal format), \
 `-r` is `e2image -r`, `-Q` is `e2image -Q`, `-a` is `e2image -a`, `-s` is `e2image -s`, \
 `-b`/`-B` are `e2image -b`/`-B`, `-o` is `e2image -o`, `-p` is `e2image -p`. \
+`-P N` is `e2image -o` with partition N's start byte (which e2image leaves to the user). \
 The stream format (the default when OUTPUT is `-`) is e2i's own: a checksummed, \
 front-to-back format that the converters read from a pipe.
 
@@ -45,6 +46,8 @@ Examples:
                                              overlay on Monday's capture: only changes
   e2i-capture -Q --compress=zstd /dev/sdb1 sdb1.qcow2
                                              zstd-compressed clusters (qcow2 v3)
+  e2i-capture --list disk.img                the partitions of a disk and what they hold
+  e2i-capture -r -P 2 disk.qcow2 p2.raw      the filesystem in partition 2 of a VM disk
 
 Exit status:
   0  success
@@ -110,6 +113,21 @@ pub struct Args {
     /// Byte offset of the filesystem inside SOURCE (suffixes K, M, G, ...: powers of 1024).
     #[arg(short = 'o', long = "offset", value_name = "N", value_parser = number, default_value = "0")]
     pub offset: u64,
+    /// The filesystem in partition N of a GPT or MBR partition table on SOURCE (1-based;
+    /// MBR logical partitions from 5, as Linux numbers them; 0: a disk without a table).
+    /// Nothing past the partition's end is read unless -f. Not with -o.
+    #[arg(
+        short = 'P',
+        long = "partition",
+        value_name = "N",
+        conflicts_with = "offset"
+    )]
+    pub partition: Option<u32>,
+    /// Print SOURCE's partition table, one line a partition: number, start byte, size in
+    /// bytes, type, and the filesystem there (ext2/3/4, block size, block count, UUID) or
+    /// `-`. With --json, a JSON array.
+    #[arg(long, conflicts_with_all = ["output", "partition", "offset", "raw", "qcow2", "format", "all_data", "scramble"])]
+    pub list: bool,
     /// Show progress on stderr (a bar on a terminal, a line every few seconds otherwise).
     #[arg(short = 'p', long)]
     pub progress: bool,

@@ -36,6 +36,7 @@ Examples:
   e2i-install -z sdb1.undo /dev/sdb1 sdb1.e2i
                                              install, saving an undo file first
   e2undo sdb1.undo /dev/sdb1                 ...and take it back
+  e2i-install -P 2 disk.img p2.e2i           onto the filesystem in partition 2
 
 Exit status:
   0  success
@@ -70,6 +71,10 @@ pub struct Args {
     /// is newer than the image (never onto a mounted device, never a scrambled image).
     #[arg(short = 'f', long)]
     pub force: bool,
+    /// Install onto the filesystem in partition N of a GPT or MBR partition table on DEVICE
+    /// (MBR logical partitions from 5); nothing is written outside the partition.
+    #[arg(short = 'P', long = "partition", value_name = "N")]
+    pub partition: Option<u32>,
     /// Show progress on stderr (a bar on a terminal, a line every few seconds otherwise).
     #[arg(short = 'p', long)]
     pub progress: bool,

@@ -31,6 +31,7 @@ Examples:
   e2i-move -o 1M -O 2M disk.img              move the filesystem 1 MiB right, in place
   e2i-move -o 1M -O 2M disk.img              (again, after a crash: finishes the move)
   e2i-move -n -o 1M -O 2M disk.img           list the blocks that would be written
+  e2i-move -P 2 disk.img p2.img              clone the filesystem of partition 2
 
 Exit status:
   0  success
@@ -62,6 +63,16 @@ pub struct Args {
     /// Byte offset of the copy inside DEST (or SOURCE, for a move).
     #[arg(short = 'O', long = "dest-offset", value_name = "N", value_parser = number, default_value = "0")]
     pub dest_offset: u64,
+    /// The filesystem in partition N of a GPT or MBR partition table on SOURCE (sets -o to
+    /// its start; MBR logical partitions from 5). A clone reads nothing past the
+    /// partition's end unless -f; a move's destination must lie inside the partition.
+    #[arg(
+        short = 'P',
+        long = "partition",
+        value_name = "N",
+        conflicts_with = "src_offset"
+    )]
+    pub partition: Option<u32>,
     /// Compare before writing; skip blocks the target already holds.
     #[arg(short = 'c', long)]
     pub check: bool,

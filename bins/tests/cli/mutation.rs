@@ -319,3 +319,253 @@ fn mutated_filesystems_never_crash() {
         worst.read_factor
     );
 }
+
+/// A disk for the partition-table cases: 8 MiB, a 2 MiB ext4 in its first partition.
+fn table_disk(dir: &std::path::Path, gpt: bool) -> Vec<u8> {
+    use super::partitions::{blank, mbr_sector, put_fs, write_gpt};
+    use std::os::unix::fs::FileExt;
+    let fs = mkfs(
+        dir,
+        if gpt { "tgpt" } else { "tmbr" },
+        "2M",
+        &["-b", "1024"],
+    );
+    let path = dir.join(if gpt { "gpt.disk" } else { "mbr.disk" });
+    let f = blank(&path, 8 << 20);
+    if gpt {
+        write_gpt(
+            &f,
+            512,
+            16384,
+            &[(2048, 6143), (6144, 10239), (10240, 12287)],
+        );
+    } else {
+        f.write_all_at(&mbr_sector(&[(0x83, 2048, 4096), (0x05, 6144, 8192)]), 0)
+            .unwrap();
+        // Three logical partitions, each EBR linking to the next.
+        for (i, ebr) in [6144u32, 8192, 10240].iter().enumerate() {
+            let mut es = vec![(0x83, 64, 1024)];
+            if i < 2 {
+                es.push((0x05, ebr + 2048 - 6144, 2048));
+            }
+            f.write_all_at(&mbr_sector(&es), u64::from(*ebr) * 512)
+                .unwrap();
+        }
+    }
+    put_fs(&f, &fs, 1 << 20);
+    std::fs::read(&path).unwrap()
+}
+
+/// Re-checksum a GPT header at `at` and its entry array (so that a mutation of a field
+/// reaches the field checks instead of stopping at the CRC).
+fn fix_gpt_crcs(d: &mut [u8], at: usize) {
+    use super::partitions::{crc32, put_u32};
+    let le64 = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    let le32 = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+    let arr = le64(d, at + 72).saturating_mul(512);
+    let len = u64::from(le32(d, at + 80)).saturating_mul(u64::from(le32(d, at + 84)));
+    if let (Ok(a), Ok(n)) = (usize::try_from(arr), usize::try_from(len))
+        && a.checked_add(n).is_some_and(|e| e <= d.len())
+    {
+        let c = crc32(&d[a..a + n]);
+        put_u32(d, at + 88, c);
+    }
+    let hs = (le32(d, at + 12) as usize).clamp(92, 512);
+    put_u32(d, at + 16, 0);
+    let c = crc32(&d[at..at + hs]);
+    put_u32(d, at + 16, c);
+}
+
+/// Read the table of `img` and locate every partition it lists and a few it does not;
+/// returns the number of partitions found (or `None` for a refused table).
+fn read_tables(img: Vec<u8>, read: &Cell<u64>) -> Option<usize> {
+    let mem = MemSource(img);
+    let src = Counted { inner: &mem, read };
+    let t = e2i::partition::read_table(&src).ok()?;
+    for n in t.partitions.iter().map(|p| p.number).chain([0, 4, 9, 300]) {
+        if let Ok(l) = e2i::partition::locate(&src, n) {
+            let _ = l.overrun();
+        }
+    }
+    for note in &t.notes {
+        let _ = note.to_string();
+    }
+    Some(t.partitions.len())
+}
+
+#[test]
+fn mutated_partition_tables_never_crash() {
+    let d = tempdir();
+    let gpt = table_disk(d.path(), true);
+    let mbr = table_disk(d.path(), false);
+    // Partition tables are small: a case may hold the 1 MiB entry-array limit a few times
+    // over, never more, and reads a few MiB at most.
+    const TABLE_HEAP: usize = 8 << 20;
+    const TABLE_READ: u64 = 16 << 20;
+    let mut worst_heap = 0usize;
+    let mut worst_read = 0u64;
+    let mut cases = 0u64;
+    let mut refused = 0u64;
+    let mut check = |name: &str, img: Vec<u8>| {
+        ALLOC.reset_peak();
+        // What is live now (the disk image itself among it) is not the case's.
+        let base = ALLOC.peak();
+        let read = Cell::new(0u64);
+        let r = catch_unwind(AssertUnwindSafe(|| read_tables(img, &read)));
+        let found = r.unwrap_or_else(|_| panic!("{name}: panicked"));
+        let heap = ALLOC.peak().saturating_sub(base);
+        assert!(heap < TABLE_HEAP, "{name}: peak heap {heap}");
+        assert!(read.get() < TABLE_READ, "{name}: read {} bytes", read.get());
+        worst_heap = worst_heap.max(heap);
+        worst_read = worst_read.max(read.get());
+        cases += 1;
+        refused += u64::from(found.is_none());
+        found
+    };
+    assert_eq!(check("gpt base", gpt.clone()), Some(3));
+    assert_eq!(check("mbr base", mbr.clone()), Some(5));
+    let mut rng = Rng(0x9A27);
+    // The structures: protective MBR / MBR, GPT header (primary and backup) and entries,
+    // the EBRs.
+    let gpt_targets = [
+        (0usize, 512usize, false),
+        (512, 92, true),
+        (1024, 384, true),
+    ];
+    let backup = gpt.len() - 512;
+    let mbr_targets = [
+        (0usize, 512usize),
+        (6144 * 512, 512),
+        (8192 * 512, 512),
+        (10240 * 512, 512),
+    ];
+    for case in 0..1500u64 {
+        let (mut img, name) = if case % 2 == 0 {
+            let mut img = gpt.clone();
+            let (off, len, fix) = gpt_targets[rng.below(3) as usize];
+            for _ in 0..=rng.below(6) {
+                let p = off + rng.below(len as u64) as usize;
+                img[p] = match rng.below(3) {
+                    0 => 0xFF,
+                    1 => 0,
+                    _ => rng.next() as u8,
+                };
+            }
+            if fix && rng.below(4) != 0 {
+                fix_gpt_crcs(&mut img, 512);
+            }
+            if rng.below(3) == 0 {
+                // The backup damaged as well.
+                img[backup + rng.below(92) as usize] ^= 0x40;
+            }
+            (img, format!("gpt case {case}"))
+        } else {
+            let mut img = mbr.clone();
+            let (off, len) = mbr_targets[rng.below(4) as usize];
+            for _ in 0..=rng.below(6) {
+                // Mostly the four entries, where the numbers are.
+                let p = if rng.below(4) == 0 {
+                    off + rng.below(len as u64) as usize
+                } else {
+                    off + 446 + rng.below(64) as usize
+                };
+                img[p] = rng.next() as u8;
+            }
+            (img, format!("mbr case {case}"))
+        };
+        if rng.below(10) == 0 {
+            img.truncate(rng.below(img.len() as u64) as usize);
+        }
+        check(&name, img);
+    }
+    // Named hostile tables.
+    let le = |v: u64| v.to_le_bytes();
+    let mut named: Vec<(&str, Vec<u8>)> = Vec::new();
+    for (what, field, value, wide) in [
+        ("huge entry count", 80usize, u64::from(u32::MAX), false),
+        ("huge entry size", 84, 1 << 31, false),
+        ("entry array past the disk", 72, u64::MAX / 512, true),
+        ("header size past the sector", 12, 100_000, false),
+    ] {
+        let mut img = gpt.clone();
+        for at in [512, backup] {
+            let v = le(value);
+            img[at + field..at + field + if wide { 8 } else { 4 }]
+                .copy_from_slice(&v[..if wide { 8 } else { 4 }]);
+            fix_gpt_crcs(&mut img, at);
+        }
+        named.push((what, img));
+    }
+    let mut img = gpt.clone();
+    img[512 + 16] ^= 1;
+    img[backup + 16] ^= 1;
+    named.push(("bad crcs on both headers", img));
+    let mut img = gpt.clone();
+    // Entries past the disk's end and overlapping each other.
+    img[1024 + 40..1024 + 48].copy_from_slice(&le(u64::MAX / 1024));
+    img[1024 + 128 + 32..1024 + 128 + 40].copy_from_slice(&le(3000));
+    fix_gpt_crcs(&mut img, 512);
+    named.push(("entries past the end and overlapping", img));
+    let mut img = mbr.clone();
+    // The third EBR links back to the first.
+    img[10240 * 512..10241 * 512].copy_from_slice(&super::partitions::mbr_sector(&[
+        (0x83, 64, 1024),
+        (0x05, 0, 2048),
+    ]));
+    named.push(("looping EBR chain", img));
+    let mut img = mbr.clone();
+    img[6144 * 512..6145 * 512].copy_from_slice(&super::partitions::mbr_sector(&[
+        (0x83, 64, 1024),
+        (0x05, 0, 2048),
+    ]));
+    named.push(("EBR linking to itself", img));
+    let mut img = mbr.clone();
+    img[..512].copy_from_slice(&super::partitions::mbr_sector(&[
+        (0x83, 2048, u32::MAX),
+        (0x05, u32::MAX - 10, u32::MAX),
+        (0x83, 4000, 100),
+    ]));
+    named.push(("MBR entries past the end, overlapping", img));
+    let mut results = Vec::new();
+    for (what, img) in &named {
+        results.push((what, check(what, img.clone())));
+    }
+    // Whole-table damage is refused; chain damage and odd entries keep what can be read.
+    for (what, r) in &results {
+        let expect_refused = what.contains("huge")
+            || what.contains("array past")
+            || what.contains("header size")
+            || what.contains("bad crcs");
+        assert_eq!(r.is_none(), expect_refused, "{what}: {r:?}");
+    }
+    // The tools on the same disks: a clean line and exit 0, 1 or 3 (never a panic's 101).
+    let dir = tempdir();
+    for (i, (what, img)) in named.iter().enumerate() {
+        let disk = dir.path().join(format!("hostile{i}.img"));
+        std::fs::write(&disk, img).unwrap();
+        for args in [&["--list"][..], &["-r", "-P", "1"], &["-r", "-P", "5"]] {
+            let out = dir.path().join(format!("hostile{i}.raw"));
+            let _ = std::fs::remove_file(&out);
+            let mut c = std::process::Command::new(tool("e2i-capture"));
+            c.args(args).arg(&disk);
+            if args[0] == "-r" {
+                c.arg(&out);
+            }
+            let o = run(&mut c);
+            let e = String::from_utf8_lossy(&o.stderr);
+            assert!(
+                matches!(o.status.code(), Some(0 | 1 | 3)),
+                "{what} {args:?}: {e}"
+            );
+            assert!(
+                e.lines().all(|l| l.starts_with("e2i-capture: ")),
+                "{what} {args:?}: {e}"
+            );
+        }
+    }
+    eprintln!(
+        "partition tables: {cases} cases, {refused} refused; peak heap {} KiB; most read {} KiB",
+        worst_heap / 1024,
+        worst_read / 1024
+    );
+}

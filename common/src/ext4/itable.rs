@@ -15,6 +15,7 @@ use super::walk::{Visit, walk_inode};
 use crate::Result;
 use crate::error::CorruptKind;
 use crate::io::ReadAt;
+use crate::readplan::{self, Readahead};
 use crate::units::FsBlock;
 
 /// How to iterate.
@@ -168,6 +169,16 @@ pub fn for_each_chunk<S: ReadAt>(
         Vec::new()
     };
     let chunk_blocks = bs.blocks_covering(1 << 20).max(8);
+    // The used parts of the tables, hinted ahead of the chunks read below, so that the
+    // next groups' tables arrive while this one is parsed (tables in descending order
+    // only lose the hints).
+    let tables = (0..sb.group_count).filter_map(|g| {
+        let t = desc.inode_table(g);
+        let skip = t == FsBlock(0) || !itable_ok(t) || (lazy && desc.has_flag(g, BG_INODE_UNINIT));
+        let end = bs.offset_of(t.checked_add(used(fs, g).1)?)?;
+        (!skip).then_some(bs.offset_of(t)?..end)
+    });
+    let mut ahead = Readahead::new(&fs.src, tables, readplan::WINDOW);
     let mut buf: Vec<u8> = Vec::new();
     let mut skipped: Vec<bool> = Vec::new();
     for g in 0..sb.group_count {
@@ -232,6 +243,7 @@ pub fn for_each_chunk<S: ReadAt>(
             if listed_bad {
                 buf.fill(0);
             } else {
+                ahead.at(bs.offset_of(cur).unwrap_or(u64::MAX));
                 let role = Role::InodeTable { group: g };
                 if let Err(e) = read_blocks(&fs.src, sb.block_size, cur, &mut buf, role) {
                     if opts.strict {

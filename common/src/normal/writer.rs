@@ -19,6 +19,7 @@ use crate::ext4::{Filesystem, Superblock};
 use crate::io::{ReadAt, pwrite_full};
 use crate::pieces::{IO_CHUNK, chunk_blocks, zero_runs};
 use crate::progress::{Progress, Unit};
+use crate::readplan::{self, Readahead};
 use crate::units::FsBlock;
 use crate::{Error, Result};
 
@@ -273,7 +274,12 @@ pub fn write_normal<S: ReadAt>(
     let block_size = layout.block_size;
     let per = chunk_blocks(block_size);
     let mut buf = Vec::new();
-    for run in itable_runs(sb, &desc) {
+    let runs = itable_runs(sb, &desc);
+    let ranges = runs
+        .iter()
+        .map_while(|r| Some(block_size.offset_of(r.start)?..block_size.offset_of(r.end())?));
+    let mut ahead = Readahead::new(&fs.src, ranges, readplan::WINDOW);
+    for run in &runs {
         let end = run.end();
         let mut b = run.start;
         while b < end {
@@ -282,6 +288,7 @@ pub fn write_normal<S: ReadAt>(
             let len = block_size.len_of(n).unwrap_or(IO_CHUNK);
             buf.resize(len, 0);
             let at = block_size.offset_of(b).unwrap_or(u64::MAX);
+            ahead.at(at);
             let past = fs.src.read_sparse_at(&mut buf[..len], at)?;
             if past > 0 {
                 return Err(CorruptKind::NormalInodeTablePastSource {

@@ -38,6 +38,8 @@ pub struct CaptureOptions {
     pub open: OpenOptions,
     /// `-o`: byte offset of the filesystem in the source.
     pub offset: u64,
+    /// `-P`: bytes from `offset` on that may be read (the partition); nothing past them is.
+    pub limit: Option<u64>,
     /// Stop at the first damaged structure.
     pub strict: bool,
     /// qcow2 only: compressed clusters (needs a seekable new file).
@@ -131,6 +133,16 @@ pub fn open_source_in(path: &Path, offset: u64, dir: &Path) -> Result<Box<dyn Re
     Ok(Box::new(src))
 }
 
+/// [`open_source`], reading at most `limit` bytes from `offset` on (a partition of `-P`):
+/// reads past them come back short, as at the end of a file.
+pub fn open_source_within(path: &Path, offset: u64, limit: Option<u64>) -> Result<Box<dyn ReadAt>> {
+    let src = open_source(path, offset)?;
+    Ok(match limit {
+        Some(len) => Box::new(crate::partition::Window::new(src, 0, len)),
+        None => src,
+    })
+}
+
 /// `-o` at or past the end of what holds the filesystem: say where that ends.
 fn past_end(offset: u64, size: u64, what: &str) -> Result<()> {
     if offset > 0 && offset >= size {
@@ -179,7 +191,7 @@ pub fn capture(
     out: Output<'_>,
     progress: &mut dyn Progress,
 ) -> Result<CaptureReport> {
-    let src = open_source(source, opts.offset)?;
+    let src = open_source_within(source, opts.offset, opts.limit)?;
     let marked_source = source_is_marked(source, &*src);
     let marks = Marks {
         scrambled: opts.scramble.is_some() || marked_source,

@@ -68,6 +68,10 @@ pub struct InstallOptions {
     pub dry_run: bool,
     /// Save the overwritten blocks here first, in e2undo's format.
     pub undo: Option<PathBuf>,
+    /// `-P`: the filesystem starts at this byte of DEVICE (its partition's start)...
+    pub offset: u64,
+    /// ...and nothing may be written past this many bytes from there (the partition's size).
+    pub limit: Option<u64>,
 }
 
 /// Where the data of a planned write comes from.
@@ -636,7 +640,7 @@ impl Install {
             o.open(device)
         }
         .map_err(|e| Error::io("open device", 0, e))?;
-        let dev = FileSource::from_file(file, 0)?;
+        let dev = FileSource::from_file(file, opts.offset)?;
         let (device_super, dev_sb) = find_superblock(&dev, Some(sb));
         let mism = match &dev_sb {
             Some(d) => mismatches(d, sb),
@@ -681,6 +685,13 @@ impl Install {
             return Err(Error::InvalidInput(format!(
                 "{dev_name} is {} bytes, but the image's metadata reaches byte {end}; nothing written",
                 dev.size()
+            )));
+        }
+        if let Some(limit) = opts.limit
+            && end > limit
+        {
+            return Err(Error::InvalidInput(format!(
+                "{dev_name}: the partition is {limit} bytes, but the image's metadata reaches byte {end} of it; nothing written"
             )));
         }
         if let Some(path) = &opts.undo {
@@ -766,12 +777,26 @@ impl Install {
                 bs,
                 sb.blocks_count.max(bs.blocks_covering(end)),
             );
-            let stats = undo::write_undo(&uf, &dev, sb.block_size, touched.runs(), &final_super)?;
+            let stats = undo::write_undo(
+                &uf,
+                &dev,
+                sb.block_size,
+                touched.runs(),
+                &final_super,
+                dev.base(),
+            )?;
             report.undo = Some(stats);
             undo_file = Some((uf, stats, final_super));
         }
 
         let f = dev.file();
+        // Planned offsets are the filesystem's; DEVICE's are `-P`'s partition start further.
+        let base = dev.base();
+        let host = |off: u64| {
+            off.checked_add(base).ok_or_else(|| {
+                Error::InvalidInput(format!("byte {off} of the partition overflows"))
+            })
+        };
         let total = bs.blocks_in(report.bytes);
         progress.block_size(bs.get());
         progress.phase("installing", total, Unit::Blocks);
@@ -786,7 +811,8 @@ impl Install {
             }
             match &w.data {
                 WriteData::Bytes(b) => {
-                    pwrite_full(f, b, w.offset).map_err(|e| Error::io("write", w.offset, e))?;
+                    let at = host(w.offset)?;
+                    pwrite_full(f, b, at).map_err(|e| Error::io("write", at, e))?;
                 }
                 WriteData::Image(off) => {
                     let mut pos = 0u64;
@@ -799,7 +825,7 @@ impl Install {
                             as usize;
                         buf.resize(n, 0);
                         read_image(img.source(), &mut buf, off.saturating_add(pos))?;
-                        let at = w.offset.saturating_add(pos);
+                        let at = host(w.offset.saturating_add(pos))?;
                         pwrite_full(f, &buf, at).map_err(|e| Error::io("write", at, e))?;
                         pos = pos.saturating_add(n as u64);
                         progress.update(done.saturating_add(bs.blocks_in(pos)));
@@ -811,7 +837,7 @@ impl Install {
         }
         f.sync_all().map_err(|e| Error::io("sync", 0, e))?;
         if let Some((uf, stats, final_super)) = &undo_file {
-            undo::commit_undo(uf, stats, sb.block_size, final_super)?;
+            undo::commit_undo(uf, stats, sb.block_size, final_super, dev.base())?;
         }
         progress.finish();
         Ok(report)

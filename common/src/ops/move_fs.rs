@@ -21,7 +21,7 @@ use crate::ext4::{Filesystem, OpenOptions as FsOpen};
 use crate::io::{
     AlignedBuf, FileSource, ObjectId, ReadAt, pread_full, reopen_direct, write_maybe_direct,
 };
-use crate::ops::capture::{CaptureOptions, open_source, scan_source};
+use crate::ops::capture::{CaptureOptions, open_source_within, scan_source};
 use crate::ops::move_journal::{
     self as mj, Journal, Locations, Mismatch, MoveParams, Piece, Saved, SourceId, Span, State,
 };
@@ -43,6 +43,8 @@ pub struct MoveOptions {
     pub src_offset: u64,
     /// `-O`: byte offset of the copy in DEST (or in SOURCE for a move).
     pub dest_offset: u64,
+    /// `-P`: bytes of SOURCE from `src_offset` on that a clone may read (the partition).
+    pub src_limit: Option<u64>,
     /// Clone the metadata only (e2image -r), not the file data.
     pub metadata_only: bool,
     /// `-c`: read the target first and skip blocks that already hold the data.
@@ -182,7 +184,7 @@ pub fn clone_fs(
         CloneTarget::Existing(f) => (f, false),
     };
     let (out_len, out_dev) = file_size(out)?;
-    let src = open_source(source, opts.src_offset)?;
+    let src = open_source_within(source, opts.src_offset, opts.src_limit)?;
     let copts = CaptureOptions {
         all_data: !opts.metadata_only,
         open: FsOpen::default(),
@@ -247,14 +249,14 @@ pub fn clone_fs(
         Ok(())
     };
     let runs = map.runs();
-    let (src_path, src_off) = (source.to_path_buf(), opts.src_offset);
+    let (src_path, src_off, src_limit) = (source.to_path_buf(), opts.src_offset, opts.src_limit);
     rep.past_end_blocks = std::thread::scope(|scope| -> Result<u64> {
         let (full_tx, full_rx) = sync_channel::<Result<Chunk>>(POOL);
         let (free_tx, free_rx) = sync_channel::<AlignedBuf>(POOL);
         for _ in 0..POOL {
             let _ = free_tx.send(AlignedBuf::new(CLONE_CHUNK));
         }
-        scope.spawn(move || read_ahead(&src_path, src_off, runs, bs, full_tx, free_rx));
+        scope.spawn(move || read_ahead(&src_path, src_off, src_limit, runs, bs, full_tx, free_rx));
         let mut past = 0u64;
         for chunk in full_rx {
             let chunk = chunk?;
@@ -327,12 +329,13 @@ struct Chunk {
 fn read_ahead(
     source: &Path,
     base: u64,
+    limit: Option<u64>,
     runs: &[BlockRun],
     bs: BlockSize,
     full: SyncSender<Result<Chunk>>,
     free: Receiver<AlignedBuf>,
 ) {
-    let src = match open_source(source, base) {
+    let src = match open_source_within(source, base, limit) {
         Ok(s) => s,
         Err(e) => {
             let _ = full.send(Err(e));

@@ -363,6 +363,10 @@ impl<S: ReadAt> ReadAt for ScrambledSource<S> {
         self.inner.size()
     }
 
+    fn will_need(&self, offset: u64, len: u64) {
+        self.inner.will_need(offset, len)
+    }
+
     fn data_region(&self, offset: u64) -> Result<Option<Range<u64>>> {
         let bs = self.overlay.block_size;
         let inner = self.inner.data_region(offset)?;

@@ -23,7 +23,7 @@ _e2i__install() {
 
     case "${cmd}" in
         e2i__install)
-            opts="-n -z -f -p -q -h -V --dry-run --undo --force --progress --quiet --help --version"
+            opts="-n -z -f -P -p -q -h -V --dry-run --undo --force --partition --progress --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -57,6 +57,14 @@ _e2i__install() {
                     if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
                         compopt -o filenames
                     fi
+                    return 0
+                    ;;
+                --partition)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -P)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)

@@ -1,5 +1,6 @@
 complete -c e2i-move -s o -l src-offset -d 'Byte offset of the filesystem inside SOURCE' -r
 complete -c e2i-move -s O -l dest-offset -d 'Byte offset of the copy inside DEST (or SOURCE, for a move)' -r
+complete -c e2i-move -s P -l partition -d 'The filesystem in partition N of a GPT or MBR partition table on SOURCE (sets -o to its start; MBR logical partitions from 5). A clone reads nothing past the partition\'s end unless -f; a move\'s destination must lie inside the partition' -r
 complete -c e2i-move -l journal -d 'Journal of an in-place move [default: next to SOURCE (symlinks resolved) as SOURCE.e2i-move for a file; $XDG_STATE_HOME/e2i/blockdev-MAJOR:MINOR.e2i-move for a device]. Its folder must exist' -r -F
 complete -c e2i-move -s c -l check -d 'Compare before writing; skip blocks the target already holds'
 complete -c e2i-move -s n -l dry-run -d 'Print the blocks that would be written; create and change nothing'

@@ -51,6 +51,20 @@ fn entry(node: &[u8], i: usize) -> Option<&[u8]> {
     node.get(HEADER..)?.chunks_exact(ENTRY).nth(i)
 }
 
+/// The blocks the root `root` (an `i_block`) points to when it is an index (depth > 0):
+/// the nodes a walk reads first. Nothing for a leaf root or an invalid header.
+pub fn root_children(root: &[u8; 60]) -> impl Iterator<Item = FsBlock> + '_ {
+    let index = header_ok(root, root.len()).is_ok() && le::u16(root, 6) > 0;
+    let entries = if index {
+        usize::from(le::u16(root, 2))
+    } else {
+        0
+    };
+    (0..entries)
+        .filter_map(|i| entry(root, i))
+        .map(|e| FsBlock(u64::from(le::u32(e, 4)) | u64::from(le::u16(e, 8)) << 32))
+}
+
 /// One level of the path being walked.
 struct Level {
     buf: Vec<u8>,

@@ -1,0 +1,161 @@
+# Cold-cache benchmarks (issue 15), sourced by `ci/bench.sh --cold` (see ../README.md): the
+# page cache is dropped before every run, so the source is read from the disk. For each of
+# three filesystems, e2image and e2i alternate, 3 runs each (E2I_COLD_RUNS), and the median is
+# reported with the ratio and the distance to the sequential-read limit: the time `dd
+# iflag=direct bs=4M` takes to read as many bytes as the capture selects, from a file of
+# random bytes on the same filesystem as the images.
+#
+# Needs root (drop_caches; loop devices and mount to make two of the filesystems once).
+# Skipped with a message where the caches cannot be dropped.
+
+COLD_RUNS=${E2I_COLD_RUNS:-3}
+COLD_DIRS=$BENCH_DIR/cold-dirs32g.img
+COLD_SPREAD=$BENCH_DIR/cold-spread16g.img
+COLD_LIMIT=$BENCH_DIR/cold-limit.bin
+COLD_ROWS=()
+T=$'\t' # field separator of COLD_ROWS (names hold '|')
+
+drop_caches() {
+  sync
+  echo 3 >/proc/sys/vm/drop_caches
+}
+
+# make_cold IMG SIZE KIND MKFS-OPTIONS...: mkfs, then populate through the kernel (mounted on
+# a loop device), so that the layout is the one a real filesystem gets.
+make_cold() {
+  local img=$1 size=$2 kind=$3 t0=$SECONDS mnt dev
+  shift 3
+  [ -f "$img.done" ] && return 0
+  log "making $img (once): $kind"
+  rm -f "$img"
+  mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$@" "$img" "$size" >/dev/null
+  mnt=$(mktemp -d)
+  dev=$(losetup -f --show "$img") || { rmdir "$mnt"; return 1; }
+  if ! mount "$dev" "$mnt"; then
+    losetup -d "$dev"
+    rmdir "$mnt"
+    return 1
+  fi
+  local rc=0
+  python3 "$ROOT/ci/bench.d/cold/populate.py" "$kind" "$mnt" || rc=1
+  umount "$mnt" || rc=1
+  losetup -d "$dev" || rc=1
+  rmdir "$mnt"
+  [ $rc = 0 ] || return 1
+  touch "$img.done"
+  log "$img made in $((SECONDS - t0)) s"
+}
+
+# cold_time OUTFILE CMD...: one run after dropping the caches; "wall rss" into OUTFILE.
+cold_time() {
+  local out=$1
+  shift
+  rm -rf "${WORK:?}"/*
+  drop_caches
+  python3 -c "$TIMER" "$out" "$@" >/dev/null 2>"$BENCH_DIR/stderr.out"
+}
+
+median() { sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+
+# cold_case CASE LIMIT-SECONDS NAME-A CMD-A NAME-B CMD-B: alternate A and B, COLD_RUNS each
+# (commands are sh -c strings with $1 = $E2I, $2 = SOURCE, $3 = $WORK).
+cold_case() {
+  local name=$1 limit=$2 na=$3 ca=$4 nb=$5 cb=$6 src=$7 i wa=() wb=() ra=0 rb=0 w m
+  for ((i = 0; i < COLD_RUNS; i++)); do
+    if ! cold_time "$BENCH_DIR/time.out" sh -c "$ca" _ "$E2I" "$src" "$WORK"; then
+      log "$name/$na: failed: $(tail -3 "$BENCH_DIR/stderr.out")"
+      COLD_ROWS+=("$name${T}$na${T}FAIL${T}0${T}$nb${T}FAIL${T}0${T}$limit")
+      return 0
+    fi
+    read -r w m <"$BENCH_DIR/time.out"
+    wa+=("$w")
+    [ "$m" -gt "$ra" ] && ra=$m
+    if ! cold_time "$BENCH_DIR/time.out" sh -c "$cb" _ "$E2I" "$src" "$WORK"; then
+      log "$name/$nb: failed: $(tail -3 "$BENCH_DIR/stderr.out")"
+      COLD_ROWS+=("$name${T}$na${T}FAIL${T}0${T}$nb${T}FAIL${T}0${T}$limit")
+      return 0
+    fi
+    read -r w m <"$BENCH_DIR/time.out"
+    wb+=("$w")
+    [ "$m" -gt "$rb" ] && rb=$m
+  done
+  local ma mb
+  ma=$(printf '%s\n' "${wa[@]}" | median)
+  mb=$(printf '%s\n' "${wb[@]}" | median)
+  log "$name: $na ${wa[*]} (median $ma s); $nb ${wb[*]} (median $mb s); limit $limit s"
+  COLD_ROWS+=("$name${T}$na${T}$ma${T}$ra${T}$nb${T}$mb${T}$rb${T}$limit")
+}
+
+# cold_limit BYTES: median seconds of reading BYTES sequentially with 4 MiB direct reads.
+cold_limit() {
+  local bytes=$1 i t ts=()
+  for ((i = 0; i < COLD_RUNS; i++)); do
+    drop_caches
+    t=$(python3 - "$COLD_LIMIT" "$bytes" <<'EOF'
+import subprocess, sys, time
+t = time.perf_counter()
+subprocess.run(["dd", "if=" + sys.argv[1], "of=/dev/null", "bs=4M", "iflag=direct,count_bytes",
+                "count=" + sys.argv[2]], check=True, stderr=subprocess.DEVNULL)
+print("%.3f" % (time.perf_counter() - t))
+EOF
+    )
+    ts+=("$t")
+  done
+  printf '%s\n' "${ts[@]}" | median
+}
+
+cold_report() {
+  printf '\n%-24s %-22s %8s %-26s %8s %6s %8s %8s %9s\n' "cold case" baseline "wall (s)" e2i "wall (s)" ratio "limit" "e2i/lim" "e2i RSS"
+  local row name na ma ra nb mb rb limit
+  for row in "${COLD_ROWS[@]}"; do
+    IFS=$T read -r name na ma ra nb mb rb limit <<<"$row"
+    local ratio=- dist=-
+    if [ "$ma" != FAIL ] && [ "$mb" != FAIL ]; then
+      ratio=$(awk -v a="$mb" -v b="$ma" 'BEGIN{ if (b > 0) printf "%.3f", a / b; else print "-" }')
+      dist=$(awk -v a="$mb" -v b="$limit" 'BEGIN{ if (b > 0) printf "%.2fx", a / b; else print "-" }')
+    fi
+    printf '%-24s %-22s %8s %-26s %8s %6s %8s %8s %6.1f MB\n' "$name" "$na" "$ma" "$nb" "$mb" "$ratio" "$limit" "$dist" \
+      "$(awk -v k="$rb" 'BEGIN{print k/1024}')"
+  done
+}
+
+if ! { [ -w /proc/sys/vm/drop_caches ] && sync && echo 3 >/proc/sys/vm/drop_caches; } 2>/dev/null; then
+  log "cold: skipped: the page cache cannot be dropped here (needs root: echo 3 > /proc/sys/vm/drop_caches)"
+  return 0
+fi
+COLD_FS=("$FS16")
+if make_cold "$COLD_DIRS" 32G dirs100k -U 9b0c4f8e-16a1-4c5d-8e2f-20000000c032; then
+  COLD_FS+=("$COLD_DIRS")
+else
+  log "cold: cannot make $COLD_DIRS (loop device and mount needed); case skipped"
+fi
+if make_cold "$COLD_SPREAD" 16G spread -O ^flex_bg -U 9b0c4f8e-16a1-4c5d-8e2f-20000000c016; then
+  COLD_FS+=("$COLD_SPREAD")
+else
+  log "cold: cannot make $COLD_SPREAD (loop device and mount needed); case skipped"
+fi
+for fs in "${COLD_FS[@]}"; do
+  n=$(basename "$fs" .img)
+  bytes=$("$E2I/e2i-capture" -r --json "$fs" "$WORK/sel.raw" 2>/dev/null |
+    python3 -c 'import json, sys; j = json.load(sys.stdin); print(j["blocks"] * j["block_size"])')
+  rm -f "$WORK/sel.raw"
+  if [ ! -f "$COLD_LIMIT.done" ] || [ "$(stat -c %s "$COLD_LIMIT")" -lt "$bytes" ]; then
+    log "cold: writing $bytes random bytes to $COLD_LIMIT (the sequential-read limit's source)"
+    head -c "$bytes" /dev/urandom >"$COLD_LIMIT"
+    sync "$COLD_LIMIT"
+    touch "$COLD_LIMIT.done"
+  fi
+  limit=$(cold_limit "$bytes")
+  log "cold: $n selects $bytes bytes; sequential limit $limit s"
+  # shellcheck disable=SC2016 # expanded by sh -c
+  {
+    cold_case "$n -r" "$limit" "e2image -r" 'e2image -r "$2" "$3/a.raw"' \
+      "e2i-capture -r" '"$1/e2i-capture" -r "$2" "$3/b.raw"' "$fs"
+    cold_case "$n -Q" "$limit" "e2image -Q" 'e2image -Q "$2" "$3/a.qcow2"' \
+      "e2i-capture -Q" '"$1/e2i-capture" -Q "$2" "$3/b.qcow2"' "$fs"
+    cold_case "$n pipe" "$limit" "e2image -Q" 'e2image -Q "$2" "$3/a.qcow2"' \
+      "e2i-capture | e2i-to-qcow2" '"$1/e2i-capture" "$2" | "$1/e2i-to-qcow2" - - > "$3/b.qcow2"' "$fs"
+  }
+done
+rm -rf "${WORK:?}"/*
+cold_report
