@@ -307,7 +307,8 @@ fn scrambler_damage_kinds() {
     let fs = open(&img).unwrap();
     let (_, rep) = scramble::plan(&fs, scramble::DEFAULT_SEED).unwrap();
     let want = [
-        Unscrambled::Damaged(corrupt(
+        // Scrubbed: its names and values zeroed, the headers e2fsck judges kept.
+        Unscrambled::Scrubbed(corrupt(
             None,
             CorruptKind::Xattr {
                 at: XattrAt::Block { block: xb },

@@ -523,3 +523,156 @@ fn huge_three_level_htree_keeps_every_range() {
     assert_eq!(e2fsck(&out), 0, "e2fsck -fn on the scrambled image");
     assert_eq!(marks(&std::fs::read(&out).unwrap()), 0);
 }
+
+/// Directory blocks mapped beyond the directory's i_size are in the image all the same
+/// (e2image copies every mapped block): their names are scrambled like any other, and
+/// e2fsck judges the scrambled image as the source (it reads them as directory blocks).
+#[test]
+fn directory_blocks_beyond_i_size_leak_nothing() {
+    let d = tempdir();
+    let variants: [(&str, &[&str]); 2] = [
+        ("csum1k.img", &["-b", "1024"]),
+        (
+            "ext3.img",
+            &["-b", "1024", "-O", "^extent,^64bit,^metadata_csum"],
+        ),
+    ];
+    for (name, args) in variants {
+        let img = planted(d.path(), name, args);
+        // zqxmark_dir2 spans several blocks; only its first is left inside i_size.
+        assert!(blocks(&img, "/zqxmark_dir2").len() > 2, "{name}");
+        debugfs_w(&img, "sif /zqxmark_dir2 size 1024\n");
+        check_formats(d.path(), &img, &format!("{name}: i_size of one block"));
+        // And a directory whose i_size is 0 (all its blocks beyond it).
+        debugfs_w(&img, "sif /zqxmark_dir1 size 0\n");
+        check_formats(d.path(), &img, &format!("{name}: i_size 0"));
+    }
+}
+
+/// The xattr block of `path` (debugfs `stat`: "File ACL: N").
+fn acl_block(img: &Path, path: &str) -> u64 {
+    debugfs(img, &format!("stat {path}"))
+        .split("File ACL: ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("File ACL")
+}
+
+/// A damaged xattr block (bad magic, block count, entry offsets or lengths, a lost
+/// terminator, bad checksum or hashes) keeps no name or value in any format: what can be
+/// parsed is scrambled, what cannot is zeroed but the headers e2fsck judges; its verdict
+/// is kept, and the summary says "scrubbed:".
+#[test]
+fn damaged_xattr_blocks_leak_nothing() {
+    let d = tempdir();
+    let variants: [(&str, &[&str]); 2] = [
+        ("csum1k.img", &["-b", "1024"]),
+        (
+            "ext3.img",
+            &["-b", "1024", "-O", "^extent,^64bit,^metadata_csum"],
+        ),
+    ];
+    let mut cases = 0;
+    for (name, args) in variants {
+        let img = planted(d.path(), name, args);
+        let v1 = d.path().join("v1");
+        let v2 = d.path().join("v2");
+        std::fs::write(&v1, "zqxmark_value_one/".repeat(16)).unwrap();
+        std::fs::write(&v2, "zqxmark_value_two/".repeat(10)).unwrap();
+        debugfs_w(
+            &img,
+            &format!(
+                "ea_set -f {} /zqxmark_dir1 user.zqxmark_blk1\n\
+                 ea_set -f {} /zqxmark_dir1 user.zqxmark_blk2\n",
+                v1.display(),
+                v2.display()
+            ),
+        );
+        let blk = acl_block(&img, "/zqxmark_dir1");
+        assert!(blk > 0, "{name}: an xattr block");
+        let raw = std::fs::read(&img).unwrap();
+        let at = (blk * 1024) as usize;
+        assert!(
+            marks(&raw[at..at + 1024]) >= 4,
+            "{name}: planted in the block"
+        );
+        let work = d.path().join("work.img");
+        // Each case: (what, byte offset in the block, new bytes).
+        let first = 32usize;
+        let second = first + ((16 + raw[at + first] as usize + 3) & !3);
+        let cases_of: Vec<(&str, usize, Vec<u8>)> = vec![
+            ("bad magic", 0, vec![0x5A, 0x51, 0x58, 0x4D]),
+            ("h_blocks 2", 8, 2u32.to_le_bytes().to_vec()),
+            ("value offset past the block", first + 2, vec![0xF0, 0xFF]),
+            (
+                "value size past the block",
+                second + 8,
+                0x0001_0000u32.to_le_bytes().to_vec(),
+            ),
+            ("name_len past the block", second, vec![0xFF]),
+            ("name index 0", second + 1, vec![0]),
+            ("checksum", 16, vec![0xDE, 0xAD]),
+            ("entry hash", first + 12, vec![0x11, 0x22]),
+            ("entry table 0xFF", first, vec![0xFF; 40]),
+        ];
+        for (what, off, bytes) in cases_of {
+            let mut b = raw.clone();
+            b[at + off..at + off + bytes.len()].copy_from_slice(&bytes);
+            std::fs::write(&work, &b).unwrap();
+            let case = format!("{name}: xattr block {blk}: {what}");
+            check_formats(d.path(), &work, &case);
+            cases += 1;
+        }
+        // The summary names a block it scrubbed.
+        let mut b = raw.clone();
+        b[at + 8] = 2;
+        std::fs::write(&work, &b).unwrap();
+        let out = d.path().join("s.raw");
+        let o = run(Command::new(tool("e2i-capture"))
+            .args(["-r", "-s"])
+            .arg(&work)
+            .arg(&out));
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(
+            text(&o).contains(&format!("scrubbed: {}: xattr block {blk}", work.display())),
+            "{}",
+            text(&o)
+        );
+    }
+    eprintln!("leaks: {cases} damaged xattr blocks, 4 formats each: no marker");
+}
+
+/// A damaged xattr table in the inode body (a value past the inode's end) keeps no name or
+/// value: it is scrubbed as a damaged xattr block is, e2fsck's verdict kept.
+#[test]
+fn damaged_in_inode_xattrs_leak_nothing() {
+    let d = tempdir();
+    let img = planted(d.path(), "ibody.img", &["-b", "1024", "-I", "256"]);
+    let imap = debugfs(&img, "imap /zqxmark_dir0");
+    let num = |key: &str| -> u64 {
+        let v = imap
+            .split(key)
+            .nth(1)
+            .and_then(|s| s.split([',', ' ', '\n']).find(|w| !w.is_empty()));
+        let v = v.expect("imap");
+        match v.strip_prefix("0x") {
+            Some(h) => u64::from_str_radix(h, 16).unwrap(),
+            None => v.parse().unwrap(),
+        }
+    };
+    let at = (num("located at block ") * 1024 + num("offset ")) as usize;
+    let mut raw = std::fs::read(&img).unwrap();
+    let extra = usize::from(u16::from_le_bytes([raw[at + 0x80], raw[at + 0x81]]));
+    let table = at + 128 + extra + 4;
+    assert_eq!(
+        &raw[table - 4..table],
+        &0xEA02_0000u32.to_le_bytes(),
+        "in-inode xattrs"
+    );
+    assert!(marks(&raw[at..at + 256]) > 0, "planted in the inode");
+    // The first entry's value size runs past the inode.
+    raw[table + 8..table + 12].copy_from_slice(&0xFFFFu32.to_le_bytes());
+    std::fs::write(&img, &raw).unwrap();
+    check_formats(d.path(), &img, "in-inode value size past the inode");
+}

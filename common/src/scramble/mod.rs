@@ -31,7 +31,7 @@ use std::ops::Range;
 use std::fmt;
 
 use crate::Result;
-use crate::ext4::damage::{DirRegion, Problem, XattrAt};
+use crate::ext4::damage::{DirRegion, Problem, ProblemKind, XattrAt};
 use crate::io::ReadAt;
 use crate::units::{BlockSize, FsBlock};
 
@@ -79,7 +79,9 @@ pub enum Unscrambled {
     /// Damaged or unreadable metadata: what could not be parsed stays as it was.
     Damaged(Problem),
     /// A damaged directory region, scrubbed: its damaged entry header stays as it was, the
-    /// entries located after it were renamed, every other byte after it zeroed.
+    /// entries located after it were renamed, every other byte after it zeroed. Or a
+    /// damaged xattr table (its problem is an xattr one): names and values zeroed, the
+    /// headers e2fsck judges kept.
     Scrubbed(Problem),
     /// The directory's htree index could not be read: its names were renamed without
     /// their hash ranges.
@@ -122,6 +124,15 @@ impl fmt::Display for Unscrambled {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Damaged(p) => write!(f, "{p}"),
+            Self::Scrubbed(
+                p @ Problem {
+                    kind: ProblemKind::Corrupt(crate::error::CorruptKind::Xattr { .. }),
+                    ..
+                },
+            ) => write!(
+                f,
+                "{p}; its names and values zeroed, the entry headers e2fsck judges kept"
+            ),
             Self::Scrubbed(p) => write!(
                 f,
                 "{p}; the entries after it renamed where they could be located, their other bytes zeroed"

@@ -588,7 +588,8 @@ impl<S: ReadAt> Planner<'_, S> {
     }
 
     /// The xattrs in the inode body: (entries, offset of the entry table).
-    fn ibody_xattrs(&mut self, ino: u32, raw: &[u8]) -> Option<(Vec<XEntry>, usize)> {
+    /// A table that cannot be parsed is scrubbed (see [`xattr::scrub`]) and reported.
+    fn ibody_xattrs(&mut self, ino: u32, raw: &mut [u8]) -> Option<(Vec<XEntry>, usize)> {
         let isz = raw.len();
         if isz <= 128 {
             return None;
@@ -601,8 +602,12 @@ impl<S: ReadAt> Planner<'_, S> {
         match xattr::parse(raw, table, table, isz) {
             Ok(e) => Some((e, table)),
             Err(problem) => {
+                xattr::scrub(raw, table, table, isz);
                 let at = XattrAt::Inode { ino };
-                self.skip(corrupt(Some(ino), CorruptKind::Xattr { at, problem }));
+                self.skip(Unscrambled::Scrubbed(Problem {
+                    ino: Some(ino),
+                    kind: ProblemKind::Corrupt(CorruptKind::Xattr { at, problem }),
+                }));
                 None
             }
         }
@@ -807,8 +812,9 @@ impl<S: ReadAt> Planner<'_, S> {
     fn directory(&mut self, ino: u32, inode: &Inode, generation: u32) -> Result<()> {
         let sb = &self.fs.sb;
         let bs = self.bs();
-        let nblk = inode.size.div_ceil(bs as u64);
-        let mut pieces = match self.map(ino, inode, nblk) {
+        // Every mapped block, also those beyond i_size: e2image copies them all, and
+        // e2fsck reads them as directory blocks.
+        let mut pieces = match self.map(ino, inode, u64::MAX) {
             Ok(p) => p,
             Err(e) => {
                 let what = damaged(Some(ino), e)?;
@@ -1060,14 +1066,20 @@ impl<S: ReadAt> Planner<'_, S> {
         let mut buf = self.block(blk, Role::XattrBlock)?;
         let (magic, blocks) = (le::u32(&buf, 0), le::u32(&buf, 8));
         if magic != XATTR_MAGIC || blocks != 1 {
+            // e2fsck -n, told not to clear the block, goes on to judge its other header
+            // fields and its entries: their headers are kept (the reserved bytes, which it
+            // does not judge, zeroed), names and values zeroed.
+            buf[20..32].fill(0);
+            xattr::scrub(&mut buf, 32, 0, bs);
             let problem = crate::ext4::damage::XattrProblem::Header { magic, blocks };
-            self.skip(corrupt(None, CorruptKind::Xattr { at, problem }));
+            self.xattr_scrubbed(blk, buf, CorruptKind::Xattr { at, problem });
             return Ok(());
         }
         let entries = match xattr::parse(&buf, 32, 0, bs) {
             Ok(e) => e,
             Err(problem) => {
-                self.skip(corrupt(None, CorruptKind::Xattr { at, problem }));
+                xattr::scrub(&mut buf, 32, 0, bs);
+                self.xattr_scrubbed(blk, buf, CorruptKind::Xattr { at, problem });
                 return Ok(());
             }
         };
@@ -1082,8 +1094,11 @@ impl<S: ReadAt> Planner<'_, S> {
         let slot = blk.get() | 1 << 63;
         let c = xattr::scramble_entries(&mut buf, &entries, self.seed, slot, &mut ea);
         self.count_xattrs(at, &c);
-        if c.changed {
-            xattr::block_rehash(&mut buf, &entries);
+        let unused = xattr::zero_unused(&mut buf, 32, bs, &entries);
+        if c.changed || unused {
+            if c.changed {
+                xattr::block_rehash(&mut buf, &entries);
+            }
             if csum_ok {
                 let crc = block_csum(&buf);
                 le::set_u32(&mut buf, 16, crc);
@@ -1091,6 +1106,19 @@ impl<S: ReadAt> Planner<'_, S> {
             self.ov.put(blk, buf);
         }
         Ok(())
+    }
+
+    /// A damaged xattr block whose names and values were zeroed (`buf`, the block as it
+    /// now is): stored if it changed, reported as scrubbed either way.
+    fn xattr_scrubbed(&mut self, blk: FsBlock, buf: Vec<u8>, kind: CorruptKind) {
+        let orig = self.block(blk, Role::XattrBlock).ok();
+        if orig.as_deref() != Some(&buf[..]) {
+            self.ov.put(blk, buf);
+        }
+        self.skip(Unscrambled::Scrubbed(Problem {
+            ino: None,
+            kind: ProblemKind::Corrupt(kind),
+        }));
     }
 
     /// The journal: everything after its superblock becomes zeros (a clean journal holds

@@ -281,6 +281,106 @@ pub fn scramble_entries(
     c
 }
 
+/// Scrub an entry table that [`parse`] refused (or whose header e2fsck refuses): every
+/// byte of `first..end` is zeroed but the 16-byte headers of the entries that can be
+/// located from `first` (name lengths, indexes, value offsets and sizes, hashes: what
+/// e2fsck judges the table by, the damaged one included), so the names and values, which
+/// cannot be told apart from the damage, are gone. Values are at `value_base +
+/// e_value_offs`. Returns whether anything changed.
+pub fn scrub(buf: &mut [u8], first: usize, value_base: usize, end: usize) -> bool {
+    let end = end.min(buf.len());
+    let Some(region) = buf.get(first..end) else {
+        return false;
+    };
+    let mut keep = vec![false; region.len()];
+    let mut off = 0usize;
+    // Entries as e2fsck walks them: while a non-zero word starts one.
+    while let Some(word) = off
+        .checked_add(4)
+        .filter(|&e| e <= region.len())
+        .map(|_| le::u32(region, off))
+    {
+        // The terminating zero word (or the first word of a header cut by the end) is kept.
+        let hdr_end = off.saturating_add(16).min(region.len());
+        let stop = if word == 0 {
+            off.saturating_add(4)
+        } else {
+            hdr_end
+        };
+        keep[off..stop].iter_mut().for_each(|k| *k = true);
+        if word == 0 || hdr_end < off.saturating_add(16) {
+            break;
+        }
+        // e2fsck stops at the first entry it refuses; what follows is not judged, and
+        // "headers" there may be name or value bytes: zeroed.
+        let h = &region[off..hdr_end];
+        let name_len = usize::from(h[0]);
+        let value_end = value_base
+            .saturating_add(usize::from(le::u16(h, 2)))
+            .checked_add(le::u32(h, 8) as usize);
+        let bad_value =
+            le::u32(h, 4) == 0 && le::u32(h, 8) != 0 && value_end.is_none_or(|e| e > end);
+        let bad_name = first
+            .saturating_add(hdr_end)
+            .checked_add(name_len)
+            .is_none_or(|e| e > end);
+        if h[1] == 0 || bad_name || bad_value {
+            break;
+        }
+        match off.checked_add(name_len.saturating_add(19) & !3) {
+            Some(next) if next > off => off = next,
+            _ => break,
+        }
+    }
+    let before = region.to_vec();
+    if let Some(r) = buf.get_mut(first..end) {
+        for (b, k) in r.iter_mut().zip(keep) {
+            if !k {
+                *b = 0;
+            }
+        }
+        return r != &before[..];
+    }
+    false
+}
+
+/// Zero the bytes of `buf[first..end]` that no entry of `entries` uses (its header, name
+/// and value, and the terminating word): e2fsck does not judge them, and where damage
+/// hides entries behind others that parse, their names and values are there. Returns
+/// whether anything changed.
+pub fn zero_unused(buf: &mut [u8], first: usize, end: usize, entries: &[XEntry]) -> bool {
+    let end = end.min(buf.len());
+    if first >= end {
+        return false;
+    }
+    let mut used = vec![false; end.saturating_sub(first)];
+    let mut mark = |r: std::ops::Range<usize>| {
+        let s = r.start.max(first).saturating_sub(first);
+        let e = r.end.min(end).saturating_sub(first);
+        if let Some(u) = used.get_mut(s..e.max(s)) {
+            u.iter_mut().for_each(|x| *x = true);
+        }
+    };
+    let mut next = first;
+    for e in entries {
+        let past = e.off.saturating_add(e.name_len.saturating_add(19) & !3);
+        mark(e.off..past);
+        mark(e.value_range());
+        next = past;
+    }
+    mark(next..next.saturating_add(4));
+    let mut changed = false;
+    if let Some(r) = buf.get_mut(first..end) {
+        for (b, u) in r.iter_mut().zip(used) {
+            if !u && *b != 0 {
+                *b = 0;
+                changed = true;
+            }
+        }
+    }
+    changed
+}
+
 /// `ext2fs_ext_attr_block_rehash`: the block hash folds the entry hashes (0 if any is 0).
 pub fn block_rehash(block: &mut [u8], entries: &[XEntry]) {
     let mut h: u32 = 0;
@@ -316,5 +416,32 @@ mod tests {
         let want = (n << 16) ^ (n >> 16) ^ le::u32(b"xyz\0", 0);
         assert_eq!(entry_hash(&buf, &es[0], false, None), Some(want));
         assert!(hash_ok(&buf, &es[0], None) || es[0].hash == 0);
+    }
+
+    #[test]
+    fn scrub_keeps_headers_up_to_the_refused_entry() {
+        // Entries at 0 ("ab", value at 96) and 20 ("cd", value size past the end), and
+        // bytes at 40 that a damaged walk might take for a third header.
+        let mut buf = vec![0u8; 128];
+        buf[0] = 2;
+        buf[1] = 1;
+        le::set_u16(&mut buf, 2, 96);
+        le::set_u32(&mut buf, 8, 4);
+        buf[16..18].copy_from_slice(b"ab");
+        buf[20] = 2;
+        buf[21] = 1;
+        le::set_u32(&mut buf, 28, 0x1_0000);
+        buf[36..38].copy_from_slice(b"cd");
+        buf[40..56].copy_from_slice(b"secret-name-here");
+        buf[96..100].copy_from_slice(b"vvvv");
+        assert!(parse(&buf, 0, 0, 128).is_err());
+        let orig = buf.clone();
+        assert!(scrub(&mut buf, 0, 0, 128));
+        assert_eq!(&buf[..16], &orig[..16]);
+        assert_eq!(&buf[20..36], &orig[20..36]);
+        assert_eq!(&buf[16..18], &[0, 0]);
+        assert_eq!(&buf[36..38], &[0, 0]);
+        assert!(buf[40..].iter().all(|&b| b == 0));
+        assert!(!scrub(&mut buf, 0, 0, 128), "a second pass changes nothing");
     }
 }
