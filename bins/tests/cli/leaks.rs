@@ -676,3 +676,23 @@ fn damaged_in_inode_xattrs_leak_nothing() {
     std::fs::write(&img, &raw).unwrap();
     check_formats(d.path(), &img, "in-inode value size past the inode");
 }
+
+/// Journal blocks mapped beyond the journal inode's i_size are copied by e2image like the
+/// rest: an old log there leaks as much as one inside, so they are zeroed too.
+#[test]
+fn journal_blocks_beyond_i_size_leak_nothing() {
+    let d = tempdir();
+    let img = planted(d.path(), "csum1k.img", &["-b", "1024"]);
+    let bs = block_size(&img);
+    let jblocks = blocks(&img, "<8>");
+    assert!(jblocks.len() > 8, "the journal has blocks: {jblocks:?}");
+    // Old log text in the last block and in one past the half, both beyond the new i_size.
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    for b in [jblocks[jblocks.len() / 2 + 1], jblocks[jblocks.len() - 1]] {
+        f.write_all_at(b"old log: zqxmark_journal_text", b * bs)
+            .unwrap();
+    }
+    drop(f);
+    debugfs_w(&img, &format!("sif <8> size {}\n", bs * 2));
+    check_formats(d.path(), &img, "journal i_size of two blocks");
+}

@@ -1124,9 +1124,9 @@ impl<S: ReadAt> Planner<'_, S> {
     /// The journal: everything after its superblock becomes zeros (a clean journal holds
     /// only stale copies; a journal needing recovery can no longer be replayed).
     fn journal(&mut self, ino: u32, inode: &Inode) -> Result<()> {
-        let bs = self.bs() as u64;
-        let nblk = inode.size.div_ceil(bs);
-        let pieces = match self.map(ino, inode, nblk) {
+        // Every mapped block, also those beyond i_size: e2image copies them all, and an old
+        // log there is as private as inside.
+        let pieces = match self.map(ino, inode, u64::MAX) {
             Ok(p) => p,
             Err(e) => {
                 let problem = Problem::from_error(Some(ino), e)?;
