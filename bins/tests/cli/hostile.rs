@@ -15,54 +15,6 @@ use std::process::{Command, Output, Stdio};
 
 const MIB: u64 = 1 << 20;
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn ok(o: &Output, what: &str) {
-    assert!(
-        o.status.success(),
-        "{what}: exit {:?}: {}{}",
-        o.status.code(),
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-}
-
-fn failed(o: &Output, what: &str) -> String {
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "{what}: expected exit 1: {}{}",
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-    text(&o.stderr)
-}
-
-/// A loop device over `file` (extra `losetup` options), detached on drop.
-struct Loop(String);
-
-impl Loop {
-    fn new(file: &Path, extra: &[&str]) -> Loop {
-        let o = run(Command::new("losetup")
-            .args(["-f", "--show"])
-            .args(extra)
-            .arg(file));
-        ok(&o, "losetup");
-        Loop(text(&o.stdout).trim().to_string())
-    }
-    fn path(&self) -> &Path {
-        Path::new(&self.0)
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
-    }
-}
-
 /// A mount (`mount ARGS… TARGET`), undone on drop.
 struct Mount(PathBuf);
 

@@ -628,15 +628,6 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-/// Detaches a loop device on drop.
-struct Loop(String);
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.0]).status();
-    }
-}
-
 /// On a real block device (a loop device): restore, e2fsck clean, e2undo back to the same
 /// bytes. Needs root.
 #[test]

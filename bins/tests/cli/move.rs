@@ -1219,12 +1219,6 @@ fn block_device_move_resumes_under_another_name() {
         eprintln!("block_device_move_resumes_under_another_name: needs root; not run");
         return;
     }
-    struct Loop(String);
-    impl Drop for Loop {
-        fn drop(&mut self) {
-            let _ = Command::new("losetup").args(["-d", &self.0]).status();
-        }
-    }
     let d = tempdir();
     let state = d.path().join("state");
     let (disk, want) = small_disk(d.path(), "disk.img", MIB);

@@ -184,23 +184,6 @@ fn is_root() -> bool {
     run(Command::new("id").arg("-u")).stdout.starts_with(b"0\n")
 }
 
-/// A loop device over `file`, detached on drop (also when a test fails).
-struct Loop(PathBuf);
-
-impl Loop {
-    fn new(file: &Path) -> Loop {
-        let o = run(Command::new("losetup").args(["-f", "--show"]).arg(file));
-        ok(&o, "losetup");
-        Loop(PathBuf::from(text(&o.stdout).trim()))
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
-    }
-}
-
 /// `e2i-install` of a scrambled normal image: refused always (also with -n, -f, -z, -f -z),
 /// the device untouched, its label, symlink target and inline files intact; there is no
 /// option to install it anyway, except onto a scrambled copy (where nothing real is lost),
@@ -715,14 +698,14 @@ fn converters_refuse_a_device_holding_the_filesystem() {
     assert_eq!(qcow2_flags(&f("old.qcow2")), 0);
 
     std::fs::copy(&fs, f("dev.img")).unwrap();
-    let dev = Loop::new(&f("dev.img"));
+    let dev = Loop::new(&f("dev.img"), &[]);
     // Another filesystem; the loop device's file is a copy, so that the pristine one can be
     // put back before each case.
     let other_img = report_fs(d.path(), "other.img", OTHER_UUID);
     std::fs::copy(&other_img, f("other-dev.img")).unwrap();
-    let other = Loop::new(&f("other-dev.img"));
-    let before = contents(&dev.0);
-    let sum = sha256(&dev.0);
+    let other = Loop::new(&f("other-dev.img"), &[]);
+    let before = contents(dev.path());
+    let sum = sha256(dev.path());
     let cases: &[(&str, &[&str], &str)] = &[
         ("e2i-to-raw", &[], "s.stream"),
         ("e2i-to-raw", &["-c"], "s.e2i"),
@@ -739,9 +722,9 @@ fn converters_refuse_a_device_holding_the_filesystem() {
         if input.starts_with("old") {
             assert!(err.contains("probably") && err.contains("MYLABEL"), "{err}");
         }
-        assert_eq!(sha256(&dev.0), sum, "{what}: the device changed");
+        assert_eq!(sha256(dev.path()), sum, "{what}: the device changed");
         // Another filesystem (fresh for each case) takes it.
-        std::fs::write(&other.0, std::fs::read(&other_img).unwrap()).unwrap();
+        std::fs::write(other.path(), std::fs::read(&other_img).unwrap()).unwrap();
         let o = run(Command::new(tool(t))
             .args(*args)
             .arg(f(input))
@@ -754,8 +737,8 @@ fn converters_refuse_a_device_holding_the_filesystem() {
         .arg(&fs)
         .arg(&dev.0));
     refused(&o, "e2i-capture -s -r onto a clone");
-    assert_eq!(sha256(&dev.0), sum);
-    assert_eq!(contents(&dev.0), before);
+    assert_eq!(sha256(dev.path()), sum);
+    assert_eq!(contents(dev.path()), before);
     // --allow-scrambled writes; the device then holds the (marked) scrambled filesystem,
     // over which the image may go again without the flag.
     let o = run(Command::new(tool("e2i-to-raw"))
@@ -763,7 +746,7 @@ fn converters_refuse_a_device_holding_the_filesystem() {
         .arg(f("s.stream"))
         .arg(&dev.0));
     ok(&o, "e2i-to-raw --allow-scrambled");
-    assert!(!contents(&dev.0).contains("MYLABEL"));
+    assert!(!contents(dev.path()).contains("MYLABEL"));
     let o = run(Command::new(tool("qcow2-to-raw"))
         .arg("-c")
         .arg(f("s.qcow2"))

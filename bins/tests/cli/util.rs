@@ -69,3 +69,55 @@ pub fn resume_stopped(child: &std::process::Child) {
     let pid = Pid::from_raw(child.id() as i32).expect("a child's pid");
     kill_process(pid, Signal::CONT).expect("SIGCONT");
 }
+
+/// Bytes a tool printed, as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `what` exited 0; otherwise the panic shows its exit code and output.
+pub fn ok(o: &Output, what: &str) {
+    assert!(
+        o.status.success(),
+        "{what}: exit {:?}: {}{}",
+        o.status.code(),
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+}
+
+/// `what` exited 1; its stderr.
+pub fn failed(o: &Output, what: &str) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{what}: expected exit 1: {}{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    text(&o.stderr)
+}
+
+/// A loop device over `file` (extra `losetup` options such as `-o`), detached on drop,
+/// also when the test fails.
+pub struct Loop(pub String);
+
+impl Loop {
+    pub fn new(file: &Path, extra: &[&str]) -> Loop {
+        let o = run(Command::new("losetup")
+            .args(["-f", "--show"])
+            .args(extra)
+            .arg(file));
+        ok(&o, "losetup");
+        Loop(text(&o.stdout).trim().to_string())
+    }
+    pub fn path(&self) -> &Path {
+        Path::new(&self.0)
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
