@@ -562,8 +562,9 @@ fn a_fifo_without_a_reader_is_announced_on_a_terminal() {
     assert!(got == fx.raw(), "a waiting reader got {} bytes", got.len());
 }
 
-/// Run `cmd`; when it is still running after a minute (stuck in the open of `fifo`), unblock
-/// it by opening the FIFO's other end, kill it and return `None`.
+/// Run `cmd`; when it is still running after a minute (stuck in the open of `fifo`, for
+/// reading or for writing), unblock it by opening the FIFO read-write (both ends at once, which
+/// never blocks on Linux), kill it and return `None`.
 fn run_unless_stuck(cmd: &mut Command, fifo: &Path) -> Option<Output> {
     let mut child = cmd
         .stdout(Stdio::piped())
@@ -576,6 +577,7 @@ fn run_unless_stuck(cmd: &mut Command, fifo: &Path) -> Option<Output> {
             use std::os::unix::fs::OpenOptionsExt;
             let _ = fs::OpenOptions::new()
                 .read(true)
+                .write(true)
                 .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
                 .open(fifo);
             child.kill().unwrap();
@@ -920,31 +922,15 @@ fn a_fifo_source_of_a_move_is_refused_without_waiting() {
         &["-o", "1M", f, o],
     ];
     for args in cases {
-        let mut child = Command::new(tool("e2i-move"))
-            .args(args)
-            .env("XDG_STATE_HOME", d.path().join("state"))
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let t0 = std::time::Instant::now();
-        let status = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break Some(st);
-            }
-            if t0.elapsed().as_secs() > 60 {
-                // Give it its writer, so that it ends, then fail.
-                let _ = fs::OpenOptions::new().write(true).open(&fifo);
-                child.kill().unwrap();
-                child.wait().unwrap();
-                break None;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        };
-        let status = status.unwrap_or_else(|| panic!("{args:?}: waited for a writer"));
-        assert_eq!(status.code(), Some(1), "{args:?}");
-        let mut err = String::new();
-        let mut pipe = child.stderr.take().unwrap();
-        pipe.read_to_string(&mut err).unwrap();
+        let o = run_unless_stuck(
+            Command::new(tool("e2i-move"))
+                .args(args)
+                .env("XDG_STATE_HOME", d.path().join("state")),
+            &fifo,
+        )
+        .unwrap_or_else(|| panic!("{args:?}: waited for a writer"));
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = text(&o.stderr);
         assert!(
             err.contains("not a regular file or block device") || err.contains("not a seekable"),
             "{args:?}: {err}"
@@ -1371,34 +1357,9 @@ fn a_fifo_at_the_journals_place_hangs_nothing() {
         if t == "e2i-capture" {
             c.arg(&out);
         }
-        let mut child = c
-            .env("XDG_STATE_HOME", &state)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let t0 = std::time::Instant::now();
-        let status = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break Some(st);
-            }
-            if t0.elapsed().as_secs() > 60 {
-                // Its writer, so that it ends; then fail.
-                let _ = fs::OpenOptions::new().write(true).open(&fifo);
-                child.kill().unwrap();
-                child.wait().unwrap();
-                break None;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        };
-        let status = status.unwrap_or_else(|| panic!("{what}: hung"));
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+        let o = run_unless_stuck(c.env("XDG_STATE_HOME", &state), &fifo)
+            .unwrap_or_else(|| panic!("{what}: hung"));
+        let (status, err) = (o.status, text(&o.stderr));
         if succeeds {
             assert!(status.success(), "{what}: {err}");
         } else {
