@@ -45,6 +45,18 @@ fn e2fsck(img: &Path) -> i32 {
         .unwrap_or(-1)
 }
 
+/// An 8 MiB filesystem of `tree` (`mkfs.ext4 -d`), `args` its mkfs options.
+fn mkfs_tree(tree: &Path, img: &Path, args: &[&str]) {
+    let o = run(Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .args(args)
+        .arg("-d")
+        .arg(tree)
+        .arg(img)
+        .arg("8M"));
+    assert!(o.status.success(), "mkfs: {}", text(&o));
+}
+
 /// A small deterministic generator (xorshift64*): the damage of case `seed`.
 struct Rng(u64);
 
@@ -295,12 +307,7 @@ fn one_bad_rec_len_leaves_no_name() {
         std::fs::write(t.join("dir").join(format!("private-name-{i}")), b"").unwrap();
     }
     let img = d.path().join("fs.img");
-    let o = run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-b", "4096", "-d"])
-        .arg(&t)
-        .arg(&img)
-        .arg("8M"));
-    assert!(o.status.success(), "{}", text(&o));
+    mkfs_tree(&t, &img, &["-b", "4096"]);
     let blk = blocks(&img, "/dir")[0];
     let f = std::fs::OpenOptions::new()
         .write(true)
@@ -386,12 +393,7 @@ fn stray_encrypt_flag_keeps_no_name() {
         std::fs::write(t.join("dir").join(format!("zqxmark_{i}")), b"").unwrap();
     }
     let img = d.path().join("fs.img");
-    let o = run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-d"])
-        .arg(&t)
-        .arg(&img)
-        .arg("8M"));
-    assert!(o.status.success(), "{}", text(&o));
+    mkfs_tree(&t, &img, &[]);
     let flags = debugfs(&img, "stat /dir");
     let flags = flags
         .split("Flags: 0x")
@@ -424,14 +426,7 @@ fn cross_linked_symlink_block_is_left_alone() {
         ("ext3.img", &["-b", "1024", "-O", "^extent,^64bit"][..]),
     ] {
         let img = d.path().join(name);
-        let o = run(Command::new("mkfs.ext4")
-            .args(["-q", "-F"])
-            .args(args)
-            .arg("-d")
-            .arg(&t)
-            .arg(&img)
-            .arg("8M"));
-        assert!(o.status.success(), "{}", text(&o));
+        mkfs_tree(&t, &img, args);
         let fb = blocks(&img, "/file")[0];
         // The symlink's map points at the file's first block.
         let field = if name == "ext4.img" { 5 } else { 0 };
