@@ -707,12 +707,6 @@ fn holds_fs(disk: &Path, off: u64, want: &[u8], scratch: &Path) -> bool {
     o.status.success() && fsck.status.success() && fs::read(&got).unwrap() == want
 }
 
-fn journal_of(path: &Path) -> PathBuf {
-    let mut j = fs::canonicalize(path).unwrap().into_os_string();
-    j.push(".e2i-move");
-    PathBuf::from(j)
-}
-
 /// A finished journal is "finished" only when the moved filesystem is there. A copy of the
 /// image taken while the move ran and put back afterwards (in place, or as a new file) can
 /// already hold the moved superblock at D — a move to the left writes it first — and was

@@ -866,12 +866,6 @@ fn refused(o: &std::process::Output, what: &str) -> String {
     err
 }
 
-fn journal_of(path: &Path) -> PathBuf {
-    let mut j = fs::canonicalize(path).unwrap().into_os_string();
-    j.push(".e2i-move");
-    PathBuf::from(j)
-}
-
 /// Kill a move, restore SOURCE from a backup, run the same move again: it is refused
 /// (nothing written) or, when the kill came before any byte moved, it moves correctly.
 /// After deleting the journal the move works. A backup put back under the name (a new

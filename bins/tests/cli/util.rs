@@ -121,3 +121,10 @@ impl Drop for Loop {
         let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
     }
 }
+
+/// Where e2i-move keeps the journal of an in-place move of `path` by default.
+pub fn journal_of(path: &Path) -> PathBuf {
+    let mut j = std::fs::canonicalize(path).unwrap().into_os_string();
+    j.push(".e2i-move");
+    PathBuf::from(j)
+}
