@@ -2,18 +2,19 @@
 
 #![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 
-use std::cell::Cell;
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 use std::ops::Range;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::CorruptKind;
 use crate::{Error, Result};
 
 /// A byte-addressed, read-only source.
-pub trait ReadAt {
+pub trait ReadAt: Sync {
     /// Read into `buf` from `offset`; returns the bytes read, fewer only at the end.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize>;
 
@@ -291,10 +292,10 @@ pub struct FileSource {
     size: u64,
     block_device: bool,
     /// Last data region found by SEEK_DATA/SEEK_HOLE, in file offsets; saves syscalls.
-    cached: Cell<(u64, u64)>,
+    cached: Mutex<(u64, u64)>,
     /// The same for [`ReadAt::will_need`], which runs ahead of the reads.
-    hint_cached: Cell<(u64, u64)>,
-    seekable_holes: Cell<bool>,
+    hint_cached: Mutex<(u64, u64)>,
+    seekable_holes: AtomicBool,
 }
 
 impl FileSource {
@@ -317,9 +318,9 @@ impl FileSource {
             base,
             size: total.saturating_sub(base),
             block_device,
-            cached: Cell::new((0, 0)),
-            hint_cached: Cell::new((0, 0)),
-            seekable_holes: Cell::new(meta.file_type().is_file()),
+            cached: Mutex::new((0, 0)),
+            hint_cached: Mutex::new((0, 0)),
+            seekable_holes: AtomicBool::new(meta.file_type().is_file()),
         })
     }
 
@@ -330,7 +331,7 @@ impl FileSource {
     /// A regular file or block device (read by position); not a pipe, socket or tty.
     pub fn is_seekable(&self) -> bool {
         self.block_device
-            || self.seekable_holes.get()
+            || self.seekable_holes.load(Ordering::Relaxed)
             || self.file.metadata().is_ok_and(|m| m.is_file())
     }
 
@@ -391,15 +392,16 @@ impl ReadAt for FileSource {
 
 impl FileSource {
     /// [`ReadAt::data_region`] with the last region found kept in `cached`.
-    fn region_cached(&self, offset: u64, cached: &Cell<(u64, u64)>) -> Result<Option<Range<u64>>> {
+    fn region_cached(&self, offset: u64, cached: &Mutex<(u64, u64)>) -> Result<Option<Range<u64>>> {
         if offset >= self.size {
             return Ok(None);
         }
-        if !self.seekable_holes.get() {
+        if !self.seekable_holes.load(Ordering::Relaxed) {
             return Ok(Some(offset..self.size));
         }
         let host = offset.saturating_add(self.base);
-        let (cs, ce) = cached.get();
+        // A poisoned lock only means another reader panicked: the pair is still whole.
+        let (cs, ce) = *cached.lock().unwrap_or_else(|p| p.into_inner());
         if cs <= host && host < ce {
             // cs <= host = offset + base: ce - base > offset.
             return Ok(Some(offset..ce.saturating_sub(self.base)));
@@ -410,7 +412,7 @@ impl FileSource {
             Err(rustix::io::Errno::NXIO) => return Ok(None),
             Err(_) => {
                 // The filesystem cannot report holes: everything may be data.
-                self.seekable_holes.set(false);
+                self.seekable_holes.store(false, Ordering::Relaxed);
                 return Ok(Some(offset..self.size));
             }
         };
@@ -421,7 +423,7 @@ impl FileSource {
         if end <= start {
             return Ok(Some(offset..self.size));
         }
-        cached.set((start, end));
+        *cached.lock().unwrap_or_else(|p| p.into_inner()) = (start, end);
         let s = start.saturating_sub(self.base).max(offset);
         let e = end.saturating_sub(self.base).min(self.size);
         if s >= e {

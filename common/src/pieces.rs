@@ -5,7 +5,9 @@
 #![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 
 use crate::blockmap::{BlockMap, BlockRun};
-use crate::io::ReadAt;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+use crate::io::{AlignedBuf, DIRECT_ALIGN, ReadAt};
 use crate::progress::Progress;
 use crate::readplan;
 use crate::units::{BlockSize, FsBlock};
@@ -37,6 +39,7 @@ fn buf_len(bs: BlockSize, n: u64) -> usize {
 /// Call `f(first_block, data)` for the selected blocks in order, in pieces of at most
 /// [`IO_CHUNK`] bytes of consecutive blocks. Holes in the source are not read.
 /// Returns the number of blocks that lay past the end of the source (read as zeros).
+/// The reads run on a second thread, ahead of `f` (see [`read_ahead`]).
 pub fn for_each_chunk<S: ReadAt + ?Sized>(
     src: &S,
     map: &BlockMap,
@@ -44,24 +47,204 @@ pub fn for_each_chunk<S: ReadAt + ?Sized>(
     f: &mut dyn FnMut(FsBlock, &[u8]) -> Result<()>,
 ) -> Result<u64> {
     let per = chunk_blocks(bs);
-    let mut buf = Vec::new();
-    let mut past_end = 0u64;
-    let mut ahead = readplan::for_map(src, map, bs);
-    for run in map.runs() {
-        let mut b = run.start;
-        while b < run.end() {
-            let n = per.min(run.end().saturating_since(b));
-            let len = buf_len(bs, n);
-            let off = offset(bs, b)?;
-            ahead.at(off);
-            buf.resize(len, 0);
-            let past = src.read_sparse_at(&mut buf[..len], off)?;
-            past_end = past_end.saturating_add(bs.blocks_covering(past as u64));
-            f(b, &buf[..len])?;
-            b = b.saturating_add(n);
+    let produce = |out: &mut Producer| {
+        let mut past_end = 0u64;
+        let mut ahead = readplan::for_map(src, map, bs);
+        for run in map.runs() {
+            let mut b = run.start;
+            while b < run.end() {
+                let n = per.min(run.end().saturating_since(b));
+                let len = buf_len(bs, n);
+                let off = offset(bs, b)?;
+                ahead.at(off);
+                out.data(b, len, &mut |buf| {
+                    let past = src.read_sparse_at(buf, off)?;
+                    past_end = past_end.saturating_add(bs.blocks_covering(past as u64));
+                    Ok(())
+                })?;
+                b = b.saturating_add(n);
+            }
         }
+        Ok(past_end)
+    };
+    read_ahead(produce, &mut |p| match p {
+        Piece::Data(b, data) => f(b, data),
+        Piece::Zero(..) => Ok(()),
+    })
+}
+
+/// Buffers of [`IO_CHUNK`] bytes in flight between the reading thread and the caller: one
+/// being filled, one being used, one ready. Peak memory stays a few MiB whatever the size
+/// of the filesystem.
+const POOL: usize = 3;
+/// Pieces per batch at most (a batch is handed over when full or when its buffer is).
+const BATCH_ITEMS: usize = 512;
+
+/// One piece of a [`Batch`]: data at `start..start + len` of the batch's buffer, or zeros.
+#[derive(Debug, Clone, Copy)]
+enum Item {
+    Data {
+        block: FsBlock,
+        start: usize,
+        len: usize,
+    },
+    Zero {
+        block: FsBlock,
+        count: u64,
+    },
+}
+
+/// Consecutive pieces, packed into one buffer so that small pieces cost one hand-over
+/// between them rather than one each.
+struct Batch {
+    buf: Option<AlignedBuf>,
+    used: usize,
+    items: Vec<Item>,
+}
+
+/// The reading side of [`read_ahead`]: packs pieces into batches and hands them over.
+pub struct Producer {
+    free: Receiver<AlignedBuf>,
+    out: SyncSender<Batch>,
+    cur: Batch,
+}
+
+/// The caller stopped (its own error is the one reported).
+fn stopped() -> Error {
+    Error::InvalidInput("the reader stopped: its consumer failed".into())
+}
+
+impl Producer {
+    fn flush(&mut self) -> Result<()> {
+        if self.cur.items.is_empty() {
+            return Ok(());
+        }
+        let b = std::mem::replace(
+            &mut self.cur,
+            Batch {
+                buf: None,
+                used: 0,
+                items: Vec::new(),
+            },
+        );
+        self.out.send(b).map_err(|_| stopped())
     }
-    Ok(past_end)
+
+    fn push(&mut self, item: Item) -> Result<()> {
+        self.cur.items.push(item);
+        if self.cur.items.len() >= BATCH_ITEMS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// `count` blocks from `block` that read as zeros (not read).
+    pub fn zero(&mut self, block: FsBlock, count: u64) -> Result<()> {
+        self.push(Item::Zero { block, count })
+    }
+
+    /// `len` bytes (at most [`IO_CHUNK`]) of blocks from `block`, filled by `fill`. Each
+    /// piece starts on a [`crate::io::DIRECT_ALIGN`] boundary of its buffer, so that
+    /// writers can pass it on with O_DIRECT.
+    pub fn data(
+        &mut self,
+        block: FsBlock,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> Result<()>,
+    ) -> Result<()> {
+        let len = len.min(IO_CHUNK);
+        let start = self
+            .cur
+            .used
+            .checked_next_multiple_of(DIRECT_ALIGN)
+            .unwrap_or(IO_CHUNK);
+        let fits = self.cur.buf.is_some() && start.checked_add(len).is_some_and(|e| e <= IO_CHUNK);
+        let start = if fits {
+            start
+        } else {
+            self.flush()?;
+            self.cur.buf = Some(self.free.recv().map_err(|_| stopped())?);
+            0
+        };
+        let end = start.saturating_add(len);
+        let buf = self.cur.buf.as_mut().ok_or_else(stopped)?;
+        fill(buf.get_mut(end).get_mut(start..).unwrap_or_default())?;
+        self.cur.used = end;
+        self.push(Item::Data { block, start, len })
+    }
+}
+
+/// Run `produce` on a second thread, which reads pieces into a small pool of buffers
+/// ([`POOL`] × [`IO_CHUNK`]), while `f` takes them in order on this one: the device works
+/// while the caller hashes, compares or writes, and on two cores the copies into and out of
+/// the page cache run side by side. Returns what `produce` returns; an error of `f` stops
+/// the reader and is the one returned.
+pub fn read_ahead<T: Send>(
+    produce: impl FnOnce(&mut Producer) -> Result<T> + Send,
+    f: &mut dyn FnMut(Piece<'_>) -> Result<()>,
+) -> Result<T> {
+    let (free_tx, free_rx) = sync_channel::<AlignedBuf>(POOL);
+    let (out_tx, out_rx) = sync_channel::<Batch>(POOL);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(move || {
+            let mut p = Producer {
+                free: free_rx,
+                out: out_tx,
+                cur: Batch {
+                    buf: None,
+                    used: 0,
+                    items: Vec::new(),
+                },
+            };
+            // The pieces read before an error are delivered too (as a single-threaded pass
+            // would have).
+            let r = produce(&mut p);
+            let flushed = p.flush();
+            r.and_then(|v| flushed.map(|()| v))
+        });
+        let mut failed = None;
+        // Zeroed allocations of this size are fresh mappings: a buffer costs memory only as
+        // far as reads fill it (a small filesystem touches a few pages).
+        for _ in 0..POOL {
+            let _ = free_tx.send(AlignedBuf::new(IO_CHUNK));
+        }
+        for batch in out_rx.iter() {
+            for item in &batch.items {
+                let r = match *item {
+                    Item::Zero { block, count } => f(Piece::Zero(block, count)),
+                    Item::Data { block, start, len } => {
+                        let data = batch
+                            .buf
+                            .as_ref()
+                            .and_then(|b| b.get(IO_CHUNK).get(start..start.saturating_add(len)))
+                            .unwrap_or_default();
+                        f(Piece::Data(block, data))
+                    }
+                };
+                if let Err(e) = r {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            if failed.is_some() {
+                break;
+            }
+            if let Some(b) = batch.buf {
+                let _ = free_tx.send(b);
+            }
+        }
+        // Unblock a reader waiting for a buffer or for room to hand a batch over.
+        drop(free_tx);
+        drop(out_rx);
+        let produced = match reader.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        match failed {
+            Some(e) => Err(e),
+            None => produced,
+        }
+    })
 }
 
 /// A piece of the selected blocks, in block order.
@@ -134,6 +317,7 @@ fn read_salvaging<S: ReadAt + ?Sized>(
 /// Walk the selected blocks in order, reading data in pieces of at most [`IO_CHUNK`] bytes
 /// and reporting holes of the source as [`Piece::Zero`] without reading or materialising
 /// them. Blocks that cannot be read are passed on as zeros and listed in the report.
+/// The reads run on a second thread, ahead of `f` (see [`read_ahead`]).
 pub fn for_each_piece<S: ReadAt + ?Sized>(
     src: &S,
     map: &BlockMap,
@@ -143,47 +327,47 @@ pub fn for_each_piece<S: ReadAt + ?Sized>(
     let per = chunk_blocks(bs);
     // The first block the source does not hold (whole or in part).
     let src_end = FsBlock(bs.blocks_covering(src.size()));
-    let mut buf = Vec::new();
-    let mut rep = ReadReport::default();
-    let mut ahead = readplan::for_map(src, map, bs);
-    for run in map.runs() {
-        let end = run.end();
-        let mut b = run.start;
-        while b < end {
-            let off = offset(bs, b)?;
-            ahead.at(off);
-            match src.data_region(off)? {
-                None => {
-                    rep.past_end_blocks = rep
-                        .past_end_blocks
-                        .saturating_add(end.saturating_since(b.max(src_end).min(end)));
-                    f(Piece::Zero(b, end.saturating_since(b)))?;
-                    b = end;
-                }
-                Some(r) if r.start >= off.saturating_add(bs.bytes()) => {
-                    // Whole blocks before the next data are zeros.
-                    let z_end = bs.block_of(r.start).min(end);
-                    rep.past_end_blocks = rep
-                        .past_end_blocks
-                        .saturating_add(z_end.saturating_since(b.max(src_end).min(z_end)));
-                    f(Piece::Zero(b, z_end.saturating_since(b)))?;
-                    b = z_end;
-                }
-                Some(r) => {
-                    let data_end = FsBlock(bs.blocks_covering(r.end)).max(b.saturating_add(1));
-                    let n = per
-                        .min(end.saturating_since(b))
-                        .min(data_end.saturating_since(b));
-                    let len = buf_len(bs, n);
-                    buf.resize(len, 0);
-                    read_salvaging(src, &mut buf[..len], b, bs, &mut rep)?;
-                    f(Piece::Data(b, &buf[..len]))?;
-                    b = b.saturating_add(n);
+    let produce = |out: &mut Producer| {
+        let mut rep = ReadReport::default();
+        let mut ahead = readplan::for_map(src, map, bs);
+        for run in map.runs() {
+            let end = run.end();
+            let mut b = run.start;
+            while b < end {
+                let off = offset(bs, b)?;
+                ahead.at(off);
+                match src.data_region(off)? {
+                    None => {
+                        rep.past_end_blocks = rep
+                            .past_end_blocks
+                            .saturating_add(end.saturating_since(b.max(src_end).min(end)));
+                        out.zero(b, end.saturating_since(b))?;
+                        b = end;
+                    }
+                    Some(r) if r.start >= off.saturating_add(bs.bytes()) => {
+                        // Whole blocks before the next data are zeros.
+                        let z_end = bs.block_of(r.start).min(end);
+                        rep.past_end_blocks = rep
+                            .past_end_blocks
+                            .saturating_add(z_end.saturating_since(b.max(src_end).min(z_end)));
+                        out.zero(b, z_end.saturating_since(b))?;
+                        b = z_end;
+                    }
+                    Some(r) => {
+                        let data_end = FsBlock(bs.blocks_covering(r.end)).max(b.saturating_add(1));
+                        let n = per
+                            .min(end.saturating_since(b))
+                            .min(data_end.saturating_since(b));
+                        let len = buf_len(bs, n);
+                        out.data(b, len, &mut |buf| read_salvaging(src, buf, b, bs, &mut rep))?;
+                        b = b.saturating_add(n);
+                    }
                 }
             }
         }
-    }
-    Ok(rep)
+        Ok(rep)
+    };
+    read_ahead(produce, f)
 }
 
 /// The first pass of every format that must know its data before writing it (the stream's
@@ -288,4 +472,110 @@ pub fn block_is_zero(b: &[u8]) -> bool {
         }
     }
     it.remainder().iter().all(|&x| x == 0)
+}
+
+#[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)] // tests compute expected values freely
+mod tests {
+    use super::*;
+    use crate::io::MemSource;
+
+    /// 2,000 one-block runs with gaps, a long run and a run past the source's end: the
+    /// pieces arrive in order with the source's bytes, several batches and buffers deep.
+    #[test]
+    fn pieces_arrive_in_order_with_their_bytes() {
+        let bs = BlockSize::new(1024).unwrap();
+        let blocks = 12_000u64;
+        let bytes: Vec<u8> = (0..blocks * 1024)
+            .map(|i| (i * 7 / 1024 + i) as u8)
+            .collect();
+        let src = MemSource(bytes[..(blocks as usize - 100) * 1024].to_vec());
+        let mut runs: Vec<BlockRun> = (0..2000)
+            .map(|i| BlockRun::new(FsBlock(i * 3), 1))
+            .collect();
+        runs.push(BlockRun::new(FsBlock(6000), 5950));
+        let map = BlockMap::from_runs(runs.iter().copied(), blocks);
+        let mut seen = Vec::new();
+        let rep = for_each_piece(&src, &map, bs, &mut |p| {
+            match p {
+                Piece::Data(b, d) => {
+                    assert_eq!(d.as_ptr().align_offset(DIRECT_ALIGN), 0);
+                    let at = b.get() as usize * 1024;
+                    let want: Vec<u8> = (at..at + d.len())
+                        .map(|i| if i < src.0.len() { bytes[i] } else { 0 })
+                        .collect();
+                    assert_eq!(d, &want[..], "block {b}");
+                    seen.push((b.get(), d.len() as u64 / 1024));
+                }
+                Piece::Zero(b, n) => seen.push((b.get(), n)),
+            }
+            Ok(())
+        })
+        .unwrap();
+        // Every selected block exactly once, in order.
+        let mut next = Vec::new();
+        for (b, n) in &seen {
+            next.extend(*b..b + n);
+        }
+        let want: Vec<u64> = runs
+            .iter()
+            .flat_map(|r| r.start.get()..r.end().get())
+            .collect();
+        assert_eq!(next, want);
+        assert_eq!(rep.past_end_blocks, 50);
+
+        let mut chunks = Vec::new();
+        let past = for_each_chunk(&src, &map, bs, &mut |b, d| {
+            chunks.push((b.get(), d.len() as u64 / 1024));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(past, 50);
+        let mut next = Vec::new();
+        for (b, n) in &chunks {
+            next.extend(*b..b + n);
+        }
+        assert_eq!(next, want);
+    }
+
+    /// An error of the caller stops the reader and is the one returned; an error of the
+    /// reader is returned after the pieces before it.
+    #[test]
+    fn errors_stop_both_sides() {
+        let bs = BlockSize::new(4096).unwrap();
+        let src = MemSource(vec![1u8; 64 << 20]);
+        let map = BlockMap::from_runs((0..4000).map(|i| BlockRun::new(FsBlock(i * 4), 2)), 16384);
+        let mut calls = 0;
+        let r = for_each_piece(&src, &map, bs, &mut |_| {
+            calls += 1;
+            if calls == 700 {
+                return Err(Error::InvalidInput("consumer says no".into()));
+            }
+            Ok(())
+        });
+        assert!(matches!(r, Err(Error::InvalidInput(m)) if m == "consumer says no"));
+        assert_eq!(calls, 700);
+
+        let mut got = 0;
+        let r = read_ahead(
+            |p: &mut Producer| {
+                for i in 0..100u64 {
+                    p.data(FsBlock(i), 4096, &mut |b| {
+                        b.fill(i as u8);
+                        Ok(())
+                    })?;
+                }
+                Err::<(), _>(Error::InvalidInput("reader says no".into()))
+            },
+            &mut |p| {
+                if let Piece::Data(b, d) = p {
+                    assert!(d.iter().all(|&x| x == b.get() as u8));
+                    got += 1;
+                }
+                Ok(())
+            },
+        );
+        assert!(matches!(r, Err(Error::InvalidInput(m)) if m == "reader says no"));
+        assert_eq!(got, 100, "pieces read before the error are delivered");
+    }
 }

@@ -135,12 +135,12 @@ pub fn for_map<'s, S: ReadAt + ?Sized>(
 mod tests {
     use super::*;
     use crate::Result;
-    use std::cell::RefCell;
+    use std::sync::Mutex;
 
     /// Records the hints it gets.
     #[derive(Default)]
     struct Recorder {
-        hints: RefCell<Vec<Range<u64>>>,
+        hints: Mutex<Vec<Range<u64>>>,
     }
 
     impl ReadAt for Recorder {
@@ -151,7 +151,7 @@ mod tests {
             u64::MAX
         }
         fn will_need(&self, offset: u64, len: u64) {
-            self.hints.borrow_mut().push(offset..offset + len);
+            self.hints.lock().unwrap().push(offset..offset + len);
         }
     }
 
@@ -167,7 +167,7 @@ mod tests {
         ];
         let mut ra = Readahead::new(&src, ranges.into_iter(), u64::MAX);
         ra.at(0);
-        let h = src.hints.borrow().clone();
+        let h = src.hints.lock().unwrap().clone();
         assert_eq!(h[0], 0..12288);
         assert_eq!(h[1].start, 12288 + BRIDGE + 1);
         assert!(h.iter().all(|r| r.end - r.start <= HINT_MAX));
@@ -184,14 +184,14 @@ mod tests {
         let ranges = (0..100u64).map(|i| 2 * i * mb..(2 * i + 1) * mb);
         let mut ra = Readahead::new(&src, ranges, 8 * mb);
         ra.at(0);
-        assert_eq!(src.hints.borrow().len(), 8);
+        assert_eq!(src.hints.lock().unwrap().len(), 8);
         // The reader passes three ranges: three more hints.
         ra.at(6 * mb);
-        assert_eq!(src.hints.borrow().len(), 11);
+        assert_eq!(src.hints.lock().unwrap().len(), 11);
         // The reader jumps to 30 MiB: ranges 11..=14 end before it and are not hinted
         // late; 15..=22 fill the window.
         ra.at(30 * mb);
-        let h = src.hints.borrow();
+        let h = src.hints.lock().unwrap();
         assert_eq!(h.len(), 19);
         assert_eq!(h[11], 30 * mb..31 * mb);
         drop(h);
@@ -200,6 +200,6 @@ mod tests {
         let ranges = (0..10u64).map(|i| 2 * i * mb..(2 * i + 1) * mb);
         let mut ra = Readahead::new(&src2, ranges, mb);
         ra.at(10 * mb);
-        assert!(src2.hints.borrow().iter().all(|r| r.end > 10 * mb));
+        assert!(src2.hints.lock().unwrap().iter().all(|r| r.end > 10 * mb));
     }
 }

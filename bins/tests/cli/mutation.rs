@@ -9,9 +9,9 @@
 //! walk exponential would read without end). Wall time is only reported.
 
 use super::util::*;
-use std::cell::Cell;
 use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use e2i::blockmap::BlockMap;
@@ -33,13 +33,13 @@ const READ_FACTOR: u64 = 64;
 /// The image, counting the bytes read from it.
 struct Counted<'a> {
     inner: &'a MemSource,
-    read: &'a Cell<u64>,
+    read: &'a AtomicU64,
 }
 
 impl ReadAt for Counted<'_> {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> e2i::Result<usize> {
         let n = self.inner.read_at(buf, offset)?;
-        self.read.set(self.read.get().saturating_add(n as u64));
+        self.read.fetch_add(n as u64, Relaxed);
         Ok(n)
     }
     fn size(&self) -> u64 {
@@ -74,7 +74,7 @@ enum Outcome {
 
 /// Run open → scan → raw writer (dry run, and the stream classifier) on `img`, adding the
 /// bytes read to `read`.
-fn capture(img: Vec<u8>, strict: bool, read: &Cell<u64>) -> Outcome {
+fn capture(img: Vec<u8>, strict: bool, read: &AtomicU64) -> Outcome {
     let mem = MemSource(img);
     let src = Counted { inner: &mem, read };
     let fs = match Filesystem::open(&src, OpenOptions::default()) {
@@ -158,7 +158,7 @@ fn run_case(name: &str, img: Vec<u8>, worst: &mut Worst) -> Outcome {
     ALLOC.reset_peak();
     let start = Instant::now();
     let size = (img.len() as u64).max(1 << 20);
-    let read = Cell::new(0u64);
+    let read = AtomicU64::new(0);
     let r = catch_unwind(AssertUnwindSafe(|| {
         let lenient = capture(img.clone(), false, &read);
         let strict = capture(img, true, &read);
@@ -172,7 +172,9 @@ fn run_case(name: &str, img: Vec<u8>, worst: &mut Worst) -> Outcome {
     }));
     worst.time = worst.time.max(start.elapsed());
     worst.heap = worst.heap.max(ALLOC.peak());
-    worst.read_factor = worst.read_factor.max(read.get() as f64 / size as f64);
+    worst.read_factor = worst
+        .read_factor
+        .max(read.load(Relaxed) as f64 / size as f64);
     let outcome = r.unwrap_or_else(|_| panic!("{name}: panicked"));
     assert!(
         ALLOC.peak() < HEAP_LIMIT,
@@ -180,9 +182,9 @@ fn run_case(name: &str, img: Vec<u8>, worst: &mut Worst) -> Outcome {
         ALLOC.peak()
     );
     assert!(
-        read.get() <= size.saturating_mul(READ_FACTOR),
+        read.load(Relaxed) <= size.saturating_mul(READ_FACTOR),
         "{name}: read {} bytes of a {size}-byte image",
-        read.get()
+        read.load(Relaxed)
     );
     outcome
 }
@@ -228,7 +230,7 @@ fn mutated_filesystems_never_crash() {
     let mut cases = 0u64;
     for (bi, (name, base)) in bases.iter().enumerate() {
         assert_eq!(
-            capture(base.clone(), true, &Cell::new(0)),
+            capture(base.clone(), true, &AtomicU64::new(0)),
             Outcome::Clean,
             "{name} base image"
         );
@@ -378,7 +380,7 @@ fn fix_gpt_crcs(d: &mut [u8], at: usize) {
 
 /// Read the table of `img` and locate every partition it lists and a few it does not;
 /// returns the number of partitions found (or `None` for a refused table).
-fn read_tables(img: Vec<u8>, read: &Cell<u64>) -> Option<usize> {
+fn read_tables(img: Vec<u8>, read: &AtomicU64) -> Option<usize> {
     let mem = MemSource(img);
     let src = Counted { inner: &mem, read };
     let t = e2i::partition::read_table(&src).ok()?;
@@ -410,14 +412,18 @@ fn mutated_partition_tables_never_crash() {
         ALLOC.reset_peak();
         // What is live now (the disk image itself among it) is not the case's.
         let base = ALLOC.peak();
-        let read = Cell::new(0u64);
+        let read = AtomicU64::new(0);
         let r = catch_unwind(AssertUnwindSafe(|| read_tables(img, &read)));
         let found = r.unwrap_or_else(|_| panic!("{name}: panicked"));
         let heap = ALLOC.peak().saturating_sub(base);
         assert!(heap < TABLE_HEAP, "{name}: peak heap {heap}");
-        assert!(read.get() < TABLE_READ, "{name}: read {} bytes", read.get());
+        assert!(
+            read.load(Relaxed) < TABLE_READ,
+            "{name}: read {} bytes",
+            read.load(Relaxed)
+        );
         worst_heap = worst_heap.max(heap);
-        worst_read = worst_read.max(read.get());
+        worst_read = worst_read.max(read.load(Relaxed));
         cases += 1;
         refused += u64::from(found.is_none());
         found

@@ -13,10 +13,9 @@
 //! Arithmetic on positions inside a buffer or below an end that is itself a `u64` uses
 //! `saturating_*`, which cannot saturate there; everything else is checked.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ops::Range;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::entry::{L1Entry, L2Entry, Mapping, OFFSET_MASK};
 use super::header::{ClusterCompression, Header, field};
@@ -38,10 +37,10 @@ const L2_CACHE_MAX_TABLES: usize = 4096;
 const MAX_REGION: u64 = crate::pieces::IO_CHUNK as u64;
 
 /// An L2 table: its host offset and entries.
-type L2Table = (HostOffset, Rc<[u64]>);
+type L2Table = (HostOffset, Arc<[u64]>);
 
 struct L2Cache {
-    tables: HashMap<HostOffset, (u64, Rc<[u64]>)>,
+    tables: HashMap<HostOffset, (u64, Arc<[u64]>)>,
     clock: u64,
     capacity: usize,
 }
@@ -71,8 +70,14 @@ pub struct Qcow2Reader<S: ReadAt> {
     reserved: Vec<Range<HostOffset>>,
     /// Host offsets of the active L2 tables, sorted (data must not land on them).
     l2_offsets: Vec<HostOffset>,
-    cache: RefCell<L2Cache>,
-    inflated: RefCell<Inflated>,
+    cache: Mutex<L2Cache>,
+    inflated: Mutex<Inflated>,
+}
+
+/// The lock's contents even if a reader panicked while holding it: the caches stay
+/// consistent (entries are inserted whole) and a later read re-validates what it uses.
+fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// True if the first bytes of a file are the qcow2 magic.
@@ -231,12 +236,12 @@ impl<S: ReadAt> Qcow2Reader<S> {
             l1,
             reserved,
             l2_offsets,
-            cache: RefCell::new(L2Cache {
+            cache: Mutex::new(L2Cache {
                 tables: HashMap::new(),
                 clock: 0,
                 capacity,
             }),
-            inflated: RefCell::new(Inflated {
+            inflated: Mutex::new(Inflated {
                 compression,
                 inflate: flate2::Decompress::new(false),
                 zstd: None,
@@ -313,7 +318,7 @@ impl<S: ReadAt> Qcow2Reader<S> {
             }
             .into());
         }
-        let mut cache = self.cache.borrow_mut();
+        let mut cache = relock(&self.cache);
         // An LRU clock: 2^64 lookups do not happen.
         cache.clock = cache.clock.wrapping_add(1);
         let now = cache.clock;
@@ -323,7 +328,7 @@ impl<S: ReadAt> Qcow2Reader<S> {
         }
         let mut raw = vec![0u8; cb.size_usize()];
         read_table(&self.host, &mut raw, off)?;
-        let table: Rc<[u64]> = entries(&raw).collect();
+        let table: Arc<[u64]> = entries(&raw).collect();
         if cache.tables.len() >= cache.capacity
             && let Some(&old) = cache.tables.iter().min_by_key(|(_, v)| v.0).map(|(k, _)| k)
         {
@@ -497,8 +502,8 @@ impl<S: ReadAt> Qcow2Reader<S> {
         g: GuestCluster,
         offset: HostOffset,
         len: u64,
-    ) -> Result<std::cell::RefMut<'_, Inflated>> {
-        let mut st = self.inflated.borrow_mut();
+    ) -> Result<MutexGuard<'_, Inflated>> {
+        let mut st = relock(&self.inflated);
         if st.cluster == Some(g) {
             return Ok(st);
         }
