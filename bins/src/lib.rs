@@ -101,6 +101,8 @@ pub struct Summary {
     enabled: bool,
     /// OUTPUT is stdout: the summary goes to stderr.
     to_stderr: bool,
+    /// See [`Summary::replaced`].
+    replaced: bool,
     obj: json::Obj,
 }
 
@@ -110,6 +112,7 @@ impl Summary {
         Summary {
             enabled,
             to_stderr: false,
+            replaced: false,
             obj: json::Obj::new().str("tool", tool),
         }
     }
@@ -123,6 +126,12 @@ impl Summary {
         self.to_stderr |= yes;
     }
 
+    /// The run printed its own JSON in its place (`--list --json`'s array): nothing more,
+    /// unless the run fails after all (a closed stdout).
+    pub fn replaced(&mut self) {
+        self.replaced = true;
+    }
+
     /// Add fields: `sum.add(|o| o.num("blocks", n))`.
     pub fn add(&mut self, f: impl FnOnce(json::Obj) -> json::Obj) {
         let o = std::mem::take(&mut self.obj);
@@ -130,7 +139,7 @@ impl Summary {
     }
 
     fn print(&mut self, status: u8, error: Option<&str>) {
-        if !self.enabled {
+        if !self.enabled || self.replaced && status == EXIT_OK {
             return;
         }
         let mut o = std::mem::take(&mut self.obj).num("exit", u64::from(status));

@@ -125,7 +125,7 @@ pub struct Args {
     pub partition: Option<u32>,
     /// Print SOURCE's partition table, one line a partition: number, start byte, size in
     /// bytes, type, and the filesystem there (ext2/3/4, block size, block count, UUID) or
-    /// `-`. With --json, a JSON array.
+    /// `-`. With --json, a JSON array (when it fails, the one-line summary with "exit").
     #[arg(long, conflicts_with_all = ["output", "partition", "offset", "raw", "qcow2", "format", "all_data", "scramble"])]
     pub list: bool,
     /// Show progress on stderr (a bar on a terminal, a line every few seconds otherwise).
