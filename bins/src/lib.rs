@@ -278,13 +278,23 @@ pub fn open_output(
 /// Hold SOURCE while it is read (e2i-capture, a clone): refused while an in-place e2i-move
 /// runs on it or has left it half moved ([`e2i::ops::move_fs::hold_for_reading`]); the
 /// journals are looked for where e2i-move puts them.
-pub fn hold_source(source: &Path) -> anyhow::Result<e2i::ops::move_fs::ReadHold> {
-    let state = e2i::ops::move_journal::state_dir(
-        std::env::var_os("XDG_STATE_HOME"),
-        std::env::var_os("HOME"),
-    );
-    e2i::ops::move_fs::hold_for_reading(source, state, &mut e2i::progress::NoProgress)
+pub fn hold_source(source: &Path) -> anyhow::Result<e2i::ops::move_fs::Hold> {
+    e2i::ops::move_fs::hold_for_reading(source, state_dir(), &mut e2i::progress::NoProgress)
         .map_err(|e| anyhow::Error::new(e).context(source.display().to_string()))
+}
+
+/// e2i's state folder, where e2i-move keeps the journals of block devices (and its index).
+pub fn state_dir() -> Option<std::path::PathBuf> {
+    e2i::ops::move_journal::state_dir(std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME"))
+}
+
+/// How a run holds an existing OUTPUT: it writes it, or (a dry run) only looks at it.
+pub fn hold_for(dry_run: bool) -> e2i::ops::move_fs::HoldFor {
+    if dry_run {
+        e2i::ops::move_fs::HoldFor::Reading
+    } else {
+        e2i::ops::move_fs::HoldFor::Writing
+    }
 }
 
 /// Opening a FIFO for writing waits for its reader, silently (as e2image's open does). On a

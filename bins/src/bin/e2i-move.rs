@@ -253,6 +253,8 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
             dry_run: args.dry_run,
             exclusive: true,
             streams: false,
+            hold: e2i_cli::hold_for(args.dry_run),
+            state_dir: e2i_cli::state_dir().as_deref(),
         },
         &[("SOURCE", &args.source)],
     )?;

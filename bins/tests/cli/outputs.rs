@@ -1106,7 +1106,11 @@ fn json_summary_on_early_failures() {
         true,
         &hostile,
     );
-    assert!(text(&o.stderr).contains("header damaged"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("header damaged"),
+        "{}",
+        text(&o.stderr)
+    );
     let o = run(&mut list(Path::new("-")));
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
     assert_eq!(

@@ -409,57 +409,84 @@ fn loop_backing_files(meta: &std::fs::Metadata) -> Vec<File> {
     out
 }
 
-/// A SOURCE that is only read (a clone's, a capture's), held while it is read: locked
-/// shared, so that an in-place move of it — which locks it, and the files under a loop
-/// device, exclusively — cannot run at the same time (the reader would copy a filesystem
-/// half moved under it).
+/// A file or device held against in-place moves while a run reads or writes it ([`hold`]):
+/// locked — shared by readers, exclusively by writers — so that an in-place move of it,
+/// which locks it (and the files under a loop device) exclusively, cannot run at the same
+/// time: a reader would copy a filesystem half moved under it, a writer would write into a
+/// file the mover is rearranging (and the mover then move its bytes elsewhere).
 #[derive(Debug)]
-pub struct ReadHold {
+pub struct Hold {
     _held: Vec<File>,
 }
 
-/// Hold `source` for reading ([`ReadHold`]) and refuse it while it is half-way through an
-/// in-place move: an unfinished journal recorded for it (or for the file under a loop
-/// device), found where a move would find it, whose half-moved state SOURCE holds. No
-/// offset of a half-moved SOURCE holds a consistent filesystem: a copy of it would be
-/// silently corrupt. A journal SOURCE does not match (a backup restored since) is stale and
-/// ignored. Anything but a regular file or block device is not held (nothing moves those).
+/// What a run does with the file it holds ([`hold`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldFor {
+    /// SOURCE or INPUT (a capture's, a clone's, a converter's), or an OUTPUT a dry run only
+    /// looks at: a shared lock.
+    Reading,
+    /// An OUTPUT, a clone's DEST, install's DEVICE: an exclusive lock (one writer, no
+    /// reader, no mover).
+    Writing,
+}
+
+/// Hold `source` for reading ([`HoldFor::Reading`]): see [`hold`].
 pub fn hold_for_reading(
     source: &Path,
     state: Option<PathBuf>,
     progress: &mut dyn Progress,
-) -> Result<ReadHold> {
+) -> Result<Hold> {
+    hold(source, HoldFor::Reading, "SOURCE", state, progress)
+}
+
+/// Hold `path` ([`Hold`]) and refuse it while it is half-way through an in-place move: an
+/// unfinished journal recorded for it (or for the file under a loop device), found where a
+/// move would find it, whose half-moved state it holds. No offset of a half-moved file
+/// holds a consistent filesystem: a copy of it would be silently corrupt, and writing over
+/// it would leave a move that can no longer be finished (the filesystem it holds lost). A
+/// journal the file does not match (a backup restored since) is stale and ignored. Anything
+/// but a regular file or block device is not held (nothing moves those). `role` names the
+/// file in messages ("SOURCE", "DEST", ...).
+pub fn hold(
+    path: &Path,
+    what: HoldFor,
+    role: &str,
+    state: Option<PathBuf>,
+    progress: &mut dyn Progress,
+) -> Result<Hold> {
     use rustix::fs::{FlockOperation, flock};
-    let none = ReadHold { _held: Vec::new() };
-    if source == Path::new("-") {
+    let none = Hold { _held: Vec::new() };
+    if path == Path::new("-") {
         return Ok(none);
     }
-    let Ok(meta) = std::fs::metadata(source) else {
+    let Ok(meta) = std::fs::metadata(path) else {
         return Ok(none);
     };
     if !(meta.is_file() || meta.file_type().is_block_device()) {
         return Ok(none);
     }
-    // Opening a device to read has no effect; one that cannot be opened is reported by the
-    // reader itself.
-    let Ok(file) = File::open(source) else {
+    // Opening a device to read has no effect; one that cannot be opened is reported by
+    // whatever opens it next (the reader, the output layer).
+    let Ok(file) = File::open(path) else {
         return Ok(none);
     };
     let mut held = vec![file];
     held.extend(loop_backing_files(&meta));
-    if held
-        .iter()
-        .any(|f| flock(f, FlockOperation::NonBlockingLockShared).is_err())
-    {
-        return Err(Error::InvalidInput(
-            "an in-place e2i-move is moving this file or device: read it when that move has finished".into(),
-        ));
+    let op = match what {
+        HoldFor::Reading => FlockOperation::NonBlockingLockShared,
+        HoldFor::Writing => FlockOperation::NonBlockingLockExclusive,
+    };
+    if held.iter().any(|f| flock(f, op).is_err()) {
+        return Err(Error::InvalidInput(match what {
+            HoldFor::Reading => "an in-place e2i-move is moving this file or device, or an e2i tool is writing to it: read it when that has finished".into(),
+            HoldFor::Writing => "an in-place e2i-move is moving this file or device, or another e2i tool is reading or writing it: write to it when that has finished".into(),
+        }));
     }
     let mut candidates = Vec::new();
     for (i, f) in held.iter().enumerate() {
         let Ok(m) = f.metadata() else { continue };
         let path = if i == 0 {
-            std::fs::canonicalize(source).ok()
+            std::fs::canonicalize(path).ok()
         } else {
             use std::os::fd::AsRawFd;
             std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).ok()
@@ -488,18 +515,18 @@ pub fn hold_for_reading(
             FileSource::from_file(held[0].try_clone().map_err(|e| Error::io("dup", 0, e))?, 0)?;
         if let Ok(Ok(_)) = j.verify(&reader, progress) {
             let p = j.params();
-            return Err(Error::InvalidInput(format!(
-                "SOURCE is half-moved: the in-place move from byte {} to byte {} recorded in {} is unfinished, so no offset of SOURCE holds a consistent filesystem; finish it first (e2i-move -o {} -O {} --journal {} on it), then read it",
-                p.src_offset,
-                p.dest_offset,
-                c.display(),
-                p.src_offset,
-                p.dest_offset,
-                c.display()
-            )));
+            let (a, b, jn) = (p.src_offset, p.dest_offset, c.display());
+            return Err(Error::InvalidInput(match what {
+                HoldFor::Reading => format!(
+                    "{role} is half-moved: the in-place move from byte {a} to byte {b} recorded in {jn} is unfinished, so no offset of {role} holds a consistent filesystem; finish it first (e2i-move -o {a} -O {b} --journal {jn} on it), then read it"
+                ),
+                HoldFor::Writing => format!(
+                    "{role} is half-moved: the in-place move from byte {a} to byte {b} recorded in {jn} is unfinished, and writing to {role} would leave it impossible to finish, the filesystem it holds lost; finish it first (e2i-move -o {a} -O {b} --journal {jn} on it), or delete {jn} if that filesystem is not wanted; nothing written"
+                ),
+            }));
         }
     }
-    Ok(ReadHold { _held: held })
+    Ok(Hold { _held: held })
 }
 
 /// Does a filesystem with this UUID start at byte `offset` of `file`?
@@ -576,7 +603,7 @@ impl MoveSource {
             // through a loop device: its backing file is locked too.
             use rustix::fs::{FlockOperation, flock};
             let busy = || {
-                Error::InvalidInput("another e2i-move is working on this file or device (or an e2i tool is reading it)".into())
+                Error::InvalidInput("another e2i-move is working on this file or device (or an e2i tool is reading or writing it)".into())
             };
             flock(&file, FlockOperation::NonBlockingLockExclusive).map_err(|_| busy())?;
             under = loop_backing_files(&meta);
