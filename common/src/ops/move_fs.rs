@@ -417,6 +417,30 @@ fn loop_backing_files(meta: &std::fs::Metadata) -> Vec<File> {
 #[derive(Debug)]
 pub struct Hold {
     _held: Vec<File>,
+    /// What this hold registered in [`HELD`] (removed on drop).
+    ids: Vec<ObjectId>,
+}
+
+/// The objects this process holds (one entry per hold that locked it). A second hold of
+/// one (OUTPUT a loop device over another part of the file under a loop SOURCE) would
+/// conflict with the first hold's lock, taken through another open file; the first lock
+/// already keeps movers out, so the second is not taken.
+static HELD: std::sync::Mutex<Vec<ObjectId>> = std::sync::Mutex::new(Vec::new());
+
+fn held_ids() -> std::sync::MutexGuard<'static, Vec<ObjectId>> {
+    HELD.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let mut all = held_ids();
+        for id in &self.ids {
+            if let Some(i) = all.iter().position(|x| x == id) {
+                all.swap_remove(i);
+            }
+        }
+    }
 }
 
 /// What a run does with the file it holds ([`hold`]).
@@ -455,7 +479,10 @@ pub fn hold(
     progress: &mut dyn Progress,
 ) -> Result<Hold> {
     use rustix::fs::{FlockOperation, flock};
-    let none = Hold { _held: Vec::new() };
+    let none = Hold {
+        _held: Vec::new(),
+        ids: Vec::new(),
+    };
     if path == Path::new("-") {
         return Ok(none);
     }
@@ -472,18 +499,42 @@ pub fn hold(
     };
     let mut held = vec![file];
     held.extend(loop_backing_files(&meta));
-    let op = match what {
-        HoldFor::Reading => FlockOperation::NonBlockingLockShared,
-        HoldFor::Writing => FlockOperation::NonBlockingLockExclusive,
-    };
-    if held.iter().any(|f| flock(f, op).is_err()) {
+    // A writer locks its target exclusively, and the files under a loop device shared: a
+    // mover of such a file (which locks it exclusively) is kept out, a writer of another
+    // loop device over another part of it is not.
+    let mut ids = Vec::new();
+    let mut busy = false;
+    {
+        let mut all = held_ids();
+        for (i, f) in held.iter().enumerate() {
+            let Ok(id) = f.metadata().map(|m| ObjectId::of_metadata(&m)) else {
+                continue;
+            };
+            if all.contains(&id) {
+                continue;
+            }
+            let op = match what {
+                HoldFor::Writing if i == 0 => FlockOperation::NonBlockingLockExclusive,
+                _ => FlockOperation::NonBlockingLockShared,
+            };
+            if flock(f, op).is_err() {
+                busy = true;
+                break;
+            }
+            all.push(id);
+            ids.push(id);
+        }
+    }
+    // Registered from here on: released (with the locks) if this returns an error.
+    let hold = Hold { _held: held, ids };
+    if busy {
         return Err(Error::InvalidInput(match what {
             HoldFor::Reading => "an in-place e2i-move is moving this file or device, or an e2i tool is writing to it: read it when that has finished".into(),
             HoldFor::Writing => "an in-place e2i-move is moving this file or device, or another e2i tool is reading or writing it: write to it when that has finished".into(),
         }));
     }
     let mut candidates = Vec::new();
-    for (i, f) in held.iter().enumerate() {
+    for (i, f) in hold._held.iter().enumerate() {
         let Ok(m) = f.metadata() else { continue };
         let path = if i == 0 {
             std::fs::canonicalize(path).ok()
@@ -511,8 +562,12 @@ pub fn hold(
         if j.state() == State::Done {
             continue;
         }
-        let reader =
-            FileSource::from_file(held[0].try_clone().map_err(|e| Error::io("dup", 0, e))?, 0)?;
+        let reader = FileSource::from_file(
+            hold._held[0]
+                .try_clone()
+                .map_err(|e| Error::io("dup", 0, e))?,
+            0,
+        )?;
         if let Ok(Ok(_)) = j.verify(&reader, progress) {
             let p = j.params();
             let (a, b, jn) = (p.src_offset, p.dest_offset, c.display());
@@ -526,7 +581,7 @@ pub fn hold(
             }));
         }
     }
-    Ok(Hold { _held: held })
+    Ok(hold)
 }
 
 /// Does a filesystem with this UUID start at byte `offset` of `file`?
