@@ -74,10 +74,17 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     if args.backing.is_some() && explicit != Some(Format::Qcow2) {
         return Ok(usage(TOOL, sum, "--backing is for qcow2 images (-Q)"));
     }
-    // -P: the partition's start is the offset, its end bounds what is read (unless -f).
+    // -P: the partition's start is the offset, its end bounds what is read (unless
+    // --past-partition-end).
     let (offset, limit) = match args.partition {
         Some(n) => {
-            let c = e2i_cli::partition::choose(TOOL, &args.source, n, args.force, args.quiet)?;
+            let c = e2i_cli::partition::choose(
+                TOOL,
+                &args.source,
+                n,
+                args.past_partition_end,
+                args.quiet,
+            )?;
             if !args.force {
                 e2i_cli::partition::refuse_mounted(
                     &args.source,
