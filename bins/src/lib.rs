@@ -276,10 +276,10 @@ pub fn open_output(
 }
 
 /// Hold SOURCE while it is read (e2i-capture, a clone): refused while an in-place e2i-move
-/// runs on it or has left it half moved ([`e2i::ops::move_fs::hold_for_reading`]); the
+/// runs on it or has left it half moved ([`e2i::ops::hold::hold_for_reading`]); the
 /// journals are looked for where e2i-move puts them.
-pub fn hold_source(source: &Path) -> anyhow::Result<e2i::ops::move_fs::Hold> {
-    e2i::ops::move_fs::hold_for_reading(source, state_dir(), &mut e2i::progress::NoProgress)
+pub fn hold_source(source: &Path) -> anyhow::Result<e2i::ops::hold::Hold> {
+    e2i::ops::hold::hold_for_reading(source, state_dir(), &mut e2i::progress::NoProgress)
         .map_err(|e| anyhow::Error::new(e).context(source.display().to_string()))
 }
 
@@ -289,11 +289,11 @@ pub fn state_dir() -> Option<std::path::PathBuf> {
 }
 
 /// How a run holds an existing OUTPUT: it writes it, or (a dry run) only looks at it.
-pub fn hold_for(dry_run: bool) -> e2i::ops::move_fs::HoldFor {
+pub fn hold_for(dry_run: bool) -> e2i::ops::hold::HoldFor {
     if dry_run {
-        e2i::ops::move_fs::HoldFor::Reading
+        e2i::ops::hold::HoldFor::Reading
     } else {
-        e2i::ops::move_fs::HoldFor::Writing
+        e2i::ops::hold::HoldFor::Writing
     }
 }
 

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::io::ObjectId;
-use crate::ops::move_fs::{Hold, HoldFor};
+use crate::ops::hold::{Hold, HoldFor};
 use crate::{Error, Result};
 
 /// How an OUTPUT is written.
@@ -70,7 +70,7 @@ pub struct Request<'a> {
     /// What the run does with an existing regular file or block device OUTPUT (written now
     /// or later, or only looked at by a dry run): it is held so for as long as the
     /// [`Output`] lives, and refused while an in-place e2i-move runs on it or has left it
-    /// half-moved ([`crate::ops::move_fs::hold`]).
+    /// half-moved ([`crate::ops::hold::hold`]).
     pub hold: HoldFor,
     /// e2i's state folder (where the journals of moves of block devices are), for that.
     pub state_dir: Option<&'a Path>,
@@ -409,7 +409,7 @@ impl Drop for Output {
 
 /// Hold an existing OUTPUT as `req` says.
 fn hold(req: &Request<'_>, path: &Path) -> Result<Hold> {
-    crate::ops::move_fs::hold(
+    crate::ops::hold::hold(
         path,
         req.hold,
         req.role,

@@ -135,7 +135,7 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             exclusive: true,
             // A compressed qcow2 needs a new regular file: a FIFO is refused unopened.
             streams: args.compress.is_none(),
-            hold: e2i::ops::move_fs::HoldFor::Writing,
+            hold: e2i::ops::hold::HoldFor::Writing,
             state_dir: e2i_cli::state_dir().as_deref(),
         },
         &reads,

@@ -64,7 +64,7 @@ fn body(args: Args) -> anyhow::Result<u8> {
                 dry_run: true,
                 exclusive: false,
                 streams: false,
-                hold: e2i::ops::move_fs::HoldFor::Reading,
+                hold: e2i::ops::hold::HoldFor::Reading,
                 state_dir: state.as_deref(),
             },
             &[("DEVICE", &args.device), ("IMAGE", &args.image)],
