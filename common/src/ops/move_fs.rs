@@ -248,59 +248,44 @@ pub fn clone_fs(
         }
         Ok(())
     };
-    let runs = map.runs();
-    let (src_path, src_off, src_limit) = (source.to_path_buf(), opts.src_offset, opts.src_limit);
-    rep.past_end_blocks = std::thread::scope(|scope| -> Result<u64> {
-        let (full_tx, full_rx) = sync_channel::<Result<Chunk>>(POOL);
-        let (free_tx, free_rx) = sync_channel::<AlignedBuf>(POOL);
-        for _ in 0..POOL {
-            let _ = free_tx.send(AlignedBuf::new(CLONE_CHUNK));
-        }
-        scope.spawn(move || read_ahead(&src_path, src_off, src_limit, runs, bs, full_tx, free_rx));
-        let mut past = 0u64;
-        for chunk in full_rx {
-            let chunk = chunk?;
-            past = past.saturating_add(chunk.past_blocks);
-            let blk = chunk.blk;
-            let data = chunk.buf.get(chunk.len);
-            let n = bs.blocks_in(data.len() as u64);
-            // Blocks `i..i + k` of the chunk: where they start, and their bytes.
-            let part = |i: usize, k: usize| {
-                let at = blk.saturating_add(i as u64);
-                let b = i.saturating_mul(bsz);
-                (at, data.get(b..b.saturating_add(k.saturating_mul(bsz))))
-            };
-            if new_file {
-                // A fresh file: all-zero blocks stay holes, as e2image leaves them.
-                zero_runs(data, bsz, &mut |i, k, zero| {
-                    if let (false, (at, Some(bytes))) = (zero, part(i, k)) {
-                        write(&mut rep, at, bytes)?;
+    // The selected blocks in order, read ahead on a second thread with read hints (a cold
+    // SOURCE is read with real queue depth): the pass every capture writer uses.
+    rep.past_end_blocks = crate::pieces::for_each_chunk(&fs.src, map, bs, &mut |blk, data| {
+        let n = bs.blocks_in(data.len() as u64);
+        // Blocks `i..i + k` of the chunk: where they start, and their bytes.
+        let part = |i: usize, k: usize| {
+            let at = blk.saturating_add(i as u64);
+            let b = i.saturating_mul(bsz);
+            (at, data.get(b..b.saturating_add(k.saturating_mul(bsz))))
+        };
+        if new_file {
+            // A fresh file: all-zero blocks stay holes, as e2image leaves them.
+            zero_runs(data, bsz, &mut |i, k, zero| {
+                if let (false, (at, Some(bytes))) = (zero, part(i, k)) {
+                    write(&mut rep, at, bytes)?;
+                }
+                Ok(())
+            })?;
+        } else if opts.check {
+            let off = dest_at(blk)?;
+            cmp.resize(data.len(), 0);
+            let got = pread_full(out, &mut cmp, off).map_err(|e| Error::io("read", off, e))?;
+            same_runs(data, &cmp, got, bsz, &mut |i, k, same| {
+                match (same, part(i, k)) {
+                    (true, _) => {
+                        rep.identical_blocks = rep.identical_blocks.saturating_add(k as u64);
                     }
-                    Ok(())
-                })?;
-            } else if opts.check {
-                let off = dest_at(blk)?;
-                cmp.resize(data.len(), 0);
-                let got = pread_full(out, &mut cmp, off).map_err(|e| Error::io("read", off, e))?;
-                same_runs(data, &cmp, got, bsz, &mut |i, k, same| {
-                    match (same, part(i, k)) {
-                        (true, _) => {
-                            rep.identical_blocks = rep.identical_blocks.saturating_add(k as u64);
-                        }
-                        (false, (at, Some(bytes))) => write(&mut rep, at, bytes)?,
-                        (false, (_, None)) => {}
-                    }
-                    Ok(())
-                })?;
-            } else {
-                write(&mut rep, blk, data)?;
-            }
-            rep.blocks = rep.blocks.saturating_add(n);
-            progress.update(rep.blocks.saturating_mul(bs.bytes()));
-            // The reader may have stopped on an error already: then this send just fails.
-            let _ = free_tx.send(chunk.buf);
+                    (false, (at, Some(bytes))) => write(&mut rep, at, bytes)?,
+                    (false, (_, None)) => {}
+                }
+                Ok(())
+            })?;
+        } else {
+            write(&mut rep, blk, data)?;
         }
-        Ok(past)
+        rep.blocks = rep.blocks.saturating_add(n);
+        progress.update(rep.blocks.saturating_mul(bs.bytes()));
+        Ok(())
     })?;
     progress.finish();
     if !opts.dry_run && !out_dev && out_len < end {
@@ -309,63 +294,6 @@ pub fn clone_fs(
             .map_err(|e| Error::io("truncate", end, e))?;
     }
     Ok(rep)
-}
-
-/// Bytes per read of a clone, and how many buffers the reader may fill ahead.
-const CLONE_CHUNK: usize = 8 << 20;
-const POOL: usize = 3;
-
-/// Consecutive selected blocks read by the reader thread.
-struct Chunk {
-    blk: FsBlock,
-    len: usize,
-    buf: AlignedBuf,
-    past_blocks: u64,
-}
-
-/// The reader thread of a clone: reads the selected runs in chunks (holes not read) into
-/// buffers from `free` and hands them on in order. It opens SOURCE itself (a qcow2 reader
-/// keeps caches that are not shared between threads).
-fn read_ahead(
-    source: &Path,
-    base: u64,
-    limit: Option<u64>,
-    runs: &[BlockRun],
-    bs: BlockSize,
-    full: SyncSender<Result<Chunk>>,
-    free: Receiver<AlignedBuf>,
-) {
-    let src = match open_source_within(source, base, limit) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = full.send(Err(e));
-            return;
-        }
-    };
-    let per = bs.blocks_in(CLONE_CHUNK as u64).max(1);
-    for run in runs {
-        let mut b = run.start;
-        while b < run.end() {
-            let n = per.min(run.end().saturating_since(b));
-            // At most CLONE_CHUNK bytes; a run of the map lies inside the filesystem.
-            let (Some(len), Some(at)) = (bs.len_of(n), bs.offset_of(b)) else {
-                let _ = full.send(Err(overflow("block offset")));
-                return;
-            };
-            let Ok(mut buf) = free.recv() else { return };
-            let res = src.read_sparse_at(buf.get_mut(len), at).map(|past| Chunk {
-                blk: b,
-                len,
-                buf,
-                past_blocks: bs.blocks_covering(past as u64),
-            });
-            let failed = res.is_err();
-            if full.send(res).is_err() || failed {
-                return;
-            }
-            b = b.saturating_add(n);
-        }
-    }
 }
 
 /// The spans of a move: the map's runs, merged where the gap between them is at most `gap`
