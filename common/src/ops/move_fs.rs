@@ -27,6 +27,7 @@ use crate::ops::move_journal::{
 };
 use crate::pieces::{same_runs, zero_runs};
 use crate::progress::{Progress, Unit};
+use crate::readplan::{self, Readahead};
 use crate::units::{BlockSize, FsBlock};
 use crate::{Error, Result};
 
@@ -1028,6 +1029,53 @@ fn refuse_other_unfinished(
     Ok(())
 }
 
+/// SOURCE as a move reads it, for read hints. [`crate::readplan`] plans ranges that are read
+/// upwards; a move to the right reads downwards, so it plans on SOURCE seen end to start
+/// (`down`: byte `x` here is byte `u64::MAX - x` of SOURCE). Only hints pass through it.
+struct Oriented<'a> {
+    src: &'a FileSource,
+    down: bool,
+}
+
+impl Oriented<'_> {
+    /// A range of SOURCE as seen here, and back (the map is its own inverse).
+    fn range(&self, r: &Range<u64>) -> Range<u64> {
+        if self.down {
+            u64::MAX.saturating_sub(r.end)..u64::MAX.saturating_sub(r.start)
+        } else {
+            r.clone()
+        }
+    }
+}
+
+impl ReadAt for Oriented<'_> {
+    fn read_at(&self, _buf: &mut [u8], offset: u64) -> Result<usize> {
+        Err(Error::InvalidInput(format!(
+            "read at {offset} of a source seen for hints only"
+        )))
+    }
+    fn size(&self) -> u64 {
+        u64::MAX
+    }
+    fn will_need(&self, offset: u64, len: u64) {
+        let r = self.range(&(offset..offset.saturating_add(len)));
+        self.src.will_need(r.start, r.end.saturating_sub(r.start));
+    }
+}
+
+/// Read hints for `ranges` of SOURCE, read in that order (upwards, or downwards when
+/// `src.down`); tell it each range's start as it is read ([`Oriented::range`]).
+fn hints_for<'a>(
+    src: &'a Oriented<'a>,
+    ranges: impl Iterator<Item = Range<u64>> + Send + 'a,
+) -> Readahead<'a, Oriented<'a>, Box<dyn Iterator<Item = Range<u64>> + Send + 'a>> {
+    Readahead::new(
+        src,
+        Box::new(ranges.map(|r| src.range(&r))),
+        readplan::WINDOW,
+    )
+}
+
 /// The checksum of every piece's bytes at its source, read before anything is written, so
 /// the journal knows what the move has still to read (docs/move-journal.md). Two threads
 /// share the pieces: this read is the price of that knowledge, so it should be quick.
@@ -1042,6 +1090,11 @@ fn checksum_pieces(
     let readers = (0..THREADS)
         .map(|_| src.reader())
         .collect::<Result<Vec<FileSource>>>()?;
+    // Pieces come in copy order: downwards when the move goes right.
+    let down = pieces
+        .first()
+        .zip(pieces.last())
+        .is_some_and(|(a, b)| a.src.start > b.src.start);
     let (tx, rx) = sync_channel::<Result<(usize, u32, u64)>>(2 * THREADS);
     let mut out = vec![0u32; pieces.len()];
     std::thread::scope(|scope| -> Result<()> {
@@ -1049,7 +1102,13 @@ fn checksum_pieces(
             let tx = tx.clone();
             scope.spawn(move || {
                 let mut buf = vec![0u8; mj::CHECK_CHUNK];
+                // Each thread hints its own pieces (a cold SOURCE is then read with queue
+                // depth, not one 1 MiB request per thread at a time).
+                let seen = Oriented { src: &reader, down };
+                let mine = pieces.iter().skip(t).step_by(THREADS);
+                let mut hints = hints_for(&seen, mine.map(|pc| pc.src.clone()));
                 for (i, pc) in pieces.iter().enumerate().skip(t).step_by(THREADS) {
+                    hints.at(seen.range(&pc.src).start);
                     let res =
                         mj::checksum_range(&reader, &pc.src, &mut buf).map(|c| (i, c, pc.bytes()));
                     let failed = res.is_err();
