@@ -7,42 +7,15 @@
 use super::util::*;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 /// In every private string; looked for without regard to case.
 const MARK: &[u8] = b"zqxmark";
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn marks(data: &[u8]) -> usize {
     data.windows(MARK.len())
         .filter(|w| w.eq_ignore_ascii_case(MARK))
         .count()
-}
-
-fn debugfs_w(img: &Path, cmds: &str) {
-    let f = img.with_extension("cmds");
-    std::fs::write(&f, cmds).unwrap();
-    let o = run(Command::new("debugfs").arg("-w").arg("-f").arg(&f).arg(img));
-    assert!(o.status.success(), "debugfs: {}", text(&o));
-}
-
-fn debugfs(img: &Path, req: &str) -> String {
-    let o = run(Command::new("debugfs").arg("-R").arg(req).arg(img));
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
-
-fn e2fsck(img: &Path) -> i32 {
-    run(Command::new("e2fsck").arg("-fn").arg(img))
-        .status
-        .code()
-        .unwrap_or(-1)
 }
 
 /// An 8 MiB filesystem of `tree` (`mkfs.ext4 -d`), `args` its mkfs options.
@@ -54,7 +27,7 @@ fn mkfs_tree(tree: &Path, img: &Path, args: &[&str]) {
         .arg(tree)
         .arg(img)
         .arg("8M"));
-    assert!(o.status.success(), "mkfs: {}", text(&o));
+    assert!(o.status.success(), "mkfs: {}", output_text(&o));
 }
 
 /// A small deterministic generator (xorshift64*): the damage of case `seed`.
@@ -102,7 +75,7 @@ fn planted(dir: &Path, name: &str, mkfs_args: &[&str]) -> PathBuf {
         .arg(&img)
         .arg("8M")
         .env("E2FSPROGS_FAKE_TIME", "1700000000"));
-    assert!(o.status.success(), "mkfs: {}", text(&o));
+    assert!(o.status.success(), "mkfs: {}", output_text(&o));
     debugfs_w(
         &img,
         "ea_set / user.zqxmark_root zqxmark_value\n\
@@ -117,7 +90,7 @@ fn planted(dir: &Path, name: &str, mkfs_args: &[&str]) -> PathBuf {
     assert!(
         o.status.code().unwrap_or(8) <= 1,
         "e2fsck -fyD: {}",
-        text(&o)
+        output_text(&o)
     );
     img
 }
@@ -228,7 +201,7 @@ fn check_formats(dir: &Path, img: &Path, case: &str) {
         assert!(
             s == p || !matches!(p, Some(0) | Some(3)),
             "{case}: {fmt}: -s exits {s:?}, the plain capture {p:?}: {}",
-            text(&o)
+            output_text(&o)
         );
         if fmt == "raw" && s == Some(0) && p == Some(0) {
             // The damage is kept as it was: e2fsck judges both alike.
@@ -239,7 +212,7 @@ fn check_formats(dir: &Path, img: &Path, case: &str) {
                 marks(&data),
                 0,
                 "{case}: {fmt}: the marker is in the scrambled image: {}",
-                text(&o)
+                output_text(&o)
             );
         }
     }
@@ -324,7 +297,7 @@ fn one_bad_rec_len_leaves_no_name() {
         .args(["-r", "-s"])
         .arg(&img)
         .arg(&out));
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("1 damaged directory blocks scrubbed"), "{err}");
     let data = std::fs::read(&out).unwrap();
@@ -359,7 +332,7 @@ fn superblock_text_fields_are_cleared() {
         .args(["-r", "-s"])
         .arg(&img)
         .arg(&out));
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let data = std::fs::read(&out).unwrap();
     let sb = &data[1024..2048];
     assert_eq!(marks(sb), 0, "marker in the superblock");
@@ -376,7 +349,7 @@ fn superblock_text_fields_are_cleared() {
     assert_eq!(e2fsck(&out), e2fsck(&img));
     let dump = run(Command::new("dumpe2fs").arg("-h").arg(&out));
     assert!(
-        !text(&dump)
+        !output_text(&dump)
             .to_lowercase()
             .contains("checksum does not match")
     );
@@ -407,8 +380,13 @@ fn stray_encrypt_flag_keeps_no_name() {
         .args(["-r", "-s"])
         .arg(&img)
         .arg(&out));
-    assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(marks(&std::fs::read(&out).unwrap()), 0, "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert_eq!(
+        marks(&std::fs::read(&out).unwrap()),
+        0,
+        "{}",
+        output_text(&o)
+    );
     assert_eq!(e2fsck(&out), e2fsck(&img));
 }
 
@@ -448,7 +426,7 @@ fn cross_linked_symlink_block() {
                 .args(["-r", "-s"])
                 .arg(&img)
                 .arg(&out));
-            assert!(o.status.success(), "{name}: {}", text(&o));
+            assert!(o.status.success(), "{name}: {}", output_text(&o));
             let err = String::from_utf8_lossy(&o.stderr);
             let said = if scrambled {
                 format!("scrambled: {}: block {fb} cross-linked", img.display())
@@ -501,14 +479,14 @@ fn huge_three_level_htree_keeps_every_range() {
         ])
         .arg(&img)
         .arg("120M"));
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let mnt = d.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let o = run(Command::new("mount")
         .args(["-o", "loop"])
         .arg(&img)
         .arg(&mnt));
-    assert!(o.status.success(), "mount: {}", text(&o));
+    assert!(o.status.success(), "mount: {}", output_text(&o));
     {
         let _m = Mounted(mnt.clone());
         let big = mnt.join("big");
@@ -527,8 +505,8 @@ fn huge_three_level_htree_keeps_every_range() {
         .args(["-r", "-s"])
         .arg(&img)
         .arg(&out));
-    assert!(o.status.success(), "{}", text(&o));
-    let err = text(&o);
+    assert!(o.status.success(), "{}", output_text(&o));
+    let err = output_text(&o);
     assert!(err.contains("scrambled 48001 names"), "{err}");
     assert!(!err.contains("hash range"), "{err}");
     assert_eq!(e2fsck(&out), 0, "e2fsck -fn on the scrambled image");
@@ -644,11 +622,11 @@ fn damaged_xattr_blocks_leak_nothing() {
             .args(["-r", "-s"])
             .arg(&work)
             .arg(&out));
-        assert!(o.status.success(), "{}", text(&o));
+        assert!(o.status.success(), "{}", output_text(&o));
         assert!(
-            text(&o).contains(&format!("scrubbed: {}: xattr block {blk}", work.display())),
+            output_text(&o).contains(&format!("scrubbed: {}: xattr block {blk}", work.display())),
             "{}",
-            text(&o)
+            output_text(&o)
         );
     }
     eprintln!("leaks: {cases} damaged xattr blocks, 4 formats each: no marker");
@@ -736,7 +714,11 @@ fn cross_check(dir: &Path, img: &Path, case: &str) -> (usize, Vec<String>) {
                 .arg(&r)),
             _ => run(Command::new(tool("e2i-to-raw")).arg(out).arg(&r)),
         };
-        assert!(o.status.success(), "{case}: {fmt} to raw: {}", text(&o));
+        assert!(
+            o.status.success(),
+            "{case}: {fmt} to raw: {}",
+            output_text(&o)
+        );
         r
     };
     for (fmt, all) in [
@@ -764,7 +746,7 @@ fn cross_check(dir: &Path, img: &Path, case: &str) -> (usize, Vec<String>) {
                 matches!(o.status.code(), Some(0) | Some(3)),
                 "{case}: {fmt}{}: {}",
                 if scramble { " -s" } else { "" },
-                text(&o)
+                output_text(&o)
             );
             if scramble {
                 leaked += marks(&std::fs::read(&out).unwrap());
@@ -834,56 +816,54 @@ fn cross_linked_blocks_leak_nothing_in_any_format() {
         let link = blocks(&img, "/slow")[0];
         let acl = acl_block(&img, "/xfile");
         assert!(dir_a.len() > 1 && dir_b.len() > 1 && acl > 0, "{name}");
+        let (a0, a1, b0) = (dir_a[0], dir_a[1], dir_b[0]);
+        // (what, inode, field, the block it is made to name)
         let mut edits = vec![
-            (
-                "a file maps a directory's blocks",
-                format!("sif /file {first} {}", dir_a[0]),
-            ),
-            (
-                "a file maps a directory's second block",
-                format!("sif /file {first} {}", dir_a[1]),
-            ),
-            (
-                "a file maps the symlink's block",
-                format!("sif /file {first} {link}"),
-            ),
-            (
-                "two directories share blocks",
-                format!("sif /zqxmark_dir_a {first} {}", dir_b[0]),
-            ),
+            ("a file maps a directory's blocks", "/file", first, a0),
+            ("a file maps a directory's second block", "/file", first, a1),
+            ("a file maps the symlink's block", "/file", first, link),
+            ("two directories share blocks", "/zqxmark_dir_a", first, b0),
             (
                 "an xattr block is a directory block",
-                format!("sif /xfile file_acl {}", dir_a[1]),
+                "/xfile",
+                "file_acl",
+                a1,
             ),
             (
                 "a directory maps the xattr block",
-                format!("sif /zqxmark_dir_b {first} {acl}"),
+                "/zqxmark_dir_b",
+                first,
+                acl,
             ),
-            (
-                "a symlink maps a directory block",
-                format!("sif /slow {first} {}", dir_a[1]),
-            ),
+            ("a symlink maps a directory block", "/slow", first, a1),
             (
                 "a directory maps the symlink's block",
-                format!("sif /zqxmark_dir_b {first} {link}"),
+                "/zqxmark_dir_b",
+                first,
+                link,
             ),
         ];
         if !ext4 {
             let ind = ind_block(&img, "/big");
             edits.push((
                 "a file's indirect block is a directory block",
-                format!("sif /big block[IND] {}", dir_a[1]),
+                "/big",
+                "block[IND]",
+                a1,
             ));
             edits.push((
                 "a directory block is a file's indirect block",
-                format!("sif /zqxmark_dir_b block[1] {ind}"),
+                "/zqxmark_dir_b",
+                "block[1]",
+                ind,
             ));
         }
         let raw = std::fs::read(&img).unwrap();
         assert!(marks(&raw) > 80, "{name}: the marker is planted");
         let work = d.path().join("work.img");
-        for (what, cmd) in edits {
+        for (what, inode, field, block) in edits {
             std::fs::write(&work, &raw).unwrap();
+            let cmd = format!("sif {inode} {field} {block}");
             debugfs_w(&work, &format!("{cmd}\n"));
             let case = format!("{name}: {what} ({cmd})");
             let (l, w) = cross_check(d.path(), &work, &case);

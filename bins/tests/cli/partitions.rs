@@ -231,30 +231,6 @@ fn mbr_disk(dir: &Path) -> (PathBuf, Vec<Part>) {
     (disk, parts)
 }
 
-fn ok(o: &Output, what: &str) {
-    assert!(
-        o.status.success(),
-        "{what}: {:?}\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-fn e2image(args: &[&str], src: &Path, out: &Path) {
-    let o = run(Command::new("e2image").args(args).arg(src).arg(out));
-    ok(&o, "e2image");
-}
-
-fn same(a: &Path, b: &Path, what: &str) {
-    let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
-    assert!(
-        x.len() == y.len() && x == y,
-        "{what}: {} and {} differ",
-        a.display(),
-        b.display()
-    );
-}
-
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -313,7 +289,7 @@ fn partitions_capture_and_clone_like_e2image_at_their_offset() {
                     .arg(src)
                     .arg(&ours));
                 ok(&o, "e2i-capture -r -P");
-                same(
+                assert_same(
                     &ours,
                     &theirs,
                     &format!("capture -r -P {} of {}", p.n, src.display()),
@@ -324,7 +300,7 @@ fn partitions_capture_and_clone_like_e2image_at_their_offset() {
                     .arg(src)
                     .arg(&clone));
                 ok(&o, "e2i-move -P");
-                same(
+                assert_same(
                     &clone,
                     &theirs_all,
                     &format!("move -P {} of {}", p.n, src.display()),
@@ -543,7 +519,7 @@ fn a_partition_shrunk_below_its_filesystem_is_reported_and_not_read_past() {
     assert!(stderr(&o).contains("reading past the partition's end (-f)"));
     let theirs = d.path().join("theirs.raw");
     e2image(&["-r", "-o", "1048576"], &disk, &theirs);
-    same(&forced, &theirs, "capture -f -P 1 of a shrunk partition");
+    assert_same(&forced, &theirs, "capture -f -P 1 of a shrunk partition");
 
     // A move inside the partition is refused (it would read and write past its end), and
     // one whose destination leaves the partition too.

@@ -1450,7 +1450,9 @@ mod tests {
             assert!(!dir_head_ok(&b), "rec_len {rec}, name_len {name_len}");
         }
         // Text, an xattr block header, an indirect block.
-        assert!(!dir_head_ok(&b"zqxmark file data, plain text...".repeat(32)));
+        assert!(!dir_head_ok(
+            &b"zqxmark file data, plain text...".repeat(32)
+        ));
         let mut x = vec![0u8; 1024];
         le::set_u32(&mut x, 0, XATTR_MAGIC);
         le::set_u32(&mut x, 4, 1);
