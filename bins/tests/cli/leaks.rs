@@ -696,6 +696,20 @@ fn ind_block(img: &Path, path: &str) -> u64 {
         .expect("an indirect block")
 }
 
+/// The inode-table block that holds the inode of `path` (debugfs `imap`).
+fn inode_table_block(img: &Path, path: &str) -> u64 {
+    let imap = debugfs(img, &format!("imap {path}"));
+    let v = imap
+        .split("located at block ")
+        .nth(1)
+        .and_then(|s| s.split([',', ' ', '\n']).find(|w| !w.is_empty()))
+        .expect("imap");
+    match v.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16).unwrap(),
+        None => v.parse().unwrap(),
+    }
+}
+
 /// The scrambled captures of `img` in every format (and raw with `-a`): the marker count
 /// in each, and where e2fsck -fn judges a scrambled capture otherwise than the plain one
 /// of the same format (each read back as raw: qcow2 by qemu-img, stream and normal by
@@ -794,6 +808,7 @@ fn cross_linked_blocks_leak_nothing_in_any_format() {
     std::fs::write(t.join("xfile"), b"x").unwrap();
     let long = format!("/zqxmark/{}", "slow_zqxmark_target/".repeat(6));
     std::os::unix::fs::symlink(long, t.join("slow")).unwrap();
+    std::os::unix::fs::symlink("zqxmark_fast", t.join("fast")).unwrap();
     let value = d.path().join("value");
     std::fs::write(&value, "zqxmark_value/".repeat(20)).unwrap();
     let variants: [(&str, &[&str]); 2] = [
@@ -861,9 +876,24 @@ fn cross_linked_blocks_leak_nothing_in_any_format() {
         let raw = std::fs::read(&img).unwrap();
         assert!(marks(&raw) > 80, "{name}: the marker is planted");
         let work = d.path().join("work.img");
-        for (what, inode, field, block) in edits {
+        // The inode-table block of the fast symlink, claimed by a directory and by a
+        // file's map (ext3: as its indirect block).
+        let itable = inode_table_block(&img, "/fast");
+        let (map, field) = if ext4 {
+            ("/file", first)
+        } else {
+            ("/big", "block[IND]")
+        };
+        let mut edits: Vec<_> = edits
+            .into_iter()
+            .map(|(what, inode, field, block)| (what, format!("sif {inode} {field} {block}")))
+            .collect();
+        edits.push((
+            "a directory and a file's map claim an inode-table block",
+            format!("sif /zqxmark_dir_b {first} {itable}\nsif {map} {field} {itable}"),
+        ));
+        for (what, cmd) in edits {
             std::fs::write(&work, &raw).unwrap();
-            let cmd = format!("sif {inode} {field} {block}");
             debugfs_w(&work, &format!("{cmd}\n"));
             let case = format!("{name}: {what} ({cmd})");
             let (l, w) = cross_check(d.path(), &work, &case);

@@ -576,25 +576,44 @@ impl<S: ReadAt> Planner<'_, S> {
     fn release_shared(&mut self) {
         let claims = std::mem::replace(&mut self.claims, Claims::new(&self.fs.sb));
         let shared = claims.shared();
-        // (first, last, scrambled), coalesced.
+        // (first, last, scrambled), coalesced. Fixed metadata (an inode table a damaged
+        // map claims) is left out: its own pass scrambled it (its inodes), and the claim
+        // was reported as such.
         let mut runs: Vec<(FsBlock, FsBlock, bool)> = Vec::new();
-        let mut add = |b: FsBlock, scrambled: bool| match runs.last_mut() {
-            Some((_, l, s)) if *s == scrambled && l.checked_add(1) == Some(b) => *l = b,
-            _ => runs.push((b, b, scrambled)),
+        let mut add = |b: FsBlock, e: FsBlock, scrambled: bool| match runs.last_mut() {
+            Some((_, l, s)) if *s == scrambled && l.checked_add(1) == Some(b) => *l = e,
+            _ => runs.push((b, e, scrambled)),
         };
-        for r in &shared.mapped {
+        for (r, mapped) in shared
+            .mapped
+            .iter()
+            .map(|r| (r, true))
+            .chain(shared.others.iter().map(|r| (r, false)))
+        {
             let mut b = r.start;
             while b < r.end() {
+                let one = b..b.saturating_add(1);
+                let fixed = self.fixed_in(&(b..r.end()));
+                if let Some(f) = fixed.as_ref().filter(|f| f.start == b) {
+                    b = f.end;
+                    continue;
+                }
+                if !mapped {
+                    // Scrambled as it is, up to the next fixed block: added as a run
+                    // (these follow data claims, which may be long).
+                    let upto = fixed.map_or(r.end(), |f| f.start);
+                    add(b, FsBlock(upto.get().saturating_sub(1)), true);
+                    b = upto;
+                    continue;
+                }
                 let kept = !matches!(self.kinds.get(&b), Some((_, true)));
                 if kept {
-                    self.ov.release(b..b.saturating_add(1));
+                    self.ov.release(one);
                 }
-                add(b, !kept);
+                add(b, b, !kept);
                 b = b.saturating_add(1);
             }
         }
-        let last = |r: &BlockRun| FsBlock(r.end().get().saturating_sub(1));
-        runs.extend(shared.others.iter().map(|r| (r.start, last(r), true)));
         runs.sort_unstable();
         for (first, last, scrambled) in runs {
             self.skip(if scrambled {
