@@ -325,6 +325,7 @@ fn print_scramble_summary(src: &str, s: &e2i::scramble::ScrambleReport) {
     for w in s.not_scrambled.iter().take(SHOWN) {
         let what = match w {
             e2i::scramble::Unscrambled::Scrubbed(_) => "scrubbed",
+            e2i::scramble::Unscrambled::SharedScrambled { .. } => "scrambled",
             _ => "not scrambled",
         };
         eprintln!("{TOOL}: {what}: {src}: {w}");

@@ -6,7 +6,7 @@
 //! (the full set when `E2I_FULL_CORPUS=1`): tests share it through a `OnceLock`; a file lock
 //! (exclusive while generating, shared while in use) keeps concurrent test processes apart.
 
-use super::util::{run, tempdir, tool};
+use super::util::{e2image, run, tempdir, tool};
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -128,17 +128,6 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> usize {
 
 fn open(p: &Path) -> BufReader<File> {
     BufReader::new(File::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
-}
-
-/// `e2image ARGS IMG OUT` into a fresh file.
-fn e2image(args: &[&str], img: &Path, out: &Path) {
-    let o = run(Command::new("e2image").args(args).arg(img).arg(out));
-    assert!(
-        o.status.success(),
-        "e2image {args:?} {}: {}",
-        img.display(),
-        String::from_utf8_lossy(&o.stderr)
-    );
 }
 
 /// `e2i-capture ARGS IMG OUT`; returns stderr on a non-zero exit.

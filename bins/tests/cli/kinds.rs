@@ -40,15 +40,6 @@ fn put(img: &mut [u8], at: u64, bytes: &[u8]) {
     img[at as usize..at as usize + bytes.len()].copy_from_slice(bytes);
 }
 
-fn debugfs(img: &Path, cmd: &str) -> String {
-    let o = Command::new("debugfs")
-        .args(["-R", cmd])
-        .arg(img)
-        .output()
-        .expect("debugfs");
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 /// The inode number of `path` and the byte offset of its inode in the image.
 fn inode_at(img: &Path, bytes: &[u8], path: &str) -> (u32, u64) {
     let out = debugfs(img, &format!("stat {path}"));

@@ -6,26 +6,12 @@ use std::process::Command;
 
 use super::util::*;
 
-fn sh(cmd: &mut Command) -> std::process::Output {
-    let o = run(cmd);
-    assert!(
-        o.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
-
-fn read(p: &Path) -> Vec<u8> {
-    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
 fn size(p: &Path) -> u64 {
     std::fs::metadata(p).unwrap().len()
 }
 
 /// `debugfs -w -R REQUEST img` (one request each: write, mkdir, rm).
-fn debugfs(img: &Path, requests: &[String]) {
+fn debugfs_requests(img: &Path, requests: &[String]) {
     for r in requests {
         let o = sh(Command::new("debugfs").arg("-w").arg("-R").arg(r).arg(img));
         let err = String::from_utf8_lossy(&o.stderr);
@@ -35,24 +21,6 @@ fn debugfs(img: &Path, requests: &[String]) {
             "debugfs {r}: {err}"
         );
     }
-}
-
-/// `e2image -r [-a] img` into `out`; its bytes.
-fn e2image_r(img: &Path, all: bool, out: &Path) -> Vec<u8> {
-    let _ = std::fs::remove_file(out);
-    sh(Command::new("e2image")
-        .arg(if all { "-ra" } else { "-r" })
-        .arg(img)
-        .arg(out));
-    read(out)
-}
-
-/// `qemu-img check` exit status (0 = clean).
-fn qemu_check(q: &Path) -> i32 {
-    run(Command::new("qemu-img").arg("check").arg(q))
-        .status
-        .code()
-        .unwrap_or(-1)
 }
 
 /// `qemu-img info --output=json` of `q`.
@@ -69,11 +37,10 @@ fn assert_reads_as(q: &Path, want: &[u8], what: &str) {
     let d = q.parent().unwrap();
     let out = d.join("readback.raw");
     let _ = std::fs::remove_file(&out);
-    sh(Command::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(q)
-        .arg(&out));
-    assert!(read(&out) == want, "{what}: qemu-img convert differs");
+    assert!(
+        qemu_to_raw(q, &out) == want,
+        "{what}: qemu-img convert differs"
+    );
     for (t, args) in [
         ("qcow2-to-raw", &[][..]),
         ("e2i-to-raw", &[][..]),
@@ -95,17 +62,7 @@ fn populated(dir: &Path, name: &str, size: &str, files: usize, extra: &[&str]) -
         std::fs::write(sub.join(format!("f{i}")), format!("{i}\n").repeat(i % 50)).unwrap();
     }
     let img = dir.join(name);
-    let st = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-E", "root_owner=0:0"])
-        .args(extra)
-        .arg("-d")
-        .arg(&tree)
-        .arg(&img)
-        .arg(size)
-        .env("E2FSPROGS_FAKE_TIME", "1700000000")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    mkfs_from(&tree, &img, size, extra);
     std::fs::remove_dir_all(&tree).unwrap();
     img
 }
@@ -114,7 +71,7 @@ fn populated(dir: &Path, name: &str, size: &str, files: usize, extra: &[&str]) -
 fn change(img: &Path, round: usize) {
     let src = img.with_extension(format!("src{round}"));
     std::fs::write(&src, format!("round {round}\n").repeat(300)).unwrap();
-    debugfs(
+    debugfs_requests(
         img,
         &[
             format!("write {} new{round}", src.display()),
@@ -145,7 +102,7 @@ fn overlay_reads_back_as_the_changed_filesystem() {
             .arg(&img)
             .arg(&base));
         change(&img, 1);
-        let want = e2image_r(&img, false, &p("want.raw"));
+        let want = e2image_bytes(&["-r"], &img, &p("want.raw"));
         let ov = p(&format!("{name}.ov.qcow2"));
         sh(Command::new(tool("e2i-capture"))
             .args(["-Q", "--backing"])
@@ -241,7 +198,7 @@ fn overlay_with_file_data_clones_like_e2image_ra() {
         .arg(&img)
         .arg(&base));
     change(&img, 2);
-    let want = e2image_r(&img, true, &p("want.raw"));
+    let want = e2image_bytes(&["-ra"], &img, &p("want.raw"));
     let ov = p("ov.qcow2");
     sh(Command::new(tool("e2i-capture"))
         .args(["-Qa", "--backing", "base.qcow2"])
@@ -251,11 +208,10 @@ fn overlay_with_file_data_clones_like_e2image_ra() {
     // Recorded as given: relative, found from the overlay's folder.
     assert!(qemu_info(&ov).contains("\"backing-filename\": \"base.qcow2\""));
     let out = p("out.raw");
-    sh(Command::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(&ov)
-        .arg(&out));
-    assert!(read(&out) == want, "qemu-img convert of the -a overlay");
+    assert!(
+        qemu_to_raw(&ov, &out) == want,
+        "qemu-img convert of the -a overlay"
+    );
     let clone = p("clone.raw");
     let state = tempdir();
     sh(Command::new(tool("e2i-move"))
@@ -284,11 +240,11 @@ fn chains_three_deep_read_back_and_stay_small() {
         .arg(&img)
         .arg(p("w0.qcow2")));
     // A raw base as well.
-    e2image_r(&img, false, &p("w0.raw"));
+    e2image(&["-r"], &img, &p("w0.raw"));
     let mut wants = vec![];
     for week in 1..=3 {
         change(&img, week);
-        let want = e2image_r(&img, false, &p(&format!("want{week}.raw")));
+        let want = e2image_bytes(&["-r"], &img, &p(&format!("want{week}.raw")));
         let prev = format!("w{}.qcow2", week - 1);
         let this = p(&format!("w{week}.qcow2"));
         match week {
@@ -362,7 +318,7 @@ fn overlay_on_a_smaller_base() {
         .arg(p("b.qcow2")));
     sh(Command::new("resize2fs").arg(&img).arg("40M"));
     change(&img, 3);
-    let want = e2image_r(&img, false, &p("want.raw"));
+    let want = e2image_bytes(&["-r"], &img, &p("want.raw"));
     let ov = p("ov.qcow2");
     sh(Command::new(tool("e2i-capture"))
         .args(["-Q", "--backing", "b.qcow2"])
@@ -523,7 +479,7 @@ fn zstd_clusters() {
         ("k1.img", &["-b", "1024"][..]),
     ] {
         let img = populated(d.path(), name, "64M", 1500, extra);
-        let want = e2image_r(&img, false, &p("want.raw"));
+        let want = e2image_bytes(&["-r"], &img, &p("want.raw"));
         let z = p(&format!("{name}.z.qcow2"));
         let dfl = p(&format!("{name}.d.qcow2"));
         sh(Command::new(tool("e2i-capture"))

@@ -231,30 +231,6 @@ fn mbr_disk(dir: &Path) -> (PathBuf, Vec<Part>) {
     (disk, parts)
 }
 
-fn ok(o: &Output, what: &str) {
-    assert!(
-        o.status.success(),
-        "{what}: {:?}\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-fn e2image(args: &[&str], src: &Path, out: &Path) {
-    let o = run(Command::new("e2image").args(args).arg(src).arg(out));
-    ok(&o, "e2image");
-}
-
-fn same(a: &Path, b: &Path, what: &str) {
-    let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
-    assert!(
-        x.len() == y.len() && x == y,
-        "{what}: {} and {} differ",
-        a.display(),
-        b.display()
-    );
-}
-
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -313,7 +289,7 @@ fn partitions_capture_and_clone_like_e2image_at_their_offset() {
                     .arg(src)
                     .arg(&ours));
                 ok(&o, "e2i-capture -r -P");
-                same(
+                assert_same(
                     &ours,
                     &theirs,
                     &format!("capture -r -P {} of {}", p.n, src.display()),
@@ -324,7 +300,7 @@ fn partitions_capture_and_clone_like_e2image_at_their_offset() {
                     .arg(src)
                     .arg(&clone));
                 ok(&o, "e2i-move -P");
-                same(
+                assert_same(
                     &clone,
                     &theirs_all,
                     &format!("move -P {} of {}", p.n, src.display()),
@@ -563,7 +539,7 @@ fn a_partition_shrunk_below_its_filesystem_is_reported_and_not_read_past() {
     );
     let theirs = d.path().join("theirs.raw");
     e2image(&["-r", "-o", "1048576"], &disk, &theirs);
-    same(&forced, &theirs, "capture --past-partition-end -P 1");
+    assert_same(&forced, &theirs, "capture --past-partition-end -P 1");
     // The same for a clone (e2i-move SOURCE DEST): zeros past the end, with -f too, unless
     // --past-partition-end (then e2image -ra -o's bytes).
     for (opts, past) in [(&["-f"][..], false), (&["--past-partition-end"], true)] {
@@ -580,7 +556,7 @@ fn a_partition_shrunk_below_its_filesystem_is_reported_and_not_read_past() {
             let theirs = d.path().join("theirs-a.raw");
             let _ = std::fs::remove_file(&theirs);
             e2image(&["-ra", "-o", "1048576"], &disk, &theirs);
-            same(&clone, &theirs, "clone --past-partition-end -P 1");
+            assert_same(&clone, &theirs, "clone --past-partition-end -P 1");
         } else {
             assert!(
                 c.iter().skip(4 << 20).all(|&b| b != 0xEE),

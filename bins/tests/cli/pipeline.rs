@@ -4,17 +4,6 @@ use super::util::*;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-fn e2image(args: &[&str], img: &std::path::Path, out: &std::path::Path) -> Vec<u8> {
-    let st = Command::new("e2image")
-        .args(args)
-        .arg(img)
-        .arg(out)
-        .output()
-        .expect("e2image");
-    assert!(st.status.success());
-    std::fs::read(out).unwrap()
-}
-
 fn capture_stream(args: &[&str], img: &std::path::Path) -> Vec<u8> {
     let o = run(Command::new(tool("e2i-capture")).args(args).arg(img));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -48,7 +37,7 @@ fn stream_round_trips_to_e2image_bytes() {
         ("b.img", &["-b", "4096", "-O", "^metadata_csum"][..]),
     ] {
         let img = mkfs(d.path(), name, "8M", extra);
-        let want = e2image(&["-r"], &img, &d.path().join("ref.raw"));
+        let want = e2image_bytes(&["-r"], &img, &d.path().join("ref.raw"));
         let s = capture_stream(&[], &img);
         let out = d.path().join("out.raw");
         let o = to_raw(&s, &out);
@@ -78,7 +67,7 @@ fn stream_round_trips_to_e2image_bytes() {
             assert_eq!(std::fs::read(&out2).unwrap(), want, "{name} via {c}");
         }
         // All data.
-        let want_a = e2image(&["-ra"], &img, &d.path().join("refa.raw"));
+        let want_a = e2image_bytes(&["-ra"], &img, &d.path().join("refa.raw"));
         let sa = capture_stream(&["-a"], &img);
         let outa = d.path().join("outa.raw");
         assert!(to_raw(&sa, &outa).status.success());
@@ -194,7 +183,7 @@ fn damaged_streams_are_refused_and_leave_nothing() {
 fn converters_take_normal_and_qcow2_inputs() {
     let d = tempdir();
     let img = mkfs(d.path(), "fs.img", "8M", &["-b", "1024"]);
-    let want = e2image(&["-r"], &img, &d.path().join("ref.raw"));
+    let want = e2image_bytes(&["-r"], &img, &d.path().join("ref.raw"));
     // qcow2 → raw through e2i-to-raw.
     let q = d.path().join("x.qcow2");
     assert!(

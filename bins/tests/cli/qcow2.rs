@@ -6,50 +6,12 @@ use std::process::Command;
 
 use super::util::*;
 
-fn sh(cmd: &mut Command) -> std::process::Output {
-    let o = run(cmd);
-    assert!(
-        o.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
-
-fn read(p: &Path) -> Vec<u8> {
-    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
-/// `qemu-img check` exit status (0 = clean, 3 = leaks, 2 = corruption).
-fn qemu_check(q: &Path) -> i32 {
-    let o = run(Command::new("qemu-img").arg("check").arg(q));
-    o.status.code().unwrap_or(-1)
-}
-
-fn qemu_to_raw(q: &Path, out: &Path) -> Vec<u8> {
-    sh(Command::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(q)
-        .arg(out));
-    read(out)
-}
-
-fn e2image(args: &[&str], src: &Path, out: &Path) -> Vec<u8> {
-    sh(Command::new("e2image").args(args).arg(src).arg(out));
-    read(out)
-}
-
-/// A filesystem with some data in files of several sizes.
-fn fs(dir: &Path, name: &str, size: &str, opts: &[&str]) -> PathBuf {
-    mkfs(dir, name, size, opts)
-}
-
 /// Our qcow2 of `img` (with `extra` capture options) must be clean and expand, with qemu-img
 /// and with stock e2image, to e2image's raw image; returns (plain size, compressed size).
 fn check_capture(d: &Path, img: &Path, all: bool) -> (u64, u64) {
     let tag = img.file_name().unwrap().to_string_lossy().into_owned() + if all { "-a" } else { "" };
     let flags: &[&str] = if all { &["-ra"] } else { &["-r"] };
-    let reference = e2image(flags, img, &d.join(format!("{tag}.ref")));
+    let reference = e2image_bytes(flags, img, &d.join(format!("{tag}.ref")));
     let q = d.join(format!("{tag}.qcow2"));
     let mut cmd = Command::new(tool("e2i-capture"));
     cmd.arg("-Q");
@@ -63,7 +25,7 @@ fn check_capture(d: &Path, img: &Path, all: bool) -> (u64, u64) {
         "{tag}: qemu-img convert"
     );
     assert!(
-        e2image(&["-r"], &q, &d.join(format!("{tag}.back"))) == reference,
+        e2image_bytes(&["-r"], &q, &d.join(format!("{tag}.back"))) == reference,
         "{tag}: stock e2image -r of our qcow2"
     );
     let z = d.join(format!("{tag}.z.qcow2"));
@@ -102,7 +64,7 @@ fn capture_qcow2_is_clean_and_matches_e2image() {
         ("b64bit", "16M", &["-O", "64bit"][..]),
         ("bigalloc", "32M", &["-O", "bigalloc", "-C", "16384"][..]),
     ] {
-        let img = fs(d.path(), name, size, opts);
+        let img = mkfs(d.path(), name, size, opts);
         check_capture(d.path(), &img, false);
         check_capture(d.path(), &img, true);
     }
@@ -159,8 +121,8 @@ fn nearly_full_fs_with_all_data() {
 #[test]
 fn to_qcow2_tool_file_and_stdout() {
     let d = tempdir();
-    let img = fs(d.path(), "fs.img", "8M", &[]);
-    let reference = e2image(&["-r"], &img, &d.path().join("ref.raw"));
+    let img = mkfs(d.path(), "fs.img", "8M", &[]);
+    let reference = e2image_bytes(&["-r"], &img, &d.path().join("ref.raw"));
     let q = d.path().join("o.qcow2");
     sh(Command::new(tool("e2i-to-qcow2")).arg(&img).arg(&q));
     assert_eq!(qemu_check(&q), 0);
@@ -233,7 +195,7 @@ fn qcow2_variants(d: &Path, raw: &Path, img: &Path) -> Vec<(String, PathBuf)> {
 #[test]
 fn qcow2_to_raw_matches_qemu_img() {
     let d = tempdir();
-    let img = fs(d.path(), "fs.img", "16M", &[]);
+    let img = mkfs(d.path(), "fs.img", "16M", &[]);
     let raw = d.path().join("all.raw");
     e2image(&["-ra"], &img, &raw);
     for (what, q) in qcow2_variants(d.path(), &raw, &img) {
@@ -329,8 +291,8 @@ fn qcow2_to_raw_of_odd_sizes_and_cluster_sizes() {
 #[test]
 fn capture_from_qcow2_sources() {
     let d = tempdir();
-    let img = fs(d.path(), "fs.img", "16M", &[]);
-    let reference = e2image(&["-r"], &img, &d.path().join("ref.raw"));
+    let img = mkfs(d.path(), "fs.img", "16M", &[]);
+    let reference = e2image_bytes(&["-r"], &img, &d.path().join("ref.raw"));
     let raw = d.path().join("all.raw");
     e2image(&["-ra"], &img, &raw);
     let mut sources = vec![d.path().join("e.qcow2"), d.path().join("v3.qcow2")];
@@ -372,8 +334,8 @@ fn capture_from_qcow2_sources() {
 #[test]
 fn qcow2_input_on_stdin_plain_gzip_bzip2() {
     let d = tempdir();
-    let img = fs(d.path(), "fs.img", "8M", &[]);
-    let reference = e2image(&["-r"], &img, &d.path().join("ref.raw"));
+    let img = mkfs(d.path(), "fs.img", "8M", &[]);
+    let reference = e2image_bytes(&["-r"], &img, &d.path().join("ref.raw"));
     let q = d.path().join("e.qcow2");
     sh(Command::new("e2image").arg("-Q").arg(&img).arg(&q));
     for wrap in ["cat", "gzip -c", "bzip2 -c"] {
@@ -403,7 +365,7 @@ fn qcow2_input_on_stdin_plain_gzip_bzip2() {
 #[test]
 fn qcow2_to_raw_in_place_check_and_dry_run() {
     let d = tempdir();
-    let img = fs(d.path(), "fs.img", "8M", &[]);
+    let img = mkfs(d.path(), "fs.img", "8M", &[]);
     let q = d.path().join("v3.qcow2");
     let raw = d.path().join("all.raw");
     e2image(&["-ra"], &img, &raw);
@@ -592,7 +554,7 @@ fn hostile_kind_ok(kind: &str, e: &e2i::Error, good: &[u8]) -> bool {
 #[test]
 fn hostile_qcow2_fails_cleanly() {
     let d = tempdir();
-    let img = fs(d.path(), "fs.img", "8M", &[]);
+    let img = mkfs(d.path(), "fs.img", "8M", &[]);
     let q = d.path().join("good.qcow2");
     sh(Command::new(tool("e2i-capture"))
         .arg("-Q")
@@ -687,56 +649,6 @@ fn refuses_encryption_external_data_subclusters() {
     }
 }
 
-/// Whether two (sparse) files hold the same bytes, reading only where either has data
-/// (SEEK_DATA): elsewhere both read as zeros. Returns the bytes compared.
-fn same_sparse(a: &Path, b: &Path) -> Result<u64, String> {
-    use e2i::io::{FileSource, ReadAt};
-    let (fa, fb) = (
-        FileSource::open(a, 0).unwrap(),
-        FileSource::open(b, 0).unwrap(),
-    );
-    if fa.size() != fb.size() {
-        return Err(format!("sizes {} and {}", fa.size(), fb.size()));
-    }
-    let regions = |f: &FileSource| {
-        let mut v = Vec::new();
-        let mut pos = 0;
-        while pos < f.size() {
-            match f.data_region(pos).unwrap() {
-                Some(r) if r.start < f.size() => {
-                    let end = r.end.min(f.size());
-                    v.push(r.start..end);
-                    pos = end;
-                }
-                _ => break,
-            }
-        }
-        v
-    };
-    let mut all = regions(&fa);
-    all.extend(regions(&fb));
-    all.sort_by_key(|r| r.start);
-    let (mut compared, mut done) = (0u64, 0u64);
-    let (mut x, mut y) = (Vec::new(), Vec::new());
-    for r in all {
-        let mut at = r.start.max(done);
-        while at < r.end {
-            let n = (r.end - at).min(1 << 20) as usize;
-            x.resize(n, 0);
-            y.resize(n, 0);
-            fa.read_sparse_at(&mut x, at).unwrap();
-            fb.read_sparse_at(&mut y, at).unwrap();
-            if x != y {
-                return Err(format!("bytes differ in {at}..{}", at + n as u64));
-            }
-            at += n as u64;
-            compared += n as u64;
-        }
-        done = done.max(r.end);
-    }
-    Ok(compared)
-}
-
 /// `e2image -Q` of a 16 TiB filesystem (less 1 MiB where the temporary folder's
 /// filesystem cannot hold a 16 TiB file, as ext4 cannot) has a 64 MiB L1 table, over qemu's
 /// 32 MiB: both qcow2 readers convert it to exactly the bytes `e2image -r` writes, in
@@ -775,13 +687,12 @@ fn e2image_qcow2_of_a_16_tib_filesystem_converts() {
         String::from_utf8_lossy(&o.stderr)
     );
     let q = d.path().join("fs16t.qcow2");
-    // (Not through e2image(), which reads the whole output.)
-    sh(Command::new("e2image").arg("-Q").arg(&img).arg(&q));
+    e2image(&["-Q"], &img, &q);
     // The L1 table is larger than qemu's limit (it refuses the image).
     let l1_size = e2i::bytes::be::u32(&read_head(&q), 36);
     assert!(u64::from(l1_size) * 8 > 32 << 20, "L1 of {l1_size} entries");
     let want = d.path().join("e2image.raw");
-    sh(Command::new("e2image").arg("-r").arg(&q).arg(&want));
+    e2image(&["-r"], &q, &want);
     for t in ["qcow2-to-raw", "e2i-to-raw"] {
         let out = d.path().join(format!("{t}.raw"));
         let o = run(Command::new(tool(t)).arg(&q).arg(&out));

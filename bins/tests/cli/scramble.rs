@@ -13,38 +13,17 @@ use std::process::{Command, Output};
 
 const MARKER: &[u8] = b"secret";
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// Run `debugfs` with a command file (write mode).
-fn debugfs_w(img: &Path, cmds: &str) {
-    let f = img.with_extension("cmds");
-    std::fs::write(&f, cmds).unwrap();
-    let o = run(Command::new("debugfs").arg("-w").arg("-f").arg(&f).arg(img));
-    assert!(o.status.success(), "debugfs: {}", text(&o));
-}
-
-fn debugfs(img: &Path, req: &str) -> Output {
+fn debugfs_output(img: &Path, req: &str) -> Output {
     run(Command::new("debugfs").arg("-R").arg(req).arg(img))
 }
 
 /// First physical block of logical block `lblk` of `file` (debugfs `bmap`).
 fn bmap(img: &Path, file: &str, lblk: u64) -> u64 {
-    let o = debugfs(img, &format!("bmap {file} {lblk}"));
+    let o = debugfs_output(img, &format!("bmap {file} {lblk}"));
     String::from_utf8_lossy(&o.stdout)
         .trim()
         .parse()
-        .unwrap_or_else(|_| panic!("bmap {file} {lblk}: {}", text(&o)))
-}
-
-fn e2fsck_status(img: &Path) -> (i32, String) {
-    let o = run(Command::new("e2fsck").arg("-fn").arg(img));
-    (o.status.code().unwrap_or(-1), text(&o))
+        .unwrap_or_else(|_| panic!("bmap {file} {lblk}: {}", output_text(&o)))
 }
 
 /// The source tree: a big directory, nested directories, fast and slow symlinks, small files.
@@ -95,7 +74,7 @@ fn make_image(dir: &Path, size: &str, mkfs_args: &[&str], ext: &str, tree: &Path
         .arg(&img)
         .arg(size)
         .env("E2FSPROGS_FAKE_TIME", "1700000000"));
-    assert!(o.status.success(), "mkfs: {}", text(&o));
+    assert!(o.status.success(), "mkfs: {}", output_text(&o));
     let big = dir.join("bigvalue");
     std::fs::write(&big, "SeCrEt value in a block ".repeat(30)).unwrap();
     debugfs_w(
@@ -127,10 +106,10 @@ fn finish_image(img: &Path, journal_copy_of: &str) {
     assert!(
         o.status.code().unwrap_or(8) <= 1,
         "e2fsck -fyD: {}",
-        text(&o)
+        output_text(&o)
     );
     let bs: u64 = {
-        let o = debugfs(img, "stats");
+        let o = debugfs_output(img, "stats");
         let t = String::from_utf8_lossy(&o.stdout).to_string();
         let line = t
             .lines()
@@ -138,8 +117,8 @@ fn finish_image(img: &Path, journal_copy_of: &str) {
             .expect("block size");
         line.split_whitespace().last().unwrap().parse().unwrap()
     };
-    let has_journal = !String::from_utf8_lossy(&debugfs(img, "stat <8>").stdout).is_empty()
-        && String::from_utf8_lossy(&debugfs(img, "stats").stdout).contains("has_journal");
+    let has_journal = !String::from_utf8_lossy(&debugfs_output(img, "stat <8>").stdout).is_empty()
+        && String::from_utf8_lossy(&debugfs_output(img, "stats").stdout).contains("has_journal");
     if has_journal {
         let from = bmap(img, journal_copy_of, 1);
         let to = bmap(img, "<8>", 3);
@@ -171,8 +150,8 @@ fn directories(img: &Path) -> (Dirs, String) {
         if out.contains_key(&d) {
             continue;
         }
-        let o = debugfs(img, &format!("ls -l <{d}>"));
-        log.push_str(&text(&o));
+        let o = debugfs_output(img, &format!("ls -l <{d}>"));
+        log.push_str(&output_text(&o));
         let mut entries = Vec::new();
         for line in String::from_utf8_lossy(&o.stdout).lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
@@ -232,7 +211,7 @@ fn verify(dir: &Path, img: &Path, min_entries: usize) {
         .arg("-r")
         .arg(img)
         .arg(&plain));
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let leaked = contains_marker(&std::fs::read(&plain).unwrap());
     assert!(
         leaked > min_entries,
@@ -244,7 +223,7 @@ fn verify(dir: &Path, img: &Path, min_entries: usize) {
         .args(["-r", "-s"])
         .arg(img)
         .arg(&out));
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let summary = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(summary.contains("scrambled "), "{summary}");
     assert!(!summary.contains("could not keep"), "{summary}");
@@ -255,8 +234,8 @@ fn verify(dir: &Path, img: &Path, min_entries: usize) {
     assert_eq!(got, want, "e2fsck -fn on the scrambled image:\n{log}");
 
     // debugfs lists it without checksum errors; every directory keeps its entries.
-    let ls = debugfs(&out, "ls -l /");
-    let ls_text = text(&ls);
+    let ls = debugfs_output(&out, "ls -l /");
+    let ls_text = output_text(&ls);
     assert!(!ls_text.to_lowercase().contains("checksum"), "{ls_text}");
     let (before, _) = directories(img);
     let (after, log) = directories(&out);
@@ -369,11 +348,11 @@ fn casefold_htree() {
     }
     debugfs_w(&img, &cmds);
     finish_image(&img, "/cf");
-    let st = debugfs(&img, "stat /cf");
+    let st = debugfs_output(&img, "stat /cf");
     assert!(
         String::from_utf8_lossy(&st.stdout).contains("Flags: 0x40081000"),
         "{}",
-        text(&st)
+        output_text(&st)
     );
     verify(d.path(), &img, 1500);
 }
@@ -405,7 +384,7 @@ fn short_names_are_never_kept() {
         .args(["-r", "-s"])
         .arg(&img)
         .arg(&out));
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let summary = String::from_utf8_lossy(&o.stderr).to_string();
     let (before, _) = directories(&img);
     let (after, log) = directories(&out);
@@ -448,12 +427,12 @@ fn scrambled_stream_matches_file() {
         .args(["-r", "-s"])
         .arg(&img)
         .arg(&file));
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let o = run(Command::new(tool("e2i-capture"))
         .args(["-r", "-s"])
         .arg(&img)
         .arg("-"));
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let f = std::fs::read(&file).unwrap();
     assert_eq!(o.stdout.len(), f.len());
     assert!(o.stdout == f, "stream and file differ");
@@ -493,12 +472,12 @@ fn damaged_sources_do_not_panic() {
         assert!(
             matches!(code, Some(0 | 1 | 3)),
             "round {round}: exit {code:?}: {}",
-            text(&o)
+            output_text(&o)
         );
         assert!(
-            !text(&o).contains("panicked"),
+            !output_text(&o).contains("panicked"),
             "round {round}: {}",
-            text(&o)
+            output_text(&o)
         );
     }
 }

@@ -25,6 +25,22 @@ pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
 }
 
+/// `mkfs.ext4 -d TREE` into `img` of `size`, root-owned, at a fixed time; `extra` are mkfs
+/// options.
+pub fn mkfs_from(tree: &Path, img: &Path, size: &str, extra: &[&str]) {
+    let st = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-E", "root_owner=0:0"])
+        .args(extra)
+        .arg("-d")
+        .arg(tree)
+        .arg(img)
+        .arg(size)
+        .env("E2FSPROGS_FAKE_TIME", "1700000000")
+        .status()
+        .expect("mkfs.ext4");
+    assert!(st.success(), "mkfs.ext4 {extra:?} failed");
+}
+
 /// Make a small ext4 image with `mkfs.ext4 -d` of a little tree; `extra` are mkfs options.
 pub fn mkfs(dir: &Path, name: &str, size: &str, extra: &[&str]) -> PathBuf {
     let tree = dir.join(format!("{name}.tree"));
@@ -38,17 +54,7 @@ pub fn mkfs(dir: &Path, name: &str, size: &str, extra: &[&str]) -> PathBuf {
     }
     std::os::unix::fs::symlink("sub/target", tree.join("link")).expect("symlink");
     let img = dir.join(name);
-    let st = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-E", "root_owner=0:0"])
-        .args(extra)
-        .arg("-d")
-        .arg(&tree)
-        .arg(&img)
-        .arg(size)
-        .env("E2FSPROGS_FAKE_TIME", "1700000000")
-        .status()
-        .expect("mkfs.ext4");
-    assert!(st.success(), "mkfs.ext4 failed");
+    mkfs_from(&tree, &img, size, extra);
     img
 }
 
@@ -153,4 +159,131 @@ pub fn journal_of(path: &Path) -> PathBuf {
     let mut j = std::fs::canonicalize(path).unwrap().into_os_string();
     j.push(".e2i-move");
     PathBuf::from(j)
+}
+
+/// Run a command that must succeed; its output (a failure shows the command and stderr).
+pub fn sh(cmd: &mut Command) -> Output {
+    let o = run(cmd);
+    assert!(o.status.success(), "{cmd:?} failed: {}", text(&o.stderr));
+    o
+}
+
+/// A file's bytes (a failure names the file).
+pub fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// A command's stdout and stderr, as text.
+pub fn output_text(o: &Output) -> String {
+    format!("{}{}", text(&o.stdout), text(&o.stderr))
+}
+
+/// `e2image ARGS SRC OUT`, which must succeed.
+pub fn e2image(args: &[&str], src: &Path, out: &Path) {
+    sh(Command::new("e2image").args(args).arg(src).arg(out));
+}
+
+/// `e2image ARGS SRC OUT` into a new file (an old OUT is removed first); its bytes.
+pub fn e2image_bytes(args: &[&str], src: &Path, out: &Path) -> Vec<u8> {
+    let _ = std::fs::remove_file(out);
+    e2image(args, src, out);
+    read(out)
+}
+
+/// `qemu-img check` exit status (0 = clean, 3 = leaks, 2 = corruption).
+pub fn qemu_check(q: &Path) -> i32 {
+    run(Command::new("qemu-img").arg("check").arg(q))
+        .status
+        .code()
+        .unwrap_or(-1)
+}
+
+/// `qemu-img convert -O raw Q OUT`; the raw image's bytes.
+pub fn qemu_to_raw(q: &Path, out: &Path) -> Vec<u8> {
+    sh(Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(q)
+        .arg(out));
+    read(out)
+}
+
+/// `debugfs -R REQUEST img` (read-only): its stdout.
+pub fn debugfs(img: &Path, request: &str) -> String {
+    text(&run(Command::new("debugfs").arg("-R").arg(request).arg(img)).stdout)
+}
+
+/// `debugfs -w -f CMDS img`, `cmds` one request a line (written next to `img`); it must
+/// exit 0.
+pub fn debugfs_w(img: &Path, cmds: &str) {
+    let f = img.with_extension("cmds");
+    std::fs::write(&f, cmds).unwrap();
+    let o = run(Command::new("debugfs").arg("-w").arg("-f").arg(&f).arg(img));
+    assert!(o.status.success(), "debugfs: {}", output_text(&o));
+}
+
+/// `e2fsck -fn img`: its exit status and output.
+pub fn e2fsck_status(img: &Path) -> (i32, String) {
+    let o = run(Command::new("e2fsck").arg("-fn").arg(img));
+    (o.status.code().unwrap_or(-1), output_text(&o))
+}
+
+/// `e2fsck -fn img`: its exit status (its verdict).
+pub fn e2fsck(img: &Path) -> i32 {
+    e2fsck_status(img).0
+}
+
+/// Whether two (sparse) files hold the same bytes, reading only where either has data
+/// (SEEK_DATA): elsewhere both read as zeros. Returns the bytes compared, or what differs
+/// (a file that cannot be opened included).
+pub fn same_sparse(a: &Path, b: &Path) -> Result<u64, String> {
+    use e2i::io::{FileSource, ReadAt};
+    let open = |p: &Path| FileSource::open(p, 0).map_err(|e| format!("{}: {e}", p.display()));
+    let (fa, fb) = (open(a)?, open(b)?);
+    if fa.size() != fb.size() {
+        return Err(format!("sizes {} and {}", fa.size(), fb.size()));
+    }
+    let regions = |f: &FileSource| {
+        let mut v = Vec::new();
+        let mut pos = 0;
+        while pos < f.size() {
+            match f.data_region(pos).unwrap() {
+                Some(r) if r.start < f.size() => {
+                    let end = r.end.min(f.size());
+                    v.push(r.start..end);
+                    pos = end;
+                }
+                _ => break,
+            }
+        }
+        v
+    };
+    let mut all = regions(&fa);
+    all.extend(regions(&fb));
+    all.sort_by_key(|r| r.start);
+    let (mut compared, mut done) = (0u64, 0u64);
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for r in all {
+        let mut at = r.start.max(done);
+        while at < r.end {
+            let n = (r.end - at).min(1 << 20) as usize;
+            x.resize(n, 0);
+            y.resize(n, 0);
+            fa.read_sparse_at(&mut x, at).unwrap();
+            fb.read_sparse_at(&mut y, at).unwrap();
+            if x != y {
+                return Err(format!("bytes differ in {at}..{}", at + n as u64));
+            }
+            at += n as u64;
+            compared += n as u64;
+        }
+        done = done.max(r.end);
+    }
+    Ok(compared)
+}
+
+/// `a` and `b` hold the same bytes (a failure names both, `what` and the difference).
+pub fn assert_same(a: &Path, b: &Path, what: &str) {
+    if let Err(e) = same_sparse(a, b) {
+        panic!("{what}: {} and {} differ: {e}", a.display(), b.display());
+    }
 }

@@ -17,10 +17,6 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 fn ok(o: &Output) {
     assert!(
         o.status.success(),
@@ -29,12 +25,6 @@ fn ok(o: &Output) {
         text(&o.stdout),
         text(&o.stderr)
     );
-}
-
-fn e2image_raw(img: &Path, out: &Path) -> Vec<u8> {
-    let o = run(Command::new("e2image").arg("-r").arg(img).arg(out));
-    ok(&o);
-    std::fs::read(out).unwrap()
 }
 
 /// A filesystem with enough metadata for several progress updates.
@@ -206,7 +196,7 @@ fn progress_on_stderr_only_with_and_without_a_terminal() {
     let d = tempdir();
     let dir = d.path();
     let img = fixture(dir);
-    let raw = e2image_raw(&img, &dir.join("e2image.raw"));
+    let raw = e2image_bytes(&["-r"], &img, &dir.join("e2image.raw"));
     // Inputs of the converters and of install.
     let qcow2 = dir.join("in.qcow2");
     ok(&run(Command::new(tool("e2i-capture"))
@@ -375,7 +365,7 @@ fn json_summaries() {
     let d = tempdir();
     let dir = d.path();
     let img = fixture(dir);
-    let raw = e2image_raw(&img, &dir.join("e2image.raw"));
+    let raw = e2image_bytes(&["-r"], &img, &dir.join("e2image.raw"));
 
     // OUTPUT `-`: the data on stdout, the JSON on stderr with the SHA-256 of that data.
     let o = run(Command::new(tool("e2i-capture"))
@@ -469,7 +459,7 @@ fn quiet_suppresses_summaries_not_errors() {
     let dir = d.path();
     let img = fixture(dir);
     let target = dir.join("t.raw");
-    e2image_raw(&img, &target);
+    e2image(&["-r"], &img, &target);
     // -c into an identical target: a summary line, unless --quiet.
     let loud = run(Command::new(tool("e2i-to-raw"))
         .arg("-c")
@@ -776,7 +766,11 @@ fn readme_quick_start_works() {
         .current_dir(&root));
     ok(&o);
     assert!(o.stdout.is_empty() && o.stderr.is_empty());
-    let theirs = e2image_raw(&root.join("testdata/sample.ext4"), &d.path().join("e.raw"));
+    let theirs = e2image_bytes(
+        &["-r"],
+        &root.join("testdata/sample.ext4"),
+        &d.path().join("e.raw"),
+    );
     assert!(std::fs::read(&ours).unwrap() == theirs);
     use std::os::unix::fs::PermissionsExt;
     for s in ["ci/test.sh", "ci/gen-docs.sh", "ci/install.sh", ".ci/run"] {

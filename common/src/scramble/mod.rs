@@ -115,9 +115,14 @@ pub enum Unscrambled {
     /// The journal needed recovery: its log was zeroed, so the image cannot replay it.
     JournalNeededRecovery,
     /// Blocks `first..=last` are claimed by more than one owner (a directory, symlink,
-    /// journal or xattr block cross-linked with other metadata or another inode): the
-    /// scrambler owns none of them and leaves them as they are.
+    /// journal or xattr block that is also another inode's mapping block, and whose
+    /// content is a map, not the private kind's): left as they are.
     Shared { first: FsBlock, last: FsBlock },
+    /// Blocks `first..=last` are claimed by more than one owner (a directory, symlink,
+    /// journal or xattr block that is also another file's data, or read as two private
+    /// kinds): scrambled as the kind their content is, so another file's copy of them
+    /// (with `-a`) is the scrambled one too.
+    SharedScrambled { first: FsBlock, last: FsBlock },
 }
 
 impl fmt::Display for Unscrambled {
@@ -190,7 +195,15 @@ impl fmt::Display for Unscrambled {
             ),
             Self::Shared { first, last } => {
                 crate::ext4::damage::write_range(f, "block", first.get(), last.get())?;
-                f.write_str(" cross-linked (claimed by more than one owner): kept as it is")
+                f.write_str(
+                    " cross-linked (claimed by more than one owner) with a mapping block: kept as it is",
+                )
+            }
+            Self::SharedScrambled { first, last } => {
+                crate::ext4::damage::write_range(f, "block", first.get(), last.get())?;
+                f.write_str(
+                    " cross-linked (claimed by more than one owner): scrambled as the directory, symlink, xattr or journal block it holds, for every owner",
+                )
             }
             Self::JournalNeededRecovery => f.write_str(
                 "the journal needed recovery: its log was zeroed, so the image cannot replay it",

@@ -2,7 +2,7 @@
 //! [`itable`] iterator), and for each inode its directory blocks, symlink target, inline
 //! data and xattrs, found through ext4's block-map walker ([`walk_inode`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
 use super::dir::{Boundary, DirNames, HashSpec, parse_htree, rec_len};
@@ -54,6 +54,7 @@ pub fn plan<S: ReadAt>(fs: &Filesystem<S>, seed: u64) -> Result<(Overlay, Scramb
         filetype: sb.has_incompat(feature::INCOMPAT_FILETYPE),
         fixed: fixed_metadata(fs),
         claims: Claims::new(sb),
+        kinds: HashMap::new(),
     };
     p.inodes()?;
     p.release_shared();
@@ -75,9 +76,21 @@ struct Planner<'a, S> {
     /// The filesystem's fixed metadata (see [`fixed_metadata`]): no directory, symlink,
     /// xattr or journal block of a damaged map may change it.
     fixed: Vec<Range<FsBlock>>,
-    /// Who claims which blocks: what the scrambler may rewrite is only what one owner
-    /// claims alone.
+    /// Who claims which blocks (see [`Claims`]).
     claims: Claims,
+    /// The private blocks read so far, with what they were read as and whether their
+    /// content is that kind's (see [`Planner::put_private`]).
+    kinds: HashMap<FsBlock, (Kind, bool)>,
+}
+
+/// What a private block is read as. Where a cross-linked block is claimed as more than
+/// one kind, the kind whose structure its content has wins (see [`recognised`]), then the
+/// later kind in this order: a directory's scrub zeros most, so it leaves least.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Symlink,
+    Xattr,
+    Dir,
 }
 
 /// Who may have a block rewritten: a slow symlink or journal inode for its data blocks,
@@ -92,19 +105,31 @@ enum Owner {
 }
 
 /// The blocks every in-use inode claims, as the scan attributes them: the blocks the
-/// scrambler may rewrite (candidates, with their owner), and every other claim (mapping
-/// blocks, data of other files). A candidate also claimed otherwise, or by two owners, is
-/// cross-linked: it is left as it is. Memory follows the runs of the maps (metadata).
+/// scrambler rewrites (candidates, with their owner), the mapping blocks of every inode
+/// (extent tree nodes, indirect blocks) and the other data blocks (of regular files...).
+/// A candidate also claimed otherwise, or by two owners, is cross-linked: its bytes are
+/// one content read in several ways, and the private reading wins (names never leak),
+/// except over a map whose content is not the private kind's (see
+/// [`Planner::release_shared`]). Memory follows the runs of the maps (metadata).
 struct Claims {
-    others: BlockMapBuilder,
+    maps: BlockMapBuilder,
+    data: BlockMapBuilder,
     candidates: Vec<(u64, u64, Owner)>,
     blocks_count: u64,
 }
 
+/// Cross-linked candidate blocks: those a map also claims, and the others.
+struct Shared {
+    mapped: Vec<BlockRun>,
+    others: Vec<BlockRun>,
+}
+
 impl Claims {
     fn new(sb: &crate::ext4::superblock::Superblock) -> Self {
+        let last = FsBlock(sb.blocks_count.saturating_sub(1));
         Claims {
-            others: BlockMapBuilder::new(FsBlock(0), FsBlock(sb.blocks_count.saturating_sub(1)), 0),
+            maps: BlockMapBuilder::new(FsBlock(0), last, 0),
+            data: BlockMapBuilder::new(FsBlock(0), last, 0),
             candidates: Vec::new(),
             blocks_count: sb.blocks_count,
         }
@@ -119,11 +144,13 @@ impl Claims {
     }
 
     /// The candidate blocks that are cross-linked, as runs.
-    fn shared(mut self) -> Vec<BlockRun> {
-        let others = self.others.build(FsBlock(0), self.blocks_count);
+    fn shared(mut self) -> Shared {
+        let maps = self.maps.build(FsBlock(0), self.blocks_count);
+        let data = self.data.build(FsBlock(0), self.blocks_count);
         self.candidates.sort_unstable();
         let last = FsBlock(self.blocks_count.saturating_sub(1));
         let mut multi = BlockMapBuilder::new(FsBlock(0), last, 0);
+        let mut mapped = BlockMapBuilder::new(FsBlock(0), last, 0);
         // Candidates still open at the current start, to compare owners.
         let mut open: Vec<(u64, u64, Owner)> = Vec::new();
         for &(s, e, o) in &self.candidates {
@@ -134,11 +161,19 @@ impl Claims {
                 }
             }
             open.push((s, e, o));
-            for r in others.runs_in(FsBlock(s)..FsBlock(e)) {
+            for r in data.runs_in(FsBlock(s)..FsBlock(e)) {
                 multi.mark_range(r.start, r.len);
             }
+            for r in maps.runs_in(FsBlock(s)..FsBlock(e)) {
+                mapped.mark_range(r.start, r.len);
+            }
         }
-        multi.build(FsBlock(0), self.blocks_count).runs().to_vec()
+        let mapped = mapped.build(FsBlock(0), self.blocks_count);
+        let others = multi.build(FsBlock(0), self.blocks_count).minus(&mapped);
+        Shared {
+            mapped: mapped.runs().to_vec(),
+            others,
+        }
     }
 }
 
@@ -305,12 +340,29 @@ impl<S: ReadAt> Planner<'_, S> {
         Ok(buf)
     }
 
+    /// Block `blk` as `kind` reads it: as rewritten so far by that kind, else the source's
+    /// bytes (what another kind made of a cross-linked block is not this kind's content).
+    fn block_as(&self, blk: FsBlock, role: Role, kind: Kind) -> Result<Vec<u8>> {
+        if matches!(self.kinds.get(&blk), Some((k, _)) if *k == kind) {
+            return self.block(blk, role);
+        }
+        let mut buf = vec![0u8; self.bs()];
+        self.fs.read_block(blk, &mut buf, role)?;
+        Ok(buf)
+    }
+
     /// A block that holds private strings (directory entries, a symlink target) as the
     /// image will have it: where the source ends inside the block, its first bytes and
     /// zeros after them (the writers copy what is there); `None` where nothing of it can
     /// be read (reported; nothing of it is in the image either).
-    fn private_block(&mut self, ino: u32, blk: FsBlock, role: Role) -> Result<Option<Vec<u8>>> {
-        let e = match self.block(blk, role) {
+    fn private_block(
+        &mut self,
+        ino: u32,
+        blk: FsBlock,
+        role: Role,
+        kind: Kind,
+    ) -> Result<Option<Vec<u8>>> {
+        let e = match self.block_as(blk, role, kind) {
             Ok(b) => return Ok(Some(b)),
             Err(e) => e,
         };
@@ -496,7 +548,7 @@ impl<S: ReadAt> Planner<'_, S> {
         };
         let claims = &mut self.claims;
         let _ = walk_inode(self.fs, ino, inode, true, &mut |v| match v {
-            Visit::Meta(b) => claims.others.mark(b),
+            Visit::Meta(b) => claims.maps.mark(b),
             Visit::Data {
                 lblk, pblk, len, ..
             } => {
@@ -505,26 +557,102 @@ impl<S: ReadAt> Planner<'_, S> {
                 } else if link && lblk == 0 {
                     claims.candidate(pblk, 1, owner);
                     claims
-                        .others
+                        .data
                         .mark_range(pblk.saturating_add(1), len.saturating_sub(1));
                 } else {
-                    claims.others.mark_range(pblk, len);
+                    claims.data.mark_range(pblk, len);
                 }
             }
         });
     }
 
-    /// Give cross-linked blocks back to the source (see [`Claims`]): the overlay neither
-    /// patches nor zeros them, and each run is reported.
+    /// Settle the cross-linked blocks (see [`Claims`]). A block is one content, whoever
+    /// claims it: where a directory, symlink, xattr or journal reads it, its names, target
+    /// or log are private whatever else maps it, so it stays scrambled (another file's
+    /// copy of it, with `-a`, is the scrambled one too) and is reported. Only a mapping
+    /// block (extent node, indirect block) whose content is not the private kind's is
+    /// given back to the source: its bytes are block numbers, and rewriting them would
+    /// change what e2fsck walks.
     fn release_shared(&mut self) {
         let claims = std::mem::replace(&mut self.claims, Claims::new(&self.fs.sb));
-        for r in claims.shared() {
-            if self.ov.release(r.start..r.end()) {
-                self.skip(Unscrambled::Shared {
-                    first: r.start,
-                    last: FsBlock(r.end().get().saturating_sub(1)),
-                });
+        let shared = claims.shared();
+        // (first, last, scrambled), coalesced. Fixed metadata (an inode table a damaged
+        // map claims) is left out: its own pass scrambled it (its inodes), and the claim
+        // was reported as such.
+        let mut runs: Vec<(FsBlock, FsBlock, bool)> = Vec::new();
+        let mut add = |b: FsBlock, e: FsBlock, scrambled: bool| match runs.last_mut() {
+            Some((_, l, s)) if *s == scrambled && l.checked_add(1) == Some(b) => *l = e,
+            _ => runs.push((b, e, scrambled)),
+        };
+        for (r, mapped) in shared
+            .mapped
+            .iter()
+            .map(|r| (r, true))
+            .chain(shared.others.iter().map(|r| (r, false)))
+        {
+            let mut b = r.start;
+            while b < r.end() {
+                let one = b..b.saturating_add(1);
+                let fixed = self.fixed_in(&(b..r.end()));
+                if let Some(f) = fixed.as_ref().filter(|f| f.start == b) {
+                    b = f.end;
+                    continue;
+                }
+                if !mapped {
+                    // Scrambled as it is, up to the next fixed block: added as a run
+                    // (these follow data claims, which may be long).
+                    let upto = fixed.map_or(r.end(), |f| f.start);
+                    add(b, FsBlock(upto.get().saturating_sub(1)), true);
+                    b = upto;
+                    continue;
+                }
+                let kept = !matches!(self.kinds.get(&b), Some((_, true)));
+                if kept {
+                    self.ov.release(one);
+                }
+                add(b, b, !kept);
+                b = b.saturating_add(1);
             }
+        }
+        runs.sort_unstable();
+        for (first, last, scrambled) in runs {
+            self.skip(if scrambled {
+                Unscrambled::SharedScrambled { first, last }
+            } else {
+                Unscrambled::Shared { first, last }
+            });
+        }
+    }
+
+    /// Store `buf`, block `blk` read as `kind` (`recognised`: its content has that kind's
+    /// structure; `changed`: it differs from what was read). A block a different kind
+    /// already claimed is one cross-linked: the content decides (a recognised reading
+    /// beats one that is not), then the order of [`Kind`]; the winner's bytes are stored
+    /// even when unchanged, so that the loser's rewrite is undone.
+    fn put_private(
+        &mut self,
+        blk: FsBlock,
+        buf: Vec<u8>,
+        kind: Kind,
+        recognised: bool,
+        changed: bool,
+    ) {
+        let wins = match self.kinds.get(&blk).copied() {
+            None => changed,
+            Some((k, r)) if k == kind => {
+                self.kinds.insert(blk, (kind, r || recognised));
+                if changed {
+                    self.ov.put(blk, buf);
+                }
+                return;
+            }
+            Some((k, r)) => (recognised, kind) > (r, k),
+        };
+        if !self.kinds.contains_key(&blk) || wins {
+            self.kinds.insert(blk, (kind, recognised));
+        }
+        if wins {
+            self.ov.put(blk, buf);
         }
     }
 
@@ -730,12 +858,16 @@ impl<S: ReadAt> Planner<'_, S> {
         if self.is_fixed(Some(ino), role, pblk) {
             return Ok(());
         }
-        let Some(mut buf) = self.private_block(ino, pblk, role)? else {
+        let Some(mut buf) = self.private_block(ino, pblk, role, Kind::Symlink)? else {
             return Ok(());
         };
+        // A target is its bytes up to the first NUL: `n` of them, for a valid one.
+        let recognised = !buf[..n].contains(&0) && buf.get(n).is_some_and(|&b| b == 0);
+        let orig = buf.clone();
         let slot = self.slot(b"link", ino);
         scrub_target(self.seed, slot, &mut buf[..n]);
-        self.ov.put(pblk, buf);
+        let changed = buf != orig;
+        self.put_private(pblk, buf, Kind::Symlink, recognised, changed);
         self.rep.symlinks = self.rep.symlinks.saturating_add(1);
         Ok(())
     }
@@ -880,7 +1012,8 @@ impl<S: ReadAt> Planner<'_, S> {
                     continue;
                 }
                 if let Some(&range) = t.leaves.get(&lblk) {
-                    let Some(b) = self.private_block(ino, pblk, Role::DirBlock { ino, lblk })?
+                    let Some(b) =
+                        self.private_block(ino, pblk, Role::DirBlock { ino, lblk }, Kind::Dir)?
                     else {
                         continue;
                     };
@@ -898,6 +1031,14 @@ impl<S: ReadAt> Planner<'_, S> {
             if let Some(t) = &tree
                 && (lblk == 0 || t.nodes.contains(&lblk))
             {
+                // An index block: kept, and claimed as a directory's (see put_private).
+                let role = Role::DirBlock { ino, lblk };
+                if self.valid_block(pblk)
+                    && self.fixed_in(&(pblk..pblk.saturating_add(1))).is_none()
+                    && let Ok(b) = self.block_as(pblk, role, Kind::Dir)
+                {
+                    self.put_private(pblk, b, Kind::Dir, true, false);
+                }
                 continue;
             }
             let role = Role::DirBlock { ino, lblk };
@@ -908,11 +1049,13 @@ impl<S: ReadAt> Planner<'_, S> {
             if self.is_fixed(Some(ino), role, pblk) {
                 continue;
             }
-            let Some(orig) = self.private_block(ino, pblk, role)? else {
+            let Some(orig) = self.private_block(ino, pblk, role, Kind::Dir)? else {
                 continue;
             };
+            let recognised = dir_head_ok(&orig);
             // An index block (of an index that could not be read): no names, kept whole.
             if names.indexed && is_index_block(&orig, lblk) {
+                self.put_private(pblk, orig, Kind::Dir, recognised, false);
                 continue;
             }
             let mut buf = orig.clone();
@@ -935,8 +1078,9 @@ impl<S: ReadAt> Planner<'_, S> {
                     let crc = leaf_csum(&buf);
                     le::set_u32(&mut buf, at, crc);
                 }
-                self.ov.put(pblk, buf);
             }
+            let changed = buf != orig;
+            self.put_private(pblk, buf, Kind::Dir, recognised, changed);
         }
         self.rep.directories = self.rep.directories.saturating_add(1);
         self.finish_names(names);
@@ -963,7 +1107,7 @@ impl<S: ReadAt> Planner<'_, S> {
             if !self.valid_block(pblk) || self.is_fixed(Some(ino), role, pblk) {
                 continue;
             }
-            let mut buf = self.block(pblk, role)?;
+            let mut buf = self.block_as(pblk, role, Kind::Dir)?;
             let verified = self.dx_csum(ino, generation, &buf, bounds, lblk);
             for b in bounds.iter().filter(|b| b.lblk == lblk) {
                 let Some(field) = b.entry.checked_mul(8).and_then(|o| o.checked_add(b.at)) else {
@@ -979,7 +1123,7 @@ impl<S: ReadAt> Planner<'_, S> {
             {
                 le::set_u32(&mut buf, tail, crc);
             }
-            self.ov.put(pblk, buf);
+            self.put_private(pblk, buf, Kind::Dir, true, true);
         }
         Ok(())
     }
@@ -1063,23 +1207,40 @@ impl<S: ReadAt> Planner<'_, S> {
             return Ok(());
         }
         let bs = self.bs();
-        let mut buf = self.block(blk, Role::XattrBlock)?;
+        let orig = self.block_as(blk, Role::XattrBlock, Kind::Xattr)?;
+        let mut buf = orig.clone();
         let (magic, blocks) = (le::u32(&buf, 0), le::u32(&buf, 8));
-        if magic != XATTR_MAGIC || blocks != 1 {
+        if magic != XATTR_MAGIC {
+            // Not an xattr block: nothing in it is known to be anything but private bytes
+            // (a stale directory block, file data), so it is zeroed. e2fsck refuses it for
+            // its magic, which stays wrong (zero), then still compares h_refcount with the
+            // references it counted and h_blocks with 1 (a mismatch makes it abort): those
+            // are kept where they are small numbers, else made a large one (text is never
+            // a small number; any large one mismatches alike).
+            let number = |v: u32| if v < 1 << 16 { v } else { u32::MAX };
+            let refcount = le::u32(&buf, 4);
+            buf.fill(0);
+            le::set_u32(&mut buf, 4, number(refcount));
+            le::set_u32(&mut buf, 8, number(blocks));
+            let problem = crate::ext4::damage::XattrProblem::Header { magic, blocks };
+            self.xattr_scrubbed(blk, &orig, buf, false, CorruptKind::Xattr { at, problem });
+            return Ok(());
+        }
+        if blocks != 1 {
             // e2fsck -n, told not to clear the block, goes on to judge its other header
             // fields and its entries: their headers are kept (the reserved bytes, which it
             // does not judge, zeroed), names and values zeroed.
             buf[20..32].fill(0);
             xattr::scrub(&mut buf, 32, 0, bs);
             let problem = crate::ext4::damage::XattrProblem::Header { magic, blocks };
-            self.xattr_scrubbed(blk, buf, CorruptKind::Xattr { at, problem });
+            self.xattr_scrubbed(blk, &orig, buf, true, CorruptKind::Xattr { at, problem });
             return Ok(());
         }
         let entries = match xattr::parse(&buf, 32, 0, bs) {
             Ok(e) => e,
             Err(problem) => {
                 xattr::scrub(&mut buf, 32, 0, bs);
-                self.xattr_scrubbed(blk, buf, CorruptKind::Xattr { at, problem });
+                self.xattr_scrubbed(blk, &orig, buf, true, CorruptKind::Xattr { at, problem });
                 return Ok(());
             }
         };
@@ -1103,18 +1264,25 @@ impl<S: ReadAt> Planner<'_, S> {
                 let crc = block_csum(&buf);
                 le::set_u32(&mut buf, 16, crc);
             }
-            self.ov.put(blk, buf);
         }
+        let changed = buf != orig;
+        self.put_private(blk, buf, Kind::Xattr, true, changed);
         Ok(())
     }
 
     /// A damaged xattr block whose names and values were zeroed (`buf`, the block as it
-    /// now is): stored if it changed, reported as scrubbed either way.
-    fn xattr_scrubbed(&mut self, blk: FsBlock, buf: Vec<u8>, kind: CorruptKind) {
-        let orig = self.block(blk, Role::XattrBlock).ok();
-        if orig.as_deref() != Some(&buf[..]) {
-            self.ov.put(blk, buf);
-        }
+    /// now is; `orig`, as it was read; `recognised`: its magic is the xattr one): stored,
+    /// reported as scrubbed.
+    fn xattr_scrubbed(
+        &mut self,
+        blk: FsBlock,
+        orig: &[u8],
+        buf: Vec<u8>,
+        recognised: bool,
+        kind: CorruptKind,
+    ) {
+        let changed = orig != &buf[..];
+        self.put_private(blk, buf, Kind::Xattr, recognised, changed);
         self.skip(Unscrambled::Scrubbed(Problem {
             ino: None,
             kind: ProblemKind::Corrupt(kind),
@@ -1241,6 +1409,18 @@ impl<S: ReadAt> Planner<'_, S> {
     }
 }
 
+/// Whether a block starts as a directory block does: its first entry's header is one
+/// e2fsck accepts (a `rec_len` of at least 12, a multiple of 4 inside the block, with room
+/// for the name). Text, block numbers and xattr headers do not form one.
+fn dir_head_ok(b: &[u8]) -> bool {
+    let bs = b.len();
+    let (Some(raw), Some(&name_len)) = (le::get_u16(b, 4), b.get(6)) else {
+        return false;
+    };
+    let r = rec_len(raw, bs);
+    r >= 12 && r.is_multiple_of(4) && r <= bs && usize::from(name_len).saturating_add(8) <= r
+}
+
 /// Whether directory block `lblk` of an indexed directory is an index block: the dx_root
 /// (`.` and `..` in place) or a node (one empty entry over the whole block). Their bytes
 /// are hashes and block numbers, never names; damage in them stays as it is.
@@ -1261,5 +1441,51 @@ fn scrub_target(seed: u64, slot: Slot, dst: &mut [u8]) {
     generate(seed, slot, 0, NAME_CHARS, dst);
     for i in zeros {
         dst[i] = 0;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_head_ok_tells_directory_blocks_from_other_content() {
+        let mut b = vec![0u8; 1024];
+        // `.`: inode 2, rec_len 12, name_len 1.
+        le::set_u32(&mut b, 0, 2);
+        le::set_u16(&mut b, 4, 12);
+        b[6] = 1;
+        b[8] = b'.';
+        assert!(dir_head_ok(&b));
+        // One entry over the whole block (an empty block, an htree node).
+        le::set_u16(&mut b, 4, 1024);
+        assert!(dir_head_ok(&b));
+        // A rec_len that is not a multiple of 4, runs past the block, or leaves no room
+        // for the name.
+        for (rec, name_len) in [(14u16, 1u8), (1028, 1), (12, 5)] {
+            le::set_u16(&mut b, 4, rec);
+            b[6] = name_len;
+            assert!(!dir_head_ok(&b), "rec_len {rec}, name_len {name_len}");
+        }
+        // Text, an xattr block header, an indirect block.
+        assert!(!dir_head_ok(
+            &b"zqxmark file data, plain text...".repeat(32)
+        ));
+        let mut x = vec![0u8; 1024];
+        le::set_u32(&mut x, 0, XATTR_MAGIC);
+        le::set_u32(&mut x, 4, 1);
+        le::set_u32(&mut x, 8, 1);
+        assert!(!dir_head_ok(&x));
+        let ind: Vec<u8> = (1700u32..1956).flat_map(le::bytes_u32).collect();
+        assert!(!dir_head_ok(&ind));
+    }
+
+    #[test]
+    fn kinds_order_content_first() {
+        // A recognised reading beats any that is not; among equals the later kind wins.
+        assert!((true, Kind::Symlink) > (false, Kind::Dir));
+        assert!((false, Kind::Dir) > (false, Kind::Xattr));
+        assert!((true, Kind::Dir) > (true, Kind::Xattr));
     }
 }
