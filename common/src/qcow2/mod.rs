@@ -17,6 +17,7 @@
 
 pub mod chain;
 pub mod entry;
+pub mod grouping;
 pub mod header;
 pub mod overlay;
 pub mod reader;

@@ -20,6 +20,7 @@ use std::fs::File;
 use std::io::Write;
 
 use super::entry::{L1Entry, L2Entry, RefcountTableEntry};
+use super::grouping::{Assembler, Grouping, Masked};
 use super::header::{
     COMPRESSION_ZSTD, ClusterCompression, EXT_BACKING_FORMAT, Extension, Header,
     INCOMPAT_COMPRESSION_TYPE, e2i_extension, encode_extensions,
@@ -36,6 +37,8 @@ use crate::{Error, Result};
 
 /// qemu refuses L1 tables larger than 32 MiB.
 const MAX_L1_BYTES: u64 = 32 << 20;
+/// qemu refuses refcount tables larger than 8 MiB.
+const MAX_REFTABLE_BYTES: u64 = 8 << 20;
 /// Refcount entries are 16 bits (refcount_order 4, the only width of version 2).
 const REFCOUNT_BITS: u32 = 1;
 /// Host offsets are bits 9–55 of a table entry.
@@ -130,6 +133,21 @@ impl Qcow2Layout {
         zero: &[ClusterRun],
         data_factor: u64,
     ) -> Result<Self> {
+        Self::plan_within_limits(virtual_size, cluster_bits, data, zero, data_factor, false)?
+    }
+
+    /// As [`Self::plan_with_capacity`]; the inner error says that qemu would refuse the
+    /// tables (L1 above 32 MiB, refcount table above 8 MiB) at this cluster size. With
+    /// `all_tables`, room is counted for an L2 table under every L1 entry (the most an
+    /// overlay's zero flags can add).
+    fn plan_within_limits(
+        virtual_size: u64,
+        cluster_bits: u32,
+        data: &[ClusterRun],
+        zero: &[ClusterRun],
+        data_factor: u64,
+        all_tables: bool,
+    ) -> Result<Result<Self>> {
         let cb = ClusterBits::new(cluster_bits).ok_or_else(|| {
             Error::InvalidInput(format!(
                 "qcow2 cluster size 2^{cluster_bits} is outside 512 B..2 MiB"
@@ -145,9 +163,9 @@ impl Qcow2Layout {
         let l1_entries = guest_clusters.div_ceil(cb.l2_entries());
         let l1_bytes = l1_entries.checked_mul(8).ok_or_else(too_big)?;
         if l1_bytes > MAX_L1_BYTES {
-            return Err(Error::InvalidInput(format!(
+            return Ok(Err(Error::InvalidInput(format!(
                 "a {virtual_size}-byte disk needs an L1 table of {l1_bytes} bytes with {cs}-byte clusters (qemu's limit is 32 MiB)"
-            )));
+            ))));
         }
         let mut l2_tables: Vec<u64> = Vec::new();
         let mut data_clusters = 0u64;
@@ -193,6 +211,8 @@ impl Qcow2Layout {
         }
         let l1_clusters = l1_bytes.div_ceil(cs).max(1);
         let l2n = l2_tables.len() as u64;
+        // The room counted in refcounts (only a check: such a plan is not written).
+        let l2_room = if all_tables { l1_entries.max(l2n) } else { l2n };
         let data_cap = data_clusters.checked_mul(data_factor).ok_or_else(too_big)?;
         let per_rb = cs >> REFCOUNT_BITS;
         let sum = |parts: &[u64]| {
@@ -203,7 +223,7 @@ impl Qcow2Layout {
         };
         let (mut rt_clusters, mut rb_count) = (1u64, 0u64);
         loop {
-            let total = sum(&[1, l1_clusters, rt_clusters, rb_count, l2n, data_cap])?;
+            let total = sum(&[1, l1_clusters, rt_clusters, rb_count, l2_room, data_cap])?;
             let rb = total.div_ceil(per_rb);
             let rt = rb.checked_mul(8).ok_or_else(too_big)?.div_ceil(cs).max(1);
             if rb == rb_count && rt == rt_clusters {
@@ -211,6 +231,14 @@ impl Qcow2Layout {
             }
             rb_count = rb;
             rt_clusters = rt;
+        }
+        if rt_clusters
+            .checked_mul(cs)
+            .is_none_or(|b| b > MAX_REFTABLE_BYTES)
+        {
+            return Ok(Err(Error::InvalidInput(format!(
+                "a {virtual_size}-byte disk with {data_clusters} data clusters of {cs} bytes needs a refcount table of {rt_clusters} clusters (qemu's limit is 8 MiB)"
+            ))));
         }
         let after = |off: HostOffset, clusters: u64| {
             clusters
@@ -226,7 +254,7 @@ impl Qcow2Layout {
         let data_offset = after(l2_offset, l2n)?;
         // The compressed writer's worst case must be addressable too.
         after(data_offset, data_cap)?;
-        Ok(Qcow2Layout {
+        Ok(Ok(Qcow2Layout {
             cb,
             virtual_size,
             // At most 32 MiB / 8 entries.
@@ -248,7 +276,7 @@ impl Qcow2Layout {
             data_clusters,
             file_size: after(data_offset, data_clusters)?.0,
             extensions: Vec::new(),
-        })
+        }))
     }
 
     /// Record `marks` in the header (an e2i header extension, which qemu ignores and keeps,
@@ -977,9 +1005,77 @@ pub fn nonzero_blocks<S: ReadAt + ?Sized>(
     ))
 }
 
+/// The clusters of an image of a filesystem of `blocks_count` blocks whose non-zero selected
+/// blocks are `data`: one per block when qemu can open that image, else the smallest larger
+/// cluster size (up to 2 MiB) whose tables qemu accepts. `compressed`: room for
+/// [`CompressedWriter`]; `overlay`: room for the tables an overlay's zero flags may add.
+pub fn choose_grouping(
+    bs: BlockSize,
+    blocks_count: u64,
+    data: &[BlockRun],
+    compressed: bool,
+    overlay: bool,
+) -> Result<Grouping> {
+    let vsize = bs
+        .bytes_of(blocks_count)
+        .ok_or_else(|| Error::InvalidInput("filesystem size overflows".into()))?;
+    let factor = if compressed { 2 } else { 1 };
+    let mut refused = None;
+    for bits in bs.bits()..=ClusterBits::MAX {
+        let g = ClusterBits::new(bits)
+            .and_then(|cb| Grouping::new(bs, cb))
+            .ok_or_else(|| Error::InvalidInput(format!("block size {bs}")))?;
+        let runs = g.clusters(data)?;
+        match Qcow2Layout::plan_within_limits(vsize, bits, &runs, &[], factor, overlay)? {
+            Ok(_) => return Ok(g),
+            Err(e) => refused = Some(e),
+        }
+    }
+    Err(refused.unwrap_or_else(|| Error::InvalidInput(format!("block size {bs}"))))
+}
+
+/// The grouping, data clusters and zero-flagged clusters of the image of `src`, whose
+/// non-zero selected blocks are `runs`; with `overlay`, the clusters that differ from that
+/// base (read through the data blocks only: a cluster's other blocks are zeros).
+pub fn plan_clusters<S: ReadAt + ?Sized>(
+    src: &S,
+    runs: &[BlockRun],
+    block_size: BlockSize,
+    blocks_count: u64,
+    compressed: bool,
+    overlay: Option<&super::overlay::Base>,
+    progress: &mut dyn Progress,
+) -> Result<(Grouping, Vec<ClusterRun>, Vec<ClusterRun>)> {
+    let g = choose_grouping(
+        block_size,
+        blocks_count,
+        runs,
+        compressed,
+        overlay.is_some(),
+    )?;
+    let clusters = g.clusters(runs)?;
+    let Some(base) = overlay else {
+        return Ok((g, clusters, Vec::new()));
+    };
+    let vsize = block_size
+        .bytes_of(blocks_count)
+        .ok_or_else(|| Error::InvalidInput("filesystem size overflows".into()))?;
+    let n = clusters.iter().map(|r| r.len).sum();
+    progress.phase("comparing with the backing file", n, Unit::Blocks);
+    let cb = g.cluster_bits();
+    let o = if g.shift() == 0 {
+        super::overlay::compare(src, &clusters, cb, vsize, base, progress)?
+    } else {
+        let masked = Masked::new(src, runs, block_size, vsize)?;
+        super::overlay::compare(&masked, &clusters, cb, vsize, base, progress)?
+    };
+    Ok((g, o.data, o.zero))
+}
+
 /// Write the non-zero selected blocks of `src` (a filesystem of `blocks_count` blocks) as a
-/// qcow2 image with one cluster per block: version 2, or with `overlay` a version 3 overlay
-/// on that base holding only the clusters that differ from it.
+/// qcow2 image with one cluster per block (several when qemu needs larger clusters, see
+/// [`choose_grouping`]): version 2, or with `overlay` a version 3 overlay on that base
+/// holding only the clusters that differ from it.
 pub fn write_qcow2<S: ReadAt + ?Sized>(
     src: &S,
     map: &BlockMap,
@@ -989,34 +1085,26 @@ pub fn write_qcow2<S: ReadAt + ?Sized>(
     overlay: Option<&super::overlay::Base>,
     progress: &mut dyn Progress,
 ) -> Result<CopyStats> {
-    // One cluster per filesystem block: 1 KiB to 64 KiB, inside qcow2's 512 B to 2 MiB.
-    let cb = block_size.bits();
-    let cbits = ClusterBits::new(cb)
-        .ok_or_else(|| Error::InvalidInput(format!("block size {block_size}")))?;
     let vsize = block_size
         .bytes_of(map.blocks_count())
         .ok_or_else(|| Error::InvalidInput("filesystem size overflows".into()))?;
-    let (runs, mut stats) = nonzero_blocks(src, map, block_size, progress)?;
-    // One cluster per filesystem block.
-    let clusters: Vec<ClusterRun> = runs.into_iter().map(ClusterRun::one_per_block).collect();
-    let (data, zero) = match overlay {
-        None => (clusters, Vec::new()),
-        Some(base) => {
-            let n = clusters.iter().map(|r| r.len).sum();
-            progress.phase("comparing with the backing file", n, Unit::Blocks);
-            let o = super::overlay::compare(src, &clusters, cbits, vsize, base, progress)?;
-            (o.data, o.zero)
-        }
-    };
-    let data_map = BlockMap::from_runs(
-        data.iter()
-            .map(|r| BlockRun::new(crate::units::FsBlock(r.start.0), r.len)),
-        map.blocks_count(),
-    );
     let compress = match &target {
         Qcow2Target::File { compress, .. } => *compress,
         _ => None,
     };
+    let (runs, mut stats) = nonzero_blocks(src, map, block_size, progress)?;
+    let (grouping, data, zero) = plan_clusters(
+        src,
+        &runs,
+        block_size,
+        map.blocks_count(),
+        compress.is_some(),
+        overlay,
+        progress,
+    )?;
+    let cb = grouping.cluster_bits().get();
+    // The data blocks of the data clusters, fed to the assembler.
+    let data_map = BlockMap::from_runs(grouping.blocks_within(&runs, &data)?, map.blocks_count());
     let mut layout = Qcow2Layout::plan_full(vsize, cb, &data, &zero, compress.is_some())?;
     layout.set_marks(marks);
     if let Some(base) = overlay {
@@ -1025,12 +1113,14 @@ pub fn write_qcow2<S: ReadAt + ?Sized>(
     progress.phase("copying", data_map.selected_blocks(), Unit::Blocks);
     let mut done = 0u64;
     let mut feed = |write: &mut dyn FnMut(GuestCluster, &[u8]) -> Result<()>| {
+        let mut asm = Assembler::new(grouping);
         pieces::for_each_chunk(src, &data_map, block_size, &mut |blk, data| {
-            write(GuestCluster::one_per_block(blk), data)?;
+            asm.push(blk, data, &mut *write)?;
             done = done.saturating_add(block_size.blocks_in(data.len() as u64));
             progress.update(done);
             Ok(())
-        })
+        })?;
+        asm.flush(write)
     };
     let mut buffered;
     let mut room = None;
