@@ -689,7 +689,7 @@ fn refuses_encryption_external_data_subclusters() {
 
 /// Whether two (sparse) files hold the same bytes, reading only where either has data
 /// (SEEK_DATA): elsewhere both read as zeros. Returns the bytes compared.
-fn same_sparse(a: &Path, b: &Path) -> Result<u64, String> {
+pub(super) fn same_sparse(a: &Path, b: &Path) -> Result<u64, String> {
     use e2i::io::{FileSource, ReadAt};
     let (fa, fb) = (
         FileSource::open(a, 0).unwrap(),
@@ -796,7 +796,7 @@ fn e2image_qcow2_of_a_16_tib_filesystem_converts() {
 }
 
 /// The first 4 KiB of a file.
-fn read_head(p: &Path) -> Vec<u8> {
+pub(super) fn read_head(p: &Path) -> Vec<u8> {
     use std::io::Read;
     let mut b = vec![0u8; 4096];
     std::fs::File::open(p).unwrap().read_exact(&mut b).unwrap();

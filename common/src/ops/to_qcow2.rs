@@ -5,33 +5,35 @@
 use crate::mark::MarkedSource;
 use crate::ops::capture::{CaptureOptions, open_source_in, scan_source, source_is_marked};
 use crate::progress::Progress;
-use crate::qcow2::grouping::Assembler;
+use crate::qcow2::grouping::{Assembler, Grouping};
 use crate::qcow2::header::ClusterCompression;
 use crate::qcow2::overlay::{Base, Differ};
 use crate::qcow2::writer::{choose_grouping, nonzero_blocks, plan_clusters};
-use crate::qcow2::{ClusterBits, ClusterRun, GuestCluster, Qcow2Layout};
+use crate::qcow2::{ClusterRun, GuestCluster, Qcow2Layout};
 use crate::units::{BlockSize, FsBlock};
 use crate::{Error, Result};
 
 /// Plan the qcow2 image of any input without writing anything (`--dry-run`). A stream is
 /// read to its end and verified; other inputs are scanned and their data blocks found; an
-/// overlay's clusters are compared with its base as the real run compares them.
+/// overlay's clusters are compared with its base as the real run compares them. Returns the
+/// layout and the filesystem's block size (clusters may hold several blocks).
 pub fn plan(
     input: crate::ops::input::Input,
     opts: &CaptureOptions,
     progress: &mut dyn Progress,
-) -> Result<Qcow2Layout> {
+) -> Result<(Qcow2Layout, BlockSize)> {
     use crate::ops::input::{Input, Kind};
     let compressed = opts.compress.is_some();
-    let finish = |vsize: u64, cb: ClusterBits, data: &[ClusterRun], zero: &[ClusterRun]| {
-        let mut l = Qcow2Layout::plan_full(vsize, cb.get(), data, zero, compressed)?;
+    let finish = |vsize: u64, g: Grouping, data: &[ClusterRun], zero: &[ClusterRun]| {
+        let cb = g.cluster_bits().get();
+        let mut l = Qcow2Layout::plan_full(vsize, cb, data, zero, compressed)?;
         if let Some(c) = opts.compress {
             l.set_compression(c);
         }
         if let Some(base) = &opts.backing {
             base.record(&mut l)?;
         }
-        Ok(l)
+        Ok((l, g.block_size()))
     };
     // The clusters holding the data blocks; compared with the base for an overlay.
     let from_image = |src: &dyn crate::io::ReadAt,
@@ -50,7 +52,7 @@ pub fn plan(
             base,
             progress,
         )?;
-        finish(vsize, g.cluster_bits(), &data, &zero)
+        finish(vsize, g, &data, &zero)
     };
     match input {
         Input::Stream(mut r) => {
@@ -63,7 +65,7 @@ pub fn plan(
                 None => {
                     let clusters = g.clusters(&runs)?;
                     r.for_each(crate::pieces::IO_CHUNK, &mut |_, _| Ok(()))?;
-                    finish(vsize, g.cluster_bits(), &clusters, &[])
+                    finish(vsize, g, &clusters, &[])
                 }
                 Some(base) => {
                     let mut differ = Differ::new(base, g.cluster_bits())?;
@@ -74,7 +76,7 @@ pub fn plan(
                     })?;
                     asm.flush(&mut |c, d| differ.feed(c, d))?;
                     let (o, _) = differ.finish(vsize)?;
-                    finish(vsize, g.cluster_bits(), &o.data, &o.zero)
+                    finish(vsize, g, &o.data, &o.zero)
                 }
             }
         }

@@ -1386,6 +1386,61 @@ mod tests {
         assert!(l.set_backing(b"", "raw").is_err());
     }
 
+    /// The cluster size stays the block size up to qemu's limits, exactly, then grows to the
+    /// smallest that fits (L1 table ≤ 32 MiB, refcount table ≤ 8 MiB), up to 2 MiB.
+    #[test]
+    fn grouping_thresholds() {
+        let bits = |bs: u32, blocks: u64, data: &[BlockRun], compressed: bool| {
+            choose_grouping(BlockSize::new(bs).unwrap(), blocks, data, compressed, false)
+                .map(|g| g.cluster_bits().get())
+        };
+        let some = [BlockRun::new(crate::units::FsBlock(0), 3)];
+        for (bs, blocks, want) in [
+            (4096, 1u64 << 31, 12),
+            (4096, (1 << 31) + 1, 13),
+            (4096, 9 << 28, 13),
+            (4096, 1 << 32, 13),
+            (4096, 1 << 33, 13),
+            (4096, (1 << 33) + 1, 14),
+            (4096, 1 << 34, 14),
+            (1024, 1 << 29, 10),
+            (1024, (1 << 29) + 1, 11),
+            (2048, 1 << 30, 11),
+            (65536, 1 << 35, 16),
+            (65536, (1 << 35) + 1, 17),
+            // 2^61 bytes: the largest disk qemu maps (2 MiB clusters).
+            (65536, 1 << 45, 21),
+            (4096, 1 << 49, 21),
+        ] {
+            assert_eq!(
+                bits(bs, blocks, &some, false).unwrap(),
+                want,
+                "{bs} x {blocks}"
+            );
+        }
+        for (bs, blocks, why) in [
+            (65536, (1u64 << 45) + 1, "qemu's limit is 32 MiB"),
+            (4096, 1 << 50, "qemu's limit is 32 MiB"),
+            // Past qcow2's signed 64-bit size.
+            (4096, u64::MAX / 4096, "too large"),
+        ] {
+            let e = bits(bs, blocks, &some, false).unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+        }
+        assert!(bits(4096, u64::MAX, &some, false).is_err());
+        // The refcount table decides: 4 TiB of data fits 4 KiB clusters uncompressed; the
+        // compressed writer's room for twice that does not.
+        let full = [BlockRun::new(crate::units::FsBlock(0), 1 << 30)];
+        assert_eq!(bits(4096, 1 << 30, &full, false).unwrap(), 12);
+        assert_eq!(bits(4096, 1 << 30, &full, true).unwrap(), 13);
+        // Every plan chosen is one qemu opens.
+        let g = choose_grouping(BlockSize::new(4096).unwrap(), 1 << 30, &full, true, true).unwrap();
+        let runs = g.clusters(&full).unwrap();
+        let l = Qcow2Layout::plan_full(1 << 42, g.cluster_bits().get(), &runs, &[], true).unwrap();
+        assert!(u64::from(l.rt_clusters) * l.cluster_size() <= MAX_REFTABLE_BYTES);
+        assert!(u64::from(l.l1_entries) * 8 <= MAX_L1_BYTES);
+    }
+
     #[test]
     fn sequential_rejects_out_of_order() {
         let runs = [run(1, 2)];
