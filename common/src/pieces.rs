@@ -46,11 +46,25 @@ pub fn for_each_chunk<S: ReadAt + ?Sized>(
     bs: BlockSize,
     f: &mut dyn FnMut(FsBlock, &[u8]) -> Result<()>,
 ) -> Result<u64> {
+    for_each_chunk_of_runs(src, map.runs(), bs, f)
+}
+
+/// [`for_each_chunk`] over `runs` in the order given (the normal format's inode tables go
+/// in group order, which need not be block order).
+pub fn for_each_chunk_of_runs<S: ReadAt + ?Sized>(
+    src: &S,
+    runs: &[BlockRun],
+    bs: BlockSize,
+    f: &mut dyn FnMut(FsBlock, &[u8]) -> Result<()>,
+) -> Result<u64> {
     let per = chunk_blocks(bs);
     let produce = |out: &mut Producer| {
         let mut past_end = 0u64;
-        let mut ahead = readplan::for_map(src, map, bs);
-        for run in map.runs() {
+        let ranges = runs
+            .iter()
+            .map_while(|r| Some(bs.offset_of(r.start)?..bs.offset_of(r.end())?));
+        let mut ahead = readplan::Readahead::new(src, ranges, readplan::WINDOW);
+        for run in runs {
             let mut b = run.start;
             while b < run.end() {
                 let n = per.min(run.end().saturating_since(b));

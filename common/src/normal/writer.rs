@@ -17,9 +17,8 @@ use crate::ext4::bitmap;
 use crate::ext4::desc::DescTable;
 use crate::ext4::{Filesystem, Superblock};
 use crate::io::{ReadAt, pwrite_full};
-use crate::pieces::{IO_CHUNK, chunk_blocks, zero_runs};
+use crate::pieces::zero_runs;
 use crate::progress::{Progress, Unit};
-use crate::readplan::{self, Readahead};
 use crate::units::FsBlock;
 use crate::{Error, Result};
 
@@ -272,47 +271,37 @@ pub fn write_normal<S: ReadAt>(
     let total = u64::from(sb.group_count).saturating_mul(u64::from(sb.inode_blocks_per_group));
     progress.phase("copying inode tables", total, Unit::Blocks);
     let block_size = layout.block_size;
-    let per = chunk_blocks(block_size);
-    let mut buf = Vec::new();
     let runs = itable_runs(sb, &desc);
-    let ranges = runs
+    // A table past the end of the source is refused before anything is read.
+    let src_size = fs.src.size();
+    if let Some(r) = runs
         .iter()
-        .map_while(|r| Some(block_size.offset_of(r.start)?..block_size.offset_of(r.end())?));
-    let mut ahead = Readahead::new(&fs.src, ranges, readplan::WINDOW);
-    for run in &runs {
-        let end = run.end();
-        let mut b = run.start;
-        while b < end {
-            let n = per.min(end.saturating_since(b));
-            // At most IO_CHUNK.
-            let len = block_size.len_of(n).unwrap_or(IO_CHUNK);
-            buf.resize(len, 0);
-            let at = block_size.offset_of(b).unwrap_or(u64::MAX);
-            ahead.at(at);
-            let past = fs.src.read_sparse_at(&mut buf[..len], at)?;
-            if past > 0 {
-                return Err(CorruptKind::NormalInodeTablePastSource {
-                    start: b.get(),
-                    end: b.saturating_add(n).get(),
-                    source_size: fs.src.size(),
-                }
-                .into());
-            }
-            zero_runs(&buf[..len], bs, &mut |i, k, zero| {
-                // i and k count blocks of this buffer.
-                let piece = i.saturating_mul(bs)..i.saturating_add(k).saturating_mul(bs);
-                if zero {
-                    stats.zero_blocks = stats.zero_blocks.saturating_add(k as u64);
-                    out.zeros(piece.len() as u64)
-                } else {
-                    out.data(&buf[piece])
-                }
-            })?;
-            b = b.saturating_add(n);
-            stats.itable_blocks = stats.itable_blocks.saturating_add(n);
-            progress.update(stats.itable_blocks);
+        .find(|r| block_size.offset_of(r.end()).is_none_or(|e| e > src_size))
+    {
+        return Err(CorruptKind::NormalInodeTablePastSource {
+            // The first block the source does not hold whole.
+            start: r.start.get().max(block_size.block_of(src_size).get()),
+            end: r.end().get(),
+            source_size: fs.src.size(),
         }
+        .into());
     }
+    crate::pieces::for_each_chunk_of_runs(&fs.src, &runs, block_size, &mut |_, data| {
+        zero_runs(data, bs, &mut |i, k, zero| {
+            // i and k count blocks of this buffer.
+            let piece = i.saturating_mul(bs)..i.saturating_add(k).saturating_mul(bs);
+            if zero {
+                stats.zero_blocks = stats.zero_blocks.saturating_add(k as u64);
+                out.zeros(piece.len() as u64)
+            } else {
+                out.data(&data[piece])
+            }
+        })?;
+        let n = block_size.blocks_in(data.len() as u64);
+        stats.itable_blocks = stats.itable_blocks.saturating_add(n);
+        progress.update(stats.itable_blocks);
+        Ok(())
+    })?;
     progress.finish();
     debug_assert_eq!(out.pos, layout.offset_blockmap);
 

@@ -52,7 +52,7 @@ pub enum Wrapping {
 /// An opened input.
 pub enum Input {
     /// A stream, read sequentially.
-    Stream(StreamReader<Box<dyn Read>>),
+    Stream(StreamReader<Box<dyn Read + Send>>),
     /// A random-access image: the original file, or a spooled (decompressed) temporary copy.
     File {
         kind: Kind,
@@ -76,7 +76,7 @@ impl Input {
 const PEEK: usize = 2048;
 
 /// Read up to `PEEK` bytes for detection and hand back a reader that replays them.
-fn peek(mut r: Box<dyn Read>) -> Result<(Vec<u8>, Box<dyn Read>)> {
+fn peek(mut r: Box<dyn Read + Send>) -> Result<(Vec<u8>, Box<dyn Read + Send>)> {
     let mut head = vec![0u8; PEEK];
     let mut n = 0;
     while n < PEEK {
@@ -89,7 +89,7 @@ fn peek(mut r: Box<dyn Read>) -> Result<(Vec<u8>, Box<dyn Read>)> {
         }
     }
     head.truncate(n);
-    let replay: Box<dyn Read> = Box::new(Cursor::new(head.clone()).chain(r));
+    let replay: Box<dyn Read + Send> = Box::new(Cursor::new(head.clone()).chain(r));
     Ok((head, replay))
 }
 
@@ -121,7 +121,7 @@ pub fn compression_name(head: &[u8]) -> Option<&'static str> {
 
 /// Decompress `r` as `w` (anything but [`Wrapping::None`]); concatenated members or frames
 /// are read as one stream, as `zcat`, `bzcat`, `xzcat` and `zstdcat` read them.
-pub fn decompress(r: Box<dyn Read>, w: Wrapping) -> Result<Box<dyn Read>> {
+pub fn decompress(r: Box<dyn Read + Send>, w: Wrapping) -> Result<Box<dyn Read + Send>> {
     Ok(match w {
         Wrapping::None => r,
         Wrapping::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
@@ -269,7 +269,7 @@ impl Spooled {
 }
 
 /// Copy `r` into a new temporary file without a name, leaving all-zero blocks as holes.
-fn spool(mut r: Box<dyn Read>) -> Result<Spooled> {
+fn spool(mut r: Box<dyn Read + Send>) -> Result<Spooled> {
     let file = tempfile::tempfile().map_err(|e| Error::io("create temporary file", 0, e))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0u64;
@@ -315,7 +315,7 @@ pub fn open(path: &Path) -> Result<Input> {
     let stdin = path == Path::new("-");
     // Only a plain file or block device can be read by position in place; stdin, FIFOs
     // (process substitution: /dev/fd/N) and character devices are read front to back.
-    let (raw, seekable): (Box<dyn Read>, bool) = if stdin {
+    let (raw, seekable): (Box<dyn Read + Send>, bool) = if stdin {
         crate::io::grow_pipe(io::stdin());
         (Box::new(io::stdin()), false)
     } else {

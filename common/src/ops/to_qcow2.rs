@@ -127,7 +127,7 @@ pub struct StreamToQcow2 {
 /// still front to back.
 ///
 /// `room`: a block device target's size, checked against the image's before the first write.
-pub fn stream_to_qcow2<R: std::io::Read>(
+pub fn stream_to_qcow2<R: std::io::Read + Send>(
     mut r: crate::stream::StreamReader<R>,
     out: Qcow2Out<'_>,
     room: Option<u64>,

@@ -517,42 +517,63 @@ impl<R: Read> StreamReader<R> {
     }
 
     /// Read every extent in order: `f(extent, Some(data piece))` for data (in pieces of at
-    /// most `chunk` bytes, the extent's start advanced), `f(extent, None)` for zeros. Then
-    /// verify the trailer. Nothing is trusted until this returns `Ok`.
-    pub fn for_each(&mut self, chunk: usize, f: &mut ExtentVisitor<'_>) -> Result<[u8; 32]> {
+    /// most `chunk` bytes (and [`crate::pieces::IO_CHUNK`]), the extent's start advanced),
+    /// `f(extent, None)` for zeros. Then verify the trailer. Nothing is trusted until this
+    /// returns `Ok`. The input is read and hashed on a second thread, ahead of `f`.
+    pub fn for_each(&mut self, chunk: usize, f: &mut ExtentVisitor<'_>) -> Result<[u8; 32]>
+    where
+        R: Send,
+    {
+        use crate::pieces::{IO_CHUNK, Piece, read_ahead};
         let bs = self.header.block_size;
-        let per = bs.blocks_in(chunk as u64).max(1);
-        let mut buf = Vec::new();
+        let per = bs.blocks_in(chunk.min(IO_CHUNK) as u64).max(1);
         let extents = std::mem::take(&mut self.extents);
-        let res = (|| {
+        let (input, hash, pos) = (&mut self.input, &mut self.hash, &mut self.pos);
+        let produce = |out: &mut crate::pieces::Producer| {
             for e in &extents {
                 match e.kind {
-                    Kind::Zero => f(*e, None)?,
+                    Kind::Zero => out.zero(e.start, e.len)?,
                     Kind::Data => {
                         let mut b = e.start;
                         // The reader checked that every extent lies in the image.
                         while b < e.end() {
                             let n = per.min(e.end().saturating_since(b));
-                            // At most max(chunk, one block).
-                            buf.resize(bs.len_of(n).unwrap_or(chunk), 0);
-                            self.read_data(&mut buf)?;
-                            f(
-                                Extent {
-                                    start: b,
-                                    len: n,
-                                    kind: Kind::Data,
-                                },
-                                Some(&buf),
-                            )?;
+                            // At most IO_CHUNK.
+                            let len = bs.len_of(n).unwrap_or(IO_CHUNK);
+                            out.data(b, len, &mut |buf| {
+                                read_full(input, buf, *pos, Part::Data)?;
+                                hash.update(&*buf);
+                                advance(pos, buf.len());
+                                Ok(())
+                            })?;
                             b = b.saturating_add(n);
                         }
                     }
                 }
             }
-            self.finish()
-        })();
+            Ok(())
+        };
+        let res = read_ahead(produce, &mut |p| match p {
+            Piece::Zero(start, len) => f(
+                Extent {
+                    start,
+                    len,
+                    kind: Kind::Zero,
+                },
+                None,
+            ),
+            Piece::Data(start, d) => f(
+                Extent {
+                    start,
+                    len: bs.blocks_in(d.len() as u64),
+                    kind: Kind::Data,
+                },
+                Some(d),
+            ),
+        });
         self.extents = extents;
-        res
+        res?;
+        self.finish()
     }
 
     /// Read and check the trailer after the data.
