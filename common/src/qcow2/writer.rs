@@ -1025,6 +1025,11 @@ pub fn choose_grouping(
         let g = ClusterBits::new(bits)
             .and_then(|cb| Grouping::new(bs, cb))
             .ok_or_else(|| Error::InvalidInput(format!("block size {bs}")))?;
+        // The L1 table first (it depends on the size only): no runs built in vain.
+        if let Err(e) = Qcow2Layout::plan_within_limits(vsize, bits, &[], &[], factor, overlay)? {
+            refused = Some(e);
+            continue;
+        }
         let runs = g.clusters(data)?;
         match Qcow2Layout::plan_within_limits(vsize, bits, &runs, &[], factor, overlay)? {
             Ok(_) => return Ok(g),
