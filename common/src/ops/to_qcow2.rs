@@ -8,7 +8,7 @@ use crate::progress::Progress;
 use crate::qcow2::grouping::{Assembler, Grouping};
 use crate::qcow2::header::ClusterCompression;
 use crate::qcow2::overlay::{Base, Differ};
-use crate::qcow2::writer::{choose_grouping, nonzero_blocks, plan_clusters};
+use crate::qcow2::writer::{check_inflation, choose_grouping, nonzero_blocks, plan_clusters};
 use crate::qcow2::{ClusterRun, GuestCluster, Qcow2Layout};
 use crate::units::{BlockSize, FsBlock};
 use crate::{Error, Result};
@@ -24,9 +24,10 @@ pub fn plan(
 ) -> Result<(Qcow2Layout, BlockSize)> {
     use crate::ops::input::{Input, Kind};
     let compressed = opts.compress.is_some();
-    let finish = |vsize: u64, g: Grouping, data: &[ClusterRun], zero: &[ClusterRun]| {
+    let finish = |vsize: u64, g: Grouping, data: &[ClusterRun], zero: &[ClusterRun], n: u64| {
         let cb = g.cluster_bits().get();
         let mut l = Qcow2Layout::plan_full(vsize, cb, data, zero, compressed)?;
+        check_inflation(&l, g.block_size(), n, compressed)?;
         if let Some(c) = opts.compress {
             l.set_compression(c);
         }
@@ -52,7 +53,8 @@ pub fn plan(
             base,
             progress,
         )?;
-        finish(vsize, g, &data, &zero)
+        let n = g.blocks_within(&runs, &data)?.iter().map(|r| r.len).sum();
+        finish(vsize, g, &data, &zero, n)
     };
     match input {
         Input::Stream(mut r) => {
@@ -65,7 +67,8 @@ pub fn plan(
                 None => {
                     let clusters = g.clusters(&runs)?;
                     r.for_each(crate::pieces::IO_CHUNK, &mut |_, _| Ok(()))?;
-                    finish(vsize, g, &clusters, &[])
+                    let n = runs.iter().map(|r| r.len).sum();
+                    finish(vsize, g, &clusters, &[], n)
                 }
                 Some(base) => {
                     let mut differ = Differ::new(base, g.cluster_bits())?;
@@ -76,7 +79,8 @@ pub fn plan(
                     })?;
                     asm.flush(&mut |c, d| differ.feed(c, d))?;
                     let (o, _) = differ.finish(vsize)?;
-                    finish(vsize, g, &o.data, &o.zero)
+                    let n = runs.iter().map(|r| r.len).sum();
+                    finish(vsize, g, &o.data, &o.zero, n)
                 }
             }
         }
@@ -189,6 +193,7 @@ pub fn stream_to_qcow2<R: std::io::Read + Send>(
     if let Some(base) = overlay {
         base.record(&mut layout)?;
     }
+    check_inflation(&layout, bs, report.data_blocks, compressed)?;
     progress.phase(
         "copying",
         data.iter().map(|r| r.len).sum(),

@@ -1039,6 +1039,46 @@ pub fn choose_grouping(
     Err(refused.unwrap_or_else(|| Error::InvalidInput(format!("block size {bs}"))))
 }
 
+/// An image of clusters of several blocks is refused when it would take more than this many
+/// times the bytes of its data blocks...
+const MAX_INFLATION: u64 = 16;
+/// ...and more than this: small images are never refused.
+const INFLATION_FLOOR: u64 = 1 << 30;
+
+/// Refuse, before anything is written, an image whose clusters of several blocks make it
+/// absurdly larger than its `data_blocks` (filesystems far past 8 TiB whose metadata blocks
+/// lie scattered: each costs a whole cluster, and an L2 table maps few of them). One cluster
+/// per block is never refused. A compressed image is estimated (zeros compress away; its
+/// tables and a sector per cluster stay).
+pub fn check_inflation(
+    layout: &Qcow2Layout,
+    block_size: BlockSize,
+    data_blocks: u64,
+    compressed: bool,
+) -> Result<()> {
+    let cs = layout.cluster_size();
+    if cs <= block_size.bytes() {
+        return Ok(());
+    }
+    let data = block_size.bytes_of(data_blocks).unwrap_or(u64::MAX);
+    let estimate = if compressed {
+        let clusters = layout.data_clusters();
+        let packed = data
+            .saturating_add(clusters.saturating_mul(512))
+            .min(clusters.saturating_mul(cs));
+        layout.data_offset().saturating_add(packed)
+    } else {
+        layout.file_size()
+    };
+    if estimate > INFLATION_FLOOR && estimate / MAX_INFLATION > data {
+        return Err(Error::InvalidInput(format!(
+            "a qcow2 image of this filesystem needs {cs}-byte clusters (qemu's table limits) and would take about {estimate} bytes for {data} bytes of data blocks, more than {MAX_INFLATION} times; use the raw or stream format{}",
+            if compressed { "" } else { " (or --compress)" }
+        )));
+    }
+    Ok(())
+}
+
 /// The grouping, data clusters and zero-flagged clusters of the image of `src`, whose
 /// non-zero selected blocks are `runs`; with `overlay`, the clusters that differ from that
 /// base (read through the data blocks only: a cluster's other blocks are zeros).
@@ -1115,6 +1155,12 @@ pub fn write_qcow2<S: ReadAt + ?Sized>(
     if let Some(base) = overlay {
         base.record(&mut layout)?;
     }
+    check_inflation(
+        &layout,
+        block_size,
+        data_map.selected_blocks(),
+        compress.is_some(),
+    )?;
     progress.phase("copying", data_map.selected_blocks(), Unit::Blocks);
     let mut done = 0u64;
     let mut feed = |write: &mut dyn FnMut(GuestCluster, &[u8]) -> Result<()>| {
@@ -1444,6 +1490,32 @@ mod tests {
         let l = Qcow2Layout::plan_full(1 << 42, g.cluster_bits().get(), &runs, &[], true).unwrap();
         assert!(u64::from(l.rt_clusters) * l.cluster_size() <= MAX_REFTABLE_BYTES);
         assert!(u64::from(l.l1_entries) * 8 <= MAX_L1_BYTES);
+    }
+
+    /// Clusters of several blocks holding one block each: refused past 16 times the data
+    /// (and 1 GiB); full clusters, small images and one cluster per block never are.
+    #[test]
+    fn inflation_is_bounded() {
+        let bs = BlockSize::new(4096).unwrap();
+        // 1000 scattered 2 MiB clusters: a 2 GB image.
+        let runs: Vec<ClusterRun> = (0..1000).map(|i| run(i * 7, 1)).collect();
+        let l = Qcow2Layout::plan(1 << 40, 21, &runs).unwrap();
+        let e = check_inflation(&l, bs, 1000, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("2097152-byte clusters") && e.contains("--compress"),
+            "{e}"
+        );
+        // Compressed, the zeros shrink away.
+        check_inflation(&l, bs, 1000, true).unwrap();
+        check_inflation(&l, bs, 1000 * 512, false).unwrap();
+        check_inflation(&l, bs, 1000 * 512 / 8, false).unwrap();
+        assert!(check_inflation(&l, bs, 1000 * 512 / 17, false).is_err());
+        let small = Qcow2Layout::plan(1 << 40, 21, &runs[..100]).unwrap();
+        check_inflation(&small, bs, 100, false).unwrap();
+        let one = Qcow2Layout::plan(1 << 40, 12, &runs).unwrap();
+        check_inflation(&one, bs, 1, false).unwrap();
     }
 
     #[test]
