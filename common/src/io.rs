@@ -433,6 +433,46 @@ impl FileSource {
     }
 }
 
+/// An in-memory source that records the hints it gets (tests of hint forwarding).
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub struct HintRecorder {
+    pub inner: MemSource,
+    /// (offset, len) of every [`ReadAt::will_need`] call, in order.
+    pub hints: Mutex<Vec<(u64, u64)>>,
+}
+
+#[cfg(test)]
+impl HintRecorder {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        HintRecorder {
+            inner: MemSource(bytes),
+            hints: Mutex::default(),
+        }
+    }
+
+    /// The hints so far, cleared.
+    pub fn take(&self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut *self.hints.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+#[cfg(test)]
+impl ReadAt for HintRecorder {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        self.inner.read_at(buf, offset)
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn will_need(&self, offset: u64, len: u64) {
+        self.hints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((offset, len));
+    }
+}
+
 /// An in-memory source, for tests and small images.
 #[derive(Debug, Clone, Default)]
 pub struct MemSource(pub Vec<u8>);

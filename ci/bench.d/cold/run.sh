@@ -157,5 +157,25 @@ for fs in "${COLD_FS[@]}"; do
       "e2i-capture | e2i-to-qcow2" '"$1/e2i-capture" "$2" | "$1/e2i-to-qcow2" - - > "$3/b.qcow2"' "$fs"
   }
 done
+# e2i-move's clone (e2image -ra) of the image with 2 GiB of file data that move.sh makes
+# (`ci/bench.sh` without --cold, once): the copy loop of a clone, cold.
+MOVE_IMG=$BENCH_DIR/move-16G-2048M.img
+if [ -f "$MOVE_IMG.done" ]; then
+  bytes=$("$E2I/e2i-capture" -ra --json "$MOVE_IMG" "$WORK/sel.raw" 2>/dev/null |
+    python3 -c 'import json, sys; j = json.load(sys.stdin); print(j["blocks"] * j["block_size"])')
+  rm -f "$WORK/sel.raw"
+  if [ ! -f "$COLD_LIMIT.done" ] || [ "$(stat -c %s "$COLD_LIMIT")" -lt "$bytes" ]; then
+    log "cold: writing $bytes random bytes to $COLD_LIMIT (the sequential-read limit's source)"
+    head -c "$bytes" /dev/urandom >"$COLD_LIMIT"
+    sync "$COLD_LIMIT"
+    touch "$COLD_LIMIT.done"
+  fi
+  limit=$(cold_limit "$bytes")
+  # shellcheck disable=SC2016 # expanded by sh -c
+  cold_case "move-16G-2048M clone" "$limit" "e2image -ra" 'e2image -ra "$2" "$3/a.raw"' \
+    "e2i-move" '"$1/e2i-move" "$2" "$3/b.raw"' "$MOVE_IMG"
+else
+  log "cold: $MOVE_IMG not made (ci/bench.sh makes it); clone case skipped"
+fi
 rm -rf "${WORK:?}"/*
 cold_report

@@ -27,6 +27,7 @@ use crate::ops::move_journal::{
 };
 use crate::pieces::{same_runs, zero_runs};
 use crate::progress::{Progress, Unit};
+use crate::readplan::{self, Readahead};
 use crate::units::{BlockSize, FsBlock};
 use crate::{Error, Result};
 
@@ -248,59 +249,44 @@ pub fn clone_fs(
         }
         Ok(())
     };
-    let runs = map.runs();
-    let (src_path, src_off, src_limit) = (source.to_path_buf(), opts.src_offset, opts.src_limit);
-    rep.past_end_blocks = std::thread::scope(|scope| -> Result<u64> {
-        let (full_tx, full_rx) = sync_channel::<Result<Chunk>>(POOL);
-        let (free_tx, free_rx) = sync_channel::<AlignedBuf>(POOL);
-        for _ in 0..POOL {
-            let _ = free_tx.send(AlignedBuf::new(CLONE_CHUNK));
-        }
-        scope.spawn(move || read_ahead(&src_path, src_off, src_limit, runs, bs, full_tx, free_rx));
-        let mut past = 0u64;
-        for chunk in full_rx {
-            let chunk = chunk?;
-            past = past.saturating_add(chunk.past_blocks);
-            let blk = chunk.blk;
-            let data = chunk.buf.get(chunk.len);
-            let n = bs.blocks_in(data.len() as u64);
-            // Blocks `i..i + k` of the chunk: where they start, and their bytes.
-            let part = |i: usize, k: usize| {
-                let at = blk.saturating_add(i as u64);
-                let b = i.saturating_mul(bsz);
-                (at, data.get(b..b.saturating_add(k.saturating_mul(bsz))))
-            };
-            if new_file {
-                // A fresh file: all-zero blocks stay holes, as e2image leaves them.
-                zero_runs(data, bsz, &mut |i, k, zero| {
-                    if let (false, (at, Some(bytes))) = (zero, part(i, k)) {
-                        write(&mut rep, at, bytes)?;
+    // The selected blocks in order, read ahead on a second thread with read hints (a cold
+    // SOURCE is read with real queue depth): the pass every capture writer uses.
+    rep.past_end_blocks = crate::pieces::for_each_chunk(&fs.src, map, bs, &mut |blk, data| {
+        let n = bs.blocks_in(data.len() as u64);
+        // Blocks `i..i + k` of the chunk: where they start, and their bytes.
+        let part = |i: usize, k: usize| {
+            let at = blk.saturating_add(i as u64);
+            let b = i.saturating_mul(bsz);
+            (at, data.get(b..b.saturating_add(k.saturating_mul(bsz))))
+        };
+        if new_file {
+            // A fresh file: all-zero blocks stay holes, as e2image leaves them.
+            zero_runs(data, bsz, &mut |i, k, zero| {
+                if let (false, (at, Some(bytes))) = (zero, part(i, k)) {
+                    write(&mut rep, at, bytes)?;
+                }
+                Ok(())
+            })?;
+        } else if opts.check {
+            let off = dest_at(blk)?;
+            cmp.resize(data.len(), 0);
+            let got = pread_full(out, &mut cmp, off).map_err(|e| Error::io("read", off, e))?;
+            same_runs(data, &cmp, got, bsz, &mut |i, k, same| {
+                match (same, part(i, k)) {
+                    (true, _) => {
+                        rep.identical_blocks = rep.identical_blocks.saturating_add(k as u64);
                     }
-                    Ok(())
-                })?;
-            } else if opts.check {
-                let off = dest_at(blk)?;
-                cmp.resize(data.len(), 0);
-                let got = pread_full(out, &mut cmp, off).map_err(|e| Error::io("read", off, e))?;
-                same_runs(data, &cmp, got, bsz, &mut |i, k, same| {
-                    match (same, part(i, k)) {
-                        (true, _) => {
-                            rep.identical_blocks = rep.identical_blocks.saturating_add(k as u64);
-                        }
-                        (false, (at, Some(bytes))) => write(&mut rep, at, bytes)?,
-                        (false, (_, None)) => {}
-                    }
-                    Ok(())
-                })?;
-            } else {
-                write(&mut rep, blk, data)?;
-            }
-            rep.blocks = rep.blocks.saturating_add(n);
-            progress.update(rep.blocks.saturating_mul(bs.bytes()));
-            // The reader may have stopped on an error already: then this send just fails.
-            let _ = free_tx.send(chunk.buf);
+                    (false, (at, Some(bytes))) => write(&mut rep, at, bytes)?,
+                    (false, (_, None)) => {}
+                }
+                Ok(())
+            })?;
+        } else {
+            write(&mut rep, blk, data)?;
         }
-        Ok(past)
+        rep.blocks = rep.blocks.saturating_add(n);
+        progress.update(rep.blocks.saturating_mul(bs.bytes()));
+        Ok(())
     })?;
     progress.finish();
     if !opts.dry_run && !out_dev && out_len < end {
@@ -309,63 +295,6 @@ pub fn clone_fs(
             .map_err(|e| Error::io("truncate", end, e))?;
     }
     Ok(rep)
-}
-
-/// Bytes per read of a clone, and how many buffers the reader may fill ahead.
-const CLONE_CHUNK: usize = 8 << 20;
-const POOL: usize = 3;
-
-/// Consecutive selected blocks read by the reader thread.
-struct Chunk {
-    blk: FsBlock,
-    len: usize,
-    buf: AlignedBuf,
-    past_blocks: u64,
-}
-
-/// The reader thread of a clone: reads the selected runs in chunks (holes not read) into
-/// buffers from `free` and hands them on in order. It opens SOURCE itself (a qcow2 reader
-/// keeps caches that are not shared between threads).
-fn read_ahead(
-    source: &Path,
-    base: u64,
-    limit: Option<u64>,
-    runs: &[BlockRun],
-    bs: BlockSize,
-    full: SyncSender<Result<Chunk>>,
-    free: Receiver<AlignedBuf>,
-) {
-    let src = match open_source_within(source, base, limit) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = full.send(Err(e));
-            return;
-        }
-    };
-    let per = bs.blocks_in(CLONE_CHUNK as u64).max(1);
-    for run in runs {
-        let mut b = run.start;
-        while b < run.end() {
-            let n = per.min(run.end().saturating_since(b));
-            // At most CLONE_CHUNK bytes; a run of the map lies inside the filesystem.
-            let (Some(len), Some(at)) = (bs.len_of(n), bs.offset_of(b)) else {
-                let _ = full.send(Err(overflow("block offset")));
-                return;
-            };
-            let Ok(mut buf) = free.recv() else { return };
-            let res = src.read_sparse_at(buf.get_mut(len), at).map(|past| Chunk {
-                blk: b,
-                len,
-                buf,
-                past_blocks: bs.blocks_covering(past as u64),
-            });
-            let failed = res.is_err();
-            if full.send(res).is_err() || failed {
-                return;
-            }
-            b = b.saturating_add(n);
-        }
-    }
 }
 
 /// The spans of a move: the map's runs, merged where the gap between them is at most `gap`
@@ -1100,6 +1029,53 @@ fn refuse_other_unfinished(
     Ok(())
 }
 
+/// SOURCE as a move reads it, for read hints. [`crate::readplan`] plans ranges that are read
+/// upwards; a move to the right reads downwards, so it plans on SOURCE seen end to start
+/// (`down`: byte `x` here is byte `u64::MAX - x` of SOURCE). Only hints pass through it.
+struct Oriented<'a> {
+    src: &'a FileSource,
+    down: bool,
+}
+
+impl Oriented<'_> {
+    /// A range of SOURCE as seen here, and back (the map is its own inverse).
+    fn range(&self, r: &Range<u64>) -> Range<u64> {
+        if self.down {
+            u64::MAX.saturating_sub(r.end)..u64::MAX.saturating_sub(r.start)
+        } else {
+            r.clone()
+        }
+    }
+}
+
+impl ReadAt for Oriented<'_> {
+    fn read_at(&self, _buf: &mut [u8], offset: u64) -> Result<usize> {
+        Err(Error::InvalidInput(format!(
+            "read at {offset} of a source seen for hints only"
+        )))
+    }
+    fn size(&self) -> u64 {
+        u64::MAX
+    }
+    fn will_need(&self, offset: u64, len: u64) {
+        let r = self.range(&(offset..offset.saturating_add(len)));
+        self.src.will_need(r.start, r.end.saturating_sub(r.start));
+    }
+}
+
+/// Read hints for `ranges` of SOURCE, read in that order (upwards, or downwards when
+/// `src.down`); tell it each range's start as it is read ([`Oriented::range`]).
+fn hints_for<'a>(
+    src: &'a Oriented<'a>,
+    ranges: impl Iterator<Item = Range<u64>> + Send + 'a,
+) -> Readahead<'a, Oriented<'a>, Box<dyn Iterator<Item = Range<u64>> + Send + 'a>> {
+    Readahead::new(
+        src,
+        Box::new(ranges.map(|r| src.range(&r))),
+        readplan::WINDOW,
+    )
+}
+
 /// The checksum of every piece's bytes at its source, read before anything is written, so
 /// the journal knows what the move has still to read (docs/move-journal.md). Two threads
 /// share the pieces: this read is the price of that knowledge, so it should be quick.
@@ -1114,6 +1090,11 @@ fn checksum_pieces(
     let readers = (0..THREADS)
         .map(|_| src.reader())
         .collect::<Result<Vec<FileSource>>>()?;
+    // Pieces come in copy order: downwards when the move goes right.
+    let down = pieces
+        .first()
+        .zip(pieces.last())
+        .is_some_and(|(a, b)| a.src.start > b.src.start);
     let (tx, rx) = sync_channel::<Result<(usize, u32, u64)>>(2 * THREADS);
     let mut out = vec![0u32; pieces.len()];
     std::thread::scope(|scope| -> Result<()> {
@@ -1121,7 +1102,13 @@ fn checksum_pieces(
             let tx = tx.clone();
             scope.spawn(move || {
                 let mut buf = vec![0u8; mj::CHECK_CHUNK];
+                // Each thread hints its own pieces (a cold SOURCE is then read with queue
+                // depth, not one 1 MiB request per thread at a time).
+                let seen = Oriented { src: &reader, down };
+                let mine = pieces.iter().skip(t).step_by(THREADS);
+                let mut hints = hints_for(&seen, mine.map(|pc| pc.src.clone()));
                 for (i, pc) in pieces.iter().enumerate().skip(t).step_by(THREADS) {
+                    hints.at(seen.range(&pc.src).start);
                     let res =
                         mj::checksum_range(&reader, &pc.src, &mut buf).map(|c| (i, c, pc.bytes()));
                     let failed = res.is_err();

@@ -460,6 +460,13 @@ impl<S: ReadAt> ReadAt for Window<S> {
         self.len
     }
 
+    fn will_need(&self, offset: u64, len: u64) {
+        if offset < self.len {
+            let n = len.min(self.len.saturating_sub(offset));
+            self.inner.will_need(self.start.saturating_add(offset), n);
+        }
+    }
+
     fn data_region(&self, offset: u64) -> Result<Option<Range<u64>>> {
         if offset >= self.len {
             return Ok(None);

@@ -368,3 +368,15 @@ fn notes_are_bounded() {
     assert_eq!(t.notes.len(), MAX_NOTES + 1);
     assert!(matches!(t.notes.last(), Some(Note::More { count }) if *count > 0));
 }
+
+/// Hints through a partition window land at the partition's bytes of the disk, clipped to
+/// the partition.
+#[test]
+fn window_forwards_hints_inside_the_partition() {
+    use crate::io::HintRecorder;
+    let w = Window::new(HintRecorder::new(vec![0u8; 1 << 20]), 4096, 65536);
+    w.will_need(0, 8192);
+    w.will_need(60_000, 10_000);
+    w.will_need(65536, 4096);
+    assert_eq!(w.inner.take(), vec![(4096, 8192), (64_096, 5536)]);
+}

@@ -88,6 +88,13 @@ impl ReadAt for Backing {
             Backing::Raw(f) => f.data_region(offset),
         }
     }
+
+    fn will_need(&self, offset: u64, len: u64) {
+        match self {
+            Backing::Qcow2(q) => q.will_need(offset, len),
+            Backing::Raw(f) => f.will_need(offset, len),
+        }
+    }
 }
 
 /// A qcow2 image and the chain of backing files below it, read as qemu reads the image.
@@ -334,6 +341,15 @@ impl<S: ReadAt> ReadAt for Qcow2Image<S> {
 
     fn size(&self) -> u64 {
         self.top.virtual_size()
+    }
+
+    // Both layers: the backing file's share of the range is not known without the top's
+    // tables, and a hint for bytes the top overrides only costs a read.
+    fn will_need(&self, offset: u64, len: u64) {
+        self.top.will_need(offset, len);
+        if let Some(b) = &self.backing {
+            b.will_need(offset, len);
+        }
     }
 
     fn data_region(&self, offset: u64) -> Result<Option<Range<u64>>> {

@@ -639,6 +639,11 @@ impl<S: ReadAt> ReadAt for Qcow2Reader<S> {
         self.header.size
     }
 
+    // No hints (the default): a qcow2 host file holds its data dense and mostly in guest
+    // order, where the kernel's own sequential readahead does better. Measured on a cold
+    // capture of a 16 GiB fs from its -Q image: 0.47 s without, 0.87 s with hints mapped to
+    // host clusters (medians of 5).
+
     fn data_region(&self, offset: u64) -> Result<Option<Range<u64>>> {
         let size = self.header.size;
         if offset >= size {
@@ -678,6 +683,12 @@ impl<S: ReadAt> ReadAt for Shifted<S> {
 
     fn size(&self) -> u64 {
         self.inner.size().saturating_sub(self.base)
+    }
+
+    fn will_need(&self, offset: u64, len: u64) {
+        if let Some(o) = offset.checked_add(self.base) {
+            self.inner.will_need(o, len);
+        }
     }
 
     fn data_region(&self, offset: u64) -> Result<Option<Range<u64>>> {
