@@ -11,7 +11,9 @@ use e2i::ops::to_raw::{self, ConvertOptions};
 use e2i::output::{Kind as OutKind, Request};
 use e2i::sparse::RawTarget;
 
-use crate::{EXIT_DAMAGED, EXIT_OK, Reporter, StreamOut, Summary, attribute, open_output, usage};
+use crate::{
+    EXIT_DAMAGED, EXIT_OK, Reporter, StreamOut, Summary, attribute, hold_for, open_output, usage,
+};
 
 /// What the two raw converters take.
 pub struct RawArgs<'a> {
@@ -54,6 +56,7 @@ pub fn to_raw(tool: &str, a: &RawArgs<'_>, sum: &mut Summary) -> anyhow::Result<
         );
     }
     sum.add(|o| o.str("input_kind", kind_name(inp.kind())));
+    let state = crate::state_dir();
     let mut out = open_output(
         &Request {
             path: a.output,
@@ -62,6 +65,8 @@ pub fn to_raw(tool: &str, a: &RawArgs<'_>, sum: &mut Summary) -> anyhow::Result<
             dry_run: a.dry_run,
             exclusive: true,
             streams: true,
+            hold: hold_for(a.dry_run),
+            state_dir: state.as_deref(),
         },
         &[("INPUT", a.input)],
     )?;

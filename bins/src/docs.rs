@@ -111,7 +111,7 @@ fn bug_report_page() -> String {
 .SH NAME
 e2i\-bug\-report \- Bundle what filesystem maintainers ask for about an ext2/3/4 filesystem, with every private string scrambled
 .SH SYNOPSIS
-\fBe2i\-bug\-report\fR [\fB\-h\fR|\fB\-\-help\fR] [\fB\-V\fR|\fB\-\-version\fR] [\fB\-P\fR \fIN\fR] [\fB\-\-\fR] \fIDEVICE\fR [\fIOUTPUT.tar\fR]
+\fBe2i\-bug\-report\fR [\fB\-h\fR|\fB\-\-help\fR] [\fB\-V\fR|\fB\-\-version\fR] [\fB\-P\fR \fIN\fR [\fB\-\-past\-partition\-end\fR]] [\fB\-\-\fR] \fIDEVICE\fR [\fIOUTPUT.tar\fR]
 .SH DESCRIPTION
 Captures the filesystem on DEVICE (a block device or an image file; with \fB\-P\fR \fIN\fR, the filesystem in partition N of DEVICE's partition table) with \fBe2i\-capture \-s \-Q\fR and writes one tarball holding:
 .TP
@@ -142,7 +142,10 @@ Print the usage and exit.
 Print the version and exit.
 .TP
 \fB\-P\fR, \fB\-\-partition\fR \fIN\fR
-Capture the filesystem in partition N of a GPT or MBR partition table on DEVICE (1\-based; MBR logical partitions from 5, as Linux numbers them).
+Capture the filesystem in partition N of a GPT or MBR partition table on DEVICE (1\-based; MBR logical partitions from 5, as Linux numbers them). A filesystem that runs past the end of its partition (a partition shrunk under it) is read only up to that end: e2i\-capture warns, and zeros stand for the rest.
+.TP
+\fB\-\-past\-partition\-end\fR
+With \fB\-P\fR: read such a filesystem on past its partition's end, into what follows on DEVICE, as \fBe2image \-o\fR would (\fBe2i\-capture \-\-past\-partition\-end\fR).
 .TP
 \fB\-\-\fR
 End of options: a DEVICE or OUTPUT.tar whose name starts with \- follows it (\fBe2i\-bug\-report \-\- \-disk.img \-report.tar\fR). Without it such a name is a usage error, before any work.

@@ -101,6 +101,8 @@ pub struct Summary {
     enabled: bool,
     /// OUTPUT is stdout: the summary goes to stderr.
     to_stderr: bool,
+    /// See [`Summary::replaced`].
+    replaced: bool,
     obj: json::Obj,
 }
 
@@ -110,6 +112,7 @@ impl Summary {
         Summary {
             enabled,
             to_stderr: false,
+            replaced: false,
             obj: json::Obj::new().str("tool", tool),
         }
     }
@@ -123,6 +126,12 @@ impl Summary {
         self.to_stderr |= yes;
     }
 
+    /// The run printed its own JSON in its place (`--list --json`'s array): nothing more,
+    /// unless the run fails after all (a closed stdout).
+    pub fn replaced(&mut self) {
+        self.replaced = true;
+    }
+
     /// Add fields: `sum.add(|o| o.num("blocks", n))`.
     pub fn add(&mut self, f: impl FnOnce(json::Obj) -> json::Obj) {
         let o = std::mem::take(&mut self.obj);
@@ -130,7 +139,7 @@ impl Summary {
     }
 
     fn print(&mut self, status: u8, error: Option<&str>) {
-        if !self.enabled {
+        if !self.enabled || self.replaced && status == EXIT_OK {
             return;
         }
         let mut o = std::mem::take(&mut self.obj).num("exit", u64::from(status));
@@ -267,15 +276,25 @@ pub fn open_output(
 }
 
 /// Hold SOURCE while it is read (e2i-capture, a clone): refused while an in-place e2i-move
-/// runs on it or has left it half moved ([`e2i::ops::move_fs::hold_for_reading`]); the
+/// runs on it or has left it half moved ([`e2i::ops::hold::hold_for_reading`]); the
 /// journals are looked for where e2i-move puts them.
-pub fn hold_source(source: &Path) -> anyhow::Result<e2i::ops::move_fs::ReadHold> {
-    let state = e2i::ops::move_journal::state_dir(
-        std::env::var_os("XDG_STATE_HOME"),
-        std::env::var_os("HOME"),
-    );
-    e2i::ops::move_fs::hold_for_reading(source, state, &mut e2i::progress::NoProgress)
+pub fn hold_source(source: &Path) -> anyhow::Result<e2i::ops::hold::Hold> {
+    e2i::ops::hold::hold_for_reading(source, state_dir(), &mut e2i::progress::NoProgress)
         .map_err(|e| anyhow::Error::new(e).context(source.display().to_string()))
+}
+
+/// e2i's state folder, where e2i-move keeps the journals of block devices (and its index).
+pub fn state_dir() -> Option<std::path::PathBuf> {
+    e2i::ops::move_journal::state_dir(std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME"))
+}
+
+/// How a run holds an existing OUTPUT: it writes it, or (a dry run) only looks at it.
+pub fn hold_for(dry_run: bool) -> e2i::ops::hold::HoldFor {
+    if dry_run {
+        e2i::ops::hold::HoldFor::Reading
+    } else {
+        e2i::ops::hold::HoldFor::Writing
+    }
 }
 
 /// Opening a FIFO for writing waits for its reader, silently (as e2image's open does). On a

@@ -12,7 +12,8 @@ use crate::json;
 #[derive(Debug, Clone)]
 pub struct Chosen {
     pub start: u64,
-    /// The partition's size, or `None` with `-f` when the filesystem runs past its end.
+    /// The partition's size, or `None` with `--past-partition-end` when the filesystem runs
+    /// past its end.
     pub limit: Option<u64>,
     pub located: Located,
 }
@@ -25,12 +26,12 @@ pub fn open_disk(source: &Path) -> anyhow::Result<Box<dyn ReadAt>> {
 
 /// Read `source`'s table and find partition `number`. The table's notes, and a filesystem
 /// that runs past the partition's end, are said on stderr as warnings (unless `quiet`).
-/// Past the end nothing is read unless `force`.
+/// Past the end nothing is read unless `past_end` (`--past-partition-end`).
 pub fn choose(
     tool: &str,
     source: &Path,
     number: u32,
-    force: bool,
+    past_end: bool,
     quiet: bool,
 ) -> anyhow::Result<Chosen> {
     let name = source.display().to_string();
@@ -45,13 +46,13 @@ pub fn choose(
     let p = located.partition;
     let mut limit = Some(p.size);
     if let (Some(over), Some(fs)) = (located.overrun(), &located.fs) {
-        if force {
+        if past_end {
             limit = None;
         }
         if !quiet {
             eprintln!(
                 "{tool}: warning: {name}: {}",
-                overrun_text(&p, fs, over, force)
+                overrun_text(&p, fs, over, past_end)
             );
         }
     }
@@ -63,7 +64,7 @@ pub fn choose(
 }
 
 /// "partition 2 is N bytes, but its ext4 filesystem is M bytes (...)".
-pub fn overrun_text(p: &Partition, fs: &partition::FsInfo, over: u64, force: bool) -> String {
+pub fn overrun_text(p: &Partition, fs: &partition::FsInfo, over: u64, past_end: bool) -> String {
     format!(
         "partition {} is {} bytes, but its {} filesystem is {} blocks of {} bytes, {over} bytes more: {}",
         p.number,
@@ -71,10 +72,10 @@ pub fn overrun_text(p: &Partition, fs: &partition::FsInfo, over: u64, force: boo
         fs.kind,
         fs.blocks_count,
         fs.block_size,
-        if force {
-            "reading past the partition's end (-f)"
+        if past_end {
+            "reading past the partition's end (--past-partition-end)"
         } else {
-            "nothing past the partition's end is read (-f reads on)"
+            "nothing past the partition's end is read (--past-partition-end reads on)"
         }
     )
 }

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::io::ObjectId;
+use crate::ops::hold::{Hold, HoldFor};
 use crate::{Error, Result};
 
 /// How an OUTPUT is written.
@@ -66,6 +67,13 @@ pub struct Request<'a> {
     /// `in_place` asks for positional writes), it is refused before it is opened (opening
     /// a FIFO waits for its reader).
     pub streams: bool,
+    /// What the run does with an existing regular file or block device OUTPUT (written now
+    /// or later, or only looked at by a dry run): it is held so for as long as the
+    /// [`Output`] lives, and refused while an in-place e2i-move runs on it or has left it
+    /// half-moved ([`crate::ops::hold::hold`]).
+    pub hold: HoldFor,
+    /// e2i's state folder (where the journals of moves of block devices are), for that.
+    pub state_dir: Option<&'a Path>,
 }
 
 /// An opened OUTPUT.
@@ -82,6 +90,8 @@ pub struct Output {
     dry_run: bool,
     /// The path written, symlinks followed.
     path: PathBuf,
+    /// The existing target held against in-place moves (see [`Request::hold`]).
+    _hold: Option<Hold>,
 }
 
 #[derive(Debug)]
@@ -100,10 +110,12 @@ impl Output {
         if req.path == Path::new("-") {
             // Stdout redirected to a file (`>> SOURCE`) is that file.
             let fd1 = Path::new("/proc/self/fd/1");
+            let mut held = None;
             if let Ok(m) = std::fs::metadata(fd1)
                 && (m.is_file() || m.file_type().is_block_device())
             {
                 refuse_overlap(req, fd1, &m, reads)?;
+                held = Some(hold(req, fd1)?);
             }
             if !req.dry_run {
                 crate::io::grow_pipe(io::stdout());
@@ -115,6 +127,7 @@ impl Output {
                 pending: None,
                 dry_run: req.dry_run,
                 path: PathBuf::from("-"),
+                _hold: held,
             });
         }
         let Resolved {
@@ -122,8 +135,11 @@ impl Output {
             meta,
             renamable,
         } = resolve(req.path)?;
+        let mut held = None;
         if let Some(m) = &meta {
             refuse_overlap(req, &path, m, reads)?;
+            // Before anything is opened for writing (a replaced file may be truncated).
+            held = Some(hold(req, &path)?);
         }
         let ft = meta.as_ref().map(|m| m.file_type());
         let mut out = Output {
@@ -133,6 +149,7 @@ impl Output {
             pending: None,
             dry_run: req.dry_run,
             path: path.clone(),
+            _hold: held,
         };
         match ft {
             // Refused before it is opened: opening a FIFO waits for its reader, only for
@@ -388,6 +405,22 @@ impl Drop for Output {
             pending::remove(&p.tmp);
         }
     }
+}
+
+/// Hold an existing OUTPUT as `req` says.
+fn hold(req: &Request<'_>, path: &Path) -> Result<Hold> {
+    crate::ops::hold::hold(
+        path,
+        req.hold,
+        req.role,
+        req.state_dir.map(Path::to_path_buf),
+        &mut crate::progress::NoProgress,
+    )
+    .map_err(|e| match e {
+        // The tools print InvalidInput as it is: name the file here.
+        Error::InvalidInput(m) => Error::InvalidInput(format!("{}: {m}", req.path.display())),
+        e => e,
+    })
 }
 
 /// Remove what runs killed by SIGKILL (the OOM killer, a power-user's `kill -9`) left of

@@ -16,9 +16,9 @@ const TOOL: &str = "e2i-capture";
 
 fn main() -> std::process::ExitCode {
     let args: Args = parse_args(TOOL);
-    // --list --json prints its array instead of the run's summary.
-    let sum = Summary::new(args.json && !args.list, TOOL);
-    run(TOOL, sum, |sum| capture(&args, sum))
+    run(TOOL, Summary::new(args.json, TOOL), |sum| {
+        capture(&args, sum)
+    })
 }
 
 fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
@@ -26,8 +26,13 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     let out_path = args.output.as_deref().unwrap_or(Path::new("-"));
     let src = args.source.display().to_string();
     let out_name = out_path.display().to_string();
-    sum.add(|o| o.str("input", &src).str("output", &out_name));
-    sum.to_stderr(out_path == Path::new("-"));
+    if args.list {
+        // On stdout, where the array goes: a failed --list --json still says so there.
+        sum.add(|o| o.str("input", &src).bool("list", true));
+    } else {
+        sum.add(|o| o.str("input", &src).str("output", &out_name));
+        sum.to_stderr(out_path == Path::new("-"));
+    }
     if args.source == Path::new("-") {
         return Ok(usage(
             TOOL,
@@ -36,7 +41,7 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         ));
     }
     if args.list {
-        return list(args);
+        return list(args, sum);
     }
     if let Some(code) = e2i_cli::refuse_terminal(TOOL, sum, args.output.is_some()) {
         return Ok(code);
@@ -69,10 +74,17 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     if args.backing.is_some() && explicit != Some(Format::Qcow2) {
         return Ok(usage(TOOL, sum, "--backing is for qcow2 images (-Q)"));
     }
-    // -P: the partition's start is the offset, its end bounds what is read (unless -f).
+    // -P: the partition's start is the offset, its end bounds what is read (unless
+    // --past-partition-end).
     let (offset, limit) = match args.partition {
         Some(n) => {
-            let c = e2i_cli::partition::choose(TOOL, &args.source, n, args.force, args.quiet)?;
+            let c = e2i_cli::partition::choose(
+                TOOL,
+                &args.source,
+                n,
+                args.past_partition_end,
+                args.quiet,
+            )?;
             if !args.force {
                 e2i_cli::partition::refuse_mounted(
                     &args.source,
@@ -123,6 +135,8 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             exclusive: true,
             // A compressed qcow2 needs a new regular file: a FIFO is refused unopened.
             streams: args.compress.is_none(),
+            hold: e2i::ops::hold::HoldFor::Writing,
+            state_dir: e2i_cli::state_dir().as_deref(),
         },
         &reads,
     )?;
@@ -241,9 +255,10 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     Ok(EXIT_DAMAGED)
 }
 
-/// `--list`: SOURCE's partitions, one line each (with --json, one JSON array); the
-/// table's notes on stderr.
-fn list(args: &Args) -> anyhow::Result<u8> {
+/// `--list`: SOURCE's partitions, one line each (with --json, one JSON array, which then
+/// stands for the summary: a failure before it prints the summary instead); the table's
+/// notes on stderr.
+fn list(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     use e2i_cli::partition as part;
     let src = args.source.display().to_string();
     let disk = part::open_disk(&args.source)?;
@@ -260,6 +275,7 @@ fn list(args: &Args) -> anyhow::Result<u8> {
         let items: Vec<String> = rows
             .map(|(p, f)| part::list_json(&table, p, f.as_ref()))
             .collect();
+        sum.replaced();
         e2i_cli::say(format_args!("[{}]", items.join(",")))?;
     } else {
         for (p, f) in rows {

@@ -23,6 +23,7 @@ fn body(args: Args) -> anyhow::Result<u8> {
     }
     // DEVICE and the undo file go through the output layer's checks (resolved, not what
     // is read, writable); install then opens DEVICE itself, exclusively.
+    let state = e2i_cli::state_dir();
     let dev_out = open_output(
         &Request {
             path: &args.device,
@@ -31,6 +32,9 @@ fn body(args: Args) -> anyhow::Result<u8> {
             dry_run: true,
             exclusive: false,
             streams: false,
+            // Held until install has written it (dev_out lives to the end of the run).
+            hold: e2i_cli::hold_for(args.dry_run),
+            state_dir: state.as_deref(),
         },
         &[("IMAGE", &args.image)],
     )?;
@@ -60,6 +64,8 @@ fn body(args: Args) -> anyhow::Result<u8> {
                 dry_run: true,
                 exclusive: false,
                 streams: false,
+                hold: e2i::ops::hold::HoldFor::Reading,
+                state_dir: state.as_deref(),
             },
             &[("DEVICE", &args.device), ("IMAGE", &args.image)],
         )?;

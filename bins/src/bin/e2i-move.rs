@@ -115,8 +115,8 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
     }
     let meta =
         std::fs::metadata(&args.source).with_context(|| args.source.display().to_string())?;
-    // -P: -o becomes the partition's start; its end bounds a clone's reads (unless -f) and
-    // a move's writes.
+    // -P: -o becomes the partition's start; its end bounds a clone's reads (unless
+    // --past-partition-end) and a move's writes.
     let mut src_limit = None;
     if let Some(n) = args.partition {
         let in_place = args.dest.is_none();
@@ -124,7 +124,7 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
             TOOL,
             &args.source,
             n,
-            args.force && !in_place,
+            args.past_partition_end && !in_place,
             args.quiet || in_place,
         )?;
         if in_place {
@@ -253,6 +253,8 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
             dry_run: args.dry_run,
             exclusive: true,
             streams: false,
+            hold: e2i_cli::hold_for(args.dry_run),
+            state_dir: e2i_cli::state_dir().as_deref(),
         },
         &[("SOURCE", &args.source)],
     )?;

@@ -86,6 +86,8 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             exclusive: true,
             // A compressed qcow2 needs a new regular file: a FIFO is refused unopened.
             streams: args.compress.is_none(),
+            hold: e2i_cli::hold_for(args.dry_run),
+            state_dir: e2i_cli::state_dir().as_deref(),
         },
         &[("INPUT", args.input.as_path())]
             .into_iter()

@@ -104,6 +104,11 @@ pub struct Args {
     /// Allow a source mounted read-write.
     #[arg(short = 'f', long)]
     pub force: bool,
+    /// With -P: when the filesystem runs past the end of its partition (a partition shrunk
+    /// under it), read on past that end, into what follows on SOURCE, as e2image -o would
+    /// (by default nothing past it is read: zeros stand for it).
+    #[arg(long = "past-partition-end", requires = "partition")]
+    pub past_partition_end: bool,
     /// Read the filesystem through the backup superblock at block N (needs -B).
     #[arg(short = 'b', long = "superblock", value_name = "N", value_parser = number, requires = "blocksize")]
     pub superblock: Option<u64>,
@@ -115,7 +120,7 @@ pub struct Args {
     pub offset: u64,
     /// The filesystem in partition N of a GPT or MBR partition table on SOURCE (1-based;
     /// MBR logical partitions from 5, as Linux numbers them; 0: a disk without a table).
-    /// Nothing past the partition's end is read unless -f. Not with -o.
+    /// Nothing past the partition's end is read unless --past-partition-end. Not with -o.
     #[arg(
         short = 'P',
         long = "partition",
@@ -125,7 +130,7 @@ pub struct Args {
     pub partition: Option<u32>,
     /// Print SOURCE's partition table, one line a partition: number, start byte, size in
     /// bytes, type, and the filesystem there (ext2/3/4, block size, block count, UUID) or
-    /// `-`. With --json, a JSON array.
+    /// `-`. With --json, a JSON array (when it fails, the one-line summary with "exit").
     #[arg(long, conflicts_with_all = ["output", "partition", "offset", "raw", "qcow2", "format", "all_data", "scramble"])]
     pub list: bool,
     /// Show progress on stderr (a bar on a terminal, a line every few seconds otherwise).

@@ -65,7 +65,8 @@ pub struct Args {
     pub dest_offset: u64,
     /// The filesystem in partition N of a GPT or MBR partition table on SOURCE (sets -o to
     /// its start; MBR logical partitions from 5). A clone reads nothing past the
-    /// partition's end unless -f; a move's destination must lie inside the partition.
+    /// partition's end unless --past-partition-end; a move's destination must lie inside
+    /// the partition.
     #[arg(
         short = 'P',
         long = "partition",
@@ -85,6 +86,11 @@ pub struct Args {
     /// Clone a SOURCE that is mounted read-write (never allowed for a move).
     #[arg(short = 'f', long)]
     pub force: bool,
+    /// A clone with -P: when the filesystem runs past the end of its partition, read on
+    /// past that end, as e2image -o would (by default nothing past it is read: zeros stand
+    /// for it). Never for a move, which refuses such a filesystem.
+    #[arg(long = "past-partition-end", requires_all = ["partition", "dest"])]
+    pub past_partition_end: bool,
     /// Copy the metadata only (e2image -r with offsets); clones only.
     #[arg(long, requires = "dest")]
     pub metadata_only: bool,

@@ -1137,6 +1137,145 @@ fn a_source_being_moved_is_not_read_as_a_filesystem() {
     assert!(fs::read(&out).unwrap() == want, "the clone after the move");
 }
 
+/// The other side of the same lock: a target being moved in place is not written either. A
+/// clone into it (e2i-move SRC DEST) wrote its blocks into a file the mover was rearranging,
+/// and into a half-moved one, leaving a move that could no longer be finished. Every writer
+/// of an existing target — e2i-move's DEST, the converters' in-place (-O, -c) and replaced
+/// OUTPUT, e2i-capture's, e2i-install's DEVICE, and their dry runs — is refused while a
+/// mover runs on it and while an unfinished move has left it half moved (naming the
+/// journal), under any name: a symlink, a hard link, a loop device over it. Nothing is
+/// written; a restored backup (a stale journal) and a finished move write as usual.
+#[test]
+fn a_target_being_moved_is_not_written() {
+    let d = tempdir();
+    let dir = d.path();
+    let state = dir.join("state");
+    let (disk, want) = move_disk(dir, MIB);
+    let orig = fs::read(&disk).unwrap();
+    let args = ["-o", "1048576", "-O", "1052672"];
+    // What the writers write: the same filesystem, in each input format they take.
+    let src = dir.join("fs.img");
+    let qcow2 = dir.join("src.qcow2");
+    ok(
+        &run(Command::new(tool("e2i-capture"))
+            .arg("-Q")
+            .arg(&src)
+            .arg(&qcow2)),
+        "-Q",
+    );
+    let normal = dir.join("src.e2i");
+    ok(
+        &run(Command::new(tool("e2i-capture")).arg(&src).arg(&normal)),
+        "normal",
+    );
+    let writers = |target: &Path| -> Vec<(String, Command)> {
+        let mut v = Vec::new();
+        for (t, a, input) in [
+            ("e2i-move", vec!["-O", "1048576"], &src),
+            ("e2i-move", vec!["-n", "-O", "1048576"], &src),
+            ("e2i-to-raw", vec!["-O", "1048576"], &src),
+            ("e2i-to-raw", vec!["-c", "-n"], &src),
+            ("qcow2-to-raw", vec!["-c"], &qcow2),
+            ("e2i-to-qcow2", vec![], &src),
+            ("e2i-capture", vec!["-r"], &src),
+        ] {
+            let mut c = Command::new(tool(t));
+            c.args(&a)
+                .arg(input)
+                .arg(target)
+                .env("XDG_STATE_HOME", &state);
+            v.push((format!("{t} {a:?} into {}", target.display()), c));
+        }
+        for a in [vec!["-f"], vec!["-f", "-n"]] {
+            let mut c = Command::new(tool("e2i-install"));
+            c.args(&a)
+                .arg(target)
+                .arg(&normal)
+                .env("XDG_STATE_HOME", &state);
+            v.push((format!("e2i-install {a:?} onto {}", target.display()), c));
+        }
+        v
+    };
+    let link = dir.join("link.img");
+    std::os::unix::fs::symlink(&disk, &link).unwrap();
+    let hard = dir.join("hard.img");
+    fs::hard_link(&disk, &hard).unwrap();
+    let ino = || std::os::unix::fs::MetadataExt::ino(&fs::metadata(&disk).unwrap());
+    let disk_ino = ino();
+    // Every writer through every name is refused with `why`, and nothing changes.
+    let refused = |why: &[&str], names: &[&Path]| {
+        let before = fs::read(&disk).unwrap();
+        let mut n = 0;
+        for name in names {
+            for (what, mut c) in writers(name) {
+                let err = failed(&run(&mut c), &what);
+                assert!(why.iter().all(|w| err.contains(w)), "{what}: {err}");
+                assert!(err.contains(&name.display().to_string()), "{what}: {err}");
+                assert!(
+                    fs::read(&disk).unwrap() == before,
+                    "{what}: the target changed"
+                );
+                assert_eq!(ino(), disk_ino, "{what}: the target was replaced");
+                n += 1;
+            }
+        }
+        n
+    };
+
+    // While a mover runs (held before its third write, its lock taken).
+    let first = Reaper::new(
+        Command::new(tool("e2i-move"))
+            .args(args)
+            .arg(&disk)
+            .env("XDG_STATE_HOME", &state)
+            .env("E2I_MOVE_PIECE_KIB", PIECE_KIB)
+            .env("E2I_MOVE_STOP_AT", "3")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let journal = journal_of(&disk);
+    wait_stopped(first.child());
+    assert!(journal.exists(), "the move never started");
+    let lo = Loop::new(&disk, &[]);
+    let n = refused(
+        &["an in-place e2i-move is moving"],
+        &[&disk, &link, &hard, lo.path()],
+    );
+    assert_eq!(n, 4 * writers(&disk).len());
+    drop(lo);
+    resume_stopped(first.child());
+    ok(&first.take().wait_with_output().unwrap(), "the move");
+    assert!(holds_fs(&disk, MIB + 4096, &want, dir));
+
+    // Half moved by a killed move: refused, naming the journal.
+    fs::write(&disk, &orig).unwrap();
+    fs::remove_file(&journal).unwrap();
+    let total = crash_points(&mv(&args, &disk, &state, u64::MAX));
+    fs::write(&disk, &orig).unwrap();
+    fs::remove_file(&journal).unwrap();
+    assert!(
+        was_killed(&mv(&args, &disk, &state, total / 2)),
+        "not killed"
+    );
+    let j = journal.display().to_string();
+    let lo = Loop::new(&disk, &[]);
+    refused(&["half-moved", &j], &[&disk, &link, &hard, lo.path()]);
+    drop(lo);
+    // A backup put back over the half-moved file: the journal is stale, the clone writes.
+    fs::write(&disk, &orig).unwrap();
+    let mut clone = writers(&disk).remove(0).1;
+    ok(&run(&mut clone), "a clone over the restored backup");
+    assert!(holds_fs(&disk, MIB, &want, dir), "the clone");
+    // Finished: written as usual.
+    fs::write(&disk, &orig).unwrap();
+    let _ = fs::remove_file(&journal);
+    ok(&mv(&args, &disk, &state, 0), "the move");
+    let mut clone = writers(&disk).remove(0).1;
+    ok(&run(&mut clone), "a clone over the moved filesystem");
+    assert!(holds_fs(&disk, MIB, &want, dir), "the clone after the move");
+}
+
 /// A move that fails after its journal is begun (here: the disk fills while it saves a
 /// piece) is unfinished; its error line said only "No space left on device". It now says
 /// that the move is unfinished, names the kept journal and what to do; doing that (space

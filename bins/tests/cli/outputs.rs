@@ -8,6 +8,7 @@
 use super::util::*;
 use std::fs;
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -972,6 +973,169 @@ fn json_summary_on_every_outcome() {
             "{t}: the dry run created OUTPUT"
         );
     }
+}
+
+/// What `--json` must print when a run fails before it has done anything: exactly one JSON
+/// line among stdout and stderr, on `stream` (stdout for a file OUTPUT and for `--list`),
+/// with the exit status and an error naming `names`.
+fn one_json_failure(o: &Output, what: &str, code: i32, on_stdout: bool, names: &Path) {
+    assert_eq!(o.status.code(), Some(code), "{what}: {}", text(&o.stderr));
+    let lines = json_lines(o);
+    assert_eq!(lines.len(), 1, "{what}: {lines:?} {}", text(&o.stderr));
+    let j = &lines[0];
+    let stream = if on_stdout { &o.stdout } else { &o.stderr };
+    assert!(
+        text(stream).lines().any(|l| l == j),
+        "{what}: not on the expected stream: {j}"
+    );
+    assert!(j.ends_with('}'), "{what}: {j}");
+    assert!(j.contains(&format!("\"exit\":{code}")), "{what}: {j}");
+    let err = j.split("\"error\":").nth(1).unwrap_or_default();
+    assert!(
+        err.contains(p(names)),
+        "{what}: the error does not name {}: {j}",
+        names.display()
+    );
+}
+
+#[test]
+fn json_summary_on_early_failures() {
+    let fx = Fx::new("8M");
+    // A folder everybody may write, with root's private inputs in it (0600).
+    fs::set_permissions(fx.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let shared = fx.path("shared");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+    let private = |from: &Path, name: &str| {
+        let to = shared.join(name);
+        fs::copy(from, &to).unwrap();
+        fs::set_permissions(&to, fs::Permissions::from_mode(0o600)).unwrap();
+        to
+    };
+    let secret_img = private(&fx.img, "secret.img");
+    let secret_qcow2 = private(&fx.qcow2, "secret.qcow2");
+    let missing = shared.join("missing");
+    let no_folder = shared.join("no-such-folder/out");
+    // A GPT disk whose two headers are both damaged: no table can be read.
+    let hostile = shared.join("hostile.img");
+    let f = super::partitions::blank(&hostile, 4 << 20);
+    super::partitions::write_gpt(&f, 512, (4 << 20) / 512, &[(2048, 4095)]);
+    f.write_all_at(&[0xFF], 512 + 40).unwrap();
+    f.write_all_at(&[0xFF], (4 << 20) - 512 + 40).unwrap();
+    drop(f);
+    fs::set_permissions(&hostile, fs::Permissions::from_mode(0o644)).unwrap();
+
+    for (t, input, secret) in [
+        ("e2i-capture", &fx.img, &secret_img),
+        ("e2i-to-raw", &fx.img, &secret_img),
+        ("e2i-to-qcow2", &fx.img, &secret_img),
+        ("qcow2-to-raw", &fx.qcow2, &secret_qcow2),
+    ] {
+        let out = shared.join(format!("out-{t}"));
+        let cmd = |args: &[&str], i: &Path, o: &Path| {
+            let mut c = Command::new(tool(t));
+            c.arg("--json").args(args).arg(i).arg(o);
+            c
+        };
+        let o = run(&mut cmd(&[], &missing, &out));
+        one_json_failure(&o, &format!("{t}: missing INPUT"), 1, true, &missing);
+        let o = as_nobody(&cmd(&[], secret, &out));
+        one_json_failure(&o, &format!("{t}: unreadable INPUT"), 1, true, secret);
+        assert!(
+            text(&o.stderr).contains("Permission denied"),
+            "{}",
+            text(&o.stderr)
+        );
+        let o = run(&mut cmd(&[], input, input));
+        one_json_failure(&o, &format!("{t}: OUTPUT is INPUT"), 1, true, input);
+        let o = run(&mut cmd(&[], input, &no_folder));
+        one_json_failure(
+            &o,
+            &format!("{t}: OUTPUT in a missing folder"),
+            1,
+            true,
+            &no_folder,
+        );
+        // The same to stdout: the line goes to stderr.
+        let o = run(&mut cmd(&[], &missing, Path::new("-")));
+        one_json_failure(
+            &o,
+            &format!("{t}: missing INPUT to stdout"),
+            1,
+            false,
+            &missing,
+        );
+        assert!(o.stdout.is_empty(), "{t}: data on stdout");
+        // A usage error found after parsing.
+        let (args, to): (&[&str], &Path) = if t == "e2i-capture" {
+            (&["-a"], &out)
+        } else if t == "e2i-to-qcow2" {
+            (&["--compress"], Path::new("-"))
+        } else {
+            (&["-O", "0"], Path::new("-"))
+        };
+        let o = run(&mut cmd(args, input, to));
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{t} {args:?}: {}",
+            text(&o.stderr)
+        );
+        let lines = json_lines(&o);
+        assert_eq!(lines.len(), 1, "{t} {args:?}: {lines:?}");
+        let j = &lines[0];
+        assert!(j.contains("\"exit\":2") && j.contains("\"error\":"), "{j}");
+        assert!(!out.exists() && !no_folder.exists(), "{t} created OUTPUT");
+    }
+
+    // --list --json: the array on success, the summary line on stdout on failure.
+    let list = |src: &Path| {
+        let mut c = Command::new(tool("e2i-capture"));
+        c.args(["--list", "--json"]).arg(src);
+        c
+    };
+    let o = run(&mut list(&missing));
+    one_json_failure(&o, "--list of a missing SOURCE", 1, true, &missing);
+    let o = as_nobody(&list(&secret_img));
+    one_json_failure(&o, "--list of an unreadable SOURCE", 1, true, &secret_img);
+    let o = run(&mut list(&hostile));
+    one_json_failure(
+        &o,
+        "--list of a disk with both GPT headers damaged",
+        1,
+        true,
+        &hostile,
+    );
+    assert!(
+        text(&o.stderr).contains("header damaged"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = run(&mut list(Path::new("-")));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert_eq!(
+        json_lines(&o).len(),
+        1,
+        "--list of '-': {}",
+        text(&o.stdout)
+    );
+    assert!(
+        text(&o.stdout).contains("\"exit\":2"),
+        "{}",
+        text(&o.stdout)
+    );
+    let o = run(&mut list(&fx.img));
+    ok(&o, "--list --json");
+    let out = text(&o.stdout);
+    assert!(
+        out.starts_with("[{") && out.ends_with("}]\n") && out.lines().count() == 1,
+        "{out}"
+    );
+    assert!(
+        !out.contains("\"exit\""),
+        "a summary after the array: {out}"
+    );
+    assert!(o.stderr.is_empty(), "{}", text(&o.stderr));
 }
 
 #[test]

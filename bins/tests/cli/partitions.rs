@@ -533,17 +533,106 @@ fn a_partition_shrunk_below_its_filesystem_is_reported_and_not_read_past() {
         img.iter().skip(4 << 20).all(|&b| b == 0),
         "bytes past the partition's end were read"
     );
-    // With -f it reads on, as e2image -o does.
-    let forced = d.path().join("forced.raw");
+    assert!(e.contains("(--past-partition-end reads on)"), "{e}");
+    // -f allows a SOURCE mounted read-write, nothing else: it does not read past the end.
     let o = run(Command::new(tool("e2i-capture"))
         .args(["-r", "-f", "-P", "1"])
         .arg(&disk)
+        .arg(&ours));
+    assert!(matches!(o.status.code(), Some(0 | 3)), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("nothing past the partition's end is read"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        std::fs::read(&ours).unwrap() == img,
+        "-f changed what is read"
+    );
+    // --past-partition-end reads on, as e2image -o does.
+    let forced = d.path().join("forced.raw");
+    let o = run(Command::new(tool("e2i-capture"))
+        .args(["-r", "--past-partition-end", "-P", "1"])
+        .arg(&disk)
         .arg(&forced));
-    ok(&o, "-f");
-    assert!(stderr(&o).contains("reading past the partition's end (-f)"));
+    ok(&o, "--past-partition-end");
+    assert!(
+        stderr(&o).contains("reading past the partition's end (--past-partition-end)"),
+        "{}",
+        stderr(&o)
+    );
     let theirs = d.path().join("theirs.raw");
     e2image(&["-r", "-o", "1048576"], &disk, &theirs);
-    same(&forced, &theirs, "capture -f -P 1 of a shrunk partition");
+    same(&forced, &theirs, "capture --past-partition-end -P 1");
+    // The same for a clone (e2i-move SOURCE DEST): zeros past the end, with -f too, unless
+    // --past-partition-end (then e2image -ra -o's bytes).
+    for (opts, past) in [(&["-f"][..], false), (&["--past-partition-end"], true)] {
+        let clone = d.path().join("clone.img");
+        let _ = std::fs::remove_file(&clone);
+        let o = run(Command::new(tool("e2i-move"))
+            .args(opts)
+            .args(["-P", "1"])
+            .arg(&disk)
+            .arg(&clone));
+        assert!(o.status.code() == Some(0), "clone {opts:?}: {}", stderr(&o));
+        let c = std::fs::read(&clone).unwrap();
+        if past {
+            let theirs = d.path().join("theirs-a.raw");
+            let _ = std::fs::remove_file(&theirs);
+            e2image(&["-ra", "-o", "1048576"], &disk, &theirs);
+            same(&clone, &theirs, "clone --past-partition-end -P 1");
+        } else {
+            assert!(
+                c.iter().skip(4 << 20).all(|&b| b != 0xEE),
+                "clone {opts:?}: bytes past the partition's end were read"
+            );
+        }
+    }
+    // Usage errors: without -P, and for an in-place move (which refuses such a filesystem).
+    for (t, args) in [
+        ("e2i-capture", &["-r", "--past-partition-end"][..]),
+        ("e2i-move", &["--past-partition-end"]),
+        ("e2i-move", &["--past-partition-end", "-P", "1", "-O", "2M"]),
+    ] {
+        let mut c = Command::new(tool(t));
+        c.args(args).arg(&disk);
+        if !args.contains(&"-O") {
+            c.arg(d.path().join("never.img"));
+        }
+        let o = run(&mut c);
+        assert_eq!(o.status.code(), Some(2), "{t} {args:?}: {}", stderr(&o));
+        assert!(!d.path().join("never.img").exists());
+    }
+    // e2i-bug-report passes it on to its capture (and says so in capture.txt); without -P
+    // it is a usage error.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/e2i-bug-report");
+    let bin_dir = tool("e2i-capture").parent().unwrap().to_path_buf();
+    let o = run(Command::new(&script)
+        .arg("--past-partition-end")
+        .arg(&disk)
+        .arg(d.path().join("never.tar"))
+        .env("E2I_BIN", &bin_dir));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(!d.path().join("never.tar").exists());
+    let tar = d.path().join("bundle.tar");
+    let o = run(Command::new(&script)
+        .args(["-P", "1", "--past-partition-end"])
+        .arg(&disk)
+        .arg(&tar)
+        .env("E2I_BIN", &bin_dir));
+    ok(&o, "e2i-bug-report -P 1 --past-partition-end");
+    let x = d.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    ok(
+        &run(Command::new("tar").arg("xf").arg(&tar).arg("-C").arg(&x)),
+        "tar",
+    );
+    let cap = std::fs::read_to_string(x.join("capture.txt")).unwrap();
+    assert!(
+        cap.contains("-P 1 --past-partition-end DEVICE")
+            && cap.contains("reading past the partition's end (--past-partition-end)"),
+        "{cap}"
+    );
 
     // A move inside the partition is refused (it would read and write past its end), and
     // one whose destination leaves the partition too.

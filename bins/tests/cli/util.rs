@@ -63,6 +63,32 @@ pub fn wait_stopped(child: &std::process::Child) {
     assert!(st.stopped(), "the child did not stop at its hook: {st:?}");
 }
 
+/// A child killed (SIGKILL, which also ends a stopped one) and reaped on drop, unless taken
+/// back with [`Reaper::take`]: a test that fails while it holds a mover stopped at a hook
+/// must not leave the mover behind.
+pub struct Reaper(Option<std::process::Child>);
+
+impl Reaper {
+    pub fn new(child: std::process::Child) -> Reaper {
+        Reaper(Some(child))
+    }
+    pub fn child(&self) -> &std::process::Child {
+        self.0.as_ref().expect("a child")
+    }
+    pub fn take(mut self) -> std::process::Child {
+        self.0.take().expect("a child")
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Let a child stopped by [`wait_stopped`] go on (SIGCONT).
 pub fn resume_stopped(child: &std::process::Child) {
     use rustix::process::{Pid, Signal, kill_process};

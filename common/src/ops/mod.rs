@@ -2,6 +2,7 @@
 
 pub mod capture;
 pub mod guard;
+pub mod hold;
 pub mod input;
 pub mod install;
 pub mod move_fs;

@@ -22,6 +22,7 @@ use crate::io::{
     AlignedBuf, FileSource, ObjectId, ReadAt, pread_full, reopen_direct, write_maybe_direct,
 };
 use crate::ops::capture::{CaptureOptions, open_source_within, scan_source};
+use crate::ops::hold::loop_backing_files;
 use crate::ops::move_journal::{
     self as mj, Journal, Locations, Mismatch, MoveParams, Piece, Saved, SourceId, Span, State,
 };
@@ -312,125 +313,6 @@ fn merge_runs(runs: &[BlockRun], gap: u64) -> Vec<Span> {
     out
 }
 
-/// The files (or devices) a loop device stands on, opened read-only: its backing file, and
-/// that one's when it is a loop device too. Empty for anything else.
-fn loop_backing_files(meta: &std::fs::Metadata) -> Vec<File> {
-    use std::os::unix::fs::MetadataExt;
-    let mut out = Vec::new();
-    let mut rdev = meta.file_type().is_block_device().then(|| meta.rdev());
-    while let Some(dev) = rdev.take() {
-        let (ma, mi) = (rustix::fs::major(dev), rustix::fs::minor(dev));
-        let Ok(b) = std::fs::read_to_string(format!("/sys/dev/block/{ma}:{mi}/loop/backing_file"))
-        else {
-            break;
-        };
-        let Ok(f) = File::open(b.trim_end()) else {
-            break;
-        };
-        if out.len() < 8
-            && let Ok(m) = f.metadata()
-            && m.file_type().is_block_device()
-        {
-            rdev = Some(m.rdev());
-        }
-        out.push(f);
-    }
-    out
-}
-
-/// A SOURCE that is only read (a clone's, a capture's), held while it is read: locked
-/// shared, so that an in-place move of it — which locks it, and the files under a loop
-/// device, exclusively — cannot run at the same time (the reader would copy a filesystem
-/// half moved under it).
-#[derive(Debug)]
-pub struct ReadHold {
-    _held: Vec<File>,
-}
-
-/// Hold `source` for reading ([`ReadHold`]) and refuse it while it is half-way through an
-/// in-place move: an unfinished journal recorded for it (or for the file under a loop
-/// device), found where a move would find it, whose half-moved state SOURCE holds. No
-/// offset of a half-moved SOURCE holds a consistent filesystem: a copy of it would be
-/// silently corrupt. A journal SOURCE does not match (a backup restored since) is stale and
-/// ignored. Anything but a regular file or block device is not held (nothing moves those).
-pub fn hold_for_reading(
-    source: &Path,
-    state: Option<PathBuf>,
-    progress: &mut dyn Progress,
-) -> Result<ReadHold> {
-    use rustix::fs::{FlockOperation, flock};
-    let none = ReadHold { _held: Vec::new() };
-    if source == Path::new("-") {
-        return Ok(none);
-    }
-    let Ok(meta) = std::fs::metadata(source) else {
-        return Ok(none);
-    };
-    if !(meta.is_file() || meta.file_type().is_block_device()) {
-        return Ok(none);
-    }
-    // Opening a device to read has no effect; one that cannot be opened is reported by the
-    // reader itself.
-    let Ok(file) = File::open(source) else {
-        return Ok(none);
-    };
-    let mut held = vec![file];
-    held.extend(loop_backing_files(&meta));
-    if held
-        .iter()
-        .any(|f| flock(f, FlockOperation::NonBlockingLockShared).is_err())
-    {
-        return Err(Error::InvalidInput(
-            "an in-place e2i-move is moving this file or device: read it when that move has finished".into(),
-        ));
-    }
-    let mut candidates = Vec::new();
-    for (i, f) in held.iter().enumerate() {
-        let Ok(m) = f.metadata() else { continue };
-        let path = if i == 0 {
-            std::fs::canonicalize(source).ok()
-        } else {
-            use std::os::fd::AsRawFd;
-            std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).ok()
-        };
-        let Some(path) = path else { continue };
-        let loc = mj::locations(&path, ObjectId::of_metadata(&m), state.clone());
-        candidates.extend(loc.default);
-        candidates.extend(loc.index.and_then(|i| std::fs::read_link(i).ok()));
-    }
-    let mut seen = Vec::new();
-    for c in candidates {
-        let Ok(id) = ObjectId::of_path(&c) else {
-            continue;
-        };
-        if seen.contains(&id) {
-            continue;
-        }
-        seen.push(id);
-        let Ok(Some(j)) = Journal::open(&c, false) else {
-            continue;
-        };
-        if j.state() == State::Done {
-            continue;
-        }
-        let reader =
-            FileSource::from_file(held[0].try_clone().map_err(|e| Error::io("dup", 0, e))?, 0)?;
-        if let Ok(Ok(_)) = j.verify(&reader, progress) {
-            let p = j.params();
-            return Err(Error::InvalidInput(format!(
-                "SOURCE is half-moved: the in-place move from byte {} to byte {} recorded in {} is unfinished, so no offset of SOURCE holds a consistent filesystem; finish it first (e2i-move -o {} -O {} --journal {} on it), then read it",
-                p.src_offset,
-                p.dest_offset,
-                c.display(),
-                p.src_offset,
-                p.dest_offset,
-                c.display()
-            )));
-        }
-    }
-    Ok(ReadHold { _held: held })
-}
-
 /// Does a filesystem with this UUID start at byte `offset` of `file`?
 fn fs_uuid_at(file: &File, offset: u64) -> Option<[u8; 16]> {
     let src = FileSource::from_file(file.try_clone().ok()?, offset).ok()?;
@@ -505,7 +387,7 @@ impl MoveSource {
             // through a loop device: its backing file is locked too.
             use rustix::fs::{FlockOperation, flock};
             let busy = || {
-                Error::InvalidInput("another e2i-move is working on this file or device (or an e2i tool is reading it)".into())
+                Error::InvalidInput("another e2i-move is working on this file or device (or an e2i tool is reading or writing it)".into())
             };
             flock(&file, FlockOperation::NonBlockingLockExclusive).map_err(|_| busy())?;
             under = loop_backing_files(&meta);

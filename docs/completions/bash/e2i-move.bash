@@ -23,7 +23,7 @@ _e2i__move() {
 
     case "${cmd}" in
         e2i__move)
-            opts="-o -O -P -c -n -p -f -q -h -V --src-offset --dest-offset --partition --check --dry-run --progress --force --metadata-only --journal --quiet --allow-scrambled --help --version"
+            opts="-o -O -P -c -n -p -f -q -h -V --src-offset --dest-offset --partition --check --dry-run --progress --force --past-partition-end --metadata-only --journal --quiet --allow-scrambled --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
