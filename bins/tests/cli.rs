@@ -88,6 +88,7 @@ mod cli {
     pub mod partitions;
     pub mod pipeline;
     pub mod qcow2;
+    pub mod qcow2_large;
     pub mod scramble;
     pub mod scrambled;
     pub mod sweep;

@@ -100,7 +100,7 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         );
     }
     if args.dry_run {
-        let l = e2i::ops::to_qcow2::plan(inp, &opts, &mut reporter)
+        let (l, bs) = e2i::ops::to_qcow2::plan(inp, &opts, &mut reporter)
             .map_err(|e| attribute(e, &src, &out_name))?;
         // The same limit as the real run: the image must fit a device.
         out.check_room(l.file_size())
@@ -129,7 +129,8 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             }
         ))?;
         sum.add(|o| {
-            o.num("block_size", l.cluster_size())
+            o.num("block_size", bs.bytes())
+                .num("cluster_size", l.cluster_size())
                 .num("output_bytes", l.file_size())
                 .bool("dry_run", true)
         });

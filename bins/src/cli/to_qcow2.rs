@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use clap::Parser;
 
 const LONG_ABOUT: &str = "\
-Convert INPUT to a clean qcow2 image (version 2, cluster size = block size) that qemu-img \
-and stock e2image read; with --backing, an overlay (version 3) on a previous image that \
+Convert INPUT to a clean qcow2 image (version 2, cluster size = block size; past qemu's \
+limits for that, 8 TiB with 4 KiB blocks, the smallest larger cluster size that qemu opens) \
+that qemu-img and stock e2image read; with --backing, an overlay (version 3) on a previous image that \
 stores only what changed, and with --compress=zstd, version 3 with zstd clusters (qemu-img \
 reads both; stock e2image reads neither). INPUT may be a raw filesystem image (captured as `e2i-capture -Q` \
 would, `-a` for file data too), a qcow2 image, a normal e2image image, or an e2i stream \

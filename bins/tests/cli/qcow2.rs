@@ -707,7 +707,7 @@ fn e2image_qcow2_of_a_16_tib_filesystem_converts() {
 }
 
 /// The first 4 KiB of a file.
-fn read_head(p: &Path) -> Vec<u8> {
+pub(super) fn read_head(p: &Path) -> Vec<u8> {
     use std::io::Read;
     let mut b = vec![0u8; 4096];
     std::fs::File::open(p).unwrap().read_exact(&mut b).unwrap();

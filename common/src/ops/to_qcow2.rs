@@ -5,76 +5,82 @@
 use crate::mark::MarkedSource;
 use crate::ops::capture::{CaptureOptions, open_source_in, scan_source, source_is_marked};
 use crate::progress::Progress;
+use crate::qcow2::grouping::{Assembler, Grouping};
 use crate::qcow2::header::ClusterCompression;
 use crate::qcow2::overlay::{Base, Differ};
-use crate::qcow2::writer::nonzero_blocks;
-use crate::qcow2::{ClusterBits, ClusterRun, GuestCluster, Qcow2Layout};
+use crate::qcow2::writer::{check_inflation, choose_grouping, nonzero_blocks, plan_clusters};
+use crate::qcow2::{ClusterRun, GuestCluster, Qcow2Layout};
 use crate::units::{BlockSize, FsBlock};
 use crate::{Error, Result};
 
 /// Plan the qcow2 image of any input without writing anything (`--dry-run`). A stream is
 /// read to its end and verified; other inputs are scanned and their data blocks found; an
-/// overlay's clusters are compared with its base as the real run compares them.
+/// overlay's clusters are compared with its base as the real run compares them. Returns the
+/// layout and the filesystem's block size (clusters may hold several blocks).
 pub fn plan(
     input: crate::ops::input::Input,
     opts: &CaptureOptions,
     progress: &mut dyn Progress,
-) -> Result<Qcow2Layout> {
+) -> Result<(Qcow2Layout, BlockSize)> {
     use crate::ops::input::{Input, Kind};
-    let geometry = |blocks_count: u64, bs: BlockSize| {
-        let vsize = bs
-            .bytes_of(blocks_count)
-            .ok_or_else(|| Error::InvalidInput("filesystem size overflows".into()))?;
-        let cb = cluster_bits(bs)?;
-        Ok::<_, Error>((vsize, cb))
-    };
-    let finish = |vsize: u64, cb: ClusterBits, data: &[ClusterRun], zero: &[ClusterRun]| {
-        let mut l = Qcow2Layout::plan_full(vsize, cb.get(), data, zero, opts.compress.is_some())?;
+    let compressed = opts.compress.is_some();
+    let finish = |vsize: u64, g: Grouping, data: &[ClusterRun], zero: &[ClusterRun], n: u64| {
+        let cb = g.cluster_bits().get();
+        let mut l = Qcow2Layout::plan_full(vsize, cb, data, zero, compressed)?;
+        check_inflation(&l, g.block_size(), n, compressed)?;
         if let Some(c) = opts.compress {
             l.set_compression(c);
         }
         if let Some(base) = &opts.backing {
             base.record(&mut l)?;
         }
-        Ok(l)
+        Ok((l, g.block_size()))
     };
-    // One cluster per filesystem block; compared with the base for an overlay.
+    // The clusters holding the data blocks; compared with the base for an overlay.
     let from_image = |src: &dyn crate::io::ReadAt,
                       map: &crate::blockmap::BlockMap,
                       bs: BlockSize,
                       progress: &mut dyn Progress| {
-        let (vsize, cb) = geometry(map.blocks_count(), bs)?;
+        let vsize = virtual_size(bs, map.blocks_count())?;
         let (runs, _) = nonzero_blocks(src, map, bs, progress)?;
-        let clusters: Vec<ClusterRun> = runs.into_iter().map(ClusterRun::one_per_block).collect();
-        match &opts.backing {
-            None => finish(vsize, cb, &clusters, &[]),
-            Some(base) => {
-                let o = crate::qcow2::overlay::compare(src, &clusters, cb, vsize, base, progress)?;
-                finish(vsize, cb, &o.data, &o.zero)
-            }
-        }
+        let base = opts.backing.as_deref();
+        let (g, data, zero) = plan_clusters(
+            src,
+            &runs,
+            bs,
+            map.blocks_count(),
+            compressed,
+            base,
+            progress,
+        )?;
+        let n = g.blocks_within(&runs, &data)?.iter().map(|r| r.len).sum();
+        finish(vsize, g, &data, &zero, n)
     };
     match input {
         Input::Stream(mut r) => {
-            let (vsize, cb) = geometry(r.header.blocks_count, r.header.block_size)?;
-            match &opts.backing {
+            let (bs, blocks_count) = (r.header.block_size, r.header.blocks_count);
+            let vsize = virtual_size(bs, blocks_count)?;
+            let runs = r.data_runs();
+            let base = opts.backing.as_deref();
+            let g = choose_grouping(bs, blocks_count, &runs, compressed, base.is_some())?;
+            match base {
                 None => {
-                    let runs: Vec<ClusterRun> = r
-                        .data_runs()
-                        .into_iter()
-                        .map(ClusterRun::one_per_block)
-                        .collect();
+                    let clusters = g.clusters(&runs)?;
                     r.for_each(crate::pieces::IO_CHUNK, &mut |_, _| Ok(()))?;
-                    finish(vsize, cb, &runs, &[])
+                    let n = runs.iter().map(|r| r.len).sum();
+                    finish(vsize, g, &clusters, &[], n)
                 }
                 Some(base) => {
-                    let mut differ = Differ::new(base, cb)?;
+                    let mut differ = Differ::new(base, g.cluster_bits())?;
+                    let mut asm = Assembler::new(g);
                     r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| match data {
-                        Some(d) => differ.feed(GuestCluster::one_per_block(e.start), d),
+                        Some(d) => asm.push(e.start, d, &mut |c, d| differ.feed(c, d)),
                         None => Ok(()),
                     })?;
+                    asm.flush(&mut |c, d| differ.feed(c, d))?;
                     let (o, _) = differ.finish(vsize)?;
-                    finish(vsize, cb, &o.data, &o.zero)
+                    let n = runs.iter().map(|r| r.len).sum();
+                    finish(vsize, g, &o.data, &o.zero, n)
                 }
             }
         }
@@ -139,17 +145,15 @@ pub fn stream_to_qcow2<R: std::io::Read + Send>(
         scrambled: h.is_scrambled(),
     };
     let bs = h.block_size;
-    let vsize = bs
-        .bytes_of(h.blocks_count)
-        .ok_or_else(|| Error::InvalidInput("image size overflows".into()))?;
-    let cbits = cluster_bits(bs)?;
+    let vsize = virtual_size(bs, h.blocks_count)?;
+    let compressed = matches!(out, Qcow2Out::Compressed(..));
+    // One cluster per filesystem block, or as many as qemu's limits need.
+    let blocks = r.data_runs();
+    let grouping = choose_grouping(bs, h.blocks_count, &blocks, compressed, overlay.is_some())?;
+    let cbits = grouping.cluster_bits();
     let cb = cbits.get();
-    // One cluster per filesystem block.
-    let runs: Vec<ClusterRun> = r
-        .data_runs()
-        .into_iter()
-        .map(ClusterRun::one_per_block)
-        .collect();
+    let runs = grouping.clusters(&blocks)?;
+    drop(blocks);
     let mut report = StreamToQcow2 {
         block_size: bs.get(),
         blocks_count: h.blocks_count,
@@ -169,25 +173,27 @@ pub fn stream_to_qcow2<R: std::io::Read + Send>(
                 crate::progress::Unit::Blocks,
             );
             let mut differ = Differ::new(base, cbits)?;
+            let mut asm = Assembler::new(grouping);
             report.stream_sha256 = r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
                 if let Some(d) = data {
                     let d = with_mark(marks, e.start, bs, d);
-                    differ.feed(GuestCluster::one_per_block(e.start), &d)?;
+                    asm.push(e.start, &d, &mut |c, d| differ.feed(c, d))?;
                     done = done.saturating_add(bs.blocks_in(d.len() as u64));
                     progress.update(done);
                 }
                 Ok(())
             })?;
+            asm.flush(&mut |c, d| differ.feed(c, d))?;
             let (o, spool) = differ.finish(vsize)?;
             (o.data, o.zero, Some(spool))
         }
     };
-    let compressed = matches!(out, Qcow2Out::Compressed(..));
     let mut layout = Qcow2Layout::plan_full(vsize, cb, &data, &zero, compressed)?;
     layout.set_marks(marks);
     if let Some(base) = overlay {
         base.record(&mut layout)?;
     }
+    check_inflation(&layout, bs, report.data_blocks, compressed)?;
     progress.phase(
         "copying",
         data.iter().map(|r| r.len).sum(),
@@ -207,15 +213,17 @@ pub fn stream_to_qcow2<R: std::io::Read + Send>(
                 }
             }
             None => {
+                let mut asm = Assembler::new(grouping);
                 report.stream_sha256 = r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
                     if let Some(d) = data {
                         let d = with_mark(marks, e.start, bs, d);
-                        write(GuestCluster::one_per_block(e.start), &d)?;
+                        asm.push(e.start, &d, &mut *write)?;
                         done = done.saturating_add(bs.blocks_in(d.len() as u64));
                         progress.update(done);
                     }
                     Ok(())
                 })?;
+                asm.flush(write)?;
             }
         }
         Ok(())
@@ -238,9 +246,10 @@ pub fn stream_to_qcow2<R: std::io::Read + Send>(
     Ok(report)
 }
 
-/// One cluster per filesystem block: 1 KiB to 64 KiB, inside qcow2's 512 B to 2 MiB.
-fn cluster_bits(bs: BlockSize) -> Result<ClusterBits> {
-    ClusterBits::new(bs.bits()).ok_or_else(|| Error::InvalidInput(format!("block size {bs}")))
+/// The bytes of `blocks_count` blocks.
+fn virtual_size(bs: BlockSize, blocks_count: u64) -> Result<u64> {
+    bs.bytes_of(blocks_count)
+        .ok_or_else(|| Error::InvalidInput("filesystem size overflows".into()))
 }
 
 /// Data blocks from block `start` of a scrambled stream, its superblock marked when it is

@@ -3,7 +3,8 @@
 //! Writer: [`writer::Qcow2Layout::plan`] fixes the layout from the list of data clusters,
 //! [`writer::SequentialWriter`] writes it front to back to any `Write` (pipes too),
 //! [`writer::CompressedWriter`] writes deflate clusters to a seekable file, and
-//! [`writer::write_qcow2`] does both passes for a captured block map.
+//! [`writer::write_qcow2`] does both passes for a captured block map; [`grouping`] puts
+//! several blocks in a cluster where one per block would pass qemu's table limits.
 //!
 //! Reader: [`reader::Qcow2Reader`] presents the virtual disk of any version 2 or 3 image
 //! (any cluster size, refcount width, compressed and zero clusters, snapshots ignored) as a
@@ -17,6 +18,7 @@
 
 pub mod chain;
 pub mod entry;
+pub mod grouping;
 pub mod header;
 pub mod overlay;
 pub mod reader;

@@ -169,8 +169,9 @@ fn overflow() -> Error {
     Error::InvalidInput("overlay: cluster numbers overflow".into())
 }
 
-/// Compare the clusters `runs` of the new image `new` (clusters of `cb`, one per block)
-/// with `base`; everything else of the new image reads as zeros. Reads each run of both in
+/// Compare the clusters `runs` of the new image `new` (clusters of `cb`; with several blocks
+/// a cluster, `new` reads zeros outside its data blocks: [`super::grouping::Masked`]) with
+/// `base`; everything else of the new image reads as zeros. Reads each run of both in
 /// pieces; memory follows the runs.
 pub fn compare<S: ReadAt + ?Sized>(
     new: &S,

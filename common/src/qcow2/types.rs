@@ -163,7 +163,8 @@ impl GuestCluster {
     }
 
     /// The cluster holding filesystem block `b` in an image whose cluster size is the
-    /// filesystem block size (every image e2i makes).
+    /// filesystem block size (every image e2i makes below qemu's limits; see
+    /// [`super::grouping`]).
     pub fn one_per_block(b: FsBlock) -> GuestCluster {
         GuestCluster(b.get())
     }
@@ -176,8 +177,8 @@ impl fmt::Display for GuestCluster {
 }
 
 /// Consecutive guest clusters `[start, start + len)` (not the filesystem blocks of
-/// [`crate::blockmap::BlockRun`]: a qcow2 image made by e2i has one cluster per block, and
-/// [`ClusterRun::one_per_block`] is where that is said).
+/// [`crate::blockmap::BlockRun`]: a qcow2 image made by e2i has one cluster per block below
+/// qemu's limits, and [`ClusterRun::one_per_block`] is where that is said).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ClusterRun {
     pub start: GuestCluster,

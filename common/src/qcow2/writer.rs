@@ -20,6 +20,7 @@ use std::fs::File;
 use std::io::Write;
 
 use super::entry::{L1Entry, L2Entry, RefcountTableEntry};
+use super::grouping::{Assembler, Grouping, Masked};
 use super::header::{
     COMPRESSION_ZSTD, ClusterCompression, EXT_BACKING_FORMAT, Extension, Header,
     INCOMPAT_COMPRESSION_TYPE, e2i_extension, encode_extensions,
@@ -36,6 +37,8 @@ use crate::{Error, Result};
 
 /// qemu refuses L1 tables larger than 32 MiB.
 const MAX_L1_BYTES: u64 = 32 << 20;
+/// qemu refuses refcount tables larger than 8 MiB.
+const MAX_REFTABLE_BYTES: u64 = 8 << 20;
 /// Refcount entries are 16 bits (refcount_order 4, the only width of version 2).
 const REFCOUNT_BITS: u32 = 1;
 /// Host offsets are bits 9–55 of a table entry.
@@ -130,6 +133,21 @@ impl Qcow2Layout {
         zero: &[ClusterRun],
         data_factor: u64,
     ) -> Result<Self> {
+        Self::plan_within_limits(virtual_size, cluster_bits, data, zero, data_factor, false)?
+    }
+
+    /// As [`Self::plan_with_capacity`]; the inner error says that qemu would refuse the
+    /// tables (L1 above 32 MiB, refcount table above 8 MiB) at this cluster size. With
+    /// `all_tables`, room is counted for an L2 table under every L1 entry (the most an
+    /// overlay's zero flags can add).
+    fn plan_within_limits(
+        virtual_size: u64,
+        cluster_bits: u32,
+        data: &[ClusterRun],
+        zero: &[ClusterRun],
+        data_factor: u64,
+        all_tables: bool,
+    ) -> Result<Result<Self>> {
         let cb = ClusterBits::new(cluster_bits).ok_or_else(|| {
             Error::InvalidInput(format!(
                 "qcow2 cluster size 2^{cluster_bits} is outside 512 B..2 MiB"
@@ -145,9 +163,9 @@ impl Qcow2Layout {
         let l1_entries = guest_clusters.div_ceil(cb.l2_entries());
         let l1_bytes = l1_entries.checked_mul(8).ok_or_else(too_big)?;
         if l1_bytes > MAX_L1_BYTES {
-            return Err(Error::InvalidInput(format!(
+            return Ok(Err(Error::InvalidInput(format!(
                 "a {virtual_size}-byte disk needs an L1 table of {l1_bytes} bytes with {cs}-byte clusters (qemu's limit is 32 MiB)"
-            )));
+            ))));
         }
         let mut l2_tables: Vec<u64> = Vec::new();
         let mut data_clusters = 0u64;
@@ -193,6 +211,8 @@ impl Qcow2Layout {
         }
         let l1_clusters = l1_bytes.div_ceil(cs).max(1);
         let l2n = l2_tables.len() as u64;
+        // The room counted in refcounts (only a check: such a plan is not written).
+        let l2_room = if all_tables { l1_entries.max(l2n) } else { l2n };
         let data_cap = data_clusters.checked_mul(data_factor).ok_or_else(too_big)?;
         let per_rb = cs >> REFCOUNT_BITS;
         let sum = |parts: &[u64]| {
@@ -203,7 +223,7 @@ impl Qcow2Layout {
         };
         let (mut rt_clusters, mut rb_count) = (1u64, 0u64);
         loop {
-            let total = sum(&[1, l1_clusters, rt_clusters, rb_count, l2n, data_cap])?;
+            let total = sum(&[1, l1_clusters, rt_clusters, rb_count, l2_room, data_cap])?;
             let rb = total.div_ceil(per_rb);
             let rt = rb.checked_mul(8).ok_or_else(too_big)?.div_ceil(cs).max(1);
             if rb == rb_count && rt == rt_clusters {
@@ -211,6 +231,14 @@ impl Qcow2Layout {
             }
             rb_count = rb;
             rt_clusters = rt;
+        }
+        if rt_clusters
+            .checked_mul(cs)
+            .is_none_or(|b| b > MAX_REFTABLE_BYTES)
+        {
+            return Ok(Err(Error::InvalidInput(format!(
+                "a {virtual_size}-byte disk with {data_clusters} data clusters of {cs} bytes needs a refcount table of {rt_clusters} clusters (qemu's limit is 8 MiB)"
+            ))));
         }
         let after = |off: HostOffset, clusters: u64| {
             clusters
@@ -226,7 +254,7 @@ impl Qcow2Layout {
         let data_offset = after(l2_offset, l2n)?;
         // The compressed writer's worst case must be addressable too.
         after(data_offset, data_cap)?;
-        Ok(Qcow2Layout {
+        Ok(Ok(Qcow2Layout {
             cb,
             virtual_size,
             // At most 32 MiB / 8 entries.
@@ -248,7 +276,7 @@ impl Qcow2Layout {
             data_clusters,
             file_size: after(data_offset, data_clusters)?.0,
             extensions: Vec::new(),
-        })
+        }))
     }
 
     /// Record `marks` in the header (an e2i header extension, which qemu ignores and keeps,
@@ -977,9 +1005,122 @@ pub fn nonzero_blocks<S: ReadAt + ?Sized>(
     ))
 }
 
+/// The clusters of an image of a filesystem of `blocks_count` blocks whose non-zero selected
+/// blocks are `data`: one per block when qemu can open that image, else the smallest larger
+/// cluster size (up to 2 MiB) whose tables qemu accepts. `compressed`: room for
+/// [`CompressedWriter`]; `overlay`: room for the tables an overlay's zero flags may add.
+pub fn choose_grouping(
+    bs: BlockSize,
+    blocks_count: u64,
+    data: &[BlockRun],
+    compressed: bool,
+    overlay: bool,
+) -> Result<Grouping> {
+    let vsize = bs
+        .bytes_of(blocks_count)
+        .ok_or_else(|| Error::InvalidInput("filesystem size overflows".into()))?;
+    let factor = if compressed { 2 } else { 1 };
+    let mut refused = None;
+    for bits in bs.bits()..=ClusterBits::MAX {
+        let g = ClusterBits::new(bits)
+            .and_then(|cb| Grouping::new(bs, cb))
+            .ok_or_else(|| Error::InvalidInput(format!("block size {bs}")))?;
+        // The L1 table first (it depends on the size only): no runs built in vain.
+        if let Err(e) = Qcow2Layout::plan_within_limits(vsize, bits, &[], &[], factor, overlay)? {
+            refused = Some(e);
+            continue;
+        }
+        let runs = g.clusters(data)?;
+        match Qcow2Layout::plan_within_limits(vsize, bits, &runs, &[], factor, overlay)? {
+            Ok(_) => return Ok(g),
+            Err(e) => refused = Some(e),
+        }
+    }
+    Err(refused.unwrap_or_else(|| Error::InvalidInput(format!("block size {bs}"))))
+}
+
+/// An image of clusters of several blocks is refused when it would take more than this many
+/// times the bytes of its data blocks...
+const MAX_INFLATION: u64 = 16;
+/// ...and more than this: small images are never refused.
+const INFLATION_FLOOR: u64 = 1 << 30;
+
+/// Refuse, before anything is written, an image whose clusters of several blocks make it
+/// absurdly larger than its `data_blocks` (filesystems far past 8 TiB whose metadata blocks
+/// lie scattered: each costs a whole cluster, and an L2 table maps few of them). One cluster
+/// per block is never refused. A compressed image is estimated (zeros compress away; its
+/// tables and a sector per cluster stay).
+pub fn check_inflation(
+    layout: &Qcow2Layout,
+    block_size: BlockSize,
+    data_blocks: u64,
+    compressed: bool,
+) -> Result<()> {
+    let cs = layout.cluster_size();
+    if cs <= block_size.bytes() {
+        return Ok(());
+    }
+    let data = block_size.bytes_of(data_blocks).unwrap_or(u64::MAX);
+    let estimate = if compressed {
+        let clusters = layout.data_clusters();
+        let packed = data
+            .saturating_add(clusters.saturating_mul(512))
+            .min(clusters.saturating_mul(cs));
+        layout.data_offset().saturating_add(packed)
+    } else {
+        layout.file_size()
+    };
+    if estimate > INFLATION_FLOOR && estimate / MAX_INFLATION > data {
+        return Err(Error::InvalidInput(format!(
+            "a qcow2 image of this filesystem needs {cs}-byte clusters (qemu's table limits) and would take about {estimate} bytes for {data} bytes of data blocks, more than {MAX_INFLATION} times; use the raw or stream format{}",
+            if compressed { "" } else { " (or --compress)" }
+        )));
+    }
+    Ok(())
+}
+
+/// The grouping, data clusters and zero-flagged clusters of the image of `src`, whose
+/// non-zero selected blocks are `runs`; with `overlay`, the clusters that differ from that
+/// base (read through the data blocks only: a cluster's other blocks are zeros).
+pub fn plan_clusters<S: ReadAt + ?Sized>(
+    src: &S,
+    runs: &[BlockRun],
+    block_size: BlockSize,
+    blocks_count: u64,
+    compressed: bool,
+    overlay: Option<&super::overlay::Base>,
+    progress: &mut dyn Progress,
+) -> Result<(Grouping, Vec<ClusterRun>, Vec<ClusterRun>)> {
+    let g = choose_grouping(
+        block_size,
+        blocks_count,
+        runs,
+        compressed,
+        overlay.is_some(),
+    )?;
+    let clusters = g.clusters(runs)?;
+    let Some(base) = overlay else {
+        return Ok((g, clusters, Vec::new()));
+    };
+    let vsize = block_size
+        .bytes_of(blocks_count)
+        .ok_or_else(|| Error::InvalidInput("filesystem size overflows".into()))?;
+    let n = clusters.iter().map(|r| r.len).sum();
+    progress.phase("comparing with the backing file", n, Unit::Blocks);
+    let cb = g.cluster_bits();
+    let o = if g.shift() == 0 {
+        super::overlay::compare(src, &clusters, cb, vsize, base, progress)?
+    } else {
+        let masked = Masked::new(src, runs, block_size, vsize)?;
+        super::overlay::compare(&masked, &clusters, cb, vsize, base, progress)?
+    };
+    Ok((g, o.data, o.zero))
+}
+
 /// Write the non-zero selected blocks of `src` (a filesystem of `blocks_count` blocks) as a
-/// qcow2 image with one cluster per block: version 2, or with `overlay` a version 3 overlay
-/// on that base holding only the clusters that differ from it.
+/// qcow2 image with one cluster per block (several when qemu needs larger clusters, see
+/// [`choose_grouping`]): version 2, or with `overlay` a version 3 overlay on that base
+/// holding only the clusters that differ from it.
 pub fn write_qcow2<S: ReadAt + ?Sized>(
     src: &S,
     map: &BlockMap,
@@ -989,48 +1130,48 @@ pub fn write_qcow2<S: ReadAt + ?Sized>(
     overlay: Option<&super::overlay::Base>,
     progress: &mut dyn Progress,
 ) -> Result<CopyStats> {
-    // One cluster per filesystem block: 1 KiB to 64 KiB, inside qcow2's 512 B to 2 MiB.
-    let cb = block_size.bits();
-    let cbits = ClusterBits::new(cb)
-        .ok_or_else(|| Error::InvalidInput(format!("block size {block_size}")))?;
     let vsize = block_size
         .bytes_of(map.blocks_count())
         .ok_or_else(|| Error::InvalidInput("filesystem size overflows".into()))?;
-    let (runs, mut stats) = nonzero_blocks(src, map, block_size, progress)?;
-    // One cluster per filesystem block.
-    let clusters: Vec<ClusterRun> = runs.into_iter().map(ClusterRun::one_per_block).collect();
-    let (data, zero) = match overlay {
-        None => (clusters, Vec::new()),
-        Some(base) => {
-            let n = clusters.iter().map(|r| r.len).sum();
-            progress.phase("comparing with the backing file", n, Unit::Blocks);
-            let o = super::overlay::compare(src, &clusters, cbits, vsize, base, progress)?;
-            (o.data, o.zero)
-        }
-    };
-    let data_map = BlockMap::from_runs(
-        data.iter()
-            .map(|r| BlockRun::new(crate::units::FsBlock(r.start.0), r.len)),
-        map.blocks_count(),
-    );
     let compress = match &target {
         Qcow2Target::File { compress, .. } => *compress,
         _ => None,
     };
+    let (runs, mut stats) = nonzero_blocks(src, map, block_size, progress)?;
+    let (grouping, data, zero) = plan_clusters(
+        src,
+        &runs,
+        block_size,
+        map.blocks_count(),
+        compress.is_some(),
+        overlay,
+        progress,
+    )?;
+    let cb = grouping.cluster_bits().get();
+    // The data blocks of the data clusters, fed to the assembler.
+    let data_map = BlockMap::from_runs(grouping.blocks_within(&runs, &data)?, map.blocks_count());
     let mut layout = Qcow2Layout::plan_full(vsize, cb, &data, &zero, compress.is_some())?;
     layout.set_marks(marks);
     if let Some(base) = overlay {
         base.record(&mut layout)?;
     }
+    check_inflation(
+        &layout,
+        block_size,
+        data_map.selected_blocks(),
+        compress.is_some(),
+    )?;
     progress.phase("copying", data_map.selected_blocks(), Unit::Blocks);
     let mut done = 0u64;
     let mut feed = |write: &mut dyn FnMut(GuestCluster, &[u8]) -> Result<()>| {
+        let mut asm = Assembler::new(grouping);
         pieces::for_each_chunk(src, &data_map, block_size, &mut |blk, data| {
-            write(GuestCluster::one_per_block(blk), data)?;
+            asm.push(blk, data, &mut *write)?;
             done = done.saturating_add(block_size.blocks_in(data.len() as u64));
             progress.update(done);
             Ok(())
-        })
+        })?;
+        asm.flush(write)
     };
     let mut buffered;
     let mut room = None;
@@ -1294,6 +1435,87 @@ mod tests {
         assert!(l.set_backing(&[b'a'; 1024], "raw").is_err());
         assert!(l.set_backing(b"a\0b", "raw").is_err());
         assert!(l.set_backing(b"", "raw").is_err());
+    }
+
+    /// The cluster size stays the block size up to qemu's limits, exactly, then grows to the
+    /// smallest that fits (L1 table ≤ 32 MiB, refcount table ≤ 8 MiB), up to 2 MiB.
+    #[test]
+    fn grouping_thresholds() {
+        let bits = |bs: u32, blocks: u64, data: &[BlockRun], compressed: bool| {
+            choose_grouping(BlockSize::new(bs).unwrap(), blocks, data, compressed, false)
+                .map(|g| g.cluster_bits().get())
+        };
+        let some = [BlockRun::new(crate::units::FsBlock(0), 3)];
+        for (bs, blocks, want) in [
+            (4096, 1u64 << 31, 12),
+            (4096, (1 << 31) + 1, 13),
+            (4096, 9 << 28, 13),
+            (4096, 1 << 32, 13),
+            (4096, 1 << 33, 13),
+            (4096, (1 << 33) + 1, 14),
+            (4096, 1 << 34, 14),
+            (1024, 1 << 29, 10),
+            (1024, (1 << 29) + 1, 11),
+            (2048, 1 << 30, 11),
+            (65536, 1 << 35, 16),
+            (65536, (1 << 35) + 1, 17),
+            // 2^61 bytes: the largest disk qemu maps (2 MiB clusters).
+            (65536, 1 << 45, 21),
+            (4096, 1 << 49, 21),
+        ] {
+            assert_eq!(
+                bits(bs, blocks, &some, false).unwrap(),
+                want,
+                "{bs} x {blocks}"
+            );
+        }
+        for (bs, blocks, why) in [
+            (65536, (1u64 << 45) + 1, "qemu's limit is 32 MiB"),
+            (4096, 1 << 50, "qemu's limit is 32 MiB"),
+            // Past qcow2's signed 64-bit size.
+            (4096, u64::MAX / 4096, "too large"),
+        ] {
+            let e = bits(bs, blocks, &some, false).unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+        }
+        assert!(bits(4096, u64::MAX, &some, false).is_err());
+        // The refcount table decides: 4 TiB of data fits 4 KiB clusters uncompressed; the
+        // compressed writer's room for twice that does not.
+        let full = [BlockRun::new(crate::units::FsBlock(0), 1 << 30)];
+        assert_eq!(bits(4096, 1 << 30, &full, false).unwrap(), 12);
+        assert_eq!(bits(4096, 1 << 30, &full, true).unwrap(), 13);
+        // Every plan chosen is one qemu opens.
+        let g = choose_grouping(BlockSize::new(4096).unwrap(), 1 << 30, &full, true, true).unwrap();
+        let runs = g.clusters(&full).unwrap();
+        let l = Qcow2Layout::plan_full(1 << 42, g.cluster_bits().get(), &runs, &[], true).unwrap();
+        assert!(u64::from(l.rt_clusters) * l.cluster_size() <= MAX_REFTABLE_BYTES);
+        assert!(u64::from(l.l1_entries) * 8 <= MAX_L1_BYTES);
+    }
+
+    /// Clusters of several blocks holding one block each: refused past 16 times the data
+    /// (and 1 GiB); full clusters, small images and one cluster per block never are.
+    #[test]
+    fn inflation_is_bounded() {
+        let bs = BlockSize::new(4096).unwrap();
+        // 1000 scattered 2 MiB clusters: a 2 GB image.
+        let runs: Vec<ClusterRun> = (0..1000).map(|i| run(i * 7, 1)).collect();
+        let l = Qcow2Layout::plan(1 << 40, 21, &runs).unwrap();
+        let e = check_inflation(&l, bs, 1000, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("2097152-byte clusters") && e.contains("--compress"),
+            "{e}"
+        );
+        // Compressed, the zeros shrink away.
+        check_inflation(&l, bs, 1000, true).unwrap();
+        check_inflation(&l, bs, 1000 * 512, false).unwrap();
+        check_inflation(&l, bs, 1000 * 512 / 8, false).unwrap();
+        assert!(check_inflation(&l, bs, 1000 * 512 / 17, false).is_err());
+        let small = Qcow2Layout::plan(1 << 40, 21, &runs[..100]).unwrap();
+        check_inflation(&small, bs, 100, false).unwrap();
+        let one = Qcow2Layout::plan(1 << 40, 12, &runs).unwrap();
+        check_inflation(&one, bs, 1, false).unwrap();
     }
 
     #[test]
