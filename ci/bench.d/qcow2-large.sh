@@ -13,5 +13,5 @@ if [ ! -f "$FS12T.done" ]; then
 fi
 bench "12T-empty -Q/e2image -Q" -- e2image -Q "$FS12T" "$WORK/a.qcow2"
 bench "12T-empty -Q/e2i-capture -Q" -- "$E2I/e2i-capture" -Q "$FS12T" "$WORK/b.qcow2"
-bench "12T-empty -Q/e2i-capture | e2i-to-qcow2" -- sh -c \
+bench "12T-empty -Q/e2i-capture into e2i-to-qcow2 (a pipe)" -- sh -c \
   '"$1/e2i-capture" "$2" - | "$1/e2i-to-qcow2" - "$3"' sh "$E2I" "$FS12T" "$WORK/c.qcow2"

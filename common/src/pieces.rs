@@ -1,5 +1,5 @@
 //! Reading the selected blocks of a source in large pieces: consecutive blocks coalesced
-//! into reads of up to [`IO_CHUNK`] bytes, holes of the source skipped (SEEK_DATA), unreadable
+//! into reads of up to [`PIECE_MAX`] bytes, holes of the source skipped (SEEK_DATA), unreadable
 //! blocks salvaged one by one. Every writer (raw, qcow2, stream, normal) reads through here.
 
 #![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
@@ -15,6 +15,16 @@ use crate::{Error, Result};
 
 /// Largest single read or write.
 pub const IO_CHUNK: usize = 4 << 20;
+
+/// Largest piece a [`read_ahead`] pass hands over, and the size of its buffers: 2 MiB
+/// reads cost no more than 4 MiB ones from the page cache (the device sees the hints'
+/// sizes), and the pool stays at 6 MiB (peak RSS).
+pub const PIECE_MAX: usize = 2 << 20;
+
+/// Blocks in one [`PIECE_MAX`] (32 to 2048).
+fn piece_blocks(bs: BlockSize) -> u64 {
+    bs.blocks_in(PIECE_MAX as u64).max(1)
+}
 
 /// Blocks in one [`IO_CHUNK`] (64 to 4096).
 pub fn chunk_blocks(bs: BlockSize) -> u64 {
@@ -37,7 +47,7 @@ fn buf_len(bs: BlockSize, n: u64) -> usize {
 }
 
 /// Call `f(first_block, data)` for the selected blocks in order, in pieces of at most
-/// [`IO_CHUNK`] bytes of consecutive blocks. Holes in the source are not read.
+/// [`PIECE_MAX`] bytes of consecutive blocks. Holes in the source are not read.
 /// Returns the number of blocks that lay past the end of the source (read as zeros).
 /// The reads run on a second thread, ahead of `f` (see [`read_ahead`]).
 pub fn for_each_chunk<S: ReadAt + ?Sized>(
@@ -57,7 +67,7 @@ pub fn for_each_chunk_of_runs<S: ReadAt + ?Sized>(
     bs: BlockSize,
     f: &mut dyn FnMut(FsBlock, &[u8]) -> Result<()>,
 ) -> Result<u64> {
-    let per = chunk_blocks(bs);
+    let per = piece_blocks(bs);
     let produce = |out: &mut Producer| {
         let mut past_end = 0u64;
         let ranges = runs
@@ -87,7 +97,7 @@ pub fn for_each_chunk_of_runs<S: ReadAt + ?Sized>(
     })
 }
 
-/// Buffers of [`IO_CHUNK`] bytes in flight between the reading thread and the caller: one
+/// Buffers of [`PIECE_MAX`] bytes in flight between the reading thread and the caller: one
 /// being filled, one being used, one ready. Peak memory stays a few MiB whatever the size
 /// of the filesystem.
 const POOL: usize = 3;
@@ -169,7 +179,7 @@ impl Producer {
         self.push(Item::Zero { block, count })
     }
 
-    /// `len` bytes (at most [`IO_CHUNK`]) of blocks from `block`, filled by `fill`. Each
+    /// `len` bytes (at most [`PIECE_MAX`]) of blocks from `block`, filled by `fill`. Each
     /// piece starts on a [`crate::io::DIRECT_ALIGN`] boundary of its buffer, so that
     /// writers can pass it on with O_DIRECT.
     pub fn data(
@@ -178,12 +188,16 @@ impl Producer {
         len: usize,
         fill: &mut dyn FnMut(&mut [u8]) -> Result<()>,
     ) -> Result<()> {
-        let len = len.min(IO_CHUNK);
+        if len > PIECE_MAX {
+            return Err(Error::InvalidInput(format!(
+                "a {len}-byte piece is larger than the reader's {PIECE_MAX}-byte buffers"
+            )));
+        }
         let start = self
             .cur
             .used
             .checked_next_multiple_of(DIRECT_ALIGN)
-            .unwrap_or(IO_CHUNK);
+            .unwrap_or(PIECE_MAX);
         let fits =
             self.cur.buf.is_some() && start.checked_add(len).is_some_and(|e| e <= PACK_BYTES);
         let start = if fits {
@@ -204,7 +218,7 @@ impl Producer {
 }
 
 /// Run `produce` on a second thread, which reads pieces into a small pool of buffers
-/// ([`POOL`] × [`IO_CHUNK`]), while `f` takes them in order on this one: the device works
+/// ([`POOL`] × [`PIECE_MAX`]), while `f` takes them in order on this one: the device works
 /// while the caller hashes, compares or writes, and on two cores the copies into and out of
 /// the page cache run side by side. Returns what `produce` returns; an error of `f` stops
 /// the reader and is the one returned.
@@ -240,7 +254,7 @@ pub fn read_ahead<T: Send>(
         // Zeroed allocations of this size are fresh mappings: a buffer costs memory only as
         // far as reads fill it (a small filesystem touches a few pages).
         for _ in 0..POOL {
-            let _ = free_tx.send(AlignedBuf::new(IO_CHUNK));
+            let _ = free_tx.send(AlignedBuf::new(PIECE_MAX));
         }
         for batch in out_rx.iter() {
             for item in &batch.items {
@@ -250,7 +264,7 @@ pub fn read_ahead<T: Send>(
                         let data = batch
                             .buf
                             .as_ref()
-                            .and_then(|b| b.get(IO_CHUNK).get(start..start.saturating_add(len)))
+                            .and_then(|b| b.get(PIECE_MAX).get(start..start.saturating_add(len)))
                             .unwrap_or_default();
                         f(Piece::Data(block, data))
                     }
@@ -350,7 +364,7 @@ fn read_salvaging<S: ReadAt + ?Sized>(
     }
 }
 
-/// Walk the selected blocks in order, reading data in pieces of at most [`IO_CHUNK`] bytes
+/// Walk the selected blocks in order, reading data in pieces of at most [`PIECE_MAX`] bytes
 /// and reporting holes of the source as [`Piece::Zero`] without reading or materialising
 /// them. Blocks that cannot be read are passed on as zeros and listed in the report.
 /// The reads run on a second thread, ahead of `f` (see [`read_ahead`]).
@@ -360,7 +374,7 @@ pub fn for_each_piece<S: ReadAt + ?Sized>(
     bs: BlockSize,
     f: &mut dyn FnMut(Piece<'_>) -> Result<()>,
 ) -> Result<ReadReport> {
-    let per = chunk_blocks(bs);
+    let per = piece_blocks(bs);
     // The first block the source does not hold (whole or in part).
     let src_end = FsBlock(bs.blocks_covering(src.size()));
     let produce = |out: &mut Producer| {

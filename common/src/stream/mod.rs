@@ -517,16 +517,16 @@ impl<R: Read> StreamReader<R> {
     }
 
     /// Read every extent in order: `f(extent, Some(data piece))` for data (in pieces of at
-    /// most `chunk` bytes (and [`crate::pieces::IO_CHUNK`]), the extent's start advanced),
+    /// most `chunk` bytes (and [`crate::pieces::PIECE_MAX`]), the extent's start advanced),
     /// `f(extent, None)` for zeros. Then verify the trailer. Nothing is trusted until this
     /// returns `Ok`. The input is read and hashed on a second thread, ahead of `f`.
     pub fn for_each(&mut self, chunk: usize, f: &mut ExtentVisitor<'_>) -> Result<[u8; 32]>
     where
         R: Send,
     {
-        use crate::pieces::{IO_CHUNK, Piece, read_ahead};
+        use crate::pieces::{PIECE_MAX, Piece, read_ahead};
         let bs = self.header.block_size;
-        let per = bs.blocks_in(chunk.min(IO_CHUNK) as u64).max(1);
+        let per = bs.blocks_in(chunk.min(PIECE_MAX) as u64).max(1);
         let extents = std::mem::take(&mut self.extents);
         let (input, hash, pos) = (&mut self.input, &mut self.hash, &mut self.pos);
         let produce = |out: &mut crate::pieces::Producer| {
@@ -538,8 +538,8 @@ impl<R: Read> StreamReader<R> {
                         // The reader checked that every extent lies in the image.
                         while b < e.end() {
                             let n = per.min(e.end().saturating_since(b));
-                            // At most IO_CHUNK.
-                            let len = bs.len_of(n).unwrap_or(IO_CHUNK);
+                            // At most PIECE_MAX.
+                            let len = bs.len_of(n).unwrap_or(PIECE_MAX);
                             out.data(b, len, &mut |buf| {
                                 read_full(input, buf, *pos, Part::Data)?;
                                 hash.update(&*buf);
