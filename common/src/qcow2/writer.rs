@@ -625,15 +625,18 @@ impl<'a> SequentialWriter<'a> {
                 data.len()
             )));
         }
-        for (i, c) in (0u64..).zip(data.chunks(cb.size_usize())) {
+        // Every cluster must be the next planned one; then the piece goes out in one write
+        // (the planned clusters lie back to back in the file), not copied cluster by
+        // cluster through the caller's buffer.
+        for i in 0..(data.len() as u64) >> cb.get() {
             let g = first.checked_add(i).ok_or_else(layout_overflow)?;
             self.order.take(&self.layout.data, g)?;
-            self.out
-                .write_all(c)
-                .map_err(|e| Error::io("write", self.pos, e))?;
-            // Planned clusters only: below the planned file size.
-            self.pos = self.pos.saturating_add(cb.size());
         }
+        self.out
+            .write_all(data)
+            .map_err(|e| Error::io("write", self.pos, e))?;
+        // Planned clusters only: below the planned file size.
+        self.pos = self.pos.saturating_add(data.len() as u64);
         Ok(())
     }
 
