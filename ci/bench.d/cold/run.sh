@@ -104,6 +104,21 @@ EOF
   printf '%s\n' "${ts[@]}" | median
 }
 
+# selection_limit CAPTURE-FORMAT FS: sets $bytes (what `e2i-capture CAPTURE-FORMAT FS`
+# selects) and $limit (cold_limit of as many bytes), growing the limit's source as needed.
+selection_limit() {
+  bytes=$("$E2I/e2i-capture" "$1" --json "$2" "$WORK/sel.raw" 2>/dev/null |
+    python3 -c 'import json, sys; j = json.load(sys.stdin); print(j["blocks"] * j["block_size"])')
+  rm -f "$WORK/sel.raw"
+  if [ ! -f "$COLD_LIMIT.done" ] || [ "$(stat -c %s "$COLD_LIMIT")" -lt "$bytes" ]; then
+    log "cold: writing $bytes random bytes to $COLD_LIMIT (the sequential-read limit's source)"
+    head -c "$bytes" /dev/urandom >"$COLD_LIMIT"
+    sync "$COLD_LIMIT"
+    touch "$COLD_LIMIT.done"
+  fi
+  limit=$(cold_limit "$bytes")
+}
+
 cold_report() {
   printf '\n%-24s %-22s %8s %-26s %8s %6s %8s %8s %9s\n' "cold case" baseline "wall (s)" e2i "wall (s)" ratio "limit" "e2i/lim" "e2i RSS"
   local row name na ma ra nb mb rb limit
@@ -136,16 +151,7 @@ else
 fi
 for fs in "${COLD_FS[@]}"; do
   n=$(basename "$fs" .img)
-  bytes=$("$E2I/e2i-capture" -r --json "$fs" "$WORK/sel.raw" 2>/dev/null |
-    python3 -c 'import json, sys; j = json.load(sys.stdin); print(j["blocks"] * j["block_size"])')
-  rm -f "$WORK/sel.raw"
-  if [ ! -f "$COLD_LIMIT.done" ] || [ "$(stat -c %s "$COLD_LIMIT")" -lt "$bytes" ]; then
-    log "cold: writing $bytes random bytes to $COLD_LIMIT (the sequential-read limit's source)"
-    head -c "$bytes" /dev/urandom >"$COLD_LIMIT"
-    sync "$COLD_LIMIT"
-    touch "$COLD_LIMIT.done"
-  fi
-  limit=$(cold_limit "$bytes")
+  selection_limit -r "$fs"
   log "cold: $n selects $bytes bytes; sequential limit $limit s"
   # shellcheck disable=SC2016 # expanded by sh -c
   {
@@ -161,16 +167,7 @@ done
 # (`ci/bench.sh` without --cold, once): the copy loop of a clone, cold.
 MOVE_IMG=$BENCH_DIR/move-16G-2048M.img
 if [ -f "$MOVE_IMG.done" ]; then
-  bytes=$("$E2I/e2i-capture" -ra --json "$MOVE_IMG" "$WORK/sel.raw" 2>/dev/null |
-    python3 -c 'import json, sys; j = json.load(sys.stdin); print(j["blocks"] * j["block_size"])')
-  rm -f "$WORK/sel.raw"
-  if [ ! -f "$COLD_LIMIT.done" ] || [ "$(stat -c %s "$COLD_LIMIT")" -lt "$bytes" ]; then
-    log "cold: writing $bytes random bytes to $COLD_LIMIT (the sequential-read limit's source)"
-    head -c "$bytes" /dev/urandom >"$COLD_LIMIT"
-    sync "$COLD_LIMIT"
-    touch "$COLD_LIMIT.done"
-  fi
-  limit=$(cold_limit "$bytes")
+  selection_limit -ra "$MOVE_IMG"
   # shellcheck disable=SC2016 # expanded by sh -c
   cold_case "move-16G-2048M clone" "$limit" "e2image -ra" 'e2image -ra "$2" "$3/a.raw"' \
     "e2i-move" '"$1/e2i-move" "$2" "$3/b.raw"' "$MOVE_IMG"
