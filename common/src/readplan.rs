@@ -17,7 +17,7 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 
-use crate::blockmap::BlockMap;
+use crate::blockmap::{BlockMap, BlockRun};
 use crate::io::ReadAt;
 use crate::units::BlockSize;
 
@@ -113,12 +113,20 @@ impl<'s, S: ReadAt + ?Sized, I: Iterator<Item = Range<u64>>> Readahead<'s, S, I>
     }
 }
 
-/// The selected blocks of `map` as byte ranges of a source with `bs`-byte blocks (a run
-/// whose bytes overflow ends the list: nothing past it can be read either).
-pub fn map_ranges(map: &BlockMap, bs: BlockSize) -> impl Iterator<Item = Range<u64>> + '_ {
-    map.runs()
-        .iter()
+/// Runs of `bs`-byte blocks as byte ranges of a source (a run whose bytes overflow ends the
+/// list: nothing past it can be read either).
+pub fn run_ranges(runs: &[BlockRun], bs: BlockSize) -> impl Iterator<Item = Range<u64>> + '_ {
+    runs.iter()
         .map_while(move |r| Some(bs.offset_of(r.start)?..bs.offset_of(r.end())?))
+}
+
+/// A [`Readahead`] over `runs` (read in that order), for one pass of a writer.
+pub fn for_runs<'s, S: ReadAt + ?Sized>(
+    src: &'s S,
+    runs: &'s [BlockRun],
+    bs: BlockSize,
+) -> Readahead<'s, S, impl Iterator<Item = Range<u64>> + 's> {
+    Readahead::new(src, run_ranges(runs, bs), WINDOW)
 }
 
 /// A [`Readahead`] over the selected blocks of `map`, for one pass of a writer.
@@ -127,7 +135,7 @@ pub fn for_map<'s, S: ReadAt + ?Sized>(
     map: &'s BlockMap,
     bs: BlockSize,
 ) -> Readahead<'s, S, impl Iterator<Item = Range<u64>> + 's> {
-    Readahead::new(src, map_ranges(map, bs), WINDOW)
+    for_runs(src, map.runs(), bs)
 }
 
 #[cfg(test)]
