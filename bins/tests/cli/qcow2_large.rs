@@ -44,6 +44,12 @@ fn cluster_bits(q: &Path) -> u32 {
     e2i::bytes::be::u32(&read_head(q), 20)
 }
 
+/// `e2i-capture -Q IMG Q`, whose clusters are `2^bits` bytes.
+fn capture_q(img: &Path, q: &Path, bits: u32) {
+    sh(Command::new(tool("e2i-capture")).arg("-Q").arg(img).arg(q));
+    assert_eq!(cluster_bits(q), bits, "{}", img.display());
+}
+
 /// `q` is clean and converts, with qemu-img and with qcow2-to-raw, to the bytes of `want`.
 fn converts_to(q: &Path, want: &Path) {
     assert_eq!(qemu_check(q), 0, "qemu-img check {}", q.display());
@@ -97,13 +103,9 @@ fn nine_tib_filesystem_gets_8_kib_clusters() {
         &["-O", "64bit,bigalloc,^resize_inode", "-C", "1M"],
     );
     let want = p("e2image.raw");
-    sh(Command::new("e2image").arg("-r").arg(&img).arg(&want));
+    e2image(&["-r"], &img, &want);
     let q = p("fs.qcow2");
-    sh(Command::new(tool("e2i-capture"))
-        .arg("-Q")
-        .arg(&img)
-        .arg(&q));
-    assert_eq!(cluster_bits(&q), 13);
+    capture_q(&img, &q, 13);
     converts_to(&q, &want);
     // From a stream, to a pipe: the same bytes.
     let piped = p("piped.qcow2");
@@ -184,13 +186,9 @@ fn one_kib_blocks_past_512_gib_get_2_kib_clusters() {
         &["-O", "64bit,^has_journal,^resize_inode"],
     );
     let want = p("e2image.raw");
-    sh(Command::new("e2image").arg("-r").arg(&img).arg(&want));
+    e2image(&["-r"], &img, &want);
     let q = p("fs.qcow2");
-    sh(Command::new(tool("e2i-capture"))
-        .arg("-Q")
-        .arg(&img)
-        .arg(&q));
-    assert_eq!(cluster_bits(&q), 11);
+    capture_q(&img, &q, 11);
     converts_to(&q, &want);
     let base64k = p("base64k.qcow2");
     sh(Command::new("qemu-img")
@@ -238,11 +236,7 @@ fn the_8_tib_threshold() {
             .args(["-E", "lazy_itable_init=1,nodiscard"])
             .arg(&img));
         let q = img.with_extension("qcow2");
-        sh(Command::new(tool("e2i-capture"))
-            .arg("-Q")
-            .arg(&img)
-            .arg(&q));
-        assert_eq!(cluster_bits(&q), bits, "{blocks} blocks");
+        capture_q(&img, &q, bits);
         let raw = img.with_extension("raw");
         sh(Command::new(tool("e2i-capture"))
             .arg("-r")
