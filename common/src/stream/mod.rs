@@ -508,14 +508,6 @@ impl<R: Read> StreamReader<R> {
         self.zero_blocks
     }
 
-    /// Read the next `buf.len()` bytes of the data section (whole blocks).
-    pub fn read_data(&mut self, buf: &mut [u8]) -> Result<()> {
-        read_full(&mut self.input, buf, self.pos, Part::Data)?;
-        self.hash.update(&*buf);
-        advance(&mut self.pos, buf.len());
-        Ok(())
-    }
-
     /// Read every extent in order: `f(extent, Some(data piece))` for data (in pieces of at
     /// most `chunk` bytes (and [`crate::pieces::PIECE_MAX`]), the extent's start advanced),
     /// `f(extent, None)` for zeros. Then verify the trailer. Nothing is trusted until this
