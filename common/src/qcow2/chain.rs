@@ -343,10 +343,10 @@ impl<S: ReadAt> ReadAt for Qcow2Image<S> {
         self.top.virtual_size()
     }
 
-    // Both layers: the backing file's share of the range is not known without the top's
-    // tables, and a hint for bytes the top overrides only costs a read.
+    // The backing chain only: a qcow2 layer takes no hints (Qcow2Reader), a raw backing
+    // file does. Its share of the range is not known without the top's tables, and a hint
+    // for bytes the top overrides only costs a read.
     fn will_need(&self, offset: u64, len: u64) {
-        self.top.will_need(offset, len);
         if let Some(b) = &self.backing {
             b.will_need(offset, len);
         }
