@@ -1,0 +1,1012 @@
+#!/usr/bin/env python3
+"""Fuzz campaign against every input parser of the e2i tools, run by hand (not in CI).
+
+Deterministic: case N of an area always makes the same input (seeded from the area, the
+base image and N). Each case runs the tools of a DEBUG build (overflow checks and debug
+assertions on) under `timeout` and `/usr/bin/time`, and a finding is any run that:
+  - panics (stderr says "panicked") or dies by a signal,
+  - hangs (killed by the timeout),
+  - exits with a status the contract does not allow (2 is for usage errors only),
+  - fails (exit 1) without exactly one line on stderr,
+  - grows its peak RSS past a limit (memory must follow metadata, not a claimed size),
+  - succeeds with outputs that disagree (stream -> raw, qcow2 -> raw against the raw capture).
+Each finding keeps its input under WORK/findings/ with the command line that failed.
+
+Usage: ci/fuzz-campaign.py [--bin target/debug] [--work DIR] [--cases N] [--jobs J]
+                           [--areas ext4,qcow2,stream,normal,part,compressed,install]
+Build first: cargo build -p e2i-bins (debug).
+"""
+
+import argparse
+import bz2
+import gzip
+import hashlib
+import os
+import random
+import shutil
+import struct
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+ORACLE = True  # compare with e2image -r where both find nothing wrong
+STRUCTURED = 0.7  # share of ext4 cases that mutate fields of named structures
+TIMEOUT = 60  # seconds a run may take (debug build, small inputs, a loaded machine)
+RSS_LIMIT_KB = 400 * 1024  # the inputs are at most 64 MiB, their metadata far less
+
+# ---- crc32c (for the superblock checksum, so mutations get past it) ----
+_T = []
+for i in range(256):
+    c = i
+    for _ in range(8):
+        c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+    _T.append(c)
+
+
+def crc32c(data, crc=0xFFFFFFFF):
+    for b in data:
+        crc = _T[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc
+
+
+def fix_sb_csum(img, at=1024):
+    # metadata_csum (ro_compat 0x400): crc32c(~0, sb[0..0x3FC]) at 0x3FC, not inverted.
+    ro = struct.unpack_from("<I", img, at + 0x64)[0]
+    if ro & 0x400:
+        struct.pack_into("<I", img, at + 0x3FC, crc32c(bytes(img[at:at + 0x3FC])))
+
+
+# ---- running the tools ----
+
+class Campaign:
+    def __init__(self, bindir, work):
+        self.bin = os.path.abspath(bindir)
+        self.work = os.path.abspath(work)
+        self.lock = threading.Lock()
+        self.findings = []
+        self.counts = {}
+        self.seen = set()
+        os.makedirs(os.path.join(self.work, "findings"), exist_ok=True)
+        os.makedirs(os.path.join(self.work, "tmp"), exist_ok=True)
+
+    def tool(self, name):
+        return os.path.join(self.bin, name)
+
+    def run(self, area, case, argv, allowed=(0, 1, 3), inputs=(), stdin=None, timeout=TIMEOUT):
+        """Run argv (argv[0] a tool name); return (code, stderr). Records findings."""
+        tmp = os.path.join(os.path.dirname(inputs[0]) if inputs else self.work, "time.out")
+        cmd = ["timeout", "-s", "KILL", str(timeout), "/usr/bin/time", "-f", "%M", "-o", tmp,
+               self.tool(argv[0])] + list(argv[1:])
+        env = dict(os.environ, XDG_STATE_HOME=os.path.join(self.work, "state"),
+                   TMPDIR=os.path.join(self.work, "tmp"))
+        fin = open(stdin, "rb") if stdin else subprocess.DEVNULL
+        try:
+            p = subprocess.run(cmd, stdin=fin, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, env=env)
+        finally:
+            if stdin:
+                fin.close()
+        err = p.stderr.decode("utf-8", "replace")
+        code = p.returncode
+        rss = 0
+        try:
+            with open(tmp) as f:
+                lines = [l for l in f.read().splitlines() if l.strip()]
+            # time writes "Command terminated by signal N" / "exited with non-zero status N"
+            # before %M.
+            rss = int(lines[-1]) if lines and lines[-1].isdigit() else 0
+            for l in lines:
+                if "terminated by signal" in l:
+                    code = -int(l.split()[-1])
+        except (OSError, ValueError):
+            pass
+        problem = None
+        if code == 137 or code == -9:
+            problem = "hang (killed after %ds)" % timeout
+        elif "panicked" in err:
+            problem = "panic: " + next(l for l in err.splitlines() if "panicked" in l)
+        elif code < 0 or code > 128:
+            problem = "killed by signal (code %d)" % code
+        elif code not in allowed:
+            problem = "exit %d not in %s" % (code, allowed)
+        elif code == 1 and len([l for l in err.splitlines()
+                                if l.strip() and ": warning: " not in l]) != 1:
+            problem = "exit 1 with %d stderr lines" % len(err.splitlines())
+        elif rss > RSS_LIMIT_KB:
+            problem = "peak RSS %d MiB" % (rss // 1024)
+        with self.lock:
+            k = (area, "%s exit %d" % (argv[0], code))
+            self.counts[k] = self.counts.get(k, 0) + 1
+        if problem:
+            self.finding(area, case, argv, problem, err, inputs)
+        return code, err
+
+    def finding(self, area, case, argv, problem, err, inputs):
+        # The same symptom (first 60 characters of it) from the same tool is one finding.
+        key = (argv[0], problem[:60])
+        with self.lock:
+            self.counts[(area, "findings")] = self.counts.get((area, "findings"), 0) + 1
+            new = key not in self.seen
+            self.seen.add(key)
+            d = os.path.join(self.work, "findings", "%s-%s" % (area, case))
+            os.makedirs(d, exist_ok=True)
+            for i in inputs:
+                if os.path.exists(i):
+                    shutil.copy(i, d)
+            with open(os.path.join(d, "README"), "a") as f:
+                f.write("%s\n%s\n%s\n\n" % (" ".join(argv), problem, err[-3000:]))
+            self.findings.append((area, case, argv, problem))
+        print("%s %s %s: %s: %s" % ("NEW" if new else "again", area, case, " ".join(argv[:3]),
+                                    problem), flush=True)
+
+    def count(self, area, n=1):
+        with self.lock:
+            self.counts[(area, "cases")] = self.counts.get((area, "cases"), 0) + n
+
+    def mismatch(self, area, case, what, inputs):
+        self.finding(area, case, [what], "outputs differ: " + what, "", inputs)
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          **kw)
+
+
+def same_file(a, b):
+    # Sparse outputs: compare contents (cmp reads holes as zeros).
+    if os.path.getsize(a) != os.path.getsize(b):
+        return False
+    return subprocess.run(["cmp", "-s", a, b]).returncode == 0
+
+
+# ---- base filesystems ----
+
+def make_tree(d, bs, name):
+    tree = os.path.join(d, name + ".tree")
+    if os.path.exists(tree):
+        shutil.rmtree(tree)
+    os.makedirs(os.path.join(tree, "big", "sub"))
+    for i in range(30):
+        with open(os.path.join(tree, "f%d" % i), "w") as f:
+            f.write(("file %d\n" % i) * (i * 40))
+    for i in range(8):
+        with open(os.path.join(tree, "t%d" % i), "w") as f:
+            f.write("tiny %d\n" % i)  # inline with inline_data
+    os.makedirs(os.path.join(tree, "small"))
+    with open(os.path.join(tree, "small", "a"), "w") as f:
+        f.write("a")
+    for i in range(400):  # an htree directory
+        open(os.path.join(tree, "big", "a-rather-long-file-name-%04d" % i), "w").close()
+    os.symlink("sub/target", os.path.join(tree, "link"))
+    os.symlink("x" * 200, os.path.join(tree, "longlink"))
+    # A sparse file of many extents: an extent tree of depth 2 for 1-4 KiB blocks.
+    n = {1024: 400, 2048: 800, 4096: 1400}.get(bs, 200)
+    with open(os.path.join(tree, "frag"), "wb") as f:
+        for i in range(n):
+            f.seek(i * 2 * bs)
+            f.write(b"D" * bs)
+    return tree
+
+
+BASES = [
+    # name, block size, size, mkfs args
+    ("ext4-1k", 1024, "16M", ["-b", "1024"]),
+    ("ext4-1k-nocsum", 1024, "16M", ["-b", "1024", "-O", "^metadata_csum"]),
+    ("ext4-4k", 4096, "48M", ["-b", "4096"]),
+    ("ext4-2k-64bit-metabg", 2048, "24M",
+     ["-b", "2048", "-O", "64bit,meta_bg,^resize_inode,^metadata_csum"]),
+    ("ext4-4k-bigalloc", 4096, "64M", ["-b", "4096", "-O", "bigalloc", "-C", "16384"]),
+    ("ext4-1k-inline", 1024, "16M", ["-b", "1024", "-O", "inline_data,^metadata_csum"]),
+    ("ext4-4k-noflex", 4096, "48M", ["-b", "4096", "-O", "^flex_bg,^metadata_csum", "-g", "2048"]),
+    ("ext2-1k", 1024, "16M", ["-t", "ext2", "-b", "1024"]),
+    ("ext3-2k", 2048, "24M", ["-t", "ext3", "-b", "2048"]),
+    ("ext4-64k", 65536, "64M", ["-b", "65536", "-O", "^metadata_csum"]),
+]
+
+
+def make_base(d, name, bs, size, args):
+    img = os.path.join(d, name + ".img")
+    if os.path.exists(img):
+        return img
+    tree = make_tree(d, bs, name)
+    extra = ["-T", "ext4"] if "-t" not in args else []
+    sh(["mkfs.ext4", "-q", "-F", "-E", "root_owner=0:0", "-N", "1024"] + extra + args +
+       ["-d", tree, img, size], env=dict(os.environ, E2FSPROGS_FAKE_TIME="1700000000"))
+    shutil.rmtree(tree)
+    # Index the directories (mkfs -d writes them linear): htree roots and nodes to mutate.
+    subprocess.run(["e2fsck", "-fyD", img], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # xattrs: small ones in the inode, a large one in an xattr block.
+    cmds = os.path.join(d, name + ".cmds")
+    with open(cmds, "w") as f:
+        f.write("ea_set /f1 user.small v\n")
+        f.write("ea_set /f2 user.big %s\n" % ("V" * 600))
+        f.write("ea_set /big user.d dir\n")
+    subprocess.run(["debugfs", "-w", "-f", cmds, img], stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return img
+
+
+def metadata_blocks(d, img, bs):
+    """Blocks e2image -r keeps (the metadata): the mutation targets."""
+    raw = img + ".e2image.raw"
+    if not os.path.exists(raw):
+        sh(["e2image", "-r", img, raw])
+    blocks = []
+    with open(raw, "rb") as f:
+        i = 0
+        while True:
+            b = f.read(bs)
+            if not b:
+                break
+            if b.count(0) != len(b):
+                blocks.append(i)
+            i += 1
+    os.remove(raw)
+    return blocks
+
+
+INTERESTING = [0, 1, 2, 3, 7, 8, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFF, 0x10000,
+               0x7FFFFFFF, 0x80000000, 0xFFFFFFFE, 0xFFFFFFFF]
+
+# Superblock fields worth hitting (offset, width).
+SB_FIELDS = [(0x0, 4), (0x4, 4), (0x14, 4), (0x18, 4), (0x1C, 4), (0x20, 4), (0x24, 4),
+             (0x28, 4), (0x4C, 4), (0x54, 4), (0x58, 2), (0x5C, 4), (0x60, 4), (0x64, 4),
+             (0xCE, 2), (0xE0, 4), (0xFE, 2), (0x104, 4), (0x150, 4), (0x15C, 2),
+             (0x174, 1), (0x175, 1), (0x24C, 8), (0x270, 4), (0x274, 4)]
+
+
+def mutate(rng, img, targets, bs, sb_at=1024):
+    """1-4 mutations of the bytes of metadata blocks; returns a description."""
+    what = []
+    for _ in range(rng.randint(1, 4)):
+        kind = rng.random()
+        if kind < 0.25:
+            off, w = rng.choice(SB_FIELDS)
+            at = sb_at + off
+            v = rng.choice(INTERESTING) if rng.random() < 0.7 else rng.getrandbits(32)
+            v &= (1 << (8 * w)) - 1
+            img[at:at + w] = v.to_bytes(w, "little")
+            what.append("sb+%#x=%#x" % (off, v))
+            continue
+        blk = rng.choice(targets)
+        base = blk * bs
+        if kind < 0.6:
+            w = rng.choice([1, 2, 4])
+            at = base + rng.randrange(0, min(bs, 4096) // w) * w
+            v = rng.choice(INTERESTING) & ((1 << (8 * w)) - 1)
+            img[at:at + w] = v.to_bytes(w, "little")
+            what.append("%d+%d=%#x/%d" % (blk, at - base, v, w))
+        elif kind < 0.9:
+            for _ in range(rng.randint(1, 8)):
+                at = base + rng.randrange(0, bs)
+                img[at] ^= 1 << rng.randrange(8)
+            what.append("%d:bitflips" % blk)
+        else:
+            at = base + rng.randrange(0, bs)
+            n = rng.randint(1, 64)
+            img[at:at + n] = bytes(rng.getrandbits(8) for _ in range(n))[:len(img) - at]
+            what.append("%d+%d:random%d" % (blk, at - base, n))
+    if rng.random() < 0.8:
+        fix_sb_csum(img, sb_at)
+    return " ".join(what)
+
+
+# ---- structured ext4 mutations: fields of named structures ----
+
+def debugfs_out(img, req):
+    return subprocess.run(["debugfs", "-R", req, img], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL).stdout.decode("utf-8", "replace")
+
+
+def structures(img, bs):
+    """(kind, byte offset) of the structures worth mutating field by field."""
+    import re
+    out = []
+    names = ["/", "/frag", "/big", "/f1", "/f2", "/t1", "/small", "/link", "/longlink",
+             "/f29", "<7>", "<8>", "/lost+found"]
+    for n in names:
+        m = re.search(r"located at block (\d+), offset 0x([0-9a-f]+)", debugfs_out(img, "imap " + n))
+        if not m:
+            continue
+        out.append(("inode", int(m.group(1)) * bs + int(m.group(2), 16)))
+        st = debugfs_out(img, "stat " + n)
+        acl = re.search(r"File ACL: (\d+)", st)
+        if acl and int(acl.group(1)):
+            out.append(("xattr", int(acl.group(1)) * bs))
+        for k, b in re.findall(r"\((ETB\d+|IND|DIND|TIND)\):(\d+)", st)[:12]:
+            out.append(("extent" if k.startswith("ETB") else "ind", int(b) * bs))
+    blocks = debugfs_out(img, "blocks /big").split()
+    if blocks:
+        out.append(("dxroot", int(blocks[0]) * bs))
+        for b in blocks[1:4]:
+            out.append(("dir", int(b) * bs))
+    blocks = debugfs_out(img, "blocks /").split()
+    if blocks:
+        out.append(("dir", int(blocks[0]) * bs))
+    blocks = debugfs_out(img, "blocks <8>").split()
+    if blocks:
+        out.append(("jsb", int(blocks[0]) * bs))
+    return out
+
+
+# (offset, width) per structure kind; entries repeat, a few are listed.
+S_FIELDS = {
+    "inode": [(0, 2), (4, 4), (26, 2), (28, 4), (32, 4), (40, 2), (42, 2), (44, 2), (46, 2),
+              (52, 4), (56, 2), (58, 2), (60, 4), (64, 4), (68, 4), (72, 4), (76, 4), (84, 4),
+              (88, 4), (96, 4), (104, 4), (108, 4), (116, 2), (118, 2), (128, 2), (132, 4),
+              (156, 4), (160, 1), (161, 1), (162, 2), (164, 4), (168, 4)],
+    "extent": [(0, 2), (2, 2), (4, 2), (6, 2), (12, 4), (16, 2), (18, 2), (20, 4), (24, 4),
+               (28, 4), (32, 2), (36, 4), (40, 4), (44, 4)],
+    "ind": [(0, 4), (4, 4), (8, 4), (400, 4)],
+    "dxroot": [(4, 2), (12, 4), (16, 2), (18, 1), (19, 1), (28, 1), (29, 1), (30, 1), (31, 1),
+               (32, 2), (34, 2), (36, 4), (40, 4), (44, 4), (48, 4)],
+    "dir": [(0, 4), (4, 2), (6, 1), (7, 1), (12, 4), (16, 2), (18, 1), (20, 4), (24, 4),
+            (28, 2), (30, 1)],
+    "xattr": [(0, 4), (4, 4), (8, 4), (32, 1), (33, 1), (34, 2), (36, 4), (40, 4), (44, 4)],
+    "jsb": [(0, 4), (4, 4), (12, 4), (16, 4), (20, 4), (24, 4), (28, 4), (36, 4), (40, 4),
+            (44, 4), (64, 4), (68, 4), (80, 4), (84, 4), (0x54, 4), (0x100, 4)],
+}
+
+
+def mutate_structured(rng, img, structs, bs, blocks_count):
+    what = []
+    for _ in range(rng.randint(1, 3)):
+        kind, at0 = rng.choice(structs)
+        off, w = rng.choice(S_FIELDS[kind])
+        if kind == "inode" and rng.random() < 0.3:
+            # In-inode xattrs (after i_extra_isize) and i_block words.
+            off, w = rng.choice([(160, 4), (164, 1), (165, 1), (166, 2), (168, 4), (172, 4),
+                                 (176, 4), (40 + 4 * rng.randrange(15), 4)])
+        at = at0 + off
+        old = int.from_bytes(img[at:at + w], "little" if kind != "jsb" else "big")
+        blk = at0 // bs
+        v = rng.choice(INTERESTING + [old + 1, old - 1, old * 2, blocks_count, blocks_count - 1,
+                                      blk, blk - 1, blk + 1, old ^ (1 << rng.randrange(8 * w))])
+        v &= (1 << (8 * w)) - 1
+        img[at:at + w] = v.to_bytes(w, "little" if kind != "jsb" else "big")
+        what.append("%s@%d+%d=%#x" % (kind, at0, off, v))
+    return " ".join(what)
+
+
+# ---- areas ----
+
+def area_ext4(c, base_dir, ncases, jobs):
+    bases = []
+    for name, bs, size, args in BASES:
+        img = make_base(base_dir, name, bs, size, args)
+        structs = structures(img, bs)
+        bases.append((name, bs, img, metadata_blocks(base_dir, img, bs), structs))
+        print("base %s: %d metadata blocks, %d structures" % (name, len(bases[-1][3]),
+                                                              len(structs)), flush=True)
+
+    def case(i):
+        name, bs, img, targets, structs = bases[i % len(bases)]
+        rng = random.Random("ext4-%s-%d" % (name, i))
+        d = os.path.join(c.work, "ext4", "w%d" % (i % (4 * jobs)))
+        os.makedirs(d, exist_ok=True)
+        data = bytearray(open(img, "rb").read())
+        if rng.random() < STRUCTURED:
+            what = mutate_structured(rng, data, structs, bs, len(data) // bs)
+        else:
+            what = mutate(rng, data, targets, bs)
+        src = os.path.join(d, "in.img")
+        with open(src, "wb") as f:
+            f.write(data)
+        cid = "%s-%d" % (name, i)
+        # The SOURCE as a raw image, inside a qcow2 (any cluster size), or at an offset.
+        pre = []
+        how = rng.random()
+        if how < 0.15:
+            q = os.path.join(d, "in.qcow2")
+            if os.path.exists(q):
+                os.remove(q)
+            sh(["qemu-img", "convert", "-O", "qcow2", "-o",
+                "cluster_size=%d" % rng.choice([512, 4096, 65536, 1 << 21]), src, q])
+            src = q
+        elif how < 0.25:
+            o = os.path.join(d, "in.off")
+            with open(o, "wb") as f:
+                f.write(b"\xAA" * 65536)
+                f.write(data)
+            src = o
+            pre = ["-o", "65536"]
+        outs = {k: os.path.join(d, "out." + k) for k in ["raw", "qcow2", "e2i", "stream", "s", "a"]}
+        for o in outs.values():
+            if os.path.exists(o):
+                os.remove(o)
+        r, _ = c.run("ext4", cid, ["e2i-capture", "-r"] + pre + [src, outs["raw"]], inputs=[src])
+        q, _ = c.run("ext4", cid, ["e2i-capture", "-Q"] + pre + [src, outs["qcow2"]], inputs=[src])
+        nrm, _ = c.run("ext4", cid, ["e2i-capture"] + pre + [src, outs["e2i"]], inputs=[src])
+        s, _ = c.run("ext4", cid, ["e2i-capture", "--format", "stream"] + pre + [src, outs["stream"]],
+                     inputs=[src])
+        mode = rng.choice(["s", "s", "a", "a", "b", "strict", "m"])
+        if mode == "s":
+            c.run("ext4", cid, ["e2i-capture", "-r", "-s", "--seed", "1"] + pre + [src, outs["s"]],
+                  inputs=[src])
+        elif mode == "a":
+            c.run("ext4", cid, ["e2i-capture", "-r", "-a"] + pre + [src, outs["a"]], inputs=[src])
+        elif mode == "b":
+            # Through the first backup superblock.
+            bpg = 8 * bs
+            first = 1 if bs == 1024 else 0
+            c.run("ext4", cid, ["e2i-capture", "-r", "-b", str(bpg + first), "-B", str(bs),
+                                ] + pre + [src, outs["a"]], inputs=[src])
+        elif mode == "strict":
+            if not pre:
+                c.run("ext4", cid, ["e2i-to-qcow2", "--strict", src, outs["a"]], inputs=[src])
+        # The oracle: where both e2image -r and the capture found nothing wrong, the same bytes.
+        if r == 0 and ORACLE and src.endswith(".img"):
+            ref = os.path.join(d, "ref.raw")
+            if os.path.exists(ref):
+                os.remove(ref)
+            e = subprocess.run(["timeout", "60", "e2image", "-r", src, ref],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            if e.returncode == 0 and not e.stderr and not same_file(ref, outs["raw"]):
+                c.mismatch("ext4", cid, "-r != e2image -r (%s)" % what, [src])
+        if nrm == 0 and ORACLE and src.endswith(".img"):
+            ref = os.path.join(d, "ref.e2i")
+            if os.path.exists(ref):
+                os.remove(ref)
+            e = subprocess.run(["timeout", "60", "e2image", src, ref],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            if e.returncode == 0 and not e.stderr:
+                dump = [subprocess.run(["dumpe2fs", "-i", x], stdout=subprocess.PIPE,
+                                       stderr=subprocess.DEVNULL).stdout for x in (ref, outs["e2i"])]
+                if dump[0] != dump[1]:
+                    c.mismatch("ext4", cid, "normal: dumpe2fs -i != e2image's (%s)" % what, [src])
+        if mode == "m":
+            if os.path.exists(outs["a"]):
+                os.remove(outs["a"])
+            c.run("ext4", cid, ["e2i-move"] + pre + [src, outs["a"]], inputs=[src])
+        # Differential: where the captures succeeded, the stream and the qcow2 hold the raw.
+        if r in (0, 3) and s == r:
+            back = os.path.join(d, "back.raw")
+            if os.path.exists(back):
+                os.remove(back)
+            t, _ = c.run("ext4", cid, ["e2i-to-raw", outs["stream"], back],
+                         inputs=[src, outs["stream"]])
+            if t == 0 and not same_file(back, outs["raw"]):
+                c.mismatch("ext4", cid, "stream->raw != -r (%s)" % what, [src])
+        if r in (0, 3) and q == r:
+            back = os.path.join(d, "backq.raw")
+            if os.path.exists(back):
+                os.remove(back)
+            t, _ = c.run("ext4", cid, ["qcow2-to-raw", outs["qcow2"], back],
+                         inputs=[src, outs["qcow2"]])
+            if t == 0 and not same_file(back, outs["raw"]):
+                c.mismatch("ext4", cid, "-Q->raw != -r (%s)" % what, [src])
+        c.count("ext4")
+
+    with ThreadPoolExecutor(jobs) as ex:
+        list(ex.map(case, range(ncases)))
+
+
+# ---- qcow2 inputs ----
+
+def qcow2_bases(c, base_dir):
+    """Valid qcow2 images of different makers and shapes: (name, path)."""
+    out = []
+    src1k = os.path.join(base_dir, "ext4-1k.img")
+    src4k = os.path.join(base_dir, "ext4-4k.img")
+
+    def mk(name, cmd):
+        p = os.path.join(base_dir, name)
+        if not os.path.exists(p):
+            sh([x.replace("OUT", p) for x in cmd], cwd=base_dir)
+        out.append((name, p))
+    mk("cap.qcow2", [c.tool("e2i-capture"), "-Q", src1k, "OUT"])
+    mk("qemu-c.qcow2", ["qemu-img", "convert", "-c", "-O", "qcow2", src4k, "OUT"])
+    mk("qemu-512.qcow2", ["qemu-img", "convert", "-O", "qcow2", "-o", "cluster_size=512",
+                          src1k, "OUT"])
+    mk("zstd.qcow2", [c.tool("e2i-to-qcow2"), "--compress=zstd", src1k, "OUT"])
+    mk("defl.qcow2", [c.tool("e2i-to-qcow2"), "--compress", src4k, "OUT"])
+    # A backing chain of two: a raw base, then an overlay written by e2i-to-qcow2.
+    mk("base.qcow2", ["qemu-img", "convert", "-O", "qcow2", src1k, "OUT"])
+    mk("overlay.qcow2", ["qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F",
+                         "qcow2", "OUT"])
+    mk("snap.qcow2", ["qemu-img", "convert", "-O", "qcow2", src1k, "OUT"])
+    subprocess.run(["qemu-img", "snapshot", "-c", "s1", out[-1][1]])
+    return out
+
+
+# qcow2 header fields: offset, width.
+Q_FIELDS = [(4, 4), (8, 8), (16, 4), (20, 4), (24, 8), (32, 4), (36, 4), (40, 8), (48, 8),
+            (56, 4), (60, 4), (64, 8), (72, 8), (80, 8), (88, 8), (96, 4), (100, 4), (104, 1)]
+Q_VALUES = [0, 1, 8, 9, 12, 16, 20, 21, 22, 31, 32, 63, 64, 512, 4096, 65536, 1 << 20,
+            1 << 30, 1 << 32, (1 << 32) - 1, 1 << 40, 1 << 55, 1 << 61, 1 << 62, 1 << 63,
+            (1 << 64) - 1, (1 << 63) - 512, 0x00FFFFFFFFFFFE00]
+
+
+def be(b, at, w):
+    return int.from_bytes(b[at:at + w], "big")
+
+
+def put_be(b, at, w, v):
+    b[at:at + w] = (v & ((1 << (8 * w)) - 1)).to_bytes(w, "big")
+
+
+def qcow2_tables(b):
+    """(cluster size, L1 entry offsets, L2 entry offsets, refcount entry offsets)."""
+    cs = 1 << be(b, 20, 4)
+    l1 = be(b, 40, 8)
+    n = be(b, 36, 4)
+    l1e = [l1 + 8 * i for i in range(n) if l1 + 8 * i + 8 <= len(b)]
+    l2e = []
+    for e in l1e:
+        off = be(b, e, 8) & 0x00FFFFFFFFFFFE00
+        if off and off + cs <= len(b):
+            l2e += [off + 8 * i for i in range(cs // 8)]
+    rt = be(b, 48, 8)
+    rte = [rt + 8 * i for i in range(cs // 8) if rt + 8 * i + 8 <= len(b)]
+    return cs, l1e, l2e, rte
+
+
+def mutate_qcow2(rng, b):
+    what = []
+    cs, l1e, l2e, rte = qcow2_tables(b)
+    used_l2 = [e for e in l2e if be(b, e, 8)] or l2e
+    for _ in range(rng.randint(1, 3)):
+        k = rng.random()
+        if k < 0.35:
+            at, w = rng.choice(Q_FIELDS)
+            v = rng.choice(Q_VALUES) if rng.random() < 0.8 else be(b, at, w) + rng.randint(-3, 3)
+            put_be(b, at, w, v)
+            what.append("hdr+%d=%#x" % (at, v))
+        elif k < 0.5 and l1e:
+            e = rng.choice(l1e[:4])
+            v = rng.choice([0, 1 << 63 | rng.choice(Q_VALUES), be(b, l1e[0], 8),
+                            1 << 63 | be(b, 40, 8), 1 << 63 | (len(b) + cs), 1 << 63 | 0,
+                            be(b, e, 8) ^ (1 << rng.randrange(64))])
+            put_be(b, e, 8, v)
+            what.append("l1@%d=%#x" % (e, v))
+        elif k < 0.75 and used_l2:
+            e = rng.choice(used_l2)
+            old = be(b, e, 8)
+            v = rng.choice([0, 1, old | 1 << 62, old ^ (1 << rng.randrange(64)),
+                            (1 << 62) | rng.getrandbits(62), 1 << 63 | be(b, 40, 8),
+                            1 << 63 | (len(b) + 4 * cs), old + 1, 1 << 63 | 0])
+            put_be(b, e, 8, v)
+            what.append("l2@%d=%#x" % (e, v))
+        elif k < 0.85 and rte:
+            e = rng.choice(rte[:4])
+            v = rng.choice([0, 1, 1 << 63, be(b, 40, 8), len(b) + cs, rng.getrandbits(64)])
+            put_be(b, e, 8, v)
+            what.append("rt@%d=%#x" % (e, v))
+        elif k < 0.92:
+            # Header extensions area (after the header) and backing name.
+            at = rng.randrange(72, min(len(b), 512))
+            n = rng.choice([1, 4, 8])
+            b[at:at + n] = bytes(rng.getrandbits(8) for _ in range(n))
+            what.append("ext@%d" % at)
+        else:
+            cut = rng.randrange(0, len(b))
+            del b[cut:]
+            what.append("truncated@%d" % cut)
+            break
+    return " ".join(what)
+
+
+def area_qcow2(c, base_dir, ncases, jobs):
+    bases = qcow2_bases(c, base_dir)
+
+    def case(i):
+        name, path = bases[i % len(bases)]
+        rng = random.Random("qcow2-%s-%d" % (name, i))
+        d = os.path.join(c.work, "qcow2", "w%d" % (i % (4 * jobs)))
+        os.makedirs(d, exist_ok=True)
+        b = bytearray(open(path, "rb").read())
+        mutate_qcow2(rng, b)
+        src = os.path.join(d, "in.qcow2")
+        with open(src, "wb") as f:
+            f.write(b)
+        if name == "overlay.qcow2":
+            # The backing file, next to it: as it was, mutated too, or the overlay itself (a loop).
+            bk = os.path.join(d, "base.qcow2")
+            r = rng.random()
+            if os.path.lexists(bk):
+                os.remove(bk)
+            if r < 0.3:
+                bb = bytearray(open(os.path.join(base_dir, "base.qcow2"), "rb").read())
+                mutate_qcow2(rng, bb)
+                open(bk, "wb").write(bb)
+            elif r < 0.5:
+                os.symlink("in.qcow2", bk)
+            else:
+                shutil.copy(os.path.join(base_dir, "base.qcow2"), bk)
+        cid = "%s-%d" % (name, i)
+        outs = [os.path.join(d, "o%d" % k) for k in range(5)]
+        for o in outs:
+            if os.path.exists(o):
+                os.remove(o)
+        a, _ = c.run("qcow2", cid, ["qcow2-to-raw", src, outs[0]], (0, 1), [src])
+        b2, _ = c.run("qcow2", cid, ["e2i-to-raw", src, outs[1]], (0, 1), [src])
+        c.run("qcow2", cid, ["e2i-capture", "-r", src, outs[2]], (0, 1, 3), [src])
+        c.run("qcow2", cid, ["e2i-to-qcow2", src, outs[3]], (0, 1, 3), [src])
+        if rng.random() < 0.3:
+            c.run("qcow2", cid, ["qcow2-to-raw", "-", outs[4]], (0, 1), [src], stdin=src)
+        if a == 0 and b2 == 0 and not same_file(outs[0], outs[1]):
+            c.mismatch("qcow2", cid, "qcow2-to-raw != e2i-to-raw", [src])
+        c.count("qcow2")
+
+    with ThreadPoolExecutor(jobs) as ex:
+        list(ex.map(case, range(ncases)))
+
+
+# ---- e2i streams ----
+
+def consistent_stream(rng, orig, what):
+    """A stream whose checksums and counts all hold, with a hostile header or map."""
+    hdr = bytearray(orig[:64])
+    n = int.from_bytes(hdr[48:56], "little")
+    bs = int.from_bytes(hdr[20:24], "little")
+    ext = [(int.from_bytes(orig[64 + 16 * i:72 + 16 * i], "little"),
+            int.from_bytes(orig[72 + 16 * i:79 + 16 * i], "little"), orig[79 + 16 * i])
+           for i in range(n)]
+    data_at = 64 + 16 * n + 32
+    datas, at = [], data_at
+    for (_, ln, k) in ext:
+        if k == 1:
+            datas.append(orig[at:at + ln * bs])
+            at += ln * bs
+        else:
+            datas.append(b"")
+    ext = [list(e) for e in ext]
+    for _ in range(rng.randint(1, 2)):
+        k = rng.random()
+        i = rng.randrange(len(ext))
+        if k < 0.15:
+            ext[i][1] = rng.choice([0, ext[i][1] + 1, 1 << 55, (1 << 56) - 1])
+            what.append("c-len")
+        elif k < 0.3:
+            ext[i][0] = rng.choice([0, ext[i][0] - 1, (1 << 64) - 1, (1 << 64) - ext[i][1],
+                                    int.from_bytes(hdr[24:32], "little"), 1 << 63])
+            what.append("c-start")
+        elif k < 0.4:
+            ext[i][2] = rng.choice([0, 3, 255, 1 if ext[i][2] == 2 else 2])
+            what.append("c-kind")
+        elif k < 0.5 and len(ext) > 1:
+            j = rng.randrange(len(ext))
+            ext[i], ext[j] = ext[j], ext[i]
+            datas[i], datas[j] = datas[j], datas[i]
+            what.append("c-swap")
+        elif k < 0.6:
+            ext.insert(i, list(ext[i]))
+            datas.insert(i, datas[i])
+            what.append("c-dup")
+        elif k < 0.75:
+            v = rng.choice([0, 1, 512, 2048, 3000, 1 << 17, 1 << 31])
+            hdr[20:24] = v.to_bytes(4, "little")
+            what.append("c-bs=%d" % v)
+        elif k < 0.9:
+            v = rng.choice([0, 1, ext[-1][0], (1 << 64) - 1, 1 << 50, (1 << 64) // bs,
+                            (1 << 63) // bs + 1])
+            hdr[24:32] = v.to_bytes(8, "little")
+            what.append("c-count=%d" % v)
+        else:
+            hdr[12:20] = rng.getrandbits(64).to_bytes(8, "little")
+            what.append("c-flags")
+    hdr[48:56] = len(ext).to_bytes(8, "little")
+    body = bytearray(hdr)
+    for (st, ln, k) in ext:
+        body += (st & ((1 << 64) - 1)).to_bytes(8, "little")
+        body += (ln & ((1 << 56) - 1)).to_bytes(7, "little") + bytes([k])
+    mapsum = hashlib.sha256(body).digest()
+    h = hashlib.sha256(body)
+    out = bytearray(body) + mapsum
+    nd = nz = 0
+    for (st, ln, k), dat in zip(ext, datas):
+        if k == 1:
+            out += dat
+            h.update(dat)
+            nd += len(dat) // bs if bs else 0
+        elif k == 2:
+            nz += ln
+    out += b"E2IEND\0\0" + len(ext).to_bytes(8, "little") + nd.to_bytes(8, "little")
+    out += (nz & ((1 << 64) - 1)).to_bytes(8, "little") + h.digest()
+    return out
+
+
+def area_stream(c, base_dir, ncases, jobs):
+    bases = []
+    for name in ["ext4-1k", "ext4-4k", "ext4-64k"]:
+        p = os.path.join(base_dir, name + ".stream")
+        if not os.path.exists(p):
+            sh([c.tool("e2i-capture"), "--format", "stream", os.path.join(base_dir, name + ".img"),
+                p])
+        bases.append((name, p))
+
+    def rehash(b):
+        # Recompute the map checksum so a map mutation reaches the map checks.
+        n = int.from_bytes(b[48:56], "little")
+        end = 64 + 16 * n
+        if n < 1 << 20 and end + 32 <= len(b):
+            b[end:end + 32] = hashlib.sha256(bytes(b[:end])).digest()
+
+    def case(i):
+        name, path = bases[i % len(bases)]
+        rng = random.Random("stream-%s-%d" % (name, i))
+        d = os.path.join(c.work, "stream", "w%d" % (i % (4 * jobs)))
+        os.makedirs(d, exist_ok=True)
+        b = bytearray(open(path, "rb").read())
+        n = int.from_bytes(b[48:56], "little")
+        what = []
+        for _ in range(rng.randint(1, 3)):
+            k = rng.random()
+            if k < 0.3:
+                at, w = rng.choice([(8, 2), (10, 2), (12, 4), (16, 4), (20, 4), (24, 8), (48, 8),
+                                    (56, 8)])
+                v = rng.choice(Q_VALUES + [n + 1, n - 1])
+                b[at:at + w] = (v & ((1 << (8 * w)) - 1)).to_bytes(w, "little")
+                what.append("hdr+%d" % at)
+            elif k < 0.65:
+                e = 64 + 16 * rng.randrange(max(n, 1))
+                f = rng.choice([(0, 8), (8, 7), (15, 1)])
+                old = int.from_bytes(b[e + f[0]:e + f[0] + f[1]], "little")
+                v = rng.choice(Q_VALUES + [old + 1, old - 1, old * 2, 0, 3])
+                b[e + f[0]:e + f[0] + f[1]] = (v & ((1 << (8 * f[1])) - 1)).to_bytes(f[1], "little")
+                what.append("ext@%d+%d" % (e, f[0]))
+            elif k < 0.75:
+                # Swap two extents: out of order.
+                if n >= 2:
+                    x, y = rng.sample(range(n), 2)
+                    ex, ey = 64 + 16 * x, 64 + 16 * y
+                    b[ex:ex + 16], b[ey:ey + 16] = b[ey:ey + 16], b[ex:ex + 16]
+                    what.append("swap")
+            elif k < 0.85:
+                at = len(b) - 64 + rng.choice([0, 8, 16, 24, 40])
+                b[at] ^= 0xFF
+                what.append("trailer")
+            elif k < 0.93:
+                del b[rng.randrange(len(b)):]
+                what.append("truncated")
+            else:
+                b += bytes(rng.randint(1, 100))
+                what.append("trailing")
+        if rng.random() < 0.5:
+            b = consistent_stream(rng, bytes(open(path, "rb").read()), what)
+        elif rng.random() < 0.7:
+            rehash(b)
+        src = os.path.join(d, "in.stream")
+        open(src, "wb").write(b)
+        cid = "%s-%d" % (name, i)
+        outs = [os.path.join(d, "o%d" % k) for k in range(3)]
+        for o in outs:
+            if os.path.exists(o):
+                os.remove(o)
+        c.run("stream", cid, ["e2i-to-raw", src, outs[0]], (0, 1), [src])
+        c.run("stream", cid, ["e2i-to-qcow2", src, outs[1]], (0, 1), [src])
+        c.run("stream", cid, ["e2i-to-raw", "-", outs[2]], (0, 1), [src], stdin=src)
+        c.count("stream")
+
+    with ThreadPoolExecutor(jobs) as ex:
+        list(ex.map(case, range(ncases)))
+
+
+# ---- normal e2image files ----
+
+N_FIELDS = [(0, 4), (204, 4), (240, 4), (244, 4), (248, 4), (284, 4), (288, 4), (292, 4),
+            (296, 4), (300, 4)]
+
+
+def area_normal(c, base_dir, ncases, jobs):
+    bases = []
+    for name in ["ext4-1k", "ext4-4k", "ext2-1k", "ext4-2k-64bit-metabg", "ext4-4k-bigalloc"]:
+        img = os.path.join(base_dir, name + ".img")
+        p = os.path.join(base_dir, name + ".e2image")
+        if not os.path.exists(p):
+            sh(["e2image", img, p])
+        ours = os.path.join(base_dir, name + ".e2i")
+        if not os.path.exists(ours):
+            sh([c.tool("e2i-capture"), img, ours])
+        bases.append((name, p, img))
+        bases.append((name + "-ours", ours, img))
+
+    def case(i):
+        name, path, img = bases[i % len(bases)]
+        rng = random.Random("normal-%s-%d" % (name, i))
+        d = os.path.join(c.work, "normal", "w%d" % (i % (4 * jobs)))
+        os.makedirs(d, exist_ok=True)
+        b = bytearray(open(path, "rb").read())
+        bs = int.from_bytes(b[204:208], "little") or 1024
+        what = []
+        for _ in range(rng.randint(1, 3)):
+            k = rng.random()
+            if k < 0.4:
+                at, w = rng.choice(N_FIELDS)
+                old = int.from_bytes(b[at:at + w], "little")
+                v = rng.choice(INTERESTING + [old + bs, old - bs, old + 1, len(b), len(b) - 512])
+                b[at:at + w] = (v & 0xFFFFFFFF).to_bytes(4, "little")
+                what.append("hdr+%d=%#x" % (at, v))
+            elif k < 0.8:
+                # The superblock or descriptors copied in the image.
+                sbo = int.from_bytes(b[284:288], "little")
+                if sbo + 2048 <= len(b):
+                    off, w = rng.choice(SB_FIELDS)
+                    v = rng.choice(INTERESTING) & ((1 << (8 * w)) - 1)
+                    if rng.random() < 0.5:
+                        b[sbo + off:sbo + off + w] = v.to_bytes(w, "little")
+                        fix_sb_csum(b, sbo)
+                    else:
+                        at = sbo + 1024 + rng.randrange(0, 1024 // 4) * 4
+                        b[at:at + 4] = (v & 0xFFFFFFFF).to_bytes(4, "little")
+                    what.append("sb/desc")
+            elif k < 0.9:
+                at = rng.randrange(len(b))
+                b[at] ^= 1 << rng.randrange(8)
+                what.append("flip@%d" % at)
+            else:
+                del b[rng.randrange(len(b)):]
+                what.append("truncated")
+        src = os.path.join(d, "in.e2i")
+        open(src, "wb").write(b)
+        cid = "%s-%d" % (name, i)
+        outs = [os.path.join(d, "o%d" % k) for k in range(3)]
+        for o in outs:
+            if os.path.exists(o):
+                os.remove(o)
+        c.run("normal", cid, ["e2i-to-raw", src, outs[0]], (0, 1, 3), [src])
+        c.run("normal", cid, ["e2i-to-qcow2", src, outs[1]], (0, 1, 3), [src])
+        dev = os.path.join(d, "dev.img")
+        shutil.copy(img, dev)
+        c.run("normal", cid, ["e2i-install", "-n", dev, src], (0, 1), [src])
+        if rng.random() < 0.3:
+            c.run("normal", cid, ["e2i-install", "-f", dev, src], (0, 1), [src])
+        c.count("normal")
+
+    with ThreadPoolExecutor(jobs) as ex:
+        list(ex.map(case, range(ncases)))
+
+
+def area_install(c, base_dir, ncases, jobs):
+    # install gets its mutated images in area_normal (-n always, -f sometimes).
+    area_normal(c, base_dir, ncases, jobs)
+
+
+# ---- partition tables ----
+
+def area_part(c, base_dir, ncases, jobs):
+    bases = []
+    fs = os.path.join(base_dir, "ext4-1k.img")
+    for label in ["gpt", "dos"]:
+        p = os.path.join(base_dir, "disk-%s.img" % label)
+        if not os.path.exists(p):
+            with open(p, "wb") as f:
+                f.truncate(40 << 20)
+            spec = "label: %s\nstart=2048, size=32768\nstart=36864, size=4096\n" % label
+            if label == "dos":
+                spec = ("label: dos\nstart=2048, size=32768\nstart=36864, size=40000, type=5\n"
+                        "start=38912, size=8192\n")
+            subprocess.run(["sfdisk", "-q", p], input=spec.encode(), check=True,
+                           stdout=subprocess.DEVNULL)
+            sh(["dd", "if=" + fs, "of=" + p, "bs=1M", "seek=1", "conv=notrunc"])
+        bases.append((label, p))
+
+    def case(i):
+        label, path = bases[i % len(bases)]
+        rng = random.Random("part-%s-%d" % (label, i))
+        d = os.path.join(c.work, "part", "w%d" % (i % (4 * jobs)))
+        os.makedirs(d, exist_ok=True)
+        b = bytearray(open(path, "rb").read())
+        # Table sectors: MBR, GPT header, the entry array; EBRs for dos.
+        regions = [(446, 66)] + ([(512, 92), (1024, 256)] if label == "gpt" else
+                                 [(36864 * 512 + 446, 66), (38912 * 512 - 1024 + 446, 66)])
+        for _ in range(rng.randint(1, 3)):
+            at0, n = rng.choice(regions)
+            w = rng.choice([1, 4, 8])
+            at = at0 + rng.randrange(0, max(n - w, 1))
+            v = rng.choice(Q_VALUES + [rng.getrandbits(32)]) & ((1 << (8 * w)) - 1)
+            b[at:at + w] = v.to_bytes(w, "little")
+        if label == "gpt" and rng.random() < 0.8:
+            # Re-checksum entries and header so the field checks are reached.
+            import zlib
+            hs = int.from_bytes(b[512 + 12:512 + 16], "little")
+            ne = int.from_bytes(b[512 + 80:512 + 84], "little")
+            es = int.from_bytes(b[512 + 84:512 + 88], "little")
+            ea = int.from_bytes(b[512 + 72:512 + 80], "little")
+            if ne * es < 1 << 20 and ea * 512 + ne * es <= len(b):
+                b[512 + 88:512 + 92] = zlib.crc32(bytes(b[ea * 512:ea * 512 + ne * es])).to_bytes(4, "little")
+            if 92 <= hs <= 512:
+                b[512 + 16:512 + 20] = bytes(4)
+                b[512 + 16:512 + 20] = zlib.crc32(bytes(b[512:512 + hs])).to_bytes(4, "little")
+        src = os.path.join(d, "disk.img")
+        open(src, "wb").write(b)
+        cid = "%s-%d" % (label, i)
+        out = os.path.join(d, "o")
+        for p in rng.sample(["1", "2", "5", "128", "0"], 2):
+            if os.path.exists(out):
+                os.remove(out)
+            c.run("part", cid, ["e2i-capture", "-r", "-P", p, src, out], (0, 1, 3), [src])
+        dev = os.path.join(d, "dev.img")
+        shutil.copy(src, dev)
+        img = os.path.join(base_dir, "ext4-1k.e2i")
+        if os.path.exists(img):
+            c.run("part", cid, ["e2i-install", "-n", "-P", "1", dev, img], (0, 1), [src])
+        c.count("part")
+
+    with ThreadPoolExecutor(jobs) as ex:
+        list(ex.map(case, range(ncases)))
+
+
+# ---- compressed inputs ----
+
+def area_compressed(c, base_dir, ncases, jobs):
+    srcs = []
+    for name in ["ext4-1k.stream", "cap.qcow2", "ext4-1k.e2i", "ext4-1k.img"]:
+        p = os.path.join(base_dir, name)
+        if os.path.exists(p):
+            srcs.append((name, open(p, "rb").read()))
+    # Bombs: 2 GiB of zeros, and a valid qcow2 header followed by zeros.
+    bombs = os.path.join(base_dir, "bomb.gz")
+    if not os.path.exists(bombs):
+        subprocess.run("head -c 2G /dev/zero | gzip -1 > %s" % bombs, shell=True, check=True)
+        subprocess.run("head -c 2G /dev/zero | bzip2 -1 > %s" % bombs.replace(".gz", ".bz2"),
+                       shell=True, check=True)
+        q = next(b for n, b in srcs if n == "cap.qcow2")
+        subprocess.run("(head -c 65536 %s; head -c 2G /dev/zero) | gzip -1 > %s" % (
+            os.path.join(base_dir, "cap.qcow2"), bombs.replace(".gz", "-q.gz")),
+            shell=True, check=True)
+
+    def case(i):
+        rng = random.Random("compressed-%d" % i)
+        d = os.path.join(c.work, "compressed", "w%d" % (i % (4 * jobs)))
+        os.makedirs(d, exist_ok=True)
+        cid = str(i)
+        outs = [os.path.join(d, "o%d" % k) for k in range(3)]
+        for o in outs:
+            if os.path.exists(o):
+                os.remove(o)
+        if i < 9:
+            src = [bombs, bombs.replace(".gz", ".bz2"), bombs.replace(".gz", "-q.gz")][i % 3]
+        else:
+            name, raw = rng.choice(srcs)
+            z = gzip.compress(raw, 1) if rng.random() < 0.5 else bz2.compress(raw, 1)
+            z = bytearray(z)
+            k = rng.random()
+            if k < 0.5:
+                del z[rng.randrange(len(z)):]
+            elif k < 0.8:
+                for _ in range(rng.randint(1, 4)):
+                    z[rng.randrange(len(z))] ^= 1 << rng.randrange(8)
+            else:
+                z += z[:rng.randrange(len(z))]  # a second member, cut short
+            src = os.path.join(d, "in.z")
+            open(src, "wb").write(z)
+        tools = [["e2i-to-raw", src, outs[0]], ["qcow2-to-raw", src, outs[1]],
+                 ["e2i-to-qcow2", src, outs[2]], ["e2i-to-raw", "-", outs[0]]]
+        for t in rng.sample(tools, 2 if i >= 9 else 4):
+            if os.path.exists(t[2]):
+                os.remove(t[2])
+            # Inflating 2 GiB takes minutes in a debug build (about 2 s in release).
+            c.run("compressed", cid, t, (0, 1, 3), [src] if i >= 9 else [],
+                  stdin=src if t[1] == "-" else None, timeout=TIMEOUT if i >= 9 else 900)
+        c.count("compressed")
+
+    with ThreadPoolExecutor(jobs) as ex:
+        list(ex.map(case, range(ncases)))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default="target/debug")
+    ap.add_argument("--work", default="/work/scratch/fuzz4/campaign")
+    ap.add_argument("--cases", type=int, default=200)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--areas", default="ext4,qcow2,stream,normal,part,compressed,install")
+    a = ap.parse_args()
+    c = Campaign(a.bin, a.work)
+    base_dir = os.path.join(c.work, "bases")
+    os.makedirs(base_dir, exist_ok=True)
+    for area in a.areas.split(","):
+        globals()["area_" + area](c, base_dir, a.cases, a.jobs)
+    print("\ncases and findings per area:")
+    for k in sorted(c.counts):
+        print("  %s %s: %d" % (k[0], k[1], c.counts[k]))
+    print("distinct findings: %d" % len(c.seen))
+    for k in sorted(c.seen):
+        print("  %s: %s" % k)
+    return 1 if c.findings else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
