@@ -287,6 +287,50 @@ fn normal_refuses_an_inode_table_outside_the_filesystem() {
     assert!(!out.exists());
 }
 
+/// A normal image whose descriptor puts an inode table partly past the filesystem's end
+/// (or nowhere) is refused, naming the group, by every tool that reads it. The converters
+/// wrote a raw image or qcow2 without that group's inodes (the root directory's, here),
+/// exit 0 and not a word; e2i-install and e2image -r refuse it.
+#[test]
+fn a_normal_image_with_an_inode_table_outside_is_refused_by_every_reader() {
+    let d = tempdir();
+    let img = make(d.path(), "8M", &["-t", "ext2", "-b", "1024"]);
+    let good = d.path().join("good.e2i");
+    capture(&[], &img, &good);
+    let good = read(&good);
+    // The descriptors follow the superblock's block in the image (1 KiB blocks).
+    let desc = u64::from(e2i::bytes::le::u32(&good, 284)) + 1024;
+    let blocks = 8 * 1024u32;
+    for (table, what) in [(blocks - 4, "16 KiB before the end"), (0, "missing")] {
+        let bad = d.path().join("bad.e2i");
+        std::fs::write(&bad, &good).unwrap();
+        patch(&bad, desc + 8, &table.to_le_bytes());
+        for (t, args) in [
+            ("e2i-to-raw", vec![]),
+            ("e2i-to-qcow2", vec![]),
+            ("e2i-install", vec!["-n"]),
+        ] {
+            let out = d.path().join(format!("{t}.out"));
+            let mut cmd = Command::new(tool(t));
+            cmd.args(&args);
+            if t == "e2i-install" {
+                cmd.arg(&img).arg(&bad);
+            } else {
+                cmd.arg(&bad).arg(&out);
+            }
+            let err = failed(&run(&mut cmd), &format!("{t}, inode table {what}"));
+            assert!(
+                err.contains("group 0") && err.contains("inode table"),
+                "{t}, inode table {what}: {err}"
+            );
+            assert!(!out.exists(), "{t}, inode table {what}: an output was left");
+        }
+        let ref_out = d.path().join("e2image.raw");
+        let o = run(Command::new("e2image").arg("-r").arg(&bad).arg(&ref_out));
+        assert!(!o.status.success(), "e2image -r took the image ({what})");
+    }
+}
+
 /// The reader puts every block the image holds at its filesystem position: each byte of the
 /// view's blocks equals the original filesystem's (mkfs writes bitmap padding as 0xFF, as the
 /// library does), and a raw image made from the view alone passes `dumpe2fs -h`.
@@ -306,7 +350,7 @@ fn reader_places_blocks_at_their_filesystem_positions() {
         capture(&[], &img, &image);
         let ni =
             e2i::normal::NormalImage::open(e2i::io::FileSource::open(&image, 0).unwrap()).unwrap();
-        let view = ni.fs_view();
+        let view = ni.fs_view().unwrap();
         let map = view.block_map();
         let bs = ni.superblock().block_size.bytes();
         let orig_file = std::fs::File::open(&img).unwrap();

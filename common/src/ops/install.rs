@@ -221,19 +221,9 @@ pub fn plan<R: ReadAt>(img: &NormalImage<R>, now: u64) -> Result<Vec<PlannedWrit
     };
     let mut run: Option<Tables> = None;
     for group in 0..sb.group_count {
-        let block = desc.inode_table(group);
-        if block == FsBlock(0) {
-            return Err(CorruptKind::NormalInodeTableMissing { group }.into());
-        }
-        let end = block
-            .checked_add(ipb)
-            .filter(|&e| block >= sb.first_block() && e.get() <= sb.blocks_count)
-            .ok_or(CorruptKind::NormalInodeTableOutside {
-                group,
-                block: block.get(),
-                blocks: ipb,
-                fs_blocks: sb.blocks_count,
-            })?;
+        let table = img.inode_table(group)?;
+        // inode_table checked that the run ends inside the filesystem.
+        let (block, end) = (table.start, table.end());
         let image_offset =
             layout
                 .inode_table_offset(group)

@@ -90,7 +90,7 @@ pub fn plan(
             ..
         } => {
             let img = crate::normal::NormalImage::open_file(&path)?;
-            let view = img.fs_view();
+            let view = img.fs_view()?;
             let map = view.block_map();
             from_image(&view, &map, img.superblock().block_size, progress)
         }
@@ -329,7 +329,7 @@ pub fn to_qcow2(
             ..
         } => {
             let img = crate::normal::NormalImage::open_file(&path)?;
-            let view = img.fs_view();
+            let view = img.fs_view()?;
             let map = view.block_map();
             let sb = img.superblock();
             progress.block_size(sb.block_size.get());

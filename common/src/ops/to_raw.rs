@@ -138,7 +138,7 @@ pub fn to_raw(
         } => {
             // The view holds whole inode tables already (a normal image carries them).
             let img = crate::normal::NormalImage::open_file(&path)?;
-            let view = img.fs_view();
+            let view = img.fs_view()?;
             let map = view.block_map();
             let bs = img.superblock().block_size;
             let copy = sparse::write_raw(
