@@ -873,11 +873,24 @@ def area_normal(c, base_dir, ncases, jobs):
                     c.mismatch("normal", cid, "normal -> raw -> normal changes dumpe2fs -i (%s)"
                                % " ".join(what), [src])
         c.run("normal", cid, ["e2i-to-qcow2", src, outs[1]], (0, 1, 3), [src])
+        # DEVICE: the filesystem, then 64 KiB of something else that must stay as it is.
         dev = os.path.join(d, "dev.img")
         shutil.copy(img, dev)
+        tail = bytes([0xAA]) * 65536
+        with open(dev, "ab") as f:
+            f.write(tail)
         c.run("normal", cid, ["e2i-install", "-n", dev, src], (0, 1), [src])
         if rng.random() < 0.3:
             c.run("normal", cid, ["e2i-install", "-f", dev, src], (0, 1), [src])
+            # (With -f, an image whose superblock claims a larger filesystem is written as
+            # large as it claims: asked for. Only writes past the claimed end are wrong.)
+            sbo = int.from_bytes(b[284:288], "little")
+            claimed = int.from_bytes(b[sbo + 4:sbo + 8], "little") * bs if sbo + 8 <= len(b) else 0
+            with open(dev, "rb") as f:
+                f.seek(os.path.getsize(img))
+                if f.read() != tail and claimed <= os.path.getsize(img):
+                    c.mismatch("normal", cid, "install wrote past the filesystem (%s)"
+                               % " ".join(what), [src])
         c.count("normal")
 
     with ThreadPoolExecutor(jobs) as ex:

@@ -415,6 +415,16 @@ pub enum CorruptKind {
     /// A meta_bg descriptor block lies outside the image's descriptor section.
     #[error("normal e2image image: meta_bg {meta_group} descriptor block is past the descriptors")]
     NormalDescriptorBlock { meta_group: u64 },
+    /// The image's geometry puts something an install writes outside the filesystem (where
+    /// DEVICE holds whatever follows it, such as the next partition).
+    #[error(
+        "normal e2image image: {what} would go to block {block}, outside the filesystem's {fs_blocks} blocks"
+    )]
+    NormalWriteOutside {
+        what: String,
+        block: u64,
+        fs_blocks: u64,
+    },
 
     // ---- e2i streams ----
     #[error("e2i stream: truncated: ends at byte {offset} inside the {part}")]

@@ -657,3 +657,52 @@ fn install_onto_a_block_device_and_undo() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(sha256(&devp), before);
 }
+
+/// A geometry that puts a meta_bg descriptor copy one block past the filesystem's end (the
+/// last group, of one block, is the second of its meta group and holds a superblock
+/// backup): the install wrote that block over whatever follows the filesystem on DEVICE (the
+/// next partition); e2fsck calls the block illegal. Now refused before anything is written,
+/// naming the copy; what follows the filesystem is intact, also with --force.
+#[test]
+fn install_never_writes_past_the_filesystems_end() {
+    let d = tempdir();
+    let img = d.path().join("fs.img");
+    // 50 groups of 256 blocks; the 16 descriptors of a 1 KiB block (64bit) make groups
+    // 48-63 meta group 3, whose copies are in groups 48, 49 and 63.
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len((50 * 256 + 1) * 1024)
+        .unwrap();
+    sh(Command::new("mkfs.ext4")
+        .args([
+            "-q", "-F", "-b", "1024", "-g", "256", "-N", "800", "-U", UUID,
+        ])
+        .args([
+            "-O",
+            "meta_bg,64bit,^resize_inode,^metadata_csum,^has_journal",
+        ])
+        .arg(&img)
+        .env("E2FSPROGS_FAKE_TIME", "1700000000"));
+    // Group 49 cut to its first block (its superblock backup): its descriptor copy would
+    // be the block after, the first one past the end.
+    let blocks: u32 = 49 * 256 + 2;
+    patch(&img, 1024 + 4, &blocks.to_le_bytes());
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.set_len(u64::from(blocks) * 1024).unwrap();
+    let image = d.path().join("fs.e2i");
+    capture(&img, &image);
+    // DEVICE: the filesystem, then 64 KiB of what follows it.
+    let mut dev = read(&img);
+    dev.extend(std::iter::repeat_n(0xAA, 65536));
+    let devp = d.path().join("dev.img");
+    std::fs::write(&devp, &dev).unwrap();
+    for args in [vec!["-n"], vec![], vec!["-f"]] {
+        let err = failed(&install(&args, &devp, &image), &format!("install {args:?}"));
+        assert!(
+            err.contains("meta_bg 3 group descriptors (in group 49)")
+                && err.contains(&format!("block {blocks}, outside")),
+            "install {args:?}: {err}"
+        );
+        assert!(read(&devp) == dev, "install {args:?} changed DEVICE");
+    }
+}

@@ -342,6 +342,22 @@ pub fn plan<R: ReadAt>(img: &NormalImage<R>, now: u64) -> Result<Vec<PlannedWrit
         }
     }
 
+    // Nothing goes outside the filesystem, whatever the image's geometry says: past its end
+    // DEVICE holds what follows it (the next partition). A meta_bg descriptor copy in a
+    // last group of one block would (e2fsck: "Illegal block number ... for check_desc map").
+    let fs_bytes = sb.fs_bytes();
+    if let Some(w) = writes
+        .iter()
+        .find(|w| w.offset.checked_add(w.len).is_none_or(|end| end > fs_bytes))
+    {
+        return Err(CorruptKind::NormalWriteOutside {
+            what: w.what.clone(),
+            block: bs.block_of(w.offset).get(),
+            fs_blocks: sb.blocks_count,
+        }
+        .into());
+    }
+
     // 4. Primary superblock.
     let mut sup = *sb.raw();
     // s_wtime and s_wtime_hi.
