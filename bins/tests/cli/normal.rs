@@ -331,6 +331,52 @@ fn a_normal_image_with_an_inode_table_outside_is_refused_by_every_reader() {
     }
 }
 
+/// A normal image given where a filesystem is read in place (e2i-capture's and e2i-move's
+/// SOURCE, also at an offset or inside a qcow2) has a superblock at byte 1024 like a
+/// filesystem, but nothing else where that superblock says: it was read as a filesystem
+/// into an image of garbage, exit 0 (as e2image -r does). Refused, saying what to use.
+#[test]
+fn a_normal_image_is_not_read_as_a_filesystem() {
+    let d = tempdir();
+    let img = make(d.path(), "8M", &["-b", "1024"]);
+    let image = d.path().join("fs.e2i");
+    capture(&[], &img, &image);
+    let mut shifted = vec![0x5A; 65536];
+    shifted.extend(read(&image));
+    let at_offset = d.path().join("shifted.e2i");
+    std::fs::write(&at_offset, shifted).unwrap();
+    let wrapped = d.path().join("wrapped.qcow2");
+    sh(Command::new("qemu-img")
+        .args(["convert", "-O", "qcow2"])
+        .arg(&image)
+        .arg(&wrapped));
+    let out = d.path().join("out");
+    for (t, args, src) in [
+        ("e2i-capture", vec!["-r"], &image),
+        ("e2i-capture", vec!["-Q"], &image),
+        ("e2i-capture", vec![], &image),
+        ("e2i-capture", vec!["-r", "-o", "65536"], &at_offset),
+        ("e2i-capture", vec!["-r"], &wrapped),
+        ("e2i-move", vec![], &image),
+        ("e2i-to-qcow2", vec![], &wrapped),
+    ] {
+        let what = format!("{t} {args:?} {}", src.display());
+        let o = run(Command::new(tool(t)).args(&args).arg(src).arg(&out));
+        let err = failed(&o, &what);
+        assert!(
+            err.contains("a normal e2image image, not a filesystem") && err.contains("e2i-to-raw"),
+            "{what}: {err}"
+        );
+        assert!(!out.exists(), "{what}: an output was left");
+    }
+    // The converters read it as what it is.
+    let raw = d.path().join("fs.raw");
+    ok(
+        &run(Command::new(tool("e2i-to-raw")).arg(&image).arg(&raw)),
+        "e2i-to-raw",
+    );
+}
+
 /// The reader puts every block the image holds at its filesystem position: each byte of the
 /// view's blocks equals the original filesystem's (mkfs writes bitmap padding as 0xFF, as the
 /// library does), and a raw image made from the view alone passes `dumpe2fs -h`.

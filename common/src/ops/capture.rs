@@ -118,10 +118,12 @@ pub fn open_source_in(path: &Path, offset: u64, dir: &Path) -> Result<Box<dyn Re
             image.virtual_size(),
             "the qcow2 image's virtual disk",
         )?;
-        return Ok(Box::new(qcow2::Shifted {
+        let src = qcow2::Shifted {
             inner: image,
             base: offset,
-        }));
+        };
+        refuse_normal_image(&src)?;
+        return Ok(Box::new(src));
     }
     if let Some(c) = crate::ops::input::compression_name(&magic[..n]) {
         return Err(Error::InvalidInput(format!(
@@ -130,7 +132,23 @@ pub fn open_source_in(path: &Path, offset: u64, dir: &Path) -> Result<Box<dyn Re
     }
     past_end(offset, whole.size(), "the source")?;
     let src = FileSource::open(path, offset)?;
+    refuse_normal_image(&src)?;
     Ok(Box::new(src))
+}
+
+/// A normal e2image image is no filesystem to read in place: its superblock is at byte
+/// 1024 as a filesystem's is, but its inode tables and bitmaps are not where that
+/// superblock says (e2image -r reads it as a filesystem all the same, into garbage, exit
+/// 0). Known as the converters know it: by its magic at the start.
+fn refuse_normal_image(src: &dyn ReadAt) -> Result<()> {
+    let mut head = [0u8; 4];
+    let n = src.read_at(&mut head, 0)?;
+    if crate::ops::input::detect(&head[..n]) == Some(crate::ops::input::Kind::Normal) {
+        return Err(Error::InvalidInput(
+            "a normal e2image image, not a filesystem: convert it with e2i-to-raw or e2i-to-qcow2, or capture the filesystem it was taken from".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// [`open_source`], reading at most `limit` bytes from `offset` on (a partition of `-P`):
