@@ -146,6 +146,12 @@ pub enum CorruptKind {
         "superblock: {desc_blocks} descriptor blocks do not fit in a {source_bytes}-byte source"
     )]
     DescTableTooLarge { desc_blocks: u32, source_bytes: u64 },
+    /// The descriptor table claims more bytes than the source holds as data: its size is a
+    /// claim over holes (a qcow2's virtual disk, a sparse file), not descriptors to load.
+    #[error(
+        "superblock: {desc_blocks} descriptor blocks are more than the {stored_bytes} bytes of data the source holds"
+    )]
+    DescTableNotStored { desc_blocks: u32, stored_bytes: u64 },
     /// A descriptor's inode table is not inside `[first_data_block, blocks_count)`.
     #[error(
         "group {group}: inode table at block {block} lies outside the filesystem ({fs_blocks} blocks)"

@@ -752,3 +752,77 @@ pub(super) fn read_head(p: &Path) -> Vec<u8> {
     std::fs::File::open(p).unwrap().read_exact(&mut b).unwrap();
     b
 }
+
+/// A superblock claiming 2^31 groups (128 GiB of descriptors) inside a qcow2 whose virtual
+/// disk is large enough for them (256 PiB in a file of a few MiB): the descriptor table was
+/// allocated from the claim, and the allocation aborted the process (SIGABRT, "memory
+/// allocation of 137438953472 bytes failed"). The same claim over a sparse raw file took
+/// 80 MiB and seconds to skip half a million groups. Both are refused at once: the table is
+/// more than the data the source holds.
+#[test]
+fn descriptors_claimed_over_holes_are_refused_not_allocated() {
+    use e2i::bytes::le;
+    let d = tempdir();
+    let img = mkfs(
+        d.path(),
+        "fs.img",
+        "8M",
+        &["-b", "4096", "-O", "64bit,^metadata_csum,^has_journal"],
+    );
+    let mut head = read(&img)[..1 << 20].to_vec();
+    let (groups, ipg): (u64, u32) = ((1 << 31) - 1, 2);
+    let blocks = groups * u64::from(le::u32(&head, 1024 + 32));
+    le::set_u32(&mut head, 1024 + 4, blocks as u32);
+    le::set_u32(&mut head, 1024 + 0x150, (blocks >> 32) as u32);
+    le::set_u32(&mut head, 1024 + 40, ipg);
+    le::set_u32(&mut head, 1024, (groups * u64::from(ipg)) as u32);
+    let headp = d.path().join("head.img");
+    std::fs::write(&headp, &head).unwrap();
+    let q = d.path().join("claim.qcow2");
+    sh(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-o", "cluster_size=2M"])
+        .arg(&q)
+        .arg((blocks * 4096).to_string()));
+    sh(Command::new("qemu-img")
+        .args(["convert", "-n", "-f", "raw", "-O", "qcow2"])
+        .arg(&headp)
+        .arg(&q));
+    // The same superblock over a sparse raw file (1 KiB blocks, 2^32 - 1 of them).
+    let mut head1k = read(&mkfs(
+        d.path(),
+        "fs1k.img",
+        "8M",
+        &["-b", "1024", "-O", "^metadata_csum"],
+    ))[..1 << 20]
+        .to_vec();
+    let blocks1k = u32::MAX;
+    let groups1k = (u64::from(blocks1k) - 1).div_ceil(u64::from(le::u32(&head1k, 1024 + 32)));
+    le::set_u32(&mut head1k, 1024 + 4, blocks1k);
+    let inodes1k = groups1k * u64::from(le::u32(&head1k, 1024 + 40));
+    le::set_u32(&mut head1k, 1024, inodes1k as u32);
+    let sparse = d.path().join("sparse.img");
+    std::fs::write(&sparse, &head1k).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&sparse)
+        .unwrap()
+        .set_len(u64::from(blocks1k) * 1024)
+        .unwrap();
+    let out = d.path().join("out");
+    for (t, args, src) in [
+        ("e2i-capture", vec!["-r"], &q),
+        ("e2i-capture", vec!["-Q"], &q),
+        ("e2i-to-qcow2", vec![], &q),
+        ("e2i-move", vec![], &q),
+        ("e2i-capture", vec!["-r"], &sparse),
+    ] {
+        let what = format!("{t} {args:?} {}", src.display());
+        let o = run(Command::new(tool(t)).args(&args).arg(src).arg(&out));
+        let err = failed(&o, &what);
+        assert!(
+            err.contains("descriptor blocks are more than the") && err.contains("bytes of data"),
+            "{what}: {err}"
+        );
+        assert!(!out.exists(), "{what}: an output was left");
+    }
+}

@@ -26,6 +26,29 @@ pub struct Filesystem<S> {
     pub backup_superblock: Option<FsBlock>,
 }
 
+/// Descriptor tables up to this size are loaded without checking that the source holds
+/// them as data (see [`stored_up_to`]).
+const DESC_CHECK_FROM: usize = 1 << 20;
+
+/// The bytes of data `src` holds (its data regions: SEEK_DATA of a sparse file, the
+/// allocated clusters of a qcow2 chain; all of a source that cannot tell), counted up to
+/// `want`: the walk stops there, so it costs a few calls on a real filesystem.
+fn stored_up_to<S: ReadAt + ?Sized>(src: &S, want: u64) -> Result<u64> {
+    let (mut at, mut seen) = (0u64, 0u64);
+    while seen < want && at < src.size() {
+        let Some(r) = src.data_region(at)? else {
+            break;
+        };
+        let (start, end) = (r.start.max(at), r.end.min(src.size()));
+        if end <= start {
+            break;
+        }
+        seen = seen.saturating_add(end.saturating_sub(start));
+        at = end;
+    }
+    Ok(seen.min(want))
+}
+
 impl<S: ReadAt> Filesystem<S> {
     /// Open like libext2fs's `ext2fs_open2` with checksum errors ignored.
     pub fn open(src: S, opts: OpenOptions) -> Result<Self> {
@@ -62,7 +85,32 @@ impl<S: ReadAt> Filesystem<S> {
             .checked_mul(bs)
             .filter(|&n| n as u64 <= src.size().saturating_add(bs as u64))
             .ok_or_else(too_large)?;
-        let mut raw_desc = vec![0u8; desc_len];
+        // The table is loaded whole, so it must be data the source holds: a superblock
+        // claiming 2^31 groups over a qcow2's holes (a virtual disk of 256 PiB in a file of a
+        // few MiB) asked for 128 GiB here, and the allocation aborted the process. A real
+        // filesystem's descriptors are data (never all zeros), so this refuses no real one.
+        // Small tables skip the walk.
+        if desc_len > DESC_CHECK_FROM {
+            let stored = stored_up_to(&src, desc_len as u64)?;
+            if stored < desc_len as u64 {
+                return Err(CorruptKind::DescTableNotStored {
+                    desc_blocks: sb.desc_blocks,
+                    stored_bytes: stored,
+                }
+                .into());
+            }
+        }
+        // Data can still claim more than memory holds (compressed qcow2 clusters): an error,
+        // not an abort.
+        let mut raw_desc = Vec::new();
+        raw_desc.try_reserve_exact(desc_len).map_err(|_| {
+            Error::io(
+                "allocate the descriptor table",
+                0,
+                std::io::Error::from(std::io::ErrorKind::OutOfMemory),
+            )
+        })?;
+        raw_desc.resize(desc_len, 0);
         let first_meta_bg = if sb.has_meta_bg() {
             sb.first_meta_bg.min(sb.desc_blocks)
         } else {
