@@ -421,6 +421,11 @@ pub enum CorruptKind {
     /// A meta_bg descriptor block lies outside the image's descriptor section.
     #[error("normal e2image image: meta_bg {meta_group} descriptor block is past the descriptors")]
     NormalDescriptorBlock { meta_group: u64 },
+    /// The descriptor section is (partly) holes: no real filesystem has zero descriptors.
+    #[error(
+        "normal e2image image: the descriptors ({len} bytes) are only {stored} bytes of data; the rest is holes"
+    )]
+    NormalDescriptorsMissing { len: u64, stored: u64 },
     /// The image's geometry puts something an install writes outside the filesystem (where
     /// DEVICE holds whatever follows it, such as the next partition).
     #[error(

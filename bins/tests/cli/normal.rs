@@ -377,6 +377,63 @@ fn a_normal_image_is_not_read_as_a_filesystem() {
     );
 }
 
+/// A normal image is a sparse file: one of 264 KiB claiming 2^32 - 1 blocks (its header's
+/// offsets and its length made to match the claim, all holes) had e2i-to-raw and
+/// e2i-install load 560 MiB of descriptors and bitmaps before failing on its first
+/// descriptor. The descriptors, never zero in a real filesystem, must now be data first.
+#[test]
+fn a_normal_image_claiming_a_huge_filesystem_over_holes_is_refused_at_once() {
+    use e2i::bytes::le;
+    use e2i::normal::field;
+    let d = tempdir();
+    let img = make(d.path(), "8M", &["-b", "1024", "-O", "^metadata_csum"]);
+    let image = d.path().join("fs.e2i");
+    capture(&[], &img, &image);
+    let mut b = read(&image);
+    let so = le::u32(&b, 284) as usize;
+    let bpg = le::u32(&b, so + 32);
+    let (blocks, ipg) = (u32::MAX, 8u32);
+    let groups = (blocks - 1).div_ceil(bpg);
+    le::set_u32(&mut b, so + 4, blocks);
+    le::set_u32(&mut b, so + 40, ipg);
+    le::set_u32(&mut b, so, groups * ipg);
+    let sb = e2i::ext4::Superblock::parse(b[so..so + 1024].try_into().unwrap(), None).unwrap();
+    let layout = e2i::normal::Layout::new(&sb).unwrap();
+    for (at, v) in [
+        (field::OFFSET_INODE, layout.offset_inode),
+        (field::OFFSET_BLOCKMAP, layout.offset_blockmap),
+        (field::OFFSET_INODEMAP, layout.offset_inodemap),
+    ] {
+        le::set_u32(&mut b, at, u32::try_from(v).unwrap());
+    }
+    let huge = d.path().join("huge.e2i");
+    std::fs::write(&huge, &b).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&huge)
+        .unwrap()
+        .set_len(layout.size)
+        .unwrap();
+    let out = d.path().join("out");
+    for t in ["e2i-to-raw", "e2i-to-qcow2"] {
+        let o = run(Command::new(tool(t)).arg(&huge).arg(&out));
+        let err = failed(&o, t);
+        assert!(
+            err.contains("the descriptors") && err.contains("holes"),
+            "{t}: {err}"
+        );
+    }
+    let o = run(Command::new(tool("e2i-install"))
+        .arg("-n")
+        .arg(&img)
+        .arg(&huge));
+    let err = failed(&o, "e2i-install -n");
+    assert!(
+        err.contains("the descriptors") && err.contains("holes"),
+        "{err}"
+    );
+}
+
 /// The reader puts every block the image holds at its filesystem position: each byte of the
 /// view's blocks equals the original filesystem's (mkfs writes bitmap padding as 0xFF, as the
 /// library does), and a raw image made from the view alone passes `dumpe2fs -h`.

@@ -27,19 +27,24 @@ pub struct Filesystem<S> {
 }
 
 /// Descriptor tables up to this size are loaded without checking that the source holds
-/// them as data (see [`stored_up_to`]).
-const DESC_CHECK_FROM: usize = 1 << 20;
+/// them as data (see [`stored_in`]).
+pub(crate) const DESC_CHECK_FROM: usize = 1 << 20;
 
-/// The bytes of data `src` holds (its data regions: SEEK_DATA of a sparse file, the
-/// allocated clusters of a qcow2 chain; all of a source that cannot tell), counted up to
-/// `want`: the walk stops there, so it costs a few calls on a real filesystem.
-fn stored_up_to<S: ReadAt + ?Sized>(src: &S, want: u64) -> Result<u64> {
-    let (mut at, mut seen) = (0u64, 0u64);
-    while seen < want && at < src.size() {
+/// The bytes of data `src` holds in `range` (its data regions: SEEK_DATA of a sparse file,
+/// the allocated clusters of a qcow2 chain; all of a source that cannot tell), counted up
+/// to `want`: the walk stops there, so it costs a few calls on a real filesystem.
+pub(crate) fn stored_in<S: ReadAt + ?Sized>(
+    src: &S,
+    range: std::ops::Range<u64>,
+    want: u64,
+) -> Result<u64> {
+    let stop = range.end.min(src.size());
+    let (mut at, mut seen) = (range.start, 0u64);
+    while seen < want && at < stop {
         let Some(r) = src.data_region(at)? else {
             break;
         };
-        let (start, end) = (r.start.max(at), r.end.min(src.size()));
+        let (start, end) = (r.start.max(at), r.end.min(stop));
         if end <= start {
             break;
         }
@@ -91,7 +96,7 @@ impl<S: ReadAt> Filesystem<S> {
         // filesystem's descriptors are data (never all zeros), so this refuses no real one.
         // Small tables skip the walk.
         if desc_len > DESC_CHECK_FROM {
-            let stored = stored_up_to(&src, desc_len as u64)?;
+            let stored = stored_in(&src, 0..u64::MAX, desc_len as u64)?;
             if stored < desc_len as u64 {
                 return Err(CorruptKind::DescTableNotStored {
                     desc_blocks: sb.desc_blocks,

@@ -105,7 +105,22 @@ impl<R: ReadAt> NormalImage<R> {
             }
             .into());
         }
-        // Every section lies inside the image, whose size was just checked.
+        // Every section lies inside the image, whose size was just checked. That size may
+        // be holes (normal images are sparse): the sections below are allocated from the
+        // superblock's claims, so its descriptors, which a real filesystem never leaves
+        // zero, must be data in the image first (a 264 KiB image claiming 2^32 blocks took
+        // 560 MiB of bitmaps before failing on its first descriptor).
+        if layout.desc_len > crate::ext4::fs::DESC_CHECK_FROM as u64 {
+            let desc = layout.offset_desc..layout.offset_desc.saturating_add(layout.desc_len);
+            let stored = crate::ext4::fs::stored_in(&src, desc, layout.desc_len)?;
+            if stored < layout.desc_len {
+                return Err(CorruptKind::NormalDescriptorsMissing {
+                    len: layout.desc_len,
+                    stored,
+                }
+                .into());
+            }
+        }
         let mut raw_desc = section(layout.desc_len)?;
         read_image(&src, &mut raw_desc, layout.offset_desc)?;
         let desc = DescTable::new(raw_desc, &sb);
