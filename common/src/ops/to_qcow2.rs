@@ -38,7 +38,7 @@ pub fn plan(
         let vsize = virtual_size(bs, blocks_count)?;
         let cb = g.cluster_bits().get();
         let mut l = match one_pass_layout(bs, blocks_count, sel, compressed, overlay)? {
-            Some(l) => l.with_data(data)?,
+            Some(l) => l.with_data(cb, data)?,
             None => Qcow2Layout::plan_full(vsize, cb, data, zero, compressed)?,
         };
         check_inflation(&l, g.block_size(), n, compressed)?;
@@ -210,7 +210,7 @@ pub fn stream_to_qcow2<R: std::io::Read + Send>(
         overlay.is_some(),
     )?;
     let mut layout = match one_pass {
-        Some(l) => l.with_data(&data)?,
+        Some(l) => l.with_data(cb, &data)?,
         None => Qcow2Layout::plan_full(vsize, cb, &data, &zero, compressed)?,
     };
     layout.set_marks(marks);

@@ -282,9 +282,16 @@ impl Qcow2Layout {
         }))
     }
 
-    /// The layout after writing only the clusters `data` (a subset of the planned data
-    /// clusters, the rest skipped by [`FileWriter`]): same tables, fewer data clusters.
-    pub fn with_data(mut self, data: &[ClusterRun]) -> Result<Self> {
+    /// The layout after writing only the clusters `data` (of `2^cluster_bits` bytes; a
+    /// subset of the planned data clusters, the rest skipped by [`FileWriter`]): same
+    /// tables, fewer data clusters.
+    pub fn with_data(mut self, cluster_bits: u32, data: &[ClusterRun]) -> Result<Self> {
+        if cluster_bits != self.cb.get() {
+            return Err(Error::InvalidInput(format!(
+                "qcow2 writer: data in clusters of 2^{cluster_bits} bytes for a layout of 2^{}",
+                self.cb.get()
+            )));
+        }
         let (mut j, mut n, mut prev_end) = (0usize, 0u64, GuestCluster(0));
         for r in data {
             while self.data.get(j).is_some_and(|p| p.end() <= r.start) {
@@ -1263,7 +1270,7 @@ pub fn write_qcow2<S: ReadAt + ?Sized>(
     // The data blocks of the data clusters, fed to the assembler.
     let data_map = BlockMap::from_runs(grouping.blocks_within(&runs, &data)?, map.blocks_count());
     let mut layout = match one_pass {
-        Some(l) => l.with_data(&data)?,
+        Some(l) => l.with_data(cb, &data)?,
         None => Qcow2Layout::plan_full(vsize, cb, &data, &zero, compress.is_some())?,
     };
     layout.set_marks(marks);
@@ -1577,7 +1584,7 @@ mod tests {
                 }
             }
             let len = sw.finish().unwrap();
-            assert_eq!(l.clone().with_data(&written).unwrap().file_size(), len);
+            assert_eq!(l.clone().with_data(cb, &written).unwrap().file_size(), len);
             let mut stored = Vec::new();
             std::io::Read::read_to_end(&mut &f, &mut stored).unwrap();
             assert_eq!(stored.len() as u64, len);
