@@ -9,11 +9,16 @@ assertions on) under `timeout` and `/usr/bin/time`, and a finding is any run tha
   - exits with a status the contract does not allow (2 is for usage errors only),
   - fails (exit 1) without exactly one line on stderr,
   - grows its peak RSS past a limit (memory must follow metadata, not a claimed size),
-  - succeeds with outputs that disagree (stream -> raw, qcow2 -> raw against the raw capture).
+  - succeeds with outputs that disagree: stream -> raw and qcow2 -> raw against the raw
+    capture; the raw capture against e2image -r and the normal capture's dumpe2fs -i
+    against e2image's where neither found anything wrong; normal -> raw -> normal;
+  - writes past the filesystem's end (e2i-install onto a DEVICE with data after it).
+The `claims` area is not random: sizes claimed over holes (qcow2 virtual disks, sparse raw
+and normal images, stream headers), backing chains too deep or looping.
 Each finding keeps its input under WORK/findings/ with the command line that failed.
 
 Usage: ci/fuzz-campaign.py [--bin target/debug] [--work DIR] [--cases N] [--jobs J]
-                           [--areas ext4,qcow2,stream,normal,part,compressed,install]
+                           [--areas ext4,qcow2,stream,normal,part,compressed,claims]
 Build first: cargo build -p e2i-bins (debug).
 """
 
@@ -1025,13 +1030,128 @@ def area_compressed(c, base_dir, ncases, jobs):
         list(ex.map(case, range(ncases)))
 
 
+# ---- sizes claimed over holes ----
+
+def area_claims(c, base_dir, ncases, jobs):
+    """Fixed cases: superblocks, qcow2 headers, normal images and stream headers whose
+    size fields claim far more than the file holds (as holes). Each must end at once with
+    a clean exit and little memory."""
+    d = os.path.join(c.work, "claims")
+    os.makedirs(d, exist_ok=True)
+    cases = []
+    img1k = open(os.path.join(base_dir, "ext4-1k-nocsum.img"), "rb").read()
+    # A raw image claiming 2^k - 1 blocks of 1 KiB over a sparse file.
+    for bits in (24, 28, 32):
+        b = bytearray(img1k[:1 << 20])
+        n = (1 << bits) - 1
+        bpg, ipg = struct.unpack_from("<I", b, 1024 + 32)[0], struct.unpack_from("<I", b, 1024 + 40)[0]
+        struct.pack_into("<I", b, 1024 + 4, n)
+        struct.pack_into("<I", b, 1024, ((n - 2 + bpg) // bpg) * ipg)
+        p = os.path.join(d, "raw%d.img" % bits)
+        with open(p, "wb") as f:
+            f.write(b)
+            f.truncate(n * 1024)
+        cases.append((p, [["e2i-capture", "-r"], ["e2i-capture", "-Q"], ["e2i-capture"],
+                          ["e2i-to-qcow2"], ["e2i-move"]]))
+    # The same superblock with 2^31 groups of 4 KiB blocks, in a qcow2 of 256 PiB.
+    img4k = open(os.path.join(base_dir, "ext4-4k.img"), "rb").read()
+    b = bytearray(img4k[:1 << 20])
+    groups, ipg = (1 << 31) - 1, 2
+    blocks = groups * 32768
+    struct.pack_into("<I", b, 1024 + 4, blocks & 0xFFFFFFFF)
+    struct.pack_into("<I", b, 1024 + 0x150, blocks >> 32)
+    struct.pack_into("<I", b, 1024 + 40, ipg)
+    struct.pack_into("<I", b, 1024, (groups * ipg) & 0xFFFFFFFF)
+    fix_sb_csum(b)
+    head = os.path.join(d, "head4k.img")
+    open(head, "wb").write(b)
+    q = os.path.join(d, "claim.qcow2")
+    if os.path.exists(q):
+        os.remove(q)
+    sh(["qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=2M", q,
+        str(blocks * 4096)])
+    sh(["qemu-img", "convert", "-n", "-f", "raw", "-O", "qcow2", head, q])
+    cases.append((q, [["e2i-capture", "-r"], ["e2i-to-qcow2"], ["e2i-move"]]))
+    # qcow2 tables claimed over holes: a huge L1 moved to the end, a huge refcount table.
+    cap = bytearray(open(os.path.join(base_dir, "cap.qcow2"), "rb").read())
+    cs = 1 << be(cap, 20, 4)
+    l1, n0 = be(cap, 40, 8), be(cap, 36, 4)
+    for name, n in (("l1big", 1 << 28), ("l1max", (1 << 32) - 1)):
+        b = bytearray(cap) + bytes(-len(cap) % cs)
+        end = len(b)
+        b += cap[l1:l1 + 8 * n0]
+        put_be(b, 40, 8, end)
+        put_be(b, 36, 4, n)
+        p = os.path.join(d, name + ".qcow2")
+        with open(p, "wb") as f:
+            f.write(b)
+            f.truncate(end + 8 * n)
+        cases.append((p, [["qcow2-to-raw"], ["e2i-to-raw"], ["e2i-capture", "-r"]]))
+    b = bytearray(cap)
+    put_be(b, 56, 4, (1 << 32) - 1)
+    p = os.path.join(d, "rtbig.qcow2")
+    with open(p, "wb") as f:
+        f.write(b)
+        f.truncate(be(cap, 48, 8) + ((1 << 32) - 1) * cs + cs)
+    cases.append((p, [["qcow2-to-raw"], ["e2i-to-raw"], ["e2i-capture", "-r"]]))
+    # A stream claiming 2^36 extents of a 2^40-block image, cut after its header.
+    st = os.path.join(base_dir, "ext4-1k.stream")
+    if not os.path.exists(st):
+        sh([c.tool("e2i-capture"), "--format", "stream", os.path.join(base_dir, "ext4-1k.img"), st])
+    b = bytearray(open(st, "rb").read())
+    struct.pack_into("<Q", b, 24, 1 << 40)
+    struct.pack_into("<Q", b, 48, 1 << 36)
+    p = os.path.join(d, "claim.stream")
+    open(p, "wb").write(b)
+    cases.append((p, [["e2i-to-raw"], ["e2i-to-qcow2"]]))
+    # A normal image claiming 2^32 - 1 blocks, its header and length made to match.
+    e2 = os.path.join(d, "nocsum.e2i")
+    if not os.path.exists(e2):
+        sh([c.tool("e2i-capture"), os.path.join(base_dir, "ext4-1k-nocsum.img"), e2])
+    b = bytearray(open(e2, "rb").read())
+    so = struct.unpack_from("<I", b, 284)[0]
+    bpg = struct.unpack_from("<I", b, so + 32)[0]
+    n = (1 << 32) - 1
+    struct.pack_into("<I", b, so + 4, n)
+    struct.pack_into("<I", b, so + 40, 8)
+    struct.pack_into("<I", b, so, ((n - 2 + bpg) // bpg) * 8)
+    p = os.path.join(d, "claim.e2i")
+    size = len(b)
+    for _ in range(6):
+        with open(p, "wb") as f:
+            f.write(b)
+            f.truncate(max(size, len(b)))
+        r = subprocess.run([c.tool("e2i-to-raw"), "-n", p, os.path.join(d, "x")],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True).stderr
+        import re
+        m = re.search(r"(offset_inode|offset_blockmap|offset_inodemap) is \d+, but this "
+                      r"filesystem's image has it at (\d+)", r)
+        t = re.search(r"truncated: \d+ bytes, but the filesystem's image is (\d+) bytes", r)
+        if m and int(m.group(2)) < 1 << 32:
+            at = {"offset_inode": 288, "offset_inodemap": 292, "offset_blockmap": 296}[m.group(1)]
+            struct.pack_into("<I", b, at, int(m.group(2)))
+        elif t:
+            size = int(t.group(1))
+        else:
+            break
+    cases.append((p, [["e2i-to-raw"], ["e2i-to-qcow2"]]))
+    for i, (src, runs) in enumerate(cases):
+        for argv in runs:
+            out = os.path.join(d, "out")
+            if os.path.exists(out):
+                os.remove(out)
+            c.run("claims", "%d-%s" % (i, os.path.basename(src)), argv + [src, out], (0, 1, 3),
+                  [])
+        c.count("claims")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="target/debug")
-    ap.add_argument("--work", default="/work/scratch/fuzz4/campaign")
+    ap.add_argument("--work", default="fuzz-campaign.work")
     ap.add_argument("--cases", type=int, default=200)
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--areas", default="ext4,qcow2,stream,normal,part,compressed,install")
+    ap.add_argument("--areas", default="claims,ext4,qcow2,stream,normal,part,compressed")
     a = ap.parse_args()
     c = Campaign(a.bin, a.work)
     base_dir = os.path.join(c.work, "bases")
