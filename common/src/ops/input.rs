@@ -8,6 +8,8 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Cursor, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::bytes::le;
 use crate::ext4::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
@@ -110,7 +112,12 @@ fn wrapping(head: &[u8]) -> Wrapping {
 /// The compression `head` (a file's first bytes) starts with, by name: "gzip", "bzip2",
 /// "xz", "zstd".
 pub fn compression_name(head: &[u8]) -> Option<&'static str> {
-    match wrapping(head) {
+    compression_of(wrapping(head))
+}
+
+/// The name of a wrapping ("gzip", …); `None` for none.
+fn compression_of(w: Wrapping) -> Option<&'static str> {
+    match w {
         Wrapping::None => None,
         Wrapping::Gzip => Some("gzip"),
         Wrapping::Bzip2 => Some("bzip2"),
@@ -122,13 +129,74 @@ pub fn compression_name(head: &[u8]) -> Option<&'static str> {
 /// Decompress `r` as `w` (anything but [`Wrapping::None`]); concatenated members or frames
 /// are read as one stream, as `zcat`, `bzcat`, `xzcat` and `zstdcat` read them.
 pub fn decompress(r: Box<dyn Read + Send>, w: Wrapping) -> Result<Box<dyn Read + Send>> {
-    Ok(match w {
+    let Some(name) = compression_of(w) else {
+        return Ok(r);
+    };
+    let ended = Arc::new(AtomicBool::new(false));
+    let r: Box<dyn Read + Send> = Box::new(EndSeen {
+        inner: r,
+        ended: Arc::clone(&ended),
+    });
+    let d: Box<dyn Read + Send> = match w {
         Wrapping::None => r,
         Wrapping::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
         Wrapping::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(r)),
         Wrapping::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(r)),
         Wrapping::Zstd => Box::new(ZstdFrames::new(BufReader::new(r))?),
-    })
+    };
+    Ok(Box::new(Decoding {
+        inner: d,
+        name,
+        ended,
+    }))
+}
+
+/// The compressed bytes, noting when they end.
+struct EndSeen {
+    inner: Box<dyn Read + Send>,
+    ended: Arc<AtomicBool>,
+}
+
+impl Read for EndSeen {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.ended.store(true, Ordering::Relaxed);
+        }
+        Ok(n)
+    }
+}
+
+/// A decompressor whose errors say what they mean: the compressed data is cut short or
+/// damaged, with the decoder's first words (each decoder words it its own way, zstd's with
+/// debug dumps of nested errors: "BlockContentReadError(Error { kind: UnexpectedEof …").
+struct Decoding {
+    inner: Box<dyn Read + Send>,
+    name: &'static str,
+    ended: Arc<AtomicBool>,
+}
+
+impl Read for Decoding {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).map_err(|e| {
+            if e.kind() == io::ErrorKind::Interrupted {
+                return e;
+            }
+            let text = e.to_string();
+            let first = text
+                .split(['(', ':'])
+                .next()
+                .map_or("", str::trim)
+                .to_string();
+            let name = self.name;
+            let what = if self.ended.load(Ordering::Relaxed) {
+                format!("the {name} data is cut short or damaged near its end ({first})")
+            } else {
+                format!("the {name} data is damaged ({first})")
+            };
+            io::Error::new(io::ErrorKind::InvalidData, what)
+        })
+    }
 }
 
 /// A zstd stream of one or more frames (ruzstd decodes one frame at a time).
@@ -162,6 +230,19 @@ impl<R: BufRead> Read for ZstdFrames<R> {
                 return Ok(0);
             };
             let (mut r, dec) = d.into_parts();
+            // ruzstd reads a frame's content checksum but does not compare it: a damaged
+            // frame decoded to other bytes and the conversion ended with exit 0.
+            if let (Some(stored), Some(decoded)) =
+                (dec.get_checksum_from_data(), dec.get_calculated_checksum())
+                && stored != decoded
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "frame checksum {stored:#010x} does not match the data's {decoded:#010x}"
+                    ),
+                ));
+            }
             if r.fill_buf()?.is_empty() {
                 return Ok(0);
             }
