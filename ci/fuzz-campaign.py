@@ -1004,14 +1004,29 @@ def area_compressed(c, base_dir, ncases, jobs):
             src = [bombs, bombs.replace(".gz", ".bz2"), bombs.replace(".gz", "-q.gz")][i % 3]
         else:
             name, raw = rng.choice(srcs)
-            z = gzip.compress(raw, 1) if rng.random() < 0.5 else bz2.compress(raw, 1)
+            kind = rng.choice(["gzip", "bzip2", "xz", "zstd"])
+            if kind == "gzip":
+                z = gzip.compress(raw, 1)
+            elif kind == "bzip2":
+                z = bz2.compress(raw, 1)
+            else:
+                z = subprocess.run([kind, "-c", "-q"], input=raw, stdout=subprocess.PIPE,
+                                   check=True).stdout
             z = bytearray(z)
             k = rng.random()
+            flipped = False
             if k < 0.5:
                 del z[rng.randrange(len(z)):]
             elif k < 0.8:
+                # Inside the compressed data (the middle third), away from header fields
+                # that decoders may ignore (gzip's time stamp).
                 for _ in range(rng.randint(1, 4)):
-                    z[rng.randrange(len(z))] ^= 1 << rng.randrange(8)
+                    z[rng.randrange(len(z) // 3, 2 * len(z) // 3)] ^= 1 << rng.randrange(8)
+                # Damaged as the format's own tool judges it (two flips may cancel out,
+                # a flip may hit bits the decoder ignores).
+                flipped = subprocess.run([kind, "-t", "-q"], input=bytes(z),
+                                         stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL).returncode != 0
             else:
                 z += z[:rng.randrange(len(z))]  # a second member, cut short
             src = os.path.join(d, "in.z")
@@ -1022,8 +1037,12 @@ def area_compressed(c, base_dir, ncases, jobs):
             if os.path.exists(t[2]):
                 os.remove(t[2])
             # Inflating 2 GiB takes minutes in a debug build (about 2 s in release).
-            c.run("compressed", cid, t, (0, 1, 3), [src] if i >= 9 else [],
-                  stdin=src if t[1] == "-" else None, timeout=TIMEOUT if i >= 9 else 900)
+            r, _ = c.run("compressed", cid, t, (0, 1, 3), [src] if i >= 9 else [],
+                         stdin=src if t[1] == "-" else None, timeout=TIMEOUT if i >= 9 else 900)
+            # Every format checks its data (CRC, checksum): damage must not convert.
+            if i >= 9 and flipped and r in (0, 3):
+                c.mismatch("compressed", cid, "damaged %s data converted (%s)" % (kind, t[0]),
+                           [src])
         c.count("compressed")
 
     with ThreadPoolExecutor(jobs) as ex:
