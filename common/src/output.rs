@@ -724,20 +724,65 @@ fn refuse_overlap(
         let Ok(rm) = std::fs::metadata(r) else {
             continue;
         };
-        let inp = Footprint::of(r, &rm);
-        if let Some(why) = out.overlap(&inp) {
-            let out_name = if path == Path::new("/proc/self/fd/1") {
+        let out_name = || {
+            if path == Path::new("/proc/self/fd/1") {
                 "- (stdout)".to_string()
             } else {
                 req.path.display().to_string()
-            };
+            }
+        };
+        let inp = Footprint::of(r, &rm);
+        if let Some(why) = out.overlap(&inp) {
             return Err(Error::InvalidInput(format!(
-                "{} {out_name} is {role} {name}{why}; refusing to write over what is being read, nothing written",
+                "{} {} is {role} {name}{why}; refusing to write over what is being read, nothing written",
                 req.role,
+                out_name(),
             )));
+        }
+        // A qcow2 image reads through to its backing files: they are read too.
+        let dir = if *given == Path::new("-") {
+            Path::new("")
+        } else {
+            crate::qcow2::chain::folder_of(given)
+        };
+        for b in backing_chain(r, &rm, dir) {
+            let Ok(bm) = std::fs::metadata(&b) else {
+                continue;
+            };
+            if let Some(why) = out.overlap(&Footprint::of(&b, &bm)) {
+                return Err(Error::InvalidInput(format!(
+                    "{} {} is {}, a backing file of {role} {name}{why}; refusing to write over what is being read, nothing written",
+                    req.role,
+                    out_name(),
+                    b.display(),
+                )));
+            }
         }
     }
     Ok(())
+}
+
+/// The backing files of the qcow2 image at `path` (stat'ed as `meta`; relative backing
+/// names resolve against `dir`), nearest first; none for anything else, or a chain that
+/// cannot be opened (the run reports that when it opens its input).
+fn backing_chain(path: &Path, meta: &Metadata, dir: &Path) -> Vec<PathBuf> {
+    use crate::io::{FileSource, ReadAt};
+    if !(meta.is_file() || meta.file_type().is_block_device()) {
+        return Vec::new();
+    }
+    let Ok(src) = FileSource::open(path, 0) else {
+        return Vec::new();
+    };
+    let mut magic = [0u8; 4];
+    if !src
+        .read_at(&mut magic, 0)
+        .is_ok_and(|n| crate::qcow2::is_qcow2(&magic[..n]))
+    {
+        return Vec::new();
+    }
+    crate::qcow2::chain::Qcow2Image::open_host(src, dir, Some(ObjectId::of_metadata(meta)))
+        .map(|q| q.backing_files().to_vec())
+        .unwrap_or_default()
 }
 
 /// A stretch of bytes of one object, and how a path reaches it.
@@ -778,15 +823,57 @@ impl Footprint {
         fp
     }
 
+    /// The footprint of bytes `range` of `path` (stat'ed as `meta`, symlinks followed): what
+    /// holds those bytes only (a partition of the same disk past them is not in it).
+    pub fn of_range(path: &Path, meta: &Metadata, range: std::ops::Range<u64>) -> Footprint {
+        let id = ObjectId::of_metadata(meta);
+        if meta.file_type().is_block_device() {
+            return Footprint::of_block_range(path, id, sysfs_dir(meta.rdev()), range);
+        }
+        let mut fp = Footprint::default();
+        fp.direct.push(Extent {
+            obj: id,
+            start: range.start,
+            end: range.end,
+            via: String::new(),
+        });
+        fp
+    }
+
+    /// The footprint of the block device `rdev` (a mounted filesystem's `st_dev`), named as
+    /// the kernel names it; `None` when it is no block device (an anonymous device of a
+    /// network or in-memory filesystem).
+    pub fn of_device(rdev: u64) -> Option<Footprint> {
+        let sys = sysfs_dir(rdev)?;
+        let name = disk_name(&sys);
+        Some(Footprint::of_block(
+            Path::new(&name),
+            ObjectId::BlockDevice { rdev },
+            Some(sys),
+        ))
+    }
+
     /// A block device `id` named `path`, described by its sysfs folder `sys`.
     fn of_block(path: &Path, id: ObjectId, sys: Option<PathBuf>) -> Footprint {
+        Footprint::of_block_range(path, id, sys, 0..u64::MAX)
+    }
+
+    /// Bytes `range` of the block device `id` (clipped to its size).
+    fn of_block_range(
+        path: &Path,
+        id: ObjectId,
+        sys: Option<PathBuf>,
+        range: std::ops::Range<u64>,
+    ) -> Footprint {
         let mut fp = Footprint::default();
         let name = path.display().to_string();
         let size = sys
             .as_ref()
             .and_then(|d| read_u64(&d.join("size")))
             .map_or(u64::MAX, |s| s.saturating_mul(512));
-        fp.add_block(sys, id, 0, size, String::new(), &name, 0);
+        let end = range.end.min(size);
+        let start = range.start.min(end);
+        fp.add_block(sys, id, start, end.saturating_sub(start), String::new(), &name, 0);
         fp
     }
 

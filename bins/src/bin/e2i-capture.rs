@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use e2i::mount::{MountState, mount_state};
+use e2i::mount::{MountState, mount_state_at};
 use e2i::ops::capture::{self, CaptureOptions, Format};
 use e2i::output::{Kind, Request};
 use e2i_cli::cli::capture::{Args, FormatArg};
@@ -104,7 +104,7 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         None => src,
     };
     if !args.force
-        && let MountState::ReadWrite { mount_point } = mount_state(&args.source)
+        && let MountState::ReadWrite { mount_point } = mount_state_at(&args.source, offset)
     {
         anyhow::bail!(
             "{src}: mounted read-write on {mount_point}; an image of it would be inconsistent (use -f to capture anyway)"

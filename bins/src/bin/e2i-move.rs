@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
-use e2i::mount::{MountState, mount_state};
+use e2i::mount::{MountState, mount_state, mount_state_at};
 use e2i::ops::move_fs::{self, CloneTarget, JournalOptions, MoveNote, MoveOptions, MoveReport};
 use e2i::ops::move_journal as mj;
 use e2i::output::{Kind, Request};
@@ -23,8 +23,15 @@ fn main() -> std::process::ExitCode {
     run(TOOL, Summary::new(false, TOOL), |_| body(args))
 }
 
-fn refuse_mounted(path: &Path, any: bool) -> anyhow::Result<()> {
-    match mount_state(path) {
+/// Refuse `path` when a filesystem in it is mounted: anywhere in it for what is written
+/// (`any`: also mounted read-only), the filesystem at `offset` for a clone's SOURCE.
+fn refuse_mounted(path: &Path, any: bool, offset: u64) -> anyhow::Result<()> {
+    let state = if any {
+        mount_state(path)
+    } else {
+        mount_state_at(path, offset)
+    };
+    match state {
         MountState::ReadWrite { mount_point } => {
             anyhow::bail!("{}: mounted read-write on {mount_point}", path.display())
         }
@@ -195,7 +202,7 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
     let list_failed = std::rc::Rc::new(std::cell::RefCell::new(None));
     let mut list = lister(args.dry_run, list_failed.clone());
     if in_place {
-        refuse_mounted(&args.source, true)?;
+        refuse_mounted(&args.source, true, 0)?;
         let jopts = JournalOptions {
             path: args.journal.clone(),
             state_dir: mj::state_dir(std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME")),
@@ -237,9 +244,9 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
         return Ok(EXIT_OK);
     }
     let dest = args.dest.clone().unwrap_or_default();
-    refuse_mounted(&dest, true)?;
+    refuse_mounted(&dest, true, 0)?;
     if !args.force {
-        refuse_mounted(&args.source, false)
+        refuse_mounted(&args.source, false, args.src_offset)
             .context("a copy of it would be inconsistent (use -f to copy anyway)")?;
     }
     let dst = dest.display().to_string();

@@ -639,7 +639,17 @@ impl Install {
             }
             o.open(device)
         }
-        .map_err(|e| Error::io("open device", 0, e))?;
+        .map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) {
+                // The exclusive open: something holds DEVICE or a partition of it.
+                Error::InvalidInput(format!(
+                    "{}: in use (it or a partition of it is mounted, or another program holds it); nothing written",
+                    device.display()
+                ))
+            } else {
+                Error::io("open device", 0, e)
+            }
+        })?;
         let dev = FileSource::from_file(file, opts.offset)?;
         let (device_super, dev_sb) = find_superblock(&dev, Some(sb));
         let mism = match &dev_sb {
