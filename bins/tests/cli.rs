@@ -71,6 +71,7 @@ unsafe impl GlobalAlloc for PeakAlloc {
 pub static ALLOC: PeakAlloc = PeakAlloc;
 
 mod cli {
+    pub mod aliases;
     pub mod basic;
     pub mod bug_report;
     pub mod corpus;

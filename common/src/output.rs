@@ -873,7 +873,15 @@ impl Footprint {
             .map_or(u64::MAX, |s| s.saturating_mul(512));
         let end = range.end.min(size);
         let start = range.start.min(end);
-        fp.add_block(sys, id, start, end.saturating_sub(start), String::new(), &name, 0);
+        fp.add_block(
+            sys,
+            id,
+            start,
+            end.saturating_sub(start),
+            String::new(),
+            &name,
+            0,
+        );
         fp
     }
 

@@ -93,7 +93,11 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         &[("INPUT", args.input.as_path())]
             .into_iter()
             .chain(chain.iter().map(|p| ("the backing file", p.as_path())))
-            .chain(in_chain.iter().map(|p| ("INPUT's backing file", p.as_path())))
+            .chain(
+                in_chain
+                    .iter()
+                    .map(|p| ("INPUT's backing file", p.as_path())),
+            )
             .collect::<Vec<_>>(),
     )?;
     if args.compress.is_some() && out.kind() != OutKind::New {
