@@ -92,6 +92,9 @@ pub struct Output {
     path: PathBuf,
     /// The existing target held against in-place moves (see [`Request::hold`]).
     _hold: Option<Hold>,
+    /// A regular file written under its own name (it cannot be renamed over), to be
+    /// truncated when [`Output::file`] first hands it out to be written.
+    truncate_on_use: std::cell::Cell<bool>,
 }
 
 #[derive(Debug)]
@@ -128,6 +131,7 @@ impl Output {
                 dry_run: req.dry_run,
                 path: PathBuf::from("-"),
                 _hold: held,
+                truncate_on_use: std::cell::Cell::new(false),
             });
         }
         let Resolved {
@@ -150,6 +154,7 @@ impl Output {
             dry_run: req.dry_run,
             path: path.clone(),
             _hold: held,
+            truncate_on_use: std::cell::Cell::new(false),
         };
         match ft {
             // Refused before it is opened: opening a FIFO waits for its reader, only for
@@ -219,17 +224,19 @@ impl Output {
                 if !req.dry_run {
                     // A file we may write whose name we may not replace: write the file
                     // itself, truncated, as e2image does (a failed run then leaves it
-                    // partial, as e2image's would).
-                    let truncate = || {
+                    // partial, as e2image's would). Truncated only when the run takes the
+                    // file to write it ([`Output::file`]): a run that fails before (an
+                    // input that is no image) leaves it whole.
+                    let open_it = || {
                         OpenOptions::new()
                             .read(true)
                             .write(true)
-                            .truncate(true)
                             .open(&path)
                             .map_err(|e| Error::io("open", 0, e))
                     };
                     if !renamable || !rename_allowed(&path, meta.as_ref()) {
-                        out.file = Some(truncate()?);
+                        out.file = Some(open_it()?);
+                        out.truncate_on_use.set(true);
                     } else {
                         match out.start_new(&path, m) {
                             Ok(()) => {}
@@ -237,7 +244,8 @@ impl Output {
                             Err(Error::Io { source, .. })
                                 if source.kind() == io::ErrorKind::PermissionDenied =>
                             {
-                                out.file = Some(truncate()?);
+                                out.file = Some(open_it()?);
+                                out.truncate_on_use.set(true);
                             }
                             Err(e) => return Err(e),
                         }
@@ -333,10 +341,24 @@ impl Output {
         self.kind
     }
 
+    /// A replaced file written under its own name: [`Output::file`] truncates it. A run
+    /// that learns only later whether its input is usable checks that first.
+    pub fn truncates_on_use(&self) -> bool {
+        self.truncate_on_use.get()
+    }
+
     /// The file to write (or, in a dry run, to compare with); `None` for stdout and for
     /// dry runs of new files and streams.
+    ///
+    /// A replaced file that cannot be renamed over is truncated here, on the first call
+    /// (after the run opened and checked its input); `None` if that fails (the run then
+    /// stops, "not opened", the file as it was).
     pub fn file(&self) -> Option<&File> {
-        self.file.as_ref()
+        let f = self.file.as_ref()?;
+        if self.truncate_on_use.replace(false) && f.set_len(0).is_err() {
+            return None;
+        }
+        Some(f)
     }
 
     /// A block device's size in bytes.

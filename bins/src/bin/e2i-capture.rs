@@ -185,6 +185,13 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             );
         }
     }
+    if out.truncates_on_use() {
+        // OUTPUT is written under its own name, truncated when taken: not before SOURCE is
+        // known to hold a filesystem (a mistyped SOURCE leaves it whole).
+        let fs = capture::open_source_within(&args.source, offset, limit)
+            .map_err(|e| attribute(e, &src, &out_name))?;
+        e2i::ext4::Filesystem::open(fs, opts.open).map_err(|e| attribute(e, &src, &out_name))?;
+    }
     let mut reporter = Reporter::new(args.progress);
     let mut stream = out
         .kind()
