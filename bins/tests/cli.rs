@@ -80,6 +80,7 @@ mod cli {
     pub mod install;
     pub mod kinds;
     pub mod leaks;
+    pub mod limits;
     #[path = "move.rs"]
     pub mod move_fs;
     pub mod mutation;
