@@ -321,8 +321,20 @@ pub fn open_output(
 /// runs on it or has left it half moved ([`e2i::ops::hold::hold_for_reading`]); the
 /// journals are looked for where e2i-move puts them.
 pub fn hold_source(source: &Path) -> anyhow::Result<e2i::ops::hold::Hold> {
-    e2i::ops::hold::hold_for_reading(source, state_dir(), &mut e2i::progress::NoProgress)
-        .map_err(|e| anyhow::Error::new(e).context(source.display().to_string()))
+    e2i::ops::hold::hold_for_reading(source, state_dir(), &mut e2i::progress::NoProgress).map_err(
+        |e| {
+            let name = if source == Path::new("-") {
+                // Stdin redirected from a file: say which.
+                std::fs::read_link("/proc/self/fd/0").map_or_else(
+                    |_| "- (stdin)".to_string(),
+                    |p| format!("- (stdin, {})", p.display()),
+                )
+            } else {
+                source.display().to_string()
+            };
+            anyhow::Error::new(e).context(name)
+        },
+    )
 }
 
 /// e2i's state folder, where e2i-move keeps the journals of block devices (and its index).

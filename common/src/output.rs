@@ -440,9 +440,20 @@ fn hold(req: &Request<'_>, path: &Path) -> Result<Hold> {
     )
     .map_err(|e| match e {
         // The tools print InvalidInput as it is: name the file here.
+        Error::InvalidInput(m) if req.path == Path::new("-") => {
+            Error::InvalidInput(format!("- (stdout, {}): {m}", stdout_name()))
+        }
         Error::InvalidInput(m) => Error::InvalidInput(format!("{}: {m}", req.path.display())),
         e => e,
     })
+}
+
+/// What stdout is redirected to, for messages: the file's path.
+fn stdout_name() -> String {
+    std::fs::read_link("/proc/self/fd/1").map_or_else(
+        |_| "redirected to a file".to_string(),
+        |p| p.display().to_string(),
+    )
 }
 
 /// Remove what runs killed by SIGKILL (the OOM killer, a power-user's `kill -9`) left of

@@ -316,3 +316,148 @@ fn a_device_another_program_holds_is_refused_with_a_reason() {
         "install once released",
     );
 }
+
+/// A disk image: 1 MiB of pattern, the filesystem `fs`, 1 MiB of pattern.
+fn disk_with(dir: &Path, name: &str, fs_img: &Path) -> PathBuf {
+    let mut d: Vec<u8> = (0..MIB).map(|i| (i % 253) as u8).collect();
+    d.extend_from_slice(&read(fs_img));
+    d.extend((0..MIB).map(|i| (i % 241) as u8));
+    let p = dir.join(name);
+    fs::write(&p, d).unwrap();
+    p
+}
+
+/// Stdout appended to a file being moved in place (`>> disk.img`) was refused as "-: an
+/// in-place e2i-move is moving this file…", which names nothing a user typed; stdin
+/// redirected from it (`< disk.img`) was read half moved, unheld. Both are now held and
+/// named: "- (stdout, PATH)", "- (stdin, PATH)"; nothing written.
+#[test]
+fn stdin_and_stdout_redirected_to_a_file_being_moved_are_held_and_named() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let fs_img = mkfs(d.path(), "fs.img", "4M", &[]);
+    let disk = disk_with(d.path(), "disk.img", &fs_img);
+    let mover = Reaper::new(
+        Command::new(tool("e2i-move"))
+            .args(["-o", "1M", "-O", "2M"])
+            .arg(&disk)
+            .env("XDG_STATE_HOME", &state)
+            .env("E2I_MOVE_PIECE_KIB", "64")
+            // Held (SIGSTOP) before its third write until the checks are done.
+            .env("E2I_MOVE_STOP_AT", "3")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_stopped(mover.child());
+    let before = digest(&disk);
+    let o = run(Command::new(tool("e2i-capture"))
+        .arg("-r")
+        .arg(&fs_img)
+        .arg("-")
+        .env("XDG_STATE_HOME", &state)
+        .stdout(fs::OpenOptions::new().append(true).open(&disk).unwrap()));
+    let err = failed(&o, "capture >> DISK being moved");
+    assert!(
+        err.contains(&format!("- (stdout, {})", disk.display())),
+        "{err}"
+    );
+    assert!(digest(&disk) == before, "the disk changed");
+    for t in ["e2i-to-raw", "e2i-to-qcow2"] {
+        let o = run(Command::new(tool(t))
+            .arg("-")
+            .arg(d.path().join("out"))
+            .env("XDG_STATE_HOME", &state)
+            .stdin(fs::File::open(&disk).unwrap()));
+        let err = failed(&o, &format!("{t} - OUT < DISK being moved"));
+        assert!(
+            err.contains(&format!("- (stdin, {})", disk.display())),
+            "{t}: {err}"
+        );
+        assert!(!d.path().join("out").exists());
+    }
+    // Killed half-way: stdin from the half-moved file is refused too, naming the journal.
+    drop(mover);
+    let o = run(Command::new(tool("e2i-to-raw"))
+        .arg("-")
+        .arg(d.path().join("out"))
+        .env("XDG_STATE_HOME", &state)
+        .stdin(fs::File::open(&disk).unwrap()));
+    let err = failed(&o, "e2i-to-raw - OUT < DISK half moved");
+    assert!(err.contains("half-moved"), "{err}");
+}
+
+/// The other side of the writers' hold: an in-place move of a file a writer holds (here a
+/// converter blocked on its input, half of a stream on a pipe) is refused, nothing begun
+/// (no journal); once the writer is done, the move runs.
+#[test]
+fn an_in_place_move_waits_for_the_writer_of_its_file() {
+    use std::io::Write;
+    let d = tempdir();
+    let state = d.path().join("state");
+    let fs_img = mkfs(d.path(), "fs.img", "4M", &[]);
+    let stream = d.path().join("fs.stream");
+    ok(
+        &run(Command::new(tool("e2i-capture"))
+            .arg(&fs_img)
+            .arg("-")
+            .stdout(fs::File::create(&stream).unwrap())),
+        "capture a stream",
+    );
+    let stream = read(&stream);
+    // Where the filesystem is once the writer is done: -O puts it back where it was, a
+    // replaced file holds it at 0.
+    for (name, args, at) in [
+        ("in place", &["-O", "1048576"][..], "1M"),
+        ("replaced", &[][..], "0"),
+    ] {
+        let disk = disk_with(d.path(), "disk.img", &fs_img);
+        let mut writer = Reaper::new(
+            Command::new(tool("e2i-to-raw"))
+                .args(args)
+                .arg("-")
+                .arg(&disk)
+                .env("XDG_STATE_HOME", &state)
+                .stdin(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut stdin = writer.child_mut().stdin.take().unwrap();
+        stdin.write_all(&stream[..stream.len() / 2]).unwrap();
+        // Held: the writer's exclusive lock on DISK.
+        let probe = fs::File::open(&disk).unwrap();
+        while rustix::fs::flock(&probe, rustix::fs::FlockOperation::NonBlockingLockShared).is_ok() {
+            let _ = rustix::fs::flock(&probe, rustix::fs::FlockOperation::Unlock);
+            assert!(
+                writer.child_mut().try_wait().unwrap().is_none(),
+                "{name}: the writer ended early"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        drop(probe);
+        let o = run(Command::new(tool("e2i-move"))
+            .args(["-o", "1M", "-O", "2M"])
+            .arg(&disk)
+            .env("XDG_STATE_HOME", &state));
+        let err = failed(&o, &format!("{name}: move while a writer holds DISK"));
+        assert!(
+            err.contains("an e2i tool is reading or writing it"),
+            "{name}: {err}"
+        );
+        assert!(!journal_of(&disk).exists(), "{name}: a journal was begun");
+        stdin.write_all(&stream[stream.len() / 2..]).unwrap();
+        drop(stdin);
+        let o = writer.take().wait_with_output().unwrap();
+        ok(&o, &format!("{name}: the writer"));
+        ok(
+            &run(Command::new(tool("e2i-move"))
+                .args(["-o", at, "-O", "3M"])
+                .arg(&disk)
+                .env("XDG_STATE_HOME", &state)),
+            &format!("{name}: the move afterwards"),
+        );
+        let _ = fs::remove_file(journal_of(&disk));
+        fs::remove_file(&disk).unwrap();
+    }
+}
