@@ -188,3 +188,43 @@ fn a_target_written_in_place_is_not_truncated_for_a_bad_input() {
     );
     assert!(read(&keep) == want);
 }
+
+/// An undo file that cannot be written to the end (a full disk; here a file-size limit) was
+/// left behind, partial — not an undo file to e2undo, and in the way of the rerun ("undo
+/// file … already exists"). DEVICE is written only once the undo file is complete: the
+/// partial one is now removed, the message naming it; the rerun then works.
+#[test]
+fn an_undo_file_that_cannot_be_written_is_removed() {
+    let d = tempdir();
+    let img = mkfs(d.path(), "fs.img", "8M", &[]);
+    let normal = d.path().join("fs.e2i");
+    e2image(&[], &img, &normal);
+    let dev = d.path().join("dev.img");
+    fs::copy(&img, &dev).unwrap();
+    let before = read(&dev);
+    let undo = d.path().join("undo");
+    let o = run(Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -f 64; exec \"$@\"")
+        .arg("sh")
+        .arg(tool("e2i-install"))
+        .arg("-z")
+        .arg(&undo)
+        .arg(&dev)
+        .arg(&normal));
+    let err = failed(&o, "install with an undo file that cannot be written");
+    assert!(err.contains(&undo.display().to_string()), "{err}");
+    assert!(err.contains("nothing written to the device"), "{err}");
+    assert!(!undo.exists(), "the partial undo file is left");
+    assert!(read(&dev) == before, "the device changed");
+    ok(
+        &run(Command::new(tool("e2i-install"))
+            .arg("-z")
+            .arg(&undo)
+            .arg(&dev)
+            .arg(&normal)),
+        "the rerun",
+    );
+    sh(Command::new("e2undo").arg(&undo).arg(&dev));
+    assert!(read(&dev) == before, "e2undo restores the device");
+}

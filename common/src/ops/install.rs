@@ -776,6 +776,10 @@ impl Install {
                 .create_new(true)
                 .open(path)
                 .map_err(|e| Error::io("create undo file", 0, e))?;
+            // Until it is complete, DEVICE is untouched and the undo file useless: removed
+            // if its writing fails (a full disk) or a signal ends the run, rather than left
+            // to block the rerun as "already exists".
+            crate::output::pending::add(path);
             let end = report
                 .writes
                 .iter()
@@ -794,7 +798,22 @@ impl Install {
                 touched.runs(),
                 &final_super,
                 dev.base(),
-            )?;
+            )
+            .map_err(|e| {
+                let _ = std::fs::remove_file(path);
+                let mut why = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    why = format!("{why}: {s}");
+                    src = s.source();
+                }
+                Error::InvalidInput(format!(
+                    "{}: {why}; nothing written to the device, the partial undo file removed",
+                    path.display()
+                ))
+            });
+            crate::output::pending::remove(path);
+            let stats = stats?;
             report.undo = Some(stats);
             undo_file = Some((uf, stats, final_super));
         }
