@@ -301,8 +301,18 @@ pub fn open_output(
     req: &e2i::output::Request<'_>,
     reads: &[(&str, &Path)],
 ) -> anyhow::Result<e2i::output::Output> {
+    open_output_ranged(req, reads, None)
+}
+
+/// [`open_output`] for a run that reads only bytes `source_range` of its SOURCE (the first
+/// of `reads`): see [`e2i::output::Output::open_ranged`].
+pub fn open_output_ranged(
+    req: &e2i::output::Request<'_>,
+    reads: &[(&str, &Path)],
+    source_range: Option<std::ops::Range<u64>>,
+) -> anyhow::Result<e2i::output::Output> {
     note_fifo_without_reader(req);
-    let out = e2i::output::Output::open(req, reads).map_err(|e| match e {
+    let out = e2i::output::Output::open_ranged(req, reads, source_range).map_err(|e| match e {
         e2i::Error::InvalidInput(_) => anyhow::Error::new(e),
         e => anyhow::Error::new(e).context(req.path.display().to_string()),
     })?;
@@ -315,6 +325,18 @@ pub fn open_output(
         std::thread::sleep(Duration::from_millis(ms));
     }
     Ok(out)
+}
+
+/// The bytes of SOURCE a capture or clone of the filesystem at byte `offset` reads: from
+/// there to the end of the filesystem its superblock describes (`None` when that cannot be
+/// read: SOURCE then counts whole).
+pub fn filesystem_range(source: &Path, offset: u64) -> Option<std::ops::Range<u64>> {
+    let src = e2i::io::FileSource::open(source, offset).ok()?;
+    let (_, sb) = e2i::ops::install::find_superblock(&src, None);
+    let sb = sb?;
+    // Never less than the superblock's own bytes.
+    let len = sb.block_size.bytes_of(sb.blocks_count)?.max(2048);
+    Some(offset..offset.checked_add(len)?)
 }
 
 /// Hold SOURCE while it is read (e2i-capture, a clone): refused while an in-place e2i-move

@@ -110,6 +110,18 @@ impl Output {
     /// Resolve and open `req.path`, refusing it when it overlaps any of `reads` (the files
     /// and devices the run reads, with the role naming each in messages: `("SOURCE", path)`).
     pub fn open(req: &Request<'_>, reads: &[(&str, &Path)]) -> Result<Output> {
+        Output::open_ranged(req, reads, None)
+    }
+
+    /// [`Output::open`] when the run reads only bytes `source_range` of the first of
+    /// `reads` (a filesystem at an offset of a disk or image, its size known): OUTPUT may
+    /// then be another part of the same disk (a partition, a loop device over a disjoint
+    /// stretch of the file). A qcow2's bytes are not the disk's: it counts whole.
+    pub fn open_ranged(
+        req: &Request<'_>,
+        reads: &[(&str, &Path)],
+        source_range: Option<std::ops::Range<u64>>,
+    ) -> Result<Output> {
         if req.path == Path::new("-") {
             // Stdout redirected to a file (`>> SOURCE`) is that file.
             let fd1 = Path::new("/proc/self/fd/1");
@@ -117,7 +129,7 @@ impl Output {
             if let Ok(m) = std::fs::metadata(fd1)
                 && (m.is_file() || m.file_type().is_block_device())
             {
-                refuse_overlap(req, fd1, &m, reads)?;
+                refuse_overlap(req, fd1, &m, reads, source_range.clone())?;
                 held = Some(hold(req, fd1)?);
             }
             if !req.dry_run {
@@ -141,7 +153,7 @@ impl Output {
         } = resolve(req.path)?;
         let mut held = None;
         if let Some(m) = &meta {
-            refuse_overlap(req, &path, m, reads)?;
+            refuse_overlap(req, &path, m, reads, source_range)?;
             // Before anything is opened for writing (a replaced file may be truncated).
             held = Some(hold(req, &path)?);
         }
@@ -745,9 +757,10 @@ fn refuse_overlap(
     path: &Path,
     meta: &Metadata,
     reads: &[(&str, &Path)],
+    source_range: Option<std::ops::Range<u64>>,
 ) -> Result<()> {
     let out = Footprint::of(path, meta);
-    for (role, given) in reads {
+    for (i, (role, given)) in reads.iter().enumerate() {
         // Stdin redirected from a file (`< OUTPUT`) is that file.
         let (r, name) = if *given == Path::new("-") {
             (Path::new("/proc/self/fd/0"), "- (stdin)".to_string())
@@ -764,7 +777,20 @@ fn refuse_overlap(
                 req.path.display().to_string()
             }
         };
-        let inp = Footprint::of(r, &rm);
+        let chain = {
+            let dir = if *given == Path::new("-") {
+                Path::new("")
+            } else {
+                crate::qcow2::chain::folder_of(given)
+            };
+            backing_chain(r, &rm, dir)
+        };
+        let inp = match &source_range {
+            Some(range) if i == 0 && chain.is_empty() && !is_qcow2_file(r) => {
+                Footprint::of_range(r, &rm, range.clone())
+            }
+            _ => Footprint::of(r, &rm),
+        };
         if let Some(why) = out.overlap(&inp) {
             return Err(Error::InvalidInput(format!(
                 "{} {} is {role} {name}{why}; refusing to write over what is being read, nothing written",
@@ -773,12 +799,7 @@ fn refuse_overlap(
             )));
         }
         // A qcow2 image reads through to its backing files: they are read too.
-        let dir = if *given == Path::new("-") {
-            Path::new("")
-        } else {
-            crate::qcow2::chain::folder_of(given)
-        };
-        for b in backing_chain(r, &rm, dir) {
+        for b in chain {
             let Ok(bm) = std::fs::metadata(&b) else {
                 continue;
             };
@@ -793,6 +814,14 @@ fn refuse_overlap(
         }
     }
     Ok(())
+}
+
+/// Does the file or device at `path` hold a qcow2 image?
+fn is_qcow2_file(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    File::open(path).is_ok_and(|f| {
+        crate::io::pread_full(&f, &mut magic, 0).is_ok_and(|n| crate::qcow2::is_qcow2(&magic[..n]))
+    })
 }
 
 /// The backing files of the qcow2 image at `path` (stat'ed as `meta`; relative backing

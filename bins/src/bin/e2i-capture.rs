@@ -8,8 +8,8 @@ use e2i::ops::capture::{self, CaptureOptions, Format};
 use e2i::output::{Kind, Request};
 use e2i_cli::cli::capture::{Args, FormatArg};
 use e2i_cli::{
-    EXIT_DAMAGED, EXIT_OK, Reporter, StreamOut, Summary, attribute, open_output, parse_args, run,
-    usage,
+    EXIT_DAMAGED, EXIT_OK, Reporter, StreamOut, Summary, attribute, open_output_ranged, parse_args,
+    run, usage,
 };
 
 const TOOL: &str = "e2i-capture";
@@ -126,7 +126,7 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     reads.extend(chain.iter().map(|p| ("the backing file", p.as_path())));
     // Held until the image is written: an in-place move of SOURCE cannot start meanwhile.
     let _hold = e2i_cli::hold_source(&args.source)?;
-    let mut out = open_output(
+    let mut out = open_output_ranged(
         &Request {
             path: out_path,
             role: "OUTPUT",
@@ -139,6 +139,9 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             state_dir: e2i_cli::state_dir().as_deref(),
         },
         &reads,
+        // Only the filesystem's bytes are read: another partition of the same disk may be
+        // OUTPUT.
+        e2i_cli::filesystem_range(&args.source, offset),
     )?;
     // A pipe-like OUTPUT (stdout, a FIFO, a character device) gets a stream by default.
     let format = explicit.unwrap_or(if out.kind().is_stream() {

@@ -14,7 +14,9 @@ use e2i::output::{Kind, Request};
 use e2i::sparse::range_text;
 use e2i::units::FsBlock;
 use e2i_cli::cli::move_fs::Args;
-use e2i_cli::{EXIT_OK, Reporter, Summary, attribute, open_output, parse_args, run, usage_error};
+use e2i_cli::{
+    EXIT_OK, Reporter, Summary, attribute, open_output_ranged, parse_args, run, usage_error,
+};
 
 const TOOL: &str = "e2i-move";
 
@@ -252,7 +254,7 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
     let dst = dest.display().to_string();
     // Held until the copy is done: an in-place move of SOURCE cannot start meanwhile.
     let _hold = e2i_cli::hold_source(&args.source)?;
-    let mut out = open_output(
+    let mut out = open_output_ranged(
         &Request {
             path: &dest,
             role: "DEST",
@@ -264,6 +266,9 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
             state_dir: e2i_cli::state_dir().as_deref(),
         },
         &[("SOURCE", &args.source)],
+        // Only the filesystem's bytes are read: another partition of the same disk may be
+        // DEST.
+        e2i_cli::filesystem_range(&args.source, args.src_offset),
     )?;
     // A scrambled SOURCE (e2i-capture -s) is not cloned over the filesystem it was taken
     // from unless asked: its names, symlink targets, inline data and label would replace

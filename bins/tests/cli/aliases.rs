@@ -117,6 +117,15 @@ fn a_partition_overlaps_its_disk_and_the_file_under_it() {
         ("e2i-move", vec!["-O", "30M"], &p1, pl.disk()),
         ("e2i-move", vec!["-O", "30M"], &p1, &disk),
         ("e2i-move", vec!["-o", "1M"], &disk, inner.path()),
+        // Only the filesystem's bytes are read, but those are partition 1's.
+        ("e2i-capture", vec!["-r", "-o", "1M"], &disk, &p1),
+        ("e2i-move", vec!["-o", "1M"], &disk, &p1),
+        (
+            "e2i-capture",
+            vec!["-r", "-o", "1M"],
+            pl.disk(),
+            inner.path(),
+        ),
     ];
     for (t, args, src, out) in &cases {
         let what = format!("{t} {args:?} {} {}", src.display(), out.display());
@@ -127,14 +136,42 @@ fn a_partition_overlaps_its_disk_and_the_file_under_it() {
         );
         assert!(digest(&disk) == before, "{what}: the disk changed");
     }
-    // Partition 2 shares no byte with partition 1.
+    // Partition 2 shares no byte with partition 1, nor with the filesystem at 1 MiB of the
+    // disk or its file (`-o`: only the filesystem's bytes are read).
+    let want_ra = e2image_bytes(&["-ra"], &fs_img, &d.path().join("want-ra.raw"));
+    let p2_holds_it = |what: &str, want: &[u8]| {
+        let mut got = vec![0u8; want.len()];
+        fs::File::open(&disk)
+            .unwrap()
+            .read_exact_at(&mut got, 11 * MIB)
+            .unwrap();
+        assert!(
+            got == want,
+            "{what}: partition 2 holds e2image -r of partition 1"
+        );
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&disk)
+            .unwrap()
+            .write_all_at(&vec![0u8; want.len()], 11 * MIB)
+            .unwrap();
+    };
     ok(&e2i("e2i-capture", &["-r"], &[&p1, &p2]), "p1 to p2");
-    let mut got = vec![0u8; want.len()];
-    fs::File::open(&disk)
-        .unwrap()
-        .read_exact_at(&mut got, 11 * MIB)
-        .unwrap();
-    assert!(got == want, "partition 2 holds e2image -r of partition 1");
+    p2_holds_it("p1 to p2", &want);
+    for (t, args, src, want) in [
+        (
+            "e2i-capture",
+            &["-r", "-o", "1M"][..],
+            disk.as_path(),
+            &want,
+        ),
+        ("e2i-capture", &["-r", "-o", "1M"], pl.disk(), &want),
+        ("e2i-move", &["-o", "1M"], disk.as_path(), &want_ra),
+    ] {
+        let what = format!("{t} {args:?} {} to p2", src.display());
+        ok(&e2i(t, args, &[src, &p2]), &what);
+        p2_holds_it(&what, want);
+    }
 }
 
 /// A filesystem mounted from a partition of a loop device over an image file is mounted
