@@ -331,6 +331,12 @@ pub fn open_output_ranged(
 /// there to the end of the filesystem its superblock describes (`None` when that cannot be
 /// read: SOURCE then counts whole).
 pub fn filesystem_range(source: &Path, offset: u64) -> Option<std::ops::Range<u64>> {
+    use std::os::unix::fs::FileTypeExt;
+    // Opening anything else could wait (a FIFO waits for its writer) or act (a tape).
+    let meta = std::fs::metadata(source).ok()?;
+    if !(meta.is_file() || meta.file_type().is_block_device()) {
+        return None;
+    }
     let src = e2i::io::FileSource::open(source, offset).ok()?;
     let (_, sb) = e2i::ops::install::find_superblock(&src, None);
     let sb = sb?;

@@ -819,9 +819,13 @@ fn refuse_overlap(
 /// Does the file or device at `path` hold a qcow2 image?
 fn is_qcow2_file(path: &Path) -> bool {
     let mut magic = [0u8; 4];
-    File::open(path).is_ok_and(|f| {
-        crate::io::pread_full(&f, &mut magic, 0).is_ok_and(|n| crate::qcow2::is_qcow2(&magic[..n]))
-    })
+    let plain =
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() || m.file_type().is_block_device());
+    plain
+        && File::open(path).is_ok_and(|f| {
+            crate::io::pread_full(&f, &mut magic, 0)
+                .is_ok_and(|n| crate::qcow2::is_qcow2(&magic[..n]))
+        })
 }
 
 /// The backing files of the qcow2 image at `path` (stat'ed as `meta`; relative backing
