@@ -62,7 +62,7 @@ fn devices_for(path: &Path) -> Vec<u64> {
 /// Check whether `path` (a block device or an image file) holds, anywhere in it, a mounted
 /// filesystem: a mounted block device sharing bytes with it under any alias — itself, a
 /// loop device over the file, a partition of such a loop device or of the disk, the disk
-/// of a partition, a loop device over a loop device (see [`crate::output::Footprint`]).
+/// of a partition, a loop device over a loop device (see [`crate::footprint::Footprint`]).
 /// What writes `path` in place asks this: a byte written into a mounted filesystem
 /// corrupts it whichever name it was written through.
 pub fn mount_state(path: &Path) -> MountState {
@@ -83,7 +83,7 @@ fn mount_state_in(path: &Path, range: std::ops::Range<u64>) -> MountState {
     if !(meta.is_file() || meta.file_type().is_block_device()) {
         return MountState::NotMounted;
     }
-    let target = crate::output::Footprint::of_range(path, &meta, range);
+    let target = crate::footprint::Footprint::of_range(path, &meta, range);
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
         return MountState::NotMounted;
     };
@@ -97,7 +97,7 @@ fn mount_state_in(path: &Path, range: std::ops::Range<u64>) -> MountState {
         let hit = match seen.iter().find(|(d, _)| *d == dev) {
             Some((_, hit)) => *hit,
             None => {
-                let hit = crate::output::Footprint::of_device(dev)
+                let hit = crate::footprint::Footprint::of_device(dev)
                     .is_some_and(|m| target.overlap(&m).is_some());
                 seen.push((dev, hit));
                 hit
