@@ -56,6 +56,7 @@ pub fn to_raw(tool: &str, a: &RawArgs<'_>, sum: &mut Summary) -> anyhow::Result<
         );
     }
     sum.add(|o| o.str("input_kind", kind_name(inp.kind())));
+    let chain = input::backing_files(&inp);
     let state = crate::state_dir();
     let mut out = open_output(
         &Request {
@@ -68,7 +69,10 @@ pub fn to_raw(tool: &str, a: &RawArgs<'_>, sum: &mut Summary) -> anyhow::Result<
             hold: hold_for(a.dry_run),
             state_dir: state.as_deref(),
         },
-        &[("INPUT", a.input)],
+        &[("INPUT", a.input)]
+            .into_iter()
+            .chain(chain.iter().map(|p| ("INPUT's backing file", p.as_path())))
+            .collect::<Vec<_>>(),
     )?;
     if out.kind() == OutKind::Stream && (a.dest_offset.is_some() || a.check) {
         anyhow::bail!(

@@ -153,8 +153,9 @@ impl Summary {
 
 /// Run a tool's body: print errors as `tool: message` (one line) and map them to exit 1; a
 /// closed output pipe ends quietly with 141 (the receiver did not get everything, so never
-/// 0). The `--json` summary is printed whatever the outcome. SIGINT, SIGTERM and SIGHUP
-/// first remove the run's temporary files, then end the process as the signal would.
+/// 0). The `--json` summary is printed whatever the outcome. SIGINT, SIGTERM, SIGHUP and
+/// the other signals that end a run first remove its temporary files, then end the process
+/// as the signal would.
 pub fn run(
     tool: &str,
     mut summary: Summary,
@@ -180,10 +181,39 @@ pub fn run(
 }
 
 /// Remove registered temporary files ([`e2i::output::pending`]) when a terminating signal
-/// arrives, then die of that signal (its default action), as the shell expects.
+/// arrives, then die of that signal (its default action), as the shell expects: the ones a
+/// user or the system sends to stop a run (^C, ^\\, kill, a closed terminal, `timeout -s`,
+/// a CPU-time limit, an alarm). A file-size limit (`ulimit -f`) is a write error instead:
+/// SIGXFSZ, whose default killed the run with its temporary file left behind, is caught,
+/// and the write fails with EFBIG, reported naming OUTPUT, the temporary file removed.
 fn clean_up_on_signals() {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+    use signal_hook::consts::{
+        SIGALRM, SIGHUP, SIGINT, SIGPROF, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGVTALRM, SIGXCPU,
+        SIGXFSZ,
+    };
+    // A signal ignored when the run starts stays ignored: `nohup` (SIGHUP), a shell's
+    // background job (SIGINT, SIGQUIT) mean the run must outlive them.
+    let ignored = ignored_signals();
+    let wanted = |sigs: &[i32]| -> Vec<i32> {
+        sigs.iter()
+            .copied()
+            .filter(|&s| {
+                u32::try_from(s - 1)
+                    .ok()
+                    .and_then(|b| 1u64.checked_shl(b))
+                    .is_none_or(|bit| ignored & bit == 0)
+            })
+            .collect()
+    };
+    if !wanted(&[SIGXFSZ]).is_empty() {
+        let _ = signal_hook::flag::register(
+            SIGXFSZ,
+            std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        );
+    }
+    let Ok(mut signals) = signal_hook::iterator::Signals::new(wanted(&[
+        SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGALRM, SIGUSR1, SIGUSR2, SIGVTALRM, SIGPROF, SIGXCPU,
+    ])) else {
         return;
     };
     std::thread::spawn(move || {
@@ -194,6 +224,18 @@ fn clean_up_on_signals() {
             std::process::exit(128 + sig);
         }
     });
+}
+
+/// The signals this process ignores (bit N-1 for signal N), as it inherited them.
+fn ignored_signals() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("SigIgn:"))
+                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        })
+        .unwrap_or(0)
 }
 
 /// A usage error found after parsing (exit 2), with the `--json` summary when asked.
@@ -259,8 +301,18 @@ pub fn open_output(
     req: &e2i::output::Request<'_>,
     reads: &[(&str, &Path)],
 ) -> anyhow::Result<e2i::output::Output> {
+    open_output_ranged(req, reads, None)
+}
+
+/// [`open_output`] for a run that reads only bytes `source_range` of its SOURCE (the first
+/// of `reads`): see [`e2i::output::Output::open_ranged`].
+pub fn open_output_ranged(
+    req: &e2i::output::Request<'_>,
+    reads: &[(&str, &Path)],
+    source_range: Option<std::ops::Range<u64>>,
+) -> anyhow::Result<e2i::output::Output> {
     note_fifo_without_reader(req);
-    let out = e2i::output::Output::open(req, reads).map_err(|e| match e {
+    let out = e2i::output::Output::open_ranged(req, reads, source_range).map_err(|e| match e {
         e2i::Error::InvalidInput(_) => anyhow::Error::new(e),
         e => anyhow::Error::new(e).context(req.path.display().to_string()),
     })?;
@@ -275,12 +327,42 @@ pub fn open_output(
     Ok(out)
 }
 
+/// The bytes of SOURCE a capture or clone of the filesystem at byte `offset` reads: from
+/// there to the end of the filesystem its superblock describes (`None` when that cannot be
+/// read: SOURCE then counts whole).
+pub fn filesystem_range(source: &Path, offset: u64) -> Option<std::ops::Range<u64>> {
+    use std::os::unix::fs::FileTypeExt;
+    // Opening anything else could wait (a FIFO waits for its writer) or act (a tape).
+    let meta = std::fs::metadata(source).ok()?;
+    if !(meta.is_file() || meta.file_type().is_block_device()) {
+        return None;
+    }
+    let src = e2i::io::FileSource::open(source, offset).ok()?;
+    let (_, sb) = e2i::ops::install::find_superblock(&src, None);
+    let sb = sb?;
+    // Never less than the superblock's own bytes.
+    let len = sb.block_size.bytes_of(sb.blocks_count)?.max(2048);
+    Some(offset..offset.checked_add(len)?)
+}
+
 /// Hold SOURCE while it is read (e2i-capture, a clone): refused while an in-place e2i-move
 /// runs on it or has left it half moved ([`e2i::ops::hold::hold_for_reading`]); the
 /// journals are looked for where e2i-move puts them.
 pub fn hold_source(source: &Path) -> anyhow::Result<e2i::ops::hold::Hold> {
-    e2i::ops::hold::hold_for_reading(source, state_dir(), &mut e2i::progress::NoProgress)
-        .map_err(|e| anyhow::Error::new(e).context(source.display().to_string()))
+    e2i::ops::hold::hold_for_reading(source, state_dir(), &mut e2i::progress::NoProgress).map_err(
+        |e| {
+            let name = if source == Path::new("-") {
+                // Stdin redirected from a file: say which.
+                std::fs::read_link("/proc/self/fd/0").map_or_else(
+                    |_| "- (stdin)".to_string(),
+                    |p| format!("- (stdin, {})", p.display()),
+                )
+            } else {
+                source.display().to_string()
+            };
+            anyhow::Error::new(e).context(name)
+        },
+    )
 }
 
 /// e2i's state folder, where e2i-move keeps the journals of block devices (and its index).

@@ -71,6 +71,7 @@ unsafe impl GlobalAlloc for PeakAlloc {
 pub static ALLOC: PeakAlloc = PeakAlloc;
 
 mod cli {
+    pub mod aliases;
     pub mod basic;
     pub mod bug_report;
     pub mod corpus;
@@ -79,6 +80,7 @@ mod cli {
     pub mod install;
     pub mod kinds;
     pub mod leaks;
+    pub mod limits;
     #[path = "move.rs"]
     pub mod move_fs;
     pub mod mutation;

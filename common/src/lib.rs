@@ -22,6 +22,7 @@ pub mod blockmap;
 pub mod bytes;
 pub mod error;
 pub mod ext4;
+pub mod footprint;
 pub mod io;
 pub mod mark;
 pub mod mount;

@@ -59,9 +59,73 @@ fn devices_for(path: &Path) -> Vec<u64> {
     out
 }
 
-/// Check whether `path` (a block device or an image file behind a loop device) is mounted.
+/// Check whether `path` (a block device or an image file) holds, anywhere in it, a mounted
+/// filesystem: a mounted block device sharing bytes with it under any alias — itself, a
+/// loop device over the file, a partition of such a loop device or of the disk, the disk
+/// of a partition, a loop device over a loop device (see [`crate::footprint::Footprint`]).
+/// What writes `path` in place asks this: a byte written into a mounted filesystem
+/// corrupts it whichever name it was written through.
 pub fn mount_state(path: &Path) -> MountState {
-    state_of(&devices_for(path))
+    mount_state_in(path, 0..u64::MAX)
+}
+
+/// Check whether the filesystem starting at byte `offset` of `path` is mounted: a mounted
+/// block device shares bytes with its superblock's first 2 KiB (the one readers of that
+/// filesystem ask about; another partition of the same disk mounted says nothing of it).
+pub fn mount_state_at(path: &Path, offset: u64) -> MountState {
+    mount_state_in(path, offset..offset.saturating_add(2048))
+}
+
+fn mount_state_in(path: &Path, range: std::ops::Range<u64>) -> MountState {
+    let Ok(meta) = fs::metadata(path) else {
+        return MountState::NotMounted;
+    };
+    if !(meta.is_file() || meta.file_type().is_block_device()) {
+        return MountState::NotMounted;
+    }
+    let target = crate::footprint::Footprint::of_range(path, &meta, range);
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return MountState::NotMounted;
+    };
+    let mut state = MountState::NotMounted;
+    // One footprint per mounted device (a device mounted on several points is looked at once).
+    let mut seen: Vec<(u64, bool)> = Vec::new();
+    for line in info.lines() {
+        let Some((dev, mp, rw)) = parse_mountinfo(line) else {
+            continue;
+        };
+        let hit = match seen.iter().find(|(d, _)| *d == dev) {
+            Some((_, hit)) => *hit,
+            None => {
+                let hit = crate::footprint::Footprint::of_device(dev)
+                    .is_some_and(|m| target.overlap(&m).is_some());
+                seen.push((dev, hit));
+                hit
+            }
+        };
+        if !hit {
+            continue;
+        }
+        if rw {
+            return MountState::ReadWrite { mount_point: mp };
+        }
+        state = MountState::ReadOnly { mount_point: mp };
+    }
+    state
+}
+
+/// A mountinfo line's device (`st_dev` of what is mounted), mount point and whether it is
+/// mounted read-write.
+fn parse_mountinfo(line: &str) -> Option<(u64, String, bool)> {
+    // id parent major:minor root mount-point options [optional...] - type source super-options
+    let f: Vec<&str> = line.split(' ').collect();
+    if f.len() < 6 {
+        return None;
+    }
+    let (ma, mi) = f[2].split_once(':')?;
+    let (ma, mi) = (ma.parse::<u64>().ok()?, mi.parse::<u64>().ok()?);
+    let rw = f[5].split(',').any(|o| o == "rw");
+    Some((dev_of(ma, mi), f[4].to_string(), rw))
 }
 
 /// Check whether partition `number` of `path` is mounted: the kernel's partition device of
@@ -102,22 +166,12 @@ fn state_of(devs: &[u64]) -> MountState {
     };
     let mut state = MountState::NotMounted;
     for line in info.lines() {
-        // id parent major:minor root mount-point options [optional...] - type source super-options
-        let f: Vec<&str> = line.split(' ').collect();
-        if f.len() < 6 {
-            continue;
-        }
-        let Some((ma, mi)) = f[2].split_once(':') else {
+        let Some((dev, mp, rw)) = parse_mountinfo(line) else {
             continue;
         };
-        let (Ok(ma), Ok(mi)) = (ma.parse::<u64>(), mi.parse::<u64>()) else {
-            continue;
-        };
-        if !devs.contains(&dev_of(ma, mi)) {
+        if !devs.contains(&dev) {
             continue;
         }
-        let rw = f[5].split(',').any(|o| o == "rw");
-        let mp = f[4].to_string();
         if rw {
             return MountState::ReadWrite { mount_point: mp };
         }

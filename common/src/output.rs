@@ -9,7 +9,7 @@
 //!   its folder and renamed into place on [`Output::commit`].
 //! * OUTPUT may not share a byte with what the run reads ([`Footprint`]): the same file under
 //!   any name, a loop device backed by it, a partition of the same disk or the disk of a
-//!   partition, a device built on it (device mapper, md).
+//!   partition, a device built on it (device mapper, md), a backing file of a qcow2 read.
 //! * An existing regular file is opened for writing before anything else happens, so the
 //!   system's verdict (permissions, read-only filesystem) stands as e2image's would; a
 //!   replaced file keeps its mode and, where the system allows, its owner.
@@ -21,6 +21,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::footprint::{Footprint, read_u64, sysfs_dir};
 use crate::io::ObjectId;
 use crate::ops::hold::{Hold, HoldFor};
 use crate::{Error, Result};
@@ -92,6 +93,9 @@ pub struct Output {
     path: PathBuf,
     /// The existing target held against in-place moves (see [`Request::hold`]).
     _hold: Option<Hold>,
+    /// A regular file written under its own name (it cannot be renamed over), to be
+    /// truncated when [`Output::file`] first hands it out to be written.
+    truncate_on_use: std::cell::Cell<bool>,
 }
 
 #[derive(Debug)]
@@ -107,6 +111,18 @@ impl Output {
     /// Resolve and open `req.path`, refusing it when it overlaps any of `reads` (the files
     /// and devices the run reads, with the role naming each in messages: `("SOURCE", path)`).
     pub fn open(req: &Request<'_>, reads: &[(&str, &Path)]) -> Result<Output> {
+        Output::open_ranged(req, reads, None)
+    }
+
+    /// [`Output::open`] when the run reads only bytes `source_range` of the first of
+    /// `reads` (a filesystem at an offset of a disk or image, its size known): OUTPUT may
+    /// then be another part of the same disk (a partition, a loop device over a disjoint
+    /// stretch of the file). A qcow2's bytes are not the disk's: it counts whole.
+    pub fn open_ranged(
+        req: &Request<'_>,
+        reads: &[(&str, &Path)],
+        source_range: Option<std::ops::Range<u64>>,
+    ) -> Result<Output> {
         if req.path == Path::new("-") {
             // Stdout redirected to a file (`>> SOURCE`) is that file.
             let fd1 = Path::new("/proc/self/fd/1");
@@ -114,7 +130,7 @@ impl Output {
             if let Ok(m) = std::fs::metadata(fd1)
                 && (m.is_file() || m.file_type().is_block_device())
             {
-                refuse_overlap(req, fd1, &m, reads)?;
+                refuse_overlap(req, fd1, &m, reads, source_range.clone())?;
                 held = Some(hold(req, fd1)?);
             }
             if !req.dry_run {
@@ -128,6 +144,7 @@ impl Output {
                 dry_run: req.dry_run,
                 path: PathBuf::from("-"),
                 _hold: held,
+                truncate_on_use: std::cell::Cell::new(false),
             });
         }
         let Resolved {
@@ -137,7 +154,7 @@ impl Output {
         } = resolve(req.path)?;
         let mut held = None;
         if let Some(m) = &meta {
-            refuse_overlap(req, &path, m, reads)?;
+            refuse_overlap(req, &path, m, reads, source_range)?;
             // Before anything is opened for writing (a replaced file may be truncated).
             held = Some(hold(req, &path)?);
         }
@@ -150,6 +167,7 @@ impl Output {
             dry_run: req.dry_run,
             path: path.clone(),
             _hold: held,
+            truncate_on_use: std::cell::Cell::new(false),
         };
         match ft {
             // Refused before it is opened: opening a FIFO waits for its reader, only for
@@ -219,17 +237,19 @@ impl Output {
                 if !req.dry_run {
                     // A file we may write whose name we may not replace: write the file
                     // itself, truncated, as e2image does (a failed run then leaves it
-                    // partial, as e2image's would).
-                    let truncate = || {
+                    // partial, as e2image's would). Truncated only when the run takes the
+                    // file to write it ([`Output::file`]): a run that fails before (an
+                    // input that is no image) leaves it whole.
+                    let open_it = || {
                         OpenOptions::new()
                             .read(true)
                             .write(true)
-                            .truncate(true)
                             .open(&path)
                             .map_err(|e| Error::io("open", 0, e))
                     };
                     if !renamable || !rename_allowed(&path, meta.as_ref()) {
-                        out.file = Some(truncate()?);
+                        out.file = Some(open_it()?);
+                        out.truncate_on_use.set(true);
                     } else {
                         match out.start_new(&path, m) {
                             Ok(()) => {}
@@ -237,7 +257,8 @@ impl Output {
                             Err(Error::Io { source, .. })
                                 if source.kind() == io::ErrorKind::PermissionDenied =>
                             {
-                                out.file = Some(truncate()?);
+                                out.file = Some(open_it()?);
+                                out.truncate_on_use.set(true);
                             }
                             Err(e) => return Err(e),
                         }
@@ -333,10 +354,24 @@ impl Output {
         self.kind
     }
 
+    /// A replaced file written under its own name: [`Output::file`] truncates it. A run
+    /// that learns only later whether its input is usable checks that first.
+    pub fn truncates_on_use(&self) -> bool {
+        self.truncate_on_use.get()
+    }
+
     /// The file to write (or, in a dry run, to compare with); `None` for stdout and for
     /// dry runs of new files and streams.
+    ///
+    /// A replaced file that cannot be renamed over is truncated here, on the first call
+    /// (after the run opened and checked its input); `None` if that fails (the run then
+    /// stops, "not opened", the file as it was).
     pub fn file(&self) -> Option<&File> {
-        self.file.as_ref()
+        let f = self.file.as_ref()?;
+        if self.truncate_on_use.replace(false) && f.set_len(0).is_err() {
+            return None;
+        }
+        Some(f)
     }
 
     /// A block device's size in bytes.
@@ -418,9 +453,20 @@ fn hold(req: &Request<'_>, path: &Path) -> Result<Hold> {
     )
     .map_err(|e| match e {
         // The tools print InvalidInput as it is: name the file here.
+        Error::InvalidInput(m) if req.path == Path::new("-") => {
+            Error::InvalidInput(format!("- (stdout, {}): {m}", stdout_name()))
+        }
         Error::InvalidInput(m) => Error::InvalidInput(format!("{}: {m}", req.path.display())),
         e => e,
     })
+}
+
+/// What stdout is redirected to, for messages: the file's path.
+fn stdout_name() -> String {
+    std::fs::read_link("/proc/self/fd/1").map_or_else(
+        |_| "redirected to a file".to_string(),
+        |p| p.display().to_string(),
+    )
 }
 
 /// Remove what runs killed by SIGKILL (the OOM killer, a power-user's `kill -9`) left of
@@ -712,9 +758,10 @@ fn refuse_overlap(
     path: &Path,
     meta: &Metadata,
     reads: &[(&str, &Path)],
+    source_range: Option<std::ops::Range<u64>>,
 ) -> Result<()> {
     let out = Footprint::of(path, meta);
-    for (role, given) in reads {
+    for (i, (role, given)) in reads.iter().enumerate() {
         // Stdin redirected from a file (`< OUTPUT`) is that file.
         let (r, name) = if *given == Path::new("-") {
             (Path::new("/proc/self/fd/0"), "- (stdin)".to_string())
@@ -724,233 +771,91 @@ fn refuse_overlap(
         let Ok(rm) = std::fs::metadata(r) else {
             continue;
         };
-        let inp = Footprint::of(r, &rm);
-        if let Some(why) = out.overlap(&inp) {
-            let out_name = if path == Path::new("/proc/self/fd/1") {
+        let out_name = || {
+            if path == Path::new("/proc/self/fd/1") {
                 "- (stdout)".to_string()
             } else {
                 req.path.display().to_string()
+            }
+        };
+        let chain = {
+            let dir = if *given == Path::new("-") {
+                Path::new("")
+            } else {
+                crate::qcow2::chain::folder_of(given)
             };
+            backing_chain(r, &rm, dir)
+        };
+        let inp = match &source_range {
+            Some(range) if i == 0 && chain.is_empty() && !is_qcow2_file(r) => {
+                Footprint::of_range(r, &rm, range.clone())
+            }
+            _ => Footprint::of(r, &rm),
+        };
+        if let Some(why) = out.overlap(&inp) {
             return Err(Error::InvalidInput(format!(
-                "{} {out_name} is {role} {name}{why}; refusing to write over what is being read, nothing written",
+                "{} {} is {role} {name}{why}; refusing to write over what is being read, nothing written",
                 req.role,
+                out_name(),
             )));
+        }
+        // A qcow2 image reads through to its backing files: they are read too.
+        for b in chain {
+            let Ok(bm) = std::fs::metadata(&b) else {
+                continue;
+            };
+            if let Some(why) = out.overlap(&Footprint::of(&b, &bm)) {
+                return Err(Error::InvalidInput(format!(
+                    "{} {} is {}, a backing file of {role} {name}{why}; refusing to write over what is being read, nothing written",
+                    req.role,
+                    out_name(),
+                    b.display(),
+                )));
+            }
         }
     }
     Ok(())
 }
 
-/// A stretch of bytes of one object, and how a path reaches it.
-#[derive(Debug, Clone)]
-struct Extent {
-    obj: ObjectId,
-    start: u64,
-    end: u64,
-    /// "" when the path names the object itself; else how, e.g. "/dev/loop3p1 is a
-    /// partition of /dev/loop3, a loop device backed by /tmp/fs.img".
-    via: String,
+/// Does the file or device at `path` hold a qcow2 image?
+fn is_qcow2_file(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    let plain =
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() || m.file_type().is_block_device());
+    plain
+        && File::open(path).is_ok_and(|f| {
+            crate::io::pread_full(&f, &mut magic, 0)
+                .is_ok_and(|n| crate::qcow2::is_qcow2(&magic[..n]))
+        })
 }
 
-/// The bytes a path stands for: the object itself, and the objects that hold its bytes
-/// (the disk of a partition, the backing file of a loop device), with the byte ranges; and
-/// the devices it is built on where the ranges are not known (device mapper, md).
-#[derive(Debug, Default)]
-pub struct Footprint {
-    direct: Vec<Extent>,
-    under: Vec<Extent>,
-}
-
-impl Footprint {
-    /// The footprint of `path` (stat'ed as `meta`, symlinks followed).
-    pub fn of(path: &Path, meta: &Metadata) -> Footprint {
-        let mut fp = Footprint::default();
-        let id = ObjectId::of_metadata(meta);
-        if meta.file_type().is_block_device() {
-            return Footprint::of_block(path, id, sysfs_dir(meta.rdev()));
-        } else {
-            fp.direct.push(Extent {
-                obj: id,
-                start: 0,
-                end: u64::MAX,
-                via: String::new(),
-            });
-        }
-        fp
+/// The backing files of the qcow2 image at `path` (stat'ed as `meta`; relative backing
+/// names resolve against `dir`), nearest first; none for anything else, or a chain that
+/// cannot be opened (the run reports that when it opens its input).
+fn backing_chain(path: &Path, meta: &Metadata, dir: &Path) -> Vec<PathBuf> {
+    use crate::io::{FileSource, ReadAt};
+    if !(meta.is_file() || meta.file_type().is_block_device()) {
+        return Vec::new();
     }
-
-    /// A block device `id` named `path`, described by its sysfs folder `sys`.
-    fn of_block(path: &Path, id: ObjectId, sys: Option<PathBuf>) -> Footprint {
-        let mut fp = Footprint::default();
-        let name = path.display().to_string();
-        let size = sys
-            .as_ref()
-            .and_then(|d| read_u64(&d.join("size")))
-            .map_or(u64::MAX, |s| s.saturating_mul(512));
-        fp.add_block(sys, id, 0, size, String::new(), &name, 0);
-        fp
+    let Ok(src) = FileSource::open(path, 0) else {
+        return Vec::new();
+    };
+    let mut magic = [0u8; 4];
+    if !src
+        .read_at(&mut magic, 0)
+        .is_ok_and(|n| crate::qcow2::is_qcow2(&magic[..n]))
+    {
+        return Vec::new();
     }
-
-    #[allow(clippy::too_many_arguments)]
-    fn add_block(
-        &mut self,
-        sys: Option<PathBuf>,
-        id: ObjectId,
-        start: u64,
-        len: u64,
-        via: String,
-        name: &str,
-        depth: u32,
-    ) {
-        let end = start.saturating_add(len);
-        self.direct.push(Extent {
-            obj: id,
-            start,
-            end,
-            via: via.clone(),
-        });
-        let Some(sys) = sys else { return };
-        if depth > 8 {
-            return;
-        }
-        // "X is a partition of D", then ", a loop device backed by F", ...
-        let link = |v: &str, what: String| {
-            if v.is_empty() {
-                format!("{name} is {what}")
-            } else {
-                format!("{v}, {what}")
-            }
-        };
-        // A partition: its bytes are the disk's, from its start sector.
-        if sys.join("partition").exists()
-            && let (Some(pstart), Some(disk)) = (read_u64(&sys.join("start")), sys.parent())
-            && let Some(rdev) = read_dev(&disk.join("dev"))
-        {
-            let dname = disk_name(disk);
-            let off = pstart.saturating_mul(512).saturating_add(start);
-            let v = link(&via, format!("a partition of {dname}"));
-            self.add_block(
-                Some(disk.to_path_buf()),
-                ObjectId::BlockDevice { rdev },
-                off,
-                len,
-                v,
-                name,
-                depth + 1,
-            );
-        }
-        // A loop device: its bytes are its backing file's, from the loop's offset.
-        if let Ok(b) = std::fs::read_to_string(sys.join("loop/backing_file")) {
-            let b = b.trim_end();
-            if let Ok(m) = std::fs::metadata(b) {
-                let off = read_u64(&sys.join("loop/offset"))
-                    .unwrap_or(0)
-                    .saturating_add(start);
-                let v = link(&via, format!("a loop device backed by {b}"));
-                if m.file_type().is_block_device() {
-                    // A loop device over another device (a loop over a loop, a partition):
-                    // that device's bytes, and what it stands on in turn.
-                    self.add_block(
-                        sysfs_dir(m.rdev()),
-                        ObjectId::of_metadata(&m),
-                        off,
-                        len,
-                        v,
-                        name,
-                        depth + 1,
-                    );
-                } else {
-                    self.direct.push(Extent {
-                        obj: ObjectId::of_metadata(&m),
-                        start: off,
-                        end: off.saturating_add(len),
-                        via: v,
-                    });
-                }
-            }
-        }
-        // Built on other devices (device mapper, md): where on them is not known here.
-        if let Ok(dir) = std::fs::read_dir(sys.join("slaves")) {
-            for e in dir.flatten() {
-                let Ok(real) = std::fs::canonicalize(e.path()) else {
-                    continue;
-                };
-                let Some(rdev) = read_dev(&real.join("dev")) else {
-                    continue;
-                };
-                let sname = format!("/dev/{}", e.file_name().to_string_lossy());
-                let v = link(&via, format!("built on {sname}"));
-                let mut sub = Footprint::default();
-                sub.add_block(
-                    Some(real),
-                    ObjectId::BlockDevice { rdev },
-                    0,
-                    u64::MAX,
-                    v,
-                    name,
-                    depth + 1,
-                );
-                self.under.extend(sub.direct);
-                self.under.extend(sub.under);
-            }
-        }
-    }
-
-    /// If the two footprints share bytes, how (the text that completes "A is B").
-    pub fn overlap(&self, other: &Footprint) -> Option<String> {
-        let hit = |a: &Extent, b: &Extent| a.obj == b.obj && a.start < b.end && b.start < a.end;
-        for a in &self.direct {
-            for b in other.direct.iter().chain(&other.under) {
-                if hit(a, b) {
-                    return Some(describe(a, b));
-                }
-            }
-        }
-        for a in &self.under {
-            for b in &other.direct {
-                if hit(a, b) {
-                    return Some(describe(a, b));
-                }
-            }
-        }
-        None
-    }
-}
-
-fn describe(a: &Extent, b: &Extent) -> String {
-    match (a.via.is_empty(), b.via.is_empty()) {
-        (true, true) => " (the same file or device)".to_string(),
-        (false, true) => format!(" ({})", a.via),
-        (true, false) => format!(" ({})", b.via),
-        (false, false) => format!(" ({}; {})", a.via, b.via),
-    }
-}
-
-fn disk_name(sys: &Path) -> String {
-    sys.file_name().map_or_else(
-        || sys.display().to_string(),
-        |n| format!("/dev/{}", n.to_string_lossy()),
-    )
+    crate::qcow2::chain::Qcow2Image::open_host(src, dir, Some(ObjectId::of_metadata(meta)))
+        .map(|q| q.backing_files().to_vec())
+        .unwrap_or_default()
 }
 
 /// Is the block device `rdev` read-only (`losetup -r`, `blockdev --setro`)? Opening it for
 /// writing succeeds and every write fails: callers refuse it first.
 pub fn is_read_only_device(rdev: u64) -> bool {
     sysfs_dir(rdev).is_some_and(|d| read_u64(&d.join("ro")) == Some(1))
-}
-
-fn sysfs_dir(rdev: u64) -> Option<PathBuf> {
-    let (ma, mi) = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
-    std::fs::canonicalize(format!("/sys/dev/block/{ma}:{mi}")).ok()
-}
-
-fn read_u64(p: &Path) -> Option<u64> {
-    std::fs::read_to_string(p).ok()?.trim().parse().ok()
-}
-
-fn read_dev(p: &Path) -> Option<u64> {
-    let s = std::fs::read_to_string(p).ok()?;
-    let (ma, mi) = s.trim().split_once(':')?;
-    Some(rustix::fs::makedev(ma.parse().ok()?, mi.parse().ok()?))
 }
 
 /// Temporary files of this process that must not outlive it: a signal handler removes them
@@ -987,77 +892,6 @@ pub mod pending {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn same_file_under_other_names_overlaps() {
-        let d = tempfile::tempdir().unwrap();
-        let a = d.path().join("a");
-        std::fs::write(&a, b"x").unwrap();
-        std::fs::hard_link(&a, d.path().join("b")).unwrap();
-        std::os::unix::fs::symlink("a", d.path().join("l")).unwrap();
-        let fa = Footprint::of(&a, &std::fs::metadata(&a).unwrap());
-        for other in ["b", "l", "./a"] {
-            let p = d.path().join(other);
-            let fo = Footprint::of(&p, &std::fs::metadata(&p).unwrap());
-            assert!(fa.overlap(&fo).is_some(), "{other}");
-        }
-        let c = d.path().join("c");
-        std::fs::write(&c, b"x").unwrap();
-        let fc = Footprint::of(&c, &std::fs::metadata(&c).unwrap());
-        assert!(fa.overlap(&fc).is_none());
-    }
-
-    /// Partitions, through a sysfs tree laid out as the kernel lays it out (this kernel may
-    /// have no partition support to test it with real devices): a loop disk over a file,
-    /// with two partitions.
-    #[test]
-    fn partitions_overlap_their_disk_and_its_file_not_each_other() {
-        let d = tempfile::tempdir().unwrap();
-        let backing = d.path().join("disk.img");
-        std::fs::write(&backing, b"disk").unwrap();
-        let disk = d.path().join("devices/virtual/block/loop9");
-        let w = |p: PathBuf, v: &str| {
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, v).unwrap();
-        };
-        w(disk.join("dev"), "7:9\n");
-        w(disk.join("size"), "131072\n");
-        w(
-            disk.join("loop/backing_file"),
-            &format!("{}\n", backing.display()),
-        );
-        w(disk.join("loop/offset"), "0\n");
-        for (n, start) in [(1, 2048), (2, 43008)] {
-            let p = disk.join(format!("loop9p{n}"));
-            w(p.join("partition"), &format!("{n}\n"));
-            w(p.join("start"), &format!("{start}\n"));
-            w(p.join("size"), "40960\n");
-            w(p.join("dev"), &format!("259:{n}\n"));
-        }
-        let dev = |maj, min| ObjectId::BlockDevice {
-            rdev: rustix::fs::makedev(maj, min),
-        };
-        let fdisk = Footprint::of_block(Path::new("/dev/loop9"), dev(7, 9), Some(disk.clone()));
-        let part = |n: u32| {
-            Footprint::of_block(
-                Path::new(&format!("/dev/loop9p{n}")),
-                dev(259, n),
-                Some(disk.join(format!("loop9p{n}"))),
-            )
-        };
-        let file = Footprint::of(&backing, &std::fs::metadata(&backing).unwrap());
-        let why = part(1)
-            .overlap(&fdisk)
-            .expect("a partition overlaps its disk");
-        assert!(
-            why.contains("/dev/loop9p1 is a partition of /dev/loop9"),
-            "{why}"
-        );
-        assert!(fdisk.overlap(&part(2)).is_some());
-        let why = part(2).overlap(&file).expect("and the disk's backing file");
-        assert!(why.contains("a loop device backed by"), "{why}");
-        assert!(part(1).overlap(&part(2)).is_none(), "disjoint partitions");
-    }
 
     #[test]
     fn links_are_followed_to_their_end() {

@@ -3,13 +3,13 @@
 use std::path::Path;
 use std::time::Instant;
 
-use e2i::mount::{MountState, mount_state};
+use e2i::mount::{MountState, mount_state_at};
 use e2i::ops::capture::{self, CaptureOptions, Format};
 use e2i::output::{Kind, Request};
 use e2i_cli::cli::capture::{Args, FormatArg};
 use e2i_cli::{
-    EXIT_DAMAGED, EXIT_OK, Reporter, StreamOut, Summary, attribute, open_output, parse_args, run,
-    usage,
+    EXIT_DAMAGED, EXIT_OK, Reporter, StreamOut, Summary, attribute, open_output_ranged, parse_args,
+    run, usage,
 };
 
 const TOOL: &str = "e2i-capture";
@@ -104,7 +104,7 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         None => src,
     };
     if !args.force
-        && let MountState::ReadWrite { mount_point } = mount_state(&args.source)
+        && let MountState::ReadWrite { mount_point } = mount_state_at(&args.source, offset)
     {
         anyhow::bail!(
             "{src}: mounted read-write on {mount_point}; an image of it would be inconsistent (use -f to capture anyway)"
@@ -126,7 +126,7 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     reads.extend(chain.iter().map(|p| ("the backing file", p.as_path())));
     // Held until the image is written: an in-place move of SOURCE cannot start meanwhile.
     let _hold = e2i_cli::hold_source(&args.source)?;
-    let mut out = open_output(
+    let mut out = open_output_ranged(
         &Request {
             path: out_path,
             role: "OUTPUT",
@@ -139,6 +139,9 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             state_dir: e2i_cli::state_dir().as_deref(),
         },
         &reads,
+        // Only the filesystem's bytes are read: another partition of the same disk may be
+        // OUTPUT.
+        e2i_cli::filesystem_range(&args.source, offset),
     )?;
     // A pipe-like OUTPUT (stdout, a FIFO, a character device) gets a stream by default.
     let format = explicit.unwrap_or(if out.kind().is_stream() {
@@ -184,6 +187,13 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
                 "{TOOL}: warning: {out_name}: writing a scrambled image ({ev}) over the filesystem it is taken from (--allow-scrambled)"
             );
         }
+    }
+    if out.truncates_on_use() {
+        // OUTPUT is written under its own name, truncated when taken: not before SOURCE is
+        // known to hold a filesystem (a mistyped SOURCE leaves it whole).
+        let fs = capture::open_source_within(&args.source, offset, limit)
+            .map_err(|e| attribute(e, &src, &out_name))?;
+        e2i::ext4::Filesystem::open(fs, opts.open).map_err(|e| attribute(e, &src, &out_name))?;
     }
     let mut reporter = Reporter::new(args.progress);
     let mut stream = out

@@ -7,14 +7,16 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
-use e2i::mount::{MountState, mount_state};
+use e2i::mount::{MountState, mount_state, mount_state_at};
 use e2i::ops::move_fs::{self, CloneTarget, JournalOptions, MoveNote, MoveOptions, MoveReport};
 use e2i::ops::move_journal as mj;
 use e2i::output::{Kind, Request};
 use e2i::sparse::range_text;
 use e2i::units::FsBlock;
 use e2i_cli::cli::move_fs::Args;
-use e2i_cli::{EXIT_OK, Reporter, Summary, attribute, open_output, parse_args, run, usage_error};
+use e2i_cli::{
+    EXIT_OK, Reporter, Summary, attribute, open_output_ranged, parse_args, run, usage_error,
+};
 
 const TOOL: &str = "e2i-move";
 
@@ -23,8 +25,15 @@ fn main() -> std::process::ExitCode {
     run(TOOL, Summary::new(false, TOOL), |_| body(args))
 }
 
-fn refuse_mounted(path: &Path, any: bool) -> anyhow::Result<()> {
-    match mount_state(path) {
+/// Refuse `path` when a filesystem in it is mounted: anywhere in it for what is written
+/// (`any`: also mounted read-only), the filesystem at `offset` for a clone's SOURCE.
+fn refuse_mounted(path: &Path, any: bool, offset: u64) -> anyhow::Result<()> {
+    let state = if any {
+        mount_state(path)
+    } else {
+        mount_state_at(path, offset)
+    };
+    match state {
         MountState::ReadWrite { mount_point } => {
             anyhow::bail!("{}: mounted read-write on {mount_point}", path.display())
         }
@@ -195,7 +204,7 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
     let list_failed = std::rc::Rc::new(std::cell::RefCell::new(None));
     let mut list = lister(args.dry_run, list_failed.clone());
     if in_place {
-        refuse_mounted(&args.source, true)?;
+        refuse_mounted(&args.source, true, 0)?;
         let jopts = JournalOptions {
             path: args.journal.clone(),
             state_dir: mj::state_dir(std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME")),
@@ -237,15 +246,15 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
         return Ok(EXIT_OK);
     }
     let dest = args.dest.clone().unwrap_or_default();
-    refuse_mounted(&dest, true)?;
+    refuse_mounted(&dest, true, 0)?;
     if !args.force {
-        refuse_mounted(&args.source, false)
+        refuse_mounted(&args.source, false, args.src_offset)
             .context("a copy of it would be inconsistent (use -f to copy anyway)")?;
     }
     let dst = dest.display().to_string();
     // Held until the copy is done: an in-place move of SOURCE cannot start meanwhile.
     let _hold = e2i_cli::hold_source(&args.source)?;
-    let mut out = open_output(
+    let mut out = open_output_ranged(
         &Request {
             path: &dest,
             role: "DEST",
@@ -257,6 +266,9 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
             state_dir: e2i_cli::state_dir().as_deref(),
         },
         &[("SOURCE", &args.source)],
+        // Only the filesystem's bytes are read: another partition of the same disk may be
+        // DEST.
+        e2i_cli::filesystem_range(&args.source, args.src_offset),
     )?;
     // A scrambled SOURCE (e2i-capture -s) is not cloned over the filesystem it was taken
     // from unless asked: its names, symlink targets, inline data and label would replace

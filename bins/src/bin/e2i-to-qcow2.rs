@@ -77,6 +77,7 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             "{TOOL}: note: -a has no effect on a stream input (the capture chose its blocks)"
         );
     }
+    let in_chain = input::backing_files(&inp);
     let mut out = open_output(
         &Request {
             path: &args.output,
@@ -92,6 +93,11 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         &[("INPUT", args.input.as_path())]
             .into_iter()
             .chain(chain.iter().map(|p| ("the backing file", p.as_path())))
+            .chain(
+                in_chain
+                    .iter()
+                    .map(|p| ("INPUT's backing file", p.as_path())),
+            )
             .collect::<Vec<_>>(),
     )?;
     if args.compress.is_some() && out.kind() != OutKind::New {

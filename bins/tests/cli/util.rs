@@ -81,6 +81,9 @@ impl Reaper {
     pub fn child(&self) -> &std::process::Child {
         self.0.as_ref().expect("a child")
     }
+    pub fn child_mut(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("a child")
+    }
     pub fn take(mut self) -> std::process::Child {
         self.0.take().expect("a child")
     }

@@ -87,9 +87,16 @@ pub fn hold(
         _held: Vec::new(),
         ids: Vec::new(),
     };
-    if path == Path::new("-") {
-        return Ok(none);
-    }
+    // Stdin redirected from a file or device (`< disk.img`) is that file, read as any
+    // other INPUT is; a pipe is not held (nothing moves it).
+    let path = if path == Path::new("-") {
+        match what {
+            HoldFor::Reading => Path::new("/proc/self/fd/0"),
+            HoldFor::Writing => return Ok(none),
+        }
+    } else {
+        path
+    };
     let Ok(meta) = std::fs::metadata(path) else {
         return Ok(none);
     };

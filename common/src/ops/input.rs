@@ -253,6 +253,28 @@ impl<R: BufRead> Read for ZstdFrames<R> {
     }
 }
 
+/// The backing files a qcow2 input reads through to, nearest first (none for any other
+/// input, or a chain that cannot be opened: reading the input reports that). A compressed
+/// or piped qcow2 is read from its spooled copy, whose backing names resolve where the
+/// original's do: the output layer, which sees only the original, cannot find them.
+pub fn backing_files(inp: &Input) -> Vec<PathBuf> {
+    let Input::File {
+        kind: Kind::Qcow2,
+        path,
+        dir,
+        ..
+    } = inp
+    else {
+        return Vec::new();
+    };
+    let Ok(src) = FileSource::open(path, 0) else {
+        return Vec::new();
+    };
+    crate::qcow2::chain::Qcow2Image::open_host(src, dir, None)
+        .map(|q| q.backing_files().to_vec())
+        .unwrap_or_default()
+}
+
 /// What the input says about itself ([`crate::mark`]): its filesystem's UUID and
 /// superblock, and whether it is scrambled. Reads headers and the superblock only; what
 /// cannot be read here yields no facts (the conversion then says what is wrong).

@@ -645,7 +645,17 @@ impl Install {
             }
             o.open(device)
         }
-        .map_err(|e| Error::io("open device", 0, e))?;
+        .map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) {
+                // The exclusive open: something holds DEVICE or a partition of it.
+                Error::InvalidInput(format!(
+                    "{}: in use (it or a partition of it is mounted, or another program holds it); nothing written",
+                    device.display()
+                ))
+            } else {
+                Error::io("open device", 0, e)
+            }
+        })?;
         let dev = FileSource::from_file(file, opts.offset)?;
         let (device_super, dev_sb) = find_superblock(&dev, Some(sb));
         let mism = match &dev_sb {
@@ -772,6 +782,10 @@ impl Install {
                 .create_new(true)
                 .open(path)
                 .map_err(|e| Error::io("create undo file", 0, e))?;
+            // Until it is complete, DEVICE is untouched and the undo file useless: removed
+            // if its writing fails (a full disk) or a signal ends the run, rather than left
+            // to block the rerun as "already exists".
+            crate::output::pending::add(path);
             let end = report
                 .writes
                 .iter()
@@ -790,7 +804,22 @@ impl Install {
                 touched.runs(),
                 &final_super,
                 dev.base(),
-            )?;
+            )
+            .map_err(|e| {
+                let _ = std::fs::remove_file(path);
+                let mut why = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    why = format!("{why}: {s}");
+                    src = s.source();
+                }
+                Error::InvalidInput(format!(
+                    "{}: {why}; nothing written to the device, the partial undo file removed",
+                    path.display()
+                ))
+            });
+            crate::output::pending::remove(path);
+            let stats = stats?;
             report.undo = Some(stats);
             undo_file = Some((uf, stats, final_super));
         }
