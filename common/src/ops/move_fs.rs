@@ -1257,14 +1257,9 @@ fn copy_pieces(
                 .past_end_blocks
                 .saturating_add(bs.blocks_covering(cur.past_bytes));
             let mut write = true;
-            if opts.check {
-                cmp.resize(n, 0);
-                let got = pread_full(&src.file, &mut cmp, pc.dst.start)
-                    .map_err(|e| Error::io("read", pc.dst.start, e))?;
-                if got == n && cmp == data {
-                    rep.identical_blocks = rep.identical_blocks.saturating_add(pc.blocks.len);
-                    write = false;
-                }
+            if opts.check && holds(&src.file, data, pc.dst.start, &mut cmp)? {
+                rep.identical_blocks = rep.identical_blocks.saturating_add(pc.blocks.len);
+                write = false;
             }
             let mut next = incoming.next().transpose()?;
             // The next piece's source is intact until its own destination is written, and its
@@ -1314,6 +1309,22 @@ fn copy_pieces(
         }
         Ok(())
     })
+}
+
+/// Does `file` hold `data` at `at`? Read and compared a chunk at a time into `cmp` (a
+/// whole piece more in memory would be 32 MiB), stopping at the first difference.
+fn holds(file: &File, data: &[u8], at: u64, cmp: &mut Vec<u8>) -> Result<bool> {
+    cmp.resize(mj::CHECK_CHUNK, 0);
+    let mut off = at;
+    for want in data.chunks(mj::CHECK_CHUNK) {
+        let got = cmp.get_mut(..want.len()).unwrap_or_default();
+        let n = pread_full(file, got, off).map_err(|e| Error::io("read", off, e))?;
+        if n < want.len() || got != want {
+            return Ok(false);
+        }
+        off = off.saturating_add(n as u64);
+    }
+    Ok(true)
 }
 
 /// Write piece `k`'s destination (`dest`) and save the next piece (`save`), at the same
