@@ -28,6 +28,45 @@ fn check_capture(d: &Path, img: &Path, all: bool) -> (u64, u64) {
         e2image_bytes(&["-r"], &q, &d.join(format!("{tag}.back"))) == reference,
         "{tag}: stock e2image -r of our qcow2"
     );
+    // One image whatever the way: the file (read once, zeros skipped as found), stdout (zeros
+    // found first), from a stream to a file or stdout; the dry run names its size.
+    let image = read(&q);
+    let stream = d.join(format!("{tag}.e2i"));
+    let mut cmd = Command::new(tool("e2i-capture"));
+    if all {
+        cmd.arg("-a");
+    }
+    std::fs::write(&stream, sh(cmd.arg(img).arg("-")).stdout).unwrap();
+    for input in [img, stream.as_path()] {
+        let to_qcow2 = || {
+            let mut c = Command::new(tool("e2i-to-qcow2"));
+            if all && input == img {
+                c.arg("-a");
+            }
+            c
+        };
+        let o = sh(to_qcow2().arg(input).arg("-"));
+        assert!(
+            o.stdout == image,
+            "{tag}: {} to stdout differs",
+            input.display()
+        );
+        let f = d.join(format!("{tag}.again.qcow2"));
+        let _ = std::fs::remove_file(&f);
+        let o = sh(to_qcow2().args(["-n", "--json"]).arg(input).arg(&f));
+        let said = format!("\"output_bytes\":{},", image.len());
+        assert!(
+            text(&o.stderr).contains(&said),
+            "{tag}: dry run {}",
+            text(&o.stderr)
+        );
+        sh(to_qcow2().arg(input).arg(&f));
+        assert!(
+            read(&f) == image,
+            "{tag}: {} to a file differs",
+            input.display()
+        );
+    }
     let z = d.join(format!("{tag}.z.qcow2"));
     let mut cmd = Command::new(tool("e2i-capture"));
     cmd.args(["-Q", "--compress"]);

@@ -311,26 +311,42 @@ fn progress_on_stderr_only_with_and_without_a_terminal() {
 fn only_the_copy_phase_says_copied() {
     let d = tempdir();
     let img = fixture(d.path());
-    let o = run(Command::new(tool("e2i-capture"))
-        .args(["-p", "-Q"])
-        .arg(&img)
-        .arg(d.path().join("a.qcow2"))
-        .env("E2I_PROGRESS_INTERVAL_MS", "0"));
-    ok(&o);
-    let err = text(&o.stderr);
-    let phases: Vec<&str> = err
-        .lines()
-        .filter_map(|l| l.split_once(": ").map(|(p, _)| p))
-        .collect();
-    for want in ["scanning inodes", "finding data", "copying"] {
-        assert!(phases.contains(&want), "no {want} lines:\n{err}");
+    // To a file -Q reads the blocks once; to stdout it finds the data blocks first.
+    for (out, passes) in [
+        ("a.qcow2", &["scanning inodes", "copying"][..]),
+        ("-", &["scanning inodes", "finding data", "copying"][..]),
+    ] {
+        let o = run(Command::new(tool("e2i-capture"))
+            .args(["-p", "-Q"])
+            .arg(&img)
+            .arg(if out == "-" {
+                out.into()
+            } else {
+                d.path().join(out)
+            })
+            .env("E2I_PROGRESS_INTERVAL_MS", "0"));
+        ok(&o);
+        let err = text(&o.stderr);
+        let phases: Vec<&str> = err
+            .lines()
+            .filter_map(|l| l.split_once(": ").map(|(p, _)| p))
+            .collect();
+        for want in passes {
+            assert!(phases.contains(want), "{out}: no {want} lines:\n{err}");
+        }
+        assert_eq!(
+            phases.contains(&"finding data"),
+            out == "-",
+            "{out}:\n{err}"
+        );
+        for scan in &passes[..passes.len() - 1] {
+            assert!(err.contains(&format!("{scan}: done, ")), "{out}: {err}");
+        }
+        assert!(!err.contains("copying: done"), "{out}: {err}");
+        let copied: Vec<&str> = err.lines().filter(|l| l.starts_with("Copied")).collect();
+        assert_eq!(copied.len(), 1, "{out}: {err}");
+        assert_eq!(err.lines().last(), Some(copied[0]), "{out}: {err}");
     }
-    assert!(err.contains("scanning inodes: done, "), "{err}");
-    assert!(err.contains("finding data: done, "), "{err}");
-    assert!(!err.contains("copying: done"), "{err}");
-    let copied: Vec<&str> = err.lines().filter(|l| l.starts_with("Copied")).collect();
-    assert_eq!(copied.len(), 1, "{err}");
-    assert_eq!(err.lines().last(), Some(copied[0]), "{err}");
     // Without -p: silent.
     let o = run(Command::new(tool("e2i-capture"))
         .arg("-Q")

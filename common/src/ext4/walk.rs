@@ -84,6 +84,12 @@ pub fn walk_inode<S: ReadAt>(
             want_data,
             &mut read,
             visit,
+            &mut |blk, n| {
+                let bs = sb.block_size;
+                if let (Some(off), Some(len)) = (bs.offset_of(blk), bs.bytes_of(n)) {
+                    fs.src.will_need(off, len);
+                }
+            },
         )
         .map(|()| Walked::Complete)
     }

@@ -8,7 +8,9 @@ use crate::progress::Progress;
 use crate::qcow2::grouping::{Assembler, Grouping};
 use crate::qcow2::header::ClusterCompression;
 use crate::qcow2::overlay::{Base, Differ};
-use crate::qcow2::writer::{check_inflation, choose_grouping, nonzero_blocks, plan_clusters};
+use crate::qcow2::writer::{
+    check_inflation, choose_grouping, nonzero_blocks, one_pass_layout, plan_clusters,
+};
 use crate::qcow2::{ClusterRun, GuestCluster, Qcow2Layout};
 use crate::units::{BlockSize, FsBlock};
 use crate::{Error, Result};
@@ -24,9 +26,21 @@ pub fn plan(
 ) -> Result<(Qcow2Layout, BlockSize)> {
     use crate::ops::input::{Input, Kind};
     let compressed = opts.compress.is_some();
-    let finish = |vsize: u64, g: Grouping, data: &[ClusterRun], zero: &[ClusterRun], n: u64| {
+    let overlay = opts.backing.is_some();
+    // The layout of the selected blocks `sel` holding `data`, as the real run plans it.
+    let finish = |sel: &[crate::blockmap::BlockRun],
+                  blocks_count: u64,
+                  g: Grouping,
+                  data: &[ClusterRun],
+                  zero: &[ClusterRun],
+                  n: u64| {
+        let bs = g.block_size();
+        let vsize = virtual_size(bs, blocks_count)?;
         let cb = g.cluster_bits().get();
-        let mut l = Qcow2Layout::plan_full(vsize, cb, data, zero, compressed)?;
+        let mut l = match one_pass_layout(bs, blocks_count, sel, compressed, overlay)? {
+            Some(l) => l.with_data(cb, data)?,
+            None => Qcow2Layout::plan_full(vsize, cb, data, zero, compressed)?,
+        };
         check_inflation(&l, g.block_size(), n, compressed)?;
         if let Some(c) = opts.compress {
             l.set_compression(c);
@@ -41,7 +55,6 @@ pub fn plan(
                       map: &crate::blockmap::BlockMap,
                       bs: BlockSize,
                       progress: &mut dyn Progress| {
-        let vsize = virtual_size(bs, map.blocks_count())?;
         let (runs, _) = nonzero_blocks(src, map, bs, progress)?;
         let base = opts.backing.as_deref();
         let (g, data, zero) = plan_clusters(
@@ -54,13 +67,14 @@ pub fn plan(
             progress,
         )?;
         let n = g.blocks_within(&runs, &data)?.iter().map(|r| r.len).sum();
-        finish(vsize, g, &data, &zero, n)
+        finish(map.runs(), map.blocks_count(), g, &data, &zero, n)
     };
     match input {
         Input::Stream(mut r) => {
             let (bs, blocks_count) = (r.header.block_size, r.header.blocks_count);
             let vsize = virtual_size(bs, blocks_count)?;
             let runs = r.data_runs();
+            let sel = r.selected_runs();
             let base = opts.backing.as_deref();
             let g = choose_grouping(bs, blocks_count, &runs, compressed, base.is_some())?;
             match base {
@@ -68,7 +82,7 @@ pub fn plan(
                     let clusters = g.clusters(&runs)?;
                     r.for_each(crate::pieces::IO_CHUNK, &mut |_, _| Ok(()))?;
                     let n = runs.iter().map(|r| r.len).sum();
-                    finish(vsize, g, &clusters, &[], n)
+                    finish(&sel, blocks_count, g, &clusters, &[], n)
                 }
                 Some(base) => {
                     let mut differ = Differ::new(base, g.cluster_bits())?;
@@ -80,7 +94,7 @@ pub fn plan(
                     asm.flush(&mut |c, d| differ.feed(c, d))?;
                     let (o, _) = differ.finish(vsize)?;
                     let n = runs.iter().map(|r| r.len).sum();
-                    finish(vsize, g, &o.data, &o.zero, n)
+                    finish(&sel, blocks_count, g, &o.data, &o.zero, n)
                 }
             }
         }
@@ -138,7 +152,7 @@ pub fn stream_to_qcow2<R: std::io::Read + Send>(
     overlay: Option<&Base>,
     progress: &mut dyn Progress,
 ) -> Result<StreamToQcow2> {
-    use crate::qcow2::writer::{CompressedWriter, SequentialWriter};
+    use crate::qcow2::writer::{FileWriter, SequentialWriter};
     let h = r.header;
     // A scrambled stream makes a scrambled qcow2 (the flag becomes the header extension).
     let marks = crate::mark::Marks {
@@ -188,7 +202,17 @@ pub fn stream_to_qcow2<R: std::io::Read + Send>(
             (o.data, o.zero, Some(spool))
         }
     };
-    let mut layout = Qcow2Layout::plan_full(vsize, cb, &data, &zero, compressed)?;
+    let one_pass = one_pass_layout(
+        bs,
+        h.blocks_count,
+        &r.selected_runs(),
+        compressed,
+        overlay.is_some(),
+    )?;
+    let mut layout = match one_pass {
+        Some(l) => l.with_data(cb, &data)?,
+        None => Qcow2Layout::plan_full(vsize, cb, &data, &zero, compressed)?,
+    };
     layout.set_marks(marks);
     if let Some(base) = overlay {
         base.record(&mut layout)?;
@@ -237,7 +261,7 @@ pub fn stream_to_qcow2<R: std::io::Read + Send>(
             w.flush().map_err(|e| Error::io("write", 0, e))?;
         }
         Qcow2Out::Compressed(file, c) => {
-            let mut qw = CompressedWriter::for_layout(file, layout, c)?;
+            let mut qw = FileWriter::for_layout(file, layout, Some(c))?;
             feed(&mut |g, d| qw.write_clusters(g, d))?;
             report.file_size = qw.finish()?;
         }

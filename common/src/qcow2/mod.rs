@@ -2,8 +2,8 @@
 //!
 //! Writer: [`writer::Qcow2Layout::plan`] fixes the layout from the list of data clusters,
 //! [`writer::SequentialWriter`] writes it front to back to any `Write` (pipes too),
-//! [`writer::CompressedWriter`] writes deflate clusters to a seekable file, and
-//! [`writer::write_qcow2`] does both passes for a captured block map; [`grouping`] puts
+//! [`writer::FileWriter`] writes to a seekable file (clusters stored or compressed, zeros
+//! skipped as they are found), and [`writer::write_qcow2`] writes a captured block map; [`grouping`] puts
 //! several blocks in a cluster where one per block would pass qemu's table limits.
 //!
 //! Reader: [`reader::Qcow2Reader`] presents the virtual disk of any version 2 or 3 image
@@ -30,4 +30,4 @@ pub use entry::{L1Entry, L2Entry, Mapping, RefcountTableEntry};
 pub use header::Header;
 pub use reader::{Qcow2Reader, Shifted, is_qcow2};
 pub use types::{ClusterBits, ClusterRun, GuestCluster, GuestOffset, HostOffset};
-pub use writer::{CompressedWriter, Qcow2Layout, Qcow2Target, SequentialWriter, write_qcow2};
+pub use writer::{FileWriter, Qcow2Layout, Qcow2Target, SequentialWriter, write_qcow2};

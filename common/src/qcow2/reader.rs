@@ -751,7 +751,7 @@ mod tests {
     use crate::Error;
     use crate::io::MemSource;
     use crate::qcow2::entry::L2Entry;
-    use crate::qcow2::writer::{CompressedWriter, Qcow2Layout, SequentialWriter};
+    use crate::qcow2::writer::{FileWriter, Qcow2Layout, SequentialWriter};
 
     /// The contents of guest cluster `g` (if in `runs`): a compressible pattern, except
     /// for cluster 999, which the compressed writer must store uncompressed.
@@ -807,7 +807,7 @@ mod tests {
     fn compressed_image(cb: u32) -> std::fs::File {
         let cs = 1usize << cb;
         let f = tempfile::tempfile().unwrap();
-        let mut w = CompressedWriter::new(&f, 1000 << cb, cb, &runs()).unwrap();
+        let mut w = FileWriter::new(&f, 1000 << cb, cb, &runs()).unwrap();
         for r in runs() {
             for g in r.clusters() {
                 w.write_clusters(g, &pattern(g, cs)).unwrap();

@@ -490,6 +490,19 @@ impl<R: Read> StreamReader<R> {
         &self.extents
     }
 
+    /// Every extent (data and zero: the blocks the capture selected), as block-map runs,
+    /// adjacent ones merged.
+    pub fn selected_runs(&self) -> Vec<BlockRun> {
+        let mut out: Vec<BlockRun> = Vec::new();
+        for e in &self.extents {
+            match out.last_mut() {
+                Some(r) if r.end() == e.start => r.len = r.len.saturating_add(e.len),
+                _ => out.push(e.run()),
+            }
+        }
+        out
+    }
+
     /// The data extents, as block-map runs (filesystem blocks).
     pub fn data_runs(&self) -> Vec<BlockRun> {
         self.extents
