@@ -1179,22 +1179,42 @@ fn list_new(
     }
 }
 
-/// A piece's bytes, read by the reader thread.
+/// Bytes of a move's buffers: pieces are read, saved, compared and written a slice at a
+/// time, so that a move holds one piece and a slice (34 MiB), not whole pieces in flight
+/// (three of 32 MiB, 100 MB). 2 MiB writes cost no more time than 1 MiB ones here.
+const SLICE: usize = 2 << 20;
+/// Slices beyond one piece's: the reader starts on the next piece while the writer checks
+/// and commits the current one.
+const SPARE_SLICES: usize = 1;
+
+/// What the reader thread hands on (through the saver thread) to the writer: a piece's
+/// slices in order, then the piece.
+enum Msg {
+    Slice {
+        piece: usize,
+        /// Byte of the piece the slice starts at.
+        at: usize,
+        /// The piece is to be saved.
+        save: bool,
+        buf: AlignedBuf,
+    },
+    Done(Result<Loaded>),
+}
+
+/// A piece read (its slices came before it).
 struct Loaded {
     index: usize,
-    buf: AlignedBuf,
-    /// The bytes came from a save record (an interrupted run saved the piece).
-    from_save: bool,
-    /// This run saved the piece already (while the piece before it was written).
+    /// The saver thread saved the piece (not yet synced).
     saved: bool,
     past_bytes: u64,
 }
 
 /// Copy the pieces from the journal's next one on (docs/move-journal.md, "The protocol").
-/// A reader thread reads ahead — safe, since no piece's destination overlaps the source of a
-/// later piece — and checks each piece against its recorded checksum. A piece that must be
-/// saved is saved while the piece before it is written (save slots alternate), so its
-/// journal write costs no time of its own.
+/// A reader thread reads ahead, a slice at a time, into slices this thread frees as it
+/// writes — safe, since no piece's destination overlaps the source of a later piece — and
+/// checks each piece against its recorded checksum; a saver thread saves a piece that
+/// overlaps itself as its slices pass. Reading, saving and writing run side by side, and the
+/// memory is one piece and a few slices.
 fn copy_pieces(
     src: &MoveSource,
     j: &mut Journal,
@@ -1210,28 +1230,71 @@ fn copy_pieces(
     let digests = j.digests().to_vec();
     let bs = j.params().block_size;
     let piece_max = pieces.iter().map(Piece::buf_len).max().unwrap_or(0);
+    let slices = piece_max.div_ceil(SLICE).saturating_add(SPARE_SLICES);
     let reader = src.reader()?;
+    let saver = j.saver().map_err(|e| in_journal(&jp, e))?;
+    // With the test hooks, this thread saves a piece once it has written the piece before
+    // (no saver thread): crash points come in a reproducible order, on the hooks' thread.
+    let ordered = opts.crash_point.is_some() || opts.slice_bytes > 0;
     let mut direct = reopen_direct(&src.file);
     let mut cmp = Vec::new();
     // Source bytes of the pieces copied since the last checkpoint.
     let mut uncommitted: Option<Range<u64>> = None;
     std::thread::scope(|scope| -> Result<()> {
-        // Three buffers: the piece being written, the next one being saved, and one the
-        // reader fills meanwhile.
-        let (full_tx, full_rx) = sync_channel::<Result<Loaded>>(1);
-        let (free_tx, free_rx) = sync_channel::<AlignedBuf>(3);
-        for _ in 0..3 {
-            let _ = free_tx.send(AlignedBuf::new(piece_max));
+        // Room for every slice, so that no thread waits to hand one over.
+        let room = slices.saturating_add(2);
+        let (full_tx, full_rx) = sync_channel::<Msg>(room);
+        let (free_tx, free_rx) = sync_channel::<AlignedBuf>(slices);
+        // The writer tells the saver thread each piece it has finished (committed if it
+        // overlapped itself), whose save slot may then be reused.
+        let (mark_tx, mark_rx) = std::sync::mpsc::channel::<usize>();
+        for _ in 0..slices {
+            let _ = free_tx.send(AlignedBuf::new(SLICE));
         }
-        let (ps, ds) = (&pieces, &digests);
-        scope.spawn(move || read_pieces(reader, ps, ds, start, saved, full_tx, free_rx));
-        let mut incoming = full_rx.into_iter();
-        let mut pending = incoming.next().transpose()?;
-        while let Some(cur) = pending.take() {
+        let job = ReadJob {
+            pieces: &pieces,
+            digests: &digests,
+            start,
+        };
+        if ordered {
+            scope.spawn(move || read_pieces(reader, job, saved, full_tx, free_rx));
+        } else {
+            let (read_tx, read_rx) = sync_channel::<Msg>(room);
+            scope.spawn(move || read_pieces(reader, job, saved, read_tx, free_rx));
+            let save = SaveJob {
+                pieces: &pieces,
+                digests: &digests,
+                start,
+                saver: &saver,
+                journal: &jp,
+            };
+            scope.spawn(move || save_pieces(save, read_rx, full_tx, mark_rx));
+        }
+        // The next piece and its slices; `None` once the reader has handed over every piece.
+        let next_piece = || -> Result<Option<(Loaded, Vec<AlignedBuf>)>> {
+            let mut bufs = Vec::new();
+            loop {
+                match full_rx.recv() {
+                    Err(_) => return Ok(None),
+                    Ok(Msg::Slice { buf, .. }) => bufs.push(buf),
+                    Ok(Msg::Done(r)) => {
+                        let l = r?;
+                        if ordered && l.saved {
+                            save_here(&saver, &pieces[l.index], l.index, &bufs, &digests)
+                                .map_err(|e| in_journal(&jp, e))?;
+                        }
+                        return Ok(Some((l, bufs)));
+                    }
+                }
+            }
+        };
+        let mut pending = next_piece()?;
+        // Whether the journal was synced since the reader saved the pending piece.
+        let mut save_synced = false;
+        while let Some((cur, bufs)) = pending.take() {
             let k = cur.index;
             let pc = &pieces[k];
             let n = pc.buf_len();
-            let data = cur.buf.get(n);
             // Write-ahead: before this piece may overwrite the source of a copied piece, make
             // that copy durable and record it, so a rerun never re-reads a clobbered source.
             if uncommitted
@@ -1243,56 +1306,50 @@ fn copy_pieces(
                     .map_err(|e| in_journal(&jp, e))?;
                 rep.checkpoints = rep.checkpoints.saturating_add(1);
                 uncommitted = None;
+                save_synced = true;
             }
             let self_overlap = pc.overlaps_itself();
-            if self_overlap && !cur.from_save && !cur.saved {
-                // The destination overlaps this piece's own source: keep a durable copy of
-                // the source bytes before the first byte is overwritten.
-                j.save(k as u64, data)
-                    .and_then(|()| j.sync())
-                    .map_err(|e| in_journal(&jp, e))?;
+            if cur.saved {
+                // The destination overlaps this piece's own source: its saved bytes must be
+                // durable before the first byte is overwritten.
+                if !save_synced {
+                    j.sync().map_err(|e| in_journal(&jp, e))?;
+                }
                 rep.saved_pieces = rep.saved_pieces.saturating_add(1);
             }
             rep.past_end_blocks = rep
                 .past_end_blocks
                 .saturating_add(bs.blocks_covering(cur.past_bytes));
-            let mut write = true;
-            if opts.check {
-                cmp.resize(n, 0);
-                let got = pread_full(&src.file, &mut cmp, pc.dst.start)
-                    .map_err(|e| Error::io("read", pc.dst.start, e))?;
-                if got == n && cmp == data {
-                    rep.identical_blocks = rep.identical_blocks.saturating_add(pc.blocks.len);
-                    write = false;
-                }
-            }
-            let mut next = incoming.next().transpose()?;
-            // The next piece's source is intact until its own destination is written, and its
-            // save slot held a piece that is committed by now: save it meanwhile.
-            let save_next = next
-                .as_ref()
-                .filter(|nx| pieces[nx.index].overlaps_itself() && !nx.from_save)
-                .map(|nx| (nx.index as u64, nx.buf.get(pieces[nx.index].buf_len())));
-            let direct = &mut direct;
-            let dest = || -> Result<()> {
-                if write {
-                    write_sliced(&src.file, direct, data, pc.dst.start, opts)?;
-                }
-                Ok(())
+            // The piece's bytes, slice by slice.
+            let parts = || {
+                bufs.iter()
+                    .zip((0..n).step_by(SLICE))
+                    .map(|(b, at)| b.get(SLICE.min(n.saturating_sub(at))))
             };
-            write_and_save(dest, save_next, j, opts, k)?;
+            let write = !(opts.check && holds(&src.file, parts(), pc.dst.start, &mut cmp)?);
+            // Each slice goes back to the reader once written: it reads (and saves) the next
+            // piece into them meanwhile. It may have stopped on an error already: then these
+            // sends just fail.
+            let mut at = pc.dst.start;
+            for (b, from) in bufs.into_iter().zip((0..n).step_by(SLICE)) {
+                let data = b.get(SLICE.min(n.saturating_sub(from)));
+                if write {
+                    write_sliced(&src.file, &mut direct, data, at, opts)?;
+                }
+                at = at.saturating_add(data.len() as u64);
+                let _ = free_tx.send(b);
+            }
             if write {
                 rep.bytes_written = rep.bytes_written.saturating_add(n as u64);
+            } else {
+                rep.identical_blocks = rep.identical_blocks.saturating_add(pc.blocks.len);
             }
-            let saved_next = save_next.is_some();
-            if let Some(nx) = next.as_mut().filter(|_| saved_next) {
-                nx.saved = true;
-                rep.saved_pieces = rep.saved_pieces.saturating_add(1);
-            }
+            let next = next_piece()?;
             uncommitted = Some(match uncommitted.take() {
                 Some(u) => u.start.min(pc.src.start)..u.end.max(pc.src.end),
                 None => pc.src.clone(),
             });
+            save_synced = false;
             if self_overlap {
                 // The source is gone now: commit before the save slot can be reused. The
                 // checkpoint's sync also makes the next piece's save durable.
@@ -1303,98 +1360,201 @@ fn copy_pieces(
                 .map_err(|e| in_journal(&jp, e))?;
                 rep.checkpoints = rep.checkpoints.saturating_add(1);
                 uncommitted = None;
-            } else if saved_next {
-                j.sync().map_err(|e| in_journal(&jp, e))?;
+                save_synced = true;
             }
             rep.blocks = rep.blocks.saturating_add(pc.blocks.len);
             progress.update(rep.blocks.saturating_mul(bs.bytes()));
-            // The reader may have stopped on an error already: then this send just fails.
-            let _ = free_tx.send(cur.buf);
+            let _ = mark_tx.send(k);
             pending = next;
         }
         Ok(())
     })
 }
 
-/// Write piece `k`'s destination (`dest`) and save the next piece (`save`), at the same
-/// time: they touch different files and neither depends on the other. With the test hooks
-/// they run one after the other instead (alternating which goes first), so that crash
-/// points come in a reproducible order.
-fn write_and_save(
-    dest: impl FnOnce() -> Result<()> + Send,
-    save: Option<(u64, &[u8])>,
-    j: &Journal,
-    opts: &MoveOptions,
-    k: usize,
-) -> Result<()> {
-    let Some((piece, data)) = save else {
-        return dest();
-    };
-    let save = || j.save(piece, data).map_err(|e| in_journal(j.path(), e));
-    if opts.crash_point.is_some() || opts.slice_bytes > 0 {
-        if k.is_multiple_of(2) {
-            dest()?;
-            save()
-        } else {
-            save()?;
-            dest()
+/// Does `file` hold `parts` (consecutive) at `at`? Read and compared a part at a time into
+/// `cmp` (a whole piece more in memory would be 32 MiB), stopping at the first difference.
+fn holds<'a>(
+    file: &File,
+    parts: impl Iterator<Item = &'a [u8]>,
+    at: u64,
+    cmp: &mut Vec<u8>,
+) -> Result<bool> {
+    let mut off = at;
+    for want in parts {
+        cmp.resize(want.len(), 0);
+        let n = pread_full(file, cmp, off).map_err(|e| Error::io("read", off, e))?;
+        if n < want.len() || cmp[..] != *want {
+            return Ok(false);
         }
-    } else {
-        std::thread::scope(|scope| {
-            let saver = scope.spawn(save);
-            let res = dest();
-            let saved = saver
-                .join()
-                .unwrap_or_else(|_| Err(Error::InvalidInput("the save thread failed".into())));
-            res.and(saved)
-        })
+        off = off.saturating_add(n as u64);
     }
+    Ok(true)
+}
+
+/// What the reader thread reads.
+struct ReadJob<'a> {
+    pieces: &'a [Piece],
+    digests: &'a [u32],
+    start: usize,
+}
+
+/// What the saver thread saves.
+struct SaveJob<'a> {
+    pieces: &'a [Piece],
+    digests: &'a [u32],
+    start: usize,
+    saver: &'a mj::Saver,
+    /// The journal's path, for errors.
+    journal: &'a Path,
+}
+
+/// Save piece `k` (`pc`), whose slices are `bufs`, on this thread (with the test hooks).
+fn save_here(
+    saver: &mj::Saver,
+    pc: &Piece,
+    k: usize,
+    bufs: &[AlignedBuf],
+    digests: &[u32],
+) -> Result<()> {
+    let n = pc.buf_len();
+    for (b, at) in bufs.iter().zip((0..n).step_by(SLICE)) {
+        saver.part(k as u64, at as u64, b.get(SLICE.min(n.saturating_sub(at))))?;
+    }
+    saver.seal(k as u64, pc.bytes(), digests[k])
+}
+
+/// The writer (or the saver) stopped: its own error is the one reported.
+fn stopped() -> Error {
+    Error::InvalidInput("the move stopped".into())
 }
 
 /// The reader thread of a move: each piece from `start` on, from SOURCE — or, for a piece an
-/// interrupted run saved, from its save record — checked against its checksum.
+/// interrupted run saved, from its save record — a slice at a time into the `free` slices,
+/// checked against its checksum.
 fn read_pieces(
     src: FileSource,
-    pieces: &[Piece],
-    digests: &[u32],
-    start: usize,
-    saved: Vec<Saved>,
-    full: SyncSender<Result<Loaded>>,
+    job: ReadJob<'_>,
+    mut saved: Vec<Saved>,
+    out: SyncSender<Msg>,
     free: Receiver<AlignedBuf>,
 ) {
-    for (k, pc) in pieces.iter().enumerate().skip(start) {
-        let Ok(mut buf) = free.recv() else { return };
+    for (k, pc) in job.pieces.iter().enumerate().skip(job.start) {
         let n = pc.buf_len();
-        let res = match saved.iter().find(|s| s.piece == k as u64) {
-            Some(s) => {
-                buf.get_mut(n).copy_from_slice(&s.data);
-                Ok(Loaded {
-                    index: k,
-                    buf,
-                    from_save: true,
-                    saved: false,
-                    past_bytes: 0,
-                })
-            }
-            None => src.read_sparse_at(buf.get_mut(n), pc.src.start).and_then(|past| {
-                if mj::digest(buf.get(n)) != digests[k] {
-                    return Err(Error::InvalidInput(format!(
-                        "SOURCE changed during the move: bytes {}-{} (piece {k}) are no longer what they were when the move started",
-                        pc.src.start,
-                        pc.src.end.saturating_sub(1)
-                    )));
+        // Each record is used once: its memory goes with it.
+        let record = saved
+            .iter()
+            .position(|s| s.piece == k as u64)
+            .map(|i| saved.swap_remove(i));
+        let save = record.is_none() && pc.overlaps_itself();
+        let read = || -> Result<Loaded> {
+            let mut crc = 0u32;
+            let mut past = 0u64;
+            for at in (0..n).step_by(SLICE) {
+                let len = SLICE.min(n.saturating_sub(at));
+                let mut buf = free.recv().map_err(|_| stopped())?;
+                let b = buf.get_mut(len);
+                match &record {
+                    Some(r) => {
+                        let part = r.data.get(at..at.saturating_add(len));
+                        b.copy_from_slice(part.ok_or_else(|| {
+                            Error::InvalidInput(format!("piece {k}: short save record"))
+                        })?);
+                    }
+                    None => {
+                        // `at` is below the piece's length: a position inside it.
+                        let pos = pc.src.start.saturating_add(at as u64);
+                        let p = src.read_sparse_at(b, pos)?;
+                        past = past.saturating_add(p as u64);
+                    }
                 }
-                Ok(Loaded {
-                    index: k,
+                crc = crc32c::crc32c_append(crc, b);
+                let msg = Msg::Slice {
+                    piece: k,
+                    at,
+                    save,
                     buf,
-                    from_save: false,
-                    saved: false,
-                    past_bytes: past as u64,
-                })
-            }),
+                };
+                out.send(msg).map_err(|_| stopped())?;
+            }
+            if record.is_none() && crc != job.digests[k] {
+                return Err(Error::InvalidInput(format!(
+                    "SOURCE changed during the move: bytes {}-{} (piece {k}) are no longer what they were when the move started",
+                    pc.src.start,
+                    pc.src.end.saturating_sub(1)
+                )));
+            }
+            Ok(Loaded {
+                index: k,
+                saved: save,
+                past_bytes: past,
+            })
         };
+        let res = read();
         let failed = res.is_err();
-        if full.send(res).is_err() || failed {
+        if out.send(Msg::Done(res)).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// The saver thread of a move: passes the reader's slices on to the writer, saving those of
+/// a piece that overlaps itself on the way, and seals the record once the reader has checked
+/// the piece. A piece's save slot held the piece two before it: saving waits until the
+/// writer has finished that one.
+fn save_pieces(job: SaveJob<'_>, from: Receiver<Msg>, to: SyncSender<Msg>, marks: Receiver<usize>) {
+    // Pieces below this are finished, as far as this thread has heard.
+    let mut finished = job.start;
+    let mut wait = |upto: usize| {
+        while finished < upto {
+            match marks.recv() {
+                Ok(k) => finished = finished.max(k.saturating_add(1)),
+                Err(_) => return false,
+            }
+        }
+        true
+    };
+    // The piece whose saving may start (its slot is free).
+    let mut cleared = None;
+    for msg in from {
+        let msg = match msg {
+            Msg::Slice {
+                piece: k,
+                at,
+                save: true,
+                buf,
+            } => {
+                let n = job.pieces[k].buf_len();
+                let res = if cleared == Some(k) || wait(k.saturating_sub(1)) {
+                    cleared = Some(k);
+                    let data = buf.get(SLICE.min(n.saturating_sub(at)));
+                    job.saver
+                        .part(k as u64, at as u64, data)
+                        .map_err(|e| in_journal(job.journal, e))
+                } else {
+                    Err(stopped())
+                };
+                match res {
+                    Ok(()) => Msg::Slice {
+                        piece: k,
+                        at,
+                        save: true,
+                        buf,
+                    },
+                    Err(e) => Msg::Done(Err(e)),
+                }
+            }
+            Msg::Done(Ok(l)) if l.saved => {
+                let k = l.index;
+                let n = job.pieces[k].bytes();
+                match job.saver.seal(k as u64, n, job.digests[k]) {
+                    Ok(()) => Msg::Done(Ok(l)),
+                    Err(e) => Msg::Done(Err(in_journal(job.journal, e))),
+                }
+            }
+            other => other,
+        };
+        let failed = matches!(msg, Msg::Done(Err(_)));
+        if to.send(msg).is_err() || failed {
             return;
         }
     }

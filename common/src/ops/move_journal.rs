@@ -364,6 +364,89 @@ pub struct Saved {
     pub data: Vec<u8>,
 }
 
+/// Writes save records of a [`Journal`] ([`Journal::saver`]): a piece's bytes in parts, then
+/// the header that makes the record count. Not synced: the journal's next sync or checkpoint
+/// (the same file) makes them durable.
+pub struct Saver {
+    file: File,
+    /// A handle around the page cache (opened on first use), as [`Journal::save`] has.
+    direct: Mutex<(bool, Option<File>)>,
+    /// Where save slots 0 and 1 start.
+    slots: [u64; 2],
+    /// Bytes of data a slot holds.
+    room: u64,
+    /// The first bytes of the journal header's hash.
+    hash: [u8; 4],
+    crash_point: Option<fn()>,
+    slice_bytes: usize,
+}
+
+impl Saver {
+    fn crash_point(&self) {
+        if let Some(f) = self.crash_point {
+            f();
+        }
+    }
+
+    /// Where the record of `piece` starts (slot `piece % 2`).
+    fn slot(&self, piece: u64) -> u64 {
+        self.slots[usize::from(piece % 2 == 1)]
+    }
+
+    /// Write `data`, bytes `at..` of piece `piece`'s source, into its slot. The slot's old
+    /// record stops counting as soon as its bytes change (its checksum no longer matches).
+    pub fn part(&self, piece: u64, at: u64, data: &[u8]) -> Result<()> {
+        let end = at
+            .checked_add(data.len() as u64)
+            .filter(|&e| e <= self.room);
+        if end.is_none() {
+            return Err(Error::InvalidInput(format!(
+                "piece {piece}: bytes {at}.. do not fit a save slot"
+            )));
+        }
+        let mut direct = self.direct.lock().unwrap_or_else(|e| e.into_inner());
+        if !direct.0 {
+            *direct = (true, reopen_direct(&self.file));
+        }
+        let slice = if self.slice_bytes > 0 {
+            self.slice_bytes
+        } else {
+            data.len().max(1)
+        };
+        // Inside the slot (checked above).
+        let mut off = self.slot(piece).saturating_add(PAGE).saturating_add(at);
+        for chunk in data.chunks(slice) {
+            self.crash_point();
+            write_maybe_direct(&self.file, &mut direct.1, chunk, off)?;
+            off = off.saturating_add(chunk.len() as u64);
+        }
+        Ok(())
+    }
+
+    /// Write the header of piece `piece`'s record, once all its `len` bytes are written:
+    /// `crc` must be the checksum the journal records for the piece (the caller checked the
+    /// bytes), so other bytes never count as saved.
+    pub fn seal(&self, piece: u64, len: u64, crc: u32) -> Result<()> {
+        let at = self.slot(piece);
+        let mut h = [0u8; SAVE_LEN];
+        h[0..8].copy_from_slice(SAVE_MAGIC);
+        le::set_u64(&mut h, 8, piece);
+        le::set_u64(&mut h, 16, len);
+        le::set_u32(&mut h, 24, crc);
+        h[28..32].copy_from_slice(&self.hash);
+        let hcrc = crc32c::crc32c(&h[..32]);
+        le::set_u32(&mut h, 32, hcrc);
+        self.crash_point();
+        pwrite_full(&self.file, &h, at).map_err(|e| Error::io("write journal", at, e))
+    }
+
+    /// The whole record of `piece` at once.
+    fn save(&self, piece: u64, data: &[u8], crc: u32) -> Result<()> {
+        self.part(piece, 0, data)?;
+        self.seal(piece, data.len() as u64, crc)
+    }
+}
+
 /// Why SOURCE is not in a state this journal can finish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mismatch {
@@ -407,9 +490,6 @@ pub struct Journal {
     /// A done record's stamp of SOURCE ([`Journal::finish`]); 0 when none.
     stamp: u64,
     writable: bool,
-    /// An O_DIRECT handle for saved data, opened on first use (`.0`: tried). Behind a lock
-    /// so that a piece can be saved on one thread while another writes SOURCE.
-    direct: Mutex<(bool, Option<File>)>,
     /// Test hooks: see [`Journal::set_test_hooks`].
     crash_point: Option<fn()>,
     slice_bytes: usize,
@@ -584,7 +664,6 @@ impl Journal {
             state: State::Running { next: 0 },
             stamp: 0,
             writable: true,
-            direct: Mutex::new((false, None)),
             crash_point: None,
             slice_bytes: 0,
         })
@@ -811,7 +890,6 @@ impl Journal {
             state,
             stamp,
             writable,
-            direct: Mutex::new((false, None)),
             crash_point: None,
             slice_bytes: 0,
         }))
@@ -945,34 +1023,28 @@ impl Journal {
                 data.len()
             )));
         }
-        let at = self.save_at(piece % 2);
-        let mut h = [0u8; SAVE_LEN];
-        h[0..8].copy_from_slice(SAVE_MAGIC);
-        le::set_u64(&mut h, 8, piece);
-        le::set_u64(&mut h, 16, data.len() as u64);
-        le::set_u32(&mut h, 24, crc);
-        h[28..32].copy_from_slice(&self.hash[..4]);
-        let hcrc = crc32c::crc32c(&h[..32]);
-        le::set_u32(&mut h, 32, hcrc);
-        // The data goes around the page cache when it can (it is read back only after a
-        // crash); the sync that makes it durable covers both handles.
-        let mut direct = self.direct.lock().unwrap_or_else(|e| e.into_inner());
-        if !direct.0 {
-            *direct = (true, reopen_direct(&self.file));
-        }
-        let slice = if self.slice_bytes > 0 {
-            self.slice_bytes
-        } else {
-            data.len().max(1)
-        };
-        let mut off = at.saturating_add(PAGE);
-        for chunk in data.chunks(slice) {
-            self.crash_point();
-            write_maybe_direct(&self.file, &mut direct.1, chunk, off)?;
-            off = off.saturating_add(chunk.len() as u64);
-        }
-        self.crash_point();
-        pwrite_full(&self.file, &h, at).map_err(|e| Error::io("write journal", at, e))
+        self.saver()?.save(piece, data, crc)
+    }
+
+    /// A handle that saves pieces ([`Saver::part`], [`Saver::seal`]) from another thread
+    /// while this journal records checkpoints: the same file and slots as
+    /// [`Journal::save`], the same test hooks.
+    pub fn saver(&self) -> Result<Saver> {
+        self.need_writable()?;
+        let mut hash = [0u8; 4];
+        hash.copy_from_slice(&self.hash[..4]);
+        Ok(Saver {
+            file: self
+                .file
+                .try_clone()
+                .map_err(|e| Error::io("dup journal", 0, e))?,
+            direct: Mutex::new((false, None)),
+            slots: [self.save_at(0), self.save_at(1)],
+            room: self.save_stride().saturating_sub(PAGE),
+            hash,
+            crash_point: self.crash_point,
+            slice_bytes: self.slice_bytes,
+        })
     }
 
     /// Make what was written to the journal durable.

@@ -7,8 +7,10 @@
 //! format allows (2^32 - 1 entries; e2image writes more than qemu's 32 MiB for filesystems
 //! over 8 TiB with 4 KiB clusters): it is read once, in pieces, skipping holes, and only its
 //! non-zero entries are kept, so memory follows the L2 tables the image has, not its
-//! virtual size. L2 tables are kept in a bounded LRU cache; the last decompressed cluster is
-//! cached too.
+//! virtual size. L2 tables are read and cached in slices of at most 4 KiB (as qemu's
+//! `l2-cache-entry-size`), in a small LRU cache: memory and the cost of a miss do not grow
+//! with the cluster size, and a pass over a multi-TiB image holds 1 MiB of them, not every
+//! table it met. The last decompressed cluster is cached too.
 //!
 //! Arithmetic on positions inside a buffer or below an end that is itself a `u64` uses
 //! `saturating_*`, which cannot saturate there; everything else is checked.
@@ -29,20 +31,47 @@ use crate::io::ReadAt;
 const L1_CHUNK: u64 = 1 << 20;
 /// qemu's limit on the refcount table (8 MiB).
 const MAX_REFTABLE_BYTES: u64 = 8 << 20;
-/// Memory for cached L2 tables.
-const L2_CACHE_BYTES: u64 = 32 << 20;
-const L2_CACHE_MAX_TABLES: usize = 4096;
+/// Entries in one cached L2 slice (4 KiB), or the whole table when it is smaller.
+const L2_SLICE_ENTRIES: u64 = 512;
+/// Cached L2 slices: 1 MiB. A miss costs one 4 KiB read (from the page cache after the first
+/// pass), so a larger cache buys little: a sequential pass uses one slice at a time, and a
+/// filesystem scan's metadata clusters together (flex_bg).
+const L2_CACHE_SLICES: usize = 256;
 /// Largest region reported by one `data_region` call (callers read at most this much at a
 /// time, so looking further ahead would only repeat work).
 const MAX_REGION: u64 = crate::pieces::IO_CHUNK as u64;
 
-/// An L2 table: its host offset and entries.
-type L2Table = (HostOffset, Arc<[u64]>);
+/// A slice of an L2 table: the table's host offset, the table slot of the slice's first
+/// entry, and the slice's entries.
+struct L2Slice {
+    table: HostOffset,
+    first: usize,
+    entries: Arc<[u64]>,
+}
 
+impl L2Slice {
+    /// The entry of guest cluster `g` (which this slice maps).
+    fn entry(&self, g: GuestCluster, cb: ClusterBits) -> L2Entry {
+        let k = g.l2_slot(cb).saturating_sub(self.first);
+        L2Entry(self.entries.get(k).copied().unwrap_or(0))
+    }
+
+    /// The first guest cluster after this slice, given `g` inside it.
+    fn end(&self, g: GuestCluster, cb: ClusterBits) -> GuestCluster {
+        // first <= slot < first + len <= 2^18: no wrap; g + 2^18 cannot overflow either
+        // (guest clusters are below 2^55).
+        let left = self
+            .first
+            .saturating_add(self.entries.len())
+            .saturating_sub(g.l2_slot(cb));
+        GuestCluster(g.0.saturating_add(left as u64))
+    }
+}
+
+/// Slices by host offset (of the slice), with the LRU clock of their last use.
 struct L2Cache {
-    tables: HashMap<HostOffset, (u64, Arc<[u64]>)>,
+    slices: HashMap<HostOffset, (u64, Arc<[u64]>)>,
     clock: u64,
-    capacity: usize,
 }
 
 struct Inflated {
@@ -150,16 +179,19 @@ impl<S: ReadAt> Qcow2Reader<S> {
     /// (its unallocated clusters then read as zeros here; the chain reads them through).
     pub fn open_layer(host: S) -> Result<Self> {
         let host_size = host.size();
+        // Extensions are parsed within the first cluster, which is read once its size is
+        // known; cluster_bits itself is checked by the parser (an out-of-range value parses
+        // the whole prefix of up to 2 MiB and fails there).
+        let mut bits = [0u8; 4];
+        let n = host.read_at(&mut bits, field::CLUSTER_BITS as u64)?;
+        let cluster = be::get_u32(&bits[..n], 0)
+            .and_then(ClusterBits::new)
+            .map_or(1 << ClusterBits::MAX, |cb| cb.size());
         // At most 2 MiB: a usize.
-        let mut first = vec![0u8; host_size.min(1 << ClusterBits::MAX) as usize];
+        let mut first = vec![0u8; host_size.min(cluster) as usize];
         let n = host.read_at(&mut first, 0)?;
         first.truncate(n);
-        // Extensions are parsed within the first cluster; cluster_bits itself is checked
-        // by the parser (an out-of-range value parses the whole prefix and fails there).
-        let limit = be::get_u32(&first, field::CLUSTER_BITS)
-            .and_then(ClusterBits::new)
-            .map_or(first.len(), |cb| first.len().min(cb.size_usize()));
-        let header = Header::parse(&first[..limit])?;
+        let header = Header::parse(&first)?;
         header.check_supported_layer()?;
         let compression = header.cluster_compression()?;
         let cb = header.cluster_bits;
@@ -226,9 +258,6 @@ impl<S: ReadAt> Qcow2Reader<S> {
             .into());
         }
         let l2_offsets: Vec<HostOffset> = l2_offsets.into_iter().map(|(o, _)| o).collect();
-        let capacity = usize::try_from(L2_CACHE_BYTES >> cb.get())
-            .unwrap_or(L2_CACHE_MAX_TABLES)
-            .clamp(8, L2_CACHE_MAX_TABLES);
         Ok(Qcow2Reader {
             host,
             host_size,
@@ -237,9 +266,8 @@ impl<S: ReadAt> Qcow2Reader<S> {
             reserved,
             l2_offsets,
             cache: Mutex::new(L2Cache {
-                tables: HashMap::new(),
+                slices: HashMap::new(),
                 clock: 0,
-                capacity,
             }),
             inflated: Mutex::new(Inflated {
                 compression,
@@ -277,8 +305,11 @@ impl<S: ReadAt> Qcow2Reader<S> {
         &self.host
     }
 
-    /// The L2 table of L1 entry `li`, or `None` when unallocated.
-    fn l2_table(&self, li: u64) -> Result<Option<L2Table>> {
+    /// The slice of the L2 table mapping guest cluster `g`, or `None` when the table is
+    /// unallocated.
+    fn l2_slice(&self, g: GuestCluster) -> Result<Option<L2Slice>> {
+        let cb = self.cb;
+        let li = g.l1_index(cb);
         let Ok(at) = self.l1.binary_search_by_key(&li, |&(i, _)| i) else {
             return Ok(None);
         };
@@ -293,7 +324,6 @@ impl<S: ReadAt> Qcow2Reader<S> {
         let Some(off) = e.l2_offset() else {
             return Ok(None);
         };
-        let cb = self.cb;
         if !off.is_aligned(cb) {
             return Err(CorruptKind::Qcow2L2Misaligned {
                 l1_index: li,
@@ -318,24 +348,40 @@ impl<S: ReadAt> Qcow2Reader<S> {
             }
             .into());
         }
+        // Entries per slice and the slice's first slot: both below 2^18.
+        let per = L2_SLICE_ENTRIES.min(cb.l2_entries()) as usize;
+        // Both powers of two: the slot rounded down to a slice.
+        let first = g.l2_slot(cb) & !per.saturating_sub(1);
+        // Inside the table checked above: first * 8 < cluster size.
+        let at = HostOffset(off.0.saturating_add((first as u64) << 3));
         let mut cache = relock(&self.cache);
         // An LRU clock: 2^64 lookups do not happen.
         cache.clock = cache.clock.wrapping_add(1);
         let now = cache.clock;
-        if let Some(t) = cache.tables.get_mut(&off) {
+        if let Some(t) = cache.slices.get_mut(&at) {
             t.0 = now;
-            return Ok(Some((off, t.1.clone())));
+            let entries = t.1.clone();
+            return Ok(Some(L2Slice {
+                table: off,
+                first,
+                entries,
+            }));
         }
-        let mut raw = vec![0u8; cb.size_usize()];
-        read_table(&self.host, &mut raw, off)?;
-        let table: Arc<[u64]> = entries(&raw).collect();
-        if cache.tables.len() >= cache.capacity
-            && let Some(&old) = cache.tables.iter().min_by_key(|(_, v)| v.0).map(|(k, _)| k)
+        let mut raw = [0u8; (L2_SLICE_ENTRIES as usize) << 3];
+        let raw = &mut raw[..per << 3];
+        read_table(&self.host, raw, at)?;
+        let entries: Arc<[u64]> = self::entries(raw).collect();
+        if cache.slices.len() >= L2_CACHE_SLICES
+            && let Some(&old) = cache.slices.iter().min_by_key(|(_, v)| v.0).map(|(k, _)| k)
         {
-            cache.tables.remove(&old);
+            cache.slices.remove(&old);
         }
-        cache.tables.insert(off, (now, table.clone()));
-        Ok(Some((off, table)))
+        cache.slices.insert(at, (now, entries.clone()));
+        Ok(Some(L2Slice {
+            table: off,
+            first,
+            entries,
+        }))
     }
 
     /// Decode and check the entry for guest cluster `g` of the L2 table at `l2`.
@@ -402,9 +448,9 @@ impl<S: ReadAt> Qcow2Reader<S> {
 
     /// Where guest cluster `g` is stored.
     pub fn mapping(&self, g: GuestCluster) -> Result<Mapping> {
-        match self.l2_table(g.l1_index(self.cb))? {
+        match self.l2_slice(g)? {
             None => Ok(Mapping::Unallocated),
-            Some((off, t)) => self.check_entry(g, off, L2Entry(t[g.l2_slot(self.cb)])),
+            Some(s) => self.check_entry(g, s.table, s.entry(g, self.cb)),
         }
     }
 
@@ -419,11 +465,7 @@ impl<S: ReadAt> Qcow2Reader<S> {
         let cb = self.cb;
         while g < end {
             let li = g.l1_index(cb);
-            // The first cluster of the next L2 table (none past the addressable range).
-            let next_table = li
-                .checked_add(1)
-                .and_then(|n| GuestCluster::first_of_l1(n, cb));
-            match self.l2_table(li)? {
+            match self.l2_slice(g)? {
                 None => {
                     // Skip to the next allocated L1 entry (or one with reserved bits, which
                     // is reported when reached).
@@ -441,12 +483,12 @@ impl<S: ReadAt> Qcow2Reader<S> {
                         None => return Ok(None),
                     }
                 }
-                Some((off, t)) => {
-                    let tend = next_table.map_or(end, |n| n.min(end));
+                Some(s) => {
+                    let tend = s.end(g, cb).min(end);
                     for c in (g.0..tend.0).map(GuestCluster) {
-                        let e = L2Entry(t[c.l2_slot(cb)]);
+                        let e = s.entry(c, cb);
                         if e.0 != 0 {
-                            match self.check_entry(c, off, e)? {
+                            match self.check_entry(c, s.table, e)? {
                                 Mapping::Data(_) | Mapping::Compressed { .. } => {
                                     return Ok(Some(c));
                                 }
@@ -736,7 +778,14 @@ mod tests {
     }
 
     fn runs() -> Vec<ClusterRun> {
-        vec![run(0, 3), run(100, 1), run(130, 200), run(999, 1)]
+        // 505..525 crosses an L2 slice (512 entries) or table boundary at every cluster size.
+        vec![
+            run(0, 3),
+            run(100, 1),
+            run(130, 200),
+            run(505, 20),
+            run(999, 1),
+        ]
     }
 
     fn sequential_image(cb: u32, size: u64) -> Vec<u8> {
@@ -797,6 +846,41 @@ mod tests {
             Some((100 << cb)..(101 << cb))
         );
         assert_eq!(r.data_region(1000 << cb).unwrap(), None);
+    }
+
+    /// More L2 slices than the cache holds, read in both directions: evicted slices are
+    /// read again, the right ones.
+    #[test]
+    fn l2_cache_evicts_and_rereads() {
+        let cb = 9u32;
+        let tables = (L2_CACHE_SLICES + 44) as u64;
+        let runs: Vec<ClusterRun> = (0..tables).map(|t| run(t * 64 + t % 63, 1)).collect();
+        let layout = Qcow2Layout::plan((tables * 64) << cb, cb, &runs).unwrap();
+        let mut img = Vec::new();
+        let mut w = SequentialWriter::new(&mut img, &layout).unwrap();
+        for r in &runs {
+            w.write_clusters(r.start, &pattern(r.start, 512)).unwrap();
+        }
+        w.finish().unwrap();
+        let r = Qcow2Reader::open(MemSource(img)).unwrap();
+        for order in [false, true] {
+            let mut all = runs.clone();
+            if order {
+                all.reverse();
+            }
+            assert!(r.allocated_runs(false).unwrap() == runs);
+            for c in &all {
+                let mut buf = vec![0u8; 1024];
+                r.read_exact_at(&mut buf, c.start.0 << cb, "test").unwrap();
+                assert!(
+                    buf[..512] == pattern(c.start, 512)[..],
+                    "cluster {}",
+                    c.start
+                );
+                assert!(buf[512..].iter().all(|&b| b == 0));
+            }
+        }
+        assert!(relock(&r.cache).slices.len() <= L2_CACHE_SLICES);
     }
 
     #[test]

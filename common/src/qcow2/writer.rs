@@ -1053,9 +1053,16 @@ impl<'a> FileWriter<'a> {
                     .unwrap_or(0),
             }
         };
-        let mut head = Vec::new();
+        // Through a buffer, not gathered whole: the L1 table alone is 8 MiB at 2 TiB.
+        let mut head = std::io::BufWriter::with_capacity(
+            HEAD_BUFFER,
+            WriteAt {
+                file: self.file,
+                pos: 0,
+            },
+        );
         self.layout.write_head(&mut head, &rc)?;
-        pwrite_full(self.file, &head, 0).map_err(|e| Error::io("write", 0, e))?;
+        head.flush().map_err(|e| Error::io("write", 0, e))?;
         let end = self
             .pos
             .0
@@ -1065,6 +1072,31 @@ impl<'a> FileWriter<'a> {
             .set_len(end)
             .map_err(|e| Error::io("truncate", end, e))?;
         Ok(end)
+    }
+}
+
+/// Bytes of the compressed image's head (header, L1, refcounts) written at a time.
+const HEAD_BUFFER: usize = 1 << 20;
+
+/// Sequential writes to `file` from byte `pos` on, positioned (the file is shared).
+struct WriteAt<'a> {
+    file: &'a File,
+    pos: u64,
+}
+
+impl Write for WriteAt<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.write_at(buf, self.pos)?;
+        self.pos = self
+            .pos
+            .checked_add(n as u64)
+            .ok_or_else(|| std::io::Error::other("qcow2 writer: position overflows"))?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
