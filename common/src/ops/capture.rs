@@ -560,13 +560,21 @@ pub fn write_stream<S: ReadAt + ?Sized>(
     let mut w = stream::StreamWriter::new(out, header, extents)?;
     progress.phase("copying", data_map.selected_blocks(), Unit::Blocks);
     let mut done = 0u64;
-    crate::pieces::for_each_chunk(src, &data_map, bs, &mut |_, data| {
-        w.write_data(data)?;
-        done = done.saturating_add(bs.blocks_in(data.len() as u64));
-        progress.update(done);
-        Ok(())
-    })?;
-    let (_, _digest) = w.finish()?;
+    // The data is hashed on the reading thread, while this one writes.
+    let mut hash = w.take_hash();
+    crate::pieces::for_each_chunk_tapped(
+        src,
+        data_map.runs(),
+        bs,
+        &mut |data| sha2::Digest::update(&mut hash, data),
+        &mut |_, data| {
+            w.write_data(data)?;
+            done = done.saturating_add(bs.blocks_in(data.len() as u64));
+            progress.update(done);
+            Ok(())
+        },
+    )?;
+    let (_, _digest) = w.finish_hashed(hash)?;
     progress.finish();
     Ok(CopyStats {
         blocks: done.saturating_add(zero_blocks),

@@ -249,6 +249,8 @@ fn advance(pos: &mut u64, n: usize) {
 pub struct StreamWriter<W: Write> {
     out: W,
     hash: Sha256,
+    /// The data is hashed by the caller ([`StreamWriter::take_hash`]).
+    hashed_outside: bool,
     extents: Vec<Extent>,
     next: usize,
     /// Blocks of data still expected for `extents[next - 1]`.
@@ -307,6 +309,7 @@ impl<W: Write> StreamWriter<W> {
         Ok(StreamWriter {
             out,
             hash,
+            hashed_outside: false,
             extents,
             next: 0,
             pending: 0,
@@ -344,7 +347,9 @@ impl<W: Write> StreamWriter<W> {
             self.pending = self.pending.saturating_sub(n);
             blocks = blocks.saturating_sub(n);
         }
-        self.hash.update(data);
+        if !self.hashed_outside {
+            self.hash.update(data);
+        }
         self.out
             .write_all(data)
             .map_err(io_err("write", self.written))?;
@@ -354,8 +359,28 @@ impl<W: Write> StreamWriter<W> {
         Ok(())
     }
 
+    /// Take the running hash (header and map so far): the caller feeds it exactly the
+    /// bytes it passes to [`StreamWriter::write_data`], in order — on another thread if it
+    /// likes — and gives it back to [`StreamWriter::finish_hashed`].
+    pub fn take_hash(&mut self) -> Sha256 {
+        self.hashed_outside = true;
+        std::mem::take(&mut self.hash)
+    }
+
+    /// [`StreamWriter::finish`] with the hash taken by [`StreamWriter::take_hash`].
+    pub fn finish_hashed(mut self, hash: Sha256) -> Result<(W, [u8; 32])> {
+        self.hash = hash;
+        self.hashed_outside = false;
+        self.finish()
+    }
+
     /// Write the trailer and return the output and the SHA-256 of the stream content.
     pub fn finish(mut self) -> Result<(W, [u8; 32])> {
+        if self.hashed_outside {
+            return Err(Error::InvalidInput(
+                "e2i stream writer: the data was hashed outside; finish with its hash".into(),
+            ));
+        }
         let rest_data = self.pending != 0
             || self.extents[self.next..]
                 .iter()
@@ -704,6 +729,24 @@ mod tests {
         assert_eq!(got[0].1.as_deref(), Some(&data[..1024]));
         assert_eq!(got[2].0.kind, Kind::Zero);
         assert_eq!(got[3].1.as_deref(), Some(&data[2048..]));
+    }
+
+    /// Data hashed by the caller (on another thread) gives the same stream; a writer whose
+    /// hash was taken does not finish without it.
+    #[test]
+    fn hash_taken_outside_gives_the_same_stream() {
+        let (h, ex, data) = sample();
+        let mut w = StreamWriter::new(Vec::new(), h, ex.clone()).unwrap();
+        let mut hash = w.take_hash();
+        for d in [&data[..1024], &data[1024..]] {
+            sha2::Digest::update(&mut hash, d);
+            w.write_data(d).unwrap();
+        }
+        assert!(w.finish_hashed(hash).unwrap().0 == encode());
+        let mut w = StreamWriter::new(Vec::new(), h, ex).unwrap();
+        let _ = w.take_hash();
+        w.write_data(&data).unwrap();
+        assert!(w.finish().is_err());
     }
 
     #[test]
