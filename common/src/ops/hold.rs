@@ -9,7 +9,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use crate::io::{FileSource, ObjectId};
-use crate::ops::move_journal::{self as mj, Journal, State};
+use crate::ops::move_journal::{self as mj, State};
 use crate::progress::Progress;
 use crate::{Error, Result};
 
@@ -158,18 +158,7 @@ pub fn hold(
         candidates.extend(loc.default);
         candidates.extend(loc.index.and_then(|i| std::fs::read_link(i).ok()));
     }
-    let mut seen = Vec::new();
-    for c in candidates {
-        let Ok(id) = ObjectId::of_path(&c) else {
-            continue;
-        };
-        if seen.contains(&id) {
-            continue;
-        }
-        seen.push(id);
-        let Ok(Some(j)) = Journal::open(&c, false) else {
-            continue;
-        };
+    for (c, j) in mj::open_distinct(candidates, Vec::new()) {
         if j.state() == State::Done {
             continue;
         }

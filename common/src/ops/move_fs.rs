@@ -867,19 +867,8 @@ fn refuse_other_unfinished(
             }
         }
     }
-    let mut seen: Vec<ObjectId> = ObjectId::of_path(using).into_iter().collect();
-    for c in candidates {
-        let Ok(id) = ObjectId::of_path(&c) else {
-            continue;
-        };
-        if seen.contains(&id) {
-            continue;
-        }
-        seen.push(id);
-        // A journal that cannot be read is not ours to judge here.
-        let Ok(Some(j)) = Journal::open(&c, false) else {
-            continue;
-        };
+    let using = ObjectId::of_path(using).into_iter().collect();
+    for (c, j) in mj::open_distinct(candidates, using) {
         let same_object = j.source().object == src.id.object;
         let relevant = match uuid {
             None => same_object,

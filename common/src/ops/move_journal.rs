@@ -1411,6 +1411,23 @@ pub fn known_journals(state: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The readable journals among `paths`, with the name each was found under: every object
+/// once, none of those in `seen`. A journal that cannot be read is skipped: not ours to
+/// judge where this is used (before a move, and by readers and writers of a moved file).
+pub fn open_distinct(
+    paths: Vec<PathBuf>,
+    mut seen: Vec<ObjectId>,
+) -> impl Iterator<Item = (PathBuf, Journal)> {
+    paths.into_iter().filter_map(move |c| {
+        let id = ObjectId::of_path(&c).ok()?;
+        if seen.contains(&id) {
+            return None;
+        }
+        seen.push(id);
+        Journal::open(&c, false).ok().flatten().map(|j| (c, j))
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)] // tests compute expected values freely
 mod tests {
