@@ -374,19 +374,8 @@ fn stdin_and_stdout_redirected_to_a_file_being_moved_are_held_and_named() {
     let state = d.path().join("state");
     let fs_img = mkfs(d.path(), "fs.img", "4M", &[]);
     let disk = disk_with(d.path(), "disk.img", &fs_img);
-    let mover = Reaper::new(
-        Command::new(tool("e2i-move"))
-            .args(["-o", "1M", "-O", "2M"])
-            .arg(&disk)
-            .env("XDG_STATE_HOME", &state)
-            .env("E2I_MOVE_PIECE_KIB", "64")
-            // Held (SIGSTOP) before its third write until the checks are done.
-            .env("E2I_MOVE_STOP_AT", "3")
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_stopped(mover.child());
+    // Held before its third write until the checks are done.
+    let mover = held_mover(&["-o", "1M", "-O", "2M"], &disk, &state, 64);
     let before = digest(&disk);
     let o = run(Command::new(tool("e2i-capture"))
         .arg("-r")

@@ -621,7 +621,7 @@ fn a_fifo_the_run_cannot_use_is_refused_unopened() {
 
 /// Test sizes: pieces of 64 KiB written in 16 KiB slices, so a small filesystem has many
 /// pieces and crash points.
-const PIECE_KIB: &str = "64";
+const PIECE_KIB: u64 = 64;
 const SLICE_KIB: &str = "16";
 
 /// A disk: `head` bytes of a pattern, a filesystem with some data, 1 MiB of pattern; and
@@ -670,7 +670,7 @@ fn mv(args: &[&str], disk: &Path, state: &Path, kill_at: u64) -> Output {
         .args(args)
         .arg(disk)
         .env("XDG_STATE_HOME", state)
-        .env("E2I_MOVE_PIECE_KIB", PIECE_KIB)
+        .env("E2I_MOVE_PIECE_KIB", PIECE_KIB.to_string())
         .env("E2I_MOVE_SLICE_KIB", SLICE_KIB)
         .env("E2I_MOVE_KILL_AT", kill_at.to_string()))
 }
@@ -832,19 +832,9 @@ fn two_movers_never_share_a_file_or_a_journal() {
     let (disk, want) = move_disk(d.path(), MIB);
     // Within the loop device's size (the disk's size when it is set up).
     let args = ["-o", "1048576", "-O", "2097152"];
-    let first = Command::new(tool("e2i-move"))
-        .args(args)
-        .arg(&disk)
-        .env("XDG_STATE_HOME", &state)
-        .env("E2I_MOVE_PIECE_KIB", PIECE_KIB)
-        // Held (SIGSTOP) before its third write, its journal begun, until the checks are
-        // done: no timing involved.
-        .env("E2I_MOVE_STOP_AT", "3")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // Held before its third write until the checks are done.
+    let first = held_mover(&args, &disk, &state, PIECE_KIB);
     let journal = journal_of(&disk);
-    wait_stopped(&first);
     assert!(journal.exists(), "the first move never started");
     let lo = Loop::new(&disk, &[]);
     for extra in [vec!["--journal", journal.to_str().unwrap()], vec![]] {
@@ -858,8 +848,8 @@ fn two_movers_never_share_a_file_or_a_journal() {
         let err = failed(&o, &what);
         assert!(err.contains("another e2i-move"), "{what}: {err}");
     }
-    resume_stopped(&first);
-    let o = first.wait_with_output().unwrap();
+    resume_stopped(first.child());
+    let o = first.take().wait_with_output().unwrap();
     ok(&o, "the first mover");
     drop(lo);
     assert!(holds_fs(&disk, 2 * MIB, &want, d.path()));
@@ -1072,18 +1062,9 @@ fn a_source_being_moved_is_not_read_as_a_filesystem() {
         v
     };
     // While a mover runs.
-    let first = Command::new(tool("e2i-move"))
-        .args(args)
-        .arg(&disk)
-        .env("XDG_STATE_HOME", &state)
-        .env("E2I_MOVE_PIECE_KIB", PIECE_KIB)
-        // Held (SIGSTOP) before its third write until every reader has been tried.
-        .env("E2I_MOVE_STOP_AT", "3")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // Held before its third write until every reader has been tried.
+    let first = held_mover(&args, &disk, &state, PIECE_KIB);
     let journal = journal_of(&disk);
-    wait_stopped(&first);
     assert!(journal.exists(), "the move never started");
     let lo = Loop::new(&disk, &[]);
     for src in [disk.as_path(), lo.path()] {
@@ -1097,8 +1078,8 @@ fn a_source_being_moved_is_not_read_as_a_filesystem() {
         }
     }
     drop(lo);
-    resume_stopped(&first);
-    ok(&first.wait_with_output().unwrap(), "the move");
+    resume_stopped(first.child());
+    ok(&first.take().wait_with_output().unwrap(), "the move");
     assert!(holds_fs(&disk, MIB + 4096, &want, d.path()));
     // Half moved by a killed move: refused, naming the journal; finished, read as usual.
     fs::write(&disk, &orig).unwrap();
@@ -1223,19 +1204,8 @@ fn a_target_being_moved_is_not_written() {
     };
 
     // While a mover runs (held before its third write, its lock taken).
-    let first = Reaper::new(
-        Command::new(tool("e2i-move"))
-            .args(args)
-            .arg(&disk)
-            .env("XDG_STATE_HOME", &state)
-            .env("E2I_MOVE_PIECE_KIB", PIECE_KIB)
-            .env("E2I_MOVE_STOP_AT", "3")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let first = held_mover(&args, &disk, &state, PIECE_KIB);
     let journal = journal_of(&disk);
-    wait_stopped(first.child());
     assert!(journal.exists(), "the move never started");
     let lo = Loop::new(&disk, &[]);
     let n = refused(

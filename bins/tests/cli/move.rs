@@ -5,7 +5,7 @@ use super::util::*;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
@@ -385,23 +385,18 @@ fn unfinished_move_blocks_a_different_one() {
     let journal = d.path().join("j");
     // Hold a move (SIGSTOP, by the test hook) before its third write: its journal exists,
     // a piece is under way, SOURCE is locked. Then try another.
-    let mut child = Command::new(tool("e2i-move"))
-        .args(["--journal", p(&journal), "-o", "1M", "-O", "2M", p(&disk)])
-        .env("XDG_STATE_HOME", d.path().join("state"))
-        .env("E2I_MOVE_STOP_AT", "3")
-        .env("E2I_MOVE_PIECE_KIB", "256")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_stopped(&child);
+    let mover = held_mover(
+        &["--journal", p(&journal), "-o", "1M", "-O", "2M"],
+        &disk,
+        &d.path().join("state"),
+        256,
+    );
     assert!(journal.exists());
     // While it is held, a second mover is turned away.
     let o = e2i_move(&["--journal", p(&journal), "-o", "1M", "-O", "2M", p(&disk)]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("another e2i-move"));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(mover); // killed
     // Resumed, and killed again once it has moved some pieces (what it moved so far may
     // have been nothing: an unfinished move that changed nothing does not block another).
     let o = run(Command::new(tool("e2i-move"))

@@ -98,6 +98,27 @@ impl Drop for Reaper {
     }
 }
 
+/// Start `e2i-move ARGS DISK` (its state folder `state`, pieces of `piece_kib` KiB, stderr
+/// piped) and wait until its test hook stops it (SIGSTOP) before its third write: its journal
+/// begun, SOURCE locked, a piece under way; no timing involved. Killed when dropped;
+/// [`resume_stopped`] lets it go on.
+pub fn held_mover(args: &[&str], disk: &Path, state: &Path, piece_kib: u64) -> Reaper {
+    let mover = Reaper::new(
+        Command::new(tool("e2i-move"))
+            .args(args)
+            .arg(disk)
+            .env("XDG_STATE_HOME", state)
+            .env("E2I_MOVE_PIECE_KIB", piece_kib.to_string())
+            .env("E2I_MOVE_STOP_AT", "3")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    wait_stopped(mover.child());
+    mover
+}
+
 /// Let a child stopped by [`wait_stopped`] go on (SIGCONT).
 pub fn resume_stopped(child: &std::process::Child) {
     use rustix::process::{Pid, Signal, kill_process};
