@@ -50,14 +50,19 @@ fn capture_q(img: &Path, q: &Path, bits: u32) {
     assert_eq!(cluster_bits(q), bits, "{}", img.display());
 }
 
+/// `qemu-img convert -O raw q out`, left on disk (a multi-TiB sparse file: never read whole).
+fn qemu_raw(q: &Path, out: &Path) {
+    sh(Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(q)
+        .arg(out));
+}
+
 /// `q` is clean and converts, with qemu-img and with qcow2-to-raw, to the bytes of `want`.
 fn converts_to(q: &Path, want: &Path) {
     assert_eq!(qemu_check(q), 0, "qemu-img check {}", q.display());
     let out = q.with_extension("conv");
-    sh(Command::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(q)
-        .arg(&out));
+    qemu_raw(q, &out);
     let n = same_sparse(want, &out).unwrap_or_else(|e| panic!("qemu-img {}: {e}", q.display()));
     assert!(n > 0);
     std::fs::remove_file(&out).unwrap();
@@ -210,10 +215,7 @@ fn nine_tib_filesystem_gets_8_kib_clusters() {
         .arg(&img)
         .arg(&full));
     let want2 = p("full2.raw");
-    sh(Command::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(&full)
-        .arg(&want2));
+    qemu_raw(&full, &want2);
     let ov = p("ov.qcow2");
     sh(Command::new(tool("e2i-capture"))
         .args(["-Q", "--backing", "fs.qcow2"])
@@ -262,10 +264,7 @@ fn one_kib_blocks_past_512_gib_get_2_kib_clusters() {
         .arg(&img)
         .arg(&full));
     let want2 = p("full2.raw");
-    sh(Command::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(&full)
-        .arg(&want2));
+    qemu_raw(&full, &want2);
     for (base, name) in [(&base64k, "ov64k.qcow2"), (&q, "ov2k.qcow2")] {
         let ov = p(name);
         via_stream(&img, &["--backing", base.to_str().unwrap()], &ov);
