@@ -9,7 +9,7 @@ use crate::qcow2::grouping::{Assembler, Grouping};
 use crate::qcow2::header::ClusterCompression;
 use crate::qcow2::overlay::{Base, Differ};
 use crate::qcow2::writer::{
-    check_inflation, choose_grouping, nonzero_blocks, one_pass_layout, plan_clusters,
+    check_inflation, choose_grouping, image_layout, nonzero_blocks, one_pass_layout, plan_clusters,
 };
 use crate::qcow2::{ClusterRun, GuestCluster, Qcow2Layout};
 use crate::units::{BlockSize, FsBlock};
@@ -37,10 +37,8 @@ pub fn plan(
         let bs = g.block_size();
         let vsize = virtual_size(bs, blocks_count)?;
         let cb = g.cluster_bits().get();
-        let mut l = match one_pass_layout(bs, blocks_count, sel, compressed, overlay)? {
-            Some(l) => l.with_data(cb, data)?,
-            None => Qcow2Layout::plan_full(vsize, cb, data, zero, compressed)?,
-        };
+        let one_pass = one_pass_layout(bs, blocks_count, sel, compressed, overlay)?;
+        let mut l = image_layout(one_pass, vsize, cb, data, zero, compressed)?;
         check_inflation(&l, g.block_size(), n, compressed)?;
         if let Some(c) = opts.compress {
             l.set_compression(c);
@@ -209,10 +207,7 @@ pub fn stream_to_qcow2<R: std::io::Read + Send>(
         compressed,
         overlay.is_some(),
     )?;
-    let mut layout = match one_pass {
-        Some(l) => l.with_data(cb, &data)?,
-        None => Qcow2Layout::plan_full(vsize, cb, &data, &zero, compressed)?,
-    };
+    let mut layout = image_layout(one_pass, vsize, cb, &data, &zero, compressed)?;
     layout.set_marks(marks);
     if let Some(base) = overlay {
         base.record(&mut layout)?;

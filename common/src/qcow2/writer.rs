@@ -1301,10 +1301,7 @@ pub fn write_qcow2<S: ReadAt + ?Sized>(
     let cb = grouping.cluster_bits().get();
     // The data blocks of the data clusters, fed to the assembler.
     let data_map = BlockMap::from_runs(grouping.blocks_within(&runs, &data)?, map.blocks_count());
-    let mut layout = match one_pass {
-        Some(l) => l.with_data(cb, &data)?,
-        None => Qcow2Layout::plan_full(vsize, cb, &data, &zero, compress.is_some())?,
-    };
+    let mut layout = image_layout(one_pass, vsize, cb, &data, &zero, compress.is_some())?;
     layout.set_marks(marks);
     if let Some(base) = overlay {
         base.record(&mut layout)?;
@@ -1390,6 +1387,24 @@ pub fn one_pass_layout(
     }
     let clusters = g.clusters(selected)?;
     Qcow2Layout::plan_full(vsize, g.cluster_bits().get(), &clusters, &[], compressed).map(Some)
+}
+
+/// The layout an image is written with once its data clusters `data` (zero-flagged `zero`,
+/// clusters of `2^cluster_bits` bytes) are known: the one-pass layout holding them when there
+/// is one ([`one_pass_layout`]), so that every target writes the same bytes; else planned
+/// from the data clusters.
+pub fn image_layout(
+    one_pass: Option<Qcow2Layout>,
+    virtual_size: u64,
+    cluster_bits: u32,
+    data: &[ClusterRun],
+    zero: &[ClusterRun],
+    compressed: bool,
+) -> Result<Qcow2Layout> {
+    match one_pass {
+        Some(l) => l.with_data(cluster_bits, data),
+        None => Qcow2Layout::plan_full(virtual_size, cluster_bits, data, zero, compressed),
+    }
 }
 
 /// Read the selected blocks of `src` once, writing the non-zero ones as they come and
