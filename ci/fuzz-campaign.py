@@ -468,22 +468,18 @@ def area_ext4(c, base_dir, ncases, jobs):
                 os.remove(outs["a"])
             c.run("ext4", cid, ["e2i-move"] + pre + [src, outs["a"]], inputs=[src])
         # Differential: where the captures succeeded, the stream and the qcow2 hold the raw.
-        if r in (0, 3) and s == r:
-            back = os.path.join(d, "back.raw")
+        for status, tool, kind, name, label in (
+            (s, "e2i-to-raw", "stream", "back.raw", "stream->raw"),
+            (q, "qcow2-to-raw", "qcow2", "backq.raw", "-Q->raw"),
+        ):
+            if r not in (0, 3) or status != r:
+                continue
+            back = os.path.join(d, name)
             if os.path.exists(back):
                 os.remove(back)
-            t, _ = c.run("ext4", cid, ["e2i-to-raw", outs["stream"], back],
-                         inputs=[src, outs["stream"]])
+            t, _ = c.run("ext4", cid, [tool, outs[kind], back], inputs=[src, outs[kind]])
             if t == 0 and not same_file(back, outs["raw"]):
-                c.mismatch("ext4", cid, "stream->raw != -r (%s)" % what, [src])
-        if r in (0, 3) and q == r:
-            back = os.path.join(d, "backq.raw")
-            if os.path.exists(back):
-                os.remove(back)
-            t, _ = c.run("ext4", cid, ["qcow2-to-raw", outs["qcow2"], back],
-                         inputs=[src, outs["qcow2"]])
-            if t == 0 and not same_file(back, outs["raw"]):
-                c.mismatch("ext4", cid, "-Q->raw != -r (%s)" % what, [src])
+                c.mismatch("ext4", cid, "%s != -r (%s)" % (label, what), [src])
         c.count("ext4")
 
     with ThreadPoolExecutor(jobs) as ex:
