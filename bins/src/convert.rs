@@ -153,13 +153,7 @@ pub fn to_raw(tool: &str, a: &RawArgs<'_>, sum: &mut Summary) -> anyhow::Result<
             .num("bytes_written", report.copy.bytes_written)
             .num("output_bytes", output_bytes)
             .opt_str("sha256", streamed.as_ref().and_then(|(h, _)| h.as_deref()))
-            .opt_str(
-                "stream_sha256",
-                report
-                    .stream_sha256
-                    .map(|d| crate::json::hex(&d))
-                    .as_deref(),
-            )
+            .stream_digest(report.stream_digest)
             .float("elapsed_seconds", started.elapsed().as_secs_f64())
             .num("problems", report.problems.len() as u64)
             .bool("dry_run", a.dry_run)

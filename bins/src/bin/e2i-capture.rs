@@ -63,6 +63,16 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             ));
         }
     }
+    if args.stream_version.is_some()
+        && (explicit.is_some_and(|f| f != Format::Stream)
+            || explicit.is_none() && !is_stream_path(out_path))
+    {
+        return Ok(usage(
+            TOOL,
+            sum,
+            "--stream-version needs the stream format (--format stream, or OUTPUT a pipe)",
+        ));
+    }
     if args.all_data
         && (explicit == Some(Format::Normal) || explicit.is_none() && !is_stream_path(out_path))
     {
@@ -166,6 +176,10 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         scramble: args
             .scramble
             .then(|| args.seed.unwrap_or(e2i::scramble::DEFAULT_SEED)),
+        stream_version: match args.stream_version {
+            Some(1) => e2i::stream::Version::V1,
+            _ => e2i::stream::VERSION,
+        },
     };
     if !out.kind().is_stream() {
         // A scrambled image (-s, or SOURCE itself a scrambled image) over a filesystem with

@@ -174,13 +174,7 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             .num("blocks", report.blocks)
             .num("output_bytes", output_bytes)
             .opt_str("sha256", streamed.as_ref().and_then(|(h, _)| h.as_deref()))
-            .opt_str(
-                "stream_sha256",
-                report
-                    .stream_sha256
-                    .map(|d| e2i_cli::json::hex(&d))
-                    .as_deref(),
-            )
+            .stream_digest(report.stream_digest)
             .float("elapsed_seconds", started.elapsed().as_secs_f64())
             .num("problems", report.problems.len() as u64)
     });
