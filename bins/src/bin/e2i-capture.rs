@@ -210,11 +210,16 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         e2i::ext4::Filesystem::open(fs, opts.open).map_err(|e| attribute(e, &src, &out_name))?;
     }
     let mut reporter = Reporter::new(args.progress);
-    let mut stream = out
-        .kind()
-        .is_stream()
+    // Stdout redirected to a new file is written as a new file (unless --json hashes what
+    // goes to stdout).
+    let seek_stdout = if args.json {
+        None
+    } else {
+        out.seekable_stdout()
+    };
+    let mut stream = (out.kind().is_stream() && seek_stdout.is_none())
         .then(|| StreamOut::new(out.file(), args.json));
-    let target = match (&mut stream, out.kind(), out.file()) {
+    let target = match (&mut stream, out.kind(), seek_stdout.or(out.file())) {
         (Some(s), ..) => capture::Output::Stream(s.writer()),
         (None, Kind::BlockDevice, Some(file)) => capture::Output::Device {
             file,
@@ -229,6 +234,8 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         Some(s) => Some(s.finish().map_err(|e| attribute(e, &src, &out_name))?),
         None => None,
     };
+    out.end_stdout()
+        .map_err(|e| attribute(e, &src, &out_name))?;
     out.commit()
         .map_err(|e| anyhow::Error::new(e).context(out_name.clone()))?;
     reporter.summary(report.block_size);
