@@ -378,3 +378,81 @@ fn journal_over_metadata_is_kept_out() {
     );
     open(&std::fs::read(&out).unwrap()).expect("the scrambled image opens");
 }
+
+/// Walker threads (`ScanOptions::walkers`) give the scan without them, over many chunks of
+/// inode table (the reading thread then waits for them in order), and stop with the
+/// reading thread: a strict scan ends at the same first problem.
+#[test]
+fn walkers_give_the_same_scan_and_stop_with_it() {
+    let d = tempdir();
+    // ext2 (whole tables scanned: no uninit_bg), ~20 MiB of inode tables in 1 MiB chunks.
+    let path = mkfs(
+        d.path(),
+        "fs.img",
+        "64M",
+        &["-t", "ext2", "-b", "1024", "-N", "80000", "-I", "256"],
+    );
+    let big = d.path().join("big");
+    std::fs::write(&big, vec![0x5A; 40 * 1024]).unwrap();
+    for name in ["big", "big2"] {
+        let o = Command::new("debugfs")
+            .arg("-w")
+            .arg("-R")
+            .arg(format!("write {} {name}", big.display()))
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+    }
+    let mut img = std::fs::read(&path).unwrap();
+    let (_, at) = inode_at(&path, &img, "big");
+    put(&mut img, at + 0x28 + 12 * 4, &u32::MAX.to_le_bytes());
+    let (_, at) = inode_at(&path, &img, "big2");
+    put(&mut img, at + 0x28 + 13 * 4, &(u32::MAX - 1).to_le_bytes());
+    let fs = open(&img).unwrap();
+    for strict in [false, true] {
+        let with = |walkers| {
+            let opts = ScanOptions {
+                strict,
+                all_data: true,
+                want_dir_blocks: true,
+                walkers: Some(walkers),
+                ..ScanOptions::default()
+            };
+            let mut calls = Vec::new();
+            let r = scan(
+                &fs,
+                opts,
+                Some(&mut |done, total| calls.push((done, total))),
+            );
+            (r, calls)
+        };
+        let (base, base_calls) = with(0);
+        assert!(
+            strict || base_calls.len() > 16,
+            "strict {strict}: {} chunks: {:?}",
+            base_calls.len(),
+            base.as_ref().map(|r| &r.problems)
+        );
+        for walkers in [1, 3] {
+            let (r, calls) = with(walkers);
+            assert_eq!(calls, base_calls, "walkers {walkers}: progress");
+            match (&base, &r) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a.problems.len(), 2);
+                    assert!(
+                        a.map == b.map
+                            && a.dir_blocks == b.dir_blocks
+                            && a.problems == b.problems
+                            && a.warnings == b.warnings
+                            && a.inodes_seen == b.inodes_seen,
+                        "walkers {walkers}: another scan"
+                    );
+                }
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                _ => panic!("walkers {walkers}, strict {strict}: one failed"),
+            }
+        }
+        assert_eq!(base.is_err(), strict);
+    }
+}

@@ -86,8 +86,34 @@ fn capture(img: Vec<u8>, strict: bool, read: &AtomicU64) -> Outcome {
         output_is_block_device: false,
         strict,
         want_dir_blocks: true,
+        walkers: Some(0),
     };
-    let res = match scan(&fs, opts, None) {
+    let res = scan(&fs, opts, None);
+    // Walker threads find exactly the same, in the same order (read uncounted).
+    let fs2 = Filesystem::open(&mem, OpenOptions::default()).expect("opened once already");
+    let walked = scan(
+        &fs2,
+        ScanOptions {
+            walkers: Some(3),
+            ..opts
+        },
+        None,
+    );
+    match (&res, &walked) {
+        (Ok(a), Ok(b)) => {
+            assert!(
+                a.map == b.map
+                    && a.dir_blocks == b.dir_blocks
+                    && a.problems == b.problems
+                    && a.warnings == b.warnings
+                    && a.inodes_seen == b.inodes_seen,
+                "walkers: a different scan"
+            );
+        }
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "walkers: another error"),
+        (a, b) => panic!("walkers: {:?} against {:?}", a.is_ok(), b.is_ok()),
+    }
+    let res = match res {
         Ok(r) => r,
         Err(_) => return Outcome::Refused,
     };
@@ -135,6 +161,7 @@ fn targets(img: &[u8]) -> Vec<(u64, u64)> {
         output_is_block_device: false,
         strict: true,
         want_dir_blocks: false,
+        walkers: None,
     };
     let res = scan(&fs, opts, None).expect("base image scans");
     for r in res.map.runs() {

@@ -48,6 +48,20 @@ pub struct ScanOptions {
     pub strict: bool,
     /// Also collect the directory data blocks (for scrambling).
     pub want_dir_blocks: bool,
+    /// Threads walking the inodes' block maps while the inode tables are read and parsed
+    /// (results merged in table order: the same map, problems and warnings); 0 walks on the
+    /// reading thread. `None`: [`auto_walkers`].
+    pub walkers: Option<usize>,
+}
+
+/// Walkers for a scan on this machine: one per core beyond the first two, at most 6. With
+/// two cores the reading thread and one walker measured no faster than walking on the
+/// reading thread (the walks of a cold scan mostly wait on the same disk).
+pub fn auto_walkers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .saturating_sub(2)
+        .min(6)
 }
 
 /// The scan's result.
@@ -74,8 +88,6 @@ struct Ctx<'a, S> {
     dirs: Option<BlockMapBuilder>,
     problems: Vec<Problem>,
     warnings: Vec<Warning>,
-    /// Bytes of selected data the scan may still hint ([`hint_data`]).
-    hint_budget: u64,
 }
 
 impl<S: ReadAt> Ctx<'_, S> {
@@ -100,6 +112,79 @@ impl<S: ReadAt> Ctx<'_, S> {
     }
 }
 
+/// Where one inode's selection goes: straight into the scan ([`Ctx`]), or recorded by a
+/// walker thread ([`Recorder`]) to be applied in table order.
+trait Out {
+    fn mark(&mut self, start: FsBlock, len: u64);
+    fn dir_data(&mut self, start: FsBlock, len: u64);
+    fn warning(&mut self, w: Warning);
+    fn walk_error(&mut self, ino: u32, e: Error) -> Result<()>;
+}
+
+impl<S: ReadAt> Out for Ctx<'_, S> {
+    fn mark(&mut self, start: FsBlock, len: u64) {
+        self.map.mark_range(start, len);
+    }
+
+    fn dir_data(&mut self, start: FsBlock, len: u64) {
+        if let Some(d) = self.dirs.as_mut() {
+            d.mark_range(start, len);
+        }
+    }
+
+    fn warning(&mut self, w: Warning) {
+        self.warnings.push(w);
+    }
+
+    fn walk_error(&mut self, ino: u32, e: Error) -> Result<()> {
+        Ctx::walk_error(self, ino, e)
+    }
+}
+
+/// What a walker found, in order, for the reading thread to apply.
+enum Event {
+    Mark(FsBlock, u64),
+    DirData(FsBlock, u64),
+    Warning(Warning),
+    WalkError(u32, Error),
+    /// Damage met by the table reader (not by a walk), in its place in the order.
+    Problem(Problem),
+}
+
+/// A walker's [`Out`]: every event kept, in order.
+#[derive(Default)]
+struct Recorder {
+    events: Vec<Event>,
+    want_dirs: bool,
+}
+
+impl Out for Recorder {
+    fn mark(&mut self, start: FsBlock, len: u64) {
+        match self.events.last_mut() {
+            // Consecutive extents of one file: one event.
+            Some(Event::Mark(s, n)) if s.checked_add(*n) == Some(start) => {
+                *n = n.saturating_add(len);
+            }
+            _ => self.events.push(Event::Mark(start, len)),
+        }
+    }
+
+    fn dir_data(&mut self, start: FsBlock, len: u64) {
+        if self.want_dirs {
+            self.events.push(Event::DirData(start, len));
+        }
+    }
+
+    fn warning(&mut self, w: Warning) {
+        self.events.push(Event::Warning(w));
+    }
+
+    fn walk_error(&mut self, ino: u32, e: Error) -> Result<()> {
+        self.events.push(Event::WalkError(ino, e));
+        Ok(())
+    }
+}
+
 /// Build the block map of `fs`.
 pub fn scan<S: ReadAt>(
     fs: &Filesystem<S>,
@@ -118,7 +203,6 @@ pub fn scan<S: ReadAt>(
             .then(|| BlockMapBuilder::new(fdb, last, sb.cluster_bits)),
         problems: Vec::new(),
         warnings: Vec::new(),
-        hint_budget: crate::readplan::WINDOW,
     };
     mark_fixed(&mut ctx);
     let seen = scan_inodes(&mut ctx, progress)?;
@@ -180,52 +264,76 @@ fn mark_fixed<S: ReadAt>(ctx: &mut Ctx<'_, S>) {
 
 /// The inode pass: libext2fs's inode scan over the used inode tables (lazy groups,
 /// itable_unused, bad blocks) and e2image's per-inode rules.
-fn scan_inodes<S: ReadAt>(
-    ctx: &mut Ctx<'_, S>,
-    mut progress: Option<ScanProgress<'_>>,
-) -> Result<u64> {
-    let fs = ctx.fs;
-    let sb = &fs.sb;
-    let total = itable::used_inodes(fs);
-    let mut done: u64 = 0;
-    let mut seen: u64 = 0;
-    let is64 = sb.is_64bit();
-    let special = [
+fn scan_inodes<S: ReadAt>(ctx: &mut Ctx<'_, S>, progress: Option<ScanProgress<'_>>) -> Result<u64> {
+    match ctx.opts.walkers.unwrap_or_else(auto_walkers) {
+        0 => scan_inodes_here(ctx, progress),
+        n => scan_inodes_walkers(ctx, progress, n),
+    }
+}
+
+/// The inodes e2image treats as special (their blocks are taken whole).
+fn special_inodes(sb: &super::superblock::Superblock) -> [u32; 5] {
+    [
         sb.journal_inum(),
         inode::USR_QUOTA_INO,
         inode::GRP_QUOTA_INO,
         sb.prj_quota_inum(),
         sb.orphan_file_inum(),
-    ];
-    let opts = TableOptions {
+    ]
+}
+
+/// A chunk's live inodes, parsed once; the mapping blocks their walks read first are
+/// hinted all at once, so that on a cold disk they arrive together instead of one request
+/// per inode.
+fn live_inodes<S: ReadAt>(
+    fs: &Filesystem<S>,
+    chunk: &itable::Chunk<'_>,
+    live: &mut Vec<(u32, Inode)>,
+) {
+    let is64 = fs.sb.is_64bit();
+    live.clear();
+    live.extend(
+        chunk
+            .inodes()
+            .map(|(ino, raw)| (ino, Inode::parse(raw)))
+            .filter(|(_, inode)| inode.links_count != 0),
+    );
+    for (_, inode) in live.iter() {
+        if inode.has_valid_blocks(is64) {
+            hint_mapping_blocks(fs, inode);
+        }
+    }
+}
+
+fn table_options(opts: &ScanOptions) -> TableOptions {
+    TableOptions {
         skip_bad_blocks: true,
-        strict: ctx.opts.strict,
-    };
+        strict: opts.strict,
+    }
+}
+
+/// [`scan_inodes`] with the walks on the reading thread.
+fn scan_inodes_here<S: ReadAt>(
+    ctx: &mut Ctx<'_, S>,
+    mut progress: Option<ScanProgress<'_>>,
+) -> Result<u64> {
+    let fs = ctx.fs;
+    let total = itable::used_inodes(fs);
+    let (mut done, mut seen) = (0u64, 0u64);
+    let special = special_inodes(&fs.sb);
+    let opts = ctx.opts;
+    let mut budget = crate::readplan::WINDOW;
     // Reused per chunk: at most one chunk's inodes (1 MiB of table).
     let mut live: Vec<(u32, Inode)> = Vec::new();
-    itable::for_each_chunk(fs, opts, &mut |item| {
+    itable::for_each_chunk(fs, table_options(&opts), &mut |item| {
         let chunk = match item {
             Item::Problem(p) => return ctx.problem(p),
             Item::Chunk(c) => c,
         };
-        // The chunk's live inodes, parsed once; the mapping blocks their walks read first
-        // are hinted all at once, so that on a cold disk they arrive together instead of
-        // one request per inode.
-        live.clear();
-        live.extend(
-            chunk
-                .inodes()
-                .map(|(ino, raw)| (ino, Inode::parse(raw)))
-                .filter(|(_, inode)| inode.links_count != 0),
-        );
-        for (_, inode) in &live {
-            if inode.has_valid_blocks(is64) {
-                hint_mapping_blocks(fs, inode);
-            }
-        }
+        live_inodes(fs, chunk, &mut live);
         for (ino, inode) in &live {
             seen = seen.saturating_add(1);
-            inode_blocks(ctx, *ino, inode, &special, is64)?;
+            inode_blocks(fs, &opts, ctx, &mut budget, *ino, inode, &special)?;
         }
         done = done.saturating_add(u64::from(chunk.count));
         if let Some(p) = progress.as_mut() {
@@ -234,6 +342,141 @@ fn scan_inodes<S: ReadAt>(
         Ok(())
     })?;
     Ok(seen)
+}
+
+/// [`scan_inodes`] with `n` walker threads: the reading thread reads and parses the tables
+/// and hands each chunk's live inodes to the walkers; their findings are applied in table
+/// order (at most `2n` chunks in flight), so the map, problems and warnings are the same as
+/// walking on the reading thread, and a strict scan stops at the same first problem.
+fn scan_inodes_walkers<S: ReadAt>(
+    ctx: &mut Ctx<'_, S>,
+    mut progress: Option<ScanProgress<'_>>,
+    n: usize,
+) -> Result<u64> {
+    use std::collections::BTreeMap;
+    use std::sync::mpsc::{Receiver, sync_channel};
+    use std::sync::{Arc, Mutex};
+    let fs = ctx.fs;
+    let total = itable::used_inodes(fs);
+    let special = special_inodes(&fs.sb);
+    let opts = ctx.opts;
+    let in_flight = n.saturating_mul(2);
+    // Chunk number, its live inodes, and how many inodes of the table it covered.
+    type Job = (u64, Vec<(u32, Inode)>, u32);
+    std::thread::scope(|scope| {
+        // Made inside the scope: when the reading thread stops early (strict mode, an
+        // error), its ends of the channels are dropped before the walkers are joined, so a
+        // walker blocked on either wakes up and ends.
+        let (job_tx, job_rx) = sync_channel::<Job>(in_flight);
+        let job_rx: Arc<Mutex<Receiver<Job>>> = Arc::new(Mutex::new(job_rx));
+        let (res_tx, res_rx) = sync_channel::<(u64, Vec<Event>, u64, u32)>(in_flight);
+        for _ in 0..n {
+            let (job_rx, res_tx) = (Arc::clone(&job_rx), res_tx.clone());
+            let opts = &opts;
+            let special = &special;
+            scope.spawn(move || {
+                // Hints of directory and journal data: each walker its share.
+                let mut budget = crate::readplan::WINDOW.checked_div(n as u64).unwrap_or(0);
+                loop {
+                    let job = match job_rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok((seq, live, count)) = job else { return };
+                    let mut rec = Recorder {
+                        events: Vec::new(),
+                        want_dirs: opts.want_dir_blocks,
+                    };
+                    for (ino, inode) in &live {
+                        // A walker records errors; only the reading thread ends the scan.
+                        let _ = inode_blocks(fs, opts, &mut rec, &mut budget, *ino, inode, special);
+                    }
+                    let seen = live.len() as u64;
+                    if res_tx.send((seq, rec.events, seen, count)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(res_tx);
+        let mut next = 0u64;
+        let mut sent = 0u64;
+        let (mut done, mut seen) = (0u64, 0u64);
+        let mut waiting: BTreeMap<u64, (Vec<Event>, u64, u32)> = BTreeMap::new();
+        // Apply every finished chunk that is next in order; with `wait`, while chunks before
+        // `sent` (those handed to the walkers) are unapplied, first wait for one more result.
+        let mut apply = |ctx: &mut Ctx<'_, S>,
+                         waiting: &mut BTreeMap<u64, (Vec<Event>, u64, u32)>,
+                         next: &mut u64,
+                         sent: u64,
+                         wait: bool|
+         -> Result<()> {
+            let mut wait = wait;
+            loop {
+                while let Some((events, s, count)) = waiting.remove(next) {
+                    for e in events {
+                        match e {
+                            Event::Mark(b, len) => ctx.map.mark_range(b, len),
+                            Event::DirData(b, len) => Out::dir_data(ctx, b, len),
+                            Event::Warning(w) => ctx.warnings.push(w),
+                            Event::WalkError(ino, e) => ctx.walk_error(ino, e)?,
+                            Event::Problem(p) => ctx.problem(p)?,
+                        }
+                    }
+                    seen = seen.saturating_add(s);
+                    done = done.saturating_add(u64::from(count));
+                    if let Some(p) = progress.as_mut() {
+                        p(done, total);
+                    }
+                    *next = next.saturating_add(1);
+                }
+                let r = if std::mem::take(&mut wait) && *next < sent {
+                    Some(
+                        res_rx
+                            .recv()
+                            .map_err(|_| Error::InvalidInput("a scan walker stopped".into()))?,
+                    )
+                } else {
+                    res_rx.try_recv().ok()
+                };
+                match r {
+                    Some((seq, ev, s, count)) => {
+                        waiting.insert(seq, (ev, s, count));
+                    }
+                    None => return Ok(()),
+                }
+            }
+        };
+        let mut live: Vec<(u32, Inode)> = Vec::new();
+        let read = itable::for_each_chunk(fs, table_options(&opts), &mut |item| {
+            let seq = sent;
+            sent = sent.saturating_add(1);
+            match item {
+                Item::Problem(p) => {
+                    waiting.insert(seq, (vec![Event::Problem(p)], 0, 0));
+                }
+                Item::Chunk(chunk) => {
+                    live_inodes(fs, chunk, &mut live);
+                    let job = (seq, std::mem::take(&mut live), chunk.count);
+                    // Room for the job (at most `in_flight` chunks unapplied before it): the
+                    // walkers hold the ones before it, so waiting ends.
+                    while seq.saturating_sub(next) >= in_flight as u64 {
+                        apply(ctx, &mut waiting, &mut next, seq, true)?;
+                    }
+                    job_tx
+                        .send(job)
+                        .map_err(|_| Error::InvalidInput("a scan walker stopped".into()))?;
+                }
+            }
+            apply(ctx, &mut waiting, &mut next, seq, false)
+        });
+        drop(job_tx);
+        read?;
+        while next < sent {
+            apply(ctx, &mut waiting, &mut next, sent, true)?;
+        }
+        Ok(seen)
+    })
 }
 
 /// Hint selected data found by the scan (directories, the journal), up to `budget` bytes
@@ -275,17 +518,20 @@ fn hint_mapping_blocks<S: ReadAt>(fs: &Filesystem<S>, inode: &Inode) {
     }
 }
 
-/// e2image's per-inode rules (§3.2 steps 2–5).
+/// e2image's per-inode rules (§3.2 steps 2–5), the selection going to `out`.
 fn inode_blocks<S: ReadAt>(
-    ctx: &mut Ctx<'_, S>,
+    fs: &Filesystem<S>,
+    opts: &ScanOptions,
+    out: &mut dyn Out,
+    budget: &mut u64,
     ino: u32,
     inode: &Inode,
     special: &[u32; 5],
-    is64: bool,
 ) -> Result<()> {
+    let is64 = fs.sb.is_64bit();
     let acl = inode.file_acl(is64);
     if acl != FsBlock(0) {
-        ctx.map.mark(acl);
+        out.mark(acl, 1);
     }
     if !inode.has_valid_blocks(is64) {
         return Ok(());
@@ -296,23 +542,19 @@ fn inode_blocks<S: ReadAt>(
         || inode.block[inode::EXT2_IND_BLOCK] != 0
         || inode.block[inode::EXT2_DIND_BLOCK] != 0
         || inode.block[inode::EXT2_TIND_BLOCK] != 0
-        || ctx.opts.all_data;
+        || opts.all_data;
     if !walk {
         return Ok(());
     }
-    let want_data = take_all || ctx.opts.all_data;
+    let want_data = take_all || opts.all_data;
     let is_dir = inode.is_dir();
-    let map = &mut ctx.map;
-    let dirs = &mut ctx.dirs;
-    let fs = ctx.fs;
-    let budget = &mut ctx.hint_budget;
-    let r = walk_inode(ctx.fs, ino, inode, want_data, &mut |v| match v {
-        Visit::Meta(b) => map.mark(b),
+    let r = walk_inode(fs, ino, inode, want_data, &mut |v| match v {
+        Visit::Meta(b) => out.mark(b, 1),
         Visit::Data { pblk, len, .. } => {
-            map.mark_range(pblk, len);
+            out.mark(pblk, len);
             hint_data(fs, budget, pblk, len);
-            if is_dir && let Some(d) = dirs.as_mut() {
-                d.mark_range(pblk, len);
+            if is_dir {
+                out.dir_data(pblk, len);
             }
         }
     });
@@ -320,7 +562,7 @@ fn inode_blocks<S: ReadAt>(
         Ok(Walked::Complete) => Ok(()),
         Ok(Walked::RootIgnored(problem)) => {
             // e2image silently takes nothing of such an inode; so do we, but say so.
-            ctx.warnings.push(Warning::ExtentRootIgnored {
+            out.warning(Warning::ExtentRootIgnored {
                 ino,
                 kind: CorruptKind::ExtentHeader {
                     ino,
@@ -330,6 +572,6 @@ fn inode_blocks<S: ReadAt>(
             });
             Ok(())
         }
-        Err(e) => ctx.walk_error(ino, e),
+        Err(e) => out.walk_error(ino, e),
     }
 }

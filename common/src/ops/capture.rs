@@ -185,6 +185,7 @@ pub fn scan_source<S: ReadAt>(
         output_is_block_device,
         strict: opts.strict,
         want_dir_blocks: false,
+        walkers: None,
     };
     progress.block_size(fs.sb.block_size.get());
     progress.phase("scanning inodes", 0, Unit::Inodes);

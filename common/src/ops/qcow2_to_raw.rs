@@ -89,6 +89,7 @@ fn fs_selection<S: ReadAt>(
         output_is_block_device: device,
         strict: false,
         want_dir_blocks: false,
+        walkers: None,
     };
     let res = scan(&fs, opts, None).ok()?;
     let bs = fs.sb.block_size;
