@@ -574,6 +574,14 @@ pub enum CorruptKind {
         next: u64,
         pieces: u64,
     },
+    /// A save record that was intact when the move checked the journal no longer holds the
+    /// piece when the move reads it (another process wrote or cut the journal meanwhile).
+    /// Nothing of the piece has been written.
+    #[error(
+        "move journal {}: the save record of piece {piece} changed while the move ran (another program wrote the journal?); nothing of that piece was written: run the move again",
+        path.display()
+    )]
+    MoveJournalSaveChanged { path: PathBuf, piece: u64 },
     // ---- partition tables (GPT, MBR) ----
     /// A GPT header whose CRC32 does not match (`lba` in sectors of `sector_size` bytes).
     #[error(
