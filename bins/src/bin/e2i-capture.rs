@@ -104,10 +104,11 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         None => src,
     };
     if !args.force
-        && let MountState::ReadWrite { mount_point } = mount_state_at(&args.source, offset)
+        && let state @ MountState::ReadWrite { .. } = mount_state_at(&args.source, offset)
     {
         anyhow::bail!(
-            "{src}: mounted read-write on {mount_point}; an image of it would be inconsistent (use -f to capture anyway)"
+            "{src}: mounted read-write {}; an image of it would be inconsistent (use -f to capture anyway)",
+            state.place()
         );
     }
     // The base is opened first: OUTPUT must not be any file of its chain.

@@ -26,19 +26,26 @@ fn main() -> std::process::ExitCode {
 }
 
 /// Refuse `path` when a filesystem in it is mounted: anywhere in it for what is written
-/// (`any`: also mounted read-only), the filesystem at `offset` for a clone's SOURCE.
-fn refuse_mounted(path: &Path, any: bool, offset: u64) -> anyhow::Result<()> {
+/// (`any`: also mounted read-only), the filesystem at `offset` for a clone's SOURCE. `why`
+/// ends the message.
+fn refuse_mounted(path: &Path, any: bool, offset: u64, why: &str) -> anyhow::Result<()> {
     let state = if any {
         mount_state(path)
     } else {
         mount_state_at(path, offset)
     };
+    // The place names the mounted device when it is not `path` itself (a partition of a
+    // loop device over the file, say): what to unmount.
     match state {
-        MountState::ReadWrite { mount_point } => {
-            anyhow::bail!("{}: mounted read-write on {mount_point}", path.display())
+        MountState::ReadWrite { .. } => {
+            anyhow::bail!(
+                "{}: mounted read-write {}; {why}",
+                path.display(),
+                state.place()
+            )
         }
-        MountState::ReadOnly { mount_point } if any => {
-            anyhow::bail!("{}: mounted on {mount_point}", path.display())
+        MountState::ReadOnly { .. } if any => {
+            anyhow::bail!("{}: mounted {}; {why}", path.display(), state.place())
         }
         _ => Ok(()),
     }
@@ -204,7 +211,12 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
     let list_failed = std::rc::Rc::new(std::cell::RefCell::new(None));
     let mut list = lister(args.dry_run, list_failed.clone());
     if in_place {
-        refuse_mounted(&args.source, true, 0)?;
+        refuse_mounted(
+            &args.source,
+            true,
+            0,
+            "refusing to move a mounted filesystem, nothing written",
+        )?;
         let jopts = JournalOptions {
             path: args.journal.clone(),
             state_dir: mj::state_dir(std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME")),
@@ -246,10 +258,19 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
         return Ok(EXIT_OK);
     }
     let dest = args.dest.clone().unwrap_or_default();
-    refuse_mounted(&dest, true, 0)?;
+    refuse_mounted(
+        &dest,
+        true,
+        0,
+        "refusing to write into a mounted filesystem, nothing written",
+    )?;
     if !args.force {
-        refuse_mounted(&args.source, false, args.src_offset)
-            .context("a copy of it would be inconsistent (use -f to copy anyway)")?;
+        refuse_mounted(
+            &args.source,
+            false,
+            args.src_offset,
+            "a copy of it would be inconsistent (use -f to copy anyway)",
+        )?;
     }
     let dst = dest.display().to_string();
     // Held until the copy is done: an in-place move of SOURCE cannot start meanwhile.
