@@ -47,7 +47,7 @@ pub fn to_raw(tool: &str, a: &RawArgs<'_>, sum: &mut Summary) -> anyhow::Result<
         ));
     }
     // Held until the conversion is done: an in-place move of INPUT cannot start meanwhile.
-    let _hold = crate::hold_source(a.input)?;
+    let _hold = crate::hold_source(a.input, "INPUT")?;
     let inp = input::open(a.input).map_err(|e| anyhow::Error::new(e).context(name.clone()))?;
     if a.qcow2_only && inp.kind() != Kind::Qcow2 {
         anyhow::bail!(

@@ -345,12 +345,13 @@ pub fn filesystem_range(source: &Path, offset: u64) -> Option<std::ops::Range<u6
     Some(offset..offset.checked_add(len)?)
 }
 
-/// Hold SOURCE while it is read (e2i-capture, a clone): refused while an in-place e2i-move
-/// runs on it or has left it half moved ([`e2i::ops::hold::hold_for_reading`]); the
-/// journals are looked for where e2i-move puts them.
-pub fn hold_source(source: &Path) -> anyhow::Result<e2i::ops::hold::Hold> {
-    e2i::ops::hold::hold_for_reading(source, state_dir(), &mut e2i::progress::NoProgress).map_err(
-        |e| {
+/// Hold what a run reads while it reads it — SOURCE (e2i-capture, a clone) or INPUT (a
+/// converter), named `role` in messages: refused while an in-place e2i-move runs on it or
+/// has left it half moved ([`e2i::ops::hold::hold_for_reading`]); the journals are looked
+/// for where e2i-move puts them.
+pub fn hold_source(source: &Path, role: &str) -> anyhow::Result<e2i::ops::hold::Hold> {
+    e2i::ops::hold::hold_for_reading(source, role, state_dir(), &mut e2i::progress::NoProgress)
+        .map_err(|e| {
             let name = if source == Path::new("-") {
                 // Stdin redirected from a file: say which.
                 std::fs::read_link("/proc/self/fd/0").map_or_else(
@@ -361,8 +362,7 @@ pub fn hold_source(source: &Path) -> anyhow::Result<e2i::ops::hold::Hold> {
                 source.display().to_string()
             };
             anyhow::Error::new(e).context(name)
-        },
-    )
+        })
 }
 
 /// e2i's state folder, where e2i-move keeps the journals of block devices (and its index).

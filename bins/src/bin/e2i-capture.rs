@@ -126,7 +126,7 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     let mut reads: Vec<(&str, &Path)> = vec![("SOURCE", &args.source)];
     reads.extend(chain.iter().map(|p| ("the backing file", p.as_path())));
     // Held until the image is written: an in-place move of SOURCE cannot start meanwhile.
-    let _hold = e2i_cli::hold_source(&args.source)?;
+    let _hold = e2i_cli::hold_source(&args.source, "SOURCE")?;
     let mut out = open_output_ranged(
         &Request {
             path: out_path,

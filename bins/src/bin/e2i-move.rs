@@ -274,7 +274,7 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
     }
     let dst = dest.display().to_string();
     // Held until the copy is done: an in-place move of SOURCE cannot start meanwhile.
-    let _hold = e2i_cli::hold_source(&args.source)?;
+    let _hold = e2i_cli::hold_source(&args.source, "SOURCE")?;
     let mut out = open_output_ranged(
         &Request {
             path: &dest,

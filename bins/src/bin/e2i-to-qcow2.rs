@@ -64,7 +64,7 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     let mut reporter = Reporter::new(args.progress);
     reporter.set_dry_run(args.dry_run);
     // Held until the conversion is done: an in-place move of INPUT cannot start meanwhile.
-    let _hold = e2i_cli::hold_source(&args.input)?;
+    let _hold = e2i_cli::hold_source(&args.input, "INPUT")?;
     let inp = input::open(&args.input).map_err(|e| anyhow::Error::new(e).context(src.clone()))?;
     sum.add(|o| o.str("input_kind", kind_name(inp.kind())));
     let backing_name = args.backing.as_ref().map(|b| b.display().to_string());

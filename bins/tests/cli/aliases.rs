@@ -410,14 +410,33 @@ fn stdin_and_stdout_redirected_to_a_file_being_moved_are_held_and_named() {
         assert!(!d.path().join("out").exists());
     }
     // Killed half-way: stdin from the half-moved file is refused too, naming the journal.
+    // A converter's input is its INPUT (it was told "SOURCE is half-moved"), named with the
+    // file behind stdin, which is what e2i-move must be given to finish the move.
     drop(mover);
-    let o = run(Command::new(tool("e2i-to-raw"))
-        .arg("-")
+    let real = disk.canonicalize().unwrap();
+    let journal = format!("{}.e2i-move", real.display());
+    for t in ["e2i-to-raw", "e2i-to-qcow2"] {
+        let o = run(Command::new(tool(t))
+            .arg("-")
+            .arg(d.path().join("out"))
+            .env("XDG_STATE_HOME", &state)
+            .stdin(fs::File::open(&disk).unwrap()));
+        let err = failed(&o, &format!("{t} - OUT < DISK half moved"));
+        let named = format!("- (stdin, {}): INPUT is half-moved", disk.display());
+        assert!(err.contains(&named), "{t}: {err}");
+        assert!(!err.contains("SOURCE"), "{t}: {err}");
+        let finish = format!("--journal {journal} {})", real.display());
+        assert!(err.contains(&finish), "{t}: {err}");
+        assert!(!d.path().join("out").exists());
+    }
+    // e2i-capture's is its SOURCE (it reads no stdin).
+    let o = run(Command::new(tool("e2i-capture"))
+        .args(["-r", "-o", "1M"])
+        .arg(&disk)
         .arg(d.path().join("out"))
-        .env("XDG_STATE_HOME", &state)
-        .stdin(fs::File::open(&disk).unwrap()));
-    let err = failed(&o, "e2i-to-raw - OUT < DISK half moved");
-    assert!(err.contains("half-moved"), "{err}");
+        .env("XDG_STATE_HOME", &state));
+    let err = failed(&o, "e2i-capture DISK half moved");
+    assert!(err.contains("SOURCE is half-moved"), "{err}");
 }
 
 /// The other side of the writers' hold: an in-place move of a file a writer holds (here a
