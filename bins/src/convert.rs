@@ -126,14 +126,14 @@ pub fn to_raw(tool: &str, a: &RawArgs<'_>, sum: &mut Summary) -> anyhow::Result<
         (None, _, None) => anyhow::bail!("{out_name}: not opened"),
     };
     let report = to_raw::to_raw(inp, target, opts, &mut reporter)
-        .map_err(|e| attribute(e, &name, &out_name))?;
+        .map_err(|e| crate::attribute_written(e, &name, &out_name, &out, "OUTPUT"))?;
     let streamed = match stream {
         Some(s) => Some(s.finish().map_err(|e| attribute(e, &name, &out_name))?),
         None => None,
     };
     // A device's writes reach it (synced by commit) before we say they did.
     out.commit()
-        .map_err(|e| anyhow::Error::new(e).context(out_name.clone()))?;
+        .map_err(|e| crate::attribute_written(e, &name, &out_name, &out, "OUTPUT"))?;
     reporter.summary(report.block_size);
     let status = if report.problems.is_empty() {
         EXIT_OK

@@ -251,6 +251,33 @@ pub fn attribute(e: e2i::Error, input: &str, output: &str) -> anyhow::Error {
     anyhow::Error::new(e).context(name.to_string())
 }
 
+/// [`attribute`] for an error of a run that writes `out`: once a write into a target updated
+/// in place (an existing file with -O/-c, a clone's DEST, a block device) has failed, the
+/// target holds part of the image over what it held, and the message says so — inside the
+/// image's range only — and what to do (`role` names the target: "OUTPUT", "DEST").
+pub fn attribute_written(
+    e: e2i::Error,
+    input: &str,
+    output: &str,
+    out: &e2i::output::Output,
+    role: &str,
+) -> anyhow::Error {
+    let partly = out.is_updated_in_place() && e.is_write_failure();
+    let full = e.is_out_of_room();
+    let err = attribute(e, input, output);
+    if !partly {
+        return err;
+    }
+    let then = if full {
+        "once there is room (free space on the filesystem it lives on), run the same command again to write it whole"
+    } else {
+        "once the cause is fixed, run the same command again to write it whole"
+    };
+    anyhow::anyhow!(
+        "{err:#}; {role} {output} is partly written: the image's range holds part of the image over its old bytes (nothing outside that range was touched): {then}"
+    )
+}
+
 /// Open `--backing FILE` for an overlay written to `output`: a relative FILE is found from
 /// OUTPUT's folder (the current one for `-`), as qemu-img finds it, and a miss that exists
 /// from the current folder says so.

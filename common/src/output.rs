@@ -383,6 +383,13 @@ impl Output {
         self.dry_run
     }
 
+    /// Written where it is, over what it held: an existing regular file updated in place or a
+    /// block device (not a dry run). A write that fails there leaves it partly written; a
+    /// new file's temporary name is removed instead.
+    pub fn is_updated_in_place(&self) -> bool {
+        !self.dry_run && matches!(self.kind, Kind::Existing | Kind::BlockDevice)
+    }
+
     /// The path written, symlinks followed (`-` for stdout).
     pub fn path(&self) -> &Path {
         &self.path

@@ -14,9 +14,7 @@ use e2i::output::{Kind, Request};
 use e2i::sparse::range_text;
 use e2i::units::FsBlock;
 use e2i_cli::cli::move_fs::Args;
-use e2i_cli::{
-    EXIT_OK, Reporter, Summary, attribute, open_output_ranged, parse_args, run, usage_error,
-};
+use e2i_cli::{EXIT_OK, Reporter, Summary, open_output_ranged, parse_args, run, usage_error};
 
 const TOOL: &str = "e2i-move";
 
@@ -237,13 +235,23 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
             &mut notes,
             &mut reporter,
         )
-        .with_context(|| src.clone())
-        .map_err(|e| match &unfinished {
-            Some(j) => anyhow::anyhow!(
-                "{e:#}; the move is unfinished (its journal {} is kept): fix that, then run the same command again to finish it",
-                j.display()
-            ),
-            None => e,
+        .map_err(|e| {
+            let full = e.is_out_of_room();
+            let e = anyhow::Error::new(e).context(src.clone());
+            match &unfinished {
+                // SOURCE may be half moved: no offset of it holds a consistent filesystem
+                // until the move is finished, which the journal allows.
+                Some(j) => anyhow::anyhow!(
+                    "{e:#}; the move is unfinished and SOURCE may be partly moved (no offset of it holds a consistent filesystem until the move is finished); its journal {} is kept and lets the move resume where it stopped: {} run the same command again to finish it",
+                    j.display(),
+                    if full {
+                        "once there is room (free space on the filesystem that is full),"
+                    } else {
+                        "fix the cause, then"
+                    }
+                ),
+                None => e,
+            }
         });
         if kill_hook {
             eprintln!(
@@ -323,11 +331,11 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
         (_, None) => anyhow::bail!("{dst}: not opened"),
     };
     let rep = move_fs::clone_fs(&args.source, target, &opts, &mut list, &mut reporter)
-        .map_err(|e| attribute(e, &src, &dst))?;
+        .map_err(|e| e2i_cli::attribute_written(e, &src, &dst, &out, "DEST"))?;
     listing_result(&list_failed)?;
     // A device's writes reach it (synced by commit) before we say they did.
     out.commit()
-        .map_err(|e| anyhow::Error::new(e).context(dst.clone()))?;
+        .map_err(|e| e2i_cli::attribute_written(e, &src, &dst, &out, "DEST"))?;
     reporter.summary(rep.block_size);
     if args.quiet {
         return Ok(EXIT_OK);

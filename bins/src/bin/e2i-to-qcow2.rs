@@ -155,14 +155,14 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         },
         (None, _, None) => anyhow::bail!("{out_name}: not opened"),
     };
-    let report =
-        to_qcow2(inp, target, &opts, &mut reporter).map_err(|e| attribute(e, &src, &out_name))?;
+    let report = to_qcow2(inp, target, &opts, &mut reporter)
+        .map_err(|e| e2i_cli::attribute_written(e, &src, &out_name, &out, "OUTPUT"))?;
     let streamed = match stream {
         Some(s) => Some(s.finish().map_err(|e| attribute(e, &src, &out_name))?),
         None => None,
     };
     out.commit()
-        .map_err(|e| anyhow::Error::new(e).context(out_name.clone()))?;
+        .map_err(|e| e2i_cli::attribute_written(e, &src, &out_name, &out, "OUTPUT"))?;
     reporter.summary(report.block_size);
     let output_bytes = match &streamed {
         Some((_, n)) => *n,

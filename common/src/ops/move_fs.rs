@@ -733,9 +733,11 @@ fn read_journal(
 /// An I/O error on the journal, with the journal's name (damage names it already).
 fn in_journal(path: &Path, e: Error) -> Error {
     match e {
-        Error::Io { op, source, .. } => {
-            Error::InvalidInput(format!("journal {}: {op}: {source}", path.display()))
-        }
+        Error::Io { op, source, .. } => Error::JournalIo {
+            path: path.to_path_buf(),
+            op,
+            source,
+        },
         e => e,
     }
 }
