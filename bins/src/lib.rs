@@ -274,7 +274,7 @@ pub fn attribute_written(
         "once the cause is fixed, run the same command again to write it whole"
     };
     anyhow::anyhow!(
-        "{err:#}; {role} {output} is partly written: the image's range holds part of the image over its old bytes (nothing outside that range was touched): {then}"
+        "{err:#}; {role} {output} is partly written: inside the image's range it may hold part of the image over its old bytes (nothing outside that range was touched): {then}"
     )
 }
 

@@ -242,7 +242,7 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
                 // SOURCE may be half moved: no offset of it holds a consistent filesystem
                 // until the move is finished, which the journal allows.
                 Some(j) => anyhow::anyhow!(
-                    "{e:#}; the move is unfinished and SOURCE may be partly moved (no offset of it holds a consistent filesystem until the move is finished); its journal {} is kept and lets the move resume where it stopped: {} run the same command again to finish it",
+                    "{e:#}; the move is unfinished and SOURCE may be partly moved (no offset of it holds a consistent filesystem until the move is finished); its journal {} is kept (do not delete it to make room) and lets the move resume where it stopped: {} run the same command again to finish it",
                     j.display(),
                     if full {
                         "once there is room (free space on the filesystem that is full),"
