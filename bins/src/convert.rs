@@ -104,9 +104,16 @@ pub fn to_raw(tool: &str, a: &RawArgs<'_>, sum: &mut Summary) -> anyhow::Result<
     }
     let stdout = io::stdout();
     let mut list = stdout.lock();
-    let mut stream =
-        (!a.dry_run && out.kind().is_stream()).then(|| StreamOut::new(out.file(), a.json));
-    let target = match (&mut stream, out.kind(), out.file()) {
+    // Stdout redirected to a new file is written as a new file (unless --json hashes what
+    // goes to stdout).
+    let seek_stdout = if a.json || a.check || a.dest_offset.is_some() {
+        None
+    } else {
+        out.seekable_stdout()
+    };
+    let mut stream = (!a.dry_run && out.kind().is_stream() && seek_stdout.is_none())
+        .then(|| StreamOut::new(out.file(), a.json));
+    let target = match (&mut stream, seek_stdout, out.kind(), out.file()) {
         _ if a.dry_run => RawTarget::DryRun {
             list: &mut list,
             target: out.file(),
@@ -116,14 +123,15 @@ pub fn to_raw(tool: &str, a: &RawArgs<'_>, sum: &mut Summary) -> anyhow::Result<
             room: out.device_size(),
         },
         (Some(s), ..) => RawTarget::Stream(s.writer()),
-        (None, OutKind::New, Some(file)) => RawTarget::NewFile { file, dest_offset },
-        (None, _, Some(file)) => RawTarget::InPlace {
+        (None, Some(file), ..) => RawTarget::NewFile { file, dest_offset },
+        (None, None, OutKind::New, Some(file)) => RawTarget::NewFile { file, dest_offset },
+        (None, None, _, Some(file)) => RawTarget::InPlace {
             file,
             dest_offset,
             check: a.check,
             room: out.device_size(),
         },
-        (None, _, None) => anyhow::bail!("{out_name}: not opened"),
+        (None, None, _, None) => anyhow::bail!("{out_name}: not opened"),
     };
     let report = to_raw::to_raw(inp, target, opts, &mut reporter)
         .map_err(|e| crate::attribute_written(e, &name, &out_name, &out, "OUTPUT"))?;
@@ -131,6 +139,8 @@ pub fn to_raw(tool: &str, a: &RawArgs<'_>, sum: &mut Summary) -> anyhow::Result<
         Some(s) => Some(s.finish().map_err(|e| attribute(e, &name, &out_name))?),
         None => None,
     };
+    out.end_stdout()
+        .map_err(|e| attribute(e, &name, &out_name))?;
     // A device's writes reach it (synced by commit) before we say they did.
     out.commit()
         .map_err(|e| crate::attribute_written(e, &name, &out_name, &out, "OUTPUT"))?;
@@ -153,13 +163,7 @@ pub fn to_raw(tool: &str, a: &RawArgs<'_>, sum: &mut Summary) -> anyhow::Result<
             .num("bytes_written", report.copy.bytes_written)
             .num("output_bytes", output_bytes)
             .opt_str("sha256", streamed.as_ref().and_then(|(h, _)| h.as_deref()))
-            .opt_str(
-                "stream_sha256",
-                report
-                    .stream_sha256
-                    .map(|d| crate::json::hex(&d))
-                    .as_deref(),
-            )
+            .stream_digest(report.stream_digest)
             .float("elapsed_seconds", started.elapsed().as_secs_f64())
             .num("problems", report.problems.len() as u64)
             .bool("dry_run", a.dry_run)

@@ -58,6 +58,15 @@ impl Obj {
     }
 
     /// A string field, or `null`.
+    /// The verified checksum of a stream INPUT: `stream_sha256` (version 1) and
+    /// `stream_blake3` (version 2), the other one null.
+    pub fn stream_digest(self, d: Option<e2i::stream::Digest>) -> Self {
+        use e2i::stream::Algorithm;
+        let of = |a: Algorithm| d.filter(|d| d.algorithm == a).map(|d| hex(&d.bytes));
+        self.opt_str("stream_sha256", of(Algorithm::Sha256).as_deref())
+            .opt_str("stream_blake3", of(Algorithm::Blake3).as_deref())
+    }
+
     pub fn opt_str(self, k: &str, v: Option<&str>) -> Self {
         match v {
             Some(s) => self.str(k, s),

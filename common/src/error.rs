@@ -483,13 +483,22 @@ pub enum CorruptKind {
         len: u64,
     },
     #[error(
+        "e2i stream data segment at byte {offset}: {count} blocks from block {block}, where its extent has {left} left"
+    )]
+    StreamSegment {
+        offset: u64,
+        block: u64,
+        count: u64,
+        left: u64,
+    },
+    #[error(
         "e2i stream map checksum at byte {offset}: the header or extent map is corrupt (checksum mismatch)"
     )]
     StreamMapChecksum { offset: u64 },
     #[error("e2i stream: no trailer at byte {offset} (data corrupt or stream cut)")]
     StreamNoTrailer { offset: u64 },
     #[error(
-        "e2i stream trailer at byte {offset}: counts ({extents} extents, {data_blocks} data and {zero_blocks} zero blocks) do not match the map"
+        "e2i stream trailer at byte {offset}: counts ({extents} extents, {data_blocks} data and {zero_blocks} zero blocks) do not match what the stream carried"
     )]
     StreamTrailerCounts {
         offset: u64,

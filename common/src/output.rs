@@ -96,6 +96,8 @@ pub struct Output {
     /// A regular file written under its own name (it cannot be renamed over), to be
     /// truncated when [`Output::file`] first hands it out to be written.
     truncate_on_use: std::cell::Cell<bool>,
+    /// Stdout redirected to a new, empty file of its own (see [`Output::seekable_stdout`]).
+    stdout_file: Option<File>,
 }
 
 #[derive(Debug)]
@@ -145,6 +147,11 @@ impl Output {
                 path: PathBuf::from("-"),
                 _hold: held,
                 truncate_on_use: std::cell::Cell::new(false),
+                stdout_file: if req.dry_run {
+                    None
+                } else {
+                    fresh_stdout_file()
+                },
             });
         }
         let Resolved {
@@ -168,6 +175,7 @@ impl Output {
             path: path.clone(),
             _hold: held,
             truncate_on_use: std::cell::Cell::new(false),
+            stdout_file: None,
         };
         match ft {
             // Refused before it is opened: opening a FIFO waits for its reader, only for
@@ -365,6 +373,27 @@ impl Output {
     ///
     /// A replaced file that cannot be renamed over is truncated here, on the first call
     /// (after the run opened and checked its input); `None` if that fails (the run then
+    /// Stdout (OUTPUT `-`) redirected to a new, empty regular file of its own (`> FILE`:
+    /// not appending, at offset 0, not also stderr): a handle for writing it by position,
+    /// as a new file is written (one pass, holes), where the format's writer would
+    /// otherwise write front to back. [`Output::end_stdout`] then leaves stdout's offset
+    /// after the image, where a sequential writer would have left it.
+    pub fn seekable_stdout(&self) -> Option<&File> {
+        self.stdout_file.as_ref()
+    }
+
+    /// After writing through [`Output::seekable_stdout`]: move stdout's offset to the end
+    /// of what was written (a command writing next in the same redirection follows it).
+    pub fn end_stdout(&self) -> Result<()> {
+        if let Some(f) = &self.stdout_file {
+            use std::io::Seek;
+            let mut f = f;
+            f.seek(io::SeekFrom::End(0))
+                .map_err(|e| Error::io("seek", 0, e))?;
+        }
+        Ok(())
+    }
+
     /// stops, "not opened", the file as it was).
     pub fn file(&self) -> Option<&File> {
         let f = self.file.as_ref()?;
@@ -526,6 +555,35 @@ pub fn check_room(size: Option<u64>, need: u64) -> Result<()> {
         Some(have) if need > have => Err(Error::NoRoom { have, need }),
         _ => Ok(()),
     }
+}
+
+/// Stdout as a file that can be written by position: a regular file, empty, opened for
+/// writing without O_APPEND (a `>>` redirection appends whatever the offset), at offset 0,
+/// and not also stderr (`> FILE 2>&1`: messages would land inside the image). A duplicate
+/// handle, sharing stdout's offset.
+fn fresh_stdout_file() -> Option<File> {
+    use rustix::fs::{OFlags, fcntl_getfl, fstat};
+    use std::os::fd::AsFd;
+    let out = io::stdout();
+    let fd = out.as_fd();
+    let st = fstat(fd).ok()?;
+    let regular =
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile;
+    let fl = fcntl_getfl(fd).ok()?;
+    let writable = fl.intersects(OFlags::WRONLY | OFlags::RDWR);
+    let at_start = rustix::fs::seek(fd, rustix::fs::SeekFrom::Current(0)).ok()? == 0;
+    let same_as_stderr =
+        fstat(io::stderr().as_fd()).is_ok_and(|e| e.st_dev == st.st_dev && e.st_ino == st.st_ino);
+    if !regular
+        || st.st_size != 0
+        || !writable
+        || fl.contains(OFlags::APPEND)
+        || !at_start
+        || same_as_stderr
+    {
+        return None;
+    }
+    fd.try_clone_to_owned().ok().map(File::from)
 }
 
 fn parent_dir(p: &Path) -> &Path {

@@ -22,7 +22,7 @@ pub const IO_CHUNK: usize = 4 << 20;
 pub const PIECE_MAX: usize = 2 << 20;
 
 /// Blocks in one [`PIECE_MAX`] (32 to 2048).
-fn piece_blocks(bs: BlockSize) -> u64 {
+pub fn piece_blocks(bs: BlockSize) -> u64 {
     bs.blocks_in(PIECE_MAX as u64).max(1)
 }
 
@@ -67,19 +67,6 @@ pub fn for_each_chunk_of_runs<S: ReadAt + ?Sized>(
     bs: BlockSize,
     f: &mut dyn FnMut(FsBlock, &[u8]) -> Result<()>,
 ) -> Result<u64> {
-    for_each_chunk_tapped(src, runs, bs, &mut |_| {}, f)
-}
-
-/// [`for_each_chunk_of_runs`], with `tap` seeing each piece on the reading thread as soon as
-/// it is read, in order, before `f` gets it (the stream's hash runs there, beside the
-/// writes).
-pub fn for_each_chunk_tapped<S: ReadAt + ?Sized>(
-    src: &S,
-    runs: &[BlockRun],
-    bs: BlockSize,
-    tap: &mut (dyn FnMut(&[u8]) + Send),
-    f: &mut dyn FnMut(FsBlock, &[u8]) -> Result<()>,
-) -> Result<u64> {
     let per = piece_blocks(bs);
     let produce = |out: &mut Producer| {
         let mut past_end = 0u64;
@@ -94,7 +81,6 @@ pub fn for_each_chunk_tapped<S: ReadAt + ?Sized>(
                 out.data(b, len, &mut |buf| {
                     let past = src.read_sparse_at(buf, off)?;
                     past_end = past_end.saturating_add(bs.blocks_covering(past as u64));
-                    tap(buf);
                     Ok(())
                 })?;
                 b = b.saturating_add(n);
@@ -597,28 +583,6 @@ mod tests {
             next.extend(*b..b + n);
         }
         assert_eq!(next, want);
-
-        // The tap sees on the reading thread exactly the bytes the caller gets, in order.
-        let (mut tapped, mut given) = (Vec::new(), Vec::new());
-        let main = std::thread::current().id();
-        let mut on_main = false;
-        for_each_chunk_tapped(
-            &src,
-            map.runs(),
-            bs,
-            &mut |d| {
-                on_main |= std::thread::current().id() == main;
-                tapped.extend_from_slice(d)
-            },
-            &mut |_, d| {
-                given.extend_from_slice(d);
-                Ok(())
-            },
-        )
-        .unwrap();
-        assert!(!on_main, "the tap ran on the caller's thread");
-        assert_eq!(tapped.len(), want.len() * 1024);
-        assert!(tapped == given);
     }
 
     /// An error of the caller stops the reader and is the one returned; an error of the

@@ -63,6 +63,16 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             ));
         }
     }
+    if args.stream_version.is_some()
+        && (explicit.is_some_and(|f| f != Format::Stream)
+            || explicit.is_none() && !is_stream_path(out_path))
+    {
+        return Ok(usage(
+            TOOL,
+            sum,
+            "--stream-version needs the stream format (--format stream, or OUTPUT a pipe)",
+        ));
+    }
     if args.all_data
         && (explicit == Some(Format::Normal) || explicit.is_none() && !is_stream_path(out_path))
     {
@@ -167,6 +177,10 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         scramble: args
             .scramble
             .then(|| args.seed.unwrap_or(e2i::scramble::DEFAULT_SEED)),
+        stream_version: match args.stream_version {
+            Some(1) => e2i::stream::Version::V1,
+            _ => e2i::stream::VERSION,
+        },
     };
     if !out.kind().is_stream() {
         // A scrambled image (-s, or SOURCE itself a scrambled image) over a filesystem with
@@ -197,11 +211,16 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         e2i::ext4::Filesystem::open(fs, opts.open).map_err(|e| attribute(e, &src, &out_name))?;
     }
     let mut reporter = Reporter::new(args.progress);
-    let mut stream = out
-        .kind()
-        .is_stream()
+    // Stdout redirected to a new file is written as a new file (unless --json hashes what
+    // goes to stdout).
+    let seek_stdout = if args.json {
+        None
+    } else {
+        out.seekable_stdout()
+    };
+    let mut stream = (out.kind().is_stream() && seek_stdout.is_none())
         .then(|| StreamOut::new(out.file(), args.json));
-    let target = match (&mut stream, out.kind(), out.file()) {
+    let target = match (&mut stream, out.kind(), seek_stdout.or(out.file())) {
         (Some(s), ..) => capture::Output::Stream(s.writer()),
         (None, Kind::BlockDevice, Some(file)) => capture::Output::Device {
             file,
@@ -216,6 +235,8 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         Some(s) => Some(s.finish().map_err(|e| attribute(e, &src, &out_name))?),
         None => None,
     };
+    out.end_stdout()
+        .map_err(|e| attribute(e, &src, &out_name))?;
     out.commit()
         .map_err(|e| e2i_cli::attribute_written(e, &src, &out_name, &out, "OUTPUT"))?;
     reporter.summary(report.block_size);

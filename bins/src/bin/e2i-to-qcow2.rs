@@ -142,11 +142,16 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         });
         return Ok(EXIT_OK);
     }
-    let mut stream = out
-        .kind()
-        .is_stream()
+    // Stdout redirected to a new file is written as a new file (unless --json hashes what
+    // goes to stdout).
+    let seek_stdout = if args.json {
+        None
+    } else {
+        out.seekable_stdout()
+    };
+    let mut stream = (out.kind().is_stream() && seek_stdout.is_none())
         .then(|| StreamOut::new(out.file(), args.json));
-    let target = match (&mut stream, out.kind(), out.file()) {
+    let target = match (&mut stream, out.kind(), seek_stdout.or(out.file())) {
         (Some(s), ..) => Qcow2Target::Sequential(s.writer()),
         (None, OutKind::BlockDevice, Some(file)) => Qcow2Target::Device(file),
         (None, _, Some(file)) => Qcow2Target::File {
@@ -161,6 +166,8 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         Some(s) => Some(s.finish().map_err(|e| attribute(e, &src, &out_name))?),
         None => None,
     };
+    out.end_stdout()
+        .map_err(|e| attribute(e, &src, &out_name))?;
     out.commit()
         .map_err(|e| e2i_cli::attribute_written(e, &src, &out_name, &out, "OUTPUT"))?;
     reporter.summary(report.block_size);
@@ -174,13 +181,7 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             .num("blocks", report.blocks)
             .num("output_bytes", output_bytes)
             .opt_str("sha256", streamed.as_ref().and_then(|(h, _)| h.as_deref()))
-            .opt_str(
-                "stream_sha256",
-                report
-                    .stream_sha256
-                    .map(|d| e2i_cli::json::hex(&d))
-                    .as_deref(),
-            )
+            .stream_digest(report.stream_digest)
             .float("elapsed_seconds", started.elapsed().as_secs_f64())
             .num("problems", report.problems.len() as u64)
     });

@@ -145,6 +145,11 @@ pub struct Args {
     /// given; a relative name is found from OUTPUT's folder, as qemu-img finds it.
     #[arg(long, value_name = "FILE", conflicts_with = "raw", value_hint = clap::ValueHint::FilePath)]
     pub backing: Option<PathBuf>,
+    /// Stream only: the stream format version. 2 (the default) reads SOURCE once and
+    /// checksums with BLAKE3; 1 is for e2i tools that read only version 1 (SOURCE's selected
+    /// blocks are read twice; SHA-256).
+    #[arg(long = "stream-version", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=2))]
+    pub stream_version: Option<u16>,
     /// Stop at the first damaged structure (exit 1) instead of skipping it (exit 3).
     #[arg(long)]
     pub strict: bool,

@@ -39,7 +39,8 @@ Exit status:
 
 With --json, a one-line JSON summary goes to stdout, or to stderr when OUTPUT is `-`. Its \
 sha256 is the SHA-256 of the bytes written to stdout (null for files and devices); \
-stream_sha256 is the SHA-256 recorded in (and verified against) an e2i stream INPUT.";
+stream_blake3 (version 2) or stream_sha256 (version 1) is the checksum recorded in (and \
+verified against) an e2i stream INPUT.";
 
 /// Convert INPUT (e2i stream, qcow2, normal e2image image or raw filesystem image; gzip,
 /// bzip2, xz or zstd wrapping detected) to a raw image at OUTPUT (a file, a block device, a

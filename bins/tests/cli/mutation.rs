@@ -111,7 +111,7 @@ fn capture(img: Vec<u8>, strict: bool, read: &AtomicU64) -> Outcome {
     {
         return Outcome::Refused;
     }
-    if e2i::ops::capture::classify(&src, map, fs.sb.block_size).is_err() {
+    if e2i::pieces::classify_runs(&src, map, fs.sb.block_size, &mut NoProgress).is_err() {
         return Outcome::Refused;
     }
     if res.problems.is_empty() {

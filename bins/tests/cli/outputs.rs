@@ -1354,3 +1354,88 @@ fn a_closed_pipe_under_a_listing_is_a_failure_too() {
         );
     }
 }
+
+/// Stdout redirected to a new file (`> FILE`) is written like a new file — by position, in
+/// one pass, with holes — and ends where a front-to-back writer would have left it; the same
+/// bytes as OUTPUT FILE. Appending (`>>`), a file shared with stderr (`2>&1`) and `--json`
+/// (which hashes stdout) keep writing front to back, with the same bytes.
+#[test]
+fn stdout_redirected_to_a_new_file_is_written_as_one() {
+    let fx = Fx::new("8M");
+    let d = fx.dir.path();
+    let q = |extra: &str| format!("e2i-capture -Q {extra} \"$1\"");
+    let cases: [(&str, String, String); 6] = [
+        (
+            "-Q",
+            format!("{} - > \"$2\"", q("")),
+            format!("{} \"$2\"", q("")),
+        ),
+        (
+            "-r",
+            "e2i-capture -r \"$1\" - > \"$2\"".into(),
+            "e2i-capture -r \"$1\" \"$2\"".into(),
+        ),
+        (
+            "stream | e2i-to-qcow2",
+            "e2i-capture \"$1\" | e2i-to-qcow2 - - > \"$2\"".into(),
+            format!("{} \"$2\"", q("")),
+        ),
+        (
+            "stream | e2i-to-raw",
+            "e2i-capture \"$1\" | e2i-to-raw - - > \"$2\"".into(),
+            "e2i-capture -r \"$1\" \"$2\"".into(),
+        ),
+        (
+            "2>&1",
+            format!("{} - > \"$2\" 2>&1", q("")),
+            format!("{} \"$2\"", q("")),
+        ),
+        (
+            "--json",
+            format!("{} --json - > \"$2\" 2>/dev/null", q("")),
+            format!("{} \"$2\"", q("")),
+        ),
+    ];
+    let path = format!(
+        "{}:{}",
+        tool("e2i-capture").parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let shell = |script: &str, out: &Path| {
+        let o = run(Command::new("sh")
+            .env("PATH", &path)
+            .arg("-c")
+            .arg(script)
+            .arg("sh")
+            .arg(&fx.img)
+            .arg(out));
+        ok(&o, script);
+    };
+    for (what, redirected, file) in &cases {
+        let (a, b) = (d.join("a.out"), d.join("b.out"));
+        let _ = (fs::remove_file(&a), fs::remove_file(&b));
+        shell(redirected, &a);
+        shell(file, &b);
+        assert!(fs::read(&a).unwrap() == fs::read(&b).unwrap(), "{what}");
+        let sparse = |p: &Path| p.metadata().unwrap().blocks() * 512 < p.metadata().unwrap().len();
+        if *what == "-r" {
+            assert!(sparse(&a), "{what}: not written with holes");
+        }
+    }
+    // Appending, and a command writing after the image in the same redirection.
+    let (a, b) = (d.join("a.out"), d.join("b.out"));
+    shell(&format!("{} \"$2\"", q("")), &b);
+    let image = fs::read(&b).unwrap();
+    fs::write(&a, b"HEAD").unwrap();
+    shell(&format!("{} - >> \"$2\"", q("")), &a);
+    assert!(
+        fs::read(&a).unwrap() == [&b"HEAD"[..], &image].concat(),
+        ">>"
+    );
+    let _ = fs::remove_file(&a);
+    shell(&format!("{{ {} -; echo TAIL; }} > \"$2\"", q("")), &a);
+    assert!(
+        fs::read(&a).unwrap() == [&image[..], b"TAIL\n"].concat(),
+        "then TAIL"
+    );
+}

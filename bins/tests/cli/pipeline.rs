@@ -163,6 +163,7 @@ fn damaged_streams_are_refused_and_leave_nothing() {
                     | K::StreamExtentKind { .. }
                     | K::StreamExtentOutside { .. }
                     | K::StreamExtentOrder { .. }
+                    | K::StreamSegment { .. }
                     | K::StreamMapChecksum { .. }
                     | K::StreamNoTrailer { .. }
                     | K::StreamTrailerCounts { .. }
@@ -275,4 +276,84 @@ fn to_qcow2_dry_run_predicts_the_image_and_creates_nothing() {
         );
         std::fs::remove_file(&q).unwrap();
     }
+}
+
+/// Streams of the first release (version 1: zero runs in the map, SHA-256) still convert:
+/// the committed captures of `testdata/sample.ext4` give e2image's raw images and the qcow2
+/// `e2i-capture -Q` writes, report their SHA-256, and `--stream-version 1` still writes them
+/// byte for byte. Version 2 (the default) reports BLAKE3 instead.
+#[test]
+fn version_1_streams_still_convert() {
+    let d = tempdir();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata");
+    let sample = root.join("sample.ext4");
+    let hex64 = |s: &str| s.len() == 66 && s[1..65].bytes().all(|b| b.is_ascii_hexdigit());
+    for (file, all) in [("sample.e2is", false), ("sample-all-data.e2is.gz", true)] {
+        let v1 = root.join("stream-v1").join(file);
+        let a: &[&str] = if all { &["-a"] } else { &[] };
+        let flags: &[&str] = if all { &["-ra"] } else { &["-r"] };
+        let reference = e2image_bytes(flags, &sample, &d.path().join("ref"));
+        let raw = d.path().join(format!("{file}.raw"));
+        let o = sh(Command::new(tool("e2i-to-raw"))
+            .arg("--json")
+            .arg(&v1)
+            .arg(&raw));
+        assert!(read(&raw) == reference, "{file}: raw");
+        let j = String::from_utf8_lossy(&o.stdout).into_owned();
+        let digest = |k: &str| {
+            j.split(&format!("\"{k}\":"))
+                .nth(1)
+                .and_then(|r| r.split([',', '}']).next())
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert!(hex64(&digest("stream_sha256")), "{file}: {j}");
+        assert_eq!(digest("stream_blake3"), "null", "{file}: {j}");
+        let q = d.path().join(format!("{file}.qcow2"));
+        sh(Command::new(tool("e2i-capture"))
+            .arg("-Q")
+            .args(a)
+            .arg(&sample)
+            .arg(&q));
+        let q1 = d.path().join(format!("{file}.1.qcow2"));
+        sh(Command::new(tool("e2i-to-qcow2")).arg(&v1).arg(&q1));
+        assert!(read(&q1) == read(&q), "{file}: qcow2");
+        // The writer of version 1 is unchanged.
+        let again = capture_stream(
+            &[&["--stream-version", "1"], a, &["--format", "stream"]].concat(),
+            &sample,
+        );
+        let committed = read(&v1);
+        let committed = if all {
+            let o = sh(Command::new("gzip").arg("-dc").arg(&v1));
+            o.stdout
+        } else {
+            committed
+        };
+        assert!(again == committed, "{file}: --stream-version 1 bytes");
+        // Version 2 of the same capture: BLAKE3, the same raw image.
+        let v2 = capture_stream(&[a, &["--format", "stream"]].concat(), &sample);
+        assert_eq!(&v2[8..10], &[2, 0], "{file}: version 2 by default");
+        let o = to_raw(&v2, &raw);
+        assert!(
+            o.status.success() && read(&raw) == reference,
+            "{file}: v2 raw"
+        );
+    }
+    // Only the stream format has a version.
+    let o = run(Command::new(tool("e2i-capture"))
+        .args(["-r", "--stream-version", "1"])
+        .arg(&sample)
+        .arg(d.path().join("x.raw")));
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = run(Command::new(tool("e2i-capture"))
+        .args(["--stream-version", "3", "--format", "stream"])
+        .arg(&sample)
+        .arg(d.path().join("x.e2i")));
+    assert_eq!(o.status.code(), Some(2));
 }

@@ -29,15 +29,29 @@ fn check_capture(d: &Path, img: &Path, all: bool) -> (u64, u64) {
         "{tag}: stock e2image -r of our qcow2"
     );
     // One image whatever the way: the file (read once, zeros skipped as found), stdout (zeros
-    // found first), from a stream to a file or stdout; the dry run names its size.
+    // found first), from a stream of either version to a file (version 2: as it arrives) or
+    // stdout (version 2: kept until verified); the dry run names its size.
     let image = read(&q);
-    let stream = d.join(format!("{tag}.e2i"));
-    let mut cmd = Command::new(tool("e2i-capture"));
-    if all {
-        cmd.arg("-a");
-    }
-    std::fs::write(&stream, sh(cmd.arg(img).arg("-")).stdout).unwrap();
-    for input in [img, stream.as_path()] {
+    let streams: Vec<PathBuf> = ["2", "1"]
+        .iter()
+        .map(|v| {
+            let stream = d.join(format!("{tag}.v{v}.e2i"));
+            let mut cmd = Command::new(tool("e2i-capture"));
+            if all {
+                cmd.arg("-a");
+            }
+            cmd.args(["--stream-version", v]);
+            std::fs::write(&stream, sh(cmd.arg(img).arg("-")).stdout).unwrap();
+            let raw = d.join(format!("{tag}.v{v}.raw"));
+            sh(Command::new(tool("e2i-to-raw")).arg(&stream).arg(&raw));
+            assert!(read(&raw) == reference, "{tag}: version {v} stream to raw");
+            stream
+        })
+        .collect();
+    for input in [img]
+        .into_iter()
+        .chain(streams.iter().map(PathBuf::as_path))
+    {
         let to_qcow2 = || {
             let mut c = Command::new(tool("e2i-to-qcow2"));
             if all && input == img {
@@ -75,6 +89,19 @@ fn check_capture(d: &Path, img: &Path, all: bool) -> (u64, u64) {
     }
     sh(cmd.arg(img).arg(&z));
     assert_eq!(qemu_check(&z), 0, "{tag}: qemu-img check (compressed)");
+    for stream in &streams {
+        let f = d.join(format!("{tag}.z2.qcow2"));
+        let _ = std::fs::remove_file(&f);
+        sh(Command::new(tool("e2i-to-qcow2"))
+            .arg("--compress")
+            .arg(stream)
+            .arg(&f));
+        assert!(
+            read(&f) == read(&z),
+            "{tag}: {} compressed",
+            stream.display()
+        );
+    }
     assert!(
         qemu_to_raw(&z, &d.join(format!("{tag}.zconv"))) == reference,
         "{tag}: compressed content"

@@ -435,11 +435,13 @@ fn json_summaries() {
     ok(&o);
     let j = text(&o.stdout);
     assert_eq!(field(&j, "input_kind"), Some("stream"));
-    let ss = field(&j, "stream_sha256").unwrap();
+    // Version 2: BLAKE3 (no SHA-256).
+    let ss = field(&j, "stream_blake3").unwrap();
     assert!(
         ss.len() == 64 && ss.bytes().all(|b| b.is_ascii_hexdigit()),
         "{j}"
     );
+    assert_eq!(field(&j, "stream_sha256"), Some("null"));
     assert_eq!(field(&j, "sha256"), Some("null"));
     assert!(std::fs::read(&out).unwrap() == raw);
     // The same stream into e2i-to-qcow2 reports the same stream checksum.
@@ -449,7 +451,7 @@ fn json_summaries() {
         .arg("-"));
     ok(&o);
     let j2 = text(&o.stderr);
-    assert_eq!(field(&j2, "stream_sha256"), Some(ss));
+    assert_eq!(field(&j2, "stream_blake3"), Some(ss));
     assert_eq!(
         field(&j2, "sha256"),
         Some(sha256_hex(&o.stdout).as_str()),

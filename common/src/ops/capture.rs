@@ -6,18 +6,17 @@ use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
-use crate::blockmap::BlockMap;
+use crate::blockmap::{BlockMap, BlockRun};
 use crate::ext4::scan::{self, Problem, ProblemKind, ScanOptions, Warning};
 use crate::ext4::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 use crate::ext4::{Filesystem, OpenOptions};
 use crate::io::{FileSource, ReadAt};
 use crate::mark::{self, Marks};
-use crate::progress::{Progress, Unit};
+use crate::progress::{NoProgress, Progress, Unit};
 use crate::qcow2::{self, Qcow2Target};
 use crate::scramble::{self, Overlay, ScrambleReport, ScrambledSource};
 use crate::sparse::{self, CopyStats, RawTarget};
 use crate::stream;
-use crate::units::BlockSize;
 use crate::{Error, Result};
 
 /// Image formats.
@@ -50,6 +49,8 @@ pub struct CaptureOptions {
     /// writer reads through [`crate::scramble::ScrambledSource`]; the normal format's writer
     /// also blanks the header's hostname and device name when this is set.
     pub scramble: Option<u64>,
+    /// Stream only: the format version written (`--stream-version`).
+    pub stream_version: stream::Version,
 }
 
 /// Where the image goes.
@@ -278,6 +279,7 @@ pub fn capture(
                 }
             };
             let header = stream::Header {
+                version: opts.stream_version,
                 flags: if opts.all_data {
                     stream::flags::ALL_DATA
                 } else {
@@ -501,34 +503,15 @@ impl CaptureReport {
     }
 }
 
-/// Classify the selected blocks into data and all-zero extents (first pass of a stream).
-pub fn classify<S: ReadAt + ?Sized>(
-    src: &S,
-    map: &BlockMap,
-    block_size: BlockSize,
-) -> Result<(Vec<stream::Extent>, crate::pieces::ReadReport)> {
-    let (runs, rep) =
-        crate::pieces::classify_runs(src, map, block_size, &mut crate::progress::NoProgress)?;
-    let extents = runs
-        .into_iter()
-        .map(|(r, zero)| stream::Extent {
-            start: r.start,
-            len: r.len,
-            kind: if zero {
-                stream::Kind::Zero
-            } else {
-                stream::Kind::Data
-            },
-        })
-        .collect();
-    Ok((extents, rep))
-}
-
-/// Write the selected blocks of `src` as an e2i stream: the map (data and zero extents)
-/// first, then the data. Reads the selection twice (classification, then data) so that
-/// memory stays bounded by the map.
-/// `room`: the size of a block device target, checked against the stream's size before the
-/// first byte is written.
+/// Write the selected blocks of `src` as an e2i stream: the map first, then the data.
+///
+/// Version 2 reads the selection once: the map names the selected runs, and each run's
+/// all-zero blocks are found as it is read and sent as zero segments. Version 1 reads it twice
+/// (the map names the all-zero runs, so they are found first); memory stays bounded by the
+/// map either way.
+/// `room`: the size of a block device target, checked before the first byte is written
+/// against the stream's size (version 1) or the most it can take (version 2: the zeros are
+/// found first for that, a second read of the selection, as devices are rare stream targets).
 pub fn write_stream<S: ReadAt + ?Sized>(
     src: &S,
     map: &BlockMap,
@@ -538,51 +521,91 @@ pub fn write_stream<S: ReadAt + ?Sized>(
     progress: &mut dyn Progress,
 ) -> Result<CopyStats> {
     let bs = header.block_size;
-    let (extents, past) = classify(src, map, bs)?;
-    let data_map = BlockMap::from_runs(
-        extents
-            .iter()
-            .filter(|e| e.kind == stream::Kind::Data)
-            .map(stream::Extent::run),
-        map.blocks_count(),
-    );
-    let zero_blocks: u64 = extents
-        .iter()
-        .filter(|e| e.kind == stream::Kind::Zero)
-        .map(|e| e.len)
-        .sum();
-    let size = (extents.len() as u64)
-        .checked_mul(stream::EXTENT_LEN as u64)
-        .and_then(|m| bs.bytes_of(data_map.selected_blocks())?.checked_add(m))
-        .and_then(|n| n.checked_add((stream::HEADER_LEN + stream::TRAILER_LEN) as u64))
-        .ok_or_else(|| Error::InvalidInput("stream size overflows".into()))?;
-    crate::output::check_room(room, size)?;
+    let v1 = header.version == stream::Version::V1;
+    let classified = if v1 || room.is_some() {
+        Some(crate::pieces::classify_runs(src, map, bs, &mut NoProgress)?)
+    } else {
+        None
+    };
+    let extent = |r: &BlockRun, zero: bool| stream::Extent {
+        start: r.start,
+        len: r.len,
+        kind: if zero {
+            stream::Kind::Zero
+        } else {
+            stream::Kind::Data
+        },
+    };
+    let extents: Vec<stream::Extent> = match &classified {
+        Some((runs, _)) if v1 => runs.iter().map(|(r, z)| extent(r, *z)).collect(),
+        _ => map.runs().iter().map(|r| extent(r, false)).collect(),
+    };
+    if let Some((runs, _)) = &classified {
+        let data = runs.iter().filter(|(_, z)| !*z).map(|(r, _)| r);
+        let data_blocks: u64 = data.clone().map(|r| r.len).sum();
+        // Version 2: a segment per zero run, and per data run and piece read (a data run
+        // may start and end inside pieces).
+        let per = crate::pieces::piece_blocks(bs);
+        let segments = if v1 {
+            0
+        } else {
+            data.fold(runs.len() as u64, |n, r| {
+                n.saturating_add(r.len.checked_div(per).unwrap_or(r.len))
+                    .saturating_add(2)
+            })
+        };
+        let size = (extents.len() as u64)
+            .checked_mul(stream::EXTENT_LEN as u64)
+            .and_then(|m| bs.bytes_of(data_blocks)?.checked_add(m))
+            .and_then(|n| n.checked_add(segments.checked_mul(stream::SEGMENT_LEN as u64)?))
+            .and_then(|n| n.checked_add((stream::HEADER_LEN + 32 + stream::TRAILER_LEN) as u64))
+            .ok_or_else(|| Error::InvalidInput("stream size overflows".into()))?;
+        crate::output::check_room(room, size)?;
+    }
     let mut w = stream::StreamWriter::new(out, header, extents)?;
-    progress.phase("copying", data_map.selected_blocks(), Unit::Blocks);
+    progress.phase("copying", map.selected_blocks(), Unit::Blocks);
     let mut done = 0u64;
-    // The data is hashed on the reading thread, while this one writes.
-    let mut hash = w.take_hash();
-    crate::pieces::for_each_chunk_tapped(
-        src,
-        data_map.runs(),
-        bs,
-        &mut |data| sha2::Digest::update(&mut hash, data),
-        &mut |_, data| {
-            w.write_data(data)?;
-            done = done.saturating_add(bs.blocks_in(data.len() as u64));
+    let rep = match classified {
+        Some((runs, past)) if v1 => {
+            // Version 1 sends the bytes of its data extents.
+            let data: Vec<BlockRun> = runs
+                .into_iter()
+                .filter(|(_, z)| !*z)
+                .map(|(r, _)| r)
+                .collect();
+            crate::pieces::for_each_chunk_of_runs(src, &data, bs, &mut |b, d| {
+                w.write_blocks(b, d)?;
+                done = done.saturating_add(bs.blocks_in(d.len() as u64));
+                progress.update(done);
+                Ok(())
+            })?;
+            past
+        }
+        _ => crate::pieces::for_each_piece(src, map, bs, &mut |p| {
+            match p {
+                crate::pieces::Piece::Zero(b, n) => {
+                    w.write_zeros(b, n)?;
+                    done = done.saturating_add(n);
+                }
+                crate::pieces::Piece::Data(b, d) => {
+                    w.write_blocks(b, d)?;
+                    done = done.saturating_add(bs.blocks_in(d.len() as u64));
+                }
+            }
             progress.update(done);
             Ok(())
-        },
-    )?;
-    let (_, _digest) = w.finish_hashed(hash)?;
+        })?,
+    };
+    let counts = w.counts();
+    w.finish()?;
     progress.finish();
     Ok(CopyStats {
-        blocks: done.saturating_add(zero_blocks),
-        zero_blocks,
-        past_end_blocks: past.past_end_blocks,
-        unreadable_blocks: past.unreadable_blocks,
-        unreadable: past.unreadable,
+        blocks: counts.data_blocks.saturating_add(counts.zero_blocks),
+        zero_blocks: counts.zero_blocks,
+        past_end_blocks: rep.past_end_blocks,
+        unreadable_blocks: rep.unreadable_blocks,
+        unreadable: rep.unreadable,
         identical_blocks: 0,
-        bytes_written: bs.bytes_of(done).unwrap_or(u64::MAX),
+        bytes_written: bs.bytes_of(counts.data_blocks).unwrap_or(u64::MAX),
     })
 }

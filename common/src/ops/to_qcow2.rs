@@ -7,7 +7,7 @@ use crate::ops::capture::{CaptureOptions, open_source_in, scan_source, source_is
 use crate::progress::Progress;
 use crate::qcow2::grouping::{Assembler, Grouping};
 use crate::qcow2::header::ClusterCompression;
-use crate::qcow2::overlay::{Base, Differ};
+use crate::qcow2::overlay::{Base, Differ, Spool};
 use crate::qcow2::writer::{
     check_inflation, choose_grouping, image_layout, nonzero_blocks, one_pass_layout, plan_clusters,
 };
@@ -71,27 +71,44 @@ pub fn plan(
         Input::Stream(mut r) => {
             let (bs, blocks_count) = (r.header.block_size, r.header.blocks_count);
             let vsize = virtual_size(bs, blocks_count)?;
-            let runs = r.data_runs();
             let sel = r.selected_runs();
-            let base = opts.backing.as_deref();
-            let g = choose_grouping(bs, blocks_count, &runs, compressed, base.is_some())?;
-            match base {
+            match opts.backing.as_deref() {
                 None => {
+                    // The blocks the real run stores: the data blocks that are not all zeros.
+                    let bsz = bs.as_usize();
+                    let mut runs: Vec<crate::blockmap::BlockRun> = Vec::new();
+                    r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| match data {
+                        Some(d) => crate::pieces::zero_runs(d, bsz, &mut |i, n, zero| {
+                            let (b, n) = (e.start.saturating_add(i as u64), n as u64);
+                            match runs.last_mut() {
+                                _ if zero => {}
+                                Some(l) if l.end() == b => l.len = l.len.saturating_add(n),
+                                _ => runs.push(crate::blockmap::BlockRun::new(b, n)),
+                            }
+                            Ok(())
+                        }),
+                        None => Ok(()),
+                    })?;
+                    let g = choose_grouping(bs, blocks_count, &runs, compressed, false)?;
                     let clusters = g.clusters(&runs)?;
-                    r.for_each(crate::pieces::IO_CHUNK, &mut |_, _| Ok(()))?;
                     let n = runs.iter().map(|r| r.len).sum();
                     finish(&sel, blocks_count, g, &clusters, &[], n)
                 }
                 Some(base) => {
+                    let blocks = r.data_runs().unwrap_or_else(|| sel.clone());
+                    let g = choose_grouping(bs, blocks_count, &blocks, compressed, true)?;
                     let mut differ = Differ::new(base, g.cluster_bits())?;
                     let mut asm = Assembler::new(g);
+                    let mut n = 0u64;
                     r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| match data {
-                        Some(d) => asm.push(e.start, d, &mut |c, d| differ.feed(c, d)),
+                        Some(d) => {
+                            n = n.saturating_add(e.len);
+                            asm.push(e.start, d, &mut |c, d| differ.feed(c, d))
+                        }
                         None => Ok(()),
                     })?;
                     asm.flush(&mut |c, d| differ.feed(c, d))?;
                     let (o, _) = differ.finish(vsize)?;
-                    let n = runs.iter().map(|r| r.len).sum();
                     finish(&sel, blocks_count, g, &o.data, &o.zero, n)
                 }
             }
@@ -116,27 +133,41 @@ pub fn plan(
 
 /// Where a stream conversion writes its qcow2.
 pub enum Qcow2Out<'a> {
-    /// Front to back (a pipe, stdout, a device or a new file), uncompressed.
+    /// Front to back (a pipe, stdout, a device), uncompressed.
     Sequential(&'a mut dyn std::io::Write),
-    /// A new seekable file with compressed clusters.
-    Compressed(&'a std::fs::File, ClusterCompression),
+    /// A new seekable file; compressed clusters when given.
+    File(&'a std::fs::File, Option<ClusterCompression>),
 }
 
 /// What a stream conversion wrote.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct StreamToQcow2 {
     pub block_size: u32,
     pub blocks_count: u64,
     pub data_blocks: u64,
     pub zero_blocks: u64,
     pub file_size: u64,
-    pub stream_sha256: [u8; 32],
+    pub stream_digest: crate::stream::Digest,
 }
 
-/// Convert an e2i stream to a qcow2 image. The layout is planned from the stream's map
-/// before the first data byte arrives, so an uncompressed image is written strictly front
-/// to back — to a pipe if need be. The stream is verified at the end; on failure the caller
-/// must discard the output.
+/// Where the data clusters of a stream conversion come from once the layout is known.
+enum Clusters<R: std::io::Read> {
+    /// The stream itself (its map names its data: version 1), read now.
+    Stream(crate::stream::StreamReader<R>),
+    /// A spool of the data blocks of `runs`, in order (version 2, read and verified).
+    Blocks(Spool),
+    /// A spool of the clusters that differ from the base (an overlay, verified).
+    Differing(Spool),
+}
+
+/// Convert an e2i stream to a qcow2 image; the stream is verified at the end, and on
+/// failure the caller must discard the output.
+///
+/// A new file is written as the stream arrives, in one pass, when qcow2's limits allow one
+/// cluster per block: tables planned for every selected block, all-zero blocks skipped (the
+/// bytes `e2i-capture -Q` writes). Otherwise the layout needs the data first: a version 1
+/// stream's map names it; a version 2 stream's data is kept in a temporary file (`TMPDIR`)
+/// until the stream is verified, then written front to back — to a pipe if need be.
 ///
 /// With `overlay`, the stream is compared with the base as it arrives and the clusters that
 /// differ are kept in a temporary file; the overlay is written once the stream is verified,
@@ -158,71 +189,135 @@ pub fn stream_to_qcow2<R: std::io::Read + Send>(
     };
     let bs = h.block_size;
     let vsize = virtual_size(bs, h.blocks_count)?;
-    let compressed = matches!(out, Qcow2Out::Compressed(..));
-    // One cluster per filesystem block, or as many as qemu's limits need.
-    let blocks = r.data_runs();
+    let compressed = matches!(out, Qcow2Out::File(_, Some(_)));
+    let selected = r.selected_runs();
+    let selected_blocks = r.selected_blocks();
+    let one_pass = one_pass_layout(bs, h.blocks_count, &selected, compressed, overlay.is_some())?;
+    let mut done = 0u64;
+    if let (Qcow2Out::File(file, c), Some(mut layout)) = (&out, one_pass.clone()) {
+        layout.set_marks(marks);
+        let mut w = FileWriter::for_layout(file, layout, *c)?;
+        progress.phase(
+            "copying",
+            r.selected_blocks(),
+            crate::progress::Unit::Blocks,
+        );
+        let (mut data_blocks, mut zero_blocks) = (0u64, 0u64);
+        let digest = r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
+            // One cluster per block: guest clusters are block numbers.
+            let g = GuestCluster(e.start.get());
+            match data {
+                Some(d) => {
+                    let d = with_mark(marks, e.start, bs, d);
+                    let n = bs.blocks_in(d.len() as u64);
+                    let skipped = w.write_or_skip(g, &d)?;
+                    data_blocks = data_blocks.saturating_add(n.saturating_sub(skipped));
+                    zero_blocks = zero_blocks.saturating_add(skipped);
+                }
+                None => {
+                    w.skip_clusters(g, e.len)?;
+                    zero_blocks = zero_blocks.saturating_add(e.len);
+                }
+            }
+            done = done.saturating_add(e.len);
+            progress.update(done);
+            Ok(())
+        })?;
+        let file_size = w.finish()?;
+        progress.finish();
+        return Ok(StreamToQcow2 {
+            block_size: bs.get(),
+            blocks_count: h.blocks_count,
+            data_blocks,
+            zero_blocks,
+            file_size,
+            stream_digest: digest,
+        });
+    }
+    // The data blocks, and (when the stream must be read first) where they are kept.
+    let (blocks, mut source, mut digest) = match (r.data_runs(), overlay) {
+        (Some(runs), None) => (runs, Clusters::Stream(r), None),
+        // An overlay groups by the selected blocks when the data is not yet known.
+        (known, Some(_)) => (known.unwrap_or(selected), Clusters::Stream(r), None),
+        (None, None) => {
+            progress.phase(
+                "receiving",
+                r.selected_blocks(),
+                crate::progress::Unit::Blocks,
+            );
+            let mut spool = Spool::new(".e2i-stream-")?;
+            let mut runs: Vec<crate::blockmap::BlockRun> = Vec::new();
+            let d = r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
+                if let Some(d) = data {
+                    spool.push(&with_mark(marks, e.start, bs, d))?;
+                    let n = bs.blocks_in(d.len() as u64);
+                    match runs.last_mut() {
+                        Some(l) if l.end() == e.start => l.len = l.len.saturating_add(n),
+                        _ => runs.push(crate::blockmap::BlockRun::new(e.start, n)),
+                    }
+                }
+                done = done.saturating_add(e.len);
+                progress.update(done);
+                Ok(())
+            })?;
+            progress.finish();
+            (runs, Clusters::Blocks(spool), Some(d))
+        }
+    };
     let grouping = choose_grouping(bs, h.blocks_count, &blocks, compressed, overlay.is_some())?;
     let cbits = grouping.cluster_bits();
     let cb = cbits.get();
     let runs = grouping.clusters(&blocks)?;
-    drop(blocks);
-    let mut report = StreamToQcow2 {
-        block_size: bs.get(),
-        blocks_count: h.blocks_count,
-        data_blocks: r.data_blocks(),
-        zero_blocks: r.zero_blocks(),
-        ..Default::default()
-    };
-    let mut done = 0u64;
+    let mut data_blocks: u64 = blocks.iter().map(|r| r.len).sum();
     // Overlay: compare first (the stream is read and verified here), then write from the
     // spool of differing clusters.
-    let (data, zero, mut spool) = match overlay {
-        None => (runs, Vec::new(), None),
-        Some(base) => {
+    let (data, zero) = match (overlay, source) {
+        (Some(base), Clusters::Stream(mut r)) => {
             progress.phase(
                 "comparing with the backing file",
-                r.data_blocks(),
+                r.selected_blocks(),
                 crate::progress::Unit::Blocks,
             );
             let mut differ = Differ::new(base, cbits)?;
             let mut asm = Assembler::new(grouping);
-            report.stream_sha256 = r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
+            done = 0;
+            data_blocks = 0;
+            digest = Some(r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
                 if let Some(d) = data {
+                    data_blocks = data_blocks.saturating_add(e.len);
                     let d = with_mark(marks, e.start, bs, d);
                     asm.push(e.start, &d, &mut |c, d| differ.feed(c, d))?;
-                    done = done.saturating_add(bs.blocks_in(d.len() as u64));
-                    progress.update(done);
                 }
+                done = done.saturating_add(e.len);
+                progress.update(done);
                 Ok(())
-            })?;
+            })?);
             asm.flush(&mut |c, d| differ.feed(c, d))?;
             let (o, spool) = differ.finish(vsize)?;
-            (o.data, o.zero, Some(spool))
+            source = Clusters::Differing(spool);
+            (o.data, o.zero)
+        }
+        (_, s) => {
+            source = s;
+            (runs, Vec::new())
         }
     };
-    let one_pass = one_pass_layout(
-        bs,
-        h.blocks_count,
-        &r.selected_runs(),
-        compressed,
-        overlay.is_some(),
-    )?;
     let mut layout = image_layout(one_pass, vsize, cb, &data, &zero, compressed)?;
     layout.set_marks(marks);
     if let Some(base) = overlay {
         base.record(&mut layout)?;
     }
-    check_inflation(&layout, bs, report.data_blocks, compressed)?;
+    check_inflation(&layout, bs, data_blocks, compressed)?;
     progress.phase(
         "copying",
         data.iter().map(|r| r.len).sum(),
         crate::progress::Unit::Blocks,
     );
     done = 0;
-    // Feed the data clusters to `write`: from the spool (overlay) or the stream.
+    // Feed the data clusters to `write`: from a spool or the stream.
     let mut feed = |write: &mut dyn FnMut(GuestCluster, &[u8]) -> Result<()>| -> Result<()> {
-        match spool.as_mut() {
-            Some(sp) => {
+        match &mut source {
+            Clusters::Differing(sp) => {
                 let mut buf = vec![0u8; cbits.size_usize()];
                 for g in data.iter().flat_map(|r| r.clusters()) {
                     sp.next(&mut buf)?;
@@ -231,9 +326,27 @@ pub fn stream_to_qcow2<R: std::io::Read + Send>(
                     progress.update(done);
                 }
             }
-            None => {
+            Clusters::Blocks(sp) => {
                 let mut asm = Assembler::new(grouping);
-                report.stream_sha256 = r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
+                let mut buf = Vec::new();
+                let per = crate::pieces::chunk_blocks(bs);
+                for run in &blocks {
+                    let mut b = run.start;
+                    while b < run.end() {
+                        let n = per.min(run.end().saturating_since(b));
+                        buf.resize(bs.len_of(n).unwrap_or(crate::pieces::IO_CHUNK), 0);
+                        sp.next(&mut buf)?;
+                        asm.push(b, &buf, &mut *write)?;
+                        b = b.saturating_add(n);
+                        done = done.saturating_add(n);
+                        progress.update(done);
+                    }
+                }
+                asm.flush(write)?;
+            }
+            Clusters::Stream(r) => {
+                let mut asm = Assembler::new(grouping);
+                let d = r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
                     if let Some(d) = data {
                         let d = with_mark(marks, e.start, bs, d);
                         asm.push(e.start, &d, &mut *write)?;
@@ -243,26 +356,38 @@ pub fn stream_to_qcow2<R: std::io::Read + Send>(
                     Ok(())
                 })?;
                 asm.flush(write)?;
+                digest = Some(d);
             }
         }
         Ok(())
     };
-    match out {
+    let file_size = match out {
         Qcow2Out::Sequential(w) => {
             crate::output::check_room(room, layout.file_size())?;
             let mut qw = SequentialWriter::new(w, &layout)?;
             feed(&mut |g, d| qw.write_clusters(g, d))?;
-            report.file_size = qw.finish()?;
+            let n = qw.finish()?;
             w.flush().map_err(|e| Error::io("write", 0, e))?;
+            n
         }
-        Qcow2Out::Compressed(file, c) => {
-            let mut qw = FileWriter::for_layout(file, layout, Some(c))?;
+        Qcow2Out::File(file, c) => {
+            let mut qw = FileWriter::for_layout(file, layout, c)?;
             feed(&mut |g, d| qw.write_clusters(g, d))?;
-            report.file_size = qw.finish()?;
+            qw.finish()?
         }
-    }
+    };
     progress.finish();
-    Ok(report)
+    let stream_digest =
+        digest.ok_or_else(|| Error::InvalidInput("the stream was not read".into()))?;
+    Ok(StreamToQcow2 {
+        block_size: bs.get(),
+        blocks_count: h.blocks_count,
+        data_blocks,
+        // The data blocks are among the selected ones.
+        zero_blocks: selected_blocks.saturating_sub(data_blocks),
+        file_size,
+        stream_digest,
+    })
 }
 
 /// The bytes of `blocks_count` blocks.
@@ -294,7 +419,7 @@ pub struct ToQcow2Report {
     /// Blocks the input selected (data and zero).
     pub blocks: u64,
     /// The verified checksum of a stream input.
-    pub stream_sha256: Option<[u8; 32]>,
+    pub stream_digest: Option<crate::stream::Digest>,
     /// Damaged structures skipped while scanning a filesystem input.
     pub problems: Vec<crate::ext4::scan::Problem>,
 }
@@ -320,17 +445,7 @@ pub fn to_qcow2(
                     buffered = std::io::BufWriter::with_capacity(1 << 20, file);
                     Qcow2Out::Sequential(&mut buffered)
                 }
-                Qcow2Target::File {
-                    file,
-                    compress: Some(c),
-                } => Qcow2Out::Compressed(file, c),
-                Qcow2Target::File {
-                    file,
-                    compress: None,
-                } => {
-                    buffered = std::io::BufWriter::with_capacity(1 << 20, file);
-                    Qcow2Out::Sequential(&mut buffered)
-                }
+                Qcow2Target::File { file, compress } => Qcow2Out::File(file, compress),
             };
             let rep = stream_to_qcow2(r, out, room, opts.backing.as_deref(), progress)?;
             Ok(ToQcow2Report {
@@ -338,7 +453,7 @@ pub fn to_qcow2(
                 block_size: rep.block_size,
                 blocks_count: rep.blocks_count,
                 blocks: rep.data_blocks.saturating_add(rep.zero_blocks),
-                stream_sha256: Some(rep.stream_sha256),
+                stream_digest: Some(rep.stream_digest),
                 problems: Vec::new(),
             })
         }
@@ -368,7 +483,7 @@ pub fn to_qcow2(
                 block_size: sb.block_size.get(),
                 blocks_count: sb.blocks_count,
                 blocks: st.blocks,
-                stream_sha256: None,
+                stream_digest: None,
                 problems: Vec::new(),
             })
         }
@@ -396,7 +511,7 @@ pub fn to_qcow2(
                 block_size: bs.get(),
                 blocks_count: fs.sb.blocks_count,
                 blocks: res.map.selected_blocks(),
-                stream_sha256: None,
+                stream_digest: None,
                 problems: res.problems,
             })
         }

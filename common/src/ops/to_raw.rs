@@ -31,8 +31,8 @@ pub struct ConvertReport {
     pub block_size: u32,
     pub blocks_count: u64,
     pub copy: CopyStats,
-    /// SHA-256 of a verified stream input.
-    pub stream_sha256: Option<[u8; 32]>,
+    /// The verified checksum of a stream input.
+    pub stream_digest: Option<stream::Digest>,
     /// Damaged structures skipped while scanning a raw filesystem input.
     pub problems: Vec<crate::ext4::scan::Problem>,
 }
@@ -66,7 +66,7 @@ pub fn to_raw(
             let h = r.header;
             let bs = h.block_size;
             let mut sink = RawSink::new(target, bs, h.blocks_count)?;
-            let selected = r.data_blocks().saturating_add(r.zero_blocks());
+            let selected = r.selected_blocks();
             progress.phase("copying", selected, Unit::Blocks);
             let carried =
                 BlockMap::from_runs(r.extents().iter().map(stream::Extent::run), h.blocks_count);
@@ -102,7 +102,7 @@ pub fn to_raw(
                 block_size: bs.get(),
                 blocks_count: h.blocks_count,
                 copy,
-                stream_sha256: Some(digest),
+                stream_digest: Some(digest),
                 problems: Vec::new(),
             })
         }
@@ -127,7 +127,7 @@ pub fn to_raw(
                 block_size: fs.sb.block_size.get(),
                 blocks_count: fs.sb.blocks_count,
                 copy,
-                stream_sha256: None,
+                stream_digest: None,
                 problems: res.problems,
             })
         }
@@ -153,7 +153,7 @@ pub fn to_raw(
                 block_size: bs.get(),
                 blocks_count: img.superblock().blocks_count,
                 copy,
-                stream_sha256: None,
+                stream_digest: None,
                 problems: Vec::new(),
             })
         }
@@ -179,7 +179,7 @@ pub fn to_raw(
                 block_size: plan.unit.get(),
                 blocks_count: plan.map.blocks_count(),
                 copy,
-                stream_sha256: None,
+                stream_digest: None,
                 problems: Vec::new(),
             })
         }
@@ -283,22 +283,5 @@ impl ReadAt for MetaBlocks {
 
     fn size(&self) -> u64 {
         self.bs.bytes_of(self.blocks_count).unwrap_or(u64::MAX)
-    }
-}
-
-/// Header for a stream made from a filesystem.
-pub fn stream_header(
-    block_size: BlockSize,
-    blocks_count: u64,
-    uuid: [u8; 16],
-    all_data: bool,
-) -> stream::Header {
-    stream::Header {
-        flags: if all_data { stream::flags::ALL_DATA } else { 0 },
-        incompat: 0,
-        block_size,
-        blocks_count,
-        uuid,
-        extents: 0,
     }
 }

@@ -270,28 +270,18 @@ pub struct Differ<'a> {
     runs: OverlayRuns,
     /// The clusters fed, as runs (for [`zero_flags`]).
     fed: Vec<ClusterRun>,
-    spool: File,
-    spool_path: tempfile::TempPath,
-    spooled: u64,
+    spool: Spool,
     theirs: Vec<u8>,
 }
 
 impl<'a> Differ<'a> {
     pub fn new(base: &'a Base, cb: ClusterBits) -> Result<Self> {
-        let tmp = tempfile::Builder::new()
-            .prefix(".e2i-overlay-")
-            .tempfile()
-            .map_err(|e| Error::io("create temporary file", 0, e))?;
-        crate::output::pending::add(tmp.path());
-        let (spool, spool_path) = tmp.into_parts();
         Ok(Differ {
             base,
             cb,
             runs: OverlayRuns::default(),
             fed: Vec::new(),
-            spool,
-            spool_path,
-            spooled: 0,
+            spool: Spool::new(".e2i-overlay-")?,
             theirs: Vec::new(),
         })
     }
@@ -312,11 +302,9 @@ impl<'a> Differ<'a> {
         let at = first.offset(cb).ok_or_else(overflow)?.0;
         self.theirs.resize(data.len(), 0);
         self.base.read(&mut self.theirs, at)?;
-        let (spool, spooled) = (&self.spool, &mut self.spooled);
+        let spool = &mut self.spool;
         classify(first, data, &self.theirs, cs, &mut self.runs, |_, c| {
-            pwrite_full(spool, c, *spooled).map_err(|e| Error::io("spool", *spooled, e))?;
-            *spooled = spooled.saturating_add(c.len() as u64);
-            Ok(())
+            spool.push(c)
         })?;
         match self.fed.last_mut() {
             Some(l) if l.end() == first => l.len = l.len.saturating_add(n),
@@ -335,33 +323,50 @@ impl<'a> Differ<'a> {
         let z = zero_flags(self.base, &self.fed, self.cb, virtual_size)?;
         self.runs.zero.extend(z);
         self.runs.zero.sort_unstable();
-        Ok((
-            self.runs,
-            Spool {
-                file: self.spool,
-                path: self.spool_path,
-                pos: 0,
-            },
-        ))
+        Ok((self.runs, self.spool))
     }
 }
 
-/// The stored clusters of a [`Differ`], read back in order.
+/// Bytes kept in a temporary file (in `TMPDIR`) while a stream is verified, written front
+/// to back and then read back in order; removed when dropped, and on a signal.
 pub struct Spool {
     file: File,
     path: tempfile::TempPath,
+    written: u64,
     pos: u64,
 }
 
 impl Spool {
-    /// Fill `buf` with the next spooled bytes.
+    /// A new, empty spool; `prefix` names its file.
+    pub fn new(prefix: &str) -> Result<Self> {
+        let tmp = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempfile()
+            .map_err(|e| Error::io("create temporary file", 0, e))?;
+        crate::output::pending::add(tmp.path());
+        let (file, path) = tmp.into_parts();
+        Ok(Spool {
+            file,
+            path,
+            written: 0,
+            pos: 0,
+        })
+    }
+
+    /// Keep `data` after what was kept before.
+    pub fn push(&mut self, data: &[u8]) -> Result<()> {
+        pwrite_full(&self.file, data, self.written)
+            .map_err(|e| Error::io("write temporary file", self.written, e))?;
+        self.written = self.written.saturating_add(data.len() as u64);
+        Ok(())
+    }
+
+    /// Fill `buf` with the next kept bytes.
     pub fn next(&mut self, buf: &mut [u8]) -> Result<()> {
         let n = pread_full(&self.file, buf, self.pos)
-            .map_err(|e| Error::io("read spool", self.pos, e))?;
+            .map_err(|e| Error::io("read temporary file", self.pos, e))?;
         if n < buf.len() {
-            return Err(Error::InvalidInput(
-                "overlay: the spooled clusters ended early".into(),
-            ));
+            return Err(Error::InvalidInput("the temporary file ended early".into()));
         }
         self.pos = self.pos.saturating_add(n as u64);
         Ok(())

@@ -862,6 +862,26 @@ impl<'a> FileWriter<'a> {
         Ok(())
     }
 
+    /// Write whole clusters from `first`, skipping the all-zero ones (see
+    /// [`FileWriter::skip_clusters`]); returns how many were skipped.
+    pub fn write_or_skip(&mut self, first: GuestCluster, data: &[u8]) -> Result<u64> {
+        let csz = self.layout.cb.size_usize();
+        let mut skipped = 0u64;
+        pieces::zero_runs(data, csz, &mut |i, n, zero| {
+            let g = first.checked_add(i as u64).ok_or_else(layout_overflow)?;
+            if zero {
+                skipped = skipped.saturating_add(n as u64);
+                return self.skip_clusters(g, n as u64);
+            }
+            // Whole clusters of `data` (i + n of them lie inside it).
+            let bytes = data
+                .get(i.saturating_mul(csz)..i.saturating_add(n).saturating_mul(csz))
+                .ok_or_else(layout_overflow)?;
+            self.write_clusters(g, bytes)
+        })?;
+        Ok(skipped)
+    }
+
     /// Store whole clusters from `first` back to back at the next free (cluster-aligned)
     /// offset, in one write from the caller's buffer.
     fn write_stored(&mut self, first: GuestCluster, data: &[u8]) -> Result<()> {
@@ -1421,7 +1441,6 @@ fn write_one_pass<S: ReadAt + ?Sized>(
     progress: &mut dyn Progress,
 ) -> Result<CopyStats> {
     layout.set_marks(marks);
-    let bsz = block_size.as_usize();
     // One cluster per block: guest cluster numbers are block numbers.
     let cluster = |b: crate::units::FsBlock| GuestCluster(b.get());
     let mut w = FileWriter::for_layout(file, layout, compress)?;
@@ -1435,18 +1454,8 @@ fn write_one_pass<S: ReadAt + ?Sized>(
                 done = done.saturating_add(n);
             }
             pieces::Piece::Data(b, data) => {
-                pieces::zero_runs(data, bsz, &mut |i, n, zero| {
-                    let first = b.saturating_add(i as u64);
-                    if zero {
-                        zero_blocks = zero_blocks.saturating_add(n as u64);
-                        return w.skip_clusters(cluster(first), n as u64);
-                    }
-                    // Whole blocks of the piece (i + n blocks lie inside it).
-                    let bytes = data
-                        .get(i.saturating_mul(bsz)..i.saturating_add(n).saturating_mul(bsz))
-                        .ok_or_else(layout_overflow)?;
-                    w.write_clusters(cluster(first), bytes)
-                })?;
+                let skipped = w.write_or_skip(cluster(b), data)?;
+                zero_blocks = zero_blocks.saturating_add(skipped);
                 done = done.saturating_add(block_size.blocks_in(data.len() as u64));
             }
         }

@@ -23,7 +23,7 @@ _e2i__capture() {
 
     case "${cmd}" in
         e2i__capture)
-            opts="-r -Q -a -s -f -b -B -o -P -p -q -h -V --format --all-data --scramble --seed --allow-scrambled --force --past-partition-end --superblock --blocksize --offset --partition --list --progress --compress --backing --strict --quiet --json --help --version"
+            opts="-r -Q -a -s -f -b -B -o -P -p -q -h -V --format --all-data --scramble --seed --allow-scrambled --force --past-partition-end --superblock --blocksize --offset --partition --list --progress --compress --backing --stream-version --strict --quiet --json --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -86,6 +86,10 @@ _e2i__capture() {
                     if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
                         compopt -o filenames
                     fi
+                    return 0
+                    ;;
+                --stream-version)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)

@@ -10,6 +10,7 @@ complete -c e2i-capture -s P -l partition -d 'The filesystem in partition N of a
 complete -c e2i-capture -l compress -d 'qcow2 only: compressed clusters, deflate (the default) or zstd (qcow2 v3); needs a seekable new file' -r -f -a "deflate\t'Deflate (zlib type): every qemu-img reads it (stock e2image reads no compressed clusters)'
 zstd\t'zstd (qcow2 v3 compression type 1): faster and smaller; qemu-img 5.1 and later read it'"
 complete -c e2i-capture -l backing -d 'qcow2 only: write an overlay (qcow2 v3) on FILE, a previous capture (qcow2 or raw): only clusters that differ from FILE\'s backing chain are stored. FILE is recorded as given; a relative name is found from OUTPUT\'s folder, as qemu-img finds it' -r -F
+complete -c e2i-capture -l stream-version -d 'Stream only: the stream format version. 2 (the default) reads SOURCE once and checksums with BLAKE3; 1 is for e2i tools that read only version 1 (SOURCE\'s selected blocks are read twice; SHA-256)' -r
 complete -c e2i-capture -s r -d 'Raw image (same as --format raw; e2image -r)'
 complete -c e2i-capture -s Q -d 'qcow2 image (same as --format qcow2; e2image -Q)'
 complete -c e2i-capture -s a -l all-data -d 'Include regular-file data (raw, qcow2, stream)'
