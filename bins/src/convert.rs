@@ -47,7 +47,7 @@ pub fn to_raw(tool: &str, a: &RawArgs<'_>, sum: &mut Summary) -> anyhow::Result<
         ));
     }
     // Held until the conversion is done: an in-place move of INPUT cannot start meanwhile.
-    let _hold = crate::hold_source(a.input)?;
+    let _hold = crate::hold_source(a.input, "INPUT")?;
     let inp = input::open(a.input).map_err(|e| anyhow::Error::new(e).context(name.clone()))?;
     if a.qcow2_only && inp.kind() != Kind::Qcow2 {
         anyhow::bail!(
@@ -134,7 +134,7 @@ pub fn to_raw(tool: &str, a: &RawArgs<'_>, sum: &mut Summary) -> anyhow::Result<
         (None, None, _, None) => anyhow::bail!("{out_name}: not opened"),
     };
     let report = to_raw::to_raw(inp, target, opts, &mut reporter)
-        .map_err(|e| attribute(e, &name, &out_name))?;
+        .map_err(|e| crate::attribute_written(e, &name, &out_name, &out, "OUTPUT"))?;
     let streamed = match stream {
         Some(s) => Some(s.finish().map_err(|e| attribute(e, &name, &out_name))?),
         None => None,
@@ -143,7 +143,7 @@ pub fn to_raw(tool: &str, a: &RawArgs<'_>, sum: &mut Summary) -> anyhow::Result<
         .map_err(|e| attribute(e, &name, &out_name))?;
     // A device's writes reach it (synced by commit) before we say they did.
     out.commit()
-        .map_err(|e| anyhow::Error::new(e).context(out_name.clone()))?;
+        .map_err(|e| crate::attribute_written(e, &name, &out_name, &out, "OUTPUT"))?;
     reporter.summary(report.block_size);
     let status = if report.problems.is_empty() {
         EXIT_OK

@@ -251,6 +251,33 @@ pub fn attribute(e: e2i::Error, input: &str, output: &str) -> anyhow::Error {
     anyhow::Error::new(e).context(name.to_string())
 }
 
+/// [`attribute`] for an error of a run that writes `out`: once a write into a target updated
+/// in place (an existing file with -O/-c, a clone's DEST, a block device) has failed, the
+/// target holds part of the image over what it held, and the message says so — inside the
+/// image's range only — and what to do (`role` names the target: "OUTPUT", "DEST").
+pub fn attribute_written(
+    e: e2i::Error,
+    input: &str,
+    output: &str,
+    out: &e2i::output::Output,
+    role: &str,
+) -> anyhow::Error {
+    let partly = out.is_updated_in_place() && e.is_write_failure();
+    let full = e.is_out_of_room();
+    let err = attribute(e, input, output);
+    if !partly {
+        return err;
+    }
+    let then = if full {
+        "once there is room (free space on the filesystem it lives on), run the same command again to write it whole"
+    } else {
+        "once the cause is fixed, run the same command again to write it whole"
+    };
+    anyhow::anyhow!(
+        "{err:#}; {role} {output} is partly written: inside the image's range it may hold part of the image over its old bytes (nothing outside that range was touched): {then}"
+    )
+}
+
 /// Open `--backing FILE` for an overlay written to `output`: a relative FILE is found from
 /// OUTPUT's folder (the current one for `-`), as qemu-img finds it, and a miss that exists
 /// from the current folder says so.
@@ -345,12 +372,13 @@ pub fn filesystem_range(source: &Path, offset: u64) -> Option<std::ops::Range<u6
     Some(offset..offset.checked_add(len)?)
 }
 
-/// Hold SOURCE while it is read (e2i-capture, a clone): refused while an in-place e2i-move
-/// runs on it or has left it half moved ([`e2i::ops::hold::hold_for_reading`]); the
-/// journals are looked for where e2i-move puts them.
-pub fn hold_source(source: &Path) -> anyhow::Result<e2i::ops::hold::Hold> {
-    e2i::ops::hold::hold_for_reading(source, state_dir(), &mut e2i::progress::NoProgress).map_err(
-        |e| {
+/// Hold what a run reads while it reads it — SOURCE (e2i-capture, a clone) or INPUT (a
+/// converter), named `role` in messages: refused while an in-place e2i-move runs on it or
+/// has left it half moved ([`e2i::ops::hold::hold_for_reading`]); the journals are looked
+/// for where e2i-move puts them.
+pub fn hold_source(source: &Path, role: &str) -> anyhow::Result<e2i::ops::hold::Hold> {
+    e2i::ops::hold::hold_for_reading(source, role, state_dir(), &mut e2i::progress::NoProgress)
+        .map_err(|e| {
             let name = if source == Path::new("-") {
                 // Stdin redirected from a file: say which.
                 std::fs::read_link("/proc/self/fd/0").map_or_else(
@@ -361,8 +389,7 @@ pub fn hold_source(source: &Path) -> anyhow::Result<e2i::ops::hold::Hold> {
                 source.display().to_string()
             };
             anyhow::Error::new(e).context(name)
-        },
-    )
+        })
 }
 
 /// e2i's state folder, where e2i-move keeps the journals of block devices (and its index).

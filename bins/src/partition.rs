@@ -168,16 +168,18 @@ pub fn probe_all(disk: &dyn ReadAt, t: &Table) -> Vec<Option<partition::FsInfo>>
 /// `why` ends the message ("an image of it would be inconsistent (use -f ...)").
 pub fn refuse_mounted(source: &Path, number: u32, any: bool, why: &str) -> anyhow::Result<()> {
     use e2i::mount::{MountState, partition_mount_state};
-    let (rw, mp) = match partition_mount_state(source, number) {
+    let state = partition_mount_state(source, number);
+    let rw = match state {
         MountState::NotMounted => return Ok(()),
-        MountState::ReadOnly { mount_point } => (false, mount_point),
-        MountState::ReadWrite { mount_point } => (true, mount_point),
+        MountState::ReadOnly { .. } => false,
+        MountState::ReadWrite { .. } => true,
     };
     if rw || any {
         anyhow::bail!(
-            "{}: partition {number} is mounted{} on {mp}; {why}",
+            "{}: partition {number} is mounted{} {}; {why}",
             source.display(),
-            if rw { " read-write" } else { "" }
+            if rw { " read-write" } else { "" },
+            state.place()
         );
     }
     Ok(())

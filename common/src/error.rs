@@ -27,6 +27,15 @@ pub enum Error {
     /// The caller asked for something impossible (bad option combination, wrong target).
     #[error("{0}")]
     InvalidInput(String),
+    /// A system call on an e2i-move journal failed (the source error is printed by the
+    /// error chain): named by the journal, not the file the run moves.
+    #[error("journal {}: {op}", path.display())]
+    JournalIo {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
     /// The target (a block device) is smaller than what must be written; checked before the
     /// first write.
     #[error("it holds {have} bytes, but {need} bytes must be written; nothing written")]
@@ -583,6 +592,14 @@ pub enum CorruptKind {
         next: u64,
         pieces: u64,
     },
+    /// A save record that was intact when the move checked the journal no longer holds the
+    /// piece when the move reads it (another process wrote or cut the journal meanwhile).
+    /// Nothing of the piece has been written.
+    #[error(
+        "move journal {}: the save record of piece {piece} changed while the move ran (another program wrote the journal?); nothing of that piece was written: run the move again",
+        path.display()
+    )]
+    MoveJournalSaveChanged { path: PathBuf, piece: u64 },
     // ---- partition tables (GPT, MBR) ----
     /// A GPT header whose CRC32 does not match (`lba` in sectors of `sector_size` bytes).
     #[error(
@@ -650,6 +667,24 @@ impl Error {
         }
     }
 
+    /// True for a failed write (or the flush or sync that completes writes) to the target:
+    /// what a run that updates a target in place has begun to change by then.
+    pub fn is_write_failure(&self) -> bool {
+        matches!(self, Error::Io { op, .. } if WRITE_OPS.contains(op))
+    }
+
+    /// True when the system ran out of room (ENOSPC, or the user's quota: EDQUOT): the same
+    /// run succeeds once space is freed.
+    pub fn is_out_of_room(&self) -> bool {
+        let full = [rustix::io::Errno::NOSPC, rustix::io::Errno::DQUOT].map(|e| e.raw_os_error());
+        match self {
+            Error::Io { source, .. } | Error::JournalIo { source, .. } => {
+                source.raw_os_error().is_some_and(|c| full.contains(&c))
+            }
+            _ => false,
+        }
+    }
+
     /// True for a write to a closed pipe.
     pub fn is_broken_pipe(&self) -> bool {
         matches!(self, Error::Io { source, .. } if source.kind() == io::ErrorKind::BrokenPipe)
@@ -687,6 +722,9 @@ pub const OUTPUT_OPS: &[&str] = &[
     "read back",
     OP_TOO_LARGE,
 ];
+
+/// The operations of [`OUTPUT_OPS`] that change the target (or complete changing it).
+const WRITE_OPS: &[&str] = &["write", "flush", "sync"];
 
 /// The operation of [`Error::too_large`].
 const OP_TOO_LARGE: &str = "a file there cannot reach the end of what must be written";

@@ -7,12 +7,81 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-/// How a filesystem is mounted.
+/// How a filesystem is mounted. `device` names the mounted block device when it is not the
+/// path asked about itself (a partition of a loop device over an image file, the loop
+/// device of `mount -o loop`, a partition of the disk asked about): messages name it, so the
+/// user knows what to unmount.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MountState {
     NotMounted,
-    ReadOnly { mount_point: String },
-    ReadWrite { mount_point: String },
+    ReadOnly {
+        mount_point: String,
+        device: Option<String>,
+    },
+    ReadWrite {
+        mount_point: String,
+        device: Option<String>,
+    },
+}
+
+impl MountState {
+    /// Where it is mounted, for a message after "mounted" (or "mounted read-write"):
+    /// `as /dev/loop0p1 on /mnt`, or `on /mnt` when the path is the mounted device.
+    pub fn place(&self) -> String {
+        match self {
+            MountState::NotMounted => String::new(),
+            MountState::ReadOnly {
+                mount_point,
+                device,
+            }
+            | MountState::ReadWrite {
+                mount_point,
+                device,
+            } => match device {
+                Some(d) => format!("as {d} on {mount_point}"),
+                None => format!("on {mount_point}"),
+            },
+        }
+    }
+}
+
+/// A mounted block device `dev` by name: `/dev/` and the kernel's name for it (as sysfs gives
+/// it), else the source mountinfo gives, else its number.
+fn device_name(dev: u64, source: &str) -> String {
+    let (ma, mi) = (rustix::fs::major(dev), rustix::fs::minor(dev));
+    let kernel = fs::read_to_string(format!("/sys/dev/block/{ma}:{mi}/uevent"))
+        .ok()
+        .and_then(|u| {
+            u.lines()
+                .find_map(|l| l.strip_prefix("DEVNAME=").map(|n| format!("/dev/{n}")))
+        })
+        .filter(|n| {
+            fs::metadata(n).is_ok_and(|m| m.file_type().is_block_device() && m.rdev() == dev)
+        });
+    kernel.unwrap_or_else(|| {
+        if source.starts_with('/') {
+            source.to_string()
+        } else {
+            format!("block device {ma}:{mi}")
+        }
+    })
+}
+
+/// The state for a mount of `dev` (described by mountinfo's `source`) found for a path
+/// whose own device number is `own` (0: a file).
+fn mounted(dev: u64, source: &str, mount_point: String, rw: bool, own: u64) -> MountState {
+    let device = (dev != own).then(|| device_name(dev, source));
+    if rw {
+        MountState::ReadWrite {
+            mount_point,
+            device,
+        }
+    } else {
+        MountState::ReadOnly {
+            mount_point,
+            device,
+        }
+    }
 }
 
 fn dev_of(major: u64, minor: u64) -> u64 {
@@ -87,11 +156,16 @@ fn mount_state_in(path: &Path, range: std::ops::Range<u64>) -> MountState {
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
         return MountState::NotMounted;
     };
+    let own = if meta.file_type().is_block_device() {
+        meta.rdev()
+    } else {
+        0
+    };
     let mut state = MountState::NotMounted;
     // One footprint per mounted device (a device mounted on several points is looked at once).
     let mut seen: Vec<(u64, bool)> = Vec::new();
     for line in info.lines() {
-        let Some((dev, mp, rw)) = parse_mountinfo(line) else {
+        let Some((dev, mp, rw, source)) = parse_mountinfo(line) else {
             continue;
         };
         let hit = match seen.iter().find(|(d, _)| *d == dev) {
@@ -107,16 +181,16 @@ fn mount_state_in(path: &Path, range: std::ops::Range<u64>) -> MountState {
             continue;
         }
         if rw {
-            return MountState::ReadWrite { mount_point: mp };
+            return mounted(dev, source, mp, true, own);
         }
-        state = MountState::ReadOnly { mount_point: mp };
+        state = mounted(dev, source, mp, false, own);
     }
     state
 }
 
-/// A mountinfo line's device (`st_dev` of what is mounted), mount point and whether it is
-/// mounted read-write.
-fn parse_mountinfo(line: &str) -> Option<(u64, String, bool)> {
+/// A mountinfo line's device (`st_dev` of what is mounted), mount point, whether it is
+/// mounted read-write, and its mount source (`/dev/loop0p1`, or a word such as `tmpfs`).
+fn parse_mountinfo(line: &str) -> Option<(u64, String, bool, &str)> {
     // id parent major:minor root mount-point options [optional...] - type source super-options
     let f: Vec<&str> = line.split(' ').collect();
     if f.len() < 6 {
@@ -125,7 +199,14 @@ fn parse_mountinfo(line: &str) -> Option<(u64, String, bool)> {
     let (ma, mi) = f[2].split_once(':')?;
     let (ma, mi) = (ma.parse::<u64>().ok()?, mi.parse::<u64>().ok()?);
     let rw = f[5].split(',').any(|o| o == "rw");
-    Some((dev_of(ma, mi), f[4].to_string(), rw))
+    let source = f
+        .iter()
+        .skip(6)
+        .skip_while(|&&w| w != "-")
+        .nth(2)
+        .copied()
+        .unwrap_or("");
+    Some((dev_of(ma, mi), f[4].to_string(), rw, source))
 }
 
 /// Check whether partition `number` of `path` is mounted: the kernel's partition device of
@@ -166,16 +247,39 @@ fn state_of(devs: &[u64]) -> MountState {
     };
     let mut state = MountState::NotMounted;
     for line in info.lines() {
-        let Some((dev, mp, rw)) = parse_mountinfo(line) else {
+        let Some((dev, mp, rw, source)) = parse_mountinfo(line) else {
             continue;
         };
         if !devs.contains(&dev) {
             continue;
         }
+        // A partition's device is never the disk or image asked about.
         if rw {
-            return MountState::ReadWrite { mount_point: mp };
+            return mounted(dev, source, mp, true, 0);
         }
-        state = MountState::ReadOnly { mount_point: mp };
+        state = mounted(dev, source, mp, false, 0);
     }
     state
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The mount source follows the ` - type` separator, after any optional fields.
+    #[test]
+    fn mountinfo_lines_give_device_point_mode_and_source() {
+        let line = "36 35 7:1 / /mnt/a rw,noatime shared:1 master:2 - ext4 /dev/loop0p1 rw";
+        let (dev, mp, rw, source) = parse_mountinfo(line).unwrap();
+        assert_eq!(dev, dev_of(7, 1));
+        assert_eq!((mp.as_str(), rw, source), ("/mnt/a", true, "/dev/loop0p1"));
+        let line = "40 35 0:52 / /run ro,nosuid - tmpfs tmpfs ro";
+        let (_, _, rw, source) = parse_mountinfo(line).unwrap();
+        assert_eq!((rw, source), (false, "tmpfs"));
+        assert_eq!(parse_mountinfo("1 2 3"), None);
+        // A device sysfs does not know is named by its mount source, else by its number.
+        let gone = dev_of(4095, 1_048_000);
+        assert_eq!(device_name(gone, "/dev/sdz9"), "/dev/sdz9");
+        assert_eq!(device_name(gone, "none"), "block device 4095:1048000");
+    }
 }

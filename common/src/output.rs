@@ -412,6 +412,13 @@ impl Output {
         self.dry_run
     }
 
+    /// Written where it is, over what it held: an existing regular file updated in place or a
+    /// block device (not a dry run). A write that fails there leaves it partly written; a
+    /// new file's temporary name is removed instead.
+    pub fn is_updated_in_place(&self) -> bool {
+        !self.dry_run && matches!(self.kind, Kind::Existing | Kind::BlockDevice)
+    }
+
     /// The path written, symlinks followed (`-` for stdout).
     pub fn path(&self) -> &Path {
         &self.path
@@ -712,16 +719,16 @@ fn rename_allowed(path: &Path, meta: Option<&Metadata>) -> bool {
 /// are checked.
 fn refuse_mounted(req: &Request<'_>, path: &Path) -> Result<()> {
     use crate::mount::{MountState, mount_state};
-    match mount_state(path) {
-        MountState::NotMounted => Ok(()),
-        MountState::ReadOnly { mount_point } | MountState::ReadWrite { mount_point } => {
-            Err(Error::InvalidInput(format!(
-                "{} {} holds the filesystem mounted on {mount_point}; refusing to write into a mounted filesystem, nothing written",
-                req.role,
-                req.path.display()
-            )))
-        }
+    let state = mount_state(path);
+    if state == MountState::NotMounted {
+        return Ok(());
     }
+    Err(Error::InvalidInput(format!(
+        "{} {} holds the filesystem mounted {}; refusing to write into a mounted filesystem, nothing written",
+        req.role,
+        req.path.display(),
+        state.place()
+    )))
 }
 
 /// An existing qcow2 image is never written by position: its bytes are not the disk's, so

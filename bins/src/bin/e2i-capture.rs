@@ -114,10 +114,11 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         None => src,
     };
     if !args.force
-        && let MountState::ReadWrite { mount_point } = mount_state_at(&args.source, offset)
+        && let state @ MountState::ReadWrite { .. } = mount_state_at(&args.source, offset)
     {
         anyhow::bail!(
-            "{src}: mounted read-write on {mount_point}; an image of it would be inconsistent (use -f to capture anyway)"
+            "{src}: mounted read-write {}; an image of it would be inconsistent (use -f to capture anyway)",
+            state.place()
         );
     }
     // The base is opened first: OUTPUT must not be any file of its chain.
@@ -135,7 +136,7 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     let mut reads: Vec<(&str, &Path)> = vec![("SOURCE", &args.source)];
     reads.extend(chain.iter().map(|p| ("the backing file", p.as_path())));
     // Held until the image is written: an in-place move of SOURCE cannot start meanwhile.
-    let _hold = e2i_cli::hold_source(&args.source)?;
+    let _hold = e2i_cli::hold_source(&args.source, "SOURCE")?;
     let mut out = open_output_ranged(
         &Request {
             path: out_path,
@@ -229,7 +230,7 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         (None, _, None) => anyhow::bail!("{out_name}: not opened"),
     };
     let report = capture::capture(&args.source, &opts, format, target, &mut reporter)
-        .map_err(|e| attribute(e, &src, &out_name))?;
+        .map_err(|e| e2i_cli::attribute_written(e, &src, &out_name, &out, "OUTPUT"))?;
     let streamed = match stream {
         Some(s) => Some(s.finish().map_err(|e| attribute(e, &src, &out_name))?),
         None => None,
@@ -237,7 +238,7 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     out.end_stdout()
         .map_err(|e| attribute(e, &src, &out_name))?;
     out.commit()
-        .map_err(|e| anyhow::Error::new(e).context(out_name.clone()))?;
+        .map_err(|e| e2i_cli::attribute_written(e, &src, &out_name, &out, "OUTPUT"))?;
     reporter.summary(report.block_size);
     let status = if report.problems.is_empty() {
         EXIT_OK

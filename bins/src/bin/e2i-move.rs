@@ -14,9 +14,7 @@ use e2i::output::{Kind, Request};
 use e2i::sparse::range_text;
 use e2i::units::FsBlock;
 use e2i_cli::cli::move_fs::Args;
-use e2i_cli::{
-    EXIT_OK, Reporter, Summary, attribute, open_output_ranged, parse_args, run, usage_error,
-};
+use e2i_cli::{EXIT_OK, Reporter, Summary, open_output_ranged, parse_args, run, usage_error};
 
 const TOOL: &str = "e2i-move";
 
@@ -26,19 +24,26 @@ fn main() -> std::process::ExitCode {
 }
 
 /// Refuse `path` when a filesystem in it is mounted: anywhere in it for what is written
-/// (`any`: also mounted read-only), the filesystem at `offset` for a clone's SOURCE.
-fn refuse_mounted(path: &Path, any: bool, offset: u64) -> anyhow::Result<()> {
+/// (`any`: also mounted read-only), the filesystem at `offset` for a clone's SOURCE. `why`
+/// ends the message.
+fn refuse_mounted(path: &Path, any: bool, offset: u64, why: &str) -> anyhow::Result<()> {
     let state = if any {
         mount_state(path)
     } else {
         mount_state_at(path, offset)
     };
+    // The place names the mounted device when it is not `path` itself (a partition of a
+    // loop device over the file, say): what to unmount.
     match state {
-        MountState::ReadWrite { mount_point } => {
-            anyhow::bail!("{}: mounted read-write on {mount_point}", path.display())
+        MountState::ReadWrite { .. } => {
+            anyhow::bail!(
+                "{}: mounted read-write {}; {why}",
+                path.display(),
+                state.place()
+            )
         }
-        MountState::ReadOnly { mount_point } if any => {
-            anyhow::bail!("{}: mounted on {mount_point}", path.display())
+        MountState::ReadOnly { .. } if any => {
+            anyhow::bail!("{}: mounted {}; {why}", path.display(), state.place())
         }
         _ => Ok(()),
     }
@@ -204,7 +209,12 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
     let list_failed = std::rc::Rc::new(std::cell::RefCell::new(None));
     let mut list = lister(args.dry_run, list_failed.clone());
     if in_place {
-        refuse_mounted(&args.source, true, 0)?;
+        refuse_mounted(
+            &args.source,
+            true,
+            0,
+            "refusing to move a mounted filesystem, nothing written",
+        )?;
         let jopts = JournalOptions {
             path: args.journal.clone(),
             state_dir: mj::state_dir(std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME")),
@@ -225,13 +235,23 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
             &mut notes,
             &mut reporter,
         )
-        .with_context(|| src.clone())
-        .map_err(|e| match &unfinished {
-            Some(j) => anyhow::anyhow!(
-                "{e:#}; the move is unfinished (its journal {} is kept): fix that, then run the same command again to finish it",
-                j.display()
-            ),
-            None => e,
+        .map_err(|e| {
+            let full = e.is_out_of_room();
+            let e = anyhow::Error::new(e).context(src.clone());
+            match &unfinished {
+                // SOURCE may be half moved: no offset of it holds a consistent filesystem
+                // until the move is finished, which the journal allows.
+                Some(j) => anyhow::anyhow!(
+                    "{e:#}; the move is unfinished and SOURCE may be partly moved (no offset of it holds a consistent filesystem until the move is finished); its journal {} is kept (do not delete it to make room) and lets the move resume where it stopped: {} run the same command again to finish it",
+                    j.display(),
+                    if full {
+                        "once there is room (free space on the filesystem that is full),"
+                    } else {
+                        "fix the cause, then"
+                    }
+                ),
+                None => e,
+            }
         });
         if kill_hook {
             eprintln!(
@@ -246,14 +266,23 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
         return Ok(EXIT_OK);
     }
     let dest = args.dest.clone().unwrap_or_default();
-    refuse_mounted(&dest, true, 0)?;
+    refuse_mounted(
+        &dest,
+        true,
+        0,
+        "refusing to write into a mounted filesystem, nothing written",
+    )?;
     if !args.force {
-        refuse_mounted(&args.source, false, args.src_offset)
-            .context("a copy of it would be inconsistent (use -f to copy anyway)")?;
+        refuse_mounted(
+            &args.source,
+            false,
+            args.src_offset,
+            "a copy of it would be inconsistent (use -f to copy anyway)",
+        )?;
     }
     let dst = dest.display().to_string();
     // Held until the copy is done: an in-place move of SOURCE cannot start meanwhile.
-    let _hold = e2i_cli::hold_source(&args.source)?;
+    let _hold = e2i_cli::hold_source(&args.source, "SOURCE")?;
     let mut out = open_output_ranged(
         &Request {
             path: &dest,
@@ -302,11 +331,11 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
         (_, None) => anyhow::bail!("{dst}: not opened"),
     };
     let rep = move_fs::clone_fs(&args.source, target, &opts, &mut list, &mut reporter)
-        .map_err(|e| attribute(e, &src, &dst))?;
+        .map_err(|e| e2i_cli::attribute_written(e, &src, &dst, &out, "DEST"))?;
     listing_result(&list_failed)?;
     // A device's writes reach it (synced by commit) before we say they did.
     out.commit()
-        .map_err(|e| anyhow::Error::new(e).context(dst.clone()))?;
+        .map_err(|e| e2i_cli::attribute_written(e, &src, &dst, &out, "DEST"))?;
     reporter.summary(rep.block_size);
     if args.quiet {
         return Ok(EXIT_OK);

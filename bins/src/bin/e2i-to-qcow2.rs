@@ -64,7 +64,7 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     let mut reporter = Reporter::new(args.progress);
     reporter.set_dry_run(args.dry_run);
     // Held until the conversion is done: an in-place move of INPUT cannot start meanwhile.
-    let _hold = e2i_cli::hold_source(&args.input)?;
+    let _hold = e2i_cli::hold_source(&args.input, "INPUT")?;
     let inp = input::open(&args.input).map_err(|e| anyhow::Error::new(e).context(src.clone()))?;
     sum.add(|o| o.str("input_kind", kind_name(inp.kind())));
     let backing_name = args.backing.as_ref().map(|b| b.display().to_string());
@@ -160,8 +160,8 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         },
         (None, _, None) => anyhow::bail!("{out_name}: not opened"),
     };
-    let report =
-        to_qcow2(inp, target, &opts, &mut reporter).map_err(|e| attribute(e, &src, &out_name))?;
+    let report = to_qcow2(inp, target, &opts, &mut reporter)
+        .map_err(|e| e2i_cli::attribute_written(e, &src, &out_name, &out, "OUTPUT"))?;
     let streamed = match stream {
         Some(s) => Some(s.finish().map_err(|e| attribute(e, &src, &out_name))?),
         None => None,
@@ -169,7 +169,7 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     out.end_stdout()
         .map_err(|e| attribute(e, &src, &out_name))?;
     out.commit()
-        .map_err(|e| anyhow::Error::new(e).context(out_name.clone()))?;
+        .map_err(|e| e2i_cli::attribute_written(e, &src, &out_name, &out, "OUTPUT"))?;
     reporter.summary(report.block_size);
     let output_bytes = match &streamed {
         Some((_, n)) => *n,

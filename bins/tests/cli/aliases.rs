@@ -177,8 +177,10 @@ fn a_partition_overlaps_its_disk_and_the_file_under_it() {
 /// A filesystem mounted from a partition of a loop device over an image file is mounted
 /// in that file, the loop device, and any loop device over the file: every writer into
 /// them is refused (e2i-move in place moved the mounted filesystem, a clone and -O wrote
-/// into it, exit 0). Readers ask about the filesystem they read only: another partition of
-/// the same disk is captured while the first is mounted read-write.
+/// into it, exit 0), naming the mounted partition's device and its mount point (what to
+/// unmount; e2i-move said only "mounted on MNT" of a file that is not mounted itself).
+/// Readers ask about the filesystem they read only: another partition of the same disk is
+/// captured while the first is mounted read-write.
 #[test]
 fn a_filesystem_mounted_from_a_partition_is_never_written_under_another_name() {
     let d = tempdir();
@@ -211,10 +213,11 @@ fn a_filesystem_mounted_from_a_partition_is_never_written_under_another_name() {
             ("e2i-install", vec![], vec![other.path(), &normal]),
             ("e2i-install", vec![], vec![pl.disk(), &normal]),
         ];
+        let place = format!("mounted as {} on {}", pl.part(1).display(), mnt.display());
         for (t, args, paths) in &cases {
             let what = format!("{t} {args:?} {paths:?}");
             let err = failed(&e2i(t, args, paths), &what);
-            assert!(err.contains("mounted"), "{what}: {err}");
+            assert!(err.contains(&place), "{what}: {err}");
             assert!(digest(&disk) == before, "{what}: the disk changed");
         }
     }
@@ -224,7 +227,11 @@ fn a_filesystem_mounted_from_a_partition_is_never_written_under_another_name() {
         &e2i("e2i-capture", &["-r", "-o", "1M"], &[&disk, &x]),
         "capture of the mounted filesystem through the file",
     );
-    assert!(err.contains("mounted read-write"), "{err}");
+    let place = format!("as {} on {}", pl.part(1).display(), mnt.display());
+    assert!(
+        err.contains(&format!("mounted read-write {place}")),
+        "{err}"
+    );
     ok(
         &e2i("e2i-capture", &["-r", "-o", "11M"], &[&disk, &x]),
         "capture of the other partition",
@@ -403,14 +410,33 @@ fn stdin_and_stdout_redirected_to_a_file_being_moved_are_held_and_named() {
         assert!(!d.path().join("out").exists());
     }
     // Killed half-way: stdin from the half-moved file is refused too, naming the journal.
+    // A converter's input is its INPUT (it was told "SOURCE is half-moved"), named with the
+    // file behind stdin, which is what e2i-move must be given to finish the move.
     drop(mover);
-    let o = run(Command::new(tool("e2i-to-raw"))
-        .arg("-")
+    let real = disk.canonicalize().unwrap();
+    let journal = format!("{}.e2i-move", real.display());
+    for t in ["e2i-to-raw", "e2i-to-qcow2"] {
+        let o = run(Command::new(tool(t))
+            .arg("-")
+            .arg(d.path().join("out"))
+            .env("XDG_STATE_HOME", &state)
+            .stdin(fs::File::open(&disk).unwrap()));
+        let err = failed(&o, &format!("{t} - OUT < DISK half moved"));
+        let named = format!("- (stdin, {}): INPUT is half-moved", disk.display());
+        assert!(err.contains(&named), "{t}: {err}");
+        assert!(!err.contains("SOURCE"), "{t}: {err}");
+        let finish = format!("--journal {journal} {})", real.display());
+        assert!(err.contains(&finish), "{t}: {err}");
+        assert!(!d.path().join("out").exists());
+    }
+    // e2i-capture's is its SOURCE (it reads no stdin).
+    let o = run(Command::new(tool("e2i-capture"))
+        .args(["-r", "-o", "1M"])
+        .arg(&disk)
         .arg(d.path().join("out"))
-        .env("XDG_STATE_HOME", &state)
-        .stdin(fs::File::open(&disk).unwrap()));
-    let err = failed(&o, "e2i-to-raw - OUT < DISK half moved");
-    assert!(err.contains("half-moved"), "{err}");
+        .env("XDG_STATE_HOME", &state));
+    let err = failed(&o, "e2i-capture DISK half moved");
+    assert!(err.contains("SOURCE is half-moved"), "{err}");
 }
 
 /// The other side of the writers' hold: an in-place move of a file a writer holds (here a

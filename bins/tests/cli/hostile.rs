@@ -1094,7 +1094,16 @@ fn a_source_being_moved_is_not_read_as_a_filesystem() {
         );
         for (what, mut c) in readers(&disk) {
             let err = failed(&run(&mut c), &format!("{what} of a half-moved SOURCE"));
-            assert!(err.contains("half-moved"), "{what}: {err}");
+            // A converter's is its INPUT.
+            let role = if what.starts_with("e2i-to-") {
+                "INPUT"
+            } else {
+                "SOURCE"
+            };
+            assert!(
+                err.contains(&format!("{role} is half-moved")),
+                "{what}: {err}"
+            );
             assert!(
                 err.contains(&journal.display().to_string()),
                 "{what}: {err}"
@@ -1280,6 +1289,12 @@ fn a_move_stopped_by_a_full_disk_says_how_to_finish_it() {
     let err = failed(&o, "a move on a full disk");
     assert!(err.contains("No space left on device"), "{err}");
     assert!(err.contains("the move is unfinished"), "{err}");
+    // What the journal allows, and when.
+    assert!(err.contains("SOURCE may be partly moved"), "{err}");
+    assert!(
+        err.contains("lets the move resume where it stopped: once there is room"),
+        "{err}"
+    );
     assert!(
         err.contains("run the same command again to finish it"),
         "{err}"
@@ -1289,6 +1304,89 @@ fn a_move_stopped_by_a_full_disk_says_how_to_finish_it() {
     fs::remove_file(&filler).unwrap();
     ok(&mv(&args, &img, &state, 0), "the same command, space freed");
     assert!(holds_fs(&img, MIB - 4096, &want, d.path()));
+}
+
+/// An existing target updated in place (a converter's -O OUTPUT, with or without -c; a
+/// clone's DEST) that a full disk stops once the writes have begun holds part of the image
+/// over its old bytes, and the run said only "No space left on device". The error now says
+/// the target is partly written and what to do; doing it (space freed, the same command)
+/// writes it whole. Nothing outside the image's range is touched.
+#[test]
+fn an_in_place_target_stopped_by_a_full_disk_says_it_is_partly_written() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!(
+            "an_in_place_target_stopped_by_a_full_disk…: needs root to mount a tmpfs; not run"
+        );
+        return;
+    }
+    let d = tempdir();
+    let (_, want) = move_disk(d.path(), MIB);
+    let fs_img = d.path().join("fs.img");
+    let mnt = d.path().join("small");
+    fs::create_dir(&mnt).unwrap();
+    let _m = Mount::new(
+        &[Path::new("tmpfs")],
+        &mnt,
+        &["-t", "tmpfs", "-o", "size=12m"],
+    );
+    let target = mnt.join("target.img");
+    let head: Vec<u8> = (0..MIB).map(|i| (i % 251) as u8).collect();
+    let filler = mnt.join("filler");
+    let cases: [(&str, &[&str], &str); 3] = [
+        ("e2i-to-raw", &["-a", "-O", "1M"], "OUTPUT"),
+        ("e2i-to-raw", &["-a", "-c", "-O", "1M"], "OUTPUT"),
+        ("e2i-move", &["-O", "1M"], "DEST"),
+    ];
+    for (t, args, role) in cases {
+        let what = format!("{t} {args:?}");
+        // The target: 1 MiB of pattern, then a hole up to 8 MiB; too little room for the
+        // image's data (about 2.5 MiB).
+        let _ = fs::remove_file(&target);
+        let _ = fs::remove_file(&filler);
+        let f = fs::File::create(&target).unwrap();
+        f.set_len(8 * MIB).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &head, 0).unwrap();
+        drop(f);
+        let st = rustix::fs::statvfs(&mnt).unwrap();
+        let free = st.f_bavail * st.f_frsize;
+        fs::write(&filler, vec![0x55u8; (free - 512 * 1024) as usize]).unwrap();
+        let run_it = || run(Command::new(tool(t)).args(args).arg(&fs_img).arg(&target));
+        let err = failed(&run_it(), &format!("{what} onto a full disk"));
+        assert!(err.contains("No space left on device"), "{what}: {err}");
+        let said = format!("{role} {} is partly written", target.display());
+        assert!(err.contains(&said), "{what}: {err}");
+        assert!(
+            err.contains("nothing outside that range was touched"),
+            "{what}: {err}"
+        );
+        assert!(
+            err.contains("once there is room (free space on the filesystem it lives on), run the same command again"),
+            "{what}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{what}: one line: {err}");
+        let got = read(&target);
+        assert!(
+            got[..MIB as usize] == head[..],
+            "{what}: bytes before -O changed"
+        );
+        assert_eq!(
+            got.len() as u64,
+            8 * MIB,
+            "{what}: the target's size changed"
+        );
+        // Room made: the same command writes it whole.
+        fs::remove_file(&filler).unwrap();
+        ok(&run_it(), &format!("{what}, space freed"));
+        let got = read(&target);
+        assert!(
+            got[..MIB as usize] == head[..],
+            "{what}: bytes before -O changed"
+        );
+        assert!(
+            got[MIB as usize..][..want.len()] == want[..],
+            "{what}: the image, once written whole"
+        );
+    }
 }
 
 /// A block device that cannot take the writes (a loop device over a sparse file on a full

@@ -103,6 +103,11 @@ pub(crate) fn copy_error(e: &Error) -> Error {
             offset: *offset,
             source: std::io::Error::new(source.kind(), source.to_string()),
         },
+        Error::JournalIo { path, op, source } => Error::JournalIo {
+            path: path.clone(),
+            op,
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
         Error::Corrupt(k) => Error::Corrupt(k.clone()),
         Error::Unsupported(s) => Error::Unsupported(s.clone()),
         Error::InvalidInput(s) => Error::InvalidInput(s.clone()),

@@ -58,13 +58,15 @@ pub enum HoldFor {
     Writing,
 }
 
-/// Hold `source` for reading ([`HoldFor::Reading`]): see [`hold`].
+/// Hold `source` for reading ([`HoldFor::Reading`]): see [`hold`]. `role` names it in
+/// messages: "SOURCE" (e2i-capture, a clone), "INPUT" (the converters).
 pub fn hold_for_reading(
     source: &Path,
+    role: &str,
     state: Option<PathBuf>,
     progress: &mut dyn Progress,
 ) -> Result<Hold> {
-    hold(source, HoldFor::Reading, "SOURCE", state, progress)
+    hold(source, HoldFor::Reading, role, state, progress)
 }
 
 /// Hold `path` ([`Hold`]) and refuse it while it is half-way through an in-place move: an
@@ -144,11 +146,14 @@ pub fn hold(
             HoldFor::Writing => "an in-place e2i-move is moving this file or device, or another e2i tool is reading or writing it: write to it when that has finished".into(),
         }));
     }
+    // The file itself, by its real name (stdin's file, when `-` is one): what the message
+    // tells e2i-move to finish.
+    let real = std::fs::canonicalize(path).ok();
     let mut candidates = Vec::new();
     for (i, f) in hold._held.iter().enumerate() {
         let Ok(m) = f.metadata() else { continue };
         let path = if i == 0 {
-            std::fs::canonicalize(path).ok()
+            real.clone()
         } else {
             use std::os::fd::AsRawFd;
             std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).ok()
@@ -171,12 +176,16 @@ pub fn hold(
         if let Ok(Ok(_)) = j.verify(&reader, progress) {
             let p = j.params();
             let (a, b, jn) = (p.src_offset, p.dest_offset, c.display());
+            // e2i-move needs the file itself (not `-`): name it when it is known.
+            let it = real
+                .as_ref()
+                .map_or_else(|| "on it".to_string(), |r| r.display().to_string());
             return Err(Error::InvalidInput(match what {
                 HoldFor::Reading => format!(
-                    "{role} is half-moved: the in-place move from byte {a} to byte {b} recorded in {jn} is unfinished, so no offset of {role} holds a consistent filesystem; finish it first (e2i-move -o {a} -O {b} --journal {jn} on it), then read it"
+                    "{role} is half-moved: the in-place move from byte {a} to byte {b} recorded in {jn} is unfinished, so no offset of {role} holds a consistent filesystem; finish it first (e2i-move -o {a} -O {b} --journal {jn} {it}), then read it"
                 ),
                 HoldFor::Writing => format!(
-                    "{role} is half-moved: the in-place move from byte {a} to byte {b} recorded in {jn} is unfinished, and writing to {role} would leave it impossible to finish, the filesystem it holds lost; finish it first (e2i-move -o {a} -O {b} --journal {jn} on it), or delete {jn} if that filesystem is not wanted; nothing written"
+                    "{role} is half-moved: the in-place move from byte {a} to byte {b} recorded in {jn} is unfinished, and writing to {role} would leave it impossible to finish, the filesystem it holds lost; finish it first (e2i-move -o {a} -O {b} --journal {jn} {it}), or delete {jn} if that filesystem is not wanted; nothing written"
                 ),
             }));
         }

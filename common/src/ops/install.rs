@@ -600,13 +600,12 @@ impl Install {
     /// written. With `dry_run`, DEVICE is opened read-only.
     pub fn prepare(device: &Path, image: &Path, opts: &InstallOptions) -> Result<Install> {
         let dev_name = device.display();
-        match mount_state(device) {
-            MountState::NotMounted => {}
-            MountState::ReadOnly { mount_point } | MountState::ReadWrite { mount_point } => {
-                return Err(Error::InvalidInput(format!(
-                    "{dev_name} is mounted on {mount_point}; refusing to write to a mounted filesystem"
-                )));
-            }
+        let state = mount_state(device);
+        if state != MountState::NotMounted {
+            return Err(Error::InvalidInput(format!(
+                "{dev_name} is mounted {}; refusing to write to a mounted filesystem",
+                state.place()
+            )));
         }
         let img = NormalImage::open_file(image)?;
         let sb = img.superblock();

@@ -111,6 +111,8 @@ pub struct MoveReport {
     /// Durable checkpoints and saved pieces written by a move.
     pub checkpoints: u64,
     pub saved_pieces: u64,
+    /// Pieces a resumed move copied from the save records an interrupted run left.
+    pub from_saves: u64,
     /// The journal of a move.
     pub journal: Option<PathBuf>,
     /// A clone of a damaged filesystem: the structures skipped (as e2image skips them).
@@ -731,9 +733,11 @@ fn read_journal(
 /// An I/O error on the journal, with the journal's name (damage names it already).
 fn in_journal(path: &Path, e: Error) -> Error {
     match e {
-        Error::Io { op, source, .. } => {
-            Error::InvalidInput(format!("journal {}: {op}: {source}", path.display()))
-        }
+        Error::Io { op, source, .. } => Error::JournalIo {
+            path: path.to_path_buf(),
+            op,
+            source,
+        },
         e => e,
     }
 }
@@ -1195,6 +1199,8 @@ struct Loaded {
     index: usize,
     /// The saver thread saved the piece (not yet synced).
     saved: bool,
+    /// Read from its save record.
+    from_save: bool,
     past_bytes: u64,
 }
 
@@ -1222,6 +1228,7 @@ fn copy_pieces(
     let slices = piece_max.div_ceil(SLICE).saturating_add(SPARE_SLICES);
     let reader = src.reader()?;
     let saver = j.saver().map_err(|e| in_journal(&jp, e))?;
+    let records = j.records().map_err(|e| in_journal(&jp, e))?;
     // With the test hooks, this thread saves a piece once it has written the piece before
     // (no saver thread): crash points come in a reproducible order, on the hooks' thread.
     let ordered = opts.crash_point.is_some() || opts.slice_bytes > 0;
@@ -1244,12 +1251,14 @@ fn copy_pieces(
             pieces: &pieces,
             digests: &digests,
             start,
+            saved,
+            records: &records,
         };
         if ordered {
-            scope.spawn(move || read_pieces(reader, job, saved, full_tx, free_rx));
+            scope.spawn(move || read_pieces(reader, job, full_tx, free_rx));
         } else {
             let (read_tx, read_rx) = sync_channel::<Msg>(room);
-            scope.spawn(move || read_pieces(reader, job, saved, read_tx, free_rx));
+            scope.spawn(move || read_pieces(reader, job, read_tx, free_rx));
             let save = SaveJob {
                 pieces: &pieces,
                 digests: &digests,
@@ -1306,6 +1315,7 @@ fn copy_pieces(
                 }
                 rep.saved_pieces = rep.saved_pieces.saturating_add(1);
             }
+            rep.from_saves = rep.from_saves.saturating_add(u64::from(cur.from_save));
             rep.past_end_blocks = rep
                 .past_end_blocks
                 .saturating_add(bs.blocks_covering(cur.past_bytes));
@@ -1385,6 +1395,9 @@ struct ReadJob<'a> {
     pieces: &'a [Piece],
     digests: &'a [u32],
     start: usize,
+    /// Pieces an interrupted run saved (intact records when the journal was checked).
+    saved: Vec<Saved>,
+    records: &'a mj::Records,
 }
 
 /// What the saver thread saves.
@@ -1420,21 +1433,21 @@ fn stopped() -> Error {
 /// The reader thread of a move: each piece from `start` on, from SOURCE — or, for a piece an
 /// interrupted run saved, from its save record — a slice at a time into the `free` slices,
 /// checked against its checksum.
+///
+/// A record is read from the journal here, not held from the check on: its slot is
+/// rewritten only by saving the piece two after it (a piece before it that would use the
+/// slot is committed already: the run that saved this one waited for that), and this thread
+/// reads that piece only once it has read this one.
 fn read_pieces(
     src: FileSource,
     job: ReadJob<'_>,
-    mut saved: Vec<Saved>,
     out: SyncSender<Msg>,
     free: Receiver<AlignedBuf>,
 ) {
     for (k, pc) in job.pieces.iter().enumerate().skip(job.start) {
         let n = pc.buf_len();
-        // Each record is used once: its memory goes with it.
-        let record = saved
-            .iter()
-            .position(|s| s.piece == k as u64)
-            .map(|i| saved.swap_remove(i));
-        let save = record.is_none() && pc.overlaps_itself();
+        let record = job.saved.iter().any(|s| s.piece == k as u64);
+        let save = !record && pc.overlaps_itself();
         let read = || -> Result<Loaded> {
             let mut crc = 0u32;
             let mut past = 0u64;
@@ -1442,19 +1455,13 @@ fn read_pieces(
                 let len = SLICE.min(n.saturating_sub(at));
                 let mut buf = free.recv().map_err(|_| stopped())?;
                 let b = buf.get_mut(len);
-                match &record {
-                    Some(r) => {
-                        let part = r.data.get(at..at.saturating_add(len));
-                        b.copy_from_slice(part.ok_or_else(|| {
-                            Error::InvalidInput(format!("piece {k}: short save record"))
-                        })?);
-                    }
-                    None => {
-                        // `at` is below the piece's length: a position inside it.
-                        let pos = pc.src.start.saturating_add(at as u64);
-                        let p = src.read_sparse_at(b, pos)?;
-                        past = past.saturating_add(p as u64);
-                    }
+                if record {
+                    job.records.read(k as u64, at as u64, b)?;
+                } else {
+                    // `at` is below the piece's length: a position inside it.
+                    let pos = pc.src.start.saturating_add(at as u64);
+                    let p = src.read_sparse_at(b, pos)?;
+                    past = past.saturating_add(p as u64);
                 }
                 crc = crc32c::crc32c_append(crc, b);
                 let msg = Msg::Slice {
@@ -1465,7 +1472,10 @@ fn read_pieces(
                 };
                 out.send(msg).map_err(|_| stopped())?;
             }
-            if record.is_none() && crc != job.digests[k] {
+            if record && crc != job.digests[k] {
+                return Err(job.records.changed(k as u64));
+            }
+            if crc != job.digests[k] {
                 return Err(Error::InvalidInput(format!(
                     "SOURCE changed during the move: bytes {}-{} (piece {k}) are no longer what they were when the move started",
                     pc.src.start,
@@ -1475,6 +1485,7 @@ fn read_pieces(
             Ok(Loaded {
                 index: k,
                 saved: save,
+                from_save: record,
                 past_bytes: past,
             })
         };

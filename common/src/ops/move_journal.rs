@@ -357,11 +357,54 @@ pub enum State {
     Done,
 }
 
-/// A saved copy of a piece's source bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An intact save record ([`Journal::saved`]): piece `piece`'s source bytes, with the
+/// checksum the journal records for it, are in the piece's save slot. Only the piece number
+/// is held: a record is up to a piece (32 MiB), and a resumed move reads it a slice at a
+/// time ([`Records::read`]) as it copies, so it holds no more memory than a fresh one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Saved {
     pub piece: u64,
-    pub data: Vec<u8>,
+}
+
+/// Reads save records from another thread than the journal's ([`Journal::records`]).
+pub struct Records {
+    file: File,
+    path: PathBuf,
+    /// Where save slots 0 and 1 start.
+    slots: [u64; 2],
+    /// Bytes of data a slot holds.
+    room: u64,
+}
+
+impl Records {
+    /// Read bytes `at..at + buf.len()` of piece `piece`'s save record into `buf`. The caller
+    /// checks the piece's checksum over all its bytes: a record changed since
+    /// [`Journal::saved`] found it intact is [`CorruptKind::MoveJournalSaveChanged`], as is
+    /// one cut short.
+    pub fn read(&self, piece: u64, at: u64, buf: &mut [u8]) -> Result<()> {
+        let changed = || self.changed(piece);
+        let end = at.checked_add(buf.len() as u64).filter(|&e| e <= self.room);
+        if end.is_none() {
+            return Err(changed());
+        }
+        // Inside the slot (checked above).
+        let off = self.slots[usize::from(piece % 2 == 1)]
+            .saturating_add(PAGE)
+            .saturating_add(at);
+        let n = pread_full(&self.file, buf, off).map_err(|e| Error::io("read journal", off, e))?;
+        if n < buf.len() {
+            return Err(changed());
+        }
+        Ok(())
+    }
+
+    /// The error for a record of `piece` that no longer holds the piece.
+    pub fn changed(&self, piece: u64) -> Error {
+        Error::Corrupt(CorruptKind::MoveJournalSaveChanged {
+            path: self.path.clone(),
+            piece,
+        })
+    }
 }
 
 /// Writes save records of a [`Journal`] ([`Journal::saver`]): a piece's bytes in parts, then
@@ -1091,15 +1134,41 @@ impl Journal {
         if piece % 2 != slot || len != self.pieces[i].bytes() || le::u32(&h, 24) != want {
             return Ok(None);
         }
-        // `len` is a piece's length: at most PIECE_BYTES.
-        let mut data = vec![0u8; self.pieces[i].buf_len()];
+        // Checked a chunk at a time: a record is up to a piece, and a resumed move must not
+        // hold two of them besides its buffers.
         let data_at = at.saturating_add(PAGE);
-        let n = pread_full(&self.file, &mut data, data_at)
-            .map_err(|e| Error::io("read journal", data_at, e))?;
-        if n < data.len() || digest(&data) != want {
+        let mut buf = vec![0u8; CHECK_CHUNK];
+        let mut crc = 0u32;
+        let mut off = data_at;
+        let end = data_at.saturating_add(len);
+        while off < end {
+            let n = usize::try_from(end.saturating_sub(off))
+                .map_or(CHECK_CHUNK, |l| l.min(CHECK_CHUNK));
+            let got = pread_full(&self.file, &mut buf[..n], off)
+                .map_err(|e| Error::io("read journal", off, e))?;
+            if got < n {
+                return Ok(None);
+            }
+            crc = crc32c::crc32c_append(crc, &buf[..n]);
+            off = off.saturating_add(n as u64);
+        }
+        if crc != want {
             return Ok(None);
         }
-        Ok(Some(Saved { piece, data }))
+        Ok(Some(Saved { piece }))
+    }
+
+    /// A reader of this journal's save records for another thread (the move's reader).
+    pub fn records(&self) -> Result<Records> {
+        Ok(Records {
+            file: self
+                .file
+                .try_clone()
+                .map_err(|e| Error::io("dup journal", 0, e))?,
+            path: self.path.clone(),
+            slots: [self.save_at(0), self.save_at(1)],
+            room: self.save_stride().saturating_sub(PAGE),
+        })
     }
 
     /// Mark the move finished and drop the save slots (the small done record stays, so a
@@ -1501,24 +1570,37 @@ mod tests {
         assert_eq!(j2.digests(), &ds[..]);
         assert_eq!(j2.source(), id());
         assert_eq!(j2.state(), State::Running { next: 3 });
-        let four = Saved {
-            piece: 4,
-            data: data.clone(),
-        };
-        assert_eq!(j2.saved().unwrap(), vec![four.clone()]);
+        let four = Saved { piece: 4 };
+        assert_eq!(j2.saved().unwrap(), vec![four]);
+        // The record reads back as the piece's bytes, from another handle.
+        let mut back = vec![0u8; data.len()];
+        j2.records().unwrap().read(4, 0, &mut back).unwrap();
+        assert!(back == data);
+        let over = j2
+            .records()
+            .unwrap()
+            .read(4, j2.save_stride(), &mut [0u8; 1]);
+        assert!(
+            matches!(
+                over,
+                Err(Error::Corrupt(CorruptKind::MoveJournalSaveChanged {
+                    piece: 4,
+                    ..
+                }))
+            ),
+            "{over:?}"
+        );
         // Bytes that are not the piece's never count as saved; the other slot keeps its own.
         j.save(5, b"not the piece").unwrap();
-        assert_eq!(j.saved().unwrap(), vec![four.clone()]);
+        assert_eq!(j.saved().unwrap(), vec![four]);
         j.save(4, b"not the piece").unwrap();
         assert_eq!(j.saved().unwrap(), vec![]);
         assert!(j.save(1000, b"no such piece").is_err());
         j.save(4, &data).unwrap();
         let pc5 = j.pieces()[5].clone();
-        let five = Saved {
-            piece: 5,
-            data: img[pc5.src.start as usize..pc5.src.end as usize].to_vec(),
-        };
-        j.save(5, &five.data).unwrap();
+        let five = Saved { piece: 5 };
+        j.save(5, &img[pc5.src.start as usize..pc5.src.end as usize])
+            .unwrap();
         j.sync().unwrap();
         assert_eq!(j.saved().unwrap(), vec![four, five]);
         // Tear the newest checkpoint slot: the older one wins.
@@ -1790,16 +1872,14 @@ mod tests {
             j.save(3, &data).unwrap();
             let half = (pc.bytes() / 2) as usize;
             img[pc.dst.start as usize..][..half].copy_from_slice(&data[..half]);
-            let three = Saved { piece: 3, data };
-            assert_eq!(verdict(&j, &img), Ok(vec![three.clone()]));
+            let three = Saved { piece: 3 };
+            assert_eq!(verdict(&j, &img), Ok(vec![three]));
             // The next piece saved meanwhile (its source is still intact); then its save torn.
             let pc4 = j.pieces()[4].clone();
-            let four = Saved {
-                piece: 4,
-                data: img[pc4.src.start as usize..pc4.src.end as usize].to_vec(),
-            };
-            j.save(4, &four.data).unwrap();
-            assert_eq!(verdict(&j, &img), Ok(vec![three.clone(), four]));
+            let four = Saved { piece: 4 };
+            j.save(4, &img[pc4.src.start as usize..pc4.src.end as usize])
+                .unwrap();
+            assert_eq!(verdict(&j, &img), Ok(vec![three, four]));
             j.save(4, &vec![0xee; pc4.bytes() as usize]).unwrap();
             assert_eq!(verdict(&j, &img), Ok(vec![three]));
             // Restored from a backup: the moved pieces are gone from their destination.
