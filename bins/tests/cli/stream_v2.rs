@@ -1,0 +1,142 @@
+//! Version 2 streams as a hostile sender makes them (valid map checksum and trailer, so a
+//! reader gets past both to what was made), the temporary file a front-to-back qcow2 keeps
+//! their data in, and stdout redirected to a new file. Each test failed on the tools before
+//! the fix it guards (run with `E2I_TEST_BIN_DIR` pointing at an older build to see it).
+
+use super::util::*;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A capture with file data (`-a`, a version 2 stream) of a filesystem holding `mib` MiB
+/// of data that is not zeros.
+fn stream_with_data(dir: &Path, mib: usize) -> PathBuf {
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    let mut x = 0x1234_5678_9abc_def0u64;
+    let data: Vec<u8> = (0..mib << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(tree.join("data"), data).unwrap();
+    let img = dir.join("fs.img");
+    mkfs_from(&tree, &img, &format!("{}M", mib + 8), &["-b", "4096"]);
+    let s = dir.join("fs.e2is");
+    let o = run(Command::new(tool("e2i-capture"))
+        .args(["-a", "--format", "stream"])
+        .arg(&img)
+        .arg(&s));
+    ok(&o, "capture");
+    s
+}
+
+/// The files in `dir`.
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// `e2i-to-qcow2 STREAM -` into a pipe, the temporary folder `tmp`: its output.
+fn to_qcow2_pipe(stream: &Path, tmp: &Path) -> std::process::Output {
+    run(Command::new(tool("e2i-to-qcow2"))
+        .arg(stream)
+        .arg("-")
+        .env("TMPDIR", tmp)
+        .stdout(Stdio::piped()))
+}
+
+/// A small tmpfs, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn new(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        ok(
+            &run(Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(at)),
+            "mount tmpfs",
+        );
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The temporary file that keeps a version 2 stream's data for a qcow2 written front to
+/// back: when it cannot be made or filled, one line names the temporary folder (TMPDIR,
+/// which the user never named on the command line) and what to do; nothing reaches stdout.
+#[test]
+fn spool_failures_name_the_temporary_folder() {
+    let d = tempdir();
+    let s = stream_with_data(d.path(), 3);
+    let full = Tmpfs::new(&d.path().join("small"), "1m");
+    let missing = d.path().join("missing");
+    for (tmp, why) in [
+        (&full.0, "No space left"),
+        (&missing, "No such file or directory"),
+    ] {
+        let o = to_qcow2_pipe(&s, tmp);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{}: {err}", tmp.display());
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains(&format!("{} (TMPDIR)", tmp.display()))
+                && err.contains(why)
+                && err.contains("set TMPDIR"),
+            "{err}"
+        );
+        assert!(o.stdout.is_empty(), "{} bytes on stdout", o.stdout.len());
+    }
+    assert!(entries(&full.0).is_empty(), "{:?}", entries(&full.0));
+}
+
+/// The temporary file has no name: a run killed by SIGKILL (the OOM killer) while it holds
+/// a stream's data leaves nothing in the temporary folder. A named one stayed there, as
+/// large as the stream's data.
+#[test]
+fn spool_leaves_nothing_after_sigkill() {
+    let d = tempdir();
+    let s = stream_with_data(d.path(), 2);
+    let tmp = d.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let mut child = Command::new(tool("e2i-to-qcow2"))
+        .args(["-", "-"])
+        .env("TMPDIR", &tmp)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The whole stream but not its end: the tool holds the data, waiting for more.
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&read(&s)).unwrap();
+    // Until the temporary file is open and holds the data (named or not).
+    let fds = PathBuf::from(format!("/proc/{}/fd", child.id()));
+    let holds = || {
+        std::fs::read_dir(&fds).unwrap().flatten().any(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.starts_with(&tmp))
+                && std::fs::metadata(e.path()).is_ok_and(|m| m.len() >= 2 << 20)
+        })
+    };
+    let mut waited = 0;
+    while !holds() {
+        assert!(waited < 6000, "the tool never kept the data in TMPDIR");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        waited += 1;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(stdin);
+    assert!(entries(&tmp).is_empty(), "left behind: {:?}", entries(&tmp));
+}
