@@ -140,3 +140,78 @@ fn spool_leaves_nothing_after_sigkill() {
     drop(stdin);
     assert!(entries(&tmp).is_empty(), "left behind: {:?}", entries(&tmp));
 }
+
+/// Stdout redirected to a new file is written by position as the stream arrives; when the
+/// stream then fails its checksum, or a signal stops the run, the file is emptied again (it
+/// was empty and the run's own), as a new OUTPUT's temporary name is removed: no image that
+/// looks complete is left where the user looks for one. A front-to-back qcow2 waited for
+/// the checksum and wrote nothing; the by-position writers left a whole raw image.
+#[test]
+fn stdout_file_is_emptied_when_the_run_fails() {
+    let d = tempdir();
+    let s = stream_with_data(d.path(), 2);
+    let mut bad = read(&s);
+    let at = bad.len() - 100;
+    bad[at] ^= 1;
+    let bad_path = d.path().join("bad.e2is");
+    std::fs::write(&bad_path, &bad).unwrap();
+    let out = d.path().join("out");
+    for t in ["e2i-to-raw", "e2i-to-qcow2"] {
+        let f = std::fs::File::create(&out).unwrap();
+        let o = run(Command::new(tool(t)).arg(&bad_path).arg("-").stdout(f));
+        assert_eq!(o.status.code(), Some(1), "{t}: {}", output_text(&o));
+        assert!(
+            output_text(&o).contains("checksum"),
+            "{t}: {}",
+            output_text(&o)
+        );
+        assert_eq!(
+            std::fs::metadata(&out).unwrap().len(),
+            0,
+            "{t}: left behind"
+        );
+        // Killed by SIGTERM while the data arrives.
+        let f = std::fs::File::create(&out).unwrap();
+        let mut child = Command::new(tool(t))
+            .args(["-", "-"])
+            .stdin(Stdio::piped())
+            .stdout(f)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let good = read(&s);
+        stdin.write_all(&good[..good.len() - 64]).unwrap();
+        // Until the file is written and stops changing: the run waits for the stream's
+        // last bytes, which are not sent.
+        let size = || std::fs::metadata(&out).unwrap().len();
+        let (mut last, mut steady) = (0, 0);
+        for _ in 0..600 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let now = size();
+            steady = if now == last && now > 0 {
+                steady + 1
+            } else {
+                0
+            };
+            last = now;
+            if steady == 4 {
+                break;
+            }
+        }
+        assert_eq!(steady, 4, "{t}: nothing written, or never done writing");
+        let term = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(term.success());
+        let st = child.wait().unwrap();
+        drop(stdin);
+        assert!(!st.success(), "{t}: {st:?}");
+        assert_eq!(
+            std::fs::metadata(&out).unwrap().len(),
+            0,
+            "{t}: left behind after SIGTERM"
+        );
+    }
+}
