@@ -138,6 +138,7 @@ impl Output {
                 held = Some(hold(req, fd1)?);
             }
             if !req.dry_run {
+                refuse_read_only_stdout(req.role)?;
                 crate::io::grow_pipe(io::stdout());
             }
             return Ok(Output {
@@ -599,6 +600,22 @@ fn fresh_stdout_file() -> Option<File> {
         return None;
     }
     fd.try_clone_to_owned().ok().map(File::from)
+}
+
+/// Refuse stdout opened for reading only (`1< FILE`, a typo for `1> FILE`): every write
+/// fails with EBADF, which Rust's stdout takes for a closed stdout and discards, so the run
+/// said it succeeded and wrote nothing.
+fn refuse_read_only_stdout(role: &str) -> Result<()> {
+    use rustix::fs::{OFlags, fcntl_getfl};
+    match fcntl_getfl(io::stdout()) {
+        Ok(fl) if !fl.intersects(OFlags::WRONLY | OFlags::RDWR) => {
+            Err(Error::InvalidInput(format!(
+                "{role} - (stdout, {}): open for reading only (a `<` redirection?); nothing written",
+                stdout_name()
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Empty stdout's file again and rewind it (a failed run on a redirected stdout it wrote

@@ -215,3 +215,51 @@ fn stdout_file_is_emptied_when_the_run_fails() {
         );
     }
 }
+
+/// Stdout opened for reading only (`1< FILE`, a typo for `1> FILE`) is refused: every write
+/// failed with EBADF, which Rust's stdout discards as if stdout were closed, so each tool
+/// wrote nothing and exited 0.
+#[test]
+fn read_only_stdout_is_refused() {
+    let d = tempdir();
+    let img = mkfs(d.path(), "fs.img", "4M", &[]);
+    let s = d.path().join("fs.e2is");
+    ok(
+        &run(Command::new(tool("e2i-capture"))
+            .args(["--format", "stream"])
+            .arg(&img)
+            .arg(&s)),
+        "capture",
+    );
+    let q = d.path().join("fs.qcow2");
+    ok(
+        &run(Command::new(tool("e2i-capture"))
+            .arg("-Q")
+            .arg(&img)
+            .arg(&q)),
+        "capture -Q",
+    );
+    let ro = d.path().join("ro");
+    std::fs::write(&ro, b"keep").unwrap();
+    let runs: [(&str, &[&str], &Path); 5] = [
+        ("e2i-capture", &["-Q"], &img),
+        ("e2i-capture", &["--format", "stream"], &img),
+        ("e2i-to-raw", &[], &s),
+        ("e2i-to-qcow2", &[], &s),
+        ("qcow2-to-raw", &[], &q),
+    ];
+    for (t, args, input) in runs {
+        let o = run(Command::new(tool(t))
+            .args(args)
+            .arg(input)
+            .arg("-")
+            .stdout(std::fs::File::open(&ro).unwrap()));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{t} {args:?}: {err}");
+        assert!(
+            err.lines().count() == 1 && err.contains("open for reading only"),
+            "{t} {args:?}: {err}"
+        );
+        assert_eq!(read(&ro), b"keep");
+    }
+}
