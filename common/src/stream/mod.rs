@@ -351,6 +351,13 @@ pub const SEGMENT_LEN: usize = 8;
 /// The zero flag of a segment header.
 pub const SEGMENT_ZERO: u64 = 1 << 63;
 
+/// A segment header.
+fn segment(v: u64) -> [u8; SEGMENT_LEN] {
+    let mut b = [0u8; SEGMENT_LEN];
+    le::set_u64(&mut b, 0, v);
+    b
+}
+
 /// Pieces of data at least this long go to the output directly; shorter ones (and segment
 /// headers) are gathered into one write.
 const DIRECT: usize = 64 << 10;
@@ -541,7 +548,7 @@ impl<W: Write> StreamWriter<W> {
             } else {
                 if self.version == Version::V2 {
                     self.flush_zeros()?;
-                    self.put(&k.to_le_bytes())?;
+                    self.put(&segment(k))?;
                 }
                 self.put(now)?;
                 self.counts.data_blocks = self.counts.data_blocks.saturating_add(k);
@@ -569,7 +576,7 @@ impl<W: Write> StreamWriter<W> {
         if self.zeros > 0 {
             let n = self.zeros;
             self.zeros = 0;
-            self.put(&(n | SEGMENT_ZERO).to_le_bytes())?;
+            self.put(&segment(n | SEGMENT_ZERO))?;
         }
         Ok(())
     }
