@@ -8,6 +8,44 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// The segment header of `n` blocks, a zero segment when `zero`.
+fn seg(n: u64, zero: bool) -> Vec<u8> {
+    (n | if zero { 1 << 63 } else { 0 }).to_le_bytes().to_vec()
+}
+
+/// A sealed version 2 stream: block size `bs`, `count` blocks, the map `extents`
+/// (start, length, kind 1 data / 2 zero), the data section `body` as given, the trailer
+/// counts as given; the map checksum and the trailer's checksum computed (BLAKE3).
+fn v2(bs: u32, count: u64, extents: &[(u64, u64, u8)], body: &[u8], counts: (u64, u64)) -> Vec<u8> {
+    let mut s = Vec::new();
+    s.extend_from_slice(b"E2ISTRM\0");
+    s.extend_from_slice(&2u16.to_le_bytes());
+    s.extend_from_slice(&64u16.to_le_bytes());
+    s.extend_from_slice(&[0; 8]);
+    s.extend_from_slice(&bs.to_le_bytes());
+    s.extend_from_slice(&count.to_le_bytes());
+    s.extend_from_slice(&[0; 16]);
+    s.extend_from_slice(&(extents.len() as u64).to_le_bytes());
+    s.extend_from_slice(&[0; 8]);
+    for &(start, len, kind) in extents {
+        s.extend_from_slice(&start.to_le_bytes());
+        s.extend_from_slice(&len.to_le_bytes()[..7]);
+        s.push(kind);
+    }
+    let map = blake3::hash(&s);
+    let mut all = blake3::Hasher::new();
+    all.update(&s);
+    all.update(body);
+    s.extend_from_slice(map.as_bytes());
+    s.extend_from_slice(body);
+    s.extend_from_slice(b"E2IEND\0\0");
+    s.extend_from_slice(&(extents.len() as u64).to_le_bytes());
+    s.extend_from_slice(&counts.0.to_le_bytes());
+    s.extend_from_slice(&counts.1.to_le_bytes());
+    s.extend_from_slice(all.finalize().as_bytes());
+    s
+}
+
 /// A capture with file data (`-a`, a version 2 stream) of a filesystem holding `mib` MiB
 /// of data that is not zeros.
 fn stream_with_data(dir: &Path, mib: usize) -> PathBuf {
@@ -261,5 +299,54 @@ fn read_only_stdout_is_refused() {
             "{t} {args:?}: {err}"
         );
         assert_eq!(read(&ro), b"keep");
+    }
+}
+
+/// A version 2 stream may claim billions of selected blocks for a few bytes (one zero
+/// segment). The qcow2 written from it in one pass plans its tables for all of them, as
+/// `e2i-capture -Q` would, but writes only what holds something: a stream of 2^26 blocks of
+/// 64 KiB (4 TiB) with two data blocks wrote 128 MiB of refcount blocks of zeros and stepped
+/// through the skipped clusters one by one (with 2^32 blocks: 8 GiB written, over a minute).
+#[test]
+fn a_huge_zero_segment_costs_no_huge_qcow2() {
+    let d = tempdir();
+    let bs = 65536u32;
+    let n = 1u64 << 26;
+    let mut body = seg(1, false);
+    body.extend(vec![0xab; bs as usize]);
+    body.extend(seg(n - 2, true));
+    body.extend(seg(1, false));
+    body.extend(vec![0xcd; bs as usize]);
+    let s = d.path().join("claim.e2is");
+    std::fs::write(&s, v2(bs, n, &[(0, n, 1)], &body, (2, n - 2))).unwrap();
+    for extra in [&[][..], &["--compress"][..]] {
+        let q = d.path().join("claim.qcow2");
+        let _ = std::fs::remove_file(&q);
+        let o = run(Command::new(tool("e2i-to-qcow2"))
+            .args(extra)
+            .arg(&s)
+            .arg(&q));
+        ok(&o, "e2i-to-qcow2");
+        let allocated =
+            std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&q).unwrap()) * 512;
+        assert!(
+            allocated < 8 << 20,
+            "{extra:?}: {allocated} bytes allocated for two data blocks"
+        );
+        assert_eq!(qemu_check(&q), 0, "{extra:?}: qemu-img check");
+        // The two blocks where the stream put them, zeros between.
+        let raw = d.path().join("claim.raw");
+        let o = run(Command::new(tool("qcow2-to-raw")).arg(&q).arg(&raw));
+        ok(&o, "qcow2-to-raw");
+        let f = std::fs::File::open(&raw).unwrap();
+        let mut b = vec![0u8; bs as usize];
+        use std::os::unix::fs::FileExt;
+        f.read_exact_at(&mut b, 0).unwrap();
+        assert!(b.iter().all(|&x| x == 0xab));
+        f.read_exact_at(&mut b, (n - 1) * u64::from(bs)).unwrap();
+        assert!(b.iter().all(|&x| x == 0xcd));
+        f.read_exact_at(&mut b, (n / 2) * u64::from(bs)).unwrap();
+        assert!(b.iter().all(|&x| x == 0));
+        std::fs::remove_file(&raw).unwrap();
     }
 }
