@@ -137,8 +137,9 @@ impl Output {
                 refuse_overlap(req, fd1, &m, reads, source_range.clone())?;
                 held = Some(hold(req, fd1)?);
             }
+            // A dry run's listing goes to stdout too.
+            refuse_read_only_stdout(req.role)?;
             if !req.dry_run {
-                refuse_read_only_stdout(req.role)?;
                 crate::io::grow_pipe(io::stdout());
             }
             return Ok(Output {

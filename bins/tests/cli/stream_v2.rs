@@ -254,9 +254,9 @@ fn stdout_file_is_emptied_when_the_run_fails() {
     }
 }
 
-/// Stdout opened for reading only (`1< FILE`, a typo for `1> FILE`) is refused: every write
-/// failed with EBADF, which Rust's stdout discards as if stdout were closed, so each tool
-/// wrote nothing and exited 0.
+/// Stdout opened for reading only (`1< FILE`, a typo for `1> FILE`) is refused, a dry run's
+/// listing included: every write failed with EBADF, which Rust's stdout discards as if
+/// stdout were closed, so each tool wrote nothing and exited 0.
 #[test]
 fn read_only_stdout_is_refused() {
     let d = tempdir();
@@ -279,8 +279,10 @@ fn read_only_stdout_is_refused() {
     );
     let ro = d.path().join("ro");
     std::fs::write(&ro, b"keep").unwrap();
-    let runs: [(&str, &[&str], &Path); 5] = [
+    let runs: [(&str, &[&str], &Path); 7] = [
         ("e2i-capture", &["-Q"], &img),
+        ("e2i-to-raw", &["-n"], &s),
+        ("e2i-to-qcow2", &["-n"], &s),
         ("e2i-capture", &["--format", "stream"], &img),
         ("e2i-to-raw", &[], &s),
         ("e2i-to-qcow2", &[], &s),
