@@ -17,9 +17,14 @@ The `claims` area is not random: sizes claimed over holes (qcow2 virtual disks, 
 and normal images, stream headers), backing chains too deep or looping.
 Each finding keeps its input under WORK/findings/ with the command line that failed.
 
+The stream area mutates streams of both versions. Its consistent cases (checksums, counts
+and, for version 2, segments made to hold, so that a hostile map or segment gets past them)
+are sealed by `bins/examples/stream-seal` (Python's hashlib has no BLAKE3); without that
+example built, version 2 streams are only mutated, never sealed.
+
 Usage: ci/fuzz-campaign.py [--bin target/debug] [--work DIR] [--cases N] [--jobs J]
                            [--areas ext4,qcow2,stream,normal,part,compressed,claims]
-Build first: cargo build -p e2i-bins (debug).
+Build first: cargo build -p e2i-bins --bins --examples (debug).
 """
 
 import argparse
@@ -159,6 +164,19 @@ class Campaign:
 def sh(cmd, **kw):
     return subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                           **kw)
+
+
+SEAL = None  # bins/examples/stream-seal of the build under test, when it was built
+
+
+def seal(b, map_only=False):
+    """The stream b with its map checksum (and, unless map_only, its trailer checksum)
+    computed for its version; None without the sealing example."""
+    if SEAL is None:
+        return None
+    p = subprocess.run([SEAL] + (["--map-only"] if map_only else []), input=bytes(b),
+                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    return bytearray(p.stdout) if p.returncode == 0 else None
 
 
 def same_file(a, b):
@@ -718,24 +736,194 @@ def consistent_stream(rng, orig, what):
     return out
 
 
+SEG_ZERO = 1 << 63
+
+
+def parse_v2(orig):
+    """Header, extents [start, len, kind] and, per extent, its segments [count, zero, bytes]
+    of a version 2 stream the tools wrote."""
+    hdr = bytearray(orig[:64])
+    n = int.from_bytes(hdr[48:56], "little")
+    bs = int.from_bytes(hdr[20:24], "little")
+    ext = [[int.from_bytes(orig[64 + 16 * i:72 + 16 * i], "little"),
+            int.from_bytes(orig[72 + 16 * i:79 + 16 * i], "little"), orig[79 + 16 * i]]
+           for i in range(n)]
+    at = 64 + 16 * n + 32
+    segs = []
+    for (_, ln, k) in ext:
+        ss = []
+        left = ln if k == 1 else 0
+        while left > 0:
+            v = int.from_bytes(orig[at:at + 8], "little")
+            at += 8
+            cnt, zero = v & ~SEG_ZERO, bool(v & SEG_ZERO)
+            data = b"" if zero else orig[at:at + cnt * bs]
+            at += len(data)
+            ss.append([cnt, zero, data])
+            left -= cnt
+        segs.append(ss)
+    return hdr, bs, ext, segs
+
+
+def consistent_stream_v2(rng, orig, what):
+    """A version 2 stream whose checksums and trailer counts hold, with a hostile header,
+    map or segments: huge zero segments, maps covering the whole image, many tiny extents,
+    zeros sent as data, segments that do not fit their extent."""
+    hdr, bs, ext, segs = parse_v2(orig)
+    count = int.from_bytes(hdr[24:32], "little")
+    for _ in range(rng.randint(1, 2)):
+        k = rng.random()
+        i = rng.randrange(len(ext))
+        data_idx = [j for j, e in enumerate(ext) if e[2] == 1 and segs[j]]
+        if k < 0.12 and data_idx:
+            # A segment's count: 0, one past its extent, huge, its zero bit flipped.
+            j = rng.choice(data_idx)
+            sg = rng.choice(segs[j])
+            m = rng.random()
+            if m < 0.6:
+                sg[0] = rng.choice([0, sg[0] + 1, sg[0] - 1, 1 << 62, (1 << 63) - 1, 1 << 54,
+                                    ext[j][1] + 1])
+                what.append("s-count")
+            else:
+                sg[1] = not sg[1]
+                what.append("s-zero-bit")
+        elif k < 0.22 and data_idx:
+            # Zeros sent as data, and data sent as zeros (the bytes dropped).
+            j = rng.choice(data_idx)
+            sg = rng.choice(segs[j])
+            if sg[1]:
+                sg[1], sg[2] = False, bytes(sg[0] * bs)
+                what.append("s-zeros-as-data")
+            else:
+                sg[1], sg[2] = True, b""
+                what.append("s-data-as-zeros")
+        elif k < 0.32:
+            # One extent over the whole image: data where the capture had it, zeros between.
+            new = []
+            pos = 0
+            for (st, ln, kd), ss in zip(ext, segs):
+                if st > pos:
+                    new.append([st - pos, True, b""])
+                if kd == 1:
+                    new.extend([list(x) for x in ss])
+                else:
+                    new.append([ln, True, b""])
+                pos = st + ln
+            if count > pos:
+                new.append([count - pos, True, b""])
+            ext, segs = [[0, count, 1]], [new]
+            what.append("s-whole-image")
+        elif k < 0.42:
+            # The image claimed far larger, one more extent of zeros to its end.
+            big = rng.choice([1 << 32, 1 << 40, ((1 << 64) - 1) // bs])
+            last = ext[-1][0] + ext[-1][1] if ext else 0
+            hdr[24:32] = big.to_bytes(8, "little")
+            if big > last:
+                ext.append([last, big - last, 1])
+                segs.append([[big - last, True, b""]])
+            count = big
+            what.append("s-huge-zero-tail=%d" % big)
+        elif k < 0.52:
+            # Every block its own extent and segment (a map of many tiny extents).
+            ne, ns = [], []
+            for (st, ln, kd), ss in zip(ext, segs):
+                if kd != 1:
+                    ne.append([st, ln, kd])
+                    ns.append([])
+                    continue
+                b = st
+                for cnt, zero, data in ss:
+                    for x in range(min(cnt, 4096)):
+                        ne.append([b + x, 1, 1])
+                        ns.append([[1, zero, b"" if zero else data[x * bs:(x + 1) * bs]]])
+                    b += cnt
+            ext, segs = ne, ns
+            what.append("s-tiny-extents")
+        elif k < 0.6 and data_idx:
+            # Split a data segment in two, or merge neighbouring segments of one kind.
+            j = rng.choice(data_idx)
+            ss = segs[j]
+            x = rng.randrange(len(ss))
+            cnt, zero, data = ss[x]
+            if cnt > 1:
+                h = rng.randrange(1, cnt)
+                ss[x:x + 1] = [[h, zero, data[:h * bs]], [cnt - h, zero, data[h * bs:]]]
+                what.append("s-split")
+        elif k < 0.7:
+            ext[i][1] = rng.choice([0, ext[i][1] + 1, max(ext[i][1] - 1, 0), 1 << 55])
+            what.append("c-len")
+        elif k < 0.78:
+            ext[i][0] = rng.choice([0, ext[i][0] - 1, (1 << 64) - 1, count, 1 << 63])
+            what.append("c-start")
+        elif k < 0.86:
+            # Kind: a data extent made a zero one (its segments dropped) or the reverse.
+            if ext[i][2] == 1:
+                ext[i][2], segs[i] = 2, []
+            else:
+                ext[i][2], segs[i] = 1, [[ext[i][1], True, b""]]
+            what.append("c-kind")
+        elif k < 0.93 and len(ext) > 1:
+            j = rng.randrange(len(ext))
+            ext[i], ext[j] = ext[j], ext[i]
+            segs[i], segs[j] = segs[j], segs[i]
+            what.append("c-swap")
+        else:
+            v = rng.choice([0, 1, ext[-1][0], (1 << 64) - 1, 1 << 50, (1 << 64) // bs])
+            hdr[24:32] = v.to_bytes(8, "little")
+            what.append("c-count=%d" % v)
+    hdr[48:56] = len(ext).to_bytes(8, "little")
+    out = bytearray(hdr)
+    for (st, ln, k) in ext:
+        out += (st & ((1 << 64) - 1)).to_bytes(8, "little")
+        out += (ln & ((1 << 56) - 1)).to_bytes(7, "little") + bytes([k])
+    out += bytes(32)
+    nd = nz = 0
+    for (st, ln, k), ss in zip(ext, segs):
+        if k == 2:
+            nz += ln
+        for cnt, zero, data in ss:
+            out += ((cnt & ~SEG_ZERO) | (SEG_ZERO if zero else 0)).to_bytes(8, "little")
+            out += data
+            if zero:
+                nz += cnt
+            else:
+                nd += cnt
+    out += b"E2IEND\0\0" + len(ext).to_bytes(8, "little")
+    out += (nd & ((1 << 64) - 1)).to_bytes(8, "little")
+    out += (nz & ((1 << 64) - 1)).to_bytes(8, "little") + bytes(32)
+    return seal(out)
+
+
 def area_stream(c, base_dir, ncases, jobs):
     bases = []
     for name in ["ext4-1k", "ext4-4k", "ext4-64k"]:
-        p = os.path.join(base_dir, name + ".stream")
-        if not os.path.exists(p):
-            sh([c.tool("e2i-capture"), "--format", "stream", os.path.join(base_dir, name + ".img"),
-                p])
-        bases.append((name, p))
+        for b in BASES:
+            if b[0] == name:
+                make_base(base_dir, *b)
+        for v in [1, 2]:
+            p = os.path.join(base_dir, "%s.v%d.stream" % (name, v))
+            if not os.path.exists(p):
+                sh([c.tool("e2i-capture"), "--format", "stream", "--stream-version", str(v),
+                    os.path.join(base_dir, name + ".img"), p])
+            bases.append(("%s-v%d" % (name, v), v, p))
+    if SEAL is None:
+        print("stream: no %s: version 2 cases are mutated but never sealed" %
+              os.path.join(c.bin, "examples", "stream-seal"), flush=True)
 
-    def rehash(b):
+    def rehash(b, version):
         # Recompute the map checksum so a map mutation reaches the map checks.
         n = int.from_bytes(b[48:56], "little")
         end = 64 + 16 * n
         if n < 1 << 20 and end + 32 <= len(b):
-            b[end:end + 32] = hashlib.sha256(bytes(b[:end])).digest()
+            if version == 1:
+                b[end:end + 32] = hashlib.sha256(bytes(b[:end])).digest()
+            else:
+                s = seal(b, map_only=True)
+                if s is not None:
+                    b[:] = s
 
     def case(i):
-        name, path = bases[i % len(bases)]
+        name, version, path = bases[i % len(bases)]
         rng = random.Random("stream-%s-%d" % (name, i))
         d = os.path.join(c.work, "stream", "w%d" % (i % (4 * jobs)))
         os.makedirs(d, exist_ok=True)
@@ -775,20 +963,33 @@ def area_stream(c, base_dir, ncases, jobs):
                 b += bytes(rng.randint(1, 100))
                 what.append("trailing")
         if rng.random() < 0.5:
-            b = consistent_stream(rng, bytes(open(path, "rb").read()), what)
+            orig = bytes(open(path, "rb").read())
+            if version == 1:
+                b = consistent_stream(rng, orig, what)
+            else:
+                what.clear()
+                b = consistent_stream_v2(rng, orig, what) or b
         elif rng.random() < 0.7:
-            rehash(b)
+            rehash(b, version)
         src = os.path.join(d, "in.stream")
         open(src, "wb").write(b)
         cid = "%s-%d" % (name, i)
-        outs = [os.path.join(d, "o%d" % k) for k in range(3)]
+        with open(os.path.join(d, "what"), "w") as f:
+            f.write(" ".join(what) + "\n")
+        outs = [os.path.join(d, "o%d" % k) for k in range(4)]
         for o in outs:
             if os.path.exists(o):
                 os.remove(o)
         c.run("stream", cid, ["e2i-to-raw", src, outs[0]], (0, 1), [src])
         c.run("stream", cid, ["e2i-to-qcow2", src, outs[1]], (0, 1), [src])
         c.run("stream", cid, ["e2i-to-raw", "-", outs[2]], (0, 1), [src], stdin=src)
+        # Front to back (stdout is /dev/null): a version 2 stream's data kept in TMPDIR.
+        c.run("stream", cid, ["e2i-to-qcow2", "-", "-"], (0, 1), [src], stdin=src)
+        c.run("stream", cid, ["e2i-to-qcow2", "--compress", src, outs[3]], (0, 1), [src])
         c.count("stream")
+        c.count("stream v%d" % version)
+        if "s-" in " ".join(what) or "c-" in " ".join(what):
+            c.count("stream v%d sealed" % version)
 
     with ThreadPoolExecutor(jobs) as ex:
         list(ex.map(case, range(ncases)))
@@ -1169,6 +1370,9 @@ def main():
     ap.add_argument("--areas", default="claims,ext4,qcow2,stream,normal,part,compressed")
     a = ap.parse_args()
     c = Campaign(a.bin, a.work)
+    global SEAL
+    sealer = os.path.join(c.bin, "examples", "stream-seal")
+    SEAL = sealer if os.access(sealer, os.X_OK) else None
     base_dir = os.path.join(c.work, "bases")
     os.makedirs(base_dir, exist_ok=True)
     for area in a.areas.split(","):

@@ -93,6 +93,7 @@ mod cli {
     pub mod qcow2_large;
     pub mod scramble;
     pub mod scrambled;
+    pub mod stream_v2;
     pub mod sweep;
     pub mod util;
     pub mod ux;

@@ -50,6 +50,21 @@ pub enum Error {
     /// A qcow2 backing chain names a file already in it.
     #[error("backing file {}: it is already in the backing chain (a loop)", path.display())]
     BackingLoop { path: PathBuf },
+    /// The temporary file in `dir` (`TMPDIR`) where a run keeps what it cannot write yet
+    /// (a stream's data until it is verified, an input read twice) failed; the message
+    /// says where and what to do, since the user never named that file.
+    #[error(
+        "temporary file in {} (TMPDIR): {op}{}: {error}; set TMPDIR to a writable folder with room",
+        dir.display(),
+        if *offset > 0 { format!(" at byte {offset}") } else { String::new() }
+    )]
+    TempFile {
+        dir: PathBuf,
+        op: &'static str,
+        offset: u64,
+        /// Printed in the message, before the advice (not a `source`, which would follow it).
+        error: io::Error,
+    },
     /// A qcow2 backing chain deeper than e2i follows.
     #[error("backing file {}: the backing chain is deeper than {max} files", path.display())]
     BackingTooDeep { path: PathBuf, max: usize },
@@ -647,6 +662,16 @@ pub enum CorruptKind {
 impl Error {
     pub fn io(op: &'static str, offset: u64, source: io::Error) -> Self {
         Error::Io { op, offset, source }
+    }
+
+    /// [`Error::TempFile`] in the temporary folder.
+    pub fn temp_file(op: &'static str, offset: u64, source: io::Error) -> Self {
+        Error::TempFile {
+            dir: std::env::temp_dir(),
+            op,
+            offset,
+            error: source,
+        }
     }
 
     /// The kind of damage, when this is a corruption error.

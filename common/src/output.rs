@@ -98,6 +98,8 @@ pub struct Output {
     truncate_on_use: std::cell::Cell<bool>,
     /// Stdout redirected to a new, empty file of its own (see [`Output::seekable_stdout`]).
     stdout_file: Option<File>,
+    /// `stdout_file` was handed out and not yet ended: emptied again if the run fails.
+    stdout_pending: std::cell::Cell<bool>,
 }
 
 #[derive(Debug)]
@@ -135,6 +137,8 @@ impl Output {
                 refuse_overlap(req, fd1, &m, reads, source_range.clone())?;
                 held = Some(hold(req, fd1)?);
             }
+            // A dry run's listing goes to stdout too.
+            refuse_read_only_stdout(req.role)?;
             if !req.dry_run {
                 crate::io::grow_pipe(io::stdout());
             }
@@ -152,6 +156,7 @@ impl Output {
                 } else {
                     fresh_stdout_file()
                 },
+                stdout_pending: std::cell::Cell::new(false),
             });
         }
         let Resolved {
@@ -176,6 +181,7 @@ impl Output {
             _hold: held,
             truncate_on_use: std::cell::Cell::new(false),
             stdout_file: None,
+            stdout_pending: std::cell::Cell::new(false),
         };
         match ft {
             // Refused before it is opened: opening a FIFO waits for its reader, only for
@@ -368,18 +374,22 @@ impl Output {
         self.truncate_on_use.get()
     }
 
-    /// The file to write (or, in a dry run, to compare with); `None` for stdout and for
-    /// dry runs of new files and streams.
-    ///
-    /// A replaced file that cannot be renamed over is truncated here, on the first call
-    /// (after the run opened and checked its input); `None` if that fails (the run then
     /// Stdout (OUTPUT `-`) redirected to a new, empty regular file of its own (`> FILE`:
     /// not appending, at offset 0, not also stderr): a handle for writing it by position,
     /// as a new file is written (one pass, holes), where the format's writer would
     /// otherwise write front to back. [`Output::end_stdout`] then leaves stdout's offset
     /// after the image, where a sequential writer would have left it.
+    ///
+    /// Until then the file is the run's own: a run that fails (dropped without
+    /// `end_stdout`) or is stopped by a signal empties it again, as a new file's temporary
+    /// name is removed, so that no image that looks complete (a stream's data written
+    /// before its checksum failed) is left where the user looks for one.
     pub fn seekable_stdout(&self) -> Option<&File> {
-        self.stdout_file.as_ref()
+        let f = self.stdout_file.as_ref()?;
+        if !self.stdout_pending.replace(true) {
+            pending::add_stdout();
+        }
+        Some(f)
     }
 
     /// After writing through [`Output::seekable_stdout`]: move stdout's offset to the end
@@ -390,10 +400,18 @@ impl Output {
             let mut f = f;
             f.seek(io::SeekFrom::End(0))
                 .map_err(|e| Error::io("seek", 0, e))?;
+            if self.stdout_pending.replace(false) {
+                pending::remove_stdout();
+            }
         }
         Ok(())
     }
 
+    /// The file to write (or, in a dry run, to compare with); `None` for stdout and for
+    /// dry runs of new files and streams.
+    ///
+    /// A replaced file that cannot be renamed over is truncated here, on the first call
+    /// (after the run opened and checked its input); `None` if that fails (the run then
     /// stops, "not opened", the file as it was).
     pub fn file(&self) -> Option<&File> {
         let f = self.file.as_ref()?;
@@ -469,6 +487,12 @@ impl Output {
 
 impl Drop for Output {
     fn drop(&mut self) {
+        if self.stdout_pending.replace(false)
+            && let Some(f) = &self.stdout_file
+        {
+            empty_stdout(f);
+            pending::remove_stdout();
+        }
         if let Some(p) = &self.pending
             && !p.committed
         {
@@ -584,6 +608,30 @@ fn fresh_stdout_file() -> Option<File> {
         return None;
     }
     fd.try_clone_to_owned().ok().map(File::from)
+}
+
+/// Refuse stdout opened for reading only (`1< FILE`, a typo for `1> FILE`): every write
+/// fails with EBADF, which Rust's stdout takes for a closed stdout and discards, so the run
+/// said it succeeded and wrote nothing.
+fn refuse_read_only_stdout(role: &str) -> Result<()> {
+    use rustix::fs::{OFlags, fcntl_getfl};
+    match fcntl_getfl(io::stdout()) {
+        Ok(fl) if !fl.intersects(OFlags::WRONLY | OFlags::RDWR) => {
+            Err(Error::InvalidInput(format!(
+                "{role} - (stdout, {}): open for reading only (a `<` redirection?); nothing written",
+                stdout_name()
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Empty stdout's file again and rewind it (a failed run on a redirected stdout it wrote
+/// by position: see [`Output::seekable_stdout`]).
+fn empty_stdout(f: impl std::os::fd::AsFd) {
+    let fd = f.as_fd();
+    let _ = rustix::fs::ftruncate(fd, 0);
+    let _ = rustix::fs::seek(fd, rustix::fs::SeekFrom::Start(0));
 }
 
 fn parent_dir(p: &Path) -> &Path {
@@ -942,8 +990,23 @@ pub mod pending {
         }
     }
 
-    /// Remove every registered file (called on SIGINT, SIGTERM, SIGHUP).
+    /// Stdout is a file this run writes by position (see [`Output::seekable_stdout`]).
+    static STDOUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    pub fn add_stdout() {
+        STDOUT.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn remove_stdout() {
+        STDOUT.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Remove every registered file, and empty stdout's file when it is registered (called
+    /// on SIGINT, SIGTERM, SIGHUP).
     pub fn remove_all() {
+        if STDOUT.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            empty_stdout(io::stdout());
+        }
         let v = match PATHS.lock() {
             Ok(mut v) => std::mem::take(&mut *v),
             Err(_) => return,

@@ -119,6 +119,17 @@ pub(crate) fn copy_error(e: &Error) -> Error {
             path: path.clone(),
             source: Box::new(copy_error(source)),
         },
+        Error::TempFile {
+            dir,
+            op,
+            offset,
+            error,
+        } => Error::TempFile {
+            dir: dir.clone(),
+            op,
+            offset: *offset,
+            error: std::io::Error::new(error.kind(), error.to_string()),
+        },
         Error::BackingLoop { path } => Error::BackingLoop { path: path.clone() },
         Error::BackingTooDeep { path, max } => Error::BackingTooDeep {
             path: path.clone(),

@@ -373,7 +373,7 @@ impl Spooled {
 
 /// Copy `r` into a new temporary file without a name, leaving all-zero blocks as holes.
 fn spool(mut r: Box<dyn Read + Send>) -> Result<Spooled> {
-    let file = tempfile::tempfile().map_err(|e| Error::io("create temporary file", 0, e))?;
+    let file = tempfile::tempfile().map_err(|e| Error::temp_file("create", 0, e))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0u64;
     loop {
@@ -397,7 +397,7 @@ fn spool(mut r: Box<dyn Read + Send>) -> Result<Spooled> {
                     .checked_add(i as u64)
                     .ok_or_else(|| Error::InvalidInput("the input is too large to spool".into()))?;
                 crate::io::pwrite_full(&file, &buf[i..j], at)
-                    .map_err(|e| Error::io("spool", pos, e))?;
+                    .map_err(|e| Error::temp_file("write", pos, e))?;
             }
             i = j;
         }

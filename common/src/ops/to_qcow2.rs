@@ -245,7 +245,7 @@ pub fn stream_to_qcow2<R: std::io::Read + Send>(
                 r.selected_blocks(),
                 crate::progress::Unit::Blocks,
             );
-            let mut spool = Spool::new(".e2i-stream-")?;
+            let mut spool = Spool::new()?;
             let mut runs: Vec<crate::blockmap::BlockRun> = Vec::new();
             let d = r.for_each(crate::pieces::IO_CHUNK, &mut |e, data| {
                 if let Some(d) = data {

@@ -263,7 +263,7 @@ pub fn zero_flags(
 }
 
 /// Compares a new image arriving once, in guest order (a stream), with `base`, keeping the
-/// clusters that differ in a temporary file (removed when dropped, and on a signal).
+/// clusters that differ in a temporary file without a name ([`Spool`]).
 pub struct Differ<'a> {
     base: &'a Base,
     cb: ClusterBits,
@@ -281,7 +281,7 @@ impl<'a> Differ<'a> {
             cb,
             runs: OverlayRuns::default(),
             fed: Vec::new(),
-            spool: Spool::new(".e2i-overlay-")?,
+            spool: Spool::new()?,
             theirs: Vec::new(),
         })
     }
@@ -328,26 +328,21 @@ impl<'a> Differ<'a> {
 }
 
 /// Bytes kept in a temporary file (in `TMPDIR`) while a stream is verified, written front
-/// to back and then read back in order; removed when dropped, and on a signal.
+/// to back and then read back in order. The file has no name (O_TMPFILE, or unlinked as soon
+/// as it is made), so nothing is left behind however the run ends: SIGKILL and the OOM killer
+/// included (a named spool outlived them, as large as the stream's data).
 pub struct Spool {
     file: File,
-    path: tempfile::TempPath,
     written: u64,
     pos: u64,
 }
 
 impl Spool {
-    /// A new, empty spool; `prefix` names its file.
-    pub fn new(prefix: &str) -> Result<Self> {
-        let tmp = tempfile::Builder::new()
-            .prefix(prefix)
-            .tempfile()
-            .map_err(|e| Error::io("create temporary file", 0, e))?;
-        crate::output::pending::add(tmp.path());
-        let (file, path) = tmp.into_parts();
+    /// A new, empty spool.
+    pub fn new() -> Result<Self> {
+        let file = tempfile::tempfile().map_err(|e| Error::temp_file("create", 0, e))?;
         Ok(Spool {
             file,
-            path,
             written: 0,
             pos: 0,
         })
@@ -356,7 +351,7 @@ impl Spool {
     /// Keep `data` after what was kept before.
     pub fn push(&mut self, data: &[u8]) -> Result<()> {
         pwrite_full(&self.file, data, self.written)
-            .map_err(|e| Error::io("write temporary file", self.written, e))?;
+            .map_err(|e| Error::temp_file("write", self.written, e))?;
         self.written = self.written.saturating_add(data.len() as u64);
         Ok(())
     }
@@ -364,17 +359,15 @@ impl Spool {
     /// Fill `buf` with the next kept bytes.
     pub fn next(&mut self, buf: &mut [u8]) -> Result<()> {
         let n = pread_full(&self.file, buf, self.pos)
-            .map_err(|e| Error::io("read temporary file", self.pos, e))?;
+            .map_err(|e| Error::temp_file("read", self.pos, e))?;
         if n < buf.len() {
-            return Err(Error::InvalidInput("the temporary file ended early".into()));
+            return Err(Error::temp_file(
+                "read",
+                self.pos,
+                std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+            ));
         }
         self.pos = self.pos.saturating_add(n as u64);
         Ok(())
-    }
-}
-
-impl Drop for Spool {
-    fn drop(&mut self) {
-        crate::output::pending::remove(&self.path);
     }
 }

@@ -483,8 +483,17 @@ impl Qcow2Layout {
     }
 
     /// Write header, L1, refcount table and refcount blocks (everything before the L2
-    /// tables). `refcount(host_cluster)` gives each cluster's refcount.
-    fn write_head(&self, out: &mut dyn Write, refcount: &dyn Fn(u64) -> u16) -> Result<()> {
+    /// tables). `refcount(host_cluster)` gives each cluster's refcount; every cluster from
+    /// `zero_from` on has refcount 0 and, when `holes` (a new file, read as zeros where
+    /// nothing was written), its refcount blocks are not written at all: planned for every
+    /// cluster a stream claims, they can be gigabytes of zeros.
+    fn write_head(
+        &self,
+        out: &mut dyn Write,
+        refcount: &dyn Fn(u64) -> u16,
+        zero_from: u64,
+        holes: bool,
+    ) -> Result<()> {
         let cb = self.cb;
         let mut buf = vec![0u8; cb.size_usize()];
         let mut pos = 0u64;
@@ -536,6 +545,15 @@ impl Qcow2Layout {
         let per_rb = cb.size() >> REFCOUNT_BITS;
         for b in 0..self.rb_count {
             let first = b.checked_mul(per_rb).ok_or_else(layout_overflow)?;
+            if first >= zero_from {
+                // The refcount blocks are the head's last part: the rest stays a hole.
+                if holes {
+                    break;
+                }
+                buf.fill(0);
+                emit(out, &buf)?;
+                continue;
+            }
             for (slot, c) in (0..cb.size_usize() >> REFCOUNT_BITS).zip(first..) {
                 be::set_u16(&mut buf, slot << REFCOUNT_BITS, refcount(c));
             }
@@ -583,6 +601,31 @@ impl PlanOrder {
         Ok(())
     }
 
+    /// Accept `n` clusters from `first` as the next planned ones, a run at a time (a
+    /// stream's zero segment may claim billions of clusters).
+    fn skip(&mut self, data: &[ClusterRun], first: GuestCluster, n: u64) -> Result<()> {
+        let (mut g, mut left) = (first, n);
+        while left > 0 {
+            let Some(r) = data.get(self.run).copied().filter(|_| g == self.next) else {
+                return Err(Error::InvalidInput(format!(
+                    "qcow2 writer: cluster {g} is not the next planned data cluster"
+                )));
+            };
+            // `next` lies inside run `r`: at least one cluster of it is left.
+            let k = left.min(r.end().0.saturating_sub(g.0)).max(1);
+            g = g.checked_add(k).ok_or_else(layout_overflow)?;
+            left = left.saturating_sub(k);
+            self.next = g;
+            if self.next >= r.end() {
+                self.run = self.run.saturating_add(1);
+                if let Some(n) = data.get(self.run) {
+                    self.next = n.start;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn done(&self, data: &[ClusterRun]) -> bool {
         self.run >= data.len()
     }
@@ -606,7 +649,7 @@ impl<'a> SequentialWriter<'a> {
             .meta_clusters()
             .checked_add(layout.data_clusters)
             .ok_or_else(layout_overflow)?;
-        layout.write_head(out, &|c| u16::from(c < used))?;
+        layout.write_head(out, &|c| u16::from(c < used), used, false)?;
         // L2 tables: entries point at data clusters in guest order.
         let cb = layout.cb;
         let cs = cb.size();
@@ -710,6 +753,9 @@ pub struct FileWriter<'a> {
     l2_current: Option<u64>,
     l2_table: Vec<u8>,
     l2_index: u64,
+    /// An entry of `l2_table` may be set (else it is all zeros, without looking: the
+    /// tables of billions of skipped clusters are not scanned).
+    l2_dirty: bool,
     /// Next free host byte.
     pos: HostOffset,
     /// Refcounts of host clusters from `data_offset` on.
@@ -835,6 +881,7 @@ impl<'a> FileWriter<'a> {
             l2_current: None,
             l2_table: vec![0; cs],
             l2_index: 0,
+            l2_dirty: false,
             pos: layout.data_offset,
             refcounts: Vec::new(),
             order: PlanOrder::new(&layout.data),
@@ -854,10 +901,7 @@ impl<'a> FileWriter<'a> {
     /// Step past `n` planned clusters from `first` without writing them: they read as
     /// zeros (their L2 entries stay empty).
     pub fn skip_clusters(&mut self, first: GuestCluster, n: u64) -> Result<()> {
-        for i in 0..n {
-            let g = first.checked_add(i).ok_or_else(layout_overflow)?;
-            self.order.take(&self.layout.data, g)?;
-        }
+        self.order.skip(&self.layout.data, first, n)?;
         self.skipped = self.skipped.saturating_add(n);
         Ok(())
     }
@@ -898,6 +942,7 @@ impl<'a> FileWriter<'a> {
                 g.l2_slot(cb) << 3,
                 L2Entry::data(host).0,
             );
+            self.l2_dirty = true;
             host = host.checked_add(cs).ok_or_else(layout_overflow)?;
         }
         pwrite_full(self.file, data, start.0).map_err(|e| Error::io("write", start.0, e))?;
@@ -933,10 +978,11 @@ impl<'a> FileWriter<'a> {
     fn flush_l2(&mut self) -> Result<()> {
         let off = self.layout.l2_table_offset(self.l2_index)?.0;
         // A table whose clusters were all skipped stays a hole of the new, empty file.
-        if self.l2_table.iter().any(|&b| b != 0) {
+        if self.l2_dirty && self.l2_table.iter().any(|&b| b != 0) {
             pwrite_full(self.file, &self.l2_table, off).map_err(|e| Error::io("write", off, e))?;
+            self.l2_table.fill(0);
         }
-        self.l2_table.fill(0);
+        self.l2_dirty = false;
         self.l2_index = self.l2_index.saturating_add(1);
         self.l2_current = None;
         Ok(())
@@ -956,7 +1002,10 @@ impl<'a> FileWriter<'a> {
                         .copied()
                         .filter(|&n| n <= li)
                         .ok_or_else(layout_overflow)?;
-                    self.layout.fill_zero_entries(next, &mut self.l2_table)?;
+                    if !self.layout.zero.is_empty() {
+                        self.layout.fill_zero_entries(next, &mut self.l2_table)?;
+                        self.l2_dirty = true;
+                    }
                     self.l2_current = Some(next);
                 }
             }
@@ -1030,6 +1079,7 @@ impl<'a> FileWriter<'a> {
                 };
                 self.start_l2(g.l1_index(cb))?;
                 be::set_u64(&mut self.l2_table, g.l2_slot(cb) << 3, entry.0);
+                self.l2_dirty = true;
             }
         }
         pwrite_full(self.file, &out, start.0).map_err(|e| Error::io("write", start.0, e))?;
@@ -1081,7 +1131,13 @@ impl<'a> FileWriter<'a> {
                 pos: 0,
             },
         );
-        self.layout.write_head(&mut head, &rc)?;
+        // Nothing is referenced past the stored (or compressed) clusters.
+        let used = meta.saturating_add(if compressed {
+            refcounts.len() as u64
+        } else {
+            stored
+        });
+        self.layout.write_head(&mut head, &rc, used, true)?;
         head.flush().map_err(|e| Error::io("write", 0, e))?;
         let end = self
             .pos
