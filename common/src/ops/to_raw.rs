@@ -222,11 +222,19 @@ impl MetaBlocks {
                 if let Some(s) = b.get(at..at.saturating_add(SUPERBLOCK_SIZE)) {
                     raw.copy_from_slice(s);
                 }
-                self.wanted = Some(match Superblock::parse(&raw, None) {
+                let mut wanted = match Superblock::parse(&raw, None) {
                     Ok(sb) => crate::normal::reader::primary_descriptor_blocks(&sb),
                     Err(_) => Vec::new(),
-                });
-            } else if self.wanted.as_ref().is_some_and(|w| w.contains(&blk)) {
+                };
+                // Looked up for every block that passes: sorted, so that a superblock
+                // claiming millions of descriptor blocks costs a search, not a scan.
+                wanted.sort_unstable();
+                self.wanted = Some(wanted);
+            } else if self
+                .wanted
+                .as_ref()
+                .is_some_and(|w| w.binary_search(&blk).is_ok())
+            {
                 self.kept.insert(blk, b.to_vec());
             }
         }
