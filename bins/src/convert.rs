@@ -74,6 +74,7 @@ pub fn to_raw(tool: &str, a: &RawArgs<'_>, sum: &mut Summary) -> anyhow::Result<
             .chain(chain.iter().map(|p| ("INPUT's backing file", p.as_path())))
             .collect::<Vec<_>>(),
     )?;
+    let out_name = crate::opened_name(&out_name, &out);
     if out.kind() == OutKind::Stream && (a.dest_offset.is_some() || a.check) {
         anyhow::bail!(
             "{out_name}: -O and -c need a seekable OUTPUT; this one is a FIFO or character device (written front to back)"

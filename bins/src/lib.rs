@@ -331,6 +331,16 @@ pub fn open_output(
     open_output_ranged(req, reads, None)
 }
 
+/// How messages name OUTPUT once it is open: `-` redirected to a block device (which is
+/// then written as that device) is named with the device, `- (stdout, /dev/sdb1)`.
+pub fn opened_name(given: &str, out: &e2i::output::Output) -> String {
+    if given == "-" && out.kind() == e2i::output::Kind::BlockDevice {
+        format!("- (stdout, {})", out.path().display())
+    } else {
+        given.to_string()
+    }
+}
+
 /// [`open_output`] for a run that reads only bytes `source_range` of its SOURCE (the first
 /// of `reads`): see [`e2i::output::Output::open_ranged`].
 pub fn open_output_ranged(

@@ -130,6 +130,15 @@ impl Output {
         if req.path == Path::new("-") {
             // Stdout redirected to a file (`>> SOURCE`) is that file.
             let fd1 = Path::new("/proc/self/fd/1");
+            if req.streams && std::fs::metadata(fd1).is_ok_and(|m| m.file_type().is_block_device())
+            {
+                // Stdout redirected to a block device (`- > /dev/sdb1`) is that device, as
+                // OUTPUT naming it is: opened exclusively (a mounted or claimed device is
+                // refused, where the shell's open refused nothing), its size checked before
+                // the first write, written in place.
+                let dev = follow_links(fd1)?;
+                return Output::open_ranged(&Request { path: &dev, ..*req }, reads, source_range);
+            }
             let mut held = None;
             if let Ok(m) = std::fs::metadata(fd1)
                 && (m.is_file() || m.file_type().is_block_device())

@@ -154,8 +154,9 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         // OUTPUT.
         e2i_cli::filesystem_range(&args.source, offset),
     )?;
+    let out_name = e2i_cli::opened_name(&out_name, &out);
     // A pipe-like OUTPUT (stdout, a FIFO, a character device) gets a stream by default.
-    let format = explicit.unwrap_or(if out.kind().is_stream() {
+    let format = explicit.unwrap_or(if out.kind().is_stream() || out_path == Path::new("-") {
         Format::Stream
     } else {
         Format::Normal

@@ -100,6 +100,7 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             )
             .collect::<Vec<_>>(),
     )?;
+    let out_name = e2i_cli::opened_name(&out_name, &out);
     if args.compress.is_some() && out.kind() != OutKind::New {
         anyhow::bail!(
             "{out_name}: --compress needs a seekable new file; a compressed qcow2 cannot be written front to back to a pipe, character device or block device"

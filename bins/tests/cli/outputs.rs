@@ -1439,3 +1439,90 @@ fn stdout_redirected_to_a_new_file_is_written_as_one() {
         "then TAIL"
     );
 }
+
+/// Stdout redirected to a block device (`- > /dev/sdb1`) is that device, as OUTPUT naming it
+/// is: a mounted one is refused (the shell's open refused nothing), one too small is refused
+/// before the first write, and otherwise it gets the bytes OUTPUT DEVICE gets.
+#[test]
+fn stdout_redirected_to_a_block_device_is_that_device() {
+    let fx = Fx::new("8M");
+    let path = format!(
+        "{}:{}",
+        tool("e2i-capture").parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let shell = |script: &str, dev: &Path| {
+        run(Command::new("sh")
+            .env("PATH", &path)
+            .arg("-c")
+            .arg(script)
+            .arg("sh")
+            .arg(&fx.img)
+            .arg(dev))
+    };
+    let cases = [
+        "e2i-capture -r \"$1\" - > \"$2\"",
+        "e2i-to-raw \"$1\" - > \"$2\"",
+        "e2i-capture -Q \"$1\" - > \"$2\"",
+        "e2i-capture \"$1\" - > \"$2\"",
+    ];
+    // Mounted: refused, the filesystem on it untouched.
+    let victim = fx.path("victim.img");
+    fs::copy(&fx.img, &victim).unwrap();
+    let lo = Loop::new(&victim, &[]);
+    let mnt = fx.path("mnt");
+    fs::create_dir(&mnt).unwrap();
+    ok(
+        &run(Command::new("mount").arg(lo.path()).arg(&mnt)),
+        "mount",
+    );
+    {
+        let _m = Mount(mnt.clone());
+        fs::write(mnt.join("keep"), b"kept").unwrap();
+        ok(&run(&mut Command::new("sync")), "sync");
+        let before = digest(lo.path());
+        for script in cases {
+            let o = shell(script, lo.path());
+            let err = failed(&o, script);
+            assert!(err.contains("mounted"), "{script}: {err}");
+            assert_eq!(digest(lo.path()), before, "{script}: the device changed");
+        }
+        assert_eq!(fs::read(mnt.join("keep")).unwrap(), b"kept");
+    }
+    drop(lo);
+    // Too small: refused before the first write, named.
+    let small = fx.path("small.dev");
+    pattern_file(&small, 4 << 20);
+    let lo = Loop::new(&small, &[]);
+    let before = digest(lo.path());
+    for script in &cases[..2] {
+        let o = shell(script, lo.path());
+        let err = failed(&o, script);
+        assert!(
+            err.contains("must be written") && err.contains("(stdout, /dev/"),
+            "{script}: {err}"
+        );
+        assert_eq!(digest(lo.path()), before, "{script}: the device changed");
+    }
+    drop(lo);
+    // Room enough: the bytes of OUTPUT DEVICE.
+    let big = fx.path("big.dev");
+    for script in cases {
+        pattern_file(&big, 9 << 20);
+        let lo = Loop::new(&big, &[]);
+        let o = shell(script, lo.path());
+        ok(&o, script);
+        let via_stdout = digest(lo.path());
+        drop(lo);
+        pattern_file(&big, 9 << 20);
+        let lo = Loop::new(&big, &[]);
+        let named = script.replace("- > \"$2\"", "\"$2\"");
+        let named = if script.starts_with("e2i-capture \"$1\"") {
+            named.replace("e2i-capture", "e2i-capture --format stream")
+        } else {
+            named
+        };
+        ok(&shell(&named, lo.path()), &named);
+        assert_eq!(digest(lo.path()), via_stdout, "{script}");
+    }
+}
