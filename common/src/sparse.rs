@@ -386,10 +386,93 @@ impl<'a> RawSink<'a> {
                 self.fill_stream(end)?;
             }
             RawTarget::InPlace { .. } | RawTarget::DryRun { .. } => {
-                self.zero_blocks_at(block, count, |s, b, d| s.put(b, d))?;
+                // With -c, the target's holes already read as zeros: identical, not read.
+                let mut b = block;
+                let end = block.saturating_add(count);
+                while b < end {
+                    let left = end.saturating_since(b);
+                    let (n, hole) = match self.checked_hole(b)? {
+                        Some(h) if h > 0 => (h.min(left), true),
+                        _ => (left, false),
+                    };
+                    if hole {
+                        add(&mut self.stats.blocks, n);
+                        add(&mut self.stats.zero_blocks, n);
+                        add(&mut self.stats.identical_blocks, n);
+                        self.pos = self.image_bytes(b, n)?.end;
+                    } else {
+                        // Up to the next hole, or all that is left where there is none.
+                        let n = match self.next_hole_block(b, end)? {
+                            Some(h) => h.saturating_since(b).max(1),
+                            None => n,
+                        };
+                        self.zero_blocks_at(b, n, |s, b, d| s.put(b, d))?;
+                        b = b.saturating_add(n);
+                        continue;
+                    }
+                    b = b.saturating_add(n);
+                }
             }
         }
         Ok(())
+    }
+
+    /// With -c on a regular file: how many whole blocks from `block` lie in a hole of the
+    /// target (inside its size: past it, blocks differ). `None` without -c, or where the
+    /// target cannot tell (a block device: all data).
+    fn checked_hole(&self, block: FsBlock) -> Result<Option<u64>> {
+        let Some((file, dest_offset)) = self.check_file() else {
+            return Ok(None);
+        };
+        let off = Self::dest(dest_offset, self.image_bytes(block, 1)?.start)?;
+        let size = file.metadata().map_err(|e| Error::io("stat", 0, e))?.len();
+        if off >= size {
+            return Ok(None);
+        }
+        use rustix::fs::{SeekFrom, seek};
+        let data = match seek(file, SeekFrom::Data(off)) {
+            Ok(d) => d.min(size),
+            Err(rustix::io::Errno::NXIO) => size,
+            Err(_) => return Ok(None),
+        };
+        Ok(Some(self.bs.blocks_in(data.saturating_sub(off))))
+    }
+
+    /// With -c on a regular file: the first block after `block` (before `end`) that starts
+    /// a hole of the target at least a block long, if any.
+    fn next_hole_block(&self, block: FsBlock, end: FsBlock) -> Result<Option<FsBlock>> {
+        let Some((file, dest_offset)) = self.check_file() else {
+            return Ok(None);
+        };
+        let off = Self::dest(dest_offset, self.image_bytes(block, 1)?.start)?;
+        use rustix::fs::{SeekFrom, seek};
+        let Ok(hole) = seek(file, SeekFrom::Hole(off)) else {
+            return Ok(None);
+        };
+        // The first whole block at or after the hole's start.
+        let at = hole.saturating_sub(dest_offset).div_ceil(self.bs.bytes());
+        let b = FsBlock(at).max(block.saturating_add(1));
+        Ok((b < end).then_some(b))
+    }
+
+    /// The target file and its offset when blocks are compared before writing (-c).
+    fn check_file(&self) -> Option<(&File, u64)> {
+        match &self.target {
+            RawTarget::InPlace {
+                file,
+                dest_offset,
+                check: true,
+                ..
+            } => Some((*file, *dest_offset)),
+            RawTarget::DryRun {
+                target: Some(file),
+                dest_offset,
+                check: true,
+                ..
+            } => Some((*file, *dest_offset)),
+            _ => None,
+        }
+        .filter(|(f, _)| f.metadata().is_ok_and(|m| m.is_file()))
     }
 
     /// Call `f(self, first_block, zeros)` over `count` zero blocks from `block`, in pieces.

@@ -357,3 +357,114 @@ fn version_1_streams_still_convert() {
         .arg(d.path().join("x.e2i")));
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// `e2i-to-raw -c` over a sparse target: the target's holes read as zeros, so a stream's
+/// zero blocks there are identical without being read (a hostile stream's claim of a
+/// billion zero blocks costs nothing); a zero block where the target holds data is compared
+/// and written as before.
+#[test]
+fn check_skips_the_targets_holes_and_still_fixes_its_data() {
+    let d = tempdir();
+    let img = mkfs(d.path(), "fs.img", "16M", &["-b", "1024"]);
+    let reference = e2image_bytes(&["-r"], &img, &d.path().join("ref.raw"));
+    let stream = d.path().join("fs.e2i");
+    std::fs::write(&stream, capture_stream(&["--format", "stream"], &img)).unwrap();
+    // A journal block past its superblock: selected, all zeros.
+    let o = sh(Command::new("debugfs")
+        .arg("-R")
+        .arg("bmap <8> 20")
+        .arg(&img));
+    let jblk: u64 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    assert!(
+        reference[(jblk * 1024) as usize..][..1024]
+            .iter()
+            .all(|&b| b == 0)
+    );
+    let json = |o: &std::process::Output, k: &str| -> u64 {
+        let j = String::from_utf8_lossy(&o.stdout).into_owned();
+        j.split(&format!("\"{k}\":"))
+            .nth(1)
+            .and_then(|r| r.split([',', '}']).next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{k} in {j}"))
+    };
+    for damaged in [false, true] {
+        let target = d.path().join("target.raw");
+        let _ = std::fs::remove_file(&target);
+        e2image_bytes(&["-r"], &img, &target);
+        if damaged {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&target)
+                .unwrap();
+            f.write_all_at(&[0xEE; 1024], jblk * 1024).unwrap();
+        }
+        let o = sh(Command::new(tool("e2i-to-raw"))
+            .args(["-c", "--json"])
+            .arg(&stream)
+            .arg(&target));
+        assert!(read(&target) == reference, "damaged {damaged}");
+        let blocks = json(&o, "blocks");
+        let identical = json(&o, "identical_blocks");
+        let written = json(&o, "bytes_written");
+        if damaged {
+            assert_eq!((identical, written), (blocks - 1, 1024), "damaged");
+        } else {
+            assert_eq!((identical, written), (blocks, 0), "intact");
+        }
+    }
+}
+
+/// A stream claiming a TiB of selected zero blocks, checked (`-c`) against a sparse TiB
+/// target: nothing is read of the target's holes (the run reads about the stream's size,
+/// not 1 TiB) and nothing is written.
+#[test]
+fn check_against_a_sparse_target_reads_none_of_its_holes() {
+    use e2i::stream::{Extent, Header, Kind as K, StreamWriter, Version};
+    let d = tempdir();
+    let blocks = 1u64 << 30;
+    let header = Header {
+        version: Version::V2,
+        flags: 0,
+        incompat: 0,
+        block_size: e2i::units::BlockSize::new(1024).unwrap(),
+        blocks_count: blocks,
+        uuid: [9; 16],
+        extents: 0,
+    };
+    let ex = vec![Extent {
+        start: e2i::units::FsBlock(0),
+        len: blocks,
+        kind: K::Data,
+    }];
+    let mut w = StreamWriter::new(Vec::new(), header, ex).unwrap();
+    w.write_zeros(e2i::units::FsBlock(0), blocks).unwrap();
+    let (bytes, _) = w.finish().unwrap();
+    let stream = d.path().join("zeros.e2i");
+    std::fs::write(&stream, &bytes).unwrap();
+    let target = d.path().join("target.raw");
+    std::fs::File::create(&target)
+        .unwrap()
+        .set_len(blocks * 1024)
+        .unwrap();
+    let o = sh(Command::new("sh")
+        .arg("-c")
+        .arg("\"$1\" -c --json \"$2\" \"$3\" && grep rchar /proc/$$/io")
+        .arg("sh")
+        .arg(tool("e2i-to-raw"))
+        .arg(&stream)
+        .arg(&target));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let rchar: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("rchar:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(rchar < 64 << 20, "read {rchar} bytes: {out}");
+    assert!(out.contains("\"bytes_written\":0,"), "{out}");
+    assert!(
+        out.contains(&format!("\"identical_blocks\":{blocks},")),
+        "{out}"
+    );
+}
