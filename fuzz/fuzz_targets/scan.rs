@@ -10,9 +10,11 @@ fuzz_target!(|data: &[u8]| {
     let src = MemSource(data.to_vec());
     let Ok(fs) = Filesystem::open(&src, OpenOptions::default()) else { return };
     for strict in [true, false] {
-        let opts = ScanOptions { all_data: true, output_is_block_device: false, strict, want_dir_blocks: true };
+        // The lenient scan with walker threads, the strict one without.
+        let walkers = Some(if strict { 0 } else { 2 });
+        let opts = ScanOptions { all_data: true, output_is_block_device: false, strict, want_dir_blocks: true, walkers };
         if let Ok(res) = scan(&fs, opts, None) {
-            let _ = e2i::ops::capture::classify(&src, &res.map, fs.sb.block_size);
+            let _ = e2i::pieces::classify_runs(&src, &res.map, fs.sb.block_size, &mut e2i::progress::NoProgress);
         }
     }
 });
