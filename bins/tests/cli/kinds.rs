@@ -456,3 +456,64 @@ fn walkers_give_the_same_scan_and_stop_with_it() {
         assert_eq!(base.is_err(), strict);
     }
 }
+
+/// A source whose read of one byte range panics (a bug stand-in).
+struct PanicAt {
+    inner: MemSource,
+    at: u64,
+}
+
+impl e2i::io::ReadAt for PanicAt {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> e2i::Result<usize> {
+        if offset <= self.at && self.at < offset + buf.len() as u64 {
+            panic!("test: read of byte {}", self.at);
+        }
+        self.inner.read_at(buf, offset)
+    }
+
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+}
+
+/// A walk that panics on a walker thread panics the scan, as on the reading thread; it
+/// does not leave the reader waiting for a chunk that will never come.
+#[test]
+fn a_walker_panic_is_the_scans() {
+    let d = tempdir();
+    let path = mkfs(d.path(), "fs.img", "8M", &["-t", "ext2", "-b", "1024"]);
+    let big = d.path().join("big");
+    std::fs::write(&big, vec![0x5A; 40 * 1024]).unwrap();
+    let o = Command::new("debugfs")
+        .arg("-w")
+        .arg("-R")
+        .arg(format!("write {} big", big.display()))
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let img = std::fs::read(&path).unwrap();
+    let (_, at) = inode_at(&path, &img, "big");
+    // The indirect block: read by the walk only.
+    let ind = u64::from(inode(&img, at).block[12]) * 1024;
+    for walkers in [0, 1, 3] {
+        let src = PanicAt {
+            inner: MemSource(img.clone()),
+            at: ind,
+        };
+        let fs = Filesystem::open(src, OpenOptions::default()).unwrap();
+        let opts = ScanOptions {
+            walkers: Some(walkers),
+            ..ScanOptions::default()
+        };
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scan(&fs, opts, None)));
+        let msg = r
+            .err()
+            .and_then(|p| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        assert!(
+            msg.starts_with("test: read of byte"),
+            "walkers {walkers}: {msg:?}"
+        );
+    }
+}

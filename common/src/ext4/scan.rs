@@ -149,6 +149,9 @@ enum Event {
     WalkError(u32, Error),
     /// Damage met by the table reader (not by a walk), in its place in the order.
     Problem(Problem),
+    /// A walk panicked (a bug): raised again on the reading thread, in its place, as the
+    /// walk on the reading thread would have (a lost chunk would leave the reader waiting).
+    Panic(Box<dyn std::any::Any + Send>),
 }
 
 /// A walker's [`Out`]: every event kept, in order.
@@ -383,16 +386,21 @@ fn scan_inodes_walkers<S: ReadAt>(
                         Err(_) => return,
                     };
                     let Ok((seq, live, count)) = job else { return };
-                    let mut rec = Recorder {
-                        events: Vec::new(),
-                        want_dirs: opts.want_dir_blocks,
-                    };
-                    for (ino, inode) in &live {
-                        // A walker records errors; only the reading thread ends the scan.
-                        let _ = inode_blocks(fs, opts, &mut rec, &mut budget, *ino, inode, special);
-                    }
+                    let walked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        let mut rec = Recorder {
+                            events: Vec::new(),
+                            want_dirs: opts.want_dir_blocks,
+                        };
+                        for (ino, inode) in &live {
+                            // A walker records errors; only the reading thread ends the scan.
+                            let _ =
+                                inode_blocks(fs, opts, &mut rec, &mut budget, *ino, inode, special);
+                        }
+                        rec.events
+                    }));
+                    let events = walked.unwrap_or_else(|p| vec![Event::Panic(p)]);
                     let seen = live.len() as u64;
-                    if res_tx.send((seq, rec.events, seen, count)).is_err() {
+                    if res_tx.send((seq, events, seen, count)).is_err() {
                         return;
                     }
                 }
@@ -421,6 +429,7 @@ fn scan_inodes_walkers<S: ReadAt>(
                             Event::Warning(w) => ctx.warnings.push(w),
                             Event::WalkError(ino, e) => ctx.walk_error(ino, e)?,
                             Event::Problem(p) => ctx.problem(p)?,
+                            Event::Panic(p) => std::panic::resume_unwind(p),
                         }
                     }
                     seen = seen.saturating_add(s);
