@@ -467,9 +467,9 @@ impl<W: Write> StreamWriter<W> {
             .map_or(self.extents.len(), |p| i.saturating_add(p))
     }
 
-    /// Blocks left in the current data extent at block `b`, which must be the next one
-    /// expected (moving to the next data extent when this one is complete).
-    fn left_at(&mut self, b: FsBlock) -> Result<u64> {
+    /// When the current data extent has all its blocks, end its zero run and move to the
+    /// next data extent (`at` to its start).
+    fn close_complete_extent(&mut self) -> Result<()> {
         if self
             .extents
             .get(self.cur)
@@ -479,6 +479,13 @@ impl<W: Write> StreamWriter<W> {
             self.cur = self.next_data(self.cur.saturating_add(1));
             self.at = self.extents.get(self.cur).map_or(self.at, |e| e.start);
         }
+        Ok(())
+    }
+
+    /// Blocks left in the current data extent at block `b`, which must be the next one
+    /// expected (moving to the next data extent when this one is complete).
+    fn left_at(&mut self, b: FsBlock) -> Result<u64> {
+        self.close_complete_extent()?;
         match self.extents.get(self.cur) {
             Some(e) if b == self.at => Ok(e.end().saturating_since(b)),
             Some(_) => Err(Error::InvalidInput(format!(
@@ -615,14 +622,7 @@ impl<W: Write> StreamWriter<W> {
 
     /// Write the trailer and return the output and the stream's checksum.
     pub fn finish(mut self) -> Result<(W, Digest)> {
-        if self
-            .extents
-            .get(self.cur)
-            .is_some_and(|e| self.at == e.end())
-        {
-            self.flush_zeros()?;
-            self.cur = self.next_data(self.cur.saturating_add(1));
-        }
+        self.close_complete_extent()?;
         if self.cur < self.extents.len() {
             return Err(Error::InvalidInput(format!(
                 "e2i stream writer: finished before block {} of the map's data",
