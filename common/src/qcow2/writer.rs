@@ -585,20 +585,7 @@ impl PlanOrder {
 
     /// Accept guest cluster `g` if it is the next planned one, and step past it.
     fn take(&mut self, data: &[ClusterRun], g: GuestCluster) -> Result<()> {
-        let planned = data.get(self.run).copied().filter(|_| g == self.next);
-        let (Some(r), Some(after)) = (planned, g.checked_add(1)) else {
-            return Err(Error::InvalidInput(format!(
-                "qcow2 writer: cluster {g} is not the next planned data cluster"
-            )));
-        };
-        self.next = after;
-        if self.next >= r.end() {
-            self.run = self.run.saturating_add(1);
-            if let Some(n) = data.get(self.run) {
-                self.next = n.start;
-            }
-        }
-        Ok(())
+        self.skip(data, g, 1)
     }
 
     /// Accept `n` clusters from `first` as the next planned ones, a run at a time (a
