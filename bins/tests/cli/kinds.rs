@@ -2,7 +2,7 @@
 //! exact kind (with its location) the scanner or the scrambler reports for it.
 
 use super::util::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use e2i::error::CorruptKind;
@@ -149,21 +149,31 @@ fn a_truncated_inode_table() {
     assert_eq!(last_ino - first_ino + 1, (last - first + 1) as u32 * ipb);
 }
 
+/// An ext2 image of 1 KiB blocks (`mkfs` with `size` and `extra` options) that also holds a
+/// 40 KiB file under each of `names` in its root: each has an indirect block.
+fn ext2_with_big_files(dir: &Path, size: &str, extra: &[&str], names: &[&str]) -> PathBuf {
+    let opts = [&["-t", "ext2", "-b", "1024"][..], extra].concat();
+    let path = mkfs(dir, "fs.img", size, &opts);
+    let big = dir.join("big");
+    std::fs::write(&big, vec![0x5A; 40 * 1024]).unwrap();
+    for name in names {
+        let o = Command::new("debugfs")
+            .arg("-w")
+            .arg("-R")
+            .arg(format!("write {} {name}", big.display()))
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+    }
+    path
+}
+
 /// ext2 with a double-indirect file: its DIND pointer past the end of the filesystem.
 #[test]
 fn an_indirect_block_outside() {
     let d = tempdir();
-    let path = mkfs(d.path(), "fs.img", "8M", &["-t", "ext2", "-b", "1024"]);
-    let big = d.path().join("big");
-    std::fs::write(&big, vec![0x5A; 40 * 1024]).unwrap();
-    let o = Command::new("debugfs")
-        .arg("-w")
-        .arg("-R")
-        .arg(format!("write {} big", big.display()))
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    let path = ext2_with_big_files(d.path(), "8M", &[], &["big"]);
     let mut img = std::fs::read(&path).unwrap();
     let (ino, at) = inode_at(&path, &img, "big");
     assert_ne!(
@@ -386,24 +396,12 @@ fn journal_over_metadata_is_kept_out() {
 fn walkers_give_the_same_scan_and_stop_with_it() {
     let d = tempdir();
     // ext2 (whole tables scanned: no uninit_bg), ~20 MiB of inode tables in 1 MiB chunks.
-    let path = mkfs(
+    let path = ext2_with_big_files(
         d.path(),
-        "fs.img",
         "64M",
-        &["-t", "ext2", "-b", "1024", "-N", "80000", "-I", "256"],
+        &["-N", "80000", "-I", "256"],
+        &["big", "big2"],
     );
-    let big = d.path().join("big");
-    std::fs::write(&big, vec![0x5A; 40 * 1024]).unwrap();
-    for name in ["big", "big2"] {
-        let o = Command::new("debugfs")
-            .arg("-w")
-            .arg("-R")
-            .arg(format!("write {} {name}", big.display()))
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(o.status.success());
-    }
     let mut img = std::fs::read(&path).unwrap();
     let (_, at) = inode_at(&path, &img, "big");
     put(&mut img, at + 0x28 + 12 * 4, &u32::MAX.to_le_bytes());
@@ -437,23 +435,12 @@ fn walkers_give_the_same_scan_and_stop_with_it() {
         for walkers in [1, 3] {
             let (r, calls) = with(walkers);
             assert_eq!(calls, base_calls, "walkers {walkers}: progress");
-            match (&base, &r) {
-                (Ok(a), Ok(b)) => {
-                    assert_eq!(a.problems.len(), 2);
-                    assert!(
-                        a.map == b.map
-                            && a.dir_blocks == b.dir_blocks
-                            && a.problems == b.problems
-                            && a.warnings == b.warnings
-                            && a.inodes_seen == b.inodes_seen,
-                        "walkers {walkers}: another scan"
-                    );
-                }
-                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
-                _ => panic!("walkers {walkers}, strict {strict}: one failed"),
-            }
+            assert_same_scan(&base, &r, &format!("walkers {walkers}, strict {strict}"));
         }
         assert_eq!(base.is_err(), strict);
+        if let Ok(b) = &base {
+            assert_eq!(b.problems.len(), 2);
+        }
     }
 }
 
@@ -481,17 +468,7 @@ impl e2i::io::ReadAt for PanicAt {
 #[test]
 fn a_walker_panic_is_the_scans() {
     let d = tempdir();
-    let path = mkfs(d.path(), "fs.img", "8M", &["-t", "ext2", "-b", "1024"]);
-    let big = d.path().join("big");
-    std::fs::write(&big, vec![0x5A; 40 * 1024]).unwrap();
-    let o = Command::new("debugfs")
-        .arg("-w")
-        .arg("-R")
-        .arg(format!("write {} big", big.display()))
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    let path = ext2_with_big_files(d.path(), "8M", &[], &["big"]);
     let img = std::fs::read(&path).unwrap();
     let (_, at) = inode_at(&path, &img, "big");
     // The indirect block: read by the walk only.

@@ -99,20 +99,7 @@ fn capture(img: Vec<u8>, strict: bool, read: &AtomicU64) -> Outcome {
         },
         None,
     );
-    match (&res, &walked) {
-        (Ok(a), Ok(b)) => {
-            assert!(
-                a.map == b.map
-                    && a.dir_blocks == b.dir_blocks
-                    && a.problems == b.problems
-                    && a.warnings == b.warnings
-                    && a.inodes_seen == b.inodes_seen,
-                "walkers: a different scan"
-            );
-        }
-        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "walkers: another error"),
-        (a, b) => panic!("walkers: {:?} against {:?}", a.is_ok(), b.is_ok()),
-    }
+    assert_same_scan(&res, &walked, "walkers");
     let res = match res {
         Ok(r) => r,
         Err(_) => return Outcome::Refused,

@@ -311,3 +311,17 @@ pub fn assert_same(a: &Path, b: &Path, what: &str) {
         panic!("{what}: {} and {} differ: {e}", a.display(), b.display());
     }
 }
+
+/// Two scans of one image (with and without walker threads) found the same: the same result,
+/// or the same error.
+pub fn assert_same_scan(
+    a: &e2i::Result<e2i::ext4::scan::ScanResult>,
+    b: &e2i::Result<e2i::ext4::scan::ScanResult>,
+    what: &str,
+) {
+    match (a, b) {
+        (Ok(a), Ok(b)) => assert!(a == b, "{what}: another scan"),
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{what}: another error"),
+        (a, b) => panic!("{what}: {:?} against {:?}", a.is_ok(), b.is_ok()),
+    }
+}

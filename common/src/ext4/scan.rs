@@ -65,7 +65,7 @@ pub fn auto_walkers() -> usize {
 }
 
 /// The scan's result.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct ScanResult {
     pub map: BlockMap,
     /// Directory data blocks (logical block ≥ 0 of directories), with `want_dir_blocks`.
