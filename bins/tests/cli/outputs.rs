@@ -1296,19 +1296,53 @@ impl Drop for Mount {
     }
 }
 
+/// A copy of the fixture's filesystem on a loop device, mounted at `mnt`; unmounted, then
+/// detached, when dropped (fields drop in order).
+struct MountedCopy {
+    _mount: Mount,
+    lo: Loop,
+    mnt: PathBuf,
+}
+
+impl Fx {
+    fn mounted_copy(&self) -> MountedCopy {
+        let victim = self.path("victim.img");
+        fs::copy(&self.img, &victim).unwrap();
+        let lo = Loop::new(&victim, &[]);
+        let mnt = self.path("mnt");
+        fs::create_dir(&mnt).unwrap();
+        ok(
+            &run(Command::new("mount").arg(lo.path()).arg(&mnt)),
+            "mount",
+        );
+        MountedCopy {
+            _mount: Mount(mnt.clone()),
+            lo,
+            mnt,
+        }
+    }
+}
+
+/// Run `sh -c script sh args...` with the tools first on PATH.
+fn tools_sh(script: &str, args: &[&Path]) -> Output {
+    let path = format!(
+        "{}:{}",
+        tool("e2i-capture").parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    run(Command::new("sh")
+        .env("PATH", path)
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .args(args))
+}
+
 #[test]
 fn a_mounted_device_is_refused() {
     let fx = Fx::new("8M");
-    let victim = fx.path("victim.img");
-    fs::copy(&fx.img, &victim).unwrap();
-    let lo = Loop::new(&victim, &[]);
-    let mnt = fx.path("mnt");
-    fs::create_dir(&mnt).unwrap();
-    ok(
-        &run(Command::new("mount").arg(lo.path()).arg(&mnt)),
-        "mount",
-    );
-    let _m = Mount(mnt.clone());
+    let m = fx.mounted_copy();
+    let lo = &m.lo;
     for w in WRITERS {
         let o = run(&mut w.cmd(fx.input(w.input), lo.path()));
         let err = failed(&o, &format!("{} onto a mounted device", w.name()));
@@ -1396,21 +1430,7 @@ fn stdout_redirected_to_a_new_file_is_written_as_one() {
             format!("{} \"$2\"", q("")),
         ),
     ];
-    let path = format!(
-        "{}:{}",
-        tool("e2i-capture").parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let shell = |script: &str, out: &Path| {
-        let o = run(Command::new("sh")
-            .env("PATH", &path)
-            .arg("-c")
-            .arg(script)
-            .arg("sh")
-            .arg(&fx.img)
-            .arg(out));
-        ok(&o, script);
-    };
+    let shell = |script: &str, out: &Path| ok(&tools_sh(script, &[&fx.img, out]), script);
     for (what, redirected, file) in &cases {
         let (a, b) = (d.join("a.out"), d.join("b.out"));
         let _ = (fs::remove_file(&a), fs::remove_file(&b));
@@ -1446,20 +1466,7 @@ fn stdout_redirected_to_a_new_file_is_written_as_one() {
 #[test]
 fn stdout_redirected_to_a_block_device_is_that_device() {
     let fx = Fx::new("8M");
-    let path = format!(
-        "{}:{}",
-        tool("e2i-capture").parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let shell = |script: &str, dev: &Path| {
-        run(Command::new("sh")
-            .env("PATH", &path)
-            .arg("-c")
-            .arg(script)
-            .arg("sh")
-            .arg(&fx.img)
-            .arg(dev))
-    };
+    let shell = |script: &str, dev: &Path| tools_sh(script, &[&fx.img, dev]);
     let cases = [
         "e2i-capture -r \"$1\" - > \"$2\"",
         "e2i-to-raw \"$1\" - > \"$2\"",
@@ -1467,17 +1474,9 @@ fn stdout_redirected_to_a_block_device_is_that_device() {
         "e2i-capture \"$1\" - > \"$2\"",
     ];
     // Mounted: refused, the filesystem on it untouched.
-    let victim = fx.path("victim.img");
-    fs::copy(&fx.img, &victim).unwrap();
-    let lo = Loop::new(&victim, &[]);
-    let mnt = fx.path("mnt");
-    fs::create_dir(&mnt).unwrap();
-    ok(
-        &run(Command::new("mount").arg(lo.path()).arg(&mnt)),
-        "mount",
-    );
     {
-        let _m = Mount(mnt.clone());
+        let m = fx.mounted_copy();
+        let (lo, mnt) = (&m.lo, &m.mnt);
         fs::write(mnt.join("keep"), b"kept").unwrap();
         ok(&run(&mut Command::new("sync")), "sync");
         let before = digest(lo.path());
@@ -1489,7 +1488,6 @@ fn stdout_redirected_to_a_block_device_is_that_device() {
         }
         assert_eq!(fs::read(mnt.join("keep")).unwrap(), b"kept");
     }
-    drop(lo);
     // Too small: refused before the first write, named.
     let small = fx.path("small.dev");
     pattern_file(&small, 4 << 20);
