@@ -1460,6 +1460,33 @@ fn in_place_move_holds_one_piece() {
     assert!(peak < 40 << 20, "{peak} bytes");
 }
 
+/// Move `img` (reset to `orig`, its journal removed) stopped at crash point 1, 2, … `total`
+/// until `pick` finds the journal left as wanted: what `pick` returns, SOURCE and the
+/// journal left so.
+fn first_crash_where<T>(
+    img: &Path,
+    orig: &[u8],
+    jopts: &JournalOptions,
+    opts: &MoveOptions,
+    total: u64,
+    mut pick: impl FnMut(&e2i::ops::move_journal::Journal) -> Option<T>,
+) -> Option<T> {
+    let jpath = jopts.path.as_ref().expect("a journal path");
+    for c in 1..=total {
+        fs::write(img, orig).unwrap();
+        let _ = fs::remove_file(jpath);
+        let (res, _) = move_once(img, jopts, opts, c);
+        assert!(res.is_none(), "crash point {c} of {total} not reached");
+        let j = e2i::ops::move_journal::Journal::open(jpath, false)
+            .unwrap()
+            .unwrap();
+        if let Some(t) = pick(&j) {
+            return Some(t);
+        }
+    }
+    None
+}
+
 /// A resumed in-place move holds what a fresh one holds: the save records an interrupted run
 /// left (up to two pieces, 64 MiB) are read from the journal a slice at a time as their
 /// pieces are copied, not loaded first. Stopped where two pieces are saved and none is
@@ -1468,7 +1495,7 @@ fn in_place_move_holds_one_piece() {
 #[test]
 fn resumed_in_place_move_holds_one_piece() {
     use crate::ALLOC;
-    use e2i::ops::move_journal::{Journal, State};
+    use e2i::ops::move_journal::State;
     let d = tempdir();
     let img = mkfs_data(d.path(), "fs.img", "64M", 40 * MIB, 8, &[]);
     let orig = fs::read(&img).unwrap();
@@ -1488,28 +1515,18 @@ fn resumed_in_place_move_holds_one_piece() {
     let reference = fs::read(&img).unwrap();
     // The first point where the journal holds two save records the rerun will use: the
     // checkpoint after the first piece is written and the second saved.
-    let mut found = false;
-    for c in 1..=total {
-        fs::write(&img, &orig).unwrap();
-        let _ = fs::remove_file(&jpath);
-        let (res, _) = move_once(&img, &jopts, &opts, c);
-        assert!(res.is_none(), "crash point {c} of {total} not reached");
-        let j = Journal::open(&jpath, false).unwrap().unwrap();
+    let found = first_crash_where(&img, &orig, &jopts, &opts, total, |j| {
         let running = matches!(j.state(), State::Running { .. });
         let next = j.next_piece();
-        if running
-            && j.saved()
-                .unwrap()
-                .iter()
-                .filter(|s| s.piece >= next)
-                .count()
-                == 2
-        {
-            found = true;
-            break;
-        }
-    }
-    assert!(found, "no crash point leaves two save records");
+        let saved = j
+            .saved()
+            .unwrap()
+            .iter()
+            .filter(|s| s.piece >= next)
+            .count();
+        (running && saved == 2).then_some(())
+    });
+    assert!(found.is_some(), "no crash point leaves two save records");
     ALLOC.reset_peak();
     let base = ALLOC.peak();
     let (res, _) = move_once(
@@ -1557,7 +1574,7 @@ fn tamper_hook() {
 /// checks it there and finishes the move as an uninterrupted one.
 #[test]
 fn a_save_record_changed_during_a_resume_stops_it_before_its_piece() {
-    use e2i::ops::move_journal::{Journal, State};
+    use e2i::ops::move_journal::State;
     let d = tempdir();
     let img = mkfs_data(d.path(), "fs.img", "64M", 40 * MIB, 8, &[]);
     let orig = fs::read(&img).unwrap();
@@ -1580,23 +1597,15 @@ fn a_save_record_changed_during_a_resume_stops_it_before_its_piece() {
     // the resumed run's first write its reader holds piece k and one spare 2 MiB slice of
     // piece k + 1, so a byte of that record past 4 MiB is read after it.
     let big = |pc: &e2i::ops::move_journal::Piece| pc.bytes() > 6 * MIB;
-    let mut found = None;
-    for c in 1..=total {
-        fs::write(&img, &orig).unwrap();
-        let _ = fs::remove_file(&jpath);
-        let (res, _) = move_once(&img, &jopts, &opts, c);
-        assert!(res.is_none(), "crash point {c} of {total} not reached");
-        let j = Journal::open(&jpath, false).unwrap().unwrap();
+    let found = first_crash_where(&img, &orig, &jopts, &opts, total, |j| {
         let State::Running { next } = j.state() else {
-            continue;
+            return None;
         };
         let saved: Vec<u64> = j.saved().unwrap().iter().map(|s| s.piece).collect();
         let k = next as usize;
-        if saved == [next, next + 1] && big(&j.pieces()[k]) && big(&j.pieces()[k + 1]) {
-            found = Some((k, j.pieces()[k + 1].clone()));
-            break;
-        }
-    }
+        (saved == [next, next + 1] && big(&j.pieces()[k]) && big(&j.pieces()[k + 1]))
+            .then(|| (k, j.pieces()[k + 1].clone()))
+    });
     let (k, p1) = found.expect("no crash point leaves two large pieces saved");
     let from = (p1.src.end - 2 * MIB) as usize;
     let window = (from..p1.src.end as usize - 64)
