@@ -28,6 +28,18 @@ impl Mount {
     }
 }
 
+/// A 12 MiB tmpfs mounted at `dir/small` (for writes that run out of room).
+fn small_tmpfs(dir: &Path) -> (PathBuf, Mount) {
+    let mnt = dir.join("small");
+    fs::create_dir(&mnt).unwrap();
+    let m = Mount::new(
+        &[Path::new("tmpfs")],
+        &mnt,
+        &["-t", "tmpfs", "-o", "size=12m"],
+    );
+    (mnt, m)
+}
+
 impl Drop for Mount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.0).status();
@@ -631,14 +643,7 @@ fn move_disk(dir: &Path, head: u64) -> (PathBuf, Vec<u8>) {
     fs::create_dir_all(&tree).unwrap();
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     for i in 0..24 {
-        let v: Vec<u8> = (0..20_000 + i * 7_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let v: Vec<u8> = noise(&mut x, 20_000 + i * 7_000);
         fs::write(tree.join(format!("f{i}")), v).unwrap();
     }
     let img = dir.join("fs.img");
@@ -1264,13 +1269,7 @@ fn a_move_stopped_by_a_full_disk_says_how_to_finish_it() {
     let d = tempdir();
     let state = d.path().join("state");
     let (disk, want) = move_disk(d.path(), MIB);
-    let mnt = d.path().join("small");
-    fs::create_dir(&mnt).unwrap();
-    let _m = Mount::new(
-        &[Path::new("tmpfs")],
-        &mnt,
-        &["-t", "tmpfs", "-o", "size=12m"],
-    );
+    let (mnt, _m) = small_tmpfs(d.path());
     let img = mnt.join("disk.img");
     ok(
         &run(Command::new("cp")
@@ -1322,13 +1321,7 @@ fn an_in_place_target_stopped_by_a_full_disk_says_it_is_partly_written() {
     let d = tempdir();
     let (_, want) = move_disk(d.path(), MIB);
     let fs_img = d.path().join("fs.img");
-    let mnt = d.path().join("small");
-    fs::create_dir(&mnt).unwrap();
-    let _m = Mount::new(
-        &[Path::new("tmpfs")],
-        &mnt,
-        &["-t", "tmpfs", "-o", "size=12m"],
-    );
+    let (mnt, _m) = small_tmpfs(d.path());
     let target = mnt.join("target.img");
     let head: Vec<u8> = (0..MIB).map(|i| (i % 251) as u8).collect();
     let filler = mnt.join("filler");
@@ -1401,14 +1394,7 @@ fn a_device_that_cannot_take_the_writes_fails_the_run() {
     fs::create_dir(&tree).unwrap();
     let mut x = 0x2545_f491_4f6c_dd1du64;
     for i in 0..6 {
-        let v: Vec<u8> = (0..400_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let v: Vec<u8> = noise(&mut x, 400_000);
         fs::write(tree.join(format!("f{i}")), v).unwrap();
     }
     let img = fx.path("data.img");

@@ -144,14 +144,7 @@ fn nearly_full_fs_with_all_data() {
     let tree = d.path().join("tree");
     std::fs::create_dir_all(&tree).unwrap();
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let data: Vec<u8> = (0..32720 << 10)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let data: Vec<u8> = noise(&mut x, 32720 << 10);
     std::fs::write(tree.join("big"), data).unwrap();
     let img = d.path().join("full.img");
     sh(Command::new("mkfs.ext4")

@@ -52,14 +52,7 @@ fn stream_with_data(dir: &Path, mib: usize) -> PathBuf {
     let tree = dir.join("tree");
     std::fs::create_dir_all(&tree).unwrap();
     let mut x = 0x1234_5678_9abc_def0u64;
-    let data: Vec<u8> = (0..mib << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let data: Vec<u8> = noise(&mut x, mib << 20);
     std::fs::write(tree.join("data"), data).unwrap();
     let img = dir.join("fs.img");
     mkfs_from(&tree, &img, &format!("{}M", mib + 8), &["-b", "4096"]);

@@ -325,3 +325,16 @@ pub fn assert_same_scan(
         (a, b) => panic!("{what}: {:?} against {:?}", a.is_ok(), b.is_ok()),
     }
 }
+
+/// `len` bytes of xorshift64 noise from `state`, which advances: data that neither
+/// compresses nor reads as zeros, the same on every run.
+pub fn noise(state: &mut u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            *state as u8
+        })
+        .collect()
+}
