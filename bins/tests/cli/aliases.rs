@@ -396,12 +396,16 @@ fn stdin_and_stdout_redirected_to_a_file_being_moved_are_held_and_named() {
         "{err}"
     );
     assert!(digest(&disk) == before, "the disk changed");
-    for t in ["e2i-to-raw", "e2i-to-qcow2"] {
-        let o = run(Command::new(tool(t))
+    // A converter reading DISK on stdin, writing a new file.
+    let from_stdin = |t: &str| {
+        run(Command::new(tool(t))
             .arg("-")
             .arg(d.path().join("out"))
             .env("XDG_STATE_HOME", &state)
-            .stdin(fs::File::open(&disk).unwrap()));
+            .stdin(fs::File::open(&disk).unwrap()))
+    };
+    for t in ["e2i-to-raw", "e2i-to-qcow2"] {
+        let o = from_stdin(t);
         let err = failed(&o, &format!("{t} - OUT < DISK being moved"));
         assert!(
             err.contains(&format!("- (stdin, {})", disk.display())),
@@ -416,11 +420,7 @@ fn stdin_and_stdout_redirected_to_a_file_being_moved_are_held_and_named() {
     let real = disk.canonicalize().unwrap();
     let journal = format!("{}.e2i-move", real.display());
     for t in ["e2i-to-raw", "e2i-to-qcow2"] {
-        let o = run(Command::new(tool(t))
-            .arg("-")
-            .arg(d.path().join("out"))
-            .env("XDG_STATE_HOME", &state)
-            .stdin(fs::File::open(&disk).unwrap()));
+        let o = from_stdin(t);
         let err = failed(&o, &format!("{t} - OUT < DISK half moved"));
         let named = format!("- (stdin, {}): INPUT is half-moved", disk.display());
         assert!(err.contains(&named), "{t}: {err}");
