@@ -45,6 +45,14 @@ STRUCTURED = 0.7  # share of ext4 cases that mutate fields of named structures
 TIMEOUT = 60  # seconds a run may take (debug build, small inputs, a loaded machine)
 RSS_LIMIT_KB = 400 * 1024  # the inputs are at most 64 MiB, their metadata far less
 
+
+def case_dir(c, area, i, jobs):
+    """Case i's work folder in `area` (shared by every 4*jobs-th case), made if need be."""
+    d = os.path.join(c.work, area, "w%d" % (i % (4 * jobs)))
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
 # ---- crc32c (for the superblock checksum, so mutations get past it) ----
 _T = []
 for i in range(256):
@@ -409,8 +417,7 @@ def area_ext4(c, base_dir, ncases, jobs):
     def case(i):
         name, bs, img, targets, structs = bases[i % len(bases)]
         rng = random.Random("ext4-%s-%d" % (name, i))
-        d = os.path.join(c.work, "ext4", "w%d" % (i % (4 * jobs)))
-        os.makedirs(d, exist_ok=True)
+        d = case_dir(c, "ext4", i, jobs)
         data = bytearray(open(img, "rb").read())
         if rng.random() < STRUCTURED:
             what = mutate_structured(rng, data, structs, bs, len(data) // bs)
@@ -615,8 +622,7 @@ def area_qcow2(c, base_dir, ncases, jobs):
     def case(i):
         name, path = bases[i % len(bases)]
         rng = random.Random("qcow2-%s-%d" % (name, i))
-        d = os.path.join(c.work, "qcow2", "w%d" % (i % (4 * jobs)))
-        os.makedirs(d, exist_ok=True)
+        d = case_dir(c, "qcow2", i, jobs)
         b = bytearray(open(path, "rb").read())
         mutate_qcow2(rng, b)
         src = os.path.join(d, "in.qcow2")
@@ -925,8 +931,7 @@ def area_stream(c, base_dir, ncases, jobs):
     def case(i):
         name, version, path = bases[i % len(bases)]
         rng = random.Random("stream-%s-%d" % (name, i))
-        d = os.path.join(c.work, "stream", "w%d" % (i % (4 * jobs)))
-        os.makedirs(d, exist_ok=True)
+        d = case_dir(c, "stream", i, jobs)
         b = bytearray(open(path, "rb").read())
         n = int.from_bytes(b[48:56], "little")
         what = []
@@ -1017,8 +1022,7 @@ def area_normal(c, base_dir, ncases, jobs):
     def case(i):
         name, path, img = bases[i % len(bases)]
         rng = random.Random("normal-%s-%d" % (name, i))
-        d = os.path.join(c.work, "normal", "w%d" % (i % (4 * jobs)))
-        os.makedirs(d, exist_ok=True)
+        d = case_dir(c, "normal", i, jobs)
         b = bytearray(open(path, "rb").read())
         bs = int.from_bytes(b[204:208], "little") or 1024
         what = []
@@ -1126,8 +1130,7 @@ def area_part(c, base_dir, ncases, jobs):
     def case(i):
         label, path = bases[i % len(bases)]
         rng = random.Random("part-%s-%d" % (label, i))
-        d = os.path.join(c.work, "part", "w%d" % (i % (4 * jobs)))
-        os.makedirs(d, exist_ok=True)
+        d = case_dir(c, "part", i, jobs)
         b = bytearray(open(path, "rb").read())
         # Table sectors: MBR, GPT header, the entry array; EBRs for dos.
         regions = [(446, 66)] + ([(512, 92), (1024, 256)] if label == "gpt" else
@@ -1190,8 +1193,7 @@ def area_compressed(c, base_dir, ncases, jobs):
 
     def case(i):
         rng = random.Random("compressed-%d" % i)
-        d = os.path.join(c.work, "compressed", "w%d" % (i % (4 * jobs)))
-        os.makedirs(d, exist_ok=True)
+        d = case_dir(c, "compressed", i, jobs)
         cid = str(i)
         outs = [os.path.join(d, "o%d" % k) for k in range(3)]
         for o in outs:
