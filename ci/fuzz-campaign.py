@@ -239,6 +239,11 @@ BASES = [
 ]
 
 
+def base(d, name):
+    """Base image `name` of BASES, made if need be: an area may run alone or first."""
+    return make_base(d, *next(b for b in BASES if b[0] == name))
+
+
 def make_base(d, name, bs, size, args):
     img = os.path.join(d, name + ".img")
     if os.path.exists(img):
@@ -516,8 +521,8 @@ def area_ext4(c, base_dir, ncases, jobs):
 def qcow2_bases(c, base_dir):
     """Valid qcow2 images of different makers and shapes: (name, path)."""
     out = []
-    src1k = os.path.join(base_dir, "ext4-1k.img")
-    src4k = os.path.join(base_dir, "ext4-4k.img")
+    src1k = base(base_dir, "ext4-1k")
+    src4k = base(base_dir, "ext4-4k")
 
     def mk(name, cmd):
         p = os.path.join(base_dir, name)
@@ -657,7 +662,7 @@ def area_qcow2(c, base_dir, ncases, jobs):
         elif k < 0.6:
             # The hostile image as the backing file of an overlay.
             c.run("qcow2", cid, ["e2i-to-qcow2", "--backing", src,
-                                 os.path.join(base_dir, "ext4-1k.img"), outs[4]], (0, 1, 3), [src])
+                                 base(base_dir, "ext4-1k"), outs[4]], (0, 1, 3), [src])
         else:
             c.run("qcow2", cid, ["e2i-capture", "-Q", src, outs[4]], (0, 1, 3), [src])
         if a == 0 and b2 == 0 and not same_file(outs[0], outs[1]):
@@ -903,9 +908,7 @@ def consistent_stream_v2(rng, orig, what):
 def area_stream(c, base_dir, ncases, jobs):
     bases = []
     for name in ["ext4-1k", "ext4-4k", "ext4-64k"]:
-        for b in BASES:
-            if b[0] == name:
-                make_base(base_dir, *b)
+        base(base_dir, name)
         for v in [1, 2]:
             p = os.path.join(base_dir, "%s.v%d.stream" % (name, v))
             if not os.path.exists(p):
@@ -1009,7 +1012,7 @@ N_FIELDS = [(0, 4), (204, 4), (240, 4), (244, 4), (248, 4), (284, 4), (288, 4), 
 def area_normal(c, base_dir, ncases, jobs):
     bases = []
     for name in ["ext4-1k", "ext4-4k", "ext2-1k", "ext4-2k-64bit-metabg", "ext4-4k-bigalloc"]:
-        img = os.path.join(base_dir, name + ".img")
+        img = base(base_dir, name)
         p = os.path.join(base_dir, name + ".e2image")
         if not os.path.exists(p):
             sh(["e2image", img, p])
@@ -1112,7 +1115,7 @@ def area_install(c, base_dir, ncases, jobs):
 
 def area_part(c, base_dir, ncases, jobs):
     bases = []
-    fs = os.path.join(base_dir, "ext4-1k.img")
+    fs = base(base_dir, "ext4-1k")
     for label in ["gpt", "dos"]:
         p = os.path.join(base_dir, "disk-%s.img" % label)
         if not os.path.exists(p):
@@ -1176,7 +1179,10 @@ def area_part(c, base_dir, ncases, jobs):
 
 def area_compressed(c, base_dir, ncases, jobs):
     srcs = []
-    for name in ["ext4-1k.stream", "cap.qcow2", "ext4-1k.e2i", "ext4-1k.img"]:
+    qcow2_bases(c, base_dir)  # cap.qcow2, for the bomb below
+    # Streams and our normal image where their areas made them.
+    for name in ["ext4-1k.v2.stream", "ext4-1k.v1.stream", "cap.qcow2", "ext4-1k.e2i",
+                 "ext4-1k.img"]:
         p = os.path.join(base_dir, name)
         if os.path.exists(p):
             srcs.append((name, open(p, "rb").read()))
@@ -1256,8 +1262,9 @@ def area_claims(c, base_dir, ncases, jobs):
     a clean exit and little memory."""
     d = os.path.join(c.work, "claims")
     os.makedirs(d, exist_ok=True)
+    qcow2_bases(c, base_dir)  # cap.qcow2
     cases = []
-    img1k = open(os.path.join(base_dir, "ext4-1k-nocsum.img"), "rb").read()
+    img1k = open(base(base_dir, "ext4-1k-nocsum"), "rb").read()
     # A raw image claiming 2^k - 1 blocks of 1 KiB over a sparse file.
     for bits in (24, 28, 32):
         b = bytearray(img1k[:1 << 20])
@@ -1272,7 +1279,7 @@ def area_claims(c, base_dir, ncases, jobs):
         cases.append((p, [["e2i-capture", "-r"], ["e2i-capture", "-Q"], ["e2i-capture"],
                           ["e2i-to-qcow2"], ["e2i-move"]]))
     # The same superblock with 2^31 groups of 4 KiB blocks, in a qcow2 of 256 PiB.
-    img4k = open(os.path.join(base_dir, "ext4-4k.img"), "rb").read()
+    img4k = open(base(base_dir, "ext4-4k"), "rb").read()
     b = bytearray(img4k[:1 << 20])
     groups, ipg = (1 << 31) - 1, 2
     blocks = groups * 32768
@@ -1315,7 +1322,7 @@ def area_claims(c, base_dir, ncases, jobs):
     # A stream claiming 2^36 extents of a 2^40-block image, cut after its header.
     st = os.path.join(base_dir, "ext4-1k.stream")
     if not os.path.exists(st):
-        sh([c.tool("e2i-capture"), "--format", "stream", os.path.join(base_dir, "ext4-1k.img"), st])
+        sh([c.tool("e2i-capture"), "--format", "stream", base(base_dir, "ext4-1k"), st])
     b = bytearray(open(st, "rb").read())
     struct.pack_into("<Q", b, 24, 1 << 40)
     struct.pack_into("<Q", b, 48, 1 << 36)
@@ -1325,7 +1332,7 @@ def area_claims(c, base_dir, ncases, jobs):
     # A normal image claiming 2^32 - 1 blocks, its header and length made to match.
     e2 = os.path.join(d, "nocsum.e2i")
     if not os.path.exists(e2):
-        sh([c.tool("e2i-capture"), os.path.join(base_dir, "ext4-1k-nocsum.img"), e2])
+        sh([c.tool("e2i-capture"), base(base_dir, "ext4-1k-nocsum"), e2])
     b = bytearray(open(e2, "rb").read())
     so = struct.unpack_from("<I", b, 284)[0]
     bpg = struct.unpack_from("<I", b, so + 32)[0]
