@@ -332,8 +332,8 @@ fn willneed_cap(meta: &std::fs::Metadata) -> u64 {
     } else {
         meta.dev()
     };
-    let kib = |p: &Path| crate::footprint::read_u64(p).and_then(|k| k.checked_mul(1024));
-    let from_queue = crate::footprint::sysfs_dir(dev).and_then(|mut d| {
+    let kib = |p: &Path| crate::sysfs::read_u64(p).and_then(|k| k.checked_mul(1024));
+    let from_queue = crate::sysfs::dir(dev).and_then(|mut d| {
         // A partition's queue is its disk's.
         if d.join("partition").exists() {
             d.pop();
