@@ -7,12 +7,19 @@
 #
 # Needs root (drop_caches; loop devices and mount to make two of the filesystems once).
 # Skipped with a message where the caches cannot be dropped.
+#
+# E2I_COLD_DISK=LATENCY_US:MB_PER_S[:READAHEAD_KB] runs the same cases on an emulated disk
+# (slowdisk.py: the images served through FUSE, each read request waiting as on a device of
+# that latency and bandwidth; readahead default 128 KiB, the kernel's default), for hosts
+# whose virtual disk is served from the host's cache. Each command then runs once untimed
+# first, which locks the bytes it reads in the emulator's memory.
 
 COLD_RUNS=${E2I_COLD_RUNS:-3}
 COLD_DIRS=$BENCH_DIR/cold-dirs32g.img
 COLD_SPREAD=$BENCH_DIR/cold-spread16g.img
 COLD_LIMIT=$BENCH_DIR/cold-limit.bin
 COLD_ROWS=()
+SLOW= # the emulated disk's mount point (E2I_COLD_DISK), empty for the real one
 T=$'\t' # field separator of COLD_ROWS (names hold '|')
 
 drop_caches() {
@@ -61,6 +68,10 @@ median() { sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 # (commands are sh -c strings with $1 = $E2I, $2 = SOURCE, $3 = $WORK).
 cold_case() {
   local name=$1 limit=$2 na=$3 ca=$4 nb=$5 cb=$6 src=$7 i wa=() wb=() ra=0 rb=0 w m
+  if [ -n "$SLOW" ]; then
+    cold_time "$BENCH_DIR/time.out" sh -c "$ca" _ "$E2I" "$src" "$WORK" || true
+    cold_time "$BENCH_DIR/time.out" sh -c "$cb" _ "$E2I" "$src" "$WORK" || true
+  fi
   for ((i = 0; i < COLD_RUNS; i++)); do
     if ! cold_time "$BENCH_DIR/time.out" sh -c "$ca" _ "$E2I" "$src" "$WORK"; then
       log "$name/$na: failed: $(tail -3 "$BENCH_DIR/stderr.out")"
@@ -104,18 +115,25 @@ EOF
   printf '%s\n' "${ts[@]}" | median
 }
 
-# selection_limit CAPTURE-FORMAT FS: sets $bytes (what `e2i-capture CAPTURE-FORMAT FS`
-# selects) and $limit (cold_limit of as many bytes), growing the limit's source as needed.
-selection_limit() {
+# selection_bytes CAPTURE-FORMAT FS: sets $bytes (what `e2i-capture CAPTURE-FORMAT FS`
+# selects), growing the limit's source (a file of random bytes) to hold as many.
+selection_bytes() {
   bytes=$("$E2I/e2i-capture" "$1" --json "$2" "$WORK/sel.raw" 2>/dev/null |
     python3 -c 'import json, sys; j = json.load(sys.stdin); print(j["blocks"] * j["block_size"])')
   rm -f "$WORK/sel.raw"
-  if [ ! -f "$COLD_LIMIT.done" ] || [ "$(stat -c %s "$COLD_LIMIT")" -lt "$bytes" ]; then
+  if [ -z "$SLOW" ] && { [ ! -f "$COLD_LIMIT.done" ] || [ "$(stat -c %s "$COLD_LIMIT")" -lt "$bytes" ]; }; then
     log "cold: writing $bytes random bytes to $COLD_LIMIT (the sequential-read limit's source)"
     head -c "$bytes" /dev/urandom >"$COLD_LIMIT"
     sync "$COLD_LIMIT"
     touch "$COLD_LIMIT.done"
   fi
+}
+
+# selection_limit CAPTURE-FORMAT FS: sets $bytes (selection_bytes) and $limit (cold_limit of
+# as many bytes).
+selection_limit() {
+  selection_bytes "$@"
+  [ -n "$SLOW" ] && cold_limit "$bytes" >/dev/null # the emulator's warm-up
   limit=$(cold_limit "$bytes")
 }
 
@@ -149,6 +167,24 @@ if make_cold "$COLD_SPREAD" 16G spread -O ^flex_bg -U 9b0c4f8e-16a1-4c5d-8e2f-20
 else
   log "cold: cannot make $COLD_SPREAD (loop device and mount needed); case skipped"
 fi
+MOVE_IMG=$BENCH_DIR/move-16G-2048M.img
+if [ -n "${E2I_COLD_DISK:-}" ]; then
+  IFS=: read -r slow_lat slow_mbps slow_ra <<<"$E2I_COLD_DISK"
+  # The limit's source must hold the largest selection before it is served.
+  for fs in "${COLD_FS[@]}"; do selection_bytes -r "$fs"; done
+  [ -f "$MOVE_IMG.done" ] && selection_bytes -ra "$MOVE_IMG"
+  SLOW=$BENCH_DIR/slowdisk
+  mkdir -p "$SLOW"
+  served=("${COLD_FS[@]}" "$COLD_LIMIT")
+  [ -f "$MOVE_IMG.done" ] && served+=("$MOVE_IMG")
+  python3 "$ROOT/ci/bench.d/cold/slowdisk.py" "$SLOW" "$slow_lat" "$slow_mbps" "${served[@]}"
+  trap 'umount "$SLOW" 2>/dev/null' EXIT
+  echo "${slow_ra:-128}" >"/sys/class/bdi/$(mountpoint -d "$SLOW")/read_ahead_kb"
+  log "cold: emulated disk: ${slow_lat} us per request, ${slow_mbps} MB/s, readahead ${slow_ra:-128} KiB"
+  for i in "${!COLD_FS[@]}"; do COLD_FS[i]=$SLOW/$(basename "${COLD_FS[i]}"); done
+  COLD_LIMIT=$SLOW/$(basename "$COLD_LIMIT")
+  MOVE_IMG=$SLOW/$(basename "$MOVE_IMG")
+fi
 for fs in "${COLD_FS[@]}"; do
   n=$(basename "$fs" .img)
   selection_limit -r "$fs"
@@ -165,8 +201,7 @@ for fs in "${COLD_FS[@]}"; do
 done
 # e2i-move's clone (e2image -ra) of the image with 2 GiB of file data that move.sh makes
 # (`ci/bench.sh` without --cold, once): the copy loop of a clone, cold.
-MOVE_IMG=$BENCH_DIR/move-16G-2048M.img
-if [ -f "$MOVE_IMG.done" ]; then
+if [ -f "$BENCH_DIR/move-16G-2048M.img.done" ]; then
   selection_limit -ra "$MOVE_IMG"
   # shellcheck disable=SC2016 # expanded by sh -c
   cold_case "move-16G-2048M clone" "$limit" "e2image -ra" 'e2image -ra "$2" "$3/a.raw"' \
