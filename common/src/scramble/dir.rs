@@ -339,6 +339,7 @@ impl DirNames {
     }
 
     /// The entries of an htree leaf that will need new names (`range`: the leaf's).
+    /// False when the leaf holds a name that is kept (its hash stays where it is).
     pub fn collect_needs(
         &mut self,
         region: &[u8],
@@ -346,11 +347,16 @@ impl DirNames {
         lblk: u64,
         range: (u64, u64),
         out: &mut Vec<Need>,
-    ) {
+    ) -> bool {
         let (entries, _) = parse_entries(region, block_size, self.filetype);
+        let mut movable = true;
         for e in entries {
             let name = &region[e.name.clone()];
-            if e.inode == 0 || name.is_empty() || self.keeps(name) {
+            if e.inode == 0 || name.is_empty() {
+                continue;
+            }
+            if self.keeps(name) {
+                movable = false;
                 continue;
             }
             if !self.collected.insert(name.to_vec()) {
@@ -369,6 +375,7 @@ impl DirNames {
                 orig: name.to_vec(),
             });
         }
+        movable
     }
 
     /// Choose names for a whole htree directory at once, by construction: names of one
@@ -756,9 +763,18 @@ pub struct Htree {
     pub leaves: HashMap<u64, (u64, u64)>,
     /// Index blocks below the root.
     pub nodes: HashSet<u64>,
-    /// The index blocks whose entries point at leaves: (logical block, offset of their
-    /// count/limit header, the leaves of entries 0..count in order).
-    pub bottom: Vec<(u64, usize, Vec<u64>)>,
+    /// Every leaf in hash order, with the index entry that holds its lower bound.
+    pub order: Vec<Leaf>,
+}
+
+/// A leaf in [`Htree::order`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leaf {
+    pub lblk: u64,
+    /// The index entry whose hash is this leaf's lower bound: (index block, offset of its
+    /// count/limit header, entry number). Only the first leaf of the whole tree has none:
+    /// a leaf that is entry 0 of its index block takes its bound from the entry above.
+    pub bound: Option<(u64, usize, usize)>,
 }
 
 /// A hash boundary of an index block to rewrite: entry `entry` of the block at `lblk`
@@ -771,58 +787,123 @@ pub struct Boundary {
     pub hash: u32,
 }
 
-/// Narrowest leaf range (in hash values) that construction fills within its work bound;
-/// narrower leaves are widened by moving a boundary into a wide neighbour.
+/// Narrowest leaf range (in hash values) per name (plus one) that construction fills within
+/// its work bound; narrower leaves are widened by moving boundaries into wide neighbours.
 const NARROW: u64 = 1 << 14;
 
 impl Htree {
-    /// Widen leaves too narrow to be hit by construction: the boundary a narrow leaf
-    /// shares with a neighbour under the same index block (at least twice as wide)
-    /// moves to the middle of the neighbour's range. The ranges in [`Self::leaves`]
-    /// change accordingly; the index entries to rewrite are returned. Entries stay
-    /// sorted and inside their index block's range, so the index stays valid.
-    pub fn widen(&mut self) -> Vec<Boundary> {
+    /// Widen leaves too narrow to be hit by construction (kernel splits leave leaves a few
+    /// hash values wide, or one value wide where names collide across a split).
+    ///
+    /// Seen in hash order, the leaves' lower bounds are one sorted sequence, and each bound
+    /// is the hash of exactly one index entry (the entry-0 leaf of an index block takes its
+    /// bound from the entry above, at any depth). e2fsck wants every index block's entries
+    /// sorted and each leaf's names within its entry's hash and the next one (for the last
+    /// leaf under a node: the first names of the next node, which are at least that node's
+    /// hash). So any sorted, even (no continuation bit: the new names do not collide) choice of
+    /// bounds keeps the index valid, across index blocks and levels alike.
+    ///
+    /// `free` gives, for each leaf all of whose names get new names, how many need one; the
+    /// bounds of other leaves stay. A narrow leaf that needs names grows a window over its
+    /// free neighbours (the wider side first) until the window holds [`NARROW`] per name
+    /// plus one per leaf, and the bounds inside it are spread by those weights. The
+    /// ranges in [`Self::leaves`] change accordingly; the index entries to rewrite are
+    /// returned. A tree whose leaves do not tile the hash space (damaged) is left alone.
+    pub fn widen(&mut self, free: &HashMap<u64, u64>) -> Vec<Boundary> {
+        let n = self.order.len();
+        let mut bounds = Vec::with_capacity(n.saturating_add(1));
+        let mut seen = HashSet::new();
+        let mut prev_hi = 0;
+        for (i, leaf) in self.order.iter().enumerate() {
+            let Some(&(lo, hi)) = self.leaves.get(&leaf.lblk) else {
+                return Vec::new();
+            };
+            let tiles = seen.insert(leaf.lblk)
+                && lo == prev_hi
+                && (i == 0) == leaf.bound.is_none()
+                && lo <= hi;
+            if !tiles {
+                return Vec::new();
+            }
+            bounds.push(lo);
+            prev_hi = hi;
+        }
+        if prev_hi != 1 << 32 {
+            return Vec::new();
+        }
+        bounds.push(prev_hi);
+        let orig = bounds.clone();
+        let weight = |l: &Leaf| free.get(&l.lblk).map(|&k| k.saturating_add(1));
+        let width = |b: &[u64], i: usize| b[i.saturating_add(1)].saturating_sub(b[i]);
+        let mut i = 0;
+        while i < n {
+            let needs = free.get(&self.order[i].lblk).copied().unwrap_or(0);
+            if needs == 0 || width(&bounds, i) >= NARROW.saturating_mul(needs.saturating_add(1))
+            {
+                i = i.saturating_add(1);
+                continue;
+            }
+            // The window is leaves a..e; its outer bounds stay.
+            let (mut a, mut e) = (i, i.saturating_add(1));
+            let mut total = weight(&self.order[i]).unwrap_or(1);
+            loop {
+                let span = bounds[e].saturating_sub(bounds[a]);
+                if span >= NARROW.saturating_mul(total) {
+                    break;
+                }
+                let left = a
+                    .checked_sub(1)
+                    .and_then(|l| Some((l, weight(&self.order[l])?)));
+                let right = (e < n)
+                    .then(|| Some((e, weight(&self.order[e])?)))
+                    .flatten();
+                let grow = match (left, right) {
+                    (Some(l), Some(r)) => {
+                        if width(&bounds, l.0) >= width(&bounds, r.0) {
+                            l
+                        } else {
+                            r
+                        }
+                    }
+                    (Some(l), None) => l,
+                    (None, Some(r)) => r,
+                    (None, None) => break,
+                };
+                if grow.0 < a {
+                    a = grow.0;
+                } else {
+                    e = e.saturating_add(1);
+                }
+                total = total.saturating_add(grow.1);
+            }
+            // Spread the inner bounds by weight (each stays even and sorted).
+            let span = bounds[e].saturating_sub(bounds[a]);
+            let mut acc = 0u64;
+            for k in a.saturating_add(1)..e {
+                acc = acc.saturating_add(weight(&self.order[k.saturating_sub(1)]).unwrap_or(1));
+                let share = u128::from(span)
+                    .saturating_mul(u128::from(acc))
+                    .checked_div(u128::from(total))
+                    .and_then(|s| u64::try_from(s).ok())
+                    .unwrap_or(0);
+                bounds[k] = bounds[a].saturating_add(share) & !1;
+            }
+            i = e;
+        }
         let mut out = Vec::new();
-        for (lblk, at, kids) in &self.bottom {
-            for i in 0..kids.len() {
-                let Some(&(lo, hi)) = self.leaves.get(&kids[i]) else {
-                    continue;
-                };
-                if hi.saturating_sub(lo) >= NARROW {
-                    continue;
-                }
-                let next = i.checked_add(1).and_then(|j| Some((j, *kids.get(j)?)));
-                let prev = i.checked_sub(1).and_then(|j| Some((j, *kids.get(j)?)));
-                let wide = |l: u64| {
-                    self.leaves
-                        .get(&l)
-                        .is_some_and(|&(a, b)| b.saturating_sub(a) >= NARROW.saturating_mul(2))
-                };
-                if let Some((j, n)) = next.filter(|&(_, n)| wide(n) && n != kids[i]) {
-                    let (nlo, nhi) = self.leaves[&n];
-                    let b = nlo.saturating_add(nhi.saturating_sub(nlo) >> 1) & !1;
-                    let Ok(hash) = u32::try_from(b) else { continue };
-                    self.leaves.insert(kids[i], (lo, b));
-                    self.leaves.insert(n, (b, nhi));
-                    out.push(Boundary {
-                        lblk: *lblk,
-                        at: *at,
-                        entry: j,
-                        hash,
-                    });
-                } else if let Some((_, pv)) = prev.filter(|&(_, p)| wide(p) && p != kids[i]) {
-                    let (plo, phi) = self.leaves[&pv];
-                    let b = plo.saturating_add(phi.saturating_sub(plo) >> 1) & !1;
-                    let Ok(hash) = u32::try_from(b) else { continue };
-                    self.leaves.insert(pv, (plo, b));
-                    self.leaves.insert(kids[i], (b, hi));
-                    out.push(Boundary {
-                        lblk: *lblk,
-                        at: *at,
-                        entry: i,
-                        hash,
-                    });
-                }
+        for (k, leaf) in self.order.iter().enumerate() {
+            let (lo, hi) = (bounds[k], bounds[k.saturating_add(1)]);
+            self.leaves.insert(leaf.lblk, (lo, hi));
+            if lo != orig[k]
+                && let Some((lblk, at, entry)) = leaf.bound
+                && let Ok(hash) = u32::try_from(lo)
+            {
+                out.push(Boundary {
+                    lblk,
+                    at,
+                    entry,
+                    hash,
+                });
             }
         }
         out
@@ -851,16 +932,19 @@ pub fn parse_htree(
         root_version: root[0x1C],
         ..Default::default()
     };
-    // (logical block, its bytes, offset of count/limit, levels below, lo, hi)
-    let mut stack: Vec<(u64, Vec<u8>, usize, u8, u64, u64)> = vec![(
+    // (logical block, its bytes, offset of count/limit, levels below, lo, hi, the entry
+    // holding lo). Children are pushed last first, so blocks come off in hash order.
+    type Node = (u64, Vec<u8>, usize, u8, u64, u64, Option<(u64, usize, usize)>);
+    let mut stack: Vec<Node> = vec![(
         0,
         root.to_vec(),
         0x18usize.saturating_add(info_len),
         levels,
         0,
         1 << 32,
+        None,
     )];
-    while let Some((lblk, buf, at, level, lo, hi)) = stack.pop() {
+    while let Some((lblk, buf, at, level, lo, hi, lo_bound)) = stack.pop() {
         let (Some(limit), Some(count)) = (
             le::get_u16(&buf, at),
             le::get_u16(&buf, at.saturating_add(2)),
@@ -875,13 +959,16 @@ pub fn parse_htree(
             return Err(bad(HtreeProblem::Count { lblk, count, limit }));
         };
         let entries: Vec<&[u8]> = entries.collect();
-        let mut kids = Vec::new();
+        let mut children = Vec::new();
         for (i, e) in entries.iter().enumerate() {
             // Entry 0's hash field is the count/limit header: its range starts at `lo`.
-            let start = if i == 0 {
-                lo
+            let (start, bound) = if i == 0 {
+                (lo, lo_bound)
             } else {
-                u64::from(le::u32(e, 0) & !1).max(lo)
+                (
+                    u64::from(le::u32(e, 0) & !1).max(lo),
+                    Some((lblk, at, i)),
+                )
             };
             let end = match entries.get(i.saturating_add(1)) {
                 Some(next) => u64::from(le::u32(next, 0) & !1).min(hi),
@@ -893,22 +980,21 @@ pub fn parse_htree(
                     return Err(bad(HtreeProblem::NodeTwice { lblk: blk }));
                 }
                 let child = read(blk)?;
-                stack.push((
+                children.push((
                     blk,
                     child,
                     8,
                     level.saturating_sub(1),
                     start,
                     end.max(start),
+                    bound,
                 ));
             } else {
                 t.leaves.entry(blk).or_insert((start, end.max(start)));
-                kids.push(blk);
+                t.order.push(Leaf { lblk: blk, bound });
             }
         }
-        if level == 0 {
-            t.bottom.push((lblk, at, kids));
-        }
+        stack.extend(children.into_iter().rev());
     }
     Ok(t)
 }

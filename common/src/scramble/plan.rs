@@ -1007,6 +1007,8 @@ impl<S: ReadAt> Planner<'_, S> {
         if let (Some(t), Some(_)) = (&mut tree, spec) {
             // First pass over the leaves: which names each must receive.
             let mut needs = Vec::new();
+            // Leaves all of whose names get new ones, and how many: their bounds may move.
+            let mut free: HashMap<u64, u64> = HashMap::new();
             for (lblk, pblk) in blocks() {
                 if lblk == 0 || t.nodes.contains(&lblk) || !self.valid_block(pblk) {
                     continue;
@@ -1018,12 +1020,16 @@ impl<S: ReadAt> Planner<'_, S> {
                         continue;
                     };
                     let limit = self.leaf_limit(&b);
-                    names.collect_needs(&b[..limit], bs, lblk, range, &mut needs);
+                    let before = needs.len();
+                    if names.collect_needs(&b[..limit], bs, lblk, range, &mut needs) {
+                        let count = needs.len().saturating_sub(before) as u64;
+                        free.insert(lblk, count);
+                    }
                 }
             }
             // Which names were in their range is judged above, by the original ranges;
             // the new names go into the widened ones.
-            let bounds = t.widen();
+            let bounds = t.widen(&free);
             names.preassign(needs, &t.leaves);
             self.rewrite_bounds(ino, generation, &pieces, &bounds)?;
         }
