@@ -384,9 +384,9 @@ impl DirNames {
     /// [`NAME_CHARS`]; a new prefix when they run out). Each candidate costs one transform
     /// and goes to whichever leaf its hash falls in, so the work follows the number of
     /// entries and the narrowest leaf, never entries × leaves. Leaves whose range is a
-    /// single hash value (collisions) cannot be hit by construction; their entries, and any
-    /// left when the work bound is reached, keep their length and uniqueness but not the
-    /// range (reported).
+    /// single hash value (collisions, where [`Htree::widen`] could not widen them) cannot be
+    /// hit by construction; their entries, and any left when the work bound is reached,
+    /// keep their length and uniqueness but not the range (reported).
     pub fn preassign(&mut self, needs: Vec<Need>, leaves: &HashMap<u64, (u64, u64)>) {
         let Some(spec) = self.hash else { return };
         self.preassigned_all = true;
@@ -838,8 +838,7 @@ impl Htree {
         let mut i = 0;
         while i < n {
             let needs = free.get(&self.order[i].lblk).copied().unwrap_or(0);
-            if needs == 0 || width(&bounds, i) >= NARROW.saturating_mul(needs.saturating_add(1))
-            {
+            if needs == 0 || width(&bounds, i) >= NARROW.saturating_mul(needs.saturating_add(1)) {
                 i = i.saturating_add(1);
                 continue;
             }
@@ -934,7 +933,15 @@ pub fn parse_htree(
     };
     // (logical block, its bytes, offset of count/limit, levels below, lo, hi, the entry
     // holding lo). Children are pushed last first, so blocks come off in hash order.
-    type Node = (u64, Vec<u8>, usize, u8, u64, u64, Option<(u64, usize, usize)>);
+    type Node = (
+        u64,
+        Vec<u8>,
+        usize,
+        u8,
+        u64,
+        u64,
+        Option<(u64, usize, usize)>,
+    );
     let mut stack: Vec<Node> = vec![(
         0,
         root.to_vec(),
@@ -965,10 +972,7 @@ pub fn parse_htree(
             let (start, bound) = if i == 0 {
                 (lo, lo_bound)
             } else {
-                (
-                    u64::from(le::u32(e, 0) & !1).max(lo),
-                    Some((lblk, at, i)),
-                )
+                (u64::from(le::u32(e, 0) & !1).max(lo), Some((lblk, at, i)))
             };
             let end = match entries.get(i.saturating_add(1)) {
                 Some(next) => u64::from(le::u32(next, 0) & !1).min(hi),
@@ -1071,6 +1075,133 @@ mod tests {
                 problem: HtreeProblem::Levels { levels: 2 }
             })
         );
+    }
+
+    /// The layout kernel splits leave in big 3-level trees: a cluster of leaves a few hash
+    /// values wide (one of them a single value, through a collision across a split, its
+    /// entry carrying the continuation bit) around a boundary that lives in the root, so no
+    /// leaf of the cluster has a wide neighbour under its own index block. Widening moves
+    /// bounds at every level, keeps them sorted, and every name gets one in its leaf's range.
+    #[test]
+    fn narrow_cluster_across_index_blocks_is_widened() {
+        let bs = 1024;
+        let x: u32 = 0x8000_0000;
+        let mut root = index(bs, 0x20, &[(0, 1), (x, 2)]);
+        root[0x1C] = dirhash::HASH_HALF_MD4;
+        root[0x1D] = 8;
+        root[0x1E] = 1;
+        let nodes: HashMap<u64, Vec<u8>> = [
+            (
+                1,
+                index(
+                    bs,
+                    8,
+                    &[(0, 10), (x - 300, 11), (x - 200, 12), (x - 60, 13)],
+                ),
+            ),
+            (
+                2,
+                index(
+                    bs,
+                    8,
+                    &[(0, 14), (x | 1, 15), (x + 90, 16), (x + 0x1000_0000, 17)],
+                ),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let mut read = |l: u64| {
+            nodes.get(&l).cloned().ok_or_else(|| {
+                Error::from(CorruptKind::Htree {
+                    ino: 12,
+                    problem: HtreeProblem::NodeUnmapped { lblk: l },
+                })
+            })
+        };
+        let mut t = parse_htree(12, &root, 3, &mut read).unwrap();
+        let order: Vec<u64> = t.order.iter().map(|l| l.lblk).collect();
+        assert_eq!(order, [10, 11, 12, 13, 14, 15, 16, 17]);
+        assert_eq!(
+            t.leaves[&14],
+            (u64::from(x), u64::from(x)),
+            "a collision leaf"
+        );
+        // Three names a leaf; leaf 17 keeps a name (its bounds stay).
+        let free: HashMap<u64, u64> = (10..17).map(|l| (l, 3)).collect();
+        let bounds = t.widen(&free);
+        let mut lo = 0;
+        for l in &order {
+            let (a, b) = t.leaves[l];
+            assert_eq!(a, lo, "leaves tile the hash space");
+            assert!(a % 2 == 0 && a <= b);
+            if (11..17).contains(l) {
+                assert!(b - a >= 4 * NARROW, "leaf {l}: {a:#x}..{b:#x}");
+            }
+            lo = b;
+        }
+        assert_eq!(lo, 1 << 32);
+        assert_eq!(t.leaves[&17].0, u64::from(x) + 0x1000_0000, "a pinned leaf");
+        // The root's entry moved too.
+        assert!(
+            bounds
+                .iter()
+                .any(|b| b.lblk == 0 && b.at == 0x20 && b.entry == 1)
+        );
+        // Written back, the index says what the ranges say.
+        let mut root2 = root.clone();
+        let mut nodes2 = nodes.clone();
+        for b in &bounds {
+            let buf = if b.lblk == 0 {
+                &mut root2
+            } else {
+                nodes2.get_mut(&b.lblk).unwrap()
+            };
+            put(buf, b.at + 8 * b.entry, b.hash);
+        }
+        let mut read2 = |l: u64| Ok(nodes2[&l].clone());
+        let t2 = parse_htree(12, &root2, 3, &mut read2).unwrap();
+        assert_eq!(t2.leaves, t.leaves);
+        // Every name finds one in its (widened) range.
+        let spec = HashSpec {
+            version: dirhash::HASH_HALF_MD4,
+            seed: [5, 6, 7, 8],
+            casefold: false,
+        };
+        let mut names = DirNames::new(3, 12, Some(spec), false, true);
+        let needs: Vec<Need> = (10..17)
+            .flat_map(|l| {
+                (0..3).map(move |k| Need {
+                    lblk: l,
+                    off: k * 264,
+                    orig: vec![b'q'; 255],
+                })
+            })
+            .collect();
+        names.preassign(needs, &t.leaves);
+        assert_eq!(names.preassigned.len(), 21);
+        for ((l, _), n) in &names.preassigned {
+            let (a, b) = t.leaves[l];
+            let h = u64::from(spec.hash(n).unwrap());
+            assert!(
+                (a..b).contains(&h),
+                "leaf {l}: {h:#x} not in {a:#x}..{b:#x}"
+            );
+        }
+    }
+
+    /// Leaves that do not tile the hash space (a damaged index): nothing moves.
+    #[test]
+    fn damaged_index_is_not_widened() {
+        let bs = 1024;
+        // Entry 2's hash is below entry 1's.
+        let mut root = index(bs, 0x20, &[(0, 1), (0x5000_0000, 2), (0x4000_0000, 3)]);
+        root[0x1D] = 8;
+        let mut read = |_| unreachable!();
+        let mut t = parse_htree(12, &root, 2, &mut read).unwrap();
+        let before = t.leaves.clone();
+        let free: HashMap<u64, u64> = (1..4).map(|l| (l, 3)).collect();
+        assert!(t.widen(&free).is_empty());
+        assert_eq!(t.leaves, before);
     }
 
     /// More one-byte names than one-byte replacements exist: none keeps its name (some
