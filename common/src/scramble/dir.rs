@@ -804,12 +804,13 @@ impl Htree {
     /// bounds keeps the index valid, across index blocks and levels alike.
     ///
     /// `free` gives, for each leaf all of whose names get new names, how many need one; the
-    /// bounds of other leaves stay. A narrow leaf that needs names grows a window over its
+    /// bounds of other leaves stay, and so do bounds held by index blocks in `locked` (blocks
+    /// the image cannot have rewritten). A narrow leaf that needs names grows a window over its
     /// free neighbours (the wider side first) until the window holds [`NARROW`] per name
     /// plus one per leaf, and the bounds inside it are spread by those weights. The
     /// ranges in [`Self::leaves`] change accordingly; the index entries to rewrite are
     /// returned. A tree whose leaves do not tile the hash space (damaged) is left alone.
-    pub fn widen(&mut self, free: &HashMap<u64, u64>) -> Vec<Boundary> {
+    pub fn widen(&mut self, free: &HashMap<u64, u64>, locked: &HashSet<u64>) -> Vec<Boundary> {
         let n = self.order.len();
         let mut bounds = Vec::with_capacity(n.saturating_add(1));
         let mut seen = HashSet::new();
@@ -834,6 +835,16 @@ impl Htree {
         bounds.push(prev_hi);
         let orig = bounds.clone();
         let weight = |l: &Leaf| free.get(&l.lblk).map(|&k| k.saturating_add(1));
+        // Whether leaf `k`'s lower bound may move.
+        let movable = |k: usize| {
+            self.order
+                .get(k)
+                .and_then(|l| l.bound)
+                .is_some_and(|(b, _, _)| !locked.contains(&b))
+        };
+        // Windows grow by at most this many leaves in all, so that a damaged directory of
+        // many narrow leaves cannot take quadratic time.
+        let mut growth = (n as u64).saturating_mul(16).saturating_add(4096);
         let width = |b: &[u64], i: usize| b[i.saturating_add(1)].saturating_sub(b[i]);
         let mut i = 0;
         while i < n {
@@ -850,10 +861,16 @@ impl Htree {
                 if span >= NARROW.saturating_mul(total) {
                     break;
                 }
+                if growth == 0 {
+                    break;
+                }
+                growth = growth.saturating_sub(1);
+                // Growing over a neighbour makes the bound between them an inner one.
                 let left = a
                     .checked_sub(1)
+                    .filter(|_| movable(a))
                     .and_then(|l| Some((l, weight(&self.order[l])?)));
-                let right = (e < n)
+                let right = (e < n && movable(e))
                     .then(|| Some((e, weight(&self.order[e])?)))
                     .flatten();
                 let grow = match (left, right) {
@@ -1128,7 +1145,13 @@ mod tests {
         );
         // Three names a leaf; leaf 17 keeps a name (its bounds stay).
         let free: HashMap<u64, u64> = (10..17).map(|l| (l, 3)).collect();
-        let bounds = t.widen(&free);
+        // An index block the image cannot rewrite holds bounds that stay.
+        let mut locked_tree = parse_htree(12, &root, 3, &mut read).unwrap();
+        let locked: HashSet<u64> = [0].into_iter().collect();
+        let kept = locked_tree.widen(&free, &locked);
+        assert!(kept.iter().all(|b| b.lblk != 0));
+        assert_eq!(locked_tree.leaves[&13].1, u64::from(x));
+        let bounds = t.widen(&free, &HashSet::new());
         let mut lo = 0;
         for l in &order {
             let (a, b) = t.leaves[l];
@@ -1200,7 +1223,7 @@ mod tests {
         let mut t = parse_htree(12, &root, 2, &mut read).unwrap();
         let before = t.leaves.clone();
         let free: HashMap<u64, u64> = (1..4).map(|l| (l, 3)).collect();
-        assert!(t.widen(&free).is_empty());
+        assert!(t.widen(&free, &HashSet::new()).is_empty());
         assert_eq!(t.leaves, before);
     }
 

@@ -1021,7 +1021,10 @@ impl<S: ReadAt> Planner<'_, S> {
                     };
                     let limit = self.leaf_limit(&b);
                     let before = needs.len();
-                    if names.collect_needs(&b[..limit], bs, lblk, range, &mut needs) {
+                    // (A leaf in fixed metadata is not rewritten: its names stay.)
+                    if names.collect_needs(&b[..limit], bs, lblk, range, &mut needs)
+                        && self.fixed_in(&(pblk..pblk.saturating_add(1))).is_none()
+                    {
                         let count = needs.len().saturating_sub(before) as u64;
                         free.insert(lblk, count);
                     }
@@ -1029,7 +1032,16 @@ impl<S: ReadAt> Planner<'_, S> {
             }
             // Which names were in their range is judged above, by the original ranges;
             // the new names go into the widened ones.
-            let bounds = t.widen(&free);
+            // Index blocks the image will not have rewritten keep their bounds.
+            let locked: HashSet<u64> = std::iter::once(0)
+                .chain(t.nodes.iter().copied())
+                .filter(|&l| {
+                    lookup(&pieces, l).is_none_or(|p| {
+                        !self.valid_block(p) || self.fixed_in(&(p..p.saturating_add(1))).is_some()
+                    })
+                })
+                .collect();
+            let bounds = t.widen(&free, &locked);
             names.preassign(needs, &t.leaves);
             self.rewrite_bounds(ino, generation, &pieces, &bounds)?;
         }
