@@ -9,6 +9,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::io::ObjectId;
+use crate::sysfs::{dir as sysfs_dir, read_u64};
 
 /// A stretch of bytes of one object, and how a path reaches it.
 #[derive(Debug, Clone)]
@@ -250,15 +251,6 @@ fn disk_name(sys: &Path) -> String {
         || sys.display().to_string(),
         |n| format!("/dev/{}", n.to_string_lossy()),
     )
-}
-
-pub(crate) fn sysfs_dir(rdev: u64) -> Option<PathBuf> {
-    let (ma, mi) = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
-    std::fs::canonicalize(format!("/sys/dev/block/{ma}:{mi}")).ok()
-}
-
-pub(crate) fn read_u64(p: &Path) -> Option<u64> {
-    std::fs::read_to_string(p).ok()?.trim().parse().ok()
 }
 
 fn read_dev(p: &Path) -> Option<u64> {

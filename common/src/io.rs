@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
+use std::num::NonZeroU64;
 use std::ops::Range;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
@@ -295,7 +296,59 @@ pub struct FileSource {
     cached: Mutex<(u64, u64)>,
     /// The same for [`ReadAt::will_need`], which runs ahead of the reads.
     hint_cached: Mutex<(u64, u64)>,
+    /// Bytes per `posix_fadvise(WILLNEED)` call (see [`willneed_cap`]).
+    hint_chunk: u64,
     seekable_holes: AtomicBool,
+}
+
+/// `range` as (offset, length) pieces of at most `chunk` bytes (at least one byte each).
+fn hint_calls(range: Range<u64>, chunk: u64) -> impl Iterator<Item = (u64, u64)> {
+    let chunk = chunk.max(1);
+    let mut c = range.start;
+    std::iter::from_fn(move || {
+        let n = range.end.checked_sub(c).filter(|&n| n > 0)?.min(chunk);
+        let at = c;
+        c = c.saturating_add(n);
+        Some((at, n))
+    })
+}
+
+/// Default readahead of a Linux device (`VM_READAHEAD_PAGES`): what a WILLNEED call reads
+/// at least.
+const DEFAULT_READAHEAD: u64 = 128 << 10;
+
+/// The most one `posix_fadvise(WILLNEED)` call reads on the device behind `meta`: the
+/// kernel caps each call at the larger of the device's readahead and its largest request
+/// (`max(ra_pages, io_pages)` in mm/readahead.c) and drops the rest of the range. On a
+/// typical SSD (128 KiB readahead, 128 KiB–1.25 MiB requests) a 2 MiB hint would start only
+/// a part of its reads, and the reader would then wait for the others one readahead window
+/// at a time. Found in sysfs: the device's queue for block devices and files on them, the
+/// filesystem's own entry (FUSE, NFS) otherwise; where neither is found, the kernel's
+/// default readahead, which every device reads at least.
+fn willneed_cap(meta: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let dev = if meta.file_type().is_block_device() {
+        meta.rdev()
+    } else {
+        meta.dev()
+    };
+    let kib = |p: &Path| crate::sysfs::read_u64(p).and_then(|k| k.checked_mul(1024));
+    let from_queue = crate::sysfs::dir(dev).and_then(|mut d| {
+        // A partition's queue is its disk's.
+        if d.join("partition").exists() {
+            d.pop();
+        }
+        let q = d.join("queue");
+        let ra = kib(&q.join("read_ahead_kb"))?;
+        Some(ra.max(kib(&q.join("max_sectors_kb")).unwrap_or(0)))
+    });
+    let cap = from_queue.or_else(|| {
+        let (ma, mi) = (rustix::fs::major(dev), rustix::fs::minor(dev));
+        kib(Path::new(&format!(
+            "/sys/class/bdi/{ma}:{mi}/read_ahead_kb"
+        )))
+    });
+    cap.unwrap_or(DEFAULT_READAHEAD).max(DEFAULT_READAHEAD)
 }
 
 impl FileSource {
@@ -320,6 +373,7 @@ impl FileSource {
             block_device,
             cached: Mutex::new((0, 0)),
             hint_cached: Mutex::new((0, 0)),
+            hint_chunk: willneed_cap(&meta),
             seekable_holes: AtomicBool::new(meta.file_type().is_file()),
         })
     }
@@ -362,6 +416,7 @@ impl ReadAt for FileSource {
     // posix_fadvise(WILLNEED) queues the reads and returns: many hints in a row give the
     // device a real queue depth without threads. Errors are ignored (a hint).
     // Holes are left out: reading ahead through one would fill the page cache with zeros.
+    // Each call covers at most `hint_chunk` bytes, the most the kernel reads for one.
     fn will_need(&self, offset: u64, len: u64) {
         let end = offset.saturating_add(len).min(self.size);
         let mut pos = offset;
@@ -371,12 +426,15 @@ impl ReadAt for FileSource {
                 _ => return,
             };
             let (s, e) = (r.start.max(pos), r.end.min(end));
-            if let (Some(host), Some(n)) = (
-                s.checked_add(self.base),
-                std::num::NonZeroU64::new(e.saturating_sub(s)),
-            ) {
-                let _ =
-                    rustix::fs::fadvise(&self.file, host, Some(n), rustix::fs::Advice::WillNeed);
+            for (c, n) in hint_calls(s..e, self.hint_chunk) {
+                if let (Some(host), Some(n)) = (c.checked_add(self.base), NonZeroU64::new(n)) {
+                    let _ = rustix::fs::fadvise(
+                        &self.file,
+                        host,
+                        Some(n),
+                        rustix::fs::Advice::WillNeed,
+                    );
+                }
             }
             pos = e;
         }
@@ -517,6 +575,24 @@ mod tests {
         let past = src.read_sparse_at(&mut tail, (2 << 20) - 4096).unwrap();
         assert_eq!(past, 4096);
         assert!(tail.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn hints_are_cut_at_what_the_kernel_reads_per_call() {
+        let calls: Vec<_> = hint_calls(100..100 + 300_000, 128 << 10).collect();
+        assert_eq!(
+            calls,
+            [(100, 131_072), (131_172, 131_072), (262_244, 37_856)]
+        );
+        assert_eq!(hint_calls(5..5, 4096).count(), 0);
+        assert_eq!(
+            hint_calls(u64::MAX - 3..u64::MAX, 2).collect::<Vec<_>>(),
+            [(u64::MAX - 3, 2), (u64::MAX - 1, 1)]
+        );
+        // Every device reads at least the kernel's default readahead per call; this
+        // machine's (wherever the test runs) is found or defaulted, never below it.
+        let f = tempfile::tempfile().unwrap();
+        assert!(willneed_cap(&f.metadata().unwrap()) >= DEFAULT_READAHEAD);
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub mod readplan;
 pub mod scramble;
 pub mod sparse;
 pub mod stream;
+mod sysfs;
 pub mod undo;
 pub mod units;
 

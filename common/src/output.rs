@@ -21,9 +21,10 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::footprint::{Footprint, read_u64, sysfs_dir};
+use crate::footprint::Footprint;
 use crate::io::ObjectId;
 use crate::ops::hold::{Hold, HoldFor};
+use crate::sysfs::{dir as sysfs_dir, read_u64};
 use crate::{Error, Result};
 
 /// How an OUTPUT is written.

@@ -29,8 +29,9 @@ pub const WINDOW: u64 = 64 << 20;
 /// of ~1 GB/s, 64 KiB cost less than the setup of one more request.
 pub const BRIDGE: u64 = 64 << 10;
 
-/// Largest single hint: the kernel reads at most its readahead size per WILLNEED call
-/// (`max(io_pages, ra_pages)`), which is rarely below 2 MiB.
+/// Largest single hint, so that one hint never runs far ahead of the others. A file source
+/// cuts it further into what the kernel reads per WILLNEED call (`max(io_pages,
+/// ra_pages)`, 128 KiB on many SSDs; see `io::FileSource`).
 pub const HINT_MAX: u64 = 2 << 20;
 
 /// Hints for byte ranges that a reader goes through in ascending order.

@@ -7,12 +7,19 @@
 #
 # Needs root (drop_caches; loop devices and mount to make two of the filesystems once).
 # Skipped with a message where the caches cannot be dropped.
+#
+# E2I_COLD_DISK=LATENCY_US:MB_PER_S[:READAHEAD_KB] runs the same cases on an emulated disk
+# (slowdisk.py: the images served through FUSE, each read request waiting as on a device of
+# that latency and bandwidth; readahead default 128 KiB, the kernel's default), for hosts
+# whose virtual disk is served from the host's cache. Each command then runs once untimed
+# first, which locks the bytes it reads in the emulator's memory.
 
 COLD_RUNS=${E2I_COLD_RUNS:-3}
 COLD_DIRS=$BENCH_DIR/cold-dirs32g.img
 COLD_SPREAD=$BENCH_DIR/cold-spread16g.img
 COLD_LIMIT=$BENCH_DIR/cold-limit.bin
 COLD_ROWS=()
+SLOW= # the emulated disk's mount point (E2I_COLD_DISK), empty for the real one
 T=$'\t' # field separator of COLD_ROWS (names hold '|')
 
 drop_caches() {
@@ -60,30 +67,38 @@ median() { sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 # cold_case CASE LIMIT-SECONDS NAME-A CMD-A NAME-B CMD-B: alternate A and B, COLD_RUNS each
 # (commands are sh -c strings with $1 = $E2I, $2 = SOURCE, $3 = $WORK).
 cold_case() {
-  local name=$1 limit=$2 na=$3 ca=$4 nb=$5 cb=$6 src=$7 i wa=() wb=() ra=0 rb=0 w m
+  local name=$1 limit=$2 na=$3 ca=$4 nb=$5 cb=$6 src=$7 i wa=() wb=() ra=0 rb=0 w m k ka=() kb=()
+  if [ -n "$SLOW" ]; then
+    cold_time "$BENCH_DIR/time.out" sh -c "$ca" _ "$E2I" "$src" "$WORK" || true
+    cold_time "$BENCH_DIR/time.out" sh -c "$cb" _ "$E2I" "$src" "$WORK" || true
+  fi
   for ((i = 0; i < COLD_RUNS; i++)); do
     if ! cold_time "$BENCH_DIR/time.out" sh -c "$ca" _ "$E2I" "$src" "$WORK"; then
       log "$name/$na: failed: $(tail -3 "$BENCH_DIR/stderr.out")"
-      COLD_ROWS+=("$name${T}$na${T}FAIL${T}0${T}$nb${T}FAIL${T}0${T}$limit")
+      COLD_ROWS+=("$name${T}$na${T}FAIL${T}0${T}$nb${T}FAIL${T}0${T}$limit${T}0${T}0")
       return 0
     fi
-    read -r w m <"$BENCH_DIR/time.out"
+    read -r w m k <"$BENCH_DIR/time.out"
     wa+=("$w")
+    ka+=("$k")
     [ "$m" -gt "$ra" ] && ra=$m
     if ! cold_time "$BENCH_DIR/time.out" sh -c "$cb" _ "$E2I" "$src" "$WORK"; then
       log "$name/$nb: failed: $(tail -3 "$BENCH_DIR/stderr.out")"
-      COLD_ROWS+=("$name${T}$na${T}FAIL${T}0${T}$nb${T}FAIL${T}0${T}$limit")
+      COLD_ROWS+=("$name${T}$na${T}FAIL${T}0${T}$nb${T}FAIL${T}0${T}$limit${T}0${T}0")
       return 0
     fi
-    read -r w m <"$BENCH_DIR/time.out"
+    read -r w m k <"$BENCH_DIR/time.out"
     wb+=("$w")
+    kb+=("$k")
     [ "$m" -gt "$rb" ] && rb=$m
   done
-  local ma mb
+  local ma mb fewest
   ma=$(printf '%s\n' "${wa[@]}" | median)
   mb=$(printf '%s\n' "${wb[@]}" | median)
-  log "$name: $na ${wa[*]} (median $ma s); $nb ${wb[*]} (median $mb s); limit $limit s"
-  COLD_ROWS+=("$name${T}$na${T}$ma${T}$ra${T}$nb${T}$mb${T}$rb${T}$limit")
+  # The fewest bytes either tool had to read from storage (holes of an image cost none).
+  fewest=$(printf '%s\n' "${ka[@]}" "${kb[@]}" | sort -n | head -1)
+  log "$name: $na ${wa[*]} (median $ma s); $nb ${wb[*]} (median $mb s); limit $limit s; read ${ka[*]} / ${kb[*]} sectors"
+  COLD_ROWS+=("$name${T}$na${T}$ma${T}$ra${T}$nb${T}$mb${T}$rb${T}$limit${T}$((fewest * 512))${T}$bytes")
 }
 
 # cold_limit BYTES: median seconds of reading BYTES sequentially with 4 MiB direct reads.
@@ -104,33 +119,45 @@ EOF
   printf '%s\n' "${ts[@]}" | median
 }
 
-# selection_limit CAPTURE-FORMAT FS: sets $bytes (what `e2i-capture CAPTURE-FORMAT FS`
-# selects) and $limit (cold_limit of as many bytes), growing the limit's source as needed.
-selection_limit() {
+# selection_bytes CAPTURE-FORMAT FS: sets $bytes (what `e2i-capture CAPTURE-FORMAT FS`
+# selects), growing the limit's source (a file of random bytes) to hold as many.
+selection_bytes() {
   bytes=$("$E2I/e2i-capture" "$1" --json "$2" "$WORK/sel.raw" 2>/dev/null |
     python3 -c 'import json, sys; j = json.load(sys.stdin); print(j["blocks"] * j["block_size"])')
   rm -f "$WORK/sel.raw"
-  if [ ! -f "$COLD_LIMIT.done" ] || [ "$(stat -c %s "$COLD_LIMIT")" -lt "$bytes" ]; then
+  if [ -z "$SLOW" ] && { [ ! -f "$COLD_LIMIT.done" ] || [ "$(stat -c %s "$COLD_LIMIT")" -lt "$bytes" ]; }; then
     log "cold: writing $bytes random bytes to $COLD_LIMIT (the sequential-read limit's source)"
     head -c "$bytes" /dev/urandom >"$COLD_LIMIT"
     sync "$COLD_LIMIT"
     touch "$COLD_LIMIT.done"
   fi
+}
+
+# selection_limit CAPTURE-FORMAT FS: sets $bytes (selection_bytes) and $limit (cold_limit of
+# as many bytes).
+selection_limit() {
+  selection_bytes "$@"
+  [ -n "$SLOW" ] && cold_limit "$bytes" >/dev/null # the emulator's warm-up
   limit=$(cold_limit "$bytes")
 }
 
+# The table. "floor": the time to read, at the limit's rate, the fewest bytes either tool
+# read from storage; "floor/base": the smallest ratio any tool could reach on this disk
+# (none can read what it needs faster than the disk streams it).
 cold_report() {
-  printf '\n%-24s %-22s %8s %-26s %8s %6s %8s %8s %9s\n' "cold case" baseline "wall (s)" e2i "wall (s)" ratio "limit" "e2i/lim" "e2i RSS"
-  local row name na ma ra nb mb rb limit
+  printf '\n%-24s %-22s %8s %-26s %8s %6s %8s %8s %7s %10s %9s\n' "cold case" baseline "wall (s)" e2i "wall (s)" ratio "limit" "e2i/lim" floor floor/base "e2i RSS"
+  local row name na ma ra nb mb rb limit inbytes bytes
   for row in "${COLD_ROWS[@]}"; do
-    IFS=$T read -r name na ma ra nb mb rb limit <<<"$row"
-    local ratio=- dist=-
+    IFS=$T read -r name na ma ra nb mb rb limit inbytes bytes <<<"$row"
+    local ratio=- dist=- floor=- best=-
     if [ "$ma" != FAIL ] && [ "$mb" != FAIL ]; then
       ratio=$(awk -v a="$mb" -v b="$ma" 'BEGIN{ if (b > 0) printf "%.3f", a / b; else print "-" }')
       dist=$(awk -v a="$mb" -v b="$limit" 'BEGIN{ if (b > 0) printf "%.2fx", a / b; else print "-" }')
+      floor=$(awk -v i="$inbytes" -v l="$limit" -v b="$bytes" 'BEGIN{ if (b > 0) printf "%.3f", i * l / b; else print "-" }')
+      best=$(awk -v f="$floor" -v a="$ma" 'BEGIN{ if (a > 0 && f != "-") printf "%.2f", f / a; else print "-" }')
     fi
-    printf '%-24s %-22s %8s %-26s %8s %6s %8s %8s %6.1f MB\n' "$name" "$na" "$ma" "$nb" "$mb" "$ratio" "$limit" "$dist" \
-      "$(awk -v k="$rb" 'BEGIN{print k/1024}')"
+    printf '%-24s %-22s %8s %-26s %8s %6s %8s %8s %7s %10s %6.1f MB\n' "$name" "$na" "$ma" "$nb" "$mb" "$ratio" "$limit" "$dist" \
+      "$floor" "$best" "$(awk -v k="$rb" 'BEGIN{print k/1024}')"
   done
 }
 
@@ -149,6 +176,24 @@ if make_cold "$COLD_SPREAD" 16G spread -O ^flex_bg -U 9b0c4f8e-16a1-4c5d-8e2f-20
 else
   log "cold: cannot make $COLD_SPREAD (loop device and mount needed); case skipped"
 fi
+MOVE_IMG=$BENCH_DIR/move-16G-2048M.img
+if [ -n "${E2I_COLD_DISK:-}" ]; then
+  IFS=: read -r slow_lat slow_mbps slow_ra <<<"$E2I_COLD_DISK"
+  # The limit's source must hold the largest selection before it is served.
+  for fs in "${COLD_FS[@]}"; do selection_bytes -r "$fs"; done
+  [ -f "$MOVE_IMG.done" ] && selection_bytes -ra "$MOVE_IMG"
+  SLOW=$BENCH_DIR/slowdisk
+  mkdir -p "$SLOW"
+  served=("${COLD_FS[@]}" "$COLD_LIMIT")
+  [ -f "$MOVE_IMG.done" ] && served+=("$MOVE_IMG")
+  python3 "$ROOT/ci/bench.d/cold/slowdisk.py" "$SLOW" "$slow_lat" "$slow_mbps" "${served[@]}"
+  trap 'umount "$SLOW" 2>/dev/null' EXIT
+  echo "${slow_ra:-128}" >"/sys/class/bdi/$(mountpoint -d "$SLOW")/read_ahead_kb"
+  log "cold: emulated disk: ${slow_lat} us per request, ${slow_mbps} MB/s, readahead ${slow_ra:-128} KiB"
+  for i in "${!COLD_FS[@]}"; do COLD_FS[i]=$SLOW/$(basename "${COLD_FS[i]}"); done
+  COLD_LIMIT=$SLOW/$(basename "$COLD_LIMIT")
+  MOVE_IMG=$SLOW/$(basename "$MOVE_IMG")
+fi
 for fs in "${COLD_FS[@]}"; do
   n=$(basename "$fs" .img)
   selection_limit -r "$fs"
@@ -165,8 +210,7 @@ for fs in "${COLD_FS[@]}"; do
 done
 # e2i-move's clone (e2image -ra) of the image with 2 GiB of file data that move.sh makes
 # (`ci/bench.sh` without --cold, once): the copy loop of a clone, cold.
-MOVE_IMG=$BENCH_DIR/move-16G-2048M.img
-if [ -f "$MOVE_IMG.done" ]; then
+if [ -f "$BENCH_DIR/move-16G-2048M.img.done" ]; then
   selection_limit -ra "$MOVE_IMG"
   # shellcheck disable=SC2016 # expanded by sh -c
   cold_case "move-16G-2048M clone" "$limit" "e2image -ra" 'e2image -ra "$2" "$3/a.raw"' \

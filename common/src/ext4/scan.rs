@@ -490,13 +490,16 @@ fn scan_inodes_walkers<S: ReadAt>(
 
 /// Hint selected data found by the scan (directories, the journal), up to `budget` bytes
 /// in all: the copy that follows the scan finds the first of it in the page cache, so the
-/// disk works during the scan's parsing too.
+/// disk works during the scan's parsing too. At most [`readplan::HINT_MAX`] per extent:
+/// the small scattered extents (directories) are what the copy would wait for one by one,
+/// and one long extent (a 64 MiB journal) read whole would queue ahead of the scan's own
+/// table reads (cold spread16g `-r`: 0.18 s with 2 MiB of it, 0.23 s with all of it).
 fn hint_data<S: ReadAt>(fs: &Filesystem<S>, budget: &mut u64, pblk: FsBlock, len: u64) {
     let bs = fs.sb.block_size;
     let (Some(off), Some(n)) = (bs.offset_of(pblk), bs.bytes_of(len)) else {
         return;
     };
-    let n = n.min(*budget);
+    let n = n.min(*budget).min(crate::readplan::HINT_MAX);
     if n > 0 {
         fs.src.will_need(off, n);
         *budget = budget.saturating_sub(n);
