@@ -258,7 +258,9 @@ fi
 if want ext4-4k-nojournal-noextents full; then
   n=ext4-4k-nojournal-noextents
   mk $n 32M mkfs.ext4 "" -b 4096 -O ^has_journal,^extent,^64bit
-  { common 4096; echo "write far4k far"; } | dbg $n
+  # no xattrs (rev 0 has no feature flags) and no file past 2 GiB (large_file would make
+  # e2fsck raise the revision)
+  { common 4096 | grep -v '^ea_set'; echo "write alt4096 alt"; } | dbg $n
   fsck_fix $n
 fi
 if want ext4-1k-metabg quick; then
@@ -394,6 +396,56 @@ if want ext3-2k-dirtyjournal full; then
   cblk=$(debugfs -R "logdump" "$OUT/$n.img" 2>/dev/null | sed -n 's/.*type 2 (commit block) at block \([0-9]*\).*/\1/p' | head -1)
   pblk=$(debugfs -R "bmap <8> $cblk" "$OUT/$n.img" 2>/dev/null)
   patch_bytes "$n" $((pblk * 2048 + 48)) ">QI" 1700000000 0
+fi
+
+
+# Layouts mkfs itself never makes (found by a randomized sweep against e2image): the original
+# revision-0 format, a Hurd filesystem, packed metadata, a filesystem grown then shrunk by
+# resize2fs (its reserved GDT blocks used), and an ext3 converted in place to ext4 by tune2fs
+# (block-mapped and extent files side by side, inodes enlarged to 256 bytes).
+if want ext2-4k-rev0 full; then
+  n=ext2-4k-rev0
+  mk $n 16M mkfs.ext2 "" -b 4096 -r 0
+  # no xattrs (rev 0 has no feature flags) and no file past 2 GiB (large_file would make
+  # e2fsck raise the revision)
+  { common 4096 | grep -v '^ea_set'; echo "write alt4096 alt"; } | dbg $n
+  fsck_fix $n
+fi
+if want ext2-1k-hurd full; then
+  n=ext2-1k-hurd
+  mk $n 16M mkfs.ext2 "" -b 1024 -o hurd -g 2048
+  { common 1024; echo "write alt1024 alt"; } | dbg $n
+  fsck_fix $n
+fi
+if want ext4-4k-packed full; then
+  n=ext4-4k-packed
+  mk $n 64M mkfs.ext4 "packed_meta_blocks=1" -b 4096 -g 2048 -G 4
+  { common 4096; frag 4096 60; } | dbg $n
+  fsck_fix $n
+fi
+if want ext4-1k-resized quick; then
+  n=ext4-1k-resized
+  mk $n 12M mkfs.ext4 "" -b 1024 -g 1024 -N 1024
+  { common 1024; frag 1024 100; } | dbg $n
+  fsck_fix $n
+  resize2fs -f "$OUT/$n.img" 40M >>"$LOG/$n.resize" 2>&1
+  { echo "write alt1024 alt"; echo "write med after-grow"; } | dbg $n
+  fsck_fix $n
+  resize2fs -f "$OUT/$n.img" 30001 >>"$LOG/$n.resize" 2>&1
+  fsck_fix $n
+fi
+if want ext3-to-ext4 full; then
+  n=ext3-to-ext4
+  mk $n 32M mkfs.ext3 "" -b 2048 -I 128
+  { common 2048; echo "write alt2048 alt-ind"; } | dbg $n
+  fsck_fix $n
+  # inodes first: tune2fs 1.47.0 -O extent on 128-byte inodes with xattrs fails
+  tune2fs -I 256 "$OUT/$n.img" >>"$LOG/$n.tune2fs" 2>&1 <<<y
+  fsck_fix $n
+  tune2fs -O extent,uninit_bg,dir_index,huge_file "$OUT/$n.img" >>"$LOG/$n.tune2fs" 2>&1
+  fsck_fix $n
+  { echo "write alt2048 alt-ext"; echo "write big big-ext"; } | dbg $n
+  fsck_fix $n
 fi
 
 # ---------------------------------------------------------------------------------------------
