@@ -144,7 +144,8 @@ impl Output {
             if let Ok(m) = std::fs::metadata(fd1)
                 && (m.is_file() || m.file_type().is_block_device())
             {
-                refuse_overlap(req, fd1, &m, reads, source_range.clone())?;
+                let home = m.is_file().then(|| m.dev());
+                refuse_overlap(req, fd1, Some(&m), home, reads, source_range.clone())?;
                 held = Some(hold(req, fd1)?);
             }
             // A dry run's listing goes to stdout too.
@@ -174,9 +175,15 @@ impl Output {
             meta,
             renamable,
         } = resolve(req.path)?;
+        // The filesystem a regular file's bytes land on: its own, or its folder's.
+        let home = match &meta {
+            Some(m) if m.is_file() => Some(m.dev()),
+            Some(_) => None,
+            None => std::fs::metadata(parent_dir(&path)).ok().map(|d| d.dev()),
+        };
+        refuse_overlap(req, &path, meta.as_ref(), home, reads, source_range)?;
         let mut held = None;
-        if let Some(m) = &meta {
-            refuse_overlap(req, &path, m, reads, source_range)?;
+        if meta.is_some() {
             // Before anything is opened for writing (a replaced file may be truncated).
             held = Some(hold(req, &path)?);
         }
@@ -228,10 +235,11 @@ impl Output {
                         req.path.display()
                     )));
                 }
-                if req.dry_run {
-                    // The real run's exclusive open refuses a mounted device; so does -n.
-                    refuse_mounted(req, &path)?;
-                }
+                // The exclusive open refuses the mounted device itself, not another name of
+                // its bytes: a second loop device over an image file mounted through a first
+                // one, a loop device over a partition. Asked of the mount table first (and
+                // by -n, which opens nothing for writing).
+                refuse_mounted(req, &path)?;
                 let file = if req.dry_run {
                     check_writable(&path)?;
                     File::open(&path).map_err(|e| Error::io("open", 0, e))?
@@ -313,12 +321,16 @@ impl Output {
                 ));
             }
             None if req.dry_run => {
+                refuse_device_folder(req, &path)?;
                 // Would the file be created? Its folder must exist and be writable.
                 let dir = parent_dir(&path);
                 rustix::fs::access(dir, rustix::fs::Access::WRITE_OK)
                     .map_err(|e| Error::io("create", 0, io::Error::from(e)))?;
             }
-            None => out.start_new(&path, None)?,
+            None => {
+                refuse_device_folder(req, &path)?;
+                out.start_new(&path, None)?;
+            }
         }
         Ok(out)
     }
@@ -876,14 +888,42 @@ pub fn follow_links(p: &Path) -> Result<PathBuf> {
     ))
 }
 
+/// A new regular file is never created in /dev (devtmpfs, or whatever is mounted there):
+/// a name there that does not exist is a disk or partition that is not there (unplugged,
+/// not yet scanned, misspelled), and the image would go to a file in memory that vanishes
+/// at the next boot, the run reporting success.
+fn refuse_device_folder(req: &Request<'_>, path: &Path) -> Result<()> {
+    let Ok(dir) = std::fs::metadata(parent_dir(path)) else {
+        return Ok(());
+    };
+    let Some(m) = crate::mount::mounted_by_dev(dir.dev()) else {
+        return Ok(());
+    };
+    if m.fstype != "devtmpfs" && m.mount_point != "/dev" {
+        return Ok(());
+    }
+    Err(Error::InvalidInput(format!(
+        "{} {} does not exist, and {} holds device nodes, not images: no such disk or partition (not attached, or misspelled?); refusing to create a file there, nothing written",
+        req.role,
+        req.path.display(),
+        m.mount_point
+    )))
+}
+
+/// Refuse an OUTPUT (stat'ed as `meta`, or new) that shares bytes with what the run reads,
+/// or that is a file (existing or new) on a mounted filesystem the run reads (`home`: the
+/// `st_dev` of the filesystem the file is on): writing it would change the filesystem
+/// under the capture, and could fill it.
 fn refuse_overlap(
     req: &Request<'_>,
     path: &Path,
-    meta: &Metadata,
+    meta: Option<&Metadata>,
+    home: Option<u64>,
     reads: &[(&str, &Path)],
     source_range: Option<std::ops::Range<u64>>,
 ) -> Result<()> {
-    let out = Footprint::of(path, meta);
+    let out = meta.map(|m| Footprint::of(path, m)).unwrap_or_default();
+    let home_fp = home.and_then(|d| Footprint::of_device(d).map(|fp| (d, fp)));
     for (i, (role, given)) in reads.iter().enumerate() {
         // Stdin redirected from a file (`< OUTPUT`) is that file.
         let (r, name) = if *given == Path::new("-") {
@@ -918,6 +958,18 @@ fn refuse_overlap(
         if let Some(why) = out.overlap(&inp) {
             return Err(Error::InvalidInput(format!(
                 "{} {} is {role} {name}{why}; refusing to write over what is being read, nothing written",
+                req.role,
+                out_name(),
+            )));
+        }
+        if let Some((dev, fp)) = &home_fp
+            && let Some(why) = fp.overlap(&inp)
+        {
+            let on = crate::mount::mounted_by_dev(*dev).map_or_else(String::new, |m| {
+                format!(" mounted on {} from {}", m.mount_point, m.device)
+            });
+            return Err(Error::InvalidInput(format!(
+                "{} {} is on the filesystem being read: {role} {name} holds the filesystem{on}{why}; writing there would change it while it is read, and could fill it; write to another filesystem, nothing written",
                 req.role,
                 out_name(),
             )));
