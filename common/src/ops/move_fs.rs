@@ -859,11 +859,35 @@ fn refuse_other_unfinished(
     notes: &mut dyn FnMut(MoveNote),
     progress: &mut dyn Progress,
 ) -> Result<()> {
+    // The files under a loop device SOURCE: a move recorded for one of them (through its
+    // own name, or another loop device) is checked through that file, not through SOURCE,
+    // whose bytes are shifted when the loop has an offset (`losetup -o`): a fresh move
+    // through it would otherwise rearrange the half-moved file and lose its filesystem.
+    let under: Vec<(ObjectId, Option<PathBuf>, File)> = src
+        .file
+        .metadata()
+        .map(|m| loop_backing_files(&m))
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|f| {
+            use std::os::fd::AsRawFd;
+            let id = ObjectId::of_metadata(&f.metadata().ok()?);
+            let name = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).ok();
+            Some((id, name, f))
+        })
+        .collect();
     let mut candidates = Vec::new();
     match uuid {
         None => {
             candidates.extend(loc.default.clone());
             candidates.extend(loc.index.as_ref().and_then(|i| std::fs::read_link(i).ok()));
+            for (id, name, _) in &under {
+                if let Some(name) = name {
+                    let l = mj::locations(name, *id, loc.state.clone());
+                    candidates.extend(l.default);
+                    candidates.extend(l.index.and_then(|i| std::fs::read_link(i).ok()));
+                }
+            }
         }
         Some(_) => {
             if let Some(st) = &loc.state {
@@ -874,16 +898,46 @@ fn refuse_other_unfinished(
     let using = ObjectId::of_path(using).into_iter().collect();
     for (c, j) in mj::open_distinct(candidates, using) {
         let same_object = j.source().object == src.id.object;
+        let under_object = under.iter().position(|(id, _, _)| *id == j.source().object);
         let relevant = match uuid {
-            None => same_object,
+            None => same_object || under_object.is_some(),
             Some(u) => !same_object && j.params().uuid == u,
         };
-        if j.state() == State::Done || !relevant || j.check_size(src.id).is_some() {
+        if j.state() == State::Done || !relevant || same_object && j.check_size(src.id).is_some() {
+            continue;
+        }
+        let p = j.params();
+        // Through a file under SOURCE: the one it was recorded for, else each.
+        let unders: Vec<usize> = match under_object {
+            Some(k) => vec![k],
+            None if same_object => Vec::new(),
+            None => (0..under.len()).collect(),
+        };
+        for k in unders {
+            let (_, name, f) = &under[k];
+            let reader =
+                FileSource::from_file(f.try_clone().map_err(|e| Error::io("dup", 0, e))?, 0)?;
+            if matches!(j.verify(&reader, progress), Ok(Ok(_))) {
+                let file = name
+                    .as_ref()
+                    .map_or_else(|| "it".to_string(), |n| n.display().to_string());
+                return Err(Error::InvalidInput(format!(
+                    "SOURCE is a loop device over {file}, which holds the half-moved state of the unfinished move from byte {} to byte {} recorded in {}: finish it with --journal {} on that file (e2i-move -o {} -O {} --journal {} {file}); nothing written",
+                    p.src_offset,
+                    p.dest_offset,
+                    c.display(),
+                    c.display(),
+                    p.src_offset,
+                    p.dest_offset,
+                    c.display()
+                )));
+            }
+        }
+        if under_object.is_some() {
             continue;
         }
         match j.verify(&src.reader()?, progress)? {
             Ok(_) => {
-                let p = j.params();
                 return Err(Error::InvalidInput(format!(
                     "SOURCE holds the half-moved state of the unfinished move from byte {} to byte {} recorded in {}{}: finish it with --journal {}",
                     p.src_offset,
