@@ -170,6 +170,7 @@ impl Output {
                 stdout_pending: std::cell::Cell::new(false),
             });
         }
+        refuse_planted(req)?;
         let Resolved {
             path,
             meta,
@@ -886,6 +887,61 @@ pub fn follow_links(p: &Path) -> Result<PathBuf> {
         0,
         io::Error::from_raw_os_error(rustix::io::Errno::LOOP.raw_os_error()),
     ))
+}
+
+/// Refuse an OUTPUT that another user planted in a world-writable sticky folder (`/tmp`): a
+/// symlink on the way to it, or the file or FIFO itself, owned by neither the caller nor the
+/// folder's owner. Followed, root's image would replace (or fill) whatever the link names
+/// (`/tmp/sdb1.img -> /etc/shadow`); written, the file keeps its owner, who reads the image
+/// of a disk only root may read. The kernel refuses both (`fs.protected_symlinks`,
+/// `protected_regular`, `protected_fifos`) where enabled; links are followed here by hand,
+/// so the rule is applied here, always.
+fn refuse_planted(req: &Request<'_>) -> Result<()> {
+    let euid = rustix::process::geteuid().as_raw();
+    let mut cur = req.path.to_path_buf();
+    for _ in 0..40 {
+        let Ok(m) = std::fs::symlink_metadata(&cur) else {
+            return Ok(());
+        };
+        if m.file_type().is_dir() {
+            return Ok(());
+        }
+        if let Ok(dir) = std::fs::metadata(parent_dir(&cur)) {
+            let open_sticky = dir.mode() & 0o1002 == 0o1002;
+            if open_sticky && m.uid() != euid && m.uid() != dir.uid() {
+                let what = if m.file_type().is_symlink() {
+                    "a symbolic link"
+                } else if m.file_type().is_fifo() {
+                    "a FIFO"
+                } else {
+                    "a file"
+                };
+                let it = if cur == req.path {
+                    String::new()
+                } else {
+                    format!(": {} on the way", cur.display())
+                };
+                return Err(Error::InvalidInput(format!(
+                    "{} {}{it} is {what} of user {} in a folder anyone may write to (sticky): not written through, as the kernel's protected_symlinks and protected_regular refuse it; nothing written (remove it, or choose another name)",
+                    req.role,
+                    req.path.display(),
+                    m.uid()
+                )));
+            }
+        }
+        if !m.file_type().is_symlink() {
+            return Ok(());
+        }
+        let Ok(to) = std::fs::read_link(&cur) else {
+            return Ok(());
+        };
+        cur = if to.is_absolute() {
+            to
+        } else {
+            parent_dir(&cur).join(to)
+        };
+    }
+    Ok(())
 }
 
 /// A new regular file is never created in /dev (devtmpfs, or whatever is mounted there):

@@ -1,7 +1,7 @@
 //! Where a run's bytes land, and who may read them: a file written onto the mounted
 //! filesystem the run reads (a capture of `/` into `/root`), a second loop device over a
-//! mounted image file, a new file under /dev (a disk or partition that is not there), and
-//! the modes of the files that hold copies of a disk's
+//! mounted image file, a new file under /dev (a disk or partition that is not there), a
+//! link or file another user planted in `/tmp`, and the modes of the files that hold copies of a disk's
 //! bytes (undo files, move journals). Each test failed on the tools before the fix it guards
 //! (run with `E2I_TEST_BIN_DIR` pointing at an older build to see it).
 
@@ -259,4 +259,95 @@ fn undo_files_and_move_journals_are_private() {
         "move",
     );
     assert_eq!(mode(&journal_of(&disk)), 0o600, "move journal");
+}
+
+/// Run `cmd ARGS` as nobody.
+fn as_nobody(cmd: &str, args: &[&Path]) {
+    ok(
+        &run(Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", cmd])
+            .args(args)),
+        cmd,
+    );
+}
+
+/// Another user's symlink, file or FIFO planted in a world-writable sticky folder (`/tmp`)
+/// where root will write its image: the link was followed by hand (so the kernel's
+/// `protected_symlinks` never saw it) and root's image replaced what it named
+/// (`/tmp/sdb1.img -> /etc/shadow`); a planted file kept its owner, who then read the image
+/// of a disk only root may read; a planted FIFO was read by its owner. Refused, nothing
+/// written; root's own files there, and a user's own links, are written as before.
+#[test]
+fn outputs_planted_by_another_user_in_a_sticky_folder_are_refused() {
+    let d = tempdir();
+    let img = mkfs(d.path(), "fs.img", "4M", &[]);
+    let q = d.path().join("fs.qcow2");
+    ok(
+        &run(Command::new(tool("e2i-capture"))
+            .arg("-Q")
+            .arg(&img)
+            .arg(&q)),
+        "capture -Q",
+    );
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let sticky = d.path().join("sticky");
+    fs::create_dir(&sticky).unwrap();
+    fs::set_permissions(&sticky, fs::Permissions::from_mode(0o1777)).unwrap();
+    let victim = d.path().join("victim");
+    fs::write(&victim, b"precious").unwrap();
+    let link = sticky.join("link.img");
+    as_nobody("ln", &[Path::new("-s"), &victim, &link]);
+    let theirs = sticky.join("theirs.img");
+    as_nobody("touch", &[&theirs]);
+    as_nobody("chmod", &[Path::new("666"), &theirs]);
+    let fifo = sticky.join("fifo");
+    as_nobody("mkfifo", &[&fifo]);
+    for (t, args) in [
+        ("e2i-capture", vec![img.as_path(), &link]),
+        ("e2i-capture", vec![Path::new("-r"), &img, &theirs]),
+        ("e2i-capture", vec![img.as_path(), &fifo]),
+        (
+            "e2i-to-raw",
+            vec![Path::new("-O"), Path::new("0"), &q, &theirs],
+        ),
+        ("qcow2-to-raw", vec![q.as_path(), &link]),
+        ("e2i-move", vec![img.as_path(), &link]),
+    ] {
+        let o = run(Command::new(tool(t)).args(&args));
+        let err = failed(&o, &format!("{t} {args:?}"));
+        assert!(
+            err.contains("in a folder anyone may write to") && err.contains("nothing written"),
+            "{t} {args:?}: {err}"
+        );
+        assert_eq!(read(&victim), b"precious", "{t} {args:?}");
+        assert_eq!(fs::metadata(&theirs).unwrap().len(), 0, "{t} {args:?}");
+    }
+    // Root's own file there is replaced as before.
+    let mine = sticky.join("mine.img");
+    fs::write(&mine, b"old").unwrap();
+    ok(
+        &run(Command::new(tool("e2i-capture")).arg(&img).arg(&mine)),
+        "capture over root's own file in the sticky folder",
+    );
+    assert!(fs::metadata(&mine).unwrap().len() > 3);
+    // A user writing through their own link there is not refused.
+    let own_target = d.path().join("nobodys");
+    fs::create_dir(&own_target).unwrap();
+    std::os::unix::fs::chown(&own_target, Some(65534), Some(65534)).unwrap();
+    let own_link = sticky.join("own-link.img");
+    as_nobody(
+        "ln",
+        &[Path::new("-s"), &own_target.join("out.raw"), &own_link],
+    );
+    fs::set_permissions(&img, fs::Permissions::from_mode(0o644)).unwrap();
+    ok(
+        &run(Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(tool("e2i-capture"))
+            .arg("-r")
+            .arg(&img)
+            .arg(&own_link)),
+        "nobody through their own link",
+    );
+    assert!(own_target.join("out.raw").exists());
 }
