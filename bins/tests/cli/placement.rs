@@ -1,7 +1,7 @@
 //! Where a run's bytes land, and who may read them: a file written onto the mounted
 //! filesystem the run reads (a capture of `/` into `/root`), a second loop device over a
 //! mounted image file, a new file under /dev (a disk or partition that is not there), a
-//! link or file another user planted in `/tmp`, and the modes of the files that hold copies of a disk's
+//! link or file another user planted in `/tmp`, a move journal in memory, and the modes of the files that hold copies of a disk's
 //! bytes (undo files, move journals). Each test failed on the tools before the fix it guards
 //! (run with `E2I_TEST_BIN_DIR` pointing at an older build to see it).
 
@@ -350,4 +350,54 @@ fn outputs_planted_by_another_user_in_a_sticky_folder_are_refused() {
         "nobody through their own link",
     );
     assert!(own_target.join("out.raw").exists());
+}
+
+/// An in-place move's journal in memory (`--journal /tmp/…` where /tmp is a tmpfs, as on
+/// many distributions) survives a killed move, but not the crash or power loss the journal
+/// is there for: the half-moved filesystem could then never be finished. Said on stderr
+/// (not with -q); a journal on the same memory filesystem as SOURCE is not worth a word
+/// (both go together).
+#[test]
+fn a_journal_in_memory_is_warned_about() {
+    let d = tempdir();
+    let img = mkfs(d.path(), "fs.img", "4M", &[]);
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes.extend(read(&img));
+    bytes.resize(bytes.len() + (2 << 20), 0);
+    let disk = d.path().join("disk.img");
+    let mem = d.path().join("mem");
+    fs::create_dir(&mem).unwrap();
+    ok(
+        &run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=32m", "tmpfs"])
+            .arg(&mem)),
+        "mount tmpfs",
+    );
+    let _m = Mount(mem.clone());
+    let mv = |src: &Path, journal: &Path, quiet: bool| {
+        let mut c = Command::new(tool("e2i-move"));
+        if quiet {
+            c.arg("-q");
+        }
+        run(c
+            .args(["-o", "1M", "-O", "1028K", "--journal"])
+            .arg(journal)
+            .arg(src)
+            .env("XDG_STATE_HOME", d.path().join("state"))
+            .env("E2I_MOVE_PIECE_KIB", "64"))
+    };
+    let warned = |o: &std::process::Output| text(&o.stderr).contains("is on tmpfs, in memory");
+    for quiet in [false, true] {
+        fs::write(&disk, &bytes).unwrap();
+        let j = mem.join(format!("j{quiet}"));
+        let o = mv(&disk, &j, quiet);
+        ok(&o, "move with its journal on tmpfs");
+        assert_eq!(warned(&o), !quiet, "quiet {quiet}: {}", text(&o.stderr));
+    }
+    // SOURCE on the same tmpfs: no warning.
+    let inmem = mem.join("disk.img");
+    fs::write(&inmem, &bytes).unwrap();
+    let o = mv(&inmem, &mem.join("j-same"), false);
+    ok(&o, "move on tmpfs");
+    assert!(!warned(&o), "{}", text(&o.stderr));
 }

@@ -151,6 +151,9 @@ pub enum MoveNote {
     /// The move failed after its journal was begun (a full disk, a read error): it is
     /// unfinished, and the same command finishes it once the cause is fixed.
     Unfinished { journal: PathBuf },
+    /// The journal lives in memory (`fstype`: tmpfs, ramfs) while SOURCE does not: a
+    /// crash or power loss of the system loses it, and with it the way to finish the move.
+    Volatile { journal: PathBuf, fstype: String },
 }
 
 fn overflow(what: &str) -> Error {
@@ -554,6 +557,27 @@ fn choose_journal(
         })?;
     }
     Ok(chosen)
+}
+
+/// The memory filesystem (tmpfs, ramfs, devtmpfs) the journal at `journal` would live on,
+/// when SOURCE does not live there too (then both go together, and nothing is lost that
+/// the journal could save).
+fn volatile_journal(journal: &Path, src: &MoveSource) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = journal
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dev = std::fs::metadata(dir).ok()?.dev();
+    let m = crate::mount::mounted_by_dev(dev)?;
+    if !matches!(m.fstype.as_str(), "tmpfs" | "ramfs" | "devtmpfs") {
+        return None;
+    }
+    let meta = src.file.metadata().ok()?;
+    if meta.is_file() && meta.dev() == dev {
+        return None;
+    }
+    Some(m.fstype)
 }
 
 /// `--journal` as a path to write: symlinks followed (the link stays, its target is the
@@ -1080,6 +1104,14 @@ pub fn move_in_place(
     }
     let src = MoveSource::open(source, opts.dry_run)?;
     let chosen = choose_journal(source, &src, jopts, opts.dry_run)?;
+    if !opts.dry_run
+        && let Some(fstype) = volatile_journal(&chosen.path, &src)
+    {
+        notes(MoveNote::Volatile {
+            journal: chosen.path.clone(),
+            fstype,
+        });
+    }
     let (mut j, saved) = match read_journal(&chosen, &src, opts, notes, progress)? {
         Start::Done(rep) => return Ok(rep),
         Start::Resume(j, saved) => (j, saved),
