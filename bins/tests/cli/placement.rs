@@ -223,7 +223,7 @@ fn undo_files_and_move_journals_are_private() {
     let sh = |cmd: &str, args: &[&Path]| {
         run(Command::new("sh")
             .arg("-c")
-            .arg(format!("umask 000; exec \"$@\""))
+            .arg("umask 000; exec \"$@\"")
             .arg("sh")
             .arg(tool(cmd))
             .args(args)
@@ -399,5 +399,47 @@ fn a_journal_in_memory_is_warned_about() {
     fs::write(&inmem, &bytes).unwrap();
     let o = mv(&inmem, &mem.join("j-same"), false);
     ok(&o, "move on tmpfs");
+    assert!(!warned(&o), "{}", text(&o.stderr));
+}
+
+/// An undo file is for later — after a reboot as often as not: one written to a memory
+/// filesystem is warned about (not with -q); one on a disk is not.
+#[test]
+fn an_undo_file_in_memory_is_warned_about() {
+    let d = tempdir();
+    let img = mkfs(d.path(), "fs.img", "4M", &[]);
+    let image = d.path().join("fs.e2i");
+    ok(
+        &run(Command::new(tool("e2i-capture")).arg(&img).arg(&image)),
+        "capture",
+    );
+    let mem = d.path().join("mem");
+    fs::create_dir(&mem).unwrap();
+    ok(
+        &run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+            .arg(&mem)),
+        "mount tmpfs",
+    );
+    let _m = Mount(mem.clone());
+    let orig = read(&img);
+    let install = |undo: &Path, quiet: bool| {
+        // Each onto the filesystem as it was (an install leaves it newer than the image).
+        fs::write(&img, &orig).unwrap();
+        let mut c = Command::new(tool("e2i-install"));
+        if quiet {
+            c.arg("-q");
+        }
+        run(c.arg("-z").arg(undo).arg(&img).arg(&image))
+    };
+    let warned = |o: &std::process::Output| text(&o.stderr).contains("is on tmpfs, in memory");
+    let o = install(&mem.join("a.undo"), false);
+    ok(&o, "install -z onto tmpfs");
+    assert!(warned(&o), "{}", text(&o.stderr));
+    let o = install(&mem.join("b.undo"), true);
+    ok(&o, "install -q -z onto tmpfs");
+    assert!(!warned(&o), "{}", text(&o.stderr));
+    let o = install(&d.path().join("c.undo"), false);
+    ok(&o, "install -z onto a disk");
     assert!(!warned(&o), "{}", text(&o.stderr));
 }
