@@ -90,17 +90,18 @@ make_fs2t() {
 
 ROWS=()
 # TIMER OUTFILE CMD...: run CMD under GNU time (a small process: a child forked from python
-# would inherit python's RSS high-water mark across exec), write "wall-seconds peak-RSS-KiB"
-# to OUTFILE (wall time measured here, to the millisecond), exit with CMD's status.
+# would inherit python's RSS high-water mark across exec), write "wall-seconds peak-RSS-KiB
+# blocks-read" to OUTFILE (wall time measured here, to the millisecond; blocks read from
+# storage in 512-byte units, children included), exit with CMD's status.
 TIMER='
 import subprocess, sys, time
 out = sys.argv[1]
 t = time.perf_counter()
-rc = subprocess.call(["/usr/bin/time", "-f", "%M", "-o", out + ".rss"] + sys.argv[2:])
+rc = subprocess.call(["/usr/bin/time", "-f", "%M %I", "-o", out + ".rss"] + sys.argv[2:])
 wall = time.perf_counter() - t
-rss = open(out + ".rss").read().split()[-1]
+rss, inblocks = open(out + ".rss").read().splitlines()[-1].split()
 with open(out, "w") as f:
-    f.write("%.3f %s\n" % (wall, rss))
+    f.write("%.3f %s %s\n" % (wall, rss, inblocks))
 sys.exit(rc)
 '
 # bench CASE/TOOL -- CMD...: run CMD $RUNS times (each after rm -rf $WORK/* and sync), record
@@ -118,7 +119,7 @@ bench() {
       ROWS+=("$name|FAIL|0")
       return 0
     fi
-    read -r w m <"$BENCH_DIR/time.out"
+    read -r w m _ <"$BENCH_DIR/time.out"
     if [ -z "$best" ] || awk -v a="$w" -v b="$best" 'BEGIN{exit !(a<b)}'; then best=$w; fi
     [ "$m" -gt "$rss" ] && rss=$m
   done

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the tests need when it is missing: e2fsprogs (e2image, mkfs, dumpe2fs,
 # debugfs, e2fsck, e2undo), qemu-img, compressors, man/groff, script (pty), zsh and fish
-# (completion tests), GNU time (benchmarks), and the Rust components for fmt and clippy.
+# (completion tests), GNU time (benchmarks), a C++ compiler (libFuzzer, built when the fuzz
+# targets are checked), and the Rust components for fmt and clippy.
 set -euo pipefail
 need=()
 command -v man >/dev/null || need+=(man-db) # tests render docs/man pages
@@ -14,6 +15,7 @@ command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v bzip2 >/dev/null || need+=(bzip2)
 command -v xz >/dev/null || need+=(xz-utils)
 [ -x /usr/bin/time ] || need+=(time) # ci/bench.sh: peak RSS
+command -v c++ >/dev/null || need+=(g++) # the fuzz crate's libFuzzer, checked by ci/test.sh
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

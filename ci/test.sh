@@ -16,6 +16,9 @@ cargo test --release
 # The library's unit tests again in a debug build: debug assertions on as well (the release
 # profile has overflow checks too, see Cargo.toml).
 cargo test -p e2i --lib
+# The fuzz targets (their own workspace: running them needs nightly, compiling them does not)
+# must keep up with the library's API.
+cargo check --manifest-path fuzz/Cargo.toml
 conf=../shared/conformance/run.sh
 if [ -x "$conf" ] || [ -f "$conf" ]; then
   bash "$conf" target/release "${E2I_CONFORMANCE_TAGS:-raw,normal,qcow2,pipeline,damaged}"

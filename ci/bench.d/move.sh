@@ -44,7 +44,7 @@ move_bench_before_after() {
       cp --sparse=always "$img" "$WORK/m.raw" && sync
       python3 -c "$TIMER" "$BENCH_DIR/time.out" "$bin/e2i-move" -O 1048576 "$WORK/m.raw" \
         >/dev/null 2>"$BENCH_DIR/stderr.out" || { log "before/after: $bin failed: $(tail -3 "$BENCH_DIR/stderr.out")"; return 0; }
-      read -r w m <"$BENCH_DIR/time.out"
+      read -r w m _ <"$BENCH_DIR/time.out"
       if [ "$bin" = "$base" ]; then
         if [ -z "$best_before" ] || awk -v a="$w" -v b="$best_before" 'BEGIN{exit !(a<b)}'; then best_before=$w; fi
         [ "$m" -gt "$rss_before" ] && rss_before=$m

@@ -67,7 +67,7 @@ median() { sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 # cold_case CASE LIMIT-SECONDS NAME-A CMD-A NAME-B CMD-B: alternate A and B, COLD_RUNS each
 # (commands are sh -c strings with $1 = $E2I, $2 = SOURCE, $3 = $WORK).
 cold_case() {
-  local name=$1 limit=$2 na=$3 ca=$4 nb=$5 cb=$6 src=$7 i wa=() wb=() ra=0 rb=0 w m
+  local name=$1 limit=$2 na=$3 ca=$4 nb=$5 cb=$6 src=$7 i wa=() wb=() ra=0 rb=0 w m k ka=() kb=()
   if [ -n "$SLOW" ]; then
     cold_time "$BENCH_DIR/time.out" sh -c "$ca" _ "$E2I" "$src" "$WORK" || true
     cold_time "$BENCH_DIR/time.out" sh -c "$cb" _ "$E2I" "$src" "$WORK" || true
@@ -75,26 +75,30 @@ cold_case() {
   for ((i = 0; i < COLD_RUNS; i++)); do
     if ! cold_time "$BENCH_DIR/time.out" sh -c "$ca" _ "$E2I" "$src" "$WORK"; then
       log "$name/$na: failed: $(tail -3 "$BENCH_DIR/stderr.out")"
-      COLD_ROWS+=("$name${T}$na${T}FAIL${T}0${T}$nb${T}FAIL${T}0${T}$limit")
+      COLD_ROWS+=("$name${T}$na${T}FAIL${T}0${T}$nb${T}FAIL${T}0${T}$limit${T}0${T}0")
       return 0
     fi
-    read -r w m <"$BENCH_DIR/time.out"
+    read -r w m k <"$BENCH_DIR/time.out"
     wa+=("$w")
+    ka+=("$k")
     [ "$m" -gt "$ra" ] && ra=$m
     if ! cold_time "$BENCH_DIR/time.out" sh -c "$cb" _ "$E2I" "$src" "$WORK"; then
       log "$name/$nb: failed: $(tail -3 "$BENCH_DIR/stderr.out")"
-      COLD_ROWS+=("$name${T}$na${T}FAIL${T}0${T}$nb${T}FAIL${T}0${T}$limit")
+      COLD_ROWS+=("$name${T}$na${T}FAIL${T}0${T}$nb${T}FAIL${T}0${T}$limit${T}0${T}0")
       return 0
     fi
-    read -r w m <"$BENCH_DIR/time.out"
+    read -r w m k <"$BENCH_DIR/time.out"
     wb+=("$w")
+    kb+=("$k")
     [ "$m" -gt "$rb" ] && rb=$m
   done
-  local ma mb
+  local ma mb fewest
   ma=$(printf '%s\n' "${wa[@]}" | median)
   mb=$(printf '%s\n' "${wb[@]}" | median)
-  log "$name: $na ${wa[*]} (median $ma s); $nb ${wb[*]} (median $mb s); limit $limit s"
-  COLD_ROWS+=("$name${T}$na${T}$ma${T}$ra${T}$nb${T}$mb${T}$rb${T}$limit")
+  # The fewest bytes either tool had to read from storage (holes of an image cost none).
+  fewest=$(printf '%s\n' "${ka[@]}" "${kb[@]}" | sort -n | head -1)
+  log "$name: $na ${wa[*]} (median $ma s); $nb ${wb[*]} (median $mb s); limit $limit s; read ${ka[*]} / ${kb[*]} sectors"
+  COLD_ROWS+=("$name${T}$na${T}$ma${T}$ra${T}$nb${T}$mb${T}$rb${T}$limit${T}$((fewest * 512))${T}$bytes")
 }
 
 # cold_limit BYTES: median seconds of reading BYTES sequentially with 4 MiB direct reads.
@@ -137,18 +141,23 @@ selection_limit() {
   limit=$(cold_limit "$bytes")
 }
 
+# The table. "floor": the time to read, at the limit's rate, the fewest bytes either tool
+# read from storage; "floor/base": the smallest ratio any tool could reach on this disk
+# (none can read what it needs faster than the disk streams it).
 cold_report() {
-  printf '\n%-24s %-22s %8s %-26s %8s %6s %8s %8s %9s\n' "cold case" baseline "wall (s)" e2i "wall (s)" ratio "limit" "e2i/lim" "e2i RSS"
-  local row name na ma ra nb mb rb limit
+  printf '\n%-24s %-22s %8s %-26s %8s %6s %8s %8s %7s %10s %9s\n' "cold case" baseline "wall (s)" e2i "wall (s)" ratio "limit" "e2i/lim" floor floor/base "e2i RSS"
+  local row name na ma ra nb mb rb limit inbytes bytes
   for row in "${COLD_ROWS[@]}"; do
-    IFS=$T read -r name na ma ra nb mb rb limit <<<"$row"
-    local ratio=- dist=-
+    IFS=$T read -r name na ma ra nb mb rb limit inbytes bytes <<<"$row"
+    local ratio=- dist=- floor=- best=-
     if [ "$ma" != FAIL ] && [ "$mb" != FAIL ]; then
       ratio=$(awk -v a="$mb" -v b="$ma" 'BEGIN{ if (b > 0) printf "%.3f", a / b; else print "-" }')
       dist=$(awk -v a="$mb" -v b="$limit" 'BEGIN{ if (b > 0) printf "%.2fx", a / b; else print "-" }')
+      floor=$(awk -v i="$inbytes" -v l="$limit" -v b="$bytes" 'BEGIN{ if (b > 0) printf "%.3f", i * l / b; else print "-" }')
+      best=$(awk -v f="$floor" -v a="$ma" 'BEGIN{ if (a > 0 && f != "-") printf "%.2f", f / a; else print "-" }')
     fi
-    printf '%-24s %-22s %8s %-26s %8s %6s %8s %8s %6.1f MB\n' "$name" "$na" "$ma" "$nb" "$mb" "$ratio" "$limit" "$dist" \
-      "$(awk -v k="$rb" 'BEGIN{print k/1024}')"
+    printf '%-24s %-22s %8s %-26s %8s %6s %8s %8s %7s %10s %6.1f MB\n' "$name" "$na" "$ma" "$nb" "$mb" "$ratio" "$limit" "$dist" \
+      "$floor" "$best" "$(awk -v k="$rb" 'BEGIN{print k/1024}')"
   done
 }
 
