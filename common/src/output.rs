@@ -106,7 +106,13 @@ pub struct Output {
 #[derive(Debug)]
 struct Pending {
     tmp: PathBuf,
-    dest: PathBuf,
+    /// The folder, held open: the temporary file is renamed (or removed) in it even when it
+    /// was renamed or moved during the run (else the rename failed and the temporary file,
+    /// gigabytes perhaps, stayed behind where its path no longer led).
+    dir: std::os::fd::OwnedFd,
+    /// The temporary file's and OUTPUT's names in `dir`.
+    tmp_name: std::ffi::OsString,
+    dest_name: std::ffi::OsString,
     /// The replaced file's mode and owner, applied to the temporary file before the rename.
     keep: Option<(u32, u32, u32)>,
     committed: bool,
@@ -343,18 +349,29 @@ impl Output {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         remove_stale_partials(dir, &name);
+        use rustix::fs::{Mode, OFlags};
+        let dirfd = rustix::fs::open(
+            dir,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io("create", 0, e.into()))?;
+        let dest_name = dest.file_name().unwrap_or_default().to_os_string();
         let mut last = None;
         for i in 0..100u32 {
-            let tmp = dir.join(format!(".{name}.e2i-partial-{}-{i}", std::process::id()));
+            let tmp_name = format!(".{name}.e2i-partial-{}-{i}", std::process::id());
+            let tmp = dir.join(&tmp_name);
             // Registered before it exists: a signal between the two removes nothing wrongly.
             pending::add(&tmp);
             // 0600 like e2image: images hold private metadata (names, layout).
-            match OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
+            match rustix::fs::openat(
+                &dirfd,
+                tmp_name.as_str(),
+                OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+            .map(File::from)
+            .map_err(io::Error::from)
             {
                 Ok(f) => {
                     // Held while the file lives: a later run knows a partial file nobody
@@ -364,7 +381,9 @@ impl Output {
                     self.file = Some(f);
                     self.pending = Some(Pending {
                         tmp,
-                        dest: dest.to_path_buf(),
+                        dir: dirfd,
+                        tmp_name: tmp_name.into(),
+                        dest_name,
                         keep,
                         committed: false,
                     });
@@ -500,7 +519,8 @@ impl Output {
             }
             // No fsync: like e2image, an image is left to the page cache; the temporary
             // name guards against failures of this run, not against power loss.
-            std::fs::rename(&p.tmp, &p.dest).map_err(|e| Error::io("rename", 0, e))?;
+            rustix::fs::renameat(&p.dir, &p.tmp_name, &p.dir, &p.dest_name)
+                .map_err(|e| Error::io("rename", 0, e.into()))?;
             p.committed = true;
             pending::remove(&p.tmp);
         }
@@ -519,7 +539,7 @@ impl Drop for Output {
         if let Some(p) = &self.pending
             && !p.committed
         {
-            let _ = std::fs::remove_file(&p.tmp);
+            let _ = rustix::fs::unlinkat(&p.dir, &p.tmp_name, rustix::fs::AtFlags::empty());
             pending::remove(&p.tmp);
         }
     }
