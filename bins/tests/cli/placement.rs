@@ -446,15 +446,17 @@ fn an_undo_file_in_memory_is_warned_about() {
 
 /// Start a capture into `out` held after its OUTPUT is open (its temporary file made), and
 /// return it once that file is there.
-fn held_capture(img: &Path, out: &Path) -> std::process::Child {
-    let child = Command::new(tool("e2i-capture"))
-        .arg("-r")
-        .arg(img)
-        .arg(out)
-        .env("E2I_TEST_PAUSE_AFTER_OPEN_MS", "1500")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+fn held_capture(img: &Path, out: &Path) -> Reaper {
+    let child = Reaper::new(
+        Command::new(tool("e2i-capture"))
+            .arg("-r")
+            .arg(img)
+            .arg(out)
+            .env("E2I_TEST_PAUSE_AFTER_OPEN_MS", "1500")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let dir = out.parent().unwrap();
     for _ in 0..600 {
         if names(dir).iter().any(|n| n.contains(".e2i-partial-")) {
@@ -477,7 +479,7 @@ fn a_new_outputs_folder_moved_during_the_run_gets_the_image() {
     fs::create_dir(&a).unwrap();
     let child = held_capture(&img, &a.join("out.raw"));
     fs::rename(&a, &b).unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = child.take().wait_with_output().unwrap();
     ok(&o, "capture into a folder renamed during the run");
     assert_eq!(names(&b), ["out.raw"]);
     let want = d.path().join("want.raw");
@@ -485,7 +487,7 @@ fn a_new_outputs_folder_moved_during_the_run_gets_the_image() {
     assert!(read(&b.join("out.raw")) == read(&want));
     let child = held_capture(&img, &b.join("again.raw"));
     fs::remove_dir_all(&b).unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = child.take().wait_with_output().unwrap();
     let err = failed(&o, "capture into a folder deleted during the run");
     assert!(err.contains("again.raw") && err.contains("rename"), "{err}");
 }
