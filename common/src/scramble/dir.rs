@@ -339,6 +339,7 @@ impl DirNames {
     }
 
     /// The entries of an htree leaf that will need new names (`range`: the leaf's).
+    /// False when the leaf holds a name that is kept (its hash stays where it is).
     pub fn collect_needs(
         &mut self,
         region: &[u8],
@@ -346,11 +347,16 @@ impl DirNames {
         lblk: u64,
         range: (u64, u64),
         out: &mut Vec<Need>,
-    ) {
+    ) -> bool {
         let (entries, _) = parse_entries(region, block_size, self.filetype);
+        let mut movable = true;
         for e in entries {
             let name = &region[e.name.clone()];
-            if e.inode == 0 || name.is_empty() || self.keeps(name) {
+            if e.inode == 0 || name.is_empty() {
+                continue;
+            }
+            if self.keeps(name) {
+                movable = false;
                 continue;
             }
             if !self.collected.insert(name.to_vec()) {
@@ -369,6 +375,7 @@ impl DirNames {
                 orig: name.to_vec(),
             });
         }
+        movable
     }
 
     /// Choose names for a whole htree directory at once, by construction: names of one
@@ -377,9 +384,9 @@ impl DirNames {
     /// [`NAME_CHARS`]; a new prefix when they run out). Each candidate costs one transform
     /// and goes to whichever leaf its hash falls in, so the work follows the number of
     /// entries and the narrowest leaf, never entries × leaves. Leaves whose range is a
-    /// single hash value (collisions) cannot be hit by construction; their entries, and any
-    /// left when the work bound is reached, keep their length and uniqueness but not the
-    /// range (reported).
+    /// single hash value (collisions, where [`Htree::widen`] could not widen them) cannot be
+    /// hit by construction; their entries, and any left when the work bound is reached,
+    /// keep their length and uniqueness but not the range (reported).
     pub fn preassign(&mut self, needs: Vec<Need>, leaves: &HashMap<u64, (u64, u64)>) {
         let Some(spec) = self.hash else { return };
         self.preassigned_all = true;
@@ -756,9 +763,18 @@ pub struct Htree {
     pub leaves: HashMap<u64, (u64, u64)>,
     /// Index blocks below the root.
     pub nodes: HashSet<u64>,
-    /// The index blocks whose entries point at leaves: (logical block, offset of their
-    /// count/limit header, the leaves of entries 0..count in order).
-    pub bottom: Vec<(u64, usize, Vec<u64>)>,
+    /// Every leaf in hash order, with the index entry that holds its lower bound.
+    pub order: Vec<Leaf>,
+}
+
+/// A leaf in [`Htree::order`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leaf {
+    pub lblk: u64,
+    /// The index entry whose hash is this leaf's lower bound: (index block, offset of its
+    /// count/limit header, entry number). Only the first leaf of the whole tree has none:
+    /// a leaf that is entry 0 of its index block takes its bound from the entry above.
+    pub bound: Option<(u64, usize, usize)>,
 }
 
 /// A hash boundary of an index block to rewrite: entry `entry` of the block at `lblk`
@@ -771,58 +787,139 @@ pub struct Boundary {
     pub hash: u32,
 }
 
-/// Narrowest leaf range (in hash values) that construction fills within its work bound;
-/// narrower leaves are widened by moving a boundary into a wide neighbour.
+/// Narrowest leaf range (in hash values) per name (plus one) that construction fills within
+/// its work bound; narrower leaves are widened by moving boundaries into wide neighbours.
 const NARROW: u64 = 1 << 14;
 
 impl Htree {
-    /// Widen leaves too narrow to be hit by construction: the boundary a narrow leaf
-    /// shares with a neighbour under the same index block (at least twice as wide)
-    /// moves to the middle of the neighbour's range. The ranges in [`Self::leaves`]
-    /// change accordingly; the index entries to rewrite are returned. Entries stay
-    /// sorted and inside their index block's range, so the index stays valid.
-    pub fn widen(&mut self) -> Vec<Boundary> {
+    /// Widen leaves too narrow to be hit by construction (kernel splits leave leaves a few
+    /// hash values wide, or one value wide where names collide across a split).
+    ///
+    /// Seen in hash order, the leaves' lower bounds are one sorted sequence, and each bound
+    /// is the hash of exactly one index entry (the entry-0 leaf of an index block takes its
+    /// bound from the entry above, at any depth). e2fsck wants every index block's entries
+    /// sorted and each leaf's names within its entry's hash and the next one (for the last
+    /// leaf under a node: the first names of the next node, which are at least that node's
+    /// hash). So any sorted, even (no continuation bit: the new names do not collide) choice of
+    /// bounds keeps the index valid, across index blocks and levels alike.
+    ///
+    /// `free` gives, for each leaf all of whose names get new names, how many need one; the
+    /// bounds of other leaves stay, and so do bounds held by index blocks in `locked` (blocks
+    /// the image cannot have rewritten). A narrow leaf that needs names grows a window over its
+    /// free neighbours (the wider side first) until the window holds [`NARROW`] per name
+    /// plus one per leaf, and the bounds inside it are spread by those weights. The
+    /// ranges in [`Self::leaves`] change accordingly; the index entries to rewrite are
+    /// returned. A tree whose leaves do not tile the hash space (damaged) is left alone.
+    pub fn widen(&mut self, free: &HashMap<u64, u64>, locked: &HashSet<u64>) -> Vec<Boundary> {
+        let n = self.order.len();
+        let mut bounds = Vec::with_capacity(n.saturating_add(1));
+        let mut seen = HashSet::new();
+        let mut prev_hi = 0;
+        for (i, leaf) in self.order.iter().enumerate() {
+            let Some(&(lo, hi)) = self.leaves.get(&leaf.lblk) else {
+                return Vec::new();
+            };
+            let tiles = seen.insert(leaf.lblk)
+                && lo == prev_hi
+                && (i == 0) == leaf.bound.is_none()
+                && lo <= hi;
+            if !tiles {
+                return Vec::new();
+            }
+            bounds.push(lo);
+            prev_hi = hi;
+        }
+        if prev_hi != 1 << 32 {
+            return Vec::new();
+        }
+        bounds.push(prev_hi);
+        let orig = bounds.clone();
+        let weight = |l: &Leaf| free.get(&l.lblk).map(|&k| k.saturating_add(1));
+        // Whether leaf `k`'s lower bound may move.
+        let movable = |k: usize| {
+            self.order
+                .get(k)
+                .and_then(|l| l.bound)
+                .is_some_and(|(b, _, _)| !locked.contains(&b))
+        };
+        // Windows grow by at most this many leaves in all, so that a damaged directory of
+        // many narrow leaves cannot take quadratic time.
+        let mut growth = (n as u64).saturating_mul(16).saturating_add(4096);
+        let width = |b: &[u64], i: usize| b[i.saturating_add(1)].saturating_sub(b[i]);
+        let mut i = 0;
+        while i < n {
+            let needs = free.get(&self.order[i].lblk).copied().unwrap_or(0);
+            if needs == 0 || width(&bounds, i) >= NARROW.saturating_mul(needs.saturating_add(1)) {
+                i = i.saturating_add(1);
+                continue;
+            }
+            // The window is leaves a..e; its outer bounds stay.
+            let (mut a, mut e) = (i, i.saturating_add(1));
+            let mut total = weight(&self.order[i]).unwrap_or(1);
+            loop {
+                let span = bounds[e].saturating_sub(bounds[a]);
+                if span >= NARROW.saturating_mul(total) {
+                    break;
+                }
+                if growth == 0 {
+                    break;
+                }
+                growth = growth.saturating_sub(1);
+                // Growing over a neighbour makes the bound between them an inner one.
+                let left = a
+                    .checked_sub(1)
+                    .filter(|_| movable(a))
+                    .and_then(|l| Some((l, weight(&self.order[l])?)));
+                let right = (e < n && movable(e))
+                    .then(|| Some((e, weight(&self.order[e])?)))
+                    .flatten();
+                let grow = match (left, right) {
+                    (Some(l), Some(r)) => {
+                        if width(&bounds, l.0) >= width(&bounds, r.0) {
+                            l
+                        } else {
+                            r
+                        }
+                    }
+                    (Some(l), None) => l,
+                    (None, Some(r)) => r,
+                    (None, None) => break,
+                };
+                if grow.0 < a {
+                    a = grow.0;
+                } else {
+                    e = e.saturating_add(1);
+                }
+                total = total.saturating_add(grow.1);
+            }
+            // Spread the inner bounds by weight (each stays even and sorted).
+            let span = bounds[e].saturating_sub(bounds[a]);
+            let mut acc = 0u64;
+            for k in a.saturating_add(1)..e {
+                acc = acc.saturating_add(weight(&self.order[k.saturating_sub(1)]).unwrap_or(1));
+                let share = u128::from(span)
+                    .saturating_mul(u128::from(acc))
+                    .checked_div(u128::from(total))
+                    .and_then(|s| u64::try_from(s).ok())
+                    .unwrap_or(0);
+                bounds[k] = bounds[a].saturating_add(share) & !1;
+            }
+            i = e;
+        }
         let mut out = Vec::new();
-        for (lblk, at, kids) in &self.bottom {
-            for i in 0..kids.len() {
-                let Some(&(lo, hi)) = self.leaves.get(&kids[i]) else {
-                    continue;
-                };
-                if hi.saturating_sub(lo) >= NARROW {
-                    continue;
-                }
-                let next = i.checked_add(1).and_then(|j| Some((j, *kids.get(j)?)));
-                let prev = i.checked_sub(1).and_then(|j| Some((j, *kids.get(j)?)));
-                let wide = |l: u64| {
-                    self.leaves
-                        .get(&l)
-                        .is_some_and(|&(a, b)| b.saturating_sub(a) >= NARROW.saturating_mul(2))
-                };
-                if let Some((j, n)) = next.filter(|&(_, n)| wide(n) && n != kids[i]) {
-                    let (nlo, nhi) = self.leaves[&n];
-                    let b = nlo.saturating_add(nhi.saturating_sub(nlo) >> 1) & !1;
-                    let Ok(hash) = u32::try_from(b) else { continue };
-                    self.leaves.insert(kids[i], (lo, b));
-                    self.leaves.insert(n, (b, nhi));
-                    out.push(Boundary {
-                        lblk: *lblk,
-                        at: *at,
-                        entry: j,
-                        hash,
-                    });
-                } else if let Some((_, pv)) = prev.filter(|&(_, p)| wide(p) && p != kids[i]) {
-                    let (plo, phi) = self.leaves[&pv];
-                    let b = plo.saturating_add(phi.saturating_sub(plo) >> 1) & !1;
-                    let Ok(hash) = u32::try_from(b) else { continue };
-                    self.leaves.insert(pv, (plo, b));
-                    self.leaves.insert(kids[i], (b, hi));
-                    out.push(Boundary {
-                        lblk: *lblk,
-                        at: *at,
-                        entry: i,
-                        hash,
-                    });
-                }
+        for (k, leaf) in self.order.iter().enumerate() {
+            let (lo, hi) = (bounds[k], bounds[k.saturating_add(1)]);
+            self.leaves.insert(leaf.lblk, (lo, hi));
+            if lo != orig[k]
+                && let Some((lblk, at, entry)) = leaf.bound
+                && let Ok(hash) = u32::try_from(lo)
+            {
+                out.push(Boundary {
+                    lblk,
+                    at,
+                    entry,
+                    hash,
+                });
             }
         }
         out
@@ -851,16 +948,27 @@ pub fn parse_htree(
         root_version: root[0x1C],
         ..Default::default()
     };
-    // (logical block, its bytes, offset of count/limit, levels below, lo, hi)
-    let mut stack: Vec<(u64, Vec<u8>, usize, u8, u64, u64)> = vec![(
+    // (logical block, its bytes, offset of count/limit, levels below, lo, hi, the entry
+    // holding lo). Children are pushed last first, so blocks come off in hash order.
+    type Node = (
+        u64,
+        Vec<u8>,
+        usize,
+        u8,
+        u64,
+        u64,
+        Option<(u64, usize, usize)>,
+    );
+    let mut stack: Vec<Node> = vec![(
         0,
         root.to_vec(),
         0x18usize.saturating_add(info_len),
         levels,
         0,
         1 << 32,
+        None,
     )];
-    while let Some((lblk, buf, at, level, lo, hi)) = stack.pop() {
+    while let Some((lblk, buf, at, level, lo, hi, lo_bound)) = stack.pop() {
         let (Some(limit), Some(count)) = (
             le::get_u16(&buf, at),
             le::get_u16(&buf, at.saturating_add(2)),
@@ -875,13 +983,13 @@ pub fn parse_htree(
             return Err(bad(HtreeProblem::Count { lblk, count, limit }));
         };
         let entries: Vec<&[u8]> = entries.collect();
-        let mut kids = Vec::new();
+        let mut children = Vec::new();
         for (i, e) in entries.iter().enumerate() {
             // Entry 0's hash field is the count/limit header: its range starts at `lo`.
-            let start = if i == 0 {
-                lo
+            let (start, bound) = if i == 0 {
+                (lo, lo_bound)
             } else {
-                u64::from(le::u32(e, 0) & !1).max(lo)
+                (u64::from(le::u32(e, 0) & !1).max(lo), Some((lblk, at, i)))
             };
             let end = match entries.get(i.saturating_add(1)) {
                 Some(next) => u64::from(le::u32(next, 0) & !1).min(hi),
@@ -893,22 +1001,21 @@ pub fn parse_htree(
                     return Err(bad(HtreeProblem::NodeTwice { lblk: blk }));
                 }
                 let child = read(blk)?;
-                stack.push((
+                children.push((
                     blk,
                     child,
                     8,
                     level.saturating_sub(1),
                     start,
                     end.max(start),
+                    bound,
                 ));
             } else {
                 t.leaves.entry(blk).or_insert((start, end.max(start)));
-                kids.push(blk);
+                t.order.push(Leaf { lblk: blk, bound });
             }
         }
-        if level == 0 {
-            t.bottom.push((lblk, at, kids));
-        }
+        stack.extend(children.into_iter().rev());
     }
     Ok(t)
 }
@@ -985,6 +1092,139 @@ mod tests {
                 problem: HtreeProblem::Levels { levels: 2 }
             })
         );
+    }
+
+    /// The layout kernel splits leave in big 3-level trees: a cluster of leaves a few hash
+    /// values wide (one of them a single value, through a collision across a split, its
+    /// entry carrying the continuation bit) around a boundary that lives in the root, so no
+    /// leaf of the cluster has a wide neighbour under its own index block. Widening moves
+    /// bounds at every level, keeps them sorted, and every name gets one in its leaf's range.
+    #[test]
+    fn narrow_cluster_across_index_blocks_is_widened() {
+        let bs = 1024;
+        let x: u32 = 0x8000_0000;
+        let mut root = index(bs, 0x20, &[(0, 1), (x, 2)]);
+        root[0x1C] = dirhash::HASH_HALF_MD4;
+        root[0x1D] = 8;
+        root[0x1E] = 1;
+        let nodes: HashMap<u64, Vec<u8>> = [
+            (
+                1,
+                index(
+                    bs,
+                    8,
+                    &[(0, 10), (x - 300, 11), (x - 200, 12), (x - 60, 13)],
+                ),
+            ),
+            (
+                2,
+                index(
+                    bs,
+                    8,
+                    &[(0, 14), (x | 1, 15), (x + 90, 16), (x + 0x1000_0000, 17)],
+                ),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let mut read = |l: u64| {
+            nodes.get(&l).cloned().ok_or_else(|| {
+                Error::from(CorruptKind::Htree {
+                    ino: 12,
+                    problem: HtreeProblem::NodeUnmapped { lblk: l },
+                })
+            })
+        };
+        let mut t = parse_htree(12, &root, 3, &mut read).unwrap();
+        let order: Vec<u64> = t.order.iter().map(|l| l.lblk).collect();
+        assert_eq!(order, [10, 11, 12, 13, 14, 15, 16, 17]);
+        assert_eq!(
+            t.leaves[&14],
+            (u64::from(x), u64::from(x)),
+            "a collision leaf"
+        );
+        // Three names a leaf; leaf 17 keeps a name (its bounds stay).
+        let free: HashMap<u64, u64> = (10..17).map(|l| (l, 3)).collect();
+        // An index block the image cannot rewrite holds bounds that stay.
+        let mut locked_tree = parse_htree(12, &root, 3, &mut read).unwrap();
+        let locked: HashSet<u64> = [0].into_iter().collect();
+        let kept = locked_tree.widen(&free, &locked);
+        assert!(kept.iter().all(|b| b.lblk != 0));
+        assert_eq!(locked_tree.leaves[&13].1, u64::from(x));
+        let bounds = t.widen(&free, &HashSet::new());
+        let mut lo = 0;
+        for l in &order {
+            let (a, b) = t.leaves[l];
+            assert_eq!(a, lo, "leaves tile the hash space");
+            assert!(a % 2 == 0 && a <= b);
+            if (11..17).contains(l) {
+                assert!(b - a >= 4 * NARROW, "leaf {l}: {a:#x}..{b:#x}");
+            }
+            lo = b;
+        }
+        assert_eq!(lo, 1 << 32);
+        assert_eq!(t.leaves[&17].0, u64::from(x) + 0x1000_0000, "a pinned leaf");
+        // The root's entry moved too.
+        assert!(
+            bounds
+                .iter()
+                .any(|b| b.lblk == 0 && b.at == 0x20 && b.entry == 1)
+        );
+        // Written back, the index says what the ranges say.
+        let mut root2 = root.clone();
+        let mut nodes2 = nodes.clone();
+        for b in &bounds {
+            let buf = if b.lblk == 0 {
+                &mut root2
+            } else {
+                nodes2.get_mut(&b.lblk).unwrap()
+            };
+            put(buf, b.at + 8 * b.entry, b.hash);
+        }
+        let mut read2 = |l: u64| Ok(nodes2[&l].clone());
+        let t2 = parse_htree(12, &root2, 3, &mut read2).unwrap();
+        assert_eq!(t2.leaves, t.leaves);
+        // Every name finds one in its (widened) range.
+        let spec = HashSpec {
+            version: dirhash::HASH_HALF_MD4,
+            seed: [5, 6, 7, 8],
+            casefold: false,
+        };
+        let mut names = DirNames::new(3, 12, Some(spec), false, true);
+        let needs: Vec<Need> = (10..17)
+            .flat_map(|l| {
+                (0..3).map(move |k| Need {
+                    lblk: l,
+                    off: k * 264,
+                    orig: vec![b'q'; 255],
+                })
+            })
+            .collect();
+        names.preassign(needs, &t.leaves);
+        assert_eq!(names.preassigned.len(), 21);
+        for ((l, _), n) in &names.preassigned {
+            let (a, b) = t.leaves[l];
+            let h = u64::from(spec.hash(n).unwrap());
+            assert!(
+                (a..b).contains(&h),
+                "leaf {l}: {h:#x} not in {a:#x}..{b:#x}"
+            );
+        }
+    }
+
+    /// Leaves that do not tile the hash space (a damaged index): nothing moves.
+    #[test]
+    fn damaged_index_is_not_widened() {
+        let bs = 1024;
+        // Entry 2's hash is below entry 1's.
+        let mut root = index(bs, 0x20, &[(0, 1), (0x5000_0000, 2), (0x4000_0000, 3)]);
+        root[0x1D] = 8;
+        let mut read = |_| unreachable!();
+        let mut t = parse_htree(12, &root, 2, &mut read).unwrap();
+        let before = t.leaves.clone();
+        let free: HashMap<u64, u64> = (1..4).map(|l| (l, 3)).collect();
+        assert!(t.widen(&free, &HashSet::new()).is_empty());
+        assert_eq!(t.leaves, before);
     }
 
     /// More one-byte names than one-byte replacements exist: none keeps its name (some

@@ -1007,6 +1007,8 @@ impl<S: ReadAt> Planner<'_, S> {
         if let (Some(t), Some(_)) = (&mut tree, spec) {
             // First pass over the leaves: which names each must receive.
             let mut needs = Vec::new();
+            // Leaves all of whose names get new ones, and how many: their bounds may move.
+            let mut free: HashMap<u64, u64> = HashMap::new();
             for (lblk, pblk) in blocks() {
                 if lblk == 0 || t.nodes.contains(&lblk) || !self.valid_block(pblk) {
                     continue;
@@ -1018,12 +1020,28 @@ impl<S: ReadAt> Planner<'_, S> {
                         continue;
                     };
                     let limit = self.leaf_limit(&b);
-                    names.collect_needs(&b[..limit], bs, lblk, range, &mut needs);
+                    let before = needs.len();
+                    // (A leaf in fixed metadata is not rewritten: its names stay.)
+                    if names.collect_needs(&b[..limit], bs, lblk, range, &mut needs)
+                        && self.fixed_in(&(pblk..pblk.saturating_add(1))).is_none()
+                    {
+                        let count = needs.len().saturating_sub(before) as u64;
+                        free.insert(lblk, count);
+                    }
                 }
             }
             // Which names were in their range is judged above, by the original ranges;
             // the new names go into the widened ones.
-            let bounds = t.widen();
+            // Index blocks the image will not have rewritten keep their bounds.
+            let locked: HashSet<u64> = std::iter::once(0)
+                .chain(t.nodes.iter().copied())
+                .filter(|&l| {
+                    lookup(&pieces, l).is_none_or(|p| {
+                        !self.valid_block(p) || self.fixed_in(&(p..p.saturating_add(1))).is_some()
+                    })
+                })
+                .collect();
+            let bounds = t.widen(&free, &locked);
             names.preassign(needs, &t.leaves);
             self.rewrite_bounds(ino, generation, &pieces, &bounds)?;
         }
