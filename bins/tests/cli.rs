@@ -89,6 +89,7 @@ mod cli {
     pub mod overlay;
     pub mod partitions;
     pub mod pipeline;
+    pub mod placement;
     pub mod qcow2;
     pub mod qcow2_large;
     pub mod scramble;

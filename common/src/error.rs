@@ -745,6 +745,9 @@ pub const OUTPUT_OPS: &[&str] = &[
     "flush",
     "sync",
     "read back",
+    // A new OUTPUT's last steps (commit): its mode, its name.
+    "chmod",
+    "rename",
     OP_TOO_LARGE,
 ];
 

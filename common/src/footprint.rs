@@ -200,12 +200,15 @@ impl Footprint {
                 };
                 let sname = format!("/dev/{}", e.file_name().to_string_lossy());
                 let v = link(&via, format!("built on {sname}"));
+                // The whole device, not past its end: a partition's bytes on its disk stop
+                // where the partition does (the next partition is not under it).
+                let size = read_u64(&real.join("size")).map_or(u64::MAX, |s| s.saturating_mul(512));
                 let mut sub = Footprint::default();
                 sub.add_block(
                     Some(real),
                     ObjectId::BlockDevice { rdev },
                     0,
-                    u64::MAX,
+                    size,
                     v,
                     name,
                     depth + 1,
@@ -332,5 +335,24 @@ mod tests {
         let why = part(2).overlap(&file).expect("and the disk's backing file");
         assert!(why.contains("a loop device backed by"), "{why}");
         assert!(part(1).overlap(&part(2)).is_none(), "disjoint partitions");
+        // A device-mapper device built on partition 1 stands on that partition's bytes of
+        // the disk only, not on the partition after it (a capture of partition 2 to a file
+        // on the mapped filesystem was refused as writing into what it read).
+        let dm = d.path().join("devices/virtual/block/dm-7");
+        w(dm.join("dev"), "253:7\n");
+        w(dm.join("size"), "40960\n");
+        std::fs::create_dir_all(dm.join("slaves")).unwrap();
+        std::os::unix::fs::symlink(disk.join("loop9p1"), dm.join("slaves/loop9p1")).unwrap();
+        let fdm = Footprint::of_block(Path::new("/dev/dm-7"), dev(253, 7), Some(dm));
+        let why = fdm
+            .overlap(&part(1))
+            .expect("dm overlaps what it is built on");
+        assert!(why.contains("built on /dev/loop9p1"), "{why}");
+        assert!(fdm.overlap(&fdisk).is_some());
+        assert!(
+            fdm.overlap(&part(2)).is_none(),
+            "{:?}",
+            fdm.overlap(&part(2))
+        );
     }
 }

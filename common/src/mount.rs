@@ -237,6 +237,39 @@ pub fn partition_mount_state(path: &Path, number: u32) -> MountState {
     state_of(&parts)
 }
 
+/// A mounted filesystem, as found by the device number its files carry (`st_dev`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mounted {
+    /// Where it is mounted (the first mount of it: a bind mount shows it again).
+    pub mount_point: String,
+    /// Its type (`ext4`, `devtmpfs`, `tmpfs`).
+    pub fstype: String,
+    /// The block device it is mounted from, named as [`MountState::place`] names one.
+    pub device: String,
+}
+
+/// The filesystem whose files carry `st_dev` `dev`, if it is mounted.
+pub fn mounted_by_dev(dev: u64) -> Option<Mounted> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        let (d, mp, _, source) = parse_mountinfo(line)?;
+        (d == dev).then(|| Mounted {
+            mount_point: mp,
+            fstype: mountinfo_fstype(line).to_string(),
+            device: device_name(dev, source),
+        })
+    })
+}
+
+/// A mountinfo line's filesystem type (the word after ` - `).
+fn mountinfo_fstype(line: &str) -> &str {
+    line.split(' ')
+        .skip(6)
+        .skip_while(|&w| w != "-")
+        .nth(1)
+        .unwrap_or("")
+}
+
 /// The mount state of whichever of `devs` is mounted (read-write first).
 fn state_of(devs: &[u64]) -> MountState {
     if devs.is_empty() {
@@ -276,6 +309,7 @@ mod tests {
         let line = "40 35 0:52 / /run ro,nosuid - tmpfs tmpfs ro";
         let (_, _, rw, source) = parse_mountinfo(line).unwrap();
         assert_eq!((rw, source), (false, "tmpfs"));
+        assert_eq!(mountinfo_fstype(line), "tmpfs");
         assert_eq!(parse_mountinfo("1 2 3"), None);
         // A device sysfs does not know is named by its mount source, else by its number.
         let gone = dev_of(4095, 1_048_000);

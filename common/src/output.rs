@@ -106,7 +106,13 @@ pub struct Output {
 #[derive(Debug)]
 struct Pending {
     tmp: PathBuf,
-    dest: PathBuf,
+    /// The folder, held open: the temporary file is renamed (or removed) in it even when it
+    /// was renamed or moved during the run (else the rename failed and the temporary file,
+    /// gigabytes perhaps, stayed behind where its path no longer led).
+    dir: std::os::fd::OwnedFd,
+    /// The temporary file's and OUTPUT's names in `dir`.
+    tmp_name: std::ffi::OsString,
+    dest_name: std::ffi::OsString,
     /// The replaced file's mode and owner, applied to the temporary file before the rename.
     keep: Option<(u32, u32, u32)>,
     committed: bool,
@@ -144,7 +150,8 @@ impl Output {
             if let Ok(m) = std::fs::metadata(fd1)
                 && (m.is_file() || m.file_type().is_block_device())
             {
-                refuse_overlap(req, fd1, &m, reads, source_range.clone())?;
+                let home = m.is_file().then(|| m.dev());
+                refuse_overlap(req, fd1, Some(&m), home, reads, source_range.clone())?;
                 held = Some(hold(req, fd1)?);
             }
             // A dry run's listing goes to stdout too.
@@ -169,14 +176,21 @@ impl Output {
                 stdout_pending: std::cell::Cell::new(false),
             });
         }
+        refuse_planted(req)?;
         let Resolved {
             path,
             meta,
             renamable,
         } = resolve(req.path)?;
+        // The filesystem a regular file's bytes land on: its own, or its folder's.
+        let home = match &meta {
+            Some(m) if m.is_file() => Some(m.dev()),
+            Some(_) => None,
+            None => std::fs::metadata(parent_dir(&path)).ok().map(|d| d.dev()),
+        };
+        refuse_overlap(req, &path, meta.as_ref(), home, reads, source_range)?;
         let mut held = None;
-        if let Some(m) = &meta {
-            refuse_overlap(req, &path, m, reads, source_range)?;
+        if meta.is_some() {
             // Before anything is opened for writing (a replaced file may be truncated).
             held = Some(hold(req, &path)?);
         }
@@ -228,10 +242,11 @@ impl Output {
                         req.path.display()
                     )));
                 }
-                if req.dry_run {
-                    // The real run's exclusive open refuses a mounted device; so does -n.
-                    refuse_mounted(req, &path)?;
-                }
+                // The exclusive open refuses the mounted device itself, not another name of
+                // its bytes: a second loop device over an image file mounted through a first
+                // one, a loop device over a partition. Asked of the mount table first (and
+                // by -n, which opens nothing for writing).
+                refuse_mounted(req, &path)?;
                 let file = if req.dry_run {
                     check_writable(&path)?;
                     File::open(&path).map_err(|e| Error::io("open", 0, e))?
@@ -313,12 +328,16 @@ impl Output {
                 ));
             }
             None if req.dry_run => {
+                refuse_device_folder(req, &path)?;
                 // Would the file be created? Its folder must exist and be writable.
                 let dir = parent_dir(&path);
                 rustix::fs::access(dir, rustix::fs::Access::WRITE_OK)
                     .map_err(|e| Error::io("create", 0, io::Error::from(e)))?;
             }
-            None => out.start_new(&path, None)?,
+            None => {
+                refuse_device_folder(req, &path)?;
+                out.start_new(&path, None)?;
+            }
         }
         Ok(out)
     }
@@ -330,18 +349,29 @@ impl Output {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         remove_stale_partials(dir, &name);
+        use rustix::fs::{Mode, OFlags};
+        let dirfd = rustix::fs::open(
+            dir,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io("create", 0, e.into()))?;
+        let dest_name = dest.file_name().unwrap_or_default().to_os_string();
         let mut last = None;
         for i in 0..100u32 {
-            let tmp = dir.join(format!(".{name}.e2i-partial-{}-{i}", std::process::id()));
+            let tmp_name = format!(".{name}.e2i-partial-{}-{i}", std::process::id());
+            let tmp = dir.join(&tmp_name);
             // Registered before it exists: a signal between the two removes nothing wrongly.
             pending::add(&tmp);
             // 0600 like e2image: images hold private metadata (names, layout).
-            match OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
+            match rustix::fs::openat(
+                &dirfd,
+                tmp_name.as_str(),
+                OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+            .map(File::from)
+            .map_err(io::Error::from)
             {
                 Ok(f) => {
                     // Held while the file lives: a later run knows a partial file nobody
@@ -351,7 +381,9 @@ impl Output {
                     self.file = Some(f);
                     self.pending = Some(Pending {
                         tmp,
-                        dest: dest.to_path_buf(),
+                        dir: dirfd,
+                        tmp_name: tmp_name.into(),
+                        dest_name,
                         keep,
                         committed: false,
                     });
@@ -487,7 +519,8 @@ impl Output {
             }
             // No fsync: like e2image, an image is left to the page cache; the temporary
             // name guards against failures of this run, not against power loss.
-            std::fs::rename(&p.tmp, &p.dest).map_err(|e| Error::io("rename", 0, e))?;
+            rustix::fs::renameat(&p.dir, &p.tmp_name, &p.dir, &p.dest_name)
+                .map_err(|e| Error::io("rename", 0, e.into()))?;
             p.committed = true;
             pending::remove(&p.tmp);
         }
@@ -506,7 +539,7 @@ impl Drop for Output {
         if let Some(p) = &self.pending
             && !p.committed
         {
-            let _ = std::fs::remove_file(&p.tmp);
+            let _ = rustix::fs::unlinkat(&p.dir, &p.tmp_name, rustix::fs::AtFlags::empty());
             pending::remove(&p.tmp);
         }
     }
@@ -876,14 +909,97 @@ pub fn follow_links(p: &Path) -> Result<PathBuf> {
     ))
 }
 
+/// Refuse an OUTPUT that another user planted in a world-writable sticky folder (`/tmp`): a
+/// symlink on the way to it, or the file or FIFO itself, owned by neither the caller nor the
+/// folder's owner. Followed, root's image would replace (or fill) whatever the link names
+/// (`/tmp/sdb1.img -> /etc/shadow`); written, the file keeps its owner, who reads the image
+/// of a disk only root may read. The kernel refuses both (`fs.protected_symlinks`,
+/// `protected_regular`, `protected_fifos`) where enabled; links are followed here by hand,
+/// so the rule is applied here, always.
+fn refuse_planted(req: &Request<'_>) -> Result<()> {
+    let euid = rustix::process::geteuid().as_raw();
+    let mut cur = req.path.to_path_buf();
+    for _ in 0..40 {
+        let Ok(m) = std::fs::symlink_metadata(&cur) else {
+            return Ok(());
+        };
+        if m.file_type().is_dir() {
+            return Ok(());
+        }
+        if let Ok(dir) = std::fs::metadata(parent_dir(&cur)) {
+            let open_sticky = dir.mode() & 0o1002 == 0o1002;
+            if open_sticky && m.uid() != euid && m.uid() != dir.uid() {
+                let what = if m.file_type().is_symlink() {
+                    "a symbolic link"
+                } else if m.file_type().is_fifo() {
+                    "a FIFO"
+                } else {
+                    "a file"
+                };
+                let it = if cur == req.path {
+                    String::new()
+                } else {
+                    format!(": {} on the way", cur.display())
+                };
+                return Err(Error::InvalidInput(format!(
+                    "{} {}{it} is {what} of user {} in a folder anyone may write to (sticky): not written through, as the kernel's protected_symlinks and protected_regular refuse it; nothing written (remove it, or choose another name)",
+                    req.role,
+                    req.path.display(),
+                    m.uid()
+                )));
+            }
+        }
+        if !m.file_type().is_symlink() {
+            return Ok(());
+        }
+        let Ok(to) = std::fs::read_link(&cur) else {
+            return Ok(());
+        };
+        cur = if to.is_absolute() {
+            to
+        } else {
+            parent_dir(&cur).join(to)
+        };
+    }
+    Ok(())
+}
+
+/// A new regular file is never created in /dev (devtmpfs, or whatever is mounted there):
+/// a name there that does not exist is a disk or partition that is not there (unplugged,
+/// not yet scanned, misspelled), and the image would go to a file in memory that vanishes
+/// at the next boot, the run reporting success.
+fn refuse_device_folder(req: &Request<'_>, path: &Path) -> Result<()> {
+    let Ok(dir) = std::fs::metadata(parent_dir(path)) else {
+        return Ok(());
+    };
+    let Some(m) = crate::mount::mounted_by_dev(dir.dev()) else {
+        return Ok(());
+    };
+    if m.fstype != "devtmpfs" && m.mount_point != "/dev" {
+        return Ok(());
+    }
+    Err(Error::InvalidInput(format!(
+        "{} {} does not exist, and {} holds device nodes, not images: no such disk or partition (not attached, or misspelled?); refusing to create a file there, nothing written",
+        req.role,
+        req.path.display(),
+        m.mount_point
+    )))
+}
+
+/// Refuse an OUTPUT (stat'ed as `meta`, or new) that shares bytes with what the run reads,
+/// or that is a file (existing or new) on a mounted filesystem the run reads (`home`: the
+/// `st_dev` of the filesystem the file is on): writing it would change the filesystem
+/// under the capture, and could fill it.
 fn refuse_overlap(
     req: &Request<'_>,
     path: &Path,
-    meta: &Metadata,
+    meta: Option<&Metadata>,
+    home: Option<u64>,
     reads: &[(&str, &Path)],
     source_range: Option<std::ops::Range<u64>>,
 ) -> Result<()> {
-    let out = Footprint::of(path, meta);
+    let out = meta.map(|m| Footprint::of(path, m)).unwrap_or_default();
+    let home_fp = home.and_then(|d| Footprint::of_device(d).map(|fp| (d, fp)));
     for (i, (role, given)) in reads.iter().enumerate() {
         // Stdin redirected from a file (`< OUTPUT`) is that file.
         let (r, name) = if *given == Path::new("-") {
@@ -918,6 +1034,18 @@ fn refuse_overlap(
         if let Some(why) = out.overlap(&inp) {
             return Err(Error::InvalidInput(format!(
                 "{} {} is {role} {name}{why}; refusing to write over what is being read, nothing written",
+                req.role,
+                out_name(),
+            )));
+        }
+        if let Some((dev, fp)) = &home_fp
+            && let Some(why) = fp.overlap(&inp)
+        {
+            let on = crate::mount::mounted_by_dev(*dev).map_or_else(String::new, |m| {
+                format!(" mounted on {} from {}", m.mount_point, m.device)
+            });
+            return Err(Error::InvalidInput(format!(
+                "{} {} is on the filesystem being read: {role} {name} holds the filesystem{on}{why}; writing there would change it while it is read, and could fill it; write to another filesystem, nothing written",
                 req.role,
                 out_name(),
             )));

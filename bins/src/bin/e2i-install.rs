@@ -134,8 +134,23 @@ fn body(args: Args) -> anyhow::Result<u8> {
             path.display(),
             dev
         );
+        // An undo file is for later, after a reboot as often as not.
+        if let Some(fstype) = memory_fs(path) {
+            eprintln!(
+                "{TOOL}: warning: the undo file {} is on {fstype}, in memory: a reboot loses it; copy it to a disk",
+                path.display()
+            );
+        }
     }
     Ok(EXIT_OK)
+}
+
+/// The memory filesystem (tmpfs, ramfs, devtmpfs) `path` lives on, if it does.
+fn memory_fs(path: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path).ok()?.dev();
+    let m = e2i::mount::mounted_by_dev(dev)?;
+    matches!(m.fstype.as_str(), "tmpfs" | "ramfs" | "devtmpfs").then_some(m.fstype)
 }
 
 /// `-P N`: partition N of DEVICE's own table (DEVICE is written as it is, so a qcow2 file is

@@ -453,6 +453,15 @@ fn print_note(src: &str, note: MoveNote, quiet: bool) {
             "{src}: the move is unfinished; its journal {} is kept",
             journal.display()
         ),
+        MoveNote::Volatile { journal, fstype } => {
+            if quiet {
+                return;
+            }
+            format!(
+                "{src}: warning: the journal {} is on {fstype}, in memory: the move survives being killed, but a crash or power loss of the system loses the journal and with it the way to finish the move; give --journal a place on a disk",
+                journal.display()
+            )
+        }
         MoveNote::NotIndexed { index, reason } => format!(
             "{src}: warning: could not record the journal in {} ({reason}): after an interruption, rerun the move under this name of SOURCE or with --journal",
             index.display()

@@ -1478,7 +1478,19 @@ fn stdout_redirected_to_a_block_device_is_that_device() {
         let m = fx.mounted_copy();
         let (lo, mnt) = (&m.lo, &m.mnt);
         fs::write(mnt.join("keep"), b"kept").unwrap();
-        ok(&run(&mut Command::new("sync")), "sync");
+        // Frozen: the kernel's own later writes (a journal checkpoint, lazy inode-table
+        // init) would change the device under a loaded run and fail the check below.
+        struct Thaw<'a>(&'a Path);
+        impl Drop for Thaw<'_> {
+            fn drop(&mut self) {
+                let _ = Command::new("fsfreeze").arg("-u").arg(self.0).status();
+            }
+        }
+        ok(
+            &run(Command::new("fsfreeze").arg("-f").arg(mnt)),
+            "fsfreeze",
+        );
+        let thaw = Thaw(mnt);
         let before = digest(lo.path());
         for script in cases {
             let o = shell(script, lo.path());
@@ -1486,6 +1498,7 @@ fn stdout_redirected_to_a_block_device_is_that_device() {
             assert!(err.contains("mounted"), "{script}: {err}");
             assert_eq!(digest(lo.path()), before, "{script}: the device changed");
         }
+        drop(thaw);
         assert_eq!(fs::read(mnt.join("keep")).unwrap(), b"kept");
     }
     // Too small: refused before the first write, named.

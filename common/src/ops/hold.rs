@@ -147,19 +147,32 @@ pub fn hold(
         }));
     }
     // The file itself, by its real name (stdin's file, when `-` is one): what the message
-    // tells e2i-move to finish.
+    // tells e2i-move to finish; and the files under a loop device, by theirs.
     let real = std::fs::canonicalize(path).ok();
+    let names: Vec<Option<PathBuf>> = hold
+        ._held
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            if i == 0 {
+                real.clone()
+            } else {
+                use std::os::fd::AsRawFd;
+                std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).ok()
+            }
+        })
+        .collect();
+    let held_ids: Vec<Option<ObjectId>> = hold
+        ._held
+        .iter()
+        .map(|f| f.metadata().ok().map(|m| ObjectId::of_metadata(&m)))
+        .collect();
     let mut candidates = Vec::new();
-    for (i, f) in hold._held.iter().enumerate() {
-        let Ok(m) = f.metadata() else { continue };
-        let path = if i == 0 {
-            real.clone()
-        } else {
-            use std::os::fd::AsRawFd;
-            std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).ok()
+    for (name, id) in names.iter().zip(&held_ids) {
+        let (Some(name), Some(id)) = (name, id) else {
+            continue;
         };
-        let Some(path) = path else { continue };
-        let loc = mj::locations(&path, ObjectId::of_metadata(&m), state.clone());
+        let loc = mj::locations(name, *id, state.clone());
         candidates.extend(loc.default);
         candidates.extend(loc.index.and_then(|i| std::fs::read_link(i).ok()));
     }
@@ -167,25 +180,43 @@ pub fn hold(
         if j.state() == State::Done {
             continue;
         }
-        let reader = FileSource::from_file(
-            hold._held[0]
-                .try_clone()
-                .map_err(|e| Error::io("dup", 0, e))?,
-            0,
-        )?;
-        if let Ok(Ok(_)) = j.verify(&reader, progress) {
+        // Checked through the object the journal was recorded for: a loop device over the
+        // half-moved file at an offset (`losetup -o`) shows its bytes shifted, which no
+        // journal matches, and was taken for a file that was not half-moved.
+        let recorded = held_ids
+            .iter()
+            .position(|id| *id == Some(j.source().object));
+        let order: Vec<usize> = match recorded {
+            Some(k) => vec![k],
+            None => (0..hold._held.len()).collect(),
+        };
+        for k in order {
+            let reader = FileSource::from_file(
+                hold._held[k]
+                    .try_clone()
+                    .map_err(|e| Error::io("dup", 0, e))?,
+                0,
+            )?;
+            if !matches!(j.verify(&reader, progress), Ok(Ok(_))) {
+                continue;
+            }
             let p = j.params();
             let (a, b, jn) = (p.src_offset, p.dest_offset, c.display());
             // e2i-move needs the file itself (not `-`): name it when it is known.
-            let it = real
+            let it = names[k]
                 .as_ref()
                 .map_or_else(|| "on it".to_string(), |r| r.display().to_string());
+            let subject = if k == 0 {
+                format!("{role} is half-moved")
+            } else {
+                format!("{role} is half-moved (a loop device over {it})")
+            };
             return Err(Error::InvalidInput(match what {
                 HoldFor::Reading => format!(
-                    "{role} is half-moved: the in-place move from byte {a} to byte {b} recorded in {jn} is unfinished, so no offset of {role} holds a consistent filesystem; finish it first (e2i-move -o {a} -O {b} --journal {jn} {it}), then read it"
+                    "{subject}: the in-place move from byte {a} to byte {b} recorded in {jn} is unfinished, so no offset of {role} holds a consistent filesystem; finish it first (e2i-move -o {a} -O {b} --journal {jn} {it}), then read it"
                 ),
                 HoldFor::Writing => format!(
-                    "{role} is half-moved: the in-place move from byte {a} to byte {b} recorded in {jn} is unfinished, and writing to {role} would leave it impossible to finish, the filesystem it holds lost; finish it first (e2i-move -o {a} -O {b} --journal {jn} {it}), or delete {jn} if that filesystem is not wanted; nothing written"
+                    "{subject}: the in-place move from byte {a} to byte {b} recorded in {jn} is unfinished, and writing to {role} would leave it impossible to finish, the filesystem it holds lost; finish it first (e2i-move -o {a} -O {b} --journal {jn} {it}), or delete {jn} if that filesystem is not wanted; nothing written"
                 ),
             }));
         }

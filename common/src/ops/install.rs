@@ -775,10 +775,14 @@ impl Install {
             let final_super = final_superblock(&report.writes)?;
             // prepare() refused an existing path; O_EXCL refuses one created since (and
             // does not follow a symlink put there).
+            // 0600 like e2fsprogs' undo files: it holds DEVICE's old inode tables (names of
+            // inline directories, symlink targets, inline data) for anyone who can read it.
+            use std::os::unix::fs::OpenOptionsExt;
             let uf = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create_new(true)
+                .mode(0o600)
                 .open(path)
                 .map_err(|e| Error::io("create undo file", 0, e))?;
             // Until it is complete, DEVICE is untouched and the undo file useless: removed

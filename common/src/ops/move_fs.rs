@@ -151,6 +151,9 @@ pub enum MoveNote {
     /// The move failed after its journal was begun (a full disk, a read error): it is
     /// unfinished, and the same command finishes it once the cause is fixed.
     Unfinished { journal: PathBuf },
+    /// The journal lives in memory (`fstype`: tmpfs, ramfs) while SOURCE does not: a
+    /// crash or power loss of the system loses it, and with it the way to finish the move.
+    Volatile { journal: PathBuf, fstype: String },
 }
 
 fn overflow(what: &str) -> Error {
@@ -556,6 +559,27 @@ fn choose_journal(
     Ok(chosen)
 }
 
+/// The memory filesystem (tmpfs, ramfs, devtmpfs) the journal at `journal` would live on,
+/// when SOURCE does not live there too (then both go together, and nothing is lost that
+/// the journal could save).
+fn volatile_journal(journal: &Path, src: &MoveSource) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = journal
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dev = std::fs::metadata(dir).ok()?.dev();
+    let m = crate::mount::mounted_by_dev(dev)?;
+    if !matches!(m.fstype.as_str(), "tmpfs" | "ramfs" | "devtmpfs") {
+        return None;
+    }
+    let meta = src.file.metadata().ok()?;
+    if meta.is_file() && meta.dev() == dev {
+        return None;
+    }
+    Some(m.fstype)
+}
+
 /// `--journal` as a path to write: symlinks followed (the link stays, its target is the
 /// journal), never a folder created, never anything but a regular file.
 fn resolve_journal_path(p: &Path) -> Result<PathBuf> {
@@ -859,11 +883,35 @@ fn refuse_other_unfinished(
     notes: &mut dyn FnMut(MoveNote),
     progress: &mut dyn Progress,
 ) -> Result<()> {
+    // The files under a loop device SOURCE: a move recorded for one of them (through its
+    // own name, or another loop device) is checked through that file, not through SOURCE,
+    // whose bytes are shifted when the loop has an offset (`losetup -o`): a fresh move
+    // through it would otherwise rearrange the half-moved file and lose its filesystem.
+    let under: Vec<(ObjectId, Option<PathBuf>, File)> = src
+        .file
+        .metadata()
+        .map(|m| loop_backing_files(&m))
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|f| {
+            use std::os::fd::AsRawFd;
+            let id = ObjectId::of_metadata(&f.metadata().ok()?);
+            let name = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).ok();
+            Some((id, name, f))
+        })
+        .collect();
     let mut candidates = Vec::new();
     match uuid {
         None => {
             candidates.extend(loc.default.clone());
             candidates.extend(loc.index.as_ref().and_then(|i| std::fs::read_link(i).ok()));
+            for (id, name, _) in &under {
+                if let Some(name) = name {
+                    let l = mj::locations(name, *id, loc.state.clone());
+                    candidates.extend(l.default);
+                    candidates.extend(l.index.and_then(|i| std::fs::read_link(i).ok()));
+                }
+            }
         }
         Some(_) => {
             if let Some(st) = &loc.state {
@@ -874,16 +922,46 @@ fn refuse_other_unfinished(
     let using = ObjectId::of_path(using).into_iter().collect();
     for (c, j) in mj::open_distinct(candidates, using) {
         let same_object = j.source().object == src.id.object;
+        let under_object = under.iter().position(|(id, _, _)| *id == j.source().object);
         let relevant = match uuid {
-            None => same_object,
+            None => same_object || under_object.is_some(),
             Some(u) => !same_object && j.params().uuid == u,
         };
-        if j.state() == State::Done || !relevant || j.check_size(src.id).is_some() {
+        if j.state() == State::Done || !relevant || same_object && j.check_size(src.id).is_some() {
+            continue;
+        }
+        let p = j.params();
+        // Through a file under SOURCE: the one it was recorded for, else each.
+        let unders: Vec<usize> = match under_object {
+            Some(k) => vec![k],
+            None if same_object => Vec::new(),
+            None => (0..under.len()).collect(),
+        };
+        for k in unders {
+            let (_, name, f) = &under[k];
+            let reader =
+                FileSource::from_file(f.try_clone().map_err(|e| Error::io("dup", 0, e))?, 0)?;
+            if matches!(j.verify(&reader, progress), Ok(Ok(_))) {
+                let file = name
+                    .as_ref()
+                    .map_or_else(|| "it".to_string(), |n| n.display().to_string());
+                return Err(Error::InvalidInput(format!(
+                    "SOURCE is a loop device over {file}, which holds the half-moved state of the unfinished move from byte {} to byte {} recorded in {}: finish it with --journal {} on that file (e2i-move -o {} -O {} --journal {} {file}); nothing written",
+                    p.src_offset,
+                    p.dest_offset,
+                    c.display(),
+                    c.display(),
+                    p.src_offset,
+                    p.dest_offset,
+                    c.display()
+                )));
+            }
+        }
+        if under_object.is_some() {
             continue;
         }
         match j.verify(&src.reader()?, progress)? {
             Ok(_) => {
-                let p = j.params();
                 return Err(Error::InvalidInput(format!(
                     "SOURCE holds the half-moved state of the unfinished move from byte {} to byte {} recorded in {}{}: finish it with --journal {}",
                     p.src_offset,
@@ -1026,6 +1104,14 @@ pub fn move_in_place(
     }
     let src = MoveSource::open(source, opts.dry_run)?;
     let chosen = choose_journal(source, &src, jopts, opts.dry_run)?;
+    if !opts.dry_run
+        && let Some(fstype) = volatile_journal(&chosen.path, &src)
+    {
+        notes(MoveNote::Volatile {
+            journal: chosen.path.clone(),
+            fstype,
+        });
+    }
     let (mut j, saved) = match read_journal(&chosen, &src, opts, notes, progress)? {
         Start::Done(rep) => return Ok(rep),
         Start::Resume(j, saved) => (j, saved),

@@ -672,10 +672,14 @@ impl Journal {
         let tmp = path.with_file_name(format!(".{name}.tmp"));
         let io = |op, e| Error::io(op, 0, e);
         let _ = std::fs::remove_file(&tmp);
+        // 0600: its save slots hold copies of SOURCE's bytes (file data of a moved disk
+        // only root may read), next to SOURCE, in a folder others may read.
+        use std::os::unix::fs::OpenOptionsExt;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&tmp)
             .map_err(|e| io("create journal", e))?;
         let res = (|| {
