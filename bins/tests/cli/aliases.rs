@@ -41,21 +41,8 @@ impl Drop for PartLoop {
     }
 }
 
-/// A mount, undone on drop (also when the test fails).
-struct Mount(PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 fn mount(dev: &Path, at: &Path, opts: &str) -> Mount {
-    ok(
-        &run(Command::new("mount").args(["-o", opts]).arg(dev).arg(at)),
-        "mount",
-    );
-    Mount(at.to_path_buf())
+    Mount::new(&[dev], at, &["-o", opts])
 }
 
 fn digest(p: &Path) -> Vec<u8> {

@@ -15,19 +15,6 @@ use std::process::{Command, Output, Stdio};
 
 const MIB: u64 = 1 << 20;
 
-/// A mount (`mount ARGS… TARGET`), undone on drop.
-struct Mount(PathBuf);
-
-impl Mount {
-    fn new(args: &[&Path], target: &Path, opts: &[&str]) -> Mount {
-        ok(
-            &run(Command::new("mount").args(opts).args(args).arg(target)),
-            "mount",
-        );
-        Mount(target.to_path_buf())
-    }
-}
-
 /// A 12 MiB tmpfs mounted at `dir/small` (for writes that run out of room).
 fn small_tmpfs(dir: &Path) -> (PathBuf, Mount) {
     let mnt = dir.join("small");
@@ -38,12 +25,6 @@ fn small_tmpfs(dir: &Path) -> (PathBuf, Mount) {
         &["-t", "tmpfs", "-o", "size=12m"],
     );
     (mnt, m)
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
 }
 
 /// `chattr FLAGS FILE`, undone on drop (a test that fails must not leave an undeletable file).
@@ -100,17 +81,6 @@ impl Fx {
         }
         fs::read(want).unwrap()
     }
-}
-
-/// The names in `dir`, sorted.
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 /// Tools that write a stream, with what they read.

@@ -580,15 +580,6 @@ fn install_killed_at_any_write_is_undone_by_e2undo() {
     }
 }
 
-/// Unmounts on drop, so a failing assertion does not leave the mount behind.
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// A mounted device is refused, with or without --force and in a dry run; the image file
 /// behind a loop mount counts as mounted. Needs root (loop mounts).
 #[test]
@@ -610,7 +601,7 @@ fn install_refuses_a_mounted_device() {
         .status()
         .unwrap();
     assert!(st.success(), "loop mount failed");
-    let _guard = Mounted(mnt.clone());
+    let _guard = Mount(mnt.clone());
     let before = sha256(&img);
     for args in [&[][..], &["-f"][..], &["-n"][..]] {
         let o = install(args, &img, &image);

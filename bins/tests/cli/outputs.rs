@@ -1287,15 +1287,6 @@ fn capture_says_where_the_source_ends_and_keeps_binary_off_terminals() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
 }
 
-/// A mounted filesystem, unmounted on drop.
-struct Mount(PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// A copy of the fixture's filesystem on a loop device, mounted at `mnt`; unmounted, then
 /// detached, when dropped (fields drop in order).
 struct MountedCopy {

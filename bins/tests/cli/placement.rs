@@ -11,34 +11,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// A mount of a block device, undone on drop (also when the test fails).
-struct Mount(PathBuf);
-
-impl Mount {
-    fn new(dev: &Path, at: &Path) -> Mount {
-        fs::create_dir_all(at).unwrap();
-        ok(&run(Command::new("mount").arg(dev).arg(at)), "mount");
-        Mount(at.to_path_buf())
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
-/// The names in `dir`, sorted.
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 /// An image or journal written into the filesystem the run reads changes it while it is
 /// read (the image is of a filesystem half-way through receiving it), and a capture with
 /// all data, or a raw image, can fill it — `/` full on the broken system being rescued.
@@ -52,7 +24,7 @@ fn an_output_on_the_filesystem_being_read_is_refused() {
     let other = mkfs(d.path(), "other.img", "4M", &[]);
     let lo = Loop::new(&img, &[]);
     let mnt = d.path().join("mnt");
-    let _m = Mount::new(lo.path(), &mnt);
+    let _m = Mount::new(&[lo.path()], &mnt, &[]);
     let before = names(&mnt);
     let dev = lo.path().to_str().unwrap().to_string();
     let img_s = img.to_str().unwrap().to_string();
@@ -119,7 +91,7 @@ fn a_second_loop_device_of_a_mounted_file_is_refused() {
         "capture -Q",
     );
     let first = Loop::new(&img, &["-r"]);
-    let _m = Mount::new(first.path(), &d.path().join("mnt"));
+    let _m = Mount::new(&[first.path()], &d.path().join("mnt"), &[]);
     let second = Loop::new(&img, &[]);
     let before = read(&img);
     let (o, q, dev) = (

@@ -178,6 +178,40 @@ impl Drop for Loop {
     }
 }
 
+/// A mount (`mount OPTS… SOURCES… TARGET`, TARGET made if missing), undone on drop, also
+/// when the test fails.
+pub struct Mount(pub PathBuf);
+
+impl Mount {
+    pub fn new(sources: &[&Path], target: &Path, opts: &[&str]) -> Mount {
+        if !target.exists() {
+            std::fs::create_dir_all(target).unwrap();
+        }
+        ok(
+            &run(Command::new("mount").args(opts).args(sources).arg(target)),
+            "mount",
+        );
+        Mount(target.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The names in `dir`, sorted.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
 /// Where e2i-move keeps the journal of an in-place move of `path` by default.
 pub fn journal_of(path: &Path) -> PathBuf {
     let mut j = std::fs::canonicalize(path).unwrap().into_os_string();

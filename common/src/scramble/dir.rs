@@ -1043,6 +1043,20 @@ mod tests {
         b
     }
 
+    /// Index blocks by logical block, as `parse_htree` reads them (inode 12).
+    fn node_reader(
+        nodes: &HashMap<u64, Vec<u8>>,
+    ) -> impl FnMut(u64) -> crate::Result<Vec<u8>> + '_ {
+        |l: u64| {
+            nodes.get(&l).cloned().ok_or_else(|| {
+                Error::from(CorruptKind::Htree {
+                    ino: 12,
+                    problem: HtreeProblem::NodeUnmapped { lblk: l },
+                })
+            })
+        }
+    }
+
     #[test]
     fn three_level_ranges_nest() {
         let bs = 1024;
@@ -1060,14 +1074,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let mut read = |l: u64| {
-            nodes.get(&l).cloned().ok_or_else(|| {
-                Error::from(CorruptKind::Htree {
-                    ino: 12,
-                    problem: HtreeProblem::NodeUnmapped { lblk: l },
-                })
-            })
-        };
+        let mut read = node_reader(&nodes);
         let t = parse_htree(12, &root, 3, &mut read).unwrap();
         assert_eq!(t.nodes.len(), 6);
         let want = [
@@ -1127,14 +1134,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let mut read = |l: u64| {
-            nodes.get(&l).cloned().ok_or_else(|| {
-                Error::from(CorruptKind::Htree {
-                    ino: 12,
-                    problem: HtreeProblem::NodeUnmapped { lblk: l },
-                })
-            })
-        };
+        let mut read = node_reader(&nodes);
         let mut t = parse_htree(12, &root, 3, &mut read).unwrap();
         let order: Vec<u64> = t.order.iter().map(|l| l.lblk).collect();
         assert_eq!(order, [10, 11, 12, 13, 14, 15, 16, 17]);
