@@ -142,8 +142,9 @@ selection_limit() {
 }
 
 # The table. "floor": the time to read, at the limit's rate, the fewest bytes either tool
-# read from storage; "floor/base": the smallest ratio any tool could reach on this disk
-# (none can read what it needs faster than the disk streams it).
+# read from storage; "floor/base": the ratio to the baseline of a tool that did nothing but
+# stream those bytes at that rate (a tool with reads in parallel can beat the one-stream
+# rate a little; nothing beats it by much).
 cold_report() {
   printf '\n%-24s %-22s %8s %-26s %8s %6s %8s %8s %7s %10s %9s\n' "cold case" baseline "wall (s)" e2i "wall (s)" ratio "limit" "e2i/lim" floor floor/base "e2i RSS"
   local row name na ma ra nb mb rb limit inbytes bytes
