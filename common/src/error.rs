@@ -47,6 +47,14 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// An overlay's backing chain no longer gives the bytes the overlay was written on (a
+    /// backing file replaced, restored from another time or changed in place): reading
+    /// through it would give a wrong image.
+    #[error(
+        "backing chain from {}: not what the overlay was written on (a file of it replaced or changed since); reading through it would give a wrong image",
+        path.display()
+    )]
+    BackingChanged { path: PathBuf },
     /// A qcow2 backing chain names a file already in it.
     #[error("backing file {}: it is already in the backing chain (a loop)", path.display())]
     BackingLoop { path: PathBuf },

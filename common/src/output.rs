@@ -1098,7 +1098,7 @@ fn backing_chain(path: &Path, meta: &Metadata, dir: &Path) -> Vec<PathBuf> {
     {
         return Vec::new();
     }
-    crate::qcow2::chain::Qcow2Image::open_host(src, dir, Some(ObjectId::of_metadata(meta)))
+    crate::qcow2::chain::Qcow2Image::open_layers(src, dir, Some(ObjectId::of_metadata(meta)))
         .map(|q| q.backing_files().to_vec())
         .unwrap_or_default()
 }

@@ -540,3 +540,156 @@ fn zstd_clusters() {
     assert_eq!(o.status.code(), Some(2));
     assert!(!p("x.qcow2").exists());
 }
+
+/// A backing chain that is no longer what an overlay was written on — a base replaced by a
+/// later capture, a link restored from an older one, a byte of a raw base changed in place —
+/// is refused by every reader (one line, exit 1, nothing left), never read into a wrong
+/// image; the original put back reads again, and a base renamed with `qemu-img rebase -u`
+/// (same bytes) is fine.
+#[test]
+fn a_changed_backing_chain_is_refused() {
+    let d = tempdir();
+    let p = |n: &str| d.path().join(n);
+    let img = populated(d.path(), "fs.img", "16M", 40, &["-b", "1024"]);
+    let capture = |args: &[&str], out: &str| {
+        sh(Command::new(tool("e2i-capture"))
+            .args(args)
+            .arg(&img)
+            .arg(p(out)));
+    };
+    capture(&["-Q"], "base.qcow2");
+    change(&img, 1);
+    capture(&["-Q", "--backing", "base.qcow2"], "ov1.qcow2");
+    change(&img, 2);
+    let want = e2image_bytes(&["-r"], &img, &p("want.raw"));
+    capture(
+        &["-Q", "--compress=zstd", "--backing", "ov1.qcow2"],
+        "ov2.qcow2",
+    );
+    assert_reads_as(&p("ov2.qcow2"), &want, "untouched chain");
+    let refused = |what: &str| {
+        // qemu reads the chain as it is now: a wrong image, which is why e2i refuses it.
+        assert!(
+            qemu_to_raw(&p("ov2.qcow2"), &p("qemu.raw")) != want,
+            "{what}: the change does not show"
+        );
+        let readers: [(&str, &[&str]); 5] = [
+            ("qcow2-to-raw", &[]),
+            ("e2i-to-raw", &[]),
+            ("e2i-capture", &["-r"]),
+            ("e2i-to-qcow2", &[]),
+            ("e2i-move", &[]),
+        ];
+        for (t, a) in readers {
+            let out = p("out.img");
+            let o = run(Command::new(tool(t))
+                .args(a)
+                .arg(p("ov2.qcow2"))
+                .arg(&out)
+                .env("XDG_STATE_HOME", d.path()));
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(1), "{what}: {t}: {err}");
+            assert_eq!(err.lines().count(), 1, "{what}: {t}: {err}");
+            assert!(
+                err.contains("not what the overlay was written on"),
+                "{what}: {t}: {err}"
+            );
+            assert!(!out.exists(), "{what}: {t} left its output");
+        }
+    };
+    let keep = |n: &str| std::fs::copy(p(n), p(&format!("{n}.orig"))).unwrap();
+    let restore = |n: &str| std::fs::rename(p(&format!("{n}.orig")), p(n)).unwrap();
+    // The base replaced by a later capture (of the filesystem as it is now, the chain would
+    // read right: the same bytes where the overlays read through it).
+    keep("base.qcow2");
+    std::fs::remove_file(p("base.qcow2")).unwrap();
+    std::fs::copy(&img, p("later.img")).unwrap();
+    change(&p("later.img"), 3);
+    sh(Command::new(tool("e2i-capture"))
+        .arg("-Q")
+        .arg(p("later.img"))
+        .arg(p("base.qcow2")));
+    refused("base recaptured later");
+    restore("base.qcow2");
+    assert_reads_as(&p("ov2.qcow2"), &want, "base put back");
+    // The middle link restored from an older state: a flattened copy of the base.
+    keep("ov1.qcow2");
+    std::fs::remove_file(p("ov1.qcow2")).unwrap();
+    sh(Command::new(tool("e2i-to-qcow2"))
+        .arg(p("base.qcow2"))
+        .arg(p("ov1.qcow2")));
+    refused("middle link older");
+    restore("ov1.qcow2");
+    // The same bytes under another name: still the chain the overlay was made on.
+    std::fs::rename(p("base.qcow2"), p("moved.qcow2")).unwrap();
+    sh(Command::new("qemu-img")
+        .args(["rebase", "-u", "-F", "qcow2", "-b", "moved.qcow2"])
+        .arg(p("ov1.qcow2")));
+    assert_reads_as(&p("ov2.qcow2"), &want, "base renamed");
+    // A raw base changed in place where the overlay reads through it: one byte of a block
+    // both hold, not the superblock's.
+    let old = e2image_bytes(&["-r"], &img, &p("raw-base.raw"));
+    change(&img, 4);
+    let want3 = e2image_bytes(&["-r"], &img, &p("want3.raw"));
+    sh(Command::new(tool("e2i-capture"))
+        .args(["-Q", "--backing", "raw-base.raw"])
+        .arg(&img)
+        .arg(p("ov2.qcow2")));
+    assert_reads_as(&p("ov2.qcow2"), &want3, "overlay on a raw base");
+    let shared = old
+        .chunks(1024)
+        .zip(want3.chunks(1024))
+        .enumerate()
+        .skip(2)
+        .find(|(_, (a, b))| a == b && a.iter().any(|&x| x != 0))
+        .map(|(i, _)| i)
+        .expect("a block both hold");
+    let mut changed = old.clone();
+    changed[shared * 1024 + 100] ^= 0x5a;
+    std::fs::write(p("raw-base.raw"), &changed).unwrap();
+    let o = run(Command::new(tool("qcow2-to-raw"))
+        .arg(p("ov2.qcow2"))
+        .arg(p("out.img")));
+    assert_eq!(o.status.code(), Some(1), "raw base changed in place");
+    assert!(!p("out.img").exists());
+    std::fs::write(p("raw-base.raw"), &old).unwrap();
+    assert_reads_as(&p("ov2.qcow2"), &want3, "raw base put back");
+}
+
+/// Flattening an overlay of `-a` captures (README: `e2i-to-qcow2 week03.qcow2 full.qcow2`)
+/// keeps the file data it reads as, as e2i-to-raw and qcow2-to-raw do; a qcow2 INPUT is
+/// converted as it is, not cut back to the filesystem's metadata.
+#[test]
+fn flattening_an_all_data_overlay_keeps_file_data() {
+    let d = tempdir();
+    let p = |n: &str| d.path().join(n);
+    let img = populated(d.path(), "fs.img", "16M", 60, &["-b", "4096"]);
+    sh(Command::new(tool("e2i-capture"))
+        .arg("-Qa")
+        .arg(&img)
+        .arg(p("base.qcow2")));
+    change(&img, 1);
+    sh(Command::new(tool("e2i-capture"))
+        .args(["-Qa", "--backing", "base.qcow2"])
+        .arg(&img)
+        .arg(p("ov.qcow2")));
+    let want = e2image_bytes(&["-ra"], &img, &p("want.raw"));
+    assert!(
+        want != e2image_bytes(&["-r"], &img, &p("meta.raw")),
+        "the filesystem holds file data"
+    );
+    for (q, what) in [("ov.qcow2", "the overlay"), ("base.qcow2", "a -Qa image")] {
+        let flat = p("flat.qcow2");
+        let _ = std::fs::remove_file(&flat);
+        sh(Command::new(tool("e2i-to-qcow2")).arg(p(q)).arg(&flat));
+        assert_eq!(qemu_check(&flat), 0);
+        assert!(!qemu_info(&flat).contains("backing-filename"), "{what}");
+        let got = qemu_to_raw(&flat, &p("flat.raw"));
+        if q == "ov.qcow2" {
+            assert!(got == want, "{what} flattened lost bytes");
+        } else {
+            let base = qemu_to_raw(&p("base.qcow2"), &p("base.raw"));
+            assert!(got == base, "{what} converted lost bytes");
+        }
+    }
+}

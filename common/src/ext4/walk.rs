@@ -119,6 +119,7 @@ pub(crate) fn copy_error(e: &Error) -> Error {
             path: path.clone(),
             source: Box::new(copy_error(source)),
         },
+        Error::BackingChanged { path } => Error::BackingChanged { path: path.clone() },
         Error::TempFile {
             dir,
             op,

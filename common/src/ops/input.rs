@@ -270,7 +270,7 @@ pub fn backing_files(inp: &Input) -> Vec<PathBuf> {
     let Ok(src) = FileSource::open(path, 0) else {
         return Vec::new();
     };
-    crate::qcow2::chain::Qcow2Image::open_host(src, dir, None)
+    crate::qcow2::chain::Qcow2Image::open_layers(src, dir, None)
         .map(|q| q.backing_files().to_vec())
         .unwrap_or_default()
 }
@@ -321,7 +321,7 @@ pub fn facts(input: &Input) -> ImageFacts {
                     .unwrap_or_default(),
                 Kind::Qcow2 => {
                     let id = crate::io::ObjectId::of_path(path).ok();
-                    let Ok(q) = crate::qcow2::Qcow2Image::open_host(file, dir, id) else {
+                    let Ok(q) = crate::qcow2::Qcow2Image::open_layers(file, dir, id) else {
                         return ImageFacts::default();
                     };
                     let mut f = superblock_at(&q, SUPERBLOCK_OFFSET)

@@ -123,12 +123,53 @@ pub fn plan(
             let map = view.block_map();
             from_image(&view, &map, img.superblock().block_size, progress)
         }
-        Input::File { path, dir, .. } => {
+        Input::File {
+            kind, path, dir, ..
+        } => {
             let src = open_source_in(&path, opts.offset, &dir)?;
             let (fs, res) = scan_source(src, opts, false, progress)?;
-            from_image(&fs.src, &res.map, fs.sb.block_size, progress)
+            let map = converted_blocks(kind, res.map, &fs.src, fs.sb.block_size)?;
+            from_image(&fs.src, &map, fs.sb.block_size, progress)
         }
     }
+}
+
+/// The blocks a filesystem INPUT of `kind` is converted by: the scan's selection (`map`,
+/// as `e2i-capture -Q` selects), and for a qcow2 INPUT also every block its virtual disk
+/// (`src`) stores, so that a qcow2 is converted as it is — file data of an `-a` capture
+/// included, as `e2i-to-raw` and `qcow2-to-raw` convert it — not cut back to metadata.
+fn converted_blocks(
+    kind: crate::ops::input::Kind,
+    map: crate::blockmap::BlockMap,
+    src: &dyn crate::io::ReadAt,
+    bs: BlockSize,
+) -> Result<crate::blockmap::BlockMap> {
+    if kind != crate::ops::input::Kind::Qcow2 {
+        return Ok(map);
+    }
+    let blocks_count = map.blocks_count();
+    let end = bs.bytes_of(blocks_count).unwrap_or(u64::MAX);
+    let mut b = crate::blockmap::BlockMapBuilder::new(
+        FsBlock(0),
+        FsBlock(blocks_count.saturating_sub(1)),
+        0,
+    );
+    for r in map.runs() {
+        b.mark_range(r.start, r.len);
+    }
+    let mut at = 0;
+    while at < end
+        && let Some(r) = src.data_region(at)?
+    {
+        let r = r.start.max(at)..r.end.min(end);
+        if r.start >= r.end {
+            break;
+        }
+        let first = bs.block_of(r.start);
+        b.mark_range(first, bs.blocks_covering(r.end).saturating_sub(first.get()));
+        at = r.end;
+    }
+    Ok(b.build(FsBlock(0), blocks_count))
 }
 
 /// Where a stream conversion writes its qcow2.
@@ -497,9 +538,10 @@ pub fn to_qcow2(
             let src = MarkedSource::new(src, marks.scrambled);
             let (fs, res) = scan_source(src, opts, false, progress)?;
             let bs = fs.sb.block_size;
+            let map = converted_blocks(kind, res.map, &fs.src, bs)?;
             write_qcow2(
                 &fs.src,
-                &res.map,
+                &map,
                 bs,
                 target,
                 marks,
@@ -510,7 +552,7 @@ pub fn to_qcow2(
                 input: kind,
                 block_size: bs.get(),
                 blocks_count: fs.sb.blocks_count,
-                blocks: res.map.selected_blocks(),
+                blocks: map.selected_blocks(),
                 stream_digest: None,
                 problems: res.problems,
             })

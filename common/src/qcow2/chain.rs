@@ -13,6 +13,12 @@
 //! A chain is followed at most [`MAX_CHAIN_DEPTH`] files deep; a file met twice (by device
 //! and inode, so also under another name) is a loop. Both are refused, as is a missing file,
 //! with the file named ([`Error::Backing`], [`Error::BackingLoop`], [`Error::BackingTooDeep`]).
+//!
+//! qcow2 records only a backing file's name, so qemu reads an overlay through whatever file
+//! has that name now: a base replaced by another capture, restored from an older backup or
+//! changed in place gives a wrong disk, silently. An overlay e2i writes records the digest of
+//! what it reads through its chain ([`through_digest`]); [`Qcow2Image::open_host`] checks
+//! it and refuses a chain that no longer gives those bytes ([`Error::BackingChanged`]).
 
 use std::ffi::OsStr;
 use std::ops::Range;
@@ -21,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use super::entry::Mapping;
 use super::reader::{Qcow2Reader, is_qcow2};
-use super::types::GuestOffset;
+use super::types::{ClusterBits, GuestCluster, GuestOffset};
 use crate::error::CorruptKind;
 use crate::io::{FileSource, ObjectId, ReadAt};
 use crate::{Error, Result};
@@ -129,11 +135,41 @@ pub fn resolve(dir: &Path, name: &Path) -> PathBuf {
 }
 
 impl<S: ReadAt> Qcow2Image<S> {
-    /// Open the qcow2 image in `host` and its chain; relative backing names resolve against
-    /// `dir`; `id` is the identity of `host`'s file when known (a loop back to it is found).
+    /// Open the qcow2 image in `host` and its chain to read it; relative backing names
+    /// resolve against `dir`; `id` is the identity of `host`'s file when known (a loop back
+    /// to it is found). A chain that no longer gives what the image recorded reading through
+    /// it is refused ([`Self::check_backing`]).
     pub fn open_host(host: S, dir: &Path, id: Option<ObjectId>) -> Result<Self> {
+        let img = Self::open_layers(host, dir, id)?;
+        img.check_backing()?;
+        Ok(img)
+    }
+
+    /// As [`Self::open_host`], without reading the chain's content: for looking at headers
+    /// and at which files the chain holds.
+    pub fn open_layers(host: S, dir: &Path, id: Option<ObjectId>) -> Result<Self> {
         let mut seen: Vec<ObjectId> = id.into_iter().collect();
         Self::open_chain(host, dir, &mut seen)
+    }
+
+    /// Check what the top image reads through its backing chain against the digest e2i
+    /// recorded when it wrote the overlay; images without one (qemu's, older e2i's) are
+    /// taken as they are. Only the top is checked: its digest covers every byte it reads
+    /// from the files below, whichever of them holds it.
+    pub fn check_backing(&self) -> Result<()> {
+        let (Some(want), Some(backing)) = (self.header().backing_digest(), &self.backing) else {
+            return Ok(());
+        };
+        let cb = self.top.cluster_size_bits();
+        let got = through_digest(backing, cb, self.virtual_size(), |g| {
+            Ok(self.top.mapping(g)? == Mapping::Unallocated)
+        })?;
+        if got == want {
+            return Ok(());
+        }
+        Err(Error::BackingChanged {
+            path: self.below.first().cloned().unwrap_or_default(),
+        })
     }
 
     fn open_chain(host: S, dir: &Path, seen: &mut Vec<ObjectId>) -> Result<Self> {
@@ -238,6 +274,70 @@ impl<S: ReadAt> Qcow2Image<S> {
         }
         Ok(merged)
     }
+}
+
+/// The BLAKE3 of what an overlay with clusters of `cb` and a disk of `virtual_size` bytes
+/// reads through `backing`: for every cluster that `reads_through` (neither stored nor
+/// flagged as zero in the overlay) and where the chain holds a non-zero byte, in order, the
+/// cluster's number (8 bytes, little-endian) and its bytes (zeros past the disk's end).
+/// The writer and the readers share this one definition: a chain gives the overlay the
+/// same disk exactly when the digest is the same (all-zero clusters read the same from any
+/// chain that stores nothing there, so only the chain's stored ranges are read).
+pub fn through_digest(
+    backing: &Backing,
+    cb: ClusterBits,
+    virtual_size: u64,
+    mut reads_through: impl FnMut(GuestCluster) -> Result<bool>,
+) -> Result<[u8; 32]> {
+    let cs = cb.size();
+    let total = virtual_size.div_ceil(cs);
+    let per = ((crate::pieces::IO_CHUNK as u64) >> cb.get()).max(1);
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = Vec::new();
+    // Hash clusters `run` (all read through), read in one piece.
+    let mut hash_run = |run: Range<u64>| -> Result<()> {
+        // run lies below `total`: its offsets lie below the virtual size; at most `per`
+        // clusters, IO_CHUNK bytes.
+        let at = run.start << cb.get();
+        let len = (run.end << cb.get()).min(virtual_size).saturating_sub(at) as usize;
+        buf.clear();
+        buf.resize((run.end.saturating_sub(run.start) << cb.get()) as usize, 0);
+        let got = backing.read_at(&mut buf[..len], at)?;
+        buf[got..].fill(0);
+        for (g, c) in run.zip(buf.chunks(cb.size_usize())) {
+            if !crate::pieces::block_is_zero(c) {
+                hasher.update(&crate::bytes::le::bytes_u64(g));
+                hasher.update(c);
+            }
+        }
+        Ok(())
+    };
+    // The next cluster not yet looked at: ranges may share a cluster.
+    let mut next = 0u64;
+    for r in backing.stored_ranges()? {
+        let first = (r.start >> cb.get()).max(next);
+        let end = r.end.div_ceil(cs).min(total);
+        let mut run: Option<Range<u64>> = None;
+        for g in first..end {
+            let through = reads_through(GuestCluster(g))?;
+            match &mut run {
+                Some(x) if through && x.end.saturating_sub(x.start) < per => {
+                    x.end = g.saturating_add(1)
+                }
+                _ => {
+                    if let Some(x) = run.take() {
+                        hash_run(x)?;
+                    }
+                    run = through.then_some(g..g.saturating_add(1));
+                }
+            }
+        }
+        if let Some(x) = run {
+            hash_run(x)?;
+        }
+        next = next.max(end);
+    }
+    Ok(*hasher.finalize().as_bytes())
 }
 
 /// Append `r` to sorted ranges, merging it with the last one when they touch.

@@ -71,6 +71,12 @@ pub const EXT_FEATURE_NAMES: u32 = 0x6803_f857;
 pub const EXT_BITMAPS: u32 = 0x2385_2875;
 pub const EXT_FULL_DISK_ENCRYPTION: u32 = 0x0537_be77;
 pub const EXT_EXTERNAL_DATA_FILE: u32 = 0x4441_5441;
+/// e2i's record of what an overlay reads through its backing chain ("e2iB"; qemu ignores
+/// extensions it does not know and keeps them): [`BACKING_DIGEST_V1`], then the BLAKE3 of
+/// [`super::chain::through_digest`].
+pub const EXT_E2I_BACKING_DIGEST: u32 = 0x6532_6942;
+/// The one layout of [`EXT_E2I_BACKING_DIGEST`]'s data: 4 bytes big-endian, then 32.
+pub const BACKING_DIGEST_V1: u32 = 1;
 
 /// One header extension: type and data (without padding).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -362,6 +368,20 @@ impl Header {
         b
     }
 
+    /// The digest e2i recorded of what this overlay reads through its backing chain when it
+    /// was written; `None` for images without one (made by qemu or an older e2i) or with a
+    /// layout this build does not know.
+    pub fn backing_digest(&self) -> Option<[u8; 32]> {
+        let e = self
+            .extensions
+            .iter()
+            .find(|e| e.kind == EXT_E2I_BACKING_DIGEST)?;
+        if be::get_u32(&e.data, 0)? != BACKING_DIGEST_V1 {
+            return None;
+        }
+        e.data.get(4..)?.try_into().ok()
+    }
+
     /// The flags of e2i's extension ([`crate::mark::QCOW2_EXTENSION`]); 0 without one.
     pub fn e2i_flags(&self) -> u32 {
         self.extensions
@@ -394,6 +414,17 @@ pub fn e2i_extension(flags: u32) -> Extension {
     Extension {
         kind: crate::mark::QCOW2_EXTENSION,
         data: be::bytes_u32(flags).to_vec(),
+    }
+}
+
+/// e2i's record of what an overlay reads through its backing chain (see
+/// [`Header::backing_digest`]).
+pub fn backing_digest_extension(digest: [u8; 32]) -> Extension {
+    let mut data = be::bytes_u32(BACKING_DIGEST_V1).to_vec();
+    data.extend_from_slice(&digest);
+    Extension {
+        kind: EXT_E2I_BACKING_DIGEST,
+        data,
     }
 }
 

@@ -110,9 +110,18 @@ impl Base {
         &self.image
     }
 
-    /// Record this base in `layout` (name as given, format).
+    /// Record this base in `layout` (name as given, format) with the digest of what the
+    /// planned overlay reads through it, so that a reader can tell when the chain is no
+    /// longer what the overlay was made on.
     pub fn record(&self, layout: &mut super::Qcow2Layout) -> Result<()> {
-        layout.set_backing(self.name.as_os_str().as_bytes(), self.format())
+        layout.set_backing(self.name.as_os_str().as_bytes(), self.format())?;
+        let cb = ClusterBits::new(layout.cluster_bits())
+            .ok_or_else(|| Error::InvalidInput("overlay: cluster size".into()))?;
+        let digest = super::chain::through_digest(&self.image, cb, layout.virtual_size(), |g| {
+            Ok(layout.reads_through(g))
+        })?;
+        layout.set_backing_digest(digest);
+        Ok(())
     }
 
     /// Read `buf.len()` bytes of the chain's disk at `offset`, zeros past its end.
