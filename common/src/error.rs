@@ -47,11 +47,11 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
-    /// An overlay's backing chain no longer gives the bytes the overlay was written on (a
-    /// backing file replaced, restored from another time or changed in place): reading
-    /// through it would give a wrong image.
+    /// An overlay's backing chain no longer holds the disk the overlay was written on (a
+    /// backing file replaced, restored from another time or changed in place): the overlay
+    /// would read as another image than the one it was made as.
     #[error(
-        "backing chain from {}: not what the overlay was written on (a file of it replaced or changed since); reading through it would give a wrong image",
+        "backing chain from {}: changed since this overlay was written on it (a file of it replaced, restored or modified), so the overlay no longer reads as it was made; put the chain back (or, if the change was meant, flatten it with qemu-img convert)",
         path.display()
     )]
     BackingChanged { path: PathBuf },

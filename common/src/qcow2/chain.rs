@@ -17,8 +17,8 @@
 //! qcow2 records only a backing file's name, so qemu reads an overlay through whatever file
 //! has that name now: a base replaced by another capture, restored from an older backup or
 //! changed in place gives a wrong disk, silently. An overlay e2i writes records the digest of
-//! what it reads through its chain ([`through_digest`]); [`Qcow2Image::open_host`] checks
-//! it and refuses a chain that no longer gives those bytes ([`Error::BackingChanged`]).
+//! its chain's disk ([`chain_digest`]); [`Qcow2Image::open_host`] checks it and refuses a
+//! chain that no longer gives those bytes ([`Error::BackingChanged`]).
 
 use std::ffi::OsStr;
 use std::ops::Range;
@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use super::entry::Mapping;
 use super::reader::{Qcow2Reader, is_qcow2};
-use super::types::{ClusterBits, GuestCluster, GuestOffset};
+use super::types::{ClusterBits, GuestOffset};
 use crate::error::CorruptKind;
 use crate::io::{FileSource, ObjectId, ReadAt};
 use crate::{Error, Result};
@@ -137,8 +137,8 @@ pub fn resolve(dir: &Path, name: &Path) -> PathBuf {
 impl<S: ReadAt> Qcow2Image<S> {
     /// Open the qcow2 image in `host` and its chain to read it; relative backing names
     /// resolve against `dir`; `id` is the identity of `host`'s file when known (a loop back
-    /// to it is found). A chain that no longer gives what the image recorded reading through
-    /// it is refused ([`Self::check_backing`]).
+    /// to it is found). A chain whose disk is no longer the one the image was written on is
+    /// refused ([`Self::check_backing`]).
     pub fn open_host(host: S, dir: &Path, id: Option<ObjectId>) -> Result<Self> {
         let img = Self::open_layers(host, dir, id)?;
         img.check_backing()?;
@@ -152,18 +152,15 @@ impl<S: ReadAt> Qcow2Image<S> {
         Self::open_chain(host, dir, &mut seen)
     }
 
-    /// Check what the top image reads through its backing chain against the digest e2i
-    /// recorded when it wrote the overlay; images without one (qemu's, older e2i's) are
-    /// taken as they are. Only the top is checked: its digest covers every byte it reads
-    /// from the files below, whichever of them holds it.
+    /// Check the disk of the top image's backing chain against the digest e2i recorded when
+    /// it wrote the overlay on it; images without one (qemu's, older e2i's) are taken as
+    /// they are. Only the top is checked: its digest covers the whole disk below it,
+    /// whichever file of the chain holds each byte.
     pub fn check_backing(&self) -> Result<()> {
         let (Some(want), Some(backing)) = (self.header().backing_digest(), &self.backing) else {
             return Ok(());
         };
-        let cb = self.top.cluster_size_bits();
-        let got = through_digest(backing, cb, self.virtual_size(), |g| {
-            Ok(self.top.mapping(g)? == Mapping::Unallocated)
-        })?;
+        let got = chain_digest(backing, self.top.cluster_size_bits(), self.virtual_size())?;
         if got == want {
             return Ok(());
         }
@@ -276,25 +273,20 @@ impl<S: ReadAt> Qcow2Image<S> {
     }
 }
 
-/// The BLAKE3 of what an overlay with clusters of `cb` and a disk of `virtual_size` bytes
-/// reads through `backing`: for every cluster that `reads_through` (neither stored nor
-/// flagged as zero in the overlay) and where the chain holds a non-zero byte, in order, the
-/// cluster's number (8 bytes, little-endian) and its bytes (zeros past the disk's end).
-/// The writer and the readers share this one definition: a chain gives the overlay the
-/// same disk exactly when the digest is the same (all-zero clusters read the same from any
-/// chain that stores nothing there, so only the chain's stored ranges are read).
-pub fn through_digest(
-    backing: &Backing,
-    cb: ClusterBits,
-    virtual_size: u64,
-    mut reads_through: impl FnMut(GuestCluster) -> Result<bool>,
-) -> Result<[u8; 32]> {
+/// The BLAKE3 of the disk an overlay with clusters of `cb` and a disk of `virtual_size`
+/// bytes is written on: for every cluster where `backing` holds a non-zero byte, in order,
+/// the cluster's number (8 bytes, little-endian) and its bytes (zeros past the disk's end).
+/// The writer and the readers share this one definition. The whole disk counts, not only
+/// the clusters the overlay reads through, so that the overlay's own clusters may change
+/// (`qemu-img commit` into it) without its chain being taken for changed; and all-zero
+/// clusters read the same from any chain, so only the chain's stored ranges are read.
+pub fn chain_digest(backing: &Backing, cb: ClusterBits, virtual_size: u64) -> Result<[u8; 32]> {
     let cs = cb.size();
     let total = virtual_size.div_ceil(cs);
     let per = ((crate::pieces::IO_CHUNK as u64) >> cb.get()).max(1);
     let mut hasher = blake3::Hasher::new();
     let mut buf = Vec::new();
-    // Hash clusters `run` (all read through), read in one piece.
+    // Hash clusters `run`, read in one piece.
     let mut hash_run = |run: Range<u64>| -> Result<()> {
         // run lies below `total`: its offsets lie below the virtual size; at most `per`
         // clusters, IO_CHUNK bytes.
@@ -317,23 +309,11 @@ pub fn through_digest(
     for r in backing.stored_ranges()? {
         let first = (r.start >> cb.get()).max(next);
         let end = r.end.div_ceil(cs).min(total);
-        let mut run: Option<Range<u64>> = None;
-        for g in first..end {
-            let through = reads_through(GuestCluster(g))?;
-            match &mut run {
-                Some(x) if through && x.end.saturating_sub(x.start) < per => {
-                    x.end = g.saturating_add(1)
-                }
-                _ => {
-                    if let Some(x) = run.take() {
-                        hash_run(x)?;
-                    }
-                    run = through.then_some(g..g.saturating_add(1));
-                }
-            }
-        }
-        if let Some(x) = run {
-            hash_run(x)?;
+        let mut g = first;
+        while g < end {
+            let stop = g.saturating_add(per).min(end);
+            hash_run(g..stop)?;
+            g = stop;
         }
         next = next.max(end);
     }

@@ -71,9 +71,9 @@ pub const EXT_FEATURE_NAMES: u32 = 0x6803_f857;
 pub const EXT_BITMAPS: u32 = 0x2385_2875;
 pub const EXT_FULL_DISK_ENCRYPTION: u32 = 0x0537_be77;
 pub const EXT_EXTERNAL_DATA_FILE: u32 = 0x4441_5441;
-/// e2i's record of what an overlay reads through its backing chain ("e2iB"; qemu ignores
-/// extensions it does not know and keeps them): [`BACKING_DIGEST_V1`], then the BLAKE3 of
-/// [`super::chain::through_digest`].
+/// e2i's record of the disk an overlay was written on ("e2iB"; qemu ignores extensions it
+/// does not know and keeps them): [`BACKING_DIGEST_V1`], then the BLAKE3 of
+/// [`super::chain::chain_digest`].
 pub const EXT_E2I_BACKING_DIGEST: u32 = 0x6532_6942;
 /// The one layout of [`EXT_E2I_BACKING_DIGEST`]'s data: 4 bytes big-endian, then 32.
 pub const BACKING_DIGEST_V1: u32 = 1;
@@ -368,8 +368,8 @@ impl Header {
         b
     }
 
-    /// The digest e2i recorded of what this overlay reads through its backing chain when it
-    /// was written; `None` for images without one (made by qemu or an older e2i) or with a
+    /// The digest e2i recorded of the disk of this overlay's backing chain when it was
+    /// written; `None` for images without one (made by qemu or an older e2i) or with a
     /// layout this build does not know.
     pub fn backing_digest(&self) -> Option<[u8; 32]> {
         let e = self
@@ -417,8 +417,7 @@ pub fn e2i_extension(flags: u32) -> Extension {
     }
 }
 
-/// e2i's record of what an overlay reads through its backing chain (see
-/// [`Header::backing_digest`]).
+/// e2i's record of the disk an overlay was written on (see [`Header::backing_digest`]).
 pub fn backing_digest_extension(digest: [u8; 32]) -> Extension {
     let mut data = be::bytes_u32(BACKING_DIGEST_V1).to_vec();
     data.extend_from_slice(&digest);

@@ -110,16 +110,13 @@ impl Base {
         &self.image
     }
 
-    /// Record this base in `layout` (name as given, format) with the digest of what the
-    /// planned overlay reads through it, so that a reader can tell when the chain is no
-    /// longer what the overlay was made on.
+    /// Record this base in `layout` (name as given, format) with the digest of its disk,
+    /// so that a reader can tell when the chain is no longer what the overlay was made on.
     pub fn record(&self, layout: &mut super::Qcow2Layout) -> Result<()> {
         layout.set_backing(self.name.as_os_str().as_bytes(), self.format())?;
         let cb = ClusterBits::new(layout.cluster_bits())
             .ok_or_else(|| Error::InvalidInput("overlay: cluster size".into()))?;
-        let digest = super::chain::through_digest(&self.image, cb, layout.virtual_size(), |g| {
-            Ok(layout.reads_through(g))
-        })?;
+        let digest = super::chain::chain_digest(&self.image, cb, layout.virtual_size())?;
         layout.set_backing_digest(digest);
         Ok(())
     }

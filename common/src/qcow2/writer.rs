@@ -357,18 +357,8 @@ impl Qcow2Layout {
         if self.v3 { 3 } else { 2 }
     }
 
-    /// Whether guest cluster `g` reads through to the backing file: neither stored nor
-    /// flagged as zero.
-    pub fn reads_through(&self, g: GuestCluster) -> bool {
-        let holds = |runs: &[ClusterRun]| {
-            let i = runs.partition_point(|r| r.end() <= g);
-            runs.get(i).is_some_and(|r| r.start <= g)
-        };
-        !holds(&self.data) && !holds(&self.zero)
-    }
-
-    /// Record the digest of what this overlay reads through its backing chain (see
-    /// [`super::chain::through_digest`]), which readers check before trusting the chain.
+    /// Record the digest of the disk of this overlay's backing chain (see
+    /// [`super::chain::chain_digest`]), which readers check before trusting the chain.
     pub fn set_backing_digest(&mut self, digest: [u8; 32]) {
         self.extensions
             .retain(|e| e.kind != super::header::EXT_E2I_BACKING_DIGEST);
