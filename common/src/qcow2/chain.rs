@@ -292,10 +292,10 @@ pub fn chain_digest(backing: &Backing, cb: ClusterBits, virtual_size: u64) -> Re
         // clusters, IO_CHUNK bytes.
         let at = run.start << cb.get();
         let len = (run.end << cb.get()).min(virtual_size).saturating_sub(at) as usize;
+        // Zeros where the chain's disk ends early or the virtual size ends the last cluster.
         buf.clear();
         buf.resize((run.end.saturating_sub(run.start) << cb.get()) as usize, 0);
-        let got = backing.read_at(&mut buf[..len], at)?;
-        buf[got..].fill(0);
+        backing.read_at(&mut buf[..len], at)?;
         for (g, c) in run.zip(buf.chunks(cb.size_usize())) {
             if !crate::pieces::block_is_zero(c) {
                 hasher.update(&crate::bytes::le::bytes_u64(g));

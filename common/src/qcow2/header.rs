@@ -594,6 +594,29 @@ mod tests {
     }
 
     #[test]
+    fn backing_digest_round_trips_and_unknown_layouts_are_ignored() {
+        let h = Header::v2(cb(12), 1 << 30);
+        let mut buf = h.encode_v2().to_vec();
+        let d = [0xa5u8; 32];
+        buf.extend(encode_extensions(&[backing_digest_extension(d)]));
+        buf.resize(4096, 0);
+        let p = Header::parse(&buf).unwrap();
+        assert_eq!(p.backing_digest(), Some(d));
+        assert_eq!(h.backing_digest(), None);
+        // Another layout version, or a short one: no digest (not checked), never a panic.
+        for data in [vec![0, 0, 0, 2], vec![0, 0, 0, 1, 7], vec![]] {
+            let other = Header {
+                extensions: vec![Extension {
+                    kind: EXT_E2I_BACKING_DIGEST,
+                    data,
+                }],
+                ..h.clone()
+            };
+            assert_eq!(other.backing_digest(), None);
+        }
+    }
+
+    #[test]
     fn v3_extensions() {
         let mut buf = v3(9, 112);
         be::set_u32(&mut buf, 112, EXT_FEATURE_NAMES);
