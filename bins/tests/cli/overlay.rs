@@ -567,6 +567,20 @@ fn a_changed_backing_chain_is_refused() {
         "ov2.qcow2",
     );
     assert_reads_as(&p("ov2.qcow2"), &want, "untouched chain");
+    // qemu's own (empty) overlay on top carries no digest: the nearest e2i link's is checked.
+    sh(Command::new("qemu-img")
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            "ov2.qcow2",
+        ])
+        .arg(p("q3.qcow2")));
+    assert_reads_as(&p("q3.qcow2"), &want, "qemu's overlay on the chain");
     let refused = |what: &str| {
         // qemu reads the chain as it is now: a wrong image, which is why e2i refuses it.
         assert!(
@@ -596,6 +610,10 @@ fn a_changed_backing_chain_is_refused() {
             );
             assert!(!out.exists(), "{what}: {t} left its output");
         }
+        let o = run(Command::new(tool("qcow2-to-raw"))
+            .arg(p("q3.qcow2"))
+            .arg(p("out.img")));
+        assert_eq!(o.status.code(), Some(1), "{what}: qemu's overlay on top");
     };
     let keep = |n: &str| std::fs::copy(p(n), p(&format!("{n}.orig"))).unwrap();
     let restore = |n: &str| std::fs::rename(p(&format!("{n}.orig")), p(n)).unwrap();

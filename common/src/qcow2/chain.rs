@@ -153,12 +153,20 @@ impl<S: ReadAt> Qcow2Image<S> {
     }
 
     /// Check the disk of the top image's backing chain against the digest e2i recorded when
-    /// it wrote the overlay on it; images without one (qemu's, older e2i's) are taken as
-    /// they are. Only the top is checked: its digest covers the whole disk below it,
+    /// it wrote the overlay on it. Only the nearest link that has a digest is checked (links
+    /// made by qemu or an older e2i have none): it covers the whole disk below that link,
     /// whichever file of the chain holds each byte.
     pub fn check_backing(&self) -> Result<()> {
-        let (Some(want), Some(backing)) = (self.header().backing_digest(), &self.backing) else {
+        let Some(backing) = &self.backing else {
             return Ok(());
+        };
+        let Some(want) = self.header().backing_digest() else {
+            // A link without a digest (qemu's, an older e2i's): the nearest link below with
+            // one still guards the files below it.
+            return match backing {
+                Backing::Qcow2(q) => q.check_backing(),
+                Backing::Raw(_) => Ok(()),
+            };
         };
         let got = chain_digest(backing, self.top.cluster_size_bits(), self.virtual_size())?;
         if got == want {
