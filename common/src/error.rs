@@ -749,6 +749,7 @@ pub const OUTPUT_OPS: &[&str] = &[
     "chmod",
     "rename",
     OP_TOO_LARGE,
+    OP_PAST_OFFSETS,
 ];
 
 /// The operations of [`OUTPUT_OPS`] that change the target (or complete changing it).
@@ -756,6 +757,9 @@ const WRITE_OPS: &[&str] = &["write", "flush", "sync"];
 
 /// The operation of [`Error::too_large`].
 const OP_TOO_LARGE: &str = "a file there cannot reach the end of what must be written";
+
+/// The operation of [`Error::past_offsets`].
+const OP_PAST_OFFSETS: &str = "no file or device reaches the end of what must be written";
 
 impl Error {
     /// The target is a regular file that cannot reach byte `need` (past the largest file
@@ -768,6 +772,24 @@ impl Error {
                 io::ErrorKind::FileTooLarge,
                 format!(
                     "{need} bytes lie past the largest file its filesystem allows; nothing written"
+                ),
+            ),
+        }
+    }
+}
+
+impl Error {
+    /// `-O dest_offset` plus the `size` bytes to write there passes the largest byte offset
+    /// (2^64 - 1): no target can hold it; found before anything is created or written. An
+    /// error about the target, so that messages name it (OUTPUT, DEST, a moved SOURCE).
+    pub fn past_offsets(dest_offset: u64, size: u64) -> Error {
+        Error::Io {
+            op: OP_PAST_OFFSETS,
+            offset: 0,
+            source: io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                format!(
+                    "destination offset {dest_offset} plus the {size} bytes to write there pass byte 2^64 - 1; nothing written"
                 ),
             ),
         }

@@ -1,0 +1,171 @@
+//! Things going wrong in the middle of a run, as on a broken system: a full disk, a source
+//! that shrinks, a signal, a folder or temporary file removed, odd standard streams. Each
+//! run must end with one line naming what and where (exit 1), or by its signal, and leave
+//! its outputs complete or absent, a target updated in place recoverable.
+
+use super::util::*;
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// Start a capture into `out` held after its OUTPUT is open (its temporary file made), and
+/// return it once that file is there.
+fn held_capture(img: &Path, out: &Path) -> Reaper {
+    let child = Reaper::new(
+        Command::new(tool("e2i-capture"))
+            .arg("-r")
+            .arg(img)
+            .arg(out)
+            // Ended by the test's own action, however loaded the machine.
+            .env("E2I_TEST_PAUSE_AFTER_OPEN_MS", "3000")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let dir = out.parent().unwrap();
+    for _ in 0..3000 {
+        if names(dir).iter().any(|n| n.contains(".e2i-partial-")) {
+            return child;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("no temporary file in {}", dir.display());
+}
+
+/// The rename at the end of a run whose temporary file is gone said only `rename: No such
+/// file or directory`. It now says what happened: the folder was deleted, or the temporary
+/// file itself was removed (a cleanup script), and that nothing is left.
+#[test]
+fn a_temporary_file_lost_during_the_run_is_named() {
+    let d = tempdir();
+    let img = mkfs(d.path(), "fs.img", "4M", &[]);
+    let dir = d.path().join("outs");
+    fs::create_dir(&dir).unwrap();
+    let child = held_capture(&img, &dir.join("a.raw"));
+    fs::remove_dir_all(&dir).unwrap();
+    let o = child.take().wait_with_output().unwrap();
+    let err = failed(&o, "capture into a folder deleted during the run");
+    assert!(
+        err.contains("a.raw: rename: OUTPUT's folder was deleted during the run")
+            && err.contains("nothing is left")
+            && err.lines().count() == 1,
+        "{err}"
+    );
+    fs::create_dir(&dir).unwrap();
+    let child = held_capture(&img, &dir.join("b.raw"));
+    for n in names(&dir) {
+        fs::remove_file(dir.join(n)).unwrap();
+    }
+    let o = child.take().wait_with_output().unwrap();
+    let err = failed(&o, "capture whose temporary file was removed");
+    assert!(
+        err.contains("b.raw: rename: the temporary file")
+            && err.contains(".b.raw.e2i-partial-")
+            && err.contains("was removed during the run")
+            && err.lines().count() == 1,
+        "{err}"
+    );
+    assert!(names(&dir).is_empty(), "{:?}", names(&dir));
+}
+
+/// Stdout a socket (a service's stdout under systemd or inetd): `-` wrote the image down
+/// it, while `/dev/stdout` (the same descriptor, by name) was refused as "neither a file, a
+/// device nor a FIFO" — open(2) cannot open a socket. Both now write the same bytes; a
+/// socket named otherwise is refused, saying what to use.
+#[test]
+fn stdout_a_socket_is_written_under_every_name() {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let d = tempdir();
+    let img = mkfs(d.path(), "fs.img", "4M", &[]);
+    let through = |out: &str, format: &str| {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let child = Reaper::new(
+            Command::new(tool("e2i-capture"))
+                .args(["--format", format])
+                .arg(&img)
+                .arg(out)
+                .stdout(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut got = Vec::new();
+        (&ours).read_to_end(&mut got).unwrap();
+        let o = child.take().wait_with_output().unwrap();
+        (o, got)
+    };
+    for format in ["stream", "raw", "qcow2"] {
+        let (o, want) = through("-", format);
+        ok(&o, "capture to a socket on stdout as -");
+        assert!(!want.is_empty());
+        for name in ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"] {
+            let (o, got) = through(name, format);
+            ok(&o, name);
+            assert!(got == want, "{name} {format}: other bytes than -");
+        }
+    }
+    // A socket another way (a named one) cannot be opened.
+    let sock = d.path().join("s.sock");
+    let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let o = run(Command::new(tool("e2i-capture")).arg(&img).arg(&sock));
+    let err = failed(&o, "capture to a named socket");
+    assert!(
+        err.contains("is a socket, which cannot be opened by name"),
+        "{err}"
+    );
+}
+
+/// `-O` so large that OUTPUT's end passes 2^64: the message named SOURCE (`e2i-move`'s
+/// clone: "destination offset plus filesystem size overflows", the converters' "lies past
+/// the largest possible file" under INPUT's name). It names the target and the offset now,
+/// as the other "cannot reach" errors do, and nothing is created.
+#[test]
+fn an_offset_past_two_to_the_64_names_the_target() {
+    let d = tempdir();
+    let img = mkfs(d.path(), "fs.img", "4M", &[]);
+    let q = d.path().join("fs.qcow2");
+    ok(
+        &run(Command::new(tool("e2i-capture"))
+            .arg("-Q")
+            .arg(&img)
+            .arg(&q)),
+        "capture -Q",
+    );
+    let out = d.path().join("out.img");
+    let huge = "0xfffffffffff00000";
+    let cases: Vec<(&str, Vec<&std::ffi::OsStr>, &Path)> = vec![
+        (
+            "e2i-move",
+            vec![img.as_os_str(), out.as_os_str()],
+            out.as_path(),
+        ),
+        (
+            "e2i-to-raw",
+            vec![img.as_os_str(), out.as_os_str()],
+            out.as_path(),
+        ),
+        (
+            "qcow2-to-raw",
+            vec![q.as_os_str(), out.as_os_str()],
+            out.as_path(),
+        ),
+        // In place, the moved SOURCE is the target.
+        ("e2i-move", vec![img.as_os_str()], img.as_path()),
+    ];
+    let before = read(&img);
+    for (t, args, target) in cases {
+        let o = run(Command::new(tool(t)).args(["-O", huge]).args(&args));
+        let err = failed(&o, t);
+        assert!(
+            err.starts_with(&format!("{t}: {}: ", target.display()))
+                && err.contains("destination offset 18446744073708503040 plus the ")
+                && err.contains("pass byte 2^64 - 1; nothing written")
+                && err.lines().count() == 1,
+            "{t} {args:?}: {err}"
+        );
+        assert!(!out.exists(), "{t}: {} created", out.display());
+        assert!(read(&img) == before);
+    }
+    assert!(!journal_of(&img).exists());
+}
