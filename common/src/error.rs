@@ -65,6 +65,11 @@ pub enum Error {
         /// Printed in the message, before the advice (not a `source`, which would follow it).
         error: io::Error,
     },
+    /// e2i-install failed after its first write to DEVICE (the error inside says why):
+    /// DEVICE holds part of the image's metadata over its own, and its undo file, when one
+    /// was asked for, is complete.
+    #[error(transparent)]
+    InstallUnfinished(Box<Error>),
     /// A qcow2 backing chain deeper than e2i follows.
     #[error("backing file {}: the backing chain is deeper than {max} files", path.display())]
     BackingTooDeep { path: PathBuf, max: usize },
@@ -706,6 +711,7 @@ impl Error {
             Error::Io { source, .. } | Error::JournalIo { source, .. } => {
                 source.raw_os_error().is_some_and(|c| full.contains(&c))
             }
+            Error::InstallUnfinished(e) => e.is_out_of_room(),
             _ => false,
         }
     }

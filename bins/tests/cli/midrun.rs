@@ -169,3 +169,109 @@ fn an_offset_past_two_to_the_64_names_the_target() {
     }
     assert!(!journal_of(&img).exists());
 }
+
+/// `e2i-install` stopped by a full disk after its first write to DEVICE (an image file on a
+/// full filesystem, whose never-written inode tables are holes) said only "No space left on
+/// device", as if nothing had happened to DEVICE. It now says DEVICE is partly installed
+/// and how to get back: with `-z`, `e2undo` restores DEVICE's exact bytes; without, the
+/// same command finishes the install once there is room.
+#[test]
+fn an_install_stopped_by_a_full_disk_says_how_to_recover() {
+    let d = tempdir();
+    let img = mkfs(d.path(), "fs.img", "8M", &["-b", "1024"]);
+    let image = d.path().join("fs.e2i");
+    ok(
+        &run(Command::new(tool("e2i-capture")).arg(&img).arg(&image)),
+        "capture",
+    );
+    // DEVICE changed since the image: an install rewrites its inode tables (every
+    // group's, the image holds them whole).
+    let note = d.path().join("note");
+    fs::write(&note, "written after the image was taken\n").unwrap();
+    debugfs_w(
+        &img,
+        &format!(
+            "mkdir newer\nwrite {} newer/f\nmkdir newer/d2",
+            note.display()
+        ),
+    );
+    let orig = read(&img);
+    // What an install that had room leaves.
+    let roomy = d.path().join("roomy.img");
+    fs::write(&roomy, &orig).unwrap();
+    ok(
+        &run(Command::new(tool("e2i-install"))
+            .arg("-f")
+            .arg(&roomy)
+            .arg(&image)
+            .env("E2FSPROGS_FAKE_TIME", "1800000000")),
+        "install with room",
+    );
+    let mnt = d.path().join("small");
+    let _m = Mount::new(
+        &[Path::new("tmpfs")],
+        &mnt,
+        &["-t", "tmpfs", "-o", "size=12m"],
+    );
+    let dev = mnt.join("dev.img");
+    let filler = mnt.join("filler");
+    let undo = d.path().join("dev.undo");
+    for with_undo in [true, false] {
+        let _ = fs::remove_file(&filler);
+        let _ = fs::remove_file(&undo);
+        ok(
+            &run(Command::new("cp")
+                .arg("--sparse=always")
+                .arg(&img)
+                .arg(&dev)),
+            "cp",
+        );
+        // Room for a few of the writes into holes (never-used inode tables), not all.
+        let st = rustix::fs::statvfs(&mnt).unwrap();
+        let free = st.f_bavail * st.f_frsize;
+        fs::write(&filler, vec![0x55u8; (free - 128 * 1024) as usize]).unwrap();
+        let install = || {
+            let mut c = Command::new(tool("e2i-install"));
+            c.args(["-q", "-f"]);
+            if with_undo {
+                c.arg("-z").arg(&undo);
+            }
+            run(c
+                .arg(&dev)
+                .arg(&image)
+                .env("E2FSPROGS_FAKE_TIME", "1800000000"))
+        };
+        let err = failed(&install(), "install onto a full disk");
+        assert!(
+            err.contains("No space left on device")
+                && err.contains(&format!(
+                    "DEVICE {} is partly installed (part of the image's metadata over its own)",
+                    dev.display()
+                ))
+                && err.lines().count() == 1,
+            "{err}"
+        );
+        assert!(
+            read(&dev) != orig,
+            "nothing was written: not the case tested"
+        );
+        fs::remove_file(&filler).unwrap();
+        if with_undo {
+            let how = format!(
+                "once there is room (free space on the filesystem that is full), restore DEVICE with `e2undo {} {}`",
+                undo.display(),
+                dev.display()
+            );
+            assert!(err.contains(&how), "{err}");
+            sh(Command::new("e2undo").arg(&undo).arg(&dev));
+            assert!(read(&dev) == orig, "e2undo gave other bytes than DEVICE's");
+        } else {
+            assert!(
+                err.contains("once there is room (free space on the filesystem that is full), run the same command again to finish the install"),
+                "{err}"
+            );
+            ok(&install(), "the same command, room made");
+            assert!(read(&dev) == read(&roomy), "the finished install");
+        }
+    }
+}

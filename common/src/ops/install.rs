@@ -827,6 +827,27 @@ impl Install {
             undo_file = Some((uf, stats, final_super));
         }
 
+        write_device(&img, &dev, &report, progress)
+            .map_err(|e| Error::InstallUnfinished(Box::new(e)))?;
+        if let Some((uf, stats, final_super)) = &undo_file {
+            undo::commit_undo(uf, stats, sb.block_size, final_super, dev.base())
+                .map_err(|e| Error::InstallUnfinished(Box::new(e)))?;
+        }
+        progress.finish();
+        Ok(report)
+    }
+}
+
+/// Write `report`'s planned writes onto DEVICE: the inode tables, bitmaps and descriptors,
+/// a sync, the superblock last, a sync.
+fn write_device(
+    img: &NormalImage<FileSource>,
+    dev: &FileSource,
+    report: &InstallReport,
+    progress: &mut dyn Progress,
+) -> Result<()> {
+    {
+        let bs = img.layout().block_size;
         let f = dev.file();
         // Planned offsets are the filesystem's; DEVICE's are `-P`'s partition start further.
         let base = dev.base();
@@ -874,12 +895,8 @@ impl Install {
             progress.update(done);
         }
         f.sync_all().map_err(|e| Error::io("sync", 0, e))?;
-        if let Some((uf, stats, final_super)) = &undo_file {
-            undo::commit_undo(uf, stats, sb.block_size, final_super, dev.base())?;
-        }
-        progress.finish();
-        Ok(report)
     }
+    Ok(())
 }
 
 /// The superblock an install leaves: its last planned write (see [`plan`]).
