@@ -65,6 +65,12 @@ pub enum Error {
         /// Printed in the message, before the advice (not a `source`, which would follow it).
         error: io::Error,
     },
+    /// A file or device being read ended at byte `end` although it held `was` bytes when
+    /// the run opened it: it was truncated (or shrunk) during the run.
+    #[error(
+        "it ends at byte {end} but held {was} bytes when the run opened it: it was truncated during the run, and what was read of it no longer holds together"
+    )]
+    SourceShrank { end: u64, was: u64 },
     /// e2i-install failed after its first write to DEVICE (the error inside says why):
     /// DEVICE holds part of the image's metadata over its own, and its undo file, when one
     /// was asked for, is complete.

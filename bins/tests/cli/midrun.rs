@@ -275,3 +275,65 @@ fn an_install_stopped_by_a_full_disk_says_how_to_recover() {
         }
     }
 }
+
+/// SOURCE truncated while it is read (a careless `truncate`, an image being replaced):
+/// reads past the new end came back as zeros, as past the end of an image that was short
+/// from the start, and the run exited 0 with an image whose file data was zeros past the
+/// cut. A read that finds the end before the size SOURCE had when it was opened now fails
+/// the run (exit 1, one line saying so). The run is held by its own stdout: a pipe this
+/// test reads a little of, then truncates SOURCE, then reads the rest.
+#[test]
+fn a_source_truncated_during_the_run_fails_it() {
+    use std::io::Read;
+    let d = tempdir();
+    let tree = d.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    // File data read while the image is written (more than the pipe and the read-ahead
+    // hold), in a filesystem much larger than the cut.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    fs::write(tree.join("data"), noise(&mut x, 16 << 20)).unwrap();
+    let img = d.path().join("fs.img");
+    mkfs_from(&tree, &img, "64M", &[]);
+    fs::remove_dir_all(&tree).unwrap();
+    let src = d.path().join("src.img");
+    for args in [
+        &["-r", "-a"][..],
+        &["--format", "stream", "-a"],
+        &["-Q", "-a"],
+    ] {
+        sh(Command::new("cp").arg(&img).arg(&src));
+        let mut child = Reaper::new(
+            Command::new(tool("e2i-capture"))
+                .args(args)
+                .arg(&src)
+                .arg("-")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut out = child.child_mut().stdout.take().unwrap();
+        let mut first = vec![0u8; 4096];
+        out.read_exact(&mut first).unwrap();
+        // The run now waits on the pipe, with most of the data still to read.
+        fs::File::options()
+            .write(true)
+            .open(&src)
+            .unwrap()
+            .set_len(2 << 20)
+            .unwrap();
+        std::io::copy(&mut out, &mut std::io::sink()).unwrap();
+        let o = child.take().wait_with_output().unwrap();
+        let err = failed(
+            &o,
+            &format!("capture {args:?} of a SOURCE truncated mid-run"),
+        );
+        assert!(
+            err.starts_with(&format!(
+                "e2i-capture: {}: it ends at byte 2097152 but held 67108864 bytes when the run opened it: it was truncated during the run",
+                src.display()
+            )) && err.lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
+}
