@@ -337,3 +337,47 @@ fn a_source_truncated_during_the_run_fails_it() {
         );
     }
 }
+
+/// Stdout closed (`>&-`) with OUTPUT `-`: Rust's runtime puts /dev/null where a closed
+/// standard stream was, so the image went there and the run exited 0, as if sent. It is
+/// refused now (exit 1, one line); stdout redirected to /dev/null by the shell is still
+/// written, as asked.
+#[test]
+fn a_closed_stdout_is_refused() {
+    let fx_dir = tempdir();
+    let img = mkfs(fx_dir.path(), "fs.img", "4M", &[]);
+    let stream = fx_dir.path().join("fs.e2s");
+    ok(
+        &run(Command::new(tool("e2i-capture"))
+            .arg(&img)
+            .arg("-")
+            .stdout(fs::File::create(&stream).unwrap())),
+        "capture a stream",
+    );
+    let cases: [(&str, &[&str], &Path); 4] = [
+        ("e2i-capture", &["-r"], &img),
+        ("e2i-to-raw", &[], &stream),
+        ("e2i-to-qcow2", &[], &stream),
+        ("e2i-capture", &[], &img),
+    ];
+    for (t, args, input) in cases {
+        let o = run(Command::new("sh")
+            .arg("-c")
+            .arg(r#"exec "$@" - >&-"#)
+            .arg("sh")
+            .arg(tool(t))
+            .args(args)
+            .arg(input));
+        let err = failed(&o, &format!("{t} {args:?} with stdout closed"));
+        assert_eq!(
+            err,
+            format!("{t}: OUTPUT - (stdout): stdout is closed (`>&-`?); nothing written\n")
+        );
+        let o = run(Command::new(tool(t))
+            .args(args)
+            .arg(input)
+            .arg("-")
+            .stdout(fs::File::options().write(true).open("/dev/null").unwrap()));
+        ok(&o, &format!("{t} {args:?} > /dev/null"));
+    }
+}
