@@ -1209,9 +1209,20 @@ pub mod pending {
         STDOUT.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
+    static CRITICAL: Mutex<()> = Mutex::new(());
+
+    /// Held while writes that only make sense together are made (e2i-install's superblock
+    /// and its undo file's switch to the final copy): [`remove_all`], which a terminating
+    /// signal calls before the process dies, waits for it to be released.
+    pub fn critical() -> std::sync::MutexGuard<'static, ()> {
+        CRITICAL.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Remove every registered file, and empty stdout's file when it is registered (called
-    /// on SIGINT, SIGTERM, SIGHUP).
+    /// on SIGINT, SIGTERM, SIGHUP), once no [`critical`] section is under way.
     pub fn remove_all() {
+        // Held to the end: the process dies of its signal right after.
+        let _done = critical();
         if STDOUT.swap(false, std::sync::atomic::Ordering::SeqCst) {
             empty_stdout(io::stdout());
         }
