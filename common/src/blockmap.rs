@@ -127,6 +127,8 @@ pub struct BlockMapBuilder {
     first_cluster: u64,
     last_cluster: u64,
     marks: u64,
+    /// Cluster ranges marked since the last [`Self::take_fresh`], when tracked.
+    fresh: Option<Vec<(u64, u64)>>,
 }
 
 const COMPACT_AT: usize = 1 << 20;
@@ -142,7 +144,26 @@ impl BlockMapBuilder {
             first_cluster: first_block.0 >> cluster_bits,
             last_cluster: last_block.0 >> cluster_bits,
             marks: 0,
+            fresh: None,
         }
+    }
+
+    /// Also keep the marks made from now on for [`Self::take_fresh`].
+    pub fn track_fresh(&mut self) {
+        self.fresh.get_or_insert_with(Vec::new);
+    }
+
+    /// The blocks marked since the last call (or since [`Self::track_fresh`]), as
+    /// [`Self::build`] would give them: sorted runs clipped to `[first_data_block,
+    /// blocks_count)`. Blocks may repeat ones taken before. Every block of the built map
+    /// is in some call's runs, and every block of those runs is in the built map.
+    pub fn take_fresh(&mut self, first_data_block: FsBlock, blocks_count: u64) -> Vec<BlockRun> {
+        let Some(fresh) = self.fresh.as_mut() else {
+            return Vec::new();
+        };
+        let mut f = std::mem::take(fresh);
+        merge_sorted(&mut f);
+        cluster_runs(&f, self.cluster_bits, first_data_block, blocks_count)
     }
 
     /// Mark one block (its whole cluster). Out-of-range blocks are ignored; the mark counts.
@@ -166,6 +187,12 @@ impl BlockMapBuilder {
         // c1 ≤ last_cluster < 2^64 >> cluster_bits: the end cannot overflow unless
         // cluster_bits is 0 and the range reaches u64::MAX, where it saturates.
         let end = c1.saturating_add(1);
+        if let Some(f) = self.fresh.as_mut() {
+            match f.last_mut() {
+                Some(l) if l.0 <= c0 && c0 <= l.1 => l.1 = l.1.max(end),
+                _ => f.push((c0, end)),
+            }
+        }
         if let Some(l) = self.pending.last_mut() {
             // Cheap merge for the common case of ascending, touching marks.
             if l.0 <= c0 && c0 <= l.1 {
@@ -189,40 +216,108 @@ impl BlockMapBuilder {
     }
 
     fn compact(&mut self) {
-        self.pending.sort_unstable();
-        let mut out: Vec<(u64, u64)> = Vec::with_capacity(self.pending.len());
-        for &(s, e) in &self.pending {
-            match out.last_mut() {
-                Some(l) if s <= l.1 => l.1 = l.1.max(e),
-                _ => out.push((s, e)),
-            }
-        }
-        out.shrink_to_fit();
-        self.pending = out;
+        merge_sorted(&mut self.pending);
+        self.pending.shrink_to_fit();
         self.sorted_prefix = self.pending.len();
     }
 
     /// The final map in blocks, clipped to `[first_data_block, blocks_count)`.
     pub fn build(mut self, first_data_block: FsBlock, blocks_count: u64) -> BlockMap {
         self.compact();
-        let cb = self.cluster_bits;
-        let mut runs: Vec<BlockRun> = Vec::with_capacity(self.pending.len());
-        for &(c0, c1) in &self.pending {
-            let s = FsBlock(c0 << cb).max(first_data_block);
-            let e = FsBlock(c1.checked_shl(cb).unwrap_or(u64::MAX).min(blocks_count));
-            if s >= e {
-                continue;
-            }
-            match runs.last_mut() {
-                Some(l) if l.end() >= s => l.len = e.max(l.end()).saturating_since(l.start),
-                _ => runs.push(BlockRun::new(s, e.saturating_since(s))),
-            }
-        }
         BlockMap {
-            runs,
+            runs: cluster_runs(
+                &self.pending,
+                self.cluster_bits,
+                first_data_block,
+                blocks_count,
+            ),
             blocks_count,
             marks: self.marks,
         }
+    }
+}
+
+/// Sort cluster ranges and merge those that overlap or touch.
+fn merge_sorted(v: &mut Vec<(u64, u64)>) {
+    v.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(v.len());
+    for &(s, e) in v.iter() {
+        match out.last_mut() {
+            Some(l) if s <= l.1 => l.1 = l.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    *v = out;
+}
+
+/// Sorted, merged cluster ranges as block runs clipped to `[first_data_block, blocks_count)`.
+fn cluster_runs(
+    clusters: &[(u64, u64)],
+    cb: u32,
+    first_data_block: FsBlock,
+    blocks_count: u64,
+) -> Vec<BlockRun> {
+    let mut runs: Vec<BlockRun> = Vec::with_capacity(clusters.len());
+    for &(c0, c1) in clusters {
+        let s = FsBlock(c0 << cb).max(first_data_block);
+        let e = FsBlock(c1.checked_shl(cb).unwrap_or(u64::MAX).min(blocks_count));
+        if s >= e {
+            continue;
+        }
+        match runs.last_mut() {
+            Some(l) if l.end() >= s => l.len = e.max(l.end()).saturating_since(l.start),
+            _ => runs.push(BlockRun::new(s, e.saturating_since(s))),
+        }
+    }
+    runs
+}
+
+/// A set of blocks built up run by run, which tells what each new run adds to it.
+#[derive(Debug, Default)]
+pub struct RunSet {
+    /// Disjoint, non-touching `[start, end)` by start.
+    runs: std::collections::BTreeMap<u64, u64>,
+}
+
+impl RunSet {
+    /// Add `run`; push onto `new` (in order) the parts of it that were not in the set.
+    pub fn add(&mut self, run: BlockRun, new: &mut Vec<BlockRun>) {
+        let (s, Some(e)) = (run.start.0, run.checked_end().map(|e| e.0)) else {
+            return;
+        };
+        if s >= e {
+            return;
+        }
+        // Runs that overlap or touch [s, e): from the last one starting at or before s.
+        let first = self.runs.range(..=s).next_back().map(|(&a, _)| a);
+        let from = match first {
+            Some(a) if self.runs.get(&a).is_some_and(|&b| b >= s) => a,
+            _ => s,
+        };
+        let touching: Vec<(u64, u64)> = self.runs.range(from..=e).map(|(&a, &b)| (a, b)).collect();
+        let mut pos = s;
+        let (mut lo, mut hi) = (s, e);
+        for &(a, b) in &touching {
+            if a > pos && pos < e {
+                let to = a.min(e);
+                new.push(BlockRun::new(FsBlock(pos), to.saturating_sub(pos)));
+            }
+            pos = pos.max(b);
+            lo = lo.min(a);
+            hi = hi.max(b);
+            self.runs.remove(&a);
+        }
+        if pos < e {
+            new.push(BlockRun::new(FsBlock(pos), e.saturating_sub(pos)));
+        }
+        self.runs.insert(lo, hi);
+    }
+
+    /// The set as sorted runs.
+    pub fn runs(&self) -> impl Iterator<Item = BlockRun> + '_ {
+        self.runs
+            .iter()
+            .map(|(&a, &b)| BlockRun::new(FsBlock(a), b.saturating_sub(a)))
     }
 }
 
@@ -241,6 +336,64 @@ mod tests {
         let b = BlockMap::from_runs([r(2, 3), r(8, 14), r(24, 1)], 100);
         assert_eq!(a.minus(&b), vec![r(0, 2), r(5, 3), r(22, 2)]);
         assert_eq!(b.minus(&a), vec![r(10, 10)]);
+    }
+
+    #[test]
+    fn fresh_marks_cover_the_built_map_exactly() {
+        let mut b = BlockMapBuilder::new(FsBlock(1), FsBlock(99), 1);
+        b.mark(FsBlock(51));
+        b.track_fresh();
+        let mut taken = RunSet::default();
+        let add = |runs: Vec<BlockRun>, t: &mut RunSet| {
+            let mut new = Vec::new();
+            for r in runs {
+                t.add(r, &mut new);
+            }
+            new
+        };
+        // Marked before tracking: not fresh.
+        assert_eq!(add(b.take_fresh(FsBlock(1), 99), &mut taken), vec![]);
+        b.mark_range(FsBlock(0), 3); // clusters 0-1: blocks 1-3 after the first-block clip
+        b.mark(FsBlock(98)); // cluster 49: block 98 (99 lies past blocks_count)
+        b.mark(FsBlock(500)); // out of range
+        assert_eq!(
+            add(b.take_fresh(FsBlock(1), 99), &mut taken),
+            vec![r(1, 3), r(98, 1)]
+        );
+        b.mark_range(FsBlock(2), 10); // clusters 1-5: blocks 2-11, 2-3 already taken
+        assert_eq!(add(b.take_fresh(FsBlock(1), 99), &mut taken), vec![r(4, 8)]);
+        b.mark(FsBlock(6)); // cluster 3, taken
+        assert_eq!(add(b.take_fresh(FsBlock(1), 99), &mut taken), vec![]);
+        let all: Vec<BlockRun> = taken.runs().collect();
+        let map = b.build(FsBlock(1), 99);
+        // Cluster 25 was marked before tracking began; the rest is exactly what was taken.
+        assert_eq!(
+            map.minus(&BlockMap::from_runs(all.clone(), 99)),
+            vec![r(50, 2)]
+        );
+        assert_eq!(BlockMap::from_runs(all, 99).minus(&map), vec![]);
+    }
+
+    #[test]
+    fn run_set_reports_only_what_is_new() {
+        let mut s = RunSet::default();
+        let mut new = Vec::new();
+        s.add(r(10, 5), &mut new);
+        s.add(r(20, 5), &mut new);
+        assert_eq!(new, vec![r(10, 5), r(20, 5)]);
+        new.clear();
+        s.add(r(5, 30), &mut new);
+        assert_eq!(new, vec![r(5, 5), r(15, 5), r(25, 10)]);
+        new.clear();
+        s.add(r(12, 3), &mut new);
+        s.add(r(35, 1), &mut new); // touches the end: merged, new
+        assert_eq!(new, vec![r(35, 1)]);
+        assert_eq!(s.runs().collect::<Vec<_>>(), vec![r(5, 31)]);
+        new.clear();
+        s.add(r(3, 1), &mut new);
+        s.add(r(u64::MAX - 1, 5), &mut new); // end overflows: ignored
+        assert_eq!(new, vec![r(3, 1)]);
+        assert_eq!(s.runs().collect::<Vec<_>>(), vec![r(3, 1), r(5, 31)]);
     }
 
     #[test]

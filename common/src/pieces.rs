@@ -371,50 +371,82 @@ pub fn for_each_piece<S: ReadAt + ?Sized>(
     bs: BlockSize,
     f: &mut dyn FnMut(Piece<'_>) -> Result<()>,
 ) -> Result<ReadReport> {
-    let per = piece_blocks(bs);
-    // The first block the source does not hold (whole or in part).
-    let src_end = FsBlock(bs.blocks_covering(src.size()));
     let produce = |out: &mut Producer| {
         let mut rep = ReadReport::default();
-        let mut ahead = readplan::for_map(src, map, bs);
-        for run in map.runs() {
-            let end = run.end();
-            let mut b = run.start;
-            while b < end {
-                let off = offset(bs, b)?;
-                ahead.at(off);
-                match src.data_region(off)? {
-                    None => {
-                        rep.past_end_blocks = rep
-                            .past_end_blocks
-                            .saturating_add(end.saturating_since(b.max(src_end).min(end)));
-                        out.zero(b, end.saturating_since(b))?;
-                        b = end;
-                    }
-                    Some(r) if r.start >= off.saturating_add(bs.bytes()) => {
-                        // Whole blocks before the next data are zeros.
-                        let z_end = bs.block_of(r.start).min(end);
-                        rep.past_end_blocks = rep
-                            .past_end_blocks
-                            .saturating_add(z_end.saturating_since(b.max(src_end).min(z_end)));
-                        out.zero(b, z_end.saturating_since(b))?;
-                        b = z_end;
-                    }
-                    Some(r) => {
-                        let data_end = FsBlock(bs.blocks_covering(r.end)).max(b.saturating_add(1));
-                        let n = per
-                            .min(end.saturating_since(b))
-                            .min(data_end.saturating_since(b));
-                        let len = buf_len(bs, n);
-                        out.data(b, len, &mut |buf| read_salvaging(src, buf, b, bs, &mut rep))?;
-                        b = b.saturating_add(n);
-                    }
-                }
-            }
+        produce_map(src, map, bs, out, &mut rep)?;
+        Ok(rep)
+    };
+    read_ahead(produce, f)
+}
+
+/// [`for_each_piece`] over the maps `next` hands over one after another (each in order;
+/// together in any order), on one reading thread with one pool of buffers: a caller that
+/// learns its blocks as it goes (a scan) has them read as soon as they are known. `next`
+/// runs on the reading thread and ends the pass with `None`.
+pub fn for_each_piece_of_maps<S: ReadAt + ?Sized>(
+    src: &S,
+    bs: BlockSize,
+    mut next: impl FnMut() -> Result<Option<BlockMap>> + Send,
+    f: &mut dyn FnMut(Piece<'_>) -> Result<()>,
+) -> Result<ReadReport> {
+    let produce = |out: &mut Producer| {
+        let mut rep = ReadReport::default();
+        while let Some(map) = next()? {
+            produce_map(src, &map, bs, out, &mut rep)?;
         }
         Ok(rep)
     };
     read_ahead(produce, f)
+}
+
+/// The reading side of [`for_each_piece`] for one map.
+fn produce_map<S: ReadAt + ?Sized>(
+    src: &S,
+    map: &BlockMap,
+    bs: BlockSize,
+    out: &mut Producer,
+    rep: &mut ReadReport,
+) -> Result<()> {
+    let per = piece_blocks(bs);
+    // The first block the source does not hold (whole or in part).
+    let src_end = FsBlock(bs.blocks_covering(src.size()));
+    let mut ahead = readplan::for_map(src, map, bs);
+    for run in map.runs() {
+        let end = run.end();
+        let mut b = run.start;
+        while b < end {
+            let off = offset(bs, b)?;
+            ahead.at(off);
+            match src.data_region(off)? {
+                None => {
+                    rep.past_end_blocks = rep
+                        .past_end_blocks
+                        .saturating_add(end.saturating_since(b.max(src_end).min(end)));
+                    out.zero(b, end.saturating_since(b))?;
+                    b = end;
+                }
+                Some(r) if r.start >= off.saturating_add(bs.bytes()) => {
+                    // Whole blocks before the next data are zeros.
+                    let z_end = bs.block_of(r.start).min(end);
+                    rep.past_end_blocks = rep
+                        .past_end_blocks
+                        .saturating_add(z_end.saturating_since(b.max(src_end).min(z_end)));
+                    out.zero(b, z_end.saturating_since(b))?;
+                    b = z_end;
+                }
+                Some(r) => {
+                    let data_end = FsBlock(bs.blocks_covering(r.end)).max(b.saturating_add(1));
+                    let n = per
+                        .min(end.saturating_since(b))
+                        .min(data_end.saturating_since(b));
+                    let len = buf_len(bs, n);
+                    out.data(b, len, &mut |buf| read_salvaging(src, buf, b, bs, rep))?;
+                    b = b.saturating_add(n);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The first pass of every format that must know its data before writing it (the stream's

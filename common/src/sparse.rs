@@ -10,7 +10,8 @@ use std::io::Write;
 use crate::blockmap::{BlockMap, BlockRun};
 use crate::io::{ReadAt, pread_full, pwrite_full};
 use crate::pieces::{
-    IO_CHUNK, Piece, block_is_zero, chunk_blocks, for_each_piece, same_runs, zero_runs,
+    IO_CHUNK, Piece, block_is_zero, chunk_blocks, for_each_piece, for_each_piece_of_maps,
+    same_runs, zero_runs,
 };
 use crate::progress::Progress;
 use crate::units::{BlockSize, FsBlock};
@@ -122,6 +123,8 @@ pub struct RawSink<'a> {
     /// A dry run's range not yet listed (first block, count).
     listed: Option<(FsBlock, u64)>,
     stats: CopyStats,
+    /// Blocks may come in any order (a new file written while the scan goes on).
+    any_order: bool,
 }
 
 impl<'a> RawSink<'a> {
@@ -182,6 +185,7 @@ impl<'a> RawSink<'a> {
             zeros: Vec::new(),
             listed: None,
             stats: CopyStats::default(),
+            any_order: false,
         })
     }
 
@@ -205,7 +209,7 @@ impl<'a> RawSink<'a> {
     /// [`Self::image_bytes`] of blocks that must come after those already put.
     fn check_range(&self, block: FsBlock, count: u64) -> Result<std::ops::Range<u64>> {
         let r = self.image_bytes(block, count)?;
-        if r.start < self.pos {
+        if r.start < self.pos && !self.any_order {
             return Err(Error::InvalidInput(format!(
                 "block {block} arrives out of order"
             )));
@@ -614,6 +618,79 @@ pub fn write_raw_sized<S: ReadAt + ?Sized>(
     Ok(stats)
 }
 
+/// The checks [`write_raw_as_found`] makes before it writes (a filesystem too large for
+/// `file`), alone: made before a scan, so that nothing is read for nothing.
+pub fn check_raw_file(file: &File, bs: BlockSize, blocks_count: u64) -> Result<()> {
+    let target = RawTarget::NewFile {
+        file,
+        dest_offset: 0,
+    };
+    RawSink::new(target, bs, blocks_count).map(drop)
+}
+
+/// A raw image written to a new file while the scan is still finding its blocks
+/// ([`crate::ext4::scan::scan_publishing`]). A new file takes blocks in any order, so each
+/// batch of runs that `batches` hands over is read and written as it arrives, while the
+/// scan reads on; a block that comes again is not copied again. When `batches` ends (the
+/// scan is done), `final_map` gives the block map: what no batch held is copied, and a
+/// block copied that the map lacks is refused as the bug it would be. The file ends up as
+/// [`write_raw`] of that map makes it. `each` is called after every piece with the blocks
+/// copied so far (progress, cancellation).
+pub fn write_raw_as_found<S: ReadAt + ?Sized>(
+    src: &S,
+    file: &File,
+    bs: BlockSize,
+    blocks_count: u64,
+    mut batches: impl FnMut() -> Option<Vec<BlockRun>> + Send,
+    final_map: impl FnOnce() -> Result<BlockMap> + Send,
+    each: &mut dyn FnMut(u64) -> Result<()>,
+) -> Result<CopyStats> {
+    let target = RawTarget::NewFile {
+        file,
+        dest_offset: 0,
+    };
+    let mut sink = RawSink::new(target, bs, blocks_count)?;
+    sink.any_order = true;
+    let mut copied = crate::blockmap::RunSet::default();
+    let mut final_map = Some(final_map);
+    let next = move || -> Result<Option<BlockMap>> {
+        while let Some(batch) = batches() {
+            let mut new = Vec::new();
+            for r in batch {
+                copied.add(r, &mut new);
+            }
+            if !new.is_empty() {
+                return Ok(Some(BlockMap::from_runs(new, blocks_count)));
+            }
+        }
+        let Some(fin) = final_map.take() else {
+            return Ok(None);
+        };
+        let map = fin()?;
+        let done = BlockMap::from_runs(copied.runs(), blocks_count);
+        if let Some(r) = done.minus(&map).first() {
+            return Err(Error::InvalidInput(format!(
+                "internal error: {} were copied but are not in the block map",
+                range_text(r.start, r.len)
+            )));
+        }
+        Ok(Some(BlockMap::from_runs(map.minus(&done), blocks_count)))
+    };
+    let rep = for_each_piece_of_maps(src, bs, next, &mut |p| {
+        match p {
+            Piece::Data(blk, data) => sink.put(blk, data)?,
+            Piece::Zero(blk, n) => sink.put_zeros(blk, n)?,
+        }
+        each(sink.stats().blocks)
+    })?;
+    let mut stats = sink.finish()?;
+    stats.past_end_blocks = rep.past_end_blocks;
+    stats.unreadable_blocks = rep.unreadable_blocks;
+    stats.unreadable = rep.unreadable;
+    stats.unreadable.sort_unstable();
+    Ok(stats)
+}
+
 #[cfg(test)]
 #[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)] // tests compute expected values freely
 mod tests {
@@ -705,6 +782,87 @@ mod tests {
                 need: 20480
             })
         ));
+    }
+
+    /// Batches out of order, overlapping and repeating, with zero blocks, unreadable
+    /// blocks and blocks past the source's end: the same file and counts as [`write_raw`]
+    /// of the final map, every block copied once.
+    #[test]
+    fn a_file_written_as_found_is_the_one_written_in_order() {
+        let bs = 1024u64;
+        let bsz = BlockSize::new(1024).unwrap();
+        // 60 blocks of source in a 64-block filesystem; blocks 30-33 are zeros.
+        let data: Vec<u8> = (0..60 * bs)
+            .map(|i| {
+                if (30..34).contains(&(i / bs)) {
+                    0
+                } else {
+                    (i / bs) as u8 + 1
+                }
+            })
+            .collect();
+        let src = Faulty {
+            inner: MemSource(data),
+            bad: 12 * bs..12 * bs + 1,
+        };
+        let r = |s: u64, n: u64| BlockRun::new(FsBlock(s), n);
+        let batches = vec![
+            vec![r(40, 4), r(58, 6)],
+            vec![r(2, 20)],
+            vec![r(10, 5), r(28, 8)],
+            vec![],
+            vec![r(2, 1), r(41, 1)],
+        ];
+        // The final map holds a run no batch had (50-51).
+        let map = BlockMap::from_runs([r(2, 20), r(28, 8), r(40, 4), r(50, 2), r(58, 6)], 64);
+        let d = tempfile::tempdir().unwrap();
+        let (want_path, got_path) = (d.path().join("want"), d.path().join("got"));
+        let want_file = File::create(&want_path).unwrap();
+        let target = RawTarget::NewFile {
+            file: &want_file,
+            dest_offset: 0,
+        };
+        let want = write_raw(&src, &map, bsz, target, &mut NoProgress).unwrap();
+        let got_file = File::create(&got_path).unwrap();
+        let mut it = batches.into_iter();
+        let mut seen = Vec::new();
+        let got = write_raw_as_found(
+            &src,
+            &got_file,
+            bsz,
+            64,
+            move || it.next(),
+            || Ok(map.clone()),
+            &mut |n| {
+                seen.push(n);
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(got, want);
+        assert_eq!(got.blocks, map.selected_blocks());
+        assert_eq!(got.unreadable, vec![FsBlock(12)]);
+        assert_eq!(got.past_end_blocks, 4);
+        assert_eq!(
+            std::fs::read(&got_path).unwrap(),
+            std::fs::read(&want_path).unwrap()
+        );
+        assert_eq!(seen.last(), Some(&map.selected_blocks()));
+
+        // A batch block the final map lacks: refused.
+        let f = File::create(d.path().join("bad")).unwrap();
+        let mut once = Some(vec![r(5, 2)]);
+        let e = write_raw_as_found(
+            &src,
+            &f,
+            bsz,
+            64,
+            move || once.take(),
+            || Ok(BlockMap::from_runs([r(5, 1)], 64)),
+            &mut |_| Ok(()),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("block 6 (1 block)"), "{e}");
     }
 
     #[test]

@@ -1578,3 +1578,53 @@ fn a_half_moved_file_under_an_offset_loop_device_is_refused() {
     ok(&mv(&args, &disk, &state, 0), "the move, finished");
     assert!(holds_fs(&disk, MIB + 4096, &want, d.path()));
 }
+
+/// A raw capture to a new file copies while it scans (on a second thread). When the disk
+/// fills, the copy's error is the one reported (not the scan's "the copying thread
+/// stopped"), on one line, and no OUTPUT or temporary file is left behind. The same with
+/// the filesystem's damage stopping a strict scan while the copy runs.
+#[test]
+fn a_raw_capture_that_fails_while_copying_leaves_nothing() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("a_raw_capture_that_fails_while_copying…: needs root to mount a tmpfs; not run");
+        return;
+    }
+    let d = tempdir();
+    // A journal of 4 MiB: more than the room left below.
+    let img = mkfs(d.path(), "fs.img", "64M", &["-J", "size=4"]);
+    let (mnt, _m) = small_tmpfs(d.path());
+    let st = rustix::fs::statvfs(&mnt).unwrap();
+    let free = st.f_bavail * st.f_frsize;
+    let filler = mnt.join("filler");
+    fs::write(&filler, vec![0x55u8; (free - 256 * 1024) as usize]).unwrap();
+    let out = mnt.join("out.img");
+    let o = run(Command::new(tool("e2i-capture"))
+        .arg("-r")
+        .arg(&img)
+        .arg(&out));
+    let err = failed(&o, "a raw capture onto a full disk");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(!err.contains("thread"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert_eq!(names(&mnt), ["filler"], "nothing left behind");
+    fs::remove_file(&filler).unwrap();
+
+    // Damage met by a strict scan after the copy has begun (the fixed metadata is
+    // published before the inodes are read).
+    let bad = d.path().join("bad.img");
+    fs::copy(&img, &bad).unwrap();
+    // Depth 1: the first extent becomes an index entry pointing at block 1 (a descriptor
+    // block, no extent node).
+    debugfs_w(&bad, "set_inode_field /sub block[1] 0x00010004");
+    let o = run(Command::new(tool("e2i-capture"))
+        .args(["-r", "--strict"])
+        .arg(&bad)
+        .arg(&out));
+    let err = failed(&o, "a strict raw capture of a damaged filesystem");
+    assert!(
+        !err.contains("thread") && !err.contains("copy stopped"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert_eq!(names(&mnt), Vec::<String>::new(), "nothing left behind");
+}

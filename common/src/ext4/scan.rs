@@ -10,7 +10,7 @@ use super::fs::Filesystem;
 use super::inode::{self, Inode};
 use super::itable::{self, Item, TableOptions};
 use super::walk::{Visit, Walked, walk_inode};
-use crate::blockmap::{BlockMap, BlockMapBuilder};
+use crate::blockmap::{BlockMap, BlockMapBuilder, BlockRun};
 use crate::error::CorruptKind;
 use crate::io::ReadAt;
 use crate::units::FsBlock;
@@ -81,16 +81,33 @@ pub struct ScanResult {
 /// Progress callback: (inodes scanned so far, inodes to scan).
 pub type ScanProgress<'a> = &'a mut dyn FnMut(u64, u64);
 
-struct Ctx<'a, S> {
+/// Receives the blocks selected so far, as the scan goes: see [`scan_publishing`].
+pub type Publish<'a> = &'a mut dyn FnMut(Vec<BlockRun>) -> Result<()>;
+
+struct Ctx<'a, 'p, S> {
     fs: &'a Filesystem<S>,
     opts: ScanOptions,
     map: BlockMapBuilder,
     dirs: Option<BlockMapBuilder>,
     problems: Vec<Problem>,
     warnings: Vec<Warning>,
+    publish: Option<Publish<'p>>,
 }
 
-impl<S: ReadAt> Ctx<'_, S> {
+impl<S: ReadAt> Ctx<'_, '_, S> {
+    /// Hand the blocks selected since the last call to the publisher, if there is one.
+    fn publish(&mut self) -> Result<()> {
+        if let Some(p) = self.publish.as_mut() {
+            let runs = self
+                .map
+                .take_fresh(self.fs.sb.first_block(), self.fs.sb.blocks_count);
+            if !runs.is_empty() {
+                p(runs)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Damage found: skipped, or the end of a strict scan.
     fn problem(&mut self, p: Problem) -> Result<()> {
         if self.opts.strict {
@@ -121,7 +138,7 @@ trait Out {
     fn walk_error(&mut self, ino: u32, e: Error) -> Result<()>;
 }
 
-impl<S: ReadAt> Out for Ctx<'_, S> {
+impl<S: ReadAt> Out for Ctx<'_, '_, S> {
     fn mark(&mut self, start: FsBlock, len: u64) {
         self.map.mark_range(start, len);
     }
@@ -194,6 +211,29 @@ pub fn scan<S: ReadAt>(
     opts: ScanOptions,
     progress: Option<ScanProgress<'_>>,
 ) -> Result<ScanResult> {
+    scan_inner(fs, opts, progress, None)
+}
+
+/// [`scan`], handing the selection to `publish` as it grows: the fixed metadata first,
+/// then what each chunk of inodes added (sorted runs; a block may come again). The union
+/// of what was published is exactly the result's map, so a writer that does not need
+/// blocks in order can copy them while the scan goes on. An error from `publish` ends the
+/// scan with that error.
+pub fn scan_publishing<S: ReadAt>(
+    fs: &Filesystem<S>,
+    opts: ScanOptions,
+    progress: Option<ScanProgress<'_>>,
+    publish: Publish<'_>,
+) -> Result<ScanResult> {
+    scan_inner(fs, opts, progress, Some(publish))
+}
+
+fn scan_inner<S: ReadAt>(
+    fs: &Filesystem<S>,
+    opts: ScanOptions,
+    progress: Option<ScanProgress<'_>>,
+    publish: Option<Publish<'_>>,
+) -> Result<ScanResult> {
     let sb = &fs.sb;
     let last = FsBlock(sb.blocks_count.saturating_sub(1));
     let fdb = sb.first_block();
@@ -206,9 +246,15 @@ pub fn scan<S: ReadAt>(
             .then(|| BlockMapBuilder::new(fdb, last, sb.cluster_bits)),
         problems: Vec::new(),
         warnings: Vec::new(),
+        publish,
     };
+    if ctx.publish.is_some() {
+        ctx.map.track_fresh();
+    }
     mark_fixed(&mut ctx);
+    ctx.publish()?;
     let seen = scan_inodes(&mut ctx, progress)?;
+    ctx.publish()?;
     Ok(ScanResult {
         map: ctx.map.build(fdb, sb.blocks_count),
         dir_blocks: ctx.dirs.map(|d| d.build(fdb, sb.blocks_count)),
@@ -219,7 +265,7 @@ pub fn scan<S: ReadAt>(
 }
 
 /// Superblock, descriptors, MMP block, bitmaps and the used part of each inode table.
-fn mark_fixed<S: ReadAt>(ctx: &mut Ctx<'_, S>) {
+fn mark_fixed<S: ReadAt>(ctx: &mut Ctx<'_, '_, S>) {
     let sb = &ctx.fs.sb;
     let desc = &ctx.fs.desc;
     let map = &mut ctx.map;
@@ -267,7 +313,10 @@ fn mark_fixed<S: ReadAt>(ctx: &mut Ctx<'_, S>) {
 
 /// The inode pass: libext2fs's inode scan over the used inode tables (lazy groups,
 /// itable_unused, bad blocks) and e2image's per-inode rules.
-fn scan_inodes<S: ReadAt>(ctx: &mut Ctx<'_, S>, progress: Option<ScanProgress<'_>>) -> Result<u64> {
+fn scan_inodes<S: ReadAt>(
+    ctx: &mut Ctx<'_, '_, S>,
+    progress: Option<ScanProgress<'_>>,
+) -> Result<u64> {
     match ctx.opts.walkers.unwrap_or_else(auto_walkers) {
         0 => scan_inodes_here(ctx, progress),
         n => scan_inodes_walkers(ctx, progress, n),
@@ -317,7 +366,7 @@ fn table_options(opts: &ScanOptions) -> TableOptions {
 
 /// [`scan_inodes`] with the walks on the reading thread.
 fn scan_inodes_here<S: ReadAt>(
-    ctx: &mut Ctx<'_, S>,
+    ctx: &mut Ctx<'_, '_, S>,
     mut progress: Option<ScanProgress<'_>>,
 ) -> Result<u64> {
     let fs = ctx.fs;
@@ -342,7 +391,7 @@ fn scan_inodes_here<S: ReadAt>(
         if let Some(p) = progress.as_mut() {
             p(done, total);
         }
-        Ok(())
+        ctx.publish()
     })?;
     Ok(seen)
 }
@@ -352,7 +401,7 @@ fn scan_inodes_here<S: ReadAt>(
 /// order (at most `2n` chunks in flight), so the map, problems and warnings are the same as
 /// walking on the reading thread, and a strict scan stops at the same first problem.
 fn scan_inodes_walkers<S: ReadAt>(
-    ctx: &mut Ctx<'_, S>,
+    ctx: &mut Ctx<'_, '_, S>,
     mut progress: Option<ScanProgress<'_>>,
     n: usize,
 ) -> Result<u64> {
@@ -413,7 +462,7 @@ fn scan_inodes_walkers<S: ReadAt>(
         let mut waiting: BTreeMap<u64, (Vec<Event>, u64, u32)> = BTreeMap::new();
         // Apply every finished chunk that is next in order; with `wait`, while chunks before
         // `sent` (those handed to the walkers) are unapplied, first wait for one more result.
-        let mut apply = |ctx: &mut Ctx<'_, S>,
+        let mut apply = |ctx: &mut Ctx<'_, '_, S>,
                          waiting: &mut BTreeMap<u64, (Vec<Event>, u64, u32)>,
                          next: &mut u64,
                          sent: u64,
@@ -437,6 +486,7 @@ fn scan_inodes_walkers<S: ReadAt>(
                     if let Some(p) = progress.as_mut() {
                         p(done, total);
                     }
+                    ctx.publish()?;
                     *next = next.saturating_add(1);
                 }
                 let r = if std::mem::take(&mut wait) && *next < sent {

@@ -180,6 +180,18 @@ pub fn scan_source<S: ReadAt>(
     progress: &mut dyn Progress,
 ) -> Result<(Filesystem<S>, scan::ScanResult)> {
     let fs = Filesystem::open(src, opts.open)?;
+    let res = scan_fs(&fs, opts, output_is_block_device, progress, None)?;
+    Ok((fs, res))
+}
+
+/// The scan of [`scan_source`] on an open filesystem, publishing as it goes if asked.
+fn scan_fs<S: ReadAt>(
+    fs: &Filesystem<S>,
+    opts: &CaptureOptions,
+    output_is_block_device: bool,
+    progress: &mut dyn Progress,
+    publish: Option<scan::Publish<'_>>,
+) -> Result<scan::ScanResult> {
     let sopts = ScanOptions {
         all_data: opts.all_data,
         output_is_block_device,
@@ -197,9 +209,105 @@ pub fn scan_source<S: ReadAt>(
         }
         progress.update(done);
     };
-    let res = scan::scan(&fs, sopts, Some(&mut cb))?;
+    let res = match publish {
+        Some(p) => scan::scan_publishing(fs, sopts, Some(&mut cb), p)?,
+        None => scan::scan(fs, sopts, Some(&mut cb))?,
+    };
     progress.finish();
-    Ok((fs, res))
+    Ok(res)
+}
+
+/// Scan and write a raw image to a new file at once: the blocks the scan has found are
+/// copied on a second thread while it reads on (a cold disk then streams the inode tables
+/// once for both, and the copy's CPU runs beside the scan's waits). The file is the one
+/// [`sparse::write_raw`] after [`scan_source`] would make. Only for a new file: a device
+/// keeps its old contents if the scan fails.
+fn scan_and_write_raw<S: ReadAt>(
+    src: S,
+    opts: &CaptureOptions,
+    file: &File,
+    progress: &mut dyn Progress,
+) -> Result<(Filesystem<S>, scan::ScanResult, CopyStats)> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
+    let fs = Filesystem::open(src, opts.open)?;
+    let bs = fs.sb.block_size;
+    let blocks_count = fs.sb.blocks_count;
+    // A filesystem too large for the file is refused before the scan.
+    sparse::check_raw_file(file, bs, blocks_count)?;
+    // Set when the scan failed: the copy stops at its next piece.
+    let stop = AtomicBool::new(false);
+    // Set when the scan is done: the copy reports its progress from then on.
+    let scanned = AtomicBool::new(false);
+    let (batch_tx, batch_rx) = mpsc::channel::<Vec<BlockRun>>();
+    let (map_tx, map_rx) = mpsc::channel::<BlockMap>();
+    let (done_tx, done_rx) = mpsc::channel::<u64>();
+    std::thread::scope(|scope| {
+        let fsr = &fs;
+        let (stop, scanned) = (&stop, &scanned);
+        let copier = scope.spawn(move || -> Result<CopyStats> {
+            let mut each = |blocks: u64| {
+                if stop.load(Ordering::Relaxed) {
+                    return Err(Error::InvalidInput(
+                        "the copy stopped: the scan failed".into(),
+                    ));
+                }
+                if scanned.load(Ordering::Relaxed) {
+                    let _ = done_tx.send(blocks);
+                }
+                Ok(())
+            };
+            sparse::write_raw_as_found(
+                &fsr.src,
+                file,
+                bs,
+                blocks_count,
+                move || batch_rx.recv().ok(),
+                move || {
+                    map_rx
+                        .recv()
+                        .map_err(|_| Error::InvalidInput("the scan ended without a map".into()))
+                },
+                &mut each,
+            )
+        });
+        let mut copier_failed = false;
+        let mut publish = |runs: Vec<BlockRun>| {
+            batch_tx.send(runs).map_err(|_| {
+                copier_failed = true;
+                Error::InvalidInput("the copying thread stopped".into())
+            })
+        };
+        let scanned_res = scan_fs(&fs, opts, false, progress, Some(&mut publish));
+        drop(batch_tx);
+        let res = match scanned_res {
+            Ok(res) => res,
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                drop(map_tx);
+                return match copier.join() {
+                    // The copy's own failure is what stopped the scan.
+                    Ok(Err(ce)) if copier_failed => Err(ce),
+                    Ok(_) => Err(e),
+                    Err(p) => std::panic::resume_unwind(p),
+                };
+            }
+        };
+        progress.phase("copying", res.map.selected_blocks(), Unit::Blocks);
+        scanned.store(true, Ordering::Relaxed);
+        let _ = map_tx.send(res.map.clone());
+        for blocks in done_rx {
+            progress.update(blocks);
+        }
+        let stats = match copier.join() {
+            Ok(r) => r?,
+            Err(p) => std::panic::resume_unwind(p),
+        };
+        progress.update(stats.blocks);
+        progress.finish();
+        Ok((res, stats))
+    })
+    .map(|(res, stats)| (fs, res, stats))
 }
 
 /// Capture SOURCE in `format` to `out`. Each format's writer consumes the same
@@ -228,6 +336,10 @@ pub fn capture(
         return capture_normal(source, src, opts, marks, out, progress);
     }
     let is_dev = matches!(out, Output::Device { .. });
+    if let (Format::Raw, Output::NewFile(file), None) = (format, &out, opts.scramble) {
+        let (fs, res, copy) = scan_and_write_raw(src, opts, file, progress)?;
+        return Ok(CaptureReport::new(&fs, res, copy, None));
+    }
     let (fs, res) = scan_source(src, opts, is_dev, progress)?;
     let (fs, scramble_report) = match opts.scramble {
         Some(seed) => {
@@ -237,17 +349,7 @@ pub fn capture(
         None => (fs, None),
     };
     let map: &BlockMap = &res.map;
-    let mut report = CaptureReport {
-        block_size: fs.sb.block_size.get(),
-        blocks_count: fs.sb.blocks_count,
-        selected_blocks: map.selected_blocks(),
-        runs: map.runs().len(),
-        copy: CopyStats::default(),
-        problems: Vec::new(),
-        warnings: Vec::new(),
-        scramble: scramble_report,
-    };
-    report.copy = match format {
+    let copy = match format {
         Format::Raw => {
             let target = match out {
                 Output::NewFile(file) => RawTarget::NewFile {
@@ -345,25 +447,7 @@ pub fn capture(
         }
         other => return Err(CaptureReport::unsupported(other)),
     };
-    report.problems = res.problems;
-    report.warnings = res.warnings;
-    for &block in &report.copy.unreadable {
-        report.problems.push(Problem {
-            ino: None,
-            kind: ProblemKind::CopyUnreadable { block: block.get() },
-        });
-    }
-    let unlisted = report
-        .copy
-        .unreadable_blocks
-        .saturating_sub(report.copy.unreadable.len() as u64);
-    if unlisted > 0 {
-        report.problems.push(Problem {
-            ino: None,
-            kind: ProblemKind::CopyUnreadableMore { count: unlisted },
-        });
-    }
-    Ok(report)
+    Ok(CaptureReport::new(&fs, res, copy, scramble_report))
 }
 
 /// The normal e2image format ([`crate::normal`]).
@@ -496,6 +580,44 @@ pub fn qcow2_is_marked(path: &Path) -> bool {
 }
 
 impl CaptureReport {
+    /// The report of a capture of `fs` whose scan gave `res` and whose copy gave `copy`.
+    fn new<S>(
+        fs: &Filesystem<S>,
+        res: scan::ScanResult,
+        copy: CopyStats,
+        scramble: Option<ScrambleReport>,
+    ) -> Self {
+        let mut report = CaptureReport {
+            block_size: fs.sb.block_size.get(),
+            blocks_count: fs.sb.blocks_count,
+            selected_blocks: res.map.selected_blocks(),
+            runs: res.map.runs().len(),
+            copy,
+            problems: Vec::new(),
+            warnings: Vec::new(),
+            scramble,
+        };
+        report.problems = res.problems;
+        report.warnings = res.warnings;
+        for &block in &report.copy.unreadable {
+            report.problems.push(Problem {
+                ino: None,
+                kind: ProblemKind::CopyUnreadable { block: block.get() },
+            });
+        }
+        let unlisted = report
+            .copy
+            .unreadable_blocks
+            .saturating_sub(report.copy.unreadable.len() as u64);
+        if unlisted > 0 {
+            report.problems.push(Problem {
+                ino: None,
+                kind: ProblemKind::CopyUnreadableMore { count: unlisted },
+            });
+        }
+        report
+    }
+
     /// Fail if the format cannot be produced (used until every writer exists).
     pub fn unsupported(format: Format) -> Error {
         Error::Unsupported(format!(
