@@ -161,6 +161,7 @@ pub fn run(
     mut summary: Summary,
     body: impl FnOnce(&mut Summary) -> anyhow::Result<u8>,
 ) -> ExitCode {
+    note_closed_stdout();
     clean_up_on_signals();
     match body(&mut summary) {
         Ok(code) => {
@@ -178,6 +179,37 @@ pub fn run(
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// Stdout was closed when the run started (`>&-`): see [`note_closed_stdout`].
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Was stdout closed when the run started (`>&-`)? Rust's runtime puts `/dev/null` in the
+/// place of a closed standard stream before `main` (so that no file opened later takes its
+/// number), opened read-write, where a shell's `> /dev/null` opens it write-only: an image
+/// meant for stdout then went to /dev/null and the run exited 0, as if it had been sent.
+fn note_closed_stdout() {
+    use rustix::fs::{OFlags, fcntl_getfl, fstat, major, minor};
+    let out = io::stdout();
+    let null = fstat(&out).is_ok_and(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::CharacterDevice
+            && (major(st.st_rdev), minor(st.st_rdev)) == (1, 3)
+    });
+    let read_write = fcntl_getfl(&out).is_ok_and(|fl| fl.contains(OFlags::RDWR));
+    if null && read_write {
+        STDOUT_CLOSED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Refuse `-` as OUTPUT when stdout was closed: the image would go nowhere.
+fn refuse_closed_stdout(req: &e2i::output::Request<'_>) -> anyhow::Result<()> {
+    if req.path == Path::new("-") && STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed) {
+        anyhow::bail!(
+            "{} - (stdout): stdout is closed (`>&-`?); nothing written",
+            req.role
+        );
+    }
+    Ok(())
 }
 
 /// Remove registered temporary files ([`e2i::output::pending`]) when a terminating signal
@@ -348,6 +380,7 @@ pub fn open_output_ranged(
     reads: &[(&str, &Path)],
     source_range: Option<std::ops::Range<u64>>,
 ) -> anyhow::Result<e2i::output::Output> {
+    refuse_closed_stdout(req)?;
     note_fifo_without_reader(req);
     let out = e2i::output::Output::open_ranged(req, reads, source_range).map_err(|e| match e {
         e2i::Error::InvalidInput(_) => anyhow::Error::new(e),

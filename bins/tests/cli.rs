@@ -81,6 +81,7 @@ mod cli {
     pub mod kinds;
     pub mod leaks;
     pub mod limits;
+    pub mod midrun;
     #[path = "move.rs"]
     pub mod move_fs;
     pub mod mutation;

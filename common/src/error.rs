@@ -73,6 +73,17 @@ pub enum Error {
         /// Printed in the message, before the advice (not a `source`, which would follow it).
         error: io::Error,
     },
+    /// A file or device being read ended at byte `end` although it held `was` bytes when
+    /// the run opened it: it was truncated (or shrunk) during the run.
+    #[error(
+        "it ends at byte {end} but held {was} bytes when the run opened it: it was truncated during the run, and what was read of it no longer holds together"
+    )]
+    SourceShrank { end: u64, was: u64 },
+    /// e2i-install failed after its first write to DEVICE (the error inside says why):
+    /// DEVICE holds part of the image's metadata over its own, and its undo file, when one
+    /// was asked for, is complete.
+    #[error(transparent)]
+    InstallUnfinished(Box<Error>),
     /// A qcow2 backing chain deeper than e2i follows.
     #[error("backing file {}: the backing chain is deeper than {max} files", path.display())]
     BackingTooDeep { path: PathBuf, max: usize },
@@ -714,6 +725,7 @@ impl Error {
             Error::Io { source, .. } | Error::JournalIo { source, .. } => {
                 source.raw_os_error().is_some_and(|c| full.contains(&c))
             }
+            Error::InstallUnfinished(e) => e.is_out_of_room(),
             _ => false,
         }
     }
@@ -757,6 +769,7 @@ pub const OUTPUT_OPS: &[&str] = &[
     "chmod",
     "rename",
     OP_TOO_LARGE,
+    OP_PAST_OFFSETS,
 ];
 
 /// The operations of [`OUTPUT_OPS`] that change the target (or complete changing it).
@@ -764,6 +777,9 @@ const WRITE_OPS: &[&str] = &["write", "flush", "sync"];
 
 /// The operation of [`Error::too_large`].
 const OP_TOO_LARGE: &str = "a file there cannot reach the end of what must be written";
+
+/// The operation of [`Error::past_offsets`].
+const OP_PAST_OFFSETS: &str = "no file or device reaches the end of what must be written";
 
 impl Error {
     /// The target is a regular file that cannot reach byte `need` (past the largest file
@@ -776,6 +792,24 @@ impl Error {
                 io::ErrorKind::FileTooLarge,
                 format!(
                     "{need} bytes lie past the largest file its filesystem allows; nothing written"
+                ),
+            ),
+        }
+    }
+}
+
+impl Error {
+    /// `-O dest_offset` plus the `size` bytes to write there passes the largest byte offset
+    /// (2^64 - 1): no target can hold it; found before anything is created or written. An
+    /// error about the target, so that messages name it (OUTPUT, DEST, a moved SOURCE).
+    pub fn past_offsets(dest_offset: u64, size: u64) -> Error {
+        Error::Io {
+            op: OP_PAST_OFFSETS,
+            offset: 0,
+            source: io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                format!(
+                    "destination offset {dest_offset} plus the {size} bytes to write there pass byte 2^64 - 1; nothing written"
                 ),
             ),
         }

@@ -406,7 +406,17 @@ impl ReadAt for FileSource {
                 self.base
             ))
         })?;
-        pread_full(&self.file, buf, host).map_err(|e| Error::io("read", host, e))
+        let n = pread_full(&self.file, buf, host).map_err(|e| Error::io("read", host, e))?;
+        if n < buf.len() {
+            let end = host.saturating_add(n as u64);
+            // Named by where the file ends now, not where this read stopped.
+            let now = match self.file.metadata() {
+                Ok(m) if m.is_file() => m.len().min(end),
+                _ => end,
+            };
+            self.refuse_shrunk(now)?;
+        }
+        Ok(n)
     }
 
     fn size(&self) -> u64 {
@@ -449,6 +459,17 @@ impl ReadAt for FileSource {
 }
 
 impl FileSource {
+    /// A read that found the end of the file at byte `end`, before the size it had when it
+    /// was opened: it was truncated during the run (what was read of it no longer holds
+    /// together, and zeros in its place would make a wrong image look right).
+    fn refuse_shrunk(&self, end: u64) -> Result<()> {
+        let was = self.base.saturating_add(self.size);
+        if end < was {
+            return Err(Error::SourceShrank { end, was });
+        }
+        Ok(())
+    }
+
     /// [`ReadAt::data_region`] with the last region found kept in `cached`.
     fn region_cached(&self, offset: u64, cached: &Mutex<(u64, u64)>) -> Result<Option<Range<u64>>> {
         if offset >= self.size {
@@ -467,7 +488,12 @@ impl FileSource {
         use rustix::fs::{SeekFrom as RSeek, seek};
         let start = match seek(&self.file, RSeek::Data(host)) {
             Ok(s) => s,
-            Err(rustix::io::Errno::NXIO) => return Ok(None),
+            Err(rustix::io::Errno::NXIO) => {
+                // Only holes up to the end, or the end moved below `host` since the open.
+                let now = self.file.metadata().map_or(u64::MAX, |m| m.len());
+                self.refuse_shrunk(now)?;
+                return Ok(None);
+            }
             Err(_) => {
                 // The filesystem cannot report holes: everything may be data.
                 self.seekable_holes.store(false, Ordering::Relaxed);
@@ -575,6 +601,37 @@ mod tests {
         let past = src.read_sparse_at(&mut tail, (2 << 20) - 4096).unwrap();
         assert_eq!(past, 4096);
         assert!(tail.iter().all(|&b| b == 0));
+    }
+
+    /// A file truncated while it is read read as zeros (the end looked like a trailing
+    /// hole, or a short read like the end of a short image): a capture of an image
+    /// truncated mid-run exited 0 with zeros for everything past the cut. Found now, by
+    /// plain and sparse reads, in data and in holes.
+    #[test]
+    fn a_file_truncated_while_read_is_an_error() {
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(1 << 20).unwrap();
+        f.write_all_at(&[7u8; 8192], 0).unwrap();
+        f.write_all_at(&[9u8; 8192], 512 << 10).unwrap();
+        let src = FileSource::from_file(f.try_clone().unwrap(), 4096).unwrap();
+        let mut buf = vec![0u8; 8192];
+        // The file's own end is no error.
+        let mut tail = vec![0u8; 8192];
+        assert_eq!(src.read_at(&mut tail, (1 << 20) - 8192).unwrap(), 4096);
+        f.set_len(600 << 10).unwrap();
+        let shrank = |r: Result<usize>| {
+            assert!(
+                matches!(r, Err(Error::SourceShrank { was, .. }) if was == 1 << 20),
+                "{r:?}"
+            );
+        };
+        // Data cut short; a hole past the new end.
+        shrank(src.read_at(&mut buf, 596 << 10));
+        shrank(src.read_sparse_at(&mut buf, 596 << 10));
+        shrank(src.read_sparse_at(&mut buf, 800 << 10));
+        // Before the cut, reads are as before.
+        assert_eq!(src.read_sparse_at(&mut buf, (512 << 10) - 4096).unwrap(), 0);
+        assert!(buf.iter().all(|&b| b == 9));
     }
 
     #[test]

@@ -311,6 +311,32 @@ impl Output {
                     io::Error::from_raw_os_error(rustix::io::Errno::ISDIR.raw_os_error()),
                 ));
             }
+            // A socket this process holds, named through the kernel's link to its
+            // descriptor (`/dev/stdout` of a run whose stdout is a socket, as under
+            // systemd or inetd): written as a stream, as `-` is. open(2) cannot open a
+            // socket, so the descriptor itself is duplicated.
+            Some(t) if t.is_socket() && req.streams && !req.in_place => {
+                let Some(fd) = own_socket(req.path) else {
+                    return Err(Error::InvalidInput(format!(
+                        "{} {} is a socket, which cannot be opened by name; give a file, a device, a FIFO, or `-` (or /dev/stdout) for a socket on stdout",
+                        req.role,
+                        req.path.display()
+                    )));
+                };
+                out.kind = Kind::Stream;
+                if !req.dry_run {
+                    let f = File::from(fd);
+                    crate::io::grow_pipe(&f);
+                    out.file = Some(f);
+                }
+            }
+            Some(t) if t.is_socket() => {
+                return Err(Error::InvalidInput(format!(
+                    "{} {}: a socket cannot be written by position; give a file or block device",
+                    req.role,
+                    req.path.display()
+                )));
+            }
             Some(_) => {
                 return Err(Error::InvalidInput(format!(
                     "{} {} is neither a file, a device nor a FIFO",
@@ -520,7 +546,7 @@ impl Output {
             // No fsync: like e2image, an image is left to the page cache; the temporary
             // name guards against failures of this run, not against power loss.
             rustix::fs::renameat(&p.dir, &p.tmp_name, &p.dir, &p.dest_name)
-                .map_err(|e| Error::io("rename", 0, e.into()))?;
+                .map_err(|e| Error::io("rename", 0, lost_temporary(p, e)))?;
             p.committed = true;
             pending::remove(&p.tmp);
         }
@@ -543,6 +569,50 @@ impl Drop for Output {
             pending::remove(&p.tmp);
         }
     }
+}
+
+/// A duplicate of stdout when `given` leads to it through this process's `/proc/self/fd/1`
+/// link (`/dev/stdout`, `/dev/fd/1`, `/proc/PID/fd/1`) and it is a socket.
+fn own_socket(given: &Path) -> Option<std::os::fd::OwnedFd> {
+    let own_fds = std::fs::canonicalize("/proc/self/fd").ok()?;
+    let mut cur = given.to_path_buf();
+    for _ in 0..40 {
+        let to = std::fs::read_link(&cur).ok()?;
+        if to.as_os_str().as_encoded_bytes().starts_with(b"socket:[") {
+            let dir = std::fs::canonicalize(parent_dir(&cur)).ok()?;
+            // Stdout only: other descriptors cannot be borrowed without unsafe code, and
+            // an image is sent to a socket on stdout (`-`) or by name.
+            if dir != own_fds || cur.file_name()? != "1" {
+                return None;
+            }
+            return rustix::io::fcntl_dupfd_cloexec(io::stdout(), 3).ok();
+        }
+        cur = if to.is_absolute() {
+            to
+        } else {
+            parent_dir(&cur).join(to)
+        };
+    }
+    None
+}
+
+/// Why the rename of a finished temporary file failed, in words: a bare ENOENT would not
+/// say that the image is gone, or why. The folder held open has no links left when it was
+/// deleted (`rm -rf` took the temporary file with it); otherwise someone removed the
+/// temporary file itself.
+fn lost_temporary(p: &Pending, e: rustix::io::Errno) -> io::Error {
+    if e != rustix::io::Errno::NOENT {
+        return e.into();
+    }
+    let what = if rustix::fs::fstat(&p.dir).is_ok_and(|st| st.st_nlink == 0) {
+        "OUTPUT's folder was deleted during the run, and the image written there with it; nothing is left".to_string()
+    } else {
+        format!(
+            "the temporary file {} was removed during the run (by another program), and the image with it; nothing is left",
+            p.tmp.display()
+        )
+    };
+    io::Error::new(io::ErrorKind::NotFound, what)
 }
 
 /// Hold an existing OUTPUT as `req` says.
@@ -1139,9 +1209,20 @@ pub mod pending {
         STDOUT.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
+    static CRITICAL: Mutex<()> = Mutex::new(());
+
+    /// Held while writes that only make sense together are made (e2i-install's superblock
+    /// and its undo file's switch to the final copy): [`remove_all`], which a terminating
+    /// signal calls before the process dies, waits for it to be released.
+    pub fn critical() -> std::sync::MutexGuard<'static, ()> {
+        CRITICAL.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Remove every registered file, and empty stdout's file when it is registered (called
-    /// on SIGINT, SIGTERM, SIGHUP).
+    /// on SIGINT, SIGTERM, SIGHUP), once no [`critical`] section is under way.
     pub fn remove_all() {
+        // Held to the end: the process dies of its signal right after.
+        let _done = critical();
         if STDOUT.swap(false, std::sync::atomic::Ordering::SeqCst) {
             empty_stdout(io::stdout());
         }

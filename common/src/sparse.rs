@@ -153,11 +153,9 @@ impl<'a> RawSink<'a> {
             } => (*dest_offset, *room),
             RawTarget::Stream(_) => (0, None),
         };
-        let end = offset.checked_add(total).ok_or_else(|| {
-            Error::InvalidInput(format!(
-                "destination offset {offset} plus the image's {total} bytes lies past the largest possible file"
-            ))
-        })?;
+        let end = offset
+            .checked_add(total)
+            .ok_or_else(|| Error::past_offsets(offset, total))?;
         crate::output::check_room(room, end)?;
         // A file must be able to reach the image's end (a block device's room is above).
         let file = match &target {

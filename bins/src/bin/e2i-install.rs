@@ -97,7 +97,30 @@ fn body(args: Args) -> anyhow::Result<u8> {
     }
     let mut reporter = Reporter::new(args.progress);
     reporter.set_dry_run(args.dry_run);
-    let report = install.run(&mut reporter).with_context(context)?;
+    let report = install.run(&mut reporter).map_err(|e| {
+        let unfinished = matches!(e, e2i::Error::InstallUnfinished(_));
+        let full = e.is_out_of_room();
+        let e = anyhow::Error::new(e).context(context());
+        if !unfinished {
+            return e;
+        }
+        // DEVICE holds part of the image's metadata over its own: say how to get back.
+        let dev = args.device.display();
+        let then = if full {
+            "once there is room (free space on the filesystem that is full)"
+        } else {
+            "once the cause is fixed"
+        };
+        match &args.undo {
+            Some(u) => anyhow::anyhow!(
+                "{e:#}; DEVICE {dev} is partly installed (part of the image's metadata over its own) and the undo file is complete: {then}, restore DEVICE with `e2undo {} {dev}`, or finish the install by running the same command again with another undo file",
+                u.display()
+            ),
+            None => anyhow::anyhow!(
+                "{e:#}; DEVICE {dev} is partly installed (part of the image's metadata over its own): {then}, run the same command again to finish the install"
+            ),
+        }
+    })?;
     reporter.summary(report.block_size.get());
     if args.dry_run {
         let bs = report.block_size;

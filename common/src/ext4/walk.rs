@@ -115,6 +115,11 @@ pub(crate) fn copy_error(e: &Error) -> Error {
             have: *have,
             need: *need,
         },
+        Error::SourceShrank { end, was } => Error::SourceShrank {
+            end: *end,
+            was: *was,
+        },
+        Error::InstallUnfinished(e) => Error::InstallUnfinished(Box::new(copy_error(e))),
         Error::Backing { path, source } => Error::Backing {
             path: path.clone(),
             source: Box::new(copy_error(source)),

@@ -827,6 +827,32 @@ impl Install {
             undo_file = Some((uf, stats, final_super));
         }
 
+        // From the superblock's write to the undo file's switch (below), a SIGINT or
+        // SIGTERM waits: killed in between, the undo file no longer matches DEVICE and
+        // plain e2undo refuses it.
+        let _critical = write_device(&img, &dev, &report, progress)
+            .map_err(|e| Error::InstallUnfinished(Box::new(e)))?;
+        if let Some((uf, stats, final_super)) = &undo_file {
+            undo::commit_undo(uf, stats, sb.block_size, final_super, dev.base())
+                .map_err(|e| Error::InstallUnfinished(Box::new(e)))?;
+        }
+        progress.finish();
+        Ok(report)
+    }
+}
+
+/// Write `report`'s planned writes onto DEVICE: the inode tables, bitmaps and descriptors,
+/// a sync, the superblock last, a sync. Returns holding the signal-deferring lock taken
+/// before the superblock's write ([`crate::output::pending::critical`]).
+fn write_device(
+    img: &NormalImage<FileSource>,
+    dev: &FileSource,
+    report: &InstallReport,
+    progress: &mut dyn Progress,
+) -> Result<std::sync::MutexGuard<'static, ()>> {
+    let mut critical = None;
+    {
+        let bs = img.layout().block_size;
         let f = dev.file();
         // Planned offsets are the filesystem's; DEVICE's are `-P`'s partition start further.
         let base = dev.base();
@@ -846,6 +872,7 @@ impl Install {
             if i == last {
                 // Everything else reaches the device before the superblock.
                 f.sync_data().map_err(|e| Error::io("sync", 0, e))?;
+                critical = Some(crate::output::pending::critical());
             }
             match &w.data {
                 WriteData::Bytes(b) => {
@@ -874,12 +901,14 @@ impl Install {
             progress.update(done);
         }
         f.sync_all().map_err(|e| Error::io("sync", 0, e))?;
-        if let Some((uf, stats, final_super)) = &undo_file {
-            undo::commit_undo(uf, stats, sb.block_size, final_super, dev.base())?;
-        }
-        progress.finish();
-        Ok(report)
     }
+    // Hidden, for tests only: stop here (SIGSTOP), the superblock written and the undo
+    // file not yet switched, so that a test can signal the run at that instant.
+    if std::env::var_os("E2I_TEST_STOP_AFTER_SUPERBLOCK").is_some() {
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::STOP);
+    }
+    Ok(critical.unwrap_or_else(crate::output::pending::critical))
 }
 
 /// The superblock an install leaves: its last planned write (see [`plan`]).

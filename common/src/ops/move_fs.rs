@@ -208,7 +208,7 @@ pub fn clone_fs(
     let end = opts
         .dest_offset
         .checked_add(total)
-        .ok_or_else(|| overflow("destination offset plus filesystem size"))?;
+        .ok_or_else(|| Error::past_offsets(opts.dest_offset, total))?;
     if out_dev && end > out_len {
         return Err(Error::NoRoom {
             have: out_len,
@@ -847,9 +847,12 @@ fn plan_new(
             .max(1),
         spans: merge_runs(res.map.runs(), bs.blocks_in(MERGE_GAP_BYTES)),
     };
-    let end = params
-        .dest_end()
-        .ok_or_else(|| overflow("destination offset plus filesystem size"))?;
+    let end = params.dest_end().ok_or_else(|| {
+        Error::past_offsets(
+            params.dest_offset,
+            fs_bytes(bs, params.blocks_count).unwrap_or(u64::MAX),
+        )
+    })?;
     params
         .src_offset
         .checked_add(fs_bytes(bs, params.blocks_count)?)
