@@ -311,12 +311,24 @@ pub struct ReadReport {
     pub past_end_blocks: u64,
     /// Blocks whose read failed (I/O error); passed on as zeros.
     pub unreadable_blocks: u64,
-    /// The first unreadable block numbers (at most [`UNREADABLE_SAMPLE`]).
-    pub unreadable: Vec<FsBlock>,
+    /// The first runs of unreadable blocks met (at most [`UNREADABLE_SAMPLE`]).
+    pub unreadable: Vec<BlockRun>,
 }
 
-/// How many unreadable block numbers a [`ReadReport`] lists.
+/// How many runs of unreadable blocks a [`ReadReport`] lists.
 pub const UNREADABLE_SAMPLE: usize = 1000;
+
+/// Add unreadable block `b` to `list`: it extends the last run when it follows it, else
+/// starts a run while there is room.
+pub fn note_unreadable(list: &mut Vec<BlockRun>, b: FsBlock) {
+    if let Some(r) = list.last_mut()
+        && r.checked_end() == Some(b)
+    {
+        r.len = r.len.saturating_add(1);
+    } else if list.len() < UNREADABLE_SAMPLE {
+        list.push(BlockRun::new(b, 1));
+    }
+}
 
 impl ReadReport {
     fn past_end(&mut self, bs: BlockSize, bytes: usize) {
@@ -348,9 +360,7 @@ fn read_salvaging<S: ReadAt + ?Sized>(
                     Err(Error::Io { .. }) => {
                         blk.fill(0);
                         rep.unreadable_blocks = rep.unreadable_blocks.saturating_add(1);
-                        if rep.unreadable.len() < UNREADABLE_SAMPLE {
-                            rep.unreadable.push(b);
-                        }
+                        note_unreadable(&mut rep.unreadable, b);
                     }
                     Err(e) => return Err(e),
                 }

@@ -28,8 +28,8 @@ pub struct CopyStats {
     pub past_end_blocks: u64,
     /// Blocks that could not be read (I/O errors) and were written as zeros.
     pub unreadable_blocks: u64,
-    /// The first of them.
-    pub unreadable: Vec<FsBlock>,
+    /// The first runs of them (see [`crate::pieces::ReadReport`]).
+    pub unreadable: Vec<BlockRun>,
     /// Blocks skipped because the target already held the same bytes (`-c`).
     pub identical_blocks: u64,
     /// Bytes written to the output.
@@ -686,8 +686,10 @@ pub fn write_raw_as_found<S: ReadAt + ?Sized>(
     let mut stats = sink.finish()?;
     stats.past_end_blocks = rep.past_end_blocks;
     stats.unreadable_blocks = rep.unreadable_blocks;
-    stats.unreadable = rep.unreadable;
-    stats.unreadable.sort_unstable();
+    // Batches come in any order: the runs in block order, touching ones joined.
+    let mut runs = rep.unreadable;
+    runs.sort_unstable();
+    stats.unreadable = BlockMap::from_runs(runs, blocks_count).runs().to_vec();
     Ok(stats)
 }
 
@@ -841,7 +843,7 @@ mod tests {
         .unwrap();
         assert_eq!(got, want);
         assert_eq!(got.blocks, map.selected_blocks());
-        assert_eq!(got.unreadable, vec![FsBlock(12)]);
+        assert_eq!(got.unreadable, vec![BlockRun::new(FsBlock(12), 1)]);
         assert_eq!(got.past_end_blocks, 4);
         assert_eq!(
             std::fs::read(&got_path).unwrap(),
@@ -888,7 +890,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(st.unreadable_blocks, 2);
-        assert_eq!(st.unreadable, vec![FsBlock(10), FsBlock(11)]);
+        assert_eq!(st.unreadable, vec![BlockRun::new(FsBlock(10), 2)]);
         assert_eq!(out.len(), 64 * 1024);
         for b in 0..64u64 {
             let got = &out[(b * bs) as usize..((b + 1) * bs) as usize];

@@ -431,3 +431,43 @@ fn an_install_signalled_at_its_superblock_stays_undoable() {
         assert!(read(&img) == orig, "SIG{sig}: e2undo gave other bytes");
     }
 }
+
+/// A loop device whose backing file was cut short: every read past the cut fails (EIO).
+/// The capture goes on (exit 3) and says which blocks it wrote as zeros: one line per run
+/// of them, not one per block (it printed a thousand lines).
+#[test]
+fn unreadable_stretches_are_reported_as_ranges() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("unreadable_stretches_are_reported_as_ranges: needs root for losetup; not run");
+        return;
+    }
+    let d = tempdir();
+    // 1 KiB blocks: 8 groups of 8 MiB; the journal (taken whole) lies past the cut.
+    let img = mkfs(d.path(), "fs.img", "64M", &["-b", "1024", "-O", "^flex_bg"]);
+    let lo = Loop::new(&img, &[]);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let out = d.path().join("out.raw");
+    let o = run(Command::new(tool("e2i-capture"))
+        .arg("-r")
+        .arg(lo.path())
+        .arg(&out));
+    drop(lo);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("read error")).collect();
+    assert!(!lines.is_empty(), "{err}");
+    assert!(lines.len() < 20, "one line per stretch: {err}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("blocks ") && l.contains(" blocks)")),
+        "{err}"
+    );
+    // Every stretch listed: the list is of runs, not of the first 1000 blocks.
+    assert!(!err.contains("more blocks could not be read"), "{err}");
+}

@@ -41,8 +41,9 @@ pub enum ProblemKind {
         error: std::io::ErrorKind,
         message: String,
     },
-    /// Block `block` could not be read while copying; zeros were written in its place.
-    CopyUnreadable { block: u64 },
+    /// `count` consecutive blocks from `first` could not be read while copying; zeros were
+    /// written in their place.
+    CopyUnreadable { first: u64, count: u64 },
     /// `count` more blocks could not be read while copying (not listed one by one).
     CopyUnreadableMore { count: u64 },
 }
@@ -124,8 +125,14 @@ impl fmt::Display for Problem {
                 }
                 write!(f, "{op} at byte {offset}: {message}")
             }
-            ProblemKind::CopyUnreadable { block } => {
-                write!(f, "block {block}: read error; written as zeros")
+            ProblemKind::CopyUnreadable { first, count } => {
+                write_range(
+                    f,
+                    "block",
+                    *first,
+                    first.saturating_add(count.saturating_sub(1)),
+                )?;
+                write!(f, ": read error; written as zeros")
             }
             ProblemKind::CopyUnreadableMore { count } => {
                 write!(f, "{count} more blocks could not be read; written as zeros")

@@ -599,16 +599,20 @@ impl CaptureReport {
         };
         report.problems = res.problems;
         report.warnings = res.warnings;
-        for &block in &report.copy.unreadable {
+        // One line per run of unreadable blocks (a dead stretch of disk is thousands).
+        for r in &report.copy.unreadable {
             report.problems.push(Problem {
                 ino: None,
-                kind: ProblemKind::CopyUnreadable { block: block.get() },
+                kind: ProblemKind::CopyUnreadable {
+                    first: r.start.get(),
+                    count: r.len,
+                },
             });
         }
         let unlisted = report
             .copy
             .unreadable_blocks
-            .saturating_sub(report.copy.unreadable.len() as u64);
+            .saturating_sub(report.copy.unreadable.iter().map(|r| r.len).sum());
         if unlisted > 0 {
             report.problems.push(Problem {
                 ino: None,
