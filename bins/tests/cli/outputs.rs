@@ -721,7 +721,19 @@ fn signals_remove_the_temporary_file() {
     let fx = Fx::new("8M");
     let out_dir = fx.path("outs");
     fs::create_dir(&out_dir).unwrap();
-    let signals = ["INT", "TERM", "HUP"];
+    let signals: Vec<&str> = ["INT", "TERM", "HUP"]
+        .into_iter()
+        .filter(|s| {
+            let ign = ignored_here(s);
+            if ign {
+                eprintln!("signals_remove_the_temporary_file: SIG{s} is ignored here; not sent");
+            }
+            !ign
+        })
+        .collect();
+    let Some(&first) = signals.first() else {
+        return;
+    };
     for (k, w) in WRITERS.iter().enumerate() {
         let sig = signals[k % signals.len()];
         let mut child = w
@@ -766,7 +778,7 @@ fn signals_remove_the_temporary_file() {
         "to-raw from a pipe: no temporary file"
     );
     let st = Command::new("kill")
-        .args(["-s", "INT", &child.id().to_string()])
+        .args(["-s", first, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(st.success());
@@ -776,6 +788,9 @@ fn signals_remove_the_temporary_file() {
     // A qcow2 on stdin is spooled to a temporary file first: that goes too, however the
     // run ends (SIGKILL included: the spool file has no name).
     for sig in ["TERM", "KILL"] {
+        if ignored_here(sig) {
+            continue;
+        }
         let spool_dir = fx.path(&format!("tmp-{sig}"));
         fs::create_dir(&spool_dir).unwrap();
         let mut child = Command::new(tool("qcow2-to-raw"))

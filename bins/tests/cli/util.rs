@@ -372,3 +372,21 @@ pub fn noise(state: &mut u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Signals this process ignores, and so its children (`nohup` ignores HUP, `cmd &` in a
+/// script INT and QUIT): the tools keep them ignored, as documented, so a test that sends
+/// them would wait for a run that never ends.
+pub fn ignored_here(name: &str) -> bool {
+    let no: u32 = match name {
+        "HUP" => 1,
+        "INT" => 2,
+        "TERM" => 15,
+        _ => return false,
+    };
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .is_some_and(|m| m & (1u64 << (no - 1)) != 0)
+}
