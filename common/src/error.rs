@@ -785,33 +785,32 @@ impl Error {
     /// The target is a regular file that cannot reach byte `need` (past the largest file
     /// offset, or past its filesystem's largest file); found before the first write.
     pub fn too_large(need: u64) -> Error {
-        Error::Io {
-            op: OP_TOO_LARGE,
-            offset: 0,
-            source: io::Error::new(
-                io::ErrorKind::FileTooLarge,
-                format!(
-                    "{need} bytes lie past the largest file its filesystem allows; nothing written"
-                ),
+        Error::beyond_target(
+            OP_TOO_LARGE,
+            format!(
+                "{need} bytes lie past the largest file its filesystem allows; nothing written"
             ),
-        }
+        )
     }
-}
 
-impl Error {
     /// `-O dest_offset` plus the `size` bytes to write there passes the largest byte offset
     /// (2^64 - 1): no target can hold it; found before anything is created or written. An
     /// error about the target, so that messages name it (OUTPUT, DEST, a moved SOURCE).
     pub fn past_offsets(dest_offset: u64, size: u64) -> Error {
-        Error::Io {
-            op: OP_PAST_OFFSETS,
-            offset: 0,
-            source: io::Error::new(
-                io::ErrorKind::FileTooLarge,
-                format!(
-                    "destination offset {dest_offset} plus the {size} bytes to write there pass byte 2^64 - 1; nothing written"
-                ),
+        Error::beyond_target(
+            OP_PAST_OFFSETS,
+            format!(
+                "destination offset {dest_offset} plus the {size} bytes to write there pass byte 2^64 - 1; nothing written"
             ),
+        )
+    }
+
+    /// An error about the target (its messages name it): what must be written cannot fit.
+    fn beyond_target(op: &'static str, what: String) -> Error {
+        Error::Io {
+            op,
+            offset: 0,
+            source: io::Error::new(io::ErrorKind::FileTooLarge, what),
         }
     }
 }

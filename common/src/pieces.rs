@@ -320,7 +320,7 @@ pub const UNREADABLE_SAMPLE: usize = 1000;
 
 /// Add unreadable block `b` to `list`: it extends the last run when it follows it, else
 /// starts a run while there is room.
-pub fn note_unreadable(list: &mut Vec<BlockRun>, b: FsBlock) {
+fn note_unreadable(list: &mut Vec<BlockRun>, b: FsBlock) {
     if let Some(r) = list.last_mut()
         && r.checked_end() == Some(b)
     {

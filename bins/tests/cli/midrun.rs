@@ -8,30 +8,6 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-/// Start a capture into `out` held after its OUTPUT is open (its temporary file made), and
-/// return it once that file is there.
-fn held_capture(img: &Path, out: &Path) -> Reaper {
-    let child = Reaper::new(
-        Command::new(tool("e2i-capture"))
-            .arg("-r")
-            .arg(img)
-            .arg(out)
-            // Ended by the test's own action, however loaded the machine.
-            .env("E2I_TEST_PAUSE_AFTER_OPEN_MS", "3000")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let dir = out.parent().unwrap();
-    for _ in 0..3000 {
-        if names(dir).iter().any(|n| n.contains(".e2i-partial-")) {
-            return child;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    panic!("no temporary file in {}", dir.display());
-}
-
 /// The rename at the end of a run whose temporary file is gone said only `rename: No such
 /// file or directory`. It now says what happened: the folder was deleted, or the temporary
 /// file itself was removed (a cleanup script), and that nothing is left.
@@ -41,7 +17,7 @@ fn a_temporary_file_lost_during_the_run_is_named() {
     let img = mkfs(d.path(), "fs.img", "4M", &[]);
     let dir = d.path().join("outs");
     fs::create_dir(&dir).unwrap();
-    let child = held_capture(&img, &dir.join("a.raw"));
+    let child = held_capture(&img, &dir.join("a.raw"), 3000);
     fs::remove_dir_all(&dir).unwrap();
     let o = child.take().wait_with_output().unwrap();
     let err = failed(&o, "capture into a folder deleted during the run");
@@ -52,7 +28,7 @@ fn a_temporary_file_lost_during_the_run_is_named() {
         "{err}"
     );
     fs::create_dir(&dir).unwrap();
-    let child = held_capture(&img, &dir.join("b.raw"));
+    let child = held_capture(&img, &dir.join("b.raw"), 3000);
     for n in names(&dir) {
         fs::remove_file(dir.join(n)).unwrap();
     }

@@ -416,29 +416,6 @@ fn an_undo_file_in_memory_is_warned_about() {
     assert!(!warned(&o), "{}", text(&o.stderr));
 }
 
-/// Start a capture into `out` held after its OUTPUT is open (its temporary file made), and
-/// return it once that file is there.
-fn held_capture(img: &Path, out: &Path) -> Reaper {
-    let child = Reaper::new(
-        Command::new(tool("e2i-capture"))
-            .arg("-r")
-            .arg(img)
-            .arg(out)
-            .env("E2I_TEST_PAUSE_AFTER_OPEN_MS", "1500")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let dir = out.parent().unwrap();
-    for _ in 0..600 {
-        if names(dir).iter().any(|n| n.contains(".e2i-partial-")) {
-            return child;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    panic!("no temporary file in {}", dir.display());
-}
-
 /// A new OUTPUT's folder renamed during the run: the rename at the end went to the old
 /// path, failed (naming SOURCE), and left the temporary file — the whole image — behind in
 /// the moved folder. The image now lands in the folder, wherever it went; a folder deleted
@@ -449,7 +426,7 @@ fn a_new_outputs_folder_moved_during_the_run_gets_the_image() {
     let img = mkfs(d.path(), "fs.img", "4M", &[]);
     let (a, b) = (d.path().join("a"), d.path().join("b"));
     fs::create_dir(&a).unwrap();
-    let child = held_capture(&img, &a.join("out.raw"));
+    let child = held_capture(&img, &a.join("out.raw"), 1500);
     fs::rename(&a, &b).unwrap();
     let o = child.take().wait_with_output().unwrap();
     ok(&o, "capture into a folder renamed during the run");
@@ -457,7 +434,7 @@ fn a_new_outputs_folder_moved_during_the_run_gets_the_image() {
     let want = d.path().join("want.raw");
     e2image(&["-r"], &img, &want);
     assert!(read(&b.join("out.raw")) == read(&want));
-    let child = held_capture(&img, &b.join("again.raw"));
+    let child = held_capture(&img, &b.join("again.raw"), 1500);
     fs::remove_dir_all(&b).unwrap();
     let o = child.take().wait_with_output().unwrap();
     let err = failed(&o, "capture into a folder deleted during the run");

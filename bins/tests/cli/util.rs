@@ -390,3 +390,26 @@ pub fn ignored_here(name: &str) -> bool {
         .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
         .is_some_and(|m| m & (1u64 << (no - 1)) != 0)
 }
+
+/// Start `e2i-capture -r IMG OUT` held for `pause_ms` after its OUTPUT is open (its
+/// temporary file made), and return it once that file is there.
+pub fn held_capture(img: &Path, out: &Path, pause_ms: u64) -> Reaper {
+    let child = Reaper::new(
+        Command::new(tool("e2i-capture"))
+            .arg("-r")
+            .arg(img)
+            .arg(out)
+            .env("E2I_TEST_PAUSE_AFTER_OPEN_MS", pause_ms.to_string())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let dir = out.parent().unwrap();
+    for _ in 0..3000 {
+        if names(dir).iter().any(|n| n.contains(".e2i-partial-")) {
+            return child;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("no temporary file in {}", dir.display());
+}
