@@ -480,11 +480,20 @@ pub struct StreamOut {
 impl StreamOut {
     /// Stdout, or `file` (a FIFO or character device; a second handle is taken).
     pub fn new(file: Option<&File>, hash: bool) -> Self {
-        let inner: Box<dyn Write> = match file.map(File::try_clone) {
-            Some(Ok(f)) => Box::new(f),
+        // Stdout as a second handle on its file, not Rust's line-buffered `Stdout`, which
+        // holds back the tail of each write after a newline byte: a write that fails is
+        // then reported at a later one, and the count of bytes sent runs ahead.
+        let dup = match file {
+            Some(f) => f.try_clone(),
+            None => {
+                use std::os::fd::AsFd;
+                io::stdout().as_fd().try_clone_to_owned().map(File::from)
+            }
+        };
+        let inner: Box<dyn Write> = match dup {
+            Ok(f) => Box::new(f),
             // Could not duplicate the handle: every write will fail, naming OUTPUT.
-            Some(Err(e)) => Box::new(FailingWriter(Some(e))),
-            None => Box::new(io::stdout().lock()),
+            Err(e) => Box::new(FailingWriter(Some(e))),
         };
         StreamOut {
             w: io::BufWriter::with_capacity(1 << 20, json::HashWriter::new(inner, hash)),
@@ -495,10 +504,19 @@ impl StreamOut {
         &mut self.w
     }
 
-    /// Flush everything (a failure here is a write error of OUTPUT), and give the SHA-256
-    /// (when hashing) and the byte count.
+    /// The same output without the buffer, for a writer that gathers its own writes and
+    /// counts what the output took (the e2i stream): nothing is held back below it, so the
+    /// position of a failed write is exact. Not to be mixed with [`StreamOut::writer`].
+    pub fn unbuffered(&mut self) -> &mut dyn Write {
+        self.w.get_mut()
+    }
+
+    /// Flush everything (a failure here is a write error of OUTPUT, at the first byte not
+    /// taken), and give the SHA-256 (when hashing) and the byte count.
     pub fn finish(mut self) -> Result<(Option<String>, u64), e2i::Error> {
-        self.w.flush().map_err(|e| e2i::Error::io("write", 0, e))?;
+        if let Err(e) = self.w.flush() {
+            return Err(e2i::Error::io("write", self.w.get_ref().bytes(), e));
+        }
         let h = self.w.get_ref();
         Ok((h.sha256(), h.bytes()))
     }

@@ -451,3 +451,62 @@ fn unreadable_stretches_are_reported_as_ranges() {
     // Every stretch listed: the list is of runs, not of the first 1000 blocks.
     assert!(!err.contains("more blocks could not be read"), "{err}");
 }
+
+/// A stream that runs out of room said `write at byte N` with N the start of the buffer
+/// being flushed (up to 2 MiB before the failure: the stream writer's gathered bytes and a
+/// buffer under it). N is now the stream byte where the failed write began, the first one
+/// the disk did not take: the length of what stdout's file holds (`>>`), and the same for a
+/// new OUTPUT on the same room.
+#[test]
+fn a_stream_stopped_by_a_full_disk_names_the_first_byte_not_written() {
+    let d = tempdir();
+    let img = mkfs(d.path(), "fs.img", "16M", &["-b", "1024"]);
+    // Data the stream carries (-a): more than the disk below takes.
+    let data = d.path().join("data");
+    fs::write(&data, noise(&mut 7, 3 << 20)).unwrap();
+    debugfs_w(&img, &format!("write {} data", data.display()));
+    let mnt = d.path().join("small");
+    let _m = Mount::new(
+        &[Path::new("tmpfs")],
+        &mnt,
+        &["-t", "tmpfs", "-o", "size=1m"],
+    );
+    let at_byte = |err: &str| -> u64 {
+        let n = err
+            .split("write at byte ")
+            .nth(1)
+            .and_then(|r| r.split(':').next())
+            .unwrap_or_else(|| panic!("no offset: {err}"));
+        n.parse().unwrap_or_else(|_| panic!("{n:?}: {err}"))
+    };
+    let mut offsets = Vec::new();
+    for version in ["2", "1"] {
+        // Stdout appended to a file: kept as it is after the failure.
+        let held = mnt.join("held.e2is");
+        fs::write(&held, b"").unwrap();
+        let o = run(Command::new(tool("e2i-capture"))
+            .args(["-a", "--stream-version", version])
+            .arg(&img)
+            .arg("-")
+            .stdout(Stdio::from(
+                fs::OpenOptions::new().append(true).open(&held).unwrap(),
+            )));
+        let err = failed(&o, "stream to a full disk");
+        assert!(err.contains("No space left on device"), "{err}");
+        let len = fs::metadata(&held).unwrap().len();
+        assert!(len > 0, "nothing written: not the case tested");
+        assert_eq!(at_byte(&err), len, "v{version} to stdout: {err}");
+        fs::remove_file(&held).unwrap();
+        // A new OUTPUT on the same room: its temporary file is gone, the offset the same.
+        let out = mnt.join("new.e2is");
+        let o = run(Command::new(tool("e2i-capture"))
+            .args(["-a", "--format", "stream", "--stream-version", version])
+            .arg(&img)
+            .arg(&out));
+        let err = failed(&o, "stream to a new file on a full disk");
+        assert_eq!(at_byte(&err), len, "v{version} to a new file: {err}");
+        assert!(names(&mnt).is_empty(), "{:?}", names(&mnt));
+        offsets.push(len);
+    }
+    assert!(offsets.iter().all(|&n| n == offsets[0]), "{offsets:?}");
+}
