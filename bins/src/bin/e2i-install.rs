@@ -246,6 +246,11 @@ fn overview_line(report: &InstallReport) -> String {
             "; the filesystem was written after that ({}): files created or changed since become unreachable, and blocks allocated since are marked free",
             utc(t)
         )),
+        // Times are whole seconds: a write in the second of the capture may have come
+        // before it or after it.
+        Some(t) if t == o.image_time && t != 0 => line.push_str(
+            "; the filesystem was last written in that same second, before or after the capture (times are whole seconds): what was written after it in that second becomes unreachable",
+        ),
         Some(_) if o.image_time != 0 => {
             line.push_str("; the filesystem has not been written since")
         }
