@@ -163,7 +163,18 @@ pub fn run(
 ) -> ExitCode {
     note_closed_stdout();
     clean_up_on_signals();
-    match body(&mut summary) {
+    let result = body(&mut summary);
+    // From here the main thread ends the process: a signal's thread already ending it
+    // (its cleanup under way) is waited for; one received later leaves it to the code
+    // below. Held to the exit (forgotten): a signal arriving after the check below came
+    // after the run.
+    let held = e2i::output::pending::critical();
+    e2i::output::pending::hand_over();
+    if let Some(sig) = signal_received() {
+        end_by_signal(tool, sig, &result);
+    }
+    std::mem::forget(held);
+    match result {
         Ok(code) => {
             summary.print(code, None);
             ExitCode::from(code)
@@ -179,6 +190,55 @@ pub fn run(
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// The terminating signal received (0: none yet), set by the signal handler itself, so
+/// that the main thread sees a signal the moment it arrives.
+static SIGNAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// What the run completed, said when a signal ends it after all its work was done.
+static COMPLETED: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Say what a run that returns success has completed (`the install is complete: ...`), for
+/// the line printed when a signal received meanwhile ends it anyway.
+pub fn completed(note: String) {
+    if let Ok(mut c) = COMPLETED.lock() {
+        *c = Some(note);
+    }
+}
+
+/// The terminating signal received so far, if any.
+pub fn signal_received() -> Option<i32> {
+    i32::try_from(SIGNAL.load(std::sync::atomic::Ordering::SeqCst))
+        .ok()
+        .filter(|&s| s != 0)
+}
+
+/// A run whose body has returned, with `sig` received meanwhile (e2i-install's signal that
+/// waited for the undo file's switch, or one that came as the work ended): say what was
+/// done — the error, or that the work completed — remove what a signal removes, and end as
+/// the signal ends a process (the shell's 128+N), so that the status tells the signal.
+fn end_by_signal(tool: &str, sig: i32, result: &anyhow::Result<u8>) -> ! {
+    let name = signal_hook::low_level::signal_name(sig).unwrap_or("a signal");
+    let _ = match result {
+        Ok(_) => {
+            let done = COMPLETED
+                .lock()
+                .ok()
+                .and_then(|c| c.clone())
+                .unwrap_or_else(|| "the run had completed".to_string());
+            writeln!(
+                io::stderr(),
+                "{tool}: {name} received as the run ended: {done}; ending as {name} does"
+            )
+        }
+        Err(e) if is_broken_pipe(e) => Ok(()),
+        Err(e) => writeln!(io::stderr(), "{tool}: {}", one_line(e)),
+    };
+    e2i::output::pending::remove_held();
+    let _ = signal_hook::low_level::emulate_default_handler(sig);
+    // Not reached for these signals; exit the way a shell reports them if it is.
+    std::process::exit(128 + sig);
 }
 
 /// Stdout was closed when the run started (`>&-`): see [`note_closed_stdout`].
@@ -243,17 +303,25 @@ fn clean_up_on_signals() {
             std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
         );
     }
-    let Ok(mut signals) = signal_hook::iterator::Signals::new(wanted(&[
+    let ending = wanted(&[
         SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGALRM, SIGUSR1, SIGUSR2, SIGVTALRM, SIGPROF, SIGXCPU,
-    ])) else {
+    ]);
+    for &sig in &ending {
+        if let Ok(v) = usize::try_from(sig) {
+            let _ = signal_hook::flag::register_usize(sig, &SIGNAL, v);
+        }
+    }
+    let Ok(mut signals) = signal_hook::iterator::Signals::new(ending) else {
         return;
     };
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
-            e2i::output::pending::remove_all();
-            let _ = signal_hook::low_level::emulate_default_handler(sig);
-            // Not reached for these signals; exit the way a shell reports them if it is.
-            std::process::exit(128 + sig);
+            // False once the main thread ends the run itself (see `run`).
+            if e2i::output::pending::remove_all() {
+                let _ = signal_hook::low_level::emulate_default_handler(sig);
+                // Not reached for these signals; exit the way a shell reports them if it is.
+                std::process::exit(128 + sig);
+            }
         }
     });
 }

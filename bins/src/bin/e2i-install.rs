@@ -121,6 +121,16 @@ fn body(args: Args) -> anyhow::Result<u8> {
             ),
         }
     })?;
+    if !args.dry_run {
+        e2i_cli::completed(format!(
+            "the install is complete (DEVICE {} holds the image's metadata{})",
+            args.device.display(),
+            match &args.undo {
+                Some(u) => format!("; undo with: e2undo {} {}", u.display(), args.device.display()),
+                None => String::new(),
+            }
+        ));
+    }
     reporter.summary(report.block_size.get());
     if args.dry_run {
         let bs = report.block_size;

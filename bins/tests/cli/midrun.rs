@@ -362,8 +362,10 @@ fn a_closed_stdout_is_refused() {
 /// switch to the final superblock killed the run there: plain `e2undo` then refused the
 /// undo file ("superblock doesn't match"), and only `e2undo -f` (which marks the
 /// filesystem for e2fsck) got DEVICE back. Seen once in 75 seeded signals. The signal now
-/// waits for that one write: the run ends with the install complete, and plain e2undo
-/// restores DEVICE's exact bytes. The hook stops the run at that instant.
+/// waits for that one write: the install completes, says so, and the run ends as the
+/// signal ends it (never with 0, as it once did when the main thread won the race to the
+/// exit); plain e2undo restores DEVICE's exact bytes. The hook stops the run at that
+/// instant.
 #[test]
 fn an_install_signalled_at_its_superblock_stays_undoable() {
     let d = tempdir();
@@ -387,7 +389,7 @@ fn an_install_signalled_at_its_superblock_stays_undoable() {
         }
         fs::write(&img, &orig).unwrap();
         let undo = d.path().join(format!("{sig}.undo"));
-        let mut child = Reaper::new(
+        let child = Reaper::new(
             Command::new(tool("e2i-install"))
                 .args(["-q", "-f", "-z"])
                 .arg(&undo)
@@ -401,11 +403,23 @@ fn an_install_signalled_at_its_superblock_stays_undoable() {
         wait_stopped(child.child());
         sh(Command::new("kill").args(["-s", sig, &child.child().id().to_string()]));
         resume_stopped(child.child());
-        let st = child.child_mut().wait().unwrap();
-        // Killed by it once the switch is written, or (the signal's thread losing the
-        // race to the end of main) finished: the install is complete either way.
+        let o = child.take().wait_with_output().unwrap();
+        // The install completes, says so, and ends as the signal ends it: the status tells
+        // the signal (it ended with 0 when the signal's thread lost the race to the end of
+        // main).
         use std::os::unix::process::ExitStatusExt;
-        assert!(st.signal().is_some() || st.success(), "SIG{sig}: {st:?}");
+        let signo = if sig == "INT" { 2 } else { 15 };
+        let err = text(&o.stderr);
+        assert_eq!(o.status.signal(), Some(signo), "SIG{sig}: {:?}: {err}", o.status);
+        assert!(
+            err.contains(&format!(
+                "e2i-install: SIG{sig} received as the run ended: the install is complete (DEVICE {} holds the image's metadata; undo with: e2undo {} {}); ending as SIG{sig} does",
+                img.display(),
+                undo.display(),
+                img.display()
+            )) && err.lines().count() == 1,
+            "SIG{sig}: {err}"
+        );
         let o = run(Command::new("e2undo").arg(&undo).arg(&img));
         ok(&o, &format!("plain e2undo after SIG{sig}"));
         assert!(read(&img) == orig, "SIG{sig}: e2undo gave other bytes");
