@@ -126,7 +126,11 @@ fn body(args: Args) -> anyhow::Result<u8> {
             "the install is complete (DEVICE {} holds the image's metadata{})",
             args.device.display(),
             match &args.undo {
-                Some(u) => format!("; undo with: e2undo {} {}", u.display(), args.device.display()),
+                Some(u) => format!(
+                    "; undo with: e2undo {} {}",
+                    u.display(),
+                    args.device.display()
+                ),
                 None => String::new(),
             }
         ));

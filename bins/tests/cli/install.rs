@@ -708,7 +708,10 @@ fn install_overview_says_when_the_last_write_and_the_capture_share_a_second() {
     // mkfs (and so the last write) at 1700000000 (util::mkfs).
     let dev = make(d.path(), "dev.img", "8M", &[]);
     let cases = [
-        ("1700000000", "in that same second, before or after the capture"),
+        (
+            "1700000000",
+            "in that same second, before or after the capture",
+        ),
         ("1700000001", "has not been written since"),
         ("1699999999", "the filesystem was written after that"),
     ];

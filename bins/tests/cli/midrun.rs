@@ -410,7 +410,12 @@ fn an_install_signalled_at_its_superblock_stays_undoable() {
         use std::os::unix::process::ExitStatusExt;
         let signo = if sig == "INT" { 2 } else { 15 };
         let err = text(&o.stderr);
-        assert_eq!(o.status.signal(), Some(signo), "SIG{sig}: {:?}: {err}", o.status);
+        assert_eq!(
+            o.status.signal(),
+            Some(signo),
+            "SIG{sig}: {:?}: {err}",
+            o.status
+        );
         assert!(
             err.contains(&format!(
                 "e2i-install: SIG{sig} received as the run ended: the install is complete (DEVICE {} holds the image's metadata; undo with: e2undo {} {}); ending as SIG{sig} does",

@@ -382,7 +382,13 @@ fn send<W: Write>(out: &mut W, b: &[u8], written: &mut u64) -> Result<()> {
     let mut rest = b;
     while !rest.is_empty() {
         match out.write(rest) {
-            Ok(0) => return Err(Error::io("write", *written, io::ErrorKind::WriteZero.into())),
+            Ok(0) => {
+                return Err(Error::io(
+                    "write",
+                    *written,
+                    io::ErrorKind::WriteZero.into(),
+                ));
+            }
             Ok(n) => {
                 advance(written, n);
                 rest = rest.get(n..).unwrap_or_default();
