@@ -718,11 +718,12 @@ fn install_overview_says_when_the_last_write_and_the_capture_share_a_second() {
     let phrases: Vec<&str> = cases.iter().map(|c| c.1).collect();
     for (taken, words) in cases {
         let image = d.path().join(format!("{taken}.e2i"));
-        let o = run(Command::new(tool("e2i-capture"))
-            .arg(&dev)
-            .arg(&image)
-            .env("SOURCE_DATE_EPOCH", taken));
-        ok(&o, "capture");
+        run_ok(
+            Command::new(tool("e2i-capture"))
+                .arg(&dev)
+                .arg(&image)
+                .env("SOURCE_DATE_EPOCH", taken),
+        );
         let o = install(&["-n"], &dev, &image);
         ok(&o, &format!("install -n, image taken at {taken}"));
         let err = text(&o.stderr);

@@ -101,12 +101,11 @@ fn an_offset_past_two_to_the_64_names_the_target() {
     let d = tempdir();
     let img = mkfs(d.path(), "fs.img", "4M", &[]);
     let q = d.path().join("fs.qcow2");
-    ok(
-        &run(Command::new(tool("e2i-capture"))
+    run_ok(
+        Command::new(tool("e2i-capture"))
             .arg("-Q")
             .arg(&img)
-            .arg(&q)),
-        "capture -Q",
+            .arg(&q),
     );
     let out = d.path().join("out.img");
     let huge = "0xfffffffffff00000";
@@ -156,10 +155,7 @@ fn an_install_stopped_by_a_full_disk_says_how_to_recover() {
     let d = tempdir();
     let img = mkfs(d.path(), "fs.img", "8M", &["-b", "1024"]);
     let image = d.path().join("fs.e2i");
-    ok(
-        &run(Command::new(tool("e2i-capture")).arg(&img).arg(&image)),
-        "capture",
-    );
+    run_ok(Command::new(tool("e2i-capture")).arg(&img).arg(&image));
     // DEVICE changed since the image: an install rewrites its inode tables (every
     // group's, the image holds them whole).
     let note = d.path().join("note");
@@ -175,13 +171,12 @@ fn an_install_stopped_by_a_full_disk_says_how_to_recover() {
     // What an install that had room leaves.
     let roomy = d.path().join("roomy.img");
     fs::write(&roomy, &orig).unwrap();
-    ok(
-        &run(Command::new(tool("e2i-install"))
+    run_ok(
+        Command::new(tool("e2i-install"))
             .arg("-f")
             .arg(&roomy)
             .arg(&image)
-            .env("E2FSPROGS_FAKE_TIME", "1800000000")),
-        "install with room",
+            .env("E2FSPROGS_FAKE_TIME", "1800000000"),
     );
     let mnt = d.path().join("small");
     let _m = Mount::new(
@@ -195,12 +190,11 @@ fn an_install_stopped_by_a_full_disk_says_how_to_recover() {
     for with_undo in [true, false] {
         let _ = fs::remove_file(&filler);
         let _ = fs::remove_file(&undo);
-        ok(
-            &run(Command::new("cp")
+        run_ok(
+            Command::new("cp")
                 .arg("--sparse=always")
                 .arg(&img)
-                .arg(&dev)),
-            "cp",
+                .arg(&dev),
         );
         // Room for a few of the writes into holes (never-used inode tables), not all.
         let st = rustix::fs::statvfs(&mnt).unwrap();
@@ -323,12 +317,11 @@ fn a_closed_stdout_is_refused() {
     let fx_dir = tempdir();
     let img = mkfs(fx_dir.path(), "fs.img", "4M", &[]);
     let stream = fx_dir.path().join("fs.e2s");
-    ok(
-        &run(Command::new(tool("e2i-capture"))
+    run_ok(
+        Command::new(tool("e2i-capture"))
             .arg(&img)
             .arg("-")
-            .stdout(fs::File::create(&stream).unwrap())),
-        "capture a stream",
+            .stdout(fs::File::create(&stream).unwrap()),
     );
     let cases: [(&str, &[&str], &Path); 4] = [
         ("e2i-capture", &["-r"], &img),
@@ -371,10 +364,7 @@ fn an_install_signalled_at_its_superblock_stays_undoable() {
     let d = tempdir();
     let img = mkfs(d.path(), "fs.img", "8M", &[]);
     let image = d.path().join("fs.e2i");
-    ok(
-        &run(Command::new(tool("e2i-capture")).arg(&img).arg(&image)),
-        "capture",
-    );
+    run_ok(Command::new(tool("e2i-capture")).arg(&img).arg(&image));
     let note = d.path().join("note");
     fs::write(&note, "written after the image was taken\n").unwrap();
     debugfs_w(
