@@ -164,32 +164,29 @@ pub fn run(
     note_closed_stdout();
     clean_up_on_signals();
     let result = body(&mut summary);
-    // From here the main thread ends the process: a signal's thread already ending it
-    // (its cleanup under way) is waited for; one received later leaves it to the code
-    // below. Held to the exit (forgotten): a signal arriving after the check below came
-    // after the run.
-    let held = e2i::output::pending::critical();
-    e2i::output::pending::hand_over();
-    if let Some(sig) = signal_received() {
-        end_by_signal(tool, sig, &result);
+    // From here the main thread ends the process: a signal's thread already ending it (its
+    // cleanup under way) is waited for; one that arrives later is left to the check below.
+    {
+        let _wait = e2i::output::pending::critical();
+        e2i::output::pending::hand_over();
     }
-    std::mem::forget(held);
-    match result {
-        Ok(code) => {
-            summary.print(code, None);
-            ExitCode::from(code)
-        }
+    let (code, msg) = match &result {
+        Ok(code) => (*code, None),
+        Err(e) if is_broken_pipe(e) => (EXIT_BROKEN_PIPE, None),
         Err(e) => {
-            if is_broken_pipe(&e) {
-                summary.print(EXIT_BROKEN_PIPE, None);
-                return ExitCode::from(EXIT_BROKEN_PIPE);
-            }
-            let msg = one_line(&e);
+            let msg = one_line(e);
             let _ = writeln!(io::stderr(), "{tool}: {msg}");
-            summary.print(EXIT_FAILURE, Some(&msg));
-            ExitCode::from(EXIT_FAILURE)
+            (EXIT_FAILURE, Some(msg))
         }
+    };
+    // A signal received during the run's last steps (e2i-install's, which waits for the
+    // undo file's switch) ends it as the signal does, after saying the work is complete:
+    // never with 0. One that arrives after this check came after the run.
+    if let Some(sig) = signal_received() {
+        end_by_signal(tool, sig, result.is_ok());
     }
+    summary.print(code, msg.as_deref());
+    ExitCode::from(code)
 }
 
 /// The terminating signal received (0: none yet), set by the signal handler itself, so
@@ -215,27 +212,27 @@ pub fn signal_received() -> Option<i32> {
 }
 
 /// A run whose body has returned, with `sig` received meanwhile (e2i-install's signal that
-/// waited for the undo file's switch, or one that came as the work ended): say what was
-/// done — the error, or that the work completed — remove what a signal removes, and end as
-/// the signal ends a process (the shell's 128+N), so that the status tells the signal.
-fn end_by_signal(tool: &str, sig: i32, result: &anyhow::Result<u8>) -> ! {
+/// waited for the undo file's switch, or one that came as the work ended): say, when the
+/// work succeeded, that it is complete (an error was said already), remove what a signal
+/// removes, and end as the signal ends a process (the shell's 128+N), so that the status
+/// tells the signal. No `--json` summary, as for any run a signal ends.
+fn end_by_signal(tool: &str, sig: i32, succeeded: bool) -> ! {
     let name = signal_hook::low_level::signal_name(sig).unwrap_or("a signal");
-    let _ = match result {
-        Ok(_) => {
-            let done = COMPLETED
-                .lock()
-                .ok()
-                .and_then(|c| c.clone())
-                .unwrap_or_else(|| "the run had completed".to_string());
-            writeln!(
-                io::stderr(),
-                "{tool}: {name} received as the run ended: {done}; ending as {name} does"
-            )
-        }
-        Err(e) if is_broken_pipe(e) => Ok(()),
-        Err(e) => writeln!(io::stderr(), "{tool}: {}", one_line(e)),
-    };
-    e2i::output::pending::remove_held();
+    if succeeded {
+        let done = COMPLETED
+            .lock()
+            .ok()
+            .and_then(|c| c.clone())
+            .unwrap_or_else(|| "the run had completed".to_string());
+        let _ = writeln!(
+            io::stderr(),
+            "{tool}: {name} received as the run ended: {done}; ending as {name} does"
+        );
+    }
+    {
+        let _held = e2i::output::pending::critical();
+        e2i::output::pending::remove_held();
+    }
     let _ = signal_hook::low_level::emulate_default_handler(sig);
     // Not reached for these signals; exit the way a shell reports them if it is.
     std::process::exit(128 + sig);
@@ -316,12 +313,17 @@ fn clean_up_on_signals() {
     };
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
-            // False once the main thread ends the run itself (see `run`).
-            if e2i::output::pending::remove_all() {
-                let _ = signal_hook::low_level::emulate_default_handler(sig);
-                // Not reached for these signals; exit the way a shell reports them if it is.
-                std::process::exit(128 + sig);
+            // False once the main thread ends the run itself (see `run`): it sees the signal
+            // and ends the process within moments. Should it be stuck (its last line going to
+            // a stderr nobody reads), the signal ends the process all the same.
+            if !e2i::output::pending::remove_all() {
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                let _held = e2i::output::pending::critical();
+                e2i::output::pending::remove_held();
             }
+            let _ = signal_hook::low_level::emulate_default_handler(sig);
+            // Not reached for these signals; exit the way a shell reports them if it is.
+            std::process::exit(128 + sig);
         }
     });
 }
