@@ -154,7 +154,8 @@ pub struct Args {
     pub compress: Option<super::CompressArg>,
     /// qcow2 only: write an overlay (qcow2 v3) on FILE, a previous capture (qcow2 or raw):
     /// only clusters that differ from FILE's backing chain are stored. FILE is recorded as
-    /// given; a relative name is found from OUTPUT's folder, as qemu-img finds it.
+    /// given (a relative name is found from OUTPUT's folder, as qemu-img finds it), with the
+    /// digest of its chain's disk: e2i readers refuse a chain changed since.
     #[arg(long, value_name = "FILE", conflicts_with = "raw", value_hint = clap::ValueHint::FilePath)]
     pub backing: Option<PathBuf>,
     /// Stream only: the stream format version. 2 (the default) reads SOURCE once and

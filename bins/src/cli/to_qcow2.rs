@@ -79,8 +79,9 @@ pub struct Args {
     #[arg(long, value_name = "ALGO", num_args = 0..=1, require_equals = true, default_missing_value = "deflate", value_enum)]
     pub compress: Option<super::CompressArg>,
     /// Write an overlay (qcow2 v3) on FILE, a previous image (qcow2 or raw): only clusters
-    /// that differ from FILE's backing chain are stored. FILE is recorded as given; a
-    /// relative name is found from OUTPUT's folder, as qemu-img finds it.
+    /// that differ from FILE's backing chain are stored. FILE is recorded as given (a
+    /// relative name is found from OUTPUT's folder, as qemu-img finds it), with the digest
+    /// of its chain's disk: e2i readers refuse a chain changed since.
     #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     pub backing: Option<PathBuf>,
     /// Print the image layout that would be written; create nothing.
