@@ -490,16 +490,18 @@ fn a_stream_stopped_by_a_full_disk_names_the_first_byte_not_written() {
     };
     let mut offsets = Vec::new();
     for version in ["2", "1"] {
-        // Stdout appended to a file: kept as it is after the failure.
+        // Stdout appended to a file: kept as it is after the failure. The shell opens it, so
+        // that no child another test forks meanwhile inherits it (the disk's room would then
+        // come back only when that child execs).
         let held = mnt.join("held.e2is");
         fs::write(&held, b"").unwrap();
-        let o = run(Command::new(tool("e2i-capture"))
-            .args(["-a", "--stream-version", version])
+        let o = run(Command::new("sh")
+            .arg("-c")
+            .arg(r#"exec "$0" -a --stream-version "$1" "$2" - >> "$3""#)
+            .arg(tool("e2i-capture"))
+            .arg(version)
             .arg(&img)
-            .arg("-")
-            .stdout(Stdio::from(
-                fs::OpenOptions::new().append(true).open(&held).unwrap(),
-            )));
+            .arg(&held));
         let err = failed(&o, "stream to a full disk");
         assert!(err.contains("No space left on device"), "{err}");
         let len = fs::metadata(&held).unwrap().len();
