@@ -169,6 +169,10 @@ pub fn run(
             ExitCode::from(code)
         }
         Err(e) => {
+            // A terminating signal's clean-up under way (it fails every write to a file
+            // from its start, which may be what ended the body): wait for the signal to
+            // end the process, rather than exit 1 with a write error it caused.
+            drop(e2i::output::pending::committing());
             if is_broken_pipe(&e) {
                 summary.print(EXIT_BROKEN_PIPE, None);
                 return ExitCode::from(EXIT_BROKEN_PIPE);
