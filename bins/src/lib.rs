@@ -165,7 +165,9 @@ pub fn run(
     clean_up_on_signals();
     let result = body(&mut summary);
     // From here the main thread ends the process: a signal's thread already ending it (its
-    // cleanup under way) is waited for; one that arrives later is left to the check below.
+    // cleanup under way; it fails every write to a file from its start, which may be what
+    // ended the body) is waited for, rather than exit 1 with a write error it caused; one
+    // that arrives later is left to the check below.
     {
         let _wait = e2i::output::pending::critical();
         e2i::output::pending::hand_over();

@@ -87,6 +87,7 @@ mod cli {
     pub mod mutation;
     pub mod normal;
     pub mod outputs;
+    pub mod overlap;
     pub mod overlay;
     pub mod partitions;
     pub mod pipeline;

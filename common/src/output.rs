@@ -466,6 +466,7 @@ impl Output {
         if let Some(f) = &self.stdout_file {
             use std::io::Seek;
             let mut f = f;
+            let _commit = pending::committing();
             f.seek(io::SeekFrom::End(0))
                 .map_err(|e| Error::io("seek", 0, e))?;
             if self.stdout_pending.replace(false) {
@@ -545,6 +546,7 @@ impl Output {
             }
             // No fsync: like e2image, an image is left to the page cache; the temporary
             // name guards against failures of this run, not against power loss.
+            let _commit = pending::committing();
             rustix::fs::renameat(&p.dir, &p.tmp_name, &p.dir, &p.dest_name)
                 .map_err(|e| Error::io("rename", 0, lost_temporary(p, e)))?;
             p.committed = true;
@@ -1211,6 +1213,32 @@ pub mod pending {
 
     static CRITICAL: Mutex<()> = Mutex::new(());
 
+    /// Held while a finished image is made visible (renamed into place, stdout's file
+    /// handed back): [`remove_all`] never runs in the middle of it, and once it has run
+    /// the commit waits for the process to die of its signal.
+    pub fn committing() -> std::sync::MutexGuard<'static, ()> {
+        critical()
+    }
+
+    /// From here on no thread of this process writes to a regular file or makes one
+    /// longer: a file-size limit of 0 fails every such write and `set_len` (EFBIG; the
+    /// SIGXFSZ it raises is caught). The other threads run on until the signal ends the
+    /// process: a piece a copying thread wrote after stdout's file was emptied left
+    /// hundreds of megabytes there, and a run finishing meanwhile set the image's full
+    /// size again. A write already under way completes before the truncation, which
+    /// waits for it.
+    fn stop_file_growth() {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let maximum = getrlimit(Resource::Fsize).maximum;
+        let _ = setrlimit(
+            Resource::Fsize,
+            Rlimit {
+                current: Some(0),
+                maximum,
+            },
+        );
+    }
+
     /// Held while writes that only make sense together are made (e2i-install's superblock
     /// and its undo file's switch to the final copy): [`remove_all`], which a terminating
     /// signal calls before the process dies, waits for it to be released.
@@ -1230,20 +1258,26 @@ pub mod pending {
     }
 
     /// Remove every registered file, and empty stdout's file when it is registered (called
-    /// on SIGINT, SIGTERM, SIGHUP), once no [`critical`] section is under way. False, with
-    /// nothing removed, when the main thread has taken over ending the run ([`hand_over`]).
+    /// on SIGINT, SIGTERM, SIGHUP), once no [`critical`] section is under way; the caller
+    /// then ends the process. False, with nothing removed, when the main thread has taken
+    /// over ending the run ([`hand_over`]).
     pub fn remove_all() -> bool {
-        // Held to the end: the process dies of its signal right after.
-        let _done = critical();
+        let guard = critical();
         if MAIN_ENDS.load(std::sync::atomic::Ordering::SeqCst) {
             return false;
         }
+        // Never released: the process dies of its signal right after. A commit waits for
+        // it ([`committing`]), so a run cannot rename its image into place, or end stdout's
+        // file and exit 0, after this emptied it; nor exit 1 on a write this failed.
+        std::mem::forget(guard);
         remove_held();
         true
     }
 
-    /// [`remove_all`] by a thread that holds [`critical`] (the main thread ending the run).
+    /// [`remove_all`] by a thread that holds [`critical`] (the main thread ending the run,
+    /// or the signal's thread).
     pub fn remove_held() {
+        stop_file_growth();
         if STDOUT.swap(false, std::sync::atomic::Ordering::SeqCst) {
             empty_stdout(io::stdout());
         }

@@ -402,11 +402,41 @@ pub fn for_each_piece_of_maps<S: ReadAt + ?Sized>(
     let produce = |out: &mut Producer| {
         let mut rep = ReadReport::default();
         while let Some(map) = next()? {
-            produce_map(src, &map, bs, out, &mut rep)?;
+            // Each map's own first runs (a map is in block order, the maps are not): the
+            // report keeps the lowest of them all, as one ordered pass would have listed
+            // them (one shared list filled up with whatever maps came first).
+            let mut one = ReadReport::default();
+            produce_map(src, &map, bs, out, &mut one)?;
+            rep.past_end_blocks = rep.past_end_blocks.saturating_add(one.past_end_blocks);
+            rep.unreadable_blocks = rep.unreadable_blocks.saturating_add(one.unreadable_blocks);
+            rep.unreadable.extend(one.unreadable);
+            if rep.unreadable.len() > UNREADABLE_SAMPLE.saturating_mul(2) {
+                keep_lowest_runs(&mut rep.unreadable);
+            }
         }
+        keep_lowest_runs(&mut rep.unreadable);
         Ok(rep)
     };
     read_ahead(produce, f)
+}
+
+/// Sort `runs`, join those that touch, and keep the first [`UNREADABLE_SAMPLE`].
+fn keep_lowest_runs(runs: &mut Vec<BlockRun>) {
+    runs.sort_unstable();
+    let mut out: Vec<BlockRun> = Vec::with_capacity(runs.len().min(UNREADABLE_SAMPLE));
+    for &r in runs.iter() {
+        if let Some(l) = out.last_mut()
+            && let (Some(le), Some(re)) = (l.checked_end(), r.checked_end())
+            && le >= r.start
+        {
+            l.len = le.max(re).saturating_since(l.start);
+        } else if out.len() < UNREADABLE_SAMPLE {
+            out.push(r);
+        } else {
+            break;
+        }
+    }
+    *runs = out;
 }
 
 /// The reading side of [`for_each_piece`] for one map.

@@ -686,10 +686,7 @@ pub fn write_raw_as_found<S: ReadAt + ?Sized>(
     let mut stats = sink.finish()?;
     stats.past_end_blocks = rep.past_end_blocks;
     stats.unreadable_blocks = rep.unreadable_blocks;
-    // Batches come in any order: the runs in block order, touching ones joined.
-    let mut runs = rep.unreadable;
-    runs.sort_unstable();
-    stats.unreadable = BlockMap::from_runs(runs, blocks_count).runs().to_vec();
+    stats.unreadable = rep.unreadable;
     Ok(stats)
 }
 
@@ -722,6 +719,76 @@ mod tests {
         fn size(&self) -> u64 {
             self.inner.size()
         }
+    }
+
+    /// A source whose every even block fails to read (EIO).
+    struct Striped(MemSource);
+
+    impl ReadAt for Striped {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+            let (first, last) = (offset / 1024, (offset + buf.len() as u64 - 1) / 1024);
+            if (first..=last).any(|b| b % 2 == 0) {
+                return Err(Error::io(
+                    "read",
+                    offset,
+                    std::io::Error::from_raw_os_error(5),
+                ));
+            }
+            self.0.read_at(buf, offset)
+        }
+        fn size(&self) -> u64 {
+            self.0.size()
+        }
+    }
+
+    /// More runs of unreadable blocks than are listed, met in batches that come high blocks
+    /// first (as a scan finds them): the list held the first runs met, not the lowest, and
+    /// the capture's `read error` lines differed from an ordered pass's. The lowest are
+    /// listed, as write_raw lists them, whatever the order of the batches.
+    #[test]
+    fn unreadable_runs_listed_are_the_lowest_whatever_the_batch_order() {
+        let bsz = BlockSize::new(1024).unwrap();
+        let n = 6000u64;
+        let src = Striped(MemSource(
+            (0..n * 1024).map(|i| (i / 1024) as u8 | 1).collect(),
+        ));
+        let map = BlockMap::from_runs([BlockRun::new(FsBlock(0), n)], n);
+        let d = tempfile::tempdir().unwrap();
+        let want_file = File::create(d.path().join("want")).unwrap();
+        let target = RawTarget::NewFile {
+            file: &want_file,
+            dest_offset: 0,
+        };
+        let want = write_raw(&src, &map, bsz, target, &mut NoProgress).unwrap();
+        assert_eq!(want.unreadable.len(), crate::pieces::UNREADABLE_SAMPLE);
+        assert_eq!(want.unreadable[0], BlockRun::new(FsBlock(0), 1));
+        // Batches of 500 blocks, the highest first; then the odd blocks between the
+        // listed ones of a batch already copied come again (nothing new).
+        let mut batches: Vec<Vec<BlockRun>> = (0..n / 500)
+            .rev()
+            .map(|k| vec![BlockRun::new(FsBlock(k * 500), 500)])
+            .collect();
+        batches.push(vec![BlockRun::new(FsBlock(1), 1)]);
+        let mut it = batches.into_iter();
+        let got_file = File::create(d.path().join("got")).unwrap();
+        let got = write_raw_as_found(
+            &src,
+            &got_file,
+            bsz,
+            n,
+            move || it.next(),
+            || Ok(map.clone()),
+            &mut |_| Ok(()),
+        )
+        .unwrap();
+        assert!(
+            got == want,
+            "listed {} runs from {:?}, not {} from {:?}",
+            got.unreadable.len(),
+            got.unreadable.first(),
+            want.unreadable.len(),
+            want.unreadable.first()
+        );
     }
 
     #[test]

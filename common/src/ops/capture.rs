@@ -242,6 +242,11 @@ fn scan_and_write_raw<S: ReadAt>(
     let (batch_tx, batch_rx) = mpsc::channel::<Vec<BlockRun>>();
     let (map_tx, map_rx) = mpsc::channel::<BlockMap>();
     let (done_tx, done_rx) = mpsc::channel::<u64>();
+    // Hidden, for tests only: stop the process (SIGSTOP) once this many blocks are copied,
+    // the copy under way, so that a test can signal it at that moment.
+    let mut stop_at: Option<u64> = std::env::var("E2I_TEST_STOP_AFTER_BLOCKS")
+        .ok()
+        .and_then(|v| v.parse().ok());
     std::thread::scope(|scope| {
         let fsr = &fs;
         let (stop, scanned) = (&stop, &scanned);
@@ -254,6 +259,11 @@ fn scan_and_write_raw<S: ReadAt>(
                 }
                 if scanned.load(Ordering::Relaxed) {
                     let _ = done_tx.send(blocks);
+                }
+                if stop_at.is_some_and(|n| blocks >= n) {
+                    stop_at = None;
+                    let me = rustix::process::getpid();
+                    let _ = rustix::process::kill_process(me, rustix::process::Signal::STOP);
                 }
                 Ok(())
             };
