@@ -318,10 +318,8 @@ impl Header {
             .into());
         }
         self.cluster_compression()?;
-        let known = INCOMPAT_DIRTY
-            | INCOMPAT_CORRUPT
-            | INCOMPAT_COMPRESSION_TYPE
-            | INCOMPAT_EXTENDED_L2;
+        let known =
+            INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_COMPRESSION_TYPE | INCOMPAT_EXTENDED_L2;
         if inc & !known != 0 {
             return Err(Error::Unsupported(format!(
                 "the qcow2 image has unknown incompatible features {:#x}",

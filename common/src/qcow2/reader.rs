@@ -588,9 +588,9 @@ impl<S: ReadAt> Qcow2Reader<S> {
             Mapping::Compressed { .. } => m,
             _ if bm.zero() & bit != 0 => Mapping::Zero,
             // The unit lies inside the host cluster checked by check_entry.
-            Mapping::Data(h) if bm.allocated() & bit != 0 => {
-                Mapping::Data(HostOffset(h.0.saturating_add(u64::from(sc) << self.unit_bits)))
-            }
+            Mapping::Data(h) if bm.allocated() & bit != 0 => Mapping::Data(HostOffset(
+                h.0.saturating_add(u64::from(sc) << self.unit_bits),
+            )),
             _ => Mapping::Unallocated,
         }
     }
@@ -823,8 +823,7 @@ impl<S: ReadAt> ReadAt for Qcow2Reader<S> {
                         // The next unit starts at pos + len (len < n: no overflow).
                         let next = expect.checked_add(us as u64);
                         let Some(e2) = next else { break };
-                        if self.mapping_at(pos.0.saturating_add(len as u64))? != Mapping::Data(e2)
-                        {
+                        if self.mapping_at(pos.0.saturating_add(len as u64))? != Mapping::Data(e2) {
                             break;
                         }
                         expect = e2;
