@@ -60,7 +60,12 @@ impl L2Layout {
 
     /// 64-bit words per entry (1 or 2).
     fn words(self) -> usize {
-        1 + usize::from(self.extended)
+        if self.extended { 2 } else { 1 }
+    }
+
+    /// log2 of the bytes of one entry (8 or 16).
+    fn entry_shift(self) -> u32 {
+        if self.extended { 4 } else { 3 }
     }
 
     /// Entries of one table.
@@ -117,7 +122,7 @@ impl L2Slice {
     fn end(&self, g: GuestCluster) -> GuestCluster {
         // first <= slot < first + len <= 2^18: no wrap; g + 2^18 cannot overflow either
         // (guest clusters are below 2^55).
-        let len = self.entries.len() / self.layout.words();
+        let len = self.entries.len() >> usize::from(self.layout.extended);
         let left = self
             .first
             .saturating_add(len)
@@ -425,8 +430,8 @@ impl<S: ReadAt> Qcow2Reader<S> {
             .into());
         }
         // Entries per slice and the slice's first slot: both below 2^18.
-        let esize = self.l2.words() << 3;
-        let per = (L2_SLICE_BYTES / esize).min(self.l2.entries() as usize);
+        let esize = 1usize << self.l2.entry_shift();
+        let per = (L2_SLICE_BYTES >> self.l2.entry_shift()).min(self.l2.entries() as usize);
         // Both powers of two: the slot rounded down to a slice.
         let first = self.l2.slot(g) & !per.saturating_sub(1);
         // Inside the table checked above: first * esize < cluster size.
