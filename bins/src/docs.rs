@@ -188,17 +188,20 @@ fn roff_escape(s: &str) -> String {
 }
 
 /// Turn the `after_long_help` text (sections "Examples:" and "Exit status:" of indented
-/// lines, then free paragraphs) into roff sections.
+/// lines, "Diagnostics:" and "Notes:" of paragraphs, and free paragraphs, which are notes)
+/// into roff sections.
 fn help_sections(text: &str) -> String {
     #[derive(PartialEq)]
     enum Sec {
         None,
         Examples,
         Exit,
+        Diagnostics,
         Notes,
     }
     let mut sec = Sec::None;
     let mut out = String::new();
+    let mut diag = String::new();
     let mut notes = String::new();
     for line in text.lines() {
         let t = line.trim();
@@ -213,17 +216,22 @@ fn help_sections(text: &str) -> String {
                 out.push_str(".SH \"EXIT STATUS\"\n");
                 continue;
             }
+            "Diagnostics:" => {
+                sec = Sec::Diagnostics;
+                continue;
+            }
+            "Notes:" => {
+                sec = Sec::Notes;
+                continue;
+            }
             _ => {}
         }
         if t.is_empty() {
-            if sec == Sec::Notes {
-                notes.push_str(".PP\n");
+            match sec {
+                Sec::Notes => notes.push_str(".PP\n"),
+                Sec::Diagnostics => diag.push_str(".PP\n"),
+                _ => sec = Sec::None,
             }
-            sec = if sec == Sec::Notes {
-                Sec::Notes
-            } else {
-                Sec::None
-            };
             continue;
         }
         let indent = line.len() - line.trim_start().len();
@@ -243,6 +251,11 @@ fn help_sections(text: &str) -> String {
                     out.push('\n');
                 }
             }
+            Sec::Exit if indent >= 6 => {
+                // The description of the status above, continued.
+                out.push_str(&roff_escape(t));
+                out.push('\n');
+            }
             Sec::Exit => {
                 let (code, desc) = t.split_once(char::is_whitespace).unwrap_or((t, ""));
                 out.push_str(".TP\n\\fB");
@@ -251,12 +264,20 @@ fn help_sections(text: &str) -> String {
                 out.push_str(&roff_escape(desc.trim()));
                 out.push('\n');
             }
+            Sec::Diagnostics => {
+                diag.push_str(&roff_escape(t));
+                diag.push('\n');
+            }
             Sec::None | Sec::Notes => {
                 sec = Sec::Notes;
                 notes.push_str(&roff_escape(t));
                 notes.push('\n');
             }
         }
+    }
+    if !diag.is_empty() {
+        out.push_str(".SH DIAGNOSTICS\n");
+        out.push_str(diag.trim_end_matches(".PP\n"));
     }
     if !notes.is_empty() {
         out.push_str(".SH NOTES\n");

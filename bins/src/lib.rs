@@ -163,22 +163,79 @@ pub fn run(
 ) -> ExitCode {
     note_closed_stdout();
     clean_up_on_signals();
-    match body(&mut summary) {
-        Ok(code) => {
-            summary.print(code, None);
-            ExitCode::from(code)
-        }
-        Err(e) => {
-            if is_broken_pipe(&e) {
-                summary.print(EXIT_BROKEN_PIPE, None);
-                return ExitCode::from(EXIT_BROKEN_PIPE);
-            }
-            let msg = one_line(&e);
-            let _ = writeln!(io::stderr(), "{tool}: {msg}");
-            summary.print(EXIT_FAILURE, Some(&msg));
-            ExitCode::from(EXIT_FAILURE)
-        }
+    let result = body(&mut summary);
+    // From here the main thread ends the process: a signal's thread already ending it (its
+    // cleanup under way) is waited for; one that arrives later is left to the check below.
+    {
+        let _wait = e2i::output::pending::critical();
+        e2i::output::pending::hand_over();
     }
+    let (code, msg) = match &result {
+        Ok(code) => (*code, None),
+        Err(e) if is_broken_pipe(e) => (EXIT_BROKEN_PIPE, None),
+        Err(e) => {
+            let msg = one_line(e);
+            let _ = writeln!(io::stderr(), "{tool}: {msg}");
+            (EXIT_FAILURE, Some(msg))
+        }
+    };
+    // A signal received during the run's last steps (e2i-install's, which waits for the
+    // undo file's switch) ends it as the signal does, after saying the work is complete:
+    // never with 0. One that arrives after this check came after the run.
+    if let Some(sig) = signal_received() {
+        end_by_signal(tool, sig, result.is_ok());
+    }
+    summary.print(code, msg.as_deref());
+    ExitCode::from(code)
+}
+
+/// The terminating signal received (0: none yet), set by the signal handler itself, so
+/// that the main thread sees a signal the moment it arrives.
+static SIGNAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// What the run completed, said when a signal ends it after all its work was done.
+static COMPLETED: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Say what a run that returns success has completed (`the install is complete: ...`), for
+/// the line printed when a signal received meanwhile ends it anyway.
+pub fn completed(note: String) {
+    if let Ok(mut c) = COMPLETED.lock() {
+        *c = Some(note);
+    }
+}
+
+/// The terminating signal received so far, if any.
+pub fn signal_received() -> Option<i32> {
+    i32::try_from(SIGNAL.load(std::sync::atomic::Ordering::SeqCst))
+        .ok()
+        .filter(|&s| s != 0)
+}
+
+/// A run whose body has returned, with `sig` received meanwhile (e2i-install's signal that
+/// waited for the undo file's switch, or one that came as the work ended): say, when the
+/// work succeeded, that it is complete (an error was said already), remove what a signal
+/// removes, and end as the signal ends a process (the shell's 128+N), so that the status
+/// tells the signal. No `--json` summary, as for any run a signal ends.
+fn end_by_signal(tool: &str, sig: i32, succeeded: bool) -> ! {
+    let name = signal_hook::low_level::signal_name(sig).unwrap_or("a signal");
+    if succeeded {
+        let done = COMPLETED
+            .lock()
+            .ok()
+            .and_then(|c| c.clone())
+            .unwrap_or_else(|| "the run had completed".to_string());
+        let _ = writeln!(
+            io::stderr(),
+            "{tool}: {name} received as the run ended: {done}; ending as {name} does"
+        );
+    }
+    {
+        let _held = e2i::output::pending::critical();
+        e2i::output::pending::remove_held();
+    }
+    let _ = signal_hook::low_level::emulate_default_handler(sig);
+    // Not reached for these signals; exit the way a shell reports them if it is.
+    std::process::exit(128 + sig);
 }
 
 /// Stdout was closed when the run started (`>&-`): see [`note_closed_stdout`].
@@ -243,14 +300,27 @@ fn clean_up_on_signals() {
             std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
         );
     }
-    let Ok(mut signals) = signal_hook::iterator::Signals::new(wanted(&[
+    let ending = wanted(&[
         SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGALRM, SIGUSR1, SIGUSR2, SIGVTALRM, SIGPROF, SIGXCPU,
-    ])) else {
+    ]);
+    for &sig in &ending {
+        if let Ok(v) = usize::try_from(sig) {
+            let _ = signal_hook::flag::register_usize(sig, &SIGNAL, v);
+        }
+    }
+    let Ok(mut signals) = signal_hook::iterator::Signals::new(ending) else {
         return;
     };
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
-            e2i::output::pending::remove_all();
+            // False once the main thread ends the run itself (see `run`): it sees the signal
+            // and ends the process within moments. Should it be stuck (its last line going to
+            // a stderr nobody reads), the signal ends the process all the same.
+            if !e2i::output::pending::remove_all() {
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                let _held = e2i::output::pending::critical();
+                e2i::output::pending::remove_held();
+            }
             let _ = signal_hook::low_level::emulate_default_handler(sig);
             // Not reached for these signals; exit the way a shell reports them if it is.
             std::process::exit(128 + sig);
@@ -480,11 +550,20 @@ pub struct StreamOut {
 impl StreamOut {
     /// Stdout, or `file` (a FIFO or character device; a second handle is taken).
     pub fn new(file: Option<&File>, hash: bool) -> Self {
-        let inner: Box<dyn Write> = match file.map(File::try_clone) {
-            Some(Ok(f)) => Box::new(f),
+        // Stdout as a second handle on its file, not Rust's line-buffered `Stdout`, which
+        // holds back the tail of each write after a newline byte: a write that fails is
+        // then reported at a later one, and the count of bytes sent runs ahead.
+        let dup = match file {
+            Some(f) => f.try_clone(),
+            None => {
+                use std::os::fd::AsFd;
+                io::stdout().as_fd().try_clone_to_owned().map(File::from)
+            }
+        };
+        let inner: Box<dyn Write> = match dup {
+            Ok(f) => Box::new(f),
             // Could not duplicate the handle: every write will fail, naming OUTPUT.
-            Some(Err(e)) => Box::new(FailingWriter(Some(e))),
-            None => Box::new(io::stdout().lock()),
+            Err(e) => Box::new(FailingWriter(Some(e))),
         };
         StreamOut {
             w: io::BufWriter::with_capacity(1 << 20, json::HashWriter::new(inner, hash)),
@@ -495,10 +574,19 @@ impl StreamOut {
         &mut self.w
     }
 
-    /// Flush everything (a failure here is a write error of OUTPUT), and give the SHA-256
-    /// (when hashing) and the byte count.
+    /// The same output without the buffer, for a writer that gathers its own writes and
+    /// counts what the output took (the e2i stream): nothing is held back below it, so the
+    /// position of a failed write is exact. Not to be mixed with [`StreamOut::writer`].
+    pub fn unbuffered(&mut self) -> &mut dyn Write {
+        self.w.get_mut()
+    }
+
+    /// Flush everything (a failure here is a write error of OUTPUT, at the first byte not
+    /// taken), and give the SHA-256 (when hashing) and the byte count.
     pub fn finish(mut self) -> Result<(Option<String>, u64), e2i::Error> {
-        self.w.flush().map_err(|e| e2i::Error::io("write", 0, e))?;
+        if let Err(e) = self.w.flush() {
+            return Err(e2i::Error::io("write", self.w.get_ref().bytes(), e));
+        }
         let h = self.w.get_ref();
         Ok((h.sha256(), h.bytes()))
     }

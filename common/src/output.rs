@@ -1218,11 +1218,32 @@ pub mod pending {
         CRITICAL.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The main thread ends the run from here on ([`hand_over`]).
+    static MAIN_ENDS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    /// Called holding [`critical`]: the run's writes are over, and the main thread itself
+    /// ends the process (by a signal received meanwhile, after saying what was completed).
+    /// A terminating signal's thread then leaves the process alone ([`remove_all`] returns
+    /// false), rather than end it before that is said.
+    pub fn hand_over() {
+        MAIN_ENDS.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Remove every registered file, and empty stdout's file when it is registered (called
-    /// on SIGINT, SIGTERM, SIGHUP), once no [`critical`] section is under way.
-    pub fn remove_all() {
+    /// on SIGINT, SIGTERM, SIGHUP), once no [`critical`] section is under way. False, with
+    /// nothing removed, when the main thread has taken over ending the run ([`hand_over`]).
+    pub fn remove_all() -> bool {
         // Held to the end: the process dies of its signal right after.
         let _done = critical();
+        if MAIN_ENDS.load(std::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
+        remove_held();
+        true
+    }
+
+    /// [`remove_all`] by a thread that holds [`critical`] (the main thread ending the run).
+    pub fn remove_held() {
         if STDOUT.swap(false, std::sync::atomic::Ordering::SeqCst) {
             empty_stdout(io::stdout());
         }

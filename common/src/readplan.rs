@@ -34,6 +34,14 @@ pub const BRIDGE: u64 = 64 << 10;
 /// ra_pages)`, 128 KiB on many SSDs; see `io::FileSource`).
 pub const HINT_MAX: u64 = 2 << 20;
 
+/// Most hints ahead of the reader, whatever their size. A WILLNEED call waits once the
+/// device's request queue is full (often 64–256 requests; FUSE 12 by default), so past
+/// that the reading thread would sit in hints instead of handing over what has arrived.
+/// On a disk of 2 ms requests, a cold `-Q` of a filesystem with its directory blocks
+/// scattered took 3.1 s with thousands of 4 KiB hints ahead and 1.8 s with 64 (see
+/// ci/bench.d/README.md); long ranges are bounded by [`WINDOW`] first.
+pub const HINTS_AHEAD: usize = 64;
+
 /// Hints for byte ranges that a reader goes through in ascending order.
 pub struct Readahead<'s, S: ReadAt + ?Sized, I: Iterator<Item = Range<u64>>> {
     src: &'s S,
@@ -60,7 +68,8 @@ impl<'s, S: ReadAt + ?Sized, I: Iterator<Item = Range<u64>>> Readahead<'s, S, I>
     }
 
     /// The reader is about to read at byte `pos`: hints it has passed are retired, and
-    /// more are issued until `window` bytes lie ahead of it (or none are left).
+    /// more are issued until `window` bytes or [`HINTS_AHEAD`] hints lie ahead of it (or
+    /// none are left).
     pub fn at(&mut self, pos: u64) {
         while let Some(&(end, n)) = self.ahead.front() {
             if end > pos {
@@ -69,7 +78,7 @@ impl<'s, S: ReadAt + ?Sized, I: Iterator<Item = Range<u64>>> Readahead<'s, S, I>
             self.ahead.pop_front();
             self.ahead_bytes = self.ahead_bytes.saturating_sub(n);
         }
-        while self.ahead_bytes < self.window {
+        while self.ahead_bytes < self.window && self.ahead.len() < HINTS_AHEAD {
             let Some(r) = self.next_hint() else {
                 break;
             };
@@ -183,6 +192,25 @@ mod tests {
         // Every byte of every range is hinted once, in order.
         assert!(h.windows(2).all(|w| w[0].end <= w[1].start));
         assert_eq!(h.last().unwrap().end, (1 << 20) + 5 * HINT_MAX);
+    }
+
+    #[test]
+    fn small_hints_are_bounded_by_count() {
+        let src = Recorder::default();
+        // 1,000 one-block ranges, 1 MiB apart: 4 MB in all, far below the window.
+        let mb = 1u64 << 20;
+        let ranges = (0..1000u64).map(|i| i * mb..i * mb + 4096);
+        let mut ra = Readahead::new(&src, ranges, WINDOW);
+        ra.at(0);
+        assert_eq!(src.hints.lock().unwrap().len(), HINTS_AHEAD);
+        // The reader passes ten ranges: ten more hints, the count still HINTS_AHEAD ahead.
+        ra.at(10 * mb);
+        let h = src.hints.lock().unwrap();
+        assert_eq!(h.len(), HINTS_AHEAD + 10);
+        assert_eq!(
+            *h.last().unwrap(),
+            (HINTS_AHEAD as u64 + 9) * mb..(HINTS_AHEAD as u64 + 9) * mb + 4096
+        );
     }
 
     #[test]

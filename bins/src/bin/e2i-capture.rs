@@ -222,6 +222,10 @@ fn capture(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
     let mut stream = (out.kind().is_stream() && seek_stdout.is_none())
         .then(|| StreamOut::new(out.file(), args.json));
     let target = match (&mut stream, out.kind(), seek_stdout.or(out.file())) {
+        // The e2i stream gathers its own writes (and names the byte a failed one began at).
+        (Some(s), ..) if matches!(format, capture::Format::Stream) => {
+            capture::Output::Stream(s.unbuffered())
+        }
         (Some(s), ..) => capture::Output::Stream(s.writer()),
         (None, Kind::BlockDevice, Some(file)) => capture::Output::Device {
             file,

@@ -121,6 +121,20 @@ fn body(args: Args) -> anyhow::Result<u8> {
             ),
         }
     })?;
+    if !args.dry_run {
+        e2i_cli::completed(format!(
+            "the install is complete (DEVICE {} holds the image's metadata{})",
+            args.device.display(),
+            match &args.undo {
+                Some(u) => format!(
+                    "; undo with: e2undo {} {}",
+                    u.display(),
+                    args.device.display()
+                ),
+                None => String::new(),
+            }
+        ));
+    }
     reporter.summary(report.block_size.get());
     if args.dry_run {
         let bs = report.block_size;
@@ -246,6 +260,11 @@ fn overview_line(report: &InstallReport) -> String {
             "; the filesystem was written after that ({}): files created or changed since become unreachable, and blocks allocated since are marked free",
             utc(t)
         )),
+        // Times are whole seconds: a write in the second of the capture may have come
+        // before it or after it.
+        Some(t) if t == o.image_time && t != 0 => line.push_str(
+            "; the filesystem was last written in that same second, before or after the capture (times are whole seconds): what was written after it in that second becomes unreachable",
+        ),
         Some(_) if o.image_time != 0 => {
             line.push_str("; the filesystem has not been written since")
         }

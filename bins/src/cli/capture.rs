@@ -34,7 +34,8 @@ scrambled image over the filesystem it was taken from; so does e2i-capture itsel
 or of a scrambled SOURCE) when OUTPUT is an existing file or block device holding SOURCE's \
 filesystem (a clone), unless --allow-scrambled.";
 
-const AFTER_LONG_HELP: &str = "\
+const AFTER_LONG_HELP: &str = concat!(
+    "\
 Examples:
   e2i-capture -r /dev/sdb1 sdb1.raw          sparse raw image (e2image -r)
   e2i-capture -Q /dev/sdb1 sdb1.qcow2        qcow2 image (e2image -Q)
@@ -51,14 +52,25 @@ Examples:
 
 Exit status:
   0  success
-  1  failure (one line on stderr: `e2i-capture: what: where`)
+  1  failure (one line on stderr: `e2i-capture: FILE: what`)
   2  usage error
-  3  finished, but damaged metadata was skipped (the image holds everything else)
-
+  3  finished, but damaged metadata was skipped (the image holds everything else): one
+        `skipped:` line a structure; blocks that could not be read, one line a run:
+        `blocks A-B (N blocks): read error; written as zeros`
+",
+    exit_signals!(),
+    "\n\n",
+    diag_errors!("e2i-capture"),
+    diag_stdout!(),
+    diag_partly!("A block device OUTPUT (written in place)"),
+    diag_chain!(),
+    "\
+\nNotes:
 With --json, a one-line JSON summary goes to stdout, or to stderr when OUTPUT is `-` \
 (stdout then carries the image). Its sha256 is the SHA-256 of the bytes written to stdout; \
 it is null for file and device outputs (hashing a large sparse file would cost more than \
-the capture).";
+the capture)."
+);
 
 /// Read the ext2/3/4 filesystem in SOURCE (block device, raw image or qcow2 image) and
 /// write an image of its metadata to OUTPUT.
@@ -67,7 +79,7 @@ the capture).";
     name = "e2i-capture",
     version,
     long_about = LONG_ABOUT,
-    after_help = "Exit status: 0 success, 1 failure, 2 usage error, 3 finished but damaged metadata was skipped.",
+    after_help = "Exit status: 0 success, 1 failure, 2 usage error, 3 finished but damaged metadata was skipped, 141 reader of stdout gone, 128+N ended by signal N.",
     after_long_help = AFTER_LONG_HELP
 )]
 pub struct Args {
@@ -142,7 +154,8 @@ pub struct Args {
     pub compress: Option<super::CompressArg>,
     /// qcow2 only: write an overlay (qcow2 v3) on FILE, a previous capture (qcow2 or raw):
     /// only clusters that differ from FILE's backing chain are stored. FILE is recorded as
-    /// given; a relative name is found from OUTPUT's folder, as qemu-img finds it.
+    /// given (a relative name is found from OUTPUT's folder, as qemu-img finds it), with the
+    /// digest of its chain's disk: e2i readers refuse a chain changed since.
     #[arg(long, value_name = "FILE", conflicts_with = "raw", value_hint = clap::ValueHint::FilePath)]
     pub backing: Option<PathBuf>,
     /// Stream only: the stream format version. 2 (the default) reads SOURCE once and

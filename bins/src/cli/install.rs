@@ -30,7 +30,8 @@ that says so, and the journal is then not replayed (run e2fsck first).
 e2image equivalent: `e2i-install DEVICE IMAGE` is `e2image -I DEVICE IMAGE`; `-n` and \
 `-z` have no e2image -I equivalent (e2image -I writes without checks or undo file).";
 
-const AFTER_LONG_HELP: &str = "\
+const AFTER_LONG_HELP: &str = concat!(
+    "\
 Examples:
   e2i-install -n /dev/sdb1 sdb1.e2i          show what would be written
   e2i-install -z sdb1.undo /dev/sdb1 sdb1.e2i
@@ -41,7 +42,26 @@ Examples:
 Exit status:
   0  success
   1  failure or refusal, also with -n (nothing written unless the failure came while writing)
-  2  usage error";
+  2  usage error
+",
+    exit_signals!(),
+    "
+        (a signal during the superblock's write and the undo file's last update waits for
+        them: the install completes, and says so)
+
+",
+    diag_errors!("e2i-install"),
+    "\
+\nA run that fails after its first write to DEVICE (an image file on a full filesystem, a \
+failing device) says DEVICE is partly installed and how to get back: `e2undo FILE DEVICE` \
+with its undo file, or the same command again once there is room or the cause is fixed (the \
+superblock is written last, so the rerun sees DEVICE as the first run did).
+
+DEVICE holding a newer state of the filesystem than the image (a later last write time, a \
+higher mount count, more lifetime writes) is refused with both values, e.g. `last written \
+2025-06-15 15:06:40 UTC (1750000000) (image: 2023-11-14 22:13:20 UTC (1700000000))`.
+"
+);
 
 /// Write the superblock, group descriptors, bitmaps and inode tables held in IMAGE (a normal
 /// e2image image) back onto DEVICE (a block device or an image file).
@@ -50,7 +70,7 @@ Exit status:
     name = "e2i-install",
     version,
     long_about = LONG_ABOUT,
-    after_help = "Exit status: 0 success, 1 failure (nothing written unless the failure came while writing), 2 usage error.",
+    after_help = "Exit status: 0 success, 1 failure (nothing written unless the failure came while writing), 2 usage error, 141 reader of stdout gone, 128+N ended by signal N.",
     after_long_help = AFTER_LONG_HELP
 )]
 pub struct Args {

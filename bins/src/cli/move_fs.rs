@@ -24,7 +24,8 @@ e2image equivalents: `e2i-move -o S -O D SRC DST` is `e2image -ra -o S -O D SRC 
 `--metadata-only` is `e2image -r` with offsets; `-c` is `e2image -c`, `-n` is `e2image -n`, \
 `-p` is `e2image -p`, `-f` is `e2image -f`.";
 
-const AFTER_LONG_HELP: &str = "\
+const AFTER_LONG_HELP: &str = concat!(
+    "\
 Examples:
   e2i-move /dev/sdb1 /dev/sdc1               clone a filesystem with its data
   e2i-move -O 1M fs.img disk.img             clone into an image at byte 1 MiB
@@ -35,8 +36,20 @@ Examples:
 
 Exit status:
   0  success
-  1  failure (one line on stderr: `e2i-move: what: where`)
-  2  usage error";
+  1  failure (one line on stderr: `e2i-move: FILE: what`)
+  2  usage error
+",
+    exit_signals!(),
+    "\n\n",
+    diag_errors!("e2i-move"),
+    diag_offset!("DEST"),
+    diag_partly!("DEST (a block device or an existing file, updated in place)"),
+    diag_chain!(),
+    "\
+\nAn interrupted in-place move (a crash, power loss, a kill) is finished by the \
+same command; SOURCE is refused by every tool until then.
+"
+);
 
 /// Copy the filesystem in SOURCE with all its data to DEST, or, without DEST, move it
 /// inside SOURCE from offset -o to offset -O. An interrupted move is finished by running
@@ -46,7 +59,7 @@ Exit status:
     name = "e2i-move",
     version,
     long_about = LONG_ABOUT,
-    after_help = "Exit status: 0 success, 1 failure, 2 usage error.",
+    after_help = "Exit status: 0 success, 1 failure, 2 usage error, 141 reader of stdout gone, 128+N ended by signal N.",
     after_long_help = AFTER_LONG_HELP
 )]
 pub struct Args {

@@ -18,7 +18,8 @@ was taken from (an existing OUTPUT or block device holding its UUID) unless \
 e2image equivalent: `qcow2-to-raw x.qcow2 x.raw` is `e2image -r x.qcow2 x.raw`; `-O` is \
 `e2image -O`, `-c` is `e2image -c`, `-n` is `e2image -n`, `-p` is `e2image -p`.";
 
-const AFTER_LONG_HELP: &str = "\
+const AFTER_LONG_HELP: &str = concat!(
+    "\
 Examples:
   qcow2-to-raw sdb1.qcow2 sdb1.raw           expand to a sparse raw image
   qcow2-to-raw - sdb1.raw < sdb1.qcow2.gz    from a compressed pipe
@@ -27,11 +28,21 @@ Examples:
 
 Exit status:
   0  success
-  1  failure or refusal, also with -n (one line on stderr: `qcow2-to-raw: what: where`)
+  1  failure or refusal, also with -n (one line on stderr: `qcow2-to-raw: FILE: what`)
   2  usage error
-
+",
+    exit_signals!(),
+    "\n\n",
+    diag_errors!("qcow2-to-raw"),
+    diag_stdout!(),
+    diag_offset!("OUTPUT"),
+    diag_partly!("An OUTPUT updated in place (a block device, an existing file with -O or -c)"),
+    diag_chain!(),
+    "\
+\nNotes:
 With --json, a one-line JSON summary goes to stdout, or to stderr when OUTPUT is `-`. Its \
-sha256 is the SHA-256 of the bytes written to stdout (null for files and devices).";
+sha256 is the SHA-256 of the bytes written to stdout (null for files and devices)."
+);
 
 /// Write the virtual disk of the qcow2 image INPUT (v2 or v3; also compressed, or from a
 /// pipe) as a raw image to OUTPUT (a file, a block device, a FIFO, or `-`).
@@ -40,7 +51,7 @@ sha256 is the SHA-256 of the bytes written to stdout (null for files and devices
     name = "qcow2-to-raw",
     version,
     long_about = LONG_ABOUT,
-    after_help = "INPUT may be `-` (stdin; also gzip-, bzip2-, xz- or zstd-compressed), spooled to a temporary file.\nExit status: 0 success, 1 failure, 2 usage error.",
+    after_help = "INPUT may be `-` (stdin; also gzip-, bzip2-, xz- or zstd-compressed), spooled to a temporary file.\nExit status: 0 success, 1 failure, 2 usage error, 141 reader of stdout gone, 128+N ended by signal N.",
     after_long_help = AFTER_LONG_HELP
 )]
 pub struct Args {

@@ -18,7 +18,8 @@ e2image equivalent: `e2i-to-qcow2 fs.raw fs.qcow2` is `e2image -Q fs.raw fs.qcow
 `-a` is `e2image -a`, `-p` is `e2image -p`. Writing qcow2 to a pipe and reading a stream \
 have no e2image equivalent.";
 
-const AFTER_LONG_HELP: &str = "\
+const AFTER_LONG_HELP: &str = concat!(
+    "\
 Examples:
   e2i-to-qcow2 fs.raw fs.qcow2               raw filesystem image to qcow2
   e2i-capture /dev/sdb1 - | e2i-to-qcow2 - sdb1.qcow2
@@ -32,14 +33,25 @@ Examples:
 
 Exit status:
   0  success
-  1  failure (one line on stderr: `e2i-to-qcow2: what: where`)
+  1  failure (one line on stderr: `e2i-to-qcow2: FILE: what`)
   2  usage error
-  3  finished, but damaged metadata was skipped
-
+  3  a raw filesystem INPUT: damaged metadata was skipped (the image holds the rest): one
+        `skipped:` line a structure; blocks that could not be read, one line a run:
+        `blocks A-B (N blocks): read error; written as zeros`
+",
+    exit_signals!(),
+    "\n\n",
+    diag_errors!("e2i-to-qcow2"),
+    diag_stdout!(),
+    diag_partly!("A block device OUTPUT (written in place)"),
+    diag_chain!(),
+    "\
+\nNotes:
 With --json, a one-line JSON summary goes to stdout, or to stderr when OUTPUT is `-`. Its \
 sha256 is the SHA-256 of the bytes written to stdout (null for files and devices); \
 stream_blake3 (version 2) or stream_sha256 (version 1) is the checksum recorded in (and \
-verified against) an e2i stream INPUT.";
+verified against) an e2i stream INPUT."
+);
 
 /// Convert INPUT (a raw filesystem image, qcow2, normal e2image image or e2i stream; gzip,
 /// bzip2, xz or zstd wrapping detected) to a clean qcow2 image that qemu-img and stock
@@ -49,7 +61,7 @@ verified against) an e2i stream INPUT.";
     name = "e2i-to-qcow2",
     version,
     long_about = LONG_ABOUT,
-    after_help = "Exit status: 0 success, 1 failure, 2 usage error, 3 finished but damaged metadata was skipped.",
+    after_help = "Exit status: 0 success, 1 failure, 2 usage error, 3 finished but damaged metadata was skipped, 141 reader of stdout gone, 128+N ended by signal N.",
     after_long_help = AFTER_LONG_HELP
 )]
 pub struct Args {
@@ -67,8 +79,9 @@ pub struct Args {
     #[arg(long, value_name = "ALGO", num_args = 0..=1, require_equals = true, default_missing_value = "deflate", value_enum)]
     pub compress: Option<super::CompressArg>,
     /// Write an overlay (qcow2 v3) on FILE, a previous image (qcow2 or raw): only clusters
-    /// that differ from FILE's backing chain are stored. FILE is recorded as given; a
-    /// relative name is found from OUTPUT's folder, as qemu-img finds it.
+    /// that differ from FILE's backing chain are stored. FILE is recorded as given (a
+    /// relative name is found from OUTPUT's folder, as qemu-img finds it), with the digest
+    /// of its chain's disk: e2i readers refuse a chain changed since.
     #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     pub backing: Option<PathBuf>,
     /// Print the image layout that would be written; create nothing.

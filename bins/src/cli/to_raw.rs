@@ -21,7 +21,8 @@ e2image equivalents: `e2i-to-raw x.qcow2 x.raw` is `e2image -r x.qcow2 x.raw`; `
 `e2image -O`, `-c` is `e2image -c`, `-n` is `e2image -n`, `-p` is `e2image -p`, `-a` is \
 `e2image -a`. Streams, normal images and compressed inputs have no e2image equivalent.";
 
-const AFTER_LONG_HELP: &str = "\
+const AFTER_LONG_HELP: &str = concat!(
+    "\
 Examples:
   e2i-to-raw sdb1.qcow2 sdb1.raw             qcow2 to sparse raw
   e2i-capture /dev/sdb1 - | e2i-to-raw - sdb1.raw
@@ -33,14 +34,26 @@ Examples:
 
 Exit status:
   0  success
-  1  failure or refusal, also with -n (one line on stderr: `e2i-to-raw: what: where`)
+  1  failure or refusal, also with -n (one line on stderr: `e2i-to-raw: FILE: what`)
   2  usage error
-  3  damaged metadata skipped (raw filesystem input)
-
+  3  a raw filesystem INPUT: damaged metadata was skipped (the image holds everything else): one
+        `skipped:` line a structure; blocks that could not be read, one line a run:
+        `blocks A-B (N blocks): read error; written as zeros`
+",
+    exit_signals!(),
+    "\n\n",
+    diag_errors!("e2i-to-raw"),
+    diag_stdout!(),
+    diag_offset!("OUTPUT"),
+    diag_partly!("An OUTPUT updated in place (a block device, an existing file with -O or -c)"),
+    diag_chain!(),
+    "\
+\nNotes:
 With --json, a one-line JSON summary goes to stdout, or to stderr when OUTPUT is `-`. Its \
 sha256 is the SHA-256 of the bytes written to stdout (null for files and devices); \
 stream_blake3 (version 2) or stream_sha256 (version 1) is the checksum recorded in (and \
-verified against) an e2i stream INPUT.";
+verified against) an e2i stream INPUT."
+);
 
 /// Convert INPUT (e2i stream, qcow2, normal e2image image or raw filesystem image; gzip,
 /// bzip2, xz or zstd wrapping detected) to a raw image at OUTPUT (a file, a block device, a
@@ -50,7 +63,7 @@ verified against) an e2i stream INPUT.";
     name = "e2i-to-raw",
     version,
     long_about = LONG_ABOUT,
-    after_help = "Exit status: 0 success, 1 failure, 2 usage error, 3 damaged metadata skipped (raw input).",
+    after_help = "Exit status: 0 success, 1 failure, 2 usage error, 3 damaged metadata skipped (raw input), 141 reader of stdout gone, 128+N ended by signal N.",
     after_long_help = AFTER_LONG_HELP
 )]
 pub struct Args {

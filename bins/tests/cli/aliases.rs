@@ -21,10 +21,7 @@ struct PartLoop(Loop);
 impl PartLoop {
     fn new(disk: &Path) -> PartLoop {
         let l = PartLoop(Loop::new(disk, &[]));
-        ok(
-            &run(Command::new("partx").arg("-a").arg(l.disk())),
-            "partx -a",
-        );
+        run_ok(Command::new("partx").arg("-a").arg(l.disk()));
         l
     }
     fn disk(&self) -> &Path {
@@ -242,12 +239,7 @@ fn an_output_that_is_a_backing_file_of_what_is_read_is_refused() {
     let d = tempdir();
     let base = mkfs(d.path(), "base.raw", "4M", &[]);
     let dir = d.path();
-    let qemu = |args: &[&str]| {
-        ok(
-            &run(Command::new("qemu-img").current_dir(dir).args(args)),
-            "qemu-img",
-        )
-    };
+    let qemu = |args: &[&str]| run_ok(Command::new("qemu-img").current_dir(dir).args(args));
     qemu(&[
         "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", "ov.qcow2",
     ]);
@@ -436,12 +428,11 @@ fn an_in_place_move_waits_for_the_writer_of_its_file() {
     let state = d.path().join("state");
     let fs_img = mkfs(d.path(), "fs.img", "4M", &[]);
     let stream = d.path().join("fs.stream");
-    ok(
-        &run(Command::new(tool("e2i-capture"))
+    run_ok(
+        Command::new(tool("e2i-capture"))
             .arg(&fs_img)
             .arg("-")
-            .stdout(fs::File::create(&stream).unwrap())),
-        "capture a stream",
+            .stdout(fs::File::create(&stream).unwrap()),
     );
     let stream = read(&stream);
     // Where the filesystem is once the writer is done: -O puts it back where it was, a

@@ -32,10 +32,7 @@ struct Attr(PathBuf, &'static str);
 
 impl Attr {
     fn set(file: &Path, flag: &'static str) -> Attr {
-        ok(
-            &run(Command::new("chattr").arg(format!("+{flag}")).arg(file)),
-            "chattr",
-        );
+        run_ok(Command::new("chattr").arg(format!("+{flag}")).arg(file));
         Attr(file.to_path_buf(), flag)
     }
 }
@@ -61,10 +58,7 @@ impl Fx {
         let dir = tempdir();
         let img = mkfs(dir.path(), "fs.img", "4M", &[]);
         let qcow2 = dir.path().join("fs.qcow2");
-        ok(
-            &run(Command::new("e2image").arg("-Q").arg(&img).arg(&qcow2)),
-            "e2image -Q",
-        );
+        run_ok(Command::new("e2image").arg("-Q").arg(&img).arg(&qcow2));
         Fx { dir, img, qcow2 }
     }
     fn path(&self, name: &str) -> PathBuf {
@@ -74,10 +68,7 @@ impl Fx {
     fn raw(&self) -> Vec<u8> {
         let want = self.path("want.raw");
         if !want.exists() {
-            ok(
-                &run(Command::new("e2image").arg("-r").arg(&self.img).arg(&want)),
-                "e2image -r",
-            );
+            run_ok(Command::new("e2image").arg("-r").arg(&self.img).arg(&want));
         }
         fs::read(want).unwrap()
     }
@@ -213,12 +204,13 @@ fn files_that_cannot_be_renamed_over_are_found_out_first() {
     let out = sticky.join("roots.raw");
     fs::write(&out, b"old").unwrap();
     fs::set_permissions(&out, fs::Permissions::from_mode(0o666)).unwrap();
-    let o = run(Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(tool("e2i-to-raw"))
-        .arg(&input)
-        .arg(&out));
-    ok(&o, "e2i-to-raw over root's 0666 file in a sticky folder");
+    run_ok(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(tool("e2i-to-raw"))
+            .arg(&input)
+            .arg(&out),
+    );
     assert!(fs::read(&out).unwrap() == raw);
     assert_eq!(names(&sticky), ["in.img", "roots.raw"]);
 }
@@ -266,11 +258,12 @@ fn loops_over_loops_and_read_only_devices() {
     }
     // Loop devices over OUTPUT do not make it INPUT: writing SOURCE's file is not refused
     // because something else reads it.
-    let o = run(Command::new(tool("e2i-to-raw"))
-        .args(["-O", "1048576"])
-        .arg(&fx.img)
-        .arg(&src));
-    ok(&o, "e2i-to-raw into a file that loop devices stand on");
+    run_ok(
+        Command::new(tool("e2i-to-raw"))
+            .args(["-O", "1048576"])
+            .arg(&fx.img)
+            .arg(&src),
+    );
     drop(l2);
     drop(l1);
     let target = fx.path("ro.img");
@@ -338,10 +331,7 @@ fn an_existing_qcow2_is_never_written_by_position() {
         .arg(&fx.qcow2)
         .arg(&target));
     failed(&o, "qcow2-to-raw -O into a qcow2 image");
-    ok(
-        &run(Command::new(tool("e2i-to-raw")).arg(&fx.img).arg(&target)),
-        "e2i-to-raw replacing a qcow2 file",
-    );
+    run_ok(Command::new(tool("e2i-to-raw")).arg(&fx.img).arg(&target));
     assert!(fs::read(&target).unwrap() == fx.raw());
 }
 
@@ -354,12 +344,11 @@ fn offsets_no_file_can_reach_are_refused_first() {
     let fx = Fx::new();
     // A filesystem whose largest file is known: ext4 with 1 KiB blocks, 4 TiB.
     let small = fx.path("small.ext4");
-    ok(
-        &run(Command::new("mkfs.ext4")
+    run_ok(
+        Command::new("mkfs.ext4")
             .args(["-q", "-F", "-b", "1024"])
             .arg(&small)
-            .arg("16M")),
-        "mkfs.ext4",
+            .arg("16M"),
     );
     let mnt = fx.path("mnt");
     fs::create_dir(&mnt).unwrap();
@@ -411,11 +400,12 @@ fn offsets_no_file_can_reach_are_refused_first() {
         assert!(err.contains("cannot reach"), "{err}");
         assert_eq!(names(&mnt), ["fs.img", "lost+found"], "-O {off}: a journal");
         assert!(fs::read(&img).unwrap() == fs::read(&fx.img).unwrap());
-        let o = run(Command::new(tool("e2i-move"))
-            .args(["-O", "1M"])
-            .arg(&img)
-            .env("XDG_STATE_HOME", &state));
-        ok(&o, "the move after it");
+        run_ok(
+            Command::new(tool("e2i-move"))
+                .args(["-O", "1M"])
+                .arg(&img)
+                .env("XDG_STATE_HOME", &state),
+        );
         fs::remove_file(&img).unwrap();
         let _ = fs::remove_file(mnt.join("fs.img.e2i-move"));
     }
@@ -459,10 +449,7 @@ fn a_killed_runs_temporary_file_is_removed_by_the_next_run() {
     let mut live = paused(&out);
     let live_name = format!("e2i-partial-{}-", live.id());
     assert!(wait_for_name(&outs, &live_name), "no live temporary file");
-    ok(
-        &run(Command::new(tool("e2i-to-raw")).arg(&fx.img).arg(&out)),
-        "the next run",
-    );
+    run_ok(Command::new(tool("e2i-to-raw")).arg(&fx.img).arg(&out));
     let left = names(&outs);
     assert!(fs::read(&out).unwrap() == fx.raw());
     assert_eq!(left.len(), 2, "{left:?}");
@@ -477,7 +464,7 @@ fn a_killed_runs_temporary_file_is_removed_by_the_next_run() {
 fn a_fifo_without_a_reader_is_announced_on_a_terminal() {
     let fx = Fx::new();
     let fifo = fx.path("fifo");
-    ok(&run(Command::new("mkfifo").arg(&fifo)), "mkfifo");
+    run_ok(Command::new("mkfifo").arg(&fifo));
     // `script` gives the tool a terminal; its output (the terminal's) is collected here.
     let cmd = format!(
         "{} {} {}",
@@ -534,10 +521,11 @@ fn a_fifo_without_a_reader_is_announced_on_a_terminal() {
         fs::File::open(&f2).unwrap().read_to_end(&mut v).unwrap();
         v
     });
-    let o = run(Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .stdin(Stdio::null()));
-    ok(&o, "with a reader");
+    let o = run_ok(
+        Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .stdin(Stdio::null()),
+    );
     assert!(!text(&o.stdout).contains("waiting"), "{}", text(&o.stdout));
     let got = reader.join().unwrap();
     drop(holder);
@@ -578,7 +566,7 @@ fn run_unless_stuck(cmd: &mut Command, fifo: &Path) -> Option<Output> {
 fn a_fifo_the_run_cannot_use_is_refused_unopened() {
     let fx = Fx::new();
     let fifo = fx.path("fifo");
-    ok(&run(Command::new("mkfifo").arg(&fifo)), "mkfifo");
+    run_ok(Command::new("mkfifo").arg(&fifo));
     let cases: Vec<(&str, Vec<&str>, &Path)> = vec![
         ("e2i-to-raw", vec!["-O", "0"], &fx.img),
         ("e2i-to-raw", vec!["-c"], &fx.img),
@@ -617,19 +605,15 @@ fn move_disk(dir: &Path, head: u64) -> (PathBuf, Vec<u8>) {
         fs::write(tree.join(format!("f{i}")), v).unwrap();
     }
     let img = dir.join("fs.img");
-    ok(
-        &run(Command::new("mkfs.ext4")
+    run_ok(
+        Command::new("mkfs.ext4")
             .args(["-q", "-F", "-b", "4096", "-E", "root_owner=0:0", "-d"])
             .arg(&tree)
             .arg(&img)
-            .arg("6M")),
-        "mkfs.ext4",
+            .arg("6M"),
     );
     let want = dir.join("want.raw");
-    ok(
-        &run(Command::new("e2image").arg("-ra").arg(&img).arg(&want)),
-        "e2image -ra",
-    );
+    run_ok(Command::new("e2image").arg("-ra").arg(&img).arg(&want));
     let mut d: Vec<u8> = (0..head).map(|i| (i % 253) as u8).collect();
     d.extend_from_slice(&fs::read(&img).unwrap());
     d.extend((0..MIB).map(|i| (i % 241) as u8));
@@ -871,7 +855,7 @@ fn a_move_that_changed_nothing_does_not_block_another() {
 fn a_fifo_source_of_a_move_is_refused_without_waiting() {
     let d = tempdir();
     let fifo = d.path().join("fifo");
-    ok(&run(Command::new("mkfifo").arg(&fifo)), "mkfifo");
+    run_ok(Command::new("mkfifo").arg(&fifo));
     let out = d.path().join("out.img");
     let (f, o) = (fifo.to_str().unwrap(), out.to_str().unwrap());
     let cases: [&[&str]; 4] = [
@@ -909,11 +893,10 @@ fn a_journal_that_cannot_be_created_is_found_out_first() {
     let ro = d.path().join("ro");
     fs::create_dir(&ro).unwrap();
     let _m = Mount::new(&[&ro], &ro, &["--bind"]);
-    ok(
-        &run(Command::new("mount")
+    run_ok(
+        Command::new("mount")
             .args(["-o", "remount,bind,ro"])
-            .arg(&ro)),
-        "remount ro",
+            .arg(&ro),
     );
     let j = ro.join("j");
     let o = mv(
@@ -1089,7 +1072,7 @@ fn a_source_being_moved_is_not_read_as_a_filesystem() {
     // A backup put back over the half-moved file: the journal is stale, SOURCE is read.
     fs::write(&disk, &orig).unwrap();
     let mut clone = readers(&disk).remove(0).1;
-    ok(&run(&mut clone), "a clone of the restored backup");
+    run_ok(&mut clone);
     assert!(fs::read(&out).unwrap() == want, "the clone");
     fs::remove_file(&out).unwrap();
     // Finished: read as usual.
@@ -1098,7 +1081,7 @@ fn a_source_being_moved_is_not_read_as_a_filesystem() {
     ok(&mv(&args, &disk, &state, 0), "the move");
     let mut clone = Command::new(tool("e2i-move"));
     clone.args(["-o", "1052672"]).arg(&disk).arg(&out);
-    ok(&run(&mut clone), "a clone of the moved filesystem");
+    run_ok(&mut clone);
     assert!(fs::read(&out).unwrap() == want, "the clone after the move");
 }
 
@@ -1121,18 +1104,14 @@ fn a_target_being_moved_is_not_written() {
     // What the writers write: the same filesystem, in each input format they take.
     let src = dir.join("fs.img");
     let qcow2 = dir.join("src.qcow2");
-    ok(
-        &run(Command::new(tool("e2i-capture"))
+    run_ok(
+        Command::new(tool("e2i-capture"))
             .arg("-Q")
             .arg(&src)
-            .arg(&qcow2)),
-        "-Q",
+            .arg(&qcow2),
     );
     let normal = dir.join("src.e2i");
-    ok(
-        &run(Command::new(tool("e2i-capture")).arg(&src).arg(&normal)),
-        "normal",
-    );
+    run_ok(Command::new(tool("e2i-capture")).arg(&src).arg(&normal));
     let writers = |target: &Path| -> Vec<(String, Command)> {
         let mut v = Vec::new();
         for (t, a, input) in [
@@ -1219,14 +1198,14 @@ fn a_target_being_moved_is_not_written() {
     // A backup put back over the half-moved file: the journal is stale, the clone writes.
     fs::write(&disk, &orig).unwrap();
     let mut clone = writers(&disk).remove(0).1;
-    ok(&run(&mut clone), "a clone over the restored backup");
+    run_ok(&mut clone);
     assert!(holds_fs(&disk, MIB, &want, dir), "the clone");
     // Finished: written as usual.
     fs::write(&disk, &orig).unwrap();
     let _ = fs::remove_file(&journal);
     ok(&mv(&args, &disk, &state, 0), "the move");
     let mut clone = writers(&disk).remove(0).1;
-    ok(&run(&mut clone), "a clone over the moved filesystem");
+    run_ok(&mut clone);
     assert!(holds_fs(&disk, MIB, &want, dir), "the clone after the move");
 }
 
@@ -1241,12 +1220,11 @@ fn a_move_stopped_by_a_full_disk_says_how_to_finish_it() {
     let (disk, want) = move_disk(d.path(), MIB);
     let (mnt, _m) = small_tmpfs(d.path());
     let img = mnt.join("disk.img");
-    ok(
-        &run(Command::new("cp")
+    run_ok(
+        Command::new("cp")
             .arg("--sparse=always")
             .arg(&disk)
-            .arg(&img)),
-        "cp",
+            .arg(&img),
     );
     // Leave less room than one saved piece (a shift of 4 KiB saves every piece first).
     let st = rustix::fs::statvfs(&mnt).unwrap();
@@ -1368,21 +1346,19 @@ fn a_device_that_cannot_take_the_writes_fails_the_run() {
         fs::write(tree.join(format!("f{i}")), v).unwrap();
     }
     let img = fx.path("data.img");
-    ok(
-        &run(Command::new("mkfs.ext4")
+    run_ok(
+        Command::new("mkfs.ext4")
             .args(["-q", "-F", "-d"])
             .arg(&tree)
             .arg(&img)
-            .arg("16M")),
-        "mkfs.ext4",
+            .arg("16M"),
     );
     let stream = fx.path("data.e2s");
-    ok(
-        &run(Command::new(tool("e2i-capture"))
+    run_ok(
+        Command::new(tool("e2i-capture"))
             .args(["--format", "stream", "-a"])
             .arg(&img)
-            .arg(&stream)),
-        "capture a stream",
+            .arg(&stream),
     );
     let mnt = fx.path("small");
     fs::create_dir(&mnt).unwrap();
@@ -1455,10 +1431,7 @@ fn a_file_mounted_through_a_loop_device_is_not_written_in_place() {
     fs::create_dir(&mnt).unwrap();
     let _m = Mount::new(&[lo.path()], &mnt, &[]);
     let normal = fx.path("fs.e2i");
-    ok(
-        &run(Command::new(tool("e2i-capture")).arg(&fx.img).arg(&normal)),
-        "capture",
-    );
+    run_ok(Command::new(tool("e2i-capture")).arg(&fx.img).arg(&normal));
     let before = fs::read(&disk).unwrap();
     let cases: Vec<(&str, Vec<&str>, &Path)> = vec![
         ("e2i-to-raw", vec!["-O", "0"], &fx.img),
@@ -1484,10 +1457,7 @@ fn a_file_mounted_through_a_loop_device_is_not_written_in_place() {
         assert!(err.contains("mounted"), "e2i-install: {err}");
         assert!(fs::read(&disk).unwrap() == before, "e2i-install: written");
     }
-    ok(
-        &run(Command::new(tool("e2i-to-raw")).arg(&fx.img).arg(&disk)),
-        "replacing the file",
-    );
+    run_ok(Command::new(tool("e2i-to-raw")).arg(&fx.img).arg(&disk));
 }
 
 /// A FIFO where SOURCE's journal would be (`disk.img.e2i-move`): the journal was opened to
@@ -1499,7 +1469,7 @@ fn a_fifo_at_the_journals_place_hangs_nothing() {
     let d = tempdir();
     let (disk, _) = move_disk(d.path(), MIB);
     let fifo = journal_of(&disk);
-    ok(&run(Command::new("mkfifo").arg(&fifo)), "mkfifo");
+    run_ok(Command::new("mkfifo").arg(&fifo));
     let out = d.path().join("out.raw");
     let state = d.path().join("state");
     let cases: Vec<(&str, Vec<&str>, bool)> = vec![
@@ -1546,11 +1516,10 @@ fn a_half_moved_file_under_an_offset_loop_device_is_refused() {
     assert!(was_killed(&mv(&args, &disk, &state, total / 2)));
     let half = read(&disk);
     let image = d.path().join("fs.e2i");
-    ok(
-        &run(Command::new(tool("e2i-capture"))
+    run_ok(
+        Command::new(tool("e2i-capture"))
             .arg(d.path().join("fs.img"))
-            .arg(&image)),
-        "capture",
+            .arg(&image),
     );
     let lo = Loop::new(&disk, &["-o", "1048576"]);
     let dev = lo.path().to_str().unwrap();

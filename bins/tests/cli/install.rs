@@ -697,3 +697,42 @@ fn install_never_writes_past_the_filesystems_end() {
         assert!(read(&devp) == dev, "install {args:?} changed DEVICE");
     }
 }
+
+/// The overview compares DEVICE's last write with the time the image was taken, both in
+/// whole seconds. Written in the very second of the capture, it said "has not been written
+/// since", which the times cannot tell: it now says the second is the same and that what
+/// was written after the capture in it is lost. Earlier and later writes keep their words.
+#[test]
+fn install_overview_says_when_the_last_write_and_the_capture_share_a_second() {
+    let d = tempdir();
+    // mkfs (and so the last write) at 1700000000 (util::mkfs).
+    let dev = make(d.path(), "dev.img", "8M", &[]);
+    let cases = [
+        (
+            "1700000000",
+            "in that same second, before or after the capture",
+        ),
+        ("1700000001", "has not been written since"),
+        ("1699999999", "the filesystem was written after that"),
+    ];
+    let phrases: Vec<&str> = cases.iter().map(|c| c.1).collect();
+    for (taken, words) in cases {
+        let image = d.path().join(format!("{taken}.e2i"));
+        run_ok(
+            Command::new(tool("e2i-capture"))
+                .arg(&dev)
+                .arg(&image)
+                .env("SOURCE_DATE_EPOCH", taken),
+        );
+        let o = install(&["-n"], &dev, &image);
+        ok(&o, &format!("install -n, image taken at {taken}"));
+        let err = text(&o.stderr);
+        let line = err
+            .lines()
+            .find(|l| l.contains("replacing the inode tables"))
+            .unwrap_or_else(|| panic!("{taken}: no overview line: {err}"));
+        for p in &phrases {
+            assert_eq!(line.contains(p), *p == words, "{taken}: {p:?} in {line}");
+        }
+    }
+}

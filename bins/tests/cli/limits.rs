@@ -179,12 +179,11 @@ fn a_target_written_in_place_is_not_truncated_for_a_bad_input() {
         failed(&o, &what);
         assert!(read(&keep) == old, "{what}: the target changed");
     }
-    ok(
-        &run(Command::new(tool("e2i-capture"))
+    run_ok(
+        Command::new(tool("e2i-capture"))
             .arg("-r")
             .arg(&img)
-            .arg(&name)),
-        "capture into the bind-mounted file",
+            .arg(&name),
     );
     assert!(read(&keep) == want);
 }
@@ -217,13 +216,12 @@ fn an_undo_file_that_cannot_be_written_is_removed() {
     assert!(err.contains("nothing written to the device"), "{err}");
     assert!(!undo.exists(), "the partial undo file is left");
     assert!(read(&dev) == before, "the device changed");
-    ok(
-        &run(Command::new(tool("e2i-install"))
+    run_ok(
+        Command::new(tool("e2i-install"))
             .arg("-z")
             .arg(&undo)
             .arg(&dev)
-            .arg(&normal)),
-        "the rerun",
+            .arg(&normal),
     );
     sh(Command::new("e2undo").arg(&undo).arg(&dev));
     assert!(read(&dev) == before, "e2undo restores the device");

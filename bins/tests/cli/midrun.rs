@@ -101,12 +101,11 @@ fn an_offset_past_two_to_the_64_names_the_target() {
     let d = tempdir();
     let img = mkfs(d.path(), "fs.img", "4M", &[]);
     let q = d.path().join("fs.qcow2");
-    ok(
-        &run(Command::new(tool("e2i-capture"))
+    run_ok(
+        Command::new(tool("e2i-capture"))
             .arg("-Q")
             .arg(&img)
-            .arg(&q)),
-        "capture -Q",
+            .arg(&q),
     );
     let out = d.path().join("out.img");
     let huge = "0xfffffffffff00000";
@@ -156,10 +155,7 @@ fn an_install_stopped_by_a_full_disk_says_how_to_recover() {
     let d = tempdir();
     let img = mkfs(d.path(), "fs.img", "8M", &["-b", "1024"]);
     let image = d.path().join("fs.e2i");
-    ok(
-        &run(Command::new(tool("e2i-capture")).arg(&img).arg(&image)),
-        "capture",
-    );
+    run_ok(Command::new(tool("e2i-capture")).arg(&img).arg(&image));
     // DEVICE changed since the image: an install rewrites its inode tables (every
     // group's, the image holds them whole).
     let note = d.path().join("note");
@@ -175,13 +171,12 @@ fn an_install_stopped_by_a_full_disk_says_how_to_recover() {
     // What an install that had room leaves.
     let roomy = d.path().join("roomy.img");
     fs::write(&roomy, &orig).unwrap();
-    ok(
-        &run(Command::new(tool("e2i-install"))
+    run_ok(
+        Command::new(tool("e2i-install"))
             .arg("-f")
             .arg(&roomy)
             .arg(&image)
-            .env("E2FSPROGS_FAKE_TIME", "1800000000")),
-        "install with room",
+            .env("E2FSPROGS_FAKE_TIME", "1800000000"),
     );
     let mnt = d.path().join("small");
     let _m = Mount::new(
@@ -195,12 +190,11 @@ fn an_install_stopped_by_a_full_disk_says_how_to_recover() {
     for with_undo in [true, false] {
         let _ = fs::remove_file(&filler);
         let _ = fs::remove_file(&undo);
-        ok(
-            &run(Command::new("cp")
+        run_ok(
+            Command::new("cp")
                 .arg("--sparse=always")
                 .arg(&img)
-                .arg(&dev)),
-            "cp",
+                .arg(&dev),
         );
         // Room for a few of the writes into holes (never-used inode tables), not all.
         let st = rustix::fs::statvfs(&mnt).unwrap();
@@ -323,12 +317,11 @@ fn a_closed_stdout_is_refused() {
     let fx_dir = tempdir();
     let img = mkfs(fx_dir.path(), "fs.img", "4M", &[]);
     let stream = fx_dir.path().join("fs.e2s");
-    ok(
-        &run(Command::new(tool("e2i-capture"))
+    run_ok(
+        Command::new(tool("e2i-capture"))
             .arg(&img)
             .arg("-")
-            .stdout(fs::File::create(&stream).unwrap())),
-        "capture a stream",
+            .stdout(fs::File::create(&stream).unwrap()),
     );
     let cases: [(&str, &[&str], &Path); 4] = [
         ("e2i-capture", &["-r"], &img),
@@ -362,17 +355,16 @@ fn a_closed_stdout_is_refused() {
 /// switch to the final superblock killed the run there: plain `e2undo` then refused the
 /// undo file ("superblock doesn't match"), and only `e2undo -f` (which marks the
 /// filesystem for e2fsck) got DEVICE back. Seen once in 75 seeded signals. The signal now
-/// waits for that one write: the run ends with the install complete, and plain e2undo
-/// restores DEVICE's exact bytes. The hook stops the run at that instant.
+/// waits for that one write: the install completes, says so, and the run ends as the
+/// signal ends it (never with 0, as it once did when the main thread won the race to the
+/// exit); plain e2undo restores DEVICE's exact bytes. The hook stops the run at that
+/// instant.
 #[test]
 fn an_install_signalled_at_its_superblock_stays_undoable() {
     let d = tempdir();
     let img = mkfs(d.path(), "fs.img", "8M", &[]);
     let image = d.path().join("fs.e2i");
-    ok(
-        &run(Command::new(tool("e2i-capture")).arg(&img).arg(&image)),
-        "capture",
-    );
+    run_ok(Command::new(tool("e2i-capture")).arg(&img).arg(&image));
     let note = d.path().join("note");
     fs::write(&note, "written after the image was taken\n").unwrap();
     debugfs_w(
@@ -387,7 +379,7 @@ fn an_install_signalled_at_its_superblock_stays_undoable() {
         }
         fs::write(&img, &orig).unwrap();
         let undo = d.path().join(format!("{sig}.undo"));
-        let mut child = Reaper::new(
+        let child = Reaper::new(
             Command::new(tool("e2i-install"))
                 .args(["-q", "-f", "-z"])
                 .arg(&undo)
@@ -401,11 +393,28 @@ fn an_install_signalled_at_its_superblock_stays_undoable() {
         wait_stopped(child.child());
         sh(Command::new("kill").args(["-s", sig, &child.child().id().to_string()]));
         resume_stopped(child.child());
-        let st = child.child_mut().wait().unwrap();
-        // Killed by it once the switch is written, or (the signal's thread losing the
-        // race to the end of main) finished: the install is complete either way.
+        let o = child.take().wait_with_output().unwrap();
+        // The install completes, says so, and ends as the signal ends it: the status tells
+        // the signal (it ended with 0 when the signal's thread lost the race to the end of
+        // main).
         use std::os::unix::process::ExitStatusExt;
-        assert!(st.signal().is_some() || st.success(), "SIG{sig}: {st:?}");
+        let signo = if sig == "INT" { 2 } else { 15 };
+        let err = text(&o.stderr);
+        assert_eq!(
+            o.status.signal(),
+            Some(signo),
+            "SIG{sig}: {:?}: {err}",
+            o.status
+        );
+        assert!(
+            err.contains(&format!(
+                "e2i-install: SIG{sig} received as the run ended: the install is complete (DEVICE {} holds the image's metadata; undo with: e2undo {} {}); ending as SIG{sig} does",
+                img.display(),
+                undo.display(),
+                img.display()
+            )) && err.lines().count() == 1,
+            "SIG{sig}: {err}"
+        );
         let o = run(Command::new("e2undo").arg(&undo).arg(&img));
         ok(&o, &format!("plain e2undo after SIG{sig}"));
         assert!(read(&img) == orig, "SIG{sig}: e2undo gave other bytes");
@@ -450,4 +459,65 @@ fn unreadable_stretches_are_reported_as_ranges() {
     );
     // Every stretch listed: the list is of runs, not of the first 1000 blocks.
     assert!(!err.contains("more blocks could not be read"), "{err}");
+}
+
+/// A stream that runs out of room said `write at byte N` with N the start of the buffer
+/// being flushed (up to 2 MiB before the failure: the stream writer's gathered bytes and a
+/// buffer under it). N is now the stream byte where the failed write began, the first one
+/// the disk did not take: the length of what stdout's file holds (`>>`), and the same for a
+/// new OUTPUT on the same room.
+#[test]
+fn a_stream_stopped_by_a_full_disk_names_the_first_byte_not_written() {
+    let d = tempdir();
+    let img = mkfs(d.path(), "fs.img", "16M", &["-b", "1024"]);
+    // Data the stream carries (-a): more than the disk below takes.
+    let data = d.path().join("data");
+    fs::write(&data, noise(&mut 7, 3 << 20)).unwrap();
+    debugfs_w(&img, &format!("write {} data", data.display()));
+    let mnt = d.path().join("small");
+    let _m = Mount::new(
+        &[Path::new("tmpfs")],
+        &mnt,
+        &["-t", "tmpfs", "-o", "size=1m"],
+    );
+    let at_byte = |err: &str| -> u64 {
+        let n = err
+            .split("write at byte ")
+            .nth(1)
+            .and_then(|r| r.split(':').next())
+            .unwrap_or_else(|| panic!("no offset: {err}"));
+        n.parse().unwrap_or_else(|_| panic!("{n:?}: {err}"))
+    };
+    let mut offsets = Vec::new();
+    for version in ["2", "1"] {
+        // Stdout appended to a file: kept as it is after the failure. The shell opens it, so
+        // that no child another test forks meanwhile inherits it (the disk's room would then
+        // come back only when that child execs).
+        let held = mnt.join("held.e2is");
+        fs::write(&held, b"").unwrap();
+        let o = run(Command::new("sh")
+            .arg("-c")
+            .arg(r#"exec "$0" -a --stream-version "$1" "$2" - >> "$3""#)
+            .arg(tool("e2i-capture"))
+            .arg(version)
+            .arg(&img)
+            .arg(&held));
+        let err = failed(&o, "stream to a full disk");
+        assert!(err.contains("No space left on device"), "{err}");
+        let len = fs::metadata(&held).unwrap().len();
+        assert!(len > 0, "nothing written: not the case tested");
+        assert_eq!(at_byte(&err), len, "v{version} to stdout: {err}");
+        fs::remove_file(&held).unwrap();
+        // A new OUTPUT on the same room: its temporary file is gone, the offset the same.
+        let out = mnt.join("new.e2is");
+        let o = run(Command::new(tool("e2i-capture"))
+            .args(["-a", "--format", "stream", "--stream-version", version])
+            .arg(&img)
+            .arg(&out));
+        let err = failed(&o, "stream to a new file on a full disk");
+        assert_eq!(at_byte(&err), len, "v{version} to a new file: {err}");
+        assert!(names(&mnt).is_empty(), "{:?}", names(&mnt));
+        offsets.push(len);
+    }
+    assert!(offsets.iter().all(|&n| n == offsets[0]), "{offsets:?}");
 }

@@ -371,10 +371,7 @@ fn a_normal_image_is_not_read_as_a_filesystem() {
     }
     // The converters read it as what it is.
     let raw = d.path().join("fs.raw");
-    ok(
-        &run(Command::new(tool("e2i-to-raw")).arg(&image).arg(&raw)),
-        "e2i-to-raw",
-    );
+    run_ok(Command::new(tool("e2i-to-raw")).arg(&image).arg(&raw));
 }
 
 /// A normal image is a sparse file: one of 264 KiB claiming 2^32 - 1 blocks (its header's

@@ -130,21 +130,16 @@ impl Fx {
         let dir = tempdir();
         let img = mkfs(dir.path(), "fs.img", size, mkfs_opts);
         let qcow2 = dir.path().join("fs.qcow2");
-        ok(
-            &run(Command::new("e2image").arg("-Q").arg(&img).arg(&qcow2)),
-            "e2image -Q",
-        );
+        run_ok(Command::new("e2image").arg("-Q").arg(&img).arg(&qcow2));
         let normal = dir.path().join("fs.e2i");
-        ok(
-            &run(Command::new("e2image").arg(&img).arg(&normal)),
-            "e2image",
-        );
+        run_ok(Command::new("e2image").arg(&img).arg(&normal));
         let stream = dir.path().join("fs.stream");
-        let o = run(Command::new(tool("e2i-capture"))
-            .args(["--format", "stream"])
-            .arg(&img)
-            .arg("-"));
-        ok(&o, "capture stream");
+        let o = run_ok(
+            Command::new(tool("e2i-capture"))
+                .args(["--format", "stream"])
+                .arg(&img)
+                .arg("-"),
+        );
         fs::write(&stream, &o.stdout).unwrap();
         Fx {
             dir,
@@ -277,11 +272,12 @@ fn loop_devices_over_parts_of_a_file_overlap_only_where_they_share_bytes() {
     fs::write(&disk, &d).unwrap();
     let p1 = Loop::new(&disk, &["-o", "1048576", "--sizelimit", "16777216"]);
     let p2 = Loop::new(&disk, &["-o", "20971520", "--sizelimit", "16777216"]);
-    let o = run(Command::new(tool("e2i-capture"))
-        .arg("-r")
-        .arg(p1.path())
-        .arg(p2.path()));
-    ok(&o, "capture from one part of a disk to another");
+    run_ok(
+        Command::new(tool("e2i-capture"))
+            .arg("-r")
+            .arg(p1.path())
+            .arg(p2.path()),
+    );
     for (t, args) in [("e2i-capture", &["-r"][..]), ("e2i-move", &[][..])] {
         let before = digest(&disk);
         let o = run(Command::new(tool(t)).args(args).arg(p1.path()).arg(&disk));
@@ -450,10 +446,7 @@ fn an_output_the_user_cannot_write_is_refused_with_the_systems_reason() {
     let o = as_nobody(&c);
     ok(&o, "e2i-to-raw over a writable file in a locked folder");
     let want = fx.path("want.raw");
-    ok(
-        &run(Command::new("e2image").arg("-r").arg(&fx.img).arg(&want)),
-        "e2image -r",
-    );
+    run_ok(Command::new("e2image").arg("-r").arg(&fx.img).arg(&want));
     assert!(fs::read(&mine).unwrap() == fs::read(&want).unwrap());
     for (what, cmd, out) in cases {
         let before = fs::read(&out).unwrap();
@@ -547,12 +540,11 @@ fn device_bytes_match_e2image(mkfs_opts: &[&str]) {
     let reference = fx.path("ref.dev");
     fs::copy(&garbage, &reference).unwrap();
     let rl = Loop::new(&reference, &[]);
-    ok(
-        &run(Command::new("e2image")
+    run_ok(
+        Command::new("e2image")
             .arg("-r")
             .arg(&fx.img)
-            .arg(rl.path())),
-        "e2image -r to a device",
+            .arg(rl.path()),
     );
     let want = digest(rl.path());
     drop(rl);
@@ -613,8 +605,7 @@ fn block_size(img: &Path) -> usize {
 
 /// Every inode-table block of `img`, from dumpe2fs ("Inode table at A-B").
 fn inode_table_blocks(img: &Path) -> std::collections::BTreeSet<u64> {
-    let o = run(Command::new("dumpe2fs").arg(img));
-    ok(&o, "dumpe2fs");
+    let o = run_ok(Command::new("dumpe2fs").arg(img));
     let mut set = std::collections::BTreeSet::new();
     for l in text(&o.stdout).lines() {
         if let Some(r) = l.trim().strip_prefix("Inode table at ") {
@@ -638,13 +629,12 @@ fn big_fs(dir: &Path) -> PathBuf {
         .collect();
     fs::write(tree.join("big"), data).unwrap();
     let img = dir.join("big.img");
-    ok(
-        &run(Command::new("mkfs.ext4")
+    run_ok(
+        Command::new("mkfs.ext4")
             .args(["-q", "-F", "-d"])
             .arg(&tree)
             .arg(&img)
-            .arg("64M")),
-        "mkfs",
+            .arg("64M"),
     );
     img
 }
@@ -654,10 +644,7 @@ fn a_closed_pipe_on_stdout_is_a_failure() {
     let d = tempdir();
     let img = big_fs(d.path());
     let qcow2 = d.path().join("big.qcow2");
-    ok(
-        &run(Command::new("e2image").arg("-Qa").arg(&img).arg(&qcow2)),
-        "e2image -Qa",
-    );
+    run_ok(Command::new("e2image").arg("-Qa").arg(&img).arg(&qcow2));
     let cases: &[(&str, &[&str], &Path)] = &[
         ("e2i-capture", &["-a"], &img),
         ("e2i-capture", &["-r"], &img),
@@ -837,8 +824,7 @@ fn signals_remove_the_temporary_file() {
 
 /// e2image's verdict of `-c -n` (the count on its last line).
 fn e2image_check_count(args: &str, img: &Path, target: &Path) -> u64 {
-    let o = run(Command::new("e2image").arg(args).arg(img).arg(target));
-    ok(&o, "e2image -c -n");
+    let o = run_ok(Command::new("e2image").arg(args).arg(img).arg(target));
     let out = text(&o.stdout);
     let last = out.lines().last().unwrap_or_default();
     last.split(' ').next().unwrap().parse().unwrap()
@@ -848,26 +834,19 @@ fn e2image_check_count(args: &str, img: &Path, target: &Path) -> u64 {
 fn check_dry_run_compares_and_lists_only_what_differs() {
     let fx = Fx::new("32M");
     let raw = fx.path("t.raw");
-    ok(
-        &run(Command::new("e2image").arg("-r").arg(&fx.img).arg(&raw)),
-        "e2image -r",
-    );
+    run_ok(Command::new("e2image").arg("-r").arg(&fx.img).arg(&raw));
     let clone = fx.path("t.clone");
-    ok(
-        &run(Command::new("e2image").arg("-ra").arg(&fx.img).arg(&clone)),
-        "e2image -ra",
-    );
+    run_ok(Command::new("e2image").arg("-ra").arg(&fx.img).arg(&clone));
     // A device that held something else, then received e2image -r: -c -n must compare
     // what e2image compares on a device (whole inode tables).
     let backing = fx.path("dev.img");
     pattern_file(&backing, 32 << 20);
     let lo = Loop::new(&backing, &[]);
-    ok(
-        &run(Command::new("e2image")
+    run_ok(
+        Command::new("e2image")
             .arg("-r")
             .arg(&fx.img)
-            .arg(lo.path())),
-        "e2image -r to a device",
+            .arg(lo.path()),
     );
     let dev = lo.path().to_path_buf();
     let cases: &[(&str, &[&str], &Path, &Path, &str)] = &[
@@ -1139,8 +1118,7 @@ fn json_summary_on_early_failures() {
         "{}",
         text(&o.stdout)
     );
-    let o = run(&mut list(&fx.img));
-    ok(&o, "--list --json");
+    let o = run_ok(&mut list(&fx.img));
     let out = text(&o.stdout);
     assert!(
         out.starts_with("[{") && out.ends_with("}]\n") && out.lines().count() == 1,
@@ -1186,10 +1164,7 @@ fn messages_name_the_file_they_are_about() {
 fn compressed_and_fifo_inputs_are_read_or_explained() {
     let fx = Fx::new("8M");
     let want = fx.path("want.raw");
-    ok(
-        &run(Command::new("e2image").arg("-r").arg(&fx.img).arg(&want)),
-        "e2image -r",
-    );
+    run_ok(Command::new("e2image").arg("-r").arg(&fx.img).arg(&want));
     let want = fs::read(&want).unwrap();
     for (c, ext) in [("xz", "xz"), ("zstd", "zst")] {
         for (input, t) in [(&fx.img, "e2i-to-raw"), (&fx.qcow2, "qcow2-to-raw")] {
@@ -1317,10 +1292,7 @@ impl Fx {
         let lo = Loop::new(&victim, &[]);
         let mnt = self.path("mnt");
         fs::create_dir(&mnt).unwrap();
-        ok(
-            &run(Command::new("mount").arg(lo.path()).arg(&mnt)),
-            "mount",
-        );
+        run_ok(Command::new("mount").arg(lo.path()).arg(&mnt));
         MountedCopy {
             _mount: Mount(mnt.clone()),
             lo,
@@ -1492,10 +1464,7 @@ fn stdout_redirected_to_a_block_device_is_that_device() {
                 let _ = Command::new("fsfreeze").arg("-u").arg(self.0).status();
             }
         }
-        ok(
-            &run(Command::new("fsfreeze").arg("-f").arg(mnt)),
-            "fsfreeze",
-        );
+        run_ok(Command::new("fsfreeze").arg("-f").arg(mnt));
         let thaw = Thaw(mnt);
         let before = digest(lo.path());
         for script in cases {

@@ -264,11 +264,12 @@ fn partitions_capture_and_clone_like_e2image_at_their_offset() {
     ];
     // The MBR disk again, as a qcow2 image: partitions are read from its virtual disk.
     let qcow = d.path().join("mbr.qcow2");
-    let o = run(Command::new("qemu-img")
-        .args(["convert", "-q", "-O", "qcow2"])
-        .arg(&disks[2].0)
-        .arg(&qcow));
-    ok(&o, "qemu-img convert");
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-q", "-O", "qcow2"])
+            .arg(&disks[2].0)
+            .arg(&qcow),
+    );
     let mut checked = 0;
     for (di, (disk, parts)) in disks.iter().enumerate() {
         let sources: Vec<&Path> = if di == 2 {
@@ -284,22 +285,24 @@ fn partitions_capture_and_clone_like_e2image_at_their_offset() {
             e2image(&["-ra", "-o", &start], disk, &theirs_all);
             for (si, src) in sources.iter().enumerate() {
                 let ours = d.path().join(format!("ours-{di}-{si}-{}.raw", p.n));
-                let o = run(Command::new(tool("e2i-capture"))
-                    .args(["-r", "-P", &p.n.to_string()])
-                    .arg(src)
-                    .arg(&ours));
-                ok(&o, "e2i-capture -r -P");
+                run_ok(
+                    Command::new(tool("e2i-capture"))
+                        .args(["-r", "-P", &p.n.to_string()])
+                        .arg(src)
+                        .arg(&ours),
+                );
                 assert_same(
                     &ours,
                     &theirs,
                     &format!("capture -r -P {} of {}", p.n, src.display()),
                 );
                 let clone = d.path().join(format!("clone-{di}-{si}-{}.img", p.n));
-                let o = run(Command::new(tool("e2i-move"))
-                    .args(["-P", &p.n.to_string()])
-                    .arg(src)
-                    .arg(&clone));
-                ok(&o, "e2i-move -P");
+                run_ok(
+                    Command::new(tool("e2i-move"))
+                        .args(["-P", &p.n.to_string()])
+                        .arg(src)
+                        .arg(&clone),
+                );
                 assert_same(
                     &clone,
                     &theirs_all,
@@ -321,8 +324,7 @@ fn list_names_every_partition_with_its_start_and_filesystem() {
         gpt_disk(d.path(), 4096),
         mbr_disk(d.path()),
     ] {
-        let o = run(Command::new(tool("e2i-capture")).arg("--list").arg(&disk));
-        ok(&o, "--list");
+        let o = run_ok(Command::new(tool("e2i-capture")).arg("--list").arg(&disk));
         let text = String::from_utf8(o.stdout).unwrap();
         assert!(
             !text.contains("secret"),
@@ -349,10 +351,11 @@ fn list_names_every_partition_with_its_start_and_filesystem() {
                 None => assert!(line.ends_with(" -"), "{line}"),
             }
         }
-        let o = run(Command::new(tool("e2i-capture"))
-            .args(["--list", "--json"])
-            .arg(&disk));
-        ok(&o, "--list --json");
+        let o = run_ok(
+            Command::new(tool("e2i-capture"))
+                .args(["--list", "--json"])
+                .arg(&disk),
+        );
         let json = String::from_utf8(o.stdout).unwrap();
         assert!(
             json.starts_with("[{") && json.trim_end().ends_with("}]"),
@@ -378,8 +381,7 @@ fn list_names_every_partition_with_its_start_and_filesystem() {
     }
     // A bare filesystem: one entry, number 0, start 0.
     let fs = mkfs(d.path(), "bare", "4M", &[]);
-    let o = run(Command::new(tool("e2i-capture")).arg("--list").arg(&fs));
-    ok(&o, "--list of a bare fs");
+    let o = run_ok(Command::new(tool("e2i-capture")).arg("--list").arg(&fs));
     let text = String::from_utf8(o.stdout).unwrap();
     assert_eq!(text.lines().count(), 1, "{text}");
     let f: Vec<&str> = text.split_whitespace().collect();
@@ -443,11 +445,12 @@ fn partition_usage_errors_and_missing_partitions() {
         .arg(&out));
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("no partition table"), "{}", stderr(&o));
-    let o = run(Command::new(tool("e2i-capture"))
-        .args(["-r", "-P", "0"])
-        .arg(&fs)
-        .arg(&out));
-    ok(&o, "-P 0 of a bare fs");
+    run_ok(
+        Command::new(tool("e2i-capture"))
+            .args(["-r", "-P", "0"])
+            .arg(&fs)
+            .arg(&out),
+    );
 }
 
 /// A GPT disk whose partition 1 (4 MiB) is smaller than its 8 MiB filesystem; partition 2
@@ -481,8 +484,7 @@ fn shrunk_disk(dir: &Path) -> (PathBuf, PathBuf) {
 fn a_partition_shrunk_below_its_filesystem_is_reported_and_not_read_past() {
     let d = tempdir();
     let (disk, fs) = shrunk_disk(d.path());
-    let o = run(Command::new(tool("e2i-capture")).arg("--list").arg(&disk));
-    ok(&o, "--list");
+    let o = run_ok(Command::new(tool("e2i-capture")).arg("--list").arg(&disk));
     let text = String::from_utf8(o.stdout).unwrap();
     assert!(
         text.contains("(runs 4194304 bytes past the partition's end)"),
@@ -527,11 +529,12 @@ fn a_partition_shrunk_below_its_filesystem_is_reported_and_not_read_past() {
     );
     // --past-partition-end reads on, as e2image -o does.
     let forced = d.path().join("forced.raw");
-    let o = run(Command::new(tool("e2i-capture"))
-        .args(["-r", "--past-partition-end", "-P", "1"])
-        .arg(&disk)
-        .arg(&forced));
-    ok(&o, "--past-partition-end");
+    let o = run_ok(
+        Command::new(tool("e2i-capture"))
+            .args(["-r", "--past-partition-end", "-P", "1"])
+            .arg(&disk)
+            .arg(&forced),
+    );
     assert!(
         stderr(&o).contains("reading past the partition's end (--past-partition-end)"),
         "{}",
@@ -591,18 +594,16 @@ fn a_partition_shrunk_below_its_filesystem_is_reported_and_not_read_past() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(!d.path().join("never.tar").exists());
     let tar = d.path().join("bundle.tar");
-    let o = run(Command::new(&script)
-        .args(["-P", "1", "--past-partition-end"])
-        .arg(&disk)
-        .arg(&tar)
-        .env("E2I_BIN", &bin_dir));
-    ok(&o, "e2i-bug-report -P 1 --past-partition-end");
+    run_ok(
+        Command::new(&script)
+            .args(["-P", "1", "--past-partition-end"])
+            .arg(&disk)
+            .arg(&tar)
+            .env("E2I_BIN", &bin_dir),
+    );
     let x = d.path().join("x");
     std::fs::create_dir(&x).unwrap();
-    ok(
-        &run(Command::new("tar").arg("xf").arg(&tar).arg("-C").arg(&x)),
-        "tar",
-    );
+    run_ok(Command::new("tar").arg("xf").arg(&tar).arg("-C").arg(&x));
     let cap = std::fs::read_to_string(x.join("capture.txt")).unwrap();
     assert!(
         cap.contains("-P 1 --past-partition-end DEVICE")
@@ -623,8 +624,7 @@ fn a_partition_shrunk_below_its_filesystem_is_reported_and_not_read_past() {
     // An install of the filesystem's image onto the shrunk partition would write its
     // groups' metadata past the partition's end: refused, with -f too, nothing written.
     let image = d.path().join("big.e2i");
-    let o = run(Command::new(tool("e2i-capture")).arg(&fs).arg(&image));
-    ok(&o, "capture");
+    run_ok(Command::new(tool("e2i-capture")).arg(&fs).arg(&image));
     for force in [false, true] {
         let mut c = Command::new(tool("e2i-install"));
         if force {
@@ -666,25 +666,28 @@ fn moves_and_installs_stay_inside_their_partition() {
     // installed back with an undo file. Only partition 2's bytes change, and e2undo takes
     // it all back without being told the offset.
     let image = d.path().join("p2.e2i");
-    let o = run(Command::new(tool("e2i-capture"))
-        .args(["-P", "2"])
-        .arg(&disk)
-        .arg(&image));
-    ok(&o, "capture -P 2");
+    run_ok(
+        Command::new(tool("e2i-capture"))
+            .args(["-P", "2"])
+            .arg(&disk)
+            .arg(&image),
+    );
     let spec = format!("{}?offset={}", disk.display(), p2.start);
-    let o = run(Command::new("debugfs")
-        .args(["-w", "-R", "mkdir /after"])
-        .arg(&spec));
-    ok(&o, "debugfs");
+    run_ok(
+        Command::new("debugfs")
+            .args(["-w", "-R", "mkdir /after"])
+            .arg(&spec),
+    );
     let changed = std::fs::read(&disk).unwrap();
     let undo = d.path().join("p2.undo");
     // -f: the filesystem was written after the image was taken (install refuses that).
-    let o = run(Command::new(tool("e2i-install"))
-        .args(["-f", "-P", "2", "-z"])
-        .arg(&undo)
-        .arg(&disk)
-        .arg(&image));
-    ok(&o, "install -P 2");
+    run_ok(
+        Command::new(tool("e2i-install"))
+            .args(["-f", "-P", "2", "-z"])
+            .arg(&undo)
+            .arg(&disk)
+            .arg(&image),
+    );
     let after = std::fs::read(&disk).unwrap();
     let (lo, hi) = (p2.start as usize, p2.start as usize + (6 << 20));
     let diff: Vec<usize> = (0..after.len())
@@ -701,8 +704,7 @@ fn moves_and_installs_stay_inside_their_partition() {
         "e2fsck: {}",
         String::from_utf8_lossy(&o.stdout)
     );
-    let o = run(Command::new("e2undo").arg(&undo).arg(&disk));
-    ok(&o, "e2undo");
+    run_ok(Command::new("e2undo").arg(&undo).arg(&disk));
     assert!(
         std::fs::read(&disk).unwrap() == changed,
         "e2undo did not restore the disk"
@@ -716,18 +718,16 @@ fn bug_report_takes_a_partition_and_lists_the_table_without_uuids() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/e2i-bug-report");
     let bin_dir = tool("e2i-capture").parent().unwrap().to_path_buf();
     let tar = d.path().join("bundle.tar");
-    let o = run(Command::new(&script)
-        .args(["-P", "5"])
-        .arg(&disk)
-        .arg(&tar)
-        .env("E2I_BIN", &bin_dir));
-    ok(&o, "e2i-bug-report -P 5");
+    run_ok(
+        Command::new(&script)
+            .args(["-P", "5"])
+            .arg(&disk)
+            .arg(&tar)
+            .env("E2I_BIN", &bin_dir),
+    );
     let x = d.path().join("x");
     std::fs::create_dir(&x).unwrap();
-    ok(
-        &run(Command::new("tar").arg("xf").arg(&tar).arg("-C").arg(&x)),
-        "tar",
-    );
+    run_ok(Command::new("tar").arg("xf").arg(&tar).arg("-C").arg(&x));
     let geo = std::fs::read_to_string(x.join("geometry.txt")).unwrap();
     assert!(geo.contains("captured-partition: 5"), "{geo}");
     for p in &parts {

@@ -63,12 +63,11 @@ fn an_output_on_the_filesystem_being_read_is_refused() {
     assert_eq!(fs::metadata(&target).unwrap().len(), 0);
     fs::remove_file(&target).unwrap();
     // Another filesystem's image may go there.
-    ok(
-        &run(Command::new(tool("e2i-capture"))
+    run_ok(
+        Command::new(tool("e2i-capture"))
             .arg("-r")
             .arg(&other)
-            .arg(mnt.join("other.raw"))),
-        "capture of another filesystem onto the mounted one",
+            .arg(mnt.join("other.raw")),
     );
     assert!(mnt.join("other.raw").exists());
 }
@@ -83,12 +82,11 @@ fn a_second_loop_device_of_a_mounted_file_is_refused() {
     let img = mkfs(d.path(), "fs.img", "8M", &[]);
     let other = mkfs(d.path(), "other.img", "8M", &[]);
     let q = d.path().join("other.qcow2");
-    ok(
-        &run(Command::new(tool("e2i-capture"))
+    run_ok(
+        Command::new(tool("e2i-capture"))
             .arg("-Q")
             .arg(&other)
-            .arg(&q)),
-        "capture -Q",
+            .arg(&q),
     );
     let first = Loop::new(&img, &["-r"]);
     let _m = Mount::new(&[first.path()], &d.path().join("mnt"), &[]);
@@ -140,12 +138,11 @@ fn a_missing_device_under_dev_is_not_created_as_a_file() {
     let d = tempdir();
     let img = mkfs(d.path(), "fs.img", "4M", &[]);
     let q = d.path().join("fs.qcow2");
-    ok(
-        &run(Command::new(tool("e2i-capture"))
+    run_ok(
+        Command::new(tool("e2i-capture"))
             .arg("-Q")
             .arg(&img)
-            .arg(&q)),
-        "capture -Q",
+            .arg(&q),
     );
     let missing = PathBuf::from(format!("/dev/e2i-test-missing-{}", std::process::id()));
     let _gone = Gone(missing.clone());
@@ -171,10 +168,7 @@ fn a_missing_device_under_dev_is_not_created_as_a_file() {
         assert!(fs::symlink_metadata(&missing).is_err(), "{t} {args:?}");
     }
     // An existing character device there is still a stream target.
-    ok(
-        &run(Command::new(tool("e2i-capture")).arg(&img).arg("/dev/null")),
-        "capture to /dev/null",
-    );
+    run_ok(Command::new(tool("e2i-capture")).arg(&img).arg("/dev/null"));
 }
 
 /// An undo file holds the target's old inode tables and bitmaps, a move journal up to two
@@ -186,10 +180,7 @@ fn undo_files_and_move_journals_are_private() {
     let d = tempdir();
     let img = mkfs(d.path(), "fs.img", "8M", &[]);
     let image = d.path().join("fs.e2i");
-    ok(
-        &run(Command::new(tool("e2i-capture")).arg(&img).arg(&image)),
-        "capture",
-    );
+    run_ok(Command::new(tool("e2i-capture")).arg(&img).arg(&image));
     let undo = d.path().join("fs.undo");
     // Under a permissive umask, as a shell's default 022 would not show.
     let sh = |cmd: &str, args: &[&Path]| {
@@ -254,12 +245,11 @@ fn outputs_planted_by_another_user_in_a_sticky_folder_are_refused() {
     let d = tempdir();
     let img = mkfs(d.path(), "fs.img", "4M", &[]);
     let q = d.path().join("fs.qcow2");
-    ok(
-        &run(Command::new(tool("e2i-capture"))
+    run_ok(
+        Command::new(tool("e2i-capture"))
             .arg("-Q")
             .arg(&img)
-            .arg(&q)),
-        "capture -Q",
+            .arg(&q),
     );
     fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let sticky = d.path().join("sticky");
@@ -297,10 +287,7 @@ fn outputs_planted_by_another_user_in_a_sticky_folder_are_refused() {
     // Root's own file there is replaced as before.
     let mine = sticky.join("mine.img");
     fs::write(&mine, b"old").unwrap();
-    ok(
-        &run(Command::new(tool("e2i-capture")).arg(&img).arg(&mine)),
-        "capture over root's own file in the sticky folder",
-    );
+    run_ok(Command::new(tool("e2i-capture")).arg(&img).arg(&mine));
     assert!(fs::metadata(&mine).unwrap().len() > 3);
     // A user writing through their own link there is not refused.
     let own_target = d.path().join("nobodys");
@@ -312,14 +299,13 @@ fn outputs_planted_by_another_user_in_a_sticky_folder_are_refused() {
         &[Path::new("-s"), &own_target.join("out.raw"), &own_link],
     );
     fs::set_permissions(&img, fs::Permissions::from_mode(0o644)).unwrap();
-    ok(
-        &run(Command::new("setpriv")
+    run_ok(
+        Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .arg(tool("e2i-capture"))
             .arg("-r")
             .arg(&img)
-            .arg(&own_link)),
-        "nobody through their own link",
+            .arg(&own_link),
     );
     assert!(own_target.join("out.raw").exists());
 }
@@ -339,11 +325,10 @@ fn a_journal_in_memory_is_warned_about() {
     let disk = d.path().join("disk.img");
     let mem = d.path().join("mem");
     fs::create_dir(&mem).unwrap();
-    ok(
-        &run(Command::new("mount")
+    run_ok(
+        Command::new("mount")
             .args(["-t", "tmpfs", "-o", "size=32m", "tmpfs"])
-            .arg(&mem)),
-        "mount tmpfs",
+            .arg(&mem),
     );
     let _m = Mount(mem.clone());
     let mv = |src: &Path, journal: &Path, quiet: bool| {
@@ -381,17 +366,13 @@ fn an_undo_file_in_memory_is_warned_about() {
     let d = tempdir();
     let img = mkfs(d.path(), "fs.img", "4M", &[]);
     let image = d.path().join("fs.e2i");
-    ok(
-        &run(Command::new(tool("e2i-capture")).arg(&img).arg(&image)),
-        "capture",
-    );
+    run_ok(Command::new(tool("e2i-capture")).arg(&img).arg(&image));
     let mem = d.path().join("mem");
     fs::create_dir(&mem).unwrap();
-    ok(
-        &run(Command::new("mount")
+    run_ok(
+        Command::new("mount")
             .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-            .arg(&mem)),
-        "mount tmpfs",
+            .arg(&mem),
     );
     let _m = Mount(mem.clone());
     let orig = read(&img);

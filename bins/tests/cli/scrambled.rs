@@ -49,22 +49,22 @@ fn report_fs(dir: &Path, name: &str, uuid: &str) -> PathBuf {
         std::fs::write(tree.join("d").join(format!("f{i}")), format!("file {i}\n")).unwrap();
     }
     let img = dir.join(name);
-    let o = run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", "MYLABEL", "-U", uuid, "-O", "inline_data"])
-        .args(["-E", "root_owner=0:0", "-d"])
-        .arg(&tree)
-        .arg(&img)
-        .arg("8M")
-        .env("E2FSPROGS_FAKE_TIME", "1700000000"));
-    ok(&o, "mkfs.ext4");
+    run_ok(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "MYLABEL", "-U", uuid, "-O", "inline_data"])
+            .args(["-E", "root_owner=0:0", "-d"])
+            .arg(&tree)
+            .arg(&img)
+            .arg("8M")
+            .env("E2FSPROGS_FAKE_TIME", "1700000000"),
+    );
     img
 }
 
 /// What scrambling would destroy, as debugfs and dumpe2fs show it: the label, the symlink
 /// target, the small file and every inline file of `d`.
 fn contents(img: &Path) -> String {
-    let o = run(Command::new("dumpe2fs").arg("-h").arg(img));
-    ok(&o, "dumpe2fs -h");
+    let o = run_ok(Command::new("dumpe2fs").arg("-h").arg(img));
     let mut s: String = text(&o.stdout)
         .lines()
         .filter(|l| l.starts_with("Filesystem volume name:"))
@@ -87,8 +87,7 @@ fn contents(img: &Path) -> String {
 }
 
 fn sha256(p: &Path) -> String {
-    let o = run(Command::new("sha256sum").arg(p));
-    ok(&o, "sha256sum");
+    let o = run_ok(Command::new("sha256sum").arg(p));
     text(&o.stdout)
         .split_whitespace()
         .next()
@@ -254,8 +253,7 @@ fn install_refuses_a_scrambled_image() {
         !after.contains("MYLABEL") && !after.contains("/very/secret/target"),
         "{after}"
     );
-    let o = run(Command::new("e2fsck").arg("-fn").arg(&copy));
-    ok(&o, "e2fsck -fn after a scrambled install");
+    run_ok(Command::new("e2fsck").arg("-fn").arg(&copy));
 }
 
 /// Images scrambled before the mark existed (blank host fields), and images that kept only
@@ -322,15 +320,13 @@ fn unscrambled_image_installs_and_says_what_it_replaces() {
     let fs = report_fs(d.path(), "fs.img", UUID);
     let ours = d.path().join("ours.e2i");
     let theirs = d.path().join("theirs.e2i");
-    let o = run(Command::new(tool("e2i-capture"))
-        .arg(&fs)
-        .arg(&ours)
-        .env("SOURCE_DATE_EPOCH", "1700000000"));
-    ok(&o, "capture");
-    ok(
-        &run(Command::new("e2image").arg(&fs).arg(&theirs)),
-        "e2image",
+    run_ok(
+        Command::new(tool("e2i-capture"))
+            .arg(&fs)
+            .arg(&ours)
+            .env("SOURCE_DATE_EPOCH", "1700000000"),
     );
+    run_ok(Command::new("e2image").arg(&fs).arg(&theirs));
     let (mut a, mut b) = (
         std::fs::read(&ours).unwrap(),
         std::fs::read(&theirs).unwrap(),
@@ -346,22 +342,19 @@ fn unscrambled_image_installs_and_says_what_it_replaces() {
     );
 
     // The filesystem changes after the capture: a new directory, a new label.
-    let o = run(Command::new("debugfs")
-        .args(["-w", "-R", "mkdir newdir"])
-        .arg(&fs)
-        .env("E2FSPROGS_FAKE_TIME", "1750000000"));
-    ok(&o, "debugfs mkdir");
-    ok(
-        &run(Command::new("tune2fs").args(["-L", "NEWLABEL"]).arg(&fs)),
-        "tune2fs -L",
+    run_ok(
+        Command::new("debugfs")
+            .args(["-w", "-R", "mkdir newdir"])
+            .arg(&fs)
+            .env("E2FSPROGS_FAKE_TIME", "1750000000"),
     );
+    run_ok(Command::new("tune2fs").args(["-L", "NEWLABEL"]).arg(&fs));
     // An unclean shutdown: the journal needs recovery, which the image's superblock does
     // not say.
-    ok(
-        &run(Command::new("debugfs")
+    run_ok(
+        Command::new("debugfs")
             .args(["-w", "-R", "feature needs_recovery"])
-            .arg(&fs)),
-        "debugfs feature needs_recovery",
+            .arg(&fs),
     );
     let sum = sha256(&fs);
     for args in [&["-f", "-n"][..], &["-f"]] {
@@ -462,11 +455,12 @@ fn the_mark_survives_conversions_and_recaptures() {
         assert_eq!(qemu_check(&f(out)), 0, "qemu-img check");
     }
     // Stock e2image reads a marked qcow2 (it ignores header extensions).
-    let o = run(Command::new("e2image")
-        .arg("-r")
-        .arg(f("a.qcow2"))
-        .arg(f("e2image.raw")));
-    ok(&o, "e2image -r of a marked qcow2");
+    run_ok(
+        Command::new("e2image")
+            .arg("-r")
+            .arg(f("a.qcow2"))
+            .arg(f("e2image.raw")),
+    );
     assert!(std::fs::read(f("e2image.raw")).unwrap() == std::fs::read(f("s.raw")).unwrap());
     // Unscrambled images carry no mark anywhere.
     capture(&["-Q"], &fs, &f("plain.qcow2"));
@@ -652,17 +646,19 @@ fn converters_refuse_files_holding_the_filesystem() {
         let o = run(Command::new(tool(t)).args(*args).arg(f(input)).arg(target));
         ok(&o, &format!("{t} {args:?} {input} {}", target.display()));
     }
-    let o = run(Command::new(tool("qcow2-to-raw"))
-        .arg(f("s.qcow2"))
-        .arg("-"));
-    ok(&o, "qcow2-to-raw to stdout");
+    run_ok(
+        Command::new(tool("qcow2-to-raw"))
+            .arg(f("s.qcow2"))
+            .arg("-"),
+    );
     // The new file holds the scrambled filesystem, marked: writing it again over itself (a
     // scratch copy) is fine.
-    let o = run(Command::new(tool("e2i-to-raw"))
-        .arg("-c")
-        .arg(f("s.stream"))
-        .arg(f("new.raw")));
-    ok(&o, "over a scrambled scratch copy");
+    run_ok(
+        Command::new(tool("e2i-to-raw"))
+            .arg("-c")
+            .arg(f("s.stream"))
+            .arg(f("new.raw")),
+    );
 }
 
 /// On block devices (loop devices; root only): every converter, every input kind refuses a
@@ -732,15 +728,17 @@ fn converters_refuse_a_device_holding_the_filesystem() {
     assert_eq!(contents(dev.path()), before);
     // --allow-scrambled writes; the device then holds the (marked) scrambled filesystem,
     // over which the image may go again without the flag.
-    let o = run(Command::new(tool("e2i-to-raw"))
-        .arg("--allow-scrambled")
-        .arg(f("s.stream"))
-        .arg(&dev.0));
-    ok(&o, "e2i-to-raw --allow-scrambled");
+    run_ok(
+        Command::new(tool("e2i-to-raw"))
+            .arg("--allow-scrambled")
+            .arg(f("s.stream"))
+            .arg(&dev.0),
+    );
     assert!(!contents(dev.path()).contains("MYLABEL"));
-    let o = run(Command::new(tool("qcow2-to-raw"))
-        .arg("-c")
-        .arg(f("s.qcow2"))
-        .arg(&dev.0));
-    ok(&o, "qcow2-to-raw -c over the scrambled device");
+    run_ok(
+        Command::new(tool("qcow2-to-raw"))
+            .arg("-c")
+            .arg(f("s.qcow2"))
+            .arg(&dev.0),
+    );
 }

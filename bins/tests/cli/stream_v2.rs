@@ -57,11 +57,12 @@ fn stream_with_data(dir: &Path, mib: usize) -> PathBuf {
     let img = dir.join("fs.img");
     mkfs_from(&tree, &img, &format!("{}M", mib + 8), &["-b", "4096"]);
     let s = dir.join("fs.e2is");
-    let o = run(Command::new(tool("e2i-capture"))
-        .args(["-a", "--format", "stream"])
-        .arg(&img)
-        .arg(&s));
-    ok(&o, "capture");
+    run_ok(
+        Command::new(tool("e2i-capture"))
+            .args(["-a", "--format", "stream"])
+            .arg(&img)
+            .arg(&s),
+    );
     s
 }
 
@@ -88,11 +89,10 @@ struct Tmpfs(PathBuf);
 impl Tmpfs {
     fn new(at: &Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(at).unwrap();
-        ok(
-            &run(Command::new("mount")
+        run_ok(
+            Command::new("mount")
                 .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(at)),
-            "mount tmpfs",
+                .arg(at),
         );
         Tmpfs(at.to_path_buf())
     }
@@ -255,20 +255,18 @@ fn read_only_stdout_is_refused() {
     let d = tempdir();
     let img = mkfs(d.path(), "fs.img", "4M", &[]);
     let s = d.path().join("fs.e2is");
-    ok(
-        &run(Command::new(tool("e2i-capture"))
+    run_ok(
+        Command::new(tool("e2i-capture"))
             .args(["--format", "stream"])
             .arg(&img)
-            .arg(&s)),
-        "capture",
+            .arg(&s),
     );
     let q = d.path().join("fs.qcow2");
-    ok(
-        &run(Command::new(tool("e2i-capture"))
+    run_ok(
+        Command::new(tool("e2i-capture"))
             .arg("-Q")
             .arg(&img)
-            .arg(&q)),
-        "capture -Q",
+            .arg(&q),
     );
     let ro = d.path().join("ro");
     std::fs::write(&ro, b"keep").unwrap();
@@ -317,11 +315,12 @@ fn a_huge_zero_segment_costs_no_huge_qcow2() {
     for extra in [&[][..], &["--compress"][..]] {
         let q = d.path().join("claim.qcow2");
         let _ = std::fs::remove_file(&q);
-        let o = run(Command::new(tool("e2i-to-qcow2"))
-            .args(extra)
-            .arg(&s)
-            .arg(&q));
-        ok(&o, "e2i-to-qcow2");
+        run_ok(
+            Command::new(tool("e2i-to-qcow2"))
+                .args(extra)
+                .arg(&s)
+                .arg(&q),
+        );
         let allocated =
             std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&q).unwrap()) * 512;
         assert!(
@@ -331,8 +330,7 @@ fn a_huge_zero_segment_costs_no_huge_qcow2() {
         assert_eq!(qemu_check(&q), 0, "{extra:?}: qemu-img check");
         // The two blocks where the stream put them, zeros between.
         let raw = d.path().join("claim.raw");
-        let o = run(Command::new(tool("qcow2-to-raw")).arg(&q).arg(&raw));
-        ok(&o, "qcow2-to-raw");
+        run_ok(Command::new(tool("qcow2-to-raw")).arg(&q).arg(&raw));
         let f = std::fs::File::open(&raw).unwrap();
         let mut b = vec![0u8; bs as usize];
         use std::os::unix::fs::FileExt;

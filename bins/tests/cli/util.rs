@@ -142,6 +142,21 @@ pub fn ok(o: &Output, what: &str) {
     );
 }
 
+/// Run `cmd` and require exit 0; otherwise the panic shows the command (program,
+/// arguments, environment set), its exit code and its output. Returns the output.
+#[track_caller]
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let o = run(cmd);
+    assert!(
+        o.status.success(),
+        "{cmd:?}: exit {:?}: {}{}",
+        o.status.code(),
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    o
+}
+
 /// `what` exited 1; its stderr.
 pub fn failed(o: &Output, what: &str) -> String {
     assert_eq!(

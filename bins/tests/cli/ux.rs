@@ -613,6 +613,95 @@ fn committed_docs_are_current() {
     }
 }
 
+/// Each man page (its EXIT STATUS and DIAGNOSTICS come from the tool's long help) says what
+/// the tool's messages and statuses are, as docs/cli.md does: a closed pipe, a signal (also
+/// one that arrives as the work ends), a write error at the first byte not taken, a source
+/// truncated during the run, unreadable blocks one line a run, a closed stdout, a socket on
+/// stdout, -O past what a file reaches, a partly written target, a changed backing chain.
+#[test]
+fn man_pages_describe_the_statuses_and_messages() {
+    let all: &[&str] = &[
+        "141",
+        "128+N",
+        "as the work ends",
+        "Diagnostics:",
+        "write at byte N: No space left on device",
+        "for an e2i stream, the first byte the target did not take",
+        "it ends at byte N but held M bytes when the run opened it",
+    ];
+    let per_tool: &[(&str, &[&str])] = &[
+        (
+            "e2i-capture",
+            &[
+                "read error; written as zeros",
+                "stdout is closed",
+                "/dev/stdout",
+                "e2iB",
+                "partly written",
+            ],
+        ),
+        (
+            "e2i-to-raw",
+            &[
+                "read error; written as zeros",
+                "stdout is closed",
+                "/dev/stdout",
+                "e2iB",
+                "partly written",
+                "no file or device reaches",
+            ],
+        ),
+        (
+            "qcow2-to-raw",
+            &[
+                "stdout is closed",
+                "/dev/stdout",
+                "e2iB",
+                "partly written",
+                "no file or device reaches",
+            ],
+        ),
+        (
+            "e2i-to-qcow2",
+            &[
+                "read error; written as zeros",
+                "stdout is closed",
+                "/dev/stdout",
+                "e2iB",
+                "partly written",
+            ],
+        ),
+        (
+            "e2i-install",
+            &[
+                "partly installed",
+                "e2undo FILE DEVICE",
+                "the install completes, and says so",
+                "newer state",
+            ],
+        ),
+        (
+            "e2i-move",
+            &["e2iB", "partly written", "no file or device reaches"],
+        ),
+    ];
+    let cmds = e2i_cli::cli::commands();
+    assert_eq!(cmds.len(), per_tool.len());
+    for (name, words) in per_tool {
+        let cmd = cmds.iter().find(|c| c.get_name() == *name).expect(name);
+        let help = cmd
+            .get_after_long_help()
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        for w in all.iter().chain(words.iter()) {
+            assert!(
+                help.contains(w),
+                "{name}: {w:?} not in its long help:\n{help}"
+            );
+        }
+    }
+}
+
 #[test]
 fn man_pages_render_and_completions_load() {
     let docs = repo().join("docs");

@@ -368,17 +368,19 @@ pub fn capture(
         }
         Format::Stream => {
             let mut room = None;
-            let mut buffered;
+            // Unbuffered: the stream writer gathers its own writes, and a failed one names
+            // the byte where it began only when no buffer below it holds bytes back.
+            let mut file;
             let w: &mut dyn Write = match out {
                 Output::Stream(w) => w,
                 Output::NewFile(f) => {
-                    buffered = std::io::BufWriter::with_capacity(1 << 20, f);
-                    &mut buffered
+                    file = f;
+                    &mut file
                 }
-                Output::Device { file, size } => {
+                Output::Device { file: f, size } => {
                     room = Some(size);
-                    buffered = std::io::BufWriter::with_capacity(1 << 20, file);
-                    &mut buffered
+                    file = f;
+                    &mut file
                 }
             };
             let header = stream::Header {
@@ -398,9 +400,7 @@ pub fn capture(
                 uuid: fs.sb.uuid(),
                 extents: 0,
             };
-            let st = write_stream(&fs.src, map, header, w, room, progress)?;
-            w.flush().map_err(|e| Error::io("write", 0, e))?;
-            st
+            write_stream(&fs.src, map, header, w, room, progress)?
         }
         Format::Qcow2 => {
             let pipe_refusal = || {

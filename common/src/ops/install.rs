@@ -836,6 +836,9 @@ impl Install {
             undo::commit_undo(uf, stats, sb.block_size, final_super, dev.base())
                 .map_err(|e| Error::InstallUnfinished(Box::new(e)))?;
         }
+        // Complete: a signal that waited for the switch ends the run only once the tool has
+        // said the install is complete.
+        crate::output::pending::hand_over();
         progress.finish();
         Ok(report)
     }

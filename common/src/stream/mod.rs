@@ -374,6 +374,32 @@ fn advance(pos: &mut u64, n: usize) {
     *pos = pos.saturating_add(n as u64);
 }
 
+/// Write all of `b` to `out`, `written` counting the bytes `out` accepted: a failed write
+/// names the stream byte where it began (a short write followed by ENOSPC or EPIPE names
+/// the first byte not taken, not the start of the gathered buffer). `out` must not buffer
+/// (the writer gathers its own writes), or the position is that of its buffer.
+fn send<W: Write>(out: &mut W, b: &[u8], written: &mut u64) -> Result<()> {
+    let mut rest = b;
+    while !rest.is_empty() {
+        match out.write(rest) {
+            Ok(0) => {
+                return Err(Error::io(
+                    "write",
+                    *written,
+                    io::ErrorKind::WriteZero.into(),
+                ));
+            }
+            Ok(n) => {
+                advance(written, n);
+                rest = rest.get(n..).unwrap_or_default();
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("write", *written, e)),
+        }
+    }
+    Ok(())
+}
+
 /// Writes a stream: header and map first, then the blocks of the data extents in map
 /// order, then the trailer.
 pub struct StreamWriter<W: Write> {
@@ -450,10 +476,7 @@ impl<W: Write> StreamWriter<W> {
         // it is not part of the running checksum.
         let map_sum = w.hash.digest().bytes;
         w.flush_buf()?;
-        w.out
-            .write_all(&map_sum)
-            .map_err(io_err("write", w.written))?;
-        advance(&mut w.written, map_sum.len());
+        send(&mut w.out, &map_sum, &mut w.written)?;
         w.cur = w.next_data(0);
         w.at = w.extents.get(w.cur).map_or(FsBlock(0), |e| e.start);
         Ok(w)
@@ -593,10 +616,7 @@ impl<W: Write> StreamWriter<W> {
         self.hash.update(b);
         if b.len() >= DIRECT {
             self.flush_buf()?;
-            self.out
-                .write_all(b)
-                .map_err(io_err("write", self.written))?;
-            advance(&mut self.written, b.len());
+            send(&mut self.out, b, &mut self.written)?;
         } else {
             self.buf.extend_from_slice(b);
             if self.buf.len() >= GATHER {
@@ -607,10 +627,7 @@ impl<W: Write> StreamWriter<W> {
     }
 
     fn flush_buf(&mut self) -> Result<()> {
-        self.out
-            .write_all(&self.buf)
-            .map_err(io_err("write", self.written))?;
-        advance(&mut self.written, self.buf.len());
+        send(&mut self.out, &self.buf, &mut self.written)?;
         self.buf.clear();
         Ok(())
     }
@@ -1322,6 +1339,93 @@ mod tests {
                 .unwrap();
             assert_eq!(d, digest);
             assert_eq!(decode(&bytes).unwrap(), want, "case {case}");
+        }
+    }
+
+    /// Accepts `left` bytes, at most `step` a call (and one EINTR first), then fails each
+    /// write with ENOSPC, as a file on a full disk does after its short write.
+    struct FullAfter {
+        got: Vec<u8>,
+        left: usize,
+        step: usize,
+        interrupted: bool,
+    }
+
+    impl Write for FullAfter {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            if !self.interrupted {
+                self.interrupted = true;
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            if self.left == 0 {
+                return Err(io::Error::from_raw_os_error(28));
+            }
+            let n = b.len().min(self.left).min(self.step);
+            self.got.extend_from_slice(&b[..n]);
+            self.left -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Header, map, gathered pieces, direct pieces (64 KiB and more), zero segments and the
+    /// trailer of one stream, written to `out`.
+    fn write_mixed<W: Write>(out: W, version: Version) -> Result<W> {
+        let mut h = header(version);
+        h.blocks_count = 4096;
+        let ex = vec![ext(1, 300, Kind::Data), ext(400, 2, Kind::Data)];
+        let mut w = StreamWriter::new(out, h, ex)?;
+        let block = |i: u64| vec![(i % 250) as u8 + 1; 1024];
+        w.write_blocks(FsBlock(1), &block(1))?;
+        let big: Vec<u8> = (2..102).flat_map(block).collect();
+        w.write_blocks(FsBlock(2), &big)?;
+        w.write_blocks(FsBlock(102), &vec![0; 50 * 1024])?;
+        let mut mixed: Vec<u8> = (152..301).flat_map(block).collect();
+        mixed[10 * 1024..20 * 1024].fill(0);
+        w.write_blocks(FsBlock(152), &mixed)?;
+        w.write_blocks(FsBlock(400), &[block(400), block(401)].concat())?;
+        Ok(w.finish()?.0)
+    }
+
+    /// A write that fails names the stream byte where it began: the first byte the output
+    /// did not take, wherever it falls (header, map, a gathered buffer, a piece written
+    /// directly, the trailer), not the start of the buffer being flushed.
+    #[test]
+    fn a_failed_write_names_the_first_byte_not_written() {
+        for version in [Version::V1, Version::V2] {
+            let whole = write_mixed(Vec::new(), version).unwrap();
+            let len = whole.len();
+            let mut cuts = vec![0, 1, HEADER_LEN, HEADER_LEN + 5, len - 1, len - TRAILER_LEN];
+            let mut next = rng(len as u64);
+            cuts.extend((0..40).map(|_| (next() % len as u64) as usize));
+            for cut in cuts {
+                for step in [1 << 20, 4093] {
+                    let out = FullAfter {
+                        got: Vec::new(),
+                        left: cut,
+                        step,
+                        interrupted: false,
+                    };
+                    match write_mixed(out, version) {
+                        Err(Error::Io { op, offset, source }) => {
+                            assert_eq!(op, "write");
+                            assert_eq!(offset, cut as u64, "{version:?} cut {cut} step {step}");
+                            assert_eq!(source.raw_os_error(), Some(28));
+                        }
+                        other => panic!("{version:?} cut {cut}: {:?}", other.map(|o| o.got.len())),
+                    }
+                }
+            }
+            // Interrupted writes are retried: the whole stream arrives.
+            let out = FullAfter {
+                got: Vec::new(),
+                left: len,
+                step: 999,
+                interrupted: false,
+            };
+            assert!(write_mixed(out, version).unwrap().got == whole);
         }
     }
 
