@@ -97,6 +97,7 @@ mod cli {
     pub mod scramble;
     pub mod scrambled;
     pub mod stream_v2;
+    pub mod subclusters;
     pub mod sweep;
     pub mod util;
     pub mod ux;

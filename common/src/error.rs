@@ -383,6 +383,31 @@ pub enum CorruptKind {
         host_offset: u64,
         file_size: u64,
     },
+    /// An extended L2 entry marks a subcluster both allocated and reading as zeros.
+    #[error(
+        "qcow2 extended L2 entry of guest cluster {guest_cluster} (guest byte {guest_offset}, L2 table at byte {l2_offset}): subcluster bitmap {bitmap:#018x} marks subclusters both allocated and zero"
+    )]
+    Qcow2SubclusterAllocatedAndZero {
+        guest_cluster: u64,
+        guest_offset: u64,
+        l2_offset: u64,
+        bitmap: u64,
+    },
+    /// An extended L2 entry without a host offset marks subclusters allocated.
+    #[error(
+        "qcow2 extended L2 entry of guest cluster {guest_cluster} (guest byte {guest_offset}, L2 table at byte {l2_offset}): subcluster bitmap {bitmap:#018x} marks subclusters allocated in a cluster without a host offset"
+    )]
+    Qcow2SubclusterWithoutHost {
+        guest_cluster: u64,
+        guest_offset: u64,
+        l2_offset: u64,
+        bitmap: u64,
+    },
+    /// Extended L2 entries need clusters of at least 16 KiB (subclusters of 512 bytes).
+    #[error(
+        "qcow2 header: extended L2 entries with clusters of 2^{cluster_bits} bytes (at least 16 KiB needed)"
+    )]
+    Qcow2ExtendedL2ClusterSize { cluster_bits: u32 },
     #[error(
         "qcow2 compressed cluster {guest_cluster} at byte {host_offset}: bad compressed data: {detail}"
     )]

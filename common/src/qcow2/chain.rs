@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use super::entry::Mapping;
 use super::reader::{Qcow2Reader, is_qcow2};
-use super::types::{ClusterBits, GuestOffset};
+use super::types::ClusterBits;
 use crate::error::CorruptKind;
 use crate::io::{FileSource, ObjectId, ReadAt};
 use crate::{Error, Result};
@@ -396,17 +396,17 @@ impl<S: ReadAt> ReadAt for Qcow2Image<S> {
         }
         // Bounded by buf.len().
         let n = (buf.len() as u64).min(size.saturating_sub(offset)) as usize;
-        let cb = self.top.cluster_size_bits();
-        let cs = cb.size();
+        // Units (subclusters with extended L2 entries, else clusters) read from one place.
+        let ub = self.top.unit_bits();
+        let cs = 1u64 << ub;
         let end = offset.saturating_add(n as u64);
         let mut pos = offset;
-        let from_backing = |p: u64| -> Result<bool> {
-            Ok(self.top.mapping(GuestOffset(p).cluster(cb))? == Mapping::Unallocated)
-        };
+        let from_backing =
+            |p: u64| -> Result<bool> { Ok(self.top.mapping_at(p)? == Mapping::Unallocated) };
         while pos < end {
             let below = from_backing(pos)?;
-            // Extend over the following clusters read from the same place.
-            let mut stop = (pos | cb.offset_mask()).saturating_add(1).min(end);
+            // Extend over the following units read from the same place.
+            let mut stop = (pos | cs.saturating_sub(1)).saturating_add(1).min(end);
             while stop < end && from_backing(stop)? == below {
                 stop = stop.saturating_add(cs).min(end);
             }

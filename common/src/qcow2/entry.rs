@@ -127,6 +127,31 @@ impl L2Entry {
     }
 }
 
+/// The second half of an extended L2 entry (incompatible feature bit 4): "Bit 0-31:
+/// Allocation status (one bit per subcluster); 32-63: Subcluster reads as zeros (one bit
+/// per subcluster)". A cluster has [`SubclusterBitmap::COUNT`] subclusters; compressed
+/// clusters have none (the bitmap is not used).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SubclusterBitmap(pub u64);
+
+impl SubclusterBitmap {
+    /// Subclusters per cluster.
+    pub const COUNT: u32 = 32;
+    /// log2 of [`Self::COUNT`].
+    pub const BITS: u32 = 5;
+
+    /// The "allocated" bits, subcluster 0 in bit 0.
+    pub fn allocated(self) -> u32 {
+        // The low half: the cast keeps exactly it.
+        self.0 as u32
+    }
+
+    /// The "reads as zeros" bits, subcluster 0 in bit 0.
+    pub fn zero(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+}
+
 /// A refcount-table entry: "Bit 0-8: Reserved (set to 0); 9-63: Bits 9-63 of the offset into
 /// the image file at which the refcount block starts. If 0, the refcount block is unallocated."
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

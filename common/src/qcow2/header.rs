@@ -284,8 +284,13 @@ impl Header {
         }
     }
 
+    /// True when L2 entries are 128 bits: the standard entry and a [`super::entry::SubclusterBitmap`].
+    pub fn extended_l2(&self) -> bool {
+        self.incompatible_features & INCOMPAT_EXTENDED_L2 != 0
+    }
+
     /// Refuse what e2i does not read in one file of a chain: encryption, external data
-    /// files, extended L2 entries, unknown compression types and incompatible features.
+    /// files, unknown compression types and incompatible features.
     pub fn check_supported_layer(&self) -> Result<()> {
         if self.crypt_method != 0 {
             return Err(Error::Unsupported(format!(
@@ -304,13 +309,17 @@ impl Header {
                 "the qcow2 image keeps its data in an external data file".into(),
             ));
         }
-        if inc & INCOMPAT_EXTENDED_L2 != 0 {
-            return Err(Error::Unsupported(
-                "the qcow2 image uses extended L2 entries (subclusters)".into(),
-            ));
+        // qemu: "Extended L2 entries are only supported with cluster sizes of at least
+        // 16384 bytes" (subclusters of at least 512 bytes).
+        if self.extended_l2() && self.cluster_bits.get() < 14 {
+            return Err(CorruptKind::Qcow2ExtendedL2ClusterSize {
+                cluster_bits: self.cluster_bits.get(),
+            }
+            .into());
         }
         self.cluster_compression()?;
-        let known = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_COMPRESSION_TYPE;
+        let known =
+            INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_COMPRESSION_TYPE | INCOMPAT_EXTENDED_L2;
         if inc & !known != 0 {
             return Err(Error::Unsupported(format!(
                 "the qcow2 image has unknown incompatible features {:#x}",

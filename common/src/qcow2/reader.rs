@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::entry::{L1Entry, L2Entry, Mapping, OFFSET_MASK};
+use super::entry::{L1Entry, L2Entry, Mapping, OFFSET_MASK, SubclusterBitmap};
 use super::header::{ClusterCompression, Header, field};
 use super::types::{ClusterBits, ClusterRun, GuestCluster, GuestOffset, HostOffset};
 use crate::Result;
@@ -31,8 +31,8 @@ use crate::io::ReadAt;
 const L1_CHUNK: u64 = 1 << 20;
 /// qemu's limit on the refcount table (8 MiB).
 const MAX_REFTABLE_BYTES: u64 = 8 << 20;
-/// Entries in one cached L2 slice (4 KiB), or the whole table when it is smaller.
-const L2_SLICE_ENTRIES: u64 = 512;
+/// Bytes of one cached L2 slice, or the whole table when it is smaller.
+const L2_SLICE_BYTES: usize = 4096;
 /// Cached L2 slices: 1 MiB. A miss costs one 4 KiB read (from the page cache after the first
 /// pass), so a larger cache buys little: a sequential pass uses one slice at a time, and a
 /// filesystem scan's metadata clusters together (flex_bg).
@@ -41,29 +41,92 @@ const L2_CACHE_SLICES: usize = 256;
 /// time, so looking further ahead would only repeat work).
 const MAX_REGION: u64 = crate::pieces::IO_CHUNK as u64;
 
+/// How L2 tables are laid out: standard 64-bit entries, or extended 128-bit ones (the
+/// standard entry, then a [`SubclusterBitmap`]).
+#[derive(Debug, Clone, Copy)]
+struct L2Layout {
+    /// True for extended entries.
+    extended: bool,
+    /// log2 of the entries of one table.
+    bits: u32,
+}
+
+impl L2Layout {
+    fn new(cb: ClusterBits, extended: bool) -> Self {
+        // cb.l2_bits() >= 6: cannot saturate.
+        let bits = cb.l2_bits().saturating_sub(u32::from(extended));
+        L2Layout { extended, bits }
+    }
+
+    /// 64-bit words per entry (1 or 2).
+    fn words(self) -> usize {
+        if self.extended { 2 } else { 1 }
+    }
+
+    /// log2 of the bytes of one entry (8 or 16).
+    fn entry_shift(self) -> u32 {
+        if self.extended { 4 } else { 3 }
+    }
+
+    /// Entries of one table.
+    fn entries(self) -> u64 {
+        1 << self.bits
+    }
+
+    /// The L1 entry whose L2 table maps guest cluster `g`.
+    fn l1_index(self, g: GuestCluster) -> u64 {
+        g.0 >> self.bits
+    }
+
+    /// The slot of `g` in its L2 table (below 2^18).
+    fn slot(self, g: GuestCluster) -> usize {
+        (g.0 & !(u64::MAX << self.bits)) as usize
+    }
+
+    /// The first guest cluster mapped by L1 entry `i`, if it is addressable.
+    fn first_of_l1(self, i: u64) -> Option<GuestCluster> {
+        (i.leading_zeros() >= self.bits).then(|| GuestCluster(i << self.bits))
+    }
+}
+
 /// A slice of an L2 table: the table's host offset, the table slot of the slice's first
-/// entry, and the slice's entries.
+/// entry, and the slice's entries (as 64-bit words, [`L2Layout::words`] per entry).
 struct L2Slice {
     table: HostOffset,
     first: usize,
+    layout: L2Layout,
     entries: Arc<[u64]>,
 }
 
 impl L2Slice {
-    /// The entry of guest cluster `g` (which this slice maps).
-    fn entry(&self, g: GuestCluster, cb: ClusterBits) -> L2Entry {
-        let k = g.l2_slot(cb).saturating_sub(self.first);
-        L2Entry(self.entries.get(k).copied().unwrap_or(0))
+    /// The entry of guest cluster `g` (which this slice maps), with its subcluster bitmap
+    /// (0 for standard entries).
+    fn entry(&self, g: GuestCluster) -> (L2Entry, SubclusterBitmap) {
+        let w = self.layout.words();
+        // Slots are below 2^18: no overflow.
+        let k = self
+            .layout
+            .slot(g)
+            .saturating_sub(self.first)
+            .saturating_mul(w);
+        let word = |i: usize| self.entries.get(i).copied().unwrap_or(0);
+        let bitmap = if self.layout.extended {
+            word(k.saturating_add(1))
+        } else {
+            0
+        };
+        (L2Entry(word(k)), SubclusterBitmap(bitmap))
     }
 
     /// The first guest cluster after this slice, given `g` inside it.
-    fn end(&self, g: GuestCluster, cb: ClusterBits) -> GuestCluster {
+    fn end(&self, g: GuestCluster) -> GuestCluster {
         // first <= slot < first + len <= 2^18: no wrap; g + 2^18 cannot overflow either
         // (guest clusters are below 2^55).
+        let len = self.entries.len() >> usize::from(self.layout.extended);
         let left = self
             .first
-            .saturating_add(self.entries.len())
-            .saturating_sub(g.l2_slot(cb));
+            .saturating_add(len)
+            .saturating_sub(self.layout.slot(g));
         GuestCluster(g.0.saturating_add(left as u64))
     }
 }
@@ -90,6 +153,10 @@ pub struct Qcow2Reader<S: ReadAt> {
     host: S,
     header: Header,
     cb: ClusterBits,
+    l2: L2Layout,
+    /// log2 of the unit the mapping is decided for: the subcluster with extended L2
+    /// entries, the cluster otherwise.
+    unit_bits: u32,
     host_size: u64,
     /// Guest clusters of the virtual disk (all mapped by the L1 table).
     guest_clusters: u64,
@@ -197,7 +264,8 @@ impl<S: ReadAt> Qcow2Reader<S> {
         let cb = header.cluster_bits;
         let cs = cb.size();
         let guest_clusters = header.size.div_ceil(cs);
-        let needed = guest_clusters.div_ceil(cb.l2_entries());
+        let l2 = L2Layout::new(cb, header.extended_l2());
+        let needed = guest_clusters.div_ceil(l2.entries());
         let entries_n = u64::from(header.l1_size);
         if entries_n < needed {
             return Err(CorruptKind::Qcow2L1TooSmall {
@@ -278,6 +346,13 @@ impl<S: ReadAt> Qcow2Reader<S> {
                 out: vec![0; cb.size_usize()],
             }),
             cb,
+            l2,
+            // Extended L2 needs clusters of 2^14 bytes or more (checked with the header).
+            unit_bits: if l2.extended {
+                cb.get().saturating_sub(SubclusterBitmap::BITS)
+            } else {
+                cb.get()
+            },
             header,
         })
     }
@@ -300,6 +375,12 @@ impl<S: ReadAt> Qcow2Reader<S> {
         self.cb
     }
 
+    /// log2 of the unit whose bytes come from one place (a host range, zeros or the
+    /// backing file): the subcluster with extended L2 entries, the cluster otherwise.
+    pub fn unit_bits(&self) -> u32 {
+        self.unit_bits
+    }
+
     /// The image file.
     pub fn host(&self) -> &S {
         &self.host
@@ -309,7 +390,7 @@ impl<S: ReadAt> Qcow2Reader<S> {
     /// unallocated.
     fn l2_slice(&self, g: GuestCluster) -> Result<Option<L2Slice>> {
         let cb = self.cb;
-        let li = g.l1_index(cb);
+        let li = self.l2.l1_index(g);
         let Ok(at) = self.l1.binary_search_by_key(&li, |&(i, _)| i) else {
             return Ok(None);
         };
@@ -349,11 +430,13 @@ impl<S: ReadAt> Qcow2Reader<S> {
             .into());
         }
         // Entries per slice and the slice's first slot: both below 2^18.
-        let per = L2_SLICE_ENTRIES.min(cb.l2_entries()) as usize;
+        let esize = 1usize << self.l2.entry_shift();
+        let per = (L2_SLICE_BYTES >> self.l2.entry_shift()).min(self.l2.entries() as usize);
         // Both powers of two: the slot rounded down to a slice.
-        let first = g.l2_slot(cb) & !per.saturating_sub(1);
-        // Inside the table checked above: first * 8 < cluster size.
-        let at = HostOffset(off.0.saturating_add((first as u64) << 3));
+        let first = self.l2.slot(g) & !per.saturating_sub(1);
+        // Inside the table checked above: first * esize < cluster size.
+        let at = HostOffset(off.0.saturating_add(first.saturating_mul(esize) as u64));
+        let layout = self.l2;
         let mut cache = relock(&self.cache);
         // An LRU clock: 2^64 lookups do not happen.
         cache.clock = cache.clock.wrapping_add(1);
@@ -364,11 +447,12 @@ impl<S: ReadAt> Qcow2Reader<S> {
             return Ok(Some(L2Slice {
                 table: off,
                 first,
+                layout,
                 entries,
             }));
         }
-        let mut raw = [0u8; (L2_SLICE_ENTRIES as usize) << 3];
-        let raw = &mut raw[..per << 3];
+        let mut raw = [0u8; L2_SLICE_BYTES];
+        let raw = &mut raw[..per.saturating_mul(esize)];
         read_table(&self.host, raw, at)?;
         let entries: Arc<[u64]> = self::entries(raw).collect();
         if cache.slices.len() >= L2_CACHE_SLICES
@@ -380,14 +464,30 @@ impl<S: ReadAt> Qcow2Reader<S> {
         Ok(Some(L2Slice {
             table: off,
             first,
+            layout,
             entries,
         }))
     }
 
-    /// Decode and check the entry for guest cluster `g` of the L2 table at `l2`.
-    fn check_entry(&self, g: GuestCluster, l2: HostOffset, e: L2Entry) -> Result<Mapping> {
+    /// Decode and check the entry for guest cluster `g` of the L2 table at `l2`, with its
+    /// subcluster bitmap `bm` (extended entries). For extended entries the cluster-level
+    /// mapping is `Data` (a host cluster, whose subclusters [`Self::unit`] tells apart),
+    /// `Unallocated` (no host cluster) or `Compressed`, as qemu decodes them: the standard
+    /// zero flag is not used then.
+    fn check_entry(
+        &self,
+        g: GuestCluster,
+        l2: HostOffset,
+        e: L2Entry,
+        bm: SubclusterBitmap,
+    ) -> Result<Mapping> {
         let cb = self.cb;
         let (guest_cluster, l2_offset) = (g.0, l2.0);
+        let e = if self.l2.extended && !e.is_compressed() {
+            L2Entry(e.0 & !L2Entry::ZERO)
+        } else {
+            e
+        };
         if e.reserved_bits() != 0 {
             return Err(CorruptKind::Qcow2L2Reserved {
                 guest_cluster,
@@ -397,6 +497,28 @@ impl<S: ReadAt> Qcow2Reader<S> {
             .into());
         }
         let m = e.mapping(cb);
+        if self.l2.extended && !e.is_compressed() {
+            // Below the virtual size (< 2^63): the offset fits.
+            let guest_offset = g.offset(cb).map_or(u64::MAX, |o| o.0);
+            if bm.allocated() & bm.zero() != 0 {
+                return Err(CorruptKind::Qcow2SubclusterAllocatedAndZero {
+                    guest_cluster,
+                    guest_offset,
+                    l2_offset,
+                    bitmap: bm.0,
+                }
+                .into());
+            }
+            if m == Mapping::Unallocated && bm.allocated() != 0 {
+                return Err(CorruptKind::Qcow2SubclusterWithoutHost {
+                    guest_cluster,
+                    guest_offset,
+                    l2_offset,
+                    bitmap: bm.0,
+                }
+                .into());
+            }
+        }
         match m {
             Mapping::Data(h) => {
                 let host_offset = h.0;
@@ -446,11 +568,70 @@ impl<S: ReadAt> Qcow2Reader<S> {
         Ok(m)
     }
 
-    /// Where guest cluster `g` is stored.
-    pub fn mapping(&self, g: GuestCluster) -> Result<Mapping> {
+    /// The checked cluster-level mapping of guest cluster `g` and its subcluster bitmap.
+    fn entry_of(&self, g: GuestCluster) -> Result<(Mapping, SubclusterBitmap)> {
         match self.l2_slice(g)? {
+            None => Ok((Mapping::Unallocated, SubclusterBitmap(0))),
+            Some(s) => {
+                let (e, bm) = s.entry(g);
+                Ok((self.check_entry(g, s.table, e, bm)?, bm))
+            }
+        }
+    }
+
+    /// What unit `sc` (a subcluster with extended entries; 0 otherwise) of a cluster
+    /// checked to map to `m` with bitmap `bm` reads: a `Data` offset is the unit's own.
+    /// qemu: an allocated cluster's subcluster reads as zeros with its zero bit, from the
+    /// host with its allocated bit, else from the backing file; an unallocated cluster's
+    /// as zeros with its zero bit, else from the backing file.
+    fn unit(&self, m: Mapping, bm: SubclusterBitmap, sc: u32) -> Mapping {
+        if !self.l2.extended {
+            return m;
+        }
+        let bit = 1u32 << (sc & (SubclusterBitmap::COUNT - 1));
+        match m {
+            Mapping::Compressed { .. } => m,
+            _ if bm.zero() & bit != 0 => Mapping::Zero,
+            // The unit lies inside the host cluster checked by check_entry.
+            Mapping::Data(h) if bm.allocated() & bit != 0 => Mapping::Data(HostOffset(
+                h.0.saturating_add(u64::from(sc) << self.unit_bits),
+            )),
+            _ => Mapping::Unallocated,
+        }
+    }
+
+    /// Whether guest cluster `g` holds stored data (any allocated subcluster, or a
+    /// compressed or uncompressed cluster) and whether any of it is zero-flagged.
+    fn stored(&self, m: Mapping, bm: SubclusterBitmap) -> (bool, bool) {
+        if !self.l2.extended {
+            return match m {
+                Mapping::Data(_) | Mapping::Compressed { .. } => (true, false),
+                Mapping::Zero => (false, true),
+                Mapping::Unallocated => (false, false),
+            };
+        }
+        match m {
+            Mapping::Compressed { .. } => (true, false),
+            Mapping::Data(_) => (bm.allocated() != 0, bm.zero() != 0),
+            _ => (false, bm.zero() != 0),
+        }
+    }
+
+    /// Where the unit (subcluster with extended L2 entries, else cluster) holding guest
+    /// byte `pos` is stored; a `Data` offset is the unit's first byte.
+    pub fn mapping_at(&self, pos: u64) -> Result<Mapping> {
+        let g = GuestOffset(pos).cluster(self.cb);
+        let (m, bm) = self.entry_of(g)?;
+        // Below 2^5 with extended entries.
+        let sc = (GuestOffset(pos).within(self.cb) >> self.unit_bits) as u32;
+        Ok(self.unit(m, bm, sc))
+    }
+
+    /// Where guest cluster `g` is stored (with extended L2 entries: its first subcluster).
+    pub fn mapping(&self, g: GuestCluster) -> Result<Mapping> {
+        match g.offset(self.cb) {
+            Some(o) => self.mapping_at(o.0),
             None => Ok(Mapping::Unallocated),
-            Some(s) => self.check_entry(g, s.table, s.entry(g, self.cb)),
         }
     }
 
@@ -462,9 +643,8 @@ impl<S: ReadAt> Qcow2Reader<S> {
         end: GuestCluster,
         zero: bool,
     ) -> Result<Option<GuestCluster>> {
-        let cb = self.cb;
         while g < end {
-            let li = g.l1_index(cb);
+            let li = self.l2.l1_index(g);
             match self.l2_slice(g)? {
                 None => {
                     // Skip to the next allocated L1 entry (or one with reserved bits, which
@@ -477,23 +657,21 @@ impl<S: ReadAt> Qcow2Reader<S> {
                             rest.iter()
                                 .find(|(_, e)| e.0 & OFFSET_MASK != 0 || e.reserved_bits() != 0)
                         })
-                        .and_then(|&(i, _)| GuestCluster::first_of_l1(i, cb));
+                        .and_then(|&(i, _)| self.l2.first_of_l1(i));
                     match next {
                         Some(n) => g = n,
                         None => return Ok(None),
                     }
                 }
                 Some(s) => {
-                    let tend = s.end(g, cb).min(end);
+                    let tend = s.end(g).min(end);
                     for c in (g.0..tend.0).map(GuestCluster) {
-                        let e = s.entry(c, cb);
-                        if e.0 != 0 {
-                            match self.check_entry(c, s.table, e)? {
-                                Mapping::Data(_) | Mapping::Compressed { .. } => {
-                                    return Ok(Some(c));
-                                }
-                                Mapping::Zero if zero => return Ok(Some(c)),
-                                _ => {}
+                        let (e, bm) = s.entry(c);
+                        if e.0 != 0 || bm.0 != 0 {
+                            let m = self.check_entry(c, s.table, e, bm)?;
+                            let (data, zeros) = self.stored(m, bm);
+                            if data || (zero && zeros) {
+                                return Ok(Some(c));
                             }
                         }
                     }
@@ -507,12 +685,9 @@ impl<S: ReadAt> Qcow2Reader<S> {
     /// The first cluster in `from..end` that does not hold stored data (`end` if none).
     fn run_end(&self, from: GuestCluster, end: GuestCluster, zero: bool) -> Result<GuestCluster> {
         for c in (from.0..end.0).map(GuestCluster) {
-            let stored = match self.mapping(c)? {
-                Mapping::Data(_) | Mapping::Compressed { .. } => true,
-                Mapping::Zero => zero,
-                Mapping::Unallocated => false,
-            };
-            if !stored {
+            let (m, bm) = self.entry_of(c)?;
+            let (data, zeros) = self.stored(m, bm);
+            if !(data || (zero && zeros)) {
                 return Ok(c);
             }
         }
@@ -627,7 +802,9 @@ impl<S: ReadAt> ReadAt for Qcow2Reader<S> {
             return Ok(0);
         }
         let cb = self.cb;
-        let cs = cb.size_usize();
+        // The unit: a subcluster with extended L2 entries, else the cluster.
+        let us = 1usize << self.unit_bits;
+        let umask = us.saturating_sub(1);
         // Bounded by buf.len().
         let n = (buf.len() as u64).min(size.saturating_sub(offset)) as usize;
         let mut rest = &mut buf[..n];
@@ -636,28 +813,30 @@ impl<S: ReadAt> ReadAt for Qcow2Reader<S> {
         while !rest.is_empty() {
             let g = pos.cluster(cb);
             let within = pos.within(cb);
-            let take = cs.saturating_sub(within).min(rest.len());
-            let done = match self.mapping(g)? {
+            let within_unit = within & umask;
+            let take = us.saturating_sub(within_unit).min(rest.len());
+            let done = match self.mapping_at(pos.0)? {
                 Mapping::Unallocated | Mapping::Zero => {
                     rest[..take].fill(0);
                     take
                 }
                 Mapping::Data(h) => {
-                    // Coalesce host-contiguous clusters into one read.
+                    // Coalesce host-contiguous units into one read.
                     let mut len = take;
-                    let (mut ng, mut expect) = (g, h);
+                    let mut expect = h;
                     while len < rest.len() {
-                        let next = ng.checked_add(1).zip(expect.checked_add(cb.size()));
-                        let Some((n2, e2)) = next else { break };
-                        if self.mapping(n2)? != Mapping::Data(e2) {
+                        // The next unit starts at pos + len (len < n: no overflow).
+                        let next = expect.checked_add(us as u64);
+                        let Some(e2) = next else { break };
+                        if self.mapping_at(pos.0.saturating_add(len as u64))? != Mapping::Data(e2) {
                             break;
                         }
-                        (ng, expect) = (n2, e2);
-                        len = len.saturating_add(cs.min(rest.len().saturating_sub(len)));
+                        expect = e2;
+                        len = len.saturating_add(us.min(rest.len().saturating_sub(len)));
                     }
                     let dst = &mut rest[..len];
-                    // h is a checked data cluster (< 2^56): the sum cannot overflow.
-                    let from = h.checked_add(within as u64).unwrap_or(h);
+                    // h is a checked data unit (< 2^56): the sum cannot overflow.
+                    let from = h.checked_add(within_unit as u64).unwrap_or(h);
                     let got = self.host.read_at(dst, from.0)?;
                     // A last cluster cut short by the end of the file reads as zeros.
                     if let Some(tail) = dst.get_mut(got..) {
