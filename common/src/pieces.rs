@@ -422,21 +422,8 @@ pub fn for_each_piece_of_maps<S: ReadAt + ?Sized>(
 
 /// Sort `runs`, join those that touch, and keep the first [`UNREADABLE_SAMPLE`].
 fn keep_lowest_runs(runs: &mut Vec<BlockRun>) {
-    runs.sort_unstable();
-    let mut out: Vec<BlockRun> = Vec::with_capacity(runs.len().min(UNREADABLE_SAMPLE));
-    for &r in runs.iter() {
-        if let Some(l) = out.last_mut()
-            && let (Some(le), Some(re)) = (l.checked_end(), r.checked_end())
-            && le >= r.start
-        {
-            l.len = le.max(re).saturating_since(l.start);
-        } else if out.len() < UNREADABLE_SAMPLE {
-            out.push(r);
-        } else {
-            break;
-        }
-    }
-    *runs = out;
+    let joined = BlockMap::from_runs(runs.drain(..), u64::MAX);
+    runs.extend(joined.runs().iter().take(UNREADABLE_SAMPLE).copied());
 }
 
 /// The reading side of [`for_each_piece`] for one map.
