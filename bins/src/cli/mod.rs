@@ -32,6 +32,16 @@ macro_rules! exit_signals {
     };
 }
 
+/// What follows exit status 3's first line in every tool that can skip damage: the lines
+/// it prints, in the form the tools print them.
+macro_rules! exit_skipped_lines {
+    () => {
+        "        `skipped:` line a structure; blocks that could not be read, one line a run:
+        `blocks A-B (N blocks): read error; written as zeros`
+"
+    };
+}
+
 /// The DIAGNOSTICS paragraph on the form of errors, shared by every tool.
 macro_rules! diag_errors {
     ($tool:literal) => {

@@ -36,9 +36,8 @@ Exit status:
   1  failure (one line on stderr: `e2i-to-qcow2: FILE: what`)
   2  usage error
   3  a raw filesystem INPUT: damaged metadata was skipped (the image holds the rest): one
-        `skipped:` line a structure; blocks that could not be read, one line a run:
-        `blocks A-B (N blocks): read error; written as zeros`
 ",
+    exit_skipped_lines!(),
     exit_signals!(),
     "\n\n",
     diag_errors!("e2i-to-qcow2"),
