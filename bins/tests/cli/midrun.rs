@@ -390,10 +390,7 @@ fn an_install_signalled_at_its_superblock_stays_undoable() {
                 .spawn()
                 .unwrap(),
         );
-        wait_stopped(child.child());
-        sh(Command::new("kill").args(["-s", sig, &child.child().id().to_string()]));
-        resume_stopped(child.child());
-        let o = child.take().wait_with_output().unwrap();
+        let o = signal_when_stopped(child, sig);
         // The install completes, says so, and ends as the signal ends it: the status tells
         // the signal (it ended with 0 when the signal's thread lost the race to the end of
         // main).

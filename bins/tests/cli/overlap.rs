@@ -55,10 +55,7 @@ fn a_signal_during_the_copy_leaves_stdouts_file_empty() {
                     .spawn()
                     .unwrap(),
             );
-            wait_stopped(child.child());
-            sh(Command::new("kill").args(["-s", sig, &child.child().id().to_string()]));
-            resume_stopped(child.child());
-            let o = child.take().wait_with_output().unwrap();
+            let o = signal_when_stopped(child, sig);
             let got = read(&out);
             let what = format!(
                 "SIG{sig} after {stop} blocks: {:?} {}",
@@ -116,10 +113,7 @@ fn a_signal_during_the_copy_leaves_no_output() {
                     .spawn()
                     .unwrap(),
             );
-            wait_stopped(child.child());
-            sh(Command::new("kill").args(["-s", sig, &child.child().id().to_string()]));
-            resume_stopped(child.child());
-            let o = child.take().wait_with_output().unwrap();
+            let o = signal_when_stopped(child, sig);
             let what = format!(
                 "SIG{sig} after {stop} blocks: {:?} {}",
                 o.status,

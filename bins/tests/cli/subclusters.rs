@@ -18,6 +18,20 @@ fn create(q: &Path, opts: &str, backing: Option<(&Path, &str)>, size: &str) {
 }
 
 /// `qemu-io -c CMD…` on `q`.
+/// `raw` converted by qemu-img to a qcow2 with extended L2 entries and 64 KiB clusters.
+fn to_extended_l2(raw: &Path, q: &Path) {
+    sh(Command::new("qemu-img")
+        .args([
+            "convert",
+            "-O",
+            "qcow2",
+            "-o",
+            "extended_l2=on,cluster_size=64k",
+        ])
+        .arg(raw)
+        .arg(q));
+}
+
 fn io(q: &Path, cmds: &[String]) {
     let mut c = Command::new("qemu-io");
     c.args(["-f", "qcow2"]);
@@ -141,16 +155,7 @@ fn extended_l2_filesystem_through_every_tool() {
     let img = mkfs(d.path(), "fs.img", "32M", &[]);
     debugfs_w(&img, "write /etc/hostname f");
     let base = p("fs.qcow2");
-    sh(Command::new("qemu-img")
-        .args([
-            "convert",
-            "-O",
-            "qcow2",
-            "-o",
-            "extended_l2=on,cluster_size=64k",
-        ])
-        .arg(&img)
-        .arg(&base));
+    to_extended_l2(&img, &base);
     let ov = p("ov.qcow2");
     create(&ov, "extended_l2=on", Some((&base, "qcow2")), "32M");
     // Sub-cluster writes through the overlay, past the filesystem's metadata.
@@ -225,16 +230,7 @@ fn damaged_subcluster_bitmaps_are_one_located_line() {
     // 0 (the superblock's) is damaged.
     let img = mkfs(d.path(), "fs.img", "8M", &[]);
     let good = p("good.qcow2");
-    sh(Command::new("qemu-img")
-        .args([
-            "convert",
-            "-O",
-            "qcow2",
-            "-o",
-            "extended_l2=on,cluster_size=64k",
-        ])
-        .arg(&img)
-        .arg(&good));
+    to_extended_l2(&img, &good);
     let gb = read(&good);
     let l2 = l2_of(&gb);
     let (w00, w01) = (word_at(&gb, l2), word_at(&gb, l2 + 8));

@@ -126,6 +126,15 @@ pub fn resume_stopped(child: &std::process::Child) {
     kill_process(pid, Signal::CONT).expect("SIGCONT");
 }
 
+/// Wait until `child` stops at its test hook, send it signal `sig` (a name for `kill -s`),
+/// let it go on, and collect how it ended.
+pub fn signal_when_stopped(child: Reaper, sig: &str) -> std::process::Output {
+    wait_stopped(child.child());
+    sh(Command::new("kill").args(["-s", sig, &child.child().id().to_string()]));
+    resume_stopped(child.child());
+    child.take().wait_with_output().unwrap()
+}
+
 /// Bytes a tool printed, as text.
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
