@@ -9,14 +9,19 @@ use std::process::Command;
 fn bundle_is_complete_and_leaks_nothing() {
     let d = tempdir();
     let tree = d.path().join("tree");
-    std::fs::create_dir_all(tree.join("PrivateDirXyz")).unwrap();
+    std::fs::create_dir_all(tree.join("PrivateDirXyzqjv")).unwrap();
     for i in 0..300 {
-        std::fs::write(tree.join(format!("PrivateDirXyz/privatefilexyz_{i}")), b"x").unwrap();
+        std::fs::write(
+            tree.join(format!("PrivateDirXyzqjv/privatefilexyzqjv_{i}")),
+            b"x",
+        )
+        .unwrap();
     }
-    std::os::unix::fs::symlink("/privatetargetxyz/path", tree.join("privatelinkxyz")).unwrap();
+    std::os::unix::fs::symlink("/privatetargetxyzqjv/path", tree.join("privatelinkxyzqjv"))
+        .unwrap();
     let img = d.path().join("fs.img");
     let st = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", "privatelabelxyz", "-d"])
+        .args(["-q", "-F", "-L", "labelxyzqjv", "-d"])
         .arg(&tree)
         .arg(&img)
         .arg("16M")
@@ -100,7 +105,7 @@ fn bundle_is_complete_and_leaks_nothing() {
         let bytes = std::fs::read(f).unwrap();
         let hay = String::from_utf8_lossy(&bytes).to_lowercase();
         assert!(
-            !hay.contains("xyz"),
+            !hay.contains("xyzqjv"),
             "{} leaks a private string",
             f.display()
         );
@@ -193,13 +198,13 @@ fn extract(tar: &Path, x: &Path) {
 /// (`None`: whole).
 fn private_fs(dir: &Path, name: &str, keep: Option<u64>) -> std::path::PathBuf {
     let tree = dir.join(format!("{name}.tree"));
-    std::fs::create_dir_all(tree.join("SecretDirQwv")).unwrap();
+    std::fs::create_dir_all(tree.join("SecretDirQwvjzk")).unwrap();
     for i in 0..40 {
-        std::fs::write(tree.join(format!("SecretDirQwv/secretqwv_{i}")), b"x").unwrap();
+        std::fs::write(tree.join(format!("SecretDirQwvjzk/secretqwvjzk_{i}")), b"x").unwrap();
     }
     let img = dir.join(name);
     let o = run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-b", "1024", "-L", "labelqwv", "-d"])
+        .args(["-q", "-F", "-b", "1024", "-L", "labelqwvjzk", "-d"])
         .arg(&tree)
         .arg(&img)
         .arg("32M"));
@@ -235,10 +240,15 @@ fn assert_no_leak(x: &Path) {
             files.extend([q, raw]);
         }
     }
-    for f in files {
+    // The compressed members are checked through their decompressed contents: their own
+    // bytes are noise in which any short string turns up now and then.
+    for f in files
+        .into_iter()
+        .filter(|f| !matches!(f.extension().and_then(|e| e.to_str()), Some("xz" | "bz2")))
+    {
         let hay = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).to_lowercase();
         assert!(
-            !hay.contains("qwv"),
+            !hay.contains("qwvjzk"),
             "{} leaks a private string",
             f.display()
         );
