@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install what the tests need when it is missing: e2fsprogs (e2image, mkfs, dumpe2fs,
 # debugfs, e2fsck, e2undo), qemu-img, compressors, man/groff, script (pty), zsh and fish
-# (completion tests), GNU time (benchmarks), a C++ compiler (libFuzzer, built when the fuzz
-# targets are checked), and the Rust components for fmt and clippy.
+# (completion tests), sfdisk, strace, GNU time (benchmarks), a C++ compiler (libFuzzer,
+# built when the fuzz targets are checked), and the Rust components for fmt and clippy.
 set -euo pipefail
 need=()
 command -v man >/dev/null || need+=(man-db) # tests render docs/man pages
@@ -14,6 +14,9 @@ command -v e2image >/dev/null || need+=(e2fsprogs)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v bzip2 >/dev/null || need+=(bzip2)
 command -v xz >/dev/null || need+=(xz-utils)
+command -v zstd >/dev/null || need+=(zstd)
+command -v sfdisk >/dev/null || need+=(fdisk) # partition tables on loop devices
+command -v strace >/dev/null || need+=(strace) # install's kill-at-every-write test
 [ -x /usr/bin/time ] || need+=(time) # ci/bench.sh: peak RSS
 command -v c++ >/dev/null || need+=(g++) # the fuzz crate's libFuzzer, checked by ci/test.sh
 if [ ${#need[@]} -gt 0 ]; then
