@@ -587,7 +587,7 @@ impl StreamOut {
     /// taken), and give the SHA-256 (when hashing) and the byte count.
     pub fn finish(mut self) -> Result<(Option<String>, u64), e2i::Error> {
         if let Err(e) = self.w.flush() {
-            return Err(e2i::Error::io("write", self.w.get_ref().bytes(), e));
+            return Err(e2i::Error::io_at("write", self.w.get_ref().bytes(), e));
         }
         let h = self.w.get_ref();
         Ok((h.sha256(), h.bytes()))

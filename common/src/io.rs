@@ -215,10 +215,10 @@ pub fn write_maybe_direct(
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
                 *direct = None;
             }
-            Err(e) => return Err(Error::io("write", off, e)),
+            Err(e) => return Err(Error::io_at("write", off, e)),
         }
     }
-    pwrite_full(file, data, off).map_err(|e| Error::io("write", off, e))
+    pwrite_full(file, data, off).map_err(|e| Error::io_at("write", off, e))
 }
 
 /// Grow the pipe behind `fd` (if it is one) to 1 MiB, best effort: images cross pipes in
@@ -268,7 +268,7 @@ impl ObjectId {
 
 /// The size of `file` if it is a block device (a target whose size is fixed), else `None`.
 pub fn block_device_size(file: &File) -> Result<Option<u64>> {
-    let meta = file.metadata().map_err(|e| Error::io("stat", 0, e))?;
+    let meta = file.metadata().map_err(|e| Error::io("stat", e))?;
     if !meta.file_type().is_block_device() {
         return Ok(None);
     }
@@ -278,11 +278,11 @@ pub fn block_device_size(file: &File) -> Result<Option<u64>> {
         "/proc/self/fd/{}",
         std::os::fd::AsRawFd::as_raw_fd(file)
     ))
-    .map_err(|e| Error::io("open", 0, e))?;
+    .map_err(|e| Error::io("open", e))?;
     let mut f = &dev;
     f.seek(SeekFrom::End(0))
         .map(Some)
-        .map_err(|e| Error::io("seek", 0, e))
+        .map_err(|e| Error::io("seek", e))
 }
 
 /// A regular file or block device, read from byte `base` on (the `-o` offset).
@@ -353,16 +353,16 @@ fn willneed_cap(meta: &std::fs::Metadata) -> u64 {
 
 impl FileSource {
     pub fn open(path: &Path, base: u64) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io("open", 0, e))?;
+        let file = File::open(path).map_err(|e| Error::io("open", e))?;
         Self::from_file(file, base)
     }
 
     pub fn from_file(mut file: File, base: u64) -> Result<Self> {
-        let meta = file.metadata().map_err(|e| Error::io("stat", 0, e))?;
+        let meta = file.metadata().map_err(|e| Error::io("stat", e))?;
         let block_device = meta.file_type().is_block_device();
         let total = if block_device {
             file.seek(SeekFrom::End(0))
-                .map_err(|e| Error::io("seek", 0, e))?
+                .map_err(|e| Error::io("seek", e))?
         } else {
             meta.len()
         };
@@ -406,7 +406,7 @@ impl ReadAt for FileSource {
                 self.base
             ))
         })?;
-        let n = pread_full(&self.file, buf, host).map_err(|e| Error::io("read", host, e))?;
+        let n = pread_full(&self.file, buf, host).map_err(|e| Error::io_at("read", host, e))?;
         if n < buf.len() {
             let end = host.saturating_add(n as u64);
             // Named by where the file ends now, not where this read stopped.

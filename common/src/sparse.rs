@@ -242,7 +242,7 @@ impl<'a> RawSink<'a> {
                 let n = usize::try_from(to.saturating_sub(self.pos))
                     .map_or(IO_CHUNK, |n| n.min(IO_CHUNK));
                 w.write_all(&self.zeros[..n])
-                    .map_err(|e| Error::io("write", self.pos, e))?;
+                    .map_err(|e| Error::io_at("write", self.pos, e))?;
                 add(&mut self.pos, n as u64);
                 add(&mut self.stats.bytes_written, n as u64);
             }
@@ -266,7 +266,7 @@ impl<'a> RawSink<'a> {
         if let (Some((f, n)), RawTarget::DryRun { list, .. }) =
             (self.listed.take(), &mut self.target)
         {
-            writeln!(list, "Writing {}", range_text(f, n)).map_err(|e| Error::io("list", 0, e))?;
+            writeln!(list, "Writing {}", range_text(f, n)).map_err(|e| Error::io("list", e))?;
         }
         Ok(())
     }
@@ -299,7 +299,7 @@ impl<'a> RawSink<'a> {
             Some(f) => {
                 self.cmp.resize(data.len(), 0);
                 let got = pread_full(f, &mut self.cmp, off)
-                    .map_err(|e| Error::io("read back", off, e))?;
+                    .map_err(|e| Error::io_at("read back", off, e))?;
                 same_runs(data, &self.cmp, got, bsz, &mut |i, n, same| {
                     runs.push((i, n, same));
                     Ok(())
@@ -315,7 +315,7 @@ impl<'a> RawSink<'a> {
             } else if let Some(f) = file {
                 let (at, part) = blocks_of(data, bsz, i, n);
                 let o = Self::dest(off, at)?;
-                pwrite_full(f, part, o).map_err(|e| Error::io("write", o, e))?;
+                pwrite_full(f, part, o).map_err(|e| Error::io_at("write", o, e))?;
                 add(&mut self.stats.bytes_written, part.len() as u64);
             }
         }
@@ -351,7 +351,7 @@ impl<'a> RawSink<'a> {
                     RawTarget::NewFile { file, dest_offset } => {
                         let (at, part) = blocks_of(data, bsz, i, n);
                         let off = Self::dest(*dest_offset, start.saturating_add(at))?;
-                        pwrite_full(file, part, off).map_err(|e| Error::io("write", off, e))?;
+                        pwrite_full(file, part, off).map_err(|e| Error::io_at("write", off, e))?;
                         add(&mut self.stats.bytes_written, part.len() as u64);
                     }
                     _ => self.list(block.saturating_add(i as u64), n as u64)?,
@@ -361,7 +361,7 @@ impl<'a> RawSink<'a> {
             self.fill_stream(start)?;
             if let RawTarget::Stream(w) = &mut self.target {
                 w.write_all(data)
-                    .map_err(|e| Error::io("write", start, e))?;
+                    .map_err(|e| Error::io_at("write", start, e))?;
             }
             add(&mut self.stats.bytes_written, data.len() as u64);
         } else {
@@ -427,7 +427,7 @@ impl<'a> RawSink<'a> {
             return Ok(None);
         };
         let off = Self::dest(dest_offset, self.image_bytes(block, 1)?.start)?;
-        let size = file.metadata().map_err(|e| Error::io("stat", 0, e))?.len();
+        let size = file.metadata().map_err(|e| Error::io("stat", e))?.len();
         if off >= size {
             return Ok(None);
         }
@@ -530,7 +530,7 @@ impl<'a> RawSink<'a> {
                 // Checked when the sink was made.
                 let end = dest_offset.saturating_add(total);
                 file.set_len(end)
-                    .map_err(|e| Error::io("truncate", end, e))?;
+                    .map_err(|e| Error::io_at("truncate", end, e))?;
             }
             RawTarget::InPlace {
                 file,
@@ -539,22 +539,22 @@ impl<'a> RawSink<'a> {
                 ..
             } => {
                 let end = dest_offset.saturating_add(total);
-                let meta = file.metadata().map_err(|e| Error::io("stat", 0, e))?;
+                let meta = file.metadata().map_err(|e| Error::io("stat", e))?;
                 if meta.is_file() && meta.len() < end {
                     file.set_len(end)
-                        .map_err(|e| Error::io("truncate", end, e))?;
+                        .map_err(|e| Error::io_at("truncate", end, e))?;
                 }
             }
             RawTarget::Stream(_) => {
                 self.fill_stream(total)?;
                 if let RawTarget::Stream(w) = &mut self.target {
-                    w.flush().map_err(|e| Error::io("write", total, e))?;
+                    w.flush().map_err(|e| Error::io_at("write", total, e))?;
                 }
             }
             RawTarget::DryRun { .. } => {
                 self.flush_list()?;
                 if let RawTarget::DryRun { list, .. } = &mut self.target {
-                    list.flush().map_err(|e| Error::io("list", 0, e))?;
+                    list.flush().map_err(|e| Error::io("list", e))?;
                 }
             }
             RawTarget::InPlace { .. } => {}
@@ -708,7 +708,7 @@ mod tests {
         fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
             let end = offset + buf.len() as u64;
             if offset < self.bad.end && self.bad.start < end {
-                return Err(Error::io(
+                return Err(Error::io_at(
                     "read",
                     offset,
                     std::io::Error::from_raw_os_error(5),
@@ -728,7 +728,7 @@ mod tests {
         fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
             let (first, last) = (offset / 1024, (offset + buf.len() as u64 - 1) / 1024);
             if (first..=last).any(|b| b % 2 == 0) {
-                return Err(Error::io(
+                return Err(Error::io_at(
                     "read",
                     offset,
                     std::io::Error::from_raw_os_error(5),

@@ -115,11 +115,11 @@ impl Out<'_, '_> {
     fn data(&mut self, buf: &[u8]) -> Result<()> {
         match self.target {
             NormalTarget::NewFile(f) | NormalTarget::Device(f) => {
-                pwrite_full(f, buf, self.pos).map_err(|e| Error::io("write", self.pos, e))?;
+                pwrite_full(f, buf, self.pos).map_err(|e| Error::io_at("write", self.pos, e))?;
             }
             NormalTarget::Stream(w) => {
                 w.write_all(buf)
-                    .map_err(|e| Error::io("write", self.pos, e))?;
+                    .map_err(|e| Error::io_at("write", self.pos, e))?;
             }
         }
         // Byte counts of what went through memory: far below 2^64.
@@ -325,9 +325,11 @@ pub fn write_normal<S: ReadAt>(
     match &mut target {
         NormalTarget::NewFile(f) => f
             .set_len(layout.size)
-            .map_err(|e| Error::io("truncate", layout.size, e))?,
+            .map_err(|e| Error::io_at("truncate", layout.size, e))?,
         NormalTarget::Device(_) => {}
-        NormalTarget::Stream(w) => w.flush().map_err(|e| Error::io("write", layout.size, e))?,
+        NormalTarget::Stream(w) => w
+            .flush()
+            .map_err(|e| Error::io_at("write", layout.size, e))?,
     }
     Ok(stats)
 }

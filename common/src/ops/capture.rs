@@ -98,7 +98,7 @@ pub fn open_source_in(path: &Path, offset: u64, dir: &Path) -> Result<Box<dyn Re
         use std::os::unix::fs::FileTypeExt;
         m.is_file() || m.file_type().is_block_device()
     };
-    let meta = std::fs::metadata(path).map_err(|e| Error::io("open", 0, e))?;
+    let meta = std::fs::metadata(path).map_err(|e| Error::io("open", e))?;
     let whole = if seekable(&meta) {
         Some(FileSource::open(path, 0)?)
     } else {

@@ -408,7 +408,7 @@ pub fn stream_to_qcow2<R: std::io::Read + Send>(
             let mut qw = SequentialWriter::new(w, &layout)?;
             feed(&mut |g, d| qw.write_clusters(g, d))?;
             let n = qw.finish()?;
-            w.flush().map_err(|e| Error::io("write", 0, e))?;
+            w.flush().map_err(|e| Error::io("write", e))?;
             n
         }
         Qcow2Out::File(file, c) => {

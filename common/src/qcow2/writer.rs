@@ -507,7 +507,8 @@ impl Qcow2Layout {
         let mut buf = vec![0u8; cb.size_usize()];
         let mut pos = 0u64;
         let mut emit = |out: &mut dyn Write, buf: &[u8]| -> Result<()> {
-            out.write_all(buf).map_err(|e| Error::io("write", pos, e))?;
+            out.write_all(buf)
+                .map_err(|e| Error::io_at("write", pos, e))?;
             // Below the planned file size.
             pos = pos.saturating_add(buf.len() as u64);
             Ok(())
@@ -683,7 +684,7 @@ impl<'a> SequentialWriter<'a> {
                 };
             }
             out.write_all(&buf)
-                .map_err(|e| Error::io("write", pos.0, e))?;
+                .map_err(|e| Error::io_at("write", pos.0, e))?;
             pos = pos.checked_add(cs).ok_or_else(layout_overflow)?;
         }
         Ok(SequentialWriter {
@@ -713,7 +714,7 @@ impl<'a> SequentialWriter<'a> {
         }
         self.out
             .write_all(data)
-            .map_err(|e| Error::io("write", self.pos, e))?;
+            .map_err(|e| Error::io_at("write", self.pos, e))?;
         // Planned clusters only: below the planned file size.
         self.pos = self.pos.saturating_add(data.len() as u64);
         Ok(())
@@ -729,7 +730,7 @@ impl<'a> SequentialWriter<'a> {
         }
         self.out
             .flush()
-            .map_err(|e| Error::io("write", self.pos, e))?;
+            .map_err(|e| Error::io_at("write", self.pos, e))?;
         Ok(self.pos)
     }
 }
@@ -941,7 +942,7 @@ impl<'a> FileWriter<'a> {
             self.l2_dirty = true;
             host = host.checked_add(cs).ok_or_else(layout_overflow)?;
         }
-        pwrite_full(self.file, data, start.0).map_err(|e| Error::io("write", start.0, e))?;
+        pwrite_full(self.file, data, start.0).map_err(|e| Error::io_at("write", start.0, e))?;
         self.pos = host;
         Ok(())
     }
@@ -975,7 +976,8 @@ impl<'a> FileWriter<'a> {
         let off = self.layout.l2_table_offset(self.l2_index)?.0;
         // A table whose clusters were all skipped stays a hole of the new, empty file.
         if self.l2_dirty && self.l2_table.iter().any(|&b| b != 0) {
-            pwrite_full(self.file, &self.l2_table, off).map_err(|e| Error::io("write", off, e))?;
+            pwrite_full(self.file, &self.l2_table, off)
+                .map_err(|e| Error::io_at("write", off, e))?;
             self.l2_table.fill(0);
         }
         self.l2_dirty = false;
@@ -1078,7 +1080,7 @@ impl<'a> FileWriter<'a> {
                 self.l2_dirty = true;
             }
         }
-        pwrite_full(self.file, &out, start.0).map_err(|e| Error::io("write", start.0, e))?;
+        pwrite_full(self.file, &out, start.0).map_err(|e| Error::io_at("write", start.0, e))?;
         self.wbuf = out;
         Ok(())
     }
@@ -1134,7 +1136,7 @@ impl<'a> FileWriter<'a> {
             stored
         });
         self.layout.write_head(&mut head, &rc, used, true)?;
-        head.flush().map_err(|e| Error::io("write", 0, e))?;
+        head.flush().map_err(|e| Error::io("write", e))?;
         let end = self
             .pos
             .0
@@ -1142,7 +1144,7 @@ impl<'a> FileWriter<'a> {
             .ok_or_else(layout_overflow)?;
         self.file
             .set_len(end)
-            .map_err(|e| Error::io("truncate", end, e))?;
+            .map_err(|e| Error::io_at("truncate", end, e))?;
         Ok(end)
     }
 }
@@ -1427,7 +1429,7 @@ pub fn write_qcow2<S: ReadAt + ?Sized>(
         let mut w = SequentialWriter::new(out, &layout)?;
         feed(&mut |blk, data| w.write_clusters(blk, data))?;
         stats.bytes_written = w.finish()?;
-        out.flush().map_err(|e| Error::io("write", 0, e))?;
+        out.flush().map_err(|e| Error::io("write", e))?;
     }
     progress.finish();
     Ok(stats)
