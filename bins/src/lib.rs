@@ -572,14 +572,14 @@ impl StreamOut {
         }
     }
 
-    pub fn writer(&mut self) -> &mut dyn Write {
+    pub fn writer(&mut self) -> &mut dyn e2i::io::SeqWrite {
         &mut self.w
     }
 
     /// The same output without the buffer, for a writer that gathers its own writes and
     /// counts what the output took (the e2i stream): nothing is held back below it, so the
     /// position of a failed write is exact. Not to be mixed with [`StreamOut::writer`].
-    pub fn unbuffered(&mut self) -> &mut dyn Write {
+    pub fn unbuffered(&mut self) -> &mut dyn e2i::io::SeqWrite {
         self.w.get_mut()
     }
 

@@ -142,6 +142,85 @@ pub fn pwrite_full(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
     file.write_all_at(buf, offset)
 }
 
+/// [`pwrite_full`] whose error (`op`) names the byte where the failing write began: after
+/// a short write (a full disk, a file-size limit), the first byte not written, not `offset`.
+pub fn pwrite_all(file: &File, buf: &[u8], offset: u64, op: &'static str) -> Result<()> {
+    let mut done = 0usize;
+    while let Some(rest) = buf.get(done..).filter(|r| !r.is_empty()) {
+        // Inside `buf`, which lies in the file's range (u64) by the caller's arithmetic.
+        let at = offset.saturating_add(done as u64);
+        match file.write_at(rest, at) {
+            Ok(0) => return Err(Error::io_at(op, at, io::ErrorKind::WriteZero.into())),
+            Ok(n) => done = done.saturating_add(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io_at(op, at, e)),
+        }
+    }
+    Ok(())
+}
+
+/// An output written front to back (a pipe, stdout, a character device, a file through a
+/// buffer) that knows how many bytes its destination has taken, below any buffer: the
+/// output byte where a failed write began (a buffered writer's own position runs ahead).
+pub trait SeqWrite: io::Write {
+    /// Bytes the destination has taken so far.
+    fn taken(&self) -> u64;
+}
+
+/// A writer counting the bytes `inner` takes: the [`SeqWrite`] of any writer.
+pub struct Counted<W> {
+    inner: W,
+    taken: u64,
+}
+
+impl<W: io::Write> Counted<W> {
+    pub fn new(inner: W) -> Self {
+        Counted { inner, taken: 0 }
+    }
+}
+
+impl<W: io::Write> io::Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        // Bytes that went through memory: far below 2^64.
+        self.taken = self.taken.saturating_add(n as u64);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<W: io::Write> SeqWrite for Counted<W> {
+    fn taken(&self) -> u64 {
+        self.taken
+    }
+}
+
+impl<W: SeqWrite> SeqWrite for io::BufWriter<W> {
+    fn taken(&self) -> u64 {
+        self.get_ref().taken()
+    }
+}
+
+impl SeqWrite for Vec<u8> {
+    fn taken(&self) -> u64 {
+        self.len() as u64
+    }
+}
+
+impl<W: SeqWrite + ?Sized> SeqWrite for &mut W {
+    fn taken(&self) -> u64 {
+        (**self).taken()
+    }
+}
+
+/// The error of a failed write (or flush) to `out`: at the first byte it did not take.
+pub fn write_error(out: &dyn SeqWrite, e: io::Error) -> Error {
+    Error::io_at("write", out.taken(), e)
+}
+
 /// Memory alignment of [`AlignedBuf`]: O_DIRECT needs buffers aligned to the device's
 /// logical block size, which is at most the page size.
 pub const DIRECT_ALIGN: usize = 4096;
@@ -218,7 +297,7 @@ pub fn write_maybe_direct(
             Err(e) => return Err(Error::io_at("write", off, e)),
         }
     }
-    pwrite_full(file, data, off).map_err(|e| Error::io_at("write", off, e))
+    pwrite_all(file, data, off, "write")
 }
 
 /// Grow the pipe behind `fd` (if it is one) to 1 MiB, best effort: images cross pipes in

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::Write;
 
 use crate::blockmap::{BlockMap, BlockRun};
-use crate::io::{ReadAt, pread_full, pwrite_full};
+use crate::io::{ReadAt, SeqWrite, pread_full, pwrite_all, write_error};
 use crate::pieces::{
     IO_CHUNK, Piece, block_is_zero, chunk_blocks, for_each_piece, for_each_piece_of_maps,
     same_runs, zero_runs,
@@ -52,8 +52,9 @@ pub enum RawTarget<'a> {
         check: bool,
         room: Option<u64>,
     },
-    /// A stream (pipe, stdout, character device): every byte, holes as zeros.
-    Stream(&'a mut dyn Write),
+    /// A stream (pipe, stdout, character device): every byte, holes as zeros. A failed
+    /// write is named by the byte the stream's destination had taken.
+    Stream(&'a mut dyn SeqWrite),
     /// `-n`: write nothing; list on `list` the blocks the same run would write (`Writing
     /// blocks A-B (N blocks)`). `target` is the existing target (for `check`, which then
     /// lists only the blocks that differ from it), `new_file` that zero blocks would be
@@ -242,7 +243,7 @@ impl<'a> RawSink<'a> {
                 let n = usize::try_from(to.saturating_sub(self.pos))
                     .map_or(IO_CHUNK, |n| n.min(IO_CHUNK));
                 w.write_all(&self.zeros[..n])
-                    .map_err(|e| Error::io_at("write", self.pos, e))?;
+                    .map_err(|e| write_error(*w, e))?;
                 add(&mut self.pos, n as u64);
                 add(&mut self.stats.bytes_written, n as u64);
             }
@@ -315,7 +316,7 @@ impl<'a> RawSink<'a> {
             } else if let Some(f) = file {
                 let (at, part) = blocks_of(data, bsz, i, n);
                 let o = Self::dest(off, at)?;
-                pwrite_full(f, part, o).map_err(|e| Error::io_at("write", o, e))?;
+                pwrite_all(f, part, o, "write")?;
                 add(&mut self.stats.bytes_written, part.len() as u64);
             }
         }
@@ -351,7 +352,7 @@ impl<'a> RawSink<'a> {
                     RawTarget::NewFile { file, dest_offset } => {
                         let (at, part) = blocks_of(data, bsz, i, n);
                         let off = Self::dest(*dest_offset, start.saturating_add(at))?;
-                        pwrite_full(file, part, off).map_err(|e| Error::io_at("write", off, e))?;
+                        pwrite_all(file, part, off, "write")?;
                         add(&mut self.stats.bytes_written, part.len() as u64);
                     }
                     _ => self.list(block.saturating_add(i as u64), n as u64)?,
@@ -360,8 +361,7 @@ impl<'a> RawSink<'a> {
         } else if let RawTarget::Stream(_) = self.target {
             self.fill_stream(start)?;
             if let RawTarget::Stream(w) = &mut self.target {
-                w.write_all(data)
-                    .map_err(|e| Error::io_at("write", start, e))?;
+                w.write_all(data).map_err(|e| write_error(*w, e))?;
             }
             add(&mut self.stats.bytes_written, data.len() as u64);
         } else {
@@ -548,7 +548,7 @@ impl<'a> RawSink<'a> {
             RawTarget::Stream(_) => {
                 self.fill_stream(total)?;
                 if let RawTarget::Stream(w) = &mut self.target {
-                    w.flush().map_err(|e| Error::io_at("write", total, e))?;
+                    w.flush().map_err(|e| write_error(*w, e))?;
                 }
             }
             RawTarget::DryRun { .. } => {
@@ -694,7 +694,7 @@ pub fn write_raw_as_found<S: ReadAt + ?Sized>(
 #[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)] // tests compute expected values freely
 mod tests {
     use super::*;
-    use crate::io::MemSource;
+    use crate::io::{Counted, MemSource, pwrite_full};
     use crate::progress::NoProgress;
     use std::ops::Range;
 
@@ -789,6 +789,51 @@ mod tests {
             want.unreadable.len(),
             want.unreadable.first()
         );
+    }
+
+    /// A destination that takes `left` bytes, then fails every write with ENOSPC.
+    struct FullAfter {
+        left: usize,
+    }
+
+    impl std::io::Write for FullAfter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.left == 0 {
+                return Err(std::io::Error::from_raw_os_error(28));
+            }
+            let n = buf.len().min(self.left);
+            self.left -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Behind a 1 MiB buffer, a stream whose destination fills up was named by the image
+    /// byte of the block being put (the buffer's fill, far past what the destination took):
+    /// the error names the first byte the destination did not take, byte 0 included.
+    #[test]
+    fn a_failed_stream_write_names_the_first_byte_not_taken() {
+        let bs = 1024u64;
+        let data: Vec<u8> = (0..64 * bs).map(|i| (i / bs) as u8 | 1).collect();
+        let map = BlockMap::from_runs(
+            [BlockRun::new(FsBlock(1), 3), BlockRun::new(FsBlock(40), 2)],
+            64,
+        );
+        for left in [0usize, 1, 1500, 40 * 1024 + 7, 64 * 1024 - 1] {
+            let mut out =
+                std::io::BufWriter::with_capacity(1 << 20, Counted::new(FullAfter { left }));
+            let e = write_raw(
+                &MemSource(data.clone()),
+                &map,
+                BlockSize::new(1024).unwrap(),
+                RawTarget::Stream(&mut out),
+                &mut NoProgress,
+            )
+            .unwrap_err();
+            assert_eq!(e.to_string(), format!("write at byte {left}"), "{left}");
+        }
     }
 
     #[test]

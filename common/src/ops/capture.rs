@@ -60,8 +60,9 @@ pub enum Output<'a> {
     /// A block device of `size` bytes: every selected block written, inode tables whole (as
     /// e2image does); an image larger than the device is refused before the first write.
     Device { file: &'a File, size: u64 },
-    /// A pipe, stdout, a character device.
-    Stream(&'a mut dyn Write),
+    /// A pipe, stdout, a character device: counting what it took (where a failed write
+    /// began).
+    Stream(&'a mut dyn crate::io::SeqWrite),
 }
 
 /// What a capture did.

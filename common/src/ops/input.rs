@@ -397,7 +397,7 @@ fn spool(mut r: Box<dyn Read + Send>) -> Result<Spooled> {
                     .checked_add(i as u64)
                     .ok_or_else(|| Error::InvalidInput("the input is too large to spool".into()))?;
                 crate::io::pwrite_full(&file, &buf[i..j], at)
-                    .map_err(|e| Error::temp_file_at("write", pos, e))?;
+                    .map_err(|e| Error::temp_file_at("write", at, e))?;
             }
             i = j;
         }

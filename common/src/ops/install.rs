@@ -49,7 +49,7 @@ use crate::ext4::csum::{self, Checksummer};
 use crate::ext4::desc::{BG_BLOCK_UNINIT, BG_INODE_UNINIT};
 use crate::ext4::superblock::feature;
 use crate::ext4::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
-use crate::io::{FileSource, ReadAt, pwrite_full};
+use crate::io::{FileSource, ReadAt, pwrite_all};
 use crate::mark;
 use crate::mount::{MountState, mount_state};
 use crate::normal::NormalImage;
@@ -880,7 +880,7 @@ fn write_device(
             match &w.data {
                 WriteData::Bytes(b) => {
                     let at = host(w.offset)?;
-                    pwrite_full(f, b, at).map_err(|e| Error::io_at("write", at, e))?;
+                    pwrite_all(f, b, at, "write")?;
                 }
                 WriteData::Image(off) => {
                     let mut pos = 0u64;
@@ -894,7 +894,7 @@ fn write_device(
                         buf.resize(n, 0);
                         read_image(img.source(), &mut buf, off.saturating_add(pos))?;
                         let at = host(w.offset.saturating_add(pos))?;
-                        pwrite_full(f, &buf, at).map_err(|e| Error::io_at("write", at, e))?;
+                        pwrite_all(f, &buf, at, "write")?;
                         pos = pos.saturating_add(n as u64);
                         progress.update(done.saturating_add(bs.blocks_in(pos)));
                     }

@@ -34,7 +34,9 @@ use sha2::{Digest, Sha256};
 use crate::blockmap::BlockRun;
 use crate::bytes::le;
 use crate::error::CorruptKind;
-use crate::io::{ObjectId, ReadAt, pread_full, pwrite_full, reopen_direct, write_maybe_direct};
+use crate::io::{
+    ObjectId, ReadAt, pread_full, pwrite_all, pwrite_full, reopen_direct, write_maybe_direct,
+};
 use crate::progress::{Progress, Unit};
 use crate::units::{BlockSize, FsBlock};
 use crate::{Error, Result};
@@ -481,7 +483,7 @@ impl Saver {
         let hcrc = crc32c::crc32c(&h[..32]);
         le::set_u32(&mut h, 32, hcrc);
         self.crash_point();
-        pwrite_full(&self.file, &h, at).map_err(|e| Error::io_at("write journal", at, e))
+        pwrite_all(&self.file, &h, at, "write journal")
     }
 
     /// The whole record of `piece` at once.
@@ -1023,8 +1025,12 @@ impl Journal {
         })?;
         let off = slot_offset(self.ckpt_at, seq % 2);
         self.crash_point();
-        pwrite_full(&self.file, &encode_ckpt(seq, state, stamp), off)
-            .map_err(|e| Error::io_at("write journal", off, e))?;
+        pwrite_all(
+            &self.file,
+            &encode_ckpt(seq, state, stamp),
+            off,
+            "write journal",
+        )?;
         self.file
             .sync_data()
             .map_err(|e| Error::io_at("sync journal", off, e))?;
