@@ -289,12 +289,15 @@ pub fn write_maybe_direct(
         && data.len().is_multiple_of(SECTOR)
         && data.as_ptr().align_offset(SECTOR) == 0
     {
-        match d.write_all_at(data, off) {
+        // Refused (EINVAL), even part way: all of `data` goes through `file` instead.
+        match pwrite_all(d, data, off, "write") {
             Ok(()) => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+            Err(Error::Io { source, .. })
+                if source.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) =>
+            {
                 *direct = None;
             }
-            Err(e) => return Err(Error::io_at("write", off, e)),
+            Err(e) => return Err(e),
         }
     }
     pwrite_all(file, data, off, "write")
