@@ -435,13 +435,20 @@ pub fn open_output(
     open_output_ranged(req, reads, None)
 }
 
-/// How messages name OUTPUT once it is open: `-` redirected to a block device (which is
-/// then written as that device) is named with the device, `- (stdout, /dev/sdb1)`.
+/// How messages name OUTPUT once it is open: `-` is named with what stdout is, so that a
+/// failed write says where it went: the block device it is written as (`- (stdout,
+/// /dev/sdb1)`), else the file or device behind it (`- (stdout, /dev/full)`), `a pipe`,
+/// `a socket`, or `- (stdout)` (as before the open) when the system does not say.
 pub fn opened_name(given: &str, out: &e2i::output::Output) -> String {
-    if given == "-" && out.kind() == e2i::output::Kind::BlockDevice {
+    if given != "-" {
+        given.to_string()
+    } else if out.kind() == e2i::output::Kind::BlockDevice {
         format!("- (stdout, {})", out.path().display())
     } else {
-        given.to_string()
+        match e2i::output::stdout_target() {
+            Some(t) => format!("- (stdout, {t})"),
+            None => "- (stdout)".to_string(),
+        }
     }
 }
 

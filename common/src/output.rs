@@ -635,10 +635,22 @@ fn hold(req: &Request<'_>, path: &Path) -> Result<Hold> {
 
 /// What stdout is redirected to, for messages: the file's path.
 fn stdout_name() -> String {
-    std::fs::read_link("/proc/self/fd/1").map_or_else(
-        |_| "redirected to a file".to_string(),
-        |p| p.display().to_string(),
-    )
+    stdout_target().unwrap_or_else(|| "redirected to a file".to_string())
+}
+
+/// What stdout is, for messages, from the link /proc/self/fd/1: a path (`/dev/full`, a
+/// file), `a pipe`, `a socket`; `None` when the system does not say (no /proc, an anonymous
+/// file).
+pub fn stdout_target() -> Option<String> {
+    let t = std::fs::read_link("/proc/self/fd/1").ok()?;
+    let t = t.to_string_lossy();
+    if t.starts_with("pipe:") {
+        Some("a pipe".into())
+    } else if t.starts_with("socket:") {
+        Some("a socket".into())
+    } else {
+        t.starts_with('/').then(|| t.into_owned())
+    }
 }
 
 /// Remove what runs killed by SIGKILL (the OOM killer, a power-user's `kill -9`) left of
