@@ -171,6 +171,12 @@ impl<W: Write> Write for HashWriter<W> {
     }
 }
 
+impl<W: Write> e2i::io::SeqWrite for HashWriter<W> {
+    fn taken(&self) -> u64 {
+        self.bytes
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -435,13 +435,20 @@ pub fn open_output(
     open_output_ranged(req, reads, None)
 }
 
-/// How messages name OUTPUT once it is open: `-` redirected to a block device (which is
-/// then written as that device) is named with the device, `- (stdout, /dev/sdb1)`.
+/// How messages name OUTPUT once it is open: `-` is named with what stdout is, so that a
+/// failed write says where it went: the block device it is written as (`- (stdout,
+/// /dev/sdb1)`), else the file or device behind it (`- (stdout, /dev/full)`), `a pipe`,
+/// `a socket`, or `- (stdout)` (as before the open) when the system does not say.
 pub fn opened_name(given: &str, out: &e2i::output::Output) -> String {
-    if given == "-" && out.kind() == e2i::output::Kind::BlockDevice {
+    if given != "-" {
+        given.to_string()
+    } else if out.kind() == e2i::output::Kind::BlockDevice {
         format!("- (stdout, {})", out.path().display())
     } else {
-        given.to_string()
+        match e2i::output::stdout_target() {
+            Some(t) => format!("- (stdout, {t})"),
+            None => "- (stdout)".to_string(),
+        }
     }
 }
 
@@ -572,14 +579,14 @@ impl StreamOut {
         }
     }
 
-    pub fn writer(&mut self) -> &mut dyn Write {
+    pub fn writer(&mut self) -> &mut dyn e2i::io::SeqWrite {
         &mut self.w
     }
 
     /// The same output without the buffer, for a writer that gathers its own writes and
     /// counts what the output took (the e2i stream): nothing is held back below it, so the
     /// position of a failed write is exact. Not to be mixed with [`StreamOut::writer`].
-    pub fn unbuffered(&mut self) -> &mut dyn Write {
+    pub fn unbuffered(&mut self) -> &mut dyn e2i::io::SeqWrite {
         self.w.get_mut()
     }
 
@@ -587,7 +594,7 @@ impl StreamOut {
     /// taken), and give the SHA-256 (when hashing) and the byte count.
     pub fn finish(mut self) -> Result<(Option<String>, u64), e2i::Error> {
         if let Err(e) = self.w.flush() {
-            return Err(e2i::Error::io("write", self.w.get_ref().bytes(), e));
+            return Err(e2i::Error::io_at("write", self.w.get_ref().bytes(), e));
         }
         let h = self.w.get_ref();
         Ok((h.sha256(), h.bytes()))

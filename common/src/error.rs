@@ -10,11 +10,13 @@ pub mod ext4;
 /// Everything that can go wrong in `e2i`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A system call failed. (The source error is printed by the error chain.)
-    #[error("{op}{}", if *offset > 0 { format!(" at byte {offset}") } else { String::new() })]
+    /// A system call failed. (The source error is printed by the error chain.) `offset` is
+    /// the byte of the file it failed at, `None` for calls that have no position (open,
+    /// stat): byte 0 is a position like any other.
+    #[error("{op}{}", at_byte(*offset))]
     Io {
         op: &'static str,
-        offset: u64,
+        offset: Option<u64>,
         #[source]
         source: io::Error,
     },
@@ -64,12 +66,12 @@ pub enum Error {
     #[error(
         "temporary file in {} (TMPDIR): {op}{}: {error}; set TMPDIR to a writable folder with room",
         dir.display(),
-        if *offset > 0 { format!(" at byte {offset}") } else { String::new() }
+        at_byte(*offset)
     )]
     TempFile {
         dir: PathBuf,
         op: &'static str,
-        offset: u64,
+        offset: Option<u64>,
         /// Printed in the message, before the advice (not a `source`, which would follow it).
         error: io::Error,
     },
@@ -703,17 +705,46 @@ pub enum CorruptKind {
     MbrEbr { offset: u64, problem: &'static str },
 }
 
+/// ` at byte N` after an operation that has a position, nothing after one that has none.
+pub(crate) fn at_byte(offset: Option<u64>) -> String {
+    offset.map_or_else(String::new, |o| format!(" at byte {o}"))
+}
+
 impl Error {
-    pub fn io(op: &'static str, offset: u64, source: io::Error) -> Self {
-        Error::Io { op, offset, source }
+    /// A system call without a position (open, stat, sync) failed.
+    pub fn io(op: &'static str, source: io::Error) -> Self {
+        Error::Io {
+            op,
+            offset: None,
+            source,
+        }
     }
 
-    /// [`Error::TempFile`] in the temporary folder.
-    pub fn temp_file(op: &'static str, offset: u64, source: io::Error) -> Self {
+    /// A read or write that began at byte `offset` of its file failed there.
+    pub fn io_at(op: &'static str, offset: u64, source: io::Error) -> Self {
+        Error::Io {
+            op,
+            offset: Some(offset),
+            source,
+        }
+    }
+
+    /// [`Error::TempFile`] in the temporary folder, for a call without a position.
+    pub fn temp_file(op: &'static str, source: io::Error) -> Self {
         Error::TempFile {
             dir: std::env::temp_dir(),
             op,
-            offset,
+            offset: None,
+            error: source,
+        }
+    }
+
+    /// [`Error::TempFile`] in the temporary folder, for a read or write at `offset`.
+    pub fn temp_file_at(op: &'static str, offset: u64, source: io::Error) -> Self {
+        Error::TempFile {
+            dir: std::env::temp_dir(),
+            op,
+            offset: Some(offset),
             error: source,
         }
     }
@@ -834,10 +865,35 @@ impl Error {
     fn beyond_target(op: &'static str, what: String) -> Error {
         Error::Io {
             op,
-            offset: 0,
+            offset: None,
             source: io::Error::new(io::ErrorKind::FileTooLarge, what),
         }
     }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Byte 0 is a position like any other: a write that failed there says so, while a call
+    /// without a position (open, stat) names none.
+    #[test]
+    fn byte_zero_is_a_position_and_none_is_none() {
+        let enospc = || io::Error::from_raw_os_error(28);
+        assert_eq!(
+            Error::io_at("write", 0, enospc()).to_string(),
+            "write at byte 0"
+        );
+        assert_eq!(
+            Error::io_at("write", 7, enospc()).to_string(),
+            "write at byte 7"
+        );
+        assert_eq!(Error::io("open", enospc()).to_string(), "open");
+        let t = Error::temp_file_at("write", 0, enospc()).to_string();
+        assert!(t.contains("): write at byte 0: "), "{t}");
+        let t = Error::temp_file("create", enospc()).to_string();
+        assert!(t.contains("): create: "), "{t}");
+    }
+}

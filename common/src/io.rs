@@ -142,6 +142,85 @@ pub fn pwrite_full(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
     file.write_all_at(buf, offset)
 }
 
+/// [`pwrite_full`] whose error (`op`) names the byte where the failing write began: after
+/// a short write (a full disk, a file-size limit), the first byte not written, not `offset`.
+pub fn pwrite_all(file: &File, buf: &[u8], offset: u64, op: &'static str) -> Result<()> {
+    let mut done = 0usize;
+    while let Some(rest) = buf.get(done..).filter(|r| !r.is_empty()) {
+        // Inside `buf`, which lies in the file's range (u64) by the caller's arithmetic.
+        let at = offset.saturating_add(done as u64);
+        match file.write_at(rest, at) {
+            Ok(0) => return Err(Error::io_at(op, at, io::ErrorKind::WriteZero.into())),
+            Ok(n) => done = done.saturating_add(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io_at(op, at, e)),
+        }
+    }
+    Ok(())
+}
+
+/// An output written front to back (a pipe, stdout, a character device, a file through a
+/// buffer) that knows how many bytes its destination has taken, below any buffer: the
+/// output byte where a failed write began (a buffered writer's own position runs ahead).
+pub trait SeqWrite: io::Write {
+    /// Bytes the destination has taken so far.
+    fn taken(&self) -> u64;
+}
+
+/// A writer counting the bytes `inner` takes: the [`SeqWrite`] of any writer.
+pub struct Counted<W> {
+    inner: W,
+    taken: u64,
+}
+
+impl<W: io::Write> Counted<W> {
+    pub fn new(inner: W) -> Self {
+        Counted { inner, taken: 0 }
+    }
+}
+
+impl<W: io::Write> io::Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        // Bytes that went through memory: far below 2^64.
+        self.taken = self.taken.saturating_add(n as u64);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<W: io::Write> SeqWrite for Counted<W> {
+    fn taken(&self) -> u64 {
+        self.taken
+    }
+}
+
+impl<W: SeqWrite> SeqWrite for io::BufWriter<W> {
+    fn taken(&self) -> u64 {
+        self.get_ref().taken()
+    }
+}
+
+impl SeqWrite for Vec<u8> {
+    fn taken(&self) -> u64 {
+        self.len() as u64
+    }
+}
+
+impl<W: SeqWrite + ?Sized> SeqWrite for &mut W {
+    fn taken(&self) -> u64 {
+        (**self).taken()
+    }
+}
+
+/// The error of a failed write (or flush) to `out`: at the first byte it did not take.
+pub fn write_error(out: &dyn SeqWrite, e: io::Error) -> Error {
+    Error::io_at("write", out.taken(), e)
+}
+
 /// Memory alignment of [`AlignedBuf`]: O_DIRECT needs buffers aligned to the device's
 /// logical block size, which is at most the page size.
 pub const DIRECT_ALIGN: usize = 4096;
@@ -210,15 +289,18 @@ pub fn write_maybe_direct(
         && data.len().is_multiple_of(SECTOR)
         && data.as_ptr().align_offset(SECTOR) == 0
     {
-        match d.write_all_at(data, off) {
+        // Refused (EINVAL), even part way: all of `data` goes through `file` instead.
+        match pwrite_all(d, data, off, "write") {
             Ok(()) => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+            Err(Error::Io { source, .. })
+                if source.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) =>
+            {
                 *direct = None;
             }
-            Err(e) => return Err(Error::io("write", off, e)),
+            Err(e) => return Err(e),
         }
     }
-    pwrite_full(file, data, off).map_err(|e| Error::io("write", off, e))
+    pwrite_all(file, data, off, "write")
 }
 
 /// Grow the pipe behind `fd` (if it is one) to 1 MiB, best effort: images cross pipes in
@@ -268,7 +350,7 @@ impl ObjectId {
 
 /// The size of `file` if it is a block device (a target whose size is fixed), else `None`.
 pub fn block_device_size(file: &File) -> Result<Option<u64>> {
-    let meta = file.metadata().map_err(|e| Error::io("stat", 0, e))?;
+    let meta = file.metadata().map_err(|e| Error::io("stat", e))?;
     if !meta.file_type().is_block_device() {
         return Ok(None);
     }
@@ -278,11 +360,11 @@ pub fn block_device_size(file: &File) -> Result<Option<u64>> {
         "/proc/self/fd/{}",
         std::os::fd::AsRawFd::as_raw_fd(file)
     ))
-    .map_err(|e| Error::io("open", 0, e))?;
+    .map_err(|e| Error::io("open", e))?;
     let mut f = &dev;
     f.seek(SeekFrom::End(0))
         .map(Some)
-        .map_err(|e| Error::io("seek", 0, e))
+        .map_err(|e| Error::io("seek", e))
 }
 
 /// A regular file or block device, read from byte `base` on (the `-o` offset).
@@ -353,16 +435,16 @@ fn willneed_cap(meta: &std::fs::Metadata) -> u64 {
 
 impl FileSource {
     pub fn open(path: &Path, base: u64) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io("open", 0, e))?;
+        let file = File::open(path).map_err(|e| Error::io("open", e))?;
         Self::from_file(file, base)
     }
 
     pub fn from_file(mut file: File, base: u64) -> Result<Self> {
-        let meta = file.metadata().map_err(|e| Error::io("stat", 0, e))?;
+        let meta = file.metadata().map_err(|e| Error::io("stat", e))?;
         let block_device = meta.file_type().is_block_device();
         let total = if block_device {
             file.seek(SeekFrom::End(0))
-                .map_err(|e| Error::io("seek", 0, e))?
+                .map_err(|e| Error::io("seek", e))?
         } else {
             meta.len()
         };
@@ -406,7 +488,7 @@ impl ReadAt for FileSource {
                 self.base
             ))
         })?;
-        let n = pread_full(&self.file, buf, host).map_err(|e| Error::io("read", host, e))?;
+        let n = pread_full(&self.file, buf, host).map_err(|e| Error::io_at("read", host, e))?;
         if n < buf.len() {
             let end = host.saturating_add(n as u64);
             // Named by where the file ends now, not where this read stopped.

@@ -249,7 +249,7 @@ impl Output {
                 refuse_mounted(req, &path)?;
                 let file = if req.dry_run {
                     check_writable(&path)?;
-                    File::open(&path).map_err(|e| Error::io("open", 0, e))?
+                    File::open(&path).map_err(|e| Error::io("open", e))?
                 } else {
                     open_rw(&path, true, req.exclusive)?
                 };
@@ -261,7 +261,7 @@ impl Output {
                 refuse_mounted(req, &path)?;
                 let file = if req.dry_run {
                     check_writable(&path)?;
-                    File::open(&path).map_err(|e| Error::io("open", 0, e))?
+                    File::open(&path).map_err(|e| Error::io("open", e))?
                 } else {
                     open_rw(&path, true, false)?
                 };
@@ -284,7 +284,7 @@ impl Output {
                             .read(true)
                             .write(true)
                             .open(&path)
-                            .map_err(|e| Error::io("open", 0, e))
+                            .map_err(|e| Error::io("open", e))
                     };
                     if !renamable || !rename_allowed(&path, meta.as_ref()) {
                         out.file = Some(open_it()?);
@@ -307,7 +307,6 @@ impl Output {
             Some(t) if t.is_dir() => {
                 return Err(Error::io(
                     "open",
-                    0,
                     io::Error::from_raw_os_error(rustix::io::Errno::ISDIR.raw_os_error()),
                 ));
             }
@@ -349,7 +348,6 @@ impl Output {
             None if path.as_os_str().as_encoded_bytes().ends_with(b"/") => {
                 return Err(Error::io(
                     "create",
-                    0,
                     io::Error::from_raw_os_error(rustix::io::Errno::ISDIR.raw_os_error()),
                 ));
             }
@@ -358,7 +356,7 @@ impl Output {
                 // Would the file be created? Its folder must exist and be writable.
                 let dir = parent_dir(&path);
                 rustix::fs::access(dir, rustix::fs::Access::WRITE_OK)
-                    .map_err(|e| Error::io("create", 0, io::Error::from(e)))?;
+                    .map_err(|e| Error::io("create", io::Error::from(e)))?;
             }
             None => {
                 refuse_device_folder(req, &path)?;
@@ -381,7 +379,7 @@ impl Output {
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| Error::io("create", 0, e.into()))?;
+        .map_err(|e| Error::io("create", e.into()))?;
         let dest_name = dest.file_name().unwrap_or_default().to_os_string();
         let mut last = None;
         for i in 0..100u32 {
@@ -421,13 +419,12 @@ impl Output {
                 }
                 Err(e) => {
                     pending::remove(&tmp);
-                    return Err(Error::io("create", 0, e));
+                    return Err(Error::io("create", e));
                 }
             }
         }
         Err(Error::io(
             "create",
-            0,
             last.unwrap_or_else(|| io::Error::other("no free temporary name")),
         ))
     }
@@ -468,7 +465,7 @@ impl Output {
             let mut f = f;
             let _commit = pending::committing();
             f.seek(io::SeekFrom::End(0))
-                .map_err(|e| Error::io("seek", 0, e))?;
+                .map_err(|e| Error::io("seek", e))?;
             if self.stdout_pending.replace(false) {
                 pending::remove_stdout();
             }
@@ -525,7 +522,7 @@ impl Output {
             && !self.dry_run
             && let Some(f) = &self.file
         {
-            f.sync_data().map_err(|e| Error::io("sync", 0, e))?;
+            f.sync_data().map_err(|e| Error::io("sync", e))?;
         }
         if let Some(p) = &mut self.pending {
             let file = self.file.as_ref();
@@ -542,13 +539,13 @@ impl Output {
                     let _ = rustix::fs::fchown(f, None, Some(rustix::fs::Gid::from_raw(gid)));
                 }
                 f.set_permissions(std::fs::Permissions::from_mode(mode))
-                    .map_err(|e| Error::io("chmod", 0, e))?;
+                    .map_err(|e| Error::io("chmod", e))?;
             }
             // No fsync: like e2image, an image is left to the page cache; the temporary
             // name guards against failures of this run, not against power loss.
             let _commit = pending::committing();
             rustix::fs::renameat(&p.dir, &p.tmp_name, &p.dir, &p.dest_name)
-                .map_err(|e| Error::io("rename", 0, lost_temporary(p, e)))?;
+                .map_err(|e| Error::io("rename", lost_temporary(p, e)))?;
             p.committed = true;
             pending::remove(&p.tmp);
         }
@@ -638,10 +635,22 @@ fn hold(req: &Request<'_>, path: &Path) -> Result<Hold> {
 
 /// What stdout is redirected to, for messages: the file's path.
 fn stdout_name() -> String {
-    std::fs::read_link("/proc/self/fd/1").map_or_else(
-        |_| "redirected to a file".to_string(),
-        |p| p.display().to_string(),
-    )
+    stdout_target().unwrap_or_else(|| "redirected to a file".to_string())
+}
+
+/// What stdout is, for messages, from the link /proc/self/fd/1: a path (`/dev/full`, a
+/// file), `a pipe`, `a socket`; `None` when the system does not say (no /proc, an anonymous
+/// file).
+pub fn stdout_target() -> Option<String> {
+    let t = std::fs::read_link("/proc/self/fd/1").ok()?;
+    let t = t.to_string_lossy();
+    if t.starts_with("pipe:") {
+        Some("a pipe".into())
+    } else if t.starts_with("socket:") {
+        Some("a socket".into())
+    } else {
+        t.starts_with('/').then(|| t.into_owned())
+    }
 }
 
 /// Remove what runs killed by SIGKILL (the OOM killer, a power-user's `kill -9`) left of
@@ -775,8 +784,8 @@ fn open_fifo(path: &Path) -> Result<File> {
         .open(path)
     {
         Ok(f) => {
-            let fl = fcntl_getfl(&f).map_err(|e| Error::io("fcntl", 0, e.into()))?;
-            fcntl_setfl(&f, fl - OFlags::NONBLOCK).map_err(|e| Error::io("fcntl", 0, e.into()))?;
+            let fl = fcntl_getfl(&f).map_err(|e| Error::io("fcntl", e.into()))?;
+            fcntl_setfl(&f, fl - OFlags::NONBLOCK).map_err(|e| Error::io("fcntl", e.into()))?;
             Ok(f)
         }
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error()) => {
@@ -785,7 +794,7 @@ fn open_fifo(path: &Path) -> Result<File> {
             }
             open_rw(path, false, false)
         }
-        Err(e) => Err(Error::io("open", 0, e)),
+        Err(e) => Err(Error::io("open", e)),
     }
 }
 
@@ -802,7 +811,7 @@ fn open_rw(path: &Path, read: bool, exclusive: bool) -> Result<File> {
                 path.display()
             ))
         } else {
-            Error::io("open", 0, e)
+            Error::io("open", e)
         }
     })
 }
@@ -818,7 +827,7 @@ fn check_writable(path: &Path) -> Result<()> {
         rustix::fs::Access::WRITE_OK,
         rustix::fs::AtFlags::EACCESS,
     )
-    .map_err(|e| Error::io("open", 0, io::Error::from(e)))?;
+    .map_err(|e| Error::io("open", io::Error::from(e)))?;
     // Regular files only: opening a device, even to read, can act (a tape rewinds).
     if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
         return Ok(());
@@ -841,7 +850,6 @@ fn check_writable(path: &Path) -> Result<()> {
     {
         return Err(Error::io(
             "open",
-            0,
             io::Error::from_raw_os_error(rustix::io::Errno::PERM.raw_os_error()),
         ));
     }
@@ -952,7 +960,7 @@ fn resolve(given: &Path) -> Result<Resolved> {
             meta: None,
             renamable: true,
         }),
-        Err(e) => Err(Error::io("stat", 0, e)),
+        Err(e) => Err(Error::io("stat", e)),
     }
 }
 
@@ -964,7 +972,7 @@ pub fn follow_links(p: &Path) -> Result<PathBuf> {
     for _ in 0..40 {
         match std::fs::symlink_metadata(&cur) {
             Ok(m) if m.file_type().is_symlink() => {
-                let to = std::fs::read_link(&cur).map_err(|e| Error::io("readlink", 0, e))?;
+                let to = std::fs::read_link(&cur).map_err(|e| Error::io("readlink", e))?;
                 cur = if to.is_absolute() {
                     to
                 } else {
@@ -976,7 +984,6 @@ pub fn follow_links(p: &Path) -> Result<PathBuf> {
     }
     Err(Error::io(
         "open",
-        0,
         io::Error::from_raw_os_error(rustix::io::Errno::LOOP.raw_os_error()),
     ))
 }

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::Write;
 
 use crate::blockmap::{BlockMap, BlockRun};
-use crate::io::{ReadAt, pread_full, pwrite_full};
+use crate::io::{ReadAt, SeqWrite, pread_full, pwrite_all, write_error};
 use crate::pieces::{
     IO_CHUNK, Piece, block_is_zero, chunk_blocks, for_each_piece, for_each_piece_of_maps,
     same_runs, zero_runs,
@@ -52,8 +52,9 @@ pub enum RawTarget<'a> {
         check: bool,
         room: Option<u64>,
     },
-    /// A stream (pipe, stdout, character device): every byte, holes as zeros.
-    Stream(&'a mut dyn Write),
+    /// A stream (pipe, stdout, character device): every byte, holes as zeros. A failed
+    /// write is named by the byte the stream's destination had taken.
+    Stream(&'a mut dyn SeqWrite),
     /// `-n`: write nothing; list on `list` the blocks the same run would write (`Writing
     /// blocks A-B (N blocks)`). `target` is the existing target (for `check`, which then
     /// lists only the blocks that differ from it), `new_file` that zero blocks would be
@@ -242,7 +243,7 @@ impl<'a> RawSink<'a> {
                 let n = usize::try_from(to.saturating_sub(self.pos))
                     .map_or(IO_CHUNK, |n| n.min(IO_CHUNK));
                 w.write_all(&self.zeros[..n])
-                    .map_err(|e| Error::io("write", self.pos, e))?;
+                    .map_err(|e| write_error(*w, e))?;
                 add(&mut self.pos, n as u64);
                 add(&mut self.stats.bytes_written, n as u64);
             }
@@ -266,7 +267,7 @@ impl<'a> RawSink<'a> {
         if let (Some((f, n)), RawTarget::DryRun { list, .. }) =
             (self.listed.take(), &mut self.target)
         {
-            writeln!(list, "Writing {}", range_text(f, n)).map_err(|e| Error::io("list", 0, e))?;
+            writeln!(list, "Writing {}", range_text(f, n)).map_err(|e| Error::io("list", e))?;
         }
         Ok(())
     }
@@ -299,7 +300,7 @@ impl<'a> RawSink<'a> {
             Some(f) => {
                 self.cmp.resize(data.len(), 0);
                 let got = pread_full(f, &mut self.cmp, off)
-                    .map_err(|e| Error::io("read back", off, e))?;
+                    .map_err(|e| Error::io_at("read back", off, e))?;
                 same_runs(data, &self.cmp, got, bsz, &mut |i, n, same| {
                     runs.push((i, n, same));
                     Ok(())
@@ -315,7 +316,7 @@ impl<'a> RawSink<'a> {
             } else if let Some(f) = file {
                 let (at, part) = blocks_of(data, bsz, i, n);
                 let o = Self::dest(off, at)?;
-                pwrite_full(f, part, o).map_err(|e| Error::io("write", o, e))?;
+                pwrite_all(f, part, o, "write")?;
                 add(&mut self.stats.bytes_written, part.len() as u64);
             }
         }
@@ -351,7 +352,7 @@ impl<'a> RawSink<'a> {
                     RawTarget::NewFile { file, dest_offset } => {
                         let (at, part) = blocks_of(data, bsz, i, n);
                         let off = Self::dest(*dest_offset, start.saturating_add(at))?;
-                        pwrite_full(file, part, off).map_err(|e| Error::io("write", off, e))?;
+                        pwrite_all(file, part, off, "write")?;
                         add(&mut self.stats.bytes_written, part.len() as u64);
                     }
                     _ => self.list(block.saturating_add(i as u64), n as u64)?,
@@ -360,8 +361,7 @@ impl<'a> RawSink<'a> {
         } else if let RawTarget::Stream(_) = self.target {
             self.fill_stream(start)?;
             if let RawTarget::Stream(w) = &mut self.target {
-                w.write_all(data)
-                    .map_err(|e| Error::io("write", start, e))?;
+                w.write_all(data).map_err(|e| write_error(*w, e))?;
             }
             add(&mut self.stats.bytes_written, data.len() as u64);
         } else {
@@ -427,7 +427,7 @@ impl<'a> RawSink<'a> {
             return Ok(None);
         };
         let off = Self::dest(dest_offset, self.image_bytes(block, 1)?.start)?;
-        let size = file.metadata().map_err(|e| Error::io("stat", 0, e))?.len();
+        let size = file.metadata().map_err(|e| Error::io("stat", e))?.len();
         if off >= size {
             return Ok(None);
         }
@@ -530,7 +530,7 @@ impl<'a> RawSink<'a> {
                 // Checked when the sink was made.
                 let end = dest_offset.saturating_add(total);
                 file.set_len(end)
-                    .map_err(|e| Error::io("truncate", end, e))?;
+                    .map_err(|e| Error::io_at("truncate", end, e))?;
             }
             RawTarget::InPlace {
                 file,
@@ -539,22 +539,22 @@ impl<'a> RawSink<'a> {
                 ..
             } => {
                 let end = dest_offset.saturating_add(total);
-                let meta = file.metadata().map_err(|e| Error::io("stat", 0, e))?;
+                let meta = file.metadata().map_err(|e| Error::io("stat", e))?;
                 if meta.is_file() && meta.len() < end {
                     file.set_len(end)
-                        .map_err(|e| Error::io("truncate", end, e))?;
+                        .map_err(|e| Error::io_at("truncate", end, e))?;
                 }
             }
             RawTarget::Stream(_) => {
                 self.fill_stream(total)?;
                 if let RawTarget::Stream(w) = &mut self.target {
-                    w.flush().map_err(|e| Error::io("write", total, e))?;
+                    w.flush().map_err(|e| write_error(*w, e))?;
                 }
             }
             RawTarget::DryRun { .. } => {
                 self.flush_list()?;
                 if let RawTarget::DryRun { list, .. } = &mut self.target {
-                    list.flush().map_err(|e| Error::io("list", 0, e))?;
+                    list.flush().map_err(|e| Error::io("list", e))?;
                 }
             }
             RawTarget::InPlace { .. } => {}
@@ -694,7 +694,7 @@ pub fn write_raw_as_found<S: ReadAt + ?Sized>(
 #[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)] // tests compute expected values freely
 mod tests {
     use super::*;
-    use crate::io::MemSource;
+    use crate::io::{Counted, MemSource, pwrite_full};
     use crate::progress::NoProgress;
     use std::ops::Range;
 
@@ -708,7 +708,7 @@ mod tests {
         fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
             let end = offset + buf.len() as u64;
             if offset < self.bad.end && self.bad.start < end {
-                return Err(Error::io(
+                return Err(Error::io_at(
                     "read",
                     offset,
                     std::io::Error::from_raw_os_error(5),
@@ -728,7 +728,7 @@ mod tests {
         fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
             let (first, last) = (offset / 1024, (offset + buf.len() as u64 - 1) / 1024);
             if (first..=last).any(|b| b % 2 == 0) {
-                return Err(Error::io(
+                return Err(Error::io_at(
                     "read",
                     offset,
                     std::io::Error::from_raw_os_error(5),
@@ -789,6 +789,51 @@ mod tests {
             want.unreadable.len(),
             want.unreadable.first()
         );
+    }
+
+    /// A destination that takes `left` bytes, then fails every write with ENOSPC.
+    struct FullAfter {
+        left: usize,
+    }
+
+    impl std::io::Write for FullAfter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.left == 0 {
+                return Err(std::io::Error::from_raw_os_error(28));
+            }
+            let n = buf.len().min(self.left);
+            self.left -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Behind a 1 MiB buffer, a stream whose destination fills up was named by the image
+    /// byte of the block being put (the buffer's fill, far past what the destination took):
+    /// the error names the first byte the destination did not take, byte 0 included.
+    #[test]
+    fn a_failed_stream_write_names_the_first_byte_not_taken() {
+        let bs = 1024u64;
+        let data: Vec<u8> = (0..64 * bs).map(|i| (i / bs) as u8 | 1).collect();
+        let map = BlockMap::from_runs(
+            [BlockRun::new(FsBlock(1), 3), BlockRun::new(FsBlock(40), 2)],
+            64,
+        );
+        for left in [0usize, 1, 1500, 40 * 1024 + 7, 64 * 1024 - 1] {
+            let mut out =
+                std::io::BufWriter::with_capacity(1 << 20, Counted::new(FullAfter { left }));
+            let e = write_raw(
+                &MemSource(data.clone()),
+                &map,
+                BlockSize::new(1024).unwrap(),
+                RawTarget::Stream(&mut out),
+                &mut NoProgress,
+            )
+            .unwrap_err();
+            assert_eq!(e.to_string(), format!("write at byte {left}"), "{left}");
+        }
     }
 
     #[test]

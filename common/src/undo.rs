@@ -32,7 +32,7 @@ use std::fs::File;
 use crate::blockmap::BlockRun;
 use crate::bytes::le;
 use crate::ext4::csum::crc32c_raw;
-use crate::io::{ReadAt, pwrite_full};
+use crate::io::{ReadAt, pwrite_all};
 use crate::units::BlockSize;
 use crate::{Error, Result};
 
@@ -119,7 +119,7 @@ pub fn write_undo<D: ReadAt + ?Sized>(
     let at = |blk: u64| block_size.bytes_of(blk).ok_or_else(too_large);
     let wr = |buf: &[u8], blk: u64| -> Result<()> {
         let off = at(blk)?;
-        pwrite_full(out, buf, off).map_err(|e| Error::io("write undo file", off, e))
+        pwrite_all(out, buf, off, "write undo file")
     };
 
     // Split the runs into keys of at most MAX_KEY_BLOCKS blocks.
@@ -174,11 +174,10 @@ pub fn write_undo<D: ReadAt + ?Sized>(
     stats.file_size = at(next)?;
     // Everything the header points at is on disk before the header names it.
     out.sync_data()
-        .map_err(|e| Error::io("sync undo file", 0, e))?;
+        .map_err(|e| Error::io("sync undo file", e))?;
     let h = header(stats.keys, SUPER_BEFORE, block_size, &before, fs_offset);
-    pwrite_full(out, &h, 0).map_err(|e| Error::io("write undo file", 0, e))?;
-    out.sync_all()
-        .map_err(|e| Error::io("sync undo file", 0, e))?;
+    pwrite_all(out, &h, 0, "write undo file")?;
+    out.sync_all().map_err(|e| Error::io("sync undo file", e))?;
     Ok(stats)
 }
 
@@ -193,9 +192,8 @@ pub fn commit_undo(
 ) -> Result<()> {
     let h = header(stats.keys, SUPER_AFTER, block_size, final_super, fs_offset);
     // One write of one sector: the header is either the old or the new one.
-    pwrite_full(out, &h, 0).map_err(|e| Error::io("write undo file", 0, e))?;
-    out.sync_all()
-        .map_err(|e| Error::io("sync undo file", 0, e))
+    pwrite_all(out, &h, 0, "write undo file")?;
+    out.sync_all().map_err(|e| Error::io("sync undo file", e))
 }
 
 /// The 512-byte header: `keys` keys from block [`FIRST_KEY`], the superblock copy `sb` at

@@ -50,8 +50,9 @@ macro_rules! diag_errors {
             "Errors are one line on stderr, `",
             $tool,
             ": FILE: what`, naming the file the error is about: the one written for a write \
-error or a lack of room (`write at byte N: No space left on device`, N where the \
-failed write began; for an e2i stream, the first byte the target did not take), the one read for a read or format error. A file read that ends, \
+error or a lack of room (`write at byte N: No space left on device`, N the byte of the \
+target where the failed write began: the first byte it did not take, whatever the writes gathered or buffered; \
+stdout named as what it is, `- (stdout, /dev/full)`, `- (stdout, a pipe)`), the one read for a read or format error. A file read that ends, \
 during the run, before the size it had when the run opened it (truncated meanwhile) fails \
 the run: `it ends at byte N but held M bytes when the run opened it`.\n"
         )

@@ -1512,3 +1512,132 @@ fn stdout_redirected_to_a_block_device_is_that_device() {
         assert_eq!(digest(lo.path()), via_stdout, "{script}");
     }
 }
+
+/// A write error names the byte of OUTPUT where the failed write began (the first byte the
+/// target did not take, whatever the writer buffered), byte 0 included, and OUTPUT `-` as
+/// what stdout is. Raw, qcow2 and normal images to a full stdout said `-: write at byte
+/// 626688` (the block being put, a buffer past the failed write) and the e2i stream `-:
+/// write` (byte 0 read as "no position").
+#[test]
+fn write_errors_name_the_byte_and_what_stdout_is() {
+    let fx = Fx::new("8M");
+    let full = char_dev(fx.dir.path(), "full", 7);
+    let enospc = "No space left on device (os error 28)";
+    let normal = W {
+        tool: "e2i-capture",
+        args: &["--format", "normal"],
+        input: In::Img,
+        streams: true,
+    };
+    let writers = WRITERS.iter().filter(|w| w.streams).chain([&normal]);
+    for w in writers {
+        let input = fx.input(w.input);
+        // OUTPUT `-`, stdout a full device.
+        let o = run(w
+            .cmd(input, Path::new("-"))
+            .stdout(fs::OpenOptions::new().write(true).open(&full).unwrap()));
+        assert_eq!(o.status.code(), Some(1), "{}", w.name());
+        assert_eq!(
+            text(&o.stderr),
+            format!(
+                "{}: - (stdout, {}): write at byte 0: {enospc}\n",
+                w.tool,
+                full.display()
+            ),
+            "{} > full",
+            w.name()
+        );
+        // The same device as OUTPUT.
+        let o = run(&mut w.cmd(input, &full));
+        assert_eq!(o.status.code(), Some(1), "{}", w.name());
+        assert_eq!(
+            text(&o.stderr),
+            format!(
+                "{}: {}: write at byte 0: {enospc}\n",
+                w.tool,
+                full.display()
+            ),
+            "{} full",
+            w.name()
+        );
+        // A closed pipe, SIGPIPE ignored by whoever started the run (EPIPE instead of the
+        // signal): still the quiet 141 of a closed pipe, not a write error.
+        let o = run(Command::new("sh")
+            .arg("-c")
+            .arg("trap '' PIPE; exec \"$@\"")
+            .arg("sh")
+            .arg(tool(w.tool))
+            .args(w.args)
+            .arg(input)
+            .arg("-")
+            .stdout(closed_pipe()));
+        assert_eq!(
+            o.status.code(),
+            Some(141),
+            "{}: {}",
+            w.name(),
+            text(&o.stderr)
+        );
+        assert_eq!(text(&o.stderr), "", "{} into a closed pipe", w.name());
+    }
+}
+
+/// A file-size limit (`ulimit -f`, EFBIG) reached inside a write: the error names the
+/// limit, the first byte not written, not the start of the write that was cut short (nor
+/// a buffered writer's position). 3 blocks of 512 bytes: inside the first superblock's
+/// write (bytes 1024-2047 and on) of each raw-ordered image; a qcow2 writes its data
+/// clusters before its head, so its first failed write is a cluster past the limit.
+#[test]
+fn a_write_cut_short_names_the_first_byte_not_written() {
+    let fx = Fx::new("8M");
+    let efbig = "File too large (os error 27)";
+    let normal = W {
+        tool: "e2i-capture",
+        args: &["--format", "normal"],
+        input: In::Img,
+        streams: true,
+    };
+    for w in WRITERS.iter().chain([&normal]) {
+        let out = fx.path("limited.out");
+        let _ = fs::remove_file(&out);
+        let o = run(Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -f 3; exec \"$@\"")
+            .arg("sh")
+            .arg(tool(w.tool))
+            .args(w.args)
+            .arg(fx.input(w.input))
+            .arg(&out));
+        let err = failed(&o, &w.name());
+        let err = err.trim_end();
+        let prefix = format!("{}: {}: write at byte ", w.tool, out.display());
+        let at: u64 = err
+            .strip_prefix(&prefix)
+            .and_then(|r| r.strip_suffix(&format!(": {efbig}")))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{}: {err}", w.name()));
+        let qcow2 = w.tool == "e2i-to-qcow2" || w.args == ["-Q"];
+        if qcow2 {
+            assert!(at >= 1536 && at.is_multiple_of(512), "{}: {err}", w.name());
+        } else {
+            assert_eq!(at, 1536, "{}: {err}", w.name());
+        }
+    }
+    // Stdout redirected to the file (written by position, as a new file) is named as it.
+    let out = fx.path("stdout.raw");
+    let o = run(Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -f 3; exec \"$@\" > \"$0\"")
+        .arg(&out)
+        .arg(tool("e2i-capture"))
+        .args(["-r"])
+        .arg(&fx.img)
+        .arg("-"));
+    assert_eq!(
+        failed(&o, "e2i-capture -r > file under ulimit -f").trim_end(),
+        format!(
+            "e2i-capture: - (stdout, {}): write at byte 1536: {efbig}",
+            out.display()
+        )
+    );
+}

@@ -626,7 +626,8 @@ fn man_pages_describe_the_statuses_and_messages() {
         "as the work ends",
         "Diagnostics:",
         "write at byte N: No space left on device",
-        "for an e2i stream, the first byte the target did not take",
+        "the first byte it did not take, whatever the writes gathered or buffered",
+        "- (stdout, a pipe)",
         "it ends at byte N but held M bytes when the run opened it",
     ];
     let per_tool: &[(&str, &[&str])] = &[

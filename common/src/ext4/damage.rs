@@ -37,7 +37,7 @@ pub enum ProblemKind {
     /// A read failed (an I/O error of the source); `op` and `offset` say where.
     Read {
         op: &'static str,
-        offset: u64,
+        offset: Option<u64>,
         error: std::io::ErrorKind,
         message: String,
     },
@@ -82,7 +82,7 @@ impl Problem {
             },
             _ => Error::Io {
                 op: "reading the source",
-                offset: 0,
+                offset: None,
                 source: std::io::Error::other(text),
             },
         }
@@ -123,7 +123,7 @@ impl fmt::Display for Problem {
                 if let Some(ino) = self.ino {
                     write!(f, "inode {ino}: ")?;
                 }
-                write!(f, "{op} at byte {offset}: {message}")
+                write!(f, "{op}{}: {message}", crate::error::at_byte(*offset))
             }
             ProblemKind::CopyUnreadable { first, count } => {
                 write_range(

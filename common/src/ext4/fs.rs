@@ -111,7 +111,6 @@ impl<S: ReadAt> Filesystem<S> {
         raw_desc.try_reserve_exact(desc_len).map_err(|_| {
             Error::io(
                 "allocate the descriptor table",
-                0,
                 std::io::Error::from(std::io::ErrorKind::OutOfMemory),
             )
         })?;

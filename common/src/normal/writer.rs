@@ -16,7 +16,7 @@ use crate::error::CorruptKind;
 use crate::ext4::bitmap;
 use crate::ext4::desc::DescTable;
 use crate::ext4::{Filesystem, Superblock};
-use crate::io::{ReadAt, pwrite_full};
+use crate::io::{ReadAt, SeqWrite, pwrite_all, write_error};
 use crate::pieces::zero_runs;
 use crate::progress::{Progress, Unit};
 use crate::units::FsBlock;
@@ -86,8 +86,9 @@ pub enum NormalTarget<'a> {
     NewFile(&'a File),
     /// A block device (or an existing file to overwrite): every byte is written.
     Device(&'a File),
-    /// A pipe: written sequentially, zeros included.
-    Stream(&'a mut dyn Write),
+    /// A pipe: written sequentially, zeros included. A failed write is named by the byte
+    /// the pipe had taken.
+    Stream(&'a mut dyn SeqWrite),
 }
 
 /// What [`write_normal`] did.
@@ -115,11 +116,10 @@ impl Out<'_, '_> {
     fn data(&mut self, buf: &[u8]) -> Result<()> {
         match self.target {
             NormalTarget::NewFile(f) | NormalTarget::Device(f) => {
-                pwrite_full(f, buf, self.pos).map_err(|e| Error::io("write", self.pos, e))?;
+                pwrite_all(f, buf, self.pos, "write")?;
             }
             NormalTarget::Stream(w) => {
-                w.write_all(buf)
-                    .map_err(|e| Error::io("write", self.pos, e))?;
+                w.write_all(buf).map_err(|e| write_error(*w, e))?;
             }
         }
         // Byte counts of what went through memory: far below 2^64.
@@ -325,9 +325,9 @@ pub fn write_normal<S: ReadAt>(
     match &mut target {
         NormalTarget::NewFile(f) => f
             .set_len(layout.size)
-            .map_err(|e| Error::io("truncate", layout.size, e))?,
+            .map_err(|e| Error::io_at("truncate", layout.size, e))?,
         NormalTarget::Device(_) => {}
-        NormalTarget::Stream(w) => w.flush().map_err(|e| Error::io("write", layout.size, e))?,
+        NormalTarget::Stream(w) => w.flush().map_err(|e| write_error(*w, e))?,
     }
     Ok(stats)
 }

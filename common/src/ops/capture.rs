@@ -60,8 +60,9 @@ pub enum Output<'a> {
     /// A block device of `size` bytes: every selected block written, inode tables whole (as
     /// e2image does); an image larger than the device is refused before the first write.
     Device { file: &'a File, size: u64 },
-    /// A pipe, stdout, a character device.
-    Stream(&'a mut dyn Write),
+    /// A pipe, stdout, a character device: counting what it took (where a failed write
+    /// began).
+    Stream(&'a mut dyn crate::io::SeqWrite),
 }
 
 /// What a capture did.
@@ -98,7 +99,7 @@ pub fn open_source_in(path: &Path, offset: u64, dir: &Path) -> Result<Box<dyn Re
         use std::os::unix::fs::FileTypeExt;
         m.is_file() || m.file_type().is_block_device()
     };
-    let meta = std::fs::metadata(path).map_err(|e| Error::io("open", 0, e))?;
+    let meta = std::fs::metadata(path).map_err(|e| Error::io("open", e))?;
     let whole = if seekable(&meta) {
         Some(FileSource::open(path, 0)?)
     } else {

@@ -192,9 +192,7 @@ pub fn hold(
         };
         for k in order {
             let reader = FileSource::from_file(
-                hold._held[k]
-                    .try_clone()
-                    .map_err(|e| Error::io("dup", 0, e))?,
+                hold._held[k].try_clone().map_err(|e| Error::io("dup", e))?,
                 0,
             )?;
             if !matches!(j.verify(&reader, progress), Ok(Ok(_))) {

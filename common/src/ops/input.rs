@@ -87,7 +87,7 @@ fn peek(mut r: Box<dyn Read + Send>) -> Result<(Vec<u8>, Box<dyn Read + Send>)> 
             // k is at most what is left of `head`.
             Ok(k) => n = n.saturating_add(k),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("read", n as u64, e)),
+            Err(e) => return Err(Error::io_at("read", n as u64, e)),
         }
     }
     head.truncate(n);
@@ -373,7 +373,7 @@ impl Spooled {
 
 /// Copy `r` into a new temporary file without a name, leaving all-zero blocks as holes.
 fn spool(mut r: Box<dyn Read + Send>) -> Result<Spooled> {
-    let file = tempfile::tempfile().map_err(|e| Error::temp_file("create", 0, e))?;
+    let file = tempfile::tempfile().map_err(|e| Error::temp_file("create", e))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0u64;
     loop {
@@ -383,7 +383,7 @@ fn spool(mut r: Box<dyn Read + Send>) -> Result<Spooled> {
                 Ok(0) => break,
                 Ok(k) => n = n.saturating_add(k),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io("read", pos.saturating_add(n as u64), e)),
+                Err(e) => return Err(Error::io_at("read", pos.saturating_add(n as u64), e)),
             }
         }
         if n == 0 {
@@ -397,7 +397,7 @@ fn spool(mut r: Box<dyn Read + Send>) -> Result<Spooled> {
                     .checked_add(i as u64)
                     .ok_or_else(|| Error::InvalidInput("the input is too large to spool".into()))?;
                 crate::io::pwrite_full(&file, &buf[i..j], at)
-                    .map_err(|e| Error::temp_file("write", pos, e))?;
+                    .map_err(|e| Error::temp_file_at("write", at, e))?;
             }
             i = j;
         }
@@ -409,7 +409,7 @@ fn spool(mut r: Box<dyn Read + Send>) -> Result<Spooled> {
         }
     }
     file.set_len(pos)
-        .map_err(|e| Error::io("truncate", pos, e))?;
+        .map_err(|e| Error::io_at("truncate", pos, e))?;
     Ok(Spooled(file))
 }
 
@@ -422,8 +422,8 @@ pub fn open(path: &Path) -> Result<Input> {
         crate::io::grow_pipe(io::stdin());
         (Box::new(io::stdin()), false)
     } else {
-        let f = File::open(path).map_err(|e| Error::io("open", 0, e))?;
-        let meta = f.metadata().map_err(|e| Error::io("stat", 0, e))?;
+        let f = File::open(path).map_err(|e| Error::io("open", e))?;
+        let meta = f.metadata().map_err(|e| Error::io("stat", e))?;
         let seekable = {
             use std::os::unix::fs::FileTypeExt;
             meta.is_file() || meta.file_type().is_block_device()

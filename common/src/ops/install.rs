@@ -49,7 +49,7 @@ use crate::ext4::csum::{self, Checksummer};
 use crate::ext4::desc::{BG_BLOCK_UNINIT, BG_INODE_UNINIT};
 use crate::ext4::superblock::feature;
 use crate::ext4::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
-use crate::io::{FileSource, ReadAt, pwrite_full};
+use crate::io::{FileSource, ReadAt, pwrite_all};
 use crate::mark;
 use crate::mount::{MountState, mount_state};
 use crate::normal::NormalImage;
@@ -652,7 +652,7 @@ impl Install {
                     device.display()
                 ))
             } else {
-                Error::io("open device", 0, e)
+                Error::io("open device", e)
             }
         })?;
         let dev = FileSource::from_file(file, opts.offset)?;
@@ -784,7 +784,7 @@ impl Install {
                 .create_new(true)
                 .mode(0o600)
                 .open(path)
-                .map_err(|e| Error::io("create undo file", 0, e))?;
+                .map_err(|e| Error::io("create undo file", e))?;
             // Until it is complete, DEVICE is untouched and the undo file useless: removed
             // if its writing fails (a full disk) or a signal ends the run, rather than left
             // to block the rerun as "already exists".
@@ -874,13 +874,13 @@ fn write_device(
         for (i, w) in report.writes.iter().enumerate() {
             if i == last {
                 // Everything else reaches the device before the superblock.
-                f.sync_data().map_err(|e| Error::io("sync", 0, e))?;
+                f.sync_data().map_err(|e| Error::io("sync", e))?;
                 critical = Some(crate::output::pending::critical());
             }
             match &w.data {
                 WriteData::Bytes(b) => {
                     let at = host(w.offset)?;
-                    pwrite_full(f, b, at).map_err(|e| Error::io("write", at, e))?;
+                    pwrite_all(f, b, at, "write")?;
                 }
                 WriteData::Image(off) => {
                     let mut pos = 0u64;
@@ -894,7 +894,7 @@ fn write_device(
                         buf.resize(n, 0);
                         read_image(img.source(), &mut buf, off.saturating_add(pos))?;
                         let at = host(w.offset.saturating_add(pos))?;
-                        pwrite_full(f, &buf, at).map_err(|e| Error::io("write", at, e))?;
+                        pwrite_all(f, &buf, at, "write")?;
                         pos = pos.saturating_add(n as u64);
                         progress.update(done.saturating_add(bs.blocks_in(pos)));
                     }
@@ -903,7 +903,7 @@ fn write_device(
             done = done.saturating_add(bs.blocks_in(w.len));
             progress.update(done);
         }
-        f.sync_all().map_err(|e| Error::io("sync", 0, e))?;
+        f.sync_all().map_err(|e| Error::io("sync", e))?;
     }
     // Hidden, for tests only: stop here (SIGSTOP), the superblock written and the undo
     // file not yet switched, so that a test can signal the run at that instant.
@@ -935,7 +935,7 @@ fn final_superblock(writes: &[PlannedWrite]) -> Result<[u8; SUPERBLOCK_SIZE]> {
 pub fn refuse_existing_undo(path: &Path) -> Result<()> {
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("stat undo file", 0, e)),
+        Err(e) => Err(Error::io("stat undo file", e)),
         Ok(m) => {
             use std::os::unix::fs::FileTypeExt;
             let t = m.file_type();

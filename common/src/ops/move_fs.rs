@@ -161,9 +161,9 @@ fn overflow(what: &str) -> Error {
 }
 
 fn file_size(file: &File) -> Result<(u64, bool)> {
-    let meta = file.metadata().map_err(|e| Error::io("stat", 0, e))?;
+    let meta = file.metadata().map_err(|e| Error::io("stat", e))?;
     if meta.file_type().is_block_device() {
-        let src = FileSource::from_file(file.try_clone().map_err(|e| Error::io("dup", 0, e))?, 0)?;
+        let src = FileSource::from_file(file.try_clone().map_err(|e| Error::io("dup", e))?, 0)?;
         Ok((src.size(), true))
     } else {
         Ok((meta.len(), false))
@@ -276,7 +276,7 @@ pub fn clone_fs(
         } else if opts.check {
             let off = dest_at(blk)?;
             cmp.resize(data.len(), 0);
-            let got = pread_full(out, &mut cmp, off).map_err(|e| Error::io("read", off, e))?;
+            let got = pread_full(out, &mut cmp, off).map_err(|e| Error::io_at("read", off, e))?;
             same_runs(data, &cmp, got, bsz, &mut |i, k, same| {
                 match (same, part(i, k)) {
                     (true, _) => {
@@ -298,7 +298,7 @@ pub fn clone_fs(
     if !opts.dry_run && !out_dev && out_len < end {
         // A new file gets exactly O + fs size; an existing one is only ever grown.
         out.set_len(end)
-            .map_err(|e| Error::io("truncate", end, e))?;
+            .map_err(|e| Error::io_at("truncate", end, e))?;
     }
     Ok(rep)
 }
@@ -339,7 +339,7 @@ impl MoveSource {
     /// Open SOURCE for reading and (unless `dry_run`) writing, and take the one-mover lock.
     /// A qcow2 image is refused: moving inside one is not a byte move.
     fn open(path: &Path, dry_run: bool) -> Result<MoveSource> {
-        let meta = std::fs::metadata(path).map_err(|e| Error::io("stat", 0, e))?;
+        let meta = std::fs::metadata(path).map_err(|e| Error::io("stat", e))?;
         let is_dev = meta.file_type().is_block_device();
         let not_movable = || Error::InvalidInput("not a regular file or block device".into());
         if !(meta.is_file() || is_dev) {
@@ -370,16 +370,16 @@ impl MoveSource {
                     "the device is in use: it or a partition of it is mounted, or device-mapper, md, swap or another e2i-move holds it".into(),
                 )
             } else {
-                Error::io("open", 0, e)
+                Error::io("open", e)
             }
         })?;
-        let meta = file.metadata().map_err(|e| Error::io("stat", 0, e))?;
+        let meta = file.metadata().map_err(|e| Error::io("stat", e))?;
         let ft = meta.file_type();
         if !(ft.is_file() || ft.is_block_device()) {
             return Err(not_movable());
         }
         let mut magic = [0u8; 4];
-        let n = pread_full(&file, &mut magic, 0).map_err(|e| Error::io("read", 0, e))?;
+        let n = pread_full(&file, &mut magic, 0).map_err(|e| Error::io_at("read", 0, e))?;
         if crate::qcow2::is_qcow2(&magic[..n]) {
             return Err(Error::InvalidInput(
                 "a qcow2 image cannot be moved in place (its bytes are not the disk's): convert it with qcow2-to-raw, or clone it with e2i-move SOURCE DEST".into(),
@@ -428,14 +428,13 @@ impl MoveSource {
 
     /// A reader of the whole of SOURCE (byte 0 on).
     fn reader(&self) -> Result<FileSource> {
-        FileSource::from_file(
-            self.file.try_clone().map_err(|e| Error::io("dup", 0, e))?,
-            0,
-        )
+        FileSource::from_file(self.file.try_clone().map_err(|e| Error::io("dup", e))?, 0)
     }
 
     fn sync(&self, at: u64) -> Result<()> {
-        self.file.sync_data().map_err(|e| Error::io("sync", at, e))
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io_at("sync", at, e))
     }
 }
 
@@ -476,7 +475,7 @@ fn choose_journal(
     jopts: &JournalOptions,
     dry_run: bool,
 ) -> Result<Chosen> {
-    let resolved = std::fs::canonicalize(source).map_err(|e| Error::io("resolve", 0, e))?;
+    let resolved = std::fs::canonicalize(source).map_err(|e| Error::io("resolve", e))?;
     let loc = mj::locations(&resolved, src.id.object, jopts.state_dir.clone());
     let chosen = match &jopts.path {
         Some(p) => Chosen {
@@ -527,7 +526,7 @@ fn choose_journal(
     {
         // The state folder is e2i's own: made when a journal goes there (--journal never
         // makes a folder).
-        std::fs::create_dir_all(st).map_err(|e| Error::io("create state folder", 0, e))?;
+        std::fs::create_dir_all(st).map_err(|e| Error::io("create state folder", e))?;
     }
     let new_at = chosen.for_new_move();
     if !dry_run && !new_at.exists() {
@@ -584,7 +583,7 @@ fn volatile_journal(journal: &Path, src: &MoveSource) -> Option<String> {
 /// journal), never a folder created, never anything but a regular file.
 fn resolve_journal_path(p: &Path) -> Result<PathBuf> {
     match std::fs::metadata(p) {
-        Ok(m) if m.is_file() => std::fs::canonicalize(p).map_err(|e| Error::io("resolve", 0, e)),
+        Ok(m) if m.is_file() => std::fs::canonicalize(p).map_err(|e| Error::io("resolve", e)),
         Ok(_) => Err(Error::InvalidInput(format!(
             "journal {}: not a regular file",
             p.display()
@@ -612,7 +611,7 @@ fn resolve_journal_path(p: &Path) -> Result<PathBuf> {
                 ))),
             }
         }
-        Err(e) => Err(Error::io("stat journal", 0, e)),
+        Err(e) => Err(Error::io("stat journal", e)),
     }
 }
 
@@ -811,7 +810,7 @@ fn plan_new(
 ) -> Result<(MoveParams, BlockMap)> {
     let (s_off, d_off) = (opts.src_offset, opts.dest_offset);
     let reader = FileSource::from_file(
-        src.file.try_clone().map_err(|e| Error::io("dup", 0, e))?,
+        src.file.try_clone().map_err(|e| Error::io("dup", e))?,
         s_off,
     )?;
     let copts = CaptureOptions {
@@ -942,8 +941,7 @@ fn refuse_other_unfinished(
         };
         for k in unders {
             let (_, name, f) = &under[k];
-            let reader =
-                FileSource::from_file(f.try_clone().map_err(|e| Error::io("dup", 0, e))?, 0)?;
+            let reader = FileSource::from_file(f.try_clone().map_err(|e| Error::io("dup", e))?, 0)?;
             if matches!(j.verify(&reader, progress), Ok(Ok(_))) {
                 let file = name
                     .as_ref()
@@ -1470,7 +1468,7 @@ fn holds<'a>(
     let mut off = at;
     for want in parts {
         cmp.resize(want.len(), 0);
-        let n = pread_full(file, cmp, off).map_err(|e| Error::io("read", off, e))?;
+        let n = pread_full(file, cmp, off).map_err(|e| Error::io_at("read", off, e))?;
         if n < want.len() || cmp[..] != *want {
             return Ok(false);
         }
@@ -1693,7 +1691,7 @@ fn finish_move(
         crash_point(opts);
         src.file
             .set_len(end)
-            .map_err(|e| Error::io("truncate", end, e))?;
+            .map_err(|e| Error::io_at("truncate", end, e))?;
     }
     src.sync(end)?;
     let jp = j.path().to_path_buf();

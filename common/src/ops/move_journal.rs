@@ -34,7 +34,9 @@ use sha2::{Digest, Sha256};
 use crate::blockmap::BlockRun;
 use crate::bytes::le;
 use crate::error::CorruptKind;
-use crate::io::{ObjectId, ReadAt, pread_full, pwrite_full, reopen_direct, write_maybe_direct};
+use crate::io::{
+    ObjectId, ReadAt, pread_full, pwrite_all, pwrite_full, reopen_direct, write_maybe_direct,
+};
 use crate::progress::{Progress, Unit};
 use crate::units::{BlockSize, FsBlock};
 use crate::{Error, Result};
@@ -391,7 +393,8 @@ impl Records {
         let off = self.slots[usize::from(piece % 2 == 1)]
             .saturating_add(PAGE)
             .saturating_add(at);
-        let n = pread_full(&self.file, buf, off).map_err(|e| Error::io("read journal", off, e))?;
+        let n =
+            pread_full(&self.file, buf, off).map_err(|e| Error::io_at("read journal", off, e))?;
         if n < buf.len() {
             return Err(changed());
         }
@@ -480,7 +483,7 @@ impl Saver {
         let hcrc = crc32c::crc32c(&h[..32]);
         le::set_u32(&mut h, 32, hcrc);
         self.crash_point();
-        pwrite_full(&self.file, &h, at).map_err(|e| Error::io("write journal", at, e))
+        pwrite_all(&self.file, &h, at, "write journal")
     }
 
     /// The whole record of `piece` at once.
@@ -670,7 +673,7 @@ impl Journal {
         // through whatever is there (a symlink another user planted in /tmp would have
         // root truncate and write its target).
         let tmp = path.with_file_name(format!(".{name}.tmp"));
-        let io = |op, e| Error::io(op, 0, e);
+        let io = |op, e| Error::io_at(op, 0, e);
         let _ = std::fs::remove_file(&tmp);
         // 0600: its save slots hold copies of SOURCE's bytes (file data of a moved disk
         // only root may read), next to SOURCE, in a folder others may read.
@@ -735,12 +738,10 @@ impl Journal {
         let file = match OpenOptions::new().read(true).write(writable).open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io("open journal", 0, e)),
+            Err(e) => return Err(Error::io("open journal", e)),
         };
         let p = || path.to_path_buf();
-        let meta = file
-            .metadata()
-            .map_err(|e| Error::io("stat journal", 0, e))?;
+        let meta = file.metadata().map_err(|e| Error::io("stat journal", e))?;
         if !meta.is_file() {
             return Err(Error::InvalidInput(format!(
                 "{} is not a regular file",
@@ -752,7 +753,8 @@ impl Journal {
         }
         let flen = meta.len();
         let read = |buf: &mut [u8], off: u64, what: &'static str| -> Result<()> {
-            let n = pread_full(&file, buf, off).map_err(|e| Error::io("read journal", off, e))?;
+            let n =
+                pread_full(&file, buf, off).map_err(|e| Error::io_at("read journal", off, e))?;
             if n < buf.len() {
                 return Err(CorruptKind::MoveJournalTruncated {
                     path: p(),
@@ -1023,11 +1025,15 @@ impl Journal {
         })?;
         let off = slot_offset(self.ckpt_at, seq % 2);
         self.crash_point();
-        pwrite_full(&self.file, &encode_ckpt(seq, state, stamp), off)
-            .map_err(|e| Error::io("write journal", off, e))?;
+        pwrite_all(
+            &self.file,
+            &encode_ckpt(seq, state, stamp),
+            off,
+            "write journal",
+        )?;
         self.file
             .sync_data()
-            .map_err(|e| Error::io("sync journal", off, e))?;
+            .map_err(|e| Error::io_at("sync journal", off, e))?;
         self.seq = seq;
         self.state = state;
         self.stamp = stamp;
@@ -1084,7 +1090,7 @@ impl Journal {
             file: self
                 .file
                 .try_clone()
-                .map_err(|e| Error::io("dup journal", 0, e))?,
+                .map_err(|e| Error::io("dup journal", e))?,
             direct: Mutex::new((false, None)),
             slots: [self.save_at(0), self.save_at(1)],
             room: self.save_stride().saturating_sub(PAGE),
@@ -1098,7 +1104,7 @@ impl Journal {
     pub fn sync(&self) -> Result<()> {
         self.file
             .sync_data()
-            .map_err(|e| Error::io("sync journal", 0, e))
+            .map_err(|e| Error::io("sync journal", e))
     }
 
     /// The saved pieces (at most two), in piece order: the complete save records of this
@@ -1118,7 +1124,8 @@ impl Journal {
     fn saved_in(&self, slot: u64) -> Result<Option<Saved>> {
         let at = self.save_at(slot);
         let mut h = [0u8; SAVE_LEN];
-        let n = pread_full(&self.file, &mut h, at).map_err(|e| Error::io("read journal", at, e))?;
+        let n =
+            pread_full(&self.file, &mut h, at).map_err(|e| Error::io_at("read journal", at, e))?;
         if n < SAVE_LEN
             || &h[0..8] != SAVE_MAGIC
             || crc32c::crc32c(&h[..32]) != le::u32(&h, 32)
@@ -1149,7 +1156,7 @@ impl Journal {
             let n = usize::try_from(end.saturating_sub(off))
                 .map_or(CHECK_CHUNK, |l| l.min(CHECK_CHUNK));
             let got = pread_full(&self.file, &mut buf[..n], off)
-                .map_err(|e| Error::io("read journal", off, e))?;
+                .map_err(|e| Error::io_at("read journal", off, e))?;
             if got < n {
                 return Ok(None);
             }
@@ -1168,7 +1175,7 @@ impl Journal {
             file: self
                 .file
                 .try_clone()
-                .map_err(|e| Error::io("dup journal", 0, e))?,
+                .map_err(|e| Error::io("dup journal", e))?,
             path: self.path.clone(),
             slots: [self.save_at(0), self.save_at(1)],
             room: self.save_stride().saturating_sub(PAGE),
@@ -1186,7 +1193,7 @@ impl Journal {
         self.crash_point();
         self.file
             .set_len(keep)
-            .map_err(|e| Error::io("truncate journal", keep, e))?;
+            .map_err(|e| Error::io_at("truncate journal", keep, e))?;
         Ok(())
     }
 

@@ -175,7 +175,7 @@ fn converted_blocks(
 /// Where a stream conversion writes its qcow2.
 pub enum Qcow2Out<'a> {
     /// Front to back (a pipe, stdout, a device), uncompressed.
-    Sequential(&'a mut dyn std::io::Write),
+    Sequential(&'a mut dyn crate::io::SeqWrite),
     /// A new seekable file; compressed clusters when given.
     File(&'a std::fs::File, Option<ClusterCompression>),
 }
@@ -408,7 +408,7 @@ pub fn stream_to_qcow2<R: std::io::Read + Send>(
             let mut qw = SequentialWriter::new(w, &layout)?;
             feed(&mut |g, d| qw.write_clusters(g, d))?;
             let n = qw.finish()?;
-            w.flush().map_err(|e| Error::io("write", 0, e))?;
+            w.flush().map_err(|e| crate::io::write_error(w, e))?;
             n
         }
         Qcow2Out::File(file, c) => {
@@ -483,7 +483,8 @@ pub fn to_qcow2(
                 Qcow2Target::Sequential(w) => Qcow2Out::Sequential(w),
                 Qcow2Target::Device(file) => {
                     room = crate::io::block_device_size(file)?;
-                    buffered = std::io::BufWriter::with_capacity(1 << 20, file);
+                    buffered =
+                        std::io::BufWriter::with_capacity(1 << 20, crate::io::Counted::new(file));
                     Qcow2Out::Sequential(&mut buffered)
                 }
                 Qcow2Target::File { file, compress } => Qcow2Out::File(file, compress),

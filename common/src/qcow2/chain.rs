@@ -202,7 +202,7 @@ impl<S: ReadAt> Qcow2Image<S> {
                 source: Box::new(e),
             },
         };
-        let id = ObjectId::of_path(&path).map_err(|e| wrap(Error::io("open", 0, e)))?;
+        let id = ObjectId::of_path(&path).map_err(|e| wrap(Error::io("open", e)))?;
         if seen.contains(&id) {
             return Err(Error::BackingLoop { path });
         }

@@ -346,7 +346,7 @@ pub struct Spool {
 impl Spool {
     /// A new, empty spool.
     pub fn new() -> Result<Self> {
-        let file = tempfile::tempfile().map_err(|e| Error::temp_file("create", 0, e))?;
+        let file = tempfile::tempfile().map_err(|e| Error::temp_file("create", e))?;
         Ok(Spool {
             file,
             written: 0,
@@ -357,7 +357,7 @@ impl Spool {
     /// Keep `data` after what was kept before.
     pub fn push(&mut self, data: &[u8]) -> Result<()> {
         pwrite_full(&self.file, data, self.written)
-            .map_err(|e| Error::temp_file("write", self.written, e))?;
+            .map_err(|e| Error::temp_file_at("write", self.written, e))?;
         self.written = self.written.saturating_add(data.len() as u64);
         Ok(())
     }
@@ -365,9 +365,9 @@ impl Spool {
     /// Fill `buf` with the next kept bytes.
     pub fn next(&mut self, buf: &mut [u8]) -> Result<()> {
         let n = pread_full(&self.file, buf, self.pos)
-            .map_err(|e| Error::temp_file("read", self.pos, e))?;
+            .map_err(|e| Error::temp_file_at("read", self.pos, e))?;
         if n < buf.len() {
-            return Err(Error::temp_file(
+            return Err(Error::temp_file_at(
                 "read",
                 self.pos,
                 std::io::Error::from(std::io::ErrorKind::UnexpectedEof),

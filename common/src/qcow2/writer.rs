@@ -31,7 +31,7 @@ use super::header::{
 use super::types::{ClusterBits, ClusterRun, GuestCluster, HostOffset};
 use crate::blockmap::{BlockMap, BlockRun};
 use crate::bytes::be;
-use crate::io::{ReadAt, pwrite_full};
+use crate::io::{Counted, ReadAt, SeqWrite, pwrite_all, write_error};
 use crate::pieces;
 use crate::progress::{Progress, Unit};
 use crate::sparse::CopyStats;
@@ -498,19 +498,15 @@ impl Qcow2Layout {
     /// cluster a stream claims, they can be gigabytes of zeros.
     fn write_head(
         &self,
-        out: &mut dyn Write,
+        out: &mut dyn SeqWrite,
         refcount: &dyn Fn(u64) -> u16,
         zero_from: u64,
         holes: bool,
     ) -> Result<()> {
         let cb = self.cb;
         let mut buf = vec![0u8; cb.size_usize()];
-        let mut pos = 0u64;
-        let mut emit = |out: &mut dyn Write, buf: &[u8]| -> Result<()> {
-            out.write_all(buf).map_err(|e| Error::io("write", pos, e))?;
-            // Below the planned file size.
-            pos = pos.saturating_add(buf.len() as u64);
-            Ok(())
+        let emit = |out: &mut dyn SeqWrite, buf: &[u8]| -> Result<()> {
+            out.write_all(buf).map_err(|e| write_error(out, e))
         };
         let header = self.header_bytes()?;
         buf.get_mut(..header.len())
@@ -632,7 +628,7 @@ impl PlanOrder {
 /// in guest order with [`SequentialWriter::write_clusters`], then call
 /// [`SequentialWriter::finish`].
 pub struct SequentialWriter<'a> {
-    out: &'a mut dyn Write,
+    out: &'a mut dyn SeqWrite,
     layout: &'a Qcow2Layout,
     order: PlanOrder,
     pos: u64,
@@ -640,7 +636,7 @@ pub struct SequentialWriter<'a> {
 
 impl<'a> SequentialWriter<'a> {
     /// Write the header and all tables of `layout` to `out`.
-    pub fn new(out: &'a mut dyn Write, layout: &'a Qcow2Layout) -> Result<Self> {
+    pub fn new(out: &'a mut dyn SeqWrite, layout: &'a Qcow2Layout) -> Result<Self> {
         let used = layout
             .meta_clusters()
             .checked_add(layout.data_clusters)
@@ -682,8 +678,7 @@ impl<'a> SequentialWriter<'a> {
                     })
                 };
             }
-            out.write_all(&buf)
-                .map_err(|e| Error::io("write", pos.0, e))?;
+            out.write_all(&buf).map_err(|e| write_error(out, e))?;
             pos = pos.checked_add(cs).ok_or_else(layout_overflow)?;
         }
         Ok(SequentialWriter {
@@ -713,7 +708,7 @@ impl<'a> SequentialWriter<'a> {
         }
         self.out
             .write_all(data)
-            .map_err(|e| Error::io("write", self.pos, e))?;
+            .map_err(|e| write_error(self.out, e))?;
         // Planned clusters only: below the planned file size.
         self.pos = self.pos.saturating_add(data.len() as u64);
         Ok(())
@@ -727,9 +722,7 @@ impl<'a> SequentialWriter<'a> {
                 self.order.next
             )));
         }
-        self.out
-            .flush()
-            .map_err(|e| Error::io("write", self.pos, e))?;
+        self.out.flush().map_err(|e| write_error(self.out, e))?;
         Ok(self.pos)
     }
 }
@@ -941,7 +934,7 @@ impl<'a> FileWriter<'a> {
             self.l2_dirty = true;
             host = host.checked_add(cs).ok_or_else(layout_overflow)?;
         }
-        pwrite_full(self.file, data, start.0).map_err(|e| Error::io("write", start.0, e))?;
+        pwrite_all(self.file, data, start.0, "write")?;
         self.pos = host;
         Ok(())
     }
@@ -975,7 +968,7 @@ impl<'a> FileWriter<'a> {
         let off = self.layout.l2_table_offset(self.l2_index)?.0;
         // A table whose clusters were all skipped stays a hole of the new, empty file.
         if self.l2_dirty && self.l2_table.iter().any(|&b| b != 0) {
-            pwrite_full(self.file, &self.l2_table, off).map_err(|e| Error::io("write", off, e))?;
+            pwrite_all(self.file, &self.l2_table, off, "write")?;
             self.l2_table.fill(0);
         }
         self.l2_dirty = false;
@@ -1078,7 +1071,7 @@ impl<'a> FileWriter<'a> {
                 self.l2_dirty = true;
             }
         }
-        pwrite_full(self.file, &out, start.0).map_err(|e| Error::io("write", start.0, e))?;
+        pwrite_all(self.file, &out, start.0, "write")?;
         self.wbuf = out;
         Ok(())
     }
@@ -1134,7 +1127,7 @@ impl<'a> FileWriter<'a> {
             stored
         });
         self.layout.write_head(&mut head, &rc, used, true)?;
-        head.flush().map_err(|e| Error::io("write", 0, e))?;
+        head.flush().map_err(|e| write_error(&head, e))?;
         let end = self
             .pos
             .0
@@ -1142,7 +1135,7 @@ impl<'a> FileWriter<'a> {
             .ok_or_else(layout_overflow)?;
         self.file
             .set_len(end)
-            .map_err(|e| Error::io("truncate", end, e))?;
+            .map_err(|e| Error::io_at("truncate", end, e))?;
         Ok(end)
     }
 }
@@ -1172,10 +1165,17 @@ impl Write for WriteAt<'_> {
     }
 }
 
+impl SeqWrite for WriteAt<'_> {
+    fn taken(&self) -> u64 {
+        self.pos
+    }
+}
+
 /// Where [`write_qcow2`] writes.
 pub enum Qcow2Target<'a> {
-    /// Any writer, front to back (uncompressed).
-    Sequential(&'a mut dyn Write),
+    /// Any writer, front to back (uncompressed), counting what it took (where a failed
+    /// write began).
+    Sequential(&'a mut dyn SeqWrite),
     /// A block device, written front to back (uncompressed); an image larger than the
     /// device is refused before the first write.
     Device(&'a File),
@@ -1398,18 +1398,18 @@ pub fn write_qcow2<S: ReadAt + ?Sized>(
     };
     let mut buffered;
     let mut room = None;
-    let sequential: Option<&mut dyn Write> = match target {
+    let sequential: Option<&mut dyn SeqWrite> = match target {
         Qcow2Target::Sequential(out) => Some(out),
         Qcow2Target::Device(file) => {
             room = crate::io::block_device_size(file)?;
-            buffered = std::io::BufWriter::with_capacity(1 << 20, file);
+            buffered = std::io::BufWriter::with_capacity(1 << 20, Counted::new(file));
             Some(&mut buffered)
         }
         Qcow2Target::File {
             file,
             compress: None,
         } => {
-            buffered = std::io::BufWriter::with_capacity(1 << 20, file);
+            buffered = std::io::BufWriter::with_capacity(1 << 20, Counted::new(file));
             Some(&mut buffered)
         }
         Qcow2Target::File {
@@ -1427,7 +1427,7 @@ pub fn write_qcow2<S: ReadAt + ?Sized>(
         let mut w = SequentialWriter::new(out, &layout)?;
         feed(&mut |blk, data| w.write_clusters(blk, data))?;
         stats.bytes_written = w.finish()?;
-        out.flush().map_err(|e| Error::io("write", 0, e))?;
+        out.flush().map_err(|e| write_error(out, e))?;
     }
     progress.finish();
     Ok(stats)
