@@ -57,6 +57,7 @@ pub fn to_raw(tool: &str, a: &RawArgs<'_>, sum: &mut Summary) -> anyhow::Result<
     }
     sum.add(|o| o.str("input_kind", kind_name(inp.kind())));
     let chain = input::backing_files(&inp);
+    let data_files = input::data_files(&inp);
     let state = crate::state_dir();
     let mut out = open_output(
         &Request {
@@ -72,6 +73,11 @@ pub fn to_raw(tool: &str, a: &RawArgs<'_>, sum: &mut Summary) -> anyhow::Result<
         &[("INPUT", a.input)]
             .into_iter()
             .chain(chain.iter().map(|p| ("INPUT's backing file", p.as_path())))
+            .chain(
+                data_files
+                    .iter()
+                    .map(|p| ("INPUT's data file", p.as_path())),
+            )
             .collect::<Vec<_>>(),
     )?;
     let out_name = crate::opened_name(&out_name, &out);

@@ -76,6 +76,7 @@ mod cli {
     pub mod bug_report;
     pub mod corpus;
     pub mod damaged;
+    pub mod data_file;
     pub mod hostile;
     pub mod install;
     pub mod kinds;

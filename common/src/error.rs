@@ -89,6 +89,13 @@ pub enum Error {
     /// A qcow2 backing chain deeper than e2i follows.
     #[error("backing file {}: the backing chain is deeper than {max} files", path.display())]
     BackingTooDeep { path: PathBuf, max: usize },
+    /// The external data file of a qcow2 image cannot be used; the source says why.
+    #[error("data file {}", path.display())]
+    DataFile {
+        path: PathBuf,
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 /// What is damaged, and where: every variant carries its location (group, inode, block,
@@ -427,6 +434,41 @@ pub enum CorruptKind {
         got: u64,
         want: u64,
     },
+    /// An image with an external data file has a compressed cluster (qemu: "Compressed
+    /// cluster entry found in image with external data file").
+    #[error(
+        "qcow2 L2 entry of guest cluster {guest_cluster} (L2 table at byte {l2_offset}): compressed cluster {entry:#018x} in an image with an external data file, which cannot hold compressed clusters"
+    )]
+    Qcow2CompressedWithDataFile {
+        guest_cluster: u64,
+        l2_offset: u64,
+        entry: u64,
+    },
+    /// A data cluster of an image with an external data file starts at or past the end of
+    /// that file (reported inside [`Error::DataFile`], which names it).
+    #[error(
+        "qcow2 L2 entry of guest cluster {guest_cluster} (L2 table at byte {l2_offset}): data cluster at byte {data_offset} lies past the end of the data file ({data_size} bytes)"
+    )]
+    Qcow2DataFileOutside {
+        guest_cluster: u64,
+        l2_offset: u64,
+        data_offset: u64,
+        data_size: u64,
+    },
+    /// The external data file bit is set, but no header extension names the file.
+    #[error(
+        "qcow2 header: the external data file bit is set, but no header extension names the data file"
+    )]
+    Qcow2DataFileUnnamed,
+    /// The external data file name extension is empty, too long or holds a NUL byte.
+    #[error("qcow2 header: external data file name of {len} bytes is invalid: {why}")]
+    Qcow2DataFileName { len: u64, why: &'static str },
+    /// The raw external data bit (autoclear bit 1) without the external data file bit
+    /// (qemu: "data-file-raw requires a data file").
+    #[error(
+        "qcow2 header: the raw external data bit is set, but the image has no external data file"
+    )]
+    Qcow2DataFileRawWithoutDataFile,
     /// The backing file name's location or length is invalid (qemu's limits: at most 1023
     /// bytes, inside the first cluster), or it holds a NUL byte.
     #[error("qcow2 header: backing file name of {len} bytes at byte {host_offset} is invalid")]

@@ -1097,11 +1097,7 @@ fn refuse_overlap(
             }
         };
         let chain = {
-            let dir = if *given == Path::new("-") {
-                Path::new("")
-            } else {
-                crate::qcow2::chain::folder_of(given)
-            };
+            let dir = (*given != Path::new("-")).then(|| crate::qcow2::chain::folder_of(given));
             backing_chain(r, &rm, dir)
         };
         let inp = match &source_range {
@@ -1129,14 +1125,15 @@ fn refuse_overlap(
                 out_name(),
             )));
         }
-        // A qcow2 image reads through to its backing files: they are read too.
-        for b in chain {
+        // A qcow2 image reads through to its backing files and its data file: they are read
+        // too.
+        for (b, what) in chain {
             let Ok(bm) = std::fs::metadata(&b) else {
                 continue;
             };
             if let Some(why) = out.overlap(&Footprint::of(&b, &bm)) {
                 return Err(Error::InvalidInput(format!(
-                    "{} {} is {}, a backing file of {role} {name}{why}; refusing to write over what is being read, nothing written",
+                    "{} {} is {}, {what} of {role} {name}{why}; refusing to write over what is being read, nothing written",
                     req.role,
                     out_name(),
                     b.display(),
@@ -1160,9 +1157,10 @@ fn is_qcow2_file(path: &Path) -> bool {
 }
 
 /// The backing files of the qcow2 image at `path` (stat'ed as `meta`; relative backing
-/// names resolve against `dir`), nearest first; none for anything else, or a chain that
-/// cannot be opened (the run reports that when it opens its input).
-fn backing_chain(path: &Path, meta: &Metadata, dir: &Path) -> Vec<PathBuf> {
+/// names resolve against `dir`, its folder), nearest first, then the chain's external data
+/// files, each with what it is; none for anything else, or a chain that cannot be opened
+/// (the run reports that when it opens its input).
+fn backing_chain(path: &Path, meta: &Metadata, dir: Option<&Path>) -> Vec<(PathBuf, &'static str)> {
     use crate::io::{FileSource, ReadAt};
     if !(meta.is_file() || meta.file_type().is_block_device()) {
         return Vec::new();
@@ -1177,9 +1175,20 @@ fn backing_chain(path: &Path, meta: &Metadata, dir: &Path) -> Vec<PathBuf> {
     {
         return Vec::new();
     }
-    crate::qcow2::chain::Qcow2Image::open_layers(src, dir, Some(ObjectId::of_metadata(meta)))
-        .map(|q| q.backing_files().to_vec())
-        .unwrap_or_default()
+    let Ok(q) =
+        crate::qcow2::chain::Qcow2Image::open_layers(src, dir, Some(ObjectId::of_metadata(meta)))
+    else {
+        return Vec::new();
+    };
+    let backing = q
+        .backing_files()
+        .iter()
+        .map(|b| (b.clone(), "a backing file"));
+    let data = q
+        .data_files()
+        .into_iter()
+        .map(|d| (d, "an external data file"));
+    backing.chain(data).collect()
 }
 
 /// Is the block device `rdev` read-only (`losetup -r`, `blockdev --setro`)? Opening it for

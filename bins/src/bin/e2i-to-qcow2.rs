@@ -78,6 +78,7 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         );
     }
     let in_chain = input::backing_files(&inp);
+    let in_data = input::data_files(&inp);
     let mut out = open_output(
         &Request {
             path: &args.output,
@@ -98,6 +99,7 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
                     .iter()
                     .map(|p| ("INPUT's backing file", p.as_path())),
             )
+            .chain(in_data.iter().map(|p| ("INPUT's data file", p.as_path())))
             .collect::<Vec<_>>(),
     )?;
     let out_name = e2i_cli::opened_name(&out_name, &out);

@@ -9,7 +9,8 @@ use crate::number;
 const LONG_ABOUT: &str = "\
 Write the virtual disk of the qcow2 image INPUT (version 2 or 3, of any origin: compressed \
 clusters, zero clusters, extended L2 entries (subclusters), snapshots; backing chains are \
-followed as qemu follows them) as a raw image to OUTPUT (a file, a block device, a FIFO or character device, or `-`). INPUT may be a FIFO or `-` (stdin), \
+followed as qemu follows them; external data files are read, a relative name found from \
+the image's folder) as a raw image to OUTPUT (a file, a block device, a FIFO or character device, or `-`). INPUT may be a FIFO or `-` (stdin), \
 also gzip-, bzip2-, xz- or zstd-compressed; it is then spooled to a temporary file. A \
 scrambled INPUT (e2i-capture -s, as bug reports are) is not written over the filesystem it \
 was taken from (an existing OUTPUT or block device holding its UUID) unless \

@@ -125,6 +125,10 @@ pub(crate) fn copy_error(e: &Error) -> Error {
             source: Box::new(copy_error(source)),
         },
         Error::BackingChanged { path } => Error::BackingChanged { path: path.clone() },
+        Error::DataFile { path, source } => Error::DataFile {
+            path: path.clone(),
+            source: Box::new(copy_error(source)),
+        },
         Error::TempFile {
             dir,
             op,

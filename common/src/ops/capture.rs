@@ -88,12 +88,13 @@ pub struct CaptureReport {
 ///
 /// A pipe, a compressed file or an offset past the end is refused with what to do instead.
 pub fn open_source(path: &Path, offset: u64) -> Result<Box<dyn ReadAt>> {
-    open_source_in(path, offset, qcow2::chain::folder_of(path))
+    open_source_in(path, offset, Some(qcow2::chain::folder_of(path)))
 }
 
-/// As [`open_source`], with the relative backing names of a qcow2 image resolved against
-/// `dir` (a spooled converter input's original folder).
-pub fn open_source_in(path: &Path, offset: u64, dir: &Path) -> Result<Box<dyn ReadAt>> {
+/// As [`open_source`], with the relative backing and data file names of a qcow2 image
+/// resolved against `dir` (a spooled converter input's original folder; `None` for one
+/// read from a pipe).
+pub fn open_source_in(path: &Path, offset: u64, dir: Option<&Path>) -> Result<Box<dyn ReadAt>> {
     // Refused before opening: opening a FIFO would wait for a writer.
     let seekable = |m: &std::fs::Metadata| {
         use std::os::unix::fs::FileTypeExt;
@@ -586,7 +587,7 @@ pub fn qcow2_is_marked(path: &Path) -> bool {
     if whole.read_at(&mut magic, 0).ok() != Some(magic.len()) || !qcow2::is_qcow2(&magic) {
         return false;
     }
-    qcow2::Qcow2Reader::open_layer(whole)
+    qcow2::Qcow2Reader::open_layer_in(whole, Some(qcow2::chain::folder_of(path)))
         .is_ok_and(|q| q.header().e2i_flags() & mark::QCOW2_FLAG_SCRAMBLED != 0)
 }
 

@@ -60,9 +60,10 @@ pub enum Input {
         kind: Kind,
         path: PathBuf,
         spooled: Option<Spooled>,
-        /// The folder a qcow2's relative backing names resolve against: the input's own,
-        /// also when spooled from a compressed file; the current one for stdin and pipes.
-        dir: PathBuf,
+        /// The folder a qcow2's relative backing and data file names resolve against: the
+        /// input's own, also when spooled from a compressed file; none for stdin and pipes
+        /// (backing names then resolve from the current folder; data file names cannot).
+        dir: Option<PathBuf>,
     },
 }
 
@@ -270,8 +271,29 @@ pub fn backing_files(inp: &Input) -> Vec<PathBuf> {
     let Ok(src) = FileSource::open(path, 0) else {
         return Vec::new();
     };
-    crate::qcow2::chain::Qcow2Image::open_layers(src, dir, None)
+    crate::qcow2::chain::Qcow2Image::open_layers(src, dir.as_deref(), None)
         .map(|q| q.backing_files().to_vec())
+        .unwrap_or_default()
+}
+
+/// The external data files a qcow2 input reads its data from, the top image's first
+/// (none for any other input, or a chain that cannot be opened: reading the input reports
+/// that).
+pub fn data_files(inp: &Input) -> Vec<PathBuf> {
+    let Input::File {
+        kind: Kind::Qcow2,
+        path,
+        dir,
+        ..
+    } = inp
+    else {
+        return Vec::new();
+    };
+    let Ok(src) = FileSource::open(path, 0) else {
+        return Vec::new();
+    };
+    crate::qcow2::chain::Qcow2Image::open_layers(src, dir.as_deref(), None)
+        .map(|q| q.data_files())
         .unwrap_or_default()
 }
 
@@ -321,7 +343,8 @@ pub fn facts(input: &Input) -> ImageFacts {
                     .unwrap_or_default(),
                 Kind::Qcow2 => {
                     let id = crate::io::ObjectId::of_path(path).ok();
-                    let Ok(q) = crate::qcow2::Qcow2Image::open_layers(file, dir, id) else {
+                    let Ok(q) = crate::qcow2::Qcow2Image::open_layers(file, dir.as_deref(), id)
+                    else {
                         return ImageFacts::default();
                     };
                     let mut f = superblock_at(&q, SUPERBLOCK_OFFSET)
@@ -449,11 +472,7 @@ pub fn open(path: &Path) -> Result<Input> {
     if kind == Kind::Stream {
         return Ok(Input::Stream(StreamReader::open(r)?));
     }
-    let dir = if stdin || !seekable {
-        PathBuf::new()
-    } else {
-        crate::qcow2::chain::folder_of(path).to_path_buf()
-    };
+    let dir = (!stdin && seekable).then(|| crate::qcow2::chain::folder_of(path).to_path_buf());
     if !seekable || wrap != Wrapping::None {
         let tmp = spool(r)?;
         return Ok(Input::File {

@@ -126,7 +126,7 @@ pub fn plan(
         Input::File {
             kind, path, dir, ..
         } => {
-            let src = open_source_in(&path, opts.offset, &dir)?;
+            let src = open_source_in(&path, opts.offset, dir.as_deref())?;
             let (fs, res) = scan_source(src, opts, false, progress)?;
             let map = converted_blocks(kind, res.map, &fs.src, fs.sb.block_size)?;
             from_image(&fs.src, &map, fs.sb.block_size, progress)
@@ -532,7 +532,7 @@ pub fn to_qcow2(
         Input::File {
             kind, path, dir, ..
         } => {
-            let src = open_source_in(&path, opts.offset, &dir)?;
+            let src = open_source_in(&path, opts.offset, dir.as_deref())?;
             let marks = crate::mark::Marks {
                 scrambled: source_is_marked(&path, &*src),
             };

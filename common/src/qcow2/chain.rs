@@ -5,7 +5,10 @@
 //! of one file; the chain decides where the bytes of an unallocated cluster come from.
 //! qemu's rules, followed here:
 //! - a relative backing name resolves against the folder of the overlay's name as given
-//!   (a symlinked overlay's folder is the link's, not its target's);
+//!   (a symlinked overlay's folder is the link's, not its target's); an overlay read from a
+//!   pipe has no folder, and its relative backing names resolve from the current one. A
+//!   relative external data file name resolves the same way ([`resolve`]), but needs the
+//!   folder (see [`super::reader::DataFile`]);
 //! - the backing format extension says "qcow2" or "raw"; without it the format is probed;
 //! - bytes past the end of a shorter backing file read as zeros, and a zero-flagged cluster
 //!   reads as zeros whatever the backing file holds.
@@ -116,7 +119,7 @@ impl Qcow2Image<FileSource> {
     pub fn open(path: &Path) -> Result<Self> {
         let id = ObjectId::of_path(path).ok();
         let host = FileSource::open(path, 0)?;
-        Self::open_host(host, folder_of(path), id)
+        Self::open_host(host, Some(folder_of(path)), id)
     }
 }
 
@@ -135,11 +138,13 @@ pub fn resolve(dir: &Path, name: &Path) -> PathBuf {
 }
 
 impl<S: ReadAt> Qcow2Image<S> {
-    /// Open the qcow2 image in `host` and its chain to read it; relative backing names
-    /// resolve against `dir`; `id` is the identity of `host`'s file when known (a loop back
-    /// to it is found). A chain whose disk is no longer the one the image was written on is
+    /// Open the qcow2 image in `host` and its chain to read it; relative backing and data
+    /// file names resolve against `dir`, the image's folder (`None` for an image read from
+    /// a pipe: backing names then resolve from the current folder, and a relative data file
+    /// name is refused); `id` is the identity of `host`'s file when known (a loop back to
+    /// it is found). A chain whose disk is no longer the one the image was written on is
     /// refused ([`Self::check_backing`]).
-    pub fn open_host(host: S, dir: &Path, id: Option<ObjectId>) -> Result<Self> {
+    pub fn open_host(host: S, dir: Option<&Path>, id: Option<ObjectId>) -> Result<Self> {
         let img = Self::open_layers(host, dir, id)?;
         img.check_backing()?;
         Ok(img)
@@ -147,7 +152,7 @@ impl<S: ReadAt> Qcow2Image<S> {
 
     /// As [`Self::open_host`], without reading the chain's content: for looking at headers
     /// and at which files the chain holds.
-    pub fn open_layers(host: S, dir: &Path, id: Option<ObjectId>) -> Result<Self> {
+    pub fn open_layers(host: S, dir: Option<&Path>, id: Option<ObjectId>) -> Result<Self> {
         let mut seen: Vec<ObjectId> = id.into_iter().collect();
         Self::open_chain(host, dir, &mut seen)
     }
@@ -177,8 +182,8 @@ impl<S: ReadAt> Qcow2Image<S> {
         })
     }
 
-    fn open_chain(host: S, dir: &Path, seen: &mut Vec<ObjectId>) -> Result<Self> {
-        let top = Qcow2Reader::open_layer(host)?;
+    fn open_chain(host: S, dir: Option<&Path>, seen: &mut Vec<ObjectId>) -> Result<Self> {
+        let top = Qcow2Reader::open_layer_in(host, dir)?;
         let Some(name) = backing_name(&top)? else {
             return Ok(Qcow2Image {
                 top,
@@ -186,7 +191,7 @@ impl<S: ReadAt> Qcow2Image<S> {
                 below: Vec::new(),
             });
         };
-        let path = resolve(dir, &name);
+        let path = resolve(dir.unwrap_or(Path::new("")), &name);
         // seen holds the top file when its identity is known: depth counts backing files.
         if seen.len() > MAX_CHAIN_DEPTH {
             return Err(Error::BackingTooDeep {
@@ -210,7 +215,7 @@ impl<S: ReadAt> Qcow2Image<S> {
         let file = FileSource::open(&path, 0).map_err(wrap)?;
         let format = top.header().backing_format().map(<[u8]>::to_vec);
         let backing =
-            open_backing(file, format.as_deref(), folder_of(&path), seen).map_err(wrap)?;
+            open_backing(file, format.as_deref(), Some(folder_of(&path)), seen).map_err(wrap)?;
         let mut below = vec![path.clone()];
         if let Backing::Qcow2(q) = &backing {
             below.extend(q.below.iter().cloned());
@@ -239,6 +244,20 @@ impl<S: ReadAt> Qcow2Image<S> {
     /// The files below the top one, nearest first.
     pub fn backing_files(&self) -> &[PathBuf] {
         &self.below
+    }
+
+    /// The external data files of the chain's qcow2 files, the top one's first.
+    pub fn data_files(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = self
+            .top
+            .data_file()
+            .map(|d| d.path().to_path_buf())
+            .into_iter()
+            .collect();
+        if let Some(Backing::Qcow2(q)) = &self.backing {
+            v.extend(q.data_files());
+        }
+        v
     }
 
     pub fn virtual_size(&self) -> u64 {
@@ -340,7 +359,7 @@ fn push_merged(v: &mut Vec<Range<u64>>, r: Range<u64>) {
 fn open_backing(
     file: FileSource,
     format: Option<&[u8]>,
-    dir: &Path,
+    dir: Option<&Path>,
     seen: &mut Vec<ObjectId>,
 ) -> Result<Backing> {
     let mut magic = [0u8; 4];

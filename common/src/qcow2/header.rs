@@ -47,6 +47,15 @@ pub const INCOMPAT_EXTERNAL_DATA: u64 = 1 << 2;
 pub const INCOMPAT_COMPRESSION_TYPE: u64 = 1 << 3;
 pub const INCOMPAT_EXTENDED_L2: u64 = 1 << 4;
 
+/// Autoclear feature bit 1, "Raw external data bit": "If this bit is set, the external data
+/// file can be read as a consistent standalone raw image without looking at the qcow2
+/// metadata." It "may only be set if the External Data File bit ... is also set".
+pub const AUTOCLEAR_DATA_FILE_RAW: u64 = 1 << 1;
+
+/// Longest external data file name e2i opens: Linux's PATH_MAX (the header allows up to
+/// a cluster; no longer name can be opened).
+pub const MAX_DATA_FILE_NAME: usize = 4096;
+
 /// Compression types (v3 header byte 104): "0: zlib <https://www.zlib.net/>; 1: zstd
 /// <http://github.com/facebook/zstd>"; both need the compression-type bit when not 0.
 pub const COMPRESSION_ZLIB: u8 = 0;
@@ -289,8 +298,51 @@ impl Header {
         self.incompatible_features & INCOMPAT_EXTENDED_L2 != 0
     }
 
-    /// Refuse what e2i does not read in one file of a chain: encryption, external data
-    /// files, unknown compression types and incompatible features.
+    /// True when guest data lives in an external data file (incompatible bit 2): "Guest
+    /// clusters are then stored in the external data file", "neither compressed clusters
+    /// nor internal snapshots are supported".
+    pub fn has_data_file(&self) -> bool {
+        self.incompatible_features & INCOMPAT_EXTERNAL_DATA != 0
+    }
+
+    /// True when the external data file is itself a raw image of the guest disk (autoclear
+    /// bit 1). Reading still goes through the L2 tables, as qemu reads it.
+    pub fn data_file_raw(&self) -> bool {
+        self.autoclear_features & AUTOCLEAR_DATA_FILE_RAW != 0
+    }
+
+    /// The external data file's name as recorded ("the header extension length is the
+    /// string length and the string is not '\0' terminated"), `None` without the external
+    /// data file bit: qemu ignores the extension then. When the extension appears more than
+    /// once, the last one counts, as in qemu. A name qemu could not open as given (empty,
+    /// with a NUL byte, longer than a path can be) is a corruption.
+    pub fn data_file_name(&self) -> Result<Option<&[u8]>> {
+        if !self.has_data_file() {
+            return Ok(None);
+        }
+        let name = self
+            .extensions
+            .iter()
+            .rev()
+            .find(|e| e.kind == EXT_EXTERNAL_DATA_FILE)
+            .map(|e| e.data.as_slice())
+            .ok_or(CorruptKind::Qcow2DataFileUnnamed)?;
+        let len = name.len() as u64;
+        let why = if name.is_empty() {
+            "it is empty"
+        } else if name.contains(&0) {
+            "it holds a NUL byte"
+        } else if name.len() > MAX_DATA_FILE_NAME {
+            "it is longer than a path can be (4096 bytes)"
+        } else {
+            return Ok(Some(name));
+        };
+        Err(CorruptKind::Qcow2DataFileName { len, why }.into())
+    }
+
+    /// Refuse what e2i does not read in one file of a chain: encryption, unknown
+    /// compression types and incompatible features, and an external data file qemu would
+    /// not open (unnamed, badly named, or raw data without one).
     pub fn check_supported_layer(&self) -> Result<()> {
         if self.crypt_method != 0 {
             return Err(Error::Unsupported(format!(
@@ -299,15 +351,9 @@ impl Header {
             )));
         }
         let inc = self.incompatible_features;
-        if inc & INCOMPAT_EXTERNAL_DATA != 0
-            || self
-                .extensions
-                .iter()
-                .any(|e| e.kind == EXT_EXTERNAL_DATA_FILE)
-        {
-            return Err(Error::Unsupported(
-                "the qcow2 image keeps its data in an external data file".into(),
-            ));
+        self.data_file_name()?;
+        if self.data_file_raw() && !self.has_data_file() {
+            return Err(CorruptKind::Qcow2DataFileRawWithoutDataFile.into());
         }
         // qemu: "Extended L2 entries are only supported with cluster sizes of at least
         // 16384 bytes" (subclusters of at least 512 bytes).
@@ -318,8 +364,11 @@ impl Header {
             .into());
         }
         self.cluster_compression()?;
-        let known =
-            INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_COMPRESSION_TYPE | INCOMPAT_EXTENDED_L2;
+        let known = INCOMPAT_DIRTY
+            | INCOMPAT_CORRUPT
+            | INCOMPAT_EXTERNAL_DATA
+            | INCOMPAT_COMPRESSION_TYPE
+            | INCOMPAT_EXTENDED_L2;
         if inc & !known != 0 {
             return Err(Error::Unsupported(format!(
                 "the qcow2 image has unknown incompatible features {:#x}",
@@ -687,6 +736,69 @@ mod tests {
                 len: 104,
                 needed: 105
             }
+        );
+    }
+
+    /// A v3 header (64 KiB clusters) with `incompat` and `autoclear` bits and one data file
+    /// name extension holding `name`, if any.
+    fn with_data_file(incompat: u64, autoclear: u64, name: Option<&[u8]>) -> Header {
+        let mut buf = v3(16, 104);
+        be::set_u64(&mut buf, field::INCOMPATIBLE_FEATURES, incompat);
+        be::set_u64(&mut buf, field::AUTOCLEAR_FEATURES, autoclear);
+        if let Some(n) = name {
+            let ext = encode_extensions(&[Extension {
+                kind: EXT_EXTERNAL_DATA_FILE,
+                data: n.to_vec(),
+            }]);
+            buf[104..104 + ext.len()].copy_from_slice(&ext);
+        }
+        Header::parse(&buf).unwrap()
+    }
+
+    /// The data file name as qemu reads it: only with the external data file bit; one that
+    /// cannot name a file (missing, empty, NUL, longer than a path) is a corruption, as is
+    /// the raw bit without a data file. Names are taken as they are (absolute, `..`).
+    #[test]
+    fn data_file_names() {
+        let bit = INCOMPAT_EXTERNAL_DATA;
+        let raw = AUTOCLEAR_DATA_FILE_RAW;
+        let h = with_data_file(bit, raw, Some(b"d.raw"));
+        assert_eq!(h.data_file_name().unwrap(), Some(&b"d.raw"[..]));
+        assert!(h.has_data_file() && h.data_file_raw());
+        h.check_supported().unwrap();
+        for n in [&b"/abs/d"[..], b"../up/d", &[b'x'; MAX_DATA_FILE_NAME]] {
+            let h = with_data_file(bit, 0, Some(n));
+            assert_eq!(h.data_file_name().unwrap(), Some(n));
+        }
+        // The extension without the bit: ignored, as qemu ignores it.
+        let h = with_data_file(0, 0, Some(b"d.raw"));
+        assert_eq!(h.data_file_name().unwrap(), None);
+        h.check_supported().unwrap();
+        let bad = |h: Header| h.check_supported().unwrap_err().corrupt_kind().cloned();
+        assert_eq!(
+            bad(with_data_file(bit, 0, None)),
+            Some(CorruptKind::Qcow2DataFileUnnamed)
+        );
+        for (n, why) in [
+            (&b""[..], "it is empty"),
+            (b"d\0.raw", "it holds a NUL byte"),
+            (b"\0", "it holds a NUL byte"),
+            (
+                &[b'x'; MAX_DATA_FILE_NAME + 1],
+                "it is longer than a path can be (4096 bytes)",
+            ),
+        ] {
+            assert_eq!(
+                bad(with_data_file(bit, 0, Some(n))),
+                Some(CorruptKind::Qcow2DataFileName {
+                    len: n.len() as u64,
+                    why
+                })
+            );
+        }
+        assert_eq!(
+            bad(with_data_file(0, raw, None)),
+            Some(CorruptKind::Qcow2DataFileRawWithoutDataFile)
         );
     }
 

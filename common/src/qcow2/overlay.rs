@@ -59,7 +59,7 @@ impl Base {
             Some(crate::ops::input::Kind::Qcow2) => {
                 let id = ObjectId::of_path(&path).ok();
                 Backing::Qcow2(Box::new(
-                    Qcow2Image::open_host(file, folder_of(&path), id).map_err(wrap)?,
+                    Qcow2Image::open_host(file, Some(folder_of(&path)), id).map_err(wrap)?,
                 ))
             }
             Some(crate::ops::input::Kind::Raw) => Backing::Raw(file),
@@ -96,11 +96,13 @@ impl Base {
         self.image.format()
     }
 
-    /// Every file of the chain, the base first: none of them may be the overlay's output.
+    /// Every file of the chain, the base first, data files after the backing files: none of
+    /// them may be the overlay's output.
     pub fn files(&self) -> Vec<PathBuf> {
         let mut v = vec![self.path.clone()];
         if let Backing::Qcow2(q) = &self.image {
             v.extend(q.backing_files().iter().cloned());
+            v.extend(q.data_files());
         }
         v
     }

@@ -12,20 +12,31 @@
 //! with the cluster size, and a pass over a multi-TiB image holds 1 MiB of them, not every
 //! table it met. The last decompressed cluster is cached too.
 //!
+//! An image with an external data file (incompatible bit 2) keeps its tables here and its
+//! data clusters there: L2 data offsets are offsets in the data file, which is opened
+//! read-only by the name the header records ([`DataFile`]). Compressed clusters cannot be
+//! stored there. With the raw external data bit the data file is also a raw image of the
+//! disk, but the disk is still read through the L2 tables, as qemu reads it: an unallocated
+//! or zero-flagged cluster reads as zeros (or from the backing file) whatever the data file
+//! holds there.
+//!
 //! Arithmetic on positions inside a buffer or below an end that is itself a `u64` uses
 //! `saturating_*`, which cannot saturate there; everything else is checked.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::ops::Range;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::entry::{L1Entry, L2Entry, Mapping, OFFSET_MASK, SubclusterBitmap};
 use super::header::{ClusterCompression, Header, field};
 use super::types::{ClusterBits, ClusterRun, GuestCluster, GuestOffset, HostOffset};
-use crate::Result;
 use crate::bytes::be;
 use crate::error::CorruptKind;
-use crate::io::ReadAt;
+use crate::io::{FileSource, ReadAt};
+use crate::{Error, Result};
 
 /// How much of the L1 table is read at a time.
 const L1_CHUNK: u64 = 1 << 20;
@@ -148,9 +159,78 @@ struct Inflated {
     out: Vec<u8>,
 }
 
+/// The external data file of an image: where its L2 entries' data offsets point.
+pub struct DataFile {
+    /// The name as resolved (named in errors).
+    path: PathBuf,
+    file: FileSource,
+    /// Its size when opened: data clusters must start below it.
+    size: u64,
+}
+
+impl DataFile {
+    /// Open the data file `header` names, if it has one: a relative name is found from
+    /// `dir`, the folder of the image (`None` for an image read from a pipe, which has no
+    /// folder). Opened read-only; only a regular file or block device is opened (a FIFO
+    /// would wait for a writer).
+    pub fn open(header: &Header, dir: Option<&Path>) -> Result<Option<DataFile>> {
+        let Some(name) = header.data_file_name()? else {
+            return Ok(None);
+        };
+        let name = Path::new(OsStr::from_bytes(name));
+        let path = match dir {
+            _ if name.is_absolute() => name.to_path_buf(),
+            Some(d) => super::chain::resolve(d, name),
+            None => {
+                return Err(Error::DataFile {
+                    path: name.to_path_buf(),
+                    source: Box::new(Error::InvalidInput(
+                        "a relative data file name is found from the image's folder, and an image read from standard input or a pipe has none; give the image as a file, or record the data file's absolute name (qemu-img amend -o data_file=PATH)".into(),
+                    )),
+                });
+            }
+        };
+        let wrap = |e: Error| Error::DataFile {
+            path: path.clone(),
+            source: Box::new(e),
+        };
+        let meta = std::fs::metadata(&path).map_err(|e| wrap(Error::io("open", 0, e)))?;
+        let plain = {
+            use std::os::unix::fs::FileTypeExt;
+            meta.is_file() || meta.file_type().is_block_device()
+        };
+        if !plain {
+            return Err(wrap(Error::InvalidInput(
+                "not a regular file or block device".into(),
+            )));
+        }
+        let file = FileSource::open(&path, 0).map_err(wrap)?;
+        Ok(Some(DataFile {
+            size: file.size(),
+            path,
+            file,
+        }))
+    }
+
+    /// The data file's name, as resolved from the image's.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `e`, which happened in the data file, naming it.
+    fn wrap(&self, e: Error) -> Error {
+        Error::DataFile {
+            path: self.path.clone(),
+            source: Box::new(e),
+        }
+    }
+}
+
 /// A qcow2 image read through its host file `S`.
 pub struct Qcow2Reader<S: ReadAt> {
     host: S,
+    /// Where data clusters are when not in `host`.
+    data: Option<DataFile>,
     header: Header,
     cb: ClusterBits,
     l2: L2Layout,
@@ -235,7 +315,9 @@ fn entries(raw: &[u8]) -> impl Iterator<Item = u64> + '_ {
 
 impl<S: ReadAt> Qcow2Reader<S> {
     /// Open the image in `host`: parse and check the header, load the L1 table. An image
-    /// with a backing file is refused: [`super::chain::Qcow2Image`] reads those.
+    /// with a backing file is refused: [`super::chain::Qcow2Image`] reads those. An external
+    /// data file is opened only by an absolute name ([`Self::open_layer_in`] finds relative
+    /// ones).
     pub fn open(host: S) -> Result<Self> {
         let r = Self::open_layer(host)?;
         r.header.check_supported()?;
@@ -245,6 +327,12 @@ impl<S: ReadAt> Qcow2Reader<S> {
     /// Open one file of a backing chain: as [`Self::open`], but a backing file is allowed
     /// (its unallocated clusters then read as zeros here; the chain reads them through).
     pub fn open_layer(host: S) -> Result<Self> {
+        Self::open_layer_in(host, None)
+    }
+
+    /// As [`Self::open_layer`], with a relative external data file name found from `dir`,
+    /// the image's folder (`None` when it has none: read from a pipe).
+    pub fn open_layer_in(host: S, dir: Option<&Path>) -> Result<Self> {
         let host_size = host.size();
         // Extensions are parsed within the first cluster, which is read once its size is
         // known; cluster_bits itself is checked by the parser (an out-of-range value parses
@@ -326,8 +414,10 @@ impl<S: ReadAt> Qcow2Reader<S> {
             .into());
         }
         let l2_offsets: Vec<HostOffset> = l2_offsets.into_iter().map(|(o, _)| o).collect();
+        let data = DataFile::open(&header, dir)?;
         Ok(Qcow2Reader {
             host,
+            data,
             host_size,
             guest_clusters,
             l1,
@@ -384,6 +474,11 @@ impl<S: ReadAt> Qcow2Reader<S> {
     /// The image file.
     pub fn host(&self) -> &S {
         &self.host
+    }
+
+    /// The external data file, if the image has one.
+    pub fn data_file(&self) -> Option<&DataFile> {
+        self.data.as_ref()
     }
 
     /// The slice of the L2 table mapping guest cluster `g`, or `None` when the table is
@@ -496,7 +591,14 @@ impl<S: ReadAt> Qcow2Reader<S> {
             }
             .into());
         }
-        let m = e.mapping(cb);
+        let m = match e.mapping(cb) {
+            // Offset 0 is a data file's first cluster: qemu tells it from an unallocated
+            // entry by the copied flag, which every data file cluster has (refcount one).
+            Mapping::Unallocated if self.data.is_some() && e.0 & L2Entry::COPIED != 0 => {
+                Mapping::Data(HostOffset(0))
+            }
+            m => m,
+        };
         if self.l2.extended && !e.is_compressed() {
             // Below the virtual size (< 2^63): the offset fits.
             let guest_offset = g.offset(cb).map_or(u64::MAX, |o| o.0);
@@ -520,6 +622,14 @@ impl<S: ReadAt> Qcow2Reader<S> {
             }
         }
         match m {
+            Mapping::Compressed { .. } if self.data.is_some() => {
+                return Err(CorruptKind::Qcow2CompressedWithDataFile {
+                    guest_cluster,
+                    l2_offset,
+                    entry: e.0,
+                }
+                .into());
+            }
             Mapping::Data(h) => {
                 let host_offset = h.0;
                 if !h.is_aligned(cb) {
@@ -529,6 +639,22 @@ impl<S: ReadAt> Qcow2Reader<S> {
                         host_offset,
                     }
                     .into());
+                }
+                if let Some(d) = &self.data {
+                    // Another file than the tables: only its end bounds the cluster (a last
+                    // cluster cut short by it reads as zeros, as in the image file).
+                    if host_offset >= d.size {
+                        return Err(d.wrap(
+                            CorruptKind::Qcow2DataFileOutside {
+                                guest_cluster,
+                                l2_offset,
+                                data_offset: host_offset,
+                                data_size: d.size,
+                            }
+                            .into(),
+                        ));
+                    }
+                    return Ok(m);
                 }
                 // h has at most 56 bits: adding a cluster cannot overflow.
                 let end = h.checked_add(cb.size()).unwrap_or(HostOffset(u64::MAX));
@@ -837,7 +963,10 @@ impl<S: ReadAt> ReadAt for Qcow2Reader<S> {
                     let dst = &mut rest[..len];
                     // h is a checked data unit (< 2^56): the sum cannot overflow.
                     let from = h.checked_add(within_unit as u64).unwrap_or(h);
-                    let got = self.host.read_at(dst, from.0)?;
+                    let got = match &self.data {
+                        Some(d) => d.file.read_at(dst, from.0).map_err(|e| d.wrap(e))?,
+                        None => self.host.read_at(dst, from.0)?,
+                    };
                     // A last cluster cut short by the end of the file reads as zeros.
                     if let Some(tail) = dst.get_mut(got..) {
                         tail.fill(0);
