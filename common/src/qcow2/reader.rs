@@ -194,7 +194,7 @@ impl DataFile {
             path: path.clone(),
             source: Box::new(e),
         };
-        let meta = std::fs::metadata(&path).map_err(|e| wrap(Error::io("open", 0, e)))?;
+        let meta = std::fs::metadata(&path).map_err(|e| wrap(Error::io("open", e)))?;
         let plain = {
             use std::os::unix::fs::FileTypeExt;
             meta.is_file() || meta.file_type().is_block_device()
