@@ -415,25 +415,27 @@ pub fn ignored_here(name: &str) -> bool {
         .is_some_and(|m| m & (1u64 << (no - 1)) != 0)
 }
 
-/// Start `e2i-capture -r IMG OUT` held for `pause_ms` after its OUTPUT is open (its
-/// temporary file made), and return it once that file is there.
-pub fn held_capture(img: &Path, out: &Path, pause_ms: u64) -> Reaper {
+/// Start `e2i-capture -r IMG OUT` and return it stopped (SIGSTOP, its test hook
+/// E2I_TEST_STOP_AFTER_BLOCKS) once its copy is under way: OUTPUT open, its temporary file
+/// made. A test changes what it likes, then [`resume_stopped`] lets the run go on. A timed
+/// pause here let a loaded machine finish the run before the test acted.
+pub fn held_capture(img: &Path, out: &Path) -> Reaper {
     let child = Reaper::new(
         Command::new(tool("e2i-capture"))
             .arg("-r")
             .arg(img)
             .arg(out)
-            .env("E2I_TEST_PAUSE_AFTER_OPEN_MS", pause_ms.to_string())
+            .env("E2I_TEST_STOP_AFTER_BLOCKS", "1")
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap(),
     );
+    wait_stopped(child.child());
     let dir = out.parent().unwrap();
-    for _ in 0..3000 {
-        if names(dir).iter().any(|n| n.contains(".e2i-partial-")) {
-            return child;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    panic!("no temporary file in {}", dir.display());
+    assert!(
+        names(dir).iter().any(|n| n.contains(".e2i-partial-")),
+        "no temporary file in {}",
+        dir.display()
+    );
+    child
 }
