@@ -25,6 +25,19 @@ pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
 }
 
+/// A fresh temporary directory in memory (/dev/shm) when that has room to spare (1 GiB
+/// free), else [`tempdir`]: a small /dev/shm (64 MiB in a default container), shared by
+/// the tests running in parallel, would fill up and fail whichever test wrote last.
+pub fn mem_tempdir() -> tempfile::TempDir {
+    let roomy = rustix::fs::statvfs("/dev/shm")
+        .is_ok_and(|s| s.f_bavail.saturating_mul(s.f_frsize) >= 1 << 30);
+    if roomy {
+        tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempdir())
+    } else {
+        tempdir()
+    }
+}
+
 /// `mkfs.ext4 -d TREE` into `img` of `size`, root-owned, at a fixed time; `extra` are mkfs
 /// options.
 pub fn mkfs_from(tree: &Path, img: &Path, size: &str, extra: &[&str]) {
