@@ -411,16 +411,19 @@ fn offsets_no_file_can_reach_are_refused_first() {
     }
 }
 
-/// Wait (up to a minute) until `dir` has a name containing `part`.
-fn wait_for_name(dir: &Path, part: &str) -> bool {
-    let t0 = std::time::Instant::now();
-    while t0.elapsed().as_secs() < 60 {
+/// Wait until `dir` has a name containing `part` (true), or `child` ends without one
+/// (false). No time limit: the child is held by its test hook, and a loaded machine only
+/// makes it slower.
+fn wait_for_name(dir: &Path, part: &str, child: &mut std::process::Child) -> bool {
+    loop {
         if names(dir).iter().any(|n| n.contains(part)) {
             return true;
         }
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    false
 }
 
 /// SIGKILL (the OOM killer) leaves a run's temporary file behind — possibly gigabytes on a
@@ -440,22 +443,27 @@ fn a_killed_runs_temporary_file_is_removed_by_the_next_run() {
             .spawn()
             .unwrap()
     };
-    let mut killed = paused(&out);
-    assert!(wait_for_name(&outs, "partial"), "no temporary file");
-    killed.kill().unwrap();
-    killed.wait().unwrap();
+    let mut killed = Reaper::new(paused(&out));
+    assert!(
+        wait_for_name(&outs, "partial", killed.child_mut()),
+        "no temporary file"
+    );
+    killed.child_mut().kill().unwrap();
+    killed.take().wait().unwrap();
     assert!(names(&outs).iter().any(|n| n.contains("partial")));
     // A live run on the same OUTPUT keeps its file while another run finishes.
-    let mut live = paused(&out);
-    let live_name = format!("e2i-partial-{}-", live.id());
-    assert!(wait_for_name(&outs, &live_name), "no live temporary file");
+    let mut live = Reaper::new(paused(&out));
+    let live_name = format!("e2i-partial-{}-", live.child().id());
+    assert!(
+        wait_for_name(&outs, &live_name, live.child_mut()),
+        "no live temporary file"
+    );
     run_ok(Command::new(tool("e2i-to-raw")).arg(&fx.img).arg(&out));
     let left = names(&outs);
     assert!(fs::read(&out).unwrap() == fx.raw());
     assert_eq!(left.len(), 2, "{left:?}");
     assert!(left.iter().any(|n| n.contains(&live_name)), "{left:?}");
-    live.kill().unwrap();
-    live.wait().unwrap();
+    drop(live);
 }
 
 /// Opening a FIFO waits for its reader, as e2image's open does; on a terminal the tool says
@@ -494,7 +502,8 @@ fn a_fifo_without_a_reader_is_announced_on_a_terminal() {
         }
         seen
     });
-    let announced = rx.recv_timeout(std::time::Duration::from_secs(60)).is_ok();
+    // Two minutes of polls: the note comes at once, but no note must not hang the test.
+    let announced = poll_until(6000, || rx.try_recv().is_ok());
     let mut got = Vec::new();
     fs::File::open(&fifo)
         .unwrap()
@@ -532,29 +541,25 @@ fn a_fifo_without_a_reader_is_announced_on_a_terminal() {
     assert!(got == fx.raw(), "a waiting reader got {} bytes", got.len());
 }
 
-/// Run `cmd`; when it is still running after a minute (stuck in the open of `fifo`, for
-/// reading or for writing), unblock it by opening the FIFO read-write (both ends at once, which
-/// never blocks on Linux), kill it and return `None`.
+/// Run `cmd`; when it is still running after two minutes of polls (stuck in the open of
+/// `fifo`, for reading or for writing), unblock it by opening the FIFO read-write (both ends
+/// at once, which never blocks on Linux), kill it and return `None`.
 fn run_unless_stuck(cmd: &mut Command, fifo: &Path) -> Option<Output> {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let t0 = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if t0.elapsed().as_secs() > 60 {
-            use std::os::unix::fs::OpenOptionsExt;
-            let _ = fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-                .open(fifo);
-            child.kill().unwrap();
-            child.wait().unwrap();
-            return None;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    if !poll_until(6000, || child.try_wait().unwrap().is_some()) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(fifo);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        return None;
     }
     Some(child.wait_with_output().unwrap())
 }

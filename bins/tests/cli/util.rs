@@ -410,6 +410,20 @@ pub fn noise(state: &mut u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Poll `done` every 20 ms until it holds (true), or give up after `polls` polls (false).
+/// For a wait that has no handshake and must not hang a broken run forever. Counted in
+/// polls, not read off the clock: while this process is stopped (SIGSTOP, as a session is
+/// paused) or starved, the polls wait too, where a deadline would expire meanwhile.
+pub fn poll_until(polls: u32, mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..polls {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    done()
+}
+
 /// Signals this process ignores, and so its children (`nohup` ignores HUP, `cmd &` in a
 /// script INT and QUIT): the tools keep them ignored, as documented, so a test that sends
 /// them would wait for a run that never ends.
