@@ -1253,7 +1253,7 @@ fn a_move_stopped_by_a_full_disk_says_how_to_finish_it() {
     );
     let lines = err.lines().filter(|l| !l.contains("test hook")).count();
     assert_eq!(lines, 1, "one line: {err}");
-    fs::remove_file(&filler).unwrap();
+    free_and_remove(&filler);
     ok(&mv(&args, &img, &state, 0), "the same command, space freed");
     assert!(holds_fs(&img, MIB - 4096, &want, d.path()));
 }
@@ -1287,8 +1287,8 @@ fn an_in_place_target_stopped_by_a_full_disk_says_it_is_partly_written() {
         let what = format!("{t} {args:?}");
         // The target: 1 MiB of pattern, then a hole up to 8 MiB; too little room for the
         // image's data (about 2.5 MiB).
-        let _ = fs::remove_file(&target);
-        let _ = fs::remove_file(&filler);
+        free_and_remove(&target);
+        free_and_remove(&filler);
         let f = fs::File::create(&target).unwrap();
         f.set_len(8 * MIB).unwrap();
         std::os::unix::fs::FileExt::write_all_at(&f, &head, 0).unwrap();
@@ -1321,7 +1321,7 @@ fn an_in_place_target_stopped_by_a_full_disk_says_it_is_partly_written() {
             "{what}: the target's size changed"
         );
         // Room made: the same command writes it whole.
-        fs::remove_file(&filler).unwrap();
+        free_and_remove(&filler);
         ok(&run_it(), &format!("{what}, space freed"));
         let got = read(&target);
         assert!(
@@ -1581,7 +1581,7 @@ fn a_raw_capture_that_fails_while_copying_leaves_nothing() {
     assert!(!err.contains("thread"), "{err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert_eq!(names(&mnt), ["filler"], "nothing left behind");
-    fs::remove_file(&filler).unwrap();
+    free_and_remove(&filler);
 
     // Damage met by a strict scan after the copy has begun (the fixed metadata is
     // published before the inodes are read).

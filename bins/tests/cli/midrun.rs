@@ -190,7 +190,7 @@ fn an_install_stopped_by_a_full_disk_says_how_to_recover() {
     let filler = mnt.join("filler");
     let undo = d.path().join("dev.undo");
     for with_undo in [true, false] {
-        let _ = fs::remove_file(&filler);
+        free_and_remove(&filler);
         let _ = fs::remove_file(&undo);
         run_ok(
             Command::new("cp")
@@ -227,7 +227,7 @@ fn an_install_stopped_by_a_full_disk_says_how_to_recover() {
             read(&dev) != orig,
             "nothing was written: not the case tested"
         );
-        fs::remove_file(&filler).unwrap();
+        free_and_remove(&filler);
         if with_undo {
             let how = format!(
                 "once there is room (free space on the filesystem that is full), restore DEVICE with `e2undo {} {}`",

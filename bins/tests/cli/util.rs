@@ -410,6 +410,18 @@ pub fn noise(state: &mut u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Give a file's space back at once (truncated to nothing), then remove it. A removal
+/// alone frees nothing while a descriptor of the file is open, and a child that another
+/// test is starting holds copies of this process's descriptors until its exec: the space
+/// came back late, after a test had measured the free space to leave a run too little,
+/// and the run fit.
+pub fn free_and_remove(p: &Path) {
+    if let Ok(f) = std::fs::OpenOptions::new().write(true).open(p) {
+        let _ = f.set_len(0);
+    }
+    let _ = std::fs::remove_file(p);
+}
+
 /// Poll `done` every 20 ms until it holds (true), or give up after `polls` polls (false).
 /// For a wait that has no handshake and must not hang a broken run forever. Counted in
 /// polls, not read off the clock: while this process is stopped (SIGSTOP, as a session is
