@@ -48,27 +48,14 @@ fn digest(p: &Path) -> Vec<u8> {
 }
 
 /// A 40 MiB disk image with two 10 MiB partitions, at 1 MiB and 11 MiB, and a filesystem
-/// (`fs`, 4 MiB) in the first.
+/// (`fs`, 4 MiB) in the first. The MBR is written here, as sfdisk writes it (sfdisk is in no
+/// package ci/setup.sh installs).
 fn disk(dir: &Path, fs_img: &Path) -> PathBuf {
+    use super::partitions::{blank, mbr_sector};
     let disk = dir.join("disk.img");
-    let f = fs::File::create(&disk).unwrap();
-    f.set_len(40 * MIB).unwrap();
-    drop(f);
-    let mut sfdisk = Command::new("sfdisk")
-        .arg("-q")
-        .arg(&disk)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("sfdisk");
-    use std::io::Write;
-    sfdisk
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"label: dos\n2048,20480\n22528,20480\n")
+    let f = blank(&disk, 40 * MIB);
+    f.write_all_at(&mbr_sector(&[(0x83, 2048, 20480), (0x83, 22528, 20480)]), 0)
         .unwrap();
-    assert!(sfdisk.wait().unwrap().success(), "sfdisk");
-    let f = fs::OpenOptions::new().write(true).open(&disk).unwrap();
     f.write_all_at(&read(fs_img), MIB).unwrap();
     disk
 }

@@ -411,16 +411,19 @@ fn offsets_no_file_can_reach_are_refused_first() {
     }
 }
 
-/// Wait (up to a minute) until `dir` has a name containing `part`.
-fn wait_for_name(dir: &Path, part: &str) -> bool {
-    let t0 = std::time::Instant::now();
-    while t0.elapsed().as_secs() < 60 {
+/// Wait until `dir` has a name containing `part` (true), or `child` ends without one
+/// (false). No time limit: the child is held by its test hook, and a loaded machine only
+/// makes it slower.
+fn wait_for_name(dir: &Path, part: &str, child: &mut std::process::Child) -> bool {
+    loop {
         if names(dir).iter().any(|n| n.contains(part)) {
             return true;
         }
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    false
 }
 
 /// SIGKILL (the OOM killer) leaves a run's temporary file behind — possibly gigabytes on a
@@ -440,22 +443,27 @@ fn a_killed_runs_temporary_file_is_removed_by_the_next_run() {
             .spawn()
             .unwrap()
     };
-    let mut killed = paused(&out);
-    assert!(wait_for_name(&outs, "partial"), "no temporary file");
-    killed.kill().unwrap();
-    killed.wait().unwrap();
+    let mut killed = Reaper::new(paused(&out));
+    assert!(
+        wait_for_name(&outs, "partial", killed.child_mut()),
+        "no temporary file"
+    );
+    killed.child_mut().kill().unwrap();
+    killed.take().wait().unwrap();
     assert!(names(&outs).iter().any(|n| n.contains("partial")));
     // A live run on the same OUTPUT keeps its file while another run finishes.
-    let mut live = paused(&out);
-    let live_name = format!("e2i-partial-{}-", live.id());
-    assert!(wait_for_name(&outs, &live_name), "no live temporary file");
+    let mut live = Reaper::new(paused(&out));
+    let live_name = format!("e2i-partial-{}-", live.child().id());
+    assert!(
+        wait_for_name(&outs, &live_name, live.child_mut()),
+        "no live temporary file"
+    );
     run_ok(Command::new(tool("e2i-to-raw")).arg(&fx.img).arg(&out));
     let left = names(&outs);
     assert!(fs::read(&out).unwrap() == fx.raw());
     assert_eq!(left.len(), 2, "{left:?}");
     assert!(left.iter().any(|n| n.contains(&live_name)), "{left:?}");
-    live.kill().unwrap();
-    live.wait().unwrap();
+    drop(live);
 }
 
 /// Opening a FIFO waits for its reader, as e2image's open does; on a terminal the tool says
@@ -494,7 +502,8 @@ fn a_fifo_without_a_reader_is_announced_on_a_terminal() {
         }
         seen
     });
-    let announced = rx.recv_timeout(std::time::Duration::from_secs(60)).is_ok();
+    // Two minutes of polls: the note comes at once, but no note must not hang the test.
+    let announced = poll_until(6000, || rx.try_recv().is_ok());
     let mut got = Vec::new();
     fs::File::open(&fifo)
         .unwrap()
@@ -532,29 +541,25 @@ fn a_fifo_without_a_reader_is_announced_on_a_terminal() {
     assert!(got == fx.raw(), "a waiting reader got {} bytes", got.len());
 }
 
-/// Run `cmd`; when it is still running after a minute (stuck in the open of `fifo`, for
-/// reading or for writing), unblock it by opening the FIFO read-write (both ends at once, which
-/// never blocks on Linux), kill it and return `None`.
+/// Run `cmd`; when it is still running after two minutes of polls (stuck in the open of
+/// `fifo`, for reading or for writing), unblock it by opening the FIFO read-write (both ends
+/// at once, which never blocks on Linux), kill it and return `None`.
 fn run_unless_stuck(cmd: &mut Command, fifo: &Path) -> Option<Output> {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let t0 = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if t0.elapsed().as_secs() > 60 {
-            use std::os::unix::fs::OpenOptionsExt;
-            let _ = fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-                .open(fifo);
-            child.kill().unwrap();
-            child.wait().unwrap();
-            return None;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    if !poll_until(6000, || child.try_wait().unwrap().is_some()) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(fifo);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        return None;
     }
     Some(child.wait_with_output().unwrap())
 }
@@ -1248,7 +1253,7 @@ fn a_move_stopped_by_a_full_disk_says_how_to_finish_it() {
     );
     let lines = err.lines().filter(|l| !l.contains("test hook")).count();
     assert_eq!(lines, 1, "one line: {err}");
-    fs::remove_file(&filler).unwrap();
+    free_and_remove(&filler);
     ok(&mv(&args, &img, &state, 0), "the same command, space freed");
     assert!(holds_fs(&img, MIB - 4096, &want, d.path()));
 }
@@ -1282,8 +1287,8 @@ fn an_in_place_target_stopped_by_a_full_disk_says_it_is_partly_written() {
         let what = format!("{t} {args:?}");
         // The target: 1 MiB of pattern, then a hole up to 8 MiB; too little room for the
         // image's data (about 2.5 MiB).
-        let _ = fs::remove_file(&target);
-        let _ = fs::remove_file(&filler);
+        free_and_remove(&target);
+        free_and_remove(&filler);
         let f = fs::File::create(&target).unwrap();
         f.set_len(8 * MIB).unwrap();
         std::os::unix::fs::FileExt::write_all_at(&f, &head, 0).unwrap();
@@ -1316,7 +1321,7 @@ fn an_in_place_target_stopped_by_a_full_disk_says_it_is_partly_written() {
             "{what}: the target's size changed"
         );
         // Room made: the same command writes it whole.
-        fs::remove_file(&filler).unwrap();
+        free_and_remove(&filler);
         ok(&run_it(), &format!("{what}, space freed"));
         let got = read(&target);
         assert!(
@@ -1576,7 +1581,7 @@ fn a_raw_capture_that_fails_while_copying_leaves_nothing() {
     assert!(!err.contains("thread"), "{err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert_eq!(names(&mnt), ["filler"], "nothing left behind");
-    fs::remove_file(&filler).unwrap();
+    free_and_remove(&filler);
 
     // Damage met by a strict scan after the copy has begun (the fixed metadata is
     // published before the inodes are read).

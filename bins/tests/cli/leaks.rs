@@ -18,10 +18,15 @@ fn marks(data: &[u8]) -> usize {
         .count()
 }
 
-/// An 8 MiB filesystem of `tree` (`mkfs.ext4 -d`), `args` its mkfs options.
+/// An 8 MiB filesystem of `tree` (`mkfs.ext4 -d`), `args` its mkfs options. The UUID
+/// (the checksums' seed), the directory hash seed (the htree order, the names the scrambler
+/// may pick) and the time are fixed: every run damages and checks the same layout, not one
+/// drawn at random.
 fn mkfs_tree(tree: &Path, img: &Path, args: &[&str]) {
     let o = run(Command::new("mkfs.ext4")
-        .args(["-q", "-F"])
+        .args(["-q", "-F", "-U", "3f0c2a8e-5b1d-4e7a-9c64-2d8f1b7e0a53"])
+        .args(["-E", "hash_seed=8a41d7c2-0e9b-4f35-b6a8-71c3e5d92f04"])
+        .env("E2FSPROGS_FAKE_TIME", "1700000000")
         .args(args)
         .arg("-d")
         .arg(tree)

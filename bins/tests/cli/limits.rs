@@ -120,23 +120,26 @@ fn nohup_keeps_a_run_alive() {
     let outs = d.path().join("outs");
     fs::create_dir(&outs).unwrap();
     let out = outs.join("new.raw");
-    let mut child = Command::new("nohup")
-        .arg(tool("e2i-capture"))
-        .arg("-r")
-        .arg(&img)
-        .arg(&out)
-        // Long enough for the signal to come while OUTPUT is open; ended by nothing else.
-        .env("E2I_TEST_PAUSE_AFTER_OPEN_MS", "1500")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    while others(&outs, &[]).is_empty() {
-        assert!(child.try_wait().unwrap().is_none(), "ended early");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let child = Reaper::new(
+        Command::new("nohup")
+            .arg(tool("e2i-capture"))
+            .arg("-r")
+            .arg(&img)
+            .arg(&out)
+            // Stopped mid-copy (SIGSTOP) until the signal has come: a timed pause could
+            // end first on a loaded machine, and the signal would then prove nothing.
+            .env("E2I_TEST_STOP_AFTER_BLOCKS", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // nohup execs the tool: the child's pid is the tool's.
-    sh(Command::new("kill").args(["-s", "HUP", &child.id().to_string()]));
+    wait_stopped(child.child());
+    assert!(!others(&outs, &[]).is_empty(), "OUTPUT is not open");
+    sh(Command::new("kill").args(["-s", "HUP", &child.child().id().to_string()]));
+    resume_stopped(child.child());
+    let mut child = child.take();
     let st = child.wait().unwrap();
     assert!(st.success(), "killed by SIGHUP under nohup: {st:?}");
     assert!(read(&out) == want);

@@ -17,8 +17,9 @@ fn a_temporary_file_lost_during_the_run_is_named() {
     let img = mkfs(d.path(), "fs.img", "4M", &[]);
     let dir = d.path().join("outs");
     fs::create_dir(&dir).unwrap();
-    let child = held_capture(&img, &dir.join("a.raw"), 3000);
+    let child = held_capture(&img, &dir.join("a.raw"));
     fs::remove_dir_all(&dir).unwrap();
+    resume_stopped(child.child());
     let o = child.take().wait_with_output().unwrap();
     let err = failed(&o, "capture into a folder deleted during the run");
     assert!(
@@ -28,10 +29,11 @@ fn a_temporary_file_lost_during_the_run_is_named() {
         "{err}"
     );
     fs::create_dir(&dir).unwrap();
-    let child = held_capture(&img, &dir.join("b.raw"), 3000);
+    let child = held_capture(&img, &dir.join("b.raw"));
     for n in names(&dir) {
         fs::remove_file(dir.join(n)).unwrap();
     }
+    resume_stopped(child.child());
     let o = child.take().wait_with_output().unwrap();
     let err = failed(&o, "capture whose temporary file was removed");
     assert!(
@@ -188,7 +190,7 @@ fn an_install_stopped_by_a_full_disk_says_how_to_recover() {
     let filler = mnt.join("filler");
     let undo = d.path().join("dev.undo");
     for with_undo in [true, false] {
-        let _ = fs::remove_file(&filler);
+        free_and_remove(&filler);
         let _ = fs::remove_file(&undo);
         run_ok(
             Command::new("cp")
@@ -225,7 +227,7 @@ fn an_install_stopped_by_a_full_disk_says_how_to_recover() {
             read(&dev) != orig,
             "nothing was written: not the case tested"
         );
-        fs::remove_file(&filler).unwrap();
+        free_and_remove(&filler);
         if with_undo {
             let how = format!(
                 "once there is room (free space on the filesystem that is full), restore DEVICE with `e2undo {} {}`",

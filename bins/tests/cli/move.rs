@@ -611,14 +611,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 const PIECE_KIB: u64 = 64;
 const SLICE_KIB: u64 = 16;
 
-/// A scratch folder on tmpfs when there is one (the crash tests sync a lot; a kill leaves
-/// the page cache as it is, so tmpfs shows the same states as a disk).
+/// A scratch folder on tmpfs when there is one with room (the crash tests sync a lot; a
+/// kill leaves the page cache as it is, so tmpfs shows the same states as a disk).
 fn scratch() -> tempfile::TempDir {
-    if Path::new("/dev/shm").is_dir() {
-        tempfile::tempdir_in("/dev/shm").expect("tempdir")
-    } else {
-        tempdir()
-    }
+    mem_tempdir()
 }
 
 /// Raised by the in-process crash hook: the move stops there, as if killed.

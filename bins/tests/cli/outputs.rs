@@ -800,15 +800,14 @@ fn signals_remove_the_temporary_file() {
                 .flatten()
                 .any(|e| fs::read_link(e.path()).is_ok_and(|l| l.starts_with(&spool_dir)))
         };
-        let t0 = std::time::Instant::now();
-        while !spooling() {
-            assert!(t0.elapsed().as_secs() < 60, "SIG{sig}: no spool file");
+        let spooled = poll_until(6000, || {
             assert!(
                 child.try_wait().unwrap().is_none(),
                 "SIG{sig}: ended before spooling"
             );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+            spooling()
+        });
+        assert!(spooled, "SIG{sig}: no spool file");
         let st = Command::new("kill")
             .args(["-s", sig, &child.id().to_string()])
             .status()

@@ -25,6 +25,19 @@ pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
 }
 
+/// A fresh temporary directory in memory (/dev/shm) when that has room to spare (1 GiB
+/// free), else [`tempdir`]: a small /dev/shm (64 MiB in a default container), shared by
+/// the tests running in parallel, would fill up and fail whichever test wrote last.
+pub fn mem_tempdir() -> tempfile::TempDir {
+    let roomy = rustix::fs::statvfs("/dev/shm")
+        .is_ok_and(|s| s.f_bavail.saturating_mul(s.f_frsize) >= 1 << 30);
+    if roomy {
+        tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempdir())
+    } else {
+        tempdir()
+    }
+}
+
 /// `mkfs.ext4 -d TREE` into `img` of `size`, root-owned, at a fixed time; `extra` are mkfs
 /// options.
 pub fn mkfs_from(tree: &Path, img: &Path, size: &str, extra: &[&str]) {
@@ -397,6 +410,32 @@ pub fn noise(state: &mut u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Give a file's space back at once (truncated to nothing), then remove it. A removal
+/// alone frees nothing while a descriptor of the file is open, and a child that another
+/// test is starting holds copies of this process's descriptors until its exec: the space
+/// came back late, after a test had measured the free space to leave a run too little,
+/// and the run fit.
+pub fn free_and_remove(p: &Path) {
+    if let Ok(f) = std::fs::OpenOptions::new().write(true).open(p) {
+        let _ = f.set_len(0);
+    }
+    let _ = std::fs::remove_file(p);
+}
+
+/// Poll `done` every 20 ms until it holds (true), or give up after `polls` polls (false).
+/// For a wait that has no handshake and must not hang a broken run forever. Counted in
+/// polls, not read off the clock: while this process is stopped (SIGSTOP, as a session is
+/// paused) or starved, the polls wait too, where a deadline would expire meanwhile.
+pub fn poll_until(polls: u32, mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..polls {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    done()
+}
+
 /// Signals this process ignores, and so its children (`nohup` ignores HUP, `cmd &` in a
 /// script INT and QUIT): the tools keep them ignored, as documented, so a test that sends
 /// them would wait for a run that never ends.
@@ -415,25 +454,27 @@ pub fn ignored_here(name: &str) -> bool {
         .is_some_and(|m| m & (1u64 << (no - 1)) != 0)
 }
 
-/// Start `e2i-capture -r IMG OUT` held for `pause_ms` after its OUTPUT is open (its
-/// temporary file made), and return it once that file is there.
-pub fn held_capture(img: &Path, out: &Path, pause_ms: u64) -> Reaper {
+/// Start `e2i-capture -r IMG OUT` and return it stopped (SIGSTOP, its test hook
+/// E2I_TEST_STOP_AFTER_BLOCKS) once its copy is under way: OUTPUT open, its temporary file
+/// made. A test changes what it likes, then [`resume_stopped`] lets the run go on. A timed
+/// pause here let a loaded machine finish the run before the test acted.
+pub fn held_capture(img: &Path, out: &Path) -> Reaper {
     let child = Reaper::new(
         Command::new(tool("e2i-capture"))
             .arg("-r")
             .arg(img)
             .arg(out)
-            .env("E2I_TEST_PAUSE_AFTER_OPEN_MS", pause_ms.to_string())
+            .env("E2I_TEST_STOP_AFTER_BLOCKS", "1")
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap(),
     );
+    wait_stopped(child.child());
     let dir = out.parent().unwrap();
-    for _ in 0..3000 {
-        if names(dir).iter().any(|n| n.contains(".e2i-partial-")) {
-            return child;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    panic!("no temporary file in {}", dir.display());
+    assert!(
+        names(dir).iter().any(|n| n.contains(".e2i-partial-")),
+        "no temporary file in {}",
+        dir.display()
+    );
+    child
 }
