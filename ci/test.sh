@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 XDG_STATE_HOME="$(mktemp -d)"
 export XDG_STATE_HOME
 trap 'rm -rf "$XDG_STATE_HOME"' EXIT
+# Tests read e2fsprogs' messages (dumpe2fs, debugfs, e2fsck): untranslated, whatever the
+# user's locale (character handling stays as it is).
+unset LC_ALL LANGUAGE
+export LC_MESSAGES=C
 ci/setup.sh
 cargo fmt --all -- --check
 cargo clippy --release --all-targets -- -D warnings
