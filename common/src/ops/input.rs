@@ -259,19 +259,7 @@ impl<R: BufRead> Read for ZstdFrames<R> {
 /// or piped qcow2 is read from its spooled copy, whose backing names resolve where the
 /// original's do: the output layer, which sees only the original, cannot find them.
 pub fn backing_files(inp: &Input) -> Vec<PathBuf> {
-    let Input::File {
-        kind: Kind::Qcow2,
-        path,
-        dir,
-        ..
-    } = inp
-    else {
-        return Vec::new();
-    };
-    let Ok(src) = FileSource::open(path, 0) else {
-        return Vec::new();
-    };
-    crate::qcow2::chain::Qcow2Image::open_layers(src, dir.as_deref(), None)
+    qcow2_chain(inp)
         .map(|q| q.backing_files().to_vec())
         .unwrap_or_default()
 }
@@ -280,6 +268,12 @@ pub fn backing_files(inp: &Input) -> Vec<PathBuf> {
 /// (none for any other input, or a chain that cannot be opened: reading the input reports
 /// that).
 pub fn data_files(inp: &Input) -> Vec<PathBuf> {
+    qcow2_chain(inp).map(|q| q.data_files()).unwrap_or_default()
+}
+
+/// A qcow2 input's chain, opened as reading it would (`None` for any other input, or a
+/// chain that cannot be opened).
+fn qcow2_chain(inp: &Input) -> Option<crate::qcow2::chain::Qcow2Image<FileSource>> {
     let Input::File {
         kind: Kind::Qcow2,
         path,
@@ -287,14 +281,10 @@ pub fn data_files(inp: &Input) -> Vec<PathBuf> {
         ..
     } = inp
     else {
-        return Vec::new();
+        return None;
     };
-    let Ok(src) = FileSource::open(path, 0) else {
-        return Vec::new();
-    };
-    crate::qcow2::chain::Qcow2Image::open_layers(src, dir.as_deref(), None)
-        .map(|q| q.data_files())
-        .unwrap_or_default()
+    let src = FileSource::open(path, 0).ok()?;
+    crate::qcow2::chain::Qcow2Image::open_layers(src, dir.as_deref(), None).ok()
 }
 
 /// What the input says about itself ([`crate::mark`]): its filesystem's UUID and
