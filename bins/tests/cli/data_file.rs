@@ -269,7 +269,8 @@ fn refused(t: &str, args: &[&str], input: &Path, out: &Path, names: &[&str], wha
 
 /// Every reader refuses, in one line naming the image and the data file: a missing data
 /// file, a folder in its place, one shorter than its L2 tables need, a relative name read
-/// from a pipe, a compressed cluster, a name holding a NUL byte, the bit without a name.
+/// from a pipe, a compressed cluster, a data cluster away from its guest offset (qemu
+/// refuses it too), a name holding a NUL byte, the bit without a name.
 /// An output that is the data file is refused before anything is written. An image naming
 /// itself as its data file reads (as qemu reads it) or fails in one line, never panics.
 #[test]
@@ -358,6 +359,32 @@ fn data_file_errors_are_one_line() {
             "external data file",
         ],
         "compressed",
+    );
+    // Guest cluster 0 mapped to the data file's second cluster: qemu keeps every data
+    // cluster at its guest offset and refuses the image (qemu-img convert fails).
+    let elsewhere = patched("elsewhere.qcow2", &|b| {
+        be::set_u64(b, l2, 1 << 63 | 65536);
+    });
+    let o = run(Command::new("qemu-img").current_dir(d.path()).args([
+        "convert",
+        "-O",
+        "raw",
+        "elsewhere.qcow2",
+        "qemu.raw",
+    ]));
+    assert!(
+        !o.status.success(),
+        "qemu changed: it read a data cluster away from its guest offset"
+    );
+    all(
+        &elsewhere,
+        &[
+            "elsewhere.qcow2",
+            "guest cluster 0",
+            &format!("L2 table at byte {l2}"),
+            "data cluster at byte 65536 of the external data file, not at its guest offset 0",
+        ],
+        "a data cluster away from its guest offset",
     );
     let nul = patched("nul.qcow2", &|b| b[ext_at + 9] = 0);
     all(&nul, &["nul.qcow2", "NUL byte"], "NUL in the name");

@@ -15,7 +15,7 @@
 //! An image with an external data file (incompatible bit 2) keeps its tables here and its
 //! data clusters there: L2 data offsets are offsets in the data file, which is opened
 //! read-only by the name the header records ([`DataFile`]). Compressed clusters cannot be
-//! stored there. With the raw external data bit the data file is also a raw image of the
+//! stored there, and a data cluster is at its guest offset there (qemu refuses any other). With the raw external data bit the data file is also a raw image of the
 //! disk, but the disk is still read through the L2 tables, as qemu reads it: an unallocated
 //! or zero-flagged cluster reads as zeros (or from the backing file) whatever the data file
 //! holds there.
@@ -641,6 +641,17 @@ impl<S: ReadAt> Qcow2Reader<S> {
                     .into());
                 }
                 if let Some(d) = &self.data {
+                    // A guest cluster below the virtual size (< 2^63): its offset fits.
+                    let guest_offset = g.offset(cb).map_or(u64::MAX, |o| o.0);
+                    if host_offset != guest_offset {
+                        return Err(CorruptKind::Qcow2DataFileOffset {
+                            guest_cluster,
+                            l2_offset,
+                            data_offset: host_offset,
+                            guest_offset,
+                        }
+                        .into());
+                    }
                     // Another file than the tables: only its end bounds the cluster (a last
                     // cluster cut short by it reads as zeros, as in the image file).
                     if host_offset >= d.size {
