@@ -456,17 +456,6 @@ pub enum CorruptKind {
         data_offset: u64,
         guest_offset: u64,
     },
-    /// A data cluster of an image with an external data file starts at or past the end of
-    /// that file (reported inside [`Error::DataFile`], which names it).
-    #[error(
-        "qcow2 L2 entry of guest cluster {guest_cluster} (L2 table at byte {l2_offset}): data cluster at byte {data_offset} lies past the end of the data file ({data_size} bytes)"
-    )]
-    Qcow2DataFileOutside {
-        guest_cluster: u64,
-        l2_offset: u64,
-        data_offset: u64,
-        data_size: u64,
-    },
     /// The external data file bit is set, but no header extension names the file.
     #[error(
         "qcow2 header: the external data file bit is set, but no header extension names the data file"
