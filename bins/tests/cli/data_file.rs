@@ -44,13 +44,7 @@ fn qemu_raw(q: &Path) -> Vec<u8> {
 /// folder, not the current one); OUT's bytes.
 fn convert(t: &str, args: &[&str], input: &Path, out: &Path) -> Vec<u8> {
     let _ = std::fs::remove_file(out);
-    run_ok(
-        Command::new(tool(t))
-            .current_dir("/")
-            .args(args)
-            .arg(input)
-            .arg(out),
-    );
+    run_ok(tool_cmd(t).current_dir("/").args(args).arg(input).arg(out));
     read(out)
 }
 
@@ -77,7 +71,7 @@ fn reads_as(q: &Path, expect: &[u8], piped: bool, what: &str) {
         );
     }
     if piped {
-        let o = run(Command::new(tool("qcow2-to-raw"))
+        let o = run(tool_cmd("qcow2-to-raw")
             .args(["-", "-"])
             .stdin(std::fs::File::open(q).unwrap()));
         ok(&o, what);
@@ -342,11 +336,7 @@ fn a_data_file_cut_short_reads_as_zeros_past_its_end() {
 
 /// `tool ARGS IN OUT` fails with one line naming `names`, exit 1, without an output.
 fn refused(t: &str, args: &[&str], input: &Path, out: &Path, names: &[&str], what: &str) {
-    let o = run(Command::new(tool(t))
-        .current_dir("/")
-        .args(args)
-        .arg(input)
-        .arg(out));
+    let o = run(tool_cmd(t).current_dir("/").args(args).arg(input).arg(out));
     let err = failed(&o, &format!("{t} {what}"));
     assert_eq!(err.lines().count(), 1, "{t} {what}: {err}");
     assert!(!err.contains("panicked"), "{t} {what}: {err}");
@@ -407,7 +397,7 @@ fn data_file_errors_are_one_line() {
     );
     std::fs::remove_dir(p("fs.data")).unwrap();
     std::fs::rename(p("moved.data"), p("fs.data")).unwrap();
-    let o = run(Command::new(tool("e2i-to-raw"))
+    let o = run(tool_cmd("e2i-to-raw")
         .args(["-", "-"])
         .stdin(std::fs::File::open(&q).unwrap())
         .stdout(Stdio::null()));
@@ -492,11 +482,11 @@ fn data_file_errors_are_one_line() {
         if t == "e2i-capture" {
             continue;
         }
-        let o = run(Command::new(tool(t)).args(args).arg(&q).arg(p("fs.data")));
+        let o = run(tool_cmd(t).args(args).arg(&q).arg(p("fs.data")));
         let err = failed(&o, t);
         assert!(err.contains("external data file"), "{t}: {err}");
     }
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["-r"])
         .arg(&q)
         .arg(p("fs.data")));
@@ -519,10 +509,7 @@ fn data_file_errors_are_one_line() {
     std::fs::copy(&q, p("self.qcow2")).unwrap();
     for (t, args) in tools {
         let _ = std::fs::remove_file(&out);
-        let o = run(Command::new(tool(t))
-            .args(args)
-            .arg(p("self.qcow2"))
-            .arg(&out));
+        let o = run(tool_cmd(t).args(args).arg(p("self.qcow2")).arg(&out));
         let err = text(&o.stderr);
         assert!(!err.contains("panicked"), "{t} self: {err}");
         assert!(matches!(o.status.code(), Some(0 | 1)), "{t} self: {err}");

@@ -69,15 +69,12 @@ fn same_as_qemu(d: &Path, q: &Path, what: &str) {
     let expect = qemu_to_raw(q, &d.join("expect.raw"));
     let out = d.join("out.raw");
     let _ = std::fs::remove_file(&out);
-    ok(
-        &run(Command::new(tool("qcow2-to-raw")).arg(q).arg(&out)),
-        what,
-    );
+    ok(&run(tool_cmd("qcow2-to-raw").arg(q).arg(&out)), what);
     assert!(
         read(&out) == expect,
         "{what}: qcow2-to-raw differs from qemu-img"
     );
-    let o = run(Command::new(tool("qcow2-to-raw")).arg(q).arg("-"));
+    let o = run(tool_cmd("qcow2-to-raw").arg(q).arg("-"));
     ok(&o, what);
     assert!(o.stdout == expect, "{what}: stdout differs from qemu-img");
 }
@@ -167,10 +164,7 @@ fn extended_l2_filesystem_through_every_tool() {
     let reference = e2image_bytes(&["-r"], &p("disk.raw"), &p("ref.raw"));
     let cap = p("cap.raw");
     ok(
-        &run(Command::new(tool("e2i-capture"))
-            .arg("-r")
-            .arg(&ov)
-            .arg(&cap)),
+        &run(tool_cmd("e2i-capture").arg("-r").arg(&ov).arg(&cap)),
         "capture -r",
     );
     assert!(
@@ -179,10 +173,7 @@ fn extended_l2_filesystem_through_every_tool() {
     );
     let capq = p("cap.qcow2");
     ok(
-        &run(Command::new(tool("e2i-capture"))
-            .arg("-Q")
-            .arg(&ov)
-            .arg(&capq)),
+        &run(tool_cmd("e2i-capture").arg("-Q").arg(&ov).arg(&capq)),
         "capture -Q",
     );
     assert!(
@@ -190,14 +181,11 @@ fn extended_l2_filesystem_through_every_tool() {
         "e2i-capture -Q"
     );
     let tr = p("tr.raw");
-    ok(
-        &run(Command::new(tool("e2i-to-raw")).arg(&ov).arg(&tr)),
-        "e2i-to-raw",
-    );
+    ok(&run(tool_cmd("e2i-to-raw").arg(&ov).arg(&tr)), "e2i-to-raw");
     assert!(read(&tr) == disk, "e2i-to-raw differs from qemu-img");
     let tq = p("tq.qcow2");
     ok(
-        &run(Command::new(tool("e2i-to-qcow2")).arg(&ov).arg(&tq)),
+        &run(tool_cmd("e2i-to-qcow2").arg(&ov).arg(&tq)),
         "e2i-to-qcow2",
     );
     assert_eq!(qemu_check(&tq), 0);
@@ -276,7 +264,7 @@ fn damaged_subcluster_bitmaps_are_one_located_line() {
             ("e2i-capture", &["-r"][..]),
         ] {
             let out = p("o.out");
-            let o = run(Command::new(tool(t)).args(args).arg(&q).arg(&out));
+            let o = run(tool_cmd(t).args(args).arg(&q).arg(&out));
             let err = failed(&o, &format!("{t} {what}"));
             assert_eq!(err.lines().count(), 1, "{t} {what}: {err}");
             assert!(err.contains(says), "{t} {what}: {err}");
