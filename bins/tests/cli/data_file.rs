@@ -13,30 +13,16 @@ use std::process::{Command, Stdio};
 use super::util::*;
 use e2i::bytes::be;
 
-/// `qemu-img ARGS` run in `dir` (relative names are qemu's current folder's).
-fn qemu_img(dir: &Path, args: &[&str]) {
-    sh(Command::new("qemu-img").current_dir(dir).args(args));
-}
-
-/// `qemu-io -c CMD…` on Q, run in `dir`.
-fn qemu_io(dir: &Path, q: &str, cmds: &[&str]) {
-    let mut c = Command::new("qemu-io");
-    c.current_dir(dir).args(["-f", "qcow2"]);
-    for cmd in cmds {
-        c.args(["-c", cmd]);
-    }
-    sh(c.arg(q));
-}
-
 /// `qemu-img convert -O raw Q` run in Q's folder; the raw bytes.
 fn qemu_raw(q: &Path) -> Vec<u8> {
     let dir = q.parent().unwrap();
     let out = dir.join("qemu.raw");
     let _ = std::fs::remove_file(&out);
-    qemu_img(
-        dir,
-        &["convert", "-O", "raw", q.to_str().unwrap(), "qemu.raw"],
-    );
+    sh(Command::new("qemu-img")
+        .current_dir(dir)
+        .args(["convert", "-O", "raw"])
+        .arg(q)
+        .arg(&out));
     read(&out)
 }
 
@@ -108,18 +94,7 @@ fn data_file_images_read_as_the_filesystem() {
             let what = format!("{name} {lname}");
             let q = p(&format!("{name}-{lname}.qcow2"));
             let data = format!("{name}-{lname}.data");
-            qemu_img(
-                d.path(),
-                &[
-                    "convert",
-                    "-O",
-                    "qcow2",
-                    "-o",
-                    &format!("data_file={data}{lopts}"),
-                    fs.to_str().unwrap(),
-                    q.to_str().unwrap(),
-                ],
-            );
+            qemu_to_qcow2(&fs, &q, &format!("data_file={data}{lopts}"));
             let out = p("cap.raw");
             assert!(
                 convert("e2i-capture", &["-r"], &q, &out) == expect,
@@ -137,18 +112,7 @@ fn data_file_images_read_as_the_filesystem() {
             if lname == "plain" {
                 let abs = p(&format!("{name}-abs.qcow2"));
                 let data = p(&format!("{name}-abs.data"));
-                qemu_img(
-                    d.path(),
-                    &[
-                        "convert",
-                        "-O",
-                        "qcow2",
-                        "-o",
-                        &format!("data_file={}", data.display()),
-                        fs.to_str().unwrap(),
-                        abs.to_str().unwrap(),
-                    ],
-                );
+                qemu_to_qcow2(&fs, &abs, &format!("data_file={}", data.display()));
                 reads_as(&abs, &disk, true, &format!("{name} absolute"));
             }
         }
@@ -163,7 +127,6 @@ fn data_file_images_read_as_the_filesystem() {
 fn data_file_images_read_as_qemu_reads_them() {
     let d = tempdir();
     let p = |n: &str| d.path().join(n);
-    let io = |q: &str, cmds: &[&str]| qemu_io(d.path(), q, cmds);
     let scribble = [
         "write -P 0x11 0 3M",
         "write -P 0x55 4096 1536",
@@ -181,39 +144,18 @@ fn data_file_images_read_as_qemu_reads_them() {
         ),
     ] {
         let q = format!("{name}.qcow2");
-        qemu_img(
-            d.path(),
-            &["create", "-q", "-f", "qcow2", "-o", opts, &q, "6M"],
-        );
-        io(&q, &scribble);
+        qemu_create(&p(&q), opts, None, Some("6M"));
+        qemu_io(&p(&q), &scribble);
         reads_as(&p(&q), &qemu_raw(&p(&q)), false, name);
-        // An overlay with its own data file on it, and a plain overlay on that.
+        // An overlay with its own data file on it, and a plain overlay on that (backing
+        // names recorded relative: found from the overlay's folder).
         let ov = format!("ov-{name}.qcow2");
-        qemu_img(
-            d.path(),
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-o",
-                &format!("data_file=ov-{name}.data"),
-                "-b",
-                &q,
-                "-F",
-                "qcow2",
-                &ov,
-            ],
-        );
-        io(&ov, &["write -P 0x77 1536k 300k", "write -z 4M 8k"]);
+        let ov_opts = format!("data_file=ov-{name}.data");
+        qemu_create(&p(&ov), &ov_opts, Some((Path::new(&q), "qcow2")), None);
+        qemu_io(&p(&ov), &["write -P 0x77 1536k 300k", "write -z 4M 8k"]);
         let top = format!("top-{name}.qcow2");
-        qemu_img(
-            d.path(),
-            &[
-                "create", "-q", "-f", "qcow2", "-b", &ov, "-F", "qcow2", &top,
-            ],
-        );
-        io(&top, &["write -P 0x88 100k 4k"]);
+        qemu_create(&p(&top), "", Some((Path::new(&ov), "qcow2")), None);
+        qemu_io(&p(&top), &["write -P 0x88 100k 4k"]);
         for f in [&ov, &top] {
             reads_as(&p(f), &qemu_raw(&p(f)), false, &format!("{name} {f}"));
         }
@@ -221,21 +163,9 @@ fn data_file_images_read_as_qemu_reads_them() {
     // The raw data bit set on an image whose L2 tables leave clusters unmapped (qemu-img
     // sets it only on new images, which it maps whole), over a data file holding bytes
     // there.
-    qemu_img(
-        d.path(),
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "data_file=late.data",
-            "late.qcow2",
-            "4M",
-        ],
-    );
-    io("late.qcow2", &["write -P 0x11 0 64k"]);
     let q = p("late.qcow2");
+    qemu_create(&q, "data_file=late.data", None, Some("4M"));
+    qemu_io(&q, &["write -P 0x11 0 64k"]);
     let mut b = read(&q);
     let autoclear = be::u64(&b, 88);
     be::set_u64(&mut b, 88, autoclear | 2);
@@ -266,22 +196,9 @@ fn a_data_file_cut_short_reads_as_zeros_past_its_end() {
     ] {
         let q = format!("{name}.qcow2");
         let data = format!("{name}.data");
-        qemu_img(
-            d.path(),
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-o",
-                &format!("data_file={data}{opts}"),
-                &q,
-                "4M",
-            ],
-        );
+        qemu_create(&p(&q), &format!("data_file={data}{opts}"), None, Some("4M"));
         qemu_io(
-            d.path(),
-            &q,
+            &p(&q),
             &[
                 "write -P 0x11 0 64k",
                 "write -P 0x22 1M 128k",
@@ -356,18 +273,7 @@ fn data_file_errors_are_one_line() {
     let d = tempdir();
     let p = |n: &str| d.path().join(n);
     mkfs(d.path(), "fs.img", "16M", &["-b", "4096"]);
-    qemu_img(
-        d.path(),
-        &[
-            "convert",
-            "-O",
-            "qcow2",
-            "-o",
-            "data_file=fs.data",
-            "fs.img",
-            "img.qcow2",
-        ],
-    );
+    qemu_to_qcow2(&p("fs.img"), &p("img.qcow2"), "data_file=fs.data");
     let q = p("img.qcow2");
     let out = p("out.raw");
     let tools: [(&str, &[&str]); 4] = [
@@ -495,17 +401,10 @@ fn data_file_errors_are_one_line() {
     assert!(read(&p("fs.data")) == data, "the data file changed");
 
     // The image as its own data file: its own bytes as data, never a panic.
-    qemu_img(
-        d.path(),
-        &[
-            "amend",
-            "-o",
-            "data_file=self.qcow2",
-            "-f",
-            "qcow2",
-            "img.qcow2",
-        ],
-    );
+    sh(Command::new("qemu-img")
+        .current_dir(d.path())
+        .args(["amend", "-o", "data_file=self.qcow2", "-f", "qcow2"])
+        .arg(&q));
     std::fs::copy(&q, p("self.qcow2")).unwrap();
     for (t, args) in tools {
         let _ = std::fs::remove_file(&out);

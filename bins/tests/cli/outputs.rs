@@ -95,6 +95,15 @@ const WRITERS: &[W] = &[
     },
 ];
 
+/// The e2image normal format, which [`WRITERS`] leave out (its header records the output's
+/// inode and the time): the write error tests cover it too.
+const NORMAL: W = W {
+    tool: "e2i-capture",
+    args: &["--format", "normal"],
+    input: In::Img,
+    streams: true,
+};
+
 impl W {
     fn cmd(&self, input: &Path, output: &Path) -> Command {
         let mut c = tool_cmd(self.tool);
@@ -1518,13 +1527,7 @@ fn write_errors_name_the_byte_and_what_stdout_is() {
     let fx = Fx::new("8M");
     let full = char_dev(fx.dir.path(), "full", 7);
     let enospc = "No space left on device (os error 28)";
-    let normal = W {
-        tool: "e2i-capture",
-        args: &["--format", "normal"],
-        input: In::Img,
-        streams: true,
-    };
-    let writers = WRITERS.iter().filter(|w| w.streams).chain([&normal]);
+    let writers = WRITERS.iter().filter(|w| w.streams).chain([&NORMAL]);
     for w in writers {
         let input = fx.input(w.input);
         // OUTPUT `-`, stdout a full device.
@@ -1604,13 +1607,7 @@ fn a_write_cut_short_names_the_first_byte_not_written() {
     const BLOCKS: u64 = 3;
     let limit = BLOCKS * 512;
     let ulimit = format!("ulimit -f {BLOCKS}; exec \"$@\"");
-    let normal = W {
-        tool: "e2i-capture",
-        args: &["--format", "normal"],
-        input: In::Img,
-        streams: true,
-    };
-    for w in WRITERS.iter().chain([&normal]) {
+    for w in WRITERS.iter().chain([&NORMAL]) {
         let out = fx.path("limited.out");
         let _ = fs::remove_file(&out);
         let o = run(tool_in_sh(&ulimit, w.tool)

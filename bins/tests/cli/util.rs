@@ -339,6 +339,50 @@ pub fn qemu_to_raw(q: &Path, out: &Path) -> Vec<u8> {
     read(out)
 }
 
+/// The folder of `q`, an absolute path, where the qemu helpers run: qemu 10 finds a
+/// relative data file name from its current folder (e2i from the image's: they agree
+/// there), and a relative backing name from the image's.
+fn folder_of(q: &Path) -> &Path {
+    q.parent()
+        .filter(|d| d.is_absolute())
+        .unwrap_or_else(|| panic!("{}: not an absolute path", q.display()))
+}
+
+/// `qemu-img create -q -f qcow2 [-o OPTS] [-b BACKING -F FORMAT] Q [SIZE]`, run in Q's
+/// folder; it must succeed. Without a size, the backing file's.
+pub fn qemu_create(q: &Path, opts: &str, backing: Option<(&Path, &str)>, size: Option<&str>) {
+    let mut c = Command::new("qemu-img");
+    c.current_dir(folder_of(q))
+        .args(["create", "-q", "-f", "qcow2"]);
+    if !opts.is_empty() {
+        c.args(["-o", opts]);
+    }
+    if let Some((b, fmt)) = backing {
+        c.arg("-b").arg(b).args(["-F", fmt]);
+    }
+    sh(c.arg(q).args(size));
+}
+
+/// `qemu-io -f qcow2 -c CMD… Q`, run in Q's folder; it must succeed.
+pub fn qemu_io<S: AsRef<std::ffi::OsStr>>(q: &Path, cmds: &[S]) {
+    let mut c = Command::new("qemu-io");
+    c.current_dir(folder_of(q)).args(["-f", "qcow2"]);
+    for cmd in cmds {
+        c.arg("-c").arg(cmd);
+    }
+    sh(c.arg(q));
+}
+
+/// `qemu-img convert -O qcow2 -o OPTS RAW Q` (say `extended_l2=on,cluster_size=64k`, or
+/// `data_file=NAME`), run in Q's folder; it must succeed.
+pub fn qemu_to_qcow2(raw: &Path, q: &Path, opts: &str) {
+    sh(Command::new("qemu-img")
+        .current_dir(folder_of(q))
+        .args(["convert", "-O", "qcow2", "-o", opts])
+        .arg(raw)
+        .arg(q));
+}
+
 /// `debugfs -R REQUEST img` (read-only): its stdout.
 pub fn debugfs(img: &Path, request: &str) -> String {
     text(&run(Command::new("debugfs").arg("-R").arg(request).arg(img)).stdout)
