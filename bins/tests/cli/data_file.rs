@@ -180,8 +180,8 @@ fn data_file_images_read_as_qemu_reads_them() {
 }
 
 /// A data file shorter than its image's L2 tables map (cut inside a cluster, or empty;
-/// standard or extended entries, raw or not): the bytes past its end read as zeros, as
-/// qemu reads them. A cluster away from its guest offset is still refused there, as qemu
+/// standard or extended entries, raw or not; under a filesystem): the bytes past its end
+/// read as zeros, as qemu reads them, in every tool. A cluster away from its guest offset is still refused there, as qemu
 /// refuses it.
 #[test]
 fn a_data_file_cut_short_reads_as_zeros_past_its_end() {
@@ -218,6 +218,24 @@ fn a_data_file_cut_short_reads_as_zeros_past_its_end() {
             reads_as(&p(&q), &disk, false, &format!("{name} cut to {len}"));
         }
     }
+    // A filesystem whose data file lost the last quarter of what it holds: the
+    // converters, a round trip through e2i-to-qcow2 and e2i-capture -r read the disk qemu
+    // reads.
+    let fs = mkfs(d.path(), "fs.img", "8M", &[]);
+    let fq = p("fs.qcow2");
+    qemu_to_qcow2(&fs, &fq, "data_file=fs.data");
+    let last = read(&fs).iter().rposition(|&x| x != 0).unwrap() as u64;
+    let f = std::fs::OpenOptions::new().write(true).open(p("fs.data"));
+    f.unwrap().set_len(last / 4 * 3 + 1234).unwrap();
+    let disk = qemu_raw(&fq);
+    assert!(disk != read(&fs), "nothing was cut");
+    reads_as(&fq, &disk, false, "a filesystem cut short");
+    std::fs::write(p("disk.raw"), &disk).unwrap();
+    let expect = e2image_bytes(&["-r"], &p("disk.raw"), &p("expect.raw"));
+    assert!(
+        convert("e2i-capture", &["-r"], &fq, &p("cap.raw")) == expect,
+        "a filesystem cut short: e2i-capture -r differs from e2image -r of qemu's disk"
+    );
     // Guest cluster 48 (at 3 MiB) mapped past the end, away from its guest offset.
     let q = p("plain.qcow2");
     let mut b = read(&q);
