@@ -56,8 +56,7 @@ pub fn to_raw(tool: &str, a: &RawArgs<'_>, sum: &mut Summary) -> anyhow::Result<
         );
     }
     sum.add(|o| o.str("input_kind", kind_name(inp.kind())));
-    let chain = input::backing_files(&inp);
-    let data_files = input::data_files(&inp);
+    let in_files = input::chain_files(&inp);
     let state = crate::state_dir();
     let mut out = open_output(
         &Request {
@@ -72,9 +71,15 @@ pub fn to_raw(tool: &str, a: &RawArgs<'_>, sum: &mut Summary) -> anyhow::Result<
         },
         &[("INPUT", a.input)]
             .into_iter()
-            .chain(chain.iter().map(|p| ("INPUT's backing file", p.as_path())))
             .chain(
-                data_files
+                in_files
+                    .backing
+                    .iter()
+                    .map(|p| ("INPUT's backing file", p.as_path())),
+            )
+            .chain(
+                in_files
+                    .data
                     .iter()
                     .map(|p| ("INPUT's data file", p.as_path())),
             )

@@ -444,16 +444,17 @@ pub enum CorruptKind {
         l2_offset: u64,
         entry: u64,
     },
-    /// A data cluster of an image with an external data file starts at or past the end of
-    /// that file (reported inside [`Error::DataFile`], which names it).
+    /// A data cluster of an image with an external data file is not at its guest offset in
+    /// that file (qemu: "External data file host cluster offset … does not match guest
+    /// cluster offset"): qemu allocates every data file cluster there and refuses any other.
     #[error(
-        "qcow2 L2 entry of guest cluster {guest_cluster} (L2 table at byte {l2_offset}): data cluster at byte {data_offset} lies past the end of the data file ({data_size} bytes)"
+        "qcow2 L2 entry of guest cluster {guest_cluster} (L2 table at byte {l2_offset}): data cluster at byte {data_offset} of the external data file, not at its guest offset {guest_offset} (qemu refuses it)"
     )]
-    Qcow2DataFileOutside {
+    Qcow2DataFileOffset {
         guest_cluster: u64,
         l2_offset: u64,
         data_offset: u64,
-        data_size: u64,
+        guest_offset: u64,
     },
     /// The external data file bit is set, but no header extension names the file.
     #[error(

@@ -77,8 +77,7 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             "{TOOL}: note: -a has no effect on a stream input (the capture chose its blocks)"
         );
     }
-    let in_chain = input::backing_files(&inp);
-    let in_data = input::data_files(&inp);
+    let in_files = input::chain_files(&inp);
     let mut out = open_output(
         &Request {
             path: &args.output,
@@ -95,11 +94,17 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
             .into_iter()
             .chain(chain.iter().map(|p| ("the backing file", p.as_path())))
             .chain(
-                in_chain
+                in_files
+                    .backing
                     .iter()
                     .map(|p| ("INPUT's backing file", p.as_path())),
             )
-            .chain(in_data.iter().map(|p| ("INPUT's data file", p.as_path())))
+            .chain(
+                in_files
+                    .data
+                    .iter()
+                    .map(|p| ("INPUT's data file", p.as_path())),
+            )
             .collect::<Vec<_>>(),
     )?;
     let out_name = e2i_cli::opened_name(&out_name, &out);

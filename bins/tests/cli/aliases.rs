@@ -61,7 +61,7 @@ fn disk(dir: &Path, fs_img: &Path) -> PathBuf {
 }
 
 fn e2i(tool_name: &str, args: &[&str], paths: &[&Path]) -> std::process::Output {
-    run(Command::new(tool(tool_name)).args(args).args(paths))
+    run(tool_cmd(tool_name).args(args).args(paths))
 }
 
 /// A partition of a loop device over a disk image shares its bytes with the disk, the
@@ -269,7 +269,7 @@ fn an_output_that_is_a_backing_file_of_what_is_read_is_refused() {
         assert!(err.contains("nothing written"), "{what}: {err}");
         assert!(digest(&base) == before, "{what}: the backing file changed");
     }
-    let o = run(Command::new(tool("qcow2-to-raw"))
+    let o = run(tool_cmd("qcow2-to-raw")
         .arg("-")
         .arg(&base)
         .current_dir(dir)
@@ -350,7 +350,7 @@ fn stdin_and_stdout_redirected_to_a_file_being_moved_are_held_and_named() {
     // Held before its third write until the checks are done.
     let mover = held_mover(&["-o", "1M", "-O", "2M"], &disk, &state, 64);
     let before = digest(&disk);
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .arg("-r")
         .arg(&fs_img)
         .arg("-")
@@ -364,7 +364,7 @@ fn stdin_and_stdout_redirected_to_a_file_being_moved_are_held_and_named() {
     assert!(digest(&disk) == before, "the disk changed");
     // A converter reading DISK on stdin, writing a new file.
     let from_stdin = |t: &str| {
-        run(Command::new(tool(t))
+        run(tool_cmd(t)
             .arg("-")
             .arg(d.path().join("out"))
             .env("XDG_STATE_HOME", &state)
@@ -396,7 +396,7 @@ fn stdin_and_stdout_redirected_to_a_file_being_moved_are_held_and_named() {
         assert!(!d.path().join("out").exists());
     }
     // e2i-capture's is its SOURCE (it reads no stdin).
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["-r", "-o", "1M"])
         .arg(&disk)
         .arg(d.path().join("out"))
@@ -416,7 +416,7 @@ fn an_in_place_move_waits_for_the_writer_of_its_file() {
     let fs_img = mkfs(d.path(), "fs.img", "4M", &[]);
     let stream = d.path().join("fs.stream");
     run_ok(
-        Command::new(tool("e2i-capture"))
+        tool_cmd("e2i-capture")
             .arg(&fs_img)
             .arg("-")
             .stdout(fs::File::create(&stream).unwrap()),
@@ -430,7 +430,7 @@ fn an_in_place_move_waits_for_the_writer_of_its_file() {
     ] {
         let disk = disk_with(d.path(), "disk.img", &fs_img);
         let mut writer = Reaper::new(
-            Command::new(tool("e2i-to-raw"))
+            tool_cmd("e2i-to-raw")
                 .args(args)
                 .arg("-")
                 .arg(&disk)
@@ -453,7 +453,7 @@ fn an_in_place_move_waits_for_the_writer_of_its_file() {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         drop(probe);
-        let o = run(Command::new(tool("e2i-move"))
+        let o = run(tool_cmd("e2i-move")
             .args(["-o", "1M", "-O", "2M"])
             .arg(&disk)
             .env("XDG_STATE_HOME", &state));
@@ -468,7 +468,7 @@ fn an_in_place_move_waits_for_the_writer_of_its_file() {
         let o = writer.take().wait_with_output().unwrap();
         ok(&o, &format!("{name}: the writer"));
         ok(
-            &run(Command::new(tool("e2i-move"))
+            &run(tool_cmd("e2i-move")
                 .args(["-o", at, "-O", "3M"])
                 .arg(&disk)
                 .env("XDG_STATE_HOME", &state)),

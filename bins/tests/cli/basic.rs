@@ -91,7 +91,7 @@ fn offsets_and_suffixes() {
     );
     for off in ["1M", "1MiB", "0x100000", "1048576"] {
         let got = d.path().join(format!("got-{off}.raw"));
-        let o = run(Command::new(tool("e2i-capture"))
+        let o = run(tool_cmd("e2i-capture")
             .args(["-r", "-o", off])
             .arg(&host)
             .arg(&got));
@@ -118,10 +118,7 @@ fn a_truncated_image_is_captured_or_refused_cleanly() {
         std::fs::write(&t, &bytes[..cut]).unwrap();
         let out = d.path().join("t.raw");
         std::fs::remove_file(&out).ok();
-        let o = run(Command::new(tool("e2i-capture"))
-            .arg("-r")
-            .arg(&t)
-            .arg(&out));
+        let o = run(tool_cmd("e2i-capture").arg("-r").arg(&t).arg(&out));
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(
             matches!(o.status.code(), Some(0 | 1 | 3)),

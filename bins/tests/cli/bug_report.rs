@@ -124,7 +124,7 @@ fn bug_report_help_version_and_output_checks() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("Usage: e2i-bug-report"));
     let o = run(Command::new(&script).arg("--version"));
     assert!(o.status.success());
-    let v = run(Command::new(tool("e2i-capture")).arg("--version"));
+    let v = run(tool_cmd("e2i-capture").arg("--version"));
     let tools_version = String::from_utf8_lossy(&v.stdout)
         .split_whitespace()
         .last()
@@ -262,7 +262,7 @@ fn assert_no_leak(x: &Path) {
 fn bug_report_bundles_a_damaged_filesystem() {
     let d = tempdir();
     let img = private_fs(d.path(), "private-disk.img", Some(1 << 20));
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["-s", "-Q"])
         .arg(&img)
         .arg(d.path().join("probe.qcow2")));

@@ -6,7 +6,7 @@
 //! (the full set when `E2I_FULL_CORPUS=1`): tests share it through a `OnceLock`; a file lock
 //! (exclusive while generating, shared while in use) keeps concurrent test processes apart.
 
-use super::util::{e2image, run, tempdir, tool};
+use super::util::{e2image, run, tempdir, tool, tool_cmd};
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -132,10 +132,7 @@ fn open(p: &Path) -> BufReader<File> {
 
 /// `e2i-capture ARGS IMG OUT`; returns stderr on a non-zero exit.
 fn capture(args: &[&str], img: &Path, out: &Path) -> Result<(), String> {
-    let o = run(Command::new(tool("e2i-capture"))
-        .args(args)
-        .arg(img)
-        .arg(out));
+    let o = run(tool_cmd("e2i-capture").args(args).arg(img).arg(out));
     if o.status.success() && o.stderr.is_empty() {
         Ok(())
     } else {
@@ -188,7 +185,7 @@ fn corpus_raw_stdout_matches_e2image() {
         let d = tempdir();
         let theirs = d.path().join("theirs");
         e2image(&["-r"], &img, &theirs);
-        let mut child = Command::new(tool("e2i-capture"))
+        let mut child = tool_cmd("e2i-capture")
             .arg("-r")
             .arg(&img)
             .arg("-")
@@ -313,10 +310,7 @@ struct Outcome {
 }
 
 fn capture_outcome(args: &[&str], src: &Path, out: &Path) -> Outcome {
-    let o = run(Command::new(tool("e2i-capture"))
-        .args(args)
-        .arg(src)
-        .arg(out));
+    let o = run(tool_cmd("e2i-capture").args(args).arg(src).arg(out));
     Outcome {
         code: o.status.code(),
         stderr: String::from_utf8_lossy(&o.stderr).into_owned(),

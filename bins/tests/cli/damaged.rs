@@ -132,14 +132,11 @@ fn broken_extent_node_is_skipped_and_named() {
     );
 
     let ours = d.path().join("ours.raw");
-    let o = run(Command::new(tool("e2i-capture"))
-        .arg("-r")
-        .arg(&damaged)
-        .arg(&ours));
+    let o = run(tool_cmd("e2i-capture").arg("-r").arg(&damaged).arg(&ours));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(3), "{err}");
     assert!(err.contains(&format!("inode {ino}")), "{err}");
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["-r", "--strict"])
         .arg(&damaged)
         .arg(d.path().join("s.raw")));
@@ -195,10 +192,7 @@ fn garbage_inode_table_range_is_skipped_and_named() {
     );
 
     let ours = d.path().join("ours.raw");
-    let o = run(Command::new(tool("e2i-capture"))
-        .arg("-r")
-        .arg(&damaged)
-        .arg(&ours));
+    let o = run(tool_cmd("e2i-capture").arg("-r").arg(&damaged).arg(&ours));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(3), "{err}");
     // Every inode the summary names lies in the garbage blocks.

@@ -1,10 +1,11 @@
 //! qcow2 images keeping their data in an external data file (`qemu-img -o data_file=`,
 //! `data_file_raw=on`): every reader gives the disk `qemu-img convert` gives and the
-//! filesystem `e2image -r` gives, also through backing chains; a missing, short or
-//! unusable data file, a relative name on a pipe and a compressed cluster are one line
-//! naming the image and the data file, exit 1, nothing written. The images are made here
-//! with qemu-img, run in the image's folder: qemu finds a relative data file name from its
-//! current folder, e2i from the image's (the two agree there).
+//! filesystem `e2image -r` gives, also through backing chains, and a data file cut short
+//! reads as zeros past its end, as qemu reads it; a missing or unusable data file, a
+//! relative name on a pipe and a compressed cluster are one line naming the image and the
+//! data file, exit 1, nothing written. The images are made here with qemu-img, run in the
+//! image's folder: qemu finds a relative data file name from its current folder, e2i from
+//! the image's (the two agree there).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -12,20 +13,16 @@ use std::process::{Command, Stdio};
 use super::util::*;
 use e2i::bytes::be;
 
-/// `qemu-img ARGS` run in `dir` (relative names are qemu's current folder's).
-fn qemu_img(dir: &Path, args: &[&str]) {
-    sh(Command::new("qemu-img").current_dir(dir).args(args));
-}
-
 /// `qemu-img convert -O raw Q` run in Q's folder; the raw bytes.
 fn qemu_raw(q: &Path) -> Vec<u8> {
     let dir = q.parent().unwrap();
     let out = dir.join("qemu.raw");
     let _ = std::fs::remove_file(&out);
-    qemu_img(
-        dir,
-        &["convert", "-O", "raw", q.to_str().unwrap(), "qemu.raw"],
-    );
+    sh(Command::new("qemu-img")
+        .current_dir(dir)
+        .args(["convert", "-O", "raw"])
+        .arg(q)
+        .arg(&out));
     read(&out)
 }
 
@@ -33,13 +30,7 @@ fn qemu_raw(q: &Path) -> Vec<u8> {
 /// folder, not the current one); OUT's bytes.
 fn convert(t: &str, args: &[&str], input: &Path, out: &Path) -> Vec<u8> {
     let _ = std::fs::remove_file(out);
-    run_ok(
-        Command::new(tool(t))
-            .current_dir("/")
-            .args(args)
-            .arg(input)
-            .arg(out),
-    );
+    run_ok(tool_cmd(t).current_dir("/").args(args).arg(input).arg(out));
     read(out)
 }
 
@@ -66,7 +57,7 @@ fn reads_as(q: &Path, expect: &[u8], piped: bool, what: &str) {
         );
     }
     if piped {
-        let o = run(Command::new(tool("qcow2-to-raw"))
+        let o = run(tool_cmd("qcow2-to-raw")
             .args(["-", "-"])
             .stdin(std::fs::File::open(q).unwrap()));
         ok(&o, what);
@@ -103,18 +94,7 @@ fn data_file_images_read_as_the_filesystem() {
             let what = format!("{name} {lname}");
             let q = p(&format!("{name}-{lname}.qcow2"));
             let data = format!("{name}-{lname}.data");
-            qemu_img(
-                d.path(),
-                &[
-                    "convert",
-                    "-O",
-                    "qcow2",
-                    "-o",
-                    &format!("data_file={data}{lopts}"),
-                    fs.to_str().unwrap(),
-                    q.to_str().unwrap(),
-                ],
-            );
+            qemu_to_qcow2(&fs, &q, &format!("data_file={data}{lopts}"));
             let out = p("cap.raw");
             assert!(
                 convert("e2i-capture", &["-r"], &q, &out) == expect,
@@ -132,18 +112,7 @@ fn data_file_images_read_as_the_filesystem() {
             if lname == "plain" {
                 let abs = p(&format!("{name}-abs.qcow2"));
                 let data = p(&format!("{name}-abs.data"));
-                qemu_img(
-                    d.path(),
-                    &[
-                        "convert",
-                        "-O",
-                        "qcow2",
-                        "-o",
-                        &format!("data_file={}", data.display()),
-                        fs.to_str().unwrap(),
-                        abs.to_str().unwrap(),
-                    ],
-                );
+                qemu_to_qcow2(&fs, &abs, &format!("data_file={}", data.display()));
                 reads_as(&abs, &disk, true, &format!("{name} absolute"));
             }
         }
@@ -158,14 +127,6 @@ fn data_file_images_read_as_the_filesystem() {
 fn data_file_images_read_as_qemu_reads_them() {
     let d = tempdir();
     let p = |n: &str| d.path().join(n);
-    let io = |q: &str, cmds: &[&str]| {
-        let mut c = Command::new("qemu-io");
-        c.current_dir(d.path()).args(["-f", "qcow2"]);
-        for cmd in cmds {
-            c.args(["-c", cmd]);
-        }
-        sh(c.arg(q));
-    };
     let scribble = [
         "write -P 0x11 0 3M",
         "write -P 0x55 4096 1536",
@@ -183,39 +144,18 @@ fn data_file_images_read_as_qemu_reads_them() {
         ),
     ] {
         let q = format!("{name}.qcow2");
-        qemu_img(
-            d.path(),
-            &["create", "-q", "-f", "qcow2", "-o", opts, &q, "6M"],
-        );
-        io(&q, &scribble);
+        qemu_create(&p(&q), opts, None, Some("6M"));
+        qemu_io(&p(&q), &scribble);
         reads_as(&p(&q), &qemu_raw(&p(&q)), false, name);
-        // An overlay with its own data file on it, and a plain overlay on that.
+        // An overlay with its own data file on it, and a plain overlay on that (backing
+        // names recorded relative: found from the overlay's folder).
         let ov = format!("ov-{name}.qcow2");
-        qemu_img(
-            d.path(),
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-o",
-                &format!("data_file=ov-{name}.data"),
-                "-b",
-                &q,
-                "-F",
-                "qcow2",
-                &ov,
-            ],
-        );
-        io(&ov, &["write -P 0x77 1536k 300k", "write -z 4M 8k"]);
+        let ov_opts = format!("data_file=ov-{name}.data");
+        qemu_create(&p(&ov), &ov_opts, Some((Path::new(&q), "qcow2")), None);
+        qemu_io(&p(&ov), &["write -P 0x77 1536k 300k", "write -z 4M 8k"]);
         let top = format!("top-{name}.qcow2");
-        qemu_img(
-            d.path(),
-            &[
-                "create", "-q", "-f", "qcow2", "-b", &ov, "-F", "qcow2", &top,
-            ],
-        );
-        io(&top, &["write -P 0x88 100k 4k"]);
+        qemu_create(&p(&top), "", Some((Path::new(&ov), "qcow2")), None);
+        qemu_io(&p(&top), &["write -P 0x88 100k 4k"]);
         for f in [&ov, &top] {
             reads_as(&p(f), &qemu_raw(&p(f)), false, &format!("{name} {f}"));
         }
@@ -223,21 +163,9 @@ fn data_file_images_read_as_qemu_reads_them() {
     // The raw data bit set on an image whose L2 tables leave clusters unmapped (qemu-img
     // sets it only on new images, which it maps whole), over a data file holding bytes
     // there.
-    qemu_img(
-        d.path(),
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "data_file=late.data",
-            "late.qcow2",
-            "4M",
-        ],
-    );
-    io("late.qcow2", &["write -P 0x11 0 64k"]);
     let q = p("late.qcow2");
+    qemu_create(&q, "data_file=late.data", None, Some("4M"));
+    qemu_io(&q, &["write -P 0x11 0 64k"]);
     let mut b = read(&q);
     let autoclear = be::u64(&b, 88);
     be::set_u64(&mut b, 88, autoclear | 2);
@@ -251,13 +179,99 @@ fn data_file_images_read_as_qemu_reads_them() {
     reads_as(&q, &disk, false, "raw bit on unmapped clusters");
 }
 
+/// A data file shorter than its image's L2 tables map (cut inside a cluster, or empty;
+/// standard or extended entries, raw or not; under a filesystem): the bytes past its end
+/// read as zeros, as qemu reads them, in every tool. A cluster away from its guest offset is still refused there, as qemu
+/// refuses it.
+#[test]
+fn a_data_file_cut_short_reads_as_zeros_past_its_end() {
+    let d = tempdir();
+    let p = |n: &str| d.path().join(n);
+    // Inside the second cluster of the 128 KiB written at 1 MiB.
+    let cut: usize = (1 << 20) + 100_000;
+    for (name, opts) in [
+        ("plain", ""),
+        ("raw", ",data_file_raw=on"),
+        ("ext", ",extended_l2=on,cluster_size=64k"),
+    ] {
+        let q = format!("{name}.qcow2");
+        let data = format!("{name}.data");
+        qemu_create(&p(&q), &format!("data_file={data}{opts}"), None, Some("4M"));
+        qemu_io(
+            &p(&q),
+            &[
+                "write -P 0x11 0 64k",
+                "write -P 0x22 1M 128k",
+                "write -P 0x33 3M 64k",
+            ],
+        );
+        for len in [cut, 0] {
+            let f = std::fs::OpenOptions::new().write(true).open(p(&data));
+            f.unwrap().set_len(len as u64).unwrap();
+            let disk = qemu_raw(&p(&q));
+            let mut want = vec![0u8; 4 << 20];
+            if len == cut {
+                want[..64 << 10].fill(0x11);
+                want[1 << 20..cut].fill(0x22);
+            }
+            assert!(disk == want, "qemu changed: {name} cut to {len}");
+            reads_as(&p(&q), &disk, false, &format!("{name} cut to {len}"));
+        }
+    }
+    // A filesystem whose data file lost the last quarter of what it holds: the
+    // converters, a round trip through e2i-to-qcow2 and e2i-capture -r read the disk qemu
+    // reads.
+    let fs = mkfs(d.path(), "fs.img", "8M", &[]);
+    let fq = p("fs.qcow2");
+    qemu_to_qcow2(&fs, &fq, "data_file=fs.data");
+    let last = read(&fs).iter().rposition(|&x| x != 0).unwrap() as u64;
+    let f = std::fs::OpenOptions::new().write(true).open(p("fs.data"));
+    f.unwrap().set_len(last / 4 * 3 + 1234).unwrap();
+    let disk = qemu_raw(&fq);
+    assert!(disk != read(&fs), "nothing was cut");
+    reads_as(&fq, &disk, false, "a filesystem cut short");
+    std::fs::write(p("disk.raw"), &disk).unwrap();
+    let expect = e2image_bytes(&["-r"], &p("disk.raw"), &p("expect.raw"));
+    assert!(
+        convert("e2i-capture", &["-r"], &fq, &p("cap.raw")) == expect,
+        "a filesystem cut short: e2i-capture -r differs from e2image -r of qemu's disk"
+    );
+    // Guest cluster 48 (at 3 MiB) mapped past the end, away from its guest offset.
+    let q = p("plain.qcow2");
+    let mut b = read(&q);
+    let l1 = be::u64(&b, 40) as usize;
+    let l2 = (be::u64(&b, l1) & 0x00ff_ffff_ffff_fe00) as usize;
+    be::set_u64(&mut b, l2 + 48 * 8, 1 << 63 | 1 << 40);
+    std::fs::write(p("away.qcow2"), b).unwrap();
+    let o = run(Command::new("qemu-img").current_dir(d.path()).args([
+        "convert",
+        "-O",
+        "raw",
+        "away.qcow2",
+        "qemu.raw",
+    ]));
+    assert!(
+        !o.status.success(),
+        "qemu changed: it read {}",
+        "away.qcow2"
+    );
+    refused(
+        "qcow2-to-raw",
+        &[],
+        &p("away.qcow2"),
+        &p("away.raw"),
+        &[
+            "away.qcow2",
+            "guest cluster 48",
+            "not at its guest offset 3145728",
+        ],
+        "away and past the end",
+    );
+}
+
 /// `tool ARGS IN OUT` fails with one line naming `names`, exit 1, without an output.
 fn refused(t: &str, args: &[&str], input: &Path, out: &Path, names: &[&str], what: &str) {
-    let o = run(Command::new(tool(t))
-        .current_dir("/")
-        .args(args)
-        .arg(input)
-        .arg(out));
+    let o = run(tool_cmd(t).current_dir("/").args(args).arg(input).arg(out));
     let err = failed(&o, &format!("{t} {what}"));
     assert_eq!(err.lines().count(), 1, "{t} {what}: {err}");
     assert!(!err.contains("panicked"), "{t} {what}: {err}");
@@ -268,8 +282,8 @@ fn refused(t: &str, args: &[&str], input: &Path, out: &Path, names: &[&str], wha
 }
 
 /// Every reader refuses, in one line naming the image and the data file: a missing data
-/// file, a folder in its place, one shorter than its L2 tables need, a relative name read
-/// from a pipe, a compressed cluster, a name holding a NUL byte, the bit without a name.
+/// file, a folder in its place, a relative name read from a pipe, a compressed cluster, a data cluster away from its guest offset (qemu
+/// refuses it too), a name holding a NUL byte, the bit without a name.
 /// An output that is the data file is refused before anything is written. An image naming
 /// itself as its data file reads (as qemu reads it) or fails in one line, never panics.
 #[test]
@@ -277,18 +291,7 @@ fn data_file_errors_are_one_line() {
     let d = tempdir();
     let p = |n: &str| d.path().join(n);
     mkfs(d.path(), "fs.img", "16M", &["-b", "4096"]);
-    qemu_img(
-        d.path(),
-        &[
-            "convert",
-            "-O",
-            "qcow2",
-            "-o",
-            "data_file=fs.data",
-            "fs.img",
-            "img.qcow2",
-        ],
-    );
+    qemu_to_qcow2(&p("fs.img"), &p("img.qcow2"), "data_file=fs.data");
     let q = p("img.qcow2");
     let out = p("out.raw");
     let tools: [(&str, &[&str]); 4] = [
@@ -317,14 +320,8 @@ fn data_file_errors_are_one_line() {
         "a folder",
     );
     std::fs::remove_dir(p("fs.data")).unwrap();
-    std::fs::write(p("fs.data"), &data[..1 << 20]).unwrap();
-    all(
-        &q,
-        &["img.qcow2", "fs.data", "past the end of the data file"],
-        "short",
-    );
-    std::fs::write(p("fs.data"), &data).unwrap();
-    let o = run(Command::new(tool("e2i-to-raw"))
+    std::fs::rename(p("moved.data"), p("fs.data")).unwrap();
+    let o = run(tool_cmd("e2i-to-raw")
         .args(["-", "-"])
         .stdin(std::fs::File::open(&q).unwrap())
         .stdout(Stdio::null()));
@@ -359,6 +356,32 @@ fn data_file_errors_are_one_line() {
         ],
         "compressed",
     );
+    // Guest cluster 0 mapped to the data file's second cluster: qemu keeps every data
+    // cluster at its guest offset and refuses the image (qemu-img convert fails).
+    let elsewhere = patched("elsewhere.qcow2", &|b| {
+        be::set_u64(b, l2, 1 << 63 | 65536);
+    });
+    let o = run(Command::new("qemu-img").current_dir(d.path()).args([
+        "convert",
+        "-O",
+        "raw",
+        "elsewhere.qcow2",
+        "qemu.raw",
+    ]));
+    assert!(
+        !o.status.success(),
+        "qemu changed: it read a data cluster away from its guest offset"
+    );
+    all(
+        &elsewhere,
+        &[
+            "elsewhere.qcow2",
+            "guest cluster 0",
+            &format!("L2 table at byte {l2}"),
+            "data cluster at byte 65536 of the external data file, not at its guest offset 0",
+        ],
+        "a data cluster away from its guest offset",
+    );
     let nul = patched("nul.qcow2", &|b| b[ext_at + 9] = 0);
     all(&nul, &["nul.qcow2", "NUL byte"], "NUL in the name");
     let unnamed = patched("unnamed.qcow2", &|b| be::set_u32(b, ext_at, 0x1234_5678));
@@ -383,11 +406,11 @@ fn data_file_errors_are_one_line() {
         if t == "e2i-capture" {
             continue;
         }
-        let o = run(Command::new(tool(t)).args(args).arg(&q).arg(p("fs.data")));
+        let o = run(tool_cmd(t).args(args).arg(&q).arg(p("fs.data")));
         let err = failed(&o, t);
         assert!(err.contains("external data file"), "{t}: {err}");
     }
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["-r"])
         .arg(&q)
         .arg(p("fs.data")));
@@ -396,24 +419,14 @@ fn data_file_errors_are_one_line() {
     assert!(read(&p("fs.data")) == data, "the data file changed");
 
     // The image as its own data file: its own bytes as data, never a panic.
-    qemu_img(
-        d.path(),
-        &[
-            "amend",
-            "-o",
-            "data_file=self.qcow2",
-            "-f",
-            "qcow2",
-            "img.qcow2",
-        ],
-    );
+    sh(Command::new("qemu-img")
+        .current_dir(d.path())
+        .args(["amend", "-o", "data_file=self.qcow2", "-f", "qcow2"])
+        .arg(&q));
     std::fs::copy(&q, p("self.qcow2")).unwrap();
     for (t, args) in tools {
         let _ = std::fs::remove_file(&out);
-        let o = run(Command::new(tool(t))
-            .args(args)
-            .arg(p("self.qcow2"))
-            .arg(&out));
+        let o = run(tool_cmd(t).args(args).arg(p("self.qcow2")).arg(&out));
         let err = text(&o.stderr);
         assert!(!err.contains("panicked"), "{t} self: {err}");
         assert!(matches!(o.status.code(), Some(0 | 1)), "{t} self: {err}");

@@ -94,10 +94,10 @@ fn the_kernels_links_to_stdout_are_written_through() {
     let fx = Fx::new();
     for (t, args, input) in stream_writers(&fx) {
         let what = format!("{t} {args:?}");
-        let want = run(Command::new(tool(t)).args(&args).arg(&input).arg("-"));
+        let want = run(tool_cmd(t).args(&args).arg(&input).arg("-"));
         ok(&want, &format!("{what} to -"));
         for name in ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"] {
-            let o = run(Command::new(tool(t))
+            let o = run(tool_cmd(t)
                 .args(&args)
                 .arg(&input)
                 .arg(name)
@@ -130,7 +130,7 @@ fn the_kernels_links_to_stdout_are_written_through() {
             .open(&gone)
             .unwrap();
         fs::remove_file(&gone).unwrap();
-        let o = run(Command::new(tool(t))
+        let o = run(tool_cmd(t)
             .args(&args)
             .arg(&input)
             .arg("/dev/stdout")
@@ -164,10 +164,7 @@ fn files_that_cannot_be_renamed_over_are_found_out_first() {
             fs::write(&out, b"precious").unwrap();
             let _a = Attr::set(&out, flag);
             let what = format!("{t} {args:?} over a +{flag} file");
-            let err = failed(
-                &run(Command::new(tool(t)).args(&args).arg(&input).arg(&out)),
-                &what,
-            );
+            let err = failed(&run(tool_cmd(t).args(&args).arg(&input).arg(&out)), &what);
             assert!(err.contains("Operation not permitted"), "{what}: {err}");
             assert!(err.contains("open"), "{what}: refused at open: {err}");
             assert_eq!(fs::read(&out).unwrap(), b"precious", "{what}");
@@ -187,7 +184,7 @@ fn files_that_cannot_be_renamed_over_are_found_out_first() {
             ("e2i-move", vec!["--metadata-only"]),
         ] {
             fs::write(&shown, b"").unwrap();
-            let o = run(Command::new(tool(t)).args(&args).arg(&fx.img).arg(&hidden));
+            let o = run(tool_cmd(t).args(&args).arg(&fx.img).arg(&hidden));
             ok(&o, &format!("{t} onto a bind-mounted file"));
             assert!(fs::read(&shown).unwrap() == raw, "{t}: bind-mounted file");
         }
@@ -222,7 +219,7 @@ fn a_trailing_slash_is_a_folder() {
     let fx = Fx::new();
     for (t, args, input) in stream_writers(&fx) {
         for dry in [false, true] {
-            let mut c = Command::new(tool(t));
+            let mut c = tool_cmd(t);
             c.args(&args);
             if dry && t != "e2i-capture" {
                 c.arg("-n");
@@ -251,7 +248,7 @@ fn loops_over_loops_and_read_only_devices() {
         ("e2i-capture", vec!["-r", "-o", "1048576"]),
         ("e2i-move", vec!["-o", "1048576"]),
     ] {
-        let o = run(Command::new(tool(t)).args(&args).arg(&src).arg(l2.path()));
+        let o = run(tool_cmd(t).args(&args).arg(&src).arg(l2.path()));
         let err = failed(&o, &format!("{t}: OUTPUT a loop over a loop over SOURCE"));
         assert!(err.contains("is SOURCE"), "{t}: {err}");
         assert!(fs::read(&src).unwrap() == disk, "{t}: SOURCE changed");
@@ -259,7 +256,7 @@ fn loops_over_loops_and_read_only_devices() {
     // Loop devices over OUTPUT do not make it INPUT: writing SOURCE's file is not refused
     // because something else reads it.
     run_ok(
-        Command::new(tool("e2i-to-raw"))
+        tool_cmd("e2i-to-raw")
             .args(["-O", "1048576"])
             .arg(&fx.img)
             .arg(&src),
@@ -275,7 +272,7 @@ fn loops_over_loops_and_read_only_devices() {
             ("e2i-capture", vec!["-r"]),
             ("e2i-move", vec![]),
         ] {
-            let mut c = Command::new(tool(t));
+            let mut c = tool_cmd(t);
             c.args(&args);
             if dry && t != "e2i-capture" {
                 c.arg("-n");
@@ -290,7 +287,7 @@ fn loops_over_loops_and_read_only_devices() {
     // Moved in place: refused before a journal is begun (it failed at its first write).
     let state = fx.path("state");
     let ro = Loop::new(&src, &["-r"]);
-    let o = run(Command::new(tool("e2i-move"))
+    let o = run(tool_cmd("e2i-move")
         .args(["-o", "1048576", "-O", "2097152"])
         .arg(ro.path())
         .env("XDG_STATE_HOME", &state));
@@ -317,7 +314,7 @@ fn an_existing_qcow2_is_never_written_by_position() {
     ];
     for (t, args) in cases {
         fs::write(&target, &before).unwrap();
-        let o = run(Command::new(tool(t)).args(&args).arg(&fx.img).arg(&target));
+        let o = run(tool_cmd(t).args(&args).arg(&fx.img).arg(&target));
         let err = failed(&o, &format!("{t} {args:?} into a qcow2 image"));
         assert!(err.contains("is a qcow2 image"), "{t} {args:?}: {err}");
         assert!(
@@ -326,12 +323,12 @@ fn an_existing_qcow2_is_never_written_by_position() {
         );
     }
     fs::write(&target, &before).unwrap();
-    let o = run(Command::new(tool("qcow2-to-raw"))
+    let o = run(tool_cmd("qcow2-to-raw")
         .args(["-O", "0"])
         .arg(&fx.qcow2)
         .arg(&target));
     failed(&o, "qcow2-to-raw -O into a qcow2 image");
-    run_ok(Command::new(tool("e2i-to-raw")).arg(&fx.img).arg(&target));
+    run_ok(tool_cmd("e2i-to-raw").arg(&fx.img).arg(&target));
     assert!(fs::read(&target).unwrap() == fx.raw());
 }
 
@@ -368,7 +365,7 @@ fn offsets_no_file_can_reach_are_refused_first() {
                     fs::write(&out, b"old").unwrap();
                 }
                 let what = format!("{t} -O {off} (existing {existing})");
-                let o = run(Command::new(tool(t))
+                let o = run(tool_cmd(t)
                     .args(&args)
                     .arg(&input)
                     .arg(&out)
@@ -392,7 +389,7 @@ fn offsets_no_file_can_reach_are_refused_first() {
         fs::remove_file(mnt.join("out.raw")).unwrap();
         let img = mnt.join("fs.img");
         fs::copy(&fx.img, &img).unwrap();
-        let o = run(Command::new(tool("e2i-move"))
+        let o = run(tool_cmd("e2i-move")
             .args(["-O", off])
             .arg(&img)
             .env("XDG_STATE_HOME", &state));
@@ -401,7 +398,7 @@ fn offsets_no_file_can_reach_are_refused_first() {
         assert_eq!(names(&mnt), ["fs.img", "lost+found"], "-O {off}: a journal");
         assert!(fs::read(&img).unwrap() == fs::read(&fx.img).unwrap());
         run_ok(
-            Command::new(tool("e2i-move"))
+            tool_cmd("e2i-move")
                 .args(["-O", "1M"])
                 .arg(&img)
                 .env("XDG_STATE_HOME", &state),
@@ -436,7 +433,7 @@ fn a_killed_runs_temporary_file_is_removed_by_the_next_run() {
     fs::create_dir(&outs).unwrap();
     let out = outs.join("new.raw");
     let paused = |name: &Path| {
-        Command::new(tool("e2i-to-raw"))
+        tool_cmd("e2i-to-raw")
             .arg(&fx.img)
             .arg(name)
             .env("E2I_TEST_PAUSE_AFTER_OPEN_MS", "600000")
@@ -458,7 +455,7 @@ fn a_killed_runs_temporary_file_is_removed_by_the_next_run() {
         wait_for_name(&outs, &live_name, live.child_mut()),
         "no live temporary file"
     );
-    run_ok(Command::new(tool("e2i-to-raw")).arg(&fx.img).arg(&out));
+    run_ok(tool_cmd("e2i-to-raw").arg(&fx.img).arg(&out));
     let left = names(&outs);
     assert!(fs::read(&out).unwrap() == fx.raw());
     assert_eq!(left.len(), 2, "{left:?}");
@@ -582,11 +579,8 @@ fn a_fifo_the_run_cannot_use_is_refused_unopened() {
     ];
     for (t, args, input) in cases {
         let what = format!("{t} {args:?} to a FIFO without a reader");
-        let o = run_unless_stuck(
-            Command::new(tool(t)).args(&args).arg(input).arg(&fifo),
-            &fifo,
-        )
-        .unwrap_or_else(|| panic!("{what}: waited for a reader"));
+        let o = run_unless_stuck(tool_cmd(t).args(&args).arg(input).arg(&fifo), &fifo)
+            .unwrap_or_else(|| panic!("{what}: waited for a reader"));
         let err = failed(&o, &what);
         assert!(err.contains("FIFO"), "{what}: {err}");
     }
@@ -630,7 +624,7 @@ fn move_disk(dir: &Path, head: u64) -> (PathBuf, Vec<u8>) {
 /// e2i-move with the test sizes, its own state folder, killed at crash point `kill_at`
 /// (0: not killed).
 fn mv(args: &[&str], disk: &Path, state: &Path, kill_at: u64) -> Output {
-    run(Command::new(tool("e2i-move"))
+    run(tool_cmd("e2i-move")
         .args(args)
         .arg(disk)
         .env("XDG_STATE_HOME", state)
@@ -804,7 +798,7 @@ fn two_movers_never_share_a_file_or_a_journal() {
     for extra in [vec!["--journal", journal.to_str().unwrap()], vec![]] {
         let mut a = args.to_vec();
         a.extend(extra.iter());
-        let o = run(Command::new(tool("e2i-move"))
+        let o = run(tool_cmd("e2i-move")
             .args(&a)
             .arg(lo.path())
             .env("XDG_STATE_HOME", &state));
@@ -871,7 +865,7 @@ fn a_fifo_source_of_a_move_is_refused_without_waiting() {
     ];
     for args in cases {
         let o = run_unless_stuck(
-            Command::new(tool("e2i-move"))
+            tool_cmd("e2i-move")
                 .args(args)
                 .env("XDG_STATE_HOME", d.path().join("state")),
             &fifo,
@@ -1018,7 +1012,7 @@ fn a_source_being_moved_is_not_read_as_a_filesystem() {
             ("e2i-to-raw", vec![]),
             ("e2i-to-qcow2", vec![]),
         ] {
-            let mut c = Command::new(tool(t));
+            let mut c = tool_cmd(t);
             c.args(&a).arg(src).arg(&out).env("XDG_STATE_HOME", &state);
             v.push((format!("{t} {a:?} {}", src.display()), c));
         }
@@ -1084,7 +1078,7 @@ fn a_source_being_moved_is_not_read_as_a_filesystem() {
     fs::write(&disk, &orig).unwrap();
     let _ = fs::remove_file(&journal);
     ok(&mv(&args, &disk, &state, 0), "the move");
-    let mut clone = Command::new(tool("e2i-move"));
+    let mut clone = tool_cmd("e2i-move");
     clone.args(["-o", "1052672"]).arg(&disk).arg(&out);
     run_ok(&mut clone);
     assert!(fs::read(&out).unwrap() == want, "the clone after the move");
@@ -1109,14 +1103,9 @@ fn a_target_being_moved_is_not_written() {
     // What the writers write: the same filesystem, in each input format they take.
     let src = dir.join("fs.img");
     let qcow2 = dir.join("src.qcow2");
-    run_ok(
-        Command::new(tool("e2i-capture"))
-            .arg("-Q")
-            .arg(&src)
-            .arg(&qcow2),
-    );
+    run_ok(tool_cmd("e2i-capture").arg("-Q").arg(&src).arg(&qcow2));
     let normal = dir.join("src.e2i");
-    run_ok(Command::new(tool("e2i-capture")).arg(&src).arg(&normal));
+    run_ok(tool_cmd("e2i-capture").arg(&src).arg(&normal));
     let writers = |target: &Path| -> Vec<(String, Command)> {
         let mut v = Vec::new();
         for (t, a, input) in [
@@ -1128,7 +1117,7 @@ fn a_target_being_moved_is_not_written() {
             ("e2i-to-qcow2", vec![], &src),
             ("e2i-capture", vec!["-r"], &src),
         ] {
-            let mut c = Command::new(tool(t));
+            let mut c = tool_cmd(t);
             c.args(&a)
                 .arg(input)
                 .arg(target)
@@ -1136,7 +1125,7 @@ fn a_target_being_moved_is_not_written() {
             v.push((format!("{t} {a:?} into {}", target.display()), c));
         }
         for a in [vec!["-f"], vec!["-f", "-n"]] {
-            let mut c = Command::new(tool("e2i-install"));
+            let mut c = tool_cmd("e2i-install");
             c.args(&a)
                 .arg(target)
                 .arg(&normal)
@@ -1296,7 +1285,7 @@ fn an_in_place_target_stopped_by_a_full_disk_says_it_is_partly_written() {
         let st = rustix::fs::statvfs(&mnt).unwrap();
         let free = st.f_bavail * st.f_frsize;
         fs::write(&filler, vec![0x55u8; (free - 512 * 1024) as usize]).unwrap();
-        let run_it = || run(Command::new(tool(t)).args(args).arg(&fs_img).arg(&target));
+        let run_it = || run(tool_cmd(t).args(args).arg(&fs_img).arg(&target));
         let err = failed(&run_it(), &format!("{what} onto a full disk"));
         assert!(err.contains("No space left on device"), "{what}: {err}");
         let said = format!("{role} {} is partly written", target.display());
@@ -1360,7 +1349,7 @@ fn a_device_that_cannot_take_the_writes_fails_the_run() {
     );
     let stream = fx.path("data.e2s");
     run_ok(
-        Command::new(tool("e2i-capture"))
+        tool_cmd("e2i-capture")
             .args(["--format", "stream", "-a"])
             .arg(&img)
             .arg(&stream),
@@ -1387,7 +1376,7 @@ fn a_device_that_cannot_take_the_writes_fails_the_run() {
     ];
     for (t, args, input) in cases {
         let what = format!("{t} {args:?} onto a device that cannot take it");
-        let o = run(Command::new(tool(t)).args(&args).arg(input).arg(lo.path()));
+        let o = run(tool_cmd(t).args(&args).arg(input).arg(lo.path()));
         let err = failed(&o, &what);
         assert!(err.contains(&lo.0), "{what}: names the device: {err}");
         assert!(
@@ -1436,7 +1425,7 @@ fn a_file_mounted_through_a_loop_device_is_not_written_in_place() {
     fs::create_dir(&mnt).unwrap();
     let _m = Mount::new(&[lo.path()], &mnt, &[]);
     let normal = fx.path("fs.e2i");
-    run_ok(Command::new(tool("e2i-capture")).arg(&fx.img).arg(&normal));
+    run_ok(tool_cmd("e2i-capture").arg(&fx.img).arg(&normal));
     let before = fs::read(&disk).unwrap();
     let cases: Vec<(&str, Vec<&str>, &Path)> = vec![
         ("e2i-to-raw", vec!["-O", "0"], &fx.img),
@@ -1448,13 +1437,13 @@ fn a_file_mounted_through_a_loop_device_is_not_written_in_place() {
     ];
     for (t, args, input) in cases {
         let what = format!("{t} {args:?} into a loop-mounted file");
-        let o = run(Command::new(tool(t)).args(&args).arg(input).arg(&disk));
+        let o = run(tool_cmd(t).args(&args).arg(input).arg(&disk));
         let err = failed(&o, &what);
         assert!(err.contains("mounted"), "{what}: {err}");
         assert!(fs::read(&disk).unwrap() == before, "{what}: written");
     }
     for dry in [true, false] {
-        let mut c = Command::new(tool("e2i-install"));
+        let mut c = tool_cmd("e2i-install");
         if dry {
             c.arg("-n");
         }
@@ -1462,7 +1451,7 @@ fn a_file_mounted_through_a_loop_device_is_not_written_in_place() {
         assert!(err.contains("mounted"), "e2i-install: {err}");
         assert!(fs::read(&disk).unwrap() == before, "e2i-install: written");
     }
-    run_ok(Command::new(tool("e2i-to-raw")).arg(&fx.img).arg(&disk));
+    run_ok(tool_cmd("e2i-to-raw").arg(&fx.img).arg(&disk));
 }
 
 /// A FIFO where SOURCE's journal would be (`disk.img.e2i-move`): the journal was opened to
@@ -1484,7 +1473,7 @@ fn a_fifo_at_the_journals_place_hangs_nothing() {
     ];
     for (t, args, succeeds) in cases {
         let what = format!("{t} {args:?} with a FIFO as the journal");
-        let mut c = Command::new(tool(t));
+        let mut c = tool_cmd(t);
         c.args(&args).arg(&disk);
         if t == "e2i-capture" {
             c.arg(&out);
@@ -1522,7 +1511,7 @@ fn a_half_moved_file_under_an_offset_loop_device_is_refused() {
     let half = read(&disk);
     let image = d.path().join("fs.e2i");
     run_ok(
-        Command::new(tool("e2i-capture"))
+        tool_cmd("e2i-capture")
             .arg(d.path().join("fs.img"))
             .arg(&image),
     );
@@ -1537,7 +1526,7 @@ fn a_half_moved_file_under_an_offset_loop_device_is_refused() {
         ("e2i-move", vec![dev, "y.raw"]),
         ("e2i-install", vec!["-n", dev, image.to_str().unwrap()]),
     ] {
-        let o = run(Command::new(tool(t))
+        let o = run(tool_cmd(t)
             .args(&a)
             .current_dir(d.path())
             .env("XDG_STATE_HOME", &state));
@@ -1572,10 +1561,7 @@ fn a_raw_capture_that_fails_while_copying_leaves_nothing() {
     let filler = mnt.join("filler");
     fs::write(&filler, vec![0x55u8; (free - 256 * 1024) as usize]).unwrap();
     let out = mnt.join("out.img");
-    let o = run(Command::new(tool("e2i-capture"))
-        .arg("-r")
-        .arg(&img)
-        .arg(&out));
+    let o = run(tool_cmd("e2i-capture").arg("-r").arg(&img).arg(&out));
     let err = failed(&o, "a raw capture onto a full disk");
     assert!(err.contains("No space left on device"), "{err}");
     assert!(!err.contains("thread"), "{err}");
@@ -1590,7 +1576,7 @@ fn a_raw_capture_that_fails_while_copying_leaves_nothing() {
     // Depth 1: the first extent becomes an index entry pointing at block 1 (a descriptor
     // block, no extent node).
     debugfs_w(&bad, "set_inode_field /sub block[1] 0x00010004");
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["-r", "--strict"])
         .arg(&bad)
         .arg(&out));

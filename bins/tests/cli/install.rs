@@ -13,12 +13,12 @@ fn make(dir: &Path, name: &str, size: &str, opts: &[&str]) -> PathBuf {
 }
 
 fn capture(img: &Path, out: &Path) {
-    let o = run(Command::new(tool("e2i-capture")).arg(img).arg(out));
+    let o = run(tool_cmd("e2i-capture").arg(img).arg(out));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 fn install(args: &[&str], dev: &Path, image: &Path) -> Output {
-    run(Command::new(tool("e2i-install"))
+    run(tool_cmd("e2i-install")
         .args(args)
         .arg(dev)
         .arg(image)
@@ -722,7 +722,7 @@ fn install_overview_says_when_the_last_write_and_the_capture_share_a_second() {
     for (taken, words) in cases {
         let image = d.path().join(format!("{taken}.e2i"));
         run_ok(
-            Command::new(tool("e2i-capture"))
+            tool_cmd("e2i-capture")
                 .arg(&dev)
                 .arg(&image)
                 .env("SOURCE_DATE_EPOCH", taken),

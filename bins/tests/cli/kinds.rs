@@ -377,7 +377,7 @@ fn journal_over_metadata_is_kept_out() {
     // The scrambled image opens (its superblock and descriptors are intact).
     let out = d.path().join("s.raw");
     std::fs::write(&path, &img).unwrap();
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["-q", "-r", "-s"])
         .arg(&path)
         .arg(&out));

@@ -188,17 +188,14 @@ fn damage(img: &Path, dir_blocks: &[u64], bs: u64, seed: u64) -> String {
 /// scrambled capture fails only where the plain one does.
 fn check_formats(dir: &Path, img: &Path, case: &str) {
     let plain = dir.join("plain.raw");
-    let p = run(Command::new(tool("e2i-capture"))
-        .arg("-r")
-        .arg(img)
-        .arg(&plain))
-    .status
-    .code();
+    let p = run(tool_cmd("e2i-capture").arg("-r").arg(img).arg(&plain))
+        .status
+        .code();
     let _ = std::fs::remove_file(&plain);
     for fmt in ["raw", "normal", "qcow2", "stream"] {
         let out = dir.join(format!("scr.{fmt}"));
         let _ = std::fs::remove_file(&out);
-        let o = run(Command::new(tool("e2i-capture"))
+        let o = run(tool_cmd("e2i-capture")
             .args(["-s", "--format", fmt])
             .arg(img)
             .arg(&out));
@@ -298,7 +295,7 @@ fn one_bad_rec_len_leaves_no_name() {
     b[off + 4..off + 6].copy_from_slice(&3u16.to_le_bytes());
     f.write_all_at(&b, blk * 4096).unwrap();
     let out = d.path().join("s.raw");
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["-r", "-s"])
         .arg(&img)
         .arg(&out));
@@ -333,7 +330,7 @@ fn superblock_text_fields_are_cleared() {
          ssv first_error_func zqxmark_first\nssv last_error_func zqxmark_last\n",
     );
     let out = d.path().join("s.raw");
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["-r", "-s"])
         .arg(&img)
         .arg(&out));
@@ -381,7 +378,7 @@ fn stray_encrypt_flag_keeps_no_name() {
         .expect("flags");
     debugfs_w(&img, &format!("sif /dir flags {:#x}\n", flags | 0x800));
     let out = d.path().join("s.raw");
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["-r", "-s"])
         .arg(&img)
         .arg(&out));
@@ -427,7 +424,7 @@ fn cross_linked_symlink_block() {
             debugfs_w(&img, &format!("sif /slow block[{field}] {fb}\n"));
             let src = std::fs::read(&img).unwrap();
             let out = d.path().join("s.raw");
-            let o = run(Command::new(tool("e2i-capture"))
+            let o = run(tool_cmd("e2i-capture")
                 .args(["-r", "-s"])
                 .arg(&img)
                 .arg(&out));
@@ -539,7 +536,7 @@ fn huge_three_level_htree(uuid: &str, hash_seed: &str) {
     );
     assert_eq!(e2fsck(&img), 0, "{uuid}");
     let out = d.path().join("s.raw");
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["-r", "-s", "--seed", "1"])
         .arg(&img)
         .arg(&out));
@@ -656,7 +653,7 @@ fn damaged_xattr_blocks_leak_nothing() {
         b[at + 8] = 2;
         std::fs::write(&work, &b).unwrap();
         let out = d.path().join("s.raw");
-        let o = run(Command::new(tool("e2i-capture"))
+        let o = run(tool_cmd("e2i-capture")
             .args(["-r", "-s"])
             .arg(&work)
             .arg(&out));
@@ -764,7 +761,7 @@ fn cross_check(dir: &Path, img: &Path, case: &str) -> (usize, Vec<String>) {
                 .args(["convert", "-O", "raw"])
                 .arg(out)
                 .arg(&r)),
-            _ => run(Command::new(tool("e2i-to-raw")).arg(out).arg(&r)),
+            _ => run(tool_cmd("e2i-to-raw").arg(out).arg(&r)),
         };
         assert!(
             o.status.success(),
@@ -785,7 +782,7 @@ fn cross_check(dir: &Path, img: &Path, case: &str) -> (usize, Vec<String>) {
             let tag = if scramble { "scr" } else { "plain" };
             let out = dir.join(format!("{tag}.{fmt}"));
             let _ = std::fs::remove_file(&out);
-            let mut cmd = Command::new(tool("e2i-capture"));
+            let mut cmd = tool_cmd("e2i-capture");
             cmd.args(["--format", fmt]);
             if all {
                 cmd.arg("-a");

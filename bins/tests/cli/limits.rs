@@ -54,11 +54,7 @@ fn a_file_size_limit_is_a_write_error_naming_the_output() {
     for (t, args, input) in cases {
         let out = outs.join("new.out");
         // 1 MiB (2048 blocks of 512 bytes): less than any of these outputs.
-        let o = run(Command::new("sh")
-            .arg("-c")
-            .arg("ulimit -f 2048; exec \"$@\"")
-            .arg("sh")
-            .arg(tool(t))
+        let o = run(tool_in_sh("ulimit -f 2048; exec \"$@\"", t)
             .args(*args)
             .arg(input)
             .arg(&out));
@@ -84,7 +80,7 @@ fn every_signal_that_ends_a_run_removes_its_temporary_file() {
     let outs = d.path().join("outs");
     fs::create_dir(&outs).unwrap();
     for sig in ["QUIT", "ALRM", "USR1", "USR2", "XCPU", "VTALRM", "PROF"] {
-        let mut child = Command::new(tool("e2i-capture"))
+        let mut child = tool_cmd("e2i-capture")
             .arg("-r")
             .arg(&img)
             .arg(outs.join("new.out"))
@@ -177,17 +173,12 @@ fn a_target_written_in_place_is_not_truncated_for_a_bad_input() {
         ("qcow2-to-raw", &[]),
         ("e2i-to-qcow2", &[]),
     ] {
-        let o = run(Command::new(tool(t)).args(args).arg(&garbage).arg(&name));
+        let o = run(tool_cmd(t).args(args).arg(&garbage).arg(&name));
         let what = format!("{t} {args:?} GARBAGE BOUND");
         failed(&o, &what);
         assert!(read(&keep) == old, "{what}: the target changed");
     }
-    run_ok(
-        Command::new(tool("e2i-capture"))
-            .arg("-r")
-            .arg(&img)
-            .arg(&name),
-    );
+    run_ok(tool_cmd("e2i-capture").arg("-r").arg(&img).arg(&name));
     assert!(read(&keep) == want);
 }
 
@@ -205,11 +196,7 @@ fn an_undo_file_that_cannot_be_written_is_removed() {
     fs::copy(&img, &dev).unwrap();
     let before = read(&dev);
     let undo = d.path().join("undo");
-    let o = run(Command::new("sh")
-        .arg("-c")
-        .arg("ulimit -f 64; exec \"$@\"")
-        .arg("sh")
-        .arg(tool("e2i-install"))
+    let o = run(tool_in_sh("ulimit -f 64; exec \"$@\"", "e2i-install")
         .arg("-z")
         .arg(&undo)
         .arg(&dev)
@@ -220,7 +207,7 @@ fn an_undo_file_that_cannot_be_written_is_removed() {
     assert!(!undo.exists(), "the partial undo file is left");
     assert!(read(&dev) == before, "the device changed");
     run_ok(
-        Command::new(tool("e2i-install"))
+        tool_cmd("e2i-install")
             .arg("-z")
             .arg(&undo)
             .arg(&dev)

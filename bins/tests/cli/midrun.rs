@@ -59,7 +59,7 @@ fn stdout_a_socket_is_written_under_every_name() {
     let through = |out: &str, format: &str| {
         let (ours, theirs) = UnixStream::pair().unwrap();
         let child = Reaper::new(
-            Command::new(tool("e2i-capture"))
+            tool_cmd("e2i-capture")
                 .args(["--format", format])
                 .arg(&img)
                 .arg(out)
@@ -86,7 +86,7 @@ fn stdout_a_socket_is_written_under_every_name() {
     // A socket another way (a named one) cannot be opened.
     let sock = d.path().join("s.sock");
     let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-    let o = run(Command::new(tool("e2i-capture")).arg(&img).arg(&sock));
+    let o = run(tool_cmd("e2i-capture").arg(&img).arg(&sock));
     let err = failed(&o, "capture to a named socket");
     assert!(
         err.contains("is a socket, which cannot be opened by name"),
@@ -103,12 +103,7 @@ fn an_offset_past_two_to_the_64_names_the_target() {
     let d = tempdir();
     let img = mkfs(d.path(), "fs.img", "4M", &[]);
     let q = d.path().join("fs.qcow2");
-    run_ok(
-        Command::new(tool("e2i-capture"))
-            .arg("-Q")
-            .arg(&img)
-            .arg(&q),
-    );
+    run_ok(tool_cmd("e2i-capture").arg("-Q").arg(&img).arg(&q));
     let out = d.path().join("out.img");
     let huge = "0xfffffffffff00000";
     let cases: Vec<(&str, Vec<&std::ffi::OsStr>, &Path)> = vec![
@@ -132,7 +127,7 @@ fn an_offset_past_two_to_the_64_names_the_target() {
     ];
     let before = read(&img);
     for (t, args, target) in cases {
-        let o = run(Command::new(tool(t)).args(["-O", huge]).args(&args));
+        let o = run(tool_cmd(t).args(["-O", huge]).args(&args));
         let err = failed(&o, t);
         assert!(
             err.starts_with(&format!("{t}: {}: ", target.display()))
@@ -157,7 +152,7 @@ fn an_install_stopped_by_a_full_disk_says_how_to_recover() {
     let d = tempdir();
     let img = mkfs(d.path(), "fs.img", "8M", &["-b", "1024"]);
     let image = d.path().join("fs.e2i");
-    run_ok(Command::new(tool("e2i-capture")).arg(&img).arg(&image));
+    run_ok(tool_cmd("e2i-capture").arg(&img).arg(&image));
     // DEVICE changed since the image: an install rewrites its inode tables (every
     // group's, the image holds them whole).
     let note = d.path().join("note");
@@ -174,7 +169,7 @@ fn an_install_stopped_by_a_full_disk_says_how_to_recover() {
     let roomy = d.path().join("roomy.img");
     fs::write(&roomy, &orig).unwrap();
     run_ok(
-        Command::new(tool("e2i-install"))
+        tool_cmd("e2i-install")
             .arg("-f")
             .arg(&roomy)
             .arg(&image)
@@ -203,7 +198,7 @@ fn an_install_stopped_by_a_full_disk_says_how_to_recover() {
         let free = st.f_bavail * st.f_frsize;
         fs::write(&filler, vec![0x55u8; (free - 128 * 1024) as usize]).unwrap();
         let install = || {
-            let mut c = Command::new(tool("e2i-install"));
+            let mut c = tool_cmd("e2i-install");
             c.args(["-q", "-f"]);
             if with_undo {
                 c.arg("-z").arg(&undo);
@@ -275,7 +270,7 @@ fn a_source_truncated_during_the_run_fails_it() {
     ] {
         sh(Command::new("cp").arg(&img).arg(&src));
         let mut child = Reaper::new(
-            Command::new(tool("e2i-capture"))
+            tool_cmd("e2i-capture")
                 .args(args)
                 .arg(&src)
                 .arg("-")
@@ -320,7 +315,7 @@ fn a_closed_stdout_is_refused() {
     let img = mkfs(fx_dir.path(), "fs.img", "4M", &[]);
     let stream = fx_dir.path().join("fs.e2s");
     run_ok(
-        Command::new(tool("e2i-capture"))
+        tool_cmd("e2i-capture")
             .arg(&img)
             .arg("-")
             .stdout(fs::File::create(&stream).unwrap()),
@@ -332,19 +327,13 @@ fn a_closed_stdout_is_refused() {
         ("e2i-capture", &[], &img),
     ];
     for (t, args, input) in cases {
-        let o = run(Command::new("sh")
-            .arg("-c")
-            .arg(r#"exec "$@" - >&-"#)
-            .arg("sh")
-            .arg(tool(t))
-            .args(args)
-            .arg(input));
+        let o = run(tool_in_sh(r#"exec "$@" - >&-"#, t).args(args).arg(input));
         let err = failed(&o, &format!("{t} {args:?} with stdout closed"));
         assert_eq!(
             err,
             format!("{t}: OUTPUT - (stdout): stdout is closed (`>&-`?); nothing written\n")
         );
-        let o = run(Command::new(tool(t))
+        let o = run(tool_cmd(t)
             .args(args)
             .arg(input)
             .arg("-")
@@ -366,7 +355,7 @@ fn an_install_signalled_at_its_superblock_stays_undoable() {
     let d = tempdir();
     let img = mkfs(d.path(), "fs.img", "8M", &[]);
     let image = d.path().join("fs.e2i");
-    run_ok(Command::new(tool("e2i-capture")).arg(&img).arg(&image));
+    run_ok(tool_cmd("e2i-capture").arg(&img).arg(&image));
     let note = d.path().join("note");
     fs::write(&note, "written after the image was taken\n").unwrap();
     debugfs_w(
@@ -382,7 +371,7 @@ fn an_install_signalled_at_its_superblock_stays_undoable() {
         fs::write(&img, &orig).unwrap();
         let undo = d.path().join(format!("{sig}.undo"));
         let child = Reaper::new(
-            Command::new(tool("e2i-install"))
+            tool_cmd("e2i-install")
                 .args(["-q", "-f", "-z"])
                 .arg(&undo)
                 .arg(&img)
@@ -440,10 +429,7 @@ fn unreadable_stretches_are_reported_as_ranges() {
         .set_len(8 << 20)
         .unwrap();
     let out = d.path().join("out.raw");
-    let o = run(Command::new(tool("e2i-capture"))
-        .arg("-r")
-        .arg(lo.path())
-        .arg(&out));
+    let o = run(tool_cmd("e2i-capture").arg("-r").arg(lo.path()).arg(&out));
     drop(lo);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
     let err = text(&o.stderr);
@@ -509,7 +495,7 @@ fn a_stream_stopped_by_a_full_disk_names_the_first_byte_not_written() {
         fs::remove_file(&held).unwrap();
         // A new OUTPUT on the same room: its temporary file is gone, the offset the same.
         let out = mnt.join("new.e2is");
-        let o = run(Command::new(tool("e2i-capture"))
+        let o = run(tool_cmd("e2i-capture")
             .args(["-a", "--format", "stream", "--stream-version", version])
             .arg(&img)
             .arg(&out));

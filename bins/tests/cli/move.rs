@@ -89,9 +89,43 @@ fn e2image_ra(src: &Path, off: u64, out: &Path) -> Vec<u8> {
 /// journal the index knows).
 fn e2i_move(args: &[&str]) -> std::process::Output {
     let state = tempdir();
-    run(Command::new(tool("e2i-move"))
+    run(tool_cmd("e2i-move")
         .args(args)
         .env("XDG_STATE_HOME", state.path()))
+}
+
+/// An e2i-move a test starts through the util helpers (directly or under a shell) gets
+/// the test's own state folder: an in-place move indexes its journal there, never under
+/// HOME (~/.local/state), and another test (thread) gets another folder.
+#[test]
+fn tests_run_e2i_move_with_a_state_folder_of_their_own() {
+    let d = tempdir();
+    let home = d.path().join("home");
+    fs::create_dir(&home).unwrap();
+    let img = mkfs(d.path(), "fs.img", "8M", &[]);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(12 * MIB)
+        .unwrap();
+    let index = state_home().join("e2i/index");
+    for (from, to, mut c) in [
+        ("0", "1M", tool_cmd("e2i-move")),
+        ("1M", "2M", tool_in_sh("exec \"$@\"", "e2i-move")),
+    ] {
+        let _ = fs::remove_file(journal_of(&img));
+        ok(&run(c
+            .args(["-o", from, "-O", to])
+            .arg(&img)
+            .env("HOME", &home)));
+        assert!(names(&home).is_empty(), "e2i-move wrote under HOME");
+        assert_eq!(names(&index).len(), 1, "no index entry");
+        fs::remove_dir_all(&index).unwrap();
+    }
+    let other = std::thread::spawn(state_home).join().unwrap();
+    assert_ne!(other, state_home());
+    assert!(!other.exists(), "another thread's folder outlived it");
 }
 
 fn ok(o: &std::process::Output) -> String {
@@ -399,7 +433,7 @@ fn unfinished_move_blocks_a_different_one() {
     drop(mover); // killed
     // Resumed, and killed again once it has moved some pieces (what it moved so far may
     // have been nothing: an unfinished move that changed nothing does not block another).
-    let o = run(Command::new(tool("e2i-move"))
+    let o = run(tool_cmd("e2i-move")
         .args(["--journal", p(&journal), "-o", "1M", "-O", "2M", p(&disk)])
         .env("XDG_STATE_HOME", d.path().join("state"))
         .env("E2I_MOVE_SLICE_KIB", "64")
@@ -473,7 +507,7 @@ fn killed_moves(data: u64, fs_size: &str, piece: u64, slice: u64, kills: u64, se
         let args = ["-o", &at_s, "-O", &to_s, p(&disk)];
         // The move's command without its arguments.
         let cmd = |kill_at: u64| {
-            let mut c = Command::new(tool("e2i-move"));
+            let mut c = tool_cmd("e2i-move");
             c.env("XDG_STATE_HOME", &state)
                 .env("E2I_MOVE_PIECE_KIB", (piece >> 10).to_string())
                 .env("E2I_MOVE_SLICE_KIB", (slice >> 10).to_string())
@@ -797,7 +831,7 @@ fn small_disk(dir: &Path, name: &str, head: u64) -> (PathBuf, Vec<u8>) {
 /// e2i-move with the crash-test sizes and the state folder in `state`, killed (SIGKILL, by
 /// the test hook) before its `kill_at`-th write (0: not killed). `cwd` for relative names.
 fn move_cmd(args: &[&str], state: &Path, kill_at: u64, cwd: Option<&Path>) -> std::process::Output {
-    let mut c = Command::new(tool("e2i-move"));
+    let mut c = tool_cmd("e2i-move");
     c.args(args)
         .env("XDG_STATE_HOME", state)
         .env("E2I_MOVE_PIECE_KIB", PIECE_KIB.to_string())
@@ -811,7 +845,7 @@ fn move_cmd(args: &[&str], state: &Path, kill_at: u64, cwd: Option<&Path>) -> st
 
 /// Crash points of an uninterrupted run of `args` on a copy of `disk`.
 fn crash_points_of(disk: &Path, args: &[&str], state: &Path) -> u64 {
-    let mut c = Command::new(tool("e2i-move"));
+    let mut c = tool_cmd("e2i-move");
     c.env("XDG_STATE_HOME", state)
         .env("E2I_MOVE_PIECE_KIB", PIECE_KIB.to_string())
         .env("E2I_MOVE_SLICE_KIB", SLICE_KIB.to_string())

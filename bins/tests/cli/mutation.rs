@@ -566,7 +566,7 @@ fn mutated_partition_tables_never_crash() {
         for args in [&["--list"][..], &["-r", "-P", "1"], &["-r", "-P", "5"]] {
             let out = dir.path().join(format!("hostile{i}.raw"));
             let _ = std::fs::remove_file(&out);
-            let mut c = std::process::Command::new(tool("e2i-capture"));
+            let mut c = tool_cmd("e2i-capture");
             c.args(args).arg(&disk);
             if args[0] == "-r" {
                 c.arg(&out);

@@ -13,10 +13,7 @@ fn zero_host_fields(b: &mut [u8]) {
 }
 
 fn capture(args: &[&str], img: &Path, out: &Path) {
-    let o = run(Command::new(tool("e2i-capture"))
-        .args(args)
-        .arg(img)
-        .arg(out));
+    let o = run(tool_cmd("e2i-capture").args(args).arg(img).arg(out));
     assert!(
         o.status.success(),
         "e2i-capture: {}",
@@ -59,7 +56,7 @@ fn assert_like_e2image(dir: &Path, img: &Path) {
     }
     // To stdout (sequential; e2image cannot do this).
     let piped = dir.join("stdout.e2i");
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["--format", "normal"])
         .arg(img)
         .arg("-")
@@ -258,7 +255,7 @@ fn normal_refuses_filesystems_whose_offsets_overflow() {
         .set_len(desc_end)
         .unwrap();
     let out = d.path().join("big.e2i");
-    let o = run(Command::new(tool("e2i-capture")).arg(&img).arg(&out));
+    let o = run(tool_cmd("e2i-capture").arg(&img).arg(&out));
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -283,7 +280,7 @@ fn normal_refuses_an_inode_table_outside_the_filesystem() {
     let (_, _, desc_off, _, _) = group_locs(&img, 1);
     patch(&img, desc_off + 8, &0x00FF_FFFFu32.to_le_bytes());
     let out = d.path().join("o.e2i");
-    let o = run(Command::new(tool("e2i-capture")).arg(&img).arg(&out));
+    let o = run(tool_cmd("e2i-capture").arg(&img).arg(&out));
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -317,7 +314,7 @@ fn a_normal_image_with_an_inode_table_outside_is_refused_by_every_reader() {
             ("e2i-install", vec!["-n"]),
         ] {
             let out = d.path().join(format!("{t}.out"));
-            let mut cmd = Command::new(tool(t));
+            let mut cmd = tool_cmd(t);
             cmd.args(&args);
             if t == "e2i-install" {
                 cmd.arg(&img).arg(&bad);
@@ -367,7 +364,7 @@ fn a_normal_image_is_not_read_as_a_filesystem() {
         ("e2i-to-qcow2", vec![], &wrapped),
     ] {
         let what = format!("{t} {args:?} {}", src.display());
-        let o = run(Command::new(tool(t)).args(&args).arg(src).arg(&out));
+        let o = run(tool_cmd(t).args(&args).arg(src).arg(&out));
         let err = failed(&o, &what);
         assert!(
             err.contains("a normal e2image image, not a filesystem") && err.contains("e2i-to-raw"),
@@ -377,7 +374,7 @@ fn a_normal_image_is_not_read_as_a_filesystem() {
     }
     // The converters read it as what it is.
     let raw = d.path().join("fs.raw");
-    run_ok(Command::new(tool("e2i-to-raw")).arg(&image).arg(&raw));
+    run_ok(tool_cmd("e2i-to-raw").arg(&image).arg(&raw));
 }
 
 /// A normal image is a sparse file: one of 264 KiB claiming 2^32 - 1 blocks (its header's
@@ -419,17 +416,14 @@ fn a_normal_image_claiming_a_huge_filesystem_over_holes_is_refused_at_once() {
         .unwrap();
     let out = d.path().join("out");
     for t in ["e2i-to-raw", "e2i-to-qcow2"] {
-        let o = run(Command::new(tool(t)).arg(&huge).arg(&out));
+        let o = run(tool_cmd(t).arg(&huge).arg(&out));
         let err = failed(&o, t);
         assert!(
             err.contains("the descriptors") && err.contains("holes"),
             "{t}: {err}"
         );
     }
-    let o = run(Command::new(tool("e2i-install"))
-        .arg("-n")
-        .arg(&img)
-        .arg(&huge));
+    let o = run(tool_cmd("e2i-install").arg("-n").arg(&img).arg(&huge));
     let err = failed(&o, "e2i-install -n");
     assert!(
         err.contains("the descriptors") && err.contains("holes"),
@@ -540,7 +534,7 @@ fn normal_refuses_a_backup_superblock() {
     let d = tempdir();
     let img = make(d.path(), "64M", &["-b", "1024"]);
     let out = d.path().join("o.e2i");
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["-b", "8193", "-B", "1024"])
         .arg(&img)
         .arg(&out));

@@ -6,7 +6,7 @@
 use super::util::*;
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 /// A filesystem with `mib` MiB of file data (noise, so that nothing is a hole).
 fn data_fs(dir: &Path, mib: usize) -> std::path::PathBuf {
@@ -45,7 +45,7 @@ fn a_signal_during_the_copy_leaves_stdouts_file_empty() {
         for stop in [256u64, blocks] {
             let out = d.path().join(format!("out-{sig}-{stop}.raw"));
             let child = Reaper::new(
-                Command::new(tool("e2i-capture"))
+                tool_cmd("e2i-capture")
                     .args(["-r", "-a"])
                     .arg(&img)
                     .arg("-")
@@ -104,7 +104,7 @@ fn a_signal_during_the_copy_leaves_no_output() {
         for stop in [256u64, blocks] {
             let out = outs.join(format!("out-{sig}-{stop}.raw"));
             let child = Reaper::new(
-                Command::new(tool("e2i-capture"))
+                tool_cmd("e2i-capture")
                     .args(["-r", "-a"])
                     .arg(&img)
                     .arg(&out)

@@ -47,7 +47,7 @@ fn assert_reads_as(q: &Path, want: &[u8], what: &str) {
         ("e2i-capture", &["-r"][..]),
     ] {
         let _ = std::fs::remove_file(&out);
-        sh(Command::new(tool(t)).args(args).arg(q).arg(&out));
+        sh(tool_cmd(t).args(args).arg(q).arg(&out));
         assert!(read(&out) == want, "{what}: {t} differs");
     }
 }
@@ -97,14 +97,11 @@ fn overlay_reads_back_as_the_changed_filesystem() {
     for (name, extra) in kinds {
         let img = populated(d.path(), name, "48M", 200, extra);
         let base = p(&format!("{name}.base.qcow2"));
-        sh(Command::new(tool("e2i-capture"))
-            .arg("-Q")
-            .arg(&img)
-            .arg(&base));
+        sh(tool_cmd("e2i-capture").arg("-Q").arg(&img).arg(&base));
         change(&img, 1);
         let want = e2image_bytes(&["-r"], &img, &p("want.raw"));
         let ov = p(&format!("{name}.ov.qcow2"));
-        sh(Command::new(tool("e2i-capture"))
+        sh(tool_cmd("e2i-capture")
             .args(["-Q", "--backing"])
             .arg(&base)
             .arg(&img)
@@ -126,7 +123,7 @@ fn overlay_reads_back_as_the_changed_filesystem() {
         assert_reads_as(&ov, &want, name);
         // The same overlay from e2i-to-qcow2 of a raw image and of a stream on a pipe.
         let ov2 = p(&format!("{name}.ov2.qcow2"));
-        sh(Command::new(tool("e2i-to-qcow2"))
+        sh(tool_cmd("e2i-to-qcow2")
             .arg("--backing")
             .arg(&base)
             .arg(p("want.raw"))
@@ -136,7 +133,7 @@ fn overlay_reads_back_as_the_changed_filesystem() {
             "{name}: e2i-to-qcow2 of the raw image differs"
         );
         // The dry run plans the same overlay, and --json names the backing file.
-        let o = sh(Command::new(tool("e2i-to-qcow2"))
+        let o = sh(tool_cmd("e2i-to-qcow2")
             .args(["-n", "--json", "--backing"])
             .arg(&base)
             .arg(p("want.raw"))
@@ -166,7 +163,7 @@ fn overlay_reads_back_as_the_changed_filesystem() {
         );
         // Nothing changed since: the overlay stores no data cluster.
         let same = p(&format!("{name}.same.qcow2"));
-        sh(Command::new(tool("e2i-capture"))
+        sh(tool_cmd("e2i-capture")
             .args(["-Q", "--backing"])
             .arg(&ov)
             .arg(&img)
@@ -193,14 +190,11 @@ fn overlay_with_file_data_clones_like_e2image_ra() {
     let p = |n: &str| d.path().join(n);
     let img = populated(d.path(), "fs.img", "32M", 100, &["-b", "4096"]);
     let base = p("base.qcow2");
-    sh(Command::new(tool("e2i-capture"))
-        .arg("-Qa")
-        .arg(&img)
-        .arg(&base));
+    sh(tool_cmd("e2i-capture").arg("-Qa").arg(&img).arg(&base));
     change(&img, 2);
     let want = e2image_bytes(&["-ra"], &img, &p("want.raw"));
     let ov = p("ov.qcow2");
-    sh(Command::new(tool("e2i-capture"))
+    sh(tool_cmd("e2i-capture")
         .args(["-Qa", "--backing", "base.qcow2"])
         .arg(&img)
         .arg(&ov));
@@ -214,7 +208,7 @@ fn overlay_with_file_data_clones_like_e2image_ra() {
     );
     let clone = p("clone.raw");
     let state = tempdir();
-    sh(Command::new(tool("e2i-move"))
+    sh(tool_cmd("e2i-move")
         .arg(&ov)
         .arg(&clone)
         .env("XDG_STATE_HOME", state.path()));
@@ -235,7 +229,7 @@ fn chains_three_deep_read_back_and_stay_small() {
         3000,
         &["-b", "4096", "-I", "256"],
     );
-    sh(Command::new(tool("e2i-capture"))
+    sh(tool_cmd("e2i-capture")
         .arg("-Q")
         .arg(&img)
         .arg(p("w0.qcow2")));
@@ -261,7 +255,7 @@ fn chains_three_deep_read_back_and_stay_small() {
                 assert!(o.status.success());
             }
             _ => {
-                let mut c = Command::new(tool("e2i-capture"));
+                let mut c = tool_cmd("e2i-capture");
                 c.args(["-Q", "--backing", &prev]);
                 if week == 3 {
                     c.arg("--compress=zstd");
@@ -278,7 +272,7 @@ fn chains_three_deep_read_back_and_stay_small() {
         } else {
             format!("r{}.qcow2", week - 1)
         };
-        sh(Command::new(tool("e2i-capture"))
+        sh(tool_cmd("e2i-capture")
             .args(["-Q", "--backing", &raw_prev])
             .arg(&img)
             .arg(&raw_ov));
@@ -299,9 +293,7 @@ fn chains_three_deep_read_back_and_stay_small() {
     assert!(ov * 10 < base, "overlay {ov} bytes, base {base} bytes");
     // Flattening: e2i-to-qcow2 of the overlay without --backing is a full image.
     let flat = p("flat.qcow2");
-    sh(Command::new(tool("e2i-to-qcow2"))
-        .arg(p("w3.qcow2"))
-        .arg(&flat));
+    sh(tool_cmd("e2i-to-qcow2").arg(p("w3.qcow2")).arg(&flat));
     assert!(!qemu_info(&flat).contains("backing-filename"));
     assert_reads_as(&flat, &wants[2], "flattened");
 }
@@ -312,7 +304,7 @@ fn overlay_on_a_smaller_base() {
     let d = tempdir();
     let p = |n: &str| d.path().join(n);
     let img = populated(d.path(), "fs.img", "24M", 50, &["-b", "1024"]);
-    sh(Command::new(tool("e2i-capture"))
+    sh(tool_cmd("e2i-capture")
         .arg("-Q")
         .arg(&img)
         .arg(p("b.qcow2")));
@@ -320,7 +312,7 @@ fn overlay_on_a_smaller_base() {
     change(&img, 3);
     let want = e2image_bytes(&["-r"], &img, &p("want.raw"));
     let ov = p("ov.qcow2");
-    sh(Command::new(tool("e2i-capture"))
+    sh(tool_cmd("e2i-capture")
         .args(["-Q", "--backing", "b.qcow2"])
         .arg(&img)
         .arg(&ov));
@@ -336,19 +328,19 @@ fn backing_errors_are_clean() {
     let d = tempdir();
     let p = |n: &str| d.path().join(n);
     let img = populated(d.path(), "fs.img", "16M", 20, &[]);
-    sh(Command::new(tool("e2i-capture"))
+    sh(tool_cmd("e2i-capture")
         .arg("-Q")
         .arg(&img)
         .arg(p("base.qcow2")));
     change(&img, 1);
-    sh(Command::new(tool("e2i-capture"))
+    sh(tool_cmd("e2i-capture")
         .args(["-Q", "--backing", "base.qcow2"])
         .arg(&img)
         .arg(p("ov.qcow2")));
     let fails = |args: &[&Path], tool_name: &str, what: &str| {
         let out = p("out.raw");
         let _ = std::fs::remove_file(&out);
-        let o = run(Command::new(tool(tool_name)).args(args).arg(&out));
+        let o = run(tool_cmd(tool_name).args(args).arg(&out));
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{tool_name}: {err}");
         assert_eq!(err.lines().count(), 1, "{tool_name}: {err}");
@@ -407,20 +399,15 @@ fn backing_errors_are_clean() {
     fails(&[&p("c66.qcow2")], "qcow2-to-raw", "deeper than 64");
     // 64 backing files are read.
     let out = p("deep.raw");
-    sh(Command::new(tool("qcow2-to-raw"))
-        .arg(p("c64.qcow2"))
-        .arg(&out));
+    sh(tool_cmd("qcow2-to-raw").arg(p("c64.qcow2")).arg(&out));
     assert_eq!(size(&out), 16 << 20);
     // OUTPUT may not be a file of the chain: the base, or under another name.
     let good = p("good.qcow2");
-    sh(Command::new(tool("e2i-capture"))
-        .arg("-Q")
-        .arg(&img)
-        .arg(&good));
+    sh(tool_cmd("e2i-capture").arg("-Q").arg(&img).arg(&good));
     let before = read(&good);
     std::os::unix::fs::symlink(&good, p("alias.qcow2")).unwrap();
     for target in ["good.qcow2", "alias.qcow2"] {
-        let o = run(Command::new(tool("e2i-capture"))
+        let o = run(tool_cmd("e2i-capture")
             .args(["-Q", "--backing", "good.qcow2"])
             .arg(&img)
             .arg(p(target)));
@@ -432,7 +419,7 @@ fn backing_errors_are_clean() {
     // A relative name is found from OUTPUT's folder: given from the current folder, the
     // miss says so.
     std::fs::create_dir(p("sub")).unwrap();
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .current_dir(d.path())
         .args(["-Q", "--backing", "good.qcow2"])
         .arg(&img)
@@ -441,7 +428,7 @@ fn backing_errors_are_clean() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("OUTPUT's folder"), "{err}");
     assert!(!p("sub/ov.qcow2").exists());
-    sh(Command::new(tool("e2i-capture"))
+    sh(tool_cmd("e2i-capture")
         .current_dir(d.path())
         .args(["-Q", "--backing", "../good.qcow2"])
         .arg(&img)
@@ -482,11 +469,11 @@ fn zstd_clusters() {
         let want = e2image_bytes(&["-r"], &img, &p("want.raw"));
         let z = p(&format!("{name}.z.qcow2"));
         let dfl = p(&format!("{name}.d.qcow2"));
-        sh(Command::new(tool("e2i-capture"))
+        sh(tool_cmd("e2i-capture")
             .args(["-Q", "--compress=zstd"])
             .arg(&img)
             .arg(&z));
-        sh(Command::new(tool("e2i-capture"))
+        sh(tool_cmd("e2i-capture")
             .args(["-Q", "--compress"])
             .arg(&img)
             .arg(&dfl));
@@ -533,7 +520,7 @@ fn zstd_clusters() {
         assert_reads_as(&qz, &want, &format!("{name} qemu-img zstd"));
     }
     // Bare --compress stays deflate; a bad name is a usage error.
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["-Q", "--compress=lz4"])
         .arg(p("k4.img"))
         .arg(p("x.qcow2")));
@@ -552,10 +539,7 @@ fn a_changed_backing_chain_is_refused() {
     let p = |n: &str| d.path().join(n);
     let img = populated(d.path(), "fs.img", "16M", 40, &["-b", "1024"]);
     let capture = |args: &[&str], out: &str| {
-        sh(Command::new(tool("e2i-capture"))
-            .args(args)
-            .arg(&img)
-            .arg(p(out)));
+        sh(tool_cmd("e2i-capture").args(args).arg(&img).arg(p(out)));
     };
     capture(&["-Q"], "base.qcow2");
     change(&img, 1);
@@ -596,7 +580,7 @@ fn a_changed_backing_chain_is_refused() {
         ];
         for (t, a) in readers {
             let out = p("out.img");
-            let o = run(Command::new(tool(t))
+            let o = run(tool_cmd(t)
                 .args(a)
                 .arg(p("ov2.qcow2"))
                 .arg(&out)
@@ -610,7 +594,7 @@ fn a_changed_backing_chain_is_refused() {
             );
             assert!(!out.exists(), "{what}: {t} left its output");
         }
-        let o = run(Command::new(tool("qcow2-to-raw"))
+        let o = run(tool_cmd("qcow2-to-raw")
             .arg(p("q3.qcow2"))
             .arg(p("out.img")));
         assert_eq!(o.status.code(), Some(1), "{what}: qemu's overlay on top");
@@ -623,7 +607,7 @@ fn a_changed_backing_chain_is_refused() {
     std::fs::remove_file(p("base.qcow2")).unwrap();
     std::fs::copy(&img, p("later.img")).unwrap();
     change(&p("later.img"), 3);
-    sh(Command::new(tool("e2i-capture"))
+    sh(tool_cmd("e2i-capture")
         .arg("-Q")
         .arg(p("later.img"))
         .arg(p("base.qcow2")));
@@ -633,7 +617,7 @@ fn a_changed_backing_chain_is_refused() {
     // The middle link restored from an older state: a flattened copy of the base.
     keep("ov1.qcow2");
     std::fs::remove_file(p("ov1.qcow2")).unwrap();
-    sh(Command::new(tool("e2i-to-qcow2"))
+    sh(tool_cmd("e2i-to-qcow2")
         .arg(p("base.qcow2"))
         .arg(p("ov1.qcow2")));
     refused("middle link older");
@@ -650,7 +634,7 @@ fn a_changed_backing_chain_is_refused() {
         .args(["commit", "-q"])
         .arg(p("ov2.qcow2")));
     assert_reads_as(&p("ov1.qcow2"), &want, "middle link after commit");
-    let o = run(Command::new(tool("qcow2-to-raw"))
+    let o = run(tool_cmd("qcow2-to-raw")
         .arg(p("ov2.qcow2"))
         .arg(p("out.img")));
     assert_eq!(o.status.code(), Some(1), "top after commit");
@@ -659,7 +643,7 @@ fn a_changed_backing_chain_is_refused() {
     let old = e2image_bytes(&["-r"], &img, &p("raw-base.raw"));
     change(&img, 4);
     let want3 = e2image_bytes(&["-r"], &img, &p("want3.raw"));
-    sh(Command::new(tool("e2i-capture"))
+    sh(tool_cmd("e2i-capture")
         .args(["-Q", "--backing", "raw-base.raw"])
         .arg(&img)
         .arg(p("ov2.qcow2")));
@@ -675,7 +659,7 @@ fn a_changed_backing_chain_is_refused() {
     let mut changed = old.clone();
     changed[shared * 1024 + 100] ^= 0x5a;
     std::fs::write(p("raw-base.raw"), &changed).unwrap();
-    let o = run(Command::new(tool("qcow2-to-raw"))
+    let o = run(tool_cmd("qcow2-to-raw")
         .arg(p("ov2.qcow2"))
         .arg(p("out.img")));
     assert_eq!(o.status.code(), Some(1), "raw base changed in place");
@@ -692,12 +676,12 @@ fn flattening_an_all_data_overlay_keeps_file_data() {
     let d = tempdir();
     let p = |n: &str| d.path().join(n);
     let img = populated(d.path(), "fs.img", "16M", 60, &["-b", "4096"]);
-    sh(Command::new(tool("e2i-capture"))
+    sh(tool_cmd("e2i-capture")
         .arg("-Qa")
         .arg(&img)
         .arg(p("base.qcow2")));
     change(&img, 1);
-    sh(Command::new(tool("e2i-capture"))
+    sh(tool_cmd("e2i-capture")
         .args(["-Qa", "--backing", "base.qcow2"])
         .arg(&img)
         .arg(p("ov.qcow2")));
@@ -709,7 +693,7 @@ fn flattening_an_all_data_overlay_keeps_file_data() {
     for (q, what) in [("ov.qcow2", "the overlay"), ("base.qcow2", "a -Qa image")] {
         let flat = p("flat.qcow2");
         let _ = std::fs::remove_file(&flat);
-        sh(Command::new(tool("e2i-to-qcow2")).arg(p(q)).arg(&flat));
+        sh(tool_cmd("e2i-to-qcow2").arg(p(q)).arg(&flat));
         assert_eq!(qemu_check(&flat), 0);
         assert!(!qemu_info(&flat).contains("backing-filename"), "{what}");
         let got = qemu_to_raw(&flat, &p("flat.raw"));

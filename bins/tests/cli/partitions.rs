@@ -286,7 +286,7 @@ fn partitions_capture_and_clone_like_e2image_at_their_offset() {
             for (si, src) in sources.iter().enumerate() {
                 let ours = d.path().join(format!("ours-{di}-{si}-{}.raw", p.n));
                 run_ok(
-                    Command::new(tool("e2i-capture"))
+                    tool_cmd("e2i-capture")
                         .args(["-r", "-P", &p.n.to_string()])
                         .arg(src)
                         .arg(&ours),
@@ -298,7 +298,7 @@ fn partitions_capture_and_clone_like_e2image_at_their_offset() {
                 );
                 let clone = d.path().join(format!("clone-{di}-{si}-{}.img", p.n));
                 run_ok(
-                    Command::new(tool("e2i-move"))
+                    tool_cmd("e2i-move")
                         .args(["-P", &p.n.to_string()])
                         .arg(src)
                         .arg(&clone),
@@ -324,7 +324,7 @@ fn list_names_every_partition_with_its_start_and_filesystem() {
         gpt_disk(d.path(), 4096),
         mbr_disk(d.path()),
     ] {
-        let o = run_ok(Command::new(tool("e2i-capture")).arg("--list").arg(&disk));
+        let o = run_ok(tool_cmd("e2i-capture").arg("--list").arg(&disk));
         let text = String::from_utf8(o.stdout).unwrap();
         assert!(
             !text.contains("secret"),
@@ -352,7 +352,7 @@ fn list_names_every_partition_with_its_start_and_filesystem() {
             }
         }
         let o = run_ok(
-            Command::new(tool("e2i-capture"))
+            tool_cmd("e2i-capture")
                 .args(["--list", "--json"])
                 .arg(&disk),
         );
@@ -381,7 +381,7 @@ fn list_names_every_partition_with_its_start_and_filesystem() {
     }
     // A bare filesystem: one entry, number 0, start 0.
     let fs = mkfs(d.path(), "bare", "4M", &[]);
-    let o = run_ok(Command::new(tool("e2i-capture")).arg("--list").arg(&fs));
+    let o = run_ok(tool_cmd("e2i-capture").arg("--list").arg(&fs));
     let text = String::from_utf8(o.stdout).unwrap();
     assert_eq!(text.lines().count(), 1, "{text}");
     let f: Vec<&str> = text.split_whitespace().collect();
@@ -398,10 +398,7 @@ fn partition_usage_errors_and_missing_partitions() {
         ("e2i-capture", vec!["-r", "-P", "1", "-o", "1M"]),
         ("e2i-move", vec!["-P", "1", "-o", "1M"]),
     ] {
-        let o = run(Command::new(tool(tool_name))
-            .args(&args)
-            .arg(&disk)
-            .arg(&out));
+        let o = run(tool_cmd(tool_name).args(&args).arg(&disk).arg(&out));
         assert_eq!(o.status.code(), Some(2), "{tool_name}: {}", stderr(&o));
         assert!(!out.exists());
     }
@@ -410,17 +407,14 @@ fn partition_usage_errors_and_missing_partitions() {
         ("e2i-capture", vec!["-r", "-P", "4"]),
         ("e2i-move", vec!["-P", "7"]),
     ] {
-        let o = run(Command::new(tool(tool_name))
-            .args(&args)
-            .arg(&disk)
-            .arg(&out));
+        let o = run(tool_cmd(tool_name).args(&args).arg(&disk).arg(&out));
         assert_eq!(o.status.code(), Some(1), "{tool_name}");
         let e = stderr(&o);
         assert_eq!(e.lines().count(), 1, "{e}");
         assert!(e.contains("has partitions 1, 2, 3, 5, 6"), "{e}");
         assert!(!out.exists());
     }
-    let o = run(Command::new(tool("e2i-install"))
+    let o = run(tool_cmd("e2i-install")
         .args(["-n", "-P", "9"])
         .arg(&disk)
         .arg(&out));
@@ -431,7 +425,7 @@ fn partition_usage_errors_and_missing_partitions() {
         stderr(&o)
     );
     // The extended container is no filesystem.
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["-r", "-P", "2"])
         .arg(&disk)
         .arg(&out));
@@ -439,14 +433,14 @@ fn partition_usage_errors_and_missing_partitions() {
     assert!(stderr(&o).contains("extended partition"), "{}", stderr(&o));
     // A disk without a table has partition 0 only.
     let fs = mkfs(d.path(), "bare", "4M", &[]);
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["-r", "-P", "1"])
         .arg(&fs)
         .arg(&out));
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("no partition table"), "{}", stderr(&o));
     run_ok(
-        Command::new(tool("e2i-capture"))
+        tool_cmd("e2i-capture")
             .args(["-r", "-P", "0"])
             .arg(&fs)
             .arg(&out),
@@ -484,7 +478,7 @@ fn shrunk_disk(dir: &Path) -> (PathBuf, PathBuf) {
 fn a_partition_shrunk_below_its_filesystem_is_reported_and_not_read_past() {
     let d = tempdir();
     let (disk, fs) = shrunk_disk(d.path());
-    let o = run_ok(Command::new(tool("e2i-capture")).arg("--list").arg(&disk));
+    let o = run_ok(tool_cmd("e2i-capture").arg("--list").arg(&disk));
     let text = String::from_utf8(o.stdout).unwrap();
     assert!(
         text.contains("(runs 4194304 bytes past the partition's end)"),
@@ -492,7 +486,7 @@ fn a_partition_shrunk_below_its_filesystem_is_reported_and_not_read_past() {
     );
 
     let ours = d.path().join("ours.raw");
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["-r", "-P", "1"])
         .arg(&disk)
         .arg(&ours));
@@ -513,7 +507,7 @@ fn a_partition_shrunk_below_its_filesystem_is_reported_and_not_read_past() {
     );
     assert!(e.contains("(--past-partition-end reads on)"), "{e}");
     // -f allows a SOURCE mounted read-write, nothing else: it does not read past the end.
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["-r", "-f", "-P", "1"])
         .arg(&disk)
         .arg(&ours));
@@ -530,7 +524,7 @@ fn a_partition_shrunk_below_its_filesystem_is_reported_and_not_read_past() {
     // --past-partition-end reads on, as e2image -o does.
     let forced = d.path().join("forced.raw");
     let o = run_ok(
-        Command::new(tool("e2i-capture"))
+        tool_cmd("e2i-capture")
             .args(["-r", "--past-partition-end", "-P", "1"])
             .arg(&disk)
             .arg(&forced),
@@ -548,7 +542,7 @@ fn a_partition_shrunk_below_its_filesystem_is_reported_and_not_read_past() {
     for (opts, past) in [(&["-f"][..], false), (&["--past-partition-end"], true)] {
         let clone = d.path().join("clone.img");
         let _ = std::fs::remove_file(&clone);
-        let o = run(Command::new(tool("e2i-move"))
+        let o = run(tool_cmd("e2i-move")
             .args(opts)
             .args(["-P", "1"])
             .arg(&disk)
@@ -573,7 +567,7 @@ fn a_partition_shrunk_below_its_filesystem_is_reported_and_not_read_past() {
         ("e2i-move", &["--past-partition-end"]),
         ("e2i-move", &["--past-partition-end", "-P", "1", "-O", "2M"]),
     ] {
-        let mut c = Command::new(tool(t));
+        let mut c = tool_cmd(t);
         c.args(args).arg(&disk);
         if !args.contains(&"-O") {
             c.arg(d.path().join("never.img"));
@@ -614,7 +608,7 @@ fn a_partition_shrunk_below_its_filesystem_is_reported_and_not_read_past() {
     // A move inside the partition is refused (it would read and write past its end), and
     // one whose destination leaves the partition too.
     let before = std::fs::read(&disk).unwrap();
-    let o = run(Command::new(tool("e2i-move"))
+    let o = run(tool_cmd("e2i-move")
         .args(["-P", "1", "-O", "2M"])
         .arg(&disk));
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
@@ -624,9 +618,9 @@ fn a_partition_shrunk_below_its_filesystem_is_reported_and_not_read_past() {
     // An install of the filesystem's image onto the shrunk partition would write its
     // groups' metadata past the partition's end: refused, with -f too, nothing written.
     let image = d.path().join("big.e2i");
-    run_ok(Command::new(tool("e2i-capture")).arg(&fs).arg(&image));
+    run_ok(tool_cmd("e2i-capture").arg(&fs).arg(&image));
     for force in [false, true] {
-        let mut c = Command::new(tool("e2i-install"));
+        let mut c = tool_cmd("e2i-install");
         if force {
             c.arg("-f");
         }
@@ -651,7 +645,7 @@ fn moves_and_installs_stay_inside_their_partition() {
     let p2 = &parts[1];
     // A move whose destination leaves partition 2 (6 MiB, holding a 6 MiB ext2) is refused.
     let before = std::fs::read(&disk).unwrap();
-    let o = run(Command::new(tool("e2i-move"))
+    let o = run(tool_cmd("e2i-move")
         .args(["-P", "2", "-O", &(p2.start + 4096).to_string()])
         .arg(&disk));
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
@@ -667,7 +661,7 @@ fn moves_and_installs_stay_inside_their_partition() {
     // it all back without being told the offset.
     let image = d.path().join("p2.e2i");
     run_ok(
-        Command::new(tool("e2i-capture"))
+        tool_cmd("e2i-capture")
             .args(["-P", "2"])
             .arg(&disk)
             .arg(&image),
@@ -682,7 +676,7 @@ fn moves_and_installs_stay_inside_their_partition() {
     let undo = d.path().join("p2.undo");
     // -f: the filesystem was written after the image was taken (install refuses that).
     run_ok(
-        Command::new(tool("e2i-install"))
+        tool_cmd("e2i-install")
             .args(["-f", "-P", "2", "-z"])
             .arg(&undo)
             .arg(&disk)

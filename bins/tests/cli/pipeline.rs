@@ -5,13 +5,13 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 fn capture_stream(args: &[&str], img: &std::path::Path) -> Vec<u8> {
-    let o = run(Command::new(tool("e2i-capture")).args(args).arg(img));
+    let o = run(tool_cmd("e2i-capture").args(args).arg(img));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     o.stdout
 }
 
 fn to_raw(stream: &[u8], out: &std::path::Path) -> std::process::Output {
-    let mut child = Command::new(tool("e2i-to-raw"))
+    let mut child = tool_cmd("e2i-to-raw")
         .arg("-")
         .arg(out)
         .stdin(Stdio::piped())
@@ -74,12 +74,12 @@ fn stream_round_trips_to_e2image_bytes() {
         assert_eq!(std::fs::read(&outa).unwrap(), want_a, "{name} -a");
         // A stream kept in a file, converted to stdout.
         let sf = d.path().join("s.e2is");
-        let o = run(Command::new(tool("e2i-capture"))
+        let o = run(tool_cmd("e2i-capture")
             .args(["--format", "stream"])
             .arg(&img)
             .arg(&sf));
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let o = run(Command::new(tool("e2i-to-raw")).arg(&sf).arg("-"));
+        let o = run(tool_cmd("e2i-to-raw").arg(&sf).arg("-"));
         assert!(o.status.success());
         assert_eq!(o.stdout, want, "{name} file stream to stdout");
         for f in ["ref.raw", "refa.raw", "out.raw", "outa.raw"] {
@@ -188,25 +188,22 @@ fn converters_take_normal_and_qcow2_inputs() {
     // qcow2 → raw through e2i-to-raw.
     let q = d.path().join("x.qcow2");
     assert!(
-        run(Command::new(tool("e2i-capture"))
-            .arg("-Q")
-            .arg(&img)
-            .arg(&q))
-        .status
-        .success()
+        run(tool_cmd("e2i-capture").arg("-Q").arg(&img).arg(&q))
+            .status
+            .success()
     );
-    let o = run(Command::new(tool("e2i-to-raw")).arg(&q).arg("-"));
+    let o = run(tool_cmd("e2i-to-raw").arg(&q).arg("-"));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(o.stdout, want);
     // normal → raw: its blocks at their places; the superblock and descriptors read back.
     let n = d.path().join("x.e2i");
     assert!(
-        run(Command::new(tool("e2i-capture")).arg(&img).arg(&n))
+        run(tool_cmd("e2i-capture").arg(&img).arg(&n))
             .status
             .success()
     );
     let nr = d.path().join("n.raw");
-    let o = run(Command::new(tool("e2i-to-raw")).arg(&n).arg(&nr));
+    let o = run(tool_cmd("e2i-to-raw").arg(&n).arg(&nr));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = |cmd: &str, args: &[&str], p: &std::path::Path| {
         let o = Command::new(cmd).args(args).arg(p).output().unwrap();
@@ -228,7 +225,7 @@ fn converters_take_normal_and_qcow2_inputs() {
     }
     // normal → qcow2 holds the same blocks.
     let nq = d.path().join("n.qcow2");
-    let o = run(Command::new(tool("e2i-to-qcow2")).arg(&n).arg(&nq));
+    let o = run(tool_cmd("e2i-to-qcow2").arg(&n).arg(&nq));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(
         Command::new("qemu-img")
@@ -238,7 +235,7 @@ fn converters_take_normal_and_qcow2_inputs() {
             .unwrap()
             .success()
     );
-    let o = run(Command::new(tool("qcow2-to-raw")).arg(&nq).arg("-"));
+    let o = run(tool_cmd("qcow2-to-raw").arg(&nq).arg("-"));
     assert!(o.status.success());
     assert_eq!(o.stdout, std::fs::read(&nr).unwrap());
 }
@@ -252,10 +249,7 @@ fn to_qcow2_dry_run_predicts_the_image_and_creates_nothing() {
     std::fs::write(&sf, &s).unwrap();
     let q = d.path().join("out.qcow2");
     for input in [sf.as_path(), img.as_path()] {
-        let o = run(Command::new(tool("e2i-to-qcow2"))
-            .arg("-n")
-            .arg(input)
-            .arg(&q));
+        let o = run(tool_cmd("e2i-to-qcow2").arg("-n").arg(input).arg(&q));
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         assert!(!q.exists(), "a dry run created the output");
         let text = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -266,7 +260,7 @@ fn to_qcow2_dry_run_predicts_the_image_and_creates_nothing() {
             .next()
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no size in: {text}"));
-        let o = run(Command::new(tool("e2i-to-qcow2")).arg(input).arg(&q));
+        let o = run(tool_cmd("e2i-to-qcow2").arg(input).arg(&q));
         assert!(o.status.success());
         assert_eq!(
             std::fs::metadata(&q).unwrap().len(),
@@ -294,10 +288,7 @@ fn version_1_streams_still_convert() {
         let flags: &[&str] = if all { &["-ra"] } else { &["-r"] };
         let reference = e2image_bytes(flags, &sample, &d.path().join("ref"));
         let raw = d.path().join(format!("{file}.raw"));
-        let o = sh(Command::new(tool("e2i-to-raw"))
-            .arg("--json")
-            .arg(&v1)
-            .arg(&raw));
+        let o = sh(tool_cmd("e2i-to-raw").arg("--json").arg(&v1).arg(&raw));
         assert!(read(&raw) == reference, "{file}: raw");
         let j = String::from_utf8_lossy(&o.stdout).into_owned();
         let digest = |k: &str| {
@@ -310,13 +301,13 @@ fn version_1_streams_still_convert() {
         assert!(hex64(&digest("stream_sha256")), "{file}: {j}");
         assert_eq!(digest("stream_blake3"), "null", "{file}: {j}");
         let q = d.path().join(format!("{file}.qcow2"));
-        sh(Command::new(tool("e2i-capture"))
+        sh(tool_cmd("e2i-capture")
             .arg("-Q")
             .args(a)
             .arg(&sample)
             .arg(&q));
         let q1 = d.path().join(format!("{file}.1.qcow2"));
-        sh(Command::new(tool("e2i-to-qcow2")).arg(&v1).arg(&q1));
+        sh(tool_cmd("e2i-to-qcow2").arg(&v1).arg(&q1));
         assert!(read(&q1) == read(&q), "{file}: qcow2");
         // The writer of version 1 is unchanged.
         let again = capture_stream(
@@ -341,7 +332,7 @@ fn version_1_streams_still_convert() {
         );
     }
     // Only the stream format has a version.
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["-r", "--stream-version", "1"])
         .arg(&sample)
         .arg(d.path().join("x.raw")));
@@ -351,7 +342,7 @@ fn version_1_streams_still_convert() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["--stream-version", "3", "--format", "stream"])
         .arg(&sample)
         .arg(d.path().join("x.e2i")));
@@ -400,7 +391,7 @@ fn check_skips_the_targets_holes_and_still_fixes_its_data() {
                 .unwrap();
             f.write_all_at(&[0xEE; 1024], jblk * 1024).unwrap();
         }
-        let o = sh(Command::new(tool("e2i-to-raw"))
+        let o = sh(tool_cmd("e2i-to-raw")
             .args(["-c", "--json"])
             .arg(&stream)
             .arg(&target));

@@ -44,7 +44,7 @@ fn an_output_on_the_filesystem_being_read_is_refused() {
         ("e2i-move", vec!["-f".into(), dev.clone(), at("f.raw")]),
     ];
     for (t, args) in &cases {
-        let o = run(Command::new(tool(t)).args(args));
+        let o = run(tool_cmd(t).args(args));
         let err = failed(&o, &format!("{t} {args:?}"));
         assert!(
             err.contains("is on the filesystem being read") && err.contains("nothing written"),
@@ -55,7 +55,7 @@ fn an_output_on_the_filesystem_being_read_is_refused() {
     }
     // Stdout redirected into it: the shell made the file; it stays empty.
     let target = mnt.join("g.raw");
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["-f", "-r", &dev, "-"])
         .stdout(Stdio::from(fs::File::create(&target).unwrap())));
     let err = failed(&o, "stdout into the mounted filesystem");
@@ -64,7 +64,7 @@ fn an_output_on_the_filesystem_being_read_is_refused() {
     fs::remove_file(&target).unwrap();
     // Another filesystem's image may go there.
     run_ok(
-        Command::new(tool("e2i-capture"))
+        tool_cmd("e2i-capture")
             .arg("-r")
             .arg(&other)
             .arg(mnt.join("other.raw")),
@@ -82,12 +82,7 @@ fn a_second_loop_device_of_a_mounted_file_is_refused() {
     let img = mkfs(d.path(), "fs.img", "8M", &[]);
     let other = mkfs(d.path(), "other.img", "8M", &[]);
     let q = d.path().join("other.qcow2");
-    run_ok(
-        Command::new(tool("e2i-capture"))
-            .arg("-Q")
-            .arg(&other)
-            .arg(&q),
-    );
+    run_ok(tool_cmd("e2i-capture").arg("-Q").arg(&other).arg(&q));
     let first = Loop::new(&img, &["-r"]);
     let _m = Mount::new(&[first.path()], &d.path().join("mnt"), &[]);
     let second = Loop::new(&img, &[]);
@@ -104,7 +99,7 @@ fn a_second_loop_device_of_a_mounted_file_is_refused() {
         ("qcow2-to-raw", vec![q, dev]),
         ("e2i-move", vec![o, dev]),
     ] {
-        let out = run(Command::new(tool(t)).args(&args));
+        let out = run(tool_cmd(t).args(&args));
         let err = failed(&out, &format!("{t} {args:?}"));
         assert!(
             err.contains(" mounted as ") && err.contains("nothing written"),
@@ -138,12 +133,7 @@ fn a_missing_device_under_dev_is_not_created_as_a_file() {
     let d = tempdir();
     let img = mkfs(d.path(), "fs.img", "4M", &[]);
     let q = d.path().join("fs.qcow2");
-    run_ok(
-        Command::new(tool("e2i-capture"))
-            .arg("-Q")
-            .arg(&img)
-            .arg(&q),
-    );
+    run_ok(tool_cmd("e2i-capture").arg("-Q").arg(&img).arg(&q));
     let missing = PathBuf::from(format!("/dev/e2i-test-missing-{}", std::process::id()));
     let _gone = Gone(missing.clone());
     let m = missing.to_str().unwrap();
@@ -159,7 +149,7 @@ fn a_missing_device_under_dev_is_not_created_as_a_file() {
         ("e2i-to-qcow2", vec![img_s, m]),
         ("e2i-move", vec![img_s, m]),
     ] {
-        let o = run(Command::new(tool(t)).args(&args));
+        let o = run(tool_cmd(t).args(&args));
         let err = failed(&o, &format!("{t} {args:?}"));
         assert!(
             err.contains("holds device nodes") && err.contains("nothing written"),
@@ -168,7 +158,7 @@ fn a_missing_device_under_dev_is_not_created_as_a_file() {
         assert!(fs::symlink_metadata(&missing).is_err(), "{t} {args:?}");
     }
     // An existing character device there is still a stream target.
-    run_ok(Command::new(tool("e2i-capture")).arg(&img).arg("/dev/null"));
+    run_ok(tool_cmd("e2i-capture").arg(&img).arg("/dev/null"));
 }
 
 /// An undo file holds the target's old inode tables and bitmaps, a move journal up to two
@@ -180,15 +170,11 @@ fn undo_files_and_move_journals_are_private() {
     let d = tempdir();
     let img = mkfs(d.path(), "fs.img", "8M", &[]);
     let image = d.path().join("fs.e2i");
-    run_ok(Command::new(tool("e2i-capture")).arg(&img).arg(&image));
+    run_ok(tool_cmd("e2i-capture").arg(&img).arg(&image));
     let undo = d.path().join("fs.undo");
     // Under a permissive umask, as a shell's default 022 would not show.
     let sh = |cmd: &str, args: &[&Path]| {
-        run(Command::new("sh")
-            .arg("-c")
-            .arg("umask 000; exec \"$@\"")
-            .arg("sh")
-            .arg(tool(cmd))
+        run(tool_in_sh("umask 000; exec \"$@\"", cmd)
             .args(args)
             .env("XDG_STATE_HOME", d.path().join("state")))
     };
@@ -245,12 +231,7 @@ fn outputs_planted_by_another_user_in_a_sticky_folder_are_refused() {
     let d = tempdir();
     let img = mkfs(d.path(), "fs.img", "4M", &[]);
     let q = d.path().join("fs.qcow2");
-    run_ok(
-        Command::new(tool("e2i-capture"))
-            .arg("-Q")
-            .arg(&img)
-            .arg(&q),
-    );
+    run_ok(tool_cmd("e2i-capture").arg("-Q").arg(&img).arg(&q));
     fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let sticky = d.path().join("sticky");
     fs::create_dir(&sticky).unwrap();
@@ -275,7 +256,7 @@ fn outputs_planted_by_another_user_in_a_sticky_folder_are_refused() {
         ("qcow2-to-raw", vec![q.as_path(), &link]),
         ("e2i-move", vec![img.as_path(), &link]),
     ] {
-        let o = run(Command::new(tool(t)).args(&args));
+        let o = run(tool_cmd(t).args(&args));
         let err = failed(&o, &format!("{t} {args:?}"));
         assert!(
             err.contains("in a folder anyone may write to") && err.contains("nothing written"),
@@ -287,7 +268,7 @@ fn outputs_planted_by_another_user_in_a_sticky_folder_are_refused() {
     // Root's own file there is replaced as before.
     let mine = sticky.join("mine.img");
     fs::write(&mine, b"old").unwrap();
-    run_ok(Command::new(tool("e2i-capture")).arg(&img).arg(&mine));
+    run_ok(tool_cmd("e2i-capture").arg(&img).arg(&mine));
     assert!(fs::metadata(&mine).unwrap().len() > 3);
     // A user writing through their own link there is not refused.
     let own_target = d.path().join("nobodys");
@@ -332,7 +313,7 @@ fn a_journal_in_memory_is_warned_about() {
     );
     let _m = Mount(mem.clone());
     let mv = |src: &Path, journal: &Path, quiet: bool| {
-        let mut c = Command::new(tool("e2i-move"));
+        let mut c = tool_cmd("e2i-move");
         if quiet {
             c.arg("-q");
         }
@@ -366,7 +347,7 @@ fn an_undo_file_in_memory_is_warned_about() {
     let d = tempdir();
     let img = mkfs(d.path(), "fs.img", "4M", &[]);
     let image = d.path().join("fs.e2i");
-    run_ok(Command::new(tool("e2i-capture")).arg(&img).arg(&image));
+    run_ok(tool_cmd("e2i-capture").arg(&img).arg(&image));
     let mem = d.path().join("mem");
     fs::create_dir(&mem).unwrap();
     run_ok(
@@ -379,7 +360,7 @@ fn an_undo_file_in_memory_is_warned_about() {
     let install = |undo: &Path, quiet: bool| {
         // Each onto the filesystem as it was (an install leaves it newer than the image).
         fs::write(&img, &orig).unwrap();
-        let mut c = Command::new(tool("e2i-install"));
+        let mut c = tool_cmd("e2i-install");
         if quiet {
             c.arg("-q");
         }

@@ -13,7 +13,7 @@ fn check_capture(d: &Path, img: &Path, all: bool) -> (u64, u64) {
     let flags: &[&str] = if all { &["-ra"] } else { &["-r"] };
     let reference = e2image_bytes(flags, img, &d.join(format!("{tag}.ref")));
     let q = d.join(format!("{tag}.qcow2"));
-    let mut cmd = Command::new(tool("e2i-capture"));
+    let mut cmd = tool_cmd("e2i-capture");
     cmd.arg("-Q");
     if all {
         cmd.arg("-a");
@@ -36,14 +36,14 @@ fn check_capture(d: &Path, img: &Path, all: bool) -> (u64, u64) {
         .iter()
         .map(|v| {
             let stream = d.join(format!("{tag}.v{v}.e2i"));
-            let mut cmd = Command::new(tool("e2i-capture"));
+            let mut cmd = tool_cmd("e2i-capture");
             if all {
                 cmd.arg("-a");
             }
             cmd.args(["--stream-version", v]);
             std::fs::write(&stream, sh(cmd.arg(img).arg("-")).stdout).unwrap();
             let raw = d.join(format!("{tag}.v{v}.raw"));
-            sh(Command::new(tool("e2i-to-raw")).arg(&stream).arg(&raw));
+            sh(tool_cmd("e2i-to-raw").arg(&stream).arg(&raw));
             assert!(read(&raw) == reference, "{tag}: version {v} stream to raw");
             stream
         })
@@ -53,7 +53,7 @@ fn check_capture(d: &Path, img: &Path, all: bool) -> (u64, u64) {
         .chain(streams.iter().map(PathBuf::as_path))
     {
         let to_qcow2 = || {
-            let mut c = Command::new(tool("e2i-to-qcow2"));
+            let mut c = tool_cmd("e2i-to-qcow2");
             if all && input == img {
                 c.arg("-a");
             }
@@ -82,7 +82,7 @@ fn check_capture(d: &Path, img: &Path, all: bool) -> (u64, u64) {
         );
     }
     let z = d.join(format!("{tag}.z.qcow2"));
-    let mut cmd = Command::new(tool("e2i-capture"));
+    let mut cmd = tool_cmd("e2i-capture");
     cmd.args(["-Q", "--compress"]);
     if all {
         cmd.arg("-a");
@@ -92,7 +92,7 @@ fn check_capture(d: &Path, img: &Path, all: bool) -> (u64, u64) {
     for stream in &streams {
         let f = d.join(format!("{tag}.z2.qcow2"));
         let _ = std::fs::remove_file(&f);
-        sh(Command::new(tool("e2i-to-qcow2"))
+        sh(tool_cmd("e2i-to-qcow2")
             .arg("--compress")
             .arg(stream)
             .arg(&f));
@@ -166,10 +166,7 @@ fn nearly_full_fs_with_all_data() {
         .arg("32M")
         .env("E2FSPROGS_FAKE_TIME", "1700000000"));
     let q = d.path().join("full.qcow2");
-    sh(Command::new(tool("e2i-capture"))
-        .arg("-Qa")
-        .arg(&img)
-        .arg(&q));
+    sh(tool_cmd("e2i-capture").arg("-Qa").arg(&img).arg(&q));
     assert!(
         std::fs::metadata(&q).unwrap().len() > 32 << 20,
         "image not larger than the disk"
@@ -183,18 +180,18 @@ fn to_qcow2_tool_file_and_stdout() {
     let img = mkfs(d.path(), "fs.img", "8M", &[]);
     let reference = e2image_bytes(&["-r"], &img, &d.path().join("ref.raw"));
     let q = d.path().join("o.qcow2");
-    sh(Command::new(tool("e2i-to-qcow2")).arg(&img).arg(&q));
+    sh(tool_cmd("e2i-to-qcow2").arg(&img).arg(&q));
     assert_eq!(qemu_check(&q), 0);
     assert!(qemu_to_raw(&q, &d.path().join("c.raw")) == reference);
     // The sequential writer gives the same bytes to a pipe.
-    let o = sh(Command::new(tool("e2i-to-qcow2")).arg(&img).arg("-"));
+    let o = sh(tool_cmd("e2i-to-qcow2").arg(&img).arg("-"));
     assert!(o.stdout == read(&q), "stdout qcow2 differs from the file");
-    let o = run(Command::new(tool("e2i-to-qcow2"))
+    let o = run(tool_cmd("e2i-to-qcow2")
         .arg("--compress")
         .arg(&img)
         .arg("-"));
     assert_eq!(o.status.code(), Some(2));
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["-Q", "--compress"])
         .arg(&img)
         .arg("-"));
@@ -261,12 +258,12 @@ fn qcow2_to_raw_matches_qemu_img() {
         let expect = qemu_to_raw(&q, &d.path().join("expect.raw"));
         let out = d.path().join("out.raw");
         let _ = std::fs::remove_file(&out);
-        sh(Command::new(tool("qcow2-to-raw")).arg(&q).arg(&out));
+        sh(tool_cmd("qcow2-to-raw").arg(&q).arg(&out));
         assert!(
             read(&out) == expect,
             "{what}: qcow2-to-raw differs from qemu-img convert"
         );
-        let o = sh(Command::new(tool("qcow2-to-raw")).arg(&q).arg("-"));
+        let o = sh(tool_cmd("qcow2-to-raw").arg(&q).arg("-"));
         assert!(o.stdout == expect, "{what}: stdout differs");
     }
 }
@@ -314,14 +311,14 @@ fn qcow2_to_raw_of_odd_sizes_and_cluster_sizes() {
         );
         let out = d.path().join("out.raw");
         let _ = std::fs::remove_file(&out);
-        sh(Command::new(tool("qcow2-to-raw")).arg(&q).arg(&out));
+        sh(tool_cmd("qcow2-to-raw").arg(&q).arg(&out));
         assert!(read(&out) == expect, "{cluster}: new file differs");
-        let o = sh(Command::new(tool("qcow2-to-raw")).arg(&q).arg("-"));
+        let o = sh(tool_cmd("qcow2-to-raw").arg(&q).arg("-"));
         assert!(o.stdout == expect, "{cluster}: stdout differs");
         // In place over a longer file of 0xAA: the disk's bytes inside, nothing past it.
         let target = d.path().join("target.bin");
         std::fs::write(&target, vec![0xAAu8; size as usize + 4096]).unwrap();
-        sh(Command::new(tool("qcow2-to-raw"))
+        sh(tool_cmd("qcow2-to-raw")
             .args(["-O", "0"])
             .arg(&q)
             .arg(&target));
@@ -369,7 +366,7 @@ fn capture_from_qcow2_sources() {
     for s in &sources {
         let out = d.path().join("cap.raw");
         let _ = std::fs::remove_file(&out);
-        sh(Command::new(tool("e2i-capture")).arg("-r").arg(s).arg(&out));
+        sh(tool_cmd("e2i-capture").arg("-r").arg(s).arg(&out));
         assert!(read(&out) == reference, "capture from {}", s.display());
     }
     // -o applies inside the virtual disk: a filesystem at 1 MiB of a qcow2 disk.
@@ -383,7 +380,7 @@ fn capture_from_qcow2_sources() {
         .arg(&dr)
         .arg(&dq));
     let out = d.path().join("off.raw");
-    sh(Command::new(tool("e2i-capture"))
+    sh(tool_cmd("e2i-capture")
         .args(["-r", "-o", "1M"])
         .arg(&dq)
         .arg(&out));
@@ -415,7 +412,7 @@ fn qcow2_input_on_stdin_plain_gzip_bzip2() {
                 .arg(&q)
                 .arg(&w));
             let _ = std::fs::remove_file(&out);
-            sh(Command::new(tool("qcow2-to-raw")).arg(&w).arg(&out));
+            sh(tool_cmd("qcow2-to-raw").arg(&w).arg(&out));
             assert!(read(&out) == reference, "{wrap} file");
         }
     }
@@ -444,7 +441,7 @@ fn qcow2_to_raw_in_place_check_and_dry_run() {
     // -c on an identical target writes nothing at all.
     let before = mtime(&target);
     std::thread::sleep(std::time::Duration::from_millis(20));
-    sh(Command::new(tool("qcow2-to-raw"))
+    sh(tool_cmd("qcow2-to-raw")
         .args(["-c", "-O", "1M"])
         .arg(&q)
         .arg(&target));
@@ -455,7 +452,7 @@ fn qcow2_to_raw_in_place_check_and_dry_run() {
     damaged[m + 1024..m + 3072].fill(0x11);
     damaged[10] = 0x22;
     std::fs::write(&target, &damaged).unwrap();
-    let o = sh(Command::new(tool("qcow2-to-raw"))
+    let o = sh(tool_cmd("qcow2-to-raw")
         .args(["-n", "-c", "-O", "1M"])
         .arg(&q)
         .arg(&target));
@@ -468,7 +465,7 @@ fn qcow2_to_raw_in_place_check_and_dry_run() {
         "dry run lists the writes: {listed}"
     );
     assert!(read(&target) == damaged, "dry run changed the target");
-    sh(Command::new(tool("qcow2-to-raw"))
+    sh(tool_cmd("qcow2-to-raw")
         .args(["-c", "-O", "1M"])
         .arg(&q)
         .arg(&target));
@@ -478,14 +475,11 @@ fn qcow2_to_raw_in_place_check_and_dry_run() {
     assert_eq!(got[10], 0x22, "byte outside the range touched");
     // -n creates nothing.
     let none = d.path().join("none.raw");
-    sh(Command::new(tool("qcow2-to-raw"))
-        .arg("-n")
-        .arg(&q)
-        .arg(&none));
+    sh(tool_cmd("qcow2-to-raw").arg("-n").arg(&q).arg(&none));
     assert!(!none.exists());
     // A new output is sparse where the disk is unallocated.
     let out = d.path().join("new.raw");
-    sh(Command::new(tool("qcow2-to-raw")).arg(&q).arg(&out));
+    sh(tool_cmd("qcow2-to-raw").arg(&q).arg(&out));
     assert!(read(&out) == image);
     use std::os::unix::fs::MetadataExt;
     assert!(std::fs::metadata(&out).unwrap().blocks() * 512 < image.len() as u64);
@@ -615,10 +609,7 @@ fn hostile_qcow2_fails_cleanly() {
     let d = tempdir();
     let img = mkfs(d.path(), "fs.img", "8M", &[]);
     let q = d.path().join("good.qcow2");
-    sh(Command::new(tool("e2i-capture"))
-        .arg("-Q")
-        .arg(&img)
-        .arg(&q));
+    sh(tool_cmd("e2i-capture").arg("-Q").arg(&img).arg(&q));
     let good = read(&q);
     read_all_in_process(good.clone()).unwrap();
     for kind in [
@@ -647,7 +638,7 @@ fn hostile_qcow2_fails_cleanly() {
         std::fs::write(&h, bytes).unwrap();
         for (t, args) in [("qcow2-to-raw", &[][..]), ("e2i-capture", &["-r"][..])] {
             let out = d.path().join("h.out");
-            let o = run(Command::new(tool(t)).args(args).arg(&h).arg(&out));
+            let o = run(tool_cmd(t).args(args).arg(&h).arg(&out));
             let err = String::from_utf8_lossy(&o.stderr);
             assert_eq!(o.status.code(), Some(1), "{t} {kind}: {err}");
             assert_eq!(err.lines().count(), 1, "{t} {kind}: {err}");
@@ -689,7 +680,7 @@ fn refuses_encryption() {
     for (q, what) in cases {
         for (t, args) in [("qcow2-to-raw", &[][..]), ("e2i-capture", &["-r"][..])] {
             let out = p("o.raw");
-            let o = run(Command::new(tool(t)).args(args).arg(&q).arg(&out));
+            let o = run(tool_cmd(t).args(args).arg(&q).arg(&out));
             let err = String::from_utf8_lossy(&o.stderr);
             assert_eq!(o.status.code(), Some(1), "{t} {what}: {err}");
             assert_eq!(err.lines().count(), 1, "{t} {what}: {err}");
@@ -745,7 +736,7 @@ fn e2image_qcow2_of_a_16_tib_filesystem_converts() {
     e2image(&["-r"], &q, &want);
     for t in ["qcow2-to-raw", "e2i-to-raw"] {
         let out = d.path().join(format!("{t}.raw"));
-        let o = run(Command::new(tool(t)).arg(&q).arg(&out));
+        let o = run(tool_cmd(t).arg(&q).arg(&out));
         assert!(
             o.status.success(),
             "{t}: {}",
@@ -828,7 +819,7 @@ fn descriptors_claimed_over_holes_are_refused_not_allocated() {
         ("e2i-capture", vec!["-r"], &sparse),
     ] {
         let what = format!("{t} {args:?} {}", src.display());
-        let o = run(Command::new(tool(t)).args(&args).arg(src).arg(&out));
+        let o = run(tool_cmd(t).args(&args).arg(src).arg(&out));
         let err = failed(&o, &what);
         assert!(
             err.contains("descriptor blocks are more than the") && err.contains("bytes of data"),

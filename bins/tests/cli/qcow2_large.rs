@@ -46,7 +46,7 @@ fn cluster_bits(q: &Path) -> u32 {
 
 /// `e2i-capture -Q IMG Q`, whose clusters are `2^bits` bytes.
 fn capture_q(img: &Path, q: &Path, bits: u32) {
-    sh(Command::new(tool("e2i-capture")).arg("-Q").arg(img).arg(q));
+    sh(tool_cmd("e2i-capture").arg("-Q").arg(img).arg(q));
     assert_eq!(cluster_bits(q), bits, "{}", img.display());
 }
 
@@ -66,7 +66,7 @@ fn converts_to(q: &Path, want: &Path) {
     let n = same_sparse(want, &out).unwrap_or_else(|e| panic!("qemu-img {}: {e}", q.display()));
     assert!(n > 0);
     std::fs::remove_file(&out).unwrap();
-    sh(Command::new(tool("qcow2-to-raw")).arg(q).arg(&out));
+    sh(tool_cmd("qcow2-to-raw").arg(q).arg(&out));
     same_sparse(want, &out).unwrap_or_else(|e| panic!("qcow2-to-raw {}: {e}", q.display()));
     std::fs::remove_file(&out).unwrap();
 }
@@ -127,13 +127,13 @@ fn conversion_heap_is_bounded(q: &Path, want: &Path) {
 
 /// `e2i-capture SRC - | e2i-to-qcow2 [extra] - OUT`.
 fn via_stream(src: &Path, extra: &[&str], out: &Path) {
-    let mut cap = Command::new(tool("e2i-capture"))
+    let mut cap = tool_cmd("e2i-capture")
         .arg(src)
         .arg("-")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let o = Command::new(tool("e2i-to-qcow2"))
+    let o = tool_cmd("e2i-to-qcow2")
         .args(extra)
         .arg("-")
         .arg(out)
@@ -179,7 +179,7 @@ fn nine_tib_filesystem_gets_8_kib_clusters() {
     assert!(std::fs::read(&piped).unwrap() == std::fs::read(&q).unwrap());
     for c in ["deflate", "zstd"] {
         let z = p(&format!("{c}.qcow2"));
-        sh(Command::new(tool("e2i-capture"))
+        sh(tool_cmd("e2i-capture")
             .args(["-Q", &format!("--compress={c}")])
             .arg(&img)
             .arg(&z));
@@ -187,7 +187,7 @@ fn nine_tib_filesystem_gets_8_kib_clusters() {
         converts_to(&z, &want);
     }
     // The dry run plans the same image.
-    let o = sh(Command::new(tool("e2i-to-qcow2"))
+    let o = sh(tool_cmd("e2i-to-qcow2")
         .arg("-n")
         .arg(&img)
         .arg(p("never.qcow2")));
@@ -210,14 +210,11 @@ fn nine_tib_filesystem_gets_8_kib_clusters() {
         ])
         .arg(&img));
     let full = p("full2.qcow2");
-    sh(Command::new(tool("e2i-capture"))
-        .arg("-Q")
-        .arg(&img)
-        .arg(&full));
+    sh(tool_cmd("e2i-capture").arg("-Q").arg(&img).arg(&full));
     let want2 = p("full2.raw");
     qemu_raw(&full, &want2);
     let ov = p("ov.qcow2");
-    sh(Command::new(tool("e2i-capture"))
+    sh(tool_cmd("e2i-capture")
         .args(["-Q", "--backing", "fs.qcow2"])
         .arg(&img)
         .arg(&ov));
@@ -259,10 +256,7 @@ fn one_kib_blocks_past_512_gib_get_2_kib_clusters() {
         .args(["-w", "-R", "mkdir /d2"])
         .arg(&img));
     let full = p("full2.qcow2");
-    sh(Command::new(tool("e2i-capture"))
-        .arg("-Q")
-        .arg(&img)
-        .arg(&full));
+    sh(tool_cmd("e2i-capture").arg("-Q").arg(&img).arg(&full));
     let want2 = p("full2.raw");
     qemu_raw(&full, &want2);
     for (base, name) in [(&base64k, "ov64k.qcow2"), (&q, "ov2k.qcow2")] {
@@ -292,10 +286,7 @@ fn the_8_tib_threshold() {
         let q = img.with_extension("qcow2");
         capture_q(&img, &q, bits);
         let raw = img.with_extension("raw");
-        sh(Command::new(tool("e2i-capture"))
-            .arg("-r")
-            .arg(&img)
-            .arg(&raw));
+        sh(tool_cmd("e2i-capture").arg("-r").arg(&img).arg(&raw));
         converts_to(&q, &raw);
     }
 }

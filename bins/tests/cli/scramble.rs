@@ -207,10 +207,7 @@ fn compare_dirs(before: &Dirs, after: &Dirs) -> usize {
 /// Capture `img` with `-r -s` and check everything the scrambled image must satisfy.
 fn verify(dir: &Path, img: &Path, min_entries: usize) {
     let plain = dir.join("plain.raw");
-    let o = run(Command::new(tool("e2i-capture"))
-        .arg("-r")
-        .arg(img)
-        .arg(&plain));
+    let o = run(tool_cmd("e2i-capture").arg("-r").arg(img).arg(&plain));
     assert!(o.status.success(), "{}", output_text(&o));
     let leaked = contains_marker(&std::fs::read(&plain).unwrap());
     assert!(
@@ -219,7 +216,7 @@ fn verify(dir: &Path, img: &Path, min_entries: usize) {
     );
 
     let out = dir.join("scrambled.raw");
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["-r", "-s"])
         .arg(img)
         .arg(&out));
@@ -259,14 +256,14 @@ fn verify(dir: &Path, img: &Path, min_entries: usize) {
 
     // Deterministic; another seed gives other names.
     let again = dir.join("again.raw");
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["-r", "-s"])
         .arg(img)
         .arg(&again));
     assert!(o.status.success());
     assert!(std::fs::read(&again).unwrap() == data, "two runs differ");
     let other = dir.join("other.raw");
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["-r", "-s", "--seed", "12345"])
         .arg(img)
         .arg(&other));
@@ -380,7 +377,7 @@ fn short_names_are_never_kept() {
     }
     let img = make_image(d.path(), "16M", &["-b", "1024"], "", &t);
     let out = d.path().join("scrambled.raw");
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["-r", "-s"])
         .arg(&img)
         .arg(&out));
@@ -423,12 +420,12 @@ fn scrambled_stream_matches_file() {
     let t = tree(d.path(), 200);
     let img = make_image(d.path(), "16M", &["-b", "1024"], "", &t);
     let file = d.path().join("file.raw");
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["-r", "-s"])
         .arg(&img)
         .arg(&file));
     assert!(o.status.success(), "{}", output_text(&o));
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["-r", "-s"])
         .arg(&img)
         .arg("-"));
@@ -464,7 +461,7 @@ fn damaged_sources_do_not_panic() {
         let bad = d.path().join("bad.img");
         std::fs::write(&bad, &bytes).unwrap();
         let out = d.path().join("bad.raw");
-        let o = run(Command::new(tool("e2i-capture"))
+        let o = run(tool_cmd("e2i-capture")
             .args(["-r", "-s"])
             .arg(&bad)
             .arg(&out));

@@ -96,7 +96,7 @@ fn sha256(p: &Path) -> String {
 }
 
 fn capture(args: &[&str], src: &Path, out: &Path) {
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .arg("-q")
         .args(args)
         .arg(src)
@@ -105,7 +105,7 @@ fn capture(args: &[&str], src: &Path, out: &Path) {
 }
 
 fn install(args: &[&str], dev: &Path, image: &Path) -> Output {
-    run(Command::new(tool("e2i-install"))
+    run(tool_cmd("e2i-install")
         .args(args)
         .arg(dev)
         .arg(image)
@@ -321,7 +321,7 @@ fn unscrambled_image_installs_and_says_what_it_replaces() {
     let ours = d.path().join("ours.e2i");
     let theirs = d.path().join("theirs.e2i");
     run_ok(
-        Command::new(tool("e2i-capture"))
+        tool_cmd("e2i-capture")
             .arg(&fs)
             .arg(&ours)
             .env("SOURCE_DATE_EPOCH", "1700000000"),
@@ -417,7 +417,7 @@ fn the_mark_survives_conversions_and_recaptures() {
     assert_eq!(qcow2_flags(&f("s.qcow2")), 1);
 
     let convert = |tool_: &str, input: &Path, out: &Path| {
-        let o = run(Command::new(tool(tool_)).arg("-q").arg(input).arg(out));
+        let o = run(tool_cmd(tool_).arg("-q").arg(input).arg(out));
         ok(&o, &format!("{tool_} {}", input.display()));
     };
     convert("e2i-to-raw", &f("s.stream"), &f("r.raw"));
@@ -519,7 +519,7 @@ fn old_style_images_gain_the_superblock_mark() {
     };
     assert!(!marked(&f("old.raw")));
     let convert = |t: &str, input: &str, out: &str| {
-        let o = run(Command::new(tool(t)).arg("-q").arg(f(input)).arg(f(out)));
+        let o = run(tool_cmd(t).arg("-q").arg(f(input)).arg(f(out)));
         ok(&o, &format!("{t} {input} {out}"));
     };
     convert("e2i-to-raw", "old.stream", "a.raw");
@@ -596,7 +596,7 @@ fn converters_refuse_files_holding_the_filesystem() {
         ),
     ];
     for (t, args, input, target) in refusals {
-        let o = run(Command::new(tool(t)).args(*args).arg(f(input)).arg(target));
+        let o = run(tool_cmd(t).args(*args).arg(f(input)).arg(target));
         refused(&o, &format!("{t} {args:?} {input} {}", target.display()));
     }
     assert_eq!(
@@ -606,14 +606,14 @@ fn converters_refuse_files_holding_the_filesystem() {
     );
 
     // Through a pipe, as in `e2i-capture -s DEV - | e2i-to-raw - DEV`.
-    let mut cap = Command::new(tool("e2i-capture"))
+    let mut cap = tool_cmd("e2i-capture")
         .args(["-q", "-s"])
         .arg(&fs)
         .arg("-")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let o = Command::new(tool("e2i-to-raw"))
+    let o = tool_cmd("e2i-to-raw")
         .args(["-c", "-"])
         .arg(&fs)
         .stdin(cap.stdout.take().unwrap())
@@ -643,18 +643,14 @@ fn converters_refuse_files_holding_the_filesystem() {
         ),
     ];
     for (t, args, input, target) in allowed {
-        let o = run(Command::new(tool(t)).args(*args).arg(f(input)).arg(target));
+        let o = run(tool_cmd(t).args(*args).arg(f(input)).arg(target));
         ok(&o, &format!("{t} {args:?} {input} {}", target.display()));
     }
-    run_ok(
-        Command::new(tool("qcow2-to-raw"))
-            .arg(f("s.qcow2"))
-            .arg("-"),
-    );
+    run_ok(tool_cmd("qcow2-to-raw").arg(f("s.qcow2")).arg("-"));
     // The new file holds the scrambled filesystem, marked: writing it again over itself (a
     // scratch copy) is fine.
     run_ok(
-        Command::new(tool("e2i-to-raw"))
+        tool_cmd("e2i-to-raw")
             .arg("-c")
             .arg(f("s.stream"))
             .arg(f("new.raw")),
@@ -704,7 +700,7 @@ fn converters_refuse_a_device_holding_the_filesystem() {
     ];
     for (t, args, input) in cases {
         let what = format!("{t} {args:?} {input}");
-        let o = run(Command::new(tool(t)).args(*args).arg(f(input)).arg(&dev.0));
+        let o = run(tool_cmd(t).args(*args).arg(f(input)).arg(&dev.0));
         let err = refused(&o, &what);
         if input.starts_with("old") {
             assert!(err.contains("probably") && err.contains("MYLABEL"), "{err}");
@@ -712,14 +708,11 @@ fn converters_refuse_a_device_holding_the_filesystem() {
         assert_eq!(sha256(dev.path()), sum, "{what}: the device changed");
         // Another filesystem (fresh for each case) takes it.
         std::fs::write(other.path(), std::fs::read(&other_img).unwrap()).unwrap();
-        let o = run(Command::new(tool(t))
-            .args(*args)
-            .arg(f(input))
-            .arg(&other.0));
+        let o = run(tool_cmd(t).args(*args).arg(f(input)).arg(&other.0));
         ok(&o, &format!("{what} onto another filesystem"));
     }
     // e2i-capture -s onto a clone of SOURCE.
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["-s", "-r"])
         .arg(&fs)
         .arg(&dev.0));
@@ -729,14 +722,14 @@ fn converters_refuse_a_device_holding_the_filesystem() {
     // --allow-scrambled writes; the device then holds the (marked) scrambled filesystem,
     // over which the image may go again without the flag.
     run_ok(
-        Command::new(tool("e2i-to-raw"))
+        tool_cmd("e2i-to-raw")
             .arg("--allow-scrambled")
             .arg(f("s.stream"))
             .arg(&dev.0),
     );
     assert!(!contents(dev.path()).contains("MYLABEL"));
     run_ok(
-        Command::new(tool("qcow2-to-raw"))
+        tool_cmd("qcow2-to-raw")
             .arg("-c")
             .arg(f("s.qcow2"))
             .arg(&dev.0),

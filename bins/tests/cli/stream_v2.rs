@@ -58,7 +58,7 @@ fn stream_with_data(dir: &Path, mib: usize) -> PathBuf {
     mkfs_from(&tree, &img, &format!("{}M", mib + 8), &["-b", "4096"]);
     let s = dir.join("fs.e2is");
     run_ok(
-        Command::new(tool("e2i-capture"))
+        tool_cmd("e2i-capture")
             .args(["-a", "--format", "stream"])
             .arg(&img)
             .arg(&s),
@@ -76,7 +76,7 @@ fn entries(dir: &Path) -> Vec<String> {
 
 /// `e2i-to-qcow2 STREAM -` into a pipe, the temporary folder `tmp`: its output.
 fn to_qcow2_pipe(stream: &Path, tmp: &Path) -> std::process::Output {
-    run(Command::new(tool("e2i-to-qcow2"))
+    run(tool_cmd("e2i-to-qcow2")
         .arg(stream)
         .arg("-")
         .env("TMPDIR", tmp)
@@ -141,7 +141,7 @@ fn spool_leaves_nothing_after_sigkill() {
     let s = stream_with_data(d.path(), 2);
     let tmp = d.path().join("tmp");
     std::fs::create_dir(&tmp).unwrap();
-    let mut child = Command::new(tool("e2i-to-qcow2"))
+    let mut child = tool_cmd("e2i-to-qcow2")
         .args(["-", "-"])
         .env("TMPDIR", &tmp)
         .stdin(Stdio::piped())
@@ -189,7 +189,7 @@ fn stdout_file_is_emptied_when_the_run_fails() {
     let out = d.path().join("out");
     for t in ["e2i-to-raw", "e2i-to-qcow2"] {
         let f = std::fs::File::create(&out).unwrap();
-        let o = run(Command::new(tool(t)).arg(&bad_path).arg("-").stdout(f));
+        let o = run(tool_cmd(t).arg(&bad_path).arg("-").stdout(f));
         assert_eq!(o.status.code(), Some(1), "{t}: {}", output_text(&o));
         assert!(
             output_text(&o).contains("checksum"),
@@ -203,7 +203,7 @@ fn stdout_file_is_emptied_when_the_run_fails() {
         );
         // Killed by SIGTERM while the data arrives.
         let f = std::fs::File::create(&out).unwrap();
-        let mut child = Command::new(tool(t))
+        let mut child = tool_cmd(t)
             .args(["-", "-"])
             .stdin(Stdio::piped())
             .stdout(f)
@@ -256,18 +256,13 @@ fn read_only_stdout_is_refused() {
     let img = mkfs(d.path(), "fs.img", "4M", &[]);
     let s = d.path().join("fs.e2is");
     run_ok(
-        Command::new(tool("e2i-capture"))
+        tool_cmd("e2i-capture")
             .args(["--format", "stream"])
             .arg(&img)
             .arg(&s),
     );
     let q = d.path().join("fs.qcow2");
-    run_ok(
-        Command::new(tool("e2i-capture"))
-            .arg("-Q")
-            .arg(&img)
-            .arg(&q),
-    );
+    run_ok(tool_cmd("e2i-capture").arg("-Q").arg(&img).arg(&q));
     let ro = d.path().join("ro");
     std::fs::write(&ro, b"keep").unwrap();
     let runs: [(&str, &[&str], &Path); 7] = [
@@ -280,7 +275,7 @@ fn read_only_stdout_is_refused() {
         ("qcow2-to-raw", &[], &q),
     ];
     for (t, args, input) in runs {
-        let o = run(Command::new(tool(t))
+        let o = run(tool_cmd(t)
             .args(args)
             .arg(input)
             .arg("-")
@@ -315,12 +310,7 @@ fn a_huge_zero_segment_costs_no_huge_qcow2() {
     for extra in [&[][..], &["--compress"][..]] {
         let q = d.path().join("claim.qcow2");
         let _ = std::fs::remove_file(&q);
-        run_ok(
-            Command::new(tool("e2i-to-qcow2"))
-                .args(extra)
-                .arg(&s)
-                .arg(&q),
-        );
+        run_ok(tool_cmd("e2i-to-qcow2").args(extra).arg(&s).arg(&q));
         let allocated =
             std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&q).unwrap()) * 512;
         assert!(
@@ -330,7 +320,7 @@ fn a_huge_zero_segment_costs_no_huge_qcow2() {
         assert_eq!(qemu_check(&q), 0, "{extra:?}: qemu-img check");
         // The two blocks where the stream put them, zeros between.
         let raw = d.path().join("claim.raw");
-        run_ok(Command::new(tool("qcow2-to-raw")).arg(&q).arg(&raw));
+        run_ok(tool_cmd("qcow2-to-raw").arg(&q).arg(&raw));
         let f = std::fs::File::open(&raw).unwrap();
         let mut b = vec![0u8; bs as usize];
         use std::os::unix::fs::FileExt;

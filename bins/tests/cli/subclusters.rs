@@ -8,37 +8,9 @@ use std::process::Command;
 
 use super::util::*;
 
-fn create(q: &Path, opts: &str, backing: Option<(&Path, &str)>, size: &str) {
-    let mut c = Command::new("qemu-img");
-    c.args(["create", "-q", "-f", "qcow2", "-o", opts]);
-    if let Some((b, fmt)) = backing {
-        c.arg("-b").arg(b).args(["-F", fmt]);
-    }
-    sh(c.arg(q).arg(size));
-}
-
-/// `qemu-io -c CMD…` on `q`.
 /// `raw` converted by qemu-img to a qcow2 with extended L2 entries and 64 KiB clusters.
 fn to_extended_l2(raw: &Path, q: &Path) {
-    sh(Command::new("qemu-img")
-        .args([
-            "convert",
-            "-O",
-            "qcow2",
-            "-o",
-            "extended_l2=on,cluster_size=64k",
-        ])
-        .arg(raw)
-        .arg(q));
-}
-
-fn io(q: &Path, cmds: &[String]) {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "qcow2"]);
-    for cmd in cmds {
-        c.args(["-c", cmd]);
-    }
-    sh(c.arg(q));
+    qemu_to_qcow2(raw, q, "extended_l2=on,cluster_size=64k");
 }
 
 /// Writes, zero writes and discards at sub-cluster offsets and lengths (512-byte steps),
@@ -61,7 +33,7 @@ fn scribble(q: &Path, state: &mut u64, size: u64, n: usize) {
             }
         })
         .collect();
-    io(q, &cmds);
+    qemu_io(q, &cmds);
 }
 
 /// qcow2-to-raw (to a file and to stdout) gives the bytes qemu-img convert gives.
@@ -69,15 +41,12 @@ fn same_as_qemu(d: &Path, q: &Path, what: &str) {
     let expect = qemu_to_raw(q, &d.join("expect.raw"));
     let out = d.join("out.raw");
     let _ = std::fs::remove_file(&out);
-    ok(
-        &run(Command::new(tool("qcow2-to-raw")).arg(q).arg(&out)),
-        what,
-    );
+    ok(&run(tool_cmd("qcow2-to-raw").arg(q).arg(&out)), what);
     assert!(
         read(&out) == expect,
         "{what}: qcow2-to-raw differs from qemu-img"
     );
-    let o = run(Command::new(tool("qcow2-to-raw")).arg(q).arg("-"));
+    let o = run(tool_cmd("qcow2-to-raw").arg(q).arg("-"));
     ok(&o, what);
     assert!(o.stdout == expect, "{what}: stdout differs from qemu-img");
 }
@@ -97,39 +66,39 @@ fn extended_l2_images_read_as_qemu_reads_them() {
         let ext = format!("extended_l2=on,cluster_size={cs}");
         let std = format!("cluster_size={cs}");
         let base = p(&format!("base-{cs}.qcow2"));
-        create(&base, &ext, None, &sz);
-        io(
+        qemu_create(&base, &ext, None, Some(&sz));
+        qemu_io(
             &base,
             &[
-                "write -P 0x11 0 3M".into(),
-                "write -P 0x55 4096 1536".into(),
-                "write -z 8192 2048".into(),
-                "discard 65536 16384".into(),
-                "write -P 0x66 5M 700".into(),
+                "write -P 0x11 0 3M",
+                "write -P 0x55 4096 1536",
+                "write -z 8192 2048",
+                "discard 65536 16384",
+                "write -P 0x66 5M 700",
             ],
         );
         scribble(&base, &mut state, size, 12);
         same_as_qemu(d.path(), &base, &format!("{cs} base"));
         let ov = p(&format!("ov-{cs}.qcow2"));
-        create(&ov, &ext, Some((&base, "qcow2")), &sz);
+        qemu_create(&ov, &ext, Some((&base, "qcow2")), Some(&sz));
         scribble(&ov, &mut state, size, 12);
         same_as_qemu(d.path(), &ov, &format!("{cs} extended on extended"));
         let top = p(&format!("top-{cs}.qcow2"));
-        create(&top, &std, Some((&ov, "qcow2")), &sz);
+        qemu_create(&top, &std, Some((&ov, "qcow2")), Some(&sz));
         scribble(&top, &mut state, size, 8);
         same_as_qemu(d.path(), &top, &format!("{cs} standard on extended"));
         let sbase = p(&format!("sbase-{cs}.qcow2"));
-        create(&sbase, &std, None, &sz);
-        io(&sbase, &[format!("write -P 0x12 0 {size}")]);
+        qemu_create(&sbase, &std, None, Some(&sz));
+        qemu_io(&sbase, &[format!("write -P 0x12 0 {size}")]);
         let eos = p(&format!("eos-{cs}.qcow2"));
-        create(&eos, &ext, Some((&sbase, "qcow2")), &sz);
+        qemu_create(&eos, &ext, Some((&sbase, "qcow2")), Some(&sz));
         scribble(&eos, &mut state, size, 12);
         same_as_qemu(d.path(), &eos, &format!("{cs} extended on standard"));
         let raw = p("noise.raw");
         let mut n = state;
         std::fs::write(&raw, noise(&mut n, size as usize)).unwrap();
         let eor = p(&format!("eor-{cs}.qcow2"));
-        create(&eor, &ext, Some((&raw, "raw")), &sz);
+        qemu_create(&eor, &ext, Some((&raw, "raw")), Some(&sz));
         scribble(&eor, &mut state, size, 12);
         same_as_qemu(d.path(), &eor, &format!("{cs} extended on raw"));
         // Compressed clusters (the bitmap is not used), then sub-cluster writes over them.
@@ -157,20 +126,14 @@ fn extended_l2_filesystem_through_every_tool() {
     let base = p("fs.qcow2");
     to_extended_l2(&img, &base);
     let ov = p("ov.qcow2");
-    create(&ov, "extended_l2=on", Some((&base, "qcow2")), "32M");
+    qemu_create(&ov, "extended_l2=on", Some((&base, "qcow2")), Some("32M"));
     // Sub-cluster writes through the overlay, past the filesystem's metadata.
-    io(
-        &ov,
-        &["write -P 0x5a 30M 3000".into(), "write -z 31M 1536".into()],
-    );
+    qemu_io(&ov, &["write -P 0x5a 30M 3000", "write -z 31M 1536"]);
     let disk = qemu_to_raw(&ov, &p("disk.raw"));
     let reference = e2image_bytes(&["-r"], &p("disk.raw"), &p("ref.raw"));
     let cap = p("cap.raw");
     ok(
-        &run(Command::new(tool("e2i-capture"))
-            .arg("-r")
-            .arg(&ov)
-            .arg(&cap)),
+        &run(tool_cmd("e2i-capture").arg("-r").arg(&ov).arg(&cap)),
         "capture -r",
     );
     assert!(
@@ -179,10 +142,7 @@ fn extended_l2_filesystem_through_every_tool() {
     );
     let capq = p("cap.qcow2");
     ok(
-        &run(Command::new(tool("e2i-capture"))
-            .arg("-Q")
-            .arg(&ov)
-            .arg(&capq)),
+        &run(tool_cmd("e2i-capture").arg("-Q").arg(&ov).arg(&capq)),
         "capture -Q",
     );
     assert!(
@@ -190,14 +150,11 @@ fn extended_l2_filesystem_through_every_tool() {
         "e2i-capture -Q"
     );
     let tr = p("tr.raw");
-    ok(
-        &run(Command::new(tool("e2i-to-raw")).arg(&ov).arg(&tr)),
-        "e2i-to-raw",
-    );
+    ok(&run(tool_cmd("e2i-to-raw").arg(&ov).arg(&tr)), "e2i-to-raw");
     assert!(read(&tr) == disk, "e2i-to-raw differs from qemu-img");
     let tq = p("tq.qcow2");
     ok(
-        &run(Command::new(tool("e2i-to-qcow2")).arg(&ov).arg(&tq)),
+        &run(tool_cmd("e2i-to-qcow2").arg(&ov).arg(&tq)),
         "e2i-to-qcow2",
     );
     assert_eq!(qemu_check(&tq), 0);
@@ -276,7 +233,7 @@ fn damaged_subcluster_bitmaps_are_one_located_line() {
             ("e2i-capture", &["-r"][..]),
         ] {
             let out = p("o.out");
-            let o = run(Command::new(tool(t)).args(args).arg(&q).arg(&out));
+            let o = run(tool_cmd(t).args(args).arg(&q).arg(&out));
             let err = failed(&o, &format!("{t} {what}"));
             assert_eq!(err.lines().count(), 1, "{t} {what}: {err}");
             assert!(err.contains(says), "{t} {what}: {err}");

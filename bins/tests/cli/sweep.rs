@@ -615,7 +615,7 @@ fn run_tools(img: &Path, case: &Case, work: &Path, tally: &Tally) -> Result<(), 
     }
     let (c1, _) = checked(
         &format!("{}: capture -r", case.what),
-        Command::new(tool("e2i-capture"))
+        tool_cmd("e2i-capture")
             .args(["-q", "-r"])
             .arg(img)
             .arg(&raw),
@@ -623,7 +623,7 @@ fn run_tools(img: &Path, case: &Case, work: &Path, tally: &Tally) -> Result<(), 
     count("capture -r", c1);
     let (c2, _) = checked(
         &format!("{}: capture --format stream", case.what),
-        Command::new(tool("e2i-capture"))
+        tool_cmd("e2i-capture")
             .args(["-q", "--format", "stream"])
             .arg(img)
             .arg(&stream),
@@ -632,10 +632,7 @@ fn run_tools(img: &Path, case: &Case, work: &Path, tally: &Tally) -> Result<(), 
     if c2 != 1 {
         let (c3, err) = checked(
             &format!("{}: e2i-to-raw", case.what),
-            Command::new(tool("e2i-to-raw"))
-                .arg("-q")
-                .arg(&stream)
-                .arg(&back),
+            tool_cmd("e2i-to-raw").arg("-q").arg(&stream).arg(&back),
         )?;
         count("e2i-to-raw", c3);
         if c3 != 0 {
@@ -655,7 +652,7 @@ fn run_tools(img: &Path, case: &Case, work: &Path, tally: &Tally) -> Result<(), 
         std::fs::remove_file(&raw).ok();
         let (c, err) = checked(
             &format!("{}: capture -r -s", case.what),
-            Command::new(tool("e2i-capture"))
+            tool_cmd("e2i-capture")
                 .args(["-q", "-r", "-s"])
                 .arg(img)
                 .arg(&raw),

@@ -15,6 +15,43 @@ pub fn tool(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+thread_local! {
+    /// This test's own state folder: libtest runs each test on a thread of its own, and
+    /// the folder is removed when that thread ends.
+    static STATE_HOME: tempfile::TempDir = tempdir();
+}
+
+/// The state folder ($XDG_STATE_HOME) of the tools this test runs through [`tool_cmd`]
+/// and [`tool_in_sh`]: e2i-move writes its journal index there, the other tools read it,
+/// and a test must never touch the real user's (~/.local/state). The same folder for
+/// every run of one test (a rerun finds what an earlier run indexed), another for each
+/// test (and for each thread a test starts).
+pub fn state_home() -> PathBuf {
+    STATE_HOME.with(|d| d.path().to_path_buf())
+}
+
+/// A command running tool `name` with this test's own state folder ([`state_home`]); a
+/// test that needs another sets XDG_STATE_HOME again.
+pub fn tool_cmd(name: &str) -> Command {
+    let mut c = Command::new(tool(name));
+    c.env("XDG_STATE_HOME", state_home());
+    c
+}
+
+/// `sh -c SCRIPT sh TOOL`: tool `name` started by a shell script (to change a limit, a
+/// signal's disposition or a descriptor first), which finds its path as `$1` and as the
+/// first word of `"$@"` (arguments added to the command follow it), with this test's own
+/// state folder ([`state_home`]).
+pub fn tool_in_sh(script: &str, name: &str) -> Command {
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(script)
+        .arg("sh")
+        .arg(tool(name))
+        .env("XDG_STATE_HOME", state_home());
+    c
+}
+
 /// Run a command and return its output.
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("spawn")
@@ -117,7 +154,7 @@ impl Drop for Reaper {
 /// [`resume_stopped`] lets it go on.
 pub fn held_mover(args: &[&str], disk: &Path, state: &Path, piece_kib: u64) -> Reaper {
     let mover = Reaper::new(
-        Command::new(tool("e2i-move"))
+        tool_cmd("e2i-move")
             .args(args)
             .arg(disk)
             .env("XDG_STATE_HOME", state)
@@ -302,6 +339,50 @@ pub fn qemu_to_raw(q: &Path, out: &Path) -> Vec<u8> {
     read(out)
 }
 
+/// The folder of `q`, an absolute path, where the qemu helpers run: qemu 10 finds a
+/// relative data file name from its current folder (e2i from the image's: they agree
+/// there), and a relative backing name from the image's.
+fn folder_of(q: &Path) -> &Path {
+    q.parent()
+        .filter(|d| d.is_absolute())
+        .unwrap_or_else(|| panic!("{}: not an absolute path", q.display()))
+}
+
+/// `qemu-img create -q -f qcow2 [-o OPTS] [-b BACKING -F FORMAT] Q [SIZE]`, run in Q's
+/// folder; it must succeed. Without a size, the backing file's.
+pub fn qemu_create(q: &Path, opts: &str, backing: Option<(&Path, &str)>, size: Option<&str>) {
+    let mut c = Command::new("qemu-img");
+    c.current_dir(folder_of(q))
+        .args(["create", "-q", "-f", "qcow2"]);
+    if !opts.is_empty() {
+        c.args(["-o", opts]);
+    }
+    if let Some((b, fmt)) = backing {
+        c.arg("-b").arg(b).args(["-F", fmt]);
+    }
+    sh(c.arg(q).args(size));
+}
+
+/// `qemu-io -f qcow2 -c CMD… Q`, run in Q's folder; it must succeed.
+pub fn qemu_io<S: AsRef<std::ffi::OsStr>>(q: &Path, cmds: &[S]) {
+    let mut c = Command::new("qemu-io");
+    c.current_dir(folder_of(q)).args(["-f", "qcow2"]);
+    for cmd in cmds {
+        c.arg("-c").arg(cmd);
+    }
+    sh(c.arg(q));
+}
+
+/// `qemu-img convert -O qcow2 -o OPTS RAW Q` (say `extended_l2=on,cluster_size=64k`, or
+/// `data_file=NAME`), run in Q's folder; it must succeed.
+pub fn qemu_to_qcow2(raw: &Path, q: &Path, opts: &str) {
+    sh(Command::new("qemu-img")
+        .current_dir(folder_of(q))
+        .args(["convert", "-O", "qcow2", "-o", opts])
+        .arg(raw)
+        .arg(q));
+}
+
 /// `debugfs -R REQUEST img` (read-only): its stdout.
 pub fn debugfs(img: &Path, request: &str) -> String {
     text(&run(Command::new("debugfs").arg("-R").arg(request).arg(img)).stdout)
@@ -460,7 +541,7 @@ pub fn ignored_here(name: &str) -> bool {
 /// pause here let a loaded machine finish the run before the test acted.
 pub fn held_capture(img: &Path, out: &Path) -> Reaper {
     let child = Reaper::new(
-        Command::new(tool("e2i-capture"))
+        tool_cmd("e2i-capture")
             .arg("-r")
             .arg(img)
             .arg(out)

@@ -83,7 +83,7 @@ fn os(v: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<OsString> {
 /// Without a terminal: plain lines on stderr (every update, with the interval at 0), one
 /// closing `Copied` line after them, and stdout exactly the data.
 fn check_plain(c: &Case, dir: &Path) {
-    let o = run(Command::new(tool(c.tool))
+    let o = run(tool_cmd(c.tool)
         .arg("-p")
         .args((c.args)("plain"))
         .env("E2I_PROGRESS_INTERVAL_MS", "0")
@@ -199,7 +199,7 @@ fn progress_on_stderr_only_with_and_without_a_terminal() {
     let raw = e2image_bytes(&["-r"], &img, &dir.join("e2image.raw"));
     // Inputs of the converters and of install.
     let qcow2 = dir.join("in.qcow2");
-    ok(&run(Command::new(tool("e2i-capture"))
+    ok(&run(tool_cmd("e2i-capture")
         .arg("-Q")
         .arg(&img)
         .arg(&qcow2)));
@@ -316,7 +316,7 @@ fn only_the_copy_phase_says_copied() {
         ("a.qcow2", &["scanning inodes", "copying"][..]),
         ("-", &["scanning inodes", "finding data", "copying"][..]),
     ] {
-        let o = run(Command::new(tool("e2i-capture"))
+        let o = run(tool_cmd("e2i-capture")
             .args(["-p", "-Q"])
             .arg(&img)
             .arg(if out == "-" {
@@ -348,7 +348,7 @@ fn only_the_copy_phase_says_copied() {
         assert_eq!(err.lines().last(), Some(copied[0]), "{out}: {err}");
     }
     // Without -p: silent.
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .arg("-Q")
         .arg(&img)
         .arg(d.path().join("b.qcow2"))
@@ -384,7 +384,7 @@ fn json_summaries() {
     let raw = e2image_bytes(&["-r"], &img, &dir.join("e2image.raw"));
 
     // OUTPUT `-`: the data on stdout, the JSON on stderr with the SHA-256 of that data.
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["--json", "-r"])
         .arg(&img)
         .arg("-"));
@@ -414,7 +414,7 @@ fn json_summaries() {
 
     // A file OUTPUT: JSON on stdout, no hash of the (sparse) file.
     let stream = dir.join("s.e2i");
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["--json", "--format", "stream"])
         .arg(&img)
         .arg(&stream));
@@ -428,10 +428,7 @@ fn json_summaries() {
 
     // A stream INPUT: its recorded SHA-256; the raw output equals e2image's.
     let out = dir.join("from-stream.raw");
-    let o = run(Command::new(tool("e2i-to-raw"))
-        .arg("--json")
-        .arg(&stream)
-        .arg(&out));
+    let o = run(tool_cmd("e2i-to-raw").arg("--json").arg(&stream).arg(&out));
     ok(&o);
     let j = text(&o.stdout);
     assert_eq!(field(&j, "input_kind"), Some("stream"));
@@ -445,10 +442,7 @@ fn json_summaries() {
     assert_eq!(field(&j, "sha256"), Some("null"));
     assert!(std::fs::read(&out).unwrap() == raw);
     // The same stream into e2i-to-qcow2 reports the same stream checksum.
-    let o = run(Command::new(tool("e2i-to-qcow2"))
-        .arg("--json")
-        .arg(&stream)
-        .arg("-"));
+    let o = run(tool_cmd("e2i-to-qcow2").arg("--json").arg(&stream).arg("-"));
     ok(&o);
     let j2 = text(&o.stderr);
     assert_eq!(field(&j2, "stream_blake3"), Some(ss));
@@ -460,10 +454,7 @@ fn json_summaries() {
     // qcow2-to-raw to stdout.
     let q = dir.join("q.qcow2");
     std::fs::write(&q, &o.stdout).unwrap();
-    let o = run(Command::new(tool("qcow2-to-raw"))
-        .arg("--json")
-        .arg(&q)
-        .arg("-"));
+    let o = run(tool_cmd("qcow2-to-raw").arg("--json").arg(&q).arg("-"));
     ok(&o);
     assert!(o.stdout == raw);
     let j = text(&o.stderr);
@@ -479,10 +470,7 @@ fn quiet_suppresses_summaries_not_errors() {
     let target = dir.join("t.raw");
     e2image(&["-r"], &img, &target);
     // -c into an identical target: a summary line, unless --quiet.
-    let loud = run(Command::new(tool("e2i-to-raw"))
-        .arg("-c")
-        .arg(&img)
-        .arg(&target));
+    let loud = run(tool_cmd("e2i-to-raw").arg("-c").arg(&img).arg(&target));
     ok(&loud);
     // e2image's closing line of -c, on stdout as e2image prints it.
     assert!(
@@ -490,7 +478,7 @@ fn quiet_suppresses_summaries_not_errors() {
         "{}",
         text(&loud.stdout)
     );
-    let quiet = run(Command::new(tool("e2i-to-raw"))
+    let quiet = run(tool_cmd("e2i-to-raw")
         .args(["-c", "-q"])
         .arg(&img)
         .arg(&target));
@@ -499,20 +487,17 @@ fn quiet_suppresses_summaries_not_errors() {
     assert!(quiet.stdout.is_empty(), "{}", text(&quiet.stdout));
     let clone = dir.join("clone.img");
     std::fs::copy(&img, &clone).unwrap();
-    let loud = run(Command::new(tool("e2i-move"))
-        .arg("-c")
-        .arg(&img)
-        .arg(&clone));
+    let loud = run(tool_cmd("e2i-move").arg("-c").arg(&img).arg(&clone));
     ok(&loud);
     assert!(text(&loud.stdout).contains("already contained"));
-    let quiet = run(Command::new(tool("e2i-move"))
+    let quiet = run(tool_cmd("e2i-move")
         .args(["-c", "--quiet"])
         .arg(&img)
         .arg(&clone));
     ok(&quiet);
     assert!(quiet.stdout.is_empty() && quiet.stderr.is_empty());
     // Errors still show.
-    let o = run(Command::new(tool("e2i-to-raw"))
+    let o = run(tool_cmd("e2i-to-raw")
         .arg("-q")
         .arg(dir.join("missing"))
         .arg(dir.join("x.raw")));
@@ -537,7 +522,7 @@ fn errors_are_one_line() {
         ("e2i-move", vec![&m, &out]),
     ];
     for (t, args) in &tools {
-        let o = run(Command::new(tool(t)).args(args));
+        let o = run(tool_cmd(t).args(args));
         assert_eq!(o.status.code(), Some(1), "{t}: {}", text(&o.stderr));
         let err = text(&o.stderr);
         assert_eq!(err.lines().count(), 1, "{t}: {err}");
@@ -546,7 +531,7 @@ fn errors_are_one_line() {
         assert!(err.matches(": ").count() >= 2, "{t}: what and where: {err}");
         assert!(o.stdout.is_empty(), "{t}");
 
-        let o = run(Command::new(tool(t)).arg("--no-such-flag"));
+        let o = run(tool_cmd(t).arg("--no-such-flag"));
         assert_eq!(o.status.code(), Some(2), "{t}");
         let err = text(&o.stderr);
         let lines: Vec<&str> = err.lines().collect();
@@ -555,7 +540,7 @@ fn errors_are_one_line() {
         assert!(lines[0].contains("--no-such-flag"), "{t}: {err}");
         assert_eq!(lines[1], format!("Try '{t} --help' for more information."));
 
-        let o = run(Command::new(tool(t)).arg("--version"));
+        let o = run(tool_cmd(t).arg("--version"));
         ok(&o);
         assert!(text(&o.stdout).starts_with(t), "{t}");
     }
@@ -567,14 +552,14 @@ fn errors_are_one_line() {
         ("e2i-move", vec!["-", &out]),
         ("e2i-move", vec![&m, "-"]),
     ] {
-        let o = run(Command::new(tool(t)).args(&args).stdin(Stdio::null()));
+        let o = run(tool_cmd(t).args(&args).stdin(Stdio::null()));
         assert_eq!(o.status.code(), Some(2), "{t} {args:?}");
         let err = text(&o.stderr);
         assert!(err.starts_with(&format!("{t}: ")), "{err}");
         assert!(err.contains("cannot be '-'"), "{err}");
     }
     // A bad number is a usage error naming the value.
-    let o = run(Command::new(tool("e2i-capture")).args(["-o", "12abc", &m]));
+    let o = run(tool_cmd("e2i-capture").args(["-o", "12abc", &m]));
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("12abc"), "{}", text(&o.stderr));
 }
@@ -868,7 +853,7 @@ fn readme_quick_start_works() {
     );
     let d = tempdir();
     let ours = d.path().join("sample.raw");
-    let o = run(Command::new(tool("e2i-capture"))
+    let o = run(tool_cmd("e2i-capture")
         .args(["-r", "testdata/sample.ext4"])
         .arg(&ours)
         .current_dir(&root));
@@ -914,10 +899,7 @@ fn cut_or_damaged_compressed_inputs_are_named_in_one_line() {
     let d = tempdir();
     let img = mkfs(d.path(), "fs.img", "4M", &[]);
     let q = d.path().join("fs.qcow2");
-    sh(Command::new(tool("e2i-capture"))
-        .arg("-Q")
-        .arg(&img)
-        .arg(&q));
+    sh(tool_cmd("e2i-capture").arg("-Q").arg(&img).arg(&q));
     let out = d.path().join("out.raw");
     for (name, prog) in [
         ("gzip", "gzip"),
@@ -934,7 +916,7 @@ fn cut_or_damaged_compressed_inputs_are_named_in_one_line() {
             std::fs::write(&input, bytes).unwrap();
             for t in ["e2i-to-raw", "qcow2-to-raw"] {
                 let what = format!("{t}, {how} {name}");
-                let err = failed(&run(Command::new(tool(t)).arg(&input).arg(&out)), &what);
+                let err = failed(&run(tool_cmd(t).arg(&input).arg(&out)), &what);
                 assert_eq!(err.trim_end().lines().count(), 1, "{what}: {err}");
                 // bzip2 checks a block only once it is decoded: damage in the first block
                 // shows as garbage, which no format matches.

@@ -254,21 +254,26 @@ impl<R: BufRead> Read for ZstdFrames<R> {
     }
 }
 
-/// The backing files a qcow2 input reads through to, nearest first (none for any other
-/// input, or a chain that cannot be opened: reading the input reports that). A compressed
-/// or piped qcow2 is read from its spooled copy, whose backing names resolve where the
-/// original's do: the output layer, which sees only the original, cannot find them.
-pub fn backing_files(inp: &Input) -> Vec<PathBuf> {
-    qcow2_chain(inp)
-        .map(|q| q.backing_files().to_vec())
-        .unwrap_or_default()
+/// The files a qcow2 input reads besides itself (both empty for any other input, or a
+/// chain that cannot be opened: reading the input reports that).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ChainFiles {
+    /// The backing files it reads through to, nearest first. A compressed or piped qcow2
+    /// is read from its spooled copy, whose backing names resolve where the original's do:
+    /// the output layer, which sees only the original, cannot find them.
+    pub backing: Vec<PathBuf>,
+    /// The external data files it reads its data from, the top image's first.
+    pub data: Vec<PathBuf>,
 }
 
-/// The external data files a qcow2 input reads its data from, the top image's first
-/// (none for any other input, or a chain that cannot be opened: reading the input reports
-/// that).
-pub fn data_files(inp: &Input) -> Vec<PathBuf> {
-    qcow2_chain(inp).map(|q| q.data_files()).unwrap_or_default()
+/// The backing and data files of a qcow2 input, from one opening of its chain.
+pub fn chain_files(inp: &Input) -> ChainFiles {
+    qcow2_chain(inp)
+        .map(|q| ChainFiles {
+            backing: q.backing_files().to_vec(),
+            data: q.data_files(),
+        })
+        .unwrap_or_default()
 }
 
 /// A qcow2 input's chain, opened as reading it would (`None` for any other input, or a
@@ -484,6 +489,58 @@ pub fn open(path: &Path) -> Result<Input> {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// An overlay with its own data file on a base with another: both backing files and
+    /// both data files, top first; nothing for a raw filesystem image.
+    #[test]
+    fn chain_files_names_backing_and_data_files() {
+        let d = tempfile::tempdir().unwrap();
+        let qemu_img = |args: &[&str]| {
+            let st = std::process::Command::new("qemu-img")
+                .current_dir(d.path())
+                .args(args)
+                .status()
+                .expect("qemu-img is needed by this test (ci/setup.sh installs it)");
+            assert!(st.success(), "qemu-img {args:?}");
+        };
+        qemu_img(&["create", "-q", "-f", "raw", "raw.img", "1M"]);
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "data_file=base.data",
+            "base.qcow2",
+            "1M",
+        ]);
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "data_file=top.data",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            "top.qcow2",
+        ]);
+        let top = open(&d.path().join("top.qcow2")).unwrap();
+        let p = |n: &str| d.path().join(n);
+        let got = chain_files(&top);
+        assert_eq!(got.backing, [p("base.qcow2")]);
+        assert_eq!(got.data, [p("top.data"), p("base.data")]);
+        let st = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(p("raw.img"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "mkfs.ext4");
+        let raw = open(&p("raw.img")).unwrap();
+        assert_eq!(chain_files(&raw), ChainFiles::default());
+    }
 
     #[test]
     fn decompresses_every_wrapping() {

@@ -15,7 +15,7 @@
 //! An image with an external data file (incompatible bit 2) keeps its tables here and its
 //! data clusters there: L2 data offsets are offsets in the data file, which is opened
 //! read-only by the name the header records ([`DataFile`]). Compressed clusters cannot be
-//! stored there. With the raw external data bit the data file is also a raw image of the
+//! stored there, and a data cluster is at its guest offset there (qemu refuses any other). With the raw external data bit the data file is also a raw image of the
 //! disk, but the disk is still read through the L2 tables, as qemu reads it: an unallocated
 //! or zero-flagged cluster reads as zeros (or from the backing file) whatever the data file
 //! holds there.
@@ -164,8 +164,6 @@ pub struct DataFile {
     /// The name as resolved (named in errors).
     path: PathBuf,
     file: FileSource,
-    /// Its size when opened: data clusters must start below it.
-    size: u64,
 }
 
 impl DataFile {
@@ -205,11 +203,7 @@ impl DataFile {
             )));
         }
         let file = FileSource::open(&path, 0).map_err(wrap)?;
-        Ok(Some(DataFile {
-            size: file.size(),
-            path,
-            file,
-        }))
+        Ok(Some(DataFile { path, file }))
     }
 
     /// The data file's name, as resolved from the image's.
@@ -640,20 +634,20 @@ impl<S: ReadAt> Qcow2Reader<S> {
                     }
                     .into());
                 }
-                if let Some(d) = &self.data {
-                    // Another file than the tables: only its end bounds the cluster (a last
-                    // cluster cut short by it reads as zeros, as in the image file).
-                    if host_offset >= d.size {
-                        return Err(d.wrap(
-                            CorruptKind::Qcow2DataFileOutside {
-                                guest_cluster,
-                                l2_offset,
-                                data_offset: host_offset,
-                                data_size: d.size,
-                            }
-                            .into(),
-                        ));
+                if self.data.is_some() {
+                    // A guest cluster below the virtual size (< 2^63): its offset fits.
+                    let guest_offset = g.offset(cb).map_or(u64::MAX, |o| o.0);
+                    if host_offset != guest_offset {
+                        return Err(CorruptKind::Qcow2DataFileOffset {
+                            guest_cluster,
+                            l2_offset,
+                            data_offset: host_offset,
+                            guest_offset,
+                        }
+                        .into());
                     }
+                    // Another file than the tables, which need not reach the cluster: bytes
+                    // past its end read as zeros, as qemu reads them (read_at below).
                     return Ok(m);
                 }
                 // h has at most 56 bits: adding a cluster cannot overflow.
@@ -967,7 +961,8 @@ impl<S: ReadAt> ReadAt for Qcow2Reader<S> {
                         Some(d) => d.file.read_at(dst, from.0).map_err(|e| d.wrap(e))?,
                         None => self.host.read_at(dst, from.0)?,
                     };
-                    // A last cluster cut short by the end of the file reads as zeros.
+                    // Bytes past the end of the file read as zeros: a last cluster cut
+                    // short, or data file clusters past its end (qemu reads both so).
                     if let Some(tail) = dst.get_mut(got..) {
                         tail.fill(0);
                     }
