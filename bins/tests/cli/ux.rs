@@ -691,6 +691,8 @@ fn man_pages_describe_the_statuses_and_messages() {
 #[test]
 fn man_pages_render_and_completions_load() {
     let docs = repo().join("docs");
+    // HOME for the shells: they may write their state there.
+    let home = tempdir();
     for cmd in e2i_cli::cli::commands() {
         let name = cmd.get_name().to_string();
         let page = docs.join(format!("man/{name}.1"));
@@ -770,7 +772,7 @@ fn man_pages_render_and_completions_load() {
                 "fpath=({} $fpath); autoload -U compinit; compinit -u -D; print -r -- $_comps[{name}]",
                 sh_quote(docs.join("completions/zsh").as_os_str())
             ))
-            .env("HOME", docs.parent().unwrap()));
+            .env("HOME", home.path()));
         ok(&o);
         assert_eq!(
             text(&o.stdout).trim(),
@@ -786,7 +788,12 @@ fn man_pages_render_and_completions_load() {
             .arg(format!(
                 "source {}; complete -C '{name} --'",
                 sh_quote(fish.as_os_str())
-            )));
+            ))
+            // fish writes its history and universal variables under HOME even with
+            // --no-config: a folder of the test's, not the user's.
+            .env("HOME", home.path())
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("XDG_DATA_HOME"));
         ok(&o);
         assert!(
             text(&o.stdout).lines().any(|l| l.starts_with("--help")),
