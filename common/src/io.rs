@@ -439,6 +439,32 @@ impl FileSource {
         Self::from_file(file, base)
     }
 
+    /// Open a file the caller did not choose (a name recorded in an image): only a
+    /// regular file or block device. The open does not block, so a FIFO (which would wait
+    /// for a writer forever) or a device that waits on open is refused, not waited for.
+    pub fn open_plain(path: &Path) -> Result<Self> {
+        use rustix::fs::{OFlags, fcntl_getfl, fcntl_setfl};
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(OFlags::NONBLOCK.bits() as i32)
+            .open(path)
+            .map_err(|e| Error::io("open", e))?;
+        let t = file
+            .metadata()
+            .map_err(|e| Error::io("stat", e))?
+            .file_type();
+        if !(t.is_file() || t.is_block_device()) {
+            return Err(Error::InvalidInput(
+                "not a regular file or block device".into(),
+            ));
+        }
+        let fl = fcntl_getfl(&file).map_err(|e| Error::io("fcntl", e.into()))?;
+        fcntl_setfl(&file, fl.difference(OFlags::NONBLOCK))
+            .map_err(|e| Error::io("fcntl", e.into()))?;
+        Self::from_file(file, 0)
+    }
+
     pub fn from_file(mut file: File, base: u64) -> Result<Self> {
         let meta = file.metadata().map_err(|e| Error::io("stat", e))?;
         let block_device = meta.file_type().is_block_device();

@@ -1602,3 +1602,53 @@ fn a_raw_capture_that_fails_while_copying_leaves_nothing() {
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert_eq!(names(&mnt), Vec::<String>::new(), "nothing left behind");
 }
+
+/// A backing file recorded in a qcow2 (or given as `--backing`) that is a FIFO or a
+/// character device is refused without being waited for: the open of a FIFO waited for a
+/// writer forever, and `/dev/zero` read as an empty disk. qemu's file driver refuses both.
+#[test]
+fn a_backing_file_that_is_no_disk_is_refused_without_waiting() {
+    let fx = Fx::new();
+    let fifo = fx.path("fifo");
+    run_ok(Command::new("mkfifo").arg(&fifo));
+    let mut cases: Vec<(&str, Vec<String>)> = Vec::new();
+    for (name, base, fmt) in [
+        ("fifo-raw.qcow2", "fifo", "raw"),
+        ("fifo-q.qcow2", "fifo", "qcow2"),
+        ("zero.qcow2", "/dev/zero", "raw"),
+    ] {
+        run_ok(
+            Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-u", "-F", fmt, "-b", base])
+                .arg(fx.path(name))
+                .arg("4M"),
+        );
+        for t in ["qcow2-to-raw", "e2i-to-raw", "e2i-to-qcow2"] {
+            cases.push((t, vec![fx.path(name).display().to_string()]));
+        }
+        cases.push((
+            "e2i-capture",
+            vec!["-r".into(), fx.path(name).display().to_string()],
+        ));
+    }
+    for base in [fifo.display().to_string(), "/dev/zero".into()] {
+        let img = fx.img.display().to_string();
+        cases.push((
+            "e2i-capture",
+            vec!["-Q".into(), "--backing".into(), base.clone(), img.clone()],
+        ));
+        cases.push(("e2i-to-qcow2", vec!["--backing".into(), base, img]));
+    }
+    for (t, args) in cases {
+        let what = format!("{t} {args:?}");
+        let out = fx.path("out.img");
+        let o = run_unless_stuck(Command::new(tool(t)).args(&args).arg(&out), &fifo)
+            .unwrap_or_else(|| panic!("{what}: waited on its backing file"));
+        let err = failed(&o, &what);
+        assert!(
+            err.contains("not a regular file or block device") && err.lines().count() == 1,
+            "{what}: {err}"
+        );
+        assert!(!out.exists(), "{what}: left OUTPUT");
+    }
+}
