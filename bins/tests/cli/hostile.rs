@@ -1652,3 +1652,42 @@ fn a_backing_file_that_is_no_disk_is_refused_without_waiting() {
         assert!(!out.exists(), "{what}: left OUTPUT");
     }
 }
+
+/// A compressed raw filesystem image that inflates to far more than its filesystem (a gzip
+/// bomb; a dd of a partition larger than its filesystem) is spooled only up to the end its
+/// superblock gives: the bytes past it, which nothing reads, filled `TMPDIR` (here a 12 MiB
+/// tmpfs, with 64 MiB of 0xff after a 4 MiB filesystem) and failed the run.
+#[test]
+fn a_compressed_raw_image_is_spooled_no_further_than_its_filesystem() {
+    let fx = Fx::new();
+    let (tmp, _m) = small_tmpfs(fx.dir.path());
+    let gz = fx.path("bomb.img.gz");
+    sh(Command::new("sh").arg("-c").arg(format!(
+        "(cat '{}'; head -c 64M /dev/zero | tr '\\0' '\\377') | gzip -1 > '{}'",
+        fx.img.display(),
+        gz.display()
+    )));
+    for t in ["e2i-to-raw", "e2i-to-qcow2"] {
+        let out = fx.path(&format!("{t}.out"));
+        run_ok(Command::new(tool(t)).arg(&gz).arg(&out).env("TMPDIR", &tmp));
+        let raw = if t == "e2i-to-qcow2" {
+            qemu_to_raw(&out, &fx.path("q.raw"))
+        } else {
+            fs::read(&out).unwrap()
+        };
+        assert!(raw == fx.raw(), "{t}: not the filesystem's image");
+    }
+    // Piped through stdin too.
+    let out = fx.path("stdin.raw");
+    run_ok(
+        Command::new(tool("e2i-to-raw"))
+            .arg("-")
+            .arg(&out)
+            .env("TMPDIR", &tmp)
+            .stdin(fs::File::open(&gz).unwrap()),
+    );
+    assert!(
+        fs::read(&out).unwrap() == fx.raw(),
+        "stdin: not the filesystem's image"
+    );
+}

@@ -385,7 +385,11 @@ impl Spooled {
 }
 
 /// Copy `r` into a new temporary file without a name, leaving all-zero blocks as holes.
-fn spool(mut r: Box<dyn Read + Send>) -> Result<Spooled> {
+/// Bytes from `keep` on (past the end of a raw filesystem, which nothing reads) are read
+/// and dropped: a small compressed file that inflates to far more than its filesystem (a
+/// gzip bomb, a dd of a partition larger than its filesystem) does not fill `TMPDIR`.
+fn spool(mut r: Box<dyn Read + Send>, keep: Option<u64>) -> Result<Spooled> {
+    let keep = keep.unwrap_or(u64::MAX);
     let file = tempfile::tempfile().map_err(|e| Error::temp_file("create", e))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0u64;
@@ -402,9 +406,11 @@ fn spool(mut r: Box<dyn Read + Send>) -> Result<Spooled> {
         if n == 0 {
             break;
         }
+        // The part of the buffer below `keep`.
+        let kept = usize::try_from(keep.saturating_sub(pos)).map_or(n, |k| k.min(n));
         let mut i = 0;
-        while i < n {
-            let j = i.saturating_add(4096).min(n);
+        while i < kept {
+            let j = i.saturating_add(4096).min(kept);
             if !crate::pieces::block_is_zero(&buf[i..j]) {
                 let at = pos
                     .checked_add(i as u64)
@@ -421,8 +427,9 @@ fn spool(mut r: Box<dyn Read + Send>) -> Result<Spooled> {
             break;
         }
     }
-    file.set_len(pos)
-        .map_err(|e| Error::io_at("truncate", pos, e))?;
+    let len = pos.min(keep);
+    file.set_len(len)
+        .map_err(|e| Error::io_at("truncate", len, e))?;
     Ok(Spooled(file))
 }
 
@@ -464,7 +471,16 @@ pub fn open(path: &Path) -> Result<Input> {
     }
     let dir = (!stdin && seekable).then(|| crate::qcow2::chain::folder_of(path).to_path_buf());
     if !seekable || wrap != Wrapping::None {
-        let tmp = spool(r)?;
+        // A raw filesystem is read up to the end its superblock gives, no further.
+        let keep = (kind == Kind::Raw)
+            .then(|| {
+                let at = usize::try_from(SUPERBLOCK_OFFSET).ok()?;
+                let raw = head.get(at..)?.first_chunk::<SUPERBLOCK_SIZE>()?;
+                crate::ext4::Superblock::parse(raw, None).ok()
+            })
+            .flatten()
+            .map(|sb| sb.fs_bytes());
+        let tmp = spool(r, keep)?;
         return Ok(Input::File {
             kind,
             path: tmp.path(),
