@@ -1691,3 +1691,42 @@ fn a_compressed_raw_image_is_spooled_no_further_than_its_filesystem() {
         "stdin: not the filesystem's image"
     );
 }
+
+/// Names an image records (a qcow2's backing file, its external data file) are the image
+/// author's text: in an error line their control characters are escaped, so a crafted name
+/// neither breaks the one line (a carriage return) nor sends the terminal commands (escape
+/// sequences that clear the line or set the window title).
+#[test]
+fn names_from_an_image_cannot_drive_the_terminal() {
+    let fx = Fx::new();
+    let evil = "x\u{1b}]0;owned\u{7}\u{1b}[2K\rz";
+    let backed = fx.path("backed.qcow2");
+    run_ok(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-u", "-F", "raw", "-b", evil])
+            .arg(&backed)
+            .arg("4M"),
+    );
+    let data = fx.path(evil);
+    let with_data = fx.path("data.qcow2");
+    run_ok(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-o"])
+            .arg(format!("data_file={}", data.display()))
+            .arg(&with_data)
+            .arg("4M"),
+    );
+    fs::remove_file(&data).unwrap();
+    for img in [&backed, &with_data] {
+        for t in ["qcow2-to-raw", "e2i-to-raw", "e2i-to-qcow2"] {
+            let what = format!("{t} {}", img.display());
+            let o = run(Command::new(tool(t)).arg(img).arg(fx.path("out")));
+            let err = failed(&o, &what);
+            let body = err.strip_suffix('\n').unwrap_or(&err);
+            assert!(
+                !body.chars().any(char::is_control) && body.contains("\\u{1b}]0;owned"),
+                "{what}: {err:?}"
+            );
+        }
+    }
+}
