@@ -1730,3 +1730,37 @@ fn names_from_an_image_cannot_drive_the_terminal() {
         }
     }
 }
+
+/// An in-place move of a loop device given, as its `--journal`, the file under that loop
+/// device (also by another name, and under a loop over the loop) is refused for what it
+/// is: the journal would hold SOURCE's bytes. It was refused as "another e2i-move is using
+/// it" (the run's own lock on the file under SOURCE), and with -n as a damaged journal.
+#[test]
+fn a_journal_that_holds_a_loop_sources_bytes_is_named_for_it() {
+    let d = tempdir();
+    let (disk, _) = move_disk(d.path(), MIB);
+    let link = d.path().join("link.img");
+    fs::hard_link(&disk, &link).unwrap();
+    let orig = fs::read(&disk).unwrap();
+    let lo = Loop::new(&disk, &[]);
+    let lo2 = Loop::new(lo.path(), &[]);
+    for src in [lo.path(), lo2.path()] {
+        for journal in [&disk, &link] {
+            for dry in [false, true] {
+                let mut c = Command::new(tool("e2i-move"));
+                if dry {
+                    c.arg("-n");
+                }
+                c.args(["-o", "1048576", "-O", "0", "--journal"])
+                    .arg(journal)
+                    .arg(src);
+                let what = format!("{c:?}");
+                let err = failed(&run(&mut c), &what);
+                assert!(err.contains("holds SOURCE's bytes"), "{what}: {err}");
+            }
+        }
+    }
+    drop(lo2);
+    drop(lo);
+    assert!(fs::read(&disk).unwrap() == orig, "SOURCE changed");
+}
