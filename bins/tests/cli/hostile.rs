@@ -1764,3 +1764,39 @@ fn a_journal_that_holds_a_loop_sources_bytes_is_named_for_it() {
     drop(lo);
     assert!(fs::read(&disk).unwrap() == orig, "SOURCE changed");
 }
+
+/// e2i-install's IMAGE is read by position: a FIFO without a writer is refused without
+/// waiting for one (the open waited forever), and a pipe (a process substitution) is
+/// refused with what to do (it failed with "read at byte 0: Illegal seek").
+#[test]
+fn an_install_image_that_is_a_pipe_is_refused_with_what_to_do() {
+    let fx = Fx::new();
+    let img = fx.path("fs.e2i");
+    run_ok(Command::new("e2image").arg(&fx.img).arg(&img));
+    let orig = fs::read(&fx.img).unwrap();
+    let fifo = fx.path("fifo");
+    run_ok(Command::new("mkfifo").arg(&fifo));
+    let want = "not a seekable file or block device";
+    for dry in [true, false] {
+        let mut c = Command::new(tool("e2i-install"));
+        if dry {
+            c.arg("-n");
+        }
+        let what = format!("FIFO IMAGE, -n {dry}");
+        let o = run_unless_stuck(c.arg(&fx.img).arg(&fifo), &fifo)
+            .unwrap_or_else(|| panic!("{what}: waited for a writer"));
+        let err = failed(&o, &what);
+        assert!(err.contains(want), "{what}: {err}");
+        let script = format!(
+            "exec '{}' {} '{}' <(cat '{}')",
+            tool("e2i-install").display(),
+            if dry { "-n" } else { "" },
+            fx.img.display(),
+            img.display()
+        );
+        let what = format!("process substitution IMAGE, -n {dry}");
+        let err = failed(&run(Command::new("bash").arg("-c").arg(&script)), &what);
+        assert!(err.contains(want), "{what}: {err}");
+    }
+    assert!(fs::read(&fx.img).unwrap() == orig, "DEVICE changed");
+}
