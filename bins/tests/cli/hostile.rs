@@ -1655,10 +1655,11 @@ fn a_backing_file_that_is_no_disk_is_refused_without_waiting() {
 
 /// A compressed raw filesystem image that inflates to far more than its filesystem (a gzip
 /// bomb; a dd of a partition larger than its filesystem) is spooled only up to the end its
-/// superblock gives: the bytes past it, which nothing reads, filled `TMPDIR` (here a 12 MiB
-/// tmpfs, with 64 MiB of 0xff after a 4 MiB filesystem) and failed the run.
+/// superblock gives (a normal image, its layout's): the bytes past it, which nothing reads,
+/// filled `TMPDIR` (here a 12 MiB tmpfs, with 64 MiB of 0xff after a 4 MiB filesystem) and
+/// failed the run.
 #[test]
-fn a_compressed_raw_image_is_spooled_no_further_than_its_filesystem() {
+fn a_compressed_image_is_spooled_no_further_than_its_filesystem() {
     let fx = Fx::new();
     let (tmp, _m) = small_tmpfs(fx.dir.path());
     let gz = fx.path("bomb.img.gz");
@@ -1690,6 +1691,24 @@ fn a_compressed_raw_image_is_spooled_no_further_than_its_filesystem() {
         fs::read(&out).unwrap() == fx.raw(),
         "stdin: not the filesystem's image"
     );
+    // A normal image is read up to the end of its layout.
+    let normal = fx.path("fs.e2i");
+    run_ok(Command::new("e2image").arg(&fx.img).arg(&normal));
+    let gz = fx.path("normal.e2i.gz");
+    sh(Command::new("sh").arg("-c").arg(format!(
+        "(cat '{}'; head -c 64M /dev/zero | tr '\\0' '\\377') | gzip -1 > '{}'",
+        normal.display(),
+        gz.display()
+    )));
+    let (want, got) = (fx.path("want-n.raw"), fx.path("got-n.raw"));
+    run_ok(Command::new(tool("e2i-to-raw")).arg(&normal).arg(&want));
+    run_ok(
+        Command::new(tool("e2i-to-raw"))
+            .arg(&gz)
+            .arg(&got)
+            .env("TMPDIR", &tmp),
+    );
+    assert!(read(&got) == read(&want), "normal image: not its raw image");
 }
 
 /// Names an image records (a qcow2's backing file, its external data file) are the image
