@@ -383,7 +383,7 @@ impl Output {
         let dest_name = dest.file_name().unwrap_or_default().to_os_string();
         let mut last = None;
         for i in 0..100u32 {
-            let tmp_name = format!(".{name}.e2i-partial-{}-{i}", std::process::id());
+            let tmp_name = format!("{}{}-{i}", partial_prefix(&name), std::process::id());
             let tmp = dir.join(&tmp_name);
             // Registered before it exists: a signal between the two removes nothing wrongly.
             pending::add(&tmp);
@@ -653,13 +653,34 @@ pub fn stdout_target() -> Option<String> {
     }
 }
 
+/// The temporary name of a new output named `name`, up to its `PID-N` tail:
+/// `.NAME.e2i-partial-`. A name too long for that to fit a folder entry (255 bytes, with
+/// the longest PID and N) is cut and followed by a digest of the whole, so that any name
+/// that can be created can be written, and two long names never share a prefix.
+fn partial_prefix(name: &str) -> String {
+    const NAME_MAX: usize = 255;
+    const TAIL: &str = ".e2i-partial-";
+    // "." + name + TAIL + PID (at most 7 digits, pid_max 2^22) + "-" + N (at most 2).
+    let fits = NAME_MAX.saturating_sub(1 + TAIL.len() + 7 + 1 + 2);
+    if name.len() <= fits {
+        return format!(".{name}{TAIL}");
+    }
+    let digest = blake3::hash(name.as_bytes()).to_hex();
+    let digest = &digest.as_str()[..16];
+    let mut cut = fits.saturating_sub(1 + digest.len());
+    while !name.is_char_boundary(cut) {
+        cut = cut.saturating_sub(1);
+    }
+    format!(".{}~{digest}{TAIL}", &name[..cut])
+}
+
 /// Remove what runs killed by SIGKILL (the OOM killer, a power-user's `kill -9`) left of
 /// new outputs named `name` in `dir`: `.NAME.e2i-partial-PID-N` files — possibly gigabytes
 /// on a disk that is already short of room. One is stale only when nobody holds its lock
 /// (a live run holds its own) and its process is gone from this machine; anything that
 /// cannot be checked is left alone.
 fn remove_stale_partials(dir: &Path, name: &str) {
-    let prefix = format!(".{name}.e2i-partial-");
+    let prefix = partial_prefix(name);
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };

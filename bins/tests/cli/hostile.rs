@@ -1819,3 +1819,34 @@ fn an_install_image_that_is_a_pipe_is_refused_with_what_to_do() {
     }
     assert!(fs::read(&fx.img).unwrap() == orig, "DEVICE changed");
 }
+
+/// A new OUTPUT whose name is as long as a folder entry allows (255 bytes, also in
+/// multi-byte characters) is written: its temporary name `.NAME.e2i-partial-PID-N` passed
+/// 255 bytes and the run failed, `File name too long`, where e2image writes the file.
+#[test]
+fn an_output_name_of_255_bytes_is_written() {
+    let fx = Fx::new();
+    let long = ["b".repeat(255), "é".repeat(127), "c".repeat(231)];
+    for name in &long {
+        for (t, args) in [
+            ("e2i-capture", vec!["-r"]),
+            ("e2i-to-raw", vec![]),
+            ("e2i-to-qcow2", vec![]),
+        ] {
+            let out = fx.path(name);
+            run_ok(Command::new(tool(t)).args(&args).arg(&fx.img).arg(&out));
+            let raw = if t == "e2i-to-qcow2" {
+                qemu_to_raw(&out, &fx.path("q.raw"))
+            } else {
+                fs::read(&out).unwrap()
+            };
+            assert!(raw == fx.raw(), "{t} to a {}-byte name", name.len());
+            let left: Vec<String> = names(fx.dir.path())
+                .into_iter()
+                .filter(|n| n.contains("e2i-partial"))
+                .collect();
+            assert!(left.is_empty(), "{t}: left {left:?}");
+            fs::remove_file(&out).unwrap();
+        }
+    }
+}
