@@ -654,24 +654,13 @@ pub fn stdout_target() -> Option<String> {
 }
 
 /// The temporary name of a new output named `name`, up to its `PID-N` tail:
-/// `.NAME.e2i-partial-`. A name too long for that to fit a folder entry (255 bytes, with
-/// the longest PID and N) is cut and followed by a digest of the whole, so that any name
-/// that can be created can be written, and two long names never share a prefix.
+/// `.NAME.e2i-partial-`, NAME cut ([`crate::io::fit_name`]) where the whole would not fit a
+/// folder entry with the longest PID and N: any name that can be created can be written.
 fn partial_prefix(name: &str) -> String {
-    const NAME_MAX: usize = 255;
     const TAIL: &str = ".e2i-partial-";
-    // "." + name + TAIL + PID (at most 7 digits, pid_max 2^22) + "-" + N (at most 2).
-    let fits = NAME_MAX.saturating_sub(1 + TAIL.len() + 7 + 1 + 2);
-    if name.len() <= fits {
-        return format!(".{name}{TAIL}");
-    }
-    let digest = blake3::hash(name.as_bytes()).to_hex();
-    let digest = &digest.as_str()[..16];
-    let mut cut = fits.saturating_sub(1 + digest.len());
-    while !name.is_char_boundary(cut) {
-        cut = cut.saturating_sub(1);
-    }
-    format!(".{}~{digest}{TAIL}", &name[..cut])
+    // "." + NAME + TAIL + PID (at most 7 digits, pid_max 2^22) + "-" + N (at most 2).
+    let room = crate::io::NAME_MAX.saturating_sub(1 + TAIL.len() + 7 + 1 + 2);
+    format!(".{}{TAIL}", crate::io::fit_name(name, room))
 }
 
 /// Remove what runs killed by SIGKILL (the OOM killer, a power-user's `kill -9`) left of

@@ -1850,3 +1850,39 @@ fn an_output_name_of_255_bytes_is_written() {
         }
     }
 }
+
+/// A SOURCE named with 250 bytes is moved in place: its journal `NAME.e2i-move` (and the
+/// journal's temporary name) passed 255 bytes and the move failed, `File name too long`.
+/// The shortened journal is the one every tool finds: a half-moved SOURCE is refused by a
+/// reader, and a rerun finishes the move.
+#[test]
+fn a_source_with_a_long_name_is_moved_in_place() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let (short, want) = move_disk(d.path(), MIB);
+    let disk = d.path().join("d".repeat(250));
+    fs::rename(&short, &disk).unwrap();
+    let orig = fs::read(&disk).unwrap();
+    let args = ["-o", "1048576", "-O", "0"];
+    // A whole move that counts its crash points, then the disk as it was, without journal.
+    let total = crash_points(&mv(&args, &disk, &state, u64::MAX));
+    assert!(holds_fs(&disk, 0, &want, d.path()), "not moved");
+    fs::write(&disk, &orig).unwrap();
+    for n in names(d.path()).iter().filter(|n| n.ends_with(".e2i-move")) {
+        fs::remove_file(d.path().join(n)).unwrap();
+    }
+    assert!(
+        was_killed(&mv(&args, &disk, &state, total / 2)),
+        "not killed"
+    );
+    let out = d.path().join("out.raw");
+    let o = run(Command::new(tool("e2i-capture"))
+        .args(["-r", "-o", "0"])
+        .arg(&disk)
+        .arg(&out)
+        .env("XDG_STATE_HOME", &state));
+    let err = failed(&o, "capture of the half-moved SOURCE");
+    assert!(err.contains("e2i-move"), "{err}");
+    ok(&mv(&args, &disk, &state, 0), "finishing the move");
+    assert!(holds_fs(&disk, 0, &want, d.path()), "not moved");
+}
