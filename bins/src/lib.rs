@@ -651,7 +651,23 @@ fn one_line(e: &anyhow::Error) -> String {
         }
         msg.push_str(&s);
     }
-    msg.replace('\n', " ")
+    printable(&msg)
+}
+
+/// `s` as one line of plain text: line breaks and tabs become spaces, other control
+/// characters are escaped (`\u{1b}`). Messages carry names taken from images (a qcow2's
+/// backing or data file name), which must not move the cursor, clear the line or send the
+/// terminal commands.
+fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' | '\r' | '\t' => out.push(' '),
+            c if c.is_control() => out.extend(c.escape_default()),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

@@ -451,10 +451,56 @@ fn willneed_cap(meta: &std::fs::Metadata) -> u64 {
     cap.unwrap_or(DEFAULT_READAHEAD).max(DEFAULT_READAHEAD)
 }
 
+/// The longest name of a folder entry (Linux NAME_MAX), in bytes.
+pub const NAME_MAX: usize = 255;
+
+/// `name`, or when it is longer than `max` bytes, its start and `~` and a digest of the
+/// whole, `max` bytes at most: for names made from a user's name (a temporary file, a
+/// journal next to SOURCE) that must fit a folder entry. Two long names that share their
+/// start still differ.
+pub fn fit_name(name: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if name.len() <= max {
+        return name.into();
+    }
+    let digest = blake3::hash(name.as_bytes()).to_hex();
+    let digest = &digest.as_str()[..16];
+    let mut cut = max.saturating_sub(1usize.saturating_add(digest.len()));
+    while !name.is_char_boundary(cut) {
+        cut = cut.saturating_sub(1);
+    }
+    format!("{}~{digest}", &name[..cut]).into()
+}
+
 impl FileSource {
     pub fn open(path: &Path, base: u64) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io("open", e))?;
         Self::from_file(file, base)
+    }
+
+    /// Open a file the caller did not choose (a name recorded in an image): only a
+    /// regular file or block device. The open does not block, so a FIFO (which would wait
+    /// for a writer forever) or a device that waits on open is refused, not waited for.
+    pub fn open_plain(path: &Path) -> Result<Self> {
+        use rustix::fs::{OFlags, fcntl_getfl, fcntl_setfl};
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(OFlags::NONBLOCK.bits() as i32)
+            .open(path)
+            .map_err(|e| Error::io("open", e))?;
+        let t = file
+            .metadata()
+            .map_err(|e| Error::io("stat", e))?
+            .file_type();
+        if !(t.is_file() || t.is_block_device()) {
+            return Err(Error::InvalidInput(
+                "not a regular file or block device".into(),
+            ));
+        }
+        let fl = fcntl_getfl(&file).map_err(|e| Error::io("fcntl", e.into()))?;
+        fcntl_setfl(&file, fl.difference(OFlags::NONBLOCK))
+            .map_err(|e| Error::io("fcntl", e.into()))?;
+        Self::from_file(file, 0)
     }
 
     pub fn from_file(mut file: File, base: u64) -> Result<Self> {

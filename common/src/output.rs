@@ -383,7 +383,7 @@ impl Output {
         let dest_name = dest.file_name().unwrap_or_default().to_os_string();
         let mut last = None;
         for i in 0..100u32 {
-            let tmp_name = format!(".{name}.e2i-partial-{}-{i}", std::process::id());
+            let tmp_name = format!("{}{}-{i}", partial_prefix(&name), std::process::id());
             let tmp = dir.join(&tmp_name);
             // Registered before it exists: a signal between the two removes nothing wrongly.
             pending::add(&tmp);
@@ -653,13 +653,23 @@ pub fn stdout_target() -> Option<String> {
     }
 }
 
+/// The temporary name of a new output named `name`, up to its `PID-N` tail:
+/// `.NAME.e2i-partial-`, NAME cut ([`crate::io::fit_name`]) where the whole would not fit a
+/// folder entry with the longest PID and N: any name that can be created can be written.
+fn partial_prefix(name: &str) -> String {
+    const TAIL: &str = ".e2i-partial-";
+    // "." + NAME + TAIL + PID (at most 7 digits, pid_max 2^22) + "-" + N (at most 2).
+    let room = crate::io::NAME_MAX.saturating_sub(1 + TAIL.len() + 7 + 1 + 2);
+    format!(".{}{TAIL}", crate::io::fit_name(name, room))
+}
+
 /// Remove what runs killed by SIGKILL (the OOM killer, a power-user's `kill -9`) left of
 /// new outputs named `name` in `dir`: `.NAME.e2i-partial-PID-N` files — possibly gigabytes
 /// on a disk that is already short of room. One is stale only when nobody holds its lock
 /// (a live run holds its own) and its process is gone from this machine; anything that
 /// cannot be checked is left alone.
 fn remove_stale_partials(dir: &Path, name: &str) {
-    let prefix = format!(".{name}.e2i-partial-");
+    let prefix = partial_prefix(name);
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };

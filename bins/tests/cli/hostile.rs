@@ -1588,3 +1588,287 @@ fn a_raw_capture_that_fails_while_copying_leaves_nothing() {
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert_eq!(names(&mnt), Vec::<String>::new(), "nothing left behind");
 }
+
+/// A backing file recorded in a qcow2 (or given as `--backing`) that is a FIFO or a
+/// character device is refused without being waited for: the open of a FIFO waited for a
+/// writer forever, and `/dev/zero` read as an empty disk. qemu's file driver refuses both.
+#[test]
+fn a_backing_file_that_is_no_disk_is_refused_without_waiting() {
+    let fx = Fx::new();
+    let fifo = fx.path("fifo");
+    run_ok(Command::new("mkfifo").arg(&fifo));
+    let mut cases: Vec<(&str, Vec<String>)> = Vec::new();
+    for (name, base, fmt) in [
+        ("fifo-raw.qcow2", "fifo", "raw"),
+        ("fifo-q.qcow2", "fifo", "qcow2"),
+        ("zero.qcow2", "/dev/zero", "raw"),
+    ] {
+        run_ok(
+            Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-u", "-F", fmt, "-b", base])
+                .arg(fx.path(name))
+                .arg("4M"),
+        );
+        for t in ["qcow2-to-raw", "e2i-to-raw", "e2i-to-qcow2"] {
+            cases.push((t, vec![fx.path(name).display().to_string()]));
+        }
+        cases.push((
+            "e2i-capture",
+            vec!["-r".into(), fx.path(name).display().to_string()],
+        ));
+    }
+    for base in [fifo.display().to_string(), "/dev/zero".into()] {
+        let img = fx.img.display().to_string();
+        cases.push((
+            "e2i-capture",
+            vec!["-Q".into(), "--backing".into(), base.clone(), img.clone()],
+        ));
+        cases.push(("e2i-to-qcow2", vec!["--backing".into(), base, img]));
+    }
+    for (t, args) in cases {
+        let what = format!("{t} {args:?}");
+        let out = fx.path("out.img");
+        let o = run_unless_stuck(tool_cmd(t).args(&args).arg(&out), &fifo)
+            .unwrap_or_else(|| panic!("{what}: waited on its backing file"));
+        let err = failed(&o, &what);
+        assert!(
+            err.contains("not a regular file or block device") && err.lines().count() == 1,
+            "{what}: {err}"
+        );
+        assert!(!out.exists(), "{what}: left OUTPUT");
+    }
+}
+
+/// A compressed raw filesystem image that inflates to far more than its filesystem (a gzip
+/// bomb; a dd of a partition larger than its filesystem) is spooled only up to the end its
+/// superblock gives (a normal image, its layout's): the bytes past it, which nothing reads,
+/// filled `TMPDIR` (here a 12 MiB tmpfs, with 64 MiB of 0xff after a 4 MiB filesystem) and
+/// failed the run.
+#[test]
+fn a_compressed_image_is_spooled_no_further_than_its_filesystem() {
+    let fx = Fx::new();
+    let (tmp, _m) = small_tmpfs(fx.dir.path());
+    let gz = fx.path("bomb.img.gz");
+    sh(Command::new("sh").arg("-c").arg(format!(
+        "(cat '{}'; head -c 64M /dev/zero | tr '\\0' '\\377') | gzip -1 > '{}'",
+        fx.img.display(),
+        gz.display()
+    )));
+    for t in ["e2i-to-raw", "e2i-to-qcow2"] {
+        let out = fx.path(&format!("{t}.out"));
+        run_ok(tool_cmd(t).arg(&gz).arg(&out).env("TMPDIR", &tmp));
+        let raw = if t == "e2i-to-qcow2" {
+            qemu_to_raw(&out, &fx.path("q.raw"))
+        } else {
+            fs::read(&out).unwrap()
+        };
+        assert!(raw == fx.raw(), "{t}: not the filesystem's image");
+    }
+    // Piped through stdin too.
+    let out = fx.path("stdin.raw");
+    run_ok(
+        tool_cmd("e2i-to-raw")
+            .arg("-")
+            .arg(&out)
+            .env("TMPDIR", &tmp)
+            .stdin(fs::File::open(&gz).unwrap()),
+    );
+    assert!(
+        fs::read(&out).unwrap() == fx.raw(),
+        "stdin: not the filesystem's image"
+    );
+    // A normal image is read up to the end of its layout.
+    let normal = fx.path("fs.e2i");
+    run_ok(Command::new("e2image").arg(&fx.img).arg(&normal));
+    let gz = fx.path("normal.e2i.gz");
+    sh(Command::new("sh").arg("-c").arg(format!(
+        "(cat '{}'; head -c 64M /dev/zero | tr '\\0' '\\377') | gzip -1 > '{}'",
+        normal.display(),
+        gz.display()
+    )));
+    let (want, got) = (fx.path("want-n.raw"), fx.path("got-n.raw"));
+    run_ok(tool_cmd("e2i-to-raw").arg(&normal).arg(&want));
+    run_ok(
+        tool_cmd("e2i-to-raw")
+            .arg(&gz)
+            .arg(&got)
+            .env("TMPDIR", &tmp),
+    );
+    assert!(read(&got) == read(&want), "normal image: not its raw image");
+}
+
+/// Names an image records (a qcow2's backing file, its external data file) are the image
+/// author's text: in an error line their control characters are escaped, so a crafted name
+/// neither breaks the one line (a carriage return) nor sends the terminal commands (escape
+/// sequences that clear the line or set the window title).
+#[test]
+fn names_from_an_image_cannot_drive_the_terminal() {
+    let fx = Fx::new();
+    let evil = "x\u{1b}]0;owned\u{7}\u{1b}[2K\rz";
+    let backed = fx.path("backed.qcow2");
+    run_ok(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-u", "-F", "raw", "-b", evil])
+            .arg(&backed)
+            .arg("4M"),
+    );
+    let data = fx.path(evil);
+    let with_data = fx.path("data.qcow2");
+    run_ok(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-o"])
+            .arg(format!("data_file={}", data.display()))
+            .arg(&with_data)
+            .arg("4M"),
+    );
+    fs::remove_file(&data).unwrap();
+    for img in [&backed, &with_data] {
+        for t in ["qcow2-to-raw", "e2i-to-raw", "e2i-to-qcow2"] {
+            let what = format!("{t} {}", img.display());
+            let o = run(tool_cmd(t).arg(img).arg(fx.path("out")));
+            let err = failed(&o, &what);
+            let body = err.strip_suffix('\n').unwrap_or(&err);
+            assert!(
+                !body.chars().any(char::is_control) && body.contains("\\u{1b}]0;owned"),
+                "{what}: {err:?}"
+            );
+        }
+    }
+}
+
+/// An in-place move of a loop device given, as its `--journal`, the file under that loop
+/// device (also by another name, and under a loop over the loop) is refused for what it
+/// is: the journal would hold SOURCE's bytes. It was refused as "another e2i-move is using
+/// it" (the run's own lock on the file under SOURCE), and with -n as a damaged journal.
+#[test]
+fn a_journal_that_holds_a_loop_sources_bytes_is_named_for_it() {
+    let d = tempdir();
+    let (disk, _) = move_disk(d.path(), MIB);
+    let link = d.path().join("link.img");
+    fs::hard_link(&disk, &link).unwrap();
+    let orig = fs::read(&disk).unwrap();
+    let lo = Loop::new(&disk, &[]);
+    let lo2 = Loop::new(lo.path(), &[]);
+    for src in [lo.path(), lo2.path()] {
+        for journal in [&disk, &link] {
+            for dry in [false, true] {
+                let mut c = tool_cmd("e2i-move");
+                if dry {
+                    c.arg("-n");
+                }
+                c.args(["-o", "1048576", "-O", "0", "--journal"])
+                    .arg(journal)
+                    .arg(src);
+                let what = format!("{c:?}");
+                let err = failed(&run(&mut c), &what);
+                assert!(err.contains("holds SOURCE's bytes"), "{what}: {err}");
+            }
+        }
+    }
+    drop(lo2);
+    drop(lo);
+    assert!(fs::read(&disk).unwrap() == orig, "SOURCE changed");
+}
+
+/// e2i-install's IMAGE is read by position: a FIFO without a writer is refused without
+/// waiting for one (the open waited forever), and a pipe (a process substitution) is
+/// refused with what to do (it failed with "read at byte 0: Illegal seek").
+#[test]
+fn an_install_image_that_is_a_pipe_is_refused_with_what_to_do() {
+    let fx = Fx::new();
+    let img = fx.path("fs.e2i");
+    run_ok(Command::new("e2image").arg(&fx.img).arg(&img));
+    let orig = fs::read(&fx.img).unwrap();
+    let fifo = fx.path("fifo");
+    run_ok(Command::new("mkfifo").arg(&fifo));
+    let want = "not a seekable file or block device";
+    for dry in [true, false] {
+        let mut c = tool_cmd("e2i-install");
+        if dry {
+            c.arg("-n");
+        }
+        let what = format!("FIFO IMAGE, -n {dry}");
+        let o = run_unless_stuck(c.arg(&fx.img).arg(&fifo), &fifo)
+            .unwrap_or_else(|| panic!("{what}: waited for a writer"));
+        let err = failed(&o, &what);
+        assert!(err.contains(want), "{what}: {err}");
+        let script = format!(
+            "exec '{}' {} '{}' <(cat '{}')",
+            tool("e2i-install").display(),
+            if dry { "-n" } else { "" },
+            fx.img.display(),
+            img.display()
+        );
+        let what = format!("process substitution IMAGE, -n {dry}");
+        let err = failed(&run(Command::new("bash").arg("-c").arg(&script)), &what);
+        assert!(err.contains(want), "{what}: {err}");
+    }
+    assert!(fs::read(&fx.img).unwrap() == orig, "DEVICE changed");
+}
+
+/// A new OUTPUT whose name is as long as a folder entry allows (255 bytes, also in
+/// multi-byte characters) is written: its temporary name `.NAME.e2i-partial-PID-N` passed
+/// 255 bytes and the run failed, `File name too long`, where e2image writes the file.
+#[test]
+fn an_output_name_of_255_bytes_is_written() {
+    let fx = Fx::new();
+    let long = ["b".repeat(255), "é".repeat(127), "c".repeat(231)];
+    for name in &long {
+        for (t, args) in [
+            ("e2i-capture", vec!["-r"]),
+            ("e2i-to-raw", vec![]),
+            ("e2i-to-qcow2", vec![]),
+        ] {
+            let out = fx.path(name);
+            run_ok(tool_cmd(t).args(&args).arg(&fx.img).arg(&out));
+            let raw = if t == "e2i-to-qcow2" {
+                qemu_to_raw(&out, &fx.path("q.raw"))
+            } else {
+                fs::read(&out).unwrap()
+            };
+            assert!(raw == fx.raw(), "{t} to a {}-byte name", name.len());
+            let left: Vec<String> = names(fx.dir.path())
+                .into_iter()
+                .filter(|n| n.contains("e2i-partial"))
+                .collect();
+            assert!(left.is_empty(), "{t}: left {left:?}");
+            fs::remove_file(&out).unwrap();
+        }
+    }
+}
+
+/// A SOURCE named with 250 bytes is moved in place: its journal `NAME.e2i-move` (and the
+/// journal's temporary name) passed 255 bytes and the move failed, `File name too long`.
+/// The shortened journal is the one every tool finds: a half-moved SOURCE is refused by a
+/// reader, and a rerun finishes the move.
+#[test]
+fn a_source_with_a_long_name_is_moved_in_place() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let (short, want) = move_disk(d.path(), MIB);
+    let disk = d.path().join("d".repeat(250));
+    fs::rename(&short, &disk).unwrap();
+    let orig = fs::read(&disk).unwrap();
+    let args = ["-o", "1048576", "-O", "0"];
+    // A whole move that counts its crash points, then the disk as it was, without journal.
+    let total = crash_points(&mv(&args, &disk, &state, u64::MAX));
+    assert!(holds_fs(&disk, 0, &want, d.path()), "not moved");
+    fs::write(&disk, &orig).unwrap();
+    for n in names(d.path()).iter().filter(|n| n.ends_with(".e2i-move")) {
+        fs::remove_file(d.path().join(n)).unwrap();
+    }
+    assert!(
+        was_killed(&mv(&args, &disk, &state, total / 2)),
+        "not killed"
+    );
+    let out = d.path().join("out.raw");
+    let o = run(tool_cmd("e2i-capture")
+        .args(["-r", "-o", "0"])
+        .arg(&disk)
+        .arg(&out)
+        .env("XDG_STATE_HOME", &state));
+    let err = failed(&o, "capture of the half-moved SOURCE");
+    assert!(err.contains("e2i-move"), "{err}");
+    ok(&mv(&args, &disk, &state, 0), "finishing the move");
+    assert!(holds_fs(&disk, 0, &want, d.path()), "not moved");
+}

@@ -389,8 +389,37 @@ impl Spooled {
     }
 }
 
-/// Copy `r` into a new temporary file without a name, leaving all-zero blocks as holes.
-fn spool(mut r: Box<dyn Read + Send>) -> Result<Spooled> {
+/// How many bytes of an input of `kind` that starts with `first` are ever read: a raw
+/// filesystem's end (its superblock's size), a normal image's (its layout's; the reader
+/// accepts a longer file and reads no further). `None`: all of it (a qcow2's tables may
+/// point anywhere).
+fn needed_len(kind: Kind, first: &[u8]) -> Option<u64> {
+    let superblock_at = |at: u64| {
+        let at = usize::try_from(at).ok()?;
+        first.get(at..)?.first_chunk::<SUPERBLOCK_SIZE>()
+    };
+    match kind {
+        Kind::Raw => {
+            let sb =
+                crate::ext4::Superblock::parse(superblock_at(SUPERBLOCK_OFFSET)?, None).ok()?;
+            Some(sb.fs_bytes())
+        }
+        Kind::Normal => {
+            let h = normal::Header::parse(first.get(..normal::HEADER_SIZE)?).ok()?;
+            let bs = h.fs_blocksize;
+            let sb = crate::ext4::Superblock::parse(superblock_at(bs.bytes())?, Some(bs)).ok()?;
+            Some(normal::Layout::new(&sb).ok()?.size)
+        }
+        Kind::Stream | Kind::Qcow2 => None,
+    }
+}
+
+/// Copy `r`, an input of `kind`, into a new temporary file without a name, leaving
+/// all-zero blocks as holes. Bytes past what is ever read of it ([`needed_len`]) are read
+/// and dropped: a small compressed file that inflates to far more than its image (a gzip
+/// bomb, a dd of a partition larger than its filesystem) does not fill `TMPDIR`.
+fn spool(mut r: Box<dyn Read + Send>, kind: Kind) -> Result<Spooled> {
+    let mut keep = u64::MAX;
     let file = tempfile::tempfile().map_err(|e| Error::temp_file("create", e))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0u64;
@@ -407,9 +436,15 @@ fn spool(mut r: Box<dyn Read + Send>) -> Result<Spooled> {
         if n == 0 {
             break;
         }
+        if pos == 0 {
+            // The first MiB holds every header and superblock needed_len reads.
+            keep = needed_len(kind, &buf[..n]).unwrap_or(u64::MAX);
+        }
+        // The part of the buffer below `keep`.
+        let kept = usize::try_from(keep.saturating_sub(pos)).map_or(n, |k| k.min(n));
         let mut i = 0;
-        while i < n {
-            let j = i.saturating_add(4096).min(n);
+        while i < kept {
+            let j = i.saturating_add(4096).min(kept);
             if !crate::pieces::block_is_zero(&buf[i..j]) {
                 let at = pos
                     .checked_add(i as u64)
@@ -426,8 +461,9 @@ fn spool(mut r: Box<dyn Read + Send>) -> Result<Spooled> {
             break;
         }
     }
-    file.set_len(pos)
-        .map_err(|e| Error::io_at("truncate", pos, e))?;
+    let len = pos.min(keep);
+    file.set_len(len)
+        .map_err(|e| Error::io_at("truncate", len, e))?;
     Ok(Spooled(file))
 }
 
@@ -469,7 +505,7 @@ pub fn open(path: &Path) -> Result<Input> {
     }
     let dir = (!stdin && seekable).then(|| crate::qcow2::chain::folder_of(path).to_path_buf());
     if !seekable || wrap != Wrapping::None {
-        let tmp = spool(r)?;
+        let tmp = spool(r, kind)?;
         return Ok(Input::File {
             kind,
             path: tmp.path(),

@@ -512,6 +512,17 @@ fn choose_journal(
             chosen.path.display()
         )));
     }
+    // Nor what holds SOURCE's bytes (the file under a loop device SOURCE, the disk of a
+    // partition): SOURCE's own lock on it read as another mover's.
+    if let (Ok(jm), Ok(sm)) = (std::fs::metadata(&chosen.path), src.file.metadata()) {
+        let journal = crate::footprint::Footprint::of(&chosen.path, &jm);
+        if let Some(how) = journal.overlap(&crate::footprint::Footprint::of(source, &sm)) {
+            return Err(Error::InvalidInput(format!(
+                "the journal {} holds SOURCE's bytes{how}",
+                chosen.path.display()
+            )));
+        }
+    }
     if !chosen.explicit
         && !dry_run
         && let Some(st) = chosen

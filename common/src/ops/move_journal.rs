@@ -672,7 +672,9 @@ impl Journal {
         // per SOURCE holds the lock). Removed, then created exclusively: never opened
         // through whatever is there (a symlink another user planted in /tmp would have
         // root truncate and write its target).
-        let tmp = path.with_file_name(format!(".{name}.tmp"));
+        // "." + NAME + ".tmp".
+        let room = crate::io::NAME_MAX.saturating_sub(5);
+        let tmp = path.with_file_name(format!(".{}.tmp", crate::io::fit_name(&name, room)));
         let io = |op, e| Error::io_at(op, 0, e);
         let _ = std::fs::remove_file(&tmp);
         // 0600: its save slots hold copies of SOURCE's bytes (file data of a moved disk
@@ -1418,7 +1420,16 @@ pub fn locations(resolved: &Path, object: ObjectId, state: Option<PathBuf>) -> L
     let key = id_key(object);
     let default = match object {
         ObjectId::Inode { .. } => {
-            let mut p = resolved.as_os_str().to_owned();
+            // NAME.e2i-move, and its temporary .NAME.e2i-move.tmp, must fit a folder entry:
+            // a longer NAME is cut (a SOURCE named with 250 bytes can be moved).
+            let room = crate::io::NAME_MAX.saturating_sub(14); // "." + NAME + ".e2i-move" + ".tmp"
+            let name = resolved.file_name().unwrap_or_default();
+            let mut p = if name.len() <= room {
+                resolved.as_os_str().to_owned()
+            } else {
+                let short = crate::io::fit_name(&name.to_string_lossy(), room).into_owned();
+                resolved.with_file_name(short).into_os_string()
+            };
             p.push(".e2i-move");
             Some(PathBuf::from(p))
         }

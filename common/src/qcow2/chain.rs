@@ -212,7 +212,9 @@ impl<S: ReadAt> Qcow2Image<S> {
             return Err(Error::BackingLoop { path });
         }
         seen.push(id);
-        let file = FileSource::open(&path, 0).map_err(wrap)?;
+        // A FIFO would wait for a writer forever; a character device is not a disk (qemu's
+        // file driver refuses both).
+        let file = FileSource::open_plain(&path).map_err(wrap)?;
         let format = top.header().backing_format().map(<[u8]>::to_vec);
         let backing =
             open_backing(file, format.as_deref(), Some(folder_of(&path)), seen).map_err(wrap)?;

@@ -52,7 +52,8 @@ impl Base {
                 source: Box::new(e),
             },
         };
-        let file = FileSource::open(&path, 0).map_err(wrap)?;
+        // Not a FIFO, which would wait for a writer forever.
+        let file = FileSource::open_plain(&path).map_err(wrap)?;
         let mut head = [0u8; 2048];
         let n = file.read_at(&mut head, 0).map_err(wrap)?;
         let image = match crate::ops::input::detect(&head[..n]) {

@@ -192,17 +192,7 @@ impl DataFile {
             path: path.clone(),
             source: Box::new(e),
         };
-        let meta = std::fs::metadata(&path).map_err(|e| wrap(Error::io("open", e)))?;
-        let plain = {
-            use std::os::unix::fs::FileTypeExt;
-            meta.is_file() || meta.file_type().is_block_device()
-        };
-        if !plain {
-            return Err(wrap(Error::InvalidInput(
-                "not a regular file or block device".into(),
-            )));
-        }
-        let file = FileSource::open(&path, 0).map_err(wrap)?;
+        let file = FileSource::open_plain(&path).map_err(wrap)?;
         Ok(Some(DataFile { path, file }))
     }
 
