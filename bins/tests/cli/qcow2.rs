@@ -828,3 +828,50 @@ fn descriptors_claimed_over_holes_are_refused_not_allocated() {
         assert!(!out.exists(), "{what}: an output was left");
     }
 }
+
+/// A qcow2 whose virtual size is not a whole number of 512-byte sectors is the disk qemu
+/// reads: cut down to the last whole sector, by every tool that reads qcow2 (the
+/// converters refused it, e2i-capture and e2i-to-qcow2 took it as it was).
+#[test]
+fn a_virtual_size_between_sectors_is_cut_down_as_qemu_does() {
+    let d = tempdir();
+    let p = |n: &str| d.path().join(n);
+    let fs = mkfs(d.path(), "fs.img", "4M", &[]);
+    sh(Command::new("qemu-img")
+        .args(["convert", "-O", "qcow2"])
+        .arg(&fs)
+        .arg(p("fs.qcow2")));
+    let mut b = read(&p("fs.qcow2"));
+    // The header's size field (bytes 24..32, big-endian): 100 bytes past the 4 MiB.
+    b[24..32].copy_from_slice(&((4u64 << 20) + 100).to_be_bytes());
+    let odd = p("odd.qcow2");
+    std::fs::write(&odd, &b).unwrap();
+    sh(Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&odd)
+        .arg(p("qemu.raw")));
+    let disk = read(&p("qemu.raw"));
+    assert!(disk == read(&fs), "qemu changed: it reads another disk");
+    for t in ["qcow2-to-raw", "e2i-to-raw"] {
+        let out = p(&format!("{t}.raw"));
+        run_ok(tool_cmd(t).arg(&odd).arg(&out));
+        assert!(read(&out) == disk, "{t}");
+    }
+    let want = e2image_bytes(&["-r"], &fs, &p("want.raw"));
+    run_ok(
+        tool_cmd("e2i-capture")
+            .arg("-r")
+            .arg(&odd)
+            .arg(p("cap.raw")),
+    );
+    assert!(read(&p("cap.raw")) == want, "e2i-capture -r");
+    run_ok(tool_cmd("e2i-to-qcow2").arg(&odd).arg(p("back.qcow2")));
+    let info = sh(Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(p("back.qcow2")));
+    let info = String::from_utf8_lossy(&info.stdout).into_owned();
+    assert!(
+        info.contains(&format!("\"virtual-size\": {}", 4u64 << 20)),
+        "e2i-to-qcow2: {info}"
+    );
+}

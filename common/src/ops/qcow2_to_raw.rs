@@ -40,12 +40,8 @@ pub fn plan<S: ReadAt>(
     with_zero_clusters: bool,
     device: bool,
 ) -> Result<RawPlan> {
+    // Whole 512-byte sectors: the reader cuts a size between two down, as qemu does.
     let size = image.virtual_size();
-    if !size.is_multiple_of(512) {
-        return Err(Error::Unsupported(format!(
-            "virtual size {size} is not a multiple of 512 bytes"
-        )));
-    }
     // Cluster bits are 9..=21 (the header check): clamped to 10..=16 this is a block size.
     let cb = image.cluster_bits().clamp(10, 16);
     let unit = BlockSize::from_log(cb.saturating_sub(10))

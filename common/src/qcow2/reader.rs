@@ -330,8 +330,11 @@ impl<S: ReadAt> Qcow2Reader<S> {
         let mut first = vec![0u8; host_size.min(cluster) as usize];
         let n = host.read_at(&mut first, 0)?;
         first.truncate(n);
-        let header = Header::parse(&first)?;
+        let mut header = Header::parse(&first)?;
         header.check_supported_layer()?;
+        // qemu reads a disk of whole 512-byte sectors: a size between two is cut down to
+        // the last whole one (`qemu-img info`, `convert`), and so is ours, for every tool.
+        header.size &= !511;
         let compression = header.cluster_compression()?;
         let cb = header.cluster_bits;
         let cs = cb.size();
