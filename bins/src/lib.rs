@@ -463,7 +463,7 @@ pub fn open_output_ranged(
     note_fifo_without_reader(req);
     let out = e2i::output::Output::open_ranged(req, reads, source_range).map_err(|e| match e {
         e2i::Error::InvalidInput(_) => anyhow::Error::new(e),
-        e => anyhow::Error::new(e).context(req.path.display().to_string()),
+        e => anyhow::Error::new(e).context(link_named(req.path)),
     })?;
     // Hidden, for tests only: hold the run here, OUTPUT open (its temporary file created),
     // so that a test can signal it at a known moment.
@@ -474,6 +474,19 @@ pub fn open_output_ranged(
         std::thread::sleep(Duration::from_millis(ms));
     }
     Ok(out)
+}
+
+/// OUTPUT as messages about opening it name it: a symlink with the file it leads to
+/// (`out.raw (-> /mnt/x/out.raw)`), since that is what could not be made or opened.
+fn link_named(p: &Path) -> String {
+    let given = p.display().to_string();
+    if !std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()) {
+        return given;
+    }
+    match e2i::output::follow_links(p) {
+        Ok(to) => format!("{given} (-> {})", to.display()),
+        Err(_) => given,
+    }
 }
 
 /// The bytes of SOURCE a capture or clone of the filesystem at byte `offset` reads: from

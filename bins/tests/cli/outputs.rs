@@ -1653,3 +1653,25 @@ fn a_write_cut_short_names_the_first_byte_not_written() {
         )
     );
 }
+
+/// A symlink OUTPUT that cannot be made or opened is named with the file it leads to: a
+/// dangling link into a missing folder said only "create: No such file or directory".
+#[test]
+fn a_symlink_output_that_cannot_be_made_names_its_target() {
+    let d = tempdir();
+    let link = d.path().join("link");
+    let target = d.path().join("missing/out.raw");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let sample = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/sample.ext4");
+    for (t, args) in [("e2i-capture", &["-r"][..]), ("e2i-to-raw", &[][..])] {
+        let o = run(tool_cmd(t).args(args).arg(&sample).arg(&link));
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(1), "{t}: {err}");
+        assert_eq!(err.lines().count(), 1, "{t}: {err}");
+        assert!(
+            err.contains(&format!("{} (-> {})", link.display(), target.display())),
+            "{t}: {err}"
+        );
+        assert!(!d.path().join("missing").exists(), "{t}");
+    }
+}
