@@ -93,7 +93,7 @@ fn every_signal_that_ends_a_run_removes_its_temporary_file() {
             assert!(child.try_wait().unwrap().is_none(), "SIG{sig}: ended early");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        sh(Command::new("kill").args(["-s", sig, &child.id().to_string()]));
+        send_signal(child.id(), sig);
         let st = child.wait().unwrap();
         use std::os::unix::process::ExitStatusExt;
         assert!(st.signal().is_some(), "SIG{sig}: {st:?}");

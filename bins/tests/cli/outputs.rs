@@ -739,11 +739,7 @@ fn signals_remove_the_temporary_file() {
             "{}: no temporary file",
             w.name()
         );
-        let st = Command::new("kill")
-            .args(["-s", sig, &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success());
+        send_signal(child.id(), sig);
         let status = child.wait().unwrap();
         assert!(!status.success(), "{} SIG{sig}", w.name());
         assert!(
@@ -768,11 +764,7 @@ fn signals_remove_the_temporary_file() {
         wait_for(&out_dir, "partial", &mut child),
         "to-raw from a pipe: no temporary file"
     );
-    let st = Command::new("kill")
-        .args(["-s", first, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    send_signal(child.id(), first);
     assert!(!child.wait().unwrap().success());
     drop(stdin);
     assert!(leftovers(&out_dir).is_empty(), "{:?}", leftovers(&out_dir));
@@ -812,11 +804,7 @@ fn signals_remove_the_temporary_file() {
             spooling()
         });
         assert!(spooled, "SIG{sig}: no spool file");
-        let st = Command::new("kill")
-            .args(["-s", sig, &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success());
+        send_signal(child.id(), sig);
         assert!(!child.wait().unwrap().success());
         drop(stdin);
         let left: Vec<_> = fs::read_dir(&spool_dir).unwrap().flatten().collect();

@@ -231,11 +231,7 @@ fn stdout_file_is_emptied_when_the_run_fails() {
             }
         }
         assert_eq!(steady, 4, "{t}: nothing written, or never done writing");
-        let term = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(term.success());
+        send_signal(child.id(), "TERM");
         let st = child.wait().unwrap();
         drop(stdin);
         assert!(!st.success(), "{t}: {st:?}");

@@ -180,9 +180,35 @@ pub fn resume_stopped(child: &std::process::Child) {
 /// let it go on, and collect how it ended.
 pub fn signal_when_stopped(child: Reaper, sig: &str) -> std::process::Output {
     wait_stopped(child.child());
-    sh(Command::new("kill").args(["-s", sig, &child.child().id().to_string()]));
+    send_signal(child.child().id(), sig);
     resume_stopped(child.child());
     child.take().wait_with_output().unwrap()
+}
+
+/// Send signal `sig` (a name for `kill -s`) to process `pid`, a tool this test started. A
+/// signal this test process ignores (the suite started under nohup, or as a background
+/// job of a script: SIGINT and SIGQUIT) is ignored by the tools it starts too, and a run
+/// held for the signal would wait for it for an hour: that is said at once instead.
+pub fn send_signal(pid: u32, sig: &str) {
+    let n = sh(Command::new("bash").args(["-c", "kill -l \"$1\"", "bash", sig]));
+    let n: u32 = text(&n.stdout).trim().parse().expect("a signal number");
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .is_some_and(|m| n >= 1 && m & (1 << (n - 1)) != 0);
+    if ignored {
+        // Not left waiting for the hour: SIGKILL cannot be ignored.
+        let _ = Command::new("kill")
+            .args(["-s", "KILL", &pid.to_string()])
+            .status();
+    }
+    assert!(
+        !ignored,
+        "SIG{sig} is ignored by this test run (started under nohup or as a background job?), so the tools it starts ignore it too: run the suite with default signal handling, as ci/test.sh from a shell or CI does"
+    );
+    sh(Command::new("kill").args(["-s", sig, &pid.to_string()]));
 }
 
 /// Bytes a tool printed, as text.
