@@ -483,6 +483,17 @@ impl FileSource {
     pub fn open_plain(path: &Path) -> Result<Self> {
         use rustix::fs::{OFlags, fcntl_getfl, fcntl_setfl};
         use std::os::unix::fs::OpenOptionsExt;
+        let plain = |t: std::fs::FileType| t.is_file() || t.is_block_device();
+        // Looked at before it is opened: opening a device can act (a tape rewinds when
+        // closed); checked again once open, in case the name changed in between.
+        let t = std::fs::metadata(path)
+            .map_err(|e| Error::io("open", e))?
+            .file_type();
+        if !plain(t) {
+            return Err(Error::InvalidInput(
+                "not a regular file or block device".into(),
+            ));
+        }
         let file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(OFlags::NONBLOCK.bits() as i32)
@@ -492,7 +503,7 @@ impl FileSource {
             .metadata()
             .map_err(|e| Error::io("stat", e))?
             .file_type();
-        if !(t.is_file() || t.is_block_device()) {
+        if !plain(t) {
             return Err(Error::InvalidInput(
                 "not a regular file or block device".into(),
             ));
