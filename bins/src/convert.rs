@@ -71,18 +71,7 @@ pub fn to_raw(tool: &str, a: &RawArgs<'_>, sum: &mut Summary) -> anyhow::Result<
         },
         &[("INPUT", a.input)]
             .into_iter()
-            .chain(
-                in_files
-                    .backing
-                    .iter()
-                    .map(|p| ("INPUT's backing file", p.as_path())),
-            )
-            .chain(
-                in_files
-                    .data
-                    .iter()
-                    .map(|p| ("INPUT's data file", p.as_path())),
-            )
+            .chain(in_files.reads())
             .collect::<Vec<_>>(),
     )?;
     let out_name = crate::opened_name(&out_name, &out);

@@ -93,18 +93,7 @@ fn convert(args: &Args, sum: &mut Summary) -> anyhow::Result<u8> {
         &[("INPUT", args.input.as_path())]
             .into_iter()
             .chain(chain.iter().map(|p| ("the backing file", p.as_path())))
-            .chain(
-                in_files
-                    .backing
-                    .iter()
-                    .map(|p| ("INPUT's backing file", p.as_path())),
-            )
-            .chain(
-                in_files
-                    .data
-                    .iter()
-                    .map(|p| ("INPUT's data file", p.as_path())),
-            )
+            .chain(in_files.reads())
             .collect::<Vec<_>>(),
     )?;
     let out_name = e2i_cli::opened_name(&out_name, &out);

@@ -266,6 +266,17 @@ pub struct ChainFiles {
     pub data: Vec<PathBuf>,
 }
 
+impl ChainFiles {
+    /// Each file with the role messages name it by: what an OUTPUT must not overlap.
+    pub fn reads(&self) -> impl Iterator<Item = (&'static str, &Path)> {
+        let backing = self
+            .backing
+            .iter()
+            .map(|p| ("INPUT's backing file", p.as_path()));
+        backing.chain(self.data.iter().map(|p| ("INPUT's data file", p.as_path())))
+    }
+}
+
 /// The backing and data files of a qcow2 input, from one opening of its chain.
 pub fn chain_files(inp: &Input) -> ChainFiles {
     qcow2_chain(inp)
