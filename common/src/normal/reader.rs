@@ -55,17 +55,14 @@ impl NormalImage<crate::io::FileSource> {
     /// the image is read by position. A pipe (a process substitution, `/dev/stdin`) is
     /// refused with what to do, and a FIFO without a writer is refused, not waited for.
     pub fn open_file(path: &std::path::Path) -> Result<Self> {
-        let plain = std::fs::metadata(path).map_err(|e| Error::io("open", e))?;
-        let t = plain.file_type();
-        {
-            use std::os::unix::fs::FileTypeExt;
-            if !(t.is_file() || t.is_block_device()) {
-                return Err(Error::InvalidInput(
-                    "not a seekable file or block device (a pipe or process substitution?): a normal image is read by position; save it to a file first".into(),
-                ));
-            }
-        }
-        Self::open(crate::io::FileSource::open_plain(path)?)
+        // open_plain refuses anything else unopened; here with what to do instead.
+        let file = crate::io::FileSource::open_plain(path).map_err(|e| match e {
+            Error::InvalidInput(_) => Error::InvalidInput(
+                "not a seekable file or block device (a pipe or process substitution?): a normal image is read by position; save it to a file first".into(),
+            ),
+            e => e,
+        })?;
+        Self::open(file)
     }
 }
 
