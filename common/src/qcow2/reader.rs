@@ -15,9 +15,10 @@
 //! An image with an external data file (incompatible bit 2) keeps its tables here and its
 //! data clusters there: L2 data offsets are offsets in the data file, which is opened
 //! read-only by the name the header records ([`DataFile`]). Compressed clusters cannot be
-//! stored there, and a data cluster is at its guest offset there (qemu refuses any other). With the raw external data bit the data file is also a raw image of the
-//! disk, but the disk is still read through the L2 tables, as qemu reads it: an unallocated
-//! or zero-flagged cluster reads as zeros (or from the backing file) whatever the data file
+//! stored there, and a data cluster is at its guest offset there (qemu refuses any other).
+//! With the raw external data bit the data file is also a raw image of the disk, but the
+//! disk is still read through the L2 tables, as qemu reads it: an unallocated or
+//! zero-flagged cluster reads as zeros (or from the backing file) whatever the data file
 //! holds there.
 //!
 //! Arithmetic on positions inside a buffer or below an end that is itself a `u64` uses
