@@ -10,7 +10,8 @@ limits for that, 8 TiB with 4 KiB blocks, the smallest larger cluster size that 
 that qemu-img and stock e2image read; with --backing, an overlay (version 3) on a previous image that \
 stores only what changed, and with --compress=zstd, version 3 with zstd clusters (qemu-img \
 reads both; stock e2image reads neither). INPUT may be a raw filesystem image (captured as `e2i-capture -Q` \
-would, `-a` for file data too), a qcow2 image, a normal e2image image, or an e2i stream \
+would, `-a` for file data too), a qcow2 image (converted as it is, whatever its disk holds), a \
+normal e2image image, or an e2i stream \
 (from a pipe: `-`); gzip, bzip2, xz and zstd wrapping is detected. OUTPUT is a new file, a \
 block device, a FIFO or character device, or `-` (written front to back).
 

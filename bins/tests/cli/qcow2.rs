@@ -814,7 +814,6 @@ fn descriptors_claimed_over_holes_are_refused_not_allocated() {
     for (t, args, src) in [
         ("e2i-capture", vec!["-r"], &q),
         ("e2i-capture", vec!["-Q"], &q),
-        ("e2i-to-qcow2", vec![], &q),
         ("e2i-move", vec![], &q),
         ("e2i-capture", vec!["-r"], &sparse),
     ] {
@@ -827,6 +826,19 @@ fn descriptors_claimed_over_holes_are_refused_not_allocated() {
         );
         assert!(!out.exists(), "{what}: an output was left");
     }
+    // e2i-to-qcow2 converts a qcow2 INPUT as it is, as qemu-img convert and e2i-to-raw do:
+    // the superblock's claim is never read, the 256 PiB disk keeps its size and its one
+    // stored MiB.
+    run_ok(tool_cmd("e2i-to-qcow2").arg(&q).arg(&out));
+    assert_eq!(qemu_check(&out), 0);
+    let virtual_size = |p: &Path| e2i::bytes::be::u64(&read_head(p), 24);
+    assert_eq!(virtual_size(&out), virtual_size(&q));
+    let first = d.path().join("first.raw");
+    sh(Command::new("qemu-img")
+        .args(["dd", "-f", "qcow2", "-O", "raw", "bs=1M", "count=1"])
+        .arg(format!("if={}", out.display()))
+        .arg(format!("of={}", first.display())));
+    assert!(read(&first) == head, "the stored MiB differs");
 }
 
 /// A qcow2 whose virtual size is not a whole number of 512-byte sectors is the disk qemu
@@ -874,4 +886,73 @@ fn a_virtual_size_between_sectors_is_cut_down_as_qemu_does() {
         info.contains(&format!("\"virtual-size\": {}", 4u64 << 20)),
         "e2i-to-qcow2: {info}"
     );
+}
+
+/// e2i-to-qcow2 converts a qcow2 INPUT as it is, as e2i-to-raw and qemu-img convert do:
+/// a whole disk (partition table, filesystem inside a partition) was refused for the bad
+/// magic at byte 1024; a disk shrunk below its filesystem got the filesystem's size, one
+/// grown past it lost the bytes past the filesystem; a virtual size of an odd number of
+/// sectors is kept. A pipe gets the same bytes as a file.
+#[test]
+fn a_qcow2_input_is_converted_as_it_is_whatever_it_holds() {
+    use super::partitions::{blank, mbr_sector};
+    use std::os::unix::fs::FileExt;
+    const MIB: u64 = 1 << 20;
+    let d = tempdir();
+    let p = |n: &str| d.path().join(n);
+    let fs = mkfs(d.path(), "fs.img", "8M", &[]);
+    // A 20 MiB disk, its filesystem at 1 MiB; bytes past the partition too.
+    let disk = p("disk.raw");
+    let f = blank(&disk, 20 * MIB);
+    f.write_all_at(&mbr_sector(&[(0x83, 2048, 16384)]), 0)
+        .unwrap();
+    f.write_all_at(&read(&fs), MIB).unwrap();
+    f.write_all_at(b"past the partition", 19 * MIB + 100)
+        .unwrap();
+    drop(f);
+    // The filesystem's image, then its disk shrunk to 4 MiB and grown to 16 MiB (a sector
+    // of data past the filesystem), and one 8 MiB and one sector long (an odd sector count).
+    let grown = p("grown.raw");
+    std::fs::copy(&fs, &grown).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&grown)
+        .unwrap();
+    f.set_len(16 * MIB).unwrap();
+    f.write_all_at(b"past the filesystem", 12 * MIB).unwrap();
+    drop(f);
+    let odd = p("odd.raw");
+    std::fs::copy(&fs, &odd).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&odd).unwrap();
+    f.set_len(8 * MIB + 512).unwrap();
+    f.write_all_at(b"last sector", 8 * MIB + 7).unwrap();
+    drop(f);
+    let shrunk = p("shrunk.qcow2");
+    qemu_to_qcow2(&fs, &shrunk, "cluster_size=64k");
+    sh(Command::new("qemu-img")
+        .args(["resize", "-q", "--shrink"])
+        .arg(&shrunk)
+        .arg("4M"));
+    let mut inputs = vec![shrunk];
+    for raw in [&disk, &grown, &odd] {
+        let q = raw.with_extension("qcow2");
+        qemu_to_qcow2(raw, &q, "cluster_size=64k");
+        inputs.push(q);
+    }
+    for q in &inputs {
+        let what = q.file_name().unwrap().to_string_lossy().into_owned();
+        let out = q.with_extension("out.qcow2");
+        run_ok(tool_cmd("e2i-to-qcow2").arg(q).arg(&out));
+        assert_eq!(qemu_check(&out), 0, "{what}");
+        assert_eq!(
+            e2i::bytes::be::u64(&read_head(&out), 24),
+            e2i::bytes::be::u64(&read_head(q), 24),
+            "{what}: virtual size"
+        );
+        let want = qemu_to_raw(q, &q.with_extension("want.raw"));
+        let got = qemu_to_raw(&out, &q.with_extension("got.raw"));
+        assert!(got == want, "{what}: the disk differs");
+        let piped = run_ok(tool_cmd("e2i-to-qcow2").arg(q).arg("-")).stdout;
+        assert!(piped == read(&out), "{what}: a pipe got other bytes");
+    }
 }

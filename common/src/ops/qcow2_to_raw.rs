@@ -40,12 +40,26 @@ pub fn plan<S: ReadAt>(
     with_zero_clusters: bool,
     device: bool,
 ) -> Result<RawPlan> {
+    plan_in(image, cluster_unit(image)?, with_zero_clusters, device)
+}
+
+/// The image's cluster size as a block size: cluster bits are 9..=21 (the header check),
+/// clamped to 10..=16.
+pub fn cluster_unit<S: ReadAt>(image: &Qcow2Image<S>) -> Result<BlockSize> {
+    let cb = image.cluster_bits().clamp(10, 16);
+    BlockSize::from_log(cb.saturating_sub(10))
+        .ok_or_else(|| Error::InvalidInput(format!("cluster bits {cb}")))
+}
+
+/// [`plan`] in blocks of `unit` bytes.
+pub fn plan_in<S: ReadAt>(
+    image: &Qcow2Image<S>,
+    unit: BlockSize,
+    with_zero_clusters: bool,
+    device: bool,
+) -> Result<RawPlan> {
     // Whole 512-byte sectors: the reader cuts a size between two down, as qemu does.
     let size = image.virtual_size();
-    // Cluster bits are 9..=21 (the header check): clamped to 10..=16 this is a block size.
-    let cb = image.cluster_bits().clamp(10, 16);
-    let unit = BlockSize::from_log(cb.saturating_sub(10))
-        .ok_or_else(|| Error::InvalidInput(format!("cluster bits {cb}")))?;
     let units = unit.blocks_covering(size);
     // What the chain stores, as bytes of the disk (a backing file's ranges need not be
     // aligned to this image's clusters): the blocks holding them.

@@ -30,14 +30,14 @@ pub fn plan(
     // The layout of the selected blocks `sel` holding `data`, as the real run plans it.
     let finish = |sel: &[crate::blockmap::BlockRun],
                   blocks_count: u64,
+                  vsize: u64,
                   g: Grouping,
                   data: &[ClusterRun],
                   zero: &[ClusterRun],
                   n: u64| {
         let bs = g.block_size();
-        let vsize = virtual_size(bs, blocks_count)?;
         let cb = g.cluster_bits().get();
-        let one_pass = one_pass_layout(bs, blocks_count, sel, compressed, overlay)?;
+        let one_pass = one_pass_layout(bs, blocks_count, vsize, sel, compressed, overlay)?;
         let mut l = image_layout(one_pass, vsize, cb, data, zero, compressed)?;
         check_inflation(&l, g.block_size(), n, compressed)?;
         if let Some(c) = opts.compress {
@@ -52,6 +52,7 @@ pub fn plan(
     let from_image = |src: &dyn crate::io::ReadAt,
                       map: &crate::blockmap::BlockMap,
                       bs: BlockSize,
+                      vsize: u64,
                       progress: &mut dyn Progress| {
         let (runs, _) = nonzero_blocks(src, map, bs, progress)?;
         let base = opts.backing.as_deref();
@@ -65,7 +66,7 @@ pub fn plan(
             progress,
         )?;
         let n = g.blocks_within(&runs, &data)?.iter().map(|r| r.len).sum();
-        finish(map.runs(), map.blocks_count(), g, &data, &zero, n)
+        finish(map.runs(), map.blocks_count(), vsize, g, &data, &zero, n)
     };
     match input {
         Input::Stream(mut r) => {
@@ -92,7 +93,7 @@ pub fn plan(
                     let g = choose_grouping(bs, blocks_count, &runs, compressed, false)?;
                     let clusters = g.clusters(&runs)?;
                     let n = runs.iter().map(|r| r.len).sum();
-                    finish(&sel, blocks_count, g, &clusters, &[], n)
+                    finish(&sel, blocks_count, vsize, g, &clusters, &[], n)
                 }
                 Some(base) => {
                     let blocks = r.data_runs().unwrap_or_else(|| sel.clone());
@@ -109,7 +110,7 @@ pub fn plan(
                     })?;
                     asm.flush(&mut |c, d| differ.feed(c, d))?;
                     let (o, _) = differ.finish(vsize)?;
-                    finish(&sel, blocks_count, g, &o.data, &o.zero, n)
+                    finish(&sel, blocks_count, vsize, g, &o.data, &o.zero, n)
                 }
             }
         }
@@ -121,55 +122,59 @@ pub fn plan(
             let img = crate::normal::NormalImage::open_file(&path)?;
             let view = img.fs_view()?;
             let map = view.block_map();
-            from_image(&view, &map, img.superblock().block_size, progress)
+            let bs = img.superblock().block_size;
+            let vsize = virtual_size(bs, map.blocks_count())?;
+            from_image(&view, &map, bs, vsize, progress)
         }
         Input::File {
-            kind, path, dir, ..
+            kind: Kind::Qcow2,
+            path,
+            dir,
+            ..
         } => {
+            let (img, disk) = qcow2_disk(&path, dir.as_deref())?;
+            from_image(&img, &disk.map, disk.unit, disk.size, progress)
+        }
+        Input::File { path, dir, .. } => {
             let src = open_source_in(&path, opts.offset, dir.as_deref())?;
             let (fs, res) = scan_source(src, opts, false, progress)?;
-            let map = converted_blocks(kind, res.map, &fs.src, fs.sb.block_size)?;
-            from_image(&fs.src, &map, fs.sb.block_size, progress)
+            let bs = fs.sb.block_size;
+            let vsize = virtual_size(bs, res.map.blocks_count())?;
+            from_image(&fs.src, &res.map, bs, vsize, progress)
         }
     }
 }
 
-/// The blocks a filesystem INPUT of `kind` is converted by: the scan's selection (`map`,
-/// as `e2i-capture -Q` selects), and for a qcow2 INPUT also every block its virtual disk
-/// (`src`) stores, so that a qcow2 is converted as it is — file data of an `-a` capture
-/// included, as `e2i-to-raw` and `qcow2-to-raw` convert it — not cut back to metadata.
-fn converted_blocks(
-    kind: crate::ops::input::Kind,
-    map: crate::blockmap::BlockMap,
-    src: &dyn crate::io::ReadAt,
-    bs: BlockSize,
-) -> Result<crate::blockmap::BlockMap> {
-    if kind != crate::ops::input::Kind::Qcow2 {
-        return Ok(map);
-    }
-    let blocks_count = map.blocks_count();
-    let end = bs.bytes_of(blocks_count).unwrap_or(u64::MAX);
-    let mut b = crate::blockmap::BlockMapBuilder::new(
-        FsBlock(0),
-        FsBlock(blocks_count.saturating_sub(1)),
-        0,
-    );
-    for r in map.runs() {
-        b.mark_range(r.start, r.len);
-    }
-    let mut at = 0;
-    while at < end
-        && let Some(r) = src.data_region(at)?
-    {
-        let r = r.start.max(at)..r.end.min(end);
-        if r.start >= r.end {
-            break;
-        }
-        let first = bs.block_of(r.start);
-        b.mark_range(first, bs.blocks_covering(r.end).saturating_sub(first.get()));
-        at = r.end;
-    }
-    Ok(b.build(FsBlock(0), blocks_count))
+/// A qcow2 INPUT's virtual disk, to be converted as it is (as `e2i-to-raw` and
+/// `qcow2-to-raw` convert it: whatever it holds, a whole disk with a partition table
+/// included): every block it stores, its virtual size kept. The blocks are the filesystem's
+/// when the disk starts with one (one cluster per block, as a capture gets), else the
+/// image's clusters.
+fn qcow2_disk(
+    path: &std::path::Path,
+    dir: Option<&std::path::Path>,
+) -> Result<(
+    crate::qcow2::Qcow2Image<crate::io::FileSource>,
+    crate::ops::qcow2_to_raw::RawPlan,
+)> {
+    use crate::ops::qcow2_to_raw::{cluster_unit, plan_in};
+    let id = crate::io::ObjectId::of_path(path).ok();
+    let host = crate::io::FileSource::open(path, 0)?;
+    let img = crate::qcow2::Qcow2Image::open_host(host, dir, id)?;
+    let mut raw = [0u8; crate::ext4::superblock::SUPERBLOCK_SIZE];
+    let fs_block =
+        (crate::io::ReadAt::read_at(&img, &mut raw, crate::ext4::superblock::SUPERBLOCK_OFFSET)
+            .ok()
+            == Some(raw.len()))
+        .then(|| crate::ext4::Superblock::parse(&raw, None).ok())
+        .flatten()
+        .map(|sb| sb.block_size);
+    let unit = match fs_block {
+        Some(bs) => bs,
+        None => cluster_unit(&img)?,
+    };
+    let disk = plan_in(&img, unit, false, false)?;
+    Ok((img, disk))
 }
 
 /// Where a stream conversion writes its qcow2.
@@ -233,7 +238,14 @@ pub fn stream_to_qcow2<R: std::io::Read + Send>(
     let compressed = matches!(out, Qcow2Out::File(_, Some(_)));
     let selected = r.selected_runs();
     let selected_blocks = r.selected_blocks();
-    let one_pass = one_pass_layout(bs, h.blocks_count, &selected, compressed, overlay.is_some())?;
+    let one_pass = one_pass_layout(
+        bs,
+        h.blocks_count,
+        vsize,
+        &selected,
+        compressed,
+        overlay.is_some(),
+    )?;
     let mut done = 0u64;
     if let (Qcow2Out::File(file, c), Some(mut layout)) = (&out, one_pass.clone()) {
         layout.set_marks(marks);
@@ -474,7 +486,7 @@ pub fn to_qcow2(
     progress: &mut dyn Progress,
 ) -> Result<ToQcow2Report> {
     use crate::ops::input::{Input, Kind};
-    use crate::qcow2::writer::{Qcow2Target, write_qcow2};
+    use crate::qcow2::writer::{Qcow2Target, write_qcow2, write_qcow2_sized};
     match input {
         Input::Stream(r) => {
             let mut buffered;
@@ -530,6 +542,36 @@ pub fn to_qcow2(
             })
         }
         Input::File {
+            kind: Kind::Qcow2,
+            path,
+            dir,
+            ..
+        } => {
+            let (img, disk) = qcow2_disk(&path, dir.as_deref())?;
+            let marks = crate::mark::Marks {
+                scrambled: source_is_marked(&path, &img),
+            };
+            progress.block_size(disk.unit.get());
+            write_qcow2_sized(
+                &MarkedSource::new(&img, marks.scrambled),
+                &disk.map,
+                disk.unit,
+                disk.size,
+                target,
+                marks,
+                opts.backing.as_deref(),
+                progress,
+            )?;
+            Ok(ToQcow2Report {
+                input: Kind::Qcow2,
+                block_size: disk.unit.get(),
+                blocks_count: disk.map.blocks_count(),
+                blocks: disk.map.selected_blocks(),
+                stream_digest: None,
+                problems: Vec::new(),
+            })
+        }
+        Input::File {
             kind, path, dir, ..
         } => {
             let src = open_source_in(&path, opts.offset, dir.as_deref())?;
@@ -539,7 +581,7 @@ pub fn to_qcow2(
             let src = MarkedSource::new(src, marks.scrambled);
             let (fs, res) = scan_source(src, opts, false, progress)?;
             let bs = fs.sb.block_size;
-            let map = converted_blocks(kind, res.map, &fs.src, bs)?;
+            let map = res.map;
             write_qcow2(
                 &fs.src,
                 &map,

@@ -1343,6 +1343,24 @@ pub fn write_qcow2<S: ReadAt + ?Sized>(
     let vsize = block_size
         .bytes_of(map.blocks_count())
         .ok_or_else(|| Error::InvalidInput("filesystem size overflows".into()))?;
+    write_qcow2_sized(
+        src, map, block_size, vsize, target, marks, overlay, progress,
+    )
+}
+
+/// [`write_qcow2`] of a disk of `vsize` bytes (the virtual size), which the map's last block
+/// may reach past: a qcow2 INPUT converted as it is, whose size need not be whole blocks.
+#[allow(clippy::too_many_arguments)]
+pub fn write_qcow2_sized<S: ReadAt + ?Sized>(
+    src: &S,
+    map: &BlockMap,
+    block_size: BlockSize,
+    vsize: u64,
+    target: Qcow2Target<'_>,
+    marks: crate::mark::Marks,
+    overlay: Option<&super::overlay::Base>,
+    progress: &mut dyn Progress,
+) -> Result<CopyStats> {
     let compress = match &target {
         Qcow2Target::File { compress, .. } => *compress,
         _ => None,
@@ -1350,6 +1368,7 @@ pub fn write_qcow2<S: ReadAt + ?Sized>(
     let one_pass = one_pass_layout(
         block_size,
         map.blocks_count(),
+        vsize,
         map.runs(),
         compress.is_some(),
         overlay.is_some(),
@@ -1434,7 +1453,8 @@ pub fn write_qcow2<S: ReadAt + ?Sized>(
 }
 
 /// The layout of an image of the `selected` blocks (sorted, disjoint runs) of a filesystem
-/// of `blocks_count` blocks with one cluster per block: tables and refcount blocks for every
+/// of `blocks_count` blocks (a virtual size of `vsize` bytes, which the last block may reach
+/// past) with one cluster per block: tables and refcount blocks for every
 /// selected block, zero or not, so that a new file can be written in one pass, skipping the
 /// zero blocks as they are found ([`FileWriter`]). Every target uses it (with
 /// [`Qcow2Layout::with_data`] once the data is known), so an image has the same bytes in a
@@ -1443,6 +1463,7 @@ pub fn write_qcow2<S: ReadAt + ?Sized>(
 pub fn one_pass_layout(
     block_size: BlockSize,
     blocks_count: u64,
+    vsize: u64,
     selected: &[BlockRun],
     compressed: bool,
     overlay: bool,
@@ -1450,9 +1471,6 @@ pub fn one_pass_layout(
     if overlay {
         return Ok(None);
     }
-    let vsize = block_size
-        .bytes_of(blocks_count)
-        .ok_or_else(|| Error::InvalidInput("filesystem size overflows".into()))?;
     let g = choose_grouping(block_size, blocks_count, selected, compressed, false)?;
     if g.shift() != 0 {
         return Ok(None);
