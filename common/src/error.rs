@@ -448,11 +448,13 @@ pub enum CorruptKind {
     /// that file (qemu: "External data file host cluster offset … does not match guest
     /// cluster offset"): qemu allocates every data file cluster there and refuses any other.
     #[error(
-        "qcow2 L2 entry of guest cluster {guest_cluster} (L2 table at byte {l2_offset}): data cluster at byte {data_offset} of the external data file, not at its guest offset {guest_offset} (qemu refuses it)"
+        "qcow2 L2 entry of guest cluster {guest_cluster} (L2 table at byte {l2_offset}): data cluster at byte {data_offset} of the external data file {}, not at its guest offset {guest_offset} (qemu refuses it)",
+        data_file.display()
     )]
     Qcow2DataFileOffset {
         guest_cluster: u64,
         l2_offset: u64,
+        data_file: PathBuf,
         data_offset: u64,
         guest_offset: u64,
     },

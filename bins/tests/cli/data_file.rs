@@ -378,7 +378,10 @@ fn data_file_errors_are_one_line() {
             "elsewhere.qcow2",
             "guest cluster 0",
             &format!("L2 table at byte {l2}"),
-            "data cluster at byte 65536 of the external data file, not at its guest offset 0",
+            &format!(
+                "data cluster at byte 65536 of the external data file {}, not at its guest offset 0",
+                p("fs.data").display()
+            ),
         ],
         "a data cluster away from its guest offset",
     );

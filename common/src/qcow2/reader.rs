@@ -628,13 +628,14 @@ impl<S: ReadAt> Qcow2Reader<S> {
                     }
                     .into());
                 }
-                if self.data.is_some() {
+                if let Some(df) = &self.data {
                     // A guest cluster below the virtual size (< 2^63): its offset fits.
                     let guest_offset = g.offset(cb).map_or(u64::MAX, |o| o.0);
                     if host_offset != guest_offset {
                         return Err(CorruptKind::Qcow2DataFileOffset {
                             guest_cluster,
                             l2_offset,
+                            data_file: df.path.clone(),
                             data_offset: host_offset,
                             guest_offset,
                         }
