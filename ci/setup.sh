@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install what the tests need when it is missing: e2fsprogs (e2image, mkfs, dumpe2fs,
 # debugfs, e2fsck, e2undo), qemu-img, compressors, man/groff, script (pty), zsh and fish
-# (completion tests), sfdisk, strace, GNU time (benchmarks), a C++ compiler (libFuzzer,
-# built when the fuzz targets are checked), and the Rust components for fmt and clippy.
+# (completion tests), sfdisk, strace, GNU time (benchmarks), and the Rust components for
+# fmt and clippy.
 set -euo pipefail
 need=()
 command -v man >/dev/null || need+=(man-db) # tests render docs/man pages
@@ -18,7 +18,6 @@ command -v zstd >/dev/null || need+=(zstd)
 command -v sfdisk >/dev/null || need+=(fdisk) # partition tables on loop devices
 command -v strace >/dev/null || need+=(strace) # install's kill-at-every-write test
 [ -x /usr/bin/time ] || need+=(time) # ci/bench.sh: peak RSS
-command -v c++ >/dev/null || need+=(g++) # the fuzz crate's libFuzzer, checked by ci/test.sh
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

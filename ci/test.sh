@@ -12,20 +12,29 @@ trap 'rm -rf "$XDG_STATE_HOME"' EXIT
 # user's locale (character handling stays as it is).
 unset LC_ALL LANGUAGE
 export LC_MESSAGES=C
-ci/setup.sh
-cargo fmt --all -- --check
-cargo clippy --release --all-targets -- -D warnings
-cargo build --release
-cargo test --release
+# Each step's seconds, listed at the end (where CI's time goes).
+times=()
+step() {
+  local t=$SECONDS
+  "$@"
+  times+=("$((SECONDS - t)) s  $*")
+}
+step ci/setup.sh
+step cargo fmt --all -- --check
+step cargo clippy --release --all-targets -- -D warnings
+step cargo build --release
+step cargo test --release
 # The library's unit tests again in a debug build: debug assertions on as well (the release
 # profile has overflow checks too, see Cargo.toml).
-cargo test -p e2i --lib
+step cargo test -p e2i --lib
 # The fuzz targets (their own workspace: running them needs nightly, compiling them does not)
-# must keep up with the library's API.
-cargo check --manifest-path fuzz/Cargo.toml
+# must keep up with the library's API. Checked without libFuzzer itself (C++, only needed
+# to link a fuzzer).
+step cargo check --manifest-path fuzz/Cargo.toml --no-default-features
 conf=../shared/conformance/run.sh
 if [ -x "$conf" ] || [ -f "$conf" ]; then
-  bash "$conf" target/release "${E2I_CONFORMANCE_TAGS:-raw,normal,qcow2,pipeline,damaged}"
+  step bash "$conf" target/release "${E2I_CONFORMANCE_TAGS:-raw,normal,qcow2,pipeline,damaged}"
 else
   echo "conformance suite not found at $conf; skipped" >&2
 fi
+printf 'ci/test.sh: %s\n' "${times[@]}" >&2
