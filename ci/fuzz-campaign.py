@@ -602,11 +602,12 @@ def put_be(b, at, w, v):
 
 
 def qcow2_tables(b):
-    """(cluster size, L1 entry offsets, L2 entry offsets, refcount entry offsets)."""
-    cs = 1 << be(b, 20, 4)
+    """(cluster size, L1 entry offsets, L2 entry offsets, refcount entry offsets); tables
+    only where the header, perhaps mutated already, places them inside the file."""
+    cs = 1 << min(max(be(b, 20, 4), 9), 21)
     l1 = be(b, 40, 8)
-    n = be(b, 36, 4)
-    l1e = [l1 + 8 * i for i in range(n) if l1 + 8 * i + 8 <= len(b)]
+    n = min(be(b, 36, 4), max(len(b) - l1, 0) // 8)
+    l1e = [l1 + 8 * i for i in range(n)]
     l2e = []
     for e in l1e:
         off = be(b, e, 8) & 0x00FFFFFFFFFFFE00
