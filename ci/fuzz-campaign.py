@@ -13,7 +13,7 @@ assertions on) under `timeout` and `/usr/bin/time`, and a finding is any run tha
     capture; the raw capture against e2image -r and the normal capture's dumpe2fs -i
     against e2image's where neither found anything wrong; normal -> raw -> normal;
     a raw or normal input read from a pipe or gzip-wrapped (spooled) against the file;
-    a qcow2 image with an external data file against `qemu-img convert` where both read it,
+    qcow2 -> raw (external data files too) against `qemu-img convert` where both read it,
   - writes past the filesystem's end (e2i-install onto a DEVICE with data after it).
 The `claims` area is not random: sizes claimed over holes (qcow2 virtual disks, sparse raw
 and normal images, stream headers), backing chains too deep or looping.
