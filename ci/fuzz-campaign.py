@@ -12,9 +12,15 @@ assertions on) under `timeout` and `/usr/bin/time`, and a finding is any run tha
   - succeeds with outputs that disagree: stream -> raw and qcow2 -> raw against the raw
     capture; the raw capture against e2image -r and the normal capture's dumpe2fs -i
     against e2image's where neither found anything wrong; normal -> raw -> normal;
+    a raw or normal input read from a pipe or gzip-wrapped (spooled) against the file;
+    qcow2 -> raw (external data files too) against `qemu-img convert` where both read it,
   - writes past the filesystem's end (e2i-install onto a DEVICE with data after it).
 The `claims` area is not random: sizes claimed over holes (qcow2 virtual disks, sparse raw
 and normal images, stream headers), backing chains too deep or looping.
+The `datafile` area mutates qcow2 images with an external data file (raw or not, extended
+L2, chains with data files at either end): headers, tables, the recorded name, the data
+file itself (cut, grown, a folder, a FIFO, a loop, the image itself in its place).
+--first F starts at case F: a range not run before makes new inputs.
 Each finding keeps its input under WORK/findings/ with the command line that failed.
 
 The stream area mutates streams of both versions. Its consistent cases (checksums, counts
@@ -22,8 +28,8 @@ and, for version 2, segments made to hold, so that a hostile map or segment gets
 are sealed by `bins/examples/stream-seal` (Python's hashlib has no BLAKE3); without that
 example built, version 2 streams are only mutated, never sealed.
 
-Usage: ci/fuzz-campaign.py [--bin target/debug] [--work DIR] [--cases N] [--jobs J]
-                           [--areas ext4,qcow2,stream,normal,part,compressed,claims]
+Usage: ci/fuzz-campaign.py [--bin target/debug] [--work DIR] [--cases N] [--first F] [--jobs J]
+                           [--areas ext4,qcow2,datafile,stream,normal,part,compressed,claims]
 Build first: cargo build -p e2i-bins --bins --examples (debug).
 """
 
@@ -78,7 +84,8 @@ def fix_sb_csum(img, at=1024):
 # ---- running the tools ----
 
 class Campaign:
-    def __init__(self, bindir, work):
+    def __init__(self, bindir, work, first=0):
+        self.first = first
         self.bin = os.path.abspath(bindir)
         self.work = os.path.abspath(work)
         self.lock = threading.Lock()
@@ -87,6 +94,10 @@ class Campaign:
         self.seen = set()
         os.makedirs(os.path.join(self.work, "findings"), exist_ok=True)
         os.makedirs(os.path.join(self.work, "tmp"), exist_ok=True)
+
+    def cases(self, n):
+        """Case numbers of a run: n of them from --first (a new range finds new inputs)."""
+        return range(self.first, self.first + n)
 
     def tool(self, name):
         return os.path.join(self.bin, name)
@@ -493,6 +504,8 @@ def area_ext4(c, base_dir, ncases, jobs):
                                        stderr=subprocess.DEVNULL).stdout for x in (ref, outs["e2i"])]
                 if dump[0] != dump[1]:
                     c.mismatch("ext4", cid, "normal: dumpe2fs -i != e2image's (%s)" % what, [src])
+        if not pre and src.endswith(".img"):
+            piped(c, "ext4", cid, src, d, random.Random("ext4-pipe-%s-%d" % (name, i)))
         if mode == "m":
             if os.path.exists(outs["a"]):
                 os.remove(outs["a"])
@@ -513,7 +526,35 @@ def area_ext4(c, base_dir, ncases, jobs):
         c.count("ext4")
 
     with ThreadPoolExecutor(jobs) as ex:
-        list(ex.map(case, range(ncases)))
+        list(ex.map(case, c.cases(ncases)))
+
+
+def piped(c, area, cid, src, d, rng):
+    """Some of the time, a converter reads src from a pipe (or gzip-wrapped), spooling it,
+    and must do as it does with the file: the same exit status and the same output."""
+    k = rng.random()
+    if k >= 0.4:
+        return
+    tool = rng.choice(["e2i-to-raw", "e2i-to-raw", "e2i-to-qcow2"])
+    outs = [os.path.join(d, n) for n in ("file.out", "pipe.out")]
+    for o in outs:
+        if os.path.exists(o):
+            os.remove(o)
+    if k < 0.1:
+        z = os.path.join(d, "in.gz")
+        with open(src, "rb") as f:
+            data = gzip.compress(f.read(), 1)
+        with open(z, "wb") as f:
+            f.write(data)
+        argv, stdin, how = [tool, z, outs[1]], None, "gzip-wrapped"
+    else:
+        argv, stdin, how = [tool, "-", outs[1]], src, "from a pipe"
+    f, _ = c.run(area, cid, [tool, src, outs[0]], (0, 1, 3), [src])
+    p, _ = c.run(area, cid, argv, (0, 1, 3), [src], stdin=stdin)
+    if f != p:
+        c.mismatch(area, cid, "%s %s exits %d, from the file %d" % (tool, how, p, f), [src])
+    elif f in (0, 3) and not same_file(outs[0], outs[1]):
+        c.mismatch(area, cid, "%s %s != from the file" % (tool, how), [src])
 
 
 # ---- qcow2 inputs ----
@@ -561,11 +602,12 @@ def put_be(b, at, w, v):
 
 
 def qcow2_tables(b):
-    """(cluster size, L1 entry offsets, L2 entry offsets, refcount entry offsets)."""
-    cs = 1 << be(b, 20, 4)
+    """(cluster size, L1 entry offsets, L2 entry offsets, refcount entry offsets); tables
+    only where the header, perhaps mutated already, places them inside the file."""
+    cs = 1 << min(max(be(b, 20, 4), 9), 21)
     l1 = be(b, 40, 8)
-    n = be(b, 36, 4)
-    l1e = [l1 + 8 * i for i in range(n) if l1 + 8 * i + 8 <= len(b)]
+    n = min(be(b, 36, 4), max(len(b) - l1, 0) // 8)
+    l1e = [l1 + 8 * i for i in range(n)]
     l2e = []
     for e in l1e:
         off = be(b, e, 8) & 0x00FFFFFFFFFFFE00
@@ -667,10 +709,32 @@ def area_qcow2(c, base_dir, ncases, jobs):
             c.run("qcow2", cid, ["e2i-capture", "-Q", src, outs[4]], (0, 1, 3), [src])
         if a == 0 and b2 == 0 and not same_file(outs[0], outs[1]):
             c.mismatch("qcow2", cid, "qcow2-to-raw != e2i-to-raw", [src])
+        if a == 0:
+            qemu_oracle(c, "qcow2", cid, d, "in.qcow2", outs[0], [src])
         c.count("qcow2")
 
     with ThreadPoolExecutor(jobs) as ex:
-        list(ex.map(case, range(ncases)))
+        list(ex.map(case, c.cases(ncases)))
+
+
+def qemu_oracle(c, area, cid, d, name, ours, inputs, what=""):
+    """`qemu-img convert -O raw` of image `name` in folder d (where qemu finds relative
+    backing and data file names), for a disk of at most 1 GiB: where qemu reads it, the raw
+    disk `ours` (None: not made) must be its bytes. Returns qemu's exit status (None when
+    not run)."""
+    with open(os.path.join(d, name), "rb") as f:
+        hdr = f.read(32)
+    if len(hdr) < 32 or be(hdr, 24, 8) > 1 << 30:
+        return None
+    qraw = os.path.join(d, "qemu.raw")
+    if os.path.exists(qraw):
+        os.remove(qraw)
+    q = subprocess.run(["timeout", "-s", "KILL", "60", "qemu-img", "convert", "-O", "raw",
+                        name, "qemu.raw"], cwd=d, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL).returncode
+    if q == 0 and ours is not None and not same_file(qraw, ours):
+        c.mismatch(area, cid, "qcow2-to-raw != qemu-img convert (%s)" % what, inputs)
+    return q
 
 
 # ---- e2i streams ----
@@ -1000,7 +1064,7 @@ def area_stream(c, base_dir, ncases, jobs):
             c.count("stream v%d sealed" % version)
 
     with ThreadPoolExecutor(jobs) as ex:
-        list(ex.map(case, range(ncases)))
+        list(ex.map(case, c.cases(ncases)))
 
 
 # ---- normal e2image files ----
@@ -1078,10 +1142,26 @@ def area_normal(c, base_dir, ncases, jobs):
             if a == 0 and d1.returncode == 0:
                 d2 = subprocess.run(["dumpe2fs", "-i", again], stdout=subprocess.PIPE,
                                     stderr=subprocess.DEVNULL)
-                if d1.stdout != d2.stdout:
+                t1, t2 = (x.stdout.decode("utf-8", "replace") for x in (d1, d2))
+                if t1 != t2 and not homeless_bitmaps_only(t1, t2):
                     c.mismatch("normal", cid, "normal -> raw -> normal changes dumpe2fs -i (%s)"
                                % " ".join(what), [src])
+                elif t1 != t2:
+                    # What had no place in the filesystem is gone; the rest must now hold.
+                    c.count("normal homeless bitmaps")
+                    raw2, again2 = os.path.join(d, "again.raw"), os.path.join(d, "again2.e2i")
+                    for o in (raw2, again2):
+                        if os.path.exists(o):
+                            os.remove(o)
+                    r2, _ = c.run("normal", cid, ["e2i-to-raw", again, raw2], (0, 1, 3), [src])
+                    a2, _ = c.run("normal", cid, ["e2i-capture", raw2, again2], (0, 1, 3), [src])
+                    d3 = subprocess.run(["dumpe2fs", "-i", again2], stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL)
+                    if r2 != 0 or a2 != 0 or d3.stdout != d2.stdout:
+                        c.mismatch("normal", cid, "normal -> raw -> normal twice changes "
+                                   "dumpe2fs -i (%s)" % " ".join(what), [src])
         c.run("normal", cid, ["e2i-to-qcow2", src, outs[1]], (0, 1, 3), [src])
+        piped(c, "normal", cid, src, d, random.Random("normal-pipe-%s-%d" % (name, i)))
         # DEVICE: the filesystem, then 64 KiB of something else that must stay as it is.
         dev = os.path.join(d, "dev.img")
         shutil.copy(img, dev)
@@ -1103,7 +1183,46 @@ def area_normal(c, base_dir, ncases, jobs):
         c.count("normal")
 
     with ThreadPoolExecutor(jobs) as ex:
-        list(ex.map(case, range(ncases)))
+        list(ex.map(case, c.cases(ncases)))
+
+
+def homeless_bitmaps_only(t1, t2):
+    """True if dumpe2fs -i outputs t1 (a normal image) and t2 (the image made again from its
+    raw conversion) differ only in groups whose bitmaps a raw image cannot hold as the normal
+    image does: a bitmap outside the filesystem, on a superblock or descriptor block or on
+    another bitmap; a bitmap computed, not stored (an UNINIT group); padding bits past the
+    end of the filesystem (written as ones)."""
+    import re
+
+    def field(name):
+        m = re.search(r"^%s:\s+(\d+)" % name, t1, re.M)
+        return int(m.group(1)) if m else None
+
+    blocks, inodes = field("Block count"), field("Inode count")
+    if blocks is None or inodes is None:
+        return False
+    groups1, groups2 = (re.split(r"\n(?=Group \d+:)", t) for t in (t1, t2))
+    if len(groups1) != len(groups2) or groups1[0] != groups2[0]:
+        return False
+    fixed = set()
+    for g in groups1[1:]:
+        for a, b in re.findall(r"(?:superblock|[Dd]escriptors?) at (\d+)(?:-(\d+))?", g):
+            fixed.update(range(int(a), int(b or a) + 1))
+    seen = {}
+    for g in groups1[1:]:
+        for loc in re.findall(r"bitmap at (\d+)", g):
+            seen[int(loc)] = seen.get(int(loc), 0) + 1
+    for g1, g2 in zip(groups1[1:], groups2[1:]):
+        if g1 == g2:
+            continue
+        locs = [int(x) for x in re.findall(r"bitmap at (\d+)", g1)]
+        free = re.findall(r"Free (blocks|inodes): ([-\d, ]*)", g1)
+        past = any(int(n) >= (blocks if k == "blocks" else inodes + 1)
+                   for k, ns in free for n in re.findall(r"\d+", ns))
+        if not ("UNINIT" in g1 or past or any(
+                n == 0 or n >= blocks or n in fixed or seen[n] > 1 for n in locs)):
+            return False
+    return True
 
 
 def area_install(c, base_dir, ncases, jobs):
@@ -1172,7 +1291,7 @@ def area_part(c, base_dir, ncases, jobs):
         c.count("part")
 
     with ThreadPoolExecutor(jobs) as ex:
-        list(ex.map(case, range(ncases)))
+        list(ex.map(case, c.cases(ncases)))
 
 
 # ---- compressed inputs ----
@@ -1251,7 +1370,250 @@ def area_compressed(c, base_dir, ncases, jobs):
         c.count("compressed")
 
     with ThreadPoolExecutor(jobs) as ex:
-        list(ex.map(case, range(ncases)))
+        list(ex.map(case, c.cases(ncases)))
+
+
+# ---- qcow2 images with external data files, alone and in backing chains ----
+
+DF_BASES = [
+    # name, source filesystem, top image options, chain: None, "data" (the base has a data
+    # file too) or "plain" (only the base has one)
+    ("df-plain", "ext4-1k", "data_file=d.data", None),
+    ("df-raw", "ext4-1k", "data_file=d.data,data_file_raw=on", None),
+    ("df-ext", "ext4-4k", "data_file=d.data,extended_l2=on,cluster_size=65536", None),
+    ("df-small", "ext4-1k", "data_file=d.data,cluster_size=4096", None),
+    ("df-chain", "ext4-1k", "data_file=d.data", "data"),
+    ("df-over", "ext4-1k", None, "plain"),
+]
+DF_EXT = 0x44415441  # the data file name's header extension
+DF_NAMES = [b"t.qcow2", b"b.qcow2", b"/", b".", b"..", b"d.data/", b"/dev/zero", b"/dev/null",
+            b"missing", b"sub/../d.data", b"d.data\0x", b"", b"x" * 300, b"./d.data",
+            b"fifo", b"dir"]
+
+
+def df_bases(c, base_dir):
+    """Folders holding t.qcow2 (the image read) and its data file d.data; for chains, also
+    b.qcow2 and b.data."""
+    out = []
+    for name, fs, opts, chain in DF_BASES:
+        d = os.path.join(base_dir, name)
+        if not os.path.exists(os.path.join(d, "t.qcow2")):
+            os.makedirs(d, exist_ok=True)
+            src = base(base_dir, fs)
+            if chain is None:
+                sh(["qemu-img", "convert", "-O", "qcow2", "-o", opts, src, "t.qcow2"], cwd=d)
+            else:
+                sh(["qemu-img", "convert", "-O", "qcow2", "-o", "data_file=b.data", src,
+                    "b.qcow2"], cwd=d)
+                sh(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2"] +
+                   (["-o", opts] if opts else []) + ["t.qcow2"], cwd=d)
+                # Near the end of the 16 MiB filesystem: free blocks, and a cluster the
+                # overlay maps over one of the base.
+                sh(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 15M 64k", "-c",
+                    "write -z 14M 4k", "t.qcow2"], cwd=d)
+        out.append((name, d))
+    return out
+
+
+def qcow2_extensions(b):
+    """(first extension offset, [(type, data)]) of a qcow2 header, or None."""
+    if len(b) < 72:
+        return None
+    at = 72 if be(b, 4, 4) < 3 else be(b, 100, 4)
+    exts = []
+    while at + 8 <= len(b) and len(exts) < 64:
+        t, n = be(b, at, 4), be(b, at + 4, 4)
+        if t == 0:
+            return exts
+        exts.append((t, bytes(b[at + 8:at + 8 + n])))
+        at += 8 + (n + 7) // 8 * 8
+    return None
+
+
+def set_data_file_name(b, name):
+    """Rewrite the header extensions of qcow2 `b` with `name` as its data file name (and its
+    backing name after them, where it was); False if they do not fit or do not parse."""
+    exts = qcow2_extensions(b)
+    if exts is None:
+        return False
+    start = 72 if be(b, 4, 4) < 3 else be(b, 100, 4)
+    bo, bl = be(b, 8, 8), be(b, 16, 4)
+    backing = bytes(b[bo:bo + bl]) if bo else b""
+    exts = [(t, name if t == DF_EXT else v) for t, v in exts]
+    if not any(t == DF_EXT for t, _ in exts):
+        exts.append((DF_EXT, name))
+    area = bytearray()
+    for t, v in exts:
+        area += t.to_bytes(4, "big") + len(v).to_bytes(4, "big") + v + bytes(-len(v) % 8)
+    area += bytes(8)
+    if bo:
+        newbo = start + len(area)
+        area += backing
+        put_be(b, 8, 8, newbo)
+    cs = 1 << be(b, 20, 4)
+    if start + len(area) > min(cs, len(b)):
+        return False
+    end = bo + bl if bo else start
+    b[start:max(end, start + len(area))] = area + bytes(max(end - start - len(area), 0))
+    return True
+
+
+def area_datafile(c, base_dir, ncases, jobs):
+    bases = df_bases(c, base_dir)
+    fs1k = base(base_dir, "ext4-1k")
+
+    def case(i):
+        name, bd = bases[i % len(bases)]
+        rng = random.Random("datafile-%s-%d" % (name, i))
+        d = case_dir(c, "datafile", i, jobs)
+        for f in os.listdir(d):
+            p = os.path.join(d, f)
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p)
+            else:
+                os.remove(p)
+        for f in os.listdir(bd):
+            shutil.copy(os.path.join(bd, f), d)
+        top = os.path.join(d, "t.qcow2")
+        what = []
+        for _ in range(rng.randint(1, 2)):
+            k = rng.random()
+            if k < 0.35 or (k < 0.45 and not os.path.exists(os.path.join(d, "b.qcow2"))):
+                b = bytearray(open(top, "rb").read())
+                what.append("top:" + mutate_qcow2(rng, b))
+                open(top, "wb").write(b)
+            elif k < 0.45:
+                p = os.path.join(d, "b.qcow2")
+                b = bytearray(open(p, "rb").read())
+                what.append("base:" + mutate_qcow2(rng, b))
+                open(p, "wb").write(b)
+            elif k < 0.6:
+                # The name the header records, a name extension's length, or a name that
+                # makes the base of a chain its own data file.
+                p = top if rng.random() < 0.7 or not os.path.exists(
+                    os.path.join(d, "b.qcow2")) else os.path.join(d, "b.qcow2")
+                b = bytearray(open(p, "rb").read())
+                if rng.random() < 0.75:
+                    n = rng.choice(DF_NAMES + [os.path.join(d, "d.data").encode()])
+                    if set_data_file_name(b, n):
+                        what.append("%s name=%r" % (os.path.basename(p), n[:20]))
+                else:
+                    at = next((o for o in range(72, min(len(b), 4096) - 8, 8)
+                               if be(b, o, 4) == DF_EXT), None)
+                    if at is not None:
+                        v = rng.choice([0, 1, be(b, at + 4, 4) + 1, be(b, at + 4, 4) - 1, 1023,
+                                        4096, 65535, 0xFFFFFFFF])
+                        put_be(b, at + 4, 4, v)
+                        what.append("%s namelen=%d" % (os.path.basename(p), v))
+                open(p, "wb").write(b)
+            elif k < 0.85:
+                # The data file itself: cut, grown, damaged, or something else in its place.
+                data = os.path.join(d, rng.choice(["d.data", "b.data"]))
+                if not os.path.exists(data):
+                    data = os.path.join(d, "d.data")
+                if os.path.islink(data) or not os.path.isfile(data):
+                    continue  # replaced already
+                m = rng.random()
+                size = os.path.getsize(data)
+                if m < 0.3:
+                    cut = rng.choice([0, 1, 511, 4096, rng.randrange(size + 1)])
+                    os.truncate(data, cut)
+                    what.append("%s cut=%d" % (os.path.basename(data), cut))
+                elif m < 0.45:
+                    os.truncate(data, size + rng.choice([1, 512, 1 << 20, 1 << 30]))
+                    what.append("%s grown" % os.path.basename(data))
+                elif m < 0.6:
+                    with open(data, "r+b") as f:
+                        for _ in range(rng.randint(1, 16)):
+                            f.seek(rng.randrange(max(size, 1)))
+                            f.write(bytes([rng.getrandbits(8)]))
+                    what.append("%s flipped" % os.path.basename(data))
+                else:
+                    os.remove(data)
+                    kind = rng.choice(["self", "dir", "missing", "fifo", "zero", "loop",
+                                       "empty"])
+                    if kind == "self":
+                        os.symlink("t.qcow2", data)
+                    elif kind == "dir":
+                        os.mkdir(data)
+                    elif kind == "fifo":
+                        os.mkfifo(data)
+                    elif kind == "zero":
+                        os.symlink("/dev/zero", data)
+                    elif kind == "loop":
+                        os.symlink(os.path.basename(data), data)
+                    elif kind == "empty":
+                        open(data, "wb").close()
+                    what.append("%s %s" % (os.path.basename(data), kind))
+            else:
+                # The data file bit or the raw bit, flipped, on the top or the base.
+                p = top if rng.random() < 0.7 or not os.path.exists(
+                    os.path.join(d, "b.qcow2")) else os.path.join(d, "b.qcow2")
+                b = bytearray(open(p, "rb").read())
+                if len(b) >= 104 and be(b, 4, 4) >= 3:
+                    at, bit = rng.choice([(72, 4), (88, 2), (72, 16), (80, 1)])
+                    put_be(b, at, 8, be(b, at, 8) ^ bit)
+                    what.append("%s flags@%d^%d" % (os.path.basename(p), at, bit))
+                    open(p, "wb").write(b)
+        for extra in ("fifo", "dir"):
+            if not os.path.exists(os.path.join(d, extra)):
+                (os.mkfifo if extra == "fifo" else os.mkdir)(os.path.join(d, extra))
+        with open(os.path.join(d, "what"), "w") as f:
+            f.write(" ".join(what) + "\n")
+        cid = "%s-%d" % (name, i)
+        ins = [os.path.join(d, f) for f in ("t.qcow2", "b.qcow2", "what")]
+        outs = [os.path.join(d, "o%d" % k) for k in range(5)]
+        a, _ = c.run("datafile", cid, ["qcow2-to-raw", top, outs[0]], (0, 1), ins)
+        b2, _ = c.run("datafile", cid, ["e2i-to-raw", top, outs[1]], (0, 1), ins)
+        r, _ = c.run("datafile", cid, ["e2i-capture", "-r", top, outs[2]], (0, 1, 3), ins)
+        k = rng.random()
+        if k < 0.25:
+            c.run("datafile", cid, ["e2i-to-qcow2", top, outs[3]], (0, 1, 3), ins)
+        elif k < 0.45:
+            c.run("datafile", cid, ["e2i-capture", "-Q", top, outs[3]], (0, 1, 3), ins)
+        elif k < 0.6:
+            c.run("datafile", cid, ["e2i-to-qcow2", "--backing", top, fs1k, outs[3]],
+                  (0, 1, 3), ins)
+        elif k < 0.75:
+            c.run("datafile", cid, ["qcow2-to-raw", "-", outs[4]], (0, 1), ins, stdin=top)
+        elif k < 0.9:
+            # Compared before writing, onto the filesystem it was made from.
+            shutil.copy(fs1k, outs[4])
+            c.run("datafile", cid, ["e2i-to-raw", "-c", top, outs[4]], (0, 1), ins)
+        else:
+            c.run("datafile", cid, ["e2i-move", top, outs[3]], (0, 1, 3), ins)
+        if a == 0 and b2 == 0 and not same_file(outs[0], outs[1]):
+            c.mismatch("datafile", cid, "qcow2-to-raw != e2i-to-raw (%s)" % " ".join(what), ins)
+        # qemu as the oracle, where nothing would make it wait.
+        waits = any(stat_is_fifo(os.path.join(d, f)) for f in ("d.data", "b.data"))
+        q = None if waits else qemu_oracle(c, "datafile", cid, d, "t.qcow2",
+                                           outs[0] if a == 0 else None, ins, " ".join(what))
+        qraw = os.path.join(d, "qemu.raw")
+        if q is not None:
+            if q == 0:
+                if a != 0:
+                    c.count("datafile refused where qemu reads")
+                if r == 0:
+                    ref = os.path.join(d, "ref.raw")
+                    e = subprocess.run(["timeout", "60", "e2image", "-r", qraw, ref],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                    if e.returncode == 0 and not e.stderr and not same_file(ref, outs[2]):
+                        c.mismatch("datafile", cid, "-r != e2image -r of qemu's disk (%s)"
+                                   % " ".join(what), ins)
+            elif a == 0:
+                c.count("datafile read where qemu refuses")
+        c.count("datafile")
+
+    with ThreadPoolExecutor(jobs) as ex:
+        list(ex.map(case, c.cases(ncases)))
+
+
+def stat_is_fifo(p):
+    import stat
+    try:
+        return stat.S_ISFIFO(os.stat(p).st_mode)
+    except OSError:
+        return False
 
 
 # ---- sizes claimed over holes ----
@@ -1375,10 +1737,11 @@ def main():
     ap.add_argument("--bin", default="target/debug")
     ap.add_argument("--work", default="fuzz-campaign.work")
     ap.add_argument("--cases", type=int, default=200)
+    ap.add_argument("--first", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--areas", default="claims,ext4,qcow2,stream,normal,part,compressed")
+    ap.add_argument("--areas", default="claims,ext4,qcow2,datafile,stream,normal,part,compressed")
     a = ap.parse_args()
-    c = Campaign(a.bin, a.work)
+    c = Campaign(a.bin, a.work, a.first)
     global SEAL
     sealer = os.path.join(c.bin, "examples", "stream-seal")
     SEAL = sealer if os.access(sealer, os.X_OK) else None
