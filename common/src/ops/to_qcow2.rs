@@ -3,7 +3,7 @@
 #![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 
 use crate::mark::MarkedSource;
-use crate::ops::capture::{CaptureOptions, open_source_in, scan_source, source_is_marked};
+use crate::ops::capture::{CaptureOptions, scan_source};
 use crate::progress::Progress;
 use crate::qcow2::grouping::{Assembler, Grouping};
 use crate::qcow2::header::ClusterCompression;
@@ -123,10 +123,8 @@ pub fn plan(
             let map = view.block_map();
             from_image(&view, &map, img.superblock().block_size, progress)
         }
-        Input::File {
-            kind, path, dir, ..
-        } => {
-            let src = open_source_in(&path, opts.offset, dir.as_deref())?;
+        Input::File { kind, .. } => {
+            let src = crate::ops::input::open_source(&input, opts.offset)?;
             let (fs, res) = scan_source(src, opts, false, progress)?;
             let map = converted_blocks(kind, res.map, &fs.src, fs.sb.block_size)?;
             from_image(&fs.src, &map, fs.sb.block_size, progress)
@@ -529,12 +527,10 @@ pub fn to_qcow2(
                 problems: Vec::new(),
             })
         }
-        Input::File {
-            kind, path, dir, ..
-        } => {
-            let src = open_source_in(&path, opts.offset, dir.as_deref())?;
+        Input::File { kind, .. } => {
+            let src = crate::ops::input::open_source(&input, opts.offset)?;
             let marks = crate::mark::Marks {
-                scrambled: source_is_marked(&path, &*src),
+                scrambled: crate::ops::input::source_is_marked(&input, &*src),
             };
             let src = MarkedSource::new(src, marks.scrambled);
             let (fs, res) = scan_source(src, opts, false, progress)?;
