@@ -585,38 +585,62 @@ struct Pull {
     failed: Option<Failed>,
 }
 
-/// A failure to copy the input, kept to be reported again (`io::Error` is not `Clone`).
-struct Failed {
-    /// In the temporary file (else reading the input).
-    temp: bool,
-    op: &'static str,
-    at: u64,
-    os: Option<i32>,
-    kind: io::ErrorKind,
-    text: String,
+/// A failure to copy the input, kept to be reported again (neither `Error` nor
+/// `io::Error` is `Clone`).
+enum Failed {
+    /// Reading the input (`temp`: the temporary file) at `at`.
+    Io {
+        temp: bool,
+        op: &'static str,
+        at: Option<u64>,
+        os: Option<i32>,
+        kind: io::ErrorKind,
+        text: String,
+    },
+    Other(String),
 }
 
 impl Failed {
-    fn of(temp: bool, op: &'static str, at: u64, e: &io::Error) -> Failed {
-        Failed {
+    fn of(e: &Error) -> Failed {
+        let io = |temp, op, at: &Option<u64>, e: &io::Error| Failed::Io {
             temp,
             op,
-            at,
+            at: *at,
             os: e.raw_os_error(),
             kind: e.kind(),
             text: e.to_string(),
+        };
+        match e {
+            Error::Io { op, offset, source } => io(false, op, offset, source),
+            Error::TempFile {
+                op, offset, error, ..
+            } => io(true, op, offset, error),
+            e => Failed::Other(e.to_string()),
         }
     }
 
     fn error(&self) -> Error {
-        let e = match self.os {
-            Some(c) => io::Error::from_raw_os_error(c),
-            None => io::Error::new(self.kind, self.text.clone()),
-        };
-        if self.temp {
-            Error::temp_file_at(self.op, self.at, e)
-        } else {
-            Error::io_at(self.op, self.at, e)
+        match self {
+            Failed::Other(text) => Error::InvalidInput(text.clone()),
+            Failed::Io {
+                temp,
+                op,
+                at,
+                os,
+                kind,
+                text,
+            } => {
+                let e = match os {
+                    Some(c) => io::Error::from_raw_os_error(*c),
+                    None => io::Error::new(*kind, text.clone()),
+                };
+                match (temp, at) {
+                    (true, Some(at)) => Error::temp_file_at(op, *at, e),
+                    (true, None) => Error::temp_file(op, e),
+                    (false, Some(at)) => Error::io_at(op, *at, e),
+                    (false, None) => Error::io(op, e),
+                }
+            }
         }
     }
 }
@@ -662,46 +686,37 @@ impl Spool {
             let Some(r) = input.as_mut() else {
                 return Ok(have);
             };
-            let n = match fill(r, buf) {
-                Ok(n) => n,
-                Err((n, e)) => {
-                    let f = Failed::of(false, "read", have.saturating_add(n as u64), &e);
-                    let err = f.error();
-                    *failed = Some(f);
+            match copy_piece(r, buf, &self.file, have) {
+                Ok((next, ended)) => {
+                    self.have.store(next, Ordering::Release);
+                    if ended {
+                        // Closed at once: nothing more is read from it.
+                        *input = None;
+                    }
+                }
+                Err(e) => {
+                    *failed = Some(Failed::of(&e));
                     *input = None;
-                    return Err(err);
+                    return Err(e);
                 }
-            };
-            let Some(next) = have.checked_add(n as u64) else {
-                *input = None;
-                return Err(Error::InvalidInput(
-                    "the input is too large to spool".into(),
-                ));
-            };
-            let stored = store(&self.file, &buf[..n], have).and_then(|()| {
-                // Trailing zero blocks were not written: the file's length says where the
-                // input ends.
-                self.file
-                    .set_len(next)
-                    .map_err(|e| Error::temp_file_at("truncate", next, e))
-            });
-            if let Err(e) = stored {
-                if let Error::TempFile {
-                    op, offset, error, ..
-                } = &e
-                {
-                    *failed = Some(Failed::of(true, op, offset.unwrap_or(have), error));
-                }
-                *input = None;
-                return Err(e);
-            }
-            self.have.store(next, Ordering::Release);
-            if n < buf.len() {
-                // The input ended: closed now.
-                *input = None;
             }
         }
     }
+}
+
+/// Copy the next piece of `r` into `file` at `have`: the bytes now copied, and whether
+/// the input ended.
+fn copy_piece(r: &mut dyn Read, buf: &mut [u8], file: &File, have: u64) -> Result<(u64, bool)> {
+    let n =
+        fill(r, buf).map_err(|(n, e)| Error::io_at("read", have.saturating_add(n as u64), e))?;
+    let next = have
+        .checked_add(n as u64)
+        .ok_or_else(|| Error::InvalidInput("the input is too large to spool".into()))?;
+    store(file, &buf[..n], have)?;
+    // Trailing zero blocks were not written: the file's length says where the input ends.
+    file.set_len(next)
+        .map_err(|e| Error::temp_file_at("truncate", next, e))?;
+    Ok((next, n < buf.len()))
 }
 
 impl ReadAt for Spool {
