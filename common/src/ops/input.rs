@@ -380,36 +380,6 @@ fn qcow2_chain(inp: &Input) -> Option<crate::qcow2::chain::Qcow2Image<Host>> {
     crate::qcow2::chain::Qcow2Image::open_layers(src, inp.dir(), None).ok()
 }
 
-/// The filesystem in a raw or qcow2 input (a qcow2's virtual disk), from byte `offset` on,
-/// as `e2i-capture` reads a SOURCE.
-pub fn open_source(inp: &Input, offset: u64) -> Result<Box<dyn ReadAt>> {
-    match inp {
-        Input::File {
-            kind: Kind::Qcow2, ..
-        } => {
-            let host = inp.host()?;
-            let id = host.id();
-            crate::ops::capture::open_qcow2_source(host, id, offset, inp.dir())
-        }
-        Input::File { path, dir, .. } => {
-            crate::ops::capture::open_source_in(path, offset, dir.as_deref())
-        }
-        Input::Stream(_) => Err(Error::InvalidInput(
-            "an e2i stream holds no filesystem to read in place".into(),
-        )),
-    }
-}
-
-/// The filesystem `src` of `inp` (see [`open_source`]) is marked as scrambled: in its
-/// superblock, or by a qcow2 input's header extension.
-pub fn source_is_marked(inp: &Input, src: &dyn ReadAt) -> bool {
-    crate::ops::capture::superblock_is_marked(src)
-        || (inp.kind() == Kind::Qcow2
-            && inp
-                .host()
-                .is_ok_and(|h| crate::ops::capture::qcow2_host_is_marked(h, inp.dir())))
-}
-
 /// What the input says about itself ([`crate::mark`]): its filesystem's UUID and
 /// superblock, and whether it is scrambled. Reads headers and the superblock only; what
 /// cannot be read here yields no facts (the conversion then says what is wrong).

@@ -2,8 +2,13 @@
 
 #![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 
+use crate::io::ReadAt;
 use crate::mark::MarkedSource;
-use crate::ops::capture::{CaptureOptions, scan_source};
+use crate::ops::capture::{
+    CaptureOptions, open_qcow2_source, open_source_in, qcow2_host_is_marked, scan_source,
+    superblock_is_marked,
+};
+use crate::ops::input::{Input, Kind};
 use crate::progress::Progress;
 use crate::qcow2::grouping::{Assembler, Grouping};
 use crate::qcow2::header::ClusterCompression;
@@ -20,11 +25,10 @@ use crate::{Error, Result};
 /// overlay's clusters are compared with its base as the real run compares them. Returns the
 /// layout and the filesystem's block size (clusters may hold several blocks).
 pub fn plan(
-    input: crate::ops::input::Input,
+    input: Input,
     opts: &CaptureOptions,
     progress: &mut dyn Progress,
 ) -> Result<(Qcow2Layout, BlockSize)> {
-    use crate::ops::input::{Input, Kind};
     let compressed = opts.compress.is_some();
     let overlay = opts.backing.is_some();
     // The layout of the selected blocks `sel` holding `data`, as the real run plans it.
@@ -124,7 +128,7 @@ pub fn plan(
             from_image(&view, &map, img.superblock().block_size, progress)
         }
         Input::File { kind, .. } => {
-            let src = crate::ops::input::open_source(&input, opts.offset)?;
+            let src = open_input_source(&input, opts.offset)?;
             let (fs, res) = scan_source(src, opts, false, progress)?;
             let map = converted_blocks(kind, res.map, &fs.src, fs.sb.block_size)?;
             from_image(&fs.src, &map, fs.sb.block_size, progress)
@@ -466,12 +470,11 @@ pub struct ToQcow2Report {
 /// Convert any input to a qcow2: a stream by its map (front to back), a normal image by the
 /// blocks it holds, a raw or qcow2 filesystem image by scanning it as `e2i-capture -Q` does.
 pub fn to_qcow2(
-    input: crate::ops::input::Input,
+    input: Input,
     target: crate::qcow2::writer::Qcow2Target<'_>,
     opts: &CaptureOptions,
     progress: &mut dyn Progress,
 ) -> Result<ToQcow2Report> {
-    use crate::ops::input::{Input, Kind};
     use crate::qcow2::writer::{Qcow2Target, write_qcow2};
     match input {
         Input::Stream(r) => {
@@ -528,9 +531,9 @@ pub fn to_qcow2(
             })
         }
         Input::File { kind, .. } => {
-            let src = crate::ops::input::open_source(&input, opts.offset)?;
+            let src = open_input_source(&input, opts.offset)?;
             let marks = crate::mark::Marks {
-                scrambled: crate::ops::input::source_is_marked(&input, &*src),
+                scrambled: source_is_marked(&input, &*src),
             };
             let src = MarkedSource::new(src, marks.scrambled);
             let (fs, res) = scan_source(src, opts, false, progress)?;
@@ -555,4 +558,29 @@ pub fn to_qcow2(
             })
         }
     }
+}
+/// The filesystem in a raw or qcow2 input (a qcow2's virtual disk), from byte `offset` on,
+/// as `e2i-capture` reads a SOURCE.
+fn open_input_source(inp: &Input, offset: u64) -> Result<Box<dyn ReadAt>> {
+    match inp {
+        Input::File {
+            kind: Kind::Qcow2, ..
+        } => {
+            let host = inp.host()?;
+            let id = host.id();
+            open_qcow2_source(host, id, offset, inp.dir())
+        }
+        Input::File { path, dir, .. } => open_source_in(path, offset, dir.as_deref()),
+        Input::Stream(_) => Err(Error::InvalidInput(
+            "an e2i stream holds no filesystem to read in place".into(),
+        )),
+    }
+}
+
+/// The filesystem `src` of `inp` (see [`open_input_source`]) is marked as scrambled: in its
+/// superblock, or by a qcow2 input's header extension.
+fn source_is_marked(inp: &Input, src: &dyn ReadAt) -> bool {
+    superblock_is_marked(src)
+        || (inp.kind() == Kind::Qcow2
+            && inp.host().is_ok_and(|h| qcow2_host_is_marked(h, inp.dir())))
 }
