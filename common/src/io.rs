@@ -22,6 +22,13 @@ pub trait ReadAt: Sync {
     /// Size in bytes.
     fn size(&self) -> u64;
 
+    /// Whether the source holds at least `end` bytes. A source that learns its size only
+    /// by reading to its end (a spooled pipe) reads no further than `end` to answer, where
+    /// [`Self::size`] reads all of it.
+    fn reaches(&self, end: u64) -> Result<bool> {
+        Ok(end <= self.size())
+    }
+
     /// The next region at or after `offset` that may hold non-zero bytes, or `None` when
     /// only zeros (holes) follow. Sources that cannot tell return `offset..u64::MAX`.
     fn data_region(&self, offset: u64) -> Result<Option<Range<u64>>> {
@@ -96,6 +103,9 @@ impl<T: ReadAt + ?Sized> ReadAt for &T {
     fn size(&self) -> u64 {
         (**self).size()
     }
+    fn reaches(&self, end: u64) -> Result<bool> {
+        (**self).reaches(end)
+    }
     fn data_region(&self, offset: u64) -> Result<Option<Range<u64>>> {
         (**self).data_region(offset)
     }
@@ -110,6 +120,9 @@ impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
     }
     fn size(&self) -> u64 {
         (**self).size()
+    }
+    fn reaches(&self, end: u64) -> Result<bool> {
+        (**self).reaches(end)
     }
     fn data_region(&self, offset: u64) -> Result<Option<Range<u64>>> {
         (**self).data_region(offset)

@@ -11,7 +11,7 @@ Write the virtual disk of the qcow2 image INPUT (version 2 or 3, of any origin: 
 clusters, zero clusters, extended L2 entries (subclusters), snapshots; backing chains are \
 followed as qemu follows them; external data files are read, a relative name found from \
 the image's folder) as a raw image to OUTPUT (a file, a block device, a FIFO or character device, or `-`). INPUT may be a FIFO or `-` (stdin), \
-also gzip-, bzip2-, xz- or zstd-compressed; it is then spooled to a temporary file. A \
+also gzip-, bzip2-, xz- or zstd-compressed; it is then spooled to a temporary file as far as it is read (no further than the image's last cluster). A \
 scrambled INPUT (e2i-capture -s, as bug reports are) is not written over the filesystem it \
 was taken from (an existing OUTPUT or block device holding its UUID) unless \
 --allow-scrambled; a new file, stdout, or a device holding something else is always fine.
@@ -52,7 +52,7 @@ sha256 is the SHA-256 of the bytes written to stdout (null for files and devices
     name = "qcow2-to-raw",
     version,
     long_about = LONG_ABOUT,
-    after_help = "INPUT may be `-` (stdin; also gzip-, bzip2-, xz- or zstd-compressed), spooled to a temporary file.\nExit status: 0 success, 1 failure, 2 usage error, 141 reader of stdout gone, 128+N ended by signal N.",
+    after_help = "INPUT may be `-` (stdin; also gzip-, bzip2-, xz- or zstd-compressed), spooled to a temporary file as far as it is read.\nExit status: 0 success, 1 failure, 2 usage error, 141 reader of stdout gone, 128+N ended by signal N.",
     after_long_help = AFTER_LONG_HELP
 )]
 pub struct Args {

@@ -1697,6 +1697,40 @@ fn a_compressed_image_is_spooled_no_further_than_its_filesystem() {
     assert!(read(&got) == read(&want), "normal image: not its raw image");
 }
 
+/// A compressed qcow2 followed by far more than its image (64 MiB of 0xff after a few
+/// hundred KiB) is spooled only as far as its tables point: the whole input was spooled
+/// before the conversion began, and filled `TMPDIR` (a 12 MiB tmpfs here), failing the run.
+#[test]
+fn a_compressed_qcow2_is_spooled_no_further_than_its_last_cluster() {
+    let fx = Fx::new();
+    let (tmp, _m) = small_tmpfs(fx.dir.path());
+    let gz = fx.path("padded.qcow2.gz");
+    sh(Command::new("sh").arg("-c").arg(format!(
+        "(cat '{}'; head -c 64M /dev/zero | tr '\\0' '\\377') | gzip -1 > '{}'",
+        fx.qcow2.display(),
+        gz.display()
+    )));
+    for t in ["qcow2-to-raw", "e2i-to-raw", "e2i-to-qcow2"] {
+        let want = fx.path(&format!("{t}.want"));
+        run_ok(tool_cmd(t).arg(&fx.qcow2).arg(&want));
+        let out = fx.path(&format!("{t}.out"));
+        run_ok(tool_cmd(t).arg(&gz).arg(&out).env("TMPDIR", &tmp));
+        assert!(read(&out) == read(&want), "{t}: not the image's conversion");
+        let out = fx.path(&format!("{t}.stdin"));
+        run_ok(
+            tool_cmd(t)
+                .arg("-")
+                .arg(&out)
+                .env("TMPDIR", &tmp)
+                .stdin(fs::File::open(&gz).unwrap()),
+        );
+        assert!(
+            read(&out) == read(&want),
+            "{t} from stdin: not the image's conversion"
+        );
+    }
+}
+
 /// Names an image records (a qcow2's backing file, its external data file) are the image
 /// author's text: in an error line their control characters are escaped, so a crafted name
 /// neither breaks the one line (a carriage return) nor sends the terminal commands (escape

@@ -507,10 +507,12 @@ fn hostile(good: &[u8], kind: &str) -> Vec<u8> {
         "size 2^64-1" => put64(&mut b, 24, u64::MAX),
         "L1 past EOF" => put64(&mut b, 40, len + cs as u64),
         "L2 past EOF" => put64(&mut b, l1, (len + 8 * cs as u64) | 1 << 63),
+        "L2 far past EOF" => put64(&mut b, l1, 1 << 50 | 1 << 63),
         "L2 on the L1 table" => put64(&mut b, l1, l1 as u64 | 1 << 63),
         "L2 shared by two L1 entries" => put64(&mut b, l1 + 8, e0),
         "data on an L2 table" => put64(&mut b, first_data, l2 as u64 | 1 << 63),
         "data past EOF" => put64(&mut b, first_data, (len + 4 * cs as u64) | 1 << 63),
+        "data far past EOF" => put64(&mut b, first_data, 1 << 50 | 1 << 63),
         "compressed garbage" => put64(&mut b, first_data, 1 << 62 | (cs as u64 + 16)),
         "reserved L1 bits" => put64(&mut b, l1, e0 | 1 << 60),
         "truncated in L2" => b.truncate(l2 + 100),
@@ -566,7 +568,7 @@ fn hostile_kind_ok(kind: &str, e: &e2i::Error, good: &[u8]) -> bool {
         "L1 past EOF" => {
             matches!(k, K::Qcow2L1Outside { host_offset, file_size, .. } if *file_size == len && *host_offset > len)
         }
-        "L2 past EOF" => {
+        "L2 past EOF" | "L2 far past EOF" => {
             matches!(k, K::Qcow2L2Outside { l1_index: 0, host_offset, file_size } if *file_size == len && *host_offset > len)
         }
         "L2 on the L1 table" => {
@@ -578,7 +580,7 @@ fn hostile_kind_ok(kind: &str, e: &e2i::Error, good: &[u8]) -> bool {
         "data on an L2 table" => {
             matches!(k, K::Qcow2DataOnMetadata { l2_offset, host_offset, .. } if *l2_offset == l2 && *host_offset == l2)
         }
-        "data past EOF" => {
+        "data past EOF" | "data far past EOF" => {
             matches!(k, K::Qcow2DataOutside { l2_offset, host_offset, file_size, .. } if *l2_offset == l2 && *file_size == len && *host_offset > len)
         }
         "compressed garbage" => {
@@ -618,10 +620,12 @@ fn hostile_qcow2_fails_cleanly() {
         "size 2^64-1",
         "L1 past EOF",
         "L2 past EOF",
+        "L2 far past EOF",
         "L2 on the L1 table",
         "L2 shared by two L1 entries",
         "data on an L2 table",
         "data past EOF",
+        "data far past EOF",
         "compressed garbage",
         "reserved L1 bits",
         "truncated in L2",
@@ -954,5 +958,132 @@ fn a_qcow2_input_is_converted_as_it_is_whatever_it_holds() {
         assert!(got == want, "{what}: the disk differs");
         let piped = run_ok(tool_cmd("e2i-to-qcow2").arg(q).arg("-")).stdout;
         assert!(piped == read(&out), "{what}: a pipe got other bytes");
+    }
+}
+
+/// Run `cmd` (a converter reading `-`) with `head` on its stdin, then `pad` bytes of noise,
+/// through `gzip -1` when `gzip`. Returns how many of those bytes the pipe accepted before
+/// it closed (whole 64 KiB writes: what the tool read, what the pipes and gzip hold) and
+/// the tool's output.
+fn feed_stdin(cmd: &mut Command, head: &[u8], pad: u64, gzip: bool) -> (u64, std::process::Output) {
+    use std::io::Write;
+    use std::process::Stdio;
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let (mut sink, child, zip): (Box<dyn Write>, _, _) = if gzip {
+        let mut z = Command::new("gzip")
+            .args(["-1", "-c"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("gzip is needed by this test (ci/setup.sh installs it)");
+        let child = cmd.stdin(z.stdout.take().unwrap()).spawn().unwrap();
+        // The Command holds the pipe's read end until replaced: gzip would never see it
+        // close.
+        cmd.stdin(Stdio::null());
+        (Box::new(z.stdin.take().unwrap()), child, Some(z))
+    } else {
+        let mut child = cmd.stdin(Stdio::piped()).spawn().unwrap();
+        (Box::new(child.stdin.take().unwrap()), child, None)
+    };
+    let mut accepted = 0u64;
+    let mut put = |b: &[u8]| match sink.write_all(b) {
+        Ok(()) => {
+            accepted += b.len() as u64;
+            true
+        }
+        Err(e) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+            false
+        }
+    };
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut left = pad;
+    let mut open = head.chunks(1 << 16).all(&mut put);
+    while open && left > 0 {
+        let n = left.min(1 << 16);
+        open = put(&noise(&mut state, n as usize));
+        left -= n;
+    }
+    drop(sink);
+    let o = child.wait_with_output().unwrap();
+    if let Some(mut z) = zip {
+        let _ = z.wait();
+    }
+    (accepted, o)
+}
+
+/// A qcow2 on stdin (plain or gzip-compressed) followed by 256 MiB of noise converts as
+/// the same image from a file, reading little past the image: a piped or compressed qcow2
+/// was spooled whole before anything else began (the noise filled `TMPDIR` and took the
+/// time of reading and inflating all of it). The tool reads until the last byte its tables
+/// point to, in 1 MiB pieces, then closes its input: the writer gets EPIPE.
+#[test]
+fn a_piped_qcow2_is_read_no_further_than_its_image() {
+    let d = tempdir();
+    let p = |n: &str| d.path().join(n);
+    let img = mkfs(d.path(), "fs.img", "8M", &[]);
+    let q = p("fs.qcow2");
+    run_ok(tool_cmd("e2i-capture").arg("-Q").arg(&img).arg(&q));
+    let head = read(&q);
+    let pad = 256u64 << 20;
+    for t in ["qcow2-to-raw", "e2i-to-raw", "e2i-to-qcow2"] {
+        let want = p(&format!("{t}.want"));
+        run_ok(tool_cmd(t).arg(&q).arg(&want));
+        for gzip in [false, true] {
+            let what = format!("{t} (gzip: {gzip})");
+            let out = p(&format!("{t}-{gzip}.out"));
+            let (accepted, o) = feed_stdin(tool_cmd(t).arg("-").arg(&out), &head, pad, gzip);
+            ok(&o, &what);
+            assert!(o.stderr.is_empty(), "{what}: {}", text(&o.stderr));
+            assert!(
+                read(&out) == read(&want),
+                "{what}: not the file's conversion"
+            );
+            // The image, a 1 MiB piece and the pipes' buffers; not the 256 MiB after it.
+            assert!(
+                accepted < 16 << 20,
+                "{what}: read {accepted} bytes of a {}-byte image",
+                head.len()
+            );
+        }
+    }
+}
+
+/// A qcow2 cut short or pointing past its end, on stdin (plain or gzip-compressed), fails
+/// as the same bytes do in a file: one line with the same error, exit 1, no output left.
+/// The spool is read as far as each table and cluster needs, so an offset past the end
+/// reads the input to its end (the last byte a file would also have) before saying so.
+#[test]
+fn a_piped_qcow2_cut_short_or_pointing_past_its_end_fails_as_a_file_does() {
+    let d = tempdir();
+    let p = |n: &str| d.path().join(n);
+    let img = mkfs(d.path(), "fs.img", "8M", &[]);
+    let q = p("good.qcow2");
+    run_ok(tool_cmd("e2i-capture").arg("-Q").arg(&img).arg(&q));
+    let good = read(&q);
+    for kind in [
+        "L1 past EOF",
+        "L2 past EOF",
+        "L2 far past EOF",
+        "data past EOF",
+        "data far past EOF",
+        "truncated in L2",
+        "truncated in data",
+        "truncated header",
+    ] {
+        let bytes = hostile(&good, kind);
+        let e = read_all_in_process(bytes.clone()).expect_err(kind);
+        assert!(hostile_kind_ok(kind, &e, &good), "{kind}: {e:?}");
+        for t in ["qcow2-to-raw", "e2i-to-raw", "e2i-to-qcow2"] {
+            for gzip in [false, true] {
+                let what = format!("{t} {kind} (gzip: {gzip})");
+                let out = p("h.out");
+                let (_, o) = feed_stdin(tool_cmd(t).arg("-").arg(&out), &bytes, 0, gzip);
+                let err = failed(&o, &what);
+                assert_eq!(err.lines().count(), 1, "{what}: {err}");
+                assert!(err.contains(&e.to_string()), "{what}: {err}");
+                assert!(!out.exists(), "{what}: left an output");
+            }
+        }
     }
 }

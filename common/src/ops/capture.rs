@@ -115,18 +115,7 @@ pub fn open_source_in(path: &Path, offset: u64, dir: Option<&Path>) -> Result<Bo
     let n = whole.read_at(&mut magic, 0)?;
     if qcow2::is_qcow2(&magic[..n]) {
         let id = crate::io::ObjectId::of_path(path).ok();
-        let image = qcow2::Qcow2Image::open_host(whole, dir, id)?;
-        past_end(
-            offset,
-            image.virtual_size(),
-            "the qcow2 image's virtual disk",
-        )?;
-        let src = qcow2::Shifted {
-            inner: image,
-            base: offset,
-        };
-        refuse_normal_image(&src)?;
-        return Ok(Box::new(src));
+        return open_qcow2_source(whole, id, offset, dir);
     }
     if let Some(c) = crate::ops::input::compression_name(&magic[..n]) {
         return Err(Error::InvalidInput(format!(
@@ -135,6 +124,28 @@ pub fn open_source_in(path: &Path, offset: u64, dir: Option<&Path>) -> Result<Bo
     }
     past_end(offset, whole.size(), "the source")?;
     let src = FileSource::open(path, offset)?;
+    refuse_normal_image(&src)?;
+    Ok(Box::new(src))
+}
+
+/// The virtual disk of the qcow2 image in `host` (the file `id`, if it is one) from byte
+/// `offset` on, read through its backing chain, whose relative names resolve against `dir`.
+pub fn open_qcow2_source<S: ReadAt + 'static>(
+    host: S,
+    id: Option<crate::io::ObjectId>,
+    offset: u64,
+    dir: Option<&Path>,
+) -> Result<Box<dyn ReadAt>> {
+    let image = qcow2::Qcow2Image::open_host(host, dir, id)?;
+    past_end(
+        offset,
+        image.virtual_size(),
+        "the qcow2 image's virtual disk",
+    )?;
+    let src = qcow2::Shifted {
+        inner: image,
+        base: offset,
+    };
     refuse_normal_image(&src)?;
     Ok(Box::new(src))
 }
@@ -572,10 +583,14 @@ fn mark_superblocks<S: ReadAt>(fs: &Filesystem<S>, ov: &mut Overlay) -> Result<(
 /// SOURCE is itself a scrambled image: its superblock carries the mark, or it is a qcow2
 /// image with e2i's scrambled extension. A capture of it carries the mark on.
 pub fn source_is_marked(source: &Path, src: &dyn ReadAt) -> bool {
+    superblock_is_marked(src) || qcow2_is_marked(source)
+}
+
+/// The filesystem `src` has the mark in its superblock.
+pub fn superblock_is_marked(src: &dyn ReadAt) -> bool {
     let mut raw = [0u8; SUPERBLOCK_SIZE];
-    (src.read_at(&mut raw, SUPERBLOCK_OFFSET).ok() == Some(SUPERBLOCK_SIZE)
-        && mark::superblock_is_marked(&raw))
-        || qcow2_is_marked(source)
+    src.read_at(&mut raw, SUPERBLOCK_OFFSET).ok() == Some(SUPERBLOCK_SIZE)
+        && mark::superblock_is_marked(&raw)
 }
 
 /// `path` is a qcow2 image whose header carries e2i's scrambled extension.
@@ -587,7 +602,13 @@ pub fn qcow2_is_marked(path: &Path) -> bool {
     if whole.read_at(&mut magic, 0).ok() != Some(magic.len()) || !qcow2::is_qcow2(&magic) {
         return false;
     }
-    qcow2::Qcow2Reader::open_layer_in(whole, Some(qcow2::chain::folder_of(path)))
+    qcow2_host_is_marked(whole, Some(qcow2::chain::folder_of(path)))
+}
+
+/// The qcow2 image in `host` (its data file found from `dir`) carries e2i's scrambled
+/// extension.
+pub fn qcow2_host_is_marked<S: ReadAt>(host: S, dir: Option<&Path>) -> bool {
+    qcow2::Qcow2Reader::open_layer_in(host, dir)
         .is_ok_and(|q| q.header().e2i_flags() & mark::QCOW2_FLAG_SCRAMBLED != 0)
 }
 

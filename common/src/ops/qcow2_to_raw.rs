@@ -1,7 +1,7 @@
 //! `qcow2-to-raw`: the virtual disk of a qcow2 image as a raw image.
 //!
 //! The input is any image [`Qcow2Image`] accepts (backing chains followed); [`crate::ops::input`] opens it (a qcow2
-//! on stdin, in a FIFO or compressed is spooled first, since qcow2 needs random access). The
+//! on stdin, in a FIFO or compressed is spooled as it is read, since qcow2 needs random access). The
 //! output goes through [`sparse::write_raw`]: a new file gets holes for unallocated, zero and
 //! all-zero clusters; an existing target is updated in place.
 

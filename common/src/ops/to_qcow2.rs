@@ -2,8 +2,13 @@
 
 #![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 
+use crate::io::ReadAt;
 use crate::mark::MarkedSource;
-use crate::ops::capture::{CaptureOptions, open_source_in, scan_source, source_is_marked};
+use crate::ops::capture::{
+    CaptureOptions, open_qcow2_source, open_source_in, qcow2_host_is_marked, scan_source,
+    superblock_is_marked,
+};
+use crate::ops::input::{Input, Kind};
 use crate::progress::Progress;
 use crate::qcow2::grouping::{Assembler, Grouping};
 use crate::qcow2::header::ClusterCompression;
@@ -20,11 +25,10 @@ use crate::{Error, Result};
 /// overlay's clusters are compared with its base as the real run compares them. Returns the
 /// layout and the filesystem's block size (clusters may hold several blocks).
 pub fn plan(
-    input: crate::ops::input::Input,
+    input: Input,
     opts: &CaptureOptions,
     progress: &mut dyn Progress,
 ) -> Result<(Qcow2Layout, BlockSize)> {
-    use crate::ops::input::{Input, Kind};
     let compressed = opts.compress.is_some();
     let overlay = opts.backing.is_some();
     // The layout of the selected blocks `sel` holding `data`, as the real run plans it.
@@ -127,16 +131,13 @@ pub fn plan(
             from_image(&view, &map, bs, vsize, progress)
         }
         Input::File {
-            kind: Kind::Qcow2,
-            path,
-            dir,
-            ..
+            kind: Kind::Qcow2, ..
         } => {
-            let (img, disk) = qcow2_disk(&path, dir.as_deref())?;
+            let (img, disk) = qcow2_disk(&input)?;
             from_image(&img, &disk.map, disk.unit, disk.size, progress)
         }
-        Input::File { path, dir, .. } => {
-            let src = open_source_in(&path, opts.offset, dir.as_deref())?;
+        Input::File { .. } => {
+            let src = open_input_source(&input, opts.offset)?;
             let (fs, res) = scan_source(src, opts, false, progress)?;
             let bs = fs.sb.block_size;
             let vsize = virtual_size(bs, res.map.blocks_count())?;
@@ -151,24 +152,23 @@ pub fn plan(
 /// when the disk starts with one (one cluster per block, as a capture gets), else the
 /// image's clusters.
 fn qcow2_disk(
-    path: &std::path::Path,
-    dir: Option<&std::path::Path>,
+    input: &Input,
 ) -> Result<(
-    crate::qcow2::Qcow2Image<crate::io::FileSource>,
+    crate::qcow2::Qcow2Image<crate::ops::input::Host>,
     crate::ops::qcow2_to_raw::RawPlan,
 )> {
     use crate::ops::qcow2_to_raw::{cluster_unit, plan_in};
-    let id = crate::io::ObjectId::of_path(path).ok();
-    let host = crate::io::FileSource::open(path, 0)?;
-    let img = crate::qcow2::Qcow2Image::open_host(host, dir, id)?;
+    let host = input.host()?;
+    let id = host.id();
+    let img = crate::qcow2::Qcow2Image::open_host(host, input.dir(), id)?;
     let mut raw = [0u8; crate::ext4::superblock::SUPERBLOCK_SIZE];
-    let fs_block =
-        (crate::io::ReadAt::read_at(&img, &mut raw, crate::ext4::superblock::SUPERBLOCK_OFFSET)
-            .ok()
-            == Some(raw.len()))
-        .then(|| crate::ext4::Superblock::parse(&raw, None).ok())
-        .flatten()
-        .map(|sb| sb.block_size);
+    let fs_block = (img
+        .read_at(&mut raw, crate::ext4::superblock::SUPERBLOCK_OFFSET)
+        .ok()
+        == Some(raw.len()))
+    .then(|| crate::ext4::Superblock::parse(&raw, None).ok())
+    .flatten()
+    .map(|sb| sb.block_size);
     let unit = match fs_block {
         Some(bs) => bs,
         None => cluster_unit(&img)?,
@@ -480,12 +480,11 @@ pub struct ToQcow2Report {
 /// Convert any input to a qcow2: a stream by its map (front to back), a normal image by the
 /// blocks it holds, a raw or qcow2 filesystem image by scanning it as `e2i-capture -Q` does.
 pub fn to_qcow2(
-    input: crate::ops::input::Input,
+    input: Input,
     target: crate::qcow2::writer::Qcow2Target<'_>,
     opts: &CaptureOptions,
     progress: &mut dyn Progress,
 ) -> Result<ToQcow2Report> {
-    use crate::ops::input::{Input, Kind};
     use crate::qcow2::writer::{Qcow2Target, write_qcow2, write_qcow2_sized};
     match input {
         Input::Stream(r) => {
@@ -542,14 +541,11 @@ pub fn to_qcow2(
             })
         }
         Input::File {
-            kind: Kind::Qcow2,
-            path,
-            dir,
-            ..
+            kind: Kind::Qcow2, ..
         } => {
-            let (img, disk) = qcow2_disk(&path, dir.as_deref())?;
+            let (img, disk) = qcow2_disk(&input)?;
             let marks = crate::mark::Marks {
-                scrambled: source_is_marked(&path, &img),
+                scrambled: source_is_marked(&input, &img),
             };
             progress.block_size(disk.unit.get());
             write_qcow2_sized(
@@ -571,12 +567,10 @@ pub fn to_qcow2(
                 problems: Vec::new(),
             })
         }
-        Input::File {
-            kind, path, dir, ..
-        } => {
-            let src = open_source_in(&path, opts.offset, dir.as_deref())?;
+        Input::File { kind, .. } => {
+            let src = open_input_source(&input, opts.offset)?;
             let marks = crate::mark::Marks {
-                scrambled: source_is_marked(&path, &*src),
+                scrambled: source_is_marked(&input, &*src),
             };
             let src = MarkedSource::new(src, marks.scrambled);
             let (fs, res) = scan_source(src, opts, false, progress)?;
@@ -601,4 +595,29 @@ pub fn to_qcow2(
             })
         }
     }
+}
+/// The filesystem in a raw or qcow2 input (a qcow2's virtual disk), from byte `offset` on,
+/// as `e2i-capture` reads a SOURCE.
+fn open_input_source(inp: &Input, offset: u64) -> Result<Box<dyn ReadAt>> {
+    match inp {
+        Input::File {
+            kind: Kind::Qcow2, ..
+        } => {
+            let host = inp.host()?;
+            let id = host.id();
+            open_qcow2_source(host, id, offset, inp.dir())
+        }
+        Input::File { path, dir, .. } => open_source_in(path, offset, dir.as_deref()),
+        Input::Stream(_) => Err(Error::InvalidInput(
+            "an e2i stream holds no filesystem to read in place".into(),
+        )),
+    }
+}
+
+/// The filesystem `src` of `inp` (see [`open_input_source`]) is marked as scrambled: in its
+/// superblock, or by a qcow2 input's header extension.
+fn source_is_marked(inp: &Input, src: &dyn ReadAt) -> bool {
+    superblock_is_marked(src)
+        || (inp.kind() == Kind::Qcow2
+            && inp.host().is_ok_and(|h| qcow2_host_is_marked(h, inp.dir())))
 }

@@ -158,15 +158,12 @@ pub fn to_raw(
             })
         }
         Input::File {
-            kind: Kind::Qcow2,
-            path,
-            dir,
-            ..
+            kind: Kind::Qcow2, ..
         } => {
             // The qcow2's virtual disk (through its backing chain), as qcow2-to-raw writes it.
-            let id = crate::io::ObjectId::of_path(&path).ok();
-            let host = crate::io::FileSource::open(&path, 0)?;
-            let img = crate::qcow2::Qcow2Image::open_host(host, dir.as_deref(), id)?;
+            let host = input.host()?;
+            let id = host.id();
+            let img = crate::qcow2::Qcow2Image::open_host(host, input.dir(), id)?;
             let plan = crate::ops::qcow2_to_raw::plan(&img, target.updates_in_place(), device)?;
             let copy = crate::ops::qcow2_to_raw::convert(
                 &MarkedSource::new(&img, add_mark),

@@ -222,7 +222,6 @@ pub struct Qcow2Reader<S: ReadAt> {
     /// log2 of the unit the mapping is decided for: the subcluster with extended L2
     /// entries, the cluster otherwise.
     unit_bits: u32,
-    host_size: u64,
     /// Guest clusters of the virtual disk (all mapped by the L1 table).
     guest_clusters: u64,
     /// The non-zero L1 entries, by index (sorted); every other entry is zero.
@@ -318,7 +317,6 @@ impl<S: ReadAt> Qcow2Reader<S> {
     /// As [`Self::open_layer`], with a relative external data file name found from `dir`,
     /// the image's folder (`None` when it has none: read from a pipe).
     pub fn open_layer_in(host: S, dir: Option<&Path>) -> Result<Self> {
-        let host_size = host.size();
         // Extensions are parsed within the first cluster, which is read once its size is
         // known; cluster_bits itself is checked by the parser (an out-of-range value parses
         // the whole prefix of up to 2 MiB and fails there).
@@ -327,8 +325,8 @@ impl<S: ReadAt> Qcow2Reader<S> {
         let cluster = be::get_u32(&bits[..n], 0)
             .and_then(ClusterBits::new)
             .map_or(1 << ClusterBits::MAX, |cb| cb.size());
-        // At most 2 MiB: a usize.
-        let mut first = vec![0u8; host_size.min(cluster) as usize];
+        // At most 2 MiB: a usize. A shorter file reads short.
+        let mut first = vec![0u8; cluster as usize];
         let n = host.read_at(&mut first, 0)?;
         first.truncate(n);
         let mut header = Header::parse(&first)?;
@@ -362,14 +360,15 @@ impl<S: ReadAt> Qcow2Reader<S> {
                 }
                 .into());
             }
-            l1_end = l1_off
-                .checked_add(l1_bytes)
-                .filter(|e| e.0 <= host_size)
-                .ok_or(CorruptKind::Qcow2L1Outside {
-                    entries: header.l1_size,
-                    host_offset: l1_off.0,
-                    file_size: host_size,
-                })?;
+            let outside = |host: &S| CorruptKind::Qcow2L1Outside {
+                entries: header.l1_size,
+                host_offset: l1_off.0,
+                file_size: host.size(),
+            };
+            l1_end = l1_off.checked_add(l1_bytes).ok_or_else(|| outside(&host))?;
+            if !host.reaches(l1_end.0)? {
+                return Err(outside(&host).into());
+            }
         }
         let l1 = read_l1(&host, l1_off, l1_end)?;
         let mut reserved = vec![HostOffset(0)..HostOffset(cs), l1_off..l1_end];
@@ -406,7 +405,6 @@ impl<S: ReadAt> Qcow2Reader<S> {
         Ok(Qcow2Reader {
             host,
             data,
-            host_size,
             guest_clusters,
             l1,
             reserved,
@@ -495,14 +493,15 @@ impl<S: ReadAt> Qcow2Reader<S> {
             }
             .into());
         }
-        let end = off
-            .checked_add(cb.size())
-            .filter(|e| e.0 <= self.host_size)
-            .ok_or(CorruptKind::Qcow2L2Outside {
-                l1_index: li,
-                host_offset: off.0,
-                file_size: self.host_size,
-            })?;
+        let outside = || CorruptKind::Qcow2L2Outside {
+            l1_index: li,
+            host_offset: off.0,
+            file_size: self.host.size(),
+        };
+        let end = off.checked_add(cb.size()).ok_or_else(outside)?;
+        if !self.host.reaches(end.0)? {
+            return Err(outside().into());
+        }
         if let Some(r) = self.reserved.iter().find(|r| r.start < end && off < r.end) {
             return Err(CorruptKind::Qcow2L2OnMetadata {
                 l1_index: li,
@@ -657,24 +656,31 @@ impl<S: ReadAt> Qcow2Reader<S> {
                     }
                     .into());
                 }
-                if host_offset >= self.host_size {
+                // The whole cluster is asked for, though only its first byte must be in
+                // the file (a last cluster cut short reads as zeros past the end): a spooled
+                // input then has every byte a conversion reads before it writes any.
+                if !self.host.reaches(end.0)?
+                    && !self.host.reaches(host_offset.saturating_add(1))?
+                {
                     return Err(CorruptKind::Qcow2DataOutside {
                         guest_cluster,
                         l2_offset,
                         host_offset,
-                        file_size: self.host_size,
+                        file_size: self.host.size(),
                     }
                     .into());
                 }
             }
-            Mapping::Compressed { offset, .. }
-                if offset.0 < cb.size() || offset.0 >= self.host_size =>
+            Mapping::Compressed { offset, len }
+                if offset.0 < cb.size()
+                    || (!self.host.reaches(offset.0.saturating_add(len.max(1)))?
+                        && !self.host.reaches(offset.0.saturating_add(1))?) =>
             {
                 return Err(CorruptKind::Qcow2CompressedOutside {
                     guest_cluster,
                     l2_offset,
                     host_offset: offset.0,
-                    file_size: self.host_size,
+                    file_size: self.host.size(),
                 }
                 .into());
             }
@@ -839,10 +845,9 @@ impl<S: ReadAt> Qcow2Reader<S> {
         if st.cluster == Some(g) {
             return Ok(st);
         }
-        // check_entry put offset inside the file; len is at most 4 MiB.
-        let avail = len.min(self.host_size.saturating_sub(offset.0)) as usize;
+        // len is at most 4 MiB; a file ending inside it reads short.
         let s = &mut *st;
-        s.input.resize(avail, 0);
+        s.input.resize(len as usize, 0);
         let n = self.host.read_at(&mut s.input, offset.0)?;
         s.cluster = None;
         let input = s.input.get(..n).unwrap_or(&s.input);
