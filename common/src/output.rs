@@ -152,6 +152,9 @@ impl Output {
             {
                 let home = m.is_file().then(|| m.dev());
                 refuse_overlap(req, fd1, Some(&m), home, reads, source_range.clone())?;
+                // A redirection never replaces the file: `1<>` and `>>` write the inode a
+                // loop device may stand on (and `>` already emptied it under the kernel).
+                refuse_mounted_as(req, fd1, &format!("- (stdout, {})", stdout_name()))?;
                 held = Some(hold(req, fd1)?);
             }
             // A dry run's listing goes to stdout too.
@@ -273,6 +276,15 @@ impl Output {
                 // folder (a rename would otherwise bypass the file's permissions).
                 check_writable(&path)?;
                 let m = meta.as_ref().map(|m| (m.mode() & 0o7777, m.uid(), m.gid()));
+                // Written under its own name (below) when it cannot be renamed over: the
+                // inode a loop device may stand on, so asked as for `-O`. The same verdict
+                // for `-n`, which creates no temporary file to find out.
+                let own_name = !renamable
+                    || !rename_allowed(&path, meta.as_ref())
+                    || rustix::fs::access(parent_dir(&path), rustix::fs::Access::WRITE_OK).is_err();
+                if own_name {
+                    refuse_mounted(req, &path)?;
+                }
                 if !req.dry_run {
                     // A file we may write whose name we may not replace: write the file
                     // itself, truncated, as e2image does (a failed run then leaves it
@@ -296,6 +308,7 @@ impl Output {
                             Err(Error::Io { source, .. })
                                 if source.kind() == io::ErrorKind::PermissionDenied =>
                             {
+                                refuse_mounted(req, &path)?;
                                 out.file = Some(open_it()?);
                                 out.truncate_on_use.set(true);
                             }
@@ -899,15 +912,19 @@ fn rename_allowed(path: &Path, meta: Option<&Metadata>) -> bool {
 /// Replacing the file (a new inode) leaves the mounted one alone, so only in-place writes
 /// are checked.
 fn refuse_mounted(req: &Request<'_>, path: &Path) -> Result<()> {
+    refuse_mounted_as(req, path, &req.path.display().to_string())
+}
+
+/// [`refuse_mounted`], OUTPUT named `name` in the message.
+fn refuse_mounted_as(req: &Request<'_>, path: &Path, name: &str) -> Result<()> {
     use crate::mount::{MountState, mount_state};
     let state = mount_state(path);
     if state == MountState::NotMounted {
         return Ok(());
     }
     Err(Error::InvalidInput(format!(
-        "{} {} holds the filesystem mounted {}; refusing to write into a mounted filesystem, nothing written",
+        "{} {name} holds the filesystem mounted {}; refusing to write into a mounted filesystem, nothing written",
         req.role,
-        req.path.display(),
         state.place()
     )))
 }

@@ -1454,6 +1454,74 @@ fn a_file_mounted_through_a_loop_device_is_not_written_in_place() {
     run_ok(tool_cmd("e2i-to-raw").arg(&fx.img).arg(&disk));
 }
 
+/// The other ways a loop-mounted image file is written in place: stdout redirected to it
+/// (`1<> disk.img` keeps its bytes, `>>` appends to them: nothing is replaced), and a file
+/// that cannot be renamed over (its folder immutable), which a run truncates and writes
+/// under its own name. Both were written, the mounted filesystem overwritten under the
+/// kernel; now refused like `-O`, also with `-n`, nothing written.
+#[test]
+fn a_loop_mounted_file_is_not_written_through_stdout_or_in_place() {
+    let fx = Fx::new();
+    let folder = fx.path("folder");
+    fs::create_dir(&folder).unwrap();
+    let disk = folder.join("mounted.img");
+    fs::copy(&fx.img, &disk).unwrap();
+    let lo = Loop::new(&disk, &[]);
+    let mnt = fx.path("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let _m = Mount::new(&[lo.path()], &mnt, &[]);
+    let before = fs::read(&disk).unwrap();
+    let tools: Vec<(&str, &Path)> = vec![
+        ("e2i-capture", &fx.img),
+        ("e2i-to-raw", &fx.img),
+        ("qcow2-to-raw", &fx.qcow2),
+        ("e2i-to-qcow2", &fx.img),
+    ];
+    for (t, input) in &tools {
+        for redirect in ["1<>", ">>"] {
+            for dry in [false, true] {
+                let what = format!("{t} -n={dry} - {redirect} a loop-mounted file");
+                let script = format!("exec \"$@\" - {redirect}\"$E2I_DISK\"");
+                let mut c = tool_in_sh(&script, t);
+                if *t == "e2i-capture" {
+                    c.arg("-r");
+                }
+                if dry {
+                    if *t == "e2i-capture" {
+                        continue;
+                    }
+                    c.arg("-n");
+                }
+                let o = run(c.arg(input).env("E2I_DISK", &disk));
+                let err = failed(&o, &what);
+                assert!(err.contains("mounted"), "{what}: {err}");
+                assert!(fs::read(&disk).unwrap() == before, "{what}: written");
+            }
+        }
+    }
+    let _i = Attr::set(&folder, "i");
+    for (t, input) in &tools {
+        for dry in [false, true] {
+            // e2i-capture has no dry run.
+            if dry && *t == "e2i-capture" {
+                continue;
+            }
+            let what = format!("{t} -n={dry} into a loop-mounted file in an immutable folder");
+            let mut c = tool_cmd(t);
+            if *t == "e2i-capture" {
+                c.arg("-r");
+            }
+            if dry {
+                c.arg("-n");
+            }
+            let o = run(c.arg(input).arg(&disk));
+            let err = failed(&o, &what);
+            assert!(err.contains("mounted"), "{what}: {err}");
+            assert!(fs::read(&disk).unwrap() == before, "{what}: written");
+        }
+    }
+}
+
 /// A FIFO where SOURCE's journal would be (`disk.img.e2i-move`): the journal was opened to
 /// read before its type was looked at, which waits for a writer — `e2i-move -n` hung, and
 /// so would every reader of SOURCE that looks for an unfinished move. Now a dry run refuses
