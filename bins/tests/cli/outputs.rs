@@ -960,6 +960,55 @@ fn json_summary_on_every_outcome() {
     }
 }
 
+/// `--json` with OUTPUT a file, its summary the one thing on stdout: stdout closed (`>&-`)
+/// put it into the /dev/null the runtime opens in its place, a full device or a reader gone
+/// lost it, and the run exited 0 — a script reading the summary found none, and was told
+/// all went well. Now it goes to stderr when stdout was closed (as for a closed pipe's
+/// run), and a summary that cannot be written fails the run: exit 1 with one line naming
+/// stdout, 141 when its reader went away.
+#[test]
+fn a_json_summary_that_cannot_be_delivered_is_not_a_success() {
+    let fx = Fx::new("8M");
+    let tools: &[(&str, &Path)] = &[
+        ("e2i-capture", &fx.img),
+        ("e2i-to-raw", &fx.img),
+        ("e2i-to-qcow2", &fx.img),
+        ("qcow2-to-raw", &fx.qcow2),
+    ];
+    for (k, (t, input)) in tools.iter().enumerate() {
+        let out = fx.path(&format!("j{k}.out"));
+        let what = format!("{t} --json with stdout closed");
+        let o = run(tool_in_sh(r#"exec "$@" >&-"#, t)
+            .arg("--json")
+            .arg(input)
+            .arg(&out));
+        ok(&o, &what);
+        let stderr = text(&o.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert!(
+            lines.len() == 1 && lines[0].starts_with('{') && lines[0].contains("\"exit\":0"),
+            "{what}: {lines:?}"
+        );
+        let what = format!("{t} --json > /dev/full");
+        let o = run(tool_cmd(t)
+            .arg("--json")
+            .arg(input)
+            .arg(&out)
+            .stdout(fs::File::options().write(true).open("/dev/full").unwrap()));
+        let err = failed(&o, &what);
+        assert_eq!(err.lines().count(), 1, "{what}: {err}");
+        assert!(
+            err.starts_with(&format!("{t}: - (stdout, /dev/full): ")),
+            "{what}: {err}"
+        );
+        let what = format!("{t} --json into a pipe nobody reads");
+        let (r, w) = std::io::pipe().unwrap();
+        drop(r);
+        let o = run(tool_cmd(t).arg("--json").arg(input).arg(&out).stdout(w));
+        assert_eq!(o.status.code(), Some(141), "{what}: {}", text(&o.stderr));
+    }
+}
+
 /// What `--json` must print when a run fails before it has done anything: exactly one JSON
 /// line among stdout and stderr, on `stream` (stdout for a file OUTPUT and for `--list`),
 /// with the exit status and an error naming `names`.
