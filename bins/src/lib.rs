@@ -367,6 +367,9 @@ pub fn usage(tool: &str, sum: &mut Summary, msg: &str) -> u8 {
 /// Name the file an error is about: OUTPUT for writes, truncations, `-c` reads and lack of
 /// room; INPUT (SOURCE, IMAGE) for everything else.
 pub fn attribute(e: e2i::Error, input: &str, output: &str) -> anyhow::Error {
+    if let e2i::Error::Io { op: "listing", .. } = e {
+        return anyhow::Error::new(e).context(stdout_named());
+    }
     let name = if e.is_output_side() { output } else { input };
     anyhow::Error::new(e).context(name.to_string())
 }
@@ -636,8 +639,20 @@ pub fn say(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
     let mut o = io::stdout().lock();
     o.write_fmt(args)
         .and_then(|()| o.write_all(b"\n"))
-        .and_then(|()| o.flush())?;
-    Ok(())
+        .and_then(|()| o.flush())
+        .map_err(listing_failed)
+}
+
+/// Stdout as messages name it: `- (stdout, /dev/full)`, or `- (stdout)` where the system
+/// does not say what it is.
+pub fn stdout_named() -> String {
+    e2i::output::stdout_target().map_or_else(|| "- (stdout)".into(), |t| format!("- (stdout, {t})"))
+}
+
+/// A listing (`-n`'s blocks, `-c`'s closing line, `--list`) that stdout did not take: the
+/// error names stdout, as any write error on it is named.
+pub fn listing_failed(e: io::Error) -> anyhow::Error {
+    anyhow::Error::new(e).context(format!("{}: listing", stdout_named()))
 }
 
 /// A writer whose every write fails with the error it was made with.

@@ -107,7 +107,7 @@ fn listing_result(
     failed: &std::rc::Rc<std::cell::RefCell<Option<io::Error>>>,
 ) -> anyhow::Result<()> {
     match failed.borrow_mut().take() {
-        Some(e) => Err(anyhow::Error::new(e).context("listing on stdout")),
+        Some(e) => Err(e2i_cli::listing_failed(e)),
         None => Ok(()),
     }
 }

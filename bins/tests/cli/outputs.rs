@@ -1009,6 +1009,67 @@ fn a_json_summary_that_cannot_be_delivered_is_not_a_success() {
     }
 }
 
+/// A listing on stdout (`-n`, `-c`'s closing line, `--list`) that stdout cannot take was
+/// reported five ways: naming INPUT (`e2i-to-raw: fs.img: list: No space left on device`),
+/// naming nothing (`e2i-install: No space left on device`), `list:`, `listing on stdout:`.
+/// The file named is the one the error is about: stdout, as every write error on it is named.
+#[test]
+fn a_listing_stdout_cannot_take_names_stdout() {
+    let fx = Fx::new("8M");
+    let existing = fx.path("existing.raw");
+    run_ok(tool_cmd("e2i-to-raw").arg(&fx.img).arg(&existing));
+    let normal = fx.path("fs.e2i");
+    run_ok(tool_cmd("e2i-capture").arg(&fx.img).arg(&normal));
+    let device = fx.path("device.img");
+    fs::copy(&fx.img, &device).unwrap();
+    let new = fx.path("new.out");
+    let cases: Vec<(&str, Vec<&std::ffi::OsStr>)> = vec![
+        ("e2i-capture", vec!["--list".as_ref(), fx.img.as_ref()]),
+        (
+            "e2i-to-raw",
+            vec!["-n".as_ref(), fx.img.as_ref(), new.as_ref()],
+        ),
+        (
+            "e2i-to-raw",
+            vec!["-c".as_ref(), fx.img.as_ref(), existing.as_ref()],
+        ),
+        (
+            "qcow2-to-raw",
+            vec!["-n".as_ref(), fx.qcow2.as_ref(), new.as_ref()],
+        ),
+        (
+            "e2i-to-qcow2",
+            vec!["-n".as_ref(), fx.img.as_ref(), new.as_ref()],
+        ),
+        (
+            "e2i-move",
+            vec!["-n".as_ref(), fx.img.as_ref(), new.as_ref()],
+        ),
+        (
+            "e2i-install",
+            vec![
+                "-n".as_ref(),
+                "-f".as_ref(),
+                device.as_ref(),
+                normal.as_ref(),
+            ],
+        ),
+    ];
+    for (t, args) in cases {
+        let what = format!("{t} {args:?} > /dev/full");
+        let o = run(tool_cmd(t)
+            .args(&args)
+            .stdout(fs::File::options().write(true).open("/dev/full").unwrap()));
+        let err = failed(&o, &what);
+        let last = err.lines().last().unwrap_or_default();
+        assert_eq!(
+            last,
+            format!("{t}: - (stdout, /dev/full): listing: No space left on device (os error 28)"),
+            "{what}: {err}"
+        );
+    }
+}
+
 /// What `--json` must print when a run fails before it has done anything: exactly one JSON
 /// line among stdout and stderr, on `stream` (stdout for a file OUTPUT and for `--list`),
 /// with the exit status and an error naming `names`.
