@@ -246,7 +246,11 @@ fn output_that_is_the_input_is_refused_under_any_name() {
         .arg("-")
         .stdout(fs::OpenOptions::new().append(true).open(&fx.img).unwrap()));
     let err = failed(&o, "e2i-capture -r X - >> X");
-    assert!(err.contains("- (stdout) is SOURCE"), "{err}");
+    let named = format!(
+        "- (stdout, {}) is SOURCE",
+        fs::canonicalize(&fx.img).unwrap().display()
+    );
+    assert!(err.contains(&named), "{err}");
     assert!(digest(&fx.img) == before, "redirections: the input changed");
     // e2i-install: DEVICE that is IMAGE, and an undo file that is DEVICE.
     let img_copy = fx.path("copy.img");
@@ -1538,6 +1542,49 @@ fn stdout_redirected_to_a_new_file_is_written_as_one() {
         fs::read(&a).unwrap() == [&image[..], b"TAIL\n"].concat(),
         "then TAIL"
     );
+}
+
+/// Refusals of stdout name it as stdout, with what it is (`- (stdout, /dev/loop0)`), as its
+/// write errors do: a block device on stdout was named as if typed as OUTPUT (`OUTPUT
+/// /dev/loop0 is SOURCE …`, `OUTPUT /dev/loop1: the device is read-only`), a file on stdout
+/// as a bare `- (stdout)`.
+#[test]
+fn refusals_name_stdout_with_what_it_is() {
+    let d = tempdir();
+    let img = mkfs(d.path(), "fs.img", "4M", &[]);
+    let lo = Loop::new(&img, &[]);
+    let other = d.path().join("other.img");
+    fs::write(&other, vec![0u8; 1 << 20]).unwrap();
+    let ro = Loop::new(&other, &["-r"]);
+    let abs = fs::canonicalize(&img).unwrap();
+    let cases: Vec<(String, &Path, String)> = vec![
+        (
+            format!("> {}", lo.0),
+            lo.path(),
+            format!("OUTPUT - (stdout, {}) is SOURCE {}", lo.0, lo.0),
+        ),
+        (
+            format!("1<> '{}'", img.display()),
+            &img,
+            format!(
+                "OUTPUT - (stdout, {}) is SOURCE {}",
+                abs.display(),
+                img.display()
+            ),
+        ),
+        (
+            format!("> {}", ro.0),
+            &img,
+            format!("OUTPUT - (stdout, {}): the device is read-only", ro.0),
+        ),
+    ];
+    for (redirect, src, want) in cases {
+        let what = format!("e2i-capture -r SOURCE - {redirect}");
+        let script = format!("exec \"$@\" - {redirect}");
+        let o = run(tool_in_sh(&script, "e2i-capture").arg("-r").arg(src));
+        let err = failed(&o, &what);
+        assert!(err.contains(&want), "{what}: {err}");
+    }
 }
 
 /// Stdout redirected to a block device (`- > /dev/sdb1`) is that device, as OUTPUT naming it
