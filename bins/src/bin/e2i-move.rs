@@ -127,6 +127,16 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
     {
         return Ok(code);
     }
+    if let Some(j) = &args.journal
+        && let Some(code) = e2i_cli::refuse_dash(
+            TOOL,
+            "the journal",
+            j,
+            "give a file name (./- for a file named -)",
+        )
+    {
+        return Ok(code);
+    }
     let meta =
         std::fs::metadata(&args.source).with_context(|| args.source.display().to_string())?;
     // -P: -o becomes the partition's start; its end bounds a clone's reads (unless

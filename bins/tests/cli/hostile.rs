@@ -1940,3 +1940,58 @@ fn a_source_with_a_long_name_is_moved_in_place() {
     ok(&mv(&args, &disk, &state, 0), "finishing the move");
     assert!(holds_fs(&disk, 0, &want, d.path()), "not moved");
 }
+
+/// `-` as the name of a file the tool creates and writes by position (install's undo file,
+/// an in-place move's journal) created a file named `-` in the current folder, and the run
+/// went ahead (`undo with: e2undo - DEVICE`), where `-` means stdout everywhere else and a
+/// tool that needs a seekable file refuses it. Now a usage error (exit 2) before anything
+/// is written, saying how to name a file called `-`.
+#[test]
+fn a_dash_for_an_undo_file_or_a_journal_is_a_usage_error() {
+    let d = tempdir();
+    let img = mkfs(d.path(), "fs.img", "4M", &[]);
+    let normal = d.path().join("fs.e2i");
+    run_ok(tool_cmd("e2i-capture").arg(&img).arg(&normal));
+    let m = d.path().join("m");
+    fs::create_dir(&m).unwrap();
+    let (disk, _) = move_disk(&m, MIB);
+    let cases: Vec<(&str, Vec<&std::ffi::OsStr>, &Path)> = vec![
+        (
+            "e2i-install",
+            vec![
+                "-f".as_ref(),
+                "-z".as_ref(),
+                "-".as_ref(),
+                img.as_ref(),
+                normal.as_ref(),
+            ],
+            &img,
+        ),
+        (
+            "e2i-move",
+            vec![
+                "-o".as_ref(),
+                "1M".as_ref(),
+                "-O".as_ref(),
+                "2M".as_ref(),
+                "--journal".as_ref(),
+                "-".as_ref(),
+                disk.as_ref(),
+            ],
+            &disk,
+        ),
+    ];
+    for (t, args, target) in cases {
+        let what = format!("{t} {args:?}");
+        let before = fs::read(target).unwrap();
+        let o = run(tool_cmd(t).args(&args).current_dir(d.path()));
+        assert_eq!(o.status.code(), Some(2), "{what}: {}", text(&o.stderr));
+        let err = text(&o.stderr);
+        assert!(err.contains("./-"), "{what}: {err}");
+        assert!(
+            !d.path().join("-").exists(),
+            "{what}: a file named - was created"
+        );
+        assert!(fs::read(target).unwrap() == before, "{what}: written");
+    }
+}
