@@ -923,7 +923,14 @@ fn refuse_mounted(req: &Request<'_>, path: &Path) -> Result<()> {
     use crate::mount::{MountState, mount_state};
     let state = mount_state(path);
     if state == MountState::NotMounted {
-        return Ok(());
+        return match crate::mount::held_loop_device(path) {
+            Some(dev) => Err(Error::InvalidInput(format!(
+                "{} {} is under {dev}, which is in use (held by another program: device mapper, md, an exclusive open); refusing to write under it, nothing written",
+                req.role,
+                shown(req.path),
+            ))),
+            None => Ok(()),
+        };
     }
     Err(Error::InvalidInput(format!(
         "{} {} holds the filesystem mounted {}; refusing to write into a mounted filesystem, nothing written",

@@ -45,6 +45,15 @@ fn refuse_mounted(path: &Path, any: bool, offset: u64, why: &str) -> anyhow::Res
         MountState::ReadOnly { .. } if any => {
             anyhow::bail!("{}: mounted {}; {why}", path.display(), state.place())
         }
+        // A file under a loop device that device mapper, md or an exclusive open holds:
+        // written, it changes what the holder sees, as writing the device would.
+        _ if any => match e2i::mount::held_loop_device(path) {
+            Some(dev) => anyhow::bail!(
+                "{}: under {dev}, which is in use (held by another program: device mapper, md, an exclusive open); refusing to write under it, nothing written",
+                path.display()
+            ),
+            None => Ok(()),
+        },
         _ => Ok(()),
     }
 }
