@@ -178,7 +178,7 @@ pub fn to_raw(tool: &str, a: &RawArgs<'_>, sum: &mut Summary) -> anyhow::Result<
             report.copy.identical_blocks
         )
         .and_then(|()| o.flush())
-        .map_err(|e| e2i::Error::io("list", e))?;
+        .map_err(crate::listing_failed)?;
     }
     if a.quiet || report.problems.is_empty() {
         return Ok(status);

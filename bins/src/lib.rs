@@ -138,16 +138,33 @@ impl Summary {
         self.obj = f(o);
     }
 
-    fn print(&mut self, status: u8, error: Option<&str>) {
+    /// Print the summary; the run's status, unless a summary due on stdout could not be
+    /// written there: a script reading it got nothing, so the run did not succeed (141 when
+    /// the reader went away, else 1 with one line naming stdout).
+    fn print(&mut self, tool: &str, status: u8, error: Option<&str>) -> u8 {
         if !self.enabled || self.replaced && status == EXIT_OK {
-            return;
+            return status;
         }
         let mut o = std::mem::take(&mut self.obj).num("exit", u64::from(status));
         if let Some(e) = error {
             o = o.str("error", e);
         }
-        // A closed stdout cannot take it: stderr still can.
-        print_json(&o.finish(), self.to_stderr || status == EXIT_BROKEN_PIPE);
+        // A closed stdout cannot take it: stderr still can. `>&-` left the runtime's
+        // /dev/null there, which would swallow it.
+        let closed = STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed);
+        let to_stderr = self.to_stderr || status == EXIT_BROKEN_PIPE || closed;
+        match print_json(&o.finish(), to_stderr) {
+            Ok(()) => status,
+            // A failed run has said why already; its status stands.
+            Err(_) if status != EXIT_OK && status != EXIT_DAMAGED => status,
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => EXIT_BROKEN_PIPE,
+            Err(e) => {
+                let on =
+                    e2i::output::stdout_target().map_or_else(String::new, |t| format!(", {t}"));
+                let _ = writeln!(io::stderr(), "{tool}: - (stdout{on}): --json summary: {e}");
+                EXIT_FAILURE
+            }
+        }
     }
 }
 
@@ -187,8 +204,7 @@ pub fn run(
     if let Some(sig) = signal_received() {
         end_by_signal(tool, sig, result.is_ok());
     }
-    summary.print(code, msg.as_deref());
-    ExitCode::from(code)
+    ExitCode::from(summary.print(tool, code, msg.as_deref()))
 }
 
 /// The terminating signal received (0: none yet), set by the signal handler itself, so
@@ -351,6 +367,9 @@ pub fn usage(tool: &str, sum: &mut Summary, msg: &str) -> u8 {
 /// Name the file an error is about: OUTPUT for writes, truncations, `-c` reads and lack of
 /// room; INPUT (SOURCE, IMAGE) for everything else.
 pub fn attribute(e: e2i::Error, input: &str, output: &str) -> anyhow::Error {
+    if let e2i::Error::Io { op: "listing", .. } = e {
+        return anyhow::Error::new(e).context(stdout_named());
+    }
     let name = if e.is_output_side() { output } else { input };
     anyhow::Error::new(e).context(name.to_string())
 }
@@ -620,8 +639,20 @@ pub fn say(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
     let mut o = io::stdout().lock();
     o.write_fmt(args)
         .and_then(|()| o.write_all(b"\n"))
-        .and_then(|()| o.flush())?;
-    Ok(())
+        .and_then(|()| o.flush())
+        .map_err(listing_failed)
+}
+
+/// Stdout as messages name it: `- (stdout, /dev/full)`, or `- (stdout)` where the system
+/// does not say what it is.
+pub fn stdout_named() -> String {
+    e2i::output::stdout_target().map_or_else(|| "- (stdout)".into(), |t| format!("- (stdout, {t})"))
+}
+
+/// A listing (`-n`'s blocks, `-c`'s closing line, `--list`) that stdout did not take: the
+/// error names stdout, as any write error on it is named.
+pub fn listing_failed(e: io::Error) -> anyhow::Error {
+    anyhow::Error::new(e).context(format!("{}: listing", stdout_named()))
 }
 
 /// A writer whose every write fails with the error it was made with.
@@ -1046,7 +1077,7 @@ pub fn parse_args<T: clap::Parser>(tool: &str) -> T {
                     .num("exit", u64::from(code))
                     .str("error", &msg)
                     .finish();
-                print_json(&line, false);
+                let _ = print_json(&line, false);
             }
             std::process::exit(i32::from(code));
         }
@@ -1070,13 +1101,14 @@ fn clap_error_line(text: &str) -> String {
 }
 
 /// Where a `--json` summary goes: stdout, unless stdout carries the data (OUTPUT `-`).
-pub fn print_json(line: &str, output_is_stdout: bool) {
+/// A write error on stdout is returned (stderr's are not: nothing is left to tell them).
+pub fn print_json(line: &str, output_is_stdout: bool) -> io::Result<()> {
     if output_is_stdout {
         let _ = writeln!(io::stderr(), "{line}");
+        Ok(())
     } else {
         let mut out = io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
+        writeln!(out, "{line}").and_then(|()| out.flush())
     }
 }
 

@@ -248,6 +248,57 @@ pub struct Mounted {
     pub device: String,
 }
 
+/// A loop device over the regular file `path` (or a partition of one) that another program
+/// holds exclusively — device mapper, md, an `O_EXCL` open — by name: writing the file
+/// changes what that holder sees under it, as writing the device would (which the
+/// exclusive open refuses). Asked by opening each with `O_EXCL` (read-only, at once
+/// closed): the kernel refuses it (EBUSY) only while a holder has it.
+pub fn held_loop_device(path: &Path) -> Option<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let meta = fs::metadata(path).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    for e in fs::read_dir("/sys/block").ok()?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("loop") {
+            continue;
+        }
+        let Ok(backing) = fs::read_to_string(e.path().join("loop/backing_file")) else {
+            continue;
+        };
+        let same = fs::metadata(backing.trim_end())
+            .is_ok_and(|b| b.dev() == meta.dev() && b.ino() == meta.ino());
+        if !same {
+            continue;
+        }
+        // The device and its partitions (`losetup -P`: loop0p1 …, folders of loop0).
+        let mut names = vec![name.clone()];
+        if let Ok(parts) = fs::read_dir(e.path()) {
+            names.extend(
+                parts
+                    .flatten()
+                    .map(|p| p.file_name().to_string_lossy().into_owned())
+                    .filter(|p| p.starts_with(&name) && p.len() > name.len()),
+            );
+        }
+        for n in names {
+            let dev = format!("/dev/{n}");
+            let busy = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(
+                    (rustix::fs::OFlags::EXCL | rustix::fs::OFlags::CLOEXEC).bits() as i32,
+                )
+                .open(&dev)
+                .is_err_and(|e| e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()));
+            if busy {
+                return Some(dev);
+            }
+        }
+    }
+    None
+}
+
 /// The filesystem whose files carry `st_dev` `dev`, if it is mounted.
 pub fn mounted_by_dev(dev: u64) -> Option<Mounted> {
     let info = fs::read_to_string("/proc/self/mountinfo").ok()?;

@@ -143,8 +143,9 @@ impl Output {
                 // OUTPUT naming it is: opened exclusively (a mounted or claimed device is
                 // refused, where the shell's open refused nothing), its size checked before
                 // the first write, written in place.
-                let dev = follow_links(fd1)?;
-                return Output::open_ranged(&Request { path: &dev, ..*req }, reads, source_range);
+                // Opened by its kernel link, which resolves to the device: messages then
+                // name it as stdout ([`shown`]).
+                return Output::open_ranged(&Request { path: fd1, ..*req }, reads, source_range);
             }
             let mut held = None;
             if let Ok(m) = std::fs::metadata(fd1)
@@ -152,6 +153,9 @@ impl Output {
             {
                 let home = m.is_file().then(|| m.dev());
                 refuse_overlap(req, fd1, Some(&m), home, reads, source_range.clone())?;
+                // A redirection never replaces the file: `1<>` and `>>` write the inode a
+                // loop device may stand on (and `>` already emptied it under the kernel).
+                refuse_mounted(req, fd1)?;
                 held = Some(hold(req, fd1)?);
             }
             // A dry run's listing goes to stdout too.
@@ -214,7 +218,7 @@ impl Output {
                 return Err(Error::InvalidInput(format!(
                     "{} {}: a FIFO or character device cannot be written by position; give a file or block device",
                     req.role,
-                    req.path.display()
+                    shown(req.path)
                 )));
             }
             Some(t) if t.is_char_device() || t.is_fifo() => {
@@ -239,7 +243,7 @@ impl Output {
                     return Err(Error::InvalidInput(format!(
                         "{} {}: the device is read-only; nothing written",
                         req.role,
-                        req.path.display()
+                        shown(req.path)
                     )));
                 }
                 // The exclusive open refuses the mounted device itself, not another name of
@@ -273,6 +277,15 @@ impl Output {
                 // folder (a rename would otherwise bypass the file's permissions).
                 check_writable(&path)?;
                 let m = meta.as_ref().map(|m| (m.mode() & 0o7777, m.uid(), m.gid()));
+                // Written under its own name (below) when it cannot be renamed over: the
+                // inode a loop device may stand on, so asked as for `-O`. The same verdict
+                // for `-n`, which creates no temporary file to find out.
+                let own_name = !renamable
+                    || !rename_allowed(&path, meta.as_ref())
+                    || rustix::fs::access(parent_dir(&path), rustix::fs::Access::WRITE_OK).is_err();
+                if own_name {
+                    refuse_mounted(req, &path)?;
+                }
                 if !req.dry_run {
                     // A file we may write whose name we may not replace: write the file
                     // itself, truncated, as e2image does (a failed run then leaves it
@@ -296,6 +309,7 @@ impl Output {
                             Err(Error::Io { source, .. })
                                 if source.kind() == io::ErrorKind::PermissionDenied =>
                             {
+                                refuse_mounted(req, &path)?;
                                 out.file = Some(open_it()?);
                                 out.truncate_on_use.set(true);
                             }
@@ -319,7 +333,7 @@ impl Output {
                     return Err(Error::InvalidInput(format!(
                         "{} {} is a socket, which cannot be opened by name; give a file, a device, a FIFO, or `-` (or /dev/stdout) for a socket on stdout",
                         req.role,
-                        req.path.display()
+                        shown(req.path)
                     )));
                 };
                 out.kind = Kind::Stream;
@@ -333,14 +347,14 @@ impl Output {
                 return Err(Error::InvalidInput(format!(
                     "{} {}: a socket cannot be written by position; give a file or block device",
                     req.role,
-                    req.path.display()
+                    shown(req.path)
                 )));
             }
             Some(_) => {
                 return Err(Error::InvalidInput(format!(
                     "{} {} is neither a file, a device nor a FIFO",
                     req.role,
-                    req.path.display()
+                    shown(req.path)
                 )));
             }
             // `x/` names a folder: open(2) says so when it would create it (after the
@@ -625,12 +639,19 @@ fn hold(req: &Request<'_>, path: &Path) -> Result<Hold> {
     )
     .map_err(|e| match e {
         // The tools print InvalidInput as it is: name the file here.
-        Error::InvalidInput(m) if req.path == Path::new("-") => {
-            Error::InvalidInput(format!("- (stdout, {}): {m}", stdout_name()))
-        }
-        Error::InvalidInput(m) => Error::InvalidInput(format!("{}: {m}", req.path.display())),
+        Error::InvalidInput(m) => Error::InvalidInput(format!("{}: {m}", shown(req.path))),
         e => e,
     })
+}
+
+/// OUTPUT as messages name it: as given, but stdout (`-`, or its link /proc/self/fd/1 when
+/// stdout is redirected to a block device) as `- (stdout, WHAT)`.
+fn shown(p: &Path) -> String {
+    if p == Path::new("-") || p == Path::new("/proc/self/fd/1") {
+        format!("- (stdout, {})", stdout_name())
+    } else {
+        p.display().to_string()
+    }
 }
 
 /// What stdout is redirected to, for messages: the file's path.
@@ -902,12 +923,19 @@ fn refuse_mounted(req: &Request<'_>, path: &Path) -> Result<()> {
     use crate::mount::{MountState, mount_state};
     let state = mount_state(path);
     if state == MountState::NotMounted {
-        return Ok(());
+        return match crate::mount::held_loop_device(path) {
+            Some(dev) => Err(Error::InvalidInput(format!(
+                "{} {} is under {dev}, which is in use (held by another program: device mapper, md, an exclusive open); refusing to write under it, nothing written",
+                req.role,
+                shown(req.path),
+            ))),
+            None => Ok(()),
+        };
     }
     Err(Error::InvalidInput(format!(
         "{} {} holds the filesystem mounted {}; refusing to write into a mounted filesystem, nothing written",
         req.role,
-        req.path.display(),
+        shown(req.path),
         state.place()
     )))
 }
@@ -921,7 +949,7 @@ fn refuse_qcow2(req: &Request<'_>, file: &File) -> Result<()> {
         return Err(Error::InvalidInput(format!(
             "{} {} is a qcow2 image: writing a raw image into it by position would break it; nothing written (convert it with qcow2-to-raw first, or write a new file)",
             req.role,
-            req.path.display()
+            shown(req.path)
         )));
     }
     Ok(())
@@ -1033,7 +1061,7 @@ fn refuse_planted(req: &Request<'_>) -> Result<()> {
                 return Err(Error::InvalidInput(format!(
                     "{} {}{it} is {what} of user {} in a folder anyone may write to (sticky): not written through, as the kernel's protected_symlinks and protected_regular refuse it; nothing written (remove it, or choose another name)",
                     req.role,
-                    req.path.display(),
+                    shown(req.path),
                     m.uid()
                 )));
             }
@@ -1070,7 +1098,7 @@ fn refuse_device_folder(req: &Request<'_>, path: &Path) -> Result<()> {
     Err(Error::InvalidInput(format!(
         "{} {} does not exist, and {} holds device nodes, not images: no such disk or partition (not attached, or misspelled?); refusing to create a file there, nothing written",
         req.role,
-        req.path.display(),
+        shown(req.path),
         m.mount_point
     )))
 }
@@ -1101,9 +1129,9 @@ fn refuse_overlap(
         };
         let out_name = || {
             if path == Path::new("/proc/self/fd/1") {
-                "- (stdout)".to_string()
+                shown(path)
             } else {
-                req.path.display().to_string()
+                shown(req.path)
             }
         };
         let chain = {

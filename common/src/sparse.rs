@@ -267,7 +267,7 @@ impl<'a> RawSink<'a> {
         if let (Some((f, n)), RawTarget::DryRun { list, .. }) =
             (self.listed.take(), &mut self.target)
         {
-            writeln!(list, "Writing {}", range_text(f, n)).map_err(|e| Error::io("list", e))?;
+            writeln!(list, "Writing {}", range_text(f, n)).map_err(|e| Error::io("listing", e))?;
         }
         Ok(())
     }
@@ -554,7 +554,7 @@ impl<'a> RawSink<'a> {
             RawTarget::DryRun { .. } => {
                 self.flush_list()?;
                 if let RawTarget::DryRun { list, .. } = &mut self.target {
-                    list.flush().map_err(|e| Error::io("list", e))?;
+                    list.flush().map_err(|e| Error::io("listing", e))?;
                 }
             }
             RawTarget::InPlace { .. } => {}

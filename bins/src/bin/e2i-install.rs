@@ -21,6 +21,17 @@ fn body(args: Args) -> anyhow::Result<u8> {
             return Ok(code);
         }
     }
+    // Written by position, and named to e2undo later: `-` would be a file called `-`.
+    if let Some(u) = &args.undo
+        && let Some(code) = e2i_cli::refuse_dash(
+            TOOL,
+            "the undo file",
+            u,
+            "give a file name (./- for a file named -)",
+        )
+    {
+        return Ok(code);
+    }
     // DEVICE and the undo file go through the output layer's checks (resolved, not what
     // is read, writable); install then opens DEVICE itself, exclusively.
     let state = e2i_cli::state_dir();

@@ -45,6 +45,15 @@ fn refuse_mounted(path: &Path, any: bool, offset: u64, why: &str) -> anyhow::Res
         MountState::ReadOnly { .. } if any => {
             anyhow::bail!("{}: mounted {}; {why}", path.display(), state.place())
         }
+        // A file under a loop device that device mapper, md or an exclusive open holds:
+        // written, it changes what the holder sees, as writing the device would.
+        _ if any => match e2i::mount::held_loop_device(path) {
+            Some(dev) => anyhow::bail!(
+                "{}: under {dev}, which is in use (held by another program: device mapper, md, an exclusive open); refusing to write under it, nothing written",
+                path.display()
+            ),
+            None => Ok(()),
+        },
         _ => Ok(()),
     }
 }
@@ -107,7 +116,7 @@ fn listing_result(
     failed: &std::rc::Rc<std::cell::RefCell<Option<io::Error>>>,
 ) -> anyhow::Result<()> {
     match failed.borrow_mut().take() {
-        Some(e) => Err(anyhow::Error::new(e).context("listing on stdout")),
+        Some(e) => Err(e2i_cli::listing_failed(e)),
         None => Ok(()),
     }
 }
@@ -123,6 +132,16 @@ fn body(mut args: Args) -> anyhow::Result<u8> {
             "DEST",
             d,
             "to send a copy down a pipe, use e2i-capture -ra SOURCE -",
+        )
+    {
+        return Ok(code);
+    }
+    if let Some(j) = &args.journal
+        && let Some(code) = e2i_cli::refuse_dash(
+            TOOL,
+            "the journal",
+            j,
+            "give a file name (./- for a file named -)",
         )
     {
         return Ok(code);

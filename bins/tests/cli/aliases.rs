@@ -327,6 +327,56 @@ fn a_device_another_program_holds_is_refused_with_a_reason() {
     );
 }
 
+/// The file under such a loop device (device mapper or md on an image file, a program's
+/// O_EXCL open of its loop device): written in place, it changes what the holder sees as
+/// writing the device would, which the exclusive open refuses; the file itself was written
+/// by every in-place writer. Refused now, also with `-n`, nothing written; released, it is
+/// written.
+#[test]
+fn a_file_under_a_held_loop_device_is_not_written_in_place() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let d = tempdir();
+    let fs_img = mkfs(d.path(), "fs.img", "4M", &[]);
+    let normal = d.path().join("fs.e2i");
+    e2image(&[], &fs_img, &normal);
+    let target = d.path().join("target.img");
+    fs::copy(&fs_img, &target).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&target)
+        .unwrap()
+        .set_len(8 * MIB)
+        .unwrap();
+    let lo = Loop::new(&target, &[]);
+    let held = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32)
+        .open(lo.path())
+        .expect("exclusive open");
+    let before = digest(&target);
+    let cases: Vec<(&str, Vec<&str>, Vec<&Path>)> = vec![
+        ("e2i-install", vec![], vec![&target, &normal]),
+        ("e2i-install", vec!["-n"], vec![&target, &normal]),
+        ("e2i-to-raw", vec!["-O", "0"], vec![&fs_img, &target]),
+        ("e2i-to-raw", vec!["-c", "-n"], vec![&fs_img, &target]),
+        ("e2i-move", vec![], vec![&fs_img, &target]),
+        ("e2i-move", vec!["-O", "1M"], vec![&target]),
+        ("e2i-move", vec!["-n", "-O", "1M"], vec![&target]),
+    ];
+    for (t, args, paths) in &cases {
+        let what = format!("{t} {args:?} {paths:?}");
+        let err = failed(&e2i(t, args, paths), &what);
+        assert!(err.contains("in use"), "{what}: {err}");
+        assert!(err.contains(&lo.0), "{what}: {err}");
+        assert!(digest(&target) == before, "{what}: the file changed");
+    }
+    drop(held);
+    ok(
+        &e2i("e2i-to-raw", &["-O", "0"], &[&fs_img, &target]),
+        "written once released",
+    );
+}
+
 /// A disk image: 1 MiB of pattern, the filesystem `fs`, 1 MiB of pattern.
 fn disk_with(dir: &Path, name: &str, fs_img: &Path) -> PathBuf {
     let mut d: Vec<u8> = (0..MIB).map(|i| (i % 253) as u8).collect();

@@ -1454,6 +1454,74 @@ fn a_file_mounted_through_a_loop_device_is_not_written_in_place() {
     run_ok(tool_cmd("e2i-to-raw").arg(&fx.img).arg(&disk));
 }
 
+/// The other ways a loop-mounted image file is written in place: stdout redirected to it
+/// (`1<> disk.img` keeps its bytes, `>>` appends to them: nothing is replaced), and a file
+/// that cannot be renamed over (its folder immutable), which a run truncates and writes
+/// under its own name. Both were written, the mounted filesystem overwritten under the
+/// kernel; now refused like `-O`, also with `-n`, nothing written.
+#[test]
+fn a_loop_mounted_file_is_not_written_through_stdout_or_in_place() {
+    let fx = Fx::new();
+    let folder = fx.path("folder");
+    fs::create_dir(&folder).unwrap();
+    let disk = folder.join("mounted.img");
+    fs::copy(&fx.img, &disk).unwrap();
+    let lo = Loop::new(&disk, &[]);
+    let mnt = fx.path("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let _m = Mount::new(&[lo.path()], &mnt, &[]);
+    let before = fs::read(&disk).unwrap();
+    let tools: Vec<(&str, &Path)> = vec![
+        ("e2i-capture", &fx.img),
+        ("e2i-to-raw", &fx.img),
+        ("qcow2-to-raw", &fx.qcow2),
+        ("e2i-to-qcow2", &fx.img),
+    ];
+    for (t, input) in &tools {
+        for redirect in ["1<>", ">>"] {
+            for dry in [false, true] {
+                let what = format!("{t} -n={dry} - {redirect} a loop-mounted file");
+                let script = format!("exec \"$@\" - {redirect}\"$E2I_DISK\"");
+                let mut c = tool_in_sh(&script, t);
+                if *t == "e2i-capture" {
+                    c.arg("-r");
+                }
+                if dry {
+                    if *t == "e2i-capture" {
+                        continue;
+                    }
+                    c.arg("-n");
+                }
+                let o = run(c.arg(input).env("E2I_DISK", &disk));
+                let err = failed(&o, &what);
+                assert!(err.contains("mounted"), "{what}: {err}");
+                assert!(fs::read(&disk).unwrap() == before, "{what}: written");
+            }
+        }
+    }
+    let _i = Attr::set(&folder, "i");
+    for (t, input) in &tools {
+        for dry in [false, true] {
+            // e2i-capture has no dry run.
+            if dry && *t == "e2i-capture" {
+                continue;
+            }
+            let what = format!("{t} -n={dry} into a loop-mounted file in an immutable folder");
+            let mut c = tool_cmd(t);
+            if *t == "e2i-capture" {
+                c.arg("-r");
+            }
+            if dry {
+                c.arg("-n");
+            }
+            let o = run(c.arg(input).arg(&disk));
+            let err = failed(&o, &what);
+            assert!(err.contains("mounted"), "{what}: {err}");
+            assert!(fs::read(&disk).unwrap() == before, "{what}: written");
+        }
+    }
+}
+
 /// A FIFO where SOURCE's journal would be (`disk.img.e2i-move`): the journal was opened to
 /// read before its type was looked at, which waits for a writer — `e2i-move -n` hung, and
 /// so would every reader of SOURCE that looks for an unfinished move. Now a dry run refuses
@@ -1905,4 +1973,59 @@ fn a_source_with_a_long_name_is_moved_in_place() {
     assert!(err.contains("e2i-move"), "{err}");
     ok(&mv(&args, &disk, &state, 0), "finishing the move");
     assert!(holds_fs(&disk, 0, &want, d.path()), "not moved");
+}
+
+/// `-` as the name of a file the tool creates and writes by position (install's undo file,
+/// an in-place move's journal) created a file named `-` in the current folder, and the run
+/// went ahead (`undo with: e2undo - DEVICE`), where `-` means stdout everywhere else and a
+/// tool that needs a seekable file refuses it. Now a usage error (exit 2) before anything
+/// is written, saying how to name a file called `-`.
+#[test]
+fn a_dash_for_an_undo_file_or_a_journal_is_a_usage_error() {
+    let d = tempdir();
+    let img = mkfs(d.path(), "fs.img", "4M", &[]);
+    let normal = d.path().join("fs.e2i");
+    run_ok(tool_cmd("e2i-capture").arg(&img).arg(&normal));
+    let m = d.path().join("m");
+    fs::create_dir(&m).unwrap();
+    let (disk, _) = move_disk(&m, MIB);
+    let cases: Vec<(&str, Vec<&std::ffi::OsStr>, &Path)> = vec![
+        (
+            "e2i-install",
+            vec![
+                "-f".as_ref(),
+                "-z".as_ref(),
+                "-".as_ref(),
+                img.as_ref(),
+                normal.as_ref(),
+            ],
+            &img,
+        ),
+        (
+            "e2i-move",
+            vec![
+                "-o".as_ref(),
+                "1M".as_ref(),
+                "-O".as_ref(),
+                "2M".as_ref(),
+                "--journal".as_ref(),
+                "-".as_ref(),
+                disk.as_ref(),
+            ],
+            &disk,
+        ),
+    ];
+    for (t, args, target) in cases {
+        let what = format!("{t} {args:?}");
+        let before = fs::read(target).unwrap();
+        let o = run(tool_cmd(t).args(&args).current_dir(d.path()));
+        assert_eq!(o.status.code(), Some(2), "{what}: {}", text(&o.stderr));
+        let err = text(&o.stderr);
+        assert!(err.contains("./-"), "{what}: {err}");
+        assert!(
+            !d.path().join("-").exists(),
+            "{what}: a file named - was created"
+        );
+        assert!(fs::read(target).unwrap() == before, "{what}: written");
+    }
 }

@@ -246,7 +246,11 @@ fn output_that_is_the_input_is_refused_under_any_name() {
         .arg("-")
         .stdout(fs::OpenOptions::new().append(true).open(&fx.img).unwrap()));
     let err = failed(&o, "e2i-capture -r X - >> X");
-    assert!(err.contains("- (stdout) is SOURCE"), "{err}");
+    let named = format!(
+        "- (stdout, {}) is SOURCE",
+        fs::canonicalize(&fx.img).unwrap().display()
+    );
+    assert!(err.contains(&named), "{err}");
     assert!(digest(&fx.img) == before, "redirections: the input changed");
     // e2i-install: DEVICE that is IMAGE, and an undo file that is DEVICE.
     let img_copy = fx.path("copy.img");
@@ -960,6 +964,116 @@ fn json_summary_on_every_outcome() {
     }
 }
 
+/// `--json` with OUTPUT a file, its summary the one thing on stdout: stdout closed (`>&-`)
+/// put it into the /dev/null the runtime opens in its place, a full device or a reader gone
+/// lost it, and the run exited 0 — a script reading the summary found none, and was told
+/// all went well. Now it goes to stderr when stdout was closed (as for a closed pipe's
+/// run), and a summary that cannot be written fails the run: exit 1 with one line naming
+/// stdout, 141 when its reader went away.
+#[test]
+fn a_json_summary_that_cannot_be_delivered_is_not_a_success() {
+    let fx = Fx::new("8M");
+    let tools: &[(&str, &Path)] = &[
+        ("e2i-capture", &fx.img),
+        ("e2i-to-raw", &fx.img),
+        ("e2i-to-qcow2", &fx.img),
+        ("qcow2-to-raw", &fx.qcow2),
+    ];
+    for (k, (t, input)) in tools.iter().enumerate() {
+        let out = fx.path(&format!("j{k}.out"));
+        let what = format!("{t} --json with stdout closed");
+        let o = run(tool_in_sh(r#"exec "$@" >&-"#, t)
+            .arg("--json")
+            .arg(input)
+            .arg(&out));
+        ok(&o, &what);
+        let stderr = text(&o.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert!(
+            lines.len() == 1 && lines[0].starts_with('{') && lines[0].contains("\"exit\":0"),
+            "{what}: {lines:?}"
+        );
+        let what = format!("{t} --json > /dev/full");
+        let o = run(tool_cmd(t)
+            .arg("--json")
+            .arg(input)
+            .arg(&out)
+            .stdout(fs::File::options().write(true).open("/dev/full").unwrap()));
+        let err = failed(&o, &what);
+        assert_eq!(err.lines().count(), 1, "{what}: {err}");
+        assert!(
+            err.starts_with(&format!("{t}: - (stdout, /dev/full): ")),
+            "{what}: {err}"
+        );
+        let what = format!("{t} --json into a pipe nobody reads");
+        let (r, w) = std::io::pipe().unwrap();
+        drop(r);
+        let o = run(tool_cmd(t).arg("--json").arg(input).arg(&out).stdout(w));
+        assert_eq!(o.status.code(), Some(141), "{what}: {}", text(&o.stderr));
+    }
+}
+
+/// A listing on stdout (`-n`, `-c`'s closing line, `--list`) that stdout cannot take was
+/// reported five ways: naming INPUT (`e2i-to-raw: fs.img: list: No space left on device`),
+/// naming nothing (`e2i-install: No space left on device`), `list:`, `listing on stdout:`.
+/// The file named is the one the error is about: stdout, as every write error on it is named.
+#[test]
+fn a_listing_stdout_cannot_take_names_stdout() {
+    let fx = Fx::new("8M");
+    let existing = fx.path("existing.raw");
+    run_ok(tool_cmd("e2i-to-raw").arg(&fx.img).arg(&existing));
+    let normal = fx.path("fs.e2i");
+    run_ok(tool_cmd("e2i-capture").arg(&fx.img).arg(&normal));
+    let device = fx.path("device.img");
+    fs::copy(&fx.img, &device).unwrap();
+    let new = fx.path("new.out");
+    let cases: Vec<(&str, Vec<&std::ffi::OsStr>)> = vec![
+        ("e2i-capture", vec!["--list".as_ref(), fx.img.as_ref()]),
+        (
+            "e2i-to-raw",
+            vec!["-n".as_ref(), fx.img.as_ref(), new.as_ref()],
+        ),
+        (
+            "e2i-to-raw",
+            vec!["-c".as_ref(), fx.img.as_ref(), existing.as_ref()],
+        ),
+        (
+            "qcow2-to-raw",
+            vec!["-n".as_ref(), fx.qcow2.as_ref(), new.as_ref()],
+        ),
+        (
+            "e2i-to-qcow2",
+            vec!["-n".as_ref(), fx.img.as_ref(), new.as_ref()],
+        ),
+        (
+            "e2i-move",
+            vec!["-n".as_ref(), fx.img.as_ref(), new.as_ref()],
+        ),
+        (
+            "e2i-install",
+            vec![
+                "-n".as_ref(),
+                "-f".as_ref(),
+                device.as_ref(),
+                normal.as_ref(),
+            ],
+        ),
+    ];
+    for (t, args) in cases {
+        let what = format!("{t} {args:?} > /dev/full");
+        let o = run(tool_cmd(t)
+            .args(&args)
+            .stdout(fs::File::options().write(true).open("/dev/full").unwrap()));
+        let err = failed(&o, &what);
+        let last = err.lines().last().unwrap_or_default();
+        assert_eq!(
+            last,
+            format!("{t}: - (stdout, /dev/full): listing: No space left on device (os error 28)"),
+            "{what}: {err}"
+        );
+    }
+}
+
 /// What `--json` must print when a run fails before it has done anything: exactly one JSON
 /// line among stdout and stderr, on `stream` (stdout for a file OUTPUT and for `--list`),
 /// with the exit status and an error naming `names`.
@@ -1428,6 +1542,49 @@ fn stdout_redirected_to_a_new_file_is_written_as_one() {
         fs::read(&a).unwrap() == [&image[..], b"TAIL\n"].concat(),
         "then TAIL"
     );
+}
+
+/// Refusals of stdout name it as stdout, with what it is (`- (stdout, /dev/loop0)`), as its
+/// write errors do: a block device on stdout was named as if typed as OUTPUT (`OUTPUT
+/// /dev/loop0 is SOURCE …`, `OUTPUT /dev/loop1: the device is read-only`), a file on stdout
+/// as a bare `- (stdout)`.
+#[test]
+fn refusals_name_stdout_with_what_it_is() {
+    let d = tempdir();
+    let img = mkfs(d.path(), "fs.img", "4M", &[]);
+    let lo = Loop::new(&img, &[]);
+    let other = d.path().join("other.img");
+    fs::write(&other, vec![0u8; 1 << 20]).unwrap();
+    let ro = Loop::new(&other, &["-r"]);
+    let abs = fs::canonicalize(&img).unwrap();
+    let cases: Vec<(String, &Path, String)> = vec![
+        (
+            format!("> {}", lo.0),
+            lo.path(),
+            format!("OUTPUT - (stdout, {}) is SOURCE {}", lo.0, lo.0),
+        ),
+        (
+            format!("1<> '{}'", img.display()),
+            &img,
+            format!(
+                "OUTPUT - (stdout, {}) is SOURCE {}",
+                abs.display(),
+                img.display()
+            ),
+        ),
+        (
+            format!("> {}", ro.0),
+            &img,
+            format!("OUTPUT - (stdout, {}): the device is read-only", ro.0),
+        ),
+    ];
+    for (redirect, src, want) in cases {
+        let what = format!("e2i-capture -r SOURCE - {redirect}");
+        let script = format!("exec \"$@\" - {redirect}");
+        let o = run(tool_in_sh(&script, "e2i-capture").arg("-r").arg(src));
+        let err = failed(&o, &what);
+        assert!(err.contains(&want), "{what}: {err}");
+    }
 }
 
 /// Stdout redirected to a block device (`- > /dev/sdb1`) is that device, as OUTPUT naming it
