@@ -114,10 +114,7 @@ mod raw_basic {
         let img = mkfs(d.path(), "fs.img", "4M", &[]);
         let ours = d.path().join("ours.raw");
         let theirs = d.path().join("theirs.raw");
-        let o = run(Command::new(tool("e2i-capture"))
-            .arg("-r")
-            .arg(&img)
-            .arg(&ours));
+        let o = run(tool_cmd("e2i-capture").arg("-r").arg(&img).arg(&ours));
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let st = Command::new("e2image")
             .arg("-r")
