@@ -361,7 +361,6 @@ fn a_normal_image_is_not_read_as_a_filesystem() {
         ("e2i-capture", vec!["-r", "-o", "65536"], &at_offset),
         ("e2i-capture", vec!["-r"], &wrapped),
         ("e2i-move", vec![], &image),
-        ("e2i-to-qcow2", vec![], &wrapped),
     ] {
         let what = format!("{t} {args:?} {}", src.display());
         let o = run(tool_cmd(t).args(&args).arg(src).arg(&out));
@@ -372,9 +371,15 @@ fn a_normal_image_is_not_read_as_a_filesystem() {
         );
         assert!(!out.exists(), "{what}: an output was left");
     }
-    // The converters read it as what it is.
+    // The converters read it as what it is; a qcow2 INPUT is converted as it is, as
+    // qemu-img convert converts it: its disk holds the normal image.
     let raw = d.path().join("fs.raw");
     run_ok(tool_cmd("e2i-to-raw").arg(&image).arg(&raw));
+    run_ok(tool_cmd("e2i-to-qcow2").arg(&wrapped).arg(&out));
+    assert!(
+        qemu_to_raw(&out, &d.path().join("out.raw")) == qemu_to_raw(&wrapped, &raw),
+        "e2i-to-qcow2 of the wrapped normal image"
+    );
 }
 
 /// A normal image is a sparse file: one of 264 KiB claiming 2^32 - 1 blocks (its header's
