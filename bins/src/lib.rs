@@ -1050,7 +1050,8 @@ impl Progress for Reporter {
 
 /// Parse the command line like clap, but report usage errors in the tools' own form: one
 /// line `tool: message` and a pointer to `--help`, exit 2. `--help` and `--version` print
-/// as usual.
+/// as usual; when stdout does not take them (a full device), that is a failure (exit 1,
+/// naming stdout; 141 quietly for a closed pipe), not exit 0 with nothing shown.
 pub fn parse_args<T: clap::Parser>(tool: &str) -> T {
     match T::try_parse() {
         Ok(a) => a,
@@ -1062,7 +1063,17 @@ pub fn parse_args<T: clap::Parser>(tool: &str) -> T {
                     | ErrorKind::DisplayVersion
                     | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
             ) {
-                e.exit();
+                let shown = e.print().and_then(|()| io::stdout().lock().flush());
+                match shown {
+                    Ok(()) => std::process::exit(e.exit_code()),
+                    Err(w) if w.kind() == io::ErrorKind::BrokenPipe => {
+                        std::process::exit(i32::from(EXIT_BROKEN_PIPE))
+                    }
+                    Err(w) => {
+                        eprintln!("{tool}: {}: {w}", stdout_named());
+                        std::process::exit(1);
+                    }
+                }
             }
             let msg = clap_error_line(&e.render().to_string());
             let code = usage_error(tool, &msg);

@@ -1074,6 +1074,36 @@ fn a_listing_stdout_cannot_take_names_stdout() {
     }
 }
 
+/// `--help` and `--version` that stdout does not take (a full device) fail in one line
+/// naming stdout: every tool exited 0 having shown nothing.
+#[test]
+fn help_and_version_stdout_cannot_take_are_failures() {
+    for t in [
+        "e2i-capture",
+        "e2i-to-raw",
+        "e2i-to-qcow2",
+        "qcow2-to-raw",
+        "e2i-install",
+        "e2i-move",
+    ] {
+        for a in ["--help", "-h", "--version"] {
+            let what = format!("{t} {a} > /dev/full");
+            let o = run(tool_cmd(t)
+                .arg(a)
+                .stdout(fs::File::options().write(true).open("/dev/full").unwrap()));
+            let err = failed(&o, &what);
+            assert_eq!(
+                err.trim_end(),
+                format!("{t}: - (stdout, /dev/full): No space left on device (os error 28)"),
+                "{what}"
+            );
+        }
+        // Shown where stdout takes it: exit 0 as before.
+        let o = run_ok(tool_cmd(t).arg("--version"));
+        assert!(text(&o.stdout).starts_with(t), "{t} --version");
+    }
+}
+
 /// What `--json` must print when a run fails before it has done anything: exactly one JSON
 /// line among stdout and stderr, on `stream` (stdout for a file OUTPUT and for `--list`),
 /// with the exit status and an error naming `names`.
