@@ -402,20 +402,29 @@ pub fn attribute_written(
 }
 
 /// Open `--backing FILE` for an overlay written to `output`: a relative FILE is found from
-/// OUTPUT's folder (the current one for `-`), as qemu-img finds it, and a miss that exists
-/// from the current folder says so.
+/// the folder the image lands in, as qemu-img finds it when it reads the image there:
+/// OUTPUT's folder; for stdout (`-`, `/dev/stdout`) redirected to a file, that file's
+/// folder (`/dev` or the current folder would pass a name that the image then does not
+/// find), else the current folder. A miss that exists from the current folder says so.
 pub fn open_base(file: &Path, output: &Path) -> Result<e2i::qcow2::overlay::Base, e2i::Error> {
-    let dir = if output == Path::new("-") {
-        Path::new("")
-    } else {
-        e2i::qcow2::chain::folder_of(output)
+    let stdout_file = std::fs::read_link("/proc/self/fd/1")
+        .ok()
+        .filter(|t| t.is_absolute() && std::fs::metadata(t).is_ok_and(|m| m.is_file()));
+    let via_stdout = output == Path::new("-")
+        || ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"]
+            .iter()
+            .any(|s| output == Path::new(s));
+    let dir = match &stdout_file {
+        Some(t) if via_stdout => e2i::qcow2::chain::folder_of(t),
+        _ if via_stdout => Path::new(""),
+        _ => e2i::qcow2::chain::folder_of(output),
     };
     e2i::qcow2::overlay::Base::open(file, dir).map_err(|e| {
         let missing = matches!(&e, e2i::Error::Backing { source, .. }
             if matches!(&**source, e2i::Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound));
         if missing && file.is_relative() && !dir.as_os_str().is_empty() && file.exists() {
             e2i::Error::InvalidInput(format!(
-                "a relative backing name is recorded as given and found from OUTPUT's folder ({}), where it does not exist; give it relative to that folder, or absolute",
+                "a relative backing name is recorded as given and found from the folder OUTPUT is written to ({}), where it does not exist; give it relative to that folder, or absolute",
                 dir.display()
             ))
         } else {

@@ -705,3 +705,74 @@ fn flattening_an_all_data_overlay_keeps_file_data() {
         }
     }
 }
+
+/// An overlay written to stdout redirected to a file (`-`, `/dev/stdout`) in another folder:
+/// its relative backing name is checked from that file's folder, where qemu-img finds it
+/// when it reads the overlay. It was checked from the current folder (or /dev): a name
+/// right there was refused, and one that existed only from the current folder was accepted
+/// into an overlay qemu-img could not open. For both tools; a pipe keeps the current folder.
+#[test]
+fn an_overlay_on_stdout_finds_its_backing_from_where_stdout_lands() {
+    let d = tempdir();
+    let p = |n: &str| d.path().join(n);
+    let img = populated(d.path(), "fs.img", "8M", 20, &[]);
+    std::fs::create_dir(p("sub")).unwrap();
+    sh(tool_cmd("e2i-capture")
+        .arg("-Q")
+        .arg(&img)
+        .arg(p("sub/b.qcow2")));
+    change(&img, 1);
+    let want = e2image_bytes(&["-r"], &img, &p("want.raw"));
+    let stdout_to = |f: &Path| std::fs::File::create(f).unwrap();
+    for (t, out) in [
+        ("e2i-capture", "-"),
+        ("e2i-capture", "/dev/stdout"),
+        ("e2i-to-qcow2", "-"),
+        ("e2i-to-qcow2", "/dev/stdout"),
+    ] {
+        let what = format!("{t} --backing b.qcow2 fs.img {out} > sub/ov.qcow2");
+        let ov = p("sub/ov.qcow2");
+        run_ok(
+            c_for(t)
+                .current_dir(d.path())
+                .args(["--backing", "b.qcow2"])
+                .arg(&img)
+                .arg(out)
+                .stdout(stdout_to(&ov)),
+        );
+        assert_eq!(qemu_check(&ov), 0, "{what}");
+        assert_reads_as(&ov, &want, &what);
+        // A name found only from the current folder is refused: the overlay would not
+        // find it where it lies.
+        std::fs::copy(p("sub/b.qcow2"), p("b2.qcow2")).unwrap();
+        let o = run(c_for(t)
+            .current_dir(d.path())
+            .args(["--backing", "b2.qcow2"])
+            .arg(&img)
+            .arg(out)
+            .stdout(stdout_to(&p("sub/ov2.qcow2"))));
+        let err = failed(&o, &what);
+        assert!(
+            err.contains("found from the folder OUTPUT is written to") && err.contains("sub"),
+            "{what}: {err}"
+        );
+    }
+    // To a pipe, the current folder: b2.qcow2 there is found.
+    let o = run_ok(
+        c_for("e2i-capture")
+            .current_dir(d.path())
+            .args(["--backing", "b2.qcow2"])
+            .arg(&img)
+            .arg("-"),
+    );
+    assert!(o.stdout.starts_with(b"QFI\xfb"), "a qcow2 on the pipe");
+}
+
+/// `tool`, with `-Q` for e2i-capture (an overlay is a qcow2).
+fn c_for(tool: &str) -> Command {
+    let mut c = tool_cmd(tool);
+    if tool == "e2i-capture" {
+        c.arg("-Q");
+    }
+    c
+}
