@@ -426,7 +426,7 @@ fn backing_errors_are_clean() {
         .arg("sub/ov.qcow2"));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("OUTPUT's folder"), "{err}");
+    assert!(err.contains("the folder OUTPUT is written to"), "{err}");
     assert!(!p("sub/ov.qcow2").exists());
     sh(tool_cmd("e2i-capture")
         .current_dir(d.path())
