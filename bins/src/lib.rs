@@ -1060,7 +1060,8 @@ impl Progress for Reporter {
 /// Parse the command line like clap, but report usage errors in the tools' own form: one
 /// line `tool: message` and a pointer to `--help`, exit 2. `--help` and `--version` print
 /// as usual; when stdout does not take them (a full device), that is a failure (exit 1,
-/// naming stdout; 141 quietly for a closed pipe), not exit 0 with nothing shown.
+/// naming stdout), not exit 0 with nothing shown. A reader that leaves early took what it
+/// wanted (`--help | grep -q --scramble`, as e2i-bug-report probes, under pipefail): exit 0.
 pub fn parse_args<T: clap::Parser>(tool: &str) -> T {
     match T::try_parse() {
         Ok(a) => a,
@@ -1076,7 +1077,7 @@ pub fn parse_args<T: clap::Parser>(tool: &str) -> T {
                 match shown {
                     Ok(()) => std::process::exit(e.exit_code()),
                     Err(w) if w.kind() == io::ErrorKind::BrokenPipe => {
-                        std::process::exit(i32::from(EXIT_BROKEN_PIPE))
+                        std::process::exit(e.exit_code())
                     }
                     Err(w) => {
                         eprintln!("{tool}: {}: {w}", stdout_named());

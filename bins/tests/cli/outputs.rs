@@ -1075,7 +1075,7 @@ fn a_listing_stdout_cannot_take_names_stdout() {
 }
 
 /// `--help` and `--version` that stdout does not take (a full device) fail in one line
-/// naming stdout: every tool exited 0 having shown nothing.
+/// naming stdout: every tool exited 0 having shown nothing. A closed pipe is no failure.
 #[test]
 fn help_and_version_stdout_cannot_take_are_failures() {
     for t in [
@@ -1101,6 +1101,13 @@ fn help_and_version_stdout_cannot_take_are_failures() {
         // Shown where stdout takes it: exit 0 as before.
         let o = run_ok(tool_cmd(t).arg("--version"));
         assert!(text(&o.stdout).starts_with(t), "{t} --version");
+        // A reader gone before it all arrived took what it wanted (`--help | grep -q`,
+        // e2i-bug-report's probe under pipefail): exit 0, nothing said.
+        let (r, w) = std::io::pipe().unwrap();
+        drop(r);
+        let o = run(tool_cmd(t).arg("--help").stdout(w));
+        assert_eq!(o.status.code(), Some(0), "{t} --help to a closed pipe");
+        assert!(o.stderr.is_empty(), "{t}: {}", text(&o.stderr));
     }
 }
 
