@@ -413,3 +413,41 @@ fn bug_report_falls_back_to_bzip2() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("neither xz nor bzip2"));
     assert!(!tar2.exists());
 }
+
+/// An e2i-capture that cannot scramble (an older build first on E2I_BIN, or one whose
+/// `--help` fails) stops the bug report: it was bundled unscrambled, names and label
+/// included, with a warning.
+#[test]
+fn a_capture_that_cannot_scramble_stops_the_bug_report() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempdir();
+    let img = private_fs(d.path(), "fs.img", None);
+    for (name, help) in [
+        ("old", "echo 'Usage: e2i-capture [OPTIONS] SOURCE OUTPUT'"),
+        ("broken", "exit 1"),
+    ] {
+        let bin = d.path().join(name);
+        std::fs::create_dir(&bin).unwrap();
+        // --help as given; anything else runs the real capture (unscrambled unless asked).
+        let fake = bin.join("e2i-capture");
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\nif [ \"$1\" = --help ]; then {help}; exit; fi\nexec '{}' \"$@\"\n",
+                tool("e2i-capture").display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink(tool("qcow2-to-raw"), bin.join("qcow2-to-raw")).unwrap();
+        let tar = d.path().join(format!("{name}.tar"));
+        let o = run(Command::new(script())
+            .arg(&img)
+            .arg(&tar)
+            .env("E2I_BIN", &bin));
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{name}: {err}");
+        assert!(err.contains("cannot scramble"), "{name}: {err}");
+        assert!(!tar.exists(), "{name}: a bundle was made");
+    }
+}
