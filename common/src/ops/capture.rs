@@ -130,7 +130,7 @@ pub fn open_source_in(path: &Path, offset: u64, dir: Option<&Path>) -> Result<Bo
 
 /// The virtual disk of the qcow2 image in `host` (the file `id`, if it is one) from byte
 /// `offset` on, read through its backing chain, whose relative names resolve against `dir`.
-pub fn open_qcow2_source<S: ReadAt + 'static>(
+fn open_qcow2_source<S: ReadAt + 'static>(
     host: S,
     id: Option<crate::io::ObjectId>,
     offset: u64,

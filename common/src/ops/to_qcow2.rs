@@ -5,8 +5,7 @@
 use crate::io::ReadAt;
 use crate::mark::MarkedSource;
 use crate::ops::capture::{
-    CaptureOptions, open_qcow2_source, open_source_in, qcow2_host_is_marked, scan_source,
-    superblock_is_marked,
+    CaptureOptions, open_source_in, qcow2_host_is_marked, scan_source, superblock_is_marked,
 };
 use crate::ops::input::{Input, Kind};
 use crate::progress::Progress;
@@ -136,8 +135,9 @@ pub fn plan(
             let (img, disk) = qcow2_disk(&input)?;
             from_image(&img, &disk.map, disk.unit, disk.size, progress)
         }
-        Input::File { .. } => {
-            let src = open_input_source(&input, opts.offset)?;
+        // A raw filesystem (a stream and the other kinds are matched above).
+        Input::File { path, dir, .. } => {
+            let src = open_source_in(&path, opts.offset, dir.as_deref())?;
             let (fs, res) = scan_source(src, opts, false, progress)?;
             let bs = fs.sb.block_size;
             let vsize = virtual_size(bs, res.map.blocks_count())?;
@@ -567,8 +567,14 @@ pub fn to_qcow2(
                 problems: Vec::new(),
             })
         }
-        Input::File { kind, .. } => {
-            let src = open_input_source(&input, opts.offset)?;
+        // A raw filesystem (a stream and the other kinds are matched above).
+        Input::File {
+            kind,
+            ref path,
+            ref dir,
+            ..
+        } => {
+            let src = open_source_in(path, opts.offset, dir.as_deref())?;
             let marks = crate::mark::Marks {
                 scrambled: source_is_marked(&input, &*src),
             };
@@ -596,26 +602,8 @@ pub fn to_qcow2(
         }
     }
 }
-/// The filesystem in a raw or qcow2 input (a qcow2's virtual disk), from byte `offset` on,
-/// as `e2i-capture` reads a SOURCE.
-fn open_input_source(inp: &Input, offset: u64) -> Result<Box<dyn ReadAt>> {
-    match inp {
-        Input::File {
-            kind: Kind::Qcow2, ..
-        } => {
-            let host = inp.host()?;
-            let id = host.id();
-            open_qcow2_source(host, id, offset, inp.dir())
-        }
-        Input::File { path, dir, .. } => open_source_in(path, offset, dir.as_deref()),
-        Input::Stream(_) => Err(Error::InvalidInput(
-            "an e2i stream holds no filesystem to read in place".into(),
-        )),
-    }
-}
-
-/// The filesystem `src` of `inp` (see [`open_input_source`]) is marked as scrambled: in its
-/// superblock, or by a qcow2 input's header extension.
+/// The filesystem or disk `src` of `inp` is marked as scrambled: in its superblock, or by a
+/// qcow2 input's header extension.
 fn source_is_marked(inp: &Input, src: &dyn ReadAt) -> bool {
     superblock_is_marked(src)
         || (inp.kind() == Kind::Qcow2
