@@ -407,17 +407,19 @@ pub fn attribute_written(
 /// folder (`/dev` or the current folder would pass a name that the image then does not
 /// find), else the current folder. A miss that exists from the current folder says so.
 pub fn open_base(file: &Path, output: &Path) -> Result<e2i::qcow2::overlay::Base, e2i::Error> {
-    let stdout_file = std::fs::read_link("/proc/self/fd/1")
-        .ok()
-        .filter(|t| t.is_absolute() && std::fs::metadata(t).is_ok_and(|m| m.is_file()));
     let via_stdout = output == Path::new("-")
         || ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"]
             .iter()
             .any(|s| output == Path::new(s));
+    // The file stdout lands in (a pipe's link is `pipe:[N]`, not absolute).
+    let stdout_file = via_stdout
+        .then(e2i::output::stdout_link)
+        .flatten()
+        .filter(|t| t.is_absolute() && std::fs::metadata(t).is_ok_and(|m| m.is_file()));
     let dir = match &stdout_file {
-        Some(t) if via_stdout => e2i::qcow2::chain::folder_of(t),
-        _ if via_stdout => Path::new(""),
-        _ => e2i::qcow2::chain::folder_of(output),
+        Some(t) => e2i::qcow2::chain::folder_of(t),
+        None if via_stdout => Path::new(""),
+        None => e2i::qcow2::chain::folder_of(output),
     };
     e2i::qcow2::overlay::Base::open(file, dir).map_err(|e| {
         let missing = matches!(&e, e2i::Error::Backing { source, .. }

@@ -659,11 +659,17 @@ fn stdout_name() -> String {
     stdout_target().unwrap_or_else(|| "redirected to a file".to_string())
 }
 
+/// The link /proc/self/fd/1: the path of what stdout was opened on (`pipe:[N]` and the
+/// like for what has none); `None` without /proc.
+pub fn stdout_link() -> Option<std::path::PathBuf> {
+    std::fs::read_link("/proc/self/fd/1").ok()
+}
+
 /// What stdout is, for messages, from the link /proc/self/fd/1: a path (`/dev/full`, a
 /// file), `a pipe`, `a socket`; `None` when the system does not say (no /proc, an anonymous
 /// file).
 pub fn stdout_target() -> Option<String> {
-    let t = std::fs::read_link("/proc/self/fd/1").ok()?;
+    let t = stdout_link()?;
     let t = t.to_string_lossy();
     if t.starts_with("pipe:") {
         Some("a pipe".into())
